@@ -1,0 +1,142 @@
+//! The unix socket on which `weir-cni` registers and unregisters pods.
+//!
+//! Requests are served one at a time: each is a few bpf(2) calls, and serving them
+//! in order means an `ADD` and a `DEL` of the same pod can never interleave.
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    net::IpAddr,
+    os::unix::net::{UnixListener, UnixStream},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+};
+
+use tracing::{info, warn};
+use weir_cni::agent_api::{Endpoint, Reply, Request};
+use weir_common::{EndpointInfo, EndpointKey};
+
+use crate::datapath::{Datapath, DatapathError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("{path}: {source}")]
+    Socket { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Datapath(#[from] DatapathError),
+    #[error("map {map}: {source}")]
+    Map { map: &'static str, source: aya::maps::MapError },
+}
+
+pub fn endpoint_key(ip: IpAddr) -> EndpointKey {
+    match ip {
+        IpAddr::V4(v4) => EndpointKey::v4(v4.octets()),
+        IpAddr::V6(v6) => EndpointKey::v6(v6.octets()),
+    }
+}
+
+/// Binds the socket (replacing a stale one left by an earlier agent).
+pub fn bind(path: &Path) -> Result<UnixListener, ServerError> {
+    let err = |source| ServerError::Socket { path: path.to_owned(), source };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(err(e)),
+        _ => {}
+    }
+    UnixListener::bind(path).map_err(err)
+}
+
+/// Serves requests until the listener fails.
+pub fn serve(listener: UnixListener, datapath: Arc<Mutex<Datapath>>) {
+    for conn in listener.incoming() {
+        match conn {
+            Ok(stream) => {
+                if let Err(e) = serve_one(stream, &datapath) {
+                    warn!(error = %e, "CNI request failed");
+                }
+            }
+            Err(e) => warn!(error = %e, "accept on CNI socket"),
+        }
+    }
+}
+
+fn serve_one(stream: UnixStream, datapath: &Mutex<Datapath>) -> std::io::Result<()> {
+    let mut line = String::new();
+    BufReader::new(&stream).read_line(&mut line)?;
+    let reply = match serde_json::from_str::<Request>(&line) {
+        Err(e) => Reply::Error { message: format!("undecodable request: {e}") },
+        Ok(request) => {
+            // A panic elsewhere cannot leave the datapath half-written in a way a
+            // retry would not fix, so a poisoned lock is still usable.
+            let mut dp = datapath.lock().unwrap_or_else(|p| p.into_inner());
+            match handle(&mut dp, &request) {
+                Ok(()) => Reply::Ok,
+                Err(e) => Reply::Error { message: e.to_string() },
+            }
+        }
+    };
+    let mut out = serde_json::to_vec(&reply).map_err(std::io::Error::other)?;
+    out.push(b'\n');
+    (&stream).write_all(&out)
+}
+
+pub fn handle(dp: &mut Datapath, request: &Request) -> Result<(), ServerError> {
+    match request {
+        Request::Add(ep) => add(dp, ep),
+        Request::Del { container_id, ifname, ips } => {
+            let map = weir_common::maps::ENDPOINTS;
+            let mut ifindexes = Vec::new();
+            for ip in ips {
+                let key = endpoint_key(*ip);
+                if let Ok(info) = dp.endpoints.get(&key, 0) {
+                    ifindexes.push(info.ifindex);
+                    match dp.endpoints.remove(&key) {
+                        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                        Err(source) => return Err(ServerError::Map { map, source }),
+                    }
+                }
+            }
+            for ifindex in ifindexes {
+                dp.detach_endpoint(ifindex)?;
+            }
+            info!(container_id, ifname, ?ips, "endpoint removed");
+            Ok(())
+        }
+    }
+}
+
+fn add(dp: &mut Datapath, ep: &Endpoint) -> Result<(), ServerError> {
+    // Programs first, then the entries that make the pod known: a packet never
+    // finds an endpoint entry for a veth without its programs.
+    dp.attach_endpoint(&ep.host_ifname, ep.host_ifindex)?;
+    let info = EndpointInfo { ifindex: ep.host_ifindex, ..Default::default() };
+    for ip in &ep.ips {
+        dp.endpoints
+            .insert(endpoint_key(*ip), info, 0)
+            .map_err(|source| ServerError::Map { map: weir_common::maps::ENDPOINTS, source })?;
+    }
+    info!(
+        container_id = ep.container_id,
+        pod = ?ep.pod_name, namespace = ?ep.pod_namespace,
+        host_ifname = ep.host_ifname, ifindex = ep.host_ifindex, ips = ?ep.ips,
+        "endpoint registered"
+    );
+    Ok(())
+}
+
+/// Removes the endpoint entries of veths that have gone while the agent was down.
+pub fn forget_ifindexes(dp: &mut Datapath, gone: &[u32]) -> Result<usize, ServerError> {
+    let map = weir_common::maps::ENDPOINTS;
+    let stale: Vec<EndpointKey> = dp
+        .endpoints
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(_, info)| gone.contains(&info.ifindex))
+        .map(|(key, _)| key)
+        .collect();
+    for key in &stale {
+        dp.endpoints.remove(key).map_err(|source| ServerError::Map { map, source })?;
+    }
+    Ok(stale.len())
+}

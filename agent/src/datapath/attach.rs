@@ -1,0 +1,133 @@
+//! Attaching the pod programs to a pod's host-side veth with pinned TCX links.
+//!
+//! The links are pinned and never held open by the agent: the pin alone keeps a
+//! program attached, so the datapath survives the agent. A new agent swaps its
+//! freshly loaded program into each pinned link atomically (`bpf_link_update`),
+//! without a moment where the veth has no program.
+
+use std::io::ErrorKind;
+
+use aya::programs::{
+    LinkOrder, TcAttachType,
+    links::{FdLink, LinkError, PinnedLink},
+    tc::{SchedClassifierLink, TcAttachOptions},
+};
+use tracing::{info, warn};
+use weir_common::programs::{FROM_POD, TO_POD};
+
+use super::{Datapath, DatapathError, load::classifier};
+
+/// The programs on each pod veth and the TCX hook each goes to.
+const POD_PROGRAMS: [(&str, TcAttachType); 2] =
+    [(FROM_POD, TcAttachType::Ingress), (TO_POD, TcAttachType::Egress)];
+
+/// What [`Datapath::adopt_links`] found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AttachedCount {
+    /// Endpoints whose links now run this agent's programs.
+    pub adopted: usize,
+    /// Endpoints whose veth is gone: their pins were removed.
+    pub stale: Vec<u32>,
+}
+
+impl Datapath {
+    /// Attaches (or re-attaches, idempotently) the pod programs to a host veth.
+    pub fn attach_endpoint(&mut self, ifname: &str, ifindex: u32) -> Result<(), DatapathError> {
+        let dir = self.pins.endpoint_links(ifindex);
+        std::fs::create_dir_all(&dir).map_err(DatapathError::fs(&dir))?;
+        for (name, hook) in POD_PROGRAMS {
+            let path = self.pins.link(ifindex, name);
+            match self.swap_into_pinned(name, &path) {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(e) => {
+                    // A link left by a veth that has gone (its ifindex now reused):
+                    // drop the pin and attach afresh.
+                    warn!(ifindex, program = name, error = %e, "replacing defunct pinned link");
+                    std::fs::remove_file(&path).map_err(DatapathError::fs(&path))?;
+                }
+            }
+            let attach_err = |source| DatapathError::Attach {
+                program: name,
+                ifname: ifname.to_owned(),
+                ifindex,
+                source,
+            };
+            let prog = classifier(&mut self.ebpf, name)?;
+            let id = prog
+                .attach_with_options(ifname, hook, TcAttachOptions::TcxOrder(LinkOrder::default()))
+                .map_err(attach_err)?;
+            let link: FdLink = prog
+                .take_link(id)
+                .map_err(attach_err)?
+                .try_into()
+                .map_err(|source| DatapathError::Link { path: path.clone(), source })?;
+            link.pin(&path).map_err(|source| DatapathError::Pin { path: path.clone(), source })?;
+        }
+        Ok(())
+    }
+
+    /// Removes an endpoint's pinned links: with the last reference gone, the kernel
+    /// detaches the programs (if the veth still exists at all). Idempotent.
+    pub fn detach_endpoint(&mut self, ifindex: u32) -> Result<(), DatapathError> {
+        let dir = self.pins.endpoint_links(ifindex);
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != ErrorKind::NotFound => Err(DatapathError::Fs { path: dir, source: e }),
+            _ => Ok(()),
+        }
+    }
+
+    /// After a restart: put this agent's programs into every pinned link, and drop
+    /// the pins of veths that no longer exist.
+    pub fn adopt_links(&mut self) -> Result<AttachedCount, DatapathError> {
+        let mut count = AttachedCount::default();
+        let dir = self.pins.links_dir();
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(count),
+            Err(e) => return Err(DatapathError::Fs { path: dir, source: e }),
+        };
+        for entry in entries {
+            let entry = entry.map_err(DatapathError::fs(&dir))?;
+            let Some(ifindex) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            let mut alive = true;
+            for (name, _) in POD_PROGRAMS {
+                match self.swap_into_pinned(name, &self.pins.link(ifindex, name)) {
+                    Ok(true) => {}
+                    Ok(false) => alive = false,
+                    Err(e) => {
+                        warn!(ifindex, program = name, error = %e, "pinned link is defunct");
+                        alive = false;
+                    }
+                }
+            }
+            if alive {
+                count.adopted += 1;
+            } else {
+                self.detach_endpoint(ifindex)?;
+                count.stale.push(ifindex);
+            }
+        }
+        info!(adopted = count.adopted, stale = count.stale.len(), "adopted pinned links");
+        Ok(count)
+    }
+
+    /// Swaps this agent's program into the link pinned at `path`; `Ok(false)` when
+    /// nothing is pinned there. The pin stays: it is what keeps the link alive.
+    fn swap_into_pinned(&mut self, name: &'static str, path: &std::path::Path) -> Result<bool, DatapathError> {
+        let pinned = match PinnedLink::from_pin(path) {
+            Ok(pinned) => pinned,
+            Err(LinkError::SyscallError(e)) if e.io_error.kind() == ErrorKind::NotFound => return Ok(false),
+            Err(source) => return Err(DatapathError::Link { path: path.to_owned(), source }),
+        };
+        let link = SchedClassifierLink::try_from(FdLink::from(pinned))
+            .map_err(|source| DatapathError::Link { path: path.to_owned(), source })?;
+        let prog = classifier(&mut self.ebpf, name)?;
+        let id = prog.attach_to_link(link).map_err(|source| DatapathError::Program { name, source })?;
+        // Our fd on the link closes here; the pin keeps it attached.
+        drop(prog.take_link(id).map_err(|source| DatapathError::Program { name, source })?);
+        Ok(true)
+    }
+}

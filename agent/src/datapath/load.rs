@@ -1,0 +1,61 @@
+//! Loading the object with its maps pinned, so that a restarted agent finds the
+//! same maps (and the programs already attached keep using them meanwhile).
+
+use aya::{Ebpf, EbpfLoader, programs::SchedClassifier};
+use weir_common::programs::{FROM_POD, TO_POD};
+
+use super::{
+    DatapathError, PinLayout,
+    maps::{self, Endpoints},
+    object::OBJECT,
+};
+
+pub struct Datapath {
+    pub(super) ebpf: Ebpf,
+    pub(super) pins: PinLayout,
+    pub endpoints: Endpoints,
+}
+
+impl Datapath {
+    /// Loads every program (the verifier runs here) and opens or creates every
+    /// map at its pin.
+    pub fn load(pins: PinLayout) -> Result<Self, DatapathError> {
+        let maps_dir = pins.maps_dir();
+        std::fs::create_dir_all(&maps_dir).map_err(DatapathError::fs(&maps_dir))?;
+        let mut loader = EbpfLoader::new();
+        for spec in maps::ALL {
+            maps::check_pin(&pins, spec)?;
+            loader.map_pin_path(spec.name, pins.map(spec.name));
+        }
+        let mut ebpf = loader.load(OBJECT)?;
+        for name in [FROM_POD, TO_POD] {
+            classifier(&mut ebpf, name)?
+                .load()
+                .map_err(|source| DatapathError::Program { name, source })?;
+        }
+        let endpoints = take_map(&mut ebpf, maps::ENDPOINTS.name)?;
+        Ok(Self { ebpf, pins, endpoints })
+    }
+
+    pub fn pins(&self) -> &PinLayout {
+        &self.pins
+    }
+}
+
+pub(super) fn classifier<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut SchedClassifier, DatapathError> {
+    ebpf.program_mut(name)
+        .ok_or(DatapathError::MissingProgram { name })?
+        .try_into()
+        .map_err(|source| DatapathError::Program { name, source })
+}
+
+fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, DatapathError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(DatapathError::MissingMap { name })?;
+    T::try_from(map).map_err(|source| DatapathError::Map { name, source })
+}

@@ -1,0 +1,93 @@
+//! Typed handles on Weir's maps, and what each must look like in the kernel.
+
+use aya::maps::{HashMap, Map, MapData, MapInfo, PerCpuArray};
+use weir_common::{EndpointInfo, EndpointKey, MetricValue, maps as names};
+
+use super::{DatapathError, PinLayout};
+
+/// The shape a map must have in the kernel: checked against pins left by earlier
+/// agents (aya reuses a pinned map without checking) and against the object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapSpec {
+    pub name: &'static str,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+}
+
+impl MapSpec {
+    const fn of<K, V>(name: &'static str, max_entries: u32) -> Self {
+        Self {
+            name,
+            key_size: size_of::<K>() as u32,
+            value_size: size_of::<V>() as u32,
+            max_entries,
+        }
+    }
+
+    fn tuple(&self) -> (u32, u32, u32) {
+        (self.key_size, self.value_size, self.max_entries)
+    }
+}
+
+pub const METRICS: MapSpec = MapSpec::of::<u32, MetricValue>(names::METRICS, names::METRICS_ENTRIES);
+pub const ENDPOINTS: MapSpec =
+    MapSpec::of::<EndpointKey, EndpointInfo>(names::ENDPOINTS, names::ENDPOINTS_ENTRIES);
+
+/// Every map of the object.
+pub const ALL: &[MapSpec] = &[METRICS, ENDPOINTS];
+
+pub type Endpoints = HashMap<MapData, EndpointKey, EndpointInfo>;
+pub type Metrics = PerCpuArray<MapData, MetricValue>;
+
+/// Fails if a map is pinned at the spec's path with another shape; `Ok(false)`
+/// when nothing is pinned there yet.
+pub fn check_pin(pins: &PinLayout, spec: &MapSpec) -> Result<bool, DatapathError> {
+    let path = pins.map(spec.name);
+    if !path.exists() {
+        return Ok(false);
+    }
+    let info = MapInfo::from_pin(&path).map_err(|source| DatapathError::Map { name: spec.name, source })?;
+    let found = (info.key_size(), info.value_size(), info.max_entries());
+    if found != spec.tuple() {
+        return Err(DatapathError::IncompatiblePin { path, found, expected: spec.tuple() });
+    }
+    Ok(true)
+}
+
+/// Opens a pinned map read-only for inspection (`weirctl`), after checking its shape.
+pub fn open_pinned<T>(pins: &PinLayout, spec: &MapSpec) -> Result<T, DatapathError>
+where
+    T: TryFrom<Map, Error = aya::maps::MapError>,
+{
+    let err = |source| DatapathError::Map { name: spec.name, source };
+    if !check_pin(pins, spec)? {
+        return Err(DatapathError::Fs {
+            path: pins.map(spec.name),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "not pinned: is weir-agent running with this --bpffs-root?",
+            ),
+        });
+    }
+    let data = MapData::from_pin(pins.map(spec.name)).map_err(err)?;
+    T::try_from(Map::from_map_data(data).map_err(err)?).map_err(err)
+}
+
+/// Per-CPU counters summed over CPUs, by slot.
+pub fn sum_metrics(metrics: &Metrics) -> Result<Vec<(u32, MetricValue)>, DatapathError> {
+    let mut out = Vec::new();
+    for slot in 0..METRICS.max_entries {
+        let per_cpu = metrics
+            .get(&slot, 0)
+            .map_err(|source| DatapathError::Map { name: METRICS.name, source })?;
+        let total = per_cpu.iter().fold(MetricValue::default(), |acc, v| MetricValue {
+            packets: acc.packets + v.packets,
+            bytes: acc.bytes + v.bytes,
+        });
+        if total.packets != 0 {
+            out.push((slot, total));
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,14 @@
+//! The kernel-facing layer: everything that touches bpf(2) for the agent and
+//! `weirctl` goes through here.
+
+mod attach;
+mod error;
+mod load;
+pub mod maps;
+pub mod object;
+pub mod pins;
+
+pub use attach::AttachedCount;
+pub use error::DatapathError;
+pub use load::Datapath;
+pub use pins::PinLayout;

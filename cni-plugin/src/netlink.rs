@@ -1,0 +1,363 @@
+//! The kernel-facing side: links, addresses, routes and neighbours over rtnetlink,
+//! in one network namespace per [`Netlink`]. Thin on purpose: policy lives in the
+//! commands.
+//!
+//! A netlink socket stays bound to the namespace it was created in, so for a pod
+//! we create it on a thread that entered the pod's namespace ([`Netns::run`]) and
+//! then drive it from the main thread like any other.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::fd::AsRawFd as _,
+};
+
+use futures::TryStreamExt as _;
+use ipnetwork::IpNetwork;
+use netlink_packet_route::{
+    address::{AddressAttribute, AddressFlags},
+    link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
+    neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState},
+    route::{RouteAddress, RouteAttribute, RouteMessage, RouteScope, RouteVia},
+};
+use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use tokio::runtime::Runtime;
+
+use crate::netns::{Netns, NetnsError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    #[error("opening a netlink socket in {ns}: {source}")]
+    Socket { ns: String, source: std::io::Error },
+    #[error("starting the netlink runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    #[error("{op} in {ns}: {source}")]
+    Request { op: String, ns: String, source: rtnetlink::Error },
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+}
+
+impl NetlinkError {
+    /// The errno the kernel answered with, if that is what this is.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            NetlinkError::Request { source: rtnetlink::Error::NetlinkError(m), .. } => Some(m.raw_code().abs()),
+            _ => None,
+        }
+    }
+}
+
+/// A link as we care about it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub mac: Vec<u8>,
+    pub mtu: u32,
+    pub up: bool,
+    pub is_veth: bool,
+    /// For a veth: the peer's index (in the peer's namespace).
+    pub peer_index: Option<u32>,
+    pub alias: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteEntry {
+    pub dst: IpNetwork,
+    pub gw: Option<IpAddr>,
+    pub oif: Option<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Neighbour {
+    pub ip: IpAddr,
+    pub mac: Vec<u8>,
+    pub permanent: bool,
+}
+
+pub struct Netlink {
+    rt: Runtime,
+    handle: Handle,
+    /// Which namespace, for messages ("node" or the netns path).
+    ns: String,
+}
+
+const ENODEV: i32 = libc::ENODEV;
+
+impl Netlink {
+    /// The namespace this process runs in (the node's, as the runtime calls us).
+    pub fn current() -> Result<Self, NetlinkError> {
+        let rt = runtime()?;
+        let ns = "the node's namespace".to_owned();
+        let (conn, handle, _) = {
+            let _enter = rt.enter();
+            rtnetlink::new_connection().map_err(|source| NetlinkError::Socket { ns: ns.clone(), source })?
+        };
+        rt.spawn(conn);
+        Ok(Netlink { rt, handle, ns })
+    }
+
+    /// A socket inside `netns`.
+    pub fn inside(netns: &Netns) -> Result<Self, NetlinkError> {
+        let rt = runtime()?;
+        let ns = netns.path.display().to_string();
+        let rt_handle = rt.handle().clone();
+        let (conn, handle, _) = netns
+            .run(move || {
+                // The socket registers with the runtime's reactor, so enter it here.
+                let _enter = rt_handle.enter();
+                rtnetlink::new_connection()
+            })?
+            .map_err(|source| NetlinkError::Socket { ns: ns.clone(), source })?;
+        rt.spawn(conn);
+        Ok(Netlink { rt, handle, ns })
+    }
+
+    fn err(&self, op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkError + '_ {
+        let op = op.into();
+        move |source| NetlinkError::Request { op, ns: self.ns.clone(), source }
+    }
+
+    pub fn link(&self, name: &str) -> Result<Option<Link>, NetlinkError> {
+        let h = self.handle.clone();
+        let res = self.rt.block_on(async move { h.link().get().match_name(name.to_owned()).execute().try_next().await });
+        match res {
+            Ok(m) => Ok(m.map(link_of)),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code().abs() == ENODEV => Ok(None),
+            Err(e) => Err(self.err(format!("looking up link {name}"))(e)),
+        }
+    }
+
+    pub fn links(&self) -> Result<Vec<Link>, NetlinkError> {
+        let h = self.handle.clone();
+        let msgs: Vec<LinkMessage> = self
+            .rt
+            .block_on(async move { h.link().get().execute().try_collect().await })
+            .map_err(self.err("listing links"))?;
+        Ok(msgs.into_iter().map(link_of).collect())
+    }
+
+    /// Creates veth `name` <-> `peer`, both in this namespace.
+    pub fn create_veth(&self, name: &str, peer: &str, mtu: u32) -> Result<(), NetlinkError> {
+        let peer_msg = LinkMessageBuilder::<LinkUnspec>::new().name(peer.to_owned()).mtu(mtu).build();
+        let msg = LinkVeth::new(name, peer)
+            .mtu(mtu)
+            .set_info_data(netlink_packet_route::link::InfoData::Veth(
+                netlink_packet_route::link::InfoVeth::Peer(peer_msg),
+            ))
+            .build();
+        let h = self.handle.clone();
+        self.rt
+            .block_on(async move { h.link().add(msg).execute().await })
+            .map_err(self.err(format!("creating veth {name}/{peer}")))
+    }
+
+    /// Moves link `index` into `target` under the name `new_name`.
+    pub fn move_to(&self, index: u32, target: &Netns, new_name: &str) -> Result<(), NetlinkError> {
+        let msg = LinkMessageBuilder::<LinkUnspec>::new_with_index(index)
+            .setns_by_fd(target.file.as_raw_fd())
+            .name(new_name.to_owned())
+            .build();
+        let h = self.handle.clone();
+        self.rt
+            .block_on(async move { h.link().set(msg).execute().await })
+            .map_err(self.err(format!("moving link {index} to {} as {new_name}", target.path.display())))
+    }
+
+    pub fn set_up(&self, index: u32) -> Result<(), NetlinkError> {
+        let msg = LinkMessageBuilder::<LinkUnspec>::new_with_index(index).up().build();
+        let h = self.handle.clone();
+        self.rt
+            .block_on(async move { h.link().set(msg).execute().await })
+            .map_err(self.err(format!("setting link {index} up")))
+    }
+
+    /// Sets the link's alias (`ip link set DEV alias ...`), our ownership mark.
+    pub fn set_alias(&self, index: u32, alias: &str) -> Result<(), NetlinkError> {
+        let msg = LinkMessageBuilder::<LinkUnspec>::new_with_index(index).alias(alias.to_owned()).build();
+        let h = self.handle.clone();
+        self.rt
+            .block_on(async move { h.link().set(msg).execute().await })
+            .map_err(self.err(format!("setting the alias of link {index}")))
+    }
+
+    /// Deletes link `name`; `false` when there was none.
+    pub fn delete_link(&self, name: &str) -> Result<bool, NetlinkError> {
+        let Some(link) = self.link(name)? else { return Ok(false) };
+        let h = self.handle.clone();
+        match self.rt.block_on(async move { h.link().del(link.index).execute().await }) {
+            Ok(()) => Ok(true),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code().abs() == ENODEV => Ok(false),
+            Err(e) => Err(self.err(format!("deleting link {name}"))(e)),
+        }
+    }
+
+    /// Adds (or replaces) `ip/prefix` on link `index`; IPv6 without DAD, so the
+    /// address is usable at once.
+    pub fn add_address(&self, index: u32, ip: IpAddr, prefix: u8) -> Result<(), NetlinkError> {
+        let h = self.handle.clone();
+        let mut req = h.address().add(index, ip, prefix).replace();
+        if ip.is_ipv6() {
+            req.message_mut().attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
+        self.rt.block_on(req.execute()).map_err(self.err(format!("adding address {ip}/{prefix} to link {index}")))
+    }
+
+    pub fn addresses(&self, index: u32) -> Result<Vec<IpNetwork>, NetlinkError> {
+        let h = self.handle.clone();
+        let msgs: Vec<_> = self
+            .rt
+            .block_on(async move { h.address().get().set_link_index_filter(index).execute().try_collect().await })
+            .map_err(self.err(format!("listing addresses of link {index}")))?;
+        Ok(msgs
+            .into_iter()
+            .filter(|m| m.header.index == index)
+            .filter_map(|m| {
+                let ip = m.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Address(ip) => Some(*ip),
+                    _ => None,
+                })?;
+                IpNetwork::new(ip, m.header.prefix_len).ok()
+            })
+            .collect())
+    }
+
+    /// Adds or replaces the route to `dst` through link `oif` (via `gw`, or on-link
+    /// with scope link when there is no gateway).
+    pub fn replace_route(&self, dst: IpNetwork, oif: u32, gw: Option<IpAddr>) -> Result<(), NetlinkError> {
+        let msg = route_message(dst, oif, gw);
+        let h = self.handle.clone();
+        self.rt
+            .block_on(async move { h.route().add(msg).replace().execute().await })
+            .map_err(self.err(format!("adding route {dst} dev {oif}")))
+    }
+
+    /// Routes of the main table, for one family.
+    pub fn routes(&self, ipv6: bool) -> Result<Vec<RouteEntry>, NetlinkError> {
+        let filter = if ipv6 {
+            RouteMessageBuilder::<Ipv6Addr>::new().build()
+        } else {
+            RouteMessageBuilder::<Ipv4Addr>::new().build()
+        };
+        let h = self.handle.clone();
+        let msgs: Vec<RouteMessage> = self
+            .rt
+            .block_on(async move { h.route().get(filter).execute().try_collect().await })
+            .map_err(self.err("listing routes"))?;
+        Ok(msgs
+            .into_iter()
+            .filter(|m| m.header.table == netlink_packet_route::route::RouteHeader::RT_TABLE_MAIN)
+            .filter_map(|m| route_of(&m, ipv6))
+            .collect())
+    }
+
+    /// Adds or replaces a permanent neighbour entry `ip -> mac` on link `index`.
+    pub fn replace_permanent_neighbour(&self, index: u32, ip: IpAddr, mac: &[u8]) -> Result<(), NetlinkError> {
+        let h = self.handle.clone();
+        let req = h.neighbour().add(index, ip).link_layer_address(mac).state(NeighbourState::Permanent).replace();
+        self.rt.block_on(req.execute()).map_err(self.err(format!("adding neighbour {ip} on link {index}")))
+    }
+
+    pub fn neighbours(&self, index: u32) -> Result<Vec<Neighbour>, NetlinkError> {
+        let h = self.handle.clone();
+        let msgs: Vec<_> = self
+            .rt
+            .block_on(async move { h.neighbour().get().execute().try_collect().await })
+            .map_err(self.err("listing neighbours"))?;
+        Ok(msgs
+            .into_iter()
+            .filter(|m| m.header.ifindex == index)
+            .filter_map(|m| {
+                let mut ip = None;
+                let mut mac = Vec::new();
+                for a in &m.attributes {
+                    match a {
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => ip = Some(IpAddr::V4(*v4)),
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => ip = Some(IpAddr::V6(*v6)),
+                        NeighbourAttribute::LinkLayerAddress(l) => mac.clone_from(l),
+                        _ => {}
+                    }
+                }
+                Some(Neighbour { ip: ip?, mac, permanent: m.header.state == NeighbourState::Permanent })
+            })
+            .collect())
+    }
+
+    /// The MTU of the uplink: the link of the IPv4 default route, if any.
+    pub fn uplink_mtu(&self) -> Result<Option<u32>, NetlinkError> {
+        let oif = self.routes(false)?.into_iter().find(|r| r.dst.prefix() == 0).and_then(|r| r.oif);
+        let Some(oif) = oif else { return Ok(None) };
+        Ok(self.links()?.into_iter().find(|l| l.index == oif).map(|l| l.mtu))
+    }
+}
+
+fn runtime() -> Result<Runtime, NetlinkError> {
+    tokio::runtime::Builder::new_current_thread().enable_io().build().map_err(NetlinkError::Runtime)
+}
+
+fn link_of(m: LinkMessage) -> Link {
+    let mut link = Link {
+        index: m.header.index,
+        name: String::new(),
+        mac: Vec::new(),
+        mtu: 0,
+        up: m.header.flags.contains(LinkFlags::Up),
+        is_veth: false,
+        peer_index: None,
+        alias: None,
+    };
+    for a in m.attributes {
+        match a {
+            LinkAttribute::IfName(n) => link.name = n,
+            LinkAttribute::Address(mac) => link.mac = mac,
+            LinkAttribute::Mtu(mtu) => link.mtu = mtu,
+            LinkAttribute::Link(peer) => link.peer_index = Some(peer),
+            LinkAttribute::IfAlias(alias) => link.alias = Some(alias),
+            LinkAttribute::LinkInfo(infos) => {
+                link.is_veth = infos.iter().any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth)));
+            }
+            _ => {}
+        }
+    }
+    link
+}
+
+fn route_message(dst: IpNetwork, oif: u32, gw: Option<IpAddr>) -> RouteMessage {
+    let mut msg = match dst {
+        IpNetwork::V4(d) => {
+            let mut b = RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(d.network(), d.prefix());
+            if let Some(IpAddr::V4(g)) = gw {
+                b = b.gateway(g);
+            }
+            b.output_interface(oif).build()
+        }
+        IpNetwork::V6(d) => {
+            let mut b = RouteMessageBuilder::<Ipv6Addr>::new().destination_prefix(d.network(), d.prefix());
+            if let Some(IpAddr::V6(g)) = gw {
+                b = b.gateway(g);
+            }
+            b.output_interface(oif).build()
+        }
+    };
+    if gw.is_none() {
+        msg.header.scope = RouteScope::Link;
+    }
+    msg
+}
+
+fn route_of(m: &RouteMessage, ipv6: bool) -> Option<RouteEntry> {
+    let mut dst: IpAddr = if ipv6 { Ipv6Addr::UNSPECIFIED.into() } else { Ipv4Addr::UNSPECIFIED.into() };
+    let mut gw = None;
+    let mut oif = None;
+    for a in &m.attributes {
+        match a {
+            RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = (*d).into(),
+            RouteAttribute::Destination(RouteAddress::Inet6(d)) => dst = (*d).into(),
+            RouteAttribute::Gateway(RouteAddress::Inet(g)) => gw = Some((*g).into()),
+            RouteAttribute::Gateway(RouteAddress::Inet6(g)) => gw = Some((*g).into()),
+            RouteAttribute::Via(RouteVia::Inet6(g)) => gw = Some((*g).into()),
+            RouteAttribute::Oif(i) => oif = Some(*i),
+            _ => {}
+        }
+    }
+    Some(RouteEntry { dst: IpNetwork::new(dst, m.header.destination_prefix_length).ok()?, gw, oif })
+}

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Installs everything Weir needs on a fresh Debian machine, idempotently.
+# Fast (seconds) when everything is already present. See ../shared/TOOLCHAIN.md
+# for why bpf-linker is built against the nightly toolchain's own LLVM.
+set -euo pipefail
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+
+# Debian packages: iproute2 for the lab; containerd/runc/busybox for the real-runtime
+# test; the reference CNI plugins for chaining and the benchmark baseline; iptables/nft
+# and traffic tools for later benchmarks.
+PKGS=(iproute2 containerd runc busybox-static containernetworking-plugins
+      iptables nftables iperf3 socat bpftool iputils-ping)
+missing=()
+for p in "${PKGS[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    log "installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Rust: nightly with rust-src for -Z build-std=core (the eBPF target has no std).
+command -v rustup >/dev/null || { log "rustup is required"; exit 1; }
+rustup toolchain list | grep -q '^nightly' || { log "installing nightly"; rustup toolchain install nightly --profile minimal; }
+rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src' \
+    || { log "adding rust-src to nightly"; rustup component add rust-src --toolchain nightly; }
+
+# bpf-linker against the LLVM that ships inside the nightly toolchain.
+CARGO_HOME=${CARGO_HOME:-$HOME/.cargo}
+if ! command -v bpf-linker >/dev/null && [ ! -x "$CARGO_HOME/bin/bpf-linker" ]; then
+    SYSROOT=$(rustc +nightly --print sysroot)
+    SO=$(basename "$(ls "$SYSROOT"/lib/libLLVM.so.* | head -n1)")
+    PREFIX=$CARGO_HOME/bpf-linker-llvm
+    mkdir -p "$PREFIX/lib"
+    ln -sf "$SYSROOT/lib/$SO" "$PREFIX/lib/$SO"
+    ln -sf "$SYSROOT/lib/$SO" "$PREFIX/lib/libLLVM.so"
+    log "building bpf-linker against $SO (about a minute)"
+    LLVM_PREFIX=$PREFIX cargo +stable install bpf-linker --locked --no-default-features --features llvm-22 -q
+fi
+
+# bpffs, where maps and links are pinned.
+mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
+# The lab routes between pods in the root namespace too.
+sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1
+log "ok"

@@ -1,0 +1,105 @@
+//! A `weir-agent` process running on a lab node, killed on drop. Its pins stay
+//! (they belong to the node, which removes them), exactly as a real agent that
+//! exits leaves the datapath in place.
+
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use crate::bins;
+
+pub struct Agent {
+    child: Child,
+    pub netns: String,
+    pub bpffs_root: PathBuf,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Agent {
+    /// Starts the agent in `netns` and waits until its CNI socket answers.
+    pub fn start(netns: &str, node_name: &str, bpffs_root: PathBuf, socket: PathBuf, log: PathBuf) -> Self {
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("agent log file");
+        // nsenter, not `ip netns exec`: the latter remounts /sys for the namespace,
+        // which hides the bpffs mounted at /sys/fs/bpf.
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{netns}"))
+            .arg(bins::path("weir-agent"))
+            .args(["run", "--node", node_name])
+            .arg("--bpffs-root")
+            .arg(&bpffs_root)
+            .arg("--cni-socket")
+            .arg(&socket)
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("dup log"))
+            .stderr(log_file)
+            .spawn()
+            .expect("spawn weir-agent");
+        let mut agent = Self { child, netns: netns.to_owned(), bpffs_root, socket, log };
+        agent.wait_ready();
+        agent
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                panic!("weir-agent exited ({status}) before it was ready:\n{}", self.log_text());
+            }
+            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("weir-agent not ready after 30 s:\n{}", self.log_text());
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Kills the agent abruptly (as a crash or an upgrade would).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Kills the agent and starts a new one with the same settings.
+    pub fn restart(&mut self, node_name: &str) {
+        self.kill();
+        let fresh = Self::start(&self.netns, node_name, self.bpffs_root.clone(), self.socket.clone(), self.log.clone());
+        *self = fresh;
+    }
+
+    /// `weirctl --bpffs-root ROOT -o json ARGS...`, parsed.
+    pub fn weirctl(&self, args: &[&str]) -> Value {
+        weirctl(&self.bpffs_root, args)
+    }
+}
+
+/// Runs `weirctl` against a pin root (works whether or not the agent runs).
+pub fn weirctl(bpffs_root: &std::path::Path, args: &[&str]) -> Value {
+    let out = Command::new(bins::path("weirctl"))
+        .arg("--bpffs-root")
+        .arg(bpffs_root)
+        .args(["-o", "json"])
+        .args(args)
+        .output()
+        .expect("spawn weirctl");
+    assert!(out.status.success(), "weirctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("weirctl JSON")
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,0 +1,144 @@
+//! A lab node (a network namespace playing the host, with its own IPAM state and
+//! CNI configuration) and the pods `weir-cni` wires into it.
+
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use serde_json::{Value, json};
+
+use crate::{Agent, CniCall, CniOutcome, Netns, bins, unique};
+
+pub struct Node {
+    pub ns: Netns,
+    /// This node's own bpffs pin root (bpffs is shared by all namespaces).
+    pub bpffs_root: PathBuf,
+    /// Per-node state (IPAM store): removed on drop.
+    pub state_dir: PathBuf,
+    /// The network configuration handed to `weir-cni` on stdin.
+    pub conf: Value,
+}
+
+impl Node {
+    /// A node with a single IPv4 pod CIDR and the plugin's defaults.
+    pub fn new(pod_cidr: &str) -> Self {
+        Self::with_ranges(json!([[{ "subnet": pod_cidr }]]))
+    }
+
+    /// A node whose IPAM `ranges` are given verbatim (e.g. dual-stack).
+    pub fn with_ranges(ranges: Value) -> Self {
+        crate::require_root();
+        let ns = Netns::new(&unique("wn"));
+        ns.sh("sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1");
+        let state_dir = std::env::temp_dir().join(unique("weir-lab-"));
+        std::fs::create_dir_all(&state_dir).expect("state dir");
+        let conf = json!({
+            "cniVersion": "1.1.0",
+            "name": "weir-lab",
+            "type": "weir-cni",
+            "ipam": { "ranges": ranges, "dataDir": state_dir.join("ipam") },
+        });
+        let bpffs_root = PathBuf::from("/sys/fs/bpf/weir-lab").join(ns.name());
+        Self { ns, bpffs_root, state_dir, conf }
+    }
+
+    /// Starts `weir-agent` on this node and points the CNI config at its socket,
+    /// so that pods added from now on are registered with it.
+    pub fn start_agent(&mut self) -> Agent {
+        let socket = self.state_dir.join("cni.sock");
+        let agent = Agent::start(
+            self.ns.name(),
+            self.ns.name(),
+            self.bpffs_root.clone(),
+            socket.clone(),
+            self.state_dir.join("agent.log"),
+        );
+        self.conf["agentSocket"] = json!(socket);
+        agent
+    }
+
+    /// A `weir-cni` call that runs on this node, for `pod`'s attachment.
+    pub fn call(&self, command: &str, pod: &PodSpec) -> CniCall {
+        CniCall {
+            container_id: Some(pod.container_id.clone()),
+            netns: Some(pod.netns_path.display().to_string()),
+            ifname: Some(pod.ifname.clone()),
+            args: Some(format!("K8S_POD_NAMESPACE=default;K8S_POD_NAME={}", pod.name)),
+            path: Some(cni_path()),
+            in_netns: Some(self.ns.name().to_owned()),
+            ..CniCall::new(bins::path("weir-cni"), command)
+        }
+        .config(&self.conf)
+    }
+
+    /// Creates a pod namespace and runs `ADD` for it; panics if the plugin fails.
+    pub fn add_pod(&self, name: &str) -> Pod {
+        let ns = Netns::new(&unique("wp"));
+        let spec = PodSpec {
+            name: name.to_owned(),
+            container_id: unique(&format!("ctr-{name}-")),
+            netns_path: ns.path(),
+            ifname: "eth0".to_owned(),
+        };
+        let result = self.call("ADD", &spec).run().ok();
+        Pod { ips: result_ips(&result), result, spec, ns }
+    }
+
+    /// Runs `DEL` for a pod.
+    pub fn del_pod(&self, pod: &Pod) -> CniOutcome {
+        self.call("DEL", &pod.spec).run()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        // Unpinning the links detaches the programs; the netns goes after this.
+        let _ = std::fs::remove_dir_all(&self.bpffs_root);
+        let _ = std::fs::remove_dir_all(&self.state_dir);
+    }
+}
+
+/// What the runtime knows of a pod attachment.
+#[derive(Clone, Debug)]
+pub struct PodSpec {
+    pub name: String,
+    pub container_id: String,
+    pub netns_path: PathBuf,
+    pub ifname: String,
+}
+
+pub struct Pod {
+    pub spec: PodSpec,
+    /// The ADD result, as the plugin printed it.
+    pub result: Value,
+    /// The pod's addresses, from the result.
+    pub ips: Vec<IpAddr>,
+    pub ns: Netns,
+}
+
+impl Pod {
+    pub fn ipv4(&self) -> IpAddr {
+        *self.ips.iter().find(|ip| ip.is_ipv4()).expect("pod has no IPv4 address")
+    }
+}
+
+/// The addresses of a CNI result's `ips` (without prefix length).
+pub fn result_ips(result: &Value) -> Vec<IpAddr> {
+    result["ips"]
+        .as_array()
+        .unwrap_or_else(|| panic!("result without ips: {result}"))
+        .iter()
+        .map(|ip| {
+            let cidr = ip["address"].as_str().expect("ips[].address");
+            cidr.split('/').next().and_then(|a| a.parse().ok()).expect("address/prefix")
+        })
+        .collect()
+}
+
+/// `CNI_PATH`: our binaries first, then the reference plugins.
+pub fn cni_path() -> String {
+    let ours = bins::path("weir-cni");
+    let ours = ours.parent().unwrap_or(Path::new("."));
+    format!("{}:/usr/lib/cni:/opt/cni/bin", ours.display())
+}

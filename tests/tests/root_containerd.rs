@@ -1,0 +1,598 @@
+//! Tier 2 (root): a real container runtime drives `weir-cni`.
+//!
+//! A private `containerd` (1.6, Debian's) and `ctr run --cni` start a busybox container
+//! from a plain directory rootfs; `ctr` calls the plugin exactly as a runtime does (libcni:
+//! the first conflist of `/etc/cni/net.d`, the binary from the plugin directories, ADD
+//! before the task starts, DEL after it exits). The container checks its address, its
+//! default route and that it reaches the node; afterwards we check that DEL released the
+//! address and removed the host side. A stand-in for `weir-agent` on the plugin's
+//! `agentSocket` checks that ADD registered the pod and DEL unregistered it.
+//!
+//! Nothing of the machine is touched. `ctr` 1.6 only reads the default CNI directories, so
+//! it runs in a private mount namespace where `/etc` is an overlay (our conflist bound
+//! over `/etc/cni/net.d`), our plugin directory is bound over the plugin directories, and
+//! `/var/lib` (libcni's result cache) is an overlay on a tmpfs. `containerd` runs in its
+//! own private mount namespace with `/run` on an overlay (its shims and runc keep their
+//! state under the fixed `/run/containerd`), and with its root, state and sockets in a
+//! temporary directory. Both namespaces vanish with their processes.
+
+use std::{
+    fs::{self, File},
+    io::{BufRead as _, BufReader, Write as _},
+    net::{Ipv4Addr, TcpListener},
+    os::unix::{fs::PermissionsExt as _, net::UnixListener},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex, mpsc},
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+use weir_lab::{bins, require_root, unique};
+
+/// The busybox applets the container script uses.
+const APPLETS: &[&str] = &["sh", "ip", "ping", "wget", "nc", "cat", "sleep", "echo", "sed"];
+const BUSYBOX: &str = "/usr/bin/busybox";
+/// Debian's reference plugins; `ctr` searches it (and `/opt/cni/bin`) for plugins.
+const DISTRO_CNI_BIN: &str = "/usr/lib/cni";
+const DEFAULT_CNI_BIN: &str = "/opt/cni/bin";
+const NETWORK_NAME: &str = "weir-ctr-test";
+/// How long the whole `ctr run` may take before we kill it.
+const RUN_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[test]
+fn root_containerd_runs_pod_networked_by_weir_cni() {
+    require_root();
+    for tool in ["containerd", "ctr", "runc", "containerd-shim-runc-v2", "unshare"] {
+        assert!(
+            which(tool).is_some(),
+            "`{tool}` not found in PATH: run scripts/setup.sh"
+        );
+    }
+    assert!(
+        Path::new(BUSYBOX).is_file(),
+        "{BUSYBOX} missing: install busybox-static"
+    );
+    assert!(
+        Path::new(DISTRO_CNI_BIN).is_dir(),
+        "{DISTRO_CNI_BIN} missing: install containernetworking-plugins"
+    );
+
+    let dir = TempDir::new("weir-ctr-");
+    // A /24 and a node address of their own, per process, so parallel runs do not collide.
+    let octet = 10 + std::process::id() % 230;
+    let subnet = format!("10.250.{octet}.0/24");
+    let node_ip = Ipv4Addr::new(10, 251, octet as u8, 1);
+
+    let rootfs = busybox_rootfs(&dir.path.join("rootfs"));
+    let ipam_dir = dir.path.join("ipam");
+    let net_d = dir.path.join("net.d");
+    let cni_bin = dir.path.join("cni-bin");
+    fs::create_dir_all(&ipam_dir).expect("ipam dir");
+    fs::create_dir_all(&net_d).expect("net.d");
+    fs::create_dir_all(&cni_bin).expect("cni-bin");
+
+    // A stand-in for weir-agent: records what the plugin registers and answers ok.
+    let agent = FakeAgent::start(&dir.path.join("agent.sock"));
+    // libcni 1.0 (in containerd 1.6) knows CNI versions up to 1.0.0.
+    let conflist = json!({
+        "cniVersion": "1.0.0",
+        "name": NETWORK_NAME,
+        "plugins": [{
+            "type": "weir-cni",
+            "ipam": { "ranges": [[{ "subnet": subnet }]], "dataDir": ipam_dir },
+            "agentSocket": agent.socket,
+        }],
+    });
+    fs::write(
+        net_d.join("00-weir-test.conflist"),
+        serde_json::to_vec_pretty(&conflist).expect("json"),
+    )
+    .expect("write conflist");
+    copy_executable(&bins::path("weir-cni"), &cni_bin.join("weir-cni"));
+
+    // The node side: an address of the root namespace (not the pod's gateway) that the pod
+    // reaches through its default route, and a TCP listener on it.
+    let _node_address = NodeAddress::new(&unique("wd"), node_ip);
+    let listener = TcpListener::bind((node_ip, 0)).expect("listen on the node address");
+    let port = listener.local_addr().expect("local addr").port();
+
+    let containerd = Containerd::start(&dir.path);
+    let container_id = unique("weirctr");
+    // libcni's CNI_CONTAINERID for `ctr run`: "<containerd namespace>-<id>".
+    let cni_container_id = format!("default-{container_id}");
+
+    // While the pod is up: take what it sends, snapshot the IPAM store, then answer.
+    let (seen_tx, seen_rx) = mpsc::channel();
+    let server = {
+        let ipam_dir = ipam_dir.clone();
+        thread::spawn(move || {
+            let (stream, peer) = listener.accept().expect("accept");
+            let mut line = String::new();
+            BufReader::new(&stream)
+                .read_line(&mut line)
+                .expect("read from pod");
+            let store_while_up = files_under(&ipam_dir);
+            (&stream).write_all(b"hello from node\n").expect("answer pod");
+            seen_tx.send((peer, line, store_while_up)).expect("send");
+        })
+    };
+
+    let script = format!(
+        "set -e
+echo '### addr'; ip -4 -o addr show dev eth0
+echo '### link'; ip -o link show dev eth0
+echo '### route'; ip -4 route
+echo '### ping'; ping -c 1 -W 3 {node_ip}
+echo '### tcp'; echo hello from pod | nc -w 5 {node_ip} {port}
+echo '### done'"
+    );
+    let run = containerd.run(&container_id, &rootfs, &net_d, &cni_bin, &script);
+    println!(
+        "ctr run exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        run.exit_code, run.stdout, run.stderr
+    );
+    assert_eq!(
+        run.exit_code,
+        Some(0),
+        "the container failed (ADD, its checks, or DEL): see its output above; containerd log:\n{}",
+        containerd.log()
+    );
+    let out = &run.stdout;
+    assert!(
+        out.contains("### done"),
+        "container script did not finish:\n{out}"
+    );
+
+    // Address in the subnet, on eth0.
+    let pod_ip = pod_ipv4(out).unwrap_or_else(|| panic!("no IPv4 address on eth0:\n{out}"));
+    let net: ipnetwork::Ipv4Network = subnet.parse().expect("subnet");
+    assert!(
+        net.contains(pod_ip),
+        "pod address {pod_ip} not in {subnet}:\n{out}"
+    );
+    // A default route.
+    let routes = section(out, "route");
+    assert!(
+        routes.lines().any(|l| l.starts_with("default ")),
+        "no default route in the pod:\n{routes}"
+    );
+    // Reachability: ICMP and TCP to the node's address, from the pod's address.
+    assert!(
+        section(out, "ping").contains("1 packets received"),
+        "ping to {node_ip} failed:\n{out}"
+    );
+    assert!(
+        section(out, "tcp").contains("hello from node"),
+        "no TCP answer from the node:\n{out}"
+    );
+    let (peer, line, store_while_up) = seen_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the node saw no connection");
+    server.join().expect("server thread");
+    assert_eq!(line.trim(), "hello from pod");
+    assert_eq!(
+        peer.ip(),
+        pod_ip,
+        "the node saw the pod under another address (NAT?)"
+    );
+
+    // While the pod was up, the IPAM store held its allocation...
+    let holds = |files: &[(PathBuf, String)]| {
+        files
+            .iter()
+            .filter(|(path, content)| {
+                path.file_name()
+                    .is_some_and(|n| n.to_string_lossy().contains(&pod_ip.to_string()))
+                    || content.contains(&cni_container_id)
+            })
+            .map(|(path, _)| path.display().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        !holds(&store_while_up).is_empty(),
+        "no allocation for {pod_ip} / {cni_container_id} in the IPAM store while the pod was up: \
+         {store_while_up:?}"
+    );
+    // ...and DEL (called by ctr after the task exited) released it.
+    let store_after = files_under(&ipam_dir);
+    assert!(
+        holds(&store_after).is_empty(),
+        "DEL left the allocation of {pod_ip} in the IPAM store: {:?}",
+        holds(&store_after)
+    );
+    // The plugin registered the pod with the agent on ADD and unregistered it on DEL.
+    let requests = agent.requests();
+    let add = requests
+        .iter()
+        .find(|r| r["op"] == "add")
+        .unwrap_or_else(|| panic!("ADD did not register the pod with the agent: {requests:?}"));
+    assert_eq!(add["containerId"], cni_container_id.as_str(), "{add}");
+    assert_eq!(add["ifname"], "eth0", "{add}");
+    assert_eq!(add["ips"], json!([pod_ip.to_string()]), "{add}");
+    let del = requests
+        .iter()
+        .find(|r| r["op"] == "del")
+        .unwrap_or_else(|| panic!("DEL did not unregister the pod from the agent: {requests:?}"));
+    assert_eq!(del["containerId"], cni_container_id.as_str(), "{del}");
+    // DEL removed the host side: the veth peer (eth0@ifN names its host ifindex) and the
+    // route to the pod.
+    let link = section(out, "link");
+    let host_ifindex = link
+        .split_once("@if")
+        .and_then(|(_, rest)| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse::<u32>().ok())
+        .unwrap_or_else(|| panic!("cannot read the host peer of eth0 from {link:?}"));
+    let links = sh("ip -o link show");
+    assert!(
+        !links.lines().any(|l| l.starts_with(&format!("{host_ifindex}: "))),
+        "the host side of the pod (ifindex {host_ifindex}) is still there after DEL:\n{links}"
+    );
+    let route = sh(&format!("ip -4 route show to {pod_ip}"));
+    assert!(
+        route.trim().is_empty(),
+        "route to {pod_ip} left after DEL: {route}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// containerd
+
+struct Containerd {
+    child: Option<Child>,
+    dir: PathBuf,
+    socket: PathBuf,
+}
+
+struct RunOutput {
+    exit_code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Containerd {
+    /// Starts containerd with everything under `dir`, in a private mount namespace where
+    /// `/run` is an overlay on a tmpfs. Waits until it answers.
+    fn start(dir: &Path) -> Self {
+        let root = dir.join("containerd");
+        for d in ["root", "state", "ovl"] {
+            fs::create_dir_all(root.join(d)).expect("containerd dirs");
+        }
+        let socket = root.join("containerd.sock");
+        let config = root.join("config.toml");
+        fs::write(
+            &config,
+            format!(
+                r#"version = 2
+root = "{root}/root"
+state = "{root}/state"
+# No CRI: ctr talks to the core services only.
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "{sock}"
+[ttrpc]
+  address = "{sock}.ttrpc"
+[debug]
+  address = ""
+[metrics]
+  address = ""
+"#,
+                root = root.display(),
+                sock = socket.display()
+            ),
+        )
+        .expect("containerd config");
+        let script = "set -e
+mount -t tmpfs weir-ctr-tmpfs \"$1\"
+mkdir \"$1/up\" \"$1/work\"
+mount -t overlay weir-ctr-run -o \"lowerdir=/run,upperdir=$1/up,workdir=$1/work\" /run
+exec containerd --config \"$2\"";
+        let log = File::create(root.join("containerd.log")).expect("containerd log");
+        let child = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", script, "sh"])
+            .arg(root.join("ovl"))
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn containerd");
+        let mut me = Self {
+            child: Some(child),
+            dir: root,
+            socket,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = me.child.as_mut().and_then(|c| c.try_wait().expect("wait")) {
+                me.child = None;
+                panic!("containerd exited at start ({status}):\n{}", me.log());
+            }
+            let ok = me.ctr().arg("version").output().is_ok_and(|o| o.status.success());
+            if ok {
+                return me;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "containerd did not answer in 20 s:\n{}",
+                me.log()
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn ctr(&self) -> Command {
+        let mut c = Command::new("ctr");
+        c.arg("--address").arg(&self.socket);
+        c
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()
+    }
+
+    /// `ctr run --rm --cni` in a private mount namespace that shows `net_d` as
+    /// `/etc/cni/net.d` and `cni_bin` as the plugin directories.
+    fn run(&self, id: &str, rootfs: &Path, net_d: &Path, cni_bin: &Path, script: &str) -> RunOutput {
+        let ovl = self.dir.join("ctr-ovl");
+        let fifo = self.dir.join("fifo");
+        fs::create_dir_all(&ovl).expect("ctr ovl");
+        fs::create_dir_all(&fifo).expect("fifo dir");
+        let ns_script = format!(
+            "set -e
+O=\"$1\"; shift
+mount -t tmpfs weir-ctr-tmpfs \"$O\"
+for d in etc lib; do mkdir \"$O/$d-up\" \"$O/$d-work\"; done
+mount -t overlay weir-ctr-etc -o \"lowerdir=/etc,upperdir=$O/etc-up,workdir=$O/etc-work\" /etc
+mkdir -p /etc/cni/net.d
+mount --bind \"$NET_D\" /etc/cni/net.d
+mount -t overlay weir-ctr-lib -o \"lowerdir=/var/lib,upperdir=$O/lib-up,workdir=$O/lib-work\" /var/lib
+mount --bind \"$CNI_BIN\" {DISTRO_CNI_BIN}
+if [ -d {DEFAULT_CNI_BIN} ]; then mount --bind \"$CNI_BIN\" {DEFAULT_CNI_BIN}; fi
+exec \"$@\""
+        );
+        let stdout = self.dir.join(format!("{id}.stdout"));
+        let stderr = self.dir.join(format!("{id}.stderr"));
+        let mut child = Command::new("unshare")
+            .args([
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                &ns_script,
+                "sh",
+            ])
+            .arg(&ovl)
+            .arg("ctr")
+            .arg("--address")
+            .arg(&self.socket)
+            .args(["run", "--rm", "--cni", "--fifo-dir"])
+            .arg(&fifo)
+            .arg("--rootfs")
+            .arg(rootfs)
+            .args([id, "/bin/sh", "-c", script])
+            .env("NET_D", net_d)
+            .env("CNI_BIN", cni_bin)
+            .stdin(Stdio::null())
+            .stdout(File::create(&stdout).expect("stdout file"))
+            .stderr(File::create(&stderr).expect("stderr file"))
+            .spawn()
+            .expect("spawn ctr");
+        let deadline = Instant::now() + RUN_TIMEOUT;
+        let exit_code = loop {
+            if let Some(status) = child.try_wait().expect("wait ctr") {
+                break status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                eprintln!("ctr run timed out after {RUN_TIMEOUT:?}: killed");
+                break None;
+            }
+            thread::sleep(Duration::from_millis(50));
+        };
+        RunOutput {
+            exit_code,
+            stdout: fs::read_to_string(&stdout).unwrap_or_default(),
+            stderr: fs::read_to_string(&stderr).unwrap_or_default(),
+        }
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        // Tasks left by a failed run: kill them so their shims exit with them.
+        if let Ok(out) = self.ctr().args(["task", "ls", "-q"]).output() {
+            for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = self.ctr().args(["task", "kill", "-s", "SIGKILL", id]).status();
+                thread::sleep(Duration::from_millis(200));
+                let _ = self.ctr().args(["task", "rm", "-f", id]).status();
+                let _ = self.ctr().args(["container", "rm", id]).status();
+            }
+        }
+        // `unshare` and `sh` exec'd into containerd: this is containerd's own PID.
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if child.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        eprintln!("containerd ignored SIGTERM for 10 s: SIGKILL");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Fixtures
+
+/// Answers `weir-cni`'s registration requests (one JSON line per connection) with
+/// `{"status":"ok"}` and keeps them.
+struct FakeAgent {
+    socket: PathBuf,
+    seen: Arc<Mutex<Vec<Value>>>,
+}
+
+impl FakeAgent {
+    fn start(socket: &Path) -> Self {
+        let listener = UnixListener::bind(socket).expect("bind fake agent socket");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&seen);
+        // Lives until the test process exits; its socket goes with the temp dir.
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let mut line = String::new();
+                if BufReader::new(&stream).read_line(&mut line).is_err() {
+                    continue;
+                }
+                let request = serde_json::from_str(&line).unwrap_or(Value::String(line));
+                log.lock().expect("agent log").push(request);
+                let _ = (&stream).write_all(b"{\"status\":\"ok\"}\n");
+            }
+        });
+        Self {
+            socket: socket.to_path_buf(),
+            seen,
+        }
+    }
+
+    fn requests(&self) -> Vec<Value> {
+        self.seen.lock().expect("agent log").clone()
+    }
+}
+
+/// A temporary directory, removed on drop unless something is still mounted under it.
+struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    fn new(prefix: &str) -> Self {
+        let path = std::env::temp_dir().join(unique(prefix));
+        fs::create_dir(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+        Self { path }
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let prefix = self.path.display().to_string();
+        if mounts
+            .lines()
+            .any(|l| l.split(' ').nth(4).is_some_and(|m| m.starts_with(&prefix)))
+        {
+            eprintln!("{prefix} still has mounts under it: left in place");
+            return;
+        }
+        let _ = fs::remove_dir_all(&self.path);
+    }
+}
+
+/// An address of the root namespace, `ip/32`, on an interface of its own, removed on
+/// drop. The kernel has no `dummy` driver: a veth pair whose ends both stay here.
+struct NodeAddress {
+    name: String,
+}
+
+impl NodeAddress {
+    fn new(name: &str, ip: Ipv4Addr) -> Self {
+        sh(&format!("ip link add {name} type veth peer name {name}p"));
+        let me = Self {
+            name: name.to_owned(),
+        };
+        sh(&format!(
+            "ip addr add {ip}/32 dev {name} && ip link set {name}p up && ip link set {name} up"
+        ));
+        me
+    }
+}
+
+impl Drop for NodeAddress {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.name]).status();
+    }
+}
+
+/// A rootfs of busybox and its applet links, plus the empty mount points runc needs.
+fn busybox_rootfs(dir: &Path) -> PathBuf {
+    for d in ["bin", "proc", "sys", "dev", "etc", "tmp"] {
+        fs::create_dir_all(dir.join(d)).expect("rootfs dir");
+    }
+    copy_executable(Path::new(BUSYBOX), &dir.join("bin/busybox"));
+    for applet in APPLETS {
+        std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet)).expect("applet link");
+    }
+    dir.to_path_buf()
+}
+
+fn copy_executable(from: &Path, to: &Path) {
+    fs::copy(from, to).unwrap_or_else(|e| panic!("copy {} to {}: {e}", from.display(), to.display()));
+    fs::set_permissions(to, fs::Permissions::from_mode(0o755)).expect("chmod");
+}
+
+/// Every regular file under `dir`, with its content (lossy).
+fn files_under(dir: &Path) -> Vec<(PathBuf, String)> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let Ok(entries) = fs::read_dir(&d) else { continue };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                todo.push(path);
+            } else {
+                let content = fs::read(&path).map(|b| String::from_utf8_lossy(&b).into_owned());
+                out.push((path, content.unwrap_or_default()));
+            }
+        }
+    }
+    out
+}
+
+/// The lines after `### name` up to the next `### ` marker.
+fn section<'a>(out: &'a str, name: &str) -> &'a str {
+    let marker = format!("### {name}\n");
+    let Some(start) = out.find(&marker) else { return "" };
+    let rest = &out[start + marker.len()..];
+    &rest[..rest.find("\n### ").map_or(rest.len(), |i| i + 1)]
+}
+
+/// The address of `ip -4 -o addr show dev eth0` (`... inet A.B.C.D/N ...`).
+fn pod_ipv4(out: &str) -> Option<Ipv4Addr> {
+    let addr = section(out, "addr");
+    let mut words = addr.split_whitespace();
+    words.find(|w| *w == "inet")?;
+    words.next()?.split('/').next()?.parse().ok()
+}
+
+fn sh(script: &str) -> String {
+    let out = Command::new("sh")
+        .args(["-c", script])
+        .output()
+        .expect("spawn sh");
+    assert!(
+        out.status.success(),
+        "`{script}` failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn which(tool: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
+}
