@@ -4,5 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-cargo build --workspace --bins --locked
+cargo build --bins --locked
 exec target/debug/weir-lab demo "$@"

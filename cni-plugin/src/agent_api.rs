@@ -78,32 +78,48 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 /// Sends one request and waits for the agent's answer.
 pub fn call(socket: &Path, request: &Request) -> Result<(), AgentError> {
     let path = socket.display().to_string();
-    let io = |source| AgentError::Io { path: path.clone(), source };
-    let mut stream = UnixStream::connect(socket)
-        .map_err(|source| AgentError::Connect { path: path.clone(), source })?;
+    let io = |source| AgentError::Io {
+        path: path.clone(),
+        source,
+    };
+    let mut stream = UnixStream::connect(socket).map_err(|source| AgentError::Connect {
+        path: path.clone(),
+        source,
+    })?;
     stream.set_read_timeout(Some(TIMEOUT)).map_err(io)?;
     stream.set_write_timeout(Some(TIMEOUT)).map_err(io)?;
-    let mut line = serde_json::to_vec(request)
-        .map_err(|source| AgentError::Decode { path: path.clone(), source })?;
+    let mut line = serde_json::to_vec(request).map_err(|source| AgentError::Decode {
+        path: path.clone(),
+        source,
+    })?;
     line.push(b'\n');
     stream.write_all(&line).map_err(io)?;
     let mut answer = String::new();
     BufReader::new(&stream).read_line(&mut answer).map_err(io)?;
-    match serde_json::from_str(&answer)
-        .map_err(|source| AgentError::Decode { path: path.clone(), source })?
-    {
+    match serde_json::from_str(&answer).map_err(|source| AgentError::Decode {
+        path: path.clone(),
+        source,
+    })? {
         Reply::Ok => Ok(()),
         Reply::Error { message } => Err(AgentError::Refused(message)),
     }
 }
 
 #[cfg(test)]
+#[expect(
+    clippy::unwrap_used,
+    reason = "a test should fail loudly on the first surprise"
+)]
 mod tests {
     use super::*;
 
     #[test]
     fn request_wire_format_is_tagged_camel_case() {
-        let r = Request::Del { container_id: "c1".into(), ifname: "eth0".into(), ips: vec![] };
+        let r = Request::Del {
+            container_id: "c1".into(),
+            ifname: "eth0".into(),
+            ips: vec![],
+        };
         assert_eq!(
             serde_json::to_string(&r).unwrap(),
             r#"{"op":"del","containerId":"c1","ifname":"eth0","ips":[]}"#

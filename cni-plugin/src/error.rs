@@ -62,16 +62,26 @@ pub enum Error {
     #[error("CNI_NETNS: {0}")]
     BadNetns(#[source] NetnsError),
     #[error("{verb} is not part of CNI {version} (it needs {needs} or later)")]
-    VerbNotInVersion { verb: &'static str, version: &'static str, needs: &'static str },
+    VerbNotInVersion {
+        verb: &'static str,
+        version: &'static str,
+        needs: &'static str,
+    },
     #[error("interface {ifname} already exists in {netns} and was not created by weir-cni")]
     InterfaceExists { ifname: String, netns: String },
     #[error("no attachment of container {container_id} on {ifname}: {reason}")]
-    UnknownContainer { container_id: String, ifname: String, reason: String },
+    UnknownContainer {
+        container_id: String,
+        ifname: String,
+        reason: String,
+    },
     #[error("prevResult is required for CHECK")]
     MissingPrevResult,
     #[error("the attachment differs from prevResult: {}", .0.join("; "))]
     CheckMismatch(Vec<String>),
-    #[error("registering the pod with weir-agent at {socket} failed, so it was not wired (try again later): {source}")]
+    #[error(
+        "registering the pod with weir-agent at {socket} failed, so it was not wired (try again later): {source}"
+    )]
     Agent { socket: String, source: AgentError },
     #[error("the delegated IPAM plugin returned no address")]
     NoAddress,

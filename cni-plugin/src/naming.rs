@@ -20,12 +20,6 @@ pub fn host_veth(a: &Attachment) -> String {
     format!("{HOST_PREFIX}{}", digest11(a))
 }
 
-/// The peer's name while it is still in the node's namespace, before it moves
-/// into the pod as `CNI_IFNAME`.
-pub fn temp_peer(a: &Attachment) -> String {
-    format!("wtmp{}", digest11(a))
-}
-
 /// The alias on the host veth: marks it as ours and says which network and
 /// attachment it belongs to (GC reads it).
 pub fn alias(network: &str, a: &Attachment) -> String {
@@ -43,16 +37,27 @@ mod tests {
 
     #[test]
     fn deterministic_and_short() {
-        let a = Attachment { container_id: "abc".into(), ifname: "eth0".into() };
+        let a = Attachment {
+            container_id: "abc".into(),
+            ifname: "eth0".into(),
+        };
         let n = host_veth(&a);
         assert_eq!(n.len(), 15);
         assert!(n.starts_with("weir"));
         assert_eq!(n, host_veth(&a));
         // sha256("abc/eth0") starts with these 11 hex digits.
-        let expected: String =
-            Sha256::digest(b"abc/eth0").iter().map(|b| format!("{b:02x}")).collect::<String>()[..11].to_owned();
+        let expected: String = Sha256::digest(b"abc/eth0")
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()[..11]
+            .to_owned();
         assert_eq!(n, format!("weir{expected}"));
-        assert_ne!(n, host_veth(&Attachment { container_id: "abc".into(), ifname: "eth1".into() }));
-        assert_eq!(temp_peer(&a).len(), 15);
+        assert_ne!(
+            n,
+            host_veth(&Attachment {
+                container_id: "abc".into(),
+                ifname: "eth1".into()
+            })
+        );
     }
 }

@@ -33,9 +33,17 @@ pub struct Netns {
 impl Netns {
     pub fn open(path: &Path) -> Result<Self, NetnsError> {
         match File::open(path) {
-            Ok(file) => Ok(Netns { path: path.to_owned(), file }),
-            Err(e) if e.kind() == ErrorKind::NotFound => Err(NetnsError::NotFound { path: path.to_owned() }),
-            Err(source) => Err(NetnsError::Open { path: path.to_owned(), source }),
+            Ok(file) => Ok(Netns {
+                path: path.to_owned(),
+                file,
+            }),
+            Err(e) if e.kind() == ErrorKind::NotFound => Err(NetnsError::NotFound {
+                path: path.to_owned(),
+            }),
+            Err(source) => Err(NetnsError::Open {
+                path: path.to_owned(),
+                source,
+            }),
         }
     }
 
@@ -65,9 +73,18 @@ impl NetnsGuard {
     fn enter(target: &File, what: &str) -> Result<Self, NetnsError> {
         // The thread's own namespace, not the process's (/proc/self is the main thread's).
         let here = Path::new("/proc/thread-self/ns/net");
-        let original = File::open(here).map_err(|source| NetnsError::Open { path: here.to_owned(), source })?;
-        setns(target, CloneFlags::CLONE_NEWNET).map_err(|source| NetnsError::Setns { what: what.to_owned(), source })?;
-        Ok(NetnsGuard { original, _not_send: PhantomData })
+        let original = File::open(here).map_err(|source| NetnsError::Open {
+            path: here.to_owned(),
+            source,
+        })?;
+        setns(target, CloneFlags::CLONE_NEWNET).map_err(|source| NetnsError::Setns {
+            what: what.to_owned(),
+            source,
+        })?;
+        Ok(NetnsGuard {
+            original,
+            _not_send: PhantomData,
+        })
     }
 }
 

@@ -64,7 +64,7 @@ impl Node {
             container_id: Some(pod.container_id.clone()),
             netns: Some(pod.netns_path.display().to_string()),
             ifname: Some(pod.ifname.clone()),
-            args: Some(format!("K8S_POD_NAMESPACE=default;K8S_POD_NAME={}", pod.name)),
+            args: Some(format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={}", pod.name)),
             path: Some(cni_path()),
             in_netns: Some(self.ns.name().to_owned()),
             ..CniCall::new(bins::path("weir-cni"), command)

@@ -22,7 +22,7 @@
 //! same attachment the same addresses. Whatever a failing ADD created itself (veth,
 //! addresses) is undone by a scope guard, [`Rollback`], on every error path.
 
-use std::{net::IpAddr, path::PathBuf};
+use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 use serde_json::Value;
@@ -33,7 +33,7 @@ use crate::{
     agent_api::{self, Endpoint, Request},
     ipam::{delegate, disk::DiskStore},
     naming,
-    netlink::{Link, Netlink},
+    netlink::{Link, Netlink, NetlinkError},
     netns::{self, Netns},
     spec::{Attachment, CniResult, Env, Interface, IpConfig, IpamConf, NetConf, Route},
 };
@@ -47,42 +47,52 @@ pub fn run(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<Value, Error> {
     let me = ipam::attachment(env);
     let host_name = naming::host_veth(&me);
     let node = Netlink::current()?;
-    let pod = Netlink::inside(&netns)?;
+    // A CNI_NETNS that is not a network namespace fails here: the runtime's fault.
+    let pod = Netlink::inside(&netns).map_err(|e| match e {
+        NetlinkError::Netns(e) => Error::BadNetns(e),
+        e => e.into(),
+    })?;
 
     let mut rollback = Rollback::new(&node, &me);
 
-    let existing_host = node.link(&host_name)?;
-    let existing_pod = pod.link(&env.ifname)?;
-    let reuse = match (&existing_host, &existing_pod) {
-        (Some(h), Some(p)) if p.is_veth && p.peer_index == Some(h.index) => true,
+    let reused = match (node.link(&host_name)?, pod.link(&env.ifname)?) {
+        (Some(h), Some(p)) if p.is_veth && p.peer_index == Some(h.index) => Some((h, p)),
         (_, Some(_)) => {
-            return Err(Error::InterfaceExists { ifname: env.ifname.clone(), netns: netns_path.display().to_string() });
+            return Err(Error::InterfaceExists {
+                ifname: env.ifname.clone(),
+                netns: netns_path.display().to_string(),
+            });
         }
         (Some(_), None) => {
             // Our veth from an earlier attempt, paired with nothing in this pod.
             node.delete_link(&host_name)?;
-            false
+            None
         }
-        (None, None) => false,
+        (None, None) => None,
     };
 
     let addressing = ipam::add(env, conf, stdin)?;
-    if !reuse {
-        // A repeated ADD must not free the addresses of a pod that works.
-        rollback.ipam = Some((conf.clone(), env.clone(), stdin.to_vec()));
-    }
-
-    let (host, pod_link) = if reuse {
-        let (Some(h), Some(p)) = (existing_host, existing_pod) else {
-            unreachable!("reuse implies both links exist")
-        };
-        (h, p)
-    } else {
-        let mtu = match conf.mtu {
-            Some(mtu) => mtu,
-            None => node.uplink_mtu()?.unwrap_or(FALLBACK_MTU),
-        };
-        create_veth(&node, &pod, &netns, &me, &env.ifname, mtu, &conf.name, &mut rollback)?
+    let (host, pod_link) = match reused {
+        Some(links) => links,
+        None => {
+            // A repeated ADD must not free the addresses of a pod that works, so
+            // only an ADD that wires the pod anew gives them back on failure.
+            rollback.ipam = Some((conf.clone(), env.clone(), stdin.to_vec()));
+            let mtu = match conf.mtu {
+                Some(mtu) => mtu,
+                None => node.uplink_mtu()?.unwrap_or(FALLBACK_MTU),
+            };
+            create_veth(
+                &node,
+                &pod,
+                &netns,
+                &me,
+                &env.ifname,
+                mtu,
+                &conf.name,
+                &mut rollback,
+            )?
+        }
     };
 
     configure_addresses(&node, &pod, &host, &pod_link, &addressing)?;
@@ -96,7 +106,10 @@ pub fn run(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<Value, Error> {
     Ok(result.render(conf.version))
 }
 
-#[expect(clippy::too_many_arguments, reason = "one call site; a struct would only rename them")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site; a struct would only rename them"
+)]
 fn create_veth(
     node: &Netlink,
     pod: &Netlink,
@@ -108,10 +121,7 @@ fn create_veth(
     rollback: &mut Rollback<'_>,
 ) -> Result<(Link, Link), Error> {
     let host_name = naming::host_veth(me);
-    let tmp = naming::temp_peer(me);
-    // A leftover of an ADD that died between creating and moving the peer.
-    node.delete_link(&tmp)?;
-    node.create_veth(&host_name, &tmp, mtu)?;
+    node.create_veth(&host_name, ifname, netns, mtu)?;
     rollback.veth = true;
     let lookup = |nl: &Netlink, name: &str| -> Result<Link, Error> {
         nl.link(name)?.ok_or_else(|| Error::UnknownContainer {
@@ -120,13 +130,14 @@ fn create_veth(
             reason: format!("link {name} vanished while being set up"),
         })
     };
-    let peer = lookup(node, &tmp)?;
-    node.move_to(peer.index, netns, ifname)?;
 
     // DAD would leave IPv6 addresses (link-local ones included) unusable for a
     // second or so; there is nobody else on this link to collide with.
     let dad_off = |ifname: &str| {
-        for (key, value) in [(format!("net/ipv6/conf/{ifname}/accept_dad"), "0"), (format!("net/ipv6/conf/{ifname}/accept_ra"), "0")] {
+        for (key, value) in [
+            (format!("net/ipv6/conf/{ifname}/accept_dad"), "0"),
+            (format!("net/ipv6/conf/{ifname}/accept_ra"), "0"),
+        ] {
             if let Err(e) = netns::write_sysctl(&key, value) {
                 eprintln!("weir-cni: sysctl {key}={value}: {e} (IPv6 disabled?)");
             }
@@ -154,8 +165,11 @@ fn host_net(ip: IpAddr) -> IpNetwork {
 }
 
 fn default_dst(ip: IpAddr) -> IpNetwork {
-    let unspecified: IpAddr =
-        if ip.is_ipv4() { std::net::Ipv4Addr::UNSPECIFIED.into() } else { std::net::Ipv6Addr::UNSPECIFIED.into() };
+    let unspecified: IpAddr = if ip.is_ipv4() {
+        std::net::Ipv4Addr::UNSPECIFIED.into()
+    } else {
+        std::net::Ipv6Addr::UNSPECIFIED.into()
+    };
     IpNetwork::new(unspecified, 0).unwrap_or_else(|_| IpNetwork::from(unspecified))
 }
 
@@ -177,7 +191,13 @@ fn configure_addresses(
         if r.dst.prefix() == 0 {
             continue;
         }
-        let gw = r.gw.or_else(|| addressing.addrs.iter().find(|a| a.ip.is_ipv4() == r.dst.is_ipv4()).map(|a| a.gateway));
+        let gw = r.gw.or_else(|| {
+            addressing
+                .addrs
+                .iter()
+                .find(|a| a.ip.is_ipv4() == r.dst.is_ipv4())
+                .map(|a| a.gateway)
+        });
         pod.replace_route(r.dst, pod_link.index, gw)?;
     }
     Ok(())
@@ -193,29 +213,53 @@ fn register(socket: &std::path::Path, env: &Env, host: &Link, addressing: &Addre
         pod_namespace: env.args.pod_namespace.clone(),
         pod_name: env.args.pod_name.clone(),
     };
-    agent_api::call(socket, &Request::Add(endpoint))
-        .map_err(|source| Error::Agent { socket: socket.display().to_string(), source })
+    agent_api::call(socket, &Request::Add(endpoint)).map_err(|source| Error::Agent {
+        socket: socket.display().to_string(),
+        source,
+    })
 }
 
 fn mac_string(mac: &[u8]) -> String {
-    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
-pub(super) fn build_result(conf: &NetConf, env: &Env, host: &Link, pod_link: &Link, addressing: &Addressing) -> CniResult {
+pub(super) fn build_result(
+    conf: &NetConf,
+    env: &Env,
+    host: &Link,
+    pod_link: &Link,
+    addressing: &Addressing,
+) -> CniResult {
     // Chained after another plugin (not the usual place), we add to its result as ptp does.
     let mut result = conf.prev_result.clone().unwrap_or_default();
     let base = result.interfaces.len();
-    result.interfaces.push(Interface { name: host.name.clone(), mac: Some(mac_string(&host.mac)), sandbox: None });
+    result.interfaces.push(Interface {
+        name: host.name.clone(),
+        mac: Some(mac_string(&host.mac)),
+        sandbox: None,
+    });
     result.interfaces.push(Interface {
         name: env.ifname.clone(),
         mac: Some(mac_string(&pod_link.mac)),
         sandbox: Some(env.netns.clone().unwrap_or_default().display().to_string()),
     });
     for a in &addressing.addrs {
-        result.ips.push(IpConfig { address: host_net(a.ip), gateway: Some(a.gateway), interface: Some(base + 1) });
-        result.routes.push(Route { dst: default_dst(a.ip), gw: Some(a.gateway) });
+        result.ips.push(IpConfig {
+            address: host_net(a.ip),
+            gateway: Some(a.gateway),
+            interface: Some(base + 1),
+        });
+        result.routes.push(Route {
+            dst: default_dst(a.ip),
+            gw: Some(a.gateway),
+        });
     }
-    result.routes.extend(addressing.routes.iter().filter(|r| r.dst.prefix() != 0).cloned());
+    result
+        .routes
+        .extend(addressing.routes.iter().filter(|r| r.dst.prefix() != 0).cloned());
     if let Some(dns) = addressing.dns.clone().filter(|_| conf.dns == Default::default()) {
         result.dns = dns;
     } else if conf.dns != Default::default() {
@@ -236,7 +280,13 @@ struct Rollback<'a> {
 
 impl<'a> Rollback<'a> {
     fn new(node: &'a Netlink, me: &'a Attachment) -> Self {
-        Rollback { node, me, veth: false, ipam: None, armed: true }
+        Rollback {
+            node,
+            me,
+            veth: false,
+            ipam: None,
+            armed: true,
+        }
     }
 
     fn disarm(&mut self) {
@@ -250,10 +300,10 @@ impl Drop for Rollback<'_> {
             return;
         }
         if self.veth {
-            for name in [naming::host_veth(self.me), naming::temp_peer(self.me)] {
-                if let Err(e) = self.node.delete_link(&name) {
-                    eprintln!("weir-cni: rollback: deleting {name}: {e}");
-                }
+            // Deleting one end of a veth deletes both.
+            let name = naming::host_veth(self.me);
+            if let Err(e) = self.node.delete_link(&name) {
+                eprintln!("weir-cni: rollback: deleting {name}: {e}");
             }
         }
         if let Some((conf, env, stdin)) = self.ipam.take() {
@@ -262,16 +312,16 @@ impl Drop for Rollback<'_> {
                     .and_then(|mut s| crate::ipam::release(&mut s, self.me))
                     .map(|_| ())
                     .map_err(Error::from),
-                IpamConf::Delegate { plugin } => {
-                    delegate::exec(plugin, &env.path, "DEL", &stdin).map(|_| ()).map_err(Error::from)
-                }
+                IpamConf::Delegate { plugin } => delegate::exec(plugin, &env.path, "DEL", &stdin)
+                    .map(|_| ())
+                    .map_err(Error::from),
             };
             if let Err(e) = freed {
-                eprintln!("weir-cni: rollback: releasing the addresses of {}/{}: {e}", self.me.container_id, self.me.ifname);
+                eprintln!(
+                    "weir-cni: rollback: releasing the addresses of {}/{}: {e}",
+                    self.me.container_id, self.me.ifname
+                );
             }
         }
     }
 }
-
-#[allow(dead_code)]
-fn _assert_paths(_: PathBuf) {}

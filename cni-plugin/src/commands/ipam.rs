@@ -27,7 +27,10 @@ pub struct Addressing {
 }
 
 pub fn attachment(env: &Env) -> Attachment {
-    Attachment { container_id: env.container_id.clone(), ifname: env.ifname.clone() }
+    Attachment {
+        container_id: env.container_id.clone(),
+        ifname: env.ifname.clone(),
+    }
 }
 
 /// Allocates (or finds again) the attachment's addresses.
@@ -38,14 +41,23 @@ pub fn add(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<Addressing, Error>
             let mut store = DiskStore::open(data_dir, &conf.name)?;
             let leases = ipam::allocate(&mut store, sets, &attachment(env))?;
             Ok(Addressing {
-                addrs: leases.into_iter().map(|l| PodAddress { ip: l.ip, gateway: l.range.gateway }).collect(),
+                addrs: leases
+                    .into_iter()
+                    .map(|l| PodAddress {
+                        ip: l.ip,
+                        gateway: l.range.gateway,
+                    })
+                    .collect(),
                 ..Addressing::default()
             })
         }
         IpamConf::Delegate { plugin } => {
             let out = delegate::exec(plugin, &env.path, "ADD", stdin)?.ok_or(Error::NoAddress)?;
             let result = CniResult::from_value(&out).map_err(|e| {
-                Error::Delegate(delegate::DelegateError::BadOutput { plugin: plugin.clone(), reason: e.to_string() })
+                Error::Delegate(delegate::DelegateError::BadOutput {
+                    plugin: plugin.clone(),
+                    reason: e.to_string(),
+                })
             })?;
             if result.ips.is_empty() {
                 return Err(Error::NoAddress);
@@ -55,11 +67,17 @@ pub fn add(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<Addressing, Error>
                 .iter()
                 .map(|ipc| PodAddress {
                     ip: ipc.address.ip(),
-                    gateway: ipc.gateway.unwrap_or_else(|| Range::default_gateway(network_of(ipc.address))),
+                    gateway: ipc
+                        .gateway
+                        .unwrap_or_else(|| Range::default_gateway(network_of(ipc.address))),
                 })
                 .collect();
             let dns = (result.dns != Dns::default()).then_some(result.dns);
-            Ok(Addressing { addrs, routes: result.routes, dns })
+            Ok(Addressing {
+                addrs,
+                routes: result.routes,
+                dns,
+            })
         }
     }
 }
@@ -68,17 +86,21 @@ fn network_of(n: IpNetwork) -> IpNetwork {
     IpNetwork::new(n.network(), n.prefix()).unwrap_or(n)
 }
 
-/// Frees the attachment's addresses (no error when it has none).
-pub fn del(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), Error> {
+/// Frees the attachment's addresses (no error when it has none); returns them
+/// (for a delegate: as `prevResult` says, when the runtime gave one).
+pub fn del(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<Vec<IpAddr>, Error> {
     match &conf.ipam {
         IpamConf::Builtin { data_dir, .. } => {
             let mut store = DiskStore::open(data_dir, &conf.name)?;
-            ipam::release(&mut store, &attachment(env))?;
-            Ok(())
+            Ok(ipam::release(&mut store, &attachment(env))?)
         }
         IpamConf::Delegate { plugin } => {
             delegate::exec(plugin, &env.path, "DEL", stdin)?;
-            Ok(())
+            Ok(conf
+                .prev_result
+                .iter()
+                .flat_map(|r| r.ips.iter().map(|ip| ip.address.ip()))
+                .collect())
         }
     }
 }
@@ -90,7 +112,14 @@ pub fn held(env: &Env, conf: &NetConf) -> Result<Option<Vec<IpAddr>>, Error> {
             let store = DiskStore::open(data_dir, &conf.name)?;
             let me = attachment(env);
             use ipam::store::Store as _;
-            Ok(Some(store.allocations()?.into_iter().filter(|(_, a)| *a == me).map(|(ip, _)| ip).collect()))
+            Ok(Some(
+                store
+                    .allocations()?
+                    .into_iter()
+                    .filter(|(_, a)| *a == me)
+                    .map(|(ip, _)| ip)
+                    .collect(),
+            ))
         }
         IpamConf::Delegate { .. } => Ok(None),
     }

@@ -25,7 +25,15 @@ pub fn dispatch(stdin: &[u8]) -> Result<Option<Value>, Error> {
     }
     let version = config::parse_version(stdin)?;
     let verb_needs = |verb, ok: bool, needs| {
-        if ok { Ok(()) } else { Err(Error::VerbNotInVersion { verb, version: version.as_str(), needs }) }
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::VerbNotInVersion {
+                verb,
+                version: version.as_str(),
+                needs,
+            })
+        }
     };
     match env.command {
         Command::Check => verb_needs("CHECK", version.has_check(), "0.4.0")?,
@@ -40,7 +48,7 @@ pub fn dispatch(stdin: &[u8]) -> Result<Option<Value>, Error> {
     match env.command {
         Command::Add => add::run(&env, &conf, stdin).map(Some),
         Command::Del => del::run(&env, &conf, stdin).map(|()| None),
-        Command::Check => check::run(&env, &conf).map(|()| None),
+        Command::Check => check::run(&env, &conf, stdin).map(|()| None),
         Command::Gc => gc::run(&env, &conf, stdin).map(|()| None),
         Command::Version | Command::Status => Ok(None),
     }

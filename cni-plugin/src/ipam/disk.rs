@@ -21,8 +21,9 @@ pub struct DiskStore {
     _lock: Flock<File>,
 }
 
-fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> IpamError + '_ {
-    move |source| IpamError::Store { op, path: path.to_owned(), source }
+fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> IpamError + use<> {
+    let path = path.to_owned();
+    move |source| IpamError::Store { op, path, source }
 }
 
 impl DiskStore {
@@ -113,13 +114,20 @@ impl Store for DiskStore {
 }
 
 #[cfg(test)]
+#[expect(
+    clippy::unwrap_used,
+    reason = "a test should fail loudly on the first surprise"
+)]
 mod tests {
     use super::*;
 
     #[test]
     fn disk_store_round_trip() {
         let dir = std::env::temp_dir().join(format!("weir-cni-disk-{}", std::process::id()));
-        let owner = Attachment { container_id: "c1".into(), ifname: "eth0".into() };
+        let owner = Attachment {
+            container_id: "c1".into(),
+            ifname: "eth0".into(),
+        };
         let ip: IpAddr = "10.0.0.2".parse().unwrap();
         {
             let mut s = DiskStore::open(&dir, "net").unwrap();
@@ -127,7 +135,10 @@ mod tests {
             assert!(!s.reserve(&owner, ip, 0).unwrap());
             assert_eq!(s.last_reserved(0).unwrap(), Some(ip));
             assert_eq!(s.allocations().unwrap(), vec![(ip, owner.clone())]);
-            assert_eq!(fs::read_to_string(dir.join("net").join("10.0.0.2")).unwrap(), "c1\neth0");
+            assert_eq!(
+                fs::read_to_string(dir.join("net").join("10.0.0.2")).unwrap(),
+                "c1\neth0"
+            );
             s.release(ip).unwrap();
             s.release(ip).unwrap();
             assert!(s.allocations().unwrap().is_empty());

@@ -24,7 +24,11 @@ pub enum IpamError {
     #[error("no free address in range {range}")]
     Exhausted { range: String },
     #[error("IPAM store: {op} {}: {source}", path.display())]
-    Store { op: &'static str, path: PathBuf, source: std::io::Error },
+    Store {
+        op: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// An address handed to an attachment, with the range it came from.
@@ -34,14 +38,25 @@ pub struct Lease {
     pub range: Range,
 }
 
-pub fn allocate(store: &mut dyn Store, sets: &[RangeSet], owner: &Attachment) -> Result<Vec<Lease>, IpamError> {
-    let held: Vec<IpAddr> =
-        store.allocations()?.into_iter().filter(|(_, a)| a == owner).map(|(ip, _)| ip).collect();
+pub fn allocate(
+    store: &mut dyn Store,
+    sets: &[RangeSet],
+    owner: &Attachment,
+) -> Result<Vec<Lease>, IpamError> {
+    let held: Vec<IpAddr> = store
+        .allocations()?
+        .into_iter()
+        .filter(|(_, a)| a == owner)
+        .map(|(ip, _)| ip)
+        .collect();
     let mut leases = Vec::with_capacity(sets.len());
     let mut fresh = Vec::new();
     for (i, set) in sets.iter().enumerate() {
         if let Some((ip, range)) = held.iter().find_map(|ip| set.range_of(*ip).map(|r| (*ip, r))) {
-            leases.push(Lease { ip, range: range.clone() });
+            leases.push(Lease {
+                ip,
+                range: range.clone(),
+            });
             continue;
         }
         match reserve_in_set(store, set, i, owner) {
@@ -61,7 +76,12 @@ pub fn allocate(store: &mut dyn Store, sets: &[RangeSet], owner: &Attachment) ->
     Ok(leases)
 }
 
-fn reserve_in_set(store: &mut dyn Store, set: &RangeSet, index: usize, owner: &Attachment) -> Result<Lease, IpamError> {
+fn reserve_in_set(
+    store: &mut dyn Store,
+    set: &RangeSet,
+    index: usize,
+    owner: &Attachment,
+) -> Result<Lease, IpamError> {
     let after = store.last_reserved(index)?;
     for ip in set.candidates(after) {
         let Some(range) = set.range_of(ip) else { continue };
@@ -69,10 +89,15 @@ fn reserve_in_set(store: &mut dyn Store, set: &RangeSet, index: usize, owner: &A
             continue;
         }
         if store.reserve(owner, ip, index)? {
-            return Ok(Lease { ip, range: range.clone() });
+            return Ok(Lease {
+                ip,
+                range: range.clone(),
+            });
         }
     }
-    Err(IpamError::Exhausted { range: set.describe() })
+    Err(IpamError::Exhausted {
+        range: set.describe(),
+    })
 }
 
 /// Frees every address `owner` holds; returns them.
@@ -118,6 +143,10 @@ pub fn exhausted_set<'s>(store: &dyn Store, sets: &'s [RangeSet]) -> Result<Opti
 }
 
 #[cfg(test)]
+#[expect(
+    clippy::unwrap_used,
+    reason = "a test should fail loudly on the first surprise"
+)]
 mod tests {
     use ipnetwork::IpNetwork;
 
@@ -126,11 +155,19 @@ mod tests {
     fn set(subnet: &str) -> RangeSet {
         let subnet: IpNetwork = subnet.parse().unwrap();
         let (start, end) = Range::default_bounds(subnet);
-        RangeSet(vec![Range { subnet, start, end, gateway: Range::default_gateway(subnet) }])
+        RangeSet(vec![Range {
+            subnet,
+            start,
+            end,
+            gateway: Range::default_gateway(subnet),
+        }])
     }
 
     fn owner(id: &str) -> Attachment {
-        Attachment { container_id: id.into(), ifname: "eth0".into() }
+        Attachment {
+            container_id: id.into(),
+            ifname: "eth0".into(),
+        }
     }
 
     fn ip(s: &str) -> IpAddr {
@@ -155,8 +192,14 @@ mod tests {
         let mut sets = [set("10.0.0.0/29")];
         sets[0].0[0].gateway = ip("10.0.0.6");
         let mut s = MemStore::default();
-        let got: Vec<IpAddr> = ["a", "b", "c", "d", "e"].iter().map(|id| one(&mut s, &sets, id)).collect();
-        assert_eq!(got, ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5"].map(ip));
+        let got: Vec<IpAddr> = ["a", "b", "c", "d", "e"]
+            .iter()
+            .map(|id| one(&mut s, &sets, id))
+            .collect();
+        assert_eq!(
+            got,
+            ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5"].map(ip)
+        );
         let err = allocate(&mut s, &sets, &owner("f")).unwrap_err();
         assert_eq!(err.to_string(), "no free address in range 10.0.0.0/29");
     }
@@ -169,7 +212,10 @@ mod tests {
         let err = allocate(&mut s, &sets, &owner("b")).unwrap_err();
         assert!(matches!(err, IpamError::Exhausted { .. }));
         assert_eq!(err.to_string(), "no free address in range 10.244.1.0/30");
-        assert_eq!(crate::Error::from(err).code(), crate::error::codes::IPAM_EXHAUSTED);
+        assert_eq!(
+            crate::Error::from(err).code(),
+            crate::error::codes::IPAM_EXHAUSTED
+        );
     }
 
     #[test]
@@ -181,7 +227,10 @@ mod tests {
         assert_eq!(one(&mut s, &sets, "a"), ip("10.0.0.10"));
         assert_eq!(one(&mut s, &sets, "b"), ip("10.0.0.11"));
         let err = allocate(&mut s, &sets, &owner("c")).unwrap_err();
-        assert_eq!(err.to_string(), "no free address in range 10.0.0.0/24 (10.0.0.10-10.0.0.11)");
+        assert_eq!(
+            err.to_string(),
+            "no free address in range 10.0.0.0/24 (10.0.0.10-10.0.0.11)"
+        );
     }
 
     #[test]
@@ -192,7 +241,10 @@ mod tests {
         assert_eq!(one(&mut s, &sets, "a"), a);
         assert_eq!(s.ips.len(), 1);
         // Another ifname of the same container is another attachment.
-        let other = Attachment { container_id: "a".into(), ifname: "net1".into() };
+        let other = Attachment {
+            container_id: "a".into(),
+            ifname: "net1".into(),
+        };
         assert_ne!(allocate(&mut s, &sets, &other).unwrap()[0].ip, a);
     }
 
@@ -219,7 +271,10 @@ mod tests {
         let sets = [set("10.0.0.0/24"), set("fd00:10:244:1::/64")];
         let mut s = MemStore::default();
         let leases = allocate(&mut s, &sets, &owner("a")).unwrap();
-        assert_eq!(leases.iter().map(|l| l.ip).collect::<Vec<_>>(), [ip("10.0.0.2"), ip("fd00:10:244:1::2")]);
+        assert_eq!(
+            leases.iter().map(|l| l.ip).collect::<Vec<_>>(),
+            [ip("10.0.0.2"), ip("fd00:10:244:1::2")]
+        );
         assert_eq!(leases[1].range.gateway, ip("fd00:10:244:1::1"));
         assert_eq!(allocate(&mut s, &sets, &owner("a")).unwrap(), leases);
     }
@@ -241,7 +296,10 @@ mod tests {
         assert_eq!(one(&mut s, &sets, "a"), ip("10.0.0.2"));
         assert_eq!(one(&mut s, &sets, "b"), ip("10.0.1.2"));
         let err = allocate(&mut s, &sets, &owner("c")).unwrap_err();
-        assert_eq!(err.to_string(), "no free address in range 10.0.0.0/30, 10.0.1.0/30");
+        assert_eq!(
+            err.to_string(),
+            "no free address in range 10.0.0.0/30, 10.0.1.0/30"
+        );
     }
 
     #[test]

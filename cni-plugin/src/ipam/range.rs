@@ -29,7 +29,10 @@ impl Range {
             IpNetwork::V4(n) => to_u128(n.broadcast().into()) - 1,
             IpNetwork::V6(n) => to_u128(n.broadcast().into()),
         };
-        (from_u128(net + 1, subnet.is_ipv6()), from_u128(last, subnet.is_ipv6()))
+        (
+            from_u128(net + 1, subnet.is_ipv6()),
+            from_u128(last, subnet.is_ipv6()),
+        )
     }
 
     /// The default gateway: the subnet's first usable address.
@@ -74,9 +77,10 @@ impl RangeSet {
     pub fn candidates(&self, after: Option<IpAddr>) -> impl Iterator<Item = IpAddr> + '_ {
         // Position of the cursor as (range index, offset in range).
         let start = after.and_then(|ip| {
-            self.0.iter().enumerate().find_map(|(i, r)| {
-                r.contains(ip).then(|| (i, to_u128(ip) - to_u128(r.start) + 1))
-            })
+            self.0
+                .iter()
+                .enumerate()
+                .find_map(|(i, r)| r.contains(ip).then(|| (i, to_u128(ip) - to_u128(r.start) + 1)))
         });
         let (first_range, first_off) = start.unwrap_or((0, 0));
         let n = self.0.len();
@@ -101,7 +105,11 @@ impl RangeSet {
 
     /// How the set is named in messages: `10.244.1.0/24` or several joined.
     pub fn describe(&self) -> String {
-        self.0.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+        self.0
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -122,13 +130,22 @@ pub fn from_u128(v: u128, v6: bool) -> IpAddr {
 }
 
 #[cfg(test)]
+#[expect(
+    clippy::unwrap_used,
+    reason = "a test should fail loudly on the first surprise"
+)]
 mod tests {
     use super::*;
 
     fn range(subnet: &str) -> Range {
         let subnet: IpNetwork = subnet.parse().unwrap();
         let (start, end) = Range::default_bounds(subnet);
-        Range { subnet, start, end, gateway: Range::default_gateway(subnet) }
+        Range {
+            subnet,
+            start,
+            end,
+            gateway: Range::default_gateway(subnet),
+        }
     }
 
     #[test]
@@ -144,16 +161,32 @@ mod tests {
     #[test]
     fn candidates_wrap_after_cursor() {
         let set = RangeSet(vec![range("10.0.0.0/29")]);
-        let all: Vec<String> = set.candidates(Some("10.0.0.4".parse().unwrap())).map(|i| i.to_string()).collect();
-        assert_eq!(all, ["10.0.0.5", "10.0.0.6", "10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"]);
+        let all: Vec<String> = set
+            .candidates(Some("10.0.0.4".parse().unwrap()))
+            .map(|i| i.to_string())
+            .collect();
+        assert_eq!(
+            all,
+            [
+                "10.0.0.5", "10.0.0.6", "10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"
+            ]
+        );
         let fresh: Vec<String> = set.candidates(None).map(|i| i.to_string()).collect();
-        assert_eq!(fresh, ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5", "10.0.0.6"]);
+        assert_eq!(
+            fresh,
+            [
+                "10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5", "10.0.0.6"
+            ]
+        );
     }
 
     #[test]
     fn candidates_span_ranges() {
         let set = RangeSet(vec![range("10.0.0.0/30"), range("10.0.1.0/30")]);
-        let all: Vec<String> = set.candidates(Some("10.0.0.2".parse().unwrap())).map(|i| i.to_string()).collect();
+        let all: Vec<String> = set
+            .candidates(Some("10.0.0.2".parse().unwrap()))
+            .map(|i| i.to_string())
+            .collect();
         assert_eq!(all, ["10.0.1.1", "10.0.1.2", "10.0.0.1", "10.0.0.2"]);
     }
 }

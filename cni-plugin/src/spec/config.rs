@@ -30,7 +30,10 @@ pub enum ConfigError {
 }
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { field, reason: reason.into() }
+    ConfigError::Invalid {
+        field,
+        reason: reason.into(),
+    }
 }
 
 /// A validated configuration.
@@ -129,7 +132,10 @@ impl NetConf {
         let raw: RawConf = serde_json::from_slice(stdin).map_err(ConfigError::Decode)?;
         let name = raw.name.ok_or_else(|| invalid("name", "missing"))?;
         if !valid_name(&name) {
-            return Err(invalid("name", format!("{name:?} must match [a-zA-Z0-9][a-zA-Z0-9_.-]*")));
+            return Err(invalid(
+                "name",
+                format!("{name:?} must match [a-zA-Z0-9][a-zA-Z0-9_.-]*"),
+            ));
         }
         if let Some(mtu) = raw.mtu
             && !(68..=65535).contains(&mtu)
@@ -137,7 +143,12 @@ impl NetConf {
             return Err(invalid("mtu", format!("{mtu} is outside 68..=65535")));
         }
         let ipam = match raw.ipam {
-            None => return Err(invalid("ipam", "missing (the node's pod CIDRs go in ipam.ranges)")),
+            None => {
+                return Err(invalid(
+                    "ipam",
+                    "missing (the node's pod CIDRs go in ipam.ranges)",
+                ));
+            }
             Some(ipam) => parse_ipam(ipam)?,
         };
         let prev_result = raw
@@ -172,7 +183,9 @@ fn parse_ipam(raw: RawIpam) -> Result<IpamConf, ConfigError> {
             if other.contains('/') {
                 return Err(invalid("ipam.type", format!("{other:?} is not a plugin name")));
             }
-            return Ok(IpamConf::Delegate { plugin: other.to_owned() });
+            return Ok(IpamConf::Delegate {
+                plugin: other.to_owned(),
+            });
         }
     }
     let raw_sets = match (raw.ranges, raw.subnet) {
@@ -215,7 +228,8 @@ fn parse_ipam(raw: RawIpam) -> Result<IpamConf, ConfigError> {
 }
 
 fn parse_ip(field: &'static str, s: &str) -> Result<IpAddr, ConfigError> {
-    s.parse().map_err(|_| invalid(field, format!("{s:?} is not an IP address")))
+    s.parse()
+        .map_err(|_| invalid(field, format!("{s:?} is not an IP address")))
 }
 
 fn parse_range(raw: RawRange) -> Result<Range, ConfigError> {
@@ -235,25 +249,64 @@ fn parse_range(raw: RawRange) -> Result<Range, ConfigError> {
     }
     let (lo, hi) = Range::default_bounds(subnet);
     let within = |field: &'static str, ip: IpAddr| {
-        let r = Range { subnet, start: lo, end: hi, gateway: lo };
-        if r.contains(ip) { Ok(ip) } else { Err(invalid(field, format!("{ip} is not a usable address of {subnet}"))) }
+        let r = Range {
+            subnet,
+            start: lo,
+            end: hi,
+            gateway: lo,
+        };
+        if r.contains(ip) {
+            Ok(ip)
+        } else {
+            Err(invalid(
+                field,
+                format!("{ip} is not a usable address of {subnet}"),
+            ))
+        }
     };
-    let start = raw.range_start.map(|s| parse_ip("ipam.ranges.rangeStart", &s)).transpose()?;
-    let end = raw.range_end.map(|s| parse_ip("ipam.ranges.rangeEnd", &s)).transpose()?;
-    let gateway = raw.gateway.map(|s| parse_ip("ipam.ranges.gateway", &s)).transpose()?;
-    let start = start.map(|ip| within("ipam.ranges.rangeStart", ip)).transpose()?.unwrap_or(lo);
-    let end = end.map(|ip| within("ipam.ranges.rangeEnd", ip)).transpose()?.unwrap_or(hi);
+    let start = raw
+        .range_start
+        .map(|s| parse_ip("ipam.ranges.rangeStart", &s))
+        .transpose()?;
+    let end = raw
+        .range_end
+        .map(|s| parse_ip("ipam.ranges.rangeEnd", &s))
+        .transpose()?;
+    let gateway = raw
+        .gateway
+        .map(|s| parse_ip("ipam.ranges.gateway", &s))
+        .transpose()?;
+    let start = start
+        .map(|ip| within("ipam.ranges.rangeStart", ip))
+        .transpose()?
+        .unwrap_or(lo);
+    let end = end
+        .map(|ip| within("ipam.ranges.rangeEnd", ip))
+        .transpose()?
+        .unwrap_or(hi);
     let gateway = gateway
         .map(|ip| within("ipam.ranges.gateway", ip))
         .transpose()?
         .unwrap_or_else(|| Range::default_gateway(subnet));
     if crate::ipam::range::to_u128(start) > crate::ipam::range::to_u128(end) {
-        return Err(invalid("ipam.ranges", format!("rangeStart {start} is after rangeEnd {end}")));
+        return Err(invalid(
+            "ipam.ranges",
+            format!("rangeStart {start} is after rangeEnd {end}"),
+        ));
     }
-    Ok(Range { subnet, start, end, gateway })
+    Ok(Range {
+        subnet,
+        start,
+        end,
+        gateway,
+    })
 }
 
 #[cfg(test)]
+#[expect(
+    clippy::unwrap_used,
+    reason = "a test should fail loudly on the first surprise"
+)]
 mod tests {
     use serde_json::json;
 
@@ -276,7 +329,9 @@ mod tests {
         assert_eq!(c.version, Version::V1_1_0);
         assert_eq!(c.name, "k8s-pod-network");
         assert_eq!(c.mtu, None);
-        let IpamConf::Builtin { sets, data_dir } = c.ipam else { panic!("builtin") };
+        let IpamConf::Builtin { sets, data_dir } = c.ipam else {
+            panic!("builtin")
+        };
         assert_eq!(data_dir, PathBuf::from(DEFAULT_DATA_DIR));
         let r = &sets[0].0[0];
         assert_eq!(r.gateway.to_string(), "10.244.1.1");
@@ -305,12 +360,16 @@ mod tests {
     fn subnet_shorthand_dual_stack_and_range_bounds() {
         let mut v = base();
         v["ipam"] = json!({ "subnet": "10.1.0.0/16", "rangeStart": "10.1.0.10", "rangeEnd": "10.1.0.20", "gateway": "10.1.0.254" });
-        let IpamConf::Builtin { sets, .. } = parse(v).unwrap().ipam else { panic!() };
+        let IpamConf::Builtin { sets, .. } = parse(v).unwrap().ipam else {
+            panic!()
+        };
         assert_eq!(sets[0].0[0].start.to_string(), "10.1.0.10");
         assert_eq!(sets[0].0[0].gateway.to_string(), "10.1.0.254");
         let mut v = base();
         v["ipam"] = json!({ "type": "weir", "ranges": [[{ "subnet": "10.1.0.0/24" }], [{ "subnet": "fd00:10:244:1::/64" }]] });
-        let IpamConf::Builtin { sets, .. } = parse(v).unwrap().ipam else { panic!() };
+        let IpamConf::Builtin { sets, .. } = parse(v).unwrap().ipam else {
+            panic!()
+        };
         assert_eq!(sets.len(), 2);
         assert_eq!(sets[1].0[0].gateway.to_string(), "fd00:10:244:1::1");
     }
@@ -347,17 +406,44 @@ mod tests {
         assert_eq!(with("ipam", json!({})), 7);
         assert_eq!(with("ipam", json!({ "ranges": [] })), 7);
         assert_eq!(with("ipam", json!({ "ranges": [[]] })), 7);
-        assert_eq!(with("ipam", json!({ "ranges": [[{ "subnet": "10.0.0.0/33" }]] })), 7);
-        assert_eq!(with("ipam", json!({ "ranges": [[{ "subnet": "banana" }]] })), 7);
-        assert_eq!(with("ipam", json!({ "ranges": [[{ "subnet": "10.0.0.0/31" }]] })), 7);
-        assert_eq!(with("ipam", json!({ "ranges": [[{ "subnet": 10 }]] })), 6);
-        assert_eq!(with("ipam", json!({ "ranges": [[{ "subnet": "10.0.0.0/24", "rangeStart": "10.0.1.1" }]] })), 7);
         assert_eq!(
-            with("ipam", json!({ "ranges": [[{ "subnet": "10.0.0.0/24", "rangeStart": "10.0.0.9", "rangeEnd": "10.0.0.3" }]] })),
+            with("ipam", json!({ "ranges": [[{ "subnet": "10.0.0.0/33" }]] })),
             7
         );
-        assert_eq!(with("ipam", json!({ "ranges": [[{ "subnet": "10.0.0.0/24" }], [{ "subnet": "10.0.0.0/25" }]] })), 7);
-        assert_eq!(with("ipam", json!({ "ranges": [[{ "subnet": "10.0.0.0/24" }, { "subnet": "fd00::/64" }]] })), 7);
+        assert_eq!(with("ipam", json!({ "ranges": [[{ "subnet": "banana" }]] })), 7);
+        assert_eq!(
+            with("ipam", json!({ "ranges": [[{ "subnet": "10.0.0.0/31" }]] })),
+            7
+        );
+        assert_eq!(with("ipam", json!({ "ranges": [[{ "subnet": 10 }]] })), 6);
+        assert_eq!(
+            with(
+                "ipam",
+                json!({ "ranges": [[{ "subnet": "10.0.0.0/24", "rangeStart": "10.0.1.1" }]] })
+            ),
+            7
+        );
+        assert_eq!(
+            with(
+                "ipam",
+                json!({ "ranges": [[{ "subnet": "10.0.0.0/24", "rangeStart": "10.0.0.9", "rangeEnd": "10.0.0.3" }]] })
+            ),
+            7
+        );
+        assert_eq!(
+            with(
+                "ipam",
+                json!({ "ranges": [[{ "subnet": "10.0.0.0/24" }], [{ "subnet": "10.0.0.0/25" }]] })
+            ),
+            7
+        );
+        assert_eq!(
+            with(
+                "ipam",
+                json!({ "ranges": [[{ "subnet": "10.0.0.0/24" }, { "subnet": "fd00::/64" }]] })
+            ),
+            7
+        );
         let mut v = base();
         v.as_object_mut().unwrap().remove("cniVersion");
         assert_eq!(code(parse(v)), 1);

@@ -21,7 +21,11 @@ pub enum EnvError {
     #[error("{var} is required for {command:?} but is not set")]
     Missing { var: &'static str, command: Command },
     #[error("{var} is invalid: {value:?} {reason}")]
-    Invalid { var: &'static str, value: String, reason: &'static str },
+    Invalid {
+        var: &'static str,
+        value: String,
+        reason: &'static str,
+    },
     #[error("CNI_ARGS: unknown argument {0:?} (set IgnoreUnknown=1 to ignore it)")]
     UnknownArg(String),
 }
@@ -93,20 +97,36 @@ impl Env {
             .filter(|p| !p.is_empty())
             .map(PathBuf::from)
             .collect();
-        Ok(Env { command, container_id, netns, ifname, args, path })
+        Ok(Env {
+            command,
+            container_id,
+            netns,
+            ifname,
+            args,
+            path,
+        })
     }
 }
 
 /// Linux's rules for interface names (`dev_valid_name`).
 pub fn validate_ifname(name: &str) -> Result<(), EnvError> {
-    let bad = |reason| Err(EnvError::Invalid { var: "CNI_IFNAME", value: name.to_owned(), reason });
+    let bad = |reason| {
+        Err(EnvError::Invalid {
+            var: "CNI_IFNAME",
+            value: name.to_owned(),
+            reason,
+        })
+    };
     if name.len() > 15 {
         return bad("is longer than 15 bytes");
     }
     if name == "." || name == ".." {
         return bad("is not a valid interface name");
     }
-    if name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control()) {
+    if name
+        .chars()
+        .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
+    {
         return bad("contains '/', ':' or whitespace");
     }
     Ok(())
@@ -141,13 +161,20 @@ fn parse_args(raw: &str) -> Result<CniArgs, EnvError> {
 }
 
 #[cfg(test)]
+#[expect(
+    clippy::unwrap_used,
+    reason = "a test should fail loudly on the first surprise"
+)]
 mod tests {
     use std::collections::HashMap;
 
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Result<Env, EnvError> {
-        let m: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Env::from_lookup(|k| m.get(k).cloned())
     }
 
@@ -156,14 +183,26 @@ mod tests {
         ("CNI_CONTAINERID", "abc123"),
         ("CNI_NETNS", "/var/run/netns/x"),
         ("CNI_IFNAME", "eth0"),
-        ("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web;FOO=bar"),
+        (
+            "CNI_ARGS",
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web;FOO=bar",
+        ),
         ("CNI_PATH", "/opt/cni/bin:/usr/lib/cni"),
     ];
 
     fn without(var: &str, command: &str) -> Vec<(&'static str, String)> {
         FULL.iter()
             .filter(|(k, _)| *k != var)
-            .map(|(k, v)| (*k, if *k == "CNI_COMMAND" { command.to_owned() } else { v.to_string() }))
+            .map(|(k, v)| {
+                (
+                    *k,
+                    if *k == "CNI_COMMAND" {
+                        command.to_owned()
+                    } else {
+                        v.to_string()
+                    },
+                )
+            })
             .collect()
     }
 
@@ -183,7 +222,10 @@ mod tests {
     #[test]
     fn required_variables_per_verb() {
         assert!(matches!(env(&[]), Err(EnvError::MissingCommand)));
-        assert!(matches!(env(&[("CNI_COMMAND", "FROB")]), Err(EnvError::UnknownCommand(_))));
+        assert!(matches!(
+            env(&[("CNI_COMMAND", "FROB")]),
+            Err(EnvError::UnknownCommand(_))
+        ));
         for verb in ["ADD", "CHECK", "DEL"] {
             assert!(env_owned(&without("CNI_CONTAINERID", verb)).is_err(), "{verb}");
             assert!(env_owned(&without("CNI_IFNAME", verb)).is_err(), "{verb}");
@@ -199,8 +241,11 @@ mod tests {
     #[test]
     fn invalid_values() {
         let with = |k: &'static str, v: &str| {
-            let mut p: Vec<(&'static str, String)> =
-                FULL.iter().filter(|(kk, _)| *kk != k).map(|(a, b)| (*a, b.to_string())).collect();
+            let mut p: Vec<(&'static str, String)> = FULL
+                .iter()
+                .filter(|(kk, _)| *kk != k)
+                .map(|(a, b)| (*a, b.to_string()))
+                .collect();
             p.push((k, v.to_owned()));
             env_owned(&p)
         };
@@ -210,7 +255,10 @@ mod tests {
         assert!(with("CNI_IFNAME", "..").is_err());
         assert!(with("CNI_IFNAME", "et h0").is_err());
         assert!(with("CNI_IFNAME", "a/b").is_err());
-        assert!(matches!(with("CNI_ARGS", "FOO=bar"), Err(EnvError::UnknownArg(_))));
+        assert!(matches!(
+            with("CNI_ARGS", "FOO=bar"),
+            Err(EnvError::UnknownArg(_))
+        ));
         assert!(with("CNI_ARGS", "novalue").is_err());
         assert!(with("CNI_ARGS", "K8S_POD_NAME=x;K8S_POD_UID=u").is_ok());
     }

@@ -98,13 +98,21 @@ impl CniResult {
 }
 
 #[cfg(test)]
+#[expect(
+    clippy::unwrap_used,
+    reason = "a test should fail loudly on the first surprise"
+)]
 mod tests {
     use super::*;
 
     fn sample() -> CniResult {
         CniResult {
             interfaces: vec![
-                Interface { name: "weirabc".into(), mac: Some("aa:bb:cc:dd:ee:ff".into()), sandbox: None },
+                Interface {
+                    name: "weirabc".into(),
+                    mac: Some("aa:bb:cc:dd:ee:ff".into()),
+                    sandbox: None,
+                },
                 Interface {
                     name: "eth0".into(),
                     mac: Some("11:22:33:44:55:66".into()),
@@ -123,7 +131,10 @@ mod tests {
                     interface: Some(1),
                 },
             ],
-            routes: vec![Route { dst: "0.0.0.0/0".parse().unwrap(), gw: Some("10.244.1.1".parse().unwrap()) }],
+            routes: vec![Route {
+                dst: "0.0.0.0/0".parse().unwrap(),
+                gw: Some("10.244.1.1".parse().unwrap()),
+            }],
             dns: Dns::default(),
         }
     }

@@ -13,8 +13,13 @@ pub enum Version {
 }
 
 impl Version {
-    pub const ALL: [Version; 5] =
-        [Version::V0_3_0, Version::V0_3_1, Version::V0_4_0, Version::V1_0_0, Version::V1_1_0];
+    pub const ALL: [Version; 5] = [
+        Version::V0_3_0,
+        Version::V0_3_1,
+        Version::V0_4_0,
+        Version::V1_0_0,
+        Version::V1_1_0,
+    ];
 
     /// The version we answer in when the configuration gives none we can use.
     pub const LATEST: Version = Version::V1_1_0;

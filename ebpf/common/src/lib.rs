@@ -11,6 +11,19 @@ pub mod maps {
     //! agents: at most 15 bytes (the kernel truncates), versioned.
     pub const METRICS: &str = "weir_metrics_v1";
     pub const ENDPOINTS: &str = "weir_endp_v1";
+    /// Service frontends and their backend slots ([`crate::ServiceKey`] -> [`crate::ServiceValue`]).
+    pub const SERVICES: &str = "weir_svc_v1";
+    /// Backend id -> address ([`crate::Backend`]).
+    pub const BACKENDS: &str = "weir_backend_v1";
+    /// Reverse-NAT id -> the frontend replies must appear to come from ([`crate::RevNat`]).
+    pub const REVNAT: &str = "weir_revnat_v1";
+    /// Session affinity: (client, service) -> backend ([`crate::AffinityKey`] -> [`crate::AffinityValue`]).
+    pub const AFFINITY: &str = "weir_affinity_v1";
+
+    pub const SERVICES_ENTRIES: u32 = 262_144;
+    pub const BACKENDS_ENTRIES: u32 = 262_144;
+    pub const REVNAT_ENTRIES: u32 = 65_536;
+    pub const AFFINITY_ENTRIES: u32 = 262_144;
 
     /// Entries of [`METRICS`]: one slot per (direction, reason).
     pub const METRICS_ENTRIES: u32 = 2 * 256;
@@ -109,9 +122,133 @@ pub struct EndpointInfo {
 }
 const _: () = assert!(core::mem::size_of::<EndpointInfo>() == 16);
 
+/// IP protocol numbers used in service keys.
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_SCTP: u8 = 132;
+
+/// Key of [`maps::SERVICES`], in the layout Cilium's LB maps proved: slot 0 is the
+/// service entry itself (its value carries the backend count and flags), slots
+/// 1..=count hold the backend ids. One lookup finds the service; a second, with the
+/// chosen slot, finds the backend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey {
+    /// Frontend address (ClusterIP, node address for NodePort, external/LB IP).
+    pub addr: [u8; 16], /* BE */
+    pub port: u16, /* BE */
+    /// 0 = the service entry; 1..=count = backend slots.
+    pub slot: u16,
+    pub proto: u8,
+    pub family: u8,
+    /// [`SCOPE_EXTERNAL`] or [`SCOPE_INTERNAL`]: for services whose traffic policy
+    /// differs by client, the same frontend has two entries with different backends.
+    pub scope: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<ServiceKey>() == 24);
+
+/// Scopes of [`ServiceKey::scope`].
+pub const SCOPE_EXTERNAL: u8 = 0;
+pub const SCOPE_INTERNAL: u8 = 1;
+
+/// Value of [`maps::SERVICES`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceValue {
+    /// Slot 0: unused. Slots >= 1: the backend id.
+    pub backend_id: u32,
+    /// Slot 0: number of backend slots (0 = no usable endpoint: reject).
+    pub count: u16,
+    /// Identifies the frontend for reverse NAT and affinity ([`maps::REVNAT`]).
+    pub rev_nat_id: u16,
+    /// `SVC_F_*` bits.
+    pub flags: u32,
+    /// Session affinity timeout in seconds (with [`SVC_F_AFFINITY`]).
+    pub affinity_timeout: u32,
+}
+const _: () = assert!(core::mem::size_of::<ServiceValue>() == 16);
+
+/// `sessionAffinity: ClientIP`.
+pub const SVC_F_AFFINITY: u32 = 1 << 0;
+/// The service has a scope-internal twin (traffic policies differ by client).
+pub const SVC_F_TWO_SCOPES: u32 = 1 << 1;
+/// NodePort frontend (matched on every node address).
+pub const SVC_F_NODEPORT: u32 = 1 << 2;
+/// externalTrafficPolicy: Local (no SNAT, local backends only).
+pub const SVC_F_EXT_LOCAL: u32 = 1 << 3;
+/// internalTrafficPolicy: Local.
+pub const SVC_F_INT_LOCAL: u32 = 1 << 4;
+/// Backends chosen by Maglev consistent hashing instead of at random.
+pub const SVC_F_MAGLEV: u32 = 1 << 5;
+
+/// Value of [`maps::BACKENDS`] (key: backend id, u32).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Backend {
+    pub addr: [u8; 16], /* BE */
+    pub port: u16, /* BE */
+    pub proto: u8,
+    pub family: u8,
+    /// `BACKEND_*`.
+    pub state: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<Backend>() == 24);
+
+/// Ready: takes new connections.
+pub const BACKEND_ACTIVE: u8 = 0;
+/// Serving but terminating: takes new connections only when no backend is ready.
+pub const BACKEND_TERMINATING: u8 = 1;
+
+/// Value of [`maps::REVNAT`] (key: rev-NAT id, u16 widened to u32).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RevNat {
+    pub addr: [u8; 16], /* BE */
+    pub port: u16, /* BE */
+    pub family: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<RevNat>() == 20);
+
+/// Key of [`maps::AFFINITY`] (an LRU map).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AffinityKey {
+    pub client: [u8; 16], /* BE */
+    pub rev_nat_id: u16,
+    pub family: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<AffinityKey>() == 20);
+
+/// Value of [`maps::AFFINITY`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AffinityValue {
+    pub backend_id: u32,
+    pub _pad: u32,
+    /// `bpf_ktime_get_ns()` of the last use.
+    pub last_used_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<AffinityValue>() == 16);
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
+    // SAFETY: repr(C) structs of integers with explicit padding: every bit pattern is valid.
+    unsafe impl aya::Pod for ServiceKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ServiceValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Backend {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for RevNat {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for AffinityKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for AffinityValue {}
     // SAFETY: repr(C) structs of integers with explicit padding: every bit pattern is valid.
     unsafe impl aya::Pod for MetricValue {}
     // SAFETY: as above.

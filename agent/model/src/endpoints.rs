@@ -1,0 +1,370 @@
+//! Where a Service's endpoints come from, and what they are for one service port.
+//!
+//! In a cluster, EndpointSlices are the truth (kube-proxy reads only them). The
+//! fallbacks stand in for the controllers a standalone node does not run:
+//! - a selector-less Service with an `Endpoints` object: what the EndpointSlice
+//!   mirroring controller would have mirrored;
+//! - a Service with a selector: what the EndpointSlice controller would have derived
+//!   from the Pods it selects.
+//!
+//! Both fallbacks apply only when no EndpointSlice names the Service at all.
+
+use std::{
+    collections::{BTreeMap, btree_map},
+    net::IpAddr,
+};
+
+use k8s_openapi::{
+    api::{
+        core::v1::{Endpoints, Pod, Service},
+        discovery::v1::EndpointSlice,
+    },
+    apimachinery::pkg::util::intstr::IntOrString,
+};
+use serde::Serialize;
+
+use crate::{
+    model::Model,
+    net::{Family, Protocol, parse_ip},
+};
+
+/// Label tying an EndpointSlice to its Service (`discovery.k8s.io/v1`).
+pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
+/// Label telling the mirroring controller to leave an `Endpoints` object alone.
+pub const LABEL_SKIP_MIRROR: &str = "endpointslice.kubernetes.io/skip-mirror";
+
+/// One endpoint of one service port, with the Kubernetes condition defaults applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Endpoint {
+    pub addr: IpAddr,
+    pub port: u16,
+    pub node_name: Option<String>,
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+}
+
+impl Endpoint {
+    pub fn is_local(&self, node_name: &str) -> bool {
+        !node_name.is_empty() && self.node_name.as_deref() == Some(node_name)
+    }
+}
+
+/// A service port, as endpoint lookup needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct PortSpec<'a> {
+    /// `""` when absent: a single-port Service may leave its port unnamed.
+    pub name: &'a str,
+    pub protocol: Protocol,
+    pub port: u16,
+    pub target: Target<'a>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Target<'a> {
+    Number(u16),
+    /// A container port name, resolved per Pod.
+    Name(&'a str),
+}
+
+impl<'a> Target<'a> {
+    /// An absent, `0` or `""` targetPort means `port` (API server defaulting).
+    /// `Err` carries an out-of-range number.
+    pub fn from_spec(target: Option<&'a IntOrString>, port: u16) -> Result<Self, i32> {
+        match target {
+            None | Some(IntOrString::Int(0)) => Ok(Target::Number(port)),
+            Some(IntOrString::String(s)) if s.is_empty() => Ok(Target::Number(port)),
+            Some(IntOrString::Int(n)) => u16::try_from(*n).map(Target::Number).map_err(|_| *n),
+            Some(IntOrString::String(s)) => Ok(Target::Name(s)),
+        }
+    }
+}
+
+/// Where the endpoints of one Service come from.
+#[derive(Clone, Debug)]
+pub(crate) enum EndpointSource<'a> {
+    Slices(Vec<&'a EndpointSlice>),
+    Endpoints(&'a Endpoints),
+    Pods { pods: Vec<&'a Pod>, publish_not_ready: bool },
+    None,
+}
+
+/// For the view: which source a Service's endpoints came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum EndpointSourceKind {
+    EndpointSlices,
+    Endpoints,
+    Pods,
+    None,
+}
+
+/// EndpointSlices by (namespace, Service name), each list in slice-name order.
+pub(crate) type SliceIndex<'a> = BTreeMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>;
+
+pub(crate) fn index_slices(model: &Model) -> SliceIndex<'_> {
+    let mut index = SliceIndex::new();
+    for (key, slice) in model.endpoint_slices() {
+        let service = slice.metadata.labels.as_ref().and_then(|labels| labels.get(LABEL_SERVICE_NAME));
+        if let Some(service) = service.filter(|s| !s.is_empty()) {
+            index.entry((key.namespace.as_str(), service.as_str())).or_default().push(slice);
+        }
+    }
+    index
+}
+
+impl<'a> EndpointSource<'a> {
+    pub fn for_service(
+        model: &'a Model,
+        slices: &SliceIndex<'a>,
+        namespace: &'a str,
+        name: &'a str,
+        service: &'a Service,
+    ) -> Self {
+        if let Some(found) = slices.get(&(namespace, name)) {
+            return EndpointSource::Slices(found.clone());
+        }
+        let spec = service.spec.as_ref();
+        // An empty selector is the same as none: the API server drops empty maps
+        // (`omitempty`), and the EndpointSlice controller manages only Services
+        // with a selector.
+        match spec.and_then(|s| s.selector.as_ref()).filter(|s| !s.is_empty()) {
+            None => match model.endpoints(namespace, name) {
+                Some(endpoints) if !skips_mirroring(endpoints) => EndpointSource::Endpoints(endpoints),
+                _ => EndpointSource::None,
+            },
+            Some(selector) => EndpointSource::Pods {
+                pods: model
+                    .pods_in(namespace)
+                    .filter(|pod| {
+                        let labels = pod.metadata.labels.as_ref();
+                        selector.iter().all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+                    })
+                    .collect(),
+                publish_not_ready: spec.and_then(|s| s.publish_not_ready_addresses).unwrap_or(false),
+            },
+        }
+    }
+
+    pub fn kind(&self) -> EndpointSourceKind {
+        match self {
+            EndpointSource::Slices(_) => EndpointSourceKind::EndpointSlices,
+            EndpointSource::Endpoints(_) => EndpointSourceKind::Endpoints,
+            EndpointSource::Pods { .. } => EndpointSourceKind::Pods,
+            EndpointSource::None => EndpointSourceKind::None,
+        }
+    }
+
+    /// The endpoints of `port` in `family`, deduplicated by (address, port) and
+    /// sorted by them.
+    pub fn endpoints(&self, port: &PortSpec<'_>, family: Family, node_name: &str) -> Vec<Endpoint> {
+        let mut set = EndpointSet::default();
+        match self {
+            EndpointSource::Slices(slices) => {
+                for slice in slices {
+                    from_slice(slice, port, family, node_name, &mut set);
+                }
+            }
+            EndpointSource::Endpoints(endpoints) => from_endpoints(endpoints, port, family, node_name, &mut set),
+            EndpointSource::Pods { pods, publish_not_ready } => {
+                for pod in pods {
+                    from_pod(pod, port, family, *publish_not_ready, node_name, &mut set);
+                }
+            }
+            EndpointSource::None => {}
+        }
+        set.0.into_values().collect()
+    }
+}
+
+#[derive(Default)]
+struct EndpointSet(BTreeMap<(IpAddr, u16), Endpoint>);
+
+impl EndpointSet {
+    /// Overlapping slices (during a rollout, or with a custom controller) may list
+    /// the same endpoint twice. kube-proxy keeps one per address and port and
+    /// favours the copy that says it is on this node; we do the same, and otherwise
+    /// keep the first in slice-name order so the result is deterministic.
+    fn add(&mut self, endpoint: Endpoint, node_name: &str) {
+        let local = endpoint.is_local(node_name);
+        match self.0.entry((endpoint.addr, endpoint.port)) {
+            btree_map::Entry::Vacant(v) => {
+                v.insert(endpoint);
+            }
+            btree_map::Entry::Occupied(mut o) => {
+                if local && !o.get().is_local(node_name) {
+                    o.insert(endpoint);
+                }
+            }
+        }
+    }
+}
+
+fn port_number(port: Option<i32>) -> Option<u16> {
+    port.and_then(|p| u16::try_from(p).ok()).filter(|p| *p > 0)
+}
+
+fn from_slice(
+    slice: &EndpointSlice,
+    want: &PortSpec<'_>,
+    family: Family,
+    node_name: &str,
+    set: &mut EndpointSet,
+) {
+    // FQDN slices (and unknown address types) carry no IP to forward to.
+    if Family::from_address_type(&slice.address_type) != Some(family) {
+        return;
+    }
+    // The slice port for a service port is the one with the same name and protocol.
+    // kube-proxy ignores a slice port without a name; we read an absent name as ""
+    // (what the controllers write for an unnamed port) to accept hand-written slices.
+    let Some(port) = slice.ports.iter().flatten().find(|p| {
+        p.name.as_deref().unwrap_or_default() == want.name
+            && Protocol::parse(p.protocol.as_deref()) == Some(want.protocol)
+    }) else {
+        return;
+    };
+    let Some(port) = port_number(port.port) else {
+        return;
+    };
+    for endpoint in &slice.endpoints {
+        // All addresses of an endpoint are fungible; kube-proxy uses the first.
+        let Some(addr) = endpoint.addresses.first().and_then(|a| parse_ip(a)) else {
+            continue;
+        };
+        if Family::of(addr) != family {
+            continue;
+        }
+        let conditions = endpoint.conditions.as_ref();
+        // EndpointConditions: ready nil = true, serving nil = true, terminating nil = false.
+        set.add(
+            Endpoint {
+                addr,
+                port,
+                node_name: endpoint.node_name.clone(),
+                ready: conditions.and_then(|c| c.ready).unwrap_or(true),
+                serving: conditions.and_then(|c| c.serving).unwrap_or(true),
+                terminating: conditions.and_then(|c| c.terminating).unwrap_or(false),
+            },
+            node_name,
+        );
+    }
+}
+
+fn skips_mirroring(endpoints: &Endpoints) -> bool {
+    endpoints.metadata.labels.as_ref().and_then(|l| l.get(LABEL_SKIP_MIRROR)).map(String::as_str)
+        == Some("true")
+}
+
+/// The mirroring controller turns `addresses` into endpoints with `ready: true` and
+/// `notReadyAddresses` into `ready: false`, leaving serving and terminating unset.
+fn from_endpoints(
+    endpoints: &Endpoints,
+    want: &PortSpec<'_>,
+    family: Family,
+    node_name: &str,
+    set: &mut EndpointSet,
+) {
+    for subset in endpoints.subsets.iter().flatten() {
+        let Some(port) = subset.ports.iter().flatten().find(|p| {
+            p.name.as_deref().unwrap_or_default() == want.name
+                && Protocol::parse(p.protocol.as_deref()) == Some(want.protocol)
+        }) else {
+            continue;
+        };
+        let Some(port) = port_number(Some(port.port)) else {
+            continue;
+        };
+        let ready = subset.addresses.iter().flatten().map(|a| (a, true));
+        let not_ready = subset.not_ready_addresses.iter().flatten().map(|a| (a, false));
+        for (address, ready) in ready.chain(not_ready) {
+            let Some(addr) = parse_ip(&address.ip).filter(|a| Family::of(*a) == family) else {
+                continue;
+            };
+            set.add(
+                Endpoint {
+                    addr,
+                    port,
+                    node_name: address.node_name.clone(),
+                    ready,
+                    serving: true,
+                    terminating: false,
+                },
+                node_name,
+            );
+        }
+    }
+}
+
+/// What the EndpointSlice controller writes for a Pod (`podToEndpoint` and
+/// `ShouldPodBeInEndpoints` in kubernetes/kubernetes): terminal Pods (Succeeded,
+/// Failed) and Pods without an IP are left out; terminating Pods stay, with
+/// `serving` = the Pod's Ready condition and `ready` = serving and not terminating,
+/// unless the Service publishes not-ready addresses.
+fn from_pod(
+    pod: &Pod,
+    want: &PortSpec<'_>,
+    family: Family,
+    publish_not_ready: bool,
+    node_name: &str,
+    set: &mut EndpointSet,
+) {
+    let Some(status) = pod.status.as_ref() else {
+        return;
+    };
+    if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
+        return;
+    }
+    let ips = status.pod_ips.iter().flatten().map(|p| p.ip.as_str());
+    let Some(addr) = ips
+        .chain(status.pod_ip.as_deref())
+        .filter_map(parse_ip)
+        .find(|a| Family::of(*a) == family)
+    else {
+        return;
+    };
+    let Some(port) = resolve_target(pod, want) else {
+        return;
+    };
+    let serving = status
+        .conditions
+        .iter()
+        .flatten()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    let terminating = pod.metadata.deletion_timestamp.is_some();
+    set.add(
+        Endpoint {
+            addr,
+            port,
+            node_name: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+            ready: publish_not_ready || (serving && !terminating),
+            serving,
+            terminating,
+        },
+        node_name,
+    );
+}
+
+/// `FindPort`: a numeric targetPort is used as is; a named one is looked up among
+/// the Pod's container ports with the same protocol (regular containers and
+/// restartable init containers, i.e. sidecars). A Pod without that port is not an
+/// endpoint of this service port.
+fn resolve_target(pod: &Pod, want: &PortSpec<'_>) -> Option<u16> {
+    let name = match want.target {
+        Target::Number(n) => return Some(n),
+        Target::Name(name) => name,
+    };
+    let spec = pod.spec.as_ref()?;
+    let sidecars = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .filter(|c| c.restart_policy.as_deref() == Some("Always"));
+    spec.containers
+        .iter()
+        .chain(sidecars)
+        .flat_map(|c| c.ports.iter().flatten())
+        .find(|p| {
+            p.name.as_deref() == Some(name) && Protocol::parse(p.protocol.as_deref()) == Some(want.protocol)
+        })
+        .and_then(|p| port_number(Some(p.container_port)))
+}

@@ -1,0 +1,281 @@
+//! Stable ids for reverse-NAT entries and backends.
+//!
+//! Ids are what the datapath stores in conntrack and affinity entries, so an entry
+//! keeps its id for as long as it exists: a recompile must not renumber a backend
+//! that did not change, or established connections would be sent elsewhere. Ids of
+//! vanished entries are released and reused lowest-first, which keeps ids dense.
+//! After an agent restart, [`IdAllocator::from_desired`] rebuilds the assignment from
+//! the map contents read back from the pinned maps.
+
+use std::collections::BTreeMap;
+
+use weir_common::{Backend, ServiceKey};
+
+use crate::services::DesiredServices;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum IdError {
+    #[error("no free {kind} id: all {max} are in use")]
+    Exhausted { kind: IdKind, max: u32 },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdKind {
+    RevNat,
+    Backend,
+}
+
+impl std::fmt::Display for IdKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            IdKind::RevNat => "reverse-NAT",
+            IdKind::Backend => "backend",
+        })
+    }
+}
+
+/// A set of ids in `1..=max`, handing out the lowest free one. The free ids are kept
+/// as disjoint ranges, so a pool rebuilt from sparse ids costs memory per gap, not
+/// per id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct IdPool {
+    kind: IdKind,
+    max: u32,
+    /// Free ranges, start -> end (inclusive).
+    free: BTreeMap<u32, u32>,
+}
+
+impl IdPool {
+    fn new(kind: IdKind, max: u32) -> Self {
+        let mut free = BTreeMap::new();
+        if max >= 1 {
+            free.insert(1, max);
+        }
+        Self { kind, max, free }
+    }
+
+    fn allocate(&mut self) -> Result<u32, IdError> {
+        let (start, end) =
+            self.free.pop_first().ok_or(IdError::Exhausted { kind: self.kind, max: self.max })?;
+        if start < end {
+            self.free.insert(start + 1, end);
+        }
+        Ok(start)
+    }
+
+    /// Marks `id` used. False if it is out of range or already used.
+    fn reserve(&mut self, id: u32) -> bool {
+        let Some((&start, &end)) = self.free.range(..=id).next_back() else {
+            return false;
+        };
+        if id > end {
+            return false;
+        }
+        self.free.remove(&start);
+        if start < id {
+            self.free.insert(start, id - 1);
+        }
+        if id < end {
+            self.free.insert(id + 1, end);
+        }
+        true
+    }
+
+    fn release(&mut self, id: u32) {
+        if id == 0 || id > self.max {
+            return;
+        }
+        let (mut start, mut end) = (id, id);
+        if let Some((&s, &e)) = self.free.range(..=id).next_back() {
+            if e >= id {
+                return; // already free
+            }
+            if e + 1 == id {
+                self.free.remove(&s);
+                start = s;
+            }
+        }
+        if let Some(&e) = id.checked_add(1).and_then(|next| self.free.get(&next)) {
+            self.free.remove(&(id + 1));
+            end = e;
+        }
+        self.free.insert(start, end);
+    }
+}
+
+/// Assigns reverse-NAT ids (u16, `1..=65535`) to frontends and backend ids (u32,
+/// `>= 1`) to backends.
+///
+/// A frontend is keyed by its [`ServiceKey`] with `slot` 0 (address, port, protocol,
+/// family, scope); a backend by its [`Backend`] with `state` zeroed (address, port,
+/// protocol, family): a backend turning terminating keeps its id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdAllocator {
+    rev_nat: BTreeMap<ServiceKey, u16>,
+    backends: BTreeMap<Backend, u32>,
+    rev_nat_pool: IdPool,
+    backend_pool: IdPool,
+}
+
+impl Default for IdAllocator {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl IdAllocator {
+    pub fn new() -> Self {
+        Self::with_limits(u16::MAX, u32::MAX)
+    }
+
+    /// An allocator with smaller id spaces (tests of exhaustion).
+    pub fn with_limits(max_rev_nat: u16, max_backend: u32) -> Self {
+        Self {
+            rev_nat: BTreeMap::new(),
+            backends: BTreeMap::new(),
+            rev_nat_pool: IdPool::new(IdKind::RevNat, u32::from(max_rev_nat)),
+            backend_pool: IdPool::new(IdKind::Backend, max_backend),
+        }
+    }
+
+    /// The assignment found in map contents written by an earlier agent: every
+    /// service entry's rev-NAT id and every backend's id are kept. Conflicting
+    /// entries (an id claimed twice) keep the first claim in key order; the others
+    /// get new ids at the next compile.
+    pub fn from_desired(desired: &DesiredServices) -> Self {
+        let mut ids = Self::new();
+        for (key, value) in desired.services.iter().filter(|(key, _)| key.slot == 0) {
+            if value.rev_nat_id != 0 && ids.rev_nat_pool.reserve(u32::from(value.rev_nat_id)) {
+                ids.rev_nat.entry(frontend_key(key)).or_insert(value.rev_nat_id);
+            }
+        }
+        for (&id, backend) in &desired.backends {
+            if ids.backend_pool.reserve(id) {
+                ids.backends.entry(backend_key(backend)).or_insert(id);
+            }
+        }
+        ids
+    }
+
+    /// The reverse-NAT id of a frontend (any slot of it), allocating one if new.
+    pub fn rev_nat_id(&mut self, frontend: &ServiceKey) -> Result<u16, IdError> {
+        let key = frontend_key(frontend);
+        if let Some(&id) = self.rev_nat.get(&key) {
+            return Ok(id);
+        }
+        let id = self.rev_nat_pool.allocate()?;
+        let id = u16::try_from(id).map_err(|_| IdError::Exhausted { kind: IdKind::RevNat, max: id })?;
+        self.rev_nat.insert(key, id);
+        Ok(id)
+    }
+
+    /// The id of a backend (whatever its state), allocating one if new.
+    pub fn backend_id(&mut self, backend: &Backend) -> Result<u32, IdError> {
+        let key = backend_key(backend);
+        if let Some(&id) = self.backends.get(&key) {
+            return Ok(id);
+        }
+        let id = self.backend_pool.allocate()?;
+        self.backends.insert(key, id);
+        Ok(id)
+    }
+
+    /// Releases the ids of every frontend and backend absent from `desired`.
+    /// [`crate::compile_services`] calls it at the end of each compile.
+    pub fn retain_only(&mut self, desired: &DesiredServices) {
+        let live_rev_nat: std::collections::BTreeSet<ServiceKey> =
+            desired.services.keys().map(frontend_key).collect();
+        let pool = &mut self.rev_nat_pool;
+        self.rev_nat.retain(|key, id| {
+            let keep = live_rev_nat.contains(key);
+            if !keep {
+                pool.release(u32::from(*id));
+            }
+            keep
+        });
+        let live_backends: std::collections::BTreeSet<Backend> =
+            desired.backends.values().map(backend_key).collect();
+        let pool = &mut self.backend_pool;
+        self.backends.retain(|key, id| {
+            let keep = live_backends.contains(key);
+            if !keep {
+                pool.release(*id);
+            }
+            keep
+        });
+    }
+
+    /// Number of frontends and backends holding an id.
+    pub fn len(&self) -> (usize, usize) {
+        (self.rev_nat.len(), self.backends.len())
+    }
+}
+
+fn frontend_key(key: &ServiceKey) -> ServiceKey {
+    ServiceKey { slot: 0, _pad: 0, ..*key }
+}
+
+fn backend_key(backend: &Backend) -> Backend {
+    Backend { state: 0, _pad: [0; 3], ..*backend }
+}
+
+#[cfg(test)]
+mod tests {
+    use weir_common::{AF_INET, BACKEND_TERMINATING, IPPROTO_TCP};
+
+    use super::*;
+
+    fn frontend(last: u8, port: u16) -> ServiceKey {
+        let mut addr = [0; 16];
+        addr[..4].copy_from_slice(&[10, 96, 0, last]);
+        ServiceKey { addr, port: port.to_be(), proto: IPPROTO_TCP, family: AF_INET, ..Default::default() }
+    }
+
+    fn backend(last: u8) -> Backend {
+        let mut addr = [0; 16];
+        addr[..4].copy_from_slice(&[10, 0, 0, last]);
+        Backend { addr, port: 80u16.to_be(), proto: IPPROTO_TCP, family: AF_INET, ..Default::default() }
+    }
+
+    #[test]
+    fn pool_reuses_lowest_first_and_merges_ranges() {
+        let mut pool = IdPool::new(IdKind::Backend, 10);
+        let ids: Vec<u32> = (0..5).map(|_| pool.allocate().expect("free id")).collect();
+        assert_eq!(ids, [1, 2, 3, 4, 5]);
+        pool.release(4);
+        pool.release(2);
+        pool.release(3);
+        assert_eq!(pool.free.iter().map(|(s, e)| (*s, *e)).collect::<Vec<_>>(), [(2, 4), (6, 10)]);
+        assert_eq!(pool.allocate(), Ok(2));
+        assert!(pool.reserve(9));
+        assert!(!pool.reserve(9));
+        assert!(!pool.reserve(11));
+        assert_eq!(pool.free.iter().map(|(s, e)| (*s, *e)).collect::<Vec<_>>(), [(3, 4), (6, 8), (10, 10)]);
+        pool.release(5);
+        assert_eq!(pool.free.iter().map(|(s, e)| (*s, *e)).collect::<Vec<_>>(), [(3, 8), (10, 10)]);
+    }
+
+    #[test]
+    fn ids_are_stable_per_key_and_ignore_slot_and_state() {
+        let mut ids = IdAllocator::new();
+        let a = ids.rev_nat_id(&frontend(1, 80)).expect("id");
+        let b = ids.rev_nat_id(&frontend(1, 443)).expect("id");
+        assert_eq!((a, b), (1, 2));
+        assert_eq!(ids.rev_nat_id(&ServiceKey { slot: 3, ..frontend(1, 80) }), Ok(1));
+        let x = ids.backend_id(&backend(1)).expect("id");
+        assert_eq!(ids.backend_id(&Backend { state: BACKEND_TERMINATING, ..backend(1) }), Ok(x));
+    }
+
+    #[test]
+    fn exhaustion_is_an_error_not_a_panic() {
+        let mut ids = IdAllocator::with_limits(1, 2);
+        assert_eq!(ids.rev_nat_id(&frontend(1, 80)), Ok(1));
+        assert_eq!(
+            ids.rev_nat_id(&frontend(2, 80)),
+            Err(IdError::Exhausted { kind: IdKind::RevNat, max: 1 })
+        );
+        assert_eq!(ids.backend_id(&backend(1)), Ok(1));
+        assert_eq!(ids.backend_id(&backend(2)), Ok(2));
+        assert!(ids.backend_id(&backend(3)).is_err());
+    }
+}

@@ -1,0 +1,167 @@
+//! The cluster model: every object the sources have seen, keyed by (kind, namespace,
+//! name). Sources (API watchers, a YAML directory) write it; compilers read it.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::{
+    core::v1::{Endpoints, Pod, Service},
+    discovery::v1::EndpointSlice,
+};
+
+use crate::object::{Kind, Object, ObjectKey};
+
+/// One stored object and the source it came from (a file, `kube`), for problems.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Entry {
+    pub object: Object,
+    pub origin: String,
+}
+
+/// The objects a compile reads. Ordered maps: every compile walks objects in the
+/// same order, so its output (and id allocation) is deterministic.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Model {
+    objects: BTreeMap<ObjectKey, Entry>,
+}
+
+impl Model {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A model holding `objects` (a later object with the same key replaces an earlier one).
+    pub fn from_objects(objects: impl IntoIterator<Item = Object>) -> Self {
+        let mut model = Self::new();
+        for object in objects {
+            model.upsert(object, "");
+        }
+        model
+    }
+
+    /// Adds or replaces an object; returns the one it replaced.
+    pub fn upsert(&mut self, mut object: Object, origin: &str) -> Option<Object> {
+        object.normalize();
+        let entry = Entry { object, origin: origin.to_owned() };
+        self.objects.insert(entry.object.key(), entry).map(|old| old.object)
+    }
+
+    /// Removes an object; returns it if it was there.
+    pub fn remove(&mut self, key: &ObjectKey) -> Option<Object> {
+        self.objects.remove(key).map(|entry| entry.object)
+    }
+
+    pub fn get(&self, key: &ObjectKey) -> Option<&Entry> {
+        self.objects.get(key)
+    }
+
+    pub fn len(&self) -> usize {
+        self.objects.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.objects.is_empty()
+    }
+
+    /// Every entry, in key order.
+    pub fn entries(&self) -> impl Iterator<Item = (&ObjectKey, &Entry)> {
+        self.objects.iter()
+    }
+
+    /// Entries of one kind, in (namespace, name) order.
+    pub fn of_kind(&self, kind: Kind) -> impl Iterator<Item = (&ObjectKey, &Entry)> {
+        let start = ObjectKey::new(kind, "", "");
+        self.objects.range(start..).take_while(move |(key, _)| key.kind == kind)
+    }
+
+    pub fn services(&self) -> impl Iterator<Item = (&ObjectKey, &Service, &str)> {
+        self.of_kind(Kind::Service).filter_map(|(key, entry)| match &entry.object {
+            Object::Service(s) => Some((key, s.as_ref(), entry.origin.as_str())),
+            _ => None,
+        })
+    }
+
+    pub fn endpoint_slices(&self) -> impl Iterator<Item = (&ObjectKey, &EndpointSlice)> {
+        self.of_kind(Kind::EndpointSlice).filter_map(|(key, entry)| match &entry.object {
+            Object::EndpointSlice(s) => Some((key, s.as_ref())),
+            _ => None,
+        })
+    }
+
+    pub fn endpoints(&self, namespace: &str, name: &str) -> Option<&Endpoints> {
+        match &self.objects.get(&ObjectKey::new(Kind::Endpoints, namespace, name))?.object {
+            Object::Endpoints(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// Pods of one namespace, in name order.
+    pub fn pods_in<'a>(&'a self, namespace: &'a str) -> impl Iterator<Item = &'a Pod> + 'a {
+        let start = ObjectKey::new(Kind::Pod, namespace, "");
+        self.objects
+            .range(start..)
+            .take_while(move |(key, _)| key.kind == Kind::Pod && key.namespace == namespace)
+            .filter_map(|(_, entry)| match &entry.object {
+                Object::Pod(p) => Some(p.as_ref()),
+                _ => None,
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::{api::core::v1::Service, apimachinery::pkg::apis::meta::v1::ObjectMeta};
+
+    use super::*;
+
+    fn svc(ns: Option<&str>, name: &str) -> Object {
+        Service {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: ns.map(Into::into),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+        .into()
+    }
+
+    #[test]
+    fn upsert_replaces_and_remove_deletes() {
+        let mut model = Model::new();
+        assert!(model.upsert(svc(Some("a"), "x"), "f.yaml").is_none());
+        assert!(model.upsert(svc(Some("a"), "x"), "g.yaml").is_some());
+        assert_eq!(model.len(), 1);
+        let key = ObjectKey::new(Kind::Service, "a", "x");
+        assert_eq!(model.get(&key).map(|e| e.origin.as_str()), Some("g.yaml"));
+        assert!(model.remove(&key).is_some());
+        assert!(model.is_empty());
+    }
+
+    #[test]
+    fn missing_namespace_means_default() {
+        let model = Model::from_objects([svc(None, "x")]);
+        let (key, service, _) = model.services().next().expect("one service");
+        assert_eq!(key.namespace, "default");
+        assert_eq!(service.metadata.namespace.as_deref(), Some("default"));
+    }
+
+    #[test]
+    fn of_kind_and_pods_in_stay_in_their_range() {
+        let pod = |ns: &str, name: &str| -> Object {
+            Pod {
+                metadata: ObjectMeta {
+                    name: Some(name.into()),
+                    namespace: Some(ns.into()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            }
+            .into()
+        };
+        let model = Model::from_objects([pod("a", "1"), pod("b", "2"), pod("b", "3"), svc(Some("b"), "s")]);
+        let names: Vec<_> = model.pods_in("b").filter_map(|p| p.metadata.name.clone()).collect();
+        assert_eq!(names, ["2", "3"]);
+        assert_eq!(model.of_kind(Kind::Pod).count(), 3);
+        assert_eq!(model.services().count(), 1);
+    }
+}

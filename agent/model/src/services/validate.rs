@@ -1,0 +1,200 @@
+//! A Service as the compiler uses it: the fields read, defaulted and checked the way
+//! the API server's validation would have, so that the compiler itself never meets
+//! an impossible value. A Service this rejects is reported and skipped alone.
+
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1::{Service, ServicePort};
+
+use crate::{
+    endpoints::{PortSpec, Target},
+    net::{Protocol, parse_ip},
+    problem::ProblemReason,
+};
+
+/// Services carrying this label belong to another proxy (kube-proxy's informer
+/// selects `!service.kubernetes.io/service-proxy-name`).
+pub const LABEL_SERVICE_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
+/// Services carrying this label are headless, whatever their clusterIP says.
+pub const LABEL_HEADLESS: &str = "service.kubernetes.io/headless";
+/// Per-Service choice of backend selection: `maglev` or `random`.
+pub const ANNOTATION_LB_ALGORITHM: &str = "weir.dev/lb-algorithm";
+
+/// `sessionAffinityConfig.clientIP.timeoutSeconds` default (3 hours) and maximum
+/// (1 day), from the API's validation.
+pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10_800;
+pub const MAX_AFFINITY_TIMEOUT: u32 = 86_400;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ServiceType {
+    ClusterIp,
+    NodePort,
+    LoadBalancer,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ValidPort<'a> {
+    pub spec: PortSpec<'a>,
+    pub node_port: Option<u16>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ValidService<'a> {
+    pub service_type: ServiceType,
+    pub cluster_ips: Vec<IpAddr>,
+    pub ports: Vec<ValidPort<'a>>,
+    /// `Some(timeout)` for `sessionAffinity: ClientIP`.
+    pub affinity_timeout: Option<u32>,
+    pub internal_local: bool,
+    /// externalTrafficPolicy Local; only meaningful for NodePort and LoadBalancer
+    /// Services (kube-proxy's `ExternalPolicyLocal`).
+    pub external_local: bool,
+    pub external_ips: Vec<IpAddr>,
+    /// `status.loadBalancer.ingress[].ip` of LoadBalancer Services, except those
+    /// with `ipMode: Proxy` (KEP-1860: the load balancer proxies, the node must not
+    /// short-circuit the address).
+    pub load_balancer_ips: Vec<IpAddr>,
+    /// `Some(true)`/`Some(false)` when the annotation chooses, `None` for the default.
+    pub maglev: Option<bool>,
+    pub health_check_node_port: Option<u16>,
+}
+
+/// `Ok(None)`: a Service this proxy does not implement (ExternalName, headless,
+/// another proxy's). `Ok(Some(_))`: one to compile. `Err`: an invalid Service.
+/// Non-fatal findings (an unknown annotation value) go to `warnings`.
+pub(crate) fn validate<'a>(
+    service: &'a Service,
+    warnings: &mut Vec<ProblemReason>,
+) -> Result<Option<ValidService<'a>>, ProblemReason> {
+    let labels = service.metadata.labels.as_ref();
+    if labels.is_some_and(|l| l.contains_key(LABEL_SERVICE_PROXY_NAME) || l.contains_key(LABEL_HEADLESS)) {
+        return Ok(None);
+    }
+    let Some(spec) = service.spec.as_ref() else {
+        return Err(ProblemReason::NoClusterIp);
+    };
+    let service_type = match spec.type_.as_deref() {
+        None | Some("ClusterIP") => ServiceType::ClusterIp,
+        Some("NodePort") => ServiceType::NodePort,
+        Some("LoadBalancer") => ServiceType::LoadBalancer,
+        // DNS-only: no proxying.
+        Some("ExternalName") => return Ok(None),
+        Some(other) => return Err(ProblemReason::BadServiceType(other.to_owned())),
+    };
+
+    // clusterIPs is authoritative (dual-stack); clusterIP is its first element and
+    // the only field older manifests set.
+    let raw_ips: Vec<&str> = match spec.cluster_ips.as_deref() {
+        Some(ips) if !ips.is_empty() => ips.iter().map(String::as_str).collect(),
+        _ => spec.cluster_ip.as_deref().into_iter().filter(|ip| !ip.is_empty()).collect(),
+    };
+    if raw_ips.first() == Some(&"None") {
+        return Ok(None); // headless: DNS returns the endpoints, nothing to proxy
+    }
+    if raw_ips.is_empty() {
+        return Err(ProblemReason::NoClusterIp);
+    }
+    let cluster_ips = parse_ips(&raw_ips, "spec.clusterIPs")?;
+
+    let mut ports = Vec::new();
+    for port in spec.ports.iter().flatten() {
+        ports.push(validate_port(port)?);
+    }
+
+    let affinity_timeout = match spec.session_affinity.as_deref() {
+        None | Some("None") => None,
+        Some("ClientIP") => {
+            let timeout = spec
+                .session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds);
+            match timeout {
+                None => Some(DEFAULT_AFFINITY_TIMEOUT),
+                Some(t) => match u32::try_from(t) {
+                    Ok(t) if (1..=MAX_AFFINITY_TIMEOUT).contains(&t) => Some(t),
+                    _ => return Err(ProblemReason::BadAffinityTimeout(i64::from(t))),
+                },
+            }
+        }
+        Some(other) => return Err(ProblemReason::BadSessionAffinity(other.to_owned())),
+    };
+
+    let internal_local = is_local_policy(spec.internal_traffic_policy.as_deref(), "spec.internalTrafficPolicy")?;
+    let external_local = is_local_policy(spec.external_traffic_policy.as_deref(), "spec.externalTrafficPolicy")?
+        && service_type != ServiceType::ClusterIp;
+
+    let external_ips: Vec<&str> = spec.external_ips.iter().flatten().map(String::as_str).collect();
+    let external_ips = parse_ips(&external_ips, "spec.externalIPs")?;
+
+    let mut load_balancer_ips = Vec::new();
+    if service_type == ServiceType::LoadBalancer {
+        let ingress = service.status.as_ref().and_then(|s| s.load_balancer.as_ref()).and_then(|lb| lb.ingress.as_ref());
+        for entry in ingress.into_iter().flatten() {
+            if entry.ip_mode.as_deref() == Some("Proxy") {
+                continue;
+            }
+            if let Some(ip) = entry.ip.as_deref().filter(|ip| !ip.is_empty()) {
+                load_balancer_ips.extend(parse_ips(&[ip], "status.loadBalancer.ingress[].ip")?);
+            }
+        }
+    }
+
+    let annotation = service.metadata.annotations.as_ref().and_then(|a| a.get(ANNOTATION_LB_ALGORITHM));
+    let maglev = match annotation.map(String::as_str) {
+        None => None,
+        Some("maglev") => Some(true),
+        Some("random") => Some(false),
+        Some(other) => {
+            warnings.push(ProblemReason::BadLbAlgorithm(other.to_owned()));
+            None
+        }
+    };
+
+    let health_check_node_port = spec.health_check_node_port.and_then(|p| u16::try_from(p).ok()).filter(|p| *p > 0);
+
+    Ok(Some(ValidService {
+        service_type,
+        cluster_ips,
+        ports,
+        affinity_timeout,
+        internal_local,
+        external_local,
+        external_ips,
+        load_balancer_ips,
+        maglev,
+        health_check_node_port,
+    }))
+}
+
+fn parse_ips(raw: &[&str], field: &'static str) -> Result<Vec<IpAddr>, ProblemReason> {
+    raw.iter()
+        .map(|ip| parse_ip(ip).ok_or_else(|| ProblemReason::BadIp { field, value: (*ip).to_owned() }))
+        .collect()
+}
+
+fn is_local_policy(value: Option<&str>, field: &'static str) -> Result<bool, ProblemReason> {
+    match value {
+        None | Some("Cluster") => Ok(false),
+        Some("Local") => Ok(true),
+        Some(other) => Err(ProblemReason::BadTrafficPolicy { field, value: other.to_owned() }),
+    }
+}
+
+fn validate_port(port: &ServicePort) -> Result<ValidPort<'_>, ProblemReason> {
+    let name = port.name.as_deref().unwrap_or_default();
+    let out_of_range =
+        |field: &'static str, value: i64| ProblemReason::PortOutOfRange { port_name: name.to_owned(), field, value };
+    let number = u16::try_from(port.port).ok().filter(|p| *p > 0).ok_or(out_of_range("port", port.port.into()))?;
+    let protocol = Protocol::parse(port.protocol.as_deref()).ok_or_else(|| ProblemReason::BadProtocol {
+        port_name: name.to_owned(),
+        protocol: port.protocol.clone().unwrap_or_default(),
+    })?;
+    let target = Target::from_spec(port.target_port.as_ref(), number)
+        .map_err(|n| out_of_range("targetPort", n.into()))?;
+    let node_port = match port.node_port {
+        None | Some(0) => None,
+        Some(n) => Some(u16::try_from(n).map_err(|_| out_of_range("nodePort", n.into()))?),
+    };
+    Ok(ValidPort { spec: PortSpec { name, protocol, port: number, target }, node_port })
+}
