@@ -85,7 +85,10 @@ impl<'a> Target<'a> {
 pub(crate) enum EndpointSource<'a> {
     Slices(Vec<&'a EndpointSlice>),
     Endpoints(&'a Endpoints),
-    Pods { pods: Vec<&'a Pod>, publish_not_ready: bool },
+    Pods {
+        pods: Vec<&'a Pod>,
+        publish_not_ready: bool,
+    },
     None,
 }
 
@@ -104,9 +107,16 @@ pub(crate) type SliceIndex<'a> = BTreeMap<(&'a str, &'a str), Vec<&'a EndpointSl
 pub(crate) fn index_slices(model: &Model) -> SliceIndex<'_> {
     let mut index = SliceIndex::new();
     for (key, slice) in model.endpoint_slices() {
-        let service = slice.metadata.labels.as_ref().and_then(|labels| labels.get(LABEL_SERVICE_NAME));
+        let service = slice
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|labels| labels.get(LABEL_SERVICE_NAME));
         if let Some(service) = service.filter(|s| !s.is_empty()) {
-            index.entry((key.namespace.as_str(), service.as_str())).or_default().push(slice);
+            index
+                .entry((key.namespace.as_str(), service.as_str()))
+                .or_default()
+                .push(slice);
         }
     }
     index
@@ -137,7 +147,9 @@ impl<'a> EndpointSource<'a> {
                     .pods_in(namespace)
                     .filter(|pod| {
                         let labels = pod.metadata.labels.as_ref();
-                        selector.iter().all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+                        selector
+                            .iter()
+                            .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
                     })
                     .collect(),
                 publish_not_ready: spec.and_then(|s| s.publish_not_ready_addresses).unwrap_or(false),
@@ -164,8 +176,13 @@ impl<'a> EndpointSource<'a> {
                     from_slice(slice, port, family, node_name, &mut set);
                 }
             }
-            EndpointSource::Endpoints(endpoints) => from_endpoints(endpoints, port, family, node_name, &mut set),
-            EndpointSource::Pods { pods, publish_not_ready } => {
+            EndpointSource::Endpoints(endpoints) => {
+                from_endpoints(endpoints, port, family, node_name, &mut set)
+            }
+            EndpointSource::Pods {
+                pods,
+                publish_not_ready,
+            } => {
                 for pod in pods {
                     from_pod(pod, port, family, *publish_not_ready, node_name, &mut set);
                 }
@@ -251,7 +268,12 @@ fn from_slice(
 }
 
 fn skips_mirroring(endpoints: &Endpoints) -> bool {
-    endpoints.metadata.labels.as_ref().and_then(|l| l.get(LABEL_SKIP_MIRROR)).map(String::as_str)
+    endpoints
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(LABEL_SKIP_MIRROR))
+        .map(String::as_str)
         == Some("true")
 }
 

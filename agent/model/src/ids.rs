@@ -55,8 +55,10 @@ impl IdPool {
     }
 
     fn allocate(&mut self) -> Result<u32, IdError> {
-        let (start, end) =
-            self.free.pop_first().ok_or(IdError::Exhausted { kind: self.kind, max: self.max })?;
+        let (start, end) = self.free.pop_first().ok_or(IdError::Exhausted {
+            kind: self.kind,
+            max: self.max,
+        })?;
         if start < end {
             self.free.insert(start + 1, end);
         }
@@ -164,7 +166,10 @@ impl IdAllocator {
             return Ok(id);
         }
         let id = self.rev_nat_pool.allocate()?;
-        let id = u16::try_from(id).map_err(|_| IdError::Exhausted { kind: IdKind::RevNat, max: id })?;
+        let id = u16::try_from(id).map_err(|_| IdError::Exhausted {
+            kind: IdKind::RevNat,
+            max: id,
+        })?;
         self.rev_nat.insert(key, id);
         Ok(id)
     }
@@ -212,11 +217,19 @@ impl IdAllocator {
 }
 
 fn frontend_key(key: &ServiceKey) -> ServiceKey {
-    ServiceKey { slot: 0, _pad: 0, ..*key }
+    ServiceKey {
+        slot: 0,
+        _pad: 0,
+        ..*key
+    }
 }
 
 fn backend_key(backend: &Backend) -> Backend {
-    Backend { state: 0, _pad: [0; 3], ..*backend }
+    Backend {
+        state: 0,
+        _pad: [0; 3],
+        ..*backend
+    }
 }
 
 #[cfg(test)]
@@ -228,13 +241,25 @@ mod tests {
     fn frontend(last: u8, port: u16) -> ServiceKey {
         let mut addr = [0; 16];
         addr[..4].copy_from_slice(&[10, 96, 0, last]);
-        ServiceKey { addr, port: port.to_be(), proto: IPPROTO_TCP, family: AF_INET, ..Default::default() }
+        ServiceKey {
+            addr,
+            port: port.to_be(),
+            proto: IPPROTO_TCP,
+            family: AF_INET,
+            ..Default::default()
+        }
     }
 
     fn backend(last: u8) -> Backend {
         let mut addr = [0; 16];
         addr[..4].copy_from_slice(&[10, 0, 0, last]);
-        Backend { addr, port: 80u16.to_be(), proto: IPPROTO_TCP, family: AF_INET, ..Default::default() }
+        Backend {
+            addr,
+            port: 80u16.to_be(),
+            proto: IPPROTO_TCP,
+            family: AF_INET,
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -245,14 +270,23 @@ mod tests {
         pool.release(4);
         pool.release(2);
         pool.release(3);
-        assert_eq!(pool.free.iter().map(|(s, e)| (*s, *e)).collect::<Vec<_>>(), [(2, 4), (6, 10)]);
+        assert_eq!(
+            pool.free.iter().map(|(s, e)| (*s, *e)).collect::<Vec<_>>(),
+            [(2, 4), (6, 10)]
+        );
         assert_eq!(pool.allocate(), Ok(2));
         assert!(pool.reserve(9));
         assert!(!pool.reserve(9));
         assert!(!pool.reserve(11));
-        assert_eq!(pool.free.iter().map(|(s, e)| (*s, *e)).collect::<Vec<_>>(), [(3, 4), (6, 8), (10, 10)]);
+        assert_eq!(
+            pool.free.iter().map(|(s, e)| (*s, *e)).collect::<Vec<_>>(),
+            [(3, 4), (6, 8), (10, 10)]
+        );
         pool.release(5);
-        assert_eq!(pool.free.iter().map(|(s, e)| (*s, *e)).collect::<Vec<_>>(), [(3, 8), (10, 10)]);
+        assert_eq!(
+            pool.free.iter().map(|(s, e)| (*s, *e)).collect::<Vec<_>>(),
+            [(3, 8), (10, 10)]
+        );
     }
 
     #[test]
@@ -261,9 +295,21 @@ mod tests {
         let a = ids.rev_nat_id(&frontend(1, 80)).expect("id");
         let b = ids.rev_nat_id(&frontend(1, 443)).expect("id");
         assert_eq!((a, b), (1, 2));
-        assert_eq!(ids.rev_nat_id(&ServiceKey { slot: 3, ..frontend(1, 80) }), Ok(1));
+        assert_eq!(
+            ids.rev_nat_id(&ServiceKey {
+                slot: 3,
+                ..frontend(1, 80)
+            }),
+            Ok(1)
+        );
         let x = ids.backend_id(&backend(1)).expect("id");
-        assert_eq!(ids.backend_id(&Backend { state: BACKEND_TERMINATING, ..backend(1) }), Ok(x));
+        assert_eq!(
+            ids.backend_id(&Backend {
+                state: BACKEND_TERMINATING,
+                ..backend(1)
+            }),
+            Ok(x)
+        );
     }
 
     #[test]
@@ -272,7 +318,10 @@ mod tests {
         assert_eq!(ids.rev_nat_id(&frontend(1, 80)), Ok(1));
         assert_eq!(
             ids.rev_nat_id(&frontend(2, 80)),
-            Err(IdError::Exhausted { kind: IdKind::RevNat, max: 1 })
+            Err(IdError::Exhausted {
+                kind: IdKind::RevNat,
+                max: 1
+            })
         );
         assert_eq!(ids.backend_id(&backend(1)), Ok(1));
         assert_eq!(ids.backend_id(&backend(2)), Ok(2));

@@ -41,8 +41,13 @@ impl Model {
     /// Adds or replaces an object; returns the one it replaced.
     pub fn upsert(&mut self, mut object: Object, origin: &str) -> Option<Object> {
         object.normalize();
-        let entry = Entry { object, origin: origin.to_owned() };
-        self.objects.insert(entry.object.key(), entry).map(|old| old.object)
+        let entry = Entry {
+            object,
+            origin: origin.to_owned(),
+        };
+        self.objects
+            .insert(entry.object.key(), entry)
+            .map(|old| old.object)
     }
 
     /// Removes an object; returns it if it was there.
@@ -70,25 +75,33 @@ impl Model {
     /// Entries of one kind, in (namespace, name) order.
     pub fn of_kind(&self, kind: Kind) -> impl Iterator<Item = (&ObjectKey, &Entry)> {
         let start = ObjectKey::new(kind, "", "");
-        self.objects.range(start..).take_while(move |(key, _)| key.kind == kind)
+        self.objects
+            .range(start..)
+            .take_while(move |(key, _)| key.kind == kind)
     }
 
     pub fn services(&self) -> impl Iterator<Item = (&ObjectKey, &Service, &str)> {
-        self.of_kind(Kind::Service).filter_map(|(key, entry)| match &entry.object {
-            Object::Service(s) => Some((key, s.as_ref(), entry.origin.as_str())),
-            _ => None,
-        })
+        self.of_kind(Kind::Service)
+            .filter_map(|(key, entry)| match &entry.object {
+                Object::Service(s) => Some((key, s.as_ref(), entry.origin.as_str())),
+                _ => None,
+            })
     }
 
     pub fn endpoint_slices(&self) -> impl Iterator<Item = (&ObjectKey, &EndpointSlice)> {
-        self.of_kind(Kind::EndpointSlice).filter_map(|(key, entry)| match &entry.object {
-            Object::EndpointSlice(s) => Some((key, s.as_ref())),
-            _ => None,
-        })
+        self.of_kind(Kind::EndpointSlice)
+            .filter_map(|(key, entry)| match &entry.object {
+                Object::EndpointSlice(s) => Some((key, s.as_ref())),
+                _ => None,
+            })
     }
 
     pub fn endpoints(&self, namespace: &str, name: &str) -> Option<&Endpoints> {
-        match &self.objects.get(&ObjectKey::new(Kind::Endpoints, namespace, name))?.object {
+        match &self
+            .objects
+            .get(&ObjectKey::new(Kind::Endpoints, namespace, name))?
+            .object
+        {
             Object::Endpoints(e) => Some(e),
             _ => None,
         }
@@ -159,7 +172,10 @@ mod tests {
             .into()
         };
         let model = Model::from_objects([pod("a", "1"), pod("b", "2"), pod("b", "3"), svc(Some("b"), "s")]);
-        let names: Vec<_> = model.pods_in("b").filter_map(|p| p.metadata.name.clone()).collect();
+        let names: Vec<_> = model
+            .pods_in("b")
+            .filter_map(|p| p.metadata.name.clone())
+            .collect();
         assert_eq!(names, ["2", "3"]);
         assert_eq!(model.of_kind(Kind::Pod).count(), 3);
         assert_eq!(model.services().count(), 1);

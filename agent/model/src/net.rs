@@ -142,7 +142,10 @@ mod tests {
     #[test]
     fn protocol_defaults_to_tcp() {
         assert_eq!(Protocol::parse(None), Some(Protocol::Tcp));
-        assert_eq!(Protocol::parse(Some("SCTP")).map(Protocol::ipproto), Some(IPPROTO_SCTP));
+        assert_eq!(
+            Protocol::parse(Some("SCTP")).map(Protocol::ipproto),
+            Some(IPPROTO_SCTP)
+        );
         assert_eq!(Protocol::parse(Some("tcp")), None);
     }
 }

@@ -72,7 +72,11 @@ pub struct ObjectKey {
 
 impl ObjectKey {
     pub fn new(kind: Kind, namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        Self { kind, namespace: namespace.into(), name: name.into() }
+        Self {
+            kind,
+            namespace: namespace.into(),
+            name: name.into(),
+        }
     }
 }
 
@@ -132,7 +136,10 @@ impl Object {
         let meta = self.metadata();
         let kind = self.kind();
         let namespace = if kind.is_namespaced() {
-            meta.namespace.as_deref().filter(|ns| !ns.is_empty()).unwrap_or(DEFAULT_NAMESPACE)
+            meta.namespace
+                .as_deref()
+                .filter(|ns| !ns.is_empty())
+                .unwrap_or(DEFAULT_NAMESPACE)
         } else {
             ""
         };
@@ -158,4 +165,12 @@ macro_rules! from_type {
         }
     )*};
 }
-from_type!(Service, EndpointSlice, Endpoints, Pod, Namespace, Node, NetworkPolicy);
+from_type!(
+    Service,
+    EndpointSlice,
+    Endpoints,
+    Pod,
+    Namespace,
+    Node,
+    NetworkPolicy
+);

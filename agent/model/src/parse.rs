@@ -74,7 +74,10 @@ fn split_documents(text: &str) -> Vec<Document> {
     if trimmed.starts_with('{') || trimmed.starts_with('[') {
         let offset = text.len() - trimmed.len();
         let line = text[..offset].matches('\n').count() + 1;
-        return vec![Document { line, value: parse_json(trimmed) }];
+        return vec![Document {
+            line,
+            value: parse_json(trimmed),
+        }];
     }
     let mut docs = Vec::new();
     let mut start_line = 1;
@@ -82,7 +85,10 @@ fn split_documents(text: &str) -> Vec<Document> {
     for (index, line) in text.lines().enumerate() {
         let separator = line == "---" || line.starts_with("--- ") || line.starts_with("---\t");
         if separator || line == "..." {
-            docs.push(Document { line: start_line, value: parse_yaml(&current) });
+            docs.push(Document {
+                line: start_line,
+                value: parse_yaml(&current),
+            });
             current.clear();
             start_line = index + 2;
             // `--- {inline: document}` carries content after the marker.
@@ -98,7 +104,10 @@ fn split_documents(text: &str) -> Vec<Document> {
             current.push('\n');
         }
     }
-    docs.push(Document { line: start_line, value: parse_yaml(&current) });
+    docs.push(Document {
+        line: start_line,
+        value: parse_yaml(&current),
+    });
     docs
 }
 
@@ -126,9 +135,11 @@ impl Parsed {
         match decode(value) {
             Decoded::Object(object) => self.objects.push(object),
             Decoded::Skipped(kind) => *self.skipped.entry(kind).or_default() += 1,
-            Decoded::Invalid { object, reason } => {
-                self.problems.push(Problem { origin: origin.to_owned(), object, reason })
-            }
+            Decoded::Invalid { object, reason } => self.problems.push(Problem {
+                origin: origin.to_owned(),
+                object,
+                reason,
+            }),
             Decoded::List(items) => {
                 for (index, item) in items.into_iter().enumerate() {
                     match item {
@@ -137,7 +148,10 @@ impl Parsed {
                         Decoded::Invalid { object, reason } => self.problems.push(Problem {
                             origin: origin.to_owned(),
                             object,
-                            reason: ProblemReason::ListItem { index, reason: Box::new(reason) },
+                            reason: ProblemReason::ListItem {
+                                index,
+                                reason: Box::new(reason),
+                            },
                         }),
                         // Lists do not nest in the API.
                         Decoded::List(_) => self.problems.push(Problem {
@@ -158,20 +172,38 @@ impl Parsed {
 enum Decoded {
     Object(Object),
     Skipped(String),
-    Invalid { object: Option<String>, reason: ProblemReason },
+    Invalid {
+        object: Option<String>,
+        reason: ProblemReason,
+    },
     List(Vec<Decoded>),
 }
 
 fn decode(value: Value) -> Decoded {
-    let api_version = value.get("apiVersion").and_then(Value::as_str).unwrap_or_default().to_owned();
-    let kind = value.get("kind").and_then(Value::as_str).unwrap_or_default().to_owned();
+    let api_version = value
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let kind = value
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
     if api_version.is_empty() || kind.is_empty() {
-        return Decoded::Invalid { object: describe(&value, &kind), reason: ProblemReason::NoKind };
+        return Decoded::Invalid {
+            object: describe(&value, &kind),
+            reason: ProblemReason::NoKind,
+        };
     }
     if let Some(item_kind) = kind.strip_suffix("List") {
         if let Some(Value::Array(items)) = value.get("items") {
             return Decoded::List(
-                items.iter().cloned().map(|item| decode(with_kind(item, &api_version, item_kind))).collect(),
+                items
+                    .iter()
+                    .cloned()
+                    .map(|item| decode(with_kind(item, &api_version, item_kind)))
+                    .collect(),
             );
         }
     }
@@ -196,8 +228,10 @@ fn decode(value: Value) -> Decoded {
 fn with_kind(mut item: Value, api_version: &str, kind: &str) -> Value {
     if let Value::Object(map) = &mut item {
         if !kind.is_empty() {
-            map.entry("apiVersion").or_insert_with(|| Value::String(api_version.to_owned()));
-            map.entry("kind").or_insert_with(|| Value::String(kind.to_owned()));
+            map.entry("apiVersion")
+                .or_insert_with(|| Value::String(api_version.to_owned()));
+            map.entry("kind")
+                .or_insert_with(|| Value::String(kind.to_owned()));
         }
     }
     item
@@ -209,7 +243,13 @@ where
 {
     let object = describe(&value, kind);
     let typed = serde_json::from_value::<T>(value).map_err(|e| {
-        (object, ProblemReason::Schema { kind: kind.to_owned(), message: e.to_string() })
+        (
+            object,
+            ProblemReason::Schema {
+                kind: kind.to_owned(),
+                message: e.to_string(),
+            },
+        )
     })?;
     let mut object: Object = typed.into();
     object.normalize();

@@ -36,7 +36,10 @@ pub enum ProblemReason {
     #[error("does not match the {kind} schema: {message}")]
     Schema { kind: String, message: String },
     #[error("List item {index}: {reason}")]
-    ListItem { index: usize, reason: Box<ProblemReason> },
+    ListItem {
+        index: usize,
+        reason: Box<ProblemReason>,
+    },
 
     #[error("no cluster IP allocated (spec.clusterIP/clusterIPs empty)")]
     NoClusterIp,
@@ -45,7 +48,11 @@ pub enum ProblemReason {
     #[error("unsupported service type {0:?}")]
     BadServiceType(String),
     #[error("port {port_name:?}: {field} {value} is out of range 1..=65535")]
-    PortOutOfRange { port_name: String, field: &'static str, value: i64 },
+    PortOutOfRange {
+        port_name: String,
+        field: &'static str,
+        value: i64,
+    },
     #[error("port {port_name:?}: unsupported protocol {protocol:?} (TCP, UDP or SCTP)")]
     BadProtocol { port_name: String, protocol: String },
     #[error("unsupported sessionAffinity {0:?} (ClientIP or None)")]

@@ -73,15 +73,27 @@ mod tests {
         assert_eq!(lasts(&cluster_endpoints(&all)), [1]);
         assert_eq!(lasts(&cluster_endpoints(&all[1..])), [2]);
         assert_eq!(lasts(&cluster_endpoints(&all[2..])), Vec::<u8>::new());
-        let usable: Vec<u8> = all.iter().filter(|e| is_usable(e)).map(|e| lasts(&[e])[0]).collect();
+        let usable: Vec<u8> = all
+            .iter()
+            .filter(|e| is_usable(e))
+            .map(|e| lasts(&[e])[0])
+            .collect();
         assert_eq!(usable, [1, 2, 5]);
     }
 
     #[test]
     fn local_falls_back_to_local_terminating_not_to_remote() {
-        let all = [ep(1, "remote", true, true, false), ep(2, "me", false, true, true), ep(3, "me", false, false, true)];
+        let all = [
+            ep(1, "remote", true, true, false),
+            ep(2, "me", false, true, true),
+            ep(3, "me", false, false, true),
+        ];
         assert_eq!(lasts(&local_endpoints(&all, "me")), [2]);
-        let all = [ep(1, "remote", true, true, false), ep(2, "me", true, true, false), ep(3, "me", false, true, true)];
+        let all = [
+            ep(1, "remote", true, true, false),
+            ep(2, "me", true, true, false),
+            ep(3, "me", false, true, true),
+        ];
         assert_eq!(lasts(&local_endpoints(&all, "me")), [2]);
         assert_eq!(lasts(&local_endpoints(&all, "other")), Vec::<u8>::new());
         // No node name configured: nothing is local.

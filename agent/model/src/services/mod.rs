@@ -15,9 +15,11 @@ use std::{
 
 use weir_common::{
     BACKEND_ACTIVE, BACKEND_TERMINATING, Backend, RevNat, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_F_AFFINITY,
-    SVC_F_EXT_LOCAL, SVC_F_INT_LOCAL, SVC_F_MAGLEV, SVC_F_NODEPORT, SVC_F_TWO_SCOPES, ServiceKey, ServiceValue,
+    SVC_F_EXT_LOCAL, SVC_F_INT_LOCAL, SVC_F_MAGLEV, SVC_F_NODEPORT, SVC_F_TWO_SCOPES, ServiceKey,
+    ServiceValue,
 };
 
+use self::validate::{ServiceType, ValidPort, ValidService, validate};
 pub use self::{
     validate::{
         ANNOTATION_LB_ALGORITHM, DEFAULT_AFFINITY_TIMEOUT, LABEL_HEADLESS, LABEL_SERVICE_PROXY_NAME,
@@ -25,7 +27,6 @@ pub use self::{
     },
     view::{BackendState, BackendView, FrontendKind, FrontendView, Scope},
 };
-use self::validate::{ServiceType, ValidPort, ValidService, validate};
 use crate::{
     endpoints::{Endpoint, EndpointSource, SliceIndex, index_slices},
     ids::IdAllocator,
@@ -125,7 +126,12 @@ pub fn compile_services(
     for (key, service, origin) in model.services() {
         compiler.service(model, &slices, key, service, origin);
     }
-    let Compiler { desired, problems, ids, .. } = compiler;
+    let Compiler {
+        desired,
+        problems,
+        ids,
+        ..
+    } = compiler;
     ids.retain_only(&desired);
     (desired, problems)
 }
@@ -164,7 +170,11 @@ struct Frontend {
 impl Compiler<'_, '_> {
     fn problem(&mut self, origin: &str, key: &ObjectKey, reason: ProblemReason) {
         let origin = if origin.is_empty() { "model" } else { origin };
-        self.problems.push(Problem { origin: origin.to_owned(), object: Some(key.to_string()), reason });
+        self.problems.push(Problem {
+            origin: origin.to_owned(),
+            object: Some(key.to_string()),
+            reason,
+        });
     }
 
     fn service(
@@ -191,12 +201,19 @@ impl Compiler<'_, '_> {
         if valid.affinity_timeout.is_some() {
             common_flags |= SVC_F_AFFINITY;
         }
-        if valid.maglev.unwrap_or(self.node.lb_algorithm == LbAlgorithm::Maglev) {
+        if valid
+            .maglev
+            .unwrap_or(self.node.lb_algorithm == LbAlgorithm::Maglev)
+        {
             if maglev::is_prime(self.node.maglev_table_size) {
                 common_flags |= SVC_F_MAGLEV;
             } else if !self.maglev_size_reported {
                 self.maglev_size_reported = true;
-                self.problem(origin, key, ProblemReason::BadMaglevSize(self.node.maglev_table_size));
+                self.problem(
+                    origin,
+                    key,
+                    ProblemReason::BadMaglevSize(self.node.maglev_table_size),
+                );
             }
         }
 
@@ -237,7 +254,11 @@ impl Compiler<'_, '_> {
     fn backends(&mut self, origin: &str, key: &ObjectKey, port: &ValidPort<'_>, scope: &mut PortScope<'_>) {
         for endpoint in &scope.usable {
             let (addr, family) = to_abi(endpoint.addr);
-            let state = if endpoint.ready { BACKEND_ACTIVE } else { BACKEND_TERMINATING };
+            let state = if endpoint.ready {
+                BACKEND_ACTIVE
+            } else {
+                BACKEND_TERMINATING
+            };
             let backend = Backend {
                 addr,
                 port: endpoint.port.to_be(),
@@ -316,12 +337,22 @@ impl Compiler<'_, '_> {
         for (slot, (backend_id, _)) in (1..=count).zip(&slot_ids) {
             self.desired.services.insert(
                 ServiceKey { slot, ..head },
-                ServiceValue { backend_id: *backend_id, rev_nat_id, ..Default::default() },
+                ServiceValue {
+                    backend_id: *backend_id,
+                    rev_nat_id,
+                    ..Default::default()
+                },
             );
         }
-        self.desired
-            .revnat
-            .insert(u32::from(rev_nat_id), RevNat { addr, port: frontend.port.to_be(), family, _pad: 0 });
+        self.desired.revnat.insert(
+            u32::from(rev_nat_id),
+            RevNat {
+                addr,
+                port: frontend.port.to_be(),
+                family,
+                _pad: 0,
+            },
+        );
 
         if flags & SVC_F_MAGLEV != 0 && !slot_ids.is_empty() {
             // Keyed by the backend's address, not its node-local id, so that every
@@ -334,7 +365,11 @@ impl Compiler<'_, '_> {
                 Ok(table) => {
                     self.desired.maglev.insert(rev_nat_id, table);
                 }
-                Err(_) => self.problem(origin, key, ProblemReason::BadMaglevSize(self.node.maglev_table_size)),
+                Err(_) => self.problem(
+                    origin,
+                    key,
+                    ProblemReason::BadMaglevSize(self.node.maglev_table_size),
+                ),
             }
         }
 
@@ -354,7 +389,11 @@ impl Compiler<'_, '_> {
             kind: frontend.kind,
             address,
             protocol,
-            scope: if frontend.scope == SCOPE_INTERNAL { Scope::Internal } else { Scope::External },
+            scope: if frontend.scope == SCOPE_INTERNAL {
+                Scope::Internal
+            } else {
+                Scope::External
+            },
             rev_nat_id,
             flags: flag_names(flags),
             affinity_timeout: scope.affinity_timeout,
@@ -377,13 +416,30 @@ impl Compiler<'_, '_> {
 /// a second, scope-internal entry (Cilium's two-scope scheme), flagged
 /// [`SVC_F_TWO_SCOPES`] on the external one. Addresses of a family the Service has
 /// no cluster IP in are ignored, as kube-proxy's per-family proxiers do.
-fn frontends(valid: &ValidService<'_>, port: &ValidPort<'_>, family: Family, node: &NodeContext) -> Vec<Frontend> {
-    let common = |kind, ip, port, scope, flags| Frontend { kind, ip, port, scope, flags };
+fn frontends(
+    valid: &ValidService<'_>,
+    port: &ValidPort<'_>,
+    family: Family,
+    node: &NodeContext,
+) -> Vec<Frontend> {
+    let common = |kind, ip, port, scope, flags| Frontend {
+        kind,
+        ip,
+        port,
+        scope,
+        flags,
+    };
     let in_family = |ip: &&IpAddr| Family::of(**ip) == family;
     let mut out = Vec::new();
     let cluster_flags = if valid.internal_local { SVC_F_INT_LOCAL } else { 0 };
     for ip in valid.cluster_ips.iter().filter(in_family) {
-        out.push(common(FrontendKind::ClusterIP, *ip, port.spec.port, SCOPE_EXTERNAL, cluster_flags));
+        out.push(common(
+            FrontendKind::ClusterIP,
+            *ip,
+            port.spec.port,
+            SCOPE_EXTERNAL,
+            cluster_flags,
+        ));
     }
     let mut external = Vec::new();
     if valid.service_type != ServiceType::ClusterIp {
@@ -401,7 +457,13 @@ fn frontends(valid: &ValidService<'_>, port: &ValidPort<'_>, family: Family, nod
     }
     for (kind, ip, port, flags) in external {
         if valid.external_local {
-            out.push(common(kind, ip, port, SCOPE_EXTERNAL, flags | SVC_F_EXT_LOCAL | SVC_F_TWO_SCOPES));
+            out.push(common(
+                kind,
+                ip,
+                port,
+                SCOPE_EXTERNAL,
+                flags | SVC_F_EXT_LOCAL | SVC_F_TWO_SCOPES,
+            ));
             out.push(common(kind, ip, port, SCOPE_INTERNAL, flags));
         } else {
             out.push(common(kind, ip, port, SCOPE_EXTERNAL, flags));
@@ -415,7 +477,11 @@ fn backend_view(id: u32, endpoint: &Endpoint, slot: Option<u16>) -> BackendView 
         id,
         address: SocketAddr::new(endpoint.addr, endpoint.port),
         node_name: endpoint.node_name.clone(),
-        state: if endpoint.ready { BackendState::Active } else { BackendState::Terminating },
+        state: if endpoint.ready {
+            BackendState::Active
+        } else {
+            BackendState::Terminating
+        },
         slot,
     }
 }

@@ -1,0 +1,1487 @@
+//! Services compiler tests. Fixtures are written as `kubectl get -o yaml` prints the
+//! objects (server-populated fields included where they matter), so each test reads
+//! as "this cluster state gives these map contents".
+
+use std::net::{IpAddr, SocketAddr};
+
+use weir_common::{
+    BACKEND_ACTIVE, BACKEND_TERMINATING, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_F_AFFINITY, SVC_F_EXT_LOCAL,
+    SVC_F_INT_LOCAL, SVC_F_MAGLEV, SVC_F_NODEPORT, SVC_F_TWO_SCOPES, ServiceKey, ServiceValue,
+};
+
+use super::*;
+use crate::{
+    endpoints::EndpointSourceKind, ids::IdAllocator, model::Model, net::Protocol, parse::parse_documents,
+    problem::ProblemReason,
+};
+
+const NODE: &str = "node-a";
+
+fn node() -> NodeContext {
+    NodeContext {
+        node_ips: vec![
+            "192.168.1.10".parse().expect("ip"),
+            "fd00:1::10".parse().expect("ip"),
+        ],
+        ..NodeContext::new(NODE)
+    }
+}
+
+fn model(yaml: &str) -> Model {
+    let (objects, problems) = parse_documents(yaml, "test.yaml");
+    assert!(problems.is_empty(), "fixture does not parse: {problems:#?}");
+    Model::from_objects(objects)
+}
+
+fn compile_with(yaml: &str, node: &NodeContext, ids: &mut IdAllocator) -> (DesiredServices, Vec<Problem>) {
+    compile_services(&model(yaml), node, ids)
+}
+
+/// Compiles a fixture that must compile without problems.
+fn compile(yaml: &str) -> DesiredServices {
+    let (desired, problems) = compile_with(yaml, &node(), &mut IdAllocator::new());
+    assert!(problems.is_empty(), "unexpected problems: {problems:#?}");
+    desired
+}
+
+/// The slot-0 key of `frontend` ("10.96.0.10:80/TCP") in `scope`.
+fn key(frontend: &str, scope: u8) -> ServiceKey {
+    let (addr, proto) = frontend.split_once('/').expect("addr/proto");
+    let addr: SocketAddr = addr.parse().expect("socket address");
+    let proto = match proto {
+        "TCP" => Protocol::Tcp,
+        "UDP" => Protocol::Udp,
+        "SCTP" => Protocol::Sctp,
+        other => panic!("protocol {other}"),
+    };
+    let (bytes, family) = crate::net::to_abi(addr.ip());
+    ServiceKey {
+        addr: bytes,
+        port: addr.port().to_be(),
+        slot: 0,
+        proto: proto.ipproto(),
+        family,
+        scope,
+        _pad: 0,
+    }
+}
+
+fn head(d: &DesiredServices, frontend: &str) -> ServiceValue {
+    head_in(d, frontend, SCOPE_EXTERNAL)
+}
+
+fn head_in(d: &DesiredServices, frontend: &str, scope: u8) -> ServiceValue {
+    *d.services
+        .get(&key(frontend, scope))
+        .unwrap_or_else(|| panic!("no frontend {frontend} scope {scope}"))
+}
+
+/// The backends in the slots of a frontend, as "addr:port".
+fn slots(d: &DesiredServices, frontend: &str) -> Vec<String> {
+    slots_in(d, frontend, SCOPE_EXTERNAL)
+}
+
+fn slots_in(d: &DesiredServices, frontend: &str, scope: u8) -> Vec<String> {
+    let backends = d
+        .slot_backends(&key(frontend, scope))
+        .unwrap_or_else(|| panic!("no frontend {frontend}"));
+    backends
+        .iter()
+        .map(|(_, b)| socket_addr(b.addr, b.family, b.port).expect("family").to_string())
+        .collect()
+}
+
+/// Every backend entry, as "addr:port/proto state".
+fn backend_entries(d: &DesiredServices) -> Vec<String> {
+    let mut out: Vec<String> = d
+        .backends
+        .values()
+        .map(|b| {
+            let addr = socket_addr(b.addr, b.family, b.port).expect("family");
+            let proto = Protocol::from_ipproto(b.proto).expect("proto");
+            let state = match b.state {
+                BACKEND_ACTIVE => "active",
+                BACKEND_TERMINATING => "terminating",
+                _ => "?",
+            };
+            format!("{addr}/{proto} {state}")
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn frontend_names(d: &DesiredServices) -> Vec<String> {
+    let mut out: Vec<String> = d
+        .frontends
+        .iter()
+        .map(|f| format!("{}/{}", f.address, f.protocol))
+        .collect();
+    out.sort();
+    out
+}
+
+/// `kube-dns` as a kubeadm cluster has it: two ports of two protocols, named target
+/// ports, one EndpointSlice.
+const KUBE_DNS: &str = r#"
+apiVersion: v1
+kind: Service
+metadata:
+  annotations:
+    prometheus.io/port: "9153"
+    prometheus.io/scrape: "true"
+  creationTimestamp: "2025-01-10T09:00:00Z"
+  labels:
+    k8s-app: kube-dns
+    kubernetes.io/cluster-service: "true"
+    kubernetes.io/name: CoreDNS
+  name: kube-dns
+  namespace: kube-system
+  resourceVersion: "231"
+  uid: 0a3f2f0e-6d8a-4c39-9c39-1c0f4c1d2a11
+spec:
+  clusterIP: 10.96.0.10
+  clusterIPs:
+  - 10.96.0.10
+  internalTrafficPolicy: Cluster
+  ipFamilies:
+  - IPv4
+  ipFamilyPolicy: SingleStack
+  ports:
+  - name: dns
+    port: 53
+    protocol: UDP
+    targetPort: 53
+  - name: dns-tcp
+    port: 53
+    protocol: TCP
+    targetPort: 53
+  - name: metrics
+    port: 9153
+    protocol: TCP
+    targetPort: 9153
+  selector:
+    k8s-app: kube-dns
+  sessionAffinity: None
+  type: ClusterIP
+status:
+  loadBalancer: {}
+---
+addressType: IPv4
+apiVersion: discovery.k8s.io/v1
+endpoints:
+- addresses:
+  - 10.244.0.3
+  conditions:
+    ready: true
+    serving: true
+    terminating: false
+  nodeName: node-a
+  targetRef:
+    kind: Pod
+    name: coredns-7db6d8ff4d-4xk2p
+    namespace: kube-system
+    uid: 6f1b8e55-3a9d-4f0e-8a0a-1b2c3d4e5f60
+- addresses:
+  - 10.244.1.7
+  conditions:
+    ready: true
+    serving: true
+    terminating: false
+  nodeName: node-b
+  targetRef:
+    kind: Pod
+    name: coredns-7db6d8ff4d-9q8wz
+    namespace: kube-system
+    uid: 7a2c9f66-4b0e-4a1f-9b1b-2c3d4e5f6071
+kind: EndpointSlice
+metadata:
+  generateName: kube-dns-
+  labels:
+    endpointslice.kubernetes.io/managed-by: endpointslice-controller.k8s.io
+    k8s-app: kube-dns
+    kubernetes.io/service-name: kube-dns
+  name: kube-dns-7m4sd
+  namespace: kube-system
+  ownerReferences:
+  - apiVersion: v1
+    blockOwnerDeletion: true
+    controller: true
+    kind: Service
+    name: kube-dns
+    uid: 0a3f2f0e-6d8a-4c39-9c39-1c0f4c1d2a11
+  resourceVersion: "412"
+ports:
+- name: dns-tcp
+  port: 53
+  protocol: TCP
+- name: dns
+  port: 53
+  protocol: UDP
+- name: metrics
+  port: 9153
+  protocol: TCP
+"#;
+
+#[test]
+fn cluster_ip_with_tcp_and_udp_ports() {
+    let d = compile(KUBE_DNS);
+    assert_eq!(
+        frontend_names(&d),
+        ["10.96.0.10:53/TCP", "10.96.0.10:53/UDP", "10.96.0.10:9153/TCP"]
+    );
+    for frontend in ["10.96.0.10:53/UDP", "10.96.0.10:53/TCP"] {
+        assert_eq!(slots(&d, frontend), ["10.244.0.3:53", "10.244.1.7:53"]);
+        let value = head(&d, frontend);
+        assert_eq!(
+            (value.count, value.flags, value.affinity_timeout, value.backend_id),
+            (2, 0, 0, 0)
+        );
+    }
+    assert_eq!(
+        slots(&d, "10.96.0.10:9153/TCP"),
+        ["10.244.0.3:9153", "10.244.1.7:9153"]
+    );
+    // One backend per (address, port, protocol): UDP and TCP 53 are distinct.
+    assert_eq!(
+        backend_entries(&d),
+        [
+            "10.244.0.3:53/TCP active",
+            "10.244.0.3:53/UDP active",
+            "10.244.0.3:9153/TCP active",
+            "10.244.1.7:53/TCP active",
+            "10.244.1.7:53/UDP active",
+            "10.244.1.7:9153/TCP active",
+        ]
+    );
+    // Each frontend has its own reverse-NAT entry naming it.
+    let udp = head(&d, "10.96.0.10:53/UDP");
+    let tcp = head(&d, "10.96.0.10:53/TCP");
+    assert_ne!(udp.rev_nat_id, tcp.rev_nat_id);
+    let revnat = d.revnat[&u32::from(udp.rev_nat_id)];
+    assert_eq!(
+        socket_addr(revnat.addr, revnat.family, revnat.port),
+        Some("10.96.0.10:53".parse().expect("addr"))
+    );
+    assert_eq!(d.revnat.len(), 3);
+    // Slot entries carry the backend id and the frontend's rev-NAT id.
+    let slot1 = d.services[&ServiceKey {
+        slot: 1,
+        ..key("10.96.0.10:53/UDP", SCOPE_EXTERNAL)
+    }];
+    assert_eq!(slot1.rev_nat_id, udp.rev_nat_id);
+    assert_eq!(d.backends[&slot1.backend_id].port, 53u16.to_be());
+    // The view names the service and port.
+    let view = d
+        .frontends
+        .iter()
+        .find(|f| f.protocol == Protocol::Udp)
+        .expect("udp frontend");
+    assert_eq!(
+        (view.service.as_str(), view.port_name.as_str()),
+        ("kube-system/kube-dns", "dns")
+    );
+    assert_eq!(view.endpoint_source, EndpointSourceKind::EndpointSlices);
+    assert_eq!(
+        view.to_string(),
+        "kube-system/kube-dns:dns ClusterIP 10.96.0.10:53/UDP External -> 10.244.0.3:53 10.244.1.7:53"
+    );
+}
+
+/// A web Service whose port differs from the target port and whose endpoints are
+/// spread over two slices that overlap (as during a slice rebalancing).
+const WEB: &str = r#"
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: shop
+spec:
+  clusterIP: 10.96.100.1
+  clusterIPs: [10.96.100.1]
+  ports:
+  - name: http
+    port: 80
+    protocol: TCP
+    targetPort: http-alt
+  selector:
+    app: web
+  type: ClusterIP
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-abcde
+  namespace: shop
+  labels:
+    kubernetes.io/service-name: web
+addressType: IPv4
+endpoints:
+- addresses: [10.244.2.20]
+  conditions: {ready: true, serving: true, terminating: false}
+  nodeName: node-c
+- addresses: [10.244.1.10]
+  conditions: {ready: true, serving: true, terminating: false}
+  nodeName: node-b
+ports:
+- name: http
+  port: 8080
+  protocol: TCP
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-fghij
+  namespace: shop
+  labels:
+    kubernetes.io/service-name: web
+addressType: IPv4
+endpoints:
+- addresses: [10.244.1.10]
+  conditions: {ready: true, serving: true, terminating: false}
+  nodeName: node-b
+- addresses: [10.244.0.5]
+  conditions: {ready: true}
+  nodeName: node-a
+ports:
+- name: http
+  port: 8080
+  protocol: TCP
+"#;
+
+#[test]
+fn target_port_differs_and_slices_merge_without_duplicates() {
+    let d = compile(WEB);
+    assert_eq!(frontend_names(&d), ["10.96.100.1:80/TCP"]);
+    // Sorted by address, 10.244.1.10 once although two slices list it.
+    assert_eq!(
+        slots(&d, "10.96.100.1:80/TCP"),
+        ["10.244.0.5:8080", "10.244.1.10:8080", "10.244.2.20:8080"]
+    );
+    assert_eq!(d.backends.len(), 3);
+}
+
+#[test]
+fn slices_of_other_services_ports_and_families_contribute_nothing() {
+    let extra = r#"
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-other-port
+  namespace: shop
+  labels: {kubernetes.io/service-name: web}
+addressType: IPv4
+endpoints:
+- addresses: [10.244.9.9]
+ports:
+- name: metrics
+  port: 9090
+  protocol: TCP
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-fqdn
+  namespace: shop
+  labels: {kubernetes.io/service-name: web}
+addressType: FQDN
+endpoints:
+- addresses: [web.example.com]
+ports:
+- name: http
+  port: 8080
+  protocol: TCP
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-udp
+  namespace: shop
+  labels: {kubernetes.io/service-name: web}
+addressType: IPv4
+endpoints:
+- addresses: [10.244.9.10]
+ports:
+- name: http
+  port: 8080
+  protocol: UDP
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-elsewhere
+  namespace: other
+  labels: {kubernetes.io/service-name: web}
+addressType: IPv4
+endpoints:
+- addresses: [10.244.9.11]
+ports:
+- name: http
+  port: 8080
+  protocol: TCP
+"#;
+    let d = compile(&format!("{WEB}{extra}"));
+    assert_eq!(
+        slots(&d, "10.96.100.1:80/TCP"),
+        ["10.244.0.5:8080", "10.244.1.10:8080", "10.244.2.20:8080"]
+    );
+}
+
+#[test]
+fn no_endpoints_means_count_zero_not_no_frontend() {
+    let yaml = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: lonely, namespace: default}
+spec:
+  clusterIP: 10.96.5.5
+  ports: [{port: 443, targetPort: 8443}]
+  selector: {app: nobody}
+"#;
+    let d = compile(yaml);
+    let value = head(&d, "10.96.5.5:443/TCP");
+    assert_eq!(value.count, 0);
+    assert_ne!(value.rev_nat_id, 0);
+    assert!(d.backends.is_empty());
+    assert_eq!(
+        d.frontends[0].to_string(),
+        "default/lonely ClusterIP 10.96.5.5:443/TCP External -> (no endpoints: reject)"
+    );
+}
+
+#[test]
+fn selectorless_service_uses_its_endpoints_object() {
+    let yaml = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: external-db, namespace: default}
+spec:
+  clusterIP: 10.96.7.7
+  clusterIPs: [10.96.7.7]
+  ports:
+  - name: pg
+    port: 5432
+    protocol: TCP
+    targetPort: 5432
+  type: ClusterIP
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {name: external-db, namespace: default}
+subsets:
+- addresses:
+  - ip: 192.168.50.2
+  - ip: 192.168.50.1
+  notReadyAddresses:
+  - ip: 192.168.50.3
+  ports:
+  - name: pg
+    port: 5433
+    protocol: TCP
+- addresses:
+  - ip: 192.168.60.1
+  ports:
+  - name: other
+    port: 1234
+    protocol: TCP
+"#;
+    let d = compile(yaml);
+    assert_eq!(
+        slots(&d, "10.96.7.7:5432/TCP"),
+        ["192.168.50.1:5433", "192.168.50.2:5433"]
+    );
+    assert_eq!(d.frontends[0].endpoint_source, EndpointSourceKind::Endpoints);
+    // The not-ready address is kept for established connections, not in the slots.
+    assert_eq!(
+        backend_entries(&d),
+        [
+            "192.168.50.1:5433/TCP active",
+            "192.168.50.2:5433/TCP active",
+            "192.168.50.3:5433/TCP terminating"
+        ]
+    );
+}
+
+#[test]
+fn endpoints_object_is_ignored_when_slices_exist_or_mirroring_is_skipped() {
+    let yaml = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: ext, namespace: default}
+spec:
+  clusterIP: 10.96.7.8
+  ports: [{port: 80}]
+---
+apiVersion: v1
+kind: Endpoints
+metadata:
+  name: ext
+  namespace: default
+  labels: {endpointslice.kubernetes.io/skip-mirror: "true"}
+subsets:
+- addresses: [{ip: 192.168.50.1}]
+  ports: [{port: 80}]
+"#;
+    assert_eq!(head(&compile(yaml), "10.96.7.8:80/TCP").count, 0);
+    let with_slice = format!(
+        "{yaml}{}",
+        r#"
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {name: ext, namespace: default}
+subsets:
+- addresses: [{ip: 192.168.50.1}]
+  ports: [{port: 80}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: ext-1
+  namespace: default
+  labels: {kubernetes.io/service-name: ext}
+addressType: IPv4
+endpoints: [{addresses: [192.168.70.1]}]
+ports: [{name: "", port: 80, protocol: TCP}]
+"#
+    );
+    assert_eq!(
+        slots(&compile(&with_slice), "10.96.7.8:80/TCP"),
+        ["192.168.70.1:80"]
+    );
+}
+
+/// A standalone node: no EndpointSlice controller, so the Service's endpoints are
+/// derived from the Pods it selects.
+const PODS: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: api, namespace: app}
+spec:
+  clusterIP: 10.96.9.9
+  ports:
+  - name: http
+    port: 80
+    targetPort: web
+  - name: grpc
+    port: 9000
+    protocol: TCP
+  selector: {app: api}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: api-ready
+  namespace: app
+  labels: {app: api, pod-template-hash: 5d8f}
+spec:
+  nodeName: node-a
+  containers:
+  - name: api
+    image: example/api:1
+    ports:
+    - {containerPort: 8080, name: web, protocol: TCP}
+status:
+  phase: Running
+  conditions:
+  - {type: Initialized, status: "True"}
+  - {type: Ready, status: "True"}
+  podIP: 10.244.0.21
+  podIPs: [{ip: 10.244.0.21}]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: api-other-port
+  namespace: app
+  labels: {app: api}
+spec:
+  nodeName: node-b
+  containers:
+  - name: api
+    image: example/api:2
+    ports:
+    - {containerPort: 8081, name: web}
+status:
+  phase: Running
+  conditions: [{type: Ready, status: "True"}]
+  podIP: 10.244.1.21
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: api-not-ready
+  namespace: app
+  labels: {app: api}
+spec:
+  containers:
+  - {name: api, image: example/api:1, ports: [{containerPort: 8080, name: web}]}
+status:
+  phase: Running
+  conditions: [{type: Ready, status: "False"}]
+  podIP: 10.244.0.22
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: api-terminating
+  namespace: app
+  labels: {app: api}
+  deletionTimestamp: "2025-01-10T10:00:00Z"
+spec:
+  containers:
+  - {name: api, image: example/api:1, ports: [{containerPort: 8080, name: web}]}
+status:
+  phase: Running
+  conditions: [{type: Ready, status: "True"}]
+  podIP: 10.244.0.23
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: api-done, namespace: app, labels: {app: api}}
+spec:
+  containers: [{name: api, image: example/api:1, ports: [{containerPort: 8080, name: web}]}]
+status: {phase: Succeeded, podIP: 10.244.0.24}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: api-pending, namespace: app, labels: {app: api}}
+spec:
+  containers: [{name: api, image: example/api:1, ports: [{containerPort: 8080, name: web}]}]
+status: {phase: Pending}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: api-no-named-port, namespace: app, labels: {app: api}}
+spec:
+  containers: [{name: api, image: example/api:1}]
+status:
+  phase: Running
+  conditions: [{type: Ready, status: "True"}]
+  podIP: 10.244.0.25
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: api-other-ns, namespace: elsewhere, labels: {app: api}}
+spec:
+  containers: [{name: api, image: example/api:1, ports: [{containerPort: 8080, name: web}]}]
+status:
+  phase: Running
+  conditions: [{type: Ready, status: "True"}]
+  podIP: 10.244.0.26
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: not-api, namespace: app, labels: {app: db}}
+spec:
+  containers: [{name: db, image: example/db:1, ports: [{containerPort: 8080, name: web}]}]
+status:
+  phase: Running
+  conditions: [{type: Ready, status: "True"}]
+  podIP: 10.244.0.27
+"#;
+
+#[test]
+fn selector_service_derives_endpoints_from_pods() {
+    let d = compile(PODS);
+    // Named targetPort resolved per pod; only ready pods in the slots.
+    assert_eq!(
+        slots(&d, "10.96.9.9:80/TCP"),
+        ["10.244.0.21:8080", "10.244.1.21:8081"]
+    );
+    // Absent targetPort = port; a numeric port needs no container port.
+    assert_eq!(
+        slots(&d, "10.96.9.9:9000/TCP"),
+        ["10.244.0.21:9000", "10.244.0.25:9000", "10.244.1.21:9000"]
+    );
+    // The terminating pod (still Ready) is serving: kept as a terminating backend.
+    // The not-ready pod is neither ready nor serving: no backend at all.
+    let http: Vec<String> = backend_entries(&d)
+        .into_iter()
+        .filter(|b| b.contains(":80"))
+        .collect();
+    assert_eq!(
+        http,
+        [
+            "10.244.0.21:8080/TCP active",
+            "10.244.0.23:8080/TCP terminating",
+            "10.244.1.21:8081/TCP active"
+        ]
+    );
+    assert_eq!(d.frontends[0].endpoint_source, EndpointSourceKind::Pods);
+    let view = &d.frontends[0];
+    assert_eq!(view.backends[0].node_name.as_deref(), Some("node-a"));
+}
+
+#[test]
+fn terminating_pods_serve_when_nothing_is_ready() {
+    let only_terminating: String = PODS
+        .split("\n---\n")
+        .filter(|doc| {
+            doc.contains("kind: Service") || doc.contains("api-terminating") || doc.contains("api-not-ready")
+        })
+        .collect::<Vec<_>>()
+        .join("\n---\n");
+    let d = compile(&only_terminating);
+    assert_eq!(slots(&d, "10.96.9.9:80/TCP"), ["10.244.0.23:8080"]);
+    assert_eq!(d.frontends[0].backends[0].state, BackendState::Terminating);
+}
+
+#[test]
+fn publish_not_ready_addresses_makes_every_pod_ready() {
+    let yaml = PODS.replacen(
+        "  selector: {app: api}",
+        "  publishNotReadyAddresses: true\n  selector: {app: api}",
+        1,
+    );
+    let d = compile(&yaml);
+    assert_eq!(
+        slots(&d, "10.96.9.9:80/TCP"),
+        [
+            "10.244.0.21:8080",
+            "10.244.0.22:8080",
+            "10.244.0.23:8080",
+            "10.244.1.21:8081"
+        ]
+    );
+}
+
+#[test]
+fn services_for_other_proxies_headless_and_external_names_compile_to_nothing() {
+    let yaml = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: headless, namespace: default}
+spec:
+  clusterIP: None
+  clusterIPs: [None]
+  ports: [{port: 80}]
+  selector: {app: x}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: external, namespace: default}
+spec:
+  type: ExternalName
+  externalName: db.example.com
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: other-proxy
+  namespace: default
+  labels: {service.kubernetes.io/service-proxy-name: some-other-proxy}
+spec:
+  clusterIP: 10.96.1.1
+  ports: [{port: 80}]
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: labelled-headless
+  namespace: default
+  labels: {service.kubernetes.io/headless: ""}
+spec:
+  clusterIP: 10.96.1.2
+  ports: [{port: 80}]
+"#;
+    let d = compile(yaml);
+    assert!(
+        d.services.is_empty() && d.revnat.is_empty() && d.frontends.is_empty(),
+        "{d:#?}"
+    );
+}
+
+/// (ready, serving, terminating) in a slice, nil conditions included, and what
+/// the slots and backends get (KEP-1669).
+#[test]
+fn condition_matrix_in_slices() {
+    let svc = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: m, namespace: default}
+spec:
+  clusterIP: 10.96.2.2
+  ports: [{port: 80}]
+  selector: {app: m}
+"#;
+    let slice = |endpoints: &str| {
+        format!(
+            "{svc}---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: m-1\n  \
+             namespace: default\n  labels: {{kubernetes.io/service-name: m}}\naddressType: IPv4\nports: \
+             [{{name: \"\", port: 80, protocol: TCP}}]\nendpoints:\n{endpoints}"
+        )
+    };
+    // Nil conditions: ready. A not-ready one is left out of the slots.
+    let d = compile(&slice(
+        "- addresses: [10.0.0.1]\n- addresses: [10.0.0.2]\n  conditions: {ready: false, serving: false}\n",
+    ));
+    assert_eq!(slots(&d, "10.96.2.2:80/TCP"), ["10.0.0.1:80"]);
+    assert_eq!(backend_entries(&d), ["10.0.0.1:80/TCP active"]);
+
+    // Ready beats serving+terminating.
+    let d = compile(&slice(
+        "- addresses: [10.0.0.1]\n  conditions: {ready: true}\n\
+         - addresses: [10.0.0.2]\n  conditions: {ready: false, serving: true, terminating: true}\n",
+    ));
+    assert_eq!(slots(&d, "10.96.2.2:80/TCP"), ["10.0.0.1:80"]);
+    assert_eq!(
+        backend_entries(&d),
+        ["10.0.0.1:80/TCP active", "10.0.0.2:80/TCP terminating"]
+    );
+
+    // No ready endpoint: the serving+terminating ones take new connections; the
+    // terminating-but-not-serving one does not.
+    let d = compile(&slice(
+        "- addresses: [10.0.0.2]\n  conditions: {ready: false, serving: true, terminating: true}\n\
+         - addresses: [10.0.0.3]\n  conditions: {ready: false, serving: false, terminating: true}\n\
+         - addresses: [10.0.0.4]\n  conditions: {ready: false, terminating: true}\n",
+    ));
+    // serving nil = true (EndpointConditions API), so 10.0.0.4 serves too.
+    assert_eq!(slots(&d, "10.96.2.2:80/TCP"), ["10.0.0.2:80", "10.0.0.4:80"]);
+
+    // Not ready, serving, not terminating (a failing readiness probe): no slot,
+    // even with nothing else, but established connections keep a backend.
+    let d = compile(&slice(
+        "- addresses: [10.0.0.5]\n  conditions: {ready: false, serving: true, terminating: false}\n",
+    ));
+    assert_eq!(head(&d, "10.96.2.2:80/TCP").count, 0);
+    assert_eq!(backend_entries(&d), ["10.0.0.5:80/TCP terminating"]);
+}
+
+#[test]
+fn session_affinity_client_ip() {
+    let yaml = |affinity: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: sticky, namespace: default}}\nspec:\n  \
+             clusterIP: 10.96.3.3\n  ports: [{{port: 80}}]\n{affinity}"
+        )
+    };
+    let d = compile(&yaml("  sessionAffinity: ClientIP\n"));
+    let value = head(&d, "10.96.3.3:80/TCP");
+    assert_eq!(
+        (value.flags, value.affinity_timeout),
+        (SVC_F_AFFINITY, DEFAULT_AFFINITY_TIMEOUT)
+    );
+    assert_eq!(d.frontends[0].flags, ["affinity"]);
+
+    let d = compile(&yaml(
+        "  sessionAffinity: ClientIP\n  sessionAffinityConfig:\n    clientIP:\n      timeoutSeconds: 60\n",
+    ));
+    assert_eq!(head(&d, "10.96.3.3:80/TCP").affinity_timeout, 60);
+
+    let d = compile(&yaml("  sessionAffinity: None\n"));
+    assert_eq!(head(&d, "10.96.3.3:80/TCP").flags & SVC_F_AFFINITY, 0);
+
+    for bad in [0, 86_401] {
+        let (d, problems) = compile_with(
+            &yaml(&format!(
+                "  sessionAffinity: ClientIP\n  sessionAffinityConfig:\n    clientIP:\n      timeoutSeconds: {bad}\n"
+            )),
+            &node(),
+            &mut IdAllocator::new(),
+        );
+        assert!(d.services.is_empty());
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].reason, ProblemReason::BadAffinityTimeout(bad));
+        assert_eq!(problems[0].object.as_deref(), Some("Service default/sticky"));
+    }
+}
+
+#[test]
+fn internal_traffic_policy_local_keeps_to_this_node() {
+    let local = WEB.replacen("  selector:", "  internalTrafficPolicy: Local\n  selector:", 1);
+    let d = compile(&local);
+    let value = head(&d, "10.96.100.1:80/TCP");
+    assert_eq!(value.flags, SVC_F_INT_LOCAL);
+    assert_eq!(slots(&d, "10.96.100.1:80/TCP"), ["10.244.0.5:8080"]);
+    // Remote endpoints still have backend entries (other frontends may use them).
+    assert_eq!(d.backends.len(), 3);
+
+    // On a node without local endpoints: reject, never fall back to remote ones.
+    let (d, _) = compile_with(&local, &NodeContext::new("node-z"), &mut IdAllocator::new());
+    assert_eq!(head(&d, "10.96.100.1:80/TCP").count, 0);
+}
+
+#[test]
+fn internal_traffic_policy_local_from_pods_uses_spec_node_name() {
+    let local = PODS.replacen(
+        "  selector: {app: api}",
+        "  internalTrafficPolicy: Local\n  selector: {app: api}",
+        1,
+    );
+    let d = compile(&local);
+    assert_eq!(slots(&d, "10.96.9.9:80/TCP"), ["10.244.0.21:8080"]);
+}
+
+/// A dual-stack Service: each family's frontend only gets that family's endpoints.
+const DUAL_STACK: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: dual, namespace: default}
+spec:
+  clusterIP: 10.96.4.4
+  clusterIPs: [10.96.4.4, "fd00:10:96::4"]
+  ipFamilies: [IPv4, IPv6]
+  ipFamilyPolicy: RequireDualStack
+  ports: [{name: http, port: 80, protocol: TCP, targetPort: 8080}]
+  selector: {app: dual}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: dual-v4
+  namespace: default
+  labels: {kubernetes.io/service-name: dual}
+addressType: IPv4
+endpoints:
+- addresses: [10.244.0.40]
+  nodeName: node-a
+ports: [{name: http, port: 8080, protocol: TCP}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: dual-v6
+  namespace: default
+  labels: {kubernetes.io/service-name: dual}
+addressType: IPv6
+endpoints:
+- addresses: ["fd00:244::40"]
+  nodeName: node-a
+- addresses: [10.244.0.99]
+ports: [{name: http, port: 8080, protocol: TCP}]
+"#;
+
+#[test]
+fn dual_stack_frontends_get_their_own_family() {
+    let d = compile(DUAL_STACK);
+    assert_eq!(slots(&d, "10.96.4.4:80/TCP"), ["10.244.0.40:8080"]);
+    assert_eq!(slots(&d, "[fd00:10:96::4]:80/TCP"), ["[fd00:244::40]:8080"]);
+    let v6 = d.revnat[&u32::from(head(&d, "[fd00:10:96::4]:80/TCP").rev_nat_id)];
+    assert_eq!(v6.family, weir_common::AF_INET6);
+    assert_eq!(
+        d.backends.len(),
+        2,
+        "the IPv4 address in the IPv6 slice is ignored"
+    );
+}
+
+#[test]
+fn invalid_services_are_reported_and_the_rest_compile() {
+    let yaml = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: bad-ip, namespace: default}
+spec:
+  clusterIP: 10.96.0.300
+  ports: [{port: 80}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: bad-port, namespace: default}
+spec:
+  clusterIP: 10.96.0.21
+  ports: [{name: a, port: 80}, {name: b, port: 70000}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: bad-proto, namespace: default}
+spec:
+  clusterIP: 10.96.0.22
+  ports: [{port: 80, protocol: ICMP}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: bad-target, namespace: default}
+spec:
+  clusterIP: 10.96.0.23
+  ports: [{port: 80, targetPort: -1}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: bad-policy, namespace: default}
+spec:
+  clusterIP: 10.96.0.24
+  internalTrafficPolicy: Nearby
+  ports: [{port: 80}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: no-ip, namespace: default}
+spec:
+  ports: [{port: 80}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: good, namespace: default}
+spec:
+  clusterIP: 10.96.0.25
+  ports: [{port: 80}]
+"#;
+    let (d, problems) = compile_with(yaml, &node(), &mut IdAllocator::new());
+    assert_eq!(frontend_names(&d), ["10.96.0.25:80/TCP"]);
+    let reasons: Vec<(String, ProblemReason)> = problems
+        .into_iter()
+        .map(|p| (p.object.unwrap_or_default(), p.reason))
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            (
+                "Service default/bad-ip".to_owned(),
+                ProblemReason::BadIp {
+                    field: "spec.clusterIPs",
+                    value: "10.96.0.300".into()
+                }
+            ),
+            (
+                "Service default/bad-policy".to_owned(),
+                ProblemReason::BadTrafficPolicy {
+                    field: "spec.internalTrafficPolicy",
+                    value: "Nearby".into()
+                }
+            ),
+            (
+                "Service default/bad-port".to_owned(),
+                ProblemReason::PortOutOfRange {
+                    port_name: "b".into(),
+                    field: "port",
+                    value: 70000
+                }
+            ),
+            (
+                "Service default/bad-proto".to_owned(),
+                ProblemReason::BadProtocol {
+                    port_name: "".into(),
+                    protocol: "ICMP".into()
+                }
+            ),
+            (
+                "Service default/bad-target".to_owned(),
+                ProblemReason::PortOutOfRange {
+                    port_name: "".into(),
+                    field: "targetPort",
+                    value: -1
+                }
+            ),
+            ("Service default/no-ip".to_owned(), ProblemReason::NoClusterIp),
+        ]
+    );
+}
+
+#[test]
+fn a_frontend_taken_by_another_service_is_reported() {
+    let yaml = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: a, namespace: default}
+spec:
+  clusterIP: 10.96.0.30
+  ports: [{port: 80}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: b, namespace: default}
+spec:
+  clusterIP: 10.96.0.30
+  ports: [{port: 80}, {port: 81}]
+"#;
+    let (d, problems) = compile_with(yaml, &node(), &mut IdAllocator::new());
+    assert_eq!(frontend_names(&d), ["10.96.0.30:80/TCP", "10.96.0.30:81/TCP"]);
+    assert_eq!(problems.len(), 1);
+    assert_eq!(
+        problems[0].reason,
+        ProblemReason::FrontendConflict {
+            frontend: "10.96.0.30:80/TCP".into(),
+            owner: "Service default/a".into()
+        }
+    );
+}
+
+#[test]
+fn a_backend_shared_by_two_services_is_one_entry() {
+    let yaml = format!(
+        "{WEB}---\n{}",
+        r#"apiVersion: v1
+kind: Service
+metadata: {name: web-internal, namespace: shop}
+spec:
+  clusterIP: 10.96.100.2
+  ports: [{name: http, port: 8080}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-internal-1
+  namespace: shop
+  labels: {kubernetes.io/service-name: web-internal}
+addressType: IPv4
+endpoints: [{addresses: [10.244.0.5]}]
+ports: [{name: http, port: 8080, protocol: TCP}]
+"#
+    );
+    let d = compile(&yaml);
+    let a = d
+        .slot_backends(&key("10.96.100.1:80/TCP", SCOPE_EXTERNAL))
+        .expect("web");
+    let b = d
+        .slot_backends(&key("10.96.100.2:8080/TCP", SCOPE_EXTERNAL))
+        .expect("web-internal");
+    assert_eq!(a[0].0, b[0].0);
+    assert_eq!(d.backends.len(), 3);
+}
+
+#[test]
+fn compile_is_deterministic_whatever_the_input_order() {
+    let docs: Vec<&str> = format!("{KUBE_DNS}\n---\n{WEB}\n---\n{DUAL_STACK}")
+        .leak()
+        .split("\n---\n")
+        .collect();
+    let forward = docs.join("\n---\n");
+    let backward: Vec<&str> = docs.iter().rev().copied().collect();
+    let backward = backward.join("\n---\n");
+    let (a, _) = compile_with(&forward, &node(), &mut IdAllocator::new());
+    let (b, _) = compile_with(&backward, &node(), &mut IdAllocator::new());
+    assert_eq!(a, b);
+}
+
+#[test]
+fn ids_stay_stable_across_recompiles_and_are_reused_lowest_first() {
+    let mut ids = IdAllocator::new();
+    let node = node();
+    let (first, _) = compile_with(WEB, &node, &mut ids);
+    let (again, _) = compile_with(WEB, &node, &mut ids);
+    assert_eq!(first, again);
+
+    // Adding a Service (sorting before `web`) does not renumber `web`.
+    let both = format!("{KUBE_DNS}\n---\n{WEB}");
+    let (grown, _) = compile_with(&both, &node, &mut ids);
+    let web = key("10.96.100.1:80/TCP", SCOPE_EXTERNAL);
+    assert_eq!(grown.services[&web].rev_nat_id, first.services[&web].rev_nat_id);
+    assert_eq!(grown.slot_backends(&web), first.slot_backends(&web));
+    assert_eq!(ids.len(), (4, 9));
+
+    // Removing `web` releases its ids; the next new entries reuse the lowest.
+    let (shrunk, _) = compile_with(KUBE_DNS, &node, &mut ids);
+    assert_eq!(ids.len(), (3, 6));
+    let web_rev_nat = first.services[&web].rev_nat_id;
+    let lonely = "apiVersion: v1\nkind: Service\nmetadata: {name: new, namespace: z}\nspec:\n  clusterIP: 10.96.5.5\n  ports: [{port: 1}]\n";
+    let (reused, _) = compile_with(&format!("{KUBE_DNS}\n---\n{lonely}"), &node, &mut ids);
+    assert_eq!(
+        reused.services[&key("10.96.5.5:1/TCP", SCOPE_EXTERNAL)].rev_nat_id,
+        web_rev_nat
+    );
+    // kube-dns kept its ids throughout.
+    for (k, v) in shrunk.services.iter().filter(|(k, _)| k.slot == 0) {
+        assert_eq!(grown.services[k].rev_nat_id, v.rev_nat_id);
+    }
+}
+
+#[test]
+fn ids_survive_an_agent_restart_through_the_maps() {
+    let node = node();
+    let mut ids = IdAllocator::new();
+    // Allocate ids in an order a fresh allocator would not reproduce.
+    compile_with(WEB, &node, &mut ids);
+    let both = format!("{KUBE_DNS}\n---\n{WEB}");
+    let (before, _) = compile_with(&both, &node, &mut ids);
+
+    // Restart: the syncer reads the pinned maps back (no view), rebuilds the ids.
+    let read_back = DesiredServices {
+        frontends: Vec::new(),
+        ..before.clone()
+    };
+    let mut restarted = IdAllocator::from_desired(&read_back);
+    let (after, problems) = compile_with(&both, &node, &mut restarted);
+    assert!(problems.is_empty());
+    assert_eq!(after, before);
+
+    // A fresh allocator would have numbered them differently: the test is meaningful.
+    let (fresh, _) = compile_with(&both, &node, &mut IdAllocator::new());
+    assert_ne!(fresh.services, before.services);
+}
+
+#[test]
+fn id_exhaustion_is_a_problem_not_a_panic() {
+    let (d, problems) = compile_with(KUBE_DNS, &node(), &mut IdAllocator::with_limits(2, 100));
+    assert_eq!(d.revnat.len(), 2);
+    assert_eq!(problems.len(), 1);
+    assert!(
+        matches!(problems[0].reason, ProblemReason::Ids(_)),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn maglev_by_annotation_or_node_default() {
+    let annotated = WEB.replacen(
+        "metadata:\n  name: web\n",
+        "metadata:\n  name: web\n  annotations: {weir.dev/lb-algorithm: maglev}\n",
+        1,
+    );
+    let node = NodeContext {
+        maglev_table_size: 251,
+        ..node()
+    };
+    let (d, problems) = compile_with(&annotated, &node, &mut IdAllocator::new());
+    assert!(problems.is_empty());
+    let value = head(&d, "10.96.100.1:80/TCP");
+    assert_eq!(value.flags, SVC_F_MAGLEV);
+    let table = &d.maglev[&value.rev_nat_id];
+    assert_eq!(table.len(), 251);
+    let slot_ids: BTreeSet<u32> = d
+        .slot_backends(&key("10.96.100.1:80/TCP", SCOPE_EXTERNAL))
+        .expect("web")
+        .iter()
+        .map(|b| b.0)
+        .collect();
+    assert_eq!(table.iter().copied().collect::<BTreeSet<u32>>(), slot_ids);
+
+    // Node default Maglev, a Service opting out.
+    let maglev_node = NodeContext {
+        lb_algorithm: LbAlgorithm::Maglev,
+        ..node.clone()
+    };
+    let (d, _) = compile_with(KUBE_DNS, &maglev_node, &mut IdAllocator::new());
+    assert_eq!(d.maglev.len(), 3);
+    let opted_out = annotated.replace("lb-algorithm: maglev", "lb-algorithm: random");
+    let (d, _) = compile_with(&opted_out, &maglev_node, &mut IdAllocator::new());
+    assert!(d.maglev.is_empty());
+    assert_eq!(head(&d, "10.96.100.1:80/TCP").flags, 0);
+
+    // A bad table size disables Maglev, loudly; an unknown annotation value too.
+    let bad = NodeContext {
+        maglev_table_size: 250,
+        ..node.clone()
+    };
+    let (d, problems) = compile_with(&annotated, &bad, &mut IdAllocator::new());
+    assert!(d.maglev.is_empty());
+    assert_eq!(problems[0].reason, ProblemReason::BadMaglevSize(250));
+    let unknown = annotated.replace("lb-algorithm: maglev", "lb-algorithm: round-robin");
+    let (d, problems) = compile_with(&unknown, &node, &mut IdAllocator::new());
+    assert_eq!(
+        problems[0].reason,
+        ProblemReason::BadLbAlgorithm("round-robin".into())
+    );
+    assert_eq!(
+        head(&d, "10.96.100.1:80/TCP").count,
+        3,
+        "the Service itself still compiles"
+    );
+}
+
+/// A LoadBalancer Service as a cloud controller leaves it: NodePort, external IP,
+/// ingress IP, externalTrafficPolicy Local with a health check node port.
+const LB: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: ingress, namespace: edge}
+spec:
+  allocateLoadBalancerNodePorts: true
+  clusterIP: 10.96.8.8
+  clusterIPs: [10.96.8.8]
+  externalIPs: [203.0.113.7]
+  externalTrafficPolicy: Local
+  healthCheckNodePort: 32000
+  internalTrafficPolicy: Cluster
+  ports:
+  - {name: https, nodePort: 30443, port: 443, protocol: TCP, targetPort: 8443}
+  selector: {app: ingress}
+  type: LoadBalancer
+status:
+  loadBalancer:
+    ingress:
+    - {ip: 198.51.100.9, ipMode: VIP}
+    - {ip: 198.51.100.10, ipMode: Proxy}
+    - {hostname: lb.example.com}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: ingress-1
+  namespace: edge
+  labels: {kubernetes.io/service-name: ingress}
+addressType: IPv4
+endpoints:
+- {addresses: [10.244.0.80], nodeName: node-a}
+- {addresses: [10.244.1.80], nodeName: node-b}
+ports: [{name: https, port: 8443, protocol: TCP}]
+"#;
+
+#[test]
+fn load_balancer_frontends_with_external_traffic_policy_local() {
+    let d = compile(LB);
+    assert_eq!(
+        frontend_names(&d),
+        [
+            // external and internal scope of each external frontend
+            "10.96.8.8:443/TCP",
+            "192.168.1.10:30443/TCP",
+            "192.168.1.10:30443/TCP",
+            "198.51.100.9:443/TCP",
+            "198.51.100.9:443/TCP",
+            "203.0.113.7:443/TCP",
+            "203.0.113.7:443/TCP",
+        ]
+    );
+    // ClusterIP: internalTrafficPolicy Cluster, all endpoints.
+    assert_eq!(
+        slots(&d, "10.96.8.8:443/TCP"),
+        ["10.244.0.80:8443", "10.244.1.80:8443"]
+    );
+    assert_eq!(head(&d, "10.96.8.8:443/TCP").flags, 0);
+    for frontend in [
+        "192.168.1.10:30443/TCP",
+        "198.51.100.9:443/TCP",
+        "203.0.113.7:443/TCP",
+    ] {
+        // From outside: this node's endpoints only.
+        assert_eq!(slots(&d, frontend), ["10.244.0.80:8443"], "{frontend}");
+        // From inside the cluster: every endpoint.
+        assert_eq!(
+            slots_in(&d, frontend, SCOPE_INTERNAL),
+            ["10.244.0.80:8443", "10.244.1.80:8443"]
+        );
+        let ext = head(&d, frontend);
+        let int = head_in(&d, frontend, SCOPE_INTERNAL);
+        assert_eq!(
+            ext.flags & (SVC_F_EXT_LOCAL | SVC_F_TWO_SCOPES),
+            SVC_F_EXT_LOCAL | SVC_F_TWO_SCOPES
+        );
+        assert_eq!(int.flags & (SVC_F_EXT_LOCAL | SVC_F_TWO_SCOPES), 0);
+        assert_ne!(ext.rev_nat_id, int.rev_nat_id);
+    }
+    assert_eq!(
+        head(&d, "192.168.1.10:30443/TCP").flags & SVC_F_NODEPORT,
+        SVC_F_NODEPORT
+    );
+    assert_eq!(head(&d, "198.51.100.9:443/TCP").flags & SVC_F_NODEPORT, 0);
+    // The NodePort frontend's reverse NAT names the node address and node port.
+    let revnat = d.revnat[&u32::from(head(&d, "192.168.1.10:30443/TCP").rev_nat_id)];
+    assert_eq!(
+        socket_addr(revnat.addr, revnat.family, revnat.port),
+        Some("192.168.1.10:30443".parse().expect("addr"))
+    );
+    assert!(
+        d.frontends
+            .iter()
+            .all(|f| f.health_check_node_port == Some(32000))
+    );
+    assert!(
+        d.frontends
+            .iter()
+            .any(|f| f.kind == FrontendKind::LoadBalancer && f.scope == Scope::Internal)
+    );
+
+    // A node without local endpoints rejects external traffic, serves internal.
+    let (d, _) = compile_with(
+        LB,
+        &NodeContext {
+            node_ips: node().node_ips,
+            ..NodeContext::new("node-z")
+        },
+        &mut IdAllocator::new(),
+    );
+    assert_eq!(head(&d, "192.168.1.10:30443/TCP").count, 0);
+    assert_eq!(head_in(&d, "192.168.1.10:30443/TCP", SCOPE_INTERNAL).count, 2);
+}
+
+#[test]
+fn node_port_with_external_traffic_policy_cluster_is_one_entry() {
+    let yaml = LB
+        .replace("externalTrafficPolicy: Local", "externalTrafficPolicy: Cluster")
+        .replace("type: LoadBalancer", "type: NodePort")
+        .replace("  healthCheckNodePort: 32000\n", "");
+    let d = compile(&yaml);
+    // NodePort Services have no load-balancer frontends, even with a stale status.
+    assert_eq!(
+        frontend_names(&d),
+        [
+            "10.96.8.8:443/TCP",
+            "192.168.1.10:30443/TCP",
+            "203.0.113.7:443/TCP"
+        ]
+    );
+    assert_eq!(
+        slots(&d, "192.168.1.10:30443/TCP"),
+        ["10.244.0.80:8443", "10.244.1.80:8443"]
+    );
+    assert_eq!(head(&d, "192.168.1.10:30443/TCP").flags, SVC_F_NODEPORT);
+    assert!(!d.services.keys().any(|k| k.scope == SCOPE_INTERNAL));
+}
+
+#[test]
+fn external_addresses_of_a_family_without_cluster_ip_are_ignored() {
+    let yaml = LB.replace("externalIPs: [203.0.113.7]", "externalIPs: [\"2001:db8::7\"]");
+    let d = compile(&yaml);
+    // IPv4-only Service: no IPv6 NodePort on fd00:1::10, no IPv6 external IP.
+    assert!(
+        frontend_names(&d).iter().all(|f| !f.contains("::")),
+        "{:?}",
+        frontend_names(&d)
+    );
+}
+
+#[test]
+fn external_ips_on_a_cluster_ip_service_use_cluster_policy() {
+    let yaml = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: ext, namespace: default}
+spec:
+  clusterIP: 10.96.6.6
+  externalIPs: [203.0.113.8]
+  ports: [{port: 80, nodePort: 30080}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: ext-1, namespace: default, labels: {kubernetes.io/service-name: ext}}
+addressType: IPv4
+endpoints: [{addresses: [10.244.1.1], nodeName: node-b}]
+ports: [{name: "", port: 80, protocol: TCP}]
+"#;
+    let d = compile(yaml);
+    // type ClusterIP: no NodePort frontend even if nodePort is (invalidly) set.
+    assert_eq!(frontend_names(&d), ["10.96.6.6:80/TCP", "203.0.113.8:80/TCP"]);
+    assert_eq!(slots(&d, "203.0.113.8:80/TCP"), ["10.244.1.1:80"]);
+    assert_eq!(d.frontends[1].kind, FrontendKind::ExternalIP);
+}
+
+#[test]
+fn sctp_is_compiled() {
+    let yaml = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: sig, namespace: default}
+spec:
+  clusterIP: 10.96.6.7
+  ports: [{name: s, port: 3868, protocol: SCTP}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: sig-1, namespace: default, labels: {kubernetes.io/service-name: sig}}
+addressType: IPv4
+endpoints: [{addresses: [10.244.1.2]}]
+ports: [{name: s, port: 3868, protocol: SCTP}]
+"#;
+    let d = compile(yaml);
+    assert_eq!(slots(&d, "10.96.6.7:3868/SCTP"), ["10.244.1.2:3868"]);
+}
+
+#[test]
+fn view_serializes_for_weirctl() {
+    let d = compile(KUBE_DNS);
+    let json = serde_json::to_value(&d.frontends[0]).expect("serializable");
+    assert_eq!(json["service"], "kube-system/kube-dns");
+    assert_eq!(json["protocol"], "UDP");
+    assert_eq!(json["scope"], "external");
+    assert_eq!(json["backends"][0]["state"], "active");
+    assert_eq!(json["backends"][0]["slot"], 1);
+    let _: IpAddr = json["backends"][0]["address"]
+        .as_str()
+        .and_then(|a| a.parse::<SocketAddr>().ok())
+        .map(|a| a.ip())
+        .expect("address");
+}

@@ -86,7 +86,12 @@ pub(crate) fn validate<'a>(
     // the only field older manifests set.
     let raw_ips: Vec<&str> = match spec.cluster_ips.as_deref() {
         Some(ips) if !ips.is_empty() => ips.iter().map(String::as_str).collect(),
-        _ => spec.cluster_ip.as_deref().into_iter().filter(|ip| !ip.is_empty()).collect(),
+        _ => spec
+            .cluster_ip
+            .as_deref()
+            .into_iter()
+            .filter(|ip| !ip.is_empty())
+            .collect(),
     };
     if raw_ips.first() == Some(&"None") {
         return Ok(None); // headless: DNS returns the endpoints, nothing to proxy
@@ -120,16 +125,25 @@ pub(crate) fn validate<'a>(
         Some(other) => return Err(ProblemReason::BadSessionAffinity(other.to_owned())),
     };
 
-    let internal_local = is_local_policy(spec.internal_traffic_policy.as_deref(), "spec.internalTrafficPolicy")?;
-    let external_local = is_local_policy(spec.external_traffic_policy.as_deref(), "spec.externalTrafficPolicy")?
-        && service_type != ServiceType::ClusterIp;
+    let internal_local = is_local_policy(
+        spec.internal_traffic_policy.as_deref(),
+        "spec.internalTrafficPolicy",
+    )?;
+    let external_local = is_local_policy(
+        spec.external_traffic_policy.as_deref(),
+        "spec.externalTrafficPolicy",
+    )? && service_type != ServiceType::ClusterIp;
 
     let external_ips: Vec<&str> = spec.external_ips.iter().flatten().map(String::as_str).collect();
     let external_ips = parse_ips(&external_ips, "spec.externalIPs")?;
 
     let mut load_balancer_ips = Vec::new();
     if service_type == ServiceType::LoadBalancer {
-        let ingress = service.status.as_ref().and_then(|s| s.load_balancer.as_ref()).and_then(|lb| lb.ingress.as_ref());
+        let ingress = service
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_ref());
         for entry in ingress.into_iter().flatten() {
             if entry.ip_mode.as_deref() == Some("Proxy") {
                 continue;
@@ -140,7 +154,11 @@ pub(crate) fn validate<'a>(
         }
     }
 
-    let annotation = service.metadata.annotations.as_ref().and_then(|a| a.get(ANNOTATION_LB_ALGORITHM));
+    let annotation = service
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ANNOTATION_LB_ALGORITHM));
     let maglev = match annotation.map(String::as_str) {
         None => None,
         Some("maglev") => Some(true),
@@ -151,7 +169,10 @@ pub(crate) fn validate<'a>(
         }
     };
 
-    let health_check_node_port = spec.health_check_node_port.and_then(|p| u16::try_from(p).ok()).filter(|p| *p > 0);
+    let health_check_node_port = spec
+        .health_check_node_port
+        .and_then(|p| u16::try_from(p).ok())
+        .filter(|p| *p > 0);
 
     Ok(Some(ValidService {
         service_type,
@@ -169,7 +190,12 @@ pub(crate) fn validate<'a>(
 
 fn parse_ips(raw: &[&str], field: &'static str) -> Result<Vec<IpAddr>, ProblemReason> {
     raw.iter()
-        .map(|ip| parse_ip(ip).ok_or_else(|| ProblemReason::BadIp { field, value: (*ip).to_owned() }))
+        .map(|ip| {
+            parse_ip(ip).ok_or_else(|| ProblemReason::BadIp {
+                field,
+                value: (*ip).to_owned(),
+            })
+        })
         .collect()
 }
 
@@ -177,15 +203,24 @@ fn is_local_policy(value: Option<&str>, field: &'static str) -> Result<bool, Pro
     match value {
         None | Some("Cluster") => Ok(false),
         Some("Local") => Ok(true),
-        Some(other) => Err(ProblemReason::BadTrafficPolicy { field, value: other.to_owned() }),
+        Some(other) => Err(ProblemReason::BadTrafficPolicy {
+            field,
+            value: other.to_owned(),
+        }),
     }
 }
 
 fn validate_port(port: &ServicePort) -> Result<ValidPort<'_>, ProblemReason> {
     let name = port.name.as_deref().unwrap_or_default();
-    let out_of_range =
-        |field: &'static str, value: i64| ProblemReason::PortOutOfRange { port_name: name.to_owned(), field, value };
-    let number = u16::try_from(port.port).ok().filter(|p| *p > 0).ok_or(out_of_range("port", port.port.into()))?;
+    let out_of_range = |field: &'static str, value: i64| ProblemReason::PortOutOfRange {
+        port_name: name.to_owned(),
+        field,
+        value,
+    };
+    let number = u16::try_from(port.port)
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or(out_of_range("port", port.port.into()))?;
     let protocol = Protocol::parse(port.protocol.as_deref()).ok_or_else(|| ProblemReason::BadProtocol {
         port_name: name.to_owned(),
         protocol: port.protocol.clone().unwrap_or_default(),
@@ -196,5 +231,13 @@ fn validate_port(port: &ServicePort) -> Result<ValidPort<'_>, ProblemReason> {
         None | Some(0) => None,
         Some(n) => Some(u16::try_from(n).map_err(|_| out_of_range("nodePort", n.into()))?),
     };
-    Ok(ValidPort { spec: PortSpec { name, protocol, port: number, target }, node_port })
+    Ok(ValidPort {
+        spec: PortSpec {
+            name,
+            protocol,
+            port: number,
+            target,
+        },
+        node_port,
+    })
 }

@@ -67,14 +67,22 @@ pub struct BackendView {
 
 impl fmt::Display for FrontendView {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let port = if self.port_name.is_empty() { String::new() } else { format!(":{}", self.port_name) };
+        let port = if self.port_name.is_empty() {
+            String::new()
+        } else {
+            format!(":{}", self.port_name)
+        };
         write!(
             f,
             "{}{} {:?} {}/{} {:?} ->",
             self.service, port, self.kind, self.address, self.protocol, self.scope
         )?;
-        let in_slots: Vec<String> =
-            self.backends.iter().filter(|b| b.slot.is_some()).map(|b| b.address.to_string()).collect();
+        let in_slots: Vec<String> = self
+            .backends
+            .iter()
+            .filter(|b| b.slot.is_some())
+            .map(|b| b.address.to_string())
+            .collect();
         if in_slots.is_empty() {
             write!(f, " (no endpoints: reject)")
         } else {
