@@ -21,10 +21,21 @@ use crate::datapath::{Datapath, DatapathError};
 pub enum ServerError {
     #[error("{path}: {source}")]
     Socket { path: PathBuf, source: std::io::Error },
+    // Boxed: the datapath's errors carry paths and syscall context, and this enum
+    // travels on every request's happy path.
     #[error(transparent)]
-    Datapath(#[from] DatapathError),
+    Datapath(Box<DatapathError>),
     #[error("map {map}: {source}")]
-    Map { map: &'static str, source: aya::maps::MapError },
+    Map {
+        map: &'static str,
+        source: aya::maps::MapError,
+    },
+}
+
+impl From<DatapathError> for ServerError {
+    fn from(e: DatapathError) -> Self {
+        Self::Datapath(Box::new(e))
+    }
 }
 
 pub fn endpoint_key(ip: IpAddr) -> EndpointKey {
@@ -36,7 +47,10 @@ pub fn endpoint_key(ip: IpAddr) -> EndpointKey {
 
 /// Binds the socket (replacing a stale one left by an earlier agent).
 pub fn bind(path: &Path) -> Result<UnixListener, ServerError> {
-    let err = |source| ServerError::Socket { path: path.to_owned(), source };
+    let err = |source| ServerError::Socket {
+        path: path.to_owned(),
+        source,
+    };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(err)?;
     }
@@ -65,14 +79,18 @@ fn serve_one(stream: UnixStream, datapath: &Mutex<Datapath>) -> std::io::Result<
     let mut line = String::new();
     BufReader::new(&stream).read_line(&mut line)?;
     let reply = match serde_json::from_str::<Request>(&line) {
-        Err(e) => Reply::Error { message: format!("undecodable request: {e}") },
+        Err(e) => Reply::Error {
+            message: format!("undecodable request: {e}"),
+        },
         Ok(request) => {
             // A panic elsewhere cannot leave the datapath half-written in a way a
             // retry would not fix, so a poisoned lock is still usable.
             let mut dp = datapath.lock().unwrap_or_else(|p| p.into_inner());
             match handle(&mut dp, &request) {
                 Ok(()) => Reply::Ok,
-                Err(e) => Reply::Error { message: e.to_string() },
+                Err(e) => Reply::Error {
+                    message: e.to_string(),
+                },
             }
         }
     };
@@ -84,7 +102,11 @@ fn serve_one(stream: UnixStream, datapath: &Mutex<Datapath>) -> std::io::Result<
 pub fn handle(dp: &mut Datapath, request: &Request) -> Result<(), ServerError> {
     match request {
         Request::Add(ep) => add(dp, ep),
-        Request::Del { container_id, ifname, ips } => {
+        Request::Del {
+            container_id,
+            ifname,
+            ips,
+        } => {
             let map = weir_common::maps::ENDPOINTS;
             let mut ifindexes = Vec::new();
             for ip in ips {
@@ -110,11 +132,17 @@ fn add(dp: &mut Datapath, ep: &Endpoint) -> Result<(), ServerError> {
     // Programs first, then the entries that make the pod known: a packet never
     // finds an endpoint entry for a veth without its programs.
     dp.attach_endpoint(&ep.host_ifname, ep.host_ifindex)?;
-    let info = EndpointInfo { ifindex: ep.host_ifindex, ..Default::default() };
+    let info = EndpointInfo {
+        ifindex: ep.host_ifindex,
+        ..Default::default()
+    };
     for ip in &ep.ips {
         dp.endpoints
             .insert(endpoint_key(*ip), info, 0)
-            .map_err(|source| ServerError::Map { map: weir_common::maps::ENDPOINTS, source })?;
+            .map_err(|source| ServerError::Map {
+                map: weir_common::maps::ENDPOINTS,
+                source,
+            })?;
     }
     info!(
         container_id = ep.container_id,
@@ -136,7 +164,9 @@ pub fn forget_ifindexes(dp: &mut Datapath, gone: &[u32]) -> Result<usize, Server
         .map(|(key, _)| key)
         .collect();
     for key in &stale {
-        dp.endpoints.remove(key).map_err(|source| ServerError::Map { map, source })?;
+        dp.endpoints
+            .remove(key)
+            .map_err(|source| ServerError::Map { map, source })?;
     }
     Ok(stale.len())
 }

@@ -18,15 +18,28 @@ fn every_map_in_the_object_matches_its_shared_type() {
             "map {}: object vs weir-common",
             spec.name
         );
-        assert!(spec.name.len() <= 15, "map name {} is longer than the kernel keeps", spec.name);
+        assert!(
+            spec.name.len() <= 15,
+            "map name {} is longer than the kernel keeps",
+            spec.name
+        );
     }
-    assert_eq!(obj.maps.len(), maps::ALL.len(), "object has maps the agent does not know: {:?}", obj.maps.keys());
+    assert_eq!(
+        obj.maps.len(),
+        maps::ALL.len(),
+        "object has maps the agent does not know: {:?}",
+        obj.maps.keys()
+    );
 }
 
 #[test]
 fn the_object_has_the_pod_programs() {
     let obj = aya_obj::Object::parse(OBJECT).expect("parse embedded object");
     for name in [FROM_POD, TO_POD] {
-        assert!(obj.programs.contains_key(name), "program {name} missing: {:?}", obj.programs.keys());
+        assert!(
+            obj.programs.contains_key(name),
+            "program {name} missing: {:?}",
+            obj.programs.keys()
+        );
     }
 }

@@ -11,7 +11,10 @@ fn require_root() {
         "this test loads eBPF programs and needs root: run it as root"
     );
     assert!(
-        Command::new("mountpoint").args(["-q", "/sys/fs/bpf"]).status().is_ok_and(|s| s.success()),
+        Command::new("mountpoint")
+            .args(["-q", "/sys/fs/bpf"])
+            .status()
+            .is_ok_and(|s| s.success()),
         "bpffs is not mounted at /sys/fs/bpf: run scripts/setup.sh"
     );
 }
@@ -21,7 +24,10 @@ struct TempRoot(PathBuf);
 
 impl TempRoot {
     fn new(tag: &str) -> Self {
-        Self(PathBuf::from(format!("/sys/fs/bpf/weir-test-{tag}-{}", std::process::id())))
+        Self(PathBuf::from(format!(
+            "/sys/fs/bpf/weir-test-{tag}-{}",
+            std::process::id()
+        )))
     }
     fn pins(&self) -> PinLayout {
         PinLayout::new(&self.0)
@@ -40,9 +46,17 @@ fn root_programs_load_and_maps_are_pinned_and_reused() {
     let root = TempRoot::new("load");
     let dp = Datapath::load(root.pins()).expect("programs pass the verifier");
     for spec in maps::ALL {
-        assert!(root.pins().map(spec.name).exists(), "map {} not pinned", spec.name);
+        assert!(
+            root.pins().map(spec.name).exists(),
+            "map {} not pinned",
+            spec.name
+        );
     }
-    let id = |name: &str| aya::maps::MapInfo::from_pin(root.pins().map(name)).expect("map info").id();
+    let id = |name: &str| {
+        aya::maps::MapInfo::from_pin(root.pins().map(name))
+            .expect("map info")
+            .id()
+    };
     let first = id(maps::ENDPOINTS.name);
     drop(dp);
     // A second agent (a restart) must find the same map, not a new one.
@@ -59,10 +73,25 @@ fn root_incompatible_pinned_map_is_refused() {
     let out = Command::new("bpftool")
         .args(["map", "create"])
         .arg(&path)
-        .args(["type", "hash", "key", "4", "value", "4", "entries", "16", "name", "weir_endp_v1"])
+        .args([
+            "type",
+            "hash",
+            "key",
+            "4",
+            "value",
+            "4",
+            "entries",
+            "16",
+            "name",
+            "weir_endp_v1",
+        ])
         .output()
         .expect("bpftool (run scripts/setup.sh)");
-    assert!(out.status.success(), "bpftool map create: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "bpftool map create: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     match Datapath::load(root.pins()) {
         Err(DatapathError::IncompatiblePin { found, .. }) => assert_eq!(found, (4, 4, 16)),
         Err(e) => panic!("expected IncompatiblePin, got {e}"),

@@ -164,7 +164,13 @@ impl Netlink {
     /// as `peer`. Creating the peer in place is one netlink request; moving a
     /// device between namespaces afterwards costs ~20 ms (the kernel waits for an
     /// RCU grace period when a device leaves a namespace), most of an ADD.
-    pub fn create_veth(&self, name: &str, peer: &str, peer_netns: &Netns, mtu: u32) -> Result<(), NetlinkError> {
+    pub fn create_veth(
+        &self,
+        name: &str,
+        peer: &str,
+        peer_netns: &Netns,
+        mtu: u32,
+    ) -> Result<(), NetlinkError> {
         let peer_msg = LinkMessageBuilder::<LinkUnspec>::new()
             .name(peer.to_owned())
             .mtu(mtu)
@@ -179,7 +185,10 @@ impl Netlink {
         let h = self.handle.clone();
         self.rt
             .block_on(async move { h.link().add(msg).execute().await })
-            .map_err(self.err(format!("creating veth {name} with peer {peer} in {}", peer_netns.path.display())))
+            .map_err(self.err(format!(
+                "creating veth {name} with peer {peer} in {}",
+                peer_netns.path.display()
+            )))
     }
 
     pub fn set_up(&self, index: u32) -> Result<(), NetlinkError> {

@@ -26,7 +26,7 @@ use std::{
 };
 
 use serde_json::{Value, json};
-use weir_lab::{CniCall, Netns, bins, node::cni_path, require_root, unique};
+use weir_lab::{CniCall, Netns, TempDir, bins, node::cni_path, require_root, unique};
 
 #[derive(Clone)]
 struct Variant {
@@ -63,7 +63,7 @@ fn main() {
             "type": "weir-cni",
             "ipam": {
                 "ranges": [[{ "subnet": "10.244.0.0/16" }]],
-                "dataDir": state.0.join("weir-ipam"),
+                "dataDir": state.join("weir-ipam"),
             },
         }),
         cni_path: cni_path(),
@@ -82,7 +82,7 @@ fn main() {
             "ipam": {
                 "type": "host-local",
                 "ranges": [[{ "subnet": "10.245.0.0/16" }]],
-                "dataDir": state.0.join("host-local"),
+                "dataDir": state.join("host-local"),
             },
         }),
         cni_path: reference_dir.display().to_string(),
@@ -219,19 +219,3 @@ fn env_usize(name: &str, default: usize) -> usize {
     }
 }
 
-/// Per-run state (the IPAM stores), removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(prefix: &str) -> Self {
-        let path = std::env::temp_dir().join(unique(prefix));
-        std::fs::create_dir(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
-        Self(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}

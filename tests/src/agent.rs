@@ -43,7 +43,13 @@ impl Agent {
             .stderr(log_file)
             .spawn()
             .expect("spawn weir-agent");
-        let mut agent = Self { child, netns: netns.to_owned(), bpffs_root, socket, log };
+        let mut agent = Self {
+            child,
+            netns: netns.to_owned(),
+            bpffs_root,
+            socket,
+            log,
+        };
         agent.wait_ready();
         agent
     }
@@ -52,7 +58,10 @@ impl Agent {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
-                panic!("weir-agent exited ({status}) before it was ready:\n{}", self.log_text());
+                panic!(
+                    "weir-agent exited ({status}) before it was ready:\n{}",
+                    self.log_text()
+                );
             }
             if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
                 return;
@@ -75,7 +84,13 @@ impl Agent {
     /// Kills the agent and starts a new one with the same settings.
     pub fn restart(&mut self, node_name: &str) {
         self.kill();
-        let fresh = Self::start(&self.netns, node_name, self.bpffs_root.clone(), self.socket.clone(), self.log.clone());
+        let fresh = Self::start(
+            &self.netns,
+            node_name,
+            self.bpffs_root.clone(),
+            self.socket.clone(),
+            self.log.clone(),
+        );
         *self = fresh;
     }
 
@@ -94,7 +109,11 @@ pub fn weirctl(bpffs_root: &std::path::Path, args: &[&str]) -> Value {
         .args(args)
         .output()
         .expect("spawn weirctl");
-    assert!(out.status.success(), "weirctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "weirctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).expect("weirctl JSON")
 }
 

@@ -36,28 +36,49 @@ pub struct CniOutcome {
 impl CniOutcome {
     pub fn json(&self) -> Value {
         serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
-            panic!("plugin stdout is not JSON ({e}): {:?} / stderr {:?}", self.stdout, self.stderr)
+            panic!(
+                "plugin stdout is not JSON ({e}): {:?} / stderr {:?}",
+                self.stdout, self.stderr
+            )
         })
     }
 
     /// The result of a successful call; panics with the error otherwise.
     pub fn ok(&self) -> Value {
-        assert_eq!(self.exit_code, 0, "plugin failed: {} {}", self.stdout, self.stderr);
-        if self.stdout.trim().is_empty() { Value::Null } else { self.json() }
+        assert_eq!(
+            self.exit_code, 0,
+            "plugin failed: {} {}",
+            self.stdout, self.stderr
+        );
+        if self.stdout.trim().is_empty() {
+            Value::Null
+        } else {
+            self.json()
+        }
     }
 
     /// The CNI error code of a failed call; panics if it succeeded.
     pub fn error_code(&self) -> u64 {
-        assert_ne!(self.exit_code, 0, "plugin unexpectedly succeeded: {}", self.stdout);
+        assert_ne!(
+            self.exit_code, 0,
+            "plugin unexpectedly succeeded: {}",
+            self.stdout
+        );
         let v = self.json();
         assert!(v["msg"].is_string(), "error without msg: {v}");
-        v["code"].as_u64().unwrap_or_else(|| panic!("error without numeric code: {v}"))
+        v["code"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("error without numeric code: {v}"))
     }
 }
 
 impl CniCall {
     pub fn new(plugin: impl Into<PathBuf>, command: &str) -> Self {
-        Self { plugin: plugin.into(), command: Some(command.to_owned()), ..Self::default() }
+        Self {
+            plugin: plugin.into(),
+            command: Some(command.to_owned()),
+            ..Self::default()
+        }
     }
 
     pub fn config(mut self, conf: &Value) -> Self {
@@ -74,7 +95,8 @@ impl CniCall {
             }
             None => Command::new(&self.plugin),
         };
-        cmd.env_clear().env("PATH", std::env::var_os("PATH").unwrap_or_default());
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default());
         for (k, v) in [
             ("CNI_COMMAND", &self.command),
             ("CNI_CONTAINERID", &self.container_id),

@@ -10,12 +10,14 @@ pub mod bins;
 pub mod cni;
 pub mod netns;
 pub mod node;
+pub mod tempdir;
 pub mod traffic;
 
 pub use agent::Agent;
 pub use cni::{CniCall, CniOutcome};
 pub use netns::Netns;
 pub use node::{Node, Pod};
+pub use tempdir::TempDir;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 

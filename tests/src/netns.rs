@@ -18,14 +18,20 @@ impl Netns {
     /// Creates `/var/run/netns/{name}` with `lo` up.
     pub fn new(name: &str) -> Self {
         run_ok(Command::new("ip").args(["netns", "add", name]));
-        let ns = Self { name: name.to_owned(), owned: true };
+        let ns = Self {
+            name: name.to_owned(),
+            owned: true,
+        };
         ns.sh("ip link set lo up");
         ns
     }
 
     /// A handle on a namespace someone else owns (e.g. for another thread).
     pub fn attach(name: &str) -> Self {
-        Self { name: name.to_owned(), owned: false }
+        Self {
+            name: name.to_owned(),
+            owned: false,
+        }
     }
 
     pub fn name(&self) -> &str {

@@ -40,7 +40,12 @@ impl Node {
             "ipam": { "ranges": ranges, "dataDir": state_dir.join("ipam") },
         });
         let bpffs_root = PathBuf::from("/sys/fs/bpf/weir-lab").join(ns.name());
-        Self { ns, bpffs_root, state_dir, conf }
+        Self {
+            ns,
+            bpffs_root,
+            state_dir,
+            conf,
+        }
     }
 
     /// Starts `weir-agent` on this node and points the CNI config at its socket,
@@ -64,7 +69,10 @@ impl Node {
             container_id: Some(pod.container_id.clone()),
             netns: Some(pod.netns_path.display().to_string()),
             ifname: Some(pod.ifname.clone()),
-            args: Some(format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={}", pod.name)),
+            args: Some(format!(
+                "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={}",
+                pod.name
+            )),
             path: Some(cni_path()),
             in_netns: Some(self.ns.name().to_owned()),
             ..CniCall::new(bins::path("weir-cni"), command)
@@ -74,15 +82,14 @@ impl Node {
 
     /// Creates a pod namespace and runs `ADD` for it; panics if the plugin fails.
     pub fn add_pod(&self, name: &str) -> Pod {
-        let ns = Netns::new(&unique("wp"));
-        let spec = PodSpec {
-            name: name.to_owned(),
-            container_id: unique(&format!("ctr-{name}-")),
-            netns_path: ns.path(),
-            ifname: "eth0".to_owned(),
-        };
+        let (ns, spec) = PodSpec::with_netns(name);
         let result = self.call("ADD", &spec).run().ok();
-        Pod { ips: result_ips(&result), result, spec, ns }
+        Pod {
+            ips: result_ips(&result),
+            result,
+            spec,
+            ns,
+        }
     }
 
     /// Runs `DEL` for a pod.
@@ -108,6 +115,26 @@ pub struct PodSpec {
     pub ifname: String,
 }
 
+impl PodSpec {
+    /// A fresh pod namespace and what a runtime would know of it, before ADD.
+    pub fn with_netns(name: &str) -> (Netns, Self) {
+        let ns = Netns::new(&unique("wp"));
+        let spec = Self {
+            name: name.to_owned(),
+            container_id: unique(&format!("ctr-{name}-")),
+            netns_path: ns.path(),
+            ifname: "eth0".to_owned(),
+        };
+        (ns, spec)
+    }
+
+    /// `CNI_ARGS` as kubelet's runtimes pass them (the reference plugins reject
+    /// unknown arguments without `IgnoreUnknown=1`).
+    pub fn cni_args(&self) -> String {
+        format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={}", self.name)
+    }
+}
+
 pub struct Pod {
     pub spec: PodSpec,
     /// The ADD result, as the plugin printed it.
@@ -119,7 +146,11 @@ pub struct Pod {
 
 impl Pod {
     pub fn ipv4(&self) -> IpAddr {
-        *self.ips.iter().find(|ip| ip.is_ipv4()).expect("pod has no IPv4 address")
+        *self
+            .ips
+            .iter()
+            .find(|ip| ip.is_ipv4())
+            .expect("pod has no IPv4 address")
     }
 }
 
@@ -131,7 +162,10 @@ pub fn result_ips(result: &Value) -> Vec<IpAddr> {
         .iter()
         .map(|ip| {
             let cidr = ip["address"].as_str().expect("ips[].address");
-            cidr.split('/').next().and_then(|a| a.parse().ok()).expect("address/prefix")
+            cidr.split('/')
+                .next()
+                .and_then(|a| a.parse().ok())
+                .expect("address/prefix")
         })
         .collect()
 }

@@ -34,7 +34,8 @@ impl EchoServer {
         let addr = tcp.local_addr().expect("local addr");
         let stop = Arc::new(AtomicBool::new(false));
         tcp.set_nonblocking(true).expect("nonblocking");
-        udp.set_read_timeout(Some(Duration::from_millis(20))).expect("timeout");
+        udp.set_read_timeout(Some(Duration::from_millis(20)))
+            .expect("timeout");
         let s = stop.clone();
         let tcp_thread = std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
@@ -55,7 +56,11 @@ impl EchoServer {
                 }
             }
         });
-        Self { addr, stop, threads: vec![tcp_thread, udp_thread] }
+        Self {
+            addr,
+            stop,
+            threads: vec![tcp_thread, udp_thread],
+        }
     }
 }
 
@@ -96,7 +101,9 @@ pub fn tcp_roundtrip(ns: &Netns, to: SocketAddr, msg: &[u8]) -> std::io::Result<
 pub fn udp_roundtrip(ns: &Netns, to: SocketAddr, msg: &[u8]) -> std::io::Result<Vec<u8>> {
     let msg = msg.to_vec();
     ns.run(move || {
-        let bind: SocketAddr = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("addr");
+        let bind: SocketAddr = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
+            .parse()
+            .expect("addr");
         let sock = UdpSocket::bind(bind)?;
         sock.set_read_timeout(Some(TIMEOUT))?;
         sock.send_to(&msg, to)?;

@@ -4,7 +4,10 @@
 use std::{net::SocketAddr, time::Duration};
 
 use serde_json::Value;
-use weir_lab::{Node, traffic::{EchoServer, tcp_roundtrip, udp_roundtrip}};
+use weir_lab::{
+    Node,
+    traffic::{EchoServer, tcp_roundtrip, udp_roundtrip},
+};
 
 /// Forwarded packets counted so far in one direction.
 fn forwarded(metrics: &Value, direction: &str) -> u64 {
@@ -28,22 +31,38 @@ fn root_agent_programs_see_real_pod_traffic() {
     let echo = EchoServer::start(&server.ns, SocketAddr::new(server.ipv4(), 0));
     for i in 0..20 {
         let msg = format!("hello {i}");
-        assert_eq!(tcp_roundtrip(&client.ns, echo.addr, msg.as_bytes()).expect("TCP"), msg.as_bytes());
-        assert_eq!(udp_roundtrip(&client.ns, echo.addr, msg.as_bytes()).expect("UDP"), msg.as_bytes());
+        assert_eq!(
+            tcp_roundtrip(&client.ns, echo.addr, msg.as_bytes()).expect("TCP"),
+            msg.as_bytes()
+        );
+        assert_eq!(
+            udp_roundtrip(&client.ns, echo.addr, msg.as_bytes()).expect("UDP"),
+            msg.as_bytes()
+        );
     }
     let after = agent.weirctl(&["metrics"]);
     // 20 TCP connections (>= 5 packets each way) and 20 datagrams, seen at both pods'
     // veths in both directions.
     for dir in ["from-pod", "to-pod"] {
         let seen = forwarded(&after, dir) - forwarded(&before, dir);
-        assert!(seen >= 2 * (20 * 4 + 20), "{dir}: only {seen} packets counted: {after}");
+        assert!(
+            seen >= 2 * (20 * 4 + 20),
+            "{dir}: only {seen} packets counted: {after}"
+        );
     }
 
     // Both pods are registered, each with its host veth's ifindex.
     let endpoints = agent.weirctl(&["endpoints"]);
     for pod in [&server, &client] {
-        let host_if = pod.result["interfaces"][0]["name"].as_str().expect("host interface");
-        let ifindex: u64 = node.ns.sh(&format!("cat /sys/class/net/{host_if}/ifindex")).trim().parse().expect("ifindex");
+        let host_if = pod.result["interfaces"][0]["name"]
+            .as_str()
+            .expect("host interface");
+        let ifindex: u64 = node
+            .ns
+            .sh(&format!("cat /sys/class/net/{host_if}/ifindex"))
+            .trim()
+            .parse()
+            .expect("ifindex");
         let row = endpoints
             .as_array()
             .expect("rows")
@@ -60,7 +79,9 @@ fn root_agent_programs_see_real_pod_traffic() {
         !endpoints.to_string().contains(&format!("\"{}\"", client.ipv4())),
         "deleted pod still registered: {endpoints}"
     );
-    let links = std::fs::read_dir(node.bpffs_root.join("links")).expect("links dir").count();
+    let links = std::fs::read_dir(node.bpffs_root.join("links"))
+        .expect("links dir")
+        .count();
     assert_eq!(links, 1, "only the server's links should remain pinned");
 }
 
@@ -71,7 +92,12 @@ fn root_datapath_outlives_the_agent_and_is_adopted_on_restart() {
     let server = node.add_pod("server");
     let client = node.add_pod("client");
     let echo = EchoServer::start(&server.ns, SocketAddr::new(server.ipv4(), 0));
-    let counted = || forwarded(&weir_lab::agent::weirctl(&node.bpffs_root, &["metrics"]), "from-pod");
+    let counted = || {
+        forwarded(
+            &weir_lab::agent::weirctl(&node.bpffs_root, &["metrics"]),
+            "from-pod",
+        )
+    };
 
     // A client keeps opening connections across the whole restart.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -92,19 +118,35 @@ fn root_datapath_outlives_the_agent_and_is_adopted_on_restart() {
     agent.kill();
     let while_down = counted();
     std::thread::sleep(Duration::from_millis(300));
-    assert!(counted() > while_down, "programs stopped counting while the agent was down");
+    assert!(
+        counted() > while_down,
+        "programs stopped counting while the agent was down"
+    );
 
     agent.restart(node.ns.name());
-    assert!(agent.log_text().contains("adopted=2"), "agent did not adopt both endpoints:\n{}", agent.log_text());
+    assert!(
+        agent.log_text().contains("adopted=2"),
+        "agent did not adopt both endpoints:\n{}",
+        agent.log_text()
+    );
     let after_restart = counted();
     std::thread::sleep(Duration::from_millis(300));
-    assert!(counted() > after_restart, "programs stopped counting after the restart");
+    assert!(
+        counted() > after_restart,
+        "programs stopped counting after the restart"
+    );
     // The pinned map was reused: counters did not start again from zero.
     assert!(after_restart >= while_down, "metrics were reset by the restart");
 
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (ok, failed) = load.join().expect("load thread");
-    assert!(failed.is_empty(), "{} of {} connections failed across the restart: {:?}", failed.len(), ok as usize + failed.len(), &failed[..failed.len().min(3)]);
+    assert!(
+        failed.is_empty(),
+        "{} of {} connections failed across the restart: {:?}",
+        failed.len(),
+        ok as usize + failed.len(),
+        &failed[..failed.len().min(3)]
+    );
     assert!(ok > 20, "too few connections to prove anything: {ok}");
     // A pod added after the restart is wired through the new agent.
     let late = node.add_pod("late");

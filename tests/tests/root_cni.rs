@@ -23,30 +23,9 @@ const VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
 
 // ---- helpers ---------------------------------------------------------------
 
-/// A pod namespace and what the runtime knows of it, without running ADD.
-fn new_pod(name: &str) -> (Netns, PodSpec) {
-    let ns = Netns::new(&unique("wp"));
-    let spec = PodSpec {
-        name: name.to_owned(),
-        container_id: unique(&format!("ctr-{name}-")),
-        netns_path: ns.path(),
-        ifname: "eth0".to_owned(),
-    };
-    (ns, spec)
-}
-
 /// A call with the given configuration instead of the node's.
 fn call_with(node: &Node, command: &str, spec: &PodSpec, conf: &Value) -> CniCall {
     node.call(command, spec).config(conf)
-}
-
-/// `CNI_ARGS` as kubelet's runtimes pass them: the reference plugins reject
-/// unknown arguments without `IgnoreUnknown=1`.
-fn runtime_args(spec: &PodSpec) -> Option<String> {
-    Some(format!(
-        "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={}",
-        spec.name
-    ))
 }
 
 /// A call without any per-attachment variable (STATUS, GC, VERSION).
@@ -233,7 +212,7 @@ fn add_check_del_in_every_version() {
     for version in VERSIONS {
         let mut node = Node::new("10.244.1.0/24");
         node.conf["cniVersion"] = json!(version);
-        let (ns, spec) = new_pod("web");
+        let (ns, spec) = PodSpec::with_netns("web");
         let result = node.call("ADD", &spec).run().ok();
         assert_result_shape(&result, version, &spec);
         assert_wired(&node, &ns, &result);
@@ -323,7 +302,7 @@ fn repeated_add_returns_the_same_address_and_keeps_working() {
 fn add_refuses_an_interface_it_did_not_create() {
     require_root();
     let node = Node::new("10.244.5.0/24");
-    let (ns, spec) = new_pod("squatted");
+    let (ns, spec) = PodSpec::with_netns("squatted");
     ns.sh("ip link add eth0 type veth peer name squatter");
     let out = node.call("ADD", &spec).run();
     assert!(out.error_code() >= 100, "{}", out.stdout);
@@ -366,7 +345,7 @@ fn del_after_the_pod_netns_is_gone_frees_the_address() {
 fn del_with_host_veth_still_present_but_netns_gone() {
     require_root();
     let node = Node::new("10.244.7.0/24");
-    let (ns, spec) = new_pod("x");
+    let (ns, spec) = PodSpec::with_netns("x");
     let result = node.call("ADD", &spec).run().ok();
     let host = host_veth_of(&result);
     // Move the pod end back to the node, so that deleting the netns leaves our
@@ -383,7 +362,7 @@ fn del_with_host_veth_still_present_but_netns_gone() {
 fn sixty_four_parallel_adds_get_distinct_addresses() {
     require_root();
     let node = Node::new("10.244.8.0/24");
-    let pods: Vec<(Netns, PodSpec)> = (0..64).map(|i| new_pod(&format!("p{i}"))).collect();
+    let pods: Vec<(Netns, PodSpec)> = (0..64).map(|i| PodSpec::with_netns(&format!("p{i}"))).collect();
     let results: Vec<Value> = std::thread::scope(|s| {
         let handles: Vec<_> = pods
             .iter()
@@ -414,7 +393,7 @@ fn exhaustion_is_a_clear_error_and_status_says_so() {
     got.sort();
     assert_eq!(got, ["10.244.9.20", "10.244.9.21"]);
 
-    let (ns, spec) = new_pod("c");
+    let (ns, spec) = PodSpec::with_netns("c");
     let out = node.call("ADD", &spec).run();
     let code = out.error_code();
     assert!(
@@ -471,7 +450,7 @@ fn gc_frees_what_is_not_valid_and_keeps_the_rest() {
     let mut other_net = node.conf.clone();
     other_net["name"] = json!("other-net");
     other_net["ipam"]["ranges"] = json!([[{ "subnet": "10.244.111.0/24" }]]);
-    let (other_ns, other_spec) = new_pod("other");
+    let (other_ns, other_spec) = PodSpec::with_netns("other");
     let other = call_with(&node, "ADD", &other_spec, &other_net).run().ok();
 
     let mut gc = node.conf.clone();
@@ -517,7 +496,7 @@ fn run_chain(node: &Node, spec: &PodSpec, command: &str, plugins: &[Value], cach
         };
         let out = CniCall {
             plugin: bin,
-            args: runtime_args(spec),
+            args: Some(spec.cni_args()),
             ..node.call(command, spec)
         }
         .config(&conf)
@@ -554,7 +533,7 @@ fn chained_with_portmap_bandwidth_and_tuning() {
             "runtimeConfig": { "portMappings": [{ "hostPort": 18080, "containerPort": 80, "protocol": "tcp" }] },
         }),
     ];
-    let (ns, spec) = new_pod("chained");
+    let (ns, spec) = PodSpec::with_netns("chained");
     let result = run_chain(&node, &spec, "ADD", &plugins, None);
     assert_eq!(result["cniVersion"], "1.0.0");
     assert_result_shape(&result, "1.0.0", &spec);
@@ -598,7 +577,7 @@ fn dual_stack_pods_talk_over_ipv6() {
 fn malformed_and_hostile_input_gets_the_right_error_codes() {
     require_root();
     let node = Node::new("10.244.14.0/24");
-    let (_ns, spec) = new_pod("x");
+    let (_ns, spec) = PodSpec::with_netns("x");
     let raw = |stdin: &[u8]| {
         let mut c = node.call("ADD", &spec);
         c.stdin = stdin.to_vec();
@@ -678,9 +657,9 @@ fn delegates_ipam_to_host_local() {
     conf["cniVersion"] = json!("1.0.0");
     conf["ipam"] =
         json!({ "type": "host-local", "ranges": [[{ "subnet": "10.244.15.0/24" }]], "dataDir": hl_dir });
-    let (ns, spec) = new_pod("hl");
+    let (ns, spec) = PodSpec::with_netns("hl");
     let call_with = |node: &Node, command: &str, spec: &PodSpec, conf: &Value| CniCall {
-        args: runtime_args(spec),
+        args: Some(spec.cni_args()),
         ..call_with(node, command, spec, conf)
     };
     let result = call_with(&node, "ADD", &spec, &conf).run().ok();
@@ -717,7 +696,7 @@ fn unreachable_agent_fails_add_with_try_again_and_leaves_nothing() {
     let socket = node.state_dir.join("no-agent.sock");
     let mut conf = node.conf.clone();
     conf["agentSocket"] = json!(socket);
-    let (ns, spec) = new_pod("lonely");
+    let (ns, spec) = PodSpec::with_netns("lonely");
     let v = assert_error(&call_with(&node, "ADD", &spec, &conf).run(), 11);
     assert!(
         v["msg"]
@@ -738,7 +717,7 @@ fn mtu_from_config_and_from_the_uplink() {
     let node = Node::new("10.244.17.0/24");
     let mut conf = node.conf.clone();
     conf["mtu"] = json!(1400);
-    let (ns, spec) = new_pod("m");
+    let (ns, spec) = PodSpec::with_netns("m");
     let result = call_with(&node, "ADD", &spec, &conf).run().ok();
     assert!(ns.sh("ip link show eth0").contains("mtu 1400"));
     assert!(
@@ -749,7 +728,7 @@ fn mtu_from_config_and_from_the_uplink() {
 
     // No mtu: the node's uplink (the IPv4 default route's link) decides.
     node.ns.sh("ip link add uplink0 mtu 1450 type veth peer name uplink0p && ip link set uplink0 up && ip addr add 192.0.2.1/24 dev uplink0 && ip route add default via 192.0.2.254 dev uplink0");
-    let (ns2, spec2) = new_pod("m2");
+    let (ns2, spec2) = PodSpec::with_netns("m2");
     node.call("ADD", &spec2).run().ok();
     assert!(
         ns2.sh("ip link show eth0").contains("mtu 1450"),

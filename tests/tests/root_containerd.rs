@@ -29,7 +29,7 @@ use std::{
 };
 
 use serde_json::{Value, json};
-use weir_lab::{bins, require_root, unique};
+use weir_lab::{TempDir, bins, require_root, unique};
 
 /// The busybox applets the container script uses.
 const APPLETS: &[&str] = &["sh", "ip", "ping", "wget", "nc", "cat", "sleep", "echo", "sed"];
@@ -65,16 +65,16 @@ fn root_containerd_runs_pod_networked_by_weir_cni() {
     let subnet = format!("10.250.{octet}.0/24");
     let node_ip = Ipv4Addr::new(10, 251, octet as u8, 1);
 
-    let rootfs = busybox_rootfs(&dir.path.join("rootfs"));
-    let ipam_dir = dir.path.join("ipam");
-    let net_d = dir.path.join("net.d");
-    let cni_bin = dir.path.join("cni-bin");
+    let rootfs = busybox_rootfs(&dir.join("rootfs"));
+    let ipam_dir = dir.join("ipam");
+    let net_d = dir.join("net.d");
+    let cni_bin = dir.join("cni-bin");
     fs::create_dir_all(&ipam_dir).expect("ipam dir");
     fs::create_dir_all(&net_d).expect("net.d");
     fs::create_dir_all(&cni_bin).expect("cni-bin");
 
     // A stand-in for weir-agent: records what the plugin registers and answers ok.
-    let agent = FakeAgent::start(&dir.path.join("agent.sock"));
+    let agent = FakeAgent::start(&dir.join("agent.sock"));
     // libcni 1.0 (in containerd 1.6) knows CNI versions up to 1.0.0.
     let conflist = json!({
         "cniVersion": "1.0.0",
@@ -98,7 +98,7 @@ fn root_containerd_runs_pod_networked_by_weir_cni() {
     let listener = TcpListener::bind((node_ip, 0)).expect("listen on the node address");
     let port = listener.local_addr().expect("local addr").port();
 
-    let containerd = Containerd::start(&dir.path);
+    let containerd = Containerd::start(dir.path());
     let container_id = unique("weirctr");
     // libcni's CNI_CONTAINERID for `ctr run`: "<containerd namespace>-<id>".
     let cni_container_id = format!("default-{container_id}");
@@ -471,33 +471,6 @@ impl FakeAgent {
     }
 }
 
-/// A temporary directory, removed on drop unless something is still mounted under it.
-struct TempDir {
-    path: PathBuf,
-}
-
-impl TempDir {
-    fn new(prefix: &str) -> Self {
-        let path = std::env::temp_dir().join(unique(prefix));
-        fs::create_dir(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
-        Self { path }
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let prefix = self.path.display().to_string();
-        if mounts
-            .lines()
-            .any(|l| l.split(' ').nth(4).is_some_and(|m| m.starts_with(&prefix)))
-        {
-            eprintln!("{prefix} still has mounts under it: left in place");
-            return;
-        }
-        let _ = fs::remove_dir_all(&self.path);
-    }
-}
 
 /// An address of the root namespace, `ip/32`, on an interface of its own, removed on
 /// drop. The kernel has no `dummy` driver: a veth pair whose ends both stay here.

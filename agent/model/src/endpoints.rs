@@ -390,3 +390,50 @@ fn resolve_target(pod: &Pod, want: &PortSpec<'_>) -> Option<u16> {
         })
         .and_then(|p| port_number(Some(p.container_port)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ep(node: &str, ready: bool) -> Endpoint {
+        Endpoint {
+            addr: IpAddr::from([10, 0, 0, 1]),
+            port: 80,
+            node_name: Some(node.into()),
+            ready,
+            serving: ready,
+            terminating: false,
+        }
+    }
+
+    #[test]
+    fn duplicates_keep_the_first_unless_a_later_copy_is_local() {
+        let mut set = EndpointSet::default();
+        set.add(ep("node-b", true), "node-a");
+        set.add(ep("node-c", false), "node-a");
+        assert_eq!(
+            set.0.values().next().and_then(|e| e.node_name.as_deref()),
+            Some("node-b")
+        );
+        set.add(ep("node-a", false), "node-a");
+        set.add(ep("node-b", true), "node-a");
+        assert_eq!(set.0.len(), 1);
+        assert_eq!(set.0.values().next(), Some(&ep("node-a", false)));
+    }
+
+    #[test]
+    fn target_port_defaults_to_port() {
+        assert_eq!(Target::from_spec(None, 80), Ok(Target::Number(80)));
+        assert_eq!(
+            Target::from_spec(Some(&IntOrString::Int(0)), 80),
+            Ok(Target::Number(80))
+        );
+        assert_eq!(
+            Target::from_spec(Some(&IntOrString::String(String::new())), 80),
+            Ok(Target::Number(80))
+        );
+        let named = IntOrString::String("http".into());
+        assert_eq!(Target::from_spec(Some(&named), 80), Ok(Target::Name("http")));
+        assert_eq!(Target::from_spec(Some(&IntOrString::Int(65536)), 80), Err(65536));
+    }
+}

@@ -210,8 +210,8 @@ impl IdAllocator {
         });
     }
 
-    /// Number of frontends and backends holding an id.
-    pub fn len(&self) -> (usize, usize) {
+    /// Number of (frontends, backends) holding an id.
+    pub fn in_use(&self) -> (usize, usize) {
         (self.rev_nat.len(), self.backends.len())
     }
 }

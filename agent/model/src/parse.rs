@@ -92,12 +92,13 @@ fn split_documents(text: &str) -> Vec<Document> {
             current.clear();
             start_line = index + 2;
             // `--- {inline: document}` carries content after the marker.
-            if let Some(rest) = line.strip_prefix("---").filter(|r| !r.trim().starts_with('#')) {
-                if !rest.trim().is_empty() {
-                    current.push_str(rest);
-                    current.push('\n');
-                    start_line = index + 1;
-                }
+            if let Some(rest) = line.strip_prefix("---")
+                && !rest.trim().is_empty()
+                && !rest.trim().starts_with('#')
+            {
+                current.push_str(rest);
+                current.push('\n');
+                start_line = index + 1;
             }
         } else {
             current.push_str(line);
@@ -196,16 +197,16 @@ fn decode(value: Value) -> Decoded {
             reason: ProblemReason::NoKind,
         };
     }
-    if let Some(item_kind) = kind.strip_suffix("List") {
-        if let Some(Value::Array(items)) = value.get("items") {
-            return Decoded::List(
-                items
-                    .iter()
-                    .cloned()
-                    .map(|item| decode(with_kind(item, &api_version, item_kind)))
-                    .collect(),
-            );
-        }
+    if let Some(item_kind) = kind.strip_suffix("List")
+        && let Some(Value::Array(items)) = value.get("items")
+    {
+        return Decoded::List(
+            items
+                .iter()
+                .cloned()
+                .map(|item| decode(with_kind(item, &api_version, item_kind)))
+                .collect(),
+        );
     }
     let object = match (api_version.as_str(), kind.as_str()) {
         ("v1", "Service") => typed::<Service>(value, &kind),
@@ -226,13 +227,13 @@ fn decode(value: Value) -> Decoded {
 /// Items of a typed API list (`ServiceList`) carry no apiVersion/kind of their own:
 /// they take the list's. Items of `kind: List` (kubectl's) carry theirs.
 fn with_kind(mut item: Value, api_version: &str, kind: &str) -> Value {
-    if let Value::Object(map) = &mut item {
-        if !kind.is_empty() {
-            map.entry("apiVersion")
-                .or_insert_with(|| Value::String(api_version.to_owned()));
-            map.entry("kind")
-                .or_insert_with(|| Value::String(kind.to_owned()));
-        }
+    if let Value::Object(map) = &mut item
+        && !kind.is_empty()
+    {
+        map.entry("apiVersion")
+            .or_insert_with(|| Value::String(api_version.to_owned()));
+        map.entry("kind")
+            .or_insert_with(|| Value::String(kind.to_owned()));
     }
     item
 }
@@ -265,4 +266,181 @@ fn describe(value: &Value, kind: &str) -> Option<String> {
         Some(ns) if !ns.is_empty() => format!("{kind} {ns}/{name}"),
         _ => format!("{kind} {name}"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::object::Kind;
+
+    fn keys(objects: &[Object]) -> Vec<String> {
+        objects.iter().map(|o| o.key().to_string()).collect()
+    }
+
+    #[test]
+    fn multi_document_yaml_with_unknown_kinds_and_empty_documents() {
+        let text = r#"
+# a leading comment, then an empty document
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: shop}
+spec: {}
+---
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: shop
+spec:
+  clusterIP: 10.96.100.1
+  ports:
+  - port: 80
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop}
+...
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: settings}
+"#;
+        let parsed = parse_documents_detailed(text, "web.yaml");
+        assert!(parsed.problems.is_empty(), "{:?}", parsed.problems);
+        assert_eq!(keys(&parsed.objects), ["Service shop/web", "Namespace shop"]);
+        assert_eq!(
+            parsed.skipped.into_iter().collect::<Vec<_>>(),
+            [
+                ("apps/v1/Deployment".to_owned(), 1),
+                ("v1/ConfigMap".to_owned(), 1)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_bad_document_is_reported_and_the_others_still_parse() {
+        let text = "apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec: {clusterIP: 10.96.0.1}\n\
+                    ---\nkey: [unclosed\n\
+                    ---\napiVersion: v1\nkind: Service\nmetadata: {name: b, namespace: x}\nspec: {ports: 80}\n\
+                    ---\nmetadata: {name: c}\n\
+                    ---\napiVersion: v1\nkind: Pod\nmetadata: {name: d}\n";
+        let (objects, problems) = parse_documents(text, "mixed.yaml");
+        // A Service without a namespace is in `default`.
+        assert_eq!(keys(&objects), ["Service default/a", "Pod default/d"]);
+        assert_eq!(problems.len(), 3, "{problems:#?}");
+        assert_eq!(problems[0].origin, "mixed.yaml:6");
+        assert!(matches!(problems[0].reason, ProblemReason::Syntax(_)));
+        assert_eq!(problems[1].origin, "mixed.yaml:8");
+        assert_eq!(problems[1].object.as_deref(), Some("Service x/b"));
+        assert!(matches!(&problems[1].reason, ProblemReason::Schema { kind, .. } if kind == "Service"));
+        assert_eq!(problems[2].reason, ProblemReason::NoKind);
+        assert!(
+            problems[1]
+                .to_string()
+                .starts_with("mixed.yaml:8: Service x/b: does not match the Service schema")
+        );
+    }
+
+    #[test]
+    fn kubectl_lists_and_typed_api_lists() {
+        let kubectl = r#"
+apiVersion: v1
+items:
+- apiVersion: v1
+  kind: Service
+  metadata: {name: a, namespace: default}
+  spec: {clusterIP: 10.96.0.1, ports: [{port: 80}]}
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata: {name: a-x, namespace: default, labels: {kubernetes.io/service-name: a}}
+  addressType: IPv4
+  endpoints: [{addresses: [10.0.0.1]}]
+- apiVersion: apps/v1
+  kind: Deployment
+  metadata: {name: a}
+- apiVersion: v1
+  kind: Service
+  metadata: {name: broken}
+  spec: {ports: "no"}
+kind: List
+metadata:
+  resourceVersion: ""
+"#;
+        let parsed = parse_documents_detailed(kubectl, "list.yaml");
+        assert_eq!(
+            keys(&parsed.objects),
+            ["Service default/a", "EndpointSlice default/a-x"]
+        );
+        assert_eq!(parsed.skipped.get("apps/v1/Deployment"), Some(&1));
+        assert_eq!(parsed.problems.len(), 1);
+        assert!(matches!(
+            parsed.problems[0].reason,
+            ProblemReason::ListItem { index: 3, .. }
+        ));
+
+        // The API's own list format: items without apiVersion/kind.
+        let typed = r#"
+apiVersion: v1
+kind: PodList
+items:
+- metadata: {name: p1, namespace: ns}
+  spec: {containers: [{name: c}]}
+- metadata: {name: p2, namespace: ns}
+metadata: {resourceVersion: "12"}
+"#;
+        let (objects, problems) = parse_documents(typed, "pods.yaml");
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(keys(&objects), ["Pod ns/p1", "Pod ns/p2"]);
+        assert!(objects.iter().all(|o| o.kind() == Kind::Pod));
+    }
+
+    #[test]
+    fn json_objects_streams_and_arrays() {
+        let one = r#"{"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a"}}"#;
+        let (objects, problems) = parse_documents(one, "node.json");
+        assert!(problems.is_empty());
+        assert_eq!(keys(&objects), ["Node node-a"]);
+
+        let stream = format!("\n\t{one}\n{one}\n[{one}, {one}]");
+        assert_eq!(parse_documents(&stream, "nodes.json").0.len(), 4);
+
+        let (objects, problems) = parse_documents("{\"apiVersion\": ", "bad.json");
+        assert!(objects.is_empty());
+        assert!(matches!(problems[0].reason, ProblemReason::Syntax(_)));
+    }
+
+    #[test]
+    fn network_policies_and_endpoints_are_kept() {
+        let text = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny-all, namespace: shop}
+spec:
+  podSelector: {}
+  policyTypes: [Ingress]
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {name: ext, namespace: shop}
+subsets:
+- addresses: [{ip: 192.168.1.1}]
+  ports: [{port: 80}]
+"#;
+        let (objects, problems) = parse_documents(text, "p.yaml");
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(
+            keys(&objects),
+            ["NetworkPolicy shop/deny-all", "Endpoints shop/ext"]
+        );
+    }
+
+    #[test]
+    fn empty_and_comment_only_files_are_fine() {
+        for text in ["", "\n", "# nothing\n", "---\n---\n", "---"] {
+            let parsed = parse_documents_detailed(text, "empty.yaml");
+            assert_eq!(parsed, Parsed::default(), "{text:?}");
+        }
+    }
 }

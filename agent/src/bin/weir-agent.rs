@@ -48,7 +48,11 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     match Cli::parse().command {
-        Command::Run { node, bpffs_root, cni_socket } => run(&node, PinLayout::new(bpffs_root), &cni_socket),
+        Command::Run {
+            node,
+            bpffs_root,
+            cni_socket,
+        } => run(&node, PinLayout::new(bpffs_root), &cni_socket),
     }
 }
 

@@ -101,10 +101,21 @@ fn print_table(rows: &[serde_json::Value]) {
     let cell = |v: &serde_json::Value| v.as_str().map_or_else(|| v.to_string(), str::to_owned);
     let widths: Vec<usize> = cols
         .iter()
-        .map(|c| rows.iter().map(|r| cell(&r[c.as_str()]).len()).chain([c.len()]).max().unwrap_or(0))
+        .map(|c| {
+            rows.iter()
+                .map(|r| cell(&r[c.as_str()]).len())
+                .chain([c.len()])
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let line = |cells: Vec<String>| {
-        cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect::<Vec<_>>().join("  ")
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
     };
     println!("{}", line(cols.iter().map(|c| c.to_uppercase()).collect()));
     for r in rows {

@@ -61,8 +61,14 @@ impl Datapath {
                 .take_link(id)
                 .map_err(attach_err)?
                 .try_into()
-                .map_err(|source| DatapathError::Link { path: path.clone(), source })?;
-            link.pin(&path).map_err(|source| DatapathError::Pin { path: path.clone(), source })?;
+                .map_err(|source| DatapathError::Link {
+                    path: path.clone(),
+                    source,
+                })?;
+            link.pin(&path).map_err(|source| DatapathError::Pin {
+                path: path.clone(),
+                source,
+            })?;
         }
         Ok(())
     }
@@ -110,24 +116,45 @@ impl Datapath {
                 count.stale.push(ifindex);
             }
         }
-        info!(adopted = count.adopted, stale = count.stale.len(), "adopted pinned links");
+        info!(
+            adopted = count.adopted,
+            stale = count.stale.len(),
+            "adopted pinned links"
+        );
         Ok(count)
     }
 
     /// Swaps this agent's program into the link pinned at `path`; `Ok(false)` when
     /// nothing is pinned there. The pin stays: it is what keeps the link alive.
-    fn swap_into_pinned(&mut self, name: &'static str, path: &std::path::Path) -> Result<bool, DatapathError> {
+    fn swap_into_pinned(
+        &mut self,
+        name: &'static str,
+        path: &std::path::Path,
+    ) -> Result<bool, DatapathError> {
         let pinned = match PinnedLink::from_pin(path) {
             Ok(pinned) => pinned,
             Err(LinkError::SyscallError(e)) if e.io_error.kind() == ErrorKind::NotFound => return Ok(false),
-            Err(source) => return Err(DatapathError::Link { path: path.to_owned(), source }),
+            Err(source) => {
+                return Err(DatapathError::Link {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
         };
-        let link = SchedClassifierLink::try_from(FdLink::from(pinned))
-            .map_err(|source| DatapathError::Link { path: path.to_owned(), source })?;
+        let link =
+            SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(|source| DatapathError::Link {
+                path: path.to_owned(),
+                source,
+            })?;
         let prog = classifier(&mut self.ebpf, name)?;
-        let id = prog.attach_to_link(link).map_err(|source| DatapathError::Program { name, source })?;
+        let id = prog
+            .attach_to_link(link)
+            .map_err(|source| DatapathError::Program { name, source })?;
         // Our fd on the link closes here; the pin keeps it attached.
-        drop(prog.take_link(id).map_err(|source| DatapathError::Program { name, source })?);
+        drop(
+            prog.take_link(id)
+                .map_err(|source| DatapathError::Program { name, source })?,
+        );
         Ok(true)
     }
 }

@@ -34,7 +34,11 @@ impl Datapath {
                 .map_err(|source| DatapathError::Program { name, source })?;
         }
         let endpoints = take_map(&mut ebpf, maps::ENDPOINTS.name)?;
-        Ok(Self { ebpf, pins, endpoints })
+        Ok(Self {
+            ebpf,
+            pins,
+            endpoints,
+        })
     }
 
     pub fn pins(&self) -> &PinLayout {

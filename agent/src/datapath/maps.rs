@@ -47,10 +47,17 @@ pub fn check_pin(pins: &PinLayout, spec: &MapSpec) -> Result<bool, DatapathError
     if !path.exists() {
         return Ok(false);
     }
-    let info = MapInfo::from_pin(&path).map_err(|source| DatapathError::Map { name: spec.name, source })?;
+    let info = MapInfo::from_pin(&path).map_err(|source| DatapathError::Map {
+        name: spec.name,
+        source,
+    })?;
     let found = (info.key_size(), info.value_size(), info.max_entries());
     if found != spec.tuple() {
-        return Err(DatapathError::IncompatiblePin { path, found, expected: spec.tuple() });
+        return Err(DatapathError::IncompatiblePin {
+            path,
+            found,
+            expected: spec.tuple(),
+        });
     }
     Ok(true)
 }
@@ -60,7 +67,10 @@ pub fn open_pinned<T>(pins: &PinLayout, spec: &MapSpec) -> Result<T, DatapathErr
 where
     T: TryFrom<Map, Error = aya::maps::MapError>,
 {
-    let err = |source| DatapathError::Map { name: spec.name, source };
+    let err = |source| DatapathError::Map {
+        name: spec.name,
+        source,
+    };
     if !check_pin(pins, spec)? {
         return Err(DatapathError::Fs {
             path: pins.map(spec.name),
@@ -78,9 +88,10 @@ where
 pub fn sum_metrics(metrics: &Metrics) -> Result<Vec<(u32, MetricValue)>, DatapathError> {
     let mut out = Vec::new();
     for slot in 0..METRICS.max_entries {
-        let per_cpu = metrics
-            .get(&slot, 0)
-            .map_err(|source| DatapathError::Map { name: METRICS.name, source })?;
+        let per_cpu = metrics.get(&slot, 0).map_err(|source| DatapathError::Map {
+            name: METRICS.name,
+            source,
+        })?;
         let total = per_cpu.iter().fold(MetricValue::default(), |acc, v| MetricValue {
             packets: acc.packets + v.packets,
             bytes: acc.bytes + v.bytes,

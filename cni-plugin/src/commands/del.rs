@@ -29,8 +29,10 @@ pub fn run(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), Error> {
             eprintln!("weir-cni: DEL {}/{}: {e}", me.container_id, me.ifname);
         }
     }
-    let links = Netlink::current()
-        .map_err(Error::from)
-        .and_then(|node| node.delete_link(&naming::host_veth(&me)).map(|_| ()).map_err(Error::from));
+    let links = Netlink::current().map_err(Error::from).and_then(|node| {
+        node.delete_link(&naming::host_veth(&me))
+            .map(|_| ())
+            .map_err(Error::from)
+    });
     released.and(links)
 }

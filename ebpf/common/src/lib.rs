@@ -101,10 +101,18 @@ impl EndpointKey {
         a[1] = addr[1];
         a[2] = addr[2];
         a[3] = addr[3];
-        Self { addr: a, family: AF_INET, _pad: [0; 3] }
+        Self {
+            addr: a,
+            family: AF_INET,
+            _pad: [0; 3],
+        }
     }
     pub const fn v6(addr: [u8; 16]) -> Self {
-        Self { addr, family: AF_INET6, _pad: [0; 3] }
+        Self {
+            addr,
+            family: AF_INET6,
+            _pad: [0; 3],
+        }
     }
 }
 
@@ -187,7 +195,7 @@ pub const SVC_F_MAGLEV: u32 = 1 << 5;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Backend {
     pub addr: [u8; 16], /* BE */
-    pub port: u16, /* BE */
+    pub port: u16,      /* BE */
     pub proto: u8,
     pub family: u8,
     /// `BACKEND_*`.
@@ -206,7 +214,7 @@ pub const BACKEND_TERMINATING: u8 = 1;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct RevNat {
     pub addr: [u8; 16], /* BE */
-    pub port: u16, /* BE */
+    pub port: u16,      /* BE */
     pub family: u8,
     pub _pad: u8,
 }

@@ -39,7 +39,11 @@ fn main() -> anyhow::Result<()> {
         signals.thread_block().context("blocking SIGINT/SIGTERM")?;
     }
     let mut node = Node::new("10.244.1.0/24");
-    println!("== node {} (pod CIDR 10.244.1.0/24), pins under {}", node.ns.name(), node.bpffs_root.display());
+    println!(
+        "== node {} (pod CIDR 10.244.1.0/24), pins under {}",
+        node.ns.name(),
+        node.bpffs_root.display()
+    );
     let agent = node.start_agent();
     println!("== weir-agent running, CNI socket {}", agent.socket.display());
 
@@ -47,11 +51,19 @@ fn main() -> anyhow::Result<()> {
     println!("\n== pods wired by weir-cni");
     for pod in &pods {
         let host_if = pod.result["interfaces"][0]["name"].as_str().unwrap_or("?");
-        println!("  pod {:<2} netns {:<12} ip {:<12} host veth {}", pod.spec.name, pod.ns.name(), pod.ipv4(), host_if);
+        println!(
+            "  pod {:<2} netns {:<12} ip {:<12} host veth {}",
+            pod.spec.name,
+            pod.ns.name(),
+            pod.ipv4(),
+            host_if
+        );
     }
 
-    let servers: Vec<EchoServer> =
-        pods.iter().map(|p| EchoServer::start(&p.ns, SocketAddr::new(p.ipv4(), 8080))).collect();
+    let servers: Vec<EchoServer> = pods
+        .iter()
+        .map(|p| EchoServer::start(&p.ns, SocketAddr::new(p.ipv4(), 8080)))
+        .collect();
     println!("\n== pod-to-pod traffic (TCP and UDP echo on :8080)");
     let mut failures = 0;
     for from in &pods {
@@ -86,8 +98,13 @@ fn main() -> anyhow::Result<()> {
     }
 
     if keep {
-        println!("\nLab is up. Try:\n  ip netns exec {} ping {}\n  {} --bpffs-root {} metrics\nCtrl-C tears it down.",
-            pods[0].ns.name(), pods[1].ipv4(), bins::path("weirctl").display(), node.bpffs_root.display());
+        println!(
+            "\nLab is up. Try:\n  ip netns exec {} ping {}\n  {} --bpffs-root {} metrics\nCtrl-C tears it down.",
+            pods[0].ns.name(),
+            pods[1].ipv4(),
+            bins::path("weirctl").display(),
+            node.bpffs_root.display()
+        );
         signals.wait().context("waiting for Ctrl-C")?;
     }
     ensure!(failures == 0, "{failures} probes failed");

@@ -442,11 +442,12 @@ fn frontends(
         ));
     }
     let mut external = Vec::new();
-    if valid.service_type != ServiceType::ClusterIp {
-        if let Some(node_port) = port.node_port {
-            for ip in node.node_ips.iter().filter(in_family) {
-                external.push((FrontendKind::NodePort, *ip, node_port, SVC_F_NODEPORT));
-            }
+    // Only NodePort and LoadBalancer Services open node ports.
+    if valid.service_type != ServiceType::ClusterIp
+        && let Some(node_port) = port.node_port
+    {
+        for ip in node.node_ips.iter().filter(in_family) {
+            external.push((FrontendKind::NodePort, *ip, node_port, SVC_F_NODEPORT));
         }
     }
     for ip in valid.external_ips.iter().filter(in_family) {

@@ -1161,11 +1161,11 @@ fn ids_stay_stable_across_recompiles_and_are_reused_lowest_first() {
     let web = key("10.96.100.1:80/TCP", SCOPE_EXTERNAL);
     assert_eq!(grown.services[&web].rev_nat_id, first.services[&web].rev_nat_id);
     assert_eq!(grown.slot_backends(&web), first.slot_backends(&web));
-    assert_eq!(ids.len(), (4, 9));
+    assert_eq!(ids.in_use(), (4, 9));
 
     // Removing `web` releases its ids; the next new entries reuse the lowest.
     let (shrunk, _) = compile_with(KUBE_DNS, &node, &mut ids);
-    assert_eq!(ids.len(), (3, 6));
+    assert_eq!(ids.in_use(), (3, 6));
     let web_rev_nat = first.services[&web].rev_nat_id;
     let lonely = "apiVersion: v1\nkind: Service\nmetadata: {name: new, namespace: z}\nspec:\n  clusterIP: 10.96.5.5\n  ports: [{port: 1}]\n";
     let (reused, _) = compile_with(&format!("{KUBE_DNS}\n---\n{lonely}"), &node, &mut ids);
