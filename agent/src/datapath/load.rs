@@ -6,14 +6,20 @@ use weir_common::programs::{FROM_POD, TO_POD};
 
 use super::{
     DatapathError, PinLayout,
-    maps::{self, Endpoints},
+    maps::{self, Affinity, Backends, Conntrack, Endpoints, RevNats, Services},
     object::OBJECT,
 };
 
+/// The loaded programs and a typed handle on every map the agent writes.
 pub struct Datapath {
     pub(super) ebpf: Ebpf,
     pub(super) pins: PinLayout,
     pub endpoints: Endpoints,
+    pub services: Services,
+    pub backends: Backends,
+    pub revnat: RevNats,
+    pub affinity: Affinity,
+    pub conntrack: Conntrack,
 }
 
 impl Datapath {
@@ -33,11 +39,15 @@ impl Datapath {
                 .load()
                 .map_err(|source| DatapathError::Program { name, source })?;
         }
-        let endpoints = take_map(&mut ebpf, maps::ENDPOINTS.name)?;
         Ok(Self {
+            endpoints: take_map(&mut ebpf, maps::ENDPOINTS.name)?,
+            services: take_map(&mut ebpf, maps::SERVICES.name)?,
+            backends: take_map(&mut ebpf, maps::BACKENDS.name)?,
+            revnat: take_map(&mut ebpf, maps::REVNAT.name)?,
+            affinity: take_map(&mut ebpf, maps::AFFINITY.name)?,
+            conntrack: take_map(&mut ebpf, maps::CONNTRACK.name)?,
             ebpf,
             pins,
-            endpoints,
         })
     }
 

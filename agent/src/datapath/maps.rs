@@ -1,7 +1,10 @@
 //! Typed handles on Weir's maps, and what each must look like in the kernel.
 
 use aya::maps::{HashMap, Map, MapData, MapInfo, PerCpuArray};
-use weir_common::{EndpointInfo, EndpointKey, MetricValue, maps as names};
+use weir_common::{
+    AffinityKey, AffinityValue, Backend, CtKey, CtValue, EndpointInfo, EndpointKey, MetricValue, RevNat,
+    ServiceKey, ServiceValue, maps as names,
+};
 
 use super::{DatapathError, PinLayout};
 
@@ -34,11 +37,26 @@ pub const METRICS: MapSpec = MapSpec::of::<u32, MetricValue>(names::METRICS, nam
 pub const ENDPOINTS: MapSpec =
     MapSpec::of::<EndpointKey, EndpointInfo>(names::ENDPOINTS, names::ENDPOINTS_ENTRIES);
 
+pub const SERVICES: MapSpec =
+    MapSpec::of::<ServiceKey, ServiceValue>(names::SERVICES, names::SERVICES_ENTRIES);
+pub const BACKENDS: MapSpec = MapSpec::of::<u32, Backend>(names::BACKENDS, names::BACKENDS_ENTRIES);
+pub const REVNAT: MapSpec = MapSpec::of::<u32, RevNat>(names::REVNAT, names::REVNAT_ENTRIES);
+pub const AFFINITY: MapSpec =
+    MapSpec::of::<AffinityKey, AffinityValue>(names::AFFINITY, names::AFFINITY_ENTRIES);
+pub const CONNTRACK: MapSpec = MapSpec::of::<CtKey, CtValue>(names::CONNTRACK, names::CONNTRACK_ENTRIES);
+
 /// Every map of the object.
-pub const ALL: &[MapSpec] = &[METRICS, ENDPOINTS];
+pub const ALL: &[MapSpec] = &[METRICS, ENDPOINTS, SERVICES, BACKENDS, REVNAT, AFFINITY, CONNTRACK];
 
 pub type Endpoints = HashMap<MapData, EndpointKey, EndpointInfo>;
 pub type Metrics = PerCpuArray<MapData, MetricValue>;
+pub type Services = HashMap<MapData, ServiceKey, ServiceValue>;
+pub type Backends = HashMap<MapData, u32, Backend>;
+pub type RevNats = HashMap<MapData, u32, RevNat>;
+/// An LRU hash in the kernel; aya's `HashMap` handles both kinds.
+pub type Affinity = HashMap<MapData, AffinityKey, AffinityValue>;
+/// An LRU hash in the kernel.
+pub type Conntrack = HashMap<MapData, CtKey, CtValue>;
 
 /// Fails if a map is pinned at the spec's path with another shape; `Ok(false)`
 /// when nothing is pinned there yet.

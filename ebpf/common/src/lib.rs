@@ -18,12 +18,16 @@ pub mod maps {
     /// Reverse-NAT id -> the frontend replies must appear to come from ([`crate::RevNat`]).
     pub const REVNAT: &str = "weir_revnat_v1";
     /// Session affinity: (client, service) -> backend ([`crate::AffinityKey`] -> [`crate::AffinityValue`]).
-    pub const AFFINITY: &str = "weir_affinity_v1";
+    pub const AFFINITY: &str = "weir_affin_v1";
+    /// Connection tracking of translated flows ([`crate::CtKey`] -> [`crate::CtValue`]).
+    /// Its name never changes across releases: flows must survive upgrades.
+    pub const CONNTRACK: &str = "weir_ct";
 
     pub const SERVICES_ENTRIES: u32 = 262_144;
     pub const BACKENDS_ENTRIES: u32 = 262_144;
     pub const REVNAT_ENTRIES: u32 = 65_536;
     pub const AFFINITY_ENTRIES: u32 = 262_144;
+    pub const CONNTRACK_ENTRIES: u32 = 524_288;
 
     /// Entries of [`METRICS`]: one slot per (direction, reason).
     pub const METRICS_ENTRIES: u32 = 2 * 256;
@@ -53,6 +57,13 @@ pub enum Dir {
 pub enum Reason {
     Forwarded = 0,
     Malformed = 1,
+    /// The service has no usable endpoint: the client gets ICMP port unreachable
+    /// (TCP: connection refused), never silence.
+    NoBackend = 2,
+    /// A slot points at a backend id that is not in the backends map (a sync race).
+    BackendMissing = 3,
+    CtFull = 4,
+    RewriteFailed = 5,
 }
 
 impl Reason {
@@ -60,6 +71,10 @@ impl Reason {
         match code {
             0 => "forwarded",
             1 => "malformed packet",
+            2 => "service without endpoints (rejected)",
+            3 => "backend missing from the backends map",
+            4 => "conntrack map full",
+            5 => "packet rewrite failed",
             _ => "unknown",
         }
     }
@@ -242,10 +257,77 @@ pub struct AffinityValue {
 }
 const _: () = assert!(core::mem::size_of::<AffinityValue>() == 16);
 
+/// Direction of a conntrack entry's tuple.
+pub const CT_OUT: u8 = 0;
+/// The reply direction (backend -> client, as the backend sends it).
+pub const CT_IN: u8 = 1;
+
+/// Key of [`maps::CONNTRACK`]: a flow's tuple as it appears on the wire at the
+/// point of lookup (before translation for [`CT_OUT`], as sent by the backend for
+/// [`CT_IN`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtKey {
+    pub saddr: [u8; 16], /* BE */
+    pub daddr: [u8; 16], /* BE */
+    pub sport: u16, /* BE */
+    pub dport: u16, /* BE */
+    pub proto: u8,
+    pub family: u8,
+    /// [`CT_OUT`] or [`CT_IN`].
+    pub dir: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<CtKey>() == 40);
+
+/// Value of [`maps::CONNTRACK`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtValue {
+    /// OUT: the backend (new destination). IN: the frontend (new source).
+    pub nat_addr: [u8; 16], /* BE */
+    /// Hairpin only: OUT: the new source ([`HAIRPIN_V4`]); IN: the client (new destination).
+    pub nat2_addr: [u8; 16], /* BE */
+    /// OUT: the backend port. IN: the frontend port.
+    pub nat_port: u16, /* BE */
+    pub rev_nat_id: u16,
+    /// `CT_F_*`.
+    pub flags: u8,
+    pub _pad: [u8; 3],
+    pub backend_id: u32,
+    pub _pad2: u32,
+    /// `bpf_ktime_get_ns()` after which the entry is dead (the agent's GC removes it).
+    pub expires_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<CtValue>() == 56);
+
+/// The client is its own backend: the source is rewritten to [`HAIRPIN_V4`] so the
+/// reply leaves the pod instead of being delivered locally.
+pub const CT_F_HAIRPIN: u8 = 1 << 0;
+/// A FIN or RST was seen: the entry gets the short closing lifetime.
+pub const CT_F_CLOSING: u8 = 1 << 1;
+/// The entry is for a UDP (or other connectionless) flow.
+pub const CT_F_DATAGRAM: u8 = 1 << 2;
+
+/// Source address of hairpinned service traffic (link-local, like Cilium's
+/// `169.254.42.1`): the pod answers it through its default route, back to us.
+pub const HAIRPIN_V4: [u8; 4] = [169, 254, 42, 1];
+
+/// Conntrack lifetimes, in seconds (as Cilium's defaults: long-lived established
+/// TCP, short after a close or for an unanswered SYN).
+pub const CT_LIFETIME_TCP_SYN: u64 = 60;
+pub const CT_LIFETIME_TCP: u64 = 21_600;
+pub const CT_LIFETIME_TCP_CLOSING: u64 = 10;
+pub const CT_LIFETIME_DATAGRAM: u64 = 60;
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
     // SAFETY: repr(C) structs of integers with explicit padding: every bit pattern is valid.
+    unsafe impl aya::Pod for CtKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for CtValue {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for ServiceKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for ServiceValue {}
@@ -257,7 +339,7 @@ mod pod {
     unsafe impl aya::Pod for AffinityKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for AffinityValue {}
-    // SAFETY: repr(C) structs of integers with explicit padding: every bit pattern is valid.
+    // SAFETY: as above.
     unsafe impl aya::Pod for MetricValue {}
     // SAFETY: as above.
     unsafe impl aya::Pod for EndpointKey {}

@@ -6,6 +6,7 @@
 #![no_main]
 
 mod endpoints;
+mod lb;
 mod metrics;
 
 use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};

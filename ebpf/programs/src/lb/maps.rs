@@ -1,0 +1,28 @@
+//! The load-balancing maps, written by the agent's syncer (services, backends,
+//! revnat) or by the datapath itself (conntrack, affinity).
+
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, LruHashMap},
+};
+use weir_common::{
+    AffinityKey, AffinityValue, Backend, CtKey, CtValue, RevNat, ServiceKey, ServiceValue, maps,
+};
+
+#[map(name = "weir_svc_v1")]
+pub static SERVICES: HashMap<ServiceKey, ServiceValue> =
+    HashMap::with_max_entries(maps::SERVICES_ENTRIES, 0);
+
+#[map(name = "weir_backend_v1")]
+pub static BACKENDS: HashMap<u32, Backend> = HashMap::with_max_entries(maps::BACKENDS_ENTRIES, 0);
+
+#[map(name = "weir_revnat_v1")]
+pub static REVNAT: HashMap<u32, RevNat> = HashMap::with_max_entries(maps::REVNAT_ENTRIES, 0);
+
+#[map(name = "weir_affin_v1")]
+pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
+    LruHashMap::with_max_entries(maps::AFFINITY_ENTRIES, 0);
+
+#[map(name = "weir_ct")]
+pub static CONNTRACK: LruHashMap<CtKey, CtValue> =
+    LruHashMap::with_max_entries(maps::CONNTRACK_ENTRIES, 0);

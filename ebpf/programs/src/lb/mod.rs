@@ -1,0 +1,3 @@
+//! Service load balancing: frontend lookup, backend selection, conntrack, NAT.
+
+pub mod maps;
