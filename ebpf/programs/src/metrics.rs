@@ -6,12 +6,25 @@ use weir_common::{Dir, MetricValue, Reason, maps, metrics_index};
 #[map(name = "weir_metrics_v1")]
 static METRICS: PerCpuArray<MetricValue> = PerCpuArray::with_max_entries(maps::METRICS_ENTRIES, 0);
 
+/// A TC action and the reason it is counted under: a rejection is answered (a
+/// redirect), yet counted as what it is.
+pub struct Action {
+    pub tc: i32,
+    pub reason: Reason,
+}
+
+impl Action {
+    pub const fn forward(tc: i32) -> Self {
+        Self { tc, reason: Reason::Forwarded }
+    }
+}
+
 /// Counts the packet under its reason and turns the result into a TC verdict:
-/// `Ok(v)` passes `v` through, `Err(reason)` drops.
+/// `Ok(action)` returns its action, `Err(reason)` drops.
 #[inline(always)]
-pub fn verdict(ctx: &TcContext, dir: Dir, result: Result<i32, Reason>) -> i32 {
+pub fn verdict(ctx: &TcContext, dir: Dir, result: Result<Action, Reason>) -> i32 {
     let (reason, action) = match result {
-        Ok(action) => (Reason::Forwarded, action),
+        Ok(Action { tc, reason }) => (reason, tc),
         Err(reason) => (reason, TC_ACT_SHOT),
     };
     if let Some(slot) = METRICS.get_ptr_mut(metrics_index(dir, reason)) {

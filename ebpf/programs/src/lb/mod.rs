@@ -1,3 +1,126 @@
-//! Service load balancing: frontend lookup, backend selection, conntrack, NAT.
+//! Service load balancing for traffic that pods send, at TC ingress of their host
+//! veth: replies of translated flows are reverse-translated, known flows keep their
+//! backend, and a new flow to a frontend gets one (or is rejected when there is
+//! none). Everything else passes untouched.
 
+mod ct;
 pub mod maps;
+mod nat;
+mod reject;
+mod select;
+
+use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
+use weir_common::{
+    AF_INET, CT_F_HAIRPIN, CT_IN, CT_OUT, CtValue, HAIRPIN_V4, Reason, SCOPE_EXTERNAL, ServiceKey,
+};
+
+use self::maps::{BACKENDS, CONNTRACK, SERVICES};
+use crate::{
+    metrics::Action,
+    packet::{Flow4, addr4, addr16},
+};
+
+const NS: u64 = 1_000_000_000;
+
+/// What the load balancer did to a packet.
+pub enum Verdict {
+    /// Possibly rewritten; continue (the caller delivers it).
+    Pass(Flow4),
+    /// Already answered (a rejection): return this action.
+    Done(Action),
+}
+
+#[inline(always)]
+pub fn from_pod(ctx: &TcContext, mut flow: Flow4) -> Result<Verdict, Reason> {
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+
+    // 1. A packet of a flow we translated: the same backend as before, even if the
+    //    service's endpoints have changed since.
+    if let Some(entry) = ct::lookup(&ct::out_key(&flow), now) {
+        ct::refresh(entry, &flow, now);
+        // SAFETY: valid for this run.
+        let e = unsafe { *entry };
+        if e.flags & CT_F_HAIRPIN != 0 {
+            let sport = flow.sport;
+            nat::snat(ctx, &mut flow, HAIRPIN_V4, sport)?;
+        }
+        nat::dnat(ctx, &mut flow, addr4(&e.nat_addr), e.nat_port)?;
+        return Ok(Verdict::Pass(flow));
+    }
+
+    // 2. A backend answering a translated flow: make it come from the frontend.
+    // SAFETY: valid for this run.
+    if let Some(reply) = unsafe { CONNTRACK.get(&ct::in_key(&flow)) } {
+        let reply = *reply;
+        let hairpin = reply.flags & CT_F_HAIRPIN != 0;
+        let client = if hairpin { addr4(&reply.nat2_addr) } else { flow.daddr };
+        let out = ct::key(client, addr4(&reply.nat_addr), flow.dport, reply.nat_port, flow.proto, CT_OUT);
+        if let Some(entry) = ct::lookup(&out, now) {
+            ct::refresh(entry, &flow, now);
+            nat::snat(ctx, &mut flow, addr4(&reply.nat_addr), reply.nat_port)?;
+            if hairpin {
+                let dport = flow.dport;
+                nat::dnat(ctx, &mut flow, client, dport)?;
+            }
+            return Ok(Verdict::Pass(flow));
+        }
+    }
+
+    // 3. A new flow: is its destination a frontend?
+    let key = ServiceKey {
+        addr: addr16(flow.daddr),
+        port: flow.dport,
+        slot: 0,
+        proto: flow.proto,
+        family: AF_INET,
+        scope: SCOPE_EXTERNAL,
+        _pad: 0,
+    };
+    // SAFETY: valid for this run.
+    let Some(svc) = (unsafe { SERVICES.get(&key) }) else {
+        return Ok(Verdict::Pass(flow));
+    };
+    let svc = *svc;
+    if svc.count == 0 {
+        let tc = reject::port_unreachable(ctx, &flow)?;
+        return Ok(Verdict::Done(Action { tc, reason: Reason::NoBackend }));
+    }
+    let backend_id = select::backend(flow.saddr, &key, &svc)?;
+    // SAFETY: valid for this run.
+    let backend = *unsafe { BACKENDS.get(&backend_id) }.ok_or(Reason::BackendMissing)?;
+
+    // A pod reaching itself through its service: without a new source the reply
+    // would never leave the pod.
+    let hairpin = addr4(&backend.addr) == flow.saddr;
+    let flags = ct::new_flags(&flow) | if hairpin { CT_F_HAIRPIN } else { 0 };
+    let reply_to = if hairpin { HAIRPIN_V4 } else { flow.saddr };
+    let out = CtValue {
+        nat_addr: backend.addr,
+        nat2_addr: if hairpin { addr16(HAIRPIN_V4) } else { [0; 16] },
+        nat_port: backend.port,
+        rev_nat_id: svc.rev_nat_id,
+        flags,
+        backend_id,
+        expires_ns: now + ct::lifetime(&flow, flags) * NS,
+        ..CtValue::default()
+    };
+    let back = CtValue {
+        nat_addr: key.addr,
+        nat2_addr: if hairpin { addr16(flow.saddr) } else { [0; 16] },
+        nat_port: flow.dport,
+        expires_ns: 0,
+        ..out
+    };
+    let back_key = ct::key(addr4(&backend.addr), reply_to, backend.port, flow.sport, flow.proto, CT_IN);
+    // The reply entry first: once the forward entry exists, packets are translated
+    // and their replies must find it.
+    CONNTRACK.insert(&back_key, &back, 0).map_err(|_| Reason::CtFull)?;
+    CONNTRACK.insert(&ct::out_key(&flow), &out, 0).map_err(|_| Reason::CtFull)?;
+    if hairpin {
+        let sport = flow.sport;
+        nat::snat(ctx, &mut flow, HAIRPIN_V4, sport)?;
+    }
+    nat::dnat(ctx, &mut flow, addr4(&backend.addr), backend.port)?;
+    Ok(Verdict::Pass(flow))
+}
