@@ -10,7 +10,8 @@
 
 /// Cilium's default table size: a prime well above 100 x the backends of a large
 /// service, which keeps each backend's share within about 1% of M/N.
-pub const DEFAULT_TABLE_SIZE: usize = 16381;
+/// The size the datapath indexes with (its tables are fixed-size map values).
+pub const DEFAULT_TABLE_SIZE: usize = weir_common::MAGLEV_TABLE_SIZE;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum MaglevError {

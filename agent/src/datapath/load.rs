@@ -6,7 +6,7 @@ use weir_common::programs::{FROM_POD, TO_POD};
 
 use super::{
     DatapathError, PinLayout,
-    maps::{self, Affinity, Backends, Conntrack, Endpoints, RevNats, Services},
+    maps::{self, Affinity, Backends, Conntrack, Endpoints, Maglev, RevNats, Services},
     object::OBJECT,
 };
 
@@ -20,6 +20,7 @@ pub struct Datapath {
     pub revnat: RevNats,
     pub affinity: Affinity,
     pub conntrack: Conntrack,
+    pub maglev: Maglev,
 }
 
 impl Datapath {
@@ -46,6 +47,7 @@ impl Datapath {
             revnat: take_map(&mut ebpf, maps::REVNAT.name)?,
             affinity: take_map(&mut ebpf, maps::AFFINITY.name)?,
             conntrack: take_map(&mut ebpf, maps::CONNTRACK.name)?,
+            maglev: take_map(&mut ebpf, maps::MAGLEV.name)?,
             ebpf,
             pins,
         })

@@ -2,7 +2,7 @@
 
 use aya::maps::{HashMap, Map, MapData, MapInfo, PerCpuArray};
 use weir_common::{
-    AffinityKey, AffinityValue, Backend, CtKey, CtValue, EndpointInfo, EndpointKey, MetricValue, RevNat,
+    AffinityKey, AffinityValue, Backend, CtKey, CtValue, EndpointInfo, EndpointKey, MaglevTable, MetricValue, RevNat,
     ServiceKey, ServiceValue, maps as names,
 };
 
@@ -44,9 +44,10 @@ pub const REVNAT: MapSpec = MapSpec::of::<u32, RevNat>(names::REVNAT, names::REV
 pub const AFFINITY: MapSpec =
     MapSpec::of::<AffinityKey, AffinityValue>(names::AFFINITY, names::AFFINITY_ENTRIES);
 pub const CONNTRACK: MapSpec = MapSpec::of::<CtKey, CtValue>(names::CONNTRACK, names::CONNTRACK_ENTRIES);
+pub const MAGLEV: MapSpec = MapSpec::of::<u32, MaglevTable>(names::MAGLEV, names::MAGLEV_ENTRIES);
 
 /// Every map of the object.
-pub const ALL: &[MapSpec] = &[METRICS, ENDPOINTS, SERVICES, BACKENDS, REVNAT, AFFINITY, CONNTRACK];
+pub const ALL: &[MapSpec] = &[METRICS, ENDPOINTS, SERVICES, BACKENDS, REVNAT, AFFINITY, CONNTRACK, MAGLEV];
 
 pub type Endpoints = HashMap<MapData, EndpointKey, EndpointInfo>;
 pub type Metrics = PerCpuArray<MapData, MetricValue>;
@@ -57,6 +58,7 @@ pub type RevNats = HashMap<MapData, u32, RevNat>;
 pub type Affinity = HashMap<MapData, AffinityKey, AffinityValue>;
 /// An LRU hash in the kernel.
 pub type Conntrack = HashMap<MapData, CtKey, CtValue>;
+pub type Maglev = HashMap<MapData, u32, MaglevTable>;
 
 /// Fails if a map is pinned at the spec's path with another shape; `Ok(false)`
 /// when nothing is pinned there yet.

@@ -22,12 +22,16 @@ pub mod maps {
     /// Connection tracking of translated flows ([`crate::CtKey`] -> [`crate::CtValue`]).
     /// Its name never changes across releases: flows must survive upgrades.
     pub const CONNTRACK: &str = "weir_ct";
+    /// Maglev lookup tables: rev-NAT id -> [`crate::MaglevTable`].
+    pub const MAGLEV: &str = "weir_maglev_v1";
 
     pub const SERVICES_ENTRIES: u32 = 262_144;
     pub const BACKENDS_ENTRIES: u32 = 262_144;
     pub const REVNAT_ENTRIES: u32 = 65_536;
     pub const AFFINITY_ENTRIES: u32 = 262_144;
     pub const CONNTRACK_ENTRIES: u32 = 524_288;
+    /// Frontends using Maglev (each table is 64 KiB; the map is not preallocated).
+    pub const MAGLEV_ENTRIES: u32 = 4_096;
 
     /// Entries of [`METRICS`]: one slot per (direction, reason).
     pub const METRICS_ENTRIES: u32 = 2 * 256;
@@ -235,6 +239,15 @@ pub struct RevNat {
 }
 const _: () = assert!(core::mem::size_of::<RevNat>() == 20);
 
+/// Entries of a Maglev table: prime, as the algorithm needs; Cilium's default.
+pub const MAGLEV_TABLE_SIZE: usize = 16_381;
+
+/// Value of [`maps::MAGLEV`]: backend ids, indexed by flow hash % size.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct MaglevTable(pub [u32; MAGLEV_TABLE_SIZE]);
+const _: () = assert!(core::mem::size_of::<MaglevTable>() == 4 * MAGLEV_TABLE_SIZE);
+
 /// Key of [`maps::AFFINITY`] (an LRU map).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -327,6 +340,8 @@ mod pod {
     unsafe impl aya::Pod for CtKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for CtValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for MaglevTable {}
     // SAFETY: as above.
     unsafe impl aya::Pod for ServiceKey {}
     // SAFETY: as above.

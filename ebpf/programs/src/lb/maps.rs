@@ -5,8 +5,9 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, LruHashMap},
 };
+use aya_ebpf::bindings::BPF_F_NO_PREALLOC;
 use weir_common::{
-    AffinityKey, AffinityValue, Backend, CtKey, CtValue, RevNat, ServiceKey, ServiceValue, maps,
+    AffinityKey, AffinityValue, Backend, CtKey, CtValue, MaglevTable, RevNat, ServiceKey, ServiceValue, maps,
 };
 
 #[map(name = "weir_svc_v1")]
@@ -26,3 +27,7 @@ pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
 #[map(name = "weir_ct")]
 pub static CONNTRACK: LruHashMap<CtKey, CtValue> =
     LruHashMap::with_max_entries(maps::CONNTRACK_ENTRIES, 0);
+
+#[map(name = "weir_maglev_v1")]
+pub static MAGLEV: HashMap<u32, MaglevTable> =
+    HashMap::with_max_entries(maps::MAGLEV_ENTRIES, BPF_F_NO_PREALLOC);

@@ -86,7 +86,7 @@ pub fn from_pod(ctx: &TcContext, mut flow: Flow4) -> Result<Verdict, Reason> {
         let tc = reject::port_unreachable(ctx, &flow)?;
         return Ok(Verdict::Done(Action { tc, reason: Reason::NoBackend }));
     }
-    let backend_id = select::backend(flow.saddr, &key, &svc)?;
+    let backend_id = select::backend(&flow, &key, &svc)?;
     // SAFETY: valid for this run.
     let backend = *unsafe { BACKENDS.get(&backend_id) }.ok_or(Reason::BackendMissing)?;
 

@@ -3,21 +3,22 @@
 
 use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
 use weir_common::{
-    AF_INET, AffinityKey, AffinityValue, BACKEND_ACTIVE, Reason, SVC_F_AFFINITY, ServiceKey, ServiceValue,
+    AF_INET, AffinityKey, AffinityValue, BACKEND_ACTIVE, MAGLEV_TABLE_SIZE, Reason, SVC_F_AFFINITY,
+    SVC_F_MAGLEV, ServiceKey, ServiceValue,
 };
 
-use super::maps::{AFFINITY, BACKENDS, SERVICES};
-use crate::packet::addr16;
+use super::maps::{AFFINITY, BACKENDS, MAGLEV, SERVICES};
+use crate::packet::{Flow4, addr16};
 
 const NS: u64 = 1_000_000_000;
 
-/// The backend id for a new flow from `client` to the service entry `svc`.
+/// The backend id for a new flow to the service entry `svc`.
 #[inline(always)]
-pub fn backend(client: [u8; 4], key: &ServiceKey, svc: &ServiceValue) -> Result<u32, Reason> {
+pub fn backend(flow: &Flow4, key: &ServiceKey, svc: &ServiceValue) -> Result<u32, Reason> {
     if svc.flags & SVC_F_AFFINITY == 0 {
-        return random_slot(key, svc.count);
+        return pick(flow, key, svc);
     }
-    let akey = AffinityKey { client: addr16(client), rev_nat_id: svc.rev_nat_id, family: AF_INET, _pad: 0 };
+    let akey = AffinityKey { client: addr16(flow.saddr), rev_nat_id: svc.rev_nat_id, family: AF_INET, _pad: 0 };
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     if let Some(entry) = AFFINITY.get_ptr_mut(&akey) {
@@ -33,10 +34,45 @@ pub fn backend(client: [u8; 4], key: &ServiceKey, svc: &ServiceValue) -> Result<
             return Ok(id);
         }
     }
-    let id = random_slot(key, svc.count)?;
+    let id = pick(flow, key, svc)?;
     // Best effort: without the entry the next flow just picks again.
     let _ = AFFINITY.insert(&akey, &AffinityValue { backend_id: id, _pad: 0, last_used_ns: now }, 0);
     Ok(id)
+}
+
+/// Maglev when the frontend asks for it (a flow's backend then depends on its
+/// tuple alone, so it survives backend changes that do not touch it), else a
+/// uniformly random slot.
+#[inline(always)]
+fn pick(flow: &Flow4, key: &ServiceKey, svc: &ServiceValue) -> Result<u32, Reason> {
+    if svc.flags & SVC_F_MAGLEV != 0 {
+        // SAFETY: map lookups return pointers valid for this run.
+        if let Some(table) = unsafe { MAGLEV.get(&u32::from(svc.rev_nat_id)) } {
+            let i = (flow_hash(flow) % MAGLEV_TABLE_SIZE as u64) as usize;
+            // The verifier does not bound `%`, and LLVM, knowing the bound, would
+            // drop the check that `get` makes: read the index back through memory
+            // so the comparison stays for the verifier to see.
+            // SAFETY: reading a live local.
+            let i = unsafe { core::ptr::read_volatile(&i) };
+            if let Some(&id) = table.0.get(i) {
+                return Ok(id);
+            }
+        }
+    }
+    random_slot(key, svc.count)
+}
+
+/// A hash of the flow's tuple that every node computes alike (the skb's own hash
+/// is seeded per boot), finished with murmur3's 64-bit mixer.
+#[inline(always)]
+fn flow_hash(flow: &Flow4) -> u64 {
+    let mut h = (u64::from(u32::from_be_bytes(flow.saddr)) << 32) | u64::from(u32::from_be_bytes(flow.daddr));
+    h ^= (u64::from(flow.sport) << 24) | (u64::from(flow.dport) << 8) | u64::from(flow.proto);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
 }
 
 #[inline(always)]
