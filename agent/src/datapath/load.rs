@@ -56,6 +56,15 @@ impl Datapath {
     pub fn pins(&self) -> &PinLayout {
         &self.pins
     }
+
+    /// A loaded pod program, for `BPF_PROG_TEST_RUN` packet tests.
+    pub fn program(&self, name: &'static str) -> Result<&SchedClassifier, DatapathError> {
+        self.ebpf
+            .program(name)
+            .ok_or(DatapathError::MissingProgram { name })?
+            .try_into()
+            .map_err(|source| DatapathError::Program { name, source })
+    }
 }
 
 pub(super) fn classifier<'a>(
