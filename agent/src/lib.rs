@@ -4,6 +4,17 @@
 //!   links under one root, attach programs to pod veths, typed map handles.
 //! - [`cni_server`]: the unix socket on which `weir-cni` registers pods, so that a
 //!   pod's datapath is in force before `ADD` returns.
+//! - [`source`]: where the cluster model comes from (`dir:PATH`; the API later).
+//! - [`sync`]: compile the model and write only the difference to the maps, in an
+//!   order that keeps the datapath consistent.
+//! - [`conntrack`]: conntrack/affinity GC and the UDP flush of removed backends.
+//! - [`service_loop`]: the threads that run the three above.
+//! - [`ctl`]: `weirctl`'s views of the maps.
 
 pub mod cni_server;
+pub mod conntrack;
+pub mod ctl;
 pub mod datapath;
+pub mod service_loop;
+pub mod source;
+pub mod sync;

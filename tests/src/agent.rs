@@ -15,6 +15,8 @@ use crate::bins;
 pub struct Agent {
     child: Child,
     pub netns: String,
+    /// `--source dir:PATH`, if the agent runs with one.
+    pub source: Option<PathBuf>,
     pub bpffs_root: PathBuf,
     pub socket: PathBuf,
     pub log: PathBuf,
@@ -23,6 +25,18 @@ pub struct Agent {
 impl Agent {
     /// Starts the agent in `netns` and waits until its CNI socket answers.
     pub fn start(netns: &str, node_name: &str, bpffs_root: PathBuf, socket: PathBuf, log: PathBuf) -> Self {
+        Self::start_with_source(netns, node_name, bpffs_root, socket, log, None)
+    }
+
+    /// Like [`Agent::start`], with `--source dir:SOURCE` when given.
+    pub fn start_with_source(
+        netns: &str,
+        node_name: &str,
+        bpffs_root: PathBuf,
+        socket: PathBuf,
+        log: PathBuf,
+        source: Option<PathBuf>,
+    ) -> Self {
         let log_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -30,14 +44,18 @@ impl Agent {
             .expect("agent log file");
         // nsenter, not `ip netns exec`: the latter remounts /sys for the namespace,
         // which hides the bpffs mounted at /sys/fs/bpf.
-        let child = Command::new("nsenter")
-            .arg(format!("--net=/var/run/netns/{netns}"))
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/var/run/netns/{netns}"))
             .arg(bins::path("weir-agent"))
             .args(["run", "--node", node_name])
             .arg("--bpffs-root")
             .arg(&bpffs_root)
             .arg("--cni-socket")
-            .arg(&socket)
+            .arg(&socket);
+        if let Some(dir) = &source {
+            cmd.arg("--source").arg(format!("dir:{}", dir.display()));
+        }
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("dup log"))
             .stderr(log_file)
@@ -46,6 +64,7 @@ impl Agent {
         let mut agent = Self {
             child,
             netns: netns.to_owned(),
+            source,
             bpffs_root,
             socket,
             log,
@@ -84,12 +103,13 @@ impl Agent {
     /// Kills the agent and starts a new one with the same settings.
     pub fn restart(&mut self, node_name: &str) {
         self.kill();
-        let fresh = Self::start(
+        let fresh = Self::start_with_source(
             &self.netns,
             node_name,
             self.bpffs_root.clone(),
             self.socket.clone(),
             self.log.clone(),
+            self.source.clone(),
         );
         *self = fresh;
     }

@@ -8,10 +8,13 @@
 pub mod agent;
 pub mod bins;
 pub mod cni;
+pub mod kube_proxy;
 pub mod netns;
 pub mod node;
+pub mod services;
 pub mod tempdir;
 pub mod traffic;
+pub mod whoami;
 
 pub use agent::Agent;
 pub use cni::{CniCall, CniOutcome};

@@ -51,16 +51,32 @@ impl Node {
     /// Starts `weir-agent` on this node and points the CNI config at its socket,
     /// so that pods added from now on are registered with it.
     pub fn start_agent(&mut self) -> Agent {
+        self.start_agent_inner(None)
+    }
+
+    /// Like [`Node::start_agent`], the agent reading Services and their endpoints
+    /// from the manifests in `dir` (`--source dir:DIR`).
+    pub fn start_agent_with_source(&mut self, dir: &Path) -> Agent {
+        self.start_agent_inner(Some(dir.to_owned()))
+    }
+
+    fn start_agent_inner(&mut self, source: Option<PathBuf>) -> Agent {
         let socket = self.state_dir.join("cni.sock");
-        let agent = Agent::start(
+        let agent = Agent::start_with_source(
             self.ns.name(),
-            self.ns.name(),
+            self.name(),
             self.bpffs_root.clone(),
             socket.clone(),
             self.state_dir.join("agent.log"),
+            source,
         );
         self.conf["agentSocket"] = json!(socket);
         agent
+    }
+
+    /// The node's name as its agent knows it (EndpointSlices' `nodeName`).
+    pub fn name(&self) -> &str {
+        self.ns.name()
     }
 
     /// A `weir-cni` call that runs on this node, for `pod`'s attachment.
@@ -131,7 +147,10 @@ impl PodSpec {
     /// `CNI_ARGS` as kubelet's runtimes pass them (the reference plugins reject
     /// unknown arguments without `IgnoreUnknown=1`).
     pub fn cni_args(&self) -> String {
-        format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={}", self.name)
+        format!(
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={}",
+            self.name
+        )
     }
 }
 

@@ -11,8 +11,13 @@ use clap::{Parser, Subcommand};
 use tracing::info;
 use weir_agent::{
     cni_server,
+    conntrack::Hygiene,
     datapath::{Datapath, PinLayout, pins::DEFAULT_ROOT},
+    service_loop::{self, SyncLoop},
+    source::SourceSpec,
+    sync::{SharedDatapath, Syncer},
 };
+use weir_model::NodeContext;
 
 #[derive(Parser)]
 #[command(name = "weir-agent", version, about = "Weir's per-node eBPF dataplane agent")]
@@ -35,6 +40,11 @@ enum Command {
         /// Unix socket on which weir-cni registers pods (CNI config `agentSocket`).
         #[arg(long, default_value = weir_cni::agent_api::DEFAULT_SOCKET)]
         cni_socket: PathBuf,
+        /// Where Services and their endpoints come from: `dir:PATH`, a directory of
+        /// Kubernetes manifests re-read on change. Without it the agent only wires
+        /// pods (no service load balancing).
+        #[arg(long, value_name = "dir:PATH")]
+        source: Option<SourceSpec>,
     },
 }
 
@@ -52,19 +62,64 @@ fn main() -> anyhow::Result<()> {
             node,
             bpffs_root,
             cni_socket,
-        } => run(&node, PinLayout::new(bpffs_root), &cni_socket),
+            source,
+        } => run(&node, PinLayout::new(bpffs_root), &cni_socket, source.as_ref()),
     }
 }
 
-fn run(node: &str, pins: PinLayout, cni_socket: &std::path::Path) -> anyhow::Result<()> {
+fn run(
+    node: &str,
+    pins: PinLayout,
+    cni_socket: &std::path::Path,
+    source: Option<&SourceSpec>,
+) -> anyhow::Result<()> {
     let mut dp = Datapath::load(pins.clone())
         .with_context(|| format!("loading the datapath under {}", pins.root().display()))?;
     let adopted = dp.adopt_links().context("adopting pinned links")?;
     let forgotten = cni_server::forget_ifindexes(&mut dp, &adopted.stale)?;
     info!(node, root = %pins.root().display(), adopted = adopted.adopted, forgotten, "datapath loaded");
+    let dp = Arc::new(Mutex::new(dp));
+    if let Some(spec) = source {
+        start_services(node, &pins, spec, SharedDatapath(dp.clone()))?;
+    }
     // Bind last: a plugin that can connect finds a datapath ready to take its pod.
     let listener = cni_server::bind(cni_socket)?;
     info!(socket = %cni_socket.display(), "serving CNI registrations");
-    cni_server::serve(listener, Arc::new(Mutex::new(dp)));
+    cni_server::serve(listener, dp);
+    Ok(())
+}
+
+/// Reads back what the service maps hold (never flushing them), then starts the
+/// sync and conntrack GC threads.
+fn start_services(
+    node: &str,
+    pins: &PinLayout,
+    spec: &SourceSpec,
+    maps: SharedDatapath,
+) -> anyhow::Result<()> {
+    let syncer = Syncer::new(&maps, NodeContext::new(node)).context("reading the service maps back")?;
+    let (frontends, backends) = (
+        syncer.current().services.keys().filter(|k| k.slot == 0).count(),
+        syncer.current().backends.len(),
+    );
+    let source = spec.open();
+    info!(
+        source = source.describe(),
+        frontends, backends, "service maps read back; watching the source"
+    );
+    let hygiene = Hygiene::open(pins)
+        .inspect_err(|e| tracing::warn!(error = %e, "UDP conntrack flush disabled"))
+        .ok();
+    let timeouts = service_loop::AffinityTimeouts::default();
+    service_loop::spawn_gc(pins, timeouts.clone()).context("spawning the conntrack GC thread")?;
+    SyncLoop {
+        source,
+        maps,
+        syncer,
+        hygiene,
+        timeouts,
+    }
+    .spawn()
+    .context("spawning the sync thread")?;
     Ok(())
 }

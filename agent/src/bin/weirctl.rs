@@ -1,14 +1,17 @@
 //! `weirctl`: read-only views of Weir's pinned maps, in human terms.
 
-use std::{net::IpAddr, path::PathBuf};
+use std::{io::Write as _, net::IpAddr, path::PathBuf};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::json;
-use weir_agent::datapath::{
-    PinLayout,
-    maps::{self, Endpoints, Metrics},
-    pins::DEFAULT_ROOT,
+use weir_agent::{
+    ctl::{self, View},
+    datapath::{
+        PinLayout,
+        maps::{self, Endpoints, Metrics},
+        pins::DEFAULT_ROOT,
+    },
 };
 use weir_common::{AF_INET, EndpointKey, Reason};
 
@@ -37,20 +40,39 @@ enum Command {
     Endpoints,
     /// Packets and bytes seen by the programs, per direction and reason.
     Metrics,
+    /// Service frontends (VIP:port/proto), their flags and backends in slot order.
+    Services,
+    /// Backends: address, protocol, state, and how many slots point at each.
+    Backends,
+    /// Translated flows: tuples, NAT, flags, seconds left.
+    Conntrack,
+    /// Session affinity: client, frontend, backend, idle time.
+    Affinity,
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let pins = PinLayout::new(&cli.bpffs_root);
-    let rows = match cli.command {
-        Command::Endpoints => endpoints(&pins)?,
-        Command::Metrics => metrics(&pins)?,
+    let view = match cli.command {
+        Command::Endpoints => View::flat(endpoints(&pins)?, vec!["ip", "ifindex", "identity"]),
+        Command::Metrics => View::flat(metrics(&pins)?, vec!["direction", "reason", "packets", "bytes"]),
+        Command::Services => ctl::services(&pins)?,
+        Command::Backends => ctl::backends(&pins)?,
+        Command::Conntrack => ctl::conntrack(&pins)?,
+        Command::Affinity => ctl::affinity(&pins)?,
     };
-    match cli.output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
-        Output::Table => print_table(&rows),
+    let mut text = match cli.output {
+        Output::Json => view.to_json(),
+        Output::Table => view.to_table(),
+    };
+    if !text.ends_with('\n') {
+        text.push('\n');
     }
-    Ok(())
+    // `weirctl services | head` closes the pipe early: not an error.
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
 }
 
 fn endpoints(pins: &PinLayout) -> anyhow::Result<Vec<serde_json::Value>> {
@@ -88,37 +110,5 @@ fn addr(key: &EndpointKey) -> IpAddr {
         IpAddr::from([key.addr[0], key.addr[1], key.addr[2], key.addr[3]])
     } else {
         IpAddr::from(key.addr)
-    }
-}
-
-/// Columns in the order of the first row's keys.
-fn print_table(rows: &[serde_json::Value]) {
-    let Some(first) = rows.first().and_then(|r| r.as_object()) else {
-        println!("(none)");
-        return;
-    };
-    let cols: Vec<&String> = first.keys().collect();
-    let cell = |v: &serde_json::Value| v.as_str().map_or_else(|| v.to_string(), str::to_owned);
-    let widths: Vec<usize> = cols
-        .iter()
-        .map(|c| {
-            rows.iter()
-                .map(|r| cell(&r[c.as_str()]).len())
-                .chain([c.len()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let line = |cells: Vec<String>| {
-        cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect::<Vec<_>>()
-            .join("  ")
-    };
-    println!("{}", line(cols.iter().map(|c| c.to_uppercase()).collect()));
-    for r in rows {
-        println!("{}", line(cols.iter().map(|c| cell(&r[c.as_str()])).collect()));
     }
 }

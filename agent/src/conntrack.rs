@@ -1,0 +1,277 @@
+//! Conntrack hygiene on the agent side: the datapath creates and refreshes
+//! entries, the agent removes the dead ones.
+//!
+//! - GC: entries whose `expires_ns` has passed (the datapath would ignore them
+//!   anyway, but they hold LRU space), and affinity entries idle for longer than
+//!   their service's timeout.
+//! - Flush: when a UDP/SCTP backend disappears, every entry pointing at it, so that
+//!   clients' next datagrams pick a live backend instead of vanishing until the
+//!   entry times out (kube-proxy does the same with `conntrack -D`).
+//!
+//! Both run on their own handles of the pinned maps: the kernel serialises map
+//! operations, so they need no lock shared with the CNI server or the syncer.
+
+use std::collections::BTreeMap;
+
+use aya::maps::MapError;
+use nix::time::{ClockId, clock_gettime};
+use weir_common::{AffinityKey, AffinityValue, Backend, CT_IN, CT_OUT, CtKey, CtValue, maps as names};
+
+use crate::{
+    datapath::{
+        DatapathError, PinLayout,
+        maps::{self, Affinity, Conntrack},
+    },
+    sync::is_not_found,
+};
+
+/// Affinity entries of frontends the agent does not know (yet, or any more) are
+/// kept this long after their last use: a frontend written a moment ago must not
+/// lose the entries its first connections created.
+const UNKNOWN_AFFINITY_GRACE_NS: u64 = 60 * NS_PER_S;
+const NS_PER_S: u64 = 1_000_000_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CtError {
+    #[error(transparent)]
+    Open(#[from] Box<DatapathError>),
+    #[error("map {map}: {source}")]
+    Map { map: &'static str, source: MapError },
+    #[error("reading CLOCK_MONOTONIC: {0}")]
+    Clock(nix::Error),
+}
+
+/// `bpf_ktime_get_ns()`'s clock, as seen from user space.
+pub fn monotonic_ns() -> Result<u64, CtError> {
+    let ts = clock_gettime(ClockId::CLOCK_MONOTONIC).map_err(CtError::Clock)?;
+    // Both fields are non-negative for CLOCK_MONOTONIC.
+    Ok(ts.tv_sec() as u64 * NS_PER_S + ts.tv_nsec() as u64)
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct GcReport {
+    pub scanned: usize,
+    pub expired: usize,
+    pub deleted: usize,
+}
+
+pub struct Hygiene {
+    conntrack: Conntrack,
+    affinity: Affinity,
+}
+
+impl Hygiene {
+    pub fn open(pins: &PinLayout) -> Result<Self, CtError> {
+        Ok(Self {
+            conntrack: maps::open_pinned(pins, &maps::CONNTRACK).map_err(Box::new)?,
+            affinity: maps::open_pinned(pins, &maps::AFFINITY).map_err(Box::new)?,
+        })
+    }
+
+    /// Deletes up to `max_deletes` expired conntrack entries.
+    pub fn gc_conntrack(&mut self, now_ns: u64, max_deletes: usize) -> Result<GcReport, CtError> {
+        let mut report = GcReport::default();
+        let expired = collect(
+            &self.conntrack,
+            names::CONNTRACK,
+            maps::CONNTRACK.max_entries,
+            |_, v| {
+                report.scanned += 1;
+                v.expires_ns < now_ns
+            },
+        )?;
+        report.expired = expired.len();
+        for key in expired.iter().take(max_deletes) {
+            remove(&mut self.conntrack, names::CONNTRACK, key)?;
+            report.deleted += 1;
+        }
+        Ok(report)
+    }
+
+    /// Deletes affinity entries idle for longer than their frontend's timeout
+    /// (`timeouts`: rev-NAT id -> seconds, for frontends with affinity).
+    pub fn gc_affinity(&mut self, now_ns: u64, timeouts: &BTreeMap<u16, u32>) -> Result<GcReport, CtError> {
+        let mut report = GcReport::default();
+        let stale = collect(
+            &self.affinity,
+            names::AFFINITY,
+            maps::AFFINITY.max_entries,
+            |k, v| {
+                report.scanned += 1;
+                affinity_stale(k, v, now_ns, timeouts)
+            },
+        )?;
+        report.expired = stale.len();
+        for key in &stale {
+            remove(&mut self.affinity, names::AFFINITY, key)?;
+            report.deleted += 1;
+        }
+        Ok(report)
+    }
+
+    /// Deletes every conntrack entry whose flow goes to (OUT) or comes from (IN)
+    /// one of `gone`. Returns how many were deleted.
+    pub fn flush_backends(&mut self, gone: &[Backend]) -> Result<usize, CtError> {
+        if gone.is_empty() {
+            return Ok(0);
+        }
+        let doomed = collect(
+            &self.conntrack,
+            names::CONNTRACK,
+            maps::CONNTRACK.max_entries,
+            |k, v| gone.iter().any(|b| points_at(k, v, b)),
+        )?;
+        for key in &doomed {
+            remove(&mut self.conntrack, names::CONNTRACK, key)?;
+        }
+        Ok(doomed.len())
+    }
+
+    /// Every conntrack entry (for `weirctl`-like views and tests).
+    pub fn conntrack(&self) -> &Conntrack {
+        &self.conntrack
+    }
+}
+
+/// Whether a conntrack entry belongs to a flow translated to `backend`.
+pub fn points_at(key: &CtKey, value: &CtValue, backend: &Backend) -> bool {
+    if key.proto != backend.proto || key.family != backend.family {
+        return false;
+    }
+    match key.dir {
+        CT_OUT => value.nat_addr == backend.addr && value.nat_port == backend.port,
+        CT_IN => key.saddr == backend.addr && key.sport == backend.port,
+        _ => false,
+    }
+}
+
+fn affinity_stale(
+    key: &AffinityKey,
+    value: &AffinityValue,
+    now_ns: u64,
+    timeouts: &BTreeMap<u16, u32>,
+) -> bool {
+    let idle = now_ns.saturating_sub(value.last_used_ns);
+    match timeouts.get(&key.rev_nat_id) {
+        Some(&seconds) => idle > u64::from(seconds) * NS_PER_S,
+        None => idle > UNKNOWN_AFFINITY_GRACE_NS,
+    }
+}
+
+/// The keys of entries matching `pred`, iterating first and deleting after: a
+/// deleted key would make `get_next_key` restart from the first bucket. The walk
+/// is bounded because entries the datapath evicts meanwhile can restart it too.
+fn collect<K, V>(
+    map: &aya::maps::HashMap<aya::maps::MapData, K, V>,
+    name: &'static str,
+    max_entries: u32,
+    mut pred: impl FnMut(&K, &V) -> bool,
+) -> Result<Vec<K>, CtError>
+where
+    K: aya::Pod,
+    V: aya::Pod,
+{
+    let mut out = Vec::new();
+    for entry in map.iter().take(2 * max_entries as usize) {
+        let (key, value) = entry.map_err(|source| CtError::Map { map: name, source })?;
+        if pred(&key, &value) {
+            out.push(key);
+        }
+    }
+    Ok(out)
+}
+
+fn remove<K: aya::Pod, V: aya::Pod>(
+    map: &mut aya::maps::HashMap<aya::maps::MapData, K, V>,
+    name: &'static str,
+    key: &K,
+) -> Result<(), CtError> {
+    match map.remove(key) {
+        Err(e) if !is_not_found(&e) => Err(CtError::Map { map: name, source: e }),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use weir_common::{AF_INET, IPPROTO_TCP, IPPROTO_UDP};
+
+    use super::*;
+
+    fn v4(a: [u8; 4]) -> [u8; 16] {
+        let mut out = [0; 16];
+        out[..4].copy_from_slice(&a);
+        out
+    }
+
+    fn backend(proto: u8) -> Backend {
+        Backend {
+            addr: v4([10, 0, 0, 5]),
+            port: 8080u16.to_be(),
+            proto,
+            family: AF_INET,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn out_entries_match_on_nat_and_in_entries_on_source() {
+        let b = backend(IPPROTO_UDP);
+        let out_key = CtKey {
+            saddr: v4([10, 0, 0, 9]),
+            daddr: v4([10, 96, 0, 1]),
+            sport: 40000u16.to_be(),
+            dport: 53u16.to_be(),
+            proto: IPPROTO_UDP,
+            family: AF_INET,
+            dir: CT_OUT,
+            _pad: 0,
+        };
+        let out_value = CtValue {
+            nat_addr: b.addr,
+            nat_port: b.port,
+            ..Default::default()
+        };
+        assert!(points_at(&out_key, &out_value, &b));
+        assert!(!points_at(&out_key, &out_value, &backend(IPPROTO_TCP)));
+        let in_key = CtKey {
+            saddr: b.addr,
+            sport: b.port,
+            daddr: v4([10, 0, 0, 9]),
+            dport: 40000u16.to_be(),
+            dir: CT_IN,
+            ..out_key
+        };
+        assert!(points_at(&in_key, &CtValue::default(), &b));
+        let other_port = CtKey {
+            sport: 9999u16.to_be(),
+            ..in_key
+        };
+        assert!(!points_at(&other_port, &CtValue::default(), &b));
+    }
+
+    #[test]
+    fn affinity_expires_after_its_timeout_or_a_grace_when_unknown() {
+        let key = AffinityKey {
+            rev_nat_id: 3,
+            ..Default::default()
+        };
+        let used = |s: u64| AffinityValue {
+            last_used_ns: s * NS_PER_S,
+            ..Default::default()
+        };
+        let timeouts = BTreeMap::from([(3, 10)]);
+        let now = 1000 * NS_PER_S;
+        assert!(!affinity_stale(&key, &used(995), now, &timeouts));
+        assert!(affinity_stale(&key, &used(989), now, &timeouts));
+        assert!(!affinity_stale(&key, &used(989), now, &BTreeMap::new()));
+        assert!(affinity_stale(&key, &used(900), now, &BTreeMap::new()));
+    }
+
+    #[test]
+    fn monotonic_clock_reads() {
+        let a = monotonic_ns().expect("clock");
+        let b = monotonic_ns().expect("clock");
+        assert!(b >= a && a > 0);
+    }
+}

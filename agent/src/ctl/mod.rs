@@ -1,0 +1,53 @@
+//! `weirctl`'s views of the pinned maps, one module per map. Each view is built
+//! once and rendered either as JSON (the full detail, for scripts and tests) or as
+//! a table (the same facts, condensed for people).
+
+mod affinity;
+mod backends;
+mod conntrack;
+mod services;
+mod table;
+
+use std::net::{IpAddr, SocketAddr};
+
+use weir_model::{Protocol, net::from_abi};
+
+pub use self::{
+    affinity::affinity, backends::backends, conntrack::conntrack, services::services, table::View,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    #[error(transparent)]
+    Datapath(#[from] Box<crate::datapath::DatapathError>),
+    #[error("reading map {map}: {source}")]
+    Map {
+        map: &'static str,
+        source: aya::maps::MapError,
+    },
+    #[error(transparent)]
+    Clock(#[from] crate::conntrack::CtError),
+}
+
+fn open<T>(pins: &crate::datapath::PinLayout, spec: &crate::datapath::maps::MapSpec) -> Result<T, CtlError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    crate::datapath::maps::open_pinned(pins, spec).map_err(|e| CtlError::Datapath(Box::new(e)))
+}
+
+fn ip(addr: [u8; 16], family: u8) -> Option<IpAddr> {
+    from_abi(addr, family)
+}
+
+/// `addr:port` from ABI fields (port in network order); `?` for a bad family.
+fn sock(addr: [u8; 16], family: u8, port_be: u16) -> String {
+    ip(addr, family).map_or_else(
+        || "?".to_owned(),
+        |ip| SocketAddr::new(ip, u16::from_be(port_be)).to_string(),
+    )
+}
+
+fn proto(p: u8) -> String {
+    Protocol::from_ipproto(p).map_or_else(|| p.to_string(), |p| p.as_str().to_owned())
+}

@@ -1,0 +1,137 @@
+//! `weirctl services`: every frontend (slot 0) with its flags and its backends in
+//! slot order, as the datapath will pick them.
+
+use std::collections::BTreeMap;
+
+use serde_json::json;
+use weir_common::{
+    BACKEND_ACTIVE, BACKEND_TERMINATING, SCOPE_INTERNAL, SVC_F_AFFINITY, SVC_F_EXT_LOCAL, SVC_F_INT_LOCAL,
+    SVC_F_MAGLEV, SVC_F_NODEPORT, SVC_F_TWO_SCOPES, ServiceKey, ServiceValue, maps as names,
+};
+
+use super::{CtlError, View, ip, open, proto, sock};
+use crate::datapath::{
+    PinLayout,
+    maps::{self, Backends, Services},
+};
+
+pub fn services(pins: &PinLayout) -> Result<View, CtlError> {
+    let services: Services = open(pins, &maps::SERVICES)?;
+    let backends: Backends = open(pins, &maps::BACKENDS)?;
+    let mut entries = BTreeMap::new();
+    for entry in services.iter() {
+        let (k, v) = entry.map_err(|source| CtlError::Map {
+            map: names::SERVICES,
+            source,
+        })?;
+        entries.insert(k, v);
+    }
+    let mut json = Vec::new();
+    let mut rows = Vec::new();
+    for (key, head) in entries.iter().filter(|(k, _)| k.slot == 0) {
+        let slots: Vec<serde_json::Value> = (1..=head.count)
+            .map(|slot| slot_json(&entries, &backends, key, slot))
+            .collect();
+        let frontend = format!("{}/{}", sock(key.addr, key.family, key.port), proto(key.proto));
+        let flags = flag_names(head.flags);
+        let timeout = (head.flags & SVC_F_AFFINITY != 0).then_some(head.affinity_timeout);
+        let scope = if key.scope == SCOPE_INTERNAL {
+            "internal"
+        } else {
+            "external"
+        };
+        let backend_cell = if slots.is_empty() {
+            "(none: reject)".to_owned()
+        } else {
+            slots
+                .iter()
+                .map(|s| match s["state"].as_str() {
+                    Some("active") | None => s["address"].as_str().unwrap_or("?").to_owned(),
+                    Some(state) => format!("{}({state})", s["address"].as_str().unwrap_or("?")),
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let flags_cell = flags
+            .iter()
+            .map(|f| match (*f, timeout) {
+                ("affinity", Some(t)) => format!("affinity={t}s"),
+                (f, _) => f.to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        rows.push(vec![
+            frontend.clone(),
+            scope.to_owned(),
+            head.rev_nat_id.to_string(),
+            if flags_cell.is_empty() {
+                "-".into()
+            } else {
+                flags_cell
+            },
+            backend_cell,
+        ]);
+        json.push(json!({
+            "frontend": frontend,
+            "address": ip(key.addr, key.family).map(|a| a.to_string()),
+            "port": u16::from_be(key.port),
+            "protocol": proto(key.proto),
+            "scope": scope,
+            "rev_nat_id": head.rev_nat_id,
+            "flags": flags,
+            "affinity_timeout": timeout,
+            "count": head.count,
+            "backends": slots,
+        }));
+    }
+    Ok(View {
+        json,
+        columns: vec!["frontend", "scope", "id", "flags", "backends"],
+        rows,
+    })
+}
+
+fn slot_json(
+    entries: &BTreeMap<ServiceKey, ServiceValue>,
+    backends: &Backends,
+    head: &ServiceKey,
+    slot: u16,
+) -> serde_json::Value {
+    let Some(value) = entries.get(&ServiceKey { slot, ..*head }) else {
+        return json!({ "slot": slot, "id": null, "address": null, "state": "missing-slot" });
+    };
+    match backends.get(&value.backend_id, 0) {
+        Ok(b) => json!({
+            "slot": slot,
+            "id": value.backend_id,
+            "address": sock(b.addr, b.family, b.port),
+            "state": state_name(b.state),
+        }),
+        Err(_) => {
+            json!({ "slot": slot, "id": value.backend_id, "address": null, "state": "missing-backend" })
+        }
+    }
+}
+
+pub(super) fn state_name(state: u8) -> &'static str {
+    match state {
+        BACKEND_ACTIVE => "active",
+        BACKEND_TERMINATING => "terminating",
+        _ => "unknown",
+    }
+}
+
+fn flag_names(flags: u32) -> Vec<&'static str> {
+    [
+        (SVC_F_AFFINITY, "affinity"),
+        (SVC_F_TWO_SCOPES, "two-scopes"),
+        (SVC_F_NODEPORT, "nodeport"),
+        (SVC_F_EXT_LOCAL, "ext-local"),
+        (SVC_F_INT_LOCAL, "int-local"),
+        (SVC_F_MAGLEV, "maglev"),
+    ]
+    .into_iter()
+    .filter(|(bit, _)| flags & bit != 0)
+    .map(|(_, name)| name)
+    .collect()
+}

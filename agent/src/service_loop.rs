@@ -1,0 +1,180 @@
+//! The agent's two service threads: the sync loop (source -> compile -> sync ->
+//! UDP flush) and the conntrack GC loop.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use tracing::{info, warn};
+use weir_model::{DesiredServices, Problem};
+
+use crate::{
+    conntrack::{Hygiene, monotonic_ns},
+    datapath::PinLayout,
+    source::Source,
+    sync::{SharedDatapath, SyncReport, Syncer},
+};
+
+/// How soon a sync that left failed writes behind is retried.
+const RETRY: Duration = Duration::from_secs(1);
+/// How long the loop waits for a change before looking again (a bound, not a delay:
+/// sources return as soon as something changed).
+const IDLE: Duration = Duration::from_secs(5);
+const GC_EVERY: Duration = Duration::from_secs(5);
+/// Deletions per GC pass: a burst of expiries is spread over several passes rather
+/// than hogging a core.
+const GC_MAX_DELETES: usize = 65_536;
+
+/// Frontend affinity timeouts, published by the sync loop for the GC loop.
+pub type AffinityTimeouts = Arc<Mutex<BTreeMap<u16, u32>>>;
+
+pub struct SyncLoop {
+    pub source: Box<dyn Source>,
+    pub maps: SharedDatapath,
+    pub syncer: Syncer,
+    /// Conntrack handle for UDP flushes; `None` disables them (logged at start).
+    pub hygiene: Option<Hygiene>,
+    pub timeouts: AffinityTimeouts,
+}
+
+impl SyncLoop {
+    pub fn spawn(self) -> std::io::Result<JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name("weir-sync".into())
+            .spawn(move || self.run())
+    }
+
+    fn run(mut self) {
+        let mut pending: Option<DesiredServices> = None;
+        loop {
+            let timeout = if pending.is_some() { RETRY } else { IDLE };
+            match self.source.next(timeout) {
+                Ok(Some(snapshot)) => {
+                    report_problems(&snapshot.problems);
+                    let start = Instant::now();
+                    let (desired, problems) = self.syncer.compile(&snapshot.model);
+                    report_problems(&problems);
+                    let compile_ms = start.elapsed().as_secs_f64() * 1e3;
+                    info!(
+                        objects = snapshot.model.len(),
+                        problems = snapshot.problems.len() + problems.len(),
+                        compile_ms = format!("{compile_ms:.1}"),
+                        "model compiled"
+                    );
+                    pending = self.sync(desired);
+                }
+                Ok(None) => {
+                    if let Some(desired) = pending.take() {
+                        pending = self.sync(desired);
+                    }
+                }
+                Err(e) => {
+                    warn!(source = self.source.describe(), error = %e, "source unreadable: the maps keep their contents");
+                    std::thread::sleep(RETRY);
+                }
+            }
+        }
+    }
+
+    /// Applies `desired`; returns it back if it must be retried.
+    fn sync(&mut self, desired: DesiredServices) -> Option<DesiredServices> {
+        let report = self.syncer.apply(&mut self.maps, &desired);
+        let flushed = self.flush(&report);
+        log_report(&desired, &report, flushed, self.syncer.failures_total);
+        *self.timeouts.lock().unwrap_or_else(|p| p.into_inner()) = self.syncer.affinity_timeouts();
+        (!report.complete()).then_some(desired)
+    }
+
+    fn flush(&mut self, report: &SyncReport) -> usize {
+        let Some(hygiene) = self.hygiene.as_mut() else {
+            return 0;
+        };
+        match hygiene.flush_backends(&report.gone_datagram_backends) {
+            Ok(n) => n,
+            Err(e) => {
+                warn!(error = %e, "flushing conntrack entries of removed UDP/SCTP backends");
+                0
+            }
+        }
+    }
+}
+
+fn report_problems(problems: &[Problem]) {
+    for p in problems {
+        warn!(
+            origin = p.origin,
+            object = p.object.as_deref().unwrap_or("-"),
+            reason = %p.reason,
+            "object skipped"
+        );
+    }
+}
+
+fn log_report(desired: &DesiredServices, report: &SyncReport, flushed: usize, failures_total: u64) {
+    let frontends = desired.services.keys().filter(|k| k.slot == 0).count();
+    let ms = report.duration.as_secs_f64() * 1e3;
+    if report.complete() {
+        info!(
+            frontends,
+            backends = desired.backends.len(),
+            writes = report.writes,
+            deletes = report.deletes,
+            ct_flushed = flushed,
+            sync_ms = format!("{ms:.1}"),
+            "services synced"
+        );
+    } else {
+        warn!(
+            frontends,
+            writes = report.writes,
+            deletes = report.deletes,
+            failed = report.failed,
+            deferred = report.deferred,
+            failures_total,
+            sync_ms = format!("{ms:.1}"),
+            "services partly synced; retrying"
+        );
+    }
+}
+
+/// Spawns the GC loop on its own map handles.
+pub fn spawn_gc(pins: &PinLayout, timeouts: AffinityTimeouts) -> std::io::Result<JoinHandle<()>> {
+    let pins = pins.clone();
+    std::thread::Builder::new()
+        .name("weir-ct-gc".into())
+        .spawn(move || {
+            let mut hygiene = match Hygiene::open(&pins) {
+                Ok(h) => h,
+                Err(e) => {
+                    warn!(error = %e, "conntrack GC disabled");
+                    return;
+                }
+            };
+            loop {
+                std::thread::sleep(GC_EVERY);
+                if let Err(e) = gc_pass(&mut hygiene, &timeouts) {
+                    warn!(error = %e, "conntrack GC pass failed; next pass in {GC_EVERY:?}");
+                }
+            }
+        })
+}
+
+fn gc_pass(hygiene: &mut Hygiene, timeouts: &AffinityTimeouts) -> Result<(), crate::conntrack::CtError> {
+    let now = monotonic_ns()?;
+    let ct = hygiene.gc_conntrack(now, GC_MAX_DELETES)?;
+    let timeouts = timeouts.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let affinity = hygiene.gc_affinity(now, &timeouts)?;
+    if ct.deleted + affinity.deleted > 0 {
+        info!(
+            ct_scanned = ct.scanned,
+            ct_deleted = ct.deleted,
+            ct_left_expired = ct.expired - ct.deleted,
+            affinity_deleted = affinity.deleted,
+            "conntrack GC"
+        );
+    }
+    Ok(())
+}

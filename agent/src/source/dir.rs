@@ -1,0 +1,242 @@
+//! The standalone source: a directory of ordinary Kubernetes manifests.
+//!
+//! Every `*.yaml`, `*.yml` and `*.json` file at the top level (hidden files
+//! ignored) is parsed, multi-document, and a fresh [`Model`] is built from all of
+//! them on every change, so the result depends only on what the files hold now: a
+//! file that vanishes takes its objects with it.
+//!
+//! Changes are found by polling the file list with each file's size, mtime and
+//! inode every [`POLL`]: a dependency-free way that also sees editors' rename-over
+//! saves, and is cheap for the few dozen files such a directory holds.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    path::{Path, PathBuf},
+    time::{Duration, Instant, SystemTime},
+};
+
+use tracing::warn;
+use weir_model::{Model, Object, Problem, parse_documents};
+
+use super::{Snapshot, Source, SourceError};
+
+const POLL: Duration = Duration::from_millis(100);
+
+pub struct DirSource {
+    path: PathBuf,
+    /// Parsed files by name: a reload parses only the files whose stamp changed
+    /// (parsing dominates a reload of a large directory).
+    parsed: BTreeMap<String, (FileStamp, Vec<Object>, Vec<Problem>)>,
+    /// What the last snapshot was built from; `None` before the first.
+    seen: Option<Vec<FileStamp>>,
+    /// The last listing error, reported once rather than at every poll.
+    last_error: Option<String>,
+}
+
+/// What tells us a file changed without reading it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct FileStamp {
+    name: String,
+    len: u64,
+    mtime: Option<SystemTime>,
+    inode: u64,
+}
+
+impl DirSource {
+    pub fn new(path: PathBuf) -> Self {
+        Self {
+            path,
+            parsed: BTreeMap::new(),
+            seen: None,
+            last_error: None,
+        }
+    }
+
+    /// The manifest files, sorted by name so that a reload is deterministic (and
+    /// a later file wins an object defined twice).
+    fn scan(&self) -> Result<Vec<FileStamp>, SourceError> {
+        use std::os::unix::fs::MetadataExt as _;
+        let io = |source| SourceError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let mut files = Vec::new();
+        for entry in fs::read_dir(&self.path).map_err(io)? {
+            let entry = entry.map_err(io)?;
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            if !is_manifest(&name) {
+                continue;
+            }
+            // Follows symlinks (a ConfigMap volume is a tree of them); a file that
+            // vanished since the listing is simply not there.
+            let Ok(meta) = fs::metadata(entry.path()) else {
+                continue;
+            };
+            if !meta.is_file() {
+                continue;
+            }
+            files.push(FileStamp {
+                name,
+                len: meta.len(),
+                mtime: meta.modified().ok(),
+                inode: meta.ino(),
+            });
+        }
+        files.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(files)
+    }
+
+    fn load(&mut self, files: &[FileStamp]) -> Snapshot {
+        self.parsed
+            .retain(|name, (stamp, ..)| files.iter().any(|f| f.name == *name && f == stamp));
+        let mut snapshot = Snapshot::default();
+        let mut model = Model::new();
+        for file in files {
+            if !self.parsed.contains_key(&file.name) {
+                let path = self.path.join(&file.name);
+                let text = match fs::read_to_string(&path) {
+                    Ok(text) => text,
+                    Err(e) => {
+                        warn!(file = %path.display(), error = %e, "manifest unreadable: its objects are skipped");
+                        continue;
+                    }
+                };
+                let (objects, problems) = parse_documents(&text, &file.name);
+                self.parsed
+                    .insert(file.name.clone(), (file.clone(), objects, problems));
+            }
+            let Some((_, objects, problems)) = self.parsed.get(&file.name) else {
+                continue;
+            };
+            snapshot.problems.extend(problems.iter().cloned());
+            for object in objects.iter().cloned() {
+                let key = object.key();
+                if let Some(previous) = model.get(&key).map(|e| e.origin.clone()) {
+                    warn!(file = file.name, object = %key, previous, "object defined twice: this file's definition wins");
+                }
+                model.upsert(object, &file.name);
+            }
+        }
+        snapshot.model = model;
+        snapshot
+    }
+}
+
+fn is_manifest(name: &str) -> bool {
+    !name.starts_with('.')
+        && Path::new(name)
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
+}
+
+impl Source for DirSource {
+    fn next(&mut self, timeout: Duration) -> Result<Option<Snapshot>, SourceError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.scan() {
+                Ok(files) => {
+                    self.last_error = None;
+                    if self.seen.as_ref() != Some(&files) {
+                        let snapshot = self.load(&files);
+                        self.seen = Some(files);
+                        return Ok(Some(snapshot));
+                    }
+                }
+                // A directory that cannot be listed is not an empty cluster: keep
+                // what the maps hold and say so, once per distinct error.
+                Err(e) => {
+                    let message = e.to_string();
+                    if self.last_error.as_ref() != Some(&message) {
+                        self.last_error = Some(message);
+                        return Err(e);
+                    }
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(POLL.min(deadline - now));
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!("dir:{}", self.path.display())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Dir(PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn tempdir(tag: &str) -> Dir {
+        let path = std::env::temp_dir().join(format!("weir-dir-source-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&path);
+        fs::create_dir_all(&path).expect("mkdir");
+        Dir(path)
+    }
+
+    const SVC: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: NAME, namespace: default}\nspec:\n  clusterIP: 10.96.0.1\n  ports: [{port: 80}]\n";
+
+    fn service(name: &str) -> String {
+        SVC.replace("NAME", name)
+    }
+
+    #[test]
+    fn reads_manifests_reloads_on_change_and_forgets_vanished_files() {
+        let dir = tempdir("reload");
+        fs::write(
+            dir.0.join("a.yaml"),
+            format!("{}---\n{}", service("a1"), service("a2")),
+        )
+        .expect("write");
+        fs::write(dir.0.join("b.json"), r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"b"},"spec":{"clusterIP":"10.96.0.2","ports":[{"port":80}]}}"#).expect("write");
+        fs::write(dir.0.join(".hidden.yaml"), service("hidden")).expect("write");
+        fs::write(dir.0.join("notes.txt"), service("txt")).expect("write");
+        let mut source = DirSource::new(dir.0.clone());
+
+        let first = source
+            .next(Duration::ZERO)
+            .expect("scan")
+            .expect("first snapshot");
+        assert_eq!(first.model.services().count(), 3, "{:?}", first.model);
+        assert!(first.problems.is_empty(), "{:?}", first.problems);
+        assert!(
+            source.next(Duration::from_millis(150)).expect("scan").is_none(),
+            "no change, no snapshot"
+        );
+
+        fs::remove_file(dir.0.join("a.yaml")).expect("rm");
+        fs::write(dir.0.join("c.yml"), "kind: [broken").expect("write");
+        let second = source
+            .next(Duration::from_secs(1))
+            .expect("scan")
+            .expect("changed");
+        let names: Vec<_> = second.model.services().map(|(k, _, _)| k.name.clone()).collect();
+        assert_eq!(names, ["b"]);
+        assert_eq!(second.problems.len(), 1, "{:?}", second.problems);
+        assert!(
+            second.problems[0].origin.starts_with("c.yml"),
+            "{}",
+            second.problems[0]
+        );
+    }
+
+    #[test]
+    fn an_unlistable_directory_is_an_error_once_not_an_empty_model() {
+        let mut source = DirSource::new("/nonexistent/weir-test".into());
+        assert!(source.next(Duration::ZERO).is_err());
+        assert!(matches!(source.next(Duration::ZERO), Ok(None)));
+    }
+}

@@ -1,0 +1,136 @@
+//! The service maps as the syncer sees them: read everything, apply one change at
+//! a time. A trait so that the ordering rules are tested without a kernel.
+
+use std::{
+    fmt,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
+
+use aya::maps::MapError;
+use weir_common::{Backend, RevNat, ServiceKey, ServiceValue, maps as names};
+use weir_model::{DesiredServices, services::socket_addr};
+
+use crate::datapath::Datapath;
+
+/// One write to one map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    PutBackend(u32, Backend),
+    PutRevNat(u32, RevNat),
+    PutService(ServiceKey, ServiceValue),
+    DelService(ServiceKey),
+    DelBackend(u32),
+    DelRevNat(u32),
+}
+
+impl Op {
+    pub fn map(&self) -> &'static str {
+        match self {
+            Op::PutBackend(..) | Op::DelBackend(_) => names::BACKENDS,
+            Op::PutRevNat(..) | Op::DelRevNat(_) => names::REVNAT,
+            Op::PutService(..) | Op::DelService(_) => names::SERVICES,
+        }
+    }
+
+    pub fn is_delete(&self) -> bool {
+        matches!(self, Op::DelService(_) | Op::DelBackend(_) | Op::DelRevNat(_))
+    }
+}
+
+/// The key in human terms, for logs: `10.96.0.1:80/6 slot 2`, `backend 7`.
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Op::PutService(key, _) | Op::DelService(key) => {
+                let addr = socket_addr(key.addr, key.family, key.port)
+                    .map_or_else(|| "?".to_owned(), |a: SocketAddr| a.to_string());
+                write!(f, "{addr}/{} scope {} slot {}", key.proto, key.scope, key.slot)
+            }
+            Op::PutBackend(id, _) | Op::DelBackend(id) => write!(f, "backend {id}"),
+            Op::PutRevNat(id, _) | Op::DelRevNat(id) => write!(f, "rev-nat {id}"),
+        }
+    }
+}
+
+/// The three service maps (services, backends, revnat).
+pub trait ServiceMaps {
+    /// Everything the maps hold now (`frontends` and `maglev` stay empty).
+    fn read(&self) -> Result<DesiredServices, SyncError>;
+    /// One write. Deleting a missing key is not an error.
+    fn apply(&mut self, op: &Op) -> Result<(), MapError>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("reading map {map}: {source}")]
+    Read { map: &'static str, source: MapError },
+}
+
+/// The agent's datapath, shared with the CNI server: the lock is held for one
+/// write at a time so that a pod's registration never waits for a whole sync.
+#[derive(Clone)]
+pub struct SharedDatapath(pub Arc<Mutex<Datapath>>);
+
+impl SharedDatapath {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Datapath> {
+        // Map writes are idempotent and the syncer re-diffs after any failure, so a
+        // lock poisoned by a panic elsewhere is still safe to use.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl ServiceMaps for SharedDatapath {
+    fn read(&self) -> Result<DesiredServices, SyncError> {
+        let dp = self.lock();
+        let mut out = DesiredServices::default();
+        for entry in dp.services.iter() {
+            let (k, v) = entry.map_err(|source| SyncError::Read {
+                map: names::SERVICES,
+                source,
+            })?;
+            out.services.insert(k, v);
+        }
+        for entry in dp.backends.iter() {
+            let (k, v) = entry.map_err(|source| SyncError::Read {
+                map: names::BACKENDS,
+                source,
+            })?;
+            out.backends.insert(k, v);
+        }
+        for entry in dp.revnat.iter() {
+            let (k, v) = entry.map_err(|source| SyncError::Read {
+                map: names::REVNAT,
+                source,
+            })?;
+            out.revnat.insert(k, v);
+        }
+        Ok(out)
+    }
+
+    fn apply(&mut self, op: &Op) -> Result<(), MapError> {
+        let mut dp = self.lock();
+        let result = match *op {
+            Op::PutBackend(id, b) => dp.backends.insert(id, b, 0),
+            Op::PutRevNat(id, r) => dp.revnat.insert(id, r, 0),
+            Op::PutService(k, v) => dp.services.insert(k, v, 0),
+            Op::DelService(k) => dp.services.remove(&k),
+            Op::DelBackend(id) => dp.backends.remove(&id),
+            Op::DelRevNat(id) => dp.revnat.remove(&id),
+        };
+        match result {
+            Err(e) if op.is_delete() && is_not_found(&e) => Ok(()),
+            other => other,
+        }
+    }
+}
+
+/// A delete of a key that is already gone (ENOENT), which aya reports as a
+/// syscall error.
+pub fn is_not_found(e: &MapError) -> bool {
+    match e {
+        MapError::KeyNotFound => true,
+        MapError::SyscallError(e) => e.io_error.raw_os_error() == Some(nix::errno::Errno::ENOENT as i32),
+        _ => false,
+    }
+}

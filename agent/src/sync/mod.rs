@@ -1,0 +1,314 @@
+//! The syncer: compiles each model snapshot and writes only the difference to the
+//! pinned service maps, in an order that keeps the datapath consistent at every
+//! instant:
+//!
+//! 1. backends and reverse-NAT entries are written;
+//! 2. backend slots (slot >= 1): a slot is written only once its backend is there;
+//! 3. service entries (slot 0): written only once every slot `1..=count` and the
+//!    reverse-NAT entry hold what they should, so a growing service never counts a
+//!    slot that is not there yet;
+//! 4. service entries no longer wanted are deleted;
+//! 5. then their slots, and the slots beyond a shrunk count (only once the entry in
+//!    the map no longer counts them);
+//! 6. then backends and reverse-NAT entries that nothing in the map references.
+//!
+//! A write that fails (map full, ...) is logged and counted, the entries that depend
+//! on it are deferred, and the next sync retries: nothing is ever flushed, so a
+//! restarted agent reads the maps back, diffs and writes only what changed.
+
+mod maps;
+#[cfg(test)]
+mod tests;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::{Duration, Instant},
+};
+
+use tracing::warn;
+use weir_common::{Backend, IPPROTO_TCP, SVC_F_AFFINITY, ServiceKey, ServiceValue};
+use weir_model::{DesiredServices, IdAllocator, Model, NodeContext, Problem, compile_services};
+
+pub use self::maps::{Op, ServiceMaps, SharedDatapath, SyncError, is_not_found};
+
+/// Failed writes logged in full per sync; the rest are only counted.
+const LOGGED_FAILURES: usize = 10;
+
+pub struct Syncer {
+    node: NodeContext,
+    ids: IdAllocator,
+    /// What the maps hold, as far as the writes we made (or read back) tell.
+    current: DesiredServices,
+    /// Failed writes since the agent started.
+    pub failures_total: u64,
+}
+
+/// What one sync did.
+#[derive(Debug, Default)]
+pub struct SyncReport {
+    pub writes: usize,
+    pub deletes: usize,
+    pub failed: usize,
+    /// Entries held back because what they depend on failed to be written.
+    pub deferred: usize,
+    /// UDP/SCTP backends (address, port, protocol) that are gone: their conntrack
+    /// entries should be flushed so that clients move on.
+    pub gone_datagram_backends: Vec<Backend>,
+    pub duration: Duration,
+}
+
+impl SyncReport {
+    /// Whether the maps now hold exactly what was desired.
+    pub fn complete(&self) -> bool {
+        self.failed == 0 && self.deferred == 0
+    }
+}
+
+impl Syncer {
+    /// Reads what the maps hold (left by an earlier agent, or empty) and keeps the
+    /// ids found there, so established flows keep their backend and rev-NAT ids.
+    pub fn new(maps: &dyn ServiceMaps, node: NodeContext) -> Result<Self, SyncError> {
+        let current = maps.read()?;
+        Ok(Self {
+            ids: IdAllocator::from_desired(&current),
+            node,
+            current,
+            failures_total: 0,
+        })
+    }
+
+    pub fn current(&self) -> &DesiredServices {
+        &self.current
+    }
+
+    pub fn compile(&mut self, model: &Model) -> (DesiredServices, Vec<Problem>) {
+        compile_services(model, &self.node, &mut self.ids)
+    }
+
+    /// `rev_nat_id -> affinity timeout (s)` of the frontends with session affinity
+    /// now in the maps (for the affinity GC).
+    pub fn affinity_timeouts(&self) -> BTreeMap<u16, u32> {
+        self.current
+            .services
+            .iter()
+            .filter(|(k, v)| k.slot == 0 && v.flags & SVC_F_AFFINITY != 0)
+            .map(|(_, v)| (v.rev_nat_id, v.affinity_timeout))
+            .collect()
+    }
+
+    /// Writes the difference between the maps and `desired`.
+    pub fn apply(&mut self, maps: &mut dyn ServiceMaps, desired: &DesiredServices) -> SyncReport {
+        let start = Instant::now();
+        let mut run = Run {
+            maps,
+            current: &mut self.current,
+            report: SyncReport::default(),
+        };
+        run.report.gone_datagram_backends = gone_datagram_backends(run.current, desired);
+        run.put_backends_and_revnat(desired);
+        run.put_slots(desired);
+        run.put_heads(desired);
+        run.delete_heads(desired);
+        run.delete_slots(desired);
+        run.delete_unreferenced(desired);
+        let mut report = run.report;
+        if report.failed > LOGGED_FAILURES {
+            warn!(
+                failed = report.failed,
+                logged = LOGGED_FAILURES,
+                "more map writes failed than logged"
+            );
+        }
+        self.failures_total += report.failed as u64;
+        report.duration = start.elapsed();
+        report
+    }
+}
+
+struct Run<'a> {
+    maps: &'a mut dyn ServiceMaps,
+    current: &'a mut DesiredServices,
+    report: SyncReport,
+}
+
+fn head_of(key: &ServiceKey) -> ServiceKey {
+    ServiceKey { slot: 0, ..*key }
+}
+
+impl Run<'_> {
+    fn op(&mut self, op: Op) {
+        match self.maps.apply(&op) {
+            Ok(()) => {
+                if op.is_delete() {
+                    self.report.deletes += 1;
+                } else {
+                    self.report.writes += 1;
+                }
+                let c = &mut *self.current;
+                match op {
+                    Op::PutBackend(id, b) => {
+                        c.backends.insert(id, b);
+                    }
+                    Op::PutRevNat(id, r) => {
+                        c.revnat.insert(id, r);
+                    }
+                    Op::PutService(k, v) => {
+                        c.services.insert(k, v);
+                    }
+                    Op::DelService(k) => {
+                        c.services.remove(&k);
+                    }
+                    Op::DelBackend(id) => {
+                        c.backends.remove(&id);
+                    }
+                    Op::DelRevNat(id) => {
+                        c.revnat.remove(&id);
+                    }
+                }
+            }
+            Err(error) => {
+                self.report.failed += 1;
+                if self.report.failed <= LOGGED_FAILURES {
+                    warn!(map = op.map(), key = %op, %error, "map write failed; retried at the next sync");
+                }
+            }
+        }
+    }
+
+    fn put_backends_and_revnat(&mut self, desired: &DesiredServices) {
+        for (&id, backend) in &desired.backends {
+            if self.current.backends.get(&id) != Some(backend) {
+                self.op(Op::PutBackend(id, *backend));
+            }
+        }
+        for (&id, revnat) in &desired.revnat {
+            if self.current.revnat.get(&id) != Some(revnat) {
+                self.op(Op::PutRevNat(id, *revnat));
+            }
+        }
+    }
+
+    fn put_slots(&mut self, desired: &DesiredServices) {
+        for (key, value) in desired.services.iter().filter(|(k, _)| k.slot != 0) {
+            if self.current.services.get(key) == Some(value) {
+                continue;
+            }
+            if !self.current.backends.contains_key(&value.backend_id) {
+                self.report.deferred += 1;
+                continue;
+            }
+            self.op(Op::PutService(*key, *value));
+        }
+    }
+
+    fn put_heads(&mut self, desired: &DesiredServices) {
+        for (key, value) in desired.services.iter().filter(|(k, _)| k.slot == 0) {
+            if self.current.services.get(key) == Some(value) {
+                continue;
+            }
+            let slots_ready = (1..=value.count).all(|slot| {
+                let k = ServiceKey { slot, ..*key };
+                self.current.services.get(&k) == desired.services.get(&k)
+            });
+            if !slots_ready || !self.current.revnat.contains_key(&u32::from(value.rev_nat_id)) {
+                self.report.deferred += 1;
+                continue;
+            }
+            self.op(Op::PutService(*key, *value));
+        }
+    }
+
+    fn delete_heads(&mut self, desired: &DesiredServices) {
+        let gone: Vec<ServiceKey> = self
+            .current
+            .services
+            .keys()
+            .filter(|k| k.slot == 0 && !desired.services.contains_key(k))
+            .copied()
+            .collect();
+        for key in gone {
+            self.op(Op::DelService(key));
+        }
+    }
+
+    fn delete_slots(&mut self, desired: &DesiredServices) {
+        let gone: Vec<ServiceKey> = self
+            .current
+            .services
+            .keys()
+            .filter(|k| k.slot != 0 && !desired.services.contains_key(k))
+            .copied()
+            .collect();
+        for key in gone {
+            // Only a slot the service entry in the map no longer counts.
+            let counted = self
+                .current
+                .services
+                .get(&head_of(&key))
+                .is_some_and(|head: &ServiceValue| key.slot <= head.count);
+            if counted {
+                self.report.deferred += 1;
+                continue;
+            }
+            self.op(Op::DelService(key));
+        }
+    }
+
+    fn delete_unreferenced(&mut self, desired: &DesiredServices) {
+        let mut used_backends = BTreeSet::new();
+        let mut used_revnat = BTreeSet::new();
+        for (key, value) in &self.current.services {
+            if key.slot == 0 {
+                used_revnat.insert(u32::from(value.rev_nat_id));
+            } else {
+                used_backends.insert(value.backend_id);
+            }
+        }
+        let gone: Vec<u32> = self
+            .current
+            .backends
+            .keys()
+            .filter(|id| !desired.backends.contains_key(id))
+            .copied()
+            .collect();
+        for id in gone {
+            if used_backends.contains(&id) {
+                self.report.deferred += 1;
+            } else {
+                self.op(Op::DelBackend(id));
+            }
+        }
+        let gone: Vec<u32> = self
+            .current
+            .revnat
+            .keys()
+            .filter(|id| !desired.revnat.contains_key(id))
+            .copied()
+            .collect();
+        for id in gone {
+            if used_revnat.contains(&id) {
+                self.report.deferred += 1;
+            } else {
+                self.op(Op::DelRevNat(id));
+            }
+        }
+    }
+}
+
+/// Connectionless backends (address, port, protocol) in the maps but not desired:
+/// as kube-proxy does for UDP, their conntrack entries must go, or clients keep
+/// sending into the void until the entry times out. TCP needs no flush: the
+/// client sees a reset or a timeout and reconnects through a fresh lookup.
+fn gone_datagram_backends(current: &DesiredServices, desired: &DesiredServices) -> Vec<Backend> {
+    let identity = |b: &Backend| (b.addr, b.port, b.proto, b.family);
+    let wanted: BTreeSet<_> = desired.backends.values().map(identity).collect();
+    let mut gone: Vec<Backend> = current
+        .backends
+        .values()
+        .filter(|b| b.proto != IPPROTO_TCP && !wanted.contains(&identity(b)))
+        .copied()
+        .collect();
+    gone.sort();
+    gone.dedup_by_key(|b| identity(b));
+    gone
+}

@@ -1,0 +1,754 @@
+//! ClusterIP Services: Weir's eBPF datapath against kube-proxy's iptables and
+//! nftables rules, at 1, 1,000 and 10,000 Services of 10 endpoints each.
+//!
+//! A benchmark, not a test: it prints markdown tables and asserts nothing about speed.
+//! Needs root. Run (the bench looks for `weir-agent`, `weirctl` and `weir-cni` next to
+//! its own executable, i.e. in `target/release`, or in `$WEIR_BIN_DIR`):
+//!
+//! ```text
+//! cargo build --release --bins && cargo bench -p weir-tests --bench services
+//! ```
+//!
+//! What is measured:
+//!
+//! 1. New TCP connections per second from a client pod (connect, a 3-byte request, a
+//!    1-byte answer, close), to a pod IP (`direct`, the ceiling), to a Weir ClusterIP,
+//!    and to the same ClusterIP translated by kube-proxy-shaped iptables rules and by
+//!    kube-proxy-shaped nftables rules ([`weir_lab::kube_proxy`]).
+//! 2. Time to program the Services from empty: Weir (manifests renamed into the
+//!    agent's source directory until the agent logs the sync), `iptables-restore
+//!    --noflush` and `nft -f` of the equivalent rules.
+//! 3. Weir only: time from an EndpointSlice change (the file renamed into place) until
+//!    a fresh connection reaches the new backend.
+//!
+//! Setup. Three lab nodes, each with one client pod per client thread and 10 backend
+//! pods wired by `weir-cni`; every backend answers on port 8080 with its index
+//! (0..=9), backend 0 also on 8081 as index 10 (the target of the endpoint change).
+//! The measured Service sits in the middle of the list (kube-proxy writes
+//! `KUBE-SERVICES` in map order: the middle is the average case) and has the 10
+//! backends as endpoints; the other Services have 10 endpoints each at addresses
+//! that exist nowhere (they are never hit; they make the maps and rule sets big).
+//! Node `weir` runs the agent with `--source dir:`; nodes `iptables` and `nftables`
+//! have no agent (their pods' host veths carry no programs, so only netfilter
+//! translates), each with its rules in its own network namespace.
+//!
+//! Method. For each size, the three are programmed from empty (timed), then rounds of
+//! one sample per variant in a rotating order; a sample is a fixed duration of
+//! back-to-back connections from every client thread, counting the completed ones.
+//! Clients close with `SO_LINGER` 0 (an RST: no TIME_WAIT) and bind their source port
+//! themselves, never reusing one within 12 s: Weir's conntrack keeps a closed flow
+//! for 10 s and a new connection on the same tuple would take the established-flow
+//! path instead of the new-flow path this benchmark is about.
+//!
+//! Environment: `WEIR_BENCH_SIZES` (default `1,1000,10000`), `WEIR_BENCH_ROUNDS`
+//! (default 5), `WEIR_BENCH_SECS` (seconds per sample, default 2), `WEIR_BENCH_CLIENTS`
+//! (client threads, one client pod each, default 2), `WEIR_BENCH_CHANGES` (endpoint
+//! changes per size, default 4), `WEIR_BENCH_IPTABLES` (the restore binary, default
+//! `iptables-restore`; `iptables-legacy-restore` for the legacy backend).
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
+    os::fd::{AsRawFd as _, FromRawFd as _},
+    process::Command,
+    sync::{
+        Arc, Barrier,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use nix::libc;
+use weir_lab::{
+    Agent, Netns, Node, Pod, TempDir,
+    kube_proxy::{Service, ServiceSet},
+    require_root,
+    services::ManifestDir,
+};
+
+const BACKENDS: usize = 10;
+const PORT: u16 = 8080;
+/// Backend 0's second port: the endpoint-change target.
+const ALT_PORT: u16 = 8081;
+const ALT_ID: u8 = BACKENDS as u8;
+const CLUSTER_CIDR: &str = "10.244.0.0/16";
+/// A source port is reused only after this long (Weir's closing-flow lifetime is 10 s).
+const MIN_PORT_REUSE: Duration = Duration::from_secs(12);
+const IO_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Variant {
+    Direct,
+    Weir,
+    Iptables,
+    Nftables,
+}
+
+impl Variant {
+    const ALL: [Self; 4] = [Self::Direct, Self::Weir, Self::Iptables, Self::Nftables];
+
+    fn parse(s: &str) -> Self {
+        match s.trim() {
+            "direct" => Self::Direct,
+            "weir" => Self::Weir,
+            "iptables" => Self::Iptables,
+            "nftables" => Self::Nftables,
+            other => panic!("WEIR_BENCH_VARIANTS: unknown variant {other:?} (direct, weir, iptables, nftables)"),
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Direct => "direct (pod IPs)",
+            Self::Weir => "Weir ClusterIP",
+            Self::Iptables => "iptables ClusterIP",
+            Self::Nftables => "nftables ClusterIP",
+        }
+    }
+}
+
+fn main() {
+    require_root();
+    let sizes: Vec<usize> = std::env::var("WEIR_BENCH_SIZES")
+        .unwrap_or_else(|_| "1,1000,10000".to_owned())
+        .split(',')
+        .map(|s| s.trim().parse().unwrap_or_else(|_| panic!("WEIR_BENCH_SIZES: {s:?} is not a number")))
+        .collect();
+    let rounds = env_usize("WEIR_BENCH_ROUNDS", 5).max(1);
+    let secs = env_f64("WEIR_BENCH_SECS", 2.0);
+    let clients = env_usize("WEIR_BENCH_CLIENTS", 2).max(1);
+    let changes = env_usize("WEIR_BENCH_CHANGES", 4);
+    let iptables = std::env::var("WEIR_BENCH_IPTABLES").unwrap_or_else(|_| "iptables-restore".to_owned());
+    let variants: Vec<Variant> = std::env::var("WEIR_BENCH_VARIANTS")
+        .map_or_else(|_| Variant::ALL.to_vec(), |v| v.split(',').map(Variant::parse).collect());
+    assert_eq!(variants.first(), Some(&Variant::Direct), "WEIR_BENCH_VARIANTS starts with direct (the ratios' base)");
+    let with_weir = variants.contains(&Variant::Weir);
+    let sample = Duration::from_secs_f64(secs);
+    let started = Instant::now();
+
+    eprintln!(
+        "services: sizes {sizes:?}, {rounds} rounds of {secs} s samples, {clients} client threads, {changes} endpoint changes per size, {iptables}"
+    );
+    // Without the Weir variant, `direct` runs on a bare node (no agent, no rules).
+    let mut weir = Bed::new("10.244.1.0/24", clients, with_weir);
+    let mut ipt = Bed::new("10.244.2.0/24", clients, false);
+    let mut nft = Bed::new("10.244.3.0/24", clients, false);
+    let conntrack_max = ipt.node.ns.sh("cat /proc/sys/net/netfilter/nf_conntrack_max").trim().to_owned();
+
+    let mut results = Vec::new();
+    for &n in &sizes {
+        let mut r = SizeResult { services: n, ..SizeResult::default() };
+
+        // 1. Programming from empty.
+        if with_weir {
+            r.program_weir = Some(weir.program_weir(n));
+        } else {
+            weir.service_set(n);
+        }
+        if variants.contains(&Variant::Iptables) {
+            r.program_ipt = Some(ipt.program_iptables(n, &iptables));
+        }
+        if variants.contains(&Variant::Nftables) {
+            r.program_nft = Some(nft.program_nft(n));
+        }
+        eprintln!(
+            "{n} services programmed: weir {:?} (agent sync_ms), {iptables} {:?}, nft -f {:?}",
+            r.program_weir, r.program_ipt, r.program_nft
+        );
+        // Every variant works and spreads over every backend before anything is timed.
+        for &v in &variants {
+            let bed = bed_for(v, &mut weir, &mut ipt, &mut nft);
+            let s = bed.sample_variant(v, Duration::from_millis(500));
+            assert!(s.conns > 0 && s.errors == 0, "{} at {n} services does not work: {s:?}", v.label());
+            assert_eq!(s.hit.iter().filter(|&&c| c > 0).count(), BACKENDS, "{}: {s:?}", v.label());
+        }
+
+        // 2. Endpoint changes (Weir).
+        for i in 0..if with_weir { changes } else { 0 } {
+            r.change.push(weir.change_endpoints(n, i % 2 == 0));
+        }
+
+        // 3. Connection rates, interleaved (the order rotates every round).
+        let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); variants.len()];
+        for round in 0..rounds {
+            for k in 0..variants.len() {
+                let i = (k + round) % variants.len();
+                let v = variants[i];
+                let bed = bed_for(v, &mut weir, &mut ipt, &mut nft);
+                let s = bed.sample_variant(v, sample);
+                if matches!(v, Variant::Iptables | Variant::Nftables) {
+                    let count: u64 = bed.node.ns.sh("cat /proc/sys/net/netfilter/nf_conntrack_count").trim().parse().unwrap_or(0);
+                    r.conntrack_peak = r.conntrack_peak.max(count);
+                }
+                samples[i].push(s);
+            }
+        }
+        eprintln!("{n} services: rates {:?}", samples.iter().map(|s| median_rate(s) as u64).collect::<Vec<_>>());
+        r.samples = samples;
+        results.push(r);
+    }
+    let metrics = weir.agent.as_ref().map(|a| a.weirctl(&["metrics"]));
+
+    print_report(&results, &variants, &iptables, rounds, secs, clients, &conntrack_max);
+    if let Some(m) = metrics {
+        println!("\nWeir datapath counters after the run (`weirctl metrics`):\n\n```json\n{m:#}\n```");
+    }
+    eprintln!("services: done in {:.0} s", started.elapsed().as_secs_f64());
+}
+
+fn bed_for<'a>(v: Variant, weir: &'a mut Bed, ipt: &'a mut Bed, nft: &'a mut Bed) -> &'a mut Bed {
+    match v {
+        Variant::Direct | Variant::Weir => weir,
+        Variant::Iptables => ipt,
+        Variant::Nftables => nft,
+    }
+}
+
+#[derive(Default)]
+struct SizeResult {
+    services: usize,
+    /// Weir: (rename -> agent logged the sync, the agent's own `sync_ms`).
+    program_weir: Option<(Duration, Duration)>,
+    program_ipt: Option<Duration>,
+    program_nft: Option<Duration>,
+    /// Weir endpoint changes: (rename -> first connection to the new backend, rename -> sync logged).
+    change: Vec<(Duration, Duration)>,
+    samples: Vec<Vec<Sample>>,
+    conntrack_peak: u64,
+}
+
+/// One lab node with its client and backend pods.
+struct Bed {
+    node: Node,
+    agent: Option<Agent>,
+    manifests: Option<ManifestDir>,
+    state: TempDir,
+    clients: Vec<Pod>,
+    /// Per client pod: its source-port allocator, moved into the client thread for a sample.
+    ports: Vec<Option<Ports>>,
+    backends: Vec<Pod>,
+    _servers: Vec<Server>,
+    /// The measured Service (its endpoints are the real backends).
+    measured: Option<Service>,
+    /// Byte offset of the agent log already looked at.
+    log_seen: usize,
+}
+
+impl Bed {
+    fn new(pod_cidr: &str, clients: usize, with_agent: bool) -> Self {
+        let mut node = Node::new(pod_cidr);
+        let (agent, manifests) = if with_agent {
+            let dir = ManifestDir::new();
+            (Some(node.start_agent_with_source(dir.path())), Some(dir))
+        } else {
+            (None, None)
+        };
+        let clients: Vec<Pod> = (0..clients).map(|i| node.add_pod(&format!("client-{i}"))).collect();
+        let backends: Vec<Pod> = (0..BACKENDS).map(|i| node.add_pod(&format!("backend-{i}"))).collect();
+        let mut servers = Vec::new();
+        for (i, b) in backends.iter().enumerate() {
+            servers.push(Server::start(&b.ns, SocketAddr::new(b.ipv4(), PORT), i as u8));
+        }
+        servers.push(Server::start(&backends[0].ns, SocketAddr::new(backends[0].ipv4(), ALT_PORT), ALT_ID));
+        Self {
+            node,
+            agent,
+            manifests,
+            state: TempDir::new("weir-bench-svc-"),
+            ports: clients.iter().map(|_| Some(Ports::new())).collect(),
+            clients,
+            backends,
+            _servers: servers,
+            measured: None,
+            log_seen: 0,
+        }
+    }
+
+    fn backend_addrs(&self, port: u16) -> Vec<SocketAddrV4> {
+        self.backends.iter().map(|b| SocketAddrV4::new(v4(b.ipv4()), port)).collect()
+    }
+
+    /// `n` synthetic Services, the middle one pointing at the real backends.
+    fn service_set(&mut self, n: usize) -> ServiceSet {
+        let mut set = ServiceSet::synthetic(n, BACKENDS, CLUSTER_CIDR);
+        let mid = n / 2;
+        set.services[mid].endpoints = self.backend_addrs(PORT);
+        self.measured = Some(set.services[mid].clone());
+        set
+    }
+
+    fn target(&self, v: Variant) -> Target {
+        match v {
+            Variant::Direct => Target::Pods(self.backend_addrs(PORT)),
+            _ => {
+                let m = self.measured.as_ref().expect("programmed");
+                Target::Vip(SocketAddrV4::new(m.vip, m.port))
+            }
+        }
+    }
+
+    fn sample_variant(&mut self, v: Variant, d: Duration) -> Sample {
+        self.sample(self.target(v), d)
+    }
+
+    /// Weir from empty: both manifest files removed (and that synced), then renamed in.
+    /// Returns (rename -> sync logged, the agent's `sync_ms`).
+    fn program_weir(&mut self, n: usize) -> (Duration, Duration) {
+        let set = self.service_set(n);
+        let dir = self.manifests.as_ref().expect("weir bed").path().to_owned();
+        let (svc, slice) = (dir.join("services.yaml"), dir.join("measured.yaml"));
+        if svc.exists() || slice.exists() {
+            let _ = std::fs::remove_file(&svc);
+            let _ = std::fs::remove_file(&slice);
+            self.wait_synced(0, Instant::now());
+        }
+        // Every Service, and every slice but the measured one, in one file; the
+        // measured slice alone in another (the endpoint change rewrites only it).
+        let mid = n / 2;
+        let mut text = String::with_capacity(n * 400);
+        for (i, s) in set.services.iter().enumerate() {
+            text.push_str(&if i == mid { s.service_manifest() } else { s.manifest() });
+        }
+        let (tmp_svc, tmp_slice) = (dir.join(".services.yaml.tmp"), dir.join(".measured.yaml.tmp"));
+        std::fs::write(&tmp_svc, text).expect("write manifests");
+        std::fs::write(&tmp_slice, set.services[mid].slice_manifest()).expect("write slice");
+        let t0 = Instant::now();
+        std::fs::rename(&tmp_slice, &slice).expect("rename");
+        std::fs::rename(&tmp_svc, &svc).expect("rename");
+        self.wait_synced(n, t0)
+    }
+
+    /// Waits for the agent's `services synced` line with `frontends=n`, after what
+    /// was already seen; returns (since `t0`, the line's `sync_ms`).
+    fn wait_synced(&mut self, n: usize, t0: Instant) -> (Duration, Duration) {
+        let agent = self.agent.as_ref().expect("weir bed");
+        let deadline = t0 + Duration::from_secs(120);
+        loop {
+            let log = std::fs::read_to_string(&agent.log).unwrap_or_default();
+            let fresh = &log[self.log_seen.min(log.len())..];
+            // Only whole lines.
+            let upto = fresh.rfind('\n').map_or(0, |i| i + 1);
+            for line in fresh[..upto].lines() {
+                if line.contains("services synced") && field(line, "frontends") == Some(n.to_string()) {
+                    let elapsed = t0.elapsed();
+                    self.log_seen += upto;
+                    let sync_ms: f64 = field(line, "sync_ms").and_then(|v| v.parse().ok()).unwrap_or(f64::NAN);
+                    return (elapsed, Duration::from_secs_f64(sync_ms / 1e3));
+                }
+            }
+            self.log_seen += upto;
+            assert!(Instant::now() < deadline, "no sync of {n} services after 120 s:\n{}", agent.log_text());
+            std::thread::sleep(Duration::from_micros(500));
+        }
+    }
+
+    /// Rewrites the measured slice: to backend 0's second port alone (`to_alt`) or
+    /// back to the 10 backends; returns (rename -> a fresh connection reaches the new
+    /// set, rename -> sync logged).
+    fn change_endpoints(&mut self, n: usize, to_alt: bool) -> (Duration, Duration) {
+        let mut m = self.measured.clone().expect("programmed");
+        m.endpoints = if to_alt { vec![self.backend_addrs(ALT_PORT)[0]] } else { self.backend_addrs(PORT) };
+        let dir = self.manifests.as_ref().expect("weir bed").path().to_owned();
+        let tmp = dir.join(".measured.yaml.tmp");
+        std::fs::write(&tmp, m.slice_manifest()).expect("write slice");
+        let vip = SocketAddrV4::new(m.vip, m.port);
+        let ports = self.ports[0].take().expect("ports");
+        let t0 = Instant::now();
+        std::fs::rename(&tmp, dir.join("measured.yaml")).expect("rename");
+        let probe = self.clients[0].ns.spawn(move || {
+            let mut ports = ports;
+            let deadline = t0 + Duration::from_secs(60);
+            while Instant::now() < deadline {
+                let Some(port) = ports.take() else { continue };
+                if let Ok(id) = connect_once(port, vip) {
+                    if (id == ALT_ID) == to_alt {
+                        return (t0.elapsed(), ports);
+                    }
+                }
+            }
+            panic!("endpoint change not seen after 60 s");
+        });
+        let (seen, ports) = probe.join().expect("probe thread");
+        self.ports[0] = Some(ports);
+        let (synced, _) = self.wait_synced(n, t0);
+        (seen, synced)
+    }
+
+    /// iptables from empty: the nat table flushed, then one `iptables-restore --noflush`.
+    fn program_iptables(&mut self, n: usize, restore: &str) -> Duration {
+        let save = restore.replace("-restore", "");
+        self.node.ns.sh(&format!("{save} -t nat -F && {save} -t nat -X"));
+        let file = self.state.join("iptables.rules");
+        let rules = self.service_set(n).iptables_restore();
+        std::fs::write(&file, rules).expect("write rules");
+        let restore = restore.to_owned();
+        self.node.ns.run(move || {
+            let t0 = Instant::now();
+            let out = Command::new(&restore).arg("--noflush").arg(&file).output().expect("spawn iptables-restore");
+            let t = t0.elapsed();
+            assert!(out.status.success(), "{restore}: {}", String::from_utf8_lossy(&out.stderr));
+            t
+        })
+    }
+
+    /// nftables from empty: table `ip kube-proxy` deleted, then one `nft -f`.
+    fn program_nft(&mut self, n: usize) -> Duration {
+        let _ = self.node.ns.exec(&["nft", "delete", "table", "ip", "kube-proxy"]);
+        let file = self.state.join("kube-proxy.nft");
+        let rules = self.service_set(n).nft_ruleset();
+        std::fs::write(&file, rules).expect("write ruleset");
+        self.node.ns.run(move || {
+            let t0 = Instant::now();
+            let out = Command::new("nft").arg("-f").arg(&file).output().expect("spawn nft");
+            let t = t0.elapsed();
+            assert!(out.status.success(), "nft -f: {}", String::from_utf8_lossy(&out.stderr));
+            t
+        })
+    }
+
+    /// Back-to-back connections from every client pod (one thread each) for `d`.
+    fn sample(&mut self, target: Target, d: Duration) -> Sample {
+        let barrier = Arc::new(Barrier::new(self.clients.len()));
+        let threads: Vec<JoinHandle<(Sample, Ports)>> = self
+            .clients
+            .iter()
+            .zip(self.ports.iter_mut())
+            .map(|(pod, ports)| {
+                let (mut ports, target, barrier) = (ports.take().expect("ports"), target.clone(), barrier.clone());
+                pod.ns.spawn(move || {
+                    let mut s = Sample::default();
+                    barrier.wait();
+                    let t0 = Instant::now();
+                    let mut k = 0usize;
+                    while t0.elapsed() < d {
+                        let Some(port) = ports.take() else {
+                            s.stalls += 1;
+                            std::thread::sleep(Duration::from_millis(1));
+                            continue;
+                        };
+                        let to = match &target {
+                            Target::Vip(a) => *a,
+                            Target::Pods(p) => p[k % p.len()],
+                        };
+                        k += 1;
+                        match connect_once(port, to) {
+                            Ok(id) => {
+                                s.conns += 1;
+                                s.hit[usize::from(id).min(BACKENDS)] += 1;
+                            }
+                            Err(_) => s.errors += 1,
+                        }
+                    }
+                    s.secs = t0.elapsed().as_secs_f64();
+                    (s, ports)
+                })
+            })
+            .collect();
+        let mut total = Sample::default();
+        for (slot, t) in self.ports.iter_mut().zip(threads) {
+            let (s, ports) = t.join().expect("client thread");
+            *slot = Some(ports);
+            total.conns += s.conns;
+            total.errors += s.errors;
+            total.stalls += s.stalls;
+            total.secs = total.secs.max(s.secs);
+            for (a, b) in total.hit.iter_mut().zip(s.hit) {
+                *a += b;
+            }
+        }
+        total
+    }
+}
+
+#[derive(Clone)]
+enum Target {
+    Vip(SocketAddrV4),
+    /// Round-robin over the backends' own addresses.
+    Pods(Vec<SocketAddrV4>),
+}
+
+#[derive(Clone, Debug, Default)]
+struct Sample {
+    conns: u64,
+    errors: u64,
+    /// Waits for a source port not used in the last 12 s.
+    stalls: u64,
+    secs: f64,
+    /// Answers per backend index (10 = backend 0's second port).
+    hit: [u64; BACKENDS + 1],
+}
+
+impl Sample {
+    fn rate(&self) -> f64 {
+        self.conns as f64 / self.secs
+    }
+}
+
+/// Source ports of one client address, handed out in turn, none within
+/// [`MIN_PORT_REUSE`] of its last use.
+struct Ports {
+    next: u16,
+    last: Vec<Option<Instant>>,
+}
+
+impl Ports {
+    const LO: u16 = 1024;
+
+    fn new() -> Self {
+        Self {
+            next: Self::LO,
+            last: vec![None; 65_536],
+        }
+    }
+
+    fn take(&mut self) -> Option<u16> {
+        let now = Instant::now();
+        for _ in Self::LO..=u16::MAX {
+            let p = self.next;
+            self.next = if p == u16::MAX { Self::LO } else { p + 1 };
+            let slot = &mut self.last[usize::from(p)];
+            if slot.is_none_or(|t| now.duration_since(t) >= MIN_PORT_REUSE) {
+                *slot = Some(now);
+                return Some(p);
+            }
+        }
+        None
+    }
+}
+
+/// One connection from source port `port`: connect, send 3 bytes, read the backend's
+/// 1-byte index, close with an RST (`SO_LINGER` 0: no TIME_WAIT).
+fn connect_once(port: u16, to: SocketAddrV4) -> std::io::Result<u8> {
+    let s = bound_socket(port)?;
+    let dst = sockaddr(to);
+    // SAFETY: `dst` is a valid sockaddr_in of the given length; `s` owns the fd.
+    let rc = unsafe {
+        libc::connect(
+            s.as_raw_fd(),
+            (&raw const dst).cast(),
+            size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    s.set_read_timeout(Some(IO_TIMEOUT))?;
+    (&s).write_all(b"hi\n")?;
+    let mut b = [0u8; 1];
+    (&s).read_exact(&mut b)?;
+    Ok(b[0])
+}
+
+/// A TCP socket bound to `0.0.0.0:port`, with `SO_LINGER` 0.
+fn bound_socket(port: u16) -> std::io::Result<TcpStream> {
+    // SAFETY: plain socket(2); the result is checked before use.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd we own; the stream closes it on every path from here.
+    let s = unsafe { TcpStream::from_raw_fd(fd) };
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    let src = sockaddr(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port));
+    // SAFETY: pointers to live values of the lengths passed.
+    let ok = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            size_of::<libc::linger>() as libc::socklen_t,
+        ) == 0
+            && libc::bind(fd, (&raw const src).cast(), size_of::<libc::sockaddr_in>() as libc::socklen_t) == 0
+    };
+    if !ok {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(s)
+}
+
+fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: a.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*a.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
+/// A backend: accepts one connection at a time, reads the request, answers its
+/// index, closes. Stopped on drop.
+struct Server {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    fn start(ns: &Netns, addr: SocketAddr, id: u8) -> Self {
+        let listener = ns.run(move || TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}")));
+        // accept(2) honours SO_RCVTIMEO: wake up now and then to see `stop`.
+        let tv = libc::timeval { tv_sec: 0, tv_usec: 100_000 };
+        // SAFETY: a pointer to a live timeval of the length passed.
+        let rc = unsafe {
+            libc::setsockopt(
+                listener.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&raw const tv).cast(),
+                size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "SO_RCVTIMEO: {}", std::io::Error::last_os_error());
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            while !s.load(Ordering::Relaxed) {
+                if let Ok((mut conn, _)) = listener.accept() {
+                    let _ = conn.set_read_timeout(Some(IO_TIMEOUT));
+                    if conn.read(&mut buf).is_ok_and(|n| n > 0) {
+                        let _ = conn.write_all(&[id]);
+                    }
+                }
+            }
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// `key=value` (or `key="value"`) of a tracing line.
+fn field(line: &str, key: &str) -> Option<String> {
+    let start = line.find(&format!(" {key}="))? + key.len() + 2;
+    let rest = &line[start..];
+    let end = rest.find(' ').unwrap_or(rest.len());
+    Some(rest[..end].trim_matches('"').to_owned())
+}
+
+fn v4(ip: IpAddr) -> Ipv4Addr {
+    match ip {
+        IpAddr::V4(a) => a,
+        IpAddr::V6(_) => panic!("IPv4 expected"),
+    }
+}
+
+fn print_report(results: &[SizeResult], variants: &[Variant], iptables: &str, rounds: usize, secs: f64, clients: usize, ct_max: &str) {
+    println!(
+        "\n### New TCP connections per second ({rounds} interleaved rounds of {secs} s samples, {clients} client threads; median, min-max)\n"
+    );
+    println!("| Services | variant | conn/s | min-max | / direct | errors | backends hit |");
+    println!("| ---: | --- | ---: | ---: | ---: | ---: | ---: |");
+    for r in results {
+        let direct = median_rate(&r.samples[0]);
+        for (v, s) in variants.iter().zip(&r.samples) {
+            let rates: Vec<f64> = s.iter().map(Sample::rate).collect();
+            let lo = rates.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = rates.iter().copied().fold(0.0, f64::max);
+            let mut hit = [0u64; BACKENDS + 1];
+            for x in s {
+                for (a, b) in hit.iter_mut().zip(x.hit) {
+                    *a += b;
+                }
+            }
+            let ratio = median_rate(s) / direct;
+            let ratio = if *v == Variant::Direct { "1".to_owned() } else { format!("**{ratio:.2}**") };
+            println!(
+                "| {} | {} | {:.0} | {:.0}-{:.0} | {ratio} | {} | {}/{} |",
+                r.services,
+                v.label(),
+                median_rate(s),
+                lo,
+                hi,
+                s.iter().map(|x| x.errors).sum::<u64>(),
+                hit.iter().filter(|&&c| c > 0).count(),
+                BACKENDS,
+            );
+        }
+    }
+    let stalls: u64 = results.iter().flat_map(|r| r.samples.iter().flatten()).map(|s| s.stalls).sum();
+    let ct_peak = results.iter().map(|r| r.conntrack_peak).max().unwrap_or(0);
+    println!("\nSource-port stalls (no port free of the 12 s rule): {stalls}; peak nf_conntrack_count on the netfilter nodes {ct_peak} of nf_conntrack_max {ct_max}.");
+
+    println!("\n### Programming N Services x {BACKENDS} endpoints from empty (ms)\n");
+    println!("| Services | Weir: rename -> synced | Weir agent `sync_ms` (map writes) | `{iptables} --noflush` | `nft -f` |");
+    println!("| ---: | ---: | ---: | ---: | ---: |");
+    for r in results {
+        let (w, s) = r.program_weir.unwrap_or_default();
+        println!(
+            "| {} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            r.services,
+            ms(w),
+            ms(s),
+            ms(r.program_ipt.unwrap_or_default()),
+            ms(r.program_nft.unwrap_or_default())
+        );
+    }
+
+    println!("\n### Weir: EndpointSlice change -> a fresh connection reaches the new backend (ms)\n");
+    println!("| Services | changes | median | max | rename -> sync logged, median |");
+    println!("| ---: | ---: | ---: | ---: | ---: |");
+    for r in results {
+        if r.change.is_empty() {
+            continue;
+        }
+        let seen: Vec<Duration> = r.change.iter().map(|c| c.0).collect();
+        let synced: Vec<Duration> = r.change.iter().map(|c| c.1).collect();
+        println!(
+            "| {} | {} | {:.1} | {:.1} | {:.1} |",
+            r.services,
+            seen.len(),
+            ms(median(&seen)),
+            ms(*seen.iter().max().expect("changes")),
+            ms(median(&synced))
+        );
+    }
+}
+
+fn median_rate(s: &[Sample]) -> f64 {
+    let mut r: Vec<f64> = s.iter().map(Sample::rate).collect();
+    r.sort_by(f64::total_cmp);
+    if r.is_empty() {
+        return f64::NAN;
+    }
+    let m = r.len() / 2;
+    if r.len() % 2 == 1 { r[m] } else { (r[m - 1] + r[m]) / 2.0 }
+}
+
+fn median(d: &[Duration]) -> Duration {
+    let mut d = d.to_vec();
+    d.sort_unstable();
+    d[(d.len() - 1) / 2]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    match std::env::var(name) {
+        Ok(v) => v.parse().unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
+        Err(_) => default,
+    }
+}
+
+fn env_f64(name: &str, default: f64) -> f64 {
+    match std::env::var(name) {
+        Ok(v) => v.parse().unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
+        Err(_) => default,
+    }
+}
+

@@ -1,0 +1,209 @@
+//! Services for the lab: a manifest directory an agent watches (`--source dir:`),
+//! builders for Services, EndpointSlices and Endpoints exactly as an API server
+//! holds them, and waits on what the agent wrote to its maps (through `weirctl`),
+//! so tests never sleep blindly.
+
+use std::{
+    net::IpAddr,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+
+use crate::{Agent, TempDir};
+
+/// How long a change may take to reach the maps before a test fails.
+pub const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The directory an agent reads its Services from.
+pub struct ManifestDir {
+    dir: TempDir,
+}
+
+impl Default for ManifestDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ManifestDir {
+    pub fn new() -> Self {
+        Self {
+            dir: TempDir::new("weir-manifests-"),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes `objects` as one multi-document YAML file, atomically (a hidden
+    /// temporary file renamed into place: the agent never reads half a file).
+    pub fn write(&self, file: &str, objects: &[Value]) {
+        let text = objects
+            .iter()
+            .map(|o| serde_yaml::to_string(o).expect("YAML"))
+            .collect::<Vec<_>>()
+            .join("---\n");
+        self.write_raw(file, &text);
+    }
+
+    /// Writes a file's text verbatim (atomically).
+    pub fn write_raw(&self, file: &str, text: &str) {
+        let tmp = self.dir.join(format!(".{file}.tmp"));
+        std::fs::write(&tmp, text).expect("write manifest");
+        std::fs::rename(&tmp, self.dir.join(file)).expect("rename manifest");
+    }
+
+    pub fn remove(&self, file: &str) {
+        std::fs::remove_file(self.dir.join(file)).expect("remove manifest");
+    }
+}
+
+/// A Service port: `(name, port, targetPort, protocol)`; a numeric target is given
+/// as a number string.
+pub fn port(name: &str, port: u16, target: &str, protocol: &str) -> Value {
+    let target: Value = target.parse::<u16>().map_or_else(|_| json!(target), |n| json!(n));
+    json!({ "name": name, "port": port, "targetPort": target, "protocol": protocol })
+}
+
+/// A ClusterIP Service as the API server returns it.
+pub fn service(name: &str, cluster_ip: &str, ports: &[Value]) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": { "name": name, "namespace": "default" },
+        "spec": {
+            "type": "ClusterIP",
+            "clusterIP": cluster_ip,
+            "clusterIPs": [cluster_ip],
+            "ipFamilies": ["IPv4"],
+            "sessionAffinity": "None",
+            "selector": { "app": name },
+            "ports": ports,
+        }
+    })
+}
+
+/// An endpoint of a slice: an address with its conditions.
+#[derive(Clone, Debug)]
+pub struct Ep {
+    pub ip: IpAddr,
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+}
+
+impl Ep {
+    pub fn ready(ip: IpAddr) -> Self {
+        Self {
+            ip,
+            ready: true,
+            serving: true,
+            terminating: false,
+        }
+    }
+
+    /// Terminating, still serving (graceful shutdown).
+    pub fn terminating(ip: IpAddr) -> Self {
+        Self {
+            ip,
+            ready: false,
+            serving: true,
+            terminating: true,
+        }
+    }
+
+    /// Running but failing its readiness probe.
+    pub fn not_ready(ip: IpAddr) -> Self {
+        Self {
+            ip,
+            ready: false,
+            serving: false,
+            terminating: false,
+        }
+    }
+}
+
+/// An EndpointSlice of `service` as the EndpointSlice controller writes it.
+/// `ports`: `(name, port, protocol)`.
+pub fn slice(name: &str, service: &str, node: &str, ports: &[(&str, u16, &str)], endpoints: &[Ep]) -> Value {
+    json!({
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": name,
+            "namespace": "default",
+            "labels": {
+                "kubernetes.io/service-name": service,
+                "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io",
+            },
+        },
+        "addressType": "IPv4",
+        "endpoints": endpoints.iter().map(|e| json!({
+            "addresses": [e.ip.to_string()],
+            "conditions": { "ready": e.ready, "serving": e.serving, "terminating": e.terminating },
+            "nodeName": node,
+        })).collect::<Vec<_>>(),
+        "ports": ports.iter().map(|(n, p, proto)| json!({ "name": n, "port": p, "protocol": proto })).collect::<Vec<_>>(),
+    })
+}
+
+/// `frontend` (`VIP:port/PROTO`) in `weirctl services -o json` output.
+pub fn frontend<'a>(services: &'a Value, frontend: &str) -> Option<&'a Value> {
+    services
+        .as_array()?
+        .iter()
+        .find(|f| f["frontend"].as_str() == Some(frontend))
+}
+
+/// The backend addresses (`ip:port`) in the slots of `frontend`, in slot order;
+/// `None` when there is no such frontend.
+pub fn slot_addresses(services: &Value, front: &str) -> Option<Vec<String>> {
+    Some(
+        frontend(services, front)?["backends"]
+            .as_array()?
+            .iter()
+            .filter_map(|b| b["address"].as_str().map(str::to_owned))
+            .collect(),
+    )
+}
+
+impl Agent {
+    /// Polls `weirctl services` until `done` holds; panics after [`SYNC_TIMEOUT`]
+    /// with the last view and the agent's log.
+    pub fn wait_services(&self, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + SYNC_TIMEOUT;
+        loop {
+            let services = self.weirctl(&["services"]);
+            if done(&services) {
+                return services;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out waiting for {what}; weirctl services:\n{services:#}\nagent log:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until `front` has exactly `backends` (`ip:port`, any order) in its slots.
+    pub fn wait_backends(&self, front: &str, backends: &[String]) -> Value {
+        let mut want: Vec<String> = backends.to_vec();
+        want.sort();
+        self.wait_services(&format!("{front} -> {want:?}"), |s| {
+            slot_addresses(s, front).is_some_and(|mut got| {
+                got.sort();
+                got == want
+            })
+        })
+    }
+
+    /// Waits until `front` is absent from the maps.
+    pub fn wait_no_frontend(&self, front: &str) -> Value {
+        self.wait_services(&format!("{front} to be absent"), |s| frontend(s, front).is_none())
+    }
+}

@@ -1,0 +1,721 @@
+//! Tier 2 (root + namespaces): Services from a manifest directory (`weir-agent
+//! --source dir:`), load-balanced by the eBPF datapath with real packets. Each
+//! test runs on a node of its own; backends are pods running a who-am-I server
+//! that answers with its name and the client address it saw.
+
+use std::{
+    collections::BTreeMap,
+    io::ErrorKind,
+    net::{IpAddr, SocketAddr},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+use weir_lab::{
+    Agent, Node, Pod,
+    netns::Netns,
+    services::{Ep, ManifestDir, frontend, port, service, slice},
+    whoami::{Answer, TcpSession, UdpSession, WhoAmI, ask_tcp, ask_udp},
+};
+
+const VIP: &str = "10.96.0.10";
+
+/// A node whose agent reads `dir`, with backend pods serving who-am-I.
+/// Field order is drop order: servers, then pods, then the agent and the node.
+struct Lab {
+    _servers: Vec<WhoAmI>,
+    backends: Vec<Pod>,
+    client: Pod,
+    agent: Agent,
+    node: Node,
+    dir: ManifestDir,
+}
+
+impl Lab {
+    /// `backends`: pod names; each serves who-am-I (TCP and UDP) on `ports`.
+    fn new(pod_cidr: &str, backends: &[&str], ports: &[u16]) -> Self {
+        let dir = ManifestDir::new();
+        let mut node = Node::new(pod_cidr);
+        let agent = node.start_agent_with_source(dir.path());
+        let backends: Vec<Pod> = backends.iter().map(|n| node.add_pod(n)).collect();
+        let servers = backends
+            .iter()
+            .map(|p| WhoAmI::start(&p.ns, &p.spec.name, p.ipv4(), ports))
+            .collect();
+        let client = node.add_pod("client");
+        Self {
+            _servers: servers,
+            backends,
+            client,
+            agent,
+            node,
+            dir,
+        }
+    }
+
+    fn pod(&self, name: &str) -> &Pod {
+        self.backends
+            .iter()
+            .find(|p| p.spec.name == name)
+            .unwrap_or_else(|| panic!("no backend pod {name}"))
+    }
+
+    fn ip(&self, name: &str) -> IpAddr {
+        self.pod(name).ipv4()
+    }
+
+    fn ready(&self, names: &[&str]) -> Vec<Ep> {
+        names.iter().map(|n| Ep::ready(self.ip(n))).collect()
+    }
+
+    /// `ip:port` of each named backend, as `weirctl services` shows them.
+    fn addrs(&self, names: &[&str], port: u16) -> Vec<String> {
+        names.iter().map(|n| format!("{}:{port}", self.ip(n))).collect()
+    }
+
+    /// One Service `web` on [`VIP`] (port 80 -> 8080/TCP) with one slice.
+    fn web(&self, endpoints: &[Ep]) -> Vec<Value> {
+        vec![
+            service("web", VIP, &[port("http", 80, "8080", "TCP")]),
+            slice(
+                "web-abc12",
+                "web",
+                self.node.name(),
+                &[("http", 8080, "TCP")],
+                endpoints,
+            ),
+        ]
+    }
+}
+
+fn vip(port: u16) -> SocketAddr {
+    SocketAddr::new(VIP.parse().expect("VIP"), port)
+}
+
+/// Which server answered each of `n` new TCP connections from `ns`.
+fn tally_tcp(ns: &Netns, to: SocketAddr, n: usize) -> BTreeMap<String, usize> {
+    let mut seen = BTreeMap::new();
+    for i in 0..n {
+        let a = ask_tcp(ns, to).unwrap_or_else(|e| panic!("connection {i} to {to}: {e}"));
+        *seen.entry(a.server).or_default() += 1;
+    }
+    seen
+}
+
+fn expect_server(answer: std::io::Result<Answer>, server: &str, what: &str) -> Answer {
+    let a = answer.unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert_eq!(
+        a.server, server,
+        "{what}: answered by {} instead of {server}",
+        a.server
+    );
+    a
+}
+
+#[test]
+fn root_clusterip_tcp_and_udp() {
+    let lab = Lab::new("10.91.1.0/24", &["a"], &[8080]);
+    let mut objects = vec![service(
+        "web",
+        VIP,
+        &[port("http", 80, "8080", "TCP"), port("dns", 53, "8080", "UDP")],
+    )];
+    objects.push(slice(
+        "web-x1",
+        "web",
+        lab.node.name(),
+        &[("http", 8080, "TCP"), ("dns", 8080, "UDP")],
+        &lab.ready(&["a"]),
+    ));
+    lab.dir.write("web.yaml", &objects);
+    lab.agent
+        .wait_backends(&format!("{VIP}:80/TCP"), &lab.addrs(&["a"], 8080));
+    lab.agent
+        .wait_backends(&format!("{VIP}:53/UDP"), &lab.addrs(&["a"], 8080));
+    expect_server(ask_tcp(&lab.client.ns, vip(80)), "a", "TCP through the ClusterIP");
+    expect_server(ask_udp(&lab.client.ns, vip(53)), "a", "UDP through the ClusterIP");
+}
+
+#[test]
+fn root_several_ports_with_different_protocols() {
+    let lab = Lab::new("10.91.2.0/24", &["a", "b"], &[8080, 5353]);
+    let objects = vec![
+        service(
+            "multi",
+            VIP,
+            &[
+                port("http", 80, "8080", "TCP"),
+                port("dns", 53, "5353", "UDP"),
+                port("dns-tcp", 53, "5353", "TCP"),
+            ],
+        ),
+        slice(
+            "multi-1",
+            "multi",
+            lab.node.name(),
+            &[
+                ("http", 8080, "TCP"),
+                ("dns", 5353, "UDP"),
+                ("dns-tcp", 5353, "TCP"),
+            ],
+            &lab.ready(&["a", "b"]),
+        ),
+    ];
+    lab.dir.write("multi.yaml", &objects);
+    lab.agent
+        .wait_backends(&format!("{VIP}:80/TCP"), &lab.addrs(&["a", "b"], 8080));
+    lab.agent
+        .wait_backends(&format!("{VIP}:53/UDP"), &lab.addrs(&["a", "b"], 5353));
+    lab.agent
+        .wait_backends(&format!("{VIP}:53/TCP"), &lab.addrs(&["a", "b"], 5353));
+    for (what, answer) in [
+        ("80/TCP", ask_tcp(&lab.client.ns, vip(80))),
+        ("53/UDP", ask_udp(&lab.client.ns, vip(53))),
+        ("53/TCP", ask_tcp(&lab.client.ns, vip(53))),
+    ] {
+        let a = answer.unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert!(["a", "b"].contains(&a.server.as_str()), "{what}: {a:?}");
+    }
+}
+
+#[test]
+fn root_target_port_number_and_name() {
+    let lab = Lab::new("10.91.3.0/24", &["a"], &[8080, 9090]);
+    // `web` targets a container port by name: the EndpointSlice carries the
+    // resolved number under the Service port's name, as the controller writes it.
+    let objects = vec![
+        service("num", VIP, &[port("http", 80, "8080", "TCP")]),
+        slice(
+            "num-1",
+            "num",
+            lab.node.name(),
+            &[("http", 8080, "TCP")],
+            &lab.ready(&["a"]),
+        ),
+        service("named", "10.96.0.11", &[port("http", 80, "web", "TCP")]),
+        slice(
+            "named-1",
+            "named",
+            lab.node.name(),
+            &[("http", 9090, "TCP")],
+            &lab.ready(&["a"]),
+        ),
+    ];
+    lab.dir.write("svc.yaml", &objects);
+    lab.agent
+        .wait_backends(&format!("{VIP}:80/TCP"), &lab.addrs(&["a"], 8080));
+    lab.agent
+        .wait_backends("10.96.0.11:80/TCP", &lab.addrs(&["a"], 9090));
+    expect_server(ask_tcp(&lab.client.ns, vip(80)), "a", "port 80 -> 8080");
+    expect_server(
+        ask_tcp(&lab.client.ns, "10.96.0.11:80".parse().expect("addr")),
+        "a",
+        "port 80 -> named target 9090",
+    );
+}
+
+#[test]
+fn root_selectorless_service_with_endpoints() {
+    let lab = Lab::new("10.91.4.0/24", &["a"], &[7000]);
+    let mut svc = service("ext", VIP, &[port("", 80, "7000", "TCP")]);
+    svc["spec"].as_object_mut().expect("spec").remove("selector");
+    let endpoints = json!({
+        "apiVersion": "v1",
+        "kind": "Endpoints",
+        "metadata": { "name": "ext", "namespace": "default" },
+        "subsets": [{
+            "addresses": [{ "ip": lab.ip("a").to_string() }],
+            "ports": [{ "port": 7000, "protocol": "TCP" }],
+        }],
+    });
+    lab.dir.write("ext.yaml", &[svc, endpoints]);
+    lab.agent
+        .wait_backends(&format!("{VIP}:80/TCP"), &lab.addrs(&["a"], 7000));
+    expect_server(ask_tcp(&lab.client.ns, vip(80)), "a", "selector-less Service");
+}
+
+#[test]
+fn root_headless_and_other_proxy_services_get_no_frontend() {
+    let lab = Lab::new("10.91.5.0/24", &["a"], &[8080]);
+    let mut headless = service("headless", "None", &[port("http", 80, "8080", "TCP")]);
+    headless["spec"]["clusterIPs"] = json!(["None"]);
+    let mut other_proxy = service("other", "10.96.0.12", &[port("http", 80, "8080", "TCP")]);
+    other_proxy["metadata"]["labels"] = json!({ "service.kubernetes.io/service-proxy-name": "someone-else" });
+    let mut objects = lab.web(&lab.ready(&["a"]));
+    for (svc, name) in [(headless, "headless"), (other_proxy, "other")] {
+        objects.push(svc);
+        objects.push(slice(
+            &format!("{name}-1"),
+            name,
+            lab.node.name(),
+            &[("http", 8080, "TCP")],
+            &lab.ready(&["a"]),
+        ));
+    }
+    lab.dir.write("all.yaml", &objects);
+    let services = lab
+        .agent
+        .wait_backends(&format!("{VIP}:80/TCP"), &lab.addrs(&["a"], 8080));
+    let fronts = services.as_array().expect("rows");
+    assert_eq!(fronts.len(), 1, "only web may have a frontend: {services:#}");
+    assert!(frontend(&services, "10.96.0.12:80/TCP").is_none(), "{services:#}");
+    expect_server(
+        ask_tcp(&lab.client.ns, vip(80)),
+        "a",
+        "the valid Service next to them",
+    );
+}
+
+#[test]
+fn root_invalid_service_is_reported_and_skipped() {
+    let lab = Lab::new("10.91.6.0/24", &["a"], &[8080]);
+    let mut objects = lab.web(&lab.ready(&["a"]));
+    objects.push(service(
+        "broken",
+        "10.96.0.13",
+        &[port("http", 80, "8080", "ICMP")],
+    ));
+    lab.dir.write("mixed.yaml", &objects);
+    lab.dir.write_raw("garbage.yaml", "kind: [unterminated\n");
+    let services = lab
+        .agent
+        .wait_backends(&format!("{VIP}:80/TCP"), &lab.addrs(&["a"], 8080));
+    assert!(
+        frontend(&services, "10.96.0.13:80/ICMP").is_none(),
+        "{services:#}"
+    );
+    expect_server(
+        ask_tcp(&lab.client.ns, vip(80)),
+        "a",
+        "the valid Service in the same file",
+    );
+    let log = lab.agent.log_text();
+    let reported = |needle: &str| log.lines().any(|l| l.contains("WARN") && l.contains(needle));
+    assert!(
+        reported("mixed.yaml") && reported("Service default/broken") && reported("ICMP"),
+        "the invalid Service is not reported with file, object and reason:\n{log}"
+    );
+    assert!(
+        reported("garbage.yaml"),
+        "the unparsable file is not reported:\n{log}"
+    );
+}
+
+#[test]
+fn root_no_endpoints_rejects_quickly() {
+    let lab = Lab::new("10.91.7.0/24", &[], &[]);
+    let objects = vec![
+        service(
+            "empty",
+            VIP,
+            &[port("http", 80, "8080", "TCP"), port("dns", 53, "53", "UDP")],
+        ),
+        slice(
+            "empty-1",
+            "empty",
+            lab.node.name(),
+            &[("http", 8080, "TCP"), ("dns", 53, "UDP")],
+            &[],
+        ),
+    ];
+    lab.dir.write("empty.yaml", &objects);
+    lab.agent.wait_services("both frontends, without backends", |s| {
+        [format!("{VIP}:80/TCP"), format!("{VIP}:53/UDP")]
+            .iter()
+            .all(|f| frontend(s, f).is_some_and(|f| f["count"] == 0))
+    });
+    let start = Instant::now();
+    let tcp = TcpSession::connect(&lab.client.ns, vip(80));
+    let took = start.elapsed();
+    match tcp {
+        Err(e) if e.kind() == ErrorKind::ConnectionRefused => {}
+        Err(e) => panic!("TCP connect to a Service without endpoints: {e} (want connection refused)"),
+        Ok(_) => panic!("TCP connect to a Service without endpoints succeeded"),
+    }
+    assert!(
+        took < Duration::from_secs(1),
+        "refusal took {took:?}: a timeout, not a reject"
+    );
+    let udp = UdpSession::connect(&lab.client.ns, vip(53)).expect("UDP socket");
+    match udp.ask() {
+        Err(e) if e.kind() == ErrorKind::ConnectionRefused => {}
+        other => panic!("UDP to a Service without endpoints: {other:?} (want ICMP -> connection refused)"),
+    }
+}
+
+#[test]
+fn root_client_source_ip_is_preserved() {
+    let lab = Lab::new("10.91.8.0/24", &["a"], &[8080]);
+    lab.dir.write("web.yaml", &lab.web(&lab.ready(&["a"])));
+    lab.agent
+        .wait_backends(&format!("{VIP}:80/TCP"), &lab.addrs(&["a"], 8080));
+    let a = expect_server(ask_tcp(&lab.client.ns, vip(80)), "a", "TCP");
+    assert_eq!(
+        a.peer.ip(),
+        lab.client.ipv4(),
+        "the backend saw {} instead of the client pod",
+        a.peer
+    );
+}
+
+#[test]
+fn root_hairpin_backend_reaches_its_own_service() {
+    let lab = Lab::new("10.91.9.0/24", &["a"], &[8080]);
+    lab.dir.write("web.yaml", &lab.web(&lab.ready(&["a"])));
+    lab.agent
+        .wait_backends(&format!("{VIP}:80/TCP"), &lab.addrs(&["a"], 8080));
+    let a = expect_server(ask_tcp(&lab.pod("a").ns, vip(80)), "a", "hairpin TCP");
+    assert_eq!(
+        a.peer.ip(),
+        IpAddr::from(weir_common_hairpin()),
+        "hairpinned traffic must come from the hairpin address"
+    );
+}
+
+/// `weir_common::HAIRPIN_V4`, without a dependency on the ABI crate.
+fn weir_common_hairpin() -> [u8; 4] {
+    [169, 254, 42, 1]
+}
+
+fn affinity_service(timeout: Option<u32>) -> Value {
+    let mut svc = service("sticky", VIP, &[port("http", 80, "8080", "TCP")]);
+    if let Some(t) = timeout {
+        svc["spec"]["sessionAffinity"] = json!("ClientIP");
+        svc["spec"]["sessionAffinityConfig"] = json!({ "clientIP": { "timeoutSeconds": t } });
+    }
+    svc
+}
+
+#[test]
+fn root_session_affinity_client_ip() {
+    let lab = Lab::new("10.91.10.0/24", &["a", "b", "c", "d"], &[8080]);
+    let all = ["a", "b", "c", "d"];
+    let slice = || {
+        slice(
+            "sticky-1",
+            "sticky",
+            lab.node.name(),
+            &[("http", 8080, "TCP")],
+            &lab.ready(&all),
+        )
+    };
+    let front = format!("{VIP}:80/TCP");
+    let affinity = |s: &Value| frontend(s, &front).map(|f| f["affinity_timeout"].clone());
+
+    lab.dir
+        .write("sticky.yaml", &[affinity_service(Some(10_800)), slice()]);
+    lab.agent
+        .wait_services("affinity 10800", |s| affinity(s) == Some(json!(10_800)));
+    let seen = tally_tcp(&lab.client.ns, vip(80), 20);
+    assert_eq!(
+        seen.len(),
+        1,
+        "20 connections with ClientIP affinity hit several backends: {seen:?}"
+    );
+
+    lab.dir.write("sticky.yaml", &[affinity_service(None), slice()]);
+    lab.agent
+        .wait_services("affinity off", |s| affinity(s) == Some(Value::Null));
+    let seen = tally_tcp(&lab.client.ns, vip(80), 40);
+    assert!(
+        seen.len() >= 2,
+        "affinity off, yet 40 connections all hit one backend: {seen:?}"
+    );
+
+    // A 2 s timeout: within it the choice sticks; after > 2 s idle it is free again.
+    lab.dir
+        .write("sticky.yaml", &[affinity_service(Some(2)), slice()]);
+    lab.agent
+        .wait_services("affinity 2", |s| affinity(s) == Some(json!(2)));
+    let mut firsts = BTreeMap::<String, usize>::new();
+    for round in 0..7 {
+        std::thread::sleep(Duration::from_millis(2300));
+        let first = ask_tcp(&lab.client.ns, vip(80)).unwrap_or_else(|e| panic!("round {round}: {e}"));
+        let again = ask_tcp(&lab.client.ns, vip(80)).unwrap_or_else(|e| panic!("round {round}: {e}"));
+        assert_eq!(
+            first.server, again.server,
+            "round {round}: affinity did not hold within its timeout"
+        );
+        *firsts.entry(first.server).or_default() += 1;
+    }
+    // 4 backends, 7 free choices: all alike by chance with probability 4^-6.
+    assert!(
+        firsts.len() >= 2,
+        "after the timeout the client kept its backend every time: {firsts:?}"
+    );
+}
+
+#[test]
+fn root_endpoint_conditions_ready_then_terminating_fallback() {
+    let lab = Lab::new("10.91.11.0/24", &["a", "b", "c", "d"], &[8080]);
+    let front = format!("{VIP}:80/TCP");
+    lab.dir.write(
+        "web.yaml",
+        &lab.web(&[
+            Ep::ready(lab.ip("a")),
+            Ep::not_ready(lab.ip("b")),
+            Ep::terminating(lab.ip("c")),
+        ]),
+    );
+    lab.agent.wait_backends(&front, &lab.addrs(&["a"], 8080));
+    let seen = tally_tcp(&lab.client.ns, vip(80), 20);
+    assert_eq!(
+        seen.keys().collect::<Vec<_>>(),
+        ["a"],
+        "only the ready endpoint may get connections"
+    );
+
+    lab.dir.write(
+        "web.yaml",
+        &lab.web(&[
+            Ep::not_ready(lab.ip("b")),
+            Ep::terminating(lab.ip("c")),
+            Ep::terminating(lab.ip("d")),
+        ]),
+    );
+    lab.agent.wait_backends(&front, &lab.addrs(&["c", "d"], 8080));
+    let seen = tally_tcp(&lab.client.ns, vip(80), 30);
+    assert_eq!(
+        seen.keys().collect::<Vec<_>>(),
+        ["c", "d"],
+        "with none ready, the serving terminating endpoints (and only they) take connections"
+    );
+}
+
+#[test]
+fn root_several_slices_per_service_merge() {
+    let lab = Lab::new("10.91.12.0/24", &["a", "b", "c"], &[8080]);
+    let node = lab.node.name();
+    let objects = vec![
+        service("web", VIP, &[port("http", 80, "8080", "TCP")]),
+        slice("web-1", "web", node, &[("http", 8080, "TCP")], &lab.ready(&["a"])),
+        slice(
+            "web-2",
+            "web",
+            node,
+            &[("http", 8080, "TCP")],
+            &lab.ready(&["b", "c"]),
+        ),
+    ];
+    lab.dir.write("web.yaml", &objects);
+    lab.agent
+        .wait_backends(&format!("{VIP}:80/TCP"), &lab.addrs(&["a", "b", "c"], 8080));
+    let seen = tally_tcp(&lab.client.ns, vip(80), 60);
+    assert_eq!(
+        seen.len(),
+        3,
+        "60 connections did not reach all three backends: {seen:?}"
+    );
+}
+
+#[test]
+fn root_established_tcp_keeps_its_backend_when_the_slice_changes() {
+    let lab = Lab::new("10.91.13.0/24", &["a", "b"], &[8080]);
+    let front = format!("{VIP}:80/TCP");
+    lab.dir.write("web.yaml", &lab.web(&lab.ready(&["a", "b"])));
+    lab.agent.wait_backends(&front, &lab.addrs(&["a", "b"], 8080));
+    let mut session = TcpSession::connect(&lab.client.ns, vip(80)).expect("connect");
+    let first = session.ask().expect("first answer").server;
+    let other = if first == "a" { "b" } else { "a" };
+
+    lab.dir.write("web.yaml", &lab.web(&lab.ready(&[other])));
+    lab.agent.wait_backends(&front, &lab.addrs(&[other], 8080));
+    let again = session.ask().expect("the open connection must still work");
+    assert_eq!(
+        again.server, first,
+        "the open connection moved to another backend"
+    );
+    let seen = tally_tcp(&lab.client.ns, vip(80), 10);
+    assert_eq!(
+        seen.keys().collect::<Vec<_>>(),
+        [other],
+        "new connections must avoid the removed endpoint"
+    );
+}
+
+#[test]
+fn root_udp_flows_to_a_removed_endpoint_are_flushed() {
+    let lab = Lab::new("10.91.14.0/24", &["a", "b"], &[5353]);
+    let front = format!("{VIP}:53/UDP");
+    let objects = |names: &[&str]| {
+        vec![
+            service("dns", VIP, &[port("dns", 53, "5353", "UDP")]),
+            slice(
+                "dns-1",
+                "dns",
+                lab.node.name(),
+                &[("dns", 5353, "UDP")],
+                &lab.ready(names),
+            ),
+        ]
+    };
+    lab.dir.write("dns.yaml", &objects(&["a", "b"]));
+    lab.agent.wait_backends(&front, &lab.addrs(&["a", "b"], 5353));
+    let session = UdpSession::connect(&lab.client.ns, vip(53)).expect("UDP socket");
+    let first = session.ask().expect("first answer").server;
+    let other = if first == "a" { "b" } else { "a" };
+
+    lab.dir.write("dns.yaml", &objects(&[other]));
+    lab.agent.wait_backends(&front, &lab.addrs(&[other], 5353));
+    // The flush follows the map update: wait until no entry points at the old one.
+    let gone = format!("{}:5353", lab.ip(&first));
+    let deadline = Instant::now() + weir_lab::services::SYNC_TIMEOUT;
+    loop {
+        let ct = lab.agent.weirctl(&["conntrack"]);
+        let rows = ct.as_array().expect("rows");
+        if !rows
+            .iter()
+            .any(|r| r["nat"] == gone.as_str() || r["source"] == gone.as_str())
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "conntrack still points at {gone}: {ct:#}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let next = session.ask().expect("the next datagram on the same socket");
+    assert_eq!(
+        next.server, other,
+        "the UDP flow still goes to the removed endpoint"
+    );
+}
+
+#[test]
+fn root_ports_and_service_recreation_apply_live() {
+    let lab = Lab::new("10.91.15.0/24", &["a"], &[8080, 5353]);
+    let node = lab.node.name().to_owned();
+    let write = |ip: &str, ports: &[Value], slice_ports: &[(&str, u16, &str)]| {
+        lab.dir.write(
+            "svc.yaml",
+            &[
+                service("svc", ip, ports),
+                slice("svc-1", "svc", &node, slice_ports, &lab.ready(&["a"])),
+            ],
+        );
+    };
+    write(VIP, &[port("http", 80, "8080", "TCP")], &[("http", 8080, "TCP")]);
+    lab.agent
+        .wait_backends(&format!("{VIP}:80/TCP"), &lab.addrs(&["a"], 8080));
+
+    // A port added.
+    write(
+        VIP,
+        &[port("http", 80, "8080", "TCP"), port("dns", 53, "5353", "UDP")],
+        &[("http", 8080, "TCP"), ("dns", 5353, "UDP")],
+    );
+    lab.agent
+        .wait_backends(&format!("{VIP}:53/UDP"), &lab.addrs(&["a"], 5353));
+    expect_server(ask_udp(&lab.client.ns, vip(53)), "a", "added UDP port");
+
+    // A port removed.
+    write(VIP, &[port("dns", 53, "5353", "UDP")], &[("dns", 5353, "UDP")]);
+    lab.agent.wait_no_frontend(&format!("{VIP}:80/TCP"));
+    expect_server(ask_udp(&lab.client.ns, vip(53)), "a", "remaining UDP port");
+
+    // Deleted, then created again under the same name with a new cluster IP.
+    lab.dir.remove("svc.yaml");
+    lab.agent
+        .wait_services("no frontends", |s| s.as_array().is_some_and(Vec::is_empty));
+    write(
+        "10.96.0.20",
+        &[port("http", 80, "8080", "TCP")],
+        &[("http", 8080, "TCP")],
+    );
+    lab.agent
+        .wait_backends("10.96.0.20:80/TCP", &lab.addrs(&["a"], 8080));
+    expect_server(
+        ask_tcp(&lab.client.ns, "10.96.0.20:80".parse().expect("addr")),
+        "a",
+        "recreated Service",
+    );
+}
+
+#[test]
+fn root_new_connections_spread_evenly() {
+    let lab = Lab::new("10.91.16.0/24", &["a", "b", "c"], &[8080]);
+    lab.dir.write("web.yaml", &lab.web(&lab.ready(&["a", "b", "c"])));
+    lab.agent
+        .wait_backends(&format!("{VIP}:80/TCP"), &lab.addrs(&["a", "b", "c"], 8080));
+    let n = 1200;
+    let seen = tally_tcp(&lab.client.ns, vip(80), n);
+    // Each share is Binomial(1200, 1/3): sd 1.4 %, so 25 %..42 % is > 5 sd away.
+    for name in ["a", "b", "c"] {
+        let share = seen.get(name).copied().unwrap_or(0) as f64 / n as f64;
+        assert!(
+            (0.25..=0.42).contains(&share),
+            "{name} got {:.1} % of {n} connections: {seen:?}",
+            share * 100.0
+        );
+    }
+}
+
+#[test]
+fn root_agent_restart_keeps_services_and_ids() {
+    let mut lab = Lab::new("10.91.17.0/24", &["a", "b"], &[8080]);
+    let front = format!("{VIP}:80/TCP");
+    lab.dir.write("web.yaml", &lab.web(&lab.ready(&["a", "b"])));
+    let before = lab.agent.wait_backends(&front, &lab.addrs(&["a", "b"], 8080));
+    let backends_before = lab.agent.weirctl(&["backends"]);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (client_ns, stop2) = (lab.client.ns.name().to_owned(), stop.clone());
+    let load = std::thread::spawn(move || {
+        let ns = Netns::attach(&client_ns);
+        let (mut ok, mut failed) = (0u32, Vec::new());
+        while !stop2.load(Ordering::Relaxed) {
+            match ask_tcp(&ns, vip(80)) {
+                Ok(_) => ok += 1,
+                Err(e) => failed.push(e.to_string()),
+            }
+        }
+        (ok, failed)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    lab.agent.kill();
+    std::thread::sleep(Duration::from_millis(300));
+    let node_name = lab.node.name().to_owned();
+    lab.agent.restart(&node_name);
+    // The restarted agent has read the maps back and synced once.
+    lab.agent.wait_services("the restarted agent's first sync", |_| {
+        lab.agent.log_text().matches("services synced").count() >= 2
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = load.join().expect("load thread");
+    assert!(
+        failed.is_empty(),
+        "{} of {} connections failed across the restart: {:?}",
+        failed.len(),
+        ok as usize + failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+    assert!(ok > 20, "too few connections to prove anything: {ok}");
+
+    let after = lab.agent.weirctl(&["services"]);
+    assert_eq!(
+        before, after,
+        "the restart changed the service map (ids or slots)"
+    );
+    assert_eq!(
+        backends_before,
+        lab.agent.weirctl(&["backends"]),
+        "the restart changed backend ids"
+    );
+    let last_sync = lab
+        .agent
+        .log_text()
+        .lines()
+        .rfind(|l| l.contains("services synced"))
+        .map(str::to_owned)
+        .unwrap_or_default();
+    assert!(
+        last_sync.contains("writes=0") && last_sync.contains("deletes=0"),
+        "the restarted agent rewrote maps that were already right: {last_sync}"
+    );
+}
