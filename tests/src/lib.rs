@@ -14,6 +14,7 @@ pub mod node;
 pub mod services;
 pub mod tempdir;
 pub mod traffic;
+pub mod underlay;
 pub mod whoami;
 
 pub use agent::Agent;

@@ -29,7 +29,15 @@ pub fn from_pod(ctx: TcContext) -> i32 {
 /// TC egress on the host veth: packets on their way into the pod.
 #[classifier]
 pub fn to_pod(ctx: TcContext) -> i32 {
-    metrics::verdict(&ctx, Dir::ToPod, Ok(Action::forward(TC_ACT_OK)))
+    metrics::verdict(&ctx, Dir::ToPod, try_to_pod(&ctx))
+}
+
+#[inline(always)]
+fn try_to_pod(ctx: &TcContext) -> Result<Action, Reason> {
+    if let Some(flow) = packet::parse(ctx)? {
+        lb::to_pod(ctx, flow)?;
+    }
+    Ok(Action::forward(TC_ACT_OK))
 }
 
 #[inline(always)]

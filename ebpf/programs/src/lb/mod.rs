@@ -1,7 +1,8 @@
-//! Service load balancing for traffic that pods send, at TC ingress of their host
-//! veth: replies of translated flows are reverse-translated, known flows keep their
-//! backend, and a new flow to a frontend gets one (or is rejected when there is
-//! none). Everything else passes untouched.
+//! Service load balancing on the pod veths. What a pod sends (TC ingress of its
+//! host veth): replies of translated flows are reverse-translated, known flows keep
+//! their backend, and a new flow to a frontend gets one (or is rejected when there
+//! is none). What a pod receives (TC egress): replies from backends on other nodes
+//! are reverse-translated. Everything else passes untouched.
 
 mod ct;
 pub mod maps;
@@ -30,6 +31,40 @@ pub enum Verdict {
     Done(Action),
 }
 
+/// Traffic on its way into a pod: the replies of backends on other nodes, whose
+/// flows were translated here, come back through this hook and are made to come
+/// from the frontend. (Local backends' replies are handled as they leave them.)
+#[inline(always)]
+pub fn to_pod(ctx: &TcContext, mut flow: Flow4) -> Result<(), Reason> {
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    reverse(ctx, &mut flow, now).map(|_| ())
+}
+
+/// A backend's reply to a translated flow: make it come from the frontend (and,
+/// for a hairpinned flow, go back to the client). `Ok(false)`: not such a reply.
+#[inline(always)]
+fn reverse(ctx: &TcContext, flow: &mut Flow4, now: u64) -> Result<bool, Reason> {
+    // SAFETY: valid for this run.
+    let Some(reply) = (unsafe { CONNTRACK.get(&ct::in_key(flow)) }) else {
+        return Ok(false);
+    };
+    let reply = *reply;
+    let hairpin = reply.flags & CT_F_HAIRPIN != 0;
+    let client = if hairpin { addr4(&reply.nat2_addr) } else { flow.daddr };
+    let out = ct::key(client, addr4(&reply.nat_addr), flow.dport, reply.nat_port, flow.proto, CT_OUT);
+    let Some(entry) = ct::lookup(&out, now) else {
+        return Ok(false);
+    };
+    ct::refresh(entry, flow, now);
+    nat::snat(ctx, flow, addr4(&reply.nat_addr), reply.nat_port)?;
+    if hairpin {
+        let dport = flow.dport;
+        nat::dnat(ctx, flow, client, dport)?;
+    }
+    Ok(true)
+}
+
 #[inline(always)]
 pub fn from_pod(ctx: &TcContext, mut flow: Flow4) -> Result<Verdict, Reason> {
     // SAFETY: no preconditions.
@@ -49,22 +84,9 @@ pub fn from_pod(ctx: &TcContext, mut flow: Flow4) -> Result<Verdict, Reason> {
         return Ok(Verdict::Pass(flow));
     }
 
-    // 2. A backend answering a translated flow: make it come from the frontend.
-    // SAFETY: valid for this run.
-    if let Some(reply) = unsafe { CONNTRACK.get(&ct::in_key(&flow)) } {
-        let reply = *reply;
-        let hairpin = reply.flags & CT_F_HAIRPIN != 0;
-        let client = if hairpin { addr4(&reply.nat2_addr) } else { flow.daddr };
-        let out = ct::key(client, addr4(&reply.nat_addr), flow.dport, reply.nat_port, flow.proto, CT_OUT);
-        if let Some(entry) = ct::lookup(&out, now) {
-            ct::refresh(entry, &flow, now);
-            nat::snat(ctx, &mut flow, addr4(&reply.nat_addr), reply.nat_port)?;
-            if hairpin {
-                let dport = flow.dport;
-                nat::dnat(ctx, &mut flow, client, dport)?;
-            }
-            return Ok(Verdict::Pass(flow));
-        }
+    // 2. A local backend answering a translated flow.
+    if reverse(ctx, &mut flow, now)? {
+        return Ok(Verdict::Pass(flow));
     }
 
     // 3. A new flow: is its destination a frontend?
