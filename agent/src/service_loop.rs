@@ -120,8 +120,10 @@ fn log_report(desired: &DesiredServices, report: &SyncReport, flushed: usize, fa
         info!(
             frontends,
             backends = desired.backends.len(),
+            maglev_tables = desired.maglev.len(),
             writes = report.writes,
             deletes = report.deletes,
+            skipped = report.skipped,
             ct_flushed = flushed,
             sync_ms = format!("{ms:.1}"),
             "services synced"
@@ -133,6 +135,7 @@ fn log_report(desired: &DesiredServices, report: &SyncReport, flushed: usize, fa
             deletes = report.deletes,
             failed = report.failed,
             deferred = report.deferred,
+            skipped = report.skipped,
             failures_total,
             sync_ms = format!("{ms:.1}"),
             "services partly synced; retrying"

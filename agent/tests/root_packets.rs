@@ -206,3 +206,20 @@ fn root_maglev_table_decides_the_backend() {
         assert_eq!(tuple(&out).2, BACKEND_B);
     }
 }
+
+#[test]
+fn root_a_syn_reusing_a_closed_flows_tuple_starts_a_new_flow() {
+    let mut lab = Lab::new("reuse");
+    lab.service(IPPROTO_TCP, &[BACKEND_A], 0);
+    let (_, out) = lab.run(&frame(IPPROTO_TCP, CLIENT, 40000, VIP, 80, 0x02));
+    assert_eq!(tuple(&out).2, BACKEND_A);
+    // The connection ends with a RST; then backend A leaves the service for B.
+    lab.run(&frame(IPPROTO_TCP, CLIENT, 40000, VIP, 80, 0x04));
+    lab.service(IPPROTO_TCP, &[BACKEND_B], 0);
+    // A later packet of the old connection still goes where it went...
+    let (_, out) = lab.run(&frame(IPPROTO_TCP, CLIENT, 40000, VIP, 80, 0x10));
+    assert_eq!(tuple(&out).2, BACKEND_A, "a closing flow keeps its backend");
+    // ...but a new connection from the same port is a new flow, on a current backend.
+    let (_, out) = lab.run(&frame(IPPROTO_TCP, CLIENT, 40000, VIP, 80, 0x02));
+    assert_eq!(tuple(&out).2, BACKEND_B, "a SYN on a closing entry must pick a backend afresh");
+}

@@ -6,12 +6,20 @@
 use std::{
     io::{BufRead as _, BufReader, Write as _},
     net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    os::fd::AsRawFd as _,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
     thread::JoinHandle,
     time::Duration,
+};
+
+use nix::sys::{
+    socket::{
+        AddressFamily, SockFlag, SockType, SockaddrStorage, bind, connect, setsockopt, socket, sockopt,
+    },
+    time::TimeVal,
 };
 
 use crate::Netns;
@@ -174,6 +182,46 @@ impl UdpSession {
 /// One new TCP connection, one question.
 pub fn ask_tcp(ns: &Netns, to: SocketAddr) -> std::io::Result<Answer> {
     TcpSession::connect(ns, to)?.ask()
+}
+
+/// One new TCP connection from the fixed source `from` (an address of the pod),
+/// one question, then an abortive close (`SO_LINGER` 0: a RST, no `TIME_WAIT`), so
+/// that the same source port can connect again at once. `SO_REUSEADDR` lets it
+/// bind while an earlier connection of the port is still being torn down.
+pub fn ask_tcp_from(ns: &Netns, from: SocketAddr, to: SocketAddr) -> std::io::Result<Answer> {
+    ns.run(move || {
+        let stream = bound_stream(from, to)?;
+        stream.set_read_timeout(Some(TIMEOUT))?;
+        let mut session = TcpSession {
+            reader: BufReader::new(stream),
+        };
+        let answer = session.ask();
+        let linger = nix::libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        setsockopt(session.reader.get_ref(), sockopt::Linger, &linger).map_err(std::io::Error::from)?;
+        answer
+    })
+}
+
+fn bound_stream(from: SocketAddr, to: SocketAddr) -> std::io::Result<TcpStream> {
+    let family = if from.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    // Bounds a connect that gets no answer, as `connect_timeout` would.
+    setsockopt(
+        &fd,
+        sockopt::SendTimeout,
+        &TimeVal::new(TIMEOUT.as_secs() as _, 0),
+    )?;
+    bind(fd.as_raw_fd(), &SockaddrStorage::from(from))?;
+    connect(fd.as_raw_fd(), &SockaddrStorage::from(to))?;
+    Ok(TcpStream::from(fd))
 }
 
 /// One new UDP socket, one question.

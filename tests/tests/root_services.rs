@@ -19,7 +19,7 @@ use weir_lab::{
     Agent, Node, Pod,
     netns::Netns,
     services::{Ep, ManifestDir, frontend, port, service, slice},
-    whoami::{Answer, TcpSession, UdpSession, WhoAmI, ask_tcp, ask_udp},
+    whoami::{Answer, TcpSession, UdpSession, WhoAmI, ask_tcp, ask_tcp_from, ask_udp},
 };
 
 const VIP: &str = "10.96.0.10";
@@ -717,5 +717,109 @@ fn root_agent_restart_keeps_services_and_ids() {
     assert!(
         last_sync.contains("writes=0") && last_sync.contains("deletes=0"),
         "the restarted agent rewrote maps that were already right: {last_sync}"
+    );
+}
+
+/// Which server answered a connection from each client port (fixed source ports,
+/// closed with a RST so that they can be reused at once).
+fn tally_by_port(lab: &Lab, ports: std::ops::Range<u16>) -> BTreeMap<u16, String> {
+    ports
+        .map(|p| {
+            let from = SocketAddr::new(lab.client.ipv4(), p);
+            let a = ask_tcp_from(&lab.client.ns, from, vip(80))
+                .unwrap_or_else(|e| panic!("connection from {from} to {}: {e}", vip(80)));
+            (p, a.server)
+        })
+        .collect()
+}
+
+/// Waits until no conntrack entry is live, so that the next connections from the
+/// same tuples are new flows (a closing TCP entry lives 10 s after the RST).
+fn wait_conntrack_idle(agent: &Agent) {
+    let deadline = Instant::now() + Duration::from_secs(25);
+    loop {
+        let ct = agent.weirctl(&["conntrack"]);
+        let live = ct
+            .as_array()
+            .expect("rows")
+            .iter()
+            // Whole seconds, truncated: 0 may still be live.
+            .filter(|r| r["seconds_left"].as_i64().is_some_and(|s| s >= 0))
+            .count();
+        if live == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{live} conntrack entries still live: {ct:#}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn root_maglev_spreads_and_keeps_surviving_flows_on_their_backend() {
+    let lab = Lab::new("10.91.18.0/24", &["a", "b", "c"], &[8080]);
+    let front = format!("{VIP}:80/TCP");
+    let write = |names: &[&str]| {
+        let mut objects = lab.web(&lab.ready(names));
+        objects[0]["metadata"]["annotations"] = json!({ "weir.dev/lb-algorithm": "maglev" });
+        lab.dir.write("web.yaml", &objects);
+    };
+    write(&["a", "b", "c"]);
+    lab.agent
+        .wait_backends(&front, &lab.addrs(&["a", "b", "c"], 8080));
+    let services = lab.agent.wait_services("the Maglev table", |s| {
+        frontend(s, &front).is_some_and(|f| f["algorithm"] == "maglev")
+    });
+    let f = frontend(&services, &front).expect("frontend");
+    assert!(
+        f["flags"]
+            .as_array()
+            .is_some_and(|fl| fl.contains(&json!("maglev"))),
+        "{f:#}"
+    );
+
+    // (a) Many client ports spread over every backend.
+    let ports = 42_000..42_150;
+    let n = ports.len();
+    let before = tally_by_port(&lab, ports.clone());
+    let mut shares = BTreeMap::<&str, usize>::new();
+    for server in before.values() {
+        *shares.entry(server.as_str()).or_default() += 1;
+    }
+    // Each share is about Binomial(150, 1/3): sd 5.8, so 25 connections is > 4 sd off.
+    assert_eq!(
+        shares.len(),
+        3,
+        "{n} client ports did not reach all three backends: {shares:?}"
+    );
+    assert!(shares.values().all(|&c| c >= 25), "uneven spread: {shares:?}");
+
+    // (b) One backend removed: flows from the same (client IP, port) that went to
+    // a surviving backend still go to it (Maglev moves only the removed one's).
+    let removed = "c";
+    write(&["a", "b"]);
+    lab.agent.wait_backends(&front, &lab.addrs(&["a", "b"], 8080));
+    wait_conntrack_idle(&lab.agent);
+    let after = tally_by_port(&lab, ports);
+    assert!(
+        after.values().all(|s| s != removed),
+        "new connections reached the removed backend: {after:?}"
+    );
+    let survivors: Vec<u16> = before
+        .iter()
+        .filter(|(_, s)| s.as_str() != removed)
+        .map(|(p, _)| *p)
+        .collect();
+    let kept = survivors.iter().filter(|p| before[p] == after[p]).count();
+    assert!(
+        kept * 100 > survivors.len() * 90,
+        "only {kept} of {} flows on surviving backends kept their backend",
+        survivors.len()
+    );
+    eprintln!(
+        "maglev: {shares:?} over {n} ports; {kept}/{} surviving flows kept their backend",
+        survivors.len()
     );
 }

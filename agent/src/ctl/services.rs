@@ -1,5 +1,6 @@
-//! `weirctl services`: every frontend (slot 0) with its flags and its backends in
-//! slot order, as the datapath will pick them.
+//! `weirctl services`: every frontend (slot 0) with its flags, the algorithm that
+//! picks its backends (`maglev` when it has a table, else `random`) and its
+//! backends in slot order, as the datapath will pick them.
 
 use std::collections::BTreeMap;
 
@@ -12,12 +13,13 @@ use weir_common::{
 use super::{CtlError, View, ip, open, proto, sock};
 use crate::datapath::{
     PinLayout,
-    maps::{self, Backends, Services},
+    maps::{self, Backends, Maglev, Services},
 };
 
 pub fn services(pins: &PinLayout) -> Result<View, CtlError> {
     let services: Services = open(pins, &maps::SERVICES)?;
     let backends: Backends = open(pins, &maps::BACKENDS)?;
+    let maglev: Maglev = open(pins, &maps::MAGLEV)?;
     let mut entries = BTreeMap::new();
     for entry in services.iter() {
         let (k, v) = entry.map_err(|source| CtlError::Map {
@@ -34,6 +36,10 @@ pub fn services(pins: &PinLayout) -> Result<View, CtlError> {
             .collect();
         let frontend = format!("{}/{}", sock(key.addr, key.family, key.port), proto(key.proto));
         let flags = flag_names(head.flags);
+        // The datapath falls back to a random slot when a Maglev frontend has no
+        // table (the agent skipped it, or has not written it yet).
+        let has_table = head.flags & SVC_F_MAGLEV != 0 && maglev.get(&u32::from(head.rev_nat_id), 0).is_ok();
+        let algorithm = if has_table { "maglev" } else { "random" };
         let timeout = (head.flags & SVC_F_AFFINITY != 0).then_some(head.affinity_timeout);
         let scope = if key.scope == SCOPE_INTERNAL {
             "internal"
@@ -56,6 +62,7 @@ pub fn services(pins: &PinLayout) -> Result<View, CtlError> {
             .iter()
             .map(|f| match (*f, timeout) {
                 ("affinity", Some(t)) => format!("affinity={t}s"),
+                ("maglev", _) if !has_table => "maglev(no-table)".to_owned(),
                 (f, _) => f.to_owned(),
             })
             .collect::<Vec<_>>()
@@ -79,6 +86,7 @@ pub fn services(pins: &PinLayout) -> Result<View, CtlError> {
             "scope": scope,
             "rev_nat_id": head.rev_nat_id,
             "flags": flags,
+            "algorithm": algorithm,
             "affinity_timeout": timeout,
             "count": head.count,
             "backends": slots,

@@ -8,18 +8,22 @@ use std::{
 };
 
 use aya::maps::MapError;
-use weir_common::{Backend, RevNat, ServiceKey, ServiceValue, maps as names};
+use tracing::warn;
+use weir_common::{Backend, MAGLEV_TABLE_SIZE, MaglevTable, RevNat, ServiceKey, ServiceValue, maps as names};
 use weir_model::{DesiredServices, services::socket_addr};
 
 use crate::datapath::Datapath;
 
 /// One write to one map.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub enum Op {
     PutBackend(u32, Backend),
     PutRevNat(u32, RevNat),
+    /// A frontend's Maglev table, by rev-NAT id (boxed: 64 KiB).
+    PutMaglev(u16, Box<MaglevTable>),
     PutService(ServiceKey, ServiceValue),
     DelService(ServiceKey),
+    DelMaglev(u16),
     DelBackend(u32),
     DelRevNat(u32),
 }
@@ -30,12 +34,23 @@ impl Op {
             Op::PutBackend(..) | Op::DelBackend(_) => names::BACKENDS,
             Op::PutRevNat(..) | Op::DelRevNat(_) => names::REVNAT,
             Op::PutService(..) | Op::DelService(_) => names::SERVICES,
+            Op::PutMaglev(..) | Op::DelMaglev(_) => names::MAGLEV,
         }
     }
 
     pub fn is_delete(&self) -> bool {
-        matches!(self, Op::DelService(_) | Op::DelBackend(_) | Op::DelRevNat(_))
+        matches!(
+            self,
+            Op::DelService(_) | Op::DelMaglev(_) | Op::DelBackend(_) | Op::DelRevNat(_)
+        )
     }
+}
+
+/// The map value for a compiled table, `None` unless it has exactly
+/// [`MAGLEV_TABLE_SIZE`] entries (the size the datapath indexes with).
+pub fn maglev_value(table: &[u32]) -> Option<Box<MaglevTable>> {
+    let entries: [u32; MAGLEV_TABLE_SIZE] = table.try_into().ok()?;
+    Some(Box::new(MaglevTable(entries)))
 }
 
 /// The key in human terms, for logs: `10.96.0.1:80/6 slot 2`, `backend 7`.
@@ -49,13 +64,14 @@ impl fmt::Display for Op {
             }
             Op::PutBackend(id, _) | Op::DelBackend(id) => write!(f, "backend {id}"),
             Op::PutRevNat(id, _) | Op::DelRevNat(id) => write!(f, "rev-nat {id}"),
+            Op::PutMaglev(id, _) | Op::DelMaglev(id) => write!(f, "maglev table of rev-nat {id}"),
         }
     }
 }
 
-/// The three service maps (services, backends, revnat).
+/// The four service maps (services, backends, revnat, maglev).
 pub trait ServiceMaps {
-    /// Everything the maps hold now (`frontends` and `maglev` stay empty).
+    /// Everything the maps hold now (`frontends` stays empty).
     fn read(&self) -> Result<DesiredServices, SyncError>;
     /// One write. Deleting a missing key is not an error.
     fn apply(&mut self, op: &Op) -> Result<(), MapError>;
@@ -105,18 +121,37 @@ impl ServiceMaps for SharedDatapath {
             })?;
             out.revnat.insert(k, v);
         }
+        for entry in dp.maglev.iter() {
+            let (k, v) = entry.map_err(|source| SyncError::Read {
+                map: names::MAGLEV,
+                source,
+            })?;
+            // Rev-NAT ids are u16: the datapath never looks such a key up.
+            match u16::try_from(k) {
+                Ok(id) => {
+                    out.maglev.insert(id, v.0.to_vec());
+                }
+                Err(_) => warn!(
+                    map = names::MAGLEV,
+                    key = k,
+                    "ignoring a table under an impossible rev-NAT id"
+                ),
+            }
+        }
         Ok(out)
     }
 
     fn apply(&mut self, op: &Op) -> Result<(), MapError> {
         let mut dp = self.lock();
-        let result = match *op {
+        let result = match op {
             Op::PutBackend(id, b) => dp.backends.insert(id, b, 0),
             Op::PutRevNat(id, r) => dp.revnat.insert(id, r, 0),
+            Op::PutMaglev(id, table) => dp.maglev.insert(u32::from(*id), table.as_ref(), 0),
             Op::PutService(k, v) => dp.services.insert(k, v, 0),
-            Op::DelService(k) => dp.services.remove(&k),
-            Op::DelBackend(id) => dp.backends.remove(&id),
-            Op::DelRevNat(id) => dp.revnat.remove(&id),
+            Op::DelService(k) => dp.services.remove(k),
+            Op::DelMaglev(id) => dp.maglev.remove(&u32::from(*id)),
+            Op::DelBackend(id) => dp.backends.remove(id),
+            Op::DelRevNat(id) => dp.revnat.remove(id),
         };
         match result {
             Err(e) if op.is_delete() && is_not_found(&e) => Ok(()),

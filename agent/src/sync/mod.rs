@@ -3,14 +3,21 @@
 //! instant:
 //!
 //! 1. backends and reverse-NAT entries are written;
-//! 2. backend slots (slot >= 1): a slot is written only once its backend is there;
-//! 3. service entries (slot 0): written only once every slot `1..=count` and the
-//!    reverse-NAT entry hold what they should, so a growing service never counts a
-//!    slot that is not there yet;
-//! 4. service entries no longer wanted are deleted;
-//! 5. then their slots, and the slots beyond a shrunk count (only once the entry in
-//!    the map no longer counts them);
-//! 6. then backends and reverse-NAT entries that nothing in the map references.
+//! 2. Maglev tables: a table is written only once every backend it names is there
+//!    (a table of any length but [`weir_common::MAGLEV_TABLE_SIZE`] is a compiler
+//!    bug: logged as an error, counted in [`SyncReport::skipped`], never written);
+//! 3. backend slots (slot >= 1): a slot is written only once its backend is there;
+//! 4. service entries (slot 0): written only once every slot `1..=count`, the
+//!    reverse-NAT entry and, for a Maglev frontend, its table hold what they
+//!    should, so a growing service never counts a slot that is not there yet and
+//!    a frontend never turns to Maglev before its table is in place;
+//! 5. service entries no longer wanted are deleted;
+//! 6. Maglev tables no frontend wants any more (only once the service entry in
+//!    the map that used it holds its final value);
+//! 7. then slots no longer wanted, and the slots beyond a shrunk count (only once
+//!    the entry in the map no longer counts them);
+//! 8. then backends and reverse-NAT entries that nothing in the map references (a
+//!    slot or a Maglev table).
 //!
 //! A write that fails (map full, ...) is logged and counted, the entries that depend
 //! on it are deferred, and the next sync retries: nothing is ever flushed, so a
@@ -25,11 +32,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tracing::warn;
-use weir_common::{Backend, IPPROTO_TCP, SVC_F_AFFINITY, ServiceKey, ServiceValue};
+use tracing::{error, warn};
+use weir_common::{
+    Backend, IPPROTO_TCP, MAGLEV_TABLE_SIZE, SVC_F_AFFINITY, SVC_F_MAGLEV, ServiceKey, ServiceValue,
+};
 use weir_model::{DesiredServices, IdAllocator, Model, NodeContext, Problem, compile_services};
 
-pub use self::maps::{Op, ServiceMaps, SharedDatapath, SyncError, is_not_found};
+pub use self::maps::{Op, ServiceMaps, SharedDatapath, SyncError, is_not_found, maglev_value};
 
 /// Failed writes logged in full per sync; the rest are only counted.
 const LOGGED_FAILURES: usize = 10;
@@ -51,6 +60,9 @@ pub struct SyncReport {
     pub failed: usize,
     /// Entries held back because what they depend on failed to be written.
     pub deferred: usize,
+    /// Desired entries that cannot be written at all (a Maglev table of the wrong
+    /// size): logged as errors; retrying would not help.
+    pub skipped: usize,
     /// UDP/SCTP backends (address, port, protocol) that are gone: their conntrack
     /// entries should be flushed so that clients move on.
     pub gone_datagram_backends: Vec<Backend>,
@@ -105,10 +117,13 @@ impl Syncer {
             report: SyncReport::default(),
         };
         run.report.gone_datagram_backends = gone_datagram_backends(run.current, desired);
+        let tables = run.valid_tables(desired);
         run.put_backends_and_revnat(desired);
+        run.put_maglev(&tables);
         run.put_slots(desired);
-        run.put_heads(desired);
+        run.put_heads(desired, &tables);
         run.delete_heads(desired);
+        run.delete_maglev(desired, &tables);
         run.delete_slots(desired);
         run.delete_unreferenced(desired);
         let mut report = run.report;
@@ -152,11 +167,17 @@ impl Run<'_> {
                     Op::PutRevNat(id, r) => {
                         c.revnat.insert(id, r);
                     }
+                    Op::PutMaglev(id, table) => {
+                        c.maglev.insert(id, table.0.to_vec());
+                    }
                     Op::PutService(k, v) => {
                         c.services.insert(k, v);
                     }
                     Op::DelService(k) => {
                         c.services.remove(&k);
+                    }
+                    Op::DelMaglev(id) => {
+                        c.maglev.remove(&id);
                     }
                     Op::DelBackend(id) => {
                         c.backends.remove(&id);
@@ -188,6 +209,44 @@ impl Run<'_> {
         }
     }
 
+    /// The desired Maglev tables that can be written: the others are reported
+    /// and skipped.
+    fn valid_tables<'d>(&mut self, desired: &'d DesiredServices) -> BTreeMap<u16, &'d [u32]> {
+        let mut valid = BTreeMap::new();
+        for (&id, table) in &desired.maglev {
+            if table.len() == MAGLEV_TABLE_SIZE {
+                valid.insert(id, table.as_slice());
+            } else {
+                self.report.skipped += 1;
+                error!(
+                    map = weir_common::maps::MAGLEV,
+                    rev_nat_id = id,
+                    entries = table.len(),
+                    expected = MAGLEV_TABLE_SIZE,
+                    "maglev table of the wrong size skipped; the frontend picks backends at random"
+                );
+            }
+        }
+        valid
+    }
+
+    fn put_maglev(&mut self, tables: &BTreeMap<u16, &[u32]>) {
+        for (&id, &table) in tables {
+            if self.current.maglev.get(&id).map(Vec::as_slice) == Some(table) {
+                continue;
+            }
+            let named: BTreeSet<u32> = table.iter().copied().collect();
+            if !named.iter().all(|b| self.current.backends.contains_key(b)) {
+                self.report.deferred += 1;
+                continue;
+            }
+            // `valid_tables` checked the size.
+            if let Some(value) = maglev_value(table) {
+                self.op(Op::PutMaglev(id, value));
+            }
+        }
+    }
+
     fn put_slots(&mut self, desired: &DesiredServices) {
         for (key, value) in desired.services.iter().filter(|(k, _)| k.slot != 0) {
             if self.current.services.get(key) == Some(value) {
@@ -201,7 +260,7 @@ impl Run<'_> {
         }
     }
 
-    fn put_heads(&mut self, desired: &DesiredServices) {
+    fn put_heads(&mut self, desired: &DesiredServices, tables: &BTreeMap<u16, &[u32]>) {
         for (key, value) in desired.services.iter().filter(|(k, _)| k.slot == 0) {
             if self.current.services.get(key) == Some(value) {
                 continue;
@@ -210,7 +269,12 @@ impl Run<'_> {
                 let k = ServiceKey { slot, ..*key };
                 self.current.services.get(&k) == desired.services.get(&k)
             });
-            if !slots_ready || !self.current.revnat.contains_key(&u32::from(value.rev_nat_id)) {
+            let table_ready = value.flags & SVC_F_MAGLEV == 0
+                || tables.get(&value.rev_nat_id).is_none_or(|&table| {
+                    self.current.maglev.get(&value.rev_nat_id).map(Vec::as_slice) == Some(table)
+                });
+            if !slots_ready || !table_ready || !self.current.revnat.contains_key(&u32::from(value.rev_nat_id))
+            {
                 self.report.deferred += 1;
                 continue;
             }
@@ -228,6 +292,31 @@ impl Run<'_> {
             .collect();
         for key in gone {
             self.op(Op::DelService(key));
+        }
+    }
+
+    fn delete_maglev(&mut self, desired: &DesiredServices, tables: &BTreeMap<u16, &[u32]>) {
+        let gone: Vec<u16> = self
+            .current
+            .maglev
+            .keys()
+            .filter(|id| !tables.contains_key(id))
+            .copied()
+            .collect();
+        for id in gone {
+            // A Maglev service entry still in the map that uses the table and is
+            // not yet what it should be (its write failed): keep the table for it.
+            let in_use = self.current.services.iter().any(|(k, v)| {
+                k.slot == 0
+                    && v.rev_nat_id == id
+                    && v.flags & SVC_F_MAGLEV != 0
+                    && desired.services.get(k) != Some(v)
+            });
+            if in_use {
+                self.report.deferred += 1;
+                continue;
+            }
+            self.op(Op::DelMaglev(id));
         }
     }
 
@@ -271,6 +360,13 @@ impl Run<'_> {
             .filter(|id| !desired.backends.contains_key(id))
             .copied()
             .collect();
+        if !gone.is_empty() {
+            // Tables are large: only look in them for the backends about to go.
+            let gone_set: BTreeSet<u32> = gone.iter().copied().collect();
+            for table in self.current.maglev.values() {
+                used_backends.extend(table.iter().filter(|id| gone_set.contains(id)));
+            }
+        }
         for id in gone {
             if used_backends.contains(&id) {
                 self.report.deferred += 1;

@@ -1,11 +1,12 @@
 //! The ordering rules, checked after every single write against an in-memory map
-//! set: at no instant may a service entry count a slot, a slot name a backend, or
-//! a service entry name a reverse-NAT entry that is not there.
+//! set: at no instant may a service entry count a slot, a slot or a Maglev table
+//! name a backend, or a service entry name a reverse-NAT entry that is not there;
+//! nor may a Maglev service entry with backends lack its table.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use aya::maps::MapError;
-use weir_common::ServiceKey;
+use weir_common::{MAGLEV_TABLE_SIZE, SVC_F_MAGLEV, ServiceKey, maps as names};
 use weir_model::{DesiredServices, Model, NodeContext, parse_documents};
 
 use super::*;
@@ -16,6 +17,12 @@ struct FakeMaps {
     writes: usize,
     /// Fail the n-th write (1-based) and every `fail_every`-th after it.
     fail_every: Option<usize>,
+    /// Fail every write to this map.
+    fail_map: Option<&'static str>,
+    /// Allow a Maglev service entry without a table (its table was skipped).
+    tableless_maglev_ok: bool,
+    /// Every successful write, as `verb map key` (`put weir_maglev_v1 maglev table of rev-nat 1`).
+    log: Vec<String>,
 }
 
 impl FakeMaps {
@@ -38,7 +45,30 @@ impl FakeMaps {
                     slot_value.backend_id
                 );
             }
+            if value.flags & SVC_F_MAGLEV != 0 && value.count > 0 && !self.tableless_maglev_ok {
+                assert!(
+                    m.maglev.contains_key(&value.rev_nat_id),
+                    "Maglev {key:?} has no table"
+                );
+            }
         }
+        for (id, table) in &m.maglev {
+            assert_eq!(table.len(), MAGLEV_TABLE_SIZE, "table {id}");
+            for backend in table {
+                assert!(
+                    m.backends.contains_key(backend),
+                    "table {id} names missing backend {backend}"
+                );
+            }
+        }
+    }
+
+    /// Position in the log of the first write `entry` (`verb map key`).
+    fn position(&self, entry: &str) -> usize {
+        self.log
+            .iter()
+            .position(|l| l == entry)
+            .unwrap_or_else(|| panic!("no write {entry:?} in {:#?}", self.log))
     }
 }
 
@@ -49,37 +79,45 @@ impl ServiceMaps for FakeMaps {
 
     fn apply(&mut self, op: &Op) -> Result<(), MapError> {
         self.writes += 1;
-        if self.fail_every.is_some_and(|n| self.writes.is_multiple_of(n)) {
+        if self.fail_every.is_some_and(|n| self.writes.is_multiple_of(n)) || self.fail_map == Some(op.map()) {
             return Err(MapError::KeyNotFound);
         }
         let m = &mut self.maps;
-        match *op {
+        match op {
             Op::PutBackend(id, b) => {
-                m.backends.insert(id, b);
+                m.backends.insert(*id, *b);
             }
             Op::PutRevNat(id, r) => {
-                m.revnat.insert(id, r);
+                m.revnat.insert(*id, *r);
+            }
+            Op::PutMaglev(id, table) => {
+                m.maglev.insert(*id, table.0.to_vec());
             }
             Op::PutService(k, v) => {
-                m.services.insert(k, v);
+                m.services.insert(*k, *v);
             }
             Op::DelService(k) => {
-                m.services.remove(&k);
+                m.services.remove(k);
+            }
+            Op::DelMaglev(id) => {
+                m.maglev.remove(id);
             }
             Op::DelBackend(id) => {
-                m.backends.remove(&id);
+                m.backends.remove(id);
             }
             Op::DelRevNat(id) => {
-                m.revnat.remove(&id);
+                m.revnat.remove(id);
             }
         }
+        let verb = if op.is_delete() { "del" } else { "put" };
+        self.log.push(format!("{verb} {} {op}", op.map()));
         self.check();
         Ok(())
     }
 }
 
 fn same_contents(a: &DesiredServices, b: &DesiredServices) -> bool {
-    a.services == b.services && a.backends == b.backends && a.revnat == b.revnat
+    a.services == b.services && a.backends == b.backends && a.revnat == b.revnat && a.maglev == b.maglev
 }
 
 /// One Service `name` on `vip` with one port and a slice of `backends` (last octets).
@@ -104,6 +142,14 @@ fn service(name: &str, vip: &str, ports: &[(u16, &str)], backends: &[u8]) -> Str
     format!(
         "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  clusterIP: {vip}\n  ports:\n{svc_ports}---\n\
          apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-1\n  namespace: default\n  labels: {{kubernetes.io/service-name: {name}}}\naddressType: IPv4\nports:\n{slice_ports}endpoints:\n{endpoints}---\n"
+    )
+}
+
+/// `yaml` (from [`service`]) with its Services annotated for Maglev.
+fn maglev(yaml: &str) -> String {
+    yaml.replace(
+        "namespace: default}",
+        "namespace: default, annotations: {weir.dev/lb-algorithm: maglev}}",
     )
 }
 
@@ -137,6 +183,78 @@ fn every_step_of_grow_shrink_replace_and_remove_is_consistent() {
     converge(&mut syncer, &mut maps, &b);
     converge(&mut syncer, &mut maps, "");
     assert!(maps.maps.services.is_empty() && maps.maps.backends.is_empty() && maps.maps.revnat.is_empty());
+}
+
+/// The rev-NAT id of the frontend `vip:port` in `desired`.
+fn rev_nat_of(desired: &DesiredServices, vip: [u8; 4], port: u16) -> u16 {
+    desired
+        .services
+        .iter()
+        .find(|(k, _)| k.slot == 0 && k.addr[..4] == vip && u16::from_be(k.port) == port)
+        .map(|(_, v)| v.rev_nat_id)
+        .unwrap_or_else(|| panic!("no frontend {vip:?}:{port}"))
+}
+
+#[test]
+fn maglev_tables_come_after_backends_and_before_service_entries() {
+    let mut maps = FakeMaps::default();
+    let mut syncer = Syncer::new(&maps, NodeContext::new("n1")).expect("read");
+    let a = |b: &[u8]| maglev(&service("a", "10.96.0.1", &[(80, "TCP"), (53, "UDP")], b));
+    let plain = |b: &[u8]| service("a", "10.96.0.1", &[(80, "TCP"), (53, "UDP")], b);
+    let b = service("b", "10.96.0.2", &[(443, "TCP")], &[7, 8]);
+
+    let d = converge(&mut syncer, &mut maps, &format!("{}{b}", a(&[1, 2])));
+    assert_eq!(d.maglev.len(), 2, "one table per Maglev frontend, none for b");
+    let id = rev_nat_of(&d, [10, 96, 0, 1], 80);
+    let table = |verb: &str| format!("{verb} {} maglev table of rev-nat {id}", names::MAGLEV);
+    let head = |d: &DesiredServices| {
+        let (k, _) = d
+            .services
+            .iter()
+            .find(|(k, v)| k.slot == 0 && v.rev_nat_id == id)
+            .expect("head");
+        format!("put {} {}", names::SERVICES, Op::DelService(*k))
+    };
+    for backend in d.maglev[&id].iter().collect::<BTreeSet<_>>() {
+        let put = format!("put {} backend {backend}", names::BACKENDS);
+        assert!(maps.position(&put) < maps.position(&table("put")));
+    }
+    assert!(maps.position(&table("put")) < maps.position(&head(&d)));
+
+    // Grown, shrunk, replaced: every step keeps the invariants (checked after each
+    // write), and the table is rewritten before the service entry that counts the
+    // change.
+    for backends in [&[1, 2, 3, 4][..], &[4], &[5, 6]] {
+        maps.log.clear();
+        let d = converge(&mut syncer, &mut maps, &format!("{}{b}", a(backends)));
+        assert!(
+            maps.position(&table("put")) < maps.position(&head(&d)),
+            "{backends:?}: {:#?}",
+            maps.log
+        );
+    }
+
+    // Maglev off: the service entry drops its flag first, then the table goes.
+    maps.log.clear();
+    let d = converge(&mut syncer, &mut maps, &format!("{}{b}", plain(&[5, 6])));
+    assert!(maps.maps.maglev.is_empty());
+    assert!(
+        maps.position(&head(&d)) < maps.position(&table("del")),
+        "{:#?}",
+        maps.log
+    );
+    // On again, then no endpoints (no table), then back, then gone.
+    converge(&mut syncer, &mut maps, &format!("{}{b}", a(&[5, 6])));
+    assert_eq!(maps.maps.maglev.len(), 2);
+    converge(&mut syncer, &mut maps, &format!("{}{b}", a(&[])));
+    assert!(
+        maps.maps.maglev.is_empty(),
+        "a frontend without backends needs no table"
+    );
+    converge(&mut syncer, &mut maps, &format!("{}{b}", a(&[1])));
+    converge(&mut syncer, &mut maps, &b);
+    converge(&mut syncer, &mut maps, "");
+    assert!(maps.maps.maglev.is_empty() && maps.maps.backends.is_empty());
 }
 
 #[test]
@@ -233,4 +351,142 @@ fn removed_udp_backends_are_reported_for_flushing() {
         .map(|b| format!("{:?}:{}/{}", &b.addr[..4], u16::from_be(b.port), b.proto))
         .collect();
     assert_eq!(gone, ["[10, 0, 0, 1]:1053/17"]);
+}
+
+#[test]
+fn a_restarted_syncer_reads_maglev_tables_back_and_writes_nothing() {
+    let mut maps = FakeMaps::default();
+    let yaml = format!(
+        "{}{}",
+        maglev(&service("a", "10.96.0.1", &[(80, "TCP")], &[1, 2, 3])),
+        service("b", "10.96.0.2", &[(80, "TCP")], &[4])
+    );
+    let mut first = Syncer::new(&maps, NodeContext::new("n1")).expect("read");
+    converge(&mut first, &mut maps, &yaml);
+    assert_eq!(maps.maps.maglev.len(), 1);
+    let writes = maps.writes;
+    let mut second = Syncer::new(&maps, NodeContext::new("n1")).expect("read");
+    assert_eq!(second.current().maglev, maps.maps.maglev, "tables not read back");
+    converge(&mut second, &mut maps, &yaml);
+    assert_eq!(
+        maps.writes, writes,
+        "a restart with the same model must write nothing"
+    );
+}
+
+#[test]
+fn a_maglev_table_of_the_wrong_size_is_reported_and_skipped() {
+    let mut maps = FakeMaps {
+        tableless_maglev_ok: true,
+        ..Default::default()
+    };
+    let mut syncer = Syncer::new(&maps, NodeContext::new("n1")).expect("read");
+    let (mut desired, _) = syncer.compile(&model(&maglev(&service(
+        "a",
+        "10.96.0.1",
+        &[(80, "TCP")],
+        &[1, 2],
+    ))));
+    let id = rev_nat_of(&desired, [10, 96, 0, 1], 80);
+    desired.maglev.insert(id, vec![1; 7]);
+    let report = syncer.apply(&mut maps, &desired);
+    assert_eq!(report.skipped, 1, "{report:?}");
+    assert!(
+        report.complete(),
+        "a skipped table is no reason to retry: {report:?}"
+    );
+    assert!(maps.maps.maglev.is_empty(), "a short table reached the map");
+    // Everything else is written: the frontend works, picking at random.
+    assert_eq!(maps.maps.services, desired.services);
+    assert_eq!(maps.maps.backends, desired.backends);
+}
+
+#[test]
+fn a_backend_named_only_by_a_maglev_table_stays() {
+    let mut maps = FakeMaps::default();
+    let mut syncer = Syncer::new(&maps, NodeContext::new("n1")).expect("read");
+    converge(
+        &mut syncer,
+        &mut maps,
+        &maglev(&service("a", "10.96.0.1", &[(80, "TCP")], &[1, 2, 3])),
+    );
+    // Maglev off and backend 10.0.0.3 gone at once, while the table cannot be
+    // deleted: its slot goes, but the backend must stay for the table (the check
+    // after every write fails otherwise).
+    maps.fail_map = Some(names::MAGLEV);
+    let (desired, _) = syncer.compile(&model(&service("a", "10.96.0.1", &[(80, "TCP")], &[1, 2])));
+    let report = syncer.apply(&mut maps, &desired);
+    assert!(report.failed >= 1 && report.deferred >= 1, "{report:?}");
+    assert_eq!(
+        maps.maps.backends.len(),
+        3,
+        "a backend still in a table was deleted"
+    );
+    assert_eq!(
+        maps.maps.services, desired.services,
+        "service entries are not held back"
+    );
+    maps.fail_map = None;
+    let report = syncer.apply(&mut maps, &desired);
+    assert!(report.complete(), "{report:?}");
+    assert!(same_contents(&maps.maps, &desired));
+}
+
+#[test]
+fn failed_maglev_writes_defer_dependents_and_the_next_sync_converges() {
+    let steps: Vec<String> = [&[1, 2, 3][..], &[3, 4, 5, 6], &[6], &[]]
+        .iter()
+        .map(|b| maglev(&service("a", "10.96.0.1", &[(80, "TCP"), (53, "UDP")], b)))
+        .chain([service("a", "10.96.0.1", &[(80, "TCP")], &[7, 8])])
+        .collect();
+    for fail_every in [2, 3, 5] {
+        let mut maps = FakeMaps {
+            fail_every: Some(fail_every),
+            ..Default::default()
+        };
+        let mut syncer = Syncer::new(&maps, NodeContext::new("n1")).expect("read");
+        for yaml in &steps {
+            let (desired, _) = syncer.compile(&model(yaml));
+            let mut tries = 0;
+            while !syncer.apply(&mut maps, &desired).complete() {
+                tries += 1;
+                assert!(tries < 50, "never converged");
+            }
+            assert!(same_contents(&maps.maps, &desired));
+        }
+    }
+}
+
+#[test]
+fn a_service_entry_waits_for_its_maglev_table() {
+    let mut maps = FakeMaps::default();
+    let mut syncer = Syncer::new(&maps, NodeContext::new("n1")).expect("read");
+    let plain = service("a", "10.96.0.1", &[(80, "TCP")], &[1, 2]);
+    let before = converge(&mut syncer, &mut maps, &plain);
+    // Turning to Maglev (and growing) while the table cannot be written: the
+    // service entry keeps its old value, the new slot waits uncounted.
+    maps.fail_map = Some(names::MAGLEV);
+    let (desired, _) = syncer.compile(&model(&maglev(&service(
+        "a",
+        "10.96.0.1",
+        &[(80, "TCP")],
+        &[1, 2, 3],
+    ))));
+    let report = syncer.apply(&mut maps, &desired);
+    assert!(report.failed == 1 && report.deferred >= 1, "{report:?}");
+    let heads = |d: &DesiredServices| -> Vec<ServiceValue> {
+        d.services
+            .iter()
+            .filter(|(k, _)| k.slot == 0)
+            .map(|(_, v)| *v)
+            .collect()
+    };
+    assert_eq!(
+        heads(&maps.maps),
+        heads(&before),
+        "the service entry did not wait"
+    );
+    maps.fail_map = None;
+    assert!(syncer.apply(&mut maps, &desired).complete());
+    assert!(same_contents(&maps.maps, &desired));
 }

@@ -1,16 +1,36 @@
 //! `weir-lab`: the main job. Builds a node of network namespaces, runs `weir-agent`
-//! on it, wires pods with `weir-cni` and shows them talking, with what the
-//! datapath saw, as `weirctl` reports it.
+//! on it with Services from a manifest directory, wires pods with `weir-cni` and
+//! shows them talking to each other and through Services, with what the datapath
+//! saw, as `weirctl` reports it.
 
-use std::{net::SocketAddr, process::Command};
+use std::{
+    collections::BTreeMap,
+    io::ErrorKind,
+    net::{IpAddr, SocketAddr},
+    process::Command,
+    time::{Duration, Instant},
+};
 
-use anyhow::{Context as _, ensure};
+use anyhow::{Context as _, bail, ensure};
 use clap::{Parser, Subcommand};
 use nix::sys::signal::{SigSet, Signal};
+use serde_json::{Value, json};
 use weir_lab::{
-    Node, Pod, bins,
+    Agent, Node, Pod, bins,
+    services::{Ep, ManifestDir, SYNC_TIMEOUT, frontend, port, service, slice, slot_addresses},
     traffic::{EchoServer, tcp_roundtrip, udp_roundtrip},
+    whoami::{TcpSession, UdpSession, WhoAmI, ask_tcp, ask_udp},
 };
+
+/// The Services of the demo: ClusterIPs and the port the backends serve on.
+const WEB_VIP: &str = "10.96.0.10";
+const STICKY_VIP: &str = "10.96.0.11";
+const EMPTY_VIP: &str = "10.96.0.12";
+const TARGET_PORT: u16 = 9376;
+/// New connections (and datagrams) sent to show the spread.
+const SPREAD: usize = 30;
+/// Connections sent to the ClientIP-affinity Service.
+const STICKY: usize = 10;
 
 #[derive(Parser)]
 #[command(name = "weir-lab", about = "A local lab of namespaces running Weir")]
@@ -21,12 +41,28 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Build the lab, show pods talking, tear it down (or keep it with --keep).
+    /// Build the lab, show pods talking and Services load-balanced, tear it down
+    /// (or keep it with --keep).
     Demo {
-        /// Keep the lab up until Ctrl-C, to explore it with `ip netns exec` and weirctl.
+        /// Keep the lab up until Ctrl-C, to explore it with `ip netns exec`, weirctl
+        /// and by editing the Services' YAML directory.
         #[arg(long)]
         keep: bool,
     },
+}
+
+/// What the demo expected and did not see; the demo fails if any.
+#[derive(Default)]
+struct Expectations(Vec<String>);
+
+impl Expectations {
+    /// Prints `line` with `ok` or `FAILED`, remembering failures.
+    fn check(&mut self, ok: bool, line: String) {
+        println!("  {line}: {}", if ok { "ok" } else { "FAILED" });
+        if !ok {
+            self.0.push(line);
+        }
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -38,35 +74,97 @@ fn main() -> anyhow::Result<()> {
     if keep {
         signals.thread_block().context("blocking SIGINT/SIGTERM")?;
     }
+    let started = Instant::now();
+    let mut expect = Expectations::default();
+    let dir = ManifestDir::new();
     let mut node = Node::new("10.244.1.0/24");
     println!(
         "== node {} (pod CIDR 10.244.1.0/24), pins under {}",
         node.ns.name(),
         node.bpffs_root.display()
     );
-    let agent = node.start_agent();
-    println!("== weir-agent running, CNI socket {}", agent.socket.display());
+    let agent = node.start_agent_with_source(dir.path());
+    println!(
+        "== weir-agent running, CNI socket {}, Services from --source dir:{}",
+        agent.socket.display(),
+        dir.path().display()
+    );
 
-    let pods: Vec<Pod> = ["a", "b", "c"].iter().map(|name| node.add_pod(name)).collect();
+    let pods: Vec<Pod> = ["a", "b", "c", "client"]
+        .iter()
+        .map(|name| node.add_pod(name))
+        .collect();
     println!("\n== pods wired by weir-cni");
     for pod in &pods {
         let host_if = pod.result["interfaces"][0]["name"].as_str().unwrap_or("?");
         println!(
-            "  pod {:<2} netns {:<12} ip {:<12} host veth {}",
+            "  pod {:<6} netns {:<12} ip {:<12} host veth {}",
             pod.spec.name,
             pod.ns.name(),
             pod.ipv4(),
             host_if
         );
     }
+    let (backends, client) = pods.split_at(3);
+    let client = &client[0];
 
+    let _echo = pod_to_pod(&pods, &mut expect);
+
+    // Backends answer with their name: that is how we see who served a connection.
+    let _whoami: Vec<WhoAmI> = backends
+        .iter()
+        .map(|p| WhoAmI::start(&p.ns, &p.spec.name, p.ipv4(), &[TARGET_PORT]))
+        .collect();
+    write_services(&dir, node.name(), backends);
+    println!(
+        "\n== Services written to {} (web.yaml, sticky.yaml, empty.yaml)",
+        dir.path().display()
+    );
+    wait_synced(&agent, backends)?;
+    show_services(client, &mut expect);
+
+    println!("\n== weirctl services");
+    weirctl(&node, "services")?;
+    for view in ["endpoints", "metrics"] {
+        println!("\n== weirctl {view}");
+        weirctl(&node, view)?;
+    }
+    println!("\n(demo ran in {:.1} s)", started.elapsed().as_secs_f64());
+
+    if keep {
+        let weirctl = format!(
+            "{} --bpffs-root {}",
+            bins::path("weirctl").display(),
+            node.bpffs_root.display()
+        );
+        println!(
+            "\nLab is up. Try:\n  ip netns exec {client_ns} ping {b}\n  ip netns exec {client_ns} socat - TCP:{WEB_VIP}:80   (type a line: a backend answers with its name)\n  {weirctl} services\n  {weirctl} conntrack\n  {weirctl} metrics\nThe agent watches {dir}: edit web.yaml (remove an endpoint, add a port) and run\nweirctl services again; changes apply within a second.\nCtrl-C tears it down.",
+            client_ns = client.ns.name(),
+            b = backends[1].ipv4(),
+            dir = dir.path().display(),
+        );
+        signals.wait().context("waiting for Ctrl-C")?;
+    }
+    if !expect.0.is_empty() {
+        bail!(
+            "{} expectations failed:\n  {}",
+            expect.0.len(),
+            expect.0.join("\n  ")
+        );
+    }
+    println!("\nAll pods reached each other and every Service behaved. Tearing the lab down.");
+    Ok(())
+}
+
+/// Every ordered pair of pods, TCP and UDP echo on :8080. The echo servers are
+/// returned, to stay up with `--keep`.
+fn pod_to_pod(pods: &[Pod], expect: &mut Expectations) -> Vec<EchoServer> {
     let servers: Vec<EchoServer> = pods
         .iter()
         .map(|p| EchoServer::start(&p.ns, SocketAddr::new(p.ipv4(), 8080)))
         .collect();
     println!("\n== pod-to-pod traffic (TCP and UDP echo on :8080)");
-    let mut failures = 0;
-    for from in &pods {
+    for from in pods {
         for (to, server) in pods.iter().zip(&servers) {
             if from.spec.name == to.spec.name {
                 continue;
@@ -74,41 +172,221 @@ fn main() -> anyhow::Result<()> {
             let msg = format!("hi {} from {}", to.spec.name, from.spec.name);
             let tcp = tcp_roundtrip(&from.ns, server.addr, msg.as_bytes()).is_ok_and(|b| b == msg.as_bytes());
             let udp = udp_roundtrip(&from.ns, server.addr, msg.as_bytes()).is_ok_and(|b| b == msg.as_bytes());
-            failures += usize::from(!tcp) + usize::from(!udp);
+            let word = |ok: bool| if ok { "ok" } else { "FAILED" };
             println!(
-                "  {} -> {} ({}): TCP {}  UDP {}",
+                "  {:<6} -> {:<6} ({}): TCP {}  UDP {}",
                 from.spec.name,
                 to.spec.name,
                 server.addr,
-                if tcp { "ok" } else { "FAILED" },
-                if udp { "ok" } else { "FAILED" }
+                word(tcp),
+                word(udp)
             );
+            if !(tcp && udp) {
+                expect
+                    .0
+                    .push(format!("{} -> {} echo", from.spec.name, to.spec.name));
+            }
         }
     }
+    servers
+}
 
-    for view in ["endpoints", "metrics"] {
-        println!("\n== weirctl {view}");
-        let status = Command::new(bins::path("weirctl"))
-            .arg("--bpffs-root")
-            .arg(&node.bpffs_root)
-            .arg(view)
-            .status()
-            .context("running weirctl")?;
-        ensure!(status.success(), "weirctl {view} failed");
-    }
+/// The manifest directory, as a cluster holds the objects: `web` (TCP and UDP
+/// ports, three ready endpoints in an EndpointSlice), `sticky` (the same backends,
+/// `sessionAffinity: ClientIP`) and `empty` (a slice without endpoints).
+fn write_services(dir: &ManifestDir, node: &str, backends: &[Pod]) {
+    let ready: Vec<Ep> = backends.iter().map(|p| Ep::ready(p.ipv4())).collect();
+    let target = TARGET_PORT.to_string();
+    let web = service(
+        "web",
+        WEB_VIP,
+        &[port("http", 80, &target, "TCP"), port("dns", 53, &target, "UDP")],
+    );
+    let web_slice = slice(
+        "web-7xk2p",
+        "web",
+        node,
+        &[("http", TARGET_PORT, "TCP"), ("dns", TARGET_PORT, "UDP")],
+        &ready,
+    );
+    dir.write("web.yaml", &[web, web_slice]);
 
-    if keep {
-        println!(
-            "\nLab is up. Try:\n  ip netns exec {} ping {}\n  {} --bpffs-root {} metrics\nCtrl-C tears it down.",
-            pods[0].ns.name(),
-            pods[1].ipv4(),
-            bins::path("weirctl").display(),
-            node.bpffs_root.display()
-        );
-        signals.wait().context("waiting for Ctrl-C")?;
+    let mut sticky = service("sticky", STICKY_VIP, &[port("http", 80, &target, "TCP")]);
+    sticky["spec"]["sessionAffinity"] = json!("ClientIP");
+    sticky["spec"]["sessionAffinityConfig"] = json!({ "clientIP": { "timeoutSeconds": 10800 } });
+    let sticky_slice = slice(
+        "sticky-q9f4d",
+        "sticky",
+        node,
+        &[("http", TARGET_PORT, "TCP")],
+        &ready,
+    );
+    dir.write("sticky.yaml", &[sticky, sticky_slice]);
+
+    let empty = service(
+        "empty",
+        EMPTY_VIP,
+        &[port("http", 80, &target, "TCP"), port("dns", 53, &target, "UDP")],
+    );
+    let empty_slice = slice(
+        "empty-m2c8r",
+        "empty",
+        node,
+        &[("http", TARGET_PORT, "TCP"), ("dns", TARGET_PORT, "UDP")],
+        &[],
+    );
+    dir.write("empty.yaml", &[empty, empty_slice]);
+}
+
+/// Waits until the agent has written every frontend of the demo's Services.
+fn wait_synced(agent: &Agent, backends: &[Pod]) -> anyhow::Result<()> {
+    let mut want: Vec<String> = backends
+        .iter()
+        .map(|p| format!("{}:{TARGET_PORT}", p.ipv4()))
+        .collect();
+    want.sort();
+    let full = [
+        format!("{WEB_VIP}:80/TCP"),
+        format!("{WEB_VIP}:53/UDP"),
+        format!("{STICKY_VIP}:80/TCP"),
+    ];
+    let empty = [format!("{EMPTY_VIP}:80/TCP"), format!("{EMPTY_VIP}:53/UDP")];
+    let done = |s: &Value| {
+        full.iter().all(|f| {
+            slot_addresses(s, f).is_some_and(|mut got| {
+                got.sort();
+                got == want
+            })
+        }) && empty
+            .iter()
+            .all(|f| frontend(s, f).is_some_and(|f| f["count"] == 0))
+    };
+    let start = Instant::now();
+    loop {
+        let services = agent.weirctl(&["services"]);
+        if done(&services) {
+            println!(
+                "  the agent compiled and wrote them in {} ms",
+                start.elapsed().as_millis()
+            );
+            return Ok(());
+        }
+        if start.elapsed() > SYNC_TIMEOUT {
+            bail!(
+                "the agent did not write the Services within {SYNC_TIMEOUT:?}; weirctl services:\n{services:#}\nagent log:\n{}",
+                agent.log_text()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
-    ensure!(failures == 0, "{failures} probes failed");
-    println!("\nAll pods reached each other. Tearing the lab down.");
+}
+
+fn vip(ip: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.parse::<IpAddr>().expect("a constant address"), port)
+}
+
+/// Which backend answered each of `n` tries; errors counted under `error: ...`.
+fn tally(n: usize, mut ask: impl FnMut() -> std::io::Result<String>) -> BTreeMap<String, usize> {
+    let mut seen = BTreeMap::new();
+    for _ in 0..n {
+        let who = ask().unwrap_or_else(|e| format!("error: {e}"));
+        *seen.entry(who).or_default() += 1;
+    }
+    seen
+}
+
+fn shares(seen: &BTreeMap<String, usize>) -> String {
+    seen.iter()
+        .map(|(who, n)| format!("{who}={n}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn show_services(client: &Pod, expect: &mut Expectations) {
+    let ns = &client.ns;
+    let names = ["a", "b", "c"];
+    let all_backends = |seen: &BTreeMap<String, usize>| seen.keys().map(String::as_str).eq(names);
+
+    println!("\n== Service web {WEB_VIP}: new connections from pod client, spread over a, b, c");
+    let web_tcp = vip(WEB_VIP, 80);
+    let seen = tally(SPREAD, || ask_tcp(ns, web_tcp).map(|a| a.server));
+    expect.check(
+        all_backends(&seen),
+        format!("{SPREAD} TCP connections to {web_tcp}: {}", shares(&seen)),
+    );
+    let web_udp = vip(WEB_VIP, 53);
+    let seen = tally(SPREAD, || ask_udp(ns, web_udp).map(|a| a.server));
+    expect.check(
+        all_backends(&seen),
+        format!(
+            "{SPREAD} UDP datagrams (new sockets) to {web_udp}: {}",
+            shares(&seen)
+        ),
+    );
+    let answer = ask_tcp(ns, web_tcp);
+    let preserved = answer.as_ref().is_ok_and(|a| a.peer.ip() == client.ipv4());
+    expect.check(
+        preserved,
+        format!(
+            "the backend sees the client's own address ({})",
+            answer.map_or_else(|e| e.to_string(), |a| a.peer.to_string())
+        ),
+    );
+
+    println!("\n== Service sticky {STICKY_VIP}: sessionAffinity ClientIP pins the client to one backend");
+    let sticky = vip(STICKY_VIP, 80);
+    let seen = tally(STICKY, || ask_tcp(ns, sticky).map(|a| a.server));
+    expect.check(
+        seen.len() == 1 && !seen.keys().any(|k| k.starts_with("error")),
+        format!("{STICKY} TCP connections to {sticky}: {}", shares(&seen)),
+    );
+
+    println!("\n== Service empty {EMPTY_VIP}: no endpoints, clients refused at once");
+    let empty_tcp = vip(EMPTY_VIP, 80);
+    let start = Instant::now();
+    let tcp = TcpSession::connect(ns, empty_tcp).map(|_| ());
+    let took = start.elapsed();
+    expect.check(
+        matches!(&tcp, Err(e) if e.kind() == ErrorKind::ConnectionRefused) && took < Duration::from_secs(1),
+        format!(
+            "TCP connect to {empty_tcp}: {} after {:.1} ms",
+            outcome(&tcp),
+            took.as_secs_f64() * 1e3
+        ),
+    );
+    let empty_udp = vip(EMPTY_VIP, 53);
+    let start = Instant::now();
+    let udp = UdpSession::connect(ns, empty_udp)
+        .and_then(|s| s.ask())
+        .map(|_| ());
+    let took = start.elapsed();
+    expect.check(
+        matches!(&udp, Err(e) if e.kind() == ErrorKind::ConnectionRefused) && took < Duration::from_secs(1),
+        format!(
+            "UDP datagram to {empty_udp}: {} (ICMP port unreachable) after {:.1} ms",
+            outcome(&udp),
+            took.as_secs_f64() * 1e3
+        ),
+    );
+}
+
+fn outcome(result: &std::io::Result<()>) -> String {
+    match result {
+        Ok(()) => "answered".to_owned(),
+        Err(e) if e.kind() == ErrorKind::ConnectionRefused => "connection refused".to_owned(),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// `weirctl VIEW` as a table, straight to the terminal.
+fn weirctl(node: &Node, view: &str) -> anyhow::Result<()> {
+    let status = Command::new(bins::path("weirctl"))
+        .arg("--bpffs-root")
+        .arg(&node.bpffs_root)
+        .arg(view)
+        .status()
+        .context("running weirctl")?;
+    ensure!(status.success(), "weirctl {view} failed");
     Ok(())
 }
 

@@ -39,6 +39,15 @@ pub fn lookup(key: &CtKey, now: u64) -> Option<*mut CtValue> {
     if unsafe { (*entry).expires_ns } > now { Some(entry) } else { None }
 }
 
+/// A SYN on an entry whose connection has closed: a new connection that reuses
+/// the tuple, to be load-balanced afresh (as Cilium does), not sent to a backend
+/// that may have left the service since.
+#[inline(always)]
+pub fn is_reuse(entry: *mut CtValue, flow: &Flow4) -> bool {
+    // SAFETY: a pointer into the map's value, valid for this program run.
+    flow.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN && unsafe { (*entry).flags } & CT_F_CLOSING != 0
+}
+
 /// Extends a flow's life after a packet, by protocol and what the packet says.
 #[inline(always)]
 pub fn refresh(entry: *mut CtValue, flow: &Flow4, now: u64) {

@@ -72,7 +72,9 @@ pub fn from_pod(ctx: &TcContext, mut flow: Flow4) -> Result<Verdict, Reason> {
 
     // 1. A packet of a flow we translated: the same backend as before, even if the
     //    service's endpoints have changed since.
-    if let Some(entry) = ct::lookup(&ct::out_key(&flow), now) {
+    if let Some(entry) = ct::lookup(&ct::out_key(&flow), now)
+        && !ct::is_reuse(entry, &flow)
+    {
         ct::refresh(entry, &flow, now);
         // SAFETY: valid for this run.
         let e = unsafe { *entry };
