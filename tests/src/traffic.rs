@@ -112,3 +112,48 @@ pub fn udp_roundtrip(ns: &Netns, to: SocketAddr, msg: &[u8]) -> std::io::Result<
         Ok(buf[..n].to_vec())
     })
 }
+
+/// A client that keeps opening connections (each one `attempt`) from a thread
+/// until stopped, counting successes and keeping every failure: the load under
+/// which an agent restart must not be noticed.
+pub struct ConnectionLoad {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<(u32, Vec<String>)>,
+}
+
+impl ConnectionLoad {
+    pub fn start(
+        ns: &Netns,
+        attempt: impl Fn(&Netns) -> std::io::Result<()> + Send + 'static,
+    ) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (name, stop2) = (ns.name().to_owned(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let ns = Netns::attach(&name);
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !stop2.load(Ordering::Relaxed) {
+                match attempt(&ns) {
+                    Ok(()) => ok += 1,
+                    Err(e) => failed.push(e.to_string()),
+                }
+            }
+            (ok, failed)
+        });
+        Self { stop, thread }
+    }
+
+    /// Stops the client and asserts that no connection failed, and that there
+    /// were enough of them to prove anything.
+    pub fn stop_and_assert_none_failed(self, what: &str) {
+        self.stop.store(true, Ordering::Relaxed);
+        let (ok, failed) = self.thread.join().expect("load thread");
+        assert!(
+            failed.is_empty(),
+            "{} of {} connections failed {what}: {:?}",
+            failed.len(),
+            ok as usize + failed.len(),
+            &failed[..failed.len().min(3)]
+        );
+        assert!(ok > 20, "too few connections {what} to prove anything: {ok}");
+    }
+}

@@ -6,7 +6,7 @@ use std::{net::SocketAddr, time::Duration};
 use serde_json::Value;
 use weir_lab::{
     Node,
-    traffic::{EchoServer, tcp_roundtrip, udp_roundtrip},
+    traffic::{ConnectionLoad, EchoServer, tcp_roundtrip, udp_roundtrip},
 };
 
 /// Forwarded packets counted so far in one direction.
@@ -100,19 +100,8 @@ fn root_datapath_outlives_the_agent_and_is_adopted_on_restart() {
     };
 
     // A client keeps opening connections across the whole restart.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (client_ns, to, stop2) = (client.ns.name().to_owned(), echo.addr, stop.clone());
-    let load = std::thread::spawn(move || {
-        let ns = weir_lab::netns::Netns::attach(&client_ns);
-        let (mut ok, mut failed) = (0u32, Vec::new());
-        while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
-            match tcp_roundtrip(&ns, to, b"ping") {
-                Ok(_) => ok += 1,
-                Err(e) => failed.push(e.to_string()),
-            }
-        }
-        (ok, failed)
-    });
+    let to = echo.addr;
+    let load = ConnectionLoad::start(&client.ns, move |ns| tcp_roundtrip(ns, to, b"ping").map(|_| ()));
 
     std::thread::sleep(Duration::from_millis(300));
     agent.kill();
@@ -138,16 +127,7 @@ fn root_datapath_outlives_the_agent_and_is_adopted_on_restart() {
     // The pinned map was reused: counters did not start again from zero.
     assert!(after_restart >= while_down, "metrics were reset by the restart");
 
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (ok, failed) = load.join().expect("load thread");
-    assert!(
-        failed.is_empty(),
-        "{} of {} connections failed across the restart: {:?}",
-        failed.len(),
-        ok as usize + failed.len(),
-        &failed[..failed.len().min(3)]
-    );
-    assert!(ok > 20, "too few connections to prove anything: {ok}");
+    load.stop_and_assert_none_failed("across the restart");
     // A pod added after the restart is wired through the new agent.
     let late = node.add_pod("late");
     assert_eq!(tcp_roundtrip(&late.ns, echo.addr, b"late").expect("TCP"), b"late");

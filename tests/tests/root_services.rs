@@ -7,10 +7,6 @@ use std::{
     collections::BTreeMap,
     io::ErrorKind,
     net::{IpAddr, SocketAddr},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
     time::{Duration, Instant},
 };
 
@@ -19,6 +15,7 @@ use weir_lab::{
     Agent, Node, Pod,
     netns::Netns,
     services::{Ep, ManifestDir, frontend, port, service, slice},
+    traffic::ConnectionLoad,
     whoami::{Answer, TcpSession, UdpSession, WhoAmI, ask_tcp, ask_tcp_from, ask_udp},
 };
 
@@ -663,19 +660,7 @@ fn root_agent_restart_keeps_services_and_ids() {
     let before = lab.agent.wait_backends(&front, &lab.addrs(&["a", "b"], 8080));
     let backends_before = lab.agent.weirctl(&["backends"]);
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let (client_ns, stop2) = (lab.client.ns.name().to_owned(), stop.clone());
-    let load = std::thread::spawn(move || {
-        let ns = Netns::attach(&client_ns);
-        let (mut ok, mut failed) = (0u32, Vec::new());
-        while !stop2.load(Ordering::Relaxed) {
-            match ask_tcp(&ns, vip(80)) {
-                Ok(_) => ok += 1,
-                Err(e) => failed.push(e.to_string()),
-            }
-        }
-        (ok, failed)
-    });
+    let load = ConnectionLoad::start(&lab.client.ns, |ns| ask_tcp(ns, vip(80)).map(|_| ()));
     std::thread::sleep(Duration::from_millis(300));
     lab.agent.kill();
     std::thread::sleep(Duration::from_millis(300));
@@ -686,16 +671,7 @@ fn root_agent_restart_keeps_services_and_ids() {
         lab.agent.log_text().matches("services synced").count() >= 2
     });
     std::thread::sleep(Duration::from_millis(300));
-    stop.store(true, Ordering::Relaxed);
-    let (ok, failed) = load.join().expect("load thread");
-    assert!(
-        failed.is_empty(),
-        "{} of {} connections failed across the restart: {:?}",
-        failed.len(),
-        ok as usize + failed.len(),
-        &failed[..failed.len().min(3)]
-    );
-    assert!(ok > 20, "too few connections to prove anything: {ok}");
+    load.stop_and_assert_none_failed("across the restart");
 
     let after = lab.agent.weirctl(&["services"]);
     assert_eq!(

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 
 use serde_json::json;
 use weir_common::{
-    BACKEND_ACTIVE, BACKEND_TERMINATING, SCOPE_INTERNAL, SVC_F_AFFINITY, SVC_F_EXT_LOCAL, SVC_F_INT_LOCAL,
-    SVC_F_MAGLEV, SVC_F_NODEPORT, SVC_F_TWO_SCOPES, ServiceKey, ServiceValue, maps as names,
+    BACKEND_ACTIVE, BACKEND_TERMINATING, SCOPE_INTERNAL, SVC_F_AFFINITY, SVC_F_MAGLEV, ServiceKey, ServiceValue,
+    maps as names,
 };
 
 use super::{CtlError, View, ip, open, proto, sock};
@@ -130,16 +130,5 @@ pub(super) fn state_name(state: u8) -> &'static str {
 }
 
 fn flag_names(flags: u32) -> Vec<&'static str> {
-    [
-        (SVC_F_AFFINITY, "affinity"),
-        (SVC_F_TWO_SCOPES, "two-scopes"),
-        (SVC_F_NODEPORT, "nodeport"),
-        (SVC_F_EXT_LOCAL, "ext-local"),
-        (SVC_F_INT_LOCAL, "int-local"),
-        (SVC_F_MAGLEV, "maglev"),
-    ]
-    .into_iter()
-    .filter(|(bit, _)| flags & bit != 0)
-    .map(|(_, name)| name)
-    .collect()
+    weir_common::SVC_FLAG_NAMES.iter().filter(|(bit, _)| flags & bit != 0).map(|(_, name)| *name).collect()
 }

@@ -80,7 +80,7 @@ impl DirSource {
             std::thread::sleep(wait);
             return;
         };
-        let ms = PollTimeout::try_from(wait.as_millis().min(u128::from(u16::MAX)) as u16).unwrap_or(PollTimeout::ZERO);
+        let ms = PollTimeout::from(wait.as_millis().min(u128::from(u16::MAX)) as u16);
         let mut fds = [PollFd::new(std::os::fd::AsFd::as_fd(inotify), PollFlags::POLLIN)];
         if poll(&mut fds, ms).is_ok_and(|n| n > 0) {
             // The events only say "look again"; drain them.

@@ -209,6 +209,16 @@ pub const SVC_F_INT_LOCAL: u32 = 1 << 4;
 /// Backends chosen by Maglev consistent hashing instead of at random.
 pub const SVC_F_MAGLEV: u32 = 1 << 5;
 
+/// The `SVC_F_*` bits by name, for views (`weirctl`, the model's frontend view).
+pub const SVC_FLAG_NAMES: [(u32, &str); 6] = [
+    (SVC_F_AFFINITY, "affinity"),
+    (SVC_F_TWO_SCOPES, "two-scopes"),
+    (SVC_F_NODEPORT, "nodeport"),
+    (SVC_F_EXT_LOCAL, "ext-local"),
+    (SVC_F_INT_LOCAL, "int-local"),
+    (SVC_F_MAGLEV, "maglev"),
+];
+
 /// Value of [`maps::BACKENDS`] (key: backend id, u32).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -488,18 +488,7 @@ fn backend_view(id: u32, endpoint: &Endpoint, slot: Option<u16>) -> BackendView 
 }
 
 fn flag_names(flags: u32) -> Vec<&'static str> {
-    [
-        (SVC_F_AFFINITY, "affinity"),
-        (SVC_F_TWO_SCOPES, "two-scopes"),
-        (SVC_F_NODEPORT, "nodeport"),
-        (SVC_F_EXT_LOCAL, "ext-local"),
-        (SVC_F_INT_LOCAL, "int-local"),
-        (SVC_F_MAGLEV, "maglev"),
-    ]
-    .into_iter()
-    .filter(|(bit, _)| flags & bit != 0)
-    .map(|(_, name)| name)
-    .collect()
+    weir_common::SVC_FLAG_NAMES.iter().filter(|(bit, _)| flags & bit != 0).map(|(_, name)| *name).collect()
 }
 
 /// The address of a service key or backend, for views and tests.
