@@ -63,7 +63,10 @@ fn main() -> anyhow::Result<()> {
             bpffs_root,
             cni_socket,
             source,
-        } => run(&node, PinLayout::new(bpffs_root), &cni_socket, source.as_ref()),
+        } => {
+            let root = weir_agent::datapath::bpffs::resolve(&bpffs_root, true)?;
+            run(&node, PinLayout::new(root), &cni_socket, source.as_ref())
+        }
     }
 }
 

@@ -52,7 +52,7 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let pins = PinLayout::new(&cli.bpffs_root);
+    let pins = PinLayout::new(weir_agent::datapath::bpffs::resolve(&cli.bpffs_root, false)?);
     let view = match cli.command {
         Command::Endpoints => View::flat(endpoints(&pins)?, vec!["ip", "ifindex", "identity"]),
         Command::Metrics => View::flat(metrics(&pins)?, vec!["direction", "reason", "packets", "bytes"]),

@@ -2,6 +2,7 @@
 //! `weirctl` goes through here.
 
 mod attach;
+pub mod bpffs;
 mod error;
 mod load;
 pub mod maps;
