@@ -16,8 +16,8 @@
 //!    and to the same ClusterIP translated by kube-proxy-shaped iptables rules and by
 //!    kube-proxy-shaped nftables rules ([`weir_lab::kube_proxy`]).
 //! 2. Time to program the Services from empty: Weir (manifests renamed into the
-//!    agent's source directory until the agent logs the sync), `iptables-restore
-//!    --noflush` and `nft -f` of the equivalent rules.
+//!    agent's source directory until the agent logs the sync), `iptables-restore`
+//!    and `nft -f` of the equivalent rules.
 //! 3. Weir only: time from an EndpointSlice change (the file renamed into place) until
 //!    a fresh connection reaches the new backend.
 //!
@@ -42,9 +42,13 @@
 //!
 //! Environment: `WEIR_BENCH_SIZES` (default `1,1000,10000`), `WEIR_BENCH_ROUNDS`
 //! (default 5), `WEIR_BENCH_SECS` (seconds per sample, default 2), `WEIR_BENCH_CLIENTS`
-//! (client threads, one client pod each, default 2), `WEIR_BENCH_CHANGES` (endpoint
-//! changes per size, default 4), `WEIR_BENCH_IPTABLES` (the restore binary, default
-//! `iptables-restore`; `iptables-legacy-restore` for the legacy backend).
+//! (client threads, one client pod each, default 4: one client address stays under
+//! 5,400 connections/s with the 12 s rule), `WEIR_BENCH_CHANGES` (endpoint changes per
+//! size, default 4), `WEIR_BENCH_IPTABLES` (the restore binary, default
+//! `iptables-restore`; `iptables-legacy-restore` for the legacy backend),
+//! `WEIR_BENCH_IPTABLES_NOFLUSH=1` (pass `--noflush`), `WEIR_BENCH_VARIANTS` (a subset
+//! of `direct,weir,iptables,nftables`, `direct` first; without `weir`, `direct` runs on
+//! a node without agent).
 
 use std::{
     io::{Read as _, Write as _},
@@ -94,7 +98,9 @@ impl Variant {
             "weir" => Self::Weir,
             "iptables" => Self::Iptables,
             "nftables" => Self::Nftables,
-            other => panic!("WEIR_BENCH_VARIANTS: unknown variant {other:?} (direct, weir, iptables, nftables)"),
+            other => {
+                panic!("WEIR_BENCH_VARIANTS: unknown variant {other:?} (direct, weir, iptables, nftables)")
+            }
         }
     }
 
@@ -113,16 +119,27 @@ fn main() {
     let sizes: Vec<usize> = std::env::var("WEIR_BENCH_SIZES")
         .unwrap_or_else(|_| "1,1000,10000".to_owned())
         .split(',')
-        .map(|s| s.trim().parse().unwrap_or_else(|_| panic!("WEIR_BENCH_SIZES: {s:?} is not a number")))
+        .map(|s| {
+            s.trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("WEIR_BENCH_SIZES: {s:?} is not a number"))
+        })
         .collect();
     let rounds = env_usize("WEIR_BENCH_ROUNDS", 5).max(1);
     let secs = env_f64("WEIR_BENCH_SECS", 2.0);
-    let clients = env_usize("WEIR_BENCH_CLIENTS", 2).max(1);
+    let clients = env_usize("WEIR_BENCH_CLIENTS", 4).max(1);
     let changes = env_usize("WEIR_BENCH_CHANGES", 4);
     let iptables = std::env::var("WEIR_BENCH_IPTABLES").unwrap_or_else(|_| "iptables-restore".to_owned());
-    let variants: Vec<Variant> = std::env::var("WEIR_BENCH_VARIANTS")
-        .map_or_else(|_| Variant::ALL.to_vec(), |v| v.split(',').map(Variant::parse).collect());
-    assert_eq!(variants.first(), Some(&Variant::Direct), "WEIR_BENCH_VARIANTS starts with direct (the ratios' base)");
+    let noflush = std::env::var_os("WEIR_BENCH_IPTABLES_NOFLUSH").is_some_and(|v| v == "1");
+    let variants: Vec<Variant> = std::env::var("WEIR_BENCH_VARIANTS").map_or_else(
+        |_| Variant::ALL.to_vec(),
+        |v| v.split(',').map(Variant::parse).collect(),
+    );
+    assert_eq!(
+        variants.first(),
+        Some(&Variant::Direct),
+        "WEIR_BENCH_VARIANTS starts with direct (the ratios' base)"
+    );
     let with_weir = variants.contains(&Variant::Weir);
     let sample = Duration::from_secs_f64(secs);
     let started = Instant::now();
@@ -134,11 +151,19 @@ fn main() {
     let mut weir = Bed::new("10.244.1.0/24", clients, with_weir);
     let mut ipt = Bed::new("10.244.2.0/24", clients, false);
     let mut nft = Bed::new("10.244.3.0/24", clients, false);
-    let conntrack_max = ipt.node.ns.sh("cat /proc/sys/net/netfilter/nf_conntrack_max").trim().to_owned();
+    let conntrack_max = ipt
+        .node
+        .ns
+        .sh("cat /proc/sys/net/netfilter/nf_conntrack_max")
+        .trim()
+        .to_owned();
 
     let mut results = Vec::new();
     for &n in &sizes {
-        let mut r = SizeResult { services: n, ..SizeResult::default() };
+        let mut r = SizeResult {
+            services: n,
+            ..SizeResult::default()
+        };
 
         // 1. Programming from empty.
         if with_weir {
@@ -147,7 +172,7 @@ fn main() {
             weir.service_set(n);
         }
         if variants.contains(&Variant::Iptables) {
-            r.program_ipt = Some(ipt.program_iptables(n, &iptables));
+            r.program_ipt = Some(ipt.program_iptables(n, &iptables, noflush));
         }
         if variants.contains(&Variant::Nftables) {
             r.program_nft = Some(nft.program_nft(n));
@@ -160,8 +185,17 @@ fn main() {
         for &v in &variants {
             let bed = bed_for(v, &mut weir, &mut ipt, &mut nft);
             let s = bed.sample_variant(v, Duration::from_millis(500));
-            assert!(s.conns > 0 && s.errors == 0, "{} at {n} services does not work: {s:?}", v.label());
-            assert_eq!(s.hit.iter().filter(|&&c| c > 0).count(), BACKENDS, "{}: {s:?}", v.label());
+            assert!(
+                s.conns > 0 && s.errors == 0,
+                "{} at {n} services does not work: {s:?}",
+                v.label()
+            );
+            assert_eq!(
+                s.hit.iter().filter(|&&c| c > 0).count(),
+                BACKENDS,
+                "{}: {s:?}",
+                v.label()
+            );
         }
 
         // 2. Endpoint changes (Weir).
@@ -178,19 +212,36 @@ fn main() {
                 let bed = bed_for(v, &mut weir, &mut ipt, &mut nft);
                 let s = bed.sample_variant(v, sample);
                 if matches!(v, Variant::Iptables | Variant::Nftables) {
-                    let count: u64 = bed.node.ns.sh("cat /proc/sys/net/netfilter/nf_conntrack_count").trim().parse().unwrap_or(0);
+                    let count: u64 = bed
+                        .node
+                        .ns
+                        .sh("cat /proc/sys/net/netfilter/nf_conntrack_count")
+                        .trim()
+                        .parse()
+                        .unwrap_or(0);
                     r.conntrack_peak = r.conntrack_peak.max(count);
                 }
                 samples[i].push(s);
             }
         }
-        eprintln!("{n} services: rates {:?}", samples.iter().map(|s| median_rate(s) as u64).collect::<Vec<_>>());
+        eprintln!(
+            "{n} services: rates {:?}",
+            samples.iter().map(|s| median_rate(s) as u64).collect::<Vec<_>>()
+        );
         r.samples = samples;
         results.push(r);
     }
     let metrics = weir.agent.as_ref().map(|a| a.weirctl(&["metrics"]));
 
-    print_report(&results, &variants, &iptables, rounds, secs, clients, &conntrack_max);
+    print_report(
+        &results,
+        &variants,
+        &iptables,
+        rounds,
+        secs,
+        clients,
+        &conntrack_max,
+    );
     if let Some(m) = metrics {
         println!("\nWeir datapath counters after the run (`weirctl metrics`):\n\n```json\n{m:#}\n```");
     }
@@ -244,13 +295,21 @@ impl Bed {
         } else {
             (None, None)
         };
-        let clients: Vec<Pod> = (0..clients).map(|i| node.add_pod(&format!("client-{i}"))).collect();
-        let backends: Vec<Pod> = (0..BACKENDS).map(|i| node.add_pod(&format!("backend-{i}"))).collect();
+        let clients: Vec<Pod> = (0..clients)
+            .map(|i| node.add_pod(&format!("client-{i}")))
+            .collect();
+        let backends: Vec<Pod> = (0..BACKENDS)
+            .map(|i| node.add_pod(&format!("backend-{i}")))
+            .collect();
         let mut servers = Vec::new();
         for (i, b) in backends.iter().enumerate() {
             servers.push(Server::start(&b.ns, SocketAddr::new(b.ipv4(), PORT), i as u8));
         }
-        servers.push(Server::start(&backends[0].ns, SocketAddr::new(backends[0].ipv4(), ALT_PORT), ALT_ID));
+        servers.push(Server::start(
+            &backends[0].ns,
+            SocketAddr::new(backends[0].ipv4(), ALT_PORT),
+            ALT_ID,
+        ));
         Self {
             node,
             agent,
@@ -266,7 +325,10 @@ impl Bed {
     }
 
     fn backend_addrs(&self, port: u16) -> Vec<SocketAddrV4> {
-        self.backends.iter().map(|b| SocketAddrV4::new(v4(b.ipv4()), port)).collect()
+        self.backends
+            .iter()
+            .map(|b| SocketAddrV4::new(v4(b.ipv4()), port))
+            .collect()
     }
 
     /// `n` synthetic Services, the middle one pointing at the real backends.
@@ -308,7 +370,11 @@ impl Bed {
         let mid = n / 2;
         let mut text = String::with_capacity(n * 400);
         for (i, s) in set.services.iter().enumerate() {
-            text.push_str(&if i == mid { s.service_manifest() } else { s.manifest() });
+            text.push_str(&if i == mid {
+                s.service_manifest()
+            } else {
+                s.manifest()
+            });
         }
         let (tmp_svc, tmp_slice) = (dir.join(".services.yaml.tmp"), dir.join(".measured.yaml.tmp"));
         std::fs::write(&tmp_svc, text).expect("write manifests");
@@ -333,12 +399,18 @@ impl Bed {
                 if line.contains("services synced") && field(line, "frontends") == Some(n.to_string()) {
                     let elapsed = t0.elapsed();
                     self.log_seen += upto;
-                    let sync_ms: f64 = field(line, "sync_ms").and_then(|v| v.parse().ok()).unwrap_or(f64::NAN);
+                    let sync_ms: f64 = field(line, "sync_ms")
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(f64::NAN);
                     return (elapsed, Duration::from_secs_f64(sync_ms / 1e3));
                 }
             }
             self.log_seen += upto;
-            assert!(Instant::now() < deadline, "no sync of {n} services after 120 s:\n{}", agent.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "no sync of {n} services after 120 s:\n{}",
+                agent.log_text()
+            );
             std::thread::sleep(Duration::from_micros(500));
         }
     }
@@ -348,7 +420,11 @@ impl Bed {
     /// set, rename -> sync logged).
     fn change_endpoints(&mut self, n: usize, to_alt: bool) -> (Duration, Duration) {
         let mut m = self.measured.clone().expect("programmed");
-        m.endpoints = if to_alt { vec![self.backend_addrs(ALT_PORT)[0]] } else { self.backend_addrs(PORT) };
+        m.endpoints = if to_alt {
+            vec![self.backend_addrs(ALT_PORT)[0]]
+        } else {
+            self.backend_addrs(PORT)
+        };
         let dir = self.manifests.as_ref().expect("weir bed").path().to_owned();
         let tmp = dir.join(".measured.yaml.tmp");
         std::fs::write(&tmp, m.slice_manifest()).expect("write slice");
@@ -361,10 +437,8 @@ impl Bed {
             let deadline = t0 + Duration::from_secs(60);
             while Instant::now() < deadline {
                 let Some(port) = ports.take() else { continue };
-                if let Ok(id) = connect_once(port, vip) {
-                    if (id == ALT_ID) == to_alt {
-                        return (t0.elapsed(), ports);
-                    }
+                if connect_once(port, vip).is_ok_and(|id| (id == ALT_ID) == to_alt) {
+                    return (t0.elapsed(), ports);
                 }
             }
             panic!("endpoint change not seen after 60 s");
@@ -375,8 +449,11 @@ impl Bed {
         (seen, synced)
     }
 
-    /// iptables from empty: the nat table flushed, then one `iptables-restore --noflush`.
-    fn program_iptables(&mut self, n: usize, restore: &str) -> Duration {
+    /// iptables from empty: the nat table flushed, then one `iptables-restore` of the
+    /// whole table (`--noflush`, as kube-proxy passes it, with `noflush`: on an empty
+    /// table the result is the same, but iptables-nft 1.8.9 takes 9x longer with it
+    /// at 1,000 Services, and more at 10,000).
+    fn program_iptables(&mut self, n: usize, restore: &str, noflush: bool) -> Duration {
         let save = restore.replace("-restore", "");
         self.node.ns.sh(&format!("{save} -t nat -F && {save} -t nat -X"));
         let file = self.state.join("iptables.rules");
@@ -385,9 +462,17 @@ impl Bed {
         let restore = restore.to_owned();
         self.node.ns.run(move || {
             let t0 = Instant::now();
-            let out = Command::new(&restore).arg("--noflush").arg(&file).output().expect("spawn iptables-restore");
+            let mut cmd = Command::new(&restore);
+            if noflush {
+                cmd.arg("--noflush");
+            }
+            let out = cmd.arg(&file).output().expect("spawn iptables-restore");
             let t = t0.elapsed();
-            assert!(out.status.success(), "{restore}: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "{restore}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             t
         })
     }
@@ -400,9 +485,17 @@ impl Bed {
         std::fs::write(&file, rules).expect("write ruleset");
         self.node.ns.run(move || {
             let t0 = Instant::now();
-            let out = Command::new("nft").arg("-f").arg(&file).output().expect("spawn nft");
+            let out = Command::new("nft")
+                .arg("-f")
+                .arg(&file)
+                .output()
+                .expect("spawn nft");
             let t = t0.elapsed();
-            assert!(out.status.success(), "nft -f: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "nft -f: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             t
         })
     }
@@ -415,7 +508,8 @@ impl Bed {
             .iter()
             .zip(self.ports.iter_mut())
             .map(|(pod, ports)| {
-                let (mut ports, target, barrier) = (ports.take().expect("ports"), target.clone(), barrier.clone());
+                let (mut ports, target, barrier) =
+                    (ports.take().expect("ports"), target.clone(), barrier.clone());
                 pod.ns.spawn(move || {
                     let mut s = Sample::default();
                     barrier.wait();
@@ -549,7 +643,10 @@ fn bound_socket(port: u16) -> std::io::Result<TcpStream> {
     }
     // SAFETY: a fresh fd we own; the stream closes it on every path from here.
     let s = unsafe { TcpStream::from_raw_fd(fd) };
-    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
     let src = sockaddr(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port));
     // SAFETY: pointers to live values of the lengths passed.
     let ok = unsafe {
@@ -560,7 +657,11 @@ fn bound_socket(port: u16) -> std::io::Result<TcpStream> {
             (&raw const linger).cast(),
             size_of::<libc::linger>() as libc::socklen_t,
         ) == 0
-            && libc::bind(fd, (&raw const src).cast(), size_of::<libc::sockaddr_in>() as libc::socklen_t) == 0
+            && libc::bind(
+                fd,
+                (&raw const src).cast(),
+                size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            ) == 0
     };
     if !ok {
         return Err(std::io::Error::last_os_error());
@@ -590,7 +691,10 @@ impl Server {
     fn start(ns: &Netns, addr: SocketAddr, id: u8) -> Self {
         let listener = ns.run(move || TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}")));
         // accept(2) honours SO_RCVTIMEO: wake up now and then to see `stop`.
-        let tv = libc::timeval { tv_sec: 0, tv_usec: 100_000 };
+        let tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 100_000,
+        };
         // SAFETY: a pointer to a live timeval of the length passed.
         let rc = unsafe {
             libc::setsockopt(
@@ -646,7 +750,15 @@ fn v4(ip: IpAddr) -> Ipv4Addr {
     }
 }
 
-fn print_report(results: &[SizeResult], variants: &[Variant], iptables: &str, rounds: usize, secs: f64, clients: usize, ct_max: &str) {
+fn print_report(
+    results: &[SizeResult],
+    variants: &[Variant],
+    iptables: &str,
+    rounds: usize,
+    secs: f64,
+    clients: usize,
+    ct_max: &str,
+) {
     println!(
         "\n### New TCP connections per second ({rounds} interleaved rounds of {secs} s samples, {clients} client threads; median, min-max)\n"
     );
@@ -665,7 +777,11 @@ fn print_report(results: &[SizeResult], variants: &[Variant], iptables: &str, ro
                 }
             }
             let ratio = median_rate(s) / direct;
-            let ratio = if *v == Variant::Direct { "1".to_owned() } else { format!("**{ratio:.2}**") };
+            let ratio = if *v == Variant::Direct {
+                "1".to_owned()
+            } else {
+                format!("**{ratio:.2}**")
+            };
             println!(
                 "| {} | {} | {:.0} | {:.0}-{:.0} | {ratio} | {} | {}/{} |",
                 r.services,
@@ -679,12 +795,20 @@ fn print_report(results: &[SizeResult], variants: &[Variant], iptables: &str, ro
             );
         }
     }
-    let stalls: u64 = results.iter().flat_map(|r| r.samples.iter().flatten()).map(|s| s.stalls).sum();
+    let stalls: u64 = results
+        .iter()
+        .flat_map(|r| r.samples.iter().flatten())
+        .map(|s| s.stalls)
+        .sum();
     let ct_peak = results.iter().map(|r| r.conntrack_peak).max().unwrap_or(0);
-    println!("\nSource-port stalls (no port free of the 12 s rule): {stalls}; peak nf_conntrack_count on the netfilter nodes {ct_peak} of nf_conntrack_max {ct_max}.");
+    println!(
+        "\nSource-port stalls (no port free of the 12 s rule): {stalls}; peak nf_conntrack_count on the netfilter nodes {ct_peak} of nf_conntrack_max {ct_max}."
+    );
 
     println!("\n### Programming N Services x {BACKENDS} endpoints from empty (ms)\n");
-    println!("| Services | Weir: rename -> synced | Weir agent `sync_ms` (map writes) | `{iptables} --noflush` | `nft -f` |");
+    println!(
+        "| Services | Weir: rename -> synced | Weir agent `sync_ms` (map writes) | `{iptables}` | `nft -f` |"
+    );
     println!("| ---: | ---: | ---: | ---: | ---: |");
     for r in results {
         let (w, s) = r.program_weir.unwrap_or_default();
@@ -725,7 +849,11 @@ fn median_rate(s: &[Sample]) -> f64 {
         return f64::NAN;
     }
     let m = r.len() / 2;
-    if r.len() % 2 == 1 { r[m] } else { (r[m - 1] + r[m]) / 2.0 }
+    if r.len() % 2 == 1 {
+        r[m]
+    } else {
+        (r[m - 1] + r[m]) / 2.0
+    }
 }
 
 fn median(d: &[Duration]) -> Duration {
@@ -740,15 +868,18 @@ fn ms(d: Duration) -> f64 {
 
 fn env_usize(name: &str, default: usize) -> usize {
     match std::env::var(name) {
-        Ok(v) => v.parse().unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
         Err(_) => default,
     }
 }
 
 fn env_f64(name: &str, default: f64) -> f64 {
     match std::env::var(name) {
-        Ok(v) => v.parse().unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
         Err(_) => default,
     }
 }
-
