@@ -17,6 +17,9 @@ use weir_common::{EndpointInfo, EndpointKey};
 
 use crate::datapath::{Datapath, DatapathError};
 
+/// How long one client may take to send its request or read our answer.
+const IO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error("{path}: {source}")]
@@ -76,8 +79,15 @@ pub fn serve(listener: UnixListener, datapath: Arc<Mutex<Datapath>>) {
 }
 
 fn serve_one(stream: UnixStream, datapath: &Mutex<Datapath>) -> std::io::Result<()> {
+    // Requests are served one at a time: a client that connects and says nothing
+    // must not hold up every other pod's ADD and DEL.
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    stream.set_write_timeout(Some(IO_TIMEOUT))?;
     let mut line = String::new();
-    BufReader::new(&stream).read_line(&mut line)?;
+    if BufReader::new(&stream).read_line(&mut line)? == 0 {
+        // Connected and closed: weir-cni's STATUS probing that we are here.
+        return Ok(());
+    }
     let reply = match serde_json::from_str::<Request>(&line) {
         Err(e) => Reply::Error {
             message: format!("undecodable request: {e}"),

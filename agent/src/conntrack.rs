@@ -11,7 +11,7 @@
 //! Both run on their own handles of the pinned maps: the kernel serialises map
 //! operations, so they need no lock shared with the CNI server or the syncer.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use aya::maps::MapError;
 use nix::time::{ClockId, clock_gettime};
@@ -68,20 +68,25 @@ impl Hygiene {
         })
     }
 
-    /// Deletes up to `max_deletes` expired conntrack entries.
+    /// Deletes up to `max_deletes` dead conntrack entries: `CT_OUT` entries past
+    /// their expiry, and `CT_IN` entries whose `CT_OUT` partner is dead or gone
+    /// (a pair lives by its `CT_OUT` entry; see `CtKey::out_partner`).
     pub fn gc_conntrack(&mut self, now_ns: u64, max_deletes: usize) -> Result<GcReport, CtError> {
         let mut report = GcReport::default();
-        let expired = collect(
-            &self.conntrack,
-            names::CONNTRACK,
-            maps::CONNTRACK.max_entries,
-            |_, v| {
-                report.scanned += 1;
-                v.expires_ns < now_ns
-            },
-        )?;
-        report.expired = expired.len();
-        for key in expired.iter().take(max_deletes) {
+        let mut entries = Vec::new();
+        for entry in self.conntrack.iter().take(2 * maps::CONNTRACK.max_entries as usize) {
+            entries.push(entry.map_err(|source| CtError::Map { map: names::CONNTRACK, source })?);
+        }
+        report.scanned = entries.len();
+        let live: HashSet<CtKey> =
+            entries.iter().filter(|(k, v)| k.dir == CT_OUT && v.expires_ns >= now_ns).map(|(k, _)| *k).collect();
+        let dead: Vec<CtKey> = entries
+            .iter()
+            .filter(|(k, v)| if k.dir == CT_OUT { v.expires_ns < now_ns } else { !live.contains(&k.out_partner(v)) })
+            .map(|(k, _)| *k)
+            .collect();
+        report.expired = dead.len();
+        for key in dead.iter().take(max_deletes) {
             remove(&mut self.conntrack, names::CONNTRACK, key)?;
             report.deleted += 1;
         }

@@ -223,3 +223,25 @@ fn root_a_syn_reusing_a_closed_flows_tuple_starts_a_new_flow() {
     let (_, out) = lab.run(&frame(IPPROTO_TCP, CLIENT, 40000, VIP, 80, 0x02));
     assert_eq!(tuple(&out).2, BACKEND_B, "a SYN on a closing entry must pick a backend afresh");
 }
+
+#[test]
+fn root_conntrack_gc_keeps_live_pairs_and_removes_dead_ones() {
+    use weir_agent::conntrack::Hygiene;
+    let now = || {
+        let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("clock");
+        t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+    };
+    let mut lab = Lab::new("gc");
+    lab.service(IPPROTO_TCP, &[BACKEND_A], 0);
+    lab.run(&frame(IPPROTO_TCP, CLIENT, 40000, VIP, 80, 0x02));
+    let mut hygiene = Hygiene::open(&PinLayout::new(&lab.root)).expect("open maps");
+    let report = hygiene.gc_conntrack(now(), usize::MAX).expect("gc");
+    assert_eq!(report.deleted, 0, "a live flow lost entries to GC: {report:?}");
+    // The reply is still translated after the GC pass.
+    let (_, out) = lab.run(&frame(IPPROTO_TCP, BACKEND_A, 8080, CLIENT, 40000, 0x12));
+    assert_eq!(tuple(&out), (VIP, 80, CLIENT, 40000), "reverse NAT after GC");
+    // Long after its lifetime, both entries of the pair go.
+    let report = hygiene.gc_conntrack(now() + 30_000 * 1_000_000_000, usize::MAX).expect("gc");
+    assert_eq!(report.deleted, 2, "{report:?}");
+    assert_eq!(lab.dp.conntrack.keys().count(), 0);
+}

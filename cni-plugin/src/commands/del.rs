@@ -14,10 +14,20 @@ use crate::{
 
 pub fn run(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), Error> {
     let me = ipam::attachment(env);
-    // Addresses first: whatever happens to the links, they must come back.
-    let released = ipam::del(env, conf, stdin);
+    // The agent forgets the pod before its addresses go back to the pool: once
+    // released, an address may be handed to a new pod at once, and an
+    // unregistration arriving after that would tear down the new pod's entry.
     if let Some(socket) = &conf.agent_socket {
-        let ips = released.as_ref().map(Vec::clone).unwrap_or_default();
+        let ips = match ipam::held(env, conf) {
+            Ok(Some(ips)) => ips,
+            // A delegated IPAM: the addresses the runtime recorded.
+            Ok(None) => conf
+                .prev_result
+                .iter()
+                .flat_map(|r| r.ips.iter().map(|ip| ip.address.ip()))
+                .collect(),
+            Err(_) => Vec::new(),
+        };
         let request = Request::Del {
             container_id: me.container_id.clone(),
             ifname: me.ifname.clone(),
@@ -29,10 +39,12 @@ pub fn run(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), Error> {
             eprintln!("weir-cni: DEL {}/{}: {e}", me.container_id, me.ifname);
         }
     }
+    // Then the addresses: whatever happens to the links, they must come back.
+    let released = ipam::del(env, conf, stdin);
     let links = Netlink::current().map_err(Error::from).and_then(|node| {
         node.delete_link(&naming::host_veth(&me))
             .map(|_| ())
             .map_err(Error::from)
     });
-    released.and(links)
+    released.map(|_| ()).and(links)
 }

@@ -66,8 +66,12 @@ impl Store for DiskStore {
             let _ = fs::remove_file(&path);
             return Err(io_err("write", &path)(e));
         }
+        // The cursor is only round robin's hint: failing to move it must not fail
+        // (and so leak) a reservation that is already on disk.
         let cursor = self.cursor_path(set);
-        fs::write(&cursor, ip.to_string()).map_err(io_err("write", &cursor))?;
+        if let Err(e) = fs::write(&cursor, ip.to_string()) {
+            eprintln!("weir-cni: {}: {e} (round robin restarts from the range start)", cursor.display());
+        }
         Ok(true)
     }
 

@@ -303,6 +303,26 @@ pub struct CtKey {
 }
 const _: () = assert!(core::mem::size_of::<CtKey>() == 40);
 
+impl CtKey {
+    /// The `CT_OUT` key of the flow a `CT_IN` entry (`self`, `value`) answers: the
+    /// client (or, hairpinned, the client behind the hairpin address) talking to
+    /// the frontend. A pair lives as long as its `CT_OUT` entry: the datapath
+    /// refreshes only that one, and the agent's GC judges `CT_IN` entries by it.
+    pub fn out_partner(&self, value: &CtValue) -> CtKey {
+        let hairpin = value.flags & CT_F_HAIRPIN != 0;
+        CtKey {
+            saddr: if hairpin { value.nat2_addr } else { self.daddr },
+            daddr: value.nat_addr,
+            sport: self.dport,
+            dport: value.nat_port,
+            proto: self.proto,
+            family: self.family,
+            dir: CT_OUT,
+            _pad: 0,
+        }
+    }
+}
+
 /// Value of [`maps::CONNTRACK`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -12,7 +12,7 @@ mod select;
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
 use weir_common::{
-    AF_INET, CT_F_HAIRPIN, CT_IN, CT_OUT, CtValue, HAIRPIN_V4, Reason, SCOPE_EXTERNAL, ServiceKey,
+    AF_INET, CT_F_HAIRPIN, CT_IN, CtValue, HAIRPIN_V4, Reason, SCOPE_EXTERNAL, ServiceKey,
 };
 
 use self::maps::{BACKENDS, CONNTRACK, SERVICES};
@@ -45,15 +45,16 @@ pub fn to_pod(ctx: &TcContext, mut flow: Flow4) -> Result<(), Reason> {
 /// for a hairpinned flow, go back to the client). `Ok(false)`: not such a reply.
 #[inline(always)]
 fn reverse(ctx: &TcContext, flow: &mut Flow4, now: u64) -> Result<bool, Reason> {
+    let in_key = ct::in_key(flow);
     // SAFETY: valid for this run.
-    let Some(reply) = (unsafe { CONNTRACK.get(&ct::in_key(flow)) }) else {
+    let Some(reply) = (unsafe { CONNTRACK.get(&in_key) }) else {
         return Ok(false);
     };
     let reply = *reply;
     let hairpin = reply.flags & CT_F_HAIRPIN != 0;
     let client = if hairpin { addr4(&reply.nat2_addr) } else { flow.daddr };
-    let out = ct::key(client, addr4(&reply.nat_addr), flow.dport, reply.nat_port, flow.proto, CT_OUT);
-    let Some(entry) = ct::lookup(&out, now) else {
+    // The pair lives by its CT_OUT entry (the rule the agent's GC applies too).
+    let Some(entry) = ct::lookup(&in_key.out_partner(&reply), now) else {
         return Ok(false);
     };
     ct::refresh(entry, flow, now);
