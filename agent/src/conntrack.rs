@@ -131,11 +131,6 @@ impl Hygiene {
         }
         Ok(doomed.len())
     }
-
-    /// Every conntrack entry (for `weirctl`-like views and tests).
-    pub fn conntrack(&self) -> &Conntrack {
-        &self.conntrack
-    }
 }
 
 /// Whether a conntrack entry belongs to a flow translated to `backend`.

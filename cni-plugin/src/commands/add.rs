@@ -31,11 +31,10 @@ use super::ipam::{self, Addressing};
 use crate::{
     Error,
     agent_api::{self, Endpoint, Request},
-    ipam::{delegate, disk::DiskStore},
     naming,
     netlink::{Link, Netlink, NetlinkError},
     netns::{self, Netns},
-    spec::{Attachment, CniResult, Env, Interface, IpConfig, IpamConf, NetConf, Route},
+    spec::{Attachment, CniResult, Env, Interface, IpConfig, NetConf, Route},
 };
 
 /// Used when the configuration sets no `mtu` and the node has no IPv4 default route.
@@ -307,15 +306,7 @@ impl Drop for Rollback<'_> {
             }
         }
         if let Some((conf, env, stdin)) = self.ipam.take() {
-            let freed = match &conf.ipam {
-                IpamConf::Builtin { data_dir, .. } => DiskStore::open(data_dir, &conf.name)
-                    .and_then(|mut s| crate::ipam::release(&mut s, self.me))
-                    .map(|_| ())
-                    .map_err(Error::from),
-                IpamConf::Delegate { plugin } => delegate::exec(plugin, &env.path, "DEL", &stdin)
-                    .map(|_| ())
-                    .map_err(Error::from),
-            };
+            let freed = ipam::del(&env, &conf, &stdin);
             if let Err(e) = freed {
                 eprintln!(
                     "weir-cni: rollback: releasing the addresses of {}/{}: {e}",
