@@ -26,7 +26,7 @@ use std::{
 };
 
 use serde_json::{Value, json};
-use weir_lab::{CniCall, Netns, TempDir, bins, node::cni_path, require_root, unique};
+use weir_lab::{CniCall, Netns, TempDir, bins, env_or, node::cni_path, require_root, unique};
 
 #[derive(Clone)]
 struct Variant {
@@ -45,9 +45,9 @@ struct Samples {
 
 fn main() {
     require_root();
-    let cycles = env_usize("WEIR_BENCH_CYCLES", 200);
-    let rounds = env_usize("WEIR_BENCH_ROUNDS", 10).clamp(1, cycles.max(1));
-    let warmup = env_usize("WEIR_BENCH_WARMUP", 5);
+    let cycles = env_or("WEIR_BENCH_CYCLES", 200);
+    let rounds = env_or("WEIR_BENCH_ROUNDS", 10).clamp(1, cycles.max(1));
+    let warmup = env_or("WEIR_BENCH_WARMUP", 5);
 
     let node = Netns::new(&unique("wbn"));
     node.sh("sysctl -qw net.ipv4.ip_forward=1");
@@ -209,13 +209,3 @@ fn percentile(samples: &[Duration], p: usize) -> Duration {
     let rank = (p * sorted.len()).div_ceil(100).max(1);
     sorted[rank - 1]
 }
-
-fn env_usize(name: &str, default: usize) -> usize {
-    match std::env::var(name) {
-        Ok(v) => v
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
-        Err(_) => default,
-    }
-}
-

@@ -65,7 +65,7 @@ use std::{
 
 use nix::libc;
 use weir_lab::{
-    Agent, Netns, Node, Pod, TempDir,
+    Agent, Netns, Node, Pod, TempDir, env_or,
     kube_proxy::{Service, ServiceSet},
     require_root,
     services::ManifestDir,
@@ -125,10 +125,10 @@ fn main() {
                 .unwrap_or_else(|_| panic!("WEIR_BENCH_SIZES: {s:?} is not a number"))
         })
         .collect();
-    let rounds = env_usize("WEIR_BENCH_ROUNDS", 5).max(1);
-    let secs = env_f64("WEIR_BENCH_SECS", 2.0);
-    let clients = env_usize("WEIR_BENCH_CLIENTS", 4).max(1);
-    let changes = env_usize("WEIR_BENCH_CHANGES", 4);
+    let rounds = env_or("WEIR_BENCH_ROUNDS", 5).max(1);
+    let secs = env_or("WEIR_BENCH_SECS", 2.0);
+    let clients = env_or("WEIR_BENCH_CLIENTS", 4).max(1);
+    let changes = env_or("WEIR_BENCH_CHANGES", 4);
     let iptables = std::env::var("WEIR_BENCH_IPTABLES").unwrap_or_else(|_| "iptables-restore".to_owned());
     let noflush = std::env::var_os("WEIR_BENCH_IPTABLES_NOFLUSH").is_some_and(|v| v == "1");
     let variants: Vec<Variant> = std::env::var("WEIR_BENCH_VARIANTS").map_or_else(
@@ -864,22 +864,4 @@ fn median(d: &[Duration]) -> Duration {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
-}
-
-fn env_usize(name: &str, default: usize) -> usize {
-    match std::env::var(name) {
-        Ok(v) => v
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
-        Err(_) => default,
-    }
-}
-
-fn env_f64(name: &str, default: f64) -> f64 {
-    match std::env::var(name) {
-        Ok(v) => v
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
-        Err(_) => default,
-    }
 }

@@ -81,7 +81,10 @@ impl Node {
 
     /// The node's first pod CIDR (its first IPAM range).
     pub fn pod_cidr(&self) -> String {
-        self.conf["ipam"]["ranges"][0][0]["subnet"].as_str().expect("ranges[0][0].subnet").to_owned()
+        self.conf["ipam"]["ranges"][0][0]["subnet"]
+            .as_str()
+            .expect("ranges[0][0].subnet")
+            .to_owned()
     }
 
     /// A `weir-cni` call that runs on this node, for `pod`'s attachment.

@@ -30,7 +30,10 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let prefix = self.path.display().to_string();
-        if mounts.lines().any(|l| l.split(' ').nth(4).is_some_and(|m| m.starts_with(&prefix))) {
+        if mounts
+            .lines()
+            .any(|l| l.split(' ').nth(4).is_some_and(|m| m.starts_with(&prefix)))
+        {
             eprintln!("{prefix} still has mounts under it: left in place");
             return;
         }

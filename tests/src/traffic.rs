@@ -122,10 +122,7 @@ pub struct ConnectionLoad {
 }
 
 impl ConnectionLoad {
-    pub fn start(
-        ns: &Netns,
-        attempt: impl Fn(&Netns) -> std::io::Result<()> + Send + 'static,
-    ) -> Self {
+    pub fn start(ns: &Netns, attempt: impl Fn(&Netns) -> std::io::Result<()> + Send + 'static) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let (name, stop2) = (ns.name().to_owned(), stop.clone());
         let thread = std::thread::spawn(move || {

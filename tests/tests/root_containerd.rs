@@ -471,7 +471,6 @@ impl FakeAgent {
     }
 }
 
-
 /// An address of the root namespace, `ip/32`, on an interface of its own, removed on
 /// drop. The kernel has no `dummy` driver: a veth pair whose ends both stay here.
 struct NodeAddress {

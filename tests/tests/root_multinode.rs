@@ -39,7 +39,11 @@ fn root_clusterip_reaches_endpoints_on_another_node() {
     assert_eq!(direct.server, "remote");
 
     let manifests = |endpoints: &[(&str, IpAddr)]| {
-        let mut objects = vec![service("web", "10.96.0.20", &[port("tcp", 80, "8080", "TCP"), port("udp", 53, "8080", "UDP")])];
+        let mut objects = vec![service(
+            "web",
+            "10.96.0.20",
+            &[port("tcp", 80, "8080", "TCP"), port("udp", 53, "8080", "UDP")],
+        )];
         for (node, ip) in endpoints {
             objects.push(slice(
                 &format!("web-{node}"),
@@ -59,10 +63,16 @@ fn root_clusterip_reaches_endpoints_on_another_node() {
 
     let vip = |p| SocketAddr::new("10.96.0.20".parse().expect("VIP"), p);
     for i in 0..10 {
-        let a = ask_tcp(&client.ns, vip(80)).unwrap_or_else(|e| panic!("TCP {i} via ClusterIP to the other node: {e}"));
+        let a = ask_tcp(&client.ns, vip(80))
+            .unwrap_or_else(|e| panic!("TCP {i} via ClusterIP to the other node: {e}"));
         assert_eq!(a.server, "remote");
-        assert_eq!(a.peer.ip(), client.ipv4(), "the remote backend must see the client pod's own address");
-        let a = ask_udp(&client.ns, vip(53)).unwrap_or_else(|e| panic!("UDP {i} via ClusterIP to the other node: {e}"));
+        assert_eq!(
+            a.peer.ip(),
+            client.ipv4(),
+            "the remote backend must see the client pod's own address"
+        );
+        let a = ask_udp(&client.ns, vip(53))
+            .unwrap_or_else(|e| panic!("UDP {i} via ClusterIP to the other node: {e}"));
         assert_eq!(a.server, "remote");
         assert_eq!(a.peer.ip(), client.ipv4());
     }
@@ -73,7 +83,15 @@ fn root_clusterip_reaches_endpoints_on_another_node() {
     dir_b.write("web.yaml", &both);
     agent_a.wait_backends("10.96.0.20:80/TCP", &[backend, format!("{}:8080", local.ipv4())]);
     let servers: BTreeSet<String> = (0..40)
-        .map(|i| ask_tcp(&client.ns, vip(80)).unwrap_or_else(|e| panic!("TCP {i}: {e}")).server)
+        .map(|i| {
+            ask_tcp(&client.ns, vip(80))
+                .unwrap_or_else(|e| panic!("TCP {i}: {e}"))
+                .server
+        })
         .collect();
-    assert_eq!(servers, BTreeSet::from(["local".to_owned(), "remote".to_owned()]), "40 connections over a local and a remote endpoint");
+    assert_eq!(
+        servers,
+        BTreeSet::from(["local".to_owned(), "remote".to_owned()]),
+        "40 connections over a local and a remote endpoint"
+    );
 }
