@@ -43,7 +43,11 @@ impl From<DatapathError> for ServerError {
 
 pub fn endpoint_key(ip: IpAddr) -> EndpointKey {
     let (addr, family) = weir_model::net::to_abi(ip);
-    EndpointKey { addr, family, _pad: [0; 3] }
+    EndpointKey {
+        addr,
+        family,
+        _pad: [0; 3],
+    }
 }
 
 /// Binds the socket (replacing a stale one left by an earlier agent).
@@ -139,14 +143,23 @@ pub fn handle(dp: &mut Datapath, request: &Request) -> Result<(), ServerError> {
 fn add(dp: &mut Datapath, ep: &Endpoint) -> Result<(), ServerError> {
     // Programs first, then the entries that make the pod known: a packet never
     // finds an endpoint entry for a veth without its programs.
-    let result = dp.attach_endpoint(&ep.host_ifname, ep.host_ifindex).map_err(ServerError::from).and_then(|()| {
-        let info = EndpointInfo { ifindex: ep.host_ifindex, ..Default::default() };
-        ep.ips.iter().try_for_each(|ip| {
-            dp.endpoints
-                .insert(endpoint_key(*ip), info, 0)
-                .map_err(|source| ServerError::Map { map: weir_common::maps::ENDPOINTS, source })
-        })
-    });
+    let result = dp
+        .attach_endpoint(&ep.host_ifname, ep.host_ifindex)
+        .map_err(ServerError::from)
+        .and_then(|()| {
+            let info = EndpointInfo {
+                ifindex: ep.host_ifindex,
+                ..Default::default()
+            };
+            ep.ips.iter().try_for_each(|ip| {
+                dp.endpoints
+                    .insert(endpoint_key(*ip), info, 0)
+                    .map_err(|source| ServerError::Map {
+                        map: weir_common::maps::ENDPOINTS,
+                        source,
+                    })
+            })
+        });
     if let Err(e) = result {
         // All or nothing: the plugin fails ADD and deletes the veth, so nothing of
         // this pod may stay behind in the maps or the pins.

@@ -74,15 +74,31 @@ impl Hygiene {
     pub fn gc_conntrack(&mut self, now_ns: u64, max_deletes: usize) -> Result<GcReport, CtError> {
         let mut report = GcReport::default();
         let mut entries = Vec::new();
-        for entry in self.conntrack.iter().take(2 * maps::CONNTRACK.max_entries as usize) {
-            entries.push(entry.map_err(|source| CtError::Map { map: names::CONNTRACK, source })?);
+        for entry in self
+            .conntrack
+            .iter()
+            .take(2 * maps::CONNTRACK.max_entries as usize)
+        {
+            entries.push(entry.map_err(|source| CtError::Map {
+                map: names::CONNTRACK,
+                source,
+            })?);
         }
         report.scanned = entries.len();
-        let live: HashSet<CtKey> =
-            entries.iter().filter(|(k, v)| k.dir == CT_OUT && v.expires_ns >= now_ns).map(|(k, _)| *k).collect();
+        let live: HashSet<CtKey> = entries
+            .iter()
+            .filter(|(k, v)| k.dir == CT_OUT && v.expires_ns >= now_ns)
+            .map(|(k, _)| *k)
+            .collect();
         let dead: Vec<CtKey> = entries
             .iter()
-            .filter(|(k, v)| if k.dir == CT_OUT { v.expires_ns < now_ns } else { !live.contains(&k.out_partner(v)) })
+            .filter(|(k, v)| {
+                if k.dir == CT_OUT {
+                    v.expires_ns < now_ns
+                } else {
+                    !live.contains(&k.out_partner(v))
+                }
+            })
             .map(|(k, _)| *k)
             .collect();
         report.expired = dead.len();

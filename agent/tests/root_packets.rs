@@ -8,8 +8,9 @@ use std::path::PathBuf;
 use aya::programs::{TestRun, TestRunOptions};
 use weir_agent::datapath::{Datapath, PinLayout};
 use weir_common::{
-    AF_INET, BACKEND_ACTIVE, Backend, CT_IN, CT_OUT, CtKey, IPPROTO_TCP, IPPROTO_UDP, MAGLEV_TABLE_SIZE,
-    MaglevTable, SVC_F_AFFINITY, SVC_F_MAGLEV, ServiceKey, ServiceValue, programs::FROM_POD,
+    AF_INET, BACKEND_ACTIVE, BACKEND_TERMINATING, Backend, CT_IN, CT_OUT, CtKey, IPPROTO_TCP, IPPROTO_UDP,
+    MAGLEV_TABLE_SIZE, MaglevTable, SCOPE_INTERNAL, SVC_F_AFFINITY, SVC_F_MAGLEV, SVC_F_TWO_SCOPES,
+    ServiceKey, ServiceValue, programs::FROM_POD,
 };
 
 const TC_ACT_OK: u32 = 0;
@@ -26,7 +27,10 @@ struct Lab {
 
 impl Lab {
     fn new(tag: &str) -> Self {
-        assert!(nix::unistd::Uid::effective().is_root(), "this test runs eBPF programs: run it as root");
+        assert!(
+            nix::unistd::Uid::effective().is_root(),
+            "this test runs eBPF programs: run it as root"
+        );
         let root = PathBuf::from(format!("/sys/fs/bpf/weir-test-pkt-{tag}-{}", std::process::id()));
         let dp = Datapath::load(PinLayout::new(&root)).expect("load datapath");
         Self { root, dp }
@@ -34,14 +38,45 @@ impl Lab {
 
     /// A frontend VIP:80/proto with the given backends (port 8080).
     fn service(&mut self, proto: u8, backends: &[[u8; 4]], flags: u32) {
-        let key = |slot| ServiceKey { addr: a16(VIP), port: 80u16.to_be(), slot, proto, family: AF_INET, ..Default::default() };
+        let key = |slot| ServiceKey {
+            addr: a16(VIP),
+            port: 80u16.to_be(),
+            slot,
+            proto,
+            family: AF_INET,
+            ..Default::default()
+        };
         for (i, b) in backends.iter().enumerate() {
             let id = i as u32 + 1;
-            let backend = Backend { addr: a16(*b), port: 8080u16.to_be(), proto, family: AF_INET, state: BACKEND_ACTIVE, ..Default::default() };
+            let backend = Backend {
+                addr: a16(*b),
+                port: 8080u16.to_be(),
+                proto,
+                family: AF_INET,
+                state: BACKEND_ACTIVE,
+                ..Default::default()
+            };
             self.dp.backends.insert(id, backend, 0).expect("backend");
-            self.dp.services.insert(key(id as u16), ServiceValue { backend_id: id, rev_nat_id: 1, ..Default::default() }, 0).expect("slot");
+            self.dp
+                .services
+                .insert(
+                    key(id as u16),
+                    ServiceValue {
+                        backend_id: id,
+                        rev_nat_id: 1,
+                        ..Default::default()
+                    },
+                    0,
+                )
+                .expect("slot");
         }
-        let svc = ServiceValue { count: backends.len() as u16, rev_nat_id: 1, flags, affinity_timeout: 600, ..Default::default() };
+        let svc = ServiceValue {
+            count: backends.len() as u16,
+            rev_nat_id: 1,
+            flags,
+            affinity_timeout: 600,
+            ..Default::default()
+        };
         self.dp.services.insert(key(0), svc, 0).expect("service");
     }
 
@@ -50,7 +85,11 @@ impl Lab {
         let prog = self.dp.program(FROM_POD).expect("program");
         let mut out = vec![0u8; 256];
         let result = prog
-            .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..Default::default() })
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..Default::default()
+            })
             .expect("BPF_PROG_TEST_RUN");
         out.truncate(result.data_size_out as usize);
         (result.return_value, out)
@@ -71,7 +110,10 @@ fn a16(a: [u8; 4]) -> [u8; 16] {
 
 /// RFC 1071, written independently of the datapath's.
 fn csum(data: &[u8]) -> u16 {
-    let mut sum: u32 = data.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum();
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
     while sum >> 16 != 0 {
         sum = (sum & 0xffff) + (sum >> 16);
     }
@@ -127,7 +169,12 @@ fn tuple(f: &[u8]) -> ([u8; 4], u16, [u8; 4], u16) {
     let (ip, l4) = f[14..].split_at(20);
     assert_eq!(l4_csum(ip, l4), 0, "bad L4 checksum");
     let addr = |o: usize| [f[o], f[o + 1], f[o + 2], f[o + 3]];
-    (addr(26), u16::from_be_bytes([f[34], f[35]]), addr(30), u16::from_be_bytes([f[36], f[37]]))
+    (
+        addr(26),
+        u16::from_be_bytes([f[34], f[35]]),
+        addr(30),
+        u16::from_be_bytes([f[36], f[37]]),
+    )
 }
 
 #[test]
@@ -137,17 +184,44 @@ fn root_clusterip_is_translated_both_ways_with_valid_checksums() {
         lab.service(proto, &[BACKEND_A], 0);
         let (verdict, out) = lab.run(&frame(proto, CLIENT, 40000, VIP, 80, 0x02));
         assert_eq!(verdict, TC_ACT_OK);
-        assert_eq!(tuple(&out), (CLIENT, 40000, BACKEND_A, 8080), "proto {proto}: DNAT to the backend");
+        assert_eq!(
+            tuple(&out),
+            (CLIENT, 40000, BACKEND_A, 8080),
+            "proto {proto}: DNAT to the backend"
+        );
         // Both conntrack entries exist.
         let ct = |saddr, daddr, sport: u16, dport: u16, dir| CtKey {
-            saddr: a16(saddr), daddr: a16(daddr), sport: sport.to_be(), dport: dport.to_be(), proto, family: AF_INET, dir, _pad: 0,
+            saddr: a16(saddr),
+            daddr: a16(daddr),
+            sport: sport.to_be(),
+            dport: dport.to_be(),
+            proto,
+            family: AF_INET,
+            dir,
+            _pad: 0,
         };
-        assert!(lab.dp.conntrack.get(&ct(CLIENT, VIP, 40000, 80, CT_OUT), 0).is_ok(), "no CT_OUT entry");
-        assert!(lab.dp.conntrack.get(&ct(BACKEND_A, CLIENT, 8080, 40000, CT_IN), 0).is_ok(), "no CT_IN entry");
+        assert!(
+            lab.dp
+                .conntrack
+                .get(&ct(CLIENT, VIP, 40000, 80, CT_OUT), 0)
+                .is_ok(),
+            "no CT_OUT entry"
+        );
+        assert!(
+            lab.dp
+                .conntrack
+                .get(&ct(BACKEND_A, CLIENT, 8080, 40000, CT_IN), 0)
+                .is_ok(),
+            "no CT_IN entry"
+        );
         // The backend's reply comes from the frontend.
         let (verdict, out) = lab.run(&frame(proto, BACKEND_A, 8080, CLIENT, 40000, 0x12));
         assert_eq!(verdict, TC_ACT_OK);
-        assert_eq!(tuple(&out), (VIP, 80, CLIENT, 40000), "proto {proto}: reverse NAT");
+        assert_eq!(
+            tuple(&out),
+            (VIP, 80, CLIENT, 40000),
+            "proto {proto}: reverse NAT"
+        );
         // Unrelated traffic passes untouched.
         let plain = frame(proto, CLIENT, 40001, BACKEND_B, 9999, 0x02);
         assert_eq!(lab.run(&plain), (TC_ACT_OK, plain.clone()));
@@ -172,11 +246,23 @@ fn root_service_without_endpoints_answers_icmp_port_unreachable() {
     let (verdict, out) = lab.run(&syn);
     assert_eq!(verdict, TC_ACT_REDIRECT, "sent back, not dropped");
     assert_eq!(out.len(), 14 + 20 + 8 + 28);
-    assert_eq!((&out[0..6], &out[6..12]), (&syn[6..12], &syn[0..6]), "MACs swapped");
+    assert_eq!(
+        (&out[0..6], &out[6..12]),
+        (&syn[6..12], &syn[0..6]),
+        "MACs swapped"
+    );
     assert_eq!(csum(&out[14..34]), 0, "IPv4 checksum");
     assert_eq!(out[23], 1, "ICMP");
-    assert_eq!((&out[26..30], &out[30..34]), (&VIP[..], &CLIENT[..]), "from the frontend to the client");
-    assert_eq!((out[34], out[35]), (3, 3), "destination unreachable / port unreachable");
+    assert_eq!(
+        (&out[26..30], &out[30..34]),
+        (&VIP[..], &CLIENT[..]),
+        "from the frontend to the client"
+    );
+    assert_eq!(
+        (out[34], out[35]),
+        (3, 3),
+        "destination unreachable / port unreachable"
+    );
     assert_eq!(csum(&out[34..]), 0, "ICMP checksum");
     assert_eq!(&out[42..], &syn[14..42], "quotes the original header and ports");
 }
@@ -185,14 +271,23 @@ fn root_service_without_endpoints_answers_icmp_port_unreachable() {
 fn root_affinity_pins_a_client_and_random_choice_spreads() {
     let mut lab = Lab::new("affinity");
     lab.service(IPPROTO_TCP, &[BACKEND_A, BACKEND_B], SVC_F_AFFINITY);
-    let backend_of = |lab: &Lab, sport| tuple(&lab.run(&frame(IPPROTO_TCP, CLIENT, sport, VIP, 80, 0x02)).1).2;
+    let backend_of =
+        |lab: &Lab, sport| tuple(&lab.run(&frame(IPPROTO_TCP, CLIENT, sport, VIP, 80, 0x02)).1).2;
     let first = backend_of(&lab, 30000);
-    assert!((1..40).all(|i| backend_of(&lab, 30000 + i) == first), "affinity broken");
+    assert!(
+        (1..40).all(|i| backend_of(&lab, 30000 + i) == first),
+        "affinity broken"
+    );
 
     let mut lab = Lab::new("random");
     lab.service(IPPROTO_TCP, &[BACKEND_A, BACKEND_B], 0);
-    let hits_a = (0..200).filter(|i| backend_of(&lab, 30000 + i) == BACKEND_A).count();
-    assert!((60..=140).contains(&hits_a), "200 new flows over 2 backends: {hits_a} on the first");
+    let hits_a = (0..200)
+        .filter(|i| backend_of(&lab, 30000 + i) == BACKEND_A)
+        .count();
+    assert!(
+        (60..=140).contains(&hits_a),
+        "200 new flows over 2 backends: {hits_a} on the first"
+    );
 }
 
 #[test]
@@ -200,7 +295,10 @@ fn root_maglev_table_decides_the_backend() {
     let mut lab = Lab::new("maglev");
     lab.service(IPPROTO_TCP, &[BACKEND_A, BACKEND_B], SVC_F_MAGLEV);
     // A table that sends everything to backend id 2.
-    lab.dp.maglev.insert(1, MaglevTable([2; MAGLEV_TABLE_SIZE]), 0).expect("maglev table");
+    lab.dp
+        .maglev
+        .insert(1, MaglevTable([2; MAGLEV_TABLE_SIZE]), 0)
+        .expect("maglev table");
     for sport in 30000..30050 {
         let (_, out) = lab.run(&frame(IPPROTO_TCP, CLIENT, sport, VIP, 80, 0x02));
         assert_eq!(tuple(&out).2, BACKEND_B);
@@ -221,7 +319,11 @@ fn root_a_syn_reusing_a_closed_flows_tuple_starts_a_new_flow() {
     assert_eq!(tuple(&out).2, BACKEND_A, "a closing flow keeps its backend");
     // ...but a new connection from the same port is a new flow, on a current backend.
     let (_, out) = lab.run(&frame(IPPROTO_TCP, CLIENT, 40000, VIP, 80, 0x02));
-    assert_eq!(tuple(&out).2, BACKEND_B, "a SYN on a closing entry must pick a backend afresh");
+    assert_eq!(
+        tuple(&out).2,
+        BACKEND_B,
+        "a SYN on a closing entry must pick a backend afresh"
+    );
 }
 
 #[test]
@@ -241,7 +343,86 @@ fn root_conntrack_gc_keeps_live_pairs_and_removes_dead_ones() {
     let (_, out) = lab.run(&frame(IPPROTO_TCP, BACKEND_A, 8080, CLIENT, 40000, 0x12));
     assert_eq!(tuple(&out), (VIP, 80, CLIENT, 40000), "reverse NAT after GC");
     // Long after its lifetime, both entries of the pair go.
-    let report = hygiene.gc_conntrack(now() + 30_000 * 1_000_000_000, usize::MAX).expect("gc");
+    let report = hygiene
+        .gc_conntrack(now() + 30_000 * 1_000_000_000, usize::MAX)
+        .expect("gc");
     assert_eq!(report.deleted, 2, "{report:?}");
     assert_eq!(lab.dp.conntrack.keys().count(), 0);
+}
+
+#[test]
+fn root_pods_use_the_cluster_wide_entry_of_a_two_scope_frontend() {
+    let mut lab = Lab::new("scopes");
+    // External scope (externalTrafficPolicy: Local): only backend A, on this node.
+    lab.service(IPPROTO_TCP, &[BACKEND_A], SVC_F_TWO_SCOPES);
+    // Internal scope: every endpoint of the cluster, here backend B (id 7).
+    let b = Backend {
+        addr: a16(BACKEND_B),
+        port: 8080u16.to_be(),
+        proto: IPPROTO_TCP,
+        family: AF_INET,
+        state: BACKEND_ACTIVE,
+        ..Default::default()
+    };
+    lab.dp.backends.insert(7, b, 0).expect("backend");
+    let key = |slot| ServiceKey {
+        addr: a16(VIP),
+        port: 80u16.to_be(),
+        slot,
+        proto: IPPROTO_TCP,
+        family: AF_INET,
+        scope: SCOPE_INTERNAL,
+        ..Default::default()
+    };
+    lab.dp
+        .services
+        .insert(
+            key(1),
+            ServiceValue {
+                backend_id: 7,
+                rev_nat_id: 2,
+                ..Default::default()
+            },
+            0,
+        )
+        .expect("slot");
+    lab.dp
+        .services
+        .insert(
+            key(0),
+            ServiceValue {
+                count: 1,
+                rev_nat_id: 2,
+                ..Default::default()
+            },
+            0,
+        )
+        .expect("service");
+    for sport in 30000..30020 {
+        let (_, out) = lab.run(&frame(IPPROTO_TCP, CLIENT, sport, VIP, 80, 0x02));
+        assert_eq!(
+            tuple(&out).2,
+            BACKEND_B,
+            "a pod must get the cluster-wide (internal) entry"
+        );
+    }
+}
+
+#[test]
+fn root_affinity_holds_on_terminating_fallback() {
+    let mut lab = Lab::new("affterm");
+    lab.service(IPPROTO_TCP, &[BACKEND_A, BACKEND_B], SVC_F_AFFINITY);
+    // No ready endpoint left: the slots hold serving, terminating ones.
+    for id in [1u32, 2] {
+        let mut b = lab.dp.backends.get(&id, 0).expect("backend");
+        b.state = BACKEND_TERMINATING;
+        lab.dp.backends.insert(id, b, 0).expect("backend");
+    }
+    let backend_of =
+        |lab: &Lab, sport| tuple(&lab.run(&frame(IPPROTO_TCP, CLIENT, sport, VIP, 80, 0x02)).1).2;
+    let first = backend_of(&lab, 30000);
+    assert!(
+        (1..40).all(|i| backend_of(&lab, 30000 + i) == first),
+        "affinity must hold on the terminating fallback"
+    );
 }

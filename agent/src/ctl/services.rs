@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 
 use serde_json::json;
 use weir_common::{
-    BACKEND_ACTIVE, BACKEND_TERMINATING, SCOPE_INTERNAL, SVC_F_AFFINITY, SVC_F_MAGLEV, ServiceKey, ServiceValue,
-    maps as names,
+    BACKEND_ACTIVE, BACKEND_TERMINATING, SCOPE_INTERNAL, SVC_F_AFFINITY, SVC_F_MAGLEV, ServiceKey,
+    ServiceValue, maps as names,
 };
 
 use super::{CtlError, View, ip, open, proto, sock};
@@ -130,5 +130,9 @@ pub(super) fn state_name(state: u8) -> &'static str {
 }
 
 fn flag_names(flags: u32) -> Vec<&'static str> {
-    weir_common::SVC_FLAG_NAMES.iter().filter(|(bit, _)| flags & bit != 0).map(|(_, name)| *name).collect()
+    weir_common::SVC_FLAG_NAMES
+        .iter()
+        .filter(|(bit, _)| flags & bit != 0)
+        .map(|(_, name)| *name)
+        .collect()
 }

@@ -43,9 +43,11 @@ pub fn resolve(root: &Path, may_mount: bool) -> Result<PathBuf, DatapathError> {
         return Ok(root.to_owned());
     }
     warn!("no bpffs mounted: mounting one at /sys/fs/bpf");
-    mount(Some("bpf"), BPFFS, Some("bpf"), MsFlags::empty(), None::<&str>).map_err(|e| DatapathError::Fs {
-        path: PathBuf::from(BPFFS),
-        source: std::io::Error::from(e),
+    mount(Some("bpf"), BPFFS, Some("bpf"), MsFlags::empty(), None::<&str>).map_err(|e| {
+        DatapathError::Fs {
+            path: PathBuf::from(BPFFS),
+            source: std::io::Error::from(e),
+        }
     })?;
     Ok(root.to_owned())
 }

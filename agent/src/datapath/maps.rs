@@ -2,8 +2,8 @@
 
 use aya::maps::{HashMap, Map, MapData, MapInfo, PerCpuArray};
 use weir_common::{
-    AffinityKey, AffinityValue, Backend, CtKey, CtValue, EndpointInfo, EndpointKey, MaglevTable, MetricValue, RevNat,
-    ServiceKey, ServiceValue, maps as names,
+    AffinityKey, AffinityValue, Backend, CtKey, CtValue, EndpointInfo, EndpointKey, MaglevTable, MetricValue,
+    RevNat, Scratch, ServiceKey, ServiceValue, maps as names,
 };
 
 use super::{DatapathError, PinLayout};
@@ -45,9 +45,12 @@ pub const AFFINITY: MapSpec =
     MapSpec::of::<AffinityKey, AffinityValue>(names::AFFINITY, names::AFFINITY_ENTRIES);
 pub const CONNTRACK: MapSpec = MapSpec::of::<CtKey, CtValue>(names::CONNTRACK, names::CONNTRACK_ENTRIES);
 pub const MAGLEV: MapSpec = MapSpec::of::<u32, MaglevTable>(names::MAGLEV, names::MAGLEV_ENTRIES);
+pub const SCRATCH: MapSpec = MapSpec::of::<u32, Scratch>(names::SCRATCH, 1);
 
 /// Every map of the object.
-pub const ALL: &[MapSpec] = &[METRICS, ENDPOINTS, SERVICES, BACKENDS, REVNAT, AFFINITY, CONNTRACK, MAGLEV];
+pub const ALL: &[MapSpec] = &[
+    METRICS, ENDPOINTS, SERVICES, BACKENDS, REVNAT, AFFINITY, CONNTRACK, MAGLEV, SCRATCH,
+];
 
 pub type Endpoints = HashMap<MapData, EndpointKey, EndpointInfo>;
 pub type Metrics = PerCpuArray<MapData, MetricValue>;

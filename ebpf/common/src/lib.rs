@@ -24,6 +24,10 @@ pub mod maps {
     pub const CONNTRACK: &str = "weir_ct";
     /// Maglev lookup tables: rev-NAT id -> [`crate::MaglevTable`].
     pub const MAGLEV: &str = "weir_maglev_v1";
+    /// Per-CPU scratch space of the datapath (one [`crate::Scratch`]): the
+    /// conntrack pair of a new flow is built there, off the 512-byte BPF stack.
+    /// Never read by user space.
+    pub const SCRATCH: &str = "weir_scratch_v1";
 
     pub const SERVICES_ENTRIES: u32 = 262_144;
     pub const BACKENDS_ENTRIES: u32 = 262_144;
@@ -258,6 +262,17 @@ pub const MAGLEV_TABLE_SIZE: usize = 16_381;
 pub struct MaglevTable(pub [u32; MAGLEV_TABLE_SIZE]);
 const _: () = assert!(core::mem::size_of::<MaglevTable>() == 4 * MAGLEV_TABLE_SIZE);
 
+/// Value of [`maps::SCRATCH`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Scratch {
+    pub out_key: CtKey,
+    pub in_key: CtKey,
+    pub out: CtValue,
+    pub back: CtValue,
+}
+const _: () = assert!(core::mem::size_of::<Scratch>() == 192);
+
 /// Key of [`maps::AFFINITY`] (an LRU map).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -372,6 +387,8 @@ mod pod {
     unsafe impl aya::Pod for CtValue {}
     // SAFETY: as above.
     unsafe impl aya::Pod for MaglevTable {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Scratch {}
     // SAFETY: as above.
     unsafe impl aya::Pod for ServiceKey {}
     // SAFETY: as above.

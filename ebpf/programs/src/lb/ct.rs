@@ -21,6 +21,19 @@ pub fn key(saddr: [u8; 4], daddr: [u8; 4], sport: u16, dport: u16, proto: u8, di
     CtKey { saddr: addr16(saddr), daddr: addr16(daddr), sport, dport, proto, family: AF_INET, dir, _pad: 0 }
 }
 
+/// Writes a key in place (into map memory: see `lb::track`).
+#[inline(always)]
+pub fn fill_key(k: &mut CtKey, saddr: [u8; 4], daddr: [u8; 4], sport: u16, dport: u16, proto: u8, dir: u8) {
+    k.saddr = addr16(saddr);
+    k.daddr = addr16(daddr);
+    k.sport = sport;
+    k.dport = dport;
+    k.proto = proto;
+    k.family = AF_INET;
+    k.dir = dir;
+    k._pad = 0;
+}
+
 #[inline(always)]
 pub fn out_key(flow: &Flow4) -> CtKey {
     key(flow.saddr, flow.daddr, flow.sport, flow.dport, flow.proto, CT_OUT)

@@ -3,11 +3,12 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap},
+    maps::{HashMap, LruHashMap, PerCpuArray},
 };
 use aya_ebpf::bindings::BPF_F_NO_PREALLOC;
 use weir_common::{
-    AffinityKey, AffinityValue, Backend, CtKey, CtValue, MaglevTable, RevNat, ServiceKey, ServiceValue, maps,
+    AffinityKey, AffinityValue, Backend, CtKey, CtValue, MaglevTable, RevNat, Scratch, ServiceKey, ServiceValue,
+    maps,
 };
 
 #[map(name = "weir_svc_v1")]
@@ -31,3 +32,6 @@ pub static CONNTRACK: LruHashMap<CtKey, CtValue> =
 #[map(name = "weir_maglev_v1")]
 pub static MAGLEV: HashMap<u32, MaglevTable> =
     HashMap::with_max_entries(maps::MAGLEV_ENTRIES, BPF_F_NO_PREALLOC);
+
+#[map(name = "weir_scratch_v1")]
+pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);

@@ -12,10 +12,11 @@ mod select;
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
 use weir_common::{
-    AF_INET, CT_F_HAIRPIN, CT_IN, CtValue, HAIRPIN_V4, Reason, SCOPE_EXTERNAL, ServiceKey,
+    AF_INET, Backend, CT_F_HAIRPIN, CT_IN, CT_OUT, HAIRPIN_V4, Reason, SCOPE_EXTERNAL, SCOPE_INTERNAL,
+    SVC_F_TWO_SCOPES, ServiceKey,
 };
 
-use self::maps::{BACKENDS, CONNTRACK, SERVICES};
+use self::maps::{BACKENDS, CONNTRACK, SCRATCH, SERVICES};
 use crate::{
     metrics::Action,
     packet::{Flow4, addr4, addr16},
@@ -106,7 +107,15 @@ pub fn from_pod(ctx: &TcContext, mut flow: Flow4) -> Result<Verdict, Reason> {
     let Some(svc) = (unsafe { SERVICES.get(&key) }) else {
         return Ok(Verdict::Pass(flow));
     };
-    let svc = *svc;
+    let mut svc = *svc;
+    // A pod is inside the cluster: where a frontend's traffic policies differ by
+    // client (externalTrafficPolicy: Local), it gets the cluster-wide entry.
+    let mut key = key;
+    if svc.flags & SVC_F_TWO_SCOPES != 0 {
+        key.scope = SCOPE_INTERNAL;
+        // SAFETY: valid for this run.
+        svc = *unsafe { SERVICES.get(&key) }.ok_or(Reason::BackendMissing)?;
+    }
     if svc.count == 0 {
         let tc = reject::port_unreachable(ctx, &flow)?;
         return Ok(Verdict::Done(Action { tc, reason: Reason::NoBackend }));
@@ -118,34 +127,47 @@ pub fn from_pod(ctx: &TcContext, mut flow: Flow4) -> Result<Verdict, Reason> {
     // A pod reaching itself through its service: without a new source the reply
     // would never leave the pod.
     let hairpin = addr4(&backend.addr) == flow.saddr;
-    let flags = ct::new_flags(&flow) | if hairpin { CT_F_HAIRPIN } else { 0 };
-    let reply_to = if hairpin { HAIRPIN_V4 } else { flow.saddr };
-    let out = CtValue {
-        nat_addr: backend.addr,
-        nat2_addr: if hairpin { addr16(HAIRPIN_V4) } else { [0; 16] },
-        nat_port: backend.port,
-        rev_nat_id: svc.rev_nat_id,
-        flags,
-        backend_id,
-        expires_ns: now + ct::lifetime(&flow, flags) * NS,
-        ..CtValue::default()
-    };
-    let back = CtValue {
-        nat_addr: key.addr,
-        nat2_addr: if hairpin { addr16(flow.saddr) } else { [0; 16] },
-        nat_port: flow.dport,
-        expires_ns: 0,
-        ..out
-    };
-    let back_key = ct::key(addr4(&backend.addr), reply_to, backend.port, flow.sport, flow.proto, CT_IN);
-    // The reply entry first: once the forward entry exists, packets are translated
-    // and their replies must find it.
-    CONNTRACK.insert(&back_key, &back, 0).map_err(|_| Reason::CtFull)?;
-    CONNTRACK.insert(&ct::out_key(&flow), &out, 0).map_err(|_| Reason::CtFull)?;
+    track(&flow, &backend, svc.rev_nat_id, backend_id, now)?;
     if hairpin {
         let sport = flow.sport;
         nat::snat(ctx, &mut flow, HAIRPIN_V4, sport)?;
     }
     nat::dnat(ctx, &mut flow, addr4(&backend.addr), backend.port)?;
     Ok(Verdict::Pass(flow))
+}
+
+/// Records a new translated flow both ways, the reply entry first: once the
+/// forward entry exists, packets are translated and their replies must find it.
+///
+/// The pair is built field by field in this CPU's scratch value and inserted from
+/// there: built on the stack, the two keys and two values would not fit in the
+/// 512-byte frame beside the rest of the hot path.
+#[inline(always)]
+fn track(flow: &Flow4, backend: &Backend, rev_nat_id: u16, backend_id: u32, now: u64) -> Result<(), Reason> {
+    let scratch = SCRATCH.get_ptr_mut(0).ok_or(Reason::CtFull)?;
+    // SAFETY: this CPU's scratch value, ours until the program returns.
+    let s = unsafe { &mut *scratch };
+    let hairpin = addr4(&backend.addr) == flow.saddr;
+    let flags = ct::new_flags(flow) | if hairpin { CT_F_HAIRPIN } else { 0 };
+    let reply_to = if hairpin { HAIRPIN_V4 } else { flow.saddr };
+
+    ct::fill_key(&mut s.in_key, addr4(&backend.addr), reply_to, backend.port, flow.sport, flow.proto, CT_IN);
+    s.back.nat_addr = addr16(flow.daddr);
+    s.back.nat2_addr = if hairpin { addr16(flow.saddr) } else { [0; 16] };
+    s.back.nat_port = flow.dport;
+    s.back.rev_nat_id = rev_nat_id;
+    s.back.flags = flags;
+    s.back.backend_id = backend_id;
+    s.back.expires_ns = 0;
+    CONNTRACK.insert(&s.in_key, &s.back, 0).map_err(|_| Reason::CtFull)?;
+
+    ct::fill_key(&mut s.out_key, flow.saddr, flow.daddr, flow.sport, flow.dport, flow.proto, CT_OUT);
+    s.out.nat_addr = backend.addr;
+    s.out.nat2_addr = if hairpin { addr16(HAIRPIN_V4) } else { [0; 16] };
+    s.out.nat_port = backend.port;
+    s.out.rev_nat_id = rev_nat_id;
+    s.out.flags = flags;
+    s.out.backend_id = backend_id;
+    s.out.expires_ns = now + ct::lifetime(flow, flags) * NS;
+    CONNTRACK.insert(&s.out_key, &s.out, 0).map_err(|_| Reason::CtFull)
 }

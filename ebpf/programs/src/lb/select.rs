@@ -3,7 +3,7 @@
 
 use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
 use weir_common::{
-    AF_INET, AffinityKey, AffinityValue, BACKEND_ACTIVE, MAGLEV_TABLE_SIZE, Reason, SVC_F_AFFINITY,
+    AF_INET, AffinityKey, AffinityValue, BACKEND_ACTIVE, BACKEND_TERMINATING, MAGLEV_TABLE_SIZE, Reason, SVC_F_AFFINITY,
     SVC_F_MAGLEV, ServiceKey, ServiceValue,
 };
 
@@ -25,9 +25,11 @@ pub fn backend(flow: &Flow4, key: &ServiceKey, svc: &ServiceValue) -> Result<u32
         // SAFETY: a pointer into the map's value, valid for this program run.
         let (id, last) = unsafe { ((*entry).backend_id, (*entry).last_used_ns) };
         // kube-proxy's `recent` match: the timeout runs from the last new
-        // connection, and an endpoint that is no longer ready frees the client.
+        // connection, and an endpoint that is no longer ready frees the client,
+        // unless the service runs on terminating endpoints for lack of ready ones.
         // SAFETY: map lookups return pointers valid for this run.
-        let usable = unsafe { BACKENDS.get(&id) }.is_some_and(|b| b.state == BACKEND_ACTIVE);
+        let usable = unsafe { BACKENDS.get(&id) }
+            .is_some_and(|b| b.state == BACKEND_ACTIVE || on_terminating_fallback(key));
         if usable && now.saturating_sub(last) <= u64::from(svc.affinity_timeout) * NS {
             // SAFETY: as above.
             unsafe { (*entry).last_used_ns = now };
@@ -38,6 +40,17 @@ pub fn backend(flow: &Flow4, key: &ServiceKey, svc: &ServiceValue) -> Result<u32
     // Best effort: without the entry the next flow just picks again.
     let _ = AFFINITY.insert(&akey, &AffinityValue { backend_id: id, _pad: 0, last_used_ns: now }, 0);
     Ok(id)
+}
+
+/// Whether the frontend's slots hold terminating endpoints (it has no ready one;
+/// all slots are then alike, so the first tells).
+#[inline(always)]
+fn on_terminating_fallback(key: &ServiceKey) -> bool {
+    let first = ServiceKey { slot: 1, ..*key };
+    // SAFETY: map lookups return pointers valid for this run.
+    unsafe { SERVICES.get(&first) }
+        .and_then(|slot| unsafe { BACKENDS.get(&slot.backend_id) })
+        .is_some_and(|b| b.state == BACKEND_TERMINATING)
 }
 
 /// Maglev when the frontend asks for it (a flow's backend then depends on its
