@@ -3,7 +3,10 @@
 //! Ids are what the datapath stores in conntrack and affinity entries, so an entry
 //! keeps its id for as long as it exists: a recompile must not renumber a backend
 //! that did not change, or established connections would be sent elsewhere. Ids of
-//! vanished entries are released and reused lowest-first, which keeps ids dense.
+//! vanished entries are released, and handed out again only after the rest of the
+//! id space (round robin from a cursor, as IPAM hands out addresses): state the
+//! datapath still holds under an old id (conntrack and affinity entries, a slot
+//! not yet rewritten after a partial sync) must not meet a new owner of that id.
 //! After an agent restart, [`IdAllocator::from_desired`] rebuilds the assignment from
 //! the map contents read back from the pinned maps.
 
@@ -34,15 +37,18 @@ impl std::fmt::Display for IdKind {
     }
 }
 
-/// A set of ids in `1..=max`, handing out the lowest free one. The free ids are kept
-/// as disjoint ranges, so a pool rebuilt from sparse ids costs memory per gap, not
-/// per id.
+/// A set of ids in `1..=max`, handing out the first free one at or after a cursor
+/// that moves past every id handed out (wrapping around at `max`). The free ids
+/// are kept as disjoint ranges, so a pool rebuilt from sparse ids costs memory per
+/// gap, not per id.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct IdPool {
     kind: IdKind,
     max: u32,
     /// Free ranges, start -> end (inclusive).
     free: BTreeMap<u32, u32>,
+    /// Where the search for the next id starts.
+    next: u32,
 }
 
 impl IdPool {
@@ -51,18 +57,31 @@ impl IdPool {
         if max >= 1 {
             free.insert(1, max);
         }
-        Self { kind, max, free }
+        Self {
+            kind,
+            max,
+            free,
+            next: 1,
+        }
     }
 
     fn allocate(&mut self) -> Result<u32, IdError> {
-        let (start, end) = self.free.pop_first().ok_or(IdError::Exhausted {
+        let exhausted = IdError::Exhausted {
             kind: self.kind,
             max: self.max,
-        })?;
-        if start < end {
-            self.free.insert(start + 1, end);
-        }
-        Ok(start)
+        };
+        // The free range holding the cursor, else the next one, else (wrapping
+        // around) the first.
+        let id = match self.free.range(..=self.next).next_back() {
+            Some((_, &end)) if end >= self.next => self.next,
+            _ => match self.free.range(self.next..).next() {
+                Some((&start, _)) => start,
+                None => *self.free.keys().next().ok_or(exhausted)?,
+            },
+        };
+        self.reserve(id);
+        self.next = if id >= self.max { 1 } else { id + 1 };
+        Ok(id)
     }
 
     /// Marks `id` used. False if it is out of range or already used.
@@ -79,6 +98,11 @@ impl IdPool {
         }
         if id < end {
             self.free.insert(id + 1, end);
+        }
+        // Ids read back after a restart: continue after the highest, so that ids
+        // released just before the restart still wait their turn.
+        if id >= self.next {
+            self.next = if id >= self.max { 1 } else { id + 1 };
         }
         true
     }
@@ -263,7 +287,7 @@ mod tests {
     }
 
     #[test]
-    fn pool_reuses_lowest_first_and_merges_ranges() {
+    fn pool_reuses_released_ids_last_and_merges_ranges() {
         let mut pool = IdPool::new(IdKind::Backend, 10);
         let ids: Vec<u32> = (0..5).map(|_| pool.allocate().expect("free id")).collect();
         assert_eq!(ids, [1, 2, 3, 4, 5]);
@@ -274,18 +298,44 @@ mod tests {
             pool.free.iter().map(|(s, e)| (*s, *e)).collect::<Vec<_>>(),
             [(2, 4), (6, 10)]
         );
+        // Released ids wait for the rest of the space: 6 first, not 2.
+        assert_eq!(pool.allocate(), Ok(6));
+        pool.release(6);
+        assert_eq!(
+            (0..4).map(|_| pool.allocate().expect("id")).collect::<Vec<_>>(),
+            [7, 8, 9, 10]
+        );
+        // Then the cursor wraps around to the oldest releases.
         assert_eq!(pool.allocate(), Ok(2));
+        assert_eq!(pool.allocate(), Ok(3));
+        pool.release(7);
+        pool.release(8);
+        pool.release(10);
+        assert!(!pool.reserve(9), "9 is in use");
+        pool.release(9);
         assert!(pool.reserve(9));
         assert!(!pool.reserve(9));
         assert!(!pool.reserve(11));
         assert_eq!(
             pool.free.iter().map(|(s, e)| (*s, *e)).collect::<Vec<_>>(),
-            [(3, 4), (6, 8), (10, 10)]
+            [(4, 4), (6, 8), (10, 10)]
         );
         pool.release(5);
         assert_eq!(
             pool.free.iter().map(|(s, e)| (*s, *e)).collect::<Vec<_>>(),
-            [(3, 8), (10, 10)]
+            [(4, 8), (10, 10)]
+        );
+    }
+
+    #[test]
+    fn after_a_restart_the_cursor_resumes_past_the_highest_id_read_back() {
+        let mut pool = IdPool::new(IdKind::Backend, 10);
+        assert!(pool.reserve(3));
+        assert!(pool.reserve(7));
+        assert_eq!(
+            pool.allocate(),
+            Ok(8),
+            "ids below 7 may have been released just before the restart"
         );
     }
 

@@ -488,7 +488,11 @@ fn backend_view(id: u32, endpoint: &Endpoint, slot: Option<u16>) -> BackendView 
 }
 
 fn flag_names(flags: u32) -> Vec<&'static str> {
-    weir_common::SVC_FLAG_NAMES.iter().filter(|(bit, _)| flags & bit != 0).map(|(_, name)| *name).collect()
+    weir_common::SVC_FLAG_NAMES
+        .iter()
+        .filter(|(bit, _)| flags & bit != 0)
+        .map(|(_, name)| *name)
+        .collect()
 }
 
 /// The address of a service key or backend, for views and tests.

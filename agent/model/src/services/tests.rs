@@ -1148,7 +1148,7 @@ fn compile_is_deterministic_whatever_the_input_order() {
 }
 
 #[test]
-fn ids_stay_stable_across_recompiles_and_are_reused_lowest_first() {
+fn ids_stay_stable_across_recompiles_and_released_ones_wait() {
     let mut ids = IdAllocator::new();
     let node = node();
     let (first, _) = compile_with(WEB, &node, &mut ids);
@@ -1163,15 +1163,18 @@ fn ids_stay_stable_across_recompiles_and_are_reused_lowest_first() {
     assert_eq!(grown.slot_backends(&web), first.slot_backends(&web));
     assert_eq!(ids.in_use(), (4, 9));
 
-    // Removing `web` releases its ids; the next new entries reuse the lowest.
+    // Removing `web` releases its ids; a new entry does not get them back (the
+    // datapath may still hold state under them), but a fresh one.
     let (shrunk, _) = compile_with(KUBE_DNS, &node, &mut ids);
     assert_eq!(ids.in_use(), (3, 6));
     let web_rev_nat = first.services[&web].rev_nat_id;
     let lonely = "apiVersion: v1\nkind: Service\nmetadata: {name: new, namespace: z}\nspec:\n  clusterIP: 10.96.5.5\n  ports: [{port: 1}]\n";
     let (reused, _) = compile_with(&format!("{KUBE_DNS}\n---\n{lonely}"), &node, &mut ids);
-    assert_eq!(
-        reused.services[&key("10.96.5.5:1/TCP", SCOPE_EXTERNAL)].rev_nat_id,
-        web_rev_nat
+    let fresh = reused.services[&key("10.96.5.5:1/TCP", SCOPE_EXTERNAL)].rev_nat_id;
+    assert_ne!(fresh, web_rev_nat, "a released id was handed out again at once");
+    assert!(
+        grown.services.values().all(|v| v.rev_nat_id != fresh),
+        "an id in use was handed out"
     );
     // kube-dns kept its ids throughout.
     for (k, v) in shrunk.services.iter().filter(|(k, _)| k.slot == 0) {
