@@ -440,3 +440,17 @@ fn route_of(m: &RouteMessage, ipv6: bool) -> Option<RouteEntry> {
         oif,
     })
 }
+
+/// The prefix length of a single address of `ip`'s family (/32, /128): pods hold
+/// host addresses, and routes to them are host routes.
+pub fn host_prefix(ip: IpAddr) -> u8 {
+    if ip.is_ipv4() { 32 } else { 128 }
+}
+
+/// A MAC address as CNI results and `ip link` print it.
+pub fn mac_string(mac: &[u8]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}

@@ -99,33 +99,27 @@ impl SharedDatapath {
 impl ServiceMaps for SharedDatapath {
     fn read(&self) -> Result<DesiredServices, SyncError> {
         let dp = self.lock();
-        let mut out = DesiredServices::default();
-        for entry in dp.services.iter() {
-            let (k, v) = entry.map_err(|source| SyncError::Read {
-                map: names::SERVICES,
-                source,
-            })?;
-            out.services.insert(k, v);
-        }
-        for entry in dp.backends.iter() {
-            let (k, v) = entry.map_err(|source| SyncError::Read {
-                map: names::BACKENDS,
-                source,
-            })?;
-            out.backends.insert(k, v);
-        }
-        for entry in dp.revnat.iter() {
-            let (k, v) = entry.map_err(|source| SyncError::Read {
-                map: names::REVNAT,
-                source,
-            })?;
-            out.revnat.insert(k, v);
-        }
+        let read = |map| move |source| SyncError::Read { map, source };
+        let mut out = DesiredServices {
+            services: dp
+                .services
+                .iter()
+                .collect::<Result<_, _>>()
+                .map_err(read(names::SERVICES))?,
+            backends: dp
+                .backends
+                .iter()
+                .collect::<Result<_, _>>()
+                .map_err(read(names::BACKENDS))?,
+            revnat: dp
+                .revnat
+                .iter()
+                .collect::<Result<_, _>>()
+                .map_err(read(names::REVNAT))?,
+            ..DesiredServices::default()
+        };
         for entry in dp.maglev.iter() {
-            let (k, v) = entry.map_err(|source| SyncError::Read {
-                map: names::MAGLEV,
-                source,
-            })?;
+            let (k, v) = entry.map_err(read(names::MAGLEV))?;
             // Rev-NAT ids are u16: the datapath never looks such a key up.
             match u16::try_from(k) {
                 Ok(id) => {

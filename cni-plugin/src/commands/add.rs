@@ -32,7 +32,7 @@ use crate::{
     Error,
     agent_api::{self, Endpoint, Request},
     naming,
-    netlink::{Link, Netlink, NetlinkError},
+    netlink::{self, Link, Netlink, NetlinkError},
     netns::{self, Netns},
     spec::{Attachment, CniResult, Env, Interface, IpConfig, NetConf, Route},
 };
@@ -154,13 +154,9 @@ fn create_veth(
     Ok((host, pod_link))
 }
 
-fn host_prefix(ip: IpAddr) -> u8 {
-    if ip.is_ipv4() { 32 } else { 128 }
-}
-
 fn host_net(ip: IpAddr) -> IpNetwork {
     // A host prefix is always valid for its family.
-    IpNetwork::new(ip, host_prefix(ip)).unwrap_or_else(|_| IpNetwork::from(ip))
+    IpNetwork::new(ip, netlink::host_prefix(ip)).unwrap_or_else(|_| IpNetwork::from(ip))
 }
 
 fn default_dst(ip: IpAddr) -> IpNetwork {
@@ -180,7 +176,7 @@ fn configure_addresses(
     addressing: &Addressing,
 ) -> Result<(), Error> {
     for a in &addressing.addrs {
-        pod.add_address(pod_link.index, a.ip, host_prefix(a.ip))?;
+        pod.add_address(pod_link.index, a.ip, netlink::host_prefix(a.ip))?;
         pod.replace_route(host_net(a.gateway), pod_link.index, None)?;
         pod.replace_permanent_neighbour(pod_link.index, a.gateway, &host.mac)?;
         pod.replace_route(default_dst(a.ip), pod_link.index, Some(a.gateway))?;
@@ -218,13 +214,6 @@ fn register(socket: &std::path::Path, env: &Env, host: &Link, addressing: &Addre
     })
 }
 
-fn mac_string(mac: &[u8]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
 pub(super) fn build_result(
     conf: &NetConf,
     env: &Env,
@@ -237,12 +226,12 @@ pub(super) fn build_result(
     let base = result.interfaces.len();
     result.interfaces.push(Interface {
         name: host.name.clone(),
-        mac: Some(mac_string(&host.mac)),
+        mac: Some(netlink::mac_string(&host.mac)),
         sandbox: None,
     });
     result.interfaces.push(Interface {
         name: env.ifname.clone(),
-        mac: Some(mac_string(&pod_link.mac)),
+        mac: Some(netlink::mac_string(&pod_link.mac)),
         sandbox: Some(env.netns.clone().unwrap_or_default().display().to_string()),
     });
     for a in &addressing.addrs {

@@ -1,8 +1,6 @@
 //! CHECK: compare the attachment as it is with `prevResult` and report every
 //! difference at once.
 
-use std::net::IpAddr;
-
 use ipnetwork::IpNetwork;
 
 use super::ipam;
@@ -10,7 +8,7 @@ use crate::{
     Error,
     ipam::delegate,
     naming,
-    netlink::Netlink,
+    netlink::{self, Netlink},
     netns::{Netns, NetnsError},
     spec::{Env, IpamConf, NetConf},
 };
@@ -82,7 +80,7 @@ pub fn run(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), Error> {
                 diffs.push(format!(
                     "{} has MAC {} instead of {mac}",
                     env.ifname,
-                    fmt_mac(&pod_link.mac)
+                    netlink::mac_string(&pod_link.mac)
                 ));
             }
         }
@@ -105,10 +103,9 @@ pub fn run(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), Error> {
             diffs.push(format!("address {} is missing from {}", ipc.address, env.ifname));
         }
         let ip = ipc.address.ip();
-        if !node_routes
-            .iter()
-            .any(|r| r.dst.ip() == ip && r.dst.prefix() == host_prefix(ip) && r.oif == Some(host.index))
-        {
+        if !node_routes.iter().any(|r| {
+            r.dst.ip() == ip && r.dst.prefix() == netlink::host_prefix(ip) && r.oif == Some(host.index)
+        }) {
             diffs.push(format!("the node has no route to {ip} via {host_name}"));
         }
         if let Some(gw) = ipc.gateway
@@ -118,7 +115,7 @@ pub fn run(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), Error> {
         {
             diffs.push(format!(
                 "no permanent neighbour entry {gw} -> {} on {}",
-                fmt_mac(&host.mac),
+                netlink::mac_string(&host.mac),
                 env.ifname
             ));
         }
@@ -144,15 +141,4 @@ pub fn run(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), Error> {
 
 fn same_net(a: IpNetwork, b: IpNetwork) -> bool {
     a.prefix() == b.prefix() && a.network() == b.network()
-}
-
-fn host_prefix(ip: IpAddr) -> u8 {
-    if ip.is_ipv4() { 32 } else { 128 }
-}
-
-fn fmt_mac(mac: &[u8]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
 }

@@ -70,7 +70,10 @@ impl Store for DiskStore {
         // (and so leak) a reservation that is already on disk.
         let cursor = self.cursor_path(set);
         if let Err(e) = fs::write(&cursor, ip.to_string()) {
-            eprintln!("weir-cni: {}: {e} (round robin restarts from the range start)", cursor.display());
+            eprintln!(
+                "weir-cni: {}: {e} (round robin restarts from the range start)",
+                cursor.display()
+            );
         }
         Ok(true)
     }
