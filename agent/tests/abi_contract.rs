@@ -24,12 +24,10 @@ fn every_map_in_the_object_matches_its_shared_type() {
             spec.name
         );
     }
-    assert_eq!(
-        obj.maps.len(),
-        maps::ALL.len(),
-        "object has maps the agent does not know: {:?}",
-        obj.maps.keys()
-    );
+    // Sections such as `.rodata.cst16` (constants LLVM keeps in memory) are
+    // global data, which aya makes into maps of each load: not shared state.
+    let named: Vec<_> = obj.maps.keys().filter(|name| !name.starts_with('.')).collect();
+    assert_eq!(named.len(), maps::ALL.len(), "object has maps the agent does not know: {named:?}");
 }
 
 #[test]

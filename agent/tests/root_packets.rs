@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use aya::programs::{TestRun, TestRunOptions};
 use weir_agent::datapath::{Datapath, PinLayout};
 use weir_common::{
-    AF_INET, BACKEND_ACTIVE, BACKEND_TERMINATING, Backend, CT_IN, CT_OUT, CtKey, IPPROTO_TCP, IPPROTO_UDP,
+    AF_INET, AF_INET6, BACKEND_ACTIVE, BACKEND_TERMINATING, Backend, CT_IN, CT_OUT, CtKey, IPPROTO_TCP, IPPROTO_UDP,
     MAGLEV_TABLE_SIZE, MaglevTable, SCOPE_INTERNAL, SVC_F_AFFINITY, SVC_F_MAGLEV, SVC_F_TWO_SCOPES,
     ServiceKey, ServiceValue, programs::FROM_POD,
 };
@@ -19,6 +19,10 @@ const CLIENT: [u8; 4] = [10, 0, 0, 1];
 const BACKEND_A: [u8; 4] = [10, 0, 0, 2];
 const BACKEND_B: [u8; 4] = [10, 0, 0, 3];
 const VIP: [u8; 4] = [10, 96, 0, 10];
+const CLIENT6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+const BACKEND6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+const VIP6: [u8; 16] = [0xfd, 0, 0, 0x96, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10];
+const HAIRPIN6: [u8; 16] = [1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x42];
 
 struct Lab {
     root: PathBuf,
@@ -38,21 +42,31 @@ impl Lab {
 
     /// A frontend VIP:80/proto with the given backends (port 8080).
     fn service(&mut self, proto: u8, backends: &[[u8; 4]], flags: u32) {
+        let backends: Vec<_> = backends.iter().map(|b| a16(*b)).collect();
+        self.service_of(AF_INET, a16(VIP), proto, &backends, flags);
+    }
+
+    /// The same for IPv6: VIP6 with backends on port 8080.
+    fn service6(&mut self, proto: u8, backends: &[[u8; 16]]) {
+        self.service_of(AF_INET6, VIP6, proto, backends, 0);
+    }
+
+    fn service_of(&mut self, family: u8, vip: [u8; 16], proto: u8, backends: &[[u8; 16]], flags: u32) {
         let key = |slot| ServiceKey {
-            addr: a16(VIP),
+            addr: vip,
             port: 80u16.to_be(),
             slot,
             proto,
-            family: AF_INET,
+            family,
             ..Default::default()
         };
         for (i, b) in backends.iter().enumerate() {
             let id = i as u32 + 1;
             let backend = Backend {
-                addr: a16(*b),
+                addr: *b,
                 port: 8080u16.to_be(),
                 proto,
-                family: AF_INET,
+                family,
                 state: BACKEND_ACTIVE,
                 ..Default::default()
             };
@@ -425,4 +439,101 @@ fn root_affinity_holds_on_terminating_fallback() {
         (1..40).all(|i| backend_of(&lab, 30000 + i) == first),
         "affinity must hold on the terminating fallback"
     );
+}
+
+/// The IPv6 checksum of an upper-layer message (RFC 8200 8.1).
+fn l4_csum6(ip: &[u8], next: u8, l4: &[u8]) -> u16 {
+    let mut pseudo = Vec::from(&ip[8..40]);
+    pseudo.extend_from_slice(&(l4.len() as u32).to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, next]);
+    pseudo.extend_from_slice(l4);
+    csum(&pseudo)
+}
+
+/// Ethernet + IPv6 + TCP (with `tcp_flags`) or UDP, with a correct checksum.
+fn frame6(proto: u8, src: [u8; 16], sport: u16, dst: [u8; 16], dport: u16, tcp_flags: u8) -> Vec<u8> {
+    let payload = b"hello";
+    let l4_len = if proto == IPPROTO_TCP { 20 } else { 8 } + payload.len();
+    let mut f = vec![0u8; 14 + 40 + l4_len];
+    f[0..6].copy_from_slice(&[2, 0, 0, 0, 0, 0xaa]);
+    f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 0xbb]);
+    f[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
+    let ip = &mut f[14..54];
+    ip[0] = 0x60;
+    ip[4..6].copy_from_slice(&(l4_len as u16).to_be_bytes());
+    ip[6] = proto;
+    ip[7] = 64;
+    ip[8..24].copy_from_slice(&src);
+    ip[24..40].copy_from_slice(&dst);
+    let l4 = &mut f[54..];
+    l4[0..2].copy_from_slice(&sport.to_be_bytes());
+    l4[2..4].copy_from_slice(&dport.to_be_bytes());
+    if proto == IPPROTO_TCP {
+        l4[12] = 5 << 4;
+        l4[13] = tcp_flags;
+        l4[20..].copy_from_slice(payload);
+    } else {
+        l4[4..6].copy_from_slice(&(l4_len as u16).to_be_bytes());
+        l4[8..].copy_from_slice(payload);
+    }
+    let (ip, l4) = f[14..].split_at(40);
+    let c = l4_csum6(ip, proto, l4);
+    let at = 54 + if proto == IPPROTO_TCP { 16 } else { 6 };
+    f[at..at + 2].copy_from_slice(&c.to_be_bytes());
+    f
+}
+
+/// (src, sport, dst, dport) of an IPv6 frame, asserting its L4 checksum is valid.
+fn tuple6(f: &[u8]) -> ([u8; 16], u16, [u8; 16], u16) {
+    let (ip, l4) = f[14..].split_at(40);
+    assert_eq!(l4_csum6(ip, ip[6], l4), 0, "bad L4 checksum");
+    let addr = |o: usize| <[u8; 16]>::try_from(&f[o..o + 16]).unwrap();
+    (addr(22), u16::from_be_bytes([f[54], f[55]]), addr(38), u16::from_be_bytes([f[56], f[57]]))
+}
+
+#[test]
+fn root_ipv6_clusterip_is_translated_both_ways_with_valid_checksums() {
+    for proto in [IPPROTO_TCP, IPPROTO_UDP] {
+        let mut lab = Lab::new(&format!("nat6-{proto}"));
+        lab.service6(proto, &[BACKEND6]);
+        let (verdict, out) = lab.run(&frame6(proto, CLIENT6, 40000, VIP6, 80, 0x02));
+        assert_eq!(verdict, TC_ACT_OK);
+        assert_eq!(tuple6(&out), (CLIENT6, 40000, BACKEND6, 8080), "proto {proto}: DNAT to the backend");
+        let (verdict, out) = lab.run(&frame6(proto, BACKEND6, 8080, CLIENT6, 40000, 0x12));
+        assert_eq!(verdict, TC_ACT_OK);
+        assert_eq!(tuple6(&out), (VIP6, 80, CLIENT6, 40000), "proto {proto}: reverse NAT");
+        // The next packet of the flow keeps its backend.
+        let (_, out) = lab.run(&frame6(proto, CLIENT6, 40000, VIP6, 80, 0x10));
+        assert_eq!(tuple6(&out), (CLIENT6, 40000, BACKEND6, 8080), "proto {proto}: established");
+        // Unrelated traffic passes untouched.
+        let plain = frame6(proto, CLIENT6, 40001, BACKEND6, 9999, 0x02);
+        assert_eq!(lab.run(&plain), (TC_ACT_OK, plain.clone()));
+    }
+}
+
+#[test]
+fn root_ipv6_hairpin_rewrites_the_source_and_back() {
+    let mut lab = Lab::new("hairpin6");
+    lab.service6(IPPROTO_TCP, &[CLIENT6]);
+    let (_, out) = lab.run(&frame6(IPPROTO_TCP, CLIENT6, 40000, VIP6, 80, 0x02));
+    assert_eq!(tuple6(&out), (HAIRPIN6, 40000, CLIENT6, 8080));
+    let (_, out) = lab.run(&frame6(IPPROTO_TCP, CLIENT6, 8080, HAIRPIN6, 40000, 0x12));
+    assert_eq!(tuple6(&out), (VIP6, 80, CLIENT6, 40000));
+}
+
+#[test]
+fn root_ipv6_service_without_endpoints_answers_icmpv6_port_unreachable() {
+    let mut lab = Lab::new("reject6");
+    lab.service6(IPPROTO_UDP, &[]);
+    let dgram = frame6(IPPROTO_UDP, CLIENT6, 40000, VIP6, 80, 0);
+    let (verdict, out) = lab.run(&dgram);
+    assert_eq!(verdict, TC_ACT_REDIRECT, "sent back, not dropped");
+    assert_eq!(out.len(), 14 + 40 + 8 + 48);
+    assert_eq!((&out[0..6], &out[6..12]), (&dgram[6..12], &dgram[0..6]), "MACs swapped");
+    assert_eq!(&out[12..14], &[0x86, 0xdd]);
+    assert_eq!((out[14] >> 4, out[20], u16::from_be_bytes([out[18], out[19]])), (6, 58, 56), "IPv6, ICMPv6, length");
+    assert_eq!((&out[22..38], &out[38..54]), (&VIP6[..], &CLIENT6[..]), "from the frontend to the client");
+    assert_eq!((out[54], out[55]), (1, 4), "destination unreachable / port unreachable");
+    assert_eq!(l4_csum6(&out[14..54], 58, &out[54..]), 0, "ICMPv6 checksum");
+    assert_eq!(&out[62..], &dgram[14..62], "quotes the original header and ports");
 }

@@ -179,6 +179,14 @@ impl Pod {
             .find(|ip| ip.is_ipv4())
             .expect("pod has no IPv4 address")
     }
+
+    pub fn ipv6(&self) -> IpAddr {
+        *self
+            .ips
+            .iter()
+            .find(|ip| ip.is_ipv6())
+            .expect("pod has no IPv6 address")
+    }
 }
 
 /// The addresses of a CNI result's `ips` (without prefix length).

@@ -70,15 +70,24 @@ pub fn port(name: &str, port: u16, target: &str, protocol: &str) -> Value {
 
 /// A ClusterIP Service as the API server returns it.
 pub fn service(name: &str, cluster_ip: &str, ports: &[Value]) -> Value {
+    service_with_ips(name, &[cluster_ip], ports)
+}
+
+/// A ClusterIP Service with one cluster IP per family (`clusterIPs`, primary
+/// first), as the API server returns a dual-stack or single-stack one.
+pub fn service_with_ips(name: &str, cluster_ips: &[&str], ports: &[Value]) -> Value {
+    let family = |ip: &&str| if ip.contains(':') { "IPv6" } else { "IPv4" };
+    let policy = if cluster_ips.len() > 1 { "RequireDualStack" } else { "SingleStack" };
     json!({
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": { "name": name, "namespace": "default" },
         "spec": {
             "type": "ClusterIP",
-            "clusterIP": cluster_ip,
-            "clusterIPs": [cluster_ip],
-            "ipFamilies": ["IPv4"],
+            "clusterIP": cluster_ips[0],
+            "clusterIPs": cluster_ips,
+            "ipFamilies": cluster_ips.iter().map(family).collect::<Vec<_>>(),
+            "ipFamilyPolicy": policy,
             "sessionAffinity": "None",
             "selector": { "app": name },
             "ports": ports,
@@ -126,7 +135,8 @@ impl Ep {
     }
 }
 
-/// An EndpointSlice of `service` as the EndpointSlice controller writes it.
+/// An EndpointSlice of `service` as the EndpointSlice controller writes it (its
+/// `addressType` that of the endpoints; one family per slice, as in a cluster).
 /// `ports`: `(name, port, protocol)`.
 pub fn slice(name: &str, service: &str, node: &str, ports: &[(&str, u16, &str)], endpoints: &[Ep]) -> Value {
     json!({
@@ -140,7 +150,7 @@ pub fn slice(name: &str, service: &str, node: &str, ports: &[(&str, u16, &str)],
                 "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io",
             },
         },
-        "addressType": "IPv4",
+        "addressType": if endpoints.first().is_some_and(|e| e.ip.is_ipv6()) { "IPv6" } else { "IPv4" },
         "endpoints": endpoints.iter().map(|e| json!({
             "addresses": [e.ip.to_string()],
             "conditions": { "ready": e.ready, "serving": e.serving, "terminating": e.terminating },

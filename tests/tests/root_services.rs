@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use weir_lab::{
     Agent, Node, Pod,
     netns::Netns,
-    services::{Ep, ManifestDir, frontend, port, service, slice},
+    services::{Ep, ManifestDir, frontend, port, service, service_with_ips, slice},
     traffic::ConnectionLoad,
     whoami::{Answer, TcpSession, UdpSession, WhoAmI, ask_tcp, ask_tcp_from, ask_udp},
 };
@@ -798,4 +798,54 @@ fn root_maglev_spreads_and_keeps_surviving_flows_on_their_backend() {
         "maglev: {shares:?} over {n} ports; {kept}/{} surviving flows kept their backend",
         survivors.len()
     );
+}
+
+#[test]
+fn root_ipv6_and_dual_stack_clusterips() {
+    const VIP6: &str = "fd00:96::10";
+    const EMPTY6: &str = "fd00:96::11";
+    let dir = ManifestDir::new();
+    let mut node = Node::with_ranges(json!([[{ "subnet": "10.91.30.0/24" }], [{ "subnet": "fd00:10:91:30::/64" }]]));
+    let agent = node.start_agent_with_source(dir.path());
+    let a = node.add_pod("a");
+    let client = node.add_pod("client");
+    let _servers = [WhoAmI::start(&a.ns, "a", a.ipv4(), &[8080]), WhoAmI::start(&a.ns, "a", a.ipv6(), &[8080])];
+    let ports = [port("http", 80, "8080", "TCP"), port("dns", 53, "8080", "UDP")];
+    let slice_ports = [("http", 8080, "TCP"), ("dns", 8080, "UDP")];
+    dir.write(
+        "web.yaml",
+        &[
+            service_with_ips("web", &[VIP, VIP6], &ports),
+            slice("web-v4", "web", node.name(), &slice_ports, &[Ep::ready(a.ipv4())]),
+            slice("web-v6", "web", node.name(), &slice_ports, &[Ep::ready(a.ipv6())]),
+            service_with_ips("empty", &[EMPTY6], &ports),
+        ],
+    );
+    let front6 = |port: u16, proto: &str| format!("[{VIP6}]:{port}/{proto}");
+    let backend6 = vec![format!("[{}]:8080", a.ipv6())];
+    agent.wait_backends(&front6(80, "TCP"), &backend6);
+    agent.wait_backends(&front6(53, "UDP"), &backend6);
+    agent.wait_backends(&format!("{VIP}:80/TCP"), &[format!("{}:8080", a.ipv4())]);
+    agent.wait_backends(&format!("[{EMPTY6}]:80/TCP"), &[]);
+
+    let vip6 = |port| SocketAddr::new(VIP6.parse().expect("VIP6"), port);
+    // Both families of the one Service, the client's own address preserved.
+    let answer = expect_server(ask_tcp(&client.ns, vip6(80)), "a", "TCP to the IPv6 ClusterIP");
+    assert_eq!(answer.peer.ip(), client.ipv6(), "the backend sees the client's IPv6 address");
+    let answer = expect_server(ask_udp(&client.ns, vip6(53)), "a", "UDP to the IPv6 ClusterIP");
+    assert_eq!(answer.peer.ip(), client.ipv6());
+    expect_server(ask_tcp(&client.ns, vip(80)), "a", "TCP to the IPv4 ClusterIP of the same Service");
+    // Hairpin over IPv6: the backend reaches itself through its Service.
+    expect_server(ask_tcp(&a.ns, vip6(80)), "a", "hairpin over IPv6");
+    // No endpoints: refused (ICMPv6 port unreachable), not a timeout. A TCP
+    // connect may take one SYN retransmission (1 s): the ICMPv6 error for the
+    // first SYN can reach the socket while connect() still holds it, and Linux
+    // drops it then (TcpExtLockDroppedIcmps).
+    let empty = |port| SocketAddr::new(EMPTY6.parse().expect("EMPTY6"), port);
+    let started = Instant::now();
+    let err = ask_tcp(&client.ns, empty(80)).expect_err("a Service without endpoints must refuse");
+    assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "{err}");
+    assert!(started.elapsed() < Duration::from_secs(3), "refused only after {:?}", started.elapsed());
+    let err = ask_udp(&client.ns, empty(53)).expect_err("a Service without endpoints must refuse");
+    assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "UDP: {err}");
 }

@@ -24,10 +24,10 @@ pub mod maps {
     pub const CONNTRACK: &str = "weir_ct";
     /// Maglev lookup tables: rev-NAT id -> [`crate::MaglevTable`].
     pub const MAGLEV: &str = "weir_maglev_v1";
-    /// Per-CPU scratch space of the datapath (one [`crate::Scratch`]): the
-    /// conntrack pair of a new flow is built there, off the 512-byte BPF stack.
-    /// Never read by user space.
-    pub const SCRATCH: &str = "weir_scratch_v1";
+    /// Per-CPU scratch space of the datapath (one [`crate::Scratch`]): what is
+    /// too big for the 512-byte BPF stack beside the hot path (a new flow's
+    /// conntrack pair, a rejection's headers). Never read by user space.
+    pub const SCRATCH: &str = "weir_scratch_v2";
 
     pub const SERVICES_ENTRIES: u32 = 262_144;
     pub const BACKENDS_ENTRIES: u32 = 262_144;
@@ -262,16 +262,23 @@ pub const MAGLEV_TABLE_SIZE: usize = 16_381;
 pub struct MaglevTable(pub [u32; MAGLEV_TABLE_SIZE]);
 const _: () = assert!(core::mem::size_of::<MaglevTable>() == 4 * MAGLEV_TABLE_SIZE);
 
-/// Value of [`maps::SCRATCH`].
+/// Value of [`maps::SCRATCH`]. Fields used as `bpf_csum_diff` buffers sit at
+/// offsets that are multiples of 4, as the helper wants.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct Scratch {
+    /// A new flow's conntrack pair.
     pub out_key: CtKey,
     pub in_key: CtKey,
     pub out: CtValue,
     pub back: CtValue,
+    /// A rejection's IP header.
+    pub ip: [u8; 40],
+    /// A rejection's ICMP message (after ICMPv6's pseudo-header).
+    pub icmp: [u8; 96],
 }
-const _: () = assert!(core::mem::size_of::<Scratch>() == 192);
+const _: () = assert!(core::mem::size_of::<Scratch>() == 328);
+const _: () = assert!(core::mem::offset_of!(Scratch, ip) % 4 == 0 && core::mem::offset_of!(Scratch, icmp) % 4 == 0);
 
 /// Key of [`maps::AFFINITY`] (an LRU map).
 #[repr(C)]
@@ -370,6 +377,9 @@ pub const CT_F_DATAGRAM: u8 = 1 << 2;
 /// Source address of hairpinned service traffic (link-local, like Cilium's
 /// `169.254.42.1`): the pod answers it through its default route, back to us.
 pub const HAIRPIN_V4: [u8; 4] = [169, 254, 42, 1];
+/// The IPv6 hairpin source: `100::42`, from the discard-only prefix (RFC 6666),
+/// which no real peer can have and which a pod reaches through its default route.
+pub const HAIRPIN_V6: [u8; 16] = [0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x42];
 
 /// Conntrack lifetimes, in seconds (as Cilium's defaults: long-lived established
 /// TCP, short after a close or for an unanswered SYN).

@@ -11,49 +11,77 @@ mod metrics;
 mod packet;
 
 use aya_ebpf::{
-    bindings::TC_ACT_OK,
+    bindings::{TC_ACT_OK, __sk_buff},
     helpers::bpf_redirect_neigh,
     macros::classifier,
     programs::TcContext,
 };
 use weir_common::{Dir, EndpointKey, Reason};
 
-use crate::{lb::Verdict, metrics::Action};
+use crate::{
+    lb::Lb,
+    metrics::Action,
+    packet::{Family, V4, V6},
+};
 
 /// TC ingress on the host veth: packets the pod sends.
 #[classifier]
 pub fn from_pod(ctx: TcContext) -> i32 {
-    metrics::verdict(&ctx, Dir::FromPod, try_from_pod(&ctx))
+    match packet::ethertype(&ctx) {
+        Ok(V4::ETH_P) => from_pod_family::<V4>(ctx.skb.skb),
+        Ok(V6::ETH_P) => from_pod_family::<V6>(ctx.skb.skb),
+        other => metrics::verdict(&ctx, Dir::FromPod, other.map(|_| Action::forward(TC_ACT_OK))),
+    }
 }
 
 /// TC egress on the host veth: packets on their way into the pod.
 #[classifier]
 pub fn to_pod(ctx: TcContext) -> i32 {
-    metrics::verdict(&ctx, Dir::ToPod, try_to_pod(&ctx))
+    match packet::ethertype(&ctx) {
+        Ok(V4::ETH_P) => to_pod_family::<V4>(ctx.skb.skb),
+        Ok(V6::ETH_P) => to_pod_family::<V6>(ctx.skb.skb),
+        other => metrics::verdict(&ctx, Dir::ToPod, other.map(|_| Action::forward(TC_ACT_OK))),
+    }
+}
+
+// One BPF function per family, each with a stack frame of its own (see
+// `packet`). They return the TC verdict, a plain integer: what crosses a BPF call
+// must be fully initialised scalars.
+#[inline(never)]
+fn from_pod_family<F: Lb>(skb: *mut __sk_buff) -> i32 {
+    let ctx = TcContext::new(skb);
+    metrics::verdict(&ctx, Dir::FromPod, try_from_pod::<F>(&ctx))
+}
+
+#[inline(never)]
+fn to_pod_family<F: Lb>(skb: *mut __sk_buff) -> i32 {
+    let ctx = TcContext::new(skb);
+    metrics::verdict(&ctx, Dir::ToPod, try_to_pod::<F>(&ctx))
 }
 
 #[inline(always)]
-fn try_to_pod(ctx: &TcContext) -> Result<Action, Reason> {
-    if let Some(flow) = packet::parse(ctx)? {
-        lb::to_pod(ctx, flow)?;
+fn try_to_pod<F: Lb>(ctx: &TcContext) -> Result<Action, Reason> {
+    if let Some(mut flow) = packet::parse::<F>(ctx)? {
+        lb::to_pod(ctx, &mut flow)?;
     }
     Ok(Action::forward(TC_ACT_OK))
 }
 
 #[inline(always)]
-fn try_from_pod(ctx: &TcContext) -> Result<Action, Reason> {
-    let Some(flow) = packet::parse(ctx)? else {
+fn try_from_pod<F: Lb>(ctx: &TcContext) -> Result<Action, Reason> {
+    let Some(mut flow) = packet::parse::<F>(ctx)? else {
         return Ok(Action::forward(TC_ACT_OK));
     };
-    let flow = match lb::from_pod(ctx, flow)? {
-        Verdict::Pass(flow) => flow,
-        Verdict::Done(action) => return Ok(action),
-    };
+    if let Some(answered) = lb::from_pod(ctx, &mut flow)? {
+        return Ok(answered);
+    }
     // A local pod: hand the packet straight to its veth. This skips the host's
     // routing and its reverse-path filter, which would refuse a reply whose
     // source is now a frontend address the host has no route for.
+    let mut key = EndpointKey { family: F::AF, ..EndpointKey::default() };
+    F::widen(&flow.daddr, &mut key.addr);
     // SAFETY: valid for this run.
-    if let Some(ep) = unsafe { endpoints::ENDPOINTS.get(&EndpointKey::v4(flow.daddr)) } {
+    if let Some(ep) = unsafe { endpoints::ENDPOINTS.get(&key) } {
         // SAFETY: no preconditions; the verdict says where the packet goes.
         let tc = unsafe { bpf_redirect_neigh(ep.ifindex, core::ptr::null_mut(), 0, 0) } as i32;
         return Ok(Action::forward(tc));

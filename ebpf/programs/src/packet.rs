@@ -1,31 +1,187 @@
 //! The one place that reads packet headers: bounds are checked by
 //! `bpf_skb_load_bytes` (through `TcContext::load`), so a short or odd packet is
 //! an error here, never an out-of-bounds read elsewhere.
+//!
+//! The datapath is written once over [`Family`] and compiled twice: each entry
+//! point dispatches on the ethertype to its IPv4 or its IPv6 instance, each a BPF
+//! function with its own stack frame (one frame holding both would not fit in
+//! the 512 bytes the verifier allows).
+//!
+//! Addresses wider than 8 bytes are passed by reference and compared in 64-bit
+//! halves, never moved by value or compared with `==`: rustc hands a `[u8; 16]`
+//! to LLVM as an `i128`, which gets 16-byte-aligned stack slots, and the BPF
+//! backend of this toolchain's LLVM crashes on those copies (llvm-project #199541).
 
 use aya_ebpf::programs::TcContext;
-use weir_common::{IPPROTO_TCP, IPPROTO_UDP, Reason};
+use weir_common::{AF_INET, AF_INET6, HAIRPIN_V4, HAIRPIN_V6, IPPROTO_TCP, IPPROTO_UDP, Reason};
 
 pub const ETH_HLEN: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
-/// Offsets inside an IPv4 header.
-pub const IP_CSUM: usize = ETH_HLEN + 10;
-pub const IP_SADDR: usize = ETH_HLEN + 12;
-pub const IP_DADDR: usize = ETH_HLEN + 16;
-/// The IPv4 header length we rewrite and reject for (options are rare on pod
-/// traffic; packets carrying them are passed untranslated).
-pub const IP_HLEN: usize = 20;
 const TCP_FLAGS: usize = 13;
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 
-/// An IPv4 TCP or UDP packet's tuple. Addresses and ports are kept as they are
-/// on the wire (network order), which is also what the maps hold.
-#[derive(Clone, Copy)]
-pub struct Flow4 {
-    pub saddr: [u8; 4],
-    pub daddr: [u8; 4],
+/// An IP version, as the datapath needs to know it.
+pub trait Family: Sized {
+    /// An address as on the wire.
+    type Addr: Copy;
+    /// The unspecified address.
+    const ANY: Self::Addr;
+    const AF: u8;
+    /// The ethertype, in network order.
+    const ETH_P: u16;
+    /// Offsets in the frame of the source and destination address.
+    const SADDR: usize;
+    const DADDR: usize;
+    /// Offset of the L4 header (we translate option-less IPv4 headers and IPv6
+    /// headers without extension headers).
+    const L4: usize;
+    /// Source address of hairpinned service traffic, in the maps' 16-byte form.
+    const HAIRPIN: [u8; 16];
+
+    /// Reads the IP header into `flow` (addresses, protocol): `Ok(false)` for a
+    /// packet the load balancer leaves alone.
+    fn parse_ip(ctx: &TcContext, flow: &mut Flow<Self>) -> Result<bool, Reason>;
+    /// Writes the address in the maps' 16-byte form (IPv4 in the first 4 bytes).
+    fn widen(a: &Self::Addr, out: &mut [u8; 16]);
+    /// Sets an address from the maps' form.
+    fn narrow(wide: &[u8; 16], out: &mut Self::Addr);
+    /// Whether an address equals one in the maps' form.
+    fn is(a: &Self::Addr, wide: &[u8; 16]) -> bool;
+    /// 32 bits of the address, for the flow hash.
+    fn fold(a: &Self::Addr) -> u32;
+}
+
+pub struct V4;
+pub struct V6;
+
+impl Family for V4 {
+    type Addr = [u8; 4];
+    const ANY: [u8; 4] = [0; 4];
+    const AF: u8 = AF_INET;
+    const ETH_P: u16 = 0x0800u16.to_be();
+    const SADDR: usize = ETH_HLEN + 12;
+    const DADDR: usize = ETH_HLEN + 16;
+    const L4: usize = ETH_HLEN + IP_HLEN;
+    const HAIRPIN: [u8; 16] = widen4(HAIRPIN_V4);
+
+    #[inline(always)]
+    fn parse_ip(ctx: &TcContext, flow: &mut Flow<Self>) -> Result<bool, Reason> {
+        let vihl: u8 = ctx.load(ETH_HLEN).map_err(|_| Reason::Malformed)?;
+        if vihl >> 4 != 4 {
+            return Err(Reason::Malformed);
+        }
+        if usize::from(vihl & 0x0f) * 4 != IP_HLEN {
+            return Ok(false);
+        }
+        let frag: u16 = ctx.load(ETH_HLEN + 6).map_err(|_| Reason::Malformed)?;
+        if u16::from_be(frag) & 0x1fff != 0 {
+            return Ok(false);
+        }
+        flow.proto = ctx.load(ETH_HLEN + 9).map_err(|_| Reason::Malformed)?;
+        flow.saddr = ctx.load(Self::SADDR).map_err(|_| Reason::Malformed)?;
+        flow.daddr = ctx.load(Self::DADDR).map_err(|_| Reason::Malformed)?;
+        Ok(true)
+    }
+
+    #[inline(always)]
+    fn widen(a: &[u8; 4], out: &mut [u8; 16]) {
+        *out = widen4(*a);
+    }
+
+    #[inline(always)]
+    fn narrow(wide: &[u8; 16], out: &mut [u8; 4]) {
+        *out = [wide[0], wide[1], wide[2], wide[3]];
+    }
+
+    #[inline(always)]
+    fn is(a: &[u8; 4], wide: &[u8; 16]) -> bool {
+        *a == [wide[0], wide[1], wide[2], wide[3]]
+    }
+
+    #[inline(always)]
+    fn fold(a: &[u8; 4]) -> u32 {
+        u32::from_be_bytes(*a)
+    }
+}
+
+impl Family for V6 {
+    type Addr = [u8; 16];
+    const ANY: [u8; 16] = [0; 16];
+    const AF: u8 = AF_INET6;
+    const ETH_P: u16 = 0x86ddu16.to_be();
+    const SADDR: usize = ETH_HLEN + 8;
+    const DADDR: usize = ETH_HLEN + 24;
+    const L4: usize = ETH_HLEN + IP6_HLEN;
+    const HAIRPIN: [u8; 16] = HAIRPIN_V6;
+
+    #[inline(always)]
+    fn parse_ip(ctx: &TcContext, flow: &mut Flow<Self>) -> Result<bool, Reason> {
+        let version: u8 = ctx.load(ETH_HLEN).map_err(|_| Reason::Malformed)?;
+        if version >> 4 != 6 {
+            return Err(Reason::Malformed);
+        }
+        // The next header right after the fixed header; with extension headers it
+        // is not TCP or UDP and the packet passes untranslated.
+        flow.proto = ctx.load(ETH_HLEN + 6).map_err(|_| Reason::Malformed)?;
+        load16(ctx, Self::SADDR, &mut flow.saddr)?;
+        load16(ctx, Self::DADDR, &mut flow.daddr)?;
+        Ok(true)
+    }
+
+    #[inline(always)]
+    fn widen(a: &[u8; 16], out: &mut [u8; 16]) {
+        out.copy_from_slice(a);
+    }
+
+    #[inline(always)]
+    fn narrow(wide: &[u8; 16], out: &mut [u8; 16]) {
+        out.copy_from_slice(wide);
+    }
+
+    #[inline(always)]
+    fn is(a: &[u8; 16], wide: &[u8; 16]) -> bool {
+        half(a, 0) == half(wide, 0) && half(a, 8) == half(wide, 8)
+    }
+
+    #[inline(always)]
+    fn fold(a: &[u8; 16]) -> u32 {
+        let x = half(a, 0) ^ half(a, 8);
+        (x ^ (x >> 32)) as u32
+    }
+}
+
+/// The IPv4 header length we translate (options are rare on pod traffic; packets
+/// carrying them pass untranslated).
+pub const IP_HLEN: usize = 20;
+pub const IP6_HLEN: usize = 40;
+/// Offset of the IPv4 header checksum in the frame.
+pub const IP_CSUM: usize = ETH_HLEN + 10;
+
+#[inline(always)]
+const fn widen4(a: [u8; 4]) -> [u8; 16] {
+    [a[0], a[1], a[2], a[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+}
+
+#[inline(always)]
+fn half(x: &[u8; 16], i: usize) -> u64 {
+    u64::from_ne_bytes([x[i], x[i + 1], x[i + 2], x[i + 3], x[i + 4], x[i + 5], x[i + 6], x[i + 7]])
+}
+
+/// In 8-byte halves: a 16-byte load would be an `i128` (see the module's note).
+#[inline(always)]
+fn load16(ctx: &TcContext, at: usize, out: &mut [u8; 16]) -> Result<(), Reason> {
+    out[..8].copy_from_slice(&ctx.load::<[u8; 8]>(at).map_err(|_| Reason::Malformed)?);
+    out[8..].copy_from_slice(&ctx.load::<[u8; 8]>(at + 8).map_err(|_| Reason::Malformed)?);
+    Ok(())
+}
+
+/// A TCP or UDP packet's tuple. Addresses and ports are kept as they are on the
+/// wire (network order), which is also what the maps hold.
+pub struct Flow<F: Family> {
+    pub saddr: F::Addr,
+    pub daddr: F::Addr,
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
@@ -33,58 +189,35 @@ pub struct Flow4 {
     pub tcp_flags: u8,
 }
 
-impl Flow4 {
-    /// Offset of the L4 header (we only handle option-less IPv4 headers).
-    pub const L4: usize = ETH_HLEN + IP_HLEN;
-
+impl<F: Family> Flow<F> {
     pub const fn l4_csum_offset(&self) -> usize {
-        Self::L4 + if self.proto == IPPROTO_TCP { 16 } else { 6 }
+        F::L4 + if self.proto == IPPROTO_TCP { 16 } else { 6 }
     }
 }
 
-/// `Ok(None)` for what the load balancer leaves alone: non-IPv4, fragments after
-/// the first, IP options, protocols other than TCP and UDP (SCTP's CRC32c cannot
-/// be patched incrementally; this kernel has no SCTP to test against).
+/// The ethertype of the frame, in network order.
 #[inline(always)]
-pub fn parse(ctx: &TcContext) -> Result<Option<Flow4>, Reason> {
-    let proto: u16 = ctx.load(12).map_err(|_| Reason::Malformed)?;
-    if proto != ETH_P_IP.to_be() {
-        return Ok(None);
-    }
-    let vihl: u8 = ctx.load(ETH_HLEN).map_err(|_| Reason::Malformed)?;
-    if vihl >> 4 != 4 {
-        return Err(Reason::Malformed);
-    }
-    if usize::from(vihl & 0x0f) * 4 != IP_HLEN {
-        return Ok(None);
-    }
-    let frag: u16 = ctx.load(ETH_HLEN + 6).map_err(|_| Reason::Malformed)?;
-    if u16::from_be(frag) & 0x1fff != 0 {
-        return Ok(None);
-    }
-    let l4proto: u8 = ctx.load(ETH_HLEN + 9).map_err(|_| Reason::Malformed)?;
-    if l4proto != IPPROTO_TCP && l4proto != IPPROTO_UDP {
-        return Ok(None);
-    }
-    let saddr: [u8; 4] = ctx.load(IP_SADDR).map_err(|_| Reason::Malformed)?;
-    let daddr: [u8; 4] = ctx.load(IP_DADDR).map_err(|_| Reason::Malformed)?;
-    let sport: u16 = ctx.load(Flow4::L4).map_err(|_| Reason::Malformed)?;
-    let dport: u16 = ctx.load(Flow4::L4 + 2).map_err(|_| Reason::Malformed)?;
-    let tcp_flags = if l4proto == IPPROTO_TCP {
-        ctx.load::<u8>(Flow4::L4 + TCP_FLAGS).map_err(|_| Reason::Malformed)?
-    } else {
-        0
-    };
-    Ok(Some(Flow4 { saddr, daddr, sport, dport, proto: l4proto, tcp_flags }))
+pub fn ethertype(ctx: &TcContext) -> Result<u16, Reason> {
+    ctx.load(12).map_err(|_| Reason::Malformed)
 }
 
-/// An IPv4 address in the 16-byte form the maps use.
+/// Parses a frame already known to be of family `F`: `Ok(None)` for what the load
+/// balancer leaves alone (IPv4 fragments after the first and IPv4 options, IPv6
+/// extension headers, protocols other than TCP and UDP: SCTP's CRC32c cannot be
+/// patched incrementally and this kernel has no SCTP to test against).
 #[inline(always)]
-pub const fn addr16(a: [u8; 4]) -> [u8; 16] {
-    [a[0], a[1], a[2], a[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
-}
-
-#[inline(always)]
-pub const fn addr4(a: &[u8; 16]) -> [u8; 4] {
-    [a[0], a[1], a[2], a[3]]
+pub fn parse<F: Family>(ctx: &TcContext) -> Result<Option<Flow<F>>, Reason> {
+    let mut flow = Flow { saddr: F::ANY, daddr: F::ANY, sport: 0, dport: 0, proto: 0, tcp_flags: 0 };
+    if !F::parse_ip(ctx, &mut flow)? {
+        return Ok(None);
+    }
+    if flow.proto != IPPROTO_TCP && flow.proto != IPPROTO_UDP {
+        return Ok(None);
+    }
+    flow.sport = ctx.load(F::L4).map_err(|_| Reason::Malformed)?;
+    flow.dport = ctx.load(F::L4 + 2).map_err(|_| Reason::Malformed)?;
+    if flow.proto == IPPROTO_TCP {
+        flow.tcp_flags = ctx.load(F::L4 + TCP_FLAGS).map_err(|_| Reason::Malformed)?;
+    }
+    Ok(Some(flow))
 }

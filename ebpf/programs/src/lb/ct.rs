@@ -7,41 +7,27 @@
 //! agent's GC can judge a pair by one entry.
 
 use weir_common::{
-    AF_INET, CT_F_CLOSING, CT_F_DATAGRAM, CT_IN, CT_LIFETIME_DATAGRAM, CT_LIFETIME_TCP, CT_LIFETIME_TCP_CLOSING,
-    CT_LIFETIME_TCP_SYN, CT_OUT, CtKey, CtValue, IPPROTO_TCP,
+    CT_F_CLOSING, CT_F_DATAGRAM, CT_LIFETIME_DATAGRAM, CT_LIFETIME_TCP, CT_LIFETIME_TCP_CLOSING,
+    CT_LIFETIME_TCP_SYN, CtKey, CtValue, IPPROTO_TCP,
 };
 
 use super::maps::CONNTRACK;
-use crate::packet::{Flow4, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, addr16};
+use crate::packet::{Family, Flow, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 
 const NS: u64 = 1_000_000_000;
 
+/// Writes the key of `flow`'s tuple in place (also into map memory: see
+/// `lb::track`).
 #[inline(always)]
-pub fn key(saddr: [u8; 4], daddr: [u8; 4], sport: u16, dport: u16, proto: u8, dir: u8) -> CtKey {
-    CtKey { saddr: addr16(saddr), daddr: addr16(daddr), sport, dport, proto, family: AF_INET, dir, _pad: 0 }
-}
-
-/// Writes a key in place (into map memory: see `lb::track`).
-#[inline(always)]
-pub fn fill_key(k: &mut CtKey, saddr: [u8; 4], daddr: [u8; 4], sport: u16, dport: u16, proto: u8, dir: u8) {
-    k.saddr = addr16(saddr);
-    k.daddr = addr16(daddr);
-    k.sport = sport;
-    k.dport = dport;
-    k.proto = proto;
-    k.family = AF_INET;
+pub fn fill_key<F: Family>(k: &mut CtKey, flow: &Flow<F>, dir: u8) {
+    F::widen(&flow.saddr, &mut k.saddr);
+    F::widen(&flow.daddr, &mut k.daddr);
+    k.sport = flow.sport;
+    k.dport = flow.dport;
+    k.proto = flow.proto;
+    k.family = F::AF;
     k.dir = dir;
     k._pad = 0;
-}
-
-#[inline(always)]
-pub fn out_key(flow: &Flow4) -> CtKey {
-    key(flow.saddr, flow.daddr, flow.sport, flow.dport, flow.proto, CT_OUT)
-}
-
-#[inline(always)]
-pub fn in_key(flow: &Flow4) -> CtKey {
-    key(flow.saddr, flow.daddr, flow.sport, flow.dport, flow.proto, CT_IN)
 }
 
 /// The live `CT_OUT` entry of this tuple, if any.
@@ -56,14 +42,14 @@ pub fn lookup(key: &CtKey, now: u64) -> Option<*mut CtValue> {
 /// the tuple, to be load-balanced afresh (as Cilium does), not sent to a backend
 /// that may have left the service since.
 #[inline(always)]
-pub fn is_reuse(entry: *mut CtValue, flow: &Flow4) -> bool {
+pub fn is_reuse<F: Family>(entry: *mut CtValue, flow: &Flow<F>) -> bool {
     // SAFETY: a pointer into the map's value, valid for this program run.
     flow.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN && unsafe { (*entry).flags } & CT_F_CLOSING != 0
 }
 
 /// Extends a flow's life after a packet, by protocol and what the packet says.
 #[inline(always)]
-pub fn refresh(entry: *mut CtValue, flow: &Flow4, now: u64) {
+pub fn refresh<F: Family>(entry: *mut CtValue, flow: &Flow<F>, now: u64) {
     // SAFETY: as in `lookup`; concurrent updates of these two fields from other
     // CPUs race benignly (the later writer wins, both values are valid).
     unsafe {
@@ -75,7 +61,7 @@ pub fn refresh(entry: *mut CtValue, flow: &Flow4, now: u64) {
 }
 
 #[inline(always)]
-pub fn lifetime(flow: &Flow4, flags: u8) -> u64 {
+pub fn lifetime<F: Family>(flow: &Flow<F>, flags: u8) -> u64 {
     if flow.proto != IPPROTO_TCP {
         CT_LIFETIME_DATAGRAM
     } else if flags & CT_F_CLOSING != 0 {
@@ -89,6 +75,6 @@ pub fn lifetime(flow: &Flow4, flags: u8) -> u64 {
 
 /// Flags of a new entry for this flow.
 #[inline(always)]
-pub fn new_flags(flow: &Flow4) -> u8 {
+pub fn new_flags<F: Family>(flow: &Flow<F>) -> u8 {
     if flow.proto == IPPROTO_TCP { 0 } else { CT_F_DATAGRAM }
 }

@@ -33,5 +33,5 @@ pub static CONNTRACK: LruHashMap<CtKey, CtValue> =
 pub static MAGLEV: HashMap<u32, MaglevTable> =
     HashMap::with_max_entries(maps::MAGLEV_ENTRIES, BPF_F_NO_PREALLOC);
 
-#[map(name = "weir_scratch_v1")]
+#[map(name = "weir_scratch_v2")]
 pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);

@@ -3,35 +3,85 @@
 //! The L4 update uses `BPF_F_PSEUDO_HDR` so that packets whose checksum the
 //! kernel will finish later (CHECKSUM_PARTIAL, the common case for locally sent
 //! traffic on a veth) stay right, and `BPF_F_MARK_MANGLED_0` for UDP, whose zero
-//! checksum means "none".
+//! checksum means "none" in IPv4. IPv6 has no header checksum, and its addresses
+//! are too wide for `bpf_l4_csum_replace`: their difference comes from
+//! `bpf_csum_diff`.
 
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, __sk_buff},
+    helpers::bpf_csum_diff,
     programs::TcContext,
 };
 use weir_common::{IPPROTO_UDP, Reason};
 
-use crate::packet::{Flow4, IP_CSUM, IP_DADDR, IP_SADDR};
+use crate::packet::{Family, Flow, IP_CSUM, V4, V6};
+
+/// How a family's address is rewritten.
+pub trait Rewrite: Family {
+    /// Replaces the address at `at` (`old`) by `new` (maps' form), fixing the IP
+    /// checksum if there is one and the L4 checksum at `csum_at`.
+    fn rewrite_addr(ctx: &TcContext, csum_at: usize, l4: u64, at: usize, old: &Self::Addr, new: &[u8; 16])
+    -> Result<(), Reason>;
+}
+
+impl Rewrite for V4 {
+    #[inline(always)]
+    fn rewrite_addr(ctx: &TcContext, csum_at: usize, l4: u64, at: usize, old: &[u8; 4], new: &[u8; 16])
+    -> Result<(), Reason> {
+        let new = [new[0], new[1], new[2], new[3]];
+        let (o, n) = (u32::from_ne_bytes(*old) as u64, u32::from_ne_bytes(new) as u64);
+        ctx.l4_csum_replace(csum_at, o, n, BPF_F_PSEUDO_HDR as u64 | l4 | 4).map_err(|_| Reason::RewriteFailed)?;
+        ctx.l3_csum_replace(IP_CSUM, o, n, 4).map_err(|_| Reason::RewriteFailed)?;
+        ctx.store(at, &new, 0).map_err(|_| Reason::RewriteFailed)
+    }
+}
+
+#[repr(C, align(4))]
+struct Aligned([u8; 16]);
+
+impl Rewrite for V6 {
+    #[inline(always)]
+    fn rewrite_addr(ctx: &TcContext, csum_at: usize, l4: u64, at: usize, old: &[u8; 16], new: &[u8; 16])
+    -> Result<(), Reason> {
+        // Out of line: its buffers, inlined at each of the hot path's rewrites,
+        // would not fit beside it in one stack frame. Five arguments at most
+        // cross a BPF call, so the checksum's offset and flags travel packed.
+        match rewrite_addr6(ctx.skb.skb, (csum_at << 32 | at) as u64, l4, old, new) {
+            0 => Ok(()),
+            _ => Err(Reason::RewriteFailed),
+        }
+    }
+}
+
+#[inline(never)]
+fn rewrite_addr6(skb: *mut __sk_buff, offsets: u64, l4: u64, old: &[u8; 16], new: &[u8; 16]) -> i64 {
+    let ctx = TcContext::new(skb);
+    let (csum_at, at) = ((offsets >> 32) as usize, (offsets & 0xffff_ffff) as usize);
+    // bpf_csum_diff wants 4-aligned buffers.
+    let (mut o, mut n) = (Aligned([0; 16]), Aligned([0; 16]));
+    o.0.copy_from_slice(old);
+    n.0.copy_from_slice(new);
+    // SAFETY: two live, 4-aligned 16-byte stack buffers.
+    let diff = unsafe { bpf_csum_diff(o.0.as_mut_ptr().cast(), 16, n.0.as_mut_ptr().cast(), 16, 0) };
+    if diff < 0 {
+        return diff;
+    }
+    // A size of 0 tells the helper that `to` is a precomputed difference.
+    if ctx.l4_csum_replace(csum_at, 0, diff as u64, BPF_F_PSEUDO_HDR as u64 | l4).is_err()
+        || ctx.store(at, &n.0, 0).is_err()
+    {
+        return -1;
+    }
+    0
+}
 
 #[inline(always)]
-fn l4_flags(flow: &Flow4) -> u64 {
+fn l4_flags<F: Family>(flow: &Flow<F>) -> u64 {
     if flow.proto == IPPROTO_UDP { BPF_F_MARK_MANGLED_0 as u64 } else { 0 }
 }
 
 #[inline(always)]
-fn rewrite_addr(ctx: &TcContext, flow: &Flow4, at: usize, old: [u8; 4], new: [u8; 4]) -> Result<(), Reason> {
-    if old == new {
-        return Ok(());
-    }
-    let (o, n) = (u32::from_ne_bytes(old), u32::from_ne_bytes(new));
-    ctx.l4_csum_replace(flow.l4_csum_offset(), o as u64, n as u64, BPF_F_PSEUDO_HDR as u64 | l4_flags(flow) | 4)
-        .map_err(|_| Reason::RewriteFailed)?;
-    ctx.l3_csum_replace(IP_CSUM, o as u64, n as u64, 4).map_err(|_| Reason::RewriteFailed)?;
-    ctx.store(at, &new, 0).map_err(|_| Reason::RewriteFailed)
-}
-
-#[inline(always)]
-fn rewrite_port(ctx: &TcContext, flow: &Flow4, at: usize, old: u16, new: u16) -> Result<(), Reason> {
+fn rewrite_port<F: Family>(ctx: &TcContext, flow: &Flow<F>, at: usize, old: u16, new: u16) -> Result<(), Reason> {
     if old == new {
         return Ok(());
     }
@@ -40,22 +90,26 @@ fn rewrite_port(ctx: &TcContext, flow: &Flow4, at: usize, old: u16, new: u16) ->
     ctx.store(at, &new, 0).map_err(|_| Reason::RewriteFailed)
 }
 
-/// Destination NAT: the packet now goes to `addr:port` (port in network order).
+/// Destination NAT: the packet now goes to `addr:port` (maps' form, network order).
 #[inline(always)]
-pub fn dnat(ctx: &TcContext, flow: &mut Flow4, addr: [u8; 4], port: u16) -> Result<(), Reason> {
-    rewrite_addr(ctx, flow, IP_DADDR, flow.daddr, addr)?;
-    rewrite_port(ctx, flow, Flow4::L4 + 2, flow.dport, port)?;
-    flow.daddr = addr;
+pub fn dnat<F: Rewrite>(ctx: &TcContext, flow: &mut Flow<F>, addr: &[u8; 16], port: u16) -> Result<(), Reason> {
+    if !F::is(&flow.daddr, addr) {
+        F::rewrite_addr(ctx, flow.l4_csum_offset(), l4_flags(flow), F::DADDR, &flow.daddr, addr)?;
+        F::narrow(addr, &mut flow.daddr);
+    }
+    rewrite_port(ctx, flow, F::L4 + 2, flow.dport, port)?;
     flow.dport = port;
     Ok(())
 }
 
 /// Source NAT: the packet now comes from `addr:port`.
 #[inline(always)]
-pub fn snat(ctx: &TcContext, flow: &mut Flow4, addr: [u8; 4], port: u16) -> Result<(), Reason> {
-    rewrite_addr(ctx, flow, IP_SADDR, flow.saddr, addr)?;
-    rewrite_port(ctx, flow, Flow4::L4, flow.sport, port)?;
-    flow.saddr = addr;
+pub fn snat<F: Rewrite>(ctx: &TcContext, flow: &mut Flow<F>, addr: &[u8; 16], port: u16) -> Result<(), Reason> {
+    if !F::is(&flow.saddr, addr) {
+        F::rewrite_addr(ctx, flow.l4_csum_offset(), l4_flags(flow), F::SADDR, &flow.saddr, addr)?;
+        F::narrow(addr, &mut flow.saddr);
+    }
+    rewrite_port(ctx, flow, F::L4, flow.sport, port)?;
     flow.sport = port;
     Ok(())
 }

@@ -3,22 +3,23 @@
 
 use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
 use weir_common::{
-    AF_INET, AffinityKey, AffinityValue, BACKEND_ACTIVE, BACKEND_TERMINATING, MAGLEV_TABLE_SIZE, Reason, SVC_F_AFFINITY,
+    AffinityKey, AffinityValue, BACKEND_ACTIVE, BACKEND_TERMINATING, MAGLEV_TABLE_SIZE, Reason, SVC_F_AFFINITY,
     SVC_F_MAGLEV, ServiceKey, ServiceValue,
 };
 
 use super::maps::{AFFINITY, BACKENDS, MAGLEV, SERVICES};
-use crate::packet::{Flow4, addr16};
+use crate::packet::{Family, Flow};
 
 const NS: u64 = 1_000_000_000;
 
 /// The backend id for a new flow to the service entry `svc`.
 #[inline(always)]
-pub fn backend(flow: &Flow4, key: &ServiceKey, svc: &ServiceValue) -> Result<u32, Reason> {
+pub fn backend<F: Family>(flow: &Flow<F>, key: &ServiceKey, svc: &ServiceValue) -> Result<u32, Reason> {
     if svc.flags & SVC_F_AFFINITY == 0 {
         return pick(flow, key, svc);
     }
-    let akey = AffinityKey { client: addr16(flow.saddr), rev_nat_id: svc.rev_nat_id, family: AF_INET, _pad: 0 };
+    let mut akey = AffinityKey { client: [0; 16], rev_nat_id: svc.rev_nat_id, family: F::AF, _pad: 0 };
+    F::widen(&flow.saddr, &mut akey.client);
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     if let Some(entry) = AFFINITY.get_ptr_mut(&akey) {
@@ -57,7 +58,7 @@ fn on_terminating_fallback(key: &ServiceKey) -> bool {
 /// tuple alone, so it survives backend changes that do not touch it), else a
 /// uniformly random slot.
 #[inline(always)]
-fn pick(flow: &Flow4, key: &ServiceKey, svc: &ServiceValue) -> Result<u32, Reason> {
+fn pick<F: Family>(flow: &Flow<F>, key: &ServiceKey, svc: &ServiceValue) -> Result<u32, Reason> {
     if svc.flags & SVC_F_MAGLEV != 0 {
         // SAFETY: map lookups return pointers valid for this run.
         if let Some(table) = unsafe { MAGLEV.get(&u32::from(svc.rev_nat_id)) } {
@@ -78,8 +79,8 @@ fn pick(flow: &Flow4, key: &ServiceKey, svc: &ServiceValue) -> Result<u32, Reaso
 /// A hash of the flow's tuple that every node computes alike (the skb's own hash
 /// is seeded per boot), finished with murmur3's 64-bit mixer.
 #[inline(always)]
-fn flow_hash(flow: &Flow4) -> u64 {
-    let mut h = (u64::from(u32::from_be_bytes(flow.saddr)) << 32) | u64::from(u32::from_be_bytes(flow.daddr));
+fn flow_hash<F: Family>(flow: &Flow<F>) -> u64 {
+    let mut h = (u64::from(F::fold(&flow.saddr)) << 32) | u64::from(F::fold(&flow.daddr));
     h ^= (u64::from(flow.sport) << 24) | (u64::from(flow.dport) << 8) | u64::from(flow.proto);
     h ^= h >> 33;
     h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
