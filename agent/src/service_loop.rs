@@ -9,7 +9,10 @@ use std::{
 };
 
 use tracing::{info, warn};
-use weir_model::{DesiredServices, Problem};
+use weir_model::{
+    DesiredServices, Problem,
+    services::{Changed, ServiceCompiler},
+};
 
 use crate::{
     conntrack::{Hygiene, monotonic_ns},
@@ -34,6 +37,7 @@ pub type AffinityTimeouts = Arc<Mutex<BTreeMap<u16, u32>>>;
 pub struct SyncLoop {
     pub source: Box<dyn Source>,
     pub maps: SharedDatapath,
+    pub compiler: ServiceCompiler,
     pub syncer: Syncer,
     /// Conntrack handle for UDP flushes; `None` disables them (logged at start).
     pub hygiene: Option<Hygiene>,
@@ -48,27 +52,42 @@ impl SyncLoop {
     }
 
     fn run(mut self) {
-        let mut pending: Option<DesiredServices> = None;
+        // What a sync left unfinished, to be covered by the next one.
+        let mut pending: Option<Changed> = None;
+        let mut first = true;
         loop {
             let timeout = if pending.is_some() { RETRY } else { IDLE };
             match self.source.next(timeout) {
-                Ok(Some(snapshot)) => {
-                    report_problems(&snapshot.problems);
+                Ok(Some(changes)) => {
+                    report_problems(&changes.problems);
                     let start = Instant::now();
-                    let (desired, problems) = self.syncer.compile(&snapshot.model);
+                    let model = self.source.model();
+                    // The first compile is a full one: the maps may hold anything
+                    // an earlier agent left.
+                    let (changed, problems) = if std::mem::take(&mut first) {
+                        (Changed::All, self.compiler.compile_all(model))
+                    } else {
+                        self.compiler.update(model, &changes.objects)
+                    };
                     report_problems(&problems);
                     let compile_ms = start.elapsed().as_secs_f64() * 1e3;
                     info!(
-                        objects = snapshot.model.len(),
-                        problems = snapshot.problems.len() + problems.len(),
-                        compile_ms = format!("{compile_ms:.1}"),
+                        objects = model.len(),
+                        changed = changes.objects.len(),
+                        full = changed == Changed::All,
+                        problems = changes.problems.len() + problems.len(),
+                        compile_ms = format!("{compile_ms:.2}"),
                         "model compiled"
                     );
-                    pending = self.sync(desired);
+                    let changed = match pending.take() {
+                        Some(earlier) => earlier.merge(changed),
+                        None => changed,
+                    };
+                    pending = self.sync(changed);
                 }
                 Ok(None) => {
-                    if let Some(desired) = pending.take() {
-                        pending = self.sync(desired);
+                    if let Some(changed) = pending.take() {
+                        pending = self.sync(changed);
                     }
                 }
                 Err(e) => {
@@ -79,13 +98,15 @@ impl SyncLoop {
         }
     }
 
-    /// Applies `desired`; returns it back if it must be retried.
-    fn sync(&mut self, desired: DesiredServices) -> Option<DesiredServices> {
-        let report = self.syncer.apply(&mut self.maps, &desired);
+    /// Applies the compiler's desired state where `changed` says it may differ;
+    /// returns what must be retried.
+    fn sync(&mut self, changed: Changed) -> Option<Changed> {
+        let desired = self.compiler.desired();
+        let report = self.syncer.apply(&mut self.maps, desired, &changed);
         let flushed = self.flush(&report);
-        log_report(&desired, &report, flushed, self.syncer.failures_total);
+        log_report(self.compiler.desired(), &report, flushed, self.syncer.failures_total);
         *self.timeouts.lock().unwrap_or_else(|p| p.into_inner()) = self.syncer.affinity_timeouts();
-        (!report.complete()).then_some(desired)
+        (!report.complete()).then_some(changed)
     }
 
     fn flush(&mut self, report: &SyncReport) -> usize {
@@ -114,7 +135,8 @@ fn report_problems(problems: &[Problem]) {
 }
 
 fn log_report(desired: &DesiredServices, report: &SyncReport, flushed: usize, failures_total: u64) {
-    let frontends = desired.services.keys().filter(|k| k.slot == 0).count();
+    // One reverse-NAT entry per frontend.
+    let frontends = desired.revnat.len();
     let ms = report.duration.as_secs_f64() * 1e3;
     if report.complete() {
         info!(
@@ -125,7 +147,7 @@ fn log_report(desired: &DesiredServices, report: &SyncReport, flushed: usize, fa
             deletes = report.deletes,
             skipped = report.skipped,
             ct_flushed = flushed,
-            sync_ms = format!("{ms:.1}"),
+            sync_ms = format!("{ms:.2}"),
             "services synced"
         );
     } else {

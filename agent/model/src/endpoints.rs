@@ -101,37 +101,11 @@ pub enum EndpointSourceKind {
     None,
 }
 
-/// EndpointSlices by (namespace, Service name), each list in slice-name order.
-pub(crate) type SliceIndex<'a> = BTreeMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>;
-
-pub(crate) fn index_slices(model: &Model) -> SliceIndex<'_> {
-    let mut index = SliceIndex::new();
-    for (key, slice) in model.endpoint_slices() {
-        let service = slice
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|labels| labels.get(LABEL_SERVICE_NAME));
-        if let Some(service) = service.filter(|s| !s.is_empty()) {
-            index
-                .entry((key.namespace.as_str(), service.as_str()))
-                .or_default()
-                .push(slice);
-        }
-    }
-    index
-}
-
 impl<'a> EndpointSource<'a> {
-    pub fn for_service(
-        model: &'a Model,
-        slices: &SliceIndex<'a>,
-        namespace: &'a str,
-        name: &'a str,
-        service: &'a Service,
-    ) -> Self {
-        if let Some(found) = slices.get(&(namespace, name)) {
-            return EndpointSource::Slices(found.clone());
+    pub fn for_service(model: &'a Model, namespace: &'a str, name: &'a str, service: &'a Service) -> Self {
+        let slices = model.slices_of(namespace, name);
+        if !slices.is_empty() {
+            return EndpointSource::Slices(slices);
         }
         let spec = service.spec.as_ref();
         // An empty selector is the same as none: the API server drops empty maps

@@ -209,8 +209,23 @@ impl IdAllocator {
         Ok(id)
     }
 
+    /// Releases the id of a frontend (any slot of it) that is gone.
+    pub fn release_frontend(&mut self, frontend: &ServiceKey) {
+        if let Some(id) = self.rev_nat.remove(&frontend_key(frontend)) {
+            self.rev_nat_pool.release(u32::from(id));
+        }
+    }
+
+    /// Releases the id of a backend (whatever its state) that is gone.
+    pub fn release_backend(&mut self, backend: &Backend) {
+        if let Some(id) = self.backends.remove(&backend_key(backend)) {
+            self.backend_pool.release(id);
+        }
+    }
+
     /// Releases the ids of every frontend and backend absent from `desired`.
-    /// [`crate::compile_services`] calls it at the end of each compile.
+    /// A full compile ([`crate::services::ServiceCompiler::compile_all`]) calls it
+    /// at its end.
     pub fn retain_only(&mut self, desired: &DesiredServices) {
         let live_rev_nat: std::collections::BTreeSet<ServiceKey> =
             desired.services.keys().map(frontend_key).collect();

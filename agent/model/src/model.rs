@@ -1,14 +1,17 @@
 //! The cluster model: every object the sources have seen, keyed by (kind, namespace,
 //! name). Sources (API watchers, a YAML directory) write it; compilers read it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::{
     core::v1::{Endpoints, Pod, Service},
     discovery::v1::EndpointSlice,
 };
 
-use crate::object::{Kind, Object, ObjectKey};
+use crate::{
+    endpoints::LABEL_SERVICE_NAME,
+    object::{Kind, Object, ObjectKey},
+};
 
 /// One stored object and the source it came from (a file, `kube`), for problems.
 #[derive(Clone, Debug, PartialEq)]
@@ -22,6 +25,9 @@ pub struct Entry {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Model {
     objects: BTreeMap<ObjectKey, Entry>,
+    /// EndpointSlice names by (namespace, the Service named by their
+    /// `kubernetes.io/service-name` label): a Service's slices without a scan.
+    slices: BTreeMap<(String, String), BTreeSet<String>>,
 }
 
 impl Model {
@@ -41,18 +47,55 @@ impl Model {
     /// Adds or replaces an object; returns the one it replaced.
     pub fn upsert(&mut self, mut object: Object, origin: &str) -> Option<Object> {
         object.normalize();
+        let key = object.key();
+        if let Some(service) = slice_service(&object) {
+            self.slices.entry((key.namespace.clone(), service.to_owned())).or_default().insert(key.name.clone());
+        }
         let entry = Entry {
             object,
             origin: origin.to_owned(),
         };
-        self.objects
-            .insert(entry.object.key(), entry)
-            .map(|old| old.object)
+        let old = self.objects.insert(key.clone(), entry).map(|old| old.object)?;
+        // A slice relabelled to another Service leaves its old one.
+        if let Some(service) = slice_service(&old)
+            && slice_service(&self.objects[&key].object) != Some(service)
+        {
+            self.unindex_slice(&key, service);
+        }
+        Some(old)
     }
 
     /// Removes an object; returns it if it was there.
     pub fn remove(&mut self, key: &ObjectKey) -> Option<Object> {
-        self.objects.remove(key).map(|entry| entry.object)
+        let old = self.objects.remove(key)?.object;
+        if let Some(service) = slice_service(&old) {
+            self.unindex_slice(key, service);
+        }
+        Some(old)
+    }
+
+    fn unindex_slice(&mut self, key: &ObjectKey, service: &str) {
+        let index = (key.namespace.clone(), service.to_owned());
+        if let Some(names) = self.slices.get_mut(&index) {
+            names.remove(&key.name);
+            if names.is_empty() {
+                self.slices.remove(&index);
+            }
+        }
+    }
+
+    /// The EndpointSlices of Service `namespace/service`, in slice-name order.
+    pub fn slices_of(&self, namespace: &str, service: &str) -> Vec<&EndpointSlice> {
+        let Some(names) = self.slices.get(&(namespace.to_owned(), service.to_owned())) else {
+            return Vec::new();
+        };
+        names
+            .iter()
+            .filter_map(|name| match &self.objects.get(&ObjectKey::new(Kind::EndpointSlice, namespace, name))?.object {
+                Object::EndpointSlice(s) => Some(s.as_ref()),
+                _ => None,
+            })
+            .collect()
     }
 
     pub fn get(&self, key: &ObjectKey) -> Option<&Entry> {
@@ -118,6 +161,21 @@ impl Model {
                 _ => None,
             })
     }
+}
+
+/// The Service an EndpointSlice belongs to, by its label (unlabelled slices
+/// belong to none).
+pub(crate) fn slice_service(object: &Object) -> Option<&str> {
+    let Object::EndpointSlice(slice) = object else {
+        return None;
+    };
+    slice
+        .metadata
+        .labels
+        .as_ref()?
+        .get(LABEL_SERVICE_NAME)
+        .map(String::as_str)
+        .filter(|s| !s.is_empty())
 }
 
 #[cfg(test)]

@@ -100,7 +100,8 @@ fn start_services(
     spec: &SourceSpec,
     maps: SharedDatapath,
 ) -> anyhow::Result<()> {
-    let syncer = Syncer::new(&maps, NodeContext::new(node)).context("reading the service maps back")?;
+    let syncer = Syncer::new(&maps).context("reading the service maps back")?;
+    let compiler = syncer.compiler(NodeContext::new(node));
     let (frontends, backends) = (
         syncer.current().services.keys().filter(|k| k.slot == 0).count(),
         syncer.current().backends.len(),
@@ -118,6 +119,7 @@ fn start_services(
     SyncLoop {
         source,
         maps,
+        compiler,
         syncer,
         hygiene,
         timeouts,

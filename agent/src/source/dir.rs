@@ -1,9 +1,11 @@
 //! The standalone source: a directory of ordinary Kubernetes manifests.
 //!
 //! Every `*.yaml`, `*.yml` and `*.json` file at the top level (hidden files
-//! ignored) is parsed, multi-document, and a fresh [`Model`] is built from all of
-//! them on every change, so the result depends only on what the files hold now: a
-//! file that vanishes takes its objects with it.
+//! ignored) is parsed, multi-document, and the model holds what the files hold
+//! now: a file that vanishes takes its objects with it. Only files that changed
+//! are read again, and only objects whose content changed are reported changed.
+//! An object defined in several files takes its definition from the last file in
+//! name order.
 //!
 //! Changes are found by comparing the file list with each file's size, mtime and
 //! inode, which also sees editors' rename-over saves. The comparison runs as soon
@@ -13,7 +15,7 @@
 //! asked about plain writes: a reload in the middle of one would see half a file.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fs,
     path::{Path, PathBuf},
     time::{Duration, Instant, SystemTime},
@@ -24,9 +26,9 @@ use nix::{
     sys::inotify::{AddWatchFlags, InitFlags, Inotify},
 };
 use tracing::warn;
-use weir_model::{Model, Object, Problem, parse_documents};
+use weir_model::{Model, Object, ObjectKey, parse_documents};
 
-use super::{Snapshot, Source, SourceError};
+use super::{Changes, Source, SourceError};
 
 const POLL: Duration = Duration::from_millis(100);
 
@@ -34,14 +36,23 @@ pub struct DirSource {
     path: PathBuf,
     /// Parsed files by name: a reload parses only the files whose stamp changed
     /// (parsing dominates a reload of a large directory).
-    parsed: BTreeMap<String, (FileStamp, Vec<Object>, Vec<Problem>)>,
-    /// What the last snapshot was built from; `None` before the first.
+    parsed: BTreeMap<String, ParsedFile>,
+    /// The files defining each object.
+    definers: BTreeMap<ObjectKey, BTreeSet<String>>,
+    model: Model,
+    /// What the model was built from; `None` before the first read.
     seen: Option<Vec<FileStamp>>,
     /// The last listing error, reported once rather than at every poll.
     last_error: Option<String>,
     /// Wakes the wait early when a file in the directory is written, moved or
     /// deleted; `None` where inotify is unavailable (polling alone then).
     inotify: Option<Inotify>,
+}
+
+struct ParsedFile {
+    stamp: FileStamp,
+    /// By key (a key twice in one file: the later document wins).
+    objects: BTreeMap<ObjectKey, Object>,
 }
 
 /// What tells us a file changed without reading it.
@@ -68,6 +79,8 @@ impl DirSource {
         Self {
             path,
             parsed: BTreeMap::new(),
+            definers: BTreeMap::new(),
+            model: Model::new(),
             seen: None,
             last_error: None,
             inotify,
@@ -124,39 +137,69 @@ impl DirSource {
         Ok(files)
     }
 
-    fn load(&mut self, files: &[FileStamp]) -> Snapshot {
-        self.parsed
-            .retain(|name, (stamp, ..)| files.iter().any(|f| f.name == *name && f == stamp));
-        let mut snapshot = Snapshot::default();
-        let mut model = Model::new();
-        for file in files {
-            if !self.parsed.contains_key(&file.name) {
-                let path = self.path.join(&file.name);
-                let text = match fs::read_to_string(&path) {
-                    Ok(text) => text,
-                    Err(e) => {
-                        warn!(file = %path.display(), error = %e, "manifest unreadable: its objects are skipped");
-                        continue;
+    /// Brings the model to what `files` hold, reading those that changed.
+    fn load(&mut self, files: &[FileStamp]) -> Changes {
+        let mut changes = Changes::default();
+        let listed: BTreeMap<&str, &FileStamp> = files.iter().map(|f| (f.name.as_str(), f)).collect();
+        let stale: Vec<String> = self
+            .parsed
+            .iter()
+            .filter(|(name, file)| listed.get(name.as_str()) != Some(&&file.stamp))
+            .map(|(name, _)| name.clone())
+            .collect();
+        let mut touched = BTreeSet::new();
+        for name in stale {
+            if let Some(file) = self.parsed.remove(&name) {
+                for key in file.objects.into_keys() {
+                    if let Some(files) = self.definers.get_mut(&key) {
+                        files.remove(&name);
                     }
-                };
-                let (objects, problems) = parse_documents(&text, &file.name);
-                self.parsed
-                    .insert(file.name.clone(), (file.clone(), objects, problems));
-            }
-            let Some((_, objects, problems)) = self.parsed.get(&file.name) else {
-                continue;
-            };
-            snapshot.problems.extend(problems.iter().cloned());
-            for object in objects.iter().cloned() {
-                let key = object.key();
-                if let Some(previous) = model.get(&key).map(|e| e.origin.clone()) {
-                    warn!(file = file.name, object = %key, previous, "object defined twice: this file's definition wins");
+                    touched.insert(key);
                 }
-                model.upsert(object, &file.name);
             }
         }
-        snapshot.model = model;
-        snapshot
+        let unread: Vec<&FileStamp> = files.iter().filter(|f| !self.parsed.contains_key(&f.name)).collect();
+        for file in unread {
+            let path = self.path.join(&file.name);
+            let text = match fs::read_to_string(&path) {
+                Ok(text) => text,
+                Err(e) => {
+                    warn!(file = %path.display(), error = %e, "manifest unreadable: its objects are skipped");
+                    continue;
+                }
+            };
+            let (objects, problems) = parse_documents(&text, &file.name);
+            changes.problems.extend(problems);
+            let objects: BTreeMap<ObjectKey, Object> = objects.into_iter().map(|o| (o.key(), o)).collect();
+            for key in objects.keys() {
+                let files = self.definers.entry(key.clone()).or_default();
+                files.insert(file.name.clone());
+                if files.len() > 1 {
+                    warn!(object = %key, files = ?files, "object defined in several files: the last one's definition wins");
+                }
+                touched.insert(key.clone());
+            }
+            self.parsed.insert(file.name.clone(), ParsedFile { stamp: file.clone(), objects });
+        }
+        for key in touched {
+            let winner = self.definers.get(&key).and_then(|files| files.last()).cloned();
+            let Some(winner) = winner else {
+                self.definers.remove(&key);
+                if self.model.remove(&key).is_some() {
+                    changes.objects.insert(key);
+                }
+                continue;
+            };
+            let Some(object) = self.parsed.get(&winner).and_then(|f| f.objects.get(&key)) else {
+                continue;
+            };
+            let entry = self.model.get(&key);
+            if entry.is_none_or(|e| e.origin != winner || e.object != *object) {
+                self.model.upsert(object.clone(), &winner);
+                changes.objects.insert(key);
+            }
+        }
+        changes
     }
 }
 
@@ -169,16 +212,19 @@ fn is_manifest(name: &str) -> bool {
 }
 
 impl Source for DirSource {
-    fn next(&mut self, timeout: Duration) -> Result<Option<Snapshot>, SourceError> {
+    fn next(&mut self, timeout: Duration) -> Result<Option<Changes>, SourceError> {
         let deadline = Instant::now() + timeout;
         loop {
             match self.scan() {
                 Ok(files) => {
                     self.last_error = None;
                     if self.seen.as_ref() != Some(&files) {
-                        let snapshot = self.load(&files);
+                        let first = self.seen.is_none();
+                        let changes = self.load(&files);
                         self.seen = Some(files);
-                        return Ok(Some(snapshot));
+                        if first || !changes.objects.is_empty() || !changes.problems.is_empty() {
+                            return Ok(Some(changes));
+                        }
                     }
                 }
                 // A directory that cannot be listed is not an empty cluster: keep
@@ -197,6 +243,10 @@ impl Source for DirSource {
             }
             self.wait_for_change(POLL.min(deadline - now));
         }
+    }
+
+    fn model(&self) -> &Model {
+        &self.model
     }
 
     fn describe(&self) -> String {
@@ -244,8 +294,9 @@ mod tests {
         let first = source
             .next(Duration::ZERO)
             .expect("scan")
-            .expect("first snapshot");
-        assert_eq!(first.model.services().count(), 3, "{:?}", first.model);
+            .expect("first read");
+        assert_eq!(source.model().services().count(), 3, "{:?}", source.model());
+        assert_eq!(first.objects.len(), 3, "everything is new: {:?}", first.objects);
         assert!(first.problems.is_empty(), "{:?}", first.problems);
         assert!(
             source.next(Duration::from_millis(150)).expect("scan").is_none(),
@@ -258,14 +309,43 @@ mod tests {
             .next(Duration::from_secs(1))
             .expect("scan")
             .expect("changed");
-        let names: Vec<_> = second.model.services().map(|(k, _, _)| k.name.clone()).collect();
+        let names: Vec<_> = source.model().services().map(|(k, _, _)| k.name.clone()).collect();
         assert_eq!(names, ["b"]);
+        let gone: Vec<_> = second.objects.iter().map(|k| k.name.as_str()).collect();
+        assert_eq!(gone, ["a1", "a2"], "the vanished file's objects changed, b did not");
         assert_eq!(second.problems.len(), 1, "{:?}", second.problems);
         assert!(
             second.problems[0].origin.starts_with("c.yml"),
             "{}",
             second.problems[0]
         );
+    }
+
+    #[test]
+    fn only_objects_whose_content_changed_are_reported_and_the_last_file_wins() {
+        let dir = tempdir("delta");
+        let two = |ip: &str| format!("{}---\n{}", service("x"), service("y").replace("10.96.0.1", ip));
+        fs::write(dir.0.join("a.yaml"), two("10.96.0.2")).expect("write");
+        let mut source = DirSource::new(dir.0.clone());
+        source.next(Duration::ZERO).expect("scan").expect("first read");
+
+        fs::write(dir.0.join("a.yaml"), two("10.96.0.3")).expect("write");
+        let changes = source.next(Duration::from_secs(1)).expect("scan").expect("changed");
+        let names: Vec<_> = changes.objects.iter().map(|k| k.name.as_str()).collect();
+        assert_eq!(names, ["y"], "x was rewritten as it was");
+
+        // x defined again in a later file: that definition wins, and goes with it.
+        fs::write(dir.0.join("b.yaml"), service("x").replace("10.96.0.1", "10.96.0.9")).expect("write");
+        let changes = source.next(Duration::from_secs(1)).expect("scan").expect("changed");
+        assert_eq!(changes.objects.iter().map(|k| k.name.as_str()).collect::<Vec<_>>(), ["x"]);
+        let cluster_ip = |source: &DirSource| {
+            let (_, svc, origin) = source.model().services().find(|(k, _, _)| k.name == "x").expect("x");
+            (svc.spec.as_ref().and_then(|s| s.cluster_ip.clone()).unwrap_or_default(), origin.to_owned())
+        };
+        assert_eq!(cluster_ip(&source), ("10.96.0.9".to_owned(), "b.yaml".to_owned()));
+        fs::remove_file(dir.0.join("b.yaml")).expect("rm");
+        source.next(Duration::from_secs(1)).expect("scan").expect("changed");
+        assert_eq!(cluster_ip(&source), ("10.96.0.1".to_owned(), "a.yaml".to_owned()));
     }
 
     #[test]

@@ -1,29 +1,36 @@
 //! Where the cluster state comes from. Every source produces the same thing, a
-//! whole [`Model`] snapshot each time something changed, so the compiler and the
-//! syncer never know which source feeds them (DESIGN.md: "the source is the only
-//! difference").
+//! [`Model`] it keeps up to date and the keys of the objects each update changed,
+//! so the compiler and the syncer never know which source feeds them (DESIGN.md:
+//! "the source is the only difference"), and a change costs what it touches.
 
 mod dir;
 
-use std::{path::PathBuf, str::FromStr, time::Duration};
+use std::{collections::BTreeSet, path::PathBuf, str::FromStr, time::Duration};
 
-use weir_model::{Model, Problem};
+use weir_model::{Model, ObjectKey, Problem};
 
 pub use self::dir::DirSource;
 
-/// The cluster state at one instant, and what could not be used of it.
+/// What one update of the model changed.
 #[derive(Debug, Default)]
-pub struct Snapshot {
-    pub model: Model,
-    /// Objects or documents skipped (each is reported once per snapshot).
+pub struct Changes {
+    /// Objects added, replaced or removed: the model holds their new state (or
+    /// nothing, for those removed).
+    pub objects: BTreeSet<ObjectKey>,
+    /// Objects or documents of what was read that are skipped (each reported once,
+    /// when read).
     pub problems: Vec<Problem>,
 }
 
-/// A producer of [`Snapshot`]s.
+/// A keeper of a [`Model`].
 pub trait Source: Send {
-    /// The first call returns the current state at once. Later calls wait up to
-    /// `timeout` for a change and return `Ok(None)` if there was none.
-    fn next(&mut self, timeout: Duration) -> Result<Option<Snapshot>, SourceError>;
+    /// The first call reads the current state at once (everything in it counts as
+    /// changed). Later calls wait up to `timeout` for a change and return
+    /// `Ok(None)` if there was none.
+    fn next(&mut self, timeout: Duration) -> Result<Option<Changes>, SourceError>;
+
+    /// The cluster state as of the last `next`.
+    fn model(&self) -> &Model;
 
     /// What to call this source in logs.
     fn describe(&self) -> String;

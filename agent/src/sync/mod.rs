@@ -22,13 +22,20 @@
 //! A write that fails (map full, ...) is logged and counted, the entries that depend
 //! on it are deferred, and the next sync retries: nothing is ever flushed, so a
 //! restarted agent reads the maps back, diffs and writes only what changed.
+//!
+//! A sync looks at every entry ([`Changed::All`]) or only at the keys an
+//! incremental compile touched ([`Changed::Keys`]): with 10,000 Services, a
+//! change of one EndpointSlice then costs what it touches, not a walk of the
+//! maps. What the ordering rules need to know of the rest (which slots name a
+//! backend, which entries use a reverse-NAT id) is kept in reference counts
+//! updated with each write.
 
 mod maps;
 #[cfg(test)]
 mod tests;
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     time::{Duration, Instant},
 };
 
@@ -36,7 +43,10 @@ use tracing::{error, warn};
 use weir_common::{
     Backend, IPPROTO_TCP, MAGLEV_TABLE_SIZE, SVC_F_AFFINITY, SVC_F_MAGLEV, ServiceKey, ServiceValue,
 };
-use weir_model::{DesiredServices, IdAllocator, Model, NodeContext, Problem, compile_services};
+use weir_model::{
+    DesiredServices, IdAllocator, NodeContext,
+    services::{Changed, ServiceCompiler},
+};
 
 pub use self::maps::{Op, ServiceMaps, SharedDatapath, SyncError, is_not_found, maglev_value};
 
@@ -44,12 +54,42 @@ pub use self::maps::{Op, ServiceMaps, SharedDatapath, SyncError, is_not_found, m
 const LOGGED_FAILURES: usize = 10;
 
 pub struct Syncer {
-    node: NodeContext,
-    ids: IdAllocator,
     /// What the maps hold, as far as the writes we made (or read back) tell.
     current: DesiredServices,
+    refs: Refs,
     /// Failed writes since the agent started.
     pub failures_total: u64,
+}
+
+/// What references what in `current`, kept with each write.
+#[derive(Debug, Default)]
+struct Refs {
+    /// Backend id -> slots naming it.
+    slots: HashMap<u32, u32>,
+    /// Reverse-NAT id -> entries (slot 0 and slots) using it.
+    revnat: HashMap<u32, u32>,
+    /// Rev-NAT id -> affinity timeout of the frontends with session affinity.
+    affinity: BTreeMap<u16, u32>,
+}
+
+impl Refs {
+    fn count(&mut self, key: &ServiceKey, value: &ServiceValue, delta: i32) {
+        let bump = |map: &mut HashMap<u32, u32>, id: u32| {
+            let n = map.entry(id).or_default();
+            *n = n.saturating_add_signed(delta);
+            if *n == 0 {
+                map.remove(&id);
+            }
+        };
+        bump(&mut self.revnat, u32::from(value.rev_nat_id));
+        if key.slot != 0 {
+            bump(&mut self.slots, value.backend_id);
+        } else if delta > 0 && value.flags & SVC_F_AFFINITY != 0 {
+            self.affinity.insert(value.rev_nat_id, value.affinity_timeout);
+        } else if delta < 0 {
+            self.affinity.remove(&value.rev_nat_id);
+        }
+    }
 }
 
 /// What one sync did.
@@ -77,55 +117,57 @@ impl SyncReport {
 }
 
 impl Syncer {
-    /// Reads what the maps hold (left by an earlier agent, or empty) and keeps the
-    /// ids found there, so established flows keep their backend and rev-NAT ids.
-    pub fn new(maps: &dyn ServiceMaps, node: NodeContext) -> Result<Self, SyncError> {
+    /// Reads what the maps hold (left by an earlier agent, or empty).
+    pub fn new(maps: &dyn ServiceMaps) -> Result<Self, SyncError> {
         let current = maps.read()?;
+        let mut refs = Refs::default();
+        for (key, value) in &current.services {
+            refs.count(key, value, 1);
+        }
         Ok(Self {
-            ids: IdAllocator::from_desired(&current),
-            node,
             current,
+            refs,
             failures_total: 0,
         })
+    }
+
+    /// A compiler for `node` that keeps the ids found in the maps, so established
+    /// flows keep their backend and rev-NAT ids.
+    pub fn compiler(&self, node: NodeContext) -> ServiceCompiler {
+        ServiceCompiler::new(node, IdAllocator::from_desired(&self.current))
     }
 
     pub fn current(&self) -> &DesiredServices {
         &self.current
     }
 
-    pub fn compile(&mut self, model: &Model) -> (DesiredServices, Vec<Problem>) {
-        compile_services(model, &self.node, &mut self.ids)
-    }
-
     /// `rev_nat_id -> affinity timeout (s)` of the frontends with session affinity
     /// now in the maps (for the affinity GC).
     pub fn affinity_timeouts(&self) -> BTreeMap<u16, u32> {
-        self.current
-            .services
-            .iter()
-            .filter(|(k, v)| k.slot == 0 && v.flags & SVC_F_AFFINITY != 0)
-            .map(|(_, v)| (v.rev_nat_id, v.affinity_timeout))
-            .collect()
+        self.refs.affinity.clone()
     }
 
-    /// Writes the difference between the maps and `desired`.
-    pub fn apply(&mut self, maps: &mut dyn ServiceMaps, desired: &DesiredServices) -> SyncReport {
+    /// Writes the difference between the maps and `desired` (among the keys
+    /// `changed` names).
+    pub fn apply(&mut self, maps: &mut dyn ServiceMaps, desired: &DesiredServices, changed: &Changed) -> SyncReport {
         let start = Instant::now();
+        let keys = Candidates::of(changed, &self.current, desired);
         let mut run = Run {
             maps,
             current: &mut self.current,
+            refs: &mut self.refs,
             report: SyncReport::default(),
         };
-        run.report.gone_datagram_backends = gone_datagram_backends(run.current, desired);
-        let tables = run.valid_tables(desired);
-        run.put_backends_and_revnat(desired);
+        run.report.gone_datagram_backends = gone_datagram_backends(run.current, desired, &keys.backends);
+        let tables = run.valid_tables(desired, &keys.maglev);
+        run.put_backends_and_revnat(desired, &keys);
         run.put_maglev(&tables);
-        run.put_slots(desired);
-        run.put_heads(desired, &tables);
-        run.delete_heads(desired);
-        run.delete_maglev(desired, &tables);
-        run.delete_slots(desired);
-        run.delete_unreferenced(desired);
+        run.put_slots(desired, &keys.services);
+        run.put_heads(desired, &tables, &keys.services);
+        run.delete_heads(desired, &keys.services);
+        run.delete_maglev(desired, &tables, &keys.maglev);
+        run.delete_slots(desired, &keys.services);
+        run.delete_unreferenced(desired, &keys);
         let mut report = run.report;
         if report.failed > LOGGED_FAILURES {
             warn!(
@@ -140,9 +182,40 @@ impl Syncer {
     }
 }
 
+/// The keys a sync looks at, per map, in key order (the order of the writes).
+struct Candidates {
+    services: Vec<ServiceKey>,
+    backends: Vec<u32>,
+    revnat: Vec<u32>,
+    maglev: Vec<u16>,
+}
+
+impl Candidates {
+    fn of(changed: &Changed, current: &DesiredServices, desired: &DesiredServices) -> Self {
+        fn union<K: Ord + Copy, A, B>(a: &BTreeMap<K, A>, b: &BTreeMap<K, B>) -> Vec<K> {
+            a.keys().chain(b.keys()).copied().collect::<BTreeSet<K>>().into_iter().collect()
+        }
+        match changed {
+            Changed::All => Self {
+                services: union(&current.services, &desired.services),
+                backends: union(&current.backends, &desired.backends),
+                revnat: union(&current.revnat, &desired.revnat),
+                maglev: union(&current.maglev, &desired.maglev),
+            },
+            Changed::Keys(t) => Self {
+                services: t.services.iter().copied().collect(),
+                backends: t.backends.iter().copied().collect(),
+                revnat: t.revnat.iter().copied().collect(),
+                maglev: t.maglev.iter().copied().collect(),
+            },
+        }
+    }
+}
+
 struct Run<'a> {
     maps: &'a mut dyn ServiceMaps,
     current: &'a mut DesiredServices,
+    refs: &'a mut Refs,
     report: SyncReport,
 }
 
@@ -171,10 +244,15 @@ impl Run<'_> {
                         c.maglev.insert(id, table.0.to_vec());
                     }
                     Op::PutService(k, v) => {
-                        c.services.insert(k, v);
+                        if let Some(old) = c.services.insert(k, v) {
+                            self.refs.count(&k, &old, -1);
+                        }
+                        self.refs.count(&k, &v, 1);
                     }
                     Op::DelService(k) => {
-                        c.services.remove(&k);
+                        if let Some(old) = c.services.remove(&k) {
+                            self.refs.count(&k, &old, -1);
+                        }
                     }
                     Op::DelMaglev(id) => {
                         c.maglev.remove(&id);
@@ -196,24 +274,28 @@ impl Run<'_> {
         }
     }
 
-    fn put_backends_and_revnat(&mut self, desired: &DesiredServices) {
-        for (&id, backend) in &desired.backends {
-            if self.current.backends.get(&id) != Some(backend) {
-                self.op(Op::PutBackend(id, *backend));
+    fn put_backends_and_revnat(&mut self, desired: &DesiredServices, keys: &Candidates) {
+        for id in &keys.backends {
+            if let Some(backend) = desired.backends.get(id)
+                && self.current.backends.get(id) != Some(backend)
+            {
+                self.op(Op::PutBackend(*id, *backend));
             }
         }
-        for (&id, revnat) in &desired.revnat {
-            if self.current.revnat.get(&id) != Some(revnat) {
-                self.op(Op::PutRevNat(id, *revnat));
+        for id in &keys.revnat {
+            if let Some(revnat) = desired.revnat.get(id)
+                && self.current.revnat.get(id) != Some(revnat)
+            {
+                self.op(Op::PutRevNat(*id, *revnat));
             }
         }
     }
 
     /// The desired Maglev tables that can be written: the others are reported
     /// and skipped.
-    fn valid_tables<'d>(&mut self, desired: &'d DesiredServices) -> BTreeMap<u16, &'d [u32]> {
+    fn valid_tables<'d>(&mut self, desired: &'d DesiredServices, ids: &[u16]) -> BTreeMap<u16, &'d [u32]> {
         let mut valid = BTreeMap::new();
-        for (&id, table) in &desired.maglev {
+        for (&id, table) in ids.iter().filter_map(|id| desired.maglev.get_key_value(id)) {
             if table.len() == MAGLEV_TABLE_SIZE {
                 valid.insert(id, table.as_slice());
             } else {
@@ -247,8 +329,8 @@ impl Run<'_> {
         }
     }
 
-    fn put_slots(&mut self, desired: &DesiredServices) {
-        for (key, value) in desired.services.iter().filter(|(k, _)| k.slot != 0) {
+    fn put_slots(&mut self, desired: &DesiredServices, keys: &[ServiceKey]) {
+        for (key, value) in keys.iter().filter(|k| k.slot != 0).filter_map(|k| desired.services.get_key_value(k)) {
             if self.current.services.get(key) == Some(value) {
                 continue;
             }
@@ -260,8 +342,8 @@ impl Run<'_> {
         }
     }
 
-    fn put_heads(&mut self, desired: &DesiredServices, tables: &BTreeMap<u16, &[u32]>) {
-        for (key, value) in desired.services.iter().filter(|(k, _)| k.slot == 0) {
+    fn put_heads(&mut self, desired: &DesiredServices, tables: &BTreeMap<u16, &[u32]>, keys: &[ServiceKey]) {
+        for (key, value) in keys.iter().filter(|k| k.slot == 0).filter_map(|k| desired.services.get_key_value(k)) {
             if self.current.services.get(key) == Some(value) {
                 continue;
             }
@@ -282,12 +364,10 @@ impl Run<'_> {
         }
     }
 
-    fn delete_heads(&mut self, desired: &DesiredServices) {
-        let gone: Vec<ServiceKey> = self
-            .current
-            .services
-            .keys()
-            .filter(|k| k.slot == 0 && !desired.services.contains_key(k))
+    fn delete_heads(&mut self, desired: &DesiredServices, keys: &[ServiceKey]) {
+        let gone: Vec<ServiceKey> = keys
+            .iter()
+            .filter(|k| k.slot == 0 && self.current.services.contains_key(k) && !desired.services.contains_key(k))
             .copied()
             .collect();
         for key in gone {
@@ -295,12 +375,10 @@ impl Run<'_> {
         }
     }
 
-    fn delete_maglev(&mut self, desired: &DesiredServices, tables: &BTreeMap<u16, &[u32]>) {
-        let gone: Vec<u16> = self
-            .current
-            .maglev
-            .keys()
-            .filter(|id| !tables.contains_key(id))
+    fn delete_maglev(&mut self, desired: &DesiredServices, tables: &BTreeMap<u16, &[u32]>, ids: &[u16]) {
+        let gone: Vec<u16> = ids
+            .iter()
+            .filter(|id| self.current.maglev.contains_key(id) && !tables.contains_key(id))
             .copied()
             .collect();
         for id in gone {
@@ -320,12 +398,10 @@ impl Run<'_> {
         }
     }
 
-    fn delete_slots(&mut self, desired: &DesiredServices) {
-        let gone: Vec<ServiceKey> = self
-            .current
-            .services
-            .keys()
-            .filter(|k| k.slot != 0 && !desired.services.contains_key(k))
+    fn delete_slots(&mut self, desired: &DesiredServices, keys: &[ServiceKey]) {
+        let gone: Vec<ServiceKey> = keys
+            .iter()
+            .filter(|k| k.slot != 0 && self.current.services.contains_key(k) && !desired.services.contains_key(k))
             .copied()
             .collect();
         for key in gone {
@@ -343,46 +419,36 @@ impl Run<'_> {
         }
     }
 
-    fn delete_unreferenced(&mut self, desired: &DesiredServices) {
-        let mut used_backends = BTreeSet::new();
-        let mut used_revnat = BTreeSet::new();
-        for (key, value) in &self.current.services {
-            if key.slot == 0 {
-                used_revnat.insert(u32::from(value.rev_nat_id));
-            } else {
-                used_backends.insert(value.backend_id);
-            }
-        }
-        let gone: Vec<u32> = self
-            .current
+    fn delete_unreferenced(&mut self, desired: &DesiredServices, keys: &Candidates) {
+        let gone: Vec<u32> = keys
             .backends
-            .keys()
-            .filter(|id| !desired.backends.contains_key(id))
+            .iter()
+            .filter(|id| self.current.backends.contains_key(id) && !desired.backends.contains_key(id))
             .copied()
             .collect();
+        let mut in_tables: BTreeSet<u32> = BTreeSet::new();
         if !gone.is_empty() {
             // Tables are large: only look in them for the backends about to go.
             let gone_set: BTreeSet<u32> = gone.iter().copied().collect();
             for table in self.current.maglev.values() {
-                used_backends.extend(table.iter().filter(|id| gone_set.contains(id)));
+                in_tables.extend(table.iter().filter(|id| gone_set.contains(id)));
             }
         }
         for id in gone {
-            if used_backends.contains(&id) {
+            if self.refs.slots.contains_key(&id) || in_tables.contains(&id) {
                 self.report.deferred += 1;
             } else {
                 self.op(Op::DelBackend(id));
             }
         }
-        let gone: Vec<u32> = self
-            .current
+        let gone: Vec<u32> = keys
             .revnat
-            .keys()
-            .filter(|id| !desired.revnat.contains_key(id))
+            .iter()
+            .filter(|id| self.current.revnat.contains_key(id) && !desired.revnat.contains_key(id))
             .copied()
             .collect();
         for id in gone {
-            if used_revnat.contains(&id) {
+            if self.refs.revnat.contains_key(&id) {
                 self.report.deferred += 1;
             } else {
                 self.op(Op::DelRevNat(id));
@@ -395,13 +461,16 @@ impl Run<'_> {
 /// as kube-proxy does for UDP, their conntrack entries must go, or clients keep
 /// sending into the void until the entry times out. TCP needs no flush: the
 /// client sees a reset or a timeout and reconnects through a fresh lookup.
-fn gone_datagram_backends(current: &DesiredServices, desired: &DesiredServices) -> Vec<Backend> {
+///
+/// Among `ids`, the backends that go; an id stands for one (address, port,
+/// protocol) while it is in use, so a backend whose id goes is gone.
+fn gone_datagram_backends(current: &DesiredServices, desired: &DesiredServices, ids: &[u32]) -> Vec<Backend> {
     let identity = |b: &Backend| (b.addr, b.port, b.proto, b.family);
-    let wanted: BTreeSet<_> = desired.backends.values().map(identity).collect();
-    let mut gone: Vec<Backend> = current
-        .backends
-        .values()
-        .filter(|b| b.proto != IPPROTO_TCP && !wanted.contains(&identity(b)))
+    let mut gone: Vec<Backend> = ids
+        .iter()
+        .filter(|id| !desired.backends.contains_key(id))
+        .filter_map(|id| current.backends.get(id))
+        .filter(|b| b.proto != IPPROTO_TCP)
         .copied()
         .collect();
     gone.sort();

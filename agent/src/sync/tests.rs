@@ -7,9 +7,40 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use aya::maps::MapError;
 use weir_common::{MAGLEV_TABLE_SIZE, SVC_F_MAGLEV, ServiceKey, maps as names};
-use weir_model::{DesiredServices, Model, NodeContext, parse_documents};
+use weir_model::{DesiredServices, Model, NodeContext, ObjectKey, Problem, parse_documents};
 
 use super::*;
+
+/// The syncer with the compiler the agent pairs it with; `compile` is a full
+/// compile and `apply` a full sync, unless a test says otherwise.
+struct Agent {
+    syncer: Syncer,
+    compiler: ServiceCompiler,
+}
+
+impl Agent {
+    fn new(maps: &FakeMaps) -> Self {
+        let syncer = Syncer::new(maps).expect("read");
+        let compiler = syncer.compiler(NodeContext::new("n1"));
+        Self { syncer, compiler }
+    }
+
+    fn compile(&mut self, model: &Model) -> (DesiredServices, Vec<Problem>) {
+        let problems = self.compiler.compile_all(model);
+        (self.compiler.desired().clone(), problems)
+    }
+
+    fn apply(&mut self, maps: &mut FakeMaps, desired: &DesiredServices) -> SyncReport {
+        self.syncer.apply(maps, desired, &Changed::All)
+    }
+}
+
+impl std::ops::Deref for Agent {
+    type Target = Syncer;
+    fn deref(&self) -> &Syncer {
+        &self.syncer
+    }
+}
 
 #[derive(Default)]
 struct FakeMaps {
@@ -159,7 +190,7 @@ fn model(yaml: &str) -> Model {
     Model::from_objects(objects)
 }
 
-fn converge(syncer: &mut Syncer, maps: &mut FakeMaps, yaml: &str) -> DesiredServices {
+fn converge(syncer: &mut Agent, maps: &mut FakeMaps, yaml: &str) -> DesiredServices {
     let (desired, problems) = syncer.compile(&model(yaml));
     assert!(problems.is_empty(), "{problems:?}");
     let report = syncer.apply(maps, &desired);
@@ -172,7 +203,7 @@ fn converge(syncer: &mut Syncer, maps: &mut FakeMaps, yaml: &str) -> DesiredServ
 #[test]
 fn every_step_of_grow_shrink_replace_and_remove_is_consistent() {
     let mut maps = FakeMaps::default();
-    let mut syncer = Syncer::new(&maps, NodeContext::new("n1")).expect("read");
+    let mut syncer = Agent::new(&maps);
     let a = |b: &[u8]| service("a", "10.96.0.1", &[(80, "TCP"), (53, "UDP")], b);
     let b = service("b", "10.96.0.2", &[(443, "TCP")], &[7, 8]);
     converge(&mut syncer, &mut maps, &format!("{}{b}", a(&[1, 2])));
@@ -198,7 +229,7 @@ fn rev_nat_of(desired: &DesiredServices, vip: [u8; 4], port: u16) -> u16 {
 #[test]
 fn maglev_tables_come_after_backends_and_before_service_entries() {
     let mut maps = FakeMaps::default();
-    let mut syncer = Syncer::new(&maps, NodeContext::new("n1")).expect("read");
+    let mut syncer = Agent::new(&maps);
     let a = |b: &[u8]| maglev(&service("a", "10.96.0.1", &[(80, "TCP"), (53, "UDP")], b));
     let plain = |b: &[u8]| service("a", "10.96.0.1", &[(80, "TCP"), (53, "UDP")], b);
     let b = service("b", "10.96.0.2", &[(443, "TCP")], &[7, 8]);
@@ -260,7 +291,7 @@ fn maglev_tables_come_after_backends_and_before_service_entries() {
 #[test]
 fn an_unchanged_model_writes_nothing() {
     let mut maps = FakeMaps::default();
-    let mut syncer = Syncer::new(&maps, NodeContext::new("n1")).expect("read");
+    let mut syncer = Agent::new(&maps);
     let yaml = service("a", "10.96.0.1", &[(80, "TCP")], &[1, 2, 3]);
     converge(&mut syncer, &mut maps, &yaml);
     let writes = maps.writes;
@@ -276,11 +307,11 @@ fn a_restarted_syncer_keeps_ids_and_writes_only_changes() {
         service("a", "10.96.0.1", &[(80, "TCP")], &[1, 2]),
         service("b", "10.96.0.2", &[(80, "TCP")], &[3])
     );
-    let mut first = Syncer::new(&maps, NodeContext::new("n1")).expect("read");
+    let mut first = Agent::new(&maps);
     let before = converge(&mut first, &mut maps, &yaml);
     // Only b remains in the second agent's model: a's ids must not be handed to b.
     let writes = maps.writes;
-    let mut second = Syncer::new(&maps, NodeContext::new("n1")).expect("read");
+    let mut second = Agent::new(&maps);
     let after = converge(&mut second, &mut maps, &yaml);
     assert_eq!(
         maps.writes, writes,
@@ -307,7 +338,7 @@ fn failed_writes_defer_dependents_and_the_next_sync_converges() {
         fail_every: Some(3),
         ..Default::default()
     };
-    let mut syncer = Syncer::new(&maps, NodeContext::new("n1")).expect("read");
+    let mut syncer = Agent::new(&maps);
     let steps = [
         service("a", "10.96.0.1", &[(80, "TCP"), (53, "UDP")], &[1, 2, 3]),
         service("a", "10.96.0.1", &[(80, "TCP"), (53, "UDP")], &[3, 4, 5, 6]),
@@ -332,7 +363,7 @@ fn failed_writes_defer_dependents_and_the_next_sync_converges() {
 #[test]
 fn removed_udp_backends_are_reported_for_flushing() {
     let mut maps = FakeMaps::default();
-    let mut syncer = Syncer::new(&maps, NodeContext::new("n1")).expect("read");
+    let mut syncer = Agent::new(&maps);
     converge(
         &mut syncer,
         &mut maps,
@@ -361,11 +392,11 @@ fn a_restarted_syncer_reads_maglev_tables_back_and_writes_nothing() {
         maglev(&service("a", "10.96.0.1", &[(80, "TCP")], &[1, 2, 3])),
         service("b", "10.96.0.2", &[(80, "TCP")], &[4])
     );
-    let mut first = Syncer::new(&maps, NodeContext::new("n1")).expect("read");
+    let mut first = Agent::new(&maps);
     converge(&mut first, &mut maps, &yaml);
     assert_eq!(maps.maps.maglev.len(), 1);
     let writes = maps.writes;
-    let mut second = Syncer::new(&maps, NodeContext::new("n1")).expect("read");
+    let mut second = Agent::new(&maps);
     assert_eq!(second.current().maglev, maps.maps.maglev, "tables not read back");
     converge(&mut second, &mut maps, &yaml);
     assert_eq!(
@@ -380,7 +411,7 @@ fn a_maglev_table_of_the_wrong_size_is_reported_and_skipped() {
         tableless_maglev_ok: true,
         ..Default::default()
     };
-    let mut syncer = Syncer::new(&maps, NodeContext::new("n1")).expect("read");
+    let mut syncer = Agent::new(&maps);
     let (mut desired, _) = syncer.compile(&model(&maglev(&service(
         "a",
         "10.96.0.1",
@@ -404,7 +435,7 @@ fn a_maglev_table_of_the_wrong_size_is_reported_and_skipped() {
 #[test]
 fn a_backend_named_only_by_a_maglev_table_stays() {
     let mut maps = FakeMaps::default();
-    let mut syncer = Syncer::new(&maps, NodeContext::new("n1")).expect("read");
+    let mut syncer = Agent::new(&maps);
     converge(
         &mut syncer,
         &mut maps,
@@ -444,7 +475,7 @@ fn failed_maglev_writes_defer_dependents_and_the_next_sync_converges() {
             fail_every: Some(fail_every),
             ..Default::default()
         };
-        let mut syncer = Syncer::new(&maps, NodeContext::new("n1")).expect("read");
+        let mut syncer = Agent::new(&maps);
         for yaml in &steps {
             let (desired, _) = syncer.compile(&model(yaml));
             let mut tries = 0;
@@ -460,7 +491,7 @@ fn failed_maglev_writes_defer_dependents_and_the_next_sync_converges() {
 #[test]
 fn a_service_entry_waits_for_its_maglev_table() {
     let mut maps = FakeMaps::default();
-    let mut syncer = Syncer::new(&maps, NodeContext::new("n1")).expect("read");
+    let mut syncer = Agent::new(&maps);
     let plain = service("a", "10.96.0.1", &[(80, "TCP")], &[1, 2]);
     let before = converge(&mut syncer, &mut maps, &plain);
     // Turning to Maglev (and growing) while the table cannot be written: the
@@ -489,4 +520,63 @@ fn a_service_entry_waits_for_its_maglev_table() {
     maps.fail_map = None;
     assert!(syncer.apply(&mut maps, &desired).complete());
     assert!(same_contents(&maps.maps, &desired));
+}
+
+/// Replaces `model`'s objects by those of `yaml`; returns the keys that changed.
+fn edit(model: &mut Model, yaml: &str) -> BTreeSet<ObjectKey> {
+    let (objects, problems) = parse_documents(yaml, "test.yaml");
+    assert!(problems.is_empty(), "{problems:?}");
+    let new: BTreeMap<ObjectKey, weir_model::Object> = objects.into_iter().map(|o| (o.key(), o)).collect();
+    let mut changed = BTreeSet::new();
+    let old: Vec<ObjectKey> = model.entries().map(|(k, _)| k.clone()).collect();
+    for key in old.into_iter().filter(|k| !new.contains_key(k)) {
+        model.remove(&key);
+        changed.insert(key);
+    }
+    for (key, object) in new {
+        if model.get(&key).is_none_or(|e| e.object != object) {
+            model.upsert(object, "test.yaml");
+            changed.insert(key);
+        }
+    }
+    changed
+}
+
+#[test]
+fn incremental_syncs_keep_every_instant_consistent_and_converge() {
+    let a = |b: &[u8]| service("a", "10.96.0.1", &[(80, "TCP"), (53, "UDP")], b);
+    let b = |b: &[u8]| maglev(&service("b", "10.96.0.2", &[(443, "TCP")], b));
+    let c = service("c", "10.96.0.3", &[(80, "TCP")], &[1, 9]);
+    let steps = [
+        format!("{}{}{c}", a(&[1, 2]), b(&[2, 3])),
+        format!("{}{}{c}", a(&[1, 2, 3, 4]), b(&[2, 3])),
+        format!("{}{}{c}", a(&[4]), b(&[4, 5, 6])),
+        format!("{}{}", a(&[5, 6]), b(&[6])),
+        format!("{}{}{c}", a(&[]), b(&[])),
+        format!("{}{c}", b(&[7])),
+        c.clone(),
+        String::new(),
+    ];
+    for fail_every in [None, Some(2), Some(3), Some(7)] {
+        let mut maps = FakeMaps { fail_every, ..Default::default() };
+        let mut agent = Agent::new(&maps);
+        let mut model = Model::new();
+        agent.compiler.compile_all(&model);
+        for yaml in &steps {
+            let changed_objects = edit(&mut model, yaml);
+            let (changed, _) = agent.compiler.update(&model, &changed_objects);
+            assert_ne!(changed, Changed::All, "these edits need no full compile");
+            let mut tries = 0;
+            while !agent.syncer.apply(&mut maps, agent.compiler.desired(), &changed).complete() {
+                tries += 1;
+                assert!(tries < 50, "never converged");
+            }
+            let (full, _) = weir_model::compile_services(&model, &NodeContext::new("n1"), &mut IdAllocator::new());
+            assert!(same_contents(&maps.maps, agent.compiler.desired()), "fail_every {fail_every:?}: maps differ");
+            assert_eq!(maps.maps.services.len(), full.services.len());
+            assert_eq!(maps.maps.backends.len(), full.backends.len());
+            assert!(same_contents(agent.current(), agent.compiler.desired()), "syncer lost track");
+        }
+        assert!(maps.maps.services.is_empty() && maps.maps.backends.is_empty() && maps.maps.revnat.is_empty());
+    }
 }

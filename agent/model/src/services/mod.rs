@@ -2,9 +2,12 @@
 //! the service, backend, reverse-NAT and Maglev maps out. kube-proxy is the
 //! reference for every rule; each function names the one it implements.
 
+mod incremental;
 mod validate;
 mod view;
 
+#[cfg(test)]
+mod incremental_tests;
 #[cfg(test)]
 mod tests;
 
@@ -21,6 +24,7 @@ use weir_common::{
 
 use self::validate::{ServiceType, ValidPort, ValidService, validate};
 pub use self::{
+    incremental::{Changed, ServiceCompiler, Touched},
     validate::{
         ANNOTATION_LB_ALGORITHM, DEFAULT_AFFINITY_TIMEOUT, LABEL_HEADLESS, LABEL_SERVICE_PROXY_NAME,
         MAX_AFFINITY_TIMEOUT,
@@ -28,7 +32,7 @@ pub use self::{
     view::{BackendState, BackendView, FrontendKind, FrontendView, Scope},
 };
 use crate::{
-    endpoints::{Endpoint, EndpointSource, SliceIndex, index_slices},
+    endpoints::{Endpoint, EndpointSource},
     ids::IdAllocator,
     maglev::{self, maglev_table},
     model::Model,
@@ -106,44 +110,80 @@ impl DesiredServices {
     }
 }
 
-/// Compiles every Service of the model for `node`. Ids come from `ids`, which keeps
-/// them stable across compiles; ids no longer used are released at the end.
-/// Invalid Services are reported and skipped; all others compile.
+/// Compiles every Service of the model for `node`, from scratch. Ids come from
+/// `ids`, which keeps them stable across compiles; ids no longer used are
+/// released. Invalid Services are reported and skipped; all others compile.
+/// (The agent keeps a [`ServiceCompiler`] instead, which recompiles only what a
+/// change touches.)
 pub fn compile_services(
     model: &Model,
     node: &NodeContext,
     ids: &mut IdAllocator,
 ) -> (DesiredServices, Vec<Problem>) {
-    let slices = index_slices(model);
-    let mut compiler = Compiler {
-        node,
-        ids,
-        desired: DesiredServices::default(),
-        problems: Vec::new(),
-        owners: BTreeMap::new(),
-        maglev_size_reported: false,
-    };
-    for (key, service, origin) in model.services() {
-        compiler.service(model, &slices, key, service, origin);
-    }
-    let Compiler {
-        desired,
-        problems,
-        ids,
-        ..
-    } = compiler;
-    ids.retain_only(&desired);
+    let mut compiler = ServiceCompiler::new(node.clone(), std::mem::take(ids));
+    let problems = compiler.compile_all(model);
+    let mut desired = compiler.desired().clone();
+    desired.frontends = compiler.frontends().cloned().collect();
+    *ids = compiler.into_ids();
     (desired, problems)
 }
 
-struct Compiler<'n, 'i> {
-    node: &'n NodeContext,
-    ids: &'i mut IdAllocator,
+/// What one Service compiles to: its share of every map (`frontends` included),
+/// and what it reported.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Fragment {
+    pub desired: DesiredServices,
+    pub problems: Vec<Problem>,
+    /// Its endpoints come from the Pods its selector matches.
+    pub from_pods: bool,
+    /// It lost a frontend to another Service.
+    pub conflict: bool,
+}
+
+/// Compiles one Service. `owners` holds the frontends other Services took
+/// (those compiled before it, in a full compile); this one's are added.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn compile_service(
+    node: &NodeContext,
+    ids: &mut IdAllocator,
+    owners: &mut BTreeMap<ServiceKey, String>,
+    maglev_size_reported: &mut bool,
+    model: &Model,
+    key: &ObjectKey,
+    service: &k8s_openapi::api::core::v1::Service,
+    origin: &str,
+) -> Fragment {
+    let mut compiler = Compiler {
+        node,
+        ids,
+        owners,
+        maglev_size_reported,
+        desired: DesiredServices::default(),
+        problems: Vec::new(),
+        from_pods: false,
+    };
+    compiler.service(model, key, service, origin);
+    let conflict = compiler
+        .problems
+        .iter()
+        .any(|p| matches!(p.reason, ProblemReason::FrontendConflict { .. }));
+    Fragment {
+        desired: compiler.desired,
+        problems: compiler.problems,
+        from_pods: compiler.from_pods,
+        conflict,
+    }
+}
+
+struct Compiler<'c> {
+    node: &'c NodeContext,
+    ids: &'c mut IdAllocator,
+    /// Which Service owns each frontend (slot-0 key), to report collisions.
+    owners: &'c mut BTreeMap<ServiceKey, String>,
+    maglev_size_reported: &'c mut bool,
     desired: DesiredServices,
     problems: Vec<Problem>,
-    /// Which Service owns each frontend (slot-0 key), to report collisions.
-    owners: BTreeMap<ServiceKey, String>,
-    maglev_size_reported: bool,
+    from_pods: bool,
 }
 
 /// One (service port, family) being compiled: its endpoints and their backend ids.
@@ -167,7 +207,7 @@ struct Frontend {
     flags: u32,
 }
 
-impl Compiler<'_, '_> {
+impl Compiler<'_> {
     fn problem(&mut self, origin: &str, key: &ObjectKey, reason: ProblemReason) {
         let origin = if origin.is_empty() { "model" } else { origin };
         self.problems.push(Problem {
@@ -180,7 +220,6 @@ impl Compiler<'_, '_> {
     fn service(
         &mut self,
         model: &Model,
-        slices: &SliceIndex<'_>,
         key: &ObjectKey,
         service: &k8s_openapi::api::core::v1::Service,
         origin: &str,
@@ -195,7 +234,8 @@ impl Compiler<'_, '_> {
             Ok(None) => return,
             Err(reason) => return self.problem(origin, key, reason),
         };
-        let source = EndpointSource::for_service(model, slices, &key.namespace, &key.name, service);
+        let source = EndpointSource::for_service(model, &key.namespace, &key.name, service);
+        self.from_pods = source.kind() == crate::endpoints::EndpointSourceKind::Pods;
 
         let mut common_flags = 0;
         if valid.affinity_timeout.is_some() {
@@ -207,8 +247,8 @@ impl Compiler<'_, '_> {
         {
             if maglev::is_prime(self.node.maglev_table_size) {
                 common_flags |= SVC_F_MAGLEV;
-            } else if !self.maglev_size_reported {
-                self.maglev_size_reported = true;
+            } else if !*self.maglev_size_reported {
+                *self.maglev_size_reported = true;
                 self.problem(
                     origin,
                     key,

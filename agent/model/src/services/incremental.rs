@@ -1,0 +1,315 @@
+//! Compiling only what a change touches. A cluster of 10,000 Services changes one
+//! EndpointSlice at a time; recompiling all of them for each change would make
+//! the datapath lag the cluster by the size of the cluster.
+//!
+//! Each Service compiles alone to a [`Fragment`], its share of the maps, and the
+//! compiler keeps the union of the fragments. A change recompiles the Services
+//! whose inputs it names (the Service; its EndpointSlices, before and after a
+//! relabel; its Endpoints; Pods, for Services that select them without slices)
+//! and reports which map keys may differ ([`Touched`]), so that the syncer looks
+//! at those alone. The union is what a full compile in Service order would
+//! produce; what depends on that order falls back to one: frontends two Services
+//! claim (the first in order wins), and Namespace or Node changes.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use weir_common::{BACKEND_ACTIVE, BACKEND_TERMINATING, Backend, ServiceKey};
+
+use super::{DesiredServices, Fragment, FrontendView, NodeContext, compile_service};
+use crate::{
+    ids::IdAllocator,
+    model::{Model, slice_service},
+    object::{Kind, Object, ObjectKey},
+    problem::Problem,
+};
+
+/// Keys of the service maps that may differ from before.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Touched {
+    pub services: BTreeSet<ServiceKey>,
+    pub backends: BTreeSet<u32>,
+    pub revnat: BTreeSet<u32>,
+    pub maglev: BTreeSet<u16>,
+}
+
+impl Touched {
+    fn add(&mut self, desired: &DesiredServices) {
+        self.services.extend(desired.services.keys());
+        self.backends.extend(desired.backends.keys());
+        self.revnat.extend(desired.revnat.keys());
+        self.maglev.extend(desired.maglev.keys());
+    }
+}
+
+/// What a compile changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Changed {
+    /// Anything may have (a full compile).
+    All,
+    Keys(Touched),
+}
+
+impl Changed {
+    /// Both changes (a sync that must cover an earlier one it could not finish).
+    pub fn merge(self, other: Changed) -> Changed {
+        match (self, other) {
+            (Changed::Keys(mut a), Changed::Keys(b)) => {
+                a.services.extend(b.services);
+                a.backends.extend(b.backends);
+                a.revnat.extend(b.revnat);
+                a.maglev.extend(b.maglev);
+                Changed::Keys(a)
+            }
+            _ => Changed::All,
+        }
+    }
+}
+
+/// How many fragments hold a backend, and how many see it ready.
+#[derive(Clone, Copy, Debug)]
+struct BackendRefs {
+    backend: Backend,
+    holders: u32,
+    active: u32,
+}
+
+/// The services compiler with its memory of the last compile.
+pub struct ServiceCompiler {
+    node: NodeContext,
+    ids: IdAllocator,
+    fragments: BTreeMap<ObjectKey, Fragment>,
+    /// The union of the fragments (without frontend views: see `frontends`).
+    desired: DesiredServices,
+    backend_refs: BTreeMap<u32, BackendRefs>,
+    /// Frontend (slot-0 key) -> the Service that owns it.
+    owners: BTreeMap<ServiceKey, String>,
+    /// EndpointSlice -> the Service it belonged to at the last compile.
+    slice_services: BTreeMap<ObjectKey, ObjectKey>,
+    /// Namespace -> Services whose endpoints are its selected Pods.
+    pod_users: BTreeMap<String, BTreeSet<ObjectKey>>,
+    /// Fragments that lost a frontend to another Service.
+    conflicts: usize,
+    maglev_size_reported: bool,
+}
+
+impl ServiceCompiler {
+    pub fn new(node: NodeContext, ids: IdAllocator) -> Self {
+        Self {
+            node,
+            ids,
+            fragments: BTreeMap::new(),
+            desired: DesiredServices::default(),
+            backend_refs: BTreeMap::new(),
+            owners: BTreeMap::new(),
+            slice_services: BTreeMap::new(),
+            pod_users: BTreeMap::new(),
+            conflicts: 0,
+            maglev_size_reported: false,
+        }
+    }
+
+    /// The desired content of the maps (`frontends` left empty).
+    pub fn desired(&self) -> &DesiredServices {
+        &self.desired
+    }
+
+    /// The frontends' views, in Service order.
+    pub fn frontends(&self) -> impl Iterator<Item = &FrontendView> {
+        self.fragments.values().flat_map(|f| &f.desired.frontends)
+    }
+
+    pub fn into_ids(self) -> IdAllocator {
+        self.ids
+    }
+
+    /// Compiles every Service of `model` afresh; returns every problem.
+    pub fn compile_all(&mut self, model: &Model) -> Vec<Problem> {
+        self.fragments.clear();
+        self.desired = DesiredServices::default();
+        self.backend_refs.clear();
+        self.owners.clear();
+        self.pod_users.clear();
+        self.conflicts = 0;
+        self.maglev_size_reported = false;
+        self.slice_services = model
+            .of_kind(Kind::EndpointSlice)
+            .filter_map(|(key, entry)| Some((key.clone(), service_key(&key.namespace, slice_service(&entry.object)?))))
+            .collect();
+        let mut problems = Vec::new();
+        let keys: Vec<ObjectKey> = model.services().map(|(key, _, _)| key.clone()).collect();
+        for key in keys {
+            if let Some(fragment) = self.compile(model, &key) {
+                problems.extend(fragment.problems.iter().cloned());
+                self.insert(key, fragment, &mut Touched::default());
+            }
+        }
+        self.ids.retain_only(&self.desired);
+        problems
+    }
+
+    /// Recompiles what the objects `changed` (their keys; the model holds their
+    /// new state, or not at all if they are gone) touch. Returns what changed and
+    /// the problems of the Services recompiled.
+    pub fn update(&mut self, model: &Model, changed: &BTreeSet<ObjectKey>) -> (Changed, Vec<Problem>) {
+        let order_matters = self.conflicts > 0
+            || changed
+                .iter()
+                .any(|key| matches!(key.kind, Kind::Namespace | Kind::Node));
+        if order_matters {
+            return (Changed::All, self.compile_all(model));
+        }
+        let affected = self.affected(model, changed);
+        let mut touched = Touched::default();
+        let mut problems = Vec::new();
+        for key in &affected {
+            if let Some(old) = self.remove(key) {
+                touched.add(&old.desired);
+            }
+        }
+        for key in affected {
+            if let Some(fragment) = self.compile(model, &key) {
+                problems.extend(fragment.problems.iter().cloned());
+                self.insert(key, fragment, &mut touched);
+            }
+        }
+        if self.conflicts > 0 {
+            // Which of the claimants wins depends on the order of a full compile.
+            return (Changed::All, self.compile_all(model));
+        }
+        self.release_unused(&touched);
+        (Changed::Keys(touched), problems)
+    }
+
+    /// The Services whose inputs are among `changed`, in key order.
+    fn affected(&mut self, model: &Model, changed: &BTreeSet<ObjectKey>) -> BTreeSet<ObjectKey> {
+        let mut affected = BTreeSet::new();
+        for key in changed {
+            match key.kind {
+                Kind::Service => {
+                    affected.insert(key.clone());
+                }
+                Kind::Endpoints => {
+                    affected.insert(service_key(&key.namespace, &key.name));
+                }
+                Kind::EndpointSlice => {
+                    // The Service it belonged to, and the one it belongs to now.
+                    if let Some(before) = self.slice_services.remove(key) {
+                        affected.insert(before);
+                    }
+                    if let Some(now) = model.get(key).and_then(|e| slice_service(&e.object)) {
+                        let now = service_key(&key.namespace, now);
+                        self.slice_services.insert(key.clone(), now.clone());
+                        affected.insert(now);
+                    }
+                }
+                Kind::Pod => {
+                    if let Some(users) = self.pod_users.get(&key.namespace) {
+                        affected.extend(users.iter().cloned());
+                    }
+                }
+                Kind::Namespace | Kind::Node | Kind::NetworkPolicy => {}
+            }
+        }
+        affected
+    }
+
+    fn compile(&mut self, model: &Model, key: &ObjectKey) -> Option<Fragment> {
+        let entry = model.get(key)?;
+        let Object::Service(service) = &entry.object else {
+            return None;
+        };
+        Some(compile_service(
+            &self.node,
+            &mut self.ids,
+            &mut self.owners,
+            &mut self.maglev_size_reported,
+            model,
+            key,
+            service,
+            &entry.origin,
+        ))
+    }
+
+    /// Adds a Service's fragment to the union.
+    fn insert(&mut self, key: ObjectKey, fragment: Fragment, touched: &mut Touched) {
+        touched.add(&fragment.desired);
+        let d = &fragment.desired;
+        self.desired.services.extend(d.services.iter().map(|(k, v)| (*k, *v)));
+        self.desired.revnat.extend(d.revnat.iter().map(|(k, v)| (*k, *v)));
+        self.desired.maglev.extend(d.maglev.iter().map(|(k, v)| (*k, v.clone())));
+        for (&id, backend) in &d.backends {
+            let refs = self.backend_refs.entry(id).or_insert(BackendRefs { backend: *backend, holders: 0, active: 0 });
+            refs.holders += 1;
+            refs.active += u32::from(backend.state == BACKEND_ACTIVE);
+            self.desired.backends.insert(id, state_of(refs));
+        }
+        if fragment.from_pods {
+            self.pod_users.entry(key.namespace.clone()).or_default().insert(key.clone());
+        }
+        self.conflicts += usize::from(fragment.conflict);
+        self.fragments.insert(key, fragment);
+    }
+
+    /// Takes a Service's fragment out of the union. Its ids stay allocated until
+    /// `release_unused`: the recompiled Service likely wants them back.
+    fn remove(&mut self, key: &ObjectKey) -> Option<Fragment> {
+        let fragment = self.fragments.remove(key)?;
+        let d = &fragment.desired;
+        for k in d.services.keys() {
+            self.desired.services.remove(k);
+            if k.slot == 0 {
+                self.owners.remove(k);
+            }
+        }
+        for k in d.revnat.keys() {
+            self.desired.revnat.remove(k);
+        }
+        for k in d.maglev.keys() {
+            self.desired.maglev.remove(k);
+        }
+        for (&id, backend) in &d.backends {
+            if let Some(refs) = self.backend_refs.get_mut(&id) {
+                refs.holders -= 1;
+                refs.active -= u32::from(backend.state == BACKEND_ACTIVE);
+                if refs.holders == 0 {
+                    self.desired.backends.remove(&id);
+                } else {
+                    self.desired.backends.insert(id, state_of(refs));
+                }
+            }
+        }
+        if fragment.from_pods
+            && let Some(users) = self.pod_users.get_mut(&key.namespace)
+        {
+            users.remove(key);
+        }
+        self.conflicts -= usize::from(fragment.conflict);
+        Some(fragment)
+    }
+
+    /// Frees the ids of touched frontends and backends no fragment holds any more.
+    fn release_unused(&mut self, touched: &Touched) {
+        for key in touched.services.iter().filter(|k| k.slot == 0) {
+            if !self.desired.services.contains_key(key) {
+                self.ids.release_frontend(key);
+            }
+        }
+        for id in &touched.backends {
+            if let Some(refs) = self.backend_refs.get(id)
+                && refs.holders == 0
+            {
+                self.ids.release_backend(&refs.backend);
+                self.backend_refs.remove(id);
+            }
+        }
+    }
+}
+
+/// A backend is active if any Service sees it ready.
+fn state_of(refs: &BackendRefs) -> Backend {
+    Backend { state: if refs.active > 0 { BACKEND_ACTIVE } else { BACKEND_TERMINATING }, ..refs.backend }
+}
+
+fn service_key(namespace: &str, name: &str) -> ObjectKey {
+    ObjectKey::new(Kind::Service, namespace, name)
+}
