@@ -2,12 +2,14 @@
 //!
 //! - [`datapath`]: the thin kernel-facing layer: load the eBPF object, pin maps and
 //!   links under one root, attach programs to pod veths, typed map handles.
+//! - [`node_net`]: the node's devices and addresses (where NodePorts are served).
 //! - [`cni_server`]: the unix socket on which `weir-cni` registers pods, so that a
 //!   pod's datapath is in force before `ADD` returns.
 //! - [`source`]: where the cluster model comes from (`dir:PATH`; the API later).
 //! - [`sync`]: compile the model and write only the difference to the maps, in an
 //!   order that keeps the datapath consistent.
 //! - [`conntrack`]: conntrack/affinity GC and the UDP flush of removed backends.
+//! - [`health`]: the `healthCheckNodePort` server (externalTrafficPolicy Local).
 //! - [`service_loop`]: the threads that run the three above.
 //! - [`ctl`]: `weirctl`'s views of the maps.
 
@@ -15,6 +17,8 @@ pub mod cni_server;
 pub mod conntrack;
 pub mod ctl;
 pub mod datapath;
+pub mod health;
+pub mod node_net;
 pub mod service_loop;
 pub mod source;
 pub mod sync;

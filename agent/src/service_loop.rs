@@ -17,6 +17,7 @@ use weir_model::{
 use crate::{
     conntrack::{Hygiene, monotonic_ns},
     datapath::PinLayout,
+    health::HealthServer,
     source::Source,
     sync::{SharedDatapath, SyncReport, Syncer},
 };
@@ -41,6 +42,7 @@ pub struct SyncLoop {
     pub syncer: Syncer,
     /// Conntrack handle for UDP flushes; `None` disables them (logged at start).
     pub hygiene: Option<Hygiene>,
+    pub health: HealthServer,
     pub timeouts: AffinityTimeouts,
 }
 
@@ -104,8 +106,14 @@ impl SyncLoop {
         let desired = self.compiler.desired();
         let report = self.syncer.apply(&mut self.maps, desired, &changed);
         let flushed = self.flush(&report);
-        log_report(self.compiler.desired(), &report, flushed, self.syncer.failures_total);
+        log_report(
+            self.compiler.desired(),
+            &report,
+            flushed,
+            self.syncer.failures_total,
+        );
         *self.timeouts.lock().unwrap_or_else(|p| p.into_inner()) = self.syncer.affinity_timeouts();
+        self.health.update(self.compiler.health_checks());
         (!report.complete()).then_some(changed)
     }
 

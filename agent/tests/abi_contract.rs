@@ -2,7 +2,7 @@
 //! A layout change on one side only fails here, before anything reaches a kernel.
 
 use weir_agent::datapath::{maps, object::OBJECT};
-use weir_common::programs::{FROM_POD, TO_POD};
+use weir_common::programs::{FROM_NETDEV, FROM_POD, TO_POD};
 
 #[test]
 fn every_map_in_the_object_matches_its_shared_type() {
@@ -27,13 +27,17 @@ fn every_map_in_the_object_matches_its_shared_type() {
     // Sections such as `.rodata.cst16` (constants LLVM keeps in memory) are
     // global data, which aya makes into maps of each load: not shared state.
     let named: Vec<_> = obj.maps.keys().filter(|name| !name.starts_with('.')).collect();
-    assert_eq!(named.len(), maps::ALL.len(), "object has maps the agent does not know: {named:?}");
+    assert_eq!(
+        named.len(),
+        maps::ALL.len(),
+        "object has maps the agent does not know: {named:?}"
+    );
 }
 
 #[test]
 fn the_object_has_the_pod_programs() {
     let obj = aya_obj::Object::parse(OBJECT).expect("parse embedded object");
-    for name in [FROM_POD, TO_POD] {
+    for name in [FROM_POD, TO_POD, FROM_NETDEV] {
         assert!(
             obj.programs.contains_key(name),
             "program {name} missing: {:?}",

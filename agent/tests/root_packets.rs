@@ -8,9 +8,10 @@ use std::path::PathBuf;
 use aya::programs::{TestRun, TestRunOptions};
 use weir_agent::datapath::{Datapath, PinLayout};
 use weir_common::{
-    AF_INET, AF_INET6, BACKEND_ACTIVE, BACKEND_TERMINATING, Backend, CT_IN, CT_OUT, CtKey, IPPROTO_TCP, IPPROTO_UDP,
-    MAGLEV_TABLE_SIZE, MaglevTable, SCOPE_INTERNAL, SVC_F_AFFINITY, SVC_F_MAGLEV, SVC_F_TWO_SCOPES,
-    ServiceKey, ServiceValue, programs::FROM_POD,
+    AF_INET, AF_INET6, BACKEND_ACTIVE, BACKEND_TERMINATING, Backend, CT_IN, CT_OUT, CtKey, EndpointInfo,
+    EndpointKey, IPPROTO_TCP, IPPROTO_UDP, MAGLEV_TABLE_SIZE, MaglevTable, NodeAddrs, SCOPE_INTERNAL,
+    SNAT_PORT_MIN, SVC_F_AFFINITY, SVC_F_EXT_LOCAL, SVC_F_MAGLEV, SVC_F_TWO_SCOPES, ServiceKey, ServiceValue,
+    programs::{FROM_NETDEV, FROM_POD},
 };
 
 const TC_ACT_OK: u32 = 0;
@@ -96,7 +97,12 @@ impl Lab {
 
     /// Runs `from_pod` on a frame; returns the verdict and the frame after it.
     fn run(&self, frame: &[u8]) -> (u32, Vec<u8>) {
-        let prog = self.dp.program(FROM_POD).expect("program");
+        self.run_on(FROM_POD, frame)
+    }
+
+    /// Runs `program` on a frame; returns the verdict and the frame after it.
+    fn run_on(&self, program: &'static str, frame: &[u8]) -> (u32, Vec<u8>) {
+        let prog = self.dp.program(program).expect("program");
         let mut out = vec![0u8; 256];
         let result = prog
             .test_run(TestRunOptions {
@@ -487,8 +493,13 @@ fn frame6(proto: u8, src: [u8; 16], sport: u16, dst: [u8; 16], dport: u16, tcp_f
 fn tuple6(f: &[u8]) -> ([u8; 16], u16, [u8; 16], u16) {
     let (ip, l4) = f[14..].split_at(40);
     assert_eq!(l4_csum6(ip, ip[6], l4), 0, "bad L4 checksum");
-    let addr = |o: usize| <[u8; 16]>::try_from(&f[o..o + 16]).unwrap();
-    (addr(22), u16::from_be_bytes([f[54], f[55]]), addr(38), u16::from_be_bytes([f[56], f[57]]))
+    let addr = |o: usize| <[u8; 16]>::try_from(&f[o..o + 16]).expect("16 bytes");
+    (
+        addr(22),
+        u16::from_be_bytes([f[54], f[55]]),
+        addr(38),
+        u16::from_be_bytes([f[56], f[57]]),
+    )
 }
 
 #[test]
@@ -498,13 +509,25 @@ fn root_ipv6_clusterip_is_translated_both_ways_with_valid_checksums() {
         lab.service6(proto, &[BACKEND6]);
         let (verdict, out) = lab.run(&frame6(proto, CLIENT6, 40000, VIP6, 80, 0x02));
         assert_eq!(verdict, TC_ACT_OK);
-        assert_eq!(tuple6(&out), (CLIENT6, 40000, BACKEND6, 8080), "proto {proto}: DNAT to the backend");
+        assert_eq!(
+            tuple6(&out),
+            (CLIENT6, 40000, BACKEND6, 8080),
+            "proto {proto}: DNAT to the backend"
+        );
         let (verdict, out) = lab.run(&frame6(proto, BACKEND6, 8080, CLIENT6, 40000, 0x12));
         assert_eq!(verdict, TC_ACT_OK);
-        assert_eq!(tuple6(&out), (VIP6, 80, CLIENT6, 40000), "proto {proto}: reverse NAT");
+        assert_eq!(
+            tuple6(&out),
+            (VIP6, 80, CLIENT6, 40000),
+            "proto {proto}: reverse NAT"
+        );
         // The next packet of the flow keeps its backend.
         let (_, out) = lab.run(&frame6(proto, CLIENT6, 40000, VIP6, 80, 0x10));
-        assert_eq!(tuple6(&out), (CLIENT6, 40000, BACKEND6, 8080), "proto {proto}: established");
+        assert_eq!(
+            tuple6(&out),
+            (CLIENT6, 40000, BACKEND6, 8080),
+            "proto {proto}: established"
+        );
         // Unrelated traffic passes untouched.
         let plain = frame6(proto, CLIENT6, 40001, BACKEND6, 9999, 0x02);
         assert_eq!(lab.run(&plain), (TC_ACT_OK, plain.clone()));
@@ -529,11 +552,146 @@ fn root_ipv6_service_without_endpoints_answers_icmpv6_port_unreachable() {
     let (verdict, out) = lab.run(&dgram);
     assert_eq!(verdict, TC_ACT_REDIRECT, "sent back, not dropped");
     assert_eq!(out.len(), 14 + 40 + 8 + 48);
-    assert_eq!((&out[0..6], &out[6..12]), (&dgram[6..12], &dgram[0..6]), "MACs swapped");
+    assert_eq!(
+        (&out[0..6], &out[6..12]),
+        (&dgram[6..12], &dgram[0..6]),
+        "MACs swapped"
+    );
     assert_eq!(&out[12..14], &[0x86, 0xdd]);
-    assert_eq!((out[14] >> 4, out[20], u16::from_be_bytes([out[18], out[19]])), (6, 58, 56), "IPv6, ICMPv6, length");
-    assert_eq!((&out[22..38], &out[38..54]), (&VIP6[..], &CLIENT6[..]), "from the frontend to the client");
-    assert_eq!((out[54], out[55]), (1, 4), "destination unreachable / port unreachable");
+    assert_eq!(
+        (out[14] >> 4, out[20], u16::from_be_bytes([out[18], out[19]])),
+        (6, 58, 56),
+        "IPv6, ICMPv6, length"
+    );
+    assert_eq!(
+        (&out[22..38], &out[38..54]),
+        (&VIP6[..], &CLIENT6[..]),
+        "from the frontend to the client"
+    );
+    assert_eq!(
+        (out[54], out[55]),
+        (1, 4),
+        "destination unreachable / port unreachable"
+    );
     assert_eq!(l4_csum6(&out[14..54], 58, &out[54..]), 0, "ICMPv6 checksum");
     assert_eq!(&out[62..], &dgram[14..62], "quotes the original header and ports");
+}
+
+const EXTERNAL: [u8; 4] = [192, 168, 7, 7];
+const NODE_IP: [u8; 4] = [192, 168, 7, 1];
+const TC_ACT_SHOT: u32 = 2;
+
+/// A NodePort frontend NODE_IP:30080 of the given backends; backend A is a local pod.
+fn nodeport_lab(tag: &str, backends: &[[u8; 4]], flags: u32) -> Lab {
+    let mut lab = Lab::new(tag);
+    let backends16: Vec<_> = backends.iter().map(|b| a16(*b)).collect();
+    lab.service_of(AF_INET, a16(NODE_IP), IPPROTO_TCP, &backends16, flags);
+    // The frontend port is 80 in `service_of`: move it to 30080 by re-keying.
+    let entries: Vec<_> = lab.dp.services.iter().map(|e| e.expect("entry")).collect();
+    for (k, v) in entries {
+        lab.dp.services.remove(&k).expect("remove");
+        lab.dp
+            .services
+            .insert(
+                ServiceKey {
+                    port: 30080u16.to_be(),
+                    ..k
+                },
+                v,
+                0,
+            )
+            .expect("insert");
+    }
+    let local = EndpointKey::v4(BACKEND_A);
+    lab.dp
+        .endpoints
+        .insert(
+            local,
+            EndpointInfo {
+                ifindex: 1,
+                ..Default::default()
+            },
+            0,
+        )
+        .expect("endpoint");
+    lab.dp
+        .node
+        .set(
+            0,
+            NodeAddrs {
+                v4: a16(NODE_IP),
+                v6: [0; 16],
+            },
+            0,
+        )
+        .expect("node");
+    lab
+}
+
+#[test]
+fn root_nodeport_to_a_local_endpoint_keeps_the_client_address() {
+    let lab = nodeport_lab("np-local", &[BACKEND_A], 0);
+    let (verdict, out) = lab.run_on(
+        FROM_NETDEV,
+        &frame(IPPROTO_TCP, EXTERNAL, 40000, NODE_IP, 30080, 0x02),
+    );
+    assert_eq!(verdict, TC_ACT_REDIRECT, "straight to the pod's veth");
+    assert_eq!(tuple(&out), (EXTERNAL, 40000, BACKEND_A, 8080));
+    // The pod's reply leaves it from the node port, routed by the program itself.
+    let (_, out) = lab.run(&frame(IPPROTO_TCP, BACKEND_A, 8080, EXTERNAL, 40000, 0x12));
+    assert_eq!(tuple(&out), (NODE_IP, 30080, EXTERNAL, 40000));
+}
+
+#[test]
+fn root_nodeport_to_a_remote_endpoint_comes_from_the_node_and_back() {
+    let lab = nodeport_lab("np-remote", &[BACKEND_B], 0);
+    let (_, out) = lab.run_on(
+        FROM_NETDEV,
+        &frame(IPPROTO_TCP, EXTERNAL, 40000, NODE_IP, 30080, 0x02),
+    );
+    let (src, sport, dst, dport) = tuple(&out);
+    assert_eq!(
+        (src, dst, dport),
+        (NODE_IP, BACKEND_B, 8080),
+        "DNAT to the backend, SNAT to the node"
+    );
+    assert!(
+        sport >= SNAT_PORT_MIN,
+        "source port {sport} outside the SNAT range"
+    );
+    // The backend's reply, arriving on the node device, goes back to the client.
+    let (_, out) = lab.run_on(
+        FROM_NETDEV,
+        &frame(IPPROTO_TCP, BACKEND_B, 8080, NODE_IP, sport, 0x12),
+    );
+    assert_eq!(tuple(&out), (NODE_IP, 30080, EXTERNAL, 40000));
+    // The client's next packet takes the same translation.
+    let (_, out) = lab.run_on(
+        FROM_NETDEV,
+        &frame(IPPROTO_TCP, EXTERNAL, 40000, NODE_IP, 30080, 0x10),
+    );
+    assert_eq!(tuple(&out), (NODE_IP, sport, BACKEND_B, 8080));
+    // Traffic that is not for a frontend passes untouched.
+    let plain = frame(IPPROTO_TCP, EXTERNAL, 40001, NODE_IP, 22, 0x02);
+    assert_eq!(lab.run_on(FROM_NETDEV, &plain), (TC_ACT_OK, plain.clone()));
+}
+
+#[test]
+fn root_external_traffic_policy_local_without_endpoints_drops() {
+    let lab = nodeport_lab("np-etp", &[], SVC_F_EXT_LOCAL);
+    let (verdict, _) = lab.run_on(
+        FROM_NETDEV,
+        &frame(IPPROTO_TCP, EXTERNAL, 40000, NODE_IP, 30080, 0x02),
+    );
+    assert_eq!(verdict, TC_ACT_SHOT);
+    let lab = nodeport_lab("np-empty", &[], 0);
+    let (verdict, out) = lab.run_on(
+        FROM_NETDEV,
+        &frame(IPPROTO_TCP, EXTERNAL, 40000, NODE_IP, 30080, 0x02),
+    );
+    assert_eq!(
+        (verdict, out[23]),
+        (TC_ACT_REDIRECT, 1),
+        "without the policy: ICMP port unreachable"
+    );
 }

@@ -51,21 +51,15 @@
 //! a node without agent).
 
 use std::{
-    io::{Read as _, Write as _},
-    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
-    os::fd::{AsRawFd as _, FromRawFd as _},
+    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
     process::Command,
-    sync::{
-        Arc, Barrier,
-        atomic::{AtomicBool, Ordering},
-    },
-    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
-use nix::libc;
 use weir_lab::{
-    Agent, Netns, Node, Pod, TempDir, env_or,
+    Agent, Node, Pod, TempDir,
+    connrate::{Clients, Sample, Server, connect_once, median_rate},
+    env_or,
     kube_proxy::{Service, ServiceSet},
     require_root,
     services::ManifestDir,
@@ -77,9 +71,6 @@ const PORT: u16 = 8080;
 const ALT_PORT: u16 = 8081;
 const ALT_ID: u8 = BACKENDS as u8;
 const CLUSTER_CIDR: &str = "10.244.0.0/16";
-/// A source port is reused only after this long (Weir's closing-flow lifetime is 10 s).
-const MIN_PORT_REUSE: Duration = Duration::from_secs(12);
-const IO_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Variant {
@@ -190,12 +181,7 @@ fn main() {
                 "{} at {n} services does not work: {s:?}",
                 v.label()
             );
-            assert_eq!(
-                s.hit.iter().filter(|&&c| c > 0).count(),
-                BACKENDS,
-                "{}: {s:?}",
-                v.label()
-            );
+            assert_eq!(s.backends_hit(), BACKENDS, "{}: {s:?}", v.label());
         }
 
         // 2. Endpoint changes (Weir).
@@ -275,9 +261,9 @@ struct Bed {
     agent: Option<Agent>,
     manifests: Option<ManifestDir>,
     state: TempDir,
-    clients: Vec<Pod>,
-    /// Per client pod: its source-port allocator, moved into the client thread for a sample.
-    ports: Vec<Option<Ports>>,
+    /// One client thread per client pod.
+    load: Clients,
+    _clients: Vec<Pod>,
     backends: Vec<Pod>,
     _servers: Vec<Server>,
     /// The measured Service (its endpoints are the real backends).
@@ -315,8 +301,8 @@ impl Bed {
             agent,
             manifests,
             state: TempDir::new("weir-bench-svc-"),
-            ports: clients.iter().map(|_| Some(Ports::new())).collect(),
-            clients,
+            load: Clients::new(&clients.iter().map(|p| &p.ns).collect::<Vec<_>>()),
+            _clients: clients,
             backends,
             _servers: servers,
             measured: None,
@@ -340,18 +326,20 @@ impl Bed {
         set
     }
 
-    fn target(&self, v: Variant) -> Target {
+    /// The pods' own addresses in turn (direct), or the measured ClusterIP.
+    fn targets(&self, v: Variant) -> Vec<SocketAddrV4> {
         match v {
-            Variant::Direct => Target::Pods(self.backend_addrs(PORT)),
+            Variant::Direct => self.backend_addrs(PORT),
             _ => {
                 let m = self.measured.as_ref().expect("programmed");
-                Target::Vip(SocketAddrV4::new(m.vip, m.port))
+                vec![SocketAddrV4::new(m.vip, m.port)]
             }
         }
     }
 
     fn sample_variant(&mut self, v: Variant, d: Duration) -> Sample {
-        self.sample(self.target(v), d)
+        let targets = self.targets(v);
+        self.load.sample(&targets, d)
     }
 
     /// Weir from empty: both manifest files removed (and that synced), then renamed in.
@@ -429,22 +417,18 @@ impl Bed {
         let tmp = dir.join(".measured.yaml.tmp");
         std::fs::write(&tmp, m.slice_manifest()).expect("write slice");
         let vip = SocketAddrV4::new(m.vip, m.port);
-        let ports = self.ports[0].take().expect("ports");
         let t0 = Instant::now();
         std::fs::rename(&tmp, dir.join("measured.yaml")).expect("rename");
-        let probe = self.clients[0].ns.spawn(move || {
-            let mut ports = ports;
+        let seen = self.load.probe(move |ports| {
             let deadline = t0 + Duration::from_secs(60);
             while Instant::now() < deadline {
                 let Some(port) = ports.take() else { continue };
                 if connect_once(port, vip).is_ok_and(|id| (id == ALT_ID) == to_alt) {
-                    return (t0.elapsed(), ports);
+                    return t0.elapsed();
                 }
             }
             panic!("endpoint change not seen after 60 s");
         });
-        let (seen, ports) = probe.join().expect("probe thread");
-        self.ports[0] = Some(ports);
         let (synced, _) = self.wait_synced(n, t0);
         (seen, synced)
     }
@@ -499,240 +483,6 @@ impl Bed {
             t
         })
     }
-
-    /// Back-to-back connections from every client pod (one thread each) for `d`.
-    fn sample(&mut self, target: Target, d: Duration) -> Sample {
-        let barrier = Arc::new(Barrier::new(self.clients.len()));
-        let threads: Vec<JoinHandle<(Sample, Ports)>> = self
-            .clients
-            .iter()
-            .zip(self.ports.iter_mut())
-            .map(|(pod, ports)| {
-                let (mut ports, target, barrier) =
-                    (ports.take().expect("ports"), target.clone(), barrier.clone());
-                pod.ns.spawn(move || {
-                    let mut s = Sample::default();
-                    barrier.wait();
-                    let t0 = Instant::now();
-                    let mut k = 0usize;
-                    while t0.elapsed() < d {
-                        let Some(port) = ports.take() else {
-                            s.stalls += 1;
-                            std::thread::sleep(Duration::from_millis(1));
-                            continue;
-                        };
-                        let to = match &target {
-                            Target::Vip(a) => *a,
-                            Target::Pods(p) => p[k % p.len()],
-                        };
-                        k += 1;
-                        match connect_once(port, to) {
-                            Ok(id) => {
-                                s.conns += 1;
-                                s.hit[usize::from(id).min(BACKENDS)] += 1;
-                            }
-                            Err(_) => s.errors += 1,
-                        }
-                    }
-                    s.secs = t0.elapsed().as_secs_f64();
-                    (s, ports)
-                })
-            })
-            .collect();
-        let mut total = Sample::default();
-        for (slot, t) in self.ports.iter_mut().zip(threads) {
-            let (s, ports) = t.join().expect("client thread");
-            *slot = Some(ports);
-            total.conns += s.conns;
-            total.errors += s.errors;
-            total.stalls += s.stalls;
-            total.secs = total.secs.max(s.secs);
-            for (a, b) in total.hit.iter_mut().zip(s.hit) {
-                *a += b;
-            }
-        }
-        total
-    }
-}
-
-#[derive(Clone)]
-enum Target {
-    Vip(SocketAddrV4),
-    /// Round-robin over the backends' own addresses.
-    Pods(Vec<SocketAddrV4>),
-}
-
-#[derive(Clone, Debug, Default)]
-struct Sample {
-    conns: u64,
-    errors: u64,
-    /// Waits for a source port not used in the last 12 s.
-    stalls: u64,
-    secs: f64,
-    /// Answers per backend index (10 = backend 0's second port).
-    hit: [u64; BACKENDS + 1],
-}
-
-impl Sample {
-    fn rate(&self) -> f64 {
-        self.conns as f64 / self.secs
-    }
-}
-
-/// Source ports of one client address, handed out in turn, none within
-/// [`MIN_PORT_REUSE`] of its last use.
-struct Ports {
-    next: u16,
-    last: Vec<Option<Instant>>,
-}
-
-impl Ports {
-    const LO: u16 = 1024;
-
-    fn new() -> Self {
-        Self {
-            next: Self::LO,
-            last: vec![None; 65_536],
-        }
-    }
-
-    fn take(&mut self) -> Option<u16> {
-        let now = Instant::now();
-        for _ in Self::LO..=u16::MAX {
-            let p = self.next;
-            self.next = if p == u16::MAX { Self::LO } else { p + 1 };
-            let slot = &mut self.last[usize::from(p)];
-            if slot.is_none_or(|t| now.duration_since(t) >= MIN_PORT_REUSE) {
-                *slot = Some(now);
-                return Some(p);
-            }
-        }
-        None
-    }
-}
-
-/// One connection from source port `port`: connect, send 3 bytes, read the backend's
-/// 1-byte index, close with an RST (`SO_LINGER` 0: no TIME_WAIT).
-fn connect_once(port: u16, to: SocketAddrV4) -> std::io::Result<u8> {
-    let s = bound_socket(port)?;
-    let dst = sockaddr(to);
-    // SAFETY: `dst` is a valid sockaddr_in of the given length; `s` owns the fd.
-    let rc = unsafe {
-        libc::connect(
-            s.as_raw_fd(),
-            (&raw const dst).cast(),
-            size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    s.set_read_timeout(Some(IO_TIMEOUT))?;
-    (&s).write_all(b"hi\n")?;
-    let mut b = [0u8; 1];
-    (&s).read_exact(&mut b)?;
-    Ok(b[0])
-}
-
-/// A TCP socket bound to `0.0.0.0:port`, with `SO_LINGER` 0.
-fn bound_socket(port: u16) -> std::io::Result<TcpStream> {
-    // SAFETY: plain socket(2); the result is checked before use.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: a fresh fd we own; the stream closes it on every path from here.
-    let s = unsafe { TcpStream::from_raw_fd(fd) };
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    let src = sockaddr(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port));
-    // SAFETY: pointers to live values of the lengths passed.
-    let ok = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&raw const linger).cast(),
-            size_of::<libc::linger>() as libc::socklen_t,
-        ) == 0
-            && libc::bind(
-                fd,
-                (&raw const src).cast(),
-                size_of::<libc::sockaddr_in>() as libc::socklen_t,
-            ) == 0
-    };
-    if !ok {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(s)
-}
-
-fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
-    libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: a.port().to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(*a.ip()).to_be(),
-        },
-        sin_zero: [0; 8],
-    }
-}
-
-/// A backend: accepts one connection at a time, reads the request, answers its
-/// index, closes. Stopped on drop.
-struct Server {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Server {
-    fn start(ns: &Netns, addr: SocketAddr, id: u8) -> Self {
-        let listener = ns.run(move || TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}")));
-        // accept(2) honours SO_RCVTIMEO: wake up now and then to see `stop`.
-        let tv = libc::timeval {
-            tv_sec: 0,
-            tv_usec: 100_000,
-        };
-        // SAFETY: a pointer to a live timeval of the length passed.
-        let rc = unsafe {
-            libc::setsockopt(
-                listener.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&raw const tv).cast(),
-                size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
-        assert_eq!(rc, 0, "SO_RCVTIMEO: {}", std::io::Error::last_os_error());
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
-        let thread = std::thread::spawn(move || {
-            let mut buf = [0u8; 64];
-            while !s.load(Ordering::Relaxed) {
-                if let Ok((mut conn, _)) = listener.accept() {
-                    let _ = conn.set_read_timeout(Some(IO_TIMEOUT));
-                    if conn.read(&mut buf).is_ok_and(|n| n > 0) {
-                        let _ = conn.write_all(&[id]);
-                    }
-                }
-            }
-        });
-        Self {
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 /// `key=value` (or `key="value"`) of a tracing line.
@@ -772,7 +522,7 @@ fn print_report(
             let hi = rates.iter().copied().fold(0.0, f64::max);
             let mut hit = [0u64; BACKENDS + 1];
             for x in s {
-                for (a, b) in hit.iter_mut().zip(x.hit) {
+                for (a, b) in hit.iter_mut().zip(&x.hit) {
                     *a += b;
                 }
             }
@@ -839,20 +589,6 @@ fn print_report(
             ms(*seen.iter().max().expect("changes")),
             ms(median(&synced))
         );
-    }
-}
-
-fn median_rate(s: &[Sample]) -> f64 {
-    let mut r: Vec<f64> = s.iter().map(Sample::rate).collect();
-    r.sort_by(f64::total_cmp);
-    if r.is_empty() {
-        return f64::NAN;
-    }
-    let m = r.len() / 2;
-    if r.len() % 2 == 1 {
-        r[m]
-    } else {
-        (r[m - 1] + r[m]) / 2.0
     }
 }
 

@@ -6,9 +6,11 @@
 //!
 //! The rules have kube-proxy's shape (v1.31+), nat table only: the chain layout, the
 //! matches, the `statistic` probabilities and the `numgen` maps, the masquerade marks.
+//! NodePorts (iptables mode) as kube-proxy writes them for externalTrafficPolicy
+//! Cluster: `KUBE-NODEPORTS` -> `KUBE-EXT-*` (masquerade mark) -> `KUBE-SVC-*`.
 //! Not reproduced: the filter-table chains (firewall, rejects for Services without
-//! endpoints: empty when every Service has endpoints), NodePorts, and the exact chain
-//! hashes (kube-proxy hashes with SHA-256; any 16-character name costs the same).
+//! endpoints: empty when every Service has endpoints), and the exact chain hashes
+//! (kube-proxy hashes with SHA-256; any 16-character name costs the same).
 
 use std::{
     fmt::Write as _,
@@ -29,6 +31,8 @@ pub struct Service {
     pub name: String,
     pub vip: Ipv4Addr,
     pub port: u16,
+    /// A NodePort Service's node port (externalTrafficPolicy Cluster).
+    pub node_port: Option<u16>,
     pub endpoints: Vec<SocketAddrV4>,
 }
 
@@ -41,6 +45,11 @@ impl Service {
     /// `KUBE-SVC-` + 16 characters of the port name's hash.
     fn svc_chain(&self) -> String {
         format!("KUBE-SVC-{}", hash16(&format!("{}tcp", self.port_name())))
+    }
+
+    /// `KUBE-EXT-` + the same hash as the Service chain's.
+    fn ext_chain(&self) -> String {
+        format!("KUBE-EXT-{}", hash16(&format!("{}tcp", self.port_name())))
     }
 
     /// `KUBE-SEP-` + 16 characters of the (port name, endpoint) hash.
@@ -125,6 +134,7 @@ impl ServiceSet {
                 name: format!("svc-{i}"),
                 vip: Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 1)) + i as u32),
                 port: 80,
+                node_port: None,
                 endpoints: (0..per_service)
                     .map(|j| {
                         let k = (i * per_service + j) as u32;
@@ -166,10 +176,26 @@ impl ServiceSet {
         );
         let mut svc_rules = String::new();
         let mut sep_rules = String::new();
+        let mut nodeport_rules = String::new();
         for svc in &self.services {
             let name = svc.port_name();
             let chain = svc.svc_chain();
             let _ = writeln!(chains, ":{chain} - [0:0]");
+            if let Some(node_port) = svc.node_port {
+                let ext = svc.ext_chain();
+                let _ = writeln!(chains, ":{ext} - [0:0]");
+                let _ = writeln!(
+                    nodeport_rules,
+                    "-A KUBE-NODEPORTS {}-m tcp -p tcp --dport {node_port} -j {ext}",
+                    comment(&name)
+                );
+                let _ = writeln!(
+                    nodeport_rules,
+                    "-A {ext} {}-j KUBE-MARK-MASQ",
+                    comment(&format!("masquerade traffic for {name} external destinations"))
+                );
+                let _ = writeln!(nodeport_rules, "-A {ext} -j {chain}");
+            }
             let _ = writeln!(
                 rules,
                 "-A KUBE-SERVICES {}-m tcp -p tcp -d {}/32 --dport {} -j {chain}",
@@ -221,6 +247,7 @@ impl ServiceSet {
             "-A KUBE-SERVICES -m comment --comment \"kubernetes service nodeports; NOTE: this must be the last rule in this chain\" \
              -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS\n",
         );
+        rules.push_str(&nodeport_rules);
         rules.push_str(&svc_rules);
         rules.push_str(&sep_rules);
         rules.push_str(
@@ -354,6 +381,17 @@ mod tests {
         // Chain names are unique.
         let chains: std::collections::BTreeSet<_> = rules.lines().filter(|l| l.starts_with(':')).collect();
         assert_eq!(chains.len(), 4 + 1 + 3);
+    }
+
+    #[test]
+    fn node_ports_go_through_the_external_chain_with_the_masquerade_mark() {
+        let mut set = one();
+        set.services[0].node_port = Some(30080);
+        let rules = set.iptables_restore();
+        let (svc, ext) = (set.services[0].svc_chain(), set.services[0].ext_chain());
+        assert!(rules.contains(&format!("-A KUBE-NODEPORTS -m comment --comment \"bench/svc-0:http\" -m tcp -p tcp --dport 30080 -j {ext}\n")), "{rules}");
+        assert!(rules.contains(&format!("-A {ext} -m comment --comment \"masquerade traffic for bench/svc-0:http external destinations\" -j KUBE-MARK-MASQ\n-A {ext} -j {svc}\n")));
+        assert!(rules.contains(&format!(":{ext} - [0:0]\n")));
     }
 
     #[test]

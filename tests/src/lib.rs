@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod bins;
 pub mod cni;
+pub mod connrate;
 pub mod kube_proxy;
 pub mod netns;
 pub mod node;

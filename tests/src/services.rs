@@ -68,6 +68,19 @@ pub fn port(name: &str, port: u16, target: &str, protocol: &str) -> Value {
     json!({ "name": name, "port": port, "targetPort": target, "protocol": protocol })
 }
 
+/// `patch` merged into `target` (objects key by key, anything else replaced), as
+/// `kubectl patch --type merge` does.
+pub fn merge(target: &mut Value, patch: &Value) {
+    match (target, patch) {
+        (Value::Object(t), Value::Object(p)) => {
+            for (k, v) in p {
+                merge(t.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+        (t, p) => *t = p.clone(),
+    }
+}
+
 /// A ClusterIP Service as the API server returns it.
 pub fn service(name: &str, cluster_ip: &str, ports: &[Value]) -> Value {
     service_with_ips(name, &[cluster_ip], ports)
@@ -77,7 +90,11 @@ pub fn service(name: &str, cluster_ip: &str, ports: &[Value]) -> Value {
 /// first), as the API server returns a dual-stack or single-stack one.
 pub fn service_with_ips(name: &str, cluster_ips: &[&str], ports: &[Value]) -> Value {
     let family = |ip: &&str| if ip.contains(':') { "IPv6" } else { "IPv4" };
-    let policy = if cluster_ips.len() > 1 { "RequireDualStack" } else { "SingleStack" };
+    let policy = if cluster_ips.len() > 1 {
+        "RequireDualStack"
+    } else {
+        "SingleStack"
+    };
     json!({
         "apiVersion": "v1",
         "kind": "Service",

@@ -1,20 +1,90 @@
-//! The network between lab nodes: a veth pair from one node to another with an
-//! address on each end, and native routing of each node's pod CIDR via the other
-//! node's address (what Weir's default cross-node mode programs in a cluster).
+//! The network between lab nodes, and the world outside the cluster.
+//!
+//! [`Underlay`] is a switch (a bridge in a namespace of its own) on the subnet
+//! `10.200.n.0/24`: nodes and external hosts plug into it, and each node's pod
+//! CIDR is routed via that node's address (what Weir's default cross-node mode
+//! programs in a cluster). [`link`] is the smallest case: two nodes on a veth.
 
-use crate::{Node, netns::run_ok, unique};
+use std::net::IpAddr;
+
+use crate::{Node, netns::Netns, netns::run_ok, unique};
+
+/// A veth between two namespaces: `a_end` in `a`, `b_end` in `b`.
+fn veth(a: &Netns, a_end: &str, b: &Netns, b_end: &str) {
+    run_ok(
+        std::process::Command::new("ip").args(["link", "add", a_end, "type", "veth", "peer", "name", b_end]),
+    );
+    for (end, ns) in [(a_end, a), (b_end, b)] {
+        run_ok(std::process::Command::new("ip").args(["link", "set", end, "netns", ns.name()]));
+    }
+}
 
 /// Joins two nodes. `n` (0-255) picks the underlay subnet `10.200.n.0/24`: node
 /// `a` is `.1`, node `b` is `.2`.
 pub fn link(a: &Node, b: &Node, n: u8) {
     let (ea, eb) = (unique("ula"), unique("ulb"));
-    run_ok(std::process::Command::new("ip").args(["link", "add", &ea, "type", "veth", "peer", "name", &eb]));
-    for (end, node) in [(&ea, a), (&eb, b)] {
-        run_ok(std::process::Command::new("ip").args(["link", "set", end, "netns", node.ns.name()]));
-    }
+    veth(&a.ns, &ea, &b.ns, &eb);
     let (ip_a, ip_b) = (format!("10.200.{n}.1"), format!("10.200.{n}.2"));
     a.ns.sh(&format!("ip addr add {ip_a}/24 dev {ea} && ip link set {ea} up"));
     b.ns.sh(&format!("ip addr add {ip_b}/24 dev {eb} && ip link set {eb} up"));
     a.ns.sh(&format!("ip route add {} via {ip_b}", b.pod_cidr()));
     b.ns.sh(&format!("ip route add {} via {ip_a}", a.pod_cidr()));
+}
+
+/// A switched underlay `10.200.n.0/24`.
+pub struct Underlay {
+    switch: Netns,
+    n: u8,
+}
+
+impl Underlay {
+    pub fn new(n: u8) -> Self {
+        let switch = Netns::new(&unique("wsw"));
+        switch.sh("ip link add br0 type bridge && ip link set br0 up");
+        Self { switch, n }
+    }
+
+    /// Plugs `ns` into the switch as `10.200.n.host`; returns that address.
+    pub fn plug(&self, ns: &Netns, host: u8) -> IpAddr {
+        let (inside, port) = (unique("ulp"), unique("uls"));
+        veth(ns, &inside, &self.switch, &port);
+        self.switch
+            .sh(&format!("ip link set {port} master br0 && ip link set {port} up"));
+        let ip = format!("10.200.{}.{host}", self.n);
+        ns.sh(&format!(
+            "ip addr add {ip}/24 dev {inside} && ip link set {inside} up"
+        ));
+        ip.parse().expect("underlay address")
+    }
+
+    /// Plugs the nodes in as `.1`, `.2`, ... and routes each one's pod CIDR via it
+    /// on the others. Returns their addresses.
+    pub fn join(&self, nodes: &[&Node]) -> Vec<IpAddr> {
+        let ips: Vec<IpAddr> = nodes
+            .iter()
+            .zip(1u8..)
+            .map(|(node, host)| self.plug(&node.ns, host))
+            .collect();
+        for (node, _) in nodes.iter().zip(&ips) {
+            for (other, via) in nodes.iter().zip(&ips) {
+                if other.ns.name() != node.ns.name() {
+                    node.ns
+                        .sh(&format!("ip route add {} via {via}", other.pod_cidr()));
+                }
+            }
+        }
+        ips
+    }
+
+    /// A host outside the cluster on the underlay, as `.100`.
+    pub fn external(&self) -> (Netns, IpAddr) {
+        self.external_at(100)
+    }
+
+    /// A host outside the cluster on the underlay, as `.host`.
+    pub fn external_at(&self, host: u8) -> (Netns, IpAddr) {
+        let ns = Netns::new(&unique("wext"));
+        let ip = self.plug(&ns, host);
+        (ns, ip)
+    }
 }

@@ -805,11 +805,15 @@ fn root_ipv6_and_dual_stack_clusterips() {
     const VIP6: &str = "fd00:96::10";
     const EMPTY6: &str = "fd00:96::11";
     let dir = ManifestDir::new();
-    let mut node = Node::with_ranges(json!([[{ "subnet": "10.91.30.0/24" }], [{ "subnet": "fd00:10:91:30::/64" }]]));
+    let mut node =
+        Node::with_ranges(json!([[{ "subnet": "10.91.30.0/24" }], [{ "subnet": "fd00:10:91:30::/64" }]]));
     let agent = node.start_agent_with_source(dir.path());
     let a = node.add_pod("a");
     let client = node.add_pod("client");
-    let _servers = [WhoAmI::start(&a.ns, "a", a.ipv4(), &[8080]), WhoAmI::start(&a.ns, "a", a.ipv6(), &[8080])];
+    let _servers = [
+        WhoAmI::start(&a.ns, "a", a.ipv4(), &[8080]),
+        WhoAmI::start(&a.ns, "a", a.ipv6(), &[8080]),
+    ];
     let ports = [port("http", 80, "8080", "TCP"), port("dns", 53, "8080", "UDP")];
     let slice_ports = [("http", 8080, "TCP"), ("dns", 8080, "UDP")];
     dir.write(
@@ -831,10 +835,18 @@ fn root_ipv6_and_dual_stack_clusterips() {
     let vip6 = |port| SocketAddr::new(VIP6.parse().expect("VIP6"), port);
     // Both families of the one Service, the client's own address preserved.
     let answer = expect_server(ask_tcp(&client.ns, vip6(80)), "a", "TCP to the IPv6 ClusterIP");
-    assert_eq!(answer.peer.ip(), client.ipv6(), "the backend sees the client's IPv6 address");
+    assert_eq!(
+        answer.peer.ip(),
+        client.ipv6(),
+        "the backend sees the client's IPv6 address"
+    );
     let answer = expect_server(ask_udp(&client.ns, vip6(53)), "a", "UDP to the IPv6 ClusterIP");
     assert_eq!(answer.peer.ip(), client.ipv6());
-    expect_server(ask_tcp(&client.ns, vip(80)), "a", "TCP to the IPv4 ClusterIP of the same Service");
+    expect_server(
+        ask_tcp(&client.ns, vip(80)),
+        "a",
+        "TCP to the IPv4 ClusterIP of the same Service",
+    );
     // Hairpin over IPv6: the backend reaches itself through its Service.
     expect_server(ask_tcp(&a.ns, vip6(80)), "a", "hairpin over IPv6");
     // No endpoints: refused (ICMPv6 port unreachable), not a timeout. A TCP
@@ -845,7 +857,11 @@ fn root_ipv6_and_dual_stack_clusterips() {
     let started = Instant::now();
     let err = ask_tcp(&client.ns, empty(80)).expect_err("a Service without endpoints must refuse");
     assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "{err}");
-    assert!(started.elapsed() < Duration::from_secs(3), "refused only after {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "refused only after {:?}",
+        started.elapsed()
+    );
     let err = ask_udp(&client.ns, empty(53)).expect_err("a Service without endpoints must refuse");
     assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "UDP: {err}");
 }

@@ -49,7 +49,10 @@ impl Model {
         object.normalize();
         let key = object.key();
         if let Some(service) = slice_service(&object) {
-            self.slices.entry((key.namespace.clone(), service.to_owned())).or_default().insert(key.name.clone());
+            self.slices
+                .entry((key.namespace.clone(), service.to_owned()))
+                .or_default()
+                .insert(key.name.clone());
         }
         let entry = Entry {
             object,
@@ -91,9 +94,15 @@ impl Model {
         };
         names
             .iter()
-            .filter_map(|name| match &self.objects.get(&ObjectKey::new(Kind::EndpointSlice, namespace, name))?.object {
-                Object::EndpointSlice(s) => Some(s.as_ref()),
-                _ => None,
+            .filter_map(|name| {
+                match &self
+                    .objects
+                    .get(&ObjectKey::new(Kind::EndpointSlice, namespace, name))?
+                    .object
+                {
+                    Object::EndpointSlice(s) => Some(s.as_ref()),
+                    _ => None,
+                }
             })
             .collect()
     }

@@ -13,6 +13,7 @@ use weir_agent::{
     cni_server,
     conntrack::Hygiene,
     datapath::{Datapath, PinLayout, pins::DEFAULT_ROOT},
+    node_net::{self, NodeNet},
     service_loop::{self, SyncLoop},
     source::SourceSpec,
     sync::{SharedDatapath, Syncer},
@@ -45,6 +46,15 @@ enum Command {
         /// pods (no service load balancing).
         #[arg(long, value_name = "dir:PATH")]
         source: Option<SourceSpec>,
+        /// The node's devices, where Service traffic from outside the node arrives
+        /// (NodePorts, externalIPs, load-balancer IPs). Default: every interface
+        /// with a global address but loopback.
+        #[arg(long, value_delimiter = ',', value_name = "IFACE,...")]
+        devices: Vec<String>,
+        /// The address ranges whose node addresses serve NodePorts, as kube-proxy's
+        /// `--nodeport-addresses`. Default: every global address of the devices.
+        #[arg(long, value_delimiter = ',', value_name = "CIDR,...")]
+        nodeport_addresses: Vec<ipnetwork::IpNetwork>,
     },
 }
 
@@ -63,9 +73,13 @@ fn main() -> anyhow::Result<()> {
             bpffs_root,
             cni_socket,
             source,
+            devices,
+            nodeport_addresses,
         } => {
             let root = weir_agent::datapath::bpffs::resolve(&bpffs_root, true)?;
-            run(&node, PinLayout::new(root), &cni_socket, source.as_ref())
+            let net =
+                node_net::discover(&devices, &nodeport_addresses).context("finding the node's devices")?;
+            run(&node, PinLayout::new(root), &cni_socket, source.as_ref(), &net)
         }
     }
 }
@@ -75,15 +89,32 @@ fn run(
     pins: PinLayout,
     cni_socket: &std::path::Path,
     source: Option<&SourceSpec>,
+    net: &NodeNet,
 ) -> anyhow::Result<()> {
     let mut dp = Datapath::load(pins.clone())
         .with_context(|| format!("loading the datapath under {}", pins.root().display()))?;
     let adopted = dp.adopt_links().context("adopting pinned links")?;
     let forgotten = cni_server::forget_ifindexes(&mut dp, &adopted.stale)?;
     info!(node, root = %pins.root().display(), adopted = adopted.adopted, forgotten, "datapath loaded");
+    dp.node
+        .set(0, net.snat, 0)
+        .context("writing the node's addresses")?;
+    for (name, ifindex) in &net.devices {
+        dp.attach_device(name, *ifindex)
+            .with_context(|| format!("attaching the node program to {name}"))?;
+    }
+    info!(
+        devices = ?net.devices.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+        nodeport_addresses = ?net.nodeport_addresses,
+        "node devices"
+    );
     let dp = Arc::new(Mutex::new(dp));
     if let Some(spec) = source {
-        start_services(node, &pins, spec, SharedDatapath(dp.clone()))?;
+        let context = NodeContext {
+            node_ips: net.nodeport_addresses.clone(),
+            ..NodeContext::new(node)
+        };
+        start_services(context, &pins, spec, SharedDatapath(dp.clone()))?;
     }
     // Bind last: a plugin that can connect finds a datapath ready to take its pod.
     let listener = cni_server::bind(cni_socket)?;
@@ -95,13 +126,13 @@ fn run(
 /// Reads back what the service maps hold (never flushing them), then starts the
 /// sync and conntrack GC threads.
 fn start_services(
-    node: &str,
+    node: NodeContext,
     pins: &PinLayout,
     spec: &SourceSpec,
     maps: SharedDatapath,
 ) -> anyhow::Result<()> {
     let syncer = Syncer::new(&maps).context("reading the service maps back")?;
-    let compiler = syncer.compiler(NodeContext::new(node));
+    let compiler = syncer.compiler(node);
     let (frontends, backends) = (
         syncer.current().services.keys().filter(|k| k.slot == 0).count(),
         syncer.current().backends.len(),
@@ -122,6 +153,7 @@ fn start_services(
         compiler,
         syncer,
         hygiene,
+        health: Default::default(),
         timeouts,
     }
     .spawn()

@@ -13,7 +13,7 @@ use weir_agent::{
         pins::DEFAULT_ROOT,
     },
 };
-use weir_common::{AF_INET, EndpointKey, Reason};
+use weir_common::{AF_INET, Dir, EndpointKey, Reason};
 
 #[derive(Parser)]
 #[command(name = "weirctl", version, about = "Inspect Weir's eBPF maps")]
@@ -96,7 +96,7 @@ fn metrics(pins: &PinLayout) -> anyhow::Result<Vec<serde_json::Value>> {
         .into_iter()
         .map(|(slot, v)| {
             json!({
-                "direction": if slot >> 8 == 0 { "from-pod" } else { "to-pod" },
+                "direction": Dir::name(slot),
                 "reason": Reason::name((slot & 0xff) as u8),
                 "packets": v.packets,
                 "bytes": v.bytes,

@@ -1,4 +1,5 @@
-//! Attaching the pod programs to a pod's host-side veth with pinned TCX links.
+//! Attaching the programs with pinned TCX links: the pod programs to a pod's
+//! host-side veth, the node program to each of the node's devices.
 //!
 //! The links are pinned and never held open by the agent: the pin alone keeps a
 //! program attached, so the datapath survives the agent. A new agent swaps its
@@ -13,13 +14,17 @@ use aya::programs::{
     tc::{SchedClassifierLink, TcAttachOptions},
 };
 use tracing::{info, warn};
-use weir_common::programs::{FROM_POD, TO_POD};
+use weir_common::programs::{FROM_NETDEV, FROM_POD, TO_POD};
 
 use super::{Datapath, DatapathError, load::classifier};
 
 /// The programs on each pod veth and the TCX hook each goes to.
-const POD_PROGRAMS: [(&str, TcAttachType); 2] =
-    [(FROM_POD, TcAttachType::Ingress), (TO_POD, TcAttachType::Egress)];
+const POD_PROGRAMS: &[(&str, TcAttachType)] =
+    &[(FROM_POD, TcAttachType::Ingress), (TO_POD, TcAttachType::Egress)];
+/// The program on each node device.
+const DEVICE_PROGRAMS: &[(&str, TcAttachType)] = &[(FROM_NETDEV, TcAttachType::Ingress)];
+/// Every program that may be pinned under an interface's links.
+const ALL_PROGRAMS: [&str; 3] = [FROM_POD, TO_POD, FROM_NETDEV];
 
 /// What [`Datapath::adopt_links`] found.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -33,9 +38,23 @@ pub struct AttachedCount {
 impl Datapath {
     /// Attaches (or re-attaches, idempotently) the pod programs to a host veth.
     pub fn attach_endpoint(&mut self, ifname: &str, ifindex: u32) -> Result<(), DatapathError> {
+        self.attach(ifname, ifindex, POD_PROGRAMS)
+    }
+
+    /// Attaches (or re-attaches, idempotently) the node program to a device.
+    pub fn attach_device(&mut self, ifname: &str, ifindex: u32) -> Result<(), DatapathError> {
+        self.attach(ifname, ifindex, DEVICE_PROGRAMS)
+    }
+
+    fn attach(
+        &mut self,
+        ifname: &str,
+        ifindex: u32,
+        programs: &[(&'static str, TcAttachType)],
+    ) -> Result<(), DatapathError> {
         let dir = self.pins.endpoint_links(ifindex);
         std::fs::create_dir_all(&dir).map_err(DatapathError::fs(&dir))?;
-        for (name, hook) in POD_PROGRAMS {
+        for &(name, hook) in programs {
             let path = self.pins.link(ifindex, name);
             match self.swap_into_pinned(name, &path) {
                 Ok(true) => continue,
@@ -84,7 +103,7 @@ impl Datapath {
     }
 
     /// After a restart: put this agent's programs into every pinned link, and drop
-    /// the pins of veths that no longer exist.
+    /// the pins of interfaces that no longer exist.
     pub fn adopt_links(&mut self) -> Result<AttachedCount, DatapathError> {
         let mut count = AttachedCount::default();
         let dir = self.pins.links_dir();
@@ -98,17 +117,18 @@ impl Datapath {
             let Some(ifindex) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
                 continue;
             };
-            let mut alive = true;
-            for (name, _) in POD_PROGRAMS {
+            let (mut swapped, mut alive) = (0, true);
+            for name in ALL_PROGRAMS {
                 match self.swap_into_pinned(name, &self.pins.link(ifindex, name)) {
-                    Ok(true) => {}
-                    Ok(false) => alive = false,
+                    Ok(true) => swapped += 1,
+                    Ok(false) => {}
                     Err(e) => {
                         warn!(ifindex, program = name, error = %e, "pinned link is defunct");
                         alive = false;
                     }
                 }
             }
+            let alive = alive && swapped > 0;
             if alive {
                 count.adopted += 1;
             } else {

@@ -2,11 +2,11 @@
 //! same maps (and the programs already attached keep using them meanwhile).
 
 use aya::{Ebpf, EbpfLoader, programs::SchedClassifier};
-use weir_common::programs::{FROM_POD, TO_POD};
+use weir_common::programs::{FROM_NETDEV, FROM_POD, TO_POD};
 
 use super::{
     DatapathError, PinLayout,
-    maps::{self, Affinity, Backends, Conntrack, Endpoints, Maglev, RevNats, Services},
+    maps::{self, Affinity, Backends, Conntrack, Endpoints, Maglev, Node, RevNats, Services},
     object::OBJECT,
 };
 
@@ -21,6 +21,7 @@ pub struct Datapath {
     pub affinity: Affinity,
     pub conntrack: Conntrack,
     pub maglev: Maglev,
+    pub node: Node,
 }
 
 impl Datapath {
@@ -35,7 +36,7 @@ impl Datapath {
             loader.map_pin_path(spec.name, pins.map(spec.name));
         }
         let mut ebpf = loader.load(OBJECT)?;
-        for name in [FROM_POD, TO_POD] {
+        for name in [FROM_POD, TO_POD, FROM_NETDEV] {
             classifier(&mut ebpf, name)?
                 .load()
                 .map_err(|source| DatapathError::Program { name, source })?;
@@ -48,6 +49,7 @@ impl Datapath {
             affinity: take_map(&mut ebpf, maps::AFFINITY.name)?,
             conntrack: take_map(&mut ebpf, maps::CONNTRACK.name)?,
             maglev: take_map(&mut ebpf, maps::MAGLEV.name)?,
+            node: take_map(&mut ebpf, maps::NODE.name)?,
             ebpf,
             pins,
         })
@@ -57,7 +59,7 @@ impl Datapath {
         &self.pins
     }
 
-    /// A loaded pod program, for `BPF_PROG_TEST_RUN` packet tests.
+    /// A loaded program, for `BPF_PROG_TEST_RUN` packet tests.
     pub fn program(&self, name: &'static str) -> Result<&SchedClassifier, DatapathError> {
         self.ebpf
             .program(name)

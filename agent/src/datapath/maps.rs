@@ -1,9 +1,9 @@
 //! Typed handles on Weir's maps, and what each must look like in the kernel.
 
-use aya::maps::{HashMap, Map, MapData, MapInfo, PerCpuArray};
+use aya::maps::{Array, HashMap, Map, MapData, MapInfo, PerCpuArray};
 use weir_common::{
     AffinityKey, AffinityValue, Backend, CtKey, CtValue, EndpointInfo, EndpointKey, MaglevTable, MetricValue,
-    RevNat, Scratch, ServiceKey, ServiceValue, maps as names,
+    NodeAddrs, RevNat, Scratch, ServiceKey, ServiceValue, maps as names,
 };
 
 use super::{DatapathError, PinLayout};
@@ -46,10 +46,11 @@ pub const AFFINITY: MapSpec =
 pub const CONNTRACK: MapSpec = MapSpec::of::<CtKey, CtValue>(names::CONNTRACK, names::CONNTRACK_ENTRIES);
 pub const MAGLEV: MapSpec = MapSpec::of::<u32, MaglevTable>(names::MAGLEV, names::MAGLEV_ENTRIES);
 pub const SCRATCH: MapSpec = MapSpec::of::<u32, Scratch>(names::SCRATCH, 1);
+pub const NODE: MapSpec = MapSpec::of::<u32, NodeAddrs>(names::NODE, 1);
 
 /// Every map of the object.
 pub const ALL: &[MapSpec] = &[
-    METRICS, ENDPOINTS, SERVICES, BACKENDS, REVNAT, AFFINITY, CONNTRACK, MAGLEV, SCRATCH,
+    METRICS, ENDPOINTS, SERVICES, BACKENDS, REVNAT, AFFINITY, CONNTRACK, MAGLEV, SCRATCH, NODE,
 ];
 
 pub type Endpoints = HashMap<MapData, EndpointKey, EndpointInfo>;
@@ -62,6 +63,7 @@ pub type Affinity = HashMap<MapData, AffinityKey, AffinityValue>;
 /// An LRU hash in the kernel.
 pub type Conntrack = HashMap<MapData, CtKey, CtValue>;
 pub type Maglev = HashMap<MapData, u32, MaglevTable>;
+pub type Node = Array<MapData, NodeAddrs>;
 
 /// Fails if a map is pinned at the spec's path with another shape; `Ok(false)`
 /// when nothing is pinned there yet.

@@ -158,7 +158,10 @@ impl DirSource {
                 }
             }
         }
-        let unread: Vec<&FileStamp> = files.iter().filter(|f| !self.parsed.contains_key(&f.name)).collect();
+        let unread: Vec<&FileStamp> = files
+            .iter()
+            .filter(|f| !self.parsed.contains_key(&f.name))
+            .collect();
         for file in unread {
             let path = self.path.join(&file.name);
             let text = match fs::read_to_string(&path) {
@@ -179,7 +182,13 @@ impl DirSource {
                 }
                 touched.insert(key.clone());
             }
-            self.parsed.insert(file.name.clone(), ParsedFile { stamp: file.clone(), objects });
+            self.parsed.insert(
+                file.name.clone(),
+                ParsedFile {
+                    stamp: file.clone(),
+                    objects,
+                },
+            );
         }
         for key in touched {
             let winner = self.definers.get(&key).and_then(|files| files.last()).cloned();
@@ -291,10 +300,7 @@ mod tests {
         fs::write(dir.0.join("notes.txt"), service("txt")).expect("write");
         let mut source = DirSource::new(dir.0.clone());
 
-        let first = source
-            .next(Duration::ZERO)
-            .expect("scan")
-            .expect("first read");
+        let first = source.next(Duration::ZERO).expect("scan").expect("first read");
         assert_eq!(source.model().services().count(), 3, "{:?}", source.model());
         assert_eq!(first.objects.len(), 3, "everything is new: {:?}", first.objects);
         assert!(first.problems.is_empty(), "{:?}", first.problems);
@@ -309,10 +315,18 @@ mod tests {
             .next(Duration::from_secs(1))
             .expect("scan")
             .expect("changed");
-        let names: Vec<_> = source.model().services().map(|(k, _, _)| k.name.clone()).collect();
+        let names: Vec<_> = source
+            .model()
+            .services()
+            .map(|(k, _, _)| k.name.clone())
+            .collect();
         assert_eq!(names, ["b"]);
         let gone: Vec<_> = second.objects.iter().map(|k| k.name.as_str()).collect();
-        assert_eq!(gone, ["a1", "a2"], "the vanished file's objects changed, b did not");
+        assert_eq!(
+            gone,
+            ["a1", "a2"],
+            "the vanished file's objects changed, b did not"
+        );
         assert_eq!(second.problems.len(), 1, "{:?}", second.problems);
         assert!(
             second.problems[0].origin.starts_with("c.yml"),
@@ -330,21 +344,51 @@ mod tests {
         source.next(Duration::ZERO).expect("scan").expect("first read");
 
         fs::write(dir.0.join("a.yaml"), two("10.96.0.3")).expect("write");
-        let changes = source.next(Duration::from_secs(1)).expect("scan").expect("changed");
+        let changes = source
+            .next(Duration::from_secs(1))
+            .expect("scan")
+            .expect("changed");
         let names: Vec<_> = changes.objects.iter().map(|k| k.name.as_str()).collect();
         assert_eq!(names, ["y"], "x was rewritten as it was");
 
         // x defined again in a later file: that definition wins, and goes with it.
-        fs::write(dir.0.join("b.yaml"), service("x").replace("10.96.0.1", "10.96.0.9")).expect("write");
-        let changes = source.next(Duration::from_secs(1)).expect("scan").expect("changed");
-        assert_eq!(changes.objects.iter().map(|k| k.name.as_str()).collect::<Vec<_>>(), ["x"]);
+        fs::write(
+            dir.0.join("b.yaml"),
+            service("x").replace("10.96.0.1", "10.96.0.9"),
+        )
+        .expect("write");
+        let changes = source
+            .next(Duration::from_secs(1))
+            .expect("scan")
+            .expect("changed");
+        assert_eq!(
+            changes
+                .objects
+                .iter()
+                .map(|k| k.name.as_str())
+                .collect::<Vec<_>>(),
+            ["x"]
+        );
         let cluster_ip = |source: &DirSource| {
-            let (_, svc, origin) = source.model().services().find(|(k, _, _)| k.name == "x").expect("x");
-            (svc.spec.as_ref().and_then(|s| s.cluster_ip.clone()).unwrap_or_default(), origin.to_owned())
+            let (_, svc, origin) = source
+                .model()
+                .services()
+                .find(|(k, _, _)| k.name == "x")
+                .expect("x");
+            (
+                svc.spec
+                    .as_ref()
+                    .and_then(|s| s.cluster_ip.clone())
+                    .unwrap_or_default(),
+                origin.to_owned(),
+            )
         };
         assert_eq!(cluster_ip(&source), ("10.96.0.9".to_owned(), "b.yaml".to_owned()));
         fs::remove_file(dir.0.join("b.yaml")).expect("rm");
-        source.next(Duration::from_secs(1)).expect("scan").expect("changed");
+        source
+            .next(Duration::from_secs(1))
+            .expect("scan")
+            .expect("changed");
         assert_eq!(cluster_ip(&source), ("10.96.0.1".to_owned(), "a.yaml".to_owned()));
     }
 

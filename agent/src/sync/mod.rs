@@ -149,7 +149,12 @@ impl Syncer {
 
     /// Writes the difference between the maps and `desired` (among the keys
     /// `changed` names).
-    pub fn apply(&mut self, maps: &mut dyn ServiceMaps, desired: &DesiredServices, changed: &Changed) -> SyncReport {
+    pub fn apply(
+        &mut self,
+        maps: &mut dyn ServiceMaps,
+        desired: &DesiredServices,
+        changed: &Changed,
+    ) -> SyncReport {
         let start = Instant::now();
         let keys = Candidates::of(changed, &self.current, desired);
         let mut run = Run {
@@ -193,7 +198,12 @@ struct Candidates {
 impl Candidates {
     fn of(changed: &Changed, current: &DesiredServices, desired: &DesiredServices) -> Self {
         fn union<K: Ord + Copy, A, B>(a: &BTreeMap<K, A>, b: &BTreeMap<K, B>) -> Vec<K> {
-            a.keys().chain(b.keys()).copied().collect::<BTreeSet<K>>().into_iter().collect()
+            a.keys()
+                .chain(b.keys())
+                .copied()
+                .collect::<BTreeSet<K>>()
+                .into_iter()
+                .collect()
         }
         match changed {
             Changed::All => Self {
@@ -330,7 +340,11 @@ impl Run<'_> {
     }
 
     fn put_slots(&mut self, desired: &DesiredServices, keys: &[ServiceKey]) {
-        for (key, value) in keys.iter().filter(|k| k.slot != 0).filter_map(|k| desired.services.get_key_value(k)) {
+        for (key, value) in keys
+            .iter()
+            .filter(|k| k.slot != 0)
+            .filter_map(|k| desired.services.get_key_value(k))
+        {
             if self.current.services.get(key) == Some(value) {
                 continue;
             }
@@ -343,7 +357,11 @@ impl Run<'_> {
     }
 
     fn put_heads(&mut self, desired: &DesiredServices, tables: &BTreeMap<u16, &[u32]>, keys: &[ServiceKey]) {
-        for (key, value) in keys.iter().filter(|k| k.slot == 0).filter_map(|k| desired.services.get_key_value(k)) {
+        for (key, value) in keys
+            .iter()
+            .filter(|k| k.slot == 0)
+            .filter_map(|k| desired.services.get_key_value(k))
+        {
             if self.current.services.get(key) == Some(value) {
                 continue;
             }
@@ -367,7 +385,9 @@ impl Run<'_> {
     fn delete_heads(&mut self, desired: &DesiredServices, keys: &[ServiceKey]) {
         let gone: Vec<ServiceKey> = keys
             .iter()
-            .filter(|k| k.slot == 0 && self.current.services.contains_key(k) && !desired.services.contains_key(k))
+            .filter(|k| {
+                k.slot == 0 && self.current.services.contains_key(k) && !desired.services.contains_key(k)
+            })
             .copied()
             .collect();
         for key in gone {
@@ -401,7 +421,9 @@ impl Run<'_> {
     fn delete_slots(&mut self, desired: &DesiredServices, keys: &[ServiceKey]) {
         let gone: Vec<ServiceKey> = keys
             .iter()
-            .filter(|k| k.slot != 0 && self.current.services.contains_key(k) && !desired.services.contains_key(k))
+            .filter(|k| {
+                k.slot != 0 && self.current.services.contains_key(k) && !desired.services.contains_key(k)
+            })
             .copied()
             .collect();
         for key in gone {

@@ -558,7 +558,10 @@ fn incremental_syncs_keep_every_instant_consistent_and_converge() {
         String::new(),
     ];
     for fail_every in [None, Some(2), Some(3), Some(7)] {
-        let mut maps = FakeMaps { fail_every, ..Default::default() };
+        let mut maps = FakeMaps {
+            fail_every,
+            ..Default::default()
+        };
         let mut agent = Agent::new(&maps);
         let mut model = Model::new();
         agent.compiler.compile_all(&model);
@@ -567,16 +570,29 @@ fn incremental_syncs_keep_every_instant_consistent_and_converge() {
             let (changed, _) = agent.compiler.update(&model, &changed_objects);
             assert_ne!(changed, Changed::All, "these edits need no full compile");
             let mut tries = 0;
-            while !agent.syncer.apply(&mut maps, agent.compiler.desired(), &changed).complete() {
+            while !agent
+                .syncer
+                .apply(&mut maps, agent.compiler.desired(), &changed)
+                .complete()
+            {
                 tries += 1;
                 assert!(tries < 50, "never converged");
             }
-            let (full, _) = weir_model::compile_services(&model, &NodeContext::new("n1"), &mut IdAllocator::new());
-            assert!(same_contents(&maps.maps, agent.compiler.desired()), "fail_every {fail_every:?}: maps differ");
+            let (full, _) =
+                weir_model::compile_services(&model, &NodeContext::new("n1"), &mut IdAllocator::new());
+            assert!(
+                same_contents(&maps.maps, agent.compiler.desired()),
+                "fail_every {fail_every:?}: maps differ"
+            );
             assert_eq!(maps.maps.services.len(), full.services.len());
             assert_eq!(maps.maps.backends.len(), full.backends.len());
-            assert!(same_contents(agent.current(), agent.compiler.desired()), "syncer lost track");
+            assert!(
+                same_contents(agent.current(), agent.compiler.desired()),
+                "syncer lost track"
+            );
         }
-        assert!(maps.maps.services.is_empty() && maps.maps.backends.is_empty() && maps.maps.revnat.is_empty());
+        assert!(
+            maps.maps.services.is_empty() && maps.maps.backends.is_empty() && maps.maps.revnat.is_empty()
+        );
     }
 }

@@ -9,7 +9,7 @@
 pub mod maps {
     //! Map names are a contract with `weirctl` and with pinned maps of older
     //! agents: at most 15 bytes (the kernel truncates), versioned.
-    pub const METRICS: &str = "weir_metrics_v1";
+    pub const METRICS: &str = "weir_metrics_v2";
     pub const ENDPOINTS: &str = "weir_endp_v1";
     /// Service frontends and their backend slots ([`crate::ServiceKey`] -> [`crate::ServiceValue`]).
     pub const SERVICES: &str = "weir_svc_v1";
@@ -28,6 +28,8 @@ pub mod maps {
     /// too big for the 512-byte BPF stack beside the hot path (a new flow's
     /// conntrack pair, a rejection's headers). Never read by user space.
     pub const SCRATCH: &str = "weir_scratch_v2";
+    /// The node's own addresses ([`crate::NodeAddrs`], one entry), written by the agent.
+    pub const NODE: &str = "weir_node_v1";
 
     pub const SERVICES_ENTRIES: u32 = 262_144;
     pub const BACKENDS_ENTRIES: u32 = 262_144;
@@ -38,7 +40,7 @@ pub mod maps {
     pub const MAGLEV_ENTRIES: u32 = 4_096;
 
     /// Entries of [`METRICS`]: one slot per (direction, reason).
-    pub const METRICS_ENTRIES: u32 = 2 * 256;
+    pub const METRICS_ENTRIES: u32 = 3 * 256;
     pub const ENDPOINTS_ENTRIES: u32 = 65_536;
 }
 
@@ -46,6 +48,7 @@ pub mod programs {
     //! Program names in the object, as user space looks them up.
     pub const FROM_POD: &str = "from_pod";
     pub const TO_POD: &str = "to_pod";
+    pub const FROM_NETDEV: &str = "from_netdev";
 }
 
 /// Direction of a packet relative to the pod, as seen on the host side of its veth.
@@ -56,6 +59,20 @@ pub enum Dir {
     FromPod = 0,
     /// TC egress on the host veth: on its way into the pod.
     ToPod = 1,
+    /// TC ingress on a node device: from outside the node.
+    FromNetdev = 2,
+}
+
+impl Dir {
+    /// The direction a metrics index counts (see [`metrics_index`]).
+    pub const fn name(index: u32) -> &'static str {
+        match index >> 8 {
+            0 => "from-pod",
+            1 => "to-pod",
+            2 => "from-netdev",
+            _ => "unknown",
+        }
+    }
 }
 
 /// Why a packet was passed or dropped. `Forwarded` is the only pass reason;
@@ -72,6 +89,12 @@ pub enum Reason {
     BackendMissing = 3,
     CtFull = 4,
     RewriteFailed = 5,
+    /// An external flow to a remote endpoint needs a node address to come from,
+    /// and the node has none of the family (or no free source port).
+    NoSnat = 6,
+    /// externalTrafficPolicy Local and no endpoint on this node: dropped, as
+    /// kube-proxy does, so that load balancers see the node as unhealthy.
+    NoLocalBackend = 7,
 }
 
 impl Reason {
@@ -83,6 +106,8 @@ impl Reason {
             3 => "backend missing from the backends map",
             4 => "conntrack map full",
             5 => "packet rewrite failed",
+            6 => "no node address or port to source-NAT from",
+            7 => "externalTrafficPolicy Local without a local endpoint (dropped)",
             _ => "unknown",
         }
     }
@@ -278,7 +303,18 @@ pub struct Scratch {
     pub icmp: [u8; 96],
 }
 const _: () = assert!(core::mem::size_of::<Scratch>() == 328);
-const _: () = assert!(core::mem::offset_of!(Scratch, ip) % 4 == 0 && core::mem::offset_of!(Scratch, icmp) % 4 == 0);
+const _: () =
+    assert!(core::mem::offset_of!(Scratch, ip) % 4 == 0 && core::mem::offset_of!(Scratch, icmp) % 4 == 0);
+
+/// Value of [`maps::NODE`]: the addresses external flows to remote endpoints are
+/// source-NATed to, one per family (all zero: none).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeAddrs {
+    pub v4: [u8; 16], /* BE, IPv4 in the first 4 bytes */
+    pub v6: [u8; 16], /* BE */
+}
+const _: () = assert!(core::mem::size_of::<NodeAddrs>() == 32);
 
 /// Key of [`maps::AFFINITY`] (an LRU map).
 #[repr(C)]
@@ -315,8 +351,8 @@ pub const CT_IN: u8 = 1;
 pub struct CtKey {
     pub saddr: [u8; 16], /* BE */
     pub daddr: [u8; 16], /* BE */
-    pub sport: u16, /* BE */
-    pub dport: u16, /* BE */
+    pub sport: u16,      /* BE */
+    pub dport: u16,      /* BE */
     pub proto: u8,
     pub family: u8,
     /// [`CT_OUT`] or [`CT_IN`].
@@ -332,10 +368,15 @@ impl CtKey {
     /// refreshes only that one, and the agent's GC judges `CT_IN` entries by it.
     pub fn out_partner(&self, value: &CtValue) -> CtKey {
         let hairpin = value.flags & CT_F_HAIRPIN != 0;
+        let snat = value.flags & CT_F_SNAT != 0;
         CtKey {
-            saddr: if hairpin { value.nat2_addr } else { self.daddr },
+            saddr: if hairpin || snat {
+                value.nat2_addr
+            } else {
+                self.daddr
+            },
             daddr: value.nat_addr,
-            sport: self.dport,
+            sport: if snat { value.nat2_port } else { self.dport },
             dport: value.nat_port,
             proto: self.proto,
             family: self.family,
@@ -351,14 +392,17 @@ impl CtKey {
 pub struct CtValue {
     /// OUT: the backend (new destination). IN: the frontend (new source).
     pub nat_addr: [u8; 16], /* BE */
-    /// Hairpin only: OUT: the new source ([`HAIRPIN_V4`]); IN: the client (new destination).
+    /// Hairpin or source NAT only: OUT: the new source ([`HAIRPIN_V4`],
+    /// [`HAIRPIN_V6`], the node's address); IN: the client (new destination).
     pub nat2_addr: [u8; 16], /* BE */
     /// OUT: the backend port. IN: the frontend port.
     pub nat_port: u16, /* BE */
     pub rev_nat_id: u16,
     /// `CT_F_*`.
     pub flags: u8,
-    pub _pad: [u8; 3],
+    pub _pad: u8,
+    /// Source NAT only: OUT: the new source port; IN: the client's port.
+    pub nat2_port: u16, /* BE */
     pub backend_id: u32,
     pub _pad2: u32,
     /// `bpf_ktime_get_ns()` after which the entry is dead (the agent's GC removes it).
@@ -373,6 +417,18 @@ pub const CT_F_HAIRPIN: u8 = 1 << 0;
 pub const CT_F_CLOSING: u8 = 1 << 1;
 /// The entry is for a UDP (or other connectionless) flow.
 pub const CT_F_DATAGRAM: u8 = 1 << 2;
+/// A flow from outside the node (through a node device): replies leave the node
+/// by a route lookup of their own, since their source is now a node address the
+/// host's input path would refuse as martian.
+pub const CT_F_EXTERNAL: u8 = 1 << 3;
+/// The client's address and port were replaced by the node's (`nat2_*`), so
+/// that a remote endpoint's replies come back through this node.
+pub const CT_F_SNAT: u8 = 1 << 4;
+
+/// Source ports of source-NATed external flows: above Linux's default ephemeral
+/// range (32768-60999), so they do not meet the node's own connections.
+pub const SNAT_PORT_MIN: u16 = 61_000;
+pub const SNAT_PORT_MAX: u16 = 65_535;
 
 /// Source address of hairpinned service traffic (link-local, like Cilium's
 /// `169.254.42.1`): the pod answers it through its default route, back to us.
@@ -399,6 +455,8 @@ mod pod {
     unsafe impl aya::Pod for MaglevTable {}
     // SAFETY: as above.
     unsafe impl aya::Pod for Scratch {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for NodeAddrs {}
     // SAFETY: as above.
     unsafe impl aya::Pod for ServiceKey {}
     // SAFETY: as above.

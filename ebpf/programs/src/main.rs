@@ -1,7 +1,7 @@
 //! Weir's TC programs on the host side of each pod's veth.
 //!
 //! Entry points are thin: `try_*` computes a verdict or a drop reason, and the
-//! entry point counts it in `weir_metrics_v1` before returning it to TC.
+//! entry point counts it in `weir_metrics_v2` before returning it to TC.
 #![no_std]
 #![no_main]
 
@@ -9,9 +9,10 @@ mod endpoints;
 mod lb;
 mod metrics;
 mod packet;
+mod route;
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, __sk_buff},
+    bindings::{__sk_buff, TC_ACT_OK},
     helpers::bpf_redirect_neigh,
     macros::classifier,
     programs::TcContext,
@@ -34,6 +35,16 @@ pub fn from_pod(ctx: TcContext) -> i32 {
     }
 }
 
+/// TC ingress on a node device: Service traffic from outside the node.
+#[classifier]
+pub fn from_netdev(ctx: TcContext) -> i32 {
+    match packet::ethertype(&ctx) {
+        Ok(V4::ETH_P) => from_netdev_family::<V4>(ctx.skb.skb),
+        Ok(V6::ETH_P) => from_netdev_family::<V6>(ctx.skb.skb),
+        other => metrics::verdict(&ctx, Dir::FromNetdev, other.map(|_| Action::forward(TC_ACT_OK))),
+    }
+}
+
 /// TC egress on the host veth: packets on their way into the pod.
 #[classifier]
 pub fn to_pod(ctx: TcContext) -> i32 {
@@ -51,6 +62,17 @@ pub fn to_pod(ctx: TcContext) -> i32 {
 fn from_pod_family<F: Lb>(skb: *mut __sk_buff) -> i32 {
     let ctx = TcContext::new(skb);
     metrics::verdict(&ctx, Dir::FromPod, try_from_pod::<F>(&ctx))
+}
+
+#[inline(never)]
+fn from_netdev_family<F: Lb>(skb: *mut __sk_buff) -> i32 {
+    let ctx = TcContext::new(skb);
+    let result = match packet::parse::<F>(&ctx) {
+        Ok(Some(mut flow)) => lb::from_netdev(&ctx, &mut flow),
+        Ok(None) => Ok(Action::forward(TC_ACT_OK)),
+        Err(reason) => Err(reason),
+    };
+    metrics::verdict(&ctx, Dir::FromNetdev, result)
 }
 
 #[inline(never)]
@@ -78,7 +100,10 @@ fn try_from_pod<F: Lb>(ctx: &TcContext) -> Result<Action, Reason> {
     // A local pod: hand the packet straight to its veth. This skips the host's
     // routing and its reverse-path filter, which would refuse a reply whose
     // source is now a frontend address the host has no route for.
-    let mut key = EndpointKey { family: F::AF, ..EndpointKey::default() };
+    let mut key = EndpointKey {
+        family: F::AF,
+        ..EndpointKey::default()
+    };
     F::widen(&flow.daddr, &mut key.addr);
     // SAFETY: valid for this run.
     if let Some(ep) = unsafe { endpoints::ENDPOINTS.get(&key) } {

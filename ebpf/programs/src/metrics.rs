@@ -3,7 +3,7 @@
 use aya_ebpf::{bindings::TC_ACT_SHOT, macros::map, maps::PerCpuArray, programs::TcContext};
 use weir_common::{Dir, MetricValue, Reason, maps, metrics_index};
 
-#[map(name = "weir_metrics_v1")]
+#[map(name = "weir_metrics_v2")]
 static METRICS: PerCpuArray<MetricValue> = PerCpuArray::with_max_entries(maps::METRICS_ENTRIES, 0);
 
 /// A TC action and the reason it is counted under: a rejection is answered (a
@@ -15,7 +15,10 @@ pub struct Action {
 
 impl Action {
     pub const fn forward(tc: i32) -> Self {
-        Self { tc, reason: Reason::Forwarded }
+        Self {
+            tc,
+            reason: Reason::Forwarded,
+        }
     }
 }
 

@@ -166,7 +166,16 @@ const fn widen4(a: [u8; 4]) -> [u8; 16] {
 
 #[inline(always)]
 fn half(x: &[u8; 16], i: usize) -> u64 {
-    u64::from_ne_bytes([x[i], x[i + 1], x[i + 2], x[i + 3], x[i + 4], x[i + 5], x[i + 6], x[i + 7]])
+    u64::from_ne_bytes([
+        x[i],
+        x[i + 1],
+        x[i + 2],
+        x[i + 3],
+        x[i + 4],
+        x[i + 5],
+        x[i + 6],
+        x[i + 7],
+    ])
 }
 
 /// In 8-byte halves: a 16-byte load would be an `i128` (see the module's note).
@@ -207,7 +216,14 @@ pub fn ethertype(ctx: &TcContext) -> Result<u16, Reason> {
 /// patched incrementally and this kernel has no SCTP to test against).
 #[inline(always)]
 pub fn parse<F: Family>(ctx: &TcContext) -> Result<Option<Flow<F>>, Reason> {
-    let mut flow = Flow { saddr: F::ANY, daddr: F::ANY, sport: 0, dport: 0, proto: 0, tcp_flags: 0 };
+    let mut flow = Flow {
+        saddr: F::ANY,
+        daddr: F::ANY,
+        sport: 0,
+        dport: 0,
+        proto: 0,
+        tcp_flags: 0,
+    };
     if !F::parse_ip(ctx, &mut flow)? {
         return Ok(None);
     }

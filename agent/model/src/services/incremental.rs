@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use weir_common::{BACKEND_ACTIVE, BACKEND_TERMINATING, Backend, ServiceKey};
 
-use super::{DesiredServices, Fragment, FrontendView, NodeContext, compile_service};
+use super::{BackendState, DesiredServices, Fragment, FrontendView, NodeContext, compile_service};
 use crate::{
     ids::IdAllocator,
     model::{Model, slice_service},
@@ -65,6 +65,17 @@ impl Changed {
     }
 }
 
+/// What kube-proxy's service health server answers on a Service's
+/// `healthCheckNodePort` (externalTrafficPolicy Local): 200 with the number of
+/// this node's ready endpoints, 503 when there is none (terminating ones do not
+/// count: a load balancer must move away from a node that is draining).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub namespace: String,
+    pub name: String,
+    pub local_endpoints: usize,
+}
+
 /// How many fragments hold a backend, and how many see it ready.
 #[derive(Clone, Copy, Debug)]
 struct BackendRefs {
@@ -87,6 +98,8 @@ pub struct ServiceCompiler {
     slice_services: BTreeMap<ObjectKey, ObjectKey>,
     /// Namespace -> Services whose endpoints are its selected Pods.
     pod_users: BTreeMap<String, BTreeSet<ObjectKey>>,
+    /// Services with a `healthCheckNodePort`: the port and what it answers.
+    health: BTreeMap<ObjectKey, (u16, HealthCheck)>,
     /// Fragments that lost a frontend to another Service.
     conflicts: usize,
     maglev_size_reported: bool,
@@ -103,6 +116,7 @@ impl ServiceCompiler {
             owners: BTreeMap::new(),
             slice_services: BTreeMap::new(),
             pod_users: BTreeMap::new(),
+            health: BTreeMap::new(),
             conflicts: 0,
             maglev_size_reported: false,
         }
@@ -118,6 +132,11 @@ impl ServiceCompiler {
         self.fragments.values().flat_map(|f| &f.desired.frontends)
     }
 
+    /// The health checks to serve, by port.
+    pub fn health_checks(&self) -> BTreeMap<u16, HealthCheck> {
+        self.health.values().cloned().collect()
+    }
+
     pub fn into_ids(self) -> IdAllocator {
         self.ids
     }
@@ -129,11 +148,17 @@ impl ServiceCompiler {
         self.backend_refs.clear();
         self.owners.clear();
         self.pod_users.clear();
+        self.health.clear();
         self.conflicts = 0;
         self.maglev_size_reported = false;
         self.slice_services = model
             .of_kind(Kind::EndpointSlice)
-            .filter_map(|(key, entry)| Some((key.clone(), service_key(&key.namespace, slice_service(&entry.object)?))))
+            .filter_map(|(key, entry)| {
+                Some((
+                    key.clone(),
+                    service_key(&key.namespace, slice_service(&entry.object)?),
+                ))
+            })
             .collect();
         let mut problems = Vec::new();
         let keys: Vec<ObjectKey> = model.services().map(|(key, _, _)| key.clone()).collect();
@@ -234,17 +259,31 @@ impl ServiceCompiler {
     fn insert(&mut self, key: ObjectKey, fragment: Fragment, touched: &mut Touched) {
         touched.add(&fragment.desired);
         let d = &fragment.desired;
-        self.desired.services.extend(d.services.iter().map(|(k, v)| (*k, *v)));
+        self.desired
+            .services
+            .extend(d.services.iter().map(|(k, v)| (*k, *v)));
         self.desired.revnat.extend(d.revnat.iter().map(|(k, v)| (*k, *v)));
-        self.desired.maglev.extend(d.maglev.iter().map(|(k, v)| (*k, v.clone())));
+        self.desired
+            .maglev
+            .extend(d.maglev.iter().map(|(k, v)| (*k, v.clone())));
         for (&id, backend) in &d.backends {
-            let refs = self.backend_refs.entry(id).or_insert(BackendRefs { backend: *backend, holders: 0, active: 0 });
+            let refs = self.backend_refs.entry(id).or_insert(BackendRefs {
+                backend: *backend,
+                holders: 0,
+                active: 0,
+            });
             refs.holders += 1;
             refs.active += u32::from(backend.state == BACKEND_ACTIVE);
             self.desired.backends.insert(id, state_of(refs));
         }
         if fragment.from_pods {
-            self.pod_users.entry(key.namespace.clone()).or_default().insert(key.clone());
+            self.pod_users
+                .entry(key.namespace.clone())
+                .or_default()
+                .insert(key.clone());
+        }
+        if let Some(check) = health_check(&key, &fragment.desired.frontends, &self.node.node_name) {
+            self.health.insert(key.clone(), check);
         }
         self.conflicts += usize::from(fragment.conflict);
         self.fragments.insert(key, fragment);
@@ -283,6 +322,7 @@ impl ServiceCompiler {
         {
             users.remove(key);
         }
+        self.health.remove(key);
         self.conflicts -= usize::from(fragment.conflict);
         Some(fragment)
     }
@@ -305,9 +345,34 @@ impl ServiceCompiler {
     }
 }
 
+/// The health check a Service's frontends call for, if any: its ready endpoints
+/// on this node, counted once whatever the ports.
+fn health_check(key: &ObjectKey, frontends: &[FrontendView], node: &str) -> Option<(u16, HealthCheck)> {
+    let port = frontends.iter().find_map(|f| f.health_check_node_port)?;
+    let local: BTreeSet<_> = frontends
+        .iter()
+        .flat_map(|f| &f.backends)
+        .filter(|b| b.state == BackendState::Active && b.node_name.as_deref() == Some(node))
+        .map(|b| b.address.ip())
+        .collect();
+    let check = HealthCheck {
+        namespace: key.namespace.clone(),
+        name: key.name.clone(),
+        local_endpoints: local.len(),
+    };
+    Some((port, check))
+}
+
 /// A backend is active if any Service sees it ready.
 fn state_of(refs: &BackendRefs) -> Backend {
-    Backend { state: if refs.active > 0 { BACKEND_ACTIVE } else { BACKEND_TERMINATING }, ..refs.backend }
+    Backend {
+        state: if refs.active > 0 {
+            BACKEND_ACTIVE
+        } else {
+            BACKEND_TERMINATING
+        },
+        ..refs.backend
+    }
 }
 
 fn service_key(namespace: &str, name: &str) -> ObjectKey {

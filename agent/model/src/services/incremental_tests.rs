@@ -27,7 +27,10 @@ fn node() -> NodeContext {
 
 fn object(yaml: &str) -> Object {
     let (mut objects, problems) = parse_documents(yaml, "test.yaml");
-    assert!(problems.is_empty(), "fixture does not parse: {problems:#?}\n{yaml}");
+    assert!(
+        problems.is_empty(),
+        "fixture does not parse: {problems:#?}\n{yaml}"
+    );
     assert_eq!(objects.len(), 1);
     objects.remove(0)
 }
@@ -56,9 +59,21 @@ fn service(i: usize, r: &mut Rng) -> Object {
     } else {
         "type: ClusterIP\n  ports: [{name: p, port: 80, targetPort: 8080, protocol: TCP}, {name: u, port: 53, targetPort: 8053, protocol: UDP}]"
     };
-    let selector = if i == 3 { String::new() } else { format!("\n  selector: {{app: s{}}}", i % 3) };
-    let affinity = if r.below(3) == 0 { "\n  sessionAffinity: ClientIP" } else { "" };
-    let maglev = if r.below(4) == 0 { "\n  annotations: {weir.dev/lb-algorithm: maglev}" } else { "" };
+    let selector = if i == 3 {
+        String::new()
+    } else {
+        format!("\n  selector: {{app: s{}}}", i % 3)
+    };
+    let affinity = if r.below(3) == 0 {
+        "\n  sessionAffinity: ClientIP"
+    } else {
+        ""
+    };
+    let maglev = if r.below(4) == 0 {
+        "\n  annotations: {weir.dev/lb-algorithm: maglev}"
+    } else {
+        ""
+    };
     object(&format!(
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: s{i}\n  namespace: ns{maglev}\nspec:\n  clusterIP: 10.96.0.{ip}\n  clusterIPs: [10.96.0.{ip}]{selector}{affinity}\n  {kind}\n",
         ip = ip + 1
@@ -82,7 +97,11 @@ fn endpoint(r: &mut Rng) -> String {
 /// Slice `e{i}`, labelled for a random Service (relabels move it).
 fn slice(i: usize, r: &mut Rng) -> Object {
     let endpoints: String = (0..r.below(4)).map(|_| endpoint(r)).collect();
-    let endpoints = if endpoints.is_empty() { "[]\n".to_owned() } else { format!("\n{endpoints}") };
+    let endpoints = if endpoints.is_empty() {
+        "[]\n".to_owned()
+    } else {
+        format!("\n{endpoints}")
+    };
     object(&format!(
         "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: e{i}\n  namespace: ns\n  labels: {{kubernetes.io/service-name: s{}}}\naddressType: IPv4\nports: [{{name: p, port: 8080, protocol: TCP}}, {{name: u, port: 8053, protocol: UDP}}]\nendpoints: {endpoints}",
         r.below(SERVICES)
@@ -106,7 +125,10 @@ fn pod(i: usize, r: &mut Rng) -> Object {
 }
 
 fn namespace(r: &mut Rng) -> Object {
-    object(&format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: ns, labels: {{v: \"{}\"}}}}\n", r.below(9)))
+    object(&format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: ns, labels: {{v: \"{}\"}}}}\n",
+        r.below(9)
+    ))
 }
 
 fn random_object(r: &mut Rng) -> Object {
@@ -127,14 +149,25 @@ fn hash<T: Hash>(t: &T) -> u64 {
 
 /// The map contents with every id replaced by what it stands for.
 fn normal(d: &DesiredServices) -> (BTreeMap<ServiceKey, String>, BTreeSet<Backend>) {
-    let backend = |id: &u32| *d.backends.get(id).unwrap_or_else(|| panic!("backend {id} referenced, not there"));
-    let revnat = |id: u16| *d.revnat.get(&u32::from(id)).unwrap_or_else(|| panic!("revnat {id} referenced, not there"));
+    let backend = |id: &u32| {
+        *d.backends
+            .get(id)
+            .unwrap_or_else(|| panic!("backend {id} referenced, not there"))
+    };
+    let revnat = |id: u16| {
+        *d.revnat
+            .get(&u32::from(id))
+            .unwrap_or_else(|| panic!("revnat {id} referenced, not there"))
+    };
     let services = d
         .services
         .iter()
         .map(|(k, v)| {
             let text = if k.slot == 0 {
-                let table = d.maglev.get(&v.rev_nat_id).map(|t| hash(&t.iter().map(backend).collect::<Vec<_>>()));
+                let table = d
+                    .maglev
+                    .get(&v.rev_nat_id)
+                    .map(|t| hash(&t.iter().map(backend).collect::<Vec<_>>()));
                 format!(
                     "count {} flags {} affinity {} revnat {:?} maglev {table:?}",
                     v.count,
@@ -143,12 +176,20 @@ fn normal(d: &DesiredServices) -> (BTreeMap<ServiceKey, String>, BTreeSet<Backen
                     revnat(v.rev_nat_id)
                 )
             } else {
-                format!("backend {:?} revnat {:?}", backend(&v.backend_id), revnat(v.rev_nat_id))
+                format!(
+                    "backend {:?} revnat {:?}",
+                    backend(&v.backend_id),
+                    revnat(v.rev_nat_id)
+                )
             };
             (*k, text)
         })
         .collect();
-    assert_eq!(d.revnat.len(), d.services.keys().filter(|k| k.slot == 0).count(), "one revnat per frontend");
+    assert_eq!(
+        d.revnat.len(),
+        d.services.keys().filter(|k| k.slot == 0).count(),
+        "one revnat per frontend"
+    );
     (services, d.backends.values().copied().collect())
 }
 
@@ -179,8 +220,22 @@ fn any_sequence_of_changes_gives_what_a_full_compile_gives() {
             // syncer looks nowhere else.
             if let Changed::Keys(touched) = changed {
                 let now = compiler.desired();
-                assert_all_touched(&before.services, &now.services, &touched.services, "service", seed, step);
-                assert_all_touched(&before.backends, &now.backends, &touched.backends, "backend", seed, step);
+                assert_all_touched(
+                    &before.services,
+                    &now.services,
+                    &touched.services,
+                    "service",
+                    seed,
+                    step,
+                );
+                assert_all_touched(
+                    &before.backends,
+                    &now.backends,
+                    &touched.backends,
+                    "backend",
+                    seed,
+                    step,
+                );
                 assert_all_touched(&before.revnat, &now.revnat, &touched.revnat, "revnat", seed, step);
                 assert_all_touched(&before.maglev, &now.maglev, &touched.maglev, "maglev", seed, step);
             }
@@ -198,14 +253,25 @@ fn assert_all_touched<K: Ord + Copy + std::fmt::Debug, V: PartialEq>(
 ) {
     for key in before.keys().chain(now.keys()) {
         if before.get(key) != now.get(key) {
-            assert!(touched.contains(key), "seed {seed} step {step}: {what} {key:?} changed untouched");
+            assert!(
+                touched.contains(key),
+                "seed {seed} step {step}: {what} {key:?} changed untouched"
+            );
         }
     }
 }
 
 fn keys_of(d: &DesiredServices, name: &str, frontends: &[FrontendView]) -> BTreeSet<ServiceKey> {
-    let revnats: BTreeSet<u16> = frontends.iter().filter(|f| f.service == name).map(|f| f.rev_nat_id).collect();
-    d.services.iter().filter(|(_, v)| revnats.contains(&v.rev_nat_id)).map(|(k, _)| *k).collect()
+    let revnats: BTreeSet<u16> = frontends
+        .iter()
+        .filter(|f| f.service == name)
+        .map(|f| f.rev_nat_id)
+        .collect();
+    d.services
+        .iter()
+        .filter(|(_, v)| revnats.contains(&v.rev_nat_id))
+        .map(|(k, _)| *k)
+        .collect()
 }
 
 #[test]
@@ -236,12 +302,22 @@ fn a_slice_change_touches_its_service_alone_and_keeps_other_ids() {
     let slice_key = ObjectKey::new(Kind::EndpointSlice, "ns", "e");
     let (changed, problems) = compiler.update(&model, &BTreeSet::from([slice_key.clone()]));
     assert!(problems.is_empty(), "{problems:?}");
-    let Changed::Keys(touched) = changed else { panic!("a slice change needs no full compile") };
+    let Changed::Keys(touched) = changed else {
+        panic!("a slice change needs no full compile")
+    };
     assert_eq!(touched.services, keys_of(&before, "ns/s1", &views));
-    assert_eq!(touched.backends.len(), 2, "the old and the new backend: {touched:?}");
+    assert_eq!(
+        touched.backends.len(),
+        2,
+        "the old and the new backend: {touched:?}"
+    );
     for other in ["ns/s0", "ns/s2"] {
         for key in keys_of(&before, other, &views) {
-            assert_eq!(compiler.desired().services.get(&key), before.services.get(&key), "{other} unchanged");
+            assert_eq!(
+                compiler.desired().services.get(&key),
+                before.services.get(&key),
+                "{other} unchanged"
+            );
         }
     }
     // The old backend's id is free again, the new one has an id of its own.
@@ -250,10 +326,20 @@ fn a_slice_change_touches_its_service_alone_and_keeps_other_ids() {
     // Relabelled to s2: both Services are recompiled.
     model.upsert(with_endpoint("10.244.0.2", 2), "b.yaml");
     let (changed, _) = compiler.update(&model, &BTreeSet::from([slice_key]));
-    let Changed::Keys(touched) = changed else { panic!("a relabel needs no full compile") };
-    let moved: BTreeSet<ServiceKey> =
-        keys_of(&before, "ns/s1", &views).union(&keys_of(&before, "ns/s2", &views)).copied().collect();
-    assert!(moved.iter().filter(|k| k.slot == 0).all(|k| touched.services.contains(k)), "{touched:?}");
+    let Changed::Keys(touched) = changed else {
+        panic!("a relabel needs no full compile")
+    };
+    let moved: BTreeSet<ServiceKey> = keys_of(&before, "ns/s1", &views)
+        .union(&keys_of(&before, "ns/s2", &views))
+        .copied()
+        .collect();
+    assert!(
+        moved
+            .iter()
+            .filter(|k| k.slot == 0)
+            .all(|k| touched.services.contains(k)),
+        "{touched:?}"
+    );
     let (full, _) = compile_services(&model, &node(), &mut IdAllocator::new());
     assert_eq!(normal(compiler.desired()), normal(&full));
 }
@@ -270,15 +356,66 @@ fn a_conflict_or_a_namespace_change_falls_back_to_a_full_compile() {
     let mut compiler = ServiceCompiler::new(node(), IdAllocator::new());
     compiler.compile_all(&model);
     model.upsert(svc("b"), "a.yaml");
-    let (changed, problems) = compiler.update(&model, &BTreeSet::from([ObjectKey::new(Kind::Service, "ns", "b")]));
+    let (changed, problems) = compiler.update(
+        &model,
+        &BTreeSet::from([ObjectKey::new(Kind::Service, "ns", "b")]),
+    );
     assert_eq!(changed, Changed::All);
     assert_eq!(problems.len(), 1, "b loses 10.96.0.1:80 to a: {problems:?}");
     // a goes: b takes the frontend.
     model.remove(&ObjectKey::new(Kind::Service, "ns", "a"));
-    let (changed, problems) = compiler.update(&model, &BTreeSet::from([ObjectKey::new(Kind::Service, "ns", "a")]));
+    let (changed, problems) = compiler.update(
+        &model,
+        &BTreeSet::from([ObjectKey::new(Kind::Service, "ns", "a")]),
+    );
     assert_eq!(changed, Changed::All);
     assert!(problems.is_empty(), "{problems:?}");
-    assert_eq!(compiler.frontends().map(|f| f.service.as_str()).collect::<Vec<_>>(), ["ns/b"]);
-    let (changed, _) = compiler.update(&model, &BTreeSet::from([ObjectKey::new(Kind::Namespace, "", "ns")]));
+    assert_eq!(
+        compiler
+            .frontends()
+            .map(|f| f.service.as_str())
+            .collect::<Vec<_>>(),
+        ["ns/b"]
+    );
+    let (changed, _) = compiler.update(
+        &model,
+        &BTreeSet::from([ObjectKey::new(Kind::Namespace, "", "ns")]),
+    );
     assert_eq!(changed, Changed::All);
+}
+
+#[test]
+fn health_checks_count_this_nodes_ready_endpoints() {
+    let svc = object(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: lb, namespace: ns}\nspec:\n  type: LoadBalancer\n  clusterIP: 10.96.0.9\n  externalTrafficPolicy: Local\n  healthCheckNodePort: 32000\n  selector: {app: lb}\n  ports: [{name: p, port: 80, targetPort: 8080, nodePort: 30080}, {name: q, port: 81, targetPort: 8081, nodePort: 30081}]\n",
+    );
+    let slice = |a_ready: bool| {
+        object(&format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: lb-1\n  namespace: ns\n  labels: {{kubernetes.io/service-name: lb}}\naddressType: IPv4\nports: [{{name: p, port: 8080}}, {{name: q, port: 8081}}]\nendpoints:\n- {{addresses: [10.244.0.1], nodeName: node-a, conditions: {{ready: {a_ready}, serving: true, terminating: {}}}}}\n- {{addresses: [10.244.0.2], nodeName: node-a, conditions: {{ready: false, serving: true, terminating: true}}}}\n- {{addresses: [10.244.1.1], nodeName: node-b, conditions: {{ready: true}}}}\n",
+            !a_ready
+        ))
+    };
+    let mut model = Model::new();
+    model.upsert(svc, "a.yaml");
+    model.upsert(slice(true), "a.yaml");
+    let mut compiler = ServiceCompiler::new(node(), IdAllocator::new());
+    compiler.compile_all(&model);
+    let check = |c: &ServiceCompiler| c.health_checks().get(&32000).map(|h| h.local_endpoints);
+    assert_eq!(
+        check(&compiler),
+        Some(1),
+        "one ready local endpoint, counted once for both ports"
+    );
+    model.upsert(slice(false), "a.yaml");
+    compiler.update(
+        &model,
+        &BTreeSet::from([ObjectKey::new(Kind::EndpointSlice, "ns", "lb-1")]),
+    );
+    assert_eq!(check(&compiler), Some(0), "terminating endpoints do not count");
+    model.remove(&ObjectKey::new(Kind::Service, "ns", "lb"));
+    compiler.update(
+        &model,
+        &BTreeSet::from([ObjectKey::new(Kind::Service, "ns", "lb")]),
+    );
+    assert!(compiler.health_checks().is_empty());
 }

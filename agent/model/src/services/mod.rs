@@ -24,7 +24,7 @@ use weir_common::{
 
 use self::validate::{ServiceType, ValidPort, ValidService, validate};
 pub use self::{
-    incremental::{Changed, ServiceCompiler, Touched},
+    incremental::{Changed, HealthCheck, ServiceCompiler, Touched},
     validate::{
         ANNOTATION_LB_ALGORITHM, DEFAULT_AFFINITY_TIMEOUT, LABEL_HEADLESS, LABEL_SERVICE_PROXY_NAME,
         MAX_AFFINITY_TIMEOUT,

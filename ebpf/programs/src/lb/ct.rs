@@ -35,7 +35,11 @@ pub fn fill_key<F: Family>(k: &mut CtKey, flow: &Flow<F>, dir: u8) {
 pub fn lookup(key: &CtKey, now: u64) -> Option<*mut CtValue> {
     let entry = CONNTRACK.get_ptr_mut(key)?;
     // SAFETY: a pointer into the map's value, valid for this program run.
-    if unsafe { (*entry).expires_ns } > now { Some(entry) } else { None }
+    if unsafe { (*entry).expires_ns } > now {
+        Some(entry)
+    } else {
+        None
+    }
 }
 
 /// A SYN on an entry whose connection has closed: a new connection that reuses
@@ -76,5 +80,9 @@ pub fn lifetime<F: Family>(flow: &Flow<F>, flags: u8) -> u64 {
 /// Flags of a new entry for this flow.
 #[inline(always)]
 pub fn new_flags<F: Family>(flow: &Flow<F>) -> u8 {
-    if flow.proto == IPPROTO_TCP { 0 } else { CT_F_DATAGRAM }
+    if flow.proto == IPPROTO_TCP {
+        0
+    } else {
+        CT_F_DATAGRAM
+    }
 }

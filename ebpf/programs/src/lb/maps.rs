@@ -1,19 +1,18 @@
 //! The load-balancing maps, written by the agent's syncer (services, backends,
 //! revnat) or by the datapath itself (conntrack, affinity).
 
+use aya_ebpf::bindings::BPF_F_NO_PREALLOC;
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
-use aya_ebpf::bindings::BPF_F_NO_PREALLOC;
 use weir_common::{
-    AffinityKey, AffinityValue, Backend, CtKey, CtValue, MaglevTable, RevNat, Scratch, ServiceKey, ServiceValue,
-    maps,
+    AffinityKey, AffinityValue, Backend, CtKey, CtValue, MaglevTable, NodeAddrs, RevNat, Scratch, ServiceKey,
+    ServiceValue, maps,
 };
 
 #[map(name = "weir_svc_v1")]
-pub static SERVICES: HashMap<ServiceKey, ServiceValue> =
-    HashMap::with_max_entries(maps::SERVICES_ENTRIES, 0);
+pub static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::with_max_entries(maps::SERVICES_ENTRIES, 0);
 
 #[map(name = "weir_backend_v1")]
 pub static BACKENDS: HashMap<u32, Backend> = HashMap::with_max_entries(maps::BACKENDS_ENTRIES, 0);
@@ -26,8 +25,7 @@ pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
     LruHashMap::with_max_entries(maps::AFFINITY_ENTRIES, 0);
 
 #[map(name = "weir_ct")]
-pub static CONNTRACK: LruHashMap<CtKey, CtValue> =
-    LruHashMap::with_max_entries(maps::CONNTRACK_ENTRIES, 0);
+pub static CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::with_max_entries(maps::CONNTRACK_ENTRIES, 0);
 
 #[map(name = "weir_maglev_v1")]
 pub static MAGLEV: HashMap<u32, MaglevTable> =
@@ -35,3 +33,6 @@ pub static MAGLEV: HashMap<u32, MaglevTable> =
 
 #[map(name = "weir_scratch_v2")]
 pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+#[map(name = "weir_node_v1")]
+pub static NODE: Array<NodeAddrs> = Array::with_max_entries(1, 0);

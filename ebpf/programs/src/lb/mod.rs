@@ -5,21 +5,25 @@
 //! are reverse-translated. Everything else passes untouched.
 
 mod ct;
+mod external;
 pub mod maps;
 mod nat;
 mod reject;
 mod select;
 
+pub use self::external::from_netdev;
+
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
 use weir_common::{
-    Backend, CT_F_HAIRPIN, CT_IN, CT_OUT, Reason, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_F_TWO_SCOPES, Scratch,
-    ServiceKey,
+    Backend, CT_F_EXTERNAL, CT_F_HAIRPIN, CT_F_SNAT, CT_IN, CT_OUT, Reason, SCOPE_EXTERNAL, SCOPE_INTERNAL,
+    SVC_F_TWO_SCOPES, Scratch, ServiceKey,
 };
 
 use self::maps::{BACKENDS, CONNTRACK, SCRATCH, SERVICES};
 use crate::{
     metrics::Action,
     packet::{Family, Flow},
+    route,
 };
 
 const NS: u64 = 1_000_000_000;
@@ -47,19 +51,28 @@ pub fn to_pod<F: Lb>(ctx: &TcContext, flow: &mut Flow<F>) -> Result<(), Reason> 
     reverse(ctx, flow, scratch()?, now).map(|_| ())
 }
 
-/// A backend's reply to a translated flow: make it come from the frontend (and,
-/// for a hairpinned flow, go back to the client). `Ok(false)`: not such a reply.
+/// Not a reply (see `reverse`).
+const NOT_A_REPLY: u8 = 0xff;
+
+/// A local backend's reply to a translated flow: make it come from the frontend
+/// (and, for a hairpinned flow, go back to the client). Returns the flow's
+/// `CT_F_*` flags, or [`NOT_A_REPLY`].
 #[inline(always)]
-fn reverse<F: Lb>(ctx: &TcContext, flow: &mut Flow<F>, s: &mut Scratch, now: u64) -> Result<bool, Reason> {
+fn reverse<F: Lb>(ctx: &TcContext, flow: &mut Flow<F>, s: &mut Scratch, now: u64) -> Result<u8, Reason> {
     ct::fill_key(&mut s.in_key, flow, CT_IN);
     // SAFETY: valid for this run.
     let Some(reply) = (unsafe { CONNTRACK.get(&s.in_key) }) else {
-        return Ok(false);
+        return Ok(NOT_A_REPLY);
     };
+    // Source-NATed flows have remote backends: their replies arrive on a node
+    // device (`external`), never here.
+    if reply.flags & CT_F_SNAT != 0 {
+        return Ok(NOT_A_REPLY);
+    }
     // The pair lives by its CT_OUT entry (the rule the agent's GC applies too).
     s.out_key = s.in_key.out_partner(reply);
     let Some(entry) = ct::lookup(&s.out_key, now) else {
-        return Ok(false);
+        return Ok(NOT_A_REPLY);
     };
     ct::refresh(entry, flow, now);
     nat::snat(ctx, flow, &reply.nat_addr, reply.nat_port)?;
@@ -67,11 +80,11 @@ fn reverse<F: Lb>(ctx: &TcContext, flow: &mut Flow<F>, s: &mut Scratch, now: u64
         let dport = flow.dport;
         nat::dnat(ctx, flow, &reply.nat2_addr, dport)?;
     }
-    Ok(true)
+    Ok(reply.flags)
 }
 
 /// A packet a pod sends, translated in place: `Some(action)` when it has been
-/// answered here instead (a rejection).
+/// answered (a rejection) or sent on (the reply of an external flow) here.
 #[inline(always)]
 pub fn from_pod<F: Lb>(ctx: &TcContext, flow: &mut Flow<F>) -> Result<Option<Action>, Reason> {
     // SAFETY: no preconditions.
@@ -95,14 +108,26 @@ pub fn from_pod<F: Lb>(ctx: &TcContext, flow: &mut Flow<F>) -> Result<Option<Act
         return Ok(None);
     }
 
-    // 2. A local backend answering a translated flow.
-    if reverse(ctx, flow, s, now)? {
-        return Ok(None);
+    // 2. A local backend answering a translated flow; an external client's
+    //    answer now comes from a node address and is routed here.
+    match reverse(ctx, flow, s, now)? {
+        NOT_A_REPLY => {}
+        flags if flags & CT_F_EXTERNAL != 0 => {
+            return route::forward(ctx, flow).map(|tc| Some(Action::forward(tc)));
+        }
+        _ => return Ok(None),
     }
 
     // 3. A new flow: is its destination a frontend?
-    let mut key =
-        ServiceKey { addr: [0; 16], port: flow.dport, slot: 0, proto: flow.proto, family: F::AF, scope: SCOPE_EXTERNAL, _pad: 0 };
+    let mut key = ServiceKey {
+        addr: [0; 16],
+        port: flow.dport,
+        slot: 0,
+        proto: flow.proto,
+        family: F::AF,
+        scope: SCOPE_EXTERNAL,
+        _pad: 0,
+    };
     F::widen(&flow.daddr, &mut key.addr);
     // SAFETY: valid for this run.
     let Some(svc) = (unsafe { SERVICES.get(&key) }) else {
@@ -118,7 +143,10 @@ pub fn from_pod<F: Lb>(ctx: &TcContext, flow: &mut Flow<F>) -> Result<Option<Act
     }
     if svc.count == 0 {
         let tc = reject::port_unreachable(ctx, flow, s)?;
-        return Ok(Some(Action { tc, reason: Reason::NoBackend }));
+        return Ok(Some(Action {
+            tc,
+            reason: Reason::NoBackend,
+        }));
     }
     let backend_id = select::backend(flow, &key, &svc)?;
     // SAFETY: valid for this run.
@@ -127,7 +155,18 @@ pub fn from_pod<F: Lb>(ctx: &TcContext, flow: &mut Flow<F>) -> Result<Option<Act
     // A pod reaching itself through its service: without a new source the reply
     // would never leave the pod.
     let hairpin = F::is(&flow.saddr, &backend.addr);
-    track(flow, s, backend, hairpin, svc.rev_nat_id, backend_id, now)?;
+    let (snat, flags) = if hairpin {
+        (
+            Some(Snat {
+                addr: &F::HAIRPIN,
+                port: flow.sport,
+            }),
+            CT_F_HAIRPIN,
+        )
+    } else {
+        (None, 0)
+    };
+    track(flow, s, backend, snat, flags, svc.rev_nat_id, backend_id, now)?;
     if hairpin {
         let sport = flow.sport;
         nat::snat(ctx, flow, &F::HAIRPIN, sport)?;
@@ -136,62 +175,78 @@ pub fn from_pod<F: Lb>(ctx: &TcContext, flow: &mut Flow<F>) -> Result<Option<Act
     Ok(None)
 }
 
+/// A new source for a flow: the hairpin address, or the node's.
+struct Snat<'a> {
+    addr: &'a [u8; 16],
+    port: u16,
+}
+
 /// Records a new translated flow both ways, the reply entry first: once the
 /// forward entry exists, packets are translated and their replies must find it.
 ///
 /// The pair is built field by field in the scratch value and inserted from there:
 /// built on the stack, the two keys and two values would not fit in the 512-byte
 /// frame beside the rest of the hot path.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn track<F: Family>(
     flow: &Flow<F>,
     s: &mut Scratch,
     backend: &Backend,
-    hairpin: bool,
+    snat: Option<Snat<'_>>,
+    flags: u8,
     rev_nat_id: u16,
     backend_id: u32,
     now: u64,
 ) -> Result<(), Reason> {
-    let flags = ct::new_flags(flow) | if hairpin { CT_F_HAIRPIN } else { 0 };
+    let flags = ct::new_flags(flow) | flags;
 
-    // The backend's reply, to the client (or to the hairpin address).
+    // The backend's reply, to the client (or to its new source).
     let k = &mut s.in_key;
     k.saddr.copy_from_slice(&backend.addr);
-    if hairpin {
-        k.daddr.copy_from_slice(&F::HAIRPIN);
+    k.sport = backend.port;
+    if let Some(snat) = &snat {
+        k.daddr.copy_from_slice(snat.addr);
+        k.dport = snat.port;
+        F::widen(&flow.saddr, &mut s.back.nat2_addr);
+        s.back.nat2_port = flow.sport;
     } else {
         F::widen(&flow.saddr, &mut k.daddr);
+        k.dport = flow.sport;
+        s.back.nat2_addr = [0; 16];
+        s.back.nat2_port = 0;
     }
-    k.sport = backend.port;
-    k.dport = flow.sport;
     k.proto = flow.proto;
     k.family = F::AF;
     k.dir = CT_IN;
     k._pad = 0;
     F::widen(&flow.daddr, &mut s.back.nat_addr);
-    if hairpin {
-        F::widen(&flow.saddr, &mut s.back.nat2_addr);
-    } else {
-        s.back.nat2_addr = [0; 16];
-    }
     s.back.nat_port = flow.dport;
     s.back.rev_nat_id = rev_nat_id;
     s.back.flags = flags;
+    s.back._pad = 0;
     s.back.backend_id = backend_id;
     s.back.expires_ns = 0;
-    CONNTRACK.insert(&s.in_key, &s.back, 0).map_err(|_| Reason::CtFull)?;
+    CONNTRACK
+        .insert(&s.in_key, &s.back, 0)
+        .map_err(|_| Reason::CtFull)?;
 
     ct::fill_key(&mut s.out_key, flow, CT_OUT);
     s.out.nat_addr.copy_from_slice(&backend.addr);
-    if hairpin {
-        s.out.nat2_addr.copy_from_slice(&F::HAIRPIN);
+    if let Some(snat) = &snat {
+        s.out.nat2_addr.copy_from_slice(snat.addr);
+        s.out.nat2_port = snat.port;
     } else {
         s.out.nat2_addr = [0; 16];
+        s.out.nat2_port = 0;
     }
     s.out.nat_port = backend.port;
     s.out.rev_nat_id = rev_nat_id;
     s.out.flags = flags;
+    s.out._pad = 0;
     s.out.backend_id = backend_id;
     s.out.expires_ns = now + ct::lifetime(flow, flags) * NS;
-    CONNTRACK.insert(&s.out_key, &s.out, 0).map_err(|_| Reason::CtFull)
+    CONNTRACK
+        .insert(&s.out_key, &s.out, 0)
+        .map_err(|_| Reason::CtFull)
 }

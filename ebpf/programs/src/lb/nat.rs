@@ -8,7 +8,7 @@
 //! `bpf_csum_diff`.
 
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, __sk_buff},
+    bindings::{__sk_buff, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     helpers::bpf_csum_diff,
     programs::TcContext,
 };
@@ -20,18 +20,32 @@ use crate::packet::{Family, Flow, IP_CSUM, V4, V6};
 pub trait Rewrite: Family {
     /// Replaces the address at `at` (`old`) by `new` (maps' form), fixing the IP
     /// checksum if there is one and the L4 checksum at `csum_at`.
-    fn rewrite_addr(ctx: &TcContext, csum_at: usize, l4: u64, at: usize, old: &Self::Addr, new: &[u8; 16])
-    -> Result<(), Reason>;
+    fn rewrite_addr(
+        ctx: &TcContext,
+        csum_at: usize,
+        l4: u64,
+        at: usize,
+        old: &Self::Addr,
+        new: &[u8; 16],
+    ) -> Result<(), Reason>;
 }
 
 impl Rewrite for V4 {
     #[inline(always)]
-    fn rewrite_addr(ctx: &TcContext, csum_at: usize, l4: u64, at: usize, old: &[u8; 4], new: &[u8; 16])
-    -> Result<(), Reason> {
+    fn rewrite_addr(
+        ctx: &TcContext,
+        csum_at: usize,
+        l4: u64,
+        at: usize,
+        old: &[u8; 4],
+        new: &[u8; 16],
+    ) -> Result<(), Reason> {
         let new = [new[0], new[1], new[2], new[3]];
         let (o, n) = (u32::from_ne_bytes(*old) as u64, u32::from_ne_bytes(new) as u64);
-        ctx.l4_csum_replace(csum_at, o, n, BPF_F_PSEUDO_HDR as u64 | l4 | 4).map_err(|_| Reason::RewriteFailed)?;
-        ctx.l3_csum_replace(IP_CSUM, o, n, 4).map_err(|_| Reason::RewriteFailed)?;
+        ctx.l4_csum_replace(csum_at, o, n, BPF_F_PSEUDO_HDR as u64 | l4 | 4)
+            .map_err(|_| Reason::RewriteFailed)?;
+        ctx.l3_csum_replace(IP_CSUM, o, n, 4)
+            .map_err(|_| Reason::RewriteFailed)?;
         ctx.store(at, &new, 0).map_err(|_| Reason::RewriteFailed)
     }
 }
@@ -41,8 +55,14 @@ struct Aligned([u8; 16]);
 
 impl Rewrite for V6 {
     #[inline(always)]
-    fn rewrite_addr(ctx: &TcContext, csum_at: usize, l4: u64, at: usize, old: &[u8; 16], new: &[u8; 16])
-    -> Result<(), Reason> {
+    fn rewrite_addr(
+        ctx: &TcContext,
+        csum_at: usize,
+        l4: u64,
+        at: usize,
+        old: &[u8; 16],
+        new: &[u8; 16],
+    ) -> Result<(), Reason> {
         // Out of line: its buffers, inlined at each of the hot path's rewrites,
         // would not fit beside it in one stack frame. Five arguments at most
         // cross a BPF call, so the checksum's offset and flags travel packed.
@@ -67,7 +87,9 @@ fn rewrite_addr6(skb: *mut __sk_buff, offsets: u64, l4: u64, old: &[u8; 16], new
         return diff;
     }
     // A size of 0 tells the helper that `to` is a precomputed difference.
-    if ctx.l4_csum_replace(csum_at, 0, diff as u64, BPF_F_PSEUDO_HDR as u64 | l4).is_err()
+    if ctx
+        .l4_csum_replace(csum_at, 0, diff as u64, BPF_F_PSEUDO_HDR as u64 | l4)
+        .is_err()
         || ctx.store(at, &n.0, 0).is_err()
     {
         return -1;
@@ -77,11 +99,21 @@ fn rewrite_addr6(skb: *mut __sk_buff, offsets: u64, l4: u64, old: &[u8; 16], new
 
 #[inline(always)]
 fn l4_flags<F: Family>(flow: &Flow<F>) -> u64 {
-    if flow.proto == IPPROTO_UDP { BPF_F_MARK_MANGLED_0 as u64 } else { 0 }
+    if flow.proto == IPPROTO_UDP {
+        BPF_F_MARK_MANGLED_0 as u64
+    } else {
+        0
+    }
 }
 
 #[inline(always)]
-fn rewrite_port<F: Family>(ctx: &TcContext, flow: &Flow<F>, at: usize, old: u16, new: u16) -> Result<(), Reason> {
+fn rewrite_port<F: Family>(
+    ctx: &TcContext,
+    flow: &Flow<F>,
+    at: usize,
+    old: u16,
+    new: u16,
+) -> Result<(), Reason> {
     if old == new {
         return Ok(());
     }
@@ -92,9 +124,21 @@ fn rewrite_port<F: Family>(ctx: &TcContext, flow: &Flow<F>, at: usize, old: u16,
 
 /// Destination NAT: the packet now goes to `addr:port` (maps' form, network order).
 #[inline(always)]
-pub fn dnat<F: Rewrite>(ctx: &TcContext, flow: &mut Flow<F>, addr: &[u8; 16], port: u16) -> Result<(), Reason> {
+pub fn dnat<F: Rewrite>(
+    ctx: &TcContext,
+    flow: &mut Flow<F>,
+    addr: &[u8; 16],
+    port: u16,
+) -> Result<(), Reason> {
     if !F::is(&flow.daddr, addr) {
-        F::rewrite_addr(ctx, flow.l4_csum_offset(), l4_flags(flow), F::DADDR, &flow.daddr, addr)?;
+        F::rewrite_addr(
+            ctx,
+            flow.l4_csum_offset(),
+            l4_flags(flow),
+            F::DADDR,
+            &flow.daddr,
+            addr,
+        )?;
         F::narrow(addr, &mut flow.daddr);
     }
     rewrite_port(ctx, flow, F::L4 + 2, flow.dport, port)?;
@@ -104,9 +148,21 @@ pub fn dnat<F: Rewrite>(ctx: &TcContext, flow: &mut Flow<F>, addr: &[u8; 16], po
 
 /// Source NAT: the packet now comes from `addr:port`.
 #[inline(always)]
-pub fn snat<F: Rewrite>(ctx: &TcContext, flow: &mut Flow<F>, addr: &[u8; 16], port: u16) -> Result<(), Reason> {
+pub fn snat<F: Rewrite>(
+    ctx: &TcContext,
+    flow: &mut Flow<F>,
+    addr: &[u8; 16],
+    port: u16,
+) -> Result<(), Reason> {
     if !F::is(&flow.saddr, addr) {
-        F::rewrite_addr(ctx, flow.l4_csum_offset(), l4_flags(flow), F::SADDR, &flow.saddr, addr)?;
+        F::rewrite_addr(
+            ctx,
+            flow.l4_csum_offset(),
+            l4_flags(flow),
+            F::SADDR,
+            &flow.saddr,
+            addr,
+        )?;
         F::narrow(addr, &mut flow.saddr);
     }
     rewrite_port(ctx, flow, F::L4, flow.sport, port)?;

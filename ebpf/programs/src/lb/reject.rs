@@ -123,7 +123,12 @@ pub fn port_unreachable<F: Reject>(ctx: &TcContext, flow: &Flow<F>, s: &mut Scra
     }
     ctx.store(0, &eth, 0).map_err(|_| Reason::RewriteFailed)?;
     store(ctx, ETH_HLEN, s.ip.as_ptr(), F::IP_LEN)?;
-    store(ctx, ETH_HLEN + F::IP_LEN, s.icmp[F::ICMP_AT..].as_ptr(), F::ICMP_LEN)?;
+    store(
+        ctx,
+        ETH_HLEN + F::IP_LEN,
+        s.icmp[F::ICMP_AT..].as_ptr(),
+        F::ICMP_LEN,
+    )?;
     // SAFETY: as above.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // SAFETY: no preconditions; the verdict says where the packet goes.
@@ -135,7 +140,11 @@ pub fn port_unreachable<F: Reject>(ctx: &TcContext, flow: &Flow<F>, s: &mut Scra
 fn store(ctx: &TcContext, at: usize, from: *const u8, len: usize) -> Result<(), Reason> {
     // SAFETY: `from` points at `len` bytes of the scratch value.
     let r = unsafe { bpf_skb_store_bytes(ctx.skb.skb, at as u32, from.cast(), len as u32, 0) };
-    if r == 0 { Ok(()) } else { Err(Reason::RewriteFailed) }
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(Reason::RewriteFailed)
+    }
 }
 
 /// The unfolded one's-complement sum of `len` bytes (a multiple of 4) at the

@@ -3,8 +3,8 @@
 
 use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
 use weir_common::{
-    AffinityKey, AffinityValue, BACKEND_ACTIVE, BACKEND_TERMINATING, MAGLEV_TABLE_SIZE, Reason, SVC_F_AFFINITY,
-    SVC_F_MAGLEV, ServiceKey, ServiceValue,
+    AffinityKey, AffinityValue, BACKEND_ACTIVE, BACKEND_TERMINATING, MAGLEV_TABLE_SIZE, Reason,
+    SVC_F_AFFINITY, SVC_F_MAGLEV, ServiceKey, ServiceValue,
 };
 
 use super::maps::{AFFINITY, BACKENDS, MAGLEV, SERVICES};
@@ -18,7 +18,12 @@ pub fn backend<F: Family>(flow: &Flow<F>, key: &ServiceKey, svc: &ServiceValue) 
     if svc.flags & SVC_F_AFFINITY == 0 {
         return pick(flow, key, svc);
     }
-    let mut akey = AffinityKey { client: [0; 16], rev_nat_id: svc.rev_nat_id, family: F::AF, _pad: 0 };
+    let mut akey = AffinityKey {
+        client: [0; 16],
+        rev_nat_id: svc.rev_nat_id,
+        family: F::AF,
+        _pad: 0,
+    };
     F::widen(&flow.saddr, &mut akey.client);
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
@@ -39,7 +44,15 @@ pub fn backend<F: Family>(flow: &Flow<F>, key: &ServiceKey, svc: &ServiceValue) 
     }
     let id = pick(flow, key, svc)?;
     // Best effort: without the entry the next flow just picks again.
-    let _ = AFFINITY.insert(&akey, &AffinityValue { backend_id: id, _pad: 0, last_used_ns: now }, 0);
+    let _ = AFFINITY.insert(
+        &akey,
+        &AffinityValue {
+            backend_id: id,
+            _pad: 0,
+            last_used_ns: now,
+        },
+        0,
+    );
     Ok(id)
 }
 
@@ -96,5 +109,7 @@ fn random_slot(key: &ServiceKey, count: u16) -> Result<u32, Reason> {
     let slot = (r % u32::from(count)) as u16 + 1;
     let slot_key = ServiceKey { slot, ..*key };
     // SAFETY: map lookups return pointers valid for this run.
-    unsafe { SERVICES.get(&slot_key) }.map(|v| v.backend_id).ok_or(Reason::BackendMissing)
+    unsafe { SERVICES.get(&slot_key) }
+        .map(|v| v.backend_id)
+        .ok_or(Reason::BackendMissing)
 }

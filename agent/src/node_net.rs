@@ -1,0 +1,159 @@
+//! The node's devices and addresses: where Service traffic from outside the node
+//! arrives (the node program is attached there), which addresses serve NodePorts
+//! (kube-proxy's `--nodeport-addresses`), and which address external flows to
+//! remote endpoints are source-NATed to.
+//!
+//! Read once at start: a device or address added later needs an agent restart,
+//! which the datapath rides through.
+
+use std::net::IpAddr;
+
+use ipnetwork::IpNetwork;
+use nix::{ifaddrs::getifaddrs, net::if_::if_nametoindex};
+use weir_common::NodeAddrs;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeNet {
+    /// (name, ifindex) of each device.
+    pub devices: Vec<(String, u32)>,
+    /// The addresses NodePorts are served on, in device then address order.
+    pub nodeport_addresses: Vec<IpAddr>,
+    /// The source of external flows to remote endpoints, per family.
+    pub snat: NodeAddrs,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeNetError {
+    #[error("reading the node's interfaces: {0}")]
+    Interfaces(nix::Error),
+    #[error("device {0}: no such interface")]
+    NoDevice(String),
+}
+
+/// Reads the node's interfaces. `devices`: the names given (`--devices`), or, if
+/// none, every interface with a global address but loopback. `cidrs`: the
+/// NodePort address ranges (`--nodeport-addresses`); none means every global
+/// address of the devices, as kube-proxy's default.
+pub fn discover(devices: &[String], cidrs: &[IpNetwork]) -> Result<NodeNet, NodeNetError> {
+    let mut addresses: Vec<(String, IpAddr)> = Vec::new();
+    for ifaddr in getifaddrs().map_err(NodeNetError::Interfaces)? {
+        let Some(addr) = ifaddr.address else { continue };
+        let ip = if let Some(v4) = addr.as_sockaddr_in() {
+            IpAddr::V4(v4.ip())
+        } else if let Some(v6) = addr.as_sockaddr_in6() {
+            IpAddr::V6(v6.ip())
+        } else {
+            continue;
+        };
+        if is_global(ip) && ifaddr.interface_name != "lo" {
+            addresses.push((ifaddr.interface_name, ip));
+        }
+    }
+    plan(devices, cidrs, &addresses, |name| if_nametoindex(name).ok())
+}
+
+/// `discover` on a given list of (interface, address): pure, for tests.
+fn plan(
+    devices: &[String],
+    cidrs: &[IpNetwork],
+    addresses: &[(String, IpAddr)],
+    ifindex: impl Fn(&str) -> Option<u32>,
+) -> Result<NodeNet, NodeNetError> {
+    let mut names: Vec<String> = if devices.is_empty() {
+        addresses.iter().map(|(name, _)| name.clone()).collect()
+    } else {
+        devices.to_vec()
+    };
+    names.dedup();
+    let mut net = NodeNet::default();
+    for name in names {
+        let index = ifindex(&name).ok_or_else(|| NodeNetError::NoDevice(name.clone()))?;
+        if net.devices.iter().any(|(n, _)| *n == name) {
+            continue;
+        }
+        for (_, ip) in addresses.iter().filter(|(n, _)| *n == name) {
+            if cidrs.is_empty() || cidrs.iter().any(|c| c.contains(*ip)) {
+                net.nodeport_addresses.push(*ip);
+            }
+        }
+        net.devices.push((name, index));
+    }
+    // Replies of a source-NATed flow must come back to this node: any of its
+    // own addresses does, the first NodePort address of the family by preference.
+    let mut own: Vec<IpAddr> = net.nodeport_addresses.clone();
+    own.extend(
+        addresses
+            .iter()
+            .filter(|(n, _)| net.devices.iter().any(|(d, _)| d == n))
+            .map(|(_, ip)| *ip),
+    );
+    for ip in own {
+        match ip {
+            IpAddr::V4(v4) if net.snat.v4 == [0; 16] => net.snat.v4[..4].copy_from_slice(&v4.octets()),
+            IpAddr::V6(v6) if net.snat.v6 == [0; 16] => net.snat.v6 = v6.octets(),
+            _ => {}
+        }
+    }
+    Ok(net)
+}
+
+/// Unicast and not loopback or link-local: an address other hosts reach us on.
+fn is_global(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            !(v4.is_loopback() || v4.is_link_local() || v4.is_unspecified() || v4.is_multicast())
+        }
+        IpAddr::V6(v6) => {
+            !(v6.is_loopback() || v6.is_unspecified() || v6.is_multicast() || v6.is_unicast_link_local())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addrs() -> Vec<(String, IpAddr)> {
+        [("eth0", "10.0.0.5"), ("eth0", "fd00::5"), ("eth1", "192.168.9.5")]
+            .iter()
+            .map(|(n, ip)| ((*n).to_owned(), ip.parse().expect("ip")))
+            .collect()
+    }
+
+    fn index(name: &str) -> Option<u32> {
+        match name {
+            "eth0" => Some(2),
+            "eth1" => Some(3),
+            "eth2" => Some(4),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn by_default_every_device_with_a_global_address_serves_on_all_of_them() {
+        let net = plan(&[], &[], &addrs(), index).expect("plan");
+        assert_eq!(net.devices, [("eth0".to_owned(), 2), ("eth1".to_owned(), 3)]);
+        let serving: Vec<String> = net.nodeport_addresses.iter().map(ToString::to_string).collect();
+        assert_eq!(serving, ["10.0.0.5", "fd00::5", "192.168.9.5"]);
+        assert_eq!(&net.snat.v4[..4], &[10, 0, 0, 5]);
+        assert_eq!(IpAddr::from(net.snat.v6).to_string(), "fd00::5");
+    }
+
+    #[test]
+    fn devices_and_nodeport_ranges_narrow_it_down() {
+        let cidrs = ["192.168.0.0/16".parse().expect("cidr")];
+        let net = plan(&["eth1".to_owned(), "eth0".to_owned()], &cidrs, &addrs(), index).expect("plan");
+        assert_eq!(net.devices, [("eth1".to_owned(), 3), ("eth0".to_owned(), 2)]);
+        let serving: Vec<String> = net.nodeport_addresses.iter().map(ToString::to_string).collect();
+        assert_eq!(serving, ["192.168.9.5"]);
+        // A node address outside the NodePort ranges still sources NAT for IPv6.
+        assert_eq!(IpAddr::from(net.snat.v6).to_string(), "fd00::5");
+        assert!(matches!(
+            plan(&["nope".to_owned()], &[], &addrs(), index),
+            Err(NodeNetError::NoDevice(_))
+        ));
+        // A device without addresses is attached, and serves nothing.
+        let net = plan(&["eth2".to_owned()], &[], &addrs(), index).expect("plan");
+        assert_eq!((net.devices.len(), net.nodeport_addresses.len()), (1, 0));
+    }
+}

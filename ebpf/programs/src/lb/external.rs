@@ -1,0 +1,197 @@
+//! Service traffic entering the node from outside (TC ingress of the node's
+//! devices): NodePorts, externalIPs and load-balancer IPs, as kube-proxy's
+//! `KUBE-NODEPORTS`/`KUBE-EXT-*` chains serve them.
+//!
+//! A new flow to a frontend gets a backend from the frontend's external entry
+//! (with externalTrafficPolicy Local, this node's endpoints only). A local
+//! backend gets the packet straight on its veth, the client's address intact;
+//! its replies are translated as they leave it (`lb::reverse`) and routed out
+//! from there. A remote backend gets the packet from the node's own address and a
+//! port of [`SNAT_PORT_MIN`]..=[`SNAT_PORT_MAX`] (externalTrafficPolicy Cluster),
+//! so that its replies come back here, where they are translated back to the
+//! client. Anything else passes untouched.
+
+use aya_ebpf::{
+    bindings::TC_ACT_OK,
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_redirect_neigh},
+    programs::TcContext,
+};
+use weir_common::{
+    AF_INET, CT_F_EXTERNAL, CT_F_SNAT, CT_IN, CT_OUT, EndpointKey, Reason, SCOPE_EXTERNAL, SNAT_PORT_MAX,
+    SNAT_PORT_MIN, SVC_F_EXT_LOCAL, ServiceKey,
+};
+
+use super::{
+    Lb, Snat, ct,
+    maps::{BACKENDS, CONNTRACK, NODE, SERVICES},
+    nat, reject, scratch, select, track,
+};
+use crate::{endpoints::ENDPOINTS, metrics::Action, packet::Flow, route};
+
+/// Attempts at a free source port before the flow is refused.
+const SNAT_TRIES: usize = 4;
+
+#[inline(always)]
+pub fn from_netdev<F: Lb>(ctx: &TcContext, flow: &mut Flow<F>) -> Result<Action, Reason> {
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let s = scratch()?;
+    let pass = Ok(Action::forward(TC_ACT_OK as i32));
+
+    // 1. A packet of an external flow we translated.
+    ct::fill_key(&mut s.out_key, flow, CT_OUT);
+    if let Some(entry) = ct::lookup(&s.out_key, now)
+        // SAFETY: a pointer into the map's value, valid for this run.
+        && unsafe { (*entry).flags } & CT_F_EXTERNAL != 0
+        && !ct::is_reuse(entry, flow)
+    {
+        ct::refresh(entry, flow, now);
+        // SAFETY: as above.
+        let e = unsafe { &*entry };
+        if e.flags & CT_F_SNAT != 0 {
+            nat::snat(ctx, flow, &e.nat2_addr, e.nat2_port)?;
+        }
+        nat::dnat(ctx, flow, &e.nat_addr, e.nat_port)?;
+        return deliver(ctx, flow, &e.nat_addr);
+    }
+
+    // 2. A remote backend answering a source-NATed flow: back to the client, from
+    //    the frontend it dialled.
+    ct::fill_key(&mut s.in_key, flow, CT_IN);
+    // SAFETY: valid for this run.
+    if let Some(reply) = unsafe { CONNTRACK.get(&s.in_key) }
+        && reply.flags & CT_F_SNAT != 0
+    {
+        s.out_key = s.in_key.out_partner(reply);
+        let Some(entry) = ct::lookup(&s.out_key, now) else {
+            return pass;
+        };
+        ct::refresh(entry, flow, now);
+        nat::snat(ctx, flow, &reply.nat_addr, reply.nat_port)?;
+        nat::dnat(ctx, flow, &reply.nat2_addr, reply.nat2_port)?;
+        return route::forward(ctx, flow).map(Action::forward);
+    }
+
+    // 3. A new flow: is its destination a frontend?
+    let mut key = ServiceKey {
+        addr: [0; 16],
+        port: flow.dport,
+        slot: 0,
+        proto: flow.proto,
+        family: F::AF,
+        scope: SCOPE_EXTERNAL,
+        _pad: 0,
+    };
+    F::widen(&flow.daddr, &mut key.addr);
+    // SAFETY: valid for this run.
+    let Some(svc) = (unsafe { SERVICES.get(&key) }) else {
+        return pass;
+    };
+    let svc = *svc;
+    if svc.count == 0 {
+        // kube-proxy drops what externalTrafficPolicy Local cannot serve here
+        // (a load balancer's health check tells it to go elsewhere), and rejects
+        // the rest.
+        if svc.flags & SVC_F_EXT_LOCAL != 0 {
+            return Err(Reason::NoLocalBackend);
+        }
+        let tc = reject::port_unreachable(ctx, flow, s)?;
+        return Ok(Action {
+            tc,
+            reason: Reason::NoBackend,
+        });
+    }
+    let backend_id = select::backend(flow, &key, &svc)?;
+    // SAFETY: valid for this run.
+    let backend = unsafe { BACKENDS.get(&backend_id) }.ok_or(Reason::BackendMissing)?;
+    // SAFETY: valid for this run.
+    if unsafe { ENDPOINTS.get(&endpoint_key::<F>(&backend.addr)) }.is_some() {
+        track(
+            flow,
+            s,
+            backend,
+            None,
+            CT_F_EXTERNAL,
+            svc.rev_nat_id,
+            backend_id,
+            now,
+        )?;
+        nat::dnat(ctx, flow, &backend.addr, backend.port)?;
+        return deliver(ctx, flow, &backend.addr);
+    }
+
+    // A remote backend: from the node's address, on a free port.
+    let node = NODE.get(0).ok_or(Reason::NoSnat)?;
+    let addr = if F::AF == AF_INET { &node.v4 } else { &node.v6 };
+    if addr.iter().all(|b| *b == 0) {
+        return Err(Reason::NoSnat);
+    }
+    let port = free_port(s, backend, addr, flow.proto, F::AF)?;
+    track(
+        flow,
+        s,
+        backend,
+        Some(Snat { addr, port }),
+        CT_F_EXTERNAL | CT_F_SNAT,
+        svc.rev_nat_id,
+        backend_id,
+        now,
+    )?;
+    nat::snat(ctx, flow, addr, port)?;
+    nat::dnat(ctx, flow, &backend.addr, backend.port)?;
+    route::forward(ctx, flow).map(Action::forward)
+}
+
+/// A translated packet goes to its backend: a local one straight on its veth,
+/// a remote one by route.
+#[inline(always)]
+fn deliver<F: Lb>(ctx: &TcContext, flow: &Flow<F>, backend: &[u8; 16]) -> Result<Action, Reason> {
+    // SAFETY: valid for this run.
+    if let Some(ep) = unsafe { ENDPOINTS.get(&endpoint_key::<F>(backend)) } {
+        // SAFETY: no preconditions; the verdict says where the packet goes.
+        return Ok(Action::forward(
+            unsafe { bpf_redirect_neigh(ep.ifindex, core::ptr::null_mut(), 0, 0) } as i32,
+        ));
+    }
+    route::forward(ctx, flow).map(Action::forward)
+}
+
+#[inline(always)]
+fn endpoint_key<F: Lb>(addr: &[u8; 16]) -> EndpointKey {
+    let mut key = EndpointKey {
+        family: F::AF,
+        ..EndpointKey::default()
+    };
+    key.addr.copy_from_slice(addr);
+    key
+}
+
+/// A source port no other flow from `addr` to this backend uses (network order).
+#[inline(always)]
+fn free_port(
+    s: &mut weir_common::Scratch,
+    backend: &weir_common::Backend,
+    addr: &[u8; 16],
+    proto: u8,
+    family: u8,
+) -> Result<u16, Reason> {
+    let span = u32::from(SNAT_PORT_MAX - SNAT_PORT_MIN) + 1;
+    let k = &mut s.in_key;
+    k.saddr.copy_from_slice(&backend.addr);
+    k.daddr.copy_from_slice(addr);
+    k.sport = backend.port;
+    k.proto = proto;
+    k.family = family;
+    k.dir = CT_IN;
+    k._pad = 0;
+    for _ in 0..SNAT_TRIES {
+        // SAFETY: no preconditions.
+        let port = (SNAT_PORT_MIN + (unsafe { bpf_get_prandom_u32() } % span) as u16).to_be();
+        k.dport = port;
+        // SAFETY: valid for this run.
+        if unsafe { CONNTRACK.get(&*k) }.is_none() {
+            return Ok(port);
+        }
+    }
+    Err(Reason::NoSnat)
+}

@@ -1,0 +1,85 @@
+//! Sending a translated packet on by a route lookup of our own.
+//!
+//! A packet whose source has become one of the node's addresses (the reply of an
+//! external flow, now from the node port it was sent to; a request source-NATed
+//! to the node) must not enter the host's input path: it would be dropped there
+//! as a martian (a local source arriving from outside). The FIB tells where it
+//! goes; the packet is redirected there with its MAC addresses filled in, or by
+//! the neighbour subsystem when the next hop is not resolved yet.
+
+use aya_ebpf::{
+    bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK, bpf_fib_lookup as FibLookup},
+    helpers::{bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh},
+    programs::TcContext,
+};
+use weir_common::Reason;
+
+use crate::packet::{Family, Flow};
+
+/// `struct bpf_fib_lookup`, with plain fields where the kernel's has unions.
+#[repr(C)]
+struct FibParams {
+    family: u8,
+    l4_protocol: u8,
+    sport: u16,
+    dport: u16,
+    tot_len: u16,
+    ifindex: u32,
+    flowinfo: u32,
+    /// IPv4 in the first 4 bytes.
+    src: [u8; 16],
+    dst: [u8; 16],
+    vlan: u32,
+    smac: [u8; 6],
+    dmac: [u8; 6],
+}
+const _: () = assert!(core::mem::size_of::<FibParams>() == core::mem::size_of::<FibLookup>());
+
+/// Redirects the packet to where the FIB routes its destination; TC's verdict.
+/// What the FIB does not forward (a local destination, no route) goes to the
+/// host's stack as it is.
+#[inline(always)]
+pub fn forward<F: Family>(ctx: &TcContext, flow: &Flow<F>) -> Result<i32, Reason> {
+    let mut p = FibParams {
+        family: F::AF,
+        l4_protocol: flow.proto,
+        sport: flow.sport,
+        dport: flow.dport,
+        tot_len: 0,
+        // SAFETY: the context's skb pointer is valid for this run.
+        ifindex: unsafe { (*ctx.skb.skb).ifindex },
+        flowinfo: 0,
+        src: [0; 16],
+        dst: [0; 16],
+        vlan: 0,
+        smac: [0; 6],
+        dmac: [0; 6],
+    };
+    F::widen(&flow.saddr, &mut p.src);
+    F::widen(&flow.daddr, &mut p.dst);
+    // SAFETY: `p` is laid out as the helper's struct and lives on our stack.
+    let ret = unsafe {
+        bpf_fib_lookup(
+            ctx.skb.skb.cast(),
+            (&raw mut p).cast(),
+            core::mem::size_of::<FibParams>() as i32,
+            0,
+        )
+    };
+    let tc = match ret as u32 {
+        BPF_FIB_LKUP_RET_SUCCESS => {
+            let mut macs = [0u8; 12];
+            macs[..6].copy_from_slice(&p.dmac);
+            macs[6..].copy_from_slice(&p.smac);
+            ctx.store(0, &macs, 0).map_err(|_| Reason::RewriteFailed)?;
+            // SAFETY: no preconditions; the verdict says where the packet goes.
+            unsafe { bpf_redirect(p.ifindex, 0) as i32 }
+        }
+        // SAFETY: as above; the kernel resolves the next hop and fills the MACs.
+        BPF_FIB_LKUP_RET_NO_NEIGH => unsafe {
+            bpf_redirect_neigh(p.ifindex, core::ptr::null_mut(), 0, 0) as i32
+        },
+        _ => TC_ACT_OK as i32,
+    };
+    Ok(tc)
+}

@@ -1,0 +1,301 @@
+//! NodePorts from outside the cluster: Weir's node program against kube-proxy's
+//! iptables NodePort rules, to an endpoint on the node the client dials (local)
+//! and to one on another node (remote).
+//!
+//! A benchmark, not a test: it prints markdown tables and asserts nothing about
+//! speed. Needs root. Run (the bench finds `weir-agent`, `weirctl` and `weir-cni`
+//! next to its own executable, i.e. in `target/release`, or in `$WEIR_BIN_DIR`):
+//!
+//! ```text
+//! cargo build --release --bins && cargo bench -p weir-tests --bench nodeport
+//! ```
+//!
+//! Setup. Two clusters of two lab nodes each, every cluster on a switched underlay
+//! with its own external client hosts (one per client thread): the Weir cluster
+//! runs an agent per node; the iptables cluster runs none (its pods' veths carry no
+//! program) and node A holds kube-proxy's NodePort rules
+//! ([`weir_lab::kube_proxy`]: `KUBE-NODEPORTS` -> `KUBE-EXT-*` with the masquerade
+//! mark -> `KUBE-SVC-*` -> DNAT). Each cluster has a backend pod on node A
+//! ("local") and one on node B ("remote"), and two NodePort Services with
+//! externalTrafficPolicy Cluster: 30080 to the local pod, 30081 to the remote one.
+//! The external clients route the pod networks via node A, so `direct` (to the pod
+//! addresses themselves) takes the same path through node A: the ceiling.
+//!
+//! Measured: new TCP connections per second from the external clients (connect, a
+//! 3-byte request, a 1-byte answer, close; see [`weir_lab::connrate`]), in rounds
+//! of one sample per variant in a rotating order; medians are reported.
+//!
+//! Environment: `WEIR_BENCH_ROUNDS` (default 5), `WEIR_BENCH_SECS` (seconds per
+//! sample, default 2), `WEIR_BENCH_CLIENTS` (client hosts, default 4).
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
+    time::{Duration, Instant},
+};
+
+use serde_json::json;
+use weir_lab::{
+    Agent, Netns, Node, Pod, TempDir,
+    connrate::{Clients, Sample, Server, median_rate},
+    env_or,
+    kube_proxy::{Service, ServiceSet},
+    require_root,
+    services::{Ep, ManifestDir, merge, port, service, slice},
+    underlay::Underlay,
+};
+
+const PORT: u16 = 8080;
+const LOCAL_NODE_PORT: u16 = 30080;
+const REMOTE_NODE_PORT: u16 = 30081;
+/// Answers of the local and the remote backend.
+const LOCAL_ID: u8 = 0;
+const REMOTE_ID: u8 = 1;
+
+/// One two-node cluster with its external clients.
+struct Cluster {
+    clients: Clients,
+    _servers: Vec<Server>,
+    local: Pod,
+    remote: Pod,
+    _externals: Vec<Netns>,
+    node_a: IpAddr,
+    _agents: Vec<Agent>,
+    _dirs: Vec<ManifestDir>,
+    nodes: Vec<Node>,
+    _underlay: Underlay,
+}
+
+impl Cluster {
+    fn new(n: u8, clients: usize, weir: bool) -> Self {
+        let underlay = Underlay::new(n);
+        let mut nodes = vec![
+            Node::new(&format!("10.{n}.1.0/24")),
+            Node::new(&format!("10.{n}.2.0/24")),
+        ];
+        let ips = underlay.join(&nodes.iter().collect::<Vec<_>>());
+        let (mut agents, mut dirs) = (Vec::new(), Vec::new());
+        if weir {
+            for node in &mut nodes {
+                let dir = ManifestDir::new();
+                agents.push(node.start_agent_with_source(dir.path()));
+                dirs.push(dir);
+            }
+        }
+        let local = nodes[0].add_pod("local");
+        let remote = nodes[1].add_pod("remote");
+        let servers = vec![
+            Server::start(&local.ns, SocketAddr::new(local.ipv4(), PORT), LOCAL_ID),
+            Server::start(&remote.ns, SocketAddr::new(remote.ipv4(), PORT), REMOTE_ID),
+        ];
+        let externals: Vec<Netns> = (0..clients)
+            .map(|i| {
+                let (ns, _) = underlay.external_at(100 + i as u8);
+                for node in &nodes {
+                    ns.sh(&format!("ip route add {} via {}", node.pod_cidr(), ips[0]));
+                }
+                ns
+            })
+            .collect();
+        Self {
+            clients: Clients::new(&externals.iter().collect::<Vec<_>>()),
+            _servers: servers,
+            local,
+            remote,
+            _externals: externals,
+            node_a: ips[0],
+            _agents: agents,
+            _dirs: dirs,
+            nodes,
+            _underlay: underlay,
+        }
+    }
+
+    /// The two NodePort Services, for the Weir agents.
+    fn program_weir(&self) {
+        let mut objects = Vec::new();
+        for (name, node_port, node, pod) in [
+            ("np-local", LOCAL_NODE_PORT, &self.nodes[0], &self.local),
+            ("np-remote", REMOTE_NODE_PORT, &self.nodes[1], &self.remote),
+        ] {
+            let mut svc = service(
+                name,
+                if node_port == LOCAL_NODE_PORT {
+                    "10.96.0.1"
+                } else {
+                    "10.96.0.2"
+                },
+                &[port("http", 80, "8080", "TCP")],
+            );
+            merge(
+                &mut svc,
+                &json!({ "spec": { "type": "NodePort", "externalTrafficPolicy": "Cluster",
+                "ports": [{ "name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP", "nodePort": node_port }] } }),
+            );
+            objects.push(svc);
+            objects.push(slice(
+                &format!("{name}-1"),
+                name,
+                node.name(),
+                &[("http", PORT, "TCP")],
+                &[Ep::ready(pod.ipv4())],
+            ));
+        }
+        for dir in &self._dirs {
+            dir.write("nodeports.yaml", &objects);
+        }
+        for agent in &self._agents {
+            agent.wait_services("both NodePorts", |s| {
+                s.as_array().is_some_and(|all| {
+                    all.iter()
+                        .filter(|f| f["count"] == json!(1) && f["port"].as_u64() > Some(30000))
+                        .count()
+                        >= 2
+                })
+            });
+        }
+    }
+
+    /// The same Services as kube-proxy's iptables rules on node A.
+    fn program_iptables(&self) {
+        let service = |name: &str, vip: [u8; 4], node_port, pod: &Pod| Service {
+            namespace: "default".to_owned(),
+            name: name.to_owned(),
+            vip: Ipv4Addr::from(vip),
+            port: 80,
+            node_port: Some(node_port),
+            endpoints: vec![SocketAddrV4::new(v4(pod.ipv4()), PORT)],
+        };
+        let set = ServiceSet {
+            services: vec![
+                service("np-local", [10, 96, 0, 1], LOCAL_NODE_PORT, &self.local),
+                service("np-remote", [10, 96, 0, 2], REMOTE_NODE_PORT, &self.remote),
+            ],
+            cluster_cidr: "10.0.0.0/8".to_owned(),
+        };
+        let state = TempDir::new("weir-bench-np-");
+        let file = state.join("rules");
+        std::fs::write(&file, set.iptables_restore()).expect("write rules");
+        self.nodes[0]
+            .ns
+            .sh(&format!("iptables-restore {}", file.display()));
+    }
+
+    fn targets(&self, to: Path, via_node_port: bool) -> Vec<SocketAddrV4> {
+        let addr = match (to, via_node_port) {
+            (Path::Local, false) => SocketAddr::new(self.local.ipv4(), PORT),
+            (Path::Remote, false) => SocketAddr::new(self.remote.ipv4(), PORT),
+            (Path::Local, true) => SocketAddr::new(self.node_a, LOCAL_NODE_PORT),
+            (Path::Remote, true) => SocketAddr::new(self.node_a, REMOTE_NODE_PORT),
+        };
+        vec![SocketAddrV4::new(v4(addr.ip()), addr.port())]
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Path {
+    Local,
+    Remote,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Variant {
+    Direct,
+    Weir,
+    Iptables,
+}
+
+impl Variant {
+    const ALL: [Self; 3] = [Self::Direct, Self::Weir, Self::Iptables];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Direct => "direct (pod IP, routed via node A)",
+            Self::Weir => "Weir NodePort",
+            Self::Iptables => "iptables NodePort",
+        }
+    }
+}
+
+fn v4(ip: IpAddr) -> Ipv4Addr {
+    match ip {
+        IpAddr::V4(a) => a,
+        IpAddr::V6(_) => panic!("IPv4 expected"),
+    }
+}
+
+fn main() {
+    require_root();
+    let rounds = env_or("WEIR_BENCH_ROUNDS", 5).max(1);
+    let secs = env_or("WEIR_BENCH_SECS", 2.0);
+    let clients = env_or("WEIR_BENCH_CLIENTS", 4).max(1);
+    let d = Duration::from_secs_f64(secs);
+    let started = Instant::now();
+    eprintln!("nodeport: {rounds} rounds of {secs} s samples, {clients} external client hosts");
+
+    let mut weir = Cluster::new(201, clients, true);
+    let mut ipt = Cluster::new(202, clients, false);
+    weir.program_weir();
+    ipt.program_iptables();
+
+    let cases: Vec<(Path, Variant)> = [Path::Local, Path::Remote]
+        .iter()
+        .flat_map(|&p| Variant::ALL.iter().map(move |&v| (p, v)))
+        .collect();
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); cases.len()];
+    for round in 0..rounds {
+        for k in 0..cases.len() {
+            let i = (k + round) % cases.len();
+            let (path, variant) = cases[i];
+            let cluster = if variant == Variant::Iptables {
+                &mut ipt
+            } else {
+                &mut weir
+            };
+            let targets = cluster.targets(path, variant != Variant::Direct);
+            let s = cluster.clients.sample(&targets, d);
+            let want = if path == Path::Local { LOCAL_ID } else { REMOTE_ID };
+            assert_eq!(
+                s.hit[usize::from(want)],
+                s.conns,
+                "{path:?} {variant:?}: answered by the wrong backend"
+            );
+            eprintln!(
+                "round {round}: {path:?} {variant:?}: {:.0} conn/s, {} errors",
+                s.rate(),
+                s.errors
+            );
+            samples[i].push(s);
+        }
+    }
+
+    println!("\n### NodePort from outside the cluster: new TCP connections per second\n");
+    println!("| endpoint | variant | conn/s | min-max | / direct | errors |");
+    println!("| --- | --- | ---: | ---: | ---: | ---: |");
+    for (i, (path, variant)) in cases.iter().enumerate() {
+        let direct = cases
+            .iter()
+            .position(|c| *c == (*path, Variant::Direct))
+            .expect("direct case");
+        let rates: Vec<f64> = samples[i].iter().map(Sample::rate).collect();
+        let lo = rates.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = rates.iter().copied().fold(0.0, f64::max);
+        let ratio = median_rate(&samples[i]) / median_rate(&samples[direct]);
+        let ratio = if *variant == Variant::Direct {
+            "1".to_owned()
+        } else {
+            format!("**{ratio:.2}**")
+        };
+        let errors: u64 = samples[i].iter().map(|s| s.errors).sum();
+        println!(
+            "| {} | {} | {:.0} | {lo:.0}-{hi:.0} | {ratio} | {errors} |",
+            if *path == Path::Local {
+                "local (node A)"
+            } else {
+                "remote (node B)"
+            },
+            variant.label(),
+            median_rate(&samples[i]),
+        );
+    }
+    eprintln!("nodeport: done in {:.0} s", started.elapsed().as_secs_f64());
+}

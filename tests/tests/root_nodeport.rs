@@ -1,0 +1,361 @@
+//! Tier 2 (root + namespaces): Service traffic from outside the cluster. Two lab
+//! nodes and an external host share a switched underlay; each node runs an agent
+//! fed the same manifests, with its underlay device found by default. A backend
+//! pod runs on each node.
+
+use std::{
+    collections::BTreeSet,
+    io::{Read, Write},
+    net::{IpAddr, SocketAddr},
+};
+
+use serde_json::{Value, json};
+use weir_lab::{
+    Agent, Node, Pod,
+    netns::Netns,
+    services::{Ep, ManifestDir, merge, port, service, slice},
+    underlay::Underlay,
+    whoami::{Answer, WhoAmI, ask_tcp, ask_udp},
+};
+
+/// Field order is drop order: servers and pods before agents and nodes.
+struct Cluster {
+    _servers: Vec<WhoAmI>,
+    a1: Pod,
+    b1: Pod,
+    client: Pod,
+    agents: Vec<Agent>,
+    external: Netns,
+    external_ip: IpAddr,
+    node_ips: Vec<IpAddr>,
+    dirs: Vec<ManifestDir>,
+    nodes: Vec<Node>,
+    _underlay: Underlay,
+}
+
+impl Cluster {
+    fn new(n: u8) -> Self {
+        let underlay = Underlay::new(n);
+        let mut nodes = vec![
+            Node::new(&format!("10.{n}.1.0/24")),
+            Node::new(&format!("10.{n}.2.0/24")),
+        ];
+        let node_ips = underlay.join(&nodes.iter().collect::<Vec<_>>());
+        let (external, external_ip) = underlay.external();
+        let dirs = vec![ManifestDir::new(), ManifestDir::new()];
+        let agents: Vec<Agent> = nodes
+            .iter_mut()
+            .zip(&dirs)
+            .map(|(node, dir)| node.start_agent_with_source(dir.path()))
+            .collect();
+        let a1 = nodes[0].add_pod("a1");
+        let b1 = nodes[1].add_pod("b1");
+        let client = nodes[0].add_pod("client");
+        let servers = vec![
+            WhoAmI::start(&a1.ns, "a1", a1.ipv4(), &[8080]),
+            WhoAmI::start(&b1.ns, "b1", b1.ipv4(), &[8080]),
+        ];
+        Self {
+            _servers: servers,
+            a1,
+            b1,
+            client,
+            agents,
+            external,
+            external_ip,
+            node_ips,
+            dirs,
+            nodes,
+            _underlay: underlay,
+        }
+    }
+
+    /// Every node's agent reads the same manifests, as every node of a cluster
+    /// watches the same API.
+    fn apply(&self, file: &str, objects: &[Value]) {
+        for dir in &self.dirs {
+            dir.write(file, objects);
+        }
+    }
+
+    /// Service `name`: a ClusterIP Service (TCP 80 and UDP 53 to 8080) with
+    /// `patch` merged over it, and an EndpointSlice per chosen node.
+    fn service(&self, name: &str, vip: &str, patch: Value, on_a: bool, on_b: bool) -> Vec<Value> {
+        let mut svc = service(
+            name,
+            vip,
+            &[port("tcp", 80, "8080", "TCP"), port("udp", 53, "8080", "UDP")],
+        );
+        merge(&mut svc, &patch);
+        let mut objects = vec![svc];
+        for (wanted, node, pod) in [(on_a, &self.nodes[0], &self.a1), (on_b, &self.nodes[1], &self.b1)] {
+            if wanted {
+                let ports = [("tcp", 8080, "TCP"), ("udp", 8080, "UDP")];
+                objects.push(slice(
+                    &format!("{name}-{}", node.name()),
+                    name,
+                    node.name(),
+                    &ports,
+                    &[Ep::ready(pod.ipv4())],
+                ));
+            }
+        }
+        objects
+    }
+
+    /// Waits until every agent has `front` (`ip:port/PROTO`) with `count` slots
+    /// for traffic from outside (its external scope).
+    fn wait(&self, front: &str, count: usize) {
+        for i in 0..self.agents.len() {
+            self.wait_on(i, front, count);
+        }
+    }
+
+    /// Waits until node `i`'s own NodePort `port/PROTO` has `count` slots.
+    fn wait_node_port(&self, i: usize, port: &str, count: usize) {
+        self.wait_on(i, &format!("{}:{port}", self.node_ips[i]), count);
+    }
+
+    fn wait_on(&self, i: usize, front: &str, count: usize) {
+        self.agents[i].wait_services(&format!("{front} with {count} slots"), |s| {
+            s.as_array().is_some_and(|all| {
+                all.iter().any(|f| {
+                    f["frontend"] == json!(front)
+                        && f["scope"] == json!("external")
+                        && f["count"] == json!(count)
+                })
+            })
+        });
+    }
+
+    fn node(&self, i: usize, port: u16) -> SocketAddr {
+        SocketAddr::new(self.node_ips[i], port)
+    }
+}
+
+fn node_port(etp: &str, tcp: u16, udp: u16) -> Value {
+    json!({ "spec": {
+        "type": "NodePort",
+        "externalTrafficPolicy": etp,
+        "ports": [
+            { "name": "tcp", "port": 80, "targetPort": 8080, "protocol": "TCP", "nodePort": tcp },
+            { "name": "udp", "port": 53, "targetPort": 8080, "protocol": "UDP", "nodePort": udp },
+        ],
+    }})
+}
+
+fn servers(answers: &[Answer]) -> BTreeSet<&str> {
+    answers.iter().map(|a| a.server.as_str()).collect()
+}
+
+#[test]
+fn root_nodeport_from_outside_reaches_local_and_remote_endpoints() {
+    let c = Cluster::new(94);
+    c.apply(
+        "web.yaml",
+        &c.service(
+            "web",
+            "10.96.0.30",
+            node_port("Cluster", 30080, 30053),
+            true,
+            true,
+        ),
+    );
+    for i in 0..2 {
+        c.wait_node_port(i, "30080/TCP", 2);
+        c.wait_node_port(i, "30053/UDP", 2);
+    }
+
+    let answers: Vec<Answer> = (0..40)
+        .map(|i| {
+            ask_tcp(&c.external, c.node(0, 30080))
+                .unwrap_or_else(|e| panic!("TCP {i} to node A's NodePort: {e}"))
+        })
+        .collect();
+    assert_eq!(
+        servers(&answers),
+        BTreeSet::from(["a1", "b1"]),
+        "both endpoints serve"
+    );
+    for a in &answers {
+        let expected = if a.server == "a1" {
+            c.external_ip
+        } else {
+            c.node_ips[0]
+        };
+        assert_eq!(
+            a.peer.ip(),
+            expected,
+            "{}: a local endpoint sees the client, a remote one the node it came through",
+            a.server
+        );
+    }
+    for i in 0..10 {
+        ask_udp(&c.external, SocketAddr::new(c.node_ips[1], 30053))
+            .unwrap_or_else(|e| panic!("UDP {i} to node B's NodePort: {e}"));
+    }
+    // From a pod, and through the other node.
+    let a = ask_tcp(&c.client.ns, c.node(1, 30080)).expect("pod to node B's NodePort");
+    assert!(["a1", "b1"].contains(&a.server.as_str()));
+    ask_tcp(&c.external, c.node(1, 30080)).expect("external to node B's NodePort");
+}
+
+/// `GET /` on a health check port: (status code, body).
+fn health(ns: &Netns, to: SocketAddr) -> (u16, Value) {
+    ns.run(move || {
+        let mut conn =
+            std::net::TcpStream::connect_timeout(&to, std::time::Duration::from_secs(2)).expect("connect");
+        conn.write_all(b"GET / HTTP/1.1\r\nHost: lb\r\n\r\n")
+            .expect("request");
+        let mut response = String::new();
+        conn.read_to_string(&mut response).expect("response");
+        let status = response
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("status line");
+        let body = response.split("\r\n\r\n").nth(1).expect("body");
+        (status, serde_json::from_str(body).expect("JSON body"))
+    })
+}
+
+#[test]
+fn root_external_traffic_policy_local_keeps_the_client_and_drops_without_a_local_endpoint() {
+    let c = Cluster::new(95);
+    let mut lb = node_port("Local", 30081, 30054);
+    merge(
+        &mut lb,
+        &json!({ "spec": { "type": "LoadBalancer", "healthCheckNodePort": 32100 } }),
+    );
+    c.apply("local.yaml", &c.service("local", "10.96.0.31", lb, false, true));
+    c.wait_node_port(1, "30081/TCP", 1);
+    c.wait_node_port(0, "30081/TCP", 0);
+    for i in 0..5 {
+        let a = ask_tcp(&c.external, c.node(1, 30081))
+            .unwrap_or_else(|e| panic!("TCP {i} to the node with the endpoint: {e}"));
+        assert_eq!(
+            (a.server.as_str(), a.peer.ip()),
+            ("b1", c.external_ip),
+            "the client's own address"
+        );
+    }
+    let refused = ask_tcp(&c.external, c.node(0, 30081));
+    assert!(
+        refused.is_err(),
+        "node A has no local endpoint: dropped, got {refused:?}"
+    );
+    // Pods are inside the cluster: the cluster-wide endpoints serve them.
+    let a = ask_tcp(&c.client.ns, c.node(0, 30081)).expect("a pod through node A's NodePort");
+    assert_eq!(a.server, "b1");
+
+    // The health check port says which node to send traffic to, as kube-proxy's.
+    let (status, body) = health(&c.external, c.node(1, 32100));
+    assert_eq!((status, &body["localEndpoints"]), (200, &json!(1)), "{body}");
+    assert_eq!(
+        body["service"],
+        json!({ "namespace": "default", "name": "local" })
+    );
+    let (status, body) = health(&c.external, c.node(0, 32100));
+    assert_eq!((status, &body["localEndpoints"]), (503, &json!(0)), "{body}");
+    // Only a terminating endpoint left: 503, so that the load balancer drains it.
+    let mut objects = c.service("local", "10.96.0.31", json!({}), false, false);
+    let mut lb = node_port("Local", 30081, 30054);
+    merge(
+        &mut lb,
+        &json!({ "spec": { "type": "LoadBalancer", "healthCheckNodePort": 32100 } }),
+    );
+    merge(&mut objects[0], &lb);
+    objects.push(slice(
+        "local-b",
+        "local",
+        c.nodes[1].name(),
+        &[("tcp", 8080, "TCP"), ("udp", 8080, "UDP")],
+        &[Ep::terminating(c.b1.ipv4())],
+    ));
+    c.apply("local.yaml", &objects);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while health(&c.external, c.node(1, 32100)).0 != 503 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still healthy with only a terminating endpoint"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn root_external_and_load_balancer_ips_and_nodeport_affinity() {
+    let c = Cluster::new(96);
+    let external_ip = "10.200.96.50";
+    let lb_ip = "10.200.96.60";
+    let mut objects = c.service(
+        "ext",
+        "10.96.0.32",
+        json!({ "spec": { "externalIPs": [external_ip] } }),
+        true,
+        false,
+    );
+    objects.extend(c.service(
+        "lb",
+        "10.96.0.33",
+        json!({
+            "spec": { "type": "LoadBalancer", "ports": [
+                { "name": "tcp", "port": 80, "targetPort": 8080, "protocol": "TCP", "nodePort": 30090 },
+                { "name": "udp", "port": 53, "targetPort": 8080, "protocol": "UDP", "nodePort": 30091 },
+            ]},
+            "status": { "loadBalancer": { "ingress": [{ "ip": lb_ip }] } },
+        }),
+        false,
+        true,
+    ));
+    let mut sticky = node_port("Cluster", 30082, 30055);
+    merge(&mut sticky, &json!({ "spec": { "sessionAffinity": "ClientIP" } }));
+    objects.extend(c.service("sticky", "10.96.0.34", sticky, true, true));
+    c.apply("objects.yaml", &objects);
+    c.wait(&format!("{external_ip}:80/TCP"), 1);
+    c.wait(&format!("{lb_ip}:80/TCP"), 1);
+    c.wait_node_port(0, "30082/TCP", 2);
+
+    // The routers of the world send these addresses to a node.
+    c.external
+        .sh(&format!("ip route add {external_ip}/32 via {}", c.node_ips[0]));
+    c.external
+        .sh(&format!("ip route add {lb_ip}/32 via {}", c.node_ips[0]));
+    let a = ask_tcp(&c.external, SocketAddr::new(external_ip.parse().expect("ip"), 80)).expect("externalIP");
+    assert_eq!((a.server.as_str(), a.peer.ip()), ("a1", c.external_ip));
+    let a = ask_tcp(&c.external, SocketAddr::new(lb_ip.parse().expect("ip"), 80)).expect("load-balancer IP");
+    assert_eq!(a.server, "b1", "the remote endpoint, through node A");
+    ask_udp(&c.external, SocketAddr::new(lb_ip.parse().expect("ip"), 53)).expect("load-balancer IP, UDP");
+
+    let answers: Vec<Answer> = (0..20)
+        .map(|i| ask_tcp(&c.external, c.node(0, 30082)).unwrap_or_else(|e| panic!("sticky {i}: {e}")))
+        .collect();
+    assert_eq!(
+        servers(&answers).len(),
+        1,
+        "ClientIP affinity holds for NodePort traffic: {:?}",
+        servers(&answers)
+    );
+}
+
+#[test]
+fn root_internal_traffic_policy_local_serves_only_same_node_clients() {
+    let c = Cluster::new(97);
+    c.apply(
+        "itp.yaml",
+        &c.service(
+            "itp",
+            "10.96.0.35",
+            json!({ "spec": { "internalTrafficPolicy": "Local" } }),
+            false,
+            true,
+        ),
+    );
+    c.wait_on(0, "10.96.0.35:80/TCP", 0);
+    c.wait_on(1, "10.96.0.35:80/TCP", 1);
+    let vip = SocketAddr::new("10.96.0.35".parse().expect("ip"), 80);
+    let refused = ask_tcp(&c.client.ns, vip);
+    assert!(refused.is_err(), "node A has no endpoint of its own: {refused:?}");
+    let a = ask_tcp(&c.b1.ns, vip).expect("a pod on node B reaches its node's endpoint");
+    assert_eq!(a.server, "b1");
+}
