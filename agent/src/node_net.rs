@@ -97,6 +97,31 @@ fn plan(
     Ok(net)
 }
 
+/// The cookie of the calling thread's network namespace (`SO_NETNS_COOKIE`), as
+/// `bpf_get_netns_cookie` sees it: the socket hooks act only where it matches.
+pub fn netns_cookie() -> std::io::Result<u64> {
+    use std::os::fd::AsRawFd;
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").or_else(|_| std::net::UdpSocket::bind("[::]:0"))?;
+    let mut cookie: u64 = 0;
+    let mut len = size_of::<u64>() as nix::libc::socklen_t;
+    // SO_NETNS_COOKIE (Linux 5.14): not in every libc binding yet.
+    const SO_NETNS_COOKIE: nix::libc::c_int = 71;
+    // SAFETY: a live socket, and a buffer of the length passed.
+    let rc = unsafe {
+        nix::libc::getsockopt(
+            socket.as_raw_fd(),
+            nix::libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &raw mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(cookie)
+}
+
 /// Unicast and not loopback or link-local: an address other hosts reach us on.
 fn is_global(ip: IpAddr) -> bool {
     match ip {

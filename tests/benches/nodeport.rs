@@ -297,5 +297,11 @@ fn main() {
             median_rate(&samples[i]),
         );
     }
+    for (agent, node) in weir._agents.iter().zip(["A", "B"]) {
+        let m = agent.weirctl(&["metrics"]);
+        println!(
+            "\nWeir node {node}'s datapath counters after the run (`weirctl metrics`):\n\n```json\n{m:#}\n```"
+        );
+    }
     eprintln!("nodeport: done in {:.0} s", started.elapsed().as_secs_f64());
 }

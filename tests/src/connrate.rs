@@ -165,6 +165,12 @@ pub struct Ports {
     last: Vec<Option<Instant>>,
 }
 
+impl Default for Ports {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Ports {
     const LO: u16 = 1024;
 

@@ -359,3 +359,48 @@ fn root_internal_traffic_policy_local_serves_only_same_node_clients() {
     let a = ask_tcp(&c.b1.ns, vip).expect("a pod on node B reaches its node's endpoint");
     assert_eq!(a.server, "b1");
 }
+
+#[test]
+fn root_node_processes_reach_services_through_socket_hooks() {
+    let c = Cluster::new(98);
+    let mut objects = c.service(
+        "web",
+        "10.96.0.36",
+        node_port("Cluster", 30086, 30057),
+        true,
+        true,
+    );
+    objects.extend(c.service("empty", "10.96.0.37", json!({}), false, false));
+    c.apply("web.yaml", &objects);
+    c.wait_node_port(0, "30086/TCP", 2);
+    c.wait_on(0, "10.96.0.37:80/TCP", 0);
+    let node_a = &c.nodes[0].ns;
+    let vip = |p| SocketAddr::new("10.96.0.36".parse().expect("ip"), p);
+    let mut seen = BTreeSet::new();
+    for i in 0..20 {
+        let a = ask_tcp(node_a, vip(80)).unwrap_or_else(|e| panic!("node A to the ClusterIP, TCP {i}: {e}"));
+        seen.insert(a.server);
+        let a = ask_udp(node_a, vip(53)).unwrap_or_else(|e| panic!("node A to the ClusterIP, UDP {i}: {e}"));
+        seen.insert(a.server);
+    }
+    assert_eq!(
+        seen,
+        BTreeSet::from(["a1".to_owned(), "b1".to_owned()]),
+        "both endpoints serve the node"
+    );
+    // NodePorts from the node itself, on its address and on localhost.
+    ask_tcp(node_a, c.node(0, 30086)).expect("node A to its own NodePort");
+    ask_tcp(node_a, SocketAddr::new("127.0.0.1".parse().expect("ip"), 30086)).expect("127.0.0.1:nodePort");
+    ask_udp(node_a, SocketAddr::new("127.0.0.1".parse().expect("ip"), 30057))
+        .expect("127.0.0.1:nodePort, UDP");
+    // Without endpoints: refused at connect, as kube-proxy's REJECT.
+    let err =
+        ask_tcp(node_a, SocketAddr::new("10.96.0.37".parse().expect("ip"), 80)).expect_err("no endpoints");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+    // Outside the cluster (the external host shares the cgroup the hooks are
+    // attached to, not the node's namespace) a ClusterIP is nothing.
+    assert!(
+        ask_tcp(&c.external, vip(80)).is_err(),
+        "a ClusterIP must not answer outside the cluster"
+    );
+}

@@ -55,6 +55,13 @@ enum Command {
         /// `--nodeport-addresses`. Default: every global address of the devices.
         #[arg(long, value_delimiter = ',', value_name = "CIDR,...")]
         nodeport_addresses: Vec<ipnetwork::IpNetwork>,
+        /// The cgroup (v2) whose processes reach Services through the socket
+        /// hooks; they act only for sockets of the agent's own network namespace.
+        /// Default: the root of the cgroup2 hierarchy (/sys/fs/cgroup, or
+        /// /sys/fs/cgroup/unified on hybrid hosts; mounted at /run/weir/cgroupv2
+        /// where there is none).
+        #[arg(long)]
+        cgroup_root: Option<PathBuf>,
     },
 }
 
@@ -75,11 +82,20 @@ fn main() -> anyhow::Result<()> {
             source,
             devices,
             nodeport_addresses,
+            cgroup_root,
         } => {
             let root = weir_agent::datapath::bpffs::resolve(&bpffs_root, true)?;
             let net =
                 node_net::discover(&devices, &nodeport_addresses).context("finding the node's devices")?;
-            run(&node, PinLayout::new(root), &cni_socket, source.as_ref(), &net)
+            let cgroup = weir_agent::datapath::cgroup::resolve(cgroup_root.as_deref())?;
+            run(
+                &node,
+                PinLayout::new(root),
+                &cni_socket,
+                source.as_ref(),
+                &net,
+                &cgroup,
+            )
         }
     }
 }
@@ -90,15 +106,22 @@ fn run(
     cni_socket: &std::path::Path,
     source: Option<&SourceSpec>,
     net: &NodeNet,
+    cgroup_root: &std::path::Path,
 ) -> anyhow::Result<()> {
     let mut dp = Datapath::load(pins.clone())
         .with_context(|| format!("loading the datapath under {}", pins.root().display()))?;
     let adopted = dp.adopt_links().context("adopting pinned links")?;
     let forgotten = cni_server::forget_ifindexes(&mut dp, &adopted.stale)?;
     info!(node, root = %pins.root().display(), adopted = adopted.adopted, forgotten, "datapath loaded");
+    let node_addrs = weir_common::NodeAddrs {
+        netns_cookie: node_net::netns_cookie().context("reading this network namespace's cookie")?,
+        ..net.snat
+    };
     dp.node
-        .set(0, net.snat, 0)
+        .set(0, node_addrs, 0)
         .context("writing the node's addresses")?;
+    dp.attach_cgroup(cgroup_root)
+        .with_context(|| format!("attaching the socket hooks to {}", cgroup_root.display()))?;
     for (name, ifindex) in &net.devices {
         dp.attach_device(name, *ifindex)
             .with_context(|| format!("attaching the node program to {name}"))?;

@@ -8,15 +8,19 @@
 
 use std::io::ErrorKind;
 
+use aya::programs::CgroupAttachMode;
 use aya::programs::{
     LinkOrder, TcAttachType,
     links::{FdLink, LinkError, PinnedLink},
     tc::{SchedClassifierLink, TcAttachOptions},
 };
 use tracing::{info, warn};
-use weir_common::programs::{FROM_NETDEV, FROM_POD, TO_POD};
+use weir_common::programs::{FROM_NETDEV, FROM_POD, SOCK_HOOKS, TO_POD};
 
-use super::{Datapath, DatapathError, load::classifier};
+use super::{
+    Datapath, DatapathError,
+    load::{classifier, sock_hook},
+};
 
 /// The programs on each pod veth and the TCX hook each goes to.
 const POD_PROGRAMS: &[(&str, TcAttachType)] =
@@ -39,6 +43,45 @@ impl Datapath {
     /// Attaches (or re-attaches, idempotently) the pod programs to a host veth.
     pub fn attach_endpoint(&mut self, ifname: &str, ifindex: u32) -> Result<(), DatapathError> {
         self.attach(ifname, ifindex, POD_PROGRAMS)
+    }
+
+    /// Attaches the socket hooks to `cgroup` (cgroup v2; the root one covers every
+    /// process), replacing those of an earlier agent: the new link is pinned
+    /// beside the old one and renamed over it, so some hook runs at every instant
+    /// (two at once are harmless: the second sees a backend, not a frontend).
+    pub fn attach_cgroup(&mut self, cgroup: &std::path::Path) -> Result<(), DatapathError> {
+        let dir = self.pins.links_dir().join("cgroup");
+        std::fs::create_dir_all(&dir).map_err(DatapathError::fs(&dir))?;
+        let file = std::fs::File::open(cgroup).map_err(DatapathError::fs(cgroup))?;
+        for name in SOCK_HOOKS {
+            let attach_err = |source| DatapathError::AttachCgroup {
+                program: name,
+                cgroup: cgroup.to_owned(),
+                source,
+            };
+            let prog = sock_hook(&mut self.ebpf, name)?;
+            // A link (`bpf_link_create`, which aya uses here) takes no attach flags
+            // and always lets other programs run beside it: `Single` passes none.
+            let id = prog.attach(&file, CgroupAttachMode::Single).map_err(attach_err)?;
+            let path = self.pins.cgroup_link(name);
+            // (bpffs takes no dots in names.)
+            let fresh = self.pins.cgroup_link(&format!("{name}_new"));
+            let link: FdLink = prog
+                .take_link(id)
+                .map_err(attach_err)?
+                .try_into()
+                .map_err(|source| DatapathError::Link {
+                    path: path.clone(),
+                    source,
+                })?;
+            let _ = std::fs::remove_file(&fresh);
+            link.pin(&fresh).map_err(|source| DatapathError::Pin {
+                path: fresh.clone(),
+                source,
+            })?;
+            std::fs::rename(&fresh, &path).map_err(DatapathError::fs(&path))?;
+        }
+        Ok(())
     }
 
     /// Attaches (or re-attaches, idempotently) the node program to a device.

@@ -40,6 +40,12 @@ pub enum DatapathError {
         path: PathBuf,
         source: aya::pin::PinError,
     },
+    #[error("attaching {program} to cgroup {cgroup}: {source}")]
+    AttachCgroup {
+        program: &'static str,
+        cgroup: PathBuf,
+        source: aya::programs::ProgramError,
+    },
     #[error("attaching {program} to {ifname} (ifindex {ifindex}): {source}")]
     Attach {
         program: &'static str,

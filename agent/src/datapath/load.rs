@@ -1,8 +1,11 @@
 //! Loading the object with its maps pinned, so that a restarted agent finds the
 //! same maps (and the programs already attached keep using them meanwhile).
 
-use aya::{Ebpf, EbpfLoader, programs::SchedClassifier};
-use weir_common::programs::{FROM_NETDEV, FROM_POD, TO_POD};
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{CgroupSockAddr, SchedClassifier},
+};
+use weir_common::programs::{FROM_NETDEV, FROM_POD, SOCK_HOOKS, TO_POD};
 
 use super::{
     DatapathError, PinLayout,
@@ -41,6 +44,11 @@ impl Datapath {
                 .load()
                 .map_err(|source| DatapathError::Program { name, source })?;
         }
+        for name in SOCK_HOOKS {
+            sock_hook(&mut ebpf, name)?
+                .load()
+                .map_err(|source| DatapathError::Program { name, source })?;
+        }
         Ok(Self {
             endpoints: take_map(&mut ebpf, maps::ENDPOINTS.name)?,
             services: take_map(&mut ebpf, maps::SERVICES.name)?,
@@ -73,6 +81,16 @@ pub(super) fn classifier<'a>(
     ebpf: &'a mut Ebpf,
     name: &'static str,
 ) -> Result<&'a mut SchedClassifier, DatapathError> {
+    ebpf.program_mut(name)
+        .ok_or(DatapathError::MissingProgram { name })?
+        .try_into()
+        .map_err(|source| DatapathError::Program { name, source })
+}
+
+pub(super) fn sock_hook<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut CgroupSockAddr, DatapathError> {
     ebpf.program_mut(name)
         .ok_or(DatapathError::MissingProgram { name })?
         .try_into()

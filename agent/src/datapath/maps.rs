@@ -3,7 +3,7 @@
 use aya::maps::{Array, HashMap, Map, MapData, MapInfo, PerCpuArray};
 use weir_common::{
     AffinityKey, AffinityValue, Backend, CtKey, CtValue, EndpointInfo, EndpointKey, MaglevTable, MetricValue,
-    NodeAddrs, RevNat, Scratch, ServiceKey, ServiceValue, maps as names,
+    NodeAddrs, RevNat, Scratch, ServiceKey, ServiceValue, SockRevKey, SockRevValue, maps as names,
 };
 
 use super::{DatapathError, PinLayout};
@@ -47,10 +47,12 @@ pub const CONNTRACK: MapSpec = MapSpec::of::<CtKey, CtValue>(names::CONNTRACK, n
 pub const MAGLEV: MapSpec = MapSpec::of::<u32, MaglevTable>(names::MAGLEV, names::MAGLEV_ENTRIES);
 pub const SCRATCH: MapSpec = MapSpec::of::<u32, Scratch>(names::SCRATCH, 1);
 pub const NODE: MapSpec = MapSpec::of::<u32, NodeAddrs>(names::NODE, 1);
+pub const SOCK_REV: MapSpec =
+    MapSpec::of::<SockRevKey, SockRevValue>(names::SOCK_REV, names::SOCK_REV_ENTRIES);
 
 /// Every map of the object.
 pub const ALL: &[MapSpec] = &[
-    METRICS, ENDPOINTS, SERVICES, BACKENDS, REVNAT, AFFINITY, CONNTRACK, MAGLEV, SCRATCH, NODE,
+    METRICS, ENDPOINTS, SERVICES, BACKENDS, REVNAT, AFFINITY, CONNTRACK, MAGLEV, SCRATCH, NODE, SOCK_REV,
 ];
 
 pub type Endpoints = HashMap<MapData, EndpointKey, EndpointInfo>;

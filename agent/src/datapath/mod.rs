@@ -3,6 +3,7 @@
 
 mod attach;
 pub mod bpffs;
+pub mod cgroup;
 mod error;
 mod load;
 pub mod maps;

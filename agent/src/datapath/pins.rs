@@ -45,6 +45,11 @@ impl PinLayout {
     pub fn link(&self, ifindex: u32, program: &str) -> PathBuf {
         self.endpoint_links(ifindex).join(program)
     }
+
+    /// The socket hooks' links (on the cgroup).
+    pub fn cgroup_link(&self, program: &str) -> PathBuf {
+        self.links_dir().join("cgroup").join(program)
+    }
 }
 
 impl Default for PinLayout {

@@ -30,6 +30,10 @@ pub mod maps {
     pub const SCRATCH: &str = "weir_scratch_v2";
     /// The node's own addresses ([`crate::NodeAddrs`], one entry), written by the agent.
     pub const NODE: &str = "weir_node_v1";
+    /// UDP sockets of the node translated at send: (socket, backend) -> frontend,
+    /// so that replies seem to come from the frontend (an LRU map).
+    pub const SOCK_REV: &str = "weir_sockrev_v1";
+    pub const SOCK_REV_ENTRIES: u32 = 65_536;
 
     pub const SERVICES_ENTRIES: u32 = 262_144;
     pub const BACKENDS_ENTRIES: u32 = 262_144;
@@ -49,6 +53,15 @@ pub mod programs {
     pub const FROM_POD: &str = "from_pod";
     pub const TO_POD: &str = "to_pod";
     pub const FROM_NETDEV: &str = "from_netdev";
+    /// The socket hooks of the node's own processes (cgroup/connect4, ...).
+    pub const SOCK_HOOKS: [&str; 6] = [
+        "sock_connect4",
+        "sock_connect6",
+        "sock_sendmsg4",
+        "sock_sendmsg6",
+        "sock_recvmsg4",
+        "sock_recvmsg6",
+    ];
 }
 
 /// Direction of a packet relative to the pod, as seen on the host side of its veth.
@@ -307,14 +320,38 @@ const _: () =
     assert!(core::mem::offset_of!(Scratch, ip) % 4 == 0 && core::mem::offset_of!(Scratch, icmp) % 4 == 0);
 
 /// Value of [`maps::NODE`]: the addresses external flows to remote endpoints are
-/// source-NATed to, one per family (all zero: none).
+/// source-NATed to, one per family (all zero: none), and the node's network
+/// namespace (its cookie), the only one the socket hooks act in.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NodeAddrs {
     pub v4: [u8; 16], /* BE, IPv4 in the first 4 bytes */
     pub v6: [u8; 16], /* BE */
+    pub netns_cookie: u64,
 }
-const _: () = assert!(core::mem::size_of::<NodeAddrs>() == 32);
+const _: () = assert!(core::mem::size_of::<NodeAddrs>() == 40);
+
+/// Key of [`maps::SOCK_REV`]: a UDP socket and the backend it sent to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockRevKey {
+    pub cookie: u64,
+    pub addr: [u8; 16], /* BE */
+    pub port: u16,      /* BE */
+    pub family: u8,
+    pub _pad: [u8; 5],
+}
+const _: () = assert!(core::mem::size_of::<SockRevKey>() == 32);
+
+/// Value of [`maps::SOCK_REV`]: the frontend the socket addressed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockRevValue {
+    pub addr: [u8; 16], /* BE */
+    pub port: u16,      /* BE */
+    pub _pad: [u8; 6],
+}
+const _: () = assert!(core::mem::size_of::<SockRevValue>() == 24);
 
 /// Key of [`maps::AFFINITY`] (an LRU map).
 #[repr(C)]
@@ -425,10 +462,11 @@ pub const CT_F_EXTERNAL: u8 = 1 << 3;
 /// that a remote endpoint's replies come back through this node.
 pub const CT_F_SNAT: u8 = 1 << 4;
 
-/// Source ports of source-NATed external flows: above Linux's default ephemeral
-/// range (32768-60999), so they do not meet the node's own connections.
-pub const SNAT_PORT_MIN: u16 = 61_000;
-pub const SNAT_PORT_MAX: u16 = 65_535;
+/// Source ports of source-NATed external flows: 1024-65535 but Linux's default
+/// ephemeral range (32768-60999), so that they do not meet the node's own
+/// outgoing connections.
+pub const SNAT_PORTS_LOW: (u16, u16) = (1_024, 32_767);
+pub const SNAT_PORTS_HIGH: (u16, u16) = (61_000, 65_535);
 
 /// Source address of hairpinned service traffic (link-local, like Cilium's
 /// `169.254.42.1`): the pod answers it through its default route, back to us.
@@ -457,6 +495,10 @@ mod pod {
     unsafe impl aya::Pod for Scratch {}
     // SAFETY: as above.
     unsafe impl aya::Pod for NodeAddrs {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for SockRevKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for SockRevValue {}
     // SAFETY: as above.
     unsafe impl aya::Pod for ServiceKey {}
     // SAFETY: as above.

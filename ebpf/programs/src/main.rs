@@ -10,6 +10,7 @@ mod lb;
 mod metrics;
 mod packet;
 mod route;
+mod sock;
 
 use aya_ebpf::{
     bindings::{__sk_buff, TC_ACT_OK},

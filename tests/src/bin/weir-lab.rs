@@ -1,7 +1,9 @@
-//! `weir-lab`: the main job. Builds a node of network namespaces, runs `weir-agent`
-//! on it with Services from a manifest directory, wires pods with `weir-cni` and
-//! shows them talking to each other and through Services, with what the datapath
-//! saw, as `weirctl` reports it.
+//! `weir-lab`: the main job. Builds two nodes of network namespaces on a switched
+//! underlay with a host outside the cluster, runs `weir-agent` on each with
+//! Services from a manifest directory, wires pods with `weir-cni` and shows them
+//! talking to each other and through Services (ClusterIP on one node and across
+//! nodes, NodePort from outside, from the node itself), with what the datapath saw,
+//! as `weirctl` reports it.
 
 use std::{
     collections::BTreeMap,
@@ -16,9 +18,10 @@ use clap::{Parser, Subcommand};
 use nix::sys::signal::{SigSet, Signal};
 use serde_json::{Value, json};
 use weir_lab::{
-    Agent, Node, Pod, bins,
-    services::{Ep, ManifestDir, SYNC_TIMEOUT, frontend, port, service, slice, slot_addresses},
+    Agent, Netns, Node, Pod, bins,
+    services::{Ep, ManifestDir, SYNC_TIMEOUT, frontend, merge, port, service, slice, slot_addresses},
     traffic::{EchoServer, tcp_roundtrip, udp_roundtrip},
+    underlay::Underlay,
     whoami::{TcpSession, UdpSession, WhoAmI, ask_tcp, ask_udp},
 };
 
@@ -26,6 +29,9 @@ use weir_lab::{
 const WEB_VIP: &str = "10.96.0.10";
 const STICKY_VIP: &str = "10.96.0.11";
 const EMPTY_VIP: &str = "10.96.0.12";
+const REMOTE_VIP: &str = "10.96.0.13";
+const NODE_PORT_VIP: &str = "10.96.0.14";
+const NODE_PORT: u16 = 30080;
 const TARGET_PORT: u16 = 9376;
 /// New connections (and datagrams) sent to show the spread.
 const SPREAD: usize = 30;
@@ -77,23 +83,37 @@ fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let mut expect = Expectations::default();
     let dir = ManifestDir::new();
+    let underlay = Underlay::new(250);
     let mut node = Node::new("10.244.1.0/24");
+    let mut node_b = Node::new("10.244.2.0/24");
+    let node_ips = underlay.join(&[&node, &node_b]);
+    let (external, external_ip) = underlay.external();
+    for (n, ip) in [&node, &node_b].iter().zip(&node_ips) {
+        println!(
+            "== node {} (pod CIDR {}, underlay address {ip}), pins under {}",
+            n.ns.name(),
+            n.pod_cidr(),
+            n.bpffs_root.display()
+        );
+    }
     println!(
-        "== node {} (pod CIDR 10.244.1.0/24), pins under {}",
-        node.ns.name(),
-        node.bpffs_root.display()
+        "== external host {} ({external_ip}) on the underlay, outside the cluster",
+        external.name()
     );
     let agent = node.start_agent_with_source(dir.path());
+    let agent_b = node_b.start_agent_with_source(dir.path());
     println!(
-        "== weir-agent running, CNI socket {}, Services from --source dir:{}",
+        "== weir-agent running on each node (CNI sockets {} and {}), Services from --source dir:{}",
         agent.socket.display(),
+        agent_b.socket.display(),
         dir.path().display()
     );
 
-    let pods: Vec<Pod> = ["a", "b", "c", "client"]
+    let mut pods: Vec<Pod> = ["a", "b", "c", "client"]
         .iter()
         .map(|name| node.add_pod(name))
         .collect();
+    pods.push(node_b.add_pod("d"));
     println!("\n== pods wired by weir-cni");
     for pod in &pods {
         let host_if = pod.result["interfaces"][0]["name"].as_str().unwrap_or("?");
@@ -105,23 +125,38 @@ fn main() -> anyhow::Result<()> {
             host_if
         );
     }
-    let (backends, client) = pods.split_at(3);
-    let client = &client[0];
+    let backends = &pods[..3];
+    let client = &pods[3];
+    let d = &pods[4];
 
     let _echo = pod_to_pod(&pods, &mut expect);
 
     // Backends answer with their name: that is how we see who served a connection.
     let _whoami: Vec<WhoAmI> = backends
         .iter()
+        .chain([d])
         .map(|p| WhoAmI::start(&p.ns, &p.spec.name, p.ipv4(), &[TARGET_PORT]))
         .collect();
     write_services(&dir, node.name(), backends);
+    write_cross_node_services(&dir, (node.name(), &backends[0]), (node_b.name(), d));
     println!(
-        "\n== Services written to {} (web.yaml, sticky.yaml, empty.yaml)",
+        "\n== Services written to {} (web.yaml, sticky.yaml, empty.yaml, remote.yaml, nodeport.yaml)",
         dir.path().display()
     );
     wait_synced(&agent, backends)?;
+    wait_for(&agent, &format!("{}:{NODE_PORT}/TCP", node_ips[0]), 2)?;
+    wait_for(&agent, &format!("{REMOTE_VIP}:80/TCP"), 1)?;
     show_services(client, &mut expect);
+    show_cross_node(
+        Cross {
+            client,
+            external: &external,
+            external_ip,
+            node_a: &node.ns,
+            node_a_ip: node_ips[0],
+        },
+        &mut expect,
+    );
 
     println!("\n== weirctl services");
     weirctl(&node, "services")?;
@@ -236,6 +271,116 @@ fn write_services(dir: &ManifestDir, node: &str, backends: &[Pod]) {
         &[],
     );
     dir.write("empty.yaml", &[empty, empty_slice]);
+}
+
+/// `remote` (ClusterIP, its one endpoint `d` on node B) and `nodeport` (NodePort
+/// 30080, externalTrafficPolicy Cluster, endpoints `a` on node A and `d` on B).
+fn write_cross_node_services(dir: &ManifestDir, (node_a, a): (&str, &Pod), (node_b, d): (&str, &Pod)) {
+    let target = TARGET_PORT.to_string();
+    let ports = [("http", TARGET_PORT, "TCP")];
+    let remote = service("remote", REMOTE_VIP, &[port("http", 80, &target, "TCP")]);
+    let remote_slice = slice("remote-b7t2x", "remote", node_b, &ports, &[Ep::ready(d.ipv4())]);
+    dir.write("remote.yaml", &[remote, remote_slice]);
+    let mut np = service("nodeport", NODE_PORT_VIP, &[port("http", 80, &target, "TCP")]);
+    merge(
+        &mut np,
+        &json!({ "spec": { "type": "NodePort", "externalTrafficPolicy": "Cluster", "ports": [
+            { "name": "http", "port": 80, "targetPort": TARGET_PORT, "protocol": "TCP", "nodePort": NODE_PORT }
+        ] } }),
+    );
+    let on_a = slice("nodeport-a1", "nodeport", node_a, &ports, &[Ep::ready(a.ipv4())]);
+    let on_b = slice("nodeport-b1", "nodeport", node_b, &ports, &[Ep::ready(d.ipv4())]);
+    dir.write("nodeport.yaml", &[np, on_a, on_b]);
+}
+
+/// Waits until the agent has `front` with `count` backends.
+fn wait_for(agent: &Agent, front: &str, count: usize) -> anyhow::Result<()> {
+    let start = Instant::now();
+    while !frontend(&agent.weirctl(&["services"]), front).is_some_and(|f| f["count"] == json!(count)) {
+        if start.elapsed() > SYNC_TIMEOUT {
+            bail!(
+                "the agent did not write {front} within {SYNC_TIMEOUT:?}:\n{}",
+                agent.log_text()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// Who takes part in the cross-node part of the demo.
+struct Cross<'a> {
+    client: &'a Pod,
+    external: &'a Netns,
+    external_ip: IpAddr,
+    node_a: &'a Netns,
+    node_a_ip: IpAddr,
+}
+
+fn show_cross_node(c: Cross<'_>, expect: &mut Expectations) {
+    println!("\n== Service remote {REMOTE_VIP}: its endpoint d runs on the other node");
+    let answer = ask_tcp(&c.client.ns, vip(REMOTE_VIP, 80));
+    expect.check(
+        answer
+            .as_ref()
+            .is_ok_and(|a| a.server == "d" && a.peer.ip() == c.client.ipv4()),
+        format!(
+            "pod client on node A -> {REMOTE_VIP}:80: {}",
+            answer.as_ref().map_or_else(
+                |e| e.to_string(),
+                |a| format!("{} answered, saw {}", a.server, a.peer.ip())
+            )
+        ),
+    );
+
+    let np = SocketAddr::new(c.node_a_ip, NODE_PORT);
+    println!(
+        "\n== NodePort {NODE_PORT} from the external host {} (endpoints a on node A, d on node B)",
+        c.external_ip
+    );
+    let mut peers: BTreeMap<String, std::collections::BTreeSet<IpAddr>> = BTreeMap::new();
+    let seen = tally(SPREAD, || {
+        ask_tcp(c.external, np).map(|a| {
+            peers.entry(a.server.clone()).or_default().insert(a.peer.ip());
+            a.server
+        })
+    });
+    expect.check(
+        seen.keys().map(String::as_str).eq(["a", "d"]),
+        format!("{SPREAD} TCP connections to {np}: {}", shares(&seen)),
+    );
+    let want = BTreeMap::from([
+        ("a".to_owned(), std::collections::BTreeSet::from([c.external_ip])),
+        ("d".to_owned(), std::collections::BTreeSet::from([c.node_a_ip])),
+    ]);
+    expect.check(
+        peers == want,
+        format!(
+            "a (on node A) sees the client {:?}, d (on node B) node A's address {:?}, as kube-proxy's externalTrafficPolicy Cluster",
+            peers.get("a"),
+            peers.get("d")
+        ),
+    );
+
+    println!("\n== From node A itself (socket hooks): its NodePort on localhost, a ClusterIP");
+    let local = vip("127.0.0.1", NODE_PORT);
+    let answer = ask_tcp(c.node_a, local);
+    expect.check(
+        answer.is_ok(),
+        format!(
+            "{local}: {}",
+            answer.map_or_else(|e| e.to_string(), |a| format!("{} answered", a.server))
+        ),
+    );
+    let web = vip(WEB_VIP, 80);
+    let answer = ask_tcp(c.node_a, web);
+    expect.check(
+        answer.is_ok(),
+        format!(
+            "{web}: {}",
+            answer.map_or_else(|e| e.to_string(), |a| format!("{} answered", a.server))
+        ),
+    );
 }
 
 /// Waits until the agent has written every frontend of the demo's Services.

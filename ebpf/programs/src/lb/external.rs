@@ -7,9 +7,9 @@
 //! backend gets the packet straight on its veth, the client's address intact;
 //! its replies are translated as they leave it (`lb::reverse`) and routed out
 //! from there. A remote backend gets the packet from the node's own address and a
-//! port of [`SNAT_PORT_MIN`]..=[`SNAT_PORT_MAX`] (externalTrafficPolicy Cluster),
-//! so that its replies come back here, where they are translated back to the
-//! client. Anything else passes untouched.
+//! free port of [`SNAT_PORTS_LOW`] or [`SNAT_PORTS_HIGH`] (externalTrafficPolicy
+//! Cluster), so that its replies come back here, where they are translated back
+//! to the client. Anything else passes untouched.
 
 use aya_ebpf::{
     bindings::TC_ACT_OK,
@@ -17,8 +17,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use weir_common::{
-    AF_INET, CT_F_EXTERNAL, CT_F_SNAT, CT_IN, CT_OUT, EndpointKey, Reason, SCOPE_EXTERNAL, SNAT_PORT_MAX,
-    SNAT_PORT_MIN, SVC_F_EXT_LOCAL, ServiceKey,
+    AF_INET, CT_F_CLOSING, CT_F_EXTERNAL, CT_F_SNAT, CT_IN, CT_OUT, EndpointKey, Reason, SCOPE_EXTERNAL,
+    SNAT_PORTS_HIGH, SNAT_PORTS_LOW, SVC_F_EXT_LOCAL, ServiceKey,
 };
 
 use super::{
@@ -29,7 +29,7 @@ use super::{
 use crate::{endpoints::ENDPOINTS, metrics::Action, packet::Flow, route};
 
 /// Attempts at a free source port before the flow is refused.
-const SNAT_TRIES: usize = 4;
+const SNAT_TRIES: usize = 8;
 
 #[inline(always)]
 pub fn from_netdev<F: Lb>(ctx: &TcContext, flow: &mut Flow<F>) -> Result<Action, Reason> {
@@ -126,7 +126,7 @@ pub fn from_netdev<F: Lb>(ctx: &TcContext, flow: &mut Flow<F>) -> Result<Action,
     if addr.iter().all(|b| *b == 0) {
         return Err(Reason::NoSnat);
     }
-    let port = free_port(s, backend, addr, flow.proto, F::AF)?;
+    let port = free_port(s, backend, addr, flow.proto, F::AF, now)?;
     track(
         flow,
         s,
@@ -166,7 +166,10 @@ fn endpoint_key<F: Lb>(addr: &[u8; 16]) -> EndpointKey {
     key
 }
 
-/// A source port no other flow from `addr` to this backend uses (network order).
+/// A source port no live flow from `addr` to this backend uses (network order).
+/// A port whose flow has closed (or expired, before the GC came by) is free: its
+/// entries are dropped, so that a closed connection's port serves at once, as a
+/// netfilter conntrack entry in CLOSE state yields to a new SYN.
 #[inline(always)]
 fn free_port(
     s: &mut weir_common::Scratch,
@@ -174,8 +177,10 @@ fn free_port(
     addr: &[u8; 16],
     proto: u8,
     family: u8,
+    now: u64,
 ) -> Result<u16, Reason> {
-    let span = u32::from(SNAT_PORT_MAX - SNAT_PORT_MIN) + 1;
+    let low = u32::from(SNAT_PORTS_LOW.1 - SNAT_PORTS_LOW.0) + 1;
+    let span = low + u32::from(SNAT_PORTS_HIGH.1 - SNAT_PORTS_HIGH.0) + 1;
     let k = &mut s.in_key;
     k.saddr.copy_from_slice(&backend.addr);
     k.daddr.copy_from_slice(addr);
@@ -186,11 +191,24 @@ fn free_port(
     k._pad = 0;
     for _ in 0..SNAT_TRIES {
         // SAFETY: no preconditions.
-        let port = (SNAT_PORT_MIN + (unsafe { bpf_get_prandom_u32() } % span) as u16).to_be();
-        k.dport = port;
+        let r = unsafe { bpf_get_prandom_u32() } % span;
+        let port = if r < low {
+            SNAT_PORTS_LOW.0 + r as u16
+        } else {
+            SNAT_PORTS_HIGH.0 + (r - low) as u16
+        };
+        s.in_key.dport = port.to_be();
         // SAFETY: valid for this run.
-        if unsafe { CONNTRACK.get(&*k) }.is_none() {
-            return Ok(port);
+        let Some(taken) = (unsafe { CONNTRACK.get(&s.in_key) }) else {
+            return Ok(port.to_be());
+        };
+        s.out_key = s.in_key.out_partner(taken);
+        // SAFETY: valid for this run.
+        let live = unsafe { CONNTRACK.get(&s.out_key) }
+            .is_some_and(|out| out.expires_ns > now && out.flags & CT_F_CLOSING == 0);
+        if !live {
+            let _ = CONNTRACK.remove(&s.out_key);
+            return Ok(port.to_be());
         }
     }
     Err(Reason::NoSnat)
