@@ -66,19 +66,8 @@ impl Datapath {
             let path = self.pins.cgroup_link(name);
             // (bpffs takes no dots in names.)
             let fresh = self.pins.cgroup_link(&format!("{name}_new"));
-            let link: FdLink = prog
-                .take_link(id)
-                .map_err(attach_err)?
-                .try_into()
-                .map_err(|source| DatapathError::Link {
-                    path: path.clone(),
-                    source,
-                })?;
             let _ = std::fs::remove_file(&fresh);
-            link.pin(&fresh).map_err(|source| DatapathError::Pin {
-                path: fresh.clone(),
-                source,
-            })?;
+            pin(prog.take_link(id).map_err(attach_err)?, &fresh)?;
             std::fs::rename(&fresh, &path).map_err(DatapathError::fs(&path))?;
         }
         Ok(())
@@ -119,18 +108,7 @@ impl Datapath {
             let id = prog
                 .attach_with_options(ifname, hook, TcAttachOptions::TcxOrder(LinkOrder::default()))
                 .map_err(attach_err)?;
-            let link: FdLink = prog
-                .take_link(id)
-                .map_err(attach_err)?
-                .try_into()
-                .map_err(|source| DatapathError::Link {
-                    path: path.clone(),
-                    source,
-                })?;
-            link.pin(&path).map_err(|source| DatapathError::Pin {
-                path: path.clone(),
-                source,
-            })?;
+            pin(prog.take_link(id).map_err(attach_err)?, &path)?;
         }
         Ok(())
     }
@@ -220,4 +198,17 @@ impl Datapath {
         );
         Ok(true)
     }
+}
+
+/// Pins a link taken from its program, so that it outlives the agent.
+fn pin<L: TryInto<FdLink, Error = LinkError>>(link: L, path: &std::path::Path) -> Result<(), DatapathError> {
+    let link = link.try_into().map_err(|source| DatapathError::Link {
+        path: path.to_owned(),
+        source,
+    })?;
+    link.pin(path).map_err(|source| DatapathError::Pin {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(())
 }
