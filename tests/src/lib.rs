@@ -21,7 +21,7 @@ pub mod whoami;
 pub use agent::Agent;
 pub use cni::{CniCall, CniOutcome};
 pub use netns::Netns;
-pub use node::{Node, Pod};
+pub use node::{Node, Pod, PodSpec};
 pub use tempdir::TempDir;
 
 use std::sync::atomic::{AtomicU32, Ordering};

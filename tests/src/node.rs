@@ -104,6 +104,55 @@ impl Node {
         .config(&self.conf)
     }
 
+    /// Runs a conflist as libcni does: each plugin gets the list's name and version
+    /// (1.0.0: what the reference plugins speak), its own config, and the previous
+    /// result as `prevResult`; `DEL` runs the plugins in reverse. `plugins` names
+    /// `weir-cni` or a reference plugin of /usr/lib/cni. Returns the last result.
+    pub fn run_chain(
+        &self,
+        spec: &PodSpec,
+        command: &str,
+        plugins: &[Value],
+        cached: Option<&Value>,
+    ) -> Value {
+        let mut prev = cached.cloned();
+        let order: Vec<&Value> = if command == "DEL" {
+            plugins.iter().rev().collect()
+        } else {
+            plugins.iter().collect()
+        };
+        for plugin in order {
+            let mut conf = plugin.clone();
+            conf["name"] = json!("weir-lab");
+            conf["cniVersion"] = json!("1.0.0");
+            if let Some(p) = &prev {
+                conf["prevResult"] = p.clone();
+            }
+            let kind = conf["type"].as_str().expect("type").to_owned();
+            let bin = if kind == "weir-cni" {
+                bins::path("weir-cni")
+            } else {
+                PathBuf::from("/usr/lib/cni").join(&kind)
+            };
+            let out = CniCall {
+                plugin: bin,
+                args: Some(spec.cni_args()),
+                ..self.call(command, spec)
+            }
+            .config(&conf)
+            .run();
+            assert_eq!(
+                out.exit_code, 0,
+                "{kind} {command} failed: {} {}",
+                out.stdout, out.stderr
+            );
+            if command == "ADD" {
+                prev = Some(out.json());
+            }
+        }
+        prev.unwrap_or(Value::Null)
+    }
+
     /// Creates a pod namespace and runs `ADD` for it; panics if the plugin fails.
     pub fn add_pod(&self, name: &str) -> Pod {
         let (ns, spec) = PodSpec::with_netns(name);

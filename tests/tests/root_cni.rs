@@ -472,47 +472,6 @@ fn gc_frees_what_is_not_valid_and_keeps_the_rest() {
     assert_error(&node_call(&node, "GC", &node.conf).run(), 7);
 }
 
-/// Runs a conflist as libcni does: each plugin gets the list's name and version,
-/// its own config, and the previous result as `prevResult`.
-fn run_chain(node: &Node, spec: &PodSpec, command: &str, plugins: &[Value], cached: Option<&Value>) -> Value {
-    let mut prev = cached.cloned();
-    let order: Vec<&Value> = if command == "DEL" {
-        plugins.iter().rev().collect()
-    } else {
-        plugins.iter().collect()
-    };
-    for plugin in order {
-        let mut conf = plugin.clone();
-        conf["name"] = json!("weir-lab");
-        conf["cniVersion"] = json!("1.0.0");
-        if let Some(p) = &prev {
-            conf["prevResult"] = p.clone();
-        }
-        let kind = conf["type"].as_str().expect("type").to_owned();
-        let bin = if kind == "weir-cni" {
-            bins::path("weir-cni")
-        } else {
-            PathBuf::from("/usr/lib/cni").join(&kind)
-        };
-        let out = CniCall {
-            plugin: bin,
-            args: Some(spec.cni_args()),
-            ..node.call(command, spec)
-        }
-        .config(&conf)
-        .run();
-        assert_eq!(
-            out.exit_code, 0,
-            "{kind} {command} failed: {} {}",
-            out.stdout, out.stderr
-        );
-        if command == "ADD" {
-            prev = Some(out.json());
-        }
-    }
-    prev.unwrap_or(Value::Null)
-}
-
 #[test]
 fn chained_with_portmap_bandwidth_and_tuning() {
     require_root();
@@ -534,7 +493,7 @@ fn chained_with_portmap_bandwidth_and_tuning() {
         }),
     ];
     let (ns, spec) = PodSpec::with_netns("chained");
-    let result = run_chain(&node, &spec, "ADD", &plugins, None);
+    let result = node.run_chain(&spec, "ADD", &plugins, None);
     assert_eq!(result["cniVersion"], "1.0.0");
     assert_result_shape(&result, "1.0.0", &spec);
     assert_wired(&node, &ns, &result);
@@ -548,7 +507,7 @@ fn chained_with_portmap_bandwidth_and_tuning() {
     assert!(qdisc.contains("tbf"), "bandwidth did not shape {host}: {qdisc}");
 
     // libcni passes the cached result to every plugin's DEL, in reverse order.
-    run_chain(&node, &spec, "DEL", &plugins, Some(&result));
+    node.run_chain(&spec, "DEL", &plugins, Some(&result));
     assert!(!link_exists(&node.ns, &host));
     assert!(allocated(&node).is_empty());
 }

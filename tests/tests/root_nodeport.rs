@@ -404,3 +404,25 @@ fn root_node_processes_reach_services_through_socket_hooks() {
         "a ClusterIP must not answer outside the cluster"
     );
 }
+
+#[test]
+fn root_host_port_by_chaining_portmap() {
+    let c = Cluster::new(99);
+    let node = &c.nodes[0];
+    let mut weir = node.conf.clone();
+    weir.as_object_mut().expect("object").remove("cniVersion");
+    let plugins = [
+        weir,
+        json!({
+            "type": "portmap", "capabilities": { "portMappings": true },
+            "runtimeConfig": { "portMappings": [{ "hostPort": 18080, "containerPort": 8080, "protocol": "tcp" }] },
+        }),
+    ];
+    let (ns, spec) = weir_lab::PodSpec::with_netns("hostport");
+    let result = node.run_chain(&spec, "ADD", &plugins, None);
+    let ip = weir_lab::node::result_ips(&result)[0];
+    let _server = WhoAmI::start(&ns, "hostport", ip, &[8080]);
+    let a = ask_tcp(&c.external, c.node(0, 18080)).expect("node A's hostPort from outside");
+    assert_eq!(a.server, "hostport");
+    node.run_chain(&spec, "DEL", &plugins, Some(&result));
+}
