@@ -7,7 +7,6 @@
 use std::{
     collections::HashSet,
     net::{IpAddr, SocketAddr},
-    path::PathBuf,
 };
 
 use serde_json::{Value, json};
