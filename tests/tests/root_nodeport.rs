@@ -426,3 +426,28 @@ fn root_host_port_by_chaining_portmap() {
     assert_eq!(a.server, "hostport");
     node.run_chain(&spec, "DEL", &plugins, Some(&result));
 }
+
+#[test]
+fn root_node_facing_traffic_falls_back_to_terminating_endpoints() {
+    let c = Cluster::new(100);
+    // The only endpoints are terminating (serving, not ready): as for pods, they
+    // take new connections rather than none (KEP-1669), here from outside.
+    let mut objects = vec![service("drain", "10.96.0.38", &[port("tcp", 80, "8080", "TCP")])];
+    merge(&mut objects[0], &node_port("Cluster", 30088, 30058));
+    for (node, pod) in [(&c.nodes[0], &c.a1), (&c.nodes[1], &c.b1)] {
+        let ports = [("tcp", 8080, "TCP"), ("udp", 8080, "UDP")];
+        objects.push(slice(
+            &format!("drain-{}", node.name()),
+            "drain",
+            node.name(),
+            &ports,
+            &[Ep::terminating(pod.ipv4())],
+        ));
+    }
+    c.apply("drain.yaml", &objects);
+    c.wait_node_port(0, "30088/TCP", 2);
+    let answers: Vec<Answer> = (0..20)
+        .map(|i| ask_tcp(&c.external, c.node(0, 30088)).unwrap_or_else(|e| panic!("connection {i}: {e}")))
+        .collect();
+    assert_eq!(servers(&answers), BTreeSet::from(["a1", "b1"]));
+}
