@@ -103,10 +103,28 @@ impl Hygiene {
             .collect();
         report.expired = dead.len();
         for key in dead.iter().take(max_deletes) {
-            remove(&mut self.conntrack, names::CONNTRACK, key)?;
-            report.deleted += 1;
+            // The datapath kept working while we scanned: a flow created meanwhile
+            // (its CT_OUT entry in a bucket already passed) or refreshed since must
+            // not lose an entry. Judge each one again against the map as it is now.
+            if self.still_dead(key, now_ns)? {
+                remove(&mut self.conntrack, names::CONNTRACK, key)?;
+                report.deleted += 1;
+            }
         }
         Ok(report)
+    }
+
+    /// Whether `key` is dead by the map's current content (see `gc_conntrack`).
+    fn still_dead(&self, key: &CtKey, now_ns: u64) -> Result<bool, CtError> {
+        let Some(value) = get(&self.conntrack, key)? else {
+            return Ok(false);
+        };
+        let out = if key.dir == CT_OUT {
+            Some(value)
+        } else {
+            get(&self.conntrack, &key.out_partner(&value))?
+        };
+        Ok(out.is_none_or(|out| out.expires_ns < now_ns))
     }
 
     /// Deletes affinity entries idle for longer than their frontend's timeout
@@ -195,6 +213,21 @@ where
         }
     }
     Ok(out)
+}
+
+/// The conntrack entry at `key` now, if any.
+fn get(
+    map: &aya::maps::HashMap<aya::maps::MapData, CtKey, CtValue>,
+    key: &CtKey,
+) -> Result<Option<CtValue>, CtError> {
+    match map.get(key, 0) {
+        Ok(value) => Ok(Some(value)),
+        Err(e) if is_not_found(&e) => Ok(None),
+        Err(source) => Err(CtError::Map {
+            map: names::CONNTRACK,
+            source,
+        }),
+    }
 }
 
 fn remove<K: aya::Pod, V: aya::Pod>(

@@ -122,6 +122,19 @@ pub fn netns_cookie() -> std::io::Result<u64> {
     Ok(cookie)
 }
 
+/// This network namespace's `net.ipv4.ip_local_port_range` (it applies to IPv6
+/// too): the source ports of the node's own connections.
+pub fn ephemeral_ports() -> std::io::Result<[u16; 2]> {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")?;
+    let mut ports = text.split_whitespace().map(str::parse::<u16>);
+    match (ports.next(), ports.next()) {
+        (Some(Ok(lo)), Some(Ok(hi))) if lo <= hi => Ok([lo, hi]),
+        _ => Err(std::io::Error::other(format!(
+            "ip_local_port_range: unexpected {text:?}"
+        ))),
+    }
+}
+
 /// Unicast and not loopback or link-local: an address other hosts reach us on.
 fn is_global(ip: IpAddr) -> bool {
     match ip {

@@ -2,7 +2,7 @@
 //! A layout change on one side only fails here, before anything reaches a kernel.
 
 use weir_agent::datapath::{maps, object::OBJECT};
-use weir_common::programs::{FROM_NETDEV, FROM_POD, TO_POD};
+use weir_common::programs::{FROM_NETDEV, FROM_POD, TO_NETDEV, TO_POD};
 
 #[test]
 fn every_map_in_the_object_matches_its_shared_type() {
@@ -37,7 +37,7 @@ fn every_map_in_the_object_matches_its_shared_type() {
 #[test]
 fn the_object_has_the_pod_programs() {
     let obj = aya_obj::Object::parse(OBJECT).expect("parse embedded object");
-    for name in [FROM_POD, TO_POD, FROM_NETDEV] {
+    for name in [FROM_POD, TO_POD, FROM_NETDEV, TO_NETDEV] {
         assert!(
             obj.programs.contains_key(name),
             "program {name} missing: {:?}",

@@ -10,8 +10,8 @@ use weir_agent::datapath::{Datapath, PinLayout};
 use weir_common::{
     AF_INET, AF_INET6, BACKEND_ACTIVE, BACKEND_TERMINATING, Backend, CT_IN, CT_OUT, CtKey, EndpointInfo,
     EndpointKey, IPPROTO_TCP, IPPROTO_UDP, MAGLEV_TABLE_SIZE, MaglevTable, NodeAddrs, SCOPE_INTERNAL,
-    SNAT_PORTS_HIGH, SNAT_PORTS_LOW, SVC_F_AFFINITY, SVC_F_EXT_LOCAL, SVC_F_MAGLEV, SVC_F_TWO_SCOPES,
-    ServiceKey, ServiceValue,
+    SVC_F_AFFINITY, SVC_F_DROP_EMPTY, SVC_F_EXT_LOCAL, SVC_F_MAGLEV, SVC_F_TWO_SCOPES, ServiceKey,
+    ServiceValue,
     programs::{FROM_NETDEV, FROM_POD},
 };
 
@@ -623,6 +623,8 @@ fn nodeport_lab(tag: &str, backends: &[[u8; 4]], flags: u32) -> Lab {
                 v4: a16(NODE_IP),
                 v6: [0; 16],
                 netns_cookie: 0,
+                ephemeral: [32768, 60999],
+                _pad: 0,
             },
             0,
         )
@@ -657,10 +659,9 @@ fn root_nodeport_to_a_remote_endpoint_comes_from_the_node_and_back() {
         (NODE_IP, BACKEND_B, 8080),
         "DNAT to the backend, SNAT to the node"
     );
-    let in_range = |(lo, hi): (u16, u16)| (lo..=hi).contains(&sport);
     assert!(
-        in_range(SNAT_PORTS_LOW) || in_range(SNAT_PORTS_HIGH),
-        "source port {sport} outside the SNAT ranges"
+        sport >= 1024 && !(32768..=60999).contains(&sport),
+        "source port {sport} inside the node's ephemeral range"
     );
     // The backend's reply, arriving on the node device, goes back to the client.
     let (_, out) = lab.run_on(
@@ -681,7 +682,7 @@ fn root_nodeport_to_a_remote_endpoint_comes_from_the_node_and_back() {
 
 #[test]
 fn root_external_traffic_policy_local_without_endpoints_drops() {
-    let lab = nodeport_lab("np-etp", &[], SVC_F_EXT_LOCAL);
+    let lab = nodeport_lab("np-etp", &[], SVC_F_EXT_LOCAL | SVC_F_DROP_EMPTY);
     let (verdict, _) = lab.run_on(
         FROM_NETDEV,
         &frame(IPPROTO_TCP, EXTERNAL, 40000, NODE_IP, 30080, 0x02),

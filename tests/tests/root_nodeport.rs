@@ -451,3 +451,40 @@ fn root_node_facing_traffic_falls_back_to_terminating_endpoints() {
         .collect();
     assert_eq!(servers(&answers), BTreeSet::from(["a1", "b1"]));
 }
+
+#[test]
+fn root_nodeport_to_a_host_network_endpoint() {
+    let c = Cluster::new(101);
+    // A server in node A's own namespace (a hostNetwork pod's address is its node's).
+    let _server = WhoAmI::start(&c.nodes[0].ns, "host-a", c.node_ips[0], &[8090]);
+    let mut objects = vec![service(
+        "hostnet",
+        "10.96.0.39",
+        &[port("tcp", 80, "8090", "TCP")],
+    )];
+    merge(
+        &mut objects[0],
+        &json!({ "spec": { "type": "NodePort", "externalTrafficPolicy": "Cluster",
+            "ports": [{ "name": "tcp", "port": 80, "targetPort": 8090, "protocol": "TCP", "nodePort": 30089 }] } }),
+    );
+    objects.push(slice(
+        "hostnet-a",
+        "hostnet",
+        c.nodes[0].name(),
+        &[("tcp", 8090, "TCP")],
+        &[Ep::ready(c.node_ips[0])],
+    ));
+    c.apply("hostnet.yaml", &objects);
+    c.wait_node_port(0, "30089/TCP", 1);
+    for i in 0..5 {
+        let a = ask_tcp(&c.external, c.node(0, 30089)).unwrap_or_else(|e| panic!("connection {i}: {e}"));
+        assert_eq!(
+            (a.server.as_str(), a.peer.ip()),
+            ("host-a", c.external_ip),
+            "the client's own address"
+        );
+    }
+    // Through node B, the endpoint is remote: source NAT to node B.
+    let a = ask_tcp(&c.external, c.node(1, 30089)).expect("through node B");
+    assert_eq!((a.server.as_str(), a.peer.ip()), ("host-a", c.node_ips[1]));
+}

@@ -115,6 +115,7 @@ fn run(
     info!(node, root = %pins.root().display(), adopted = adopted.adopted, forgotten, "datapath loaded");
     let node_addrs = weir_common::NodeAddrs {
         netns_cookie: node_net::netns_cookie().context("reading this network namespace's cookie")?,
+        ephemeral: node_net::ephemeral_ports().context("reading the node's ephemeral port range")?,
         ..net.snat
     };
     dp.node

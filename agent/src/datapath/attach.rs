@@ -15,7 +15,7 @@ use aya::programs::{
     tc::{SchedClassifierLink, TcAttachOptions},
 };
 use tracing::{info, warn};
-use weir_common::programs::{FROM_NETDEV, FROM_POD, SOCK_HOOKS, TO_POD};
+use weir_common::programs::{FROM_NETDEV, FROM_POD, SOCK_HOOKS, TO_NETDEV, TO_POD};
 
 use super::{
     Datapath, DatapathError,
@@ -25,10 +25,13 @@ use super::{
 /// The programs on each pod veth and the TCX hook each goes to.
 const POD_PROGRAMS: &[(&str, TcAttachType)] =
     &[(FROM_POD, TcAttachType::Ingress), (TO_POD, TcAttachType::Egress)];
-/// The program on each node device.
-const DEVICE_PROGRAMS: &[(&str, TcAttachType)] = &[(FROM_NETDEV, TcAttachType::Ingress)];
+/// The programs on each node device.
+const DEVICE_PROGRAMS: &[(&str, TcAttachType)] = &[
+    (FROM_NETDEV, TcAttachType::Ingress),
+    (TO_NETDEV, TcAttachType::Egress),
+];
 /// Every program that may be pinned under an interface's links.
-const ALL_PROGRAMS: [&str; 3] = [FROM_POD, TO_POD, FROM_NETDEV];
+const ALL_PROGRAMS: [&str; 4] = [FROM_POD, TO_POD, FROM_NETDEV, TO_NETDEV];
 
 /// What [`Datapath::adopt_links`] found.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -5,7 +5,7 @@ use aya::{
     Ebpf, EbpfLoader,
     programs::{CgroupSockAddr, SchedClassifier},
 };
-use weir_common::programs::{FROM_NETDEV, FROM_POD, SOCK_HOOKS, TO_POD};
+use weir_common::programs::{FROM_NETDEV, FROM_POD, SOCK_HOOKS, TO_NETDEV, TO_POD};
 
 use super::{
     DatapathError, PinLayout,
@@ -39,7 +39,7 @@ impl Datapath {
             loader.map_pin_path(spec.name, pins.map(spec.name));
         }
         let mut ebpf = loader.load(OBJECT)?;
-        for name in [FROM_POD, TO_POD, FROM_NETDEV] {
+        for name in [FROM_POD, TO_POD, FROM_NETDEV, TO_NETDEV] {
             classifier(&mut ebpf, name)?
                 .load()
                 .map_err(|source| DatapathError::Program { name, source })?;

@@ -230,7 +230,14 @@ impl Source for DirSource {
                     if self.seen.as_ref() != Some(&files) {
                         let first = self.seen.is_none();
                         let changes = self.load(&files);
-                        self.seen = Some(files);
+                        // A file that could not be read is not seen: the next
+                        // look reads it again.
+                        self.seen = Some(
+                            files
+                                .into_iter()
+                                .filter(|f| self.parsed.contains_key(&f.name))
+                                .collect(),
+                        );
                         if first || !changes.objects.is_empty() || !changes.problems.is_empty() {
                             return Ok(Some(changes));
                         }

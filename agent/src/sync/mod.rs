@@ -41,7 +41,8 @@ use std::{
 
 use tracing::{error, warn};
 use weir_common::{
-    Backend, IPPROTO_TCP, MAGLEV_TABLE_SIZE, SVC_F_AFFINITY, SVC_F_MAGLEV, ServiceKey, ServiceValue,
+    Backend, IPPROTO_TCP, MAGLEV_TABLE_SIZE, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_F_AFFINITY, SVC_F_MAGLEV,
+    SVC_F_TWO_SCOPES, ServiceKey, ServiceValue,
 };
 use weir_model::{
     DesiredServices, IdAllocator, NodeContext,
@@ -356,13 +357,25 @@ impl Run<'_> {
         }
     }
 
+    /// Scope-internal entries first: an external entry that says it has a twin
+    /// (`SVC_F_TWO_SCOPES`) is written only once the twin is what it should be.
     fn put_heads(&mut self, desired: &DesiredServices, tables: &BTreeMap<u16, &[u32]>, keys: &[ServiceKey]) {
-        for (key, value) in keys
-            .iter()
-            .filter(|k| k.slot == 0)
-            .filter_map(|k| desired.services.get_key_value(k))
-        {
+        let heads = [SCOPE_INTERNAL, SCOPE_EXTERNAL]
+            .into_iter()
+            .flat_map(|scope| keys.iter().filter(move |k| k.slot == 0 && k.scope == scope));
+        for (key, value) in heads.filter_map(|k| desired.services.get_key_value(k)) {
             if self.current.services.get(key) == Some(value) {
+                continue;
+            }
+            let twin = ServiceKey {
+                scope: SCOPE_INTERNAL,
+                ..*key
+            };
+            let twin_ready = value.flags & SVC_F_TWO_SCOPES == 0
+                || key.scope == SCOPE_INTERNAL
+                || self.current.services.get(&twin) == desired.services.get(&twin);
+            if !twin_ready {
+                self.report.deferred += 1;
                 continue;
             }
             let slots_ready = (1..=value.count).all(|slot| {

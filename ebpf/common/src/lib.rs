@@ -44,7 +44,7 @@ pub mod maps {
     pub const MAGLEV_ENTRIES: u32 = 4_096;
 
     /// Entries of [`METRICS`]: one slot per (direction, reason).
-    pub const METRICS_ENTRIES: u32 = 3 * 256;
+    pub const METRICS_ENTRIES: u32 = 4 * 256;
     pub const ENDPOINTS_ENTRIES: u32 = 65_536;
 }
 
@@ -53,6 +53,7 @@ pub mod programs {
     pub const FROM_POD: &str = "from_pod";
     pub const TO_POD: &str = "to_pod";
     pub const FROM_NETDEV: &str = "from_netdev";
+    pub const TO_NETDEV: &str = "to_netdev";
     /// The socket hooks of the node's own processes (cgroup/connect4, ...).
     pub const SOCK_HOOKS: [&str; 6] = [
         "sock_connect4",
@@ -74,6 +75,8 @@ pub enum Dir {
     ToPod = 1,
     /// TC ingress on a node device: from outside the node.
     FromNetdev = 2,
+    /// TC egress on a node device: leaving the node.
+    ToNetdev = 3,
 }
 
 impl Dir {
@@ -83,6 +86,7 @@ impl Dir {
             0 => "from-pod",
             1 => "to-pod",
             2 => "from-netdev",
+            3 => "to-netdev",
             _ => "unknown",
         }
     }
@@ -105,8 +109,9 @@ pub enum Reason {
     /// An external flow to a remote endpoint needs a node address to come from,
     /// and the node has none of the family (or no free source port).
     NoSnat = 6,
-    /// externalTrafficPolicy Local and no endpoint on this node: dropped, as
-    /// kube-proxy does, so that load balancers see the node as unhealthy.
+    /// A `Local` traffic policy and no endpoint on this node, though there are
+    /// some elsewhere: dropped, as kube-proxy does (load balancers, told by the
+    /// health check, go elsewhere).
     NoLocalBackend = 7,
 }
 
@@ -120,7 +125,7 @@ impl Reason {
             4 => "conntrack map full",
             5 => "packet rewrite failed",
             6 => "no node address or port to source-NAT from",
-            7 => "externalTrafficPolicy Local without a local endpoint (dropped)",
+            7 => "Local traffic policy without a local endpoint (dropped)",
             _ => "unknown",
         }
     }
@@ -250,15 +255,20 @@ pub const SVC_F_EXT_LOCAL: u32 = 1 << 3;
 pub const SVC_F_INT_LOCAL: u32 = 1 << 4;
 /// Backends chosen by Maglev consistent hashing instead of at random.
 pub const SVC_F_MAGLEV: u32 = 1 << 5;
+/// No slot, yet the Service has endpoints elsewhere (a `Local` traffic policy):
+/// new flows are dropped, as kube-proxy does, not rejected (which a Service
+/// without any endpoint gets).
+pub const SVC_F_DROP_EMPTY: u32 = 1 << 6;
 
 /// The `SVC_F_*` bits by name, for views (`weirctl`, the model's frontend view).
-pub const SVC_FLAG_NAMES: [(u32, &str); 6] = [
+pub const SVC_FLAG_NAMES: [(u32, &str); 7] = [
     (SVC_F_AFFINITY, "affinity"),
     (SVC_F_TWO_SCOPES, "two-scopes"),
     (SVC_F_NODEPORT, "nodeport"),
     (SVC_F_EXT_LOCAL, "ext-local"),
     (SVC_F_INT_LOCAL, "int-local"),
     (SVC_F_MAGLEV, "maglev"),
+    (SVC_F_DROP_EMPTY, "drop-empty"),
 ];
 
 /// Value of [`maps::BACKENDS`] (key: backend id, u32).
@@ -328,8 +338,12 @@ pub struct NodeAddrs {
     pub v4: [u8; 16], /* BE, IPv4 in the first 4 bytes */
     pub v6: [u8; 16], /* BE */
     pub netns_cookie: u64,
+    /// The node's `net.ipv4.ip_local_port_range` (its own connections' source
+    /// ports), which source NAT keeps out of; `[0, 0]`: Linux's default.
+    pub ephemeral: [u16; 2],
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<NodeAddrs>() == 40);
+const _: () = assert!(core::mem::size_of::<NodeAddrs>() == 48);
 
 /// Key of [`maps::SOCK_REV`]: a UDP socket and the backend it sent to.
 #[repr(C)]
@@ -462,11 +476,17 @@ pub const CT_F_EXTERNAL: u8 = 1 << 3;
 /// that a remote endpoint's replies come back through this node.
 pub const CT_F_SNAT: u8 = 1 << 4;
 
-/// Source ports of source-NATed external flows: 1024-65535 but Linux's default
-/// ephemeral range (32768-60999), so that they do not meet the node's own
-/// outgoing connections.
-pub const SNAT_PORTS_LOW: (u16, u16) = (1_024, 32_767);
-pub const SNAT_PORTS_HIGH: (u16, u16) = (61_000, 65_535);
+/// A TCP reset was seen: the flow is over for good, and its source-NAT port free
+/// at once (a FIN-closed one waits for its entry to expire: half-closed
+/// connections still talk).
+pub const CT_F_RESET: u8 = 1 << 5;
+
+/// Source ports of source-NATed external flows: 1024-65535 outside the node's
+/// ephemeral range ([`NodeAddrs::ephemeral`]), so that they never meet the
+/// node's own outgoing connections.
+pub const SNAT_PORT_FIRST: u16 = 1_024;
+/// Linux's default `ip_local_port_range`.
+pub const DEFAULT_EPHEMERAL: [u16; 2] = [32_768, 60_999];
 
 /// Source address of hairpinned service traffic (link-local, like Cilium's
 /// `169.254.42.1`): the pod answers it through its default route, back to us.

@@ -26,34 +26,41 @@ use crate::{
     packet::{Family, V4, V6},
 };
 
+/// Hands the packet to `$per_family`'s IPv4 or IPv6 instance; anything else
+/// passes, counted under `$dir`.
+macro_rules! by_family {
+    ($ctx:ident, $dir:expr, $per_family:ident) => {
+        match packet::ethertype(&$ctx) {
+            Ok(V4::ETH_P) => $per_family::<V4>($ctx.skb.skb),
+            Ok(V6::ETH_P) => $per_family::<V6>($ctx.skb.skb),
+            other => metrics::verdict(&$ctx, $dir, other.map(|_| Action::forward(TC_ACT_OK))),
+        }
+    };
+}
+
 /// TC ingress on the host veth: packets the pod sends.
 #[classifier]
 pub fn from_pod(ctx: TcContext) -> i32 {
-    match packet::ethertype(&ctx) {
-        Ok(V4::ETH_P) => from_pod_family::<V4>(ctx.skb.skb),
-        Ok(V6::ETH_P) => from_pod_family::<V6>(ctx.skb.skb),
-        other => metrics::verdict(&ctx, Dir::FromPod, other.map(|_| Action::forward(TC_ACT_OK))),
-    }
+    by_family!(ctx, Dir::FromPod, from_pod_family)
 }
 
 /// TC ingress on a node device: Service traffic from outside the node.
 #[classifier]
 pub fn from_netdev(ctx: TcContext) -> i32 {
-    match packet::ethertype(&ctx) {
-        Ok(V4::ETH_P) => from_netdev_family::<V4>(ctx.skb.skb),
-        Ok(V6::ETH_P) => from_netdev_family::<V6>(ctx.skb.skb),
-        other => metrics::verdict(&ctx, Dir::FromNetdev, other.map(|_| Action::forward(TC_ACT_OK))),
-    }
+    by_family!(ctx, Dir::FromNetdev, from_netdev_family)
+}
+
+/// TC egress on a node device: replies of the node's own processes (hostNetwork
+/// endpoints) to external flows are made to come from the frontend.
+#[classifier]
+pub fn to_netdev(ctx: TcContext) -> i32 {
+    by_family!(ctx, Dir::ToNetdev, to_netdev_family)
 }
 
 /// TC egress on the host veth: packets on their way into the pod.
 #[classifier]
 pub fn to_pod(ctx: TcContext) -> i32 {
-    match packet::ethertype(&ctx) {
-        Ok(V4::ETH_P) => to_pod_family::<V4>(ctx.skb.skb),
-        Ok(V6::ETH_P) => to_pod_family::<V6>(ctx.skb.skb),
-        other => metrics::verdict(&ctx, Dir::ToPod, other.map(|_| Action::forward(TC_ACT_OK))),
-    }
+    by_family!(ctx, Dir::ToPod, to_pod_family)
 }
 
 // One BPF function per family, each with a stack frame of its own (see
@@ -80,6 +87,13 @@ fn from_netdev_family<F: Lb>(skb: *mut __sk_buff) -> i32 {
 fn to_pod_family<F: Lb>(skb: *mut __sk_buff) -> i32 {
     let ctx = TcContext::new(skb);
     metrics::verdict(&ctx, Dir::ToPod, try_to_pod::<F>(&ctx))
+}
+
+// The same reverse translation as on the way into a pod.
+#[inline(never)]
+fn to_netdev_family<F: Lb>(skb: *mut __sk_buff) -> i32 {
+    let ctx = TcContext::new(skb);
+    metrics::verdict(&ctx, Dir::ToNetdev, try_to_pod::<F>(&ctx))
 }
 
 #[inline(always)]

@@ -142,7 +142,7 @@ impl Family for V6 {
 
     #[inline(always)]
     fn is(a: &[u8; 16], wide: &[u8; 16]) -> bool {
-        half(a, 0) == half(wide, 0) && half(a, 8) == half(wide, 8)
+        wide_eq(a, wide)
     }
 
     #[inline(always)]
@@ -162,6 +162,12 @@ pub const IP_CSUM: usize = ETH_HLEN + 10;
 #[inline(always)]
 const fn widen4(a: [u8; 4]) -> [u8; 16] {
     [a[0], a[1], a[2], a[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+}
+
+/// Whether two addresses in the maps' 16-byte form are equal.
+#[inline(always)]
+pub fn wide_eq(a: &[u8; 16], b: &[u8; 16]) -> bool {
+    half(a, 0) == half(b, 0) && half(a, 8) == half(b, 8)
 }
 
 #[inline(always)]

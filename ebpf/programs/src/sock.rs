@@ -17,8 +17,8 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use weir_common::{
-    AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_F_NODEPORT,
-    SVC_F_TWO_SCOPES, ServiceKey, SockRevKey, SockRevValue, maps,
+    AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_F_DROP_EMPTY,
+    SVC_F_NODEPORT, SVC_F_TWO_SCOPES, ServiceKey, SockRevKey, SockRevValue, maps,
 };
 
 use crate::lb::maps::{BACKENDS, NODE, SERVICES};
@@ -152,6 +152,11 @@ fn to_backend(ctx: &SockAddrContext, family: u8, datagram_only: bool) -> i32 {
         }
     }
     if svc.count == 0 {
+        // Endpoints only on other nodes (internalTrafficPolicy Local): kube-proxy
+        // drops; untranslated, the connection goes nowhere alike.
+        if svc.flags & SVC_F_DROP_EMPTY != 0 {
+            return ALLOW;
+        }
         // As kube-proxy's REJECT: the caller sees "connection refused".
         // SAFETY: no preconditions.
         unsafe { bpf_set_retval(-ECONNREFUSED) };

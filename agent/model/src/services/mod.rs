@@ -18,8 +18,8 @@ use std::{
 
 use weir_common::{
     BACKEND_ACTIVE, BACKEND_TERMINATING, Backend, RevNat, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_F_AFFINITY,
-    SVC_F_EXT_LOCAL, SVC_F_INT_LOCAL, SVC_F_MAGLEV, SVC_F_NODEPORT, SVC_F_TWO_SCOPES, ServiceKey,
-    ServiceValue,
+    SVC_F_DROP_EMPTY, SVC_F_EXT_LOCAL, SVC_F_INT_LOCAL, SVC_F_MAGLEV, SVC_F_NODEPORT, SVC_F_TWO_SCOPES,
+    ServiceKey, ServiceValue,
 };
 
 use self::validate::{ServiceType, ValidPort, ValidService, validate};
@@ -275,13 +275,19 @@ impl Compiler<'_> {
                 self.backends(origin, key, port, &mut scope);
                 let cluster = cluster_endpoints(&endpoints);
                 let local = local_endpoints(&endpoints, &self.node.node_name);
-                for frontend in frontends(&valid, port, family, self.node) {
-                    let slots = match (frontend.kind, frontend.scope) {
-                        (FrontendKind::ClusterIP, _) if valid.internal_local => &local,
-                        (FrontendKind::ClusterIP, _) | (_, SCOPE_INTERNAL) => &cluster,
-                        _ if valid.external_local => &local,
-                        _ => &cluster,
+                for mut frontend in frontends(&valid, port, family, self.node) {
+                    let (slots, local_policy) = match (frontend.kind, frontend.scope) {
+                        (FrontendKind::ClusterIP, _) if valid.internal_local => (&local, true),
+                        (FrontendKind::ClusterIP, _) | (_, SCOPE_INTERNAL) => (&cluster, false),
+                        _ if valid.external_local => (&local, true),
+                        _ => (&cluster, false),
                     };
+                    // kube-proxy drops what a Local policy cannot serve on this
+                    // node while the Service has endpoints elsewhere; a Service
+                    // without any endpoint is rejected.
+                    if local_policy && slots.is_empty() && !cluster.is_empty() {
+                        frontend.flags |= SVC_F_DROP_EMPTY;
+                    }
                     self.frontend(origin, key, port, &scope, &frontend, slots);
                 }
             }

@@ -5,8 +5,9 @@
 use std::net::{IpAddr, SocketAddr};
 
 use weir_common::{
-    BACKEND_ACTIVE, BACKEND_TERMINATING, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_F_AFFINITY, SVC_F_EXT_LOCAL,
-    SVC_F_INT_LOCAL, SVC_F_MAGLEV, SVC_F_NODEPORT, SVC_F_TWO_SCOPES, ServiceKey, ServiceValue,
+    BACKEND_ACTIVE, BACKEND_TERMINATING, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_F_AFFINITY, SVC_F_DROP_EMPTY,
+    SVC_F_EXT_LOCAL, SVC_F_INT_LOCAL, SVC_F_MAGLEV, SVC_F_NODEPORT, SVC_F_TWO_SCOPES, ServiceKey,
+    ServiceValue,
 };
 
 use super::*;
@@ -1487,4 +1488,39 @@ fn view_serializes_for_weirctl() {
         .and_then(|a| a.parse::<SocketAddr>().ok())
         .map(|a| a.ip())
         .expect("address");
+}
+
+#[test]
+fn local_policies_drop_where_endpoints_are_elsewhere_and_reject_without_any() {
+    // externalTrafficPolicy Local on a node without endpoints of its own.
+    let node_z = NodeContext {
+        node_ips: node().node_ips,
+        ..NodeContext::new("node-z")
+    };
+    let (d, _) = compile_with(LB, &node_z, &mut IdAllocator::new());
+    let np = head(&d, "192.168.1.10:30443/TCP");
+    assert_eq!(
+        (np.count, np.flags & SVC_F_DROP_EMPTY),
+        (0, SVC_F_DROP_EMPTY),
+        "dropped, as kube-proxy"
+    );
+    assert_eq!(
+        head_in(&d, "192.168.1.10:30443/TCP", SCOPE_INTERNAL).flags & SVC_F_DROP_EMPTY,
+        0
+    );
+    // No endpoint anywhere: rejected, whatever the policy.
+    let none = LB
+        .replace("- {addresses: [10.244.0.80], nodeName: node-a}\n", "")
+        .replace("- {addresses: [10.244.1.80], nodeName: node-b}\n", "")
+        .replace("endpoints:\n", "endpoints: []\n");
+    let (d, _) = compile_with(&none, &node(), &mut IdAllocator::new());
+    assert_eq!(head(&d, "192.168.1.10:30443/TCP").flags & SVC_F_DROP_EMPTY, 0);
+    // internalTrafficPolicy Local: the ClusterIP of a node without local endpoints.
+    let itp = LB.replace("internalTrafficPolicy: Cluster", "internalTrafficPolicy: Local");
+    let (d, _) = compile_with(&itp, &node_z, &mut IdAllocator::new());
+    let cluster_ip = head(&d, "10.96.8.8:443/TCP");
+    assert_eq!(
+        (cluster_ip.count, cluster_ip.flags & SVC_F_DROP_EMPTY),
+        (0, SVC_F_DROP_EMPTY)
+    );
 }

@@ -169,10 +169,12 @@ pub(crate) fn validate<'a>(
         }
     };
 
+    // The API server sets it only for LoadBalancers with externalTrafficPolicy
+    // Local; served for anything else, a stale one would drain good nodes.
     let health_check_node_port = spec
         .health_check_node_port
         .and_then(|p| u16::try_from(p).ok())
-        .filter(|p| *p > 0);
+        .filter(|p| *p > 0 && external_local && service_type == ServiceType::LoadBalancer);
 
     Ok(Some(ValidService {
         service_type,

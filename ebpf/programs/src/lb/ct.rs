@@ -7,7 +7,7 @@
 //! agent's GC can judge a pair by one entry.
 
 use weir_common::{
-    CT_F_CLOSING, CT_F_DATAGRAM, CT_LIFETIME_DATAGRAM, CT_LIFETIME_TCP, CT_LIFETIME_TCP_CLOSING,
+    CT_F_CLOSING, CT_F_DATAGRAM, CT_F_RESET, CT_LIFETIME_DATAGRAM, CT_LIFETIME_TCP, CT_LIFETIME_TCP_CLOSING,
     CT_LIFETIME_TCP_SYN, CtKey, CtValue, IPPROTO_TCP,
 };
 
@@ -59,6 +59,9 @@ pub fn refresh<F: Family>(entry: *mut CtValue, flow: &Flow<F>, now: u64) {
     unsafe {
         if flow.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
             (*entry).flags |= CT_F_CLOSING;
+        }
+        if flow.tcp_flags & TCP_RST != 0 {
+            (*entry).flags |= CT_F_RESET;
         }
         (*entry).expires_ns = now + lifetime(flow, (*entry).flags) * NS;
     }

@@ -7,9 +7,9 @@
 //! backend gets the packet straight on its veth, the client's address intact;
 //! its replies are translated as they leave it (`lb::reverse`) and routed out
 //! from there. A remote backend gets the packet from the node's own address and a
-//! free port of [`SNAT_PORTS_LOW`] or [`SNAT_PORTS_HIGH`] (externalTrafficPolicy
-//! Cluster), so that its replies come back here, where they are translated back
-//! to the client. Anything else passes untouched.
+//! free port outside the node's ephemeral range (externalTrafficPolicy Cluster),
+//! so that its replies come back here, where they are translated back to the
+//! client. Anything else passes untouched.
 
 use aya_ebpf::{
     bindings::TC_ACT_OK,
@@ -17,8 +17,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use weir_common::{
-    AF_INET, CT_F_CLOSING, CT_F_EXTERNAL, CT_F_SNAT, CT_IN, CT_OUT, EndpointKey, Reason, SCOPE_EXTERNAL,
-    SNAT_PORTS_HIGH, SNAT_PORTS_LOW, SVC_F_EXT_LOCAL, ServiceKey,
+    AF_INET, CT_F_EXTERNAL, CT_F_RESET, CT_F_SNAT, CT_IN, CT_OUT, DEFAULT_EPHEMERAL, EndpointKey, Reason,
+    SCOPE_EXTERNAL, SNAT_PORT_FIRST, SVC_F_DROP_EMPTY, SVC_F_EXT_LOCAL, ServiceKey,
 };
 
 use super::{
@@ -26,7 +26,12 @@ use super::{
     maps::{BACKENDS, CONNTRACK, NODE, SERVICES},
     nat, reject, scratch, select, track,
 };
-use crate::{endpoints::ENDPOINTS, metrics::Action, packet::Flow, route};
+use crate::{
+    endpoints::ENDPOINTS,
+    metrics::Action,
+    packet::{Flow, wide_eq},
+    route,
+};
 
 /// Attempts at a free source port before the flow is refused.
 const SNAT_TRIES: usize = 8;
@@ -92,7 +97,7 @@ pub fn from_netdev<F: Lb>(ctx: &TcContext, flow: &mut Flow<F>) -> Result<Action,
         // kube-proxy drops what externalTrafficPolicy Local cannot serve here
         // (a load balancer's health check tells it to go elsewhere), and rejects
         // the rest.
-        if svc.flags & SVC_F_EXT_LOCAL != 0 {
+        if svc.flags & SVC_F_DROP_EMPTY != 0 {
             return Err(Reason::NoLocalBackend);
         }
         let tc = reject::port_unreachable(ctx, flow, s)?;
@@ -104,8 +109,15 @@ pub fn from_netdev<F: Lb>(ctx: &TcContext, flow: &mut Flow<F>) -> Result<Action,
     let backend_id = select::backend(flow, &key, &svc)?;
     // SAFETY: valid for this run.
     let backend = unsafe { BACKENDS.get(&backend_id) }.ok_or(Reason::BackendMissing)?;
+    let node = NODE.get(0).ok_or(Reason::NoSnat)?;
+    let addr = if F::AF == AF_INET { &node.v4 } else { &node.v6 };
+    // No source NAT for a pod of this node (straight to its veth), a backend in
+    // the node's own namespace (hostNetwork: the host stack takes it from here,
+    // its replies are translated as they leave, `to_netdev`), or any backend of
+    // externalTrafficPolicy Local (all on this node; the client's address kept).
     // SAFETY: valid for this run.
-    if unsafe { ENDPOINTS.get(&endpoint_key::<F>(&backend.addr)) }.is_some() {
+    let local_pod = unsafe { ENDPOINTS.get(&endpoint_key::<F>(&backend.addr)) }.is_some();
+    if local_pod || wide_eq(addr, &backend.addr) || svc.flags & SVC_F_EXT_LOCAL != 0 {
         track(
             flow,
             s,
@@ -121,12 +133,10 @@ pub fn from_netdev<F: Lb>(ctx: &TcContext, flow: &mut Flow<F>) -> Result<Action,
     }
 
     // A remote backend: from the node's address, on a free port.
-    let node = NODE.get(0).ok_or(Reason::NoSnat)?;
-    let addr = if F::AF == AF_INET { &node.v4 } else { &node.v6 };
     if addr.iter().all(|b| *b == 0) {
         return Err(Reason::NoSnat);
     }
-    let port = free_port(s, backend, addr, flow.proto, F::AF, now)?;
+    let port = free_port(s, backend, node, addr, flow.proto, F::AF, now)?;
     track(
         flow,
         s,
@@ -166,21 +176,33 @@ fn endpoint_key<F: Lb>(addr: &[u8; 16]) -> EndpointKey {
     key
 }
 
-/// A source port no live flow from `addr` to this backend uses (network order).
-/// A port whose flow has closed (or expired, before the GC came by) is free: its
-/// entries are dropped, so that a closed connection's port serves at once, as a
-/// netfilter conntrack entry in CLOSE state yields to a new SYN.
+/// A source port no live flow from `addr` to this backend uses (network order),
+/// outside the node's ephemeral range. A port whose flow was reset, or has
+/// expired before the GC came by, is free: its entries are dropped, so that the
+/// port serves at once, as a netfilter conntrack entry in CLOSE state yields to
+/// a new SYN. A FIN-closed flow keeps its port until its entry expires (10 s):
+/// a half-closed connection still talks.
 #[inline(always)]
 fn free_port(
     s: &mut weir_common::Scratch,
     backend: &weir_common::Backend,
+    node: &weir_common::NodeAddrs,
     addr: &[u8; 16],
     proto: u8,
     family: u8,
     now: u64,
 ) -> Result<u16, Reason> {
-    let low = u32::from(SNAT_PORTS_LOW.1 - SNAT_PORTS_LOW.0) + 1;
-    let span = low + u32::from(SNAT_PORTS_HIGH.1 - SNAT_PORTS_HIGH.0) + 1;
+    let [lo, hi] = if node.ephemeral[0] == 0 {
+        DEFAULT_EPHEMERAL
+    } else {
+        node.ephemeral
+    };
+    let below = u32::from(lo.saturating_sub(SNAT_PORT_FIRST));
+    let above = u32::from(u16::MAX.saturating_sub(hi));
+    let span = below + above;
+    if span == 0 {
+        return Err(Reason::NoSnat);
+    }
     let k = &mut s.in_key;
     k.saddr.copy_from_slice(&backend.addr);
     k.daddr.copy_from_slice(addr);
@@ -192,10 +214,10 @@ fn free_port(
     for _ in 0..SNAT_TRIES {
         // SAFETY: no preconditions.
         let r = unsafe { bpf_get_prandom_u32() } % span;
-        let port = if r < low {
-            SNAT_PORTS_LOW.0 + r as u16
+        let port = if r < below {
+            SNAT_PORT_FIRST + r as u16
         } else {
-            SNAT_PORTS_HIGH.0 + (r - low) as u16
+            hi + 1 + (r - below) as u16
         };
         s.in_key.dport = port.to_be();
         // SAFETY: valid for this run.
@@ -205,7 +227,7 @@ fn free_port(
         s.out_key = s.in_key.out_partner(taken);
         // SAFETY: valid for this run.
         let live = unsafe { CONNTRACK.get(&s.out_key) }
-            .is_some_and(|out| out.expires_ns > now && out.flags & CT_F_CLOSING == 0);
+            .is_some_and(|out| out.expires_ns > now && out.flags & CT_F_RESET == 0);
         if !live {
             let _ = CONNTRACK.remove(&s.out_key);
             return Ok(port.to_be());

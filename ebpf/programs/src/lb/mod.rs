@@ -16,7 +16,7 @@ pub use self::external::from_netdev;
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
 use weir_common::{
     Backend, CT_F_EXTERNAL, CT_F_HAIRPIN, CT_F_SNAT, CT_IN, CT_OUT, Reason, SCOPE_EXTERNAL, SCOPE_INTERNAL,
-    SVC_F_TWO_SCOPES, Scratch, ServiceKey,
+    SVC_F_DROP_EMPTY, SVC_F_TWO_SCOPES, Scratch, ServiceKey,
 };
 
 use self::maps::{BACKENDS, CONNTRACK, SCRATCH, SERVICES};
@@ -142,6 +142,10 @@ pub fn from_pod<F: Lb>(ctx: &TcContext, flow: &mut Flow<F>) -> Result<Option<Act
         svc = *unsafe { SERVICES.get(&key) }.ok_or(Reason::BackendMissing)?;
     }
     if svc.count == 0 {
+        // internalTrafficPolicy Local, endpoints only elsewhere: kube-proxy drops.
+        if svc.flags & SVC_F_DROP_EMPTY != 0 {
+            return Err(Reason::NoLocalBackend);
+        }
         let tc = reject::port_unreachable(ctx, flow, s)?;
         return Ok(Some(Action {
             tc,
