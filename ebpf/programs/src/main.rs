@@ -54,6 +54,13 @@ pub fn from_netdev(ctx: TcContext) -> i32 {
 /// endpoints) to external flows are made to come from the frontend.
 #[classifier]
 pub fn to_netdev(ctx: TcContext) -> i32 {
+    // Only what the node itself sends can be such a reply: a packet that came in
+    // somewhere (forwarded from a pod, or translated and redirected here by our
+    // programs) has nothing to do here.
+    // SAFETY: the context's skb pointer is valid for this run.
+    if unsafe { (*ctx.skb.skb).ingress_ifindex } != 0 {
+        return TC_ACT_OK as i32;
+    }
     by_family!(ctx, Dir::ToNetdev, to_netdev_family)
 }
 
