@@ -20,6 +20,9 @@ pub struct NodeNet {
     pub nodeport_addresses: Vec<IpAddr>,
     /// The source of external flows to remote endpoints, per family.
     pub snat: NodeAddrs,
+    /// Every global address of the node's namespace, devices or not: an
+    /// endpoint there is the node itself (hostNetwork).
+    pub all_addresses: Vec<IpAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -31,13 +34,21 @@ pub enum NodeNetError {
 }
 
 /// Reads the node's interfaces. `devices`: the names given (`--devices`), or, if
-/// none, every interface with a global address but loopback. `cidrs`: the
+/// none, every Ethernet interface with a global address (the node program reads
+/// Ethernet frames: tunnels such as WireGuard carry bare IP). `cidrs`: the
 /// NodePort address ranges (`--nodeport-addresses`); none means every global
 /// address of the devices, as kube-proxy's default.
 pub fn discover(devices: &[String], cidrs: &[IpNetwork]) -> Result<NodeNet, NodeNetError> {
     let mut addresses: Vec<(String, IpAddr)> = Vec::new();
+    let mut ethernet = std::collections::BTreeSet::new();
     for ifaddr in getifaddrs().map_err(NodeNetError::Interfaces)? {
         let Some(addr) = ifaddr.address else { continue };
+        if addr
+            .as_link_addr()
+            .is_some_and(|link| link.hatype() == ARPHRD_ETHER)
+        {
+            ethernet.insert(ifaddr.interface_name.clone());
+        }
         let ip = if let Some(v4) = addr.as_sockaddr_in() {
             IpAddr::V4(v4.ip())
         } else if let Some(v6) = addr.as_sockaddr_in6() {
@@ -49,23 +60,39 @@ pub fn discover(devices: &[String], cidrs: &[IpNetwork]) -> Result<NodeNet, Node
             addresses.push((ifaddr.interface_name, ip));
         }
     }
-    plan(devices, cidrs, &addresses, |name| if_nametoindex(name).ok())
+    plan(
+        devices,
+        cidrs,
+        &addresses,
+        |name| ethernet.contains(name),
+        |name| if_nametoindex(name).ok(),
+    )
 }
+
+const ARPHRD_ETHER: u16 = 1;
 
 /// `discover` on a given list of (interface, address): pure, for tests.
 fn plan(
     devices: &[String],
     cidrs: &[IpNetwork],
     addresses: &[(String, IpAddr)],
+    is_ethernet: impl Fn(&str) -> bool,
     ifindex: impl Fn(&str) -> Option<u32>,
 ) -> Result<NodeNet, NodeNetError> {
     let mut names: Vec<String> = if devices.is_empty() {
-        addresses.iter().map(|(name, _)| name.clone()).collect()
+        addresses
+            .iter()
+            .map(|(name, _)| name.clone())
+            .filter(|name| is_ethernet(name))
+            .collect()
     } else {
         devices.to_vec()
     };
     names.dedup();
-    let mut net = NodeNet::default();
+    let mut net = NodeNet {
+        all_addresses: addresses.iter().map(|(_, ip)| *ip).collect(),
+        ..NodeNet::default()
+    };
     for name in names {
         let index = ifindex(&name).ok_or_else(|| NodeNetError::NoDevice(name.clone()))?;
         if net.devices.iter().any(|(n, _)| *n == name) {
@@ -169,7 +196,7 @@ mod tests {
 
     #[test]
     fn by_default_every_device_with_a_global_address_serves_on_all_of_them() {
-        let net = plan(&[], &[], &addrs(), index).expect("plan");
+        let net = plan(&[], &[], &addrs(), |_| true, index).expect("plan");
         assert_eq!(net.devices, [("eth0".to_owned(), 2), ("eth1".to_owned(), 3)]);
         let serving: Vec<String> = net.nodeport_addresses.iter().map(ToString::to_string).collect();
         assert_eq!(serving, ["10.0.0.5", "fd00::5", "192.168.9.5"]);
@@ -178,20 +205,38 @@ mod tests {
     }
 
     #[test]
+    fn tunnels_are_no_default_devices() {
+        let net = plan(&[], &[], &addrs(), |name| name == "eth1", index).expect("plan");
+        assert_eq!(net.devices, [("eth1".to_owned(), 3)]);
+        assert_eq!(
+            net.all_addresses.len(),
+            3,
+            "every address is the node's, device or not"
+        );
+    }
+
+    #[test]
     fn devices_and_nodeport_ranges_narrow_it_down() {
         let cidrs = ["192.168.0.0/16".parse().expect("cidr")];
-        let net = plan(&["eth1".to_owned(), "eth0".to_owned()], &cidrs, &addrs(), index).expect("plan");
+        let net = plan(
+            &["eth1".to_owned(), "eth0".to_owned()],
+            &cidrs,
+            &addrs(),
+            |_| true,
+            index,
+        )
+        .expect("plan");
         assert_eq!(net.devices, [("eth1".to_owned(), 3), ("eth0".to_owned(), 2)]);
         let serving: Vec<String> = net.nodeport_addresses.iter().map(ToString::to_string).collect();
         assert_eq!(serving, ["192.168.9.5"]);
         // A node address outside the NodePort ranges still sources NAT for IPv6.
         assert_eq!(IpAddr::from(net.snat.v6).to_string(), "fd00::5");
         assert!(matches!(
-            plan(&["nope".to_owned()], &[], &addrs(), index),
+            plan(&["nope".to_owned()], &[], &addrs(), |_| true, index),
             Err(NodeNetError::NoDevice(_))
         ));
         // A device without addresses is attached, and serves nothing.
-        let net = plan(&["eth2".to_owned()], &[], &addrs(), index).expect("plan");
+        let net = plan(&["eth2".to_owned()], &[], &addrs(), |_| true, index).expect("plan");
         assert_eq!((net.devices.len(), net.nodeport_addresses.len()), (1, 0));
     }
 }

@@ -699,3 +699,24 @@ fn root_external_traffic_policy_local_without_endpoints_drops() {
         "without the policy: ICMP port unreachable"
     );
 }
+
+#[test]
+fn root_source_nat_shares_the_ports_of_a_node_that_takes_them_all() {
+    // A node whose own connections may use every port (ip_local_port_range
+    // 1024-65535): external flows to remote endpoints still get one.
+    let mut lab = nodeport_lab("np-ports", &[BACKEND_B], 0);
+    let node = NodeAddrs {
+        v4: a16(NODE_IP),
+        ephemeral: [1024, 65535],
+        ..Default::default()
+    };
+    lab.dp.node.set(0, node, 0).expect("node");
+    let (verdict, out) = lab.run_on(
+        FROM_NETDEV,
+        &frame(IPPROTO_TCP, EXTERNAL, 40000, NODE_IP, 30080, 0x02),
+    );
+    assert_ne!(verdict, TC_ACT_SHOT, "the flow must not be refused");
+    let (src, sport, dst, _) = tuple(&out);
+    assert_eq!((src, dst), (NODE_IP, BACKEND_B));
+    assert!(sport >= 1024, "source port {sport}");
+}

@@ -121,6 +121,11 @@ fn run(
     dp.node
         .set(0, node_addrs, 0)
         .context("writing the node's addresses")?;
+    for ip in &net.all_addresses {
+        dp.node_ips
+            .insert(cni_server::endpoint_key(*ip), 1, 0)
+            .context("writing the node's addresses")?;
+    }
     dp.attach_cgroup(cgroup_root)
         .with_context(|| format!("attaching the socket hooks to {}", cgroup_root.display()))?;
     for (name, ifindex) in &net.devices {

@@ -9,7 +9,7 @@ use weir_common::programs::{FROM_NETDEV, FROM_POD, SOCK_HOOKS, TO_NETDEV, TO_POD
 
 use super::{
     DatapathError, PinLayout,
-    maps::{self, Affinity, Backends, Conntrack, Endpoints, Maglev, Node, RevNats, Services},
+    maps::{self, Affinity, Backends, Conntrack, Endpoints, Maglev, Node, NodeIps, RevNats, Services},
     object::OBJECT,
 };
 
@@ -25,6 +25,7 @@ pub struct Datapath {
     pub conntrack: Conntrack,
     pub maglev: Maglev,
     pub node: Node,
+    pub node_ips: NodeIps,
 }
 
 impl Datapath {
@@ -58,6 +59,7 @@ impl Datapath {
             conntrack: take_map(&mut ebpf, maps::CONNTRACK.name)?,
             maglev: take_map(&mut ebpf, maps::MAGLEV.name)?,
             node: take_map(&mut ebpf, maps::NODE.name)?,
+            node_ips: take_map(&mut ebpf, maps::NODE_IPS.name)?,
             ebpf,
             pins,
         })

@@ -47,12 +47,14 @@ pub const CONNTRACK: MapSpec = MapSpec::of::<CtKey, CtValue>(names::CONNTRACK, n
 pub const MAGLEV: MapSpec = MapSpec::of::<u32, MaglevTable>(names::MAGLEV, names::MAGLEV_ENTRIES);
 pub const SCRATCH: MapSpec = MapSpec::of::<u32, Scratch>(names::SCRATCH, 1);
 pub const NODE: MapSpec = MapSpec::of::<u32, NodeAddrs>(names::NODE, 1);
+pub const NODE_IPS: MapSpec = MapSpec::of::<EndpointKey, u32>(names::NODE_IPS, names::NODE_IPS_ENTRIES);
 pub const SOCK_REV: MapSpec =
     MapSpec::of::<SockRevKey, SockRevValue>(names::SOCK_REV, names::SOCK_REV_ENTRIES);
 
 /// Every map of the object.
 pub const ALL: &[MapSpec] = &[
-    METRICS, ENDPOINTS, SERVICES, BACKENDS, REVNAT, AFFINITY, CONNTRACK, MAGLEV, SCRATCH, NODE, SOCK_REV,
+    METRICS, ENDPOINTS, SERVICES, BACKENDS, REVNAT, AFFINITY, CONNTRACK, MAGLEV, SCRATCH, NODE, NODE_IPS,
+    SOCK_REV,
 ];
 
 pub type Endpoints = HashMap<MapData, EndpointKey, EndpointInfo>;
@@ -66,6 +68,7 @@ pub type Affinity = HashMap<MapData, AffinityKey, AffinityValue>;
 pub type Conntrack = HashMap<MapData, CtKey, CtValue>;
 pub type Maglev = HashMap<MapData, u32, MaglevTable>;
 pub type Node = Array<MapData, NodeAddrs>;
+pub type NodeIps = HashMap<MapData, EndpointKey, u32>;
 
 /// Fails if a map is pinned at the spec's path with another shape; `Ok(false)`
 /// when nothing is pinned there yet.

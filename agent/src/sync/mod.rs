@@ -373,7 +373,10 @@ impl Run<'_> {
             };
             let twin_ready = value.flags & SVC_F_TWO_SCOPES == 0
                 || key.scope == SCOPE_INTERNAL
-                || self.current.services.get(&twin) == desired.services.get(&twin);
+                || desired
+                    .services
+                    .get(&twin)
+                    .is_some_and(|t| self.current.services.get(&twin) == Some(t));
             if !twin_ready {
                 self.report.deferred += 1;
                 continue;
@@ -404,6 +407,21 @@ impl Run<'_> {
             .copied()
             .collect();
         for key in gone {
+            // A twin goes only once the entry in the map no longer names it.
+            let external = ServiceKey {
+                scope: SCOPE_EXTERNAL,
+                ..key
+            };
+            let named = key.scope == SCOPE_INTERNAL
+                && self
+                    .current
+                    .services
+                    .get(&external)
+                    .is_some_and(|v| v.flags & SVC_F_TWO_SCOPES != 0);
+            if named {
+                self.report.deferred += 1;
+                continue;
+            }
             self.op(Op::DelService(key));
         }
     }

@@ -30,6 +30,10 @@ pub mod maps {
     pub const SCRATCH: &str = "weir_scratch_v2";
     /// The node's own addresses ([`crate::NodeAddrs`], one entry), written by the agent.
     pub const NODE: &str = "weir_node_v1";
+    /// Every address of the node's own namespace ([`crate::EndpointKey`] -> 1):
+    /// endpoints there (hostNetwork) are local whatever the address.
+    pub const NODE_IPS: &str = "weir_nodeip_v1";
+    pub const NODE_IPS_ENTRIES: u32 = 256;
     /// UDP sockets of the node translated at send: (socket, backend) -> frontend,
     /// so that replies seem to come from the frontend (an LRU map).
     pub const SOCK_REV: &str = "weir_sockrev_v1";

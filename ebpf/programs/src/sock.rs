@@ -30,6 +30,7 @@ static SOCK_REV: LruHashMap<SockRevKey, SockRevValue> =
 /// A socket hook's verdict: let the call proceed.
 const ALLOW: i32 = 1;
 const ECONNREFUSED: i32 = 111;
+const ETIMEDOUT: i32 = 110;
 
 #[cgroup_sock_addr(connect4)]
 pub fn sock_connect4(ctx: SockAddrContext) -> i32 {
@@ -153,13 +154,16 @@ fn to_backend(ctx: &SockAddrContext, family: u8, datagram_only: bool) -> i32 {
     }
     if svc.count == 0 {
         // Endpoints only on other nodes (internalTrafficPolicy Local): kube-proxy
-        // drops; untranslated, the connection goes nowhere alike.
-        if svc.flags & SVC_F_DROP_EMPTY != 0 {
-            return ALLOW;
-        }
-        // As kube-proxy's REJECT: the caller sees "connection refused".
+        // drops, and the caller times out; here it learns so at once, and the
+        // ClusterIP does not leave the node untranslated. Otherwise as kube-proxy's
+        // REJECT: "connection refused".
+        let errno = if svc.flags & SVC_F_DROP_EMPTY != 0 {
+            ETIMEDOUT
+        } else {
+            ECONNREFUSED
+        };
         // SAFETY: no preconditions.
-        unsafe { bpf_set_retval(-ECONNREFUSED) };
+        unsafe { bpf_set_retval(-errno) };
         return 0;
     }
     // SAFETY: no preconditions.

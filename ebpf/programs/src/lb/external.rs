@@ -23,16 +23,13 @@ use weir_common::{
 
 use super::{
     Lb, Snat, ct,
-    maps::{BACKENDS, CONNTRACK, NODE, SERVICES},
+    maps::{BACKENDS, CONNTRACK, NODE, NODE_IPS, SERVICES},
     nat, reject, scratch, select, track,
 };
-use crate::{
-    endpoints::ENDPOINTS,
-    metrics::Action,
-    packet::{Flow, wide_eq},
-    route,
-};
+use crate::{endpoints::ENDPOINTS, metrics::Action, packet::Flow, route};
 
+/// Fewer free ports than this outside the node's ephemeral range: use them all.
+const SNAT_MIN_PORTS: u16 = 4_096;
 /// Attempts at a free source port before the flow is refused.
 const SNAT_TRIES: usize = 8;
 
@@ -117,7 +114,9 @@ pub fn from_netdev<F: Lb>(ctx: &TcContext, flow: &mut Flow<F>) -> Result<Action,
     // externalTrafficPolicy Local (all on this node; the client's address kept).
     // SAFETY: valid for this run.
     let local_pod = unsafe { ENDPOINTS.get(&endpoint_key::<F>(&backend.addr)) }.is_some();
-    if local_pod || wide_eq(addr, &backend.addr) || svc.flags & SVC_F_EXT_LOCAL != 0 {
+    // SAFETY: valid for this run.
+    let host = unsafe { NODE_IPS.get(&endpoint_key::<F>(&backend.addr)) }.is_some();
+    if local_pod || host || svc.flags & SVC_F_EXT_LOCAL != 0 {
         track(
             flow,
             s,
@@ -197,8 +196,17 @@ fn free_port(
     } else {
         node.ephemeral
     };
-    let below = u32::from(lo.saturating_sub(SNAT_PORT_FIRST));
-    let above = u32::from(u16::MAX.saturating_sub(hi));
+    let lo = lo.max(SNAT_PORT_FIRST);
+    let hi = hi.max(SNAT_PORT_FIRST - 1);
+    let (mut below, mut above) = (u32::from(lo - SNAT_PORT_FIRST), u32::from(u16::MAX - hi));
+    let mut hi = hi;
+    // A node whose own connections take (nearly) every port: share them rather
+    // than refuse; a port in use is still skipped below.
+    if below + above < u32::from(SNAT_MIN_PORTS) {
+        below = 0;
+        above = u32::from(u16::MAX - SNAT_PORT_FIRST) + 1;
+        hi = SNAT_PORT_FIRST - 1;
+    }
     let span = below + above;
     if span == 0 {
         return Err(Reason::NoSnat);

@@ -7,8 +7,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use weir_common::{
-    AffinityKey, AffinityValue, Backend, CtKey, CtValue, MaglevTable, NodeAddrs, RevNat, Scratch, ServiceKey,
-    ServiceValue, maps,
+    AffinityKey, AffinityValue, Backend, CtKey, CtValue, EndpointKey, MaglevTable, NodeAddrs, RevNat,
+    Scratch, ServiceKey, ServiceValue, maps,
 };
 
 #[map(name = "weir_svc_v1")]
@@ -36,3 +36,6 @@ pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "weir_node_v1")]
 pub static NODE: Array<NodeAddrs> = Array::with_max_entries(1, 0);
+
+#[map(name = "weir_nodeip_v1")]
+pub static NODE_IPS: HashMap<EndpointKey, u32> = HashMap::with_max_entries(maps::NODE_IPS_ENTRIES, 0);
