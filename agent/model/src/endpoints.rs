@@ -345,10 +345,15 @@ fn from_pod(
 /// restartable init containers, i.e. sidecars). A Pod without that port is not an
 /// endpoint of this service port.
 fn resolve_target(pod: &Pod, want: &PortSpec<'_>) -> Option<u16> {
-    let name = match want.target {
-        Target::Number(n) => return Some(n),
-        Target::Name(name) => name,
-    };
+    match want.target {
+        Target::Number(n) => Some(n),
+        Target::Name(name) => named_port(pod, name, want.protocol),
+    }
+}
+
+/// The number of the pod's container port `name` for `protocol` (restartable init
+/// containers, i.e. sidecars, included).
+pub(crate) fn named_port(pod: &Pod, name: &str, protocol: Protocol) -> Option<u16> {
     let spec = pod.spec.as_ref()?;
     let sidecars = spec
         .init_containers
@@ -359,9 +364,7 @@ fn resolve_target(pod: &Pod, want: &PortSpec<'_>) -> Option<u16> {
         .iter()
         .chain(sidecars)
         .flat_map(|c| c.ports.iter().flatten())
-        .find(|p| {
-            p.name.as_deref() == Some(name) && Protocol::parse(p.protocol.as_deref()) == Some(want.protocol)
-        })
+        .find(|p| p.name.as_deref() == Some(name) && Protocol::parse(p.protocol.as_deref()) == Some(protocol))
         .and_then(|p| port_number(Some(p.container_port)))
 }
 

@@ -69,4 +69,6 @@ pub enum ProblemReason {
     FrontendConflict { frontend: String, owner: String },
     #[error("{0}")]
     Ids(#[from] crate::ids::IdError),
+    #[error("NetworkPolicy: {0}; that part admits nothing")]
+    BadPolicy(String),
 }
