@@ -306,28 +306,14 @@ fn egress_rules(
         return vec![resolve(namespace, to, ports, None, pods, namespaces, report)];
     }
     let all = resolve(namespace, to, ports, None, pods, namespaces, report);
-    let PeerMatch::Some {
-        pods: peer_ips,
-        blocks,
-    } = &all.peers
-    else {
-        // Every peer: each pod with its own numbers, and non-pods by number only.
-        let mut rules: Vec<Allow> = pods
-            .iter()
-            .map(|p| Allow {
-                peers: PeerMatch::Some {
-                    pods: p.ips.iter().copied().collect(),
-                    blocks: Vec::new(),
-                },
-                ports: ports_of(ports, Some(p), report),
-            })
-            .collect();
-        rules.push(all);
-        return rules;
+    let is_peer = |p: &PodView<'_>| match &all.peers {
+        PeerMatch::All => true,
+        PeerMatch::Some { pods, .. } => p.ips.iter().any(|ip| pods.contains(ip)),
     };
+    // Each peer pod with its own numbers...
     let mut rules: Vec<Allow> = pods
         .iter()
-        .filter(|p| p.ips.iter().any(|ip| peer_ips.contains(ip)))
+        .filter(|p| is_peer(p))
         .map(|p| Allow {
             peers: PeerMatch::Some {
                 pods: p.ips.iter().copied().collect(),
@@ -336,11 +322,16 @@ fn egress_rules(
             ports: ports_of(ports, Some(p), report),
         })
         .collect();
-    rules.push(Allow {
-        peers: PeerMatch::Some {
+    // ...and the rest (every peer, or the ipBlocks) by number only.
+    let rest = match all.peers {
+        PeerMatch::All => PeerMatch::All,
+        PeerMatch::Some { blocks, .. } => PeerMatch::Some {
             pods: BTreeSet::new(),
-            blocks: blocks.clone(),
+            blocks,
         },
+    };
+    rules.push(Allow {
+        peers: rest,
         ports: all.ports,
     });
     rules
