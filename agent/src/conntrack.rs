@@ -129,7 +129,7 @@ impl Hygiene {
 
     /// Deletes affinity entries idle for longer than their frontend's timeout
     /// (`timeouts`: rev-NAT id -> seconds, for frontends with affinity).
-    pub fn gc_affinity(&mut self, now_ns: u64, timeouts: &BTreeMap<u16, u32>) -> Result<GcReport, CtError> {
+    pub fn gc_affinity(&mut self, now_ns: u64, timeouts: &BTreeMap<u32, u32>) -> Result<GcReport, CtError> {
         let mut report = GcReport::default();
         let stale = collect(
             &self.affinity,
@@ -183,7 +183,7 @@ fn affinity_stale(
     key: &AffinityKey,
     value: &AffinityValue,
     now_ns: u64,
-    timeouts: &BTreeMap<u16, u32>,
+    timeouts: &BTreeMap<u32, u32>,
 ) -> bool {
     let idle = now_ns.saturating_sub(value.last_used_ns);
     match timeouts.get(&key.rev_nat_id) {

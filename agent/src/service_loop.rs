@@ -33,7 +33,7 @@ const GC_EVERY: Duration = Duration::from_secs(5);
 const GC_MAX_DELETES: usize = 65_536;
 
 /// Frontend affinity timeouts, published by the sync loop for the GC loop.
-pub type AffinityTimeouts = Arc<Mutex<BTreeMap<u16, u32>>>;
+pub type AffinityTimeouts = Arc<Mutex<BTreeMap<u32, u32>>>;
 
 pub struct SyncLoop {
     pub source: Box<dyn Source>,

@@ -129,15 +129,15 @@ impl IdPool {
     }
 }
 
-/// Assigns reverse-NAT ids (u16, `1..=65535`) to frontends and backend ids (u32,
-/// `>= 1`) to backends.
+/// Assigns reverse-NAT ids (`1..=` the reverse-NAT map's capacity) to frontends
+/// and backend ids (u32, `>= 1`) to backends.
 ///
 /// A frontend is keyed by its [`ServiceKey`] with `slot` 0 (address, port, protocol,
 /// family, scope); a backend by its [`Backend`] with `state` zeroed (address, port,
 /// protocol, family): a backend turning terminating keeps its id.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IdAllocator {
-    rev_nat: BTreeMap<ServiceKey, u16>,
+    rev_nat: BTreeMap<ServiceKey, u32>,
     backends: BTreeMap<Backend, u32>,
     rev_nat_pool: IdPool,
     backend_pool: IdPool,
@@ -151,15 +151,15 @@ impl Default for IdAllocator {
 
 impl IdAllocator {
     pub fn new() -> Self {
-        Self::with_limits(u16::MAX, u32::MAX)
+        Self::with_limits(weir_common::maps::REVNAT_ENTRIES, u32::MAX)
     }
 
     /// An allocator with smaller id spaces (tests of exhaustion).
-    pub fn with_limits(max_rev_nat: u16, max_backend: u32) -> Self {
+    pub fn with_limits(max_rev_nat: u32, max_backend: u32) -> Self {
         Self {
             rev_nat: BTreeMap::new(),
             backends: BTreeMap::new(),
-            rev_nat_pool: IdPool::new(IdKind::RevNat, u32::from(max_rev_nat)),
+            rev_nat_pool: IdPool::new(IdKind::RevNat, max_rev_nat),
             backend_pool: IdPool::new(IdKind::Backend, max_backend),
         }
     }
@@ -171,7 +171,7 @@ impl IdAllocator {
     pub fn from_desired(desired: &DesiredServices) -> Self {
         let mut ids = Self::new();
         for (key, value) in desired.services.iter().filter(|(key, _)| key.slot == 0) {
-            if value.rev_nat_id != 0 && ids.rev_nat_pool.reserve(u32::from(value.rev_nat_id)) {
+            if value.rev_nat_id != 0 && ids.rev_nat_pool.reserve(value.rev_nat_id) {
                 ids.rev_nat.entry(frontend_key(key)).or_insert(value.rev_nat_id);
             }
         }
@@ -184,16 +184,12 @@ impl IdAllocator {
     }
 
     /// The reverse-NAT id of a frontend (any slot of it), allocating one if new.
-    pub fn rev_nat_id(&mut self, frontend: &ServiceKey) -> Result<u16, IdError> {
+    pub fn rev_nat_id(&mut self, frontend: &ServiceKey) -> Result<u32, IdError> {
         let key = frontend_key(frontend);
         if let Some(&id) = self.rev_nat.get(&key) {
             return Ok(id);
         }
         let id = self.rev_nat_pool.allocate()?;
-        let id = u16::try_from(id).map_err(|_| IdError::Exhausted {
-            kind: IdKind::RevNat,
-            max: id,
-        })?;
         self.rev_nat.insert(key, id);
         Ok(id)
     }
@@ -212,7 +208,7 @@ impl IdAllocator {
     /// Releases the id of a frontend (any slot of it) that is gone.
     pub fn release_frontend(&mut self, frontend: &ServiceKey) {
         if let Some(id) = self.rev_nat.remove(&frontend_key(frontend)) {
-            self.rev_nat_pool.release(u32::from(id));
+            self.rev_nat_pool.release(id);
         }
     }
 
@@ -233,7 +229,7 @@ impl IdAllocator {
         self.rev_nat.retain(|key, id| {
             let keep = live_rev_nat.contains(key);
             if !keep {
-                pool.release(u32::from(*id));
+                pool.release(*id);
             }
             keep
         });

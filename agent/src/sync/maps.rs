@@ -8,7 +8,6 @@ use std::{
 };
 
 use aya::maps::MapError;
-use tracing::warn;
 use weir_common::{Backend, MAGLEV_TABLE_SIZE, MaglevTable, RevNat, ServiceKey, ServiceValue, maps as names};
 use weir_model::{DesiredServices, services::socket_addr};
 
@@ -20,10 +19,10 @@ pub enum Op {
     PutBackend(u32, Backend),
     PutRevNat(u32, RevNat),
     /// A frontend's Maglev table, by rev-NAT id (boxed: 64 KiB).
-    PutMaglev(u16, Box<MaglevTable>),
+    PutMaglev(u32, Box<MaglevTable>),
     PutService(ServiceKey, ServiceValue),
     DelService(ServiceKey),
-    DelMaglev(u16),
+    DelMaglev(u32),
     DelBackend(u32),
     DelRevNat(u32),
 }
@@ -120,17 +119,7 @@ impl ServiceMaps for SharedDatapath {
         };
         for entry in dp.maglev.iter() {
             let (k, v) = entry.map_err(read(names::MAGLEV))?;
-            // Rev-NAT ids are u16: the datapath never looks such a key up.
-            match u16::try_from(k) {
-                Ok(id) => {
-                    out.maglev.insert(id, v.0.to_vec());
-                }
-                Err(_) => warn!(
-                    map = names::MAGLEV,
-                    key = k,
-                    "ignoring a table under an impossible rev-NAT id"
-                ),
-            }
+            out.maglev.insert(k, v.0.to_vec());
         }
         Ok(out)
     }

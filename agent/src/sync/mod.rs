@@ -70,7 +70,7 @@ struct Refs {
     /// Reverse-NAT id -> entries (slot 0 and slots) using it.
     revnat: HashMap<u32, u32>,
     /// Rev-NAT id -> affinity timeout of the frontends with session affinity.
-    affinity: BTreeMap<u16, u32>,
+    affinity: BTreeMap<u32, u32>,
 }
 
 impl Refs {
@@ -144,7 +144,7 @@ impl Syncer {
 
     /// `rev_nat_id -> affinity timeout (s)` of the frontends with session affinity
     /// now in the maps (for the affinity GC).
-    pub fn affinity_timeouts(&self) -> BTreeMap<u16, u32> {
+    pub fn affinity_timeouts(&self) -> BTreeMap<u32, u32> {
         self.refs.affinity.clone()
     }
 
@@ -193,7 +193,7 @@ struct Candidates {
     services: Vec<ServiceKey>,
     backends: Vec<u32>,
     revnat: Vec<u32>,
-    maglev: Vec<u16>,
+    maglev: Vec<u32>,
 }
 
 impl Candidates {
@@ -304,7 +304,7 @@ impl Run<'_> {
 
     /// The desired Maglev tables that can be written: the others are reported
     /// and skipped.
-    fn valid_tables<'d>(&mut self, desired: &'d DesiredServices, ids: &[u16]) -> BTreeMap<u16, &'d [u32]> {
+    fn valid_tables<'d>(&mut self, desired: &'d DesiredServices, ids: &[u32]) -> BTreeMap<u32, &'d [u32]> {
         let mut valid = BTreeMap::new();
         for (&id, table) in ids.iter().filter_map(|id| desired.maglev.get_key_value(id)) {
             if table.len() == MAGLEV_TABLE_SIZE {
@@ -323,7 +323,7 @@ impl Run<'_> {
         valid
     }
 
-    fn put_maglev(&mut self, tables: &BTreeMap<u16, &[u32]>) {
+    fn put_maglev(&mut self, tables: &BTreeMap<u32, &[u32]>) {
         for (&id, &table) in tables {
             if self.current.maglev.get(&id).map(Vec::as_slice) == Some(table) {
                 continue;
@@ -359,7 +359,7 @@ impl Run<'_> {
 
     /// Scope-internal entries first: an external entry that says it has a twin
     /// (`SVC_F_TWO_SCOPES`) is written only once the twin is what it should be.
-    fn put_heads(&mut self, desired: &DesiredServices, tables: &BTreeMap<u16, &[u32]>, keys: &[ServiceKey]) {
+    fn put_heads(&mut self, desired: &DesiredServices, tables: &BTreeMap<u32, &[u32]>, keys: &[ServiceKey]) {
         let heads = [SCOPE_INTERNAL, SCOPE_EXTERNAL]
             .into_iter()
             .flat_map(|scope| keys.iter().filter(move |k| k.slot == 0 && k.scope == scope));
@@ -426,8 +426,8 @@ impl Run<'_> {
         }
     }
 
-    fn delete_maglev(&mut self, desired: &DesiredServices, tables: &BTreeMap<u16, &[u32]>, ids: &[u16]) {
-        let gone: Vec<u16> = ids
+    fn delete_maglev(&mut self, desired: &DesiredServices, tables: &BTreeMap<u32, &[u32]>, ids: &[u32]) {
+        let gone: Vec<u32> = ids
             .iter()
             .filter(|id| self.current.maglev.contains_key(id) && !tables.contains_key(id))
             .copied()

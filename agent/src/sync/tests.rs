@@ -217,7 +217,7 @@ fn every_step_of_grow_shrink_replace_and_remove_is_consistent() {
 }
 
 /// The rev-NAT id of the frontend `vip:port` in `desired`.
-fn rev_nat_of(desired: &DesiredServices, vip: [u8; 4], port: u16) -> u16 {
+fn rev_nat_of(desired: &DesiredServices, vip: [u8; 4], port: u16) -> u32 {
     desired
         .services
         .iter()
@@ -320,7 +320,7 @@ fn a_restarted_syncer_keeps_ids_and_writes_only_changes() {
     assert_eq!(before.services, after.services);
     let yaml_b = service("b", "10.96.0.2", &[(80, "TCP")], &[3]);
     let only_b = converge(&mut second, &mut maps, &yaml_b);
-    let rev_nat = |d: &DesiredServices| -> BTreeMap<ServiceKey, u16> {
+    let rev_nat = |d: &DesiredServices| -> BTreeMap<ServiceKey, u32> {
         d.services
             .iter()
             .filter(|(k, _)| k.slot == 0)

@@ -12,16 +12,16 @@ pub mod maps {
     pub const METRICS: &str = "weir_metrics_v2";
     pub const ENDPOINTS: &str = "weir_endp_v1";
     /// Service frontends and their backend slots ([`crate::ServiceKey`] -> [`crate::ServiceValue`]).
-    pub const SERVICES: &str = "weir_svc_v1";
+    pub const SERVICES: &str = "weir_svc_v2";
     /// Backend id -> address ([`crate::Backend`]).
-    pub const BACKENDS: &str = "weir_backend_v1";
+    pub const BACKENDS: &str = "weir_backend_v2";
     /// Reverse-NAT id -> the frontend replies must appear to come from ([`crate::RevNat`]).
-    pub const REVNAT: &str = "weir_revnat_v1";
+    pub const REVNAT: &str = "weir_revnat_v2";
     /// Session affinity: (client, service) -> backend ([`crate::AffinityKey`] -> [`crate::AffinityValue`]).
-    pub const AFFINITY: &str = "weir_affin_v1";
+    pub const AFFINITY: &str = "weir_affin_v2";
     /// Connection tracking of translated flows ([`crate::CtKey`] -> [`crate::CtValue`]).
     /// Its name never changes across releases: flows must survive upgrades.
-    pub const CONNTRACK: &str = "weir_ct";
+    pub const CONNTRACK: &str = "weir_ct_v2";
     /// Maglev lookup tables: rev-NAT id -> [`crate::MaglevTable`].
     pub const MAGLEV: &str = "weir_maglev_v1";
     /// Per-CPU scratch space of the datapath (one [`crate::Scratch`]): what is
@@ -39,9 +39,11 @@ pub mod maps {
     pub const SOCK_REV: &str = "weir_sockrev_v1";
     pub const SOCK_REV_ENTRIES: u32 = 65_536;
 
-    pub const SERVICES_ENTRIES: u32 = 262_144;
-    pub const BACKENDS_ENTRIES: u32 = 262_144;
-    pub const REVNAT_ENTRIES: u32 = 65_536;
+    /// Sized for 100,000 Services of 10 endpoints (a frontend takes 1 + its
+    /// backends' entries); allocated as used (`BPF_F_NO_PREALLOC`).
+    pub const SERVICES_ENTRIES: u32 = 2_097_152;
+    pub const BACKENDS_ENTRIES: u32 = 1_048_576;
+    pub const REVNAT_ENTRIES: u32 = 262_144;
     pub const AFFINITY_ENTRIES: u32 = 262_144;
     pub const CONNTRACK_ENTRIES: u32 = 524_288;
     /// Frontends using Maglev (each table is 64 KiB; the map is not preallocated).
@@ -236,16 +238,17 @@ pub const SCOPE_INTERNAL: u8 = 1;
 pub struct ServiceValue {
     /// Slot 0: unused. Slots >= 1: the backend id.
     pub backend_id: u32,
+    /// Identifies the frontend for reverse NAT and affinity ([`maps::REVNAT`]).
+    pub rev_nat_id: u32,
     /// Slot 0: number of backend slots (0 = no usable endpoint: reject).
     pub count: u16,
-    /// Identifies the frontend for reverse NAT and affinity ([`maps::REVNAT`]).
-    pub rev_nat_id: u16,
+    pub _pad: u16,
     /// `SVC_F_*` bits.
     pub flags: u32,
     /// Session affinity timeout in seconds (with [`SVC_F_AFFINITY`]).
     pub affinity_timeout: u32,
 }
-const _: () = assert!(core::mem::size_of::<ServiceValue>() == 16);
+const _: () = assert!(core::mem::size_of::<ServiceValue>() == 20);
 
 /// `sessionAffinity: ClientIP`.
 pub const SVC_F_AFFINITY: u32 = 1 << 0;
@@ -376,11 +379,11 @@ const _: () = assert!(core::mem::size_of::<SockRevValue>() == 24);
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct AffinityKey {
     pub client: [u8; 16], /* BE */
-    pub rev_nat_id: u16,
+    pub rev_nat_id: u32,
     pub family: u8,
-    pub _pad: u8,
+    pub _pad: [u8; 3],
 }
-const _: () = assert!(core::mem::size_of::<AffinityKey>() == 20);
+const _: () = assert!(core::mem::size_of::<AffinityKey>() == 24);
 
 /// Value of [`maps::AFFINITY`].
 #[repr(C)]
@@ -452,14 +455,13 @@ pub struct CtValue {
     pub nat2_addr: [u8; 16], /* BE */
     /// OUT: the backend port. IN: the frontend port.
     pub nat_port: u16, /* BE */
-    pub rev_nat_id: u16,
-    /// `CT_F_*`.
-    pub flags: u8,
-    pub _pad: u8,
     /// Source NAT only: OUT: the new source port; IN: the client's port.
     pub nat2_port: u16, /* BE */
+    /// `CT_F_*`.
+    pub flags: u8,
+    pub _pad: [u8; 3],
+    pub rev_nat_id: u32,
     pub backend_id: u32,
-    pub _pad2: u32,
     /// `bpf_ktime_get_ns()` after which the entry is dead (the agent's GC removes it).
     pub expires_ns: u64,
 }

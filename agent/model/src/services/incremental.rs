@@ -29,7 +29,7 @@ pub struct Touched {
     pub services: BTreeSet<ServiceKey>,
     pub backends: BTreeSet<u32>,
     pub revnat: BTreeSet<u32>,
-    pub maglev: BTreeSet<u16>,
+    pub maglev: BTreeSet<u32>,
 }
 
 impl Touched {

@@ -154,7 +154,7 @@ fn normal(d: &DesiredServices) -> (BTreeMap<ServiceKey, String>, BTreeSet<Backen
             .get(id)
             .unwrap_or_else(|| panic!("backend {id} referenced, not there"))
     };
-    let revnat = |id: u16| {
+    let revnat = |id: u32| {
         *d.revnat
             .get(&u32::from(id))
             .unwrap_or_else(|| panic!("revnat {id} referenced, not there"))
@@ -262,7 +262,7 @@ fn assert_all_touched<K: Ord + Copy + std::fmt::Debug, V: PartialEq>(
 }
 
 fn keys_of(d: &DesiredServices, name: &str, frontends: &[FrontendView]) -> BTreeSet<ServiceKey> {
-    let revnats: BTreeSet<u16> = frontends
+    let revnats: BTreeSet<u32> = frontends
         .iter()
         .filter(|f| f.service == name)
         .map(|f| f.rev_nat_id)

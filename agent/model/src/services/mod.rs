@@ -90,7 +90,7 @@ pub struct DesiredServices {
     pub revnat: BTreeMap<u32, RevNat>,
     /// Maglev lookup tables by rev-NAT id, for frontends with [`SVC_F_MAGLEV`] and at
     /// least one backend in their slots.
-    pub maglev: BTreeMap<u16, Vec<u32>>,
+    pub maglev: BTreeMap<u32, Vec<u32>>,
     /// One entry per frontend, in compile order (Services by namespace/name).
     pub frontends: Vec<FrontendView>,
 }
@@ -378,6 +378,7 @@ impl Compiler<'_> {
                 rev_nat_id,
                 flags,
                 affinity_timeout: scope.affinity_timeout.unwrap_or(0),
+                _pad: 0,
             },
         );
         for (slot, (backend_id, _)) in (1..=count).zip(&slot_ids) {
@@ -391,7 +392,7 @@ impl Compiler<'_> {
             );
         }
         self.desired.revnat.insert(
-            u32::from(rev_nat_id),
+            rev_nat_id,
             RevNat {
                 addr,
                 port: frontend.port.to_be(),

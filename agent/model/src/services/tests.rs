@@ -259,7 +259,7 @@ fn cluster_ip_with_tcp_and_udp_ports() {
     let udp = head(&d, "10.96.0.10:53/UDP");
     let tcp = head(&d, "10.96.0.10:53/TCP");
     assert_ne!(udp.rev_nat_id, tcp.rev_nat_id);
-    let revnat = d.revnat[&u32::from(udp.rev_nat_id)];
+    let revnat = d.revnat[&udp.rev_nat_id];
     assert_eq!(
         socket_addr(revnat.addr, revnat.family, revnat.port),
         Some("10.96.0.10:53".parse().expect("addr"))
@@ -960,7 +960,7 @@ fn dual_stack_frontends_get_their_own_family() {
     let d = compile(DUAL_STACK);
     assert_eq!(slots(&d, "10.96.4.4:80/TCP"), ["10.244.0.40:8080"]);
     assert_eq!(slots(&d, "[fd00:10:96::4]:80/TCP"), ["[fd00:244::40]:8080"]);
-    let v6 = d.revnat[&u32::from(head(&d, "[fd00:10:96::4]:80/TCP").rev_nat_id)];
+    let v6 = d.revnat[&head(&d, "[fd00:10:96::4]:80/TCP").rev_nat_id];
     assert_eq!(v6.family, weir_common::AF_INET6);
     assert_eq!(
         d.backends.len(),
@@ -1363,7 +1363,7 @@ fn load_balancer_frontends_with_external_traffic_policy_local() {
     );
     assert_eq!(head(&d, "198.51.100.9:443/TCP").flags & SVC_F_NODEPORT, 0);
     // The NodePort frontend's reverse NAT names the node address and node port.
-    let revnat = d.revnat[&u32::from(head(&d, "192.168.1.10:30443/TCP").rev_nat_id)];
+    let revnat = d.revnat[&head(&d, "192.168.1.10:30443/TCP").rev_nat_id];
     assert_eq!(
         socket_addr(revnat.addr, revnat.family, revnat.port),
         Some("192.168.1.10:30443".parse().expect("addr"))

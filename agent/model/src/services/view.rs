@@ -41,7 +41,7 @@ pub struct FrontendView {
     pub address: SocketAddr,
     pub protocol: Protocol,
     pub scope: Scope,
-    pub rev_nat_id: u16,
+    pub rev_nat_id: u32,
     /// Names of the `SVC_F_*` flags set.
     pub flags: Vec<&'static str>,
     /// Session affinity timeout, seconds, for `sessionAffinity: ClientIP`.

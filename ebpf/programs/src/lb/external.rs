@@ -116,6 +116,15 @@ pub fn from_netdev<F: Lb>(ctx: &TcContext, flow: &mut Flow<F>) -> Result<Action,
     let local_pod = unsafe { ENDPOINTS.get(&endpoint_key::<F>(&backend.addr)) }.is_some();
     // SAFETY: valid for this run.
     let host = unsafe { NODE_IPS.get(&endpoint_key::<F>(&backend.addr)) }.is_some();
+    // Through memory: LLVM would OR the two map pointers into one test, pointer
+    // arithmetic the verifier refuses.
+    // SAFETY: reading live locals.
+    let (local_pod, host) = unsafe {
+        (
+            core::ptr::read_volatile(&local_pod),
+            core::ptr::read_volatile(&host),
+        )
+    };
     if local_pod || host || svc.flags & SVC_F_EXT_LOCAL != 0 {
         track(
             flow,

@@ -11,20 +11,22 @@ use weir_common::{
     Scratch, ServiceKey, ServiceValue, maps,
 };
 
-#[map(name = "weir_svc_v1")]
-pub static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::with_max_entries(maps::SERVICES_ENTRIES, 0);
+#[map(name = "weir_svc_v2")]
+pub static SERVICES: HashMap<ServiceKey, ServiceValue> =
+    HashMap::with_max_entries(maps::SERVICES_ENTRIES, BPF_F_NO_PREALLOC);
 
-#[map(name = "weir_backend_v1")]
-pub static BACKENDS: HashMap<u32, Backend> = HashMap::with_max_entries(maps::BACKENDS_ENTRIES, 0);
+#[map(name = "weir_backend_v2")]
+pub static BACKENDS: HashMap<u32, Backend> =
+    HashMap::with_max_entries(maps::BACKENDS_ENTRIES, BPF_F_NO_PREALLOC);
 
-#[map(name = "weir_revnat_v1")]
-pub static REVNAT: HashMap<u32, RevNat> = HashMap::with_max_entries(maps::REVNAT_ENTRIES, 0);
+#[map(name = "weir_revnat_v2")]
+pub static REVNAT: HashMap<u32, RevNat> = HashMap::with_max_entries(maps::REVNAT_ENTRIES, BPF_F_NO_PREALLOC);
 
-#[map(name = "weir_affin_v1")]
+#[map(name = "weir_affin_v2")]
 pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
     LruHashMap::with_max_entries(maps::AFFINITY_ENTRIES, 0);
 
-#[map(name = "weir_ct")]
+#[map(name = "weir_ct_v2")]
 pub static CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::with_max_entries(maps::CONNTRACK_ENTRIES, 0);
 
 #[map(name = "weir_maglev_v1")]

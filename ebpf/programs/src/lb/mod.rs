@@ -199,7 +199,7 @@ fn track<F: Family>(
     backend: &Backend,
     snat: Option<Snat<'_>>,
     flags: u8,
-    rev_nat_id: u16,
+    rev_nat_id: u32,
     backend_id: u32,
     now: u64,
 ) -> Result<(), Reason> {
@@ -228,7 +228,7 @@ fn track<F: Family>(
     s.back.nat_port = flow.dport;
     s.back.rev_nat_id = rev_nat_id;
     s.back.flags = flags;
-    s.back._pad = 0;
+    s.back._pad = [0; 3];
     s.back.backend_id = backend_id;
     s.back.expires_ns = 0;
     CONNTRACK
@@ -247,7 +247,7 @@ fn track<F: Family>(
     s.out.nat_port = backend.port;
     s.out.rev_nat_id = rev_nat_id;
     s.out.flags = flags;
-    s.out._pad = 0;
+    s.out._pad = [0; 3];
     s.out.backend_id = backend_id;
     s.out.expires_ns = now + ct::lifetime(flow, flags) * NS;
     CONNTRACK

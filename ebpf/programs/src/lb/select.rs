@@ -22,7 +22,7 @@ pub fn backend<F: Family>(flow: &Flow<F>, key: &ServiceKey, svc: &ServiceValue) 
         client: [0; 16],
         rev_nat_id: svc.rev_nat_id,
         family: F::AF,
-        _pad: 0,
+        _pad: [0; 3],
     };
     F::widen(&flow.saddr, &mut akey.client);
     // SAFETY: bpf_ktime_get_ns has no preconditions.
@@ -74,7 +74,7 @@ fn on_terminating_fallback(key: &ServiceKey) -> bool {
 fn pick<F: Family>(flow: &Flow<F>, key: &ServiceKey, svc: &ServiceValue) -> Result<u32, Reason> {
     if svc.flags & SVC_F_MAGLEV != 0 {
         // SAFETY: map lookups return pointers valid for this run.
-        if let Some(table) = unsafe { MAGLEV.get(&u32::from(svc.rev_nat_id)) } {
+        if let Some(table) = unsafe { MAGLEV.get(&svc.rev_nat_id) } {
             let i = (flow_hash(flow) % MAGLEV_TABLE_SIZE as u64) as usize;
             // The verifier does not bound `%`, and LLVM, knowing the bound, would
             // drop the check that `get` makes: read the index back through memory
@@ -104,9 +104,12 @@ fn flow_hash<F: Family>(flow: &Flow<F>) -> u64 {
 
 #[inline(always)]
 fn random_slot(key: &ServiceKey, count: u16) -> Result<u32, Reason> {
-    // SAFETY: no preconditions.
-    let r = unsafe { bpf_get_prandom_u32() };
-    let slot = (r % u32::from(count)) as u16 + 1;
+    // Callers never pass 0; said here so that no division-by-zero panic path
+    // is left for the verifier to refuse.
+    let Some(slot) = unsafe { bpf_get_prandom_u32() }.checked_rem(u32::from(count)) else {
+        return Err(Reason::BackendMissing);
+    };
+    let slot = slot as u16 + 1;
     let slot_key = ServiceKey { slot, ..*key };
     // SAFETY: map lookups return pointers valid for this run.
     unsafe { SERVICES.get(&slot_key) }
