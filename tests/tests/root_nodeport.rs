@@ -388,6 +388,14 @@ fn root_node_processes_reach_services_through_socket_hooks() {
         BTreeSet::from(["a1".to_owned(), "b1".to_owned()]),
         "both endpoints serve the node"
     );
+    // The socket names the frontend it dialled, not the backend it reached.
+    let to = vip(80);
+    let peer = node_a
+        .run(move || {
+            std::net::TcpStream::connect_timeout(&to, std::time::Duration::from_secs(2))?.peer_addr()
+        })
+        .expect("connect");
+    assert_eq!(peer, to, "getpeername");
     // NodePorts from the node itself, on its address and on localhost.
     ask_tcp(node_a, c.node(0, 30086)).expect("node A to its own NodePort");
     ask_tcp(node_a, SocketAddr::new("127.0.0.1".parse().expect("ip"), 30086)).expect("127.0.0.1:nodePort");

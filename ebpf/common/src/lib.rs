@@ -34,8 +34,8 @@ pub mod maps {
     /// endpoints there (hostNetwork) are local whatever the address.
     pub const NODE_IPS: &str = "weir_nodeip_v1";
     pub const NODE_IPS_ENTRIES: u32 = 256;
-    /// UDP sockets of the node translated at send: (socket, backend) -> frontend,
-    /// so that replies seem to come from the frontend (an LRU map).
+    /// Sockets of the node translated at connect or send: (socket, backend) ->
+    /// frontend, so that replies and `getpeername` show the frontend (an LRU map).
     pub const SOCK_REV: &str = "weir_sockrev_v1";
     pub const SOCK_REV_ENTRIES: u32 = 65_536;
 
@@ -61,13 +61,15 @@ pub mod programs {
     pub const FROM_NETDEV: &str = "from_netdev";
     pub const TO_NETDEV: &str = "to_netdev";
     /// The socket hooks of the node's own processes (cgroup/connect4, ...).
-    pub const SOCK_HOOKS: [&str; 6] = [
+    pub const SOCK_HOOKS: [&str; 8] = [
         "sock_connect4",
         "sock_connect6",
         "sock_sendmsg4",
         "sock_sendmsg6",
         "sock_recvmsg4",
         "sock_recvmsg6",
+        "sock_peer4",
+        "sock_peer6",
     ];
 }
 

@@ -4,7 +4,8 @@
 //! `127.0.0.1:nodePort`, as operators habitually test) is connected to a backend
 //! instead, and its packets leave with the backend's address: no NAT, no
 //! conntrack. An unconnected UDP socket is translated at each send, and its
-//! replies are made to come from the frontend at receive (`SOCK_REV`).
+//! replies are made to come from the frontend at receive; `getpeername` names
+//! the frontend too (`SOCK_REV`).
 //!
 //! Every agent of the lab attaches these to the same (root) cgroup: each acts
 //! only for sockets of its own node's network namespace (by netns cookie).
@@ -59,6 +60,17 @@ pub fn sock_recvmsg4(ctx: SockAddrContext) -> i32 {
 
 #[cgroup_sock_addr(recvmsg6)]
 pub fn sock_recvmsg6(ctx: SockAddrContext) -> i32 {
+    from_frontend(&ctx, AF_INET6)
+}
+
+/// `getpeername` on a translated socket names the frontend it dialled.
+#[cgroup_sock_addr(getpeername4)]
+pub fn sock_peer4(ctx: SockAddrContext) -> i32 {
+    from_frontend(&ctx, AF_INET)
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn sock_peer6(ctx: SockAddrContext) -> i32 {
     from_frontend(&ctx, AF_INET6)
 }
 
@@ -175,7 +187,8 @@ fn to_backend(ctx: &SockAddrContext, family: u8, datagram_only: bool) -> i32 {
     else {
         return ALLOW;
     };
-    if proto == IPPROTO_UDP {
+    // Remembered for replies (UDP) and `getpeername` (both).
+    {
         let mut rev = SockRevKey {
             family,
             ..SockRevKey::default()
