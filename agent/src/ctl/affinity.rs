@@ -24,7 +24,7 @@ pub fn affinity(pins: &PinLayout) -> Result<View, CtlError> {
             source,
         })?;
         let frontend = revnat
-            .get(&u32::from(k.rev_nat_id), 0)
+            .get(&k.rev_nat_id, 0)
             .ok()
             .map(|r| sock(r.addr, r.family, r.port));
         let backend = backends

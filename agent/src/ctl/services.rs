@@ -38,7 +38,7 @@ pub fn services(pins: &PinLayout) -> Result<View, CtlError> {
         let flags = flag_names(head.flags);
         // The datapath falls back to a random slot when a Maglev frontend has no
         // table (the agent skipped it, or has not written it yet).
-        let has_table = head.flags & SVC_F_MAGLEV != 0 && maglev.get(&u32::from(head.rev_nat_id), 0).is_ok();
+        let has_table = head.flags & SVC_F_MAGLEV != 0 && maglev.get(&head.rev_nat_id, 0).is_ok();
         let algorithm = if has_table { "maglev" } else { "random" };
         let timeout = (head.flags & SVC_F_AFFINITY != 0).then_some(head.affinity_timeout);
         let scope = if key.scope == SCOPE_INTERNAL {

@@ -129,10 +129,10 @@ impl ServiceMaps for SharedDatapath {
         let result = match op {
             Op::PutBackend(id, b) => dp.backends.insert(id, b, 0),
             Op::PutRevNat(id, r) => dp.revnat.insert(id, r, 0),
-            Op::PutMaglev(id, table) => dp.maglev.insert(u32::from(*id), table.as_ref(), 0),
+            Op::PutMaglev(id, table) => dp.maglev.insert(*id, table.as_ref(), 0),
             Op::PutService(k, v) => dp.services.insert(k, v, 0),
             Op::DelService(k) => dp.services.remove(k),
-            Op::DelMaglev(id) => dp.maglev.remove(&u32::from(*id)),
+            Op::DelMaglev(id) => dp.maglev.remove(id),
             Op::DelBackend(id) => dp.backends.remove(id),
             Op::DelRevNat(id) => dp.revnat.remove(id),
         };

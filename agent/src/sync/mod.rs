@@ -82,7 +82,7 @@ impl Refs {
                 map.remove(&id);
             }
         };
-        bump(&mut self.revnat, u32::from(value.rev_nat_id));
+        bump(&mut self.revnat, value.rev_nat_id);
         if key.slot != 0 {
             bump(&mut self.slots, value.backend_id);
         } else if delta > 0 && value.flags & SVC_F_AFFINITY != 0 {
@@ -389,8 +389,7 @@ impl Run<'_> {
                 || tables.get(&value.rev_nat_id).is_none_or(|&table| {
                     self.current.maglev.get(&value.rev_nat_id).map(Vec::as_slice) == Some(table)
                 });
-            if !slots_ready || !table_ready || !self.current.revnat.contains_key(&u32::from(value.rev_nat_id))
-            {
+            if !slots_ready || !table_ready || !self.current.revnat.contains_key(&value.rev_nat_id) {
                 self.report.deferred += 1;
                 continue;
             }

@@ -61,7 +61,7 @@ impl FakeMaps {
         let m = &self.maps;
         for (key, value) in m.services.iter().filter(|(k, _)| k.slot == 0) {
             assert!(
-                m.revnat.contains_key(&u32::from(value.rev_nat_id)),
+                m.revnat.contains_key(&value.rev_nat_id),
                 "{key:?} names missing rev-nat {}",
                 value.rev_nat_id
             );

@@ -156,7 +156,7 @@ fn normal(d: &DesiredServices) -> (BTreeMap<ServiceKey, String>, BTreeSet<Backen
     };
     let revnat = |id: u32| {
         *d.revnat
-            .get(&u32::from(id))
+            .get(&id)
             .unwrap_or_else(|| panic!("revnat {id} referenced, not there"))
     };
     let services = d
