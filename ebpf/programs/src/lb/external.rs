@@ -54,7 +54,8 @@ pub fn from_netdev<F: Lb>(ctx: &TcContext, flow: &mut Flow<F>) -> Result<Action,
             nat::snat(ctx, flow, &e.nat2_addr, e.nat2_port)?;
         }
         nat::dnat(ctx, flow, &e.nat_addr, e.nat_port)?;
-        return deliver(ctx, flow, &e.nat_addr);
+        let pod = pod_ifindex::<F>(&e.nat_addr);
+        return deliver(ctx, flow, pod);
     }
 
     // 2. A remote backend answering a source-NATed flow: back to the client, from
@@ -112,20 +113,14 @@ pub fn from_netdev<F: Lb>(ctx: &TcContext, flow: &mut Flow<F>) -> Result<Action,
     // the node's own namespace (hostNetwork: the host stack takes it from here,
     // its replies are translated as they leave, `to_netdev`), or any backend of
     // externalTrafficPolicy Local (all on this node; the client's address kept).
-    // SAFETY: valid for this run.
-    let local_pod = unsafe { ENDPOINTS.get(&endpoint_key::<F>(&backend.addr)) }.is_some();
+    let pod = pod_ifindex::<F>(&backend.addr);
     // SAFETY: valid for this run.
     let host = unsafe { NODE_IPS.get(&endpoint_key::<F>(&backend.addr)) }.is_some();
-    // Through memory: LLVM would OR the two map pointers into one test, pointer
-    // arithmetic the verifier refuses.
+    // Through memory: LLVM would fold the tests into one on the map pointer,
+    // pointer arithmetic the verifier refuses.
     // SAFETY: reading live locals.
-    let (local_pod, host) = unsafe {
-        (
-            core::ptr::read_volatile(&local_pod),
-            core::ptr::read_volatile(&host),
-        )
-    };
-    if local_pod || host || svc.flags & SVC_F_EXT_LOCAL != 0 {
+    let (pod, host) = unsafe { (core::ptr::read_volatile(&pod), core::ptr::read_volatile(&host)) };
+    if pod != 0 || host || svc.flags & SVC_F_EXT_LOCAL != 0 {
         track(
             flow,
             s,
@@ -137,7 +132,7 @@ pub fn from_netdev<F: Lb>(ctx: &TcContext, flow: &mut Flow<F>) -> Result<Action,
             now,
         )?;
         nat::dnat(ctx, flow, &backend.addr, backend.port)?;
-        return deliver(ctx, flow, &backend.addr);
+        return deliver(ctx, flow, pod);
     }
 
     // A remote backend: from the node's address, on a free port.
@@ -160,15 +155,21 @@ pub fn from_netdev<F: Lb>(ctx: &TcContext, flow: &mut Flow<F>) -> Result<Action,
     route::forward(ctx, flow).map(Action::forward)
 }
 
-/// A translated packet goes to its backend: a local one straight on its veth,
-/// a remote one by route.
+/// The host veth of the local pod at `addr`, 0 if it is none.
 #[inline(always)]
-fn deliver<F: Lb>(ctx: &TcContext, flow: &Flow<F>, backend: &[u8; 16]) -> Result<Action, Reason> {
+fn pod_ifindex<F: Lb>(addr: &[u8; 16]) -> u32 {
     // SAFETY: valid for this run.
-    if let Some(ep) = unsafe { ENDPOINTS.get(&endpoint_key::<F>(backend)) } {
+    unsafe { ENDPOINTS.get(&endpoint_key::<F>(addr)) }.map_or(0, |ep| ep.ifindex)
+}
+
+/// A translated packet goes to its backend: a local pod (`pod`, its veth)
+/// straight on its veth, anything else by route.
+#[inline(always)]
+fn deliver<F: Lb>(ctx: &TcContext, flow: &Flow<F>, pod: u32) -> Result<Action, Reason> {
+    if pod != 0 {
         // SAFETY: no preconditions; the verdict says where the packet goes.
         return Ok(Action::forward(
-            unsafe { bpf_redirect_neigh(ep.ifindex, core::ptr::null_mut(), 0, 0) } as i32,
+            unsafe { bpf_redirect_neigh(pod, core::ptr::null_mut(), 0, 0) } as i32,
         ));
     }
     route::forward(ctx, flow).map(Action::forward)
