@@ -10,7 +10,7 @@ use std::{
 
 use tracing::{info, warn};
 use weir_model::{
-    DesiredServices, Problem,
+    DesiredServices, Kind, Problem,
     services::{Changed, ServiceCompiler},
 };
 
@@ -19,7 +19,7 @@ use crate::{
     datapath::PinLayout,
     health::HealthServer,
     source::Source,
-    sync::{SharedDatapath, SyncReport, Syncer},
+    sync::{PolicySyncer, SharedDatapath, SyncReport, Syncer},
 };
 
 /// How soon a sync that left failed writes behind is retried.
@@ -32,6 +32,9 @@ const GC_EVERY: Duration = Duration::from_secs(5);
 /// than hogging a core.
 const GC_MAX_DELETES: usize = 65_536;
 
+/// The kinds NetworkPolicy enforcement depends on.
+const POLICY_INPUTS: [Kind; 3] = [Kind::Pod, Kind::Namespace, Kind::NetworkPolicy];
+
 /// Frontend affinity timeouts, published by the sync loop for the GC loop.
 pub type AffinityTimeouts = Arc<Mutex<BTreeMap<u32, u32>>>;
 
@@ -40,6 +43,7 @@ pub struct SyncLoop {
     pub maps: SharedDatapath,
     pub compiler: ServiceCompiler,
     pub syncer: Syncer,
+    pub policy: PolicySyncer,
     /// Conntrack handle for UDP flushes; `None` disables them (logged at start).
     pub hygiene: Option<Hygiene>,
     pub health: HealthServer,
@@ -57,8 +61,13 @@ impl SyncLoop {
         // What a sync left unfinished, to be covered by the next one.
         let mut pending: Option<Changed> = None;
         let mut first = true;
+        let mut first_policy = true;
         loop {
-            let timeout = if pending.is_some() { RETRY } else { IDLE };
+            let timeout = if pending.is_some() || !self.policy.in_sync() {
+                RETRY
+            } else {
+                IDLE
+            };
             match self.source.next(timeout) {
                 Ok(Some(changes)) => {
                     report_problems(&changes.problems);
@@ -85,11 +94,20 @@ impl SyncLoop {
                         Some(earlier) => earlier.merge(changed),
                         None => changed,
                     };
+                    // Policies first: they depend on a few kinds only, and a
+                    // change of them should not wait for a large service sync.
+                    if first_policy || changes.objects.iter().any(|k| POLICY_INPUTS.contains(&k.kind)) {
+                        first_policy = false;
+                        self.sync_policy(true);
+                    }
                     pending = self.sync(changed);
                 }
                 Ok(None) => {
                     if let Some(changed) = pending.take() {
                         pending = self.sync(changed);
+                    }
+                    if !self.policy.in_sync() {
+                        self.sync_policy(false);
                     }
                 }
                 Err(e) => {
@@ -97,6 +115,36 @@ impl SyncLoop {
                     std::thread::sleep(RETRY);
                 }
             }
+        }
+    }
+
+    /// Recompiles the node's policies (`recompile`) and writes what differs.
+    fn sync_policy(&mut self, recompile: bool) {
+        let start = Instant::now();
+        if recompile {
+            report_problems(&self.policy.compile(self.source.model()));
+        }
+        let report = self.policy.apply(&mut self.maps);
+        let desired = self.policy.desired();
+        let ms = format!("{:.2}", start.elapsed().as_secs_f64() * 1e3);
+        if report.failed == 0 {
+            info!(
+                endpoints = desired.endpoints.len(),
+                identities = desired.ipcache.len(),
+                rules = desired.rules.len(),
+                writes = report.writes,
+                deletes = report.deletes,
+                policy_ms = ms,
+                "policies synced"
+            );
+        } else {
+            warn!(
+                failed = report.failed,
+                writes = report.writes,
+                deletes = report.deletes,
+                policy_ms = ms,
+                "policies partly synced; retrying"
+            );
         }
     }
 

@@ -11,6 +11,7 @@ pub mod cni;
 pub mod connrate;
 pub mod kube_proxy;
 pub mod netns;
+pub mod netpol;
 pub mod node;
 pub mod services;
 pub mod tempdir;

@@ -16,7 +16,7 @@ use weir_agent::{
     node_net::{self, NodeNet},
     service_loop::{self, SyncLoop},
     source::SourceSpec,
-    sync::{SharedDatapath, Syncer},
+    sync::{PolicySyncer, SharedDatapath, Syncer},
 };
 use weir_model::NodeContext;
 
@@ -161,6 +161,7 @@ fn start_services(
     maps: SharedDatapath,
 ) -> anyhow::Result<()> {
     let syncer = Syncer::new(&maps).context("reading the service maps back")?;
+    let policy = PolicySyncer::new(&node.node_name, &maps).context("reading the policy maps back")?;
     let compiler = syncer.compiler(node);
     let (frontends, backends) = (
         syncer.current().services.keys().filter(|k| k.slot == 0).count(),
@@ -181,6 +182,7 @@ fn start_services(
         maps,
         compiler,
         syncer,
+        policy,
         hygiene,
         health: Default::default(),
         timeouts,

@@ -9,7 +9,10 @@ use weir_common::programs::{FROM_NETDEV, FROM_POD, SOCK_HOOKS, TO_NETDEV, TO_POD
 
 use super::{
     DatapathError, PinLayout,
-    maps::{self, Affinity, Backends, Conntrack, Endpoints, Maglev, Node, NodeIps, RevNats, Services},
+    maps::{
+        self, Affinity, Backends, Conntrack, Endpoints, Ipcache, Maglev, Node, NodeIps, Policy,
+        PolicyEndpoints, RevNats, Services,
+    },
     object::OBJECT,
 };
 
@@ -26,6 +29,9 @@ pub struct Datapath {
     pub maglev: Maglev,
     pub node: Node,
     pub node_ips: NodeIps,
+    pub policy_endpoints: PolicyEndpoints,
+    pub ipcache: Ipcache,
+    pub policy: Policy,
 }
 
 impl Datapath {
@@ -60,6 +66,9 @@ impl Datapath {
             maglev: take_map(&mut ebpf, maps::MAGLEV.name)?,
             node: take_map(&mut ebpf, maps::NODE.name)?,
             node_ips: take_map(&mut ebpf, maps::NODE_IPS.name)?,
+            policy_endpoints: take_map(&mut ebpf, maps::POLICY_ENDPOINTS.name)?,
+            ipcache: take_map(&mut ebpf, maps::IPCACHE.name)?,
+            policy: take_map(&mut ebpf, maps::POLICY.name)?,
             ebpf,
             pins,
         })

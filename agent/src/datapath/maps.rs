@@ -1,9 +1,10 @@
 //! Typed handles on Weir's maps, and what each must look like in the kernel.
 
-use aya::maps::{Array, HashMap, Map, MapData, MapInfo, PerCpuArray};
+use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, MapInfo, PerCpuArray, lpm_trie::Key};
 use weir_common::{
-    AffinityKey, AffinityValue, Backend, CtKey, CtValue, EndpointInfo, EndpointKey, MaglevTable, MetricValue,
-    NodeAddrs, RevNat, Scratch, ServiceKey, ServiceValue, SockRevKey, SockRevValue, maps as names,
+    AffinityKey, AffinityValue, Backend, CtKey, CtValue, EndpointInfo, EndpointKey, IpcacheKey, MaglevTable,
+    MetricValue, NodeAddrs, PolicyCtValue, PolicyEndpoint, PolicyKey, RevNat, Scratch, ServiceKey,
+    ServiceValue, SockRevKey, SockRevValue, maps as names,
 };
 
 use super::{DatapathError, PinLayout};
@@ -51,10 +52,39 @@ pub const NODE_IPS: MapSpec = MapSpec::of::<EndpointKey, u32>(names::NODE_IPS, n
 pub const SOCK_REV: MapSpec =
     MapSpec::of::<SockRevKey, SockRevValue>(names::SOCK_REV, names::SOCK_REV_ENTRIES);
 
+pub const POLICY_ENDPOINTS: MapSpec =
+    MapSpec::of::<EndpointKey, PolicyEndpoint>(names::POLICY_ENDPOINTS, names::ENDPOINTS_ENTRIES);
+pub const IPCACHE: MapSpec = MapSpec::of::<Key<IpcacheKey>, u32>(names::IPCACHE, names::IPCACHE_ENTRIES);
+pub const POLICY: MapSpec = MapSpec::of::<Key<PolicyKey>, u32>(names::POLICY, names::POLICY_ENTRIES);
+pub const POLICY_CT: MapSpec =
+    MapSpec::of::<CtKey, PolicyCtValue>(names::POLICY_CT, names::POLICY_CT_ENTRIES);
+/// A ring buffer: no key or value, its size in bytes as its entries.
+pub const EVENTS: MapSpec = MapSpec {
+    name: names::EVENTS,
+    key_size: 0,
+    value_size: 0,
+    max_entries: names::EVENTS_BYTES,
+};
+
 /// Every map of the object.
 pub const ALL: &[MapSpec] = &[
-    METRICS, ENDPOINTS, SERVICES, BACKENDS, REVNAT, AFFINITY, CONNTRACK, MAGLEV, SCRATCH, NODE, NODE_IPS,
+    METRICS,
+    ENDPOINTS,
+    SERVICES,
+    BACKENDS,
+    REVNAT,
+    AFFINITY,
+    CONNTRACK,
+    MAGLEV,
+    SCRATCH,
+    NODE,
+    NODE_IPS,
     SOCK_REV,
+    POLICY_ENDPOINTS,
+    IPCACHE,
+    POLICY,
+    POLICY_CT,
+    EVENTS,
 ];
 
 pub type Endpoints = HashMap<MapData, EndpointKey, EndpointInfo>;
@@ -69,6 +99,11 @@ pub type Conntrack = HashMap<MapData, CtKey, CtValue>;
 pub type Maglev = HashMap<MapData, u32, MaglevTable>;
 pub type Node = Array<MapData, NodeAddrs>;
 pub type NodeIps = HashMap<MapData, EndpointKey, u32>;
+pub type PolicyEndpoints = HashMap<MapData, EndpointKey, PolicyEndpoint>;
+pub type Ipcache = LpmTrie<MapData, IpcacheKey, u32>;
+pub type Policy = LpmTrie<MapData, PolicyKey, u32>;
+/// An LRU hash in the kernel.
+pub type PolicyCt = HashMap<MapData, CtKey, PolicyCtValue>;
 
 /// Fails if a map is pinned at the spec's path with another shape; `Ok(false)`
 /// when nothing is pinned there yet.

@@ -31,6 +31,7 @@
 //! updated with each write.
 
 mod maps;
+mod policy;
 #[cfg(test)]
 mod tests;
 
@@ -49,7 +50,10 @@ use weir_model::{
     services::{Changed, ServiceCompiler},
 };
 
-pub use self::maps::{Op, ServiceMaps, SharedDatapath, SyncError, is_not_found, maglev_value};
+pub use self::{
+    maps::{Op, ServiceMaps, SharedDatapath, SyncError, is_not_found, maglev_value},
+    policy::{PolicyMaps, PolicyOp, PolicyReport, PolicySyncer},
+};
 
 /// Failed writes logged in full per sync; the rest are only counted.
 const LOGGED_FAILURES: usize = 10;

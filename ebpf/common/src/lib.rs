@@ -39,6 +39,25 @@ pub mod maps {
     pub const SOCK_REV: &str = "weir_sockrev_v1";
     pub const SOCK_REV_ENTRIES: u32 = 65_536;
 
+    /// Local pods some NetworkPolicy isolates ([`crate::EndpointKey`] ->
+    /// [`crate::PolicyEndpoint`]); a pod not in it is not isolated at all.
+    pub const POLICY_ENDPOINTS: &str = "weir_polep_v1";
+    /// The ipcache: address or CIDR -> identity of the peer, an LPM trie
+    /// ([`crate::IpcacheKey`] -> u32).
+    pub const IPCACHE: &str = "weir_ipcache_v1";
+    pub const IPCACHE_ENTRIES: u32 = 262_144;
+    /// What each isolated endpoint admits, an LPM trie over (endpoint, peer
+    /// identity, direction, protocol, port prefix) ([`crate::PolicyKey`] -> u32).
+    pub const POLICY: &str = "weir_policy_v1";
+    pub const POLICY_ENTRIES: u32 = 1_048_576;
+    /// Verdicts of isolated endpoints' flows, so that established flows and their
+    /// replies pay one lookup ([`crate::CtKey`] -> [`crate::PolicyCtValue`], LRU).
+    pub const POLICY_CT: &str = "weir_polct_v1";
+    pub const POLICY_CT_ENTRIES: u32 = 262_144;
+    /// Policy drops as they happen ([`crate::DropEvent`]s in a ring buffer).
+    pub const EVENTS: &str = "weir_events_v1";
+    pub const EVENTS_BYTES: u32 = 256 * 1024;
+
     /// Sized for 100,000 Services of 10 endpoints (a frontend takes 1 + its
     /// backends' entries); allocated as used (`BPF_F_NO_PREALLOC`).
     pub const SERVICES_ENTRIES: u32 = 2_097_152;
@@ -121,6 +140,10 @@ pub enum Reason {
     /// some elsewhere: dropped, as kube-proxy does (load balancers, told by the
     /// health check, go elsewhere).
     NoLocalBackend = 7,
+    /// No NetworkPolicy admits this new flow into the destination pod.
+    PolicyIngress = 8,
+    /// No NetworkPolicy admits this new flow out of the source pod.
+    PolicyEgress = 9,
 }
 
 impl Reason {
@@ -134,6 +157,8 @@ impl Reason {
             5 => "packet rewrite failed",
             6 => "no node address or port to source-NAT from",
             7 => "Local traffic policy without a local endpoint (dropped)",
+            8 => "denied by NetworkPolicy (ingress)",
+            9 => "denied by NetworkPolicy (egress)",
             _ => "unknown",
         }
     }
@@ -160,7 +185,7 @@ pub const AF_INET6: u8 = 10;
 /// Key of [`maps::ENDPOINTS`]: a local pod address. IPv4 uses the first 4 bytes of
 /// `addr` and zeroes the rest, so one map serves both families.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct EndpointKey {
     pub addr: [u8; 16], /* BE */
     pub family: u8,
@@ -204,10 +229,108 @@ pub struct EndpointInfo {
 }
 const _: () = assert!(core::mem::size_of::<EndpointInfo>() == 16);
 
+/// Value of [`maps::POLICY_ENDPOINTS`]: a local pod some NetworkPolicy isolates.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PolicyEndpoint {
+    /// The endpoint's number in [`PolicyKey::endpoint`] (per node, never 0).
+    pub id: u32,
+    /// `POLICY_F_*`: the directions it is isolated in.
+    pub flags: u32,
+}
+const _: () = assert!(core::mem::size_of::<PolicyEndpoint>() == 8);
+
+/// Isolated for ingress: only what [`maps::POLICY`] admits comes in.
+pub const POLICY_F_INGRESS: u32 = 1 << 0;
+/// Isolated for egress.
+pub const POLICY_F_EGRESS: u32 = 1 << 1;
+
+/// Data of an [`maps::IPCACHE`] key: the LPM prefix covers `family` (8 bits)
+/// then the address, so that IPv4 and IPv6 prefixes never meet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IpcacheKey {
+    pub family: u8,
+    /// IPv4 in the first 4 bytes.
+    pub addr: [u8; 16], /* BE */
+}
+const _: () = assert!(core::mem::size_of::<IpcacheKey>() == 17);
+
+/// Bits of [`IpcacheKey`] before the address.
+pub const IPCACHE_PREFIX_BITS: u32 = 8;
+
+/// Identities that are not label sets. A rule admitting every peer is written
+/// for [`IDENTITY_ANY`]; an address the ipcache does not know is
+/// [`IDENTITY_WORLD`] (no selector or `ipBlock` names it).
+pub const IDENTITY_ANY: u32 = 0;
+pub const IDENTITY_WORLD: u32 = 2;
+/// The first identity number of a class of addresses.
+pub const IDENTITY_FIRST: u32 = 256;
+
+/// Data of a [`maps::POLICY`] key. The fields that are always matched whole come
+/// first; a rule for every protocol stops its prefix after `egress`
+/// ([`POLICY_PREFIX_ANY_PROTO`]), one for every port of a protocol after `proto`,
+/// and a port range is a few prefixes of `port` (which is why it is big-endian).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PolicyKey {
+    pub endpoint: u32,
+    pub identity: u32,
+    /// 1: the endpoint sends (egress); 0: it receives.
+    pub egress: u8,
+    pub proto: u8,
+    pub port: u16, /* BE */
+}
+const _: () = assert!(core::mem::size_of::<PolicyKey>() == 12);
+
+pub const POLICY_PREFIX_ANY_PROTO: u32 = 72;
+pub const POLICY_PREFIX_ANY_PORT: u32 = 80;
+pub const POLICY_PREFIX_FULL: u32 = 96;
+
+/// Value of [`maps::POLICY_CT`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicyCtValue {
+    /// `bpf_ktime_get_ns()` after which the entry is dead.
+    pub expires_ns: u64,
+    /// `PCT_F_*`.
+    pub flags: u8,
+    pub _pad: [u8; 7],
+}
+const _: () = assert!(core::mem::size_of::<PolicyCtValue>() == 16);
+
+/// The source pod's egress policy admitted the flow (or it is not isolated).
+pub const PCT_F_EGRESS: u8 = 1 << 0;
+/// The destination pod's ingress policy admitted it.
+pub const PCT_F_INGRESS: u8 = 1 << 1;
+/// A FIN or RST was seen.
+pub const PCT_F_CLOSING: u8 = 1 << 2;
+
+/// An entry of [`maps::EVENTS`]: a packet dropped by policy.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropEvent {
+    pub saddr: [u8; 16], /* BE */
+    pub daddr: [u8; 16], /* BE */
+    pub sport: u16,      /* BE */
+    pub dport: u16,      /* BE */
+    pub proto: u8,
+    pub family: u8,
+    /// A [`Reason`] code.
+    pub reason: u8,
+    pub _pad: u8,
+    /// The isolated endpoint ([`PolicyEndpoint::id`]) and the peer's identity.
+    pub endpoint: u32,
+    pub identity: u32,
+}
+const _: () = assert!(core::mem::size_of::<DropEvent>() == 48);
+
 /// IP protocol numbers used in service keys.
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 pub const IPPROTO_SCTP: u8 = 132;
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_ICMPV6: u8 = 58;
 
 /// Key of [`maps::SERVICES`], in the layout Cilium's LB maps proved: slot 0 is the
 /// service entry itself (its value carries the backend count and flags), slots
@@ -545,4 +668,14 @@ mod pod {
     unsafe impl aya::Pod for EndpointKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for EndpointInfo {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for PolicyEndpoint {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for IpcacheKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for PolicyKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for PolicyCtValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for DropEvent {}
 }

@@ -9,12 +9,13 @@ mod endpoints;
 mod lb;
 mod metrics;
 mod packet;
+mod policy;
 mod route;
 mod sock;
 
 use aya_ebpf::{
     bindings::{__sk_buff, TC_ACT_OK},
-    helpers::bpf_redirect_neigh,
+    helpers::{bpf_ktime_get_ns, bpf_redirect_neigh},
     macros::classifier,
     programs::TcContext,
 };
@@ -24,6 +25,7 @@ use crate::{
     lb::Lb,
     metrics::Action,
     packet::{Family, V4, V6},
+    policy::Side,
 };
 
 /// Hands the packet to `$per_family`'s IPv4 or IPv6 instance; anything else
@@ -93,7 +95,7 @@ fn from_netdev_family<F: Lb>(skb: *mut __sk_buff) -> i32 {
 #[inline(never)]
 fn to_pod_family<F: Lb>(skb: *mut __sk_buff) -> i32 {
     let ctx = TcContext::new(skb);
-    metrics::verdict(&ctx, Dir::ToPod, try_to_pod::<F>(&ctx))
+    metrics::verdict(&ctx, Dir::ToPod, try_into_pod::<F>(&ctx))
 }
 
 // The same reverse translation as on the way into a pod.
@@ -111,13 +113,47 @@ fn try_to_pod<F: Lb>(ctx: &TcContext) -> Result<Action, Reason> {
     Ok(Action::forward(TC_ACT_OK))
 }
 
+/// On the way into a pod: its ingress policy judges the packet as it arrives
+/// (the real client, translated to the real backend), then replies of remote
+/// backends are made to come from their frontend.
 #[inline(always)]
-fn try_from_pod<F: Lb>(ctx: &TcContext) -> Result<Action, Reason> {
-    let Some(mut flow) = packet::parse::<F>(ctx)? else {
+fn try_into_pod<F: Lb>(ctx: &TcContext) -> Result<Action, Reason> {
+    let Some((mut flow, lb)) = packet::parse_any::<F>(ctx)? else {
         return Ok(Action::forward(TC_ACT_OK));
     };
-    if let Some(answered) = lb::from_pod(ctx, &mut flow)? {
+    if let Some(ep) = policy::endpoint(&flow, Side::Ingress) {
+        policy::check(&mut lb::scratch()?.in_key, &flow, &ep, Side::Ingress)?;
+    }
+    if lb {
+        lb::to_pod(ctx, &mut flow)?;
+    }
+    Ok(Action::forward(TC_ACT_OK))
+}
+
+#[inline(always)]
+fn try_from_pod<F: Lb>(ctx: &TcContext) -> Result<Action, Reason> {
+    let Some((mut flow, lb)) = packet::parse_any::<F>(ctx)? else {
+        return Ok(Action::forward(TC_ACT_OK));
+    };
+    // Egress policy judges the real flow: a reply (or a known flow) as the pod
+    // sends it, before the load balancer makes it come from a frontend; a new
+    // flow once the load balancer has picked its backend.
+    let ep = policy::endpoint(&flow, Side::Egress);
+    let mut judged = false;
+    if ep.is_some() {
+        // SAFETY: no preconditions.
+        let now = unsafe { bpf_ktime_get_ns() };
+        judged = policy::known(&mut lb::scratch()?.in_key, &flow, Side::Egress, now);
+    }
+    if lb && let Some(answered) = lb::from_pod(ctx, &mut flow)? {
+        // Rejected (the pod is told, whatever its policy) or the reply of an
+        // external flow (judged above).
         return Ok(answered);
+    }
+    if let Some(ep) = ep
+        && !judged
+    {
+        policy::check(&mut lb::scratch()?.in_key, &flow, &ep, Side::Egress)?;
     }
     // A local pod: hand the packet straight to its veth. This skips the host's
     // routing and its reverse-path filter, which would refuse a reply whose

@@ -13,7 +13,10 @@
 //! backend of this toolchain's LLVM crashes on those copies (llvm-project #199541).
 
 use aya_ebpf::programs::TcContext;
-use weir_common::{AF_INET, AF_INET6, HAIRPIN_V4, HAIRPIN_V6, IPPROTO_TCP, IPPROTO_UDP, Reason};
+use weir_common::{
+    AF_INET, AF_INET6, HAIRPIN_V4, HAIRPIN_V6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_SCTP, IPPROTO_TCP,
+    IPPROTO_UDP, Reason,
+};
 
 pub const ETH_HLEN: usize = 14;
 const TCP_FLAGS: usize = 13;
@@ -40,13 +43,21 @@ pub trait Family: Sized {
     /// Source address of hairpinned service traffic, in the maps' 16-byte form.
     const HAIRPIN: [u8; 16];
 
+    /// ICMP's protocol number in this family.
+    const ICMP: u8;
+
     /// Reads the IP header into `flow` (addresses, protocol): `Ok(false)` for a
-    /// packet the load balancer leaves alone.
+    /// packet whose L4 header is not where we look (IPv4 options, later
+    /// fragments), which the load balancer leaves alone.
     fn parse_ip(ctx: &TcContext, flow: &mut Flow<Self>) -> Result<bool, Reason>;
     /// Writes the address in the maps' 16-byte form (IPv4 in the first 4 bytes).
     fn widen(a: &Self::Addr, out: &mut [u8; 16]);
     /// Sets an address from the maps' form.
     fn narrow(wide: &[u8; 16], out: &mut Self::Addr);
+    /// Whether an ICMP message of this type is never subject to policy: errors
+    /// (about a flow policy has already judged) and, for IPv6, neighbour
+    /// discovery and the rest of the link's control traffic.
+    fn icmp_passes(icmp_type: u8) -> bool;
     /// Whether an address equals one in the maps' form.
     fn is(a: &Self::Addr, wide: &[u8; 16]) -> bool;
     /// 32 bits of the address, for the flow hash.
@@ -65,6 +76,13 @@ impl Family for V4 {
     const DADDR: usize = ETH_HLEN + 16;
     const L4: usize = ETH_HLEN + IP_HLEN;
     const HAIRPIN: [u8; 16] = widen4(HAIRPIN_V4);
+    const ICMP: u8 = IPPROTO_ICMP;
+
+    #[inline(always)]
+    fn icmp_passes(icmp_type: u8) -> bool {
+        // Destination unreachable, time exceeded, parameter problem.
+        matches!(icmp_type, 3 | 11 | 12)
+    }
 
     #[inline(always)]
     fn parse_ip(ctx: &TcContext, flow: &mut Flow<Self>) -> Result<bool, Reason> {
@@ -72,17 +90,15 @@ impl Family for V4 {
         if vihl >> 4 != 4 {
             return Err(Reason::Malformed);
         }
+        // Addresses and protocol first: policy needs them of every packet.
+        flow.proto = ctx.load(ETH_HLEN + 9).map_err(|_| Reason::Malformed)?;
+        flow.saddr = ctx.load(Self::SADDR).map_err(|_| Reason::Malformed)?;
+        flow.daddr = ctx.load(Self::DADDR).map_err(|_| Reason::Malformed)?;
         if usize::from(vihl & 0x0f) * 4 != IP_HLEN {
             return Ok(false);
         }
         let frag: u16 = ctx.load(ETH_HLEN + 6).map_err(|_| Reason::Malformed)?;
-        if u16::from_be(frag) & 0x1fff != 0 {
-            return Ok(false);
-        }
-        flow.proto = ctx.load(ETH_HLEN + 9).map_err(|_| Reason::Malformed)?;
-        flow.saddr = ctx.load(Self::SADDR).map_err(|_| Reason::Malformed)?;
-        flow.daddr = ctx.load(Self::DADDR).map_err(|_| Reason::Malformed)?;
-        Ok(true)
+        Ok(u16::from_be(frag) & 0x1fff == 0)
     }
 
     #[inline(always)]
@@ -115,6 +131,13 @@ impl Family for V6 {
     const DADDR: usize = ETH_HLEN + 24;
     const L4: usize = ETH_HLEN + IP6_HLEN;
     const HAIRPIN: [u8; 16] = HAIRPIN_V6;
+    const ICMP: u8 = IPPROTO_ICMPV6;
+
+    #[inline(always)]
+    fn icmp_passes(icmp_type: u8) -> bool {
+        // Everything but echo request and reply: errors, NDP, MLD.
+        !matches!(icmp_type, 128 | 129)
+    }
 
     #[inline(always)]
     fn parse_ip(ctx: &TcContext, flow: &mut Flow<Self>) -> Result<bool, Reason> {
@@ -216,12 +239,23 @@ pub fn ethertype(ctx: &TcContext) -> Result<u16, Reason> {
     ctx.load(12).map_err(|_| Reason::Malformed)
 }
 
-/// Parses a frame already known to be of family `F`: `Ok(None)` for what the load
-/// balancer leaves alone (IPv4 fragments after the first and IPv4 options, IPv6
-/// extension headers, protocols other than TCP and UDP: SCTP's CRC32c cannot be
-/// patched incrementally and this kernel has no SCTP to test against).
+/// Parses a frame already known to be of family `F` for the load balancer:
+/// `Ok(None)` for what it leaves alone (IPv4 fragments after the first and IPv4
+/// options, IPv6 extension headers, protocols other than TCP and UDP: SCTP's
+/// CRC32c cannot be patched incrementally and this kernel has no SCTP to test
+/// against).
 #[inline(always)]
 pub fn parse<F: Family>(ctx: &TcContext) -> Result<Option<Flow<F>>, Reason> {
+    Ok(parse_any(ctx)?.and_then(|(flow, lb)| lb.then_some(flow)))
+}
+
+/// Parses any IP packet of family `F`, as NetworkPolicy judges every protocol:
+/// ports for TCP, UDP and SCTP (0 elsewhere, and where the L4 header is not
+/// found: such packets match only rules for every port), and whether the load
+/// balancer may translate it (see [`parse`]). `Ok(None)`: ICMP that policy leaves
+/// alone (see [`Family::icmp_passes`]).
+#[inline(always)]
+pub fn parse_any<F: Family>(ctx: &TcContext) -> Result<Option<(Flow<F>, bool)>, Reason> {
     let mut flow = Flow {
         saddr: F::ANY,
         daddr: F::ANY,
@@ -231,15 +265,20 @@ pub fn parse<F: Family>(ctx: &TcContext) -> Result<Option<Flow<F>>, Reason> {
         tcp_flags: 0,
     };
     if !F::parse_ip(ctx, &mut flow)? {
-        return Ok(None);
+        return Ok(Some((flow, false)));
     }
-    if flow.proto != IPPROTO_TCP && flow.proto != IPPROTO_UDP {
-        return Ok(None);
+    if flow.proto == IPPROTO_TCP || flow.proto == IPPROTO_UDP || flow.proto == IPPROTO_SCTP {
+        flow.sport = ctx.load(F::L4).map_err(|_| Reason::Malformed)?;
+        flow.dport = ctx.load(F::L4 + 2).map_err(|_| Reason::Malformed)?;
+        if flow.proto == IPPROTO_TCP {
+            flow.tcp_flags = ctx.load(F::L4 + TCP_FLAGS).map_err(|_| Reason::Malformed)?;
+        }
+    } else if flow.proto == F::ICMP {
+        let icmp_type: u8 = ctx.load(F::L4).map_err(|_| Reason::Malformed)?;
+        if F::icmp_passes(icmp_type) {
+            return Ok(None);
+        }
     }
-    flow.sport = ctx.load(F::L4).map_err(|_| Reason::Malformed)?;
-    flow.dport = ctx.load(F::L4 + 2).map_err(|_| Reason::Malformed)?;
-    if flow.proto == IPPROTO_TCP {
-        flow.tcp_flags = ctx.load(F::L4 + TCP_FLAGS).map_err(|_| Reason::Malformed)?;
-    }
-    Ok(Some(flow))
+    let lb = flow.proto == IPPROTO_TCP || flow.proto == IPPROTO_UDP;
+    Ok(Some((flow, lb)))
 }

@@ -63,15 +63,17 @@ pub fn refresh<F: Family>(entry: *mut CtValue, flow: &Flow<F>, now: u64) {
         if flow.tcp_flags & TCP_RST != 0 {
             (*entry).flags |= CT_F_RESET;
         }
-        (*entry).expires_ns = now + lifetime(flow, (*entry).flags) * NS;
+        (*entry).expires_ns = now + lifetime(flow, (*entry).flags & CT_F_CLOSING != 0) * NS;
     }
 }
 
+/// How long a flow lives after this packet (`closing`: a FIN or RST was seen);
+/// policy's conntrack keeps its verdicts as long.
 #[inline(always)]
-pub fn lifetime<F: Family>(flow: &Flow<F>, flags: u8) -> u64 {
+pub fn lifetime<F: Family>(flow: &Flow<F>, closing: bool) -> u64 {
     if flow.proto != IPPROTO_TCP {
         CT_LIFETIME_DATAGRAM
-    } else if flags & CT_F_CLOSING != 0 {
+    } else if closing {
         CT_LIFETIME_TCP_CLOSING
     } else if flow.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
         CT_LIFETIME_TCP_SYN

@@ -4,7 +4,7 @@
 //! is none). What a pod receives (TC egress): replies from backends on other nodes
 //! are reverse-translated. Everything else passes untouched.
 
-mod ct;
+pub mod ct;
 mod external;
 pub mod maps;
 mod nat;
@@ -15,8 +15,8 @@ pub use self::external::from_netdev;
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
 use weir_common::{
-    Backend, CT_F_EXTERNAL, CT_F_HAIRPIN, CT_F_SNAT, CT_IN, CT_OUT, Reason, SCOPE_EXTERNAL, SCOPE_INTERNAL,
-    SVC_F_DROP_EMPTY, SVC_F_TWO_SCOPES, Scratch, ServiceKey,
+    Backend, CT_F_CLOSING, CT_F_EXTERNAL, CT_F_HAIRPIN, CT_F_SNAT, CT_IN, CT_OUT, Reason, SCOPE_EXTERNAL,
+    SCOPE_INTERNAL, SVC_F_DROP_EMPTY, SVC_F_TWO_SCOPES, Scratch, ServiceKey,
 };
 
 use self::maps::{BACKENDS, CONNTRACK, SCRATCH, SERVICES};
@@ -35,7 +35,7 @@ impl<F: nat::Rewrite + reject::Reject> Lb for F {}
 /// This CPU's scratch value, ours until the program returns. Conntrack keys are
 /// built there too: three of them on the stack would not fit beside the rest.
 #[inline(always)]
-fn scratch() -> Result<&'static mut Scratch, Reason> {
+pub fn scratch() -> Result<&'static mut Scratch, Reason> {
     let s = SCRATCH.get_ptr_mut(0).ok_or(Reason::CtFull)?;
     // SAFETY: a per-CPU value; nothing else runs on this CPU while we do.
     Ok(unsafe { &mut *s })
@@ -249,7 +249,7 @@ fn track<F: Family>(
     s.out.flags = flags;
     s.out._pad = [0; 3];
     s.out.backend_id = backend_id;
-    s.out.expires_ns = now + ct::lifetime(flow, flags) * NS;
+    s.out.expires_ns = now + ct::lifetime(flow, flags & CT_F_CLOSING != 0) * NS;
     CONNTRACK
         .insert(&s.out_key, &s.out, 0)
         .map_err(|_| Reason::CtFull)

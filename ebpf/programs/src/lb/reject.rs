@@ -14,7 +14,7 @@ use aya_ebpf::{
     helpers::{bpf_csum_diff, bpf_redirect, bpf_skb_change_tail, bpf_skb_load_bytes, bpf_skb_store_bytes},
     programs::TcContext,
 };
-use weir_common::{Reason, Scratch};
+use weir_common::{IPPROTO_ICMPV6, Reason, Scratch};
 
 use crate::packet::{ETH_HLEN, Family, Flow, IP_HLEN, IP6_HLEN, V4, V6};
 
@@ -88,7 +88,6 @@ impl Reject for V6 {
 }
 
 const PSEUDO6: usize = 40;
-const IPPROTO_ICMPV6: u8 = 58;
 
 /// Sends the rejection; the returned action is TC's redirect.
 #[inline(always)]

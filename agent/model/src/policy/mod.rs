@@ -10,7 +10,7 @@
 //! The rules, from the API reference:
 //! - a policy selects the pods of its namespace matching `podSelector` (empty:
 //!   all); `policyTypes` defaults to `Ingress`, plus `Egress` when the policy has
-//!   an `egress` section;
+//!   egress rules (as the API server defaults it);
 //! - a pod is isolated in a direction when a policy selecting it has that type;
 //!   what is allowed is the union of the rules of those policies; an empty rule
 //!   list allows nothing, a rule without `from`/`to` allows every peer and a rule
@@ -36,6 +36,10 @@ use k8s_openapi::{
     },
     apimachinery::pkg::{apis::meta::v1::LabelSelector, util::intstr::IntOrString},
 };
+
+mod encode;
+
+pub use self::encode::{DesiredPolicy, IpcacheEntry, PolicyEncoder, RuleKey};
 
 use crate::{
     endpoints::named_port,
@@ -77,7 +81,7 @@ pub enum PortMatch {
 }
 
 /// Which peers a rule admits.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum PeerMatch {
     /// Every peer (a rule without `from`/`to`).
     All,
@@ -136,10 +140,7 @@ impl Allow {
         let peer_ok = match &self.peers {
             PeerMatch::All => true,
             PeerMatch::Some { pods, blocks } => {
-                pods.contains(&peer)
-                    || blocks
-                        .iter()
-                        .any(|(cidr, except)| cidr.contains(peer) && !except.iter().any(|e| e.contains(peer)))
+                pods.contains(&peer) || blocks.iter().any(|b| in_block(b, peer))
             }
         };
         let port_ok = match &self.ports {
@@ -150,6 +151,11 @@ impl Allow {
         };
         peer_ok && port_ok
     }
+}
+
+/// Whether an address is in an `ipBlock`: inside its CIDR, outside its exceptions.
+fn in_block((cidr, except): &(IpNetwork, Vec<IpNetwork>), ip: IpAddr) -> bool {
+    cidr.contains(ip) && !except.iter().any(|e| e.contains(ip))
 }
 
 /// Resolves every NetworkPolicy of the model. Invalid parts (a bad CIDR, a bad
@@ -168,7 +174,7 @@ pub fn compile_policies(model: &Model) -> (PodPolicies, Vec<Problem>) {
     let pods: Vec<PodView<'_>> = model
         .of_kind(Kind::Pod)
         .filter_map(|(key, entry)| match &entry.object {
-            Object::Pod(pod) => Some(PodView {
+            Object::Pod(pod) if takes_part(pod) => Some(PodView {
                 namespace: key.namespace.as_str(),
                 labels: pod.metadata.labels.clone().unwrap_or_default(),
                 ips: pod_ips(pod),
@@ -195,7 +201,38 @@ pub fn compile_policies(model: &Model) -> (PodPolicies, Vec<Problem>) {
     (out, problems)
 }
 
-fn pod_ips(pod: &Pod) -> Vec<IpAddr> {
+/// Addresses of the pods on `node` that policies see (those it may isolate).
+pub fn local_pod_ips(model: &Model, node: &str) -> Vec<IpAddr> {
+    model
+        .of_kind(Kind::Pod)
+        .filter_map(|(_, entry)| match &entry.object {
+            Object::Pod(pod) => Some(pod),
+            _ => None,
+        })
+        .filter(|pod| takes_part(pod) && pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node))
+        .flat_map(|pod| pod_ips(pod))
+        .collect()
+}
+
+/// The policy maps of `node`: every policy resolved, then encoded for the
+/// node's pods by `encoder` (which keeps its numbers between calls).
+pub fn compile_node(model: &Model, node: &str, encoder: &mut PolicyEncoder) -> (DesiredPolicy, Vec<Problem>) {
+    let (policies, problems) = compile_policies(model);
+    (encoder.encode(&policies, &local_pod_ips(model, node)), problems)
+}
+
+/// Whether policies see a pod, as selected pod or as peer: not one on the host's
+/// network (its address is the node's, which policies do not govern, as in
+/// other dataplanes), nor one that has finished (its address may be another's
+/// by now).
+fn takes_part(pod: &Pod) -> bool {
+    let host_network = pod.spec.as_ref().and_then(|s| s.host_network) == Some(true);
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    !host_network && !matches!(phase, Some("Succeeded" | "Failed"))
+}
+
+/// A pod's addresses (`status.podIPs`, or `podIP`).
+pub fn pod_ips(pod: &Pod) -> Vec<IpAddr> {
     let Some(status) = pod.status.as_ref() else {
         return Vec::new();
     };
@@ -224,10 +261,12 @@ fn apply(
     let Some(spec) = policy.spec.as_ref() else {
         return;
     };
-    let types: Vec<&str> = match &spec.policy_types {
-        Some(types) => types.iter().map(String::as_str).collect(),
-        None if spec.egress.is_some() => vec!["Ingress", "Egress"],
-        None => vec!["Ingress"],
+    // The API server's defaulting (SetDefaults_NetworkPolicy): no types means
+    // Ingress, plus Egress when there are egress rules.
+    let types: Vec<&str> = match spec.policy_types.as_deref() {
+        Some(types) if !types.is_empty() => types.iter().map(String::as_str).collect(),
+        _ if spec.egress.as_ref().is_some_and(|e| !e.is_empty()) => vec!["Ingress", "Egress"],
+        _ => vec!["Ingress"],
     };
     let selected = pods.iter().filter(|p| {
         p.namespace == key.namespace && spec.pod_selector.as_ref().is_none_or(|s| selects(s, &p.labels))
@@ -306,9 +345,14 @@ fn egress_rules(
         return vec![resolve(namespace, to, ports, None, pods, namespaces, report)];
     }
     let all = resolve(namespace, to, ports, None, pods, namespaces, report);
+    // Pods named by a selector, or inside an ipBlock: a named port resolves on
+    // any destination pod.
     let is_peer = |p: &PodView<'_>| match &all.peers {
         PeerMatch::All => true,
-        PeerMatch::Some { pods, .. } => p.ips.iter().any(|ip| pods.contains(ip)),
+        PeerMatch::Some { pods, blocks } => p
+            .ips
+            .iter()
+            .any(|ip| pods.contains(ip) || blocks.iter().any(|b| in_block(b, *ip))),
     };
     // Each peer pod with its own numbers...
     let mut rules: Vec<Allow> = pods
@@ -454,7 +498,32 @@ mod tests {
         assert!(problems.is_empty(), "{problems:#?}");
         let (compiled, problems) = compile_policies(&Model::from_objects(objects));
         assert!(problems.is_empty(), "{problems:#?}");
+        encoding_agrees(&compiled);
         compiled
+    }
+
+    /// The datapath encoding (all pods local) decides every flow between the
+    /// pods and some outside addresses as the resolved rules do.
+    fn encoding_agrees(compiled: &PodPolicies) {
+        let pods = ["x/a", "x/b", "y/a", "y/b"].map(ip);
+        let outside = ["192.168.1.5", "192.168.2.5", "10.0.0.9"].map(|a| a.parse::<IpAddr>().expect("ip"));
+        let maps = PolicyEncoder::default().encode(compiled, &pods);
+        for src in pods.iter().chain(&outside) {
+            for dst in pods.iter().chain(&outside) {
+                for proto in [Protocol::Tcp, Protocol::Udp, Protocol::Sctp] {
+                    for port in [79, 80, 81, 82, 443] {
+                        let n = proto.ipproto();
+                        let egress = maps.admits(*src, true, *dst, n, port).unwrap_or(true);
+                        let ingress = maps.admits(*dst, false, *src, n, port).unwrap_or(true);
+                        assert_eq!(
+                            egress && ingress,
+                            compiled.allows(*src, *dst, proto, port),
+                            "{src} -> {dst} {proto}/{port}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     fn ip(pod: &str) -> IpAddr {
@@ -489,16 +558,21 @@ mod tests {
         assert!(!tcp(&deny, "y/a", "x/a", 80));
         assert!(tcp(&deny, "x/a", "y/a", 80), "egress not isolated");
         assert!(tcp(&deny, "y/a", "y/b", 80), "other namespaces unaffected");
-        // An egress section makes Egress a type by default.
+        // Egress rules make Egress a type by default; an empty list does not.
         let egress = cluster(&policy(
             "x",
-            "  podSelector: {matchLabels: {pod: a}}\n  egress: []\n",
+            "  podSelector: {matchLabels: {pod: a}}\n  egress: [{ports: [{port: 443}]}]\n",
         ));
         assert!(
             !tcp(&egress, "x/a", "y/a", 80) && !tcp(&egress, "y/a", "x/a", 80),
             "both directions isolated"
         );
         assert!(tcp(&egress, "x/b", "y/a", 80));
+        let empty = cluster(&policy(
+            "x",
+            "  podSelector: {matchLabels: {pod: a}}\n  egress: []\n",
+        ));
+        assert!(tcp(&empty, "x/a", "y/a", 80) && !tcp(&empty, "y/a", "x/a", 80));
     }
 
     #[test]
@@ -566,6 +640,15 @@ mod tests {
         ));
         assert!(tcp(&egress_named, "x/a", "y/b", 80), "resolved on the peer pod");
         assert!(!tcp(&egress_named, "x/a", "192.168.9.9", 80), "no pod, no name");
+        let block_named = cluster(&policy(
+            "x",
+            "  podSelector: {}\n  policyTypes: [Egress]\n  egress: [{to: [{ipBlock: {cidr: 10.0.1.0/24}}], ports: [{port: serve-80}]}]\n",
+        ));
+        assert!(
+            tcp(&block_named, "x/a", "y/b", 80),
+            "named port on a pod inside the block"
+        );
+        assert!(!tcp(&block_named, "x/a", "x/b", 80), "outside the block");
         let range = cluster(&policy(
             "x",
             "  podSelector: {}\n  ingress: [{ports: [{port: 80, endPort: 81}]}]\n",

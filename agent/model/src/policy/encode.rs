@@ -1,0 +1,417 @@
+//! The datapath's form of the policies of one node's pods: identities, the
+//! ipcache and per-endpoint rules (see `weir_common`'s `PolicyKey`).
+//!
+//! An identity is a class of addresses no rule on this node can tell apart: the
+//! addresses whose *signature* (the set of peer sets of the node's rules that
+//! contain them) is the same. Pods of one label set in one namespace share one,
+//! unless an `ipBlock` or a named port resolved per peer pod sets some apart, so
+//! that `ipBlock`s, pod selectors and named ports are all exact with one ipcache
+//! lookup per new flow. Addresses no rule names are [`IDENTITY_WORLD`], without
+//! an ipcache entry.
+//!
+//! Numbers (identities, peer sets, endpoints) stay the same from one compile to
+//! the next while what they stand for does, and a number freed by one compile is
+//! reused only by the one after the next: the syncer writes new rules before the
+//! ipcache and removes stale ones last, so a number never means two things in
+//! the maps at once, even halfway through a sync.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::IpAddr,
+};
+
+use ipnetwork::IpNetwork;
+use weir_common::{
+    EndpointKey, IDENTITY_ANY, IDENTITY_FIRST, IDENTITY_WORLD, IPCACHE_PREFIX_BITS, IpcacheKey,
+    POLICY_F_EGRESS, POLICY_F_INGRESS, POLICY_PREFIX_ANY_PORT, POLICY_PREFIX_ANY_PROTO, POLICY_PREFIX_FULL,
+    PolicyEndpoint, PolicyKey,
+};
+
+use super::{Allow, PeerMatch, PodPolicies, PortMatch};
+use crate::net::to_abi;
+
+/// An LPM key of the ipcache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct IpcacheEntry {
+    pub prefix_len: u32,
+    pub key: IpcacheKey,
+}
+
+impl IpcacheEntry {
+    pub fn of(net: IpNetwork) -> Self {
+        let (addr, family) = to_abi(net.network());
+        Self {
+            prefix_len: IPCACHE_PREFIX_BITS + u32::from(net.prefix()),
+            key: IpcacheKey { family, addr },
+        }
+    }
+}
+
+/// An LPM key of the policy map (bits past the prefix are zero).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RuleKey {
+    pub prefix_len: u32,
+    pub key: PolicyKey,
+}
+
+/// What the node's policy maps should hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DesiredPolicy {
+    pub endpoints: BTreeMap<EndpointKey, PolicyEndpoint>,
+    pub ipcache: BTreeMap<IpcacheEntry, u32>,
+    pub rules: BTreeSet<RuleKey>,
+}
+
+/// Numbers that stay put while their meaning does (see the module's note).
+#[derive(Debug)]
+struct Numbers<K> {
+    of: HashMap<K, u32>,
+    /// Free now.
+    free: Vec<u32>,
+    /// Freed by the last compile: free from the next one on.
+    cooling: Vec<u32>,
+    next: u32,
+    used: BTreeSet<u32>,
+}
+
+impl<K: std::hash::Hash + Eq + Clone> Numbers<K> {
+    fn new(first: u32) -> Self {
+        Self {
+            of: HashMap::new(),
+            free: Vec::new(),
+            cooling: Vec::new(),
+            next: first,
+            used: BTreeSet::new(),
+        }
+    }
+
+    fn get(&mut self, key: &K) -> u32 {
+        let n = match self.of.get(key) {
+            Some(&n) => n,
+            None => {
+                let n = self.free.pop().unwrap_or_else(|| {
+                    self.next += 1;
+                    self.next - 1
+                });
+                self.of.insert(key.clone(), n);
+                n
+            }
+        };
+        self.used.insert(n);
+        n
+    }
+
+    /// Ends a compile: what it did not use is released (after a cool-down).
+    fn end_round(&mut self) {
+        self.free.append(&mut self.cooling);
+        let used = std::mem::take(&mut self.used);
+        self.of.retain(|_, n| {
+            let keep = used.contains(n);
+            if !keep {
+                self.cooling.push(*n);
+            }
+            keep
+        });
+    }
+
+    /// Numbers below `n` are taken (by maps an earlier agent left pinned).
+    fn start_above(&mut self, n: u32) {
+        self.next = self.next.max(n + 1);
+    }
+}
+
+/// Encodes one node's policies, keeping its numbers from one compile to the next.
+#[derive(Debug)]
+pub struct PolicyEncoder {
+    endpoints: Numbers<IpAddr>,
+    peers: Numbers<PeerMatch>,
+    identities: Numbers<BTreeSet<u32>>,
+}
+
+impl Default for PolicyEncoder {
+    fn default() -> Self {
+        Self {
+            endpoints: Numbers::new(1),
+            peers: Numbers::new(0),
+            identities: Numbers::new(IDENTITY_FIRST),
+        }
+    }
+}
+
+impl PolicyEncoder {
+    /// Identity and endpoint numbers start above those of maps an earlier agent
+    /// left pinned, so that none changes meaning while the first sync runs.
+    pub fn start_above(&mut self, identity: u32, endpoint: u32) {
+        self.identities.start_above(identity);
+        self.endpoints.start_above(endpoint);
+    }
+
+    /// The maps for the pods at `local` addresses (this node's), given every
+    /// pod's resolved policies.
+    pub fn encode(&mut self, policies: &PodPolicies, local: &[IpAddr]) -> DesiredPolicy {
+        let mut out = DesiredPolicy::default();
+        let isolated: Vec<(IpAddr, &super::PodPolicy)> = local
+            .iter()
+            .filter_map(|ip| policies.pods.get(ip).map(|p| (*ip, p)))
+            .filter(|(_, p)| p.ingress.is_some() || p.egress.is_some())
+            .collect();
+
+        // Peer sets of the node's rules, numbered.
+        let rules = |p: &'_ super::PodPolicy| {
+            p.ingress
+                .iter()
+                .flatten()
+                .chain(p.egress.iter().flatten())
+                .cloned()
+                .collect::<Vec<Allow>>()
+        };
+        let mut peer_sets: BTreeMap<u32, PeerMatch> = BTreeMap::new();
+        for (_, p) in &isolated {
+            for allow in rules(p) {
+                if allow.peers != PeerMatch::All {
+                    peer_sets.insert(self.peers.get(&allow.peers), allow.peers);
+                }
+            }
+        }
+
+        // Signatures: of every pod address some set names, and of every region
+        // the ipBlocks' prefixes cut out.
+        let mut signatures: BTreeMap<IpcacheEntry, BTreeSet<u32>> = BTreeMap::new();
+        let mut prefixes: BTreeSet<IpNetwork> = BTreeSet::new();
+        for peers in peer_sets.values() {
+            if let PeerMatch::Some { pods, blocks } = peers {
+                for ip in pods {
+                    prefixes.insert(IpNetwork::from(*ip));
+                }
+                for (cidr, except) in blocks {
+                    prefixes.insert(canonical(*cidr));
+                    prefixes.extend(except.iter().map(|e| canonical(*e)));
+                }
+            }
+        }
+        for prefix in &prefixes {
+            let signature: BTreeSet<u32> = peer_sets
+                .iter()
+                .filter(|(_, peers)| names_region(peers, *prefix))
+                .map(|(n, _)| *n)
+                .collect();
+            signatures.insert(IpcacheEntry::of(*prefix), signature);
+        }
+        let mut members: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+        for (entry, signature) in signatures {
+            let identity = if signature.is_empty() {
+                IDENTITY_WORLD
+            } else {
+                self.identities.get(&signature)
+            };
+            for n in &signature {
+                members.entry(*n).or_default().push(identity);
+            }
+            out.ipcache.insert(entry, identity);
+        }
+        for ids in members.values_mut() {
+            ids.sort_unstable();
+            ids.dedup();
+        }
+
+        // Each endpoint's rules, per identity the peers cover.
+        for (ip, p) in &isolated {
+            let id = self.endpoints.get(ip);
+            let mut flags = 0;
+            for (egress, allows) in [(false, &p.ingress), (true, &p.egress)] {
+                let Some(allows) = allows else { continue };
+                flags |= if egress { POLICY_F_EGRESS } else { POLICY_F_INGRESS };
+                for allow in allows {
+                    let identities = match &allow.peers {
+                        PeerMatch::All => vec![IDENTITY_ANY],
+                        peers => members.get(&self.peers.get(peers)).cloned().unwrap_or_default(),
+                    };
+                    for identity in identities {
+                        for (proto, port, prefix_len) in port_prefixes(&allow.ports) {
+                            out.rules.insert(RuleKey {
+                                prefix_len,
+                                key: PolicyKey {
+                                    endpoint: id,
+                                    identity,
+                                    egress: u8::from(egress),
+                                    proto,
+                                    port: port.to_be(),
+                                },
+                            });
+                        }
+                    }
+                }
+            }
+            let (addr, family) = to_abi(*ip);
+            out.endpoints.insert(
+                EndpointKey {
+                    addr,
+                    family,
+                    _pad: [0; 3],
+                },
+                PolicyEndpoint { id, flags },
+            );
+        }
+        self.endpoints.end_round();
+        self.peers.end_round();
+        self.identities.end_round();
+        out
+    }
+}
+
+/// Whether a peer set names every address of the region `prefix` governs in the
+/// ipcache (the prefix minus the more specific prefixes, which all ipBlock
+/// boundaries and named pods are): a pod address by membership, a region by
+/// lying inside a block's CIDR and inside none of its exceptions.
+fn names_region(peers: &PeerMatch, prefix: IpNetwork) -> bool {
+    let PeerMatch::Some { pods, blocks } = peers else {
+        return true;
+    };
+    let single = prefix.prefix() == max_prefix(prefix);
+    (single && pods.contains(&prefix.ip()))
+        || blocks
+            .iter()
+            .any(|(cidr, except)| within(prefix, *cidr) && !except.iter().any(|e| within(prefix, *e)))
+}
+
+/// Whether `inner` lies wholly inside `outer`.
+fn within(inner: IpNetwork, outer: IpNetwork) -> bool {
+    inner.is_ipv4() == outer.is_ipv4() && outer.prefix() <= inner.prefix() && outer.contains(inner.network())
+}
+
+fn max_prefix(net: IpNetwork) -> u8 {
+    if net.is_ipv4() { 32 } else { 128 }
+}
+
+/// The network itself (host bits cleared): `10.0.0.5/8` is `10.0.0.0/8`.
+fn canonical(net: IpNetwork) -> IpNetwork {
+    IpNetwork::new(net.network(), net.prefix()).unwrap_or(net)
+}
+
+/// A rule's ports as (protocol, first port, prefix length) LPM entries: every
+/// protocol, every port of one, or a range cut into aligned power-of-two blocks
+/// (at most 30 for any range).
+fn port_prefixes(ports: &PortMatch) -> Vec<(u8, u16, u32)> {
+    let PortMatch::Some(ports) = ports else {
+        return vec![(0, 0, POLICY_PREFIX_ANY_PROTO)];
+    };
+    let mut out = Vec::new();
+    for (proto, lo, hi) in ports {
+        let proto = proto.ipproto();
+        if *lo <= 1 && *hi == u16::MAX {
+            out.push((proto, 0, POLICY_PREFIX_ANY_PORT));
+            continue;
+        }
+        let (mut lo, hi) = (u32::from(*lo), u32::from(*hi));
+        while lo <= hi {
+            // The largest block aligned at `lo` that ends within the range.
+            let mut bits = lo.trailing_zeros().min(16);
+            while lo + (1 << bits) - 1 > hi {
+                bits -= 1;
+            }
+            out.push((proto, lo as u16, POLICY_PREFIX_FULL - bits));
+            lo += 1 << bits;
+        }
+    }
+    out
+}
+
+impl DesiredPolicy {
+    /// What the datapath would decide for a new flow on the endpoint at `ep`
+    /// (`egress`: it sends to `peer`; else it receives from `peer`): `None` when
+    /// it is not isolated that way. The same lookups as the eBPF programs, for
+    /// tests that hold the encoding against the semantics.
+    pub fn admits(&self, ep: IpAddr, egress: bool, peer: IpAddr, proto: u8, port: u16) -> Option<bool> {
+        let (addr, family) = to_abi(ep);
+        let endpoint = self.endpoints.get(&EndpointKey {
+            addr,
+            family,
+            _pad: [0; 3],
+        })?;
+        let flag = if egress { POLICY_F_EGRESS } else { POLICY_F_INGRESS };
+        if endpoint.flags & flag == 0 {
+            return None;
+        }
+        let identity = self
+            .ipcache
+            .iter()
+            .filter(|(e, _)| {
+                let net = IpNetwork::new(peer, (e.prefix_len - IPCACHE_PREFIX_BITS) as u8);
+                net.is_ok_and(|net| IpcacheEntry::of(net) == **e)
+            })
+            .max_by_key(|(e, _)| e.prefix_len)
+            .map_or(IDENTITY_WORLD, |(_, id)| *id);
+        let matches = |identity: u32| {
+            self.rules.iter().any(|r| {
+                let k = &r.key;
+                let key_bits = (u128::from(k.proto) << 16) | u128::from(u16::from_be(k.port));
+                let probe = (u128::from(proto) << 16) | u128::from(port);
+                let tail = r.prefix_len - (POLICY_PREFIX_ANY_PROTO);
+                k.endpoint == endpoint.id
+                    && k.identity == identity
+                    && k.egress == u8::from(egress)
+                    && (tail == 0 || (key_bits >> (24 - tail)) == (probe >> (24 - tail)))
+            })
+        };
+        Some(matches(identity) || matches(IDENTITY_ANY))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::Protocol;
+
+    #[test]
+    fn port_ranges_become_few_aligned_prefixes() {
+        let cover = |lo: u16, hi: u16| {
+            let p = port_prefixes(&PortMatch::Some(vec![(Protocol::Tcp, lo, hi)]));
+            let mut ports = Vec::new();
+            for (proto, start, len) in &p {
+                assert_eq!(*proto, 6);
+                let size = 1u32 << (POLICY_PREFIX_FULL - len);
+                assert_eq!(u32::from(*start) % size, 0, "aligned");
+                ports.extend(u32::from(*start)..u32::from(*start) + size);
+            }
+            ports.sort_unstable();
+            (ports, p.len())
+        };
+        for (lo, hi) in [
+            (80, 80),
+            (80, 81),
+            (81, 90),
+            (70, 80),
+            (1024, 65534),
+            (2, 65535),
+            (0, 0),
+        ] {
+            let (ports, n) = cover(lo, hi);
+            assert_eq!(
+                ports,
+                (u32::from(lo)..=u32::from(hi)).collect::<Vec<_>>(),
+                "{lo}-{hi}"
+            );
+            assert!(n <= 30, "{lo}-{hi}: {n} prefixes");
+        }
+        assert_eq!(
+            port_prefixes(&PortMatch::Some(vec![(Protocol::Udp, 1, u16::MAX)])),
+            vec![(17, 0, POLICY_PREFIX_ANY_PORT)]
+        );
+        assert_eq!(
+            port_prefixes(&PortMatch::All),
+            vec![(0, 0, POLICY_PREFIX_ANY_PROTO)]
+        );
+    }
+
+    #[test]
+    fn numbers_are_stable_and_reused_only_after_a_cool_down() {
+        let mut n: Numbers<&str> = Numbers::new(10);
+        assert_eq!((n.get(&"a"), n.get(&"b")), (10, 11));
+        n.end_round();
+        assert_eq!(n.get(&"b"), 11, "kept while used");
+        n.end_round(); // "a" (10) is released: cooling
+        assert_eq!(n.get(&"c"), 12, "not reused by the next compile");
+        n.end_round();
+        assert_eq!(n.get(&"d"), 10, "reused after that");
+    }
+}

@@ -1,0 +1,296 @@
+//! NetworkPolicy enforcement on the pod veths. All the semantics live in the
+//! agent's compiler; here are lookups only:
+//!
+//! - `weir_polep_v1`: is this local pod isolated, and in which directions? Pods
+//!   not in it pay this one lookup per packet and nothing else.
+//! - `weir_polct_v1`: the flow's verdicts so far (one flag per side). A packet
+//!   of a flow admitted before, or a reply to one, passes on one or two lookups,
+//!   whatever the policies say about the reverse direction (policy is stateful).
+//! - a new flow: the peer's identity from the ipcache (LPM on its address), then
+//!   the endpoint's rules for that identity and for every peer (LPM on protocol
+//!   and port prefixes). Admitted: recorded in `weir_polct_v1`; denied: dropped,
+//!   counted under its reason and reported in `weir_events_v1`.
+//!
+//! Enforcement sees real endpoints: egress after the load balancer has picked a
+//! backend (and before a reply is made to come from a frontend), ingress before
+//! any reverse translation on the way in. Traffic from the node itself (its own
+//! addresses) into its pods is always admitted, as in other dataplanes: kubelet
+//! probes must reach isolated pods.
+
+use aya_ebpf::{
+    helpers::bpf_ktime_get_ns,
+    macros::map,
+    maps::{HashMap, LpmTrie, LruHashMap, RingBuf, lpm_trie::Key},
+};
+use weir_common::{
+    CtKey, DropEvent, EndpointKey, IDENTITY_ANY, IDENTITY_WORLD, IPCACHE_PREFIX_BITS, IpcacheKey,
+    PCT_F_CLOSING, PCT_F_EGRESS, PCT_F_INGRESS, POLICY_F_EGRESS, POLICY_F_INGRESS, POLICY_PREFIX_FULL,
+    PolicyCtValue, PolicyEndpoint, PolicyKey, Reason, maps,
+};
+
+use crate::{
+    lb::{ct, maps::NODE_IPS},
+    packet::{Family, Flow, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+};
+
+#[map(name = "weir_polep_v1")]
+static POLICY_ENDPOINTS: HashMap<EndpointKey, PolicyEndpoint> =
+    HashMap::with_max_entries(maps::ENDPOINTS_ENTRIES, 0);
+
+#[map(name = "weir_ipcache_v1")]
+static IPCACHE: LpmTrie<IpcacheKey, u32> = LpmTrie::with_max_entries(maps::IPCACHE_ENTRIES, 0);
+
+#[map(name = "weir_policy_v1")]
+static POLICY: LpmTrie<PolicyKey, u32> = LpmTrie::with_max_entries(maps::POLICY_ENTRIES, 0);
+
+#[map(name = "weir_polct_v1")]
+static POLICY_CT: LruHashMap<CtKey, PolicyCtValue> = LruHashMap::with_max_entries(maps::POLICY_CT_ENTRIES, 0);
+
+#[map(name = "weir_events_v1")]
+static EVENTS: RingBuf = RingBuf::with_byte_size(maps::EVENTS_BYTES, 0);
+
+const NS: u64 = 1_000_000_000;
+
+/// Which side of a flow a check is for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The local pod sends (its egress rules).
+    Egress,
+    /// The local pod receives (its ingress rules).
+    Ingress,
+}
+
+/// The local pod on `side` of this packet, when some policy isolates it.
+#[inline(always)]
+pub fn endpoint<F: Family>(flow: &Flow<F>, side: Side) -> Option<PolicyEndpoint> {
+    let mut key = EndpointKey {
+        family: F::AF,
+        ..EndpointKey::default()
+    };
+    F::widen(
+        if side == Side::Egress {
+            &flow.saddr
+        } else {
+            &flow.daddr
+        },
+        &mut key.addr,
+    );
+    // SAFETY: valid for this run.
+    unsafe { POLICY_ENDPOINTS.get(&key) }.copied()
+}
+
+/// Whether the packet belongs to a flow already judged for this side, or
+/// answers one (then it passes whatever the rules say).
+#[inline(always)]
+pub fn known<F: Family>(key: &mut CtKey, flow: &Flow<F>, side: Side, now: u64) -> bool {
+    fill(key, flow, false);
+    if let Some(v) = live(key, now)
+        // SAFETY: a pointer into the map's value, valid for this run.
+        && unsafe { (*v).flags } & side_flag(side) != 0
+        && !reuses(v, flow)
+    {
+        refresh(v, flow, now);
+        return true;
+    }
+    fill(key, flow, true);
+    match live(key, now) {
+        Some(v) => {
+            refresh(v, flow, now);
+            true
+        }
+        None => false,
+    }
+}
+
+/// Judges a packet of `ep`, isolated or not on this side: a known flow passes,
+/// a new one is looked up in the rules and recorded when admitted.
+#[inline(always)]
+pub fn check<F: Family>(
+    key: &mut CtKey,
+    flow: &Flow<F>,
+    ep: &PolicyEndpoint,
+    side: Side,
+) -> Result<(), Reason> {
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if known(key, flow, side, now) {
+        return Ok(());
+    }
+    let isolated = ep.flags
+        & if side == Side::Egress {
+            POLICY_F_EGRESS
+        } else {
+            POLICY_F_INGRESS
+        };
+    if isolated != 0 && !admits(flow, ep, side) {
+        let reason = if side == Side::Egress {
+            Reason::PolicyEgress
+        } else {
+            Reason::PolicyIngress
+        };
+        report(flow, ep, side, reason);
+        return Err(reason);
+    }
+    // Recorded even where this side is not isolated: the reply must pass the
+    // other direction's isolation.
+    fill(key, flow, false);
+    let flag = side_flag(side);
+    if let Some(v) = POLICY_CT.get_ptr_mut(&*key) {
+        // SAFETY: a pointer into the map's value, valid for this run; a racing
+        // writer sets the same flags.
+        unsafe {
+            if (*v).expires_ns > now && (*v).flags & PCT_F_CLOSING == 0 {
+                (*v).flags |= flag;
+            } else {
+                // A dead entry, or a closed connection's whose tuple a new one reuses.
+                (*v).flags = flag;
+            }
+        }
+        refresh(v, flow, now);
+        return Ok(());
+    }
+    let value = PolicyCtValue {
+        expires_ns: now + ct::lifetime(flow, false) * NS,
+        flags: flag,
+        _pad: [0; 7],
+    };
+    // A full table evicts its oldest entry (LRU): never a reason to drop.
+    let _ = POLICY_CT.insert(&*key, &value, 0);
+    Ok(())
+}
+
+/// Whether the endpoint's rules admit this new flow.
+#[inline(always)]
+fn admits<F: Family>(flow: &Flow<F>, ep: &PolicyEndpoint, side: Side) -> bool {
+    let egress = side == Side::Egress;
+    let peer = if egress { &flow.daddr } else { &flow.saddr };
+    // Hairpinned service traffic: the pod reaching itself.
+    if F::is(peer, &F::HAIRPIN) {
+        return true;
+    }
+    if !egress && from_node::<F>(peer) {
+        return true;
+    }
+    let mut key = Key::new(
+        POLICY_PREFIX_FULL,
+        PolicyKey {
+            endpoint: ep.id,
+            identity: identity::<F>(peer),
+            egress: u8::from(egress),
+            proto: flow.proto,
+            port: flow.dport,
+        },
+    );
+    if POLICY.get(&key).is_some() {
+        return true;
+    }
+    key.data.identity = IDENTITY_ANY;
+    POLICY.get(&key).is_some()
+}
+
+/// The identity of a peer address: the ipcache's longest matching prefix.
+#[inline(always)]
+fn identity<F: Family>(addr: &F::Addr) -> u32 {
+    let mut key = Key::new(
+        IPCACHE_PREFIX_BITS + if F::AF == weir_common::AF_INET { 32 } else { 128 },
+        IpcacheKey {
+            family: F::AF,
+            addr: [0; 16],
+        },
+    );
+    F::widen(addr, &mut key.data.addr);
+    IPCACHE.get(&key).copied().unwrap_or(IDENTITY_WORLD)
+}
+
+#[inline(always)]
+fn from_node<F: Family>(addr: &F::Addr) -> bool {
+    let mut key = EndpointKey {
+        family: F::AF,
+        ..EndpointKey::default()
+    };
+    F::widen(addr, &mut key.addr);
+    // SAFETY: valid for this run.
+    unsafe { NODE_IPS.get(&key) }.is_some()
+}
+
+#[inline(always)]
+fn report<F: Family>(flow: &Flow<F>, ep: &PolicyEndpoint, side: Side, reason: Reason) {
+    let Some(mut entry) = EVENTS.reserve::<DropEvent>(0) else {
+        // The reader is behind: the drop is still counted.
+        return;
+    };
+    let e = entry.as_mut_ptr();
+    // SAFETY: the reserved entry is ours until submitted; every field is written.
+    unsafe {
+        F::widen(&flow.saddr, &mut (*e).saddr);
+        F::widen(&flow.daddr, &mut (*e).daddr);
+        (*e).sport = flow.sport;
+        (*e).dport = flow.dport;
+        (*e).proto = flow.proto;
+        (*e).family = F::AF;
+        (*e).reason = reason as u8;
+        (*e)._pad = 0;
+        (*e).endpoint = ep.id;
+        (*e).identity = identity::<F>(if side == Side::Egress {
+            &flow.daddr
+        } else {
+            &flow.saddr
+        });
+    }
+    entry.submit(0);
+}
+
+/// A SYN on a closed connection's entry: a new connection reusing the tuple,
+/// judged by the rules in force now.
+#[inline(always)]
+fn reuses<F: Family>(v: *mut PolicyCtValue, flow: &Flow<F>) -> bool {
+    // SAFETY: as in `live`.
+    flow.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN && unsafe { (*v).flags } & PCT_F_CLOSING != 0
+}
+
+#[inline(always)]
+fn side_flag(side: Side) -> u8 {
+    if side == Side::Egress {
+        PCT_F_EGRESS
+    } else {
+        PCT_F_INGRESS
+    }
+}
+
+/// The flow's key as the packet goes (`reverse`: as its reply would).
+#[inline(always)]
+fn fill<F: Family>(k: &mut CtKey, flow: &Flow<F>, reverse: bool) {
+    if reverse {
+        F::widen(&flow.daddr, &mut k.saddr);
+        F::widen(&flow.saddr, &mut k.daddr);
+        k.sport = flow.dport;
+        k.dport = flow.sport;
+    } else {
+        F::widen(&flow.saddr, &mut k.saddr);
+        F::widen(&flow.daddr, &mut k.daddr);
+        k.sport = flow.sport;
+        k.dport = flow.dport;
+    }
+    k.proto = flow.proto;
+    k.family = F::AF;
+    k.dir = 0;
+    k._pad = 0;
+}
+
+#[inline(always)]
+fn live(key: &CtKey, now: u64) -> Option<*mut PolicyCtValue> {
+    let v = POLICY_CT.get_ptr_mut(key)?;
+    // SAFETY: a pointer into the map's value, valid for this run.
+    (unsafe { (*v).expires_ns } > now).then_some(v)
+}
+
+#[inline(always)]
+fn refresh<F: Family>(v: *mut PolicyCtValue, flow: &Flow<F>, now: u64) {
+    // SAFETY: as in `live`; racing updates of these fields are benign.
+    unsafe {
+        if flow.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+            (*v).flags |= PCT_F_CLOSING;
+        }
+        (*v).expires_ns = now + ct::lifetime(flow, (*v).flags & PCT_F_CLOSING != 0) * NS;
+    }
+}
