@@ -13,6 +13,7 @@ pub mod kube_proxy;
 pub mod netns;
 pub mod netpol;
 pub mod node;
+pub mod reachability;
 pub mod services;
 pub mod tempdir;
 pub mod traffic;

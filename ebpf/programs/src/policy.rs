@@ -80,7 +80,8 @@ pub fn endpoint<F: Family>(flow: &Flow<F>, side: Side) -> Option<PolicyEndpoint>
 }
 
 /// Whether the packet belongs to a flow already judged for this side, or
-/// answers one (then it passes whatever the rules say).
+/// answers one (then it passes whatever the rules say). `key` is left holding
+/// the reverse tuple.
 #[inline(always)]
 pub fn known<F: Family>(key: &mut CtKey, flow: &Flow<F>, side: Side, now: u64) -> bool {
     fill(key, flow, false);
@@ -93,13 +94,14 @@ pub fn known<F: Family>(key: &mut CtKey, flow: &Flow<F>, side: Side, now: u64) -
         return true;
     }
     fill(key, flow, true);
-    match live(key, now) {
-        Some(v) => {
-            refresh(v, flow, now);
-            true
-        }
-        None => false,
+    if let Some(v) = live(key, now) {
+        refresh(v, flow, now);
+        return true;
     }
+    // The reply of a local backend reaches its client already made to come from
+    // the frontend: the answer to the client's own flow to that frontend, which
+    // the load balancer's conntrack knows under the same key.
+    side == Side::Ingress && ct::lookup(key, now).is_some()
 }
 
 /// Judges a packet of `ep`, isolated or not on this side: a known flow passes,
@@ -164,8 +166,9 @@ pub fn check<F: Family>(
 fn admits<F: Family>(flow: &Flow<F>, ep: &PolicyEndpoint, side: Side) -> bool {
     let egress = side == Side::Egress;
     let peer = if egress { &flow.daddr } else { &flow.saddr };
-    // Hairpinned service traffic: the pod reaching itself.
-    if F::is(peer, &F::HAIRPIN) {
+    // Hairpinned service traffic (from the hairpin address to the pod, after
+    // translation): the pod reaching itself.
+    if F::is(&flow.saddr, &F::HAIRPIN) || F::is(&flow.daddr, &F::HAIRPIN) {
         return true;
     }
     if !egress && from_node::<F>(peer) {

@@ -1,0 +1,257 @@
+//! Tier 2 (root + namespaces): NetworkPolicy with real packets, on the upstream
+//! Kubernetes e2e model. Namespaces x, y, z each hold pods a, b, c serving TCP and
+//! UDP on ports 80 and 81; pods b live on a second node, so flows cross the
+//! underlay as well as stay on a node. For every step of every scenario, every
+//! ordered pair of pods is probed on each port and protocol, plus every pod to a
+//! ClusterIP whose endpoint is x/b, and the whole matrix is compared with the one
+//! the independent evaluator of `weir_lab::netpol` expects.
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use weir_lab::{
+    Agent, Node, Pod,
+    netpol::{self, Cluster},
+    reachability::{self, Probe},
+    services::{Ep, ManifestDir, port, service, slice},
+    underlay,
+    whoami::WhoAmI,
+};
+
+const VIP: &str = "10.96.77.7";
+/// First pass: a drop shows as a timeout; allowed flows answer in milliseconds.
+const FIRST_TIMEOUT: Duration = Duration::from_millis(500);
+/// Probes that disagree are asked again, more patiently (a SYN retransmission,
+/// a loaded machine), until this long after the change.
+const SETTLE: Duration = Duration::from_secs(6);
+const RETRY_TIMEOUT: Duration = Duration::from_millis(1500);
+
+struct Lab {
+    dir: ManifestDir,
+    /// What the agents were last given.
+    written: std::cell::RefCell<Vec<Value>>,
+    agents: Vec<Agent>,
+    pods: BTreeMap<(String, String), Pod>,
+    base: Cluster,
+    _servers: Vec<WhoAmI>,
+    _nodes: Vec<Node>,
+}
+
+impl Lab {
+    fn new() -> Self {
+        let dir = ManifestDir::new();
+        let mut node_a = Node::new("10.94.1.0/24");
+        let mut node_b = Node::new("10.94.2.0/24");
+        underlay::link(&node_a, &node_b, 94);
+        let agents = vec![
+            node_a.start_agent_with_source(dir.path()),
+            node_b.start_agent_with_source(dir.path()),
+        ];
+        let node_of = |pod: &str| if pod == "b" { &node_b } else { &node_a };
+        let mut pods = BTreeMap::new();
+        let mut servers = Vec::new();
+        for ns in ["x", "y", "z"] {
+            for name in ["a", "b", "c"] {
+                let pod = node_of(name).add_pod(&format!("{ns}{name}"));
+                servers.push(WhoAmI::start(
+                    &pod.ns,
+                    &format!("{ns}/{name}"),
+                    pod.ipv4(),
+                    &[80, 81],
+                ));
+                pods.insert((ns.to_owned(), name.to_owned()), pod);
+            }
+        }
+        let base = Cluster::xyz(
+            |ns, name| pods[&(ns.to_owned(), name.to_owned())].ipv4(),
+            |_, name| node_of(name).name().to_owned(),
+        );
+        Self {
+            dir,
+            written: Default::default(),
+            agents,
+            pods,
+            base,
+            _servers: servers,
+            _nodes: vec![node_a, node_b],
+        }
+    }
+
+    fn pod(&self, (ns, name): &(String, String)) -> &Pod {
+        &self.pods[&(ns.clone(), name.clone())]
+    }
+
+    /// Hands the cluster state to both agents (one file, one change) and waits
+    /// until both have synced their policies since.
+    fn apply(&self, cluster: &Cluster, policies: &[Value]) -> Instant {
+        let xb = cluster.pod("x", "b");
+        let mut objects = cluster.manifests();
+        objects.extend(policies.iter().cloned());
+        objects.push(service(
+            "to-xb",
+            VIP,
+            &[port("tcp", 80, "80", "TCP"), port("udp", 80, "80", "UDP")],
+        ));
+        objects.push(slice(
+            "to-xb",
+            "to-xb",
+            &xb.node,
+            &[("tcp", 80, "TCP"), ("udp", 80, "UDP")],
+            &[Ep::ready(xb.ip)],
+        ));
+        let start = Instant::now();
+        if *self.written.borrow() == objects {
+            return start; // nothing changes: nothing to wait for
+        }
+        let before: Vec<usize> = self.agents.iter().map(synced).collect();
+        self.dir.write("cluster.yaml", &objects);
+        *self.written.borrow_mut() = objects;
+        while self
+            .agents
+            .iter()
+            .map(synced)
+            .zip(&before)
+            .any(|(now, was)| now <= *was)
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "policies not synced after 10 s:\n{}",
+                self.agents[0].log_text()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        start
+    }
+}
+
+/// How many times the agent has synced its policy maps.
+fn synced(agent: &Agent) -> usize {
+    agent.log_text().matches("policies synced").count()
+}
+
+/// One row of the matrix: what is probed and what is expected.
+struct Case<'a> {
+    label: String,
+    probe: Probe<'a>,
+    expected: bool,
+}
+
+fn cases<'a>(lab: &'a Lab, cluster: &Cluster, policies: &[Value]) -> Vec<Case<'a>> {
+    let mut out: Vec<Case<'a>> = netpol::probes(cluster)
+        .into_iter()
+        .map(|p| {
+            let to = cluster.pod(&p.to.0, &p.to.1);
+            Case {
+                label: format!(
+                    "{}/{} -> {}/{} {}/{}",
+                    p.from.0, p.from.1, p.to.0, p.to.1, p.proto, p.port
+                ),
+                expected: p.expected(cluster, policies),
+                probe: Probe {
+                    from: &lab.pod(&p.from).ns,
+                    to: SocketAddr::new(to.ip, p.port),
+                    proto: p.proto,
+                },
+            }
+        })
+        .collect();
+    // Through the ClusterIP: allowed exactly when reaching x/b's own address is.
+    let xb = cluster.pod("x", "b").ip;
+    let vip: IpAddr = VIP.parse().expect("VIP");
+    for from in &cluster.pods {
+        for proto in ["TCP", "UDP"] {
+            out.push(Case {
+                label: format!("{}/{} -> ClusterIP(x/b) {proto}/80", from.namespace, from.name),
+                expected: netpol::allowed(cluster, policies, from.ip, xb, proto, 80),
+                probe: Probe {
+                    from: &lab.pod(&(from.namespace.clone(), from.name.clone())).ns,
+                    to: SocketAddr::new(vip, 80),
+                    proto,
+                },
+            });
+        }
+    }
+    out
+}
+
+/// Probes until the matrix matches or the change is [`SETTLE`] old; the rows
+/// that still disagree.
+fn disagreements(cases: &[Case<'_>], since: Instant) -> Vec<String> {
+    let all: Vec<usize> = (0..cases.len()).collect();
+    let mut pending = all;
+    let mut timeout = FIRST_TIMEOUT;
+    loop {
+        let probes: Vec<Probe<'_>> = pending
+            .iter()
+            .map(|&i| Probe {
+                from: cases[i].probe.from,
+                to: cases[i].probe.to,
+                proto: cases[i].probe.proto,
+            })
+            .collect();
+        let got = reachability::run(&probes, timeout);
+        pending = pending
+            .into_iter()
+            .zip(got)
+            .filter(|(i, got)| *got != cases[*i].expected)
+            .map(|(i, _)| i)
+            .collect();
+        if pending.is_empty() || since.elapsed() > SETTLE {
+            return pending
+                .iter()
+                .map(|&i| {
+                    let c = &cases[i];
+                    format!(
+                        "{}: expected {}",
+                        c.label,
+                        if c.expected { "allowed" } else { "denied" }
+                    )
+                })
+                .collect();
+        }
+        timeout = RETRY_TIMEOUT;
+    }
+}
+
+#[test]
+fn root_upstream_xyz_scenarios_hold_with_real_traffic() {
+    let lab = Lab::new();
+    let scenarios = netpol::scenarios(&lab.base);
+    assert!(scenarios.len() >= 40, "{} scenarios", scenarios.len());
+    let mut failures = Vec::new();
+    let mut probed = 0;
+    let mut denied = 0;
+    for scenario in &scenarios {
+        for (n, step) in scenario.steps.iter().enumerate() {
+            let cluster = step.apply_labels(&lab.base);
+            let since = lab.apply(&cluster, &step.policies);
+            let cases = cases(&lab, &cluster, &step.policies);
+            probed += cases.len();
+            denied += cases.iter().filter(|c| !c.expected).count();
+            let wrong = disagreements(&cases, since);
+            if !wrong.is_empty() {
+                failures.push(format!(
+                    "{} step {}: {} of {} probes wrong:\n  {}",
+                    scenario.name,
+                    n + 1,
+                    wrong.len(),
+                    cases.len(),
+                    wrong.join("\n  ")
+                ));
+            }
+        }
+    }
+    eprintln!(
+        "{} scenarios, {probed} probes ({denied} expected denied), {} steps wrong",
+        scenarios.len(),
+        failures.len()
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // Every drop was counted under its reason.
+    let metrics = lab.agents[1].weirctl(&["metrics"]).to_string();
+    assert!(metrics.contains("NetworkPolicy (ingress)"), "{metrics}");
+}
