@@ -255,3 +255,113 @@ fn root_upstream_xyz_scenarios_hold_with_real_traffic() {
     let metrics = lab.agents[1].weirctl(&["metrics"]).to_string();
     assert!(metrics.contains("NetworkPolicy (ingress)"), "{metrics}");
 }
+
+/// One node, a client and a server pod, and the node itself.
+#[test]
+fn root_policy_admits_the_node_reports_drops_and_survives_agent_restarts() {
+    use weir_lab::{
+        netpol::{NsInfo, PodInfo},
+        whoami::ask_tcp,
+    };
+    let dir = ManifestDir::new();
+    let mut node = Node::new("10.95.1.0/24");
+    // A node has an address of its own (its pods answer the node there).
+    node.ns.sh("ip link add eth0 type veth peer name eth0p && ip addr add 192.168.95.1/24 dev eth0 && ip link set eth0 up && ip link set eth0p up");
+    let mut agent = node.start_agent_with_source(dir.path());
+    let server = node.add_pod("server");
+    let client = node.add_pod("client");
+    let _whoami = WhoAmI::start(&server.ns, "server", server.ipv4(), &[80]);
+    let pod = |name: &str, ip: IpAddr| PodInfo {
+        namespace: "web".into(),
+        name: name.into(),
+        node: node.name().into(),
+        labels: BTreeMap::from([("app".to_owned(), name.to_owned())]),
+        ip,
+        ports: Vec::new(),
+    };
+    let cluster = Cluster {
+        namespaces: vec![NsInfo {
+            name: "web".into(),
+            labels: BTreeMap::new(),
+        }],
+        pods: vec![pod("server", server.ipv4()), pod("client", client.ipv4())],
+    };
+    let deny: Value = serde_json::from_str(
+        r#"{"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": "deny", "namespace": "web"},
+            "spec": {"podSelector": {"matchLabels": {"app": "server"}}}}"#,
+    )
+    .expect("policy");
+    let mut objects = cluster.manifests();
+    objects.push(deny);
+    dir.write("web.yaml", &objects);
+    let isolated = |a: &Agent| {
+        let view = a.weirctl(&["policy"]);
+        view.to_string().contains("nothing admitted")
+    };
+    let start = Instant::now();
+    while !isolated(&agent) {
+        assert!(start.elapsed() < Duration::from_secs(10), "server never isolated");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let to_server = SocketAddr::new(server.ipv4(), 80);
+    let refused = |what: &str| {
+        let r = reachability::run(
+            &[Probe {
+                from: &client.ns,
+                to: to_server,
+                proto: "TCP",
+            }],
+            Duration::from_millis(700),
+        );
+        assert_eq!(r, [false], "{what}: the client must be denied");
+    };
+    refused("isolated");
+    // The node itself (kubelet's probes) still reaches the isolated pod.
+    let from_node = ask_tcp(&node.ns, to_server).expect("the node reaches an isolated pod");
+    assert_eq!(from_node.server, "server");
+
+    // The drop is reported: reason, endpoint, the flow.
+    let drops = agent.weirctl(&["drops"]);
+    let rows = drops.as_array().expect("rows");
+    assert!(
+        rows.iter()
+            .any(|d| d["reason"] == "denied by NetworkPolicy (ingress)"
+                && d["endpoint"] == server.ipv4().to_string()
+                && d["destination"] == to_server.to_string()
+                && d["source"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with(&client.ipv4().to_string()))),
+        "{drops:#}"
+    );
+
+    // The datapath keeps enforcing while no agent runs, and a new agent finds the
+    // maps as they should be.
+    agent.kill();
+    refused("agent down");
+    agent.restart(node.name());
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(isolated(&agent));
+    refused("agent restarted");
+
+    // And it applies changes: allow the client.
+    let allow: Value = serde_json::from_str(
+        r#"{"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": "allow-client", "namespace": "web"},
+            "spec": {"podSelector": {"matchLabels": {"app": "server"}},
+                     "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "client"}}}]}]}}"#,
+    )
+    .expect("policy");
+    objects.push(allow);
+    dir.write("web.yaml", &objects);
+    let start = Instant::now();
+    loop {
+        match ask_tcp(&client.ns, to_server) {
+            Ok(a) => {
+                assert_eq!(a.peer.ip(), client.ipv4());
+                break;
+            }
+            Err(e) => assert!(start.elapsed() < Duration::from_secs(10), "never allowed: {e}"),
+        }
+    }
+}

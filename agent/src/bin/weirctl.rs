@@ -48,6 +48,12 @@ enum Command {
     Conntrack,
     /// Session affinity: client, frontend, backend, idle time.
     Affinity,
+    /// NetworkPolicy: what each isolated local pod admits, per direction.
+    Policy,
+    /// Policy identities of peer addresses and prefixes.
+    Ipcache,
+    /// Packets NetworkPolicy dropped since the last `drops` (reading consumes them).
+    Drops,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -60,6 +66,9 @@ fn main() -> anyhow::Result<()> {
         Command::Backends => ctl::backends(&pins)?,
         Command::Conntrack => ctl::conntrack(&pins)?,
         Command::Affinity => ctl::affinity(&pins)?,
+        Command::Policy => ctl::policy(&pins)?,
+        Command::Ipcache => ctl::ipcache(&pins)?,
+        Command::Drops => ctl::drops(&pins)?,
     };
     let mut text = match cli.output {
         Output::Json => view.to_json(),

@@ -5,6 +5,7 @@
 mod affinity;
 mod backends;
 mod conntrack;
+mod policy;
 mod services;
 mod table;
 
@@ -13,7 +14,12 @@ use std::net::{IpAddr, SocketAddr};
 use weir_model::{Protocol, net::from_abi};
 
 pub use self::{
-    affinity::affinity, backends::backends, conntrack::conntrack, services::services, table::View,
+    affinity::affinity,
+    backends::backends,
+    conntrack::conntrack,
+    policy::{drops, ipcache, policy},
+    services::services,
+    table::View,
 };
 
 #[derive(Debug, thiserror::Error)]

@@ -122,7 +122,10 @@ fn try_into_pod<F: Lb>(ctx: &TcContext) -> Result<Action, Reason> {
         return Ok(Action::forward(TC_ACT_OK));
     };
     if let Some(ep) = policy::endpoint(&flow, Side::Ingress) {
-        policy::check(&mut lb::scratch()?.in_key, &flow, &ep, Side::Ingress)?;
+        // Sent by the node's own stack: it came in on no interface.
+        // SAFETY: the context's skb pointer is valid for this run.
+        let from_node = unsafe { (*ctx.skb.skb).ingress_ifindex } == 0;
+        policy::check(&mut lb::scratch()?.in_key, &flow, &ep, Side::Ingress, from_node)?;
     }
     if lb {
         lb::to_pod(ctx, &mut flow)?;
@@ -153,7 +156,7 @@ fn try_from_pod<F: Lb>(ctx: &TcContext) -> Result<Action, Reason> {
     if let Some(ep) = ep
         && !judged
     {
-        policy::check(&mut lb::scratch()?.in_key, &flow, &ep, Side::Egress)?;
+        policy::check(&mut lb::scratch()?.in_key, &flow, &ep, Side::Egress, false)?;
     }
     // A local pod: hand the packet straight to its veth. This skips the host's
     // routing and its reverse-path filter, which would refuse a reply whose

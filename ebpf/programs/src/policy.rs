@@ -13,9 +13,9 @@
 //!
 //! Enforcement sees real endpoints: egress after the load balancer has picked a
 //! backend (and before a reply is made to come from a frontend), ingress before
-//! any reverse translation on the way in. Traffic from the node itself (its own
-//! addresses) into its pods is always admitted, as in other dataplanes: kubelet
-//! probes must reach isolated pods.
+//! any reverse translation on the way in. Traffic from the node itself (sent by
+//! its own stack, whatever its source address) into its pods is always
+//! admitted, as in other dataplanes: kubelet probes must reach isolated pods.
 
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
@@ -29,7 +29,7 @@ use weir_common::{
 };
 
 use crate::{
-    lb::{ct, maps::NODE_IPS},
+    lb::ct,
     packet::{Family, Flow, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
@@ -105,13 +105,15 @@ pub fn known<F: Family>(key: &mut CtKey, flow: &Flow<F>, side: Side, now: u64) -
 }
 
 /// Judges a packet of `ep`, isolated or not on this side: a known flow passes,
-/// a new one is looked up in the rules and recorded when admitted.
+/// a new one is looked up in the rules and recorded when admitted. What the
+/// node's own stack sends (`from_node`) is admitted into any pod.
 #[inline(always)]
 pub fn check<F: Family>(
     key: &mut CtKey,
     flow: &Flow<F>,
     ep: &PolicyEndpoint,
     side: Side,
+    from_node: bool,
 ) -> Result<(), Reason> {
     // SAFETY: no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
@@ -124,7 +126,7 @@ pub fn check<F: Family>(
         } else {
             POLICY_F_INGRESS
         };
-    if isolated != 0 && !admits(flow, ep, side) {
+    if isolated != 0 && !from_node && !admits(flow, ep, side) {
         let reason = if side == Side::Egress {
             Reason::PolicyEgress
         } else {
@@ -171,9 +173,6 @@ fn admits<F: Family>(flow: &Flow<F>, ep: &PolicyEndpoint, side: Side) -> bool {
     if F::is(&flow.saddr, &F::HAIRPIN) || F::is(&flow.daddr, &F::HAIRPIN) {
         return true;
     }
-    if !egress && from_node::<F>(peer) {
-        return true;
-    }
     let mut key = Key::new(
         POLICY_PREFIX_FULL,
         PolicyKey {
@@ -203,17 +202,6 @@ fn identity<F: Family>(addr: &F::Addr) -> u32 {
     );
     F::widen(addr, &mut key.data.addr);
     IPCACHE.get(&key).copied().unwrap_or(IDENTITY_WORLD)
-}
-
-#[inline(always)]
-fn from_node<F: Family>(addr: &F::Addr) -> bool {
-    let mut key = EndpointKey {
-        family: F::AF,
-        ..EndpointKey::default()
-    };
-    F::widen(addr, &mut key.addr);
-    // SAFETY: valid for this run.
-    unsafe { NODE_IPS.get(&key) }.is_some()
 }
 
 #[inline(always)]
