@@ -60,7 +60,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let pins = PinLayout::new(weir_agent::datapath::bpffs::resolve(&cli.bpffs_root, false)?);
     let view = match cli.command {
-        Command::Endpoints => View::flat(endpoints(&pins)?, vec!["ip", "ifindex", "identity"]),
+        Command::Endpoints => View::flat(endpoints(&pins)?, vec!["ip", "ifindex"]),
         Command::Metrics => View::flat(metrics(&pins)?, vec!["direction", "reason", "packets", "bytes"]),
         Command::Services => ctl::services(&pins)?,
         Command::Backends => ctl::backends(&pins)?,
@@ -92,7 +92,6 @@ fn endpoints(pins: &PinLayout) -> anyhow::Result<Vec<serde_json::Value>> {
         rows.push(json!({
             "ip": addr(&key).to_string(),
             "ifindex": info.ifindex,
-            "identity": info.identity,
         }));
     }
     rows.sort_by(|a, b| a["ip"].as_str().cmp(&b["ip"].as_str()));

@@ -221,9 +221,10 @@ impl EndpointKey {
 pub struct EndpointInfo {
     /// Host-side veth of the pod.
     pub ifindex: u32,
-    /// Policy identity of the pod (0 until policy lands).
+    /// Reserved (0): policy keeps its own per-endpoint map ([`maps::POLICY_ENDPOINTS`]),
+    /// written from the cluster's Pods, not from CNI registrations.
     pub identity: u32,
-    /// Reserved for per-endpoint policy flags.
+    /// Reserved (0).
     pub flags: u32,
     pub _pad: u32,
 }
