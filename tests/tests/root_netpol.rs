@@ -365,3 +365,108 @@ fn root_policy_admits_the_node_reports_drops_and_survives_agent_restarts() {
         }
     }
 }
+
+/// Dual-stack pods: selectors admit a pod by both its addresses; IPv6 `ipBlock`s
+/// with exceptions; UDP and TCP over IPv6.
+#[test]
+fn root_policy_over_ipv6_and_dual_stack() {
+    use serde_json::json;
+    let dir = ManifestDir::new();
+    let mut node =
+        Node::with_ranges(json!([[{ "subnet": "10.95.2.0/24" }], [{ "subnet": "fd00:10:95:2::/64" }]]));
+    let agent = node.start_agent_with_source(dir.path());
+    let pods: Vec<Pod> = ["server", "client", "other"]
+        .iter()
+        .map(|n| node.add_pod(n))
+        .collect();
+    let _servers: Vec<WhoAmI> = pods
+        .iter()
+        .flat_map(|p| [p.ipv4(), p.ipv6()].map(|ip| WhoAmI::start(&p.ns, &p.spec.name, ip, &[8080])))
+        .collect();
+    let (server, client, other) = (&pods[0], &pods[1], &pods[2]);
+    let mut objects = vec![json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "web"}})];
+    for (pod, labels) in pods.iter().zip([
+        json!({"app": "server"}),
+        json!({"role": "client"}),
+        json!({"role": "other"}),
+    ]) {
+        objects.push(json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": pod.spec.name, "namespace": "web", "labels": labels},
+            "spec": {"nodeName": node.name(), "containers": [{"name": "c", "image": "whoami"}]},
+            "status": {"phase": "Running", "podIP": pod.ipv4().to_string(),
+                       "podIPs": [{"ip": pod.ipv4().to_string()}, {"ip": pod.ipv6().to_string()}]},
+        }));
+    }
+    objects.push(json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "server-from-client", "namespace": "web"},
+        "spec": {"podSelector": {"matchLabels": {"app": "server"}},
+                 "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "client"}}}],
+                              "ports": [{"port": 8080}, {"port": 8080, "protocol": "UDP"}]}]},
+    }));
+    objects.push(json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "other-out", "namespace": "web"},
+        "spec": {"podSelector": {"matchLabels": {"role": "other"}}, "policyTypes": ["Egress"],
+                 "egress": [{"to": [{"ipBlock": {"cidr": "fd00::/8", "except": [format!("{}/128", client.ipv6())]}}]}]},
+    }));
+    dir.write("web.yaml", &objects);
+    let start = Instant::now();
+    while agent.weirctl(&["policy"]).as_array().is_none_or(Vec::is_empty) {
+        assert!(start.elapsed() < Duration::from_secs(10), "policies never synced");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let to = |p: &Pod, v6: bool| SocketAddr::new(if v6 { p.ipv6() } else { p.ipv4() }, 8080);
+    // (from, to, expected): every case over TCP and UDP.
+    let cases = [
+        (client, to(server, true), true),
+        (client, to(server, false), true),
+        (other, to(server, true), false),
+        (other, to(server, false), false),
+        (server, to(client, true), true),
+        (other, to(client, true), false),  // the exception
+        (other, to(client, false), false), // IPv4: outside the IPv6 block
+    ];
+    let mut probes = Vec::new();
+    let mut expected = Vec::new();
+    for (from, to, want) in &cases {
+        for proto in ["TCP", "UDP"] {
+            probes.push(Probe {
+                from: &from.ns,
+                to: *to,
+                proto,
+            });
+            expected.push(format!(
+                "{} -> {to} {proto}: {}",
+                from.spec.name,
+                if *want { "allowed" } else { "denied" }
+            ));
+        }
+    }
+    // Fresh IPv6 addresses may still be tentative (duplicate address detection):
+    // what disagrees is asked again for a few seconds.
+    let wants: Vec<bool> = cases.iter().flat_map(|c| [c.2, c.2]).collect();
+    let mut wrong: Vec<&String> = Vec::new();
+    for _ in 0..6 {
+        let got = reachability::run(&probes, Duration::from_millis(1000));
+        wrong = expected
+            .iter()
+            .zip(got.iter().zip(&wants))
+            .filter(|(_, (got, want))| got != want)
+            .map(|(e, _)| e)
+            .collect();
+        if wrong.is_empty() {
+            break;
+        }
+    }
+    assert!(wrong.is_empty(), "expected but not seen: {wrong:#?}");
+    // Denied by the server's ingress (other -> server) and by other's egress.
+    let drops = agent.weirctl(&["drops"]).to_string();
+    assert!(
+        drops.contains("(egress)")
+            && drops.contains("(ingress)")
+            && drops.contains(&client.ipv6().to_string()),
+        "{drops}"
+    );
+}

@@ -279,9 +279,16 @@ fn live(key: &CtKey, now: u64) -> Option<*mut PolicyCtValue> {
 fn refresh<F: Family>(v: *mut PolicyCtValue, flow: &Flow<F>, now: u64) {
     // SAFETY: as in `live`; racing updates of these fields are benign.
     unsafe {
-        if flow.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        if flow.tcp_flags & (TCP_FIN | TCP_RST) != 0 && (*v).flags & PCT_F_CLOSING == 0 {
             (*v).flags |= PCT_F_CLOSING;
         }
-        (*v).expires_ns = now + ct::lifetime(flow, (*v).flags & PCT_F_CLOSING != 0) * NS;
+        let expires = now + ct::lifetime(flow, (*v).flags & PCT_F_CLOSING != 0) * NS;
+        // Written when it moves by a second or more, not on every packet: both
+        // sides of a flow run on different CPUs, and a store per packet would
+        // bounce the entry's cache line between them.
+        let old = (*v).expires_ns;
+        if expires > old + NS || expires + NS < old {
+            (*v).expires_ns = expires;
+        }
     }
 }

@@ -189,13 +189,33 @@ impl PolicyEncoder {
                 }
             }
         }
+        // Which sets could name a prefix: those naming the pod at that address,
+        // and those with a block whose CIDR contains it (found among the
+        // prefix's supernets), rather than every set for every prefix.
+        let mut by_pod: HashMap<IpAddr, Vec<u32>> = HashMap::new();
+        let mut by_cidr: HashMap<IpNetwork, Vec<u32>> = HashMap::new();
+        for (n, peers) in &peer_sets {
+            if let PeerMatch::Some { pods, blocks } = peers {
+                for ip in pods {
+                    by_pod.entry(*ip).or_default().push(*n);
+                }
+                for (cidr, _) in blocks {
+                    by_cidr.entry(canonical(*cidr)).or_default().push(*n);
+                }
+            }
+        }
         for prefix in &prefixes {
-            let signature: BTreeSet<u32> = peer_sets
-                .iter()
-                .filter(|(_, peers)| names_region(peers, *prefix))
-                .map(|(n, _)| *n)
-                .collect();
-            signatures.insert(IpcacheEntry::of(*prefix), signature);
+            let mut candidates: BTreeSet<u32> = BTreeSet::new();
+            if prefix.prefix() == max_prefix(*prefix) {
+                candidates.extend(by_pod.get(&prefix.ip()).into_iter().flatten());
+            }
+            for len in 0..=prefix.prefix() {
+                if let Ok(supernet) = IpNetwork::new(prefix.ip(), len) {
+                    candidates.extend(by_cidr.get(&canonical(supernet)).into_iter().flatten());
+                }
+            }
+            candidates.retain(|n| names_region(&peer_sets[n], *prefix));
+            signatures.insert(IpcacheEntry::of(*prefix), candidates);
         }
         let mut members: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
         for (entry, signature) in signatures {
