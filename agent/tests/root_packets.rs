@@ -96,9 +96,31 @@ impl Lab {
         self.dp.services.insert(key(0), svc, 0).expect("service");
     }
 
-    /// Runs `from_pod` on a frame; returns the verdict and the frame after it.
-    fn run(&self, frame: &[u8]) -> (u32, Vec<u8>) {
-        self.run_on(FROM_POD, frame)
+    /// Runs `from_pod` on a frame sent by the pod whose address it carries:
+    /// that address lives on this veth (the test run's device, `lo`) while the
+    /// frame runs, as the anti-spoofing check wants. Returns the verdict and the
+    /// frame after it.
+    fn run(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
+        let source = match frame[12..14] {
+            [0x08, 0x00] => EndpointKey::v4([frame[26], frame[27], frame[28], frame[29]]),
+            _ => EndpointKey::v6(frame[22..38].try_into().expect("IPv6 source")),
+        };
+        let added = self.dp.endpoints.get(&source, 0).is_err();
+        if added {
+            let on_lo = EndpointInfo {
+                ifindex: 1,
+                ..Default::default()
+            };
+            self.dp
+                .endpoints
+                .insert(source, on_lo, 0)
+                .expect("source endpoint");
+        }
+        let out = self.run_on(FROM_POD, frame);
+        if added {
+            self.dp.endpoints.remove(&source).expect("source endpoint");
+        }
+        out
     }
 
     /// Runs `program` on a frame; returns the verdict and the frame after it.
@@ -293,17 +315,17 @@ fn root_affinity_pins_a_client_and_random_choice_spreads() {
     let mut lab = Lab::new("affinity");
     lab.service(IPPROTO_TCP, &[BACKEND_A, BACKEND_B], SVC_F_AFFINITY);
     let backend_of =
-        |lab: &Lab, sport| tuple(&lab.run(&frame(IPPROTO_TCP, CLIENT, sport, VIP, 80, 0x02)).1).2;
-    let first = backend_of(&lab, 30000);
+        |lab: &mut Lab, sport| tuple(&lab.run(&frame(IPPROTO_TCP, CLIENT, sport, VIP, 80, 0x02)).1).2;
+    let first = backend_of(&mut lab, 30000);
     assert!(
-        (1..40).all(|i| backend_of(&lab, 30000 + i) == first),
+        (1..40).all(|i| backend_of(&mut lab, 30000 + i) == first),
         "affinity broken"
     );
 
     let mut lab = Lab::new("random");
     lab.service(IPPROTO_TCP, &[BACKEND_A, BACKEND_B], 0);
     let hits_a = (0..200)
-        .filter(|i| backend_of(&lab, 30000 + i) == BACKEND_A)
+        .filter(|i| backend_of(&mut lab, 30000 + i) == BACKEND_A)
         .count();
     assert!(
         (60..=140).contains(&hits_a),
@@ -440,10 +462,10 @@ fn root_affinity_holds_on_terminating_fallback() {
         lab.dp.backends.insert(id, b, 0).expect("backend");
     }
     let backend_of =
-        |lab: &Lab, sport| tuple(&lab.run(&frame(IPPROTO_TCP, CLIENT, sport, VIP, 80, 0x02)).1).2;
-    let first = backend_of(&lab, 30000);
+        |lab: &mut Lab, sport| tuple(&lab.run(&frame(IPPROTO_TCP, CLIENT, sport, VIP, 80, 0x02)).1).2;
+    let first = backend_of(&mut lab, 30000);
     assert!(
-        (1..40).all(|i| backend_of(&lab, 30000 + i) == first),
+        (1..40).all(|i| backend_of(&mut lab, 30000 + i) == first),
         "affinity must hold on the terminating fallback"
     );
 }
@@ -580,7 +602,6 @@ fn root_ipv6_service_without_endpoints_answers_icmpv6_port_unreachable() {
 
 const EXTERNAL: [u8; 4] = [192, 168, 7, 7];
 const NODE_IP: [u8; 4] = [192, 168, 7, 1];
-const TC_ACT_SHOT: u32 = 2;
 
 /// A NodePort frontend NODE_IP:30080 of the given backends; backend A is a local pod.
 fn nodeport_lab(tag: &str, backends: &[[u8; 4]], flags: u32) -> Lab {
@@ -634,7 +655,7 @@ fn nodeport_lab(tag: &str, backends: &[[u8; 4]], flags: u32) -> Lab {
 
 #[test]
 fn root_nodeport_to_a_local_endpoint_keeps_the_client_address() {
-    let lab = nodeport_lab("np-local", &[BACKEND_A], 0);
+    let mut lab = nodeport_lab("np-local", &[BACKEND_A], 0);
     let (verdict, out) = lab.run_on(
         FROM_NETDEV,
         &frame(IPPROTO_TCP, EXTERNAL, 40000, NODE_IP, 30080, 0x02),
@@ -720,3 +741,24 @@ fn root_source_nat_shares_the_ports_of_a_node_that_takes_them_all() {
     assert_eq!((src, dst), (NODE_IP, BACKEND_B));
     assert!(sport >= 1024, "source port {sport}");
 }
+
+#[test]
+fn root_a_pod_sending_from_an_address_not_its_own_is_dropped() {
+    let mut lab = Lab::new("spoof");
+    lab.service(IPPROTO_TCP, &[BACKEND_A], 0);
+    let syn = frame(IPPROTO_TCP, CLIENT, 40000, VIP, 80, 0x02);
+    assert_eq!(lab.run(&syn).0, TC_ACT_OK, "from its own address");
+    // Nobody's address, or another pod's (on another veth): dropped, counted.
+    assert_eq!(lab.run_on(FROM_POD, &syn).0, TC_ACT_SHOT);
+    let elsewhere = EndpointInfo {
+        ifindex: 77,
+        ..Default::default()
+    };
+    lab.dp
+        .endpoints
+        .insert(EndpointKey::v4(CLIENT), elsewhere, 0)
+        .expect("endpoint");
+    assert_eq!(lab.run_on(FROM_POD, &syn).0, TC_ACT_SHOT);
+}
+
+const TC_ACT_SHOT: u32 = 2;

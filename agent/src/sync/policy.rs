@@ -66,8 +66,10 @@ pub struct PolicySyncer {
     encoder: PolicyEncoder,
     /// What the maps hold, as far as our writes (or the read-back) tell.
     current: DesiredPolicy,
-    /// The last compile's result.
-    desired: DesiredPolicy,
+    /// The last compile's result; `None` before the first compile, when the
+    /// maps keep what they hold (an agent whose source cannot be read yet must
+    /// not lift every isolation).
+    desired: Option<DesiredPolicy>,
 }
 
 impl PolicySyncer {
@@ -75,52 +77,113 @@ impl PolicySyncer {
     pub fn new(node: &str, maps: &impl PolicyMaps) -> Result<Self, SyncError> {
         let current = maps.read_policy()?;
         let mut encoder = PolicyEncoder::default();
-        let identity = current.ipcache.values().copied().max().unwrap_or(0);
-        let endpoint = current.endpoints.values().map(|e| e.id).max().unwrap_or(0);
+        // Numbers in use anywhere in the maps, rules included (an agent may have
+        // stopped between writing new rules and removing old ones).
+        let identity = current
+            .ipcache
+            .values()
+            .copied()
+            .chain(current.rules.iter().map(|r| r.key.identity))
+            .max()
+            .unwrap_or(0);
+        let endpoint = current
+            .endpoints
+            .values()
+            .map(|e| e.id)
+            .chain(current.rules.iter().map(|r| r.key.endpoint))
+            .max()
+            .unwrap_or(0);
         encoder.start_above(identity, endpoint);
         Ok(Self {
             node: node.to_owned(),
             encoder,
             current,
-            desired: DesiredPolicy::default(),
+            desired: None,
         })
     }
 
-    /// Recompiles the node's policies from the model.
+    /// Recompiles the node's policies from the model. Numbers the maps still
+    /// hold (a write that failed) are not handed out with a new meaning.
     pub fn compile(&mut self, model: &Model) -> Vec<Problem> {
+        let held = &self.current;
+        self.encoder.hold(
+            held.ipcache
+                .values()
+                .copied()
+                .chain(held.rules.iter().map(|r| r.key.identity)),
+            held.endpoints
+                .values()
+                .map(|e| e.id)
+                .chain(held.rules.iter().map(|r| r.key.endpoint)),
+        );
         let (desired, problems) = compile_node(model, &self.node, &mut self.encoder);
-        self.desired = desired;
+        self.desired = Some(desired);
         problems
     }
 
+    /// The last compile's result (empty before the first).
     pub fn desired(&self) -> &DesiredPolicy {
-        &self.desired
+        static NONE: std::sync::LazyLock<DesiredPolicy> = std::sync::LazyLock::new(DesiredPolicy::default);
+        self.desired.as_ref().unwrap_or(&NONE)
     }
 
-    /// Whether the maps hold what the last compile wants.
+    /// Whether the maps hold what the last compile wants (before the first
+    /// compile there is nothing to sync).
     pub fn in_sync(&self) -> bool {
-        self.current == self.desired
+        self.desired.as_ref().is_none_or(|d| *d == self.current)
     }
 
-    /// Writes what differs, in the module's order.
+    /// Writes what differs, in the module's order. A phase with a failed write
+    /// ends the sync there: the next phases rely on it (a pod is isolated only
+    /// once its rules are in; an identity is removed only once no address maps
+    /// to it), and the next sync retries.
     pub fn apply(&mut self, maps: &mut impl PolicyMaps) -> PolicyReport {
-        let (want, have) = (&self.desired, &self.current);
-        let mut ops = Vec::new();
-        ops.extend(want.rules.difference(&have.rules).map(|r| PolicyOp::PutRule(*r)));
-        ops.extend(changed(&want.ipcache, &have.ipcache).map(|(k, v)| PolicyOp::PutIpcache(k, v)));
-        ops.extend(changed(&want.endpoints, &have.endpoints).map(|(k, v)| PolicyOp::PutEndpoint(k, v)));
-        ops.extend(gone(&want.endpoints, &have.endpoints).map(PolicyOp::DelEndpoint));
-        ops.extend(gone(&want.ipcache, &have.ipcache).map(PolicyOp::DelIpcache));
-        ops.extend(have.rules.difference(&want.rules).map(|r| PolicyOp::DelRule(*r)));
-
         let mut report = PolicyReport::default();
-        for op in ops {
+        let Some(want) = &self.desired else {
+            return report;
+        };
+        let have = &self.current;
+        let phases: [Vec<PolicyOp>; 6] = [
+            want.rules
+                .difference(&have.rules)
+                .map(|r| PolicyOp::PutRule(*r))
+                .collect(),
+            changed(&want.ipcache, &have.ipcache)
+                .map(|(k, v)| PolicyOp::PutIpcache(k, v))
+                .collect(),
+            changed(&want.endpoints, &have.endpoints)
+                .map(|(k, v)| PolicyOp::PutEndpoint(k, v))
+                .collect(),
+            gone(&want.endpoints, &have.endpoints)
+                .map(PolicyOp::DelEndpoint)
+                .collect(),
+            gone(&want.ipcache, &have.ipcache)
+                .map(PolicyOp::DelIpcache)
+                .collect(),
+            have.rules
+                .difference(&want.rules)
+                .map(|r| PolicyOp::DelRule(*r))
+                .collect(),
+        ];
+        for phase in phases {
+            if report.failed > 0 {
+                break;
+            }
+            for op in phase {
+                self.apply_one(maps, op, &mut report);
+            }
+        }
+        report
+    }
+
+    fn apply_one(&mut self, maps: &mut impl PolicyMaps, op: PolicyOp, report: &mut PolicyReport) {
+        {
             if let Err(e) = maps.apply_policy(&op) {
                 report.failed += 1;
                 if report.failed <= 10 {
                     warn!(map = op.map(), op = ?op, error = %e, "policy map write failed; retrying at the next sync");
                 }
-                continue;
+                return;
             }
             let current = &mut self.current;
             match op {
@@ -150,7 +213,6 @@ impl PolicySyncer {
                 }
             }
         }
-        report
     }
 }
 
@@ -331,9 +393,18 @@ mod tests {
             ..Fake::default()
         };
         let mut syncer = PolicySyncer::new("n1", &maps).expect("read");
+        assert!(syncer.in_sync(), "nothing to do before the first compile");
+        assert_eq!(syncer.apply(&mut maps), PolicyReport::default());
         syncer.compile(&model(A_FROM_B));
-        assert_eq!(syncer.apply(&mut maps).failed, 2);
+        let report = syncer.apply(&mut maps);
+        assert_eq!(report.failed, 1, "the first failure ends the sync: {report:?}");
+        assert!(
+            maps.held.endpoints.is_empty(),
+            "no pod isolated before its rules are in"
+        );
         assert!(!syncer.in_sync());
+        syncer.apply(&mut maps);
+        assert!(!syncer.in_sync(), "the second failure");
         syncer.apply(&mut maps);
         assert!(syncer.in_sync() && maps.held == *syncer.desired());
 

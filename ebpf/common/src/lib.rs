@@ -144,6 +144,9 @@ pub enum Reason {
     PolicyIngress = 8,
     /// No NetworkPolicy admits this new flow out of the source pod.
     PolicyEgress = 9,
+    /// A pod sent from an address that is not its own: dropped, or it could
+    /// pass for another pod in others' policies.
+    SpoofedSource = 10,
 }
 
 impl Reason {
@@ -159,6 +162,7 @@ impl Reason {
             7 => "Local traffic policy without a local endpoint (dropped)",
             8 => "denied by NetworkPolicy (ingress)",
             9 => "denied by NetworkPolicy (egress)",
+            10 => "source address not the pod's own (spoofed)",
             _ => "unknown",
         }
     }

@@ -19,13 +19,13 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use weir_common::{Dir, EndpointKey, Reason};
+use weir_common::{Dir, Reason};
 
 use crate::{
     lb::Lb,
     metrics::Action,
     packet::{Family, V4, V6},
-    policy::Side,
+    policy::{Known, Side},
 };
 
 /// Hands the packet to `$per_family`'s IPv4 or IPv6 instance; anything else
@@ -138,15 +138,24 @@ fn try_from_pod<F: Lb>(ctx: &TcContext) -> Result<Action, Reason> {
     let Some((mut flow, lb)) = packet::parse_any::<F>(ctx)? else {
         return Ok(Action::forward(TC_ACT_OK));
     };
-    // Egress policy judges the real flow: a reply (or a known flow) as the pod
-    // sends it, before the load balancer makes it come from a frontend; a new
-    // flow once the load balancer has picked its backend.
+    // A pod sends from its own address: anything else would pass for another
+    // pod in everyone's policies (its veth is where that address lives).
+    // SAFETY: valid for this run (both).
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    if unsafe { endpoints::ENDPOINTS.get(&endpoints::key::<F>(&flow.saddr)) }
+        .is_none_or(|e| e.ifindex != ifindex)
+    {
+        return Err(Reason::SpoofedSource);
+    }
+    // Egress policy judges the real flow: a reply as the pod sends it, before
+    // the load balancer makes it come from a frontend; anything else once the
+    // load balancer has picked its backend.
     let ep = policy::endpoint(&flow, Side::Egress);
-    let mut judged = false;
+    let mut seen = Known::New;
     if ep.is_some() {
         // SAFETY: no preconditions.
         let now = unsafe { bpf_ktime_get_ns() };
-        judged = policy::known(&mut lb::scratch()?.in_key, &flow, Side::Egress, now);
+        seen = policy::known(&mut lb::scratch()?.in_key, &flow, Side::Egress, now);
     }
     if lb && let Some(answered) = lb::from_pod(ctx, &mut flow)? {
         // Rejected (the pod is told, whatever its policy) or the reply of an
@@ -154,20 +163,15 @@ fn try_from_pod<F: Lb>(ctx: &TcContext) -> Result<Action, Reason> {
         return Ok(answered);
     }
     if let Some(ep) = ep
-        && !judged
+        && (seen == Known::New || (seen == Known::Admitted && flow.translated))
     {
         policy::check(&mut lb::scratch()?.in_key, &flow, &ep, Side::Egress, false)?;
     }
     // A local pod: hand the packet straight to its veth. This skips the host's
     // routing and its reverse-path filter, which would refuse a reply whose
     // source is now a frontend address the host has no route for.
-    let mut key = EndpointKey {
-        family: F::AF,
-        ..EndpointKey::default()
-    };
-    F::widen(&flow.daddr, &mut key.addr);
     // SAFETY: valid for this run.
-    if let Some(ep) = unsafe { endpoints::ENDPOINTS.get(&key) } {
+    if let Some(ep) = unsafe { endpoints::ENDPOINTS.get(&endpoints::key::<F>(&flow.daddr)) } {
         // SAFETY: no preconditions; the verdict says where the packet goes.
         let tc = unsafe { bpf_redirect_neigh(ep.ifindex, core::ptr::null_mut(), 0, 0) } as i32;
         return Ok(Action::forward(tc));

@@ -46,10 +46,15 @@ pub trait Family: Sized {
     /// ICMP's protocol number in this family.
     const ICMP: u8;
 
-    /// Reads the IP header into `flow` (addresses, protocol): `Ok(false)` for a
-    /// packet whose L4 header is not where we look (IPv4 options, later
-    /// fragments), which the load balancer leaves alone.
-    fn parse_ip(ctx: &TcContext, flow: &mut Flow<Self>) -> Result<bool, Reason>;
+    /// ICMP echo request and reply types.
+    const ECHO: [u8; 2];
+
+    /// Reads the IP header into `flow` (addresses, protocol).
+    fn parse_ip(ctx: &TcContext, flow: &mut Flow<Self>) -> Result<(), Reason>;
+    /// Where the L4 header starts, `flow.proto` set to its protocol (past IPv6
+    /// hop-by-hop options and fragment headers); `None` for a fragment after the
+    /// first, which carries no L4 header.
+    fn l4_offset(ctx: &TcContext, flow: &mut Flow<Self>) -> Result<Option<usize>, Reason>;
     /// Writes the address in the maps' 16-byte form (IPv4 in the first 4 bytes).
     fn widen(a: &Self::Addr, out: &mut [u8; 16]);
     /// Sets an address from the maps' form.
@@ -77,6 +82,7 @@ impl Family for V4 {
     const L4: usize = ETH_HLEN + IP_HLEN;
     const HAIRPIN: [u8; 16] = widen4(HAIRPIN_V4);
     const ICMP: u8 = IPPROTO_ICMP;
+    const ECHO: [u8; 2] = [8, 0];
 
     #[inline(always)]
     fn icmp_passes(icmp_type: u8) -> bool {
@@ -85,20 +91,25 @@ impl Family for V4 {
     }
 
     #[inline(always)]
-    fn parse_ip(ctx: &TcContext, flow: &mut Flow<Self>) -> Result<bool, Reason> {
+    fn parse_ip(ctx: &TcContext, flow: &mut Flow<Self>) -> Result<(), Reason> {
         let vihl: u8 = ctx.load(ETH_HLEN).map_err(|_| Reason::Malformed)?;
         if vihl >> 4 != 4 {
             return Err(Reason::Malformed);
         }
-        // Addresses and protocol first: policy needs them of every packet.
         flow.proto = ctx.load(ETH_HLEN + 9).map_err(|_| Reason::Malformed)?;
         flow.saddr = ctx.load(Self::SADDR).map_err(|_| Reason::Malformed)?;
         flow.daddr = ctx.load(Self::DADDR).map_err(|_| Reason::Malformed)?;
-        if usize::from(vihl & 0x0f) * 4 != IP_HLEN {
-            return Ok(false);
-        }
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn l4_offset(ctx: &TcContext, _flow: &mut Flow<Self>) -> Result<Option<usize>, Reason> {
         let frag: u16 = ctx.load(ETH_HLEN + 6).map_err(|_| Reason::Malformed)?;
-        Ok(u16::from_be(frag) & 0x1fff == 0)
+        if u16::from_be(frag) & 0x1fff != 0 {
+            return Ok(None);
+        }
+        let vihl: u8 = ctx.load(ETH_HLEN).map_err(|_| Reason::Malformed)?;
+        Ok(Some(ETH_HLEN + usize::from(vihl & 0x0f) * 4))
     }
 
     #[inline(always)]
@@ -132,6 +143,7 @@ impl Family for V6 {
     const L4: usize = ETH_HLEN + IP6_HLEN;
     const HAIRPIN: [u8; 16] = HAIRPIN_V6;
     const ICMP: u8 = IPPROTO_ICMPV6;
+    const ECHO: [u8; 2] = [128, 129];
 
     #[inline(always)]
     fn icmp_passes(icmp_type: u8) -> bool {
@@ -140,17 +152,34 @@ impl Family for V6 {
     }
 
     #[inline(always)]
-    fn parse_ip(ctx: &TcContext, flow: &mut Flow<Self>) -> Result<bool, Reason> {
+    fn parse_ip(ctx: &TcContext, flow: &mut Flow<Self>) -> Result<(), Reason> {
         let version: u8 = ctx.load(ETH_HLEN).map_err(|_| Reason::Malformed)?;
         if version >> 4 != 6 {
             return Err(Reason::Malformed);
         }
-        // The next header right after the fixed header; with extension headers it
-        // is not TCP or UDP and the packet passes untranslated.
         flow.proto = ctx.load(ETH_HLEN + 6).map_err(|_| Reason::Malformed)?;
         load16(ctx, Self::SADDR, &mut flow.saddr)?;
         load16(ctx, Self::DADDR, &mut flow.daddr)?;
-        Ok(true)
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn l4_offset(ctx: &TcContext, flow: &mut Flow<Self>) -> Result<Option<usize>, Reason> {
+        let mut at = Self::L4;
+        if flow.proto == IPPROTO_HOPOPTS {
+            flow.proto = ctx.load(at).map_err(|_| Reason::Malformed)?;
+            let len: u8 = ctx.load(at + 1).map_err(|_| Reason::Malformed)?;
+            at += (usize::from(len) + 1) * 8;
+        }
+        if flow.proto == IPPROTO_FRAGMENT {
+            let offset: u16 = ctx.load(at + 2).map_err(|_| Reason::Malformed)?;
+            if u16::from_be(offset) & 0xfff8 != 0 {
+                return Ok(None);
+            }
+            flow.proto = ctx.load(at).map_err(|_| Reason::Malformed)?;
+            at += 8;
+        }
+        Ok(Some(at))
     }
 
     #[inline(always)]
@@ -174,6 +203,10 @@ impl Family for V6 {
         (x ^ (x >> 32)) as u32
     }
 }
+
+/// IPv6 extension headers walked to find the L4 header.
+const IPPROTO_HOPOPTS: u8 = 0;
+const IPPROTO_FRAGMENT: u8 = 44;
 
 /// The IPv4 header length we translate (options are rare on pod traffic; packets
 /// carrying them pass untranslated).
@@ -225,6 +258,8 @@ pub struct Flow<F: Family> {
     pub proto: u8,
     /// TCP flags (0 for UDP).
     pub tcp_flags: u8,
+    /// The load balancer has given the packet a new destination.
+    pub translated: bool,
 }
 
 impl<F: Family> Flow<F> {
@@ -250,10 +285,12 @@ pub fn parse<F: Family>(ctx: &TcContext) -> Result<Option<Flow<F>>, Reason> {
 }
 
 /// Parses any IP packet of family `F`, as NetworkPolicy judges every protocol:
-/// ports for TCP, UDP and SCTP (0 elsewhere, and where the L4 header is not
-/// found: such packets match only rules for every port), and whether the load
-/// balancer may translate it (see [`parse`]). `Ok(None)`: ICMP that policy leaves
-/// alone (see [`Family::icmp_passes`]).
+/// ports for TCP, UDP and SCTP, the echo identifier for ICMP echo (as the
+/// request's source port and the reply's destination port, so that a reply is
+/// the request's reverse tuple), 0 elsewhere; and whether the load balancer may
+/// translate it (see [`parse`]). `Ok(None)`: what policy leaves alone, ICMP of
+/// [`Family::icmp_passes`] and fragments after the first (no L4 header; the
+/// first one was judged, and without it they never reassemble).
 #[inline(always)]
 pub fn parse_any<F: Family>(ctx: &TcContext) -> Result<Option<(Flow<F>, bool)>, Reason> {
     let mut flow = Flow {
@@ -263,22 +300,32 @@ pub fn parse_any<F: Family>(ctx: &TcContext) -> Result<Option<(Flow<F>, bool)>, 
         dport: 0,
         proto: 0,
         tcp_flags: 0,
+        translated: false,
     };
-    if !F::parse_ip(ctx, &mut flow)? {
-        return Ok(Some((flow, false)));
-    }
+    F::parse_ip(ctx, &mut flow)?;
+    let Some(l4) = F::l4_offset(ctx, &mut flow)? else {
+        return Ok(None);
+    };
     if flow.proto == IPPROTO_TCP || flow.proto == IPPROTO_UDP || flow.proto == IPPROTO_SCTP {
-        flow.sport = ctx.load(F::L4).map_err(|_| Reason::Malformed)?;
-        flow.dport = ctx.load(F::L4 + 2).map_err(|_| Reason::Malformed)?;
+        flow.sport = ctx.load(l4).map_err(|_| Reason::Malformed)?;
+        flow.dport = ctx.load(l4 + 2).map_err(|_| Reason::Malformed)?;
         if flow.proto == IPPROTO_TCP {
-            flow.tcp_flags = ctx.load(F::L4 + TCP_FLAGS).map_err(|_| Reason::Malformed)?;
+            flow.tcp_flags = ctx.load(l4 + TCP_FLAGS).map_err(|_| Reason::Malformed)?;
         }
     } else if flow.proto == F::ICMP {
-        let icmp_type: u8 = ctx.load(F::L4).map_err(|_| Reason::Malformed)?;
+        let icmp_type: u8 = ctx.load(l4).map_err(|_| Reason::Malformed)?;
         if F::icmp_passes(icmp_type) {
             return Ok(None);
         }
+        let id: u16 = ctx.load(l4 + 4).map_err(|_| Reason::Malformed)?;
+        if icmp_type == F::ECHO[0] {
+            flow.sport = id;
+        } else if icmp_type == F::ECHO[1] {
+            flow.dport = id;
+        }
     }
-    let lb = flow.proto == IPPROTO_TCP || flow.proto == IPPROTO_UDP;
+    // The load balancer translates TCP and UDP with the L4 header right after a
+    // plain IP header (options and extension headers are rare on pod traffic).
+    let lb = l4 == F::L4 && (flow.proto == IPPROTO_TCP || flow.proto == IPPROTO_UDP);
     Ok(Some((flow, lb)))
 }

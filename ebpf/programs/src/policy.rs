@@ -29,6 +29,7 @@ use weir_common::{
 };
 
 use crate::{
+    endpoints,
     lb::ct,
     packet::{Family, Flow, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
@@ -63,27 +64,29 @@ pub enum Side {
 /// The local pod on `side` of this packet, when some policy isolates it.
 #[inline(always)]
 pub fn endpoint<F: Family>(flow: &Flow<F>, side: Side) -> Option<PolicyEndpoint> {
-    let mut key = EndpointKey {
-        family: F::AF,
-        ..EndpointKey::default()
+    let addr = if side == Side::Egress {
+        &flow.saddr
+    } else {
+        &flow.daddr
     };
-    F::widen(
-        if side == Side::Egress {
-            &flow.saddr
-        } else {
-            &flow.daddr
-        },
-        &mut key.addr,
-    );
     // SAFETY: valid for this run.
-    unsafe { POLICY_ENDPOINTS.get(&key) }.copied()
+    unsafe { POLICY_ENDPOINTS.get(&endpoints::key::<F>(addr)) }.copied()
 }
 
-/// Whether the packet belongs to a flow already judged for this side, or
-/// answers one (then it passes whatever the rules say). `key` is left holding
-/// the reverse tuple.
+/// What the policy conntrack knows of a packet.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Known {
+    New,
+    /// A packet of a flow already admitted on this side.
+    Admitted,
+    /// The reply of a flow admitted before (it passes whatever the rules say).
+    Reply,
+}
+
+/// Looks the packet up in the policy conntrack. `key` is left holding the
+/// reverse tuple.
 #[inline(always)]
-pub fn known<F: Family>(key: &mut CtKey, flow: &Flow<F>, side: Side, now: u64) -> bool {
+pub fn known<F: Family>(key: &mut CtKey, flow: &Flow<F>, side: Side, now: u64) -> Known {
     fill(key, flow, false);
     if let Some(v) = live(key, now)
         // SAFETY: a pointer into the map's value, valid for this run.
@@ -91,17 +94,20 @@ pub fn known<F: Family>(key: &mut CtKey, flow: &Flow<F>, side: Side, now: u64) -
         && !reuses(v, flow)
     {
         refresh(v, flow, now);
-        return true;
+        return Known::Admitted;
     }
     fill(key, flow, true);
     if let Some(v) = live(key, now) {
         refresh(v, flow, now);
-        return true;
+        return Known::Reply;
     }
     // The reply of a local backend reaches its client already made to come from
     // the frontend: the answer to the client's own flow to that frontend, which
     // the load balancer's conntrack knows under the same key.
-    side == Side::Ingress && ct::lookup(key, now).is_some()
+    if side == Side::Ingress && ct::lookup(key, now).is_some() {
+        return Known::Reply;
+    }
+    Known::New
 }
 
 /// Judges a packet of `ep`, isolated or not on this side: a known flow passes,
@@ -117,7 +123,7 @@ pub fn check<F: Family>(
 ) -> Result<(), Reason> {
     // SAFETY: no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    if known(key, flow, side, now) {
+    if known(key, flow, side, now) != Known::New {
         return Ok(());
     }
     let isolated = ep.flags
@@ -133,6 +139,10 @@ pub fn check<F: Family>(
             Reason::PolicyIngress
         };
         report(flow, ep, side, reason);
+        // What the other side admitted dies with the flow here: it must not
+        // stand as a flow whose replies pass.
+        fill(key, flow, false);
+        let _ = POLICY_CT.remove(&*key);
         return Err(reason);
     }
     // Recorded even where this side is not isolated: the reply must pass the

@@ -72,6 +72,8 @@ struct Numbers<K> {
     cooling: Vec<u32>,
     next: u32,
     used: BTreeSet<u32>,
+    /// Numbers the maps still hold: never handed out anew.
+    held: BTreeSet<u32>,
 }
 
 impl<K: std::hash::Hash + Eq + Clone> Numbers<K> {
@@ -82,6 +84,7 @@ impl<K: std::hash::Hash + Eq + Clone> Numbers<K> {
             cooling: Vec::new(),
             next: first,
             used: BTreeSet::new(),
+            held: BTreeSet::new(),
         }
     }
 
@@ -89,10 +92,16 @@ impl<K: std::hash::Hash + Eq + Clone> Numbers<K> {
         let n = match self.of.get(key) {
             Some(&n) => n,
             None => {
-                let n = self.free.pop().unwrap_or_else(|| {
-                    self.next += 1;
-                    self.next - 1
-                });
+                let n = loop {
+                    match self.free.pop() {
+                        Some(n) if self.held.contains(&n) => self.cooling.push(n),
+                        Some(n) => break n,
+                        None => {
+                            self.next += 1;
+                            break self.next - 1;
+                        }
+                    }
+                };
                 self.of.insert(key.clone(), n);
                 n
             }
@@ -139,6 +148,18 @@ impl Default for PolicyEncoder {
 }
 
 impl PolicyEncoder {
+    /// Identity and endpoint numbers the maps hold now, which the next compile
+    /// must not give a new meaning (they are freed numbers whose removal has not
+    /// reached the maps).
+    pub fn hold(
+        &mut self,
+        identities: impl IntoIterator<Item = u32>,
+        endpoints: impl IntoIterator<Item = u32>,
+    ) {
+        self.identities.held = identities.into_iter().collect();
+        self.endpoints.held = endpoints.into_iter().collect();
+    }
+
     /// Identity and endpoint numbers start above those of maps an earlier agent
     /// left pinned, so that none changes meaning while the first sync runs.
     pub fn start_above(&mut self, identity: u32, endpoint: u32) {
@@ -432,6 +453,13 @@ mod tests {
         n.end_round(); // "a" (10) is released: cooling
         assert_eq!(n.get(&"c"), 12, "not reused by the next compile");
         n.end_round();
-        assert_eq!(n.get(&"d"), 10, "reused after that");
+        n.held.insert(10);
+        assert_eq!(n.get(&"d"), 13, "not while the maps still hold it");
+        n.held.clear();
+        n.end_round();
+        assert!(
+            [10, 11].contains(&n.get(&"e")),
+            "reused once the maps let go of it"
+        );
     }
 }

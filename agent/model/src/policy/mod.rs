@@ -49,6 +49,9 @@ use crate::{
     problem::{Problem, ProblemReason},
 };
 
+/// The label the API server puts on every namespace: its name.
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
 /// Whether `labels` satisfy `selector` (an empty selector matches everything).
 /// An operator other than the four defined makes the selector match nothing.
 pub fn selects(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
@@ -162,12 +165,21 @@ fn in_block((cidr, except): &(IpNetwork, Vec<IpNetwork>), ip: IpAddr) -> bool {
 /// protocol) are reported and left out of their rule, which then admits less,
 /// never more.
 pub fn compile_policies(model: &Model) -> (PodPolicies, Vec<Problem>) {
-    let namespaces: BTreeMap<&str, BTreeMap<String, String>> = model
+    // Every namespace carries `kubernetes.io/metadata.name` (the API server sets
+    // it); one that pods name without a Namespace object (a manifest directory
+    // may leave `default` out) has that label alone.
+    let name_label = |name: &str, labels: Option<&BTreeMap<String, String>>| {
+        let mut labels = labels.cloned().unwrap_or_default();
+        labels.insert(NAMESPACE_NAME_LABEL.to_owned(), name.to_owned());
+        labels
+    };
+    let mut namespaces: BTreeMap<&str, BTreeMap<String, String>> = model
         .of_kind(Kind::Namespace)
         .filter_map(|(key, entry)| match &entry.object {
-            Object::Namespace(ns) => {
-                Some((key.name.as_str(), ns.metadata.labels.clone().unwrap_or_default()))
-            }
+            Object::Namespace(ns) => Some((
+                key.name.as_str(),
+                name_label(&key.name, ns.metadata.labels.as_ref()),
+            )),
             _ => None,
         })
         .collect();
@@ -183,6 +195,11 @@ pub fn compile_policies(model: &Model) -> (PodPolicies, Vec<Problem>) {
             _ => None,
         })
         .collect();
+    for pod in &pods {
+        namespaces
+            .entry(pod.namespace)
+            .or_insert_with(|| name_label(pod.namespace, None));
+    }
     let mut out = PodPolicies::default();
     let mut problems = Vec::new();
     for (key, entry) in model.of_kind(Kind::NetworkPolicy) {
@@ -585,6 +602,14 @@ mod tests {
         assert!(
             !tcp(&by_pod, "y/b", "x/a", 80),
             "a podSelector alone means the policy's namespace"
+        );
+        let by_name = cluster(&policy(
+            "x",
+            "  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: y}}}]}]\n",
+        ));
+        assert!(
+            tcp(&by_name, "y/a", "x/a", 80) && !tcp(&by_name, "x/b", "x/a", 80),
+            "the name label, always there"
         );
         let by_ns = cluster(&policy(
             "x",
