@@ -289,7 +289,7 @@ fn root_policy_admits_the_node_reports_drops_and_survives_agent_restarts() {
     let deny: Value = serde_json::from_str(
         r#"{"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
             "metadata": {"name": "deny", "namespace": "web"},
-            "spec": {"podSelector": {"matchLabels": {"app": "server"}}}}"#,
+            "spec": {"podSelector": {"matchLabels": {"app": "server"}}, "policyTypes": ["Ingress", "Egress"]}}"#,
     )
     .expect("policy");
     let mut objects = cluster.manifests();
@@ -320,6 +320,26 @@ fn root_policy_admits_the_node_reports_drops_and_survives_agent_restarts() {
     // The node itself (kubelet's probes) still reaches the isolated pod.
     let from_node = ask_tcp(&node.ns, to_server).expect("the node reaches an isolated pod");
     assert_eq!(from_node.server, "server");
+    // And the pod its node, though isolated for egress, but nothing else.
+    let node_addr = SocketAddr::new("192.168.95.1".parse().expect("ip"), 80);
+    let _on_node = WhoAmI::start(&node.ns, "node", node_addr.ip(), &[80]);
+    let _on_client = WhoAmI::start(&client.ns, "client", client.ipv4(), &[80]);
+    let out = reachability::run(
+        &[
+            Probe {
+                from: &server.ns,
+                to: node_addr,
+                proto: "TCP",
+            },
+            Probe {
+                from: &server.ns,
+                to: SocketAddr::new(client.ipv4(), 80),
+                proto: "TCP",
+            },
+        ],
+        Duration::from_millis(700),
+    );
+    assert_eq!(out, [true, false], "server -> its node, server -> client");
 
     // The drop is reported: reason, endpoint, the flow.
     let drops = agent.weirctl(&["drops"]);
@@ -358,6 +378,7 @@ fn root_policy_admits_the_node_reports_drops_and_survives_agent_restarts() {
     loop {
         match ask_tcp(&client.ns, to_server) {
             Ok(a) => {
+                // The server's answers pass its egress isolation: they are replies.
                 assert_eq!(a.peer.ip(), client.ipv4());
                 break;
             }

@@ -13,9 +13,10 @@
 //!
 //! Enforcement sees real endpoints: egress after the load balancer has picked a
 //! backend (and before a reply is made to come from a frontend), ingress before
-//! any reverse translation on the way in. Traffic from the node itself (sent by
-//! its own stack, whatever its source address) into its pods is always
-//! admitted, as in other dataplanes: kubelet probes must reach isolated pods.
+//! any reverse translation on the way in. Traffic between a pod and its own node
+//! is always admitted, as Kubernetes documents: into the pod what the node's own
+//! stack sends (whatever its source address: kubelet probes), out of it what
+//! goes to one of the node's addresses.
 
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
@@ -30,7 +31,7 @@ use weir_common::{
 
 use crate::{
     endpoints,
-    lb::ct,
+    lb::{ct, maps::NODE_IPS},
     packet::{Family, Flow, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
@@ -183,6 +184,11 @@ fn admits<F: Family>(flow: &Flow<F>, ep: &PolicyEndpoint, side: Side) -> bool {
     if F::is(&flow.saddr, &F::HAIRPIN) || F::is(&flow.daddr, &F::HAIRPIN) {
         return true;
     }
+    // "Traffic to and from the node where a Pod is running is always allowed"
+    // (the Kubernetes documentation): from the node, see `check`; to it, here.
+    if egress && is_node_address::<F>(peer) {
+        return true;
+    }
     let mut key = Key::new(
         POLICY_PREFIX_FULL,
         PolicyKey {
@@ -212,6 +218,12 @@ fn identity<F: Family>(addr: &F::Addr) -> u32 {
     );
     F::widen(addr, &mut key.data.addr);
     IPCACHE.get(&key).copied().unwrap_or(IDENTITY_WORLD)
+}
+
+#[inline(always)]
+fn is_node_address<F: Family>(addr: &F::Addr) -> bool {
+    // SAFETY: valid for this run.
+    unsafe { NODE_IPS.get(&endpoints::key::<F>(addr)) }.is_some()
 }
 
 #[inline(always)]
