@@ -168,7 +168,7 @@ impl Bed {
                 ));
             }
         }
-        self.dir.write("others.yaml", &objects);
+        self.dir.write("bench.yaml", &objects);
     }
 
     /// The 999 other policies of the `1,000 policies` node, in a file of their
@@ -345,6 +345,16 @@ fn main() {
                 max.as_secs_f64() * 1e3
             );
         }
+    }
+    println!("\nWhat each agent holds (its last `policies synced` line):\n");
+    for bed in &beds {
+        let log = bed.agent.log_text();
+        let last = log.lines().rev().find(|l| l.contains("policies synced")).unwrap_or("-");
+        let fields: Vec<&str> = last
+            .split_whitespace()
+            .filter(|f| ["endpoints=", "identities=", "rules="].iter().any(|k| f.starts_with(k)))
+            .collect();
+        println!("- {}: {}", bed.variant.label(), fields.join(" "));
     }
     println!("\nAgent compile + sync per change (`policy_ms` in its log, median):\n");
     for (label, _, ms) in &change_rows {
