@@ -349,10 +349,18 @@ fn main() {
     println!("\nWhat each agent holds (its last `policies synced` line):\n");
     for bed in &beds {
         let log = bed.agent.log_text();
-        let last = log.lines().rev().find(|l| l.contains("policies synced")).unwrap_or("-");
+        let last = log
+            .lines()
+            .rev()
+            .find(|l| l.contains("policies synced"))
+            .unwrap_or("-");
         let fields: Vec<&str> = last
             .split_whitespace()
-            .filter(|f| ["endpoints=", "identities=", "rules="].iter().any(|k| f.starts_with(k)))
+            .filter(|f| {
+                ["endpoints=", "identities=", "rules="]
+                    .iter()
+                    .any(|k| f.starts_with(k))
+            })
             .collect();
         println!("- {}: {}", bed.variant.label(), fields.join(" "));
     }

@@ -8,8 +8,9 @@
 //! 3. endpoints (a pod becomes isolated once its rules are in place);
 //! 4. then endpoints, ipcache entries and rules no longer wanted, in that order.
 //!
-//! A failed write (a full map) is logged and counted; what is left different is
-//! retried by the next sync. Nothing is flushed: a restarted agent reads the
+//! A failed write (a full map) is logged and counted and holds back only what
+//! depends on it (a pod is not isolated before all its rules are in); what is
+//! left different is retried by the next sync. Nothing is flushed: a restarted agent reads the
 //! maps back and writes only what differs (its numbers start above those it
 //! finds, see [`PolicyEncoder::start_above`]).
 
@@ -133,57 +134,69 @@ impl PolicySyncer {
         self.desired.as_ref().is_none_or(|d| *d == self.current)
     }
 
-    /// Writes what differs, in the module's order. A phase with a failed write
-    /// ends the sync there: the next phases rely on it (a pod is isolated only
-    /// once its rules are in; an identity is removed only once no address maps
-    /// to it), and the next sync retries.
+    /// Writes what differs, in the module's order. A failed write holds back
+    /// only what depends on it (a pod whose rules did not all go in is not
+    /// isolated yet); everything else, removals included (they may be what
+    /// frees room), goes ahead, which at worst denies more for a while: a
+    /// number keeps its meaning while the maps hold it. The next sync retries.
     pub fn apply(&mut self, maps: &mut impl PolicyMaps) -> PolicyReport {
         let mut report = PolicyReport::default();
         let Some(want) = &self.desired else {
             return report;
         };
         let have = &self.current;
-        let phases: [Vec<PolicyOp>; 6] = [
-            want.rules
-                .difference(&have.rules)
-                .map(|r| PolicyOp::PutRule(*r))
-                .collect(),
-            changed(&want.ipcache, &have.ipcache)
-                .map(|(k, v)| PolicyOp::PutIpcache(k, v))
-                .collect(),
-            changed(&want.endpoints, &have.endpoints)
-                .map(|(k, v)| PolicyOp::PutEndpoint(k, v))
-                .collect(),
-            gone(&want.endpoints, &have.endpoints)
-                .map(PolicyOp::DelEndpoint)
-                .collect(),
-            gone(&want.ipcache, &have.ipcache)
-                .map(PolicyOp::DelIpcache)
-                .collect(),
-            have.rules
-                .difference(&want.rules)
-                .map(|r| PolicyOp::DelRule(*r))
-                .collect(),
-        ];
-        for phase in phases {
-            if report.failed > 0 {
-                break;
+        let puts: Vec<PolicyOp> = want
+            .rules
+            .difference(&have.rules)
+            .map(|r| PolicyOp::PutRule(*r))
+            .collect();
+        let ipcache: Vec<PolicyOp> = changed(&want.ipcache, &have.ipcache)
+            .map(|(k, v)| PolicyOp::PutIpcache(k, v))
+            .collect();
+        let endpoints: Vec<PolicyOp> = changed(&want.endpoints, &have.endpoints)
+            .map(|(k, v)| PolicyOp::PutEndpoint(k, v))
+            .collect();
+        let removals: Vec<PolicyOp> = gone(&want.endpoints, &have.endpoints)
+            .map(PolicyOp::DelEndpoint)
+            .chain(gone(&want.ipcache, &have.ipcache).map(PolicyOp::DelIpcache))
+            .chain(have.rules.difference(&want.rules).map(|r| PolicyOp::DelRule(*r)))
+            .collect();
+        let mut incomplete = std::collections::BTreeSet::new();
+        for op in puts {
+            let endpoint = match &op {
+                PolicyOp::PutRule(r) => r.key.endpoint,
+                _ => 0,
+            };
+            if !self.apply_one(maps, op, &mut report) {
+                incomplete.insert(endpoint);
             }
-            for op in phase {
-                self.apply_one(maps, op, &mut report);
+        }
+        for op in ipcache {
+            self.apply_one(maps, op, &mut report);
+        }
+        for op in endpoints {
+            if let PolicyOp::PutEndpoint(_, v) = &op
+                && incomplete.contains(&v.id)
+            {
+                continue;
             }
+            self.apply_one(maps, op, &mut report);
+        }
+        for op in removals {
+            self.apply_one(maps, op, &mut report);
         }
         report
     }
 
-    fn apply_one(&mut self, maps: &mut impl PolicyMaps, op: PolicyOp, report: &mut PolicyReport) {
+    /// One write, recorded in `current` when it succeeds (the return value).
+    fn apply_one(&mut self, maps: &mut impl PolicyMaps, op: PolicyOp, report: &mut PolicyReport) -> bool {
         {
             if let Err(e) = maps.apply_policy(&op) {
                 report.failed += 1;
                 if report.failed <= 10 {
                     warn!(map = op.map(), op = ?op, error = %e, "policy map write failed; retrying at the next sync");
                 }
-                return;
+                return false;
             }
             let current = &mut self.current;
             match op {
@@ -213,6 +226,7 @@ impl PolicySyncer {
                 }
             }
         }
+        true
     }
 }
 
@@ -397,14 +411,12 @@ mod tests {
         assert_eq!(syncer.apply(&mut maps), PolicyReport::default());
         syncer.compile(&model(A_FROM_B));
         let report = syncer.apply(&mut maps);
-        assert_eq!(report.failed, 1, "the first failure ends the sync: {report:?}");
+        assert_eq!(report.failed, 2, "the rule and the ipcache entry: {report:?}");
         assert!(
             maps.held.endpoints.is_empty(),
             "no pod isolated before its rules are in"
         );
         assert!(!syncer.in_sync());
-        syncer.apply(&mut maps);
-        assert!(!syncer.in_sync(), "the second failure");
         syncer.apply(&mut maps);
         assert!(syncer.in_sync() && maps.held == *syncer.desired());
 

@@ -118,9 +118,10 @@ fn try_to_pod<F: Lb>(ctx: &TcContext) -> Result<Action, Reason> {
 /// backends are made to come from their frontend.
 #[inline(always)]
 fn try_into_pod<F: Lb>(ctx: &TcContext) -> Result<Action, Reason> {
-    let Some((mut flow, lb)) = packet::parse_any::<F>(ctx)? else {
+    let packet::Parsed { mut flow, judge, lb } = packet::parse_any::<F>(ctx)?;
+    if !judge {
         return Ok(Action::forward(TC_ACT_OK));
-    };
+    }
     if let Some(ep) = policy::endpoint(&flow, Side::Ingress) {
         // Sent by the node's own stack: it came in on no interface.
         // SAFETY: the context's skb pointer is valid for this run.
@@ -135,21 +136,24 @@ fn try_into_pod<F: Lb>(ctx: &TcContext) -> Result<Action, Reason> {
 
 #[inline(always)]
 fn try_from_pod<F: Lb>(ctx: &TcContext) -> Result<Action, Reason> {
-    let Some((mut flow, lb)) = packet::parse_any::<F>(ctx)? else {
-        return Ok(Action::forward(TC_ACT_OK));
-    };
+    let packet::Parsed { mut flow, judge, lb } = packet::parse_any::<F>(ctx)?;
     // A pod sends from its own address: anything else would pass for another
-    // pod in everyone's policies (its veth is where that address lives).
+    // pod in everyone's policies (its veth is where that address lives). Its
+    // IPv6 link-local address, which stays on the link, is the exception.
     // SAFETY: valid for this run (both).
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    if unsafe { endpoints::ENDPOINTS.get(&endpoints::key::<F>(&flow.saddr)) }
-        .is_none_or(|e| e.ifindex != ifindex)
+    if !F::link_scope(&flow.saddr)
+        && unsafe { endpoints::ENDPOINTS.get(&endpoints::key::<F>(&flow.saddr)) }
+            .is_none_or(|e| e.ifindex != ifindex)
     {
         return Err(Reason::SpoofedSource);
     }
+    if !judge {
+        return Ok(Action::forward(TC_ACT_OK));
+    }
     // Egress policy judges the real flow: a reply as the pod sends it, before
-    // the load balancer makes it come from a frontend; anything else once the
-    // load balancer has picked its backend.
+    // the load balancer makes it come from a frontend; anything else, and
+    // whatever the load balancer sends to a backend, once it has picked one.
     let ep = policy::endpoint(&flow, Side::Egress);
     let mut seen = Known::New;
     if ep.is_some() {
@@ -163,7 +167,7 @@ fn try_from_pod<F: Lb>(ctx: &TcContext) -> Result<Action, Reason> {
         return Ok(answered);
     }
     if let Some(ep) = ep
-        && (seen == Known::New || (seen == Known::Admitted && flow.translated))
+        && (seen == Known::New || flow.translated)
     {
         policy::check(&mut lb::scratch()?.in_key, &flow, &ep, Side::Egress, false)?;
     }

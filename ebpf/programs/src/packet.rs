@@ -60,9 +60,12 @@ pub trait Family: Sized {
     /// Sets an address from the maps' form.
     fn narrow(wide: &[u8; 16], out: &mut Self::Addr);
     /// Whether an ICMP message of this type is never subject to policy: errors
-    /// (about a flow policy has already judged) and, for IPv6, neighbour
-    /// discovery and the rest of the link's control traffic.
+    /// and, for IPv6, neighbour discovery and the rest of the link's control
+    /// traffic.
     fn icmp_passes(icmp_type: u8) -> bool;
+    /// Whether a source address is of the link only (an IPv6 pod's link-local
+    /// address, which is not registered as the pod's).
+    fn link_scope(a: &Self::Addr) -> bool;
     /// Whether an address equals one in the maps' form.
     fn is(a: &Self::Addr, wide: &[u8; 16]) -> bool;
     /// 32 bits of the address, for the flow hash.
@@ -91,6 +94,11 @@ impl Family for V4 {
     }
 
     #[inline(always)]
+    fn link_scope(_: &[u8; 4]) -> bool {
+        false
+    }
+
+    #[inline(always)]
     fn parse_ip(ctx: &TcContext, flow: &mut Flow<Self>) -> Result<(), Reason> {
         let vihl: u8 = ctx.load(ETH_HLEN).map_err(|_| Reason::Malformed)?;
         if vihl >> 4 != 4 {
@@ -109,7 +117,11 @@ impl Family for V4 {
             return Ok(None);
         }
         let vihl: u8 = ctx.load(ETH_HLEN).map_err(|_| Reason::Malformed)?;
-        Ok(Some(ETH_HLEN + usize::from(vihl & 0x0f) * 4))
+        let words = usize::from(vihl & 0x0f);
+        if words < 5 {
+            return Err(Reason::Malformed);
+        }
+        Ok(Some(ETH_HLEN + words * 4))
     }
 
     #[inline(always)]
@@ -147,8 +159,14 @@ impl Family for V6 {
 
     #[inline(always)]
     fn icmp_passes(icmp_type: u8) -> bool {
-        // Everything but echo request and reply: errors, NDP, MLD.
-        !matches!(icmp_type, 128 | 129)
+        // Errors, MLD, neighbour and router discovery.
+        matches!(icmp_type, 1..=4 | 130..=137 | 143)
+    }
+
+    #[inline(always)]
+    fn link_scope(a: &[u8; 16]) -> bool {
+        // fe80::/10, or :: (duplicate address detection).
+        (a[0] == 0xfe && a[1] & 0xc0 == 0x80) || *a == [0; 16]
     }
 
     #[inline(always)]
@@ -281,18 +299,28 @@ pub fn ethertype(ctx: &TcContext) -> Result<u16, Reason> {
 /// against).
 #[inline(always)]
 pub fn parse<F: Family>(ctx: &TcContext) -> Result<Option<Flow<F>>, Reason> {
-    Ok(parse_any(ctx)?.and_then(|(flow, lb)| lb.then_some(flow)))
+    let p = parse_any(ctx)?;
+    Ok(p.lb.then_some(p.flow))
+}
+
+/// A packet as [`parse_any`] reads it.
+pub struct Parsed<F: Family> {
+    /// Addresses always; protocol and ports where `judge`.
+    pub flow: Flow<F>,
+    /// Policy judges it (not ICMP of [`Family::icmp_passes`], not a fragment
+    /// after the first: no L4 header; the first one was judged, and without it
+    /// they never reassemble).
+    pub judge: bool,
+    /// The load balancer may translate it (see [`parse`]).
+    pub lb: bool,
 }
 
 /// Parses any IP packet of family `F`, as NetworkPolicy judges every protocol:
 /// ports for TCP, UDP and SCTP, the echo identifier for ICMP echo (as the
 /// request's source port and the reply's destination port, so that a reply is
-/// the request's reverse tuple), 0 elsewhere; and whether the load balancer may
-/// translate it (see [`parse`]). `Ok(None)`: what policy leaves alone, ICMP of
-/// [`Family::icmp_passes`] and fragments after the first (no L4 header; the
-/// first one was judged, and without it they never reassemble).
+/// the request's reverse tuple), 0 elsewhere.
 #[inline(always)]
-pub fn parse_any<F: Family>(ctx: &TcContext) -> Result<Option<(Flow<F>, bool)>, Reason> {
+pub fn parse_any<F: Family>(ctx: &TcContext) -> Result<Parsed<F>, Reason> {
     let mut flow = Flow {
         saddr: F::ANY,
         daddr: F::ANY,
@@ -304,7 +332,11 @@ pub fn parse_any<F: Family>(ctx: &TcContext) -> Result<Option<(Flow<F>, bool)>, 
     };
     F::parse_ip(ctx, &mut flow)?;
     let Some(l4) = F::l4_offset(ctx, &mut flow)? else {
-        return Ok(None);
+        return Ok(Parsed {
+            flow,
+            judge: false,
+            lb: false,
+        });
     };
     if flow.proto == IPPROTO_TCP || flow.proto == IPPROTO_UDP || flow.proto == IPPROTO_SCTP {
         flow.sport = ctx.load(l4).map_err(|_| Reason::Malformed)?;
@@ -315,7 +347,11 @@ pub fn parse_any<F: Family>(ctx: &TcContext) -> Result<Option<(Flow<F>, bool)>, 
     } else if flow.proto == F::ICMP {
         let icmp_type: u8 = ctx.load(l4).map_err(|_| Reason::Malformed)?;
         if F::icmp_passes(icmp_type) {
-            return Ok(None);
+            return Ok(Parsed {
+                flow,
+                judge: false,
+                lb: false,
+            });
         }
         let id: u16 = ctx.load(l4 + 4).map_err(|_| Reason::Malformed)?;
         if icmp_type == F::ECHO[0] {
@@ -327,5 +363,9 @@ pub fn parse_any<F: Family>(ctx: &TcContext) -> Result<Option<(Flow<F>, bool)>, 
     // The load balancer translates TCP and UDP with the L4 header right after a
     // plain IP header (options and extension headers are rare on pod traffic).
     let lb = l4 == F::L4 && (flow.proto == IPPROTO_TCP || flow.proto == IPPROTO_UDP);
-    Ok(Some((flow, lb)))
+    Ok(Parsed {
+        flow,
+        judge: true,
+        lb,
+    })
 }

@@ -24,9 +24,9 @@ use aya_ebpf::{
     maps::{HashMap, LpmTrie, LruHashMap, RingBuf, lpm_trie::Key},
 };
 use weir_common::{
-    CtKey, DropEvent, EndpointKey, IDENTITY_ANY, IDENTITY_WORLD, IPCACHE_PREFIX_BITS, IpcacheKey,
-    PCT_F_CLOSING, PCT_F_EGRESS, PCT_F_INGRESS, POLICY_F_EGRESS, POLICY_F_INGRESS, POLICY_PREFIX_FULL,
-    PolicyCtValue, PolicyEndpoint, PolicyKey, Reason, maps,
+    CT_F_HAIRPIN, CtKey, DropEvent, EndpointKey, IDENTITY_ANY, IDENTITY_WORLD, IPCACHE_PREFIX_BITS,
+    IpcacheKey, PCT_F_CLOSING, PCT_F_EGRESS, PCT_F_INGRESS, POLICY_F_EGRESS, POLICY_F_INGRESS,
+    POLICY_PREFIX_FULL, PolicyCtValue, PolicyEndpoint, PolicyKey, Reason, maps,
 };
 
 use crate::{
@@ -104,9 +104,23 @@ pub fn known<F: Family>(key: &mut CtKey, flow: &Flow<F>, side: Side, now: u64) -
     }
     // The reply of a local backend reaches its client already made to come from
     // the frontend: the answer to the client's own flow to that frontend, which
-    // the load balancer's conntrack knows under the same key.
-    if side == Side::Ingress && ct::lookup(key, now).is_some() {
-        return Known::Reply;
+    // the load balancer's conntrack knows under the same key, provided the
+    // client's egress admitted that flow to its backend (from the hairpin
+    // address when the client is its own backend).
+    if side == Side::Ingress
+        && let Some(out) = ct::lookup(key, now)
+    {
+        // SAFETY: a pointer into the map's value, valid for this run.
+        let out = unsafe { &*out };
+        key.daddr = out.nat_addr;
+        key.dport = out.nat_port;
+        if out.flags & CT_F_HAIRPIN != 0 {
+            key.saddr = F::HAIRPIN;
+        }
+        // SAFETY: as above.
+        if live(key, now).is_some_and(|v| unsafe { (*v).flags } & PCT_F_EGRESS != 0) {
+            return Known::Reply;
+        }
     }
     Known::New
 }

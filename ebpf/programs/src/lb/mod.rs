@@ -105,6 +105,7 @@ pub fn from_pod<F: Lb>(ctx: &TcContext, flow: &mut Flow<F>) -> Result<Option<Act
             nat::snat(ctx, flow, &F::HAIRPIN, sport)?;
         }
         nat::dnat(ctx, flow, &e.nat_addr, e.nat_port)?;
+        flow.translated = true;
         return Ok(None);
     }
 
@@ -176,6 +177,7 @@ pub fn from_pod<F: Lb>(ctx: &TcContext, flow: &mut Flow<F>) -> Result<Option<Act
         nat::snat(ctx, flow, &F::HAIRPIN, sport)?;
     }
     nat::dnat(ctx, flow, &backend.addr, backend.port)?;
+    flow.translated = true;
     Ok(None)
 }
 

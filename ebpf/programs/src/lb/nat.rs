@@ -143,7 +143,6 @@ pub fn dnat<F: Rewrite>(
     }
     rewrite_port(ctx, flow, F::L4 + 2, flow.dport, port)?;
     flow.dport = port;
-    flow.translated = true;
     Ok(())
 }
 
