@@ -25,7 +25,7 @@ use crate::{
     lb::Lb,
     metrics::Action,
     packet::{Family, V4, V6},
-    policy::{Known, Side},
+    policy::{Known, Origin, Side},
 };
 
 /// Hands the packet to `$per_family`'s IPv4 or IPv6 instance; anything else
@@ -123,10 +123,16 @@ fn try_into_pod<F: Lb>(ctx: &TcContext) -> Result<Action, Reason> {
         return Ok(Action::forward(TC_ACT_OK));
     }
     if let Some(ep) = policy::endpoint(&flow, Side::Ingress) {
-        // Sent by the node's own stack: it came in on no interface.
+        // Sent by the node's own stack, it came in on no interface; hairpinned
+        // by the pod itself, on the veth it now leaves by.
         // SAFETY: the context's skb pointer is valid for this run.
-        let from_node = unsafe { (*ctx.skb.skb).ingress_ifindex } == 0;
-        policy::check(&mut lb::scratch()?.in_key, &flow, &ep, Side::Ingress, from_node)?;
+        let (came_in, leaves) = unsafe { ((*ctx.skb.skb).ingress_ifindex, (*ctx.skb.skb).ifindex) };
+        let origin = match came_in {
+            0 => Origin::Node,
+            i if i == leaves => Origin::Pod,
+            _ => Origin::Elsewhere,
+        };
+        policy::check(&mut lb::scratch()?.in_key, &flow, &ep, Side::Ingress, origin)?;
     }
     if lb {
         lb::to_pod(ctx, &mut flow)?;
@@ -169,7 +175,7 @@ fn try_from_pod<F: Lb>(ctx: &TcContext) -> Result<Action, Reason> {
     if let Some(ep) = ep
         && (seen == Known::New || flow.translated)
     {
-        policy::check(&mut lb::scratch()?.in_key, &flow, &ep, Side::Egress, false)?;
+        policy::check(&mut lb::scratch()?.in_key, &flow, &ep, Side::Egress, Origin::Pod)?;
     }
     // A local pod: hand the packet straight to its veth. This skips the host's
     // routing and its reverse-path filter, which would refuse a reply whose

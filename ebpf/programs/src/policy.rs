@@ -125,16 +125,26 @@ pub fn known<F: Family>(key: &mut CtKey, flow: &Flow<F>, side: Side, now: u64) -
     Known::New
 }
 
+/// Where a packet comes from, as far as the exemptions care.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The pod itself (its own veth): hairpinned service traffic is its own.
+    Pod,
+    /// The node's own stack: admitted into any pod.
+    Node,
+    /// Another pod, or another host.
+    Elsewhere,
+}
+
 /// Judges a packet of `ep`, isolated or not on this side: a known flow passes,
-/// a new one is looked up in the rules and recorded when admitted. What the
-/// node's own stack sends (`from_node`) is admitted into any pod.
+/// a new one is looked up in the rules and recorded when admitted.
 #[inline(always)]
 pub fn check<F: Family>(
     key: &mut CtKey,
     flow: &Flow<F>,
     ep: &PolicyEndpoint,
     side: Side,
-    from_node: bool,
+    origin: Origin,
 ) -> Result<(), Reason> {
     // SAFETY: no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
@@ -147,7 +157,7 @@ pub fn check<F: Family>(
         } else {
             POLICY_F_INGRESS
         };
-    if isolated != 0 && !from_node && !admits(flow, ep, side) {
+    if isolated != 0 && origin != Origin::Node && !admits(flow, ep, side, origin) {
         let reason = if side == Side::Egress {
             Reason::PolicyEgress
         } else {
@@ -190,12 +200,13 @@ pub fn check<F: Family>(
 
 /// Whether the endpoint's rules admit this new flow.
 #[inline(always)]
-fn admits<F: Family>(flow: &Flow<F>, ep: &PolicyEndpoint, side: Side) -> bool {
+fn admits<F: Family>(flow: &Flow<F>, ep: &PolicyEndpoint, side: Side, origin: Origin) -> bool {
     let egress = side == Side::Egress;
     let peer = if egress { &flow.daddr } else { &flow.saddr };
     // Hairpinned service traffic (from the hairpin address to the pod, after
-    // translation): the pod reaching itself.
-    if F::is(&flow.saddr, &F::HAIRPIN) || F::is(&flow.daddr, &F::HAIRPIN) {
+    // translation): the pod reaching itself. Only from the pod's own veth: the
+    // address could be forged by anyone else.
+    if origin == Origin::Pod && (F::is(&flow.saddr, &F::HAIRPIN) || F::is(&flow.daddr, &F::HAIRPIN)) {
         return true;
     }
     // "Traffic to and from the node where a Pod is running is always allowed"
