@@ -261,12 +261,16 @@ fn root_upstream_xyz_scenarios_hold_with_real_traffic() {
 fn root_policy_admits_the_node_reports_drops_and_survives_agent_restarts() {
     use weir_lab::{
         netpol::{NsInfo, PodInfo},
-        whoami::ask_tcp,
+        underlay::Underlay,
+        whoami::{ask_tcp, ask_tcp_from},
     };
     let dir = ManifestDir::new();
     let mut node = Node::new("10.95.1.0/24");
-    // A node has an address of its own (its pods answer the node there).
-    node.ns.sh("ip link add eth0 type veth peer name eth0p && ip addr add 192.168.95.1/24 dev eth0 && ip link set eth0 up && ip link set eth0p up");
+    // The node on an underlay, with a host outside the cluster.
+    let underlay = Underlay::new(95);
+    let node_ip = underlay.join(&[&node])[0];
+    let (outside, _) = underlay.external();
+    outside.sh(&format!("ip route add 10.95.1.0/24 via {node_ip}"));
     let mut agent = node.start_agent_with_source(dir.path());
     let server = node.add_pod("server");
     let client = node.add_pod("client");
@@ -321,7 +325,7 @@ fn root_policy_admits_the_node_reports_drops_and_survives_agent_restarts() {
     let from_node = ask_tcp(&node.ns, to_server).expect("the node reaches an isolated pod");
     assert_eq!(from_node.server, "server");
     // And the pod its node, though isolated for egress, but nothing else.
-    let node_addr = SocketAddr::new("192.168.95.1".parse().expect("ip"), 80);
+    let node_addr = SocketAddr::new(node_ip, 80);
     let _on_node = WhoAmI::start(&node.ns, "node", node_addr.ip(), &[80]);
     let _on_client = WhoAmI::start(&client.ns, "client", client.ipv4(), &[80]);
     let out = reachability::run(
@@ -354,6 +358,17 @@ fn root_policy_admits_the_node_reports_drops_and_survives_agent_restarts() {
                     .is_some_and(|s| s.starts_with(&client.ipv4().to_string()))),
         "{drops:#}"
     );
+
+    // The hairpin address is the pod's own only from its own veth: forged by a
+    // host outside, it is denied like any other source.
+    let hairpin = SocketAddr::new("169.254.42.1".parse().expect("ip"), 0);
+    outside.sh("ip addr add 169.254.42.1/32 dev lo");
+    assert!(
+        ask_tcp_from(&outside, hairpin, to_server).is_err(),
+        "a forged hairpin source got in"
+    );
+    let drops = agent.weirctl(&["drops"]).to_string();
+    assert!(drops.contains("169.254.42.1"), "{drops}");
 
     // The datapath keeps enforcing while no agent runs, and a new agent finds the
     // maps as they should be.
