@@ -79,7 +79,7 @@ fn plan(
     is_ethernet: impl Fn(&str) -> bool,
     ifindex: impl Fn(&str) -> Option<u32>,
 ) -> Result<NodeNet, NodeNetError> {
-    let mut names: Vec<String> = if devices.is_empty() {
+    let names: Vec<String> = if devices.is_empty() {
         addresses
             .iter()
             .map(|(name, _)| name.clone())
@@ -88,7 +88,6 @@ fn plan(
     } else {
         devices.to_vec()
     };
-    names.dedup();
     let mut net = NodeNet {
         all_addresses: addresses.iter().map(|(_, ip)| *ip).collect(),
         ..NodeNet::default()

@@ -61,7 +61,6 @@ impl SyncLoop {
         // What a sync left unfinished, to be covered by the next one.
         let mut pending: Option<Changed> = None;
         let mut first = true;
-        let mut first_policy = true;
         loop {
             let timeout = if pending.is_some() || !self.policy.in_sync() {
                 RETRY
@@ -96,8 +95,9 @@ impl SyncLoop {
                     };
                     // Policies first: they depend on a few kinds only, and a
                     // change of them should not wait for a large service sync.
-                    if first_policy || changes.objects.iter().any(|k| POLICY_INPUTS.contains(&k.kind)) {
-                        first_policy = false;
+                    if !self.policy.compiled()
+                        || changes.objects.iter().any(|k| POLICY_INPUTS.contains(&k.kind))
+                    {
                         self.sync_policy(true);
                     }
                     pending = self.sync(changed);

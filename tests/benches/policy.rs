@@ -45,7 +45,7 @@ use weir_lab::{
     Agent, Node, Pod,
     connrate::{Clients, Sample, Server, median_rate},
     env_or, require_root,
-    services::ManifestDir,
+    services::{self, ManifestDir},
 };
 
 const SERVERS: usize = 4;
@@ -227,12 +227,7 @@ impl Bed {
 }
 
 fn pod(name: &str, labels: Value, ip: IpAddr, node: &str) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": { "name": name, "namespace": NS, "labels": labels },
-        "spec": { "nodeName": node, "containers": [{ "name": "c", "image": "bench" }] },
-        "status": { "phase": "Running", "podIP": ip.to_string(), "podIPs": [{ "ip": ip.to_string() }] },
-    })
+    services::pod(NS, name, labels, node, &[ip], json!([]))
 }
 
 fn policy(name: &str, spec: Value) -> Value {

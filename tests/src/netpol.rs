@@ -139,20 +139,14 @@ impl Cluster {
                 .iter()
                 .map(|(name, port, proto)| json!({ "name": name, "containerPort": port, "protocol": proto }))
                 .collect();
-            json!({
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": { "name": pod.name, "namespace": pod.namespace, "labels": pod.labels },
-                "spec": {
-                    "nodeName": pod.node,
-                    "containers": [{ "name": "c", "image": "x", "ports": ports }],
-                },
-                "status": {
-                    "phase": "Running",
-                    "podIP": pod.ip.to_string(),
-                    "podIPs": [{ "ip": pod.ip.to_string() }],
-                },
-            })
+            crate::services::pod(
+                &pod.namespace,
+                &pod.name,
+                json!(pod.labels),
+                &pod.node,
+                &[pod.ip],
+                json!(ports),
+            )
         });
         namespaces.chain(pods).collect()
     }

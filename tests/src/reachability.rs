@@ -13,6 +13,7 @@ use std::{
 use crate::Netns;
 
 /// One probe: from a pod's namespace to an address, over `proto` ("TCP"/"UDP").
+#[derive(Clone, Copy)]
 pub struct Probe<'a> {
     pub from: &'a Netns,
     pub to: SocketAddr,

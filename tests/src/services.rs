@@ -68,6 +68,19 @@ pub fn port(name: &str, port: u16, target: &str, protocol: &str) -> Value {
     json!({ "name": name, "port": port, "targetPort": target, "protocol": protocol })
 }
 
+/// A running Pod as an API server holds it: scheduled on `node`, with its
+/// addresses (`status.podIP` the first) and one container's `ports`
+/// (`[{name, containerPort, protocol}]`, for named ports).
+pub fn pod(namespace: &str, name: &str, labels: Value, node: &str, ips: &[IpAddr], ports: Value) -> Value {
+    let pod_ips: Vec<Value> = ips.iter().map(|ip| json!({ "ip": ip.to_string() })).collect();
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": { "name": name, "namespace": namespace, "labels": labels },
+        "spec": { "nodeName": node, "containers": [{ "name": "c", "image": "lab", "ports": ports }] },
+        "status": { "phase": "Running", "podIP": ips.first().map(ToString::to_string), "podIPs": pod_ips },
+    })
+}
+
 /// `patch` merged into `target` (objects key by key, anything else replaced), as
 /// `kubectl patch --type merge` does.
 pub fn merge(target: &mut Value, patch: &Value) {

@@ -17,7 +17,7 @@ use weir_lab::{
     Agent, Node, Pod,
     netpol::{self, Cluster},
     reachability::{self, Probe},
-    services::{Ep, ManifestDir, port, service, slice},
+    services::{self, Ep, ManifestDir, port, service, slice},
     underlay,
     whoami::WhoAmI,
 };
@@ -185,14 +185,7 @@ fn disagreements(cases: &[Case<'_>], since: Instant) -> Vec<String> {
     let mut pending = all;
     let mut timeout = FIRST_TIMEOUT;
     loop {
-        let probes: Vec<Probe<'_>> = pending
-            .iter()
-            .map(|&i| Probe {
-                from: cases[i].probe.from,
-                to: cases[i].probe.to,
-                proto: cases[i].probe.proto,
-            })
-            .collect();
+        let probes: Vec<Probe<'_>> = pending.iter().map(|&i| cases[i].probe).collect();
         let got = reachability::run(&probes, timeout);
         pending = pending
             .into_iter()
@@ -426,13 +419,15 @@ fn root_policy_over_ipv6_and_dual_stack() {
         json!({"role": "client"}),
         json!({"role": "other"}),
     ]) {
-        objects.push(json!({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": pod.spec.name, "namespace": "web", "labels": labels},
-            "spec": {"nodeName": node.name(), "containers": [{"name": "c", "image": "whoami"}]},
-            "status": {"phase": "Running", "podIP": pod.ipv4().to_string(),
-                       "podIPs": [{"ip": pod.ipv4().to_string()}, {"ip": pod.ipv6().to_string()}]},
-        }));
+        let ips = [pod.ipv4(), pod.ipv6()];
+        objects.push(services::pod(
+            "web",
+            &pod.spec.name,
+            labels,
+            node.name(),
+            &ips,
+            json!([]),
+        ));
     }
     objects.push(json!({
         "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",

@@ -1,6 +1,6 @@
 //! `weirctl`: read-only views of Weir's pinned maps, in human terms.
 
-use std::{io::Write as _, net::IpAddr, path::PathBuf};
+use std::{io::Write as _, path::PathBuf};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -13,7 +13,7 @@ use weir_agent::{
         pins::DEFAULT_ROOT,
     },
 };
-use weir_common::{AF_INET, Dir, EndpointKey, Reason};
+use weir_common::{Dir, Reason};
 
 #[derive(Parser)]
 #[command(name = "weirctl", version, about = "Inspect Weir's eBPF maps")]
@@ -90,7 +90,7 @@ fn endpoints(pins: &PinLayout) -> anyhow::Result<Vec<serde_json::Value>> {
     for entry in map.iter() {
         let (key, info) = entry.context("reading endpoints")?;
         rows.push(json!({
-            "ip": addr(&key).to_string(),
+            "ip": ctl::ip_text(key.addr, key.family),
             "ifindex": info.ifindex,
         }));
     }
@@ -111,12 +111,4 @@ fn metrics(pins: &PinLayout) -> anyhow::Result<Vec<serde_json::Value>> {
             })
         })
         .collect())
-}
-
-fn addr(key: &EndpointKey) -> IpAddr {
-    if key.family == AF_INET {
-        IpAddr::from([key.addr[0], key.addr[1], key.addr[2], key.addr[3]])
-    } else {
-        IpAddr::from(key.addr)
-    }
 }

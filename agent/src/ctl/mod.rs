@@ -46,6 +46,11 @@ fn ip(addr: [u8; 16], family: u8) -> Option<IpAddr> {
     from_abi(addr, family)
 }
 
+/// An address from ABI fields; `?` for a bad family.
+pub fn ip_text(addr: [u8; 16], family: u8) -> String {
+    ip(addr, family).map_or_else(|| "?".to_owned(), |ip| ip.to_string())
+}
+
 /// `addr:port` from ABI fields (port in network order); `?` for a bad family.
 fn sock(addr: [u8; 16], family: u8, port_be: u16) -> String {
     ip(addr, family).map_or_else(

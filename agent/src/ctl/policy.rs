@@ -10,7 +10,7 @@ use weir_common::{
     POLICY_PREFIX_ANY_PROTO, POLICY_PREFIX_FULL, Reason, maps as names,
 };
 
-use super::{CtlError, View, ip, open, proto, sock};
+use super::{CtlError, View, ip_text, open, proto, sock};
 use crate::datapath::{
     PinLayout,
     maps::{self, Ipcache, Policy, PolicyEndpoints},
@@ -27,7 +27,7 @@ fn members(pins: &PinLayout) -> Result<BTreeMap<u32, Vec<String>>, CtlError> {
         })?;
         let data = k.data();
         let prefix = k.prefix_len() - IPCACHE_PREFIX_BITS;
-        let addr = ip(data.addr, data.family).map_or_else(|| "?".to_owned(), |a| a.to_string());
+        let addr = ip_text(data.addr, data.family);
         out.entry(id).or_default().push(format!("{addr}/{prefix}"));
     }
     Ok(out)
@@ -52,7 +52,7 @@ fn endpoints(pins: &PinLayout) -> Result<BTreeMap<u32, (String, u32)>, CtlError>
             map: names::POLICY_ENDPOINTS,
             source,
         })?;
-        let addr = ip(k.addr, k.family).map_or_else(|| "?".to_owned(), |a| a.to_string());
+        let addr = ip_text(k.addr, k.family);
         out.insert(v.id, (addr, v.flags));
     }
     Ok(out)

@@ -15,7 +15,7 @@ use aya::programs::{
     tc::{SchedClassifierLink, TcAttachOptions},
 };
 use tracing::{info, warn};
-use weir_common::programs::{FROM_NETDEV, FROM_POD, SOCK_HOOKS, TO_NETDEV, TO_POD};
+use weir_common::programs::{CLASSIFIERS, FROM_NETDEV, FROM_POD, SOCK_HOOKS, TO_NETDEV, TO_POD};
 
 use super::{
     Datapath, DatapathError,
@@ -31,8 +31,6 @@ const DEVICE_PROGRAMS: &[(&str, TcAttachType)] = &[
     (TO_NETDEV, TcAttachType::Egress),
 ];
 /// Every program that may be pinned under an interface's links.
-const ALL_PROGRAMS: [&str; 4] = [FROM_POD, TO_POD, FROM_NETDEV, TO_NETDEV];
-
 /// What [`Datapath::adopt_links`] found.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AttachedCount {
@@ -53,7 +51,7 @@ impl Datapath {
     /// beside the old one and renamed over it, so some hook runs at every instant
     /// (two at once are harmless: the second sees a backend, not a frontend).
     pub fn attach_cgroup(&mut self, cgroup: &std::path::Path) -> Result<(), DatapathError> {
-        let dir = self.pins.links_dir().join("cgroup");
+        let dir = self.pins.cgroup_links();
         std::fs::create_dir_all(&dir).map_err(DatapathError::fs(&dir))?;
         let file = std::fs::File::open(cgroup).map_err(DatapathError::fs(cgroup))?;
         for name in SOCK_HOOKS {
@@ -142,7 +140,7 @@ impl Datapath {
                 continue;
             };
             let (mut swapped, mut alive) = (0, true);
-            for name in ALL_PROGRAMS {
+            for name in CLASSIFIERS {
                 match self.swap_into_pinned(name, &self.pins.link(ifindex, name)) {
                     Ok(true) => swapped += 1,
                     Ok(false) => {}

@@ -5,7 +5,7 @@ use aya::{
     Ebpf, EbpfLoader,
     programs::{CgroupSockAddr, SchedClassifier},
 };
-use weir_common::programs::{FROM_NETDEV, FROM_POD, SOCK_HOOKS, TO_NETDEV, TO_POD};
+use weir_common::programs::{CLASSIFIERS, SOCK_HOOKS};
 
 use super::{
     DatapathError, PinLayout,
@@ -46,7 +46,7 @@ impl Datapath {
             loader.map_pin_path(spec.name, pins.map(spec.name));
         }
         let mut ebpf = loader.load(OBJECT)?;
-        for name in [FROM_POD, TO_POD, FROM_NETDEV, TO_NETDEV] {
+        for name in CLASSIFIERS {
             classifier(&mut ebpf, name)?
                 .load()
                 .map_err(|source| DatapathError::Program { name, source })?;

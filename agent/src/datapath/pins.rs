@@ -47,8 +47,13 @@ impl PinLayout {
     }
 
     /// The socket hooks' links (on the cgroup).
+    /// Where the cgroup socket hooks' links are pinned.
+    pub fn cgroup_links(&self) -> PathBuf {
+        self.links_dir().join("cgroup")
+    }
+
     pub fn cgroup_link(&self, program: &str) -> PathBuf {
-        self.links_dir().join("cgroup").join(program)
+        self.cgroup_links().join(program)
     }
 }
 

@@ -38,6 +38,37 @@ pub enum PolicyOp {
 }
 
 impl PolicyOp {
+    fn is_delete(&self) -> bool {
+        matches!(
+            self,
+            Self::DelEndpoint(_) | Self::DelIpcache(_) | Self::DelRule(_)
+        )
+    }
+
+    /// The write, done to maps held in memory.
+    fn apply_to(&self, maps: &mut DesiredPolicy) {
+        match self {
+            Self::PutRule(r) => {
+                maps.rules.insert(*r);
+            }
+            Self::PutIpcache(k, v) => {
+                maps.ipcache.insert(*k, *v);
+            }
+            Self::PutEndpoint(k, v) => {
+                maps.endpoints.insert(*k, *v);
+            }
+            Self::DelEndpoint(k) => {
+                maps.endpoints.remove(k);
+            }
+            Self::DelIpcache(k) => {
+                maps.ipcache.remove(k);
+            }
+            Self::DelRule(r) => {
+                maps.rules.remove(r);
+            }
+        }
+    }
+
     fn map(&self) -> &'static str {
         match self {
             Self::PutRule(_) | Self::DelRule(_) => names::POLICY,
@@ -124,8 +155,17 @@ impl PolicySyncer {
 
     /// The last compile's result (empty before the first).
     pub fn desired(&self) -> &DesiredPolicy {
-        static NONE: std::sync::LazyLock<DesiredPolicy> = std::sync::LazyLock::new(DesiredPolicy::default);
+        static NONE: DesiredPolicy = DesiredPolicy {
+            endpoints: BTreeMap::new(),
+            ipcache: BTreeMap::new(),
+            rules: std::collections::BTreeSet::new(),
+        };
         self.desired.as_ref().unwrap_or(&NONE)
+    }
+
+    /// Whether a compile has happened.
+    pub fn compiled(&self) -> bool {
+        self.desired.is_some()
     }
 
     /// Whether the maps hold what the last compile wants (before the first
@@ -190,42 +230,19 @@ impl PolicySyncer {
 
     /// One write, recorded in `current` when it succeeds (the return value).
     fn apply_one(&mut self, maps: &mut impl PolicyMaps, op: PolicyOp, report: &mut PolicyReport) -> bool {
-        {
-            if let Err(e) = maps.apply_policy(&op) {
-                report.failed += 1;
-                if report.failed <= 10 {
-                    warn!(map = op.map(), op = ?op, error = %e, "policy map write failed; retrying at the next sync");
-                }
-                return false;
+        if let Err(e) = maps.apply_policy(&op) {
+            report.failed += 1;
+            if report.failed <= 10 {
+                warn!(map = op.map(), op = ?op, error = %e, "policy map write failed; retrying at the next sync");
             }
-            let current = &mut self.current;
-            match op {
-                PolicyOp::PutRule(r) => {
-                    current.rules.insert(r);
-                    report.writes += 1;
-                }
-                PolicyOp::PutIpcache(k, v) => {
-                    current.ipcache.insert(k, v);
-                    report.writes += 1;
-                }
-                PolicyOp::PutEndpoint(k, v) => {
-                    current.endpoints.insert(k, v);
-                    report.writes += 1;
-                }
-                PolicyOp::DelEndpoint(k) => {
-                    current.endpoints.remove(&k);
-                    report.deletes += 1;
-                }
-                PolicyOp::DelIpcache(k) => {
-                    current.ipcache.remove(&k);
-                    report.deletes += 1;
-                }
-                PolicyOp::DelRule(r) => {
-                    current.rules.remove(&r);
-                    report.deletes += 1;
-                }
-            }
+            return false;
         }
+        if op.is_delete() {
+            report.deletes += 1;
+        } else {
+            report.writes += 1;
+        }
+        op.apply_to(&mut self.current);
         true
     }
 }
@@ -291,14 +308,7 @@ impl PolicyMaps for SharedDatapath {
             PolicyOp::DelRule(r) => dp.policy.remove(&Key::new(r.prefix_len, r.key)),
         };
         match result {
-            Err(e)
-                if matches!(
-                    op,
-                    PolicyOp::DelEndpoint(_) | PolicyOp::DelIpcache(_) | PolicyOp::DelRule(_)
-                ) && is_not_found(&e) =>
-            {
-                Ok(())
-            }
+            Err(e) if op.is_delete() && is_not_found(&e) => Ok(()),
             other => other,
         }
     }
@@ -331,26 +341,7 @@ mod tests {
                 return Err(MapError::KeyNotFound);
             }
             self.log.push(op.clone());
-            match op {
-                PolicyOp::PutRule(r) => {
-                    self.held.rules.insert(*r);
-                }
-                PolicyOp::PutIpcache(k, v) => {
-                    self.held.ipcache.insert(*k, *v);
-                }
-                PolicyOp::PutEndpoint(k, v) => {
-                    self.held.endpoints.insert(*k, *v);
-                }
-                PolicyOp::DelEndpoint(k) => {
-                    self.held.endpoints.remove(k);
-                }
-                PolicyOp::DelIpcache(k) => {
-                    self.held.ipcache.remove(k);
-                }
-                PolicyOp::DelRule(r) => {
-                    self.held.rules.remove(r);
-                }
-            }
+            op.apply_to(&mut self.held);
             Ok(())
         }
     }

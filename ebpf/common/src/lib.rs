@@ -79,6 +79,8 @@ pub mod programs {
     pub const TO_POD: &str = "to_pod";
     pub const FROM_NETDEV: &str = "from_netdev";
     pub const TO_NETDEV: &str = "to_netdev";
+    /// Every TC program: on pod veths and node devices.
+    pub const CLASSIFIERS: [&str; 4] = [FROM_POD, TO_POD, FROM_NETDEV, TO_NETDEV];
     /// The socket hooks of the node's own processes (cgroup/connect4, ...).
     pub const SOCK_HOOKS: [&str; 8] = [
         "sock_connect4",

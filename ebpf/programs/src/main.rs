@@ -132,7 +132,12 @@ fn try_into_pod<F: Lb>(ctx: &TcContext) -> Result<Action, Reason> {
             i if i == leaves => Origin::Pod,
             _ => Origin::Elsewhere,
         };
-        policy::check(&mut lb::scratch()?.in_key, &flow, &ep, Side::Ingress, origin)?;
+        let key = &mut lb::scratch()?.in_key;
+        // SAFETY: no preconditions.
+        let now = unsafe { bpf_ktime_get_ns() };
+        if policy::known(key, &flow, Side::Ingress, now) == Known::New {
+            policy::judge(key, &flow, &ep, Side::Ingress, origin, now)?;
+        }
     }
     if lb {
         lb::to_pod(ctx, &mut flow)?;
@@ -160,11 +165,12 @@ fn try_from_pod<F: Lb>(ctx: &TcContext) -> Result<Action, Reason> {
     // Egress policy judges the real flow: a reply as the pod sends it, before
     // the load balancer makes it come from a frontend; anything else, and
     // whatever the load balancer sends to a backend, once it has picked one.
-    let ep = policy::endpoint(&flow, Side::Egress);
-    let mut seen = Known::New;
-    if ep.is_some() {
+    let policed = policy::endpoint(&flow, Side::Egress).map(|ep| {
         // SAFETY: no preconditions.
-        let now = unsafe { bpf_ktime_get_ns() };
+        (ep, unsafe { bpf_ktime_get_ns() })
+    });
+    let mut seen = Known::New;
+    if let Some((_, now)) = policed {
         seen = policy::known(&mut lb::scratch()?.in_key, &flow, Side::Egress, now);
     }
     if lb && let Some(answered) = lb::from_pod(ctx, &mut flow)? {
@@ -172,10 +178,14 @@ fn try_from_pod<F: Lb>(ctx: &TcContext) -> Result<Action, Reason> {
         // external flow (judged above).
         return Ok(answered);
     }
-    if let Some(ep) = ep
-        && (seen == Known::New || flow.translated)
-    {
-        policy::check(&mut lb::scratch()?.in_key, &flow, &ep, Side::Egress, Origin::Pod)?;
+    if let Some((ep, now)) = policed {
+        let key = &mut lb::scratch()?.in_key;
+        if flow.translated {
+            seen = policy::known(key, &flow, Side::Egress, now);
+        }
+        if seen == Known::New {
+            policy::judge(key, &flow, &ep, Side::Egress, Origin::Pod, now)?;
+        }
     }
     // A local pod: hand the packet straight to its veth. This skips the host's
     // routing and its reverse-path filter, which would refuse a reply whose

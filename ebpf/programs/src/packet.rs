@@ -49,12 +49,10 @@ pub trait Family: Sized {
     /// ICMP echo request and reply types.
     const ECHO: [u8; 2];
 
-    /// Reads the IP header into `flow` (addresses, protocol).
-    fn parse_ip(ctx: &TcContext, flow: &mut Flow<Self>) -> Result<(), Reason>;
-    /// Where the L4 header starts, `flow.proto` set to its protocol (past IPv6
-    /// hop-by-hop options and fragment headers); `None` for a fragment after the
-    /// first, which carries no L4 header.
-    fn l4_offset(ctx: &TcContext, flow: &mut Flow<Self>) -> Result<Option<usize>, Reason>;
+    /// Reads the IP header into `flow` (addresses, and the L4 protocol, past
+    /// IPv6 hop-by-hop options and fragment headers); returns where the L4 header
+    /// starts, `None` for a fragment after the first, which carries none.
+    fn parse_ip(ctx: &TcContext, flow: &mut Flow<Self>) -> Result<Option<usize>, Reason>;
     /// Writes the address in the maps' 16-byte form (IPv4 in the first 4 bytes).
     fn widen(a: &Self::Addr, out: &mut [u8; 16]);
     /// Sets an address from the maps' form.
@@ -99,27 +97,18 @@ impl Family for V4 {
     }
 
     #[inline(always)]
-    fn parse_ip(ctx: &TcContext, flow: &mut Flow<Self>) -> Result<(), Reason> {
+    fn parse_ip(ctx: &TcContext, flow: &mut Flow<Self>) -> Result<Option<usize>, Reason> {
         let vihl: u8 = ctx.load(ETH_HLEN).map_err(|_| Reason::Malformed)?;
-        if vihl >> 4 != 4 {
+        let words = usize::from(vihl & 0x0f);
+        if vihl >> 4 != 4 || words < 5 {
             return Err(Reason::Malformed);
         }
         flow.proto = ctx.load(ETH_HLEN + 9).map_err(|_| Reason::Malformed)?;
         flow.saddr = ctx.load(Self::SADDR).map_err(|_| Reason::Malformed)?;
         flow.daddr = ctx.load(Self::DADDR).map_err(|_| Reason::Malformed)?;
-        Ok(())
-    }
-
-    #[inline(always)]
-    fn l4_offset(ctx: &TcContext, _flow: &mut Flow<Self>) -> Result<Option<usize>, Reason> {
         let frag: u16 = ctx.load(ETH_HLEN + 6).map_err(|_| Reason::Malformed)?;
         if u16::from_be(frag) & 0x1fff != 0 {
             return Ok(None);
-        }
-        let vihl: u8 = ctx.load(ETH_HLEN).map_err(|_| Reason::Malformed)?;
-        let words = usize::from(vihl & 0x0f);
-        if words < 5 {
-            return Err(Reason::Malformed);
         }
         Ok(Some(ETH_HLEN + words * 4))
     }
@@ -170,7 +159,7 @@ impl Family for V6 {
     }
 
     #[inline(always)]
-    fn parse_ip(ctx: &TcContext, flow: &mut Flow<Self>) -> Result<(), Reason> {
+    fn parse_ip(ctx: &TcContext, flow: &mut Flow<Self>) -> Result<Option<usize>, Reason> {
         let version: u8 = ctx.load(ETH_HLEN).map_err(|_| Reason::Malformed)?;
         if version >> 4 != 6 {
             return Err(Reason::Malformed);
@@ -178,11 +167,6 @@ impl Family for V6 {
         flow.proto = ctx.load(ETH_HLEN + 6).map_err(|_| Reason::Malformed)?;
         load16(ctx, Self::SADDR, &mut flow.saddr)?;
         load16(ctx, Self::DADDR, &mut flow.daddr)?;
-        Ok(())
-    }
-
-    #[inline(always)]
-    fn l4_offset(ctx: &TcContext, flow: &mut Flow<Self>) -> Result<Option<usize>, Reason> {
         let mut at = Self::L4;
         if flow.proto == IPPROTO_HOPOPTS {
             flow.proto = ctx.load(at).map_err(|_| Reason::Malformed)?;
@@ -330,8 +314,7 @@ pub fn parse_any<F: Family>(ctx: &TcContext) -> Result<Parsed<F>, Reason> {
         tcp_flags: 0,
         translated: false,
     };
-    F::parse_ip(ctx, &mut flow)?;
-    let Some(l4) = F::l4_offset(ctx, &mut flow)? else {
+    let Some(l4) = F::parse_ip(ctx, &mut flow)? else {
         return Ok(Parsed {
             flow,
             judge: false,

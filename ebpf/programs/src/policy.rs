@@ -19,7 +19,6 @@
 //! goes to one of the node's addresses.
 
 use aya_ebpf::{
-    helpers::bpf_ktime_get_ns,
     macros::map,
     maps::{HashMap, LpmTrie, LruHashMap, RingBuf, lpm_trie::Key},
 };
@@ -136,34 +135,33 @@ pub enum Origin {
     Elsewhere,
 }
 
-/// Judges a packet of `ep`, isolated or not on this side: a known flow passes,
-/// a new one is looked up in the rules and recorded when admitted.
+/// Judges a new flow of `ep` ([`known`] said [`Known::New`]), isolated or not
+/// on this side: looked up in the rules, recorded when admitted.
 #[inline(always)]
-pub fn check<F: Family>(
+pub fn judge<F: Family>(
     key: &mut CtKey,
     flow: &Flow<F>,
     ep: &PolicyEndpoint,
     side: Side,
     origin: Origin,
+    now: u64,
 ) -> Result<(), Reason> {
-    // SAFETY: no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
-    if known(key, flow, side, now) != Known::New {
-        return Ok(());
-    }
     let isolated = ep.flags
         & if side == Side::Egress {
             POLICY_F_EGRESS
         } else {
             POLICY_F_INGRESS
         };
-    if isolated != 0 && origin != Origin::Node && !admits(flow, ep, side, origin) {
+    if isolated != 0
+        && origin != Origin::Node
+        && let Err(identity) = admits(flow, ep, side, origin)
+    {
         let reason = if side == Side::Egress {
             Reason::PolicyEgress
         } else {
             Reason::PolicyIngress
         };
-        report(flow, ep, side, reason);
+        report(flow, ep, identity, reason);
         // What the other side admitted dies with the flow here: it must not
         // stand as a flow whose replies pass.
         fill(key, flow, false);
@@ -198,37 +196,43 @@ pub fn check<F: Family>(
     Ok(())
 }
 
-/// Whether the endpoint's rules admit this new flow.
+/// Whether the endpoint's rules admit this new flow; if not, the peer's identity.
 #[inline(always)]
-fn admits<F: Family>(flow: &Flow<F>, ep: &PolicyEndpoint, side: Side, origin: Origin) -> bool {
+fn admits<F: Family>(flow: &Flow<F>, ep: &PolicyEndpoint, side: Side, origin: Origin) -> Result<(), u32> {
     let egress = side == Side::Egress;
     let peer = if egress { &flow.daddr } else { &flow.saddr };
     // Hairpinned service traffic (from the hairpin address to the pod, after
     // translation): the pod reaching itself. Only from the pod's own veth: the
     // address could be forged by anyone else.
     if origin == Origin::Pod && (F::is(&flow.saddr, &F::HAIRPIN) || F::is(&flow.daddr, &F::HAIRPIN)) {
-        return true;
+        return Ok(());
     }
     // "Traffic to and from the node where a Pod is running is always allowed"
-    // (the Kubernetes documentation): from the node, see `check`; to it, here.
+    // (the Kubernetes documentation): from the node, see `Origin::Node`; to
+    // it, here.
     if egress && is_node_address::<F>(peer) {
-        return true;
+        return Ok(());
     }
+    let identity = identity::<F>(peer);
     let mut key = Key::new(
         POLICY_PREFIX_FULL,
         PolicyKey {
             endpoint: ep.id,
-            identity: identity::<F>(peer),
+            identity,
             egress: u8::from(egress),
             proto: flow.proto,
             port: flow.dport,
         },
     );
     if POLICY.get(&key).is_some() {
-        return true;
+        return Ok(());
     }
     key.data.identity = IDENTITY_ANY;
-    POLICY.get(&key).is_some()
+    if POLICY.get(&key).is_some() {
+        Ok(())
+    } else {
+        Err(identity)
+    }
 }
 
 /// The identity of a peer address: the ipcache's longest matching prefix.
@@ -252,7 +256,7 @@ fn is_node_address<F: Family>(addr: &F::Addr) -> bool {
 }
 
 #[inline(always)]
-fn report<F: Family>(flow: &Flow<F>, ep: &PolicyEndpoint, side: Side, reason: Reason) {
+fn report<F: Family>(flow: &Flow<F>, ep: &PolicyEndpoint, identity: u32, reason: Reason) {
     let Some(mut entry) = EVENTS.reserve::<DropEvent>(0) else {
         // The reader is behind: the drop is still counted.
         return;
@@ -269,11 +273,7 @@ fn report<F: Family>(flow: &Flow<F>, ep: &PolicyEndpoint, side: Side, reason: Re
         (*e).reason = reason as u8;
         (*e)._pad = 0;
         (*e).endpoint = ep.id;
-        (*e).identity = identity::<F>(if side == Side::Egress {
-            &flow.daddr
-        } else {
-            &flow.saddr
-        });
+        (*e).identity = identity;
     }
     entry.submit(0);
 }

@@ -12,7 +12,7 @@
 
 use aya_ebpf::{
     EbpfContext,
-    helpers::{bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_set_retval},
+    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval},
     macros::{cgroup_sock_addr, map},
     maps::LruHashMap,
     programs::SockAddrContext,
@@ -22,7 +22,10 @@ use weir_common::{
     SVC_F_NODEPORT, SVC_F_TWO_SCOPES, ServiceKey, SockRevKey, SockRevValue, maps,
 };
 
-use crate::lb::maps::{BACKENDS, NODE, SERVICES};
+use crate::lb::{
+    maps::{BACKENDS, NODE, SERVICES},
+    select,
+};
 
 #[map(name = "weir_sockrev_v1")]
 static SOCK_REV: LruHashMap<SockRevKey, SockRevValue> =
@@ -178,12 +181,10 @@ fn to_backend(ctx: &SockAddrContext, family: u8, datagram_only: bool) -> i32 {
         unsafe { bpf_set_retval(-errno) };
         return 0;
     }
-    // SAFETY: no preconditions.
-    let slot = (unsafe { bpf_get_prandom_u32() } % u32::from(svc.count)) as u16 + 1;
-    let slot_key = ServiceKey { slot, ..key };
     // SAFETY: valid for this run.
-    let Some(backend) =
-        (unsafe { SERVICES.get(&slot_key) }).and_then(|s| unsafe { BACKENDS.get(&s.backend_id) })
+    let Some(backend) = select::random_slot(&key, svc.count)
+        .ok()
+        .and_then(|id| unsafe { BACKENDS.get(&id) })
     else {
         return ALLOW;
     };

@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use weir_lab::{
     Agent, Netns, Node, Pod, bins,
     reachability::{self, Probe},
-    services::{Ep, ManifestDir, SYNC_TIMEOUT, frontend, merge, port, service, slice, slot_addresses},
+    services::{self, Ep, ManifestDir, SYNC_TIMEOUT, frontend, merge, port, service, slice, slot_addresses},
     traffic::{EchoServer, tcp_roundtrip, udp_roundtrip},
     underlay::Underlay,
     whoami::{TcpSession, UdpSession, WhoAmI, ask_tcp, ask_udp},
@@ -540,13 +540,8 @@ fn write_policy(dir: &ManifestDir, (node_a, node_b): (&str, &str), pods: &[Pod],
             "d" => (json!({ "app": "remote" }), node_b),
             _ => (json!({ "app": "web" }), node_a),
         };
-        objects.push(json!({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": { "name": name, "namespace": "default", "labels": labels },
-            "spec": { "nodeName": node, "containers": [{ "name": "c", "image": "whoami",
-                      "ports": [{ "name": "http", "containerPort": TARGET_PORT }] }] },
-            "status": { "phase": "Running", "podIP": pod.ipv4().to_string() },
-        }));
+        let http = json!([{ "name": "http", "containerPort": TARGET_PORT }]);
+        objects.push(services::pod("default", name, labels, node, &[pod.ipv4()], http));
     }
     objects.push(json!({
         "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",

@@ -27,7 +27,7 @@ use weir_common::{
     PolicyEndpoint, PolicyKey,
 };
 
-use super::{Allow, PeerMatch, PodPolicies, PortMatch};
+use super::{PeerMatch, PodPolicies, PortMatch};
 use crate::net::to_abi;
 
 /// An LPM key of the ipcache.
@@ -178,19 +178,12 @@ impl PolicyEncoder {
             .collect();
 
         // Peer sets of the node's rules, numbered.
-        let rules = |p: &'_ super::PodPolicy| {
-            p.ingress
-                .iter()
-                .flatten()
-                .chain(p.egress.iter().flatten())
-                .cloned()
-                .collect::<Vec<Allow>>()
-        };
         let mut peer_sets: BTreeMap<u32, PeerMatch> = BTreeMap::new();
         for (_, p) in &isolated {
-            for allow in rules(p) {
+            for allow in p.ingress.iter().flatten().chain(p.egress.iter().flatten()) {
                 if allow.peers != PeerMatch::All {
-                    peer_sets.insert(self.peers.get(&allow.peers), allow.peers);
+                    let n = self.peers.get(&allow.peers);
+                    peer_sets.entry(n).or_insert_with(|| allow.peers.clone());
                 }
             }
         }
@@ -263,11 +256,11 @@ impl PolicyEncoder {
                 let Some(allows) = allows else { continue };
                 flags |= if egress { POLICY_F_EGRESS } else { POLICY_F_INGRESS };
                 for allow in allows {
-                    let identities = match &allow.peers {
-                        PeerMatch::All => vec![IDENTITY_ANY],
-                        peers => members.get(&self.peers.get(peers)).cloned().unwrap_or_default(),
+                    let identities: &[u32] = match &allow.peers {
+                        PeerMatch::All => &[IDENTITY_ANY],
+                        peers => members.get(&self.peers.get(peers)).map_or(&[], Vec::as_slice),
                     };
-                    for identity in identities {
+                    for &identity in identities {
                         for (proto, port, prefix_len) in port_prefixes(&allow.ports) {
                             out.rules.insert(RuleKey {
                                 prefix_len,

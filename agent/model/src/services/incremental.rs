@@ -165,7 +165,7 @@ impl ServiceCompiler {
         for key in keys {
             if let Some(fragment) = self.compile(model, &key) {
                 problems.extend(fragment.problems.iter().cloned());
-                self.insert(key, fragment, &mut Touched::default());
+                self.insert(key, fragment);
             }
         }
         self.ids.retain_only(&self.desired);
@@ -194,7 +194,8 @@ impl ServiceCompiler {
         for key in affected {
             if let Some(fragment) = self.compile(model, &key) {
                 problems.extend(fragment.problems.iter().cloned());
-                self.insert(key, fragment, &mut touched);
+                touched.add(&fragment.desired);
+                self.insert(key, fragment);
             }
         }
         if self.conflicts > 0 {
@@ -256,8 +257,7 @@ impl ServiceCompiler {
     }
 
     /// Adds a Service's fragment to the union.
-    fn insert(&mut self, key: ObjectKey, fragment: Fragment, touched: &mut Touched) {
-        touched.add(&fragment.desired);
+    fn insert(&mut self, key: ObjectKey, fragment: Fragment) {
         let d = &fragment.desired;
         self.desired
             .services

@@ -104,7 +104,7 @@ pub fn from_netdev<F: Lb>(ctx: &TcContext, flow: &mut Flow<F>) -> Result<Action,
             reason: Reason::NoBackend,
         });
     }
-    let backend_id = select::backend(flow, &key, &svc)?;
+    let backend_id = select::backend(flow, &key, &svc, now)?;
     // SAFETY: valid for this run.
     let backend = unsafe { BACKENDS.get(&backend_id) }.ok_or(Reason::BackendMissing)?;
     let node = NODE.get(0).ok_or(Reason::NoSnat)?;
@@ -244,8 +244,7 @@ fn free_port(
         };
         s.out_key = s.in_key.out_partner(taken);
         // SAFETY: valid for this run.
-        let live = unsafe { CONNTRACK.get(&s.out_key) }
-            .is_some_and(|out| out.expires_ns > now && out.flags & CT_F_RESET == 0);
+        let live = ct::lookup(&s.out_key, now).is_some_and(|out| unsafe { (*out).flags } & CT_F_RESET == 0);
         if !live {
             let _ = CONNTRACK.remove(&s.out_key);
             return Ok(port.to_be());

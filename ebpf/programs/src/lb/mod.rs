@@ -9,7 +9,7 @@ mod external;
 pub mod maps;
 mod nat;
 mod reject;
-mod select;
+pub mod select;
 
 pub use self::external::from_netdev;
 
@@ -153,7 +153,7 @@ pub fn from_pod<F: Lb>(ctx: &TcContext, flow: &mut Flow<F>) -> Result<Option<Act
             reason: Reason::NoBackend,
         }));
     }
-    let backend_id = select::backend(flow, &key, &svc)?;
+    let backend_id = select::backend(flow, &key, &svc, now)?;
     // SAFETY: valid for this run.
     let backend = unsafe { BACKENDS.get(&backend_id) }.ok_or(Reason::BackendMissing)?;
 

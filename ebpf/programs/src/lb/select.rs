@@ -1,7 +1,7 @@
 //! Choosing a backend for a new flow: session affinity first, then a uniformly
 //! random slot (kube-proxy's iptables mode picks uniformly too).
 
-use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
+use aya_ebpf::helpers::bpf_get_prandom_u32;
 use weir_common::{
     AffinityKey, AffinityValue, BACKEND_ACTIVE, BACKEND_TERMINATING, MAGLEV_TABLE_SIZE, Reason,
     SVC_F_AFFINITY, SVC_F_MAGLEV, ServiceKey, ServiceValue,
@@ -14,7 +14,12 @@ const NS: u64 = 1_000_000_000;
 
 /// The backend id for a new flow to the service entry `svc`.
 #[inline(always)]
-pub fn backend<F: Family>(flow: &Flow<F>, key: &ServiceKey, svc: &ServiceValue) -> Result<u32, Reason> {
+pub fn backend<F: Family>(
+    flow: &Flow<F>,
+    key: &ServiceKey,
+    svc: &ServiceValue,
+    now: u64,
+) -> Result<u32, Reason> {
     if svc.flags & SVC_F_AFFINITY == 0 {
         return pick(flow, key, svc);
     }
@@ -25,8 +30,6 @@ pub fn backend<F: Family>(flow: &Flow<F>, key: &ServiceKey, svc: &ServiceValue) 
         _pad: [0; 3],
     };
     F::widen(&flow.saddr, &mut akey.client);
-    // SAFETY: bpf_ktime_get_ns has no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
     if let Some(entry) = AFFINITY.get_ptr_mut(&akey) {
         // SAFETY: a pointer into the map's value, valid for this program run.
         let (id, last) = unsafe { ((*entry).backend_id, (*entry).last_used_ns) };
@@ -102,8 +105,9 @@ fn flow_hash<F: Family>(flow: &Flow<F>) -> u64 {
     h ^ (h >> 33)
 }
 
+/// A backend id from a random slot of `key`'s frontend of `count` slots.
 #[inline(always)]
-fn random_slot(key: &ServiceKey, count: u16) -> Result<u32, Reason> {
+pub fn random_slot(key: &ServiceKey, count: u16) -> Result<u32, Reason> {
     // Callers never pass 0; said here so that no division-by-zero panic path
     // is left for the verifier to refuse.
     let Some(slot) = unsafe { bpf_get_prandom_u32() }.checked_rem(u32::from(count)) else {
