@@ -38,6 +38,14 @@ pub enum NetlinkError {
     },
     #[error(transparent)]
     Netns(#[from] NetnsError),
+    #[error(
+        "route {dst} in {ns} already exists ({existing}) and is not the one weir-cni would add: left as it is"
+    )]
+    RouteTaken {
+        dst: IpNetwork,
+        ns: String,
+        existing: String,
+    },
 }
 
 impl NetlinkError {
@@ -65,6 +73,8 @@ pub struct Link {
     /// For a veth: the peer's index (in the peer's namespace).
     pub peer_index: Option<u32>,
     pub alias: Option<String>,
+    /// The device group (`ip link set DEV group N`; 0 by default).
+    pub group: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -72,6 +82,15 @@ pub struct RouteEntry {
     pub dst: IpNetwork,
     pub gw: Option<IpAddr>,
     pub oif: Option<u32>,
+}
+
+impl RouteEntry {
+    /// As `ip route` would say it.
+    pub fn describe(&self) -> String {
+        let via = self.gw.map(|g| format!(" via {g}")).unwrap_or_default();
+        let dev = self.oif.map(|i| format!(" dev #{i}")).unwrap_or_default();
+        format!("{}{via}{dev}", self.dst)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -160,16 +179,21 @@ impl Netlink {
         Ok(msgs.into_iter().map(link_of).collect())
     }
 
-    /// Creates veth `name` in this namespace with its peer born in `peer_netns`
-    /// as `peer`. Creating the peer in place is one netlink request; moving a
-    /// device between namespaces afterwards costs ~20 ms (the kernel waits for an
-    /// RCU grace period when a device leaves a namespace), most of an ADD.
+    /// Creates veth `name` in this namespace, in device group `group` and with
+    /// `alias`, with its peer born in `peer_netns` as `peer`. Creating the peer in
+    /// place is one netlink request; moving a device between namespaces afterwards
+    /// costs ~20 ms (the kernel waits for an RCU grace period when a device leaves
+    /// a namespace), most of an ADD. The group is set by the same request (the
+    /// kernel takes `IFLA_GROUP` at creation, not `IFLA_IFALIAS`): a veth is
+    /// marked as ours from the instant it exists.
     pub fn create_veth(
         &self,
         name: &str,
         peer: &str,
         peer_netns: &Netns,
         mtu: u32,
+        group: u32,
+        alias: &str,
     ) -> Result<(), NetlinkError> {
         let peer_msg = LinkMessageBuilder::<LinkUnspec>::new()
             .name(peer.to_owned())
@@ -178,6 +202,8 @@ impl Netlink {
             .build();
         let msg = LinkVeth::new(name, peer)
             .mtu(mtu)
+            .link_group(group)
+            .alias(alias.to_owned())
             .set_info_data(netlink_packet_route::link::InfoData::Veth(
                 netlink_packet_route::link::InfoVeth::Peer(peer_msg),
             ))
@@ -265,14 +291,40 @@ impl Netlink {
             .collect())
     }
 
-    /// Adds or replaces the route to `dst` through link `oif` (via `gw`, or on-link
-    /// with scope link when there is no gateway).
-    pub fn replace_route(&self, dst: IpNetwork, oif: u32, gw: Option<IpAddr>) -> Result<(), NetlinkError> {
+    /// Adds the route to `dst` through link `oif` (via `gw`, or on-link with
+    /// scope link when there is no gateway). Never replaces a route: one that is
+    /// already there is fine only if it is this very route (a repeated ADD);
+    /// anything else (the node's default route, when the "pod" namespace is the
+    /// node's; another interface's) is an error, left untouched.
+    pub fn ensure_route(&self, dst: IpNetwork, oif: u32, gw: Option<IpAddr>) -> Result<(), NetlinkError> {
         let msg = route_message(dst, oif, gw);
         let h = self.handle.clone();
-        self.rt
-            .block_on(async move { h.route().add(msg).replace().execute().await })
-            .map_err(self.err(format!("adding route {dst} dev {oif}")))
+        match self
+            .rt
+            .block_on(async move { h.route().add(msg).execute().await })
+        {
+            Ok(()) => Ok(()),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code().abs() == libc::EEXIST => {
+                let existing: Vec<RouteEntry> = self
+                    .routes(dst.is_ipv6())?
+                    .into_iter()
+                    .filter(|r| r.dst == dst)
+                    .collect();
+                if existing.iter().any(|r| r.oif == Some(oif) && r.gw == gw) {
+                    return Ok(());
+                }
+                Err(NetlinkError::RouteTaken {
+                    dst,
+                    ns: self.ns.clone(),
+                    existing: existing
+                        .iter()
+                        .map(RouteEntry::describe)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                })
+            }
+            Err(e) => Err(self.err(format!("adding route {dst} dev {oif}"))(e)),
+        }
     }
 
     /// Routes of the main table, for one family.
@@ -375,6 +427,7 @@ fn link_of(m: LinkMessage) -> Link {
         is_veth: false,
         peer_index: None,
         alias: None,
+        group: 0,
     };
     for a in m.attributes {
         match a {
@@ -383,6 +436,7 @@ fn link_of(m: LinkMessage) -> Link {
             LinkAttribute::Mtu(mtu) => link.mtu = mtu,
             LinkAttribute::Link(peer) => link.peer_index = Some(peer),
             LinkAttribute::IfAlias(alias) => link.alias = Some(alias),
+            LinkAttribute::Group(group) => link.group = group,
             LinkAttribute::LinkInfo(infos) => {
                 link.is_veth = infos.iter().any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth)));
             }

@@ -21,6 +21,11 @@ pub enum NetnsError {
     Setns { what: String, source: nix::errno::Errno },
     #[error("the thread working in network namespace {what} panicked")]
     Panicked { what: String },
+    #[error(
+        "{} is the plugin's own network namespace (the node's), not a container's: refusing to wire it",
+        path.display()
+    )]
+    Own { path: PathBuf },
 }
 
 /// An open network namespace (`CNI_NETNS`), kept open so that it cannot be
@@ -31,12 +36,23 @@ pub struct Netns {
 }
 
 impl Netns {
+    /// Opens a container's namespace. The plugin's own is refused, whatever
+    /// path names it (`/proc/self/ns/net`, a bind mount of the host's): the
+    /// namespaces are compared by identity (device and inode of the nsfs
+    /// file), since wiring "a pod" there would route the node through it.
     pub fn open(path: &Path) -> Result<Self, NetnsError> {
         match File::open(path) {
-            Ok(file) => Ok(Netns {
-                path: path.to_owned(),
-                file,
-            }),
+            Ok(file) => {
+                if same_namespace(&file, Path::new(OWN))? {
+                    return Err(NetnsError::Own {
+                        path: path.to_owned(),
+                    });
+                }
+                Ok(Netns {
+                    path: path.to_owned(),
+                    file,
+                })
+            }
             Err(e) if e.kind() == ErrorKind::NotFound => Err(NetnsError::NotFound {
                 path: path.to_owned(),
             }),
@@ -62,6 +78,22 @@ impl Netns {
     }
 }
 
+/// The calling thread's own network namespace (`/proc/self` would be the main
+/// thread's).
+const OWN: &str = "/proc/thread-self/ns/net";
+
+/// Whether the open namespace file `ns` is the namespace at `other`.
+fn same_namespace(ns: &File, other: &Path) -> Result<bool, NetnsError> {
+    use std::os::unix::fs::MetadataExt as _;
+    let open_err = |source| NetnsError::Open {
+        path: other.to_owned(),
+        source,
+    };
+    let a = ns.metadata().map_err(open_err)?;
+    let b = std::fs::metadata(other).map_err(open_err)?;
+    Ok((a.dev(), a.ino()) == (b.dev(), b.ino()))
+}
+
 /// Holds the thread in another namespace; puts it back on drop. `!Send`: the
 /// namespace belongs to this thread only.
 struct NetnsGuard {
@@ -71,8 +103,7 @@ struct NetnsGuard {
 
 impl NetnsGuard {
     fn enter(target: &File, what: &str) -> Result<Self, NetnsError> {
-        // The thread's own namespace, not the process's (/proc/self is the main thread's).
-        let here = Path::new("/proc/thread-self/ns/net");
+        let here = Path::new(OWN);
         let original = File::open(here).map_err(|source| NetnsError::Open {
             path: here.to_owned(),
             source,

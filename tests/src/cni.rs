@@ -57,6 +57,26 @@ impl CniOutcome {
         }
     }
 
+    /// Asserts that this is the spec's error object with `code` on stdout (never
+    /// a panic) and returns it.
+    pub fn assert_error(&self, code: u64) -> Value {
+        assert!(
+            !self.stderr.contains("panicked"),
+            "plugin panicked: {}",
+            self.stderr
+        );
+        assert_eq!(
+            self.error_code(),
+            code,
+            "stdout {} stderr {}",
+            self.stdout,
+            self.stderr
+        );
+        let v = self.json();
+        assert!(v["cniVersion"].is_string(), "error without cniVersion: {v}");
+        v
+    }
+
     /// The CNI error code of a failed call; panics if it succeeded.
     pub fn error_code(&self) -> u64 {
         assert_ne!(

@@ -44,6 +44,11 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}{}x{n}", std::process::id() % 100_000)
 }
 
+/// Whether link `name` exists in `ns`.
+pub fn link_exists(ns: &Netns, name: &str) -> bool {
+    ns.exec(&["ip", "link", "show", name]).status.success()
+}
+
 /// A benchmark setting from the environment, or its default; panics (naming the
 /// variable) on a value that does not parse, rather than running something else.
 pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {

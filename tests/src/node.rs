@@ -2,6 +2,7 @@
 //! CNI configuration) and the pods `weir-cni` wires into it.
 
 use std::{
+    collections::HashSet,
     net::IpAddr,
     path::{Path, PathBuf},
 };
@@ -102,6 +103,55 @@ impl Node {
             ..CniCall::new(bins::path("weir-cni"), command)
         }
         .config(&self.conf)
+    }
+
+    /// Like [`Node::call`], with configuration `conf` instead of the node's.
+    pub fn call_with(&self, command: &str, pod: &PodSpec, conf: &Value) -> CniCall {
+        self.call(command, pod).config(conf)
+    }
+
+    /// A call without any per-attachment variable (STATUS, GC, VERSION).
+    pub fn call_plain(&self, command: &str, conf: &Value) -> CniCall {
+        CniCall {
+            path: Some(cni_path()),
+            in_netns: Some(self.ns.name().to_owned()),
+            ..CniCall::new(bins::path("weir-cni"), command)
+        }
+        .config(conf)
+    }
+
+    /// The IPAM store of the node's network (`weir-lab`).
+    pub fn ipam_dir(&self) -> PathBuf {
+        self.state_dir.join("ipam").join("weir-lab")
+    }
+
+    /// Addresses currently allocated in the node's built-in IPAM store.
+    pub fn allocated(&self) -> HashSet<IpAddr> {
+        self.store_files()
+            .iter()
+            .filter_map(|n| n.parse::<IpAddr>().ok())
+            .collect()
+    }
+
+    /// Every file of the node's IPAM store, by name.
+    pub fn store_files(&self) -> Vec<String> {
+        match std::fs::read_dir(self.ipam_dir()) {
+            Ok(entries) => entries
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Names of the node's links that look like our host veths.
+    pub fn weir_links(&self) -> Vec<String> {
+        self.ns
+            .sh("ip -o link show")
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .map(|n| n.split('@').next().unwrap_or(n).to_owned())
+            .filter(|n| n.starts_with("weir") || n.starts_with("wtmp"))
+            .collect()
     }
 
     /// Runs a conflist as libcni does: each plugin gets the list's name and version

@@ -11,8 +11,8 @@ use std::{
 
 use serde_json::{Value, json};
 use weir_lab::{
-    CniCall, CniOutcome, Netns, Node, Pod, bins,
-    node::{PodSpec, cni_path, result_ips},
+    Netns, Node, Pod,
+    node::{PodSpec, result_ips},
     require_root,
     traffic::{EchoServer, tcp_roundtrip, udp_roundtrip},
     unique,
@@ -22,47 +22,10 @@ const VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
 
 // ---- helpers ---------------------------------------------------------------
 
-/// A call with the given configuration instead of the node's.
-fn call_with(node: &Node, command: &str, spec: &PodSpec, conf: &Value) -> CniCall {
-    node.call(command, spec).config(conf)
-}
-
-/// A call without any per-attachment variable (STATUS, GC, VERSION).
-fn node_call(node: &Node, command: &str, conf: &Value) -> CniCall {
-    CniCall {
-        path: Some(cni_path()),
-        in_netns: Some(node.ns.name().to_owned()),
-        ..CniCall::new(bins::path("weir-cni"), command)
-    }
-    .config(conf)
-}
-
 fn with_prev(conf: &Value, prev: &Value) -> Value {
     let mut c = conf.clone();
     c["prevResult"] = prev.clone();
     c
-}
-
-/// Addresses currently allocated in the node's built-in IPAM store.
-fn allocated(node: &Node) -> HashSet<IpAddr> {
-    let dir = node.state_dir.join("ipam").join("weir-lab");
-    match std::fs::read_dir(&dir) {
-        Ok(entries) => entries
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<IpAddr>().ok())
-            .collect(),
-        Err(_) => HashSet::new(),
-    }
-}
-
-/// Names of the node's links that look like our host veths.
-fn weir_links(node: &Node) -> Vec<String> {
-    node.ns
-        .sh("ip -o link show")
-        .lines()
-        .filter_map(|l| l.split(": ").nth(1))
-        .map(|n| n.split('@').next().unwrap_or(n).to_owned())
-        .filter(|n| n.starts_with("weir") || n.starts_with("wtmp"))
-        .collect()
 }
 
 fn host_veth_of(result: &Value) -> String {
@@ -81,10 +44,6 @@ fn host_mac_of(result: &Value) -> String {
         .find(|i| i.get("sandbox").is_none())
         .expect("host interface");
     host["mac"].as_str().expect("mac").to_owned()
-}
-
-fn link_exists(ns: &Netns, name: &str) -> bool {
-    ns.exec(&["ip", "link", "show", name]).status.success()
 }
 
 /// The checks every ADD result must pass, for the version it was asked in.
@@ -184,25 +143,6 @@ fn assert_traffic(server: &Pod, client: &Pod, ip: IpAddr) {
     assert_eq!(back, msg.as_bytes());
 }
 
-/// An error outcome must be the spec's error object on stdout, never a panic.
-fn assert_error(out: &CniOutcome, code: u64) -> Value {
-    assert!(
-        !out.stderr.contains("panicked"),
-        "plugin panicked: {}",
-        out.stderr
-    );
-    assert_eq!(
-        out.error_code(),
-        code,
-        "stdout {} stderr {}",
-        out.stdout,
-        out.stderr
-    );
-    let v = out.json();
-    assert!(v["cniVersion"].is_string(), "error without cniVersion: {v}");
-    v
-}
-
 // ---- tests -----------------------------------------------------------------
 
 #[test]
@@ -221,15 +161,17 @@ fn add_check_del_in_every_version() {
             "10.244.1.2",
             "the first pod gets .2 (.1 is the gateway)"
         );
-        assert!(allocated(&node).contains(&ip));
+        assert!(node.allocated().contains(&ip));
 
-        let check = call_with(&node, "CHECK", &spec, &with_prev(&node.conf, &result)).run();
+        let check = node
+            .call_with("CHECK", &spec, &with_prev(&node.conf, &result))
+            .run();
         if version.starts_with("0.3") {
-            assert_error(&check, 1);
+            check.assert_error(1);
         } else {
             check.ok();
             // CHECK without prevResult is an invalid configuration.
-            assert_error(&node.call("CHECK", &spec).run(), 7);
+            node.call("CHECK", &spec).run().assert_error(7);
         }
 
         let host = host_veth_of(&result);
@@ -238,15 +180,18 @@ fn add_check_del_in_every_version() {
         } else {
             with_prev(&node.conf, &result)
         };
-        call_with(&node, "DEL", &spec, &del_conf).run().ok();
+        node.call_with("DEL", &spec, &del_conf).run().ok();
         assert!(
-            !link_exists(&node.ns, &host),
+            !weir_lab::link_exists(&node.ns, &host),
             "{version}: host veth {host} survived DEL"
         );
-        assert!(!link_exists(&ns, "eth0"), "{version}: eth0 survived DEL");
-        assert!(allocated(&node).is_empty(), "{version}: address not freed");
+        assert!(
+            !weir_lab::link_exists(&ns, "eth0"),
+            "{version}: eth0 survived DEL"
+        );
+        assert!(node.allocated().is_empty(), "{version}: address not freed");
         // DEL is idempotent.
-        call_with(&node, "DEL", &spec, &del_conf).run().ok();
+        node.call_with("DEL", &spec, &del_conf).run().ok();
     }
 }
 
@@ -256,19 +201,19 @@ fn check_reports_what_differs_and_unknown_containers() {
     let node = Node::new("10.244.2.0/24");
     let pod = node.add_pod("a");
     let conf = with_prev(&node.conf, &pod.result);
-    call_with(&node, "CHECK", &pod.spec, &conf).run().ok();
+    node.call_with("CHECK", &pod.spec, &conf).run().ok();
 
     let addr = pod.result["ips"][0]["address"]
         .as_str()
         .expect("address")
         .to_owned();
     pod.ns.sh(&format!("ip addr del {addr} dev eth0"));
-    let v = assert_error(&call_with(&node, "CHECK", &pod.spec, &conf).run(), 103);
+    let v = node.call_with("CHECK", &pod.spec, &conf).run().assert_error(103);
     assert!(v["msg"].as_str().is_some_and(|m| m.contains(&addr)), "{v}");
 
     let mut stranger = pod.spec.clone();
     stranger.container_id = unique("ctr-stranger-");
-    assert_error(&call_with(&node, "CHECK", &stranger, &conf).run(), 3);
+    node.call_with("CHECK", &stranger, &conf).run().assert_error(3);
 }
 
 #[test]
@@ -292,7 +237,7 @@ fn repeated_add_returns_the_same_address_and_keeps_working() {
     assert_eq!(result_ips(&again), a.ips);
     assert_eq!(host_veth_of(&again), host_veth_of(&a.result));
     assert_eq!(again["interfaces"][1]["mac"], a.result["interfaces"][1]["mac"]);
-    assert_eq!(allocated(&node).len(), 2);
+    assert_eq!(node.allocated().len(), 2);
     assert_wired(&node, &a.ns, &again);
     assert_traffic(&a, &b, a.ipv4());
 }
@@ -305,11 +250,11 @@ fn add_refuses_an_interface_it_did_not_create() {
     ns.sh("ip link add eth0 type veth peer name squatter");
     let out = node.call("ADD", &spec).run();
     assert!(out.error_code() >= 100, "{}", out.stdout);
-    assert!(allocated(&node).is_empty(), "failed ADD kept its address");
+    assert!(node.allocated().is_empty(), "failed ADD kept its address");
     assert!(
-        weir_links(&node).is_empty(),
+        node.weir_links().is_empty(),
         "failed ADD left {:?}",
-        weir_links(&node)
+        node.weir_links()
     );
     assert!(
         ns.sh("ip link show eth0").contains("eth0@squatter"),
@@ -334,8 +279,11 @@ fn del_after_the_pod_netns_is_gone_frees_the_address() {
     no_netns.run().ok();
     no_netns.netns = Some(String::new());
     no_netns.run().ok();
-    assert!(!link_exists(&node.ns, &host), "host veth {host} survived");
-    assert!(allocated(&node).is_empty());
+    assert!(
+        !weir_lab::link_exists(&node.ns, &host),
+        "host veth {host} survived"
+    );
+    assert!(node.allocated().is_empty());
     let next = node.add_pod("next");
     assert_eq!(next.ipv4().to_string(), "10.244.6.10");
 }
@@ -351,10 +299,10 @@ fn del_with_host_veth_still_present_but_netns_gone() {
     // host veth alive: DEL must still find and delete it by name.
     ns.sh(&format!("ip link set eth0 netns {}", node.ns.name()));
     drop(ns);
-    assert!(link_exists(&node.ns, &host));
+    assert!(weir_lab::link_exists(&node.ns, &host));
     node.call("DEL", &spec).run().ok();
-    assert!(!link_exists(&node.ns, &host), "DEL left {host}");
-    assert!(allocated(&node).is_empty());
+    assert!(!weir_lab::link_exists(&node.ns, &host), "DEL left {host}");
+    assert!(node.allocated().is_empty());
 }
 
 #[test]
@@ -374,7 +322,7 @@ fn sixty_four_parallel_adds_get_distinct_addresses() {
     });
     let ips: HashSet<IpAddr> = results.iter().flat_map(result_ips).collect();
     assert_eq!(ips.len(), 64, "duplicate addresses handed out");
-    assert_eq!(allocated(&node), ips);
+    assert_eq!(node.allocated(), ips);
     let veths: HashSet<String> = results.iter().map(host_veth_of).collect();
     assert_eq!(veths.len(), 64);
 }
@@ -385,7 +333,7 @@ fn exhaustion_is_a_clear_error_and_status_says_so() {
     let node = Node::with_ranges(
         json!([[{ "subnet": "10.244.9.0/24", "rangeStart": "10.244.9.20", "rangeEnd": "10.244.9.21" }]]),
     );
-    node_call(&node, "STATUS", &node.conf).run().ok();
+    node.call_plain("STATUS", &node.conf).run().ok();
     let a = node.add_pod("a");
     let b = node.add_pod("b");
     let mut got: Vec<String> = [a.ipv4(), b.ipv4()].iter().map(ToString::to_string).collect();
@@ -404,22 +352,25 @@ fn exhaustion_is_a_clear_error_and_status_says_so() {
         msg.contains("10.244.9.0/24"),
         "message does not name the range: {msg}"
     );
-    assert!(!link_exists(&ns, "eth0"), "failed ADD left eth0 in the pod");
+    assert!(
+        !weir_lab::link_exists(&ns, "eth0"),
+        "failed ADD left eth0 in the pod"
+    );
     assert_eq!(
-        weir_links(&node).len(),
+        node.weir_links().len(),
         2,
         "failed ADD left a veth: {:?}",
-        weir_links(&node)
+        node.weir_links()
     );
 
-    let v = assert_error(&node_call(&node, "STATUS", &node.conf).run(), 50);
+    let v = node.call_plain("STATUS", &node.conf).run().assert_error(50);
     assert!(
         v["msg"].as_str().is_some_and(|m| m.contains("10.244.9.0/24")),
         "{v}"
     );
 
     node.del_pod(&a).ok();
-    node_call(&node, "STATUS", &node.conf).run().ok();
+    node.call_plain("STATUS", &node.conf).run().ok();
 }
 
 #[test]
@@ -428,14 +379,14 @@ fn status_needs_a_configured_node_and_version_1_1_0() {
     let node = Node::new("10.244.10.0/24");
     let mut unconfigured = node.conf.clone();
     unconfigured["ipam"] = json!({ "dataDir": node.state_dir.join("ipam") });
-    assert_error(&node_call(&node, "STATUS", &unconfigured).run(), 50);
+    node.call_plain("STATUS", &unconfigured).run().assert_error(50);
     let mut old = node.conf.clone();
     old["cniVersion"] = json!("1.0.0");
-    assert_error(&node_call(&node, "STATUS", &old).run(), 1);
-    assert_error(&node_call(&node, "GC", &old).run(), 1);
+    node.call_plain("STATUS", &old).run().assert_error(1);
+    node.call_plain("GC", &old).run().assert_error(1);
     let mut with_agent = node.conf.clone();
     with_agent["agentSocket"] = json!(node.state_dir.join("no-agent.sock"));
-    assert_error(&node_call(&node, "STATUS", &with_agent).run(), 50);
+    node.call_plain("STATUS", &with_agent).run().assert_error(50);
 }
 
 #[test]
@@ -450,25 +401,25 @@ fn gc_frees_what_is_not_valid_and_keeps_the_rest() {
     other_net["name"] = json!("other-net");
     other_net["ipam"]["ranges"] = json!([[{ "subnet": "10.244.111.0/24" }]]);
     let (other_ns, other_spec) = PodSpec::with_netns("other");
-    let other = call_with(&node, "ADD", &other_spec, &other_net).run().ok();
+    let other = node.call_with("ADD", &other_spec, &other_net).run().ok();
 
     let mut gc = node.conf.clone();
     gc["cni.dev/valid-attachments"] = json!([{ "containerID": keep.spec.container_id, "ifname": "eth0" }]);
-    node_call(&node, "GC", &gc).run().ok();
+    node.call_plain("GC", &gc).run().ok();
 
-    assert_eq!(allocated(&node), HashSet::from([keep.ipv4()]));
-    assert!(link_exists(&node.ns, &host_veth_of(&keep.result)));
-    assert!(!link_exists(&node.ns, &host_veth_of(&stale1.result)));
-    assert!(!link_exists(&node.ns, &host_veth_of(&stale2.result)));
+    assert_eq!(node.allocated(), HashSet::from([keep.ipv4()]));
+    assert!(weir_lab::link_exists(&node.ns, &host_veth_of(&keep.result)));
+    assert!(!weir_lab::link_exists(&node.ns, &host_veth_of(&stale1.result)));
+    assert!(!weir_lab::link_exists(&node.ns, &host_veth_of(&stale2.result)));
     assert!(
-        link_exists(&node.ns, &host_veth_of(&other)),
+        weir_lab::link_exists(&node.ns, &host_veth_of(&other)),
         "GC touched another network's veth"
     );
-    assert!(link_exists(&other_ns, "eth0"));
+    assert!(weir_lab::link_exists(&other_ns, "eth0"));
     assert_wired(&node, &keep.ns, &keep.result);
 
     // GC without the list would wipe everything: refused.
-    assert_error(&node_call(&node, "GC", &node.conf).run(), 7);
+    node.call_plain("GC", &node.conf).run().assert_error(7);
 }
 
 #[test]
@@ -507,8 +458,8 @@ fn chained_with_portmap_bandwidth_and_tuning() {
 
     // libcni passes the cached result to every plugin's DEL, in reverse order.
     node.run_chain(&spec, "DEL", &plugins, Some(&result));
-    assert!(!link_exists(&node.ns, &host));
-    assert!(allocated(&node).is_empty());
+    assert!(!weir_lab::link_exists(&node.ns, &host));
+    assert!(node.allocated().is_empty());
 }
 
 #[test]
@@ -528,7 +479,7 @@ fn dual_stack_pods_talk_over_ipv6() {
     assert_traffic(&a, &b, a.ips[1]);
     assert_traffic(&b, &a, b.ips[0]);
     node.del_pod(&a).ok();
-    assert_eq!(allocated(&node), b.ips.iter().copied().collect());
+    assert_eq!(node.allocated(), b.ips.iter().copied().collect());
 }
 
 #[test]
@@ -542,23 +493,23 @@ fn malformed_and_hostile_input_gets_the_right_error_codes() {
         c.run()
     };
     let good = serde_json::to_vec(&node.conf).expect("json");
-    assert_error(&raw(&good[..good.len() / 2]), 6);
-    assert_error(&raw(b""), 6);
-    assert_error(&raw(&[0xde, 0xad, 0xbe, 0xef, 0x00, 0xff, 0x7b]), 6);
-    assert_error(&raw(b"null"), 6);
+    raw(&good[..good.len() / 2]).assert_error(6);
+    raw(b"").assert_error(6);
+    raw(&[0xde, 0xad, 0xbe, 0xef, 0x00, 0xff, 0x7b]).assert_error(6);
+    raw(b"null").assert_error(6);
     let mut big = node.conf.clone();
     big["mtu"] = json!("big");
-    assert_error(&call_with(&node, "ADD", &spec, &big).run(), 6);
+    node.call_with("ADD", &spec, &big).run().assert_error(6);
     let mut future = node.conf.clone();
     future["cniVersion"] = json!("9.9.9");
-    let v = assert_error(&call_with(&node, "ADD", &spec, &future).run(), 1);
+    let v = node.call_with("ADD", &spec, &future).run().assert_error(1);
     assert!(v["msg"].as_str().is_some_and(|m| m.contains("9.9.9")), "{v}");
     let mut bad_subnet = node.conf.clone();
     bad_subnet["ipam"]["ranges"] = json!([[{ "subnet": "10.0.0.0/99" }]]);
-    assert_error(&call_with(&node, "ADD", &spec, &bad_subnet).run(), 7);
+    node.call_with("ADD", &spec, &bad_subnet).run().assert_error(7);
     let mut no_ranges = node.conf.clone();
     no_ranges["ipam"] = json!({});
-    assert_error(&call_with(&node, "ADD", &spec, &no_ranges).run(), 7);
+    node.call_with("ADD", &spec, &no_ranges).run().assert_error(7);
 
     for var in ["command", "container_id", "ifname", "netns"] {
         let mut c = node.call("ADD", &spec);
@@ -568,7 +519,7 @@ fn malformed_and_hostile_input_gets_the_right_error_codes() {
             "ifname" => c.ifname = None,
             _ => c.netns = None,
         }
-        let v = assert_error(&c.run(), 4);
+        let v = c.run().assert_error(4);
         assert!(
             v["msg"].as_str().is_some_and(|m| m.contains("CNI_")),
             "{var}: {v}"
@@ -576,32 +527,32 @@ fn malformed_and_hostile_input_gets_the_right_error_codes() {
     }
     let mut c = node.call("ADD", &spec);
     c.command = Some("EXPLODE".into());
-    assert_error(&c.run(), 4);
+    c.run().assert_error(4);
     let mut c = node.call("ADD", &spec);
     c.container_id = Some("bad/id".into());
-    assert_error(&c.run(), 4);
+    c.run().assert_error(4);
     let mut c = node.call("ADD", &spec);
     c.ifname = Some("much-too-long-ifname".into());
-    assert_error(&c.run(), 4);
+    c.run().assert_error(4);
     let mut c = node.call("ADD", &spec);
     c.netns = Some("/var/run/netns/does-not-exist".into());
-    assert_error(&c.run(), 4);
+    c.run().assert_error(4);
     let mut c = node.call("ADD", &spec);
     c.netns = Some("/etc/hostname".into());
-    assert_error(&c.run(), 4);
+    c.run().assert_error(4);
 
     // VERSION needs nothing but CNI_COMMAND.
-    let v = node_call(&node, "VERSION", &node.conf).run().ok();
+    let v = node.call_plain("VERSION", &node.conf).run().ok();
     assert_eq!(v["supportedVersions"], json!(VERSIONS));
-    let mut empty = node_call(&node, "VERSION", &node.conf);
+    let mut empty = node.call_plain("VERSION", &node.conf);
     empty.stdin.clear();
     assert_eq!(empty.run().ok()["supportedVersions"], json!(VERSIONS));
 
-    assert!(allocated(&node).is_empty(), "a rejected ADD allocated");
+    assert!(node.allocated().is_empty(), "a rejected ADD allocated");
     assert!(
-        weir_links(&node).is_empty(),
+        node.weir_links().is_empty(),
         "a rejected ADD created {:?}",
-        weir_links(&node)
+        node.weir_links()
     );
 }
 
@@ -616,11 +567,7 @@ fn delegates_ipam_to_host_local() {
     conf["ipam"] =
         json!({ "type": "host-local", "ranges": [[{ "subnet": "10.244.15.0/24" }]], "dataDir": hl_dir });
     let (ns, spec) = PodSpec::with_netns("hl");
-    let call_with = |node: &Node, command: &str, spec: &PodSpec, conf: &Value| CniCall {
-        args: Some(spec.cni_args()),
-        ..call_with(node, command, spec, conf)
-    };
-    let result = call_with(&node, "ADD", &spec, &conf).run().ok();
+    let result = node.call_with("ADD", &spec, &conf).run().ok();
     assert_result_shape(&result, "1.0.0", &spec);
     assert_wired(&node, &ns, &result);
     let ip = result_ips(&result)[0];
@@ -630,21 +577,21 @@ fn delegates_ipam_to_host_local() {
         "host-local did not record {ip} in {}",
         store.display()
     );
-    call_with(&node, "CHECK", &spec, &with_prev(&conf, &result))
+    node.call_with("CHECK", &spec, &with_prev(&conf, &result))
         .run()
         .ok();
-    call_with(&node, "DEL", &spec, &with_prev(&conf, &result))
+    node.call_with("DEL", &spec, &with_prev(&conf, &result))
         .run()
         .ok();
     assert!(!store.exists(), "host-local still holds {ip}");
-    assert!(weir_links(&node).is_empty());
+    assert!(node.weir_links().is_empty());
 
     // An IPAM error is passed through: host-local's own code and message.
     let mut broken = conf.clone();
     broken["ipam"]["ranges"] = json!([[{ "subnet": "not-a-subnet" }]]);
-    let out = call_with(&node, "ADD", &spec, &broken).run();
+    let out = node.call_with("ADD", &spec, &broken).run();
     assert!(out.error_code() > 0);
-    assert!(weir_links(&node).is_empty());
+    assert!(node.weir_links().is_empty());
 }
 
 #[test]
@@ -655,18 +602,18 @@ fn unreachable_agent_fails_add_with_try_again_and_leaves_nothing() {
     let mut conf = node.conf.clone();
     conf["agentSocket"] = json!(socket);
     let (ns, spec) = PodSpec::with_netns("lonely");
-    let v = assert_error(&call_with(&node, "ADD", &spec, &conf).run(), 11);
+    let v = node.call_with("ADD", &spec, &conf).run().assert_error(11);
     assert!(
         v["msg"]
             .as_str()
             .is_some_and(|m| m.contains(&socket.display().to_string())),
         "{v}"
     );
-    assert!(weir_links(&node).is_empty(), "left {:?}", weir_links(&node));
-    assert!(!link_exists(&ns, "eth0"));
-    assert!(allocated(&node).is_empty());
+    assert!(node.weir_links().is_empty(), "left {:?}", node.weir_links());
+    assert!(!weir_lab::link_exists(&ns, "eth0"));
+    assert!(node.allocated().is_empty());
     // DEL does not need the agent.
-    call_with(&node, "DEL", &spec, &conf).run().ok();
+    node.call_with("DEL", &spec, &conf).run().ok();
 }
 
 #[test]
@@ -676,7 +623,7 @@ fn mtu_from_config_and_from_the_uplink() {
     let mut conf = node.conf.clone();
     conf["mtu"] = json!(1400);
     let (ns, spec) = PodSpec::with_netns("m");
-    let result = call_with(&node, "ADD", &spec, &conf).run().ok();
+    let result = node.call_with("ADD", &spec, &conf).run().ok();
     assert!(ns.sh("ip link show eth0").contains("mtu 1400"));
     assert!(
         node.ns

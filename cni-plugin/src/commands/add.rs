@@ -120,7 +120,8 @@ fn create_veth(
     rollback: &mut Rollback<'_>,
 ) -> Result<(Link, Link), Error> {
     let host_name = naming::host_veth(me);
-    node.create_veth(&host_name, ifname, netns, mtu)?;
+    let alias = naming::alias(network, me);
+    node.create_veth(&host_name, ifname, netns, mtu, naming::group(network), &alias)?;
     rollback.veth = true;
     let lookup = |nl: &Netlink, name: &str| -> Result<Link, Error> {
         nl.link(name)?.ok_or_else(|| Error::UnknownContainer {
@@ -149,7 +150,10 @@ fn create_veth(
     let pod_link = lookup(pod, ifname)?;
     pod.set_up(pod_link.index)?;
     let host = lookup(node, &host_name)?;
-    node.set_alias(host.index, &naming::alias(network, me))?;
+    if host.alias.as_deref() != Some(alias.as_str()) {
+        // Kernels that ignore IFLA_IFALIAS at creation (the group marks the veth).
+        node.set_alias(host.index, &alias)?;
+    }
     node.set_up(host.index)?;
     Ok((host, pod_link))
 }
@@ -175,12 +179,14 @@ fn configure_addresses(
     pod_link: &Link,
     addressing: &Addressing,
 ) -> Result<(), Error> {
+    // Routes are added, never replaced (see `Netlink::ensure_route`); the
+    // neighbour entry lives on the pod's end of our own veth, so it is ours.
     for a in &addressing.addrs {
         pod.add_address(pod_link.index, a.ip, netlink::host_prefix(a.ip))?;
-        pod.replace_route(host_net(a.gateway), pod_link.index, None)?;
+        pod.ensure_route(host_net(a.gateway), pod_link.index, None)?;
         pod.replace_permanent_neighbour(pod_link.index, a.gateway, &host.mac)?;
-        pod.replace_route(default_dst(a.ip), pod_link.index, Some(a.gateway))?;
-        node.replace_route(host_net(a.ip), host.index, None)?;
+        pod.ensure_route(default_dst(a.ip), pod_link.index, Some(a.gateway))?;
+        node.ensure_route(host_net(a.ip), host.index, None)?;
     }
     for r in &addressing.routes {
         if r.dst.prefix() == 0 {
@@ -193,7 +199,7 @@ fn configure_addresses(
                 .find(|a| a.ip.is_ipv4() == r.dst.is_ipv4())
                 .map(|a| a.gateway)
         });
-        pod.replace_route(r.dst, pod_link.index, gw)?;
+        pod.ensure_route(r.dst, pod_link.index, gw)?;
     }
     Ok(())
 }

@@ -1,7 +1,8 @@
 //! GC (1.1.0): forget every attachment of this network the runtime no longer
 //! lists in `cni.dev/valid-attachments`: free its addresses and delete its host
-//! veth. Only veths this plugin made for this network are touched: they carry our
-//! alias (see [`crate::naming::alias`]).
+//! veth. Only veths this plugin made for this network are touched: they are in
+//! its device group ([`crate::naming::group`], set by the request that created
+//! them) or carry its alias ([`crate::naming::alias`], set by older versions).
 
 use std::collections::HashSet;
 
@@ -34,12 +35,13 @@ pub fn run(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), Error> {
     }
     let keep: HashSet<String> = valid.iter().map(naming::host_veth).collect();
     let prefix = naming::alias_prefix(&conf.name);
+    let group = naming::group(&conf.name);
     let node = Netlink::current()?;
     let mut first_err = None;
     for link in node.links()? {
         let ours = link.is_veth
             && link.name.starts_with(naming::HOST_PREFIX)
-            && link.alias.as_deref().is_some_and(|a| a.starts_with(&prefix));
+            && (link.group == group || link.alias.as_deref().is_some_and(|a| a.starts_with(&prefix)));
         if ours
             && !keep.contains(&link.name)
             && let Err(e) = node.delete_link(&link.name)

@@ -3,6 +3,13 @@
 //! `last_reserved_ip.{set}` cursor per range set, and a `lock` file. The lock is
 //! held (flock) for the store's whole life, so one invocation's
 //! allocate-or-release is atomic with respect to every other.
+//!
+//! A runtime kills a plugin that overruns its timeout (SIGKILL), so every file
+//! is born whole: written under a temporary name, then linked (a reservation)
+//! or renamed (a cursor) into place. An address file therefore always names its
+//! owner, whom `DEL` and `GC` find it by; what a killed invocation left under a
+//! temporary name is removed by the next one to take the lock (the lock died
+//! with its holder, so nobody else can be writing it).
 
 use std::{
     fs::{self, File, OpenOptions},
@@ -20,6 +27,9 @@ pub struct DiskStore {
     dir: PathBuf,
     _lock: Flock<File>,
 }
+
+/// Files being written start with this (never an address or a cursor name).
+const TMP_PREFIX: &str = ".tmp-";
 
 fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> IpamError + use<> {
     let path = path.to_owned();
@@ -44,7 +54,45 @@ impl DiskStore {
             path: lock_path.clone(),
             source: errno.into(),
         })?;
-        Ok(DiskStore { dir, _lock: lock })
+        let store = DiskStore { dir, _lock: lock };
+        store.clean_leftovers();
+        Ok(store)
+    }
+
+    /// Removes what a killed invocation left: temporary files, and empty
+    /// address files (an older weir-cni created the file before writing its
+    /// owner): both belong to nobody, so no `DEL` would ever free them.
+    fn clean_leftovers(&self) {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let orphan = name.starts_with(TMP_PREFIX)
+                || (name.parse::<IpAddr>().is_ok() && entry.metadata().is_ok_and(|m| m.len() == 0));
+            if orphan {
+                match fs::remove_file(entry.path()) {
+                    Ok(()) => eprintln!("weir-cni: removed {name}, left by an interrupted invocation"),
+                    Err(e) if e.kind() == ErrorKind::NotFound => {}
+                    Err(e) => eprintln!("weir-cni: removing {name}: {e}"),
+                }
+            }
+        }
+    }
+
+    /// Writes `content` to a temporary file of the store, synced; its path.
+    fn write_tmp(&self, name: &str, content: &str) -> Result<PathBuf, IpamError> {
+        let tmp = self.dir.join(format!("{TMP_PREFIX}{name}"));
+        let written = File::create(&tmp).and_then(|mut f| {
+            f.write_all(content.as_bytes())?;
+            f.sync_all()
+        });
+        if let Err(e) = written {
+            let _ = fs::remove_file(&tmp);
+            return Err(io_err("write", &tmp)(e));
+        }
+        Ok(tmp)
     }
 
     fn cursor_path(&self, set: usize) -> PathBuf {
@@ -55,21 +103,29 @@ impl DiskStore {
 impl Store for DiskStore {
     fn reserve(&mut self, owner: &Attachment, ip: IpAddr, set: usize) -> Result<bool, IpamError> {
         let path = self.dir.join(ip.to_string());
-        let mut file = match OpenOptions::new().write(true).create_new(true).open(&path) {
-            Ok(f) => f,
+        // We hold the lock: nobody can take it between this look and the link.
+        if fs::symlink_metadata(&path).is_ok() {
+            return Ok(false);
+        }
+        // Born whole: the owner is in the file before the file is the reservation.
+        let tmp = self.write_tmp(
+            &ip.to_string(),
+            &format!("{}\n{}", owner.container_id, owner.ifname),
+        )?;
+        let linked = fs::hard_link(&tmp, &path);
+        let _ = fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(false),
-            Err(e) => return Err(io_err("create", &path)(e)),
-        };
-        let content = format!("{}\n{}", owner.container_id, owner.ifname);
-        if let Err(e) = file.write_all(content.as_bytes()).and_then(|()| file.sync_all()) {
-            // A half-written reservation would leak the address forever.
-            let _ = fs::remove_file(&path);
-            return Err(io_err("write", &path)(e));
+            Err(e) => return Err(io_err("link", &path)(e)),
         }
         // The cursor is only round robin's hint: failing to move it must not fail
         // (and so leak) a reservation that is already on disk.
         let cursor = self.cursor_path(set);
-        if let Err(e) = fs::write(&cursor, ip.to_string()) {
+        let moved = self
+            .write_tmp(&format!("cursor.{set}"), &ip.to_string())
+            .and_then(|tmp| fs::rename(&tmp, &cursor).map_err(io_err("rename", &tmp)));
+        if let Err(e) = moved {
             eprintln!(
                 "weir-cni: {}: {e} (round robin restarts from the range start)",
                 cursor.display()
@@ -150,6 +206,29 @@ mod tests {
             s.release(ip).unwrap();
             assert!(s.allocations().unwrap().is_empty());
         }
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn leftovers_of_killed_invocations_are_removed_on_open() {
+        let dir = std::env::temp_dir().join(format!("weir-cni-leftovers-{}", std::process::id()));
+        let net = dir.join("net");
+        fs::create_dir_all(&net).unwrap();
+        // A reservation an older version created but never wrote, a temporary
+        // file of a reservation and one of a cursor.
+        fs::write(net.join("10.0.0.7"), "").unwrap();
+        fs::write(net.join(".tmp-10.0.0.8"), "c9\neth0").unwrap();
+        fs::write(net.join(".tmp-cursor.0"), "10.0.").unwrap();
+        fs::write(net.join("10.0.0.9"), "c1\neth0").unwrap();
+        let s = DiskStore::open(&dir, "net").unwrap();
+        let mut left: Vec<String> = fs::read_dir(&net)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["10.0.0.9", "lock"]);
+        assert_eq!(s.allocations().unwrap().len(), 1);
+        drop(s);
         let _ = fs::remove_dir_all(&dir);
     }
 }

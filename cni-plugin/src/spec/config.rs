@@ -134,7 +134,17 @@ impl NetConf {
         if !valid_name(&name) {
             return Err(invalid(
                 "name",
-                format!("{name:?} must match [a-zA-Z0-9][a-zA-Z0-9_.-]*"),
+                format!("{} must match [a-zA-Z0-9][a-zA-Z0-9_.-]*", bounded(&name)),
+            ));
+        }
+        if name.len() > NAME_MAX {
+            return Err(invalid(
+                "name",
+                format!(
+                    "{} is {} bytes long, more than {NAME_MAX} (it names the IPAM store's directory and marks host veths)",
+                    bounded(&name),
+                    name.len()
+                ),
             ));
         }
         if let Some(mtu) = raw.mtu
@@ -168,6 +178,21 @@ impl NetConf {
     }
 }
 
+/// The longest network name: with `weir-cni:` and a container id it must fit in
+/// a link alias (255 bytes), and it names a directory of the IPAM store.
+pub const NAME_MAX: usize = 128;
+
+/// A client-supplied string as it may appear in a message: quoted, and cut to
+/// its first 64 characters when longer (with the full length said), so that no
+/// input can make a log line or an error of unbounded size.
+pub fn bounded(s: &str) -> String {
+    const SHOWN: usize = 64;
+    match s.char_indices().nth(SHOWN) {
+        None => format!("{s:?}"),
+        Some((cut, _)) => format!("{:?}... ({} bytes)", &s[..cut], s.len()),
+    }
+}
+
 /// The spec's rule for network names (also container ids, without the length).
 pub fn valid_name(s: &str) -> bool {
     let mut chars = s.chars();
@@ -181,16 +206,38 @@ fn parse_ipam(raw: RawIpam) -> Result<IpamConf, ConfigError> {
         Some("") => return Err(invalid("ipam.type", "empty")),
         Some(other) => {
             if other.contains('/') {
-                return Err(invalid("ipam.type", format!("{other:?} is not a plugin name")));
+                return Err(invalid(
+                    "ipam.type",
+                    format!("{} is not a plugin name", bounded(other)),
+                ));
             }
             return Ok(IpamConf::Delegate {
                 plugin: other.to_owned(),
             });
         }
     }
+    let shorthand = [
+        ("subnet", raw.subnet.is_some()),
+        ("rangeStart", raw.range_start.is_some()),
+        ("rangeEnd", raw.range_end.is_some()),
+        ("gateway", raw.gateway.is_some()),
+    ];
     let raw_sets = match (raw.ranges, raw.subnet) {
-        (Some(_), Some(_)) => return Err(invalid("ipam", "give either ranges or subnet, not both")),
-        (Some(ranges), None) => ranges,
+        (Some(_), _) if shorthand.iter().any(|(_, set)| *set) => {
+            let given: Vec<&str> = shorthand
+                .iter()
+                .filter(|(_, set)| *set)
+                .map(|(f, _)| *f)
+                .collect();
+            return Err(invalid(
+                "ipam",
+                format!(
+                    "{} beside ranges would be ignored: put them in the ranges",
+                    given.join(", ")
+                ),
+            ));
+        }
+        (Some(ranges), _) => ranges,
         (None, Some(subnet)) => vec![vec![RawRange {
             subnet,
             range_start: raw.range_start,
@@ -224,7 +271,43 @@ fn parse_ipam(raw: RawIpam) -> Result<IpamConf, ConfigError> {
         }
     }
     let data_dir = PathBuf::from(raw.data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.to_owned()));
+    // A relative path would be relative to wherever the runtime runs us.
+    if !data_dir.is_absolute() {
+        return Err(invalid(
+            "ipam.dataDir",
+            format!("{} is not an absolute path", bounded(&data_dir.to_string_lossy())),
+        ));
+    }
     Ok(IpamConf::Builtin { sets, data_dir })
+}
+
+/// Address blocks a pod must never get an address from: the pod would shadow
+/// something of every host (its loopback, its link-local neighbours, multicast
+/// groups) or could not be routed at all.
+const RESERVED: [(&str, &str); 10] = [
+    ("0.0.0.0/8", "\"this network\" (0.0.0.0/8)"),
+    ("127.0.0.0/8", "loopback (127.0.0.0/8)"),
+    ("169.254.0.0/16", "link-local (169.254.0.0/16)"),
+    ("224.0.0.0/4", "multicast (224.0.0.0/4)"),
+    ("240.0.0.0/4", "reserved and broadcast (240.0.0.0/4)"),
+    ("::/127", "the unspecified and loopback addresses (::/127)"),
+    ("::ffff:0:0/96", "IPv4-mapped addresses (::ffff:0:0/96)"),
+    ("fe80::/10", "link-local (fe80::/10)"),
+    ("ff00::/8", "multicast (ff00::/8)"),
+    (
+        "100::/64",
+        "the discard prefix (100::/64, Weir's IPv6 hairpin source)",
+    ),
+];
+
+/// What of [`RESERVED`] `subnet` overlaps, if anything.
+fn unusable_for_pods(subnet: IpNetwork) -> Option<&'static str> {
+    RESERVED.iter().find_map(|(block, why)| {
+        let block: IpNetwork = block.parse().ok()?;
+        let overlaps = block.is_ipv4() == subnet.is_ipv4()
+            && (block.contains(subnet.network()) || subnet.contains(block.network()));
+        overlaps.then_some(*why)
+    })
 }
 
 fn parse_ip(field: &'static str, s: &str) -> Result<IpAddr, ConfigError> {
@@ -240,6 +323,12 @@ fn parse_range(raw: RawRange) -> Result<Range, ConfigError> {
     // Normalise 10.244.1.7/24 to 10.244.1.0/24.
     let subnet = IpNetwork::new(subnet.network(), subnet.prefix())
         .map_err(|e| invalid("ipam.ranges.subnet", e.to_string()))?;
+    if let Some(why) = unusable_for_pods(subnet) {
+        return Err(invalid(
+            "ipam.ranges.subnet",
+            format!("{subnet} overlaps {why}: not usable for pod addresses"),
+        ));
+    }
     let max_prefix = if subnet.is_ipv4() { 30 } else { 126 };
     if subnet.prefix() > max_prefix {
         return Err(invalid(
@@ -443,6 +532,45 @@ mod tests {
                 json!({ "ranges": [[{ "subnet": "10.0.0.0/24" }, { "subnet": "fd00::/64" }]] })
             ),
             7
+        );
+        for subnet in [
+            "0.0.0.0/0",
+            "::/0",
+            "127.0.0.0/8",
+            "127.0.0.0/24",
+            "169.254.1.0/24",
+            "224.0.0.0/24",
+            "fe80::/64",
+            "ff02::/64",
+            "::ffff:10.0.0.0/120",
+            "0.0.0.0/1",
+        ] {
+            assert_eq!(
+                with("ipam", json!({ "ranges": [[{ "subnet": subnet }]] })),
+                7,
+                "{subnet}"
+            );
+        }
+        for stray in ["rangeStart", "rangeEnd", "gateway", "subnet"] {
+            let mut ipam = json!({ "ranges": [[{ "subnet": "10.0.0.0/24" }]] });
+            ipam[stray] = json!("10.0.0.5");
+            assert_eq!(with("ipam", ipam), 7, "{stray} beside ranges");
+        }
+        for dir in ["", "relative/dir", "./x"] {
+            assert_eq!(
+                with("ipam", json!({ "subnet": "10.0.0.0/24", "dataDir": dir })),
+                7,
+                "{dir:?}"
+            );
+        }
+        assert_eq!(with("name", json!("n".repeat(NAME_MAX + 1))), 7);
+        assert!(
+            parse({
+                let mut v = base();
+                v["name"] = json!("n".repeat(NAME_MAX));
+                v
+            })
+            .is_ok()
         );
         let mut v = base();
         v.as_object_mut().unwrap().remove("cniVersion");

@@ -16,17 +16,18 @@ pub enum Command {
 pub enum EnvError {
     #[error("CNI_COMMAND is not set")]
     MissingCommand,
-    #[error("CNI_COMMAND {0:?} is not one of ADD, DEL, CHECK, VERSION, STATUS, GC")]
+    #[error("CNI_COMMAND {0} is not one of ADD, DEL, CHECK, VERSION, STATUS, GC")]
     UnknownCommand(String),
     #[error("{var} is required for {command:?} but is not set")]
     Missing { var: &'static str, command: Command },
-    #[error("{var} is invalid: {value:?} {reason}")]
+    /// `value` is already quoted and bounded ([`super::config::bounded`]).
+    #[error("{var} is invalid: {value} {reason}")]
     Invalid {
         var: &'static str,
         value: String,
         reason: &'static str,
     },
-    #[error("CNI_ARGS: unknown argument {0:?} (set IgnoreUnknown=1 to ignore it)")]
+    #[error("CNI_ARGS: unknown argument {0} (set IgnoreUnknown=1 to ignore it)")]
     UnknownArg(String),
 }
 
@@ -66,7 +67,7 @@ impl Env {
             Some("VERSION") => Command::Version,
             Some("STATUS") => Command::Status,
             Some("GC") => Command::Gc,
-            Some(other) => return Err(EnvError::UnknownCommand(other.to_owned())),
+            Some(other) => return Err(EnvError::UnknownCommand(super::config::bounded(other))),
         };
         let per_attachment = matches!(command, Command::Add | Command::Del | Command::Check);
         let required = |var: &'static str| nonempty(var).ok_or(EnvError::Missing { var, command });
@@ -76,16 +77,33 @@ impl Env {
             if !super::config::valid_name(&id) {
                 return Err(EnvError::Invalid {
                     var: "CNI_CONTAINERID",
-                    value: id,
+                    value: super::config::bounded(&id),
                     reason: "must match [a-zA-Z0-9][a-zA-Z0-9_.-]*",
+                });
+            }
+            if id.len() > CONTAINER_ID_MAX {
+                return Err(EnvError::Invalid {
+                    var: "CNI_CONTAINERID",
+                    value: super::config::bounded(&id),
+                    reason: "is longer than 1024 bytes",
                 });
             }
             let ifname = required("CNI_IFNAME")?;
             validate_ifname(&ifname)?;
             let netns = match command {
-                Command::Del => nonempty("CNI_NETNS").map(PathBuf::from),
-                _ => Some(PathBuf::from(required("CNI_NETNS")?)),
+                Command::Del => nonempty("CNI_NETNS"),
+                _ => Some(required("CNI_NETNS")?),
             };
+            if let Some(path) = &netns
+                && path.len() > PATH_MAX
+            {
+                return Err(EnvError::Invalid {
+                    var: "CNI_NETNS",
+                    value: super::config::bounded(path),
+                    reason: "is longer than PATH_MAX (4096 bytes)",
+                });
+            }
+            let netns = netns.map(PathBuf::from);
             (id, ifname, netns)
         } else {
             (String::new(), String::new(), None)
@@ -108,12 +126,20 @@ impl Env {
     }
 }
 
-/// Linux's rules for interface names (`dev_valid_name`).
+/// Linux's limit on a path.
+const PATH_MAX: usize = 4096;
+
+/// The longest container id taken (runtimes use 64 hex digits): it is echoed
+/// in the IPAM store, the agent's registrations and logs.
+pub const CONTAINER_ID_MAX: usize = 1024;
+
+/// Linux's rules for interface names (`dev_valid_name`), and no `%`: the
+/// kernel would take the name for a template (`eth%d`) and pick another.
 pub fn validate_ifname(name: &str) -> Result<(), EnvError> {
     let bad = |reason| {
         Err(EnvError::Invalid {
             var: "CNI_IFNAME",
-            value: name.to_owned(),
+            value: super::config::bounded(name),
             reason,
         })
     };
@@ -122,6 +148,9 @@ pub fn validate_ifname(name: &str) -> Result<(), EnvError> {
     }
     if name == "." || name == ".." {
         return bad("is not a valid interface name");
+    }
+    if name.contains('%') {
+        return bad("contains '%' (the kernel takes such a name for a template)");
     }
     if name
         .chars()
@@ -140,7 +169,7 @@ fn parse_args(raw: &str) -> Result<CniArgs, EnvError> {
         let Some((k, v)) = pair.split_once('=') else {
             return Err(EnvError::Invalid {
                 var: "CNI_ARGS",
-                value: raw.to_owned(),
+                value: super::config::bounded(raw),
                 reason: "must be KEY=VALUE pairs separated by ';'",
             });
         };
@@ -151,7 +180,7 @@ fn parse_args(raw: &str) -> Result<CniArgs, EnvError> {
             // Passed by kubelet/CRI runtimes; of no use to us.
             "K8S_POD_INFRA_CONTAINER_ID" => {}
             "IgnoreUnknown" => ignore_unknown = matches!(v.to_ascii_lowercase().as_str(), "1" | "true"),
-            other => unknown.push(other.to_owned()),
+            other => unknown.push(super::config::bounded(other)),
         }
     }
     match unknown.into_iter().next() {
@@ -255,6 +284,9 @@ mod tests {
         assert!(with("CNI_IFNAME", "..").is_err());
         assert!(with("CNI_IFNAME", "et h0").is_err());
         assert!(with("CNI_IFNAME", "a/b").is_err());
+        assert!(with("CNI_IFNAME", "eth%d").is_err());
+        assert!(with("CNI_CONTAINERID", &"a".repeat(300)).is_ok());
+        assert!(with("CNI_CONTAINERID", &"a".repeat(CONTAINER_ID_MAX + 1)).is_err());
         assert!(matches!(
             with("CNI_ARGS", "FOO=bar"),
             Err(EnvError::UnknownArg(_))
