@@ -4,7 +4,7 @@
 use std::{
     io::Write as _,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::{Child, Command, Stdio},
 };
 
 use serde_json::Value;
@@ -106,8 +106,11 @@ impl CniCall {
         self
     }
 
-    pub fn run(&self) -> CniOutcome {
+    /// Starts the plugin with its environment and writes its stdin; the caller
+    /// waits (or kills: a runtime's timeout does).
+    pub fn spawn(&self, stdout: Stdio, stderr: Stdio) -> Child {
         let mut cmd = match &self.in_netns {
+            // `ip netns exec` execs the plugin: the child's pid is the plugin's.
             Some(ns) => {
                 let mut c = Command::new("ip");
                 c.args(["netns", "exec", ns]).arg(&self.plugin);
@@ -131,15 +134,21 @@ impl CniCall {
         }
         let mut child = cmd
             .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stdout(stdout)
+            .stderr(stderr)
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {}: {e}", self.plugin.display()));
         let mut stdin = child.stdin.take().expect("stdin");
         // A plugin may exit before reading all of stdin (e.g. on a bad env): ignore EPIPE.
         let _ = stdin.write_all(&self.stdin);
-        drop(stdin);
-        let out = child.wait_with_output().expect("wait plugin");
+        child
+    }
+
+    pub fn run(&self) -> CniOutcome {
+        let out = self
+            .spawn(Stdio::piped(), Stdio::piped())
+            .wait_with_output()
+            .expect("wait plugin");
         CniOutcome {
             exit_code: out.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -43,7 +43,7 @@ impl ManifestDir {
     pub fn write(&self, file: &str, objects: &[Value]) {
         let text = objects
             .iter()
-            .map(|o| serde_yaml::to_string(o).expect("YAML"))
+            .map(|o| serde_saphyr::to_string(o).expect("YAML"))
             .collect::<Vec<_>>()
             .join("---\n");
         self.write_raw(file, &text);

@@ -18,7 +18,7 @@ use weir_model::{
 fn model(objects: &[Value]) -> Model {
     let yaml = objects
         .iter()
-        .map(|o| serde_yaml::to_string(o).expect("YAML"))
+        .map(|o| serde_saphyr::to_string(o).expect("YAML"))
         .collect::<Vec<_>>()
         .join("---\n");
     let (parsed, problems) = parse_documents(&yaml, "random.yaml");

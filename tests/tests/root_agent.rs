@@ -135,3 +135,76 @@ fn root_datapath_outlives_the_agent_and_is_adopted_on_restart() {
     let late = node.add_pod("late");
     assert_eq!(tcp_roundtrip(&late.ns, echo.addr, b"late").expect("TCP"), b"late");
 }
+
+/// Idle connections, a client trickling one byte every 1.5 s, garbage and a
+/// 100 MB request: the agent answers each as it should, its log stays small,
+/// and every pod's ADD still registers at once.
+#[test]
+fn root_hostile_clients_of_the_cni_socket_do_not_block_registrations() {
+    use std::{io::Write as _, os::unix::net::UnixStream};
+
+    let mut node = Node::new("10.90.4.0/24");
+    let agent = node.start_agent();
+    let socket = agent.socket.clone();
+    let log_before = agent.log_text().len();
+
+    // More idle connections than the agent keeps open at once.
+    let idle: Vec<UnixStream> = (0..300)
+        .map(|_| UnixStream::connect(&socket).expect("connect"))
+        .collect();
+    let trickle = {
+        let socket = socket.clone();
+        std::thread::spawn(move || {
+            let mut s = UnixStream::connect(&socket).expect("connect");
+            for b in br#"{"op":"del","containerId":"slow","ifname":"eth0"}"# {
+                if s.write_all(&[*b]).is_err() {
+                    return; // closed by the agent: as it should
+                }
+                std::thread::sleep(Duration::from_millis(1500));
+            }
+        })
+    };
+    let huge = {
+        let socket = socket.clone();
+        std::thread::spawn(move || {
+            let mut s = UnixStream::connect(&socket).expect("connect");
+            let mut line = br#"{"op":"del","ifname":"eth0","ips":[],"containerId":""#.to_vec();
+            line.extend(std::iter::repeat_n(b'x', 100 << 20));
+            line.extend(b"\"}\n");
+            // The agent stops reading at its limit and answers: a broken pipe here.
+            let _ = s.write_all(&line);
+        })
+    };
+    for garbage in [
+        &b"\x00\xff garbage\n"[..],
+        br#"{"op":"add"}"#,
+        b"{\"op\":\"del\",\"containerId\":\"\",\"ifname\":\"eth0\"}\n",
+    ] {
+        let mut s = UnixStream::connect(&socket).expect("connect");
+        s.write_all(garbage).expect("write");
+        s.write_all(b"\n").expect("write");
+        let mut answer = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(&s), &mut answer).expect("answer");
+        assert!(answer.contains("\"error\""), "{garbage:?}: {answer}");
+    }
+
+    // Pods keep coming and going meanwhile: each ADD registers (weir-cni gives
+    // up after 10 s with code 11: before, the first idle client blocked all).
+    for i in 0..5 {
+        let pod = node.add_pod(&format!("p{i}"));
+        node.del_pod(&pod).ok();
+    }
+    huge.join().expect("huge client");
+    trickle.join().expect("trickling client");
+    drop(idle);
+    let pod = node.add_pod("last");
+    assert!(
+        agent
+            .weirctl(&["endpoints"])
+            .to_string()
+            .contains(&pod.ipv4().to_string())
+    );
+
+    let grown = agent.log_text().len() - log_before;
+    assert!(grown < 64 * 1024, "the agent's log grew by {grown} bytes");
+}

@@ -3,12 +3,12 @@
 //! is lost. Needs root (namespaces, veths).
 
 use std::{
-    process::{Command, Stdio},
+    process::Stdio,
     time::{Duration, Instant},
 };
 
 use serde_json::json;
-use weir_lab::{CniCall, Node, PodSpec, bins, link_exists, node::cni_path, require_root};
+use weir_lab::{CniCall, Node, PodSpec, link_exists, require_root};
 
 /// The node's routes, both families, as `ip` prints them.
 fn routes(node: &Node) -> String {
@@ -165,36 +165,8 @@ fn add_duration(node: &Node) -> Duration {
 
 /// Runs `call` and kills it (SIGKILL) after `after`, if it is still running.
 fn run_killed(call: &CniCall, after: Duration) {
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", call.in_netns.as_deref().expect("netns")])
-        .arg(&call.plugin)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default());
-    for (k, v) in [
-        ("CNI_COMMAND", &call.command),
-        ("CNI_CONTAINERID", &call.container_id),
-        ("CNI_NETNS", &call.netns),
-        ("CNI_IFNAME", &call.ifname),
-        ("CNI_ARGS", &call.args),
-        ("CNI_PATH", &call.path),
-    ] {
-        if let Some(v) = v {
-            cmd.env(k, v);
-        }
-    }
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn weir-cni");
-    {
-        use std::io::Write as _;
-        let mut stdin = child.stdin.take().expect("stdin");
-        let _ = stdin.write_all(&call.stdin);
-    }
+    let mut child = call.spawn(Stdio::null(), Stdio::null());
     std::thread::sleep(after);
-    // `ip netns exec` execs the plugin: the pid is the plugin's.
     let _ = child.kill();
     let _ = child.wait();
 }
@@ -269,5 +241,4 @@ fn root_adds_killed_at_random_points_leave_nothing_after_del_or_gc() {
     // And the node still wires pods.
     let pod = node.add_pod("after");
     assert_eq!(pod.ips.len(), 1);
-    let _ = (bins::path("weir-cni"), cni_path());
 }

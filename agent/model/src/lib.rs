@@ -26,6 +26,6 @@ pub use crate::{
     net::{Family, Protocol},
     object::{Kind, Object, ObjectKey},
     parse::{Parsed, parse_documents, parse_documents_detailed},
-    problem::{Problem, ProblemReason},
+    problem::{Problem, ProblemReason, bounded},
     services::{DesiredServices, LbAlgorithm, NodeContext, compile_services},
 };

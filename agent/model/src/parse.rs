@@ -65,18 +65,28 @@ struct Document {
     value: Result<Vec<Value>, String>,
 }
 
-/// Splits on `---` lines ourselves rather than letting the YAML parser iterate: a
-/// syntax error stops libyaml's stream for good, and one bad document must not hide
-/// the rest. A `---` at column 0 always starts a document in YAML (it cannot occur
+/// Splits a file into documents: the YAML documents of the stream, or the whole
+/// text when it is JSON (one object, a stream of objects, or an array).
+///
+/// JSON is tried first when the text starts like it, and only taken when the
+/// whole text is JSON: YAML whose first document is in flow style (JSON objects
+/// separated by `---` lines, as generators and `kubectl get -o json` pipelines
+/// write) is YAML, not broken JSON.
+///
+/// YAML is split on `---` lines here rather than by the parser: a syntax error
+/// ends a parser's stream for good, and one bad document must not hide the
+/// rest. A `---` at column 0 always starts a document in YAML (it cannot occur
 /// inside a scalar), so splitting on lines is exact.
 fn split_documents(text: &str) -> Vec<Document> {
     let trimmed = text.trim_start();
-    if trimmed.starts_with('{') || trimmed.starts_with('[') {
+    if (trimmed.starts_with('{') || trimmed.starts_with('['))
+        && let Ok(values) = parse_json(trimmed)
+    {
         let offset = text.len() - trimmed.len();
         let line = text[..offset].matches('\n').count() + 1;
         return vec![Document {
             line,
-            value: parse_json(trimmed),
+            value: Ok(values),
         }];
     }
     let mut docs = Vec::new();
@@ -112,8 +122,37 @@ fn split_documents(text: &str) -> Vec<Document> {
     docs
 }
 
+/// How deep a document may nest (blocks and flows alike). Kubernetes objects
+/// stay far below it; JSON gets the same bound (serde_json's recursion limit).
+const MAX_DEPTH: usize = 128;
+
+/// The stack a thread parsing untrusted files should have: parsing recurses
+/// once per nesting level, up to [`MAX_DEPTH`] (about 3 MiB in a debug build
+/// for nested flow mappings, under 1 MiB optimised; Rust threads get 2 MiB).
+pub const PARSE_STACK: usize = 16 << 20;
+
+/// Parses one YAML document in time linear in its length: depth and every count
+/// the parser keeps (events, nodes, scalar bytes) are bounded by the document's
+/// own size, and alias expansion by the parser's budget, so no input (100,000
+/// nested `[`, an alias bomb) can hold the caller for long.
 fn parse_yaml(text: &str) -> Result<Vec<Value>, String> {
-    match serde_yaml::from_str::<Value>(text) {
+    let linear = text.len().saturating_mul(2).saturating_add(1024);
+    let options = serde_saphyr::options! {
+        budget: serde_saphyr::budget! {
+            max_depth: MAX_DEPTH,
+            flow_nesting_limit: MAX_DEPTH,
+            max_events: linear,
+            max_nodes: linear,
+            max_total_scalar_bytes: linear,
+            max_documents: 1,
+        },
+        // One line of message: problems are logged, not shown beside the text.
+        with_snippet: false,
+        // YAML 1.2's booleans only: `y`, `n`, `on`, `off`, `yes` and `no` are
+        // strings (namespace `y`, label `on`), as YAML 1.2 emitters write them.
+        strict_booleans: true,
+    };
+    match serde_saphyr::from_str_with_options::<Value>(text, options) {
         Ok(Value::Null) => Ok(Vec::new()),
         Ok(value) => Ok(vec![value]),
         Err(e) => Err(e.to_string()),
@@ -437,10 +476,83 @@ subsets:
     }
 
     #[test]
+    fn yaml_1_2_scalars_stay_strings() {
+        let text = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: y\n  labels: {a: n, b: on, c: off, d: yes, e: no, f: 'true'}\n";
+        let (objects, problems) = parse_documents(text, "ns.yaml");
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(keys(&objects), ["Namespace y"]);
+    }
+
+    #[test]
     fn empty_and_comment_only_files_are_fine() {
         for text in ["", "\n", "# nothing\n", "---\n---\n", "---"] {
             let parsed = parse_documents_detailed(text, "empty.yaml");
             assert_eq!(parsed, Parsed::default(), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn json_objects_separated_by_yaml_markers_are_yaml() {
+        let text = "{\"apiVersion\": \"v1\", \"kind\": \"Service\", \"metadata\": {\"name\": \"a\"}, \"spec\": {\"clusterIP\": \"10.96.0.1\"}}\n---\n{\"apiVersion\": \"v1\", \"kind\": \"Namespace\", \"metadata\": {\"name\": \"x\"}}\n";
+        let (objects, problems) = parse_documents(text, "gen.yaml");
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(keys(&objects), ["Service default/a", "Namespace x"]);
+        // And with CRLF line ends, a BOM, and a block document after them.
+        let crlf = format!(
+            "\u{feff}{}---\r\napiVersion: v1\r\nkind: Node\r\nmetadata:\r\n  name: n\r\n",
+            text.replace('\n', "\r\n")
+        );
+        let (objects, problems) = parse_documents(&crlf, "crlf.yaml");
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(keys(&objects), ["Service default/a", "Namespace x", "Node n"]);
+    }
+
+    /// Runs `parse_documents` on its own thread and fails if it has not
+    /// finished within `limit`: a stall detector (the inputs below took
+    /// seconds to minutes with a parser without budgets), not a timing figure.
+    fn parse_within(text: String, limit: std::time::Duration) -> (Vec<Object>, Vec<Problem>) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .stack_size(PARSE_STACK)
+            .spawn(move || {
+                let _ = tx.send(parse_documents(&text, "hostile.yaml"));
+            })
+            .expect("spawn");
+        rx.recv_timeout(limit)
+            .unwrap_or_else(|_| panic!("parsing stalled for more than {limit:?}"))
+    }
+
+    #[test]
+    fn hostile_documents_are_reported_in_bounded_time_and_the_rest_kept() {
+        let good = "apiVersion: v1\nkind: Namespace\nmetadata: {name: kept}\n";
+        let limit = std::time::Duration::from_secs(10);
+        let hostile = [
+            format!("a: {}", "[".repeat(100_000)),
+            "[".repeat(200_000),
+            format!("a: {}", "{a: ".repeat(50_000)),
+            (0..300).map(|i| format!("{}k:\n", " ".repeat(i))).collect(),
+            // A billion laughs.
+            format!(
+                "a: &a [x, x, x, x, x, x, x, x, x, x]\n{}",
+                (b'b'..=b'z')
+                    .map(|c| {
+                        let prev = (c - 1) as char;
+                        format!("{}: &{} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}]\n", c as char, c as char)
+                    })
+                    .collect::<String>()
+            ),
+        ];
+        for doc in hostile {
+            let text = format!("{good}---\n{doc}\n---\n{}", good.replace("kept", "also-kept"));
+            let (objects, problems) = parse_within(text, limit);
+            assert_eq!(keys(&objects), ["Namespace kept", "Namespace also-kept"]);
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert!(
+                matches!(problems[0].reason, ProblemReason::Syntax(_)),
+                "{:?}",
+                problems[0]
+            );
+            assert!(problems[0].to_string().len() < 2048, "{}", problems[0]);
         }
     }
 }

@@ -17,12 +17,30 @@ pub struct Problem {
 }
 
 impl fmt::Display for Problem {
+    /// Every part is bounded ([`bounded`]): names and messages come from the
+    /// manifests, and a log line must not grow with them.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let reason = self.reason.to_string();
+        let (origin, reason) = (bounded(&self.origin, 256), bounded(&reason, 1024));
         match &self.object {
-            Some(object) => write!(f, "{}: {}: {}", self.origin, object, self.reason),
-            None => write!(f, "{}: {}", self.origin, self.reason),
+            Some(object) => write!(f, "{origin}: {}: {reason}", bounded(object, 512)),
+            None => write!(f, "{origin}: {reason}"),
         }
     }
+}
+
+/// `s` cut to its first `max` bytes (on a character boundary), saying how long
+/// it was: for text that comes from outside (manifests, requests) on its way
+/// into a log line or an error.
+pub fn bounded(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if s.len() <= max {
+        return s.into();
+    }
+    let mut cut = max;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}... ({} bytes)", &s[..cut], s.len()).into()
 }
 
 /// Why an object was skipped. Variants carry the offending value so that the message
@@ -31,6 +49,8 @@ impl fmt::Display for Problem {
 pub enum ProblemReason {
     #[error("not valid YAML: {0}")]
     Syntax(String),
+    #[error("file not usable: {0}")]
+    Unusable(String),
     #[error("document has no apiVersion/kind")]
     NoKind,
     #[error("does not match the {kind} schema: {message}")]
@@ -71,4 +91,26 @@ pub enum ProblemReason {
     Ids(#[from] crate::ids::IdError),
     #[error("NetworkPolicy: {0}; that part admits nothing")]
     BadPolicy(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_is_bounded_whatever_the_input() {
+        let p = Problem {
+            origin: "f.yaml:1".into(),
+            object: Some(format!("Service default/{}", "n".repeat(100_000))),
+            reason: ProblemReason::BadIp {
+                field: "spec.clusterIP",
+                value: "é".repeat(100_000),
+            },
+        };
+        let shown = p.to_string();
+        assert!(shown.len() < 2048, "{}", shown.len());
+        assert!(shown.contains("(100016 bytes)"), "{shown}");
+        assert_eq!(bounded("short", 10), "short");
+        assert_eq!(bounded("ééé", 3), "é... (6 bytes)");
+    }
 }

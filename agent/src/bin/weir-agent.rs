@@ -148,8 +148,7 @@ fn run(
     // Bind last: a plugin that can connect finds a datapath ready to take its pod.
     let listener = cni_server::bind(cni_socket)?;
     info!(socket = %cni_socket.display(), "serving CNI registrations");
-    cni_server::serve(listener, dp);
-    Ok(())
+    cni_server::serve(listener, dp).context("serving the CNI socket")
 }
 
 /// Reads back what the service maps hold (never flushing them), then starts the

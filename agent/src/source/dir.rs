@@ -13,11 +13,23 @@
 //! directory (so a change reaches the maps in milliseconds), and every [`POLL`]
 //! in any case (a safety net for filesystems without inotify). Inotify is not
 //! asked about plain writes: a reload in the middle of one would see half a file.
+//!
+//! Files are read and parsed by a pool of worker threads, each result applied as
+//! it arrives: a large or hostile file never holds back the changes of the
+//! others (parsing is bounded in depth and linear in time, see
+//! [`weir_model::parse`]), and a file's old objects stay in force until its new
+//! version is parsed whole. Only the first read waits for every file, so that
+//! the first compile sees the whole directory.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs,
+    io::Read as _,
     path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex,
+        mpsc::{self, Receiver, RecvTimeoutError, Sender},
+    },
     time::{Duration, Instant, SystemTime},
 };
 
@@ -26,27 +38,36 @@ use nix::{
     sys::inotify::{AddWatchFlags, InitFlags, Inotify},
 };
 use tracing::warn;
-use weir_model::{Model, Object, ObjectKey, parse_documents};
+use weir_model::{Model, Object, ObjectKey, Problem, ProblemReason, parse::PARSE_STACK, parse_documents};
 
 use super::{Changes, Source, SourceError};
 
 const POLL: Duration = Duration::from_millis(100);
+/// The largest manifest read (a 100,000-Service directory is about 120 MB).
+const MAX_FILE: u64 = 512 << 20;
+/// Parsing workers at most (and no more than the machine's cores).
+const MAX_WORKERS: usize = 4;
 
 pub struct DirSource {
     path: PathBuf,
-    /// Parsed files by name: a reload parses only the files whose stamp changed
-    /// (parsing dominates a reload of a large directory).
+    /// Parsed files by name, as applied to the model.
     parsed: BTreeMap<String, ParsedFile>,
+    /// Files being read, by name, with the version being read: a result for
+    /// another version (the file changed meanwhile) is dropped.
+    pending: BTreeMap<String, FileStamp>,
+    /// The last read error of each file that has one, warned about once.
+    unreadable: BTreeMap<String, String>,
     /// The files defining each object.
     definers: BTreeMap<ObjectKey, BTreeSet<String>>,
     model: Model,
-    /// What the model was built from; `None` before the first read.
-    seen: Option<Vec<FileStamp>>,
+    /// The first complete read has been returned.
+    started: bool,
     /// The last listing error, reported once rather than at every poll.
     last_error: Option<String>,
     /// Wakes the wait early when a file in the directory is written, moved or
     /// deleted; `None` where inotify is unavailable (polling alone then).
     inotify: Option<Inotify>,
+    workers: Workers,
 }
 
 struct ParsedFile {
@@ -64,6 +85,96 @@ struct FileStamp {
     inode: u64,
 }
 
+/// A file to read, or what reading it gave.
+struct Job {
+    path: PathBuf,
+    stamp: FileStamp,
+}
+
+struct Done {
+    stamp: FileStamp,
+    /// Objects and problems; an I/O error (the file is read again later).
+    outcome: Result<(BTreeMap<ObjectKey, Object>, Vec<Problem>), String>,
+}
+
+/// The parsing pool: jobs in, results out. Dropping it ends the workers.
+struct Workers {
+    jobs: Sender<Job>,
+    done: Receiver<Done>,
+}
+
+impl Workers {
+    fn start() -> Self {
+        let (jobs, job_rx) = mpsc::channel::<Job>();
+        let (done_tx, done) = mpsc::channel();
+        let job_rx = Arc::new(Mutex::new(job_rx));
+        // Two at least: a large file must not hold back a small one even on one core.
+        let n = std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .clamp(2, MAX_WORKERS);
+        for i in 0..n {
+            let (job_rx, done_tx) = (job_rx.clone(), done_tx.clone());
+            let spawned = std::thread::Builder::new()
+                .name(format!("weir-parse-{i}"))
+                .stack_size(PARSE_STACK)
+                .spawn(move || {
+                    loop {
+                        let job = job_rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                        let Ok(job) = job else { return };
+                        let outcome = read_file(&job.path, &job.stamp.name);
+                        if done_tx
+                            .send(Done {
+                                stamp: job.stamp,
+                                outcome,
+                            })
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+            if let Err(e) = spawned {
+                warn!(error = %e, "spawning a manifest parser");
+            }
+        }
+        Self { jobs, done }
+    }
+}
+
+/// Reads and parses one manifest file. Content that is not usable (not UTF-8,
+/// too large) is a problem of the file, reported once per version; an I/O error
+/// is transient, and the file is read again.
+fn read_file(path: &Path, name: &str) -> Result<(BTreeMap<ObjectKey, Object>, Vec<Problem>), String> {
+    let unusable = |why: String| {
+        let problem = Problem {
+            origin: name.to_owned(),
+            object: None,
+            reason: ProblemReason::Unusable(why),
+        };
+        Ok((BTreeMap::new(), vec![problem]))
+    };
+    let file = fs::File::open(path).map_err(|e| e.to_string())?;
+    let len = file.metadata().map_err(|e| e.to_string())?.len();
+    if len > MAX_FILE {
+        return unusable(format!("{len} bytes, more than the {MAX_FILE} read"));
+    }
+    let mut bytes = Vec::with_capacity(len as usize);
+    file.take(MAX_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    let text = match String::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(e) => {
+            return unusable(format!(
+                "not UTF-8 text (invalid byte at offset {})",
+                e.utf8_error().valid_up_to()
+            ));
+        }
+    };
+    let (objects, problems) = parse_documents(&text, name);
+    Ok((objects.into_iter().map(|o| (o.key(), o)).collect(), problems))
+}
+
 impl DirSource {
     pub fn new(path: PathBuf) -> Self {
         let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
@@ -79,11 +190,14 @@ impl DirSource {
         Self {
             path,
             parsed: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            unreadable: BTreeMap::new(),
             definers: BTreeMap::new(),
             model: Model::new(),
-            seen: None,
+            started: false,
             last_error: None,
             inotify,
+            workers: Workers::start(),
         }
     }
 
@@ -137,65 +251,98 @@ impl DirSource {
         Ok(files)
     }
 
-    /// Brings the model to what `files` hold, reading those that changed.
-    fn load(&mut self, files: &[FileStamp]) -> Changes {
-        let mut changes = Changes::default();
+    /// Hands every new or changed file to the workers, and forgets the files
+    /// that are gone (their keys go into `touched`).
+    fn submit(&mut self, files: &[FileStamp], touched: &mut BTreeSet<ObjectKey>) {
         let listed: BTreeMap<&str, &FileStamp> = files.iter().map(|f| (f.name.as_str(), f)).collect();
-        let stale: Vec<String> = self
+        let gone: Vec<String> = self
             .parsed
-            .iter()
-            .filter(|(name, file)| listed.get(name.as_str()) != Some(&&file.stamp))
-            .map(|(name, _)| name.clone())
+            .keys()
+            .filter(|name| !listed.contains_key(name.as_str()))
+            .cloned()
             .collect();
-        let mut touched = BTreeSet::new();
-        for name in stale {
-            if let Some(file) = self.parsed.remove(&name) {
-                for key in file.objects.into_keys() {
-                    if let Some(files) = self.definers.get_mut(&key) {
-                        files.remove(&name);
-                    }
-                    touched.insert(key);
-                }
-            }
+        for name in gone {
+            self.forget(&name, touched);
         }
-        let unread: Vec<&FileStamp> = files
-            .iter()
-            .filter(|f| !self.parsed.contains_key(&f.name))
-            .collect();
-        for file in unread {
-            let path = self.path.join(&file.name);
-            let text = match fs::read_to_string(&path) {
-                Ok(text) => text,
-                Err(e) => {
-                    warn!(file = %path.display(), error = %e, "manifest unreadable: its objects are skipped");
-                    continue;
-                }
+        self.pending.retain(|name, _| listed.contains_key(name.as_str()));
+        self.unreadable
+            .retain(|name, _| listed.contains_key(name.as_str()));
+        for file in files {
+            let current = self.parsed.get(&file.name).map(|p| &p.stamp);
+            if current == Some(file) || self.pending.get(&file.name) == Some(file) {
+                continue;
+            }
+            let job = Job {
+                path: self.path.join(&file.name),
+                stamp: file.clone(),
             };
-            let (objects, problems) = parse_documents(&text, &file.name);
-            changes.problems.extend(problems);
-            let objects: BTreeMap<ObjectKey, Object> = objects.into_iter().map(|o| (o.key(), o)).collect();
-            for key in objects.keys() {
-                let files = self.definers.entry(key.clone()).or_default();
-                files.insert(file.name.clone());
-                if files.len() > 1 {
-                    warn!(object = %key, files = ?files, "object defined in several files: the last one's definition wins");
-                }
-                touched.insert(key.clone());
+            if self.workers.jobs.send(job).is_ok() {
+                self.pending.insert(file.name.clone(), file.clone());
             }
-            self.parsed.insert(
-                file.name.clone(),
-                ParsedFile {
-                    stamp: file.clone(),
-                    objects,
-                },
-            );
         }
+    }
+
+    /// Drops a file's objects from the index (the model is brought in line by
+    /// [`Self::settle`]).
+    fn forget(&mut self, name: &str, touched: &mut BTreeSet<ObjectKey>) {
+        if let Some(file) = self.parsed.remove(name) {
+            for key in file.objects.into_keys() {
+                if let Some(files) = self.definers.get_mut(&key) {
+                    files.remove(name);
+                }
+                touched.insert(key);
+            }
+        }
+    }
+
+    /// Applies one worker's result, if it is for the version still wanted.
+    fn apply(&mut self, done: Done, touched: &mut BTreeSet<ObjectKey>, problems: &mut Vec<Problem>) {
+        let name = done.stamp.name.clone();
+        if self.pending.get(&name) != Some(&done.stamp) {
+            return;
+        }
+        self.pending.remove(&name);
+        let (objects, file_problems) = match done.outcome {
+            Ok(read) => read,
+            Err(error) => {
+                // Read again at the next look; said once per distinct error.
+                if self.unreadable.get(&name) != Some(&error) {
+                    warn!(file = %self.path.join(&name).display(), error, "manifest unreadable: its objects are kept as they were; reading it again");
+                    self.unreadable.insert(name, error);
+                }
+                return;
+            }
+        };
+        self.unreadable.remove(&name);
+        problems.extend(file_problems);
+        self.forget(&name, touched);
+        for key in objects.keys() {
+            let files = self.definers.entry(key.clone()).or_default();
+            files.insert(name.clone());
+            if files.len() > 1 {
+                warn!(object = %key, files = ?files, "object defined in several files: the last one's definition wins");
+            }
+            touched.insert(key.clone());
+        }
+        self.parsed.insert(
+            name,
+            ParsedFile {
+                stamp: done.stamp,
+                objects,
+            },
+        );
+    }
+
+    /// Brings the model to what the parsed files hold for `touched`; the keys
+    /// whose object changed.
+    fn settle(&mut self, touched: BTreeSet<ObjectKey>) -> BTreeSet<ObjectKey> {
+        let mut changed = BTreeSet::new();
         for key in touched {
             let winner = self.definers.get(&key).and_then(|files| files.last()).cloned();
             let Some(winner) = winner else {
                 self.definers.remove(&key);
                 if self.model.remove(&key).is_some() {
-                    changes.objects.insert(key);
+                    changed.insert(key);
                 }
                 continue;
             };
@@ -205,10 +352,10 @@ impl DirSource {
             let entry = self.model.get(&key);
             if entry.is_none_or(|e| e.origin != winner || e.object != *object) {
                 self.model.upsert(object.clone(), &winner);
-                changes.objects.insert(key);
+                changed.insert(key);
             }
         }
-        changes
+        changed
     }
 }
 
@@ -223,25 +370,13 @@ fn is_manifest(name: &str) -> bool {
 impl Source for DirSource {
     fn next(&mut self, timeout: Duration) -> Result<Option<Changes>, SourceError> {
         let deadline = Instant::now() + timeout;
+        let mut touched = BTreeSet::new();
+        let mut problems = Vec::new();
         loop {
             match self.scan() {
                 Ok(files) => {
                     self.last_error = None;
-                    if self.seen.as_ref() != Some(&files) {
-                        let first = self.seen.is_none();
-                        let changes = self.load(&files);
-                        // A file that could not be read is not seen: the next
-                        // look reads it again.
-                        self.seen = Some(
-                            files
-                                .into_iter()
-                                .filter(|f| self.parsed.contains_key(&f.name))
-                                .collect(),
-                        );
-                        if first || !changes.objects.is_empty() || !changes.problems.is_empty() {
-                            return Ok(Some(changes));
-                        }
-                    }
+                    self.submit(&files, &mut touched);
                 }
                 // A directory that cannot be listed is not an empty cluster: keep
                 // what the maps hold and say so, once per distinct error.
@@ -253,11 +388,48 @@ impl Source for DirSource {
                     }
                 }
             }
+            // The first read waits for every file; later ones take what is done.
+            let listed = self.last_error.is_none();
+            while !self.pending.is_empty() {
+                let done = if !self.started && listed {
+                    self.workers
+                        .done
+                        .recv()
+                        .map_err(|_| RecvTimeoutError::Disconnected)
+                } else {
+                    self.workers
+                        .done
+                        .try_recv()
+                        .map_err(|_| RecvTimeoutError::Timeout)
+                };
+                match done {
+                    Ok(done) => self.apply(done, &mut touched, &mut problems),
+                    Err(_) => break,
+                }
+            }
+            let first = !self.started && listed && self.pending.is_empty();
+            let changed = self.settle(std::mem::take(&mut touched));
+            if first || (self.started && (!changed.is_empty() || !problems.is_empty())) {
+                self.started = true;
+                return Ok(Some(Changes {
+                    objects: changed,
+                    problems,
+                }));
+            }
             let now = Instant::now();
             if now >= deadline {
                 return Ok(None);
             }
-            self.wait_for_change(POLL.min(deadline - now));
+            let wait = POLL.min(deadline - now);
+            if self.pending.is_empty() {
+                self.wait_for_change(wait);
+            } else {
+                // A result is due: take it as soon as it comes.
+                match self.workers.done.recv_timeout(wait) {
+                    Ok(done) => self.apply(done, &mut touched, &mut problems),
+                    Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {}
+                }
+            }
         }
     }
 
@@ -286,6 +458,20 @@ mod tests {
         let _ = fs::remove_dir_all(&path);
         fs::create_dir_all(&path).expect("mkdir");
         Dir(path)
+    }
+
+    /// The changes of successive `next` calls, merged, up to the first merge
+    /// that satisfies `done` (or a deadline: then what came).
+    fn until(source: &mut DirSource, done: impl Fn(&Changes) -> bool) -> Changes {
+        let mut all = Changes::default();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !done(&all) && Instant::now() < deadline {
+            if let Some(c) = source.next(Duration::from_millis(200)).expect("scan") {
+                all.objects.extend(c.objects);
+                all.problems.extend(c.problems);
+            }
+        }
+        all
     }
 
     const SVC: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: NAME, namespace: default}\nspec:\n  clusterIP: 10.96.0.1\n  ports: [{port: 80}]\n";
@@ -318,10 +504,8 @@ mod tests {
 
         fs::remove_file(dir.0.join("a.yaml")).expect("rm");
         fs::write(dir.0.join("c.yml"), "kind: [broken").expect("write");
-        let second = source
-            .next(Duration::from_secs(1))
-            .expect("scan")
-            .expect("changed");
+        // Results arrive as they are ready: the removal may come before the parse.
+        let second = until(&mut source, |c| !c.problems.is_empty());
         let names: Vec<_> = source
             .model()
             .services()
@@ -404,5 +588,67 @@ mod tests {
         let mut source = DirSource::new("/nonexistent/weir-test".into());
         assert!(source.next(Duration::ZERO).is_err());
         assert!(matches!(source.next(Duration::ZERO), Ok(None)));
+    }
+
+    #[test]
+    fn a_file_that_is_not_text_is_reported_once_per_version() {
+        let dir = tempdir("binary");
+        fs::write(dir.0.join("a.yaml"), service("a")).expect("write");
+        fs::write(dir.0.join("x.yaml"), [0xff, 0xfe, 0x00, b'k', b':']).expect("write");
+        let mut source = DirSource::new(dir.0.clone());
+        let first = source.next(Duration::ZERO).expect("scan").expect("first read");
+        assert_eq!(first.problems.len(), 1, "{:?}", first.problems);
+        assert!(
+            matches!(&first.problems[0].reason, ProblemReason::Unusable(why) if why.contains("UTF-8")),
+            "{}",
+            first.problems[0]
+        );
+        assert_eq!(source.model().services().count(), 1);
+        for _ in 0..3 {
+            assert!(
+                source.next(Duration::from_millis(150)).expect("scan").is_none(),
+                "reported again without a change"
+            );
+        }
+        // A new version is a new report (and a fixed file is simply read).
+        fs::write(dir.0.join("x.yaml"), [0xff, 0xff]).expect("write");
+        assert_eq!(until(&mut source, |c| !c.problems.is_empty()).problems.len(), 1);
+        fs::write(dir.0.join("x.yaml"), service("x")).expect("write");
+        let fixed = until(&mut source, |c| !c.objects.is_empty());
+        assert!(fixed.problems.is_empty(), "{:?}", fixed.problems);
+        assert_eq!(source.model().services().count(), 2);
+    }
+
+    #[test]
+    fn a_large_file_being_parsed_does_not_hold_back_a_small_one() {
+        let dir = tempdir("slow");
+        fs::write(dir.0.join("small.yaml"), service("small")).expect("write");
+        let mut source = DirSource::new(dir.0.clone());
+        source.next(Duration::ZERO).expect("scan").expect("first read");
+
+        // Thousands of Services take a parser a while; the small file's change,
+        // written after it, is in force before the large one is.
+        let big: String = (0..20_000)
+            .map(|i| format!("---\n{}", service(&format!("big{i}"))))
+            .collect();
+        fs::write(dir.0.join("a-big.yaml"), big).expect("write");
+        fs::write(
+            dir.0.join("small.yaml"),
+            service("small").replace("10.96.0.1", "10.96.0.2"),
+        )
+        .expect("write");
+        let small = until(&mut source, |c| c.objects.iter().any(|k| k.name == "small"));
+        assert!(
+            small.objects.iter().any(|k| k.name == "small"),
+            "{:?}",
+            small.objects
+        );
+        assert!(
+            !small.objects.iter().any(|k| k.name.starts_with("big")),
+            "the small file waited for the large one"
+        );
+        let all = until(&mut source, |c| c.objects.len() >= 20_000);
+        assert_eq!(all.objects.len(), 20_000);
+        assert_eq!(source.model().services().count(), 20_001);
     }
 }
