@@ -224,6 +224,29 @@ fn bound_stream(from: SocketAddr, to: SocketAddr) -> std::io::Result<TcpStream> 
     Ok(TcpStream::from(fd))
 }
 
+/// One question from a UDP socket bound to `from` and connected to `to`: the
+/// answer must come from `to` (a connected socket drops anything else).
+pub fn ask_udp_from(ns: &Netns, from: SocketAddr, to: SocketAddr) -> std::io::Result<Answer> {
+    let sock = ns.run(move || {
+        let fd = socket(
+            if from.is_ipv4() {
+                AddressFamily::Inet
+            } else {
+                AddressFamily::Inet6
+            },
+            SockType::Datagram,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )?;
+        setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+        bind(fd.as_raw_fd(), &SockaddrStorage::from(from))?;
+        connect(fd.as_raw_fd(), &SockaddrStorage::from(to))?;
+        Ok::<_, std::io::Error>(UdpSocket::from(fd))
+    })?;
+    sock.set_read_timeout(Some(TIMEOUT))?;
+    UdpSession { sock }.ask()
+}
+
 /// One new UDP socket, one question.
 pub fn ask_udp(ns: &Netns, to: SocketAddr) -> std::io::Result<Answer> {
     UdpSession::connect(ns, to)?.ask()

@@ -16,7 +16,7 @@ use weir_lab::{
     netns::Netns,
     services::{Ep, ManifestDir, frontend, port, service, service_with_ips, slice},
     traffic::ConnectionLoad,
-    whoami::{Answer, TcpSession, UdpSession, WhoAmI, ask_tcp, ask_tcp_from, ask_udp},
+    whoami::{Answer, TcpSession, UdpSession, WhoAmI, ask_tcp, ask_tcp_from, ask_udp, ask_udp_from},
 };
 
 const VIP: &str = "10.96.0.10";
@@ -864,4 +864,75 @@ fn root_ipv6_and_dual_stack_clusterips() {
     );
     let err = ask_udp(&client.ns, empty(53)).expect_err("a Service without endpoints must refuse");
     assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "UDP: {err}");
+}
+
+/// A flow translated through a ClusterIP and closed never captures a direct
+/// flow from the same client port to its backend (the kernel reuses source
+/// ports freely across destinations): the backend's SYN-ACK of the new direct
+/// connection must not be made to come from the frontend, nor its UDP answers.
+#[test]
+fn root_a_closed_translated_flow_never_captures_a_direct_one() {
+    let lab = Lab::new("10.91.20.0/24", &["a", "b"], &[8080]);
+    let web = |eps: &[&str]| {
+        vec![
+            service(
+                "web",
+                VIP,
+                &[port("http", 80, "8080", "TCP"), port("dns", 53, "8080", "UDP")],
+            ),
+            slice(
+                "web-x1",
+                "web",
+                lab.node.name(),
+                &[("http", 8080, "TCP"), ("dns", 8080, "UDP")],
+                &lab.ready(eps),
+            ),
+        ]
+    };
+    lab.dir.write("web.yaml", &web(&["a"]));
+    lab.agent.wait_backends(&format!("{VIP}:80/TCP"), &lab.addrs(&["a"], 8080));
+    lab.agent.wait_backends(&format!("{VIP}:53/UDP"), &lab.addrs(&["a"], 8080));
+    let client = lab.client.ipv4();
+    let direct = SocketAddr::new(lab.ip("a"), 8080);
+
+    // TCP: through the ClusterIP (closed with a RST), then straight to the backend.
+    for p in 41_000..41_020 {
+        let from = SocketAddr::new(client, p);
+        expect_server(ask_tcp_from(&lab.client.ns, from, vip(80)), "a", &format!("{from} -> ClusterIP"));
+    }
+    for p in 41_000..41_020 {
+        let from = SocketAddr::new(client, p);
+        let a = expect_server(ask_tcp_from(&lab.client.ns, from, direct), "a", &format!("{from} -> {direct} after the ClusterIP"));
+        assert_eq!(a.peer, from, "the backend saw another source");
+    }
+    // UDP: a datagram through the ClusterIP, then one straight to the backend.
+    for p in 42_000..42_020 {
+        let from = SocketAddr::new(client, p);
+        expect_server(ask_udp_from(&lab.client.ns, from, vip(53)), "a", &format!("{from} -> ClusterIP/UDP"));
+        expect_server(ask_udp_from(&lab.client.ns, from, direct), "a", &format!("{from} -> {direct}/UDP after the ClusterIP"));
+        // And back through the ClusterIP: a new translated flow again.
+        expect_server(ask_udp_from(&lab.client.ns, from, vip(53)), "a", &format!("{from} -> ClusterIP/UDP again"));
+    }
+
+    // A reused port that the load balancer sent to another backend leaves the
+    // first backend's reply entry behind: it must not capture a direct flow to
+    // that backend either.
+    lab.dir.write("web.yaml", &web(&["a", "b"]));
+    lab.agent.wait_backends(&format!("{VIP}:80/TCP"), &lab.addrs(&["a", "b"], 8080));
+    let mut checked = 0;
+    for p in 43_000..43_200 {
+        let from = SocketAddr::new(client, p);
+        let first = ask_tcp_from(&lab.client.ns, from, vip(80)).expect("first").server;
+        let second = ask_tcp_from(&lab.client.ns, from, vip(80)).expect("second").server;
+        if first == second {
+            continue;
+        }
+        let to = SocketAddr::new(lab.ip(&first), 8080);
+        expect_server(ask_tcp_from(&lab.client.ns, from, to), &first, &format!("{from} -> {to} after a move"));
+        checked += 1;
+        if checked == 5 {
+            break;
+        }
+    }
+    assert_eq!(checked, 5, "the load balancer never moved a reused port");
 }

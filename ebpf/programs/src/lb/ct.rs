@@ -7,12 +7,12 @@
 //! agent's GC can judge a pair by one entry.
 
 use weir_common::{
-    CT_F_CLOSING, CT_F_DATAGRAM, CT_F_RESET, CT_LIFETIME_DATAGRAM, CT_LIFETIME_TCP, CT_LIFETIME_TCP_CLOSING,
-    CT_LIFETIME_TCP_SYN, CtKey, CtValue, IPPROTO_TCP,
+    CT_F_CLOSING, CT_F_DATAGRAM, CT_F_RESET, CT_F_SNAT, CT_IN, CT_LIFETIME_DATAGRAM, CT_LIFETIME_TCP,
+    CT_LIFETIME_TCP_CLOSING, CT_LIFETIME_TCP_SYN, CtKey, CtValue, IPPROTO_TCP, IPPROTO_UDP, Scratch,
 };
 
 use super::maps::CONNTRACK;
-use crate::packet::{Family, Flow, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
+use crate::packet::{Family, Flow, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, wide_eq};
 
 const NS: u64 = 1_000_000_000;
 
@@ -49,6 +49,60 @@ pub fn lookup(key: &CtKey, now: u64) -> Option<*mut CtValue> {
 pub fn is_reuse<F: Family>(entry: *mut CtValue, flow: &Flow<F>) -> bool {
     // SAFETY: a pointer into the map's value, valid for this program run.
     flow.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN && unsafe { (*entry).flags } & CT_F_CLOSING != 0
+}
+
+/// Whether a live `CT_OUT` entry still sends its flow to the backend whose
+/// reply entry is `reply_key` (the pair is a pair).
+#[inline(always)]
+pub fn answers(entry: *mut CtValue, reply_key: &CtKey) -> bool {
+    // SAFETY: a pointer into the map's value, valid for this program run.
+    let e = unsafe { &*entry };
+    e.nat_port == reply_key.sport && wide_eq(&e.nat_addr, &reply_key.saddr)
+}
+
+/// A SYN-ACK on a closed flow's entry: the answer to a new connection that
+/// reuses the tuple (a closed flow has no handshake left to answer).
+#[inline(always)]
+pub fn is_reopened<F: Family>(entry: *mut CtValue, flow: &Flow<F>) -> bool {
+    // SAFETY: as in `answers`.
+    flow.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK && unsafe { (*entry).flags } & CT_F_CLOSING != 0
+}
+
+/// A datagram the load balancer leaves alone (not to a frontend): if a
+/// translated flow's replies have the tuple this direct flow's replies will
+/// have (the client dialled a frontend, then the backend itself, from one
+/// port), the direct flow takes the tuple: the translated flow's reply entry
+/// goes, and its next datagram is load-balanced anew. TCP needs no such care:
+/// a new connection's SYN-ACK shows itself ([`is_reopened`]).
+#[inline(always)]
+pub fn yield_reply_tuple<F: Family>(s: &mut Scratch, flow: &Flow<F>) {
+    if flow.proto != IPPROTO_UDP {
+        return;
+    }
+    let k = &mut s.in_key;
+    F::widen(&flow.daddr, &mut k.saddr);
+    F::widen(&flow.saddr, &mut k.daddr);
+    k.sport = flow.dport;
+    k.dport = flow.sport;
+    k.proto = flow.proto;
+    k.family = F::AF;
+    k.dir = CT_IN;
+    k._pad = 0;
+    // SAFETY: valid for this run.
+    if let Some(reply) = unsafe { CONNTRACK.get(&s.in_key) }
+        // A source-NATed flow's replies go to the node's address: no pod's.
+        && reply.flags & CT_F_SNAT == 0
+    {
+        s.out_key = s.in_key.out_partner(reply);
+        let _ = CONNTRACK.remove(&s.in_key);
+        // The forward entry too, unless the client's port has been sent to
+        // another backend since (that flow lives on).
+        if let Some(out) = CONNTRACK.get_ptr_mut(&s.out_key)
+            && answers(out, &s.in_key)
+        {
+            let _ = CONNTRACK.remove(&s.out_key);
+        }
+    }
 }
 
 /// Extends a flow's life after a packet, by protocol and what the packet says.

@@ -88,6 +88,7 @@ pub fn from_netdev<F: Lb>(ctx: &TcContext, flow: &mut Flow<F>) -> Result<Action,
     F::widen(&flow.daddr, &mut key.addr);
     // SAFETY: valid for this run.
     let Some(svc) = (unsafe { SERVICES.get(&key) }) else {
+        ct::yield_reply_tuple(s, flow);
         return pass;
     };
     let svc = *svc;

@@ -74,6 +74,15 @@ fn reverse<F: Lb>(ctx: &TcContext, flow: &mut Flow<F>, s: &mut Scratch, now: u64
     let Some(entry) = ct::lookup(&s.out_key, now) else {
         return Ok(NOT_A_REPLY);
     };
+    // A reply entry speaks for its flow only while that flow is this one: its
+    // forward entry still sends to this backend (a reused tuple may have been
+    // sent elsewhere since), and it is not a new connection's handshake after
+    // the flow closed (the client reused its port to reach the backend
+    // directly: netfilter's rule, a SYN on a closing entry starts over).
+    if !ct::answers(entry, &s.in_key) || ct::is_reopened(entry, flow) {
+        let _ = CONNTRACK.remove(&s.in_key);
+        return Ok(NOT_A_REPLY);
+    }
     ct::refresh(entry, flow, now);
     nat::snat(ctx, flow, &reply.nat_addr, reply.nat_port)?;
     if reply.flags & CT_F_HAIRPIN != 0 {
@@ -132,6 +141,7 @@ pub fn from_pod<F: Lb>(ctx: &TcContext, flow: &mut Flow<F>) -> Result<Option<Act
     F::widen(&flow.daddr, &mut key.addr);
     // SAFETY: valid for this run.
     let Some(svc) = (unsafe { SERVICES.get(&key) }) else {
+        ct::yield_reply_tuple(s, flow);
         return Ok(None);
     };
     let mut svc = *svc;
