@@ -9,6 +9,7 @@ pub mod agent;
 pub mod bins;
 pub mod cni;
 pub mod connrate;
+pub mod icmp;
 pub mod kube_proxy;
 pub mod netns;
 pub mod netpol;

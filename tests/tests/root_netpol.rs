@@ -501,3 +501,119 @@ fn root_policy_over_ipv6_and_dual_stack() {
         "{drops}"
     );
 }
+
+/// ICMP errors are not a way around NetworkPolicy: an isolated pod's own error
+/// about a flow its policies admitted (port unreachable for an admitted UDP
+/// datagram) passes both ways; a crafted error quoting a packet of no admitted
+/// flow is dropped, whether the isolated pod sends it or receives it.
+#[test]
+fn root_icmp_errors_pass_only_for_admitted_flows() {
+    use std::net::{Ipv4Addr, SocketAddrV4};
+
+    use serde_json::json;
+    use weir_lab::icmp::{port_unreachable_arrives, send_port_unreachable};
+
+    let dir = ManifestDir::new();
+    let mut node = Node::new("10.95.3.0/24");
+    let agent = node.start_agent_with_source(dir.path());
+    let iso = node.add_pod("iso");
+    let peer = node.add_pod("peer");
+    let v4 = |p: &Pod| match p.ipv4() {
+        IpAddr::V4(a) => a,
+        IpAddr::V6(_) => unreachable!("IPv4 pods"),
+    };
+    let (iso_ip, peer_ip): (Ipv4Addr, Ipv4Addr) = (v4(&iso), v4(&peer));
+    let mut objects = vec![json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "icmp"}})];
+    for (pod, app) in [(&iso, "iso"), (&peer, "peer")] {
+        objects.push(services::pod(
+            "icmp",
+            &pod.spec.name,
+            json!({"app": app}),
+            node.name(),
+            &[pod.ipv4()],
+            json!([]),
+        ));
+    }
+    // iso: UDP 9000 in from peer, UDP 9100 out to peer, nothing else.
+    objects.push(json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "iso", "namespace": "icmp"},
+        "spec": {"podSelector": {"matchLabels": {"app": "iso"}}, "policyTypes": ["Ingress", "Egress"],
+                 "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "peer"}}}], "ports": [{"port": 9000, "protocol": "UDP"}]}],
+                 "egress": [{"to": [{"podSelector": {"matchLabels": {"app": "peer"}}}], "ports": [{"port": 9100, "protocol": "UDP"}]}]},
+    }));
+    dir.write("icmp.yaml", &objects);
+    let start = Instant::now();
+    while agent.weirctl(&["policy"]).as_array().is_none_or(Vec::is_empty) {
+        assert!(start.elapsed() < Duration::from_secs(10), "policies never synced");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    /// A connected UDP socket's datagram to a port nobody serves: refused
+    /// (the port unreachable came back) or timed out (it was dropped).
+    fn refused(ns: &weir_lab::Netns, from: SocketAddrV4, to: SocketAddrV4) -> bool {
+        ns.run(move || {
+            let sock = std::net::UdpSocket::bind(from).expect("bind");
+            sock.connect(to).expect("connect");
+            sock.set_read_timeout(Some(Duration::from_millis(700)))
+                .expect("timeout");
+            let mut buf = [0u8; 16];
+            for _ in 0..3 {
+                let _ = sock.send(b"anyone?");
+                if let Err(e) = sock.recv(&mut buf) {
+                    if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                        return true;
+                    }
+                }
+            }
+            false
+        })
+    }
+
+    // Related, out of the isolated pod: peer -> iso:9000 admitted, iso's kernel
+    // answers port unreachable through iso's egress isolation.
+    let admitted_in = (
+        SocketAddrV4::new(peer_ip, 45_000),
+        SocketAddrV4::new(iso_ip, 9000),
+    );
+    assert!(
+        refused(&peer.ns, admitted_in.0, admitted_in.1),
+        "iso's port unreachable for an admitted datagram was dropped"
+    );
+    // Related, into the isolated pod: iso -> peer:9100 admitted, peer's error comes back in.
+    let admitted_out = (
+        SocketAddrV4::new(iso_ip, 45_001),
+        SocketAddrV4::new(peer_ip, 9100),
+    );
+    assert!(
+        refused(&iso.ns, admitted_out.0, admitted_out.1),
+        "peer's port unreachable for iso's admitted datagram was dropped"
+    );
+
+    // Unrelated, out: iso quotes a packet that never was (a covert channel).
+    let fake = (SocketAddrV4::new(peer_ip, 5555), SocketAddrV4::new(iso_ip, 7777));
+    let leaked = port_unreachable_arrives(&peer.ns, fake.0, fake.1, Duration::from_millis(800), || {
+        send_port_unreachable(&iso.ns, peer_ip, fake.0, fake.1);
+    });
+    assert!(!leaked, "an isolated pod's unrelated ICMP error got out");
+    // Unrelated, in: peer quotes a packet iso never sent.
+    let fake_in = (SocketAddrV4::new(iso_ip, 6666), SocketAddrV4::new(peer_ip, 8888));
+    let got_in = port_unreachable_arrives(&iso.ns, fake_in.0, fake_in.1, Duration::from_millis(800), || {
+        send_port_unreachable(&peer.ns, iso_ip, fake_in.0, fake_in.1);
+    });
+    assert!(!got_in, "an unrelated ICMP error reached an isolated pod");
+    // The same crafted error between pods no policy isolates is not judged.
+    let other = node.add_pod("other");
+    let free = (
+        SocketAddrV4::new(v4(&other), 5555),
+        SocketAddrV4::new(peer_ip, 7777),
+    );
+    assert!(
+        port_unreachable_arrives(&other.ns, free.0, free.1, Duration::from_millis(800), || {
+            send_port_unreachable(&peer.ns, v4(&other), free.0, free.1);
+        }),
+        "an ICMP error between unisolated pods was dropped: the listener sees nothing"
+    );
+    let drops = agent.weirctl(&["drops"]).to_string();
+    assert!(drops.contains("ICMP error of no admitted flow"), "{drops}");
+}

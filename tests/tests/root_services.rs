@@ -890,45 +890,74 @@ fn root_a_closed_translated_flow_never_captures_a_direct_one() {
         ]
     };
     lab.dir.write("web.yaml", &web(&["a"]));
-    lab.agent.wait_backends(&format!("{VIP}:80/TCP"), &lab.addrs(&["a"], 8080));
-    lab.agent.wait_backends(&format!("{VIP}:53/UDP"), &lab.addrs(&["a"], 8080));
+    lab.agent
+        .wait_backends(&format!("{VIP}:80/TCP"), &lab.addrs(&["a"], 8080));
+    lab.agent
+        .wait_backends(&format!("{VIP}:53/UDP"), &lab.addrs(&["a"], 8080));
     let client = lab.client.ipv4();
     let direct = SocketAddr::new(lab.ip("a"), 8080);
 
     // TCP: through the ClusterIP (closed with a RST), then straight to the backend.
     for p in 41_000..41_020 {
         let from = SocketAddr::new(client, p);
-        expect_server(ask_tcp_from(&lab.client.ns, from, vip(80)), "a", &format!("{from} -> ClusterIP"));
+        expect_server(
+            ask_tcp_from(&lab.client.ns, from, vip(80)),
+            "a",
+            &format!("{from} -> ClusterIP"),
+        );
     }
     for p in 41_000..41_020 {
         let from = SocketAddr::new(client, p);
-        let a = expect_server(ask_tcp_from(&lab.client.ns, from, direct), "a", &format!("{from} -> {direct} after the ClusterIP"));
+        let a = expect_server(
+            ask_tcp_from(&lab.client.ns, from, direct),
+            "a",
+            &format!("{from} -> {direct} after the ClusterIP"),
+        );
         assert_eq!(a.peer, from, "the backend saw another source");
     }
     // UDP: a datagram through the ClusterIP, then one straight to the backend.
     for p in 42_000..42_020 {
         let from = SocketAddr::new(client, p);
-        expect_server(ask_udp_from(&lab.client.ns, from, vip(53)), "a", &format!("{from} -> ClusterIP/UDP"));
-        expect_server(ask_udp_from(&lab.client.ns, from, direct), "a", &format!("{from} -> {direct}/UDP after the ClusterIP"));
+        expect_server(
+            ask_udp_from(&lab.client.ns, from, vip(53)),
+            "a",
+            &format!("{from} -> ClusterIP/UDP"),
+        );
+        expect_server(
+            ask_udp_from(&lab.client.ns, from, direct),
+            "a",
+            &format!("{from} -> {direct}/UDP after the ClusterIP"),
+        );
         // And back through the ClusterIP: a new translated flow again.
-        expect_server(ask_udp_from(&lab.client.ns, from, vip(53)), "a", &format!("{from} -> ClusterIP/UDP again"));
+        expect_server(
+            ask_udp_from(&lab.client.ns, from, vip(53)),
+            "a",
+            &format!("{from} -> ClusterIP/UDP again"),
+        );
     }
 
     // A reused port that the load balancer sent to another backend leaves the
     // first backend's reply entry behind: it must not capture a direct flow to
     // that backend either.
     lab.dir.write("web.yaml", &web(&["a", "b"]));
-    lab.agent.wait_backends(&format!("{VIP}:80/TCP"), &lab.addrs(&["a", "b"], 8080));
+    lab.agent
+        .wait_backends(&format!("{VIP}:80/TCP"), &lab.addrs(&["a", "b"], 8080));
     let mut checked = 0;
     for p in 43_000..43_200 {
         let from = SocketAddr::new(client, p);
         let first = ask_tcp_from(&lab.client.ns, from, vip(80)).expect("first").server;
-        let second = ask_tcp_from(&lab.client.ns, from, vip(80)).expect("second").server;
+        let second = ask_tcp_from(&lab.client.ns, from, vip(80))
+            .expect("second")
+            .server;
         if first == second {
             continue;
         }
         let to = SocketAddr::new(lab.ip(&first), 8080);
-        expect_server(ask_tcp_from(&lab.client.ns, from, to), &first, &format!("{from} -> {to} after a move"));
+        expect_server(
+            ask_tcp_from(&lab.client.ns, from, to),
+            &first,
+            &format!("{from} -> {to} after a move"),
+        );
         checked += 1;
         if checked == 5 {
             break;

@@ -149,6 +149,9 @@ pub enum Reason {
     /// A pod sent from an address that is not its own: dropped, or it could
     /// pass for another pod in others' policies.
     SpoofedSource = 10,
+    /// An ICMP error to or from an isolated pod that quotes a packet of no flow
+    /// its policies admitted: it would be a way out (a covert channel) or in.
+    IcmpUnrelated = 11,
 }
 
 impl Reason {
@@ -165,6 +168,7 @@ impl Reason {
             8 => "denied by NetworkPolicy (ingress)",
             9 => "denied by NetworkPolicy (egress)",
             10 => "source address not the pod's own (spoofed)",
+            11 => "ICMP error of no admitted flow (NetworkPolicy)",
             _ => "unknown",
         }
     }

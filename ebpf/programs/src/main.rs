@@ -29,7 +29,8 @@ use crate::{
 };
 
 /// Hands the packet to `$per_family`'s IPv4 or IPv6 instance; anything else
-/// passes, counted under `$dir`.
+/// passes, counted under `$dir`. With a policy `Side`, an instance's
+/// [`RELATED`] hands the packet on to [`icmp_error`].
 macro_rules! by_family {
     ($ctx:ident, $dir:expr, $per_family:ident) => {
         match packet::ethertype(&$ctx) {
@@ -38,12 +39,30 @@ macro_rules! by_family {
             other => metrics::verdict(&$ctx, $dir, other.map(|_| Action::forward(TC_ACT_OK))),
         }
     };
+    ($ctx:ident, $dir:expr, $per_family:ident, $side:expr) => {
+        match packet::ethertype(&$ctx) {
+            Ok(V4::ETH_P) => match $per_family::<V4>($ctx.skb.skb) {
+                RELATED => icmp_error::<V4>($ctx.skb.skb, $dir, $side),
+                tc => tc,
+            },
+            Ok(V6::ETH_P) => match $per_family::<V6>($ctx.skb.skb) {
+                RELATED => icmp_error::<V6>($ctx.skb.skb, $dir, $side),
+                tc => tc,
+            },
+            other => metrics::verdict(&$ctx, $dir, other.map(|_| Action::forward(TC_ACT_OK))),
+        }
+    };
 }
+
+/// What a per-family instance returns for an ICMP error of an isolated pod:
+/// not a TC verdict (those are small), but "judge it in [`icmp_error`]",
+/// which has the stack room that judging takes (the instance has none left).
+const RELATED: i32 = i32::MIN;
 
 /// TC ingress on the host veth: packets the pod sends.
 #[classifier]
 pub fn from_pod(ctx: TcContext) -> i32 {
-    by_family!(ctx, Dir::FromPod, from_pod_family)
+    by_family!(ctx, Dir::FromPod, from_pod_family, Side::Egress)
 }
 
 /// TC ingress on a node device: Service traffic from outside the node.
@@ -69,7 +88,7 @@ pub fn to_netdev(ctx: TcContext) -> i32 {
 /// TC egress on the host veth: packets on their way into the pod.
 #[classifier]
 pub fn to_pod(ctx: TcContext) -> i32 {
-    by_family!(ctx, Dir::ToPod, to_pod_family)
+    by_family!(ctx, Dir::ToPod, to_pod_family, Side::Ingress)
 }
 
 // One BPF function per family, each with a stack frame of its own (see
@@ -78,7 +97,30 @@ pub fn to_pod(ctx: TcContext) -> i32 {
 #[inline(never)]
 fn from_pod_family<F: Lb>(skb: *mut __sk_buff) -> i32 {
     let ctx = TcContext::new(skb);
-    metrics::verdict(&ctx, Dir::FromPod, try_from_pod::<F>(&ctx))
+    counted(&ctx, Dir::FromPod, try_from_pod::<F>(&ctx))
+}
+
+/// [`metrics::verdict`], but for [`RELATED`], which is counted once judged.
+#[inline(always)]
+fn counted(ctx: &TcContext, dir: Dir, result: Result<Action, Reason>) -> i32 {
+    match result {
+        Ok(Action { tc: RELATED, .. }) => RELATED,
+        result => metrics::verdict(ctx, dir, result),
+    }
+}
+
+/// An ICMP error of an isolated pod (`side`: it sends it, or receives it):
+/// passes only if it quotes a packet of a flow admitted before.
+#[inline(never)]
+fn icmp_error<F: Lb>(skb: *mut __sk_buff, dir: Dir, side: Side) -> i32 {
+    let ctx = TcContext::new(skb);
+    let result = packet::parse_any::<F>(&ctx).and_then(|p| {
+        if let Some(ep) = policy::endpoint(&p.flow, side) {
+            policy::related(&ctx, p.quoted, &p.flow, &ep, side)?;
+        }
+        Ok(Action::forward(TC_ACT_OK))
+    });
+    metrics::verdict(&ctx, dir, result)
 }
 
 #[inline(never)]
@@ -95,7 +137,7 @@ fn from_netdev_family<F: Lb>(skb: *mut __sk_buff) -> i32 {
 #[inline(never)]
 fn to_pod_family<F: Lb>(skb: *mut __sk_buff) -> i32 {
     let ctx = TcContext::new(skb);
-    metrics::verdict(&ctx, Dir::ToPod, try_into_pod::<F>(&ctx))
+    counted(&ctx, Dir::ToPod, try_into_pod::<F>(&ctx))
 }
 
 // The same reverse translation as on the way into a pod.
@@ -118,8 +160,13 @@ fn try_to_pod<F: Lb>(ctx: &TcContext) -> Result<Action, Reason> {
 /// backends are made to come from their frontend.
 #[inline(always)]
 fn try_into_pod<F: Lb>(ctx: &TcContext) -> Result<Action, Reason> {
-    let packet::Parsed { mut flow, judge, lb } = packet::parse_any::<F>(ctx)?;
-    if !judge {
+    let packet::Parsed {
+        mut flow,
+        judge,
+        lb,
+        quoted,
+    } = packet::parse_any::<F>(ctx)?;
+    if !judge && quoted == 0 {
         return Ok(Action::forward(TC_ACT_OK));
     }
     if let Some(ep) = policy::endpoint(&flow, Side::Ingress) {
@@ -132,9 +179,18 @@ fn try_into_pod<F: Lb>(ctx: &TcContext) -> Result<Action, Reason> {
             i if i == leaves => Origin::Pod,
             _ => Origin::Elsewhere,
         };
-        let key = &mut lb::scratch()?.in_key;
         // SAFETY: no preconditions.
         let now = unsafe { bpf_ktime_get_ns() };
+        if quoted != 0 {
+            // The node's errors are admitted as all it sends; one from the pod's
+            // own veth is the load balancer's rejection of the pod's own packet.
+            return Ok(Action::forward(if origin == Origin::Elsewhere {
+                RELATED
+            } else {
+                TC_ACT_OK as i32
+            }));
+        }
+        let key = &mut lb::scratch()?.in_key;
         if policy::known(key, &flow, Side::Ingress, now) == Known::New {
             policy::judge(key, &flow, &ep, Side::Ingress, origin, now)?;
         }
@@ -147,7 +203,12 @@ fn try_into_pod<F: Lb>(ctx: &TcContext) -> Result<Action, Reason> {
 
 #[inline(always)]
 fn try_from_pod<F: Lb>(ctx: &TcContext) -> Result<Action, Reason> {
-    let packet::Parsed { mut flow, judge, lb } = packet::parse_any::<F>(ctx)?;
+    let packet::Parsed {
+        mut flow,
+        judge,
+        lb,
+        quoted,
+    } = packet::parse_any::<F>(ctx)?;
     // A pod sends from its own address: anything else would pass for another
     // pod in everyone's policies (its veth is where that address lives). Its
     // IPv6 link-local address, which stays on the link, is the exception.
@@ -160,7 +221,8 @@ fn try_from_pod<F: Lb>(ctx: &TcContext) -> Result<Action, Reason> {
         return Err(Reason::SpoofedSource);
     }
     if !judge {
-        return Ok(Action::forward(TC_ACT_OK));
+        let isolated = quoted != 0 && policy::endpoint(&flow, Side::Egress).is_some();
+        return Ok(Action::forward(if isolated { RELATED } else { TC_ACT_OK as i32 }));
     }
     // Egress policy judges the real flow: a reply as the pod sends it, before
     // the load balancer makes it come from a frontend; anything else, and

@@ -14,8 +14,8 @@
 
 use aya_ebpf::programs::TcContext;
 use weir_common::{
-    AF_INET, AF_INET6, HAIRPIN_V4, HAIRPIN_V6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_SCTP, IPPROTO_TCP,
-    IPPROTO_UDP, Reason,
+    AF_INET, AF_INET6, CtKey, HAIRPIN_V4, HAIRPIN_V6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_SCTP,
+    IPPROTO_TCP, IPPROTO_UDP, Reason,
 };
 
 pub const ETH_HLEN: usize = 14;
@@ -61,6 +61,17 @@ pub trait Family: Sized {
     /// and, for IPv6, neighbour discovery and the rest of the link's control
     /// traffic.
     fn icmp_passes(icmp_type: u8) -> bool;
+    /// Whether an ICMP message of this type reports an error about a packet it
+    /// quotes (and so belongs to that packet's flow).
+    fn icmp_error(icmp_type: u8) -> bool;
+    /// Reads the IP header quoted at `at`: its addresses (in the maps' form),
+    /// then its protocol and where its L4 header starts.
+    fn quoted(
+        ctx: &TcContext,
+        at: usize,
+        saddr: &mut [u8; 16],
+        daddr: &mut [u8; 16],
+    ) -> Result<(u8, usize), Reason>;
     /// Whether a source address is of the link only (an IPv6 pod's link-local
     /// address, which is not registered as the pod's).
     fn link_scope(a: &Self::Addr) -> bool;
@@ -89,6 +100,29 @@ impl Family for V4 {
     fn icmp_passes(icmp_type: u8) -> bool {
         // Destination unreachable, time exceeded, parameter problem.
         matches!(icmp_type, 3 | 11 | 12)
+    }
+
+    #[inline(always)]
+    fn icmp_error(icmp_type: u8) -> bool {
+        Self::icmp_passes(icmp_type)
+    }
+
+    #[inline(always)]
+    fn quoted(
+        ctx: &TcContext,
+        at: usize,
+        saddr: &mut [u8; 16],
+        daddr: &mut [u8; 16],
+    ) -> Result<(u8, usize), Reason> {
+        let vihl: u8 = ctx.load(at).map_err(|_| Reason::Malformed)?;
+        let words = usize::from(vihl & 0x0f);
+        if vihl >> 4 != 4 || words < 5 {
+            return Err(Reason::Malformed);
+        }
+        let proto: u8 = ctx.load(at + 9).map_err(|_| Reason::Malformed)?;
+        *saddr = widen4(ctx.load(at + 12).map_err(|_| Reason::Malformed)?);
+        *daddr = widen4(ctx.load(at + 16).map_err(|_| Reason::Malformed)?);
+        Ok((proto, at + words * 4))
     }
 
     #[inline(always)]
@@ -153,6 +187,29 @@ impl Family for V6 {
     }
 
     #[inline(always)]
+    fn icmp_error(icmp_type: u8) -> bool {
+        // Destination unreachable, packet too big, time exceeded, parameter problem.
+        matches!(icmp_type, 1..=4)
+    }
+
+    #[inline(always)]
+    fn quoted(
+        ctx: &TcContext,
+        at: usize,
+        saddr: &mut [u8; 16],
+        daddr: &mut [u8; 16],
+    ) -> Result<(u8, usize), Reason> {
+        let version: u8 = ctx.load(at).map_err(|_| Reason::Malformed)?;
+        if version >> 4 != 6 {
+            return Err(Reason::Malformed);
+        }
+        let proto: u8 = ctx.load(at + 6).map_err(|_| Reason::Malformed)?;
+        load16(ctx, at + 8, saddr)?;
+        load16(ctx, at + 24, daddr)?;
+        Ok((proto, at + IP6_HLEN))
+    }
+
+    #[inline(always)]
     fn link_scope(a: &[u8; 16]) -> bool {
         // fe80::/10, or :: (duplicate address detection).
         (a[0] == 0xfe && a[1] & 0xc0 == 0x80) || *a == [0; 16]
@@ -205,6 +262,9 @@ impl Family for V6 {
         (x ^ (x >> 32)) as u32
     }
 }
+
+/// An ICMP header (type, code, checksum, 4 bytes of the message's own).
+pub const ICMP_HLEN: usize = 8;
 
 /// IPv6 extension headers walked to find the L4 header.
 const IPPROTO_HOPOPTS: u8 = 0;
@@ -265,6 +325,20 @@ pub struct Flow<F: Family> {
 }
 
 impl<F: Family> Flow<F> {
+    /// A flow with nothing read yet.
+    #[inline(always)]
+    pub const fn new() -> Self {
+        Self {
+            saddr: F::ANY,
+            daddr: F::ANY,
+            sport: 0,
+            dport: 0,
+            proto: 0,
+            tcp_flags: 0,
+            translated: false,
+        }
+    }
+
     pub const fn l4_csum_offset(&self) -> usize {
         F::L4 + if self.proto == IPPROTO_TCP { 16 } else { 6 }
     }
@@ -297,6 +371,48 @@ pub struct Parsed<F: Family> {
     pub judge: bool,
     /// The load balancer may translate it (see [`parse`]).
     pub lb: bool,
+    /// An ICMP error: where the packet it quotes starts (its IP header), 0 for
+    /// anything else. Policy passes it only when that packet belongs to a flow
+    /// it admitted ([`inner`]).
+    pub quoted: usize,
+}
+
+/// Writes the tuple of the packet an ICMP error quotes at `at` (its IP header
+/// and at least 8 bytes of what follows, RFC 792 / RFC 4443) into `k`, as that
+/// packet went or, `reverse`d, as its replies go; in a policy conntrack key's
+/// form. Ports are read for TCP, UDP and SCTP, the identifier for ICMP echo; a
+/// quoted IPv6 packet's extension headers are not walked (ports 0 then).
+#[inline(always)]
+pub fn quoted_key<F: Family>(ctx: &TcContext, at: usize, k: &mut CtKey, reverse: bool) -> Result<(), Reason> {
+    let (s, d) = if reverse {
+        (&mut k.daddr, &mut k.saddr)
+    } else {
+        (&mut k.saddr, &mut k.daddr)
+    };
+    let (proto, l4) = F::quoted(ctx, at, s, d)?;
+    let (mut sport, mut dport) = (0u16, 0u16);
+    if proto == IPPROTO_TCP || proto == IPPROTO_UDP || proto == IPPROTO_SCTP {
+        sport = ctx.load(l4).map_err(|_| Reason::Malformed)?;
+        dport = ctx.load(l4 + 2).map_err(|_| Reason::Malformed)?;
+    } else if proto == F::ICMP {
+        let icmp_type: u8 = ctx.load(l4).map_err(|_| Reason::Malformed)?;
+        let id: u16 = ctx.load(l4 + 4).map_err(|_| Reason::Malformed)?;
+        if icmp_type == F::ECHO[0] {
+            sport = id;
+        } else if icmp_type == F::ECHO[1] {
+            dport = id;
+        }
+    }
+    if reverse {
+        (sport, dport) = (dport, sport);
+    }
+    k.sport = sport;
+    k.dport = dport;
+    k.proto = proto;
+    k.family = F::AF;
+    k.dir = 0;
+    k._pad = 0;
+    Ok(())
 }
 
 /// Parses any IP packet of family `F`, as NetworkPolicy judges every protocol:
@@ -305,20 +421,13 @@ pub struct Parsed<F: Family> {
 /// the request's reverse tuple), 0 elsewhere.
 #[inline(always)]
 pub fn parse_any<F: Family>(ctx: &TcContext) -> Result<Parsed<F>, Reason> {
-    let mut flow = Flow {
-        saddr: F::ANY,
-        daddr: F::ANY,
-        sport: 0,
-        dport: 0,
-        proto: 0,
-        tcp_flags: 0,
-        translated: false,
-    };
+    let mut flow = Flow::new();
     let Some(l4) = F::parse_ip(ctx, &mut flow)? else {
         return Ok(Parsed {
             flow,
             judge: false,
             lb: false,
+            quoted: 0,
         });
     };
     if flow.proto == IPPROTO_TCP || flow.proto == IPPROTO_UDP || flow.proto == IPPROTO_SCTP {
@@ -334,6 +443,11 @@ pub fn parse_any<F: Family>(ctx: &TcContext) -> Result<Parsed<F>, Reason> {
                 flow,
                 judge: false,
                 lb: false,
+                quoted: if F::icmp_error(icmp_type) {
+                    l4 + ICMP_HLEN
+                } else {
+                    0
+                },
             });
         }
         let id: u16 = ctx.load(l4 + 4).map_err(|_| Reason::Malformed)?;
@@ -350,5 +464,6 @@ pub fn parse_any<F: Family>(ctx: &TcContext) -> Result<Parsed<F>, Reason> {
         flow,
         judge: true,
         lb,
+        quoted: 0,
     })
 }

@@ -11,6 +11,11 @@
 //!   and port prefixes). Admitted: recorded in `weir_polct_v1`; denied: dropped,
 //!   counted under its reason and reported in `weir_events_v1`.
 //!
+//! ICMP errors are not flows of their own: one passes an isolated pod's veth
+//! only when the packet it quotes belongs to a flow admitted before
+//! ([`related`]), as Cilium checks "related" entries; anything else would be a
+//! channel past the pod's policies.
+//!
 //! Enforcement sees real endpoints: egress after the load balancer has picked a
 //! backend (and before a reply is made to come from a frontend), ingress before
 //! any reverse translation on the way in. Traffic between a pod and its own node
@@ -21,6 +26,7 @@
 use aya_ebpf::{
     macros::map,
     maps::{HashMap, LpmTrie, LruHashMap, RingBuf, lpm_trie::Key},
+    programs::TcContext,
 };
 use weir_common::{
     CT_F_HAIRPIN, CtKey, DropEvent, EndpointKey, IDENTITY_ANY, IDENTITY_WORLD, IPCACHE_PREFIX_BITS,
@@ -31,7 +37,7 @@ use weir_common::{
 use crate::{
     endpoints,
     lb::{ct, maps::NODE_IPS},
-    packet::{Family, Flow, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    packet::{self, Family, Flow, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
 #[map(name = "weir_polep_v1")]
@@ -194,6 +200,37 @@ pub fn judge<F: Family>(
     // A full table evicts its oldest entry (LRU): never a reason to drop.
     let _ = POLICY_CT.insert(&*key, &value, 0);
     Ok(())
+}
+
+/// Judges an ICMP error `outer` of the isolated endpoint `ep` (which sends it
+/// on `Side::Egress`, receives it on `Side::Ingress`), whose quoted packet
+/// starts at `quoted`: it passes when that packet's flow, either way round,
+/// was admitted and is live, or when it goes to the node (always admitted, as
+/// any flow is).
+#[inline(always)]
+pub fn related<F: Family>(
+    ctx: &TcContext,
+    quoted: usize,
+    outer: &Flow<F>,
+    ep: &PolicyEndpoint,
+    side: Side,
+) -> Result<(), Reason> {
+    let egress = side == Side::Egress;
+    if egress && is_node_address::<F>(&outer.daddr) {
+        return Ok(());
+    }
+    // SAFETY: no preconditions.
+    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+    let key = &mut crate::lb::scratch()?.in_key;
+    for reverse in [false, true] {
+        packet::quoted_key::<F>(ctx, quoted, key, reverse)?;
+        if live(key, now).is_some() {
+            return Ok(());
+        }
+    }
+    let peer = if egress { &outer.daddr } else { &outer.saddr };
+    report(outer, ep, identity::<F>(peer), Reason::IcmpUnrelated);
+    Err(Reason::IcmpUnrelated)
 }
 
 /// Whether the endpoint's rules admit this new flow; if not, the peer's identity.

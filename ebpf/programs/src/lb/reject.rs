@@ -16,9 +16,8 @@ use aya_ebpf::{
 };
 use weir_common::{IPPROTO_ICMPV6, Reason, Scratch};
 
-use crate::packet::{ETH_HLEN, Family, Flow, IP_HLEN, IP6_HLEN, V4, V6};
+use crate::packet::{ETH_HLEN, Family, Flow, ICMP_HLEN, IP_HLEN, IP6_HLEN, V4, V6};
 
-const ICMP_HLEN: usize = 8;
 /// What of the original packet is quoted: its IP header and 8 bytes of L4.
 const L4_QUOTE: usize = 8;
 

@@ -1,0 +1,115 @@
+//! Crafted ICMP errors (port unreachable, quoting a UDP packet of the sender's
+//! choice) and a listener that sees which arrive: what a pod could send to
+//! pass data around its policies, and what a policy must let through for the
+//! flows it admits.
+
+use std::{
+    net::{Ipv4Addr, SocketAddrV4},
+    os::fd::{AsRawFd as _, OwnedFd},
+    time::{Duration, Instant},
+};
+
+use nix::sys::socket::{
+    AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType, SockaddrIn, recv, sendto, setsockopt, socket,
+    sockopt,
+};
+
+use crate::netns::Netns;
+
+/// Sends, from `ns`, an ICMP port unreachable to `to` that quotes a UDP packet
+/// `quoted_src` -> `quoted_dst` (which may never have been sent).
+pub fn send_port_unreachable(ns: &Netns, to: Ipv4Addr, quoted_src: SocketAddrV4, quoted_dst: SocketAddrV4) {
+    ns.run(move || {
+        let fd = raw_icmp().expect("raw ICMP socket");
+        let msg = port_unreachable(quoted_src, quoted_dst);
+        sendto(
+            fd.as_raw_fd(),
+            &msg,
+            &SockaddrIn::from(SocketAddrV4::new(to, 0)),
+            MsgFlags::empty(),
+        )
+        .expect("send ICMP");
+    });
+}
+
+/// The ICMP message: type 3 code 3, then the quoted IPv4 header and UDP header.
+fn port_unreachable(src: SocketAddrV4, dst: SocketAddrV4) -> Vec<u8> {
+    let mut quoted = vec![0x45, 0, 0, 28, 0, 0, 0x40, 0, 64, 17, 0, 0];
+    quoted.extend(src.ip().octets());
+    quoted.extend(dst.ip().octets());
+    let csum = checksum(&quoted);
+    quoted[10..12].copy_from_slice(&csum.to_be_bytes());
+    quoted.extend(src.port().to_be_bytes());
+    quoted.extend(dst.port().to_be_bytes());
+    quoted.extend([0, 8, 0, 0]);
+    let mut msg = vec![3, 3, 0, 0, 0, 0, 0, 0];
+    msg.extend(quoted);
+    let csum = checksum(&msg);
+    msg[2..4].copy_from_slice(&csum.to_be_bytes());
+    msg
+}
+
+fn checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+fn raw_icmp() -> nix::Result<OwnedFd> {
+    socket(
+        AddressFamily::Inet,
+        SockType::Raw,
+        SockFlag::SOCK_CLOEXEC,
+        SockProtocol::Icmp,
+    )
+}
+
+/// Watches `ns` for ICMP port unreachables quoting `quoted_src` ->
+/// `quoted_dst` for up to `wait`; whether one arrived.
+pub fn port_unreachable_arrives(
+    ns: &Netns,
+    quoted_src: SocketAddrV4,
+    quoted_dst: SocketAddrV4,
+    wait: Duration,
+    send: impl FnOnce(),
+) -> bool {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let listener = ns.spawn(move || {
+        let fd = raw_icmp().expect("raw ICMP socket");
+        setsockopt(
+            &fd,
+            sockopt::ReceiveTimeout,
+            &nix::sys::time::TimeVal::new(0, 50_000),
+        )
+        .expect("timeout");
+        let _ = ready_tx.send(());
+        let deadline = Instant::now() + wait;
+        let mut buf = [0u8; 1500];
+        while Instant::now() < deadline {
+            let Ok(n) = recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty()) else {
+                continue;
+            };
+            // IP header (20), ICMP header (8), quoted IP header (20), quoted UDP.
+            let p = &buf[..n];
+            if n >= 56
+                && p[20] == 3
+                && p[21] == 3
+                && p[40..44] == quoted_src.ip().octets()
+                && p[44..48] == quoted_dst.ip().octets()
+                && p[48..50] == quoted_src.port().to_be_bytes()
+                && p[50..52] == quoted_dst.port().to_be_bytes()
+            {
+                return true;
+            }
+        }
+        false
+    });
+    ready_rx.recv().expect("listener ready");
+    send();
+    listener.join().expect("listener")
+}
