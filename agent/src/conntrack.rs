@@ -4,6 +4,8 @@
 //! - GC: entries whose `expires_ns` has passed (the datapath would ignore them
 //!   anyway, but they hold LRU space), and affinity entries idle for longer than
 //!   their service's timeout.
+//! - The policy conntrack: its dead entries, and every isolated endpoint's
+//!   share of it recounted from what it holds (see `weir_common::PolicyShare`).
 //! - Flush: when a UDP/SCTP backend disappears, every entry pointing at it, so that
 //!   clients' next datagrams pick a live backend instead of vanishing until the
 //!   entry times out (kube-proxy does the same with `conntrack -D`).
@@ -15,12 +17,15 @@ use std::collections::{BTreeMap, HashSet};
 
 use aya::maps::MapError;
 use nix::time::{ClockId, clock_gettime};
-use weir_common::{AffinityKey, AffinityValue, Backend, CT_IN, CT_OUT, CtKey, CtValue, maps as names};
+use weir_common::{
+    AffinityKey, AffinityValue, Backend, CT_IN, CT_OUT, CtKey, CtValue, IPPROTO_TCP, PolicyShare,
+    maps as names,
+};
 
 use crate::{
     datapath::{
         DatapathError, PinLayout,
-        maps::{self, Affinity, Conntrack},
+        maps::{self, Affinity, Conntrack, PolicyCt, PolicyEndpoints, PolicyShares},
     },
     sync::is_not_found,
 };
@@ -55,9 +60,24 @@ pub struct GcReport {
     pub deleted: usize,
 }
 
+/// What a pass over the policy conntrack found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct PolicyCtReport {
+    /// Live entries, of the map's capacity.
+    pub live: usize,
+    pub deleted: usize,
+    /// The most entries other than TCP one endpoint holds, and its share.
+    pub largest_share: u32,
+    /// Endpoints at their share: their new datagram flows go untracked.
+    pub at_share: usize,
+}
+
 pub struct Hygiene {
     conntrack: Conntrack,
     affinity: Affinity,
+    policy_ct: PolicyCt,
+    shares: PolicyShares,
+    policy_endpoints: PolicyEndpoints,
 }
 
 impl Hygiene {
@@ -65,7 +85,80 @@ impl Hygiene {
         Ok(Self {
             conntrack: maps::open_pinned(pins, &maps::CONNTRACK).map_err(Box::new)?,
             affinity: maps::open_pinned(pins, &maps::AFFINITY).map_err(Box::new)?,
+            policy_ct: maps::open_pinned(pins, &maps::POLICY_CT).map_err(Box::new)?,
+            shares: maps::open_pinned(pins, &maps::POLICY_SHARES).map_err(Box::new)?,
+            policy_endpoints: maps::open_pinned(pins, &maps::POLICY_ENDPOINTS).map_err(Box::new)?,
         })
+    }
+
+    /// Deletes up to `max_deletes` dead policy conntrack entries, and writes
+    /// every isolated endpoint's share anew: the entries other than TCP it
+    /// holds now, and its limit ([`names::POLICY_SHARE`]). Endpoints no longer
+    /// isolated lose theirs.
+    pub fn gc_policy(&mut self, now_ns: u64, max_deletes: usize) -> Result<PolicyCtReport, CtError> {
+        let mut report = PolicyCtReport::default();
+        let mut held: BTreeMap<u32, u32> = BTreeMap::new();
+        let dead = collect(
+            &self.policy_ct,
+            names::POLICY_CT,
+            maps::POLICY_CT.max_entries,
+            |k, v| {
+                if v.expires_ns < now_ns {
+                    return true;
+                }
+                report.live += 1;
+                if k.proto != IPPROTO_TCP && v.owner != 0 {
+                    *held.entry(v.owner).or_default() += 1;
+                }
+                false
+            },
+        )?;
+        for key in dead.iter().take(max_deletes) {
+            // Refreshed meanwhile? Then it stays.
+            match self.policy_ct.get(key, 0) {
+                Ok(v) if v.expires_ns < now_ns => {
+                    remove(&mut self.policy_ct, names::POLICY_CT, key)?;
+                    report.deleted += 1;
+                }
+                _ => {}
+            }
+        }
+        let mut isolated = HashSet::new();
+        for entry in self
+            .policy_endpoints
+            .iter()
+            .take(2 * maps::POLICY_ENDPOINTS.max_entries as usize)
+        {
+            let (_, ep) = entry.map_err(|source| CtError::Map {
+                map: names::POLICY_ENDPOINTS,
+                source,
+            })?;
+            isolated.insert(ep.id);
+        }
+        let stale = collect(
+            &self.shares,
+            names::POLICY_SHARES,
+            maps::POLICY_SHARES.max_entries,
+            |id, _| !isolated.contains(id),
+        )?;
+        for id in &stale {
+            remove(&mut self.shares, names::POLICY_SHARES, id)?;
+        }
+        for id in isolated {
+            let share = PolicyShare {
+                entries: held.get(&id).copied().unwrap_or(0),
+                limit: names::POLICY_SHARE,
+            };
+            report.largest_share = report.largest_share.max(share.entries);
+            if share.entries >= share.limit {
+                report.at_share += 1;
+            }
+            self.shares.insert(id, share, 0).map_err(|source| CtError::Map {
+                map: names::POLICY_SHARES,
+                source,
+            })?;
+        }
+        Ok(report)
     }
 
     /// Deletes up to `max_deletes` dead conntrack entries: `CT_OUT` entries past

@@ -248,13 +248,27 @@ fn gc_pass(hygiene: &mut Hygiene, timeouts: &AffinityTimeouts) -> Result<(), cra
     let ct = hygiene.gc_conntrack(now, GC_MAX_DELETES)?;
     let timeouts = timeouts.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let affinity = hygiene.gc_affinity(now, &timeouts)?;
-    if ct.deleted + affinity.deleted > 0 {
+    let policy = hygiene.gc_policy(now, GC_MAX_DELETES)?;
+    if ct.deleted + affinity.deleted + policy.deleted > 0 {
         info!(
             ct_scanned = ct.scanned,
             ct_deleted = ct.deleted,
             ct_left_expired = ct.expired - ct.deleted,
             affinity_deleted = affinity.deleted,
+            policy_ct_live = policy.live,
+            policy_ct_deleted = policy.deleted,
             "conntrack GC"
+        );
+    }
+    let capacity = weir_common::maps::POLICY_CT_ENTRIES as usize;
+    if policy.at_share > 0 || policy.live * 4 > capacity * 3 {
+        warn!(
+            live = policy.live,
+            capacity,
+            endpoints_at_share = policy.at_share,
+            largest_share = policy.largest_share,
+            share = weir_common::maps::POLICY_SHARE,
+            "policy conntrack under pressure: endpoints at their share get their new datagram flows judged packet by packet"
         );
     }
     Ok(())

@@ -617,3 +617,165 @@ fn root_icmp_errors_pass_only_for_admitted_flows() {
     let drops = agent.weirctl(&["drops"]).to_string();
     assert!(drops.contains("ICMP error of no admitted flow"), "{drops}");
 }
+
+/// One pod opening datagram flows as fast as it can must not evict other
+/// pods' flows from the policy conntrack into being judged anew: a server
+/// isolated both ways keeps answering an idle UDP client and pushing to it,
+/// and keeps talking on a TCP connection opened before its policy existed.
+#[test]
+fn root_a_flood_of_new_flows_does_not_break_other_pods_flows() {
+    use std::{
+        io::{BufRead as _, BufReader, Write as _},
+        net::{TcpListener, TcpStream, UdpSocket},
+    };
+
+    use serde_json::json;
+
+    let dir = ManifestDir::new();
+    let mut node = Node::new("10.95.4.0/24");
+    let agent = node.start_agent_with_source(dir.path());
+    let pods: Vec<Pod> = ["server", "client", "flood", "sink"]
+        .iter()
+        .map(|n| node.add_pod(n))
+        .collect();
+    let (server, client, flood, sink) = (&pods[0], &pods[1], &pods[2], &pods[3]);
+    let mut objects = vec![json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ct"}})];
+    for pod in &pods {
+        objects.push(services::pod(
+            "ct",
+            &pod.spec.name,
+            json!({"app": pod.spec.name}),
+            node.name(),
+            &[pod.ipv4()],
+            json!([]),
+        ));
+    }
+    let flood_policy = json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "flood", "namespace": "ct"},
+        "spec": {"podSelector": {"matchLabels": {"app": "flood"}}, "policyTypes": ["Egress"],
+                 "egress": [{"to": [{"podSelector": {"matchLabels": {"app": "sink"}}}]}]},
+    });
+    objects.push(flood_policy);
+    dir.write("ct.yaml", &objects);
+
+    // A TCP connection opened while nothing isolates the server; the test
+    // holds both ends.
+    let server_ip = server.ipv4();
+    let tcp_listener = server
+        .ns
+        .run(move || TcpListener::bind(SocketAddr::new(server_ip, 8080)).expect("listen"));
+    let to_tcp = SocketAddr::new(server_ip, 8080);
+    let client_end = client
+        .ns
+        .run(move || TcpStream::connect(to_tcp).expect("connect"));
+    let (server_end, _) = tcp_listener.accept().expect("accept");
+    for end in [&client_end, &server_end] {
+        end.set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+    }
+    // A line from one end, read at the other.
+    let say = |from: &TcpStream, to: &TcpStream, what: &str| -> std::io::Result<String> {
+        let mut from = from;
+        from.write_all(format!("{what}\n").as_bytes())?;
+        let mut line = String::new();
+        BufReader::new(to.try_clone()?).read_line(&mut line)?;
+        Ok(line)
+    };
+    assert_eq!(
+        say(&client_end, &server_end, "hello").expect("before the policy"),
+        "hello\n"
+    );
+
+    // Now the server is isolated both ways: TCP 8080 and UDP 5300 in from the
+    // client, nothing out.
+    objects.push(json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "server", "namespace": "ct"},
+        "spec": {"podSelector": {"matchLabels": {"app": "server"}}, "policyTypes": ["Ingress", "Egress"],
+                 "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "client"}}}],
+                              "ports": [{"port": 8080}, {"port": 5300, "protocol": "UDP"}]}]},
+    }));
+    let before = synced(&agent);
+    dir.write("ct.yaml", &objects);
+    let start = Instant::now();
+    while synced(&agent) <= before {
+        assert!(start.elapsed() < Duration::from_secs(10), "policy never synced");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The server speaks first: its connection was opened before the policy,
+    // which would admit it, so it keeps talking.
+    assert_eq!(
+        say(&server_end, &client_end, "pushed")
+            .expect("the server's segment on a connection older than its policy"),
+        "pushed\n"
+    );
+
+    // An idle UDP conversation: the client asks once; the server answers, and
+    // later pushes to it unasked.
+    let udp_server = server
+        .ns
+        .run(move || UdpSocket::bind(SocketAddr::new(server_ip, 5300)).expect("bind"));
+    udp_server
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    let to_udp = SocketAddr::new(server_ip, 5300);
+    let udp_client = client.ns.run(move || {
+        let s = UdpSocket::bind("0.0.0.0:0").expect("bind");
+        s.connect(to_udp).expect("connect");
+        s
+    });
+    udp_client
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    udp_client.send(b"hello").expect("send");
+    let mut buf = [0u8; 64];
+    let (_, client_addr) = udp_server
+        .recv_from(&mut buf)
+        .expect("the server hears the client");
+    udp_server.send_to(b"answer", client_addr).expect("answer");
+    assert_eq!(udp_client.recv(&mut buf).expect("the answer arrives"), 6);
+
+    // The flood: more new datagram flows than the policy conntrack holds.
+    let sink_ip = sink.ipv4();
+    let flows = 2 * weir_common_policy_ct_entries();
+    flood.ns.run(move || {
+        let sockets: Vec<UdpSocket> = (0..flows.div_ceil(60_000))
+            .map(|_| UdpSocket::bind("0.0.0.0:0").expect("bind"))
+            .collect();
+        let mut sent = 0;
+        'all: for s in &sockets {
+            for port in 1024..61_024u16 {
+                // Twice: a flow seen more than once is what an LRU keeps longest.
+                let _ = s.send_to(b"x", SocketAddr::new(sink_ip, port));
+                let _ = s.send_to(b"x", SocketAddr::new(sink_ip, port));
+                sent += 1;
+                if sent >= flows {
+                    break 'all;
+                }
+            }
+        }
+    });
+
+    // The server pushes to its idle client, and the TCP connection still talks.
+    udp_server.send_to(b"pushed", client_addr).expect("push");
+    assert_eq!(
+        udp_client
+            .recv(&mut buf)
+            .expect("the server's push after the flood (its flow was evicted?)"),
+        6
+    );
+    assert_eq!(
+        say(&server_end, &client_end, "later").expect("the server's segment after the flood"),
+        "later\n"
+    );
+
+    // The flooding pod was held to its share; that is counted.
+    let metrics = agent.weirctl(&["metrics"]).to_string();
+    assert!(metrics.contains("not tracked"), "{metrics}");
+}
+
+fn weir_common_policy_ct_entries() -> usize {
+    // weir-common's POLICY_CT_ENTRIES (the lab does not link the ABI crate).
+    262_144
+}

@@ -11,7 +11,7 @@ use super::{
     DatapathError, PinLayout,
     maps::{
         self, Affinity, Backends, Conntrack, Endpoints, Ipcache, Maglev, Node, NodeIps, Policy,
-        PolicyEndpoints, RevNats, Services,
+        PolicyEndpoints, PolicyShares, RevNats, Services,
     },
     object::OBJECT,
 };
@@ -32,6 +32,7 @@ pub struct Datapath {
     pub policy_endpoints: PolicyEndpoints,
     pub ipcache: Ipcache,
     pub policy: Policy,
+    pub policy_shares: PolicyShares,
 }
 
 impl Datapath {
@@ -69,6 +70,7 @@ impl Datapath {
             policy_endpoints: take_map(&mut ebpf, maps::POLICY_ENDPOINTS.name)?,
             ipcache: take_map(&mut ebpf, maps::IPCACHE.name)?,
             policy: take_map(&mut ebpf, maps::POLICY.name)?,
+            policy_shares: take_map(&mut ebpf, maps::POLICY_SHARES.name)?,
             ebpf,
             pins,
         })

@@ -3,8 +3,8 @@
 use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, MapInfo, PerCpuArray, lpm_trie::Key};
 use weir_common::{
     AffinityKey, AffinityValue, Backend, CtKey, CtValue, EndpointInfo, EndpointKey, IpcacheKey, MaglevTable,
-    MetricValue, NodeAddrs, PolicyCtValue, PolicyEndpoint, PolicyKey, RevNat, Scratch, ServiceKey,
-    ServiceValue, SockRevKey, SockRevValue, maps as names,
+    MetricValue, NodeAddrs, PolicyCtValue, PolicyEndpoint, PolicyKey, PolicyShare, RevNat, Scratch,
+    ServiceKey, ServiceValue, SockRevKey, SockRevValue, maps as names,
 };
 
 use super::{DatapathError, PinLayout};
@@ -58,6 +58,8 @@ pub const IPCACHE: MapSpec = MapSpec::of::<Key<IpcacheKey>, u32>(names::IPCACHE,
 pub const POLICY: MapSpec = MapSpec::of::<Key<PolicyKey>, u32>(names::POLICY, names::POLICY_ENTRIES);
 pub const POLICY_CT: MapSpec =
     MapSpec::of::<CtKey, PolicyCtValue>(names::POLICY_CT, names::POLICY_CT_ENTRIES);
+pub const POLICY_SHARES: MapSpec =
+    MapSpec::of::<u32, PolicyShare>(names::POLICY_SHARES, names::ENDPOINTS_ENTRIES);
 /// A ring buffer: no key or value, its size in bytes as its entries.
 pub const EVENTS: MapSpec = MapSpec {
     name: names::EVENTS,
@@ -84,6 +86,7 @@ pub const ALL: &[MapSpec] = &[
     IPCACHE,
     POLICY,
     POLICY_CT,
+    POLICY_SHARES,
     EVENTS,
 ];
 
@@ -104,6 +107,7 @@ pub type Ipcache = LpmTrie<MapData, IpcacheKey, u32>;
 pub type Policy = LpmTrie<MapData, PolicyKey, u32>;
 /// An LRU hash in the kernel.
 pub type PolicyCt = HashMap<MapData, CtKey, PolicyCtValue>;
+pub type PolicyShares = HashMap<MapData, u32, PolicyShare>;
 
 /// Fails if a map is pinned at the spec's path with another shape; `Ok(false)`
 /// when nothing is pinned there yet.

@@ -18,13 +18,16 @@ use std::collections::BTreeMap;
 
 use aya::maps::{MapError, lpm_trie::Key};
 use tracing::warn;
-use weir_common::{EndpointKey, PolicyEndpoint, maps as names};
+use weir_common::{EndpointKey, PolicyEndpoint, PolicyShare, maps as names};
 use weir_model::{
     Model, Problem,
     policy::{DesiredPolicy, IpcacheEntry, PolicyEncoder, RuleKey, compile_node},
 };
 
 use super::{SharedDatapath, SyncError, is_not_found};
+
+/// `BPF_NOEXIST`: create only.
+const BPF_NOEXIST: u64 = 1;
 
 /// One write to one policy map.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -302,7 +305,20 @@ impl PolicyMaps for SharedDatapath {
         let result = match op {
             PolicyOp::PutRule(r) => dp.policy.insert(&Key::new(r.prefix_len, r.key), 1, 0),
             PolicyOp::PutIpcache(e, id) => dp.ipcache.insert(&Key::new(e.prefix_len, e.key), id, 0),
-            PolicyOp::PutEndpoint(k, v) => dp.policy_endpoints.insert(k, v, 0),
+            PolicyOp::PutEndpoint(k, v) => {
+                // Its share of the policy conntrack, from its first flow on (the
+                // GC recounts it from the map); kept if already there.
+                let share = PolicyShare {
+                    entries: 0,
+                    limit: names::POLICY_SHARE,
+                };
+                if let Err(e) = dp.policy_shares.insert(v.id, share, BPF_NOEXIST)
+                    && !matches!(&e, MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::EEXIST))
+                {
+                    warn!(endpoint = v.id, error = %e, "writing an endpoint's conntrack share: left to the GC");
+                }
+                dp.policy_endpoints.insert(k, v, 0)
+            }
             PolicyOp::DelEndpoint(k) => dp.policy_endpoints.remove(k),
             PolicyOp::DelIpcache(e) => dp.ipcache.remove(&Key::new(e.prefix_len, e.key)),
             PolicyOp::DelRule(r) => dp.policy.remove(&Key::new(r.prefix_len, r.key)),

@@ -54,6 +54,12 @@ pub mod maps {
     /// replies pay one lookup ([`crate::CtKey`] -> [`crate::PolicyCtValue`], LRU).
     pub const POLICY_CT: &str = "weir_polct_v1";
     pub const POLICY_CT_ENTRIES: u32 = 262_144;
+    /// Each isolated endpoint's share of [`POLICY_CT`] for flows other than TCP
+    /// (endpoint number -> [`crate::PolicyShare`]), so that one pod opening
+    /// datagram flows as fast as it can cannot evict everyone else's.
+    pub const POLICY_SHARES: &str = "weir_polshr_v1";
+    /// What one endpoint may hold of [`POLICY_CT`] in flows other than TCP.
+    pub const POLICY_SHARE: u32 = POLICY_CT_ENTRIES / 4;
     /// Policy drops as they happen ([`crate::DropEvent`]s in a ring buffer).
     pub const EVENTS: &str = "weir_events_v1";
     pub const EVENTS_BYTES: u32 = 256 * 1024;
@@ -152,6 +158,10 @@ pub enum Reason {
     /// An ICMP error to or from an isolated pod that quotes a packet of no flow
     /// its policies admitted: it would be a way out (a covert channel) or in.
     IcmpUnrelated = 11,
+    /// Not a drop: a new flow other than TCP, admitted but not recorded in the
+    /// policy conntrack, as its endpoint holds its whole share of it. Counted
+    /// beside the packet's own verdict, once per such flow judged.
+    Untracked = 12,
 }
 
 impl Reason {
@@ -169,6 +179,7 @@ impl Reason {
             9 => "denied by NetworkPolicy (egress)",
             10 => "source address not the pod's own (spoofed)",
             11 => "ICMP error of no admitted flow (NetworkPolicy)",
+            12 => "admitted, not tracked: endpoint at its policy conntrack share",
             _ => "unknown",
         }
     }
@@ -306,9 +317,25 @@ pub struct PolicyCtValue {
     pub expires_ns: u64,
     /// `PCT_F_*`.
     pub flags: u8,
-    pub _pad: [u8; 7],
+    pub _pad: [u8; 3],
+    /// The endpoint whose judgement created the entry, charged for it in
+    /// [`maps::POLICY_SHARES`] (0: none; entries of agents before it).
+    pub owner: u32,
 }
 const _: () = assert!(core::mem::size_of::<PolicyCtValue>() == 16);
+
+/// Value of [`maps::POLICY_SHARES`]: how many entries other than TCP an
+/// endpoint holds in [`maps::POLICY_CT`], and how many it may. The datapath
+/// counts up as it creates entries; the agent recounts from the map itself at
+/// every GC pass (entries expire and are evicted without telling anyone).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicyShare {
+    pub entries: u32,
+    /// 0: no limit.
+    pub limit: u32,
+}
+const _: () = assert!(core::mem::size_of::<PolicyShare>() == 8);
 
 /// The source pod's egress policy admitted the flow (or it is not isolated).
 pub const PCT_F_EGRESS: u8 = 1 << 0;
@@ -687,6 +714,8 @@ mod pod {
     unsafe impl aya::Pod for PolicyKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for PolicyCtValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for PolicyShare {}
     // SAFETY: as above.
     unsafe impl aya::Pod for DropEvent {}
 }

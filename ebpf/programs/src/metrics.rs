@@ -22,6 +22,18 @@ impl Action {
     }
 }
 
+/// Counts the packet under `reason` beside its verdict (which is counted too).
+#[inline(always)]
+pub fn note(ctx_len: u32, dir: Dir, reason: Reason) {
+    if let Some(slot) = METRICS.get_ptr_mut(metrics_index(dir, reason)) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU while we run.
+        unsafe {
+            (*slot).packets += 1;
+            (*slot).bytes += u64::from(ctx_len);
+        }
+    }
+}
+
 /// Counts the packet under its reason and turns the result into a TC verdict:
 /// `Ok(action)` returns its action, `Err(reason)` drops.
 #[inline(always)]

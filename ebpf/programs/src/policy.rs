@@ -6,6 +6,10 @@
 //! - `weir_polct_v1`: the flow's verdicts so far (one flag per side). A packet
 //!   of a flow admitted before, or a reply to one, passes on one or two lookups,
 //!   whatever the policies say about the reverse direction (policy is stateful).
+//!   Flows other than TCP count against their endpoint's share of it
+//!   (`weir_polshr_v1`): one pod's burst of new datagram flows cannot evict
+//!   everyone's. TCP needs no such bound: a connection whose entry was evicted
+//!   is recognised mid-stream and judged both ways (see [`judge`]).
 //! - a new flow: the peer's identity from the ipcache (LPM on its address), then
 //!   the endpoint's rules for that identity and for every peer (LPM on protocol
 //!   and port prefixes). Admitted: recorded in `weir_polct_v1`; denied: dropped,
@@ -29,14 +33,15 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use weir_common::{
-    CT_F_HAIRPIN, CtKey, DropEvent, EndpointKey, IDENTITY_ANY, IDENTITY_WORLD, IPCACHE_PREFIX_BITS,
-    IpcacheKey, PCT_F_CLOSING, PCT_F_EGRESS, PCT_F_INGRESS, POLICY_F_EGRESS, POLICY_F_INGRESS,
-    POLICY_PREFIX_FULL, PolicyCtValue, PolicyEndpoint, PolicyKey, Reason, maps,
+    CT_F_HAIRPIN, CtKey, Dir, DropEvent, EndpointKey, IDENTITY_ANY, IDENTITY_WORLD, IPCACHE_PREFIX_BITS,
+    IPPROTO_TCP, IpcacheKey, PCT_F_CLOSING, PCT_F_EGRESS, PCT_F_INGRESS, POLICY_F_EGRESS, POLICY_F_INGRESS,
+    POLICY_PREFIX_FULL, PolicyCtValue, PolicyEndpoint, PolicyKey, PolicyShare, Reason, maps,
 };
 
 use crate::{
     endpoints,
     lb::{ct, maps::NODE_IPS},
+    metrics,
     packet::{self, Family, Flow, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
@@ -52,6 +57,9 @@ static POLICY: LpmTrie<PolicyKey, u32> = LpmTrie::with_max_entries(maps::POLICY_
 
 #[map(name = "weir_polct_v1")]
 static POLICY_CT: LruHashMap<CtKey, PolicyCtValue> = LruHashMap::with_max_entries(maps::POLICY_CT_ENTRIES, 0);
+
+#[map(name = "weir_polshr_v1")]
+static POLICY_SHARES: HashMap<u32, PolicyShare> = HashMap::with_max_entries(maps::ENDPOINTS_ENTRIES, 0);
 
 #[map(name = "weir_events_v1")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(maps::EVENTS_BYTES, 0);
@@ -143,6 +151,13 @@ pub enum Origin {
 
 /// Judges a new flow of `ep` ([`known`] said [`Known::New`]), isolated or not
 /// on this side: looked up in the rules, recorded when admitted.
+///
+/// A TCP packet without SYN belongs to a connection already open (its entry
+/// was evicted from the table, or it was opened before the policy came): it
+/// passes if the connection could have been opened either way, judged by the
+/// same rules. So an evicted entry never breaks a connection, and nothing new
+/// gets through: a connection starts with a SYN, always judged as what it is,
+/// and a stray segment finds no socket to talk to.
 #[inline(always)]
 pub fn judge<F: Family>(
     key: &mut CtKey,
@@ -152,15 +167,10 @@ pub fn judge<F: Family>(
     origin: Origin,
     now: u64,
 ) -> Result<(), Reason> {
-    let isolated = ep.flags
-        & if side == Side::Egress {
-            POLICY_F_EGRESS
-        } else {
-            POLICY_F_INGRESS
-        };
-    if isolated != 0
+    if isolated(ep, side)
         && origin != Origin::Node
         && let Err(identity) = admits(flow, ep, side, origin)
+        && !(midstream(flow) && admits_reverse(flow, ep, side))
     {
         let reason = if side == Side::Egress {
             Reason::PolicyEgress
@@ -192,14 +202,80 @@ pub fn judge<F: Family>(
         refresh(v, flow, now);
         return Ok(());
     }
+    // Datagram flows count against the endpoint's share (TCP needs no entry to
+    // survive: see above). Past it, the flow is admitted all the same, but its
+    // packets are judged one by one.
+    if flow.proto != IPPROTO_TCP && !take_share(ep.id) {
+        let dir = if side == Side::Egress {
+            Dir::FromPod
+        } else {
+            Dir::ToPod
+        };
+        metrics::note(0, dir, Reason::Untracked);
+        return Ok(());
+    }
     let value = PolicyCtValue {
         expires_ns: now + ct::lifetime(flow, false) * NS,
         flags: flag,
-        _pad: [0; 7],
+        _pad: [0; 3],
+        owner: ep.id,
     };
     // A full table evicts its oldest entry (LRU): never a reason to drop.
     let _ = POLICY_CT.insert(&*key, &value, 0);
     Ok(())
+}
+
+#[inline(always)]
+fn isolated(ep: &PolicyEndpoint, side: Side) -> bool {
+    ep.flags
+        & if side == Side::Egress {
+            POLICY_F_EGRESS
+        } else {
+            POLICY_F_INGRESS
+        }
+        != 0
+}
+
+/// A TCP segment of a connection already open (not a SYN).
+#[inline(always)]
+fn midstream<F: Family>(flow: &Flow<F>) -> bool {
+    flow.proto == IPPROTO_TCP && flow.tcp_flags & TCP_SYN == 0
+}
+
+/// Whether `ep`'s rules would admit the flow the other way round: the peer
+/// reaching `ep` on its port (egress packets), `ep` reaching the peer on the
+/// peer's port (ingress packets). Both are `flow.sport`.
+#[inline(always)]
+fn admits_reverse<F: Family>(flow: &Flow<F>, ep: &PolicyEndpoint, side: Side) -> bool {
+    let (reverse, peer) = if side == Side::Egress {
+        (Side::Ingress, &flow.daddr)
+    } else {
+        (Side::Egress, &flow.saddr)
+    };
+    if !isolated(ep, reverse) || (reverse == Side::Egress && is_node_address::<F>(peer)) {
+        return true;
+    }
+    rule(ep, identity::<F>(peer), reverse, flow.proto, flow.sport)
+}
+
+/// Takes one entry of `ep`'s share; `false` when it holds the whole of it.
+#[inline(always)]
+fn take_share(ep: u32) -> bool {
+    let Some(share) = POLICY_SHARES.get_ptr_mut(&ep) else {
+        // Not counted (yet): the agent adds every isolated endpoint.
+        return true;
+    };
+    // SAFETY: a pointer into the map's value, valid for this run.
+    unsafe {
+        if (*share).limit != 0 && (*share).entries >= (*share).limit {
+            return false;
+        }
+        // Not atomic (the BPF target has no atomic add in Rust's core): CPUs
+        // counting at once may lose a count. The share is a bound on damage,
+        // not an exact quota, and the agent recounts it from the map anyway.
+        (*share).entries += 1;
+    }
+    true
 }
 
 /// Judges an ICMP error `outer` of the isolated endpoint `ep` (which sends it
@@ -251,25 +327,32 @@ fn admits<F: Family>(flow: &Flow<F>, ep: &PolicyEndpoint, side: Side, origin: Or
         return Ok(());
     }
     let identity = identity::<F>(peer);
+    if rule(ep, identity, side, flow.proto, flow.dport) {
+        Ok(())
+    } else {
+        Err(identity)
+    }
+}
+
+/// Whether a rule of `ep` admits `identity` (or every peer) on `side` for this
+/// protocol and port.
+#[inline(always)]
+fn rule(ep: &PolicyEndpoint, identity: u32, side: Side, proto: u8, port: u16) -> bool {
     let mut key = Key::new(
         POLICY_PREFIX_FULL,
         PolicyKey {
             endpoint: ep.id,
             identity,
-            egress: u8::from(egress),
-            proto: flow.proto,
-            port: flow.dport,
+            egress: u8::from(side == Side::Egress),
+            proto,
+            port,
         },
     );
     if POLICY.get(&key).is_some() {
-        return Ok(());
+        return true;
     }
     key.data.identity = IDENTITY_ANY;
-    if POLICY.get(&key).is_some() {
-        Ok(())
-    } else {
-        Err(identity)
-    }
+    POLICY.get(&key).is_some()
 }
 
 /// The identity of a peer address: the ipcache's longest matching prefix.
