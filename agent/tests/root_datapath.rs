@@ -98,3 +98,153 @@ fn root_incompatible_pinned_map_is_refused() {
         Ok(_) => panic!("an incompatible pinned map was reused"),
     }
 }
+
+/// `weirctl` reads whatever the maps hold (an older agent's layout, a bug's,
+/// a hostile writer's): every view of maps full of random bytes ends cleanly,
+/// never in a panic.
+#[test]
+fn root_weirctl_views_never_panic_on_any_map_content() {
+    use aya::maps::lpm_trie::Key;
+    use weir_common::{
+        AffinityKey, AffinityValue, Backend, CtKey, CtValue, EndpointInfo, EndpointKey, IpcacheKey,
+        MaglevTable, PolicyCtValue, PolicyEndpoint, PolicyKey, PolicyShare, RevNat, ServiceKey, ServiceValue,
+    };
+
+    require_root();
+    let root = TempRoot::new("garbage");
+    let mut dp = Datapath::load(root.pins()).expect("load");
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(7, |d| d.as_nanos() as u64)
+        | 1;
+    println!("seed {seed}");
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    /// A value of `T` made of random bytes (every such struct is integers only).
+    fn random<T: aya::Pod + Default>(next: &mut impl FnMut() -> u64) -> T {
+        let mut v = T::default();
+        // SAFETY: T is repr(C) integers and padding: any bytes are a valid T.
+        let bytes =
+            unsafe { std::slice::from_raw_parts_mut((&raw mut v).cast::<u8>(), std::mem::size_of::<T>()) };
+        for b in bytes {
+            *b = next() as u8;
+        }
+        v
+    }
+    for _ in 0..200 {
+        let mut key: ServiceKey = random(&mut next);
+        // Frontends and slots that agree on a key, so that views walk them.
+        key.slot = (next() % 4) as u16;
+        let _ = dp.services.insert(key, random::<ServiceValue>(&mut next), 0);
+        let _ = dp
+            .backends
+            .insert((next() % 64) as u32, random::<Backend>(&mut next), 0);
+        let _ = dp
+            .revnat
+            .insert((next() % 64) as u32, random::<RevNat>(&mut next), 0);
+        let _ = dp
+            .conntrack
+            .insert(random::<CtKey>(&mut next), random::<CtValue>(&mut next), 0);
+        let _ = dp.affinity.insert(
+            random::<AffinityKey>(&mut next),
+            random::<AffinityValue>(&mut next),
+            0,
+        );
+        let _ = dp.endpoints.insert(
+            random::<EndpointKey>(&mut next),
+            random::<EndpointInfo>(&mut next),
+            0,
+        );
+        let _ = dp.policy_endpoints.insert(
+            random::<EndpointKey>(&mut next),
+            random::<PolicyEndpoint>(&mut next),
+            0,
+        );
+        let _ = dp.ipcache.insert(
+            &Key::new((next() % 137) as u32, random::<IpcacheKey>(&mut next)),
+            next() as u32,
+            0,
+        );
+        let _ = dp.policy.insert(
+            &Key::new((next() % 97) as u32, random::<PolicyKey>(&mut next)),
+            next() as u32,
+            0,
+        );
+        let _ = dp
+            .policy_shares
+            .insert(next() as u32, random::<PolicyShare>(&mut next), 0);
+    }
+    // A frontend with thousands of backend slots, each a long address.
+    let mut head = ServiceValue {
+        count: 4000,
+        ..Default::default()
+    };
+    head.flags = next() as u32;
+    let _ = dp.services.insert(ServiceKey::default(), head, 0);
+    for slot in 1..=4000u16 {
+        let _ = dp.services.insert(
+            ServiceKey {
+                slot,
+                ..Default::default()
+            },
+            ServiceValue {
+                backend_id: u32::from(slot % 64),
+                ..Default::default()
+            },
+            0,
+        );
+    }
+    let _ = dp.maglev.insert(
+        (next() % 64) as u32,
+        MaglevTable([next() as u32; weir_common::MAGLEV_TABLE_SIZE]),
+        0,
+    );
+    let mut policy_ct: aya::maps::HashMap<_, CtKey, PolicyCtValue> =
+        maps::open_pinned(&root.pins(), &maps::POLICY_CT).expect("policy conntrack");
+    let mut metrics: aya::maps::PerCpuArray<_, weir_common::MetricValue> =
+        maps::open_pinned(&root.pins(), &maps::METRICS).expect("metrics");
+    for _ in 0..100 {
+        let _ = policy_ct.insert(random::<CtKey>(&mut next), random::<PolicyCtValue>(&mut next), 0);
+    }
+    let cpus = aya::util::nr_cpus().expect("cpus");
+    for slot in 0..64 {
+        let values: Vec<weir_common::MetricValue> = (0..cpus).map(|_| random(&mut next)).collect();
+        let _ = metrics.set(
+            slot * 16,
+            aya::maps::PerCpuValues::try_from(values).expect("per cpu"),
+            0,
+        );
+    }
+
+    let views = [
+        "endpoints",
+        "metrics",
+        "services",
+        "backends",
+        "conntrack",
+        "affinity",
+        "policy",
+        "ipcache",
+        "drops",
+    ];
+    for view in views {
+        for output in ["table", "json"] {
+            let out = Command::new(env!("CARGO_BIN_EXE_weirctl"))
+                .arg("--bpffs-root")
+                .arg(&root.0)
+                .args(["-o", output, view])
+                .output()
+                .expect("run weirctl");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                !stderr.contains("panicked"),
+                "weirctl -o {output} {view} panicked: {stderr}"
+            );
+            assert!(out.status.success(), "weirctl -o {output} {view}: {stderr}");
+        }
+    }
+}

@@ -26,7 +26,7 @@ fn members(pins: &PinLayout) -> Result<BTreeMap<u32, Vec<String>>, CtlError> {
             source,
         })?;
         let data = k.data();
-        let prefix = k.prefix_len() - IPCACHE_PREFIX_BITS;
+        let prefix = k.prefix_len().saturating_sub(IPCACHE_PREFIX_BITS);
         let addr = ip_text(data.addr, data.family);
         out.entry(id).or_default().push(format!("{addr}/{prefix}"));
     }
@@ -87,7 +87,7 @@ pub fn policy(pins: &PinLayout) -> Result<View, CtlError> {
             (proto(r.proto), "any".to_owned())
         } else {
             let first = u16::from_be(r.port);
-            let last = u32::from(first) + (1u32 << (POLICY_PREFIX_FULL - len)) - 1;
+            let last = u32::from(first) + (1u32 << POLICY_PREFIX_FULL.saturating_sub(len).min(16)) - 1;
             let ports = if last == u32::from(first) {
                 first.to_string()
             } else {

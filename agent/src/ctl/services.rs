@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 
 use serde_json::json;
 use weir_common::{
-    BACKEND_ACTIVE, BACKEND_TERMINATING, SCOPE_INTERNAL, SVC_F_AFFINITY, SVC_F_MAGLEV, ServiceKey,
-    ServiceValue, maps as names,
+    BACKEND_ACTIVE, BACKEND_TERMINATING, Backend, SCOPE_INTERNAL, SVC_F_AFFINITY, SVC_F_MAGLEV, ServiceKey,
+    maps as names,
 };
 
 use super::{CtlError, View, ip, open, proto, sock};
@@ -28,12 +28,45 @@ pub fn services(pins: &PinLayout) -> Result<View, CtlError> {
         })?;
         entries.insert(k, v);
     }
+    // Slots by frontend, and backends by id, read once: a view costs what the
+    // maps hold, whatever counts the frontends claim.
+    let mut slots_of: BTreeMap<ServiceKey, Vec<(u16, u32)>> = BTreeMap::new();
+    for (k, v) in entries.iter().filter(|(k, _)| k.slot != 0) {
+        slots_of
+            .entry(ServiceKey { slot: 0, ..*k })
+            .or_default()
+            .push((k.slot, v.backend_id));
+    }
+    let mut known = BTreeMap::new();
+    for entry in backends.iter() {
+        let (id, b) = entry.map_err(|source| CtlError::Map {
+            map: names::BACKENDS,
+            source,
+        })?;
+        known.insert(id, b);
+    }
     let mut json = Vec::new();
     let mut rows = Vec::new();
     for (key, head) in entries.iter().filter(|(k, _)| k.slot == 0) {
-        let slots: Vec<serde_json::Value> = (1..=head.count)
-            .map(|slot| slot_json(&entries, &backends, key, slot))
+        let present: Vec<(u16, u32)> = slots_of
+            .get(key)
+            .map(|s| {
+                s.iter()
+                    .copied()
+                    .filter(|(slot, _)| *slot <= head.count)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut slots: Vec<serde_json::Value> = present
+            .iter()
+            .map(|&(slot, id)| slot_json(&known, slot, id))
             .collect();
+        let missing = usize::from(head.count) - present.len();
+        if missing > 0 {
+            // The datapath would find no backend there (a sync in progress, or
+            // a map written by something else): said once, not slot by slot.
+            slots.push(json!({ "slot": null, "id": null, "address": null, "state": "missing-slot", "missing": missing }));
+        }
         let frontend = format!("{}/{}", sock(key.addr, key.family, key.port), proto(key.proto));
         let flags = flag_names(head.flags);
         // The datapath falls back to a random slot when a Maglev frontend has no
@@ -51,9 +84,10 @@ pub fn services(pins: &PinLayout) -> Result<View, CtlError> {
         } else {
             slots
                 .iter()
-                .map(|s| match s["state"].as_str() {
-                    Some("active") | None => s["address"].as_str().unwrap_or("?").to_owned(),
-                    Some(state) => format!("{}({state})", s["address"].as_str().unwrap_or("?")),
+                .map(|s| match (s["state"].as_str(), s["missing"].as_u64()) {
+                    (_, Some(n)) => format!("({n} slots missing)"),
+                    (Some("active") | None, _) => s["address"].as_str().unwrap_or("?").to_owned(),
+                    (Some(state), _) => format!("{}({state})", s["address"].as_str().unwrap_or("?")),
                 })
                 .collect::<Vec<_>>()
                 .join(" ")
@@ -99,25 +133,15 @@ pub fn services(pins: &PinLayout) -> Result<View, CtlError> {
     })
 }
 
-fn slot_json(
-    entries: &BTreeMap<ServiceKey, ServiceValue>,
-    backends: &Backends,
-    head: &ServiceKey,
-    slot: u16,
-) -> serde_json::Value {
-    let Some(value) = entries.get(&ServiceKey { slot, ..*head }) else {
-        return json!({ "slot": slot, "id": null, "address": null, "state": "missing-slot" });
-    };
-    match backends.get(&value.backend_id, 0) {
-        Ok(b) => json!({
+fn slot_json(backends: &BTreeMap<u32, Backend>, slot: u16, id: u32) -> serde_json::Value {
+    match backends.get(&id) {
+        Some(b) => json!({
             "slot": slot,
-            "id": value.backend_id,
+            "id": id,
             "address": sock(b.addr, b.family, b.port),
             "state": state_name(b.state),
         }),
-        Err(_) => {
-            json!({ "slot": slot, "id": value.backend_id, "address": null, "state": "missing-backend" })
-        }
+        None => json!({ "slot": slot, "id": id, "address": null, "state": "missing-backend" }),
     }
 }
 

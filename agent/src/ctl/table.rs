@@ -34,19 +34,23 @@ impl View {
             .map(|i| {
                 self.rows
                     .iter()
-                    .map(|r| r.get(i).map_or(0, String::len))
+                    .map(|r| r.get(i).map_or(0, |c| c.chars().count()))
                     .chain([self.columns[i].len()])
                     .max()
                     .unwrap_or(0)
             })
             .collect();
+        // Padded by hand: `format!("{c:<w$}")` panics once a width passes
+        // u16::MAX (a Service with thousands of backends has such a cell).
         let line = |cells: &[String]| {
-            let mut out = cells
-                .iter()
-                .zip(&widths)
-                .map(|(c, w)| format!("{c:<w$}"))
-                .collect::<Vec<_>>()
-                .join("  ");
+            let mut out = String::new();
+            for (i, (c, w)) in cells.iter().zip(&widths).enumerate() {
+                if i > 0 {
+                    out.push_str("  ");
+                }
+                out.push_str(c);
+                out.extend(std::iter::repeat_n(' ', w.saturating_sub(c.chars().count())));
+            }
             out.truncate(out.trim_end().len());
             out.push('\n');
             out
@@ -57,5 +61,32 @@ impl View {
             out.push_str(&line(row));
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn cells_of_any_width_render() {
+        let huge = "10.0.0.1:8080 ".repeat(10_000);
+        let view = View {
+            json: vec![json!({})],
+            columns: vec!["frontend", "backends", "flags"],
+            rows: vec![
+                vec!["10.96.0.1:80/TCP".into(), huge.clone(), "-".into()],
+                vec!["x".into(), "y".into(), "z".into()],
+            ],
+        };
+        let table = view.to_table();
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(lines[1].contains(huge.trim_end()));
+        // Columns line up: the third column starts at the same byte in each row.
+        let at = |line: &str, what: &str| line.find(what).expect(what);
+        assert_eq!(at(lines[0], "FLAGS"), at(lines[2], "z"));
     }
 }

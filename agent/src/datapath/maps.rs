@@ -161,9 +161,11 @@ pub fn sum_metrics(metrics: &Metrics) -> Result<Vec<(u32, MetricValue)>, Datapat
             name: METRICS.name,
             source,
         })?;
+        // Wrapping: counters wrap in the kernel too, and a view must not panic
+        // on whatever a map holds.
         let total = per_cpu.iter().fold(MetricValue::default(), |acc, v| MetricValue {
-            packets: acc.packets + v.packets,
-            bytes: acc.bytes + v.bytes,
+            packets: acc.packets.wrapping_add(v.packets),
+            bytes: acc.bytes.wrapping_add(v.bytes),
         });
         if total.packets != 0 {
             out.push((slot, total));
