@@ -97,36 +97,31 @@ pub fn bind(path: &Path) -> Result<UnixListener, ServerError> {
 }
 
 /// Serves requests until the listener fails.
-pub fn serve(listener: UnixListener, datapath: Arc<Mutex<Datapath>>) -> std::io::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async move {
-        listener.set_nonblocking(true)?;
-        let listener = tokio::net::UnixListener::from_std(listener)?;
-        let mut open = Connections::default();
-        let failures = Throttled::new("CNI requests failed");
-        loop {
-            let (stream, _) = match listener.accept().await {
-                Ok(conn) => conn,
-                Err(e) => {
-                    failures.warn(&e.to_string());
-                    // Out of file descriptors and the like: let some close.
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-            };
-            open.make_room();
-            let waiting = Arc::new(AtomicBool::new(true));
-            let (dp, flag, report) = (datapath.clone(), waiting.clone(), failures.clone());
-            let task = tokio::spawn(async move {
-                if let Err(e) = serve_one(stream, dp, &flag).await {
-                    report.warn(&e);
-                }
-            });
-            open.add(task.abort_handle(), waiting);
-        }
-    })
+pub async fn serve(listener: UnixListener, datapath: Arc<Mutex<Datapath>>) -> std::io::Result<()> {
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::UnixListener::from_std(listener)?;
+    let mut open = Connections::default();
+    let failures = Throttled::new("CNI requests failed");
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                failures.warn(&e.to_string());
+                // Out of file descriptors and the like: let some close.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        open.make_room();
+        let waiting = Arc::new(AtomicBool::new(true));
+        let (dp, flag, report) = (datapath.clone(), waiting.clone(), failures.clone());
+        let task = tokio::spawn(async move {
+            if let Err(e) = serve_one(stream, dp, &flag).await {
+                report.warn(&e);
+            }
+        });
+        open.add(task.abort_handle(), waiting);
+    }
 }
 
 /// The open connections, oldest first.

@@ -12,12 +12,16 @@
 //! - [`health`]: the `healthCheckNodePort` server (externalTrafficPolicy Local).
 //! - [`service_loop`]: the threads that run the three above.
 //! - [`ctl`]: `weirctl`'s views of the maps.
+//! - [`metrics`], [`http`]: the agent's Prometheus metrics and the endpoint
+//!   that serves them.
 
 pub mod cni_server;
 pub mod conntrack;
 pub mod ctl;
 pub mod datapath;
 pub mod health;
+pub mod http;
+pub mod metrics;
 pub mod node_net;
 pub mod service_loop;
 pub mod source;

@@ -18,6 +18,7 @@ use crate::{
     conntrack::{Hygiene, monotonic_ns},
     datapath::PinLayout,
     health::HealthServer,
+    metrics::Metrics,
     source::Source,
     sync::{PolicySyncer, SharedDatapath, SyncReport, Syncer},
 };
@@ -48,6 +49,7 @@ pub struct SyncLoop {
     pub hygiene: Option<Hygiene>,
     pub health: HealthServer,
     pub timeouts: AffinityTimeouts,
+    pub metrics: Arc<Metrics>,
 }
 
 impl SyncLoop {
@@ -69,7 +71,7 @@ impl SyncLoop {
             };
             match self.source.next(timeout) {
                 Ok(Some(changes)) => {
-                    report_problems(&changes.problems);
+                    self.report_problems(&changes.problems);
                     let start = Instant::now();
                     let model = self.source.model();
                     // The first compile is a full one: the maps may hold anything
@@ -79,7 +81,7 @@ impl SyncLoop {
                     } else {
                         self.compiler.update(model, &changes.objects)
                     };
-                    report_problems(&problems);
+                    self.report_problems(&problems);
                     let compile_ms = start.elapsed().as_secs_f64() * 1e3;
                     info!(
                         objects = model.len(),
@@ -122,9 +124,11 @@ impl SyncLoop {
     fn sync_policy(&mut self, recompile: bool) {
         let start = Instant::now();
         if recompile {
-            report_problems(&self.policy.compile(self.source.model()));
+            let problems = self.policy.compile(self.source.model());
+            self.report_problems(&problems);
         }
         let report = self.policy.apply(&mut self.maps);
+        self.count_failures(&report.failures);
         let desired = self.policy.desired();
         let ms = format!("{:.2}", start.elapsed().as_secs_f64() * 1e3);
         if report.failed == 0 {
@@ -153,6 +157,7 @@ impl SyncLoop {
     fn sync(&mut self, changed: Changed) -> Option<Changed> {
         let desired = self.compiler.desired();
         let report = self.syncer.apply(&mut self.maps, desired, &changed);
+        self.count_failures(&report.failures);
         let flushed = self.flush(&report);
         log_report(
             self.compiler.desired(),
@@ -179,14 +184,31 @@ impl SyncLoop {
     }
 }
 
-fn report_problems(problems: &[Problem]) {
-    for p in problems {
-        warn!(
-            origin = p.origin,
-            object = p.object.as_deref().unwrap_or("-"),
-            reason = %p.reason,
-            "object skipped"
-        );
+impl SyncLoop {
+    /// Logs each skipped object (bounded: see `Problem`'s display) and counts it
+    /// by kind.
+    fn report_problems(&self, problems: &[Problem]) {
+        for p in problems {
+            warn!(problem = %p, "object skipped");
+            let kind = p
+                .object
+                .as_deref()
+                .and_then(|o| o.split_once(' '))
+                .map_or("document", |(kind, _)| kind);
+            self.metrics.object_skipped(kind);
+        }
+    }
+
+    fn count_failures(&self, failures: &BTreeMap<(&'static str, String), u64>) {
+        for ((map, errno), n) in failures {
+            self.metrics
+                .map_write_failures
+                .get_or_create(&crate::metrics::MapFailureLabels {
+                    map: (*map).to_owned(),
+                    errno: errno.clone(),
+                })
+                .inc_by(*n);
+        }
     }
 }
 

@@ -13,6 +13,7 @@ use weir_agent::{
     cni_server,
     conntrack::Hygiene,
     datapath::{Datapath, PinLayout, pins::DEFAULT_ROOT},
+    metrics::Metrics,
     node_net::{self, NodeNet},
     service_loop::{self, SyncLoop},
     source::SourceSpec,
@@ -62,7 +63,25 @@ enum Command {
         /// where there is none).
         #[arg(long)]
         cgroup_root: Option<PathBuf>,
+        /// Where Prometheus metrics are served (`/metrics`); `off` to serve none.
+        #[arg(long, default_value = "0.0.0.0:9878", value_name = "ADDR:PORT|off")]
+        metrics_address: MetricsAddress,
     },
+}
+
+/// `--metrics-address`: an address to listen on, or `off`.
+#[derive(Clone, Debug)]
+struct MetricsAddress(Option<std::net::SocketAddr>);
+
+impl std::str::FromStr for MetricsAddress {
+    type Err = std::net::AddrParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "off" {
+            return Ok(Self(None));
+        }
+        s.parse().map(|a| Self(Some(a)))
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -83,6 +102,7 @@ fn main() -> anyhow::Result<()> {
             devices,
             nodeport_addresses,
             cgroup_root,
+            metrics_address,
         } => {
             let root = weir_agent::datapath::bpffs::resolve(&bpffs_root, true)?;
             let net =
@@ -95,6 +115,7 @@ fn main() -> anyhow::Result<()> {
                 source.as_ref(),
                 &net,
                 &cgroup,
+                metrics_address.0,
             )
         }
     }
@@ -107,7 +128,9 @@ fn run(
     source: Option<&SourceSpec>,
     net: &NodeNet,
     cgroup_root: &std::path::Path,
+    metrics_address: Option<std::net::SocketAddr>,
 ) -> anyhow::Result<()> {
+    let metrics = Metrics::new();
     let mut dp = Datapath::load(pins.clone())
         .with_context(|| format!("loading the datapath under {}", pins.root().display()))?;
     let adopted = dp.adopt_links().context("adopting pinned links")?;
@@ -143,12 +166,30 @@ fn run(
             node_ips: net.nodeport_addresses.clone(),
             ..NodeContext::new(node)
         };
-        start_services(context, &pins, spec, SharedDatapath(dp.clone()))?;
+        start_services(context, &pins, spec, SharedDatapath(dp.clone()), metrics.clone())?;
     }
-    // Bind last: a plugin that can connect finds a datapath ready to take its pod.
-    let listener = cni_server::bind(cni_socket)?;
-    info!(socket = %cni_socket.display(), "serving CNI registrations");
-    cni_server::serve(listener, dp).context("serving the CNI socket")
+    // The async edges (the CNI socket, the metrics endpoint) share one runtime
+    // on this thread; compiling and syncing have threads of their own.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(async move {
+        if let Some(addr) = metrics_address {
+            let metrics = metrics.clone();
+            tokio::spawn(async move {
+                if let Err(e) = weir_agent::http::serve(addr, metrics).await {
+                    tracing::error!(%addr, error = %e, "the metrics endpoint stopped");
+                }
+            });
+        }
+        // Bind last: a plugin that can connect finds a datapath ready to take its pod.
+        let listener = cni_server::bind(cni_socket)?;
+        info!(socket = %cni_socket.display(), "serving CNI registrations");
+        cni_server::serve(listener, dp)
+            .await
+            .context("serving the CNI socket")
+    })
 }
 
 /// Reads back what the service maps hold (never flushing them), then starts the
@@ -158,6 +199,7 @@ fn start_services(
     pins: &PinLayout,
     spec: &SourceSpec,
     maps: SharedDatapath,
+    metrics: Arc<Metrics>,
 ) -> anyhow::Result<()> {
     let syncer = Syncer::new(&maps).context("reading the service maps back")?;
     let policy = PolicySyncer::new(&node.node_name, &maps).context("reading the policy maps back")?;
@@ -185,6 +227,7 @@ fn start_services(
         hygiene,
         health: Default::default(),
         timeouts,
+        metrics,
     }
     .spawn()
     .context("spawning the sync thread")?;

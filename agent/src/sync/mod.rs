@@ -111,6 +111,8 @@ pub struct SyncReport {
     /// UDP/SCTP backends (address, port, protocol) that are gone: their conntrack
     /// entries should be flushed so that clients move on.
     pub gone_datagram_backends: Vec<Backend>,
+    /// Failed writes by map and errno name (`E2BIG`: full), for the metrics.
+    pub failures: BTreeMap<(&'static str, String), u64>,
     pub duration: Duration,
 }
 
@@ -282,9 +284,11 @@ impl Run<'_> {
             }
             Err(error) => {
                 self.report.failed += 1;
+                let errno = crate::metrics::errno_name(&error);
                 if self.report.failed <= LOGGED_FAILURES {
-                    warn!(map = op.map(), key = %op, %error, "map write failed; retried at the next sync");
+                    warn!(map = op.map(), key = %op, errno, %error, "map write failed; retried at the next sync");
                 }
+                *self.report.failures.entry((op.map(), errno)).or_default() += 1;
             }
         }
     }

@@ -94,6 +94,8 @@ pub struct PolicyReport {
     pub writes: usize,
     pub deletes: usize,
     pub failed: usize,
+    /// Failed writes by map and errno name, for the metrics.
+    pub failures: BTreeMap<(&'static str, String), u64>,
 }
 
 pub struct PolicySyncer {
@@ -235,9 +237,11 @@ impl PolicySyncer {
     fn apply_one(&mut self, maps: &mut impl PolicyMaps, op: PolicyOp, report: &mut PolicyReport) -> bool {
         if let Err(e) = maps.apply_policy(&op) {
             report.failed += 1;
+            let errno = crate::metrics::errno_name(&e);
             if report.failed <= 10 {
-                warn!(map = op.map(), op = ?op, error = %e, "policy map write failed; retrying at the next sync");
+                warn!(map = op.map(), op = ?op, errno, error = %e, "policy map write failed; retrying at the next sync");
             }
+            *report.failures.entry((op.map(), errno)).or_default() += 1;
             return false;
         }
         if op.is_delete() {

@@ -111,7 +111,11 @@ impl ServiceMaps for FakeMaps {
     fn apply(&mut self, op: &Op) -> Result<(), MapError> {
         self.writes += 1;
         if self.fail_every.is_some_and(|n| self.writes.is_multiple_of(n)) || self.fail_map == Some(op.map()) {
-            return Err(MapError::KeyNotFound);
+            // What a full map answers.
+            return Err(MapError::SyscallError(aya::sys::SyscallError {
+                call: "bpf_map_update_elem",
+                io_error: std::io::Error::from_raw_os_error(libc::E2BIG),
+            }));
         }
         let m = &mut self.maps;
         match op {
@@ -505,6 +509,13 @@ fn a_service_entry_waits_for_its_maglev_table() {
     ))));
     let report = syncer.apply(&mut maps, &desired);
     assert!(report.failed == 1 && report.deferred >= 1, "{report:?}");
+    // The failure is told by map and errno (the agent's metrics count it so).
+    assert_eq!(
+        report.failures.get(&(names::MAGLEV, "E2BIG".to_owned())),
+        Some(&1),
+        "{:?}",
+        report.failures
+    );
     let heads = |d: &DesiredServices| -> Vec<ServiceValue> {
         d.services
             .iter()

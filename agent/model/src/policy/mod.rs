@@ -450,7 +450,10 @@ fn resolve(
 }
 
 /// The ports of a rule; named ports resolved on `destination` (unresolvable:
-/// nothing).
+/// nothing). A port the API server would refuse (an unknown protocol, a number
+/// outside 1-65535, an `endPort` below `port`, past 65535 or beside a named or
+/// missing `port`) is reported, and the whole rule then admits nothing: the
+/// object could not have been created, so no part of it is guessed at.
 fn ports_of(
     ports: Option<&[NetworkPolicyPort]>,
     destination: Option<&PodView<'_>>,
@@ -462,27 +465,42 @@ fn ports_of(
     let mut out = Vec::new();
     for p in ports {
         let Some(proto) = Protocol::parse(p.protocol.as_deref()) else {
-            report(format!("protocol {:?} unknown", p.protocol));
-            continue;
+            report(format!(
+                "protocol {:?} unknown: the rule admits nothing",
+                p.protocol
+            ));
+            return PortMatch::Some(Vec::new());
         };
-        match &p.port {
-            None => out.push((proto, 1, u16::MAX)),
-            Some(IntOrString::Int(n)) => {
-                let Ok(lo) = u16::try_from(*n) else {
-                    report(format!("port {n} out of range"));
-                    continue;
+        let number = |n: i32| u16::try_from(n).ok().filter(|n| *n != 0);
+        match (&p.port, p.end_port) {
+            (None, None) => out.push((proto, 1, u16::MAX)),
+            (Some(IntOrString::Int(n)), end) => {
+                let Some(lo) = number(*n) else {
+                    report(format!("port {n} is outside 1-65535: the rule admits nothing"));
+                    return PortMatch::Some(Vec::new());
                 };
-                let hi = p
-                    .end_port
-                    .and_then(|e| u16::try_from(e).ok())
-                    .unwrap_or(lo)
-                    .max(lo);
+                let hi = match end.map(|e| (e, number(e))) {
+                    None => lo,
+                    Some((_, Some(hi))) if hi >= lo => hi,
+                    Some((e, _)) => {
+                        report(format!(
+                            "endPort {e} is below port {lo} or outside 1-65535: the rule admits nothing"
+                        ));
+                        return PortMatch::Some(Vec::new());
+                    }
+                };
                 out.push((proto, lo, hi));
             }
-            Some(IntOrString::String(name)) => {
+            (Some(IntOrString::String(name)), None) => {
                 if let Some(n) = destination.and_then(|d| named_port(d.pod, name, proto)) {
                     out.push((proto, n, n));
                 }
+            }
+            (port, Some(e)) => {
+                report(format!(
+                    "endPort {e} needs a numeric port, not {port:?}: the rule admits nothing"
+                ));
+                return PortMatch::Some(Vec::new());
             }
         }
     }
@@ -497,6 +515,14 @@ mod tests {
     /// Namespaces x and y (labelled `ns: x`, `ns: y`), pods a and b in each
     /// (`pod: a`, ...), each serving `serve-80` (80/TCP) and `serve-81` (81/UDP).
     fn cluster(policies: &str) -> PodPolicies {
+        let (compiled, problems) = cluster_with_problems(policies);
+        assert!(problems.is_empty(), "{problems:#?}");
+        encoding_agrees(&compiled);
+        compiled
+    }
+
+    /// [`cluster`], with the compiler's problems.
+    fn cluster_with_problems(policies: &str) -> (PodPolicies, Vec<Problem>) {
         let mut yaml = String::new();
         for (n, ns) in ["x", "y"].iter().enumerate() {
             yaml += &format!(
@@ -513,10 +539,7 @@ mod tests {
         yaml += policies;
         let (objects, problems) = parse_documents(&yaml, "test.yaml");
         assert!(problems.is_empty(), "{problems:#?}");
-        let (compiled, problems) = compile_policies(&Model::from_objects(objects));
-        assert!(problems.is_empty(), "{problems:#?}");
-        encoding_agrees(&compiled);
-        compiled
+        compile_policies(&Model::from_objects(objects))
     }
 
     /// The datapath encoding (all pods local) decides every flow between the
@@ -720,5 +743,39 @@ mod tests {
             "an unknown operator selects nothing"
         );
         assert!(selects(&LabelSelector::default(), &none), "empty selects all");
+    }
+
+    #[test]
+    fn ports_the_api_server_refuses_make_their_rule_admit_nothing() {
+        for bad in [
+            "{port: 90, endPort: 85}",
+            "{port: 90, endPort: 70000}",
+            "{port: 0}",
+            "{port: 70000}",
+            "{port: serve-80, endPort: 90}",
+            "{endPort: 90}",
+            "{port: 80, protocol: ICMP}",
+        ] {
+            // A good port beside the bad one opens nothing either.
+            let (compiled, problems) = cluster_with_problems(&policy(
+                "x",
+                &format!(
+                    "  podSelector: {{matchLabels: {{pod: a}}}}\n  ingress: [{{ports: [{{port: 81, protocol: UDP}}, {bad}]}}]\n"
+                ),
+            ));
+            assert_eq!(problems.len(), 1, "{bad}: {problems:?}");
+            assert!(
+                problems[0].to_string().contains("admits nothing"),
+                "{}",
+                problems[0]
+            );
+            let (a, b) = (ip("x/a"), ip("x/b"));
+            assert!(
+                !compiled.allows(b, a, Protocol::Udp, 81),
+                "{bad}: the rule still opened 81/UDP"
+            );
+            assert!(!compiled.allows(b, a, Protocol::Tcp, 90), "{bad}");
+            assert!(compiled.allows(a, b, Protocol::Tcp, 90), "x/b is not isolated");
+        }
     }
 }
