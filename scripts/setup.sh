@@ -41,6 +41,12 @@ if ! command -v bpf-linker >/dev/null && [ ! -x "$CARGO_HOME/bin/bpf-linker" ]; 
     LLVM_PREFIX=$PREFIX cargo +stable install bpf-linker --locked --no-default-features --features llvm-22 -q
 fi
 
+# cargo-fuzz, for scripts/fuzz.sh (libFuzzer through the nightly toolchain).
+if ! command -v cargo-fuzz >/dev/null && [ ! -x "$CARGO_HOME/bin/cargo-fuzz" ]; then
+    log "installing cargo-fuzz (about half a minute)"
+    cargo +stable install cargo-fuzz --locked -q
+fi
+
 # bpffs, where maps and links are pinned.
 mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
 # The lab routes between pods in the root namespace too.

@@ -10,3 +10,8 @@ bash scripts/setup.sh
 # built by agent/build.rs for its own target; see Cargo.toml).
 cargo build --bins --locked
 cargo test --locked "$@"
+# A short run of every fuzz target under libFuzzer (the tests above replayed
+# their corpora already); scripts/fuzz.sh runs them for longer.
+if [ $# -eq 0 ]; then
+    bash scripts/fuzz.sh --smoke
+fi

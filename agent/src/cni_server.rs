@@ -244,7 +244,15 @@ async fn serve_one(
 
 /// What the agent takes of a request before acting on it (the plugin checks the
 /// same; anyone else who reaches the socket is held to it too).
-fn validate(container_id: &str, ifnames: &[&str], ips: &[IpAddr]) -> Result<(), ServerError> {
+pub fn validate(request: &Request) -> Result<(), ServerError> {
+    let (container_id, ifnames, ips): (&str, Vec<&str>, &[IpAddr]) = match request {
+        Request::Add(ep) => (&ep.container_id, vec![&ep.ifname, &ep.host_ifname], &ep.ips),
+        Request::Del {
+            container_id,
+            ifname,
+            ips,
+        } => (container_id, vec![ifname], ips),
+    };
     if container_id.is_empty() || container_id.len() > MAX_CONTAINER_ID {
         return Err(ServerError::Invalid(format!(
             "container id of {} bytes (1 to {MAX_CONTAINER_ID})",
@@ -265,17 +273,14 @@ fn validate(container_id: &str, ifnames: &[&str], ips: &[IpAddr]) -> Result<(), 
 }
 
 pub fn handle(dp: &mut Datapath, request: &Request) -> Result<(), ServerError> {
+    validate(request)?;
     match request {
-        Request::Add(ep) => {
-            validate(&ep.container_id, &[&ep.ifname, &ep.host_ifname], &ep.ips)?;
-            add(dp, ep)
-        }
+        Request::Add(ep) => add(dp, ep),
         Request::Del {
             container_id,
             ifname,
             ips,
         } => {
-            validate(container_id, &[ifname], ips)?;
             let map = weir_common::maps::ENDPOINTS;
             let mut ifindexes = Vec::new();
             for ip in ips {

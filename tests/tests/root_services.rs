@@ -318,7 +318,9 @@ fn http_get(ns: &Netns, addr: &'static str, path: &'static str) -> String {
         write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("request");
         let mut out = String::new();
         s.read_to_string(&mut out).expect("response");
-        out.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or(out)
+        out.split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_owned())
+            .unwrap_or(out)
     })
 }
 
