@@ -15,6 +15,7 @@ pub mod netns;
 pub mod netpol;
 pub mod node;
 pub mod reachability;
+pub mod rng;
 pub mod services;
 pub mod tempdir;
 pub mod traffic;

@@ -187,17 +187,7 @@ fn root_agent_killed_mid_sync_loses_no_connection_and_converges_without_orphans(
 
     let probe = SocketAddr::new(PROBE_VIP.parse().expect("VIP"), 80);
     let load = ConnectionLoad::start(&client.ns, move |ns| ask_tcp(ns, probe).map(|_| ()));
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |d| d.as_nanos() as u64);
-    println!("seed {seed}");
-    let mut rng = seed | 1;
-    let mut next = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
+    let mut rng = weir_lab::rng::Rng::from_env();
     const KILLS: usize = 8;
     let mut in_sync = 0;
     for v in 1..=KILLS {
@@ -211,7 +201,7 @@ fn root_agent_killed_mid_sync_loses_no_connection_and_converges_without_orphans(
             std::thread::sleep(Duration::from_millis(5));
         }
         let synced = sync_ms(&agent.log_text()).len();
-        let at = span.mul_f64((next() % 600) as f64 / 1000.0);
+        let at = span.mul_f64(0.6 * rng.fraction());
         std::thread::sleep(at);
         let finished = sync_ms(&agent.log_text()).len() > synced;
         in_sync += usize::from(!finished);

@@ -176,24 +176,14 @@ fn root_adds_killed_at_random_points_leave_nothing_after_del_or_gc() {
     require_root();
     let node = Node::new("10.244.43.0/24");
     let span = add_duration(&node);
-    // A simple LCG: the seed is printed, so a failure can be replayed.
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |d| d.as_nanos() as u64);
-    println!("seed {seed}, ADD takes about {span:?}");
-    let mut rng = seed | 1;
-    let mut next = move || {
-        rng = rng
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        rng >> 33
-    };
+    println!("ADD takes about {span:?}");
+    let mut rng = weir_lab::rng::Rng::from_env();
     const N: usize = 64;
     let mut specs = Vec::new();
     let mut namespaces = Vec::new();
     for i in 0..N {
         let (ns, spec) = PodSpec::with_netns(&format!("k{i}"));
-        let at = span.mul_f64((next() % 1000) as f64 / 1000.0);
+        let at = span.mul_f64(rng.fraction());
         run_killed(&node.call("ADD", &spec), at);
         specs.push(spec);
         namespaces.push(ns);

@@ -1,24 +1,10 @@
 //! A short smoke of every fuzz target in every test run: its committed corpus,
-//! then random mutations of it (byte flips, cuts, splices), through the same
-//! checker libFuzzer drives (`scripts/fuzz.sh` runs the real thing). The
-//! datapath target needs root (it loads the programs): its test says so.
+//! then random mutations of it (byte flips, cuts, splices; `WEIR_TEST_SEED`
+//! replays a run), through the same checker libFuzzer drives
+//! (`scripts/fuzz.sh` runs the real thing). The datapath target needs root (it
+//! loads the programs): its test says so.
 
 use std::{path::PathBuf, time::Instant};
-
-/// The seed of the mutations, printed so that a failure can be replayed
-/// (`WEIR_FUZZ_SEED`).
-fn seed() -> u64 {
-    let seed = std::env::var("WEIR_FUZZ_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-        });
-    println!("WEIR_FUZZ_SEED={seed}");
-    seed | 1
-}
 
 fn corpus(target: &str) -> Vec<Vec<u8>> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -39,13 +25,8 @@ fn corpus(target: &str) -> Vec<Vec<u8>> {
 /// Every corpus entry, then `n` mutants of them, through `check`.
 fn smoke(target: &str, n: usize, mut check: impl FnMut(&[u8])) {
     let seeds = corpus(target);
-    let mut rng = seed();
-    let mut next = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
+    let mut rng = weir_lab::rng::Rng::from_env();
+    let mut next = move || rng.next();
     for s in &seeds {
         check(s);
     }
@@ -100,21 +81,8 @@ fn registration_smoke() {
 
 #[test]
 fn root_datapath_smoke() {
-    assert!(
-        nix_is_root(),
-        "this test runs the eBPF programs (BPF_PROG_TEST_RUN): run it as root"
-    );
+    weir_lab::require_root();
     let root = PathBuf::from(format!("/sys/fs/bpf/weir-fuzz-smoke-{}", std::process::id()));
     let mut dp = weir_fuzz::datapath::Datapath::new(root);
     smoke("datapath", 20_000, |data| dp.run(data));
-}
-
-fn nix_is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc_geteuid() == 0 }
-}
-
-unsafe extern "C" {
-    #[link_name = "geteuid"]
-    fn libc_geteuid() -> u32;
 }
