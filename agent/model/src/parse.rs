@@ -38,11 +38,62 @@ pub fn parse_documents(text: &str, origin: &str) -> (Vec<Object>, Vec<Problem>) 
 }
 
 /// Like [`parse_documents`], also counting the objects of kinds the model ignores.
+///
+/// A large file's documents are parsed and decoded on several threads (each
+/// with [`PARSE_STACK`]), their results kept in file order.
 pub fn parse_documents_detailed(text: &str, origin: &str) -> Parsed {
+    let docs = split_documents(text);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(4);
+    if text.len() < PARALLEL_ABOVE || docs.len() < 2 || threads < 2 {
+        return parse_all(docs, origin);
+    }
+    let per = docs.len().div_ceil(threads);
+    let mut chunks: Vec<Vec<RawDocument>> = Vec::new();
+    let mut docs = docs.into_iter().peekable();
+    while docs.peek().is_some() {
+        chunks.push(docs.by_ref().take(per).collect());
+    }
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = chunks
+            .into_iter()
+            .map(|chunk| {
+                std::thread::Builder::new()
+                    .stack_size(PARSE_STACK)
+                    .spawn_scoped(scope, move || parse_all(chunk, origin))
+            })
+            .collect();
+        let mut parsed = Parsed::default();
+        for handle in handles {
+            // A thread that cannot be spawned or that panicked: said, not lost.
+            let part = handle
+                .map_err(|e| e.to_string())
+                .and_then(|h| h.join().map_err(|_| "panicked".to_owned()));
+            match part {
+                Ok(part) => parsed.merge(part),
+                Err(e) => parsed.problems.push(Problem {
+                    origin: origin.to_owned(),
+                    object: None,
+                    reason: ProblemReason::Unusable(format!("a parsing thread failed: {e}")),
+                }),
+            }
+        }
+        parsed
+    })
+}
+
+/// Files larger than this are parsed on several threads.
+const PARALLEL_ABOVE: usize = 1 << 20;
+
+/// Parses and decodes documents in order.
+fn parse_all(docs: Vec<RawDocument>, origin: &str) -> Parsed {
     let mut parsed = Parsed::default();
-    for doc in split_documents(text) {
+    for doc in docs {
         let at = format!("{origin}:{}", doc.line);
-        match doc.value {
+        let values = match doc.text {
+            RawText::Json(values) => Ok(values),
+            RawText::Yaml(text) => parse_yaml(&text),
+        };
+        match values {
             Ok(values) => {
                 for value in values {
                     parsed.add_document(value, &at);
@@ -58,11 +109,17 @@ pub fn parse_documents_detailed(text: &str, origin: &str) -> Parsed {
     parsed
 }
 
-struct Document {
+/// A document as split from its file, before its YAML is parsed.
+struct RawDocument {
     /// 1-based line where the document starts.
     line: usize,
-    /// The document's values: one for YAML; several for a JSON stream or array.
-    value: Result<Vec<Value>, String>,
+    text: RawText,
+}
+
+enum RawText {
+    /// The whole file was JSON: its values (one, a stream, an array's items).
+    Json(Vec<Value>),
+    Yaml(String),
 }
 
 /// Splits a file into documents: the YAML documents of the stream, or the whole
@@ -77,16 +134,16 @@ struct Document {
 /// ends a parser's stream for good, and one bad document must not hide the
 /// rest. A `---` at column 0 always starts a document in YAML (it cannot occur
 /// inside a scalar), so splitting on lines is exact.
-fn split_documents(text: &str) -> Vec<Document> {
+fn split_documents(text: &str) -> Vec<RawDocument> {
     let trimmed = text.trim_start();
     if (trimmed.starts_with('{') || trimmed.starts_with('['))
         && let Ok(values) = parse_json(trimmed)
     {
         let offset = text.len() - trimmed.len();
         let line = text[..offset].matches('\n').count() + 1;
-        return vec![Document {
+        return vec![RawDocument {
             line,
-            value: Ok(values),
+            text: RawText::Json(values),
         }];
     }
     let mut docs = Vec::new();
@@ -95,11 +152,10 @@ fn split_documents(text: &str) -> Vec<Document> {
     for (index, line) in text.lines().enumerate() {
         let separator = line == "---" || line.starts_with("--- ") || line.starts_with("---\t");
         if separator || line == "..." {
-            docs.push(Document {
+            docs.push(RawDocument {
                 line: start_line,
-                value: parse_yaml(&current),
+                text: RawText::Yaml(std::mem::take(&mut current)),
             });
-            current.clear();
             start_line = index + 2;
             // `--- {inline: document}` carries content after the marker.
             if let Some(rest) = line.strip_prefix("---")
@@ -115,9 +171,9 @@ fn split_documents(text: &str) -> Vec<Document> {
             current.push('\n');
         }
     }
-    docs.push(Document {
+    docs.push(RawDocument {
         line: start_line,
-        value: parse_yaml(&current),
+        text: RawText::Yaml(current),
     });
     docs
 }
@@ -171,6 +227,15 @@ fn parse_json(text: &str) -> Result<Vec<Value>, String> {
 }
 
 impl Parsed {
+    /// Appends what a later part of the same file gave.
+    fn merge(&mut self, other: Parsed) {
+        self.objects.extend(other.objects);
+        self.problems.extend(other.problems);
+        for (kind, n) in other.skipped {
+            *self.skipped.entry(kind).or_default() += n;
+        }
+    }
+
     fn add_document(&mut self, value: Value, origin: &str) {
         match decode(value) {
             Decoded::Object(object) => self.objects.push(object),
@@ -554,5 +619,37 @@ subsets:
             );
             assert!(problems[0].to_string().len() < 2048, "{}", problems[0]);
         }
+    }
+
+    #[test]
+    fn a_large_file_parsed_on_several_threads_keeps_file_order() {
+        let doc = |i: usize| {
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: s{i}, namespace: default, labels: {{pad: '{}'}}}}\nspec: {{clusterIP: 10.96.{}.{}, ports: [{{port: 80}}]}}\n",
+                "x".repeat(400),
+                i / 250,
+                i % 250 + 1
+            )
+        };
+        let mut text = String::new();
+        for i in 0..3000 {
+            text += &if i == 1500 {
+                "kind: [broken\n".to_owned()
+            } else {
+                doc(i)
+            };
+            text += "---\n";
+        }
+        assert!(text.len() > PARALLEL_ABOVE);
+        let parsed = parse_documents_detailed(&text, "big.yaml");
+        let names: Vec<String> = parsed.objects.iter().map(|o| o.key().name).collect();
+        let want: Vec<String> = (0..3000)
+            .filter(|i| *i != 1500)
+            .map(|i| format!("s{i}"))
+            .collect();
+        assert_eq!(names, want);
+        assert_eq!(parsed.problems.len(), 1, "{:?}", parsed.problems);
+        // Each document is 5 lines: the broken one starts on line 1 + 1500 * 5.
+        assert_eq!(parsed.problems[0].origin, "big.yaml:7501");
     }
 }
