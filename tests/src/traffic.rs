@@ -140,8 +140,8 @@ impl ConnectionLoad {
     }
 
     /// Stops the client and asserts that no connection failed, and that there
-    /// were enough of them to prove anything.
-    pub fn stop_and_assert_none_failed(self, what: &str) {
+    /// were enough of them to prove anything; how many there were.
+    pub fn stop_and_assert_none_failed(self, what: &str) -> u32 {
         self.stop.store(true, Ordering::Relaxed);
         let (ok, failed) = self.thread.join().expect("load thread");
         assert!(
@@ -152,5 +152,6 @@ impl ConnectionLoad {
             &failed[..failed.len().min(3)]
         );
         assert!(ok > 20, "too few connections {what} to prove anything: {ok}");
+        ok
     }
 }

@@ -191,7 +191,9 @@ fn root_hostile_clients_of_the_cni_socket_do_not_block_registrations() {
     // Pods keep coming and going meanwhile: each ADD registers (weir-cni gives
     // up after 10 s with code 11: before, the first idle client blocked all).
     for i in 0..5 {
+        let start = std::time::Instant::now();
         let pod = node.add_pod(&format!("p{i}"));
+        println!("ADD under attack: {:?}", start.elapsed());
         node.del_pod(&pod).ok();
     }
     huge.join().expect("huge client");

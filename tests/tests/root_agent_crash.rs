@@ -256,7 +256,8 @@ fn root_agent_killed_mid_sync_loses_no_connection_and_converges_without_orphans(
         );
         std::thread::sleep(Duration::from_millis(500));
     }
-    load.stop_and_assert_none_failed("while the agent was killed mid-sync");
+    let ok = load.stop_and_assert_none_failed("while the agent was killed mid-sync");
+    println!("{ok} connections through the probe Service, none failed");
 }
 
 /// How many times the agent has logged a compile of the model.
