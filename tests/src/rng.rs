@@ -19,7 +19,7 @@ impl Rng {
         Self(seed | 1)
     }
 
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
@@ -28,6 +28,6 @@ impl Rng {
 
     /// A fraction in [0, 1) in thousandths.
     pub fn fraction(&mut self) -> f64 {
-        (self.next() % 1000) as f64 / 1000.0
+        (self.next_u64() % 1000) as f64 / 1000.0
     }
 }

@@ -28,7 +28,7 @@ const PROBE_VIP: &str = "10.96.0.10";
 /// and 10,000 others whose endpoints (addresses nobody answers at) move with
 /// every version.
 fn cluster(v: usize, node: &str, a: IpAddr, b: IpAddr) -> Vec<Value> {
-    let probe_eps = if v % 2 == 0 {
+    let probe_eps = if v.is_multiple_of(2) {
         vec![Ep::ready(a)]
     } else {
         vec![Ep::ready(a), Ep::ready(b)]
@@ -128,15 +128,16 @@ fn orphans(
     out
 }
 
-/// Reads the service maps whole.
-fn read_maps(
-    pins: &PinLayout,
-) -> (
+/// The service maps, read whole: services, backends, reverse NAT, Maglev ids.
+type ServiceMaps = (
     BTreeMap<ServiceKey, ServiceValue>,
     BTreeMap<u32, Backend>,
     BTreeMap<u32, RevNat>,
     BTreeSet<u32>,
-) {
+);
+
+/// Reads the service maps whole.
+fn read_maps(pins: &PinLayout) -> ServiceMaps {
     let services: aya::maps::HashMap<_, ServiceKey, ServiceValue> =
         maps::open_pinned(pins, &maps::SERVICES).expect("services");
     let backends: aya::maps::HashMap<_, u32, Backend> =

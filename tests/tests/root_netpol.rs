@@ -560,10 +560,10 @@ fn root_icmp_errors_pass_only_for_admitted_flows() {
             let mut buf = [0u8; 16];
             for _ in 0..3 {
                 let _ = sock.send(b"anyone?");
-                if let Err(e) = sock.recv(&mut buf) {
-                    if e.kind() == std::io::ErrorKind::ConnectionRefused {
-                        return true;
-                    }
+                if let Err(e) = sock.recv(&mut buf)
+                    && e.kind() == std::io::ErrorKind::ConnectionRefused
+                {
+                    return true;
                 }
             }
             false

@@ -281,9 +281,12 @@ impl Datapath {
     }
 }
 
-/// Family, addresses (the maps' form), protocol and L4 offset of an IPv4
-/// frame without options or an IPv6 frame, read at fixed offsets.
-fn tuple(frame: &[u8]) -> Option<(u8, [u8; 16], [u8; 16], u8, usize)> {
+/// Family, addresses (the maps' form), protocol and L4 offset.
+type Tuple = (u8, [u8; 16], [u8; 16], u8, usize);
+
+/// The [`Tuple`] of an IPv4 frame without options or an IPv6 frame, read at
+/// fixed offsets.
+fn tuple(frame: &[u8]) -> Option<Tuple> {
     match frame.get(12..14)? {
         [0x08, 0x00] if frame.get(14)? & 0x0f == 5 && frame.len() >= 34 => {
             let a = |at: usize| wide([frame[at], frame[at + 1], frame[at + 2], frame[at + 3]]);

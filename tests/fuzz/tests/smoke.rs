@@ -26,7 +26,7 @@ fn corpus(target: &str) -> Vec<Vec<u8>> {
 fn smoke(target: &str, n: usize, mut check: impl FnMut(&[u8])) {
     let seeds = corpus(target);
     let mut rng = weir_lab::rng::Rng::from_env();
-    let mut next = move || rng.next();
+    let mut next = move || rng.next_u64();
     for s in &seeds {
         check(s);
     }
