@@ -7,7 +7,7 @@ use std::sync::Arc;
 use aya::maps::MapError;
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
-    metrics::{counter::Counter, family::Family},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
 
@@ -31,6 +31,13 @@ pub struct Metrics {
     /// Objects (or documents) skipped as invalid, by kind (`document` when the
     /// kind is unknown).
     pub objects_skipped: Family<KindLabels, Counter>,
+    /// The policy conntrack: live entries, of its capacity, at the last GC pass.
+    pub policy_ct_entries: Gauge,
+    pub policy_ct_capacity: Gauge,
+    /// Isolated endpoints at their share of the policy conntrack (their new
+    /// datagram flows are judged packet by packet), and the largest share held.
+    pub policy_ct_at_share: Gauge,
+    pub policy_ct_largest_share: Gauge,
 }
 
 impl Metrics {
@@ -48,10 +55,40 @@ impl Metrics {
             "Kubernetes objects or documents skipped as invalid, by kind",
             objects_skipped.clone(),
         );
+        let gauge = |registry: &mut Registry, name: &str, help: &str| {
+            let g = Gauge::default();
+            registry.register(name, help, g.clone());
+            g
+        };
+        let policy_ct_entries = gauge(
+            &mut registry,
+            "policy_conntrack_entries",
+            "Live entries of the policy conntrack at the last GC pass",
+        );
+        let policy_ct_capacity = gauge(
+            &mut registry,
+            "policy_conntrack_capacity",
+            "Entries the policy conntrack holds at most",
+        );
+        policy_ct_capacity.set(i64::from(weir_common::maps::POLICY_CT_ENTRIES));
+        let policy_ct_at_share = gauge(
+            &mut registry,
+            "policy_conntrack_endpoints_at_share",
+            "Isolated endpoints holding their whole share of the policy conntrack (their new datagram flows go untracked)",
+        );
+        let policy_ct_largest_share = gauge(
+            &mut registry,
+            "policy_conntrack_largest_share",
+            "The most datagram-flow entries one endpoint holds in the policy conntrack",
+        );
         Arc::new(Self {
             registry,
             map_write_failures,
             objects_skipped,
+            policy_ct_entries,
+            policy_ct_capacity,
+            policy_ct_at_share,
+            policy_ct_largest_share,
         })
     }
 

@@ -244,7 +244,11 @@ fn log_report(desired: &DesiredServices, report: &SyncReport, flushed: usize, fa
 }
 
 /// Spawns the GC loop on its own map handles.
-pub fn spawn_gc(pins: &PinLayout, timeouts: AffinityTimeouts) -> std::io::Result<JoinHandle<()>> {
+pub fn spawn_gc(
+    pins: &PinLayout,
+    timeouts: AffinityTimeouts,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<JoinHandle<()>> {
     let pins = pins.clone();
     std::thread::Builder::new()
         .name("weir-ct-gc".into())
@@ -258,19 +262,28 @@ pub fn spawn_gc(pins: &PinLayout, timeouts: AffinityTimeouts) -> std::io::Result
             };
             loop {
                 std::thread::sleep(GC_EVERY);
-                if let Err(e) = gc_pass(&mut hygiene, &timeouts) {
+                if let Err(e) = gc_pass(&mut hygiene, &timeouts, &metrics) {
                     warn!(error = %e, "conntrack GC pass failed; next pass in {GC_EVERY:?}");
                 }
             }
         })
 }
 
-fn gc_pass(hygiene: &mut Hygiene, timeouts: &AffinityTimeouts) -> Result<(), crate::conntrack::CtError> {
+fn gc_pass(
+    hygiene: &mut Hygiene,
+    timeouts: &AffinityTimeouts,
+    metrics: &Metrics,
+) -> Result<(), crate::conntrack::CtError> {
     let now = monotonic_ns()?;
     let ct = hygiene.gc_conntrack(now, GC_MAX_DELETES)?;
     let timeouts = timeouts.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let affinity = hygiene.gc_affinity(now, &timeouts)?;
     let policy = hygiene.gc_policy(now, GC_MAX_DELETES)?;
+    metrics.policy_ct_entries.set(policy.live as i64);
+    metrics.policy_ct_at_share.set(policy.at_share as i64);
+    metrics
+        .policy_ct_largest_share
+        .set(i64::from(policy.largest_share));
     if ct.deleted + affinity.deleted + policy.deleted > 0 {
         info!(
             ct_scanned = ct.scanned,

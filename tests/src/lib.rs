@@ -46,6 +46,20 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}{}x{n}", std::process::id() % 100_000)
 }
 
+/// A plain HTTP GET from inside `ns` (`addr` as `ip:port`): the response's body.
+pub fn http_get(ns: &Netns, addr: &'static str, path: &'static str) -> String {
+    ns.run(move || {
+        use std::io::{Read as _, Write as _};
+        let mut s = std::net::TcpStream::connect(addr).expect("connect");
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("request");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("response");
+        out.split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_owned())
+            .unwrap_or(out)
+    })
+}
+
 /// Whether link `name` exists in `ns`.
 pub fn link_exists(ns: &Netns, name: &str) -> bool {
     ns.exec(&["ip", "link", "show", name]).status.success()

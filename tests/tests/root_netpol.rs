@@ -781,6 +781,22 @@ fn root_a_flood_of_new_flows_does_not_break_other_pods_flows() {
         .sum();
     println!("{flows} flows sent twice each; {untracked} judgements of the flooder's flows left untracked");
     assert!(untracked > 0, "{metrics}");
+    // And the agent's GC says so on its metrics endpoint (a pass every 5 s).
+    let start = Instant::now();
+    loop {
+        let text = weir_lab::http_get(&node.ns, "127.0.0.1:9878", "/metrics");
+        if text
+            .lines()
+            .any(|l| l == "weir_policy_conntrack_endpoints_at_share 1")
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "no pressure on /metrics:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 fn weir_common_policy_ct_entries() -> usize {

@@ -301,27 +301,13 @@ fn root_invalid_service_is_reported_and_skipped() {
         "the unparsable file is not reported:\n{log}"
     );
     // And counted, by kind, on the agent's metrics endpoint.
-    let metrics = http_get(&lab.node.ns, "127.0.0.1:9878", "/metrics");
+    let metrics = weir_lab::http_get(&lab.node.ns, "127.0.0.1:9878", "/metrics");
     for line in [
         r#"weir_objects_skipped_total{kind="Service"} 1"#,
         r#"weir_objects_skipped_total{kind="document"} 1"#,
     ] {
         assert!(metrics.lines().any(|l| l == line), "no `{line}` in:\n{metrics}");
     }
-}
-
-/// A plain HTTP GET from inside `ns`: the response's body.
-fn http_get(ns: &Netns, addr: &'static str, path: &'static str) -> String {
-    ns.run(move || {
-        use std::io::{Read as _, Write as _};
-        let mut s = std::net::TcpStream::connect(addr).expect("connect");
-        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("request");
-        let mut out = String::new();
-        s.read_to_string(&mut out).expect("response");
-        out.split_once("\r\n\r\n")
-            .map(|(_, body)| body.to_owned())
-            .unwrap_or(out)
-    })
 }
 
 #[test]

@@ -217,7 +217,8 @@ fn start_services(
         .inspect_err(|e| tracing::warn!(error = %e, "UDP conntrack flush disabled"))
         .ok();
     let timeouts = service_loop::AffinityTimeouts::default();
-    service_loop::spawn_gc(pins, timeouts.clone()).context("spawning the conntrack GC thread")?;
+    service_loop::spawn_gc(pins, timeouts.clone(), metrics.clone())
+        .context("spawning the conntrack GC thread")?;
     SyncLoop {
         source,
         maps,
