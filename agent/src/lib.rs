@@ -3,9 +3,12 @@
 //! - [`datapath`]: the thin kernel-facing layer: load the eBPF object, pin maps and
 //!   links under one root, attach programs to pod veths, typed map handles.
 //! - [`node_net`]: the node's devices and addresses (where NodePorts are served).
+//! - [`node`]: this node's Node object: pod CIDRs for the CNI configuration
+//!   ([`cni_conf`]), addresses for NodePorts.
+//! - [`status`]: alive, ready, and kube-proxy's health contract.
 //! - [`cni_server`]: the unix socket on which `weir-cni` registers pods, so that a
 //!   pod's datapath is in force before `ADD` returns.
-//! - [`source`]: where the cluster model comes from (`dir:PATH`; the API later).
+//! - [`source`]: where the cluster model comes from (the API server, or `dir:PATH`).
 //! - [`sync`]: compile the model and write only the difference to the maps, in an
 //!   order that keeps the datapath consistent.
 //! - [`conntrack`]: conntrack/affinity GC and the UDP flush of removed backends.
@@ -15,6 +18,7 @@
 //! - [`metrics`], [`http`]: the agent's Prometheus metrics and the endpoint
 //!   that serves them.
 
+pub mod cni_conf;
 pub mod cni_server;
 pub mod conntrack;
 pub mod ctl;
@@ -22,7 +26,9 @@ pub mod datapath;
 pub mod health;
 pub mod http;
 pub mod metrics;
+pub mod node;
 pub mod node_net;
 pub mod service_loop;
 pub mod source;
+pub mod status;
 pub mod sync;

@@ -19,7 +19,9 @@ use crate::{
     datapath::PinLayout,
     health::HealthServer,
     metrics::Metrics,
+    node::NodeWatch,
     source::Source,
+    status::Status,
     sync::{PolicySyncer, SharedDatapath, SyncReport, Syncer},
 };
 
@@ -35,6 +37,9 @@ const GC_MAX_DELETES: usize = 65_536;
 
 /// The kinds NetworkPolicy enforcement depends on.
 const POLICY_INPUTS: [Kind; 3] = [Kind::Pod, Kind::Namespace, Kind::NetworkPolicy];
+/// The kinds the service maps depend on (in a cluster; a directory's stand-ins
+/// read Pods and Endpoints too, and a directory is listed whole at once).
+const SERVICE_INPUTS: [Kind; 2] = [Kind::Service, Kind::EndpointSlice];
 
 /// Frontend affinity timeouts, published by the sync loop for the GC loop.
 pub type AffinityTimeouts = Arc<Mutex<BTreeMap<u32, u32>>>;
@@ -50,6 +55,10 @@ pub struct SyncLoop {
     pub health: HealthServer,
     pub timeouts: AffinityTimeouts,
     pub metrics: Arc<Metrics>,
+    pub status: Status,
+    /// This node's Node object: pod CIDRs for the CNI configuration, addresses
+    /// for NodePorts.
+    pub node: NodeWatch,
 }
 
 impl SyncLoop {
@@ -62,9 +71,13 @@ impl SyncLoop {
     fn run(mut self) {
         // What a sync left unfinished, to be covered by the next one.
         let mut pending: Option<Changed> = None;
-        let mut first = true;
+        // The first compile of each kind of map is a full one: the maps may
+        // hold anything an earlier agent left. None happens before the kinds
+        // it reads are listed whole: until then the maps keep what they hold.
+        let mut services_compiled = false;
         loop {
-            let timeout = if pending.is_some() || !self.policy.in_sync() {
+            self.status.heartbeat();
+            let timeout = if pending.is_some() || !self.policy.in_sync() || !self.node.settled() {
                 RETRY
             } else {
                 IDLE
@@ -72,37 +85,50 @@ impl SyncLoop {
             match self.source.next(timeout) {
                 Ok(Some(changes)) => {
                     self.report_problems(&changes.problems);
-                    let start = Instant::now();
-                    let model = self.source.model();
-                    // The first compile is a full one: the maps may hold anything
-                    // an earlier agent left.
-                    let (changed, problems) = if std::mem::take(&mut first) {
-                        (Changed::All, self.compiler.compile_all(model))
-                    } else {
-                        self.compiler.update(model, &changes.objects)
-                    };
-                    self.report_problems(&problems);
-                    let compile_ms = start.elapsed().as_secs_f64() * 1e3;
-                    info!(
-                        objects = model.len(),
-                        changed = changes.objects.len(),
-                        full = changed == Changed::All,
-                        problems = changes.problems.len() + problems.len(),
-                        compile_ms = format!("{compile_ms:.2}"),
-                        "model compiled"
-                    );
-                    let changed = match pending.take() {
-                        Some(earlier) => earlier.merge(changed),
-                        None => changed,
-                    };
+                    self.report_source();
+                    if !changes.objects.is_empty() {
+                        self.status.change_pending();
+                    }
+                    if self.node.update(self.source.model(), &changes.objects, &self.status)
+                        && let Some(node) = self.node.context(self.compiler.node())
+                    {
+                        info!(nodeport_addresses = ?node.node_ips, "node addresses changed: recompiling");
+                        self.node.write_snat(&mut self.maps, &node.node_ips);
+                        self.compiler.set_node(node);
+                        services_compiled = false;
+                    }
                     // Policies first: they depend on a few kinds only, and a
                     // change of them should not wait for a large service sync.
-                    if !self.policy.compiled()
-                        || changes.objects.iter().any(|k| POLICY_INPUTS.contains(&k.kind))
+                    if self.listed(&POLICY_INPUTS)
+                        && (!self.policy.compiled()
+                            || changes.objects.iter().any(|k| POLICY_INPUTS.contains(&k.kind)))
                     {
                         self.sync_policy(true);
                     }
-                    pending = self.sync(changed);
+                    if self.listed(&SERVICE_INPUTS) {
+                        let start = Instant::now();
+                        let model = self.source.model();
+                        let (changed, problems) = if !std::mem::replace(&mut services_compiled, true) {
+                            (Changed::All, self.compiler.compile_all(model))
+                        } else {
+                            self.compiler.update(model, &changes.objects)
+                        };
+                        self.report_problems(&problems);
+                        let compile_ms = start.elapsed().as_secs_f64() * 1e3;
+                        info!(
+                            objects = model.len(),
+                            changed = changes.objects.len(),
+                            full = changed == Changed::All,
+                            problems = changes.problems.len() + problems.len(),
+                            compile_ms = format!("{compile_ms:.2}"),
+                            "model compiled"
+                        );
+                        let changed = match pending.take() {
+                            Some(earlier) => earlier.merge(changed),
+                            None => changed,
+                        };
+                        pending = self.sync(changed);
+                    }
                 }
                 Ok(None) => {
                     if let Some(changed) = pending.take() {
@@ -117,7 +143,30 @@ impl SyncLoop {
                     std::thread::sleep(RETRY);
                 }
             }
+            self.node.write_conf(&self.status);
         }
+    }
+
+    /// Whether every kind of `kinds` is listed whole.
+    fn listed(&self, kinds: &[Kind]) -> bool {
+        kinds.iter().all(|k| self.source.listed(*k))
+    }
+
+    /// Tells the status what the source has not listed yet, and what fails.
+    fn report_source(&self) {
+        let unlisted = crate::source::kube::WATCHED
+            .iter()
+            .map(|w| w.kind)
+            .filter(|k| !self.source.listed(*k))
+            .map(|k| k.to_string())
+            .collect();
+        let failing = self
+            .source
+            .failing()
+            .into_iter()
+            .map(|(k, e)| format!("{k}: {}", weir_model::bounded(&e, 300)))
+            .collect();
+        self.status.source(unlisted, failing);
     }
 
     /// Recompiles the node's policies (`recompile`) and writes what differs.
@@ -129,6 +178,9 @@ impl SyncLoop {
         }
         let report = self.policy.apply(&mut self.maps);
         self.count_failures(&report.failures);
+        if report.failed == 0 {
+            self.status.policy_synced();
+        }
         let desired = self.policy.desired();
         let ms = format!("{:.2}", start.elapsed().as_secs_f64() * 1e3);
         if report.failed == 0 {
@@ -167,6 +219,9 @@ impl SyncLoop {
         );
         *self.timeouts.lock().unwrap_or_else(|p| p.into_inner()) = self.syncer.affinity_timeouts();
         self.health.update(self.compiler.health_checks());
+        if report.complete() {
+            self.status.services_synced();
+        }
         (!report.complete()).then_some(changed)
     }
 

@@ -15,11 +15,22 @@ use crate::bins;
 pub struct Agent {
     child: Child,
     pub netns: String,
-    /// `--source dir:PATH`, if the agent runs with one.
-    pub source: Option<PathBuf>,
+    /// Where the agent reads the cluster from, if anywhere.
+    pub source: Option<AgentSource>,
     pub bpffs_root: PathBuf,
     pub socket: PathBuf,
     pub log: PathBuf,
+    /// More flags, as given.
+    pub extra: Vec<String>,
+}
+
+/// `--source` of a lab agent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AgentSource {
+    /// `--source dir:PATH`.
+    Dir(PathBuf),
+    /// `--source kube --kubeconfig PATH` (the lab's API server).
+    Kube(PathBuf),
 }
 
 impl Agent {
@@ -37,6 +48,19 @@ impl Agent {
         log: PathBuf,
         source: Option<PathBuf>,
     ) -> Self {
+        Self::start_full(netns, node_name, bpffs_root, socket, log, source.map(AgentSource::Dir), Vec::new())
+    }
+
+    /// Starts the agent with any source and more flags.
+    pub fn start_full(
+        netns: &str,
+        node_name: &str,
+        bpffs_root: PathBuf,
+        socket: PathBuf,
+        log: PathBuf,
+        source: Option<AgentSource>,
+        extra: Vec<String>,
+    ) -> Self {
         let log_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -52,9 +76,20 @@ impl Agent {
             .arg(&bpffs_root)
             .arg("--cni-socket")
             .arg(&socket);
-        if let Some(dir) = &source {
-            cmd.arg("--source").arg(format!("dir:{}", dir.display()));
+        match &source {
+            Some(AgentSource::Dir(dir)) => {
+                cmd.arg("--source").arg(format!("dir:{}", dir.display()));
+            }
+            Some(AgentSource::Kube(kubeconfig)) => {
+                // The lab writes its own CNI configuration unless a test asks.
+                cmd.args(["--source", "kube", "--kubeconfig"]).arg(kubeconfig);
+                if !extra.iter().any(|a| a.starts_with("--cni-conf-file")) {
+                    cmd.arg("--cni-conf-file=off");
+                }
+            }
+            None => {}
         }
+        cmd.args(&extra);
         let child = cmd
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("dup log"))
@@ -68,6 +103,7 @@ impl Agent {
             bpffs_root,
             socket,
             log,
+            extra,
         };
         agent.wait_ready();
         agent
@@ -103,13 +139,14 @@ impl Agent {
     /// Kills the agent and starts a new one with the same settings.
     pub fn restart(&mut self, node_name: &str) {
         self.kill();
-        let fresh = Self::start_with_source(
+        let fresh = Self::start_full(
             &self.netns,
             node_name,
             self.bpffs_root.clone(),
             self.socket.clone(),
             self.log.clone(),
             self.source.clone(),
+            self.extra.clone(),
         );
         *self = fresh;
     }

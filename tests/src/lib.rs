@@ -6,6 +6,7 @@
 //! run in parallel.
 
 pub mod agent;
+pub mod apiserver;
 pub mod bins;
 pub mod cni;
 pub mod connrate;

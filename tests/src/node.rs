@@ -9,7 +9,13 @@ use std::{
 
 use serde_json::{Value, json};
 
-use crate::{Agent, CniCall, CniOutcome, Netns, bins, unique};
+use crate::{
+    Agent, CniCall, CniOutcome, Netns,
+    agent::AgentSource,
+    bins,
+    services::Cluster,
+    unique,
+};
 
 pub struct Node {
     pub ns: Netns,
@@ -62,14 +68,34 @@ impl Node {
     }
 
     fn start_agent_inner(&mut self, source: Option<PathBuf>) -> Agent {
+        self.start_agent_full(source.map(AgentSource::Dir), Vec::new())
+    }
+
+    /// Starts `weir-agent` on this node reading `cluster` (a manifest directory
+    /// or the lab's API server).
+    pub fn start_agent_for(&mut self, cluster: &Cluster) -> Agent {
+        self.start_agent_for_with(cluster, Vec::new())
+    }
+
+    /// [`Node::start_agent_for`] with more flags.
+    pub fn start_agent_for_with(&mut self, cluster: &Cluster, extra: Vec<String>) -> Agent {
+        let source = match cluster {
+            Cluster::Dir(dir) => AgentSource::Dir(dir.path().to_owned()),
+            Cluster::Api(api) => AgentSource::Kube(api.listen_in(&self.ns)),
+        };
+        self.start_agent_full(Some(source), extra)
+    }
+
+    fn start_agent_full(&mut self, source: Option<AgentSource>, extra: Vec<String>) -> Agent {
         let socket = self.state_dir.join("cni.sock");
-        let agent = Agent::start_with_source(
+        let agent = Agent::start_full(
             self.ns.name(),
             self.name(),
             self.bpffs_root.clone(),
             socket.clone(),
             self.state_dir.join("agent.log"),
             source,
+            extra,
         );
         self.conf["agentSocket"] = json!(socket);
         agent

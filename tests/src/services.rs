@@ -11,7 +11,7 @@ use std::{
 
 use serde_json::{Value, json};
 
-use crate::{Agent, TempDir};
+use crate::{Agent, TempDir, apiserver::ApiServer};
 
 /// How long a change may take to reach the maps before a test fails.
 pub const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
@@ -58,6 +58,62 @@ impl ManifestDir {
 
     pub fn remove(&self, file: &str) {
         std::fs::remove_file(self.dir.join(file)).expect("remove manifest");
+    }
+}
+
+/// Where a lab's agents read the cluster from: a manifest directory
+/// (`--source dir:`) or the lab's API server (`--source kube`). Scenarios are
+/// written once against it and run with both.
+pub enum Cluster {
+    Dir(ManifestDir),
+    Api(ApiServer),
+}
+
+/// The two sources, for tests that run a scenario with each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourceKind {
+    Dir,
+    Kube,
+}
+
+impl Cluster {
+    pub fn new(kind: SourceKind) -> Self {
+        match kind {
+            SourceKind::Dir => Self::Dir(ManifestDir::new()),
+            SourceKind::Kube => Self::Api(ApiServer::new()),
+        }
+    }
+
+    /// Makes the cluster hold `objects` as "file" `file` (replacing what it held
+    /// as that file: objects it no longer holds are deleted).
+    pub fn write(&self, file: &str, objects: &[Value]) {
+        match self {
+            Self::Dir(d) => d.write(file, objects),
+            Self::Api(a) => a.write(file, objects),
+        }
+    }
+
+    pub fn remove(&self, file: &str) {
+        match self {
+            Self::Dir(d) => d.remove(file),
+            Self::Api(a) => a.remove(file),
+        }
+    }
+
+    /// The manifest directory (panics for the API source: for tests of the
+    /// directory source alone).
+    pub fn dir(&self) -> &ManifestDir {
+        match self {
+            Self::Dir(d) => d,
+            Self::Api(_) => panic!("this step needs the directory source"),
+        }
+    }
+
+    pub fn api(&self) -> Option<&ApiServer> {
+        match self {
+            Self::Api(a) => Some(a),
+            Self::Dir(_) => None,
+        }
     }
 }
 

@@ -107,6 +107,11 @@ impl<'a> EndpointSource<'a> {
         if !slices.is_empty() {
             return EndpointSource::Slices(slices);
         }
+        // In a cluster the controllers write the slices; until they have, the
+        // Service has no endpoints (no stand-in of ours may guess otherwise).
+        if model.slices_only() {
+            return EndpointSource::None;
+        }
         let spec = service.spec.as_ref();
         // An empty selector is the same as none: the API server drops empty maps
         // (`omitempty`), and the EndpointSlice controller manages only Services
@@ -412,5 +417,20 @@ mod tests {
         let named = IntOrString::String("http".into());
         assert_eq!(Target::from_spec(Some(&named), 80), Ok(Target::Name("http")));
         assert_eq!(Target::from_spec(Some(&IntOrString::Int(65536)), 80), Err(65536));
+    }
+
+    #[test]
+    fn a_cluster_model_takes_endpoints_from_slices_only() {
+        let yaml = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\nspec: {clusterIP: 10.96.0.1, selector: {app: web}, ports: [{port: 80}]}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: default, labels: {app: web}}\nspec: {containers: [{name: c}]}\nstatus: {phase: Running, podIP: 10.0.0.5, conditions: [{type: Ready, status: 'True'}]}\n";
+        let (objects, problems) = crate::parse_documents(yaml, "t.yaml");
+        assert!(problems.is_empty(), "{problems:?}");
+        let mut model = Model::from_objects(objects);
+        let source = |m: &Model| {
+            let svc = m.services().next().map(|(_, s, _)| s.clone()).expect("service");
+            EndpointSource::for_service(m, "default", "web", &svc).kind()
+        };
+        assert_eq!(source(&model), EndpointSourceKind::Pods, "standalone: the Pods stand in");
+        model.set_slices_only(true);
+        assert_eq!(source(&model), EndpointSourceKind::None, "a cluster: only slices count");
     }
 }

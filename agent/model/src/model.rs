@@ -28,6 +28,10 @@ pub struct Model {
     /// EndpointSlice names by (namespace, the Service named by their
     /// `kubernetes.io/service-name` label): a Service's slices without a scan.
     slices: BTreeMap<(String, String), BTreeSet<String>>,
+    /// The model mirrors a cluster, whose controllers write every Service's
+    /// EndpointSlices: those are its endpoints' only source (no stand-in from
+    /// `Endpoints` objects or selected Pods, see `endpoints`).
+    slices_only: bool,
 }
 
 impl Model {
@@ -42,6 +46,16 @@ impl Model {
             model.upsert(object, "");
         }
         model
+    }
+
+    /// Says that EndpointSlices are the only endpoint truth (a source that
+    /// mirrors a cluster, where the controllers exist).
+    pub fn set_slices_only(&mut self, slices_only: bool) {
+        self.slices_only = slices_only;
+    }
+
+    pub fn slices_only(&self) -> bool {
+        self.slices_only
     }
 
     /// Adds or replaces an object; returns the one it replaced.

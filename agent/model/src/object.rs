@@ -4,7 +4,10 @@ use std::fmt;
 
 use k8s_openapi::{
     api::{
-        core::v1::{Endpoints, Namespace, Node, Pod, Service},
+        core::v1::{
+            Container, Endpoints, Namespace, Node, NodeSpec, NodeStatus, Pod, PodCondition, PodSpec, PodStatus,
+            Service,
+        },
         discovery::v1::EndpointSlice,
         networking::v1::NetworkPolicy,
     },
@@ -156,6 +159,112 @@ impl Object {
     }
 }
 
+/// Annotations the model reads (by prefix): Weir's own, and Kubernetes'
+/// service and endpoint annotations.
+const KEPT_ANNOTATIONS: [&str; 3] = ["weir.dev/", "service.kubernetes.io/", "endpoints.kubernetes.io/"];
+
+impl Object {
+    /// The object with only what the model reads, for a source to keep: no
+    /// `managedFields`, no annotations but Weir's and Kubernetes' service and
+    /// endpoint ones, no resource versions or owners; a Pod's containers reduced
+    /// to their names and ports (and a sidecar's restart policy), its status to
+    /// phase, addresses and conditions; a Node to its pod CIDRs and addresses.
+    /// Compiling trimmed objects gives what compiling the whole ones does.
+    pub fn trimmed(self) -> Object {
+        let meta = |m: ObjectMeta| ObjectMeta {
+            name: m.name,
+            namespace: m.namespace,
+            labels: m.labels,
+            annotations: m
+                .annotations
+                .map(|a| {
+                    a.into_iter()
+                        .filter(|(k, _)| KEPT_ANNOTATIONS.iter().any(|p| k.starts_with(p)))
+                        .collect::<std::collections::BTreeMap<_, _>>()
+                })
+                .filter(|a| !a.is_empty()),
+            deletion_timestamp: m.deletion_timestamp,
+            ..ObjectMeta::default()
+        };
+        match self {
+            Object::Service(mut o) => {
+                o.metadata = meta(o.metadata);
+                Object::Service(o)
+            }
+            Object::EndpointSlice(mut o) => {
+                o.metadata = meta(o.metadata);
+                Object::EndpointSlice(o)
+            }
+            Object::Endpoints(mut o) => {
+                o.metadata = meta(o.metadata);
+                Object::Endpoints(o)
+            }
+            Object::NetworkPolicy(mut o) => {
+                o.metadata = meta(o.metadata);
+                Object::NetworkPolicy(o)
+            }
+            Object::Namespace(o) => Object::Namespace(Box::new(Namespace {
+                metadata: meta(o.metadata),
+                ..Namespace::default()
+            })),
+            Object::Node(o) => Object::Node(Box::new(Node {
+                metadata: meta(o.metadata),
+                spec: o.spec.map(|s| NodeSpec {
+                    pod_cidr: s.pod_cidr,
+                    pod_cidrs: s.pod_cidrs,
+                    ..NodeSpec::default()
+                }),
+                status: o.status.map(|s| NodeStatus {
+                    addresses: s.addresses,
+                    ..NodeStatus::default()
+                }),
+            })),
+            Object::Pod(o) => {
+                let container = |c: Container| Container {
+                    name: c.name,
+                    ports: c.ports,
+                    restart_policy: c.restart_policy,
+                    ..Container::default()
+                };
+                Object::Pod(Box::new(Pod {
+                    metadata: meta(o.metadata),
+                    spec: o.spec.map(|s| PodSpec {
+                        node_name: s.node_name,
+                        host_network: s.host_network,
+                        containers: s.containers.into_iter().map(container).collect(),
+                        init_containers: s
+                            .init_containers
+                            .map(|cs| {
+                                cs.into_iter()
+                                    .filter(|c| c.restart_policy.as_deref() == Some("Always"))
+                                    .map(container)
+                                    .collect::<Vec<_>>()
+                            })
+                            .filter(|cs| !cs.is_empty()),
+                        ..PodSpec::default()
+                    }),
+                    status: o.status.map(|s| PodStatus {
+                        phase: s.phase,
+                        pod_ip: s.pod_ip,
+                        pod_ips: s.pod_ips,
+                        host_ip: s.host_ip,
+                        conditions: s.conditions.map(|cs| {
+                            cs.into_iter()
+                                .map(|c| PodCondition {
+                                    type_: c.type_,
+                                    status: c.status,
+                                    ..PodCondition::default()
+                                })
+                                .collect()
+                        }),
+                        ..PodStatus::default()
+                    }),
+                }))
+            }
+        }
+    }
+}
+
 macro_rules! from_type {
     ($($variant:ident),*) => {$(
         impl From<$variant> for Object {
@@ -174,3 +283,125 @@ from_type!(
     Node,
     NetworkPolicy
 );
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        IdAllocator, Model, NodeContext, compile_services, parse_documents, policy::compile_policies,
+    };
+
+    /// Objects as an API server returns them, with all that a source drops.
+    const CLUSTER: &str = r#"
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: shop
+  uid: 3f1c
+  resourceVersion: "811"
+  annotations:
+    weir.dev/lb-algorithm: maglev
+    kubectl.kubernetes.io/last-applied-configuration: '{"big": "json"}'
+  managedFields: [{manager: kubectl, operation: Update, fieldsType: FieldsV1, fieldsV1: {f:spec: {}}}]
+spec:
+  type: NodePort
+  clusterIP: 10.96.0.10
+  selector: {app: web}
+  externalTrafficPolicy: Local
+  ports: [{name: http, port: 80, targetPort: http, nodePort: 30080}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-1
+  namespace: shop
+  labels: {kubernetes.io/service-name: web}
+  ownerReferences: [{apiVersion: v1, kind: Service, name: web, uid: 3f1c}]
+  annotations: {endpoints.kubernetes.io/last-change-trigger-time: "2026-12-04T00:00:00Z"}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints:
+- {addresses: [10.244.1.2], conditions: {ready: true}, nodeName: node-a}
+- {addresses: [10.244.2.2], conditions: {ready: false, serving: true, terminating: true}, nodeName: node-b}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-1, namespace: shop, labels: {app: web}, uid: aa, resourceVersion: "9"}
+spec:
+  nodeName: node-a
+  volumes: [{name: v, emptyDir: {}}]
+  initContainers:
+  - {name: init, image: busybox, ports: [{name: init-port, containerPort: 9}]}
+  - {name: proxy, image: envoy, restartPolicy: Always, ports: [{name: admin, containerPort: 9901}]}
+  containers:
+  - name: c
+    image: web:1
+    env: [{name: X, value: "1"}]
+    ports: [{name: http, containerPort: 8080}, {name: dns, containerPort: 53, protocol: UDP}]
+status:
+  phase: Running
+  podIP: 10.244.1.2
+  podIPs: [{ip: 10.244.1.2}]
+  hostIP: 192.168.0.1
+  conditions: [{type: Ready, status: "True", lastTransitionTime: "2026-12-04T00:00:00Z"}]
+  containerStatuses: [{name: c, image: web:1, imageID: x, ready: true, restartCount: 0}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: front, labels: {role: client}}
+spec: {nodeName: node-b, containers: [{name: c, image: i}]}
+status: {phase: Running, podIP: 10.244.2.9, podIPs: [{ip: 10.244.2.9}]}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: front, labels: {team: a, kubernetes.io/metadata.name: front}}
+spec: {finalizers: [kubernetes]}
+status: {phase: Active}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: node-a, labels: {kubernetes.io/hostname: node-a}}
+spec: {podCIDR: 10.244.1.0/24, podCIDRs: [10.244.1.0/24], providerID: "x"}
+status:
+  addresses: [{type: InternalIP, address: 192.168.0.1}, {type: Hostname, address: node-a}]
+  images: [{names: [web:1], sizeBytes: 1000}]
+  nodeInfo: {machineID: m, systemUUID: s, bootID: b, kernelVersion: k, osImage: o, containerRuntimeVersion: c, kubeletVersion: v, kubeProxyVersion: v, operatingSystem: linux, architecture: amd64}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web, namespace: shop, annotations: {note: x}}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress:
+  - from: [{namespaceSelector: {matchLabels: {team: a}}, podSelector: {matchLabels: {role: client}}}]
+    ports: [{port: http}, {port: dns, protocol: UDP}, {port: admin}]
+"#;
+
+    #[test]
+    fn trimmed_objects_compile_as_the_whole_ones_do() {
+        let (objects, problems) = parse_documents(CLUSTER, "cluster.yaml");
+        assert!(problems.is_empty(), "{problems:?}");
+        let whole = Model::from_objects(objects.clone());
+        let trimmed = Model::from_objects(objects.iter().cloned().map(Object::trimmed));
+        let mut node = NodeContext::new("node-a");
+        node.node_ips = vec!["192.168.0.1".parse().expect("ip")];
+        let services = |m: &Model| compile_services(m, &node, &mut IdAllocator::new());
+        assert_eq!(services(&whole), services(&trimmed));
+        assert_eq!(compile_policies(&whole), compile_policies(&trimmed));
+        // And what goes is gone.
+        for o in trimmed.of_kind(Kind::Pod).map(|(_, e)| &e.object) {
+            let Object::Pod(p) = o else { unreachable!() };
+            assert!(p.metadata.managed_fields.is_none() && p.metadata.uid.is_none());
+            let spec = p.spec.as_ref().expect("spec");
+            assert!(spec.volumes.is_none() && spec.containers.iter().all(|c| c.env.is_none() && c.image.is_none()));
+            assert!(spec.init_containers.as_ref().is_none_or(|cs| cs.len() == 1));
+        }
+        let Some(Object::Service(s)) = trimmed.get(&ObjectKey::new(Kind::Service, "shop", "web")).map(|e| &e.object)
+        else {
+            panic!("service");
+        };
+        let annotations = s.metadata.annotations.as_ref().expect("annotations");
+        assert_eq!(annotations.keys().collect::<Vec<_>>(), ["weir.dev/lb-algorithm"]);
+    }
+}

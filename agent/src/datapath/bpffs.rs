@@ -43,11 +43,20 @@ pub fn resolve(root: &Path, may_mount: bool) -> Result<PathBuf, DatapathError> {
         return Ok(root.to_owned());
     }
     warn!("no bpffs mounted: mounting one at /sys/fs/bpf");
-    mount(Some("bpf"), BPFFS, Some("bpf"), MsFlags::empty(), None::<&str>).map_err(|e| {
-        DatapathError::Fs {
-            path: PathBuf::from(BPFFS),
-            source: std::io::Error::from(e),
-        }
-    })?;
+    mount_if_missing(Path::new(BPFFS))?;
     Ok(root.to_owned())
+}
+
+/// Mounts a bpffs at `path` unless one is there (the DaemonSet's init
+/// container does this for the host, through a bidirectional mount).
+pub fn mount_if_missing(path: &Path) -> Result<(), DatapathError> {
+    if is_bpffs(path) {
+        return Ok(());
+    }
+    let fs = |source: std::io::Error| DatapathError::Fs {
+        path: path.to_owned(),
+        source,
+    };
+    std::fs::create_dir_all(path).map_err(fs)?;
+    mount(Some("bpf"), path, Some("bpf"), MsFlags::empty(), None::<&str>).map_err(|e| fs(e.into()))
 }

@@ -172,7 +172,8 @@ fn read_file(path: &Path, name: &str) -> Result<(BTreeMap<ObjectKey, Object>, Ve
         }
     };
     let (objects, problems) = parse_documents(&text, name);
-    Ok((objects.into_iter().map(|o| (o.key(), o)).collect(), problems))
+    // Only what the model reads is kept (a Pod's env, a Node's images go).
+    Ok((objects.into_iter().map(|o| (o.key(), o.trimmed())).collect(), problems))
 }
 
 impl DirSource {
@@ -414,6 +415,7 @@ impl Source for DirSource {
                 return Ok(Some(Changes {
                     objects: changed,
                     problems,
+                    listed: first,
                 }));
             }
             let now = Instant::now();
@@ -439,6 +441,11 @@ impl Source for DirSource {
 
     fn describe(&self) -> String {
         format!("dir:{}", self.path.display())
+    }
+
+    /// A directory is read whole at once: every kind is listed once it is.
+    fn listed(&self, _kind: weir_model::Kind) -> bool {
+        self.started
     }
 }
 

@@ -4,12 +4,13 @@
 //! "the source is the only difference"), and a change costs what it touches.
 
 mod dir;
+pub mod kube;
 
 use std::{collections::BTreeSet, path::PathBuf, str::FromStr, time::Duration};
 
-use weir_model::{Model, ObjectKey, Problem};
+use weir_model::{Kind, Model, ObjectKey, Problem};
 
-pub use self::dir::DirSource;
+pub use self::{dir::DirSource, kube::KubeSource};
 
 /// What one update of the model changed.
 #[derive(Debug, Default)]
@@ -20,6 +21,8 @@ pub struct Changes {
     /// Objects or documents of what was read that are skipped (each reported once,
     /// when read).
     pub problems: Vec<Problem>,
+    /// Which kinds are listed whole, or failing, changed (see [`Source::listed`]).
+    pub listed: bool,
 }
 
 /// A keeper of a [`Model`].
@@ -34,19 +37,34 @@ pub trait Source: Send {
 
     /// What to call this source in logs.
     fn describe(&self) -> String;
+
+    /// Whether every object of `kind` has been read at least once: until then
+    /// the model's objects of that kind are not the cluster's, and nothing that
+    /// depends on them may be written to the maps (a restart must not flush
+    /// what an earlier agent wrote).
+    fn listed(&self, kind: Kind) -> bool;
+
+    /// Kinds that cannot be read now, and why (an API server that is down, a
+    /// kind RBAC forbids).
+    fn failing(&self) -> Vec<(Kind, String)> {
+        Vec::new()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
-    #[error("unknown source {0:?}: expected dir:PATH (kube is not implemented yet)")]
+    #[error("unknown source {0:?}: expected kube or dir:PATH")]
     UnknownSpec(String),
+    #[error("the Kubernetes API: {0}")]
+    Kube(String),
 }
 
-/// The `--source` flag: `dir:PATH` (and later `kube`).
+/// The `--source` flag: `kube` (the API server) or `dir:PATH`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SourceSpec {
+    Kube,
     Dir(PathBuf),
 }
 
@@ -55,6 +73,7 @@ impl FromStr for SourceSpec {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.split_once(':') {
+            None if s == "kube" => Ok(Self::Kube),
             Some(("dir", path)) if !path.is_empty() => Ok(Self::Dir(PathBuf::from(path))),
             _ => Err(SourceError::UnknownSpec(s.to_owned())),
         }
@@ -62,10 +81,12 @@ impl FromStr for SourceSpec {
 }
 
 impl SourceSpec {
-    pub fn open(&self) -> Box<dyn Source> {
-        match self {
+    /// Opens the source; `kubeconfig` for `kube` (else in-cluster or `KUBECONFIG`).
+    pub fn open(&self, kubeconfig: Option<PathBuf>) -> Result<Box<dyn Source>, SourceError> {
+        Ok(match self {
+            Self::Kube => Box::new(KubeSource::start(kubeconfig)?),
             Self::Dir(path) => Box::new(DirSource::new(path.clone())),
-        }
+        })
     }
 }
 
@@ -79,7 +100,8 @@ mod tests {
             "dir:/etc/weir".parse::<SourceSpec>().ok(),
             Some(SourceSpec::Dir("/etc/weir".into()))
         );
-        for bad in ["dir:", "kube", "file:/x", ""] {
+        assert_eq!("kube".parse::<SourceSpec>().ok(), Some(SourceSpec::Kube));
+        for bad in ["dir:", "kube:x", "file:/x", ""] {
             assert!(bad.parse::<SourceSpec>().is_err(), "{bad:?} accepted");
         }
     }

@@ -88,7 +88,7 @@ pub enum SyncError {
 pub struct SharedDatapath(pub Arc<Mutex<Datapath>>);
 
 impl SharedDatapath {
-    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, Datapath> {
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, Datapath> {
         // Map writes are idempotent and the syncer re-diffs after any failure, so a
         // lock poisoned by a panic elsewhere is still safe to use.
         self.0.lock().unwrap_or_else(|p| p.into_inner())

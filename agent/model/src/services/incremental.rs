@@ -137,6 +137,17 @@ impl ServiceCompiler {
         self.health.values().cloned().collect()
     }
 
+    /// The node compiled for.
+    pub fn node(&self) -> &NodeContext {
+        &self.node
+    }
+
+    /// Compiles for another node context from now on (its NodePort addresses
+    /// changed): the caller runs [`Self::compile_all`] next.
+    pub fn set_node(&mut self, node: NodeContext) {
+        self.node = node;
+    }
+
     pub fn into_ids(self) -> IdAllocator {
         self.ids
     }

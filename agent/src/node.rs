@@ -1,0 +1,190 @@
+//! This node's Node object: its pod CIDRs become the IPAM ranges of the CNI
+//! configuration the agent writes, and (with the cluster source, unless
+//! `--nodeport-addresses` says otherwise) its addresses are where NodePorts are
+//! served and what external flows to remote endpoints are source-NATed to,
+//! reread whenever the Node changes.
+
+use std::{
+    collections::BTreeSet,
+    net::IpAddr,
+};
+
+use ipnetwork::IpNetwork;
+use serde_json::Value;
+use tracing::{error, info, warn};
+use weir_model::{Kind, Model, NodeContext, Object, ObjectKey};
+
+use crate::{
+    cni_conf::{self, ConfOptions},
+    status::{Conflist, Status},
+    sync::SharedDatapath,
+};
+
+pub struct NodeWatch {
+    name: String,
+    /// NodePort addresses come from the Node object (the cluster source, no
+    /// `--nodeport-addresses`).
+    addresses_from_node: bool,
+    /// Pod CIDRs when the Node object has none (`--pod-cidrs`, for the
+    /// directory source); with the cluster source a Node without them is an
+    /// error, not a guess.
+    fallback_cidrs: Vec<IpNetwork>,
+    cluster: bool,
+    conf: Option<ConfOptions>,
+    /// What the Node object said last.
+    cidrs: Vec<IpNetwork>,
+    addresses: Vec<IpAddr>,
+    read: bool,
+    /// The conflist as last written.
+    written: Option<Value>,
+}
+
+impl NodeWatch {
+    pub fn new(
+        name: &str,
+        cluster: bool,
+        addresses_from_node: bool,
+        fallback_cidrs: Vec<IpNetwork>,
+        conf: Option<ConfOptions>,
+    ) -> Self {
+        Self {
+            name: name.to_owned(),
+            addresses_from_node,
+            fallback_cidrs,
+            cluster,
+            conf,
+            cidrs: Vec::new(),
+            addresses: Vec::new(),
+            read: false,
+            written: None,
+        }
+    }
+
+    /// Reads the Node object when `changed` touches it (or not yet read);
+    /// `true` when the NodePort addresses it gives changed.
+    pub fn update(&mut self, model: &Model, changed: &BTreeSet<ObjectKey>, status: &Status) -> bool {
+        let key = ObjectKey::new(Kind::Node, "", self.name.clone());
+        if self.read && !changed.contains(&key) {
+            return false;
+        }
+        self.read = true;
+        let node = match model.get(&key).map(|e| &e.object) {
+            Some(Object::Node(n)) => Some(n),
+            _ => None,
+        };
+        let mut cidrs: Vec<IpNetwork> = node
+            .and_then(|n| n.spec.as_ref())
+            .map(|s| {
+                s.pod_cidrs
+                    .clone()
+                    .filter(|c| !c.is_empty())
+                    .or_else(|| s.pod_cidr.clone().map(|c| vec![c]))
+                    .unwrap_or_default()
+            })
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|c| c.parse().ok())
+            .collect();
+        if cidrs.is_empty() && !self.cluster {
+            cidrs = self.fallback_cidrs.clone();
+        }
+        let problem = match (node, cidrs.is_empty()) {
+            (None, true) if self.cluster => Some(format!("Node {} not found", self.name)),
+            (Some(_), true) if self.cluster => Some(format!(
+                "Node {} has no spec.podCIDRs: pods cannot get addresses (is the controller manager allocating node CIDRs?)",
+                self.name
+            )),
+            _ => None,
+        };
+        if let Some(p) = &problem
+            && self.conf.is_some()
+        {
+            error!(node = self.name, problem = p, "no CNI configuration can be written");
+        }
+        status.node_problem(problem.filter(|_| self.conf.is_some()));
+        if cidrs != self.cidrs {
+            info!(node = self.name, pod_cidrs = ?cidrs, "pod CIDRs");
+            self.cidrs = cidrs;
+        }
+        if !self.addresses_from_node {
+            return false;
+        }
+        let addresses: Vec<IpAddr> = node
+            .and_then(|n| n.status.as_ref())
+            .and_then(|s| s.addresses.as_ref())
+            .into_iter()
+            .flatten()
+            .filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP")
+            .filter_map(|a| a.address.parse().ok())
+            .collect();
+        if addresses.is_empty() || addresses == self.addresses {
+            return false;
+        }
+        self.addresses = addresses;
+        true
+    }
+
+    /// `current` with the Node's addresses as its NodePort addresses, when they
+    /// come from the Node.
+    pub fn context(&self, current: &NodeContext) -> Option<NodeContext> {
+        (self.addresses_from_node && !self.addresses.is_empty()).then(|| NodeContext {
+            node_ips: self.addresses.clone(),
+            ..current.clone()
+        })
+    }
+
+    /// Makes the first address of each family the source of external flows to
+    /// remote endpoints (the `weir_node_v1` map), as at start.
+    pub fn write_snat(&self, maps: &mut SharedDatapath, addresses: &[IpAddr]) {
+        let mut dp = maps.lock();
+        let mut node = dp.node.get(&0, 0).unwrap_or_default();
+        let first = |v6: bool| addresses.iter().find(|a| a.is_ipv6() == v6).copied();
+        node.v4 = first(false).map_or([0; 16], |a| weir_model::net::to_abi(a).0);
+        node.v6 = first(true).map_or([0; 16], |a| weir_model::net::to_abi(a).0);
+        if let Err(e) = dp.node.set(0, node, 0) {
+            warn!(error = %e, "writing the node's source-NAT addresses");
+        }
+    }
+
+    /// Whether nothing is left to do (the conflist written, or none wanted).
+    pub fn settled(&self) -> bool {
+        self.conf.is_none() || self.written.is_some()
+    }
+
+    /// Writes the CNI configuration once the agent serves its CNI socket and
+    /// the node has pod CIDRs, and whenever they change.
+    pub fn write_conf(&mut self, status: &Status) {
+        let Some(options) = &self.conf else {
+            return;
+        };
+        if !status.is_cni_serving() {
+            status.conflist(Conflist::Waiting("the CNI socket is not served yet".into()));
+            return;
+        }
+        if self.cidrs.is_empty() {
+            status.conflist(Conflist::Waiting(format!("Node {} has no pod CIDRs", self.name)));
+            return;
+        }
+        let conf = cni_conf::render(&self.cidrs, options);
+        if self.written.as_ref() == Some(&conf) {
+            return;
+        }
+        match cni_conf::write(&conf, options) {
+            Ok(wrote) => {
+                if wrote {
+                    info!(path = %options.path.display(), pod_cidrs = ?self.cidrs, "CNI configuration written");
+                }
+                self.written = Some(conf);
+                status.conflist(Conflist::Written);
+            }
+            Err(e) => {
+                // Said once per distinct error: the loop comes round every second.
+                let why = e.to_string();
+                if !matches!(status.conflist_state(), Conflist::Refused(w) if w == why) {
+                    error!(error = why, "the CNI configuration cannot be written");
+                }
+                status.conflist(Conflist::Refused(why));
+            }
+        }
+    }
+}
