@@ -108,7 +108,10 @@ pub fn write(conf: &Value, options: &ConfOptions) -> Result<bool, ConfError> {
     std::fs::create_dir_all(dir).map_err(io)?;
     // Hidden and without the .conflist suffix: a runtime scanning the
     // directory never reads it half-written.
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp"));
     let mut file = std::fs::File::create(&tmp).map_err(io)?;
     let text = serde_json::to_vec_pretty(conf).unwrap_or_default();
@@ -146,10 +149,13 @@ mod tests {
         );
         assert_eq!(conf["plugins"][0]["agentSocket"], "/run/weir/cni.sock");
         assert_eq!(conf["plugins"][1]["type"], "portmap");
-        let without = render(&cidrs, &ConfOptions {
-            portmap: false,
-            ..options(&dir)
-        });
+        let without = render(
+            &cidrs,
+            &ConfOptions {
+                portmap: false,
+                ..options(&dir)
+            },
+        );
         assert_eq!(without["plugins"].as_array().map(Vec::len), Some(1));
     }
 
@@ -160,11 +166,18 @@ mod tests {
         let opts = options(&dir);
         let conf = render(&["10.244.1.0/24".parse().expect("cidr")], &opts);
         assert!(write(&conf, &opts).expect("first write"));
-        assert!(!write(&conf, &opts).expect("same again"), "rewrote an unchanged file");
+        assert!(
+            !write(&conf, &opts).expect("same again"),
+            "rewrote an unchanged file"
+        );
         let read: Value = serde_json::from_slice(&std::fs::read(&opts.path).expect("read")).expect("json");
         assert_eq!(read, conf);
         // Another's file: left alone, unless told.
-        std::fs::write(&opts.path, r#"{"cniVersion": "0.4.0", "name": "flannel", "plugins": []}"#).expect("write");
+        std::fs::write(
+            &opts.path,
+            r#"{"cniVersion": "0.4.0", "name": "flannel", "plugins": []}"#,
+        )
+        .expect("write");
         assert!(matches!(write(&conf, &opts), Err(ConfError::Foreign(_))));
         let forced = ConfOptions {
             overwrite: true,

@@ -59,16 +59,28 @@ impl Endpoints {
             },
             (Self::Health(s), "/readyz") => match s.ready() {
                 Ok(()) => (StatusCode::OK, TEXT, "ok\n".into()),
-                Err(why) => (StatusCode::SERVICE_UNAVAILABLE, TEXT, format!("{}\n", why.join("\n"))),
+                Err(why) => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    TEXT,
+                    format!("{}\n", why.join("\n")),
+                ),
             },
             (Self::KubeProxy(s), "/healthz") => {
                 let (healthy, body) = s.kube_proxy();
-                let code = if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+                let code = if healthy {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
                 (code, JSON, body.to_string())
             }
             (Self::KubeProxy(s), "/livez") => {
                 let alive = s.alive().is_ok();
-                let code = if alive { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+                let code = if alive {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
                 (code, JSON, json!({ "alive": alive }).to_string())
             }
             _ => not_found,
@@ -104,7 +116,11 @@ async fn respond(req: Request<Incoming>, endpoints: Endpoints) -> Result<Respons
     let (status, content_type, body) = if req.method() == Method::GET {
         endpoints.answer(req.uri().path())
     } else {
-        (StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n".to_owned())
+        (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "GET only\n".to_owned(),
+        )
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;

@@ -4,10 +4,7 @@
 //! served and what external flows to remote endpoints are source-NATed to,
 //! reread whenever the Node changes.
 
-use std::{
-    collections::BTreeSet,
-    net::IpAddr,
-};
+use std::{collections::BTreeSet, net::IpAddr};
 
 use ipnetwork::IpNetwork;
 use serde_json::Value;
@@ -99,7 +96,11 @@ impl NodeWatch {
         if let Some(p) = &problem
             && self.conf.is_some()
         {
-            error!(node = self.name, problem = p, "no CNI configuration can be written");
+            error!(
+                node = self.name,
+                problem = p,
+                "no CNI configuration can be written"
+            );
         }
         status.node_problem(problem.filter(|_| self.conf.is_some()));
         if cidrs != self.cidrs {

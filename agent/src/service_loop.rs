@@ -89,7 +89,9 @@ impl SyncLoop {
                     if !changes.objects.is_empty() {
                         self.status.change_pending();
                     }
-                    if self.node.update(self.source.model(), &changes.objects, &self.status)
+                    if self
+                        .node
+                        .update(self.source.model(), &changes.objects, &self.status)
                         && let Some(node) = self.node.context(self.compiler.node())
                     {
                         info!(nodeport_addresses = ?node.node_ips, "node addresses changed: recompiling");

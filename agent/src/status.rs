@@ -185,7 +185,9 @@ mod tests {
     #[test]
     fn ready_lists_every_reason_and_kube_proxy_goes_stale() {
         let s = Status::default();
-        let Err(not) = s.ready() else { panic!("ready before any sync") };
+        let Err(not) = s.ready() else {
+            panic!("ready before any sync")
+        };
         assert!(not.iter().any(|r| r.contains("services")) && not.iter().any(|r| r.contains("CNI socket")));
         s.source(vec![], vec!["Service: forbidden".into()]);
         s.services_synced();

@@ -48,7 +48,15 @@ impl Agent {
         log: PathBuf,
         source: Option<PathBuf>,
     ) -> Self {
-        Self::start_full(netns, node_name, bpffs_root, socket, log, source.map(AgentSource::Dir), Vec::new())
+        Self::start_full(
+            netns,
+            node_name,
+            bpffs_root,
+            socket,
+            log,
+            source.map(AgentSource::Dir),
+            Vec::new(),
+        )
     }
 
     /// Starts the agent with any source and more flags.
@@ -105,11 +113,11 @@ impl Agent {
             log,
             extra,
         };
-        agent.wait_ready();
+        agent.wait_serving();
         agent
     }
 
-    fn wait_ready(&mut self) {
+    fn wait_serving(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
@@ -128,6 +136,44 @@ impl Agent {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// What the agent logged after `mark` (a length of [`Agent::log_text`]).
+    pub fn log_since(&self, mark: usize) -> String {
+        self.log_text().get(mark..).unwrap_or_default().to_owned()
+    }
+
+    /// `GET path` on the agent's health address (`127.0.0.1:9879`, its
+    /// default): the status code and the body.
+    pub fn health(&self, path: &str) -> (u16, String) {
+        self.get(HEALTH, path)
+    }
+
+    /// `GET path` on `addr` inside the agent's namespace.
+    pub fn get(&self, addr: &str, path: &str) -> (u16, String) {
+        crate::http_status(&crate::Netns::attach(&self.netns), addr, path)
+    }
+
+    /// Polls `path` on the health address until `done` holds; the last answer.
+    pub fn wait_health(&self, path: &str, what: &str, done: impl Fn(u16, &str) -> bool) -> (u16, String) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (code, body) = self.health(path);
+            if done(code, &body) {
+                return (code, body);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{path} never {what}: {code} {body}\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub fn wait_ready(&self) {
+        self.wait_health("/readyz", "ready", |code, _| code == 200);
     }
 
     /// Kills the agent abruptly (as a crash or an upgrade would).
@@ -155,6 +201,22 @@ impl Agent {
     pub fn weirctl(&self, args: &[&str]) -> Value {
         weirctl(&self.bpffs_root, args)
     }
+}
+
+/// The agent's health and readiness address (its default).
+pub const HEALTH: &str = "127.0.0.1:9879";
+
+/// The values of `field` on every line of `log` that logs `message` (the
+/// agent's `key=value` log format), in order.
+pub fn logged(log: &str, message: &str, field: &str) -> Vec<String> {
+    let key = format!(" {field}=");
+    log.lines()
+        .filter(|l| l.contains(message))
+        .filter_map(|l| {
+            let rest = &l[l.find(&key)? + key.len()..];
+            Some(rest.split_whitespace().next()?.trim_matches('"').to_owned())
+        })
+        .collect()
 }
 
 /// Runs `weirctl` against a pin root (works whether or not the agent runs).

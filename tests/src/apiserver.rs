@@ -29,6 +29,8 @@ use std::{
     time::Duration,
 };
 
+use base64::Engine as _;
+use futures::{SinkExt as _, channel::mpsc};
 use http_body_util::{Full, StreamBody, combinators::BoxBody};
 use hyper::{
     Request, Response, StatusCode,
@@ -38,8 +40,6 @@ use hyper::{
 };
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
-use base64::Engine as _;
-use futures::{SinkExt as _, channel::mpsc};
 use tokio::sync::watch;
 
 use crate::{Netns, TempDir};
@@ -128,6 +128,8 @@ struct State {
     oldest: u64,
     forbidden: BTreeSet<&'static str>,
     down: bool,
+    /// How long every list and get takes to answer (a slow API server).
+    latency: Duration,
     /// Snapshots of lists being paged through, by continue token.
     pages: BTreeMap<String, (u64, Vec<Value>)>,
     next_page: u64,
@@ -176,8 +178,7 @@ impl ApiServer {
             .push(rcgen::DnType::CommonName, "weir-lab CA");
         let ca_key = rcgen::KeyPair::generate().expect("CA key");
         let ca = ca_params.self_signed(&ca_key).expect("CA");
-        let mut params =
-            rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("server params");
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("server params");
         params
             .subject_alt_names
             .push(rcgen::SanType::IpAddress("127.0.0.1".parse().expect("ip")));
@@ -247,9 +248,8 @@ impl ApiServer {
                     let Ok(stream) = acceptor.accept(tcp).await else {
                         return;
                     };
-                    let service = service_fn(move |req| {
-                        serve(req, state.clone(), signal.clone(), token.clone())
-                    });
+                    let service =
+                        service_fn(move |req| serve(req, state.clone(), signal.clone(), token.clone()));
                     let _ = http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
@@ -271,8 +271,7 @@ impl ApiServer {
             "contexts": [{ "name": "lab", "context": { "cluster": "lab", "user": "weir" } }],
             "current-context": "lab",
         });
-        std::fs::write(&path, serde_json::to_vec_pretty(&config).expect("json"))
-            .expect("write kubeconfig");
+        std::fs::write(&path, serde_json::to_vec_pretty(&config).expect("json")).expect("write kubeconfig");
         served.insert(ns.name().to_owned(), path.clone());
         path
     }
@@ -353,6 +352,29 @@ impl ApiServer {
         self.drop_watches();
     }
 
+    /// Forgets the history up to now, as etcd's compaction does, and ends
+    /// every watch: a watch resuming from the current resourceVersion (a
+    /// client that took the last BOOKMARK) goes on; one resuming from an
+    /// older one gets `410 Expired`.
+    pub fn trim_history(&self) {
+        {
+            let mut s = self.state.lock().expect("state");
+            s.oldest = s.rv;
+            s.history.clear();
+        }
+        self.drop_watches();
+    }
+
+    /// The current resourceVersion.
+    pub fn resource_version(&self) -> u64 {
+        self.state.lock().expect("state").rv
+    }
+
+    /// Makes every list and get take `latency` to answer.
+    pub fn set_latency(&self, latency: Duration) {
+        self.state.lock().expect("state").latency = latency;
+    }
+
     /// Sends a BOOKMARK on every watch that asked for them.
     pub fn bookmark(&self) {
         self.signal.send_modify(|s| s.bookmark += 1);
@@ -401,9 +423,15 @@ impl ApiServer {
 
 fn key_of(o: &Value) -> Key {
     let r = resource_of(o["kind"].as_str().expect("object without kind"));
-    let name = o["metadata"]["name"].as_str().expect("object without name").to_owned();
+    let name = o["metadata"]["name"]
+        .as_str()
+        .expect("object without name")
+        .to_owned();
     let ns = if r.namespaced {
-        o["metadata"]["namespace"].as_str().unwrap_or("default").to_owned()
+        o["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("default")
+            .to_owned()
     } else {
         String::new()
     };
@@ -430,12 +458,18 @@ fn apply_locked(s: &mut State, object: &Value) -> u64 {
     let rv = s.rv;
     let meta = &mut o["metadata"];
     meta["resourceVersion"] = json!(rv.to_string());
-    meta["uid"] = json!(old
-        .as_ref()
-        .and_then(|o| o["metadata"]["uid"].as_str().map(str::to_owned))
-        .unwrap_or_else(|| format!("00000000-0000-4000-8000-{rv:012x}")));
+    meta["uid"] = json!(
+        old.as_ref()
+            .and_then(|o| o["metadata"]["uid"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| format!("00000000-0000-4000-8000-{rv:012x}"))
+    );
     meta["creationTimestamp"] = json!("2026-12-04T00:00:00Z");
-    meta["generation"] = json!(old.as_ref().and_then(|o| o["metadata"]["generation"].as_i64()).unwrap_or(0) + 1);
+    meta["generation"] = json!(
+        old.as_ref()
+            .and_then(|o| o["metadata"]["generation"].as_i64())
+            .unwrap_or(0)
+            + 1
+    );
     // What every object carries and a careful client drops.
     meta["managedFields"] = json!([{
         "manager": "kubectl-client-side-apply", "operation": "Update", "apiVersion": r.api_version,
@@ -466,7 +500,13 @@ fn same_content(a: &Value, b: &Value) -> bool {
     let strip = |v: &Value| {
         let mut v = v.clone();
         if let Some(m) = v["metadata"].as_object_mut() {
-            for f in ["resourceVersion", "uid", "creationTimestamp", "generation", "managedFields"] {
+            for f in [
+                "resourceVersion",
+                "uid",
+                "creationTimestamp",
+                "generation",
+                "managedFields",
+            ] {
                 m.remove(f);
             }
             if let Some(a) = m.get_mut("annotations").and_then(Value::as_object_mut) {
@@ -597,13 +637,14 @@ fn percent_decode(s: &str) -> String {
 /// `metadata.namespace=` are understood, as the lab needs).
 fn selected(o: &Value, selector: Option<&String>) -> bool {
     let Some(selector) = selector else { return true };
-    selector.split(',').filter(|s| !s.is_empty()).all(|term| {
-        match term.split_once('=') {
+    selector
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .all(|term| match term.split_once('=') {
             Some(("metadata.name", v)) => o["metadata"]["name"].as_str() == Some(v),
             Some(("metadata.namespace", v)) => o["metadata"]["namespace"].as_str() == Some(v),
             _ => true,
-        }
-    })
+        })
 }
 
 async fn serve(
@@ -611,14 +652,25 @@ async fn serve(
     state: Arc<Mutex<State>>,
     signal: watch::Sender<Signal>,
     token: String,
-) -> Result<Response<Body>, Infallible> {
+) -> Result<Response<Body>, std::io::Error> {
+    // Down: even a kept-alive connection is cut (an error from the service
+    // makes hyper close it without an answer).
+    if state.lock().expect("state").down {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionAborted,
+            "the API server is down",
+        ));
+    }
     let authorized = req
         .headers()
         .get(hyper::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v == format!("Bearer {token}"));
     if !authorized {
-        return Ok(full(StatusCode::UNAUTHORIZED, status(401, "Unauthorized", "Unauthorized")));
+        return Ok(full(
+            StatusCode::UNAUTHORIZED,
+            status(401, "Unauthorized", "Unauthorized"),
+        ));
     }
     let Some((r, ns, name)) = route(req.uri().path()) else {
         return Ok(full(
@@ -658,6 +710,10 @@ async fn serve(
     if watching {
         return Ok(watch_stream(r, state, signal, q, scope.clone()));
     }
+    let latency = state.lock().expect("state").latency;
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
     let mut s = state.lock().expect("state");
     if let Some(name) = &name {
         let key = (r.kind, ns.clone().unwrap_or_default(), name.clone());
@@ -671,11 +727,18 @@ async fn serve(
     }
     // A list: the first page snapshots the whole result; the rest are taken
     // from that snapshot, as etcd serves every page at the first one's version.
-    let limit: usize = q.get("limit").and_then(|l| l.parse().ok()).filter(|l| *l > 0).unwrap_or(usize::MAX);
+    let limit: usize = q
+        .get("limit")
+        .and_then(|l| l.parse().ok())
+        .filter(|l| *l > 0)
+        .unwrap_or(usize::MAX);
     let (rv, items, offset) = match q.get("continue").filter(|c| !c.is_empty()) {
         Some(token) => {
             let Some((id, offset)) = token.split_once(':') else {
-                return Ok(full(StatusCode::BAD_REQUEST, status(400, "BadRequest", "bad continue token")));
+                return Ok(full(
+                    StatusCode::BAD_REQUEST,
+                    status(400, "BadRequest", "bad continue token"),
+                ));
             };
             let Some((rv, items)) = s.pages.get(id).cloned() else {
                 return Ok(full(
@@ -700,7 +763,10 @@ async fn serve(
     let mut metadata = json!({ "resourceVersion": rv.to_string() });
     if end < items.len() {
         let id = match q.get("continue").filter(|c| !c.is_empty()) {
-            Some(token) => token.split_once(':').map(|(id, _)| id.to_owned()).unwrap_or_default(),
+            Some(token) => token
+                .split_once(':')
+                .map(|(id, _)| id.to_owned())
+                .unwrap_or_default(),
             None => {
                 s.next_page += 1;
                 let id = s.next_page.to_string();
@@ -748,7 +814,9 @@ fn watch_stream(
     let in_scope = move |key: &Key, o: &Value| scope.contains(key, o);
     let (mut tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(64);
     let from: u64 = q.get("resourceVersion").and_then(|v| v.parse().ok()).unwrap_or(0);
-    let bookmarks = q.get("allowWatchBookmarks").is_some_and(|v| v == "true" || v == "1");
+    let bookmarks = q
+        .get("allowWatchBookmarks")
+        .is_some_and(|v| v == "true" || v == "1");
     let timeout = q
         .get("timeoutSeconds")
         .and_then(|t| t.parse().ok())
@@ -764,7 +832,9 @@ fn watch_stream(
         let initial: Result<Vec<Value>, Value> = {
             let s = state.lock().expect("state");
             if from != 0 && from < s.oldest {
-                Err(json!({ "type": "ERROR", "object": status(410, "Expired", &format!("too old resource version: {from} ({})", s.oldest)) }))
+                Err(
+                    json!({ "type": "ERROR", "object": status(410, "Expired", &format!("too old resource version: {from} ({})", s.oldest)) }),
+                )
             } else if from == 0 {
                 sent = s.rv;
                 Ok(s.objects

@@ -48,16 +48,28 @@ pub fn unique(prefix: &str) -> String {
 }
 
 /// A plain HTTP GET from inside `ns` (`addr` as `ip:port`): the response's body.
-pub fn http_get(ns: &Netns, addr: &'static str, path: &'static str) -> String {
+pub fn http_get(ns: &Netns, addr: &str, path: &str) -> String {
+    http_status(ns, addr, path).1
+}
+
+/// `GET path` from inside `ns`: the status code and the body.
+pub fn http_status(ns: &Netns, addr: &str, path: &str) -> (u16, String) {
+    let (addr, path) = (addr.to_owned(), path.to_owned());
     ns.run(move || {
         use std::io::{Read as _, Write as _};
-        let mut s = std::net::TcpStream::connect(addr).expect("connect");
+        let mut s = std::net::TcpStream::connect(&addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
         write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("request");
         let mut out = String::new();
         s.read_to_string(&mut out).expect("response");
-        out.split_once("\r\n\r\n")
-            .map(|(_, body)| body.to_owned())
-            .unwrap_or(out)
+        let code = out
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or_else(|| panic!("no HTTP status in {out:?}"));
+        let body = out
+            .split_once("\r\n\r\n")
+            .map_or(out.clone(), |(_, body)| body.to_owned());
+        (code, body)
     })
 }
 

@@ -9,13 +9,7 @@ use std::{
 
 use serde_json::{Value, json};
 
-use crate::{
-    Agent, CniCall, CniOutcome, Netns,
-    agent::AgentSource,
-    bins,
-    services::Cluster,
-    unique,
-};
+use crate::{Agent, CniCall, CniOutcome, Netns, agent::AgentSource, bins, services::Cluster, unique};
 
 pub struct Node {
     pub ns: Netns,

@@ -137,6 +137,27 @@ pub fn pod(namespace: &str, name: &str, labels: Value, node: &str, ips: &[IpAddr
     })
 }
 
+/// A Node as the API server holds it once the controller manager allocated
+/// its pod CIDRs (`pod_cidrs`, may be empty) and the kubelet reported its
+/// `addresses` (InternalIP).
+pub fn node_object(name: &str, pod_cidrs: &[&str], addresses: &[IpAddr]) -> Value {
+    let mut spec = json!({});
+    if let Some(first) = pod_cidrs.first() {
+        spec = json!({ "podCIDR": first, "podCIDRs": pod_cidrs });
+    }
+    json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": { "name": name, "labels": { "kubernetes.io/hostname": name, "kubernetes.io/os": "linux" } },
+        "spec": spec,
+        "status": {
+            "addresses": addresses.iter().map(|a| json!({ "type": "InternalIP", "address": a.to_string() }))
+                .chain([json!({ "type": "Hostname", "address": name })])
+                .collect::<Vec<_>>(),
+            "conditions": [{ "type": "Ready", "status": "True" }],
+        },
+    })
+}
+
 /// `patch` merged into `target` (objects key by key, anything else replaced), as
 /// `kubectl patch --type merge` does.
 pub fn merge(target: &mut Value, patch: &Value) {

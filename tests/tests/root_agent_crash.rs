@@ -268,17 +268,9 @@ fn compiles(log: &str) -> usize {
 
 /// The duration of every service sync the agent logged, in milliseconds.
 fn sync_ms(log: &str) -> Vec<f64> {
-    log.lines()
-        .filter(|l| l.contains("services synced"))
-        .filter_map(|l| {
-            l.split("sync_ms=")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .trim_matches('"')
-                .parse()
-                .ok()
-        })
+    weir_lab::agent::logged(log, "services synced", "sync_ms")
+        .iter()
+        .filter_map(|ms| ms.parse().ok())
         .collect()
 }
 

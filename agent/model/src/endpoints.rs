@@ -429,8 +429,16 @@ mod tests {
             let svc = m.services().next().map(|(_, s, _)| s.clone()).expect("service");
             EndpointSource::for_service(m, "default", "web", &svc).kind()
         };
-        assert_eq!(source(&model), EndpointSourceKind::Pods, "standalone: the Pods stand in");
+        assert_eq!(
+            source(&model),
+            EndpointSourceKind::Pods,
+            "standalone: the Pods stand in"
+        );
         model.set_slices_only(true);
-        assert_eq!(source(&model), EndpointSourceKind::None, "a cluster: only slices count");
+        assert_eq!(
+            source(&model),
+            EndpointSourceKind::None,
+            "a cluster: only slices count"
+        );
     }
 }

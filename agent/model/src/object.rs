@@ -5,8 +5,8 @@ use std::fmt;
 use k8s_openapi::{
     api::{
         core::v1::{
-            Container, Endpoints, Namespace, Node, NodeSpec, NodeStatus, Pod, PodCondition, PodSpec, PodStatus,
-            Service,
+            Container, Endpoints, Namespace, Node, NodeSpec, NodeStatus, Pod, PodCondition, PodSpec,
+            PodStatus, Service,
         },
         discovery::v1::EndpointSlice,
         networking::v1::NetworkPolicy,
@@ -394,10 +394,18 @@ spec:
             let Object::Pod(p) = o else { unreachable!() };
             assert!(p.metadata.managed_fields.is_none() && p.metadata.uid.is_none());
             let spec = p.spec.as_ref().expect("spec");
-            assert!(spec.volumes.is_none() && spec.containers.iter().all(|c| c.env.is_none() && c.image.is_none()));
+            assert!(
+                spec.volumes.is_none()
+                    && spec
+                        .containers
+                        .iter()
+                        .all(|c| c.env.is_none() && c.image.is_none())
+            );
             assert!(spec.init_containers.as_ref().is_none_or(|cs| cs.len() == 1));
         }
-        let Some(Object::Service(s)) = trimmed.get(&ObjectKey::new(Kind::Service, "shop", "web")).map(|e| &e.object)
+        let Some(Object::Service(s)) = trimmed
+            .get(&ObjectKey::new(Kind::Service, "shop", "web"))
+            .map(|e| &e.object)
         else {
             panic!("service");
         };

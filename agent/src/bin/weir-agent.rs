@@ -195,7 +195,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let cluster = args.source == Some(SourceSpec::Kube);
     let root = weir_agent::datapath::bpffs::resolve(&args.bpffs_root, true)?;
     let pins = PinLayout::new(root);
-    let net = node_net::discover(&args.devices, &args.nodeport_addresses).context("finding the node's devices")?;
+    let net =
+        node_net::discover(&args.devices, &args.nodeport_addresses).context("finding the node's devices")?;
     let cgroup = weir_agent::datapath::cgroup::resolve(args.cgroup_root.as_deref())?;
     let metrics = Metrics::new();
     let status = Status::default();
@@ -270,12 +271,17 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     rt.block_on(async move {
         http::spawn(args.metrics_address.0, Endpoints::Metrics(metrics));
         http::spawn(args.health_address.0, Endpoints::Health(status.clone()));
-        http::spawn(args.kube_proxy_healthz_address.0, Endpoints::KubeProxy(status.clone()));
+        http::spawn(
+            args.kube_proxy_healthz_address.0,
+            Endpoints::KubeProxy(status.clone()),
+        );
         // Bind last: a plugin that can connect finds a datapath ready to take its pod.
         let listener = cni_server::bind(&args.cni_socket)?;
         info!(socket = %args.cni_socket.display(), "serving CNI registrations");
         status.cni_serving();
-        cni_server::serve(listener, dp).await.context("serving the CNI socket")
+        cni_server::serve(listener, dp)
+            .await
+            .context("serving the CNI socket")
     })
 }
 

@@ -173,7 +173,10 @@ fn read_file(path: &Path, name: &str) -> Result<(BTreeMap<ObjectKey, Object>, Ve
     };
     let (objects, problems) = parse_documents(&text, name);
     // Only what the model reads is kept (a Pod's env, a Node's images go).
-    Ok((objects.into_iter().map(|o| (o.key(), o.trimmed())).collect(), problems))
+    Ok((
+        objects.into_iter().map(|o| (o.key(), o.trimmed())).collect(),
+        problems,
+    ))
 }
 
 impl DirSource {

@@ -146,7 +146,11 @@ impl KubeSource {
                     let _ = ready_tx.send(Ok(()));
                     let watchers = vec![
                         tokio::spawn(watch::<Service>(client.clone(), Kind::Service, tx.clone())),
-                        tokio::spawn(watch::<EndpointSlice>(client.clone(), Kind::EndpointSlice, tx.clone())),
+                        tokio::spawn(watch::<EndpointSlice>(
+                            client.clone(),
+                            Kind::EndpointSlice,
+                            tx.clone(),
+                        )),
                         tokio::spawn(watch::<Pod>(client.clone(), Kind::Pod, tx.clone())),
                         tokio::spawn(watch::<Namespace>(client.clone(), Kind::Namespace, tx.clone())),
                         tokio::spawn(watch::<Node>(client.clone(), Kind::Node, tx.clone())),
@@ -227,7 +231,8 @@ impl KubeSource {
 async fn client(kubeconfig: Option<PathBuf>) -> Result<Client, String> {
     let config = match kubeconfig {
         Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let kc =
+                kube::config::Kubeconfig::read_from(&path).map_err(|e| format!("{}: {e}", path.display()))?;
             kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
                 .await
                 .map_err(|e| format!("{}: {e}", path.display()))?
