@@ -482,7 +482,76 @@ fn apply_locked(s: &mut State, object: &Value) -> u64 {
     meta["annotations"]["kubectl.kubernetes.io/last-applied-configuration"] = json!(applied);
     let kind = if old.is_some() { "MODIFIED" } else { "ADDED" };
     s.history.push((rv, r.kind, kind, o.clone()));
-    s.objects.insert(key, o);
+    s.objects.insert(key.clone(), o.clone());
+    if r.kind == "Endpoints" {
+        return mirror_endpoints(s, &key.1, &key.2, Some(&o)).max(rv);
+    }
+    rv
+}
+
+/// The EndpointSlice mirroring controller: the `Endpoints` of a Service without
+/// a selector become EndpointSlices (one per subset and address family)
+/// labelled as that controller labels them; gone when the `Endpoints` go.
+fn mirror_endpoints(s: &mut State, ns: &str, name: &str, endpoints: Option<&Value>) -> u64 {
+    let selectorless = s
+        .objects
+        .get(&("Service", ns.to_owned(), name.to_owned()))
+        .is_some_and(|svc| svc["spec"]["selector"].as_object().is_none_or(serde_json::Map::is_empty));
+    let mut slices = Vec::new();
+    let subsets = endpoints.filter(|_| selectorless).and_then(|e| e["subsets"].as_array()).cloned();
+    for (i, subset) in subsets.unwrap_or_default().iter().enumerate() {
+        let listed = |field: &str, ready: bool| {
+            subset[field].as_array().cloned().unwrap_or_default().into_iter().map(move |a| (a, ready))
+        };
+        let all: Vec<(Value, bool)> = listed("addresses", true).chain(listed("notReadyAddresses", false)).collect();
+        for family in ["IPv4", "IPv6"] {
+            let of_family: Vec<Value> = all
+                .iter()
+                .filter(|(a, _)| a["ip"].as_str().is_some_and(|ip| ip.contains(':') == (family == "IPv6")))
+                .map(|(a, ready)| {
+                    let mut e = json!({
+                        "addresses": [a["ip"]],
+                        "conditions": { "ready": ready, "serving": ready, "terminating": false },
+                    });
+                    if let Some(node) = a["nodeName"].as_str() {
+                        e["nodeName"] = json!(node);
+                    }
+                    e
+                })
+                .collect();
+            if of_family.is_empty() {
+                continue;
+            }
+            slices.push(json!({
+                "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {
+                    "name": format!("{name}-mirror-{i}-{}", family.to_lowercase()), "namespace": ns,
+                    "labels": {
+                        "kubernetes.io/service-name": name,
+                        "endpointslice.kubernetes.io/managed-by": "endpointslicemirroring-controller.k8s.io",
+                    },
+                },
+                "addressType": family,
+                "endpoints": of_family,
+                "ports": subset["ports"].clone(),
+            }));
+        }
+    }
+    let prefix = format!("{name}-mirror-");
+    let stale: Vec<String> = s
+        .objects
+        .keys()
+        .filter(|(k, n, o)| *k == "EndpointSlice" && n == ns && o.starts_with(&prefix))
+        .map(|(_, _, o)| o.clone())
+        .filter(|o| !slices.iter().any(|sl| sl["metadata"]["name"] == *o))
+        .collect();
+    let mut rv = 0;
+    for o in stale {
+        rv = rv.max(delete_locked(s, "EndpointSlice", ns, &o).unwrap_or(0));
+    }
+    for slice in &slices {
+        rv = rv.max(apply_locked(s, slice));
+    }
     rv
 }
 
@@ -492,6 +561,9 @@ fn delete_locked(s: &mut State, kind: &'static str, ns: &str, name: &str) -> Opt
     o["metadata"]["resourceVersion"] = json!(s.rv.to_string());
     let rv = s.rv;
     s.history.push((rv, kind, "DELETED", o));
+    if kind == "Endpoints" {
+        return Some(mirror_endpoints(s, ns, name, None).max(rv));
+    }
     Some(rv)
 }
 

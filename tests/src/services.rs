@@ -69,6 +69,25 @@ pub enum Cluster {
     Api(ApiServer),
 }
 
+/// Runs each scenario `fn name(kind: SourceKind)` once per source, as the
+/// tests `name::root_dir` (`--source dir:`) and `name::root_kube` (`--source
+/// kube`, through the lab's API server).
+#[macro_export]
+macro_rules! with_both_sources {
+    ($($name:ident),+ $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn root_dir() {
+                super::$name($crate::services::SourceKind::Dir)
+            }
+            #[test]
+            fn root_kube() {
+                super::$name($crate::services::SourceKind::Kube)
+            }
+        }
+    )+};
+}
+
 /// The two sources, for tests that run a scenario with each.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SourceKind {

@@ -1,6 +1,7 @@
 //! Tier 2 (root + namespaces): two lab nodes joined by an underlay with native
-//! routing of pod CIDRs, one agent each, both fed the same manifests (as every
-//! node of a cluster watches the same API). A ClusterIP whose endpoints live on
+//! routing of pod CIDRs, one agent each, both reading the same cluster (a manifest
+//! directory, or the lab's API server: as every node of a cluster watches the
+//! same API). A ClusterIP whose endpoints live on
 //! the other node is translated on the client's node, and the backend's replies,
 //! which come back over the underlay, are translated back on the way into the
 //! client pod.
@@ -12,19 +13,22 @@ use std::{
 
 use weir_lab::{
     Node,
-    services::{Ep, ManifestDir, port, service, slice},
+    services::{Cluster, Ep, SourceKind, port, service, slice},
     underlay,
     whoami::{WhoAmI, ask_tcp, ask_udp},
 };
 
-#[test]
-fn root_clusterip_reaches_endpoints_on_another_node() {
-    let (dir_a, dir_b) = (ManifestDir::new(), ManifestDir::new());
+weir_lab::with_both_sources!(
+    clusterip_reaches_endpoints_on_another_node,
+);
+
+fn clusterip_reaches_endpoints_on_another_node(kind: SourceKind) {
+    let cluster = Cluster::new(kind);
     let mut node_a = Node::new("10.93.1.0/24");
     let mut node_b = Node::new("10.93.2.0/24");
     underlay::link(&node_a, &node_b, 93);
-    let agent_a = node_a.start_agent_with_source(dir_a.path());
-    let _agent_b = node_b.start_agent_with_source(dir_b.path());
+    let agent_a = node_a.start_agent_for(&cluster);
+    let _agent_b = node_b.start_agent_for(&cluster);
 
     let remote = node_b.add_pod("remote");
     let local = node_a.add_pod("local");
@@ -56,8 +60,7 @@ fn root_clusterip_reaches_endpoints_on_another_node() {
         objects
     };
     let only_remote = manifests(&[(node_b.name(), remote.ipv4())]);
-    dir_a.write("web.yaml", &only_remote);
-    dir_b.write("web.yaml", &only_remote);
+    cluster.write("web.yaml", &only_remote);
     let backend = format!("{}:8080", remote.ipv4());
     agent_a.wait_backends("10.96.0.20:80/TCP", std::slice::from_ref(&backend));
 
@@ -79,8 +82,7 @@ fn root_clusterip_reaches_endpoints_on_another_node() {
 
     // Endpoints on both nodes: new connections reach both, replies come back right.
     let both = manifests(&[(node_b.name(), remote.ipv4()), (node_a.name(), local.ipv4())]);
-    dir_a.write("web.yaml", &both);
-    dir_b.write("web.yaml", &both);
+    cluster.write("web.yaml", &both);
     agent_a.wait_backends("10.96.0.20:80/TCP", &[backend, format!("{}:8080", local.ipv4())]);
     let servers: BTreeSet<String> = (0..40)
         .map(|i| {

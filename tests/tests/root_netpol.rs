@@ -4,7 +4,9 @@
 //! underlay as well as stay on a node. For every step of every scenario, every
 //! ordered pair of pods is probed on each port and protocol, plus every pod to a
 //! ClusterIP whose endpoint is x/b, and the whole matrix is compared with the one
-//! the independent evaluator of `weir_lab::netpol` expects.
+//! the independent evaluator of `weir_lab::netpol` expects. Each scenario runs
+//! with the directory source (`*::root_dir`) and the lab's API server
+//! (`*::root_kube`).
 
 use std::{
     collections::BTreeMap,
@@ -17,7 +19,7 @@ use weir_lab::{
     Agent, Node, Pod,
     netpol::{self, Cluster},
     reachability::{self, Probe},
-    services::{self, Ep, ManifestDir, port, service, slice},
+    services::{self, Ep, SourceKind, port, service, slice},
     underlay,
     whoami::WhoAmI,
 };
@@ -31,7 +33,7 @@ const SETTLE: Duration = Duration::from_secs(6);
 const RETRY_TIMEOUT: Duration = Duration::from_millis(1500);
 
 struct Lab {
-    dir: ManifestDir,
+    source: services::Cluster,
     /// What the agents were last given.
     written: std::cell::RefCell<Vec<Value>>,
     agents: Vec<Agent>,
@@ -42,14 +44,14 @@ struct Lab {
 }
 
 impl Lab {
-    fn new() -> Self {
-        let dir = ManifestDir::new();
+    fn new(kind: SourceKind) -> Self {
+        let source = services::Cluster::new(kind);
         let mut node_a = Node::new("10.94.1.0/24");
         let mut node_b = Node::new("10.94.2.0/24");
         underlay::link(&node_a, &node_b, 94);
         let agents = vec![
-            node_a.start_agent_with_source(dir.path()),
-            node_b.start_agent_with_source(dir.path()),
+            node_a.start_agent_for(&source),
+            node_b.start_agent_for(&source),
         ];
         let node_of = |pod: &str| if pod == "b" { &node_b } else { &node_a };
         let mut pods = BTreeMap::new();
@@ -71,7 +73,7 @@ impl Lab {
             |_, name| node_of(name).name().to_owned(),
         );
         Self {
-            dir,
+            source,
             written: Default::default(),
             agents,
             pods,
@@ -108,7 +110,7 @@ impl Lab {
             return start; // nothing changes: nothing to wait for
         }
         let before: Vec<usize> = self.agents.iter().map(synced).collect();
-        self.dir.write("cluster.yaml", &objects);
+        self.source.write("cluster.yaml", &objects);
         *self.written.borrow_mut() = objects;
         while self
             .agents
@@ -210,9 +212,16 @@ fn disagreements(cases: &[Case<'_>], since: Instant) -> Vec<String> {
     }
 }
 
-#[test]
-fn root_upstream_xyz_scenarios_hold_with_real_traffic() {
-    let lab = Lab::new();
+weir_lab::with_both_sources!(
+    upstream_xyz_scenarios_hold_with_real_traffic,
+    policy_admits_the_node_reports_drops_and_survives_agent_restarts,
+    policy_over_ipv6_and_dual_stack,
+    icmp_errors_pass_only_for_admitted_flows,
+    a_flood_of_new_flows_does_not_break_other_pods_flows,
+);
+
+fn upstream_xyz_scenarios_hold_with_real_traffic(kind: SourceKind) {
+    let lab = Lab::new(kind);
     let scenarios = netpol::scenarios(&lab.base);
     assert!(scenarios.len() >= 40, "{} scenarios", scenarios.len());
     let mut failures = Vec::new();
@@ -250,21 +259,20 @@ fn root_upstream_xyz_scenarios_hold_with_real_traffic() {
 }
 
 /// One node, a client and a server pod, and the node itself.
-#[test]
-fn root_policy_admits_the_node_reports_drops_and_survives_agent_restarts() {
+fn policy_admits_the_node_reports_drops_and_survives_agent_restarts(kind: SourceKind) {
     use weir_lab::{
         netpol::{NsInfo, PodInfo},
         underlay::Underlay,
         whoami::{ask_tcp, ask_tcp_from},
     };
-    let dir = ManifestDir::new();
+    let source = services::Cluster::new(kind);
     let mut node = Node::new("10.95.1.0/24");
     // The node on an underlay, with a host outside the cluster.
     let underlay = Underlay::new(95);
     let node_ip = underlay.join(&[&node])[0];
     let (outside, _) = underlay.external();
     outside.sh(&format!("ip route add 10.95.1.0/24 via {node_ip}"));
-    let mut agent = node.start_agent_with_source(dir.path());
+    let mut agent = node.start_agent_for(&source);
     let server = node.add_pod("server");
     let client = node.add_pod("client");
     let _whoami = WhoAmI::start(&server.ns, "server", server.ipv4(), &[80]);
@@ -291,7 +299,7 @@ fn root_policy_admits_the_node_reports_drops_and_survives_agent_restarts() {
     .expect("policy");
     let mut objects = cluster.manifests();
     objects.push(deny);
-    dir.write("web.yaml", &objects);
+    source.write("web.yaml", &objects);
     let isolated = |a: &Agent| {
         let view = a.weirctl(&["policy"]);
         view.to_string().contains("nothing admitted")
@@ -381,7 +389,7 @@ fn root_policy_admits_the_node_reports_drops_and_survives_agent_restarts() {
     )
     .expect("policy");
     objects.push(allow);
-    dir.write("web.yaml", &objects);
+    source.write("web.yaml", &objects);
     let start = Instant::now();
     loop {
         match ask_tcp(&client.ns, to_server) {
@@ -397,13 +405,12 @@ fn root_policy_admits_the_node_reports_drops_and_survives_agent_restarts() {
 
 /// Dual-stack pods: selectors admit a pod by both its addresses; IPv6 `ipBlock`s
 /// with exceptions; UDP and TCP over IPv6.
-#[test]
-fn root_policy_over_ipv6_and_dual_stack() {
+fn policy_over_ipv6_and_dual_stack(kind: SourceKind) {
     use serde_json::json;
-    let dir = ManifestDir::new();
+    let source = services::Cluster::new(kind);
     let mut node =
         Node::with_ranges(json!([[{ "subnet": "10.95.2.0/24" }], [{ "subnet": "fd00:10:95:2::/64" }]]));
-    let agent = node.start_agent_with_source(dir.path());
+    let agent = node.start_agent_for(&source);
     let pods: Vec<Pod> = ["server", "client", "other"]
         .iter()
         .map(|n| node.add_pod(n))
@@ -442,7 +449,7 @@ fn root_policy_over_ipv6_and_dual_stack() {
         "spec": {"podSelector": {"matchLabels": {"role": "other"}}, "policyTypes": ["Egress"],
                  "egress": [{"to": [{"ipBlock": {"cidr": "fd00::/8", "except": [format!("{}/128", client.ipv6())]}}]}]},
     }));
-    dir.write("web.yaml", &objects);
+    source.write("web.yaml", &objects);
     let start = Instant::now();
     while agent.weirctl(&["policy"]).as_array().is_none_or(Vec::is_empty) {
         assert!(start.elapsed() < Duration::from_secs(10), "policies never synced");
@@ -506,16 +513,15 @@ fn root_policy_over_ipv6_and_dual_stack() {
 /// about a flow its policies admitted (port unreachable for an admitted UDP
 /// datagram) passes both ways; a crafted error quoting a packet of no admitted
 /// flow is dropped, whether the isolated pod sends it or receives it.
-#[test]
-fn root_icmp_errors_pass_only_for_admitted_flows() {
+fn icmp_errors_pass_only_for_admitted_flows(kind: SourceKind) {
     use std::net::{Ipv4Addr, SocketAddrV4};
 
     use serde_json::json;
     use weir_lab::icmp::{port_unreachable_arrives, send_port_unreachable};
 
-    let dir = ManifestDir::new();
+    let source = services::Cluster::new(kind);
     let mut node = Node::new("10.95.3.0/24");
-    let agent = node.start_agent_with_source(dir.path());
+    let agent = node.start_agent_for(&source);
     let iso = node.add_pod("iso");
     let peer = node.add_pod("peer");
     let v4 = |p: &Pod| match p.ipv4() {
@@ -542,7 +548,7 @@ fn root_icmp_errors_pass_only_for_admitted_flows() {
                  "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "peer"}}}], "ports": [{"port": 9000, "protocol": "UDP"}]}],
                  "egress": [{"to": [{"podSelector": {"matchLabels": {"app": "peer"}}}], "ports": [{"port": 9100, "protocol": "UDP"}]}]},
     }));
-    dir.write("icmp.yaml", &objects);
+    source.write("icmp.yaml", &objects);
     let start = Instant::now();
     while agent.weirctl(&["policy"]).as_array().is_none_or(Vec::is_empty) {
         assert!(start.elapsed() < Duration::from_secs(10), "policies never synced");
@@ -622,8 +628,7 @@ fn root_icmp_errors_pass_only_for_admitted_flows() {
 /// pods' flows from the policy conntrack into being judged anew: a server
 /// isolated both ways keeps answering an idle UDP client and pushing to it,
 /// and keeps talking on a TCP connection opened before its policy existed.
-#[test]
-fn root_a_flood_of_new_flows_does_not_break_other_pods_flows() {
+fn a_flood_of_new_flows_does_not_break_other_pods_flows(kind: SourceKind) {
     use std::{
         io::{BufRead as _, BufReader, Write as _},
         net::{TcpListener, TcpStream, UdpSocket},
@@ -631,9 +636,9 @@ fn root_a_flood_of_new_flows_does_not_break_other_pods_flows() {
 
     use serde_json::json;
 
-    let dir = ManifestDir::new();
+    let source = services::Cluster::new(kind);
     let mut node = Node::new("10.95.4.0/24");
-    let agent = node.start_agent_with_source(dir.path());
+    let agent = node.start_agent_for(&source);
     let pods: Vec<Pod> = ["server", "client", "flood", "sink"]
         .iter()
         .map(|n| node.add_pod(n))
@@ -657,7 +662,7 @@ fn root_a_flood_of_new_flows_does_not_break_other_pods_flows() {
                  "egress": [{"to": [{"podSelector": {"matchLabels": {"app": "sink"}}}]}]},
     });
     objects.push(flood_policy);
-    dir.write("ct.yaml", &objects);
+    source.write("ct.yaml", &objects);
 
     // A TCP connection opened while nothing isolates the server; the test
     // holds both ends.
@@ -697,7 +702,7 @@ fn root_a_flood_of_new_flows_does_not_break_other_pods_flows() {
                               "ports": [{"port": 8080}, {"port": 5300, "protocol": "UDP"}]}]},
     }));
     let before = synced(&agent);
-    dir.write("ct.yaml", &objects);
+    source.write("ct.yaml", &objects);
     let start = Instant::now();
     while synced(&agent) <= before {
         assert!(start.elapsed() < Duration::from_secs(10), "policy never synced");

@@ -1,7 +1,8 @@
 //! Tier 2 (root + namespaces): Service traffic from outside the cluster. Two lab
 //! nodes and an external host share a switched underlay; each node runs an agent
-//! fed the same manifests, with its underlay device found by default. A backend
-//! pod runs on each node.
+//! reading the same cluster (a manifest directory, tests `*::root_dir`, or the
+//! lab's API server with a Node object per node, `*::root_kube`), with its
+//! underlay device found by default. A backend pod runs on each node.
 
 use std::{
     collections::BTreeSet,
@@ -13,13 +14,13 @@ use serde_json::{Value, json};
 use weir_lab::{
     Agent, Node, Pod,
     netns::Netns,
-    services::{Ep, ManifestDir, merge, port, service, slice},
+    services::{Cluster, Ep, SourceKind, merge, node_object, port, service, slice},
     underlay::Underlay,
     whoami::{Answer, WhoAmI, ask_tcp, ask_udp},
 };
 
 /// Field order is drop order: servers and pods before agents and nodes.
-struct Cluster {
+struct Lab {
     _servers: Vec<WhoAmI>,
     a1: Pod,
     b1: Pod,
@@ -28,13 +29,13 @@ struct Cluster {
     external: Netns,
     external_ip: IpAddr,
     node_ips: Vec<IpAddr>,
-    dirs: Vec<ManifestDir>,
+    cluster: Cluster,
     nodes: Vec<Node>,
     _underlay: Underlay,
 }
 
-impl Cluster {
-    fn new(n: u8) -> Self {
+impl Lab {
+    fn new(kind: SourceKind, n: u8) -> Self {
         let underlay = Underlay::new(n);
         let mut nodes = vec![
             Node::new(&format!("10.{n}.1.0/24")),
@@ -42,12 +43,17 @@ impl Cluster {
         ];
         let node_ips = underlay.join(&nodes.iter().collect::<Vec<_>>());
         let (external, external_ip) = underlay.external();
-        let dirs = vec![ManifestDir::new(), ManifestDir::new()];
-        let agents: Vec<Agent> = nodes
-            .iter_mut()
-            .zip(&dirs)
-            .map(|(node, dir)| node.start_agent_with_source(dir.path()))
+        let cluster = Cluster::new(kind);
+        // In a cluster each node has its Node object: pod CIDR and address.
+        let node_objects: Vec<Value> = nodes
+            .iter()
+            .zip(&node_ips)
+            .map(|(node, ip)| node_object(node.name(), &[&node.pod_cidr()], &[*ip]))
             .collect();
+        if kind == SourceKind::Kube {
+            cluster.write("nodes", &node_objects);
+        }
+        let agents: Vec<Agent> = nodes.iter_mut().map(|node| node.start_agent_for(&cluster)).collect();
         let a1 = nodes[0].add_pod("a1");
         let b1 = nodes[1].add_pod("b1");
         let client = nodes[0].add_pod("client");
@@ -64,18 +70,16 @@ impl Cluster {
             external,
             external_ip,
             node_ips,
-            dirs,
+            cluster,
             nodes,
             _underlay: underlay,
         }
     }
 
-    /// Every node's agent reads the same manifests, as every node of a cluster
+    /// Every node's agent reads the same cluster, as every node of a cluster
     /// watches the same API.
     fn apply(&self, file: &str, objects: &[Value]) {
-        for dir in &self.dirs {
-            dir.write(file, objects);
-        }
+        self.cluster.write(file, objects);
     }
 
     /// Service `name`: a ClusterIP Service (TCP 80 and UDP 53 to 8080) with
@@ -148,9 +152,19 @@ fn servers(answers: &[Answer]) -> BTreeSet<&str> {
     answers.iter().map(|a| a.server.as_str()).collect()
 }
 
-#[test]
-fn root_nodeport_from_outside_reaches_local_and_remote_endpoints() {
-    let c = Cluster::new(94);
+weir_lab::with_both_sources!(
+    nodeport_from_outside_reaches_local_and_remote_endpoints,
+    external_traffic_policy_local_keeps_the_client_and_drops_without_a_local_endpoint,
+    external_and_load_balancer_ips_and_nodeport_affinity,
+    internal_traffic_policy_local_serves_only_same_node_clients,
+    node_processes_reach_services_through_socket_hooks,
+    host_port_by_chaining_portmap,
+    node_facing_traffic_falls_back_to_terminating_endpoints,
+    nodeport_to_a_host_network_endpoint,
+);
+
+fn nodeport_from_outside_reaches_local_and_remote_endpoints(kind: SourceKind) {
+    let c = Lab::new(kind, 94);
     c.apply(
         "web.yaml",
         &c.service(
@@ -219,9 +233,8 @@ fn health(ns: &Netns, to: SocketAddr) -> (u16, Value) {
     })
 }
 
-#[test]
-fn root_external_traffic_policy_local_keeps_the_client_and_drops_without_a_local_endpoint() {
-    let c = Cluster::new(95);
+fn external_traffic_policy_local_keeps_the_client_and_drops_without_a_local_endpoint(kind: SourceKind) {
+    let c = Lab::new(kind, 95);
     let mut lb = node_port("Local", 30081, 30054);
     merge(
         &mut lb,
@@ -283,9 +296,8 @@ fn root_external_traffic_policy_local_keeps_the_client_and_drops_without_a_local
     }
 }
 
-#[test]
-fn root_external_and_load_balancer_ips_and_nodeport_affinity() {
-    let c = Cluster::new(96);
+fn external_and_load_balancer_ips_and_nodeport_affinity(kind: SourceKind) {
+    let c = Lab::new(kind, 96);
     let external_ip = "10.200.96.50";
     let lb_ip = "10.200.96.60";
     let mut objects = c.service(
@@ -338,9 +350,8 @@ fn root_external_and_load_balancer_ips_and_nodeport_affinity() {
     );
 }
 
-#[test]
-fn root_internal_traffic_policy_local_serves_only_same_node_clients() {
-    let c = Cluster::new(97);
+fn internal_traffic_policy_local_serves_only_same_node_clients(kind: SourceKind) {
+    let c = Lab::new(kind, 97);
     c.apply(
         "itp.yaml",
         &c.service(
@@ -360,9 +371,8 @@ fn root_internal_traffic_policy_local_serves_only_same_node_clients() {
     assert_eq!(a.server, "b1");
 }
 
-#[test]
-fn root_node_processes_reach_services_through_socket_hooks() {
-    let c = Cluster::new(98);
+fn node_processes_reach_services_through_socket_hooks(kind: SourceKind) {
+    let c = Lab::new(kind, 98);
     let mut objects = c.service(
         "web",
         "10.96.0.36",
@@ -413,9 +423,8 @@ fn root_node_processes_reach_services_through_socket_hooks() {
     );
 }
 
-#[test]
-fn root_host_port_by_chaining_portmap() {
-    let c = Cluster::new(99);
+fn host_port_by_chaining_portmap(kind: SourceKind) {
+    let c = Lab::new(kind, 99);
     let node = &c.nodes[0];
     let mut weir = node.conf.clone();
     weir.as_object_mut().expect("object").remove("cniVersion");
@@ -435,9 +444,8 @@ fn root_host_port_by_chaining_portmap() {
     node.run_chain(&spec, "DEL", &plugins, Some(&result));
 }
 
-#[test]
-fn root_node_facing_traffic_falls_back_to_terminating_endpoints() {
-    let c = Cluster::new(100);
+fn node_facing_traffic_falls_back_to_terminating_endpoints(kind: SourceKind) {
+    let c = Lab::new(kind, 100);
     // The only endpoints are terminating (serving, not ready): as for pods, they
     // take new connections rather than none (KEP-1669), here from outside.
     let mut objects = vec![service("drain", "10.96.0.38", &[port("tcp", 80, "8080", "TCP")])];
@@ -460,9 +468,8 @@ fn root_node_facing_traffic_falls_back_to_terminating_endpoints() {
     assert_eq!(servers(&answers), BTreeSet::from(["a1", "b1"]));
 }
 
-#[test]
-fn root_nodeport_to_a_host_network_endpoint() {
-    let c = Cluster::new(101);
+fn nodeport_to_a_host_network_endpoint(kind: SourceKind) {
+    let c = Lab::new(kind, 101);
     // A server in node A's own namespace (a hostNetwork pod's address is its node's).
     let _server = WhoAmI::start(&c.nodes[0].ns, "host-a", c.node_ips[0], &[8090]);
     let mut objects = vec![service(

@@ -1,5 +1,7 @@
-//! Tier 2 (root + namespaces): Services from a manifest directory (`weir-agent
-//! --source dir:`), load-balanced by the eBPF datapath with real packets. Each
+//! Tier 2 (root + namespaces): Services load-balanced by the eBPF datapath with
+//! real packets, each scenario read once from a manifest directory (`weir-agent
+//! --source dir:`, tests `*::root_dir`) and once from the lab's API server
+//! (`--source kube`, tests `*::root_kube`). Each
 //! test runs on a node of its own; backends are pods running a who-am-I server
 //! that answers with its name and the client address it saw.
 
@@ -14,14 +16,14 @@ use serde_json::{Value, json};
 use weir_lab::{
     Agent, Node, Pod,
     netns::Netns,
-    services::{Ep, ManifestDir, frontend, port, service, service_with_ips, slice},
+    services::{Cluster, Ep, SourceKind, frontend, port, service, service_with_ips, slice},
     traffic::ConnectionLoad,
     whoami::{Answer, TcpSession, UdpSession, WhoAmI, ask_tcp, ask_tcp_from, ask_udp, ask_udp_from},
 };
 
 const VIP: &str = "10.96.0.10";
 
-/// A node whose agent reads `dir`, with backend pods serving who-am-I.
+/// A node whose agent reads `cluster`, with backend pods serving who-am-I.
 /// Field order is drop order: servers, then pods, then the agent and the node.
 struct Lab {
     _servers: Vec<WhoAmI>,
@@ -29,15 +31,15 @@ struct Lab {
     client: Pod,
     agent: Agent,
     node: Node,
-    dir: ManifestDir,
+    cluster: Cluster,
 }
 
 impl Lab {
     /// `backends`: pod names; each serves who-am-I (TCP and UDP) on `ports`.
-    fn new(pod_cidr: &str, backends: &[&str], ports: &[u16]) -> Self {
-        let dir = ManifestDir::new();
+    fn new(kind: SourceKind, pod_cidr: &str, backends: &[&str], ports: &[u16]) -> Self {
+        let cluster = Cluster::new(kind);
         let mut node = Node::new(pod_cidr);
-        let agent = node.start_agent_with_source(dir.path());
+        let agent = node.start_agent_for(&cluster);
         let backends: Vec<Pod> = backends.iter().map(|n| node.add_pod(n)).collect();
         let servers = backends
             .iter()
@@ -50,7 +52,7 @@ impl Lab {
             client,
             agent,
             node,
-            dir,
+            cluster,
         }
     }
 
@@ -113,9 +115,30 @@ fn expect_server(answer: std::io::Result<Answer>, server: &str, what: &str) -> A
     a
 }
 
-#[test]
-fn root_clusterip_tcp_and_udp() {
-    let lab = Lab::new("10.91.1.0/24", &["a"], &[8080]);
+weir_lab::with_both_sources!(
+    clusterip_tcp_and_udp,
+    several_ports_with_different_protocols,
+    target_port_number_and_name,
+    selectorless_service_with_endpoints,
+    headless_and_other_proxy_services_get_no_frontend,
+    no_endpoints_rejects_quickly,
+    client_source_ip_is_preserved,
+    hairpin_backend_reaches_its_own_service,
+    session_affinity_client_ip,
+    endpoint_conditions_ready_then_terminating_fallback,
+    several_slices_per_service_merge,
+    established_tcp_keeps_its_backend_when_the_slice_changes,
+    udp_flows_to_a_removed_endpoint_are_flushed,
+    ports_and_service_recreation_apply_live,
+    new_connections_spread_evenly,
+    agent_restart_keeps_services_and_ids,
+    maglev_spreads_and_keeps_surviving_flows_on_their_backend,
+    a_closed_translated_flow_never_captures_a_direct_one,
+    ipv6_and_dual_stack_clusterips,
+);
+
+fn clusterip_tcp_and_udp(kind: SourceKind) {
+    let lab = Lab::new(kind, "10.91.1.0/24", &["a"], &[8080]);
     let mut objects = vec![service(
         "web",
         VIP,
@@ -128,7 +151,7 @@ fn root_clusterip_tcp_and_udp() {
         &[("http", 8080, "TCP"), ("dns", 8080, "UDP")],
         &lab.ready(&["a"]),
     ));
-    lab.dir.write("web.yaml", &objects);
+    lab.cluster.write("web.yaml", &objects);
     lab.agent
         .wait_backends(&format!("{VIP}:80/TCP"), &lab.addrs(&["a"], 8080));
     lab.agent
@@ -137,9 +160,8 @@ fn root_clusterip_tcp_and_udp() {
     expect_server(ask_udp(&lab.client.ns, vip(53)), "a", "UDP through the ClusterIP");
 }
 
-#[test]
-fn root_several_ports_with_different_protocols() {
-    let lab = Lab::new("10.91.2.0/24", &["a", "b"], &[8080, 5353]);
+fn several_ports_with_different_protocols(kind: SourceKind) {
+    let lab = Lab::new(kind, "10.91.2.0/24", &["a", "b"], &[8080, 5353]);
     let objects = vec![
         service(
             "multi",
@@ -162,7 +184,7 @@ fn root_several_ports_with_different_protocols() {
             &lab.ready(&["a", "b"]),
         ),
     ];
-    lab.dir.write("multi.yaml", &objects);
+    lab.cluster.write("multi.yaml", &objects);
     lab.agent
         .wait_backends(&format!("{VIP}:80/TCP"), &lab.addrs(&["a", "b"], 8080));
     lab.agent
@@ -179,9 +201,8 @@ fn root_several_ports_with_different_protocols() {
     }
 }
 
-#[test]
-fn root_target_port_number_and_name() {
-    let lab = Lab::new("10.91.3.0/24", &["a"], &[8080, 9090]);
+fn target_port_number_and_name(kind: SourceKind) {
+    let lab = Lab::new(kind, "10.91.3.0/24", &["a"], &[8080, 9090]);
     // `web` targets a container port by name: the EndpointSlice carries the
     // resolved number under the Service port's name, as the controller writes it.
     let objects = vec![
@@ -202,7 +223,7 @@ fn root_target_port_number_and_name() {
             &lab.ready(&["a"]),
         ),
     ];
-    lab.dir.write("svc.yaml", &objects);
+    lab.cluster.write("svc.yaml", &objects);
     lab.agent
         .wait_backends(&format!("{VIP}:80/TCP"), &lab.addrs(&["a"], 8080));
     lab.agent
@@ -215,9 +236,8 @@ fn root_target_port_number_and_name() {
     );
 }
 
-#[test]
-fn root_selectorless_service_with_endpoints() {
-    let lab = Lab::new("10.91.4.0/24", &["a"], &[7000]);
+fn selectorless_service_with_endpoints(kind: SourceKind) {
+    let lab = Lab::new(kind, "10.91.4.0/24", &["a"], &[7000]);
     let mut svc = service("ext", VIP, &[port("", 80, "7000", "TCP")]);
     svc["spec"].as_object_mut().expect("spec").remove("selector");
     let endpoints = json!({
@@ -229,15 +249,14 @@ fn root_selectorless_service_with_endpoints() {
             "ports": [{ "port": 7000, "protocol": "TCP" }],
         }],
     });
-    lab.dir.write("ext.yaml", &[svc, endpoints]);
+    lab.cluster.write("ext.yaml", &[svc, endpoints]);
     lab.agent
         .wait_backends(&format!("{VIP}:80/TCP"), &lab.addrs(&["a"], 7000));
     expect_server(ask_tcp(&lab.client.ns, vip(80)), "a", "selector-less Service");
 }
 
-#[test]
-fn root_headless_and_other_proxy_services_get_no_frontend() {
-    let lab = Lab::new("10.91.5.0/24", &["a"], &[8080]);
+fn headless_and_other_proxy_services_get_no_frontend(kind: SourceKind) {
+    let lab = Lab::new(kind, "10.91.5.0/24", &["a"], &[8080]);
     let mut headless = service("headless", "None", &[port("http", 80, "8080", "TCP")]);
     headless["spec"]["clusterIPs"] = json!(["None"]);
     let mut other_proxy = service("other", "10.96.0.12", &[port("http", 80, "8080", "TCP")]);
@@ -253,7 +272,7 @@ fn root_headless_and_other_proxy_services_get_no_frontend() {
             &lab.ready(&["a"]),
         ));
     }
-    lab.dir.write("all.yaml", &objects);
+    lab.cluster.write("all.yaml", &objects);
     let services = lab
         .agent
         .wait_backends(&format!("{VIP}:80/TCP"), &lab.addrs(&["a"], 8080));
@@ -269,15 +288,15 @@ fn root_headless_and_other_proxy_services_get_no_frontend() {
 
 #[test]
 fn root_invalid_service_is_reported_and_skipped() {
-    let lab = Lab::new("10.91.6.0/24", &["a"], &[8080]);
+    let lab = Lab::new(SourceKind::Dir, "10.91.6.0/24", &["a"], &[8080]);
     let mut objects = lab.web(&lab.ready(&["a"]));
     objects.push(service(
         "broken",
         "10.96.0.13",
         &[port("http", 80, "8080", "ICMP")],
     ));
-    lab.dir.write("mixed.yaml", &objects);
-    lab.dir.write_raw("garbage.yaml", "kind: [unterminated\n");
+    lab.cluster.write("mixed.yaml", &objects);
+    lab.cluster.dir().write_raw("garbage.yaml", "kind: [unterminated\n");
     let services = lab
         .agent
         .wait_backends(&format!("{VIP}:80/TCP"), &lab.addrs(&["a"], 8080));
@@ -310,9 +329,8 @@ fn root_invalid_service_is_reported_and_skipped() {
     }
 }
 
-#[test]
-fn root_no_endpoints_rejects_quickly() {
-    let lab = Lab::new("10.91.7.0/24", &[], &[]);
+fn no_endpoints_rejects_quickly(kind: SourceKind) {
+    let lab = Lab::new(kind, "10.91.7.0/24", &[], &[]);
     let objects = vec![
         service(
             "empty",
@@ -327,7 +345,7 @@ fn root_no_endpoints_rejects_quickly() {
             &[],
         ),
     ];
-    lab.dir.write("empty.yaml", &objects);
+    lab.cluster.write("empty.yaml", &objects);
     lab.agent.wait_services("both frontends, without backends", |s| {
         [format!("{VIP}:80/TCP"), format!("{VIP}:53/UDP")]
             .iter()
@@ -352,10 +370,9 @@ fn root_no_endpoints_rejects_quickly() {
     }
 }
 
-#[test]
-fn root_client_source_ip_is_preserved() {
-    let lab = Lab::new("10.91.8.0/24", &["a"], &[8080]);
-    lab.dir.write("web.yaml", &lab.web(&lab.ready(&["a"])));
+fn client_source_ip_is_preserved(kind: SourceKind) {
+    let lab = Lab::new(kind, "10.91.8.0/24", &["a"], &[8080]);
+    lab.cluster.write("web.yaml", &lab.web(&lab.ready(&["a"])));
     lab.agent
         .wait_backends(&format!("{VIP}:80/TCP"), &lab.addrs(&["a"], 8080));
     let a = expect_server(ask_tcp(&lab.client.ns, vip(80)), "a", "TCP");
@@ -367,10 +384,9 @@ fn root_client_source_ip_is_preserved() {
     );
 }
 
-#[test]
-fn root_hairpin_backend_reaches_its_own_service() {
-    let lab = Lab::new("10.91.9.0/24", &["a"], &[8080]);
-    lab.dir.write("web.yaml", &lab.web(&lab.ready(&["a"])));
+fn hairpin_backend_reaches_its_own_service(kind: SourceKind) {
+    let lab = Lab::new(kind, "10.91.9.0/24", &["a"], &[8080]);
+    lab.cluster.write("web.yaml", &lab.web(&lab.ready(&["a"])));
     lab.agent
         .wait_backends(&format!("{VIP}:80/TCP"), &lab.addrs(&["a"], 8080));
     let a = expect_server(ask_tcp(&lab.pod("a").ns, vip(80)), "a", "hairpin TCP");
@@ -395,9 +411,8 @@ fn affinity_service(timeout: Option<u32>) -> Value {
     svc
 }
 
-#[test]
-fn root_session_affinity_client_ip() {
-    let lab = Lab::new("10.91.10.0/24", &["a", "b", "c", "d"], &[8080]);
+fn session_affinity_client_ip(kind: SourceKind) {
+    let lab = Lab::new(kind, "10.91.10.0/24", &["a", "b", "c", "d"], &[8080]);
     let all = ["a", "b", "c", "d"];
     let slice = || {
         slice(
@@ -411,7 +426,7 @@ fn root_session_affinity_client_ip() {
     let front = format!("{VIP}:80/TCP");
     let affinity = |s: &Value| frontend(s, &front).map(|f| f["affinity_timeout"].clone());
 
-    lab.dir
+    lab.cluster
         .write("sticky.yaml", &[affinity_service(Some(10_800)), slice()]);
     lab.agent
         .wait_services("affinity 10800", |s| affinity(s) == Some(json!(10_800)));
@@ -422,7 +437,7 @@ fn root_session_affinity_client_ip() {
         "20 connections with ClientIP affinity hit several backends: {seen:?}"
     );
 
-    lab.dir.write("sticky.yaml", &[affinity_service(None), slice()]);
+    lab.cluster.write("sticky.yaml", &[affinity_service(None), slice()]);
     lab.agent
         .wait_services("affinity off", |s| affinity(s) == Some(Value::Null));
     let seen = tally_tcp(&lab.client.ns, vip(80), 40);
@@ -432,7 +447,7 @@ fn root_session_affinity_client_ip() {
     );
 
     // A 2 s timeout: within it the choice sticks; after > 2 s idle it is free again.
-    lab.dir
+    lab.cluster
         .write("sticky.yaml", &[affinity_service(Some(2)), slice()]);
     lab.agent
         .wait_services("affinity 2", |s| affinity(s) == Some(json!(2)));
@@ -454,11 +469,10 @@ fn root_session_affinity_client_ip() {
     );
 }
 
-#[test]
-fn root_endpoint_conditions_ready_then_terminating_fallback() {
-    let lab = Lab::new("10.91.11.0/24", &["a", "b", "c", "d"], &[8080]);
+fn endpoint_conditions_ready_then_terminating_fallback(kind: SourceKind) {
+    let lab = Lab::new(kind, "10.91.11.0/24", &["a", "b", "c", "d"], &[8080]);
     let front = format!("{VIP}:80/TCP");
-    lab.dir.write(
+    lab.cluster.write(
         "web.yaml",
         &lab.web(&[
             Ep::ready(lab.ip("a")),
@@ -474,7 +488,7 @@ fn root_endpoint_conditions_ready_then_terminating_fallback() {
         "only the ready endpoint may get connections"
     );
 
-    lab.dir.write(
+    lab.cluster.write(
         "web.yaml",
         &lab.web(&[
             Ep::not_ready(lab.ip("b")),
@@ -491,9 +505,8 @@ fn root_endpoint_conditions_ready_then_terminating_fallback() {
     );
 }
 
-#[test]
-fn root_several_slices_per_service_merge() {
-    let lab = Lab::new("10.91.12.0/24", &["a", "b", "c"], &[8080]);
+fn several_slices_per_service_merge(kind: SourceKind) {
+    let lab = Lab::new(kind, "10.91.12.0/24", &["a", "b", "c"], &[8080]);
     let node = lab.node.name();
     let objects = vec![
         service("web", VIP, &[port("http", 80, "8080", "TCP")]),
@@ -506,7 +519,7 @@ fn root_several_slices_per_service_merge() {
             &lab.ready(&["b", "c"]),
         ),
     ];
-    lab.dir.write("web.yaml", &objects);
+    lab.cluster.write("web.yaml", &objects);
     lab.agent
         .wait_backends(&format!("{VIP}:80/TCP"), &lab.addrs(&["a", "b", "c"], 8080));
     let seen = tally_tcp(&lab.client.ns, vip(80), 60);
@@ -517,17 +530,16 @@ fn root_several_slices_per_service_merge() {
     );
 }
 
-#[test]
-fn root_established_tcp_keeps_its_backend_when_the_slice_changes() {
-    let lab = Lab::new("10.91.13.0/24", &["a", "b"], &[8080]);
+fn established_tcp_keeps_its_backend_when_the_slice_changes(kind: SourceKind) {
+    let lab = Lab::new(kind, "10.91.13.0/24", &["a", "b"], &[8080]);
     let front = format!("{VIP}:80/TCP");
-    lab.dir.write("web.yaml", &lab.web(&lab.ready(&["a", "b"])));
+    lab.cluster.write("web.yaml", &lab.web(&lab.ready(&["a", "b"])));
     lab.agent.wait_backends(&front, &lab.addrs(&["a", "b"], 8080));
     let mut session = TcpSession::connect(&lab.client.ns, vip(80)).expect("connect");
     let first = session.ask().expect("first answer").server;
     let other = if first == "a" { "b" } else { "a" };
 
-    lab.dir.write("web.yaml", &lab.web(&lab.ready(&[other])));
+    lab.cluster.write("web.yaml", &lab.web(&lab.ready(&[other])));
     lab.agent.wait_backends(&front, &lab.addrs(&[other], 8080));
     let again = session.ask().expect("the open connection must still work");
     assert_eq!(
@@ -542,9 +554,8 @@ fn root_established_tcp_keeps_its_backend_when_the_slice_changes() {
     );
 }
 
-#[test]
-fn root_udp_flows_to_a_removed_endpoint_are_flushed() {
-    let lab = Lab::new("10.91.14.0/24", &["a", "b"], &[5353]);
+fn udp_flows_to_a_removed_endpoint_are_flushed(kind: SourceKind) {
+    let lab = Lab::new(kind, "10.91.14.0/24", &["a", "b"], &[5353]);
     let front = format!("{VIP}:53/UDP");
     let objects = |names: &[&str]| {
         vec![
@@ -558,13 +569,13 @@ fn root_udp_flows_to_a_removed_endpoint_are_flushed() {
             ),
         ]
     };
-    lab.dir.write("dns.yaml", &objects(&["a", "b"]));
+    lab.cluster.write("dns.yaml", &objects(&["a", "b"]));
     lab.agent.wait_backends(&front, &lab.addrs(&["a", "b"], 5353));
     let session = UdpSession::connect(&lab.client.ns, vip(53)).expect("UDP socket");
     let first = session.ask().expect("first answer").server;
     let other = if first == "a" { "b" } else { "a" };
 
-    lab.dir.write("dns.yaml", &objects(&[other]));
+    lab.cluster.write("dns.yaml", &objects(&[other]));
     lab.agent.wait_backends(&front, &lab.addrs(&[other], 5353));
     // The flush follows the map update: wait until no entry points at the old one.
     let gone = format!("{}:5353", lab.ip(&first));
@@ -591,12 +602,11 @@ fn root_udp_flows_to_a_removed_endpoint_are_flushed() {
     );
 }
 
-#[test]
-fn root_ports_and_service_recreation_apply_live() {
-    let lab = Lab::new("10.91.15.0/24", &["a"], &[8080, 5353]);
+fn ports_and_service_recreation_apply_live(kind: SourceKind) {
+    let lab = Lab::new(kind, "10.91.15.0/24", &["a"], &[8080, 5353]);
     let node = lab.node.name().to_owned();
     let write = |ip: &str, ports: &[Value], slice_ports: &[(&str, u16, &str)]| {
-        lab.dir.write(
+        lab.cluster.write(
             "svc.yaml",
             &[
                 service("svc", ip, ports),
@@ -624,7 +634,7 @@ fn root_ports_and_service_recreation_apply_live() {
     expect_server(ask_udp(&lab.client.ns, vip(53)), "a", "remaining UDP port");
 
     // Deleted, then created again under the same name with a new cluster IP.
-    lab.dir.remove("svc.yaml");
+    lab.cluster.remove("svc.yaml");
     lab.agent
         .wait_services("no frontends", |s| s.as_array().is_some_and(Vec::is_empty));
     write(
@@ -641,10 +651,9 @@ fn root_ports_and_service_recreation_apply_live() {
     );
 }
 
-#[test]
-fn root_new_connections_spread_evenly() {
-    let lab = Lab::new("10.91.16.0/24", &["a", "b", "c"], &[8080]);
-    lab.dir.write("web.yaml", &lab.web(&lab.ready(&["a", "b", "c"])));
+fn new_connections_spread_evenly(kind: SourceKind) {
+    let lab = Lab::new(kind, "10.91.16.0/24", &["a", "b", "c"], &[8080]);
+    lab.cluster.write("web.yaml", &lab.web(&lab.ready(&["a", "b", "c"])));
     lab.agent
         .wait_backends(&format!("{VIP}:80/TCP"), &lab.addrs(&["a", "b", "c"], 8080));
     let n = 1200;
@@ -660,11 +669,10 @@ fn root_new_connections_spread_evenly() {
     }
 }
 
-#[test]
-fn root_agent_restart_keeps_services_and_ids() {
-    let mut lab = Lab::new("10.91.17.0/24", &["a", "b"], &[8080]);
+fn agent_restart_keeps_services_and_ids(kind: SourceKind) {
+    let mut lab = Lab::new(kind, "10.91.17.0/24", &["a", "b"], &[8080]);
     let front = format!("{VIP}:80/TCP");
-    lab.dir.write("web.yaml", &lab.web(&lab.ready(&["a", "b"])));
+    lab.cluster.write("web.yaml", &lab.web(&lab.ready(&["a", "b"])));
     let before = lab.agent.wait_backends(&front, &lab.addrs(&["a", "b"], 8080));
     let backends_before = lab.agent.weirctl(&["backends"]);
 
@@ -741,14 +749,13 @@ fn wait_conntrack_idle(agent: &Agent) {
     }
 }
 
-#[test]
-fn root_maglev_spreads_and_keeps_surviving_flows_on_their_backend() {
-    let lab = Lab::new("10.91.18.0/24", &["a", "b", "c"], &[8080]);
+fn maglev_spreads_and_keeps_surviving_flows_on_their_backend(kind: SourceKind) {
+    let lab = Lab::new(kind, "10.91.18.0/24", &["a", "b", "c"], &[8080]);
     let front = format!("{VIP}:80/TCP");
     let write = |names: &[&str]| {
         let mut objects = lab.web(&lab.ready(names));
         objects[0]["metadata"]["annotations"] = json!({ "weir.dev/lb-algorithm": "maglev" });
-        lab.dir.write("web.yaml", &objects);
+        lab.cluster.write("web.yaml", &objects);
     };
     write(&["a", "b", "c"]);
     lab.agent
@@ -808,14 +815,13 @@ fn root_maglev_spreads_and_keeps_surviving_flows_on_their_backend() {
     );
 }
 
-#[test]
-fn root_ipv6_and_dual_stack_clusterips() {
+fn ipv6_and_dual_stack_clusterips(kind: SourceKind) {
     const VIP6: &str = "fd00:96::10";
     const EMPTY6: &str = "fd00:96::11";
-    let dir = ManifestDir::new();
+    let cluster = Cluster::new(kind);
     let mut node =
         Node::with_ranges(json!([[{ "subnet": "10.91.30.0/24" }], [{ "subnet": "fd00:10:91:30::/64" }]]));
-    let agent = node.start_agent_with_source(dir.path());
+    let agent = node.start_agent_for(&cluster);
     let a = node.add_pod("a");
     let client = node.add_pod("client");
     let _servers = [
@@ -824,7 +830,7 @@ fn root_ipv6_and_dual_stack_clusterips() {
     ];
     let ports = [port("http", 80, "8080", "TCP"), port("dns", 53, "8080", "UDP")];
     let slice_ports = [("http", 8080, "TCP"), ("dns", 8080, "UDP")];
-    dir.write(
+    cluster.write(
         "web.yaml",
         &[
             service_with_ips("web", &[VIP, VIP6], &ports),
@@ -878,9 +884,8 @@ fn root_ipv6_and_dual_stack_clusterips() {
 /// flow from the same client port to its backend (the kernel reuses source
 /// ports freely across destinations): the backend's SYN-ACK of the new direct
 /// connection must not be made to come from the frontend, nor its UDP answers.
-#[test]
-fn root_a_closed_translated_flow_never_captures_a_direct_one() {
-    let lab = Lab::new("10.91.20.0/24", &["a", "b"], &[8080]);
+fn a_closed_translated_flow_never_captures_a_direct_one(kind: SourceKind) {
+    let lab = Lab::new(kind, "10.91.20.0/24", &["a", "b"], &[8080]);
     let web = |eps: &[&str]| {
         vec![
             service(
@@ -897,7 +902,7 @@ fn root_a_closed_translated_flow_never_captures_a_direct_one() {
             ),
         ]
     };
-    lab.dir.write("web.yaml", &web(&["a"]));
+    lab.cluster.write("web.yaml", &web(&["a"]));
     lab.agent
         .wait_backends(&format!("{VIP}:80/TCP"), &lab.addrs(&["a"], 8080));
     lab.agent
@@ -947,7 +952,7 @@ fn root_a_closed_translated_flow_never_captures_a_direct_one() {
     // A reused port that the load balancer sent to another backend leaves the
     // first backend's reply entry behind: it must not capture a direct flow to
     // that backend either.
-    lab.dir.write("web.yaml", &web(&["a", "b"]));
+    lab.cluster.write("web.yaml", &web(&["a", "b"]));
     lab.agent
         .wait_backends(&format!("{VIP}:80/TCP"), &lab.addrs(&["a", "b"], 8080));
     let mut checked = 0;
