@@ -24,6 +24,7 @@ pub mod conntrack;
 pub mod ctl;
 pub mod datapath;
 pub mod health;
+pub mod host_routing;
 pub mod http;
 pub mod metrics;
 pub mod node;

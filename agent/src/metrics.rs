@@ -38,6 +38,9 @@ pub struct Metrics {
     /// datagram flows are judged packet by packet), and the largest share held.
     pub policy_ct_at_share: Gauge,
     pub policy_ct_largest_share: Gauge,
+    /// 1 while pods' packets to pods of the node go through the host's stack
+    /// (`--host-routing`).
+    pub host_stack: Gauge,
 }
 
 impl Metrics {
@@ -81,8 +84,14 @@ impl Metrics {
             "policy_conntrack_largest_share",
             "The most datagram-flow entries one endpoint holds in the policy conntrack",
         );
+        let host_stack = gauge(
+            &mut registry,
+            "host_routing_legacy",
+            "1 while packets between pods of the node go through the host's stack (netfilter), 0 while eBPF delivers them",
+        );
         Arc::new(Self {
             registry,
+            host_stack,
             map_write_failures,
             objects_skipped,
             policy_ct_entries,

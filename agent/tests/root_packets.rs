@@ -645,7 +645,7 @@ fn nodeport_lab(tag: &str, backends: &[[u8; 4]], flags: u32) -> Lab {
                 v6: [0; 16],
                 netns_cookie: 0,
                 ephemeral: [32768, 60999],
-                _pad: 0,
+                flags: 0,
             },
             0,
         )

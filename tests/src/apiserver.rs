@@ -496,18 +496,36 @@ fn mirror_endpoints(s: &mut State, ns: &str, name: &str, endpoints: Option<&Valu
     let selectorless = s
         .objects
         .get(&("Service", ns.to_owned(), name.to_owned()))
-        .is_some_and(|svc| svc["spec"]["selector"].as_object().is_none_or(serde_json::Map::is_empty));
+        .is_some_and(|svc| {
+            svc["spec"]["selector"]
+                .as_object()
+                .is_none_or(serde_json::Map::is_empty)
+        });
     let mut slices = Vec::new();
-    let subsets = endpoints.filter(|_| selectorless).and_then(|e| e["subsets"].as_array()).cloned();
+    let subsets = endpoints
+        .filter(|_| selectorless)
+        .and_then(|e| e["subsets"].as_array())
+        .cloned();
     for (i, subset) in subsets.unwrap_or_default().iter().enumerate() {
         let listed = |field: &str, ready: bool| {
-            subset[field].as_array().cloned().unwrap_or_default().into_iter().map(move |a| (a, ready))
+            subset[field]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .map(move |a| (a, ready))
         };
-        let all: Vec<(Value, bool)> = listed("addresses", true).chain(listed("notReadyAddresses", false)).collect();
+        let all: Vec<(Value, bool)> = listed("addresses", true)
+            .chain(listed("notReadyAddresses", false))
+            .collect();
         for family in ["IPv4", "IPv6"] {
             let of_family: Vec<Value> = all
                 .iter()
-                .filter(|(a, _)| a["ip"].as_str().is_some_and(|ip| ip.contains(':') == (family == "IPv6")))
+                .filter(|(a, _)| {
+                    a["ip"]
+                        .as_str()
+                        .is_some_and(|ip| ip.contains(':') == (family == "IPv6"))
+                })
                 .map(|(a, ready)| {
                     let mut e = json!({
                         "addresses": [a["ip"]],

@@ -18,9 +18,7 @@ use weir_lab::{
     whoami::{WhoAmI, ask_tcp, ask_udp},
 };
 
-weir_lab::with_both_sources!(
-    clusterip_reaches_endpoints_on_another_node,
-);
+weir_lab::with_both_sources!(clusterip_reaches_endpoints_on_another_node,);
 
 fn clusterip_reaches_endpoints_on_another_node(kind: SourceKind) {
     let cluster = Cluster::new(kind);

@@ -49,10 +49,7 @@ impl Lab {
         let mut node_a = Node::new("10.94.1.0/24");
         let mut node_b = Node::new("10.94.2.0/24");
         underlay::link(&node_a, &node_b, 94);
-        let agents = vec![
-            node_a.start_agent_for(&source),
-            node_b.start_agent_for(&source),
-        ];
+        let agents = vec![node_a.start_agent_for(&source), node_b.start_agent_for(&source)];
         let node_of = |pod: &str| if pod == "b" { &node_b } else { &node_a };
         let mut pods = BTreeMap::new();
         let mut servers = Vec::new();

@@ -53,7 +53,10 @@ impl Lab {
         if kind == SourceKind::Kube {
             cluster.write("nodes", &node_objects);
         }
-        let agents: Vec<Agent> = nodes.iter_mut().map(|node| node.start_agent_for(&cluster)).collect();
+        let agents: Vec<Agent> = nodes
+            .iter_mut()
+            .map(|node| node.start_agent_for(&cluster))
+            .collect();
         let a1 = nodes[0].add_pod("a1");
         let b1 = nodes[1].add_pod("b1");
         let client = nodes[0].add_pod("client");

@@ -296,7 +296,9 @@ fn root_invalid_service_is_reported_and_skipped() {
         &[port("http", 80, "8080", "ICMP")],
     ));
     lab.cluster.write("mixed.yaml", &objects);
-    lab.cluster.dir().write_raw("garbage.yaml", "kind: [unterminated\n");
+    lab.cluster
+        .dir()
+        .write_raw("garbage.yaml", "kind: [unterminated\n");
     let services = lab
         .agent
         .wait_backends(&format!("{VIP}:80/TCP"), &lab.addrs(&["a"], 8080));
@@ -437,7 +439,8 @@ fn session_affinity_client_ip(kind: SourceKind) {
         "20 connections with ClientIP affinity hit several backends: {seen:?}"
     );
 
-    lab.cluster.write("sticky.yaml", &[affinity_service(None), slice()]);
+    lab.cluster
+        .write("sticky.yaml", &[affinity_service(None), slice()]);
     lab.agent
         .wait_services("affinity off", |s| affinity(s) == Some(Value::Null));
     let seen = tally_tcp(&lab.client.ns, vip(80), 40);
@@ -653,7 +656,8 @@ fn ports_and_service_recreation_apply_live(kind: SourceKind) {
 
 fn new_connections_spread_evenly(kind: SourceKind) {
     let lab = Lab::new(kind, "10.91.16.0/24", &["a", "b", "c"], &[8080]);
-    lab.cluster.write("web.yaml", &lab.web(&lab.ready(&["a", "b", "c"])));
+    lab.cluster
+        .write("web.yaml", &lab.web(&lab.ready(&["a", "b", "c"])));
     lab.agent
         .wait_backends(&format!("{VIP}:80/TCP"), &lab.addrs(&["a", "b", "c"], 8080));
     let n = 1200;

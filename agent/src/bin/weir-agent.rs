@@ -15,6 +15,7 @@ use weir_agent::{
     cni_server,
     conntrack::Hygiene,
     datapath::{Datapath, PinLayout, pins::DEFAULT_ROOT},
+    host_routing::{self, HostRouting},
     http::{self, Endpoints},
     metrics::Metrics,
     node::NodeWatch,
@@ -124,6 +125,12 @@ struct RunArgs {
     /// only: with `kube`, a Node without podCIDRs is an error, not a guess).
     #[arg(long, value_delimiter = ',', value_name = "CIDR,...")]
     pod_cidrs: Vec<ipnetwork::IpNetwork>,
+    /// How pods' packets reach pods of the same node: `ebpf`, straight to
+    /// their veth; `legacy`, through the host's stack, where netfilter sees
+    /// them (needed while kube-proxy's rules or portmap's hostPorts translate
+    /// flows); `auto`, legacy while this node's netfilter has such rules.
+    #[arg(long, value_enum, default_value = "auto")]
+    host_routing: HostRouting,
 }
 
 /// An address to listen on, or `off`.
@@ -219,6 +226,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         "node devices"
     );
     let dp = Arc::new(Mutex::new(dp));
+    host_routing::start(args.host_routing, SharedDatapath(dp.clone()), metrics.clone());
     match &args.source {
         Some(spec) => {
             let conf = match args.cni_conf_file.as_deref() {
@@ -292,6 +300,9 @@ fn write_node(dp: &mut Datapath, net: &NodeNet) -> anyhow::Result<()> {
     let node_addrs = weir_common::NodeAddrs {
         netns_cookie: node_net::netns_cookie().context("reading this network namespace's cookie")?,
         ephemeral: node_net::ephemeral_ports().context("reading the node's ephemeral port range")?,
+        // The delivery mode stays as the last agent left it until
+        // `host_routing` decides again: a restart never flips it meanwhile.
+        flags: dp.node.get(&0, 0).map_or(0, |n| n.flags),
         ..net.snat
     };
     dp.node

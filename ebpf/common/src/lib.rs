@@ -500,8 +500,9 @@ const _: () =
     assert!(core::mem::offset_of!(Scratch, ip) % 4 == 0 && core::mem::offset_of!(Scratch, icmp) % 4 == 0);
 
 /// Value of [`maps::NODE`]: the addresses external flows to remote endpoints are
-/// source-NATed to, one per family (all zero: none), and the node's network
-/// namespace (its cookie), the only one the socket hooks act in.
+/// source-NATed to, one per family (all zero: none), the node's network
+/// namespace (its cookie), the only one the socket hooks act in, and how pod
+/// traffic is delivered (`NODE_F_*`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NodeAddrs {
@@ -511,9 +512,18 @@ pub struct NodeAddrs {
     /// The node's `net.ipv4.ip_local_port_range` (its own connections' source
     /// ports), which source NAT keeps out of; `[0, 0]`: Linux's default.
     pub ephemeral: [u16; 2],
-    pub _pad: u32,
+    pub flags: u32,
 }
 const _: () = assert!(core::mem::size_of::<NodeAddrs>() == 48);
+
+/// [`NodeAddrs::flags`]: deliver pods' packets to pods of the node through
+/// the host's stack (routing, netfilter) instead of straight to their veth,
+/// and leave the reverse translation of local backends' replies to the
+/// client's veth. Netfilter then sees both directions of every flow, so the
+/// flows it translates itself (kube-proxy's rules still in place, hostPorts
+/// of the chained `portmap`) get their replies translated back. Cilium calls
+/// this legacy host routing.
+pub const NODE_F_HOST_STACK: u32 = 1;
 
 /// Key of [`maps::SOCK_REV`]: a UDP socket and the backend it sent to.
 #[repr(C)]

@@ -19,7 +19,7 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use weir_common::{Dir, Reason};
+use weir_common::{Dir, NODE_F_HOST_STACK, Reason};
 
 use crate::{
     lb::Lb,
@@ -235,7 +235,10 @@ fn try_from_pod<F: Lb>(ctx: &TcContext) -> Result<Action, Reason> {
     if let Some((_, now)) = policed {
         seen = policy::known(&mut lb::scratch()?.in_key, &flow, Side::Egress, now);
     }
-    if lb && let Some(answered) = lb::from_pod(ctx, &mut flow)? {
+    let host_stack = lb::maps::NODE
+        .get(0)
+        .is_some_and(|n| n.flags & NODE_F_HOST_STACK != 0);
+    if lb && let Some(answered) = lb::from_pod(ctx, &mut flow, host_stack)? {
         // Rejected (the pod is told, whatever its policy) or the reply of an
         // external flow (judged above).
         return Ok(answered);
@@ -251,9 +254,14 @@ fn try_from_pod<F: Lb>(ctx: &TcContext) -> Result<Action, Reason> {
     }
     // A local pod: hand the packet straight to its veth. This skips the host's
     // routing and its reverse-path filter, which would refuse a reply whose
-    // source is now a frontend address the host has no route for.
+    // source is now a frontend address the host has no route for. Through the
+    // host's stack instead (`NODE_F_HOST_STACK`), only a hairpinned packet goes
+    // straight back: it comes from the hairpin address, which that filter
+    // would refuse on the veth it returns by.
     // SAFETY: valid for this run.
-    if let Some(ep) = unsafe { endpoints::ENDPOINTS.get(&endpoints::key::<F>(&flow.daddr)) } {
+    if let Some(ep) = unsafe { endpoints::ENDPOINTS.get(&endpoints::key::<F>(&flow.daddr)) }
+        && (!host_stack || ep.ifindex == ifindex)
+    {
         // SAFETY: no preconditions; the verdict says where the packet goes.
         let tc = unsafe { bpf_redirect_neigh(ep.ifindex, core::ptr::null_mut(), 0, 0) } as i32;
         return Ok(Action::forward(tc));

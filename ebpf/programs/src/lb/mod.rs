@@ -48,7 +48,7 @@ pub fn scratch() -> Result<&'static mut Scratch, Reason> {
 pub fn to_pod<F: Lb>(ctx: &TcContext, flow: &mut Flow<F>) -> Result<(), Reason> {
     // SAFETY: no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    reverse(ctx, flow, scratch()?, now).map(|_| ())
+    reverse(ctx, flow, scratch()?, now, false).map(|_| ())
 }
 
 /// Not a reply (see `reverse`).
@@ -56,9 +56,17 @@ const NOT_A_REPLY: u8 = 0xff;
 
 /// A local backend's reply to a translated flow: make it come from the frontend
 /// (and, for a hairpinned flow, go back to the client). Returns the flow's
-/// `CT_F_*` flags, or [`NOT_A_REPLY`].
+/// `CT_F_*` flags, or [`NOT_A_REPLY`]. `host_stack` (`NODE_F_HOST_STACK`): a
+/// reply to a pod is recognised but left as it is, to be translated on the
+/// client's veth once the host's stack has delivered it there.
 #[inline(always)]
-fn reverse<F: Lb>(ctx: &TcContext, flow: &mut Flow<F>, s: &mut Scratch, now: u64) -> Result<u8, Reason> {
+fn reverse<F: Lb>(
+    ctx: &TcContext,
+    flow: &mut Flow<F>,
+    s: &mut Scratch,
+    now: u64,
+    host_stack: bool,
+) -> Result<u8, Reason> {
     ct::fill_key(&mut s.in_key, flow, CT_IN);
     // SAFETY: valid for this run.
     let Some(reply) = (unsafe { CONNTRACK.get(&s.in_key) }) else {
@@ -83,6 +91,9 @@ fn reverse<F: Lb>(ctx: &TcContext, flow: &mut Flow<F>, s: &mut Scratch, now: u64
         let _ = CONNTRACK.remove(&s.in_key);
         return Ok(NOT_A_REPLY);
     }
+    if host_stack && reply.flags & (CT_F_EXTERNAL | CT_F_HAIRPIN) == 0 {
+        return Ok(reply.flags);
+    }
     ct::refresh(entry, flow, now);
     nat::snat(ctx, flow, &reply.nat_addr, reply.nat_port)?;
     if reply.flags & CT_F_HAIRPIN != 0 {
@@ -94,8 +105,13 @@ fn reverse<F: Lb>(ctx: &TcContext, flow: &mut Flow<F>, s: &mut Scratch, now: u64
 
 /// A packet a pod sends, translated in place: `Some(action)` when it has been
 /// answered (a rejection) or sent on (the reply of an external flow) here.
+/// `host_stack`: see [`reverse`].
 #[inline(always)]
-pub fn from_pod<F: Lb>(ctx: &TcContext, flow: &mut Flow<F>) -> Result<Option<Action>, Reason> {
+pub fn from_pod<F: Lb>(
+    ctx: &TcContext,
+    flow: &mut Flow<F>,
+    host_stack: bool,
+) -> Result<Option<Action>, Reason> {
     // SAFETY: no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     let s = scratch()?;
@@ -120,7 +136,7 @@ pub fn from_pod<F: Lb>(ctx: &TcContext, flow: &mut Flow<F>) -> Result<Option<Act
 
     // 2. A local backend answering a translated flow; an external client's
     //    answer now comes from a node address and is routed here.
-    match reverse(ctx, flow, s, now)? {
+    match reverse(ctx, flow, s, now, host_stack)? {
         NOT_A_REPLY => {}
         flags if flags & CT_F_EXTERNAL != 0 => {
             return route::forward(ctx, flow).map(|tc| Some(Action::forward(tc)));
