@@ -88,9 +88,23 @@ impl Endpoints {
     }
 }
 
-/// Binds `addr` and serves `endpoints` until the process ends.
+/// Binds `addr` and serves `endpoints` until the process ends. A port taken
+/// (a kube-proxy still running binds 10256 until it is removed) is retried
+/// every [`REBIND`], said once.
 pub async fn serve(addr: SocketAddr, endpoints: Endpoints) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let mut said = false;
+    let listener = loop {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => break l,
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                if !std::mem::replace(&mut said, true) {
+                    warn!(%addr, "the port of {} is taken: retrying every {REBIND:?}", endpoints.name());
+                }
+                tokio::time::sleep(REBIND).await;
+            }
+            Err(e) => return Err(e),
+        }
+    };
     info!(%addr, "serving {}", endpoints.name());
     loop {
         let (stream, _) = match listener.accept().await {
@@ -112,6 +126,9 @@ pub async fn serve(addr: SocketAddr, endpoints: Endpoints) -> std::io::Result<()
     }
 }
 
+/// How often a taken port is tried again.
+const REBIND: std::time::Duration = std::time::Duration::from_secs(10);
+
 async fn respond(req: Request<Incoming>, endpoints: Endpoints) -> Result<Response<Full<Bytes>>, Infallible> {
     let (status, content_type, body) = if req.method() == Method::GET {
         endpoints.answer(req.uri().path())
@@ -130,8 +147,8 @@ async fn respond(req: Request<Incoming>, endpoints: Endpoints) -> Result<Respons
     Ok(response)
 }
 
-/// Spawns [`serve`] on the current runtime; a failure (the port is taken: a
-/// kube-proxy still running binds 10256) is logged, and the agent goes on.
+/// Spawns [`serve`] on the current runtime; a failure (no such address) is
+/// logged, and the agent goes on.
 pub fn spawn(addr: Option<SocketAddr>, endpoints: Endpoints) {
     let Some(addr) = addr else { return };
     tokio::spawn(async move {

@@ -18,6 +18,7 @@
 //! - [`metrics`], [`http`]: the agent's Prometheus metrics and the endpoint
 //!   that serves them.
 
+pub mod cli;
 pub mod cni_conf;
 pub mod cni_server;
 pub mod conntrack;

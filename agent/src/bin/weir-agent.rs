@@ -2,20 +2,20 @@
 
 use std::{
     io::IsTerminal as _,
-    net::SocketAddr,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
 };
 
 use anyhow::Context as _;
-use clap::{Args, Parser, Subcommand};
+use clap::Parser as _;
 use tracing::info;
 use weir_agent::{
-    cni_conf::{ConfOptions, Portmap},
+    cli::{Cli, Command, RunArgs},
+    cni_conf::ConfOptions,
     cni_server,
     conntrack::Hygiene,
-    datapath::{Datapath, PinLayout, pins::DEFAULT_ROOT},
-    host_routing::{self, HostRouting},
+    datapath::{Datapath, PinLayout},
+    host_routing,
     http::{self, Endpoints},
     metrics::Metrics,
     node::NodeWatch,
@@ -26,127 +26,6 @@ use weir_agent::{
     sync::{PolicySyncer, SharedDatapath, Syncer},
 };
 use weir_model::NodeContext;
-
-#[derive(Parser)]
-#[command(name = "weir-agent", version, about = "Weir's per-node eBPF dataplane agent")]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Load and pin the datapath, adopt what an earlier agent left, and serve the
-    /// CNI plugin's registrations.
-    Run(Box<RunArgs>),
-    /// Copy `weir-cni` into the node's CNI bin directory atomically (a temporary
-    /// name, then a rename: the kubelet never runs half a binary). For the
-    /// DaemonSet's init container.
-    InstallCni {
-        /// The binary to install (default: `weir-cni` beside this one).
-        #[arg(long)]
-        from: Option<PathBuf>,
-        /// The CNI bin directory.
-        #[arg(long, default_value = "/opt/cni/bin")]
-        to: PathBuf,
-    },
-    /// Mount bpffs where it is not mounted yet. For the DaemonSet's init
-    /// container (the host's `/sys/fs/bpf`, shared back to the host).
-    MountBpffs {
-        #[arg(long, default_value = "/sys/fs/bpf")]
-        path: PathBuf,
-    },
-}
-
-#[derive(Args)]
-struct RunArgs {
-    /// This node's name, as in its Node object (default: the NODE_NAME
-    /// environment variable, as the downward API sets it, or WEIR_NODE).
-    #[arg(long)]
-    node: Option<String>,
-    /// Where maps and links are pinned (one root per node sharing a machine).
-    #[arg(long, default_value = DEFAULT_ROOT)]
-    bpffs_root: PathBuf,
-    /// Unix socket on which weir-cni registers pods (CNI config `agentSocket`).
-    #[arg(long, default_value = weir_cni::agent_api::DEFAULT_SOCKET)]
-    cni_socket: PathBuf,
-    /// Where Services, endpoints, Pods, Namespaces, Nodes and NetworkPolicies
-    /// come from: `kube`, the API server (in-cluster configuration, KUBECONFIG
-    /// or --kubeconfig), or `dir:PATH`, a directory of manifests. Without it
-    /// the agent only wires pods.
-    #[arg(long, value_name = "kube|dir:PATH")]
-    source: Option<SourceSpec>,
-    /// The kubeconfig of `--source kube` (default: in-cluster, or KUBECONFIG).
-    #[arg(long)]
-    kubeconfig: Option<PathBuf>,
-    /// The node's devices, where Service traffic from outside the node arrives
-    /// (NodePorts, externalIPs, load-balancer IPs). Default: every Ethernet
-    /// interface with a global address.
-    #[arg(long, value_delimiter = ',', value_name = "IFACE,...")]
-    devices: Vec<String>,
-    /// The address ranges whose node addresses serve NodePorts, as kube-proxy's
-    /// `--nodeport-addresses`. Default: with `--source kube`, the Node object's
-    /// InternalIP and ExternalIP addresses (reread when the Node changes);
-    /// otherwise every global address of the devices.
-    #[arg(long, value_delimiter = ',', value_name = "CIDR,...")]
-    nodeport_addresses: Vec<ipnetwork::IpNetwork>,
-    /// The cgroup (v2) whose processes reach Services through the socket hooks.
-    /// Default: the root of the cgroup2 hierarchy (mounted at /run/weir/cgroupv2
-    /// where there is none).
-    #[arg(long)]
-    cgroup_root: Option<PathBuf>,
-    /// Where Prometheus metrics are served (`/metrics`); `off` serves none.
-    #[arg(long, default_value = "0.0.0.0:9878", value_name = "ADDR:PORT|off")]
-    metrics_address: ListenAddress,
-    /// Where `/healthz` and `/readyz` are served; `off` serves none.
-    #[arg(long, default_value = "127.0.0.1:9879", value_name = "ADDR:PORT|off")]
-    health_address: ListenAddress,
-    /// Where kube-proxy's health contract (`/healthz`) is served, which cloud
-    /// load balancers probe; `off` serves none.
-    #[arg(long, default_value = "0.0.0.0:10256", value_name = "ADDR:PORT|off")]
-    kube_proxy_healthz_address: ListenAddress,
-    /// The CNI configuration the agent writes once it can serve pods (weir-cni
-    /// with the node's pod CIDRs, then portmap); `off` writes none. Default:
-    /// /etc/cni/net.d/05-weir.conflist with `--source kube`, none otherwise.
-    #[arg(long, value_name = "PATH|off")]
-    cni_conf_file: Option<String>,
-    /// Replace a CNI configuration at --cni-conf-file that weir-agent did not
-    /// write (another CNI's).
-    #[arg(long)]
-    cni_conf_overwrite: bool,
-    /// The node's CNI plugin directory (where `portmap` is looked for).
-    #[arg(long, default_value = "/opt/cni/bin")]
-    cni_bin_dir: PathBuf,
-    /// Chain the `portmap` plugin (hostPort) after weir-cni: `auto` when it is
-    /// installed in --cni-bin-dir.
-    #[arg(long, value_enum, default_value = "auto")]
-    cni_chain_portmap: Portmap,
-    /// The node's pod CIDRs when its Node object gives none (`--source dir:`
-    /// only: with `kube`, a Node without podCIDRs is an error, not a guess).
-    #[arg(long, value_delimiter = ',', value_name = "CIDR,...")]
-    pod_cidrs: Vec<ipnetwork::IpNetwork>,
-    /// How pods' packets reach pods of the same node: `ebpf`, straight to
-    /// their veth; `legacy`, through the host's stack, where netfilter sees
-    /// them (needed while kube-proxy's rules or portmap's hostPorts translate
-    /// flows); `auto`, legacy while this node's netfilter has such rules.
-    #[arg(long, value_enum, default_value = "auto")]
-    host_routing: HostRouting,
-}
-
-/// An address to listen on, or `off`.
-#[derive(Clone, Debug)]
-struct ListenAddress(Option<SocketAddr>);
-
-impl std::str::FromStr for ListenAddress {
-    type Err = std::net::AddrParseError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s == "off" {
-            return Ok(Self(None));
-        }
-        s.parse().map(|a| Self(Some(a)))
-    }
-}
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()

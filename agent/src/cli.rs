@@ -1,0 +1,153 @@
+//! `weir-agent`'s command line. Every `run` flag can also come from the
+//! environment (`WEIR_` and the flag's name in capitals, `-` as `_`): the
+//! DaemonSet sets them from the `weir-config` ConfigMap. A flag given on the
+//! command line wins over its variable.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::{cni_conf::Portmap, datapath::pins::DEFAULT_ROOT, host_routing::HostRouting, source::SourceSpec};
+
+#[derive(Parser)]
+#[command(name = "weir-agent", version, about = "Weir's per-node eBPF dataplane agent")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Load and pin the datapath, adopt what an earlier agent left, and serve the
+    /// CNI plugin's registrations.
+    Run(Box<RunArgs>),
+    /// Copy `weir-cni` into the node's CNI bin directory atomically (a temporary
+    /// name, then a rename: the kubelet never runs half a binary). For the
+    /// DaemonSet's init container.
+    InstallCni {
+        /// The binary to install (default: `weir-cni` beside this one).
+        #[arg(long)]
+        from: Option<PathBuf>,
+        /// The CNI bin directory.
+        #[arg(long, default_value = "/opt/cni/bin")]
+        to: PathBuf,
+    },
+    /// Mount bpffs where it is not mounted yet. For the DaemonSet's init
+    /// container (the host's `/sys/fs/bpf`, shared back to the host).
+    MountBpffs {
+        #[arg(long, default_value = "/sys/fs/bpf")]
+        path: PathBuf,
+    },
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// This node's name, as in its Node object (default: the NODE_NAME
+    /// environment variable, as the downward API sets it, or WEIR_NODE).
+    #[arg(long)]
+    pub node: Option<String>,
+    /// Where maps and links are pinned (one root per node sharing a machine).
+    #[arg(long, env = "WEIR_BPFFS_ROOT", default_value = DEFAULT_ROOT)]
+    pub bpffs_root: PathBuf,
+    /// Unix socket on which weir-cni registers pods (CNI config `agentSocket`).
+    #[arg(long, env = "WEIR_CNI_SOCKET", default_value = weir_cni::agent_api::DEFAULT_SOCKET)]
+    pub cni_socket: PathBuf,
+    /// Where Services, endpoints, Pods, Namespaces, Nodes and NetworkPolicies
+    /// come from: `kube`, the API server (in-cluster configuration, KUBECONFIG
+    /// or --kubeconfig), or `dir:PATH`, a directory of manifests. Without it
+    /// the agent only wires pods.
+    #[arg(long, env = "WEIR_SOURCE", value_name = "kube|dir:PATH")]
+    pub source: Option<SourceSpec>,
+    /// The kubeconfig of `--source kube` (default: in-cluster, or KUBECONFIG).
+    #[arg(long, env = "WEIR_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The node's devices, where Service traffic from outside the node arrives
+    /// (NodePorts, externalIPs, load-balancer IPs). Default: every Ethernet
+    /// interface with a global address.
+    #[arg(long, env = "WEIR_DEVICES", value_delimiter = ',', value_name = "IFACE,...")]
+    pub devices: Vec<String>,
+    /// The address ranges whose node addresses serve NodePorts, as kube-proxy's
+    /// `--nodeport-addresses`. Default: with `--source kube`, the Node object's
+    /// InternalIP and ExternalIP addresses (reread when the Node changes);
+    /// otherwise every global address of the devices.
+    #[arg(
+        long,
+        env = "WEIR_NODEPORT_ADDRESSES",
+        value_delimiter = ',',
+        value_name = "CIDR,..."
+    )]
+    pub nodeport_addresses: Vec<ipnetwork::IpNetwork>,
+    /// The cgroup (v2) whose processes reach Services through the socket hooks.
+    /// Default: the root of the cgroup2 hierarchy (mounted at /run/weir/cgroupv2
+    /// where there is none).
+    #[arg(long, env = "WEIR_CGROUP_ROOT")]
+    pub cgroup_root: Option<PathBuf>,
+    /// Where Prometheus metrics are served (`/metrics`); `off` serves none.
+    #[arg(
+        long,
+        env = "WEIR_METRICS_ADDRESS",
+        default_value = "0.0.0.0:9878",
+        value_name = "ADDR:PORT|off"
+    )]
+    pub metrics_address: ListenAddress,
+    /// Where `/healthz` and `/readyz` are served; `off` serves none.
+    #[arg(
+        long,
+        env = "WEIR_HEALTH_ADDRESS",
+        default_value = "127.0.0.1:9879",
+        value_name = "ADDR:PORT|off"
+    )]
+    pub health_address: ListenAddress,
+    /// Where kube-proxy's health contract (`/healthz`) is served, which cloud
+    /// load balancers probe; `off` serves none.
+    #[arg(
+        long,
+        env = "WEIR_KUBE_PROXY_HEALTHZ_ADDRESS",
+        default_value = "0.0.0.0:10256",
+        value_name = "ADDR:PORT|off"
+    )]
+    pub kube_proxy_healthz_address: ListenAddress,
+    /// The CNI configuration the agent writes once it can serve pods (weir-cni
+    /// with the node's pod CIDRs, then portmap); `off` writes none. Default:
+    /// /etc/cni/net.d/05-weir.conflist with `--source kube`, none otherwise.
+    #[arg(long, env = "WEIR_CNI_CONF_FILE", value_name = "PATH|off")]
+    pub cni_conf_file: Option<String>,
+    /// Replace a CNI configuration at --cni-conf-file that weir-agent did not
+    /// write (another CNI's). `--cni-conf-overwrite=false` says no, as the
+    /// variable can.
+    #[arg(long, env = "WEIR_CNI_CONF_OVERWRITE", num_args = 0..=1, default_missing_value = "true",
+          action = clap::ArgAction::Set, default_value = "false", value_name = "BOOL")]
+    pub cni_conf_overwrite: bool,
+    /// The node's CNI plugin directory (where `portmap` is looked for).
+    #[arg(long, env = "WEIR_CNI_BIN_DIR", default_value = "/opt/cni/bin")]
+    pub cni_bin_dir: PathBuf,
+    /// Chain the `portmap` plugin (hostPort) after weir-cni: `auto` when it is
+    /// installed in --cni-bin-dir.
+    #[arg(long, env = "WEIR_CNI_CHAIN_PORTMAP", value_enum, default_value = "auto")]
+    pub cni_chain_portmap: Portmap,
+    /// The node's pod CIDRs when its Node object gives none (`--source dir:`
+    /// only: with `kube`, a Node without podCIDRs is an error, not a guess).
+    #[arg(long, env = "WEIR_POD_CIDRS", value_delimiter = ',', value_name = "CIDR,...")]
+    pub pod_cidrs: Vec<ipnetwork::IpNetwork>,
+    /// How pods' packets reach pods of the same node: `ebpf`, straight to
+    /// their veth; `legacy`, through the host's stack, where netfilter sees
+    /// them (needed while kube-proxy's rules or portmap's hostPorts translate
+    /// flows); `auto`, legacy while this node's netfilter has such rules.
+    #[arg(long, env = "WEIR_HOST_ROUTING", value_enum, default_value = "auto")]
+    pub host_routing: HostRouting,
+}
+
+/// An address to listen on, or `off`.
+#[derive(Clone, Debug)]
+pub struct ListenAddress(pub Option<SocketAddr>);
+
+impl std::str::FromStr for ListenAddress {
+    type Err = std::net::AddrParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "off" {
+            return Ok(Self(None));
+        }
+        s.parse().map(|a| Self(Some(a)))
+    }
+}
