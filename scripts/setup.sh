@@ -8,9 +8,10 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 
 # Debian packages: iproute2 for the lab; containerd/runc/busybox for the real-runtime
 # test; the reference CNI plugins for chaining and the benchmark baseline; iptables/nft
-# and traffic tools for later benchmarks.
+# for kube-proxy's rules (benchmarks, the migration test) and traffic tools; musl-tools
+# and buildah for the image (static binaries, built offline FROM scratch).
 PKGS=(iproute2 containerd runc busybox-static containernetworking-plugins
-      iptables nftables iperf3 socat bpftool iputils-ping)
+      iptables nftables iperf3 socat bpftool iputils-ping musl-tools buildah)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -27,6 +28,10 @@ command -v rustup >/dev/null || { log "rustup is required"; exit 1; }
 rustup toolchain list | grep -q '^nightly' || { log "installing nightly"; rustup toolchain install nightly --profile minimal; }
 rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src' \
     || { log "adding rust-src to nightly"; rustup component add rust-src --toolchain nightly; }
+
+# The image's static binaries.
+rustup target list --installed | grep -q '^x86_64-unknown-linux-musl$' \
+    || { log "adding the musl target"; rustup target add x86_64-unknown-linux-musl; }
 
 # bpf-linker against the LLVM that ships inside the nightly toolchain.
 CARGO_HOME=${CARGO_HOME:-$HOME/.cargo}

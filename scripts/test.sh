@@ -9,6 +9,9 @@ bash scripts/setup.sh
 # `cargo build` covers the default members, which leave out the eBPF crate (it is
 # built by agent/build.rs for its own target; see Cargo.toml).
 cargo build --bins --locked
+# The image (static release binaries, FROM scratch) that tests/tests/root_image.rs
+# runs as the DaemonSet does.
+bash scripts/image.sh
 cargo test --locked "$@"
 # A short run of every fuzz target under libFuzzer (the tests above replayed
 # their corpora already); scripts/fuzz.sh runs them for longer.

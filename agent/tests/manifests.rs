@@ -202,6 +202,10 @@ fn agent_args(agent: &Container, config: &ConfigMap) -> RunArgs {
         }
     }
     for (var, value) in env {
+        // The in-cluster client's: where the API server is, without kube-proxy.
+        if var.starts_with("KUBERNETES_SERVICE_") {
+            continue;
+        }
         let flag =
             flag_of(&var).unwrap_or_else(|| panic!("{var} is no flag's variable (weir-agent run --help)"));
         argv.push(format!("--{flag}={value}"));

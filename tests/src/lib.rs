@@ -10,6 +10,7 @@ pub mod apiserver;
 pub mod bins;
 pub mod cni;
 pub mod connrate;
+pub mod containerd;
 pub mod icmp;
 pub mod kube_proxy;
 pub mod netns;

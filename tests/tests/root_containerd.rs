@@ -8,35 +8,28 @@
 //! address and removed the host side. A stand-in for `weir-agent` on the plugin's
 //! `agentSocket` checks that ADD registered the pod and DEL unregistered it.
 //!
-//! Nothing of the machine is touched. `ctr` 1.6 only reads the default CNI directories, so
-//! it runs in a private mount namespace where `/etc` is an overlay (our conflist bound
-//! over `/etc/cni/net.d`), our plugin directory is bound over the plugin directories, and
-//! `/var/lib` (libcni's result cache) is an overlay on a tmpfs. `containerd` runs in its
-//! own private mount namespace with `/run` on an overlay (its shims and runc keep their
-//! state under the fixed `/run/containerd`), and with its root, state and sockets in a
-//! temporary directory. Both namespaces vanish with their processes.
+//! Nothing of the machine is touched: see `weir_lab::containerd` for how the runtime and
+//! `ctr` are kept to private mount namespaces.
 
 use std::{
-    fs::{self, File},
+    fs,
     io::{BufRead as _, BufReader, Write as _},
     net::{Ipv4Addr, TcpListener},
-    os::unix::{fs::PermissionsExt as _, net::UnixListener},
+    os::unix::net::UnixListener,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Command,
     sync::{Arc, Mutex, mpsc},
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use serde_json::{Value, json};
-use weir_lab::{TempDir, bins, require_root, unique};
+use weir_lab::{
+    TempDir, bins,
+    containerd::{self, Containerd, Run, busybox_rootfs, copy_executable},
+    require_root, unique,
+};
 
-/// The busybox applets the container script uses.
-const APPLETS: &[&str] = &["sh", "ip", "ping", "wget", "nc", "cat", "sleep", "echo", "sed"];
-const BUSYBOX: &str = "/usr/bin/busybox";
-/// Debian's reference plugins; `ctr` searches it (and `/opt/cni/bin`) for plugins.
-const DISTRO_CNI_BIN: &str = "/usr/lib/cni";
-const DEFAULT_CNI_BIN: &str = "/opt/cni/bin";
 const NETWORK_NAME: &str = "weir-ctr-test";
 /// How long the whole `ctr run` may take before we kill it.
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -44,20 +37,7 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(60);
 #[test]
 fn root_containerd_runs_pod_networked_by_weir_cni() {
     require_root();
-    for tool in ["containerd", "ctr", "runc", "containerd-shim-runc-v2", "unshare"] {
-        assert!(
-            which(tool).is_some(),
-            "`{tool}` not found in PATH: run scripts/setup.sh"
-        );
-    }
-    assert!(
-        Path::new(BUSYBOX).is_file(),
-        "{BUSYBOX} missing: install busybox-static"
-    );
-    assert!(
-        Path::new(DISTRO_CNI_BIN).is_dir(),
-        "{DISTRO_CNI_BIN} missing: install containernetworking-plugins"
-    );
+    containerd::require_tools();
 
     let dir = TempDir::new("weir-ctr-");
     // A /24 and a node address of their own, per process, so parallel runs do not collide.
@@ -128,7 +108,17 @@ echo '### ping'; ping -c 1 -W 3 {node_ip}
 echo '### tcp'; echo hello from pod | nc -w 5 {node_ip} {port}
 echo '### done'"
     );
-    let run = containerd.run(&container_id, &rootfs, &net_d, &cni_bin, &script);
+    let run = containerd.run(
+        &Run {
+            id: container_id.clone(),
+            rootfs: Some(rootfs),
+            net_d: Some(net_d),
+            cni_bin: Some(cni_bin),
+            args: vec!["/bin/sh".into(), "-c".into(), script],
+            ..Run::default()
+        },
+        RUN_TIMEOUT,
+    );
     println!(
         "ctr run exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
         run.exit_code, run.stdout, run.stderr
@@ -236,205 +226,6 @@ echo '### done'"
     );
 }
 
-// ---------------------------------------------------------------------------------------
-// containerd
-
-struct Containerd {
-    child: Option<Child>,
-    dir: PathBuf,
-    socket: PathBuf,
-}
-
-struct RunOutput {
-    exit_code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Containerd {
-    /// Starts containerd with everything under `dir`, in a private mount namespace where
-    /// `/run` is an overlay on a tmpfs. Waits until it answers.
-    fn start(dir: &Path) -> Self {
-        let root = dir.join("containerd");
-        for d in ["root", "state", "ovl"] {
-            fs::create_dir_all(root.join(d)).expect("containerd dirs");
-        }
-        let socket = root.join("containerd.sock");
-        let config = root.join("config.toml");
-        fs::write(
-            &config,
-            format!(
-                r#"version = 2
-root = "{root}/root"
-state = "{root}/state"
-# No CRI: ctr talks to the core services only.
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-[grpc]
-  address = "{sock}"
-[ttrpc]
-  address = "{sock}.ttrpc"
-[debug]
-  address = ""
-[metrics]
-  address = ""
-"#,
-                root = root.display(),
-                sock = socket.display()
-            ),
-        )
-        .expect("containerd config");
-        let script = "set -e
-mount -t tmpfs weir-ctr-tmpfs \"$1\"
-mkdir \"$1/up\" \"$1/work\"
-mount -t overlay weir-ctr-run -o \"lowerdir=/run,upperdir=$1/up,workdir=$1/work\" /run
-exec containerd --config \"$2\"";
-        let log = File::create(root.join("containerd.log")).expect("containerd log");
-        let child = Command::new("unshare")
-            .args(["--mount", "--propagation", "private", "sh", "-c", script, "sh"])
-            .arg(root.join("ovl"))
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log fd"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn containerd");
-        let mut me = Self {
-            child: Some(child),
-            dir: root,
-            socket,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = me.child.as_mut().and_then(|c| c.try_wait().expect("wait")) {
-                me.child = None;
-                panic!("containerd exited at start ({status}):\n{}", me.log());
-            }
-            let ok = me.ctr().arg("version").output().is_ok_and(|o| o.status.success());
-            if ok {
-                return me;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "containerd did not answer in 20 s:\n{}",
-                me.log()
-            );
-            thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn ctr(&self) -> Command {
-        let mut c = Command::new("ctr");
-        c.arg("--address").arg(&self.socket);
-        c
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()
-    }
-
-    /// `ctr run --rm --cni` in a private mount namespace that shows `net_d` as
-    /// `/etc/cni/net.d` and `cni_bin` as the plugin directories.
-    fn run(&self, id: &str, rootfs: &Path, net_d: &Path, cni_bin: &Path, script: &str) -> RunOutput {
-        let ovl = self.dir.join("ctr-ovl");
-        let fifo = self.dir.join("fifo");
-        fs::create_dir_all(&ovl).expect("ctr ovl");
-        fs::create_dir_all(&fifo).expect("fifo dir");
-        let ns_script = format!(
-            "set -e
-O=\"$1\"; shift
-mount -t tmpfs weir-ctr-tmpfs \"$O\"
-for d in etc lib; do mkdir \"$O/$d-up\" \"$O/$d-work\"; done
-mount -t overlay weir-ctr-etc -o \"lowerdir=/etc,upperdir=$O/etc-up,workdir=$O/etc-work\" /etc
-mkdir -p /etc/cni/net.d
-mount --bind \"$NET_D\" /etc/cni/net.d
-mount -t overlay weir-ctr-lib -o \"lowerdir=/var/lib,upperdir=$O/lib-up,workdir=$O/lib-work\" /var/lib
-mount --bind \"$CNI_BIN\" {DISTRO_CNI_BIN}
-if [ -d {DEFAULT_CNI_BIN} ]; then mount --bind \"$CNI_BIN\" {DEFAULT_CNI_BIN}; fi
-exec \"$@\""
-        );
-        let stdout = self.dir.join(format!("{id}.stdout"));
-        let stderr = self.dir.join(format!("{id}.stderr"));
-        let mut child = Command::new("unshare")
-            .args([
-                "--mount",
-                "--propagation",
-                "private",
-                "sh",
-                "-c",
-                &ns_script,
-                "sh",
-            ])
-            .arg(&ovl)
-            .arg("ctr")
-            .arg("--address")
-            .arg(&self.socket)
-            .args(["run", "--rm", "--cni", "--fifo-dir"])
-            .arg(&fifo)
-            .arg("--rootfs")
-            .arg(rootfs)
-            .args([id, "/bin/sh", "-c", script])
-            .env("NET_D", net_d)
-            .env("CNI_BIN", cni_bin)
-            .stdin(Stdio::null())
-            .stdout(File::create(&stdout).expect("stdout file"))
-            .stderr(File::create(&stderr).expect("stderr file"))
-            .spawn()
-            .expect("spawn ctr");
-        let deadline = Instant::now() + RUN_TIMEOUT;
-        let exit_code = loop {
-            if let Some(status) = child.try_wait().expect("wait ctr") {
-                break status.code();
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                eprintln!("ctr run timed out after {RUN_TIMEOUT:?}: killed");
-                break None;
-            }
-            thread::sleep(Duration::from_millis(50));
-        };
-        RunOutput {
-            exit_code,
-            stdout: fs::read_to_string(&stdout).unwrap_or_default(),
-            stderr: fs::read_to_string(&stderr).unwrap_or_default(),
-        }
-    }
-}
-
-impl Drop for Containerd {
-    fn drop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        // Tasks left by a failed run: kill them so their shims exit with them.
-        if let Ok(out) = self.ctr().args(["task", "ls", "-q"]).output() {
-            for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                let _ = self.ctr().args(["task", "kill", "-s", "SIGKILL", id]).status();
-                thread::sleep(Duration::from_millis(200));
-                let _ = self.ctr().args(["task", "rm", "-f", id]).status();
-                let _ = self.ctr().args(["container", "rm", id]).status();
-            }
-        }
-        // `unshare` and `sh` exec'd into containerd: this is containerd's own PID.
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if child.try_wait().ok().flatten().is_some() {
-                return;
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-        eprintln!("containerd ignored SIGTERM for 10 s: SIGKILL");
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// Fixtures
-
 /// Answers `weir-cni`'s registration requests (one JSON line per connection) with
 /// `{"status":"ok"}` and keeps them.
 struct FakeAgent {
@@ -496,23 +287,6 @@ impl Drop for NodeAddress {
     }
 }
 
-/// A rootfs of busybox and its applet links, plus the empty mount points runc needs.
-fn busybox_rootfs(dir: &Path) -> PathBuf {
-    for d in ["bin", "proc", "sys", "dev", "etc", "tmp"] {
-        fs::create_dir_all(dir.join(d)).expect("rootfs dir");
-    }
-    copy_executable(Path::new(BUSYBOX), &dir.join("bin/busybox"));
-    for applet in APPLETS {
-        std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet)).expect("applet link");
-    }
-    dir.to_path_buf()
-}
-
-fn copy_executable(from: &Path, to: &Path) {
-    fs::copy(from, to).unwrap_or_else(|e| panic!("copy {} to {}: {e}", from.display(), to.display()));
-    fs::set_permissions(to, fs::Permissions::from_mode(0o755)).expect("chmod");
-}
-
 /// Every regular file under `dir`, with its content (lossy).
 fn files_under(dir: &Path) -> Vec<(PathBuf, String)> {
     let mut out = Vec::new();
@@ -559,12 +333,4 @@ fn sh(script: &str) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn which(tool: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|d| d.join(tool))
-        .find(|p| p.is_file())
 }

@@ -22,16 +22,22 @@ fn is_cgroup2(path: &Path) -> bool {
     statfs(path).is_ok_and(|s| s.filesystem_type() == CGROUP2_SUPER_MAGIC)
 }
 
-/// `given` when it is a cgroup2 directory (an error otherwise); without it, the
-/// first cgroup2 mount found, or one mounted for the purpose.
+/// `given` when it is a cgroup2 directory, or its `unified` directory when that
+/// is (the host's /sys/fs/cgroup mounted into a container, on a hybrid host);
+/// an error otherwise. Without it, the first cgroup2 mount found, or one
+/// mounted for the purpose.
 pub fn resolve(given: Option<&Path>) -> Result<PathBuf, DatapathError> {
     if let Some(path) = given {
         if is_cgroup2(path) {
             return Ok(path.to_owned());
         }
+        let unified = path.join("unified");
+        if is_cgroup2(&unified) {
+            return Ok(unified);
+        }
         return Err(DatapathError::Fs {
             path: path.to_owned(),
-            source: std::io::Error::other("not a cgroup v2 directory"),
+            source: std::io::Error::other("neither it nor its `unified` is a cgroup v2 directory"),
         });
     }
     if let Some(found) = CANDIDATES.iter().map(Path::new).find(|p| is_cgroup2(p)) {
