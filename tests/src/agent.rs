@@ -77,8 +77,13 @@ impl Agent {
         // nsenter, not `ip netns exec`: the latter remounts /sys for the namespace,
         // which hides the bpffs mounted at /sys/fs/bpf.
         let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net=/var/run/netns/{netns}"))
-            .arg(bins::path("weir-agent"))
+        cmd.arg(format!("--net=/var/run/netns/{netns}"));
+        // A profiler to run the agent under (benchmarks: `WEIR_AGENT_WRAPPER=
+        // "heaptrack -o /tmp/agent"`), words split on blanks.
+        if let Ok(w) = std::env::var("WEIR_AGENT_WRAPPER") {
+            cmd.args(w.split_whitespace());
+        }
+        cmd.arg(bins::path("weir-agent"))
             .args(["run", "--node", node_name])
             .arg("--bpffs-root")
             .arg(&bpffs_root)
@@ -136,6 +141,25 @@ impl Agent {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The agent's process id (`nsenter` execs it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The agent's resident memory now and at its peak (`VmRSS`, `VmHWM`), in
+    /// KiB.
+    pub fn rss_kib(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("/proc/PID/status");
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                .unwrap_or_else(|| panic!("no {name} in /proc/PID/status"))
+        };
+        (field("VmRSS:"), field("VmHWM:"))
     }
 
     /// What the agent logged after `mark` (a length of [`Agent::log_text`]).

@@ -5,10 +5,10 @@ use std::fmt;
 use k8s_openapi::{
     api::{
         core::v1::{
-            Container, Endpoints, Namespace, Node, NodeSpec, NodeStatus, Pod, PodCondition, PodSpec,
-            PodStatus, Service,
+            Container, ContainerPort, Endpoints, Namespace, Node, NodeSpec, NodeStatus, Pod, PodCondition,
+            PodSpec, PodStatus, Service,
         },
-        discovery::v1::EndpointSlice,
+        discovery::v1::{Endpoint, EndpointSlice},
         networking::v1::NetworkPolicy,
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
@@ -166,8 +166,9 @@ const KEPT_ANNOTATIONS: [&str; 3] = ["weir.dev/", "service.kubernetes.io/", "end
 impl Object {
     /// The object with only what the model reads, for a source to keep: no
     /// `managedFields`, no annotations but Weir's and Kubernetes' service and
-    /// endpoint ones, no resource versions or owners; a Pod's containers reduced
-    /// to their names and ports (and a sidecar's restart policy), its status to
+    /// endpoint ones, no resource versions or owners; an EndpointSlice's
+    /// endpoints to their first address, conditions and node; a Pod's
+    /// containers to their named ports (in one container), its status to
     /// phase, addresses and conditions; a Node to its pod CIDRs and addresses.
     /// Compiling trimmed objects gives what compiling the whole ones does.
     pub fn trimmed(self) -> Object {
@@ -193,6 +194,23 @@ impl Object {
             }
             Object::EndpointSlice(mut o) => {
                 o.metadata = meta(o.metadata);
+                // An endpoint's first address is the one consumers use (the
+                // API says so); zone, hints, hostname and target are unread.
+                // Sized to fit: a slice is listed with room to grow.
+                o.endpoints = o
+                    .endpoints
+                    .into_iter()
+                    .map(|e| Endpoint {
+                        addresses: e.addresses.into_iter().take(1).collect(),
+                        conditions: e.conditions,
+                        node_name: e.node_name,
+                        ..Endpoint::default()
+                    })
+                    .collect::<Vec<_>>();
+                o.endpoints.shrink_to_fit();
+                if let Some(ports) = o.ports.as_mut() {
+                    ports.shrink_to_fit();
+                }
                 Object::EndpointSlice(o)
             }
             Object::Endpoints(mut o) => {
@@ -220,28 +238,41 @@ impl Object {
                 }),
             })),
             Object::Pod(o) => {
-                let container = |c: Container| Container {
-                    name: c.name,
-                    ports: c.ports,
-                    restart_policy: c.restart_policy,
-                    ..Container::default()
+                // Only named ports are ever looked up (`named_port`), first in
+                // the containers, then in the sidecars (restartable init
+                // containers), and names are unique in a pod: one container
+                // holding them in that order answers every lookup alike.
+                let named = |c: &Container| {
+                    c.ports
+                        .iter()
+                        .flatten()
+                        .filter(|p| p.name.is_some())
+                        .cloned()
+                        .collect::<Vec<_>>()
                 };
                 Object::Pod(Box::new(Pod {
                     metadata: meta(o.metadata),
-                    spec: o.spec.map(|s| PodSpec {
-                        node_name: s.node_name,
-                        host_network: s.host_network,
-                        containers: s.containers.into_iter().map(container).collect(),
-                        init_containers: s
+                    spec: o.spec.map(|s| {
+                        let sidecars = s
                             .init_containers
-                            .map(|cs| {
-                                cs.into_iter()
-                                    .filter(|c| c.restart_policy.as_deref() == Some("Always"))
-                                    .map(container)
-                                    .collect::<Vec<_>>()
-                            })
-                            .filter(|cs| !cs.is_empty()),
-                        ..PodSpec::default()
+                            .iter()
+                            .flatten()
+                            .filter(|c| c.restart_policy.as_deref() == Some("Always"));
+                        let mut ports: Vec<ContainerPort> = s.containers.iter().chain(sidecars).flat_map(named).collect();
+                        ports.shrink_to_fit();
+                        PodSpec {
+                            node_name: s.node_name,
+                            host_network: s.host_network,
+                            containers: if ports.is_empty() {
+                                Vec::new()
+                            } else {
+                                vec![Container {
+                                    ports: Some(ports),
+                                    ..Container::default()
+                                }]
+                            },
+                            ..PodSpec::default()
+                        }
                     }),
                     status: o.status.map(|s| PodStatus {
                         phase: s.phase,
@@ -322,7 +353,7 @@ metadata:
 addressType: IPv4
 ports: [{name: http, port: 8080}]
 endpoints:
-- {addresses: [10.244.1.2], conditions: {ready: true}, nodeName: node-a}
+- {addresses: [10.244.1.2, 10.244.1.12], conditions: {ready: true}, nodeName: node-a, zone: z1, hostname: h, targetRef: {kind: Pod, name: web-1, namespace: shop}}
 - {addresses: [10.244.2.2], conditions: {ready: false, serving: true, terminating: true}, nodeName: node-b}
 ---
 apiVersion: v1

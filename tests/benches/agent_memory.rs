@@ -1,0 +1,189 @@
+//! The agent's memory holding a large cluster: 10,000 Services of 10 endpoints
+//! each and 10,000 Pods (in 100 Namespaces), read from the API (`--source kube`,
+//! the lab's API server: paged lists and watches over HTTPS) and from a manifest
+//! directory (`--source dir:`), against the same agent with an empty cluster.
+//!
+//! A benchmark, not a test: it prints a markdown table and asserts nothing.
+//! Needs root. Run (release binaries, found as the other benchmarks find them):
+//!
+//! ```text
+//! cargo build --release --bins && cargo bench -p weir-tests --bench agent_memory
+//! ```
+//!
+//! Method. Each round starts one agent per variant, in a rotating order, on a
+//! fresh lab node; once it is ready (every kind listed, the maps synced) and 2 s
+//! more, its `VmRSS` (resident now) and `VmHWM` (the peak, during the first list
+//! and compile) are read from `/proc`. Medians over the rounds.
+//!
+//! Environment: `WEIR_BENCH_SERVICES` (default 10000), `WEIR_BENCH_PODS` (default
+//! 10000), `WEIR_BENCH_ROUNDS` (default 3), `WEIR_BENCH_VARIANTS` (a subset of
+//! `empty,kube,dir`). Where the memory goes: run one variant under a heap profiler,
+//! `WEIR_AGENT_WRAPPER="heaptrack -o /tmp/agent" WEIR_BENCH_VARIANTS=kube
+//! WEIR_BENCH_ROUNDS=1`, then `heaptrack_print -f /tmp/agent.zst`.
+
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+use weir_lab::{
+    Agent, Node, env_or, require_root,
+    services::{Cluster, Ep, SourceKind, node_object, port, service, slice},
+};
+
+const NAMESPACES: usize = 100;
+const ENDPOINTS: usize = 10;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Variant {
+    Empty,
+    Kube,
+    Dir,
+}
+
+impl Variant {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Empty => "empty cluster (`--source kube`)",
+            Self::Kube => "`--source kube`",
+            Self::Dir => "`--source dir:`",
+        }
+    }
+}
+
+fn addr(base: [u8; 2], i: usize) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(base[0], base[1], (i / 250) as u8, (i % 250 + 1) as u8))
+}
+
+/// The cluster, in files of 1,000 objects (as a directory source reads them).
+fn cluster(node: &str, services: usize, pods: usize) -> Vec<(String, Vec<Value>)> {
+    let mut files = Vec::new();
+    let mut objects: Vec<Value> = (0..NAMESPACES)
+        .map(|n| json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": format!("ns-{n}") } }))
+        .collect();
+    objects.push(node_object(node, &["10.128.0.0/16"], &["10.200.99.1".parse().expect("ip")]));
+    files.push(("base".to_owned(), objects));
+    for chunk in 0..services.div_ceil(1000) {
+        let mut objects = Vec::new();
+        for i in chunk * 1000..((chunk + 1) * 1000).min(services) {
+            let name = format!("svc-{i}");
+            let vip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 1)) + i as u32).to_string();
+            let mut svc = service(&name, &vip, &[port("http", 80, "8080", "TCP")]);
+            svc["metadata"]["namespace"] = json!(format!("ns-{}", i % NAMESPACES));
+            let eps: Vec<Ep> = (0..ENDPOINTS).map(|j| Ep::ready(addr([10, 128], i * ENDPOINTS + j))).collect();
+            let mut sl = slice(&format!("{name}-x"), &name, node, &[("http", 8080, "TCP")], &eps);
+            sl["metadata"]["namespace"] = svc["metadata"]["namespace"].clone();
+            objects.push(svc);
+            objects.push(sl);
+        }
+        files.push((format!("services-{chunk}"), objects));
+    }
+    for chunk in 0..pods.div_ceil(1000) {
+        let objects = (chunk * 1000..((chunk + 1) * 1000).min(pods))
+            .map(|i| {
+                weir_lab::services::pod(
+                    &format!("ns-{}", i % NAMESPACES),
+                    &format!("pod-{i}"),
+                    json!({ "app": format!("svc-{}", i % services.max(1)), "tier": "web" }),
+                    node,
+                    &[addr([10, 128], i)],
+                    json!([{ "name": "http", "containerPort": 8080, "protocol": "TCP" }]),
+                )
+            })
+            .collect();
+        files.push((format!("pods-{chunk}"), objects));
+    }
+    files
+}
+
+/// Starts an agent for `variant`, waits until it is ready and settled; its
+/// (VmRSS, VmHWM) in KiB and the time to ready.
+fn measure(variant: Variant, services: usize, pods: usize) -> (u64, u64, Duration) {
+    let kind = if variant == Variant::Dir { SourceKind::Dir } else { SourceKind::Kube };
+    let source = Cluster::new(kind);
+    let mut node = Node::new("10.99.1.0/24");
+    if variant != Variant::Empty {
+        for (file, objects) in cluster(node.name(), services, pods) {
+            source.write(&format!("{file}.yaml"), &objects);
+        }
+    } else {
+        source.write("node.yaml", &[node_object(node.name(), &["10.128.0.0/16"], &["10.200.99.1".parse().expect("ip")])]);
+    }
+    let started = Instant::now();
+    let agent: Agent = node.start_agent_for(&source);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while agent.health("/readyz").0 != 200 {
+        assert!(Instant::now() < deadline, "{variant:?}: never ready:\n{}", agent.health("/readyz").1);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let ready = started.elapsed();
+    std::thread::sleep(Duration::from_secs(2));
+    let (rss, hwm) = agent.rss_kib();
+    (rss, hwm, ready)
+}
+
+fn median<T: Copy + Ord>(v: &[T]) -> T {
+    let mut v = v.to_vec();
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1}", kib as f64 / 1024.0)
+}
+
+fn main() {
+    require_root();
+    let services = env_or("WEIR_BENCH_SERVICES", 10_000);
+    let pods = env_or("WEIR_BENCH_PODS", 10_000);
+    let rounds = env_or("WEIR_BENCH_ROUNDS", 3).max(1);
+    eprintln!("agent_memory: {services} Services x {ENDPOINTS} endpoints, {pods} Pods, {rounds} rounds");
+    let variants: Vec<Variant> = std::env::var("WEIR_BENCH_VARIANTS").map_or_else(
+        |_| vec![Variant::Empty, Variant::Kube, Variant::Dir],
+        |v| {
+            v.split(',')
+                .map(|s| match s.trim() {
+                    "empty" => Variant::Empty,
+                    "kube" => Variant::Kube,
+                    "dir" => Variant::Dir,
+                    other => panic!("WEIR_BENCH_VARIANTS: unknown variant {other:?} (empty, kube, dir)"),
+                })
+                .collect()
+        },
+    );
+    let mut samples: Vec<Vec<(u64, u64, Duration)>> = vec![Vec::new(); variants.len()];
+    for round in 0..rounds {
+        for k in 0..variants.len() {
+            let i = (round + k) % variants.len();
+            let s = measure(variants[i], services, pods);
+            eprintln!(
+                "round {round}: {:?}: RSS {} MiB, peak {} MiB, ready in {:.1?}",
+                variants[i],
+                mib(s.0),
+                mib(s.1),
+                s.2
+            );
+            samples[i].push(s);
+        }
+    }
+    let base = variants
+        .iter()
+        .position(|v| *v == Variant::Empty)
+        .map_or(1, |i| median(&samples[i].iter().map(|s| s.0).collect::<Vec<_>>()));
+    println!("\n| agent | RSS (MiB) | peak RSS (MiB) | RSS / empty | ready after |");
+    println!("| --- | --- | --- | --- | --- |");
+    for (v, s) in variants.iter().zip(&samples) {
+        let rss = median(&s.iter().map(|x| x.0).collect::<Vec<_>>());
+        let hwm = median(&s.iter().map(|x| x.1).collect::<Vec<_>>());
+        let ready = median(&s.iter().map(|x| x.2).collect::<Vec<_>>());
+        println!(
+            "| {} | {} | {} | {:.2} | {:.1?} |",
+            v.label(),
+            mib(rss),
+            mib(hwm),
+            rss as f64 / base as f64,
+            ready
+        );
+    }
+}
