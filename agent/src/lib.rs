@@ -27,6 +27,7 @@ pub mod datapath;
 pub mod health;
 pub mod host_routing;
 pub mod http;
+pub mod memory;
 pub mod metrics;
 pub mod node;
 pub mod node_net;

@@ -209,6 +209,7 @@ impl SyncLoop {
     /// Applies the compiler's desired state where `changed` says it may differ;
     /// returns what must be retried.
     fn sync(&mut self, changed: Changed) -> Option<Changed> {
+        let full = changed == Changed::All;
         let desired = self.compiler.desired();
         let report = self.syncer.apply(&mut self.maps, desired, &changed);
         self.count_failures(&report.failures);
@@ -223,6 +224,9 @@ impl SyncLoop {
         self.health.update(self.compiler.health_checks());
         if report.complete() {
             self.status.services_synced();
+            if full {
+                crate::memory::release_free();
+            }
         }
         (!report.complete()).then_some(changed)
     }

@@ -53,16 +53,27 @@ impl Variant {
 }
 
 fn addr(base: [u8; 2], i: usize) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(base[0], base[1], (i / 250) as u8, (i % 250 + 1) as u8))
+    IpAddr::V4(Ipv4Addr::new(
+        base[0],
+        base[1],
+        (i / 250) as u8,
+        (i % 250 + 1) as u8,
+    ))
 }
 
 /// The cluster, in files of 1,000 objects (as a directory source reads them).
 fn cluster(node: &str, services: usize, pods: usize) -> Vec<(String, Vec<Value>)> {
     let mut files = Vec::new();
     let mut objects: Vec<Value> = (0..NAMESPACES)
-        .map(|n| json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": format!("ns-{n}") } }))
+        .map(
+            |n| json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": format!("ns-{n}") } }),
+        )
         .collect();
-    objects.push(node_object(node, &["10.128.0.0/16"], &["10.200.99.1".parse().expect("ip")]));
+    objects.push(node_object(
+        node,
+        &["10.128.0.0/16"],
+        &["10.200.99.1".parse().expect("ip")],
+    ));
     files.push(("base".to_owned(), objects));
     for chunk in 0..services.div_ceil(1000) {
         let mut objects = Vec::new();
@@ -71,7 +82,9 @@ fn cluster(node: &str, services: usize, pods: usize) -> Vec<(String, Vec<Value>)
             let vip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 1)) + i as u32).to_string();
             let mut svc = service(&name, &vip, &[port("http", 80, "8080", "TCP")]);
             svc["metadata"]["namespace"] = json!(format!("ns-{}", i % NAMESPACES));
-            let eps: Vec<Ep> = (0..ENDPOINTS).map(|j| Ep::ready(addr([10, 128], i * ENDPOINTS + j))).collect();
+            let eps: Vec<Ep> = (0..ENDPOINTS)
+                .map(|j| Ep::ready(addr([10, 128], i * ENDPOINTS + j)))
+                .collect();
             let mut sl = slice(&format!("{name}-x"), &name, node, &[("http", 8080, "TCP")], &eps);
             sl["metadata"]["namespace"] = svc["metadata"]["namespace"].clone();
             objects.push(svc);
@@ -100,7 +113,11 @@ fn cluster(node: &str, services: usize, pods: usize) -> Vec<(String, Vec<Value>)
 /// Starts an agent for `variant`, waits until it is ready and settled; its
 /// (VmRSS, VmHWM) in KiB and the time to ready.
 fn measure(variant: Variant, services: usize, pods: usize) -> (u64, u64, Duration) {
-    let kind = if variant == Variant::Dir { SourceKind::Dir } else { SourceKind::Kube };
+    let kind = if variant == Variant::Dir {
+        SourceKind::Dir
+    } else {
+        SourceKind::Kube
+    };
     let source = Cluster::new(kind);
     let mut node = Node::new("10.99.1.0/24");
     if variant != Variant::Empty {
@@ -108,13 +125,24 @@ fn measure(variant: Variant, services: usize, pods: usize) -> (u64, u64, Duratio
             source.write(&format!("{file}.yaml"), &objects);
         }
     } else {
-        source.write("node.yaml", &[node_object(node.name(), &["10.128.0.0/16"], &["10.200.99.1".parse().expect("ip")])]);
+        source.write(
+            "node.yaml",
+            &[node_object(
+                node.name(),
+                &["10.128.0.0/16"],
+                &["10.200.99.1".parse().expect("ip")],
+            )],
+        );
     }
     let started = Instant::now();
     let agent: Agent = node.start_agent_for(&source);
     let deadline = Instant::now() + Duration::from_secs(300);
     while agent.health("/readyz").0 != 200 {
-        assert!(Instant::now() < deadline, "{variant:?}: never ready:\n{}", agent.health("/readyz").1);
+        assert!(
+            Instant::now() < deadline,
+            "{variant:?}: never ready:\n{}",
+            agent.health("/readyz").1
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let ready = started.elapsed();

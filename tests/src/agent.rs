@@ -151,7 +151,8 @@ impl Agent {
     /// The agent's resident memory now and at its peak (`VmRSS`, `VmHWM`), in
     /// KiB.
     pub fn rss_kib(&self) -> (u64, u64) {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("/proc/PID/status");
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("/proc/PID/status");
         let field = |name: &str| {
             status
                 .lines()

@@ -131,7 +131,7 @@ struct State {
     /// How long every list and get takes to answer (a slow API server).
     latency: Duration,
     /// Snapshots of lists being paged through, by continue token.
-    pages: BTreeMap<String, (u64, Vec<Value>)>,
+    pages: BTreeMap<String, (u64, Arc<Vec<Value>>)>,
     next_page: u64,
     /// Objects per "file" written with [`ApiServer::write`].
     files: BTreeMap<String, BTreeSet<Key>>,
@@ -845,7 +845,7 @@ async fn serve(
                 .filter(|(k, o)| in_scope(k, o))
                 .map(|(_, o)| o.clone())
                 .collect();
-            (s.rv, items, 0usize)
+            (s.rv, Arc::new(items), 0usize)
         }
     };
     let end = offset.saturating_add(limit).min(items.len());
@@ -860,12 +860,15 @@ async fn serve(
             None => {
                 s.next_page += 1;
                 let id = s.next_page.to_string();
-                s.pages.insert(id.clone(), (rv, items.clone()));
+                s.pages.insert(id.clone(), (rv, Arc::clone(&items)));
                 id
             }
         };
         metadata["continue"] = json!(format!("{id}:{end}"));
         metadata["remainingItemCount"] = json!(items.len() - end);
+    } else if let Some((id, _)) = q.get("continue").and_then(|t| t.split_once(':')) {
+        // The last page: the snapshot is done with.
+        s.pages.remove(id);
     }
     let list = json!({
         "kind": format!("{}List", r.kind),

@@ -91,7 +91,11 @@ impl KubeLab {
             .arg(&cni_bin)
             .output()
             .expect("weir-agent install-cni");
-        assert!(install.status.success(), "{}", String::from_utf8_lossy(&install.stderr));
+        assert!(
+            install.status.success(),
+            "{}",
+            String::from_utf8_lossy(&install.stderr)
+        );
 
         let nodes: Vec<ClusterNode> = nodes
             .drain(..)
@@ -175,7 +179,11 @@ echo stopped"
             {
                 break ip;
             }
-            assert!(Instant::now() < deadline, "container {id} never got an address:\n{}", running.output());
+            assert!(
+                Instant::now() < deadline,
+                "container {id} never got an address:\n{}",
+                running.output()
+            );
             std::thread::sleep(Duration::from_millis(50));
         };
         (running, ip)
@@ -202,7 +210,8 @@ echo \"### ip $(ip -4 -o addr show dev eth0 | sed 's/.* inet \\([0-9.]*\\).*/\\1
             let (host, port) = t.rsplit_once(':').expect("ip:port");
             script.push_str(&format!("echo \"### {t} $(get {host} {port})\"\n"));
         }
-        self.runtime.run(&self.run_spec(i, id, script), Duration::from_secs(60))
+        self.runtime
+            .run(&self.run_spec(i, id, script), Duration::from_secs(60))
     }
 }
 

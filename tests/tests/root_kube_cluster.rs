@@ -28,21 +28,34 @@ fn root_kube_two_nodes_come_up_as_a_cluster_and_run_containers() {
             .filter_map(|p| p["type"].as_str())
             .collect();
         assert_eq!(types, ["weir-cni", "portmap"], "node {i}: {conflist}");
-        assert_eq!(conflist["plugins"][0]["ipam"]["ranges"][0][0]["subnet"], n.node.pod_cidr());
+        assert_eq!(
+            conflist["plugins"][0]["ipam"]["ranges"][0][0]["subnet"],
+            n.node.pod_cidr()
+        );
     }
 
     let srv = unique("srv");
     let (server, srv_ip) = lab.start_server(0, &srv, "hello from the server");
-    assert!(srv_ip.to_string().starts_with("10.88.1."), "node 0's pod CIDR: {srv_ip}");
+    assert!(
+        srv_ip.to_string().starts_with("10.88.1."),
+        "node 0's pod CIDR: {srv_ip}"
+    );
     lab.cluster.write(
         "web",
         &[
             service("web", VIP, &[port("http", 80, "8080", "TCP")]),
-            slice("web-x", "web", lab.nodes[0].node.name(), &[("http", 8080, "TCP")], &[Ep::ready(srv_ip)]),
+            slice(
+                "web-x",
+                "web",
+                lab.nodes[0].node.name(),
+                &[("http", 8080, "TCP")],
+                &[Ep::ready(srv_ip)],
+            ),
         ],
     );
     for n in &lab.nodes {
-        n.agent.wait_backends(&format!("{VIP}:80/TCP"), &[format!("{srv_ip}:8080")]);
+        n.agent
+            .wait_backends(&format!("{VIP}:80/TCP"), &[format!("{srv_ip}:8080")]);
     }
 
     // Clients on both nodes: the server directly (across the underlay from
@@ -50,12 +63,27 @@ fn root_kube_two_nodes_come_up_as_a_cluster_and_run_containers() {
     let targets = [format!("{srv_ip}:8080"), format!("{VIP}:80")];
     for (i, n) in lab.nodes.iter().enumerate() {
         let out = lab.fetch(i, &unique("cli"), &targets);
-        assert_eq!(out.exit_code, Some(0), "client on node {i}: {}\n{}\n{}", out.stdout, out.stderr, lab.runtime.log());
-        let ip: IpAddr = answer(&out.stdout, "ip").expect("its address").parse().expect("an address");
+        assert_eq!(
+            out.exit_code,
+            Some(0),
+            "client on node {i}: {}\n{}\n{}",
+            out.stdout,
+            out.stderr,
+            lab.runtime.log()
+        );
+        let ip: IpAddr = answer(&out.stdout, "ip")
+            .expect("its address")
+            .parse()
+            .expect("an address");
         let cidr: ipnetwork::IpNetwork = n.node.pod_cidr().parse().expect("cidr");
         assert!(cidr.contains(ip), "node {i}'s client at {ip}, outside {cidr}");
         for t in &targets {
-            assert_eq!(answer(&out.stdout, t), Some("hello from the server"), "client on node {i} to {t}: {}", out.stdout);
+            assert_eq!(
+                answer(&out.stdout, t),
+                Some("hello from the server"),
+                "client on node {i} to {t}: {}",
+                out.stdout
+            );
         }
     }
 
@@ -64,9 +92,16 @@ fn root_kube_two_nodes_come_up_as_a_cluster_and_run_containers() {
     let out = lab.stop(server);
     assert_eq!(out.exit_code, Some(0), "{}\n{}", out.stdout, out.stderr);
     let store = std::fs::read_dir(lab.nodes[0].var_lib_weir.join("ipam/weir"))
-        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect::<Vec<_>>())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+        })
         .unwrap_or_default();
-    assert!(!store.iter().any(|f| f.contains(&srv_ip.to_string())), "DEL left the server's address reserved: {store:?}");
+    assert!(
+        !store.iter().any(|f| f.contains(&srv_ip.to_string())),
+        "DEL left the server's address reserved: {store:?}"
+    );
     let endpoints = lab.nodes[0].agent.weirctl(&["endpoints"]);
     assert!(
         !endpoints.to_string().contains(&srv_ip.to_string()),

@@ -201,7 +201,8 @@ impl Object {
                     .endpoints
                     .into_iter()
                     .map(|e| Endpoint {
-                        addresses: e.addresses.into_iter().take(1).collect(),
+                        // Not `collect`ed: that would keep the listed capacity.
+                        addresses: e.addresses.first().cloned().into_iter().collect(),
                         conditions: e.conditions,
                         node_name: e.node_name,
                         ..Endpoint::default()
@@ -258,7 +259,8 @@ impl Object {
                             .iter()
                             .flatten()
                             .filter(|c| c.restart_policy.as_deref() == Some("Always"));
-                        let mut ports: Vec<ContainerPort> = s.containers.iter().chain(sidecars).flat_map(named).collect();
+                        let mut ports: Vec<ContainerPort> =
+                            s.containers.iter().chain(sidecars).flat_map(named).collect();
                         ports.shrink_to_fit();
                         PodSpec {
                             node_name: s.node_name,

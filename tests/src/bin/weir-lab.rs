@@ -4,7 +4,9 @@
 //! talking to each other and through Services (ClusterIP on one node and across
 //! nodes, NodePort from outside, from the node itself) and a NetworkPolicy
 //! denying, then admitting, a client, with what the datapath saw, as `weirctl`
-//! reports it.
+//! reports it. A second act brings a lab up the way a cluster does: the lab's
+//! API server, Node objects, agents with `--source kube` writing the conflist,
+//! containers started by containerd.
 
 use std::{
     collections::BTreeMap,
@@ -20,6 +22,7 @@ use nix::sys::signal::{SigSet, Signal};
 use serde_json::{Value, json};
 use weir_lab::{
     Agent, Netns, Node, Pod, bins,
+    kube_lab::{self, KubeLab},
     reachability::{self, Probe},
     services::{self, Ep, ManifestDir, SYNC_TIMEOUT, frontend, merge, port, service, slice, slot_addresses},
     traffic::{EchoServer, tcp_roundtrip, udp_roundtrip},
@@ -167,6 +170,7 @@ fn main() -> anyhow::Result<()> {
         println!("\n== weirctl {view}");
         weirctl(&node, view)?;
     }
+    act_two(&mut expect)?;
     println!("\n(demo ran in {:.1} s)", started.elapsed().as_secs_f64());
 
     if keep {
@@ -640,6 +644,72 @@ fn weirctl(node: &Node, view: &str) -> anyhow::Result<()> {
         .status()
         .context("running weirctl")?;
     ensure!(status.success(), "weirctl {view} failed");
+    Ok(())
+}
+
+/// The second act: a lab brought up the way a cluster is. The lab's API server
+/// (HTTPS, list and watch, as kube-apiserver serves them) holds a Node object
+/// per node with its pod CIDR; each node's agent runs with `--source kube`,
+/// reads its Node, writes the node's conflist once it can serve pods, and
+/// becomes ready; containerd (`ctr run --cni`, reading that conflist) starts a
+/// web server on node A and a client on node B, which reaches it directly and
+/// through a Service created in the API.
+fn act_two(expect: &mut Expectations) -> anyhow::Result<()> {
+    const VIP: &str = "10.96.1.10";
+    println!("\n== act 2: the cluster path, weir-agent --source kube against the lab's API server");
+    let lab = KubeLab::new(251, &["10.245.1.0/24", "10.245.2.0/24"]);
+    for n in &lab.nodes {
+        let conflist = n.conflist();
+        let plugins: Vec<&str> = conflist["plugins"]
+            .as_array()
+            .map(|p| p.iter().filter_map(|p| p["type"].as_str()).collect())
+            .unwrap_or_default();
+        println!(
+            "  node {} (Node object: podCIDRs [{}], InternalIP {}): /readyz {}, wrote {} ({}, ranges {})",
+            n.node.name(),
+            n.node.pod_cidr(),
+            n.ip,
+            n.agent.health("/readyz").1.trim(),
+            n.net_d.join("05-weir.conflist").display(),
+            plugins.join(" + "),
+            conflist["plugins"][0]["ipam"]["ranges"]
+        );
+    }
+    let (server, server_ip) = lab.start_server(0, "web-0", "hello from web-0 on node A");
+    println!("  containerd started web-0 on node A: {server_ip} (weir-cni, via the agent's conflist)");
+    lab.cluster.write(
+        "web",
+        &[
+            service("web", VIP, &[port("http", 80, "8080", "TCP")]),
+            slice(
+                "web-x",
+                "web",
+                lab.nodes[0].node.name(),
+                &[("http", 8080, "TCP")],
+                &[Ep::ready(server_ip)],
+            ),
+        ],
+    );
+    println!("  Service web {VIP}:80 and its EndpointSlice created in the API");
+    for n in &lab.nodes {
+        wait_for(&n.agent, &format!("{VIP}:80/TCP"), 1)?;
+    }
+    let targets = [format!("{server_ip}:8080"), format!("{VIP}:80")];
+    let out = lab.fetch(1, "client-0", &targets);
+    let client_ip = kube_lab::answer(&out.stdout, "ip").unwrap_or("?").to_owned();
+    println!("  containerd ran client-0 on node B ({client_ip}):");
+    for (what, t) in ["directly", "through the Service"].iter().zip(&targets) {
+        let got = kube_lab::answer(&out.stdout, t);
+        expect.check(
+            got == Some("hello from web-0 on node A"),
+            format!("client-0 -> web-0 {what} ({t}): {:?}", got.unwrap_or("no answer")),
+        );
+    }
+    let stopped = lab.stop(server);
+    expect.check(
+        stopped.exit_code == Some(0),
+        "web-0 stopped; ctr ran DEL".to_owned(),
+    );
     Ok(())
 }
 
