@@ -61,6 +61,12 @@ pub struct RunArgs {
     /// The kubeconfig of `--source kube` (default: in-cluster, or KUBECONFIG).
     #[arg(long, env = "WEIR_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
+    /// `--source kube`: streaming lists (watches that start with the current
+    /// state) instead of paged lists. Kubernetes 1.34 serves them by default;
+    /// 1.33 refuses them (its WatchList gate is off).
+    #[arg(long, env = "WEIR_STREAMING_LISTS", num_args = 0..=1, default_missing_value = "true",
+          action = clap::ArgAction::Set, default_value = "false", value_name = "BOOL")]
+    pub streaming_lists: bool,
     /// The node's devices, where Service traffic from outside the node arrives
     /// (NodePorts, externalIPs, load-balancer IPs). Default: every Ethernet
     /// interface with a global address.

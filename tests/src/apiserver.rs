@@ -8,17 +8,24 @@
 //! - `watch=1` from a `resourceVersion`: the `ADDED`/`MODIFIED`/`DELETED`
 //!   events since then, then live ones, `BOOKMARK`s when asked for them
 //!   (`allowWatchBookmarks`), an `ERROR` event with a `410 Expired` status when
-//!   the version is older than the history kept; `timeoutSeconds` honoured.
+//!   the version is older than the history kept; `timeoutSeconds` honoured;
+//!   streaming lists (`sendInitialEvents`: the state as `ADDED` events, then a
+//!   `BOOKMARK` annotated `k8s.io/initial-events-end`).
 //! - Objects stored as an API server returns them: `uid`, `resourceVersion`,
 //!   `creationTimestamp`, `generation`, `managedFields` and kubectl's
 //!   last-applied annotation (which a client should not keep),
-//!   `kubernetes.io/metadata.name` on Namespaces, Service fields defaulted.
+//!   `kubernetes.io/metadata.name` on Namespaces, Service fields defaulted;
+//!   the EndpointSlice mirroring controller's slices for the `Endpoints` of a
+//!   Service without a selector.
 //!
 //! Tests steer it: [`ApiServer::apply`] and [`ApiServer::delete`] objects,
 //! [`ApiServer::write`] a whole "file" of them (what a directory source
 //! would read), drop every watch ([`ApiServer::drop_watches`]), forget the
-//! history so that watches must relist ([`ApiServer::compact`]), forbid a kind
-//! ([`ApiServer::forbid`]), or stop answering ([`ApiServer::set_down`]).
+//! history so that watches must relist ([`ApiServer::compact`],
+//! [`ApiServer::trim_history`]), send bookmarks ([`ApiServer::bookmark`]),
+//! forbid a kind ([`ApiServer::forbid`]), refuse streaming lists
+//! ([`ApiServer::refuse_streaming_lists`]), answer slowly
+//! ([`ApiServer::set_latency`]) or not at all ([`ApiServer::set_down`]).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -130,6 +137,8 @@ struct State {
     down: bool,
     /// How long every list and get takes to answer (a slow API server).
     latency: Duration,
+    /// Streaming lists refused, as Kubernetes 1.33 (WatchList gate off) does.
+    refuse_streaming: bool,
     /// Snapshots of lists being paged through, by continue token.
     pages: BTreeMap<String, (u64, Arc<Vec<Value>>)>,
     next_page: u64,
@@ -368,6 +377,12 @@ impl ApiServer {
     /// The current resourceVersion.
     pub fn resource_version(&self) -> u64 {
         self.state.lock().expect("state").rv
+    }
+
+    /// Refuses streaming lists (`sendInitialEvents`) with 422, as a server
+    /// without the WatchList feature does (Kubernetes 1.33), or no longer.
+    pub fn refuse_streaming_lists(&self, refuse: bool) {
+        self.state.lock().expect("state").refuse_streaming = refuse;
     }
 
     /// Makes every list and get take `latency` to answer.
@@ -797,6 +812,10 @@ async fn serve(
         fields: q.get("fieldSelector").cloned(),
     };
     let in_scope = |key: &Key, o: &Value| scope.contains(key, o);
+    if watching && q.get("sendInitialEvents").is_some_and(|v| v == "true") && state.lock().expect("state").refuse_streaming {
+        let message = "ListOptions.meta.k8s.io \"\" is invalid: sendInitialEvents: Forbidden: sendInitialEvents is forbidden for watch unless the WatchList feature gate is enabled";
+        return Ok(full(StatusCode::UNPROCESSABLE_ENTITY, status(422, "Invalid", message)));
+    }
     if watching {
         return Ok(watch_stream(r, state, signal, q, scope.clone()));
     }
@@ -910,6 +929,9 @@ fn watch_stream(
     let bookmarks = q
         .get("allowWatchBookmarks")
         .is_some_and(|v| v == "true" || v == "1");
+    // A streaming list (KEP-3157): the current state as ADDED events, then a
+    // BOOKMARK annotated as the end of them.
+    let streaming = q.get("sendInitialEvents").is_some_and(|v| v == "true");
     let timeout = q
         .get("timeoutSeconds")
         .and_then(|t| t.parse().ok())
@@ -924,7 +946,21 @@ fn watch_stream(
         // From 0 (or nothing): the current state as ADDED events, then live.
         let initial: Result<Vec<Value>, Value> = {
             let s = state.lock().expect("state");
-            if from != 0 && from < s.oldest {
+            if streaming {
+                sent = s.rv;
+                Ok(s.objects
+                    .iter()
+                    .filter(|(k, o)| in_scope(k, o))
+                    .map(|(_, o)| json!({ "type": "ADDED", "object": o }))
+                    .chain([json!({ "type": "BOOKMARK", "object": {
+                        "kind": r.kind, "apiVersion": r.api_version,
+                        "metadata": {
+                            "resourceVersion": s.rv.to_string(),
+                            "annotations": { "k8s.io/initial-events-end": "true" },
+                        },
+                    }})])
+                    .collect())
+            } else if from != 0 && from < s.oldest {
                 Err(
                     json!({ "type": "ERROR", "object": status(410, "Expired", &format!("too old resource version: {from} ({})", s.oldest)) }),
                 )

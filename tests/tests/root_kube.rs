@@ -85,10 +85,14 @@ struct Lab {
 
 impl Lab {
     fn new(cidr: &str, prepare: impl FnOnce(&ApiServer)) -> Self {
+        Self::with_flags(cidr, prepare, Vec::new())
+    }
+
+    fn with_flags(cidr: &str, prepare: impl FnOnce(&ApiServer), flags: Vec<String>) -> Self {
         let cluster = Cluster::new(SourceKind::Kube);
         prepare(cluster.api().expect("the API"));
         let mut node = Node::new(cidr);
-        let agent = node.start_agent_for(&cluster);
+        let agent = node.start_agent_for_with(&cluster, flags);
         let (pa, pb, client) = (node.add_pod("a"), node.add_pod("b"), node.add_pod("client"));
         let servers = vec![
             WhoAmI::start(&pa.ns, "a", pa.ipv4(), &[8080]),
@@ -257,6 +261,29 @@ fn root_kube_api_down_or_slow_keeps_the_datapath() {
     api.set_latency(Duration::ZERO);
     let n = load.stop_and_assert_none_failed("with the API down, the agent restarted, and the API slow");
     println!("{n} connections through the ClusterIP, none failed");
+}
+
+/// Streaming lists (`--streaming-lists`): every kind's state comes with its
+/// watch, no list is made; a server that refuses them (Kubernetes 1.33) is
+/// reported and keeps the agent unready.
+#[test]
+fn root_kube_streaming_lists_and_a_server_that_refuses_them() {
+    let lab = Lab::with_flags("10.92.5.0/24", |_| {}, vec!["--streaming-lists".into()]);
+    lab.agent.wait_ready();
+    for kind in KINDS {
+        assert_eq!(lab.api().requests(kind, "list"), 0, "{kind} listed despite streaming lists");
+        assert!(lab.api().requests(kind, "watch") >= 1, "{kind} never watched");
+    }
+    assert_eq!(ask_tcp(&lab.client.ns, vip()).map(|a| a.server.len()).ok(), Some(1));
+    // A change arrives through the same watch.
+    lab.cluster.write("web", &web(lab.node.name(), &[lab.a]));
+    lab.agent.wait_backends(FRONT, &backends(&[lab.a]));
+
+    let cluster = Cluster::new(SourceKind::Kube);
+    cluster.api().expect("the API").refuse_streaming_lists(true);
+    let mut node = Node::new("10.92.6.0/24");
+    let agent = node.start_agent_for_with(&cluster, vec!["--streaming-lists".into()]);
+    agent.wait_health("/readyz", "reporting the refusal", |c, b| c == 503 && b.contains("WatchList"));
 }
 
 /// RBAC that forbids one kind: reported, not ready, everything else works.

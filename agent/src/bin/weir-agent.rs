@@ -21,7 +21,7 @@ use weir_agent::{
     node::NodeWatch,
     node_net::{self, NodeNet},
     service_loop::{self, SyncLoop},
-    source::SourceSpec,
+    source::{KubeOptions, SourceSpec},
     status::Status,
     sync::{PolicySyncer, SharedDatapath, Syncer},
 };
@@ -135,7 +135,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                 node: context,
                 pins: &pins,
                 spec,
-                kubeconfig: args.kubeconfig.clone(),
+                kube: KubeOptions {
+                    kubeconfig: args.kubeconfig.clone(),
+                    streaming_lists: args.streaming_lists,
+                },
                 maps: SharedDatapath(dp.clone()),
                 metrics: metrics.clone(),
                 status: status.clone(),
@@ -200,7 +203,7 @@ struct Services<'a> {
     node: NodeContext,
     pins: &'a PinLayout,
     spec: &'a SourceSpec,
-    kubeconfig: Option<PathBuf>,
+    kube: KubeOptions,
     maps: SharedDatapath,
     metrics: Arc<Metrics>,
     status: Status,
@@ -217,7 +220,7 @@ fn start_services(s: Services<'_>) -> anyhow::Result<()> {
         syncer.current().services.keys().filter(|k| k.slot == 0).count(),
         syncer.current().backends.len(),
     );
-    let source = s.spec.open(s.kubeconfig).context("opening the source")?;
+    let source = s.spec.open(s.kube).context("opening the source")?;
     info!(
         source = source.describe(),
         frontends, backends, "service maps read back; watching the source"

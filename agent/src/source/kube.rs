@@ -7,7 +7,8 @@
 //! trimmed content did not change (a status update Weir does not read, a
 //! relist after `410 Gone`) is not reported changed.
 //!
-//! Lists are paged (500 objects a page). A watch that drops resumes from its
+//! Lists are paged (500 objects a page), or streamed where asked for
+//! ([`KubeOptions::streaming_lists`]). A watch that drops resumes from its
 //! last resourceVersion (bookmarks keep it fresh); one that can no longer
 //! resume lists again, and what the relist lacks is deleted once it is whole.
 //! Errors (the API unreachable, a kind forbidden) retry with backoff and are
@@ -91,6 +92,18 @@ pub const WATCHED: [Watched; 6] = [
 /// Objects per list page.
 const PAGE: u32 = 500;
 
+/// How the cluster source reaches the API server.
+#[derive(Clone, Debug, Default)]
+pub struct KubeOptions {
+    /// A kubeconfig (default: in-cluster configuration, or `KUBECONFIG`).
+    pub kubeconfig: Option<PathBuf>,
+    /// Streaming lists (a watch that starts with the current state,
+    /// `sendInitialEvents`) instead of paged lists: no list held whole by the
+    /// server or in flight. Kubernetes 1.34 serves them by default; 1.33 (the
+    /// WatchList gate off) refuses such watches, so it is asked for.
+    pub streaming_lists: bool,
+}
+
 /// What a watcher tells the sync thread.
 enum Update {
     /// A relist of `kind` starts: what it does not list is gone once it ends.
@@ -118,7 +131,11 @@ pub struct KubeSource {
 impl KubeSource {
     /// Connects (in-cluster configuration, `KUBECONFIG`, or `kubeconfig`) and
     /// starts the watchers on a thread of their own.
-    pub fn start(kubeconfig: Option<PathBuf>) -> Result<Self, SourceError> {
+    pub fn start(options: KubeOptions) -> Result<Self, SourceError> {
+        let KubeOptions {
+            kubeconfig,
+            streaming_lists,
+        } = options;
         let (tx, updates) = mpsc::channel();
         let describe = match &kubeconfig {
             Some(path) => format!("kube ({})", path.display()),
@@ -145,16 +162,17 @@ impl KubeSource {
                     };
                     let _ = ready_tx.send(Ok(()));
                     let watchers = vec![
-                        tokio::spawn(watch::<Service>(client.clone(), Kind::Service, tx.clone())),
+                        tokio::spawn(watch::<Service>(client.clone(), Kind::Service, tx.clone(), streaming_lists)),
                         tokio::spawn(watch::<EndpointSlice>(
                             client.clone(),
                             Kind::EndpointSlice,
                             tx.clone(),
+                            streaming_lists,
                         )),
-                        tokio::spawn(watch::<Pod>(client.clone(), Kind::Pod, tx.clone())),
-                        tokio::spawn(watch::<Namespace>(client.clone(), Kind::Namespace, tx.clone())),
-                        tokio::spawn(watch::<Node>(client.clone(), Kind::Node, tx.clone())),
-                        tokio::spawn(watch::<NetworkPolicy>(client, Kind::NetworkPolicy, tx)),
+                        tokio::spawn(watch::<Pod>(client.clone(), Kind::Pod, tx.clone(), streaming_lists)),
+                        tokio::spawn(watch::<Namespace>(client.clone(), Kind::Namespace, tx.clone(), streaming_lists)),
+                        tokio::spawn(watch::<Node>(client.clone(), Kind::Node, tx.clone(), streaming_lists)),
+                        tokio::spawn(watch::<NetworkPolicy>(client, Kind::NetworkPolicy, tx, streaming_lists)),
                     ];
                     futures::future::join_all(watchers).await;
                 });
@@ -246,13 +264,17 @@ async fn client(kubeconfig: Option<PathBuf>) -> Result<Client, String> {
 
 /// Watches every object of `K` and sends what happens, trimmed, until the
 /// sync thread is gone.
-async fn watch<K>(client: Client, kind: Kind, tx: Sender<Update>)
+async fn watch<K>(client: Client, kind: Kind, tx: Sender<Update>, streaming_lists: bool)
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
     Object: From<K>,
 {
     let api: Api<K> = Api::all(client);
-    let config = watcher::Config::default().page_size(PAGE).any_semantic();
+    let config = if streaming_lists {
+        watcher::Config::default().streaming_lists()
+    } else {
+        watcher::Config::default().page_size(PAGE).any_semantic()
+    };
     let mut events = watcher(api, config).default_backoff().boxed();
     loop {
         let update = match events.try_next().await {

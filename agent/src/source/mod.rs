@@ -10,7 +10,10 @@ use std::{collections::BTreeSet, path::PathBuf, str::FromStr, time::Duration};
 
 use weir_model::{Kind, Model, ObjectKey, Problem};
 
-pub use self::{dir::DirSource, kube::KubeSource};
+pub use self::{
+    dir::DirSource,
+    kube::{KubeOptions, KubeSource},
+};
 
 /// What one update of the model changed.
 #[derive(Debug, Default)]
@@ -82,9 +85,9 @@ impl FromStr for SourceSpec {
 
 impl SourceSpec {
     /// Opens the source; `kubeconfig` for `kube` (else in-cluster or `KUBECONFIG`).
-    pub fn open(&self, kubeconfig: Option<PathBuf>) -> Result<Box<dyn Source>, SourceError> {
+    pub fn open(&self, kube: KubeOptions) -> Result<Box<dyn Source>, SourceError> {
         Ok(match self {
-            Self::Kube => Box::new(KubeSource::start(kubeconfig)?),
+            Self::Kube => Box::new(KubeSource::start(kube)?),
             Self::Dir(path) => Box::new(DirSource::new(path.clone())),
         })
     }
