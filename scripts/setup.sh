@@ -28,6 +28,13 @@ command -v rustup >/dev/null || { log "rustup is required"; exit 1; }
 rustup toolchain list | grep -q '^nightly' || { log "installing nightly"; rustup toolchain install nightly --profile minimal; }
 rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src' \
     || { log "adding rust-src to nightly"; rustup component add rust-src --toolchain nightly; }
+# The lint gates (scripts/lint.sh): rustfmt and clippy, and clippy for the eBPF crate.
+for tc in stable nightly; do
+    for c in rustfmt clippy; do
+        rustup component list --toolchain "$tc" --installed 2>/dev/null | grep -q "^$c" \
+            || { log "adding $c to $tc"; rustup component add "$c" --toolchain "$tc"; }
+    done
+done
 
 # The image's static binaries.
 rustup target list --installed | grep -q '^x86_64-unknown-linux-musl$' \

@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 [ "$(id -u)" = 0 ] || { echo "tests need root (namespaces, eBPF): run as root" >&2; exit 1; }
+# Formatting and clippy (warnings are errors) first: they fail in seconds.
+bash scripts/lint.sh
 # Integration tests find the binaries next to themselves: build them first. Plain
 # `cargo build` covers the default members, which leave out the eBPF crate (it is
 # built by agent/build.rs for its own target; see Cargo.toml).

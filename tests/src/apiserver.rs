@@ -812,9 +812,15 @@ async fn serve(
         fields: q.get("fieldSelector").cloned(),
     };
     let in_scope = |key: &Key, o: &Value| scope.contains(key, o);
-    if watching && q.get("sendInitialEvents").is_some_and(|v| v == "true") && state.lock().expect("state").refuse_streaming {
+    if watching
+        && q.get("sendInitialEvents").is_some_and(|v| v == "true")
+        && state.lock().expect("state").refuse_streaming
+    {
         let message = "ListOptions.meta.k8s.io \"\" is invalid: sendInitialEvents: Forbidden: sendInitialEvents is forbidden for watch unless the WatchList feature gate is enabled";
-        return Ok(full(StatusCode::UNPROCESSABLE_ENTITY, status(422, "Invalid", message)));
+        return Ok(full(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            status(422, "Invalid", message),
+        ));
     }
     if watching {
         return Ok(watch_stream(r, state, signal, q, scope.clone()));

@@ -271,10 +271,17 @@ fn root_kube_streaming_lists_and_a_server_that_refuses_them() {
     let lab = Lab::with_flags("10.92.5.0/24", |_| {}, vec!["--streaming-lists".into()]);
     lab.agent.wait_ready();
     for kind in KINDS {
-        assert_eq!(lab.api().requests(kind, "list"), 0, "{kind} listed despite streaming lists");
+        assert_eq!(
+            lab.api().requests(kind, "list"),
+            0,
+            "{kind} listed despite streaming lists"
+        );
         assert!(lab.api().requests(kind, "watch") >= 1, "{kind} never watched");
     }
-    assert_eq!(ask_tcp(&lab.client.ns, vip()).map(|a| a.server.len()).ok(), Some(1));
+    assert_eq!(
+        ask_tcp(&lab.client.ns, vip()).map(|a| a.server.len()).ok(),
+        Some(1)
+    );
     // A change arrives through the same watch.
     lab.cluster.write("web", &web(lab.node.name(), &[lab.a]));
     lab.agent.wait_backends(FRONT, &backends(&[lab.a]));
@@ -283,7 +290,9 @@ fn root_kube_streaming_lists_and_a_server_that_refuses_them() {
     cluster.api().expect("the API").refuse_streaming_lists(true);
     let mut node = Node::new("10.92.6.0/24");
     let agent = node.start_agent_for_with(&cluster, vec!["--streaming-lists".into()]);
-    agent.wait_health("/readyz", "reporting the refusal", |c, b| c == 503 && b.contains("WatchList"));
+    agent.wait_health("/readyz", "reporting the refusal", |c, b| {
+        c == 503 && b.contains("WatchList")
+    });
 }
 
 /// RBAC that forbids one kind: reported, not ready, everything else works.

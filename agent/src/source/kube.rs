@@ -162,17 +162,42 @@ impl KubeSource {
                     };
                     let _ = ready_tx.send(Ok(()));
                     let watchers = vec![
-                        tokio::spawn(watch::<Service>(client.clone(), Kind::Service, tx.clone(), streaming_lists)),
+                        tokio::spawn(watch::<Service>(
+                            client.clone(),
+                            Kind::Service,
+                            tx.clone(),
+                            streaming_lists,
+                        )),
                         tokio::spawn(watch::<EndpointSlice>(
                             client.clone(),
                             Kind::EndpointSlice,
                             tx.clone(),
                             streaming_lists,
                         )),
-                        tokio::spawn(watch::<Pod>(client.clone(), Kind::Pod, tx.clone(), streaming_lists)),
-                        tokio::spawn(watch::<Namespace>(client.clone(), Kind::Namespace, tx.clone(), streaming_lists)),
-                        tokio::spawn(watch::<Node>(client.clone(), Kind::Node, tx.clone(), streaming_lists)),
-                        tokio::spawn(watch::<NetworkPolicy>(client, Kind::NetworkPolicy, tx, streaming_lists)),
+                        tokio::spawn(watch::<Pod>(
+                            client.clone(),
+                            Kind::Pod,
+                            tx.clone(),
+                            streaming_lists,
+                        )),
+                        tokio::spawn(watch::<Namespace>(
+                            client.clone(),
+                            Kind::Namespace,
+                            tx.clone(),
+                            streaming_lists,
+                        )),
+                        tokio::spawn(watch::<Node>(
+                            client.clone(),
+                            Kind::Node,
+                            tx.clone(),
+                            streaming_lists,
+                        )),
+                        tokio::spawn(watch::<NetworkPolicy>(
+                            client,
+                            Kind::NetworkPolicy,
+                            tx,
+                            streaming_lists,
+                        )),
                     ];
                     futures::future::join_all(watchers).await;
                 });

@@ -4,6 +4,10 @@
 //! entry point counts it in `weir_metrics_v2` before returning it to TC.
 #![no_std]
 #![no_main]
+#![expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "a map key passed by value is copied onto the 512-byte BPF stack; keys built in the per-CPU scratch value must be passed where they are"
+)]
 
 mod endpoints;
 mod lb;
@@ -80,7 +84,7 @@ pub fn to_netdev(ctx: TcContext) -> i32 {
     // programs) has nothing to do here.
     // SAFETY: the context's skb pointer is valid for this run.
     if unsafe { (*ctx.skb.skb).ingress_ifindex } != 0 {
-        return TC_ACT_OK as i32;
+        return TC_ACT_OK;
     }
     by_family!(ctx, Dir::ToNetdev, to_netdev_family)
 }
@@ -187,7 +191,7 @@ fn try_into_pod<F: Lb>(ctx: &TcContext) -> Result<Action, Reason> {
             return Ok(Action::forward(if origin == Origin::Elsewhere {
                 RELATED
             } else {
-                TC_ACT_OK as i32
+                TC_ACT_OK
             }));
         }
         let key = &mut lb::scratch()?.in_key;
@@ -222,7 +226,7 @@ fn try_from_pod<F: Lb>(ctx: &TcContext) -> Result<Action, Reason> {
     }
     if !judge {
         let isolated = quoted != 0 && policy::endpoint(&flow, Side::Egress).is_some();
-        return Ok(Action::forward(if isolated { RELATED } else { TC_ACT_OK as i32 }));
+        return Ok(Action::forward(if isolated { RELATED } else { TC_ACT_OK }));
     }
     // Egress policy judges the real flow: a reply as the pod sends it, before
     // the load balancer makes it come from a frontend; anything else, and

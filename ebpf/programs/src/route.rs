@@ -79,7 +79,7 @@ pub fn forward<F: Family>(ctx: &TcContext, flow: &Flow<F>) -> Result<i32, Reason
         BPF_FIB_LKUP_RET_NO_NEIGH => unsafe {
             bpf_redirect_neigh(p.ifindex, core::ptr::null_mut(), 0, 0) as i32
         },
-        _ => TC_ACT_OK as i32,
+        _ => TC_ACT_OK,
     };
     Ok(tc)
 }

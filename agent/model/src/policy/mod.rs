@@ -398,7 +398,6 @@ fn egress_rules(
     rules
 }
 
-#[allow(clippy::too_many_arguments)]
 fn resolve(
     namespace: &str,
     peers: Option<&[NetworkPolicyPeer]>,

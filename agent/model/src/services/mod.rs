@@ -142,7 +142,10 @@ pub(crate) struct Fragment {
 
 /// Compiles one Service. `owners` holds the frontends other Services took
 /// (those compiled before it, in a full compile); this one's are added.
-#[allow(clippy::too_many_arguments)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the compiler's state is borrowed piecewise: the incremental and full compiles own it differently"
+)]
 pub(crate) fn compile_service(
     node: &NodeContext,
     ids: &mut IdAllocator,

@@ -38,7 +38,7 @@ pub fn from_netdev<F: Lb>(ctx: &TcContext, flow: &mut Flow<F>) -> Result<Action,
     // SAFETY: no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     let s = scratch()?;
-    let pass = Ok(Action::forward(TC_ACT_OK as i32));
+    let pass = Ok(Action::forward(TC_ACT_OK));
 
     // 1. A packet of an external flow we translated.
     ct::fill_key(&mut s.out_key, flow, CT_OUT);

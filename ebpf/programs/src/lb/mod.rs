@@ -219,7 +219,10 @@ struct Snat<'a> {
 /// The pair is built field by field in the scratch value and inserted from there:
 /// built on the stack, the two keys and two values would not fit in the 512-byte
 /// frame beside the rest of the hot path.
-#[allow(clippy::too_many_arguments)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "inlined into the hot path: a struct of these would be built on the 512-byte stack"
+)]
 #[inline(always)]
 fn track<F: Family>(
     flow: &Flow<F>,

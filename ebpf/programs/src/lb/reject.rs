@@ -131,7 +131,7 @@ pub fn port_unreachable<F: Reject>(ctx: &TcContext, flow: &Flow<F>, s: &mut Scra
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // SAFETY: no preconditions; the verdict says where the packet goes.
     unsafe { bpf_redirect(ifindex, 0) };
-    Ok(TC_ACT_REDIRECT as i32)
+    Ok(TC_ACT_REDIRECT)
 }
 
 #[inline(always)]
