@@ -8,3 +8,5 @@ cargo fmt --all --check
 cargo clippy --locked --workspace --exclude weir-ebpf --all-targets -- -D warnings
 cargo +nightly clippy --locked -p weir-ebpf --bins --release \
     --target bpfel-unknown-none -Z build-std=core -- -D warnings
+# The ABI crate's documentation is its contract: its links must resolve.
+RUSTDOCFLAGS="-D warnings" cargo doc --locked -p weir-common --no-deps --quiet

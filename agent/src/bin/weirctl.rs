@@ -13,7 +13,7 @@ use weir_agent::{
         pins::DEFAULT_ROOT,
     },
 };
-use weir_common::{Dir, Reason};
+use weir_common::{Dir, Reason, metrics_slot};
 
 #[derive(Parser)]
 #[command(name = "weirctl", version, about = "Inspect Weir's eBPF maps")]
@@ -103,9 +103,10 @@ fn metrics(pins: &PinLayout) -> anyhow::Result<Vec<serde_json::Value>> {
     Ok(maps::sum_metrics(&map)?
         .into_iter()
         .map(|(slot, v)| {
+            let (dir, reason) = metrics_slot(slot);
             json!({
-                "direction": Dir::name(slot),
-                "reason": Reason::name((slot & 0xff) as u8),
+                "direction": Dir::try_from(dir).map_or("unknown", Dir::name),
+                "reason": Reason::describe_code(reason),
                 "packets": v.packets,
                 "bytes": v.bytes,
             })

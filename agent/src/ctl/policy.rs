@@ -151,7 +151,7 @@ pub fn drops(pins: &PinLayout) -> Result<View, CtlError> {
         // SAFETY: the datapath writes whole `DropEvent`s; the read is unaligned-safe.
         let e: DropEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
         rows.push(json!({
-            "reason": Reason::name(e.reason),
+            "reason": Reason::describe_code(e.reason),
             "endpoint": endpoints.get(&e.endpoint).map(|x| x.0.clone()),
             "endpoint_id": e.endpoint,
             "source": sock(e.saddr, e.family, e.sport),

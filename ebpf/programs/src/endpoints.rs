@@ -1,13 +1,13 @@
 //! Local pods, filled by the agent when `weir-cni` registers them.
 
-use aya_ebpf::{macros::map, maps::HashMap};
+use aya_ebpf::maps::HashMap;
 use weir_common::{EndpointInfo, EndpointKey, maps};
 
 use crate::packet::Family;
 
-#[map(name = "weir_endp_v1")]
-pub static ENDPOINTS: HashMap<EndpointKey, EndpointInfo> =
-    HashMap::with_max_entries(maps::ENDPOINTS_ENTRIES, 0);
+bpf_map! {
+    pub static ENDPOINTS: HashMap<EndpointKey, EndpointInfo> = HashMap::with_max_entries(maps::ENDPOINTS_ENTRIES, 0);
+}
 
 /// The key of a local address (pods' maps are keyed alike).
 #[inline(always)]

@@ -9,6 +9,23 @@
     reason = "a map key passed by value is copied onto the 512-byte BPF stack; keys built in the per-CPU scratch value must be passed where they are"
 )]
 
+/// Declares a map under the name `weir_common::maps` gives the static's
+/// identifier: `#[map]` wants the name as a literal, which
+/// `weir_common::with_map_name!` hands over, so every name is written once.
+macro_rules! bpf_map {
+    ($(#[$m:meta])* $vis:vis static $id:ident: $ty:ty = $init:expr;) => {
+        weir_common::with_map_name!($id, declare_bpf_map, $(#[$m])* $vis static $id: $ty = $init;);
+    };
+}
+
+macro_rules! declare_bpf_map {
+    ($name:tt, $(#[$m:meta])* $vis:vis static $id:ident: $ty:ty = $init:expr;) => {
+        #[aya_ebpf::macros::map(name = $name)]
+        $(#[$m])*
+        $vis static $id: $ty = $init;
+    };
+}
+
 mod endpoints;
 mod lb;
 mod metrics;

@@ -1,10 +1,11 @@
 //! Per-CPU packet and byte counters per (direction, reason).
 
-use aya_ebpf::{bindings::TC_ACT_SHOT, macros::map, maps::PerCpuArray, programs::TcContext};
+use aya_ebpf::{bindings::TC_ACT_SHOT, maps::PerCpuArray, programs::TcContext};
 use weir_common::{Dir, MetricValue, Reason, maps, metrics_index};
 
-#[map(name = "weir_metrics_v2")]
-static METRICS: PerCpuArray<MetricValue> = PerCpuArray::with_max_entries(maps::METRICS_ENTRIES, 0);
+bpf_map! {
+    static METRICS: PerCpuArray<MetricValue> = PerCpuArray::with_max_entries(maps::METRICS_ENTRIES, 0);
+}
 
 /// A TC action and the reason it is counted under: a rejection is answered (a
 /// redirect), yet counted as what it is.

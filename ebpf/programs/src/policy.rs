@@ -28,7 +28,6 @@
 //! goes to one of the node's addresses.
 
 use aya_ebpf::{
-    macros::map,
     maps::{HashMap, LpmTrie, LruHashMap, RingBuf, lpm_trie::Key},
     programs::TcContext,
 };
@@ -45,24 +44,29 @@ use crate::{
     packet::{self, Family, Flow, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
-#[map(name = "weir_polep_v1")]
-static POLICY_ENDPOINTS: HashMap<EndpointKey, PolicyEndpoint> =
-    HashMap::with_max_entries(maps::ENDPOINTS_ENTRIES, 0);
+bpf_map! {
+    static POLICY_ENDPOINTS: HashMap<EndpointKey, PolicyEndpoint> = HashMap::with_max_entries(maps::ENDPOINTS_ENTRIES, 0);
+}
 
-#[map(name = "weir_ipcache_v1")]
-static IPCACHE: LpmTrie<IpcacheKey, u32> = LpmTrie::with_max_entries(maps::IPCACHE_ENTRIES, 0);
+bpf_map! {
+    static IPCACHE: LpmTrie<IpcacheKey, u32> = LpmTrie::with_max_entries(maps::IPCACHE_ENTRIES, 0);
+}
 
-#[map(name = "weir_policy_v1")]
-static POLICY: LpmTrie<PolicyKey, u32> = LpmTrie::with_max_entries(maps::POLICY_ENTRIES, 0);
+bpf_map! {
+    static POLICY: LpmTrie<PolicyKey, u32> = LpmTrie::with_max_entries(maps::POLICY_ENTRIES, 0);
+}
 
-#[map(name = "weir_polct_v1")]
-static POLICY_CT: LruHashMap<CtKey, PolicyCtValue> = LruHashMap::with_max_entries(maps::POLICY_CT_ENTRIES, 0);
+bpf_map! {
+    static POLICY_CT: LruHashMap<CtKey, PolicyCtValue> = LruHashMap::with_max_entries(maps::POLICY_CT_ENTRIES, 0);
+}
 
-#[map(name = "weir_polshr_v1")]
-static POLICY_SHARES: HashMap<u32, PolicyShare> = HashMap::with_max_entries(maps::ENDPOINTS_ENTRIES, 0);
+bpf_map! {
+    static POLICY_SHARES: HashMap<u32, PolicyShare> = HashMap::with_max_entries(maps::ENDPOINTS_ENTRIES, 0);
+}
 
-#[map(name = "weir_events_v1")]
-static EVENTS: RingBuf = RingBuf::with_byte_size(maps::EVENTS_BYTES, 0);
+bpf_map! {
+    static EVENTS: RingBuf = RingBuf::with_byte_size(maps::EVENTS_BYTES, 0);
+}
 
 const NS: u64 = 1_000_000_000;
 

@@ -13,7 +13,7 @@
 use aya_ebpf::{
     EbpfContext,
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval},
-    macros::{cgroup_sock_addr, map},
+    macros::cgroup_sock_addr,
     maps::LruHashMap,
     programs::SockAddrContext,
 };
@@ -27,9 +27,9 @@ use crate::lb::{
     select,
 };
 
-#[map(name = "weir_sockrev_v1")]
-static SOCK_REV: LruHashMap<SockRevKey, SockRevValue> =
-    LruHashMap::with_max_entries(maps::SOCK_REV_ENTRIES, 0);
+bpf_map! {
+    static SOCK_REV: LruHashMap<SockRevKey, SockRevValue> = LruHashMap::with_max_entries(maps::SOCK_REV_ENTRIES, 0);
+}
 
 /// A socket hook's verdict: let the call proceed.
 const ALLOW: i32 = 1;

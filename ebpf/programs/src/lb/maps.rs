@@ -2,42 +2,44 @@
 //! revnat) or by the datapath itself (conntrack, affinity).
 
 use aya_ebpf::bindings::BPF_F_NO_PREALLOC;
-use aya_ebpf::{
-    macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
-};
+use aya_ebpf::maps::{Array, HashMap, LruHashMap, PerCpuArray};
 use weir_common::{
     AffinityKey, AffinityValue, Backend, CtKey, CtValue, EndpointKey, MaglevTable, NodeAddrs, RevNat,
     Scratch, ServiceKey, ServiceValue, maps,
 };
 
-#[map(name = "weir_svc_v2")]
-pub static SERVICES: HashMap<ServiceKey, ServiceValue> =
-    HashMap::with_max_entries(maps::SERVICES_ENTRIES, BPF_F_NO_PREALLOC);
+bpf_map! {
+    pub static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::with_max_entries(maps::SERVICES_ENTRIES, BPF_F_NO_PREALLOC);
+}
 
-#[map(name = "weir_backend_v2")]
-pub static BACKENDS: HashMap<u32, Backend> =
-    HashMap::with_max_entries(maps::BACKENDS_ENTRIES, BPF_F_NO_PREALLOC);
+bpf_map! {
+    pub static BACKENDS: HashMap<u32, Backend> = HashMap::with_max_entries(maps::BACKENDS_ENTRIES, BPF_F_NO_PREALLOC);
+}
 
-#[map(name = "weir_revnat_v2")]
-pub static REVNAT: HashMap<u32, RevNat> = HashMap::with_max_entries(maps::REVNAT_ENTRIES, BPF_F_NO_PREALLOC);
+bpf_map! {
+    pub static REVNAT: HashMap<u32, RevNat> = HashMap::with_max_entries(maps::REVNAT_ENTRIES, BPF_F_NO_PREALLOC);
+}
 
-#[map(name = "weir_affin_v2")]
-pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
-    LruHashMap::with_max_entries(maps::AFFINITY_ENTRIES, 0);
+bpf_map! {
+    pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> = LruHashMap::with_max_entries(maps::AFFINITY_ENTRIES, 0);
+}
 
-#[map(name = "weir_ct_v2")]
-pub static CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::with_max_entries(maps::CONNTRACK_ENTRIES, 0);
+bpf_map! {
+    pub static CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::with_max_entries(maps::CONNTRACK_ENTRIES, 0);
+}
 
-#[map(name = "weir_maglev_v1")]
-pub static MAGLEV: HashMap<u32, MaglevTable> =
-    HashMap::with_max_entries(maps::MAGLEV_ENTRIES, BPF_F_NO_PREALLOC);
+bpf_map! {
+    pub static MAGLEV: HashMap<u32, MaglevTable> = HashMap::with_max_entries(maps::MAGLEV_ENTRIES, BPF_F_NO_PREALLOC);
+}
 
-#[map(name = "weir_scratch_v2")]
-pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+bpf_map! {
+    pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+}
 
-#[map(name = "weir_node_v1")]
-pub static NODE: Array<NodeAddrs> = Array::with_max_entries(1, 0);
+bpf_map! {
+    pub static NODE: Array<NodeAddrs> = Array::with_max_entries(1, 0);
+}
 
-#[map(name = "weir_nodeip_v1")]
-pub static NODE_IPS: HashMap<EndpointKey, u32> = HashMap::with_max_entries(maps::NODE_IPS_ENTRIES, 0);
+bpf_map! {
+    pub static NODE_IPS: HashMap<EndpointKey, u32> = HashMap::with_max_entries(maps::NODE_IPS_ENTRIES, 0);
+}

@@ -1,0 +1,158 @@
+//! What the datapath counts: packets and bytes per direction and reason, in a
+//! per-CPU array user space sums (`/metrics`, `weirctl metrics`).
+
+/// Direction of a packet relative to the pod, as seen on the host side of its veth.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dir {
+    /// TC ingress on the host veth: the pod sent it.
+    FromPod = 0,
+    /// TC egress on the host veth: on its way into the pod.
+    ToPod = 1,
+    /// TC ingress on a node device: from outside the node.
+    FromNetdev = 2,
+    /// TC egress on a node device: leaving the node.
+    ToNetdev = 3,
+}
+
+impl Dir {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Dir::FromPod => "from-pod",
+            Dir::ToPod => "to-pod",
+            Dir::FromNetdev => "from-netdev",
+            Dir::ToNetdev => "to-netdev",
+        }
+    }
+}
+
+impl TryFrom<u8> for Dir {
+    type Error = u8;
+
+    fn try_from(code: u8) -> Result<Self, u8> {
+        Ok(match code {
+            0 => Dir::FromPod,
+            1 => Dir::ToPod,
+            2 => Dir::FromNetdev,
+            3 => Dir::ToNetdev,
+            _ => return Err(code),
+        })
+    }
+}
+
+/// Why a packet was passed or dropped. `Forwarded` is the only pass reason;
+/// every drop has its own code so that it can be counted and reported.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    Forwarded = 0,
+    Malformed = 1,
+    /// The service has no usable endpoint: the client gets ICMP port unreachable
+    /// (TCP: connection refused), never silence.
+    NoBackend = 2,
+    /// A slot points at a backend id that is not in the backends map (a sync race).
+    BackendMissing = 3,
+    CtFull = 4,
+    RewriteFailed = 5,
+    /// An external flow to a remote endpoint needs a node address to come from,
+    /// and the node has none of the family (or no free source port).
+    NoSnat = 6,
+    /// A `Local` traffic policy and no endpoint on this node, though there are
+    /// some elsewhere: dropped, as kube-proxy does (load balancers, told by the
+    /// health check, go elsewhere).
+    NoLocalBackend = 7,
+    /// No NetworkPolicy admits this new flow into the destination pod.
+    PolicyIngress = 8,
+    /// No NetworkPolicy admits this new flow out of the source pod.
+    PolicyEgress = 9,
+    /// A pod sent from an address that is not its own: dropped, or it could
+    /// pass for another pod in others' policies.
+    SpoofedSource = 10,
+    /// An ICMP error to or from an isolated pod that quotes a packet of no flow
+    /// its policies admitted: it would be a way out (a covert channel) or in.
+    IcmpUnrelated = 11,
+    /// Not a drop: a new flow other than TCP, admitted but not recorded in the
+    /// policy conntrack, as its endpoint holds its whole share of it. Counted
+    /// beside the packet's own verdict, once per such flow judged.
+    Untracked = 12,
+}
+
+impl Reason {
+    /// Every reason, in code order.
+    pub const ALL: [Reason; 13] = [
+        Reason::Forwarded,
+        Reason::Malformed,
+        Reason::NoBackend,
+        Reason::BackendMissing,
+        Reason::CtFull,
+        Reason::RewriteFailed,
+        Reason::NoSnat,
+        Reason::NoLocalBackend,
+        Reason::PolicyIngress,
+        Reason::PolicyEgress,
+        Reason::SpoofedSource,
+        Reason::IcmpUnrelated,
+        Reason::Untracked,
+    ];
+
+    /// What an operator reads (`weirctl`, `/metrics`).
+    pub const fn describe(self) -> &'static str {
+        match self {
+            Reason::Forwarded => "forwarded",
+            Reason::Malformed => "malformed packet",
+            Reason::NoBackend => "service without endpoints (rejected)",
+            Reason::BackendMissing => "backend missing from the backends map",
+            Reason::CtFull => "conntrack map full",
+            Reason::RewriteFailed => "packet rewrite failed",
+            Reason::NoSnat => "no node address or port to source-NAT from",
+            Reason::NoLocalBackend => "Local traffic policy without a local endpoint (dropped)",
+            Reason::PolicyIngress => "denied by NetworkPolicy (ingress)",
+            Reason::PolicyEgress => "denied by NetworkPolicy (egress)",
+            Reason::SpoofedSource => "source address not the pod's own (spoofed)",
+            Reason::IcmpUnrelated => "ICMP error of no admitted flow (NetworkPolicy)",
+            Reason::Untracked => "admitted, not tracked: endpoint at its policy conntrack share",
+        }
+    }
+
+    /// [`Reason::describe`] of a code read from a map or an event.
+    pub fn describe_code(code: u8) -> &'static str {
+        Reason::try_from(code).map_or("unknown", Reason::describe)
+    }
+}
+
+impl TryFrom<u8> for Reason {
+    type Error = u8;
+
+    fn try_from(code: u8) -> Result<Self, u8> {
+        Reason::ALL.get(usize::from(code)).copied().ok_or(code)
+    }
+}
+
+/// Index into the per-CPU [`crate::maps::METRICS`] array.
+pub const fn metrics_index(dir: Dir, reason: Reason) -> u32 {
+    ((dir as u32) << 8) | reason as u32
+}
+
+/// The direction and reason codes a [`metrics_index`] counts.
+pub const fn metrics_slot(index: u32) -> (u8, u8) {
+    ((index >> 8) as u8, index as u8)
+}
+
+/// Value of [`crate::maps::METRICS`] (per CPU; user space sums the CPUs).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MetricValue {
+    pub packets: u64,
+    pub bytes: u64,
+}
+const _: () = assert!(core::mem::size_of::<MetricValue>() == 16);
+
+const _: () = {
+    let mut i = 0;
+    while i < Reason::ALL.len() {
+        assert!(Reason::ALL[i] as usize == i);
+        i += 1;
+    }
+};
+
+crate::pod!(MetricValue);

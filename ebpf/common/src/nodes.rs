@@ -1,0 +1,80 @@
+//! The node and its local endpoints: the pods whose veths are here, the
+//! node's own addresses, and how pod traffic is delivered.
+
+use crate::net::{AF_INET, AF_INET6};
+
+/// Key of [`crate::maps::ENDPOINTS`]: a local pod address. IPv4 uses the first 4 bytes of
+/// `addr` and zeroes the rest, so one map serves both families.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EndpointKey {
+    pub addr: [u8; 16], /* BE */
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<EndpointKey>() == 20);
+
+impl EndpointKey {
+    pub const fn v4(addr: [u8; 4]) -> Self {
+        let mut a = [0u8; 16];
+        a[0] = addr[0];
+        a[1] = addr[1];
+        a[2] = addr[2];
+        a[3] = addr[3];
+        Self {
+            addr: a,
+            family: AF_INET,
+            _pad: [0; 3],
+        }
+    }
+    pub const fn v6(addr: [u8; 16]) -> Self {
+        Self {
+            addr,
+            family: AF_INET6,
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// Value of [`crate::maps::ENDPOINTS`]: where a local pod lives.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointInfo {
+    /// Host-side veth of the pod.
+    pub ifindex: u32,
+    /// Reserved (0): policy keeps its own per-endpoint map ([`crate::maps::POLICY_ENDPOINTS`]),
+    /// written from the cluster's Pods, not from CNI registrations.
+    pub identity: u32,
+    /// Reserved (0).
+    pub flags: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<EndpointInfo>() == 16);
+
+/// Value of [`crate::maps::NODE`]: the addresses external flows to remote endpoints are
+/// source-NATed to, one per family (all zero: none), the node's network
+/// namespace (its cookie), the only one the socket hooks act in, and how pod
+/// traffic is delivered (`NODE_F_*`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeAddrs {
+    pub v4: [u8; 16], /* BE, IPv4 in the first 4 bytes */
+    pub v6: [u8; 16], /* BE */
+    pub netns_cookie: u64,
+    /// The node's `net.ipv4.ip_local_port_range` (its own connections' source
+    /// ports), which source NAT keeps out of; `[0, 0]`: Linux's default.
+    pub ephemeral: [u16; 2],
+    pub flags: u32,
+}
+const _: () = assert!(core::mem::size_of::<NodeAddrs>() == 48);
+
+/// [`NodeAddrs::flags`]: deliver pods' packets to pods of the node through
+/// the host's stack (routing, netfilter) instead of straight to their veth,
+/// and leave the reverse translation of local backends' replies to the
+/// client's veth. Netfilter then sees both directions of every flow, so the
+/// flows it translates itself (kube-proxy's rules still in place, hostPorts
+/// of the chained `portmap`) get their replies translated back. Cilium calls
+/// this legacy host routing.
+pub const NODE_F_HOST_STACK: u32 = 1;
+
+crate::pod!(EndpointKey, EndpointInfo, NodeAddrs);

@@ -1,0 +1,18 @@
+//! Program names in the object, as user space looks them up.
+pub const FROM_POD: &str = "from_pod";
+pub const TO_POD: &str = "to_pod";
+pub const FROM_NETDEV: &str = "from_netdev";
+pub const TO_NETDEV: &str = "to_netdev";
+/// Every TC program: on pod veths and node devices.
+pub const CLASSIFIERS: [&str; 4] = [FROM_POD, TO_POD, FROM_NETDEV, TO_NETDEV];
+/// The socket hooks of the node's own processes (cgroup/connect4, ...).
+pub const SOCK_HOOKS: [&str; 8] = [
+    "sock_connect4",
+    "sock_connect6",
+    "sock_sendmsg4",
+    "sock_sendmsg6",
+    "sock_recvmsg4",
+    "sock_recvmsg6",
+    "sock_peer4",
+    "sock_peer6",
+];
