@@ -50,7 +50,7 @@ pub struct RunArgs {
     #[arg(long, env = "WEIR_BPFFS_ROOT", default_value = DEFAULT_ROOT)]
     pub bpffs_root: PathBuf,
     /// Unix socket on which weir-cni registers pods (CNI config `agentSocket`).
-    #[arg(long, env = "WEIR_CNI_SOCKET", default_value = weir_cni::agent_api::DEFAULT_SOCKET)]
+    #[arg(long, env = "WEIR_CNI_SOCKET", default_value = weir_agent_api::DEFAULT_SOCKET)]
     pub cni_socket: PathBuf,
     /// Where Services, endpoints, Pods, Namespaces, Nodes and NetworkPolicies
     /// come from: `kube`, the API server (in-cluster configuration, KUBECONFIG

@@ -28,11 +28,11 @@ use tokio::{
     task::AbortHandle,
 };
 use tracing::{info, warn};
-use weir_cni::agent_api::{Endpoint, Reply, Request};
-use weir_common::{EndpointInfo, EndpointKey};
+use weir_agent_api::{Endpoint, Reply, Request};
+use weir_common::EndpointInfo;
 use weir_model::bounded;
 
-use crate::datapath::{Datapath, DatapathError};
+use crate::datapath::{Datapath, DatapathError, endpoint_key};
 
 /// How long a client has to send its whole request (and later to read the answer).
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
@@ -65,15 +65,6 @@ pub enum ServerError {
 impl From<DatapathError> for ServerError {
     fn from(e: DatapathError) -> Self {
         Self::Datapath(Box::new(e))
-    }
-}
-
-pub fn endpoint_key(ip: IpAddr) -> EndpointKey {
-    let (addr, family) = weir_model::net::to_abi(ip);
-    EndpointKey {
-        addr,
-        family,
-        _pad: [0; 3],
     }
 }
 
@@ -341,22 +332,4 @@ fn add(dp: &mut Datapath, ep: &Endpoint) -> Result<(), ServerError> {
         "endpoint registered"
     );
     Ok(())
-}
-
-/// Removes the endpoint entries of veths that have gone while the agent was down.
-pub fn forget_ifindexes(dp: &mut Datapath, gone: &[u32]) -> Result<usize, ServerError> {
-    let map = weir_common::maps::ENDPOINTS;
-    let stale: Vec<EndpointKey> = dp
-        .endpoints
-        .iter()
-        .filter_map(Result::ok)
-        .filter(|(_, info)| gone.contains(&info.ifindex))
-        .map(|(key, _)| key)
-        .collect();
-    for key in &stale {
-        dp.endpoints
-            .remove(key)
-            .map_err(|source| ServerError::Map { map, source })?;
-    }
-    Ok(stale.len())
 }

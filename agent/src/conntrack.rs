@@ -22,12 +22,9 @@ use weir_common::{
     maps as names,
 };
 
-use crate::{
-    datapath::{
-        DatapathError, PinLayout,
-        maps::{self, Affinity, Conntrack, PolicyCt, PolicyEndpoints, PolicyShares},
-    },
-    sync::is_not_found,
+use crate::datapath::{
+    DatapathError, PinLayout, is_not_found,
+    maps::{self, Affinity, Conntrack, PolicyCt, PolicyEndpoints, PolicyShares},
 };
 
 /// Affinity entries of frontends the agent does not know (yet, or any more) are

@@ -1,7 +1,8 @@
 //! The plugin's errors and the CNI error code each one is reported with.
 
+use weir_agent_api::AgentError;
+
 use crate::{
-    agent_api::AgentError,
     ipam::{IpamError, delegate::DelegateError},
     netlink::NetlinkError,
     netns::NetnsError,

@@ -5,7 +5,6 @@
 //! Layers: [`spec`] (the wire format, no I/O), [`ipam`] (allocator, stores,
 //! delegation), [`netns`]/[`netlink`] (the kernel), [`commands`] (the verbs).
 
-pub mod agent_api;
 pub mod commands;
 pub mod error;
 pub mod ipam;

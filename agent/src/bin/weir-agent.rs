@@ -14,7 +14,7 @@ use weir_agent::{
     cni_conf::ConfOptions,
     cni_server,
     conntrack::Hygiene,
-    datapath::{Datapath, PinLayout},
+    datapath::{self, Datapath, PinLayout},
     host_routing,
     http::{self, Endpoints},
     metrics::Metrics,
@@ -90,7 +90,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut dp = Datapath::load(pins.clone())
         .with_context(|| format!("loading the datapath under {}", pins.root().display()))?;
     let adopted = dp.adopt_links().context("adopting pinned links")?;
-    let forgotten = cni_server::forget_ifindexes(&mut dp, &adopted.stale)?;
+    let forgotten = datapath::forget_ifindexes(&mut dp, &adopted.stale)?;
     info!(node, root = %pins.root().display(), adopted = adopted.adopted, forgotten, "datapath loaded");
     write_node(&mut dp, &net)?;
     dp.attach_cgroup(&cgroup)
@@ -192,7 +192,7 @@ fn write_node(dp: &mut Datapath, net: &NodeNet) -> anyhow::Result<()> {
         .context("writing the node's addresses")?;
     for ip in &net.all_addresses {
         dp.node_ips
-            .insert(cni_server::endpoint_key(*ip), 1, 0)
+            .insert(datapath::endpoint_key(*ip), 1, 0)
             .context("writing the node's addresses")?;
     }
     Ok(())

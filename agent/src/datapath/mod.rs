@@ -4,6 +4,7 @@
 mod attach;
 pub mod bpffs;
 pub mod cgroup;
+mod endpoints;
 mod error;
 mod load;
 pub mod maps;
@@ -11,6 +12,7 @@ pub mod object;
 pub mod pins;
 
 pub use attach::AttachedCount;
+pub use endpoints::{endpoint_key, forget_ifindexes, is_not_found};
 pub use error::DatapathError;
 pub use load::Datapath;
 pub use pins::PinLayout;

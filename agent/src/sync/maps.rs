@@ -11,7 +11,7 @@ use aya::maps::MapError;
 use weir_common::{Backend, MAGLEV_TABLE_SIZE, MaglevTable, RevNat, ServiceKey, ServiceValue, maps as names};
 use weir_model::{DesiredServices, services::socket_addr};
 
-use crate::datapath::Datapath;
+use crate::datapath::{Datapath, is_not_found};
 
 /// One write to one map.
 #[derive(Clone, Debug)]
@@ -140,15 +140,5 @@ impl ServiceMaps for SharedDatapath {
             Err(e) if op.is_delete() && is_not_found(&e) => Ok(()),
             other => other,
         }
-    }
-}
-
-/// A delete of a key that is already gone (ENOENT), which aya reports as a
-/// syscall error.
-pub fn is_not_found(e: &MapError) -> bool {
-    match e {
-        MapError::KeyNotFound => true,
-        MapError::SyscallError(e) => e.io_error.raw_os_error() == Some(nix::errno::Errno::ENOENT as i32),
-        _ => false,
     }
 }

@@ -51,7 +51,7 @@ use weir_model::{
 };
 
 pub use self::{
-    maps::{Op, ServiceMaps, SharedDatapath, SyncError, is_not_found, maglev_value},
+    maps::{Op, ServiceMaps, SharedDatapath, SyncError, maglev_value},
     policy::{PolicyMaps, PolicyOp, PolicyReport, PolicySyncer},
 };
 

@@ -24,7 +24,8 @@ use weir_model::{
     policy::{DesiredPolicy, IpcacheEntry, PolicyEncoder, RuleKey, compile_node},
 };
 
-use super::{SharedDatapath, SyncError, is_not_found};
+use super::{SharedDatapath, SyncError};
+use crate::datapath::is_not_found;
 
 /// `BPF_NOEXIST`: create only.
 const BPF_NOEXIST: u64 = 1;

@@ -26,12 +26,11 @@ use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 use serde_json::Value;
+use weir_agent_api::{self as agent_api, Endpoint, Request};
 
 use super::ipam::{self, Addressing};
 use crate::{
-    Error,
-    agent_api::{self, Endpoint, Request},
-    naming,
+    Error, naming,
     netlink::{self, Link, Netlink, NetlinkError},
     netns::{self, Netns},
     spec::{Attachment, CniResult, Env, Interface, IpConfig, NetConf, Route},

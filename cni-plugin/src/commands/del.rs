@@ -3,11 +3,11 @@
 //! deterministic name (its peer, and the routes through it, go with it), so it
 //! needs nothing from the pod's namespace.
 
+use weir_agent_api::{self as agent_api, Request};
+
 use super::ipam;
 use crate::{
-    Error,
-    agent_api::{self, Request},
-    naming,
+    Error, naming,
     netlink::Netlink,
     spec::{Env, NetConf},
 };

@@ -1,6 +1,6 @@
 //! The registration protocol between `weir-cni` and the agent.
 
-use weir_cni::agent_api::{Reply, Request};
+use weir_agent_api::{Reply, Request};
 
 /// `data`: one request line as a client might send it, or a reply.
 pub fn request(data: &[u8]) {
