@@ -73,22 +73,18 @@ fn listen(port: u16, checks: Checks) -> std::io::Result<Listener> {
     listener.set_nonblocking(true)?;
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
-    let thread = std::thread::Builder::new()
-        .name(format!("weir-health-{port}"))
-        .spawn(move || {
-            while !flag.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((conn, _)) => answer(conn, port, &checks),
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                        std::thread::sleep(Duration::from_millis(20))
-                    }
-                    Err(e) => {
-                        warn!(port, error = %e, "health check connection failed");
-                        std::thread::sleep(Duration::from_millis(20));
-                    }
+    let thread = crate::supervise::spawn(&format!("weir-health-{port}"), move || {
+        while !flag.load(Ordering::Relaxed) {
+            match listener.accept() {
+                Ok((conn, _)) => answer(conn, port, &checks),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(20)),
+                Err(e) => {
+                    warn!(port, error = %e, "health check connection failed");
+                    std::thread::sleep(Duration::from_millis(20));
                 }
             }
-        })?;
+        }
+    })?;
     Ok(Listener {
         stop,
         thread: Some(thread),

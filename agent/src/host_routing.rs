@@ -261,14 +261,12 @@ pub fn start(mode: HostRouting, maps: SharedDatapath, metrics: Arc<Metrics>) {
     if mode != HostRouting::Auto {
         return;
     }
-    let spawned = std::thread::Builder::new()
-        .name("weir-routing".into())
-        .spawn(move || {
-            loop {
-                std::thread::sleep(RECHECK);
-                apply(&maps);
-            }
-        });
+    let spawned = crate::supervise::spawn("weir-routing", move || {
+        loop {
+            std::thread::sleep(RECHECK);
+            apply(&maps);
+        }
+    });
     if let Err(e) = spawned {
         warn!(error = %e, "no thread to follow netfilter: the delivery mode stays as it is");
     }

@@ -14,6 +14,8 @@
 //! - [`conntrack`]: conntrack/affinity GC and the UDP flush of removed backends.
 //! - [`health`]: the `healthCheckNodePort` server (externalTrafficPolicy Local).
 //! - [`service_loop`]: the threads that run the three above.
+//! - [`supervise`]: those threads' panics end the agent (the DaemonSet restarts
+//!   it; the pinned datapath keeps forwarding), never stop their work silently.
 //! - [`ctl`]: `weirctl`'s views of the maps.
 //! - [`metrics`], [`http`]: the agent's Prometheus metrics and the endpoint
 //!   that serves them.
@@ -34,4 +36,5 @@ pub mod node_net;
 pub mod service_loop;
 pub mod source;
 pub mod status;
+pub mod supervise;
 pub mod sync;

@@ -63,9 +63,7 @@ pub struct SyncLoop {
 
 impl SyncLoop {
     pub fn spawn(self) -> std::io::Result<JoinHandle<()>> {
-        std::thread::Builder::new()
-            .name("weir-sync".into())
-            .spawn(move || self.run())
+        crate::supervise::spawn("weir-sync", move || self.run())
     }
 
     fn run(mut self) {
@@ -311,23 +309,21 @@ pub fn spawn_gc(
     metrics: Arc<Metrics>,
 ) -> std::io::Result<JoinHandle<()>> {
     let pins = pins.clone();
-    std::thread::Builder::new()
-        .name("weir-ct-gc".into())
-        .spawn(move || {
-            let mut hygiene = match Hygiene::open(&pins) {
-                Ok(h) => h,
-                Err(e) => {
-                    warn!(error = %e, "conntrack GC disabled");
-                    return;
-                }
-            };
-            loop {
-                std::thread::sleep(GC_EVERY);
-                if let Err(e) = gc_pass(&mut hygiene, &timeouts, &metrics) {
-                    warn!(error = %e, "conntrack GC pass failed; next pass in {GC_EVERY:?}");
-                }
+    crate::supervise::spawn("weir-ct-gc", move || {
+        let mut hygiene = match Hygiene::open(&pins) {
+            Ok(h) => h,
+            Err(e) => {
+                warn!(error = %e, "conntrack GC disabled");
+                return;
             }
-        })
+        };
+        loop {
+            std::thread::sleep(GC_EVERY);
+            if let Err(e) = gc_pass(&mut hygiene, &timeouts, &metrics) {
+                warn!(error = %e, "conntrack GC pass failed; next pass in {GC_EVERY:?}");
+            }
+        }
+    })
 }
 
 fn gc_pass(

@@ -23,6 +23,7 @@ use weir_agent::{
     service_loop::{self, SyncLoop},
     source::{KubeOptions, SourceSpec},
     status::Status,
+    supervise,
     sync::{PolicySyncer, SharedDatapath, Syncer},
 };
 use weir_model::NodeContext;
@@ -86,6 +87,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let cgroup = weir_agent::datapath::cgroup::resolve(args.cgroup_root.as_deref())?;
     let metrics = Metrics::new();
     let status = Status::default();
+    let mut failures = supervise::install().context("installing the thread supervisor")?;
 
     let mut dp = Datapath::load(pins.clone())
         .with_context(|| format!("loading the datapath under {}", pins.root().display()))?;
@@ -169,9 +171,14 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         let listener = cni_server::bind(&args.cni_socket)?;
         info!(socket = %args.cni_socket.display(), "serving CNI registrations");
         status.cni_serving();
-        cni_server::serve(listener, dp)
-            .await
-            .context("serving the CNI socket")
+        // A supervised thread's panic ends the agent (see `supervise`): the
+        // DaemonSet restarts it, and the pinned datapath forwards meanwhile.
+        tokio::select! {
+            served = cni_server::serve(listener, dp) => served.context("serving the CNI socket"),
+            failure = failures.next() => Err(anyhow::anyhow!(
+                "{failure}: exiting so that the agent is restarted (the datapath stays pinned and keeps forwarding)"
+            )),
+        }
     })
 }
 
