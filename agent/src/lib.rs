@@ -13,7 +13,8 @@
 //!   order that keeps the datapath consistent.
 //! - [`conntrack`]: conntrack/affinity GC and the UDP flush of removed backends.
 //! - [`health`]: the `healthCheckNodePort` server (externalTrafficPolicy Local).
-//! - [`service_loop`]: the threads that run the three above.
+//! - [`sync_loop`]: the threads that run the three above (the sync loop of
+//!   services and policy, and the conntrack GC).
 //! - [`supervise`]: those threads' panics end the agent (the DaemonSet restarts
 //!   it; the pinned datapath keeps forwarding), never stop their work silently.
 //! - [`ctl`]: `weirctl`'s views of the maps.
@@ -33,8 +34,8 @@ pub mod memory;
 pub mod metrics;
 pub mod node;
 pub mod node_net;
-pub mod service_loop;
 pub mod source;
 pub mod status;
 pub mod supervise;
 pub mod sync;
+pub mod sync_loop;

@@ -20,11 +20,11 @@ use weir_agent::{
     metrics::Metrics,
     node::NodeWatch,
     node_net::{self, NodeNet},
-    service_loop::{self, SyncLoop},
     source::{KubeOptions, SourceSpec},
     status::Status,
     supervise,
-    sync::{PolicySyncer, SharedDatapath, Syncer},
+    sync::{PolicySyncer, ServiceSyncer, SharedDatapath},
+    sync_loop::{self, SyncLoop},
 };
 use weir_model::NodeContext;
 
@@ -220,7 +220,7 @@ struct Services<'a> {
 /// Reads back what the service maps hold (never flushing them), then starts the
 /// sync and conntrack GC threads.
 fn start_services(s: Services<'_>) -> anyhow::Result<()> {
-    let syncer = Syncer::new(&s.maps).context("reading the service maps back")?;
+    let syncer = ServiceSyncer::new(&s.maps).context("reading the service maps back")?;
     let policy = PolicySyncer::new(&s.node.node_name, &s.maps).context("reading the policy maps back")?;
     let compiler = syncer.compiler(s.node);
     let (frontends, backends) = (
@@ -235,8 +235,8 @@ fn start_services(s: Services<'_>) -> anyhow::Result<()> {
     let hygiene = Hygiene::open(s.pins)
         .inspect_err(|e| tracing::warn!(error = %e, "UDP conntrack flush disabled"))
         .ok();
-    let timeouts = service_loop::AffinityTimeouts::default();
-    service_loop::spawn_gc(s.pins, timeouts.clone(), s.metrics.clone())
+    let timeouts = sync_loop::AffinityTimeouts::default();
+    sync_loop::spawn_gc(s.pins, timeouts.clone(), s.metrics.clone())
         .context("spawning the conntrack GC thread")?;
     SyncLoop {
         source,

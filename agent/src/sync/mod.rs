@@ -1,539 +1,124 @@
-//! The syncer: compiles each model snapshot and writes only the difference to the
-//! pinned service maps, in an order that keeps the datapath consistent at every
-//! instant:
+//! The syncers: each compiles what the model wants into map contents and writes
+//! only the difference to the pinned maps, in an order that keeps the datapath
+//! consistent at every instant.
 //!
-//! 1. backends and reverse-NAT entries are written;
-//! 2. Maglev tables: a table is written only once every backend it names is there
-//!    (a table of any length but [`weir_common::MAGLEV_TABLE_SIZE`] is a compiler
-//!    bug: logged as an error, counted in [`SyncReport::skipped`], never written);
-//! 3. backend slots (slot >= 1): a slot is written only once its backend is there;
-//! 4. service entries (slot 0): written only once every slot `1..=count`, the
-//!    reverse-NAT entry and, for a Maglev frontend, its table hold what they
-//!    should, so a growing service never counts a slot that is not there yet and
-//!    a frontend never turns to Maglev before its table is in place;
-//! 5. service entries no longer wanted are deleted;
-//! 6. Maglev tables no frontend wants any more (only once the service entry in
-//!    the map that used it holds its final value);
-//! 7. then slots no longer wanted, and the slots beyond a shrunk count (only once
-//!    the entry in the map no longer counts them);
-//! 8. then backends and reverse-NAT entries that nothing in the map references (a
-//!    slot or a Maglev table).
+//! - [`services`]: the load balancer's maps (services, backends, reverse NAT,
+//!   Maglev), incremental: a change costs the keys it touches.
+//! - [`policy`]: the NetworkPolicy maps (rules, ipcache, isolated endpoints).
 //!
-//! A write that fails (map full, ...) is logged and counted, the entries that depend
-//! on it are deferred, and the next sync retries: nothing is ever flushed, so a
-//! restarted agent reads the maps back, diffs and writes only what changed.
-//!
-//! A sync looks at every entry ([`Changed::All`]) or only at the keys an
-//! incremental compile touched ([`Changed::Keys`]): with 10,000 Services, a
-//! change of one EndpointSlice then costs what it touches, not a walk of the
-//! maps. What the ordering rules need to know of the rest (which slots name a
-//! backend, which entries use a reverse-NAT id) is kept in reference counts
-//! updated with each write.
+//! Both have one shape: the maps behind [`Maps`] (the kernel's, or maps in
+//! memory in tests), one write at a time as a [`MapOp`] that knows how to apply
+//! itself to contents held in memory (`apply_to`, shared by the syncer's record
+//! of what the maps hold and by the tests' fake maps), and a [`Tally`] of each
+//! sync's writes and failures. A failed write is logged (the first
+//! [`LOGGED_FAILURES`] of a sync in full), counted, holds back what depends on
+//! it, and is retried by the next sync; nothing is ever flushed, so a restarted
+//! agent reads the maps back and writes only what differs.
 
-mod maps;
 mod policy;
-#[cfg(test)]
-mod tests;
+mod policy_maps;
+mod service_maps;
+mod services;
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
-    time::{Duration, Instant},
+    collections::BTreeMap,
+    fmt,
+    sync::{Arc, Mutex},
 };
 
-use tracing::{error, warn};
-use weir_common::{
-    Backend, IPPROTO_TCP, MAGLEV_TABLE_SIZE, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_F_AFFINITY, SVC_F_MAGLEV,
-    SVC_F_TWO_SCOPES, ServiceKey, ServiceValue,
-};
-use weir_model::{
-    DesiredServices, IdAllocator, NodeContext,
-    services::{Changed, ServiceCompiler},
-};
+use aya::maps::MapError;
+use tracing::warn;
 
 pub use self::{
-    maps::{Op, ServiceMaps, SharedDatapath, SyncError, maglev_value},
-    policy::{PolicyMaps, PolicyOp, PolicyReport, PolicySyncer},
+    policy::{PolicyReport, PolicySyncer},
+    policy_maps::PolicyOp,
+    service_maps::{ServiceOp, maglev_value},
+    services::{ServiceReport, ServiceSyncer},
 };
+use crate::datapath::{Datapath, is_not_found};
 
 /// Failed writes logged in full per sync; the rest are only counted.
-const LOGGED_FAILURES: usize = 10;
+pub const LOGGED_FAILURES: usize = 10;
 
-pub struct Syncer {
-    /// What the maps hold, as far as the writes we made (or read back) tell.
-    current: DesiredServices,
-    refs: Refs,
-    /// Failed writes since the agent started.
-    pub failures_total: u64,
+/// One write to one map.
+pub trait MapOp: fmt::Display {
+    /// What the maps hold, in memory.
+    type Contents;
+    /// The map's name, for logs and metrics.
+    fn map(&self) -> &'static str;
+    fn is_delete(&self) -> bool;
 }
 
-/// What references what in `current`, kept with each write.
-#[derive(Debug, Default)]
-struct Refs {
-    /// Backend id -> slots naming it.
-    slots: HashMap<u32, u32>,
-    /// Reverse-NAT id -> entries (slot 0 and slots) using it.
-    revnat: HashMap<u32, u32>,
-    /// Rev-NAT id -> affinity timeout of the frontends with session affinity.
-    affinity: BTreeMap<u32, u32>,
+/// A syncer's maps: read whole, written one op at a time.
+pub trait Maps<O: MapOp> {
+    /// Everything the maps hold now.
+    fn read(&self) -> Result<O::Contents, SyncError>;
+    /// One write.
+    fn apply(&mut self, op: &O) -> Result<(), MapError>;
 }
 
-impl Refs {
-    fn count(&mut self, key: &ServiceKey, value: &ServiceValue, delta: i32) {
-        let bump = |map: &mut HashMap<u32, u32>, id: u32| {
-            let n = map.entry(id).or_default();
-            *n = n.saturating_add_signed(delta);
-            if *n == 0 {
-                map.remove(&id);
-            }
-        };
-        bump(&mut self.revnat, value.rev_nat_id);
-        if key.slot != 0 {
-            bump(&mut self.slots, value.backend_id);
-        } else if delta > 0 && value.flags & SVC_F_AFFINITY != 0 {
-            self.affinity.insert(value.rev_nat_id, value.affinity_timeout);
-        } else if delta < 0 {
-            self.affinity.remove(&value.rev_nat_id);
-        }
-    }
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("reading map {map}: {source}")]
+    Read { map: &'static str, source: MapError },
 }
 
-/// What one sync did.
-#[derive(Debug, Default)]
-pub struct SyncReport {
+/// What one sync's writes did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Tally {
     pub writes: usize,
     pub deletes: usize,
     pub failed: usize,
-    /// Entries held back because what they depend on failed to be written.
-    pub deferred: usize,
-    /// Desired entries that cannot be written at all (a Maglev table of the wrong
-    /// size): logged as errors; retrying would not help.
-    pub skipped: usize,
-    /// UDP/SCTP backends (address, port, protocol) that are gone: their conntrack
-    /// entries should be flushed so that clients move on.
-    pub gone_datagram_backends: Vec<Backend>,
     /// Failed writes by map and errno name (`E2BIG`: full), for the metrics.
     pub failures: BTreeMap<(&'static str, String), u64>,
-    pub duration: Duration,
 }
 
-impl SyncReport {
-    /// Whether the maps now hold exactly what was desired.
-    pub fn complete(&self) -> bool {
-        self.failed == 0 && self.deferred == 0
-    }
-}
-
-impl Syncer {
-    /// Reads what the maps hold (left by an earlier agent, or empty).
-    pub fn new(maps: &dyn ServiceMaps) -> Result<Self, SyncError> {
-        let current = maps.read()?;
-        let mut refs = Refs::default();
-        for (key, value) in &current.services {
-            refs.count(key, value, 1);
+impl Tally {
+    /// Does one write, counts it, and logs it if it failed; whether it took.
+    /// Deleting a key that is already gone is no failure.
+    pub fn write<O: MapOp>(&mut self, maps: &mut (impl Maps<O> + ?Sized), op: &O) -> bool {
+        match maps.apply(op) {
+            Ok(()) => {}
+            Err(e) if op.is_delete() && is_not_found(&e) => {}
+            Err(error) => {
+                self.failed += 1;
+                let errno = crate::metrics::errno_name(&error);
+                if self.failed <= LOGGED_FAILURES {
+                    warn!(map = op.map(), key = %op, errno, %error, "map write failed; retried at the next sync");
+                }
+                *self.failures.entry((op.map(), errno)).or_default() += 1;
+                return false;
+            }
         }
-        Ok(Self {
-            current,
-            refs,
-            failures_total: 0,
-        })
+        if op.is_delete() {
+            self.deletes += 1;
+        } else {
+            self.writes += 1;
+        }
+        true
     }
 
-    /// A compiler for `node` that keeps the ids found in the maps, so established
-    /// flows keep their backend and rev-NAT ids.
-    pub fn compiler(&self, node: NodeContext) -> ServiceCompiler {
-        ServiceCompiler::new(node, IdAllocator::from_desired(&self.current))
-    }
-
-    pub fn current(&self) -> &DesiredServices {
-        &self.current
-    }
-
-    /// `rev_nat_id -> affinity timeout (s)` of the frontends with session affinity
-    /// now in the maps (for the affinity GC).
-    pub fn affinity_timeouts(&self) -> BTreeMap<u32, u32> {
-        self.refs.affinity.clone()
-    }
-
-    /// Writes the difference between the maps and `desired` (among the keys
-    /// `changed` names).
-    pub fn apply(
-        &mut self,
-        maps: &mut dyn ServiceMaps,
-        desired: &DesiredServices,
-        changed: &Changed,
-    ) -> SyncReport {
-        let start = Instant::now();
-        let keys = Candidates::of(changed, &self.current, desired);
-        let mut run = Run {
-            maps,
-            current: &mut self.current,
-            refs: &mut self.refs,
-            report: SyncReport::default(),
-        };
-        run.report.gone_datagram_backends = gone_datagram_backends(run.current, desired, &keys.backends);
-        let tables = run.valid_tables(desired, &keys.maglev);
-        run.put_backends_and_revnat(desired, &keys);
-        run.put_maglev(&tables);
-        run.put_slots(desired, &keys.services);
-        run.put_heads(desired, &tables, &keys.services);
-        run.delete_heads(desired, &keys.services);
-        run.delete_maglev(desired, &tables, &keys.maglev);
-        run.delete_slots(desired, &keys.services);
-        run.delete_unreferenced(desired, &keys);
-        let mut report = run.report;
-        if report.failed > LOGGED_FAILURES {
+    /// Says how many failures were not logged one by one.
+    pub fn finish(&self) {
+        if self.failed > LOGGED_FAILURES {
             warn!(
-                failed = report.failed,
+                failed = self.failed,
                 logged = LOGGED_FAILURES,
                 "more map writes failed than logged"
             );
         }
-        self.failures_total += report.failed as u64;
-        report.duration = start.elapsed();
-        report
     }
 }
 
-/// The keys a sync looks at, per map, in key order (the order of the writes).
-struct Candidates {
-    services: Vec<ServiceKey>,
-    backends: Vec<u32>,
-    revnat: Vec<u32>,
-    maglev: Vec<u32>,
-}
+/// The agent's datapath, shared with the CNI server: the lock is held for one
+/// write at a time so that a pod's registration never waits for a whole sync.
+#[derive(Clone)]
+pub struct SharedDatapath(pub Arc<Mutex<Datapath>>);
 
-impl Candidates {
-    fn of(changed: &Changed, current: &DesiredServices, desired: &DesiredServices) -> Self {
-        fn union<K: Ord + Copy, A, B>(a: &BTreeMap<K, A>, b: &BTreeMap<K, B>) -> Vec<K> {
-            a.keys()
-                .chain(b.keys())
-                .copied()
-                .collect::<BTreeSet<K>>()
-                .into_iter()
-                .collect()
-        }
-        match changed {
-            Changed::All => Self {
-                services: union(&current.services, &desired.services),
-                backends: union(&current.backends, &desired.backends),
-                revnat: union(&current.revnat, &desired.revnat),
-                maglev: union(&current.maglev, &desired.maglev),
-            },
-            Changed::Keys(t) => Self {
-                services: t.services.iter().copied().collect(),
-                backends: t.backends.iter().copied().collect(),
-                revnat: t.revnat.iter().copied().collect(),
-                maglev: t.maglev.iter().copied().collect(),
-            },
-        }
+impl SharedDatapath {
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, Datapath> {
+        // Map writes are idempotent and the syncers re-diff after any failure,
+        // so a lock poisoned by a panic elsewhere is still safe to use.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
-}
-
-struct Run<'a> {
-    maps: &'a mut dyn ServiceMaps,
-    current: &'a mut DesiredServices,
-    refs: &'a mut Refs,
-    report: SyncReport,
-}
-
-fn head_of(key: &ServiceKey) -> ServiceKey {
-    ServiceKey { slot: 0, ..*key }
-}
-
-impl Run<'_> {
-    fn op(&mut self, op: Op) {
-        match self.maps.apply(&op) {
-            Ok(()) => {
-                if op.is_delete() {
-                    self.report.deletes += 1;
-                } else {
-                    self.report.writes += 1;
-                }
-                let c = &mut *self.current;
-                match op {
-                    Op::PutBackend(id, b) => {
-                        c.backends.insert(id, b);
-                    }
-                    Op::PutRevNat(id, r) => {
-                        c.revnat.insert(id, r);
-                    }
-                    Op::PutMaglev(id, table) => {
-                        c.maglev.insert(id, table.0.to_vec());
-                    }
-                    Op::PutService(k, v) => {
-                        if let Some(old) = c.services.insert(k, v) {
-                            self.refs.count(&k, &old, -1);
-                        }
-                        self.refs.count(&k, &v, 1);
-                    }
-                    Op::DelService(k) => {
-                        if let Some(old) = c.services.remove(&k) {
-                            self.refs.count(&k, &old, -1);
-                        }
-                    }
-                    Op::DelMaglev(id) => {
-                        c.maglev.remove(&id);
-                    }
-                    Op::DelBackend(id) => {
-                        c.backends.remove(&id);
-                    }
-                    Op::DelRevNat(id) => {
-                        c.revnat.remove(&id);
-                    }
-                }
-            }
-            Err(error) => {
-                self.report.failed += 1;
-                let errno = crate::metrics::errno_name(&error);
-                if self.report.failed <= LOGGED_FAILURES {
-                    warn!(map = op.map(), key = %op, errno, %error, "map write failed; retried at the next sync");
-                }
-                *self.report.failures.entry((op.map(), errno)).or_default() += 1;
-            }
-        }
-    }
-
-    fn put_backends_and_revnat(&mut self, desired: &DesiredServices, keys: &Candidates) {
-        for id in &keys.backends {
-            if let Some(backend) = desired.backends.get(id)
-                && self.current.backends.get(id) != Some(backend)
-            {
-                self.op(Op::PutBackend(*id, *backend));
-            }
-        }
-        for id in &keys.revnat {
-            if let Some(revnat) = desired.revnat.get(id)
-                && self.current.revnat.get(id) != Some(revnat)
-            {
-                self.op(Op::PutRevNat(*id, *revnat));
-            }
-        }
-    }
-
-    /// The desired Maglev tables that can be written: the others are reported
-    /// and skipped.
-    fn valid_tables<'d>(&mut self, desired: &'d DesiredServices, ids: &[u32]) -> BTreeMap<u32, &'d [u32]> {
-        let mut valid = BTreeMap::new();
-        for (&id, table) in ids.iter().filter_map(|id| desired.maglev.get_key_value(id)) {
-            if table.len() == MAGLEV_TABLE_SIZE {
-                valid.insert(id, table.as_slice());
-            } else {
-                self.report.skipped += 1;
-                error!(
-                    map = weir_common::maps::MAGLEV,
-                    rev_nat_id = id,
-                    entries = table.len(),
-                    expected = MAGLEV_TABLE_SIZE,
-                    "maglev table of the wrong size skipped; the frontend picks backends at random"
-                );
-            }
-        }
-        valid
-    }
-
-    fn put_maglev(&mut self, tables: &BTreeMap<u32, &[u32]>) {
-        for (&id, &table) in tables {
-            if self.current.maglev.get(&id).map(Vec::as_slice) == Some(table) {
-                continue;
-            }
-            let named: BTreeSet<u32> = table.iter().copied().collect();
-            if !named.iter().all(|b| self.current.backends.contains_key(b)) {
-                self.report.deferred += 1;
-                continue;
-            }
-            // `valid_tables` checked the size.
-            if let Some(value) = maglev_value(table) {
-                self.op(Op::PutMaglev(id, value));
-            }
-        }
-    }
-
-    fn put_slots(&mut self, desired: &DesiredServices, keys: &[ServiceKey]) {
-        for (key, value) in keys
-            .iter()
-            .filter(|k| k.slot != 0)
-            .filter_map(|k| desired.services.get_key_value(k))
-        {
-            if self.current.services.get(key) == Some(value) {
-                continue;
-            }
-            if !self.current.backends.contains_key(&value.backend_id) {
-                self.report.deferred += 1;
-                continue;
-            }
-            self.op(Op::PutService(*key, *value));
-        }
-    }
-
-    /// Scope-internal entries first: an external entry that says it has a twin
-    /// (`SVC_F_TWO_SCOPES`) is written only once the twin is what it should be.
-    fn put_heads(&mut self, desired: &DesiredServices, tables: &BTreeMap<u32, &[u32]>, keys: &[ServiceKey]) {
-        let heads = [SCOPE_INTERNAL, SCOPE_EXTERNAL]
-            .into_iter()
-            .flat_map(|scope| keys.iter().filter(move |k| k.slot == 0 && k.scope == scope));
-        for (key, value) in heads.filter_map(|k| desired.services.get_key_value(k)) {
-            if self.current.services.get(key) == Some(value) {
-                continue;
-            }
-            let twin = ServiceKey {
-                scope: SCOPE_INTERNAL,
-                ..*key
-            };
-            let twin_ready = value.flags & SVC_F_TWO_SCOPES == 0
-                || key.scope == SCOPE_INTERNAL
-                || desired
-                    .services
-                    .get(&twin)
-                    .is_some_and(|t| self.current.services.get(&twin) == Some(t));
-            if !twin_ready {
-                self.report.deferred += 1;
-                continue;
-            }
-            let slots_ready = (1..=value.count).all(|slot| {
-                let k = ServiceKey { slot, ..*key };
-                self.current.services.get(&k) == desired.services.get(&k)
-            });
-            let table_ready = value.flags & SVC_F_MAGLEV == 0
-                || tables.get(&value.rev_nat_id).is_none_or(|&table| {
-                    self.current.maglev.get(&value.rev_nat_id).map(Vec::as_slice) == Some(table)
-                });
-            if !slots_ready || !table_ready || !self.current.revnat.contains_key(&value.rev_nat_id) {
-                self.report.deferred += 1;
-                continue;
-            }
-            self.op(Op::PutService(*key, *value));
-        }
-    }
-
-    fn delete_heads(&mut self, desired: &DesiredServices, keys: &[ServiceKey]) {
-        let gone: Vec<ServiceKey> = keys
-            .iter()
-            .filter(|k| {
-                k.slot == 0 && self.current.services.contains_key(k) && !desired.services.contains_key(k)
-            })
-            .copied()
-            .collect();
-        for key in gone {
-            // A twin goes only once the entry in the map no longer names it.
-            let external = ServiceKey {
-                scope: SCOPE_EXTERNAL,
-                ..key
-            };
-            let named = key.scope == SCOPE_INTERNAL
-                && self
-                    .current
-                    .services
-                    .get(&external)
-                    .is_some_and(|v| v.flags & SVC_F_TWO_SCOPES != 0);
-            if named {
-                self.report.deferred += 1;
-                continue;
-            }
-            self.op(Op::DelService(key));
-        }
-    }
-
-    fn delete_maglev(&mut self, desired: &DesiredServices, tables: &BTreeMap<u32, &[u32]>, ids: &[u32]) {
-        let gone: Vec<u32> = ids
-            .iter()
-            .filter(|id| self.current.maglev.contains_key(id) && !tables.contains_key(id))
-            .copied()
-            .collect();
-        for id in gone {
-            // A Maglev service entry still in the map that uses the table and is
-            // not yet what it should be (its write failed): keep the table for it.
-            let in_use = self.current.services.iter().any(|(k, v)| {
-                k.slot == 0
-                    && v.rev_nat_id == id
-                    && v.flags & SVC_F_MAGLEV != 0
-                    && desired.services.get(k) != Some(v)
-            });
-            if in_use {
-                self.report.deferred += 1;
-                continue;
-            }
-            self.op(Op::DelMaglev(id));
-        }
-    }
-
-    fn delete_slots(&mut self, desired: &DesiredServices, keys: &[ServiceKey]) {
-        let gone: Vec<ServiceKey> = keys
-            .iter()
-            .filter(|k| {
-                k.slot != 0 && self.current.services.contains_key(k) && !desired.services.contains_key(k)
-            })
-            .copied()
-            .collect();
-        for key in gone {
-            // Only a slot the service entry in the map no longer counts.
-            let counted = self
-                .current
-                .services
-                .get(&head_of(&key))
-                .is_some_and(|head: &ServiceValue| key.slot <= head.count);
-            if counted {
-                self.report.deferred += 1;
-                continue;
-            }
-            self.op(Op::DelService(key));
-        }
-    }
-
-    fn delete_unreferenced(&mut self, desired: &DesiredServices, keys: &Candidates) {
-        let gone: Vec<u32> = keys
-            .backends
-            .iter()
-            .filter(|id| self.current.backends.contains_key(id) && !desired.backends.contains_key(id))
-            .copied()
-            .collect();
-        let mut in_tables: BTreeSet<u32> = BTreeSet::new();
-        if !gone.is_empty() {
-            // Tables are large: only look in them for the backends about to go.
-            let gone_set: BTreeSet<u32> = gone.iter().copied().collect();
-            for table in self.current.maglev.values() {
-                in_tables.extend(table.iter().filter(|id| gone_set.contains(id)));
-            }
-        }
-        for id in gone {
-            if self.refs.slots.contains_key(&id) || in_tables.contains(&id) {
-                self.report.deferred += 1;
-            } else {
-                self.op(Op::DelBackend(id));
-            }
-        }
-        let gone: Vec<u32> = keys
-            .revnat
-            .iter()
-            .filter(|id| self.current.revnat.contains_key(id) && !desired.revnat.contains_key(id))
-            .copied()
-            .collect();
-        for id in gone {
-            if self.refs.revnat.contains_key(&id) {
-                self.report.deferred += 1;
-            } else {
-                self.op(Op::DelRevNat(id));
-            }
-        }
-    }
-}
-
-/// Connectionless backends (address, port, protocol) in the maps but not desired:
-/// as kube-proxy does for UDP, their conntrack entries must go, or clients keep
-/// sending into the void until the entry times out. TCP needs no flush: the
-/// client sees a reset or a timeout and reconnects through a fresh lookup.
-///
-/// Among `ids`, the backends that go; an id stands for one (address, port,
-/// protocol) while it is in use, so a backend whose id goes is gone.
-fn gone_datagram_backends(current: &DesiredServices, desired: &DesiredServices, ids: &[u32]) -> Vec<Backend> {
-    let identity = |b: &Backend| (b.addr, b.port, b.proto, b.family);
-    let mut gone: Vec<Backend> = ids
-        .iter()
-        .filter(|id| !desired.backends.contains_key(id))
-        .filter_map(|id| current.backends.get(id))
-        .filter(|b| b.proto != IPPROTO_TCP)
-        .copied()
-        .collect();
-    gone.sort();
-    gone.dedup_by_key(|b| identity(b));
-    gone
 }

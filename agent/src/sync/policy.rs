@@ -16,87 +16,18 @@
 
 use std::collections::BTreeMap;
 
-use aya::maps::{MapError, lpm_trie::Key};
-use tracing::warn;
-use weir_common::{EndpointKey, PolicyEndpoint, PolicyShare, maps as names};
 use weir_model::{
     Model, Problem,
-    policy::{DesiredPolicy, IpcacheEntry, PolicyEncoder, RuleKey, compile_node},
+    policy::{DesiredPolicy, PolicyEncoder, compile_node},
 };
 
-use super::{SharedDatapath, SyncError};
-use crate::datapath::is_not_found;
-
-/// `BPF_NOEXIST`: create only.
-const BPF_NOEXIST: u64 = 1;
-
-/// One write to one policy map.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum PolicyOp {
-    PutRule(RuleKey),
-    PutIpcache(IpcacheEntry, u32),
-    PutEndpoint(EndpointKey, PolicyEndpoint),
-    DelEndpoint(EndpointKey),
-    DelIpcache(IpcacheEntry),
-    DelRule(RuleKey),
-}
-
-impl PolicyOp {
-    fn is_delete(&self) -> bool {
-        matches!(
-            self,
-            Self::DelEndpoint(_) | Self::DelIpcache(_) | Self::DelRule(_)
-        )
-    }
-
-    /// The write, done to maps held in memory.
-    fn apply_to(&self, maps: &mut DesiredPolicy) {
-        match self {
-            Self::PutRule(r) => {
-                maps.rules.insert(*r);
-            }
-            Self::PutIpcache(k, v) => {
-                maps.ipcache.insert(*k, *v);
-            }
-            Self::PutEndpoint(k, v) => {
-                maps.endpoints.insert(*k, *v);
-            }
-            Self::DelEndpoint(k) => {
-                maps.endpoints.remove(k);
-            }
-            Self::DelIpcache(k) => {
-                maps.ipcache.remove(k);
-            }
-            Self::DelRule(r) => {
-                maps.rules.remove(r);
-            }
-        }
-    }
-
-    fn map(&self) -> &'static str {
-        match self {
-            Self::PutRule(_) | Self::DelRule(_) => names::POLICY,
-            Self::PutIpcache(..) | Self::DelIpcache(_) => names::IPCACHE,
-            Self::PutEndpoint(..) | Self::DelEndpoint(_) => names::POLICY_ENDPOINTS,
-        }
-    }
-}
-
-/// The three policy maps, as the syncer sees them.
-pub trait PolicyMaps {
-    fn read_policy(&self) -> Result<DesiredPolicy, SyncError>;
-    /// One write; deleting a missing key is not an error.
-    fn apply_policy(&mut self, op: &PolicyOp) -> Result<(), MapError>;
-}
+use super::{Maps, SyncError, Tally, policy_maps::PolicyOp};
 
 /// What one sync did.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct PolicyReport {
-    pub writes: usize,
-    pub deletes: usize,
-    pub failed: usize,
-    /// Failed writes by map and errno name, for the metrics.
-    pub failures: BTreeMap<(&'static str, String), u64>,
+    /// Writes, deletes and failures.
+    pub tally: Tally,
 }
 
 pub struct PolicySyncer {
@@ -112,8 +43,8 @@ pub struct PolicySyncer {
 
 impl PolicySyncer {
     /// Reads the maps back; numbers start above those found there.
-    pub fn new(node: &str, maps: &impl PolicyMaps) -> Result<Self, SyncError> {
-        let current = maps.read_policy()?;
+    pub fn new(node: &str, maps: &impl Maps<PolicyOp>) -> Result<Self, SyncError> {
+        let current = maps.read()?;
         let mut encoder = PolicyEncoder::default();
         // Numbers in use anywhere in the maps, rules included (an agent may have
         // stopped between writing new rules and removing old ones).
@@ -185,27 +116,32 @@ impl PolicySyncer {
     /// isolated yet); everything else, removals included (they may be what
     /// frees room), goes ahead, which at worst denies more for a while: a
     /// number keeps its meaning while the maps hold it. The next sync retries.
-    pub fn apply(&mut self, maps: &mut impl PolicyMaps) -> PolicyReport {
+    pub fn apply(&mut self, maps: &mut impl Maps<PolicyOp>) -> PolicyReport {
         let mut report = PolicyReport::default();
-        let Some(want) = &self.desired else {
+        let Some(desired) = &self.desired else {
             return report;
         };
-        let have = &self.current;
-        let puts: Vec<PolicyOp> = want
+        let current = &self.current;
+        let puts: Vec<PolicyOp> = desired
             .rules
-            .difference(&have.rules)
+            .difference(&current.rules)
             .map(|r| PolicyOp::PutRule(*r))
             .collect();
-        let ipcache: Vec<PolicyOp> = changed(&want.ipcache, &have.ipcache)
+        let ipcache: Vec<PolicyOp> = changed(&desired.ipcache, &current.ipcache)
             .map(|(k, v)| PolicyOp::PutIpcache(k, v))
             .collect();
-        let endpoints: Vec<PolicyOp> = changed(&want.endpoints, &have.endpoints)
+        let endpoints: Vec<PolicyOp> = changed(&desired.endpoints, &current.endpoints)
             .map(|(k, v)| PolicyOp::PutEndpoint(k, v))
             .collect();
-        let removals: Vec<PolicyOp> = gone(&want.endpoints, &have.endpoints)
+        let removals: Vec<PolicyOp> = gone(&desired.endpoints, &current.endpoints)
             .map(PolicyOp::DelEndpoint)
-            .chain(gone(&want.ipcache, &have.ipcache).map(PolicyOp::DelIpcache))
-            .chain(have.rules.difference(&want.rules).map(|r| PolicyOp::DelRule(*r)))
+            .chain(gone(&desired.ipcache, &current.ipcache).map(PolicyOp::DelIpcache))
+            .chain(
+                current
+                    .rules
+                    .difference(&desired.rules)
+                    .map(|r| PolicyOp::DelRule(*r)),
+            )
             .collect();
         let mut incomplete = std::collections::BTreeSet::new();
         for op in puts {
@@ -235,113 +171,44 @@ impl PolicySyncer {
     }
 
     /// One write, recorded in `current` when it succeeds (the return value).
-    fn apply_one(&mut self, maps: &mut impl PolicyMaps, op: PolicyOp, report: &mut PolicyReport) -> bool {
-        if let Err(e) = maps.apply_policy(&op) {
-            report.failed += 1;
-            let errno = crate::metrics::errno_name(&e);
-            if report.failed <= 10 {
-                warn!(map = op.map(), op = ?op, errno, error = %e, "policy map write failed; retrying at the next sync");
-            }
-            *report.failures.entry((op.map(), errno)).or_default() += 1;
-            return false;
+    fn apply_one(&mut self, maps: &mut impl Maps<PolicyOp>, op: PolicyOp, report: &mut PolicyReport) -> bool {
+        let took = report.tally.write(maps, &op);
+        if took {
+            op.apply_to(&mut self.current);
         }
-        if op.is_delete() {
-            report.deletes += 1;
-        } else {
-            report.writes += 1;
-        }
-        op.apply_to(&mut self.current);
-        true
+        took
     }
 }
 
-/// Entries of `want` that `have` lacks or holds with another value.
+/// Entries of `desired` that `current` lacks or holds with another value.
 fn changed<'a, K: Ord + Copy, V: PartialEq + Copy>(
-    want: &'a BTreeMap<K, V>,
-    have: &'a BTreeMap<K, V>,
+    desired: &'a BTreeMap<K, V>,
+    current: &'a BTreeMap<K, V>,
 ) -> impl Iterator<Item = (K, V)> + 'a {
-    want.iter()
-        .filter(|(k, v)| have.get(k) != Some(v))
+    desired
+        .iter()
+        .filter(|(k, v)| current.get(k) != Some(v))
         .map(|(k, v)| (*k, *v))
 }
 
-/// Keys of `have` that `want` does not hold.
+/// Keys of `current` that `desired` does not hold.
 fn gone<'a, K: Ord + Copy, V>(
-    want: &'a BTreeMap<K, V>,
-    have: &'a BTreeMap<K, V>,
+    desired: &'a BTreeMap<K, V>,
+    current: &'a BTreeMap<K, V>,
 ) -> impl Iterator<Item = K> + 'a {
-    have.keys().filter(|k| !want.contains_key(k)).copied()
-}
-
-impl PolicyMaps for SharedDatapath {
-    fn read_policy(&self) -> Result<DesiredPolicy, SyncError> {
-        let dp = self.lock();
-        let read = |map| move |source| SyncError::Read { map, source };
-        let mut out = DesiredPolicy {
-            endpoints: dp
-                .policy_endpoints
-                .iter()
-                .collect::<Result<_, _>>()
-                .map_err(read(names::POLICY_ENDPOINTS))?,
-            ..DesiredPolicy::default()
-        };
-        for entry in dp.ipcache.iter() {
-            let (k, v) = entry.map_err(read(names::IPCACHE))?;
-            out.ipcache.insert(
-                IpcacheEntry {
-                    prefix_len: k.prefix_len(),
-                    key: k.data(),
-                },
-                v,
-            );
-        }
-        for entry in dp.policy.iter() {
-            let (k, _) = entry.map_err(read(names::POLICY))?;
-            out.rules.insert(RuleKey {
-                prefix_len: k.prefix_len(),
-                key: k.data(),
-            });
-        }
-        Ok(out)
-    }
-
-    fn apply_policy(&mut self, op: &PolicyOp) -> Result<(), MapError> {
-        let mut dp = self.lock();
-        let result = match op {
-            PolicyOp::PutRule(r) => dp.policy.insert(&Key::new(r.prefix_len, r.key), 1, 0),
-            PolicyOp::PutIpcache(e, id) => dp.ipcache.insert(&Key::new(e.prefix_len, e.key), id, 0),
-            PolicyOp::PutEndpoint(k, v) => {
-                // Its share of the policy conntrack, from its first flow on (the
-                // GC recounts it from the map); kept if already there.
-                let share = PolicyShare {
-                    entries: 0,
-                    limit: names::POLICY_SHARE,
-                };
-                if let Err(e) = dp.policy_shares.insert(v.id, share, BPF_NOEXIST)
-                    && !matches!(&e, MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::EEXIST))
-                {
-                    warn!(endpoint = v.id, error = %e, "writing an endpoint's conntrack share: left to the GC");
-                }
-                dp.policy_endpoints.insert(k, v, 0)
-            }
-            PolicyOp::DelEndpoint(k) => dp.policy_endpoints.remove(k),
-            PolicyOp::DelIpcache(e) => dp.ipcache.remove(&Key::new(e.prefix_len, e.key)),
-            PolicyOp::DelRule(r) => dp.policy.remove(&Key::new(r.prefix_len, r.key)),
-        };
-        match result {
-            Err(e) if op.is_delete() && is_not_found(&e) => Ok(()),
-            other => other,
-        }
-    }
+    current.keys().filter(|k| !desired.contains_key(k)).copied()
 }
 
 #[cfg(test)]
 mod tests {
     use std::net::IpAddr;
 
+    use aya::maps::MapError;
+    use weir_common::maps as names;
     use weir_model::parse_documents;
 
     use super::*;
+    use crate::sync::MapOp;
 
     /// Maps in memory that record every write and fail the ones told to.
     #[derive(Default)]
@@ -351,12 +218,12 @@ mod tests {
         fail: usize,
     }
 
-    impl PolicyMaps for Fake {
-        fn read_policy(&self) -> Result<DesiredPolicy, SyncError> {
+    impl Maps<PolicyOp> for Fake {
+        fn read(&self) -> Result<DesiredPolicy, SyncError> {
             Ok(self.held.clone())
         }
 
-        fn apply_policy(&mut self, op: &PolicyOp) -> Result<(), MapError> {
+        fn apply(&mut self, op: &PolicyOp) -> Result<(), MapError> {
             if self.fail > 0 {
                 self.fail -= 1;
                 return Err(MapError::KeyNotFound);
@@ -423,7 +290,10 @@ mod tests {
         assert_eq!(syncer.apply(&mut maps), PolicyReport::default());
         syncer.compile(&model(A_FROM_B));
         let report = syncer.apply(&mut maps);
-        assert_eq!(report.failed, 2, "the rule and the ipcache entry: {report:?}");
+        assert_eq!(
+            report.tally.failed, 2,
+            "the rule and the ipcache entry: {report:?}"
+        );
         assert!(
             maps.held.endpoints.is_empty(),
             "no pod isolated before its rules are in"

@@ -1,5 +1,5 @@
-//! The agent's two service threads: the sync loop (source -> compile -> sync ->
-//! UDP flush) and the conntrack GC loop.
+//! The agent's two sync threads: the sync loop of services and policy (source ->
+//! compile -> sync -> UDP flush) and the conntrack GC loop.
 
 use std::{
     collections::BTreeMap,
@@ -22,7 +22,7 @@ use crate::{
     node::NodeWatch,
     source::Source,
     status::Status,
-    sync::{PolicySyncer, SharedDatapath, SyncReport, Syncer},
+    sync::{PolicySyncer, ServiceReport, ServiceSyncer, SharedDatapath},
 };
 
 /// How soon a sync that left failed writes behind is retried.
@@ -48,7 +48,7 @@ pub struct SyncLoop {
     pub source: Box<dyn Source>,
     pub maps: SharedDatapath,
     pub compiler: ServiceCompiler,
-    pub syncer: Syncer,
+    pub syncer: ServiceSyncer,
     pub policy: PolicySyncer,
     /// Conntrack handle for UDP flushes; `None` disables them (logged at start).
     pub hygiene: Option<Hygiene>,
@@ -177,27 +177,27 @@ impl SyncLoop {
             self.report_problems(&problems);
         }
         let report = self.policy.apply(&mut self.maps);
-        self.count_failures(&report.failures);
-        if report.failed == 0 {
+        self.count_failures(&report.tally.failures);
+        if report.tally.failed == 0 {
             self.status.policy_synced();
         }
         let desired = self.policy.desired();
         let ms = format!("{:.2}", start.elapsed().as_secs_f64() * 1e3);
-        if report.failed == 0 {
+        if report.tally.failed == 0 {
             info!(
                 endpoints = desired.endpoints.len(),
                 identities = desired.ipcache.len(),
                 rules = desired.rules.len(),
-                writes = report.writes,
-                deletes = report.deletes,
+                writes = report.tally.writes,
+                deletes = report.tally.deletes,
                 policy_ms = ms,
                 "policies synced"
             );
         } else {
             warn!(
-                failed = report.failed,
-                writes = report.writes,
-                deletes = report.deletes,
+                failed = report.tally.failed,
+                writes = report.tally.writes,
+                deletes = report.tally.deletes,
                 policy_ms = ms,
                 "policies partly synced; retrying"
             );
@@ -210,7 +210,7 @@ impl SyncLoop {
         let full = changed == Changed::All;
         let desired = self.compiler.desired();
         let report = self.syncer.apply(&mut self.maps, desired, &changed);
-        self.count_failures(&report.failures);
+        self.count_failures(&report.tally.failures);
         let flushed = self.flush(&report);
         log_report(
             self.compiler.desired(),
@@ -229,7 +229,7 @@ impl SyncLoop {
         (!report.complete()).then_some(changed)
     }
 
-    fn flush(&mut self, report: &SyncReport) -> usize {
+    fn flush(&mut self, report: &ServiceReport) -> usize {
         let Some(hygiene) = self.hygiene.as_mut() else {
             return 0;
         };
@@ -271,7 +271,7 @@ impl SyncLoop {
     }
 }
 
-fn log_report(desired: &DesiredServices, report: &SyncReport, flushed: usize, failures_total: u64) {
+fn log_report(desired: &DesiredServices, report: &ServiceReport, flushed: usize, failures_total: u64) {
     // One reverse-NAT entry per frontend.
     let frontends = desired.revnat.len();
     let ms = report.duration.as_secs_f64() * 1e3;
@@ -280,8 +280,8 @@ fn log_report(desired: &DesiredServices, report: &SyncReport, flushed: usize, fa
             frontends,
             backends = desired.backends.len(),
             maglev_tables = desired.maglev.len(),
-            writes = report.writes,
-            deletes = report.deletes,
+            writes = report.tally.writes,
+            deletes = report.tally.deletes,
             skipped = report.skipped,
             ct_flushed = flushed,
             sync_ms = format!("{ms:.2}"),
@@ -290,9 +290,9 @@ fn log_report(desired: &DesiredServices, report: &SyncReport, flushed: usize, fa
     } else {
         warn!(
             frontends,
-            writes = report.writes,
-            deletes = report.deletes,
-            failed = report.failed,
+            writes = report.tally.writes,
+            deletes = report.tally.deletes,
+            failed = report.tally.failed,
             deferred = report.deferred,
             skipped = report.skipped,
             failures_total,

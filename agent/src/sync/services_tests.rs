@@ -10,17 +10,18 @@ use weir_common::{MAGLEV_TABLE_SIZE, SVC_F_MAGLEV, ServiceKey, maps as names};
 use weir_model::{DesiredServices, Model, NodeContext, ObjectKey, Problem, parse_documents};
 
 use super::*;
+use crate::sync::MapOp;
 
 /// The syncer with the compiler the agent pairs it with; `compile` is a full
 /// compile and `apply` a full sync, unless a test says otherwise.
 struct Agent {
-    syncer: Syncer,
+    syncer: ServiceSyncer,
     compiler: ServiceCompiler,
 }
 
 impl Agent {
     fn new(maps: &FakeMaps) -> Self {
-        let syncer = Syncer::new(maps).expect("read");
+        let syncer = ServiceSyncer::new(maps).expect("read");
         let compiler = syncer.compiler(NodeContext::new("n1"));
         Self { syncer, compiler }
     }
@@ -30,14 +31,14 @@ impl Agent {
         (self.compiler.desired().clone(), problems)
     }
 
-    fn apply(&mut self, maps: &mut FakeMaps, desired: &DesiredServices) -> SyncReport {
+    fn apply(&mut self, maps: &mut FakeMaps, desired: &DesiredServices) -> ServiceReport {
         self.syncer.apply(maps, desired, &Changed::All)
     }
 }
 
 impl std::ops::Deref for Agent {
-    type Target = Syncer;
-    fn deref(&self) -> &Syncer {
+    type Target = ServiceSyncer;
+    fn deref(&self) -> &ServiceSyncer {
         &self.syncer
     }
 }
@@ -103,12 +104,12 @@ impl FakeMaps {
     }
 }
 
-impl ServiceMaps for FakeMaps {
+impl Maps<ServiceOp> for FakeMaps {
     fn read(&self) -> Result<DesiredServices, SyncError> {
         Ok(self.maps.clone())
     }
 
-    fn apply(&mut self, op: &Op) -> Result<(), MapError> {
+    fn apply(&mut self, op: &ServiceOp) -> Result<(), MapError> {
         self.writes += 1;
         if self.fail_every.is_some_and(|n| self.writes.is_multiple_of(n)) || self.fail_map == Some(op.map()) {
             // What a full map answers.
@@ -117,33 +118,7 @@ impl ServiceMaps for FakeMaps {
                 io_error: std::io::Error::from_raw_os_error(libc::E2BIG),
             }));
         }
-        let m = &mut self.maps;
-        match op {
-            Op::PutBackend(id, b) => {
-                m.backends.insert(*id, *b);
-            }
-            Op::PutRevNat(id, r) => {
-                m.revnat.insert(*id, *r);
-            }
-            Op::PutMaglev(id, table) => {
-                m.maglev.insert(*id, table.0.to_vec());
-            }
-            Op::PutService(k, v) => {
-                m.services.insert(*k, *v);
-            }
-            Op::DelService(k) => {
-                m.services.remove(k);
-            }
-            Op::DelMaglev(id) => {
-                m.maglev.remove(id);
-            }
-            Op::DelBackend(id) => {
-                m.backends.remove(id);
-            }
-            Op::DelRevNat(id) => {
-                m.revnat.remove(id);
-            }
-        }
+        op.apply_to(&mut self.maps);
         let verb = if op.is_delete() { "del" } else { "put" };
         self.log.push(format!("{verb} {} {op}", op.map()));
         self.check();
@@ -248,7 +223,7 @@ fn maglev_tables_come_after_backends_and_before_service_entries() {
             .iter()
             .find(|(k, v)| k.slot == 0 && v.rev_nat_id == id)
             .expect("head");
-        format!("put {} {}", names::SERVICES, Op::DelService(*k))
+        format!("put {} {}", names::SERVICES, ServiceOp::DelService(*k))
     };
     for backend in d.maglev[&id].iter().collect::<BTreeSet<_>>() {
         let put = format!("put {} backend {backend}", names::BACKENDS);
@@ -451,7 +426,7 @@ fn a_backend_named_only_by_a_maglev_table_stays() {
     maps.fail_map = Some(names::MAGLEV);
     let (desired, _) = syncer.compile(&model(&service("a", "10.96.0.1", &[(80, "TCP")], &[1, 2])));
     let report = syncer.apply(&mut maps, &desired);
-    assert!(report.failed >= 1 && report.deferred >= 1, "{report:?}");
+    assert!(report.tally.failed >= 1 && report.deferred >= 1, "{report:?}");
     assert_eq!(
         maps.maps.backends.len(),
         3,
@@ -508,13 +483,13 @@ fn a_service_entry_waits_for_its_maglev_table() {
         &[1, 2, 3],
     ))));
     let report = syncer.apply(&mut maps, &desired);
-    assert!(report.failed == 1 && report.deferred >= 1, "{report:?}");
+    assert!(report.tally.failed == 1 && report.deferred >= 1, "{report:?}");
     // The failure is told by map and errno (the agent's metrics count it so).
     assert_eq!(
-        report.failures.get(&(names::MAGLEV, "E2BIG".to_owned())),
+        report.tally.failures.get(&(names::MAGLEV, "E2BIG".to_owned())),
         Some(&1),
         "{:?}",
-        report.failures
+        report.tally.failures
     );
     let heads = |d: &DesiredServices| -> Vec<ServiceValue> {
         d.services

@@ -1,0 +1,142 @@
+//! The service maps as the syncer sees them: read everything, apply one change at
+//! a time, to the kernel's maps or (tests) to maps in memory.
+
+use std::{fmt, net::SocketAddr};
+
+use aya::maps::MapError;
+use weir_common::{Backend, MAGLEV_TABLE_SIZE, MaglevTable, RevNat, ServiceKey, ServiceValue, maps as names};
+use weir_model::{DesiredServices, services::socket_addr};
+
+use super::{MapOp, Maps, SharedDatapath, SyncError};
+
+/// One write to one service map.
+#[derive(Clone, Debug)]
+pub enum ServiceOp {
+    PutBackend(u32, Backend),
+    PutRevNat(u32, RevNat),
+    /// A frontend's Maglev table, by rev-NAT id (boxed: 64 KiB).
+    PutMaglev(u32, Box<MaglevTable>),
+    PutService(ServiceKey, ServiceValue),
+    DelService(ServiceKey),
+    DelMaglev(u32),
+    DelBackend(u32),
+    DelRevNat(u32),
+}
+
+impl MapOp for ServiceOp {
+    type Contents = DesiredServices;
+
+    fn map(&self) -> &'static str {
+        match self {
+            Self::PutBackend(..) | Self::DelBackend(_) => names::BACKENDS,
+            Self::PutRevNat(..) | Self::DelRevNat(_) => names::REVNAT,
+            Self::PutService(..) | Self::DelService(_) => names::SERVICES,
+            Self::PutMaglev(..) | Self::DelMaglev(_) => names::MAGLEV,
+        }
+    }
+
+    fn is_delete(&self) -> bool {
+        matches!(
+            self,
+            Self::DelService(_) | Self::DelMaglev(_) | Self::DelBackend(_) | Self::DelRevNat(_)
+        )
+    }
+}
+
+impl ServiceOp {
+    /// The write, done to maps held in memory; the service entry it replaced or
+    /// removed, if any.
+    pub fn apply_to(&self, maps: &mut DesiredServices) -> Option<(ServiceKey, ServiceValue)> {
+        match self {
+            Self::PutBackend(id, b) => {
+                maps.backends.insert(*id, *b);
+            }
+            Self::PutRevNat(id, r) => {
+                maps.revnat.insert(*id, *r);
+            }
+            Self::PutMaglev(id, table) => {
+                maps.maglev.insert(*id, table.0.to_vec());
+            }
+            Self::PutService(k, v) => return maps.services.insert(*k, *v).map(|old| (*k, old)),
+            Self::DelService(k) => return maps.services.remove(k).map(|old| (*k, old)),
+            Self::DelMaglev(id) => {
+                maps.maglev.remove(id);
+            }
+            Self::DelBackend(id) => {
+                maps.backends.remove(id);
+            }
+            Self::DelRevNat(id) => {
+                maps.revnat.remove(id);
+            }
+        }
+        None
+    }
+}
+
+/// The map value for a compiled table, `None` unless it has exactly
+/// [`MAGLEV_TABLE_SIZE`] entries (the size the datapath indexes with).
+pub fn maglev_value(table: &[u32]) -> Option<Box<MaglevTable>> {
+    let entries: [u32; MAGLEV_TABLE_SIZE] = table.try_into().ok()?;
+    Some(Box::new(MaglevTable(entries)))
+}
+
+/// The key in human terms, for logs: `10.96.0.1:80/6 slot 2`, `backend 7`.
+impl fmt::Display for ServiceOp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::PutService(key, _) | Self::DelService(key) => {
+                let addr = socket_addr(key.addr, key.family, key.port)
+                    .map_or_else(|| "?".to_owned(), |a: SocketAddr| a.to_string());
+                write!(f, "{addr}/{} scope {} slot {}", key.proto, key.scope, key.slot)
+            }
+            Self::PutBackend(id, _) | Self::DelBackend(id) => write!(f, "backend {id}"),
+            Self::PutRevNat(id, _) | Self::DelRevNat(id) => write!(f, "rev-nat {id}"),
+            Self::PutMaglev(id, _) | Self::DelMaglev(id) => write!(f, "maglev table of rev-nat {id}"),
+        }
+    }
+}
+
+/// The four service maps (services, backends, revnat, maglev) in the kernel.
+impl Maps<ServiceOp> for SharedDatapath {
+    fn read(&self) -> Result<DesiredServices, SyncError> {
+        let dp = self.lock();
+        let read = |map| move |source| SyncError::Read { map, source };
+        let mut out = DesiredServices {
+            services: dp
+                .services
+                .iter()
+                .collect::<Result<_, _>>()
+                .map_err(read(names::SERVICES))?,
+            backends: dp
+                .backends
+                .iter()
+                .collect::<Result<_, _>>()
+                .map_err(read(names::BACKENDS))?,
+            revnat: dp
+                .revnat
+                .iter()
+                .collect::<Result<_, _>>()
+                .map_err(read(names::REVNAT))?,
+            ..DesiredServices::default()
+        };
+        for entry in dp.maglev.iter() {
+            let (k, v) = entry.map_err(read(names::MAGLEV))?;
+            out.maglev.insert(k, v.0.to_vec());
+        }
+        Ok(out)
+    }
+
+    fn apply(&mut self, op: &ServiceOp) -> Result<(), MapError> {
+        let mut dp = self.lock();
+        match op {
+            ServiceOp::PutBackend(id, b) => dp.backends.insert(id, b, 0),
+            ServiceOp::PutRevNat(id, r) => dp.revnat.insert(id, r, 0),
+            ServiceOp::PutMaglev(id, table) => dp.maglev.insert(*id, table.as_ref(), 0),
+            ServiceOp::PutService(k, v) => dp.services.insert(k, v, 0),
+            ServiceOp::DelService(k) => dp.services.remove(k),
+            ServiceOp::DelMaglev(id) => dp.maglev.remove(id),
+            ServiceOp::DelBackend(id) => dp.backends.remove(id),
+            ServiceOp::DelRevNat(id) => dp.revnat.remove(id),
+        }
+    }
+}
