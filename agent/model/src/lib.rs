@@ -14,6 +14,7 @@ pub mod model;
 pub mod net;
 pub mod object;
 pub mod parse;
+mod pod;
 pub mod policy;
 pub mod problem;
 pub mod services;
