@@ -18,6 +18,8 @@ mod pod;
 pub mod policy;
 pub mod problem;
 pub mod services;
+#[cfg(test)]
+mod testing;
 mod topology;
 
 pub use crate::{

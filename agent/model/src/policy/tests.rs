@@ -4,7 +4,14 @@
 use std::net::IpAddr;
 
 use super::*;
-use crate::{model::Model, net::Protocol, parse::parse_documents, problem::Problem};
+use crate::{
+    model::Model,
+    net::Protocol,
+    object::Object,
+    parse::parse_documents,
+    problem::Problem,
+    testing::{namespace, pod},
+};
 
 /// Namespaces x and y (labelled `ns: x`, `ns: y`), pods a and b in each
 /// (`pod: a`, ...), each serving `serve-80` (80/TCP) and `serve-81` (81/UDP).
@@ -17,22 +24,24 @@ fn cluster(policies: &str) -> PodPolicies {
 
 /// [`cluster`], with the compiler's problems.
 fn cluster_with_problems(policies: &str) -> (PodPolicies, Vec<Problem>) {
-    let mut yaml = String::new();
+    let mut objects: Vec<Object> = Vec::new();
     for (n, ns) in ["x", "y"].iter().enumerate() {
-        yaml += &format!(
-            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}, labels: {{ns: {ns}}}}}\n---\n"
-        );
-        for (i, pod) in ["a", "b"].iter().enumerate() {
-            yaml += &format!(
-                "apiVersion: v1\nkind: Pod\nmetadata: {{name: {pod}, namespace: {ns}, labels: {{pod: {pod}}}}}\nspec: {{containers: [{{name: c, image: i, ports: [{{name: serve-80, containerPort: 80}}, {{name: serve-81, containerPort: 81, protocol: UDP}}]}}]}}\nstatus: {{podIP: 10.0.{n}.{}, podIPs: [{{ip: 10.0.{n}.{}}}]}}\n---\n",
-                i + 1,
-                i + 1
+        objects.push(namespace(ns).label("ns", ns).into());
+        for (i, name) in ["a", "b"].iter().enumerate() {
+            let ip = format!("10.0.{n}.{}", i + 1);
+            objects.push(
+                pod(ns, name)
+                    .label("pod", name)
+                    .named_port("serve-80", 80)
+                    .named_port_of("serve-81", 81, "UDP")
+                    .ips(&[&ip])
+                    .into(),
             );
         }
     }
-    yaml += policies;
-    let (objects, problems) = parse_documents(&yaml, "test.yaml");
+    let (parsed, problems) = parse_documents(policies, "test.yaml");
     assert!(problems.is_empty(), "{problems:#?}");
+    objects.extend(parsed);
     compile_policies(&Model::from_objects(objects))
 }
 
