@@ -25,7 +25,9 @@ use serde::Serialize;
 
 use crate::{
     model::Model,
-    net::{Family, Protocol, parse_ip},
+    net::{Family, Protocol, parse_ip, port_number},
+    pod,
+    policy::matches_labels,
 };
 
 /// Label tying an EndpointSlice to its Service (`discovery.k8s.io/v1`).
@@ -124,12 +126,7 @@ impl<'a> EndpointSource<'a> {
             Some(selector) => EndpointSource::Pods {
                 pods: model
                     .pods_in(namespace)
-                    .filter(|pod| {
-                        let labels = pod.metadata.labels.as_ref();
-                        selector
-                            .iter()
-                            .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
-                    })
+                    .filter(|pod| matches_labels(selector, pod.metadata.labels.as_ref()))
                     .collect(),
                 publish_not_ready: spec.and_then(|s| s.publish_not_ready_addresses).unwrap_or(false),
             },
@@ -195,10 +192,6 @@ impl EndpointSet {
     }
 }
 
-fn port_number(port: Option<i32>) -> Option<u16> {
-    port.and_then(|p| u16::try_from(p).ok()).filter(|p| *p > 0)
-}
-
 fn from_slice(
     slice: &EndpointSlice,
     want: &PortSpec<'_>,
@@ -219,7 +212,7 @@ fn from_slice(
     }) else {
         return;
     };
-    let Some(port) = port_number(port.port) else {
+    let Some(port) = port.port.and_then(port_number) else {
         return;
     };
     for endpoint in &slice.endpoints {
@@ -272,7 +265,7 @@ fn from_endpoints(
         }) else {
             continue;
         };
-        let Some(port) = port_number(Some(port.port)) else {
+        let Some(port) = port_number(port.port) else {
             continue;
         };
         let ready = subset.addresses.iter().flatten().map(|a| (a, true));
@@ -309,15 +302,16 @@ fn from_pod(
     node_name: &str,
     set: &mut EndpointSet,
 ) {
+    // A pod without a status has no address either: nothing to add.
     let Some(status) = pod.status.as_ref() else {
         return;
     };
-    if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
+    if pod::is_finished(pod) {
         return;
     }
-    let ips = status.pod_ips.iter().flatten().map(|p| p.ip.as_str());
-    let Some(addr) = ips
-        .chain(status.pod_ip.as_deref())
+    // The first address of the family; `parse_ip` trims blanks, which the
+    // policy compiler's `pod_ips` does not (see there).
+    let Some(addr) = pod::address_texts(pod)
         .filter_map(parse_ip)
         .find(|a| Family::of(*a) == family)
     else {
@@ -336,7 +330,7 @@ fn from_pod(
         Endpoint {
             addr,
             port,
-            node_name: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+            node_name: pod::node_name(pod).map(str::to_owned),
             ready: publish_not_ready || (serving && !terminating),
             serving,
             terminating,
@@ -352,25 +346,8 @@ fn from_pod(
 fn resolve_target(pod: &Pod, want: &PortSpec<'_>) -> Option<u16> {
     match want.target {
         Target::Number(n) => Some(n),
-        Target::Name(name) => named_port(pod, name, want.protocol),
+        Target::Name(name) => pod::named_port(pod, name, want.protocol),
     }
-}
-
-/// The number of the pod's container port `name` for `protocol` (restartable init
-/// containers, i.e. sidecars, included).
-pub(crate) fn named_port(pod: &Pod, name: &str, protocol: Protocol) -> Option<u16> {
-    let spec = pod.spec.as_ref()?;
-    let sidecars = spec
-        .init_containers
-        .iter()
-        .flatten()
-        .filter(|c| c.restart_policy.as_deref() == Some("Always"));
-    spec.containers
-        .iter()
-        .chain(sidecars)
-        .flat_map(|c| c.ports.iter().flatten())
-        .find(|p| p.name.as_deref() == Some(name) && Protocol::parse(p.protocol.as_deref()) == Some(protocol))
-        .and_then(|p| port_number(Some(p.container_port)))
 }
 
 #[cfg(test)]

@@ -14,9 +14,12 @@ pub mod model;
 pub mod net;
 pub mod object;
 pub mod parse;
+mod pod;
 pub mod policy;
 pub mod problem;
 pub mod services;
+#[cfg(test)]
+mod testing;
 mod topology;
 
 pub use crate::{

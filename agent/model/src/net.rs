@@ -96,6 +96,12 @@ impl Family {
     }
 }
 
+/// A port number as the API writes it (`int32`), if it is one: 1-65535. Ports
+/// of Services, EndpointSlices, containers and NetworkPolicies alike.
+pub(crate) fn port_number(port: i32) -> Option<u16> {
+    u16::try_from(port).ok().filter(|p| *p > 0)
+}
+
 /// Parses an IP address as Kubernetes writes them (no brackets, no zone).
 pub fn parse_ip(text: &str) -> Option<IpAddr> {
     text.trim().parse().ok()

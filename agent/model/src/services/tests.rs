@@ -1,6 +1,7 @@
-//! Services compiler tests. Fixtures are written as `kubectl get -o yaml` prints the
-//! objects (server-populated fields included where they matter), so each test reads
-//! as "this cluster state gives these map contents".
+//! Services compiler tests: each reads as "this cluster state gives these map
+//! contents". Most fixtures are built in code (`crate::testing`), with the fields
+//! the API server populates set where they matter; a few stay YAML on purpose:
+//! `kube-dns` as `kubectl get -o yaml` prints it, and the `Endpoints` objects.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -12,8 +13,14 @@ use weir_common::{
 
 use super::*;
 use crate::{
-    endpoints::EndpointSourceKind, ids::IdAllocator, model::Model, net::Protocol, parse::parse_documents,
+    endpoints::EndpointSourceKind,
+    ids::IdAllocator,
+    model::Model,
+    net::Protocol,
+    object::Object,
+    parse::parse_documents,
     problem::ProblemReason,
+    testing::{ServiceBuilder, endpoint, pod, port, service, slice},
 };
 
 const NODE: &str = "node-a";
@@ -28,21 +35,31 @@ fn node() -> NodeContext {
     }
 }
 
-fn model(yaml: &str) -> Model {
+/// The objects of a YAML fixture, which must parse without problems.
+fn objects(yaml: &str) -> Vec<Object> {
     let (objects, problems) = parse_documents(yaml, "test.yaml");
     assert!(problems.is_empty(), "fixture does not parse: {problems:#?}");
-    Model::from_objects(objects)
+    objects
 }
 
-fn compile_with(yaml: &str, node: &NodeContext, ids: &mut IdAllocator) -> (DesiredServices, Vec<Problem>) {
-    compile_services(&model(yaml), node, ids)
+fn compile_with(
+    objects: impl IntoIterator<Item = Object>,
+    node: &NodeContext,
+    ids: &mut IdAllocator,
+) -> (DesiredServices, Vec<Problem>) {
+    compile_services(&Model::from_objects(objects), node, ids)
 }
 
 /// Compiles a fixture that must compile without problems.
-fn compile(yaml: &str) -> DesiredServices {
-    let (desired, problems) = compile_with(yaml, &node(), &mut IdAllocator::new());
+fn compile(objects: impl IntoIterator<Item = Object>) -> DesiredServices {
+    let (desired, problems) = compile_with(objects, &node(), &mut IdAllocator::new());
     assert!(problems.is_empty(), "unexpected problems: {problems:#?}");
     desired
+}
+
+/// One object of a fixture built in code.
+fn one(object: impl Into<Object>) -> [Object; 1] {
+    [object.into()]
 }
 
 /// The slot-0 key of `frontend` ("10.96.0.10:80/TCP") in `scope`.
@@ -226,7 +243,7 @@ ports:
 
 #[test]
 fn cluster_ip_with_tcp_and_udp_ports() {
-    let d = compile(KUBE_DNS);
+    let d = compile(objects(KUBE_DNS));
     assert_eq!(
         frontend_names(&d),
         ["10.96.0.10:53/TCP", "10.96.0.10:53/UDP", "10.96.0.10:9153/TCP"]
@@ -291,68 +308,45 @@ fn cluster_ip_with_tcp_and_udp_ports() {
 
 /// A web Service whose port differs from the target port and whose endpoints are
 /// spread over two slices that overlap (as during a slice rebalancing).
-const WEB: &str = r#"
-apiVersion: v1
-kind: Service
-metadata:
-  name: web
-  namespace: shop
-spec:
-  clusterIP: 10.96.100.1
-  clusterIPs: [10.96.100.1]
-  ports:
-  - name: http
-    port: 80
-    protocol: TCP
-    targetPort: http-alt
-  selector:
-    app: web
-  type: ClusterIP
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: web-abcde
-  namespace: shop
-  labels:
-    kubernetes.io/service-name: web
-addressType: IPv4
-endpoints:
-- addresses: [10.244.2.20]
-  conditions: {ready: true, serving: true, terminating: false}
-  nodeName: node-c
-- addresses: [10.244.1.10]
-  conditions: {ready: true, serving: true, terminating: false}
-  nodeName: node-b
-ports:
-- name: http
-  port: 8080
-  protocol: TCP
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: web-fghij
-  namespace: shop
-  labels:
-    kubernetes.io/service-name: web
-addressType: IPv4
-endpoints:
-- addresses: [10.244.1.10]
-  conditions: {ready: true, serving: true, terminating: false}
-  nodeName: node-b
-- addresses: [10.244.0.5]
-  conditions: {ready: true}
-  nodeName: node-a
-ports:
-- name: http
-  port: 8080
-  protocol: TCP
-"#;
+fn web_service() -> ServiceBuilder {
+    service("shop", "web")
+        .cluster_ips(&["10.96.100.1"])
+        .port(port(80).name("http").protocol("TCP").target_name("http-alt"))
+        .selector("app", "web")
+        .type_("ClusterIP")
+}
+
+fn web_slices() -> [Object; 2] {
+    let serving = |address: &str, node: &str| {
+        endpoint(address)
+            .node(node)
+            .ready(true)
+            .serving(true)
+            .terminating(false)
+    };
+    [
+        slice("shop", "web-abcde", "web")
+            .endpoint(serving("10.244.2.20", "node-c"))
+            .endpoint(serving("10.244.1.10", "node-b"))
+            .port("http", 8080, "TCP")
+            .into(),
+        slice("shop", "web-fghij", "web")
+            .endpoint(serving("10.244.1.10", "node-b"))
+            .endpoint(endpoint("10.244.0.5").ready(true).node("node-a"))
+            .port("http", 8080, "TCP")
+            .into(),
+    ]
+}
+
+fn web() -> Vec<Object> {
+    let mut objects = vec![web_service().into()];
+    objects.extend(web_slices());
+    objects
+}
 
 #[test]
 fn target_port_differs_and_slices_merge_without_duplicates() {
-    let d = compile(WEB);
+    let d = compile(web());
     assert_eq!(frontend_names(&d), ["10.96.100.1:80/TCP"]);
     // Sorted by address, 10.244.1.10 once although two slices list it.
     assert_eq!(
@@ -364,65 +358,26 @@ fn target_port_differs_and_slices_merge_without_duplicates() {
 
 #[test]
 fn slices_of_other_services_ports_and_families_contribute_nothing() {
-    let extra = r#"
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: web-other-port
-  namespace: shop
-  labels: {kubernetes.io/service-name: web}
-addressType: IPv4
-endpoints:
-- addresses: [10.244.9.9]
-ports:
-- name: metrics
-  port: 9090
-  protocol: TCP
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: web-fqdn
-  namespace: shop
-  labels: {kubernetes.io/service-name: web}
-addressType: FQDN
-endpoints:
-- addresses: [web.example.com]
-ports:
-- name: http
-  port: 8080
-  protocol: TCP
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: web-udp
-  namespace: shop
-  labels: {kubernetes.io/service-name: web}
-addressType: IPv4
-endpoints:
-- addresses: [10.244.9.10]
-ports:
-- name: http
-  port: 8080
-  protocol: UDP
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: web-elsewhere
-  namespace: other
-  labels: {kubernetes.io/service-name: web}
-addressType: IPv4
-endpoints:
-- addresses: [10.244.9.11]
-ports:
-- name: http
-  port: 8080
-  protocol: TCP
-"#;
-    let d = compile(&format!("{WEB}{extra}"));
+    let extra: [Object; 4] = [
+        slice("shop", "web-other-port", "web")
+            .endpoint(endpoint("10.244.9.9"))
+            .port("metrics", 9090, "TCP")
+            .into(),
+        slice("shop", "web-fqdn", "web")
+            .address_type("FQDN")
+            .endpoint(endpoint("web.example.com"))
+            .port("http", 8080, "TCP")
+            .into(),
+        slice("shop", "web-udp", "web")
+            .endpoint(endpoint("10.244.9.10"))
+            .port("http", 8080, "UDP")
+            .into(),
+        slice("other", "web-elsewhere", "web")
+            .endpoint(endpoint("10.244.9.11"))
+            .port("http", 8080, "TCP")
+            .into(),
+    ];
+    let d = compile(web().into_iter().chain(extra));
     assert_eq!(
         slots(&d, "10.96.100.1:80/TCP"),
         ["10.244.0.5:8080", "10.244.1.10:8080", "10.244.2.20:8080"]
@@ -431,16 +386,10 @@ ports:
 
 #[test]
 fn no_endpoints_means_count_zero_not_no_frontend() {
-    let yaml = r#"
-apiVersion: v1
-kind: Service
-metadata: {name: lonely, namespace: default}
-spec:
-  clusterIP: 10.96.5.5
-  ports: [{port: 443, targetPort: 8443}]
-  selector: {app: nobody}
-"#;
-    let d = compile(yaml);
+    let d = compile(one(service("default", "lonely")
+        .cluster_ip("10.96.5.5")
+        .port(port(443).target(8443))
+        .selector("app", "nobody")));
     let value = head(&d, "10.96.5.5:443/TCP");
     assert_eq!(value.count, 0);
     assert_ne!(value.rev_nat_id, 0);
@@ -487,7 +436,7 @@ subsets:
     port: 1234
     protocol: TCP
 "#;
-    let d = compile(yaml);
+    let d = compile(objects(yaml));
     assert_eq!(
         slots(&d, "10.96.7.7:5432/TCP"),
         ["192.168.50.1:5433", "192.168.50.2:5433"]
@@ -524,7 +473,7 @@ subsets:
 - addresses: [{ip: 192.168.50.1}]
   ports: [{port: 80}]
 "#;
-    assert_eq!(head(&compile(yaml), "10.96.7.8:80/TCP").count, 0);
+    assert_eq!(head(&compile(objects(yaml)), "10.96.7.8:80/TCP").count, 0);
     let with_slice = format!(
         "{yaml}{}",
         r#"
@@ -548,144 +497,80 @@ ports: [{name: "", port: 80, protocol: TCP}]
 "#
     );
     assert_eq!(
-        slots(&compile(&with_slice), "10.96.7.8:80/TCP"),
+        slots(&compile(objects(&with_slice)), "10.96.7.8:80/TCP"),
         ["192.168.70.1:80"]
     );
 }
 
 /// A standalone node: no EndpointSlice controller, so the Service's endpoints are
 /// derived from the Pods it selects.
-const PODS: &str = r#"
-apiVersion: v1
-kind: Service
-metadata: {name: api, namespace: app}
-spec:
-  clusterIP: 10.96.9.9
-  ports:
-  - name: http
-    port: 80
-    targetPort: web
-  - name: grpc
-    port: 9000
-    protocol: TCP
-  selector: {app: api}
----
-apiVersion: v1
-kind: Pod
-metadata:
-  name: api-ready
-  namespace: app
-  labels: {app: api, pod-template-hash: 5d8f}
-spec:
-  nodeName: node-a
-  containers:
-  - name: api
-    image: example/api:1
-    ports:
-    - {containerPort: 8080, name: web, protocol: TCP}
-status:
-  phase: Running
-  conditions:
-  - {type: Initialized, status: "True"}
-  - {type: Ready, status: "True"}
-  podIP: 10.244.0.21
-  podIPs: [{ip: 10.244.0.21}]
----
-apiVersion: v1
-kind: Pod
-metadata:
-  name: api-other-port
-  namespace: app
-  labels: {app: api}
-spec:
-  nodeName: node-b
-  containers:
-  - name: api
-    image: example/api:2
-    ports:
-    - {containerPort: 8081, name: web}
-status:
-  phase: Running
-  conditions: [{type: Ready, status: "True"}]
-  podIP: 10.244.1.21
----
-apiVersion: v1
-kind: Pod
-metadata:
-  name: api-not-ready
-  namespace: app
-  labels: {app: api}
-spec:
-  containers:
-  - {name: api, image: example/api:1, ports: [{containerPort: 8080, name: web}]}
-status:
-  phase: Running
-  conditions: [{type: Ready, status: "False"}]
-  podIP: 10.244.0.22
----
-apiVersion: v1
-kind: Pod
-metadata:
-  name: api-terminating
-  namespace: app
-  labels: {app: api}
-  deletionTimestamp: "2025-01-10T10:00:00Z"
-spec:
-  containers:
-  - {name: api, image: example/api:1, ports: [{containerPort: 8080, name: web}]}
-status:
-  phase: Running
-  conditions: [{type: Ready, status: "True"}]
-  podIP: 10.244.0.23
----
-apiVersion: v1
-kind: Pod
-metadata: {name: api-done, namespace: app, labels: {app: api}}
-spec:
-  containers: [{name: api, image: example/api:1, ports: [{containerPort: 8080, name: web}]}]
-status: {phase: Succeeded, podIP: 10.244.0.24}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: api-pending, namespace: app, labels: {app: api}}
-spec:
-  containers: [{name: api, image: example/api:1, ports: [{containerPort: 8080, name: web}]}]
-status: {phase: Pending}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: api-no-named-port, namespace: app, labels: {app: api}}
-spec:
-  containers: [{name: api, image: example/api:1}]
-status:
-  phase: Running
-  conditions: [{type: Ready, status: "True"}]
-  podIP: 10.244.0.25
----
-apiVersion: v1
-kind: Pod
-metadata: {name: api-other-ns, namespace: elsewhere, labels: {app: api}}
-spec:
-  containers: [{name: api, image: example/api:1, ports: [{containerPort: 8080, name: web}]}]
-status:
-  phase: Running
-  conditions: [{type: Ready, status: "True"}]
-  podIP: 10.244.0.26
----
-apiVersion: v1
-kind: Pod
-metadata: {name: not-api, namespace: app, labels: {app: db}}
-spec:
-  containers: [{name: db, image: example/db:1, ports: [{containerPort: 8080, name: web}]}]
-status:
-  phase: Running
-  conditions: [{type: Ready, status: "True"}]
-  podIP: 10.244.0.27
-"#;
+fn api_service() -> ServiceBuilder {
+    service("app", "api")
+        .cluster_ip("10.96.9.9")
+        .port(port(80).name("http").target_name("web"))
+        .port(port(9000).name("grpc").protocol("TCP"))
+        .selector("app", "api")
+}
+
+/// The Pods beside [`api_service`]: in every state a Pod can be in for it.
+fn api_pods() -> Vec<Object> {
+    let api = |name: &str| pod("app", name).label("app", "api");
+    vec![
+        api("api-ready")
+            .label("pod-template-hash", "5d8f")
+            .node("node-a")
+            .named_port_of("web", 8080, "TCP")
+            .running(true)
+            .ips(&["10.244.0.21"])
+            .into(),
+        api("api-other-port")
+            .node("node-b")
+            .named_port("web", 8081)
+            .running(true)
+            .ip("10.244.1.21")
+            .into(),
+        api("api-not-ready")
+            .named_port("web", 8080)
+            .running(false)
+            .ip("10.244.0.22")
+            .into(),
+        api("api-terminating")
+            .terminating()
+            .named_port("web", 8080)
+            .running(true)
+            .ip("10.244.0.23")
+            .into(),
+        api("api-done")
+            .named_port("web", 8080)
+            .phase("Succeeded")
+            .ip("10.244.0.24")
+            .into(),
+        api("api-pending").named_port("web", 8080).phase("Pending").into(),
+        api("api-no-named-port").running(true).ip("10.244.0.25").into(),
+        pod("elsewhere", "api-other-ns")
+            .label("app", "api")
+            .named_port("web", 8080)
+            .running(true)
+            .ip("10.244.0.26")
+            .into(),
+        pod("app", "not-api")
+            .label("app", "db")
+            .named_port("web", 8080)
+            .running(true)
+            .ip("10.244.0.27")
+            .into(),
+    ]
+}
+
+fn with_api_pods(service: ServiceBuilder) -> Vec<Object> {
+    let mut objects = vec![service.into()];
+    objects.extend(api_pods());
+    objects
+}
 
 #[test]
 fn selector_service_derives_endpoints_from_pods() {
-    let d = compile(PODS);
+    let d = compile(with_api_pods(api_service()));
     // Named targetPort resolved per pod; only ready pods in the slots.
     assert_eq!(
         slots(&d, "10.96.9.9:80/TCP"),
@@ -717,26 +602,20 @@ fn selector_service_derives_endpoints_from_pods() {
 
 #[test]
 fn terminating_pods_serve_when_nothing_is_ready() {
-    let only_terminating: String = PODS
-        .split("\n---\n")
-        .filter(|doc| {
-            doc.contains("kind: Service") || doc.contains("api-terminating") || doc.contains("api-not-ready")
-        })
-        .collect::<Vec<_>>()
-        .join("\n---\n");
-    let d = compile(&only_terminating);
+    let only_terminating = api_pods().into_iter().filter(|pod| {
+        matches!(
+            pod.metadata().name.as_deref(),
+            Some("api-terminating" | "api-not-ready")
+        )
+    });
+    let d = compile(one(api_service()).into_iter().chain(only_terminating));
     assert_eq!(slots(&d, "10.96.9.9:80/TCP"), ["10.244.0.23:8080"]);
     assert_eq!(d.frontends[0].backends[0].state, BackendState::Terminating);
 }
 
 #[test]
 fn publish_not_ready_addresses_makes_every_pod_ready() {
-    let yaml = PODS.replacen(
-        "  selector: {app: api}",
-        "  publishNotReadyAddresses: true\n  selector: {app: api}",
-        1,
-    );
-    let d = compile(&yaml);
+    let d = compile(with_api_pods(api_service().publish_not_ready_addresses()));
     assert_eq!(
         slots(&d, "10.96.9.9:80/TCP"),
         [
@@ -750,44 +629,26 @@ fn publish_not_ready_addresses_makes_every_pod_ready() {
 
 #[test]
 fn services_for_other_proxies_headless_and_external_names_compile_to_nothing() {
-    let yaml = r#"
-apiVersion: v1
-kind: Service
-metadata: {name: headless, namespace: default}
-spec:
-  clusterIP: None
-  clusterIPs: [None]
-  ports: [{port: 80}]
-  selector: {app: x}
----
-apiVersion: v1
-kind: Service
-metadata: {name: external, namespace: default}
-spec:
-  type: ExternalName
-  externalName: db.example.com
----
-apiVersion: v1
-kind: Service
-metadata:
-  name: other-proxy
-  namespace: default
-  labels: {service.kubernetes.io/service-proxy-name: some-other-proxy}
-spec:
-  clusterIP: 10.96.1.1
-  ports: [{port: 80}]
----
-apiVersion: v1
-kind: Service
-metadata:
-  name: labelled-headless
-  namespace: default
-  labels: {service.kubernetes.io/headless: ""}
-spec:
-  clusterIP: 10.96.1.2
-  ports: [{port: 80}]
-"#;
-    let d = compile(yaml);
+    let d = compile([
+        service("default", "headless")
+            .cluster_ips(&["None"])
+            .port(port(80))
+            .selector("app", "x")
+            .into(),
+        service("default", "external")
+            .external_name("db.example.com")
+            .into(),
+        service("default", "other-proxy")
+            .label("service.kubernetes.io/service-proxy-name", "some-other-proxy")
+            .cluster_ip("10.96.1.1")
+            .port(port(80))
+            .into(),
+        service("default", "labelled-headless")
+            .label("service.kubernetes.io/headless", "")
+            .cluster_ip("10.96.1.2")
+            .port(port(80))
+            .into(),
+    ]);
     assert!(
         d.services.is_empty() && d.revnat.is_empty() && d.frontends.is_empty(),
         "{d:#?}"
@@ -798,34 +659,31 @@ spec:
 /// the slots and backends get (KEP-1669).
 #[test]
 fn condition_matrix_in_slices() {
-    let svc = r#"
-apiVersion: v1
-kind: Service
-metadata: {name: m, namespace: default}
-spec:
-  clusterIP: 10.96.2.2
-  ports: [{port: 80}]
-  selector: {app: m}
-"#;
-    let slice = |endpoints: &str| {
-        format!(
-            "{svc}---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: m-1\n  \
-             namespace: default\n  labels: {{kubernetes.io/service-name: m}}\naddressType: IPv4\nports: \
-             [{{name: \"\", port: 80, protocol: TCP}}]\nendpoints:\n{endpoints}"
-        )
+    let slice = |endpoints: Vec<crate::testing::EndpointBuilder>| {
+        let svc = service("default", "m")
+            .cluster_ip("10.96.2.2")
+            .port(port(80))
+            .selector("app", "m");
+        let slice = endpoints
+            .into_iter()
+            .fold(slice("default", "m-1", "m").port("", 80, "TCP"), |s, e| {
+                s.endpoint(e)
+            });
+        [svc.into(), slice.into()]
     };
     // Nil conditions: ready. A not-ready one is left out of the slots.
-    let d = compile(&slice(
-        "- addresses: [10.0.0.1]\n- addresses: [10.0.0.2]\n  conditions: {ready: false, serving: false}\n",
-    ));
+    let d = compile(slice(vec![
+        endpoint("10.0.0.1"),
+        endpoint("10.0.0.2").ready(false).serving(false),
+    ]));
     assert_eq!(slots(&d, "10.96.2.2:80/TCP"), ["10.0.0.1:80"]);
     assert_eq!(backend_entries(&d), ["10.0.0.1:80/TCP active"]);
 
     // Ready beats serving+terminating.
-    let d = compile(&slice(
-        "- addresses: [10.0.0.1]\n  conditions: {ready: true}\n\
-         - addresses: [10.0.0.2]\n  conditions: {ready: false, serving: true, terminating: true}\n",
-    ));
+    let d = compile(slice(vec![
+        endpoint("10.0.0.1").ready(true),
+        endpoint("10.0.0.2").ready(false).serving(true).terminating(true),
+    ]));
     assert_eq!(slots(&d, "10.96.2.2:80/TCP"), ["10.0.0.1:80"]);
     assert_eq!(
         backend_entries(&d),
@@ -834,32 +692,31 @@ spec:
 
     // No ready endpoint: the serving+terminating ones take new connections; the
     // terminating-but-not-serving one does not.
-    let d = compile(&slice(
-        "- addresses: [10.0.0.2]\n  conditions: {ready: false, serving: true, terminating: true}\n\
-         - addresses: [10.0.0.3]\n  conditions: {ready: false, serving: false, terminating: true}\n\
-         - addresses: [10.0.0.4]\n  conditions: {ready: false, terminating: true}\n",
-    ));
+    let d = compile(slice(vec![
+        endpoint("10.0.0.2").ready(false).serving(true).terminating(true),
+        endpoint("10.0.0.3").ready(false).serving(false).terminating(true),
+        endpoint("10.0.0.4").ready(false).terminating(true),
+    ]));
     // serving nil = true (EndpointConditions API), so 10.0.0.4 serves too.
     assert_eq!(slots(&d, "10.96.2.2:80/TCP"), ["10.0.0.2:80", "10.0.0.4:80"]);
 
     // Not ready, serving, not terminating (a failing readiness probe): no slot,
     // even with nothing else, but established connections keep a backend.
-    let d = compile(&slice(
-        "- addresses: [10.0.0.5]\n  conditions: {ready: false, serving: true, terminating: false}\n",
-    ));
+    let d = compile(slice(vec![
+        endpoint("10.0.0.5").ready(false).serving(true).terminating(false),
+    ]));
     assert_eq!(head(&d, "10.96.2.2:80/TCP").count, 0);
     assert_eq!(backend_entries(&d), ["10.0.0.5:80/TCP terminating"]);
 }
 
 #[test]
 fn session_affinity_client_ip() {
-    let yaml = |affinity: &str| {
-        format!(
-            "apiVersion: v1\nkind: Service\nmetadata: {{name: sticky, namespace: default}}\nspec:\n  \
-             clusterIP: 10.96.3.3\n  ports: [{{port: 80}}]\n{affinity}"
-        )
+    let sticky = || {
+        service("default", "sticky")
+            .cluster_ip("10.96.3.3")
+            .port(port(80))
     };
-    let d = compile(&yaml("  sessionAffinity: ClientIP\n"));
+    let d = compile(one(sticky().session_affinity("ClientIP")));
     let value = head(&d, "10.96.3.3:80/TCP");
     assert_eq!(
         (value.flags, value.affinity_timeout),
@@ -867,19 +724,17 @@ fn session_affinity_client_ip() {
     );
     assert_eq!(d.frontends[0].flags, ["affinity"]);
 
-    let d = compile(&yaml(
-        "  sessionAffinity: ClientIP\n  sessionAffinityConfig:\n    clientIP:\n      timeoutSeconds: 60\n",
-    ));
+    let d = compile(one(sticky().session_affinity("ClientIP").affinity_timeout(60)));
     assert_eq!(head(&d, "10.96.3.3:80/TCP").affinity_timeout, 60);
 
-    let d = compile(&yaml("  sessionAffinity: None\n"));
+    let d = compile(one(sticky().session_affinity("None")));
     assert_eq!(head(&d, "10.96.3.3:80/TCP").flags & SVC_F_AFFINITY, 0);
 
     for bad in [0, 86_401] {
         let (d, problems) = compile_with(
-            &yaml(&format!(
-                "  sessionAffinity: ClientIP\n  sessionAffinityConfig:\n    clientIP:\n      timeoutSeconds: {bad}\n"
-            )),
+            one(sticky()
+                .session_affinity("ClientIP")
+                .affinity_timeout(i32::try_from(bad).expect("seconds"))),
             &node(),
             &mut IdAllocator::new(),
         );
@@ -892,8 +747,12 @@ fn session_affinity_client_ip() {
 
 #[test]
 fn internal_traffic_policy_local_keeps_to_this_node() {
-    let local = WEB.replacen("  selector:", "  internalTrafficPolicy: Local\n  selector:", 1);
-    let d = compile(&local);
+    let local = || {
+        one(web_service().internal_traffic_policy("Local"))
+            .into_iter()
+            .chain(web_slices())
+    };
+    let d = compile(local());
     let value = head(&d, "10.96.100.1:80/TCP");
     assert_eq!(value.flags, SVC_F_INT_LOCAL);
     assert_eq!(slots(&d, "10.96.100.1:80/TCP"), ["10.244.0.5:8080"]);
@@ -901,63 +760,41 @@ fn internal_traffic_policy_local_keeps_to_this_node() {
     assert_eq!(d.backends.len(), 3);
 
     // On a node without local endpoints: reject, never fall back to remote ones.
-    let (d, _) = compile_with(&local, &NodeContext::new("node-z"), &mut IdAllocator::new());
+    let (d, _) = compile_with(local(), &NodeContext::new("node-z"), &mut IdAllocator::new());
     assert_eq!(head(&d, "10.96.100.1:80/TCP").count, 0);
 }
 
 #[test]
 fn internal_traffic_policy_local_from_pods_uses_spec_node_name() {
-    let local = PODS.replacen(
-        "  selector: {app: api}",
-        "  internalTrafficPolicy: Local\n  selector: {app: api}",
-        1,
-    );
-    let d = compile(&local);
+    let d = compile(with_api_pods(api_service().internal_traffic_policy("Local")));
     assert_eq!(slots(&d, "10.96.9.9:80/TCP"), ["10.244.0.21:8080"]);
 }
 
 /// A dual-stack Service: each family's frontend only gets that family's endpoints.
-const DUAL_STACK: &str = r#"
-apiVersion: v1
-kind: Service
-metadata: {name: dual, namespace: default}
-spec:
-  clusterIP: 10.96.4.4
-  clusterIPs: [10.96.4.4, "fd00:10:96::4"]
-  ipFamilies: [IPv4, IPv6]
-  ipFamilyPolicy: RequireDualStack
-  ports: [{name: http, port: 80, protocol: TCP, targetPort: 8080}]
-  selector: {app: dual}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: dual-v4
-  namespace: default
-  labels: {kubernetes.io/service-name: dual}
-addressType: IPv4
-endpoints:
-- addresses: [10.244.0.40]
-  nodeName: node-a
-ports: [{name: http, port: 8080, protocol: TCP}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: dual-v6
-  namespace: default
-  labels: {kubernetes.io/service-name: dual}
-addressType: IPv6
-endpoints:
-- addresses: ["fd00:244::40"]
-  nodeName: node-a
-- addresses: [10.244.0.99]
-ports: [{name: http, port: 8080, protocol: TCP}]
-"#;
+fn dual_stack() -> [Object; 3] {
+    [
+        service("default", "dual")
+            .cluster_ips(&["10.96.4.4", "fd00:10:96::4"])
+            .families(&["IPv4", "IPv6"], "RequireDualStack")
+            .port(port(80).name("http").protocol("TCP").target(8080))
+            .selector("app", "dual")
+            .into(),
+        slice("default", "dual-v4", "dual")
+            .endpoint(endpoint("10.244.0.40").node("node-a"))
+            .port("http", 8080, "TCP")
+            .into(),
+        slice("default", "dual-v6", "dual")
+            .address_type("IPv6")
+            .endpoint(endpoint("fd00:244::40").node("node-a"))
+            .endpoint(endpoint("10.244.0.99"))
+            .port("http", 8080, "TCP")
+            .into(),
+    ]
+}
 
 #[test]
 fn dual_stack_frontends_get_their_own_family() {
-    let d = compile(DUAL_STACK);
+    let d = compile(dual_stack());
     assert_eq!(slots(&d, "10.96.4.4:80/TCP"), ["10.244.0.40:8080"]);
     assert_eq!(slots(&d, "[fd00:10:96::4]:80/TCP"), ["[fd00:244::40]:8080"]);
     let v6 = d.revnat[&head(&d, "[fd00:10:96::4]:80/TCP").rev_nat_id];
@@ -971,57 +808,28 @@ fn dual_stack_frontends_get_their_own_family() {
 
 #[test]
 fn invalid_services_are_reported_and_the_rest_compile() {
-    let yaml = r#"
-apiVersion: v1
-kind: Service
-metadata: {name: bad-ip, namespace: default}
-spec:
-  clusterIP: 10.96.0.300
-  ports: [{port: 80}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: bad-port, namespace: default}
-spec:
-  clusterIP: 10.96.0.21
-  ports: [{name: a, port: 80}, {name: b, port: 70000}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: bad-proto, namespace: default}
-spec:
-  clusterIP: 10.96.0.22
-  ports: [{port: 80, protocol: ICMP}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: bad-target, namespace: default}
-spec:
-  clusterIP: 10.96.0.23
-  ports: [{port: 80, targetPort: -1}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: bad-policy, namespace: default}
-spec:
-  clusterIP: 10.96.0.24
-  internalTrafficPolicy: Nearby
-  ports: [{port: 80}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: no-ip, namespace: default}
-spec:
-  ports: [{port: 80}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: good, namespace: default}
-spec:
-  clusterIP: 10.96.0.25
-  ports: [{port: 80}]
-"#;
-    let (d, problems) = compile_with(yaml, &node(), &mut IdAllocator::new());
+    let svc = |name: &str, ip: &str| service("default", name).cluster_ip(ip);
+    let (d, problems) = compile_with(
+        [
+            svc("bad-ip", "10.96.0.300").port(port(80)).into(),
+            svc("bad-port", "10.96.0.21")
+                .port(port(80).name("a"))
+                .port(port(70000).name("b"))
+                .into(),
+            svc("bad-proto", "10.96.0.22")
+                .port(port(80).protocol("ICMP"))
+                .into(),
+            svc("bad-target", "10.96.0.23").port(port(80).target(-1)).into(),
+            svc("bad-policy", "10.96.0.24")
+                .internal_traffic_policy("Nearby")
+                .port(port(80))
+                .into(),
+            service("default", "no-ip").port(port(80)).into(),
+            svc("good", "10.96.0.25").port(port(80)).into(),
+        ],
+        &node(),
+        &mut IdAllocator::new(),
+    );
     assert_eq!(frontend_names(&d), ["10.96.0.25:80/TCP"]);
     let reasons: Vec<(String, ProblemReason)> = problems
         .into_iter()
@@ -1074,22 +882,21 @@ spec:
 
 #[test]
 fn a_frontend_taken_by_another_service_is_reported() {
-    let yaml = r#"
-apiVersion: v1
-kind: Service
-metadata: {name: a, namespace: default}
-spec:
-  clusterIP: 10.96.0.30
-  ports: [{port: 80}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: b, namespace: default}
-spec:
-  clusterIP: 10.96.0.30
-  ports: [{port: 80}, {port: 81}]
-"#;
-    let (d, problems) = compile_with(yaml, &node(), &mut IdAllocator::new());
+    let (d, problems) = compile_with(
+        [
+            service("default", "a")
+                .cluster_ip("10.96.0.30")
+                .port(port(80))
+                .into(),
+            service("default", "b")
+                .cluster_ip("10.96.0.30")
+                .port(port(80))
+                .port(port(81))
+                .into(),
+        ],
+        &node(),
+        &mut IdAllocator::new(),
+    );
     assert_eq!(frontend_names(&d), ["10.96.0.30:80/TCP", "10.96.0.30:81/TCP"]);
     assert_eq!(problems.len(), 1);
     assert_eq!(
@@ -1103,27 +910,17 @@ spec:
 
 #[test]
 fn a_backend_shared_by_two_services_is_one_entry() {
-    let yaml = format!(
-        "{WEB}---\n{}",
-        r#"apiVersion: v1
-kind: Service
-metadata: {name: web-internal, namespace: shop}
-spec:
-  clusterIP: 10.96.100.2
-  ports: [{name: http, port: 8080}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: web-internal-1
-  namespace: shop
-  labels: {kubernetes.io/service-name: web-internal}
-addressType: IPv4
-endpoints: [{addresses: [10.244.0.5]}]
-ports: [{name: http, port: 8080, protocol: TCP}]
-"#
-    );
-    let d = compile(&yaml);
+    let internal: [Object; 2] = [
+        service("shop", "web-internal")
+            .cluster_ip("10.96.100.2")
+            .port(port(8080).name("http"))
+            .into(),
+        slice("shop", "web-internal-1", "web-internal")
+            .endpoint(endpoint("10.244.0.5"))
+            .port("http", 8080, "TCP")
+            .into(),
+    ];
+    let d = compile(web().into_iter().chain(internal));
     let a = d
         .slot_backends(&key("10.96.100.1:80/TCP", SCOPE_EXTERNAL))
         .expect("web");
@@ -1136,15 +933,14 @@ ports: [{name: http, port: 8080, protocol: TCP}]
 
 #[test]
 fn compile_is_deterministic_whatever_the_input_order() {
-    let docs: Vec<&str> = format!("{KUBE_DNS}\n---\n{WEB}\n---\n{DUAL_STACK}")
-        .leak()
-        .split("\n---\n")
+    let forward: Vec<Object> = objects(KUBE_DNS)
+        .into_iter()
+        .chain(web())
+        .chain(dual_stack())
         .collect();
-    let forward = docs.join("\n---\n");
-    let backward: Vec<&str> = docs.iter().rev().copied().collect();
-    let backward = backward.join("\n---\n");
-    let (a, _) = compile_with(&forward, &node(), &mut IdAllocator::new());
-    let (b, _) = compile_with(&backward, &node(), &mut IdAllocator::new());
+    let backward: Vec<Object> = forward.iter().rev().cloned().collect();
+    let (a, _) = compile_with(forward, &node(), &mut IdAllocator::new());
+    let (b, _) = compile_with(backward, &node(), &mut IdAllocator::new());
     assert_eq!(a, b);
 }
 
@@ -1152,13 +948,13 @@ fn compile_is_deterministic_whatever_the_input_order() {
 fn ids_stay_stable_across_recompiles_and_released_ones_wait() {
     let mut ids = IdAllocator::new();
     let node = node();
-    let (first, _) = compile_with(WEB, &node, &mut ids);
-    let (again, _) = compile_with(WEB, &node, &mut ids);
+    let (first, _) = compile_with(web(), &node, &mut ids);
+    let (again, _) = compile_with(web(), &node, &mut ids);
     assert_eq!(first, again);
 
     // Adding a Service (sorting before `web`) does not renumber `web`.
-    let both = format!("{KUBE_DNS}\n---\n{WEB}");
-    let (grown, _) = compile_with(&both, &node, &mut ids);
+    let both = || objects(KUBE_DNS).into_iter().chain(web());
+    let (grown, _) = compile_with(both(), &node, &mut ids);
     let web = key("10.96.100.1:80/TCP", SCOPE_EXTERNAL);
     assert_eq!(grown.services[&web].rev_nat_id, first.services[&web].rev_nat_id);
     assert_eq!(grown.slot_backends(&web), first.slot_backends(&web));
@@ -1166,11 +962,11 @@ fn ids_stay_stable_across_recompiles_and_released_ones_wait() {
 
     // Removing `web` releases its ids; a new entry does not get them back (the
     // datapath may still hold state under them), but a fresh one.
-    let (shrunk, _) = compile_with(KUBE_DNS, &node, &mut ids);
+    let (shrunk, _) = compile_with(objects(KUBE_DNS), &node, &mut ids);
     assert_eq!(ids.in_use(), (3, 6));
     let web_rev_nat = first.services[&web].rev_nat_id;
-    let lonely = "apiVersion: v1\nkind: Service\nmetadata: {name: new, namespace: z}\nspec:\n  clusterIP: 10.96.5.5\n  ports: [{port: 1}]\n";
-    let (reused, _) = compile_with(&format!("{KUBE_DNS}\n---\n{lonely}"), &node, &mut ids);
+    let lonely = service("z", "new").cluster_ip("10.96.5.5").port(port(1));
+    let (reused, _) = compile_with(objects(KUBE_DNS).into_iter().chain(one(lonely)), &node, &mut ids);
     let fresh = reused.services[&key("10.96.5.5:1/TCP", SCOPE_EXTERNAL)].rev_nat_id;
     assert_ne!(fresh, web_rev_nat, "a released id was handed out again at once");
     assert!(
@@ -1188,9 +984,9 @@ fn ids_survive_an_agent_restart_through_the_maps() {
     let node = node();
     let mut ids = IdAllocator::new();
     // Allocate ids in an order a fresh allocator would not reproduce.
-    compile_with(WEB, &node, &mut ids);
-    let both = format!("{KUBE_DNS}\n---\n{WEB}");
-    let (before, _) = compile_with(&both, &node, &mut ids);
+    compile_with(web(), &node, &mut ids);
+    let both = || objects(KUBE_DNS).into_iter().chain(web());
+    let (before, _) = compile_with(both(), &node, &mut ids);
 
     // Restart: the syncer reads the pinned maps back (no view), rebuilds the ids.
     let read_back = DesiredServices {
@@ -1198,18 +994,18 @@ fn ids_survive_an_agent_restart_through_the_maps() {
         ..before.clone()
     };
     let mut restarted = IdAllocator::from_desired(&read_back);
-    let (after, problems) = compile_with(&both, &node, &mut restarted);
+    let (after, problems) = compile_with(both(), &node, &mut restarted);
     assert!(problems.is_empty());
     assert_eq!(after, before);
 
     // A fresh allocator would have numbered them differently: the test is meaningful.
-    let (fresh, _) = compile_with(&both, &node, &mut IdAllocator::new());
+    let (fresh, _) = compile_with(both(), &node, &mut IdAllocator::new());
     assert_ne!(fresh.services, before.services);
 }
 
 #[test]
 fn id_exhaustion_is_a_problem_not_a_panic() {
-    let (d, problems) = compile_with(KUBE_DNS, &node(), &mut IdAllocator::with_limits(2, 100));
+    let (d, problems) = compile_with(objects(KUBE_DNS), &node(), &mut IdAllocator::with_limits(2, 100));
     assert_eq!(d.revnat.len(), 2);
     assert_eq!(problems.len(), 1);
     assert!(
@@ -1220,16 +1016,17 @@ fn id_exhaustion_is_a_problem_not_a_panic() {
 
 #[test]
 fn maglev_by_annotation_or_node_default() {
-    let annotated = WEB.replacen(
-        "metadata:\n  name: web\n",
-        "metadata:\n  name: web\n  annotations: {weir.dev/lb-algorithm: maglev}\n",
-        1,
-    );
+    // The web Service asking for an algorithm by its annotation.
+    let annotated = |algorithm: &str| {
+        one(web_service().annotation("weir.dev/lb-algorithm", algorithm))
+            .into_iter()
+            .chain(web_slices())
+    };
     let node = NodeContext {
         maglev_table_size: 251,
         ..node()
     };
-    let (d, problems) = compile_with(&annotated, &node, &mut IdAllocator::new());
+    let (d, problems) = compile_with(annotated("maglev"), &node, &mut IdAllocator::new());
     assert!(problems.is_empty());
     let value = head(&d, "10.96.100.1:80/TCP");
     assert_eq!(value.flags, SVC_F_MAGLEV);
@@ -1248,10 +1045,9 @@ fn maglev_by_annotation_or_node_default() {
         lb_algorithm: LbAlgorithm::Maglev,
         ..node.clone()
     };
-    let (d, _) = compile_with(KUBE_DNS, &maglev_node, &mut IdAllocator::new());
+    let (d, _) = compile_with(objects(KUBE_DNS), &maglev_node, &mut IdAllocator::new());
     assert_eq!(d.maglev.len(), 3);
-    let opted_out = annotated.replace("lb-algorithm: maglev", "lb-algorithm: random");
-    let (d, _) = compile_with(&opted_out, &maglev_node, &mut IdAllocator::new());
+    let (d, _) = compile_with(annotated("random"), &maglev_node, &mut IdAllocator::new());
     assert!(d.maglev.is_empty());
     assert_eq!(head(&d, "10.96.100.1:80/TCP").flags, 0);
 
@@ -1260,11 +1056,10 @@ fn maglev_by_annotation_or_node_default() {
         maglev_table_size: 250,
         ..node.clone()
     };
-    let (d, problems) = compile_with(&annotated, &bad, &mut IdAllocator::new());
+    let (d, problems) = compile_with(annotated("maglev"), &bad, &mut IdAllocator::new());
     assert!(d.maglev.is_empty());
     assert_eq!(problems[0].reason, ProblemReason::BadMaglevSize(250));
-    let unknown = annotated.replace("lb-algorithm: maglev", "lb-algorithm: round-robin");
-    let (d, problems) = compile_with(&unknown, &node, &mut IdAllocator::new());
+    let (d, problems) = compile_with(annotated("round-robin"), &node, &mut IdAllocator::new());
     assert_eq!(
         problems[0].reason,
         ProblemReason::BadLbAlgorithm("round-robin".into())
@@ -1278,45 +1073,47 @@ fn maglev_by_annotation_or_node_default() {
 
 /// A LoadBalancer Service as a cloud controller leaves it: NodePort, external IP,
 /// ingress IP, externalTrafficPolicy Local with a health check node port.
-const LB: &str = r#"
-apiVersion: v1
-kind: Service
-metadata: {name: ingress, namespace: edge}
-spec:
-  allocateLoadBalancerNodePorts: true
-  clusterIP: 10.96.8.8
-  clusterIPs: [10.96.8.8]
-  externalIPs: [203.0.113.7]
-  externalTrafficPolicy: Local
-  healthCheckNodePort: 32000
-  internalTrafficPolicy: Cluster
-  ports:
-  - {name: https, nodePort: 30443, port: 443, protocol: TCP, targetPort: 8443}
-  selector: {app: ingress}
-  type: LoadBalancer
-status:
-  loadBalancer:
-    ingress:
-    - {ip: 198.51.100.9, ipMode: VIP}
-    - {ip: 198.51.100.10, ipMode: Proxy}
-    - {hostname: lb.example.com}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: ingress-1
-  namespace: edge
-  labels: {kubernetes.io/service-name: ingress}
-addressType: IPv4
-endpoints:
-- {addresses: [10.244.0.80], nodeName: node-a}
-- {addresses: [10.244.1.80], nodeName: node-b}
-ports: [{name: https, port: 8443, protocol: TCP}]
-"#;
+fn lb_service() -> ServiceBuilder {
+    service("edge", "ingress")
+        .with(|s| {
+            if let Some(spec) = s.spec.as_mut() {
+                spec.allocate_load_balancer_node_ports = Some(true);
+            }
+        })
+        .cluster_ips(&["10.96.8.8"])
+        .external_ips(&["203.0.113.7"])
+        .external_traffic_policy("Local")
+        .health_check_node_port(32000)
+        .internal_traffic_policy("Cluster")
+        .port(
+            port(443)
+                .name("https")
+                .node_port(30443)
+                .protocol("TCP")
+                .target(8443),
+        )
+        .selector("app", "ingress")
+        .type_("LoadBalancer")
+        .ingress_ip("198.51.100.9", "VIP")
+        .ingress_ip("198.51.100.10", "Proxy")
+        .ingress_hostname("lb.example.com")
+}
+
+/// The slice of [`lb_service`]: an endpoint on node-a, one on node-b.
+fn lb_slice() -> crate::testing::SliceBuilder {
+    slice("edge", "ingress-1", "ingress")
+        .endpoint(endpoint("10.244.0.80").node("node-a"))
+        .endpoint(endpoint("10.244.1.80").node("node-b"))
+        .port("https", 8443, "TCP")
+}
+
+fn lb(service: ServiceBuilder) -> [Object; 2] {
+    [service.into(), lb_slice().into()]
+}
 
 #[test]
 fn load_balancer_frontends_with_external_traffic_policy_local() {
-    let d = compile(LB);
+    let d = compile(lb(lb_service()));
     assert_eq!(
         frontend_names(&d),
         [
@@ -1381,7 +1178,7 @@ fn load_balancer_frontends_with_external_traffic_policy_local() {
 
     // A node without local endpoints rejects external traffic, serves internal.
     let (d, _) = compile_with(
-        LB,
+        lb(lb_service()),
         &NodeContext {
             node_ips: node().node_ips,
             ..NodeContext::new("node-z")
@@ -1394,11 +1191,15 @@ fn load_balancer_frontends_with_external_traffic_policy_local() {
 
 #[test]
 fn node_port_with_external_traffic_policy_cluster_is_one_entry() {
-    let yaml = LB
-        .replace("externalTrafficPolicy: Local", "externalTrafficPolicy: Cluster")
-        .replace("type: LoadBalancer", "type: NodePort")
-        .replace("  healthCheckNodePort: 32000\n", "");
-    let d = compile(&yaml);
+    let node_port = lb_service()
+        .external_traffic_policy("Cluster")
+        .type_("NodePort")
+        .with(|s| {
+            if let Some(spec) = s.spec.as_mut() {
+                spec.health_check_node_port = None;
+            }
+        });
+    let d = compile(lb(node_port));
     // NodePort Services have no load-balancer frontends, even with a stale status.
     assert_eq!(
         frontend_names(&d),
@@ -1418,8 +1219,7 @@ fn node_port_with_external_traffic_policy_cluster_is_one_entry() {
 
 #[test]
 fn external_addresses_of_a_family_without_cluster_ip_are_ignored() {
-    let yaml = LB.replace("externalIPs: [203.0.113.7]", "externalIPs: [\"2001:db8::7\"]");
-    let d = compile(&yaml);
+    let d = compile(lb(lb_service().external_ips(&["2001:db8::7"])));
     // IPv4-only Service: no IPv6 NodePort on fd00:1::10, no IPv6 external IP.
     assert!(
         frontend_names(&d).iter().all(|f| !f.contains("::")),
@@ -1430,23 +1230,17 @@ fn external_addresses_of_a_family_without_cluster_ip_are_ignored() {
 
 #[test]
 fn external_ips_on_a_cluster_ip_service_use_cluster_policy() {
-    let yaml = r#"
-apiVersion: v1
-kind: Service
-metadata: {name: ext, namespace: default}
-spec:
-  clusterIP: 10.96.6.6
-  externalIPs: [203.0.113.8]
-  ports: [{port: 80, nodePort: 30080}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {name: ext-1, namespace: default, labels: {kubernetes.io/service-name: ext}}
-addressType: IPv4
-endpoints: [{addresses: [10.244.1.1], nodeName: node-b}]
-ports: [{name: "", port: 80, protocol: TCP}]
-"#;
-    let d = compile(yaml);
+    let d = compile([
+        service("default", "ext")
+            .cluster_ip("10.96.6.6")
+            .external_ips(&["203.0.113.8"])
+            .port(port(80).node_port(30080))
+            .into(),
+        slice("default", "ext-1", "ext")
+            .endpoint(endpoint("10.244.1.1").node("node-b"))
+            .port("", 80, "TCP")
+            .into(),
+    ]);
     // type ClusterIP: no NodePort frontend even if nodePort is (invalidly) set.
     assert_eq!(frontend_names(&d), ["10.96.6.6:80/TCP", "203.0.113.8:80/TCP"]);
     assert_eq!(slots(&d, "203.0.113.8:80/TCP"), ["10.244.1.1:80"]);
@@ -1455,28 +1249,22 @@ ports: [{name: "", port: 80, protocol: TCP}]
 
 #[test]
 fn sctp_is_compiled() {
-    let yaml = r#"
-apiVersion: v1
-kind: Service
-metadata: {name: sig, namespace: default}
-spec:
-  clusterIP: 10.96.6.7
-  ports: [{name: s, port: 3868, protocol: SCTP}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {name: sig-1, namespace: default, labels: {kubernetes.io/service-name: sig}}
-addressType: IPv4
-endpoints: [{addresses: [10.244.1.2]}]
-ports: [{name: s, port: 3868, protocol: SCTP}]
-"#;
-    let d = compile(yaml);
+    let d = compile([
+        service("default", "sig")
+            .cluster_ip("10.96.6.7")
+            .port(port(3868).name("s").protocol("SCTP"))
+            .into(),
+        slice("default", "sig-1", "sig")
+            .endpoint(endpoint("10.244.1.2"))
+            .port("s", 3868, "SCTP")
+            .into(),
+    ]);
     assert_eq!(slots(&d, "10.96.6.7:3868/SCTP"), ["10.244.1.2:3868"]);
 }
 
 #[test]
 fn view_serializes_for_weirctl() {
-    let d = compile(KUBE_DNS);
+    let d = compile(objects(KUBE_DNS));
     let json = serde_json::to_value(&d.frontends[0]).expect("serializable");
     assert_eq!(json["service"], "kube-system/kube-dns");
     assert_eq!(json["protocol"], "UDP");
@@ -1497,7 +1285,7 @@ fn local_policies_drop_where_endpoints_are_elsewhere_and_reject_without_any() {
         node_ips: node().node_ips,
         ..NodeContext::new("node-z")
     };
-    let (d, _) = compile_with(LB, &node_z, &mut IdAllocator::new());
+    let (d, _) = compile_with(lb(lb_service()), &node_z, &mut IdAllocator::new());
     let np = head(&d, "192.168.1.10:30443/TCP");
     assert_eq!(
         (np.count, np.flags & SVC_F_DROP_EMPTY),
@@ -1509,15 +1297,17 @@ fn local_policies_drop_where_endpoints_are_elsewhere_and_reject_without_any() {
         0
     );
     // No endpoint anywhere: rejected, whatever the policy.
-    let none = LB
-        .replace("- {addresses: [10.244.0.80], nodeName: node-a}\n", "")
-        .replace("- {addresses: [10.244.1.80], nodeName: node-b}\n", "")
-        .replace("endpoints:\n", "endpoints: []\n");
-    let (d, _) = compile_with(&none, &node(), &mut IdAllocator::new());
+    let none = [
+        lb_service().into(),
+        slice("edge", "ingress-1", "ingress")
+            .port("https", 8443, "TCP")
+            .into(),
+    ];
+    let (d, _) = compile_with(none, &node(), &mut IdAllocator::new());
     assert_eq!(head(&d, "192.168.1.10:30443/TCP").flags & SVC_F_DROP_EMPTY, 0);
     // internalTrafficPolicy Local: the ClusterIP of a node without local endpoints.
-    let itp = LB.replace("internalTrafficPolicy: Cluster", "internalTrafficPolicy: Local");
-    let (d, _) = compile_with(&itp, &node_z, &mut IdAllocator::new());
+    let itp = lb(lb_service().internal_traffic_policy("Local"));
+    let (d, _) = compile_with(itp, &node_z, &mut IdAllocator::new());
     let cluster_ip = head(&d, "10.96.8.8:443/TCP");
     assert_eq!(
         (cluster_ip.count, cluster_ip.flags & SVC_F_DROP_EMPTY),

@@ -1,0 +1,83 @@
+//! Every NetworkPolicy of a model resolved ([`compile_policies`]), and encoded
+//! for one node ([`compile_node`]).
+
+use std::collections::BTreeMap;
+
+use super::{
+    encode::{DesiredPolicy, PolicyEncoder},
+    pods::{PodView, local_pod_ips, pod_ips, takes_part},
+    resolve::apply,
+    rules::PodPolicies,
+};
+use crate::{
+    model::Model,
+    object::{Kind, Object},
+    problem::{Problem, ProblemReason},
+};
+
+/// The label the API server puts on every namespace: its name.
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+/// Resolves every NetworkPolicy of the model. Invalid parts (a bad CIDR, a bad
+/// protocol) are reported and left out of their rule, which then admits less,
+/// never more.
+pub fn compile_policies(model: &Model) -> (PodPolicies, Vec<Problem>) {
+    // Every namespace carries `kubernetes.io/metadata.name` (the API server sets
+    // it); one that pods name without a Namespace object (a manifest directory
+    // may leave `default` out) has that label alone.
+    let name_label = |name: &str, labels: Option<&BTreeMap<String, String>>| {
+        let mut labels = labels.cloned().unwrap_or_default();
+        labels.insert(NAMESPACE_NAME_LABEL.to_owned(), name.to_owned());
+        labels
+    };
+    let mut namespaces: BTreeMap<&str, BTreeMap<String, String>> = model
+        .of_kind(Kind::Namespace)
+        .filter_map(|(key, entry)| match &entry.object {
+            Object::Namespace(ns) => Some((
+                key.name.as_str(),
+                name_label(&key.name, ns.metadata.labels.as_ref()),
+            )),
+            _ => None,
+        })
+        .collect();
+    let pods: Vec<PodView<'_>> = model
+        .of_kind(Kind::Pod)
+        .filter_map(|(key, entry)| match &entry.object {
+            Object::Pod(pod) if takes_part(pod) => Some(PodView {
+                namespace: key.namespace.as_str(),
+                labels: pod.metadata.labels.clone().unwrap_or_default(),
+                ips: pod_ips(pod),
+                pod,
+            }),
+            _ => None,
+        })
+        .collect();
+    for pod in &pods {
+        namespaces
+            .entry(pod.namespace)
+            .or_insert_with(|| name_label(pod.namespace, None));
+    }
+    let mut out = PodPolicies::default();
+    let mut problems = Vec::new();
+    for (key, entry) in model.of_kind(Kind::NetworkPolicy) {
+        let Object::NetworkPolicy(policy) = &entry.object else {
+            continue;
+        };
+        let mut report = |reason: String| {
+            problems.push(Problem {
+                origin: entry.origin.clone(),
+                object: Some(key.to_string()),
+                reason: ProblemReason::BadPolicy(reason),
+            })
+        };
+        apply(key, policy, &pods, &namespaces, &mut out, &mut report);
+    }
+    (out, problems)
+}
+
+/// The policy maps of `node`: every policy resolved, then encoded for the
+/// node's pods by `encoder` (which keeps its numbers between calls).
+pub fn compile_node(model: &Model, node: &str, encoder: &mut PolicyEncoder) -> (DesiredPolicy, Vec<Problem>) {
+    let (policies, problems) = compile_policies(model);
+    (encoder.encode(&policies, &local_pod_ips(model, node)), problems)
+}

@@ -1,0 +1,260 @@
+//! One policy against the pods: which pods it selects, and each of its rules
+//! with peers resolved to addresses and named ports to numbers.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ipnetwork::IpNetwork;
+use k8s_openapi::{
+    api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort},
+    apimachinery::pkg::util::intstr::IntOrString,
+};
+
+use super::{
+    pods::PodView,
+    rules::{Allow, PeerMatch, PodPolicies, PortMatch, in_block},
+    selector::selects,
+};
+use crate::{
+    net::{Protocol, port_number},
+    object::ObjectKey,
+    pod::named_port,
+};
+
+/// Adds what `policy` (`key`) means for each pod it selects to `out`.
+pub(super) fn apply(
+    key: &ObjectKey,
+    policy: &NetworkPolicy,
+    pods: &[PodView<'_>],
+    namespaces: &BTreeMap<&str, BTreeMap<String, String>>,
+    out: &mut PodPolicies,
+    report: &mut impl FnMut(String),
+) {
+    let Some(spec) = policy.spec.as_ref() else {
+        return;
+    };
+    // The API server's defaulting (SetDefaults_NetworkPolicy): no types means
+    // Ingress, plus Egress when there are egress rules.
+    let types: Vec<&str> = match spec.policy_types.as_deref() {
+        Some(types) if !types.is_empty() => types.iter().map(String::as_str).collect(),
+        _ if spec.egress.as_ref().is_some_and(|e| !e.is_empty()) => vec!["Ingress", "Egress"],
+        _ => vec!["Ingress"],
+    };
+    let selected = pods.iter().filter(|p| {
+        p.namespace == key.namespace && spec.pod_selector.as_ref().is_none_or(|s| selects(s, &p.labels))
+    });
+    for pod in selected {
+        for &direction in &types {
+            let ingress = match direction {
+                "Ingress" => true,
+                "Egress" => false,
+                other => {
+                    report(format!("unknown policyType {other:?}"));
+                    continue;
+                }
+            };
+            // Resolved per selected pod: named ports of ingress rules are its own.
+            let resolved: Vec<Allow> = if ingress {
+                spec.ingress
+                    .iter()
+                    .flatten()
+                    .map(|r| {
+                        resolve(
+                            &key.namespace,
+                            r.from.as_deref(),
+                            r.ports.as_deref(),
+                            Some(pod),
+                            pods,
+                            namespaces,
+                            report,
+                        )
+                    })
+                    .collect()
+            } else {
+                spec.egress
+                    .iter()
+                    .flatten()
+                    .flat_map(|r| {
+                        egress_rules(
+                            &key.namespace,
+                            r.to.as_deref(),
+                            r.ports.as_deref(),
+                            pods,
+                            namespaces,
+                            report,
+                        )
+                    })
+                    .collect()
+            };
+            for ip in &pod.ips {
+                let entry = out.pods.entry(*ip).or_default();
+                let slot = if ingress {
+                    &mut entry.ingress
+                } else {
+                    &mut entry.egress
+                };
+                slot.get_or_insert_with(Vec::new).extend(resolved.iter().cloned());
+            }
+        }
+    }
+}
+
+/// Egress rules with named ports resolve on each peer pod: one rule per peer pod
+/// then (those peers' own numbers), plus the rule for the rest with numeric ports.
+fn egress_rules(
+    namespace: &str,
+    to: Option<&[NetworkPolicyPeer]>,
+    ports: Option<&[NetworkPolicyPort]>,
+    pods: &[PodView<'_>],
+    namespaces: &BTreeMap<&str, BTreeMap<String, String>>,
+    report: &mut impl FnMut(String),
+) -> Vec<Allow> {
+    let named = ports
+        .into_iter()
+        .flatten()
+        .any(|p| matches!(p.port, Some(IntOrString::String(_))));
+    if !named {
+        return vec![resolve(namespace, to, ports, None, pods, namespaces, report)];
+    }
+    let all = resolve(namespace, to, ports, None, pods, namespaces, report);
+    // Pods named by a selector, or inside an ipBlock: a named port resolves on
+    // any destination pod.
+    let is_peer = |p: &PodView<'_>| match &all.peers {
+        PeerMatch::All => true,
+        PeerMatch::Some { pods, blocks } => p
+            .ips
+            .iter()
+            .any(|ip| pods.contains(ip) || blocks.iter().any(|b| in_block(b, *ip))),
+    };
+    // Each peer pod with its own numbers...
+    let mut rules: Vec<Allow> = pods
+        .iter()
+        .filter(|p| is_peer(p))
+        .map(|p| Allow {
+            peers: PeerMatch::Some {
+                pods: p.ips.iter().copied().collect(),
+                blocks: Vec::new(),
+            },
+            ports: ports_of(ports, Some(p), report),
+        })
+        .collect();
+    // ...and the rest (every peer, or the ipBlocks) by number only.
+    let rest = match all.peers {
+        PeerMatch::All => PeerMatch::All,
+        PeerMatch::Some { blocks, .. } => PeerMatch::Some {
+            pods: BTreeSet::new(),
+            blocks,
+        },
+    };
+    rules.push(Allow {
+        peers: rest,
+        ports: all.ports,
+    });
+    rules
+}
+
+fn resolve(
+    namespace: &str,
+    peers: Option<&[NetworkPolicyPeer]>,
+    ports: Option<&[NetworkPolicyPort]>,
+    destination: Option<&PodView<'_>>,
+    pods: &[PodView<'_>],
+    namespaces: &BTreeMap<&str, BTreeMap<String, String>>,
+    report: &mut impl FnMut(String),
+) -> Allow {
+    let peers = match peers {
+        None | Some([]) => PeerMatch::All,
+        Some(peers) => {
+            let mut ips = BTreeSet::new();
+            let mut blocks = Vec::new();
+            for peer in peers {
+                if let Some(block) = &peer.ip_block {
+                    let cidr = block.cidr.parse::<IpNetwork>();
+                    let except: Result<Vec<IpNetwork>, _> = block
+                        .except
+                        .iter()
+                        .flatten()
+                        .map(|e| e.parse::<IpNetwork>())
+                        .collect();
+                    match (cidr, except) {
+                        (Ok(cidr), Ok(except)) => blocks.push((cidr, except)),
+                        _ => report(format!("ipBlock {:?}: not a CIDR", block.cidr)),
+                    }
+                    continue;
+                }
+                let in_namespace = |pod: &PodView<'_>| match &peer.namespace_selector {
+                    None => pod.namespace == namespace,
+                    Some(selector) => namespaces
+                        .get(pod.namespace)
+                        .is_some_and(|labels| selects(selector, labels)),
+                };
+                let picked =
+                    |pod: &PodView<'_>| peer.pod_selector.as_ref().is_none_or(|s| selects(s, &pod.labels));
+                for pod in pods.iter().filter(|p| in_namespace(p) && picked(p)) {
+                    ips.extend(pod.ips.iter().copied());
+                }
+            }
+            PeerMatch::Some { pods: ips, blocks }
+        }
+    };
+    Allow {
+        peers,
+        ports: ports_of(ports, destination, report),
+    }
+}
+
+/// The ports of a rule; named ports resolved on `destination` (unresolvable:
+/// nothing). A port the API server would refuse (an unknown protocol, a number
+/// outside 1-65535, an `endPort` below `port`, past 65535 or beside a named or
+/// missing `port`) is reported, and the whole rule then admits nothing: the
+/// object could not have been created, so no part of it is guessed at.
+fn ports_of(
+    ports: Option<&[NetworkPolicyPort]>,
+    destination: Option<&PodView<'_>>,
+    report: &mut impl FnMut(String),
+) -> PortMatch {
+    let Some(ports) = ports.filter(|p| !p.is_empty()) else {
+        return PortMatch::All;
+    };
+    let mut out = Vec::new();
+    for p in ports {
+        let Some(proto) = Protocol::parse(p.protocol.as_deref()) else {
+            report(format!(
+                "protocol {:?} unknown: the rule admits nothing",
+                p.protocol
+            ));
+            return PortMatch::Some(Vec::new());
+        };
+        match (&p.port, p.end_port) {
+            (None, None) => out.push((proto, 1, u16::MAX)),
+            (Some(IntOrString::Int(n)), end) => {
+                let Some(lo) = port_number(*n) else {
+                    report(format!("port {n} is outside 1-65535: the rule admits nothing"));
+                    return PortMatch::Some(Vec::new());
+                };
+                let hi = match end.map(|e| (e, port_number(e))) {
+                    None => lo,
+                    Some((_, Some(hi))) if hi >= lo => hi,
+                    Some((e, _)) => {
+                        report(format!(
+                            "endPort {e} is below port {lo} or outside 1-65535: the rule admits nothing"
+                        ));
+                        return PortMatch::Some(Vec::new());
+                    }
+                };
+                out.push((proto, lo, hi));
+            }
+            (Some(IntOrString::String(name)), None) => {
+                if let Some(n) = destination.and_then(|d| named_port(d.pod, name, proto)) {
+                    out.push((proto, n, n));
+                }
+            }
+            (port, Some(e)) => {
+                report(format!(
+                    "endPort {e} needs a numeric port, not {port:?}: the rule admits nothing"
+                ));
+                return PortMatch::Some(Vec::new());
+            }
+        }
+    }
+    PortMatch::Some(out)
+}

@@ -1,0 +1,256 @@
+//! The policy compiler against small clusters: resolved rules, and the datapath
+//! encoding agreeing with them flow by flow.
+
+use std::net::IpAddr;
+
+use super::*;
+use crate::{
+    model::Model,
+    net::Protocol,
+    object::Object,
+    parse::parse_documents,
+    problem::Problem,
+    testing::{namespace, pod},
+};
+
+/// Namespaces x and y (labelled `ns: x`, `ns: y`), pods a and b in each
+/// (`pod: a`, ...), each serving `serve-80` (80/TCP) and `serve-81` (81/UDP).
+fn cluster(policies: &str) -> PodPolicies {
+    let (compiled, problems) = cluster_with_problems(policies);
+    assert!(problems.is_empty(), "{problems:#?}");
+    encoding_agrees(&compiled);
+    compiled
+}
+
+/// [`cluster`], with the compiler's problems.
+fn cluster_with_problems(policies: &str) -> (PodPolicies, Vec<Problem>) {
+    let mut objects: Vec<Object> = Vec::new();
+    for (n, ns) in ["x", "y"].iter().enumerate() {
+        objects.push(namespace(ns).label("ns", ns).into());
+        for (i, name) in ["a", "b"].iter().enumerate() {
+            let ip = format!("10.0.{n}.{}", i + 1);
+            objects.push(
+                pod(ns, name)
+                    .label("pod", name)
+                    .named_port("serve-80", 80)
+                    .named_port_of("serve-81", 81, "UDP")
+                    .ips(&[&ip])
+                    .into(),
+            );
+        }
+    }
+    let (parsed, problems) = parse_documents(policies, "test.yaml");
+    assert!(problems.is_empty(), "{problems:#?}");
+    objects.extend(parsed);
+    compile_policies(&Model::from_objects(objects))
+}
+
+/// The datapath encoding (all pods local) decides every flow between the
+/// pods and some outside addresses as the resolved rules do.
+fn encoding_agrees(compiled: &PodPolicies) {
+    let pods = ["x/a", "x/b", "y/a", "y/b"].map(ip);
+    let outside = ["192.168.1.5", "192.168.2.5", "10.0.0.9"].map(|a| a.parse::<IpAddr>().expect("ip"));
+    let maps = PolicyEncoder::default().encode(compiled, &pods);
+    for src in pods.iter().chain(&outside) {
+        for dst in pods.iter().chain(&outside) {
+            for proto in [Protocol::Tcp, Protocol::Udp, Protocol::Sctp] {
+                for port in [79, 80, 81, 82, 443] {
+                    let n = proto.ipproto();
+                    let egress = maps.admits(*src, true, *dst, n, port).unwrap_or(true);
+                    let ingress = maps.admits(*dst, false, *src, n, port).unwrap_or(true);
+                    assert_eq!(
+                        egress && ingress,
+                        compiled.allows(*src, *dst, proto, port),
+                        "{src} -> {dst} {proto}/{port}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn ip(pod: &str) -> IpAddr {
+    match pod {
+        "x/a" => "10.0.0.1",
+        "x/b" => "10.0.0.2",
+        "y/a" => "10.0.1.1",
+        "y/b" => "10.0.1.2",
+        other => other,
+    }
+    .parse()
+    .expect("ip")
+}
+
+fn tcp(p: &PodPolicies, from: &str, to: &str, port: u16) -> bool {
+    p.allows(ip(from), ip(to), Protocol::Tcp, port)
+}
+
+fn policy(ns: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: p-{}, namespace: {ns}}}\nspec:\n{spec}---\n",
+        spec.len()
+    )
+}
+
+#[test]
+fn no_policy_allows_everything_and_default_deny_isolates_one_direction() {
+    let open = cluster("");
+    assert!(tcp(&open, "x/a", "y/b", 80));
+    let deny = cluster(&policy("x", "  podSelector: {}\n  policyTypes: [Ingress]\n"));
+    assert!(!tcp(&deny, "x/b", "x/a", 80), "ingress isolated");
+    assert!(!tcp(&deny, "y/a", "x/a", 80));
+    assert!(tcp(&deny, "x/a", "y/a", 80), "egress not isolated");
+    assert!(tcp(&deny, "y/a", "y/b", 80), "other namespaces unaffected");
+    // Egress rules make Egress a type by default; an empty list does not.
+    let egress = cluster(&policy(
+        "x",
+        "  podSelector: {matchLabels: {pod: a}}\n  egress: [{ports: [{port: 443}]}]\n",
+    ));
+    assert!(
+        !tcp(&egress, "x/a", "y/a", 80) && !tcp(&egress, "y/a", "x/a", 80),
+        "both directions isolated"
+    );
+    assert!(tcp(&egress, "x/b", "y/a", 80));
+    let empty = cluster(&policy(
+        "x",
+        "  podSelector: {matchLabels: {pod: a}}\n  egress: []\n",
+    ));
+    assert!(tcp(&empty, "x/a", "y/a", 80) && !tcp(&empty, "y/a", "x/a", 80));
+}
+
+#[test]
+fn peers_by_pod_namespace_both_and_ip_block() {
+    let by_pod = cluster(&policy(
+        "x",
+        "  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{podSelector: {matchLabels: {pod: b}}}]}]\n",
+    ));
+    assert!(tcp(&by_pod, "x/b", "x/a", 80));
+    assert!(
+        !tcp(&by_pod, "y/b", "x/a", 80),
+        "a podSelector alone means the policy's namespace"
+    );
+    let by_name = cluster(&policy(
+        "x",
+        "  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: y}}}]}]\n",
+    ));
+    assert!(
+        tcp(&by_name, "y/a", "x/a", 80) && !tcp(&by_name, "x/b", "x/a", 80),
+        "the name label, always there"
+    );
+    let by_ns = cluster(&policy(
+        "x",
+        "  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {ns: y}}}]}]\n",
+    ));
+    assert!(tcp(&by_ns, "y/a", "x/a", 80) && tcp(&by_ns, "y/b", "x/a", 80));
+    assert!(!tcp(&by_ns, "x/b", "x/a", 80));
+    let both = cluster(&policy(
+        "x",
+        "  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {ns: y}}, podSelector: {matchLabels: {pod: b}}}]}]\n",
+    ));
+    assert!(tcp(&both, "y/b", "x/a", 80));
+    assert!(!tcp(&both, "y/a", "x/a", 80) && !tcp(&both, "x/b", "x/a", 80));
+    let block = cluster(&policy(
+        "x",
+        "  podSelector: {}\n  policyTypes: [Egress]\n  egress: [{to: [{ipBlock: {cidr: 192.168.0.0/16, except: [192.168.1.0/24]}}]}]\n",
+    ));
+    assert!(tcp(&block, "x/a", "192.168.2.5", 443));
+    assert!(!tcp(&block, "x/a", "192.168.1.5", 443), "except");
+    assert!(!tcp(&block, "x/a", "y/a", 80));
+}
+
+#[test]
+fn ports_protocols_named_ports_and_ranges() {
+    let tcp80 = cluster(&policy(
+        "x",
+        "  podSelector: {}\n  ingress: [{ports: [{port: 80}]}]\n",
+    ));
+    assert!(tcp(&tcp80, "y/a", "x/a", 80));
+    assert!(!tcp(&tcp80, "y/a", "x/a", 81));
+    assert!(
+        !tcp80.allows(ip("y/a"), ip("x/a"), Protocol::Udp, 80),
+        "a TCP rule never opens UDP"
+    );
+    let sctp = cluster(&policy(
+        "x",
+        "  podSelector: {}\n  ingress: [{ports: [{protocol: SCTP, port: 80}]}]\n",
+    ));
+    assert!(
+        !tcp(&sctp, "y/a", "x/a", 80),
+        "an SCTP-only policy still isolates TCP"
+    );
+    let named = cluster(&policy(
+        "x",
+        "  podSelector: {}\n  ingress: [{ports: [{port: serve-80}, {protocol: UDP, port: serve-81}]}]\n",
+    ));
+    assert!(tcp(&named, "y/a", "x/a", 80));
+    assert!(named.allows(ip("y/a"), ip("x/a"), Protocol::Udp, 81));
+    assert!(!named.allows(ip("y/a"), ip("x/a"), Protocol::Udp, 80));
+    let egress_named = cluster(&policy(
+        "x",
+        "  podSelector: {}\n  policyTypes: [Egress]\n  egress: [{ports: [{port: serve-80}]}]\n",
+    ));
+    assert!(tcp(&egress_named, "x/a", "y/b", 80), "resolved on the peer pod");
+    assert!(!tcp(&egress_named, "x/a", "192.168.9.9", 80), "no pod, no name");
+    let block_named = cluster(&policy(
+        "x",
+        "  podSelector: {}\n  policyTypes: [Egress]\n  egress: [{to: [{ipBlock: {cidr: 10.0.1.0/24}}], ports: [{port: serve-80}]}]\n",
+    ));
+    assert!(
+        tcp(&block_named, "x/a", "y/b", 80),
+        "named port on a pod inside the block"
+    );
+    assert!(!tcp(&block_named, "x/a", "x/b", 80), "outside the block");
+    let range = cluster(&policy(
+        "x",
+        "  podSelector: {}\n  ingress: [{ports: [{port: 80, endPort: 81}]}]\n",
+    ));
+    assert!(tcp(&range, "y/a", "x/a", 81) && !tcp(&range, "y/a", "x/a", 82));
+}
+
+#[test]
+fn policies_union() {
+    let two = policy(
+        "x",
+        "  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{podSelector: {matchLabels: {pod: b}}}]}]\n",
+    ) + &policy(
+        "x",
+        "  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {ns: y}}}], ports: [{port: 81}]}]\n",
+    );
+    let union = cluster(&two);
+    assert!(tcp(&union, "x/b", "x/a", 80));
+    assert!(tcp(&union, "y/a", "x/a", 81) && !tcp(&union, "y/a", "x/a", 80));
+}
+
+#[test]
+fn ports_the_api_server_refuses_make_their_rule_admit_nothing() {
+    for bad in [
+        "{port: 90, endPort: 85}",
+        "{port: 90, endPort: 70000}",
+        "{port: 0}",
+        "{port: 70000}",
+        "{port: serve-80, endPort: 90}",
+        "{endPort: 90}",
+        "{port: 80, protocol: ICMP}",
+    ] {
+        // A good port beside the bad one opens nothing either.
+        let (compiled, problems) = cluster_with_problems(&policy(
+            "x",
+            &format!(
+                "  podSelector: {{matchLabels: {{pod: a}}}}\n  ingress: [{{ports: [{{port: 81, protocol: UDP}}, {bad}]}}]\n"
+            ),
+        ));
+        assert_eq!(problems.len(), 1, "{bad}: {problems:?}");
+        assert!(
+            problems[0].to_string().contains("admits nothing"),
+            "{}",
+            problems[0]
+        );
+        let (a, b) = (ip("x/a"), ip("x/b"));
+        assert!(
+            !compiled.allows(b, a, Protocol::Udp, 81),
+            "{bad}: the rule still opened 81/UDP"
+        );
+        assert!(!compiled.allows(b, a, Protocol::Tcp, 90), "{bad}");
+        assert!(compiled.allows(a, b, Protocol::Tcp, 90), "x/b is not isolated");
+    }
+}
