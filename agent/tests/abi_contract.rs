@@ -95,10 +95,10 @@ fn the_object_has_the_socket_hooks_at_their_attach_points() {
 fn reason_and_direction_codes_round_trip() {
     for reason in Reason::ALL {
         assert_eq!(Reason::try_from(reason as u8), Ok(reason));
-        let (dir, code) = metrics_slot(metrics_index(Dir::ToNetdev, reason));
+        let (dir, code) = metrics_slot(metrics_index(Dir::Socket, reason));
         assert_eq!(
             (Dir::try_from(dir), Reason::try_from(code)),
-            (Ok(Dir::ToNetdev), Ok(reason))
+            (Ok(Dir::Socket), Ok(reason))
         );
     }
     assert_eq!(
@@ -107,7 +107,7 @@ fn reason_and_direction_codes_round_trip() {
     );
     assert_eq!(Reason::describe_code(255), "unknown");
     assert!(
-        (metrics_index(Dir::ToNetdev, Reason::Untracked)) < weir_common::maps::METRICS_ENTRIES,
+        (metrics_index(Dir::Socket, Reason::Untracked)) < weir_common::maps::METRICS_ENTRIES,
         "every (direction, reason) has a slot in the metrics map"
     );
 }

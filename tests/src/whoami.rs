@@ -220,7 +220,21 @@ fn bound_stream(from: SocketAddr, to: SocketAddr) -> std::io::Result<TcpStream> 
         &TimeVal::new(TIMEOUT.as_secs() as _, 0),
     )?;
     bind(fd.as_raw_fd(), &SockaddrStorage::from(from))?;
-    connect(fd.as_raw_fd(), &SockaddrStorage::from(to))?;
+    // connect() refuses a 4-tuple the namespace still holds (EADDRNOTAVAIL,
+    // decided locally, before any packet): the previous connection of the same
+    // tuple, reset an instant ago, can still be on its way out on a loaded
+    // machine. A test that reuses a port on purpose waits for it; the
+    // datapath has not seen this connection yet.
+    let mut tries = 0;
+    loop {
+        match connect(fd.as_raw_fd(), &SockaddrStorage::from(to)) {
+            Err(nix::errno::Errno::EADDRNOTAVAIL) if tries < 20 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            other => break other?,
+        }
+    }
     Ok(TcpStream::from(fd))
 }
 

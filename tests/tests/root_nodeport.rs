@@ -418,6 +418,20 @@ fn node_processes_reach_services_through_socket_hooks(kind: SourceKind) {
     let err =
         ask_tcp(node_a, SocketAddr::new("10.96.0.37".parse().expect("ip"), 80)).expect_err("no endpoints");
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+    // What the hooks did is counted, as the TC programs' packets are.
+    let metrics = c.agents[0].weirctl(&["metrics"]);
+    let socket = |reason: &str| {
+        metrics
+            .as_array()
+            .expect("rows")
+            .iter()
+            .find(|r| r["direction"] == "socket" && r["reason"] == reason)
+            .map_or(0, |r| r["packets"].as_u64().expect("packets"))
+    };
+    // Every socket connected to a backend: 20 TCP, 20 UDP (connected: their
+    // datagrams need no hook of their own), the getpeername one, 3 NodePorts.
+    assert!(socket("forwarded") >= 44, "{metrics:#}");
+    assert!(socket("service without endpoints (rejected)") >= 1, "{metrics:#}");
     // Outside the cluster (the external host shares the cgroup the hooks are
     // attached to, not the node's namespace) a ClusterIP is nothing.
     assert!(

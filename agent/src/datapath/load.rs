@@ -47,6 +47,7 @@ impl Datapath {
             loader.map_pin_path(spec.name, pins.map(spec.name));
         }
         let mut ebpf = loader.load(OBJECT)?;
+        remove_retired(&pins);
         for name in CLASSIFIERS {
             classifier(&mut ebpf, name)?
                 .load()
@@ -121,4 +122,21 @@ where
 {
     let map = ebpf.take_map(name).ok_or(DatapathError::MissingMap { name })?;
     T::try_from(map).map_err(|source| DatapathError::Map { name, source })
+}
+
+/// Removes the pins of maps no program of this version uses
+/// ([`weir_common::maps::RETIRED`]). An older agent's programs still attached
+/// keep their maps alive until the new ones replace them; a pin that cannot be
+/// removed is only reported.
+fn remove_retired(pins: &PinLayout) {
+    for name in weir_common::maps::RETIRED {
+        let path = pins.map(name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => tracing::info!(map = name, "removed the pin of a retired map"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(map = name, path = %path.display(), error = %e, "cannot remove a retired map's pin")
+            }
+        }
+    }
 }

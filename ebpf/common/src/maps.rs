@@ -25,7 +25,7 @@ macro_rules! map_names {
 
 map_names! { $
     /// Packets and bytes per (direction, reason), per CPU ([`crate::MetricValue`]).
-    METRICS = "weir_metrics_v2";
+    METRICS = "weir_metrics_v3";
     /// The node's pods, by address: where each one's veth is
     /// ([`crate::EndpointKey`] -> [`crate::EndpointInfo`]).
     ENDPOINTS = "weir_endp_v1";
@@ -75,6 +75,14 @@ map_names! { $
     EVENTS = "weir_events_v1";
 }
 
+/// Maps of earlier layouts, no longer used by any program of this version:
+/// their pins are removed once this version's datapath is loaded (the programs
+/// of an older agent still attached keep them alive until they are replaced).
+pub const RETIRED: [&str; 1] = [
+    // Four directions; the socket hooks' counters came with v3.
+    "weir_metrics_v2",
+];
+
 // Sizes. Hash maps of the load balancer are allocated as used; the rest are
 // preallocated by the kernel.
 
@@ -98,6 +106,7 @@ pub const CONNTRACK_ENTRIES: u32 = 524_288;
 /// Frontends using Maglev (each table is 64 KiB; the map is not preallocated).
 pub const MAGLEV_ENTRIES: u32 = 4_096;
 
-/// Entries of [`METRICS`]: one slot per (direction, reason).
-pub const METRICS_ENTRIES: u32 = 4 * 256;
+/// Entries of [`METRICS`]: one slot per (direction, reason), room for 8
+/// directions.
+pub const METRICS_ENTRIES: u32 = 8 * 256;
 pub const ENDPOINTS_ENTRIES: u32 = 65_536;

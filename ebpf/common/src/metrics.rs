@@ -13,6 +13,10 @@ pub enum Dir {
     FromNetdev = 2,
     /// TC egress on a node device: leaving the node.
     ToNetdev = 3,
+    /// A socket hook of the node's own processes: sockets connected (or
+    /// datagrams sent) to a backend instead of a frontend, refused, and
+    /// replies made to come from the frontend; counted once each, no bytes.
+    Socket = 4,
 }
 
 impl Dir {
@@ -22,6 +26,7 @@ impl Dir {
             Dir::ToPod => "to-pod",
             Dir::FromNetdev => "from-netdev",
             Dir::ToNetdev => "to-netdev",
+            Dir::Socket => "socket",
         }
     }
 }
@@ -35,6 +40,7 @@ impl TryFrom<u8> for Dir {
             1 => Dir::ToPod,
             2 => Dir::FromNetdev,
             3 => Dir::ToNetdev,
+            4 => Dir::Socket,
             _ => return Err(code),
         })
     }

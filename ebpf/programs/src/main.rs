@@ -1,7 +1,7 @@
 //! Weir's TC programs on the host side of each pod's veth.
 //!
 //! Entry points are thin: `try_*` computes a verdict or a drop reason, and the
-//! entry point counts it in `weir_metrics_v2` before returning it to TC.
+//! entry point counts it in the metrics map before returning it to TC.
 #![no_std]
 #![no_main]
 #![expect(
@@ -233,12 +233,9 @@ fn try_from_pod<F: Lb>(ctx: &TcContext) -> Result<Action, Reason> {
     // A pod sends from its own address: anything else would pass for another
     // pod in everyone's policies (its veth is where that address lives). Its
     // IPv6 link-local address, which stays on the link, is the exception.
-    // SAFETY: valid for this run (both).
+    // SAFETY: valid for this run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    if !F::link_scope(&flow.saddr)
-        && unsafe { endpoints::ENDPOINTS.get(&endpoints::key::<F>(&flow.saddr)) }
-            .is_none_or(|e| e.ifindex != ifindex)
-    {
+    if !F::link_scope(&flow.saddr) && endpoints::veth(&endpoints::key::<F>(&flow.saddr)) != Some(ifindex) {
         return Err(Reason::SpoofedSource);
     }
     if !judge {
@@ -279,12 +276,11 @@ fn try_from_pod<F: Lb>(ctx: &TcContext) -> Result<Action, Reason> {
     // host's stack instead (`NODE_F_HOST_STACK`), only a hairpinned packet goes
     // straight back: it comes from the hairpin address, which that filter
     // would refuse on the veth it returns by.
-    // SAFETY: valid for this run.
-    if let Some(ep) = unsafe { endpoints::ENDPOINTS.get(&endpoints::key::<F>(&flow.daddr)) }
-        && (!host_stack || ep.ifindex == ifindex)
+    if let Some(veth) = endpoints::veth(&endpoints::key::<F>(&flow.daddr))
+        && (!host_stack || veth == ifindex)
     {
         // SAFETY: no preconditions; the verdict says where the packet goes.
-        let tc = unsafe { bpf_redirect_neigh(ep.ifindex, core::ptr::null_mut(), 0, 0) } as i32;
+        let tc = unsafe { bpf_redirect_neigh(veth, core::ptr::null_mut(), 0, 0) } as i32;
         return Ok(Action::forward(tc));
     }
     Ok(Action::forward(TC_ACT_OK))

@@ -32,14 +32,15 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use weir_common::{
-    CT_F_HAIRPIN, CtKey, Dir, DropEvent, EndpointKey, IDENTITY_ANY, IDENTITY_WORLD, IPCACHE_PREFIX_BITS,
-    IPPROTO_TCP, IpcacheKey, PCT_F_CLOSING, PCT_F_EGRESS, PCT_F_INGRESS, POLICY_F_EGRESS, POLICY_F_INGRESS,
-    POLICY_PREFIX_FULL, PolicyCtValue, PolicyEndpoint, PolicyKey, PolicyShare, Reason, maps,
+    CT_F_HAIRPIN, CT_OUT, CtKey, Dir, DropEvent, EndpointKey, IDENTITY_ANY, IDENTITY_WORLD,
+    IPCACHE_PREFIX_BITS, IPPROTO_TCP, IpcacheKey, PCT_F_CLOSING, PCT_F_EGRESS, PCT_F_INGRESS,
+    POLICY_F_EGRESS, POLICY_F_INGRESS, POLICY_PREFIX_FULL, PolicyCtValue, PolicyEndpoint, PolicyKey,
+    PolicyShare, Reason, maps,
 };
 
 use crate::{
     endpoints,
-    lb::{ct, maps::NODE_IPS},
+    lb::ct::{self, Tuple},
     metrics,
     packet::{self, Family, Flow, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
@@ -105,7 +106,7 @@ pub enum Known {
 /// reverse tuple.
 #[inline(always)]
 pub fn known<F: Family>(key: &mut CtKey, flow: &Flow<F>, side: Side, now: u64) -> Known {
-    fill(key, flow, false);
+    ct::fill_key(key, flow, Tuple::AsSent, CT_OUT);
     if let Some(v) = live(key, now)
         // SAFETY: a pointer into the map's value, valid for this run.
         && unsafe { (*v).flags } & side_flag(side) != 0
@@ -114,7 +115,7 @@ pub fn known<F: Family>(key: &mut CtKey, flow: &Flow<F>, side: Side, now: u64) -
         refresh(v, flow, now);
         return Known::Admitted;
     }
-    fill(key, flow, true);
+    ct::fill_key(key, flow, Tuple::AsReply, CT_OUT);
     if let Some(v) = live(key, now) {
         refresh(v, flow, now);
         return Known::Reply;
@@ -184,13 +185,13 @@ pub fn judge<F: Family>(
         report(flow, ep, identity, reason);
         // What the other side admitted dies with the flow here: it must not
         // stand as a flow whose replies pass.
-        fill(key, flow, false);
+        ct::fill_key(key, flow, Tuple::AsSent, CT_OUT);
         let _ = POLICY_CT.remove(&*key);
         return Err(reason);
     }
     // Recorded even where this side is not isolated: the reply must pass the
     // other direction's isolation.
-    fill(key, flow, false);
+    ct::fill_key(key, flow, Tuple::AsSent, CT_OUT);
     let flag = side_flag(side);
     if let Some(v) = POLICY_CT.get_ptr_mut(&*key) {
         // SAFETY: a pointer into the map's value, valid for this run; a racing
@@ -375,8 +376,7 @@ fn identity<F: Family>(addr: &F::Addr) -> u32 {
 
 #[inline(always)]
 fn is_node_address<F: Family>(addr: &F::Addr) -> bool {
-    // SAFETY: valid for this run.
-    unsafe { NODE_IPS.get(&endpoints::key::<F>(addr)) }.is_some()
+    endpoints::is_node(&endpoints::key::<F>(addr))
 }
 
 #[inline(always)]
@@ -417,26 +417,6 @@ fn side_flag(side: Side) -> u8 {
     } else {
         PCT_F_INGRESS
     }
-}
-
-/// The flow's key as the packet goes (`reverse`: as its reply would).
-#[inline(always)]
-fn fill<F: Family>(k: &mut CtKey, flow: &Flow<F>, reverse: bool) {
-    if reverse {
-        F::widen(&flow.daddr, &mut k.saddr);
-        F::widen(&flow.saddr, &mut k.daddr);
-        k.sport = flow.dport;
-        k.dport = flow.sport;
-    } else {
-        F::widen(&flow.saddr, &mut k.saddr);
-        F::widen(&flow.daddr, &mut k.daddr);
-        k.sport = flow.sport;
-        k.dport = flow.dport;
-    }
-    k.proto = flow.proto;
-    k.family = F::AF;
-    k.dir = 0;
-    k._pad = 0;
 }
 
 #[inline(always)]

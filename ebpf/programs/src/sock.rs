@@ -18,13 +18,17 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use weir_common::{
-    AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_F_DROP_EMPTY,
-    SVC_F_NODEPORT, SVC_F_TWO_SCOPES, ServiceKey, SockRevKey, SockRevValue, maps,
+    Dir, IPPROTO_TCP, IPPROTO_UDP, NodeAddrs, Reason, SVC_F_NODEPORT, SockRevKey, SockRevValue, maps,
 };
 
-use crate::lb::{
-    maps::{BACKENDS, NODE, SERVICES},
-    select,
+use crate::{
+    lb::{
+        frontend::{self, Empty},
+        maps::{BACKENDS, NODE},
+        select,
+    },
+    metrics,
+    packet::{Family, V4, V6},
 };
 
 bpf_map! {
@@ -38,91 +42,132 @@ const ETIMEDOUT: i32 = 110;
 
 #[cgroup_sock_addr(connect4)]
 pub fn sock_connect4(ctx: SockAddrContext) -> i32 {
-    to_backend(&ctx, AF_INET, false)
+    to_backend::<V4>(&ctx, false)
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn sock_connect6(ctx: SockAddrContext) -> i32 {
-    to_backend(&ctx, AF_INET6, false)
+    to_backend::<V6>(&ctx, false)
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn sock_sendmsg4(ctx: SockAddrContext) -> i32 {
-    to_backend(&ctx, AF_INET, true)
+    to_backend::<V4>(&ctx, true)
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn sock_sendmsg6(ctx: SockAddrContext) -> i32 {
-    to_backend(&ctx, AF_INET6, true)
+    to_backend::<V6>(&ctx, true)
 }
 
 #[cgroup_sock_addr(recvmsg4)]
 pub fn sock_recvmsg4(ctx: SockAddrContext) -> i32 {
-    from_frontend(&ctx, AF_INET)
+    from_frontend::<V4>(&ctx)
 }
 
 #[cgroup_sock_addr(recvmsg6)]
 pub fn sock_recvmsg6(ctx: SockAddrContext) -> i32 {
-    from_frontend(&ctx, AF_INET6)
+    from_frontend::<V6>(&ctx)
 }
 
 /// `getpeername` on a translated socket names the frontend it dialled.
 #[cgroup_sock_addr(getpeername4)]
 pub fn sock_peer4(ctx: SockAddrContext) -> i32 {
-    from_frontend(&ctx, AF_INET)
+    from_frontend::<V4>(&ctx)
 }
 
 #[cgroup_sock_addr(getpeername6)]
 pub fn sock_peer6(ctx: SockAddrContext) -> i32 {
-    from_frontend(&ctx, AF_INET6)
+    from_frontend::<V6>(&ctx)
 }
 
-/// The socket address the call names, in the maps' form: (address, port BE).
-#[inline(always)]
-fn read(ctx: &SockAddrContext, family: u8, addr: &mut [u8; 16]) -> u16 {
-    // SAFETY: the context pointer is valid for this run; word loads as the
-    // verifier wants them.
-    unsafe {
-        let sa = ctx.sock_addr;
-        if family == AF_INET {
+/// How a family's socket address reads and writes (`struct bpf_sock_addr`'s
+/// `user_ip4` or `user_ip6`).
+trait SockAddr: Family {
+    /// The address the call names, in the maps' form; returns the port (BE).
+    fn read(ctx: &SockAddrContext, addr: &mut [u8; 16]) -> u16;
+    fn write(ctx: &SockAddrContext, addr: &[u8; 16], port: u16);
+    fn is_loopback(addr: &[u8; 16]) -> bool;
+}
+
+impl SockAddr for V4 {
+    #[inline(always)]
+    fn read(ctx: &SockAddrContext, addr: &mut [u8; 16]) -> u16 {
+        // SAFETY: the context pointer is valid for this run; word loads as the
+        // verifier wants them.
+        unsafe {
+            let sa = ctx.sock_addr;
             addr[..4].copy_from_slice(&(*sa).user_ip4.to_ne_bytes());
-        } else {
-            for i in 0..4 {
-                addr[i * 4..i * 4 + 4].copy_from_slice(&(*sa).user_ip6[i].to_ne_bytes());
-            }
+            (*sa).user_port as u16
         }
-        (*sa).user_port as u16
+    }
+
+    #[inline(always)]
+    fn write(ctx: &SockAddrContext, addr: &[u8; 16], port: u16) {
+        // SAFETY: as in `read`; these fields are writable from these hooks.
+        unsafe {
+            let sa = ctx.sock_addr;
+            (*sa).user_ip4 = u32::from_ne_bytes([addr[0], addr[1], addr[2], addr[3]]);
+            (*sa).user_port = u32::from(port);
+        }
+    }
+
+    #[inline(always)]
+    fn is_loopback(addr: &[u8; 16]) -> bool {
+        addr[0] == 127
     }
 }
 
-#[inline(always)]
-fn write(ctx: &SockAddrContext, family: u8, addr: &[u8; 16], port: u16) {
-    // SAFETY: as in `read`; these fields are writable from these hooks.
-    unsafe {
-        let sa = ctx.sock_addr;
-        if family == AF_INET {
-            (*sa).user_ip4 = u32::from_ne_bytes([addr[0], addr[1], addr[2], addr[3]]);
-        } else {
+impl SockAddr for V6 {
+    #[inline(always)]
+    fn read(ctx: &SockAddrContext, addr: &mut [u8; 16]) -> u16 {
+        // SAFETY: as for V4.
+        unsafe {
+            let sa = ctx.sock_addr;
+            for i in 0..4 {
+                addr[i * 4..i * 4 + 4].copy_from_slice(&(*sa).user_ip6[i].to_ne_bytes());
+            }
+            (*sa).user_port as u16
+        }
+    }
+
+    #[inline(always)]
+    fn write(ctx: &SockAddrContext, addr: &[u8; 16], port: u16) {
+        // SAFETY: as for V4.
+        unsafe {
+            let sa = ctx.sock_addr;
             for i in 0..4 {
                 (*sa).user_ip6[i] =
                     u32::from_ne_bytes([addr[i * 4], addr[i * 4 + 1], addr[i * 4 + 2], addr[i * 4 + 3]]);
             }
+            (*sa).user_port = u32::from(port);
         }
-        (*sa).user_port = u32::from(port);
+    }
+
+    #[inline(always)]
+    fn is_loopback(addr: &[u8; 16]) -> bool {
+        addr[..15].iter().all(|b| *b == 0) && addr[15] == 1
     }
 }
 
 /// Whether the socket lives in this node's network namespace.
 #[inline(always)]
-fn ours(ctx: &SockAddrContext) -> Option<&'static weir_common::NodeAddrs> {
+fn ours(ctx: &SockAddrContext) -> Option<&'static NodeAddrs> {
     let node = NODE.get(0)?;
     // SAFETY: valid for this context type.
     let cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
     (node.netns_cookie != 0 && cookie == node.netns_cookie).then_some(node)
 }
 
+/// Counts what a hook did to a socket (`weirctl metrics`, direction
+/// `socket`): the packets column counts sockets and datagrams, bytes stay 0.
 #[inline(always)]
-fn to_backend(ctx: &SockAddrContext, family: u8, datagram_only: bool) -> i32 {
+fn count(reason: Reason) {
+    metrics::note(0, Dir::Socket, reason);
+}
+
+#[inline(always)]
+fn to_backend<F: SockAddr>(ctx: &SockAddrContext, datagram_only: bool) -> i32 {
     let Some(node) = ours(ctx) else {
         return ALLOW;
     };
@@ -131,52 +176,34 @@ fn to_backend(ctx: &SockAddrContext, family: u8, datagram_only: bool) -> i32 {
     if (proto != IPPROTO_TCP && proto != IPPROTO_UDP) || (datagram_only && proto != IPPROTO_UDP) {
         return ALLOW;
     }
-    let mut key = ServiceKey {
-        port: 0,
-        slot: 0,
-        proto,
-        family,
-        scope: SCOPE_EXTERNAL,
-        ..ServiceKey::default()
-    };
-    key.port = read(ctx, family, &mut key.addr);
-    // SAFETY: valid for this run.
-    let mut svc = match unsafe { SERVICES.get(&key) } {
-        Some(svc) => *svc,
-        None => {
-            // `127.0.0.1:nodePort` (`[::1]:nodePort`): the node's own NodePort.
-            if !is_loopback(family, &key.addr) {
-                return ALLOW;
-            }
-            key.addr
-                .copy_from_slice(if family == AF_INET { &node.v4 } else { &node.v6 });
-            // SAFETY: valid for this run.
-            match unsafe { SERVICES.get(&key) } {
-                Some(svc) if svc.flags & SVC_F_NODEPORT != 0 => *svc,
+    let mut key = frontend::key::<F>(0, proto);
+    key.port = F::read(ctx, &mut key.addr);
+    let svc = match frontend::lookup(&key) {
+        Some(svc) => svc,
+        // `127.0.0.1:nodePort` (`[::1]:nodePort`): the node's own NodePort.
+        None if F::is_loopback(&key.addr) => {
+            key.addr.copy_from_slice(frontend::node_addr::<F>(node));
+            match frontend::lookup(&key) {
+                Some(svc) if svc.flags & SVC_F_NODEPORT != 0 => svc,
                 _ => return ALLOW,
             }
         }
+        None => return ALLOW,
     };
-    // The node is inside the cluster: the cluster-wide entry of a frontend whose
-    // external one keeps to local endpoints.
-    if svc.flags & SVC_F_TWO_SCOPES != 0 {
-        key.scope = SCOPE_INTERNAL;
-        // SAFETY: valid for this run.
-        match unsafe { SERVICES.get(&key) } {
-            Some(internal) => svc = *internal,
-            None => return ALLOW,
-        }
-    }
-    if svc.count == 0 {
-        // Endpoints only on other nodes (internalTrafficPolicy Local): kube-proxy
-        // drops, and the caller times out; here it learns so at once, and the
-        // ClusterIP does not leave the node untranslated. Otherwise as kube-proxy's
-        // REJECT: "connection refused".
-        let errno = if svc.flags & SVC_F_DROP_EMPTY != 0 {
-            ETIMEDOUT
-        } else {
-            ECONNREFUSED
+    // The node is inside the cluster.
+    let Ok(svc) = frontend::inside(&mut key, svc) else {
+        count(Reason::BackendMissing);
+        return ALLOW;
+    };
+    if let Some(empty) = frontend::empty(&svc) {
+        // Dropped by kube-proxy, and the caller would time out: here it
+        // learns so at once, and the ClusterIP does not leave the node
+        // untranslated. Rejected: "connection refused", as kube-proxy's REJECT.
+        let (errno, reason) = match empty {
+            Empty::Drop => (ETIMEDOUT, Reason::NoLocalBackend),
+            Empty::Reject => (ECONNREFUSED, Reason::NoBackend),
         };
+        count(reason);
         // SAFETY: no preconditions.
         unsafe { bpf_set_retval(-errno) };
         return 0;
@@ -186,12 +213,13 @@ fn to_backend(ctx: &SockAddrContext, family: u8, datagram_only: bool) -> i32 {
         .ok()
         .and_then(|id| unsafe { BACKENDS.get(&id) })
     else {
+        count(Reason::BackendMissing);
         return ALLOW;
     };
     // Remembered for replies (UDP) and `getpeername` (both).
     {
         let mut rev = SockRevKey {
-            family,
+            family: F::AF,
             ..SockRevKey::default()
         };
         // SAFETY: valid for this context type.
@@ -202,39 +230,32 @@ fn to_backend(ctx: &SockAddrContext, family: u8, datagram_only: bool) -> i32 {
             port: key.port,
             ..SockRevValue::default()
         };
-        read(ctx, family, &mut front.addr);
+        F::read(ctx, &mut front.addr);
         // Best effort: without it, replies show the backend's address.
         let _ = SOCK_REV.insert(&rev, &front, 0);
     }
-    write(ctx, family, &backend.addr, backend.port);
+    F::write(ctx, &backend.addr, backend.port);
+    count(Reason::Forwarded);
     ALLOW
 }
 
 /// A datagram received on a socket we translated at send: from the frontend.
 #[inline(always)]
-fn from_frontend(ctx: &SockAddrContext, family: u8) -> i32 {
+fn from_frontend<F: SockAddr>(ctx: &SockAddrContext) -> i32 {
     if ours(ctx).is_none() {
         return ALLOW;
     }
     let mut rev = SockRevKey {
-        family,
+        family: F::AF,
         ..SockRevKey::default()
     };
     // SAFETY: valid for this context type.
     rev.cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    rev.port = read(ctx, family, &mut rev.addr);
+    rev.port = F::read(ctx, &mut rev.addr);
     // SAFETY: valid for this run.
     if let Some(front) = unsafe { SOCK_REV.get(&rev) } {
-        write(ctx, family, &front.addr, front.port);
+        F::write(ctx, &front.addr, front.port);
+        count(Reason::Forwarded);
     }
     ALLOW
-}
-
-#[inline(always)]
-fn is_loopback(family: u8, addr: &[u8; 16]) -> bool {
-    if family == AF_INET {
-        addr[0] == 127
-    } else {
-        addr[..15].iter().all(|b| *b == 0) && addr[15] == 1
-    }
 }

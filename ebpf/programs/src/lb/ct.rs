@@ -16,14 +16,31 @@ use crate::packet::{Family, Flow, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, wide_eq};
 
 const NS: u64 = 1_000_000_000;
 
+/// Which way a key reads a flow's tuple.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Tuple {
+    /// As the packet goes.
+    AsSent,
+    /// As its reply would go: addresses and ports swapped.
+    AsReply,
+}
+
 /// Writes the key of `flow`'s tuple in place (also into map memory: see
-/// `lb::track`).
+/// `lb::track`). The one place a conntrack key is filled from a packet: the
+/// load balancer's (`dir`: `CT_OUT`, `CT_IN`) and policy's (`CT_OUT`).
 #[inline(always)]
-pub fn fill_key<F: Family>(k: &mut CtKey, flow: &Flow<F>, dir: u8) {
-    F::widen(&flow.saddr, &mut k.saddr);
-    F::widen(&flow.daddr, &mut k.daddr);
-    k.sport = flow.sport;
-    k.dport = flow.dport;
+pub fn fill_key<F: Family>(k: &mut CtKey, flow: &Flow<F>, tuple: Tuple, dir: u8) {
+    if tuple == Tuple::AsReply {
+        F::widen(&flow.daddr, &mut k.saddr);
+        F::widen(&flow.saddr, &mut k.daddr);
+        k.sport = flow.dport;
+        k.dport = flow.sport;
+    } else {
+        F::widen(&flow.saddr, &mut k.saddr);
+        F::widen(&flow.daddr, &mut k.daddr);
+        k.sport = flow.sport;
+        k.dport = flow.dport;
+    }
     k.proto = flow.proto;
     k.family = F::AF;
     k.dir = dir;
@@ -79,15 +96,7 @@ pub fn yield_reply_tuple<F: Family>(s: &mut Scratch, flow: &Flow<F>) {
     if flow.proto != IPPROTO_UDP {
         return;
     }
-    let k = &mut s.in_key;
-    F::widen(&flow.daddr, &mut k.saddr);
-    F::widen(&flow.saddr, &mut k.daddr);
-    k.sport = flow.dport;
-    k.dport = flow.sport;
-    k.proto = flow.proto;
-    k.family = F::AF;
-    k.dir = CT_IN;
-    k._pad = 0;
+    fill_key(&mut s.in_key, flow, Tuple::AsReply, CT_IN);
     // SAFETY: valid for this run.
     if let Some(reply) = unsafe { CONNTRACK.get(&s.in_key) }
         // A source-NATed flow's replies go to the node's address: no pod's.

@@ -3,9 +3,16 @@
 //! their backend, and a new flow to a frontend gets one (or is rejected when there
 //! is none). What a pod receives (TC egress): replies from backends on other nodes
 //! are reverse-translated. Everything else passes untouched.
+//!
+//! Every hook takes the same steps, written once here: [`established`] (a
+//! packet of a flow translated before), [`reply`] (a backend's answer to one),
+//! [`choose`] (a new flow's frontend and backend, see [`frontend`]) and
+//! [`translate_new`] (record the pair, then source and destination NAT).
+//! `external` takes them for traffic entering the node from outside.
 
 pub mod ct;
 mod external;
+pub mod frontend;
 pub mod maps;
 mod nat;
 mod reject;
@@ -15,11 +22,14 @@ pub use self::external::from_netdev;
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
 use weir_common::{
-    Backend, CT_F_CLOSING, CT_F_EXTERNAL, CT_F_HAIRPIN, CT_F_SNAT, CT_IN, CT_OUT, Reason, SCOPE_EXTERNAL,
-    SCOPE_INTERNAL, SVC_F_DROP_EMPTY, SVC_F_TWO_SCOPES, Scratch, ServiceKey,
+    Backend, CT_F_CLOSING, CT_F_EXTERNAL, CT_F_HAIRPIN, CT_F_SNAT, CT_IN, CT_OUT, Reason, Scratch,
 };
 
-use self::maps::{BACKENDS, CONNTRACK, SCRATCH, SERVICES};
+use self::{
+    ct::Tuple,
+    frontend::Empty,
+    maps::{BACKENDS, CONNTRACK, SCRATCH},
+};
 use crate::{
     metrics::Action,
     packet::{Family, Flow},
@@ -48,64 +58,13 @@ pub fn scratch() -> Result<&'static mut Scratch, Reason> {
 pub fn to_pod<F: Lb>(ctx: &TcContext, flow: &mut Flow<F>) -> Result<(), Reason> {
     // SAFETY: no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    reverse(ctx, flow, scratch()?, now, false).map(|_| ())
-}
-
-/// Not a reply (see `reverse`).
-const NOT_A_REPLY: u8 = 0xff;
-
-/// A local backend's reply to a translated flow: make it come from the frontend
-/// (and, for a hairpinned flow, go back to the client). Returns the flow's
-/// `CT_F_*` flags, or [`NOT_A_REPLY`]. `host_stack` (`NODE_F_HOST_STACK`): a
-/// reply to a pod is recognised but left as it is, to be translated on the
-/// client's veth once the host's stack has delivered it there.
-#[inline(always)]
-fn reverse<F: Lb>(
-    ctx: &TcContext,
-    flow: &mut Flow<F>,
-    s: &mut Scratch,
-    now: u64,
-    host_stack: bool,
-) -> Result<u8, Reason> {
-    ct::fill_key(&mut s.in_key, flow, CT_IN);
-    // SAFETY: valid for this run.
-    let Some(reply) = (unsafe { CONNTRACK.get(&s.in_key) }) else {
-        return Ok(NOT_A_REPLY);
-    };
-    // Source-NATed flows have remote backends: their replies arrive on a node
-    // device (`external`), never here.
-    if reply.flags & CT_F_SNAT != 0 {
-        return Ok(NOT_A_REPLY);
-    }
-    // The pair lives by its CT_OUT entry (the rule the agent's GC applies too).
-    s.out_key = s.in_key.out_partner(reply);
-    let Some(entry) = ct::lookup(&s.out_key, now) else {
-        return Ok(NOT_A_REPLY);
-    };
-    // A reply entry speaks for its flow only while that flow is this one: its
-    // forward entry still sends to this backend (a reused tuple may have been
-    // sent elsewhere since), and it is not a new connection's handshake after
-    // the flow closed (the client reused its port to reach the backend
-    // directly: netfilter's rule, a SYN on a closing entry starts over).
-    if !ct::answers(entry, &s.in_key) || ct::is_reopened(entry, flow) {
-        let _ = CONNTRACK.remove(&s.in_key);
-        return Ok(NOT_A_REPLY);
-    }
-    if host_stack && reply.flags & (CT_F_EXTERNAL | CT_F_HAIRPIN) == 0 {
-        return Ok(reply.flags);
-    }
-    ct::refresh(entry, flow, now);
-    nat::snat(ctx, flow, &reply.nat_addr, reply.nat_port)?;
-    if reply.flags & CT_F_HAIRPIN != 0 {
-        let dport = flow.dport;
-        nat::dnat(ctx, flow, &reply.nat2_addr, dport)?;
-    }
-    Ok(reply.flags)
+    let from = Backends::Local { host_stack: false };
+    reply(ctx, flow, scratch()?, now, from).map(|_| ())
 }
 
 /// A packet a pod sends, translated in place: `Some(action)` when it has been
 /// answered (a rejection) or sent on (the reply of an external flow) here.
-/// `host_stack`: see [`reverse`].
+/// `host_stack`: see [`Backends::Local`].
 #[inline(always)]
 pub fn from_pod<F: Lb>(
     ctx: &TcContext,
@@ -116,95 +75,199 @@ pub fn from_pod<F: Lb>(
     let now = unsafe { bpf_ktime_get_ns() };
     let s = scratch()?;
 
-    // 1. A packet of a flow we translated: the same backend as before, even if the
-    //    service's endpoints have changed since.
-    ct::fill_key(&mut s.out_key, flow, CT_OUT);
-    if let Some(entry) = ct::lookup(&s.out_key, now)
-        && !ct::is_reuse(entry, flow)
-    {
-        ct::refresh(entry, flow, now);
-        // SAFETY: valid for this run.
-        let e = unsafe { &*entry };
-        if e.flags & CT_F_HAIRPIN != 0 {
-            let sport = flow.sport;
-            nat::snat(ctx, flow, &F::HAIRPIN, sport)?;
-        }
-        nat::dnat(ctx, flow, &e.nat_addr, e.nat_port)?;
-        flow.translated = true;
+    // 1. A packet of a flow we translated.
+    if established(ctx, flow, s, now, 0)? {
         return Ok(None);
     }
 
     // 2. A local backend answering a translated flow; an external client's
     //    answer now comes from a node address and is routed here.
-    match reverse(ctx, flow, s, now, host_stack)? {
-        NOT_A_REPLY => {}
-        flags if flags & CT_F_EXTERNAL != 0 => {
+    match reply(ctx, flow, s, now, Backends::Local { host_stack })? {
+        Reply::None | Reply::Orphan => {}
+        Reply::Of(flags) if flags & CT_F_EXTERNAL != 0 => {
             return route::forward(ctx, flow).map(|tc| Some(Action::forward(tc)));
         }
-        _ => return Ok(None),
+        Reply::Of(_) => return Ok(None),
     }
 
-    // 3. A new flow: is its destination a frontend?
-    let mut key = ServiceKey {
-        addr: [0; 16],
-        port: flow.dport,
-        slot: 0,
-        proto: flow.proto,
-        family: F::AF,
-        scope: SCOPE_EXTERNAL,
-        _pad: 0,
+    // 3. A new flow. A pod is inside the cluster: it gets a frontend's
+    //    cluster-wide entry.
+    let chosen = match choose(ctx, flow, s, now, true)? {
+        NewFlow::NotAFrontend => return Ok(None),
+        NewFlow::Answered(action) => return Ok(Some(action)),
+        NewFlow::Chosen(chosen) => chosen,
     };
-    F::widen(&flow.daddr, &mut key.addr);
-    // SAFETY: valid for this run.
-    let Some(svc) = (unsafe { SERVICES.get(&key) }) else {
-        ct::yield_reply_tuple(s, flow);
-        return Ok(None);
-    };
-    let mut svc = *svc;
-    // A pod is inside the cluster: where a frontend's traffic policies differ by
-    // client (externalTrafficPolicy: Local), it gets the cluster-wide entry.
-    if svc.flags & SVC_F_TWO_SCOPES != 0 {
-        key.scope = SCOPE_INTERNAL;
-        // SAFETY: valid for this run.
-        svc = *unsafe { SERVICES.get(&key) }.ok_or(Reason::BackendMissing)?;
+    // A pod reaching itself through its service: without a new source the reply
+    // would never leave the pod.
+    if F::is(&flow.saddr, &chosen.backend.addr) {
+        let snat = Snat {
+            addr: &F::HAIRPIN,
+            port: flow.sport,
+        };
+        translate_new(ctx, flow, s, &chosen, Some(snat), CT_F_HAIRPIN, now)
+    } else {
+        translate_new(ctx, flow, s, &chosen, None, 0, now)
     }
-    if svc.count == 0 {
-        // internalTrafficPolicy Local, endpoints only elsewhere: kube-proxy drops.
-        if svc.flags & SVC_F_DROP_EMPTY != 0 {
-            return Err(Reason::NoLocalBackend);
+    .map(|()| None)
+}
+
+/// A packet of a flow translated before goes to the same backend as before,
+/// even if the service's endpoints have changed since, from the same new
+/// source if it got one (hairpin, source NAT). `only`: `CT_F_*` flags the
+/// flow's entry must carry. Whether the packet was one.
+#[inline(always)]
+fn established<F: Lb>(
+    ctx: &TcContext,
+    flow: &mut Flow<F>,
+    s: &mut Scratch,
+    now: u64,
+    only: u8,
+) -> Result<bool, Reason> {
+    ct::fill_key(&mut s.out_key, flow, Tuple::AsSent, CT_OUT);
+    let Some(entry) = ct::lookup(&s.out_key, now) else {
+        return Ok(false);
+    };
+    // SAFETY: a pointer into the map's value, valid for this run.
+    let e = unsafe { &*entry };
+    if e.flags & only != only || ct::is_reuse(entry, flow) {
+        return Ok(false);
+    }
+    ct::refresh(entry, flow, now);
+    if e.flags & (CT_F_HAIRPIN | CT_F_SNAT) != 0 {
+        nat::snat(ctx, flow, &e.nat2_addr, e.nat2_port)?;
+    }
+    nat::dnat(ctx, flow, &e.nat_addr, e.nat_port)?;
+    flow.translated = true;
+    Ok(true)
+}
+
+/// Whose replies a hook reverse-translates.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Backends {
+    /// A pod's veth (and a node device's egress, for hostNetwork endpoints):
+    /// local backends' replies. `host_stack` (`NODE_F_HOST_STACK`): a reply to
+    /// a pod is recognised but left as it is, to be translated on the client's
+    /// veth once the host's stack has delivered it there.
+    Local { host_stack: bool },
+    /// A node device's ingress: remote backends' replies to flows source-NATed
+    /// to this node.
+    Remote,
+}
+
+/// What [`reply`] found.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reply {
+    /// Not the reply of a flow translated here.
+    None,
+    /// The reply of a source-NATed flow whose forward entry is gone: nothing
+    /// left to translate it to.
+    Orphan,
+    /// A reply, made to come from the frontend (and, hairpinned or
+    /// source-NATed, to go back to the client): its flow's `CT_F_*` flags.
+    Of(u8),
+}
+
+/// A backend's reply to a translated flow.
+#[inline(always)]
+fn reply<F: Lb>(
+    ctx: &TcContext,
+    flow: &mut Flow<F>,
+    s: &mut Scratch,
+    now: u64,
+    from: Backends,
+) -> Result<Reply, Reason> {
+    ct::fill_key(&mut s.in_key, flow, Tuple::AsSent, CT_IN);
+    // SAFETY: valid for this run.
+    let Some(reply) = (unsafe { CONNTRACK.get(&s.in_key) }) else {
+        return Ok(Reply::None);
+    };
+    // Source-NATed flows have remote backends, whose replies arrive on a node
+    // device; the others' arrive from a local backend.
+    let snat = reply.flags & CT_F_SNAT != 0;
+    if snat != (from == Backends::Remote) {
+        return Ok(Reply::None);
+    }
+    // The pair lives by its CT_OUT entry (the rule the agent's GC applies too).
+    s.out_key = s.in_key.out_partner(reply);
+    let Some(entry) = ct::lookup(&s.out_key, now) else {
+        return Ok(if snat { Reply::Orphan } else { Reply::None });
+    };
+    // A local backend's reply entry speaks for its flow only while that flow
+    // is this one: its forward entry still sends to this backend (a reused
+    // tuple may have been sent elsewhere since), and it is not a new
+    // connection's handshake after the flow closed (the client reused its port
+    // to reach the backend directly: netfilter's rule, a SYN on a closing entry
+    // starts over). A source-NATed flow's port is not reused while it lives.
+    if !snat && (!ct::answers(entry, &s.in_key) || ct::is_reopened(entry, flow)) {
+        let _ = CONNTRACK.remove(&s.in_key);
+        return Ok(Reply::None);
+    }
+    if from == (Backends::Local { host_stack: true }) && reply.flags & (CT_F_EXTERNAL | CT_F_HAIRPIN) == 0 {
+        return Ok(Reply::Of(reply.flags));
+    }
+    ct::refresh(entry, flow, now);
+    nat::snat(ctx, flow, &reply.nat_addr, reply.nat_port)?;
+    if reply.flags & (CT_F_HAIRPIN | CT_F_SNAT) != 0 {
+        nat::dnat(ctx, flow, &reply.nat2_addr, reply.nat2_port)?;
+    }
+    Ok(Reply::Of(reply.flags))
+}
+
+/// A new flow's backend.
+struct Chosen {
+    backend: &'static Backend,
+    backend_id: u32,
+    rev_nat_id: u32,
+    /// The frontend's `SVC_F_*`.
+    flags: u32,
+}
+
+/// What [`choose`] decided.
+enum NewFlow {
+    NotAFrontend,
+    /// Rejected: the client has been answered.
+    Answered(Action),
+    Chosen(Chosen),
+}
+
+/// A new flow: is its destination a frontend, and which backend serves it?
+/// `inside`: the client is inside the cluster (see [`frontend::inside`]).
+#[inline(always)]
+fn choose<F: Lb>(
+    ctx: &TcContext,
+    flow: &Flow<F>,
+    s: &mut Scratch,
+    now: u64,
+    inside: bool,
+) -> Result<NewFlow, Reason> {
+    let mut key = frontend::of_flow(flow);
+    let Some(mut svc) = frontend::lookup(&key) else {
+        ct::yield_reply_tuple(s, flow);
+        return Ok(NewFlow::NotAFrontend);
+    };
+    if inside {
+        svc = frontend::inside(&mut key, svc)?;
+    }
+    match frontend::empty(&svc) {
+        None => {}
+        Some(Empty::Drop) => return Err(Reason::NoLocalBackend),
+        Some(Empty::Reject) => {
+            let tc = reject::port_unreachable(ctx, flow, s)?;
+            return Ok(NewFlow::Answered(Action {
+                tc,
+                reason: Reason::NoBackend,
+            }));
         }
-        let tc = reject::port_unreachable(ctx, flow, s)?;
-        return Ok(Some(Action {
-            tc,
-            reason: Reason::NoBackend,
-        }));
     }
     let backend_id = select::backend(flow, &key, &svc, now)?;
     // SAFETY: valid for this run.
     let backend = unsafe { BACKENDS.get(&backend_id) }.ok_or(Reason::BackendMissing)?;
-
-    // A pod reaching itself through its service: without a new source the reply
-    // would never leave the pod.
-    let hairpin = F::is(&flow.saddr, &backend.addr);
-    let (snat, flags) = if hairpin {
-        (
-            Some(Snat {
-                addr: &F::HAIRPIN,
-                port: flow.sport,
-            }),
-            CT_F_HAIRPIN,
-        )
-    } else {
-        (None, 0)
-    };
-    track(flow, s, backend, snat, flags, svc.rev_nat_id, backend_id, now)?;
-    if hairpin {
-        let sport = flow.sport;
-        nat::snat(ctx, flow, &F::HAIRPIN, sport)?;
-    }
-    nat::dnat(ctx, flow, &backend.addr, backend.port)?;
-    flow.translated = true;
-    Ok(None)
+    Ok(NewFlow::Chosen(Chosen {
+        backend,
+        backend_id,
+        rev_nat_id: svc.rev_nat_id,
+        flags: svc.flags,
+    }))
 }
 
 /// A new source for a flow: the hairpin address, or the node's.
@@ -213,62 +276,73 @@ struct Snat<'a> {
     port: u16,
 }
 
+/// A new flow to `chosen`: its translation recorded (`flags`: `CT_F_*`), then
+/// its first packet translated: from `snat` if given, to the backend.
+#[inline(always)]
+fn translate_new<F: Lb>(
+    ctx: &TcContext,
+    flow: &mut Flow<F>,
+    s: &mut Scratch,
+    chosen: &Chosen,
+    snat: Option<Snat<'_>>,
+    flags: u8,
+    now: u64,
+) -> Result<(), Reason> {
+    track(flow, s, chosen, snat.as_ref(), flags, now)?;
+    if let Some(snat) = snat {
+        nat::snat(ctx, flow, snat.addr, snat.port)?;
+    }
+    nat::dnat(ctx, flow, &chosen.backend.addr, chosen.backend.port)?;
+    flow.translated = true;
+    Ok(())
+}
+
 /// Records a new translated flow both ways, the reply entry first: once the
 /// forward entry exists, packets are translated and their replies must find it.
 ///
 /// The pair is built field by field in the scratch value and inserted from there:
 /// built on the stack, the two keys and two values would not fit in the 512-byte
 /// frame beside the rest of the hot path.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "inlined into the hot path: a struct of these would be built on the 512-byte stack"
-)]
 #[inline(always)]
 fn track<F: Family>(
     flow: &Flow<F>,
     s: &mut Scratch,
-    backend: &Backend,
-    snat: Option<Snat<'_>>,
+    chosen: &Chosen,
+    snat: Option<&Snat<'_>>,
     flags: u8,
-    rev_nat_id: u32,
-    backend_id: u32,
     now: u64,
 ) -> Result<(), Reason> {
     let flags = ct::new_flags(flow) | flags;
+    let backend = chosen.backend;
 
     // The backend's reply, to the client (or to its new source).
+    ct::fill_key(&mut s.in_key, flow, Tuple::AsReply, CT_IN);
     let k = &mut s.in_key;
     k.saddr.copy_from_slice(&backend.addr);
     k.sport = backend.port;
-    if let Some(snat) = &snat {
+    if let Some(snat) = snat {
         k.daddr.copy_from_slice(snat.addr);
         k.dport = snat.port;
         F::widen(&flow.saddr, &mut s.back.nat2_addr);
         s.back.nat2_port = flow.sport;
     } else {
-        F::widen(&flow.saddr, &mut k.daddr);
-        k.dport = flow.sport;
         s.back.nat2_addr = [0; 16];
         s.back.nat2_port = 0;
     }
-    k.proto = flow.proto;
-    k.family = F::AF;
-    k.dir = CT_IN;
-    k._pad = 0;
     F::widen(&flow.daddr, &mut s.back.nat_addr);
     s.back.nat_port = flow.dport;
-    s.back.rev_nat_id = rev_nat_id;
+    s.back.rev_nat_id = chosen.rev_nat_id;
     s.back.flags = flags;
     s.back._pad = [0; 3];
-    s.back.backend_id = backend_id;
+    s.back.backend_id = chosen.backend_id;
     s.back.expires_ns = 0;
     CONNTRACK
         .insert(&s.in_key, &s.back, 0)
         .map_err(|_| Reason::CtFull)?;
 
-    ct::fill_key(&mut s.out_key, flow, CT_OUT);
+    ct::fill_key(&mut s.out_key, flow, Tuple::AsSent, CT_OUT);
     s.out.nat_addr.copy_from_slice(&backend.addr);
-    if let Some(snat) = &snat {
+    if let Some(snat) = snat {
         s.out.nat2_addr.copy_from_slice(snat.addr);
         s.out.nat2_port = snat.port;
     } else {
@@ -276,10 +350,10 @@ fn track<F: Family>(
         s.out.nat2_port = 0;
     }
     s.out.nat_port = backend.port;
-    s.out.rev_nat_id = rev_nat_id;
+    s.out.rev_nat_id = chosen.rev_nat_id;
     s.out.flags = flags;
     s.out._pad = [0; 3];
-    s.out.backend_id = backend_id;
+    s.out.backend_id = chosen.backend_id;
     s.out.expires_ns = now + ct::lifetime(flow, flags & CT_F_CLOSING != 0) * NS;
     CONNTRACK
         .insert(&s.out_key, &s.out, 0)

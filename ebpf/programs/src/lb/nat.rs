@@ -122,6 +122,47 @@ fn rewrite_port<F: Family>(
     ctx.store(at, &new, 0).map_err(|_| Reason::RewriteFailed)
 }
 
+/// Which end of a flow a rewrite changes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum End {
+    Source,
+    Destination,
+}
+
+/// The packet now comes from (`End::Source`) or goes to (`End::Destination`)
+/// `addr:port` (maps' form, network order); `flow` follows.
+#[inline(always)]
+fn rewrite<F: Rewrite>(
+    ctx: &TcContext,
+    flow: &mut Flow<F>,
+    end: End,
+    addr: &[u8; 16],
+    port: u16,
+) -> Result<(), Reason> {
+    let (at_addr, at_port, old_addr, old_port) = match end {
+        End::Source => (F::SADDR, F::L4, &flow.saddr, flow.sport),
+        End::Destination => (F::DADDR, F::L4 + 2, &flow.daddr, flow.dport),
+    };
+    if !F::is(old_addr, addr) {
+        F::rewrite_addr(
+            ctx,
+            flow.l4_csum_offset(),
+            l4_flags(flow),
+            at_addr,
+            old_addr,
+            addr,
+        )?;
+    }
+    rewrite_port(ctx, flow, at_port, old_port, port)?;
+    let (flow_addr, flow_port) = match end {
+        End::Source => (&mut flow.saddr, &mut flow.sport),
+        End::Destination => (&mut flow.daddr, &mut flow.dport),
+    };
+    F::narrow(addr, flow_addr);
+    *flow_port = port;
+    Ok(())
+}
+
 /// Destination NAT: the packet now goes to `addr:port` (maps' form, network order).
 #[inline(always)]
 pub fn dnat<F: Rewrite>(
@@ -130,20 +171,7 @@ pub fn dnat<F: Rewrite>(
     addr: &[u8; 16],
     port: u16,
 ) -> Result<(), Reason> {
-    if !F::is(&flow.daddr, addr) {
-        F::rewrite_addr(
-            ctx,
-            flow.l4_csum_offset(),
-            l4_flags(flow),
-            F::DADDR,
-            &flow.daddr,
-            addr,
-        )?;
-        F::narrow(addr, &mut flow.daddr);
-    }
-    rewrite_port(ctx, flow, F::L4 + 2, flow.dport, port)?;
-    flow.dport = port;
-    Ok(())
+    rewrite(ctx, flow, End::Destination, addr, port)
 }
 
 /// Source NAT: the packet now comes from `addr:port`.
@@ -154,18 +182,5 @@ pub fn snat<F: Rewrite>(
     addr: &[u8; 16],
     port: u16,
 ) -> Result<(), Reason> {
-    if !F::is(&flow.saddr, addr) {
-        F::rewrite_addr(
-            ctx,
-            flow.l4_csum_offset(),
-            l4_flags(flow),
-            F::SADDR,
-            &flow.saddr,
-            addr,
-        )?;
-        F::narrow(addr, &mut flow.saddr);
-    }
-    rewrite_port(ctx, flow, F::L4, flow.sport, port)?;
-    flow.sport = port;
-    Ok(())
+    rewrite(ctx, flow, End::Source, addr, port)
 }

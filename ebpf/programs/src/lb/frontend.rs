@@ -1,0 +1,90 @@
+//! Is a new flow's destination a frontend, which entry serves its client, and
+//! what happens when that entry has no backend: the steps every hook takes
+//! for a new flow (the pods' and the node devices' TC programs, the socket
+//! hooks), written once.
+
+use weir_common::{
+    NodeAddrs, Reason, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_F_DROP_EMPTY, SVC_F_TWO_SCOPES, ServiceKey,
+    ServiceValue,
+};
+
+use super::maps::SERVICES;
+use crate::packet::{Family, Flow};
+
+/// The key of a frontend's service entry (slot 0, external scope) on
+/// `port/proto`, its address left for the caller to write in place.
+#[inline(always)]
+pub fn key<F: Family>(port: u16, proto: u8) -> ServiceKey {
+    ServiceKey {
+        addr: [0; 16],
+        port,
+        slot: 0,
+        proto,
+        family: F::AF,
+        scope: SCOPE_EXTERNAL,
+        _pad: 0,
+    }
+}
+
+/// [`key`] of a flow's destination.
+#[inline(always)]
+pub fn of_flow<F: Family>(flow: &Flow<F>) -> ServiceKey {
+    let mut key = key::<F>(flow.dport, flow.proto);
+    F::widen(&flow.daddr, &mut key.addr);
+    key
+}
+
+/// The frontend's entry at `key` as a client outside the cluster gets it.
+#[inline(always)]
+pub fn lookup(key: &ServiceKey) -> Option<ServiceValue> {
+    // SAFETY: a pointer into the map's value, valid for this run.
+    unsafe { SERVICES.get(key) }.copied()
+}
+
+/// The entry a client inside the cluster (a pod, the node itself) gets: where
+/// a frontend's traffic policies differ by client (externalTrafficPolicy
+/// Local), its cluster-wide twin. `key` is left naming the entry used.
+#[inline(always)]
+pub fn inside(key: &mut ServiceKey, svc: ServiceValue) -> Result<ServiceValue, Reason> {
+    if svc.flags & SVC_F_TWO_SCOPES == 0 {
+        return Ok(svc);
+    }
+    key.scope = SCOPE_INTERNAL;
+    lookup(key).ok_or(Reason::BackendMissing)
+}
+
+/// What a frontend without a usable backend does to a new flow.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Empty {
+    /// Its endpoints are all on other nodes and its traffic policy is Local:
+    /// dropped, as kube-proxy does (a load balancer, told by the health check,
+    /// goes elsewhere; a pod's connection times out).
+    Drop,
+    /// No endpoint at all: refused (ICMP port unreachable, `ECONNREFUSED`),
+    /// never silence.
+    Reject,
+}
+
+/// `None` when the entry has backends.
+#[inline(always)]
+pub fn empty(svc: &ServiceValue) -> Option<Empty> {
+    if svc.count != 0 {
+        None
+    } else if svc.flags & SVC_F_DROP_EMPTY != 0 {
+        Some(Empty::Drop)
+    } else {
+        Some(Empty::Reject)
+    }
+}
+
+/// The node's address of the family: what NodePorts are dialled on from the
+/// node itself, and what flows to remote endpoints are source-NATed to (all
+/// zero: none).
+#[inline(always)]
+pub fn node_addr<F: Family>(node: &NodeAddrs) -> &[u8; 16] {
+    if F::AF == weir_common::AF_INET {
+        &node.v4
+    } else {
+        &node.v6
+    }
+}
