@@ -2,18 +2,11 @@
 
 use std::{io::Write as _, path::PathBuf};
 
-use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
-use serde_json::json;
 use weir_agent::{
-    ctl::{self, View},
-    datapath::{
-        PinLayout,
-        maps::{self, Endpoints, Metrics},
-        pins::DEFAULT_ROOT,
-    },
+    ctl::{self, Row},
+    datapath::{PinLayout, pins::DEFAULT_ROOT},
 };
-use weir_common::{Dir, Reason, metrics_slot};
 
 #[derive(Parser)]
 #[command(name = "weirctl", version, about = "Inspect Weir's eBPF maps")]
@@ -59,20 +52,17 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let pins = PinLayout::new(weir_agent::datapath::bpffs::resolve(&cli.bpffs_root, false)?);
-    let view = match cli.command {
-        Command::Endpoints => View::flat(endpoints(&pins)?, vec!["ip", "ifindex"]),
-        Command::Metrics => View::flat(metrics(&pins)?, vec!["direction", "reason", "packets", "bytes"]),
-        Command::Services => ctl::services(&pins)?,
-        Command::Backends => ctl::backends(&pins)?,
-        Command::Conntrack => ctl::conntrack(&pins)?,
-        Command::Affinity => ctl::affinity(&pins)?,
-        Command::Policy => ctl::policy(&pins)?,
-        Command::Ipcache => ctl::ipcache(&pins)?,
-        Command::Drops => ctl::drops(&pins)?,
-    };
-    let mut text = match cli.output {
-        Output::Json => view.to_json(),
-        Output::Table => view.to_table(),
+    let out = cli.output;
+    let mut text = match cli.command {
+        Command::Endpoints => render(&ctl::endpoints(&pins)?, out)?,
+        Command::Metrics => render(&ctl::metrics(&pins)?, out)?,
+        Command::Services => render(&ctl::services(&pins)?, out)?,
+        Command::Backends => render(&ctl::backends(&pins)?, out)?,
+        Command::Conntrack => render(&ctl::conntrack(&pins)?, out)?,
+        Command::Affinity => render(&ctl::affinity(&pins)?, out)?,
+        Command::Policy => render(&ctl::policy(&pins)?, out)?,
+        Command::Ipcache => render(&ctl::ipcache(&pins)?, out)?,
+        Command::Drops => render(&ctl::drops(&pins)?, out)?,
     };
     if !text.ends_with('\n') {
         text.push('\n');
@@ -84,32 +74,9 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn endpoints(pins: &PinLayout) -> anyhow::Result<Vec<serde_json::Value>> {
-    let map: Endpoints = maps::open_pinned(pins, &maps::ENDPOINTS)?;
-    let mut rows = Vec::new();
-    for entry in map.iter() {
-        let (key, info) = entry.context("reading endpoints")?;
-        rows.push(json!({
-            "ip": ctl::ip_text(key.addr, key.family),
-            "ifindex": info.ifindex,
-        }));
-    }
-    rows.sort_by(|a, b| a["ip"].as_str().cmp(&b["ip"].as_str()));
-    Ok(rows)
-}
-
-fn metrics(pins: &PinLayout) -> anyhow::Result<Vec<serde_json::Value>> {
-    let map: Metrics = maps::open_pinned(pins, &maps::METRICS)?;
-    Ok(maps::sum_metrics(&map)?
-        .into_iter()
-        .map(|(slot, v)| {
-            let (dir, reason) = metrics_slot(slot);
-            json!({
-                "direction": Dir::try_from(dir).map_or("unknown", Dir::name),
-                "reason": Reason::describe_code(reason),
-                "packets": v.packets,
-                "bytes": v.bytes,
-            })
-        })
-        .collect())
+fn render<R: Row>(rows: &[R], output: Output) -> anyhow::Result<String> {
+    Ok(match output {
+        Output::Json => ctl::to_json(rows)?,
+        Output::Table => ctl::to_table(rows),
+    })
 }

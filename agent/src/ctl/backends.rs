@@ -2,16 +2,40 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::json;
+use serde::Serialize;
 use weir_common::maps as names;
 
-use super::{CtlError, View, open, proto, services::state_name, sock};
+use super::{CtlError, Row, open, proto, services::state_name, sock};
 use crate::datapath::{
     PinLayout,
     maps::{self, Backends, Services},
 };
 
-pub fn backends(pins: &PinLayout) -> Result<View, CtlError> {
+#[derive(Debug, Serialize)]
+pub struct BackendRow {
+    pub id: u32,
+    pub address: String,
+    pub protocol: String,
+    pub state: &'static str,
+    /// How many service slots point at this backend.
+    pub slots: usize,
+}
+
+impl Row for BackendRow {
+    const HEADERS: &'static [&'static str] = &["ID", "ADDRESS", "PROTOCOL", "STATE", "SLOTS"];
+
+    fn cells(&self) -> Vec<String> {
+        vec![
+            self.id.to_string(),
+            self.address.clone(),
+            self.protocol.clone(),
+            self.state.to_owned(),
+            self.slots.to_string(),
+        ]
+    }
+}
+
+pub fn backends(pins: &PinLayout) -> Result<Vec<BackendRow>, CtlError> {
     let map: Backends = open(pins, &maps::BACKENDS)?;
     let services: Services = open(pins, &maps::SERVICES)?;
     let mut slots: BTreeMap<u32, usize> = BTreeMap::new();
@@ -32,20 +56,14 @@ pub fn backends(pins: &PinLayout) -> Result<View, CtlError> {
         })?;
         all.insert(id, b);
     }
-    let json = all
+    Ok(all
         .iter()
-        .map(|(id, b)| {
-            json!({
-                "id": id,
-                "address": sock(b.addr, b.family, b.port),
-                "protocol": proto(b.proto),
-                "state": state_name(b.state),
-                "slots": slots.get(id).copied().unwrap_or(0),
-            })
+        .map(|(id, b)| BackendRow {
+            id: *id,
+            address: sock(b.addr, b.family, b.port),
+            protocol: proto(b.proto),
+            state: state_name(b.state),
+            slots: slots.get(id).copied().unwrap_or(0),
         })
-        .collect();
-    Ok(View::flat(
-        json,
-        vec!["id", "address", "protocol", "state", "slots"],
-    ))
+        .collect())
 }

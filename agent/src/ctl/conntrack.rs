@@ -1,9 +1,9 @@
 //! `weirctl conntrack`: translated flows, both directions, with time left.
 
-use serde_json::json;
+use serde::Serialize;
 use weir_common::{CT_F_CLOSING, CT_F_DATAGRAM, CT_F_HAIRPIN, CT_OUT, CtKey, CtValue, maps as names};
 
-use super::{CtlError, View, ip, open, proto, sock};
+use super::{CtlError, Row, ip, open, proto, sock, table::or_dash};
 use crate::{
     conntrack::monotonic_ns,
     datapath::{
@@ -12,7 +12,60 @@ use crate::{
     },
 };
 
-pub fn conntrack(pins: &PinLayout) -> Result<View, CtlError> {
+/// One direction of a translated flow.
+#[derive(Debug, Serialize)]
+pub struct ConntrackRow {
+    /// `out` (towards the backend) or `in` (the replies).
+    pub dir: &'static str,
+    pub protocol: String,
+    pub source: String,
+    pub destination: String,
+    pub nat: String,
+    /// The other end's address, on hairpin flows only.
+    pub nat2: Option<String>,
+    pub flags: Vec<&'static str>,
+    pub rev_nat_id: u32,
+    pub backend_id: u32,
+    /// Negative once expired: the GC has not reached the entry yet.
+    pub seconds_left: i64,
+}
+
+impl Row for ConntrackRow {
+    const HEADERS: &'static [&'static str] = &[
+        "DIR",
+        "PROTO",
+        "SOURCE",
+        "DESTINATION",
+        "NAT",
+        "FLAGS",
+        "REVNAT",
+        "BACKEND",
+        "TTL",
+    ];
+
+    fn cells(&self) -> Vec<String> {
+        vec![
+            self.dir.to_owned(),
+            self.protocol.clone(),
+            self.source.clone(),
+            self.destination.clone(),
+            match &self.nat2 {
+                Some(other) => format!("{} (other end {other})", self.nat),
+                None => self.nat.clone(),
+            },
+            or_dash(&self.flags, ","),
+            self.rev_nat_id.to_string(),
+            self.backend_id.to_string(),
+            if self.seconds_left < 0 {
+                "expired".to_owned()
+            } else {
+                self.seconds_left.to_string()
+            },
+        ]
+    }
+}
+
+pub fn conntrack(pins: &PinLayout) -> Result<Vec<ConntrackRow>, CtlError> {
     let map: Conntrack = open(pins, &maps::CONNTRACK)?;
     let now = monotonic_ns()?;
     let mut entries: Vec<(CtKey, CtValue)> = Vec::new();
@@ -23,74 +76,35 @@ pub fn conntrack(pins: &PinLayout) -> Result<View, CtlError> {
         })?);
     }
     entries.sort_by_key(|(k, _)| (k.proto, k.saddr, k.sport, k.daddr, k.dport, k.dir));
-    let mut json = Vec::new();
-    let mut rows = Vec::new();
-    for (k, v) in &entries {
-        let dir = if k.dir == CT_OUT { "out" } else { "in" };
-        let source = sock(k.saddr, k.family, k.sport);
-        let destination = sock(k.daddr, k.family, k.dport);
-        let nat = sock(v.nat_addr, k.family, v.nat_port);
-        let hairpin = v.flags & CT_F_HAIRPIN != 0;
-        let nat2 = hairpin.then(|| ip(v.nat2_addr, k.family).map(|a| a.to_string()));
-        let flags: Vec<&str> = [
-            (CT_F_HAIRPIN, "hairpin"),
-            (CT_F_CLOSING, "closing"),
-            (CT_F_DATAGRAM, "datagram"),
-        ]
-        .into_iter()
-        .filter(|(bit, _)| v.flags & bit != 0)
-        .map(|(_, n)| n)
-        .collect();
-        // Signed: an entry the GC has not reached yet shows how long ago it died.
-        let seconds_left = (i128::from(v.expires_ns) - i128::from(now)) / 1_000_000_000;
-        rows.push(vec![
-            dir.to_owned(),
-            proto(k.proto),
-            source.clone(),
-            destination.clone(),
-            match &nat2 {
-                Some(Some(n2)) => format!("{nat} (other end {n2})"),
-                _ => nat.clone(),
-            },
-            if flags.is_empty() {
-                "-".into()
-            } else {
-                flags.join(",")
-            },
-            v.rev_nat_id.to_string(),
-            v.backend_id.to_string(),
-            if seconds_left < 0 {
-                "expired".into()
-            } else {
-                seconds_left.to_string()
-            },
-        ]);
-        json.push(json!({
-            "dir": dir,
-            "protocol": proto(k.proto),
-            "source": source,
-            "destination": destination,
-            "nat": nat,
-            "nat2": nat2.flatten(),
-            "flags": flags,
-            "rev_nat_id": v.rev_nat_id,
-            "backend_id": v.backend_id,
-            "seconds_left": seconds_left as i64,
-        }));
+    Ok(entries.iter().map(|(k, v)| row(k, v, now)).collect())
+}
+
+fn row(k: &CtKey, v: &CtValue, now: u64) -> ConntrackRow {
+    let hairpin = v.flags & CT_F_HAIRPIN != 0;
+    let flags = [
+        (CT_F_HAIRPIN, "hairpin"),
+        (CT_F_CLOSING, "closing"),
+        (CT_F_DATAGRAM, "datagram"),
+    ]
+    .into_iter()
+    .filter(|(bit, _)| v.flags & bit != 0)
+    .map(|(_, n)| n)
+    .collect();
+    // Signed: an entry the GC has not reached yet shows how long ago it died.
+    // Two u64 nanosecond counts apart, in seconds, always fit an i64.
+    let seconds_left = ((i128::from(v.expires_ns) - i128::from(now)) / 1_000_000_000) as i64;
+    ConntrackRow {
+        dir: if k.dir == CT_OUT { "out" } else { "in" },
+        protocol: proto(k.proto),
+        source: sock(k.saddr, k.family, k.sport),
+        destination: sock(k.daddr, k.family, k.dport),
+        nat: sock(v.nat_addr, k.family, v.nat_port),
+        nat2: hairpin
+            .then(|| ip(v.nat2_addr, k.family).map(|a| a.to_string()))
+            .flatten(),
+        flags,
+        rev_nat_id: v.rev_nat_id,
+        backend_id: v.backend_id,
+        seconds_left,
     }
-    Ok(View {
-        json,
-        columns: vec![
-            "dir",
-            "proto",
-            "source",
-            "destination",
-            "nat",
-            "flags",
-            "revnat",
-            "backend",
-            "ttl",
-        ],
-        rows,
-    })
 }

@@ -1,25 +1,36 @@
-//! `weirctl`'s views of the pinned maps, one module per map. Each view is built
-//! once and rendered either as JSON (the full detail, for scripts and tests) or as
-//! a table (the same facts, condensed for people).
+//! `weirctl`'s views of the pinned maps, one module per map. Each view reads its
+//! maps into typed rows, one struct per view, which `table` renders either as
+//! JSON (the struct serialized: the full detail, for scripts and tests) or as a
+//! table (the same facts, condensed for people).
 
 mod affinity;
 mod backends;
 mod conntrack;
+mod drops;
+mod endpoints;
+mod ipcache;
+mod metrics;
 mod policy;
 mod services;
 mod table;
+#[cfg(test)]
+mod tests;
 
 use std::net::{IpAddr, SocketAddr};
 
 use weir_model::{Protocol, net::from_abi};
 
 pub use self::{
-    affinity::affinity,
-    backends::backends,
-    conntrack::conntrack,
-    policy::{drops, ipcache, policy},
-    services::services,
-    table::View,
+    affinity::{AffinityRow, affinity},
+    backends::{BackendRow, backends},
+    conntrack::{ConntrackRow, conntrack},
+    drops::{DropRow, drops},
+    endpoints::{EndpointRow, endpoints},
+    ipcache::{IpcacheRow, ipcache},
+    metrics::{MetricRow, metrics},
+    policy::{PolicyRow, policy},
+    services::{Algorithm, ServiceRow, SlotRow, services},
+    table::{Row, to_json, to_table},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -47,7 +58,7 @@ fn ip(addr: [u8; 16], family: u8) -> Option<IpAddr> {
 }
 
 /// An address from ABI fields; `?` for a bad family.
-pub fn ip_text(addr: [u8; 16], family: u8) -> String {
+fn ip_text(addr: [u8; 16], family: u8) -> String {
     ip(addr, family).map_or_else(|| "?".to_owned(), |ip| ip.to_string())
 }
 

@@ -4,19 +4,103 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::json;
+use serde::Serialize;
 use weir_common::{
     BACKEND_ACTIVE, BACKEND_TERMINATING, Backend, SCOPE_INTERNAL, SVC_F_AFFINITY, SVC_F_MAGLEV, ServiceKey,
     maps as names,
 };
 
-use super::{CtlError, View, ip, open, proto, sock};
+use super::{CtlError, Row, ip, open, proto, sock, table::or_dash};
 use crate::datapath::{
     PinLayout,
     maps::{self, Backends, Maglev, Services},
 };
 
-pub fn services(pins: &PinLayout) -> Result<View, CtlError> {
+/// One frontend.
+#[derive(Debug, Serialize)]
+pub struct ServiceRow {
+    /// `VIP:port/PROTO`.
+    pub frontend: String,
+    pub address: Option<String>,
+    pub port: u16,
+    pub protocol: String,
+    pub scope: &'static str,
+    pub rev_nat_id: u32,
+    pub flags: Vec<&'static str>,
+    pub algorithm: Algorithm,
+    /// Set only when the `affinity` flag is.
+    pub affinity_timeout: Option<u32>,
+    /// The backend slots the frontend claims.
+    pub count: u16,
+    pub backends: Vec<SlotRow>,
+}
+
+/// How the datapath picks a frontend's backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Algorithm {
+    Maglev,
+    /// Also what a Maglev frontend without a table falls back to.
+    Random,
+}
+
+/// One backend slot of a frontend, or the slots it claims but the map lacks.
+#[derive(Debug, Serialize)]
+pub struct SlotRow {
+    pub slot: Option<u16>,
+    pub id: Option<u32>,
+    pub address: Option<String>,
+    /// `active`, `terminating`, `unknown`, `missing-backend` or `missing-slot`.
+    pub state: &'static str,
+    /// How many slots are missing; only on the `missing-slot` item.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub missing: Option<usize>,
+}
+
+impl SlotRow {
+    fn text(&self) -> String {
+        let address = self.address.as_deref().unwrap_or("?");
+        match (self.missing, self.state) {
+            (Some(n), _) => format!("({n} slots missing)"),
+            (None, "active") => address.to_owned(),
+            (None, state) => format!("{address}({state})"),
+        }
+    }
+}
+
+impl Row for ServiceRow {
+    const HEADERS: &'static [&'static str] = &["FRONTEND", "SCOPE", "ID", "FLAGS", "BACKENDS"];
+
+    fn cells(&self) -> Vec<String> {
+        let flags: Vec<String> = self
+            .flags
+            .iter()
+            .map(|f| match (*f, self.affinity_timeout) {
+                ("affinity", Some(t)) => format!("affinity={t}s"),
+                ("maglev", _) if self.algorithm != Algorithm::Maglev => "maglev(no-table)".to_owned(),
+                (f, _) => f.to_owned(),
+            })
+            .collect();
+        let backends = if self.backends.is_empty() {
+            "(none: reject)".to_owned()
+        } else {
+            self.backends
+                .iter()
+                .map(SlotRow::text)
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        vec![
+            self.frontend.clone(),
+            self.scope.to_owned(),
+            self.rev_nat_id.to_string(),
+            or_dash(&flags, ","),
+            backends,
+        ]
+    }
+}
+
+pub fn services(pins: &PinLayout) -> Result<Vec<ServiceRow>, CtlError> {
     let services: Services = open(pins, &maps::SERVICES)?;
     let backends: Backends = open(pins, &maps::BACKENDS)?;
     let maglev: Maglev = open(pins, &maps::MAGLEV)?;
@@ -45,7 +129,6 @@ pub fn services(pins: &PinLayout) -> Result<View, CtlError> {
         })?;
         known.insert(id, b);
     }
-    let mut json = Vec::new();
     let mut rows = Vec::new();
     for (key, head) in entries.iter().filter(|(k, _)| k.slot == 0) {
         let present: Vec<(u16, u32)> = slots_of
@@ -57,91 +140,58 @@ pub fn services(pins: &PinLayout) -> Result<View, CtlError> {
                     .collect()
             })
             .unwrap_or_default();
-        let mut slots: Vec<serde_json::Value> = present
+        let mut slots: Vec<SlotRow> = present
             .iter()
-            .map(|&(slot, id)| slot_json(&known, slot, id))
+            .map(|&(slot, id)| slot_row(&known, slot, id))
             .collect();
         let missing = usize::from(head.count) - present.len();
         if missing > 0 {
             // The datapath would find no backend there (a sync in progress, or
             // a map written by something else): said once, not slot by slot.
-            slots.push(json!({ "slot": null, "id": null, "address": null, "state": "missing-slot", "missing": missing }));
+            slots.push(SlotRow {
+                slot: None,
+                id: None,
+                address: None,
+                state: "missing-slot",
+                missing: Some(missing),
+            });
         }
-        let frontend = format!("{}/{}", sock(key.addr, key.family, key.port), proto(key.proto));
-        let flags = flag_names(head.flags);
         // The datapath falls back to a random slot when a Maglev frontend has no
         // table (the agent skipped it, or has not written it yet).
         let has_table = head.flags & SVC_F_MAGLEV != 0 && maglev.get(&head.rev_nat_id, 0).is_ok();
-        let algorithm = if has_table { "maglev" } else { "random" };
-        let timeout = (head.flags & SVC_F_AFFINITY != 0).then_some(head.affinity_timeout);
-        let scope = if key.scope == SCOPE_INTERNAL {
-            "internal"
-        } else {
-            "external"
-        };
-        let backend_cell = if slots.is_empty() {
-            "(none: reject)".to_owned()
-        } else {
-            slots
-                .iter()
-                .map(|s| match (s["state"].as_str(), s["missing"].as_u64()) {
-                    (_, Some(n)) => format!("({n} slots missing)"),
-                    (Some("active") | None, _) => s["address"].as_str().unwrap_or("?").to_owned(),
-                    (Some(state), _) => format!("{}({state})", s["address"].as_str().unwrap_or("?")),
-                })
-                .collect::<Vec<_>>()
-                .join(" ")
-        };
-        let flags_cell = flags
-            .iter()
-            .map(|f| match (*f, timeout) {
-                ("affinity", Some(t)) => format!("affinity={t}s"),
-                ("maglev", _) if !has_table => "maglev(no-table)".to_owned(),
-                (f, _) => f.to_owned(),
-            })
-            .collect::<Vec<_>>()
-            .join(",");
-        rows.push(vec![
-            frontend.clone(),
-            scope.to_owned(),
-            head.rev_nat_id.to_string(),
-            if flags_cell.is_empty() {
-                "-".into()
+        rows.push(ServiceRow {
+            frontend: format!("{}/{}", sock(key.addr, key.family, key.port), proto(key.proto)),
+            address: ip(key.addr, key.family).map(|a| a.to_string()),
+            port: u16::from_be(key.port),
+            protocol: proto(key.proto),
+            scope: if key.scope == SCOPE_INTERNAL {
+                "internal"
             } else {
-                flags_cell
+                "external"
             },
-            backend_cell,
-        ]);
-        json.push(json!({
-            "frontend": frontend,
-            "address": ip(key.addr, key.family).map(|a| a.to_string()),
-            "port": u16::from_be(key.port),
-            "protocol": proto(key.proto),
-            "scope": scope,
-            "rev_nat_id": head.rev_nat_id,
-            "flags": flags,
-            "algorithm": algorithm,
-            "affinity_timeout": timeout,
-            "count": head.count,
-            "backends": slots,
-        }));
+            rev_nat_id: head.rev_nat_id,
+            flags: flag_names(head.flags),
+            algorithm: if has_table {
+                Algorithm::Maglev
+            } else {
+                Algorithm::Random
+            },
+            affinity_timeout: (head.flags & SVC_F_AFFINITY != 0).then_some(head.affinity_timeout),
+            count: head.count,
+            backends: slots,
+        });
     }
-    Ok(View {
-        json,
-        columns: vec!["frontend", "scope", "id", "flags", "backends"],
-        rows,
-    })
+    Ok(rows)
 }
 
-fn slot_json(backends: &BTreeMap<u32, Backend>, slot: u16, id: u32) -> serde_json::Value {
-    match backends.get(&id) {
-        Some(b) => json!({
-            "slot": slot,
-            "id": id,
-            "address": sock(b.addr, b.family, b.port),
-            "state": state_name(b.state),
-        }),
-        None => json!({ "slot": slot, "id": id, "address": null, "state": "missing-backend" }),
+fn slot_row(backends: &BTreeMap<u32, Backend>, slot: u16, id: u32) -> SlotRow {
+    let backend = backends.get(&id);
+    SlotRow {
+        slot: Some(slot),
+        id: Some(id),
+        address: backend.map(|b| sock(b.addr, b.family, b.port)),
+        state: backend.map_or("missing-backend", |b| state_name(b.state)),
+        missing: None,
     }
 }
 

@@ -1,0 +1,319 @@
+//! The JSON of every view, key by key: scripts and the end-to-end tests parse it,
+//! so a renamed, reordered, retyped or skipped key is a break. One sample row per
+//! view, serialized as `weirctl -o json` does, against the text it gave before
+//! the rows were typed.
+
+use serde::Serialize;
+
+use super::*;
+
+fn json(row: &impl Serialize) -> String {
+    serde_json::to_string(row).unwrap_or_else(|e| panic!("serializing: {e}"))
+}
+
+#[test]
+fn endpoints_keys() {
+    let row = EndpointRow {
+        ip: "10.0.0.5".into(),
+        ifindex: 7,
+    };
+    assert_eq!(json(&row), r#"{"ip":"10.0.0.5","ifindex":7}"#);
+}
+
+#[test]
+fn metrics_keys() {
+    let row = MetricRow {
+        direction: "from-pod",
+        reason: "passed",
+        packets: 3,
+        bytes: 180,
+    };
+    assert_eq!(
+        json(&row),
+        r#"{"direction":"from-pod","reason":"passed","packets":3,"bytes":180}"#
+    );
+}
+
+#[test]
+fn services_keys_with_every_kind_of_slot() {
+    let row = ServiceRow {
+        frontend: "10.96.0.10:80/TCP".into(),
+        address: Some("10.96.0.10".into()),
+        port: 80,
+        protocol: "TCP".into(),
+        scope: "external",
+        rev_nat_id: 1,
+        flags: vec!["affinity", "maglev"],
+        algorithm: Algorithm::Maglev,
+        affinity_timeout: Some(10800),
+        count: 4,
+        backends: vec![
+            SlotRow {
+                slot: Some(1),
+                id: Some(5),
+                address: Some("10.0.0.5:8080".into()),
+                state: "active",
+                missing: None,
+            },
+            SlotRow {
+                slot: Some(2),
+                id: Some(9),
+                address: None,
+                state: "missing-backend",
+                missing: None,
+            },
+            SlotRow {
+                slot: None,
+                id: None,
+                address: None,
+                state: "missing-slot",
+                missing: Some(2),
+            },
+        ],
+    };
+    assert_eq!(
+        json(&row),
+        concat!(
+            r#"{"frontend":"10.96.0.10:80/TCP","address":"10.96.0.10","port":80,"protocol":"TCP","#,
+            r#""scope":"external","rev_nat_id":1,"flags":["affinity","maglev"],"algorithm":"maglev","#,
+            r#""affinity_timeout":10800,"count":4,"backends":["#,
+            r#"{"slot":1,"id":5,"address":"10.0.0.5:8080","state":"active"},"#,
+            r#"{"slot":2,"id":9,"address":null,"state":"missing-backend"},"#,
+            r#"{"slot":null,"id":null,"address":null,"state":"missing-slot","missing":2}]}"#,
+        )
+    );
+}
+
+#[test]
+fn services_keys_without_affinity_or_address() {
+    let row = ServiceRow {
+        frontend: "?/7".into(),
+        address: None,
+        port: 0,
+        protocol: "7".into(),
+        scope: "internal",
+        rev_nat_id: 2,
+        flags: vec![],
+        algorithm: Algorithm::Random,
+        affinity_timeout: None,
+        count: 0,
+        backends: vec![],
+    };
+    assert_eq!(
+        json(&row),
+        concat!(
+            r#"{"frontend":"?/7","address":null,"port":0,"protocol":"7","scope":"internal","#,
+            r#""rev_nat_id":2,"flags":[],"algorithm":"random","affinity_timeout":null,"count":0,"#,
+            r#""backends":[]}"#,
+        )
+    );
+}
+
+#[test]
+fn backends_keys() {
+    let row = BackendRow {
+        id: 5,
+        address: "10.0.0.5:8080".into(),
+        protocol: "TCP".into(),
+        state: "terminating",
+        slots: 2,
+    };
+    assert_eq!(
+        json(&row),
+        r#"{"id":5,"address":"10.0.0.5:8080","protocol":"TCP","state":"terminating","slots":2}"#
+    );
+}
+
+#[test]
+fn conntrack_keys() {
+    let row = ConntrackRow {
+        dir: "out",
+        protocol: "TCP".into(),
+        source: "10.0.0.2:40000".into(),
+        destination: "10.96.0.10:80".into(),
+        nat: "10.0.0.5:8080".into(),
+        nat2: None,
+        flags: vec!["closing"],
+        rev_nat_id: 1,
+        backend_id: 5,
+        seconds_left: -3,
+    };
+    assert_eq!(
+        json(&row),
+        concat!(
+            r#"{"dir":"out","protocol":"TCP","source":"10.0.0.2:40000","destination":"10.96.0.10:80","#,
+            r#""nat":"10.0.0.5:8080","nat2":null,"flags":["closing"],"rev_nat_id":1,"backend_id":5,"#,
+            r#""seconds_left":-3}"#,
+        )
+    );
+}
+
+#[test]
+fn affinity_keys() {
+    let row = AffinityRow {
+        client: Some("10.0.0.2".into()),
+        rev_nat_id: 1,
+        frontend: None,
+        backend_id: 5,
+        backend: Some("10.0.0.5:8080".into()),
+        idle_seconds: 12,
+    };
+    assert_eq!(
+        json(&row),
+        concat!(
+            r#"{"client":"10.0.0.2","rev_nat_id":1,"frontend":null,"backend_id":5,"#,
+            r#""backend":"10.0.0.5:8080","idle_seconds":12}"#,
+        )
+    );
+}
+
+#[test]
+fn policy_keys() {
+    let row = PolicyRow {
+        endpoint: Some("10.0.0.5".into()),
+        endpoint_id: 3,
+        direction: "ingress",
+        identity: None,
+        peers: "nothing admitted".into(),
+        protocol: "-".into(),
+        ports: "-".into(),
+    };
+    assert_eq!(
+        json(&row),
+        concat!(
+            r#"{"endpoint":"10.0.0.5","endpoint_id":3,"direction":"ingress","identity":null,"#,
+            r#""peers":"nothing admitted","protocol":"-","ports":"-"}"#,
+        )
+    );
+}
+
+#[test]
+fn ipcache_keys() {
+    let row = IpcacheRow {
+        prefix: "10.0.0.0/24".into(),
+        identity: 4,
+    };
+    assert_eq!(json(&row), r#"{"prefix":"10.0.0.0/24","identity":4}"#);
+}
+
+#[test]
+fn drops_keys() {
+    let row = DropRow {
+        reason: "denied by NetworkPolicy (ingress)",
+        endpoint: None,
+        endpoint_id: 3,
+        source: "10.0.0.2:40000".into(),
+        destination: "10.0.0.5:8080".into(),
+        protocol: "TCP".into(),
+        peer_identity: 4,
+    };
+    assert_eq!(
+        json(&row),
+        concat!(
+            r#"{"reason":"denied by NetworkPolicy (ingress)","endpoint":null,"endpoint_id":3,"#,
+            r#""source":"10.0.0.2:40000","destination":"10.0.0.5:8080","protocol":"TCP","peer_identity":4}"#,
+        )
+    );
+}
+
+/// The services table, as the README shows it.
+#[test]
+fn services_cells() {
+    let slot = |address: Option<&str>, state| SlotRow {
+        slot: Some(1),
+        id: Some(1),
+        address: address.map(str::to_owned),
+        state,
+        missing: None,
+    };
+    let row = |flags, algorithm, affinity_timeout, backends| ServiceRow {
+        frontend: "10.96.0.10:80/TCP".into(),
+        address: None,
+        port: 80,
+        protocol: "TCP".into(),
+        scope: "external",
+        rev_nat_id: 1,
+        flags,
+        algorithm,
+        affinity_timeout,
+        count: 0,
+        backends,
+    };
+    let rows = [
+        row(
+            vec!["affinity", "maglev"],
+            Algorithm::Random,
+            Some(10800),
+            vec![
+                slot(Some("10.0.0.5:8080"), "active"),
+                slot(Some("10.0.0.7:8080"), "terminating"),
+                slot(None, "missing-backend"),
+                SlotRow {
+                    slot: None,
+                    id: None,
+                    address: None,
+                    state: "missing-slot",
+                    missing: Some(2),
+                },
+            ],
+        ),
+        row(vec!["maglev"], Algorithm::Maglev, None, vec![]),
+        row(vec![], Algorithm::Random, None, vec![]),
+    ];
+    assert_eq!(
+        to_table(&rows),
+        "FRONTEND           SCOPE     ID  FLAGS                             BACKENDS\n\
+         10.96.0.10:80/TCP  external  1   affinity=10800s,maglev(no-table)  \
+         10.0.0.5:8080 10.0.0.7:8080(terminating) ?(missing-backend) (2 slots missing)\n\
+         10.96.0.10:80/TCP  external  1   maglev                            (none: reject)\n\
+         10.96.0.10:80/TCP  external  1   -                                 (none: reject)\n"
+    );
+}
+
+/// Absent values read `null` in the table too, as they always have.
+#[test]
+fn policy_cells() {
+    let row = PolicyRow {
+        endpoint: None,
+        endpoint_id: 3,
+        direction: "egress",
+        identity: None,
+        peers: "nothing admitted".into(),
+        protocol: "-".into(),
+        ports: "-".into(),
+    };
+    assert_eq!(
+        row.cells(),
+        ["null", "egress", "nothing admitted", "null", "-", "-"]
+    );
+}
+
+#[test]
+fn conntrack_cells() {
+    let row = ConntrackRow {
+        dir: "out",
+        protocol: "TCP".into(),
+        source: "10.0.0.2:40000".into(),
+        destination: "10.96.0.10:80".into(),
+        nat: "10.0.0.5:8080".into(),
+        nat2: Some("169.254.42.1".into()),
+        flags: vec!["hairpin", "closing"],
+        rev_nat_id: 1,
+        backend_id: 5,
+        seconds_left: -1,
+    };
+    assert_eq!(
+        row.cells(),
+        [
+            "out",
+            "TCP",
+            "10.0.0.2:40000",
+            "10.96.0.10:80",
+            "10.0.0.5:8080 (other end 169.254.42.1)",
+            "hairpin,closing",
+            "1",
+            "5",
+            "expired",
+        ]
+    );
+}
