@@ -1,5 +1,6 @@
-//! NetworkPolicy enforcement on the pod veths. All the semantics live in the
-//! agent's compiler; here are lookups only:
+//! NetworkPolicy enforcement on the pod veths. The rules' semantics live in
+//! the agent's compiler; here are lookups, and the exemptions no rule can
+//! express (below: the node, the hairpin source), written here once:
 //!
 //! - `weir_polep_v1`: is this local pod isolated, and in which directions? Pods
 //!   not in it pay this one lookup per packet and nothing else.
@@ -22,10 +23,14 @@
 //!
 //! Enforcement sees real endpoints: egress after the load balancer has picked a
 //! backend (and before a reply is made to come from a frontend), ingress before
-//! any reverse translation on the way in. Traffic between a pod and its own node
-//! is always admitted, as Kubernetes documents: into the pod what the node's own
-//! stack sends (whatever its source address: kubelet probes), out of it what
-//! goes to one of the node's addresses.
+//! any reverse translation on the way in.
+//!
+//! Hard-coded here, not compiled, because they hold whatever the policies say:
+//! traffic between a pod and its own node is always admitted, as Kubernetes
+//! documents (into the pod what the node's own stack sends, whatever its source
+//! address: kubelet probes; out of it what goes to one of the node's addresses,
+//! `weir_nodeip_v1`), and a pod's hairpinned service traffic (to itself, from
+//! the hairpin address, on its own veth) is its own.
 
 use aya_ebpf::{
     maps::{HashMap, LpmTrie, LruHashMap, RingBuf, lpm_trie::Key},
