@@ -151,73 +151,121 @@ fn a16(a: [u8; 4]) -> [u8; 16] {
     x
 }
 
-/// RFC 1071, written independently of the datapath's.
-fn csum(data: &[u8]) -> u16 {
-    let mut sum: u32 = data
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
+const MAC_DST: [u8; 6] = [2, 0, 0, 0, 0, 0xaa];
+const MAC_SRC: [u8; 6] = [2, 0, 0, 0, 0, 0xbb];
+const PAYLOAD: &[u8] = b"hello";
 
-fn l4_csum(ip: &[u8], l4: &[u8]) -> u16 {
-    let mut pseudo = Vec::from(&ip[12..20]);
-    pseudo.extend_from_slice(&[0, ip[9]]);
-    pseudo.extend_from_slice(&(l4.len() as u16).to_be_bytes());
-    pseudo.extend_from_slice(l4);
-    csum(&pseudo)
-}
-
-/// Ethernet + IPv4 + TCP (SYN, or `flags`) or UDP, with correct checksums.
-fn frame(proto: u8, src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, tcp_flags: u8) -> Vec<u8> {
-    let payload = b"hello";
-    let l4_len = if proto == IPPROTO_TCP { 20 } else { 8 } + payload.len();
-    let mut f = vec![0u8; 14 + 20 + l4_len];
-    f[0..6].copy_from_slice(&[2, 0, 0, 0, 0, 0xaa]);
-    f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 0xbb]);
-    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-    let ip = &mut f[14..34];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&((20 + l4_len) as u16).to_be_bytes());
-    ip[8] = 64;
-    ip[9] = proto;
-    ip[12..16].copy_from_slice(&src);
-    ip[16..20].copy_from_slice(&dst);
-    let c = csum(&f[14..34]);
-    f[24..26].copy_from_slice(&c.to_be_bytes());
-    let l4 = &mut f[34..];
-    l4[0..2].copy_from_slice(&sport.to_be_bytes());
-    l4[2..4].copy_from_slice(&dport.to_be_bytes());
+/// A TCP segment (with `tcp_flags`) or a UDP datagram of `PAYLOAD`, on an
+/// IP step of etherparse's builder (which writes every length and checksum).
+fn l4_frame(
+    ip: etherparse::PacketBuilderStep<etherparse::IpHeaders>,
+    proto: u8,
+    sport: u16,
+    dport: u16,
+    tcp_flags: u8,
+) -> Vec<u8> {
+    let mut f = Vec::new();
     if proto == IPPROTO_TCP {
-        l4[12] = 5 << 4;
-        l4[13] = tcp_flags;
-        l4[20..].copy_from_slice(payload);
+        let mut tcp = ip.tcp(sport, dport, 1, 64_240);
+        if tcp_flags & 0x01 != 0 {
+            tcp = tcp.fin();
+        }
+        if tcp_flags & 0x02 != 0 {
+            tcp = tcp.syn();
+        }
+        if tcp_flags & 0x04 != 0 {
+            tcp = tcp.rst();
+        }
+        if tcp_flags & 0x10 != 0 {
+            tcp = tcp.ack(0);
+        }
+        tcp.write(&mut f, PAYLOAD).expect("frame");
     } else {
-        l4[4..6].copy_from_slice(&(l4_len as u16).to_be_bytes());
-        l4[8..].copy_from_slice(payload);
+        ip.udp(sport, dport).write(&mut f, PAYLOAD).expect("frame");
     }
-    let (ip, l4) = f[14..].split_at(20);
-    let c = l4_csum(ip, l4);
-    let at = 34 + if proto == IPPROTO_TCP { 16 } else { 6 };
-    f[at..at + 2].copy_from_slice(&c.to_be_bytes());
     f
 }
 
-/// (src, sport, dst, dport) of a frame, asserting both checksums are valid.
+/// Ethernet + IPv4 + TCP (with `tcp_flags`) or UDP, with correct checksums.
+fn frame(proto: u8, src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, tcp_flags: u8) -> Vec<u8> {
+    let ip = etherparse::PacketBuilder::ethernet2(MAC_SRC, MAC_DST).ipv4(src, dst, 64);
+    l4_frame(ip, proto, sport, dport, tcp_flags)
+}
+
+/// Ethernet + IPv6 + TCP (with `tcp_flags`) or UDP, with a correct checksum.
+fn frame6(proto: u8, src: [u8; 16], sport: u16, dst: [u8; 16], dport: u16, tcp_flags: u8) -> Vec<u8> {
+    let ip = etherparse::PacketBuilder::ethernet2(MAC_SRC, MAC_DST).ipv6(src, dst, 64);
+    l4_frame(ip, proto, sport, dport, tcp_flags)
+}
+
+/// A frame's headers, every checksum in it checked against etherparse's own
+/// computation (IPv4 header; TCP, UDP, ICMP, ICMPv6 over their pseudo-header).
+fn checked(f: &[u8]) -> etherparse::PacketHeaders<'_> {
+    use etherparse::{NetHeaders, TransportHeader};
+    let h = etherparse::PacketHeaders::from_ethernet_slice(f).expect("a frame etherparse reads");
+    let payload = h.payload.slice();
+    let (src, dst) = match &h.net {
+        Some(NetHeaders::Ipv4(ip, _)) => {
+            assert_eq!(
+                ip.header_checksum,
+                ip.calc_header_checksum(),
+                "bad IPv4 header checksum"
+            );
+            (None, Some(ip.clone()))
+        }
+        Some(NetHeaders::Ipv6(ip, _)) => (Some((ip.source, ip.destination)), None),
+        other => panic!("not IP: {other:?}"),
+    };
+    let want = match (&h.transport, &dst, src) {
+        (Some(TransportHeader::Tcp(t)), Some(ip4), _) => {
+            t.calc_checksum_ipv4(ip4, payload).map(|c| (t.checksum, c))
+        }
+        (Some(TransportHeader::Tcp(t)), None, Some((s, d))) => {
+            t.calc_checksum_ipv6_raw(s, d, payload).map(|c| (t.checksum, c))
+        }
+        (Some(TransportHeader::Udp(u)), Some(ip4), _) => {
+            u.calc_checksum_ipv4(ip4, payload).map(|c| (u.checksum, c))
+        }
+        (Some(TransportHeader::Udp(u)), None, Some((s, d))) => {
+            u.calc_checksum_ipv6_raw(s, d, payload).map(|c| (u.checksum, c))
+        }
+        (Some(TransportHeader::Icmpv4(i)), _, _) => Ok((i.checksum, i.icmp_type.calc_checksum(payload))),
+        (Some(TransportHeader::Icmpv6(i)), None, Some((s, d))) => {
+            i.icmp_type.calc_checksum(s, d, payload).map(|c| (i.checksum, c))
+        }
+        other => panic!("no transport header etherparse checks: {other:?}"),
+    };
+    let (got, want) = want.expect("a length a checksum covers");
+    assert_eq!(got, want, "bad L4 checksum");
+    h
+}
+
+/// (src, sport, dst, dport) of an IPv4 frame, asserting its checksums are valid.
 fn tuple(f: &[u8]) -> ([u8; 4], u16, [u8; 4], u16) {
-    assert_eq!(csum(&f[14..34]), 0, "bad IPv4 header checksum");
-    let (ip, l4) = f[14..].split_at(20);
-    assert_eq!(l4_csum(ip, l4), 0, "bad L4 checksum");
-    let addr = |o: usize| [f[o], f[o + 1], f[o + 2], f[o + 3]];
-    (
-        addr(26),
-        u16::from_be_bytes([f[34], f[35]]),
-        addr(30),
-        u16::from_be_bytes([f[36], f[37]]),
-    )
+    let h = checked(f);
+    let Some(etherparse::NetHeaders::Ipv4(ip, _)) = &h.net else {
+        panic!("not IPv4")
+    };
+    let (sport, dport) = ports(&h);
+    (ip.source, sport, ip.destination, dport)
+}
+
+/// (src, sport, dst, dport) of an IPv6 frame, asserting its checksum is valid.
+fn tuple6(f: &[u8]) -> ([u8; 16], u16, [u8; 16], u16) {
+    let h = checked(f);
+    let Some(etherparse::NetHeaders::Ipv6(ip, _)) = &h.net else {
+        panic!("not IPv6")
+    };
+    let (sport, dport) = ports(&h);
+    (ip.source, sport, ip.destination, dport)
+}
+
+fn ports(h: &etherparse::PacketHeaders<'_>) -> (u16, u16) {
+    match &h.transport {
+        Some(etherparse::TransportHeader::Tcp(t)) => (t.source_port, t.destination_port),
+        Some(etherparse::TransportHeader::Udp(u)) => (u.source_port, u.destination_port),
+        other => panic!("neither TCP nor UDP: {other:?}"),
+    }
 }
 
 #[test]
@@ -294,7 +342,7 @@ fn root_service_without_endpoints_answers_icmp_port_unreachable() {
         (&syn[6..12], &syn[0..6]),
         "MACs swapped"
     );
-    assert_eq!(csum(&out[14..34]), 0, "IPv4 checksum");
+    checked(&out);
     assert_eq!(out[23], 1, "ICMP");
     assert_eq!(
         (&out[26..30], &out[30..34]),
@@ -306,7 +354,6 @@ fn root_service_without_endpoints_answers_icmp_port_unreachable() {
         (3, 3),
         "destination unreachable / port unreachable"
     );
-    assert_eq!(csum(&out[34..]), 0, "ICMP checksum");
     assert_eq!(&out[42..], &syn[14..42], "quotes the original header and ports");
 }
 
@@ -470,61 +517,6 @@ fn root_affinity_holds_on_terminating_fallback() {
     );
 }
 
-/// The IPv6 checksum of an upper-layer message (RFC 8200 8.1).
-fn l4_csum6(ip: &[u8], next: u8, l4: &[u8]) -> u16 {
-    let mut pseudo = Vec::from(&ip[8..40]);
-    pseudo.extend_from_slice(&(l4.len() as u32).to_be_bytes());
-    pseudo.extend_from_slice(&[0, 0, 0, next]);
-    pseudo.extend_from_slice(l4);
-    csum(&pseudo)
-}
-
-/// Ethernet + IPv6 + TCP (with `tcp_flags`) or UDP, with a correct checksum.
-fn frame6(proto: u8, src: [u8; 16], sport: u16, dst: [u8; 16], dport: u16, tcp_flags: u8) -> Vec<u8> {
-    let payload = b"hello";
-    let l4_len = if proto == IPPROTO_TCP { 20 } else { 8 } + payload.len();
-    let mut f = vec![0u8; 14 + 40 + l4_len];
-    f[0..6].copy_from_slice(&[2, 0, 0, 0, 0, 0xaa]);
-    f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 0xbb]);
-    f[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
-    let ip = &mut f[14..54];
-    ip[0] = 0x60;
-    ip[4..6].copy_from_slice(&(l4_len as u16).to_be_bytes());
-    ip[6] = proto;
-    ip[7] = 64;
-    ip[8..24].copy_from_slice(&src);
-    ip[24..40].copy_from_slice(&dst);
-    let l4 = &mut f[54..];
-    l4[0..2].copy_from_slice(&sport.to_be_bytes());
-    l4[2..4].copy_from_slice(&dport.to_be_bytes());
-    if proto == IPPROTO_TCP {
-        l4[12] = 5 << 4;
-        l4[13] = tcp_flags;
-        l4[20..].copy_from_slice(payload);
-    } else {
-        l4[4..6].copy_from_slice(&(l4_len as u16).to_be_bytes());
-        l4[8..].copy_from_slice(payload);
-    }
-    let (ip, l4) = f[14..].split_at(40);
-    let c = l4_csum6(ip, proto, l4);
-    let at = 54 + if proto == IPPROTO_TCP { 16 } else { 6 };
-    f[at..at + 2].copy_from_slice(&c.to_be_bytes());
-    f
-}
-
-/// (src, sport, dst, dport) of an IPv6 frame, asserting its L4 checksum is valid.
-fn tuple6(f: &[u8]) -> ([u8; 16], u16, [u8; 16], u16) {
-    let (ip, l4) = f[14..].split_at(40);
-    assert_eq!(l4_csum6(ip, ip[6], l4), 0, "bad L4 checksum");
-    let addr = |o: usize| <[u8; 16]>::try_from(&f[o..o + 16]).expect("16 bytes");
-    (
-        addr(22),
-        u16::from_be_bytes([f[54], f[55]]),
-        addr(38),
-        u16::from_be_bytes([f[56], f[57]]),
-    )
-}
-
 #[test]
 fn root_ipv6_clusterip_is_translated_both_ways_with_valid_checksums() {
     for proto in [IPPROTO_TCP, IPPROTO_UDP] {
@@ -596,7 +588,7 @@ fn root_ipv6_service_without_endpoints_answers_icmpv6_port_unreachable() {
         (1, 4),
         "destination unreachable / port unreachable"
     );
-    assert_eq!(l4_csum6(&out[14..54], 58, &out[54..]), 0, "ICMPv6 checksum");
+    checked(&out);
     assert_eq!(&out[62..], &dgram[14..62], "quotes the original header and ports");
 }
 

@@ -1,5 +1,6 @@
-//! Attaching the programs with pinned TCX links: the pod programs to a pod's
-//! host-side veth, the node program to each of the node's devices.
+//! Attaching the programs with pinned links: the pod programs (TCX) to a pod's
+//! host-side veth, the node programs (TCX) to each of the node's devices, the
+//! socket hooks to the cgroup whose processes reach Services through them.
 //!
 //! The links are pinned and never held open by the agent: the pin alone keeps a
 //! program attached, so the datapath survives the agent. A new agent swaps its

@@ -2,7 +2,10 @@
 //!
 //! ```text
 //! <root>/maps/<map name>               pinned maps (names from weir_common::maps)
-//! <root>/links/<ifindex>/<program>     pinned TCX links of a pod's host-side veth
+//! <root>/links/<ifindex>/<program>     pinned TCX links: a pod's host-side veth
+//!                                      (from_pod, to_pod) or a node device
+//!                                      (from_netdev, to_netdev)
+//! <root>/links/cgroup/<program>        the socket hooks' links on the cgroup
 //! ```
 //!
 //! The root defaults to `/sys/fs/bpf/weir`; lab nodes sharing one machine (and so
@@ -46,7 +49,6 @@ impl PinLayout {
         self.endpoint_links(ifindex).join(program)
     }
 
-    /// The socket hooks' links (on the cgroup).
     /// Where the cgroup socket hooks' links are pinned.
     pub fn cgroup_links(&self) -> PathBuf {
         self.links_dir().join("cgroup")

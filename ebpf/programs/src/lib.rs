@@ -1,3 +1,4 @@
 #![no_std]
-// The programs live in the `weir` binary (src/main.rs); this stub lets tools that
-// walk the workspace treat the crate as a library.
+// The programs live in the `weir` binary (src/main.rs), built for
+// bpfel-unknown-none by agent/build.rs; this empty library lets tools that walk
+// the workspace (cargo metadata, rust-analyzer) treat the crate as any other.

@@ -1,6 +1,12 @@
-//! Weir's TC programs on the host side of each pod's veth.
+//! Weir's eBPF programs: TC programs on the host side of each pod's veth
+//! (`from_pod`, `to_pod`: load balancing, NetworkPolicy, delivery) and on the
+//! node's devices (`from_netdev`, `to_netdev`: NodePorts, externalIPs and
+//! load-balancer IPs from outside), and the cgroup socket hooks of the node's
+//! own processes ([`sock`]). Areas: `lb` (and `lb::frontend`, the steps every
+//! hook takes for a new flow), `policy`, `endpoints`, `route`, `metrics`,
+//! `packet` (the one place that reads headers).
 //!
-//! Entry points are thin: `try_*` computes a verdict or a drop reason, and the
+//! TC entry points are thin: `try_*` computes a verdict or a drop reason, and the
 //! entry point counts it in the metrics map before returning it to TC.
 #![no_std]
 #![no_main]
