@@ -64,8 +64,18 @@ where
     F: FnOnce() + Send + 'static,
 {
     let thread = name.to_owned();
+    #[cfg(debug_assertions)]
+    let fault = injected_fault(name);
     std::thread::Builder::new().name(thread.clone()).spawn(move || {
-        if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(work)) {
+        let supervised = move || {
+            #[cfg(debug_assertions)]
+            if let Some(after) = fault {
+                std::thread::sleep(after);
+                panic!("fault injected by {FAULT_VAR}");
+            }
+            work()
+        };
+        if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(supervised)) {
             let failure = Failure {
                 thread,
                 cause: panic_message(payload.as_ref()),
@@ -80,6 +90,20 @@ where
             }
         }
     })
+}
+
+/// Debug builds only (the lab's tests): `WEIR_TEST_PANIC=<thread>@<ms>` makes
+/// the supervised thread of that name panic that long after it starts,
+/// instead of doing its work: how the tests see a thread's panic end the agent
+/// while the datapath keeps forwarding.
+#[cfg(debug_assertions)]
+const FAULT_VAR: &str = "WEIR_TEST_PANIC";
+
+#[cfg(debug_assertions)]
+fn injected_fault(name: &str) -> Option<std::time::Duration> {
+    let value = std::env::var(FAULT_VAR).ok()?;
+    let (thread, ms) = value.split_once('@')?;
+    (thread == name).then(|| std::time::Duration::from_millis(ms.parse().unwrap_or(0)))
 }
 
 fn panic_message(payload: &(dyn Any + Send)) -> String {

@@ -102,7 +102,18 @@ impl Agent {
             }
             None => {}
         }
-        cmd.args(&extra);
+        // `env:NAME=VALUE` items set the agent's environment (the debug build's
+        // fault injection, `WEIR_TEST_PANIC`); the rest are flags.
+        for item in &extra {
+            match item.strip_prefix("env:").and_then(|e| e.split_once('=')) {
+                Some((name, value)) => {
+                    cmd.env(name, value);
+                }
+                None => {
+                    cmd.arg(item);
+                }
+            }
+        }
         let child = cmd
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("dup log"))
@@ -205,6 +216,18 @@ impl Agent {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// How the agent exited, waiting at most `within` for it to.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 
     /// Kills the agent and starts a new one with the same settings.

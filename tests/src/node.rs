@@ -61,6 +61,12 @@ impl Node {
         self.start_agent_inner(Some(dir.to_owned()))
     }
 
+    /// [`Node::start_agent_with_source`] with more flags (or `env:NAME=VALUE`
+    /// items, see [`Agent::start_full`]).
+    pub fn start_agent_with_source_and(&mut self, dir: &Path, extra: Vec<String>) -> Agent {
+        self.start_agent_full(Some(AgentSource::Dir(dir.to_owned())), extra)
+    }
+
     fn start_agent_inner(&mut self, source: Option<PathBuf>) -> Agent {
         self.start_agent_full(source.map(AgentSource::Dir), Vec::new())
     }

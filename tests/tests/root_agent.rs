@@ -6,7 +6,9 @@ use std::{net::SocketAddr, time::Duration};
 use serde_json::Value;
 use weir_lab::{
     Node,
+    services::{Ep, ManifestDir, port, service, slice},
     traffic::{ConnectionLoad, EchoServer, tcp_roundtrip, udp_roundtrip},
+    whoami::{WhoAmI, ask_tcp},
 };
 
 /// Forwarded packets counted so far in one direction.
@@ -209,4 +211,66 @@ fn root_hostile_clients_of_the_cni_socket_do_not_block_registrations() {
 
     let grown = agent.log_text().len() - log_before;
     assert!(grown < 64 * 1024, "the agent's log grew by {grown} bytes");
+}
+
+/// A supervised thread's panic (here the sync thread's, injected by the debug
+/// build's `WEIR_TEST_PANIC`) ends the agent with an error naming the thread,
+/// so that the DaemonSet restarts it; meanwhile the pinned datapath keeps
+/// serving what the last agent programmed, and a new agent takes over.
+#[test]
+fn root_a_panicking_sync_thread_ends_the_agent_and_the_datapath_serves_on() {
+    let dir = ManifestDir::new();
+    let mut node = Node::new("10.90.7.0/24");
+    let mut agent = node.start_agent_with_source(dir.path());
+    let backend = node.add_pod("backend");
+    let client = node.add_pod("client");
+    let _server = WhoAmI::start(&backend.ns, "backend", backend.ipv4(), &[8080]);
+    let name = node.name().to_owned();
+    dir.write(
+        "web.yaml",
+        &[
+            service("web", "10.96.7.1", &[port("http", 80, "8080", "TCP")]),
+            slice(
+                "web-x",
+                "web",
+                &name,
+                &[("http", 8080, "TCP")],
+                &[Ep::ready(backend.ipv4())],
+            ),
+        ],
+    );
+    agent.wait_backends("10.96.7.1:80/TCP", &[format!("{}:8080", backend.ipv4())]);
+    let vip = SocketAddr::new("10.96.7.1".parse().expect("VIP"), 80);
+    assert_eq!(
+        ask_tcp(&client.ns, vip).expect("through the ClusterIP").server,
+        "backend"
+    );
+
+    agent.kill();
+    let mark = agent.log_text().len();
+    let mut faulty =
+        node.start_agent_with_source_and(dir.path(), vec!["env:WEIR_TEST_PANIC=weir-sync@1000".to_owned()]);
+    let status = faulty
+        .wait_exit(Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("the agent outlived its sync thread:\n{}", faulty.log_since(mark)));
+    assert!(!status.success(), "exit status {status}");
+    let log = faulty.log_since(mark);
+    assert!(
+        log.contains("thread weir-sync panicked: fault injected by WEIR_TEST_PANIC")
+            && log.contains("exiting so that the agent is restarted"),
+        "the reason is not logged:\n{log}"
+    );
+    // No agent at all now: the pinned maps and links still serve.
+    for i in 0..10 {
+        let answer = ask_tcp(&client.ns, vip).unwrap_or_else(|e| panic!("connection {i} with no agent: {e}"));
+        assert_eq!(answer.server, "backend");
+    }
+
+    // The DaemonSet's restart: a healthy agent takes over.
+    let agent = node.start_agent_with_source(dir.path());
+    agent.wait_backends("10.96.7.1:80/TCP", &[format!("{}:8080", backend.ipv4())]);
+    assert_eq!(
+        ask_tcp(&client.ns, vip).expect("after the restart").server,
+        "backend"
+    );
 }
