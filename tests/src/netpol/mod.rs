@@ -22,7 +22,7 @@ pub mod probes;
 pub mod scenarios;
 
 pub use cluster::{Cluster, NsInfo, PodInfo};
-pub use generate::{RandomCase, random_case};
+pub use generate::{RandomCase, random_cases};
 pub use oracle::allowed;
 pub use probes::{Probe, matrix, probes};
 pub use scenarios::{ALLOW_ALL_SCENARIOS, Scenario, Step, scenarios};
