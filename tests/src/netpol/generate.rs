@@ -62,8 +62,8 @@ const CIDRS: &[&str] = &["10.1.0.0/16", "10.1.0.0/20", "0.0.0.0/0", "192.0.2.0/2
 const EXCEPTS: &[&str] = &["10.1.0.0/28", "10.1.1.0/24", "10.1.200.0/24", "192.0.2.0/25"];
 
 /// Random clusters (2-3 namespaces, 3-8 pods in 10.1.0.0/16) with 1-4 policies
-/// exercising every selector operator, peer kind and port form, and the addresses
-/// of [`EXTERNAL`].
+/// exercising every selector operator, peer kind and port form, and four addresses
+/// outside the cluster.
 pub fn random_cases() -> impl Strategy<Value = RandomCase> {
     (vec(labels(), 2..=3), vec(pod(), 3..=8), vec(policy(), 1..=4)).prop_map(
         |(namespaces, pods, policies)| {
