@@ -9,9 +9,10 @@
 //!
 //! - [`cluster`]: namespaces and pods, and their API objects;
 //! - [`oracle`]: whether the policies allow a connection ([`allowed`]);
-//! - [`probes`](mod@probes): the pod-to-pod probes an end-to-end test runs, and the expected matrix;
-//! - [`scenarios`](mod@scenarios): the upstream "x, y, z / a, b, c" cluster and the scenarios of the
-//!   upstream e2e suite played on it (tests/tests/root_netpol.rs);
+//! - [`probes`](mod@probes): the pod-to-pod probes an end-to-end test runs, and
+//!   the expected matrix;
+//! - [`scenarios`](mod@scenarios): the upstream "x, y, z / a, b, c" cluster and the
+//!   scenarios of the upstream e2e suite played on it (tests/tests/root_netpol.rs);
 //! - [`generate`]: random clusters and policies for the property test
 //!   (tests/tests/policy_agreement.rs).
 
