@@ -141,6 +141,19 @@ pub struct RunArgs {
     /// flows); `auto`, legacy while this node's netfilter has such rules.
     #[arg(long, env = "WEIR_HOST_ROUTING", value_enum, default_value = "auto")]
     pub host_routing: HostRouting,
+    /// How pods' packets reach other nodes' pods: `native`, a route to every
+    /// other Node's pod CIDRs via its InternalIP, from the Node objects (the
+    /// underlay must forward pod addresses between nodes: one L2 segment, or
+    /// routers that know the routes); `off`, routes are someone else's.
+    #[arg(long, env = "WEIR_ROUTING", value_enum, default_value = "native")]
+    pub routing: Routing,
+}
+
+/// `--routing`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Routing {
+    Native,
+    Off,
 }
 
 /// An address to listen on, or `off`.

@@ -3,6 +3,7 @@
 //! - [`datapath`]: the thin kernel-facing layer: load the eBPF object, pin maps and
 //!   links under one root, attach programs to pod veths, typed map handles.
 //! - [`node_net`]: the node's devices and addresses (where NodePorts are served).
+//! - [`node_routes`]: `--routing native`, routes to other Nodes' pod CIDRs.
 //! - [`node`]: this node's Node object: pod CIDRs for the CNI configuration
 //!   ([`cni_conf`]), addresses for NodePorts.
 //! - [`status`]: alive, ready, and kube-proxy's health contract.
@@ -34,6 +35,7 @@ pub mod memory;
 pub mod metrics;
 pub mod node;
 pub mod node_net;
+pub mod node_routes;
 pub mod source;
 pub mod status;
 pub mod supervise;

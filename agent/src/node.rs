@@ -69,19 +69,7 @@ impl NodeWatch {
             Some(Object::Node(n)) => Some(n),
             _ => None,
         };
-        let mut cidrs: Vec<IpNetwork> = node
-            .and_then(|n| n.spec.as_ref())
-            .map(|s| {
-                s.pod_cidrs
-                    .clone()
-                    .filter(|c| !c.is_empty())
-                    .or_else(|| s.pod_cidr.clone().map(|c| vec![c]))
-                    .unwrap_or_default()
-            })
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|c| c.parse().ok())
-            .collect();
+        let mut cidrs: Vec<IpNetwork> = node.map(|n| weir_model::nodes::pod_cidrs(n)).unwrap_or_default();
         if cidrs.is_empty() && !self.cluster {
             cidrs = self.fallback_cidrs.clone();
         }
@@ -111,13 +99,8 @@ impl NodeWatch {
             return false;
         }
         let addresses: Vec<IpAddr> = node
-            .and_then(|n| n.status.as_ref())
-            .and_then(|s| s.addresses.as_ref())
-            .into_iter()
-            .flatten()
-            .filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP")
-            .filter_map(|a| a.address.parse().ok())
-            .collect();
+            .map(|n| weir_model::nodes::addresses(n, &["InternalIP", "ExternalIP"]))
+            .unwrap_or_default();
         if addresses.is_empty() || addresses == self.addresses {
             return false;
         }

@@ -20,6 +20,7 @@ use crate::{
     health::HealthServer,
     metrics::Metrics,
     node::NodeWatch,
+    node_routes::NativeRouting,
     source::Source,
     status::Status,
     sync::{PolicySyncer, ServiceReport, ServiceSyncer, SharedDatapath},
@@ -59,6 +60,8 @@ pub struct SyncLoop {
     /// This node's Node object: pod CIDRs for the CNI configuration, addresses
     /// for NodePorts.
     pub node: NodeWatch,
+    /// `--routing native`: routes to other Nodes' pods.
+    pub routes: Option<NativeRouting>,
 }
 
 impl SyncLoop {
@@ -97,6 +100,11 @@ impl SyncLoop {
                         self.compiler.set_node(node);
                         services_compiled = false;
                     }
+                    if self.listed(&[Kind::Node])
+                        && let Some(routes) = &mut self.routes
+                    {
+                        routes.update(self.source.model(), &changes.objects);
+                    }
                     // Policies first: they depend on a few kinds only, and a
                     // change of them should not wait for a large service sync.
                     if self.listed(&POLICY_INPUTS)
@@ -131,6 +139,11 @@ impl SyncLoop {
                     }
                 }
                 Ok(None) => {
+                    if self.listed(&[Kind::Node])
+                        && let Some(routes) = self.routes.as_mut().filter(|r| r.pending())
+                    {
+                        routes.update(self.source.model(), &Default::default());
+                    }
                     if let Some(changed) = pending.take() {
                         pending = self.sync(changed);
                     }

@@ -2,8 +2,8 @@
 //!
 //! [`Underlay`] is a switch (a bridge in a namespace of its own) on the subnet
 //! `10.200.n.0/24`: nodes and external hosts plug into it, and each node's pod
-//! CIDR is routed via that node's address (what Weir's default cross-node mode
-//! programs in a cluster). [`link`] is the smallest case: two nodes on a veth.
+//! CIDR is routed via that node's address, by the harness ([`Underlay::join`])
+//! or by the agents (`--routing native`, [`Underlay::plug_nodes`]). [`link`] is the smallest case: two nodes on a veth.
 
 use std::net::IpAddr;
 
@@ -57,14 +57,21 @@ impl Underlay {
         ip.parse().expect("underlay address")
     }
 
-    /// Plugs the nodes in as `.1`, `.2`, ... and routes each one's pod CIDR via it
-    /// on the others. Returns their addresses.
-    pub fn join(&self, nodes: &[&Node]) -> Vec<IpAddr> {
-        let ips: Vec<IpAddr> = nodes
+    /// Plugs the nodes in as `.1`, `.2`, ... and nothing more: no route to
+    /// their pods (what `weir-agent --routing native` installs). Returns their
+    /// addresses.
+    pub fn plug_nodes(&self, nodes: &[&Node]) -> Vec<IpAddr> {
+        nodes
             .iter()
             .zip(1u8..)
             .map(|(node, host)| self.plug(&node.ns, host))
-            .collect();
+            .collect()
+    }
+
+    /// Plugs the nodes in as `.1`, `.2`, ... and routes each one's pod CIDR via it
+    /// on the others. Returns their addresses.
+    pub fn join(&self, nodes: &[&Node]) -> Vec<IpAddr> {
+        let ips = self.plug_nodes(nodes);
         for (node, _) in nodes.iter().zip(&ips) {
             for (other, via) in nodes.iter().zip(&ips) {
                 if other.ns.name() != node.ns.name() {

@@ -11,10 +11,13 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
+use std::time::{Duration, Instant};
+
 use weir_lab::{
     Node,
-    services::{Cluster, Ep, SourceKind, port, service, slice},
-    underlay,
+    services::{Cluster, Ep, ManifestDir, SourceKind, node_object, port, service, slice},
+    traffic::ConnectionLoad,
+    underlay::{self, Underlay},
     whoami::{WhoAmI, ask_tcp, ask_udp},
 };
 
@@ -93,5 +96,152 @@ fn clusterip_reaches_endpoints_on_another_node(kind: SourceKind) {
         servers,
         BTreeSet::from(["local".to_owned(), "remote".to_owned()]),
         "40 connections over a local and a remote endpoint"
+    );
+}
+
+/// Weir's routes on a node (`ip route show proto 87`): destination -> next hop.
+fn weir_routes(node: &Node) -> Vec<(String, String)> {
+    node.ns
+        .sh("ip route show proto 87")
+        .lines()
+        .filter_map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            let via = words.iter().position(|w| *w == "via")?;
+            Some((words[0].to_owned(), words.get(via + 1)?.to_string()))
+        })
+        .collect()
+}
+
+/// Waits until `node`'s Weir routes are exactly `want` (destination, next hop).
+fn wait_routes(node: &Node, want: &[(String, String)]) {
+    let mut want = want.to_vec();
+    want.sort();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut got = weir_routes(node);
+        got.sort();
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}: Weir's routes {got:?}, want {want:?}\n{}",
+            node.name(),
+            node.ns.sh("ip route")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `--routing native` (the default): three nodes on one L2 segment and not one
+/// route installed by the harness. Each agent routes the other Nodes' pod
+/// CIDRs via their InternalIPs, from the Node objects (here a manifest
+/// directory's), and follows them as a Node joins and another leaves, while a
+/// pod keeps connecting to a pod of another node; a route that is not Weir's is
+/// never touched.
+#[test]
+fn root_native_routing_follows_the_node_objects() {
+    let dir = ManifestDir::new();
+    let underlay = Underlay::new(95);
+    let mut nodes: Vec<Node> = (1..=4).map(|i| Node::new(&format!("10.95.{i}.0/24"))).collect();
+    let ips = underlay.plug_nodes(&nodes.iter().take(3).collect::<Vec<_>>());
+    // Somebody else's route: Weir leaves it alone.
+    nodes[0]
+        .ns
+        .sh(&format!("ip route add 10.123.0.0/16 via {} proto static", ips[1]));
+    let names: Vec<String> = nodes.iter().map(|n| n.name().to_owned()).collect();
+    let cidrs: Vec<String> = nodes.iter().map(Node::pod_cidr).collect();
+    let objects = |members: &[usize], ips: &[std::net::IpAddr]| {
+        members
+            .iter()
+            .map(|&i| node_object(&names[i], &[&cidrs[i]], &[ips[i]]))
+            .collect::<Vec<_>>()
+    };
+    dir.write("nodes.yaml", &objects(&[0, 1, 2], &ips));
+    let mut agents: Vec<_> = nodes
+        .iter_mut()
+        .take(3)
+        .map(|n| n.start_agent_with_source(dir.path()))
+        .collect();
+    let pods: Vec<_> = nodes
+        .iter()
+        .take(3)
+        .enumerate()
+        .map(|(i, n)| n.add_pod(&format!("p{i}")))
+        .collect();
+    let _servers: Vec<_> = pods
+        .iter()
+        .enumerate()
+        .map(|(i, p)| WhoAmI::start(&p.ns, &format!("p{i}"), p.ipv4(), &[8080]))
+        .collect();
+    let route = |i: usize, ips: &[std::net::IpAddr]| (cidrs[i].clone(), ips[i].to_string());
+    wait_routes(&nodes[0], &[route(1, &ips), route(2, &ips)]);
+    wait_routes(&nodes[2], &[route(0, &ips), route(1, &ips)]);
+    let at = |i: usize| SocketAddr::new(pods[i].ipv4(), 8080);
+    for (from, to) in [(0, 1), (0, 2), (2, 0), (1, 2)] {
+        let a = ask_tcp(&pods[from].ns, at(to)).unwrap_or_else(|e| panic!("p{from} -> p{to}: {e}"));
+        assert_eq!(a.server, format!("p{to}"));
+        assert_eq!(
+            a.peer.ip(),
+            pods[from].ipv4(),
+            "no address translation between nodes"
+        );
+    }
+
+    // Traffic between two nodes' pods while Nodes come and go.
+    let to_p1 = at(1);
+    let load = ConnectionLoad::start(&pods[0].ns, move |ns| ask_tcp(ns, to_p1).map(|_| ()));
+
+    // A fourth node joins the segment and the cluster.
+    let mut ips = ips;
+    ips.push(underlay.plug(&nodes[3].ns, 4));
+    dir.write("nodes.yaml", &objects(&[0, 1, 2, 3], &ips));
+    agents.push(nodes[3].start_agent_with_source(dir.path()));
+    let p3 = nodes[3].add_pod("p3");
+    let _s3 = WhoAmI::start(&p3.ns, "p3", p3.ipv4(), &[8080]);
+    wait_routes(&nodes[0], &[route(1, &ips), route(2, &ips), route(3, &ips)]);
+    wait_routes(&nodes[3], &[route(0, &ips), route(1, &ips), route(2, &ips)]);
+    let a = ask_tcp(&pods[0].ns, SocketAddr::new(p3.ipv4(), 8080)).expect("p0 -> the new node's pod");
+    assert_eq!(a.server, "p3");
+    let a = ask_tcp(&p3.ns, at(0)).expect("the new node's pod -> p0");
+    assert_eq!(a.server, "p0");
+
+    // The third node leaves: its Node object is deleted.
+    dir.write("nodes.yaml", &objects(&[0, 1, 3], &ips));
+    wait_routes(&nodes[0], &[route(1, &ips), route(3, &ips)]);
+    wait_routes(&nodes[1], &[route(0, &ips), route(3, &ips)]);
+    assert!(
+        ask_tcp(&pods[0].ns, at(2)).is_err(),
+        "no route is left to a node that left the cluster"
+    );
+    assert!(
+        nodes[0]
+            .ns
+            .sh("ip route show 10.123.0.0/16")
+            .contains("proto static"),
+        "somebody else's route was touched: {}",
+        nodes[0].ns.sh("ip route")
+    );
+    let n = load.stop_and_assert_none_failed("while a node joined and another left");
+    assert!(n > 20, "only {n} connections");
+
+    // A restarted agent finds its routes again and leaves them as they are.
+    let mark = agents[0].log_text().len();
+    agents[0].restart(&names[0]);
+    wait_routes(&nodes[0], &[route(1, &ips), route(3, &ips)]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !agents[0]
+        .log_since(mark)
+        .contains("routes to other nodes' pods synced")
+    {
+        assert!(Instant::now() < deadline, "{}", agents[0].log_since(mark));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        agents[0]
+            .log_since(mark)
+            .contains("added=0 changed=0 removed=0 failed=0"),
+        "{}",
+        agents[0].log_since(mark)
     );
 }

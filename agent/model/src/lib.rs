@@ -12,6 +12,7 @@ pub mod ids;
 pub mod maglev;
 pub mod model;
 pub mod net;
+pub mod nodes;
 pub mod object;
 pub mod parse;
 mod pod;

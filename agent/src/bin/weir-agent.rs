@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use tracing::info;
 use weir_agent::{
-    cli::{Cli, Command, RunArgs},
+    cli::{Cli, Command, Routing, RunArgs},
     cni_conf::ConfOptions,
     cni_server,
     conntrack::Hygiene,
@@ -20,6 +20,7 @@ use weir_agent::{
     metrics::Metrics,
     node::NodeWatch,
     node_net::{self, NodeNet},
+    node_routes::NativeRouting,
     source::{KubeOptions, SourceSpec},
     status::Status,
     supervise,
@@ -133,8 +134,13 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                 node_ips: net.nodeport_addresses.clone(),
                 ..NodeContext::new(node.as_str())
             };
+            let routes = (args.routing == Routing::Native)
+                .then(|| NativeRouting::new(&node))
+                .transpose()
+                .context("opening netlink for --routing native")?;
             let services = Services {
                 node: context,
+                routes,
                 pins: &pins,
                 spec,
                 kube: KubeOptions {
@@ -208,6 +214,7 @@ fn write_node(dp: &mut Datapath, net: &NodeNet) -> anyhow::Result<()> {
 /// What the sync and GC threads start from.
 struct Services<'a> {
     node: NodeContext,
+    routes: Option<NativeRouting>,
     pins: &'a PinLayout,
     spec: &'a SourceSpec,
     kube: KubeOptions,
@@ -250,6 +257,7 @@ fn start_services(s: Services<'_>) -> anyhow::Result<()> {
         metrics: s.metrics,
         status: s.status,
         node: s.watch,
+        routes: s.routes,
     }
     .spawn()
     .context("spawning the sync thread")?;
