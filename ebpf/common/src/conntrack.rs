@@ -61,7 +61,8 @@ pub struct CtValue {
     pub nat2_addr: [u8; 16], /* BE */
     /// OUT: the backend port. IN: the frontend port.
     pub nat_port: u16, /* BE */
-    /// Source NAT only: OUT: the new source port; IN: the client's port.
+    /// Hairpin or source NAT only: OUT: the new source port (hairpin: the
+    /// client's own); IN: the client's port.
     pub nat2_port: u16, /* BE */
     /// `CT_F_*`.
     pub flags: u8,

@@ -1,7 +1,8 @@
 //! What the datapath counts: packets and bytes per direction and reason, in a
 //! per-CPU array user space sums (`/metrics`, `weirctl metrics`).
 
-/// Direction of a packet relative to the pod, as seen on the host side of its veth.
+/// Where the datapath saw what it counts: a packet relative to the pod, as seen
+/// on the host side of its veth, or on a node device; or a socket call.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dir {
@@ -13,9 +14,10 @@ pub enum Dir {
     FromNetdev = 2,
     /// TC egress on a node device: leaving the node.
     ToNetdev = 3,
-    /// A socket hook of the node's own processes: sockets connected (or
-    /// datagrams sent) to a backend instead of a frontend, refused, and
-    /// replies made to come from the frontend; counted once each, no bytes.
+    /// A socket hook of the node's own processes: one count per call it acts
+    /// on (a socket connected, or a datagram sent, to a backend instead of a
+    /// frontend; a refusal; a received datagram or `getpeername` made to show
+    /// the frontend), no bytes.
     Socket = 4,
 }
 

@@ -23,7 +23,8 @@ impl Action {
     }
 }
 
-/// Counts the packet under `reason` beside its verdict (which is counted too).
+/// Counts one event under `reason`, `ctx_len` bytes: a packet beside its
+/// verdict (which is counted too), or a socket hook's call (no bytes).
 #[inline(always)]
 pub fn note(ctx_len: u32, dir: Dir, reason: Reason) {
     if let Some(slot) = METRICS.get_ptr_mut(metrics_index(dir, reason)) {

@@ -26,8 +26,9 @@ pub enum Tuple {
 }
 
 /// Writes the key of `flow`'s tuple in place (also into map memory: see
-/// `lb::track`). The one place a conntrack key is filled from a packet: the
-/// load balancer's (`dir`: `CT_OUT`, `CT_IN`) and policy's (`CT_OUT`).
+/// `lb::track`), for the load balancer's conntrack (`dir`: `CT_OUT`, `CT_IN`)
+/// and policy's (`CT_OUT`). The other key filled from a packet is the one an
+/// ICMP error quotes (`packet::quoted_key`), with the same `dir`.
 #[inline(always)]
 pub fn fill_key<F: Family>(k: &mut CtKey, flow: &Flow<F>, tuple: Tuple, dir: u8) {
     if tuple == Tuple::AsReply {

@@ -43,7 +43,7 @@ pub fn from_netdev<F: Lb>(ctx: &TcContext, flow: &mut Flow<F>) -> Result<Action,
     let pass = Ok(Action::forward(TC_ACT_OK));
 
     // 1. A packet of an external flow we translated.
-    if established(ctx, flow, s, now, CT_F_EXTERNAL)? {
+    if established(ctx, flow, s, now, CT_F_EXTERNAL, CT_F_SNAT)? {
         let pod = endpoints::veth(&endpoints::key::<F>(&flow.daddr));
         return deliver(ctx, flow, pod.unwrap_or(0));
     }

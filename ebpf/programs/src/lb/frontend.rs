@@ -34,7 +34,8 @@ pub fn of_flow<F: Family>(flow: &Flow<F>) -> ServiceKey {
     key
 }
 
-/// The frontend's entry at `key` as a client outside the cluster gets it.
+/// The entry at `key`: with the key as [`key`] makes it, the frontend's entry
+/// as a client outside the cluster gets it.
 #[inline(always)]
 pub fn lookup(key: &ServiceKey) -> Option<ServiceValue> {
     // SAFETY: a pointer into the map's value, valid for this run.

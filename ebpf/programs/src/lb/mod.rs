@@ -76,7 +76,7 @@ pub fn from_pod<F: Lb>(
     let s = scratch()?;
 
     // 1. A packet of a flow we translated.
-    if established(ctx, flow, s, now, 0)? {
+    if established(ctx, flow, s, now, 0, CT_F_HAIRPIN)? {
         return Ok(None);
     }
 
@@ -112,9 +112,12 @@ pub fn from_pod<F: Lb>(
 }
 
 /// A packet of a flow translated before goes to the same backend as before,
-/// even if the service's endpoints have changed since, from the same new
-/// source if it got one (hairpin, source NAT). `only`: `CT_F_*` flags the
-/// flow's entry must carry. Whether the packet was one.
+/// even if the service's endpoints have changed since. `only`: `CT_F_*` flags
+/// the flow's entry must carry; `new_source`: the `CT_F_*` flag under which
+/// this hook gives the packet the entry's new source (`CT_F_HAIRPIN` on a
+/// pod's veth, `CT_F_SNAT` on a node device: the one kind of flow each
+/// creates, so that a packet matching another hook's entry is never given a
+/// source it could not have had). Whether the packet was one.
 #[inline(always)]
 fn established<F: Lb>(
     ctx: &TcContext,
@@ -122,6 +125,7 @@ fn established<F: Lb>(
     s: &mut Scratch,
     now: u64,
     only: u8,
+    new_source: u8,
 ) -> Result<bool, Reason> {
     ct::fill_key(&mut s.out_key, flow, Tuple::AsSent, CT_OUT);
     let Some(entry) = ct::lookup(&s.out_key, now) else {
@@ -133,7 +137,7 @@ fn established<F: Lb>(
         return Ok(false);
     }
     ct::refresh(entry, flow, now);
-    if e.flags & (CT_F_HAIRPIN | CT_F_SNAT) != 0 {
+    if e.flags & new_source != 0 {
         nat::snat(ctx, flow, &e.nat2_addr, e.nat2_port)?;
     }
     nat::dnat(ctx, flow, &e.nat_addr, e.nat_port)?;
