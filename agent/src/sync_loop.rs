@@ -100,7 +100,11 @@ impl SyncLoop {
                         self.compiler.set_node(node);
                         services_compiled = false;
                     }
-                    self.update_routes(&changes.objects);
+                    if self.listed(&[Kind::Node])
+                        && let Some(routes) = &mut self.routes
+                    {
+                        routes.update(self.source.model(), &changes.objects);
+                    }
                     // Policies first: they depend on a few kinds only, and a
                     // change of them should not wait for a large service sync.
                     if self.listed(&POLICY_INPUTS)
@@ -135,8 +139,11 @@ impl SyncLoop {
                     }
                 }
                 Ok(None) => {
-                    // Retries what the last sync of the routes left undone.
-                    self.update_routes(&Default::default());
+                    if self.listed(&[Kind::Node])
+                        && let Some(routes) = self.routes.as_mut().filter(|r| r.pending())
+                    {
+                        routes.update(self.source.model(), &Default::default());
+                    }
                     if let Some(changed) = pending.take() {
                         pending = self.sync(changed);
                     }
@@ -150,17 +157,6 @@ impl SyncLoop {
                 }
             }
             self.node.write_conf(&self.status);
-        }
-    }
-
-    /// `--routing native`: the routes follow a change of Nodes (or retry),
-    /// once Nodes are listed whole; `NativeRouting::update` decides whether
-    /// there is anything to do.
-    fn update_routes(&mut self, changed: &std::collections::BTreeSet<weir_model::ObjectKey>) {
-        if self.listed(&[Kind::Node])
-            && let Some(routes) = &mut self.routes
-        {
-            routes.update(self.source.model(), changed);
         }
     }
 
