@@ -22,13 +22,23 @@ fn veth(a: &Netns, a_end: &str, b: &Netns, b_end: &str) {
 /// Joins two nodes. `n` (0-255) picks the underlay subnet `10.200.n.0/24`: node
 /// `a` is `.1`, node `b` is `.2`.
 pub fn link(a: &Node, b: &Node, n: u8) {
+    let (ip_a, ip_b) = link_plain(a, b, n);
+    a.ns.sh(&format!("ip route add {} via {ip_b}", b.pod_cidr()));
+    b.ns.sh(&format!("ip route add {} via {ip_a}", a.pod_cidr()));
+}
+
+/// [`link`] with no route to the pods (what `weir-agent --routing` installs);
+/// the nodes' addresses.
+pub fn link_plain(a: &Node, b: &Node, n: u8) -> (IpAddr, IpAddr) {
     let (ea, eb) = (unique("ula"), unique("ulb"));
     veth(&a.ns, &ea, &b.ns, &eb);
     let (ip_a, ip_b) = (format!("10.200.{n}.1"), format!("10.200.{n}.2"));
     a.ns.sh(&format!("ip addr add {ip_a}/24 dev {ea} && ip link set {ea} up"));
     b.ns.sh(&format!("ip addr add {ip_b}/24 dev {eb} && ip link set {eb} up"));
-    a.ns.sh(&format!("ip route add {} via {ip_b}", b.pod_cidr()));
-    b.ns.sh(&format!("ip route add {} via {ip_a}", a.pod_cidr()));
+    (
+        ip_a.parse().expect("underlay address"),
+        ip_b.parse().expect("underlay address"),
+    )
 }
 
 /// How the agents route other nodes' pods (`--routing`), in a lab whose
@@ -108,6 +118,15 @@ impl Underlay {
             .zip(1u8..)
             .map(|(node, host)| self.plug(&node.ns, host))
             .collect()
+    }
+
+    /// Plugs the nodes in: with `routing`, as [`Underlay::plug_nodes`] (the
+    /// agents route), without, as [`Underlay::join`].
+    pub fn connect(&self, nodes: &[&Node], routing: Option<Routing>) -> Vec<IpAddr> {
+        match routing {
+            Some(_) => self.plug_nodes(nodes),
+            None => self.join(nodes),
+        }
     }
 
     /// Plugs the nodes in as `.1`, `.2`, ... and routes each one's pod CIDR via it

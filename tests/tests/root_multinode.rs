@@ -1,5 +1,6 @@
-//! Tier 2 (root + namespaces): two lab nodes joined by an underlay with native
-//! routing of pod CIDRs, one agent each, both reading the same cluster (a manifest
+//! Tier 2 (root + namespaces): lab nodes joined by an underlay, pod CIDRs
+//! routed by the harness or by the agents (`--routing native` or `vxlan`),
+//! one agent each, both reading the same cluster (a manifest
 //! directory, or the lab's API server: as every node of a cluster watches the
 //! same API). A ClusterIP whose endpoints live on
 //! the other node is translated on the client's node, and the backend's replies,
@@ -15,22 +16,22 @@ use std::time::{Duration, Instant};
 
 use weir_lab::{
     Agent, Node, Pod,
-    services::{Cluster, Ep, ManifestDir, SourceKind, node_object, port, service, slice},
+    services::{Cluster, Ep, ManifestDir, Setup, node_object, port, service, slice},
     traffic::ConnectionLoad,
     traffic::{EchoServer, tcp_roundtrip, udp_roundtrip},
     underlay::{self, Routing, Underlay},
     whoami::{WhoAmI, ask_tcp, ask_udp},
 };
 
-weir_lab::with_both_sources!(clusterip_reaches_endpoints_on_another_node,);
+weir_lab::with_each_setup!(clusterip_reaches_endpoints_on_another_node,);
 
-fn clusterip_reaches_endpoints_on_another_node(kind: SourceKind) {
-    let cluster = Cluster::new(kind);
-    let mut node_a = Node::new("10.93.1.0/24");
-    let mut node_b = Node::new("10.93.2.0/24");
-    underlay::link(&node_a, &node_b, 93);
-    let agent_a = node_a.start_agent_for(&cluster);
-    let _agent_b = node_b.start_agent_for(&cluster);
+fn clusterip_reaches_endpoints_on_another_node(setup: Setup) {
+    let cluster = Cluster::new(setup.source);
+    let mut node_a = setup.node("10.93.1.0/24");
+    let mut node_b = setup.node("10.93.2.0/24");
+    two_nodes(setup, &cluster, &node_a, &node_b, 93);
+    let agent_a = node_a.start_agent_for_with(&cluster, setup.flags());
+    let _agent_b = node_b.start_agent_for_with(&cluster, setup.flags());
 
     let remote = node_b.add_pod("remote");
     let local = node_a.add_pod("local");
@@ -98,6 +99,49 @@ fn clusterip_reaches_endpoints_on_another_node(kind: SourceKind) {
         BTreeSet::from(["local".to_owned(), "remote".to_owned()]),
         "40 connections over a local and a remote endpoint"
     );
+}
+
+/// Joins two nodes on a veth: routes between their pods by the harness, or,
+/// for the agents to route, Node objects in the cluster.
+fn two_nodes(setup: Setup, cluster: &Cluster, a: &Node, b: &Node, n: u8) {
+    if setup.routing.is_none() {
+        return underlay::link(a, b, n);
+    }
+    let (ip_a, ip_b) = underlay::link_plain(a, b, n);
+    cluster.write(
+        "nodes.yaml",
+        &[
+            node_object(a.name(), &[&a.pod_cidr()], &[ip_a]),
+            node_object(b.name(), &[&b.pod_cidr()], &[ip_b]),
+        ],
+    );
+}
+
+/// Waits until `agent`'s tunnel map (`weirctl tunnels`) leads exactly `want`'s
+/// pod CIDRs to their nodes' addresses.
+fn wait_tunnels(agent: &Agent, want: &[(String, String)]) {
+    let mut want = want.to_vec();
+    want.sort();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let rows = agent.weirctl(&["tunnels"]);
+        let got: Vec<(String, String)> = rows
+            .as_array()
+            .expect("tunnel rows")
+            .iter()
+            .map(|r| {
+                (
+                    r["pod_cidr"].as_str().unwrap_or_default().to_owned(),
+                    r["node"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect();
+        if got == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "tunnels {got:?}, want {want:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Packets counted forwarded in `direction` by a node's programs.
@@ -250,6 +294,10 @@ fn routing_follows_the_node_objects(routing: Routing) {
         .collect();
     let route = |i: usize, ips: &[std::net::IpAddr]| (cidrs[i].clone(), routing.hop(ips[i]));
     wait_routes(&nodes[0], &[route(1, &ips), route(2, &ips)]);
+    let tunnel = |i: usize, ips: &[std::net::IpAddr]| (cidrs[i].clone(), ips[i].to_string());
+    if routing == Routing::Vxlan {
+        wait_tunnels(&agents[0], &[tunnel(1, &ips), tunnel(2, &ips)]);
+    }
     wait_routes(&nodes[2], &[route(0, &ips), route(1, &ips)]);
     let at = |i: usize| SocketAddr::new(pods[i].ipv4(), 8080);
     for (from, to) in [(0, 1), (0, 2), (2, 0), (1, 2)] {
@@ -288,6 +336,9 @@ fn routing_follows_the_node_objects(routing: Routing) {
     dir.write("nodes.yaml", &objects(&[0, 1, 3], &ips));
     wait_routes(&nodes[0], &[route(1, &ips), route(3, &ips)]);
     wait_routes(&nodes[1], &[route(0, &ips), route(3, &ips)]);
+    if routing == Routing::Vxlan {
+        wait_tunnels(&agents[0], &[tunnel(1, &ips), tunnel(3, &ips)]);
+    }
     assert!(
         ask_tcp(&pods[0].ns, at(2)).is_err(),
         "no route is left to a node that left the cluster"
