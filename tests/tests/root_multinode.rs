@@ -374,3 +374,63 @@ fn routing_follows_the_node_objects(routing: Routing) {
         agents[0].log_since(mark)
     );
 }
+
+/// `--routing vxlan` with dual-stack pods on nodes that have IPv4 addresses
+/// only: the overlay carries the pods' IPv6 packets between the nodes' IPv4
+/// addresses (a native route could not: no IPv6 next hop), TCP and UDP, with
+/// the pods' own addresses.
+#[test]
+fn root_vxlan_carries_ipv6_pods_between_ipv4_nodes() {
+    let dir = ManifestDir::new();
+    let underlay = Underlay::new(98);
+    let cidrs = [
+        ["10.98.1.0/24", "fd00:10:98:1::/64"],
+        ["10.98.2.0/24", "fd00:10:98:2::/64"],
+    ];
+    let mut nodes: Vec<Node> = cidrs
+        .iter()
+        .map(|[v4, v6]| {
+            let mut node = Node::with_ranges(serde_json::json!([[{ "subnet": v4 }], [{ "subnet": v6 }]]));
+            node.conf["mtu"] = serde_json::json!(1450);
+            node
+        })
+        .collect();
+    let ips = underlay.plug_nodes(&nodes.iter().collect::<Vec<_>>());
+    let objects: Vec<_> = nodes
+        .iter()
+        .zip(&cidrs)
+        .zip(&ips)
+        .map(|((n, c), ip)| node_object(n.name(), c, &[*ip]))
+        .collect();
+    dir.write("nodes.yaml", &objects);
+    let agents: Vec<_> = nodes
+        .iter_mut()
+        .map(|n| n.start_agent_with_source_and(dir.path(), Routing::Vxlan.flags()))
+        .collect();
+    let pods = [nodes[0].add_pod("p0"), nodes[1].add_pod("p1")];
+    let _servers: Vec<_> = pods
+        .iter()
+        .enumerate()
+        .map(|(i, p)| WhoAmI::start(&p.ns, &format!("p{i}"), p.ipv6(), &[8080]))
+        .collect();
+    wait_tunnels(
+        &agents[0],
+        &[
+            (cidrs[1][0].to_owned(), ips[1].to_string()),
+            (cidrs[1][1].to_owned(), ips[1].to_string()),
+        ],
+    );
+    for (from, to) in [(0, 1), (1, 0)] {
+        let at = SocketAddr::new(pods[to].ipv6(), 8080);
+        let a = ask_tcp(&pods[from].ns, at).unwrap_or_else(|e| panic!("p{from} -> p{to} over IPv6: {e}"));
+        assert_eq!(
+            (a.server.as_str(), a.peer.ip()),
+            (format!("p{to}").as_str(), pods[from].ipv6())
+        );
+        let a = ask_udp(&pods[from].ns, at).unwrap_or_else(|e| panic!("p{from} -> p{to} over UDPv6: {e}"));
+        assert_eq!(
+            (a.server.as_str(), a.peer.ip()),
+            (format!("p{to}").as_str(), pods[from].ipv6())
+        );
+    }
+}
