@@ -731,8 +731,9 @@ fn a_flood_of_new_flows_does_not_break_other_pods_flows(kind: SourceKind) {
         "pushed\n"
     );
 
-    // An idle UDP conversation: the client asks once; the server answers, and
-    // later pushes to it unasked.
+    // A UDP conversation: the client asks once; the server answers, and later
+    // pushes to it unasked.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let udp_server = server
         .ns
         .run(move || UdpSocket::bind(SocketAddr::new(server_ip, 5300)).expect("bind"));
@@ -756,7 +757,19 @@ fn a_flood_of_new_flows_does_not_break_other_pods_flows(kind: SourceKind) {
     udp_server.send_to(b"answer", client_addr).expect("answer");
     assert_eq!(udp_client.recv(&mut buf).expect("the answer arrives"), 6);
 
-    // The flood: more new datagram flows than the policy conntrack holds.
+    // The flood: more new datagram flows than the policy conntrack holds. On
+    // a loaded machine it can outlast a datagram flow's lifetime (60 s), so
+    // the client keeps its conversation alive meanwhile, as a live one is (an
+    // expired flow is rightly forgotten; an evicted one is the failure here).
+    let keepalive = {
+        let (udp, stop) = (udp_client.try_clone().expect("clone"), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = udp.send(b"still here");
+                std::thread::sleep(Duration::from_secs(5));
+            }
+        })
+    };
     let sink_ip = sink.ipv4();
     let flows = 2 * weir_common_policy_ct_entries();
     flood.ns.run(move || {
@@ -777,7 +790,9 @@ fn a_flood_of_new_flows_does_not_break_other_pods_flows(kind: SourceKind) {
         }
     });
 
-    // The server pushes to its idle client, and the TCP connection still talks.
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    keepalive.join().expect("keepalive");
+    // The server pushes to its client, and the TCP connection still talks.
     udp_server.send_to(b"pushed", client_addr).expect("push");
     assert_eq!(
         udp_client
