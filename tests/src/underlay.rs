@@ -98,6 +98,18 @@ impl Underlay {
 
     /// Plugs `ns` into the switch as `10.200.n.host`; returns that address.
     pub fn plug(&self, ns: &Netns, host: u8) -> IpAddr {
+        self.plug_named(ns, host).0
+    }
+
+    /// [`Underlay::plug`], and `fd00:200:n::host` too: both addresses.
+    pub fn plug_dual(&self, ns: &Netns, host: u8) -> (IpAddr, IpAddr) {
+        let (v4, inside) = self.plug_named(ns, host);
+        let v6 = format!("fd00:200:{}::{host}", self.n);
+        ns.sh(&format!("ip -6 addr add {v6}/64 dev {inside} nodad"));
+        (v4, v6.parse().expect("underlay address"))
+    }
+
+    fn plug_named(&self, ns: &Netns, host: u8) -> (IpAddr, String) {
         let (inside, port) = (unique("ulp"), unique("uls"));
         veth(ns, &inside, &self.switch, &port);
         self.switch
@@ -106,7 +118,7 @@ impl Underlay {
         ns.sh(&format!(
             "ip addr add {ip}/24 dev {inside} && ip link set {inside} up"
         ));
-        ip.parse().expect("underlay address")
+        (ip.parse().expect("underlay address"), inside)
     }
 
     /// Plugs the nodes in as `.1`, `.2`, ... and nothing more: no route to

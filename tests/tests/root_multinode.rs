@@ -434,3 +434,48 @@ fn root_vxlan_carries_ipv6_pods_between_ipv4_nodes() {
         );
     }
 }
+
+/// `--routing vxlan` between Nodes whose only InternalIPs are IPv6: IPv4 pods'
+/// packets travel in VXLAN over IPv6 (70 bytes of overhead: the pods' MTU is
+/// set to 1,430 here), full-size TCP segments and a 1,400-byte datagram
+/// included.
+#[test]
+fn root_vxlan_over_an_ipv6_underlay() {
+    let dir = ManifestDir::new();
+    let underlay = Underlay::new(99);
+    let mut nodes: Vec<Node> = (1..=2)
+        .map(|i| {
+            let mut node = Node::new(&format!("10.99.{i}.0/24"));
+            node.conf["mtu"] = serde_json::json!(1430);
+            node
+        })
+        .collect();
+    let ips: Vec<std::net::IpAddr> = nodes
+        .iter()
+        .zip(1u8..)
+        .map(|(n, host)| underlay.plug_dual(&n.ns, host).1)
+        .collect();
+    let objects: Vec<_> = nodes
+        .iter()
+        .zip(&ips)
+        .map(|(n, ip)| node_object(n.name(), &[&n.pod_cidr()], &[*ip]))
+        .collect();
+    dir.write("nodes.yaml", &objects);
+    let agents: Vec<_> = nodes
+        .iter_mut()
+        .map(|n| n.start_agent_with_source_and(dir.path(), Routing::Vxlan.flags()))
+        .collect();
+    let pods = [nodes[0].add_pod("p0"), nodes[1].add_pod("p1")];
+    wait_tunnels(&agents[0], &[(nodes[1].pod_cidr(), ips[1].to_string())]);
+    wait_tunnels(&agents[1], &[(nodes[0].pod_cidr(), ips[0].to_string())]);
+    let echo = EchoServer::start(&pods[1].ns, SocketAddr::new(pods[1].ipv4(), 0));
+    let big: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 253) as u8).collect();
+    let back = tcp_roundtrip(&pods[0].ns, echo.addr, &big).expect("1 MiB over TCP, VXLAN over IPv6");
+    assert!(back == big, "1 MiB over TCP came back changed");
+    let datagram = vec![9u8; 1400];
+    let back = udp_roundtrip(&pods[0].ns, echo.addr, &datagram).expect("a 1,400-byte datagram");
+    assert_eq!(back, datagram);
+    // The tunnels lead to the nodes' IPv6 addresses (above), the only ones
+    // their Node objects give: the outer packets were IPv6.
+    assert!(forwarded(&agents[0], "to-overlay") > 10);
+}

@@ -51,7 +51,7 @@ pub struct NodeRoute {
 }
 
 /// Every other Node's pod CIDRs -> the route to them. A CIDR of a Node with no
-/// InternalIP of its family (`tunnelled`: of any family, its own first: an
+/// InternalIP of its family (`tunnelled`: of any family, IPv4 first: an
 /// overlay carries IPv6 pods between IPv4 nodes), or one that overlaps this
 /// node's own pod CIDRs or another Node's, is left out and reported
 /// (`problems`): a route there would send pods' traffic to the wrong place.
@@ -80,10 +80,13 @@ pub fn routes(model: &Model, own: &str, tunnelled: bool) -> (BTreeMap<IpNetwork,
                 ));
                 continue;
             }
-            let via = internal
-                .iter()
-                .find(|a| a.is_ipv4() == cidr.is_ipv4())
-                .or_else(|| internal.first().filter(|_| tunnelled));
+            // Tunnels run over IPv4 wherever the Node has it: one outer
+            // family keeps one overhead, so one pod MTU fits every tunnel.
+            let via = if tunnelled {
+                internal.iter().find(|a| a.is_ipv4()).or(internal.first())
+            } else {
+                internal.iter().find(|a| a.is_ipv4() == cidr.is_ipv4())
+            };
             let Some(via) = via else {
                 problems.push(format!(
                     "Node {name}: no InternalIP of pod CIDR {cidr}'s family: no route installed"
@@ -220,7 +223,7 @@ mod tests {
             .collect();
         assert_eq!(
             got,
-            [("10.244.2.0/24", "192.168.1.2"), ("fd00:2::/64", "fc00::2")]
+            [("10.244.2.0/24", "192.168.1.2"), ("fd00:2::/64", "192.168.1.2")]
                 .map(|(a, b)| (a.to_owned(), b.to_owned()))
         );
     }
