@@ -14,6 +14,7 @@ use std::{
 
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
 use weir_lab::{
     Agent, Node, Pod,
     services::{Cluster, Ep, ManifestDir, Setup, node_object, port, service, slice},
@@ -192,6 +193,16 @@ fn through_the_overlay(agent: &Agent, client: &Pod, server: &Pod) {
         !too_big.status.success(),
         "a packet above the pod's MTU with DF left the pod"
     );
+    let metrics = agent.weirctl(&["metrics"]);
+    let dropped: Vec<&Value> = metrics
+        .as_array()
+        .expect("metrics rows")
+        .iter()
+        .filter(|r| {
+            r["direction"].as_str().is_some_and(|d| d.ends_with("overlay")) && r["reason"] != "forwarded"
+        })
+        .collect();
+    assert!(dropped.is_empty(), "the overlay dropped packets: {dropped:?}");
     let more_sent = forwarded(agent, "to-overlay") - sent;
     let more_received = forwarded(agent, "from-overlay") - received;
     assert!(
