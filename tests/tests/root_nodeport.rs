@@ -387,9 +387,25 @@ fn node_processes_reach_services_through_socket_hooks(setup: Setup) {
         true,
     );
     objects.extend(c.service("empty", "10.96.0.37", json!({}), false, false));
+    objects.extend(c.service(
+        "sticky",
+        "10.96.0.38",
+        json!({ "spec": { "sessionAffinity": "ClientIP" } }),
+        true,
+        true,
+    ));
+    objects.extend(c.service(
+        "maglev",
+        "10.96.0.39",
+        json!({ "metadata": { "annotations": { "weir.dev/lb-algorithm": "maglev" } } }),
+        true,
+        true,
+    ));
     c.apply("web.yaml", &objects);
     c.wait_node_port(0, "30086/TCP", 2);
     c.wait_on(0, "10.96.0.37:80/TCP", 0);
+    c.wait_on(0, "10.96.0.38:80/TCP", 2);
+    c.wait_on(0, "10.96.0.39:80/TCP", 2);
     let node_a = &c.nodes[0].ns;
     let vip = |p| SocketAddr::new("10.96.0.36".parse().expect("ip"), p);
     let mut seen = BTreeSet::new();
@@ -404,6 +420,37 @@ fn node_processes_reach_services_through_socket_hooks(setup: Setup) {
         BTreeSet::from(["a1".to_owned(), "b1".to_owned()]),
         "both endpoints serve the node"
     );
+    // `sessionAffinity: ClientIP`: the node (one client, its address) stays
+    // with one backend per Service port, TCP and UDP alike; Maglev still
+    // spreads its sockets.
+    let at = |vip: &str, p| SocketAddr::new(vip.parse().expect("ip"), p);
+    for (port, ask) in [
+        (80, ask_tcp as fn(&Netns, SocketAddr) -> std::io::Result<Answer>),
+        (53, ask_udp),
+    ] {
+        let sticky: BTreeSet<String> = (0..20)
+            .map(|i| {
+                ask(node_a, at("10.96.0.38", port))
+                    .unwrap_or_else(|e| panic!("sticky {port} {i}: {e}"))
+                    .server
+            })
+            .collect();
+        assert_eq!(sticky.len(), 1, "affinity from the node, port {port}: {sticky:?}");
+    }
+
+    let affinity = c.agents[0].weirctl(&["affinity"]);
+    assert!(
+        affinity.to_string().contains("10.96.0.38"),
+        "the node's affinity entry: {affinity}"
+    );
+    let spread: BTreeSet<String> = (0..30)
+        .map(|i| {
+            ask_tcp(node_a, at("10.96.0.39", 80))
+                .unwrap_or_else(|e| panic!("maglev TCP {i}: {e}"))
+                .server
+        })
+        .collect();
+    assert_eq!(spread.len(), 2, "Maglev spreads the node's sockets: {spread:?}");
     // The socket names the frontend it dialled, not the backend it reached.
     let to = vip(80);
     let peer = node_a
@@ -432,8 +479,9 @@ fn node_processes_reach_services_through_socket_hooks(setup: Setup) {
             .map_or(0, |r| r["packets"].as_u64().expect("packets"))
     };
     // Every socket connected to a backend: 20 TCP, 20 UDP (connected: their
-    // datagrams need no hook of their own), the getpeername one, 3 NodePorts.
-    assert!(socket("forwarded") >= 44, "{metrics:#}");
+    // datagrams need no hook of their own), 40 sticky and 30 Maglev ones, the
+    // getpeername one, 3 NodePorts.
+    assert!(socket("forwarded") >= 114, "{metrics:#}");
     assert!(socket("service without endpoints (rejected)") >= 1, "{metrics:#}");
     // Outside the cluster (the external host shares the cgroup the hooks are
     // attached to, not the node's namespace) a ClusterIP is nothing.
