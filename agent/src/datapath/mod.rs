@@ -2,6 +2,7 @@
 //! `weirctl` goes through here.
 
 mod attach;
+pub mod batch;
 pub mod bpffs;
 pub mod cgroup;
 mod endpoints;

@@ -49,12 +49,17 @@ pub trait MapOp: fmt::Display {
     fn is_delete(&self) -> bool;
 }
 
-/// A syncer's maps: read whole, written one op at a time.
+/// A syncer's maps: read whole, written one op at a time or in runs.
 pub trait Maps<O: MapOp> {
     /// Everything the maps hold now.
     fn read(&self) -> Result<O::Contents, SyncError>;
     /// One write.
     fn apply(&mut self, op: &O) -> Result<(), MapError>;
+    /// The writes of `ops` in order, each one's result (the kernel's maps
+    /// take runs of one map's writes in one system call).
+    fn apply_many(&mut self, ops: &[O]) -> Vec<Result<(), MapError>> {
+        ops.iter().map(|op| self.apply(op)).collect()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,7 +82,21 @@ impl Tally {
     /// Does one write, counts it, and logs it if it failed; whether it took.
     /// Deleting a key that is already gone is no failure.
     pub fn write<O: MapOp>(&mut self, maps: &mut (impl Maps<O> + ?Sized), op: &O) -> bool {
-        match maps.apply(op) {
+        let result = maps.apply(op);
+        self.record(op, result)
+    }
+
+    /// [`Tally::write`] of every op of `ops`, in order: whether each took.
+    pub fn write_many<O: MapOp>(&mut self, maps: &mut (impl Maps<O> + ?Sized), ops: &[O]) -> Vec<bool> {
+        let results = maps.apply_many(ops);
+        ops.iter()
+            .zip(results)
+            .map(|(op, r)| self.record(op, r))
+            .collect()
+    }
+
+    fn record<O: MapOp>(&mut self, op: &O, result: Result<(), MapError>) -> bool {
+        match result {
             Ok(()) => {}
             Err(e) if op.is_delete() && is_not_found(&e) => {}
             Err(error) => {

@@ -3,11 +3,12 @@
 
 use std::{fmt, net::SocketAddr};
 
-use aya::maps::MapError;
+use aya::maps::{IterableMap as _, MapError};
 use weir_common::{Backend, MAGLEV_TABLE_SIZE, MaglevTable, RevNat, ServiceKey, ServiceValue, maps as names};
 use weir_model::{DesiredServices, services::socket_addr};
 
 use super::{MapOp, Maps, SharedDatapath, SyncError};
+use crate::datapath::batch;
 
 /// One write to one service map.
 #[derive(Clone, Debug)]
@@ -44,6 +45,15 @@ impl MapOp for ServiceOp {
 }
 
 impl ServiceOp {
+    /// A write of one of the maps that take batches (not a delete, not a
+    /// 64 KiB Maglev table).
+    fn batchable(&self) -> bool {
+        matches!(
+            self,
+            Self::PutService(..) | Self::PutBackend(..) | Self::PutRevNat(..)
+        )
+    }
+
     /// The write, done to maps held in memory; the service entry it replaced or
     /// removed, if any.
     pub fn apply_to(&self, maps: &mut DesiredServices) -> Option<(ServiceKey, ServiceValue)> {
@@ -70,6 +80,60 @@ impl ServiceOp {
             }
         }
         None
+    }
+}
+
+/// Writes per batch system call.
+const BATCH: usize = 4_096;
+
+impl SharedDatapath {
+    /// One batch of `chunk` (writes of one map), each one's result into
+    /// `out`. What a failed batch did not write is written one by one, so that
+    /// each write has its own result (the one that stopped it fails again,
+    /// with its own error).
+    fn put_batch(&mut self, chunk: &[ServiceOp], out: &mut Vec<Result<(), MapError>>) {
+        let written = {
+            let dp = self.lock();
+            let done = |r: Result<(), (usize, MapError)>| r.map_or_else(|(n, _)| n, |()| chunk.len());
+            match chunk.first() {
+                Some(ServiceOp::PutService(..)) => {
+                    let (k, v): (Vec<ServiceKey>, Vec<ServiceValue>) = chunk
+                        .iter()
+                        .filter_map(|op| match op {
+                            ServiceOp::PutService(k, v) => Some((*k, *v)),
+                            _ => None,
+                        })
+                        .unzip();
+                    done(batch::update(dp.services.map(), &k, &v))
+                }
+                Some(ServiceOp::PutBackend(..)) => {
+                    let (k, v): (Vec<u32>, Vec<Backend>) = chunk
+                        .iter()
+                        .filter_map(|op| match op {
+                            ServiceOp::PutBackend(k, v) => Some((*k, *v)),
+                            _ => None,
+                        })
+                        .unzip();
+                    done(batch::update(dp.backends.map(), &k, &v))
+                }
+                Some(ServiceOp::PutRevNat(..)) => {
+                    let (k, v): (Vec<u32>, Vec<RevNat>) = chunk
+                        .iter()
+                        .filter_map(|op| match op {
+                            ServiceOp::PutRevNat(k, v) => Some((*k, *v)),
+                            _ => None,
+                        })
+                        .unzip();
+                    done(batch::update(dp.revnat.map(), &k, &v))
+                }
+                // Not a batch: one by one below.
+                _ => 0,
+            }
+        };
+        out.extend((0..written).map(|_| Ok(())));
+        for op in &chunk[written..] {
+            out.push(self.apply(op));
+        }
     }
 }
 
@@ -124,6 +188,30 @@ impl Maps<ServiceOp> for SharedDatapath {
             out.maglev.insert(k, v.0.to_vec());
         }
         Ok(out)
+    }
+
+    /// Runs of writes to one of the three large maps go in batches
+    /// ([`batch::update`]), [`BATCH`] at a time under the lock (a pod's
+    /// registration waits for one batch at most); the rest one by one.
+    fn apply_many(&mut self, ops: &[ServiceOp]) -> Vec<Result<(), MapError>> {
+        let mut out = Vec::with_capacity(ops.len());
+        let mut rest = ops;
+        while let Some(first) = rest.first() {
+            let run = rest
+                .iter()
+                .take_while(|op| op.batchable() && op.map() == first.map())
+                .count();
+            if run < 2 {
+                out.push(self.apply(first));
+                rest = &rest[1..];
+                continue;
+            }
+            for chunk in rest[..run].chunks(BATCH) {
+                self.put_batch(chunk, &mut out);
+            }
+            rest = &rest[run..];
+        }
+        out
     }
 
     fn apply(&mut self, op: &ServiceOp) -> Result<(), MapError> {

@@ -19,6 +19,11 @@
 //! 8. then backends and reverse-NAT entries that nothing in the map references (a
 //!    slot or a Maglev table).
 //!
+//! The writes of each step go to the kernel together, in batches of one map's
+//! writes (`BPF_MAP_UPDATE_BATCH`), once the step has decided them all: none of
+//! them depends on another of its step (internal service entries, which
+//! external ones look at, are a step of their own). Deletes go one by one.
+//!
 //! A write that fails (map full, ...) is logged and counted, the entries that depend
 //! on it are deferred, and the next sync retries: nothing is ever flushed, so a
 //! restarted agent reads the maps back, diffs and writes only what changed.
@@ -46,7 +51,7 @@ use weir_model::{
 };
 
 use super::{
-    Maps, SyncError, Tally,
+    MapOp as _, Maps, SyncError, Tally,
     service_maps::{ServiceOp, maglev_value},
 };
 
@@ -162,13 +167,20 @@ impl ServiceSyncer {
             current: &mut self.current,
             refs: &mut self.refs,
             report: ServiceReport::default(),
+            queued: Vec::new(),
         };
         run.report.gone_datagram_backends = gone_datagram_backends(run.current, desired, &keys.backends);
         let tables = run.valid_tables(desired, &keys.maglev);
+        // Each step reads what the steps before it wrote: each ends with its
+        // queued writes made.
         run.put_backends_and_revnat(desired, &keys);
+        run.flush();
         run.put_maglev(&tables);
+        run.flush();
         run.put_slots(desired, &keys.services);
+        run.flush();
         run.put_heads(desired, &tables, &keys.services);
+        run.flush();
         run.delete_heads(desired, &keys.services);
         run.delete_maglev(desired, &tables, &keys.maglev);
         run.delete_slots(desired, &keys.services);
@@ -221,6 +233,8 @@ struct Run<'a> {
     current: &'a mut DesiredServices,
     refs: &'a mut Refs,
     report: ServiceReport,
+    /// Writes of the current step not made yet.
+    queued: Vec<ServiceOp>,
 }
 
 fn head_of(key: &ServiceKey) -> ServiceKey {
@@ -228,14 +242,39 @@ fn head_of(key: &ServiceKey) -> ServiceKey {
 }
 
 impl Run<'_> {
+    /// A write of this sync. Writes go out in order; those of one step that
+    /// depend on nothing written in that same step are queued and go together
+    /// at its end ([`Run::flush`]), deletes one by one.
     fn op(&mut self, op: ServiceOp) {
-        if !self.report.tally.write(&mut *self.maps, &op) {
+        if op.is_delete() {
+            self.flush();
+            let took = self.report.tally.write(&mut *self.maps, &op);
+            self.took(&op, took);
+        } else {
+            self.queued.push(op);
+        }
+    }
+
+    /// Writes what is queued; the record of the maps follows what took.
+    fn flush(&mut self) {
+        if self.queued.is_empty() {
+            return;
+        }
+        let ops = std::mem::take(&mut self.queued);
+        let took = self.report.tally.write_many(&mut *self.maps, &ops);
+        for (op, took) in ops.iter().zip(took) {
+            self.took(op, took);
+        }
+    }
+
+    fn took(&mut self, op: &ServiceOp, took: bool) {
+        if !took {
             return;
         }
         if let Some((key, old)) = op.apply_to(self.current) {
             self.refs.count(&key, &old, -1);
         }
-        if let ServiceOp::PutService(key, value) = &op {
+        if let ServiceOp::PutService(key, value) = op {
             self.refs.count(key, value, 1);
         }
     }
@@ -315,9 +354,20 @@ impl Run<'_> {
     /// Scope-internal entries first: an external entry that says it has a twin
     /// (`SVC_F_TWO_SCOPES`) is written only once the twin is what it should be.
     fn put_heads(&mut self, desired: &DesiredServices, tables: &BTreeMap<u32, &[u32]>, keys: &[ServiceKey]) {
-        let heads = [SCOPE_INTERNAL, SCOPE_EXTERNAL]
-            .into_iter()
-            .flat_map(|scope| keys.iter().filter(move |k| k.slot == 0 && k.scope == scope));
+        for scope in [SCOPE_INTERNAL, SCOPE_EXTERNAL] {
+            let heads = keys.iter().filter(|k| k.slot == 0 && k.scope == scope);
+            self.put_heads_of(desired, tables, heads);
+            // External entries look at their internal twins as written.
+            self.flush();
+        }
+    }
+
+    fn put_heads_of<'k>(
+        &mut self,
+        desired: &DesiredServices,
+        tables: &BTreeMap<u32, &[u32]>,
+        heads: impl Iterator<Item = &'k ServiceKey>,
+    ) {
         for (key, value) in heads.filter_map(|k| desired.services.get_key_value(k)) {
             if self.current.services.get(key) == Some(value) {
                 continue;
