@@ -97,33 +97,24 @@ impl SharedDatapath {
             let done = |r: Result<(), (usize, MapError)>| r.map_or_else(|(n, _)| n, |()| chunk.len());
             match chunk.first() {
                 Some(ServiceOp::PutService(..)) => {
-                    let (k, v): (Vec<ServiceKey>, Vec<ServiceValue>) = chunk
-                        .iter()
-                        .filter_map(|op| match op {
-                            ServiceOp::PutService(k, v) => Some((*k, *v)),
-                            _ => None,
-                        })
-                        .unzip();
+                    let (k, v) = pairs(chunk, |op| match op {
+                        ServiceOp::PutService(k, v) => Some((*k, *v)),
+                        _ => None,
+                    });
                     done(batch::update(dp.services.map(), &k, &v))
                 }
                 Some(ServiceOp::PutBackend(..)) => {
-                    let (k, v): (Vec<u32>, Vec<Backend>) = chunk
-                        .iter()
-                        .filter_map(|op| match op {
-                            ServiceOp::PutBackend(k, v) => Some((*k, *v)),
-                            _ => None,
-                        })
-                        .unzip();
+                    let (k, v) = pairs(chunk, |op| match op {
+                        ServiceOp::PutBackend(k, v) => Some((*k, *v)),
+                        _ => None,
+                    });
                     done(batch::update(dp.backends.map(), &k, &v))
                 }
                 Some(ServiceOp::PutRevNat(..)) => {
-                    let (k, v): (Vec<u32>, Vec<RevNat>) = chunk
-                        .iter()
-                        .filter_map(|op| match op {
-                            ServiceOp::PutRevNat(k, v) => Some((*k, *v)),
-                            _ => None,
-                        })
-                        .unzip();
+                    let (k, v) = pairs(chunk, |op| match op {
+                        ServiceOp::PutRevNat(k, v) => Some((*k, *v)),
+                        _ => None,
+                    });
                     done(batch::update(dp.revnat.map(), &k, &v))
                 }
                 // Not a batch: one by one below.
@@ -135,6 +126,11 @@ impl SharedDatapath {
             out.push(self.apply(op));
         }
     }
+}
+
+/// The keys and values of a batch's writes, as the system call takes them.
+fn pairs<K, V>(chunk: &[ServiceOp], of: impl Fn(&ServiceOp) -> Option<(K, V)>) -> (Vec<K>, Vec<V>) {
+    chunk.iter().filter_map(of).unzip()
 }
 
 /// The map value for a compiled table, `None` unless it has exactly
