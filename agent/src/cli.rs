@@ -144,15 +144,30 @@ pub struct RunArgs {
     /// How pods' packets reach other nodes' pods: `native`, a route to every
     /// other Node's pod CIDRs via its InternalIP, from the Node objects (the
     /// underlay must forward pod addresses between nodes: one L2 segment, or
-    /// routers that know the routes); `off`, routes are someone else's.
+    /// routers that know the routes); `vxlan`, an overlay: pods' packets to
+    /// other nodes are carried in VXLAN between the nodes' InternalIPs, over
+    /// any underlay that carries the nodes' own traffic (the agent creates
+    /// the device `weir_vxlan`; pods' MTU is the underlay's less 50); `off`,
+    /// routes are someone else's.
     #[arg(long, env = "WEIR_ROUTING", value_enum, default_value = "native")]
     pub routing: Routing,
+    /// `--routing vxlan`: the overlay's UDP port (every node must use the
+    /// same; another VXLAN device on this port, flannel's or Cilium's, takes
+    /// it first).
+    #[arg(long, env = "WEIR_VXLAN_PORT", default_value_t = weir_common::VXLAN_PORT)]
+    pub vxlan_port: u16,
+    /// `--routing vxlan`: the VXLAN network identifier the overlay sends with
+    /// and accepts (1..=16777215; every node of the cluster the same).
+    #[arg(long, env = "WEIR_VXLAN_VNI", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=0xff_ffff))]
+    pub vxlan_vni: u32,
 }
 
 /// `--routing`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Routing {
     Native,
+    Vxlan,
     Off,
 }
 

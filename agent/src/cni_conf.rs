@@ -29,6 +29,9 @@ pub struct ConfOptions {
     pub portmap: bool,
     /// Replace a file at `path` that another wrote.
     pub overwrite: bool,
+    /// Pods' MTU (`--routing vxlan`: the underlay's less the tunnel's
+    /// overhead); `None`: the plugin's default, the uplink's.
+    pub mtu: Option<u32>,
 }
 
 /// Whether `portmap` should be chained: `auto` when the plugin is installed.
@@ -57,11 +60,15 @@ pub fn render(cidrs: &[IpNetwork], options: &ConfOptions) -> Value {
         .iter()
         .map(|c| json!([{ "subnet": c.to_string() }]))
         .collect();
-    let mut plugins = vec![json!({
+    let mut weir = json!({
         "type": "weir-cni",
         "agentSocket": options.socket,
         "ipam": { "ranges": ranges },
-    })];
+    });
+    if let Some(mtu) = options.mtu {
+        weir["mtu"] = json!(mtu);
+    }
+    let mut plugins = vec![weir];
     if options.portmap {
         plugins.push(json!({ "type": "portmap", "capabilities": { "portMappings": true } }));
     }
@@ -130,6 +137,7 @@ mod tests {
             socket: "/run/weir/cni.sock".into(),
             portmap: true,
             overwrite: false,
+            mtu: None,
         }
     }
 
@@ -157,6 +165,15 @@ mod tests {
             },
         );
         assert_eq!(without["plugins"].as_array().map(Vec::len), Some(1));
+        assert_eq!(conf["plugins"][0].get("mtu"), None, "the plugin's default");
+        let overlay = render(
+            &cidrs,
+            &ConfOptions {
+                mtu: Some(1450),
+                ..options(&dir)
+            },
+        );
+        assert_eq!(overlay["plugins"][0]["mtu"], 1450);
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! - [`datapath`]: the thin kernel-facing layer: load the eBPF object, pin maps and
 //!   links under one root, attach programs to pod veths, typed map handles.
 //! - [`node_net`]: the node's devices and addresses (where NodePorts are served).
-//! - [`node_routes`]: `--routing native`, routes to other Nodes' pod CIDRs.
+//! - [`node_routes`]: routes to other Nodes' pod CIDRs (`--routing native`
+//!   via their addresses, `--routing vxlan` through the [`overlay`]'s device).
+//! - [`netlink`]: the blocking rtnetlink handle both use.
 //! - [`node`]: this node's Node object: pod CIDRs for the CNI configuration
 //!   ([`cni_conf`]), addresses for NodePorts.
 //! - [`status`]: alive, ready, and kube-proxy's health contract.
@@ -33,9 +35,11 @@ pub mod host_routing;
 pub mod http;
 pub mod memory;
 pub mod metrics;
+pub mod netlink;
 pub mod node;
 pub mod node_net;
 pub mod node_routes;
+pub mod overlay;
 pub mod source;
 pub mod status;
 pub mod supervise;

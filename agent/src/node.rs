@@ -69,7 +69,7 @@ impl NodeWatch {
             Some(Object::Node(n)) => Some(n),
             _ => None,
         };
-        let mut cidrs: Vec<IpNetwork> = node.map(|n| weir_model::nodes::pod_cidrs(n)).unwrap_or_default();
+        let mut cidrs: Vec<IpNetwork> = node.map_or_else(Vec::new, |n| weir_model::nodes::pod_cidrs(n));
         if cidrs.is_empty() && !self.cluster {
             cidrs = self.fallback_cidrs.clone();
         }

@@ -20,7 +20,7 @@ use crate::{
     health::HealthServer,
     metrics::Metrics,
     node::NodeWatch,
-    node_routes::NativeRouting,
+    node_routes::NodeRouting,
     source::Source,
     status::Status,
     sync::{PolicySyncer, ServiceReport, ServiceSyncer, SharedDatapath},
@@ -60,8 +60,8 @@ pub struct SyncLoop {
     /// This node's Node object: pod CIDRs for the CNI configuration, addresses
     /// for NodePorts.
     pub node: NodeWatch,
-    /// `--routing native`: routes to other Nodes' pods.
-    pub routes: Option<NativeRouting>,
+    /// `--routing native` or `vxlan`: routes to other Nodes' pods.
+    pub routes: Option<NodeRouting>,
 }
 
 impl SyncLoop {
@@ -100,11 +100,7 @@ impl SyncLoop {
                         self.compiler.set_node(node);
                         services_compiled = false;
                     }
-                    if self.listed(&[Kind::Node])
-                        && let Some(routes) = &mut self.routes
-                    {
-                        routes.update(self.source.model(), &changes.objects);
-                    }
+                    self.update_routes(&changes.objects);
                     // Policies first: they depend on a few kinds only, and a
                     // change of them should not wait for a large service sync.
                     if self.listed(&POLICY_INPUTS)
@@ -139,11 +135,8 @@ impl SyncLoop {
                     }
                 }
                 Ok(None) => {
-                    if self.listed(&[Kind::Node])
-                        && let Some(routes) = self.routes.as_mut().filter(|r| r.pending())
-                    {
-                        routes.update(self.source.model(), &Default::default());
-                    }
+                    // Retries what the last sync of the routes left undone.
+                    self.update_routes(&Default::default());
                     if let Some(changed) = pending.take() {
                         pending = self.sync(changed);
                     }
@@ -157,6 +150,17 @@ impl SyncLoop {
                 }
             }
             self.node.write_conf(&self.status);
+        }
+    }
+
+    /// The routes follow a change of Nodes (or retry),
+    /// once Nodes are listed whole; `NodeRouting::update` decides whether
+    /// there is anything to do.
+    fn update_routes(&mut self, changed: &std::collections::BTreeSet<weir_model::ObjectKey>) {
+        if self.listed(&[Kind::Node])
+            && let Some(routes) = &mut self.routes
+        {
+            routes.update(self.source.model(), changed);
         }
     }
 

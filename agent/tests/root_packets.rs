@@ -637,7 +637,7 @@ fn nodeport_lab(tag: &str, backends: &[[u8; 4]], flags: u32) -> Lab {
                 v6: [0; 16],
                 netns_cookie: 0,
                 ephemeral: [32768, 60999],
-                flags: 0,
+                ..Default::default()
             },
             0,
         )

@@ -31,6 +31,43 @@ pub fn link(a: &Node, b: &Node, n: u8) {
     b.ns.sh(&format!("ip route add {} via {ip_a}", a.pod_cidr()));
 }
 
+/// How the agents route other nodes' pods (`--routing`), in a lab whose
+/// underlay carries the nodes' own addresses only ([`Underlay::plug_nodes`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Routing {
+    Native,
+    Vxlan,
+}
+
+impl Routing {
+    /// The agent's flags.
+    pub fn flags(self) -> Vec<String> {
+        match self {
+            Routing::Native => vec!["--routing".into(), "native".into()],
+            Routing::Vxlan => vec!["--routing".into(), "vxlan".into()],
+        }
+    }
+
+    /// A node whose pods' MTU suits the routing: on the overlay, the
+    /// underlay's (1,500) less VXLAN's 50 bytes, as the agent writes it into
+    /// the conflist it owns.
+    pub fn node(self, pod_cidr: &str) -> Node {
+        let mut node = Node::new(pod_cidr);
+        if self == Routing::Vxlan {
+            node.conf["mtu"] = serde_json::json!(1450);
+        }
+        node
+    }
+
+    /// The next hop `ip route` shows for a pod CIDR of the node at `ip`.
+    pub fn hop(self, ip: IpAddr) -> String {
+        match self {
+            Routing::Native => ip.to_string(),
+            Routing::Vxlan => "weir_vxlan".to_owned(),
+        }
+    }
+}
+
 /// A switched underlay `10.200.n.0/24`.
 pub struct Underlay {
     switch: Netns,
@@ -42,6 +79,11 @@ impl Underlay {
         let switch = Netns::new(&unique("wsw"));
         switch.sh("ip link add br0 type bridge && ip link set br0 up");
         Self { switch, n }
+    }
+
+    /// `n` of the subnet `10.200.n.0/24`.
+    pub fn n(&self) -> u8 {
+        self.n
     }
 
     /// Plugs `ns` into the switch as `10.200.n.host`; returns that address.

@@ -14,10 +14,11 @@ use std::{
 use std::time::{Duration, Instant};
 
 use weir_lab::{
-    Node,
+    Agent, Node, Pod,
     services::{Cluster, Ep, ManifestDir, SourceKind, node_object, port, service, slice},
     traffic::ConnectionLoad,
-    underlay::{self, Underlay},
+    traffic::{EchoServer, tcp_roundtrip, udp_roundtrip},
+    underlay::{self, Routing, Underlay},
     whoami::{WhoAmI, ask_tcp, ask_udp},
 };
 
@@ -99,15 +100,75 @@ fn clusterip_reaches_endpoints_on_another_node(kind: SourceKind) {
     );
 }
 
-/// Weir's routes on a node (`ip route show proto 87`): destination -> next hop.
+/// Packets counted forwarded in `direction` by a node's programs.
+fn forwarded(agent: &Agent, direction: &str) -> u64 {
+    agent
+        .weirctl(&["metrics"])
+        .as_array()
+        .expect("metrics rows")
+        .iter()
+        .filter(|r| r["direction"] == direction && r["reason"] == "forwarded")
+        .map(|r| r["packets"].as_u64().expect("packets"))
+        .sum()
+}
+
+/// `--routing vxlan`: traffic between `client` (on `agent`'s node) and
+/// `server` (on another) goes through the overlay's programs (GSO packets
+/// count once), and packets of
+/// every size arrive whole: the pods' MTU leaves room for the tunnel, so a
+/// full-size TCP segment and a 1,400-byte datagram cross it, and what does
+/// not fit is refused at the sender (DF), never lost on the way.
+fn through_the_overlay(agent: &Agent, client: &Pod, server: &Pod) {
+    let (sent, received) = (forwarded(agent, "to-overlay"), forwarded(agent, "from-overlay"));
+    let echo = EchoServer::start(&server.ns, SocketAddr::new(server.ipv4(), 0));
+    let big: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 251) as u8).collect();
+    let back = tcp_roundtrip(&client.ns, echo.addr, &big).expect("1 MiB over TCP through the overlay");
+    assert!(back == big, "1 MiB over TCP came back changed");
+    let datagram = vec![7u8; 1400];
+    let back = udp_roundtrip(&client.ns, echo.addr, &datagram).expect("a 1,400-byte datagram");
+    assert_eq!(back, datagram);
+    assert_eq!(
+        client.ns.sh("cat /sys/class/net/eth0/mtu").trim(),
+        "1450",
+        "the pod's MTU"
+    );
+    // 1,450 bytes of IPv4 (20 + 8 of ICMP + 1,422) fit, unfragmented; one more does not.
+    let ping = |size: u32| {
+        let (size, to) = (size.to_string(), server.ipv4().to_string());
+        client.ns.exec(&["ping", "-c1", "-W2", "-Mdo", "-s", &size, &to])
+    };
+    let fits = ping(1422);
+    assert!(
+        fits.status.success(),
+        "a full-size packet with DF: {}",
+        String::from_utf8_lossy(&fits.stdout)
+    );
+    let too_big = ping(1423);
+    assert!(
+        !too_big.status.success(),
+        "a packet above the pod's MTU with DF left the pod"
+    );
+    let more_sent = forwarded(agent, "to-overlay") - sent;
+    let more_received = forwarded(agent, "from-overlay") - received;
+    assert!(
+        more_sent > 10 && more_received > 10,
+        "packets through the overlay's programs: {more_sent} sent, {more_received} received"
+    );
+}
+
+/// Weir's routes on a node (`ip route show proto 87`): destination -> next
+/// hop (`via` address, or the device for the overlay's).
 fn weir_routes(node: &Node) -> Vec<(String, String)> {
     node.ns
         .sh("ip route show proto 87")
         .lines()
         .filter_map(|l| {
             let words: Vec<&str> = l.split_whitespace().collect();
-            let via = words.iter().position(|w| *w == "via")?;
-            Some((words[0].to_owned(), words.get(via + 1)?.to_string()))
+            let hop = words
+                .iter()
+                .position(|w| *w == "via")
+                .or_else(|| words.iter().position(|w| *w == "dev"))?;
+            Some((words[0].to_owned(), words.get(hop + 1)?.to_string()))
         })
         .collect()
 }
@@ -133,17 +194,30 @@ fn wait_routes(node: &Node, want: &[(String, String)]) {
     }
 }
 
-/// `--routing native` (the default): three nodes on one L2 segment and not one
-/// route installed by the harness. Each agent routes the other Nodes' pod
-/// CIDRs via their InternalIPs, from the Node objects (here a manifest
-/// directory's), and follows them as a Node joins and another leaves, while a
-/// pod keeps connecting to a pod of another node; a route that is not Weir's is
+/// Three nodes on one L2 segment and not one route installed by the harness:
+/// the underlay carries the nodes' own addresses only. Each agent routes the
+/// other Nodes' pod CIDRs, from the Node objects (here a manifest
+/// directory's): `--routing native` (the default) via their InternalIPs,
+/// `--routing vxlan` into the overlay, whose tunnels lead to the same
+/// addresses. Routes follow as a Node joins and another leaves, while a pod
+/// keeps connecting to a pod of another node; a route that is not Weir's is
 /// never touched.
 #[test]
 fn root_native_routing_follows_the_node_objects() {
+    routing_follows_the_node_objects(Routing::Native);
+}
+
+#[test]
+fn root_vxlan_routing_follows_the_node_objects() {
+    routing_follows_the_node_objects(Routing::Vxlan);
+}
+
+fn routing_follows_the_node_objects(routing: Routing) {
     let dir = ManifestDir::new();
-    let underlay = Underlay::new(95);
-    let mut nodes: Vec<Node> = (1..=4).map(|i| Node::new(&format!("10.95.{i}.0/24"))).collect();
+    let underlay = Underlay::new(if routing == Routing::Vxlan { 96 } else { 95 });
+    let mut nodes: Vec<Node> = (1..=4)
+        .map(|i| routing.node(&format!("10.{}.{i}.0/24", underlay.n())))
+        .collect();
     let ips = underlay.plug_nodes(&nodes.iter().take(3).collect::<Vec<_>>());
     // Somebody else's route: Weir leaves it alone.
     nodes[0]
@@ -161,7 +235,7 @@ fn root_native_routing_follows_the_node_objects() {
     let mut agents: Vec<_> = nodes
         .iter_mut()
         .take(3)
-        .map(|n| n.start_agent_with_source(dir.path()))
+        .map(|n| n.start_agent_with_source_and(dir.path(), routing.flags()))
         .collect();
     let pods: Vec<_> = nodes
         .iter()
@@ -174,7 +248,7 @@ fn root_native_routing_follows_the_node_objects() {
         .enumerate()
         .map(|(i, p)| WhoAmI::start(&p.ns, &format!("p{i}"), p.ipv4(), &[8080]))
         .collect();
-    let route = |i: usize, ips: &[std::net::IpAddr]| (cidrs[i].clone(), ips[i].to_string());
+    let route = |i: usize, ips: &[std::net::IpAddr]| (cidrs[i].clone(), routing.hop(ips[i]));
     wait_routes(&nodes[0], &[route(1, &ips), route(2, &ips)]);
     wait_routes(&nodes[2], &[route(0, &ips), route(1, &ips)]);
     let at = |i: usize| SocketAddr::new(pods[i].ipv4(), 8080);
@@ -188,6 +262,10 @@ fn root_native_routing_follows_the_node_objects() {
         );
     }
 
+    if routing == Routing::Vxlan {
+        through_the_overlay(&agents[0], &pods[0], &pods[1]);
+    }
+
     // Traffic between two nodes' pods while Nodes come and go.
     let to_p1 = at(1);
     let load = ConnectionLoad::start(&pods[0].ns, move |ns| ask_tcp(ns, to_p1).map(|_| ()));
@@ -196,7 +274,7 @@ fn root_native_routing_follows_the_node_objects() {
     let mut ips = ips;
     ips.push(underlay.plug(&nodes[3].ns, 4));
     dir.write("nodes.yaml", &objects(&[0, 1, 2, 3], &ips));
-    agents.push(nodes[3].start_agent_with_source(dir.path()));
+    agents.push(nodes[3].start_agent_with_source_and(dir.path(), routing.flags()));
     let p3 = nodes[3].add_pod("p3");
     let _s3 = WhoAmI::start(&p3.ns, "p3", p3.ipv4(), &[8080]);
     wait_routes(&nodes[0], &[route(1, &ips), route(2, &ips), route(3, &ips)]);

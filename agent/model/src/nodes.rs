@@ -1,14 +1,16 @@
 //! The cluster's Nodes as the datapath needs them: each Node's pod CIDRs
 //! (`spec.podCIDRs`, or the older `spec.podCIDR`) and its InternalIP of each
 //! family, and from them the routes `--routing native` installs: every other
-//! Node's pod CIDRs via that Node's InternalIP of the CIDR's family.
+//! Node's pod CIDRs via that Node's InternalIP of the CIDR's family, and the
+//! tunnels `--routing vxlan` keeps to the same addresses.
 
 use std::{collections::BTreeMap, net::IpAddr};
 
 use ipnetwork::IpNetwork;
 use k8s_openapi::api::core::v1::Node;
+use weir_common::TunnelEndpoint;
 
-use crate::{Kind, Model, Object};
+use crate::{Kind, Model, Object, net::to_abi, policy::IpcacheEntry};
 
 /// A Node's pod CIDRs, as allocated by the controller manager (dual-stack:
 /// one per family); unparsable entries are left out.
@@ -96,6 +98,25 @@ pub fn routes(model: &Model, own: &str) -> (BTreeMap<IpNetwork, NodeRoute>, Vec<
     (routes, problems)
 }
 
+/// `--routing vxlan`: the tunnel map's contents for `routes`, each pod CIDR
+/// -> the address of the Node that has it (the outer destination).
+pub fn tunnels(routes: &BTreeMap<IpNetwork, NodeRoute>) -> BTreeMap<IpcacheEntry, TunnelEndpoint> {
+    routes
+        .iter()
+        .map(|(cidr, route)| {
+            let (addr, family) = to_abi(route.via);
+            (
+                IpcacheEntry::of(*cidr),
+                TunnelEndpoint {
+                    addr,
+                    family,
+                    _pad: [0; 3],
+                },
+            )
+        })
+        .collect()
+}
+
 fn overlaps(a: &IpNetwork, b: &IpNetwork) -> bool {
     a.is_ipv4() == b.is_ipv4() && (a.contains(b.network()) || b.contains(a.network()))
 }
@@ -163,6 +184,39 @@ mod tests {
                 ("fd00:2::/64", "fc00::2", "b"),
             ]
             .map(|(a, b, c)| (a.to_owned(), b.to_owned(), c.to_owned()))
+        );
+    }
+
+    #[test]
+    fn tunnels_lead_each_pod_cidr_to_its_node() {
+        let m = model(
+            &[
+                node("a", &["10.244.1.0/24"], &["192.168.1.1"]),
+                node(
+                    "b",
+                    &["10.244.2.0/24", "fd00:2::/64"],
+                    &["192.168.1.2", "fc00::2"],
+                ),
+            ]
+            .concat(),
+        );
+        let (routes, _) = routes(&m, "a");
+        let got: Vec<(String, String)> = tunnels(&routes)
+            .iter()
+            .map(|(k, t)| {
+                let cidr = IpNetwork::new(
+                    crate::net::from_abi(k.key.addr, k.key.family).unwrap(),
+                    (k.prefix_len - weir_common::IPCACHE_PREFIX_BITS) as u8,
+                )
+                .unwrap();
+                let node = crate::net::from_abi(t.addr, t.family).unwrap();
+                (cidr.to_string(), node.to_string())
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [("10.244.2.0/24", "192.168.1.2"), ("fd00:2::/64", "fc00::2")]
+                .map(|(a, b)| (a.to_owned(), b.to_owned()))
         );
     }
 

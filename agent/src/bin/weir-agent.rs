@@ -18,9 +18,11 @@ use weir_agent::{
     host_routing,
     http::{self, Endpoints},
     metrics::Metrics,
+    netlink::Netlink,
     node::NodeWatch,
     node_net::{self, NodeNet},
-    node_routes::NativeRouting,
+    node_routes::NodeRouting,
+    overlay::{self, Overlay},
     source::{KubeOptions, SourceSpec},
     status::Status,
     supervise,
@@ -95,7 +97,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let adopted = dp.adopt_links().context("adopting pinned links")?;
     let forgotten = datapath::forget_ifindexes(&mut dp, &adopted.stale)?;
     info!(node, root = %pins.root().display(), adopted = adopted.adopted, forgotten, "datapath loaded");
-    write_node(&mut dp, &net)?;
+    write_node(&mut dp, &net, args.vxlan_vni)?;
     dp.attach_cgroup(&cgroup)
         .with_context(|| format!("attaching the socket hooks to {}", cgroup.display()))?;
     for (name, ifindex) in &net.devices {
@@ -107,6 +109,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         nodeport_addresses = ?net.nodeport_addresses,
         "node devices"
     );
+    let overlay = overlay_device(&mut dp, &net, &args)?;
     let dp = Arc::new(Mutex::new(dp));
     host_routing::start(args.host_routing, SharedDatapath(dp.clone()), metrics.clone());
     match &args.source {
@@ -122,6 +125,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                 socket: args.cni_socket.clone(),
                 portmap: args.cni_chain_portmap.resolve(&args.cni_bin_dir),
                 overwrite: args.cni_conf_overwrite,
+                mtu: overlay.map(|d| d.mtu),
             });
             let watch = NodeWatch::new(
                 &node,
@@ -134,10 +138,15 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                 node_ips: net.nodeport_addresses.clone(),
                 ..NodeContext::new(node.as_str())
             };
-            let routes = (args.routing == Routing::Native)
-                .then(|| NativeRouting::new(&node))
+            let overlay = overlay.map(|device| Overlay {
+                device,
+                sources: node_sources(&net),
+                maps: SharedDatapath(dp.clone()),
+            });
+            let routes = (args.routing != Routing::Off)
+                .then(|| NodeRouting::new(&node, overlay))
                 .transpose()
-                .context("opening netlink for --routing native")?;
+                .context("opening netlink for the routes to other nodes")?;
             let services = Services {
                 node: context,
                 routes,
@@ -188,16 +197,65 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     })
 }
 
+/// `--routing vxlan`: the overlay's device, made as the flags say, its programs
+/// attached; otherwise, a device left by an earlier agent is removed.
+fn overlay_device(
+    dp: &mut Datapath,
+    net: &NodeNet,
+    args: &RunArgs,
+) -> anyhow::Result<Option<overlay::Device>> {
+    let netlink = Netlink::open().context("opening netlink for the overlay")?;
+    if args.routing != Routing::Vxlan {
+        overlay::remove_device(&netlink).context("removing the overlay's device")?;
+        return Ok(None);
+    }
+    let underlay_mtu = match net.devices.first() {
+        Some((_, ifindex)) => overlay::link_mtu(&netlink, *ifindex)?,
+        None => None,
+    }
+    .unwrap_or(1500);
+    let ipv6_underlay = net.snat.v4 == [0; 16] && net.snat.v6 != [0; 16];
+    let mtu = overlay::pod_mtu(underlay_mtu, ipv6_underlay);
+    let device = overlay::ensure_device(&netlink, args.vxlan_port, mtu)
+        .with_context(|| format!("creating the overlay's device {}", overlay::DEVICE))?;
+    dp.attach_overlay(overlay::DEVICE, device.ifindex)
+        .with_context(|| format!("attaching the overlay's programs to {}", overlay::DEVICE))?;
+    info!(
+        device = overlay::DEVICE,
+        port = args.vxlan_port,
+        vni = args.vxlan_vni,
+        mtu,
+        underlay_mtu,
+        "overlay ready"
+    );
+    Ok(Some(device))
+}
+
+/// The node's own addresses, one per family: the source of what the node
+/// itself sends to other nodes' pods.
+fn node_sources(net: &NodeNet) -> Vec<std::net::IpAddr> {
+    let mut out = Vec::new();
+    if net.snat.v4 != [0; 16] {
+        let a = &net.snat.v4;
+        out.push(std::net::Ipv4Addr::new(a[0], a[1], a[2], a[3]).into());
+    }
+    if net.snat.v6 != [0; 16] {
+        out.push(std::net::Ipv6Addr::from(net.snat.v6).into());
+    }
+    out
+}
+
 /// The node's addresses in the maps: what external flows to remote endpoints
-/// are source-NATed to, this namespace's cookie and ephemeral ports, and every
-/// address of the node's own namespace.
-fn write_node(dp: &mut Datapath, net: &NodeNet) -> anyhow::Result<()> {
+/// are source-NATed to, this namespace's cookie and ephemeral ports, every
+/// address of the node's own namespace, and the overlay's VNI.
+fn write_node(dp: &mut Datapath, net: &NodeNet, vni: u32) -> anyhow::Result<()> {
     let node_addrs = weir_common::NodeAddrs {
         netns_cookie: node_net::netns_cookie().context("reading this network namespace's cookie")?,
         ephemeral: node_net::ephemeral_ports().context("reading the node's ephemeral port range")?,
         // The delivery mode stays as the last agent left it until
         // `host_routing` decides again: a restart never flips it meanwhile.
         flags: dp.node.get(&0, 0).map_or(0, |n| n.flags),
+        vni,
         ..net.snat
     };
     dp.node
@@ -214,7 +272,7 @@ fn write_node(dp: &mut Datapath, net: &NodeNet) -> anyhow::Result<()> {
 /// What the sync and GC threads start from.
 struct Services<'a> {
     node: NodeContext,
-    routes: Option<NativeRouting>,
+    routes: Option<NodeRouting>,
     pins: &'a PinLayout,
     spec: &'a SourceSpec,
     kube: KubeOptions,

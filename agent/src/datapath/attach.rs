@@ -16,7 +16,9 @@ use aya::programs::{
     tc::{SchedClassifierLink, TcAttachOptions},
 };
 use tracing::{info, warn};
-use weir_common::programs::{CLASSIFIERS, FROM_NETDEV, FROM_POD, SOCK_HOOKS, TO_NETDEV, TO_POD};
+use weir_common::programs::{
+    CLASSIFIERS, FROM_NETDEV, FROM_OVERLAY, FROM_POD, SOCK_HOOKS, TO_NETDEV, TO_OVERLAY, TO_POD,
+};
 
 use super::{
     Datapath, DatapathError,
@@ -31,7 +33,11 @@ const DEVICE_PROGRAMS: &[(&str, TcAttachType)] = &[
     (FROM_NETDEV, TcAttachType::Ingress),
     (TO_NETDEV, TcAttachType::Egress),
 ];
-/// Every program that may be pinned under an interface's links.
+/// The programs on the overlay's VXLAN device.
+const OVERLAY_PROGRAMS: &[(&str, TcAttachType)] = &[
+    (FROM_OVERLAY, TcAttachType::Ingress),
+    (TO_OVERLAY, TcAttachType::Egress),
+];
 /// What [`Datapath::adopt_links`] found.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AttachedCount {
@@ -78,6 +84,12 @@ impl Datapath {
     /// Attaches (or re-attaches, idempotently) the node program to a device.
     pub fn attach_device(&mut self, ifname: &str, ifindex: u32) -> Result<(), DatapathError> {
         self.attach(ifname, ifindex, DEVICE_PROGRAMS)
+    }
+
+    /// Attaches (or re-attaches, idempotently) the overlay's programs to its
+    /// VXLAN device (`--routing vxlan`).
+    pub fn attach_overlay(&mut self, ifname: &str, ifindex: u32) -> Result<(), DatapathError> {
+        self.attach(ifname, ifindex, OVERLAY_PROGRAMS)
     }
 
     fn attach(

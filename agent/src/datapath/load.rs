@@ -11,7 +11,7 @@ use super::{
     DatapathError, PinLayout,
     maps::{
         self, Affinity, Backends, Conntrack, Endpoints, Ipcache, Maglev, Node, NodeIps, Policy,
-        PolicyEndpoints, PolicyShares, RevNats, Services,
+        PolicyEndpoints, PolicyShares, RevNats, Services, Tunnels,
     },
     object::OBJECT,
 };
@@ -33,6 +33,7 @@ pub struct Datapath {
     pub ipcache: Ipcache,
     pub policy: Policy,
     pub policy_shares: PolicyShares,
+    pub tunnels: Tunnels,
 }
 
 impl Datapath {
@@ -72,6 +73,7 @@ impl Datapath {
             ipcache: take_map(&mut ebpf, maps::IPCACHE.name)?,
             policy: take_map(&mut ebpf, maps::POLICY.name)?,
             policy_shares: take_map(&mut ebpf, maps::POLICY_SHARES.name)?,
+            tunnels: take_map(&mut ebpf, maps::TUNNELS.name)?,
             ebpf,
             pins,
         })

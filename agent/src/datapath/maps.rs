@@ -4,7 +4,7 @@ use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, MapInfo, PerCpuArray, lpm
 use weir_common::{
     AffinityKey, AffinityValue, Backend, CtKey, CtValue, EndpointInfo, EndpointKey, IpcacheKey, MaglevTable,
     MetricValue, NodeAddrs, PolicyCtValue, PolicyEndpoint, PolicyKey, PolicyShare, RevNat, Scratch,
-    ServiceKey, ServiceValue, SockRevKey, SockRevValue, maps as names,
+    ServiceKey, ServiceValue, SockRevKey, SockRevValue, TunnelEndpoint, maps as names,
 };
 
 use super::{DatapathError, PinLayout};
@@ -60,6 +60,8 @@ pub const POLICY_CT: MapSpec =
     MapSpec::of::<CtKey, PolicyCtValue>(names::POLICY_CT, names::POLICY_CT_ENTRIES);
 pub const POLICY_SHARES: MapSpec =
     MapSpec::of::<u32, PolicyShare>(names::POLICY_SHARES, names::ENDPOINTS_ENTRIES);
+pub const TUNNELS: MapSpec =
+    MapSpec::of::<Key<IpcacheKey>, TunnelEndpoint>(names::TUNNELS, names::TUNNELS_ENTRIES);
 /// A ring buffer: no key or value, its size in bytes as its entries.
 pub const EVENTS: MapSpec = MapSpec {
     name: names::EVENTS,
@@ -87,6 +89,7 @@ pub const ALL: &[MapSpec] = &[
     POLICY,
     POLICY_CT,
     POLICY_SHARES,
+    TUNNELS,
     EVENTS,
 ];
 
@@ -108,6 +111,7 @@ pub type Policy = LpmTrie<MapData, PolicyKey, u32>;
 /// An LRU hash in the kernel.
 pub type PolicyCt = HashMap<MapData, CtKey, PolicyCtValue>;
 pub type PolicyShares = HashMap<MapData, u32, PolicyShare>;
+pub type Tunnels = LpmTrie<MapData, IpcacheKey, TunnelEndpoint>;
 
 /// Fails if a map is pinned at the spec's path with another shape; `Ok(false)`
 /// when nothing is pinned there yet.

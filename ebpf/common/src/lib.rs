@@ -13,6 +13,7 @@ pub mod maps;
 pub mod metrics;
 pub mod net;
 pub mod nodes;
+pub mod overlay;
 pub mod policy;
 pub mod programs;
 
@@ -21,6 +22,7 @@ pub use lb::*;
 pub use metrics::*;
 pub use net::*;
 pub use nodes::*;
+pub use overlay::*;
 pub use policy::*;
 
 /// `unsafe impl aya::Pod` for ABI types, with user space's `user` feature.

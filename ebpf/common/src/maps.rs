@@ -48,7 +48,7 @@ map_names! { $
     /// conntrack pair, a rejection's headers). Never read by user space.
     SCRATCH = "weir_scratch_v2";
     /// The node's own addresses ([`crate::NodeAddrs`], one entry), written by the agent.
-    NODE = "weir_node_v1";
+    NODE = "weir_node_v2";
     /// Every address of the node's own namespace ([`crate::EndpointKey`] -> 1):
     /// endpoints there (hostNetwork) are local whatever the address.
     NODE_IPS = "weir_nodeip_v1";
@@ -71,6 +71,9 @@ map_names! { $
     /// (endpoint number -> [`crate::PolicyShare`]), so that one pod opening
     /// datagram flows as fast as it can cannot evict everyone else's.
     POLICY_SHARES = "weir_polshr_v1";
+    /// `--routing vxlan`: other nodes' pod CIDRs -> the node to tunnel to, an
+    /// LPM trie ([`crate::IpcacheKey`] -> [`crate::TunnelEndpoint`]).
+    TUNNELS = "weir_tunnel_v1";
     /// Policy drops as they happen ([`crate::DropEvent`]s in a ring buffer).
     EVENTS = "weir_events_v1";
 }
@@ -78,9 +81,11 @@ map_names! { $
 /// Maps of earlier layouts, no longer used by any program of this version:
 /// their pins are removed once this version's datapath is loaded (the programs
 /// of an older agent still attached keep them alive until they are replaced).
-pub const RETIRED: [&str; 1] = [
+pub const RETIRED: [&str; 2] = [
     // Four directions; the socket hooks' counters came with v3.
     "weir_metrics_v2",
+    // Without the overlay's VNI.
+    "weir_node_v1",
 ];
 
 // Sizes. Hash maps of the load balancer are allocated as used; the rest are
@@ -110,3 +115,5 @@ pub const MAGLEV_ENTRIES: u32 = 4_096;
 /// directions.
 pub const METRICS_ENTRIES: u32 = 8 * 256;
 pub const ENDPOINTS_ENTRIES: u32 = 65_536;
+/// Pod CIDRs of other nodes (one or two per node).
+pub const TUNNELS_ENTRIES: u32 = 16_384;

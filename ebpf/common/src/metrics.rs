@@ -19,6 +19,10 @@ pub enum Dir {
     /// frontend; a refusal; a received datagram or `getpeername` made to show
     /// the frontend), no bytes.
     Socket = 4,
+    /// TC ingress on the overlay's device: decapsulated, from another node.
+    FromOverlay = 5,
+    /// TC egress on the overlay's device: to be encapsulated to another node.
+    ToOverlay = 6,
 }
 
 impl Dir {
@@ -29,6 +33,8 @@ impl Dir {
             Dir::FromNetdev => "from-netdev",
             Dir::ToNetdev => "to-netdev",
             Dir::Socket => "socket",
+            Dir::FromOverlay => "from-overlay",
+            Dir::ToOverlay => "to-overlay",
         }
     }
 }
@@ -43,6 +49,8 @@ impl TryFrom<u8> for Dir {
             2 => Dir::FromNetdev,
             3 => Dir::ToNetdev,
             4 => Dir::Socket,
+            5 => Dir::FromOverlay,
+            6 => Dir::ToOverlay,
             _ => return Err(code),
         })
     }
@@ -83,11 +91,16 @@ pub enum Reason {
     /// policy conntrack, as its endpoint holds its whole share of it. Counted
     /// beside the packet's own verdict, once per such flow judged.
     Untracked = 12,
+    /// To be tunnelled, but no node has the destination's pod CIDR (or the
+    /// tunnel's metadata could not be set): the VXLAN device would drop it.
+    NoTunnel = 13,
+    /// Decapsulated with a VNI other than the cluster's (`--vxlan-vni`).
+    ForeignVni = 14,
 }
 
 impl Reason {
     /// Every reason, in code order.
-    pub const ALL: [Reason; 13] = [
+    pub const ALL: [Reason; 15] = [
         Reason::Forwarded,
         Reason::Malformed,
         Reason::NoBackend,
@@ -101,6 +114,8 @@ impl Reason {
         Reason::SpoofedSource,
         Reason::IcmpUnrelated,
         Reason::Untracked,
+        Reason::NoTunnel,
+        Reason::ForeignVni,
     ];
 
     /// What an operator reads (`weirctl`, `/metrics`).
@@ -119,6 +134,8 @@ impl Reason {
             Reason::SpoofedSource => "source address not the pod's own (spoofed)",
             Reason::IcmpUnrelated => "ICMP error of no admitted flow (NetworkPolicy)",
             Reason::Untracked => "admitted, not tracked: endpoint at its policy conntrack share",
+            Reason::NoTunnel => "no node to tunnel to (overlay)",
+            Reason::ForeignVni => "VXLAN packet of another VNI (overlay)",
         }
     }
 

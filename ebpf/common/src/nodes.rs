@@ -53,8 +53,8 @@ const _: () = assert!(core::mem::size_of::<EndpointInfo>() == 16);
 
 /// Value of [`crate::maps::NODE`]: the addresses external flows to remote endpoints are
 /// source-NATed to, one per family (all zero: none), the node's network
-/// namespace (its cookie), the only one the socket hooks act in, and how pod
-/// traffic is delivered (`NODE_F_*`).
+/// namespace (its cookie), the only one the socket hooks act in, how pod
+/// traffic is delivered (`NODE_F_*`), and the overlay's VNI.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NodeAddrs {
@@ -65,8 +65,12 @@ pub struct NodeAddrs {
     /// ports), which source NAT keeps out of; `[0, 0]`: Linux's default.
     pub ephemeral: [u16; 2],
     pub flags: u32,
+    /// `--routing vxlan`: the VXLAN network identifier the overlay sends with
+    /// and accepts (one collect-metadata device carries any VNI).
+    pub vni: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<NodeAddrs>() == 48);
+const _: () = assert!(core::mem::size_of::<NodeAddrs>() == 56);
 
 /// [`NodeAddrs::flags`]: deliver pods' packets to pods of the node through
 /// the host's stack (routing, netfilter) instead of straight to their veth,

@@ -3,8 +3,10 @@ pub const FROM_POD: &str = "from_pod";
 pub const TO_POD: &str = "to_pod";
 pub const FROM_NETDEV: &str = "from_netdev";
 pub const TO_NETDEV: &str = "to_netdev";
-/// Every TC program: on pod veths and node devices.
-pub const CLASSIFIERS: [&str; 4] = [FROM_POD, TO_POD, FROM_NETDEV, TO_NETDEV];
+pub const FROM_OVERLAY: &str = "from_overlay";
+pub const TO_OVERLAY: &str = "to_overlay";
+/// Every TC program: on pod veths, node devices and the overlay's device.
+pub const CLASSIFIERS: [&str; 6] = [FROM_POD, TO_POD, FROM_NETDEV, TO_NETDEV, FROM_OVERLAY, TO_OVERLAY];
 /// The socket hooks of the node's own processes (cgroup/connect4, ...).
 pub const SOCK_HOOKS: [&str; 8] = [
     "sock_connect4",

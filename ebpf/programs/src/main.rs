@@ -2,7 +2,8 @@
 //! (`from_pod`, `to_pod`: load balancing, NetworkPolicy, delivery) and on the
 //! node's devices (`from_netdev`, `to_netdev`: NodePorts, externalIPs and
 //! load-balancer IPs from outside), and the cgroup socket hooks of the node's
-//! own processes ([`sock`]). Areas: `lb` (and `lb::frontend`, the steps every
+//! own processes ([`sock`]), and on the overlay's VXLAN device (`from_overlay`,
+//! `to_overlay`: [`overlay`]). Areas: `lb` (and `lb::frontend`, the steps every
 //! hook takes for a new flow), `policy`, `endpoints`, `route`, `metrics`,
 //! `packet` (the one place that reads headers).
 //!
@@ -35,6 +36,7 @@ macro_rules! declare_bpf_map {
 mod endpoints;
 mod lb;
 mod metrics;
+mod overlay;
 mod packet;
 mod policy;
 mod route;
@@ -110,6 +112,20 @@ pub fn to_netdev(ctx: TcContext) -> i32 {
         return TC_ACT_OK;
     }
     by_family!(ctx, Dir::ToNetdev, to_netdev_family)
+}
+
+/// TC ingress on the overlay's device: packets from other nodes' pods.
+#[classifier]
+pub fn from_overlay(ctx: TcContext) -> i32 {
+    let result = overlay::decapsulated(&ctx);
+    metrics::verdict(&ctx, Dir::FromOverlay, result)
+}
+
+/// TC egress on the overlay's device: packets for other nodes' pods.
+#[classifier]
+pub fn to_overlay(ctx: TcContext) -> i32 {
+    let result = overlay::encapsulate(&ctx);
+    metrics::verdict(&ctx, Dir::ToOverlay, result)
 }
 
 /// TC egress on the host veth: packets on their way into the pod.
