@@ -69,7 +69,7 @@ use weir_lab::{
     node::result_ips,
     require_root,
     services::{ManifestDir, node_object},
-    underlay::Underlay,
+    underlay::{Routing, Underlay},
 };
 
 const PORT: u16 = 8080;
@@ -172,9 +172,14 @@ impl Lab {
     fn new(variant: Variant) -> Self {
         let n = variant.lab();
         let underlay = Underlay::new(n);
+        let routing = match variant {
+            Variant::WeirVxlan => Routing::Vxlan,
+            _ => Routing::Native,
+        };
+        // The pods' MTU (weir-cni's configuration) suits the routing.
         let mut nodes = vec![
-            Node::new(&format!("10.{n}.1.0/24")),
-            Node::new(&format!("10.{n}.2.0/24")),
+            routing.node(&format!("10.{n}.1.0/24")),
+            routing.node(&format!("10.{n}.2.0/24")),
         ];
         let ips = underlay.plug_nodes(&nodes.iter().collect::<Vec<_>>());
         let (mut agents, mut dir) = (Vec::new(), None);
@@ -226,18 +231,8 @@ impl Lab {
                     .map(|(node, ip)| node_object(node.name(), &[&node.pod_cidr()], &[*ip]))
                     .collect();
                 manifests.write("nodes.yaml", &objects);
-                let routing = if variant == Variant::WeirVxlan {
-                    "vxlan"
-                } else {
-                    "native"
-                };
                 for node in &mut nodes {
-                    agents.push(
-                        node.start_agent_with_source_and(manifests.path(), vec![format!("--routing={routing}")]),
-                    );
-                    if variant == Variant::WeirVxlan {
-                        node.conf["mtu"] = json!(UNDERLAY_MTU - VXLAN_OVERHEAD);
-                    }
+                    agents.push(node.start_agent_with_source_and(manifests.path(), routing.flags()));
                 }
                 dir = Some(manifests);
                 (nodes[0].add_pod("server"), nodes[1].add_pod("client"))
@@ -257,7 +252,26 @@ impl Lab {
             _underlay: underlay,
         };
         lab.wait_reachable();
+        lab.check_path(&ips);
         lab
+    }
+
+    /// The client's node sends to the server's pod the way the variant says:
+    /// straight over the underlay to node A, or into the overlay's device.
+    fn check_path(&self, ips: &[IpAddr]) {
+        let route = self._nodes[1]
+            .ns
+            .sh(&format!("ip route get {}", self.server.ipv4()));
+        let want = match self.variant {
+            Variant::Routed | Variant::WeirNative => format!("via {} ", ips[0]),
+            Variant::Flannel => "dev flannel.1 ".to_owned(),
+            Variant::WeirVxlan => "dev weir_vxlan ".to_owned(),
+        };
+        assert!(
+            route.contains(&want),
+            "{}: node B's route to the server pod is not `{want}`: {route}",
+            self.variant.name()
+        );
     }
 
     /// Until the client pod completes a connection to the server pod (the agents
