@@ -418,6 +418,20 @@ fn conn_rate(ns: &Netns, to: SocketAddr, threads: usize, d: Duration) -> (f64, u
     (ok as f64 / secs, errors)
 }
 
+/// The client namespace's count of SYNs sent again (`TcpExt: TCPSynRetrans`
+/// of its `/proc/net/netstat`): a connection that waited a second or more.
+fn syn_retransmits(ns: &Netns) -> u64 {
+    let text = ns.sh("cat /proc/net/netstat");
+    let mut tcp_ext = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (names, values) = (tcp_ext.next().unwrap_or(""), tcp_ext.next().unwrap_or(""));
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(name, _)| *name == "TCPSynRetrans")
+        .and_then(|(_, v)| v.parse().ok())
+        .expect("TcpExt: TCPSynRetrans in /proc/net/netstat")
+}
+
 /// One iperf3 run of one TCP stream from `ns` to `to`: the receiver's bits per
 /// second and the sender's retransmissions.
 fn iperf3(ns: &Netns, to: IpAddr, secs: u32) -> (f64, u64) {
@@ -473,6 +487,7 @@ fn min_max(v: &[f64]) -> (f64, f64) {
 struct Samples {
     conn_rate: Vec<f64>,
     errors: u64,
+    syn_retransmits: u64,
     gbps: Vec<f64>,
     retransmits: Vec<f64>,
 }
@@ -524,13 +539,16 @@ fn main() {
         let order: Vec<usize> = (0..labs.len()).map(|k| (k + round) % labs.len()).collect();
         for &i in &order {
             let lab = &labs[i];
+            let syn = syn_retransmits(&lab.client.ns);
             let (rate, errors) = conn_rate(&lab.client.ns, lab.server_addr(), clients, d);
+            let syn = syn_retransmits(&lab.client.ns) - syn;
             eprintln!(
-                "round {round}: {}: {rate:.0} conn/s, {errors} errors",
+                "round {round}: {}: {rate:.0} conn/s, {errors} errors, {syn} SYNs sent again",
                 lab.variant.name()
             );
             samples[i].conn_rate.push(rate);
             samples[i].errors += errors;
+            samples[i].syn_retransmits += syn;
         }
         for &i in &order {
             let lab = &labs[i];
@@ -549,16 +567,19 @@ fn main() {
         "\n### Cross-node pod to pod: new TCP connections/s and one TCP stream's throughput\n\n\
          ({rounds} rounds; {secs} s connection samples from {clients} threads; iperf3 -t {iperf_secs} -O 1)\n"
     );
-    println!("| variant | conn/s | min-max | errors | iperf3 Gbit/s | min-max | retransmits (median) |");
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!(
+        "| variant | conn/s | min-max | errors | SYNs sent again | iperf3 Gbit/s | min-max | retransmits (median) |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for (lab, s) in labs.iter().zip(&samples) {
         let (clo, chi) = min_max(&s.conn_rate);
         let (glo, ghi) = min_max(&s.gbps);
         println!(
-            "| {} | {:.0} | {clo:.0}-{chi:.0} | {} | {:.2} | {glo:.2}-{ghi:.2} | {:.0} |",
+            "| {} | {:.0} | {clo:.0}-{chi:.0} | {} | {} | {:.2} | {glo:.2}-{ghi:.2} | {:.0} |",
             lab.variant.label(),
             median(&s.conn_rate),
             s.errors,
+            s.syn_retransmits,
             median(&s.gbps),
             median(&s.retransmits),
         );
@@ -602,17 +623,34 @@ fn main() {
         );
     }
 
-    println!("\nWeir agents' memory after the run:\n");
-    println!("| variant | node | RSS (MiB) | peak RSS (MiB) |");
-    println!("| --- | --- | ---: | ---: |");
+    println!("\nWeir agents after the run: memory, and the datapath's counters (`weirctl metrics`):\n");
+    println!("| variant | node | RSS (MiB) | peak RSS (MiB) | packets by direction and reason |");
+    println!("| --- | --- | ---: | ---: | --- |");
     for lab in &labs {
         for (agent, node) in lab.agents.iter().zip(["A (server)", "B (client)"]) {
             let (rss, hwm) = agent.rss_kib();
+            let counters: Vec<String> = agent
+                .weirctl(&["metrics"])
+                .as_array()
+                .map(|rows| {
+                    rows.iter()
+                        .map(|r| {
+                            format!(
+                                "{} {}: {}",
+                                r["direction"].as_str().unwrap_or("?"),
+                                r["reason"].as_str().unwrap_or("?"),
+                                r["packets"]
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
             println!(
-                "| {} | {node} | {:.1} | {:.1} |",
+                "| {} | {node} | {:.1} | {:.1} | {} |",
                 lab.variant.name(),
                 rss as f64 / 1024.0,
-                hwm as f64 / 1024.0
+                hwm as f64 / 1024.0,
+                counters.join("; ")
             );
         }
     }
