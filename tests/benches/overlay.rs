@@ -533,7 +533,10 @@ fn main() {
     );
 
     let labs: Vec<Lab> = variants.iter().map(|&v| Lab::new(v)).collect();
-    eprintln!("overlay: labs ready after {:.1} s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "overlay: labs ready after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     let mut samples: Vec<Samples> = labs.iter().map(|_| Samples::default()).collect();
     for round in 0..rounds {
         let order: Vec<usize> = (0..labs.len()).map(|k| (k + round) % labs.len()).collect();
