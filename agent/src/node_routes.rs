@@ -269,7 +269,7 @@ impl NodeRouting {
         if self.synced && !self.pending() && !changed.iter().any(|k| k.kind == Kind::Node) {
             return;
         }
-        let (routes, problems) = weir_model::nodes::routes(model, &self.node);
+        let (routes, problems) = weir_model::nodes::routes(model, &self.node, self.overlay.is_some());
         for p in problems.iter().filter(|p| !self.problems.contains(*p)) {
             warn!(problem = p, "Node left without a route");
         }

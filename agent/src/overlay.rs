@@ -6,8 +6,9 @@
 //! tunnel (the node that has the destination's pod CIDR, the cluster's VNI)
 //! from [`weir_common::maps::TUNNELS`], which follows the Node objects; the
 //! routes to other nodes' pod CIDRs lead into it ([`crate::node_routes`]). It
-//! takes no ARP (its peers are picked per packet, not per neighbour) and no
-//! IPv6 link-local address (nothing of its own to say to anyone).
+//! takes no ARP (its peers are picked per packet, not per neighbour), no
+//! multicast and no IPv6 link-local address: it has nothing of its own to say
+//! to anyone (an MLD report would only be dropped for want of a tunnel).
 
 use std::{collections::BTreeMap, net::IpAddr};
 
@@ -74,6 +75,7 @@ pub fn ensure_device(netlink: &Netlink, port: u16, mtu: u32) -> Result<Device, N
                 .port(port)
                 .mtu(mtu)
                 .arp(false)
+                .multicast(false)
                 .build();
             netlink.run(
                 || format!("creating {DEVICE} (vxlan external dstport {port})"),
@@ -99,6 +101,7 @@ pub fn ensure_device(netlink: &Netlink, port: u16, mtu: u32) -> Result<Device, N
     let up = LinkUnspec::new_with_index(ifindex)
         .mtu(mtu)
         .arp(false)
+        .multicast(false)
         .up()
         .build();
     netlink.run(

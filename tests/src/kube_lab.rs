@@ -19,7 +19,7 @@ use crate::{
     Agent, Node, TempDir, bins,
     containerd::{Containerd, DISTRO_CNI_BIN, Run, RunOutput, Running, busybox_rootfs, copy_executable},
     services::{Cluster, SourceKind, node_object},
-    underlay::Underlay,
+    underlay::{Routing, Underlay},
 };
 
 /// A lab node as a cluster node. Field order is drop order: the agent before
@@ -61,14 +61,15 @@ pub struct KubeLab {
 
 impl KubeLab {
     /// Nodes with these pod CIDRs on underlay `n`, their Node objects in the
-    /// API, their agents ready.
-    pub fn new(n: u8, pod_cidrs: &[&str]) -> Self {
+    /// API, their agents ready: routing between nodes by the harness
+    /// (`routing` `None`), or by the agents, from the Node objects.
+    pub fn new(n: u8, pod_cidrs: &[&str], routing: Option<Routing>) -> Self {
         crate::containerd::require_tools();
         let dir = TempDir::new("weir-kube-lab-");
         let cluster = Cluster::new(SourceKind::Kube);
         let underlay = Underlay::new(n);
         let mut nodes: Vec<Node> = pod_cidrs.iter().map(|c| Node::new(c)).collect();
-        let ips = underlay.join(&nodes.iter().collect::<Vec<_>>());
+        let ips = underlay.connect(&nodes.iter().collect::<Vec<_>>(), routing);
         // What the controller manager (podCIDRs) and the kubelets (addresses) leave.
         let objects: Vec<Value> = nodes
             .iter()
@@ -106,13 +107,12 @@ impl KubeLab {
                 let var_lib_weir = dir.join(format!("node{i}/var-lib-weir"));
                 std::fs::create_dir_all(&net_d).expect("net.d");
                 std::fs::create_dir_all(&var_lib_weir).expect("var/lib/weir");
-                let agent = node.start_agent_for_with(
-                    &cluster,
-                    vec![
-                        format!("--cni-conf-file={}", net_d.join("05-weir.conflist").display()),
-                        format!("--cni-bin-dir={}", cni_bin.display()),
-                    ],
-                );
+                let mut flags = vec![
+                    format!("--cni-conf-file={}", net_d.join("05-weir.conflist").display()),
+                    format!("--cni-bin-dir={}", cni_bin.display()),
+                ];
+                flags.extend(routing.map(Routing::flags).unwrap_or_default());
+                let agent = node.start_agent_for_with(&cluster, flags);
                 ClusterNode {
                     agent,
                     net_d,

@@ -11,7 +11,7 @@ use std::{
 
 use serde_json::{Value, json};
 
-use crate::{Agent, TempDir, apiserver::ApiServer};
+use crate::{Agent, Node, TempDir, apiserver::ApiServer, underlay::Routing};
 
 /// How long a change may take to reach the maps before a test fails.
 pub const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
@@ -86,6 +86,71 @@ macro_rules! with_both_sources {
             }
         }
     )+};
+}
+
+/// Runs each scenario `fn name(setup: Setup)` as `name::root_dir` and
+/// `name::root_kube` (the harness routes pod CIDRs between nodes, as
+/// [`with_both_sources!`]), and `name::root_vxlan`: a manifest directory, and
+/// an underlay that carries the nodes' own addresses only, the agents
+/// reaching other nodes' pods through their overlay (`--routing vxlan`).
+#[macro_export]
+macro_rules! with_each_setup {
+    ($($name:ident),+ $(,)?) => {$(
+        mod $name {
+            use $crate::{services::{Setup, SourceKind}, underlay::Routing};
+            #[test]
+            fn root_dir() {
+                super::$name(Setup { source: SourceKind::Dir, routing: None })
+            }
+            #[test]
+            fn root_kube() {
+                super::$name(Setup { source: SourceKind::Kube, routing: None })
+            }
+            #[test]
+            fn root_vxlan() {
+                super::$name(Setup { source: SourceKind::Dir, routing: Some(Routing::Vxlan) })
+            }
+        }
+    )+};
+}
+
+/// How a scenario's lab is set up: where the agents read the cluster from,
+/// and how nodes reach each other's pods (`None`: by routes the harness
+/// installs; otherwise the agents' `--routing`, from Node objects).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Setup {
+    pub source: SourceKind,
+    pub routing: Option<Routing>,
+}
+
+impl From<SourceKind> for Setup {
+    fn from(source: SourceKind) -> Self {
+        Self {
+            source,
+            routing: None,
+        }
+    }
+}
+
+impl Setup {
+    /// A node of this setup (its pods' MTU as the routing needs).
+    pub fn node(self, pod_cidr: &str) -> Node {
+        match self.routing {
+            Some(routing) => routing.node(pod_cidr),
+            None => Node::new(pod_cidr),
+        }
+    }
+
+    /// The agents' flags.
+    pub fn flags(self) -> Vec<String> {
+        self.routing.map(Routing::flags).unwrap_or_default()
+    }
+
+    /// Whether the cluster must hold Node objects: the API server's always
+    /// (as a cluster's), a directory's when the agents route by them.
+    pub fn node_objects(self) -> bool {
+        self.source == SourceKind::Kube || self.routing.is_some()
+    }
 }
 
 /// The two sources, for tests that run a scenario with each.

@@ -22,13 +22,23 @@ fn veth(a: &Netns, a_end: &str, b: &Netns, b_end: &str) {
 /// Joins two nodes. `n` (0-255) picks the underlay subnet `10.200.n.0/24`: node
 /// `a` is `.1`, node `b` is `.2`.
 pub fn link(a: &Node, b: &Node, n: u8) {
+    let (ip_a, ip_b) = link_plain(a, b, n);
+    a.ns.sh(&format!("ip route add {} via {ip_b}", b.pod_cidr()));
+    b.ns.sh(&format!("ip route add {} via {ip_a}", a.pod_cidr()));
+}
+
+/// [`link`] with no route to the pods (what `weir-agent --routing` installs);
+/// the nodes' addresses.
+pub fn link_plain(a: &Node, b: &Node, n: u8) -> (IpAddr, IpAddr) {
     let (ea, eb) = (unique("ula"), unique("ulb"));
     veth(&a.ns, &ea, &b.ns, &eb);
     let (ip_a, ip_b) = (format!("10.200.{n}.1"), format!("10.200.{n}.2"));
     a.ns.sh(&format!("ip addr add {ip_a}/24 dev {ea} && ip link set {ea} up"));
     b.ns.sh(&format!("ip addr add {ip_b}/24 dev {eb} && ip link set {eb} up"));
-    a.ns.sh(&format!("ip route add {} via {ip_b}", b.pod_cidr()));
-    b.ns.sh(&format!("ip route add {} via {ip_a}", a.pod_cidr()));
+    (
+        ip_a.parse().expect("underlay address"),
+        ip_b.parse().expect("underlay address"),
+    )
 }
 
 /// How the agents route other nodes' pods (`--routing`), in a lab whose
@@ -88,6 +98,18 @@ impl Underlay {
 
     /// Plugs `ns` into the switch as `10.200.n.host`; returns that address.
     pub fn plug(&self, ns: &Netns, host: u8) -> IpAddr {
+        self.plug_named(ns, host).0
+    }
+
+    /// [`Underlay::plug`], and `fd00:200:n::host` too: both addresses.
+    pub fn plug_dual(&self, ns: &Netns, host: u8) -> (IpAddr, IpAddr) {
+        let (v4, inside) = self.plug_named(ns, host);
+        let v6 = format!("fd00:200:{}::{host}", self.n);
+        ns.sh(&format!("ip -6 addr add {v6}/64 dev {inside} nodad"));
+        (v4, v6.parse().expect("underlay address"))
+    }
+
+    fn plug_named(&self, ns: &Netns, host: u8) -> (IpAddr, String) {
         let (inside, port) = (unique("ulp"), unique("uls"));
         veth(ns, &inside, &self.switch, &port);
         self.switch
@@ -96,7 +118,7 @@ impl Underlay {
         ns.sh(&format!(
             "ip addr add {ip}/24 dev {inside} && ip link set {inside} up"
         ));
-        ip.parse().expect("underlay address")
+        (ip.parse().expect("underlay address"), inside)
     }
 
     /// Plugs the nodes in as `.1`, `.2`, ... and nothing more: no route to
@@ -108,6 +130,15 @@ impl Underlay {
             .zip(1u8..)
             .map(|(node, host)| self.plug(&node.ns, host))
             .collect()
+    }
+
+    /// Plugs the nodes in: with `routing`, as [`Underlay::plug_nodes`] (the
+    /// agents route), without, as [`Underlay::join`].
+    pub fn connect(&self, nodes: &[&Node], routing: Option<Routing>) -> Vec<IpAddr> {
+        match routing {
+            Some(_) => self.plug_nodes(nodes),
+            None => self.join(nodes),
+        }
     }
 
     /// Plugs the nodes in as `.1`, `.2`, ... and routes each one's pod CIDR via it

@@ -1,6 +1,6 @@
 //! Tier 2 (root + namespaces + containerd): a two-node lab comes up the way a
 //! cluster does (`weir_lab::kube_lab`): Node objects with pod CIDRs in the API,
-//! agents (`--source kube`) writing each node's conflist once ready,
+//! agents (`--source kube`, `--routing vxlan`) writing each node's conflist once ready,
 //! containerd (`ctr run --cni`, reading that conflist) starting containers that
 //! reach each other across the nodes and through a Service.
 
@@ -10,6 +10,7 @@ use weir_lab::{
     kube_lab::{KubeLab, answer},
     require_root,
     services::{Ep, port, service, slice},
+    underlay::Routing,
     unique,
 };
 
@@ -18,7 +19,8 @@ const VIP: &str = "10.96.0.88";
 #[test]
 fn root_kube_two_nodes_come_up_as_a_cluster_and_run_containers() {
     require_root();
-    let lab = KubeLab::new(88, &["10.88.1.0/24", "10.88.2.0/24"]);
+    // No route between the nodes' pods but the agents' overlay.
+    let lab = KubeLab::new(88, &["10.88.1.0/24", "10.88.2.0/24"], Some(Routing::Vxlan));
     for (i, n) in lab.nodes.iter().enumerate() {
         let conflist = n.conflist();
         let types: Vec<&str> = conflist["plugins"]
@@ -31,6 +33,10 @@ fn root_kube_two_nodes_come_up_as_a_cluster_and_run_containers() {
         assert_eq!(
             conflist["plugins"][0]["ipam"]["ranges"][0][0]["subnet"],
             n.node.pod_cidr()
+        );
+        assert_eq!(
+            conflist["plugins"][0]["mtu"], 1450,
+            "pods' MTU: the underlay's 1,500 less VXLAN's 50"
         );
     }
 

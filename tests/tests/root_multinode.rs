@@ -1,5 +1,6 @@
-//! Tier 2 (root + namespaces): two lab nodes joined by an underlay with native
-//! routing of pod CIDRs, one agent each, both reading the same cluster (a manifest
+//! Tier 2 (root + namespaces): lab nodes joined by an underlay, pod CIDRs
+//! routed by the harness or by the agents (`--routing native` or `vxlan`),
+//! one agent each, both reading the same cluster (a manifest
 //! directory, or the lab's API server: as every node of a cluster watches the
 //! same API). A ClusterIP whose endpoints live on
 //! the other node is translated on the client's node, and the backend's replies,
@@ -13,24 +14,25 @@ use std::{
 
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
 use weir_lab::{
     Agent, Node, Pod,
-    services::{Cluster, Ep, ManifestDir, SourceKind, node_object, port, service, slice},
+    services::{Cluster, Ep, ManifestDir, Setup, node_object, port, service, slice},
     traffic::ConnectionLoad,
     traffic::{EchoServer, tcp_roundtrip, udp_roundtrip},
     underlay::{self, Routing, Underlay},
     whoami::{WhoAmI, ask_tcp, ask_udp},
 };
 
-weir_lab::with_both_sources!(clusterip_reaches_endpoints_on_another_node,);
+weir_lab::with_each_setup!(clusterip_reaches_endpoints_on_another_node,);
 
-fn clusterip_reaches_endpoints_on_another_node(kind: SourceKind) {
-    let cluster = Cluster::new(kind);
-    let mut node_a = Node::new("10.93.1.0/24");
-    let mut node_b = Node::new("10.93.2.0/24");
-    underlay::link(&node_a, &node_b, 93);
-    let agent_a = node_a.start_agent_for(&cluster);
-    let _agent_b = node_b.start_agent_for(&cluster);
+fn clusterip_reaches_endpoints_on_another_node(setup: Setup) {
+    let cluster = Cluster::new(setup.source);
+    let mut node_a = setup.node("10.93.1.0/24");
+    let mut node_b = setup.node("10.93.2.0/24");
+    two_nodes(setup, &cluster, &node_a, &node_b, 93);
+    let agent_a = node_a.start_agent_for_with(&cluster, setup.flags());
+    let _agent_b = node_b.start_agent_for_with(&cluster, setup.flags());
 
     let remote = node_b.add_pod("remote");
     let local = node_a.add_pod("local");
@@ -100,6 +102,49 @@ fn clusterip_reaches_endpoints_on_another_node(kind: SourceKind) {
     );
 }
 
+/// Joins two nodes on a veth: routes between their pods by the harness, or,
+/// for the agents to route, Node objects in the cluster.
+fn two_nodes(setup: Setup, cluster: &Cluster, a: &Node, b: &Node, n: u8) {
+    if setup.routing.is_none() {
+        return underlay::link(a, b, n);
+    }
+    let (ip_a, ip_b) = underlay::link_plain(a, b, n);
+    cluster.write(
+        "nodes.yaml",
+        &[
+            node_object(a.name(), &[&a.pod_cidr()], &[ip_a]),
+            node_object(b.name(), &[&b.pod_cidr()], &[ip_b]),
+        ],
+    );
+}
+
+/// Waits until `agent`'s tunnel map (`weirctl tunnels`) leads exactly `want`'s
+/// pod CIDRs to their nodes' addresses.
+fn wait_tunnels(agent: &Agent, want: &[(String, String)]) {
+    let mut want = want.to_vec();
+    want.sort();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let rows = agent.weirctl(&["tunnels"]);
+        let got: Vec<(String, String)> = rows
+            .as_array()
+            .expect("tunnel rows")
+            .iter()
+            .map(|r| {
+                (
+                    r["pod_cidr"].as_str().unwrap_or_default().to_owned(),
+                    r["node"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect();
+        if got == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "tunnels {got:?}, want {want:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Packets counted forwarded in `direction` by a node's programs.
 fn forwarded(agent: &Agent, direction: &str) -> u64 {
     agent
@@ -148,6 +193,16 @@ fn through_the_overlay(agent: &Agent, client: &Pod, server: &Pod) {
         !too_big.status.success(),
         "a packet above the pod's MTU with DF left the pod"
     );
+    let metrics = agent.weirctl(&["metrics"]);
+    let dropped: Vec<&Value> = metrics
+        .as_array()
+        .expect("metrics rows")
+        .iter()
+        .filter(|r| {
+            r["direction"].as_str().is_some_and(|d| d.ends_with("overlay")) && r["reason"] != "forwarded"
+        })
+        .collect();
+    assert!(dropped.is_empty(), "the overlay dropped packets: {dropped:?}");
     let more_sent = forwarded(agent, "to-overlay") - sent;
     let more_received = forwarded(agent, "from-overlay") - received;
     assert!(
@@ -250,6 +305,10 @@ fn routing_follows_the_node_objects(routing: Routing) {
         .collect();
     let route = |i: usize, ips: &[std::net::IpAddr]| (cidrs[i].clone(), routing.hop(ips[i]));
     wait_routes(&nodes[0], &[route(1, &ips), route(2, &ips)]);
+    let tunnel = |i: usize, ips: &[std::net::IpAddr]| (cidrs[i].clone(), ips[i].to_string());
+    if routing == Routing::Vxlan {
+        wait_tunnels(&agents[0], &[tunnel(1, &ips), tunnel(2, &ips)]);
+    }
     wait_routes(&nodes[2], &[route(0, &ips), route(1, &ips)]);
     let at = |i: usize| SocketAddr::new(pods[i].ipv4(), 8080);
     for (from, to) in [(0, 1), (0, 2), (2, 0), (1, 2)] {
@@ -288,6 +347,9 @@ fn routing_follows_the_node_objects(routing: Routing) {
     dir.write("nodes.yaml", &objects(&[0, 1, 3], &ips));
     wait_routes(&nodes[0], &[route(1, &ips), route(3, &ips)]);
     wait_routes(&nodes[1], &[route(0, &ips), route(3, &ips)]);
+    if routing == Routing::Vxlan {
+        wait_tunnels(&agents[0], &[tunnel(1, &ips), tunnel(3, &ips)]);
+    }
     assert!(
         ask_tcp(&pods[0].ns, at(2)).is_err(),
         "no route is left to a node that left the cluster"
@@ -322,4 +384,109 @@ fn routing_follows_the_node_objects(routing: Routing) {
         "{}",
         agents[0].log_since(mark)
     );
+}
+
+/// `--routing vxlan` with dual-stack pods on nodes that have IPv4 addresses
+/// only: the overlay carries the pods' IPv6 packets between the nodes' IPv4
+/// addresses (a native route could not: no IPv6 next hop), TCP and UDP, with
+/// the pods' own addresses.
+#[test]
+fn root_vxlan_carries_ipv6_pods_between_ipv4_nodes() {
+    let dir = ManifestDir::new();
+    let underlay = Underlay::new(98);
+    let cidrs = [
+        ["10.98.1.0/24", "fd00:10:98:1::/64"],
+        ["10.98.2.0/24", "fd00:10:98:2::/64"],
+    ];
+    let mut nodes: Vec<Node> = cidrs
+        .iter()
+        .map(|[v4, v6]| {
+            let mut node = Node::with_ranges(serde_json::json!([[{ "subnet": v4 }], [{ "subnet": v6 }]]));
+            node.conf["mtu"] = serde_json::json!(1450);
+            node
+        })
+        .collect();
+    let ips = underlay.plug_nodes(&nodes.iter().collect::<Vec<_>>());
+    let objects: Vec<_> = nodes
+        .iter()
+        .zip(&cidrs)
+        .zip(&ips)
+        .map(|((n, c), ip)| node_object(n.name(), c, &[*ip]))
+        .collect();
+    dir.write("nodes.yaml", &objects);
+    let agents: Vec<_> = nodes
+        .iter_mut()
+        .map(|n| n.start_agent_with_source_and(dir.path(), Routing::Vxlan.flags()))
+        .collect();
+    let pods = [nodes[0].add_pod("p0"), nodes[1].add_pod("p1")];
+    let _servers: Vec<_> = pods
+        .iter()
+        .enumerate()
+        .map(|(i, p)| WhoAmI::start(&p.ns, &format!("p{i}"), p.ipv6(), &[8080]))
+        .collect();
+    wait_tunnels(
+        &agents[0],
+        &[
+            (cidrs[1][0].to_owned(), ips[1].to_string()),
+            (cidrs[1][1].to_owned(), ips[1].to_string()),
+        ],
+    );
+    for (from, to) in [(0, 1), (1, 0)] {
+        let at = SocketAddr::new(pods[to].ipv6(), 8080);
+        let a = ask_tcp(&pods[from].ns, at).unwrap_or_else(|e| panic!("p{from} -> p{to} over IPv6: {e}"));
+        assert_eq!(
+            (a.server.as_str(), a.peer.ip()),
+            (format!("p{to}").as_str(), pods[from].ipv6())
+        );
+        let a = ask_udp(&pods[from].ns, at).unwrap_or_else(|e| panic!("p{from} -> p{to} over UDPv6: {e}"));
+        assert_eq!(
+            (a.server.as_str(), a.peer.ip()),
+            (format!("p{to}").as_str(), pods[from].ipv6())
+        );
+    }
+}
+
+/// `--routing vxlan` between Nodes whose only InternalIPs are IPv6: IPv4 pods'
+/// packets travel in VXLAN over IPv6 (70 bytes of overhead: the pods' MTU is
+/// set to 1,430 here), full-size TCP segments and a 1,400-byte datagram
+/// included.
+#[test]
+fn root_vxlan_over_an_ipv6_underlay() {
+    let dir = ManifestDir::new();
+    let underlay = Underlay::new(99);
+    let mut nodes: Vec<Node> = (1..=2)
+        .map(|i| {
+            let mut node = Node::new(&format!("10.99.{i}.0/24"));
+            node.conf["mtu"] = serde_json::json!(1430);
+            node
+        })
+        .collect();
+    let ips: Vec<std::net::IpAddr> = nodes
+        .iter()
+        .zip(1u8..)
+        .map(|(n, host)| underlay.plug_dual(&n.ns, host).1)
+        .collect();
+    let objects: Vec<_> = nodes
+        .iter()
+        .zip(&ips)
+        .map(|(n, ip)| node_object(n.name(), &[&n.pod_cidr()], &[*ip]))
+        .collect();
+    dir.write("nodes.yaml", &objects);
+    let agents: Vec<_> = nodes
+        .iter_mut()
+        .map(|n| n.start_agent_with_source_and(dir.path(), Routing::Vxlan.flags()))
+        .collect();
+    let pods = [nodes[0].add_pod("p0"), nodes[1].add_pod("p1")];
+    wait_tunnels(&agents[0], &[(nodes[1].pod_cidr(), ips[1].to_string())]);
+    wait_tunnels(&agents[1], &[(nodes[0].pod_cidr(), ips[0].to_string())]);
+    let echo = EchoServer::start(&pods[1].ns, SocketAddr::new(pods[1].ipv4(), 0));
+    let big: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 253) as u8).collect();
+    let back = tcp_roundtrip(&pods[0].ns, echo.addr, &big).expect("1 MiB over TCP, VXLAN over IPv6");
+    assert!(back == big, "1 MiB over TCP came back changed");
+    let datagram = vec![9u8; 1400];
+    let back = udp_roundtrip(&pods[0].ns, echo.addr, &datagram).expect("a 1,400-byte datagram");
+    assert_eq!(back, datagram);
+    // The tunnels lead to the nodes' IPv6 addresses (above), the only ones
+    // their Node objects give: the outer packets were IPv6.
+    assert!(forwarded(&agents[0], "to-overlay") > 10);
 }

@@ -2,7 +2,10 @@
 //! nodes and an external host share a switched underlay; each node runs an agent
 //! reading the same cluster (a manifest directory, tests `*::root_dir`, or the
 //! lab's API server with a Node object per node, `*::root_kube`), with its
-//! underlay device found by default. A backend pod runs on each node.
+//! underlay device found by default. A backend pod runs on each node. In
+//! `*::root_vxlan` the underlay does not route pod CIDRs: the agents carry
+//! pods' packets between nodes in their overlay (`--routing vxlan`), source
+//! NAT to remote endpoints included.
 
 use std::{
     collections::BTreeSet,
@@ -14,7 +17,7 @@ use serde_json::{Value, json};
 use weir_lab::{
     Agent, Node, Pod,
     netns::Netns,
-    services::{Cluster, Ep, SourceKind, merge, node_object, port, service, slice},
+    services::{Cluster, Ep, Setup, merge, node_object, port, service, slice},
     underlay::Underlay,
     whoami::{Answer, WhoAmI, ask_tcp, ask_udp},
 };
@@ -35,27 +38,27 @@ struct Lab {
 }
 
 impl Lab {
-    fn new(kind: SourceKind, n: u8) -> Self {
+    fn new(setup: Setup, n: u8) -> Self {
         let underlay = Underlay::new(n);
         let mut nodes = vec![
-            Node::new(&format!("10.{n}.1.0/24")),
-            Node::new(&format!("10.{n}.2.0/24")),
+            setup.node(&format!("10.{n}.1.0/24")),
+            setup.node(&format!("10.{n}.2.0/24")),
         ];
-        let node_ips = underlay.join(&nodes.iter().collect::<Vec<_>>());
+        let node_ips = underlay.connect(&nodes.iter().collect::<Vec<_>>(), setup.routing);
         let (external, external_ip) = underlay.external();
-        let cluster = Cluster::new(kind);
+        let cluster = Cluster::new(setup.source);
         // In a cluster each node has its Node object: pod CIDR and address.
         let node_objects: Vec<Value> = nodes
             .iter()
             .zip(&node_ips)
             .map(|(node, ip)| node_object(node.name(), &[&node.pod_cidr()], &[*ip]))
             .collect();
-        if kind == SourceKind::Kube {
-            cluster.write("nodes", &node_objects);
+        if setup.node_objects() {
+            cluster.write("nodes.yaml", &node_objects);
         }
         let agents: Vec<Agent> = nodes
             .iter_mut()
-            .map(|node| node.start_agent_for(&cluster))
+            .map(|node| node.start_agent_for_with(&cluster, setup.flags()))
             .collect();
         let a1 = nodes[0].add_pod("a1");
         let b1 = nodes[1].add_pod("b1");
@@ -155,7 +158,7 @@ fn servers(answers: &[Answer]) -> BTreeSet<&str> {
     answers.iter().map(|a| a.server.as_str()).collect()
 }
 
-weir_lab::with_both_sources!(
+weir_lab::with_each_setup!(
     nodeport_from_outside_reaches_local_and_remote_endpoints,
     external_traffic_policy_local_keeps_the_client_and_drops_without_a_local_endpoint,
     external_and_load_balancer_ips_and_nodeport_affinity,
@@ -166,8 +169,8 @@ weir_lab::with_both_sources!(
     nodeport_to_a_host_network_endpoint,
 );
 
-fn nodeport_from_outside_reaches_local_and_remote_endpoints(kind: SourceKind) {
-    let c = Lab::new(kind, 94);
+fn nodeport_from_outside_reaches_local_and_remote_endpoints(setup: Setup) {
+    let c = Lab::new(setup, 94);
     c.apply(
         "web.yaml",
         &c.service(
@@ -236,8 +239,8 @@ fn health(ns: &Netns, to: SocketAddr) -> (u16, Value) {
     })
 }
 
-fn external_traffic_policy_local_keeps_the_client_and_drops_without_a_local_endpoint(kind: SourceKind) {
-    let c = Lab::new(kind, 95);
+fn external_traffic_policy_local_keeps_the_client_and_drops_without_a_local_endpoint(setup: Setup) {
+    let c = Lab::new(setup, 95);
     let mut lb = node_port("Local", 30081, 30054);
     merge(
         &mut lb,
@@ -299,8 +302,8 @@ fn external_traffic_policy_local_keeps_the_client_and_drops_without_a_local_endp
     }
 }
 
-fn external_and_load_balancer_ips_and_nodeport_affinity(kind: SourceKind) {
-    let c = Lab::new(kind, 96);
+fn external_and_load_balancer_ips_and_nodeport_affinity(setup: Setup) {
+    let c = Lab::new(setup, 96);
     let external_ip = "10.200.96.50";
     let lb_ip = "10.200.96.60";
     let mut objects = c.service(
@@ -353,8 +356,8 @@ fn external_and_load_balancer_ips_and_nodeport_affinity(kind: SourceKind) {
     );
 }
 
-fn internal_traffic_policy_local_serves_only_same_node_clients(kind: SourceKind) {
-    let c = Lab::new(kind, 97);
+fn internal_traffic_policy_local_serves_only_same_node_clients(setup: Setup) {
+    let c = Lab::new(setup, 97);
     c.apply(
         "itp.yaml",
         &c.service(
@@ -374,8 +377,8 @@ fn internal_traffic_policy_local_serves_only_same_node_clients(kind: SourceKind)
     assert_eq!(a.server, "b1");
 }
 
-fn node_processes_reach_services_through_socket_hooks(kind: SourceKind) {
-    let c = Lab::new(kind, 98);
+fn node_processes_reach_services_through_socket_hooks(setup: Setup) {
+    let c = Lab::new(setup, 98);
     let mut objects = c.service(
         "web",
         "10.96.0.36",
@@ -384,9 +387,25 @@ fn node_processes_reach_services_through_socket_hooks(kind: SourceKind) {
         true,
     );
     objects.extend(c.service("empty", "10.96.0.37", json!({}), false, false));
+    objects.extend(c.service(
+        "sticky",
+        "10.96.0.38",
+        json!({ "spec": { "sessionAffinity": "ClientIP" } }),
+        true,
+        true,
+    ));
+    objects.extend(c.service(
+        "maglev",
+        "10.96.0.39",
+        json!({ "metadata": { "annotations": { "weir.dev/lb-algorithm": "maglev" } } }),
+        true,
+        true,
+    ));
     c.apply("web.yaml", &objects);
     c.wait_node_port(0, "30086/TCP", 2);
     c.wait_on(0, "10.96.0.37:80/TCP", 0);
+    c.wait_on(0, "10.96.0.38:80/TCP", 2);
+    c.wait_on(0, "10.96.0.39:80/TCP", 2);
     let node_a = &c.nodes[0].ns;
     let vip = |p| SocketAddr::new("10.96.0.36".parse().expect("ip"), p);
     let mut seen = BTreeSet::new();
@@ -401,6 +420,37 @@ fn node_processes_reach_services_through_socket_hooks(kind: SourceKind) {
         BTreeSet::from(["a1".to_owned(), "b1".to_owned()]),
         "both endpoints serve the node"
     );
+    // `sessionAffinity: ClientIP`: the node (one client, its address) stays
+    // with one backend per Service port, TCP and UDP alike; Maglev still
+    // spreads its sockets.
+    let at = |vip: &str, p| SocketAddr::new(vip.parse().expect("ip"), p);
+    for (port, ask) in [
+        (80, ask_tcp as fn(&Netns, SocketAddr) -> std::io::Result<Answer>),
+        (53, ask_udp),
+    ] {
+        let sticky: BTreeSet<String> = (0..20)
+            .map(|i| {
+                ask(node_a, at("10.96.0.38", port))
+                    .unwrap_or_else(|e| panic!("sticky {port} {i}: {e}"))
+                    .server
+            })
+            .collect();
+        assert_eq!(sticky.len(), 1, "affinity from the node, port {port}: {sticky:?}");
+    }
+
+    let affinity = c.agents[0].weirctl(&["affinity"]);
+    assert!(
+        affinity.to_string().contains("10.96.0.38"),
+        "the node's affinity entry: {affinity}"
+    );
+    let spread: BTreeSet<String> = (0..30)
+        .map(|i| {
+            ask_tcp(node_a, at("10.96.0.39", 80))
+                .unwrap_or_else(|e| panic!("maglev TCP {i}: {e}"))
+                .server
+        })
+        .collect();
+    assert_eq!(spread.len(), 2, "Maglev spreads the node's sockets: {spread:?}");
     // The socket names the frontend it dialled, not the backend it reached.
     let to = vip(80);
     let peer = node_a
@@ -429,8 +479,9 @@ fn node_processes_reach_services_through_socket_hooks(kind: SourceKind) {
             .map_or(0, |r| r["packets"].as_u64().expect("packets"))
     };
     // Every socket connected to a backend: 20 TCP, 20 UDP (connected: their
-    // datagrams need no hook of their own), the getpeername one, 3 NodePorts.
-    assert!(socket("forwarded") >= 44, "{metrics:#}");
+    // datagrams need no hook of their own), 40 sticky and 30 Maglev ones, the
+    // getpeername one, 3 NodePorts.
+    assert!(socket("forwarded") >= 114, "{metrics:#}");
     assert!(socket("service without endpoints (rejected)") >= 1, "{metrics:#}");
     // Outside the cluster (the external host shares the cgroup the hooks are
     // attached to, not the node's namespace) a ClusterIP is nothing.
@@ -440,8 +491,8 @@ fn node_processes_reach_services_through_socket_hooks(kind: SourceKind) {
     );
 }
 
-fn host_port_by_chaining_portmap(kind: SourceKind) {
-    let c = Lab::new(kind, 99);
+fn host_port_by_chaining_portmap(setup: Setup) {
+    let c = Lab::new(setup, 99);
     let node = &c.nodes[0];
     let mut weir = node.conf.clone();
     weir.as_object_mut().expect("object").remove("cniVersion");
@@ -461,8 +512,8 @@ fn host_port_by_chaining_portmap(kind: SourceKind) {
     node.run_chain(&spec, "DEL", &plugins, Some(&result));
 }
 
-fn node_facing_traffic_falls_back_to_terminating_endpoints(kind: SourceKind) {
-    let c = Lab::new(kind, 100);
+fn node_facing_traffic_falls_back_to_terminating_endpoints(setup: Setup) {
+    let c = Lab::new(setup, 100);
     // The only endpoints are terminating (serving, not ready): as for pods, they
     // take new connections rather than none (KEP-1669), here from outside.
     let mut objects = vec![service("drain", "10.96.0.38", &[port("tcp", 80, "8080", "TCP")])];
@@ -485,8 +536,8 @@ fn node_facing_traffic_falls_back_to_terminating_endpoints(kind: SourceKind) {
     assert_eq!(servers(&answers), BTreeSet::from(["a1", "b1"]));
 }
 
-fn nodeport_to_a_host_network_endpoint(kind: SourceKind) {
-    let c = Lab::new(kind, 101);
+fn nodeport_to_a_host_network_endpoint(setup: Setup) {
+    let c = Lab::new(setup, 101);
     // A server in node A's own namespace (a hostNetwork pod's address is its node's).
     let _server = WhoAmI::start(&c.nodes[0].ns, "host-a", c.node_ips[0], &[8090]);
     let mut objects = vec![service(

@@ -51,10 +51,11 @@ pub struct NodeRoute {
 }
 
 /// Every other Node's pod CIDRs -> the route to them. A CIDR of a Node with no
-/// InternalIP of its family, or one that overlaps this node's own pod CIDRs
-/// or another Node's, is left out and reported (`problems`): a route there
-/// would send pods' traffic to the wrong place.
-pub fn routes(model: &Model, own: &str) -> (BTreeMap<IpNetwork, NodeRoute>, Vec<String>) {
+/// InternalIP of its family (`tunnelled`: of any family, IPv4 first: an
+/// overlay carries IPv6 pods between IPv4 nodes), or one that overlaps this
+/// node's own pod CIDRs or another Node's, is left out and reported
+/// (`problems`): a route there would send pods' traffic to the wrong place.
+pub fn routes(model: &Model, own: &str, tunnelled: bool) -> (BTreeMap<IpNetwork, NodeRoute>, Vec<String>) {
     let mut problems = Vec::new();
     let nodes: Vec<(&str, &Node)> = model
         .of_kind(Kind::Node)
@@ -79,7 +80,14 @@ pub fn routes(model: &Model, own: &str) -> (BTreeMap<IpNetwork, NodeRoute>, Vec<
                 ));
                 continue;
             }
-            let Some(via) = internal.iter().find(|a| a.is_ipv4() == cidr.is_ipv4()) else {
+            // Tunnels run over IPv4 wherever the Node has it: one outer
+            // family keeps one overhead, so one pod MTU fits every tunnel.
+            let via = if tunnelled {
+                internal.iter().find(|a| a.is_ipv4()).or(internal.first())
+            } else {
+                internal.iter().find(|a| a.is_ipv4() == cidr.is_ipv4())
+            };
+            let Some(via) = via else {
                 problems.push(format!(
                     "Node {name}: no InternalIP of pod CIDR {cidr}'s family: no route installed"
                 ));
@@ -170,7 +178,7 @@ mod tests {
             ]
             .concat(),
         );
-        let (routes, problems) = routes(&m, "a");
+        let (routes, problems) = routes(&m, "a", false);
         assert!(problems.is_empty(), "{problems:?}");
         let got: Vec<(String, String, String)> = routes
             .iter()
@@ -200,7 +208,7 @@ mod tests {
             ]
             .concat(),
         );
-        let (routes, _) = routes(&m, "a");
+        let (routes, _) = routes(&m, "a", true);
         let got: Vec<(String, String)> = tunnels(&routes)
             .iter()
             .map(|(k, t)| {
@@ -215,7 +223,7 @@ mod tests {
             .collect();
         assert_eq!(
             got,
-            [("10.244.2.0/24", "192.168.1.2"), ("fd00:2::/64", "fc00::2")]
+            [("10.244.2.0/24", "192.168.1.2"), ("fd00:2::/64", "192.168.1.2")]
                 .map(|(a, b)| (a.to_owned(), b.to_owned()))
         );
     }
@@ -234,11 +242,20 @@ mod tests {
             ]
             .concat(),
         );
-        let (routes, problems) = routes(&m, "a");
+        let (native, problems) = routes(&m, "a", false);
         assert_eq!(
-            routes.keys().map(|c| c.to_string()).collect::<Vec<_>>(),
+            native.keys().map(|c| c.to_string()).collect::<Vec<_>>(),
             ["10.244.2.0/24"]
         );
+        // Through an overlay, node b's IPv6 pods are reached over IPv4.
+        let (tunnelled, problems_tunnelled) = routes(&m, "a", true);
+        assert_eq!(
+            tunnelled
+                .get(&"fd00:2::/64".parse::<IpNetwork>().unwrap())
+                .map(|r| r.via.to_string()),
+            Some("192.168.1.2".to_owned())
+        );
+        assert_eq!(problems_tunnelled.len(), 2, "{problems_tunnelled:?}");
         assert_eq!(problems.len(), 3, "{problems:?}");
         assert!(
             problems
@@ -252,7 +269,7 @@ mod tests {
     #[test]
     fn the_older_single_pod_cidr_field_counts_too() {
         let yaml = "apiVersion: v1\nkind: Node\nmetadata: {name: b}\nspec: {podCIDR: 10.244.9.0/24}\nstatus: {addresses: [{type: InternalIP, address: 192.168.1.9}]}\n";
-        let (routes, _) = routes(&model(yaml), "a");
+        let (routes, _) = routes(&model(yaml), "a", false);
         assert_eq!(
             routes.values().map(|r| r.via.to_string()).collect::<Vec<_>>(),
             ["192.168.1.9"]

@@ -45,6 +45,8 @@ enum Command {
     Policy,
     /// Policy identities of peer addresses and prefixes.
     Ipcache,
+    /// `--routing vxlan`: other nodes' pod CIDRs and the node each is tunnelled to.
+    Tunnels,
     /// Packets NetworkPolicy dropped since the last `drops` (reading consumes them).
     Drops,
 }
@@ -62,6 +64,7 @@ fn main() -> anyhow::Result<()> {
         Command::Affinity => render(&ctl::affinity(&pins)?, out)?,
         Command::Policy => render(&ctl::policy(&pins)?, out)?,
         Command::Ipcache => render(&ctl::ipcache(&pins)?, out)?,
+        Command::Tunnels => render(&ctl::tunnels(&pins)?, out)?,
         Command::Drops => render(&ctl::drops(&pins)?, out)?,
     };
     if !text.ends_with('\n') {

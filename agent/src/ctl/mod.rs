@@ -15,6 +15,7 @@ mod services;
 mod table;
 #[cfg(test)]
 mod tests;
+mod tunnels;
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -31,6 +32,7 @@ pub use self::{
     policy::{PolicyRow, policy},
     services::{Algorithm, ServiceRow, SlotRow, services},
     table::{Row, to_json, to_table},
+    tunnels::{TunnelRow, tunnels},
 };
 
 #[derive(Debug, thiserror::Error)]

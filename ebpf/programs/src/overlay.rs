@@ -59,6 +59,17 @@ fn destination(ctx: &TcContext) -> Result<([u8; 16], u8), Reason> {
 #[inline(always)]
 pub fn encapsulate(ctx: &TcContext) -> Result<Action, Reason> {
     let (addr, family) = destination(ctx)?;
+    // What the kernel itself sends to a link's multicast groups (an MLD report
+    // as the device comes up) is nobody's pod traffic: left to the device,
+    // which discards what has no tunnel, rather than counted as a drop.
+    let multicast = if family == AF_INET {
+        addr[0] >= 224
+    } else {
+        addr[0] == 0xff
+    };
+    if multicast {
+        return Ok(Action::forward(TC_ACT_OK));
+    }
     let bits = if family == AF_INET { 32 } else { 128 };
     let key = Key::new(IPCACHE_PREFIX_BITS + bits, IpcacheKey { family, addr });
     let peer = TUNNELS.get(&key).ok_or(Reason::NoTunnel)?;

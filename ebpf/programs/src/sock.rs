@@ -5,14 +5,16 @@
 //! instead, and its packets leave with the backend's address: no NAT, no
 //! conntrack. An unconnected UDP socket is translated at each send, and its
 //! replies are made to come from the frontend at receive; `getpeername` names
-//! the frontend too (`SOCK_REV`).
+//! the frontend too (`SOCK_REV`). The backend is chosen as for a packet:
+//! `sessionAffinity: ClientIP` keeps the node (its address is the client) on
+//! one backend, Maglev hashes the socket.
 //!
 //! Every agent of the lab attaches these to the same (root) cgroup: each acts
 //! only for sockets of its own node's network namespace (by netns cookie).
 
 use aya_ebpf::{
     EbpfContext,
-    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval},
+    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_set_retval},
     macros::cgroup_sock_addr,
     maps::LruHashMap,
     programs::SockAddrContext,
@@ -28,7 +30,7 @@ use crate::{
         select,
     },
     metrics,
-    packet::{Family, V4, V6},
+    packet::{Family, Flow, V4, V6},
 };
 
 bpf_map! {
@@ -208,8 +210,22 @@ fn to_backend<F: SockAddr>(ctx: &SockAddrContext, datagram_only: bool) -> i32 {
         unsafe { bpf_set_retval(-errno) };
         return 0;
     }
+    // The socket as a flow, for the backend's choice: from the node's address
+    // (the client kube-proxy's `ClientIP` affinity sees for the node's own
+    // connections), and, for Maglev's hash, the socket's cookie where its
+    // source port would be (not chosen yet at connect).
+    // SAFETY: valid for this context type.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let mut flow = Flow::<F>::new();
+    F::narrow(frontend::node_addr::<F>(node), &mut flow.saddr);
+    F::narrow(&key.addr, &mut flow.daddr);
+    flow.sport = (cookie ^ (cookie >> 16) ^ (cookie >> 32) ^ (cookie >> 48)) as u16;
+    flow.dport = key.port;
+    flow.proto = proto;
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: valid for this run.
-    let Some(backend) = select::random_slot(&key, svc.count)
+    let Some(backend) = select::backend(&flow, &key, &svc, now)
         .ok()
         .and_then(|id| unsafe { BACKENDS.get(&id) })
     else {

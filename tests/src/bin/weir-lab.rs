@@ -26,7 +26,7 @@ use weir_lab::{
     reachability::{self, Probe},
     services::{self, Ep, ManifestDir, SYNC_TIMEOUT, frontend, merge, port, service, slice, slot_addresses},
     traffic::{EchoServer, tcp_roundtrip, udp_roundtrip},
-    underlay::Underlay,
+    underlay::{Routing, Underlay},
     whoami::{TcpSession, UdpSession, WhoAmI, ask_tcp, ask_udp},
 };
 
@@ -653,11 +653,13 @@ fn weirctl(node: &Node, view: &str) -> anyhow::Result<()> {
 /// reads its Node, writes the node's conflist once it can serve pods, and
 /// becomes ready; containerd (`ctr run --cni`, reading that conflist) starts a
 /// web server on node A and a client on node B, which reaches it directly and
-/// through a Service created in the API.
+/// through a Service created in the API. The nodes' network carries only their
+/// own addresses: pods talk across nodes through the agents' VXLAN overlay
+/// (`--routing vxlan`).
 fn act_two(expect: &mut Expectations) -> anyhow::Result<()> {
     const VIP: &str = "10.96.1.10";
     println!("\n== act 2: the cluster path, weir-agent --source kube against the lab's API server");
-    let lab = KubeLab::new(251, &["10.245.1.0/24", "10.245.2.0/24"]);
+    let lab = KubeLab::new(251, &["10.245.1.0/24", "10.245.2.0/24"], Some(Routing::Vxlan));
     for n in &lab.nodes {
         let conflist = n.conflist();
         let plugins: Vec<&str> = conflist["plugins"]
@@ -665,14 +667,15 @@ fn act_two(expect: &mut Expectations) -> anyhow::Result<()> {
             .map(|p| p.iter().filter_map(|p| p["type"].as_str()).collect())
             .unwrap_or_default();
         println!(
-            "  node {} (Node object: podCIDRs [{}], InternalIP {}): /readyz {}, wrote {} ({}, ranges {})",
+            "  node {} (Node object: podCIDRs [{}], InternalIP {}): /readyz {}, wrote {} ({}, ranges {}, mtu {})",
             n.node.name(),
             n.node.pod_cidr(),
             n.ip,
             n.agent.health("/readyz").1.trim(),
             n.net_d.join("05-weir.conflist").display(),
             plugins.join(" + "),
-            conflist["plugins"][0]["ipam"]["ranges"]
+            conflist["plugins"][0]["ipam"]["ranges"],
+            conflist["plugins"][0]["mtu"]
         );
     }
     let (server, server_ip) = lab.start_server(0, "web-0", "hello from web-0 on node A");
