@@ -97,7 +97,12 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let adopted = dp.adopt_links().context("adopting pinned links")?;
     let forgotten = datapath::forget_ifindexes(&mut dp, &adopted.stale)?;
     info!(node, root = %pins.root().display(), adopted = adopted.adopted, forgotten, "datapath loaded");
-    write_node(&mut dp, &net, args.vxlan_vni)?;
+    let tunnel_port = if args.routing == Routing::Vxlan {
+        args.vxlan_port
+    } else {
+        0
+    };
+    write_node(&mut dp, &net, args.vxlan_vni, tunnel_port)?;
     dp.attach_cgroup(&cgroup)
         .with_context(|| format!("attaching the socket hooks to {}", cgroup.display()))?;
     for (name, ifindex) in &net.devices {
@@ -247,8 +252,8 @@ fn node_sources(net: &NodeNet) -> Vec<std::net::IpAddr> {
 
 /// The node's addresses in the maps: what external flows to remote endpoints
 /// are source-NATed to, this namespace's cookie and ephemeral ports, every
-/// address of the node's own namespace, and the overlay's VNI.
-fn write_node(dp: &mut Datapath, net: &NodeNet, vni: u32) -> anyhow::Result<()> {
+/// address of the node's own namespace, and the overlay's VNI and port.
+fn write_node(dp: &mut Datapath, net: &NodeNet, vni: u32, tunnel_port: u16) -> anyhow::Result<()> {
     let node_addrs = weir_common::NodeAddrs {
         netns_cookie: node_net::netns_cookie().context("reading this network namespace's cookie")?,
         ephemeral: node_net::ephemeral_ports().context("reading the node's ephemeral port range")?,
@@ -256,6 +261,7 @@ fn write_node(dp: &mut Datapath, net: &NodeNet, vni: u32) -> anyhow::Result<()> 
         // `host_routing` decides again: a restart never flips it meanwhile.
         flags: dp.node.get(&0, 0).map_or(0, |n| n.flags),
         vni,
+        tunnel_port: tunnel_port.to_be(),
         ..net.snat
     };
     dp.node

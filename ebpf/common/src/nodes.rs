@@ -68,7 +68,11 @@ pub struct NodeAddrs {
     /// `--routing vxlan`: the VXLAN network identifier the overlay sends with
     /// and accepts (one collect-metadata device carries any VNI).
     pub vni: u32,
-    pub _pad: u32,
+    /// `--routing vxlan`: the overlay's UDP port (0: no overlay). Its packets
+    /// on the node's devices are the node's own, nothing the node programs
+    /// translate: they pass at a glance.
+    pub tunnel_port: u16, /* BE */
+    pub _pad: u16,
 }
 const _: () = assert!(core::mem::size_of::<NodeAddrs>() == 56);
 

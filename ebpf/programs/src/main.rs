@@ -170,11 +170,45 @@ fn icmp_error<F: Lb>(skb: *mut __sk_buff, dir: Dir, side: Side) -> i32 {
 fn from_netdev_family<F: Lb>(skb: *mut __sk_buff) -> i32 {
     let ctx = TcContext::new(skb);
     let result = match packet::parse::<F>(&ctx) {
+        Ok(Some(flow)) if overlay_packet(&flow) => Ok(Action::forward(TC_ACT_OK)),
+        Ok(Some(flow)) if let Some(veth) = to_local_pod(&flow) => {
+            // A pod's packet from another node, to a pod of this one: nothing
+            // the load balancer translates here goes to a pod's own address
+            // (external flows come to a frontend, their replies to the node's),
+            // so it goes straight to the pod's veth, whose program judges it,
+            // skipping this node's routing and netfilter.
+            // SAFETY: no preconditions; the verdict says where the packet goes.
+            Ok(Action::forward(
+                unsafe { bpf_redirect_neigh(veth, core::ptr::null_mut(), 0, 0) } as i32,
+            ))
+        }
         Ok(Some(mut flow)) => lb::from_netdev(&ctx, &mut flow),
         Ok(None) => Ok(Action::forward(TC_ACT_OK)),
         Err(reason) => Err(reason),
     };
     metrics::verdict(&ctx, Dir::FromNetdev, result)
+}
+
+/// The overlay's own VXLAN packet (`--routing vxlan`), between node addresses.
+#[inline(always)]
+fn overlay_packet<F: Lb>(flow: &packet::Flow<F>) -> bool {
+    flow.proto == weir_common::IPPROTO_UDP
+        && lb::maps::NODE
+            .get(0)
+            .is_some_and(|n| n.tunnel_port != 0 && n.tunnel_port == flow.dport)
+}
+
+/// The veth of the local pod `flow` goes to, unless pods' traffic goes through
+/// the host's stack (`NODE_F_HOST_STACK`, where netfilter must see it).
+#[inline(always)]
+fn to_local_pod<F: Lb>(flow: &packet::Flow<F>) -> Option<u32> {
+    let host_stack = lb::maps::NODE
+        .get(0)
+        .is_none_or(|n| n.flags & NODE_F_HOST_STACK != 0);
+    if host_stack {
+        return None;
+    }
+    endpoints::veth(&endpoints::key::<F>(&flow.daddr))
 }
 
 #[inline(never)]
@@ -187,15 +221,13 @@ fn to_pod_family<F: Lb>(skb: *mut __sk_buff) -> i32 {
 #[inline(never)]
 fn to_netdev_family<F: Lb>(skb: *mut __sk_buff) -> i32 {
     let ctx = TcContext::new(skb);
-    metrics::verdict(&ctx, Dir::ToNetdev, try_to_pod::<F>(&ctx))
-}
-
-#[inline(always)]
-fn try_to_pod<F: Lb>(ctx: &TcContext) -> Result<Action, Reason> {
-    if let Some(mut flow) = packet::parse::<F>(ctx)? {
-        lb::to_pod(ctx, &mut flow)?;
-    }
-    Ok(Action::forward(TC_ACT_OK))
+    let result = match packet::parse::<F>(&ctx) {
+        Ok(Some(flow)) if overlay_packet(&flow) => Ok(Action::forward(TC_ACT_OK)),
+        Ok(Some(mut flow)) => lb::to_pod(&ctx, &mut flow).map(|()| Action::forward(TC_ACT_OK)),
+        Ok(None) => Ok(Action::forward(TC_ACT_OK)),
+        Err(reason) => Err(reason),
+    };
+    metrics::verdict(&ctx, Dir::ToNetdev, result)
 }
 
 /// On the way into a pod: its ingress policy judges the packet as it arrives
