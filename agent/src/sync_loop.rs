@@ -18,6 +18,7 @@ use crate::{
     conntrack::{Hygiene, monotonic_ns},
     datapath::PinLayout,
     health::HealthServer,
+    masquerade::Masquerade,
     metrics::Metrics,
     node::NodeWatch,
     node_routes::NativeRouting,
@@ -62,6 +63,8 @@ pub struct SyncLoop {
     pub node: NodeWatch,
     /// `--routing native`: routes to other Nodes' pods.
     pub routes: Option<NativeRouting>,
+    /// The destinations pods' traffic is not masqueraded to, from the Nodes.
+    pub masquerade: Masquerade,
 }
 
 impl SyncLoop {
@@ -104,6 +107,10 @@ impl SyncLoop {
                         && let Some(routes) = &mut self.routes
                     {
                         routes.update(self.source.model(), &changes.objects);
+                    }
+                    if self.listed(&[Kind::Node]) {
+                        self.masquerade
+                            .update(self.source.model(), &changes.objects, &self.maps);
                     }
                     // Policies first: they depend on a few kinds only, and a
                     // change of them should not wait for a large service sync.

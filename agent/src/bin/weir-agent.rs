@@ -17,6 +17,7 @@ use weir_agent::{
     datapath::{self, Datapath, PinLayout},
     host_routing,
     http::{self, Endpoints},
+    masquerade::{self, Masquerade},
     metrics::Metrics,
     node::NodeWatch,
     node_net::{self, NodeNet},
@@ -27,7 +28,7 @@ use weir_agent::{
     sync::{PolicySyncer, ServiceSyncer, SharedDatapath},
     sync_loop::{self, SyncLoop},
 };
-use weir_model::NodeContext;
+use weir_model::{NodeContext, masquerade::MasqConfig};
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -96,6 +97,13 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let forgotten = datapath::forget_ifindexes(&mut dp, &adopted.stale)?;
     info!(node, root = %pins.root().display(), adopted = adopted.adopted, forgotten, "datapath loaded");
     write_node(&mut dp, &net)?;
+    masquerade::set_switch(&mut dp, args.masquerade).context("writing the masquerade switch")?;
+    let masq = Masquerade::new(MasqConfig {
+        cluster_cidrs: args.cluster_cidr.clone(),
+        own_pod_cidrs: args.pod_cidrs.clone(),
+        non_masquerade: args.non_masquerade_cidrs.clone(),
+        own_addresses: net.all_addresses.clone(),
+    });
     dp.attach_cgroup(&cgroup)
         .with_context(|| format!("attaching the socket hooks to {}", cgroup.display()))?;
     for (name, ifindex) in &net.devices {
@@ -151,10 +159,18 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                 metrics: metrics.clone(),
                 status: status.clone(),
                 watch,
+                masq,
             };
             start_services(services)?;
         }
         None => {
+            // No Nodes to read: the exceptions come from the flags alone.
+            let mut masq = masq;
+            masq.update(
+                &Default::default(),
+                &Default::default(),
+                &SharedDatapath(dp.clone()),
+            );
             // Pods are wired; nothing else is to be synced.
             status.services_synced();
             status.policy_synced();
@@ -222,6 +238,7 @@ struct Services<'a> {
     metrics: Arc<Metrics>,
     status: Status,
     watch: NodeWatch,
+    masq: Masquerade,
 }
 
 /// Reads back what the service maps hold (never flushing them), then starts the
@@ -258,6 +275,7 @@ fn start_services(s: Services<'_>) -> anyhow::Result<()> {
         status: s.status,
         node: s.watch,
         routes: s.routes,
+        masquerade: s.masq,
     }
     .spawn()
     .context("spawning the sync thread")?;

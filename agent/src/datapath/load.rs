@@ -10,7 +10,7 @@ use weir_common::programs::{CLASSIFIERS, SOCK_HOOKS};
 use super::{
     DatapathError, PinLayout,
     maps::{
-        self, Affinity, Backends, Conntrack, Endpoints, Ipcache, Maglev, Node, NodeIps, Policy,
+        self, Affinity, Backends, Conntrack, Endpoints, Ipcache, Maglev, Node, NodeIps, Nomasq, Policy,
         PolicyEndpoints, PolicyShares, RevNats, Services,
     },
     object::OBJECT,
@@ -33,6 +33,7 @@ pub struct Datapath {
     pub ipcache: Ipcache,
     pub policy: Policy,
     pub policy_shares: PolicyShares,
+    pub nomasq: Nomasq,
 }
 
 impl Datapath {
@@ -72,6 +73,7 @@ impl Datapath {
             ipcache: take_map(&mut ebpf, maps::IPCACHE.name)?,
             policy: take_map(&mut ebpf, maps::POLICY.name)?,
             policy_shares: take_map(&mut ebpf, maps::POLICY_SHARES.name)?,
+            nomasq: take_map(&mut ebpf, maps::NOMASQ.name)?,
             ebpf,
             pins,
         })

@@ -71,6 +71,10 @@ map_names! { $
     /// (endpoint number -> [`crate::PolicyShare`]), so that one pod opening
     /// datagram flows as fast as it can cannot evict everyone else's.
     POLICY_SHARES = "weir_polshr_v1";
+    /// Destinations pods reach with their own address: the cluster's pod
+    /// CIDRs, the Nodes' addresses, `--non-masquerade-cidrs`; an LPM trie
+    /// ([`crate::NomasqKey`] -> `NOMASQ_F_*`).
+    NOMASQ = "weir_nomasq_v1";
     /// Policy drops as they happen ([`crate::DropEvent`]s in a ring buffer).
     EVENTS = "weir_events_v1";
 }
@@ -90,6 +94,8 @@ pub const NODE_IPS_ENTRIES: u32 = 256;
 pub const SOCK_REV_ENTRIES: u32 = 65_536;
 
 pub const IPCACHE_ENTRIES: u32 = 262_144;
+/// Two addresses per Node of a 5,000-node cluster, its pod CIDRs and room.
+pub const NOMASQ_ENTRIES: u32 = 65_536;
 pub const POLICY_ENTRIES: u32 = 1_048_576;
 pub const POLICY_CT_ENTRIES: u32 = 262_144;
 /// What one endpoint may hold of [`POLICY_CT`] in flows other than TCP.
