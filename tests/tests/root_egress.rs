@@ -1,9 +1,8 @@
 //! Tier 2 (root + namespaces): pods' traffic leaving the cluster. Two lab nodes
 //! on a switched underlay with their Node objects (`--routing native` routes
 //! pods between them); a router on the underlay leads to an "internet" host
-//! (192.0.2.10) in a namespace of its own, which has a default route to the
-//! router and nothing else: it learns of pods only through the addresses it
-//! sees. A who-am-I server there reports the peer address of every flow.
+//! ([`weir_lab::internet`]), which learns of pods only through the addresses
+//! it sees. A who-am-I server there reports the peer address of every flow.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -13,15 +12,15 @@ use std::{
 use serde_json::{Value, json};
 use weir_lab::{
     Agent, Node, Pod,
+    internet::{self, Internet},
     netns::Netns,
     services::{Ep, ManifestDir, merge, node_object, port, service, slice},
     traffic::ConnectionLoad,
     underlay::Underlay,
-    unique,
     whoami::{Answer, WhoAmI, ask_tcp, ask_udp},
 };
 
-const INTERNET: &str = "192.0.2.10";
+const INTERNET: &str = internet::HOST;
 /// Linux's default `ip_local_port_range`: the node's own connections' ports,
 /// which masquerade keeps out of.
 const EPHEMERAL: std::ops::RangeInclusive<u16> = 32_768..=60_999;
@@ -32,8 +31,7 @@ struct Lab {
     a: Pod,
     b: Pod,
     agents: Vec<Agent>,
-    internet: Netns,
-    router: Netns,
+    internet: Internet,
     node_ips: Vec<IpAddr>,
     dir: ManifestDir,
     nodes: Vec<Node>,
@@ -51,20 +49,7 @@ impl Lab {
             Node::new(&format!("10.{n}.2.0/24")),
         ];
         let node_ips = underlay.plug_nodes(&nodes.iter().collect::<Vec<_>>());
-        let (router, router_ip) = underlay.external_at(254);
-        router.sh("sysctl -qw net.ipv4.ip_forward=1");
-        let internet = Netns::new(&unique("wnet"));
-        let (r_end, i_end) = (unique("wrt"), unique("win"));
-        router.sh(&format!(
-            "ip link add {r_end} type veth peer name {i_end} netns {} && ip addr add 192.0.2.1/24 dev {r_end} && ip link set {r_end} up",
-            internet.name()
-        ));
-        internet.sh(&format!(
-            "ip link set lo up && ip addr add {INTERNET}/24 dev {i_end} && ip link set {i_end} up && ip route add default via 192.0.2.1"
-        ));
-        for node in &nodes {
-            node.ns.sh(&format!("ip route add 192.0.2.0/24 via {router_ip}"));
-        }
+        let internet = Internet::new(&underlay, &nodes.iter().collect::<Vec<_>>());
         let dir = ManifestDir::new();
         let objects: Vec<Value> = nodes
             .iter()
@@ -87,7 +72,12 @@ impl Lab {
         let a = nodes[0].add_pod("a");
         let b = nodes[1].add_pod("b");
         let servers = vec![
-            WhoAmI::start(&internet, "internet", INTERNET.parse().expect("address"), &[80]),
+            WhoAmI::start(
+                &internet.host,
+                "internet",
+                INTERNET.parse().expect("address"),
+                &[80],
+            ),
             WhoAmI::start(&a.ns, "a", a.ipv4(), &[8080]),
             WhoAmI::start(&b.ns, "b", b.ipv4(), &[8080]),
         ];
@@ -97,7 +87,6 @@ impl Lab {
             b,
             agents,
             internet,
-            router,
             node_ips,
             dir,
             nodes,
@@ -114,10 +103,8 @@ impl Lab {
     /// The router learns the pods' routes (a network that routes pod
     /// addresses): needed for replies to flows that keep the pod's address.
     fn route_pods(&self) {
-        for (node, ip) in self.nodes.iter().zip(&self.node_ips) {
-            self.router
-                .sh(&format!("ip route add {} via {ip}", node.pod_cidr()));
-        }
+        self.internet
+            .route_pods(&self.nodes.iter().collect::<Vec<_>>(), &self.node_ips);
     }
 
     fn masquerade_entries(&self, i: usize, proto: &str) -> Vec<Value> {
@@ -341,18 +328,18 @@ fn root_local_nodeport_from_another_nodes_pod_uses_every_endpoint() {
     // From the internet, node B drops (no local endpoint); node A serves it
     // with the client's address, its replies untouched by masquerade.
     assert!(
-        ask_tcp(&lab.internet, node_b(30080)).is_err(),
+        ask_tcp(&lab.internet.host, node_b(30080)).is_err(),
         "the internet must not reach node B's Local NodePort"
     );
     let node_a = |p| SocketAddr::new(lab.node_ips[0], p);
     for i in 0..5 {
-        let t = ask_tcp(&lab.internet, node_a(30080))
+        let t = ask_tcp(&lab.internet.host, node_a(30080))
             .unwrap_or_else(|e| panic!("TCP {i} internet -> node A: {e}"));
         assert_eq!(
             (t.server.as_str(), t.peer.ip()),
             ("a", INTERNET.parse().expect("address"))
         );
-        let u = ask_udp(&lab.internet, node_a(30053))
+        let u = ask_udp(&lab.internet.host, node_a(30053))
             .unwrap_or_else(|e| panic!("UDP {i} internet -> node A: {e}"));
         assert_eq!(
             (u.server.as_str(), u.peer.ip()),
