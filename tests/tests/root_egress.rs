@@ -351,3 +351,57 @@ fn root_local_nodeport_from_another_nodes_pod_uses_every_endpoint() {
         "a pod's replies to a NodePort client are not masqueraded"
     );
 }
+
+/// IPv6: a dual-stack node's pod reaches an IPv6 internet host from the
+/// node's IPv6 address, by TCP and UDP.
+#[test]
+fn root_pods_reach_the_ipv6_internet_from_their_node_address() {
+    let underlay = Underlay::new(74);
+    let mut node =
+        Node::with_ranges(json!([[{ "subnet": "10.74.1.0/24" }], [{ "subnet": "fd00:10:74:1::/64" }]]));
+    let node_ip = underlay.plug_nodes(&[&node])[0];
+    let internet = Internet::new(&underlay, &[&node]);
+    // IPv6 beside the lab's IPv4, on the same links.
+    let dev = |ns: &Netns, v4: &str| {
+        ns.sh(&format!(
+            "ip -o -4 addr show | awk '$4 ~ /^{v4}\\// {{print $2}}'"
+        ))
+        .trim()
+        .to_owned()
+    };
+    let node_dev = dev(&node.ns, &node_ip.to_string());
+    node.ns.sh(&format!(
+        "ip -6 addr add fd00:74::1/64 dev {node_dev} nodad && ip -6 route add fd00:c0::/64 via fd00:74::fe"
+    ));
+    let router_under = dev(&internet.router, "10.200.74.254");
+    let router_out = dev(&internet.router, "192.0.2.1");
+    internet.router.sh(&format!(
+        "sysctl -qw net.ipv6.conf.all.forwarding=1 && ip -6 addr add fd00:74::fe/64 dev {router_under} nodad && ip -6 addr add fd00:c0::1/64 dev {router_out} nodad"
+    ));
+    let host_dev = dev(&internet.host, internet::HOST);
+    internet.host.sh(&format!(
+        "ip -6 addr add fd00:c0::10/64 dev {host_dev} nodad && ip -6 route add default via fd00:c0::1"
+    ));
+    let node6: IpAddr = "fd00:74::1".parse().expect("address");
+    let dir = ManifestDir::new();
+    dir.write(
+        "nodes.yaml",
+        &[node_object(
+            node.name(),
+            &["10.74.1.0/24", "fd00:10:74:1::/64"],
+            &[node_ip, node6],
+        )],
+    );
+    let agent = node.start_agent_with_source_and(dir.path(), vec!["--masquerade=true".to_owned()]);
+    wait_for(Duration::from_secs(20), "the masquerade exceptions", || {
+        agent.log_text().contains("masquerade exceptions written")
+    });
+    let pod = node.add_pod("a");
+    let host6: IpAddr = "fd00:c0::10".parse().expect("address");
+    let _server = WhoAmI::start(&internet.host, "internet", host6, &[80]);
+    let to = SocketAddr::new(host6, 80);
+    let tcp = ask_tcp(&pod.ns, to).unwrap_or_else(|e| panic!("TCP over IPv6 from {}: {e}", pod.ipv6()));
+    assert_from_node(&tcp, node6, "TCP over IPv6");
+    let udp = ask_udp(&pod.ns, to).unwrap_or_else(|e| panic!("UDP over IPv6 from {}: {e}", pod.ipv6()));
+    assert_from_node(&udp, node6, "UDP over IPv6");
+}
