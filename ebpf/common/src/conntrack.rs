@@ -66,10 +66,7 @@ pub struct CtValue {
     pub nat2_port: u16, /* BE */
     /// `CT_F_*`.
     pub flags: u8,
-    /// TCP, `CT_OUT` entries: the FINs seen, [`CT_FIN_OUT`] | [`CT_FIN_IN`]
-    /// (0 in entries of agents before it: the byte was padding).
-    pub fins: u8,
-    pub _pad: [u8; 2],
+    pub _pad: [u8; 3],
     pub rev_nat_id: u32,
     pub backend_id: u32,
     /// `bpf_ktime_get_ns()` after which the entry is dead (the agent's GC removes it).
@@ -101,11 +98,6 @@ pub const CT_F_RESET: u8 = 1 << 5;
 /// the destination itself, unchanged). Always with [`CT_F_SNAT`], so that its
 /// replies are found and translated back as a source-NATed flow's.
 pub const CT_F_MASQ: u8 = 1 << 6;
-
-/// [`CtValue::fins`]: the client (the `CT_OUT` tuple's source) sent a FIN.
-pub const CT_FIN_OUT: u8 = 1 << 0;
-/// [`CtValue::fins`]: the other end (backend, masquerade's destination) sent one.
-pub const CT_FIN_IN: u8 = 1 << 1;
 
 /// Source ports of source-NATed external flows and masqueraded pod flows (one
 /// allocator: their reply entries share the key space): 1024-65535 outside the node's

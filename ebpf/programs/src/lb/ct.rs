@@ -7,9 +7,8 @@
 //! agent's GC can judge a pair by one entry.
 
 use weir_common::{
-    CT_F_CLOSING, CT_F_DATAGRAM, CT_F_RESET, CT_F_SNAT, CT_FIN_IN, CT_FIN_OUT, CT_IN, CT_LIFETIME_DATAGRAM,
-    CT_LIFETIME_TCP, CT_LIFETIME_TCP_CLOSING, CT_LIFETIME_TCP_SYN, CtKey, CtValue, IPPROTO_TCP, IPPROTO_UDP,
-    Scratch,
+    CT_F_CLOSING, CT_F_DATAGRAM, CT_F_RESET, CT_F_SNAT, CT_IN, CT_LIFETIME_DATAGRAM, CT_LIFETIME_TCP,
+    CT_LIFETIME_TCP_CLOSING, CT_LIFETIME_TCP_SYN, CtKey, CtValue, IPPROTO_TCP, IPPROTO_UDP, Scratch,
 };
 
 use super::maps::CONNTRACK;
@@ -117,34 +116,19 @@ pub fn yield_reply_tuple<F: Family>(s: &mut Scratch, flow: &Flow<F>) {
 }
 
 /// Extends a flow's life after a packet, by protocol and what the packet says.
-/// `fin`: which end sent it, as [`CtValue::fins`] records a FIN (`CT_FIN_OUT`:
-/// the client, `CT_FIN_IN`: the other end).
 #[inline(always)]
-pub fn refresh<F: Family>(entry: *mut CtValue, flow: &Flow<F>, now: u64, fin: u8) {
-    // SAFETY: as in `lookup`; concurrent updates of these fields from other
-    // CPUs race benignly (the later writer wins, both values are valid; a FIN
-    // bit lost to a race only keeps a port taken until the entry expires).
+pub fn refresh<F: Family>(entry: *mut CtValue, flow: &Flow<F>, now: u64) {
+    // SAFETY: as in `lookup`; concurrent updates of these two fields from other
+    // CPUs race benignly (the later writer wins, both values are valid).
     unsafe {
         if flow.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
             (*entry).flags |= CT_F_CLOSING;
-        }
-        if flow.tcp_flags & TCP_FIN != 0 {
-            (*entry).fins |= fin;
         }
         if flow.tcp_flags & TCP_RST != 0 {
             (*entry).flags |= CT_F_RESET;
         }
         (*entry).expires_ns = now + lifetime(flow, (*entry).flags & CT_F_CLOSING != 0) * NS;
     }
-}
-
-/// A flow that no longer holds its source-NAT port: reset, or closed by both
-/// ends (netfilter lets a new SYN take such a tuple: TIME_WAIT or CLOSE).
-#[inline(always)]
-pub fn is_over(entry: *mut CtValue) -> bool {
-    // SAFETY: as in `lookup`.
-    let e = unsafe { &*entry };
-    e.flags & CT_F_RESET != 0 || e.fins == CT_FIN_OUT | CT_FIN_IN
 }
 
 /// How long a flow lives after this packet (`closing`: a FIN or RST was seen);

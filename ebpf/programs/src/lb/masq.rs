@@ -21,8 +21,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use weir_common::{
-    AF_INET, CT_F_CLOSING, CT_F_MASQ, CT_F_RESET, CT_F_SNAT, CT_FIN_OUT, CT_OUT, IPCACHE_PREFIX_BITS,
-    IPPROTO_TCP, NODE_F_MASQUERADE, NOMASQ_F_CLUSTER, NomasqKey, Reason, maps,
+    AF_INET, CT_F_CLOSING, CT_F_MASQ, CT_F_RESET, CT_F_SNAT, CT_OUT, IPCACHE_PREFIX_BITS, IPPROTO_TCP,
+    NODE_F_MASQUERADE, NOMASQ_F_CLUSTER, NomasqKey, Reason, maps,
 };
 
 use super::{
@@ -97,9 +97,8 @@ pub fn to_netdev<F: Lb>(ctx: &TcContext, flow: &mut Flow<F>) -> Result<Action, R
                 // the destination, alive again.
                 if ct::is_reuse(entry, flow) {
                     e.flags &= !(CT_F_CLOSING | CT_F_RESET);
-                    e.fins = 0;
                 }
-                ct::refresh(entry, flow, now, CT_FIN_OUT);
+                ct::refresh(entry, flow, now);
                 nat::snat(ctx, flow, &e.nat2_addr, e.nat2_port)?;
                 return pass;
             }

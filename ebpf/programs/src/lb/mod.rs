@@ -25,8 +25,7 @@ pub use self::external::from_netdev;
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
 use weir_common::{
-    Backend, CT_F_CLOSING, CT_F_EXTERNAL, CT_F_HAIRPIN, CT_F_MASQ, CT_F_SNAT, CT_FIN_IN, CT_FIN_OUT, CT_IN,
-    CT_OUT, Reason, Scratch,
+    Backend, CT_F_CLOSING, CT_F_EXTERNAL, CT_F_HAIRPIN, CT_F_MASQ, CT_F_SNAT, CT_IN, CT_OUT, Reason, Scratch,
 };
 
 use self::{
@@ -142,7 +141,7 @@ fn established<F: Lb>(
     if e.flags & only != only || e.flags & CT_F_MASQ != 0 || ct::is_reuse(entry, flow) {
         return Ok(false);
     }
-    ct::refresh(entry, flow, now, CT_FIN_OUT);
+    ct::refresh(entry, flow, now);
     if e.flags & new_source != 0 {
         nat::snat(ctx, flow, &e.nat2_addr, e.nat2_port)?;
     }
@@ -215,7 +214,7 @@ fn reply<F: Lb>(
     if from == (Backends::Local { host_stack: true }) && reply.flags & (CT_F_EXTERNAL | CT_F_HAIRPIN) == 0 {
         return Ok(Reply::Of(reply.flags));
     }
-    ct::refresh(entry, flow, now, CT_FIN_IN);
+    ct::refresh(entry, flow, now);
     nat::snat(ctx, flow, &reply.nat_addr, reply.nat_port)?;
     if reply.flags & (CT_F_HAIRPIN | CT_F_SNAT) != 0 {
         nat::dnat(ctx, flow, &reply.nat2_addr, reply.nat2_port)?;
@@ -364,8 +363,7 @@ fn track<F: Family>(
     s.back.nat_port = flow.dport;
     s.back.rev_nat_id = to.rev_nat_id;
     s.back.flags = flags;
-    s.back.fins = 0;
-    s.back._pad = [0; 2];
+    s.back._pad = [0; 3];
     s.back.backend_id = to.backend_id;
     s.back.expires_ns = 0;
     CONNTRACK
@@ -384,8 +382,7 @@ fn track<F: Family>(
     s.out.nat_port = to.port;
     s.out.rev_nat_id = to.rev_nat_id;
     s.out.flags = flags;
-    s.out.fins = 0;
-    s.out._pad = [0; 2];
+    s.out._pad = [0; 3];
     s.out.backend_id = to.backend_id;
     s.out.expires_ns = now + ct::lifetime(flow, flags & CT_F_CLOSING != 0) * NS;
     CONNTRACK

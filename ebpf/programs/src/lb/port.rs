@@ -6,7 +6,7 @@
 //! ephemeral range, where its own connections' ports are.
 
 use aya_ebpf::helpers::bpf_get_prandom_u32;
-use weir_common::{CT_IN, DEFAULT_EPHEMERAL, NodeAddrs, Reason, SNAT_PORT_FIRST, Scratch};
+use weir_common::{CT_F_RESET, CT_IN, DEFAULT_EPHEMERAL, NodeAddrs, Reason, SNAT_PORT_FIRST, Scratch};
 
 use super::{
     ct::{self, Tuple},
@@ -20,11 +20,11 @@ const SNAT_MIN_PORTS: u16 = 4_096;
 const SNAT_TRIES: usize = 8;
 
 /// A source port no live flow from `addr` to `peer:peer_port` uses (network order),
-/// outside the node's ephemeral range. A port whose flow was reset, closed by
-/// both ends, or has expired before the GC came by, is free: its entries are
-/// dropped, so that the port serves at once, as a netfilter conntrack entry in
-/// CLOSE or TIME_WAIT state yields to a new SYN. A half-closed flow (a FIN one
-/// way) keeps its port until its entry expires (10 s): it still talks.
+/// outside the node's ephemeral range. A port whose flow was reset, or has
+/// expired before the GC came by, is free: its entries are dropped, so that the
+/// port serves at once, as a netfilter conntrack entry in CLOSE state yields to
+/// a new SYN. A FIN-closed flow keeps its port until its entry expires (10 s):
+/// a half-closed connection still talks.
 #[inline(always)]
 pub fn free<F: Family>(
     s: &mut Scratch,
@@ -75,7 +75,8 @@ pub fn free<F: Family>(
             return Ok(port.to_be());
         };
         s.out_key = s.in_key.out_partner(taken);
-        let live = ct::lookup(&s.out_key, now).is_some_and(|out| !ct::is_over(out));
+        // SAFETY: valid for this run.
+        let live = ct::lookup(&s.out_key, now).is_some_and(|out| unsafe { (*out).flags } & CT_F_RESET == 0);
         if !live {
             let _ = CONNTRACK.remove(&s.out_key);
             return Ok(port.to_be());
