@@ -400,6 +400,13 @@ fn root_pods_reach_the_ipv6_internet_from_their_node_address() {
     let host6: IpAddr = "fd00:c0::10".parse().expect("address");
     let _server = WhoAmI::start(&internet.host, "internet", host6, &[80]);
     let to = SocketAddr::new(host6, 80);
+    // The links' neighbours are found by the first packets: give the first
+    // connection a few tries.
+    wait_for(
+        Duration::from_secs(10),
+        "a first IPv6 connection to the internet host",
+        || ask_tcp(&pod.ns, to).is_ok(),
+    );
     let tcp = ask_tcp(&pod.ns, to).unwrap_or_else(|e| panic!("TCP over IPv6 from {}: {e}", pod.ipv6()));
     assert_from_node(&tcp, node6, "TCP over IPv6");
     let udp = ask_udp(&pod.ns, to).unwrap_or_else(|e| panic!("UDP over IPv6 from {}: {e}", pod.ipv6()));

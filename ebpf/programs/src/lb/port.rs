@@ -58,12 +58,27 @@ pub fn free<F: Family>(
     // The peer's reply to the node's address, the port still to choose.
     ct::fill_key(&mut s.in_key, flow, Tuple::AsReply, CT_IN);
     let k = &mut s.in_key;
+    // The first port tried is the client's own (address, port) hashed: one
+    // client port keeps meeting the peer on one node port, as netfilter keeps
+    // the client's port where it can. The peer's TIME_WAIT of an earlier flow
+    // on that tuple then sees the same client's TCP timestamps, which grow,
+    // and takes the new SYN; another client's (other offsets) it would refuse
+    // (PAWS) and the SYN would wait for its retransmission. Then at random.
+    let mut h = u32::from(k.dport).wrapping_mul(0x9e37_79b1);
+    for c in k.daddr.chunks_exact(4) {
+        h = (h ^ u32::from_ne_bytes([c[0], c[1], c[2], c[3]])).wrapping_mul(0x85eb_ca6b);
+        h ^= h >> 13;
+    }
     k.saddr.copy_from_slice(peer);
     k.daddr.copy_from_slice(addr);
     k.sport = peer_port;
-    for _ in 0..SNAT_TRIES {
-        // SAFETY: no preconditions.
-        let r = unsafe { bpf_get_prandom_u32() } % span;
+    for i in 0..SNAT_TRIES {
+        let r = if i == 0 {
+            h
+        } else {
+            // SAFETY: no preconditions.
+            unsafe { bpf_get_prandom_u32() }
+        } % span;
         let port = if r < below {
             SNAT_PORT_FIRST + r as u16
         } else {
