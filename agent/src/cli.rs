@@ -161,6 +161,34 @@ pub struct RunArgs {
     #[arg(long, env = "WEIR_VXLAN_VNI", default_value_t = 1,
           value_parser = clap::value_parser!(u32).range(1..=0xff_ffff))]
     pub vxlan_vni: u32,
+    /// Pods' traffic to destinations outside the cluster (not in the cluster's
+    /// pod CIDRs, not a Node's address, not in --non-masquerade-cidrs) leaves
+    /// from the node's address, translated in eBPF on the node's devices.
+    /// `--masquerade=false`: it keeps the pod's address.
+    #[arg(long, env = "WEIR_MASQUERADE", num_args = 0..=1, default_missing_value = "true",
+          action = clap::ArgAction::Set, default_value = "true", value_name = "BOOL")]
+    pub masquerade: bool,
+    /// Destinations pods reach with their own address besides the cluster's
+    /// (ip-masq-agent's `nonMasqueradeCIDRs`). Default: none.
+    #[arg(
+        long,
+        env = "WEIR_NON_MASQUERADE_CIDRS",
+        value_delimiter = ',',
+        value_name = "CIDR,..."
+    )]
+    pub non_masquerade_cidrs: Vec<ipnetwork::IpNetwork>,
+    /// The cluster's pod CIDRs: never masqueraded, and a client there is
+    /// inside the cluster (an externalTrafficPolicy Local NodePort reached
+    /// from another node's pod uses every endpoint, as kube-proxy's
+    /// `--cluster-cidr` does). Default: every Node's podCIDRs (and
+    /// --pod-cidrs).
+    #[arg(
+        long,
+        env = "WEIR_CLUSTER_CIDR",
+        value_delimiter = ',',
+        value_name = "CIDR,..."
+    )]
+    pub cluster_cidr: Vec<ipnetwork::IpNetwork>,
 }
 
 /// `--routing`.

@@ -33,6 +33,7 @@ pub mod datapath;
 pub mod health;
 pub mod host_routing;
 pub mod http;
+pub mod masquerade;
 pub mod memory;
 pub mod metrics;
 pub mod netlink;

@@ -18,6 +18,7 @@ use crate::{
     conntrack::{Hygiene, monotonic_ns},
     datapath::PinLayout,
     health::HealthServer,
+    masquerade::Masquerade,
     metrics::Metrics,
     node::NodeWatch,
     node_routes::NodeRouting,
@@ -62,6 +63,8 @@ pub struct SyncLoop {
     pub node: NodeWatch,
     /// `--routing native` or `vxlan`: routes to other Nodes' pods.
     pub routes: Option<NodeRouting>,
+    /// The destinations pods' traffic is not masqueraded to, from the Nodes.
+    pub masquerade: Masquerade,
 }
 
 impl SyncLoop {
@@ -101,6 +104,10 @@ impl SyncLoop {
                         services_compiled = false;
                     }
                     self.update_routes(&changes.objects);
+                    if self.listed(&[Kind::Node]) {
+                        self.masquerade
+                            .update(self.source.model(), &changes.objects, &self.maps);
+                    }
                     // Policies first: they depend on a few kinds only, and a
                     // change of them should not wait for a large service sync.
                     if self.listed(&POLICY_INPUTS)

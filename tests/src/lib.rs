@@ -12,6 +12,7 @@ pub mod cni;
 pub mod connrate;
 pub mod containerd;
 pub mod icmp;
+pub mod internet;
 pub mod kube_lab;
 pub mod kube_proxy;
 pub mod netns;

@@ -10,6 +10,7 @@
 pub mod endpoints;
 pub mod ids;
 pub mod maglev;
+pub mod masquerade;
 pub mod model;
 pub mod net;
 pub mod nodes;

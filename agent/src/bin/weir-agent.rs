@@ -17,6 +17,7 @@ use weir_agent::{
     datapath::{self, Datapath, PinLayout},
     host_routing,
     http::{self, Endpoints},
+    masquerade::Masquerade,
     metrics::Metrics,
     netlink::Netlink,
     node::NodeWatch,
@@ -29,7 +30,7 @@ use weir_agent::{
     sync::{PolicySyncer, ServiceSyncer, SharedDatapath},
     sync_loop::{self, SyncLoop},
 };
-use weir_model::NodeContext;
+use weir_model::{NodeContext, masquerade::MasqConfig};
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -103,6 +104,17 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         0
     };
     write_node(&mut dp, &net, args.vxlan_vni, tunnel_port)?;
+    // The switch follows once the cluster's pod CIDRs are known (`update`);
+    // until then it stays as an earlier agent left it.
+    let masq = Masquerade::new(
+        MasqConfig {
+            cluster_cidrs: args.cluster_cidr.clone(),
+            own_pod_cidrs: args.pod_cidrs.clone(),
+            non_masquerade: args.non_masquerade_cidrs.clone(),
+            own_addresses: net.all_addresses.clone(),
+        },
+        args.masquerade,
+    );
     dp.attach_cgroup(&cgroup)
         .with_context(|| format!("attaching the socket hooks to {}", cgroup.display()))?;
     for (name, ifindex) in &net.devices {
@@ -165,10 +177,18 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                 metrics: metrics.clone(),
                 status: status.clone(),
                 watch,
+                masq,
             };
             start_services(services)?;
         }
         None => {
+            // No Nodes to read: the exceptions come from the flags alone.
+            let mut masq = masq;
+            masq.update(
+                &Default::default(),
+                &Default::default(),
+                &SharedDatapath(dp.clone()),
+            );
             // Pods are wired; nothing else is to be synced.
             status.services_synced();
             status.policy_synced();
@@ -286,6 +306,7 @@ struct Services<'a> {
     metrics: Arc<Metrics>,
     status: Status,
     watch: NodeWatch,
+    masq: Masquerade,
 }
 
 /// Reads back what the service maps hold (never flushing them), then starts the
@@ -322,6 +343,7 @@ fn start_services(s: Services<'_>) -> anyhow::Result<()> {
         status: s.status,
         node: s.watch,
         routes: s.routes,
+        masquerade: s.masq,
     }
     .spawn()
     .context("spawning the sync thread")?;

@@ -1,7 +1,10 @@
 //! `weirctl conntrack`: translated flows, both directions, with time left.
 
 use serde::Serialize;
-use weir_common::{CT_F_CLOSING, CT_F_DATAGRAM, CT_F_HAIRPIN, CT_OUT, CtKey, CtValue, maps as names};
+use weir_common::{
+    CT_F_CLOSING, CT_F_DATAGRAM, CT_F_EXTERNAL, CT_F_HAIRPIN, CT_F_MASQ, CT_F_RESET, CT_F_SNAT, CT_OUT,
+    CtKey, CtValue, maps as names,
+};
 
 use super::{CtlError, Row, ip, open, proto, sock, table::or_dash};
 use crate::{
@@ -21,7 +24,8 @@ pub struct ConntrackRow {
     pub source: String,
     pub destination: String,
     pub nat: String,
-    /// The other end's address, on hairpin flows only.
+    /// The other end's address, on hairpin flows only; on source-NATed and
+    /// masqueraded flows, the new source (out) or the client it stands for (in).
     pub nat2: Option<String>,
     pub flags: Vec<&'static str>,
     pub rev_nat_id: u32,
@@ -50,6 +54,7 @@ impl Row for ConntrackRow {
             self.source.clone(),
             self.destination.clone(),
             match &self.nat2 {
+                Some(other) if self.flags.contains(&"snat") => format!("{} (via {other})", self.nat),
                 Some(other) => format!("{} (other end {other})", self.nat),
                 None => self.nat.clone(),
             },
@@ -81,10 +86,15 @@ pub fn conntrack(pins: &PinLayout) -> Result<Vec<ConntrackRow>, CtlError> {
 
 fn row(k: &CtKey, v: &CtValue, now: u64) -> ConntrackRow {
     let hairpin = v.flags & CT_F_HAIRPIN != 0;
+    let snat = v.flags & CT_F_SNAT != 0;
     let flags = [
         (CT_F_HAIRPIN, "hairpin"),
         (CT_F_CLOSING, "closing"),
         (CT_F_DATAGRAM, "datagram"),
+        (CT_F_EXTERNAL, "external"),
+        (CT_F_SNAT, "snat"),
+        (CT_F_RESET, "reset"),
+        (CT_F_MASQ, "masquerade"),
     ]
     .into_iter()
     .filter(|(bit, _)| v.flags & bit != 0)
@@ -99,9 +109,13 @@ fn row(k: &CtKey, v: &CtValue, now: u64) -> ConntrackRow {
         source: sock(k.saddr, k.family, k.sport),
         destination: sock(k.daddr, k.family, k.dport),
         nat: sock(v.nat_addr, k.family, v.nat_port),
-        nat2: hairpin
-            .then(|| ip(v.nat2_addr, k.family).map(|a| a.to_string()))
-            .flatten(),
+        nat2: if snat {
+            Some(sock(v.nat2_addr, k.family, v.nat2_port))
+        } else {
+            hairpin
+                .then(|| ip(v.nat2_addr, k.family).map(|a| a.to_string()))
+                .flatten()
+        },
         flags,
         rev_nat_id: v.rev_nat_id,
         backend_id: v.backend_id,

@@ -10,7 +10,7 @@ use weir_common::programs::{CLASSIFIERS, SOCK_HOOKS};
 use super::{
     DatapathError, PinLayout,
     maps::{
-        self, Affinity, Backends, Conntrack, Endpoints, Ipcache, Maglev, Node, NodeIps, Policy,
+        self, Affinity, Backends, Conntrack, Endpoints, Ipcache, Maglev, Node, NodeIps, Nomasq, Policy,
         PolicyEndpoints, PolicyShares, RevNats, Services, Tunnels,
     },
     object::OBJECT,
@@ -34,6 +34,7 @@ pub struct Datapath {
     pub policy: Policy,
     pub policy_shares: PolicyShares,
     pub tunnels: Tunnels,
+    pub nomasq: Nomasq,
 }
 
 impl Datapath {
@@ -74,6 +75,7 @@ impl Datapath {
             policy: take_map(&mut ebpf, maps::POLICY.name)?,
             policy_shares: take_map(&mut ebpf, maps::POLICY_SHARES.name)?,
             tunnels: take_map(&mut ebpf, maps::TUNNELS.name)?,
+            nomasq: take_map(&mut ebpf, maps::NOMASQ.name)?,
             ebpf,
             pins,
         })

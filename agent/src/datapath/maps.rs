@@ -3,8 +3,8 @@
 use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, MapInfo, PerCpuArray, lpm_trie::Key};
 use weir_common::{
     AffinityKey, AffinityValue, Backend, CtKey, CtValue, EndpointInfo, EndpointKey, IpcacheKey, MaglevTable,
-    MetricValue, NodeAddrs, PolicyCtValue, PolicyEndpoint, PolicyKey, PolicyShare, RevNat, Scratch,
-    ServiceKey, ServiceValue, SockRevKey, SockRevValue, TunnelEndpoint, maps as names,
+    MetricValue, NodeAddrs, NomasqKey, PolicyCtValue, PolicyEndpoint, PolicyKey, PolicyShare, RevNat,
+    Scratch, ServiceKey, ServiceValue, SockRevKey, SockRevValue, TunnelEndpoint, maps as names,
 };
 
 use super::{DatapathError, PinLayout};
@@ -56,6 +56,7 @@ pub const POLICY_ENDPOINTS: MapSpec =
     MapSpec::of::<EndpointKey, PolicyEndpoint>(names::POLICY_ENDPOINTS, names::ENDPOINTS_ENTRIES);
 pub const IPCACHE: MapSpec = MapSpec::of::<Key<IpcacheKey>, u32>(names::IPCACHE, names::IPCACHE_ENTRIES);
 pub const POLICY: MapSpec = MapSpec::of::<Key<PolicyKey>, u32>(names::POLICY, names::POLICY_ENTRIES);
+pub const NOMASQ: MapSpec = MapSpec::of::<Key<NomasqKey>, u32>(names::NOMASQ, names::NOMASQ_ENTRIES);
 pub const POLICY_CT: MapSpec =
     MapSpec::of::<CtKey, PolicyCtValue>(names::POLICY_CT, names::POLICY_CT_ENTRIES);
 pub const POLICY_SHARES: MapSpec =
@@ -90,6 +91,7 @@ pub const ALL: &[MapSpec] = &[
     POLICY_CT,
     POLICY_SHARES,
     TUNNELS,
+    NOMASQ,
     EVENTS,
 ];
 
@@ -108,6 +110,7 @@ pub type NodeIps = HashMap<MapData, EndpointKey, u32>;
 pub type PolicyEndpoints = HashMap<MapData, EndpointKey, PolicyEndpoint>;
 pub type Ipcache = LpmTrie<MapData, IpcacheKey, u32>;
 pub type Policy = LpmTrie<MapData, PolicyKey, u32>;
+pub type Nomasq = LpmTrie<MapData, NomasqKey, u32>;
 /// An LRU hash in the kernel.
 pub type PolicyCt = HashMap<MapData, CtKey, PolicyCtValue>;
 pub type PolicyShares = HashMap<MapData, u32, PolicyShare>;

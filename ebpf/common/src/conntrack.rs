@@ -93,8 +93,14 @@ pub const CT_F_SNAT: u8 = 1 << 4;
 /// at once (a FIN-closed one waits for its entry to expire: half-closed
 /// connections still talk).
 pub const CT_F_RESET: u8 = 1 << 5;
+/// A pod's flow leaving the cluster, masqueraded to the node's address on the
+/// node device it leaves by (`nat2_*`: the node's address and port; `nat_*`:
+/// the destination itself, unchanged). Always with [`CT_F_SNAT`], so that its
+/// replies are found and translated back as a source-NATed flow's.
+pub const CT_F_MASQ: u8 = 1 << 6;
 
-/// Source ports of source-NATed external flows: 1024-65535 outside the node's
+/// Source ports of source-NATed external flows and masqueraded pod flows (one
+/// allocator: their reply entries share the key space): 1024-65535 outside the node's
 /// ephemeral range ([`NodeAddrs::ephemeral`](crate::NodeAddrs::ephemeral)), so that they never meet the
 /// node's own outgoing connections.
 pub const SNAT_PORT_FIRST: u16 = 1_024;

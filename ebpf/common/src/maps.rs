@@ -74,6 +74,10 @@ map_names! { $
     /// `--routing vxlan`: other nodes' pod CIDRs -> the node to tunnel to, an
     /// LPM trie ([`crate::IpcacheKey`] -> [`crate::TunnelEndpoint`]).
     TUNNELS = "weir_tunnel_v1";
+    /// Destinations pods reach with their own address: the cluster's pod
+    /// CIDRs, the Nodes' addresses, `--non-masquerade-cidrs`; an LPM trie
+    /// ([`crate::NomasqKey`] -> `NOMASQ_F_*`).
+    NOMASQ = "weir_nomasq_v1";
     /// Policy drops as they happen ([`crate::DropEvent`]s in a ring buffer).
     EVENTS = "weir_events_v1";
 }
@@ -95,6 +99,8 @@ pub const NODE_IPS_ENTRIES: u32 = 256;
 pub const SOCK_REV_ENTRIES: u32 = 65_536;
 
 pub const IPCACHE_ENTRIES: u32 = 262_144;
+/// Two addresses per Node of a 5,000-node cluster, its pod CIDRs and room.
+pub const NOMASQ_ENTRIES: u32 = 65_536;
 pub const POLICY_ENTRIES: u32 = 1_048_576;
 pub const POLICY_CT_ENTRIES: u32 = 262_144;
 /// What one endpoint may hold of [`POLICY_CT`] in flows other than TCP.

@@ -84,5 +84,21 @@ const _: () = assert!(core::mem::size_of::<NodeAddrs>() == 56);
 /// of the chained `portmap`) get their replies translated back. Cilium calls
 /// this legacy host routing.
 pub const NODE_F_HOST_STACK: u32 = 1;
+/// [`NodeAddrs::flags`]: pods' flows to destinations outside the cluster
+/// (not in [`crate::maps::NOMASQ`]) leave from the node's address
+/// (`--masquerade`).
+pub const NODE_F_MASQUERADE: u32 = 2;
+
+/// Key of [`crate::maps::NOMASQ`], an LPM trie: the same layout as the
+/// ipcache's (family, then the address; the prefix counts
+/// [`crate::IPCACHE_PREFIX_BITS`] for the family).
+pub type NomasqKey = crate::IpcacheKey;
+
+/// Value bits of [`crate::maps::NOMASQ`]. Every entry is a destination pods
+/// reach with their own address (never masqueraded); this one marks the
+/// cluster's pod CIDRs: a source there is inside the cluster (a NodePort of
+/// externalTrafficPolicy Local reached from another node's pod uses every
+/// endpoint, as kube-proxy does with a cluster CIDR).
+pub const NOMASQ_F_CLUSTER: u32 = 1;
 
 crate::pod!(EndpointKey, EndpointInfo, NodeAddrs);

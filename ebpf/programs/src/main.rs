@@ -101,15 +101,16 @@ pub fn from_netdev(ctx: TcContext) -> i32 {
 }
 
 /// TC egress on a node device: replies of the node's own processes (hostNetwork
-/// endpoints) to external flows are made to come from the frontend.
+/// endpoints) to external flows are made to come from the frontend; pods'
+/// flows leaving the cluster are masqueraded.
 #[classifier]
 pub fn to_netdev(ctx: TcContext) -> i32 {
-    // Only what the node itself sends can be such a reply: a packet that came in
-    // somewhere (forwarded from a pod, or translated and redirected here by our
-    // programs) has nothing to do here.
+    // Only what the node itself sends can be such a reply. A packet that came
+    // in somewhere (forwarded from a pod, or translated and redirected here by
+    // our programs) can only be a pod's, to masquerade.
     // SAFETY: the context's skb pointer is valid for this run.
     if unsafe { (*ctx.skb.skb).ingress_ifindex } != 0 {
-        return TC_ACT_OK;
+        return by_family!(ctx, Dir::ToNetdev, masquerade_family);
     }
     by_family!(ctx, Dir::ToNetdev, to_netdev_family)
 }
@@ -224,6 +225,17 @@ fn to_netdev_family<F: Lb>(skb: *mut __sk_buff) -> i32 {
     let result = match packet::parse::<F>(&ctx) {
         Ok(Some(flow)) if overlay_packet(&flow) => Ok(Action::forward(TC_ACT_OK)),
         Ok(Some(mut flow)) => lb::to_pod(&ctx, &mut flow).map(|()| Action::forward(TC_ACT_OK)),
+        Ok(None) => Ok(Action::forward(TC_ACT_OK)),
+        Err(reason) => Err(reason),
+    };
+    metrics::verdict(&ctx, Dir::ToNetdev, result)
+}
+
+#[inline(never)]
+fn masquerade_family<F: Lb>(skb: *mut __sk_buff) -> i32 {
+    let ctx = TcContext::new(skb);
+    let result = match packet::parse::<F>(&ctx) {
+        Ok(Some(mut flow)) => lb::masq::to_netdev(&ctx, &mut flow),
         Ok(None) => Ok(Action::forward(TC_ACT_OK)),
         Err(reason) => Err(reason),
     };

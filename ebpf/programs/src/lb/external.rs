@@ -7,33 +7,23 @@
 //! backend gets the packet straight on its veth, the client's address intact;
 //! its replies are translated as they leave it (`lb::reply`) and routed out
 //! from there. A remote backend gets the packet from the node's own address and a
-//! free port outside the node's ephemeral range (externalTrafficPolicy Cluster),
-//! so that its replies come back here, where they are translated back to the
-//! client. Anything else passes untouched.
+//! free port outside the node's ephemeral range (externalTrafficPolicy Cluster;
+//! see `port`), so that its replies come back here, where they are translated
+//! back to the client. The replies of pods' masqueraded flows (`masq`) come
+//! back here too and go back to the pod. Anything else passes untouched.
 
 use aya_ebpf::{
     bindings::TC_ACT_OK,
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_redirect_neigh},
+    helpers::{bpf_ktime_get_ns, bpf_redirect_neigh},
     programs::TcContext,
 };
-use weir_common::{
-    CT_F_EXTERNAL, CT_F_RESET, CT_F_SNAT, CT_IN, DEFAULT_EPHEMERAL, NodeAddrs, Reason, SNAT_PORT_FIRST,
-    SVC_F_EXT_LOCAL, Scratch,
-};
+use weir_common::{CT_F_EXTERNAL, CT_F_MASQ, CT_F_SNAT, Reason, SVC_F_EXT_LOCAL};
 
 use super::{
-    Backends, Chosen, Lb, NewFlow, Reply, Snat, choose,
-    ct::{self, Tuple},
-    established, frontend,
-    maps::{CONNTRACK, NODE},
-    reply, scratch, translate_new,
+    Backends, Lb, NewFlow, Reply, Snat, choose, established, frontend, maps::NODE, masq, port, reply,
+    scratch, translate_new,
 };
 use crate::{endpoints, metrics::Action, packet::Flow, route};
-
-/// Fewer free ports than this outside the node's ephemeral range: use them all.
-const SNAT_MIN_PORTS: u16 = 4_096;
-/// Attempts at a free source port before the flow is refused.
-const SNAT_TRIES: usize = 8;
 
 #[inline(always)]
 pub fn from_netdev<F: Lb>(ctx: &TcContext, flow: &mut Flow<F>) -> Result<Action, Reason> {
@@ -49,16 +39,22 @@ pub fn from_netdev<F: Lb>(ctx: &TcContext, flow: &mut Flow<F>) -> Result<Action,
     }
 
     // 2. A remote backend answering a source-NATed flow: back to the client, from
-    //    the frontend it dialled.
+    //    the frontend it dialled. A masqueraded pod flow's answer: back to the pod.
     match reply(ctx, flow, s, now, Backends::Remote)? {
         Reply::None => {}
         Reply::Orphan => return pass,
+        Reply::Of(flags) if flags & CT_F_MASQ != 0 => {
+            let pod = endpoints::veth(&endpoints::key::<F>(&flow.daddr));
+            return deliver(ctx, flow, pod.unwrap_or(0));
+        }
         Reply::Of(_) => return route::forward(ctx, flow).map(Action::forward),
     }
 
-    // 3. A new flow, from outside the cluster: a frontend's external entry
-    //    (with externalTrafficPolicy Local, this node's endpoints only).
-    let chosen = match choose(ctx, flow, s, now, false)? {
+    // 3. A new flow: a frontend's external entry (with externalTrafficPolicy
+    //    Local, this node's endpoints only), or its cluster-wide one for a
+    //    client in the cluster's pod CIDRs (another node's pod).
+    let inside = masq::inside::<F>(&flow.saddr);
+    let chosen = match choose(ctx, flow, s, now, inside)? {
         NewFlow::NotAFrontend => return pass,
         NewFlow::Answered(action) => return Ok(action),
         NewFlow::Chosen(chosen) => chosen,
@@ -85,7 +81,15 @@ pub fn from_netdev<F: Lb>(ctx: &TcContext, flow: &mut Flow<F>) -> Result<Action,
     if addr.iter().all(|b| *b == 0) {
         return Err(Reason::NoSnat);
     }
-    let port = free_port(s, flow, &chosen, node, addr, now)?;
+    let port = port::free(
+        s,
+        flow,
+        &chosen.backend.addr,
+        chosen.backend.port,
+        node,
+        addr,
+        now,
+    )?;
     let snat = Snat { addr, port };
     translate_new(ctx, flow, s, &chosen, Some(snat), CT_F_EXTERNAL | CT_F_SNAT, now)?;
     route::forward(ctx, flow).map(Action::forward)
@@ -102,69 +106,4 @@ fn deliver<F: Lb>(ctx: &TcContext, flow: &Flow<F>, pod: u32) -> Result<Action, R
         ));
     }
     route::forward(ctx, flow).map(Action::forward)
-}
-
-/// A source port no live flow from `addr` to this backend uses (network order),
-/// outside the node's ephemeral range. A port whose flow was reset, or has
-/// expired before the GC came by, is free: its entries are dropped, so that the
-/// port serves at once, as a netfilter conntrack entry in CLOSE state yields to
-/// a new SYN. A FIN-closed flow keeps its port until its entry expires (10 s):
-/// a half-closed connection still talks.
-#[inline(always)]
-fn free_port<F: Lb>(
-    s: &mut Scratch,
-    flow: &Flow<F>,
-    chosen: &Chosen,
-    node: &NodeAddrs,
-    addr: &[u8; 16],
-    now: u64,
-) -> Result<u16, Reason> {
-    let [lo, hi] = if node.ephemeral[0] == 0 {
-        DEFAULT_EPHEMERAL
-    } else {
-        node.ephemeral
-    };
-    let lo = lo.max(SNAT_PORT_FIRST);
-    let hi = hi.max(SNAT_PORT_FIRST - 1);
-    let (mut below, mut above) = (u32::from(lo - SNAT_PORT_FIRST), u32::from(u16::MAX - hi));
-    let mut hi = hi;
-    // A node whose own connections take (nearly) every port: share them rather
-    // than refuse; a port in use is still skipped below.
-    if below + above < u32::from(SNAT_MIN_PORTS) {
-        below = 0;
-        above = u32::from(u16::MAX - SNAT_PORT_FIRST) + 1;
-        hi = SNAT_PORT_FIRST - 1;
-    }
-    let span = below + above;
-    if span == 0 {
-        return Err(Reason::NoSnat);
-    }
-    // The backend's reply to the node's address, the port still to choose.
-    ct::fill_key(&mut s.in_key, flow, Tuple::AsReply, CT_IN);
-    let k = &mut s.in_key;
-    k.saddr.copy_from_slice(&chosen.backend.addr);
-    k.daddr.copy_from_slice(addr);
-    k.sport = chosen.backend.port;
-    for _ in 0..SNAT_TRIES {
-        // SAFETY: no preconditions.
-        let r = unsafe { bpf_get_prandom_u32() } % span;
-        let port = if r < below {
-            SNAT_PORT_FIRST + r as u16
-        } else {
-            hi + 1 + (r - below) as u16
-        };
-        s.in_key.dport = port.to_be();
-        // SAFETY: valid for this run.
-        let Some(taken) = (unsafe { CONNTRACK.get(&s.in_key) }) else {
-            return Ok(port.to_be());
-        };
-        s.out_key = s.in_key.out_partner(taken);
-        // SAFETY: valid for this run.
-        let live = ct::lookup(&s.out_key, now).is_some_and(|out| unsafe { (*out).flags } & CT_F_RESET == 0);
-        if !live {
-            let _ = CONNTRACK.remove(&s.out_key);
-            return Ok(port.to_be());
-        }
-    }
-    Err(Reason::NoSnat)
 }

@@ -8,13 +8,16 @@
 //! packet of a flow translated before), [`reply`] (a backend's answer to one),
 //! [`choose`] (a new flow's frontend and backend, see [`frontend`]) and
 //! [`translate_new`] (record the pair, then source and destination NAT).
-//! `external` takes them for traffic entering the node from outside.
+//! `external` takes them for traffic entering the node from outside; `masq`
+//! source-NATs pods' flows leaving the cluster as they leave the node.
 
 pub mod ct;
 mod external;
 pub mod frontend;
 pub mod maps;
+pub mod masq;
 mod nat;
+mod port;
 mod reject;
 pub mod select;
 
@@ -22,7 +25,7 @@ pub use self::external::from_netdev;
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
 use weir_common::{
-    Backend, CT_F_CLOSING, CT_F_EXTERNAL, CT_F_HAIRPIN, CT_F_SNAT, CT_IN, CT_OUT, Reason, Scratch,
+    Backend, CT_F_CLOSING, CT_F_EXTERNAL, CT_F_HAIRPIN, CT_F_MASQ, CT_F_SNAT, CT_IN, CT_OUT, Reason, Scratch,
 };
 
 use self::{
@@ -117,7 +120,9 @@ pub fn from_pod<F: Lb>(
 /// this hook gives the packet the entry's new source (`CT_F_HAIRPIN` on a
 /// pod's veth, `CT_F_SNAT` on a node device: the one kind of flow each
 /// creates, so that a packet matching another hook's entry is never given a
-/// source it could not have had). Whether the packet was one.
+/// source it could not have had). Masqueraded flows' entries are the node
+/// device's egress alone (`masq`): they are never a known flow here. Whether
+/// the packet was one.
 #[inline(always)]
 fn established<F: Lb>(
     ctx: &TcContext,
@@ -133,7 +138,7 @@ fn established<F: Lb>(
     };
     // SAFETY: a pointer into the map's value, valid for this run.
     let e = unsafe { &*entry };
-    if e.flags & only != only || ct::is_reuse(entry, flow) {
+    if e.flags & only != only || e.flags & CT_F_MASQ != 0 || ct::is_reuse(entry, flow) {
         return Ok(false);
     }
     ct::refresh(entry, flow, now);
@@ -274,6 +279,28 @@ fn choose<F: Lb>(
     }))
 }
 
+impl Chosen {
+    /// What [`track`] records of it.
+    #[inline(always)]
+    fn target(&self) -> Target<'static> {
+        Target {
+            addr: &self.backend.addr,
+            port: self.backend.port,
+            rev_nat_id: self.rev_nat_id,
+            backend_id: self.backend_id,
+        }
+    }
+}
+
+/// Where a tracked flow now goes (a backend; a masqueraded flow's own
+/// destination), and the frontend and backend ids it went by (0: none).
+struct Target<'a> {
+    addr: &'a [u8; 16],
+    port: u16,
+    rev_nat_id: u32,
+    backend_id: u32,
+}
+
 /// A new source for a flow: the hairpin address, or the node's.
 struct Snat<'a> {
     addr: &'a [u8; 16],
@@ -292,7 +319,7 @@ fn translate_new<F: Lb>(
     flags: u8,
     now: u64,
 ) -> Result<(), Reason> {
-    track(flow, s, chosen, snat.as_ref(), flags, now)?;
+    track(flow, s, &chosen.target(), snat.as_ref(), flags, now)?;
     if let Some(snat) = snat {
         nat::snat(ctx, flow, snat.addr, snat.port)?;
     }
@@ -311,19 +338,18 @@ fn translate_new<F: Lb>(
 fn track<F: Family>(
     flow: &Flow<F>,
     s: &mut Scratch,
-    chosen: &Chosen,
+    to: &Target<'_>,
     snat: Option<&Snat<'_>>,
     flags: u8,
     now: u64,
 ) -> Result<(), Reason> {
     let flags = ct::new_flags(flow) | flags;
-    let backend = chosen.backend;
 
     // The backend's reply, to the client (or to its new source).
     ct::fill_key(&mut s.in_key, flow, Tuple::AsReply, CT_IN);
     let k = &mut s.in_key;
-    k.saddr.copy_from_slice(&backend.addr);
-    k.sport = backend.port;
+    k.saddr.copy_from_slice(to.addr);
+    k.sport = to.port;
     if let Some(snat) = snat {
         k.daddr.copy_from_slice(snat.addr);
         k.dport = snat.port;
@@ -335,17 +361,17 @@ fn track<F: Family>(
     }
     F::widen(&flow.daddr, &mut s.back.nat_addr);
     s.back.nat_port = flow.dport;
-    s.back.rev_nat_id = chosen.rev_nat_id;
+    s.back.rev_nat_id = to.rev_nat_id;
     s.back.flags = flags;
     s.back._pad = [0; 3];
-    s.back.backend_id = chosen.backend_id;
+    s.back.backend_id = to.backend_id;
     s.back.expires_ns = 0;
     CONNTRACK
         .insert(&s.in_key, &s.back, 0)
         .map_err(|_| Reason::CtFull)?;
 
     ct::fill_key(&mut s.out_key, flow, Tuple::AsSent, CT_OUT);
-    s.out.nat_addr.copy_from_slice(&backend.addr);
+    s.out.nat_addr.copy_from_slice(to.addr);
     if let Some(snat) = snat {
         s.out.nat2_addr.copy_from_slice(snat.addr);
         s.out.nat2_port = snat.port;
@@ -353,11 +379,11 @@ fn track<F: Family>(
         s.out.nat2_addr = [0; 16];
         s.out.nat2_port = 0;
     }
-    s.out.nat_port = backend.port;
-    s.out.rev_nat_id = chosen.rev_nat_id;
+    s.out.nat_port = to.port;
+    s.out.rev_nat_id = to.rev_nat_id;
     s.out.flags = flags;
     s.out._pad = [0; 3];
-    s.out.backend_id = chosen.backend_id;
+    s.out.backend_id = to.backend_id;
     s.out.expires_ns = now + ct::lifetime(flow, flags & CT_F_CLOSING != 0) * NS;
     CONNTRACK
         .insert(&s.out_key, &s.out, 0)

@@ -1,0 +1,140 @@
+//! Masquerade: a pod's flow to a destination outside the cluster leaves the
+//! node from the node's address (TC egress of the node's devices, where pods'
+//! forwarded packets leave), as ip-masq-agent's or Cilium's masquerade does,
+//! with conntrack and ports of its own: no netfilter involved.
+//!
+//! A flow is a conntrack pair like an external flow source-NATed to a remote
+//! backend (`CT_F_SNAT`, plus `CT_F_MASQ`): `CT_OUT` keyed by the pod's tuple,
+//! `CT_IN` by the destination's reply to the node's address and a port from
+//! the allocator NodePorts' source NAT uses (`port`), the destination itself
+//! as the pair's "backend" (no destination NAT). Replies arrive on the node
+//! device's ingress, where `lb::reply` translates them back (`external`).
+//!
+//! Inside the cluster (never masqueraded) is what the agent writes in
+//! [`NOMASQ`]: the cluster's pod CIDRs, every Node's addresses,
+//! `--non-masquerade-cidrs`.
+
+use aya_ebpf::{
+    bindings::TC_ACT_OK,
+    helpers::bpf_ktime_get_ns,
+    maps::{LpmTrie, lpm_trie::Key},
+    programs::TcContext,
+};
+use weir_common::{
+    AF_INET, CT_F_CLOSING, CT_F_MASQ, CT_F_RESET, CT_F_SNAT, CT_OUT, IPCACHE_PREFIX_BITS, IPPROTO_TCP,
+    NODE_F_MASQUERADE, NOMASQ_F_CLUSTER, NomasqKey, Reason, maps,
+};
+
+use super::{
+    Lb, Snat, Target,
+    ct::{self, Tuple},
+    frontend,
+    maps::{CONNTRACK, NODE},
+    nat, port, scratch, track,
+};
+use crate::{
+    endpoints,
+    metrics::Action,
+    packet::{Family, Flow, TCP_ACK, TCP_SYN},
+};
+
+bpf_map! {
+    static NOMASQ: LpmTrie<NomasqKey, u32> = LpmTrie::with_max_entries(maps::NOMASQ_ENTRIES, 0);
+}
+
+/// The `NOMASQ_F_*` flags of `addr`'s longest prefix in [`NOMASQ`]; `None`:
+/// outside the cluster.
+#[inline(always)]
+fn nomasq<F: Family>(addr: &F::Addr) -> Option<u32> {
+    let mut key = Key::new(
+        IPCACHE_PREFIX_BITS + if F::AF == AF_INET { 32 } else { 128 },
+        NomasqKey {
+            family: F::AF,
+            addr: [0; 16],
+        },
+    );
+    F::widen(addr, &mut key.data.addr);
+    NOMASQ.get(&key).copied()
+}
+
+/// Whether `addr` is in the cluster's pod CIDRs: a client there is inside
+/// the cluster (another node's pod).
+#[inline(always)]
+pub fn inside<F: Family>(addr: &F::Addr) -> bool {
+    nomasq::<F>(addr).is_some_and(|flags| flags & NOMASQ_F_CLUSTER != 0)
+}
+
+/// A packet leaving by a node device that came in elsewhere: a local pod's
+/// packet to a destination outside the cluster now comes from the node's
+/// address and the flow's port.
+#[inline(always)]
+pub fn to_netdev<F: Lb>(ctx: &TcContext, flow: &mut Flow<F>) -> Result<Action, Reason> {
+    let pass = Ok(Action::forward(TC_ACT_OK));
+    let Some(node) = NODE.get(0) else {
+        return pass;
+    };
+    if node.flags & NODE_F_MASQUERADE == 0
+        || endpoints::veth(&endpoints::key::<F>(&flow.saddr)).is_none()
+        || nomasq::<F>(&flow.daddr).is_some()
+    {
+        return pass;
+    }
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let s = scratch()?;
+
+    // A known flow keeps its port. Expired but not collected yet, its port is
+    // still this tuple's (taking a port removes the forward entry of its
+    // previous flow), and the pair is written anew below.
+    ct::fill_key(&mut s.out_key, flow, Tuple::AsSent, CT_OUT);
+    let mut port = 0;
+    if let Some(entry) = CONNTRACK.get_ptr_mut(&s.out_key) {
+        // SAFETY: a pointer into the map's value, valid for this run.
+        let e = unsafe { &mut *entry };
+        if e.flags & CT_F_MASQ != 0 {
+            if e.expires_ns > now {
+                // A new connection on a closed flow's tuple: the same flow to
+                // the destination, alive again.
+                if ct::is_reuse(entry, flow) {
+                    e.flags &= !(CT_F_CLOSING | CT_F_RESET);
+                }
+                ct::refresh(entry, flow, now);
+                nat::snat(ctx, flow, &e.nat2_addr, e.nat2_port)?;
+                return pass;
+            }
+            port = e.nat2_port;
+        }
+    }
+    // Only what opens a flow is masqueraded: a TCP segment of no flow known
+    // here belongs to a connection opened from outside (to the pod's own
+    // address), which the pod answers from that address.
+    if port == 0 && flow.proto == IPPROTO_TCP && flow.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
+        return pass;
+    }
+    let addr = frontend::node_addr::<F>(node);
+    // No node address of this family: nothing to masquerade to.
+    if addr.iter().all(|b| *b == 0) {
+        return pass;
+    }
+    let mut peer = [0u8; 16];
+    F::widen(&flow.daddr, &mut peer);
+    if port == 0 {
+        port = port::free(s, flow, &peer, flow.dport, node, addr, now)?;
+    }
+    let to = Target {
+        addr: &peer,
+        port: flow.dport,
+        rev_nat_id: 0,
+        backend_id: 0,
+    };
+    track(
+        flow,
+        s,
+        &to,
+        Some(&Snat { addr, port }),
+        CT_F_SNAT | CT_F_MASQ,
+        now,
+    )?;
+    nat::snat(ctx, flow, addr, port)?;
+    pass
+}

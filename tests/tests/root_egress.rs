@@ -1,0 +1,414 @@
+//! Tier 2 (root + namespaces): pods' traffic leaving the cluster. Two lab nodes
+//! on a switched underlay with their Node objects (`--routing native` routes
+//! pods between them); a router on the underlay leads to an "internet" host
+//! ([`weir_lab::internet`]), which learns of pods only through the addresses
+//! it sees. A who-am-I server there reports the peer address of every flow.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+use weir_lab::{
+    Agent, Node, Pod,
+    internet::{self, Internet},
+    netns::Netns,
+    services::{Ep, ManifestDir, merge, node_object, port, service, slice},
+    traffic::ConnectionLoad,
+    underlay::Underlay,
+    whoami::{Answer, WhoAmI, ask_tcp, ask_udp},
+};
+
+const INTERNET: &str = internet::HOST;
+/// Linux's default `ip_local_port_range`: the node's own connections' ports,
+/// which masquerade keeps out of.
+const EPHEMERAL: std::ops::RangeInclusive<u16> = 32_768..=60_999;
+
+/// Field order is drop order: servers and pods before agents and nodes.
+struct Lab {
+    _servers: Vec<WhoAmI>,
+    a: Pod,
+    b: Pod,
+    agents: Vec<Agent>,
+    internet: Internet,
+    node_ips: Vec<IpAddr>,
+    dir: ManifestDir,
+    nodes: Vec<Node>,
+    _underlay: Underlay,
+}
+
+impl Lab {
+    /// Nodes `10.n.1.0/24` and `10.n.2.0/24`, their agents started with
+    /// `flags[i]`, pod `a` on the first and `b` on the second (who-am-I
+    /// servers on 8080).
+    fn new(n: u8, flags: [&[&str]; 2]) -> Self {
+        let underlay = Underlay::new(n);
+        let mut nodes = vec![
+            Node::new(&format!("10.{n}.1.0/24")),
+            Node::new(&format!("10.{n}.2.0/24")),
+        ];
+        let node_ips = underlay.plug_nodes(&nodes.iter().collect::<Vec<_>>());
+        let internet = Internet::new(&underlay, &nodes.iter().collect::<Vec<_>>());
+        let dir = ManifestDir::new();
+        let objects: Vec<Value> = nodes
+            .iter()
+            .zip(&node_ips)
+            .map(|(node, ip)| node_object(node.name(), &[&node.pod_cidr()], &[*ip]))
+            .collect();
+        dir.write("nodes.yaml", &objects);
+        let agents: Vec<Agent> = nodes
+            .iter_mut()
+            .zip(flags)
+            .map(|(node, flags)| {
+                node.start_agent_with_source_and(dir.path(), flags.iter().map(|f| (*f).to_owned()).collect())
+            })
+            .collect();
+        for agent in &agents {
+            wait_for(Duration::from_secs(20), "the masquerade exceptions", || {
+                agent.log_text().contains("masquerade exceptions written")
+            });
+        }
+        let a = nodes[0].add_pod("a");
+        let b = nodes[1].add_pod("b");
+        let servers = vec![
+            WhoAmI::start(
+                &internet.host,
+                "internet",
+                INTERNET.parse().expect("address"),
+                &[80],
+            ),
+            WhoAmI::start(&a.ns, "a", a.ipv4(), &[8080]),
+            WhoAmI::start(&b.ns, "b", b.ipv4(), &[8080]),
+        ];
+        let lab = Self {
+            _servers: servers,
+            a,
+            b,
+            agents,
+            internet,
+            node_ips,
+            dir,
+            nodes,
+            _underlay: underlay,
+        };
+        // The agents route pods between the nodes once they read the Nodes.
+        let to_b = SocketAddr::new(lab.b.ipv4(), 8080);
+        wait_for(Duration::from_secs(20), "a route between the nodes' pods", || {
+            ask_tcp(&lab.a.ns, to_b).is_ok()
+        });
+        lab
+    }
+
+    /// The router learns the pods' routes (a network that routes pod
+    /// addresses): needed for replies to flows that keep the pod's address.
+    fn route_pods(&self) {
+        self.internet
+            .route_pods(&self.nodes.iter().collect::<Vec<_>>(), &self.node_ips);
+    }
+
+    fn masquerade_entries(&self, i: usize, proto: &str) -> Vec<Value> {
+        self.agents[i]
+            .weirctl(&["conntrack"])
+            .as_array()
+            .expect("conntrack rows")
+            .iter()
+            .filter(|r| {
+                r["protocol"] == json!(proto)
+                    && r["flags"]
+                        .as_array()
+                        .is_some_and(|f| f.contains(&json!("masquerade")))
+            })
+            .cloned()
+            .collect()
+    }
+}
+
+fn internet(port: u16) -> SocketAddr {
+    SocketAddr::new(INTERNET.parse().expect("address"), port)
+}
+
+fn wait_for(within: Duration, what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + within;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The internet host saw the flow come from `node`, on a port outside the
+/// node's ephemeral range.
+fn assert_from_node(answer: &Answer, node: IpAddr, what: &str) {
+    assert_eq!(
+        answer.peer.ip(),
+        node,
+        "{what}: the internet host must see the node's address, not the pod's"
+    );
+    assert!(
+        answer.peer.port() >= 1024 && !EPHEMERAL.contains(&answer.peer.port()),
+        "{what}: port {} is in the node's ephemeral range or privileged",
+        answer.peer.port()
+    );
+}
+
+#[test]
+fn root_pods_reach_the_internet_from_their_node_address() {
+    let lab = Lab::new(71, [&["--masquerade=true"], &["--masquerade=true"]]);
+    for (pod, node, name) in [(&lab.a, lab.node_ips[0], "a"), (&lab.b, lab.node_ips[1], "b")] {
+        let tcp = ask_tcp(&pod.ns, internet(80)).unwrap_or_else(|e| panic!("TCP {name} -> internet: {e}"));
+        assert_from_node(&tcp, node, &format!("TCP from {name}"));
+        let udp = ask_udp(&pod.ns, internet(80)).unwrap_or_else(|e| panic!("UDP {name} -> internet: {e}"));
+        assert_from_node(&udp, node, &format!("UDP from {name}"));
+    }
+    // Inside the cluster nothing is translated: pods of both nodes see each
+    // other's own addresses.
+    for (from, to) in [(&lab.a, &lab.b), (&lab.b, &lab.a)] {
+        let at = SocketAddr::new(to.ipv4(), 8080);
+        let t = ask_tcp(&from.ns, at).expect("TCP between the nodes' pods");
+        assert_eq!(
+            t.peer.ip(),
+            from.ipv4(),
+            "pod to pod across nodes is never masqueraded"
+        );
+        let u = ask_udp(&from.ns, at).expect("UDP between the nodes' pods");
+        assert_eq!(
+            u.peer.ip(),
+            from.ipv4(),
+            "pod to pod across nodes is never masqueraded"
+        );
+    }
+    assert!(
+        !lab.masquerade_entries(0, "TCP").is_empty(),
+        "weirctl conntrack shows the masqueraded TCP flow"
+    );
+
+    // Many pod flows and the node's own to the same server port at once: the
+    // node's sockets (ephemeral ports) and masquerade's never collide.
+    let node_a = lab.node_ips[0];
+    let pod_load = |ns: &Netns| {
+        ConnectionLoad::start(ns, move |ns| {
+            let a = ask_tcp(ns, internet(80))?;
+            if a.peer.ip() != node_a || EPHEMERAL.contains(&a.peer.port()) {
+                return Err(std::io::Error::other(format!("pod flow seen as {}", a.peer)));
+            }
+            let u = ask_udp(ns, internet(80))?;
+            if u.peer.ip() != node_a || EPHEMERAL.contains(&u.peer.port()) {
+                return Err(std::io::Error::other(format!("pod datagram seen as {}", u.peer)));
+            }
+            Ok(())
+        })
+    };
+    let second = lab.nodes[0].add_pod("a2");
+    let pods = [pod_load(&lab.a.ns), pod_load(&lab.a.ns), pod_load(&second.ns)];
+    let host = ConnectionLoad::start(&lab.nodes[0].ns, move |ns| {
+        let a = ask_tcp(ns, internet(80))?;
+        if a.peer.ip() != node_a || !EPHEMERAL.contains(&a.peer.port()) {
+            return Err(std::io::Error::other(format!("node flow seen as {}", a.peer)));
+        }
+        Ok(())
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let mut total = 0;
+    for load in pods {
+        total += load.stop_and_assert_none_failed("from pods to the internet");
+    }
+    total += host.stop_and_assert_none_failed("from the node to the internet");
+    assert!(total > 200, "too few flows to prove anything: {total}");
+
+    // Closed TCP flows' pairs (both entries) go once their closing lifetime
+    // (10 s) is over and the GC (every 5 s) comes by.
+    assert!(!lab.masquerade_entries(0, "TCP").is_empty());
+    wait_for(
+        Duration::from_secs(40),
+        "the masquerade conntrack of closed flows to be collected",
+        || lab.masquerade_entries(0, "TCP").is_empty(),
+    );
+    // And traffic still flows afterwards.
+    let again = ask_tcp(&lab.a.ns, internet(80)).expect("TCP after the GC");
+    assert_from_node(&again, lab.node_ips[0], "TCP after the GC");
+    let _ = &lab.dir;
+}
+
+#[test]
+fn root_masquerade_off_or_excepted_keeps_the_pod_address() {
+    let lab = Lab::new(
+        72,
+        [
+            &["--masquerade=false"],
+            &[
+                "--masquerade=true",
+                "--non-masquerade-cidrs=198.51.100.0/24,192.0.2.0/24",
+            ],
+        ],
+    );
+    lab.route_pods();
+    for (pod, name) in [
+        (&lab.a, "a (--masquerade=false)"),
+        (&lab.b, "b (--non-masquerade-cidrs)"),
+    ] {
+        let tcp = ask_tcp(&pod.ns, internet(80)).unwrap_or_else(|e| panic!("TCP {name}: {e}"));
+        assert_eq!(
+            tcp.peer.ip(),
+            pod.ipv4(),
+            "TCP from {name} keeps the pod's address"
+        );
+        let udp = ask_udp(&pod.ns, internet(80)).unwrap_or_else(|e| panic!("UDP {name}: {e}"));
+        assert_eq!(
+            udp.peer.ip(),
+            pod.ipv4(),
+            "UDP from {name} keeps the pod's address"
+        );
+    }
+    for i in 0..2 {
+        assert!(lab.masquerade_entries(i, "TCP").is_empty() && lab.masquerade_entries(i, "UDP").is_empty());
+    }
+}
+
+/// An externalTrafficPolicy Local NodePort reached from another node's pod
+/// (inside the cluster: its address is in a Node's pod CIDR) uses every
+/// endpoint, as kube-proxy with a cluster CIDR does; from the internet, only
+/// the node's own endpoints, the client's address kept (and its replies not
+/// masqueraded).
+#[test]
+fn root_local_nodeport_from_another_nodes_pod_uses_every_endpoint() {
+    let lab = Lab::new(73, [&["--masquerade=true"], &["--masquerade=true"]]);
+    let mut svc = service(
+        "web",
+        "10.96.73.10",
+        &[port("tcp", 80, "8080", "TCP"), port("udp", 53, "8080", "UDP")],
+    );
+    merge(
+        &mut svc,
+        &json!({ "spec": {
+            "type": "NodePort",
+            "externalTrafficPolicy": "Local",
+            "ports": [
+                { "name": "tcp", "port": 80, "targetPort": 8080, "protocol": "TCP", "nodePort": 30080 },
+                { "name": "udp", "port": 53, "targetPort": 8080, "protocol": "UDP", "nodePort": 30053 },
+            ],
+        }}),
+    );
+    let only_a = slice(
+        "web-a",
+        "web",
+        lab.nodes[0].name(),
+        &[("tcp", 8080, "TCP"), ("udp", 8080, "UDP")],
+        &[Ep::ready(lab.a.ipv4())],
+    );
+    lab.dir.write("web.yaml", &[svc, only_a]);
+    let front = |i: usize| format!("{}:30080/TCP", lab.node_ips[i]);
+    for (i, count) in [(0, 1), (1, 0)] {
+        lab.agents[i].wait_services(&format!("{} with {count} external slots", front(i)), |s| {
+            s.as_array().is_some_and(|all| {
+                all.iter().any(|f| {
+                    f["frontend"] == json!(front(i))
+                        && f["scope"] == json!("external")
+                        && f["count"] == json!(count)
+                })
+            })
+        });
+    }
+    let node_b = |p| SocketAddr::new(lab.node_ips[1], p);
+    // Node B has no endpoint of its own: a pod of node A still gets one (a's),
+    // through B's address so that the replies come back the way they went.
+    let client = lab.nodes[0].add_pod("client");
+    for i in 0..10 {
+        let t = ask_tcp(&client.ns, node_b(30080))
+            .unwrap_or_else(|e| panic!("TCP {i} pod -> node B's Local NodePort: {e}"));
+        assert_eq!(t.server, "a");
+        assert_eq!(
+            t.peer.ip(),
+            lab.node_ips[1],
+            "a remote endpoint sees the node that forwarded"
+        );
+        let u = ask_udp(&client.ns, node_b(30053))
+            .unwrap_or_else(|e| panic!("UDP {i} pod -> node B's Local NodePort: {e}"));
+        assert_eq!(u.server, "a");
+    }
+    // From the internet, node B drops (no local endpoint); node A serves it
+    // with the client's address, its replies untouched by masquerade.
+    assert!(
+        ask_tcp(&lab.internet.host, node_b(30080)).is_err(),
+        "the internet must not reach node B's Local NodePort"
+    );
+    let node_a = |p| SocketAddr::new(lab.node_ips[0], p);
+    for i in 0..5 {
+        let t = ask_tcp(&lab.internet.host, node_a(30080))
+            .unwrap_or_else(|e| panic!("TCP {i} internet -> node A: {e}"));
+        assert_eq!(
+            (t.server.as_str(), t.peer.ip()),
+            ("a", INTERNET.parse().expect("address"))
+        );
+        let u = ask_udp(&lab.internet.host, node_a(30053))
+            .unwrap_or_else(|e| panic!("UDP {i} internet -> node A: {e}"));
+        assert_eq!(
+            (u.server.as_str(), u.peer.ip()),
+            ("a", INTERNET.parse().expect("address"))
+        );
+    }
+    assert!(
+        lab.masquerade_entries(0, "UDP").is_empty(),
+        "a pod's replies to a NodePort client are not masqueraded"
+    );
+}
+
+/// IPv6: a dual-stack node's pod reaches an IPv6 internet host from the
+/// node's IPv6 address, by TCP and UDP.
+#[test]
+fn root_pods_reach_the_ipv6_internet_from_their_node_address() {
+    let underlay = Underlay::new(74);
+    let mut node =
+        Node::with_ranges(json!([[{ "subnet": "10.74.1.0/24" }], [{ "subnet": "fd00:10:74:1::/64" }]]));
+    let node_ip = underlay.plug_nodes(&[&node])[0];
+    let internet = Internet::new(&underlay, &[&node]);
+    // IPv6 beside the lab's IPv4, on the same links.
+    let dev = |ns: &Netns, v4: &str| {
+        ns.sh(&format!(
+            "ip -o -4 addr show | awk '$4 ~ /^{v4}\\// {{print $2}}'"
+        ))
+        .trim()
+        .to_owned()
+    };
+    let node_dev = dev(&node.ns, &node_ip.to_string());
+    node.ns.sh(&format!(
+        "ip -6 addr add fd00:74::1/64 dev {node_dev} nodad && ip -6 route add fd00:c0::/64 via fd00:74::fe"
+    ));
+    let router_under = dev(&internet.router, "10.200.74.254");
+    let router_out = dev(&internet.router, "192.0.2.1");
+    internet.router.sh(&format!(
+        "sysctl -qw net.ipv6.conf.all.forwarding=1 && ip -6 addr add fd00:74::fe/64 dev {router_under} nodad && ip -6 addr add fd00:c0::1/64 dev {router_out} nodad"
+    ));
+    let host_dev = dev(&internet.host, internet::HOST);
+    internet.host.sh(&format!(
+        "ip -6 addr add fd00:c0::10/64 dev {host_dev} nodad && ip -6 route add default via fd00:c0::1"
+    ));
+    let node6: IpAddr = "fd00:74::1".parse().expect("address");
+    let dir = ManifestDir::new();
+    dir.write(
+        "nodes.yaml",
+        &[node_object(
+            node.name(),
+            &["10.74.1.0/24", "fd00:10:74:1::/64"],
+            &[node_ip, node6],
+        )],
+    );
+    let agent = node.start_agent_with_source_and(dir.path(), vec!["--masquerade=true".to_owned()]);
+    wait_for(Duration::from_secs(20), "the masquerade exceptions", || {
+        agent.log_text().contains("masquerade exceptions written")
+    });
+    let pod = node.add_pod("a");
+    let host6: IpAddr = "fd00:c0::10".parse().expect("address");
+    let _server = WhoAmI::start(&internet.host, "internet", host6, &[80]);
+    let to = SocketAddr::new(host6, 80);
+    // The links' neighbours are found by the first packets: give the first
+    // connection a few tries.
+    wait_for(
+        Duration::from_secs(10),
+        "a first IPv6 connection to the internet host",
+        || ask_tcp(&pod.ns, to).is_ok(),
+    );
+    let tcp = ask_tcp(&pod.ns, to).unwrap_or_else(|e| panic!("TCP over IPv6 from {}: {e}", pod.ipv6()));
+    assert_from_node(&tcp, node6, "TCP over IPv6");
+    let udp = ask_udp(&pod.ns, to).unwrap_or_else(|e| panic!("UDP over IPv6 from {}: {e}", pod.ipv6()));
+    assert_from_node(&udp, node6, "UDP over IPv6");
+}
