@@ -349,6 +349,13 @@ fn try_from_pod<F: Lb>(ctx: &TcContext) -> Result<Action, Reason> {
         let tc = unsafe { bpf_redirect_neigh(veth, core::ptr::null_mut(), 0, 0) } as i32;
         return Ok(Action::forward(tc));
     }
+    // Another node's pod (in the cluster's pod CIDRs, not here): to the
+    // device towards it, the underlay's or the overlay's, by a route lookup
+    // of our own, skipping this node's routing and netfilter as the receiving
+    // node does; what the FIB does not forward goes to the host's stack.
+    if !host_stack && lb::masq::inside::<F>(&flow.daddr) {
+        return route::forward(ctx, &flow).map(Action::forward);
+    }
     Ok(Action::forward(TC_ACT_OK))
 }
 
