@@ -42,6 +42,12 @@ pub(super) fn apply(
     let selected = pods.iter().filter(|p| {
         p.namespace == key.namespace && spec.pod_selector.as_ref().is_none_or(|s| selects(s, &p.labels))
     });
+    // Peers do not depend on the selected pod, only named ingress ports do:
+    // peers are resolved once per policy (a scan of every pod per rule), on
+    // the first pod selected, and what that reported is reported again for
+    // each pod, as if resolved for each.
+    let mut ingress_peers: Option<Vec<(PeerMatch, Vec<String>)>> = None;
+    let mut egress: Option<(Vec<Allow>, Vec<String>)> = None;
     for pod in selected {
         for &direction in &types {
             let ingress = match direction {
@@ -54,36 +60,57 @@ pub(super) fn apply(
             };
             // Resolved per selected pod: named ports of ingress rules are its own.
             let resolved: Vec<Allow> = if ingress {
+                let peers = ingress_peers.get_or_insert_with(|| {
+                    spec.ingress
+                        .iter()
+                        .flatten()
+                        .map(|r| {
+                            let mut said = Vec::new();
+                            let peers = resolve_peers(
+                                &key.namespace,
+                                r.from.as_deref(),
+                                pods,
+                                namespaces,
+                                &mut |s| said.push(s),
+                            );
+                            (peers, said)
+                        })
+                        .collect()
+                });
                 spec.ingress
                     .iter()
                     .flatten()
-                    .map(|r| {
-                        resolve(
-                            &key.namespace,
-                            r.from.as_deref(),
-                            r.ports.as_deref(),
-                            Some(pod),
-                            pods,
-                            namespaces,
-                            report,
-                        )
+                    .zip(peers.iter())
+                    .map(|(r, (peers, said))| {
+                        said.iter().for_each(|s| report(s.clone()));
+                        Allow {
+                            peers: peers.clone(),
+                            ports: ports_of(r.ports.as_deref(), Some(pod), report),
+                        }
                     })
                     .collect()
             } else {
-                spec.egress
-                    .iter()
-                    .flatten()
-                    .flat_map(|r| {
-                        egress_rules(
-                            &key.namespace,
-                            r.to.as_deref(),
-                            r.ports.as_deref(),
-                            pods,
-                            namespaces,
-                            report,
-                        )
-                    })
-                    .collect()
+                let (rules, said) = egress.get_or_insert_with(|| {
+                    let mut said = Vec::new();
+                    let rules = spec
+                        .egress
+                        .iter()
+                        .flatten()
+                        .flat_map(|r| {
+                            egress_rules(
+                                &key.namespace,
+                                r.to.as_deref(),
+                                r.ports.as_deref(),
+                                pods,
+                                namespaces,
+                                &mut |s| said.push(s),
+                            )
+                        })
+                        .collect();
+                    (rules, said)
+                });
+                said.iter().for_each(|s| report(s.clone()));
+                rules.clone()
             };
             for ip in &pod.ips {
                 let entry = out.pods.entry(*ip).or_default();
@@ -161,7 +188,21 @@ fn resolve(
     namespaces: &BTreeMap<&str, BTreeMap<String, String>>,
     report: &mut impl FnMut(String),
 ) -> Allow {
-    let peers = match peers {
+    Allow {
+        peers: resolve_peers(namespace, peers, pods, namespaces, report),
+        ports: ports_of(ports, destination, report),
+    }
+}
+
+/// The addresses and blocks a rule's peers name.
+fn resolve_peers(
+    namespace: &str,
+    peers: Option<&[NetworkPolicyPeer]>,
+    pods: &[PodView<'_>],
+    namespaces: &BTreeMap<&str, BTreeMap<String, String>>,
+    report: &mut impl FnMut(String),
+) -> PeerMatch {
+    match peers {
         None | Some([]) => PeerMatch::All,
         Some(peers) => {
             let mut ips = BTreeSet::new();
@@ -195,10 +236,6 @@ fn resolve(
             }
             PeerMatch::Some { pods: ips, blocks }
         }
-    };
-    Allow {
-        peers,
-        ports: ports_of(ports, destination, report),
     }
 }
 
