@@ -24,6 +24,9 @@ use weir_model::{
 
 use super::{Maps, SyncError, Tally, policy_maps::PolicyOp};
 
+#[cfg(test)]
+mod cost;
+
 /// What one sync did.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct PolicyReport {

@@ -262,17 +262,23 @@ fn ports_the_api_server_refuses_make_their_rule_admit_nothing() {
 #[test]
 fn a_restart_keeps_the_numbers_that_mean_the_same() {
     let pods = ["x/a", "x/b", "y/a", "y/b"].map(ip);
-    let before = cluster(&format!(
-        "{}{}",
-        policy(
-            "x",
-            "  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {ns: y}}}]}]\n"
-        ),
-        policy(
-            "y",
-            "  podSelector: {}\n  policyTypes: [Egress]\n  egress: [{to: [{ipBlock: {cidr: 192.168.0.0/16, except: [192.168.1.0/24]}}, {podSelector: {matchLabels: {pod: b}}}]}]\n"
-        ),
-    ));
+    // x/a admits namespace y; y's pods send to a block and to `peers` of y.
+    let policies = |peers: &str| {
+        cluster(&format!(
+            "{}{}",
+            policy(
+                "x",
+                "  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {ns: y}}}]}]\n"
+            ),
+            policy(
+                "y",
+                &format!(
+                    "  podSelector: {{}}\n  policyTypes: [Egress]\n  egress: [{{to: [{{ipBlock: {{cidr: 192.168.0.0/16, except: [192.168.1.0/24]}}}}, {{podSelector: {peers}}}]}}]\n"
+                )
+            ),
+        ))
+    };
+    let before = policies("{matchLabels: {pod: b}}");
     let mut first = PolicyEncoder::default();
     let maps = first.encode(&before, &pods);
     // Another compile by the same encoder, to move its numbers off their first
@@ -291,17 +297,7 @@ fn a_restart_keeps_the_numbers_that_mean_the_same() {
 
     // The cluster changed while no agent ran: y/a's addresses join the peer
     // set of y's egress (now every pod of y), y/b's do not change.
-    let after = cluster(&format!(
-        "{}{}",
-        policy(
-            "x",
-            "  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {ns: y}}}]}]\n"
-        ),
-        policy(
-            "y",
-            "  podSelector: {}\n  policyTypes: [Egress]\n  egress: [{to: [{ipBlock: {cidr: 192.168.0.0/16, except: [192.168.1.0/24]}}, {podSelector: {}}]}]\n"
-        ),
-    ));
+    let after = policies("{}");
     let mut restarted = PolicyEncoder::default();
     restarted.adopt(&maps);
     let changed = restarted.encode(&after, &pods);
