@@ -39,9 +39,9 @@ pub(super) fn apply(
         _ if spec.egress.as_ref().is_some_and(|e| !e.is_empty()) => vec!["Ingress", "Egress"],
         _ => vec!["Ingress"],
     };
-    let selected = pods.iter().filter(|p| {
-        p.namespace == key.namespace && spec.pod_selector.as_ref().is_none_or(|s| selects(s, &p.labels))
-    });
+    let selected = of_namespace(pods, &key.namespace)
+        .iter()
+        .filter(|p| spec.pod_selector.as_ref().is_none_or(|s| selects(s, &p.labels)));
     // Peers do not depend on the selected pod, only named ingress ports do:
     // peers are resolved once per policy (a scan of every pod per rule), on
     // the first pod selected, and what that reported is reported again for
@@ -194,6 +194,13 @@ fn resolve(
     }
 }
 
+/// The pods of namespace `ns`: `pods` is in namespace order (the model's).
+fn of_namespace<'p, 'a>(pods: &'p [PodView<'a>], ns: &str) -> &'p [PodView<'a>] {
+    let start = pods.partition_point(|p| p.namespace < ns);
+    let len = pods[start..].partition_point(|p| p.namespace == ns);
+    &pods[start..start + len]
+}
+
 /// The addresses and blocks a rule's peers name.
 fn resolve_peers(
     namespace: &str,
@@ -222,15 +229,19 @@ fn resolve_peers(
                     }
                     continue;
                 }
-                let in_namespace = |pod: &PodView<'_>| match &peer.namespace_selector {
-                    None => pod.namespace == namespace,
+                // The pods of the namespaces the peer names (every pod's
+                // namespace is in `namespaces`), not a scan of the cluster.
+                let in_namespaces: Vec<&[PodView<'_>]> = match &peer.namespace_selector {
+                    None => vec![of_namespace(pods, namespace)],
                     Some(selector) => namespaces
-                        .get(pod.namespace)
-                        .is_some_and(|labels| selects(selector, labels)),
+                        .iter()
+                        .filter(|(_, labels)| selects(selector, labels))
+                        .map(|(ns, _)| of_namespace(pods, ns))
+                        .collect(),
                 };
                 let picked =
-                    |pod: &PodView<'_>| peer.pod_selector.as_ref().is_none_or(|s| selects(s, &pod.labels));
-                for pod in pods.iter().filter(|p| in_namespace(p) && picked(p)) {
+                    |pod: &&PodView<'_>| peer.pod_selector.as_ref().is_none_or(|s| selects(s, &pod.labels));
+                for pod in in_namespaces.into_iter().flatten().filter(picked) {
                     ips.extend(pod.ips.iter().copied());
                 }
             }
