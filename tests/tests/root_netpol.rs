@@ -387,11 +387,30 @@ fn policy_admits_the_node_reports_drops_and_survives_agent_restarts(kind: Source
     assert!(drops.contains("169.254.42.1"), "{drops}");
 
     // The datapath keeps enforcing while no agent runs, and a new agent finds the
-    // maps as they should be.
+    // maps as they should be: it keeps their numbers and writes nothing.
     agent.kill();
     refused("agent down");
+    let mark = agent.log_text().len();
     agent.restart(node.name());
-    std::thread::sleep(Duration::from_millis(500));
+    let start = Instant::now();
+    let synced = loop {
+        let log = agent.log_since(mark);
+        let writes = weir_lab::agent::logged(&log, "policies synced", "writes");
+        if let Some(writes) = writes.first() {
+            let deletes = weir_lab::agent::logged(&log, "policies synced", "deletes");
+            break (writes.clone(), deletes.first().cloned().unwrap_or_default());
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no policy sync after the restart:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(
+        synced,
+        ("0".to_owned(), "0".to_owned()),
+        "a restart over an unchanged cluster: (writes, deletes)"
+    );
     assert!(isolated(&agent));
     refused("agent restarted");
 

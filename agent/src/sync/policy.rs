@@ -11,8 +11,9 @@
 //! A failed write (a full map) is logged and counted and holds back only what
 //! depends on it (a pod is not isolated before all its rules are in); what is
 //! left different is retried by the next sync. Nothing is flushed: a restarted agent reads the
-//! maps back and writes only what differs (its numbers start above those it
-//! finds, see [`PolicyEncoder::start_above`]).
+//! maps back, keeps the identity and endpoint numbers that still mean the same
+//! (see [`PolicyEncoder::adopt`]) and writes only what differs: nothing, when
+//! the cluster did not change.
 
 use std::collections::BTreeMap;
 
@@ -22,6 +23,9 @@ use weir_model::{
 };
 
 use super::{Maps, SyncError, Tally, policy_maps::PolicyOp};
+
+#[cfg(test)]
+mod cost;
 
 /// What one sync did.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -42,27 +46,16 @@ pub struct PolicySyncer {
 }
 
 impl PolicySyncer {
-    /// Reads the maps back; numbers start above those found there.
+    /// Reads the maps back: their numbers are kept where they mean the same,
+    /// new ones start above them.
     pub fn new(node: &str, maps: &impl Maps<PolicyOp>) -> Result<Self, SyncError> {
         let current = maps.read()?;
         let mut encoder = PolicyEncoder::default();
-        // Numbers in use anywhere in the maps, rules included (an agent may have
-        // stopped between writing new rules and removing old ones).
-        let identity = current
-            .ipcache
-            .values()
-            .copied()
-            .chain(current.rules.iter().map(|r| r.key.identity))
-            .max()
-            .unwrap_or(0);
-        let endpoint = current
-            .endpoints
-            .values()
-            .map(|e| e.id)
-            .chain(current.rules.iter().map(|r| r.key.endpoint))
-            .max()
-            .unwrap_or(0);
-        encoder.start_above(identity, endpoint);
+        // The first compile keeps the numbers that still mean the same; the
+        // others start above every number in the maps, rules included (an
+        // agent may have stopped between writing new rules and removing old
+        // ones).
+        encoder.adopt(&current);
         Ok(Self {
             node: node.to_owned(),
             encoder,
@@ -250,6 +243,7 @@ mod tests {
     }
 
     const A_FROM_B: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec: {podSelector: {matchLabels: {pod: a}}, ingress: [{from: [{podSelector: {matchLabels: {pod: b}}}]}]}\n";
+    const A_FROM_B_AND_SELF: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec: {podSelector: {matchLabels: {pod: a}}, ingress: [{from: [{podSelector: {}}]}]}\n";
     const A_FROM_ALL_80: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec: {podSelector: {matchLabels: {pod: a}}, ingress: [{ports: [{port: 80}]}]}\n";
 
     #[test]
@@ -302,15 +296,26 @@ mod tests {
         syncer.apply(&mut maps);
         assert!(syncer.in_sync() && maps.held == *syncer.desired());
 
-        // A new agent over the same maps: numbers above the old ones, the maps
-        // rewritten to them and nothing stale left behind.
+        // A new agent over the same maps keeps their numbers: nothing to write.
         let old = maps.held.clone();
         let mut again = PolicySyncer::new("n1", &maps).expect("read");
         again.compile(&model(A_FROM_B));
+        assert_eq!(again.apply(&mut maps), PolicyReport::default());
+        assert!(again.in_sync() && maps.held == old);
+        // One over maps a policy change left behind: the identity that now
+        // stands for other addresses gets a number above the old ones, and
+        // nothing stale is left.
+        let mut again = PolicySyncer::new("n1", &maps).expect("read");
+        again.compile(&model(A_FROM_B_AND_SELF));
         again.apply(&mut maps);
         assert_eq!(maps.held, *again.desired());
         let max_old = old.ipcache.values().max().copied().unwrap_or(0);
-        assert!(maps.held.ipcache.values().all(|id| *id > max_old));
+        assert!(
+            maps.held.ipcache.values().all(|id| *id > max_old),
+            "{:?}",
+            maps.held.ipcache
+        );
+        assert_eq!(maps.held.endpoints, old.endpoints, "a's endpoint number kept");
         // Nothing isolated any more: every map empties.
         again.compile(&model(""));
         again.apply(&mut maps);

@@ -40,6 +40,7 @@ pub fn compile_policies(model: &Model) -> (PodPolicies, Vec<Problem>) {
             _ => None,
         })
         .collect();
+    // In namespace order, as the model keeps them.
     let pods: Vec<PodView<'_>> = model
         .of_kind(Kind::Pod)
         .filter_map(|(key, entry)| match &entry.object {
@@ -52,6 +53,8 @@ pub fn compile_policies(model: &Model) -> (PodPolicies, Vec<Problem>) {
             _ => None,
         })
         .collect();
+    // `resolve` finds a namespace's pods by bisection.
+    debug_assert!(pods.is_sorted_by_key(|p| p.namespace));
     for pod in &pods {
         namespaces
             .entry(pod.namespace)

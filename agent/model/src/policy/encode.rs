@@ -27,7 +27,7 @@ use weir_common::{
     PolicyEndpoint, PolicyKey,
 };
 
-use super::{PeerMatch, PodPolicies, PortMatch};
+use super::{PeerMatch, PodPolicies, PortMatch, adopt::Adopted};
 use crate::net::to_abi;
 
 /// An LPM key of the ipcache.
@@ -110,6 +110,16 @@ impl<K: std::hash::Hash + Eq + Clone> Numbers<K> {
         n
     }
 
+    /// Numbers `key` as `n`, a number the maps held for it when the agent
+    /// started, unless `key` has a number already or `n` went to another key
+    /// in this compile. Only for the first compile after a start: nothing is
+    /// free or cooling yet and every fresh number lies above `n`.
+    fn adopt(&mut self, key: &K, n: u32) {
+        if !self.of.contains_key(key) && self.used.insert(n) {
+            self.of.insert(key.clone(), n);
+        }
+    }
+
     /// Ends a compile: what it did not use is released (after a cool-down).
     fn end_round(&mut self) {
         self.free.append(&mut self.cooling);
@@ -135,6 +145,8 @@ pub struct PolicyEncoder {
     endpoints: Numbers<IpAddr>,
     peers: Numbers<PeerMatch>,
     identities: Numbers<BTreeSet<u32>>,
+    /// The numbers in the maps at start, for the first compile to take over.
+    adopted: Option<Adopted>,
 }
 
 impl Default for PolicyEncoder {
@@ -143,6 +155,7 @@ impl Default for PolicyEncoder {
             endpoints: Numbers::new(1),
             peers: Numbers::new(0),
             identities: Numbers::new(IDENTITY_FIRST),
+            adopted: None,
         }
     }
 }
@@ -165,6 +178,28 @@ impl PolicyEncoder {
     pub fn start_above(&mut self, identity: u32, endpoint: u32) {
         self.identities.start_above(identity);
         self.endpoints.start_above(endpoint);
+    }
+
+    /// Numbers to take over from `maps` (what an earlier agent left pinned) in
+    /// the next compile, where they still mean the same (see `adopt`); numbers
+    /// not taken over start above them.
+    pub fn adopt(&mut self, maps: &DesiredPolicy) {
+        let identity = maps
+            .ipcache
+            .values()
+            .copied()
+            .chain(maps.rules.iter().map(|r| r.key.identity))
+            .max()
+            .unwrap_or(0);
+        let endpoint = maps
+            .endpoints
+            .values()
+            .map(|e| e.id)
+            .chain(maps.rules.iter().map(|r| r.key.endpoint))
+            .max()
+            .unwrap_or(0);
+        self.start_above(identity, endpoint);
+        self.adopted = Some(Adopted::from_maps(maps));
     }
 
     /// The maps for the pods at `local` addresses (this node's), given every
@@ -231,6 +266,10 @@ impl PolicyEncoder {
             candidates.retain(|n| names_region(&peer_sets[n], *prefix));
             signatures.insert(IpcacheEntry::of(*prefix), candidates);
         }
+        let adopted = self.adopted.take().unwrap_or_default();
+        for (signature, n) in adopted.identities(&signatures) {
+            self.identities.adopt(signature, n);
+        }
         let mut members: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
         for (entry, signature) in signatures {
             let identity = if signature.is_empty() {
@@ -249,6 +288,11 @@ impl PolicyEncoder {
         }
 
         // Each endpoint's rules, per identity the peers cover.
+        for (ip, _) in &isolated {
+            if let Some(n) = adopted.endpoint(*ip) {
+                self.endpoints.adopt(ip, n);
+            }
+        }
         for (ip, p) in &isolated {
             let id = self.endpoints.get(ip);
             let mut flags = 0;

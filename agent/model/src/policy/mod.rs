@@ -30,6 +30,7 @@
 //!   shares (`crate::pod`);
 //! - the datapath encoding: `encode`.
 
+mod adopt;
 mod compile;
 mod encode;
 mod pods;

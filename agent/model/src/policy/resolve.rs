@@ -39,9 +39,15 @@ pub(super) fn apply(
         _ if spec.egress.as_ref().is_some_and(|e| !e.is_empty()) => vec!["Ingress", "Egress"],
         _ => vec!["Ingress"],
     };
-    let selected = pods.iter().filter(|p| {
-        p.namespace == key.namespace && spec.pod_selector.as_ref().is_none_or(|s| selects(s, &p.labels))
-    });
+    let selected = of_namespace(pods, &key.namespace)
+        .iter()
+        .filter(|p| spec.pod_selector.as_ref().is_none_or(|s| selects(s, &p.labels)));
+    // Peers do not depend on the selected pod, only named ingress ports do:
+    // peers are resolved once per policy (a scan of every pod per rule), on
+    // the first pod selected, and what that reported is reported again for
+    // each pod, as if resolved for each.
+    let mut ingress_peers: Option<Vec<(PeerMatch, Vec<String>)>> = None;
+    let mut egress: Option<(Vec<Allow>, Vec<String>)> = None;
     for pod in selected {
         for &direction in &types {
             let ingress = match direction {
@@ -54,36 +60,57 @@ pub(super) fn apply(
             };
             // Resolved per selected pod: named ports of ingress rules are its own.
             let resolved: Vec<Allow> = if ingress {
+                let peers = ingress_peers.get_or_insert_with(|| {
+                    spec.ingress
+                        .iter()
+                        .flatten()
+                        .map(|r| {
+                            let mut said = Vec::new();
+                            let peers = resolve_peers(
+                                &key.namespace,
+                                r.from.as_deref(),
+                                pods,
+                                namespaces,
+                                &mut |s| said.push(s),
+                            );
+                            (peers, said)
+                        })
+                        .collect()
+                });
                 spec.ingress
                     .iter()
                     .flatten()
-                    .map(|r| {
-                        resolve(
-                            &key.namespace,
-                            r.from.as_deref(),
-                            r.ports.as_deref(),
-                            Some(pod),
-                            pods,
-                            namespaces,
-                            report,
-                        )
+                    .zip(peers.iter())
+                    .map(|(r, (peers, said))| {
+                        said.iter().for_each(|s| report(s.clone()));
+                        Allow {
+                            peers: peers.clone(),
+                            ports: ports_of(r.ports.as_deref(), Some(pod), report),
+                        }
                     })
                     .collect()
             } else {
-                spec.egress
-                    .iter()
-                    .flatten()
-                    .flat_map(|r| {
-                        egress_rules(
-                            &key.namespace,
-                            r.to.as_deref(),
-                            r.ports.as_deref(),
-                            pods,
-                            namespaces,
-                            report,
-                        )
-                    })
-                    .collect()
+                let (rules, said) = egress.get_or_insert_with(|| {
+                    let mut said = Vec::new();
+                    let rules = spec
+                        .egress
+                        .iter()
+                        .flatten()
+                        .flat_map(|r| {
+                            egress_rules(
+                                &key.namespace,
+                                r.to.as_deref(),
+                                r.ports.as_deref(),
+                                pods,
+                                namespaces,
+                                &mut |s| said.push(s),
+                            )
+                        })
+                        .collect();
+                    (rules, said)
+                });
+                said.iter().for_each(|s| report(s.clone()));
+                rules.clone()
             };
             for ip in &pod.ips {
                 let entry = out.pods.entry(*ip).or_default();
@@ -161,7 +188,28 @@ fn resolve(
     namespaces: &BTreeMap<&str, BTreeMap<String, String>>,
     report: &mut impl FnMut(String),
 ) -> Allow {
-    let peers = match peers {
+    Allow {
+        peers: resolve_peers(namespace, peers, pods, namespaces, report),
+        ports: ports_of(ports, destination, report),
+    }
+}
+
+/// The pods of namespace `ns`: `pods` is in namespace order (the model's).
+fn of_namespace<'p, 'a>(pods: &'p [PodView<'a>], ns: &str) -> &'p [PodView<'a>] {
+    let start = pods.partition_point(|p| p.namespace < ns);
+    let len = pods[start..].partition_point(|p| p.namespace == ns);
+    &pods[start..start + len]
+}
+
+/// The addresses and blocks a rule's peers name.
+fn resolve_peers(
+    namespace: &str,
+    peers: Option<&[NetworkPolicyPeer]>,
+    pods: &[PodView<'_>],
+    namespaces: &BTreeMap<&str, BTreeMap<String, String>>,
+    report: &mut impl FnMut(String),
+) -> PeerMatch {
+    match peers {
         None | Some([]) => PeerMatch::All,
         Some(peers) => {
             let mut ips = BTreeSet::new();
@@ -181,24 +229,24 @@ fn resolve(
                     }
                     continue;
                 }
-                let in_namespace = |pod: &PodView<'_>| match &peer.namespace_selector {
-                    None => pod.namespace == namespace,
+                // The pods of the namespaces the peer names (every pod's
+                // namespace is in `namespaces`), not a scan of the cluster.
+                let in_namespaces: Vec<&[PodView<'_>]> = match &peer.namespace_selector {
+                    None => vec![of_namespace(pods, namespace)],
                     Some(selector) => namespaces
-                        .get(pod.namespace)
-                        .is_some_and(|labels| selects(selector, labels)),
+                        .iter()
+                        .filter(|(_, labels)| selects(selector, labels))
+                        .map(|(ns, _)| of_namespace(pods, ns))
+                        .collect(),
                 };
                 let picked =
-                    |pod: &PodView<'_>| peer.pod_selector.as_ref().is_none_or(|s| selects(s, &pod.labels));
-                for pod in pods.iter().filter(|p| in_namespace(p) && picked(p)) {
+                    |pod: &&PodView<'_>| peer.pod_selector.as_ref().is_none_or(|s| selects(s, &pod.labels));
+                for pod in in_namespaces.into_iter().flatten().filter(picked) {
                     ips.extend(pod.ips.iter().copied());
                 }
             }
             PeerMatch::Some { pods: ips, blocks }
         }
-    };
-    Allow {
-        peers,
-        ports: ports_of(ports, destination, report),
     }
 }
 

@@ -254,3 +254,80 @@ fn ports_the_api_server_refuses_make_their_rule_admit_nothing() {
         assert!(compiled.allows(a, b, Protocol::Tcp, 90), "x/b is not isolated");
     }
 }
+
+/// A restarted agent's encoder, given the maps the last one left, numbers an
+/// unchanged cluster exactly as they are; after a change, an identity keeps
+/// its number only where it stands for the same prefixes, and the others are
+/// fresh (above every number the maps hold).
+#[test]
+fn a_restart_keeps_the_numbers_that_mean_the_same() {
+    let pods = ["x/a", "x/b", "y/a", "y/b"].map(ip);
+    // x/a admits namespace y; y's pods send to a block and to `peers` of y.
+    let policies = |peers: &str| {
+        cluster(&format!(
+            "{}{}",
+            policy(
+                "x",
+                "  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {ns: y}}}]}]\n"
+            ),
+            policy(
+                "y",
+                &format!(
+                    "  podSelector: {{}}\n  policyTypes: [Egress]\n  egress: [{{to: [{{ipBlock: {{cidr: 192.168.0.0/16, except: [192.168.1.0/24]}}}}, {{podSelector: {peers}}}]}}]\n"
+                )
+            ),
+        ))
+    };
+    let before = policies("{matchLabels: {pod: b}}");
+    let mut first = PolicyEncoder::default();
+    let maps = first.encode(&before, &pods);
+    // Another compile by the same encoder, to move its numbers off their first
+    // values: the restart must not depend on numbering in order.
+    let maps = {
+        let _ = first.encode(&cluster(""), &pods);
+        let _ = first.encode(&cluster(""), &pods);
+        let again = first.encode(&before, &pods);
+        assert_ne!(again, maps, "numbers moved");
+        again
+    };
+    assert!(!maps.ipcache.is_empty() && !maps.endpoints.is_empty());
+    let mut restarted = PolicyEncoder::default();
+    restarted.adopt(&maps);
+    assert_eq!(restarted.encode(&before, &pods), maps, "nothing to write");
+
+    // The cluster changed while no agent ran: y/a's addresses join the peer
+    // set of y's egress (now every pod of y), y/b's do not change.
+    let after = policies("{}");
+    let mut restarted = PolicyEncoder::default();
+    restarted.adopt(&maps);
+    let changed = restarted.encode(&after, &pods);
+    let max_old = maps.ipcache.values().max().copied().unwrap_or(0);
+    let prefixes = |m: &DesiredPolicy, id: u32| -> Vec<IpcacheEntry> {
+        m.ipcache
+            .iter()
+            .filter(|(_, v)| **v == id)
+            .map(|(e, _)| *e)
+            .collect()
+    };
+    let mut kept = 0;
+    for id in changed
+        .ipcache
+        .values()
+        .copied()
+        .collect::<std::collections::BTreeSet<_>>()
+    {
+        if (weir_common::IDENTITY_FIRST..=max_old).contains(&id) {
+            assert_eq!(
+                prefixes(&changed, id),
+                prefixes(&maps, id),
+                "identity {id} kept with other members"
+            );
+            kept += 1;
+        }
+    }
+    assert!(kept > 0, "some identities mean the same: {changed:#?}");
+    assert_eq!(
+        changed.endpoints, maps.endpoints,
+        "the same pods, isolated the same ways"
+    );
+}
