@@ -5,10 +5,36 @@
 //! kernel (measured at 10,000 Services x 10 endpoints and 10,000 Pods: 249 to
 //! 242 MiB; see `tests/benches/agent_memory.rs`). musl's allocator (the
 //! image's) unmaps freed memory itself.
+//!
+//! The same goes for a cluster that shrinks: Services leaving free their
+//! objects, compiled entries and the syncer's mirror of them, scattered in
+//! the same way. Once the changes settle (the sync loop goes idle) after
+//! enough map entries were deleted, the free pages go back too (10,000
+//! Services x 10 endpoints removed: see the benchmark's "emptied" column).
+
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+/// Map entries deleted since memory was last given back.
+static DELETED: AtomicUsize = AtomicUsize::new(0);
+/// Below this many deletes, what a trim finds is not worth the walk.
+const RELEASE_AFTER_DELETES: usize = 1_000;
+
+/// Counts map entries a sync deleted.
+pub fn note_deletes(n: usize) {
+    DELETED.fetch_add(n, Relaxed);
+}
+
+/// Gives memory back if enough was deleted since the last time.
+pub fn release_if_shrunk() {
+    if DELETED.load(Relaxed) >= RELEASE_AFTER_DELETES {
+        release_free();
+    }
+}
 
 /// Returns the allocator's free pages to the kernel; cheap enough after a full
 /// compile, pointless more often.
 pub fn release_free() {
+    DELETED.store(0, Relaxed);
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim only walks the allocator's own structures.
     unsafe {

@@ -142,6 +142,8 @@ impl SyncLoop {
                     }
                 }
                 Ok(None) => {
+                    // The cluster is quiet: if it shrank, its memory goes back.
+                    crate::memory::release_if_shrunk();
                     // Retries what the last sync of the routes left undone.
                     self.update_routes(&Default::default());
                     if let Some(changed) = pending.take() {
@@ -234,6 +236,7 @@ impl SyncLoop {
         let full = changed == Changed::All;
         let desired = self.compiler.desired();
         let report = self.syncer.apply(&mut self.maps, desired, &changed);
+        crate::memory::note_deletes(report.tally.deletes);
         self.count_failures(&report.tally.failures);
         let flushed = self.flush(&report);
         log_report(

@@ -111,8 +111,9 @@ fn cluster(node: &str, services: usize, pods: usize) -> Vec<(String, Vec<Value>)
 }
 
 /// Starts an agent for `variant`, waits until it is ready and settled; its
-/// (VmRSS, VmHWM) in KiB and the time to ready.
-fn measure(variant: Variant, services: usize, pods: usize) -> (u64, u64, Duration) {
+/// (VmRSS, VmHWM) in KiB, the time to ready, and its VmRSS once everything
+/// but the Node has been removed again.
+fn measure(variant: Variant, services: usize, pods: usize) -> (u64, u64, Duration, u64) {
     let kind = if variant == Variant::Dir {
         SourceKind::Dir
     } else {
@@ -148,7 +149,29 @@ fn measure(variant: Variant, services: usize, pods: usize) -> (u64, u64, Duratio
     let ready = started.elapsed();
     std::thread::sleep(Duration::from_secs(2));
     let (rss, hwm) = agent.rss_kib();
-    (rss, hwm, ready)
+    // Then the cluster shrinks to nothing but its Node: every Service,
+    // EndpointSlice, Pod and Namespace removed.
+    let mut emptied = rss;
+    if variant != Variant::Empty {
+        for (file, _) in cluster(node.name(), services, pods).iter().skip(1) {
+            source.remove(&format!("{file}.yaml"));
+        }
+        source.write(
+            "base.yaml",
+            &[node_object(
+                node.name(),
+                &["10.128.0.0/16"],
+                &["10.200.99.1".parse().expect("ip")],
+            )],
+        );
+        agent.wait_services("every Service removed", |s| {
+            s.as_array().is_some_and(Vec::is_empty)
+        });
+        // The agent gives memory back once its sync loop is idle (5 s).
+        std::thread::sleep(Duration::from_secs(8));
+        emptied = agent.rss_kib().0;
+    }
+    (rss, hwm, ready, emptied)
 }
 
 fn median<T: Copy + Ord>(v: &[T]) -> T {
@@ -180,17 +203,18 @@ fn main() {
                 .collect()
         },
     );
-    let mut samples: Vec<Vec<(u64, u64, Duration)>> = vec![Vec::new(); variants.len()];
+    let mut samples: Vec<Vec<(u64, u64, Duration, u64)>> = vec![Vec::new(); variants.len()];
     for round in 0..rounds {
         for k in 0..variants.len() {
             let i = (round + k) % variants.len();
             let s = measure(variants[i], services, pods);
             eprintln!(
-                "round {round}: {:?}: RSS {} MiB, peak {} MiB, ready in {:.1?}",
+                "round {round}: {:?}: RSS {} MiB, peak {} MiB, ready in {:.1?}, emptied {} MiB",
                 variants[i],
                 mib(s.0),
                 mib(s.1),
-                s.2
+                s.2,
+                mib(s.3)
             );
             samples[i].push(s);
         }
@@ -199,19 +223,24 @@ fn main() {
         .iter()
         .position(|v| *v == Variant::Empty)
         .map_or(1, |i| median(&samples[i].iter().map(|s| s.0).collect::<Vec<_>>()));
-    println!("\n| agent | RSS (MiB) | peak RSS (MiB) | RSS / empty | ready after |");
-    println!("| --- | --- | --- | --- | --- |");
+    println!(
+        "\n| agent | RSS (MiB) | peak RSS (MiB) | RSS / empty | ready after | RSS emptied (MiB) | emptied / empty |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
     for (v, s) in variants.iter().zip(&samples) {
         let rss = median(&s.iter().map(|x| x.0).collect::<Vec<_>>());
         let hwm = median(&s.iter().map(|x| x.1).collect::<Vec<_>>());
         let ready = median(&s.iter().map(|x| x.2).collect::<Vec<_>>());
+        let emptied = median(&s.iter().map(|x| x.3).collect::<Vec<_>>());
         println!(
-            "| {} | {} | {} | {:.2} | {:.1?} |",
+            "| {} | {} | {} | {:.2} | {:.1?} | {} | {:.2} |",
             v.label(),
             mib(rss),
             mib(hwm),
             rss as f64 / base as f64,
-            ready
+            ready,
+            mib(emptied),
+            emptied as f64 / base as f64
         );
     }
 }

@@ -12,13 +12,11 @@
 use std::{
     collections::{BTreeMap, btree_map},
     net::IpAddr,
+    sync::Arc,
 };
 
 use k8s_openapi::{
-    api::{
-        core::v1::{Endpoints, Pod, Service},
-        discovery::v1::EndpointSlice,
-    },
+    api::core::v1::{Endpoints, Service},
     apimachinery::pkg::util::intstr::IntOrString,
 };
 use serde::Serialize;
@@ -26,8 +24,9 @@ use serde::Serialize;
 use crate::{
     model::Model,
     net::{Family, Protocol, parse_ip, port_number},
-    pod,
+    pod::{self, PodFacts},
     policy::matches_labels,
+    slice::{self, SliceFacts},
 };
 
 /// Label tying an EndpointSlice to its Service (`discovery.k8s.io/v1`).
@@ -40,7 +39,7 @@ pub const LABEL_SKIP_MIRROR: &str = "endpointslice.kubernetes.io/skip-mirror";
 pub(crate) struct Endpoint {
     pub addr: IpAddr,
     pub port: u16,
-    pub node_name: Option<String>,
+    pub node_name: Option<Arc<str>>,
     pub ready: bool,
     pub serving: bool,
     pub terminating: bool,
@@ -85,10 +84,10 @@ impl<'a> Target<'a> {
 /// Where the endpoints of one Service come from.
 #[derive(Clone, Debug)]
 pub(crate) enum EndpointSource<'a> {
-    Slices(Vec<&'a EndpointSlice>),
+    Slices(Vec<&'a SliceFacts>),
     Endpoints(&'a Endpoints),
     Pods {
-        pods: Vec<&'a Pod>,
+        pods: Vec<&'a PodFacts>,
         publish_not_ready: bool,
     },
     None,
@@ -193,7 +192,7 @@ impl EndpointSet {
 }
 
 fn from_slice(
-    slice: &EndpointSlice,
+    slice: &SliceFacts,
     want: &PortSpec<'_>,
     family: Family,
     node_name: &str,
@@ -206,7 +205,7 @@ fn from_slice(
     // The slice port for a service port is the one with the same name and protocol.
     // kube-proxy ignores a slice port without a name; we read an absent name as ""
     // (what the controllers write for an unnamed port) to accept hand-written slices.
-    let Some(port) = slice.ports.iter().flatten().find(|p| {
+    let Some(port) = slice.ports.iter().find(|p| {
         p.name.as_deref().unwrap_or_default() == want.name
             && Protocol::parse(p.protocol.as_deref()) == Some(want.protocol)
     }) else {
@@ -216,23 +215,23 @@ fn from_slice(
         return;
     };
     for endpoint in &slice.endpoints {
-        // All addresses of an endpoint are fungible; kube-proxy uses the first.
-        let Some(addr) = endpoint.addresses.first().and_then(|a| parse_ip(a)) else {
+        // All addresses of an endpoint are fungible; kube-proxy uses the first
+        // (the only one the model keeps).
+        let Some(addr) = endpoint.addr else {
             continue;
         };
         if Family::of(addr) != family {
             continue;
         }
-        let conditions = endpoint.conditions.as_ref();
         // EndpointConditions: ready nil = true, serving nil = true, terminating nil = false.
         set.add(
             Endpoint {
                 addr,
                 port,
                 node_name: endpoint.node_name.clone(),
-                ready: conditions.and_then(|c| c.ready).unwrap_or(true),
-                serving: conditions.and_then(|c| c.serving).unwrap_or(true),
-                terminating: conditions.and_then(|c| c.terminating).unwrap_or(false),
+                ready: endpoint.ready.unwrap_or(true),
+                serving: endpoint.serving.unwrap_or(true),
+                terminating: endpoint.terminating.unwrap_or(false),
             },
             node_name,
         );
@@ -278,7 +277,7 @@ fn from_endpoints(
                 Endpoint {
                     addr,
                     port,
-                    node_name: address.node_name.clone(),
+                    node_name: address.node_name.as_deref().map(slice::node_name),
                     ready,
                     serving: true,
                     terminating: false,
@@ -295,17 +294,13 @@ fn from_endpoints(
 /// `serving` = the Pod's Ready condition and `ready` = serving and not terminating,
 /// unless the Service publishes not-ready addresses.
 fn from_pod(
-    pod: &Pod,
+    pod: &PodFacts,
     want: &PortSpec<'_>,
     family: Family,
     publish_not_ready: bool,
     node_name: &str,
     set: &mut EndpointSet,
 ) {
-    // A pod without a status has no address either: nothing to add.
-    let Some(status) = pod.status.as_ref() else {
-        return;
-    };
     if pod::is_finished(pod) {
         return;
     }
@@ -320,17 +315,13 @@ fn from_pod(
     let Some(port) = resolve_target(pod, want) else {
         return;
     };
-    let serving = status
-        .conditions
-        .iter()
-        .flatten()
-        .any(|c| c.type_ == "Ready" && c.status == "True");
+    let serving = pod::is_ready(pod);
     let terminating = pod.metadata.deletion_timestamp.is_some();
     set.add(
         Endpoint {
             addr,
             port,
-            node_name: pod::node_name(pod).map(str::to_owned),
+            node_name: pod::node_name(pod).map(slice::node_name),
             ready: publish_not_ready || (serving && !terminating),
             serving,
             terminating,
@@ -343,7 +334,7 @@ fn from_pod(
 /// the Pod's container ports with the same protocol (regular containers and
 /// restartable init containers, i.e. sidecars). A Pod without that port is not an
 /// endpoint of this service port.
-fn resolve_target(pod: &Pod, want: &PortSpec<'_>) -> Option<u16> {
+fn resolve_target(pod: &PodFacts, want: &PortSpec<'_>) -> Option<u16> {
     match want.target {
         Target::Number(n) => Some(n),
         Target::Name(name) => pod::named_port(pod, name, want.protocol),

@@ -16,10 +16,11 @@ pub mod net;
 pub mod nodes;
 pub mod object;
 pub mod parse;
-mod pod;
+pub mod pod;
 pub mod policy;
 pub mod problem;
 pub mod services;
+pub mod slice;
 #[cfg(test)]
 mod testing;
 mod topology;

@@ -3,14 +3,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::api::{
-    core::v1::{Endpoints, Pod, Service},
-    discovery::v1::EndpointSlice,
-};
+use k8s_openapi::api::core::v1::{Endpoints, Service};
 
 use crate::{
     endpoints::LABEL_SERVICE_NAME,
     object::{Kind, Object, ObjectKey},
+    pod::PodFacts,
+    slice::SliceFacts,
 };
 
 /// One stored object and the source it came from (a file, `kube`), for problems.
@@ -102,7 +101,7 @@ impl Model {
     }
 
     /// The EndpointSlices of Service `namespace/service`, in slice-name order.
-    pub fn slices_of(&self, namespace: &str, service: &str) -> Vec<&EndpointSlice> {
+    pub fn slices_of(&self, namespace: &str, service: &str) -> Vec<&SliceFacts> {
         let Some(names) = self.slices.get(&(namespace.to_owned(), service.to_owned())) else {
             return Vec::new();
         };
@@ -154,7 +153,7 @@ impl Model {
             })
     }
 
-    pub fn endpoint_slices(&self) -> impl Iterator<Item = (&ObjectKey, &EndpointSlice)> {
+    pub fn endpoint_slices(&self) -> impl Iterator<Item = (&ObjectKey, &SliceFacts)> {
         self.of_kind(Kind::EndpointSlice)
             .filter_map(|(key, entry)| match &entry.object {
                 Object::EndpointSlice(s) => Some((key, s.as_ref())),
@@ -174,7 +173,7 @@ impl Model {
     }
 
     /// Pods of one namespace, in name order.
-    pub fn pods_in<'a>(&'a self, namespace: &'a str) -> impl Iterator<Item = &'a Pod> + 'a {
+    pub fn pods_in<'a>(&'a self, namespace: &'a str) -> impl Iterator<Item = &'a PodFacts> + 'a {
         let start = ObjectKey::new(Kind::Pod, namespace, "");
         self.objects
             .range(start..)
@@ -203,7 +202,10 @@ pub(crate) fn slice_service(object: &Object) -> Option<&str> {
 
 #[cfg(test)]
 mod tests {
-    use k8s_openapi::{api::core::v1::Service, apimachinery::pkg::apis::meta::v1::ObjectMeta};
+    use k8s_openapi::{
+        api::core::v1::{Pod, Service},
+        apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    };
 
     use super::*;
 

@@ -4,24 +4,25 @@ use std::fmt;
 
 use k8s_openapi::{
     api::{
-        core::v1::{
-            Container, ContainerPort, Endpoints, Namespace, Node, NodeSpec, NodeStatus, Pod, PodCondition,
-            PodSpec, PodStatus, Service,
-        },
-        discovery::v1::{Endpoint, EndpointSlice},
+        core::v1::{Endpoints, Namespace, Node, NodeSpec, NodeStatus, Pod, Service},
+        discovery::v1::EndpointSlice,
         networking::v1::NetworkPolicy,
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 
+use crate::{pod::PodFacts, slice::SliceFacts};
+
 /// One object of a kind the model keeps. Boxed: the k8s-openapi types are large and
-/// of very different sizes.
+/// of very different sizes. The two kinds a cluster holds by the ten thousand,
+/// Pods and EndpointSlices, are kept as what the compilers read of them
+/// ([`PodFacts`], [`SliceFacts`]), a fraction of the API types' size.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Object {
     Service(Box<Service>),
-    EndpointSlice(Box<EndpointSlice>),
+    EndpointSlice(Box<SliceFacts>),
     Endpoints(Box<Endpoints>),
-    Pod(Box<Pod>),
+    Pod(Box<PodFacts>),
     Namespace(Box<Namespace>),
     Node(Box<Node>),
     NetworkPolicy(Box<NetworkPolicy>),
@@ -166,10 +167,8 @@ const KEPT_ANNOTATIONS: [&str; 3] = ["weir.dev/", "service.kubernetes.io/", "end
 impl Object {
     /// The object with only what the model reads, for a source to keep: no
     /// `managedFields`, no annotations but Weir's and Kubernetes' service and
-    /// endpoint ones, no resource versions or owners; an EndpointSlice's
-    /// endpoints to their first address, conditions and node; a Pod's
-    /// containers to their named ports (in one container), its status to
-    /// phase, addresses and conditions; a Node to its pod CIDRs and addresses.
+    /// endpoint ones, no resource versions or owners; a Node to its pod CIDRs
+    /// and addresses (Pods and EndpointSlices hold no more from the start).
     /// Compiling trimmed objects gives what compiling the whole ones does.
     pub fn trimmed(self) -> Object {
         let meta = |m: ObjectMeta| ObjectMeta {
@@ -194,24 +193,6 @@ impl Object {
             }
             Object::EndpointSlice(mut o) => {
                 o.metadata = meta(o.metadata);
-                // An endpoint's first address is the one consumers use (the
-                // API says so); zone, hints, hostname and target are unread.
-                // Sized to fit: a slice is listed with room to grow.
-                o.endpoints = o
-                    .endpoints
-                    .into_iter()
-                    .map(|e| Endpoint {
-                        // Not `collect`ed: that would keep the listed capacity.
-                        addresses: e.addresses.first().cloned().into_iter().collect(),
-                        conditions: e.conditions,
-                        node_name: e.node_name,
-                        ..Endpoint::default()
-                    })
-                    .collect::<Vec<_>>();
-                o.endpoints.shrink_to_fit();
-                if let Some(ports) = o.ports.as_mut() {
-                    ports.shrink_to_fit();
-                }
                 Object::EndpointSlice(o)
             }
             Object::Endpoints(mut o) => {
@@ -238,61 +219,9 @@ impl Object {
                     ..NodeStatus::default()
                 }),
             })),
-            Object::Pod(o) => {
-                // Only named ports are ever looked up (`named_port`), first in
-                // the containers, then in the sidecars (restartable init
-                // containers), and names are unique in a pod: one container
-                // holding them in that order answers every lookup alike.
-                let named = |c: &Container| {
-                    c.ports
-                        .iter()
-                        .flatten()
-                        .filter(|p| p.name.is_some())
-                        .cloned()
-                        .collect::<Vec<_>>()
-                };
-                Object::Pod(Box::new(Pod {
-                    metadata: meta(o.metadata),
-                    spec: o.spec.map(|s| {
-                        let sidecars = s
-                            .init_containers
-                            .iter()
-                            .flatten()
-                            .filter(|c| c.restart_policy.as_deref() == Some("Always"));
-                        let mut ports: Vec<ContainerPort> =
-                            s.containers.iter().chain(sidecars).flat_map(named).collect();
-                        ports.shrink_to_fit();
-                        PodSpec {
-                            node_name: s.node_name,
-                            host_network: s.host_network,
-                            containers: if ports.is_empty() {
-                                Vec::new()
-                            } else {
-                                vec![Container {
-                                    ports: Some(ports),
-                                    ..Container::default()
-                                }]
-                            },
-                            ..PodSpec::default()
-                        }
-                    }),
-                    status: o.status.map(|s| PodStatus {
-                        phase: s.phase,
-                        pod_ip: s.pod_ip,
-                        pod_ips: s.pod_ips,
-                        host_ip: s.host_ip,
-                        conditions: s.conditions.map(|cs| {
-                            cs.into_iter()
-                                .map(|c| PodCondition {
-                                    type_: c.type_,
-                                    status: c.status,
-                                    ..PodCondition::default()
-                                })
-                                .collect()
-                        }),
-                        ..PodStatus::default()
-                    }),
-                }))
+            Object::Pod(mut o) => {
+                o.metadata = meta(o.metadata);
+                Object::Pod(o)
             }
         }
     }
@@ -307,15 +236,19 @@ macro_rules! from_type {
         }
     )*};
 }
-from_type!(
-    Service,
-    EndpointSlice,
-    Endpoints,
-    Pod,
-    Namespace,
-    Node,
-    NetworkPolicy
-);
+from_type!(Service, Endpoints, Namespace, Node, NetworkPolicy);
+
+impl From<Pod> for Object {
+    fn from(o: Pod) -> Self {
+        Object::Pod(Box::new(o.into()))
+    }
+}
+
+impl From<EndpointSlice> for Object {
+    fn from(o: EndpointSlice) -> Self {
+        Object::EndpointSlice(Box::new(o.into()))
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -426,15 +359,6 @@ spec:
         for o in trimmed.of_kind(Kind::Pod).map(|(_, e)| &e.object) {
             let Object::Pod(p) = o else { unreachable!() };
             assert!(p.metadata.managed_fields.is_none() && p.metadata.uid.is_none());
-            let spec = p.spec.as_ref().expect("spec");
-            assert!(
-                spec.volumes.is_none()
-                    && spec
-                        .containers
-                        .iter()
-                        .all(|c| c.env.is_none() && c.image.is_none())
-            );
-            assert!(spec.init_containers.as_ref().is_none_or(|cs| cs.len() == 1));
         }
         let Some(Object::Service(s)) = trimmed
             .get(&ObjectKey::new(Kind::Service, "shop", "web"))

@@ -1,64 +1,117 @@
-//! What the compilers read from a Pod, in one place: the Services compiler
-//! (Pods standing in for EndpointSlices, see `endpoints`) and the policy
-//! compiler (selected pods and peers, see `policy`) must agree on which
-//! fields say a pod's addresses, whether it has finished and what its named
-//! ports are.
+//! A Pod as the model keeps it, and what the compilers read from it, in one
+//! place: the Services compiler (Pods standing in for EndpointSlices, see
+//! `endpoints`) and the policy compiler (selected pods and peers, see
+//! `policy`) must agree on which fields say a pod's addresses, whether it has
+//! finished and what its named ports are.
+//!
+//! The API's `Pod` is 2,248 bytes inline and each `Container` 2,144, whatever
+//! they hold; the model keeps the few fields the compilers read.
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::{api::core::v1::Pod, apimachinery::pkg::apis::meta::v1::ObjectMeta};
 
 use crate::net::{Protocol, port_number};
+
+/// What the model keeps of a Pod.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PodFacts {
+    pub metadata: ObjectMeta,
+    /// `spec.nodeName`.
+    node_name: Option<String>,
+    /// `spec.hostNetwork`.
+    host_network: bool,
+    /// `status.phase`.
+    phase: Option<String>,
+    /// `status.podIPs`, as written.
+    pod_ips: Box<[String]>,
+    /// `status.podIP`, as written.
+    pod_ip: Option<String>,
+    /// `status.conditions` has `Ready` `True`.
+    ready: bool,
+    /// The named container ports, containers first, then the sidecars
+    /// (restartable init containers), each with its protocol parsed (`None`:
+    /// one no lookup asks for).
+    named_ports: Box<[(String, Option<Protocol>, i32)]>,
+}
+
+impl From<Pod> for PodFacts {
+    fn from(pod: Pod) -> Self {
+        let spec = pod.spec.unwrap_or_default();
+        let status = pod.status.unwrap_or_default();
+        let sidecars = spec
+            .init_containers
+            .into_iter()
+            .flatten()
+            .filter(|c| c.restart_policy.as_deref() == Some("Always"));
+        let named_ports = spec
+            .containers
+            .into_iter()
+            .chain(sidecars)
+            .flat_map(|c| c.ports.into_iter().flatten())
+            .filter_map(|p| Some((p.name?, Protocol::parse(p.protocol.as_deref()), p.container_port)))
+            .collect();
+        Self {
+            metadata: pod.metadata,
+            node_name: spec.node_name,
+            host_network: spec.host_network == Some(true),
+            phase: status.phase,
+            pod_ips: status.pod_ips.into_iter().flatten().map(|p| p.ip).collect(),
+            pod_ip: status.pod_ip,
+            ready: status
+                .conditions
+                .iter()
+                .flatten()
+                .any(|c| c.type_ == "Ready" && c.status == "True"),
+            named_ports,
+        }
+    }
+}
 
 /// A pod's addresses as written: every `status.podIPs` entry, then
 /// `status.podIP` (the API server keeps it equal to the first entry; a
 /// hand-written manifest may set only it). Unparsed: each caller parses them as
 /// it always has (see `endpoints::from_pod` and `policy::pod_ips`).
-pub(crate) fn address_texts(pod: &Pod) -> impl Iterator<Item = &str> {
+pub(crate) fn address_texts(pod: &PodFacts) -> impl Iterator<Item = &str> {
     listed_address_texts(pod).chain(primary_address_text(pod))
 }
 
 /// `status.podIPs`, in order.
-pub(crate) fn listed_address_texts(pod: &Pod) -> impl Iterator<Item = &str> {
-    let listed = pod.status.as_ref().and_then(|s| s.pod_ips.as_deref());
-    listed.unwrap_or_default().iter().map(|p| p.ip.as_str())
+pub(crate) fn listed_address_texts(pod: &PodFacts) -> impl Iterator<Item = &str> {
+    pod.pod_ips.iter().map(String::as_str)
 }
 
 /// `status.podIP`.
-pub(crate) fn primary_address_text(pod: &Pod) -> Option<&str> {
-    pod.status.as_ref().and_then(|s| s.pod_ip.as_deref())
+pub(crate) fn primary_address_text(pod: &PodFacts) -> Option<&str> {
+    pod.pod_ip.as_deref()
 }
 
 /// Whether the pod has run to its end (phase `Succeeded` or `Failed`): its
 /// address may have been handed to another pod since, so neither Services nor
 /// policies count it.
-pub(crate) fn is_finished(pod: &Pod) -> bool {
-    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-    matches!(phase, Some("Succeeded" | "Failed"))
+pub(crate) fn is_finished(pod: &PodFacts) -> bool {
+    matches!(pod.phase.as_deref(), Some("Succeeded" | "Failed"))
 }
 
 /// Whether the pod runs in the host's network namespace (its address is the node's).
-pub(crate) fn is_host_network(pod: &Pod) -> bool {
-    pod.spec.as_ref().and_then(|s| s.host_network) == Some(true)
+pub(crate) fn is_host_network(pod: &PodFacts) -> bool {
+    pod.host_network
 }
 
 /// The node the pod is scheduled to (`spec.nodeName`), if any.
-pub(crate) fn node_name(pod: &Pod) -> Option<&str> {
-    pod.spec.as_ref().and_then(|s| s.node_name.as_deref())
+pub(crate) fn node_name(pod: &PodFacts) -> Option<&str> {
+    pod.node_name.as_deref()
+}
+
+/// Whether the pod's `Ready` condition is `True`.
+pub(crate) fn is_ready(pod: &PodFacts) -> bool {
+    pod.ready
 }
 
 /// The number of the pod's container port `name` for `protocol` (restartable init
 /// containers, i.e. sidecars, included): `FindPort` in kubernetes/kubernetes, for a
 /// Service's named targetPort as for a NetworkPolicy's named port.
-pub(crate) fn named_port(pod: &Pod, name: &str, protocol: Protocol) -> Option<u16> {
-    let spec = pod.spec.as_ref()?;
-    let sidecars = spec
-        .init_containers
+pub(crate) fn named_port(pod: &PodFacts, name: &str, protocol: Protocol) -> Option<u16> {
+    pod.named_ports
         .iter()
-        .flatten()
-        .filter(|c| c.restart_policy.as_deref() == Some("Always"));
-    spec.containers
-        .iter()
-        .chain(sidecars)
-        .flat_map(|c| c.ports.iter().flatten())
-        .find(|p| p.name.as_deref() == Some(name) && Protocol::parse(p.protocol.as_deref()) == Some(protocol))
-        .and_then(|p| port_number(p.container_port))
+        .find(|(n, p, _)| n == name && *p == Some(protocol))
+        .and_then(|(_, _, port)| port_number(*port))
 }

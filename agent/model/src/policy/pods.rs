@@ -2,12 +2,10 @@
 
 use std::{collections::BTreeMap, net::IpAddr};
 
-use k8s_openapi::api::core::v1::Pod;
-
 use crate::{
     model::Model,
     object::{Kind, Object},
-    pod,
+    pod::{self, PodFacts},
 };
 
 /// A pod as policies see it.
@@ -15,7 +13,7 @@ pub(super) struct PodView<'a> {
     pub namespace: &'a str,
     pub labels: BTreeMap<String, String>,
     pub ips: Vec<IpAddr>,
-    pub pod: &'a Pod,
+    pub pod: &'a PodFacts,
 }
 
 /// Addresses of the pods on `node` that policies see (those it may isolate).
@@ -36,7 +34,7 @@ pub fn local_pod_ips(model: &Model, node: &str) -> Vec<IpAddr> {
 /// other dataplanes), nor one that has finished (its address may be another's
 /// by now). The Services compiler counts hostNetwork pods (the EndpointSlice
 /// controller does), finished ones not either.
-pub(super) fn takes_part(pod: &Pod) -> bool {
+pub(super) fn takes_part(pod: &PodFacts) -> bool {
     !pod::is_host_network(pod) && !pod::is_finished(pod)
 }
 
@@ -46,7 +44,7 @@ pub(super) fn takes_part(pod: &Pod) -> bool {
 /// `net::parse_ip`, blanks around an address make it no address here. Kept as
 /// it was when the Pod helpers were shared: the API server writes no blanks,
 /// so only a hand-written manifest can tell the two apart.
-pub fn pod_ips(pod: &Pod) -> Vec<IpAddr> {
+pub fn pod_ips(pod: &PodFacts) -> Vec<IpAddr> {
     let mut ips: Vec<IpAddr> = pod::listed_address_texts(pod)
         .filter_map(|ip| ip.parse().ok())
         .collect();

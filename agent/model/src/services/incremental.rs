@@ -11,7 +11,7 @@
 //! produce; what depends on that order falls back to one: frontends two Services
 //! claim (the first in order wins), and Namespace or Node changes.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, btree_map};
 
 use weir_common::{BACKEND_ACTIVE, BACKEND_TERMINATING, Backend, ServiceKey};
 
@@ -33,11 +33,11 @@ pub struct Touched {
 }
 
 impl Touched {
-    fn add(&mut self, desired: &DesiredServices) {
-        self.services.extend(desired.services.keys());
-        self.backends.extend(desired.backends.keys());
-        self.revnat.extend(desired.revnat.keys());
-        self.maglev.extend(desired.maglev.keys());
+    fn add(&mut self, held: &Held) {
+        self.services.extend(held.services.iter());
+        self.backends.extend(held.backends.iter().map(|(id, _)| id));
+        self.revnat.extend(held.revnat.iter());
+        self.maglev.extend(held.maglev.iter());
     }
 }
 
@@ -84,11 +84,29 @@ struct BackendRefs {
     active: u32,
 }
 
+/// What the compiler keeps of a Service's fragment once its entries are in
+/// the union: their keys, to take them out again, the backends it counts, and,
+/// where asked for, its frontends' views. A second copy of every entry and
+/// view was the largest part of the compiled state at 10,000 Services.
+#[derive(Debug, Default)]
+struct Held {
+    services: Box<[ServiceKey]>,
+    revnat: Box<[u32]>,
+    maglev: Box<[u32]>,
+    backends: Box<[(u32, Backend)]>,
+    frontends: Vec<FrontendView>,
+    from_pods: bool,
+    conflict: bool,
+}
+
 /// The services compiler with its memory of the last compile.
 pub struct ServiceCompiler {
     node: NodeContext,
     ids: IdAllocator,
-    fragments: BTreeMap<ObjectKey, Fragment>,
+    /// Keep the frontends' views (`frontends`): for `weirctl`-style views and
+    /// tests; the agent's syncer reads only the union.
+    views: bool,
+    fragments: BTreeMap<ObjectKey, Held>,
     /// The union of the fragments (without frontend views: see `frontends`).
     desired: DesiredServices,
     backend_refs: BTreeMap<u32, BackendRefs>,
@@ -106,10 +124,12 @@ pub struct ServiceCompiler {
 }
 
 impl ServiceCompiler {
+    /// A compiler that keeps no frontend views ([`Self::frontends`] yields none).
     pub fn new(node: NodeContext, ids: IdAllocator) -> Self {
         Self {
             node,
             ids,
+            views: false,
             fragments: BTreeMap::new(),
             desired: DesiredServices::default(),
             backend_refs: BTreeMap::new(),
@@ -122,14 +142,22 @@ impl ServiceCompiler {
         }
     }
 
+    /// A compiler that keeps the frontends' views.
+    pub fn with_views(node: NodeContext, ids: IdAllocator) -> Self {
+        Self {
+            views: true,
+            ..Self::new(node, ids)
+        }
+    }
+
     /// The desired content of the maps (`frontends` left empty).
     pub fn desired(&self) -> &DesiredServices {
         &self.desired
     }
 
-    /// The frontends' views, in Service order.
+    /// The frontends' views, in Service order (none unless made [`Self::with_views`]).
     pub fn frontends(&self) -> impl Iterator<Item = &FrontendView> {
-        self.fragments.values().flat_map(|f| &f.desired.frontends)
+        self.fragments.values().flat_map(|f| &f.frontends)
     }
 
     /// The health checks to serve, by port.
@@ -174,8 +202,8 @@ impl ServiceCompiler {
         let mut problems = Vec::new();
         let keys: Vec<ObjectKey> = model.services().map(|(key, _, _)| key.clone()).collect();
         for key in keys {
-            if let Some(fragment) = self.compile(model, &key) {
-                problems.extend(fragment.problems.iter().cloned());
+            if let Some(mut fragment) = self.compile(model, &key) {
+                problems.append(&mut fragment.problems);
                 self.insert(key, fragment);
             }
         }
@@ -199,14 +227,13 @@ impl ServiceCompiler {
         let mut problems = Vec::new();
         for key in &affected {
             if let Some(old) = self.remove(key) {
-                touched.add(&old.desired);
+                touched.add(&old);
             }
         }
         for key in affected {
-            if let Some(fragment) = self.compile(model, &key) {
-                problems.extend(fragment.problems.iter().cloned());
-                touched.add(&fragment.desired);
-                self.insert(key, fragment);
+            if let Some(mut fragment) = self.compile(model, &key) {
+                problems.append(&mut fragment.problems);
+                touched.add(self.insert(key, fragment));
             }
         }
         if self.conflicts > 0 {
@@ -267,19 +294,32 @@ impl ServiceCompiler {
         ))
     }
 
-    /// Adds a Service's fragment to the union.
-    fn insert(&mut self, key: ObjectKey, fragment: Fragment) {
-        let d = &fragment.desired;
-        self.desired
-            .services
-            .extend(d.services.iter().map(|(k, v)| (*k, *v)));
-        self.desired.revnat.extend(d.revnat.iter().map(|(k, v)| (*k, *v)));
-        self.desired
-            .maglev
-            .extend(d.maglev.iter().map(|(k, v)| (*k, v.clone())));
-        for (&id, backend) in &d.backends {
+    /// Moves a Service's fragment into the union; returns what is kept of it.
+    fn insert(&mut self, key: ObjectKey, fragment: Fragment) -> &Held {
+        let Fragment {
+            desired: d,
+            from_pods,
+            conflict,
+            ..
+        } = fragment;
+        if let Some(check) = health_check(&key, &d.frontends, &self.node.node_name) {
+            self.health.insert(key.clone(), check);
+        }
+        let held = Held {
+            services: d.services.keys().copied().collect(),
+            revnat: d.revnat.keys().copied().collect(),
+            maglev: d.maglev.keys().copied().collect(),
+            backends: d.backends.iter().map(|(id, b)| (*id, *b)).collect(),
+            frontends: if self.views { d.frontends } else { Vec::new() },
+            from_pods,
+            conflict,
+        };
+        self.desired.services.extend(d.services);
+        self.desired.revnat.extend(d.revnat);
+        self.desired.maglev.extend(d.maglev);
+        for &(id, backend) in &held.backends {
             let refs = self.backend_refs.entry(id).or_insert(BackendRefs {
-                backend: *backend,
+                backend,
                 holders: 0,
                 active: 0,
             });
@@ -287,55 +327,57 @@ impl ServiceCompiler {
             refs.active += u32::from(backend.state == BACKEND_ACTIVE);
             self.desired.backends.insert(id, state_of(refs));
         }
-        if fragment.from_pods {
+        if from_pods {
             self.pod_users
                 .entry(key.namespace.clone())
                 .or_default()
                 .insert(key.clone());
         }
-        if let Some(check) = health_check(&key, &fragment.desired.frontends, &self.node.node_name) {
-            self.health.insert(key.clone(), check);
+        self.conflicts += usize::from(conflict);
+        match self.fragments.entry(key) {
+            btree_map::Entry::Vacant(v) => v.insert(held),
+            btree_map::Entry::Occupied(mut o) => {
+                o.insert(held);
+                o.into_mut()
+            }
         }
-        self.conflicts += usize::from(fragment.conflict);
-        self.fragments.insert(key, fragment);
     }
 
     /// Takes a Service's fragment out of the union. Its ids stay allocated until
     /// `release_unused`: the recompiled Service likely wants them back.
-    fn remove(&mut self, key: &ObjectKey) -> Option<Fragment> {
-        let fragment = self.fragments.remove(key)?;
-        let d = &fragment.desired;
-        for k in d.services.keys() {
+    fn remove(&mut self, key: &ObjectKey) -> Option<Held> {
+        let held = self.fragments.remove(key)?;
+        for k in &held.services {
             self.desired.services.remove(k);
             if k.slot == 0 {
                 self.owners.remove(k);
             }
         }
-        for k in d.revnat.keys() {
+        for k in &held.revnat {
             self.desired.revnat.remove(k);
         }
-        for k in d.maglev.keys() {
+        for k in &held.maglev {
             self.desired.maglev.remove(k);
         }
-        for (&id, backend) in &d.backends {
-            if let Some(refs) = self.backend_refs.get_mut(&id) {
+        for (id, backend) in &held.backends {
+            if let Some(refs) = self.backend_refs.get_mut(id) {
                 refs.holders -= 1;
                 refs.active -= u32::from(backend.state == BACKEND_ACTIVE);
                 if refs.holders == 0 {
-                    self.desired.backends.remove(&id);
+                    self.desired.backends.remove(id);
                 } else {
-                    self.desired.backends.insert(id, state_of(refs));
+                    self.desired.backends.insert(*id, state_of(refs));
                 }
             }
         }
-        if fragment.from_pods
+        if held.from_pods
             && let Some(users) = self.pod_users.get_mut(&key.namespace)
         {
             users.remove(key);
         }
         self.health.remove(key);
-        self.conflicts -= usize::from(fragment.conflict);
-        Some(fragment)
+        self.conflicts -= usize::from(held.conflict);
+        Some(held)
     }
 
     /// Frees the ids of touched frontends and backends no fragment holds any more.

@@ -198,7 +198,7 @@ fn any_sequence_of_changes_gives_what_a_full_compile_gives() {
     for seed in 1..=12u64 {
         let mut r = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
         let mut model = Model::new();
-        let mut compiler = ServiceCompiler::new(node(), IdAllocator::new());
+        let mut compiler = ServiceCompiler::with_views(node(), IdAllocator::new());
         compiler.compile_all(&model);
         for step in 0..150 {
             let object = random_object(&mut r);
@@ -292,7 +292,7 @@ fn a_slice_change_touches_its_service_alone_and_keeps_other_ids() {
         ))
     };
     model.upsert(with_endpoint("10.244.0.1", 1), "b.yaml");
-    let mut compiler = ServiceCompiler::new(node(), IdAllocator::new());
+    let mut compiler = ServiceCompiler::with_views(node(), IdAllocator::new());
     compiler.compile_all(&model);
     let before = compiler.desired().clone();
     let views: Vec<FrontendView> = compiler.frontends().cloned().collect();
@@ -353,7 +353,7 @@ fn a_conflict_or_a_namespace_change_falls_back_to_a_full_compile() {
     };
     let mut model = Model::new();
     model.upsert(svc("a"), "a.yaml");
-    let mut compiler = ServiceCompiler::new(node(), IdAllocator::new());
+    let mut compiler = ServiceCompiler::with_views(node(), IdAllocator::new());
     compiler.compile_all(&model);
     model.upsert(svc("b"), "a.yaml");
     let (changed, problems) = compiler.update(
@@ -398,7 +398,7 @@ fn health_checks_count_this_nodes_ready_endpoints() {
     let mut model = Model::new();
     model.upsert(svc, "a.yaml");
     model.upsert(slice(true), "a.yaml");
-    let mut compiler = ServiceCompiler::new(node(), IdAllocator::new());
+    let mut compiler = ServiceCompiler::with_views(node(), IdAllocator::new());
     compiler.compile_all(&model);
     let check = |c: &ServiceCompiler| c.health_checks().get(&32000).map(|h| h.local_endpoints);
     assert_eq!(

@@ -120,7 +120,7 @@ pub fn compile_services(
     node: &NodeContext,
     ids: &mut IdAllocator,
 ) -> (DesiredServices, Vec<Problem>) {
-    let mut compiler = ServiceCompiler::new(node.clone(), std::mem::take(ids));
+    let mut compiler = ServiceCompiler::with_views(node.clone(), std::mem::take(ids));
     let problems = compiler.compile_all(model);
     let mut desired = compiler.desired().clone();
     desired.frontends = compiler.frontends().cloned().collect();

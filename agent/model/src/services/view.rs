@@ -1,7 +1,7 @@
 //! The compiled services in human terms, for `weirctl services` and for tests:
 //! which Service and port each frontend implements and where it sends traffic.
 
-use std::{fmt, net::SocketAddr};
+use std::{fmt, net::SocketAddr, sync::Arc};
 
 use serde::Serialize;
 
@@ -59,7 +59,7 @@ pub struct FrontendView {
 pub struct BackendView {
     pub id: u32,
     pub address: SocketAddr,
-    pub node_name: Option<String>,
+    pub node_name: Option<Arc<str>>,
     pub state: BackendState,
     /// The slot (1-based) that new connections may pick, if any.
     pub slot: Option<u16>,

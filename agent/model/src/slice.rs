@@ -1,0 +1,128 @@
+//! An EndpointSlice as the model keeps it.
+//!
+//! The API's `Endpoint` is 352 bytes inline whatever it holds (zone, hints,
+//! hostname, a target reference, each an `Option` of its own) and two heap
+//! strings more: 100,000 of them were the largest share of the agent's heap.
+//! Endpoint lookup reads an endpoint's first address, its three conditions and
+//! its node, so the model keeps those, the address parsed once and the node's
+//! name shared, in 40 bytes.
+
+use std::{
+    collections::BTreeSet,
+    net::IpAddr,
+    sync::{Arc, Mutex, PoisonError},
+};
+
+use k8s_openapi::{
+    api::discovery::v1::{EndpointPort, EndpointSlice},
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
+
+use crate::net::parse_ip;
+
+/// What the model keeps of an EndpointSlice.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SliceFacts {
+    pub metadata: ObjectMeta,
+    /// `IPv4`, `IPv6` or `FQDN` (or anything a hand-written slice says).
+    pub address_type: String,
+    pub ports: Vec<EndpointPort>,
+    pub endpoints: Box<[SliceEndpoint]>,
+}
+
+/// One endpoint of a slice, its conditions as written (unset is not false:
+/// see `endpoints::from_slice` for the API's defaults).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SliceEndpoint {
+    /// The first address, the one consumers use (the API says so), if it is
+    /// one (`net::parse_ip`, as endpoint lookup always read it).
+    pub addr: Option<IpAddr>,
+    pub ready: Option<bool>,
+    pub serving: Option<bool>,
+    pub terminating: Option<bool>,
+    pub node_name: Option<Arc<str>>,
+}
+
+impl From<EndpointSlice> for SliceFacts {
+    fn from(slice: EndpointSlice) -> Self {
+        let mut ports = slice.ports.unwrap_or_default();
+        ports.shrink_to_fit();
+        Self {
+            metadata: slice.metadata,
+            address_type: slice.address_type,
+            ports,
+            endpoints: slice
+                .endpoints
+                .into_iter()
+                .map(|e| {
+                    let conditions = e.conditions.unwrap_or_default();
+                    SliceEndpoint {
+                        addr: e.addresses.first().and_then(|a| parse_ip(a)),
+                        ready: conditions.ready,
+                        serving: conditions.serving,
+                        terminating: conditions.terminating,
+                        node_name: e.node_name.as_deref().map(node_name),
+                    }
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The one shared copy of a node's name: a cluster's endpoints name a few
+/// nodes 100,000 times over. Names no endpoint holds any more are forgotten
+/// once enough have gathered (nodes come and go).
+pub(crate) fn node_name(name: &str) -> Arc<str> {
+    static NAMES: Mutex<BTreeSet<Arc<str>>> = Mutex::new(BTreeSet::new());
+    let mut names = NAMES.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(shared) = names.get(name) {
+        return shared.clone();
+    }
+    if names.len() >= 4096 {
+        names.retain(|n| Arc::strong_count(n) > 1);
+    }
+    let shared: Arc<str> = Arc::from(name);
+    names.insert(shared.clone());
+    shared
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions};
+
+    use super::*;
+
+    #[test]
+    fn an_endpoint_keeps_its_first_address_conditions_and_a_shared_node_name() {
+        let endpoint = |addresses: &[&str], node: &str| Endpoint {
+            addresses: addresses.iter().map(|a| (*a).to_owned()).collect(),
+            conditions: Some(EndpointConditions {
+                ready: Some(false),
+                serving: None,
+                terminating: Some(true),
+            }),
+            node_name: Some(node.to_owned()),
+            hostname: Some("h".to_owned()),
+            zone: Some("z".to_owned()),
+            ..Endpoint::default()
+        };
+        let slice = SliceFacts::from(EndpointSlice {
+            address_type: "IPv4".to_owned(),
+            endpoints: vec![
+                endpoint(&[" 10.0.0.1", "10.0.0.2"], "node-a"),
+                endpoint(&["not an address"], "node-a"),
+            ],
+            ..EndpointSlice::default()
+        });
+        assert_eq!(slice.endpoints[0].addr, Some("10.0.0.1".parse().expect("ip")));
+        assert_eq!(slice.endpoints[1].addr, None);
+        let e = &slice.endpoints[0];
+        assert_eq!(
+            (e.ready, e.serving, e.terminating),
+            (Some(false), None, Some(true))
+        );
+        let (a, b) = (&slice.endpoints[0].node_name, &slice.endpoints[1].node_name);
+        assert!(Arc::ptr_eq(a.as_ref().expect("node"), b.as_ref().expect("node")));
+        assert!(std::mem::size_of::<SliceEndpoint>() <= 40);
+    }
+}
