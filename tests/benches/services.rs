@@ -87,14 +87,21 @@ impl Variant {
     const ALL: [Self; 4] = [Self::Direct, Self::Weir, Self::Iptables, Self::Nftables];
 
     fn parse(s: &str) -> Self {
-        match s.trim() {
-            "direct" => Self::Direct,
-            "weir" => Self::Weir,
-            "iptables" => Self::Iptables,
-            "nftables" => Self::Nftables,
-            other => {
-                panic!("WEIR_BENCH_VARIANTS: unknown variant {other:?} (direct, weir, iptables, nftables)")
-            }
+        Self::ALL
+            .into_iter()
+            .find(|v| v.name() == s.trim())
+            .unwrap_or_else(|| {
+                panic!("WEIR_BENCH_VARIANTS: unknown variant {s:?} (direct, weir, iptables, nftables)")
+            })
+    }
+
+    /// The name `WEIR_BENCH_VARIANTS` and the JSON records use.
+    fn name(self) -> &'static str {
+        match self {
+            Self::Direct => "direct",
+            Self::Weir => "weir",
+            Self::Iptables => "iptables",
+            Self::Nftables => "nftables",
         }
     }
 
@@ -245,18 +252,6 @@ fn bed_for<'a>(v: Variant, weir: &'a mut Bed, ipt: &'a mut Bed, nft: &'a mut Bed
         Variant::Direct | Variant::Weir => weir,
         Variant::Iptables => ipt,
         Variant::Nftables => nft,
-    }
-}
-
-impl Variant {
-    /// The name `WEIR_BENCH_VARIANTS` and the JSON records use.
-    fn name(self) -> &'static str {
-        match self {
-            Self::Direct => "direct",
-            Self::Weir => "weir",
-            Self::Iptables => "iptables",
-            Self::Nftables => "nftables",
-        }
     }
 }
 

@@ -309,7 +309,7 @@ fn overlay(records: &[Record]) -> anyhow::Result<String> {
                 .disable_x_mesh()
                 .x_labels(n)
                 .x_label_formatter(&run_label)
-                .x_desc("run: tree (docs/benchmarks.md)")
+                .x_desc("run: tree")
                 .y_desc(unit)
                 .y_label_formatter(&|y| {
                     if top > 1_000.0 {
