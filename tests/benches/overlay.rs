@@ -51,7 +51,9 @@
 //! connection sample, default 2), `WEIR_BENCH_IPERF_SECS` (seconds per iperf3
 //! run after the omitted first one, default 3), `WEIR_BENCH_CLIENTS` (client
 //! threads, default 4), `WEIR_BENCH_VARIANTS` (a subset of
-//! `routed,flannel,weir-native,weir-vxlan`).
+//! `routed,flannel,weir-native,weir-vxlan`), `WEIR_BENCH_JSON` (a file, or a
+//! directory that gets `overlay.jsonl`: each variant's `conn_rate` and `throughput`
+//! as JSON records, appended after the rounds; see [`weir_lab::bench_json`]).
 
 use std::{
     io::{Read as _, Write as _},
@@ -63,7 +65,9 @@ use std::{
 
 use serde_json::{Value, json};
 use weir_lab::{
-    Agent, Netns, Node, Pod, PodSpec, bins,
+    Agent, Netns, Node, Pod, PodSpec,
+    bench_json::{Sink, Stats},
+    bins,
     connrate::Server,
     env_or,
     node::result_ips,
@@ -500,6 +504,7 @@ fn main() {
     let clients = env_or("WEIR_BENCH_CLIENTS", 4).max(1);
     let d = Duration::from_secs_f64(secs);
     let started = Instant::now();
+    let sink = Sink::from_env("overlay");
 
     let mut variants: Vec<Variant> = std::env::var("WEIR_BENCH_VARIANTS").map_or_else(
         |_| Variant::ALL.to_vec(),
@@ -565,6 +570,32 @@ fn main() {
             samples[i].retransmits.push(retransmits as f64);
         }
     }
+
+    let records: Vec<_> = labs
+        .iter()
+        .zip(&samples)
+        .flat_map(|(lab, s)| {
+            let name = lab.variant.name();
+            [
+                sink.record(
+                    name,
+                    None,
+                    "conn_rate",
+                    "conn/s",
+                    Stats::new(median(&s.conn_rate), &s.conn_rate),
+                ),
+                sink.record(
+                    name,
+                    None,
+                    "throughput",
+                    "Gbit/s",
+                    Stats::new(median(&s.gbps), &s.gbps),
+                ),
+            ]
+        })
+        .collect();
+    sink.write(&records)
+        .unwrap_or_else(|e| panic!("{}: {e:?}", weir_lab::bench_json::ENV));
 
     println!(
         "\n### Cross-node pod to pod: new TCP connections/s and one TCP stream's throughput\n\n\

@@ -48,7 +48,9 @@
 //! `iptables-restore`; `iptables-legacy-restore` for the legacy backend),
 //! `WEIR_BENCH_IPTABLES_NOFLUSH=1` (pass `--noflush`), `WEIR_BENCH_VARIANTS` (a subset
 //! of `direct,weir,iptables,nftables`, `direct` first; without `weir`, `direct` runs on
-//! a node without agent).
+//! a node without agent), `WEIR_BENCH_JSON` (a file, or a directory that gets
+//! `services.jsonl`: one JSON record per variant, size and metric, appended as each
+//! size is measured; see [`weir_lab::bench_json`]).
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
@@ -58,6 +60,7 @@ use std::{
 
 use weir_lab::{
     Agent, Node, Pod, TempDir,
+    bench_json::{Record, Sink, Stats},
     connrate::{Clients, Sample, Server, connect_once, median_rate},
     env_or,
     kube_proxy::{Service, ServiceSet},
@@ -84,14 +87,21 @@ impl Variant {
     const ALL: [Self; 4] = [Self::Direct, Self::Weir, Self::Iptables, Self::Nftables];
 
     fn parse(s: &str) -> Self {
-        match s.trim() {
-            "direct" => Self::Direct,
-            "weir" => Self::Weir,
-            "iptables" => Self::Iptables,
-            "nftables" => Self::Nftables,
-            other => {
-                panic!("WEIR_BENCH_VARIANTS: unknown variant {other:?} (direct, weir, iptables, nftables)")
-            }
+        Self::ALL
+            .into_iter()
+            .find(|v| v.name() == s.trim())
+            .unwrap_or_else(|| {
+                panic!("WEIR_BENCH_VARIANTS: unknown variant {s:?} (direct, weir, iptables, nftables)")
+            })
+    }
+
+    /// The name `WEIR_BENCH_VARIANTS` and the JSON records use.
+    fn name(self) -> &'static str {
+        match self {
+            Self::Direct => "direct",
+            Self::Weir => "weir",
+            Self::Iptables => "iptables",
+            Self::Nftables => "nftables",
         }
     }
 
@@ -134,6 +144,7 @@ fn main() {
     let with_weir = variants.contains(&Variant::Weir);
     let sample = Duration::from_secs_f64(secs);
     let started = Instant::now();
+    let sink = Sink::from_env("services");
 
     eprintln!(
         "services: sizes {sizes:?}, {rounds} rounds of {secs} s samples, {clients} client threads, {changes} endpoint changes per size, {iptables}"
@@ -215,6 +226,8 @@ fn main() {
             samples.iter().map(|s| median_rate(s) as u64).collect::<Vec<_>>()
         );
         r.samples = samples;
+        sink.write(&records(&sink, &r, &variants))
+            .unwrap_or_else(|e| panic!("{}: {e:?}", weir_lab::bench_json::ENV));
         results.push(r);
     }
     let metrics = weir.agent.as_ref().map(|a| a.weirctl(&["metrics"]));
@@ -240,6 +253,39 @@ fn bed_for<'a>(v: Variant, weir: &'a mut Bed, ipt: &'a mut Bed, nft: &'a mut Bed
         Variant::Iptables => ipt,
         Variant::Nftables => nft,
     }
+}
+
+/// One size's figures as JSON records: each variant's connection rate, the
+/// programming times (`program`; Weir's agent `sync_ms` as `map_sync`) and Weir's
+/// endpoint changes (`endpoint_change`, `endpoint_change_synced`), as the tables show them.
+fn records(sink: &Sink, r: &SizeResult, variants: &[Variant]) -> Vec<Record> {
+    let size = Some(r.services as u64);
+    let mut out = Vec::new();
+    for (v, s) in variants.iter().zip(&r.samples) {
+        let rates: Vec<f64> = s.iter().map(Sample::rate).collect();
+        let stats = Stats::new(median_rate(s), &rates);
+        out.push(sink.record(v.name(), size, "conn_rate", "conn/s", stats));
+    }
+    let programs = [
+        ("weir", "program", r.program_weir.map(|p| p.0)),
+        ("weir", "map_sync", r.program_weir.map(|p| p.1)),
+        ("iptables", "program", r.program_ipt),
+        ("nftables", "program", r.program_nft),
+    ];
+    for (variant, metric, d) in programs {
+        if let Some(d) = d {
+            out.push(sink.record(variant, size, metric, "ms", Stats::single(ms(d))));
+        }
+    }
+    if !r.change.is_empty() {
+        let seen: Vec<Duration> = r.change.iter().map(|c| c.0).collect();
+        let synced: Vec<Duration> = r.change.iter().map(|c| c.1).collect();
+        for (metric, d) in [("endpoint_change", seen), ("endpoint_change_synced", synced)] {
+            let all: Vec<f64> = d.iter().copied().map(ms).collect();
+            out.push(sink.record("weir", size, metric, "ms", Stats::new(ms(median(&d)), &all)));
+        }
+    }
+    out
 }
 
 #[derive(Default)]
