@@ -14,6 +14,24 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
+/// Makes every thread allocate from one glibc arena. With one arena per
+/// thread (glibc's default, up to 8 per core), the objects the manifest
+/// parsers and API watchers build on their threads land in arenas that
+/// `malloc_trim` cannot shrink back: after 10,000 Services x 10 endpoints and
+/// 10,000 Pods were removed, the agent kept 59 MiB (3.1x its empty RSS) with
+/// them and 20 MiB with one arena, also 25 MiB less at its peak, and no
+/// slower to sync (measured with `MALLOC_ARENA_MAX=1`, which this sets; the
+/// agent allocates little outside the sync thread, so one lock costs nothing
+/// it can measure). Call first thing, before any thread starts.
+pub fn one_arena() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets an allocator parameter; called before any
+    // other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
 /// Map entries deleted since memory was last given back.
 static DELETED: AtomicUsize = AtomicUsize::new(0);
 /// Below this many deletes, what a trim finds is not worth the walk.

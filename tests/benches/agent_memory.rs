@@ -13,7 +13,10 @@
 //! Method. Each round starts one agent per variant, in a rotating order, on a
 //! fresh lab node; once it is ready (every kind listed, the maps synced) and 2 s
 //! more, its `VmRSS` (resident now) and `VmHWM` (the peak, during the first list
-//! and compile) are read from `/proc`. Medians over the rounds.
+//! and compile) are read from `/proc`. Then everything but the Node is removed
+//! (Services, EndpointSlices, Pods, Namespaces) and, once the agent's maps hold
+//! no Service and its RSS has settled, `VmRSS` again ("emptied"). Medians over
+//! the rounds.
 //!
 //! Environment: `WEIR_BENCH_SERVICES` (default 10000), `WEIR_BENCH_PODS` (default
 //! 10000), `WEIR_BENCH_ROUNDS` (default 3), `WEIR_BENCH_VARIANTS` (a subset of
@@ -167,9 +170,19 @@ fn measure(variant: Variant, services: usize, pods: usize) -> (u64, u64, Duratio
         agent.wait_services("every Service removed", |s| {
             s.as_array().is_some_and(Vec::is_empty)
         });
-        // The agent gives memory back once its sync loop is idle (5 s).
-        std::thread::sleep(Duration::from_secs(8));
-        emptied = agent.rss_kib().0;
+        // The agent gives memory back once its sync loop has been idle for
+        // 5 s after the last deletion reached it (the API source's arrive
+        // one by one): the RSS once it has not moved for 6 s (at most 60 s).
+        let settle = Instant::now() + Duration::from_secs(60);
+        let mut last = (agent.rss_kib().0, Instant::now());
+        while Instant::now() < settle && last.1.elapsed() < Duration::from_secs(6) {
+            std::thread::sleep(Duration::from_millis(500));
+            let now = agent.rss_kib().0;
+            if now.abs_diff(last.0) > 256 {
+                last = (now, Instant::now());
+            }
+        }
+        emptied = last.0;
     }
     (rss, hwm, ready, emptied)
 }

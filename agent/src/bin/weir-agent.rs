@@ -33,6 +33,7 @@ use weir_agent::{
 use weir_model::{NodeContext, masquerade::MasqConfig};
 
 fn main() -> anyhow::Result<()> {
+    weir_agent::memory::one_arena();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
