@@ -242,9 +242,24 @@ impl Lab {
 /// Clears the MACs of every endpoint in `node`'s pinned endpoints map, as an
 /// older `weir-cni` registered pods: their packets then go by the host veth.
 fn forget_macs(node: &Node) {
+    // From the harness's own namespaces: `ip netns exec` mounts a fresh
+    // /sys, without bpffs.
+    let bpftool = |args: &[&str]| -> String {
+        let out = std::process::Command::new("bpftool")
+            .args(args)
+            .output()
+            .expect("spawn bpftool (scripts/setup.sh installs it)");
+        assert!(
+            out.status.success(),
+            "bpftool {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
     let map = node.bpffs_root.join("maps").join(weir_common::maps::ENDPOINTS);
-    let map = map.display();
-    let dump: Value = serde_json::from_str(&node.ns.sh(&format!("bpftool -j map dump pinned {map}")))
+    let map = map.to_str().expect("UTF-8 pin path");
+    let dump: Value = serde_json::from_str(&bpftool(&["-j", "map", "dump", "pinned", map]))
         .expect("bpftool -j map dump: JSON");
     for entry in dump.as_array().expect("entries") {
         let bytes = |v: &Value| -> Vec<u8> {
@@ -259,12 +274,16 @@ fn forget_macs(node: &Node) {
         };
         let (key, mut value) = (bytes(&entry["key"]), bytes(&entry["value"]));
         value[4..].fill(0);
-        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(" ");
-        node.ns.sh(&format!(
-            "bpftool map update pinned {map} key hex {} value hex {} exist",
-            hex(&key),
-            hex(&value)
-        ));
+        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>();
+        let mut args = vec!["map", "update", "pinned", map, "key", "hex"]
+            .into_iter()
+            .map(str::to_owned)
+            .collect::<Vec<_>>();
+        args.extend(hex(&key));
+        args.extend(["value", "hex"].map(str::to_owned));
+        args.extend(hex(&value));
+        args.push("exist".to_owned());
+        bpftool(&args.iter().map(String::as_str).collect::<Vec<_>>());
     }
 }
 
