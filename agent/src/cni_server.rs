@@ -300,9 +300,12 @@ fn add(dp: &mut Datapath, ep: &Endpoint) -> Result<(), ServerError> {
         .attach_endpoint(&ep.host_ifname, ep.host_ifindex)
         .map_err(ServerError::from)
         .and_then(|()| {
+            // Both MACs or neither: a frame is addressed with the pair.
+            let (mac, host_mac) = ep.mac.zip(ep.host_mac).unwrap_or_default();
             let info = EndpointInfo {
                 ifindex: ep.host_ifindex,
-                ..Default::default()
+                mac,
+                host_mac,
             };
             ep.ips.iter().try_for_each(|ip| {
                 dp.endpoints

@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod apiserver;
+pub mod bench;
 pub mod bench_json;
 pub mod bins;
 pub mod cni;

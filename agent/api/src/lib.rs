@@ -34,6 +34,13 @@ pub struct Endpoint {
     pub pod_namespace: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_name: Option<String>,
+    /// The MAC of the pod's end of the veth and of the host's: the agent
+    /// addresses frames it hands straight into the pod with them. Absent (an
+    /// older plugin): such frames go by the host veth instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<[u8; 6]>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_mac: Option<[u8; 6]>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

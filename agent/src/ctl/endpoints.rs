@@ -14,14 +14,35 @@ pub struct EndpointRow {
     pub ip: String,
     /// The pod's host-side veth.
     pub ifindex: u32,
+    /// The MACs of the pod's end of the veth and of the host's, with which
+    /// packets are handed straight into the pod; `None`: not registered (its
+    /// packets go by the host veth).
+    pub mac: Option<String>,
+    pub host_mac: Option<String>,
 }
 
 impl Row for EndpointRow {
-    const HEADERS: &'static [&'static str] = &["IP", "IFINDEX"];
+    const HEADERS: &'static [&'static str] = &["IP", "IFINDEX", "MAC", "HOST MAC"];
 
     fn cells(&self) -> Vec<String> {
-        vec![self.ip.clone(), self.ifindex.to_string()]
+        let text = |m: &Option<String>| m.clone().unwrap_or_else(|| "-".to_owned());
+        vec![
+            self.ip.clone(),
+            self.ifindex.to_string(),
+            text(&self.mac),
+            text(&self.host_mac),
+        ]
     }
+}
+
+/// `aa:bb:cc:dd:ee:ff`; `None` for all zeros (unknown).
+fn mac_text(mac: [u8; 6]) -> Option<String> {
+    (mac != [0; 6]).then(|| {
+        mac.iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    })
 }
 
 /// By address text.
@@ -36,6 +57,8 @@ pub fn endpoints(pins: &PinLayout) -> Result<Vec<EndpointRow>, CtlError> {
         rows.push(EndpointRow {
             ip: ip_text(key.addr, key.family),
             ifindex: info.ifindex,
+            mac: mac_text(info.mac),
+            host_mac: mac_text(info.host_mac),
         });
     }
     rows.sort_by(|a, b| a.ip.cmp(&b.ip));

@@ -16,8 +16,13 @@ fn endpoints_keys() {
     let row = EndpointRow {
         ip: "10.0.0.5".into(),
         ifindex: 7,
+        mac: Some("02:00:00:00:00:05".into()),
+        host_mac: None,
     };
-    assert_eq!(json(&row), r#"{"ip":"10.0.0.5","ifindex":7}"#);
+    assert_eq!(
+        json(&row),
+        r#"{"ip":"10.0.0.5","ifindex":7,"mac":"02:00:00:00:00:05","host_mac":null}"#
+    );
 }
 
 #[test]

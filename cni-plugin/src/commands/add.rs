@@ -96,7 +96,7 @@ pub fn run(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<Value, Error> {
     configure_addresses(&node, &pod, &host, &pod_link, &addressing)?;
 
     if let Some(socket) = &conf.agent_socket {
-        register(socket, env, &host, &addressing)?;
+        register(socket, env, &host, &pod_link, &addressing)?;
     }
 
     let result = build_result(conf, env, &host, &pod_link, &addressing);
@@ -203,7 +203,13 @@ fn configure_addresses(
     Ok(())
 }
 
-fn register(socket: &std::path::Path, env: &Env, host: &Link, addressing: &Addressing) -> Result<(), Error> {
+fn register(
+    socket: &std::path::Path,
+    env: &Env,
+    host: &Link,
+    pod_link: &Link,
+    addressing: &Addressing,
+) -> Result<(), Error> {
     let endpoint = Endpoint {
         container_id: env.container_id.clone(),
         ifname: env.ifname.clone(),
@@ -212,6 +218,8 @@ fn register(socket: &std::path::Path, env: &Env, host: &Link, addressing: &Addre
         ips: addressing.addrs.iter().map(|a| a.ip).collect(),
         pod_namespace: env.args.pod_namespace.clone(),
         pod_name: env.args.pod_name.clone(),
+        mac: pod_link.mac.as_slice().try_into().ok(),
+        host_mac: host.mac.as_slice().try_into().ok(),
     };
     agent_api::call(socket, &Request::Add(endpoint)).map_err(|source| Error::Agent {
         socket: socket.display().to_string(),

@@ -56,7 +56,8 @@ impl TryFrom<u8> for Dir {
     }
 }
 
-/// Why a packet was passed or dropped. `Forwarded` is the only pass reason;
+/// Why a packet was passed or dropped. `Forwarded` is the only pass reason
+/// (`Untracked` and `Peer` are counted beside a packet's verdict, not as it);
 /// every drop has its own code so that it can be counted and reported.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,11 +97,16 @@ pub enum Reason {
     NoTunnel = 13,
     /// Decapsulated with a VNI other than the cluster's (`--vxlan-vni`).
     ForeignVni = 14,
+    /// Not a drop: a packet for a local pod handed straight into the pod's
+    /// namespace (`bpf_redirect_peer`), judged and translated as its veth's
+    /// `to-pod` program would have. Counted under `to-pod` beside the packet's
+    /// own verdict (`forwarded`), which counts every packet into a pod.
+    Peer = 15,
 }
 
 impl Reason {
     /// Every reason, in code order.
-    pub const ALL: [Reason; 15] = [
+    pub const ALL: [Reason; 16] = [
         Reason::Forwarded,
         Reason::Malformed,
         Reason::NoBackend,
@@ -116,6 +122,7 @@ impl Reason {
         Reason::Untracked,
         Reason::NoTunnel,
         Reason::ForeignVni,
+        Reason::Peer,
     ];
 
     /// What an operator reads (`weirctl`, `/metrics`).
@@ -136,6 +143,7 @@ impl Reason {
             Reason::Untracked => "admitted, not tracked: endpoint at its policy conntrack share",
             Reason::NoTunnel => "no node to tunnel to (overlay)",
             Reason::ForeignVni => "VXLAN packet of another VNI (overlay)",
+            Reason::Peer => "delivered into the pod by redirect_peer (host veth skipped)",
         }
     }
 

@@ -36,18 +36,24 @@ impl EndpointKey {
     }
 }
 
-/// Value of [`crate::maps::ENDPOINTS`]: where a local pod lives.
+/// Value of [`crate::maps::ENDPOINTS`]: where a local pod lives, and the MAC
+/// addresses of both ends of its veth, with which the datapath hands it a
+/// packet straight into its namespace (`bpf_redirect_peer`: the frame arrives
+/// as it is, so it must already be addressed from the host veth to the pod).
+///
+/// The MACs took the place of three reserved fields that were always written
+/// as zeros, and all-zero MACs mean "unknown" (the packet then goes by the
+/// host veth, as before): an entry written under the old layout reads the
+/// same under this one, so the map keeps its name.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EndpointInfo {
     /// Host-side veth of the pod.
     pub ifindex: u32,
-    /// Reserved (0): policy keeps its own per-endpoint map ([`crate::maps::POLICY_ENDPOINTS`]),
-    /// written from the cluster's Pods, not from CNI registrations.
-    pub identity: u32,
-    /// Reserved (0).
-    pub flags: u32,
-    pub _pad: u32,
+    /// The pod's end of the veth (its `eth0`); all zero: unknown.
+    pub mac: [u8; 6],
+    /// The host's end of the veth; all zero: unknown.
+    pub host_mac: [u8; 6],
 }
 const _: () = assert!(core::mem::size_of::<EndpointInfo>() == 16);
 

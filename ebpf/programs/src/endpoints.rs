@@ -39,8 +39,21 @@ pub fn key_wide<F: Family>(addr: &[u8; 16]) -> EndpointKey {
 /// The host-side veth of the local pod at `key`, if it is one.
 #[inline(always)]
 pub fn veth(key: &EndpointKey) -> Option<u32> {
+    get(key).map(|ep| ep.ifindex)
+}
+
+/// The local pod at `key`, if it is one.
+#[inline(always)]
+pub fn get(key: &EndpointKey) -> Option<&'static EndpointInfo> {
     // SAFETY: a pointer into the map's value, valid for this run.
-    unsafe { ENDPOINTS.get(key) }.map(|ep| ep.ifindex)
+    unsafe { ENDPOINTS.get(key) }
+}
+
+/// Whether a packet for this pod can be handed straight into its namespace
+/// ([`crate::peer`]): the MACs to address it with are known.
+#[inline(always)]
+pub fn peer_ready(ep: &EndpointInfo) -> bool {
+    ep.mac != [0; 6] && ep.host_mac != [0; 6]
 }
 
 /// Whether `key` is one of the node's own addresses (hostNetwork endpoints

@@ -4,8 +4,9 @@
 //! load-balancer IPs from outside), and the cgroup socket hooks of the node's
 //! own processes ([`sock`]), and on the overlay's VXLAN device (`from_overlay`,
 //! `to_overlay`: [`overlay`]). Areas: `lb` (and `lb::frontend`, the steps every
-//! hook takes for a new flow), `policy`, `endpoints`, `route`, `metrics`,
-//! `packet` (the one place that reads headers).
+//! hook takes for a new flow), `policy`, `endpoints`, `route`, `peer`
+//! (delivery straight into a local pod), `metrics`, `packet` (the one place
+//! that reads headers).
 //!
 //! TC entry points are thin: `try_*` computes a verdict or a drop reason, and the
 //! entry point counts it in the metrics map before returning it to TC.
@@ -38,13 +39,14 @@ mod lb;
 mod metrics;
 mod overlay;
 mod packet;
+mod peer;
 mod policy;
 mod route;
 mod sock;
 
 use aya_ebpf::{
     bindings::{__sk_buff, TC_ACT_OK},
-    helpers::{bpf_ktime_get_ns, bpf_redirect_neigh},
+    helpers::bpf_ktime_get_ns,
     macros::classifier,
     programs::TcContext,
 };
@@ -58,13 +60,19 @@ use crate::{
 };
 
 /// Hands the packet to `$per_family`'s IPv4 or IPv6 instance; anything else
-/// passes, counted under `$dir`. With a policy `Side`, an instance's
-/// [`RELATED`] hands the packet on to [`icmp_error`].
+/// passes, counted under `$dir`. An instance's [`PEER`] hands the packet on to
+/// [`into_peer`]; with a policy `Side`, its [`RELATED`] to [`icmp_error`].
 macro_rules! by_family {
     ($ctx:ident, $dir:expr, $per_family:ident) => {
         match packet::ethertype(&$ctx) {
-            Ok(V4::ETH_P) => $per_family::<V4>($ctx.skb.skb),
-            Ok(V6::ETH_P) => $per_family::<V6>($ctx.skb.skb),
+            Ok(V4::ETH_P) => match $per_family::<V4>($ctx.skb.skb) {
+                PEER => into_peer::<V4>($ctx.skb.skb),
+                tc => tc,
+            },
+            Ok(V6::ETH_P) => match $per_family::<V6>($ctx.skb.skb) {
+                PEER => into_peer::<V6>($ctx.skb.skb),
+                tc => tc,
+            },
             other => metrics::verdict(&$ctx, $dir, other.map(|_| Action::forward(TC_ACT_OK))),
         }
     };
@@ -72,10 +80,12 @@ macro_rules! by_family {
         match packet::ethertype(&$ctx) {
             Ok(V4::ETH_P) => match $per_family::<V4>($ctx.skb.skb) {
                 RELATED => icmp_error::<V4>($ctx.skb.skb, $dir, $side),
+                PEER => into_peer::<V4>($ctx.skb.skb),
                 tc => tc,
             },
             Ok(V6::ETH_P) => match $per_family::<V6>($ctx.skb.skb) {
                 RELATED => icmp_error::<V6>($ctx.skb.skb, $dir, $side),
+                PEER => into_peer::<V6>($ctx.skb.skb),
                 tc => tc,
             },
             other => metrics::verdict(&$ctx, $dir, other.map(|_| Action::forward(TC_ACT_OK))),
@@ -87,6 +97,12 @@ macro_rules! by_family {
 /// not a TC verdict (those are small), but "judge it in [`icmp_error`]",
 /// which has the stack room that judging takes (the instance has none left).
 const RELATED: i32 = i32::MIN;
+
+/// What a per-family instance returns for a packet to a local pod that may go
+/// straight into the pod's namespace (counted as the instance's own verdict):
+/// "deliver it in [`into_peer`]", which does the pod's `to_pod` work first,
+/// in a frame of its own (the instance has no stack room left for it).
+pub(crate) const PEER: i32 = i32::MIN + 1;
 
 /// TC ingress on the host veth: packets the pod sends.
 #[classifier]
@@ -118,6 +134,21 @@ pub fn to_netdev(ctx: TcContext) -> i32 {
 /// TC ingress on the overlay's device: packets from other nodes' pods.
 #[classifier]
 pub fn from_overlay(ctx: TcContext) -> i32 {
+    match decapsulated(ctx.skb.skb) {
+        PEER => match packet::ethertype(&ctx) {
+            Ok(V4::ETH_P) => into_peer::<V4>(ctx.skb.skb),
+            Ok(V6::ETH_P) => into_peer::<V6>(ctx.skb.skb),
+            // Not IP: no local pod was found for it.
+            _ => TC_ACT_OK,
+        },
+        tc => tc,
+    }
+}
+
+/// [`from_overlay`]'s work, in a frame of its own: [`into_peer`] may follow.
+#[inline(never)]
+fn decapsulated(skb: *mut __sk_buff) -> i32 {
+    let ctx = TcContext::new(skb);
     let result = overlay::decapsulated(&ctx);
     metrics::verdict(&ctx, Dir::FromOverlay, result)
 }
@@ -172,16 +203,18 @@ fn from_netdev_family<F: Lb>(skb: *mut __sk_buff) -> i32 {
     let ctx = TcContext::new(skb);
     let result = match packet::parse::<F>(&ctx) {
         Ok(Some(flow)) if overlay_packet(&flow) => Ok(Action::forward(TC_ACT_OK)),
-        Ok(Some(flow)) if let Some(veth) = to_local_pod(&flow) => {
+        Ok(Some(flow)) if let Some(ep) = to_local_pod(&flow) => {
             // A pod's packet from another node, to a pod of this one: nothing
             // the load balancer translates here goes to a pod's own address
             // (external flows come to a frontend, their replies to the node's),
-            // so it goes straight to the pod's veth, whose program judges it,
-            // skipping this node's routing and netfilter.
-            // SAFETY: no preconditions; the verdict says where the packet goes.
-            Ok(Action::forward(
-                unsafe { bpf_redirect_neigh(veth, core::ptr::null_mut(), 0, 0) } as i32,
-            ))
+            // so it goes straight into the pod ([`into_peer`] judges it as the
+            // pod's veth would), or to its veth, whose program judges it,
+            // skipping this node's routing and netfilter either way.
+            if endpoints::peer_ready(ep) {
+                Ok(Action::forward(PEER))
+            } else {
+                Ok(peer::by_veth(ep.ifindex))
+            }
         }
         Ok(Some(mut flow)) => lb::from_netdev(&ctx, &mut flow),
         Ok(None) => Ok(Action::forward(TC_ACT_OK)),
@@ -199,23 +232,42 @@ fn overlay_packet<F: Lb>(flow: &packet::Flow<F>) -> bool {
             .is_some_and(|n| n.tunnel_port != 0 && n.tunnel_port == flow.dport)
 }
 
-/// The veth of the local pod `flow` goes to, unless pods' traffic goes through
-/// the host's stack (`NODE_F_HOST_STACK`, where netfilter must see it).
+/// The local pod `flow` goes to, unless pods' traffic goes through the host's
+/// stack (`NODE_F_HOST_STACK`, where netfilter must see it).
 #[inline(always)]
-fn to_local_pod<F: Lb>(flow: &packet::Flow<F>) -> Option<u32> {
+fn to_local_pod<F: Lb>(flow: &packet::Flow<F>) -> Option<&'static weir_common::EndpointInfo> {
     let host_stack = lb::maps::NODE
         .get(0)
         .is_none_or(|n| n.flags & NODE_F_HOST_STACK != 0);
     if host_stack {
         return None;
     }
-    endpoints::veth(&endpoints::key::<F>(&flow.daddr))
+    endpoints::get(&endpoints::key::<F>(&flow.daddr))
 }
 
 #[inline(never)]
 fn to_pod_family<F: Lb>(skb: *mut __sk_buff) -> i32 {
     let ctx = TcContext::new(skb);
-    counted(&ctx, Dir::ToPod, try_into_pod::<F>(&ctx))
+    counted(&ctx, Dir::ToPod, try_into_pod::<F>(&ctx, Via::Veth))
+}
+
+/// A packet for a local pod, found so by the program on another pod's veth or
+/// on a node device (TC ingress both): judged and translated as the pod's
+/// veth's `to_pod` would (the same [`try_into_pod`]), then handed straight
+/// into the pod's namespace ([`peer`]), which skips that veth and `to_pod`.
+/// Counted under `to-pod`, as there.
+#[inline(never)]
+fn into_peer<F: Lb>(skb: *mut __sk_buff) -> i32 {
+    let ctx = TcContext::new(skb);
+    match try_into_pod::<F>(&ctx, Via::Peer) {
+        // Left to the pod's veth, whose `to_pod` judges and counts it.
+        Ok(Action { tc: RELATED, .. }) => match packet::parse_any::<F>(&ctx) {
+            Ok(p) => endpoints::veth(&endpoints::key::<F>(&p.flow.daddr))
+                .map_or(TC_ACT_OK, |v| peer::by_veth(v).tc),
+            Err(reason) => metrics::verdict(&ctx, Dir::ToPod, Err(reason)),
+        },
+        result => metrics::verdict(&ctx, Dir::ToPod, result),
+    }
 }
 
 // The same reverse translation as on the way into a pod.
@@ -242,29 +294,53 @@ fn masquerade_family<F: Lb>(skb: *mut __sk_buff) -> i32 {
     metrics::verdict(&ctx, Dir::ToNetdev, result)
 }
 
+/// How a packet reaches the local pod it is for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Via {
+    /// Through the pod's host veth, on whose TC egress (`to_pod`) this runs.
+    Veth,
+    /// Straight into the pod's namespace ([`peer`]), from the TC ingress of
+    /// another pod's veth or of a node device: `to_pod` never sees it.
+    Peer,
+}
+
 /// On the way into a pod: its ingress policy judges the packet as it arrives
 /// (the real client, translated to the real backend), then replies of remote
-/// backends are made to come from their frontend.
+/// backends are made to come from their frontend; then `via` delivers it.
+/// The one place of this work, whether the pod's veth runs it or the program
+/// that hands the packet straight into the pod.
 #[inline(always)]
-fn try_into_pod<F: Lb>(ctx: &TcContext) -> Result<Action, Reason> {
+fn try_into_pod<F: Lb>(ctx: &TcContext, via: Via) -> Result<Action, Reason> {
     let packet::Parsed {
         mut flow,
         judge,
         lb,
         quoted,
     } = packet::parse_any::<F>(ctx)?;
+    if via == Via::Peer && quoted != 0 {
+        // An ICMP error (the overlay hands any packet over): judging it takes
+        // stack room [`into_peer`] has not got, so it goes to the pod's veth.
+        return Ok(Action::forward(RELATED));
+    }
     if !judge && quoted == 0 {
-        return Ok(Action::forward(TC_ACT_OK));
+        return deliver(ctx, &flow, via);
     }
     if let Some(ep) = policy::endpoint(&flow, Side::Ingress) {
-        // Sent by the node's own stack, it came in on no interface; hairpinned
-        // by the pod itself, on the veth it now leaves by.
-        // SAFETY: the context's skb pointer is valid for this run.
-        let (came_in, leaves) = unsafe { ((*ctx.skb.skb).ingress_ifindex, (*ctx.skb.skb).ifindex) };
-        let origin = match came_in {
-            0 => Origin::Node,
-            i if i == leaves => Origin::Pod,
-            _ => Origin::Elsewhere,
+        let origin = match via {
+            // From another pod's veth or from a node device: neither the
+            // node's own stack nor the pod's hairpin (both go by the veth).
+            Via::Peer => Origin::Elsewhere,
+            Via::Veth => {
+                // Sent by the node's own stack, it came in on no interface;
+                // hairpinned by the pod itself, on the veth it now leaves by.
+                // SAFETY: the context's skb pointer is valid for this run.
+                let (came_in, leaves) = unsafe { ((*ctx.skb.skb).ingress_ifindex, (*ctx.skb.skb).ifindex) };
+                match came_in {
+                    0 => Origin::Node,
+                    i if i == leaves => Origin::Pod,
+                    _ => Origin::Elsewhere,
+                }
+            }
         };
         // SAFETY: no preconditions.
         let now = unsafe { bpf_ktime_get_ns() };
@@ -285,7 +361,17 @@ fn try_into_pod<F: Lb>(ctx: &TcContext) -> Result<Action, Reason> {
     if lb {
         lb::to_pod(ctx, &mut flow)?;
     }
-    Ok(Action::forward(TC_ACT_OK))
+    deliver(ctx, &flow, via)
+}
+
+/// The last step of [`try_into_pod`]: on the veth, the packet goes on (TC
+/// egress); from elsewhere, straight into the pod.
+#[inline(always)]
+fn deliver<F: Lb>(ctx: &TcContext, flow: &packet::Flow<F>, via: Via) -> Result<Action, Reason> {
+    match via {
+        Via::Veth => Ok(Action::forward(TC_ACT_OK)),
+        Via::Peer => peer::deliver::<F>(ctx, &flow.daddr),
+    }
 }
 
 #[inline(always)]
@@ -336,18 +422,21 @@ fn try_from_pod<F: Lb>(ctx: &TcContext) -> Result<Action, Reason> {
             policy::judge(key, &flow, &ep, Side::Egress, Origin::Pod, now)?;
         }
     }
-    // A local pod: hand the packet straight to its veth. This skips the host's
+    // A local pod: hand the packet straight into it ([`into_peer`] does its
+    // veth's `to_pod` work first), or to its veth. Either skips the host's
     // routing and its reverse-path filter, which would refuse a reply whose
     // source is now a frontend address the host has no route for. Through the
     // host's stack instead (`NODE_F_HOST_STACK`), only a hairpinned packet goes
     // straight back: it comes from the hairpin address, which that filter
-    // would refuse on the veth it returns by.
-    if let Some(veth) = endpoints::veth(&endpoints::key::<F>(&flow.daddr))
-        && (!host_stack || veth == ifindex)
+    // would refuse on the veth it returns by. A hairpinned packet goes by the
+    // veth in any case: its `to_pod` knows it as the pod's own.
+    if let Some(ep) = endpoints::get(&endpoints::key::<F>(&flow.daddr))
+        && (!host_stack || ep.ifindex == ifindex)
     {
-        // SAFETY: no preconditions; the verdict says where the packet goes.
-        let tc = unsafe { bpf_redirect_neigh(veth, core::ptr::null_mut(), 0, 0) } as i32;
-        return Ok(Action::forward(tc));
+        if ep.ifindex != ifindex && endpoints::peer_ready(ep) {
+            return Ok(Action::forward(PEER));
+        }
+        return Ok(peer::by_veth(ep.ifindex));
     }
     // Another node's pod (in the cluster's pod CIDRs, not here): to the
     // device towards it, the underlay's or the overlay's, by a route lookup

@@ -11,7 +11,7 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_TUNINFO_IPV6, TC_ACT_OK, bpf_tunnel_key},
-    helpers::{bpf_redirect_neigh, bpf_skb_change_type, bpf_skb_get_tunnel_key, bpf_skb_set_tunnel_key},
+    helpers::{bpf_skb_change_type, bpf_skb_get_tunnel_key, bpf_skb_set_tunnel_key},
     maps::{LpmTrie, lpm_trie::Key},
     programs::TcContext,
 };
@@ -24,6 +24,7 @@ use crate::{
     lb::maps::NODE,
     metrics::Action,
     packet::{Family, V4, V6},
+    peer,
 };
 
 bpf_map! {
@@ -126,17 +127,17 @@ pub fn decapsulated(ctx: &TcContext) -> Result<Action, Reason> {
     if host_stack {
         return Ok(Action::forward(TC_ACT_OK));
     }
-    // A local pod: straight to its veth, as a local pod's packet would go.
+    // A local pod: straight into it (`crate::into_peer` does its veth's
+    // `to_pod` work first), or to its veth, as a local pod's packet would go.
     let (addr, family) = destination(ctx)?;
-    let veth = if family == AF_INET {
-        endpoints::veth(&endpoints::key_wide::<V4>(&addr))
+    let ep = if family == AF_INET {
+        endpoints::get(&endpoints::key_wide::<V4>(&addr))
     } else {
-        endpoints::veth(&endpoints::key_wide::<V6>(&addr))
+        endpoints::get(&endpoints::key_wide::<V6>(&addr))
     };
-    if let Some(veth) = veth {
-        // SAFETY: no preconditions; the verdict says where the packet goes.
-        let tc = unsafe { bpf_redirect_neigh(veth, core::ptr::null_mut(), 0, 0) } as i32;
-        return Ok(Action::forward(tc));
-    }
-    Ok(Action::forward(TC_ACT_OK))
+    Ok(match ep {
+        Some(ep) if endpoints::peer_ready(ep) => Action::forward(crate::PEER),
+        Some(ep) => peer::by_veth(ep.ifindex),
+        None => Action::forward(TC_ACT_OK),
+    })
 }
