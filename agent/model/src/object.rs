@@ -187,22 +187,6 @@ impl Object {
             ..ObjectMeta::default()
         };
         match self {
-            Object::Service(mut o) => {
-                o.metadata = meta(o.metadata);
-                Object::Service(o)
-            }
-            Object::EndpointSlice(mut o) => {
-                o.metadata = meta(o.metadata);
-                Object::EndpointSlice(o)
-            }
-            Object::Endpoints(mut o) => {
-                o.metadata = meta(o.metadata);
-                Object::Endpoints(o)
-            }
-            Object::NetworkPolicy(mut o) => {
-                o.metadata = meta(o.metadata);
-                Object::NetworkPolicy(o)
-            }
             Object::Namespace(o) => Object::Namespace(Box::new(Namespace {
                 metadata: meta(o.metadata),
                 ..Namespace::default()
@@ -219,9 +203,12 @@ impl Object {
                     ..NodeStatus::default()
                 }),
             })),
-            Object::Pod(mut o) => {
-                o.metadata = meta(o.metadata);
-                Object::Pod(o)
+            // The other kinds hold only what the model reads but for their
+            // metadata (Pods and EndpointSlices from the start).
+            mut object => {
+                let metadata = object.metadata_mut();
+                *metadata = meta(std::mem::take(metadata));
+                object
             }
         }
     }
