@@ -51,7 +51,7 @@ struct Cluster {
     _servers: Vec<Server>,
     pods: Vec<Pod>,
     agent: Agent,
-    _internet: Internet,
+    internet: Internet,
     _dir: ManifestDir,
     node: Node,
     _underlay: Underlay,
@@ -105,11 +105,24 @@ impl Cluster {
             _servers: servers,
             pods,
             agent,
-            _internet: internet,
+            internet,
             _dir: dir,
             node,
             _underlay: underlay,
         }
+    }
+
+    /// What the kernels counted: the server's SYNs refused in TIME_WAIT
+    /// (PAWS: another client's timestamps on a recycled tuple), and the
+    /// clients' SYN retransmissions (each a connection that waited a second).
+    fn kernel_counters(&self) -> [u64; 2] {
+        let paws = nstat(&self.internet.host, "TcpExtPAWSTimewait");
+        let retrans = self
+            .pods
+            .iter()
+            .map(|p| nstat(&p.ns, "TcpExtTCPSynRetrans"))
+            .sum();
+        [paws, retrans]
     }
 
     /// Back-to-back connections from every pod to `to` for `d`.
@@ -145,6 +158,17 @@ impl Cluster {
         }
         total
     }
+}
+
+/// A kernel SNMP counter of `ns` (`nstat`, absolute, history untouched).
+fn nstat(ns: &weir_lab::Netns, name: &str) -> u64 {
+    ns.sh(&format!("nstat -asz {name}"))
+        .lines()
+        .find_map(|l| {
+            let mut f = l.split_whitespace();
+            (f.next() == Some(name)).then(|| f.next()?.parse().ok())?
+        })
+        .unwrap_or(0)
 }
 
 /// An ordinary client's connection: the kernel picks the source port; a
@@ -190,18 +214,25 @@ fn main() {
     let (rss0, _) = weir.agent.rss_kib();
 
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); Variant::ALL.len()];
+    let mut kernel = [[0u64; 2]; Variant::ALL.len()];
     for round in 0..rounds {
         for k in 0..Variant::ALL.len() {
             let i = (k + round) % Variant::ALL.len();
             let variant = Variant::ALL[i];
-            let s = match variant {
+            let (cluster, to) = match variant {
                 // The untranslated path on the Weir node (192.0.2.11 is excepted).
-                Variant::Direct => weir.sample(internet::HOST2, d),
-                Variant::Weir => weir.sample(internet::HOST, d),
-                Variant::Iptables => ipt.sample(internet::HOST, d),
+                Variant::Direct => (&weir, internet::HOST2),
+                Variant::Weir => (&weir, internet::HOST),
+                Variant::Iptables => (&ipt, internet::HOST),
             };
+            let before = cluster.kernel_counters();
+            let s = cluster.sample(to, d);
+            let after = cluster.kernel_counters();
+            let [paws, retrans] = [0, 1].map(|j| after[j] - before[j]);
+            kernel[i][0] += paws;
+            kernel[i][1] += retrans;
             eprintln!(
-                "round {round}: {variant:?}: {:.0} conn/s, {} errors",
+                "round {round}: {variant:?}: {:.0} conn/s, {} errors, {paws} SYNs refused in TIME_WAIT (PAWS), {retrans} SYNs retransmitted",
                 s.rate(),
                 s.errors
             );
@@ -211,8 +242,10 @@ fn main() {
     let (rss1, hwm) = weir.agent.rss_kib();
 
     println!("\n### Pods to the internet: new TCP connections per second\n");
-    println!("| variant | conn/s | min-max | / untranslated | / iptables | errors |");
-    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+    println!(
+        "| variant | conn/s | min-max | / untranslated | / iptables | errors | SYNs refused by PAWS | SYNs retransmitted |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     let direct = median_rate(&samples[0]);
     let iptables = median_rate(&samples[2]);
     for (i, variant) in Variant::ALL.iter().enumerate() {
@@ -222,10 +255,12 @@ fn main() {
         let m = median_rate(&samples[i]);
         let errors: u64 = samples[i].iter().map(|s| s.errors).sum();
         println!(
-            "| {} | {m:.0} | {lo:.0}-{hi:.0} | {:.2} | **{:.2}** | {errors} |",
+            "| {} | {m:.0} | {lo:.0}-{hi:.0} | {:.2} | **{:.2}** | {errors} | {} | {} |",
             variant.label(),
             m / direct,
             m / iptables,
+            kernel[i][0],
+            kernel[i][1],
         );
     }
     println!(

@@ -2,8 +2,8 @@
 
 use serde::Serialize;
 use weir_common::{
-    CT_F_CLOSING, CT_F_DATAGRAM, CT_F_EXTERNAL, CT_F_HAIRPIN, CT_F_MASQ, CT_F_RESET, CT_F_SNAT, CT_OUT,
-    CtKey, CtValue, maps as names,
+    CT_F_CLOSING, CT_F_DATAGRAM, CT_F_EXTERNAL, CT_F_HAIRPIN, CT_F_MASQ, CT_F_RESET, CT_F_SNAT,
+    CT_FIN_CLIENT, CT_FIN_PEER, CT_OUT, CtKey, CtValue, maps as names,
 };
 
 use super::{CtlError, Row, ip, open, proto, sock, table::or_dash};
@@ -98,6 +98,11 @@ fn row(k: &CtKey, v: &CtValue, now: u64) -> ConntrackRow {
     ]
     .into_iter()
     .filter(|(bit, _)| v.flags & bit != 0)
+    .chain(
+        [(CT_FIN_CLIENT, "fin-client"), (CT_FIN_PEER, "fin-peer")]
+            .into_iter()
+            .filter(|(bit, _)| v.fins & bit != 0),
+    )
     .map(|(_, n)| n)
     .collect();
     // Signed: an entry the GC has not reached yet shows how long ago it died.

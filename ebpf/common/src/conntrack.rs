@@ -66,8 +66,13 @@ pub struct CtValue {
     pub nat2_port: u16, /* BE */
     /// `CT_F_*`.
     pub flags: u8,
-    pub _pad: [u8; 3],
+    /// `CT_OUT`, TCP: `CT_FIN_*`, who has closed its side.
+    pub fins: u8,
+    pub _pad: [u8; 2],
     pub rev_nat_id: u32,
+    /// The backend's id. A masqueraded flow ([`CT_F_MASQ`]), which has no
+    /// backend: `CT_OUT`, TCP: the client's latest TCP timestamp (TSval, host
+    /// order; 0: none seen), what the peer's TIME_WAIT will remember of it.
     pub backend_id: u32,
     /// `bpf_ktime_get_ns()` after which the entry is dead (the agent's GC removes it).
     pub expires_ns: u64,
@@ -99,6 +104,14 @@ pub const CT_F_RESET: u8 = 1 << 5;
 /// replies are found and translated back as a source-NATed flow's.
 pub const CT_F_MASQ: u8 = 1 << 6;
 
+/// The flow's client (the sender of its first packet) has sent a FIN.
+pub const CT_FIN_CLIENT: u8 = 1 << 0;
+/// The flow's peer (its backend, or a masqueraded flow's destination) has sent a FIN.
+pub const CT_FIN_PEER: u8 = 1 << 1;
+/// Both sides have closed: the connection is over, and one side of it may
+/// hold its tuple in TIME_WAIT.
+pub const CT_FIN_BOTH: u8 = CT_FIN_CLIENT | CT_FIN_PEER;
+
 /// Source ports of source-NATed external flows and masqueraded pod flows (one
 /// allocator: their reply entries share the key space): 1024-65535 outside the node's
 /// ephemeral range ([`NodeAddrs::ephemeral`](crate::NodeAddrs::ephemeral)), so that they never meet the
@@ -112,6 +125,12 @@ pub const DEFAULT_EPHEMERAL: [u16; 2] = [32_768, 60_999];
 pub const CT_LIFETIME_TCP_SYN: u64 = 60;
 pub const CT_LIFETIME_TCP: u64 = 21_600;
 pub const CT_LIFETIME_TCP_CLOSING: u64 = 10;
+/// A source-NATed TCP flow closed both ways keeps its port this long from
+/// other clients: Linux's TIME_WAIT (`TCP_TIMEWAIT_LEN`), which the peer may
+/// hold on the node's (address, port). Another client's SYN on that tuple
+/// would carry timestamps of another offset, and the peer would refuse it
+/// (PAWS) until its retransmission; the same client's are newer and pass.
+pub const CT_LIFETIME_TCP_TIME_WAIT: u64 = 60;
 pub const CT_LIFETIME_DATAGRAM: u64 = 60;
 
 crate::pod!(CtKey, CtValue);

@@ -282,6 +282,30 @@ const fn widen4(a: [u8; 4]) -> [u8; 16] {
     [a[0], a[1], a[2], a[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
 }
 
+/// The TSval of a TCP segment's timestamp option (RFC 7323), host order,
+/// where Linux, and most stacks, put it: after two NOPs (every segment but
+/// the SYN), or after the MSS option and SACK-permitted or two NOPs (a SYN).
+/// `None` elsewhere (other layouts are not searched: a bounded guess, not an
+/// option parser), or without one.
+#[inline(always)]
+pub fn tcp_tsval<F: Family>(ctx: &TcContext) -> Option<u32> {
+    const OPTS: usize = 20;
+    let doff: u8 = ctx.load(F::L4 + 12).ok()?;
+    let len = usize::from(doff >> 4) * 4;
+    let head: [u8; 4] = ctx.load(F::L4 + OPTS).ok()?;
+    let at = if head == [1, 1, 8, 10] {
+        OPTS + 4
+    } else if head[0] == 2 && head[1] == 4 && ctx.load::<[u8; 2]>(F::L4 + OPTS + 6).ok()? == [8, 10] {
+        OPTS + 8
+    } else {
+        return None;
+    };
+    if at + 8 > len {
+        return None;
+    }
+    ctx.load::<u32>(F::L4 + at).ok().map(u32::from_be)
+}
+
 /// Whether two addresses in the maps' 16-byte form are equal.
 #[inline(always)]
 pub fn wide_eq(a: &[u8; 16], b: &[u8; 16]) -> bool {

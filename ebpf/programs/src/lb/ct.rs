@@ -7,8 +7,9 @@
 //! agent's GC can judge a pair by one entry.
 
 use weir_common::{
-    CT_F_CLOSING, CT_F_DATAGRAM, CT_F_RESET, CT_F_SNAT, CT_IN, CT_LIFETIME_DATAGRAM, CT_LIFETIME_TCP,
-    CT_LIFETIME_TCP_CLOSING, CT_LIFETIME_TCP_SYN, CtKey, CtValue, IPPROTO_TCP, IPPROTO_UDP, Scratch,
+    CT_F_CLOSING, CT_F_DATAGRAM, CT_F_RESET, CT_F_SNAT, CT_FIN_BOTH, CT_FIN_CLIENT, CT_FIN_PEER, CT_IN,
+    CT_LIFETIME_DATAGRAM, CT_LIFETIME_TCP, CT_LIFETIME_TCP_CLOSING, CT_LIFETIME_TCP_SYN,
+    CT_LIFETIME_TCP_TIME_WAIT, CtKey, CtValue, IPPROTO_TCP, IPPROTO_UDP, Scratch,
 };
 
 use super::maps::CONNTRACK;
@@ -115,11 +116,22 @@ pub fn yield_reply_tuple<F: Family>(s: &mut Scratch, flow: &Flow<F>) {
     }
 }
 
-/// Extends a flow's life after a packet, by protocol and what the packet says.
+/// Who sent a packet of a tracked flow.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Sender {
+    /// The client, whose tuple keys the `CT_OUT` entry.
+    Client,
+    /// The backend (or a masqueraded flow's destination), answering.
+    Peer,
+}
+
+/// Extends a flow's life after a packet from `by`, by protocol and what the
+/// packet says.
 #[inline(always)]
-pub fn refresh<F: Family>(entry: *mut CtValue, flow: &Flow<F>, now: u64) {
-    // SAFETY: as in `lookup`; concurrent updates of these two fields from other
-    // CPUs race benignly (the later writer wins, both values are valid).
+pub fn refresh<F: Family>(entry: *mut CtValue, flow: &Flow<F>, now: u64, by: Sender) {
+    // SAFETY: as in `lookup`; concurrent updates of these fields from other
+    // CPUs race benignly (the later writer wins, all values are valid; a FIN
+    // bit lost to a race costs the port's early reuse, nothing else).
     unsafe {
         if flow.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
             (*entry).flags |= CT_F_CLOSING;
@@ -127,7 +139,20 @@ pub fn refresh<F: Family>(entry: *mut CtValue, flow: &Flow<F>, now: u64) {
         if flow.tcp_flags & TCP_RST != 0 {
             (*entry).flags |= CT_F_RESET;
         }
-        (*entry).expires_ns = now + lifetime(flow, (*entry).flags & CT_F_CLOSING != 0) * NS;
+        if flow.tcp_flags & TCP_FIN != 0 {
+            (*entry).fins |= if by == Sender::Client {
+                CT_FIN_CLIENT
+            } else {
+                CT_FIN_PEER
+            };
+        }
+        let closing = (*entry).flags & CT_F_CLOSING != 0;
+        let lifetime = if closing && (*entry).flags & CT_F_SNAT != 0 && (*entry).fins == CT_FIN_BOTH {
+            CT_LIFETIME_TCP_TIME_WAIT
+        } else {
+            lifetime(flow, closing)
+        };
+        (*entry).expires_ns = now + lifetime * NS;
     }
 }
 

@@ -88,6 +88,9 @@ pub fn from_netdev<F: Lb>(ctx: &TcContext, flow: &mut Flow<F>) -> Result<Action,
         chosen.backend.port,
         node,
         addr,
+        // Backend ids fill the place a masqueraded flow keeps its client's
+        // timestamp in: an external flow's is not recorded.
+        0,
         now,
     )?;
     let snat = Snat { addr, port };

@@ -27,7 +27,7 @@ use weir_common::{
 
 use super::{
     Lb, Snat, Target,
-    ct::{self, Tuple},
+    ct::{self, Sender, Tuple},
     frontend,
     maps::{CONNTRACK, NODE},
     nat, port, scratch, track,
@@ -35,7 +35,7 @@ use super::{
 use crate::{
     endpoints,
     metrics::Action,
-    packet::{Family, Flow, TCP_ACK, TCP_SYN},
+    packet::{Family, Flow, TCP_ACK, TCP_SYN, tcp_tsval},
 };
 
 bpf_map! {
@@ -97,8 +97,14 @@ pub fn to_netdev<F: Lb>(ctx: &TcContext, flow: &mut Flow<F>) -> Result<Action, R
                 // the destination, alive again.
                 if ct::is_reuse(entry, flow) {
                     e.flags &= !(CT_F_CLOSING | CT_F_RESET);
+                    e.fins = 0;
                 }
-                ct::refresh(entry, flow, now);
+                ct::refresh(entry, flow, now, Sender::Client);
+                if flow.proto == IPPROTO_TCP
+                    && let Some(ts) = tcp_tsval::<F>(ctx)
+                {
+                    e.backend_id = ts;
+                }
                 nat::snat(ctx, flow, &e.nat2_addr, e.nat2_port)?;
                 return pass;
             }
@@ -118,14 +124,21 @@ pub fn to_netdev<F: Lb>(ctx: &TcContext, flow: &mut Flow<F>) -> Result<Action, R
     }
     let mut peer = [0u8; 16];
     F::widen(&flow.daddr, &mut peer);
+    // The client's TCP timestamp: which ports another client left the peer
+    // in TIME_WAIT on can take this SYN (`port::free`).
+    let tsval = if flow.proto == IPPROTO_TCP {
+        tcp_tsval::<F>(ctx).unwrap_or(0)
+    } else {
+        0
+    };
     if port == 0 {
-        port = port::free(s, flow, &peer, flow.dport, node, addr, now)?;
+        port = port::free(s, flow, &peer, flow.dport, node, addr, tsval, now)?;
     }
     let to = Target {
         addr: &peer,
         port: flow.dport,
         rev_nat_id: 0,
-        backend_id: 0,
+        backend_id: tsval,
     };
     track(
         flow,

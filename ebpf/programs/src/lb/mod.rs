@@ -29,7 +29,7 @@ use weir_common::{
 };
 
 use self::{
-    ct::Tuple,
+    ct::{Sender, Tuple},
     frontend::Empty,
     maps::{BACKENDS, CONNTRACK, SCRATCH},
 };
@@ -141,7 +141,7 @@ fn established<F: Lb>(
     if e.flags & only != only || e.flags & CT_F_MASQ != 0 || ct::is_reuse(entry, flow) {
         return Ok(false);
     }
-    ct::refresh(entry, flow, now);
+    ct::refresh(entry, flow, now, Sender::Client);
     if e.flags & new_source != 0 {
         nat::snat(ctx, flow, &e.nat2_addr, e.nat2_port)?;
     }
@@ -214,7 +214,7 @@ fn reply<F: Lb>(
     if from == (Backends::Local { host_stack: true }) && reply.flags & (CT_F_EXTERNAL | CT_F_HAIRPIN) == 0 {
         return Ok(Reply::Of(reply.flags));
     }
-    ct::refresh(entry, flow, now);
+    ct::refresh(entry, flow, now, Sender::Peer);
     nat::snat(ctx, flow, &reply.nat_addr, reply.nat_port)?;
     if reply.flags & (CT_F_HAIRPIN | CT_F_SNAT) != 0 {
         nat::dnat(ctx, flow, &reply.nat2_addr, reply.nat2_port)?;
@@ -363,7 +363,8 @@ fn track<F: Family>(
     s.back.nat_port = flow.dport;
     s.back.rev_nat_id = to.rev_nat_id;
     s.back.flags = flags;
-    s.back._pad = [0; 3];
+    s.back.fins = 0;
+    s.back._pad = [0; 2];
     s.back.backend_id = to.backend_id;
     s.back.expires_ns = 0;
     CONNTRACK
@@ -382,7 +383,8 @@ fn track<F: Family>(
     s.out.nat_port = to.port;
     s.out.rev_nat_id = to.rev_nat_id;
     s.out.flags = flags;
-    s.out._pad = [0; 3];
+    s.out.fins = 0;
+    s.out._pad = [0; 2];
     s.out.backend_id = to.backend_id;
     s.out.expires_ns = now + ct::lifetime(flow, flags & CT_F_CLOSING != 0) * NS;
     CONNTRACK
