@@ -50,7 +50,7 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use weir_common::{Dir, NODE_F_HOST_STACK, Reason};
+use weir_common::{Dir, MARK_ROUTED, NODE_F_HOST_STACK, Reason};
 
 use crate::{
     lb::Lb,
@@ -121,6 +121,13 @@ pub fn from_netdev(ctx: TcContext) -> i32 {
 /// flows leaving the cluster are masqueraded.
 #[classifier]
 pub fn to_netdev(ctx: TcContext) -> i32 {
+    // What our programs routed here themselves needs nothing more.
+    // SAFETY: the context's skb pointer is valid for this run.
+    if unsafe { (*ctx.skb.skb).mark } == MARK_ROUTED {
+        // SAFETY: as above; TC programs may write the mark.
+        unsafe { (*ctx.skb.skb).mark = 0 };
+        return metrics::verdict(&ctx, Dir::ToNetdev, Ok(Action::forward(TC_ACT_OK)));
+    }
     // Only what the node itself sends can be such a reply. A packet that came
     // in somewhere (forwarded from a pod, or translated and redirected here by
     // our programs) can only be a pod's, to masquerade.

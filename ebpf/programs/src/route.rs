@@ -5,14 +5,15 @@
 //! to the node) must not enter the host's input path: it would be dropped there
 //! as a martian (a local source arriving from outside). The FIB tells where it
 //! goes; the packet is redirected there with its MAC addresses filled in, or by
-//! the neighbour subsystem when the next hop is not resolved yet.
+//! the neighbour subsystem when the next hop is not resolved yet. A packet
+//! redirected with its MACs carries [`MARK_ROUTED`] to the device's egress.
 
 use aya_ebpf::{
     bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK, bpf_fib_lookup as FibLookup},
     helpers::{bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh},
     programs::TcContext,
 };
-use weir_common::Reason;
+use weir_common::{MARK_ROUTED, Reason};
 
 use crate::packet::{Family, Flow};
 
@@ -72,6 +73,10 @@ pub fn forward<F: Family>(ctx: &TcContext, flow: &Flow<F>) -> Result<i32, Reason
             macs[..6].copy_from_slice(&p.dmac);
             macs[6..].copy_from_slice(&p.smac);
             ctx.store(0, &macs, 0).map_err(|_| Reason::RewriteFailed)?;
+            // SAFETY: the context's skb pointer is valid for this run; TC
+            // programs may write the mark. Not on the neighbour path below:
+            // its route lookup would see the mark.
+            unsafe { (*ctx.skb.skb).mark = MARK_ROUTED };
             // SAFETY: no preconditions; the verdict says where the packet goes.
             unsafe { bpf_redirect(p.ifindex, 0) as i32 }
         }
