@@ -14,8 +14,9 @@ pub const IPPROTO_ICMPV6: u8 = 58;
 /// `skb->mark` of a packet our programs routed to a node device themselves
 /// (`route::forward`): its device's TC egress (`to_netdev`) has nothing to do
 /// for it (never a pod's flow to masquerade, never the node's own reply) and
-/// passes it at once, clearing the mark. A whole 32-bit value, not a bit: the
-/// node's netfilter (kube-proxy's 0x4000 and 0x8000 during a migration) reads
-/// marks by their bits, and nothing else sets this value between a redirect
-/// and the device's egress.
-pub const MARK_ROUTED: u32 = 0x5745_4952;
+/// passes it at once, clearing the mark; the overlay's (`to_overlay`) clears it
+/// before the packet is encapsulated and goes through the host's stack. A
+/// whole value compared, not a bit, with none of the bits kube-proxy's rules
+/// test (0x4000, 0x8000) or Cilium's 0x0F00 nibble: nothing else sets it
+/// between a redirect and the device's egress.
+pub const MARK_ROUTED: u32 = 0x5745_0000;

@@ -163,6 +163,15 @@ fn decapsulated(skb: *mut __sk_buff) -> i32 {
 /// TC egress on the overlay's device: packets for other nodes' pods.
 #[classifier]
 pub fn to_overlay(ctx: TcContext) -> i32 {
+    // The encapsulated packet leaves as the node's own, through the host's
+    // routing and netfilter: with no mark of ours.
+    // SAFETY: the context's skb pointer is valid for this run; TC programs
+    // may write the mark.
+    unsafe {
+        if (*ctx.skb.skb).mark == MARK_ROUTED {
+            (*ctx.skb.skb).mark = 0;
+        }
+    }
     let result = overlay::encapsulate(&ctx);
     metrics::verdict(&ctx, Dir::ToOverlay, result)
 }
