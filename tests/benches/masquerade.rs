@@ -116,12 +116,8 @@ impl Cluster {
     /// (PAWS: another client's timestamps on a recycled tuple), and the
     /// clients' SYN retransmissions (each a connection that waited a second).
     fn kernel_counters(&self) -> [u64; 2] {
-        let paws = nstat(&self.internet.host, "TcpExtPAWSTimewait");
-        let retrans = self
-            .pods
-            .iter()
-            .map(|p| nstat(&p.ns, "TcpExtTCPSynRetrans"))
-            .sum();
+        let paws = self.internet.host.nstat("TcpExtPAWSTimewait");
+        let retrans = self.pods.iter().map(|p| p.ns.nstat("TcpExtTCPSynRetrans")).sum();
         [paws, retrans]
     }
 
@@ -158,17 +154,6 @@ impl Cluster {
         }
         total
     }
-}
-
-/// A kernel SNMP counter of `ns` (`nstat`, absolute, history untouched).
-fn nstat(ns: &weir_lab::Netns, name: &str) -> u64 {
-    ns.sh(&format!("nstat -asz {name}"))
-        .lines()
-        .find_map(|l| {
-            let mut f = l.split_whitespace();
-            (f.next() == Some(name)).then(|| f.next()?.parse().ok())?
-        })
-        .unwrap_or(0)
 }
 
 /// An ordinary client's connection: the kernel picks the source port; a

@@ -64,6 +64,18 @@ impl Netns {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// A kernel SNMP counter of the namespace (`nstat` name, e.g.
+    /// `TcpExtPAWSTimewait`), absolute; `nstat`'s history is left alone.
+    pub fn nstat(&self, name: &str) -> u64 {
+        self.sh(&format!("nstat -asz {name}"))
+            .lines()
+            .find_map(|l| {
+                let mut f = l.split_whitespace();
+                (f.next() == Some(name)).then(|| f.next()?.parse().ok())?
+            })
+            .unwrap_or_else(|| panic!("in netns {}: nstat has no {name}", self.name))
+    }
+
     /// Runs `f` on a fresh OS thread that has entered this namespace: sockets
     /// it opens live in the namespace. The thread never returns to another one.
     pub fn spawn<T: Send + 'static>(

@@ -236,17 +236,6 @@ fn root_pods_reach_the_internet_from_their_node_address() {
     let _ = &lab.dir;
 }
 
-/// A kernel SNMP counter of `ns` (`nstat`, absolute, its history untouched).
-fn nstat(ns: &Netns, name: &str) -> u64 {
-    ns.sh(&format!("nstat -asz {name}"))
-        .lines()
-        .find_map(|l| {
-            let mut f = l.split_whitespace();
-            (f.next() == Some(name)).then(|| f.next()?.parse().ok())?
-        })
-        .unwrap_or_else(|| panic!("nstat has no {name}"))
-}
-
 /// Two pods open more connections to one internet server than the node has
 /// masquerade ports (4,096: the node's ephemeral range is set to leave only
 /// those), the server closing first and so keeping each (node address, port)
@@ -266,10 +255,8 @@ fn root_masquerade_reuses_ports_the_server_holds_in_time_wait_without_paws_refus
     let pods = [&lab.a.ns, &second.ns];
     let counters = || {
         (
-            nstat(&lab.internet.host, "TcpExtPAWSTimewait"),
-            pods.iter()
-                .map(|ns| nstat(ns, "TcpExtTCPSynRetrans"))
-                .sum::<u64>(),
+            lab.internet.host.nstat("TcpExtPAWSTimewait"),
+            pods.iter().map(|ns| ns.nstat("TcpExtTCPSynRetrans")).sum::<u64>(),
         )
     };
     let (paws0, retrans0) = counters();
