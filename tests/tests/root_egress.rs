@@ -222,13 +222,15 @@ fn root_pods_reach_the_internet_from_their_node_address() {
     assert!(total > 200, "too few flows to prove anything: {total}");
 
     // Closed TCP flows' pairs (both entries) go once their closing lifetime
-    // is over (60 s once both sides sent a FIN: the server's TIME_WAIT) and
-    // the GC (every 5 s) comes by.
+    // is over (60 s once both sides sent a FIN: the server's TIME_WAIT), and
+    // UDP flows' once 60 s have passed without a datagram, when the GC (every
+    // 5 s) comes by.
     assert!(!lab.masquerade_entries(0, "TCP").is_empty());
+    assert!(!lab.masquerade_entries(0, "UDP").is_empty());
     wait_for(
         Duration::from_secs(90),
-        "the masquerade conntrack of closed flows to be collected",
-        || lab.masquerade_entries(0, "TCP").is_empty(),
+        "the masquerade conntrack of closed and idle flows to be collected",
+        || lab.masquerade_entries(0, "TCP").is_empty() && lab.masquerade_entries(0, "UDP").is_empty(),
     );
     // And traffic still flows afterwards.
     let again = ask_tcp(&lab.a.ns, internet(80)).expect("TCP after the GC");
