@@ -147,7 +147,7 @@ pub fn refresh<F: Family>(entry: *mut CtValue, flow: &Flow<F>, now: u64, by: Sen
             };
         }
         let closing = (*entry).flags & CT_F_CLOSING != 0;
-        let lifetime = if closing && (*entry).flags & CT_F_SNAT != 0 && (*entry).fins == CT_FIN_BOTH {
+        let lifetime = if (*entry).flags & CT_F_SNAT != 0 && (*entry).fins == CT_FIN_BOTH {
             CT_LIFETIME_TCP_TIME_WAIT
         } else {
             lifetime(flow, closing)

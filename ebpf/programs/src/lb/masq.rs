@@ -100,7 +100,11 @@ pub fn to_netdev<F: Lb>(ctx: &TcContext, flow: &mut Flow<F>) -> Result<Action, R
                     e.fins = 0;
                 }
                 ct::refresh(entry, flow, now, Sender::Client);
+                // The timestamp the peer's TIME_WAIT will remember is the
+                // client's last: from its FIN on, or after the peer's. Data
+                // packets before the close are not parsed for it.
                 if flow.proto == IPPROTO_TCP
+                    && e.flags & CT_F_CLOSING != 0
                     && let Some(ts) = tcp_tsval::<F>(ctx)
                 {
                     e.backend_id = ts;
