@@ -1,17 +1,22 @@
 //! Crafted ICMP errors (port unreachable, quoting a UDP packet of the sender's
 //! choice) and a listener that sees which arrive: what a pod could send to
 //! pass data around its policies, and what a policy must let through for the
-//! flows it admits.
+//! flows it admits. And who pings a host: the source of the echo requests it
+//! receives.
 
 use std::{
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, SocketAddrV4},
     os::fd::{AsRawFd as _, OwnedFd},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
 use nix::sys::socket::{
-    AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType, SockaddrIn, recv, sendto, setsockopt, socket,
-    sockopt,
+    AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType, SockaddrIn, SockaddrStorage, recv, recvfrom,
+    sendto, setsockopt, socket, sockopt,
 };
 
 use crate::netns::Netns;
@@ -69,6 +74,29 @@ fn raw_icmp() -> nix::Result<OwnedFd> {
     )
 }
 
+/// A raw ICMP (`v6`: ICMPv6) socket whose reads give up after 50 ms, so a
+/// listener can look at its clock.
+fn raw_icmp_listener(v6: bool) -> OwnedFd {
+    let fd = if v6 {
+        socket(
+            AddressFamily::Inet6,
+            SockType::Raw,
+            SockFlag::SOCK_CLOEXEC,
+            SockProtocol::IcmpV6,
+        )
+    } else {
+        raw_icmp()
+    }
+    .expect("raw ICMP socket");
+    setsockopt(
+        &fd,
+        sockopt::ReceiveTimeout,
+        &nix::sys::time::TimeVal::new(0, 50_000),
+    )
+    .expect("timeout");
+    fd
+}
+
 /// Watches `ns` for ICMP port unreachables quoting `quoted_src` ->
 /// `quoted_dst` for up to `wait`; whether one arrived.
 pub fn port_unreachable_arrives(
@@ -80,13 +108,7 @@ pub fn port_unreachable_arrives(
 ) -> bool {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let listener = ns.spawn(move || {
-        let fd = raw_icmp().expect("raw ICMP socket");
-        setsockopt(
-            &fd,
-            sockopt::ReceiveTimeout,
-            &nix::sys::time::TimeVal::new(0, 50_000),
-        )
-        .expect("timeout");
+        let fd = raw_icmp_listener(false);
         let _ = ready_tx.send(());
         let deadline = Instant::now() + wait;
         let mut buf = [0u8; 1500];
@@ -111,5 +133,44 @@ pub fn port_unreachable_arrives(
     });
     ready_rx.recv().expect("listener ready");
     send();
+    listener.join().expect("listener")
+}
+
+/// The sources of the echo requests of `family` (`v6`: ICMPv6) that arrive
+/// in `ns` while `send` runs (the kernel answers them as usual: a raw socket
+/// sees a copy).
+pub fn echo_request_sources(ns: &Netns, v6: bool, send: impl FnOnce()) -> Vec<IpAddr> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopped = stop.clone();
+    let listener = ns.spawn(move || {
+        let fd = raw_icmp_listener(v6);
+        // Echo request's type.
+        let request = if v6 { 128 } else { 8 };
+        let _ = ready_tx.send(());
+        let mut sources = Vec::new();
+        let mut buf = [0u8; 1500];
+        while !stopped.load(Ordering::Relaxed) {
+            let Ok((n, Some(from))) = recvfrom::<SockaddrStorage>(fd.as_raw_fd(), &mut buf) else {
+                continue;
+            };
+            // An IPv4 raw socket's data starts with the IP header; ICMPv6's
+            // with the ICMP header.
+            let at = if v6 { 0 } else { usize::from(buf[0] & 0x0f) * 4 };
+            if n > at && buf[at] == request {
+                let ip = match (from.as_sockaddr_in(), from.as_sockaddr_in6()) {
+                    (Some(a), _) => IpAddr::V4(a.ip()),
+                    (_, Some(a)) => IpAddr::V6(a.ip()),
+                    _ => continue,
+                };
+                sources.push(ip);
+            }
+        }
+        sources
+    });
+    ready_rx.recv().expect("listener ready");
+    send();
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, Ordering::Relaxed);
     listener.join().expect("listener")
 }

@@ -11,7 +11,7 @@ use std::{
 
 use serde_json::{Value, json};
 use weir_lab::{
-    Agent, Node, Pod,
+    Agent, Node, Pod, icmp,
     internet::{self, Internet},
     netns::Netns,
     services::{Ep, ManifestDir, merge, node_object, port, service, slice},
@@ -134,6 +134,16 @@ fn internet(port: u16) -> SocketAddr {
     SocketAddr::new(INTERNET.parse().expect("address"), port)
 }
 
+/// Three pings from `pod` to `to`, all answered (`ping` fails the test
+/// otherwise); the source addresses `host` saw them come from.
+fn ping(pod: &Pod, to: &str, host: &Netns) -> Vec<IpAddr> {
+    icmp::echo_request_sources(host, to.contains(':'), || {
+        pod.ns.sh(&format!(
+            "ping -n -q -c 3 -i 0.2 -W 2 {to} | grep -q ' 0% packet loss'"
+        ));
+    })
+}
+
 fn wait_for(within: Duration, what: &str, done: impl Fn() -> bool) {
     let deadline = Instant::now() + within;
     while !done() {
@@ -165,6 +175,14 @@ fn root_pods_reach_the_internet_from_their_node_address() {
         assert_from_node(&tcp, node, &format!("TCP from {name}"));
         let udp = ask_udp(&pod.ns, internet(80)).unwrap_or_else(|e| panic!("UDP {name} -> internet: {e}"));
         assert_from_node(&udp, node, &format!("UDP from {name}"));
+        // A ping too: the router knows no pod, so its replies come back only
+        // to the node's address, translated back to the pod.
+        let seen = ping(pod, INTERNET, &lab.internet.host);
+        assert_eq!(
+            seen,
+            vec![node; 3],
+            "ping from {name}: the internet host must see the node's address, not the pod's"
+        );
     }
     // Inside the cluster nothing is translated: pods of both nodes see each
     // other's own addresses.
@@ -183,10 +201,12 @@ fn root_pods_reach_the_internet_from_their_node_address() {
             "pod to pod across nodes is never masqueraded"
         );
     }
-    assert!(
-        !lab.masquerade_entries(0, "TCP").is_empty(),
-        "weirctl conntrack shows the masqueraded TCP flow"
-    );
+    for proto in ["TCP", "UDP", "ICMP"] {
+        assert!(
+            !lab.masquerade_entries(0, proto).is_empty(),
+            "weirctl conntrack shows the masqueraded {proto} flow"
+        );
+    }
 
     // Many pod flows and the node's own to the same server port at once: the
     // node's sockets (ephemeral ports) and masquerade's never collide.
@@ -223,14 +243,18 @@ fn root_pods_reach_the_internet_from_their_node_address() {
 
     // Closed TCP flows' pairs (both entries) go once their closing lifetime
     // is over (60 s once both sides sent a FIN: the server's TIME_WAIT), and
-    // UDP flows' once 60 s have passed without a datagram, when the GC (every
-    // 5 s) comes by.
+    // UDP and ping flows' once 60 s have passed without a packet, when the GC
+    // (every 5 s) comes by.
     assert!(!lab.masquerade_entries(0, "TCP").is_empty());
     assert!(!lab.masquerade_entries(0, "UDP").is_empty());
     wait_for(
         Duration::from_secs(90),
         "the masquerade conntrack of closed and idle flows to be collected",
-        || lab.masquerade_entries(0, "TCP").is_empty() && lab.masquerade_entries(0, "UDP").is_empty(),
+        || {
+            ["TCP", "UDP", "ICMP"]
+                .iter()
+                .all(|p| lab.masquerade_entries(0, p).is_empty())
+        },
     );
     // And traffic still flows afterwards.
     let again = ask_tcp(&lab.a.ns, internet(80)).expect("TCP after the GC");
@@ -336,9 +360,18 @@ fn root_masquerade_off_or_excepted_keeps_the_pod_address() {
             pod.ipv4(),
             "UDP from {name} keeps the pod's address"
         );
+        assert_eq!(
+            ping(pod, INTERNET, &lab.internet.host),
+            vec![pod.ipv4(); 3],
+            "ping from {name} keeps the pod's address"
+        );
     }
     for i in 0..2 {
-        assert!(lab.masquerade_entries(i, "TCP").is_empty() && lab.masquerade_entries(i, "UDP").is_empty());
+        assert!(
+            ["TCP", "UDP", "ICMP"]
+                .iter()
+                .all(|p| lab.masquerade_entries(i, p).is_empty())
+        );
     }
 }
 
@@ -489,4 +522,11 @@ fn root_pods_reach_the_ipv6_internet_from_their_node_address() {
     assert_from_node(&tcp, node6, "TCP over IPv6");
     let udp = ask_udp(&pod.ns, to).unwrap_or_else(|e| panic!("UDP over IPv6 from {}: {e}", pod.ipv6()));
     assert_from_node(&udp, node6, "UDP over IPv6");
+    // The router knows no pod prefix: answered pings prove the translation
+    // back too.
+    assert_eq!(
+        ping(&pod, "fd00:c0::10", &internet.host),
+        vec![node6; 3],
+        "ping over IPv6: the internet host must see the node's address"
+    );
 }

@@ -19,6 +19,7 @@ mod tunnels;
 
 use std::net::{IpAddr, SocketAddr};
 
+use weir_common::{IPPROTO_ICMP, IPPROTO_ICMPV6};
 use weir_model::{Protocol, net::from_abi};
 
 pub use self::{
@@ -72,6 +73,11 @@ fn sock(addr: [u8; 16], family: u8, port_be: u16) -> String {
     )
 }
 
+/// A protocol's name: a Service's, or ICMP's (masqueraded pings, drops).
 fn proto(p: u8) -> String {
-    Protocol::from_ipproto(p).map_or_else(|| p.to_string(), |p| p.as_str().to_owned())
+    match p {
+        IPPROTO_ICMP => "ICMP".to_owned(),
+        IPPROTO_ICMPV6 => "ICMPv6".to_owned(),
+        p => Protocol::from_ipproto(p).map_or_else(|| p.to_string(), |p| p.as_str().to_owned()),
+    }
 }

@@ -265,6 +265,9 @@ impl Family for V6 {
 
 /// An ICMP header (type, code, checksum, 4 bytes of the message's own).
 pub const ICMP_HLEN: usize = 8;
+/// An ICMP message's checksum, and an echo's identifier.
+const ICMP_CSUM: usize = 2;
+const ICMP_ID: usize = 4;
 
 /// IPv6 extension headers walked to find the L4 header.
 const IPPROTO_HOPOPTS: u8 = 0;
@@ -363,8 +366,33 @@ impl<F: Family> Flow<F> {
         }
     }
 
+    /// Where the L4 checksum is: TCP's, UDP's, or an ICMP echo's.
     pub const fn l4_csum_offset(&self) -> usize {
-        F::L4 + if self.proto == IPPROTO_TCP { 16 } else { 6 }
+        F::L4
+            + match self.proto {
+                IPPROTO_TCP => 16,
+                IPPROTO_UDP => 6,
+                _ => ICMP_CSUM,
+            }
+    }
+
+    /// Where the port of `dest`ination or source is: an ICMP echo's
+    /// identifier stands for both (see [`parse_any`]).
+    pub const fn port_offset(&self, dest: bool) -> usize {
+        F::L4
+            + if self.proto == F::ICMP {
+                ICMP_ID
+            } else if dest {
+                2
+            } else {
+                0
+            }
+    }
+
+    /// Whether the L4 checksum covers the addresses (a pseudo-header): all
+    /// but ICMP for IPv4.
+    pub const fn pseudo_header(&self) -> bool {
+        self.proto != IPPROTO_ICMP
     }
 }
 
@@ -376,9 +404,10 @@ pub fn ethertype(ctx: &TcContext) -> Result<u16, Reason> {
 
 /// Parses a frame already known to be of family `F` for the load balancer:
 /// `Ok(None)` for what it leaves alone (IPv4 fragments after the first and IPv4
-/// options, IPv6 extension headers, protocols other than TCP and UDP: SCTP's
-/// CRC32c cannot be patched incrementally and this kernel has no SCTP to test
-/// against).
+/// options, IPv6 extension headers, ICMP other than echo, protocols other
+/// than TCP and UDP: SCTP's CRC32c cannot be patched incrementally and this
+/// kernel has no SCTP to test against). ICMP echo reaches only masquerade:
+/// no frontend has its protocol.
 #[inline(always)]
 pub fn parse<F: Family>(ctx: &TcContext) -> Result<Option<Flow<F>>, Reason> {
     let p = parse_any(ctx)?;
@@ -420,7 +449,7 @@ pub fn quoted_key<F: Family>(ctx: &TcContext, at: usize, k: &mut CtKey, reverse:
         dport = ctx.load(l4 + 2).map_err(|_| Reason::Malformed)?;
     } else if proto == F::ICMP {
         let icmp_type: u8 = ctx.load(l4).map_err(|_| Reason::Malformed)?;
-        let id: u16 = ctx.load(l4 + 4).map_err(|_| Reason::Malformed)?;
+        let id: u16 = ctx.load(l4 + ICMP_ID).map_err(|_| Reason::Malformed)?;
         if icmp_type == F::ECHO[0] {
             sport = id;
         } else if icmp_type == F::ECHO[1] {
@@ -454,6 +483,7 @@ pub fn parse_any<F: Family>(ctx: &TcContext) -> Result<Parsed<F>, Reason> {
             quoted: 0,
         });
     };
+    let mut echo = false;
     if flow.proto == IPPROTO_TCP || flow.proto == IPPROTO_UDP || flow.proto == IPPROTO_SCTP {
         flow.sport = ctx.load(l4).map_err(|_| Reason::Malformed)?;
         flow.dport = ctx.load(l4 + 2).map_err(|_| Reason::Malformed)?;
@@ -474,16 +504,20 @@ pub fn parse_any<F: Family>(ctx: &TcContext) -> Result<Parsed<F>, Reason> {
                 },
             });
         }
-        let id: u16 = ctx.load(l4 + 4).map_err(|_| Reason::Malformed)?;
+        let id: u16 = ctx.load(l4 + ICMP_ID).map_err(|_| Reason::Malformed)?;
         if icmp_type == F::ECHO[0] {
             flow.sport = id;
+            echo = true;
         } else if icmp_type == F::ECHO[1] {
             flow.dport = id;
+            echo = true;
         }
     }
     // The load balancer translates TCP and UDP with the L4 header right after a
-    // plain IP header (options and extension headers are rare on pod traffic).
-    let lb = l4 == F::L4 && (flow.proto == IPPROTO_TCP || flow.proto == IPPROTO_UDP);
+    // plain IP header (options and extension headers are rare on pod traffic);
+    // masquerade ICMP echo too (its identifier as the port), as a pod's ping
+    // leaves the cluster.
+    let lb = l4 == F::L4 && (flow.proto == IPPROTO_TCP || flow.proto == IPPROTO_UDP || echo);
     Ok(Parsed {
         flow,
         judge: true,

@@ -1,7 +1,8 @@
 //! Masquerade: a pod's flow to a destination outside the cluster leaves the
 //! node from the node's address (TC egress of the node's devices, where pods'
 //! forwarded packets leave), as ip-masq-agent's or Cilium's masquerade does,
-//! with conntrack and ports of its own: no netfilter involved.
+//! with conntrack and ports of its own: no netfilter involved. TCP, UDP and
+//! ICMP echo (a ping's identifier is its port, as netfilter treats it).
 //!
 //! A flow is a conntrack pair like an external flow source-NATed to a remote
 //! backend (`CT_F_SNAT`, plus `CT_F_MASQ`): `CT_OUT` keyed by the pod's tuple,
@@ -117,8 +118,12 @@ pub fn to_netdev<F: Lb>(ctx: &TcContext, flow: &mut Flow<F>) -> Result<Action, R
     }
     // Only what opens a flow is masqueraded: a TCP segment of no flow known
     // here belongs to a connection opened from outside (to the pod's own
-    // address), which the pod answers from that address.
-    if port == 0 && flow.proto == IPPROTO_TCP && flow.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
+    // address), which the pod answers from that address; so does an echo
+    // reply (its identifier is the destination port).
+    if port == 0
+        && (flow.proto == IPPROTO_TCP && flow.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN
+            || flow.proto == F::ICMP && flow.dport != 0)
+    {
         return pass;
     }
     let addr = frontend::node_addr::<F>(node);

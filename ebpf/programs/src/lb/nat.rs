@@ -19,10 +19,11 @@ use crate::packet::{Family, Flow, IP_CSUM, V4, V6};
 /// How a family's address is rewritten.
 pub trait Rewrite: Family {
     /// Replaces the address at `at` (`old`) by `new` (maps' form), fixing the IP
-    /// checksum if there is one and the L4 checksum at `csum_at`.
+    /// checksum if there is one and the L4 checksum at `csum_at` if it covers
+    /// the address (not ICMPv4's).
     fn rewrite_addr(
         ctx: &TcContext,
-        csum_at: usize,
+        csum_at: Option<usize>,
         l4: u64,
         at: usize,
         old: &Self::Addr,
@@ -34,7 +35,7 @@ impl Rewrite for V4 {
     #[inline(always)]
     fn rewrite_addr(
         ctx: &TcContext,
-        csum_at: usize,
+        csum_at: Option<usize>,
         l4: u64,
         at: usize,
         old: &[u8; 4],
@@ -42,8 +43,10 @@ impl Rewrite for V4 {
     ) -> Result<(), Reason> {
         let new = [new[0], new[1], new[2], new[3]];
         let (o, n) = (u32::from_ne_bytes(*old) as u64, u32::from_ne_bytes(new) as u64);
-        ctx.l4_csum_replace(csum_at, o, n, BPF_F_PSEUDO_HDR as u64 | l4 | 4)
-            .map_err(|_| Reason::RewriteFailed)?;
+        if let Some(csum_at) = csum_at {
+            ctx.l4_csum_replace(csum_at, o, n, BPF_F_PSEUDO_HDR as u64 | l4 | 4)
+                .map_err(|_| Reason::RewriteFailed)?;
+        }
         ctx.l3_csum_replace(IP_CSUM, o, n, 4)
             .map_err(|_| Reason::RewriteFailed)?;
         ctx.store(at, &new, 0).map_err(|_| Reason::RewriteFailed)
@@ -57,12 +60,14 @@ impl Rewrite for V6 {
     #[inline(always)]
     fn rewrite_addr(
         ctx: &TcContext,
-        csum_at: usize,
+        csum_at: Option<usize>,
         l4: u64,
         at: usize,
         old: &[u8; 16],
         new: &[u8; 16],
     ) -> Result<(), Reason> {
+        // Every IPv6 L4 checksum, ICMPv6's too, covers the addresses.
+        let csum_at = csum_at.unwrap_or_default();
         // Out of line: its buffers, inlined at each of the hot path's rewrites,
         // would not fit beside it in one stack frame. Five arguments at most
         // cross a BPF call, so the checksum's offset and flags travel packed.
@@ -139,14 +144,15 @@ fn rewrite<F: Rewrite>(
     addr: &[u8; 16],
     port: u16,
 ) -> Result<(), Reason> {
-    let (at_addr, at_port, old_addr, old_port) = match end {
-        End::Source => (F::SADDR, F::L4, &flow.saddr, flow.sport),
-        End::Destination => (F::DADDR, F::L4 + 2, &flow.daddr, flow.dport),
+    let at_port = flow.port_offset(end == End::Destination);
+    let (at_addr, old_addr, old_port) = match end {
+        End::Source => (F::SADDR, &flow.saddr, flow.sport),
+        End::Destination => (F::DADDR, &flow.daddr, flow.dport),
     };
     if !F::is(old_addr, addr) {
         F::rewrite_addr(
             ctx,
-            flow.l4_csum_offset(),
+            flow.pseudo_header().then(|| flow.l4_csum_offset()),
             l4_flags(flow),
             at_addr,
             old_addr,
