@@ -43,6 +43,16 @@ impl Internet {
         }
     }
 
+    /// The router forwards packets of at most `mtu` bytes to the host, and
+    /// tells senders of larger ones to fragment less (ICMP "fragmentation
+    /// needed"; path MTU discovery). The host's end keeps its MTU, so that
+    /// the MSS it offers does not spare the senders the lesson.
+    pub fn narrow_link(&self, mtu: u32) {
+        self.router.sh(&format!(
+            "ip link set mtu {mtu} dev $(ip -o -4 addr show | awk '$4 ~ /^192.0.2.1\\// {{print $2; exit}}')"
+        ));
+    }
+
     /// The router learns each node's pod CIDR via its address (a network that
     /// routes pod addresses): replies to flows that keep a pod's address.
     pub fn route_pods(&self, nodes: &[&Node], node_ips: &[IpAddr]) {

@@ -144,6 +144,23 @@ fn ping(pod: &Pod, to: &str, host: &Netns) -> Vec<IpAddr> {
     })
 }
 
+/// A datagram from `ns` to `to` on a connected socket, and what the socket
+/// reads next (within 3 s): a refusal, if the ICMP error came back.
+fn refused_datagram(ns: &Netns, to: SocketAddr) -> Result<usize, std::io::ErrorKind> {
+    ns.run(move || {
+        let any: SocketAddr = if to.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
+            .parse()
+            .expect("address");
+        let socket = std::net::UdpSocket::bind(any).expect("bind");
+        socket.connect(to).expect("connect");
+        socket
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .expect("timeout");
+        socket.send(b"anyone?").expect("send");
+        socket.recv(&mut [0; 16]).map_err(|e| e.kind())
+    })
+}
+
 fn wait_for(within: Duration, what: &str, done: impl Fn() -> bool) {
     let deadline = Instant::now() + within;
     while !done() {
@@ -375,6 +392,54 @@ fn root_masquerade_off_or_excepted_keeps_the_pod_address() {
     }
 }
 
+/// ICMP errors about a masqueraded flow go to the node's address: they are
+/// translated back and reach the pod, as with netfilter's masquerade. A host
+/// with no listener answers a pod's datagram with "port unreachable" (the
+/// pod's connected socket sees the refusal), and a router whose next link is
+/// narrower than the pod's packets says "fragmentation needed" (the pod's TCP
+/// sends smaller segments: without the error, the transfer stalls).
+#[test]
+fn root_icmp_errors_about_masqueraded_flows_reach_the_pod() {
+    let lab = Lab::new(76, [&["--masquerade=true"], &["--masquerade=true"]]);
+    let udp = ask_udp(&lab.a.ns, internet(80)).expect("UDP to the internet");
+    assert_from_node(&udp, lab.node_ips[0], "UDP from a");
+
+    assert_eq!(
+        refused_datagram(&lab.a.ns, internet(9)),
+        Err(std::io::ErrorKind::ConnectionRefused),
+        "the host's port unreachable reaches the pod's socket"
+    );
+
+    lab.internet.narrow_link(1280);
+    let listener = lab
+        .internet
+        .host
+        .run(|| std::net::TcpListener::bind(internet(5001)).expect("listen"));
+    let sink = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().expect("accept");
+        std::io::copy(&mut conn, &mut std::io::sink()).expect("read")
+    });
+    const BYTES: usize = 1 << 20;
+    let started = Instant::now();
+    lab.a.ns.run(|| {
+        use std::io::Write as _;
+        let mut conn =
+            std::net::TcpStream::connect_timeout(&internet(5001), Duration::from_secs(3)).expect("connect");
+        conn.set_write_timeout(Some(Duration::from_secs(15)))
+            .expect("timeout");
+        conn.write_all(&vec![7u8; BYTES])
+            .expect("1 MiB through a 1,280-byte link: the pod must learn the path MTU");
+    });
+    assert_eq!(sink.join().expect("sink"), BYTES as u64);
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "the transfer took {:?}",
+        started.elapsed()
+    );
+    let mtu = lab.a.ns.sh(&format!("ip route get {INTERNET}"));
+    assert!(mtu.contains("mtu 1280"), "the pod caches the path MTU: {mtu}");
+}
+
 /// An externalTrafficPolicy Local NodePort reached from another node's pod
 /// (inside the cluster: its address is in a Node's pod CIDR) uses every
 /// endpoint, as kube-proxy with a cluster CIDR does; from the internet, only
@@ -528,5 +593,11 @@ fn root_pods_reach_the_ipv6_internet_from_their_node_address() {
         ping(&pod, "fd00:c0::10", &internet.host),
         vec![node6; 3],
         "ping over IPv6: the internet host must see the node's address"
+    );
+    // And the ICMPv6 error of a datagram to a port with no listener.
+    assert_eq!(
+        refused_datagram(&pod.ns, SocketAddr::new(host6, 9)),
+        Err(std::io::ErrorKind::ConnectionRefused),
+        "the host's ICMPv6 port unreachable reaches the pod's socket"
     );
 }

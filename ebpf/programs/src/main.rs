@@ -110,10 +110,32 @@ pub fn from_pod(ctx: TcContext) -> i32 {
     by_family!(ctx, Dir::FromPod, from_pod_family, Side::Egress)
 }
 
-/// TC ingress on a node device: Service traffic from outside the node.
+/// TC ingress on a node device: Service traffic from outside the node. An
+/// instance's [`RELATED`]: what the load balancer does not parse, which may
+/// be an ICMP error about a masqueraded flow ([`quoted_error`]).
 #[classifier]
 pub fn from_netdev(ctx: TcContext) -> i32 {
-    by_family!(ctx, Dir::FromNetdev, from_netdev_family)
+    match packet::ethertype(&ctx) {
+        Ok(V4::ETH_P) => match from_netdev_family::<V4>(ctx.skb.skb) {
+            PEER => into_peer::<V4>(ctx.skb.skb),
+            RELATED => quoted_error::<V4>(ctx.skb.skb),
+            tc => tc,
+        },
+        Ok(V6::ETH_P) => match from_netdev_family::<V6>(ctx.skb.skb) {
+            PEER => into_peer::<V6>(ctx.skb.skb),
+            RELATED => quoted_error::<V6>(ctx.skb.skb),
+            tc => tc,
+        },
+        other => metrics::verdict(&ctx, Dir::FromNetdev, other.map(|_| Action::forward(TC_ACT_OK))),
+    }
+}
+
+/// [`lb::masq::quoted_error`], in a frame of its own: [`from_netdev_family`]
+/// has no room left.
+#[inline(never)]
+fn quoted_error<F: Lb>(skb: *mut __sk_buff) -> i32 {
+    let ctx = TcContext::new(skb);
+    metrics::verdict(&ctx, Dir::FromNetdev, lb::masq::quoted_error::<F>(&ctx))
 }
 
 /// TC egress on a node device: replies of the node's own processes (hostNetwork
@@ -233,7 +255,8 @@ fn from_netdev_family<F: Lb>(skb: *mut __sk_buff) -> i32 {
             }
         }
         Ok(Some(mut flow)) => lb::from_netdev(&ctx, &mut flow),
-        Ok(None) => Ok(Action::forward(TC_ACT_OK)),
+        // Counted where it goes.
+        Ok(None) => return RELATED,
         Err(reason) => Err(reason),
     };
     metrics::verdict(&ctx, Dir::FromNetdev, result)

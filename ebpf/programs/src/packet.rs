@@ -272,8 +272,8 @@ impl Family for V6 {
 /// An ICMP header (type, code, checksum, 4 bytes of the message's own).
 pub const ICMP_HLEN: usize = 8;
 /// An ICMP message's checksum, and an echo's identifier.
-const ICMP_CSUM: usize = 2;
-const ICMP_ID: usize = 4;
+pub const ICMP_CSUM: usize = 2;
+pub const ICMP_ID: usize = 4;
 
 /// IPv6 extension headers walked to find the L4 header.
 const IPPROTO_HOPOPTS: u8 = 0;
@@ -441,8 +441,14 @@ pub struct Parsed<F: Family> {
 /// packet went or, `reverse`d, as its replies go; in a policy conntrack key's
 /// form. Ports are read for TCP, UDP and SCTP, the identifier for ICMP echo; a
 /// quoted IPv6 packet's extension headers are not walked (ports 0 then).
+/// Returns where the quoted L4 header starts.
 #[inline(always)]
-pub fn quoted_key<F: Family>(ctx: &TcContext, at: usize, k: &mut CtKey, reverse: bool) -> Result<(), Reason> {
+pub fn quoted_key<F: Family>(
+    ctx: &TcContext,
+    at: usize,
+    k: &mut CtKey,
+    reverse: bool,
+) -> Result<usize, Reason> {
     let (s, d) = if reverse {
         (&mut k.daddr, &mut k.saddr)
     } else {
@@ -471,7 +477,7 @@ pub fn quoted_key<F: Family>(ctx: &TcContext, at: usize, k: &mut CtKey, reverse:
     k.family = F::AF;
     k.dir = 0;
     k._pad = 0;
-    Ok(())
+    Ok(l4)
 }
 
 /// Parses any IP packet of family `F`, as NetworkPolicy judges every protocol:

@@ -29,6 +29,17 @@ pub trait Rewrite: Family {
         old: &Self::Addr,
         new: &[u8; 16],
     ) -> Result<(), Reason>;
+
+    /// Replaces the source address (`old` by `new`, maps' form) of the packet
+    /// an ICMP error quotes at `quoted`, keeping the error's checksum (at
+    /// `csum_at`) right: the quoted bytes are data it covers.
+    fn rewrite_quoted_source(
+        ctx: &TcContext,
+        csum_at: usize,
+        quoted: usize,
+        old: &[u8; 16],
+        new: &[u8; 16],
+    ) -> Result<(), Reason>;
 }
 
 impl Rewrite for V4 {
@@ -47,16 +58,44 @@ impl Rewrite for V4 {
             ctx.l4_csum_replace(csum_at, o, n, BPF_F_PSEUDO_HDR as u64 | l4 | 4)
                 .map_err(|_| Reason::RewriteFailed)?;
         }
-        ctx.l3_csum_replace(IP_CSUM, o, n, 4)
-            .map_err(|_| Reason::RewriteFailed)?;
-        ctx.store(at, &new, 0).map_err(|_| Reason::RewriteFailed)
+        replace4(ctx, IP_CSUM, at, o, &new)
     }
+
+    /// The quoted header's own checksum follows its address, which leaves the
+    /// header's sum, and so the ICMP checksum, as it was.
+    #[inline(always)]
+    fn rewrite_quoted_source(
+        ctx: &TcContext,
+        _csum_at: usize,
+        quoted: usize,
+        old: &[u8; 16],
+        new: &[u8; 16],
+    ) -> Result<(), Reason> {
+        let old = u32::from_ne_bytes([old[0], old[1], old[2], old[3]]) as u64;
+        replace4(
+            ctx,
+            quoted + 10,
+            quoted + 12,
+            old,
+            &[new[0], new[1], new[2], new[3]],
+        )
+    }
+}
+
+/// Stores the IPv4 address `new` at `at` in place of `old` (as a
+/// `u32` from its bytes), and follows it in the IP header checksum at `ip_csum`.
+#[inline(always)]
+fn replace4(ctx: &TcContext, ip_csum: usize, at: usize, old: u64, new: &[u8; 4]) -> Result<(), Reason> {
+    ctx.l3_csum_replace(ip_csum, old, u32::from_ne_bytes(*new) as u64, 4)
+        .map_err(|_| Reason::RewriteFailed)?;
+    ctx.store(at, new, 0).map_err(|_| Reason::RewriteFailed)
 }
 
 #[repr(C, align(4))]
 struct Aligned([u8; 16]);
 
 impl Rewrite for V6 {
+    /// Every IPv6 L4 checksum, ICMPv6's too, covers the addresses.
     #[inline(always)]
     fn rewrite_addr(
         ctx: &TcContext,
@@ -66,20 +105,44 @@ impl Rewrite for V6 {
         old: &[u8; 16],
         new: &[u8; 16],
     ) -> Result<(), Reason> {
-        // Every IPv6 L4 checksum, ICMPv6's too, covers the addresses.
         let csum_at = csum_at.unwrap_or_default();
-        // Out of line: its buffers, inlined at each of the hot path's rewrites,
-        // would not fit beside it in one stack frame. Five arguments at most
-        // cross a BPF call, so the checksum's offset and flags travel packed.
-        match rewrite_addr6(ctx.skb.skb, (csum_at << 32 | at) as u64, l4, old, new) {
-            0 => Ok(()),
-            _ => Err(Reason::RewriteFailed),
-        }
+        replace6(ctx, csum_at, at, BPF_F_PSEUDO_HDR as u64 | l4, old, new)
+    }
+
+    /// No header checksum: the ICMPv6 checksum takes the difference, as
+    /// data (no pseudo-header flag).
+    #[inline(always)]
+    fn rewrite_quoted_source(
+        ctx: &TcContext,
+        csum_at: usize,
+        quoted: usize,
+        old: &[u8; 16],
+        new: &[u8; 16],
+    ) -> Result<(), Reason> {
+        replace6(ctx, csum_at, quoted + 8, 0, old, new)
+    }
+}
+
+/// [`rewrite_addr6`], out of line: its buffers, inlined at each of the hot
+/// path's rewrites, would not fit beside it in one stack frame. Five
+/// arguments at most cross a BPF call, so the offsets travel packed.
+#[inline(always)]
+fn replace6(
+    ctx: &TcContext,
+    csum_at: usize,
+    at: usize,
+    flags: u64,
+    old: &[u8; 16],
+    new: &[u8; 16],
+) -> Result<(), Reason> {
+    match rewrite_addr6(ctx.skb.skb, (csum_at << 32 | at) as u64, flags, old, new) {
+        0 => Ok(()),
+        _ => Err(Reason::RewriteFailed),
     }
 }
 
 #[inline(never)]
-fn rewrite_addr6(skb: *mut __sk_buff, offsets: u64, l4: u64, old: &[u8; 16], new: &[u8; 16]) -> i64 {
+fn rewrite_addr6(skb: *mut __sk_buff, offsets: u64, flags: u64, old: &[u8; 16], new: &[u8; 16]) -> i64 {
     let ctx = TcContext::new(skb);
     let (csum_at, at) = ((offsets >> 32) as usize, (offsets & 0xffff_ffff) as usize);
     // bpf_csum_diff wants 4-aligned buffers.
@@ -92,11 +155,7 @@ fn rewrite_addr6(skb: *mut __sk_buff, offsets: u64, l4: u64, old: &[u8; 16], new
         return diff;
     }
     // A size of 0 tells the helper that `to` is a precomputed difference.
-    if ctx
-        .l4_csum_replace(csum_at, 0, diff as u64, BPF_F_PSEUDO_HDR as u64 | l4)
-        .is_err()
-        || ctx.store(at, &n.0, 0).is_err()
-    {
+    if ctx.l4_csum_replace(csum_at, 0, diff as u64, flags).is_err() || ctx.store(at, &n.0, 0).is_err() {
         return -1;
     }
     0
