@@ -407,22 +407,11 @@ fn main() {
         .zip(&samples)
         .flat_map(|(lab, s)| {
             let name = lab.variant.name();
-            [
-                sink.record(
-                    name,
-                    None,
-                    "conn_rate",
-                    "conn/s",
-                    Stats::new(median(&s.conn_rate), &s.conn_rate),
-                ),
-                sink.record(
-                    name,
-                    None,
-                    "throughput",
-                    "Gbit/s",
-                    Stats::new(median(&s.gbps), &s.gbps),
-                ),
-            ]
+            sink.traffic(
+                name,
+                Stats::new(median(&s.conn_rate), &s.conn_rate),
+                Stats::new(median(&s.gbps), &s.gbps),
+            )
         })
         .collect();
     sink.write(&records)

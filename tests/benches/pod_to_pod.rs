@@ -43,7 +43,9 @@
 //! Environment: `WEIR_BENCH_ROUNDS` (default 6), `WEIR_BENCH_SECS` (default 2),
 //! `WEIR_BENCH_IPERF_SECS` (default 3), `WEIR_BENCH_CLIENTS` (default 4),
 //! `WEIR_BENCH_PLACEMENTS` (`same`, `cross` or `same,cross`, the default),
-//! `WEIR_BENCH_VARIANTS` (a subset of `ptp,weir-peer,weir-neigh`).
+//! `WEIR_BENCH_VARIANTS` (a subset of `ptp,weir-peer,weir-neigh`),
+//! `WEIR_BENCH_JSON` (a file, or a directory, for the machine-readable records
+//! `scripts/charts.sh` draws).
 
 use std::{
     net::SocketAddr,
@@ -57,6 +59,7 @@ use weir_lab::{
         Iperf3Server, conn_rate, host_local, iperf3, median, min_max, one_connection, reference_pod,
         syn_retransmits,
     },
+    bench_json::{Sink, Stats},
     connrate::Server,
     env_or, require_root,
     services::{ManifestDir, node_object},
@@ -320,6 +323,7 @@ fn main() {
     let clients = env_or("WEIR_BENCH_CLIENTS", 4).max(1);
     let d = Duration::from_secs_f64(secs);
     let started = Instant::now();
+    let sink = Sink::from_env("pod_to_pod");
     let variants = parse_list("WEIR_BENCH_VARIANTS", &Variant::ALL, Variant::name);
     let placements = parse_list(
         "WEIR_BENCH_PLACEMENTS",
@@ -403,6 +407,23 @@ fn main() {
             median(&s.retransmits),
         );
     }
+
+    // Machine-readable: one record per lab and metric, the variant named
+    // `placement-variant` (`same-ptp`, `cross-weir-peer`, ...).
+    let records: Vec<_> = labs
+        .iter()
+        .zip(&samples)
+        .flat_map(|(lab, s)| {
+            let name = format!("{}-{}", lab.placement.name(), lab.variant.name());
+            sink.traffic(
+                &name,
+                Stats::new(median(&s.conn_rate), &s.conn_rate),
+                Stats::new(median(&s.gbps), &s.gbps),
+            )
+        })
+        .collect();
+    sink.write(&records)
+        .unwrap_or_else(|e| panic!("{}: {e:?}", weir_lab::bench_json::ENV));
 
     let find = |v: Variant, p: Placement| labs.iter().position(|l| l.variant == v && l.placement == p);
     println!(

@@ -250,6 +250,16 @@ impl Sink {
         }
     }
 
+    /// The two records of a traffic benchmark's variant: new connections per
+    /// second (`conn_rate`) and one stream's throughput in Gbit/s
+    /// (`throughput`), what the charts' bars draw.
+    pub fn traffic(&self, variant: &str, conn_rate: Stats, gbps: Stats) -> [Record; 2] {
+        [
+            self.record(variant, None, "conn_rate", "conn/s", conn_rate),
+            self.record(variant, None, "throughput", "Gbit/s", gbps),
+        ]
+    }
+
     /// Appends `records` to the sink's file, if there is one.
     pub fn write(&self, records: &[Record]) -> Result<(), Error> {
         match &self.path {

@@ -13,6 +13,7 @@ use crate::{
 const SIZE: (u32, u32) = (900, 540);
 const FONT: &str = "sans-serif";
 const GREY: RGBColor = RGBColor(120, 120, 120);
+const LIGHT_GREY: RGBColor = RGBColor(190, 190, 190);
 const BLUE: RGBColor = RGBColor(31, 119, 180);
 const LIGHT_BLUE: RGBColor = RGBColor(120, 180, 225);
 const RED: RGBColor = RGBColor(214, 39, 40);
@@ -25,7 +26,8 @@ pub fn all(records: &[Record]) -> anyhow::Result<Vec<(&'static str, String)>> {
     Ok(vec![
         ("services-conn-rate.svg", services_conn_rate(records)?),
         ("services-programming.svg", services_programming(records)?),
-        ("overlay.svg", overlay(records)?),
+        ("overlay.svg", bars_of_runs(records, &OVERLAY)?),
+        ("pod-to-pod.svg", bars_of_runs(records, &POD_TO_POD)?),
     ])
 }
 
@@ -258,29 +260,58 @@ fn services_programming(records: &[Record]) -> anyhow::Result<String> {
     Ok(out)
 }
 
-/// Chart 3: cross-node pod to pod, connections/s and throughput, run by run.
-fn overlay(records: &[Record]) -> anyhow::Result<String> {
-    let variants = [
+/// A chart of connections/s and one stream's throughput, a group of bars per
+/// run: `bench`'s records of `variants` (record name, legend, colour).
+struct Bars {
+    bench: &'static str,
+    title: &'static str,
+    variants: &'static [(&'static str, &'static str, RGBColor)],
+}
+
+/// Chart 3: cross-node pod to pod, run by run.
+const OVERLAY: Bars = Bars {
+    bench: "overlay",
+    title: "Between nodes: pod to pod on another node (medians, min-max over the rounds)",
+    variants: &[
         ("routed", "routed (ptp + static routes)", GREY),
         ("flannel", "flannel-style (bridge + kernel VXLAN)", ORANGE),
         ("weir-native", "Weir --routing native", BLUE),
         ("weir-vxlan", "Weir --routing vxlan", LIGHT_BLUE),
-    ];
+    ],
+};
+
+/// Chart 4: pod to pod on one node and across two, Weir against the
+/// reference `ptp` plugin's kernel routing, run by run.
+const POD_TO_POD: Bars = Bars {
+    bench: "pod_to_pod",
+    title: "Pod to pod: Weir against kernel routing (medians, min-max over the rounds)",
+    variants: &[
+        ("same-ptp", "same node: ptp (kernel routing)", GREY),
+        ("same-weir-peer", "same node: Weir (bpf_redirect_peer)", BLUE),
+        ("cross-ptp", "two nodes: ptp + static routes", LIGHT_GREY),
+        ("cross-weir-peer", "two nodes: Weir --routing native", LIGHT_BLUE),
+    ],
+};
+
+/// Draws a [`Bars`] chart.
+fn bars_of_runs(records: &[Record], chart: &Bars) -> anyhow::Result<String> {
+    let Bars {
+        bench,
+        title,
+        variants,
+    } = chart;
     let names: Vec<&str> = variants.iter().map(|v| v.0).collect();
     let mut out = String::new();
     {
         let root = &canvas(&mut out, (1100, 540))?;
-        let body = root.titled(
-            "Between nodes: pod to pod on another node (medians, min-max over the rounds)",
-            (FONT, 22),
-        )?;
+        let body = root.titled(title, (FONT, 22))?;
         let (left, right) = body.split_horizontally(550);
         let panels = [
             (&left, "conn_rate", "new TCP connections/s", "conn/s", true),
             (&right, "throughput", "one TCP stream (iperf3)", "Gbit/s", false),
         ];
         for (area, metric, caption, unit, legend) in panels {
-            let runs = bars_by_run(records, "overlay", metric, &names);
+            let runs = bars_by_run(records, bench, metric, &names);
             let top = runs
                 .iter()
                 .flat_map(|(_, _, bars)| bars.iter().flatten())

@@ -14,6 +14,8 @@
 //! - `services-programming.svg`: time to program the Services from empty.
 //! - `overlay.svg`: cross-node pod to pod, connections/s and one stream's throughput,
 //!   run by run.
+//! - `pod-to-pod.svg`: pod to pod on one node and across two, Weir against the
+//!   reference `ptp` plugin, the same two figures, run by run.
 
 mod draw;
 mod series;
