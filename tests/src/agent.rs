@@ -192,9 +192,26 @@ impl Agent {
 
     /// Polls `path` on the health address until `done` holds; the last answer.
     pub fn wait_health(&self, path: &str, what: &str, done: impl Fn(u16, &str) -> bool) -> (u16, String) {
+        self.wait_get(HEALTH, path, what, done)
+    }
+
+    /// Polls `GET path` on `addr` until `done` holds; the last answer. A
+    /// refused connection is a server not listening yet (the agent binds its
+    /// ports in tasks of their own), as a kubelet's probe takes it.
+    pub fn wait_get(
+        &self,
+        addr: &str,
+        path: &str,
+        what: &str,
+        done: impl Fn(u16, &str) -> bool,
+    ) -> (u16, String) {
         let deadline = Instant::now() + Duration::from_secs(30);
+        let netns = crate::Netns::attach(&self.netns);
         loop {
-            let (code, body) = self.health(path);
+            let (code, body) = match crate::try_http_status(&netns, addr, path) {
+                Ok(answer) => answer,
+                Err(e) => (0, format!("no answer: {e}")),
+            };
             if done(code, &body) {
                 return (code, body);
             }

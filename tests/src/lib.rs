@@ -59,10 +59,16 @@ pub fn http_get(ns: &Netns, addr: &str, path: &str) -> String {
 
 /// `GET path` from inside `ns`: the status code and the body.
 pub fn http_status(ns: &Netns, addr: &str, path: &str) -> (u16, String) {
+    try_http_status(ns, addr, path).unwrap_or_else(|e| panic!("connect {addr}: {e}"))
+}
+
+/// [`http_status`], or why nothing accepted the connection (a server not
+/// listening yet: a probe tries again).
+pub fn try_http_status(ns: &Netns, addr: &str, path: &str) -> std::io::Result<(u16, String)> {
     let (addr, path) = (addr.to_owned(), path.to_owned());
     ns.run(move || {
         use std::io::{Read as _, Write as _};
-        let mut s = std::net::TcpStream::connect(&addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        let mut s = std::net::TcpStream::connect(&addr)?;
         write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("request");
         let mut out = String::new();
         s.read_to_string(&mut out).expect("response");
@@ -74,7 +80,7 @@ pub fn http_status(ns: &Netns, addr: &str, path: &str) -> (u16, String) {
         let body = out
             .split_once("\r\n\r\n")
             .map_or(out.clone(), |(_, body)| body.to_owned());
-        (code, body)
+        Ok((code, body))
     })
 }
 

@@ -7,10 +7,7 @@
 //! exist, and goes back to eBPF delivery once they are gone. Weir's own
 //! Services work in both modes.
 
-use std::{
-    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
-    time::{Duration, Instant},
-};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use serde_json::json;
 use weir_lab::{
@@ -28,15 +25,12 @@ const HOST_PORT: u16 = 18080;
 /// Polls the agent's metrics until the delivery mode is `legacy` (or not).
 fn wait_routing(agent: &Agent, legacy: bool) {
     let want = format!("weir_host_routing_legacy {}", u8::from(legacy));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (_, metrics) = agent.get("127.0.0.1:9878", "/metrics");
-        if metrics.lines().any(|l| l == want) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "never `{want}`:\n{}", agent.log_text());
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    agent.wait_get(
+        "127.0.0.1:9878",
+        "/metrics",
+        &format!("`{want}`"),
+        |_, metrics| metrics.lines().any(|l| l == want),
+    );
 }
 
 fn kube_proxy_rules(backend: IpAddr) -> ServiceSet {
