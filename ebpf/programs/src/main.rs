@@ -34,6 +34,7 @@ macro_rules! declare_bpf_map {
     };
 }
 
+mod clock;
 mod endpoints;
 mod lb;
 mod metrics;
@@ -46,7 +47,6 @@ mod sock;
 
 use aya_ebpf::{
     bindings::{__sk_buff, TC_ACT_OK},
-    helpers::bpf_ktime_get_ns,
     macros::classifier,
     programs::TcContext,
 };
@@ -381,8 +381,7 @@ fn try_into_pod<F: Lb>(ctx: &TcContext, via: Via) -> Result<Action, Reason> {
                 }
             }
         };
-        // SAFETY: no preconditions.
-        let now = unsafe { bpf_ktime_get_ns() };
+        let now = crate::clock::now();
         if quoted != 0 {
             // The node's errors are admitted as all it sends; one from the pod's
             // own veth is the load balancer's rejection of the pod's own packet.
@@ -437,8 +436,7 @@ fn try_from_pod<F: Lb>(ctx: &TcContext) -> Result<Action, Reason> {
     // the load balancer makes it come from a frontend; anything else, and
     // whatever the load balancer sends to a backend, once it has picked one.
     let policed = policy::endpoint(&flow, Side::Egress).map(|ep| {
-        // SAFETY: no preconditions.
-        (ep, unsafe { bpf_ktime_get_ns() })
+        (ep, crate::clock::now())
     });
     let mut seen = Known::New;
     if let Some((_, now)) = policed {

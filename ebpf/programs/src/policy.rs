@@ -305,8 +305,7 @@ pub fn related<F: Family>(
     if egress && is_node_address::<F>(&outer.daddr) {
         return Ok(());
     }
-    // SAFETY: no preconditions.
-    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+    let now = crate::clock::now();
     let key = &mut crate::lb::scratch()?.in_key;
     for reverse in [false, true] {
         packet::quoted_key::<F>(ctx, quoted, key, reverse)?;

@@ -14,7 +14,7 @@
 
 use aya_ebpf::{
     EbpfContext,
-    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_set_retval},
+    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval},
     macros::cgroup_sock_addr,
     maps::LruHashMap,
     programs::SockAddrContext,
@@ -222,8 +222,7 @@ fn to_backend<F: SockAddr>(ctx: &SockAddrContext, datagram_only: bool) -> i32 {
     flow.sport = (cookie ^ (cookie >> 16) ^ (cookie >> 32) ^ (cookie >> 48)) as u16;
     flow.dport = key.port;
     flow.proto = proto;
-    // SAFETY: no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = crate::clock::now();
     // SAFETY: valid for this run.
     let Some(backend) = select::backend(&flow, &key, &svc, now)
         .ok()

@@ -14,7 +14,7 @@
 
 use aya_ebpf::{
     bindings::TC_ACT_OK,
-    helpers::{bpf_ktime_get_ns, bpf_redirect_neigh},
+    helpers::bpf_redirect_neigh,
     programs::TcContext,
 };
 use weir_common::{CT_F_EXTERNAL, CT_F_MASQ, CT_F_SNAT, Reason, SVC_F_EXT_LOCAL};
@@ -27,8 +27,7 @@ use crate::{endpoints, metrics::Action, packet::Flow, route};
 
 #[inline(always)]
 pub fn from_netdev<F: Lb>(ctx: &TcContext, flow: &mut Flow<F>) -> Result<Action, Reason> {
-    // SAFETY: no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = crate::clock::now();
     let s = scratch()?;
     let pass = Ok(Action::forward(TC_ACT_OK));
 

@@ -17,7 +17,7 @@
 
 use aya_ebpf::{
     bindings::TC_ACT_OK,
-    helpers::{bpf_ktime_get_ns, bpf_redirect_neigh},
+    helpers::bpf_redirect_neigh,
     maps::{LpmTrie, lpm_trie::Key},
     programs::TcContext,
 };
@@ -80,8 +80,7 @@ pub fn to_netdev<F: Lb>(ctx: &TcContext, flow: &mut Flow<F>) -> Result<Action, R
     {
         return pass;
     }
-    // SAFETY: no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = crate::clock::now();
     let s = scratch()?;
 
     // A known flow keeps its port. Expired but not collected yet, its port is

@@ -23,7 +23,7 @@ pub mod select;
 
 pub use self::external::from_netdev;
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
+use aya_ebpf::programs::TcContext;
 use weir_common::{
     Backend, CT_F_CLOSING, CT_F_EXTERNAL, CT_F_HAIRPIN, CT_F_MASQ, CT_F_SNAT, CT_IN, CT_OUT, Reason, Scratch,
 };
@@ -59,8 +59,7 @@ pub fn scratch() -> Result<&'static mut Scratch, Reason> {
 /// from the frontend. (Local backends' replies are handled as they leave them.)
 #[inline(always)]
 pub fn to_pod<F: Lb>(ctx: &TcContext, flow: &mut Flow<F>) -> Result<(), Reason> {
-    // SAFETY: no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = crate::clock::now();
     let from = Backends::Local { host_stack: false };
     reply(ctx, flow, scratch()?, now, from).map(|_| ())
 }
@@ -74,8 +73,7 @@ pub fn from_pod<F: Lb>(
     flow: &mut Flow<F>,
     host_stack: bool,
 ) -> Result<Option<Action>, Reason> {
-    // SAFETY: no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = crate::clock::now();
     let s = scratch()?;
 
     // 1. A packet of a flow we translated.
