@@ -147,15 +147,10 @@ impl Family for V4 {
         Ok(Some(ETH_HLEN + words * 4))
     }
 
-    /// Byte by byte, volatile: written as one value, LLVM zeroes the last 12
-    /// bytes with a call to `memset`, a byte loop four times as long, and
-    /// every key of every packet has addresses widened.
     #[inline(always)]
     fn widen(a: &[u8; 4], out: &mut [u8; 16]) {
-        for (i, o) in out.iter_mut().enumerate() {
-            // SAFETY: a live byte of `out`.
-            unsafe { core::ptr::write_volatile(o, if i < 4 { a[i] } else { 0 }) };
-        }
+        out[..4].copy_from_slice(a);
+        out[4..].fill(0);
     }
 
     #[inline(always)]
