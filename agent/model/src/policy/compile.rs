@@ -1,12 +1,15 @@
 //! Every NetworkPolicy of a model resolved ([`compile_policies`]), and encoded
 //! for one node ([`compile_node`]).
 
-use std::collections::BTreeMap;
+use std::{
+    collections::{BTreeMap, HashSet},
+    net::IpAddr,
+};
 
 use super::{
     encode::{DesiredPolicy, PolicyEncoder},
     pods::{PodView, local_pod_ips, pod_ips, takes_part},
-    resolve::apply,
+    resolve::{PeerMemo, apply},
     rules::PodPolicies,
 };
 use crate::{
@@ -15,6 +18,9 @@ use crate::{
     problem::{Problem, ProblemReason},
 };
 
+/// The labels of a pod without any.
+static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
+
 /// The label the API server puts on every namespace: its name.
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
@@ -22,6 +28,14 @@ pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 /// protocol) are reported and left out of their rule, which then admits less,
 /// never more.
 pub fn compile_policies(model: &Model) -> (PodPolicies, Vec<Problem>) {
+    resolve_for(model, None)
+}
+
+/// [`compile_policies`] for the pods at `local` addresses alone (`None`:
+/// every pod): a node's maps need no other pod's rules, and a policy that
+/// selects none of them is only checked, not resolved (its peers are a scan of
+/// pods: most of a compile, for rules that would be thrown away).
+fn resolve_for(model: &Model, local: Option<&HashSet<IpAddr>>) -> (PodPolicies, Vec<Problem>) {
     // Every namespace carries `kubernetes.io/metadata.name` (the API server sets
     // it); one that pods name without a Namespace object (a manifest directory
     // may leave `default` out) has that label alone.
@@ -44,12 +58,16 @@ pub fn compile_policies(model: &Model) -> (PodPolicies, Vec<Problem>) {
     let pods: Vec<PodView<'_>> = model
         .of_kind(Kind::Pod)
         .filter_map(|(key, entry)| match &entry.object {
-            Object::Pod(pod) if takes_part(pod) => Some(PodView {
-                namespace: key.namespace.as_str(),
-                labels: pod.metadata.labels.clone().unwrap_or_default(),
-                ips: pod_ips(pod),
-                pod,
-            }),
+            Object::Pod(pod) if takes_part(pod) => {
+                let ips = pod_ips(pod);
+                Some(PodView {
+                    namespace: key.namespace.as_str(),
+                    labels: pod.metadata.labels.as_ref().unwrap_or(&NO_LABELS),
+                    local: local.is_none_or(|l| ips.iter().any(|ip| l.contains(ip))),
+                    ips,
+                    pod,
+                })
+            }
             _ => None,
         })
         .collect();
@@ -62,6 +80,7 @@ pub fn compile_policies(model: &Model) -> (PodPolicies, Vec<Problem>) {
     }
     let mut out = PodPolicies::default();
     let mut problems = Vec::new();
+    let mut memo = PeerMemo::default();
     for (key, entry) in model.of_kind(Kind::NetworkPolicy) {
         let Object::NetworkPolicy(policy) = &entry.object else {
             continue;
@@ -73,7 +92,7 @@ pub fn compile_policies(model: &Model) -> (PodPolicies, Vec<Problem>) {
                 reason: ProblemReason::BadPolicy(reason),
             })
         };
-        apply(key, policy, &pods, &namespaces, &mut out, &mut report);
+        apply(key, policy, &pods, &namespaces, &mut memo, &mut out, &mut report);
     }
     (out, problems)
 }
@@ -81,6 +100,7 @@ pub fn compile_policies(model: &Model) -> (PodPolicies, Vec<Problem>) {
 /// The policy maps of `node`: every policy resolved, then encoded for the
 /// node's pods by `encoder` (which keeps its numbers between calls).
 pub fn compile_node(model: &Model, node: &str, encoder: &mut PolicyEncoder) -> (DesiredPolicy, Vec<Problem>) {
-    let (policies, problems) = compile_policies(model);
-    (encoder.encode(&policies, &local_pod_ips(model, node)), problems)
+    let local = local_pod_ips(model, node);
+    let (policies, problems) = resolve_for(model, Some(&local.iter().copied().collect()));
+    (encoder.encode(&policies, &local), problems)
 }

@@ -11,9 +11,12 @@ use crate::{
 /// A pod as policies see it.
 pub(super) struct PodView<'a> {
     pub namespace: &'a str,
-    pub labels: BTreeMap<String, String>,
+    pub labels: &'a BTreeMap<String, String>,
     pub ips: Vec<IpAddr>,
     pub pod: &'a PodFacts,
+    /// On the node being compiled for (every pod is, for a whole-cluster
+    /// compile): the pods whose own rules are resolved.
+    pub local: bool,
 }
 
 /// Addresses of the pods on `node` that policies see (those it may isolate).

@@ -1,7 +1,10 @@
 //! One policy against the pods: which pods it selects, and each of its rules
 //! with peers resolved to addresses and named ports to numbers.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::IpAddr,
+};
 
 use ipnetwork::IpNetwork;
 use k8s_openapi::{
@@ -20,12 +23,15 @@ use crate::{
     pod::named_port,
 };
 
-/// Adds what `policy` (`key`) means for each pod it selects to `out`.
+/// Adds what `policy` (`key`) means for each local pod it selects to `out`
+/// ([`PodView::local`]). A policy that selects pods, none of them local, is
+/// still checked (the same reports as resolving it).
 pub(super) fn apply(
     key: &ObjectKey,
     policy: &NetworkPolicy,
     pods: &[PodView<'_>],
     namespaces: &BTreeMap<&str, BTreeMap<String, String>>,
+    memo: &mut PeerMemo,
     out: &mut PodPolicies,
     report: &mut impl FnMut(String),
 ) {
@@ -39,9 +45,20 @@ pub(super) fn apply(
         _ if spec.egress.as_ref().is_some_and(|e| !e.is_empty()) => vec!["Ingress", "Egress"],
         _ => vec!["Ingress"],
     };
-    let selected = of_namespace(pods, &key.namespace)
-        .iter()
-        .filter(|p| spec.pod_selector.as_ref().is_none_or(|s| selects(s, &p.labels)));
+    let picks = |p: &&PodView<'_>| spec.pod_selector.as_ref().is_none_or(|s| selects(s, p.labels));
+    let of_policy = of_namespace(pods, &key.namespace);
+    let selected: Vec<&PodView<'_>> = of_policy.iter().filter(|p| p.local).filter(picks).collect();
+    // Checked: resolved for one of the pods it selects, against no pods, into
+    // rules thrown away.
+    let mut checked = PodPolicies::default();
+    let mut checked_memo = PeerMemo::default();
+    let (selected, pods, out, memo) = if !selected.is_empty() {
+        (selected, pods, out, memo)
+    } else if let Some(pod) = of_policy.iter().find(picks) {
+        (vec![pod], &[][..], &mut checked, &mut checked_memo)
+    } else {
+        return;
+    };
     // Peers do not depend on the selected pod, only named ingress ports do:
     // peers are resolved once per policy (a scan of every pod per rule), on
     // the first pod selected, and what that reported is reported again for
@@ -71,6 +88,7 @@ pub(super) fn apply(
                                 r.from.as_deref(),
                                 pods,
                                 namespaces,
+                                memo,
                                 &mut |s| said.push(s),
                             );
                             (peers, said)
@@ -103,6 +121,7 @@ pub(super) fn apply(
                                 r.ports.as_deref(),
                                 pods,
                                 namespaces,
+                                memo,
                                 &mut |s| said.push(s),
                             )
                         })
@@ -133,6 +152,7 @@ fn egress_rules(
     ports: Option<&[NetworkPolicyPort]>,
     pods: &[PodView<'_>],
     namespaces: &BTreeMap<&str, BTreeMap<String, String>>,
+    memo: &mut PeerMemo,
     report: &mut impl FnMut(String),
 ) -> Vec<Allow> {
     let named = ports
@@ -140,9 +160,9 @@ fn egress_rules(
         .flatten()
         .any(|p| matches!(p.port, Some(IntOrString::String(_))));
     if !named {
-        return vec![resolve(namespace, to, ports, None, pods, namespaces, report)];
+        return vec![resolve(namespace, to, ports, None, pods, namespaces, memo, report)];
     }
-    let all = resolve(namespace, to, ports, None, pods, namespaces, report);
+    let all = resolve(namespace, to, ports, None, pods, namespaces, memo, report);
     // Pods named by a selector, or inside an ipBlock: a named port resolves on
     // any destination pod.
     let is_peer = |p: &PodView<'_>| match &all.peers {
@@ -186,10 +206,11 @@ fn resolve(
     destination: Option<&PodView<'_>>,
     pods: &[PodView<'_>],
     namespaces: &BTreeMap<&str, BTreeMap<String, String>>,
+    memo: &mut PeerMemo,
     report: &mut impl FnMut(String),
 ) -> Allow {
     Allow {
-        peers: resolve_peers(namespace, peers, pods, namespaces, report),
+        peers: resolve_peers(namespace, peers, pods, namespaces, memo, report),
         ports: ports_of(ports, destination, report),
     }
 }
@@ -201,12 +222,20 @@ fn of_namespace<'p, 'a>(pods: &'p [PodView<'a>], ns: &str) -> &'p [PodView<'a>] 
     &pods[start..start + len]
 }
 
+/// The addresses of the pods a peer's selectors pick, by the namespace it is
+/// written in (for a peer without `namespaceSelector`; `""` otherwise) and its
+/// two selectors (as written, `Debug`): many policies name the same peers (a
+/// monitoring namespace, the pods of an app), and each is a scan of pods.
+/// For one compile: pods and namespaces change between compiles.
+pub(super) type PeerMemo = HashMap<(String, String), Vec<IpAddr>>;
+
 /// The addresses and blocks a rule's peers name.
 fn resolve_peers(
     namespace: &str,
     peers: Option<&[NetworkPolicyPeer]>,
     pods: &[PodView<'_>],
     namespaces: &BTreeMap<&str, BTreeMap<String, String>>,
+    memo: &mut PeerMemo,
     report: &mut impl FnMut(String),
 ) -> PeerMatch {
     match peers {
@@ -229,21 +258,36 @@ fn resolve_peers(
                     }
                     continue;
                 }
-                // The pods of the namespaces the peer names (every pod's
-                // namespace is in `namespaces`), not a scan of the cluster.
-                let in_namespaces: Vec<&[PodView<'_>]> = match &peer.namespace_selector {
-                    None => vec![of_namespace(pods, namespace)],
-                    Some(selector) => namespaces
-                        .iter()
-                        .filter(|(_, labels)| selects(selector, labels))
-                        .map(|(ns, _)| of_namespace(pods, ns))
-                        .collect(),
-                };
-                let picked =
-                    |pod: &&PodView<'_>| peer.pod_selector.as_ref().is_none_or(|s| selects(s, &pod.labels));
-                for pod in in_namespaces.into_iter().flatten().filter(picked) {
-                    ips.extend(pod.ips.iter().copied());
-                }
+                let scope = if peer.namespace_selector.is_none() { namespace } else { "" };
+                let key = (
+                    scope.to_owned(),
+                    format!("{:?} {:?}", peer.namespace_selector, peer.pod_selector),
+                );
+                let picked = memo.entry(key).or_insert_with(|| {
+                    if pods.is_empty() {
+                        // Checked only (see `apply`): no namespace to match.
+                        return Vec::new();
+                    }
+                    // The pods of the namespaces the peer names (every pod's
+                    // namespace is in `namespaces`), not a scan of the cluster.
+                    let in_namespaces: Vec<&[PodView<'_>]> = match &peer.namespace_selector {
+                        None => vec![of_namespace(pods, namespace)],
+                        Some(selector) => namespaces
+                            .iter()
+                            .filter(|(_, labels)| selects(selector, labels))
+                            .map(|(ns, _)| of_namespace(pods, ns))
+                            .collect(),
+                    };
+                    let picks =
+                        |pod: &&PodView<'_>| peer.pod_selector.as_ref().is_none_or(|s| selects(s, pod.labels));
+                    in_namespaces
+                        .into_iter()
+                        .flatten()
+                        .filter(picks)
+                        .flat_map(|pod| pod.ips.iter().copied())
+                        .collect()
+                });
+                ips.extend(picked.iter().copied());
             }
             PeerMatch::Some { pods: ips, blocks }
         }

@@ -331,3 +331,60 @@ fn a_restart_keeps_the_numbers_that_mean_the_same() {
         "the same pods, isolated the same ways"
     );
 }
+
+/// A node's maps come from its own pods' rules alone: the same maps as
+/// encoding every pod's, and the same problems, including those of a policy
+/// that selects only another node's pods (checked, not resolved).
+#[test]
+fn a_node_resolves_only_its_own_pods_and_still_reports_every_policy() {
+    let mut objects: Vec<Object> = Vec::new();
+    for (n, ns) in ["x", "y"].iter().enumerate() {
+        objects.push(namespace(ns).label("ns", ns).into());
+        for (i, name) in ["a", "b", "c"].iter().enumerate() {
+            objects.push(
+                pod(ns, name)
+                    .label("pod", name)
+                    .named_port("serve-80", 80)
+                    .node(if i == 0 { "n1" } else { "n2" })
+                    .ips(&[&format!("10.0.{n}.{}", i + 1)])
+                    .into(),
+            );
+        }
+    }
+    let policies = [
+        // Selects pods of both nodes; peers by pod, namespace and block.
+        policy(
+            "x",
+            "  podSelector: {}\n  ingress: [{from: [{podSelector: {matchLabels: {pod: b}}}, {namespaceSelector: {matchLabels: {ns: y}}}, {ipBlock: {cidr: 192.168.0.0/16}}], ports: [{port: serve-80}]}]\n  egress: [{to: [{podSelector: {matchLabels: {pod: c}}}], ports: [{port: serve-80}]}]\n",
+        ),
+        // Only n2's pods, with a part the API server would refuse.
+        policy(
+            "y",
+            "  podSelector: {matchLabels: {pod: b}}\n  ingress: [{from: [{ipBlock: {cidr: not-a-cidr}}]}, {ports: [{port: 70000}]}]\n",
+        ),
+        // Only n1's pod, egress to every pod of y.
+        policy(
+            "y",
+            "  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n  egress: [{to: [{namespaceSelector: {matchLabels: {ns: y}}}]}]\n",
+        ),
+    ]
+    .join("---\n");
+    let (parsed, problems) = parse_documents(&policies, "test.yaml");
+    assert!(problems.is_empty(), "{problems:#?}");
+    objects.extend(parsed);
+    let model = Model::from_objects(objects);
+
+    let (everything, all_problems) = compile_policies(&model);
+    assert_eq!(all_problems.len(), 2, "{all_problems:#?}");
+    for node in ["n1", "n2", "n3"] {
+        let local = local_pod_ips(&model, node);
+        let (maps, problems) = compile_node(&model, node, &mut PolicyEncoder::default());
+        assert_eq!(maps, PolicyEncoder::default().encode(&everything, &local), "{node}");
+        let reasons = |p: &[Problem]| p.iter().map(ToString::to_string).collect::<Vec<_>>();
+        assert_eq!(reasons(&problems), reasons(&all_problems), "{node}");
+    }
+    assert!(
+        !compile_node(&model, "n1", &mut PolicyEncoder::default()).0.endpoints.is_empty(),
+        "n1's pods are isolated"
+    );
+}
