@@ -435,9 +435,7 @@ fn try_from_pod<F: Lb>(ctx: &TcContext) -> Result<Action, Reason> {
     // Egress policy judges the real flow: a reply as the pod sends it, before
     // the load balancer makes it come from a frontend; anything else, and
     // whatever the load balancer sends to a backend, once it has picked one.
-    let policed = policy::endpoint(&flow, Side::Egress).map(|ep| {
-        (ep, crate::clock::now())
-    });
+    let policed = policy::endpoint(&flow, Side::Egress).map(|ep| (ep, crate::clock::now()));
     let mut seen = Known::New;
     if let Some((_, now)) = policed {
         seen = policy::known(&mut lb::scratch()?.in_key, &flow, Side::Egress, now);

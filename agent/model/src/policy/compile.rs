@@ -9,7 +9,7 @@ use std::{
 use super::{
     encode::{DesiredPolicy, PolicyEncoder},
     pods::{PodView, local_pod_ips, pod_ips, takes_part},
-    resolve::{PeerMemo, apply},
+    resolve::{Cluster, apply},
     rules::PodPolicies,
 };
 use crate::{
@@ -80,7 +80,7 @@ fn resolve_for(model: &Model, local: Option<&HashSet<IpAddr>>) -> (PodPolicies, 
     }
     let mut out = PodPolicies::default();
     let mut problems = Vec::new();
-    let mut memo = PeerMemo::default();
+    let mut cluster = Cluster::new(&pods, &namespaces);
     for (key, entry) in model.of_kind(Kind::NetworkPolicy) {
         let Object::NetworkPolicy(policy) = &entry.object else {
             continue;
@@ -92,7 +92,7 @@ fn resolve_for(model: &Model, local: Option<&HashSet<IpAddr>>) -> (PodPolicies, 
                 reason: ProblemReason::BadPolicy(reason),
             })
         };
-        apply(key, policy, &pods, &namespaces, &mut memo, &mut out, &mut report);
+        apply(key, policy, &mut cluster, &mut out, &mut report);
     }
     (out, problems)
 }

@@ -29,9 +29,7 @@ use crate::{
 pub(super) fn apply(
     key: &ObjectKey,
     policy: &NetworkPolicy,
-    pods: &[PodView<'_>],
-    namespaces: &BTreeMap<&str, BTreeMap<String, String>>,
-    memo: &mut PeerMemo,
+    cluster: &mut Cluster<'_, '_>,
     out: &mut PodPolicies,
     report: &mut impl FnMut(String),
 ) {
@@ -46,16 +44,16 @@ pub(super) fn apply(
         _ => vec!["Ingress"],
     };
     let picks = |p: &&PodView<'_>| spec.pod_selector.as_ref().is_none_or(|s| selects(s, p.labels));
-    let of_policy = of_namespace(pods, &key.namespace);
+    let of_policy = of_namespace(cluster.pods, &key.namespace);
     let selected: Vec<&PodView<'_>> = of_policy.iter().filter(|p| p.local).filter(picks).collect();
     // Checked: resolved for one of the pods it selects, against no pods, into
     // rules thrown away.
     let mut checked = PodPolicies::default();
-    let mut checked_memo = PeerMemo::default();
-    let (selected, pods, out, memo) = if !selected.is_empty() {
-        (selected, pods, out, memo)
+    let mut no_pods = Cluster::new(&[], cluster.namespaces);
+    let (selected, cluster, out) = if !selected.is_empty() {
+        (selected, cluster, out)
     } else if let Some(pod) = of_policy.iter().find(picks) {
-        (vec![pod], &[][..], &mut checked, &mut checked_memo)
+        (vec![pod], &mut no_pods, &mut checked)
     } else {
         return;
     };
@@ -83,14 +81,9 @@ pub(super) fn apply(
                         .flatten()
                         .map(|r| {
                             let mut said = Vec::new();
-                            let peers = resolve_peers(
-                                &key.namespace,
-                                r.from.as_deref(),
-                                pods,
-                                namespaces,
-                                memo,
-                                &mut |s| said.push(s),
-                            );
+                            let peers = resolve_peers(&key.namespace, r.from.as_deref(), cluster, &mut |s| {
+                                said.push(s)
+                            });
                             (peers, said)
                         })
                         .collect()
@@ -119,9 +112,7 @@ pub(super) fn apply(
                                 &key.namespace,
                                 r.to.as_deref(),
                                 r.ports.as_deref(),
-                                pods,
-                                namespaces,
-                                memo,
+                                cluster,
                                 &mut |s| said.push(s),
                             )
                         })
@@ -150,9 +141,7 @@ fn egress_rules(
     namespace: &str,
     to: Option<&[NetworkPolicyPeer]>,
     ports: Option<&[NetworkPolicyPort]>,
-    pods: &[PodView<'_>],
-    namespaces: &BTreeMap<&str, BTreeMap<String, String>>,
-    memo: &mut PeerMemo,
+    cluster: &mut Cluster<'_, '_>,
     report: &mut impl FnMut(String),
 ) -> Vec<Allow> {
     let named = ports
@@ -160,9 +149,9 @@ fn egress_rules(
         .flatten()
         .any(|p| matches!(p.port, Some(IntOrString::String(_))));
     if !named {
-        return vec![resolve(namespace, to, ports, None, pods, namespaces, memo, report)];
+        return vec![resolve(namespace, to, ports, None, cluster, report)];
     }
-    let all = resolve(namespace, to, ports, None, pods, namespaces, memo, report);
+    let all = resolve(namespace, to, ports, None, cluster, report);
     // Pods named by a selector, or inside an ipBlock: a named port resolves on
     // any destination pod.
     let is_peer = |p: &PodView<'_>| match &all.peers {
@@ -173,7 +162,8 @@ fn egress_rules(
             .any(|ip| pods.contains(ip) || blocks.iter().any(|b| in_block(b, *ip))),
     };
     // Each peer pod with its own numbers...
-    let mut rules: Vec<Allow> = pods
+    let mut rules: Vec<Allow> = cluster
+        .pods
         .iter()
         .filter(|p| is_peer(p))
         .map(|p| Allow {
@@ -204,13 +194,11 @@ fn resolve(
     peers: Option<&[NetworkPolicyPeer]>,
     ports: Option<&[NetworkPolicyPort]>,
     destination: Option<&PodView<'_>>,
-    pods: &[PodView<'_>],
-    namespaces: &BTreeMap<&str, BTreeMap<String, String>>,
-    memo: &mut PeerMemo,
+    cluster: &mut Cluster<'_, '_>,
     report: &mut impl FnMut(String),
 ) -> Allow {
     Allow {
-        peers: resolve_peers(namespace, peers, pods, namespaces, memo, report),
+        peers: resolve_peers(namespace, peers, cluster, report),
         ports: ports_of(ports, destination, report),
     }
 }
@@ -222,20 +210,35 @@ fn of_namespace<'p, 'a>(pods: &'p [PodView<'a>], ns: &str) -> &'p [PodView<'a>] 
     &pods[start..start + len]
 }
 
-/// The addresses of the pods a peer's selectors pick, by the namespace it is
-/// written in (for a peer without `namespaceSelector`; `""` otherwise) and its
-/// two selectors (as written, `Debug`): many policies name the same peers (a
-/// monitoring namespace, the pods of an app), and each is a scan of pods.
-/// For one compile: pods and namespaces change between compiles.
-pub(super) type PeerMemo = HashMap<(String, String), Vec<IpAddr>>;
+/// What policies are resolved against in one compile: the pods (in namespace
+/// order, as the model keeps them), every namespace's labels, and the peers
+/// resolved so far.
+pub(super) struct Cluster<'p, 'a> {
+    pub pods: &'p [PodView<'a>],
+    pub namespaces: &'p BTreeMap<&'a str, BTreeMap<String, String>>,
+    /// The addresses of the pods a peer's selectors pick, by the namespace it
+    /// is written in (for a peer without `namespaceSelector`; `""` otherwise)
+    /// and its two selectors (as written, `Debug`): many policies name the
+    /// same peers (a monitoring namespace, the pods of an app), and each is a
+    /// scan of pods.
+    peers: HashMap<(String, String), Vec<IpAddr>>,
+}
+
+impl<'p, 'a> Cluster<'p, 'a> {
+    pub fn new(pods: &'p [PodView<'a>], namespaces: &'p BTreeMap<&'a str, BTreeMap<String, String>>) -> Self {
+        Self {
+            pods,
+            namespaces,
+            peers: HashMap::new(),
+        }
+    }
+}
 
 /// The addresses and blocks a rule's peers name.
 fn resolve_peers(
     namespace: &str,
     peers: Option<&[NetworkPolicyPeer]>,
-    pods: &[PodView<'_>],
-    namespaces: &BTreeMap<&str, BTreeMap<String, String>>,
-    memo: &mut PeerMemo,
+    cluster: &mut Cluster<'_, '_>,
     report: &mut impl FnMut(String),
 ) -> PeerMatch {
     match peers {
@@ -258,12 +261,17 @@ fn resolve_peers(
                     }
                     continue;
                 }
-                let scope = if peer.namespace_selector.is_none() { namespace } else { "" };
+                let scope = if peer.namespace_selector.is_none() {
+                    namespace
+                } else {
+                    ""
+                };
                 let key = (
                     scope.to_owned(),
                     format!("{:?} {:?}", peer.namespace_selector, peer.pod_selector),
                 );
-                let picked = memo.entry(key).or_insert_with(|| {
+                let (pods, namespaces) = (cluster.pods, cluster.namespaces);
+                let picked = cluster.peers.entry(key).or_insert_with(|| {
                     if pods.is_empty() {
                         // Checked only (see `apply`): no namespace to match.
                         return Vec::new();
@@ -278,8 +286,9 @@ fn resolve_peers(
                             .map(|(ns, _)| of_namespace(pods, ns))
                             .collect(),
                     };
-                    let picks =
-                        |pod: &&PodView<'_>| peer.pod_selector.as_ref().is_none_or(|s| selects(s, pod.labels));
+                    let picks = |pod: &&PodView<'_>| {
+                        peer.pod_selector.as_ref().is_none_or(|s| selects(s, pod.labels))
+                    };
                     in_namespaces
                         .into_iter()
                         .flatten()

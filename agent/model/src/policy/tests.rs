@@ -379,12 +379,19 @@ fn a_node_resolves_only_its_own_pods_and_still_reports_every_policy() {
     for node in ["n1", "n2", "n3"] {
         let local = local_pod_ips(&model, node);
         let (maps, problems) = compile_node(&model, node, &mut PolicyEncoder::default());
-        assert_eq!(maps, PolicyEncoder::default().encode(&everything, &local), "{node}");
+        assert_eq!(
+            maps,
+            PolicyEncoder::default().encode(&everything, &local),
+            "{node}"
+        );
         let reasons = |p: &[Problem]| p.iter().map(ToString::to_string).collect::<Vec<_>>();
         assert_eq!(reasons(&problems), reasons(&all_problems), "{node}");
     }
     assert!(
-        !compile_node(&model, "n1", &mut PolicyEncoder::default()).0.endpoints.is_empty(),
+        !compile_node(&model, "n1", &mut PolicyEncoder::default())
+            .0
+            .endpoints
+            .is_empty(),
         "n1's pods are isolated"
     );
 }

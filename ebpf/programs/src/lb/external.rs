@@ -12,11 +12,7 @@
 //! back to the client. The replies of pods' masqueraded flows (`masq`) come
 //! back here too and go back to the pod. Anything else passes untouched.
 
-use aya_ebpf::{
-    bindings::TC_ACT_OK,
-    helpers::bpf_redirect_neigh,
-    programs::TcContext,
-};
+use aya_ebpf::{bindings::TC_ACT_OK, helpers::bpf_redirect_neigh, programs::TcContext};
 use weir_common::{CT_F_EXTERNAL, CT_F_MASQ, CT_F_SNAT, Reason, SVC_F_EXT_LOCAL};
 
 use super::{
