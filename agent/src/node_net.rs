@@ -10,7 +10,7 @@ use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 use nix::{ifaddrs::getifaddrs, net::if_::if_nametoindex};
-use weir_common::NodeAddrs;
+use weir_common::{DeviceAddrs, NodeAddrs};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeNet {
@@ -20,6 +20,9 @@ pub struct NodeNet {
     pub nodeport_addresses: Vec<IpAddr>,
     /// The source of external flows to remote endpoints, per family.
     pub snat: NodeAddrs,
+    /// Each device's own first address of each family, by ifindex: the
+    /// source pods' flows leaving by it are masqueraded to.
+    pub device_addrs: Vec<(u32, DeviceAddrs)>,
     /// Every global address of the node's namespace, devices or not: an
     /// endpoint there is the node itself (hostNetwork).
     pub all_addresses: Vec<IpAddr>,
@@ -97,11 +100,14 @@ fn plan(
         if net.devices.iter().any(|(n, _)| *n == name) {
             continue;
         }
+        let mut own = DeviceAddrs::default();
         for (_, ip) in addresses.iter().filter(|(n, _)| *n == name) {
             if cidrs.is_empty() || cidrs.iter().any(|c| c.contains(*ip)) {
                 net.nodeport_addresses.push(*ip);
             }
+            set_first(&mut own.v4, &mut own.v6, *ip);
         }
+        net.device_addrs.push((index, own));
         net.devices.push((name, index));
     }
     // Replies of a source-NATed flow must come back to this node: any of its
@@ -114,13 +120,19 @@ fn plan(
             .map(|(_, ip)| *ip),
     );
     for ip in own {
-        match ip {
-            IpAddr::V4(v4) if net.snat.v4 == [0; 16] => net.snat.v4[..4].copy_from_slice(&v4.octets()),
-            IpAddr::V6(v6) if net.snat.v6 == [0; 16] => net.snat.v6 = v6.octets(),
-            _ => {}
-        }
+        set_first(&mut net.snat.v4, &mut net.snat.v6, ip);
     }
     Ok(net)
+}
+
+/// Writes `ip` (maps' form) into the slot of its family, unless that slot
+/// holds an address already.
+fn set_first(v4: &mut [u8; 16], v6: &mut [u8; 16], ip: IpAddr) {
+    match ip {
+        IpAddr::V4(a) if *v4 == [0; 16] => v4[..4].copy_from_slice(&a.octets()),
+        IpAddr::V6(a) if *v6 == [0; 16] => *v6 = a.octets(),
+        _ => {}
+    }
 }
 
 /// The cookie of the calling thread's network namespace (`SO_NETNS_COOKIE`), as
@@ -201,6 +213,17 @@ mod tests {
         assert_eq!(serving, ["10.0.0.5", "fd00::5", "192.168.9.5"]);
         assert_eq!(&net.snat.v4[..4], &[10, 0, 0, 5]);
         assert_eq!(IpAddr::from(net.snat.v6).to_string(), "fd00::5");
+        // Each device masquerades to its own address: eth1 has no IPv6 one
+        // (the datapath then uses the node's).
+        let (eth0, eth1) = (&net.device_addrs[0], &net.device_addrs[1]);
+        assert_eq!(
+            (eth0.0, &eth0.1.v4[..4], eth0.1.v6),
+            (2, &[10, 0, 0, 5][..], net.snat.v6)
+        );
+        assert_eq!(
+            (eth1.0, &eth1.1.v4[..4], eth1.1.v6),
+            (3, &[192, 168, 9, 5][..], [0; 16])
+        );
     }
 
     #[test]

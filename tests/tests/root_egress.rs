@@ -348,6 +348,55 @@ fn root_masquerade_reuses_ports_the_server_holds_in_time_wait_without_paws_refus
     );
 }
 
+/// A node with a second uplink: what leaves by it is masqueraded to that
+/// device's own address (replies come back by the same device), as Cilium
+/// and iptables `MASQUERADE` do, while what leaves by the first keeps the
+/// first's. The second uplink leads through another router ("isp2",
+/// 198.51.100.0/24) to a second address of the internet host (203.0.113.10).
+#[test]
+fn root_masquerade_uses_the_address_of_the_device_a_flow_leaves_by() {
+    const SECOND: &str = "198.51.100.2";
+    const FAR: &str = "203.0.113.10";
+    let isp = Netns::new(&weir_lab::unique("wisp"));
+    let first_cidr = "10.77.1.0/24";
+    let lab = Lab::with_nodes(77, [&[], &[]], |node| {
+        if node.pod_cidr() == first_cidr {
+            let (dev, peer) = (weir_lab::unique("wup"), weir_lab::unique("wis"));
+            node.ns.sh(&format!(
+                "ip link add {dev} type veth peer name {peer} netns {isp} && ip addr add {SECOND}/24 dev {dev} && ip link set {dev} up && ip route add {FAR}/32 via 198.51.100.1",
+                isp = isp.name()
+            ));
+            isp.sh(&format!(
+                "ip link set lo up && sysctl -qw net.ipv4.ip_forward=1 && ip addr add 198.51.100.1/24 dev {peer} && ip link set {peer} up"
+            ));
+        }
+    });
+    let (to_isp, to_host) = (weir_lab::unique("wis"), weir_lab::unique("wfar"));
+    isp.sh(&format!(
+        "ip link add {to_isp} type veth peer name {to_host} netns {host} && ip addr add 203.0.113.1/24 dev {to_isp} && ip link set {to_isp} up",
+        host = lab.internet.host.name()
+    ));
+    lab.internet.host.sh(&format!(
+        "ip addr add {FAR}/24 dev {to_host} && ip link set {to_host} up && ip route add 198.51.100.0/24 via 203.0.113.1"
+    ));
+    let _far_server = WhoAmI::start(&lab.internet.host, "far", FAR.parse().expect("address"), &[80]);
+    let far = SocketAddr::new(FAR.parse().expect("address"), 80);
+    let second: IpAddr = SECOND.parse().expect("address");
+
+    let tcp = ask_tcp(&lab.a.ns, far).expect("TCP by the second uplink");
+    assert_from_node(&tcp, second, "TCP by the second uplink");
+    let udp = ask_udp(&lab.a.ns, far).expect("UDP by the second uplink");
+    assert_from_node(&udp, second, "UDP by the second uplink");
+    assert_eq!(
+        ping(&lab.a, FAR, &lab.internet.host),
+        vec![second; 3],
+        "a ping by the second uplink"
+    );
+    // By the first uplink, the first device's address as before.
+    let tcp = ask_tcp(&lab.a.ns, internet(80)).expect("TCP by the first uplink");
+    assert_from_node(&tcp, lab.node_ips[0], "TCP by the first uplink");
+}
+
 #[test]
 fn root_masquerade_off_or_excepted_keeps_the_pod_address() {
     let lab = Lab::new(

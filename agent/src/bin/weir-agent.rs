@@ -273,7 +273,9 @@ fn node_sources(net: &NodeNet) -> Vec<std::net::IpAddr> {
 
 /// The node's addresses in the maps: what external flows to remote endpoints
 /// are source-NATed to, this namespace's cookie and ephemeral ports, every
-/// address of the node's own namespace, and the overlay's VNI and port.
+/// address of the node's own namespace, each device's own addresses (what
+/// pods' flows leaving by it are masqueraded to), and the overlay's VNI and
+/// port.
 fn write_node(dp: &mut Datapath, net: &NodeNet, vni: u32, tunnel_port: u16) -> anyhow::Result<()> {
     let node_addrs = weir_common::NodeAddrs {
         netns_cookie: node_net::netns_cookie().context("reading this network namespace's cookie")?,
@@ -292,6 +294,22 @@ fn write_node(dp: &mut Datapath, net: &NodeNet, vni: u32, tunnel_port: u16) -> a
         dp.node_ips
             .insert(datapath::endpoint_key(*ip), 1, 0)
             .context("writing the node's addresses")?;
+    }
+    // The devices of this start only: a device an earlier agent served and
+    // this one does not (or an ifindex reused since) keeps no address here.
+    let stale: Vec<u32> = dp
+        .device_addrs
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|i| !net.device_addrs.iter().any(|(d, _)| d == i))
+        .collect();
+    for ifindex in stale {
+        let _ = dp.device_addrs.remove(&ifindex);
+    }
+    for (ifindex, addrs) in &net.device_addrs {
+        dp.device_addrs
+            .insert(ifindex, addrs, 0)
+            .context("writing the devices' addresses")?;
     }
     Ok(())
 }

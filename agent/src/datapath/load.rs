@@ -10,8 +10,8 @@ use weir_common::programs::{CLASSIFIERS, SOCK_HOOKS};
 use super::{
     DatapathError, PinLayout,
     maps::{
-        self, Affinity, Backends, Conntrack, Endpoints, Ipcache, Maglev, Node, NodeIps, Nomasq, Policy,
-        PolicyEndpoints, PolicyShares, RevNats, Services, Tunnels,
+        self, Affinity, Backends, Conntrack, DeviceAddrMap, Endpoints, Ipcache, Maglev, Node, NodeIps,
+        Nomasq, Policy, PolicyEndpoints, PolicyShares, RevNats, Services, Tunnels,
     },
     object::OBJECT,
 };
@@ -29,6 +29,7 @@ pub struct Datapath {
     pub maglev: Maglev,
     pub node: Node,
     pub node_ips: NodeIps,
+    pub device_addrs: DeviceAddrMap,
     pub policy_endpoints: PolicyEndpoints,
     pub ipcache: Ipcache,
     pub policy: Policy,
@@ -70,6 +71,7 @@ impl Datapath {
             maglev: take_map(&mut ebpf, maps::MAGLEV.name)?,
             node: take_map(&mut ebpf, maps::NODE.name)?,
             node_ips: take_map(&mut ebpf, maps::NODE_IPS.name)?,
+            device_addrs: take_map(&mut ebpf, maps::DEVICE_ADDRS.name)?,
             policy_endpoints: take_map(&mut ebpf, maps::POLICY_ENDPOINTS.name)?,
             ipcache: take_map(&mut ebpf, maps::IPCACHE.name)?,
             policy: take_map(&mut ebpf, maps::POLICY.name)?,

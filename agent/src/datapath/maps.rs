@@ -2,9 +2,9 @@
 
 use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, MapInfo, PerCpuArray, lpm_trie::Key};
 use weir_common::{
-    AffinityKey, AffinityValue, Backend, CtKey, CtValue, EndpointInfo, EndpointKey, IpcacheKey, MaglevTable,
-    MetricValue, NodeAddrs, NomasqKey, PolicyCtValue, PolicyEndpoint, PolicyKey, PolicyShare, RevNat,
-    Scratch, ServiceKey, ServiceValue, SockRevKey, SockRevValue, TunnelEndpoint, maps as names,
+    AffinityKey, AffinityValue, Backend, CtKey, CtValue, DeviceAddrs, EndpointInfo, EndpointKey, IpcacheKey,
+    MaglevTable, MetricValue, NodeAddrs, NomasqKey, PolicyCtValue, PolicyEndpoint, PolicyKey, PolicyShare,
+    RevNat, Scratch, ServiceKey, ServiceValue, SockRevKey, SockRevValue, TunnelEndpoint, maps as names,
 };
 
 use super::{DatapathError, PinLayout};
@@ -49,6 +49,8 @@ pub const MAGLEV: MapSpec = MapSpec::of::<u32, MaglevTable>(names::MAGLEV, names
 pub const SCRATCH: MapSpec = MapSpec::of::<u32, Scratch>(names::SCRATCH, 1);
 pub const NODE: MapSpec = MapSpec::of::<u32, NodeAddrs>(names::NODE, 1);
 pub const NODE_IPS: MapSpec = MapSpec::of::<EndpointKey, u32>(names::NODE_IPS, names::NODE_IPS_ENTRIES);
+pub const DEVICE_ADDRS: MapSpec =
+    MapSpec::of::<u32, DeviceAddrs>(names::DEVICE_ADDRS, names::DEVICE_ADDRS_ENTRIES);
 pub const SOCK_REV: MapSpec =
     MapSpec::of::<SockRevKey, SockRevValue>(names::SOCK_REV, names::SOCK_REV_ENTRIES);
 
@@ -84,6 +86,7 @@ pub const ALL: &[MapSpec] = &[
     SCRATCH,
     NODE,
     NODE_IPS,
+    DEVICE_ADDRS,
     SOCK_REV,
     POLICY_ENDPOINTS,
     IPCACHE,
@@ -107,6 +110,7 @@ pub type Conntrack = HashMap<MapData, CtKey, CtValue>;
 pub type Maglev = HashMap<MapData, u32, MaglevTable>;
 pub type Node = Array<MapData, NodeAddrs>;
 pub type NodeIps = HashMap<MapData, EndpointKey, u32>;
+pub type DeviceAddrMap = HashMap<MapData, u32, DeviceAddrs>;
 pub type PolicyEndpoints = HashMap<MapData, EndpointKey, PolicyEndpoint>;
 pub type Ipcache = LpmTrie<MapData, IpcacheKey, u32>;
 pub type Policy = LpmTrie<MapData, PolicyKey, u32>;

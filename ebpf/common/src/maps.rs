@@ -49,6 +49,9 @@ map_names! { $
     SCRATCH = "weir_scratch_v2";
     /// The node's own addresses ([`crate::NodeAddrs`], one entry), written by the agent.
     NODE = "weir_node_v2";
+    /// Each node device's own addresses, by ifindex ([`crate::DeviceAddrs`]):
+    /// the masquerade source of what leaves by it.
+    DEVICE_ADDRS = "weir_devaddr_v1";
     /// Every address of the node's own namespace ([`crate::EndpointKey`] -> 1):
     /// endpoints there (hostNetwork) are local whatever the address.
     NODE_IPS = "weir_nodeip_v1";
@@ -96,6 +99,7 @@ pub const RETIRED: [&str; 2] = [
 // preallocated by the kernel.
 
 pub const NODE_IPS_ENTRIES: u32 = 256;
+pub const DEVICE_ADDRS_ENTRIES: u32 = 256;
 pub const SOCK_REV_ENTRIES: u32 = 65_536;
 
 pub const IPCACHE_ENTRIES: u32 = 262_144;

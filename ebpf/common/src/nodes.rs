@@ -107,4 +107,15 @@ pub type NomasqKey = crate::IpcacheKey;
 /// endpoint, as kube-proxy does with a cluster CIDR).
 pub const NOMASQ_F_CLUSTER: u32 = 1;
 
-crate::pod!(EndpointKey, EndpointInfo, NodeAddrs);
+/// Value of [`crate::maps::DEVICE_ADDRS`]: a node device's own address of
+/// each family (all zero: none), which pods' flows leaving by that device are
+/// masqueraded to, as Cilium and iptables `MASQUERADE` do: replies to it come
+/// back by the same device, whatever the node's first address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeviceAddrs {
+    pub v4: [u8; 16], /* BE, IPv4 in the first 4 bytes */
+    pub v6: [u8; 16], /* BE */
+}
+
+crate::pod!(EndpointKey, EndpointInfo, NodeAddrs, DeviceAddrs);

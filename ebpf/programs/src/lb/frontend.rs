@@ -83,9 +83,12 @@ pub fn empty(svc: &ServiceValue) -> Option<Empty> {
 /// zero: none).
 #[inline(always)]
 pub fn node_addr<F: Family>(node: &NodeAddrs) -> &[u8; 16] {
-    if F::AF == weir_common::AF_INET {
-        &node.v4
-    } else {
-        &node.v6
-    }
+    node_addr_of::<F>(&node.v4, &node.v6)
+}
+
+/// Of a pair of addresses (as [`NodeAddrs`] and `DeviceAddrs` hold them), the
+/// one of family `F`.
+#[inline(always)]
+pub fn node_addr_of<'a, F: Family>(v4: &'a [u8; 16], v6: &'a [u8; 16]) -> &'a [u8; 16] {
+    if F::AF == weir_common::AF_INET { v4 } else { v6 }
 }

@@ -4,8 +4,8 @@
 use aya_ebpf::bindings::BPF_F_NO_PREALLOC;
 use aya_ebpf::maps::{Array, HashMap, LruHashMap, PerCpuArray};
 use weir_common::{
-    AffinityKey, AffinityValue, Backend, CtKey, CtValue, MaglevTable, NodeAddrs, RevNat, Scratch, ServiceKey,
-    ServiceValue, maps,
+    AffinityKey, AffinityValue, Backend, CtKey, CtValue, DeviceAddrs, MaglevTable, NodeAddrs, RevNat,
+    Scratch, ServiceKey, ServiceValue, maps,
 };
 
 bpf_map! {
@@ -38,4 +38,8 @@ bpf_map! {
 
 bpf_map! {
     pub static NODE: Array<NodeAddrs> = Array::with_max_entries(1, 0);
+}
+
+bpf_map! {
+    pub static DEVICE_ADDRS: HashMap<u32, DeviceAddrs> = HashMap::with_max_entries(maps::DEVICE_ADDRS_ENTRIES, 0);
 }

@@ -30,7 +30,7 @@ use super::{
     Lb, Snat, Target,
     ct::{self, Sender, Tuple},
     frontend,
-    maps::{CONNTRACK, NODE},
+    maps::{CONNTRACK, DEVICE_ADDRS, NODE},
     nat, port, scratch, track,
 };
 use crate::{
@@ -125,7 +125,9 @@ pub fn to_netdev<F: Lb>(ctx: &TcContext, flow: &mut Flow<F>) -> Result<Action, R
     {
         return pass;
     }
-    let addr = frontend::node_addr::<F>(node);
+    // The address of the device it leaves by (where replies come back), or
+    // the node's of the family.
+    let addr = device_addr::<F>(ctx).unwrap_or(frontend::node_addr::<F>(node));
     // No node address of this family: nothing to masquerade to.
     if addr.iter().all(|b| *b == 0) {
         return pass;
@@ -158,6 +160,18 @@ pub fn to_netdev<F: Lb>(ctx: &TcContext, flow: &mut Flow<F>) -> Result<Action, R
     )?;
     nat::snat(ctx, flow, addr, port)?;
     pass
+}
+
+/// The address of family `F` of the device the packet leaves by, if the agent
+/// wrote one.
+#[inline(always)]
+fn device_addr<F: Lb>(ctx: &TcContext) -> Option<&'static [u8; 16]> {
+    // SAFETY: the context's skb pointer is valid for this run.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: a pointer into the map's value, valid for this run.
+    let device = unsafe { DEVICE_ADDRS.get(&ifindex) }?;
+    let addr = frontend::node_addr_of::<F>(&device.v4, &device.v6);
+    addr.iter().any(|b| *b != 0).then_some(addr)
 }
 
 /// An ICMP error to the node's address about a masqueraded flow, as it
