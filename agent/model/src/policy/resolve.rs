@@ -261,6 +261,10 @@ fn resolve_peers(
                     }
                     continue;
                 }
+                if cluster.pods.is_empty() {
+                    // Checked only (see `apply`): no pod to pick.
+                    continue;
+                }
                 let scope = if peer.namespace_selector.is_none() {
                     namespace
                 } else {
@@ -272,10 +276,6 @@ fn resolve_peers(
                 );
                 let (pods, namespaces) = (cluster.pods, cluster.namespaces);
                 let picked = cluster.peers.entry(key).or_insert_with(|| {
-                    if pods.is_empty() {
-                        // Checked only (see `apply`): no namespace to match.
-                        return Vec::new();
-                    }
                     // The pods of the namespaces the peer names (every pod's
                     // namespace is in `namespaces`), not a scan of the cluster.
                     let in_namespaces: Vec<&[PodView<'_>]> = match &peer.namespace_selector {
