@@ -8,13 +8,14 @@ use std::{
 
 use super::{
     encode::{DesiredPolicy, PolicyEncoder},
-    pods::{PodView, local_pod_ips, pod_ips, takes_part},
+    pods::{PodView, pod_ips, takes_part},
     resolve::{Cluster, apply},
     rules::PodPolicies,
 };
 use crate::{
     model::Model,
     object::{Kind, Object},
+    pod,
     problem::{Problem, ProblemReason},
 };
 
@@ -28,14 +29,17 @@ pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 /// protocol) are reported and left out of their rule, which then admits less,
 /// never more.
 pub fn compile_policies(model: &Model) -> (PodPolicies, Vec<Problem>) {
-    resolve_for(model, None)
+    let (policies, problems, _) = resolve_for(model, None);
+    (policies, problems)
 }
 
-/// [`compile_policies`] for the pods at `local` addresses alone (`None`:
-/// every pod): a node's maps need no other pod's rules, and a policy that
-/// selects none of them is only checked, not resolved (its peers are a scan of
-/// pods: most of a compile, for rules that would be thrown away).
-fn resolve_for(model: &Model, local: Option<&HashSet<IpAddr>>) -> (PodPolicies, Vec<Problem>) {
+/// [`compile_policies`] for the pods of `node` alone (`None`: every pod), and
+/// their addresses (those of [`super::local_pod_ips`]): a node's maps need no other pod's
+/// rules, and a policy that selects none of them is only checked, not
+/// resolved (its peers are a scan of pods: most of a compile, for rules that
+/// would be thrown away). A pod at one of those addresses counts as local
+/// wherever it runs: the rules are the address's.
+fn resolve_for(model: &Model, node: Option<&str>) -> (PodPolicies, Vec<Problem>, Vec<IpAddr>) {
     // Every namespace carries `kubernetes.io/metadata.name` (the API server sets
     // it); one that pods name without a Namespace object (a manifest directory
     // may leave `default` out) has that label alone.
@@ -55,22 +59,28 @@ fn resolve_for(model: &Model, local: Option<&HashSet<IpAddr>>) -> (PodPolicies, 
         })
         .collect();
     // In namespace order, as the model keeps them.
-    let pods: Vec<PodView<'_>> = model
+    let mut pods: Vec<PodView<'_>> = model
         .of_kind(Kind::Pod)
         .filter_map(|(key, entry)| match &entry.object {
-            Object::Pod(pod) if takes_part(pod) => {
-                let ips = pod_ips(pod);
-                Some(PodView {
-                    namespace: key.namespace.as_str(),
-                    labels: pod.metadata.labels.as_ref().unwrap_or(&NO_LABELS),
-                    local: local.is_none_or(|l| ips.iter().any(|ip| l.contains(ip))),
-                    ips,
-                    pod,
-                })
-            }
+            Object::Pod(pod) if takes_part(pod) => Some(PodView {
+                namespace: key.namespace.as_str(),
+                labels: pod.metadata.labels.as_ref().unwrap_or(&NO_LABELS),
+                local: node.is_none_or(|n| pod::node_name(pod) == Some(n)),
+                ips: pod_ips(pod),
+                pod,
+            }),
             _ => None,
         })
         .collect();
+    let local_ips: Vec<IpAddr> = pods
+        .iter()
+        .filter(|p| p.local)
+        .flat_map(|p| p.ips.iter().copied())
+        .collect();
+    let by_address: HashSet<IpAddr> = local_ips.iter().copied().collect();
+    for pod in pods.iter_mut().filter(|p| !p.local) {
+        pod.local = pod.ips.iter().any(|ip| by_address.contains(ip));
+    }
     // `resolve` finds a namespace's pods by bisection.
     debug_assert!(pods.is_sorted_by_key(|p| p.namespace));
     for pod in &pods {
@@ -94,13 +104,12 @@ fn resolve_for(model: &Model, local: Option<&HashSet<IpAddr>>) -> (PodPolicies, 
         };
         apply(key, policy, &mut cluster, &mut out, &mut report);
     }
-    (out, problems)
+    (out, problems, local_ips)
 }
 
 /// The policy maps of `node`: every policy resolved, then encoded for the
 /// node's pods by `encoder` (which keeps its numbers between calls).
 pub fn compile_node(model: &Model, node: &str, encoder: &mut PolicyEncoder) -> (DesiredPolicy, Vec<Problem>) {
-    let local = local_pod_ips(model, node);
-    let (policies, problems) = resolve_for(model, Some(&local.iter().copied().collect()));
+    let (policies, problems, local) = resolve_for(model, Some(node));
     (encoder.encode(&policies, &local), problems)
 }
