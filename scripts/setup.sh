@@ -6,11 +6,11 @@ set -euo pipefail
 
 log() { printf 'setup: %s\n' "$*" >&2; }
 
-# Debian packages: iproute2 for the lab; containerd/runc/busybox for the real-runtime
+# Debian packages: iproute2 and ethtool for the lab; containerd/runc/busybox for the real-runtime
 # test; the reference CNI plugins for chaining and the benchmark baseline; iptables/nft
 # for kube-proxy's rules (benchmarks, the migration test) and traffic tools; musl-tools
 # and buildah for the image (static binaries, built offline FROM scratch).
-PKGS=(iproute2 containerd runc busybox-static containernetworking-plugins
+PKGS=(iproute2 ethtool containerd runc busybox-static containernetworking-plugins
       iptables nftables iperf3 socat bpftool iputils-ping musl-tools buildah)
 missing=()
 for p in "${PKGS[@]}"; do

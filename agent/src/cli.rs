@@ -151,6 +151,21 @@ pub struct RunArgs {
     /// routes are someone else's.
     #[arg(long, env = "WEIR_ROUTING", value_enum, default_value = "native")]
     pub routing: Routing,
+    /// XDP for Service traffic entering the node's devices (NodePorts,
+    /// externalIPs, load-balancer IPs; Cilium's `--bpf-lb-acceleration`):
+    /// the load balancer runs in the driver, before the kernel builds a socket
+    /// buffer, and sends what goes to a remote endpoint (and its replies)
+    /// back out of the device at once; the rest goes on to the TC program as
+    /// before. `disabled`; `native`, on every device, or the agent fails (the
+    /// driver must support XDP); `best-effort`, on the devices whose driver
+    /// supports it.
+    #[arg(
+        long,
+        env = "WEIR_NODEPORT_ACCELERATION",
+        value_enum,
+        default_value = "disabled"
+    )]
+    pub nodeport_acceleration: Acceleration,
     /// `--routing vxlan`: the overlay's UDP port (every node must use the
     /// same; another VXLAN device on this port, flannel's or Cilium's, takes
     /// it first).
@@ -197,6 +212,14 @@ pub enum Routing {
     Native,
     Vxlan,
     Off,
+}
+
+/// `--nodeport-acceleration`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Acceleration {
+    Disabled,
+    Native,
+    BestEffort,
 }
 
 /// An address to listen on, or `off`.

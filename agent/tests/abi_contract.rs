@@ -107,8 +107,7 @@ fn reason_and_direction_codes_round_trip() {
     );
     assert_eq!(Reason::describe_code(255), "unknown");
     assert!(
-        (metrics_index(Dir::ToOverlay, Reason::ALL[Reason::ALL.len() - 1]))
-            < weir_common::maps::METRICS_ENTRIES,
+        (metrics_index(Dir::Xdp, Reason::ALL[Reason::ALL.len() - 1])) < weir_common::maps::METRICS_ENTRIES,
         "every (direction, reason) has a slot in the metrics map"
     );
 }

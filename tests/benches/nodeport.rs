@@ -1,6 +1,7 @@
-//! NodePorts from outside the cluster: Weir's node program against kube-proxy's
-//! iptables NodePort rules, to an endpoint on the node the client dials (local)
-//! and to one on another node (remote).
+//! NodePorts from outside the cluster: Weir's node program (TC, and with XDP in
+//! front, `--nodeport-acceleration native`) against kube-proxy's iptables
+//! NodePort rules, to an endpoint on the node the client dials (local) and to
+//! one on another node (remote).
 //!
 //! A benchmark, not a test: it prints markdown tables and asserts nothing about
 //! speed. Needs root. Run (the bench finds `weir-agent`, `weirctl` and `weir-cni`
@@ -10,16 +11,19 @@
 //! cargo build --release --bins && cargo bench -p weir-tests --bench nodeport
 //! ```
 //!
-//! Setup. Two clusters of two lab nodes each, every cluster on a switched underlay
-//! with its own external client hosts (one per client thread): the Weir cluster
-//! runs an agent per node; the iptables cluster runs none (its pods' veths carry no
-//! program) and node A holds kube-proxy's NodePort rules
+//! Setup. Three clusters of two lab nodes each, every cluster on a switched underlay
+//! with its own external client hosts (one per client thread): the Weir clusters
+//! run an agent per node (one of them with XDP); the iptables cluster runs none
+//! (its pods' veths carry no program) and node A holds kube-proxy's NodePort rules
 //! ([`weir_lab::kube_proxy`]: `KUBE-NODEPORTS` -> `KUBE-EXT-*` with the masquerade
 //! mark -> `KUBE-SVC-*` -> DNAT). Each cluster has a backend pod on node A
 //! ("local") and one on node B ("remote"), and two NodePort Services with
 //! externalTrafficPolicy Cluster: 30080 to the local pod, 30081 to the remote one.
 //! The external clients route the pod networks via node A, so `direct` (to the pod
-//! addresses themselves) takes the same path through node A: the ceiling.
+//! addresses themselves) takes the same path through node A: the ceiling. Every
+//! switch port behaves as a wire towards XDP
+//! ([`Underlay::take_xdp_frames`]: complete checksums, frames sent back by
+//! XDP taken), in every cluster alike.
 //!
 //! Measured: new TCP connections per second from the external clients (connect, a
 //! 3-byte request, a 1-byte answer, close; see [`weir_lab::connrate`]), in rounds
@@ -65,8 +69,16 @@ struct Cluster {
     _underlay: Underlay,
 }
 
+/// What serves a cluster's NodePorts.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Dataplane {
+    Iptables,
+    Weir,
+    WeirXdp,
+}
+
 impl Cluster {
-    fn new(n: u8, clients: usize, weir: bool) -> Self {
+    fn new(n: u8, clients: usize, dataplane: Dataplane) -> Self {
         let underlay = Underlay::new(n);
         let mut nodes = vec![
             Node::new(&format!("10.{n}.1.0/24")),
@@ -74,10 +86,15 @@ impl Cluster {
         ];
         let ips = underlay.join(&nodes.iter().collect::<Vec<_>>());
         let (mut agents, mut dirs) = (Vec::new(), Vec::new());
-        if weir {
+        if dataplane != Dataplane::Iptables {
+            let flags = if dataplane == Dataplane::WeirXdp {
+                vec!["--nodeport-acceleration".into(), "native".into()]
+            } else {
+                Vec::new()
+            };
             for node in &mut nodes {
                 let dir = ManifestDir::new();
-                agents.push(node.start_agent_with_source(dir.path()));
+                agents.push(node.start_agent_with_source_and(dir.path(), flags.clone()));
                 dirs.push(dir);
             }
         }
@@ -96,6 +113,7 @@ impl Cluster {
                 ns
             })
             .collect();
+        underlay.take_xdp_frames();
         Self {
             clients: Clients::new(&externals.iter().collect::<Vec<_>>()),
             _servers: servers,
@@ -201,16 +219,18 @@ enum Path {
 enum Variant {
     Direct,
     Weir,
+    WeirXdp,
     Iptables,
 }
 
 impl Variant {
-    const ALL: [Self; 3] = [Self::Direct, Self::Weir, Self::Iptables];
+    const ALL: [Self; 4] = [Self::Direct, Self::Weir, Self::WeirXdp, Self::Iptables];
 
     fn label(self) -> &'static str {
         match self {
             Self::Direct => "direct (pod IP, routed via node A)",
-            Self::Weir => "Weir NodePort",
+            Self::Weir => "Weir NodePort (TC)",
+            Self::WeirXdp => "Weir NodePort (XDP, `--nodeport-acceleration native`)",
             Self::Iptables => "iptables NodePort",
         }
     }
@@ -232,9 +252,11 @@ fn main() {
     let started = Instant::now();
     eprintln!("nodeport: {rounds} rounds of {secs} s samples, {clients} external client hosts");
 
-    let mut weir = Cluster::new(201, clients, true);
-    let mut ipt = Cluster::new(202, clients, false);
+    let mut weir = Cluster::new(201, clients, Dataplane::Weir);
+    let mut ipt = Cluster::new(202, clients, Dataplane::Iptables);
+    let mut xdp = Cluster::new(203, clients, Dataplane::WeirXdp);
     weir.program_weir();
+    xdp.program_weir();
     ipt.program_iptables();
 
     let cases: Vec<(Path, Variant)> = [Path::Local, Path::Remote]
@@ -246,10 +268,10 @@ fn main() {
         for k in 0..cases.len() {
             let i = (k + round) % cases.len();
             let (path, variant) = cases[i];
-            let cluster = if variant == Variant::Iptables {
-                &mut ipt
-            } else {
-                &mut weir
+            let cluster = match variant {
+                Variant::Iptables => &mut ipt,
+                Variant::WeirXdp => &mut xdp,
+                Variant::Direct | Variant::Weir => &mut weir,
             };
             let targets = cluster.targets(path, variant != Variant::Direct);
             let s = cluster.clients.sample(&targets, d);
@@ -269,25 +291,26 @@ fn main() {
     }
 
     println!("\n### NodePort from outside the cluster: new TCP connections per second\n");
-    println!("| endpoint | variant | conn/s | min-max | / direct | errors |");
-    println!("| --- | --- | ---: | ---: | ---: | ---: |");
+    println!("| endpoint | variant | conn/s | min-max | / direct | / iptables | errors |");
+    println!("| --- | --- | ---: | ---: | ---: | ---: | ---: |");
     for (i, (path, variant)) in cases.iter().enumerate() {
-        let direct = cases
-            .iter()
-            .position(|c| *c == (*path, Variant::Direct))
-            .expect("direct case");
+        let of = |v: Variant| {
+            let k = cases.iter().position(|c| *c == (*path, v)).expect("case");
+            median_rate(&samples[i]) / median_rate(&samples[k])
+        };
         let rates: Vec<f64> = samples[i].iter().map(Sample::rate).collect();
         let lo = rates.iter().copied().fold(f64::INFINITY, f64::min);
         let hi = rates.iter().copied().fold(0.0, f64::max);
-        let ratio = median_rate(&samples[i]) / median_rate(&samples[direct]);
-        let ratio = if *variant == Variant::Direct {
-            "1".to_owned()
-        } else {
-            format!("**{ratio:.2}**")
+        let ratio = |v: Variant| {
+            if *variant == v {
+                "1".to_owned()
+            } else {
+                format!("**{:.2}**", of(v))
+            }
         };
         let errors: u64 = samples[i].iter().map(|s| s.errors).sum();
         println!(
-            "| {} | {} | {:.0} | {lo:.0}-{hi:.0} | {ratio} | {errors} |",
+            "| {} | {} | {:.0} | {lo:.0}-{hi:.0} | {} | {} | {errors} |",
             if *path == Path::Local {
                 "local (node A)"
             } else {
@@ -295,13 +318,17 @@ fn main() {
             },
             variant.label(),
             median_rate(&samples[i]),
+            ratio(Variant::Direct),
+            ratio(Variant::Iptables),
         );
     }
-    for (agent, node) in weir._agents.iter().zip(["A", "B"]) {
-        let m = agent.weirctl(&["metrics"]);
-        println!(
-            "\nWeir node {node}'s datapath counters after the run (`weirctl metrics`):\n\n```json\n{m:#}\n```"
-        );
+    for (cluster, kind) in [(&weir, "TC"), (&xdp, "XDP")] {
+        for (agent, node) in cluster._agents.iter().zip(["A", "B"]) {
+            let m = agent.weirctl(&["metrics"]);
+            println!(
+                "\nWeir ({kind}) node {node}'s datapath counters after the run (`weirctl metrics`):\n\n```json\n{m:#}\n```"
+            );
+        }
     }
     eprintln!("nodeport: done in {:.0} s", started.elapsed().as_secs_f64());
 }

@@ -249,6 +249,12 @@ impl Agent {
 
     /// Kills the agent and starts a new one with the same settings.
     pub fn restart(&mut self, node_name: &str) {
+        self.restart_with(node_name, self.extra.clone());
+    }
+
+    /// Kills the agent and starts a new one with the same settings but its
+    /// extra flags, `extra` instead.
+    pub fn restart_with(&mut self, node_name: &str, extra: Vec<String>) {
         self.kill();
         let fresh = Self::start_full(
             &self.netns,
@@ -257,7 +263,7 @@ impl Agent {
             self.socket.clone(),
             self.log.clone(),
             self.source.clone(),
-            self.extra.clone(),
+            extra,
         );
         *self = fresh;
     }
@@ -266,6 +272,24 @@ impl Agent {
     pub fn weirctl(&self, args: &[&str]) -> Value {
         weirctl(&self.bpffs_root, args)
     }
+
+    /// Packets the datapath counted as forwarded in `direction` (`weirctl
+    /// metrics`' name: `to-overlay`, `xdp`, ...).
+    pub fn forwarded(&self, direction: &str) -> u64 {
+        counted(&self.weirctl(&["metrics"]), direction, "forwarded")
+    }
+}
+
+/// Packets `weirctl metrics`' output (`metrics`) counts under `direction`
+/// and `reason`, by their names there.
+pub fn counted(metrics: &Value, direction: &str, reason: &str) -> u64 {
+    metrics
+        .as_array()
+        .expect("metrics rows")
+        .iter()
+        .filter(|r| r["direction"] == direction && r["reason"] == reason)
+        .map(|r| r["packets"].as_u64().expect("packets"))
+        .sum()
 }
 
 /// The agent's health and readiness address (its default).

@@ -27,6 +27,7 @@ pub mod tempdir;
 pub mod traffic;
 pub mod underlay;
 pub mod whoami;
+pub mod xdp_pass;
 
 pub use agent::Agent;
 pub use cni::{CniCall, CniOutcome};

@@ -93,24 +93,38 @@ macro_rules! with_both_sources {
 /// [`with_both_sources!`]), and `name::root_vxlan`: a manifest directory, and
 /// an underlay that carries the nodes' own addresses only, the agents
 /// reaching other nodes' pods through their overlay (`--routing vxlan`).
+/// `xdp: name, ...` adds `name::root_xdp`: as `root_dir`, with the agents'
+/// XDP in front of their node devices (`--nodeport-acceleration native`).
 #[macro_export]
 macro_rules! with_each_setup {
-    ($($name:ident),+ $(,)?) => {$(
+    (@setups $name:ident, $($extra:item)*) => {
         mod $name {
             use $crate::{services::{Setup, SourceKind}, underlay::Routing};
             #[test]
             fn root_dir() {
-                super::$name(Setup { source: SourceKind::Dir, routing: None })
+                super::$name(Setup { source: SourceKind::Dir, routing: None, xdp: false })
             }
             #[test]
             fn root_kube() {
-                super::$name(Setup { source: SourceKind::Kube, routing: None })
+                super::$name(Setup { source: SourceKind::Kube, routing: None, xdp: false })
             }
             #[test]
             fn root_vxlan() {
-                super::$name(Setup { source: SourceKind::Dir, routing: Some(Routing::Vxlan) })
+                super::$name(Setup { source: SourceKind::Dir, routing: Some(Routing::Vxlan), xdp: false })
             }
+            $($extra)*
         }
+    };
+    (xdp: $($name:ident),+ $(,)?) => {$(
+        $crate::with_each_setup!(@setups $name,
+            #[test]
+            fn root_xdp() {
+                super::$name(Setup { source: SourceKind::Dir, routing: None, xdp: true })
+            }
+        );
+    )+};
+    ($($name:ident),+ $(,)?) => {$(
+        $crate::with_each_setup!(@setups $name,);
     )+};
 }
 
@@ -121,6 +135,9 @@ macro_rules! with_each_setup {
 pub struct Setup {
     pub source: SourceKind,
     pub routing: Option<Routing>,
+    /// The agents run XDP on their node devices (`--nodeport-acceleration
+    /// native`; the `xdp:` scenarios of [`with_each_setup`]).
+    pub xdp: bool,
 }
 
 impl From<SourceKind> for Setup {
@@ -128,6 +145,7 @@ impl From<SourceKind> for Setup {
         Self {
             source,
             routing: None,
+            xdp: false,
         }
     }
 }
@@ -143,7 +161,11 @@ impl Setup {
 
     /// The agents' flags.
     pub fn flags(self) -> Vec<String> {
-        self.routing.map(Routing::flags).unwrap_or_default()
+        let mut flags = self.routing.map(Routing::flags).unwrap_or_default();
+        if self.xdp {
+            flags.extend(["--nodeport-acceleration".into(), "native".into()]);
+        }
+        flags
     }
 
     /// Whether the cluster must hold Node objects: the API server's always

@@ -7,7 +7,7 @@
 
 use std::net::IpAddr;
 
-use crate::{Node, netns::Netns, netns::run_ok, unique};
+use crate::{Node, netns::Netns, netns::run_ok, unique, xdp_pass};
 
 /// A veth between two namespaces: `a_end` in `a`, `b_end` in `b`.
 fn veth(a: &Netns, a_end: &str, b: &Netns, b_end: &str) {
@@ -154,6 +154,37 @@ impl Underlay {
             }
         }
         ips
+    }
+
+    /// Makes the switch's ports behave as a wire towards devices running XDP,
+    /// for the ports plugged so far: they take frames sent back by XDP
+    /// (`XDP_TX`; a veth hands them to its peer promptly only when the peer
+    /// runs an XDP program of its own: a program that passes everything is
+    /// attached), and they deliver complete checksums (without transmit
+    /// checksum offload the switch finishes what a sender left for offload:
+    /// a veth would hand XDP a checksum only half done, as no frame off a
+    /// wire is).
+    pub fn take_xdp_frames(&self) {
+        let pin = xdp_pass::pinned();
+        let ports = self
+            .switch
+            .sh("ip -o link show master br0 | awk -F': ' '{print $2}' | cut -d@ -f1");
+        for port in ports.split_whitespace() {
+            self.switch.sh(&format!("ethtool -K {port} tx off >/dev/null"));
+            // nsenter, not `ip netns exec`, which hides /sys/fs/bpf.
+            run_ok(std::process::Command::new("nsenter").args([
+                &format!("--net=/var/run/netns/{}", self.switch.name()),
+                "ip",
+                "link",
+                "set",
+                "dev",
+                port,
+                "xdpdrv",
+                "pinned",
+                &pin.display().to_string(),
+            ]));
+        }
+        std::fs::remove_file(&pin).expect("removing the XDP pass program's pin");
     }
 
     /// A host outside the cluster on the underlay, as `.100`.

@@ -13,13 +13,7 @@ use weir_lab::{
 
 /// Forwarded packets counted so far in one direction.
 fn forwarded(metrics: &Value, direction: &str) -> u64 {
-    metrics
-        .as_array()
-        .expect("metrics rows")
-        .iter()
-        .filter(|r| r["direction"] == direction && r["reason"] == "forwarded")
-        .map(|r| r["packets"].as_u64().expect("packets"))
-        .sum()
+    weir_lab::agent::counted(metrics, direction, "forwarded")
 }
 
 #[test]

@@ -145,18 +145,6 @@ fn wait_tunnels(agent: &Agent, want: &[(String, String)]) {
     }
 }
 
-/// Packets counted forwarded in `direction` by a node's programs.
-fn forwarded(agent: &Agent, direction: &str) -> u64 {
-    agent
-        .weirctl(&["metrics"])
-        .as_array()
-        .expect("metrics rows")
-        .iter()
-        .filter(|r| r["direction"] == direction && r["reason"] == "forwarded")
-        .map(|r| r["packets"].as_u64().expect("packets"))
-        .sum()
-}
-
 /// `--routing vxlan`: traffic between `client` (on `agent`'s node) and
 /// `server` (on another) goes through the overlay's programs (GSO packets
 /// count once), and packets of
@@ -164,7 +152,7 @@ fn forwarded(agent: &Agent, direction: &str) -> u64 {
 /// full-size TCP segment and a 1,400-byte datagram cross it, and what does
 /// not fit is refused at the sender (DF), never lost on the way.
 fn through_the_overlay(agent: &Agent, client: &Pod, server: &Pod) {
-    let (sent, received) = (forwarded(agent, "to-overlay"), forwarded(agent, "from-overlay"));
+    let (sent, received) = (agent.forwarded("to-overlay"), agent.forwarded("from-overlay"));
     let echo = EchoServer::start(&server.ns, SocketAddr::new(server.ipv4(), 0));
     let big: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 251) as u8).collect();
     let back = tcp_roundtrip(&client.ns, echo.addr, &big).expect("1 MiB over TCP through the overlay");
@@ -203,8 +191,8 @@ fn through_the_overlay(agent: &Agent, client: &Pod, server: &Pod) {
         })
         .collect();
     assert!(dropped.is_empty(), "the overlay dropped packets: {dropped:?}");
-    let more_sent = forwarded(agent, "to-overlay") - sent;
-    let more_received = forwarded(agent, "from-overlay") - received;
+    let more_sent = agent.forwarded("to-overlay") - sent;
+    let more_received = agent.forwarded("from-overlay") - received;
     assert!(
         more_sent > 10 && more_received > 10,
         "packets through the overlay's programs: {more_sent} sent, {more_received} received"
@@ -488,5 +476,5 @@ fn root_vxlan_over_an_ipv6_underlay() {
     assert_eq!(back, datagram);
     // The tunnels lead to the nodes' IPv6 addresses (above), the only ones
     // their Node objects give: the outer packets were IPv6.
-    assert!(forwarded(&agents[0], "to-overlay") > 10);
+    assert!(agents[0].forwarded("to-overlay") > 10);
 }

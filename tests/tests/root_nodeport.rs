@@ -46,6 +46,9 @@ impl Lab {
         ];
         let node_ips = underlay.connect(&nodes.iter().collect::<Vec<_>>(), setup.routing);
         let (external, external_ip) = underlay.external();
+        if setup.xdp {
+            underlay.take_xdp_frames();
+        }
         let cluster = Cluster::new(setup.source);
         // In a cluster each node has its Node object: pod CIDR and address.
         let node_objects: Vec<Value> = nodes
@@ -159,6 +162,7 @@ fn servers(answers: &[Answer]) -> BTreeSet<&str> {
 }
 
 weir_lab::with_each_setup!(
+    xdp:
     nodeport_from_outside_reaches_local_and_remote_endpoints,
     external_traffic_policy_local_keeps_the_client_and_drops_without_a_local_endpoint,
     external_and_load_balancer_ips_and_nodeport_affinity,
@@ -210,6 +214,16 @@ fn nodeport_from_outside_reaches_local_and_remote_endpoints(setup: Setup) {
             a.server
         );
     }
+    if setup.xdp {
+        // The 40 connections through node A: those to b1 (at least a
+        // handshake, request, answer and close each way) translated by XDP.
+        let remote = answers.iter().filter(|a| a.server == "b1").count() as u64;
+        let by_xdp = c.agents[0].forwarded("xdp");
+        assert!(
+            by_xdp >= remote * 6,
+            "XDP forwarded {by_xdp} packets for {remote} connections to the remote endpoint"
+        );
+    }
     for i in 0..10 {
         ask_udp(&c.external, SocketAddr::new(c.node_ips[1], 30053))
             .unwrap_or_else(|e| panic!("UDP {i} to node B's NodePort: {e}"));
@@ -218,6 +232,81 @@ fn nodeport_from_outside_reaches_local_and_remote_endpoints(setup: Setup) {
     let a = ask_tcp(&c.client.ns, c.node(1, 30080)).expect("pod to node B's NodePort");
     assert!(["a1", "b1"].contains(&a.server.as_str()));
     ask_tcp(&c.external, c.node(1, 30080)).expect("external to node B's NodePort");
+
+    // A NodePort without endpoints: refused at connect, as kube-proxy's
+    // REJECT (with XDP in front, XDP answers it itself).
+    c.apply(
+        "empty.yaml",
+        &c.service(
+            "empty",
+            "10.96.0.31",
+            node_port("Cluster", 30090, 30091),
+            false,
+            false,
+        ),
+    );
+    c.wait_node_port(0, "30090/TCP", 0);
+    let err = ask_tcp(&c.external, c.node(0, 30090)).expect_err("no endpoints");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+    if setup.xdp {
+        let metrics = c.agents[0].weirctl(&["metrics"]);
+        let rejected_by_xdp =
+            weir_lab::agent::counted(&metrics, "xdp", "service without endpoints (rejected)") > 0;
+        assert!(rejected_by_xdp, "XDP answers the rejection itself");
+    }
+}
+
+/// `--nodeport-acceleration native`: the XDP program is attached by a pinned
+/// link, so it serves while the agent is down and a restarted agent takes it
+/// over; restarted with acceleration disabled, the agent detaches it and TC
+/// alone serves, as before.
+#[test]
+fn root_xdp_outlives_the_agent_and_is_removed_when_disabled() {
+    let mut c = Lab::new(
+        Setup {
+            source: weir_lab::services::SourceKind::Dir,
+            routing: None,
+            xdp: true,
+        },
+        95,
+    );
+    c.apply(
+        "web.yaml",
+        &c.service(
+            "web",
+            "10.96.0.40",
+            node_port("Cluster", 30080, 30053),
+            false,
+            true,
+        ),
+    );
+    c.wait_node_port(0, "30080/TCP", 1);
+    let xdp_on_a = |c: &Lab| c.nodes[0].ns.sh("ip -o link show").contains("prog/xdp");
+    let served_by_xdp = |c: &Lab, what: &str| {
+        let before = c.agents[0].forwarded("xdp");
+        for i in 0..5 {
+            let a = ask_tcp(&c.external, c.node(0, 30080)).unwrap_or_else(|e| panic!("{what}: TCP {i}: {e}"));
+            assert_eq!(a.server, "b1");
+        }
+        c.agents[0].forwarded("xdp") - before
+    };
+    assert!(xdp_on_a(&c), "XDP attached to node A's device");
+    assert!(served_by_xdp(&c, "agent up") >= 30);
+
+    c.agents[0].kill();
+    assert!(xdp_on_a(&c), "the pinned link keeps XDP attached");
+    assert!(served_by_xdp(&c, "agent down") >= 30);
+
+    let node = c.nodes[0].name().to_owned();
+    c.agents[0].restart(&node);
+    c.agents[0].wait_ready();
+    assert!(xdp_on_a(&c), "a restarted agent keeps XDP attached");
+    assert!(served_by_xdp(&c, "agent restarted") >= 30);
+
+    c.agents[0].restart_with(&node, vec!["--nodeport-acceleration".into(), "disabled".into()]);
+    c.agents[0].wait_ready();
+    assert!(!xdp_on_a(&c), "acceleration disabled: XDP detached");
+    assert_eq!(served_by_xdp(&c, "acceleration disabled"), 0, "TC alone serves");
 }
 
 /// `GET /` on a health check port: (status code, body).

@@ -8,9 +8,9 @@ use std::{
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use tracing::info;
+use tracing::{info, warn};
 use weir_agent::{
-    cli::{Cli, Command, Routing, RunArgs},
+    cli::{Acceleration, Cli, Command, Routing, RunArgs},
     cni_conf::ConfOptions,
     cni_server,
     conntrack::Hygiene,
@@ -76,6 +76,31 @@ fn install(from: &Path, dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--nodeport-acceleration` on one node device: XDP attached, or (disabled,
+/// or best-effort where the driver has none) not, an earlier agent's removed.
+fn accelerate(dp: &mut Datapath, mode: Acceleration, name: &str, ifindex: u32) -> anyhow::Result<()> {
+    let attached = match mode {
+        Acceleration::Disabled => false,
+        Acceleration::Native => {
+            dp.attach_xdp(name, ifindex)
+                .with_context(|| format!("attaching XDP to {name} (--nodeport-acceleration native)"))?;
+            true
+        }
+        Acceleration::BestEffort => match dp.attach_xdp(name, ifindex) {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(device = name, error = %e, "no XDP on this device: TC alone serves it");
+                false
+            }
+        },
+    };
+    if !attached {
+        dp.detach_xdp(ifindex)?;
+    }
+    info!(device = name, xdp = attached, "nodeport acceleration");
+    Ok(())
+}
+
 fn run(args: RunArgs) -> anyhow::Result<()> {
     let node = args
         .node
@@ -121,6 +146,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     for (name, ifindex) in &net.devices {
         dp.attach_device(name, *ifindex)
             .with_context(|| format!("attaching the node program to {name}"))?;
+        accelerate(&mut dp, args.nodeport_acceleration, name, *ifindex)?;
     }
     info!(
         devices = ?net.devices.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),

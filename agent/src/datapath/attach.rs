@@ -1,6 +1,7 @@
 //! Attaching the programs with pinned links: the pod programs (TCX) to a pod's
-//! host-side veth, the node programs (TCX) to each of the node's devices, the
-//! socket hooks to the cgroup whose processes reach Services through them.
+//! host-side veth, the node programs (TCX, and XDP with
+//! `--nodeport-acceleration`) to each of the node's devices, the socket hooks
+//! to the cgroup whose processes reach Services through them.
 //!
 //! The links are pinned and never held open by the agent: the pin alone keeps a
 //! program attached, so the datapath survives the agent. A new agent swaps its
@@ -14,15 +15,17 @@ use aya::programs::{
     LinkOrder, TcAttachType,
     links::{FdLink, LinkError, PinnedLink},
     tc::{SchedClassifierLink, TcAttachOptions},
+    xdp::{XdpLink, XdpMode},
 };
 use tracing::{info, warn};
 use weir_common::programs::{
-    CLASSIFIERS, FROM_NETDEV, FROM_OVERLAY, FROM_POD, SOCK_HOOKS, TO_NETDEV, TO_OVERLAY, TO_POD,
+    CLASSIFIERS, FROM_NETDEV, FROM_NETDEV_XDP, FROM_OVERLAY, FROM_POD, SOCK_HOOKS, TO_NETDEV, TO_OVERLAY,
+    TO_POD,
 };
 
 use super::{
     Datapath, DatapathError,
-    load::{classifier, sock_hook},
+    load::{classifier, sock_hook, xdp},
 };
 
 /// The programs on each pod veth and the TCX hook each goes to.
@@ -84,6 +87,43 @@ impl Datapath {
     /// Attaches (or re-attaches, idempotently) the node program to a device.
     pub fn attach_device(&mut self, ifname: &str, ifindex: u32) -> Result<(), DatapathError> {
         self.attach(ifname, ifindex, DEVICE_PROGRAMS)
+    }
+
+    /// Attaches (or re-attaches, idempotently) the node's XDP program to a
+    /// device in the driver's own (native) XDP: generic XDP runs after the
+    /// socket buffer is built, no sooner than TC, and gains nothing. Fails
+    /// where the driver has no XDP, or another XDP program holds the device.
+    pub fn attach_xdp(&mut self, ifname: &str, ifindex: u32) -> Result<(), DatapathError> {
+        let dir = self.pins.endpoint_links(ifindex);
+        std::fs::create_dir_all(&dir).map_err(DatapathError::fs(&dir))?;
+        let path = self.pins.link(ifindex, FROM_NETDEV_XDP);
+        match self.swap_into_pinned(FROM_NETDEV_XDP, &path) {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => {
+                warn!(ifindex, program = FROM_NETDEV_XDP, error = %e, "replacing defunct pinned link");
+                std::fs::remove_file(&path).map_err(DatapathError::fs(&path))?;
+            }
+        }
+        let attach_err = |source| DatapathError::Attach {
+            program: FROM_NETDEV_XDP,
+            ifname: ifname.to_owned(),
+            ifindex,
+            source,
+        };
+        let prog = xdp(&mut self.ebpf, FROM_NETDEV_XDP)?;
+        let id = prog.attach(ifname, XdpMode::Driver).map_err(attach_err)?;
+        pin(prog.take_link(id).map_err(attach_err)?, &path)
+    }
+
+    /// Detaches the node's XDP program from a device (an earlier agent's,
+    /// with acceleration since turned off). Idempotent.
+    pub fn detach_xdp(&mut self, ifindex: u32) -> Result<(), DatapathError> {
+        let path = self.pins.link(ifindex, FROM_NETDEV_XDP);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != ErrorKind::NotFound => Err(DatapathError::Fs { path, source: e }),
+            _ => Ok(()),
+        }
     }
 
     /// Attaches (or re-attaches, idempotently) the overlay's programs to its
@@ -153,7 +193,7 @@ impl Datapath {
                 continue;
             };
             let (mut swapped, mut alive) = (0, true);
-            for name in CLASSIFIERS {
+            for name in CLASSIFIERS.into_iter().chain([FROM_NETDEV_XDP]) {
                 match self.swap_into_pinned(name, &self.pins.link(ifindex, name)) {
                     Ok(true) => swapped += 1,
                     Ok(false) => {}
@@ -196,20 +236,23 @@ impl Datapath {
                 });
             }
         };
-        let link =
-            SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(|source| DatapathError::Link {
-                path: path.to_owned(),
-                source,
-            })?;
-        let prog = classifier(&mut self.ebpf, name)?;
-        let id = prog
-            .attach_to_link(link)
-            .map_err(|source| DatapathError::Program { name, source })?;
-        // Our fd on the link closes here; the pin keeps it attached.
-        drop(
-            prog.take_link(id)
-                .map_err(|source| DatapathError::Program { name, source })?,
-        );
+        let link_err = |source| DatapathError::Link {
+            path: path.to_owned(),
+            source,
+        };
+        let program_err = |source| DatapathError::Program { name, source };
+        // Our fd on the new link closes as it drops; the pin keeps it attached.
+        if name == FROM_NETDEV_XDP {
+            let link = XdpLink::try_from(FdLink::from(pinned)).map_err(link_err)?;
+            let prog = xdp(&mut self.ebpf, name)?;
+            let id = prog.attach_to_link(link).map_err(program_err)?;
+            drop(prog.take_link(id).map_err(program_err)?);
+        } else {
+            let link = SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(link_err)?;
+            let prog = classifier(&mut self.ebpf, name)?;
+            let id = prog.attach_to_link(link).map_err(program_err)?;
+            drop(prog.take_link(id).map_err(program_err)?);
+        }
         Ok(true)
     }
 }

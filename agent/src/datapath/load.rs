@@ -3,9 +3,9 @@
 
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{CgroupSockAddr, SchedClassifier},
+    programs::{CgroupSockAddr, SchedClassifier, Xdp},
 };
-use weir_common::programs::{CLASSIFIERS, SOCK_HOOKS};
+use weir_common::programs::{CLASSIFIERS, FROM_NETDEV_XDP, SOCK_HOOKS};
 
 use super::{
     DatapathError, PinLayout,
@@ -61,6 +61,13 @@ impl Datapath {
                 .load()
                 .map_err(|source| DatapathError::Program { name, source })?;
         }
+        // Loaded (and so verified) whether or not it is attached.
+        xdp(&mut ebpf, FROM_NETDEV_XDP)?
+            .load()
+            .map_err(|source| DatapathError::Program {
+                name: FROM_NETDEV_XDP,
+                source,
+            })?;
         Ok(Self {
             endpoints: take_map(&mut ebpf, maps::ENDPOINTS.name)?,
             services: take_map(&mut ebpf, maps::SERVICES.name)?,
@@ -112,6 +119,10 @@ pub(super) fn classifier<'a>(
     ebpf: &'a mut Ebpf,
     name: &'static str,
 ) -> Result<&'a mut SchedClassifier, DatapathError> {
+    program_mut(ebpf, name)
+}
+
+pub(super) fn xdp<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, DatapathError> {
     program_mut(ebpf, name)
 }
 

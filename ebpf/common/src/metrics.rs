@@ -23,6 +23,9 @@ pub enum Dir {
     FromOverlay = 5,
     /// TC egress on the overlay's device: to be encapsulated to another node.
     ToOverlay = 6,
+    /// XDP on a node device (`--nodeport-acceleration`): from outside the
+    /// node, before TC ingress (`from-netdev`) sees it.
+    Xdp = 7,
 }
 
 impl Dir {
@@ -35,6 +38,7 @@ impl Dir {
             Dir::Socket => "socket",
             Dir::FromOverlay => "from-overlay",
             Dir::ToOverlay => "to-overlay",
+            Dir::Xdp => "xdp",
         }
     }
 }
@@ -51,6 +55,7 @@ impl TryFrom<u8> for Dir {
             4 => Dir::Socket,
             5 => Dir::FromOverlay,
             6 => Dir::ToOverlay,
+            7 => Dir::Xdp,
             _ => return Err(code),
         })
     }
@@ -102,11 +107,14 @@ pub enum Reason {
     /// `to-pod` program would have. Counted under `to-pod` beside the packet's
     /// own verdict (`forwarded`), which counts every packet into a pod.
     Peer = 15,
+    /// Not a drop: left by XDP (`--nodeport-acceleration`) to the TC program
+    /// that runs next, untouched (not a frontend's, or not what XDP handles).
+    ToTc = 16,
 }
 
 impl Reason {
     /// Every reason, in code order.
-    pub const ALL: [Reason; 16] = [
+    pub const ALL: [Reason; 17] = [
         Reason::Forwarded,
         Reason::Malformed,
         Reason::NoBackend,
@@ -123,6 +131,7 @@ impl Reason {
         Reason::NoTunnel,
         Reason::ForeignVni,
         Reason::Peer,
+        Reason::ToTc,
     ];
 
     /// What an operator reads (`weirctl`, `/metrics`).
@@ -144,6 +153,7 @@ impl Reason {
             Reason::NoTunnel => "no node to tunnel to (overlay)",
             Reason::ForeignVni => "VXLAN packet of another VNI (overlay)",
             Reason::Peer => "delivered into the pod by redirect_peer (host veth skipped)",
+            Reason::ToTc => "passed on to TC untouched (XDP)",
         }
     }
 

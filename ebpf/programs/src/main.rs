@@ -1,12 +1,13 @@
 //! Weir's eBPF programs: TC programs on the host side of each pod's veth
 //! (`from_pod`, `to_pod`: load balancing, NetworkPolicy, delivery) and on the
 //! node's devices (`from_netdev`, `to_netdev`: NodePorts, externalIPs and
-//! load-balancer IPs from outside), and the cgroup socket hooks of the node's
+//! load-balancer IPs from outside; `from_netdev_xdp` in front of them with
+//! `--nodeport-acceleration`, [`xdp`]), and the cgroup socket hooks of the node's
 //! own processes ([`sock`]), and on the overlay's VXLAN device (`from_overlay`,
 //! `to_overlay`: [`overlay`]). Areas: `lb` (and `lb::frontend`, the steps every
 //! hook takes for a new flow), `policy`, `endpoints`, `route`, `peer`
 //! (delivery straight into a local pod), `metrics`, `packet` (the one place
-//! that reads headers).
+//! that reads headers), `frame` (the packet as TC and XDP both offer it).
 //!
 //! TC entry points are thin: `try_*` computes a verdict or a drop reason, and the
 //! entry point counts it in the metrics map before returning it to TC.
@@ -36,6 +37,7 @@ macro_rules! declare_bpf_map {
 
 mod clock;
 mod endpoints;
+mod frame;
 mod lb;
 mod metrics;
 mod overlay;
@@ -44,11 +46,12 @@ mod peer;
 mod policy;
 mod route;
 mod sock;
+mod xdp;
 
 use aya_ebpf::{
-    bindings::{__sk_buff, TC_ACT_OK},
-    macros::classifier,
-    programs::TcContext,
+    bindings::{__sk_buff, TC_ACT_OK, xdp_action::XDP_PASS, xdp_md},
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
 };
 use weir_common::{Dir, MARK_ROUTED, NODE_F_HOST_STACK, Reason};
 
@@ -227,7 +230,7 @@ fn counted(ctx: &TcContext, dir: Dir, result: Result<Action, Reason>) -> i32 {
 #[inline(never)]
 fn icmp_error<F: Lb>(skb: *mut __sk_buff, dir: Dir, side: Side) -> i32 {
     let ctx = TcContext::new(skb);
-    let result = packet::parse_any::<F>(&ctx).and_then(|p| {
+    let result = packet::parse_any::<F, _>(&ctx).and_then(|p| {
         if let Some(ep) = policy::endpoint(&p.flow, side) {
             policy::related(&ctx, p.quoted, &p.flow, &ep, side)?;
         }
@@ -239,7 +242,7 @@ fn icmp_error<F: Lb>(skb: *mut __sk_buff, dir: Dir, side: Side) -> i32 {
 #[inline(never)]
 fn from_netdev_family<F: Lb>(skb: *mut __sk_buff) -> i32 {
     let ctx = TcContext::new(skb);
-    let result = match packet::parse::<F>(&ctx) {
+    let result = match packet::parse::<F, _>(&ctx) {
         Ok(Some(flow)) if overlay_packet(&flow) => Ok(Action::forward(TC_ACT_OK)),
         Ok(Some(flow)) if let Some(ep) = to_local_pod(&flow) => {
             // A pod's packet from another node, to a pod of this one: nothing
@@ -254,12 +257,47 @@ fn from_netdev_family<F: Lb>(skb: *mut __sk_buff) -> i32 {
                 Ok(peer::by_veth(ep.ifindex))
             }
         }
+        // Translated by XDP, which could not send it on itself.
+        Ok(Some(flow)) if xdp::handed_over(&ctx) => route::forward(&ctx, &flow).map(Action::forward),
         Ok(Some(mut flow)) => lb::from_netdev(&ctx, &mut flow),
         // Counted where it goes.
         Ok(None) => return RELATED,
         Err(reason) => Err(reason),
     };
     metrics::verdict(&ctx, Dir::FromNetdev, result)
+}
+
+/// XDP on a node device (`--nodeport-acceleration`): the external steps of
+/// `from_netdev` before TC ([`xdp`]). What it leaves alone is passed on to
+/// TC, counted under `xdp` as `to-tc`.
+#[xdp]
+pub fn from_netdev_xdp(ctx: XdpContext) -> u32 {
+    let verdict = match packet::ethertype(&ctx) {
+        Ok(V4::ETH_P) => from_netdev_xdp_family::<V4>(ctx.ctx),
+        Ok(V6::ETH_P) => from_netdev_xdp_family::<V6>(ctx.ctx),
+        _ => metrics::verdict(&ctx, Dir::Xdp, Ok(Action::to_tc(XDP_PASS as i32))),
+    };
+    verdict as u32
+}
+
+#[inline(never)]
+fn from_netdev_xdp_family<F: Lb>(md: *mut xdp_md) -> i32 {
+    let ctx = XdpContext::new(md);
+    let to_tc = Ok(Action::to_tc(XDP_PASS as i32));
+    let result = match packet::parse::<F, _>(&ctx) {
+        // TC's own cases: the overlay's packets, pods' packets for local pods.
+        Ok(Some(flow)) if overlay_packet(&flow) || to_local_pod(&flow).is_some() => to_tc,
+        Ok(Some(mut flow)) => match lb::from_netdev(&ctx, &mut flow) {
+            Ok(Action {
+                reason: Reason::Forwarded,
+                tc,
+            }) if tc == XDP_PASS as i32 && !flow.translated => to_tc,
+            result => result,
+        },
+        // A fragment, IP options, ICMP, a malformed packet: TC judges them.
+        Ok(None) | Err(_) => to_tc,
+    };
+    metrics::verdict(&ctx, Dir::Xdp, result)
 }
 
 /// The overlay's own VXLAN packet (`--routing vxlan`), between node addresses.
@@ -300,7 +338,7 @@ fn into_peer<F: Lb>(skb: *mut __sk_buff) -> i32 {
     let ctx = TcContext::new(skb);
     match try_into_pod::<F>(&ctx, Via::Peer) {
         // Left to the pod's veth, whose `to_pod` judges and counts it.
-        Ok(Action { tc: RELATED, .. }) => match packet::parse_any::<F>(&ctx) {
+        Ok(Action { tc: RELATED, .. }) => match packet::parse_any::<F, _>(&ctx) {
             Ok(p) => endpoints::veth(&endpoints::key::<F>(&p.flow.daddr))
                 .map_or(TC_ACT_OK, |v| peer::by_veth(v).tc),
             Err(reason) => metrics::verdict(&ctx, Dir::ToPod, Err(reason)),
@@ -313,7 +351,7 @@ fn into_peer<F: Lb>(skb: *mut __sk_buff) -> i32 {
 #[inline(never)]
 fn to_netdev_family<F: Lb>(skb: *mut __sk_buff) -> i32 {
     let ctx = TcContext::new(skb);
-    let result = match packet::parse::<F>(&ctx) {
+    let result = match packet::parse::<F, _>(&ctx) {
         Ok(Some(flow)) if overlay_packet(&flow) => Ok(Action::forward(TC_ACT_OK)),
         Ok(Some(mut flow)) => lb::to_pod(&ctx, &mut flow).map(|()| Action::forward(TC_ACT_OK)),
         Ok(None) => Ok(Action::forward(TC_ACT_OK)),
@@ -325,7 +363,7 @@ fn to_netdev_family<F: Lb>(skb: *mut __sk_buff) -> i32 {
 #[inline(never)]
 fn masquerade_family<F: Lb>(skb: *mut __sk_buff) -> i32 {
     let ctx = TcContext::new(skb);
-    let result = match packet::parse::<F>(&ctx) {
+    let result = match packet::parse::<F, _>(&ctx) {
         Ok(Some(mut flow)) => lb::masq::to_netdev(&ctx, &mut flow),
         Ok(None) => Ok(Action::forward(TC_ACT_OK)),
         Err(reason) => Err(reason),
@@ -355,7 +393,7 @@ fn try_into_pod<F: Lb>(ctx: &TcContext, via: Via) -> Result<Action, Reason> {
         judge,
         lb,
         quoted,
-    } = packet::parse_any::<F>(ctx)?;
+    } = packet::parse_any::<F, _>(ctx)?;
     if via == Via::Peer && quoted != 0 {
         // An ICMP error (the overlay hands any packet over): judging it takes
         // stack room [`into_peer`] has not got, so it goes to the pod's veth.
@@ -419,7 +457,7 @@ fn try_from_pod<F: Lb>(ctx: &TcContext) -> Result<Action, Reason> {
         judge,
         lb,
         quoted,
-    } = packet::parse_any::<F>(ctx)?;
+    } = packet::parse_any::<F, _>(ctx)?;
     // A pod sends from its own address: anything else would pass for another
     // pod in everyone's policies (its veth is where that address lives). Its
     // IPv6 link-local address, which stays on the link, is the exception.

@@ -1,6 +1,7 @@
 //! Per-CPU packet and byte counters per (direction, reason).
 
-use aya_ebpf::{bindings::TC_ACT_SHOT, maps::PerCpuArray, programs::TcContext};
+use crate::frame::Frame;
+use aya_ebpf::maps::PerCpuArray;
 use weir_common::{Dir, MetricValue, Reason, maps, metrics_index};
 
 bpf_map! {
@@ -21,6 +22,14 @@ impl Action {
             reason: Reason::Forwarded,
         }
     }
+
+    /// XDP passing a packet on to TC untouched.
+    pub const fn to_tc(pass: i32) -> Self {
+        Self {
+            tc: pass,
+            reason: Reason::ToTc,
+        }
+    }
 }
 
 /// Counts one event under `reason`, `ctx_len` bytes: a packet beside its
@@ -39,10 +48,10 @@ pub fn note(ctx_len: u32, dir: Dir, reason: Reason) {
 /// Counts the packet under its reason and turns the result into a TC verdict:
 /// `Ok(action)` returns its action, `Err(reason)` drops.
 #[inline(always)]
-pub fn verdict(ctx: &TcContext, dir: Dir, result: Result<Action, Reason>) -> i32 {
+pub fn verdict<C: Frame>(ctx: &C, dir: Dir, result: Result<Action, Reason>) -> i32 {
     let (reason, action) = match result {
         Ok(Action { tc, reason }) => (reason, tc),
-        Err(reason) => (reason, TC_ACT_SHOT),
+        Err(reason) => (reason, C::DROP),
     };
     if let Some(slot) = METRICS.get_ptr_mut(metrics_index(dir, reason)) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU while we run.

@@ -1,5 +1,5 @@
 //! The one place that reads packet headers: bounds are checked by
-//! `bpf_skb_load_bytes` (through `TcContext::load`), so a short or odd packet is
+//! `bpf_skb_load_bytes` or `bpf_xdp_load_bytes` (through [`Frame::load`]), so a short or odd packet is
 //! an error here, never an out-of-bounds read elsewhere.
 //!
 //! The datapath is written once over [`Family`] and compiled twice: each entry
@@ -12,7 +12,7 @@
 //! to LLVM as an `i128`, which gets 16-byte-aligned stack slots, and the BPF
 //! backend of this toolchain's LLVM crashes on those copies (llvm-project #199541).
 
-use aya_ebpf::programs::TcContext;
+use crate::frame::Frame;
 use weir_common::{
     AF_INET, AF_INET6, CtKey, HAIRPIN_V4, HAIRPIN_V6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_SCTP,
     IPPROTO_TCP, IPPROTO_UDP, Reason,
@@ -52,7 +52,7 @@ pub trait Family: Sized {
     /// Reads the IP header into `flow` (addresses, and the L4 protocol, past
     /// IPv6 hop-by-hop options and fragment headers); returns where the L4 header
     /// starts, `None` for a fragment after the first, which carries none.
-    fn parse_ip(ctx: &TcContext, flow: &mut Flow<Self>) -> Result<Option<usize>, Reason>;
+    fn parse_ip<C: Frame>(ctx: &C, flow: &mut Flow<Self>) -> Result<Option<usize>, Reason>;
     /// Writes the address in the maps' 16-byte form (IPv4 in the first 4 bytes).
     fn widen(a: &Self::Addr, out: &mut [u8; 16]);
     /// Sets an address from the maps' form.
@@ -66,8 +66,8 @@ pub trait Family: Sized {
     fn icmp_error(icmp_type: u8) -> bool;
     /// Reads the IP header quoted at `at`: its addresses (in the maps' form),
     /// then its protocol and where its L4 header starts.
-    fn quoted(
-        ctx: &TcContext,
+    fn quoted<C: Frame>(
+        ctx: &C,
         at: usize,
         saddr: &mut [u8; 16],
         daddr: &mut [u8; 16],
@@ -108,8 +108,8 @@ impl Family for V4 {
     }
 
     #[inline(always)]
-    fn quoted(
-        ctx: &TcContext,
+    fn quoted<C: Frame>(
+        ctx: &C,
         at: usize,
         saddr: &mut [u8; 16],
         daddr: &mut [u8; 16],
@@ -131,7 +131,7 @@ impl Family for V4 {
     }
 
     #[inline(always)]
-    fn parse_ip(ctx: &TcContext, flow: &mut Flow<Self>) -> Result<Option<usize>, Reason> {
+    fn parse_ip<C: Frame>(ctx: &C, flow: &mut Flow<Self>) -> Result<Option<usize>, Reason> {
         let vihl: u8 = ctx.load(ETH_HLEN).map_err(|_| Reason::Malformed)?;
         let words = usize::from(vihl & 0x0f);
         if vihl >> 4 != 4 || words < 5 {
@@ -194,8 +194,8 @@ impl Family for V6 {
     }
 
     #[inline(always)]
-    fn quoted(
-        ctx: &TcContext,
+    fn quoted<C: Frame>(
+        ctx: &C,
         at: usize,
         saddr: &mut [u8; 16],
         daddr: &mut [u8; 16],
@@ -217,7 +217,7 @@ impl Family for V6 {
     }
 
     #[inline(always)]
-    fn parse_ip(ctx: &TcContext, flow: &mut Flow<Self>) -> Result<Option<usize>, Reason> {
+    fn parse_ip<C: Frame>(ctx: &C, flow: &mut Flow<Self>) -> Result<Option<usize>, Reason> {
         let version: u8 = ctx.load(ETH_HLEN).map_err(|_| Reason::Malformed)?;
         if version >> 4 != 6 {
             return Err(Reason::Malformed);
@@ -292,7 +292,7 @@ const fn widen4(a: [u8; 4]) -> [u8; 16] {
 /// `None` elsewhere (other layouts are not searched: a bounded guess, not an
 /// option parser), or without one.
 #[inline(always)]
-pub fn tcp_tsval<F: Family>(ctx: &TcContext) -> Option<u32> {
+pub fn tcp_tsval<F: Family, C: Frame>(ctx: &C) -> Option<u32> {
     const OPTS: usize = 20;
     let doff: u8 = ctx.load(F::L4 + 12).ok()?;
     let len = usize::from(doff >> 4) * 4;
@@ -332,7 +332,7 @@ fn half(x: &[u8; 16], i: usize) -> u64 {
 
 /// In 8-byte halves: a 16-byte load would be an `i128` (see the module's note).
 #[inline(always)]
-fn load16(ctx: &TcContext, at: usize, out: &mut [u8; 16]) -> Result<(), Reason> {
+fn load16<C: Frame>(ctx: &C, at: usize, out: &mut [u8; 16]) -> Result<(), Reason> {
     out[..8].copy_from_slice(&ctx.load::<[u8; 8]>(at).map_err(|_| Reason::Malformed)?);
     out[8..].copy_from_slice(&ctx.load::<[u8; 8]>(at + 8).map_err(|_| Reason::Malformed)?);
     Ok(())
@@ -399,7 +399,7 @@ impl<F: Family> Flow<F> {
 
 /// The ethertype of the frame, in network order.
 #[inline(always)]
-pub fn ethertype(ctx: &TcContext) -> Result<u16, Reason> {
+pub fn ethertype<C: Frame>(ctx: &C) -> Result<u16, Reason> {
     ctx.load(12).map_err(|_| Reason::Malformed)
 }
 
@@ -410,7 +410,7 @@ pub fn ethertype(ctx: &TcContext) -> Result<u16, Reason> {
 /// kernel has no SCTP to test against). ICMP echo reaches only masquerade:
 /// no frontend has its protocol.
 #[inline(always)]
-pub fn parse<F: Family>(ctx: &TcContext) -> Result<Option<Flow<F>>, Reason> {
+pub fn parse<F: Family, C: Frame>(ctx: &C) -> Result<Option<Flow<F>>, Reason> {
     let p = parse_any(ctx)?;
     Ok(p.lb.then_some(p.flow))
 }
@@ -438,8 +438,8 @@ pub struct Parsed<F: Family> {
 /// quoted IPv6 packet's extension headers are not walked (ports 0 then).
 /// Returns where the quoted L4 header starts.
 #[inline(always)]
-pub fn quoted_key<F: Family>(
-    ctx: &TcContext,
+pub fn quoted_key<F: Family, C: Frame>(
+    ctx: &C,
     at: usize,
     k: &mut CtKey,
     reverse: bool,
@@ -480,7 +480,7 @@ pub fn quoted_key<F: Family>(
 /// request's source port and the reply's destination port, so that a reply is
 /// the request's reverse tuple), 0 elsewhere.
 #[inline(always)]
-pub fn parse_any<F: Family>(ctx: &TcContext) -> Result<Parsed<F>, Reason> {
+pub fn parse_any<F: Family, C: Frame>(ctx: &C) -> Result<Parsed<F>, Reason> {
     let mut flow = Flow::new();
     let Some(l4) = F::parse_ip(ctx, &mut flow)? else {
         return Ok(Parsed {

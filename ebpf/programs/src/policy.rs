@@ -308,7 +308,7 @@ pub fn related<F: Family>(
     let now = crate::clock::now();
     let key = &mut crate::lb::scratch()?.in_key;
     for reverse in [false, true] {
-        packet::quoted_key::<F>(ctx, quoted, key, reverse)?;
+        packet::quoted_key::<F, _>(ctx, quoted, key, reverse)?;
         if live(key, now).is_some() {
             return Ok(());
         }

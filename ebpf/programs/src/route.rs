@@ -9,13 +9,18 @@
 //! redirected with its MACs carries [`MARK_ROUTED`] to the device's egress.
 
 use aya_ebpf::{
-    bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK, bpf_fib_lookup as FibLookup},
+    bindings::{
+        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibLookup, xdp_action,
+    },
     helpers::{bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh},
-    programs::TcContext,
 };
 use weir_common::{MARK_ROUTED, Reason};
 
-use crate::packet::{Family, Flow};
+use crate::{
+    frame::Frame,
+    packet::{Family, Flow},
+    xdp,
+};
 
 /// `struct bpf_fib_lookup`, with plain fields where the kernel's has unions.
 #[repr(C)]
@@ -36,19 +41,19 @@ struct FibParams {
 }
 const _: () = assert!(core::mem::size_of::<FibParams>() == core::mem::size_of::<FibLookup>());
 
-/// Redirects the packet to where the FIB routes its destination; TC's verdict.
+/// Redirects the packet to where the FIB routes its destination; the hook's
+/// verdict.
 /// What the FIB does not forward (a local destination, no route) goes to the
 /// host's stack as it is.
 #[inline(always)]
-pub fn forward<F: Family>(ctx: &TcContext, flow: &Flow<F>) -> Result<i32, Reason> {
+pub fn forward<F: Family, C: Frame>(ctx: &C, flow: &Flow<F>) -> Result<i32, Reason> {
     let mut p = FibParams {
         family: F::AF,
         l4_protocol: flow.proto,
         sport: flow.sport,
         dport: flow.dport,
         tot_len: 0,
-        // SAFETY: the context's skb pointer is valid for this run.
-        ifindex: unsafe { (*ctx.skb.skb).ifindex },
+        ifindex: ctx.ifindex(),
         flowinfo: 0,
         src: [0; 16],
         dst: [0; 16],
@@ -61,22 +66,30 @@ pub fn forward<F: Family>(ctx: &TcContext, flow: &Flow<F>) -> Result<i32, Reason
     // SAFETY: `p` is laid out as the helper's struct and lives on our stack.
     let ret = unsafe {
         bpf_fib_lookup(
-            ctx.skb.skb.cast(),
+            ctx.raw().cast(),
             (&raw mut p).cast(),
             core::mem::size_of::<FibParams>() as i32,
             0,
         )
     };
-    let tc = match ret as u32 {
+    let Some(tc) = ctx.as_tc() else {
+        // XDP: back out of the device it came in by (a remote backend, the
+        // client of a remote backend's reply, on a one-armed node), or on to
+        // TC, which sends it on as below (the next hop unresolved, another
+        // device, a pod, this node).
+        if ret as u32 == BPF_FIB_LKUP_RET_SUCCESS && p.ifindex == ctx.ifindex() {
+            set_macs(ctx, &p)?;
+            return Ok(xdp_action::XDP_TX as i32);
+        }
+        return xdp::hand_to_tc(ctx);
+    };
+    let verdict = match ret as u32 {
         BPF_FIB_LKUP_RET_SUCCESS => {
-            let mut macs = [0u8; 12];
-            macs[..6].copy_from_slice(&p.dmac);
-            macs[6..].copy_from_slice(&p.smac);
-            ctx.store(0, &macs, 0).map_err(|_| Reason::RewriteFailed)?;
+            set_macs(ctx, &p)?;
             // SAFETY: the context's skb pointer is valid for this run; TC
             // programs may write the mark. Not on the neighbour path below:
             // its route lookup would see the mark.
-            unsafe { (*ctx.skb.skb).mark = MARK_ROUTED };
+            unsafe { (*tc.skb.skb).mark = MARK_ROUTED };
             // SAFETY: no preconditions; the verdict says where the packet goes.
             unsafe { bpf_redirect(p.ifindex, 0) as i32 }
         }
@@ -84,7 +97,16 @@ pub fn forward<F: Family>(ctx: &TcContext, flow: &Flow<F>) -> Result<i32, Reason
         BPF_FIB_LKUP_RET_NO_NEIGH => unsafe {
             bpf_redirect_neigh(p.ifindex, core::ptr::null_mut(), 0, 0) as i32
         },
-        _ => TC_ACT_OK,
+        _ => C::PASS,
     };
-    Ok(tc)
+    Ok(verdict)
+}
+
+/// Addresses the frame to the next hop the FIB found.
+#[inline(always)]
+fn set_macs<C: Frame>(ctx: &C, p: &FibParams) -> Result<(), Reason> {
+    let mut macs = [0u8; 12];
+    macs[..6].copy_from_slice(&p.dmac);
+    macs[6..].copy_from_slice(&p.smac);
+    ctx.store(0, &macs, 0).map_err(|_| Reason::RewriteFailed)
 }

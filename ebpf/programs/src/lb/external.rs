@@ -12,20 +12,20 @@
 //! back to the client. The replies of pods' masqueraded flows (`masq`) come
 //! back here too and go back to the pod. Anything else passes untouched.
 
-use aya_ebpf::{bindings::TC_ACT_OK, helpers::bpf_redirect_neigh, programs::TcContext};
+use aya_ebpf::helpers::bpf_redirect_neigh;
 use weir_common::{CT_F_EXTERNAL, CT_F_MASQ, CT_F_SNAT, Reason, SVC_F_EXT_LOCAL};
 
 use super::{
     Backends, Lb, NewFlow, Reply, Snat, choose, established, frontend, maps::NODE, masq, port, reply,
     scratch, translate_new,
 };
-use crate::{endpoints, metrics::Action, packet::Flow, route};
+use crate::{endpoints, frame::Frame, metrics::Action, packet::Flow, route, xdp};
 
 #[inline(always)]
-pub fn from_netdev<F: Lb>(ctx: &TcContext, flow: &mut Flow<F>) -> Result<Action, Reason> {
+pub fn from_netdev<F: Lb, C: Frame>(ctx: &C, flow: &mut Flow<F>) -> Result<Action, Reason> {
     let now = crate::clock::now();
     let s = scratch()?;
-    let pass = Ok(Action::forward(TC_ACT_OK));
+    let pass = Ok(Action::forward(C::PASS));
 
     // 1. A packet of an external flow we translated.
     if established(ctx, flow, s, now, CT_F_EXTERNAL, CT_F_SNAT)? {
@@ -96,8 +96,13 @@ pub fn from_netdev<F: Lb>(ctx: &TcContext, flow: &mut Flow<F>) -> Result<Action,
 /// A translated packet goes to its backend: a local pod (`pod`, its veth)
 /// straight on its veth, anything else by route.
 #[inline(always)]
-fn deliver<F: Lb>(ctx: &TcContext, flow: &Flow<F>, pod: u32) -> Result<Action, Reason> {
+fn deliver<F: Lb, C: Frame>(ctx: &C, flow: &Flow<F>, pod: u32) -> Result<Action, Reason> {
     if pod != 0 {
+        // XDP does not write into a veth: its `to-pod` program would not see
+        // the packet. TC, handed it, routes it there.
+        if ctx.as_tc().is_none() {
+            return xdp::hand_to_tc(ctx).map(Action::forward);
+        }
         // SAFETY: no preconditions; the verdict says where the packet goes.
         return Ok(Action::forward(
             unsafe { bpf_redirect_neigh(pod, core::ptr::null_mut(), 0, 0) } as i32,

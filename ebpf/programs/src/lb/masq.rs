@@ -105,7 +105,7 @@ pub fn to_netdev<F: Lb>(ctx: &TcContext, flow: &mut Flow<F>) -> Result<Action, R
                 // packets before the close are not parsed for it.
                 if flow.proto == IPPROTO_TCP
                     && e.flags & CT_F_CLOSING != 0
-                    && let Some(ts) = tcp_tsval::<F>(ctx)
+                    && let Some(ts) = tcp_tsval::<F, _>(ctx)
                 {
                     e.backend_id = ts;
                 }
@@ -137,7 +137,7 @@ pub fn to_netdev<F: Lb>(ctx: &TcContext, flow: &mut Flow<F>) -> Result<Action, R
     // The client's TCP timestamp: which ports another client left the peer
     // in TIME_WAIT on can take this SYN (`port::free`).
     let tsval = if flow.proto == IPPROTO_TCP {
-        tcp_tsval::<F>(ctx).unwrap_or(0)
+        tcp_tsval::<F, _>(ctx).unwrap_or(0)
     } else {
         0
     };
@@ -185,14 +185,14 @@ fn device_addr<F: Lb>(ctx: &TcContext) -> Option<&'static [u8; 16]> {
 #[inline(always)]
 pub fn quoted_error<F: Lb>(ctx: &TcContext) -> Result<Action, Reason> {
     let pass = Ok(Action::forward(TC_ACT_OK));
-    let p = packet::parse_any::<F>(ctx)?;
+    let p = packet::parse_any::<F, _>(ctx)?;
     if p.quoted == 0 {
         return pass;
     }
     let s = scratch()?;
     // The quoted packet left from the node's address and port: reversed, its
     // tuple is the flow's reply entry's key.
-    let l4 = packet::quoted_key::<F>(ctx, p.quoted, &mut s.in_key, true)?;
+    let l4 = packet::quoted_key::<F, _>(ctx, p.quoted, &mut s.in_key, true)?;
     s.in_key.dir = CT_IN;
     // SAFETY: valid for this run.
     let Some(reply) = (unsafe { CONNTRACK.get(&s.in_key) }) else {

@@ -23,7 +23,6 @@ pub mod select;
 
 pub use self::external::from_netdev;
 
-use aya_ebpf::programs::TcContext;
 use weir_common::{
     Backend, CT_F_CLOSING, CT_F_EXTERNAL, CT_F_HAIRPIN, CT_F_MASQ, CT_F_SNAT, CT_IN, CT_OUT, Reason, Scratch,
 };
@@ -34,6 +33,7 @@ use self::{
     maps::{BACKENDS, CONNTRACK, SCRATCH},
 };
 use crate::{
+    frame::Frame,
     metrics::Action,
     packet::{Family, Flow},
     route,
@@ -58,7 +58,7 @@ pub fn scratch() -> Result<&'static mut Scratch, Reason> {
 /// flows were translated here, come back through this hook and are made to come
 /// from the frontend. (Local backends' replies are handled as they leave them.)
 #[inline(always)]
-pub fn to_pod<F: Lb>(ctx: &TcContext, flow: &mut Flow<F>) -> Result<(), Reason> {
+pub fn to_pod<F: Lb, C: Frame>(ctx: &C, flow: &mut Flow<F>) -> Result<(), Reason> {
     let now = crate::clock::now();
     let from = Backends::Local { host_stack: false };
     reply(ctx, flow, scratch()?, now, from).map(|_| ())
@@ -68,8 +68,8 @@ pub fn to_pod<F: Lb>(ctx: &TcContext, flow: &mut Flow<F>) -> Result<(), Reason> 
 /// answered (a rejection) or sent on (the reply of an external flow) here.
 /// `host_stack`: see [`Backends::Local`].
 #[inline(always)]
-pub fn from_pod<F: Lb>(
-    ctx: &TcContext,
+pub fn from_pod<F: Lb, C: Frame>(
+    ctx: &C,
     flow: &mut Flow<F>,
     host_stack: bool,
 ) -> Result<Option<Action>, Reason> {
@@ -122,8 +122,8 @@ pub fn from_pod<F: Lb>(
 /// device's egress alone (`masq`): they are never a known flow here. Whether
 /// the packet was one.
 #[inline(always)]
-fn established<F: Lb>(
-    ctx: &TcContext,
+fn established<F: Lb, C: Frame>(
+    ctx: &C,
     flow: &mut Flow<F>,
     s: &mut Scratch,
     now: u64,
@@ -176,8 +176,8 @@ enum Reply {
 
 /// A backend's reply to a translated flow.
 #[inline(always)]
-fn reply<F: Lb>(
-    ctx: &TcContext,
+fn reply<F: Lb, C: Frame>(
+    ctx: &C,
     flow: &mut Flow<F>,
     s: &mut Scratch,
     now: u64,
@@ -240,8 +240,8 @@ enum NewFlow {
 /// A new flow: is its destination a frontend, and which backend serves it?
 /// `inside`: the client is inside the cluster (see [`frontend::inside`]).
 #[inline(always)]
-fn choose<F: Lb>(
-    ctx: &TcContext,
+fn choose<F: Lb, C: Frame>(
+    ctx: &C,
     flow: &Flow<F>,
     s: &mut Scratch,
     now: u64,
@@ -308,8 +308,8 @@ struct Snat<'a> {
 /// A new flow to `chosen`: its translation recorded (`flags`: `CT_F_*`), then
 /// its first packet translated: from `snat` if given, to the backend.
 #[inline(always)]
-fn translate_new<F: Lb>(
-    ctx: &TcContext,
+fn translate_new<F: Lb, C: Frame>(
+    ctx: &C,
     flow: &mut Flow<F>,
     s: &mut Scratch,
     chosen: &Chosen,

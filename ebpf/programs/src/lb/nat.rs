@@ -7,22 +7,26 @@
 //! are too wide for `bpf_l4_csum_replace`: their difference comes from
 //! `bpf_csum_diff`.
 
+use core::ffi::c_void;
+
 use aya_ebpf::{
-    bindings::{__sk_buff, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     helpers::bpf_csum_diff,
-    programs::TcContext,
 };
 use weir_common::{IPPROTO_UDP, Reason};
 
-use crate::packet::{Family, Flow, IP_CSUM, V4, V6};
+use crate::{
+    frame::Frame,
+    packet::{Family, Flow, IP_CSUM, V4, V6},
+};
 
 /// How a family's address is rewritten.
 pub trait Rewrite: Family {
     /// Replaces the address at `at` (`old`) by `new` (maps' form), fixing the IP
     /// checksum if there is one and the L4 checksum at `csum_at` if it covers
     /// the address (not ICMPv4's).
-    fn rewrite_addr(
-        ctx: &TcContext,
+    fn rewrite_addr<C: Frame>(
+        ctx: &C,
         csum_at: Option<usize>,
         l4: u64,
         at: usize,
@@ -33,8 +37,8 @@ pub trait Rewrite: Family {
     /// Replaces the source address (`old` by `new`, maps' form) of the packet
     /// an ICMP error quotes at `quoted`, keeping the error's checksum (at
     /// `csum_at`) right: the quoted bytes are data it covers.
-    fn rewrite_quoted_source(
-        ctx: &TcContext,
+    fn rewrite_quoted_source<C: Frame>(
+        ctx: &C,
         csum_at: usize,
         quoted: usize,
         old: &[u8; 16],
@@ -44,8 +48,8 @@ pub trait Rewrite: Family {
 
 impl Rewrite for V4 {
     #[inline(always)]
-    fn rewrite_addr(
-        ctx: &TcContext,
+    fn rewrite_addr<C: Frame>(
+        ctx: &C,
         csum_at: Option<usize>,
         l4: u64,
         at: usize,
@@ -64,8 +68,8 @@ impl Rewrite for V4 {
     /// The quoted header's own checksum follows its address, which leaves the
     /// header's sum, and so the ICMP checksum, as it was.
     #[inline(always)]
-    fn rewrite_quoted_source(
-        ctx: &TcContext,
+    fn rewrite_quoted_source<C: Frame>(
+        ctx: &C,
         _csum_at: usize,
         quoted: usize,
         old: &[u8; 16],
@@ -85,7 +89,7 @@ impl Rewrite for V4 {
 /// Stores the IPv4 address `new` at `at` in place of `old` (as a
 /// `u32` from its bytes), and follows it in the IP header checksum at `ip_csum`.
 #[inline(always)]
-fn replace4(ctx: &TcContext, ip_csum: usize, at: usize, old: u64, new: &[u8; 4]) -> Result<(), Reason> {
+fn replace4<C: Frame>(ctx: &C, ip_csum: usize, at: usize, old: u64, new: &[u8; 4]) -> Result<(), Reason> {
     ctx.l3_csum_replace(ip_csum, old, u32::from_ne_bytes(*new) as u64, 4)
         .map_err(|_| Reason::RewriteFailed)?;
     ctx.store(at, new, 0).map_err(|_| Reason::RewriteFailed)
@@ -97,8 +101,8 @@ struct Aligned([u8; 16]);
 impl Rewrite for V6 {
     /// Every IPv6 L4 checksum, ICMPv6's too, covers the addresses.
     #[inline(always)]
-    fn rewrite_addr(
-        ctx: &TcContext,
+    fn rewrite_addr<C: Frame>(
+        ctx: &C,
         csum_at: Option<usize>,
         l4: u64,
         at: usize,
@@ -112,8 +116,8 @@ impl Rewrite for V6 {
     /// No header checksum: the ICMPv6 checksum takes the difference, as
     /// data (no pseudo-header flag).
     #[inline(always)]
-    fn rewrite_quoted_source(
-        ctx: &TcContext,
+    fn rewrite_quoted_source<C: Frame>(
+        ctx: &C,
         csum_at: usize,
         quoted: usize,
         old: &[u8; 16],
@@ -127,23 +131,30 @@ impl Rewrite for V6 {
 /// path's rewrites, would not fit beside it in one stack frame. Five
 /// arguments at most cross a BPF call, so the offsets travel packed.
 #[inline(always)]
-fn replace6(
-    ctx: &TcContext,
+fn replace6<C: Frame>(
+    ctx: &C,
     csum_at: usize,
     at: usize,
     flags: u64,
     old: &[u8; 16],
     new: &[u8; 16],
 ) -> Result<(), Reason> {
-    match rewrite_addr6(ctx.skb.skb, (csum_at << 32 | at) as u64, flags, old, new) {
+    match rewrite_addr6::<C>(ctx.raw(), (csum_at << 32 | at) as u64, flags, old, new) {
         0 => Ok(()),
         _ => Err(Reason::RewriteFailed),
     }
 }
 
 #[inline(never)]
-fn rewrite_addr6(skb: *mut __sk_buff, offsets: u64, flags: u64, old: &[u8; 16], new: &[u8; 16]) -> i64 {
-    let ctx = TcContext::new(skb);
+fn rewrite_addr6<C: Frame>(
+    raw: *mut c_void,
+    offsets: u64,
+    flags: u64,
+    old: &[u8; 16],
+    new: &[u8; 16],
+) -> i64 {
+    // SAFETY: the caller's context pointer.
+    let ctx = unsafe { C::from_raw(raw) };
     let (csum_at, at) = ((offsets >> 32) as usize, (offsets & 0xffff_ffff) as usize);
     // bpf_csum_diff wants 4-aligned buffers.
     let (mut o, mut n) = (Aligned([0; 16]), Aligned([0; 16]));
@@ -171,8 +182,8 @@ fn l4_flags<F: Family>(flow: &Flow<F>) -> u64 {
 }
 
 #[inline(always)]
-fn rewrite_port<F: Family>(
-    ctx: &TcContext,
+fn rewrite_port<F: Family, C: Frame>(
+    ctx: &C,
     flow: &Flow<F>,
     at: usize,
     old: u16,
@@ -196,8 +207,8 @@ enum End {
 /// The packet now comes from (`End::Source`) or goes to (`End::Destination`)
 /// `addr:port` (maps' form, network order); `flow` follows.
 #[inline(always)]
-fn rewrite<F: Rewrite>(
-    ctx: &TcContext,
+fn rewrite<F: Rewrite, C: Frame>(
+    ctx: &C,
     flow: &mut Flow<F>,
     end: End,
     addr: &[u8; 16],
@@ -230,8 +241,8 @@ fn rewrite<F: Rewrite>(
 
 /// Destination NAT: the packet now goes to `addr:port` (maps' form, network order).
 #[inline(always)]
-pub fn dnat<F: Rewrite>(
-    ctx: &TcContext,
+pub fn dnat<F: Rewrite, C: Frame>(
+    ctx: &C,
     flow: &mut Flow<F>,
     addr: &[u8; 16],
     port: u16,
@@ -241,8 +252,8 @@ pub fn dnat<F: Rewrite>(
 
 /// Source NAT: the packet now comes from `addr:port`.
 #[inline(always)]
-pub fn snat<F: Rewrite>(
-    ctx: &TcContext,
+pub fn snat<F: Rewrite, C: Frame>(
+    ctx: &C,
     flow: &mut Flow<F>,
     addr: &[u8; 16],
     port: u16,

@@ -5,18 +5,18 @@
 //!
 //! The packet itself becomes the reply: trimmed to Ethernet + IP + ICMP + a quote
 //! of the original IP header and first 8 bytes of L4 (RFC 792, RFC 4443),
-//! rewritten, and sent back out of the interface it came in on. The headers are
+//! rewritten, and sent back out of the interface it came in on (TC or XDP: both
+//! answer the same way, see [`Frame`]). The headers are
 //! built in this CPU's scratch value (the BPF stack has no room for them beside
 //! the hot path) and checksummed with `bpf_csum_diff`.
 
-use aya_ebpf::{
-    bindings::TC_ACT_REDIRECT,
-    helpers::{bpf_csum_diff, bpf_redirect, bpf_skb_change_tail, bpf_skb_load_bytes, bpf_skb_store_bytes},
-    programs::TcContext,
-};
+use aya_ebpf::helpers::bpf_csum_diff;
 use weir_common::{IPPROTO_ICMPV6, Reason, Scratch};
 
-use crate::packet::{ETH_HLEN, Family, Flow, ICMP_HLEN, IP_HLEN, IP6_HLEN, V4, V6};
+use crate::{
+    frame::Frame,
+    packet::{ETH_HLEN, Family, Flow, ICMP_HLEN, IP_HLEN, IP6_HLEN, V4, V6},
+};
 
 /// What of the original packet is quoted: its IP header and 8 bytes of L4.
 const L4_QUOTE: usize = 8;
@@ -88,24 +88,19 @@ impl Reject for V6 {
 
 const PSEUDO6: usize = 40;
 
-/// Sends the rejection; the returned action is TC's redirect.
+/// Sends the rejection; returns the hook's verdict.
 #[inline(always)]
-pub fn port_unreachable<F: Reject>(ctx: &TcContext, flow: &Flow<F>, s: &mut Scratch) -> Result<i32, Reason> {
+pub fn port_unreachable<F: Reject, C: Frame>(
+    ctx: &C,
+    flow: &Flow<F>,
+    s: &mut Scratch,
+) -> Result<i32, Reason> {
     s.ip = [0; 40];
     s.icmp = [0; 96];
     let quote = F::ICMP_AT + ICMP_HLEN;
-    // SAFETY: the destination lies inside the scratch value (at most 48 + 48 bytes).
-    let loaded = unsafe {
-        bpf_skb_load_bytes(
-            ctx.skb.skb as *const _,
-            ETH_HLEN as u32,
-            s.icmp[quote..].as_mut_ptr().cast(),
-            (F::IP_LEN + L4_QUOTE) as u32,
-        )
-    };
-    if loaded != 0 {
-        return Err(Reason::Malformed);
-    }
+    // The destination lies inside the scratch value (at most 48 + 48 bytes).
+    ctx.load_raw(ETH_HLEN, s.icmp[quote..].as_mut_ptr(), F::IP_LEN + L4_QUOTE)
+        .map_err(|_| Reason::Malformed)?;
     F::build(flow, s)?;
 
     // Ethernet: back to where it came from.
@@ -115,34 +110,14 @@ pub fn port_unreachable<F: Reject>(ctx: &TcContext, flow: &Flow<F>, s: &mut Scra
     eth[6..12].copy_from_slice(&macs[0..6]);
     eth[12..14].copy_from_slice(&F::ETH_P.to_ne_bytes());
 
-    // SAFETY: the context's skb pointer is valid for this run.
-    if unsafe { bpf_skb_change_tail(ctx.skb.skb, (ETH_HLEN + F::IP_LEN + F::ICMP_LEN) as u32, 0) } != 0 {
-        return Err(Reason::RewriteFailed);
-    }
-    ctx.store(0, &eth, 0).map_err(|_| Reason::RewriteFailed)?;
-    store(ctx, ETH_HLEN, s.ip.as_ptr(), F::IP_LEN)?;
-    store(
-        ctx,
-        ETH_HLEN + F::IP_LEN,
-        s.icmp[F::ICMP_AT..].as_ptr(),
-        F::ICMP_LEN,
-    )?;
-    // SAFETY: as above.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    // SAFETY: no preconditions; the verdict says where the packet goes.
-    unsafe { bpf_redirect(ifindex, 0) };
-    Ok(TC_ACT_REDIRECT)
-}
-
-#[inline(always)]
-fn store(ctx: &TcContext, at: usize, from: *const u8, len: usize) -> Result<(), Reason> {
-    // SAFETY: `from` points at `len` bytes of the scratch value.
-    let r = unsafe { bpf_skb_store_bytes(ctx.skb.skb, at as u32, from.cast(), len as u32, 0) };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(Reason::RewriteFailed)
-    }
+    ctx.set_len((ETH_HLEN + F::IP_LEN + F::ICMP_LEN) as u32)
+        .map_err(|_| Reason::RewriteFailed)?;
+    let stored = ctx
+        .store(0, &eth, 0)
+        .and_then(|()| ctx.store_raw(ETH_HLEN, s.ip.as_ptr(), F::IP_LEN))
+        .and_then(|()| ctx.store_raw(ETH_HLEN + F::IP_LEN, s.icmp[F::ICMP_AT..].as_ptr(), F::ICMP_LEN));
+    stored.map_err(|_| Reason::RewriteFailed)?;
+    Ok(ctx.bounce())
 }
 
 /// The unfolded one's-complement sum of `len` bytes (a multiple of 4) at the
