@@ -51,6 +51,13 @@ use weir_lab::{
 const PORT: u16 = 8080;
 const LOCAL_NODE_PORT: u16 = 30080;
 const REMOTE_NODE_PORT: u16 = 30081;
+/// A UDP NodePort of a Service without endpoints: the flood's target.
+const EMPTY_NODE_PORT: u16 = 30082;
+/// `weirctl metrics`' reasons of a packet to a Service without endpoints.
+const NO_ENDPOINTS: [&str; 2] = [
+    "service without endpoints (rejected)",
+    "service without endpoints, over the rejection rate (dropped)",
+];
 /// Answers of the local and the remote backend.
 const LOCAL_ID: u8 = 0;
 const REMOTE_ID: u8 = 1;
@@ -158,6 +165,13 @@ impl Cluster {
                 &[Ep::ready(pod.ipv4())],
             ));
         }
+        let mut empty = service("np-empty", "10.96.0.3", &[port("dns", 53, "53", "UDP")]);
+        merge(
+            &mut empty,
+            &json!({ "spec": { "type": "NodePort", "externalTrafficPolicy": "Cluster",
+            "ports": [{ "name": "dns", "port": 53, "targetPort": 53, "protocol": "UDP", "nodePort": EMPTY_NODE_PORT }] } }),
+        );
+        objects.push(empty);
         for dir in &self._dirs {
             dir.write("nodeports.yaml", &objects);
         }
@@ -196,6 +210,79 @@ impl Cluster {
         self.nodes[0]
             .ns
             .sh(&format!("iptables-restore {}", file.display()));
+        // kube-proxy's filter rules for a NodePort of a Service without
+        // endpoints: REJECT (ICMP port unreachable, rate-limited by the kernel).
+        std::fs::write(
+            &file,
+            format!(
+                "*filter\n:KUBE-EXTERNAL-SERVICES - [0:0]\n\
+                 -A INPUT -m conntrack --ctstate NEW -m comment --comment \"kubernetes externally-visible service portals\" -j KUBE-EXTERNAL-SERVICES\n\
+                 -A KUBE-EXTERNAL-SERVICES -m comment --comment \"default/np-empty:dns has no endpoints\" -m addrtype --dst-type LOCAL -m udp -p udp --dport {EMPTY_NODE_PORT} -j REJECT --reject-with icmp-port-unreachable\n\
+                 COMMIT\n"
+            ),
+        )
+        .expect("write filter rules");
+        self.nodes[0]
+            .ns
+            .sh(&format!("iptables-restore --noflush {}", file.display()));
+    }
+
+    /// Packets to the Service without endpoints node A has disposed of
+    /// (rejected or dropped) so far.
+    fn disposed(&self) -> u64 {
+        match self._agents.first() {
+            Some(agent) => {
+                let metrics = agent.weirctl(&["metrics"]);
+                ["from-netdev", "xdp"]
+                    .iter()
+                    .flat_map(|dir| {
+                        NO_ENDPOINTS.map(|reason| weir_lab::agent::counted(&metrics, dir, reason))
+                    })
+                    .sum()
+            }
+            None => {
+                let rules = self.nodes[0]
+                    .ns
+                    .sh("iptables -t filter -nvxL KUBE-EXTERNAL-SERVICES");
+                rules
+                    .lines()
+                    .find(|l| l.contains("REJECT"))
+                    .and_then(|l| l.split_whitespace().next()?.parse().ok())
+                    .expect("the REJECT rule's packet count")
+            }
+        }
+    }
+
+    /// Every external host sends 1-byte UDP datagrams to node A's NodePort of
+    /// the Service without endpoints for `d`, as fast as it can (an ordinary
+    /// unconnected socket): (datagrams sent, disposed of by node A) per second.
+    fn flood(&self, d: Duration) -> (f64, f64) {
+        let before = self.disposed();
+        let to = SocketAddr::new(self.node_a, EMPTY_NODE_PORT);
+        let started = Instant::now();
+        let senders: Vec<_> = self
+            ._externals
+            .iter()
+            .map(|ns| {
+                ns.spawn(move || {
+                    let socket = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+                    let deadline = Instant::now() + d;
+                    let mut sent = 0u64;
+                    while Instant::now() < deadline {
+                        for _ in 0..64 {
+                            sent += u64::from(socket.send_to(b"x", to).is_ok());
+                        }
+                    }
+                    sent
+                })
+            })
+            .collect();
+        let sent: u64 = senders.into_iter().map(|t| t.join().expect("sender")).sum();
+        let secs = started.elapsed().as_secs_f64();
+        // What was queued when the senders stopped is disposed of next.
+        std::thread::sleep(Duration::from_millis(200));
+        let disposed = self.disposed() - before;
+        (sent as f64 / secs, disposed as f64 / secs)
     }
 
     fn targets(&self, to: Path, via_node_port: bool) -> Vec<SocketAddrV4> {
@@ -322,6 +409,51 @@ fn main() {
             ratio(Variant::Iptables),
         );
     }
+    // A UDP flood to a NodePort of a Service without endpoints.
+    let floods = [Variant::Iptables, Variant::Weir, Variant::WeirXdp];
+    let mut flood_samples: Vec<Vec<(f64, f64)>> = vec![Vec::new(); floods.len()];
+    for round in 0..rounds {
+        for k in 0..floods.len() {
+            let i = (k + round) % floods.len();
+            let cluster = match floods[i] {
+                Variant::Iptables => &ipt,
+                Variant::WeirXdp => &xdp,
+                Variant::Direct | Variant::Weir => &weir,
+            };
+            let (sent, disposed) = cluster.flood(d);
+            eprintln!(
+                "round {round}: flood {:?}: {sent:.0} sent/s, {disposed:.0} disposed/s",
+                floods[i]
+            );
+            flood_samples[i].push((sent, disposed));
+        }
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let disposed: Vec<f64> = flood_samples
+        .iter()
+        .map(|s| median(s.iter().map(|x| x.1).collect()))
+        .collect();
+    println!(
+        "\n### UDP flood to a NodePort of a Service without endpoints: packets per second node A disposes of\n"
+    );
+    println!("| variant | sent/s | disposed/s | min-max | / iptables |");
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    for (i, variant) in floods.iter().enumerate() {
+        let d: Vec<f64> = flood_samples[i].iter().map(|x| x.1).collect();
+        let lo = d.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = d.iter().copied().fold(0.0, f64::max);
+        println!(
+            "| {} | {:.0} | {:.0} | {lo:.0}-{hi:.0} | **{:.2}** |",
+            variant.label(),
+            median(flood_samples[i].iter().map(|x| x.0).collect()),
+            disposed[i],
+            disposed[i] / disposed[0],
+        );
+    }
+
     for (cluster, kind) in [(&weir, "TC"), (&xdp, "XDP")] {
         for (agent, node) in cluster._agents.iter().zip(["A", "B"]) {
             let m = agent.weirctl(&["metrics"]);

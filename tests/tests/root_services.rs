@@ -370,6 +370,37 @@ fn no_endpoints_rejects_quickly(kind: SourceKind) {
         Err(e) if e.kind() == ErrorKind::ConnectionRefused => {}
         other => panic!("UDP to a Service without endpoints: {other:?} (want ICMP -> connection refused)"),
     }
+
+    // A flood: answers are rate-limited as the kernel limits its ICMP errors
+    // (1,000 a second per CPU after a burst of as many); the rest is dropped.
+    let flood = 20_000;
+    let sent = lab.client.ns.run(move || {
+        let socket = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+        (0..flood)
+            .filter(|_| socket.send_to(b"x", vip(53)).is_ok())
+            .count()
+    });
+    let metrics = lab.agent.weirctl(&["metrics"]);
+    let limited = weir_lab::agent::counted(
+        &metrics,
+        "from-pod",
+        "service without endpoints, over the rejection rate (dropped)",
+    );
+    assert!(
+        limited > 0 && limited < sent as u64,
+        "{limited} of {sent} datagrams dropped over the rejection rate: {metrics:#}"
+    );
+    // The rate refills: a client later is refused again, at once.
+    std::thread::sleep(Duration::from_millis(1_100));
+    let start = Instant::now();
+    let tcp = TcpSession::connect(&lab.client.ns, vip(80));
+    assert!(
+        matches!(&tcp, Err(e) if e.kind() == ErrorKind::ConnectionRefused)
+            && start.elapsed() < Duration::from_secs(1),
+        "after the flood: {:?} in {:?}",
+        tcp.err(),
+        start.elapsed()
+    );
 }
 
 fn client_source_ip_is_preserved(kind: SourceKind) {

@@ -47,6 +47,7 @@ pub const AFFINITY: MapSpec =
 pub const CONNTRACK: MapSpec = MapSpec::of::<CtKey, CtValue>(names::CONNTRACK, names::CONNTRACK_ENTRIES);
 pub const MAGLEV: MapSpec = MapSpec::of::<u32, MaglevTable>(names::MAGLEV, names::MAGLEV_ENTRIES);
 pub const SCRATCH: MapSpec = MapSpec::of::<u32, Scratch>(names::SCRATCH, 1);
+pub const REJECT_BUDGET: MapSpec = MapSpec::of::<u32, u64>(names::REJECT_BUDGET, 1);
 pub const NODE: MapSpec = MapSpec::of::<u32, NodeAddrs>(names::NODE, 1);
 pub const NODE_IPS: MapSpec = MapSpec::of::<EndpointKey, u32>(names::NODE_IPS, names::NODE_IPS_ENTRIES);
 pub const DEVICE_ADDRS: MapSpec =
@@ -84,6 +85,7 @@ pub const ALL: &[MapSpec] = &[
     CONNTRACK,
     MAGLEV,
     SCRATCH,
+    REJECT_BUDGET,
     NODE,
     NODE_IPS,
     DEVICE_ADDRS,

@@ -47,6 +47,10 @@ map_names! { $
     /// too big for the 512-byte BPF stack beside the hot path (a new flow's
     /// conntrack pair, a rejection's headers). Never read by user space.
     SCRATCH = "weir_scratch_v2";
+    /// Per CPU, the theoretical arrival time (ns, coarse clock) of the next
+    /// rejection within the rate (a GCRA token bucket): rejections answered
+    /// with ICMP are limited as the kernel limits its ICMP errors.
+    REJECT_BUDGET = "weir_rejbudg_v1";
     /// The node's own addresses ([`crate::NodeAddrs`], one entry), written by the agent.
     NODE = "weir_node_v2";
     /// Each node device's own addresses, by ifindex ([`crate::DeviceAddrs`]):

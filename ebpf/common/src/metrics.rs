@@ -110,11 +110,16 @@ pub enum Reason {
     /// Not a drop: left by XDP (`--nodeport-acceleration`) to the TC program
     /// that runs next, untouched (not a frontend's, or not what XDP handles).
     ToTc = 16,
+    /// A rejection (see `NoBackend`) over the rate at which they are
+    /// answered (per CPU): dropped unanswered, as the kernel drops the ICMP
+    /// errors over its `icmp_msgs_per_sec`, so that a flood to a Service
+    /// without endpoints costs a drop, not a reply, per packet.
+    RejectLimited = 17,
 }
 
 impl Reason {
     /// Every reason, in code order.
-    pub const ALL: [Reason; 17] = [
+    pub const ALL: [Reason; 18] = [
         Reason::Forwarded,
         Reason::Malformed,
         Reason::NoBackend,
@@ -132,6 +137,7 @@ impl Reason {
         Reason::ForeignVni,
         Reason::Peer,
         Reason::ToTc,
+        Reason::RejectLimited,
     ];
 
     /// What an operator reads (`weirctl`, `/metrics`).
@@ -154,6 +160,7 @@ impl Reason {
             Reason::ForeignVni => "VXLAN packet of another VNI (overlay)",
             Reason::Peer => "delivered into the pod by redirect_peer (host veth skipped)",
             Reason::ToTc => "passed on to TC untouched (XDP)",
+            Reason::RejectLimited => "service without endpoints, over the rejection rate (dropped)",
         }
     }
 

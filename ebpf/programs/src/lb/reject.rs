@@ -9,14 +9,46 @@
 //! answer the same way, see [`Frame`]). The headers are
 //! built in this CPU's scratch value (the BPF stack has no room for them beside
 //! the hot path) and checksummed with `bpf_csum_diff`.
+//!
+//! Answers are rate-limited per CPU, as the kernel limits its own ICMP errors
+//! (`icmp_msgs_per_sec`, which kube-proxy's REJECT rules are subject to):
+//! past [`PER_SEC`] a second (after a burst of as many), a rejection is dropped
+//! unanswered (`Reason::RejectLimited`), so a flood to a Service without
+//! endpoints costs a drop per packet, not a reply.
 
-use aya_ebpf::helpers::bpf_csum_diff;
+use aya_ebpf::{helpers::bpf_csum_diff, maps::PerCpuArray};
 use weir_common::{IPPROTO_ICMPV6, Reason, Scratch};
 
 use crate::{
     frame::Frame,
     packet::{ETH_HLEN, Family, Flow, ICMP_HLEN, IP_HLEN, IP6_HLEN, V4, V6},
 };
+
+bpf_map! {
+    static REJECT_BUDGET: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+}
+
+/// Rejections answered per second and CPU, and the burst answered at once.
+const PER_SEC: u64 = 1_000;
+const INTERVAL_NS: u64 = 1_000_000_000 / PER_SEC;
+const BURST_NS: u64 = PER_SEC * INTERVAL_NS;
+
+/// Whether one more rejection may be answered now (GCRA: the map holds when
+/// the next one is due; answers may run up to a burst ahead of that).
+#[inline(always)]
+fn within_rate(now: u64) -> bool {
+    let Some(due) = REJECT_BUDGET.get_ptr_mut(0) else {
+        return true;
+    };
+    // SAFETY: this CPU's value; nothing else runs on this CPU while we do.
+    let due = unsafe { &mut *due };
+    let next = if *due < now { now } else { *due };
+    if next - now > BURST_NS {
+        return false;
+    }
+    *due = next + INTERVAL_NS;
+    true
+}
 
 /// What of the original packet is quoted: its IP header and 8 bytes of L4.
 const L4_QUOTE: usize = 8;
@@ -95,6 +127,9 @@ pub fn port_unreachable<F: Reject, C: Frame>(
     flow: &Flow<F>,
     s: &mut Scratch,
 ) -> Result<i32, Reason> {
+    if !within_rate(crate::clock::now()) {
+        return Err(Reason::RejectLimited);
+    }
     s.ip = [0; 40];
     s.icmp = [0; 96];
     let quote = F::ICMP_AT + ICMP_HLEN;
