@@ -287,6 +287,11 @@ fn root_xdp_outlives_the_agent_and_is_removed_when_disabled() {
         for i in 0..5 {
             let a = ask_tcp(&c.external, c.node(0, 30080)).unwrap_or_else(|e| panic!("{what}: TCP {i}: {e}"));
             assert_eq!(a.server, "b1");
+            assert_eq!(
+                a.peer.ip(),
+                c.node_ips[0],
+                "{what}: the remote endpoint sees node A's address on the device towards it"
+            );
         }
         c.agents[0].forwarded("xdp") - before
     };
@@ -307,6 +312,50 @@ fn root_xdp_outlives_the_agent_and_is_removed_when_disabled() {
     c.agents[0].wait_ready();
     assert!(!xdp_on_a(&c), "acceleration disabled: XDP detached");
     assert_eq!(served_by_xdp(&c, "acceleration disabled"), 0, "TC alone serves");
+
+    // A device whose driver has no XDP (a bridge): `best-effort` leaves it to
+    // TC and accelerates the rest; `native` refuses to start. The bridge's
+    // address comes first: source NAT to the remote endpoint still takes the
+    // address of the device towards it.
+    c.nodes[0].ns.sh(
+        "ip link add weirbr0 type bridge && ip addr add 192.0.2.1/24 dev weirbr0 && ip link set weirbr0 up",
+    );
+    c.agents[0].restart_with(
+        &node,
+        vec!["--nodeport-acceleration".into(), "best-effort".into()],
+    );
+    c.agents[0].wait_ready();
+    assert!(xdp_on_a(&c), "best-effort: XDP on the device that has it");
+    assert!(!c.nodes[0].ns.sh("ip -o link show weirbr0").contains("prog/xdp"));
+    assert!(
+        c.agents[0].log_text().contains("no XDP on this device"),
+        "best-effort warns about the bridge"
+    );
+    assert!(served_by_xdp(&c, "best-effort") >= 30);
+
+    c.agents[0].kill();
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net=/var/run/netns/{}", c.nodes[0].ns.name()))
+        .arg(weir_lab::bins::path("weir-agent"))
+        .args([
+            "run",
+            "--node",
+            &node,
+            "--nodeport-acceleration",
+            "native",
+            "--bpffs-root",
+        ])
+        .arg(&c.agents[0].bpffs_root)
+        .arg("--cni-socket")
+        .arg(c.agents[0].bpffs_root.with_extension("native.sock"))
+        .output()
+        .expect("run weir-agent");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("attaching XDP to weirbr0"),
+        "native with a device without XDP: {}\n{stderr}",
+        out.status
+    );
 }
 
 /// `GET /` on a health check port: (status code, body).

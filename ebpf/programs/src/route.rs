@@ -102,6 +102,43 @@ pub fn forward<F: Family, C: Frame>(ctx: &C, flow: &Flow<F>) -> Result<i32, Reas
     Ok(verdict)
 }
 
+/// The device a packet to `dst` (maps' form) would leave by, as the FIB
+/// routes it from where this one came in; 0 when it would not be forwarded.
+/// Out of line: its lookup's buffer would not fit in the hot path's frame
+/// beside [`forward`]'s. `raw`: the hook's context.
+#[inline(never)]
+pub fn egress<F: Family>(raw: *mut core::ffi::c_void, ingress: u32, dst: &[u8; 16]) -> u32 {
+    let mut p = FibParams {
+        family: F::AF,
+        l4_protocol: 0,
+        sport: 0,
+        dport: 0,
+        tot_len: 0,
+        ifindex: ingress,
+        flowinfo: 0,
+        src: [0; 16],
+        dst: [0; 16],
+        vlan: 0,
+        smac: [0; 6],
+        dmac: [0; 6],
+    };
+    p.dst.copy_from_slice(dst);
+    // SAFETY: `p` is laid out as the helper's struct and lives on our stack;
+    // `raw` is the caller's context.
+    let ret = unsafe {
+        bpf_fib_lookup(
+            raw,
+            (&raw mut p).cast(),
+            core::mem::size_of::<FibParams>() as i32,
+            0,
+        )
+    };
+    match ret as u32 {
+        BPF_FIB_LKUP_RET_SUCCESS | BPF_FIB_LKUP_RET_NO_NEIGH => p.ifindex,
+        _ => 0,
+    }
+}
+
 /// Addresses the frame to the next hop the FIB found.
 #[inline(always)]
 fn set_macs<C: Frame>(ctx: &C, p: &FibParams) -> Result<(), Reason> {

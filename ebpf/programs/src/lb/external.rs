@@ -6,10 +6,10 @@
 //! (with externalTrafficPolicy Local, this node's endpoints only). A local
 //! backend gets the packet straight on its veth, the client's address intact;
 //! its replies are translated as they leave it (`lb::reply`) and routed out
-//! from there. A remote backend gets the packet from the node's own address and a
-//! free port outside the node's ephemeral range (externalTrafficPolicy Cluster;
-//! see `port`), so that its replies come back here, where they are translated
-//! back to the client. The replies of pods' masqueraded flows (`masq`) come
+//! from there. A remote backend gets the packet from the address of the node
+//! device towards it and a free port outside the node's ephemeral range
+//! (externalTrafficPolicy Cluster; see `port`), so that its replies come back
+//! here, where they are translated back to the client. The replies of pods' masqueraded flows (`masq`) come
 //! back here too and go back to the pod. Anything else passes untouched.
 
 use aya_ebpf::helpers::bpf_redirect_neigh;
@@ -55,7 +55,6 @@ pub fn from_netdev<F: Lb, C: Frame>(ctx: &C, flow: &mut Flow<F>) -> Result<Actio
         NewFlow::Chosen(chosen) => chosen,
     };
     let node = NODE.get(0).ok_or(Reason::NoSnat)?;
-    let addr = frontend::node_addr::<F>(node);
     // No source NAT for a pod of this node (straight to its veth), a backend in
     // the node's own namespace (hostNetwork: the host stack takes it from here,
     // its replies are translated as they leave, `to_netdev`), or any backend of
@@ -72,7 +71,11 @@ pub fn from_netdev<F: Lb, C: Frame>(ctx: &C, flow: &mut Flow<F>) -> Result<Actio
         return deliver(ctx, flow, pod);
     }
 
-    // A remote backend: from the node's address, on a free port.
+    // A remote backend: from the address of the device it leaves by (where
+    // the backend's replies come back, as masquerade does), else the node's
+    // first of the family, on a free port.
+    let egress = route::egress::<F>(ctx.raw(), ctx.ifindex(), &chosen.backend.addr);
+    let addr = masq::device_addr::<F>(egress).unwrap_or(frontend::node_addr::<F>(node));
     if addr.iter().all(|b| *b == 0) {
         return Err(Reason::NoSnat);
     }

@@ -127,7 +127,10 @@ pub fn to_netdev<F: Lb>(ctx: &TcContext, flow: &mut Flow<F>) -> Result<Action, R
     }
     // The address of the device it leaves by (where replies come back), or
     // the node's of the family.
-    let addr = device_addr::<F>(ctx).unwrap_or(frontend::node_addr::<F>(node));
+    // SAFETY: the context's skb pointer is valid for this run (TC egress: the
+    // device it leaves by).
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let addr = device_addr::<F>(ifindex).unwrap_or(frontend::node_addr::<F>(node));
     // No node address of this family: nothing to masquerade to.
     if addr.iter().all(|b| *b == 0) {
         return pass;
@@ -162,12 +165,9 @@ pub fn to_netdev<F: Lb>(ctx: &TcContext, flow: &mut Flow<F>) -> Result<Action, R
     pass
 }
 
-/// The address of family `F` of the device the packet leaves by, if the agent
-/// wrote one.
+/// The address of family `F` of device `ifindex`, if the agent wrote one.
 #[inline(always)]
-fn device_addr<F: Lb>(ctx: &TcContext) -> Option<&'static [u8; 16]> {
-    // SAFETY: the context's skb pointer is valid for this run.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+pub fn device_addr<F: Lb>(ifindex: u32) -> Option<&'static [u8; 16]> {
     // SAFETY: a pointer into the map's value, valid for this run.
     let device = unsafe { DEVICE_ADDRS.get(&ifindex) }?;
     let addr = frontend::node_addr_of::<F>(&device.v4, &device.v6);
