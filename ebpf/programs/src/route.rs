@@ -41,26 +41,38 @@ struct FibParams {
 }
 const _: () = assert!(core::mem::size_of::<FibParams>() == core::mem::size_of::<FibLookup>());
 
+impl FibParams {
+    /// A lookup of family `F` as if forwarding what came in by `ifindex`;
+    /// everything else zero.
+    #[inline(always)]
+    fn new<F: Family>(ifindex: u32) -> Self {
+        Self {
+            family: F::AF,
+            l4_protocol: 0,
+            sport: 0,
+            dport: 0,
+            tot_len: 0,
+            ifindex,
+            flowinfo: 0,
+            src: [0; 16],
+            dst: [0; 16],
+            vlan: 0,
+            smac: [0; 6],
+            dmac: [0; 6],
+        }
+    }
+}
+
 /// Redirects the packet to where the FIB routes its destination; the hook's
 /// verdict.
 /// What the FIB does not forward (a local destination, no route) goes to the
 /// host's stack as it is.
 #[inline(always)]
 pub fn forward<F: Family, C: Frame>(ctx: &C, flow: &Flow<F>) -> Result<i32, Reason> {
-    let mut p = FibParams {
-        family: F::AF,
-        l4_protocol: flow.proto,
-        sport: flow.sport,
-        dport: flow.dport,
-        tot_len: 0,
-        ifindex: ctx.ifindex(),
-        flowinfo: 0,
-        src: [0; 16],
-        dst: [0; 16],
-        vlan: 0,
-        smac: [0; 6],
-        dmac: [0; 6],
-    };
+    let mut p = FibParams::new::<F>(ctx.ifindex());
+    p.l4_protocol = flow.proto;
+    p.sport = flow.sport;
+    p.dport = flow.dport;
     F::widen(&flow.saddr, &mut p.src);
     F::widen(&flow.daddr, &mut p.dst);
     // SAFETY: `p` is laid out as the helper's struct and lives on our stack.
@@ -108,20 +120,7 @@ pub fn forward<F: Family, C: Frame>(ctx: &C, flow: &Flow<F>) -> Result<i32, Reas
 /// beside [`forward`]'s. `raw`: the hook's context.
 #[inline(never)]
 pub fn egress<F: Family>(raw: *mut core::ffi::c_void, ingress: u32, dst: &[u8; 16]) -> u32 {
-    let mut p = FibParams {
-        family: F::AF,
-        l4_protocol: 0,
-        sport: 0,
-        dport: 0,
-        tot_len: 0,
-        ifindex: ingress,
-        flowinfo: 0,
-        src: [0; 16],
-        dst: [0; 16],
-        vlan: 0,
-        smac: [0; 6],
-        dmac: [0; 6],
-    };
+    let mut p = FibParams::new::<F>(ingress);
     p.dst.copy_from_slice(dst);
     // SAFETY: `p` is laid out as the helper's struct and lives on our stack;
     // `raw` is the caller's context.
