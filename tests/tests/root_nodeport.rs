@@ -358,6 +358,128 @@ fn root_xdp_outlives_the_agent_and_is_removed_when_disabled() {
     );
 }
 
+/// A NodePort over IPv6 from a host outside the cluster, to a local and a
+/// remote endpoint (source-NATed to the node's IPv6 address), TCP and UDP, by
+/// TC and, with `--nodeport-acceleration native`, by XDP.
+fn ipv6_nodeport_from_outside(xdp: bool, n: u8) {
+    let underlay = Underlay::new(n);
+    let mut nodes: Vec<Node> = (1..=2)
+        .map(|i| {
+            Node::with_ranges(json!([[{ "subnet": format!("10.{n}.{i}.0/24") }],
+                                     [{ "subnet": format!("fd00:10:{n}:{i}::/64") }]]))
+        })
+        .collect();
+    let ips: Vec<(IpAddr, IpAddr)> = nodes
+        .iter()
+        .zip(1u8..)
+        .map(|(node, host)| underlay.plug_dual(&node.ns, host))
+        .collect();
+    for (i, j) in [(0, 1), (1, 0)] {
+        nodes[i].ns.sh(&format!(
+            "ip route add 10.{n}.{k}.0/24 via {v4} && ip -6 route add fd00:10:{n}:{k}::/64 via {v6}",
+            k = j + 1,
+            v4 = ips[j].0,
+            v6 = ips[j].1
+        ));
+    }
+    let external = Netns::new(&weir_lab::unique("wext"));
+    let (_, external_v6) = underlay.plug_dual(&external, 100);
+    if xdp {
+        underlay.take_xdp_frames();
+    }
+    let dir = weir_lab::services::ManifestDir::new();
+    let flags: Vec<String> = if xdp {
+        vec!["--nodeport-acceleration".into(), "native".into()]
+    } else {
+        Vec::new()
+    };
+    let agents: Vec<Agent> = nodes
+        .iter_mut()
+        .map(|node| node.start_agent_with_source_and(dir.path(), flags.clone()))
+        .collect();
+    let a1 = nodes[0].add_pod("a1");
+    let b1 = nodes[1].add_pod("b1");
+    let _servers = [
+        WhoAmI::start(&a1.ns, "a1", a1.ipv6(), &[8080]),
+        WhoAmI::start(&b1.ns, "b1", b1.ipv6(), &[8080]),
+    ];
+    let mut svc = weir_lab::services::service_with_ips(
+        "web6",
+        &["10.96.0.60", "fd00:96::60"],
+        &[port("tcp", 80, "8080", "TCP"), port("udp", 53, "8080", "UDP")],
+    );
+    merge(&mut svc, &node_port("Cluster", 30080, 30053));
+    let slice_ports = [("tcp", 8080, "TCP"), ("udp", 8080, "UDP")];
+    dir.write(
+        "web6.yaml",
+        &[
+            svc,
+            slice(
+                "web6-a",
+                "web6",
+                nodes[0].name(),
+                &slice_ports,
+                &[Ep::ready(a1.ipv6())],
+            ),
+            slice(
+                "web6-b",
+                "web6",
+                nodes[1].name(),
+                &slice_ports,
+                &[Ep::ready(b1.ipv6())],
+            ),
+        ],
+    );
+    let front = format!("[{}]:30080/TCP", ips[0].1);
+    agents[0].wait_services(&format!("{front} with 2 slots"), |s| {
+        s.as_array().is_some_and(|all| {
+            all.iter()
+                .any(|f| f["frontend"] == json!(front) && f["count"] == json!(2))
+        })
+    });
+
+    let to = SocketAddr::new(ips[0].1, 30080);
+    let answers: Vec<Answer> = (0..30)
+        .map(|i| ask_tcp(&external, to).unwrap_or_else(|e| panic!("TCP {i} to node A's IPv6 NodePort: {e}")))
+        .collect();
+    assert_eq!(
+        servers(&answers),
+        BTreeSet::from(["a1", "b1"]),
+        "both endpoints serve"
+    );
+    for a in &answers {
+        let expected = if a.server == "a1" { external_v6 } else { ips[0].1 };
+        assert_eq!(
+            a.peer.ip(),
+            expected,
+            "{}: a local endpoint sees the client, a remote one node A",
+            a.server
+        );
+    }
+    for i in 0..10 {
+        ask_udp(&external, SocketAddr::new(ips[0].1, 30053))
+            .unwrap_or_else(|e| panic!("UDP {i} to node A's IPv6 NodePort: {e}"));
+    }
+    if xdp {
+        let remote = answers.iter().filter(|a| a.server == "b1").count() as u64;
+        let by_xdp = agents[0].forwarded("xdp");
+        assert!(
+            by_xdp >= remote * 6,
+            "XDP forwarded {by_xdp} packets for {remote} IPv6 connections to the remote endpoint"
+        );
+    }
+}
+
+#[test]
+fn root_ipv6_nodeport_from_outside() {
+    ipv6_nodeport_from_outside(false, 93);
+}
+
+#[test]
+fn root_xdp_ipv6_nodeport_from_outside() {
+    ipv6_nodeport_from_outside(true, 92);
+}
+
 /// `GET /` on a health check port: (status code, body).
 fn health(ns: &Netns, to: SocketAddr) -> (u16, Value) {
     ns.run(move || {
