@@ -157,6 +157,35 @@ fn node_port(etp: &str, tcp: u16, udp: u16) -> Value {
     }})
 }
 
+/// Connections through node A (`answers`) reached both endpoints: a1 (node
+/// A's) saw the `client`, b1 (node B's) node A's address `node`; with XDP
+/// (`xdp`, node A's agent), XDP translated b1's packets (at least a
+/// handshake, request, answer and close each way per connection).
+fn check_local_and_remote(answers: &[Answer], client: IpAddr, node: IpAddr, xdp: Option<&Agent>) {
+    assert_eq!(
+        servers(answers),
+        BTreeSet::from(["a1", "b1"]),
+        "both endpoints serve"
+    );
+    for a in answers {
+        let expected = if a.server == "a1" { client } else { node };
+        assert_eq!(
+            a.peer.ip(),
+            expected,
+            "{}: a local endpoint sees the client, a remote one the node it came through",
+            a.server
+        );
+    }
+    if let Some(agent) = xdp {
+        let remote = answers.iter().filter(|a| a.server == "b1").count() as u64;
+        let by_xdp = agent.forwarded("xdp");
+        assert!(
+            by_xdp >= remote * 6,
+            "XDP forwarded {by_xdp} packets for {remote} connections to the remote endpoint"
+        );
+    }
+}
+
 fn servers(answers: &[Answer]) -> BTreeSet<&str> {
     answers.iter().map(|a| a.server.as_str()).collect()
 }
@@ -196,34 +225,12 @@ fn nodeport_from_outside_reaches_local_and_remote_endpoints(setup: Setup) {
                 .unwrap_or_else(|e| panic!("TCP {i} to node A's NodePort: {e}"))
         })
         .collect();
-    assert_eq!(
-        servers(&answers),
-        BTreeSet::from(["a1", "b1"]),
-        "both endpoints serve"
+    check_local_and_remote(
+        &answers,
+        c.external_ip,
+        c.node_ips[0],
+        setup.xdp.then_some(&c.agents[0]),
     );
-    for a in &answers {
-        let expected = if a.server == "a1" {
-            c.external_ip
-        } else {
-            c.node_ips[0]
-        };
-        assert_eq!(
-            a.peer.ip(),
-            expected,
-            "{}: a local endpoint sees the client, a remote one the node it came through",
-            a.server
-        );
-    }
-    if setup.xdp {
-        // The 40 connections through node A: those to b1 (at least a
-        // handshake, request, answer and close each way) translated by XDP.
-        let remote = answers.iter().filter(|a| a.server == "b1").count() as u64;
-        let by_xdp = c.agents[0].forwarded("xdp");
-        assert!(
-            by_xdp >= remote * 6,
-            "XDP forwarded {by_xdp} packets for {remote} connections to the remote endpoint"
-        );
-    }
     for i in 0..10 {
         ask_udp(&c.external, SocketAddr::new(c.node_ips[1], 30053))
             .unwrap_or_else(|e| panic!("UDP {i} to node B's NodePort: {e}"));
@@ -442,31 +449,10 @@ fn ipv6_nodeport_from_outside(xdp: bool, n: u8) {
     let answers: Vec<Answer> = (0..30)
         .map(|i| ask_tcp(&external, to).unwrap_or_else(|e| panic!("TCP {i} to node A's IPv6 NodePort: {e}")))
         .collect();
-    assert_eq!(
-        servers(&answers),
-        BTreeSet::from(["a1", "b1"]),
-        "both endpoints serve"
-    );
-    for a in &answers {
-        let expected = if a.server == "a1" { external_v6 } else { ips[0].1 };
-        assert_eq!(
-            a.peer.ip(),
-            expected,
-            "{}: a local endpoint sees the client, a remote one node A",
-            a.server
-        );
-    }
+    check_local_and_remote(&answers, external_v6, ips[0].1, xdp.then_some(&agents[0]));
     for i in 0..10 {
         ask_udp(&external, SocketAddr::new(ips[0].1, 30053))
             .unwrap_or_else(|e| panic!("UDP {i} to node A's IPv6 NodePort: {e}"));
-    }
-    if xdp {
-        let remote = answers.iter().filter(|a| a.server == "b1").count() as u64;
-        let by_xdp = agents[0].forwarded("xdp");
-        assert!(
-            by_xdp >= remote * 6,
-            "XDP forwarded {by_xdp} packets for {remote} IPv6 connections to the remote endpoint"
-        );
     }
 }
 
