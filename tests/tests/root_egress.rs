@@ -489,6 +489,35 @@ fn root_icmp_errors_about_masqueraded_flows_reach_the_pod() {
     assert!(mtu.contains("mtu 1280"), "the pod caches the path MTU: {mtu}");
 }
 
+/// With XDP in front of the node devices (`--nodeport-acceleration native`),
+/// the replies of masqueraded flows are translated back by XDP and handed to
+/// TC, which sends them into the pod; ICMP errors about them go on to TC
+/// untouched and still reach the pod.
+#[test]
+fn root_xdp_in_front_masqueraded_replies_and_icmp_errors_reach_the_pod() {
+    let flags: &[&str] = &["--masquerade=true", "--nodeport-acceleration", "native"];
+    let lab = Lab::new(77, [flags, flags]);
+    lab._underlay.take_xdp_frames();
+    let tcp = ask_tcp(&lab.a.ns, internet(80)).expect("TCP to the internet");
+    assert_from_node(&tcp, lab.node_ips[0], "TCP from a");
+    let udp = ask_udp(&lab.a.ns, internet(80)).expect("UDP to the internet");
+    assert_from_node(&udp, lab.node_ips[0], "UDP from a");
+    assert_eq!(
+        ping(&lab.a, INTERNET, &lab.internet.host),
+        vec![lab.node_ips[0]; 3],
+        "ping from a: the internet host sees the node's address"
+    );
+    assert!(
+        lab.agents[0].forwarded("xdp") >= 4,
+        "XDP translated the replies back to the pod"
+    );
+    assert_eq!(
+        refused_datagram(&lab.a.ns, internet(9)),
+        Err(std::io::ErrorKind::ConnectionRefused),
+        "the host's port unreachable reaches the pod's socket"
+    );
+}
+
 /// An externalTrafficPolicy Local NodePort reached from another node's pod
 /// (inside the cluster: its address is in a Node's pod CIDR) uses every
 /// endpoint, as kube-proxy with a cluster CIDR does; from the internet, only

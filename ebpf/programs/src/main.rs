@@ -287,11 +287,9 @@ fn from_netdev_xdp_family<F: Lb>(md: *mut xdp_md) -> i32 {
     let result = match packet::parse::<F, _>(&ctx) {
         // TC's own cases: the overlay's packets, pods' packets for local pods.
         Ok(Some(flow)) if overlay_packet(&flow) || to_local_pod(&flow).is_some() => to_tc,
+        // Passed on untranslated, unless handed over translated ([`xdp`]).
         Ok(Some(mut flow)) => match lb::from_netdev(&ctx, &mut flow) {
-            Ok(Action {
-                reason: Reason::Forwarded,
-                tc,
-            }) if tc == XDP_PASS as i32 && !flow.translated => to_tc,
+            Ok(Action { tc, .. }) if tc == XDP_PASS as i32 && !xdp::marked(&ctx) => to_tc,
             result => result,
         },
         // A fragment, IP options, ICMP, a malformed packet: TC judges them.

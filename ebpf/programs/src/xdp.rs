@@ -15,7 +15,7 @@
 use aya_ebpf::{
     bindings::{__sk_buff, xdp_action, xdp_md},
     helpers::bpf_xdp_adjust_meta,
-    programs::TcContext,
+    programs::{TcContext, XdpContext},
 };
 use weir_common::Reason;
 
@@ -43,6 +43,13 @@ pub fn hand_to_tc<C: Frame>(ctx: &C) -> Result<i32, Reason> {
         *(meta as *mut u32) = HANDED_OVER;
     }
     Ok(xdp_action::XDP_PASS as i32)
+}
+
+/// Whether [`hand_to_tc`] marked this frame (it has metadata: nothing else
+/// here gives it any).
+#[inline(always)]
+pub fn marked(ctx: &XdpContext) -> bool {
+    ctx.metadata() < ctx.data()
 }
 
 /// Whether XDP translated this packet and handed it over.
