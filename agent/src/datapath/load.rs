@@ -104,6 +104,17 @@ impl Datapath {
     }
 }
 
+impl Datapath {
+    /// The loaded XDP program, for `BPF_PROG_TEST_RUN` packet tests.
+    pub fn xdp_program(&self, name: &'static str) -> Result<&Xdp, DatapathError> {
+        self.ebpf
+            .program(name)
+            .ok_or(DatapathError::MissingProgram { name })?
+            .try_into()
+            .map_err(|source| DatapathError::Program { name, source })
+    }
+}
+
 /// A program of the object, as its type.
 fn program_mut<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, DatapathError>
 where

@@ -21,8 +21,8 @@ use weir_common::Reason;
 
 use crate::frame::Frame;
 
-/// The metadata mark of a packet XDP translated ("weir").
-const HANDED_OVER: u32 = u32::from_be_bytes(*b"weir");
+/// The metadata mark of a packet XDP translated (the bytes "weir").
+const HANDED_OVER: u32 = u32::from_ne_bytes(*b"weir");
 const META_LEN: usize = size_of::<u32>();
 
 /// Hands a packet XDP translated to TC (see the module's note). `ctx` is
