@@ -38,7 +38,7 @@ const GC_EVERY: Duration = Duration::from_secs(5);
 const GC_MAX_DELETES: usize = 65_536;
 
 /// The kinds NetworkPolicy enforcement depends on.
-const POLICY_INPUTS: [Kind; 3] = [Kind::Pod, Kind::Namespace, Kind::NetworkPolicy];
+const POLICY_INPUTS: [Kind; 3] = weir_model::policy::INPUTS;
 /// The kinds the service maps depend on (in a cluster; a directory's stand-ins
 /// read Pods and Endpoints too, and a directory is listed whole at once).
 const SERVICE_INPUTS: [Kind; 2] = [Kind::Service, Kind::EndpointSlice];
@@ -110,10 +110,8 @@ impl SyncLoop {
                     }
                     // Policies first: they depend on a few kinds only, and a
                     // change of them should not wait for a large service sync.
-                    if self.listed(&POLICY_INPUTS)
-                        && (!self.policy.compiled()
-                            || changes.objects.iter().any(|k| POLICY_INPUTS.contains(&k.kind)))
-                    {
+                    self.policy.note(&changes.objects);
+                    if self.listed(&POLICY_INPUTS) && self.policy.changed() {
                         self.sync_policy(true);
                     }
                     if self.listed(&SERVICE_INPUTS) {

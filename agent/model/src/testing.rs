@@ -439,3 +439,16 @@ impl From<NamespaceBuilder> for Object {
         b.0.into()
     }
 }
+
+/// A tiny deterministic generator (xorshift64), so that failures of the
+/// randomised tests replay.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n as u64) as usize
+    }
+}

@@ -15,11 +15,11 @@
 //! (see [`PolicyEncoder::adopt`]) and writes only what differs: nothing, when
 //! the cluster did not change.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use weir_model::{
-    Model, Problem,
-    policy::{DesiredPolicy, PolicyEncoder, compile_node},
+    Model, ObjectKey, Problem,
+    policy::{self, DesiredPolicy, PolicyCompiler, PolicyEncoder},
 };
 
 use super::{Maps, SyncError, Tally, policy_maps::PolicyOp};
@@ -35,7 +35,10 @@ pub struct PolicyReport {
 }
 
 pub struct PolicySyncer {
-    node: String,
+    compiler: PolicyCompiler,
+    /// The objects policies read that changed since the last compile (`None`:
+    /// unknown, before the first).
+    changed: Option<BTreeSet<ObjectKey>>,
     encoder: PolicyEncoder,
     /// What the maps hold, as far as our writes (or the read-back) tell.
     current: DesiredPolicy,
@@ -57,15 +60,41 @@ impl PolicySyncer {
         // ones).
         encoder.adopt(&current);
         Ok(Self {
-            node: node.to_owned(),
+            compiler: PolicyCompiler::new(Some(node)),
+            changed: None,
             encoder,
             current,
             desired: None,
         })
     }
 
-    /// Recompiles the node's policies from the model. Numbers the maps still
-    /// hold (a write that failed) are not handed out with a new meaning.
+    /// Takes note of objects the source changed (of any kind; policies read
+    /// a few), for the next compile to redo only what they touch.
+    pub fn note(&mut self, changed: &BTreeSet<ObjectKey>) {
+        if let Some(pending) = &mut self.changed {
+            pending.extend(
+                changed
+                    .iter()
+                    .filter(|k| policy::INPUTS.contains(&k.kind))
+                    .cloned(),
+            );
+        }
+    }
+
+    /// Makes the next compile redo everything (the model was replaced).
+    pub fn forget(&mut self) {
+        self.changed = None;
+    }
+
+    /// Whether a change of policy inputs awaits a compile.
+    pub fn changed(&self) -> bool {
+        self.changed.as_ref().is_none_or(|c| !c.is_empty())
+    }
+
+    /// Recompiles the node's policies from the model: the policies the
+    /// changes noted since the last compile can touch (everything the first
+    /// time). Numbers the maps still hold (a write that failed) are not
+    /// handed out with a new meaning.
     pub fn compile(&mut self, model: &Model) -> Vec<Problem> {
         let held = &self.current;
         self.encoder.hold(
@@ -78,7 +107,11 @@ impl PolicySyncer {
                 .map(|e| e.id)
                 .chain(held.rules.iter().map(|r| r.key.endpoint)),
         );
-        let (desired, problems) = compile_node(model, &self.node, &mut self.encoder);
+        let changed = self.changed.replace(BTreeSet::new());
+        let problems = self.compiler.compile(model, changed.as_ref());
+        let desired = self
+            .encoder
+            .encode(&self.compiler.policies(), self.compiler.local_ips());
         self.desired = Some(desired);
         problems
     }
@@ -121,14 +154,21 @@ impl PolicySyncer {
             .map(|r| PolicyOp::PutRule(*r))
             .collect();
         let ipcache: Vec<PolicyOp> = changed(&desired.ipcache, &current.ipcache)
+            .into_iter()
             .map(|(k, v)| PolicyOp::PutIpcache(k, v))
             .collect();
         let endpoints: Vec<PolicyOp> = changed(&desired.endpoints, &current.endpoints)
+            .into_iter()
             .map(|(k, v)| PolicyOp::PutEndpoint(k, v))
             .collect();
         let removals: Vec<PolicyOp> = gone(&desired.endpoints, &current.endpoints)
+            .into_iter()
             .map(PolicyOp::DelEndpoint)
-            .chain(gone(&desired.ipcache, &current.ipcache).map(PolicyOp::DelIpcache))
+            .chain(
+                gone(&desired.ipcache, &current.ipcache)
+                    .into_iter()
+                    .map(PolicyOp::DelIpcache),
+            )
             .chain(
                 current
                     .rules
@@ -173,23 +213,34 @@ impl PolicySyncer {
     }
 }
 
-/// Entries of `desired` that `current` lacks or holds with another value.
-fn changed<'a, K: Ord + Copy, V: PartialEq + Copy>(
-    desired: &'a BTreeMap<K, V>,
-    current: &'a BTreeMap<K, V>,
-) -> impl Iterator<Item = (K, V)> + 'a {
+/// Entries of `desired` that `current` lacks or holds with another value, in
+/// one ordered walk of both (no lookup per key).
+fn changed<K: Ord + Copy, V: PartialEq + Copy>(
+    desired: &BTreeMap<K, V>,
+    current: &BTreeMap<K, V>,
+) -> Vec<(K, V)> {
+    let mut held = current.iter().peekable();
     desired
         .iter()
-        .filter(|(k, v)| current.get(k) != Some(v))
+        .filter(|(k, v)| {
+            while held.next_if(|(h, _)| h < k).is_some() {}
+            held.peek().is_none_or(|(h, hv)| h != k || hv != v)
+        })
         .map(|(k, v)| (*k, *v))
+        .collect()
 }
 
 /// Keys of `current` that `desired` does not hold.
-fn gone<'a, K: Ord + Copy, V>(
-    desired: &'a BTreeMap<K, V>,
-    current: &'a BTreeMap<K, V>,
-) -> impl Iterator<Item = K> + 'a {
-    current.keys().filter(|k| !desired.contains_key(k)).copied()
+fn gone<K: Ord + Copy, V: PartialEq + Copy>(desired: &BTreeMap<K, V>, current: &BTreeMap<K, V>) -> Vec<K> {
+    let mut wanted = desired.keys().peekable();
+    current
+        .keys()
+        .filter(|k| {
+            while wanted.next_if(|w| w < k).is_some() {}
+            wanted.peek() != Some(k)
+        })
+        .copied()
+        .collect()
 }
 
 #[cfg(test)]
@@ -261,6 +312,7 @@ mod tests {
 
         // Another policy: the old rule and ipcache entry go, after the new rule.
         maps.log.clear();
+        syncer.forget();
         syncer.compile(&model(A_FROM_ALL_80));
         syncer.apply(&mut maps);
         assert_eq!(maps.held, *syncer.desired());
@@ -317,6 +369,7 @@ mod tests {
         );
         assert_eq!(maps.held.endpoints, old.endpoints, "a's endpoint number kept");
         // Nothing isolated any more: every map empties.
+        again.forget();
         again.compile(&model(""));
         again.apply(&mut maps);
         assert_eq!(maps.held, DesiredPolicy::default());

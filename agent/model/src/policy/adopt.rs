@@ -65,9 +65,12 @@ impl Adopted {
     /// prefixes.
     pub(super) fn identities<'a>(
         &self,
-        signatures: &'a BTreeMap<IpcacheEntry, BTreeSet<u32>>,
-    ) -> Vec<(&'a BTreeSet<u32>, u32)> {
-        let mut prefixes: BTreeMap<&BTreeSet<u32>, BTreeSet<IpcacheEntry>> = BTreeMap::new();
+        signatures: &'a [(IpcacheEntry, Vec<u32>)],
+    ) -> Vec<(&'a Vec<u32>, u32)> {
+        if self.identity_of.is_empty() {
+            return Vec::new();
+        }
+        let mut prefixes: BTreeMap<&Vec<u32>, BTreeSet<IpcacheEntry>> = BTreeMap::new();
         for (entry, signature) in signatures {
             if !signature.is_empty() {
                 prefixes.entry(signature).or_default().insert(*entry);

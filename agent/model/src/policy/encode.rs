@@ -16,9 +16,13 @@
 //! the maps at once, even halfway through a sync.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet},
     net::IpAddr,
 };
+
+// Seeded per process, and several times faster than SipHash on the sets of
+// addresses numbered here (a peer set is hundreds of them).
+use foldhash::HashMap;
 
 use ipnetwork::IpNetwork;
 use weir_common::{
@@ -79,7 +83,7 @@ struct Numbers<K> {
 impl<K: std::hash::Hash + Eq + Clone> Numbers<K> {
     fn new(first: u32) -> Self {
         Self {
-            of: HashMap::new(),
+            of: HashMap::default(),
             free: Vec::new(),
             cooling: Vec::new(),
             next: first,
@@ -144,7 +148,8 @@ impl<K: std::hash::Hash + Eq + Clone> Numbers<K> {
 pub struct PolicyEncoder {
     endpoints: Numbers<IpAddr>,
     peers: Numbers<PeerMatch>,
-    identities: Numbers<BTreeSet<u32>>,
+    /// By signature (sorted peer set numbers).
+    identities: Numbers<Vec<u32>>,
     /// The numbers in the maps at start, for the first compile to take over.
     adopted: Option<Adopted>,
 }
@@ -212,79 +217,93 @@ impl PolicyEncoder {
             .filter(|(_, p)| p.ingress.is_some() || p.egress.is_some())
             .collect();
 
-        // Peer sets of the node's rules, numbered.
-        let mut peer_sets: BTreeMap<u32, PeerMatch> = BTreeMap::new();
+        // Peer sets of the node's rules, numbered; each rule's number, in the
+        // order the rules are written below (a set is hashed once).
+        let mut peer_sets: BTreeMap<u32, &PeerMatch> = BTreeMap::new();
+        let mut numbered: Vec<u32> = Vec::new();
         for (_, p) in &isolated {
             for allow in p.ingress.iter().flatten().chain(p.egress.iter().flatten()) {
                 if allow.peers != PeerMatch::All {
                     let n = self.peers.get(&allow.peers);
-                    peer_sets.entry(n).or_insert_with(|| allow.peers.clone());
+                    peer_sets.entry(n).or_insert(&allow.peers);
+                    numbered.push(n);
                 }
             }
         }
 
         // Signatures: of every pod address some set names, and of every region
         // the ipBlocks' prefixes cut out.
-        let mut signatures: BTreeMap<IpcacheEntry, BTreeSet<u32>> = BTreeMap::new();
-        let mut prefixes: BTreeSet<IpNetwork> = BTreeSet::new();
-        for peers in peer_sets.values() {
-            if let PeerMatch::Some { pods, blocks } = peers {
-                for ip in pods {
-                    prefixes.insert(IpNetwork::from(*ip));
-                }
-                for (cidr, except) in blocks {
-                    prefixes.insert(canonical(*cidr));
-                    prefixes.extend(except.iter().map(|e| canonical(*e)));
-                }
-            }
-        }
-        // Which sets could name a prefix: those naming the pod at that address,
-        // and those with a block whose CIDR contains it (found among the
-        // prefix's supernets), rather than every set for every prefix.
-        let mut by_pod: HashMap<IpAddr, Vec<u32>> = HashMap::new();
-        let mut by_cidr: HashMap<IpNetwork, Vec<u32>> = HashMap::new();
+        let mut prefixes: Vec<IpNetwork> = Vec::new();
+        // Which sets could name a prefix: those naming the pod at that address
+        // (which name it by construction), and those with a block whose CIDR
+        // contains it (found among the prefix's supernets, then checked),
+        // rather than every set for every prefix.
+        let mut by_pod: HashMap<IpAddr, Vec<u32>> = HashMap::default();
+        let mut by_cidr: HashMap<IpNetwork, Vec<u32>> = HashMap::default();
         for (n, peers) in &peer_sets {
             if let PeerMatch::Some { pods, blocks } = peers {
                 for ip in pods {
                     by_pod.entry(*ip).or_default().push(*n);
                 }
-                for (cidr, _) in blocks {
+                for (cidr, except) in blocks {
+                    prefixes.push(canonical(*cidr));
+                    prefixes.extend(except.iter().map(|e| canonical(*e)));
                     by_cidr.entry(canonical(*cidr)).or_default().push(*n);
                 }
             }
         }
+        prefixes.extend(by_pod.keys().map(|ip| IpNetwork::from(*ip)));
+        prefixes.sort_unstable();
+        prefixes.dedup();
         let cidr_lens: BTreeSet<u8> = by_cidr.keys().map(|c| c.prefix()).collect();
-        for prefix in &prefixes {
-            let mut candidates: BTreeSet<u32> = BTreeSet::new();
-            if prefix.prefix() == max_prefix(*prefix) {
-                candidates.extend(by_pod.get(&prefix.ip()).into_iter().flatten());
-            }
-            // Only the lengths some block has: a pod's /32 would otherwise be
-            // 33 lookups, most of any encode's time.
-            for &len in cidr_lens.iter().filter(|&&len| len <= prefix.prefix()) {
-                if let Ok(supernet) = IpNetwork::new(prefix.ip(), len) {
-                    candidates.extend(by_cidr.get(&canonical(supernet)).into_iter().flatten());
+        let mut signatures: Vec<(IpcacheEntry, Vec<u32>)> = prefixes
+            .iter()
+            .map(|prefix| {
+                let mut signature: Vec<u32> = Vec::new();
+                if prefix.prefix() == max_prefix(*prefix) {
+                    signature.extend(by_pod.get(&prefix.ip()).into_iter().flatten());
                 }
-            }
-            candidates.retain(|n| names_region(&peer_sets[n], *prefix));
-            signatures.insert(IpcacheEntry::of(*prefix), candidates);
-        }
+                // Only the lengths some block has: a pod's /32 would otherwise be
+                // 33 lookups, most of any encode's time.
+                for &len in cidr_lens.iter().filter(|&&len| len <= prefix.prefix()) {
+                    if let Ok(supernet) = IpNetwork::new(prefix.ip(), len) {
+                        signature.extend(
+                            by_cidr
+                                .get(&canonical(supernet))
+                                .into_iter()
+                                .flatten()
+                                .filter(|n| names_region(peer_sets[*n], *prefix)),
+                        );
+                    }
+                }
+                signature.sort_unstable();
+                signature.dedup();
+                (IpcacheEntry::of(*prefix), signature)
+            })
+            .collect();
+        // Numbered in the ipcache's order, for the same numbers from the same
+        // cluster.
+        signatures.sort_unstable_by_key(|(entry, _)| *entry);
         let adopted = self.adopted.take().unwrap_or_default();
         for (signature, n) in adopted.identities(&signatures) {
             self.identities.adopt(signature, n);
         }
         let mut members: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
-        for (entry, signature) in signatures {
-            let identity = if signature.is_empty() {
-                IDENTITY_WORLD
-            } else {
-                self.identities.get(&signature)
-            };
-            for n in &signature {
-                members.entry(*n).or_default().push(identity);
-            }
-            out.ipcache.insert(entry, identity);
-        }
+        // In key order: the map is built in one pass.
+        out.ipcache = signatures
+            .iter()
+            .map(|(entry, signature)| {
+                let identity = if signature.is_empty() {
+                    IDENTITY_WORLD
+                } else {
+                    self.identities.get(signature)
+                };
+                for n in signature {
+                    members.entry(*n).or_default().push(identity);
+                }
+                (*entry, identity)
+            })
+            .collect();
         for ids in members.values_mut() {
             ids.sort_unstable();
             ids.dedup();
@@ -296,6 +315,7 @@ impl PolicyEncoder {
                 self.endpoints.adopt(ip, n);
             }
         }
+        let mut numbered = numbered.into_iter();
         for (ip, p) in &isolated {
             let id = self.endpoints.get(ip);
             let mut flags = 0;
@@ -305,7 +325,10 @@ impl PolicyEncoder {
                 for allow in allows {
                     let identities: &[u32] = match &allow.peers {
                         PeerMatch::All => &[IDENTITY_ANY],
-                        peers => members.get(&self.peers.get(peers)).map_or(&[], Vec::as_slice),
+                        _ => numbered
+                            .next()
+                            .and_then(|n| members.get(&n))
+                            .map_or(&[], Vec::as_slice),
                     };
                     for &identity in identities {
                         for (proto, port, prefix_len) in port_prefixes(&allow.ports) {

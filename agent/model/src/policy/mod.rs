@@ -42,7 +42,7 @@ mod tests;
 
 pub(crate) use self::selector::matches_labels;
 pub use self::{
-    compile::{NAMESPACE_NAME_LABEL, compile_node, compile_policies},
+    compile::{INPUTS, NAMESPACE_NAME_LABEL, PolicyCompiler, compile_node, compile_policies},
     encode::{DesiredPolicy, IpcacheEntry, PolicyEncoder, RuleKey},
     pods::{local_pod_ips, pod_ips},
     rules::{Allow, PeerMatch, PodPolicies, PodPolicy, PortMatch},

@@ -4,19 +4,49 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use crate::{
     model::Model,
-    object::{Kind, Object},
+    object::{Kind, Object, ObjectKey},
     pod::{self, PodFacts},
 };
 
-/// A pod as policies see it.
-pub(super) struct PodView<'a> {
-    pub namespace: &'a str,
-    pub labels: &'a BTreeMap<String, String>,
+/// A pod as policies see it, kept between compiles (see `compile`): what
+/// selectors read (namespace, labels) and what rules name (addresses), without
+/// parsing or walking the model again on every change. Named ports are looked
+/// up in the model when a rule names one ([`PodView::facts`]).
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct PodView {
+    pub namespace: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
     pub ips: Vec<IpAddr>,
-    pub pod: &'a PodFacts,
     /// On the node being compiled for (every pod is, for a whole-cluster
-    /// compile): the pods whose own rules are resolved.
+    /// compile).
+    pub on_node: bool,
+    /// On the node, or at the address of a pod that is: the pods whose own
+    /// rules are resolved (set by the compiler).
     pub local: bool,
+}
+
+impl PodView {
+    /// The view of a pod that takes part (`local` is the compiler's to set).
+    pub fn of(key: &ObjectKey, pod: &PodFacts, node: Option<&str>) -> Option<Self> {
+        takes_part(pod).then(|| Self {
+            namespace: key.namespace.clone(),
+            name: key.name.clone(),
+            labels: pod.metadata.labels.clone().unwrap_or_default(),
+            ips: pod_ips(pod),
+            on_node: node.is_none_or(|n| pod::node_name(pod) == Some(n)),
+            local: false,
+        })
+    }
+
+    /// The pod in `model`, for its named ports.
+    pub fn facts<'m>(&self, model: &'m Model) -> Option<&'m PodFacts> {
+        let key = ObjectKey::new(Kind::Pod, self.namespace.as_str(), self.name.as_str());
+        match &model.get(&key)?.object {
+            Object::Pod(pod) => Some(pod),
+            _ => None,
+        }
+    }
 }
 
 /// Addresses of the pods on `node` that policies see (those it may isolate).

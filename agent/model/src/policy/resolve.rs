@@ -9,7 +9,7 @@ use std::{
 use ipnetwork::IpNetwork;
 use k8s_openapi::{
     api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort},
-    apimachinery::pkg::util::intstr::IntOrString,
+    apimachinery::pkg::{apis::meta::v1::LabelSelector, util::intstr::IntOrString},
 };
 
 use super::{
@@ -18,6 +18,7 @@ use super::{
     selector::selects,
 };
 use crate::{
+    model::Model,
     net::{Protocol, port_number},
     object::ObjectKey,
     pod::named_port,
@@ -29,7 +30,7 @@ use crate::{
 pub(super) fn apply(
     key: &ObjectKey,
     policy: &NetworkPolicy,
-    cluster: &mut Cluster<'_, '_>,
+    cluster: &mut Cluster<'_>,
     out: &mut PodPolicies,
     report: &mut impl FnMut(String),
 ) {
@@ -43,17 +44,17 @@ pub(super) fn apply(
         _ if spec.egress.as_ref().is_some_and(|e| !e.is_empty()) => vec!["Ingress", "Egress"],
         _ => vec!["Ingress"],
     };
-    let picks = |p: &&PodView<'_>| spec.pod_selector.as_ref().is_none_or(|s| selects(s, p.labels));
+    let picks = |p: &&PodView| spec.pod_selector.as_ref().is_none_or(|s| selects(s, &p.labels));
     let of_policy = of_namespace(cluster.pods, &key.namespace);
-    let selected: Vec<&PodView<'_>> = of_policy.iter().filter(|p| p.local).filter(picks).collect();
+    let selected: Vec<&PodView> = of_policy.iter().filter(|p| p.local).filter(picks).collect();
     // Checked: resolved for one of the pods it selects, against no pods, into
     // rules thrown away.
     let mut checked = PodPolicies::default();
-    let mut no_pods = Cluster::new(&[], cluster.namespaces);
-    let (selected, cluster, out) = if !selected.is_empty() {
-        (selected, cluster, out)
+    let (selected, out) = if !selected.is_empty() {
+        (selected, out)
     } else if let Some(pod) = of_policy.iter().find(picks) {
-        (vec![pod], &mut no_pods, &mut checked)
+        cluster.checking = true;
+        (vec![pod], &mut checked)
     } else {
         return;
     };
@@ -96,7 +97,7 @@ pub(super) fn apply(
                         said.iter().for_each(|s| report(s.clone()));
                         Allow {
                             peers: peers.clone(),
-                            ports: ports_of(r.ports.as_deref(), Some(pod), report),
+                            ports: ports_of(r.ports.as_deref(), Some((pod, cluster.model)), report),
                         }
                     })
                     .collect()
@@ -133,6 +134,7 @@ pub(super) fn apply(
             }
         }
     }
+    cluster.checking = false;
 }
 
 /// Egress rules with named ports resolve on each peer pod: one rule per peer pod
@@ -141,7 +143,7 @@ fn egress_rules(
     namespace: &str,
     to: Option<&[NetworkPolicyPeer]>,
     ports: Option<&[NetworkPolicyPort]>,
-    cluster: &mut Cluster<'_, '_>,
+    cluster: &mut Cluster<'_>,
     report: &mut impl FnMut(String),
 ) -> Vec<Allow> {
     let named = ports
@@ -153,8 +155,9 @@ fn egress_rules(
     }
     let all = resolve(namespace, to, ports, None, cluster, report);
     // Pods named by a selector, or inside an ipBlock: a named port resolves on
-    // any destination pod.
-    let is_peer = |p: &PodView<'_>| match &all.peers {
+    // any destination pod, so these rules depend on every pod.
+    cluster.every_pod = true;
+    let is_peer = |p: &PodView| match &all.peers {
         PeerMatch::All => true,
         PeerMatch::Some { pods, blocks } => p
             .ips
@@ -163,7 +166,7 @@ fn egress_rules(
     };
     // Each peer pod with its own numbers...
     let mut rules: Vec<Allow> = cluster
-        .pods
+        .pods()
         .iter()
         .filter(|p| is_peer(p))
         .map(|p| Allow {
@@ -171,7 +174,7 @@ fn egress_rules(
                 pods: p.ips.iter().copied().collect(),
                 blocks: Vec::new(),
             },
-            ports: ports_of(ports, Some(p), report),
+            ports: ports_of(ports, Some((p, cluster.model)), report),
         })
         .collect();
     // ...and the rest (every peer, or the ipBlocks) by number only.
@@ -193,8 +196,8 @@ fn resolve(
     namespace: &str,
     peers: Option<&[NetworkPolicyPeer]>,
     ports: Option<&[NetworkPolicyPort]>,
-    destination: Option<&PodView<'_>>,
-    cluster: &mut Cluster<'_, '_>,
+    destination: Option<(&PodView, &Model)>,
+    cluster: &mut Cluster<'_>,
     report: &mut impl FnMut(String),
 ) -> Allow {
     Allow {
@@ -204,33 +207,82 @@ fn resolve(
 }
 
 /// The pods of namespace `ns`: `pods` is in namespace order (the model's).
-fn of_namespace<'p, 'a>(pods: &'p [PodView<'a>], ns: &str) -> &'p [PodView<'a>] {
-    let start = pods.partition_point(|p| p.namespace < ns);
+fn of_namespace<'p>(pods: &'p [PodView], ns: &str) -> &'p [PodView] {
+    let start = pods.partition_point(|p| p.namespace.as_str() < ns);
     let len = pods[start..].partition_point(|p| p.namespace == ns);
     &pods[start..start + len]
 }
 
-/// What policies are resolved against in one compile: the pods (in namespace
-/// order, as the model keeps them), every namespace's labels, and the peers
-/// resolved so far.
-pub(super) struct Cluster<'p, 'a> {
-    pub pods: &'p [PodView<'a>],
-    pub namespaces: &'p BTreeMap<&'a str, BTreeMap<String, String>>,
-    /// The addresses of the pods a peer's selectors pick, by the namespace it
-    /// is written in (for a peer without `namespaceSelector`; `""` otherwise)
-    /// and its two selectors (as written, `Debug`): many policies name the
-    /// same peers (a monitoring namespace, the pods of an app), and each is a
-    /// scan of pods.
-    peers: HashMap<(String, String), Vec<IpAddr>>,
+/// A peer's selectors as written (`Debug`), with the namespace it is written
+/// in when it has no `namespaceSelector` (`""` otherwise): many policies name
+/// the same peers (a monitoring namespace, the pods of an app), and each is a
+/// scan of pods.
+pub(super) type PeerKey = (String, String);
+
+/// The addresses of the pods a peer's selectors pick, kept between compiles
+/// until a change of pods could alter them ([`Peer::may_pick`]).
+#[derive(Debug)]
+pub(super) struct Peer {
+    pub ips: Vec<IpAddr>,
+    namespace_selector: Option<LabelSelector>,
+    pod_selector: Option<LabelSelector>,
 }
 
-impl<'p, 'a> Cluster<'p, 'a> {
-    pub fn new(pods: &'p [PodView<'a>], namespaces: &'p BTreeMap<&'a str, BTreeMap<String, String>>) -> Self {
+impl Peer {
+    /// Whether this peer (`scope`: its key's namespace) picks a pod of
+    /// `namespace` (labelled `namespace_labels`) with `labels`.
+    pub fn may_pick(
+        &self,
+        scope: &str,
+        namespace: &str,
+        namespace_labels: Option<&BTreeMap<String, String>>,
+        labels: &BTreeMap<String, String>,
+    ) -> bool {
+        let in_scope = match &self.namespace_selector {
+            None => scope == namespace,
+            Some(selector) => namespace_labels.is_some_and(|l| selects(selector, l)),
+        };
+        in_scope && self.pod_selector.as_ref().is_none_or(|s| selects(s, labels))
+    }
+}
+
+/// What policies are resolved against: the pods (in namespace order, as the
+/// model keeps them), every namespace's labels, the model (for named ports)
+/// and the peers resolved so far; and what the policy being resolved read.
+pub(super) struct Cluster<'c> {
+    pub pods: &'c [PodView],
+    pub namespaces: &'c BTreeMap<String, BTreeMap<String, String>>,
+    pub model: &'c Model,
+    peers: &'c mut HashMap<PeerKey, Peer>,
+    /// The peers the policy being resolved named.
+    pub used: Vec<PeerKey>,
+    /// Whether its rules depend on every pod (named egress ports).
+    pub every_pod: bool,
+    /// Only checked (see `apply`): resolved against no pods.
+    checking: bool,
+}
+
+impl<'c> Cluster<'c> {
+    pub fn new(
+        pods: &'c [PodView],
+        namespaces: &'c BTreeMap<String, BTreeMap<String, String>>,
+        model: &'c Model,
+        peers: &'c mut HashMap<PeerKey, Peer>,
+    ) -> Self {
         Self {
             pods,
             namespaces,
-            peers: HashMap::new(),
+            model,
+            peers,
+            used: Vec::new(),
+            every_pod: false,
+            checking: false,
         }
+    }
+
+    /// The pods rules resolve against: none while a policy is only checked.
+    fn pods(&self) -> &'c [PodView] {
+        if self.checking { &[] } else { self.pods }
     }
 }
 
@@ -238,7 +290,7 @@ impl<'p, 'a> Cluster<'p, 'a> {
 fn resolve_peers(
     namespace: &str,
     peers: Option<&[NetworkPolicyPeer]>,
-    cluster: &mut Cluster<'_, '_>,
+    cluster: &mut Cluster<'_>,
     report: &mut impl FnMut(String),
 ) -> PeerMatch {
     match peers {
@@ -261,7 +313,7 @@ fn resolve_peers(
                     }
                     continue;
                 }
-                if cluster.pods.is_empty() {
+                if cluster.pods().is_empty() {
                     // Checked only (see `apply`): no pod to pick.
                     continue;
                 }
@@ -275,10 +327,11 @@ fn resolve_peers(
                     format!("{:?} {:?}", peer.namespace_selector, peer.pod_selector),
                 );
                 let (pods, namespaces) = (cluster.pods, cluster.namespaces);
+                cluster.used.push(key.clone());
                 let picked = cluster.peers.entry(key).or_insert_with(|| {
                     // The pods of the namespaces the peer names (every pod's
                     // namespace is in `namespaces`), not a scan of the cluster.
-                    let in_namespaces: Vec<&[PodView<'_>]> = match &peer.namespace_selector {
+                    let in_namespaces: Vec<&[PodView]> = match &peer.namespace_selector {
                         None => vec![of_namespace(pods, namespace)],
                         Some(selector) => namespaces
                             .iter()
@@ -286,17 +339,20 @@ fn resolve_peers(
                             .map(|(ns, _)| of_namespace(pods, ns))
                             .collect(),
                     };
-                    let picks = |pod: &&PodView<'_>| {
-                        peer.pod_selector.as_ref().is_none_or(|s| selects(s, pod.labels))
-                    };
-                    in_namespaces
-                        .into_iter()
-                        .flatten()
-                        .filter(picks)
-                        .flat_map(|pod| pod.ips.iter().copied())
-                        .collect()
+                    let picks =
+                        |pod: &&PodView| peer.pod_selector.as_ref().is_none_or(|s| selects(s, &pod.labels));
+                    Peer {
+                        ips: in_namespaces
+                            .into_iter()
+                            .flatten()
+                            .filter(picks)
+                            .flat_map(|pod| pod.ips.iter().copied())
+                            .collect(),
+                        namespace_selector: peer.namespace_selector.clone(),
+                        pod_selector: peer.pod_selector.clone(),
+                    }
                 });
-                ips.extend(picked.iter().copied());
+                ips.extend(picked.ips.iter().copied());
             }
             PeerMatch::Some { pods: ips, blocks }
         }
@@ -310,7 +366,7 @@ fn resolve_peers(
 /// object could not have been created, so no part of it is guessed at.
 fn ports_of(
     ports: Option<&[NetworkPolicyPort]>,
-    destination: Option<&PodView<'_>>,
+    destination: Option<(&PodView, &Model)>,
     report: &mut impl FnMut(String),
 ) -> PortMatch {
     let Some(ports) = ports.filter(|p| !p.is_empty()) else {
@@ -345,7 +401,10 @@ fn ports_of(
                 out.push((proto, lo, hi));
             }
             (Some(IntOrString::String(name)), None) => {
-                if let Some(n) = destination.and_then(|d| named_port(d.pod, name, proto)) {
+                if let Some(n) = destination
+                    .and_then(|(pod, model)| pod.facts(model))
+                    .and_then(|pod| named_port(pod, name, proto))
+                {
                     out.push((proto, n, n));
                 }
             }

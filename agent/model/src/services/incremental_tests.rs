@@ -14,6 +14,7 @@ use super::*;
 use crate::{
     object::{Kind, Object, ObjectKey},
     parse::parse_documents,
+    testing::Rng,
 };
 
 fn node() -> NodeContext {
@@ -33,18 +34,6 @@ fn object(yaml: &str) -> Object {
     );
     assert_eq!(objects.len(), 1);
     objects.remove(0)
-}
-
-/// A tiny deterministic generator (xorshift64), so failures replay.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: usize) -> usize {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 % n as u64) as usize
-    }
 }
 
 const SERVICES: usize = 5;

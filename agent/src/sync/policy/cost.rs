@@ -11,10 +11,13 @@
 //!   cargo test --release -p weir-agent --lib policy_change_cost -- --nocapture
 //! ```
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::BTreeSet,
+    time::{Duration, Instant},
+};
 
 use aya::maps::MapError;
-use weir_model::{Model, parse_documents};
+use weir_model::{Model, ObjectKey, parse_documents};
 
 use super::{PolicySyncer, SyncError};
 use crate::sync::{Maps, policy_maps::PolicyOp};
@@ -80,12 +83,18 @@ fn model(namespaces: usize) -> Model {
     Model::from_objects(objects)
 }
 
-fn upsert(model: &mut Model, yaml: &str) {
+/// Puts the objects of `yaml` into the model; their keys, as a source reports them.
+fn upsert(model: &mut Model, yaml: &str) -> BTreeSet<ObjectKey> {
     let (objects, problems) = parse_documents(yaml, "cost.yaml");
     assert!(problems.is_empty(), "{problems:?}");
-    for object in objects {
-        model.upsert(object, "cost.yaml");
-    }
+    objects
+        .into_iter()
+        .map(|object| {
+            let key = object.key();
+            model.upsert(object, "cost.yaml");
+            key
+        })
+        .collect()
 }
 
 /// Compile and sync after `change`, `rounds` times: the median of each, and
@@ -95,13 +104,14 @@ fn timed(
     maps: &mut InMemory,
     model: &mut Model,
     rounds: usize,
-    mut change: impl FnMut(&mut Model, usize),
+    mut change: impl FnMut(&mut Model, usize) -> BTreeSet<ObjectKey>,
 ) -> (Duration, Duration, usize, usize) {
     let (mut compile, mut apply) = (Vec::new(), Vec::new());
     let mut last = (0, 0);
     for round in 0..rounds {
-        change(model, round);
+        let changed = change(model, round);
         let start = Instant::now();
+        syncer.note(&changed);
         syncer.compile(model);
         compile.push(start.elapsed());
         let start = Instant::now();
@@ -146,7 +156,7 @@ fn policy_change_cost() {
     // A pod of this node moves between apps (its own rules and its peers' sets
     // change), and back.
     let (c, a, w, x) = timed(&mut syncer, &mut maps, &mut model, rounds, |m, round| {
-        upsert(m, &pod(3, 0, if round % 2 == 0 { 5 } else { 0 }));
+        upsert(m, &pod(3, 0, if round % 2 == 0 { 5 } else { 0 }))
     });
     assert!(w > 0, "a relabel of a local pod changed no entry");
     println!(
@@ -156,7 +166,7 @@ fn policy_change_cost() {
     );
     // One policy's port changes.
     let (c, a, w, x) = timed(&mut syncer, &mut maps, &mut model, rounds, |m, round| {
-        upsert(m, &policy(7, 0, 7000 + round as u16));
+        upsert(m, &policy(7, 0, 7000 + round as u16))
     });
     assert!(w > 0, "a policy's new port changed no entry");
     println!(
