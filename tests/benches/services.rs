@@ -35,10 +35,12 @@
 //! Method. For each size, the three are programmed from empty (timed), then rounds of
 //! one sample per variant in a rotating order; a sample is a fixed duration of
 //! back-to-back connections from every client thread, counting the completed ones.
-//! Clients close with `SO_LINGER` 0 (an RST: no TIME_WAIT) and bind their source port
-//! themselves, never reusing one within 12 s: Weir's conntrack keeps a closed flow
-//! for 10 s and a new connection on the same tuple would take the established-flow
-//! path instead of the new-flow path this benchmark is about.
+//! Clients close with `SO_LINGER` 0 (an RST: no TIME_WAIT) and are ordinary: the
+//! kernel picks their source ports, and reuses one within seconds, while Weir's
+//! conntrack still holds the closed flow, whose entry a new connection's SYN then
+//! meets (and starts over), as real clients' do. `WEIR_BENCH_CLIENT=spread` binds
+//! the ports instead, none reused within 12 s: each connection a tuple never seen
+//! (the method of the runs before 2026-12-05's second session).
 //!
 //! Environment: `WEIR_BENCH_SIZES` (default `1,1000,10000`), `WEIR_BENCH_ROUNDS`
 //! (default 5), `WEIR_BENCH_SECS` (seconds per sample, default 2), `WEIR_BENCH_CLIENTS`

@@ -2,10 +2,13 @@
 //! connections back to back (connect, a 3-byte request, a 1-byte answer naming
 //! the backend, close) for a fixed time, and the completed ones are counted.
 //!
-//! Clients close with `SO_LINGER` 0 (an RST: no TIME_WAIT) and bind their source
-//! port themselves, never reusing one within [`MIN_PORT_REUSE`]: Weir's conntrack
-//! keeps a closed flow for 10 s, and a new connection on the same tuple would take
-//! the established-flow path instead of the new-flow path being measured.
+//! Clients close with `SO_LINGER` 0 (an RST: no TIME_WAIT). By default they are
+//! ordinary clients ([`ClientPorts::Kernel`]): the kernel picks each source port,
+//! and at these rates reuses a port within seconds, while Weir's conntrack still
+//! holds the closed flow (10 s): a new connection then meets that entry, as real
+//! clients' do. `WEIR_BENCH_CLIENT=spread` ([`ClientPorts::Spread`]) binds the
+//! ports instead, none reused within [`MIN_PORT_REUSE`]: every connection takes
+//! the new-flow path of a tuple never seen.
 
 use std::{
     io::{Read as _, Write as _},
@@ -25,6 +28,26 @@ use crate::Netns;
 
 /// A source port is reused only after this long (Weir's closing-flow lifetime is 10 s).
 pub const MIN_PORT_REUSE: Duration = Duration::from_secs(12);
+
+/// Who picks the clients' source ports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientPorts {
+    /// The kernel, as for any client (the default).
+    Kernel,
+    /// The clients, spread so that no tuple recurs within [`MIN_PORT_REUSE`].
+    Spread,
+}
+
+impl ClientPorts {
+    /// `WEIR_BENCH_CLIENT`: `ordinary` (the default) or `spread`.
+    pub fn from_env() -> Self {
+        match std::env::var("WEIR_BENCH_CLIENT").as_deref() {
+            Ok("spread") => Self::Spread,
+            Ok("ordinary") | Err(_) => Self::Kernel,
+            Ok(other) => panic!("WEIR_BENCH_CLIENT={other}: ordinary or spread"),
+        }
+    }
+}
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What one sample counted.
@@ -80,6 +103,7 @@ pub fn median_rate(s: &[Sample]) -> f64 {
 /// their source-port allocators.
 pub struct Clients {
     namespaces: Vec<Netns>,
+    how: ClientPorts,
     /// Moved into the client thread for a sample.
     ports: Vec<Option<Ports>>,
 }
@@ -88,6 +112,7 @@ impl Clients {
     pub fn new(namespaces: &[&Netns]) -> Self {
         Self {
             namespaces: namespaces.iter().map(|ns| Netns::attach(ns.name())).collect(),
+            how: ClientPorts::from_env(),
             ports: namespaces.iter().map(|_| Some(Ports::new())).collect(),
         }
     }
@@ -102,13 +127,15 @@ impl Clients {
             .map(|(ns, ports)| {
                 let (mut ports, targets, barrier) =
                     (ports.take().expect("ports"), targets.to_vec(), barrier.clone());
+                let spread = self.how == ClientPorts::Spread;
                 ns.spawn(move || {
                     let mut s = Sample::default();
                     barrier.wait();
                     let t0 = Instant::now();
                     let mut k = 0usize;
                     while t0.elapsed() < d {
-                        let Some(port) = ports.take() else {
+                        let port = if spread { ports.take() } else { Some(0) };
+                        let Some(port) = port else {
                             s.stalls += 1;
                             std::thread::sleep(Duration::from_millis(1));
                             continue;
@@ -196,8 +223,9 @@ impl Ports {
     }
 }
 
-/// One connection from source port `port`: connect, send 3 bytes, read the backend's
-/// 1-byte index, close with an RST (`SO_LINGER` 0: no TIME_WAIT).
+/// One connection from source port `port` (0: one the kernel picks): connect,
+/// send 3 bytes, read the backend's 1-byte index, close with an RST
+/// (`SO_LINGER` 0: no TIME_WAIT).
 pub fn connect_once(port: u16, to: SocketAddrV4) -> std::io::Result<u8> {
     let s = bound_socket(port)?;
     let dst = sockaddr(to);
@@ -219,7 +247,7 @@ pub fn connect_once(port: u16, to: SocketAddrV4) -> std::io::Result<u8> {
     Ok(b[0])
 }
 
-/// A TCP socket bound to `0.0.0.0:port`, with `SO_LINGER` 0.
+/// A TCP socket with `SO_LINGER` 0, bound to `0.0.0.0:port` unless `port` is 0.
 fn bound_socket(port: u16) -> std::io::Result<TcpStream> {
     // SAFETY: plain socket(2); the result is checked before use.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
@@ -242,11 +270,12 @@ fn bound_socket(port: u16) -> std::io::Result<TcpStream> {
             (&raw const linger).cast(),
             size_of::<libc::linger>() as libc::socklen_t,
         ) == 0
-            && libc::bind(
-                fd,
-                (&raw const src).cast(),
-                size_of::<libc::sockaddr_in>() as libc::socklen_t,
-            ) == 0
+            && (port == 0
+                || libc::bind(
+                    fd,
+                    (&raw const src).cast(),
+                    size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                ) == 0)
     };
     if !ok {
         return Err(std::io::Error::last_os_error());
