@@ -24,19 +24,14 @@
 //! `WEIR_AGENT_WRAPPER="heaptrack -o /tmp/agent" WEIR_BENCH_VARIANTS=kube
 //! WEIR_BENCH_ROUNDS=1`, then `heaptrack_print -f /tmp/agent.zst`.
 
-use std::{
-    net::{IpAddr, Ipv4Addr},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
 use weir_lab::{
-    Agent, Node, env_or, require_root,
-    services::{Cluster, Ep, SourceKind, node_object, port, service, slice},
+    Agent, Node, env_or,
+    large_cluster::{ENDPOINTS, large_cluster},
+    require_root,
+    services::{Cluster, SourceKind, node_object},
 };
-
-const NAMESPACES: usize = 100;
-const ENDPOINTS: usize = 10;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Variant {
@@ -55,64 +50,6 @@ impl Variant {
     }
 }
 
-fn addr(base: [u8; 2], i: usize) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(
-        base[0],
-        base[1],
-        (i / 250) as u8,
-        (i % 250 + 1) as u8,
-    ))
-}
-
-/// The cluster, in files of 1,000 objects (as a directory source reads them).
-fn cluster(node: &str, services: usize, pods: usize) -> Vec<(String, Vec<Value>)> {
-    let mut files = Vec::new();
-    let mut objects: Vec<Value> = (0..NAMESPACES)
-        .map(
-            |n| json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": format!("ns-{n}") } }),
-        )
-        .collect();
-    objects.push(node_object(
-        node,
-        &["10.128.0.0/16"],
-        &["10.200.99.1".parse().expect("ip")],
-    ));
-    files.push(("base".to_owned(), objects));
-    for chunk in 0..services.div_ceil(1000) {
-        let mut objects = Vec::new();
-        for i in chunk * 1000..((chunk + 1) * 1000).min(services) {
-            let name = format!("svc-{i}");
-            let vip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 1)) + i as u32).to_string();
-            let mut svc = service(&name, &vip, &[port("http", 80, "8080", "TCP")]);
-            svc["metadata"]["namespace"] = json!(format!("ns-{}", i % NAMESPACES));
-            let eps: Vec<Ep> = (0..ENDPOINTS)
-                .map(|j| Ep::ready(addr([10, 128], i * ENDPOINTS + j)))
-                .collect();
-            let mut sl = slice(&format!("{name}-x"), &name, node, &[("http", 8080, "TCP")], &eps);
-            sl["metadata"]["namespace"] = svc["metadata"]["namespace"].clone();
-            objects.push(svc);
-            objects.push(sl);
-        }
-        files.push((format!("services-{chunk}"), objects));
-    }
-    for chunk in 0..pods.div_ceil(1000) {
-        let objects = (chunk * 1000..((chunk + 1) * 1000).min(pods))
-            .map(|i| {
-                weir_lab::services::pod(
-                    &format!("ns-{}", i % NAMESPACES),
-                    &format!("pod-{i}"),
-                    json!({ "app": format!("svc-{}", i % services.max(1)), "tier": "web" }),
-                    node,
-                    &[addr([10, 128], i)],
-                    json!([{ "name": "http", "containerPort": 8080, "protocol": "TCP" }]),
-                )
-            })
-            .collect();
-        files.push((format!("pods-{chunk}"), objects));
-    }
-    files
-}
-
 /// Starts an agent for `variant`, waits until it is ready and settled; its
 /// (VmRSS, VmHWM) in KiB, the time to ready, and its VmRSS once everything
 /// but the Node has been removed again.
@@ -125,7 +62,7 @@ fn measure(variant: Variant, services: usize, pods: usize) -> (u64, u64, Duratio
     let source = Cluster::new(kind);
     let mut node = Node::new("10.99.1.0/24");
     if variant != Variant::Empty {
-        for (file, objects) in cluster(node.name(), services, pods) {
+        for (file, objects) in large_cluster(node.name(), services, pods) {
             source.write(&format!("{file}.yaml"), &objects);
         }
     } else {
@@ -156,7 +93,7 @@ fn measure(variant: Variant, services: usize, pods: usize) -> (u64, u64, Duratio
     // EndpointSlice, Pod and Namespace removed.
     let mut emptied = rss;
     if variant != Variant::Empty {
-        for (file, _) in cluster(node.name(), services, pods).iter().skip(1) {
+        for (file, _) in large_cluster(node.name(), services, pods).iter().skip(1) {
             source.remove(&format!("{file}.yaml"));
         }
         source.write(

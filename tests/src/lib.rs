@@ -17,6 +17,7 @@ pub mod icmp;
 pub mod internet;
 pub mod kube_lab;
 pub mod kube_proxy;
+pub mod large_cluster;
 pub mod netns;
 pub mod netpol;
 pub mod node;

@@ -125,7 +125,7 @@ impl<'a> EndpointSource<'a> {
             Some(selector) => EndpointSource::Pods {
                 pods: model
                     .pods_in(namespace)
-                    .filter(|pod| matches_labels(selector, pod.metadata.labels.as_ref()))
+                    .filter(|pod| matches_labels(selector, Some(pod.labels())))
                     .collect(),
                 publish_not_ready: spec.and_then(|s| s.publish_not_ready_addresses).unwrap_or(false),
             },

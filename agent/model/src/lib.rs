@@ -9,6 +9,7 @@
 
 pub mod endpoints;
 pub mod ids;
+pub mod labels;
 pub mod maglev;
 pub mod masquerade;
 pub mod model;

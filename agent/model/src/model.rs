@@ -1,12 +1,14 @@
 //! The cluster model: every object the sources have seen, keyed by (kind, namespace,
 //! name). Sources (API watchers, a YAML directory) write it; compilers read it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
 
 use k8s_openapi::api::core::v1::{Endpoints, Service};
 
 use crate::{
-    endpoints::LABEL_SERVICE_NAME,
     object::{Kind, Object, ObjectKey},
     pod::PodFacts,
     slice::SliceFacts,
@@ -16,21 +18,27 @@ use crate::{
 #[derive(Clone, Debug, PartialEq)]
 pub struct Entry {
     pub object: Object,
-    pub origin: String,
+    /// Shared by every object of one origin (see [`Model::upsert`]).
+    pub origin: Arc<str>,
 }
 
 /// The objects a compile reads. Ordered maps: every compile walks objects in the
 /// same order, so its output (and id allocation) is deterministic.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default)]
 pub struct Model {
     objects: BTreeMap<ObjectKey, Entry>,
     /// EndpointSlice names by (namespace, the Service named by their
     /// `kubernetes.io/service-name` label): a Service's slices without a scan.
-    slices: BTreeMap<(String, String), BTreeSet<String>>,
+    /// The names in order, in a vector: a Service has one or a few, and a
+    /// `BTreeSet` allocates a 280-byte node for the first.
+    slices: BTreeMap<(String, String), Vec<Box<str>>>,
     /// The model mirrors a cluster, whose controllers write every Service's
     /// EndpointSlices: those are its endpoints' only source (no stand-in from
     /// `Endpoints` objects or selected Pods, see `endpoints`).
     slices_only: bool,
+    /// One copy of each origin's name: a file holds thousands of objects,
+    /// and the API source is one origin for all.
+    origins: BTreeSet<Arc<str>>,
 }
 
 impl Model {
@@ -62,15 +70,23 @@ impl Model {
         object.normalize();
         let key = object.key();
         if let Some(service) = slice_service(&object) {
-            self.slices
+            let names = self
+                .slices
                 .entry((key.namespace.clone(), service.to_owned()))
-                .or_default()
-                .insert(key.name.clone());
+                .or_default();
+            if let Err(at) = names.binary_search_by(|n| (**n).cmp(key.name.as_str())) {
+                names.insert(at, key.name.as_str().into());
+            }
         }
-        let entry = Entry {
-            object,
-            origin: origin.to_owned(),
+        let origin = match self.origins.get(origin) {
+            Some(shared) => shared.clone(),
+            None => {
+                let shared: Arc<str> = origin.into();
+                self.origins.insert(shared.clone());
+                shared
+            }
         };
+        let entry = Entry { object, origin };
         let old = self.objects.insert(key.clone(), entry).map(|old| old.object)?;
         // A slice relabelled to another Service leaves its old one.
         if let Some(service) = slice_service(&old)
@@ -93,7 +109,9 @@ impl Model {
     fn unindex_slice(&mut self, key: &ObjectKey, service: &str) {
         let index = (key.namespace.clone(), service.to_owned());
         if let Some(names) = self.slices.get_mut(&index) {
-            names.remove(&key.name);
+            if let Ok(at) = names.binary_search_by(|n| (**n).cmp(key.name.as_str())) {
+                names.remove(at);
+            }
             if names.is_empty() {
                 self.slices.remove(&index);
             }
@@ -110,7 +128,7 @@ impl Model {
             .filter_map(|name| {
                 match &self
                     .objects
-                    .get(&ObjectKey::new(Kind::EndpointSlice, namespace, name))?
+                    .get(&ObjectKey::new(Kind::EndpointSlice, namespace, &**name))?
                     .object
                 {
                     Object::EndpointSlice(s) => Some(s.as_ref()),
@@ -148,7 +166,7 @@ impl Model {
     pub fn services(&self) -> impl Iterator<Item = (&ObjectKey, &Service, &str)> {
         self.of_kind(Kind::Service)
             .filter_map(|(key, entry)| match &entry.object {
-                Object::Service(s) => Some((key, s.as_ref(), entry.origin.as_str())),
+                Object::Service(s) => Some((key, s.as_ref(), &*entry.origin)),
                 _ => None,
             })
     }
@@ -191,13 +209,7 @@ pub(crate) fn slice_service(object: &Object) -> Option<&str> {
     let Object::EndpointSlice(slice) = object else {
         return None;
     };
-    slice
-        .metadata
-        .labels
-        .as_ref()?
-        .get(LABEL_SERVICE_NAME)
-        .map(String::as_str)
-        .filter(|s| !s.is_empty())
+    slice.service()
 }
 
 #[cfg(test)]
@@ -228,7 +240,7 @@ mod tests {
         assert!(model.upsert(svc(Some("a"), "x"), "g.yaml").is_some());
         assert_eq!(model.len(), 1);
         let key = ObjectKey::new(Kind::Service, "a", "x");
-        assert_eq!(model.get(&key).map(|e| e.origin.as_str()), Some("g.yaml"));
+        assert_eq!(model.get(&key).map(|e| &*e.origin), Some("g.yaml"));
         assert!(model.remove(&key).is_some());
         assert!(model.is_empty());
     }

@@ -9,12 +9,17 @@
 
 use k8s_openapi::{api::core::v1::Pod, apimachinery::pkg::apis::meta::v1::ObjectMeta};
 
-use crate::net::{Protocol, port_number};
+use crate::{
+    labels::Labels,
+    net::{Protocol, port_number},
+};
 
 /// What the model keeps of a Pod.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PodFacts {
+    /// Without its labels: those are [`PodFacts::labels`].
     pub metadata: ObjectMeta,
+    labels: Labels,
     /// `spec.nodeName`.
     node_name: Option<String>,
     /// `spec.hostNetwork`.
@@ -49,8 +54,10 @@ impl From<Pod> for PodFacts {
             .flat_map(|c| c.ports.into_iter().flatten())
             .filter_map(|p| Some((p.name?, Protocol::parse(p.protocol.as_deref()), p.container_port)))
             .collect();
+        let mut metadata = pod.metadata;
         Self {
-            metadata: pod.metadata,
+            labels: metadata.labels.take().map(Labels::from).unwrap_or_default(),
+            metadata,
             node_name: spec.node_name,
             host_network: spec.host_network == Some(true),
             phase: status.phase,
@@ -63,6 +70,13 @@ impl From<Pod> for PodFacts {
                 .any(|c| c.type_ == "Ready" && c.status == "True"),
             named_ports,
         }
+    }
+}
+
+impl PodFacts {
+    /// `metadata.labels`, in the compact form.
+    pub fn labels(&self) -> &Labels {
+        &self.labels
     }
 }
 

@@ -354,7 +354,7 @@ impl DirSource {
                 continue;
             };
             let entry = self.model.get(&key);
-            if entry.is_none_or(|e| e.origin != winner || e.object != *object) {
+            if entry.is_none_or(|e| *e.origin != *winner || e.object != *object) {
                 self.model.upsert(object.clone(), &winner);
                 changed.insert(key);
             }

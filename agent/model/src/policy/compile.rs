@@ -336,7 +336,7 @@ impl PolicyCompiler {
         let problems = &mut resolved.problems;
         let mut report = |reason: String| {
             problems.push(Problem {
-                origin: origin.clone(),
+                origin: origin.to_string(),
                 object: Some(key.to_string()),
                 reason: ProblemReason::BadPolicy(reason),
             })

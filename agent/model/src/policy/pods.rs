@@ -1,8 +1,9 @@
 //! The pods as policies see them: which take part, their addresses and labels.
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::net::IpAddr;
 
 use crate::{
+    labels::Labels,
     model::Model,
     object::{Kind, Object, ObjectKey},
     pod::{self, PodFacts},
@@ -16,7 +17,7 @@ use crate::{
 pub(super) struct PodView {
     pub namespace: String,
     pub name: String,
-    pub labels: BTreeMap<String, String>,
+    pub labels: Labels,
     pub ips: Vec<IpAddr>,
     /// On the node being compiled for (every pod is, for a whole-cluster
     /// compile).
@@ -32,7 +33,7 @@ impl PodView {
         takes_part(pod).then(|| Self {
             namespace: key.namespace.clone(),
             name: key.name.clone(),
-            labels: pod.metadata.labels.clone().unwrap_or_default(),
+            labels: pod.labels().clone(),
             ips: pod_ips(pod),
             on_node: node.is_none_or(|n| pod::node_name(pod) == Some(n)),
             local: false,

@@ -18,6 +18,7 @@ use super::{
     selector::selects,
 };
 use crate::{
+    labels::Labels,
     model::Model,
     net::{Protocol, port_number},
     object::ObjectKey,
@@ -236,7 +237,7 @@ impl Peer {
         scope: &str,
         namespace: &str,
         namespace_labels: Option<&BTreeMap<String, String>>,
-        labels: &BTreeMap<String, String>,
+        labels: &Labels,
     ) -> bool {
         let in_scope = match &self.namespace_selector {
             None => scope == namespace,
@@ -335,7 +336,7 @@ fn resolve_peers(
                         None => vec![of_namespace(pods, namespace)],
                         Some(selector) => namespaces
                             .iter()
-                            .filter(|(_, labels)| selects(selector, labels))
+                            .filter(|(_, labels)| selects(selector, *labels))
                             .map(|(ns, _)| of_namespace(pods, ns))
                             .collect(),
                     };

@@ -2,21 +2,21 @@
 //! `podSelector` or `namespaceSelector` picks, and the plain `matchLabels` form a
 //! Service's selector shares with it.
 
-use std::collections::BTreeMap;
-
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+use crate::labels::LabelSet;
 
 /// Whether `labels` satisfy `selector` (an empty selector matches everything).
 /// An operator other than the four defined makes the selector match nothing.
-pub fn selects(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+pub fn selects(selector: &LabelSelector, labels: &(impl LabelSet + ?Sized)) -> bool {
     let exact = matches_labels(selector.match_labels.iter().flatten(), Some(labels));
     exact
         && selector.match_expressions.iter().flatten().all(|e| {
-            let value = labels.get(&e.key);
+            let value = labels.label(&e.key);
             let values = e.values.as_deref().unwrap_or_default();
             match e.operator.as_str() {
-                "In" => value.is_some_and(|v| values.contains(v)),
-                "NotIn" => value.is_none_or(|v| !values.contains(v)),
+                "In" => value.is_some_and(|v| values.iter().any(|x| x == v)),
+                "NotIn" => value.is_none_or(|v| !values.iter().any(|x| x == v)),
                 "Exists" => value.is_some(),
                 "DoesNotExist" => value.is_none(),
                 _ => false,
@@ -26,24 +26,26 @@ pub fn selects(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> b
 
 /// Whether `labels` carry every pair of `required` (an empty map matches
 /// everything): `matchLabels`, and a Service's `selector`.
-pub(crate) fn matches_labels<'a>(
+pub(crate) fn matches_labels<'a, L: LabelSet + ?Sized>(
     required: impl IntoIterator<Item = (&'a String, &'a String)>,
-    labels: Option<&BTreeMap<String, String>>,
+    labels: Option<&L>,
 ) -> bool {
     required
         .into_iter()
-        .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+        .all(|(k, v)| labels.and_then(|l| l.label(k)) == Some(v.as_str()))
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
 
     use super::*;
 
     #[test]
     fn match_expressions() {
-        let labels = |pairs: &[(&str, &str)]| {
+        let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
             pairs
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
