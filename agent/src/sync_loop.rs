@@ -67,6 +67,17 @@ pub struct SyncLoop {
     pub masquerade: Masquerade,
 }
 
+/// Whether the services compiler's union is what the maps should hold.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Compiled {
+    /// Nothing compiled yet: the first sync reads the maps whole.
+    Never,
+    /// Compiled for the node's former addresses: everything again, and the
+    /// keys that differ synced.
+    ForOtherAddresses,
+    Current,
+}
+
 impl SyncLoop {
     pub fn spawn(self) -> std::io::Result<JoinHandle<()>> {
         crate::supervise::spawn("weir-sync", move || self.run())
@@ -78,7 +89,7 @@ impl SyncLoop {
         // The first compile of each kind of map is a full one: the maps may
         // hold anything an earlier agent left. None happens before the kinds
         // it reads are listed whole: until then the maps keep what they hold.
-        let mut services_compiled = false;
+        let mut services = Compiled::Never;
         loop {
             self.status.heartbeat();
             let timeout = if pending.is_some() || !self.policy.in_sync() || !self.node.settled() {
@@ -101,7 +112,7 @@ impl SyncLoop {
                         info!(nodeport_addresses = ?node.node_ips, "node addresses changed: recompiling");
                         self.node.write_snat(&mut self.maps, &node.node_ips);
                         self.compiler.set_node(node);
-                        services_compiled = false;
+                        services = services.min(Compiled::ForOtherAddresses);
                     }
                     self.update_routes(&changes.objects);
                     if self.listed(&[Kind::Node]) {
@@ -117,10 +128,10 @@ impl SyncLoop {
                     if self.listed(&SERVICE_INPUTS) {
                         let start = Instant::now();
                         let model = self.source.model();
-                        let (changed, problems) = if !std::mem::replace(&mut services_compiled, true) {
-                            (Changed::All, self.compiler.compile_all(model))
-                        } else {
-                            self.compiler.update(model, &changes.objects)
+                        let (changed, problems) = match std::mem::replace(&mut services, Compiled::Current) {
+                            Compiled::Never => (Changed::All, self.compiler.compile_all(model)),
+                            Compiled::ForOtherAddresses => self.compiler.recompile_all(model),
+                            Compiled::Current => self.compiler.update(model, &changes.objects),
                         };
                         self.report_problems(&problems);
                         let compile_ms = start.elapsed().as_secs_f64() * 1e3;

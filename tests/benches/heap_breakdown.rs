@@ -10,7 +10,7 @@
 //!    `Model::upsert`);
 //! 2. the services compiler (`ServiceCompiler::compile_all`: the union of every
 //!    Service's map entries and what an incremental compile looks things up by);
-//! 3. the service syncer's record of what the maps hold (`ServiceSyncer::apply`
+//! 3. what the service syncer keeps after a full sync (`ServiceSyncer::apply`
 //!    into maps that keep nothing);
 //! 4. the policy syncer's compile (no NetworkPolicy: nothing to keep).
 //!
@@ -30,7 +30,8 @@ use std::{
 };
 
 use aya::maps::MapError;
-use weir_agent::sync::{Maps, PolicyOp, PolicySyncer, ServiceOp, ServiceSyncer, SyncError};
+use weir_agent::sync::{Maps, PolicyOp, PolicySyncer, ServiceMaps, ServiceOp, ServiceSyncer, SyncError};
+use weir_common::{Backend, RevNat, ServiceKey, ServiceValue};
 use weir_lab::{env_or, large_cluster::large_cluster};
 use weir_model::{
     DesiredServices, Kind, Model, NodeContext, parse_documents, policy::DesiredPolicy, services::Changed,
@@ -139,6 +140,24 @@ impl Maps<ServiceOp> for Discard {
     }
 }
 
+impl ServiceMaps for Discard {
+    fn service(&self, _: &ServiceKey) -> Result<Option<ServiceValue>, MapError> {
+        Ok(None)
+    }
+
+    fn backend(&self, _: u32) -> Result<Option<Backend>, MapError> {
+        Ok(None)
+    }
+
+    fn revnat(&self, _: u32) -> Result<Option<RevNat>, MapError> {
+        Ok(None)
+    }
+
+    fn maglev(&self, _: u32) -> Result<Option<Vec<u32>>, MapError> {
+        Ok(None)
+    }
+}
+
 impl Maps<PolicyOp> for Discard {
     fn read(&self) -> Result<DesiredPolicy, SyncError> {
         Ok(DesiredPolicy::default())
@@ -195,12 +214,12 @@ fn main() {
     assert!(problems.is_empty(), "{problems:?}");
     stage("services compiler (the union and its indexes)", &mut rows);
 
-    // 3. The service syncer's record of the maps.
+    // 3. What the service syncer keeps (reference counts; no copy of the maps).
     let report = syncer.apply(&mut Discard, compiler.desired(), &Changed::All);
     assert!(report.complete(), "{report:?}");
     let written = report.tally.writes;
     drop(report);
-    stage("service syncer (what the maps hold)", &mut rows);
+    stage("service syncer (what it keeps)", &mut rows);
 
     // 4. The policy syncer, without policies.
     let mut policy = PolicySyncer::new(node, &Discard).expect("read");

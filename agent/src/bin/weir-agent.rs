@@ -360,10 +360,12 @@ fn start_services(s: Services<'_>) -> anyhow::Result<()> {
     let syncer = ServiceSyncer::new(&s.maps).context("reading the service maps back")?;
     let policy = PolicySyncer::new(&s.node.node_name, &s.maps).context("reading the policy maps back")?;
     let compiler = syncer.compiler(s.node);
-    let (frontends, backends) = (
-        syncer.current().services.keys().filter(|k| k.slot == 0).count(),
-        syncer.current().backends.len(),
-    );
+    let (frontends, backends) = syncer.read_back().map_or((0, 0), |held| {
+        (
+            held.services.keys().filter(|k| k.slot == 0).count(),
+            held.backends.len(),
+        )
+    });
     let source = s.spec.open(s.kube).context("opening the source")?;
     info!(
         source = source.describe(),

@@ -8,8 +8,8 @@
 //!
 //! Both have one shape: the maps behind [`Maps`] (the kernel's, or maps in
 //! memory in tests), one write at a time as a [`MapOp`] that knows how to apply
-//! itself to contents held in memory (`apply_to`, shared by the syncer's record
-//! of what the maps hold and by the tests' fake maps), and a [`Tally`] of each
+//! itself to contents held in memory (`apply_to`, shared by what a syncer knows
+//! of the maps and by the tests' fake maps), and a [`Tally`] of each
 //! sync's writes and failures. A failed write is logged (the first
 //! [`LOGGED_FAILURES`] of a sync in full), counted, holds back what depends on
 //! it, and is retried by the next sync; nothing is ever flushed, so a restarted
@@ -32,7 +32,7 @@ use tracing::warn;
 pub use self::{
     policy::{PolicyReport, PolicySyncer},
     policy_maps::PolicyOp,
-    service_maps::{ServiceOp, maglev_value},
+    service_maps::{ServiceMaps, ServiceOp, maglev_value},
     services::{ServiceReport, ServiceSyncer},
 };
 use crate::datapath::{Datapath, is_not_found};
@@ -95,17 +95,31 @@ impl Tally {
             .collect()
     }
 
+    /// A read of `map` the sync needed failed: counted and logged like a failed
+    /// write (the sync is incomplete and retried).
+    pub fn read_failed(&mut self, map: &'static str, error: &MapError) {
+        self.fail(map, error, |errno| {
+            warn!(map, errno, %error, "map read failed; retried at the next sync");
+        });
+    }
+
+    fn fail(&mut self, map: &'static str, error: &MapError, log: impl FnOnce(&str)) {
+        self.failed += 1;
+        let errno = crate::metrics::errno_name(error);
+        if self.failed <= LOGGED_FAILURES {
+            log(&errno);
+        }
+        *self.failures.entry((map, errno)).or_default() += 1;
+    }
+
     fn record<O: MapOp>(&mut self, op: &O, result: Result<(), MapError>) -> bool {
         match result {
             Ok(()) => {}
             Err(e) if op.is_delete() && is_not_found(&e) => {}
             Err(error) => {
-                self.failed += 1;
-                let errno = crate::metrics::errno_name(&error);
-                if self.failed <= LOGGED_FAILURES {
+                self.fail(op.map(), &error, |errno| {
                     warn!(map = op.map(), key = %op, errno, %error, "map write failed; retried at the next sync");
-                }
-                *self.failures.entry((op.map(), errno)).or_default() += 1;
+                });
                 return false;
             }
         }

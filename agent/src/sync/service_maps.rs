@@ -1,5 +1,5 @@
-//! The service maps as the syncer sees them: read everything, apply one change at
-//! a time, to the kernel's maps or (tests) to maps in memory.
+//! The service maps as the syncer sees them: read everything or one key, apply
+//! one change at a time, to the kernel's maps or (tests) to maps in memory.
 
 use std::{fmt, net::SocketAddr};
 
@@ -8,7 +8,25 @@ use weir_common::{Backend, MAGLEV_TABLE_SIZE, MaglevTable, RevNat, ServiceKey, S
 use weir_model::{DesiredServices, services::socket_addr};
 
 use super::{MapOp, Maps, SharedDatapath, SyncError};
-use crate::datapath::batch;
+use crate::datapath::{batch, is_not_found};
+
+/// The service maps, also read one key at a time: the syncer keeps no copy of
+/// them, it asks for what a sync needs to know.
+pub trait ServiceMaps: Maps<ServiceOp> {
+    fn service(&self, key: &ServiceKey) -> Result<Option<ServiceValue>, MapError>;
+    fn backend(&self, id: u32) -> Result<Option<Backend>, MapError>;
+    fn revnat(&self, id: u32) -> Result<Option<RevNat>, MapError>;
+    fn maglev(&self, id: u32) -> Result<Option<Vec<u32>>, MapError>;
+}
+
+/// A lookup's answer with "no such key" as `None`.
+fn found<V>(result: Result<V, MapError>) -> Result<Option<V>, MapError> {
+    match result {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if is_not_found(&e) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
 
 /// One write to one service map.
 #[derive(Clone, Debug)]
@@ -222,5 +240,23 @@ impl Maps<ServiceOp> for SharedDatapath {
             ServiceOp::DelBackend(id) => dp.backends.remove(id),
             ServiceOp::DelRevNat(id) => dp.revnat.remove(id),
         }
+    }
+}
+
+impl ServiceMaps for SharedDatapath {
+    fn service(&self, key: &ServiceKey) -> Result<Option<ServiceValue>, MapError> {
+        found(self.lock().services.get(key, 0))
+    }
+
+    fn backend(&self, id: u32) -> Result<Option<Backend>, MapError> {
+        found(self.lock().backends.get(&id, 0))
+    }
+
+    fn revnat(&self, id: u32) -> Result<Option<RevNat>, MapError> {
+        found(self.lock().revnat.get(&id, 0))
+    }
+
+    fn maglev(&self, id: u32) -> Result<Option<Vec<u32>>, MapError> {
+        Ok(found(self.lock().maglev.get(&id, 0))?.map(|t| t.0.to_vec()))
     }
 }

@@ -28,22 +28,27 @@
 //! on it are deferred, and the next sync retries: nothing is ever flushed, so a
 //! restarted agent reads the maps back, diffs and writes only what changed.
 //!
-//! A sync looks at every entry ([`Changed::All`]) or only at the keys an
-//! incremental compile touched ([`Changed::Keys`]): with 10,000 Services, a
-//! change of one EndpointSlice then costs what it touches, not a walk of the
-//! maps. What the ordering rules need to know of the rest (which slots name a
-//! backend, which entries use a reverse-NAT id) is kept in reference counts
-//! updated with each write.
+//! A sync looks at every entry ([`Changed::All`], the first after a start: the
+//! maps are read whole) or only at the keys a compile touched ([`Changed::Keys`]):
+//! with 10,000 Services, a change of one EndpointSlice then costs what it
+//! touches, not a walk of the maps. The syncer keeps no copy of the maps: a
+//! sync reads from the kernel the keys it looks at (the candidates, and what
+//! the ordering rules ask of others: a frontend's slots, its twin, a table's
+//! backends). What the rules need to know of everything else (which slots or
+//! tables name a backend, which entries use a reverse-NAT id) is kept in
+//! reference counts updated with each write.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    hash::Hash,
     time::{Duration, Instant},
 };
 
+use aya::maps::MapError;
 use tracing::error;
 use weir_common::{
     Backend, IPPROTO_TCP, MAGLEV_TABLE_SIZE, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_F_AFFINITY, SVC_F_MAGLEV,
-    SVC_F_TWO_SCOPES, ServiceKey, ServiceValue,
+    SVC_F_TWO_SCOPES, ServiceKey, ServiceValue, maps as names,
 };
 use weir_model::{
     DesiredServices, IdAllocator, NodeContext,
@@ -51,8 +56,8 @@ use weir_model::{
 };
 
 use super::{
-    MapOp as _, Maps, SyncError, Tally,
-    service_maps::{ServiceOp, maglev_value},
+    MapOp as _, SyncError, Tally,
+    service_maps::{ServiceMaps, ServiceOp, maglev_value},
 };
 
 #[cfg(test)]
@@ -60,40 +65,67 @@ use super::{
 mod tests;
 
 pub struct ServiceSyncer {
-    /// What the maps hold, as far as the writes we made (or read back) tell.
-    current: DesiredServices,
+    /// What the maps held when the syncer started, until the first full sync
+    /// has diffed against it (the compiler's ids come from it too).
+    read_back: Option<DesiredServices>,
     refs: Refs,
     /// Failed writes since the agent started.
     pub failures_total: u64,
 }
 
-/// What references what in `current`, kept with each write.
-#[derive(Debug, Default)]
+/// What references what in the maps, kept with each write: the ordering rules
+/// ask it of keys no sync would otherwise read.
+#[derive(Debug, Default, PartialEq, Eq)]
 struct Refs {
     /// Backend id -> slots naming it.
     slots: HashMap<u32, u32>,
+    /// Backend id -> Maglev tables naming it.
+    tables: HashMap<u32, u32>,
     /// Reverse-NAT id -> entries (slot 0 and slots) using it.
     revnat: HashMap<u32, u32>,
     /// Rev-NAT id -> affinity timeout of the frontends with session affinity.
     affinity: BTreeMap<u32, u32>,
 }
 
+fn bump(map: &mut HashMap<u32, u32>, id: u32, delta: i32) {
+    let n = map.entry(id).or_default();
+    *n = n.saturating_add_signed(delta);
+    if *n == 0 {
+        map.remove(&id);
+    }
+}
+
 impl Refs {
+    /// The references among `maps`' contents.
+    fn of(maps: &DesiredServices) -> Self {
+        let mut refs = Self::default();
+        for (key, value) in &maps.services {
+            refs.count(key, value, 1);
+        }
+        for table in maps.maglev.values() {
+            refs.table(table, 1);
+        }
+        refs
+    }
+
     fn count(&mut self, key: &ServiceKey, value: &ServiceValue, delta: i32) {
-        let bump = |map: &mut HashMap<u32, u32>, id: u32| {
-            let n = map.entry(id).or_default();
-            *n = n.saturating_add_signed(delta);
-            if *n == 0 {
-                map.remove(&id);
-            }
-        };
-        bump(&mut self.revnat, value.rev_nat_id);
+        bump(&mut self.revnat, value.rev_nat_id, delta);
         if key.slot != 0 {
-            bump(&mut self.slots, value.backend_id);
+            bump(&mut self.slots, value.backend_id, delta);
         } else if delta > 0 && value.flags & SVC_F_AFFINITY != 0 {
             self.affinity.insert(value.rev_nat_id, value.affinity_timeout);
         } else if delta < 0 {
             self.affinity.remove(&value.rev_nat_id);
+        }
+    }
+
+    /// A table's backends, each once.
+    fn table(&mut self, table: &[u32], delta: i32) {
+        let mut named = table.to_vec();
+        named.sort_unstable();
+        named.dedup();
+        for id in named {
+            bump(&mut self.tables, id, delta);
         }
     }
 }
@@ -101,7 +133,7 @@ impl Refs {
 /// What one sync did.
 #[derive(Debug, Default)]
 pub struct ServiceReport {
-    /// Writes, deletes and failures.
+    /// Writes, deletes and failures (reads of the maps that failed too).
     pub tally: Tally,
     /// Entries held back because what they depend on failed to be written.
     pub deferred: usize,
@@ -123,27 +155,29 @@ impl ServiceReport {
 
 impl ServiceSyncer {
     /// Reads what the maps hold (left by an earlier agent, or empty).
-    pub fn new(maps: &dyn Maps<ServiceOp>) -> Result<Self, SyncError> {
-        let current = maps.read()?;
-        let mut refs = Refs::default();
-        for (key, value) in &current.services {
-            refs.count(key, value, 1);
-        }
+    pub fn new(maps: &dyn ServiceMaps) -> Result<Self, SyncError> {
+        let read_back = maps.read()?;
         Ok(Self {
-            current,
-            refs,
+            refs: Refs::of(&read_back),
+            read_back: Some(read_back),
             failures_total: 0,
         })
     }
 
     /// A compiler for `node` that keeps the ids found in the maps, so established
-    /// flows keep their backend and rev-NAT ids.
+    /// flows keep their backend and rev-NAT ids (before the first sync: the
+    /// ids read back).
     pub fn compiler(&self, node: NodeContext) -> ServiceCompiler {
-        ServiceCompiler::new(node, IdAllocator::from_desired(&self.current))
+        let ids = self
+            .read_back
+            .as_ref()
+            .map_or_else(IdAllocator::new, IdAllocator::from_desired);
+        ServiceCompiler::new(node, ids)
     }
 
-    pub fn current(&self) -> &DesiredServices {
-        &self.current
+    /// What the maps held when the syncer started, until the first full sync.
+    pub fn read_back(&self) -> Option<&DesiredServices> {
+        self.read_back.as_ref()
     }
 
     /// `rev_nat_id -> affinity timeout (s)` of the frontends with session affinity
@@ -152,24 +186,50 @@ impl ServiceSyncer {
         self.refs.affinity.clone()
     }
 
+    /// Whether the references kept agree with those among `maps` (tests).
+    #[cfg(test)]
+    fn refs_agree_with(&self, maps: &DesiredServices) -> bool {
+        self.refs == Refs::of(maps)
+    }
+
     /// Writes the difference between the maps and `desired` (among the keys
-    /// `changed` names).
+    /// `changed` names: [`Changed::All`] reads the maps whole).
     pub fn apply(
         &mut self,
-        maps: &mut dyn Maps<ServiceOp>,
+        maps: &mut dyn ServiceMaps,
         desired: &DesiredServices,
         changed: &Changed,
     ) -> ServiceReport {
         let start = Instant::now();
-        let keys = Candidates::of(changed, &self.current, desired);
+        let mut report = ServiceReport::default();
+        let current = match changed {
+            Changed::All => match self.read_back.take().map_or_else(|| maps.read(), Ok) {
+                Ok(held) => {
+                    self.refs = Refs::of(&held);
+                    Current {
+                        held,
+                        whole: true,
+                        ..Current::default()
+                    }
+                }
+                Err(SyncError::Read { map, source }) => {
+                    report.tally.read_failed(map, &source);
+                    self.failures_total += 1;
+                    report.duration = start.elapsed();
+                    return report;
+                }
+            },
+            Changed::Keys(_) => Current::default(),
+        };
+        let keys = Candidates::of(changed, &current, desired);
         let mut run = Run {
             maps,
-            current: &mut self.current,
+            current,
             refs: &mut self.refs,
-            report: ServiceReport::default(),
+            report,
             queued: Vec::new(),
         };
-        run.report.gone_datagram_backends = gone_datagram_backends(run.current, desired, &keys.backends);
+        run.report.gone_datagram_backends = run.gone_datagram_backends(desired, &keys.backends);
         let tables = run.valid_tables(desired, &keys.maglev);
         // Each step reads what the steps before it wrote: each ends with its
         // queued writes made.
@@ -182,7 +242,7 @@ impl ServiceSyncer {
         run.put_heads(desired, &tables, &keys.services);
         run.flush();
         run.delete_heads(desired, &keys.services);
-        run.delete_maglev(desired, &tables, &keys.maglev);
+        run.delete_maglev(desired, &tables, &keys);
         run.delete_slots(desired, &keys.services);
         run.delete_unreferenced(desired, &keys);
         let mut report = run.report;
@@ -202,7 +262,7 @@ struct Candidates {
 }
 
 impl Candidates {
-    fn of(changed: &Changed, current: &DesiredServices, desired: &DesiredServices) -> Self {
+    fn of(changed: &Changed, current: &Current, desired: &DesiredServices) -> Self {
         fn union<K: Ord + Copy, A, B>(a: &BTreeMap<K, A>, b: &BTreeMap<K, B>) -> Vec<K> {
             a.keys()
                 .chain(b.keys())
@@ -211,12 +271,13 @@ impl Candidates {
                 .into_iter()
                 .collect()
         }
+        let held = &current.held;
         match changed {
             Changed::All => Self {
-                services: union(&current.services, &desired.services),
-                backends: union(&current.backends, &desired.backends),
-                revnat: union(&current.revnat, &desired.revnat),
-                maglev: union(&current.maglev, &desired.maglev),
+                services: union(&held.services, &desired.services),
+                backends: union(&held.backends, &desired.backends),
+                revnat: union(&held.revnat, &desired.revnat),
+                maglev: union(&held.maglev, &desired.maglev),
             },
             Changed::Keys(t) => Self {
                 services: t.services.iter().copied().collect(),
@@ -228,9 +289,48 @@ impl Candidates {
     }
 }
 
+/// What the maps hold, as far as this sync has asked: everything (a full sync
+/// reads them whole) or the keys its steps looked at, each read once and then
+/// kept up to date with the sync's own writes. Dropped with the sync: the
+/// syncer keeps no copy of the maps between syncs (at 10,000 Services that
+/// copy was 13 MiB, with Maglev tables 64 KiB per frontend more).
+#[derive(Default)]
+struct Current {
+    held: DesiredServices,
+    /// `held` is everything the maps hold.
+    whole: bool,
+    asked: Asked,
+}
+
+/// Keys read one by one, whether the map had them or not.
+#[derive(Default)]
+struct Asked {
+    services: HashSet<ServiceKey>,
+    backends: HashSet<u32>,
+    revnat: HashSet<u32>,
+    maglev: HashSet<u32>,
+}
+
+/// `map[key]` as the maps hold it: from what is known, else read once.
+fn known<'h, K: Ord + Hash + Copy, V>(
+    held: &'h mut BTreeMap<K, V>,
+    asked: &mut HashSet<K>,
+    whole: bool,
+    key: K,
+    read: impl FnOnce() -> Result<Option<V>, MapError>,
+) -> Result<Option<&'h V>, MapError> {
+    if !whole && !asked.contains(&key) {
+        if let Some(value) = read()? {
+            held.insert(key, value);
+        }
+        asked.insert(key);
+    }
+    Ok(held.get(&key))
+}
+
 struct Run<'a> {
-    maps: &'a mut dyn Maps<ServiceOp>,
-    current: &'a mut DesiredServices,
+    maps: &'a mut dyn ServiceMaps,
+    current: Current,
     refs: &'a mut Refs,
     report: ServiceReport,
     /// Writes of the current step not made yet.
@@ -241,11 +341,93 @@ fn head_of(key: &ServiceKey) -> ServiceKey {
     ServiceKey { slot: 0, ..*key }
 }
 
+/// What the maps hold, key by key. A read that fails counts as a failure of
+/// the sync (retried) and answers "absent": what is then written is written
+/// again next time, what would have been deleted waits for that retry.
+impl Run<'_> {
+    fn service(&mut self, key: &ServiceKey) -> Option<ServiceValue> {
+        let (maps, c) = (&*self.maps, &mut self.current);
+        let got = known(&mut c.held.services, &mut c.asked.services, c.whole, *key, || {
+            maps.service(key)
+        });
+        match got {
+            Ok(value) => value.copied(),
+            Err(e) => {
+                self.report.tally.read_failed(names::SERVICES, &e);
+                None
+            }
+        }
+    }
+
+    fn backend(&mut self, id: u32) -> Option<Backend> {
+        let (maps, c) = (&*self.maps, &mut self.current);
+        match known(&mut c.held.backends, &mut c.asked.backends, c.whole, id, || {
+            maps.backend(id)
+        }) {
+            Ok(value) => value.copied(),
+            Err(e) => {
+                self.report.tally.read_failed(names::BACKENDS, &e);
+                None
+            }
+        }
+    }
+
+    fn has_revnat(&mut self, id: u32) -> bool {
+        let (maps, c) = (&*self.maps, &mut self.current);
+        match known(&mut c.held.revnat, &mut c.asked.revnat, c.whole, id, || {
+            maps.revnat(id)
+        }) {
+            Ok(value) => value.is_some(),
+            Err(e) => {
+                self.report.tally.read_failed(names::REVNAT, &e);
+                false
+            }
+        }
+    }
+
+    fn revnat_is(&mut self, id: u32, want: &weir_common::RevNat) -> bool {
+        self.has_revnat(id) && self.current.held.revnat.get(&id) == Some(want)
+    }
+
+    fn maglev(&mut self, id: u32) -> Option<&[u32]> {
+        let (maps, c) = (&*self.maps, &mut self.current);
+        match known(&mut c.held.maglev, &mut c.asked.maglev, c.whole, id, || {
+            maps.maglev(id)
+        }) {
+            Ok(table) => table.map(Vec::as_slice),
+            Err(e) => {
+                self.report.tally.read_failed(names::MAGLEV, &e);
+                None
+            }
+        }
+    }
+
+    /// Makes sure the key `op` writes was read before it is written (the
+    /// references follow the value it replaces).
+    fn know(&mut self, op: &ServiceOp) {
+        match op {
+            ServiceOp::PutService(key, _) | ServiceOp::DelService(key) => {
+                self.service(key);
+            }
+            ServiceOp::PutBackend(id, _) | ServiceOp::DelBackend(id) => {
+                self.backend(*id);
+            }
+            ServiceOp::PutRevNat(id, _) | ServiceOp::DelRevNat(id) => {
+                self.has_revnat(*id);
+            }
+            ServiceOp::PutMaglev(id, _) | ServiceOp::DelMaglev(id) => {
+                self.maglev(*id);
+            }
+        }
+    }
+}
+
 impl Run<'_> {
     /// A write of this sync. Writes go out in order; those of one step that
     /// depend on nothing written in that same step are queued and go together
     /// at its end ([`Run::flush`]), deletes one by one.
     fn op(&mut self, op: ServiceOp) {
+        self.know(&op);
         if op.is_delete() {
             self.flush();
             let took = self.report.tally.write(&mut *self.maps, &op);
@@ -255,7 +437,7 @@ impl Run<'_> {
         }
     }
 
-    /// Writes what is queued; the record of the maps follows what took.
+    /// Writes what is queued; what is known of the maps follows what took.
     fn flush(&mut self) {
         if self.queued.is_empty() {
             return;
@@ -271,7 +453,15 @@ impl Run<'_> {
         if !took {
             return;
         }
-        if let Some((key, old)) = op.apply_to(self.current) {
+        if let ServiceOp::PutMaglev(id, _) | ServiceOp::DelMaglev(id) = op
+            && let Some(old) = self.current.held.maglev.get(id)
+        {
+            self.refs.table(old, -1);
+        }
+        if let ServiceOp::PutMaglev(_, table) = op {
+            self.refs.table(&table.0, 1);
+        }
+        if let Some((key, old)) = op.apply_to(&mut self.current.held) {
             self.refs.count(&key, &old, -1);
         }
         if let ServiceOp::PutService(key, value) = op {
@@ -282,14 +472,14 @@ impl Run<'_> {
     fn put_backends_and_revnat(&mut self, desired: &DesiredServices, keys: &Candidates) {
         for id in &keys.backends {
             if let Some(backend) = desired.backends.get(id)
-                && self.current.backends.get(id) != Some(backend)
+                && self.backend(*id).as_ref() != Some(backend)
             {
                 self.op(ServiceOp::PutBackend(*id, *backend));
             }
         }
         for id in &keys.revnat {
             if let Some(revnat) = desired.revnat.get(id)
-                && self.current.revnat.get(id) != Some(revnat)
+                && !self.revnat_is(*id, revnat)
             {
                 self.op(ServiceOp::PutRevNat(*id, *revnat));
             }
@@ -306,7 +496,7 @@ impl Run<'_> {
             } else {
                 self.report.skipped += 1;
                 error!(
-                    map = weir_common::maps::MAGLEV,
+                    map = names::MAGLEV,
                     rev_nat_id = id,
                     entries = table.len(),
                     expected = MAGLEV_TABLE_SIZE,
@@ -319,11 +509,13 @@ impl Run<'_> {
 
     fn put_maglev(&mut self, tables: &BTreeMap<u32, &[u32]>) {
         for (&id, &table) in tables {
-            if self.current.maglev.get(&id).map(Vec::as_slice) == Some(table) {
+            if self.maglev(id) == Some(table) {
                 continue;
             }
-            let named: BTreeSet<u32> = table.iter().copied().collect();
-            if !named.iter().all(|b| self.current.backends.contains_key(b)) {
+            let mut named = table.to_vec();
+            named.sort_unstable();
+            named.dedup();
+            if !named.iter().all(|&b| self.backend(b).is_some()) {
                 self.report.deferred += 1;
                 continue;
             }
@@ -340,10 +532,10 @@ impl Run<'_> {
             .filter(|k| k.slot != 0)
             .filter_map(|k| desired.services.get_key_value(k))
         {
-            if self.current.services.get(key) == Some(value) {
+            if self.service(key).as_ref() == Some(value) {
                 continue;
             }
-            if !self.current.backends.contains_key(&value.backend_id) {
+            if self.backend(value.backend_id).is_none() {
                 self.report.deferred += 1;
                 continue;
             }
@@ -369,7 +561,7 @@ impl Run<'_> {
         heads: impl Iterator<Item = &'k ServiceKey>,
     ) {
         for (key, value) in heads.filter_map(|k| desired.services.get_key_value(k)) {
-            if self.current.services.get(key) == Some(value) {
+            if self.service(key).as_ref() == Some(value) {
                 continue;
             }
             let twin = ServiceKey {
@@ -381,20 +573,20 @@ impl Run<'_> {
                 || desired
                     .services
                     .get(&twin)
-                    .is_some_and(|t| self.current.services.get(&twin) == Some(t));
+                    .is_some_and(|t| self.service(&twin).as_ref() == Some(t));
             if !twin_ready {
                 self.report.deferred += 1;
                 continue;
             }
             let slots_ready = (1..=value.count).all(|slot| {
                 let k = ServiceKey { slot, ..*key };
-                self.current.services.get(&k) == desired.services.get(&k)
+                self.service(&k).as_ref() == desired.services.get(&k)
             });
             let table_ready = value.flags & SVC_F_MAGLEV == 0
-                || tables.get(&value.rev_nat_id).is_none_or(|&table| {
-                    self.current.maglev.get(&value.rev_nat_id).map(Vec::as_slice) == Some(table)
-                });
-            if !slots_ready || !table_ready || !self.current.revnat.contains_key(&value.rev_nat_id) {
+                || tables
+                    .get(&value.rev_nat_id)
+                    .is_none_or(|&table| self.maglev(value.rev_nat_id) == Some(table));
+            if !slots_ready || !table_ready || !self.has_revnat(value.rev_nat_id) {
                 self.report.deferred += 1;
                 continue;
             }
@@ -405,12 +597,13 @@ impl Run<'_> {
     fn delete_heads(&mut self, desired: &DesiredServices, keys: &[ServiceKey]) {
         let gone: Vec<ServiceKey> = keys
             .iter()
-            .filter(|k| {
-                k.slot == 0 && self.current.services.contains_key(k) && !desired.services.contains_key(k)
-            })
+            .filter(|k| k.slot == 0 && !desired.services.contains_key(k))
             .copied()
             .collect();
         for key in gone {
+            if self.service(&key).is_none() {
+                continue;
+            }
             // A twin goes only once the entry in the map no longer names it.
             let external = ServiceKey {
                 scope: SCOPE_EXTERNAL,
@@ -418,9 +611,7 @@ impl Run<'_> {
             };
             let named = key.scope == SCOPE_INTERNAL
                 && self
-                    .current
-                    .services
-                    .get(&external)
+                    .service(&external)
                     .is_some_and(|v| v.flags & SVC_F_TWO_SCOPES != 0);
             if named {
                 self.report.deferred += 1;
@@ -430,20 +621,24 @@ impl Run<'_> {
         }
     }
 
-    fn delete_maglev(&mut self, desired: &DesiredServices, tables: &BTreeMap<u32, &[u32]>, ids: &[u32]) {
-        let gone: Vec<u32> = ids
-            .iter()
-            .filter(|id| self.current.maglev.contains_key(id) && !tables.contains_key(id))
-            .copied()
-            .collect();
-        for id in gone {
+    fn delete_maglev(
+        &mut self,
+        desired: &DesiredServices,
+        tables: &BTreeMap<u32, &[u32]>,
+        keys: &Candidates,
+    ) {
+        for &id in &keys.maglev {
+            if tables.contains_key(&id) || self.maglev(id).is_none() {
+                continue;
+            }
             // A Maglev service entry still in the map that uses the table and is
-            // not yet what it should be (its write failed): keep the table for it.
-            let in_use = self.current.services.iter().any(|(k, v)| {
-                k.slot == 0
-                    && v.rev_nat_id == id
-                    && v.flags & SVC_F_MAGLEV != 0
-                    && desired.services.get(k) != Some(v)
+            // not yet what it should be (its write failed): keep the table for
+            // it. Only a candidate can be such an entry: every other key holds
+            // what it should (a sync that fails is retried with its keys).
+            let in_use = keys.services.iter().filter(|k| k.slot == 0).any(|k| {
+                self.service(k).is_some_and(|v| {
+                    v.rev_nat_id == id && v.flags & SVC_F_MAGLEV != 0 && desired.services.get(k) != Some(&v)
+                })
             });
             if in_use {
                 self.report.deferred += 1;
@@ -456,18 +651,17 @@ impl Run<'_> {
     fn delete_slots(&mut self, desired: &DesiredServices, keys: &[ServiceKey]) {
         let gone: Vec<ServiceKey> = keys
             .iter()
-            .filter(|k| {
-                k.slot != 0 && self.current.services.contains_key(k) && !desired.services.contains_key(k)
-            })
+            .filter(|k| k.slot != 0 && !desired.services.contains_key(k))
             .copied()
             .collect();
         for key in gone {
+            if self.service(&key).is_none() {
+                continue;
+            }
             // Only a slot the service entry in the map no longer counts.
             let counted = self
-                .current
-                .services
-                .get(&head_of(&key))
-                .is_some_and(|head: &ServiceValue| key.slot <= head.count);
+                .service(&head_of(&key))
+                .is_some_and(|head| key.slot <= head.count);
             if counted {
                 self.report.deferred += 1;
                 continue;
@@ -477,34 +671,24 @@ impl Run<'_> {
     }
 
     fn delete_unreferenced(&mut self, desired: &DesiredServices, keys: &Candidates) {
-        let gone: Vec<u32> = keys
+        for &id in keys
             .backends
             .iter()
-            .filter(|id| self.current.backends.contains_key(id) && !desired.backends.contains_key(id))
-            .copied()
-            .collect();
-        let mut in_tables: BTreeSet<u32> = BTreeSet::new();
-        if !gone.is_empty() {
-            // Tables are large: only look in them for the backends about to go.
-            let gone_set: BTreeSet<u32> = gone.iter().copied().collect();
-            for table in self.current.maglev.values() {
-                in_tables.extend(table.iter().filter(|id| gone_set.contains(id)));
+            .filter(|id| !desired.backends.contains_key(id))
+        {
+            if self.backend(id).is_none() {
+                continue;
             }
-        }
-        for id in gone {
-            if self.refs.slots.contains_key(&id) || in_tables.contains(&id) {
+            if self.refs.slots.contains_key(&id) || self.refs.tables.contains_key(&id) {
                 self.report.deferred += 1;
             } else {
                 self.op(ServiceOp::DelBackend(id));
             }
         }
-        let gone: Vec<u32> = keys
-            .revnat
-            .iter()
-            .filter(|id| self.current.revnat.contains_key(id) && !desired.revnat.contains_key(id))
-            .copied()
-            .collect();
-        for id in gone {
+        for &id in keys.revnat.iter().filter(|id| !desired.revnat.contains_key(id)) {
+            if !self.has_revnat(id) {
+                continue;
+            }
             if self.refs.revnat.contains_key(&id) {
                 self.report.deferred += 1;
             } else {
@@ -512,25 +696,27 @@ impl Run<'_> {
             }
         }
     }
-}
 
-/// Connectionless backends (address, port, protocol) in the maps but not desired:
-/// as kube-proxy does for UDP, their conntrack entries must go, or clients keep
-/// sending into the void until the entry times out. TCP needs no flush: the
-/// client sees a reset or a timeout and reconnects through a fresh lookup.
-///
-/// Among `ids`, the backends that go; an id stands for one (address, port,
-/// protocol) while it is in use, so a backend whose id goes is gone.
-fn gone_datagram_backends(current: &DesiredServices, desired: &DesiredServices, ids: &[u32]) -> Vec<Backend> {
-    let identity = |b: &Backend| (b.addr, b.port, b.proto, b.family);
-    let mut gone: Vec<Backend> = ids
-        .iter()
-        .filter(|id| !desired.backends.contains_key(id))
-        .filter_map(|id| current.backends.get(id))
-        .filter(|b| b.proto != IPPROTO_TCP)
-        .copied()
-        .collect();
-    gone.sort();
-    gone.dedup_by_key(|b| identity(b));
-    gone
+    /// Connectionless backends (address, port, protocol) in the maps but not
+    /// desired: as kube-proxy does for UDP, their conntrack entries must go, or
+    /// clients keep sending into the void until the entry times out. TCP needs
+    /// no flush: the client sees a reset or a timeout and reconnects through a
+    /// fresh lookup.
+    ///
+    /// Among `ids`, the backends that go; an id stands for one (address, port,
+    /// protocol) while it is in use, so a backend whose id goes is gone.
+    fn gone_datagram_backends(&mut self, desired: &DesiredServices, ids: &[u32]) -> Vec<Backend> {
+        let identity = |b: &Backend| (b.addr, b.port, b.proto, b.family);
+        let mut gone: Vec<Backend> = Vec::new();
+        for &id in ids.iter().filter(|id| !desired.backends.contains_key(id)) {
+            if let Some(backend) = self.backend(id)
+                && backend.proto != IPPROTO_TCP
+            {
+                gone.push(backend);
+            }
+        }
+        gone.sort();
+        gone.dedup_by_key(|b| identity(b));
+        gone
+    }
 }

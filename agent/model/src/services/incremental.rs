@@ -11,7 +11,10 @@
 //! produce; what depends on that order falls back to one: frontends two Services
 //! claim (the first in order wins), and Namespace or Node changes.
 
-use std::collections::{BTreeMap, BTreeSet, btree_map};
+use std::{
+    cmp::Ordering,
+    collections::{BTreeMap, BTreeSet},
+};
 
 use weir_common::{BACKEND_ACTIVE, BACKEND_TERMINATING, Backend, ServiceKey};
 
@@ -33,12 +36,48 @@ pub struct Touched {
 }
 
 impl Touched {
-    fn add(&mut self, held: &Held) {
-        self.services.extend(held.services.iter());
-        self.backends.extend(held.backends.iter().map(|(id, _)| id));
-        self.revnat.extend(held.revnat.iter());
-        self.maglev.extend(held.maglev.iter());
+    /// The keys whose entries differ between `a` and `b`.
+    pub fn between(a: &DesiredServices, b: &DesiredServices) -> Self {
+        Self {
+            services: differing(&a.services, &b.services),
+            backends: differing(&a.backends, &b.backends),
+            revnat: differing(&a.revnat, &b.revnat),
+            maglev: differing(&a.maglev, &b.maglev),
+        }
     }
+
+    /// The keys of a fragment's entries.
+    fn add(&mut self, fragment: &DesiredServices) {
+        self.services.extend(fragment.services.keys());
+        self.backends.extend(fragment.backends.keys());
+        self.revnat.extend(fragment.revnat.keys());
+        self.maglev.extend(fragment.maglev.keys());
+    }
+}
+
+/// Keys in one map and not the other, or with other values: one walk of both.
+fn differing<K: Ord + Copy, V: PartialEq>(a: &BTreeMap<K, V>, b: &BTreeMap<K, V>) -> BTreeSet<K> {
+    let mut out = Vec::new();
+    let (mut a, mut b) = (a.iter().peekable(), b.iter().peekable());
+    loop {
+        let key = match (a.peek(), b.peek()) {
+            (None, None) => break,
+            (Some(&(ka, _)), None) => a.next().map(|_| *ka),
+            (None, Some(&(kb, _))) => b.next().map(|_| *kb),
+            (Some(&(ka, va)), Some(&(kb, vb))) => match ka.cmp(kb) {
+                Ordering::Less => a.next().map(|_| *ka),
+                Ordering::Greater => b.next().map(|_| *kb),
+                Ordering::Equal => {
+                    let differs = va != vb;
+                    a.next();
+                    b.next();
+                    differs.then_some(*ka)
+                }
+            },
+        };
+        out.extend(key);
+    }
+    out.into_iter().collect()
 }
 
 /// What a compile changed.
@@ -76,24 +115,26 @@ pub struct HealthCheck {
     pub local_endpoints: usize,
 }
 
-/// How many fragments hold a backend, and how many see it ready.
-#[derive(Clone, Copy, Debug)]
+/// How many fragments hold a backend, and how many see it ready (the backend
+/// itself is the union's entry).
+#[derive(Clone, Copy, Debug, Default)]
 struct BackendRefs {
-    backend: Backend,
     holders: u32,
     active: u32,
 }
 
 /// What the compiler keeps of a Service's fragment once its entries are in
-/// the union: their keys, to take them out again, the backends it counts, and,
-/// where asked for, its frontends' views. A second copy of every entry and
-/// view was the largest part of the compiled state at 10,000 Services.
+/// the union: what it takes to take them out again (its frontends' service
+/// entries, whose slots the union's entry counts; its backends' ids, and
+/// whether it saw each ready), and, where asked for, its frontends' views. A
+/// second copy of every entry and view was the largest part of the compiled
+/// state at 10,000 Services.
 #[derive(Debug, Default)]
 struct Held {
-    services: Box<[ServiceKey]>,
+    heads: Box<[ServiceKey]>,
     revnat: Box<[u32]>,
     maglev: Box<[u32]>,
-    backends: Box<[(u32, Backend)]>,
+    backends: Box<[(u32, bool)]>,
     frontends: Vec<FrontendView>,
     from_pods: bool,
     conflict: bool,
@@ -211,6 +252,16 @@ impl ServiceCompiler {
         problems
     }
 
+    /// Compiles every Service afresh, like [`Self::compile_all`], and says which
+    /// keys' entries differ from the last compile's: the maps hold that one, so
+    /// a sync need look at those alone (a Namespace's change at 10,000 Services
+    /// costs a compile, not a walk of the maps).
+    pub fn recompile_all(&mut self, model: &Model) -> (Changed, Vec<Problem>) {
+        let before = std::mem::take(&mut self.desired);
+        let problems = self.compile_all(model);
+        (Changed::Keys(Touched::between(&before, &self.desired)), problems)
+    }
+
     /// Recompiles what the objects `changed` (their keys; the model holds their
     /// new state, or not at all if they are gone) touch. Returns what changed and
     /// the problems of the Services recompiled.
@@ -220,25 +271,25 @@ impl ServiceCompiler {
                 .iter()
                 .any(|key| matches!(key.kind, Kind::Namespace | Kind::Node));
         if order_matters {
-            return (Changed::All, self.compile_all(model));
+            return self.recompile_all(model);
         }
         let affected = self.affected(model, changed);
         let mut touched = Touched::default();
         let mut problems = Vec::new();
         for key in &affected {
-            if let Some(old) = self.remove(key) {
-                touched.add(&old);
-            }
+            self.remove(key, &mut touched);
         }
         for key in affected {
             if let Some(mut fragment) = self.compile(model, &key) {
                 problems.append(&mut fragment.problems);
-                touched.add(self.insert(key, fragment));
+                touched.add(&fragment.desired);
+                self.insert(key, fragment);
             }
         }
         if self.conflicts > 0 {
             // Which of the claimants wins depends on the order of a full compile.
-            return (Changed::All, self.compile_all(model));
+            let (changed, problems) = self.recompile_all(model);
+            return (changed.merge(Changed::Keys(touched)), problems);
         }
         self.release_unused(&touched);
         (Changed::Keys(touched), problems)
@@ -294,8 +345,9 @@ impl ServiceCompiler {
         ))
     }
 
-    /// Moves a Service's fragment into the union; returns what is kept of it.
-    fn insert(&mut self, key: ObjectKey, fragment: Fragment) -> &Held {
+    /// Moves a Service's fragment into the union, keeping what it takes to
+    /// take it out again.
+    fn insert(&mut self, key: ObjectKey, fragment: Fragment) {
         let Fragment {
             desired: d,
             from_pods,
@@ -306,10 +358,14 @@ impl ServiceCompiler {
             self.health.insert(key.clone(), check);
         }
         let held = Held {
-            services: d.services.keys().copied().collect(),
+            heads: d.services.keys().filter(|k| k.slot == 0).copied().collect(),
             revnat: d.revnat.keys().copied().collect(),
             maglev: d.maglev.keys().copied().collect(),
-            backends: d.backends.iter().map(|(id, b)| (*id, *b)).collect(),
+            backends: d
+                .backends
+                .iter()
+                .map(|(id, b)| (*id, b.state == BACKEND_ACTIVE))
+                .collect(),
             frontends: if self.views { d.frontends } else { Vec::new() },
             from_pods,
             conflict,
@@ -317,15 +373,11 @@ impl ServiceCompiler {
         self.desired.services.extend(d.services);
         self.desired.revnat.extend(d.revnat);
         self.desired.maglev.extend(d.maglev);
-        for &(id, backend) in &held.backends {
-            let refs = self.backend_refs.entry(id).or_insert(BackendRefs {
-                backend,
-                holders: 0,
-                active: 0,
-            });
+        for (id, backend) in d.backends {
+            let refs = self.backend_refs.entry(id).or_default();
             refs.holders += 1;
             refs.active += u32::from(backend.state == BACKEND_ACTIVE);
-            self.desired.backends.insert(id, state_of(refs));
+            self.desired.backends.insert(id, with_state(backend, refs));
         }
         if from_pods {
             self.pod_users
@@ -334,24 +386,26 @@ impl ServiceCompiler {
                 .insert(key.clone());
         }
         self.conflicts += usize::from(conflict);
-        match self.fragments.entry(key) {
-            btree_map::Entry::Vacant(v) => v.insert(held),
-            btree_map::Entry::Occupied(mut o) => {
-                o.insert(held);
-                o.into_mut()
-            }
-        }
+        self.fragments.insert(key, held);
     }
 
-    /// Takes a Service's fragment out of the union. Its ids stay allocated until
-    /// `release_unused`: the recompiled Service likely wants them back.
-    fn remove(&mut self, key: &ObjectKey) -> Option<Held> {
-        let held = self.fragments.remove(key)?;
-        for k in &held.services {
-            self.desired.services.remove(k);
-            if k.slot == 0 {
-                self.owners.remove(k);
+    /// Takes a Service's fragment out of the union, its keys into `touched`.
+    /// Its ids stay allocated, and its backends no other fragment holds stay in
+    /// the union, until `release_unused`: the recompiled Service likely wants
+    /// them back.
+    fn remove(&mut self, key: &ObjectKey, touched: &mut Touched) {
+        let Some(held) = self.fragments.remove(key) else {
+            return;
+        };
+        for head in &held.heads {
+            let count = self.desired.services.remove(head).map_or(0, |v| v.count);
+            touched.services.insert(*head);
+            for slot in 1..=count {
+                let k = ServiceKey { slot, ..*head };
+                self.desired.services.remove(&k);
+                touched.services.insert(k);
             }
+            self.owners.remove(head);
         }
         for k in &held.revnat {
             self.desired.revnat.remove(k);
@@ -359,14 +413,17 @@ impl ServiceCompiler {
         for k in &held.maglev {
             self.desired.maglev.remove(k);
         }
-        for (id, backend) in &held.backends {
-            if let Some(refs) = self.backend_refs.get_mut(id) {
+        touched.revnat.extend(held.revnat.iter());
+        touched.maglev.extend(held.maglev.iter());
+        for &(id, active) in &held.backends {
+            touched.backends.insert(id);
+            if let Some(refs) = self.backend_refs.get_mut(&id) {
                 refs.holders -= 1;
-                refs.active -= u32::from(backend.state == BACKEND_ACTIVE);
-                if refs.holders == 0 {
-                    self.desired.backends.remove(id);
-                } else {
-                    self.desired.backends.insert(*id, state_of(refs));
+                refs.active -= u32::from(active);
+                if refs.holders > 0
+                    && let Some(backend) = self.desired.backends.get_mut(&id)
+                {
+                    *backend = with_state(*backend, refs);
                 }
             }
         }
@@ -377,10 +434,10 @@ impl ServiceCompiler {
         }
         self.health.remove(key);
         self.conflicts -= usize::from(held.conflict);
-        Some(held)
     }
 
-    /// Frees the ids of touched frontends and backends no fragment holds any more.
+    /// Frees the ids of touched frontends, and the ids and union entries of
+    /// touched backends no fragment holds any more.
     fn release_unused(&mut self, touched: &Touched) {
         for key in touched.services.iter().filter(|k| k.slot == 0) {
             if !self.desired.services.contains_key(key) {
@@ -388,11 +445,11 @@ impl ServiceCompiler {
             }
         }
         for id in &touched.backends {
-            if let Some(refs) = self.backend_refs.get(id)
-                && refs.holders == 0
-            {
-                self.ids.release_backend(&refs.backend);
+            if self.backend_refs.get(id).is_some_and(|refs| refs.holders == 0) {
                 self.backend_refs.remove(id);
+                if let Some(backend) = self.desired.backends.remove(id) {
+                    self.ids.release_backend(&backend);
+                }
             }
         }
     }
@@ -417,14 +474,14 @@ fn health_check(key: &ObjectKey, frontends: &[FrontendView], node: &str) -> Opti
 }
 
 /// A backend is active if any Service sees it ready.
-fn state_of(refs: &BackendRefs) -> Backend {
+fn with_state(backend: Backend, refs: &BackendRefs) -> Backend {
     Backend {
         state: if refs.active > 0 {
             BACKEND_ACTIVE
         } else {
             BACKEND_TERMINATING
         },
-        ..refs.backend
+        ..backend
     }
 }
 
