@@ -219,6 +219,13 @@ impl IdAllocator {
         }
     }
 
+    /// Rebuilds its maps with full B-tree leaves (after a full compile).
+    pub fn pack(&mut self) {
+        use crate::services::packed;
+        self.rev_nat = packed(std::mem::take(&mut self.rev_nat));
+        self.backends = packed(std::mem::take(&mut self.backends));
+    }
+
     /// Releases the ids of every frontend and backend absent from `desired`.
     /// A full compile ([`crate::services::ServiceCompiler::compile_all`]) calls it
     /// at its end.

@@ -3,6 +3,8 @@
 //! reference for every rule; each function names the one it implements.
 
 mod incremental;
+
+pub(crate) use self::incremental::packed;
 mod validate;
 mod view;
 
