@@ -121,13 +121,18 @@ impl Refs {
 
     /// A table's backends, each once.
     fn table(&mut self, table: &[u32], delta: i32) {
-        let mut named = table.to_vec();
-        named.sort_unstable();
-        named.dedup();
-        for id in named {
+        for id in distinct(table) {
             bump(&mut self.tables, id, delta);
         }
     }
+}
+
+/// The backends a Maglev table names, each once, in id order.
+fn distinct(table: &[u32]) -> Vec<u32> {
+    let mut named = table.to_vec();
+    named.sort_unstable();
+    named.dedup();
+    named
 }
 
 /// What one sync did.
@@ -512,10 +517,7 @@ impl Run<'_> {
             if self.maglev(id) == Some(table) {
                 continue;
             }
-            let mut named = table.to_vec();
-            named.sort_unstable();
-            named.dedup();
-            if !named.iter().all(|&b| self.backend(b).is_some()) {
+            if !distinct(table).into_iter().all(|b| self.backend(b).is_some()) {
                 self.report.deferred += 1;
                 continue;
             }
