@@ -175,10 +175,12 @@ fn main() {
             samples[i].push(s);
         }
     }
+    // Ratios only against an empty agent measured in the same run.
     let base = variants
         .iter()
         .position(|v| *v == Variant::Empty)
-        .map_or(1, |i| median(&samples[i].iter().map(|s| s.0).collect::<Vec<_>>()));
+        .map(|i| median(&samples[i].iter().map(|s| s.0).collect::<Vec<_>>()));
+    let ratio = |kib: u64| base.map_or_else(|| "-".to_owned(), |b| format!("{:.2}", kib as f64 / b as f64));
     println!(
         "\n| agent | RSS (MiB) | peak RSS (MiB) | RSS / empty | ready after | RSS emptied (MiB) | emptied / empty |"
     );
@@ -189,14 +191,14 @@ fn main() {
         let ready = median(&s.iter().map(|x| x.2).collect::<Vec<_>>());
         let emptied = median(&s.iter().map(|x| x.3).collect::<Vec<_>>());
         println!(
-            "| {} | {} | {} | {:.2} | {:.1?} | {} | {:.2} |",
+            "| {} | {} | {} | {} | {:.1?} | {} | {} |",
             v.label(),
             mib(rss),
             mib(hwm),
-            rss as f64 / base as f64,
+            ratio(rss),
             ready,
             mib(emptied),
-            emptied as f64 / base as f64
+            ratio(emptied)
         );
     }
 }

@@ -15,10 +15,7 @@ use std::{
     sync::Arc,
 };
 
-use k8s_openapi::{
-    api::core::v1::{Endpoints, Service},
-    apimachinery::pkg::util::intstr::IntOrString,
-};
+use k8s_openapi::{api::core::v1::Endpoints, apimachinery::pkg::util::intstr::IntOrString};
 use serde::Serialize;
 
 use crate::{
@@ -26,6 +23,7 @@ use crate::{
     net::{Family, Protocol, parse_ip, port_number},
     pod::{self, PodFacts},
     policy::matches_labels,
+    service::ServiceFacts,
     slice::{self, SliceFacts},
 };
 
@@ -103,7 +101,12 @@ pub enum EndpointSourceKind {
 }
 
 impl<'a> EndpointSource<'a> {
-    pub fn for_service(model: &'a Model, namespace: &'a str, name: &'a str, service: &'a Service) -> Self {
+    pub fn for_service(
+        model: &'a Model,
+        namespace: &'a str,
+        name: &'a str,
+        service: &'a ServiceFacts,
+    ) -> Self {
         let slices = model.slices_of(namespace, name);
         if !slices.is_empty() {
             return EndpointSource::Slices(slices);
@@ -113,11 +116,7 @@ impl<'a> EndpointSource<'a> {
         if model.slices_only() {
             return EndpointSource::None;
         }
-        let spec = service.spec.as_ref();
-        // An empty selector is the same as none: the API server drops empty maps
-        // (`omitempty`), and the EndpointSlice controller manages only Services
-        // with a selector.
-        match spec.and_then(|s| s.selector.as_ref()).filter(|s| !s.is_empty()) {
+        match &service.selector {
             None => match model.endpoints(namespace, name) {
                 Some(endpoints) if !skips_mirroring(endpoints) => EndpointSource::Endpoints(endpoints),
                 _ => EndpointSource::None,
@@ -125,9 +124,9 @@ impl<'a> EndpointSource<'a> {
             Some(selector) => EndpointSource::Pods {
                 pods: model
                     .pods_in(namespace)
-                    .filter(|pod| matches_labels(selector, Some(pod.labels())))
+                    .filter(|pod| matches_labels(selector.iter(), Some(pod.labels())))
                     .collect(),
-                publish_not_ready: spec.and_then(|s| s.publish_not_ready_addresses).unwrap_or(false),
+                publish_not_ready: service.publish_not_ready,
             },
         }
     }
@@ -316,7 +315,7 @@ fn from_pod(
         return;
     };
     let serving = pod::is_ready(pod);
-    let terminating = pod.metadata.deletion_timestamp.is_some();
+    let terminating = pod::is_terminating(pod);
     set.add(
         Endpoint {
             addr,

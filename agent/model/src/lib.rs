@@ -20,6 +20,7 @@ pub mod parse;
 pub mod pod;
 pub mod policy;
 pub mod problem;
+pub mod service;
 pub mod services;
 pub mod slice;
 #[cfg(test)]

@@ -6,11 +6,12 @@ use std::{
     sync::Arc,
 };
 
-use k8s_openapi::api::core::v1::{Endpoints, Service};
+use k8s_openapi::api::core::v1::Endpoints;
 
 use crate::{
     object::{Kind, Object, ObjectKey},
     pod::PodFacts,
+    service::ServiceFacts,
     slice::SliceFacts,
 };
 
@@ -163,7 +164,7 @@ impl Model {
             .take_while(move |(key, _)| key.kind == kind)
     }
 
-    pub fn services(&self) -> impl Iterator<Item = (&ObjectKey, &Service, &str)> {
+    pub fn services(&self) -> impl Iterator<Item = (&ObjectKey, &ServiceFacts, &str)> {
         self.of_kind(Kind::Service)
             .filter_map(|(key, entry)| match &entry.object {
                 Object::Service(s) => Some((key, s.as_ref(), &*entry.origin)),
@@ -250,7 +251,7 @@ mod tests {
         let model = Model::from_objects([svc(None, "x")]);
         let (key, service, _) = model.services().next().expect("one service");
         assert_eq!(key.namespace, "default");
-        assert_eq!(service.metadata.namespace.as_deref(), Some("default"));
+        assert_eq!(&*service.meta.namespace, "default");
     }
 
     #[test]
@@ -267,10 +268,7 @@ mod tests {
             .into()
         };
         let model = Model::from_objects([pod("a", "1"), pod("b", "2"), pod("b", "3"), svc(Some("b"), "s")]);
-        let names: Vec<_> = model
-            .pods_in("b")
-            .filter_map(|p| p.metadata.name.clone())
-            .collect();
+        let names: Vec<_> = model.pods_in("b").map(|p| p.meta.name.to_string()).collect();
         assert_eq!(names, ["2", "3"]);
         assert_eq!(model.of_kind(Kind::Pod).count(), 3);
         assert_eq!(model.services().count(), 1);

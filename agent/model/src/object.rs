@@ -11,7 +11,26 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 
-use crate::{pod::PodFacts, slice::SliceFacts};
+use crate::{pod::PodFacts, service::ServiceFacts, slice::SliceFacts};
+
+/// The name and namespace of an object kept in compact form (Services,
+/// EndpointSlices, Pods): all of its metadata the model reads but labels, which
+/// a kind keeps as it needs them. The API's `ObjectMeta` is 360 bytes inline
+/// whatever it holds. Absent is empty, as the key reads it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Meta {
+    pub name: Box<str>,
+    pub namespace: Box<str>,
+}
+
+impl Meta {
+    pub(crate) fn of(meta: &ObjectMeta) -> Self {
+        Self {
+            name: meta.name.as_deref().unwrap_or_default().into(),
+            namespace: meta.namespace.as_deref().unwrap_or_default().into(),
+        }
+    }
+}
 
 /// One object of a kind the model keeps. Boxed: the k8s-openapi types are large and
 /// of very different sizes. The two kinds a cluster holds by the ten thousand,
@@ -19,7 +38,7 @@ use crate::{pod::PodFacts, slice::SliceFacts};
 /// ([`PodFacts`], [`SliceFacts`]), a fraction of the API types' size.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Object {
-    Service(Box<Service>),
+    Service(Box<ServiceFacts>),
     EndpointSlice(Box<SliceFacts>),
     Endpoints(Box<Endpoints>),
     Pod(Box<PodFacts>),
@@ -110,52 +129,70 @@ impl Object {
         }
     }
 
-    pub fn metadata(&self) -> &ObjectMeta {
+    /// The API's metadata, for the kinds kept as the API's types.
+    fn api_metadata_mut(&mut self) -> Option<&mut ObjectMeta> {
         match self {
-            Object::Service(o) => &o.metadata,
-            Object::EndpointSlice(o) => &o.metadata,
-            Object::Endpoints(o) => &o.metadata,
-            Object::Pod(o) => &o.metadata,
-            Object::Namespace(o) => &o.metadata,
-            Object::Node(o) => &o.metadata,
-            Object::NetworkPolicy(o) => &o.metadata,
+            Object::Endpoints(o) => Some(&mut o.metadata),
+            Object::Namespace(o) => Some(&mut o.metadata),
+            Object::Node(o) => Some(&mut o.metadata),
+            Object::NetworkPolicy(o) => Some(&mut o.metadata),
+            Object::Service(_) | Object::EndpointSlice(_) | Object::Pod(_) => None,
         }
     }
 
-    fn metadata_mut(&mut self) -> &mut ObjectMeta {
+    /// `(name, namespace)` as written, empty when absent.
+    pub(crate) fn names(&self) -> (&str, &str) {
+        fn api(m: &ObjectMeta) -> (&str, &str) {
+            (
+                m.name.as_deref().unwrap_or_default(),
+                m.namespace.as_deref().unwrap_or_default(),
+            )
+        }
+        fn compact(m: &Meta) -> (&str, &str) {
+            (&m.name, &m.namespace)
+        }
         match self {
-            Object::Service(o) => &mut o.metadata,
-            Object::EndpointSlice(o) => &mut o.metadata,
-            Object::Endpoints(o) => &mut o.metadata,
-            Object::Pod(o) => &mut o.metadata,
-            Object::Namespace(o) => &mut o.metadata,
-            Object::Node(o) => &mut o.metadata,
-            Object::NetworkPolicy(o) => &mut o.metadata,
+            Object::Service(o) => compact(&o.meta),
+            Object::EndpointSlice(o) => compact(&o.meta),
+            Object::Pod(o) => compact(&o.meta),
+            Object::Endpoints(o) => api(&o.metadata),
+            Object::Namespace(o) => api(&o.metadata),
+            Object::Node(o) => api(&o.metadata),
+            Object::NetworkPolicy(o) => api(&o.metadata),
         }
     }
 
     /// The key under which the model stores this object. A namespaced object without
     /// a namespace is in `default`, as `kubectl apply` would have put it.
     pub fn key(&self) -> ObjectKey {
-        let meta = self.metadata();
+        let (name, namespace) = self.names();
         let kind = self.kind();
-        let namespace = if kind.is_namespaced() {
-            meta.namespace
-                .as_deref()
-                .filter(|ns| !ns.is_empty())
-                .unwrap_or(DEFAULT_NAMESPACE)
-        } else {
+        let namespace = if !kind.is_namespaced() {
             ""
+        } else if namespace.is_empty() {
+            DEFAULT_NAMESPACE
+        } else {
+            namespace
         };
-        ObjectKey::new(kind, namespace, meta.name.as_deref().unwrap_or_default())
+        ObjectKey::new(kind, namespace, name)
     }
 
-    /// Fills in the namespace the key implies, so that code reading
-    /// `metadata.namespace` sees what the model sees.
+    /// Fills in the namespace the key implies, so that code reading the
+    /// object's namespace sees what the model sees.
     pub(crate) fn normalize(&mut self) {
         let key = self.key();
-        if key.kind.is_namespaced() {
-            self.metadata_mut().namespace = Some(key.namespace);
+        if !key.kind.is_namespaced() || self.names().1 == key.namespace {
+            return;
+        }
+        match self {
+            Object::Service(o) => o.meta.namespace = key.namespace.into(),
+            Object::EndpointSlice(o) => o.meta.namespace = key.namespace.into(),
+            Object::Pod(o) => o.meta.namespace = key.namespace.into(),
+            other => {
+                if let Some(meta) = other.api_metadata_mut() {
+                    meta.namespace = Some(key.namespace);
+                }
+            }
         }
     }
 }
@@ -204,10 +241,11 @@ impl Object {
                 }),
             })),
             // The other kinds hold only what the model reads but for their
-            // metadata (Pods and EndpointSlices from the start).
+            // metadata (the compact kinds from the start).
             mut object => {
-                let metadata = object.metadata_mut();
-                *metadata = meta(std::mem::take(metadata));
+                if let Some(metadata) = object.api_metadata_mut() {
+                    *metadata = meta(std::mem::take(metadata));
+                }
                 object
             }
         }
@@ -223,7 +261,13 @@ macro_rules! from_type {
         }
     )*};
 }
-from_type!(Service, Endpoints, Namespace, Node, NetworkPolicy);
+from_type!(Endpoints, Namespace, Node, NetworkPolicy);
+
+impl From<Service> for Object {
+    fn from(o: Service) -> Self {
+        Object::Service(Box::new(o.into()))
+    }
+}
 
 impl From<Pod> for Object {
     fn from(o: Pod) -> Self {
@@ -345,15 +389,21 @@ spec:
         // And what goes is gone.
         for o in trimmed.of_kind(Kind::Pod).map(|(_, e)| &e.object) {
             let Object::Pod(p) = o else { unreachable!() };
-            assert!(p.metadata.managed_fields.is_none() && p.metadata.uid.is_none());
+            assert_eq!(
+                &*p.meta.namespace,
+                if &*p.meta.name == "client" {
+                    "front"
+                } else {
+                    "shop"
+                }
+            );
         }
-        let Some(Object::Service(s)) = trimmed
-            .get(&ObjectKey::new(Kind::Service, "shop", "web"))
+        let Some(Object::NetworkPolicy(p)) = trimmed
+            .get(&ObjectKey::new(Kind::NetworkPolicy, "shop", "web"))
             .map(|e| &e.object)
         else {
-            panic!("service");
+            panic!("policy");
         };
-        let annotations = s.metadata.annotations.as_ref().expect("annotations");
-        assert_eq!(annotations.keys().collect::<Vec<_>>(), ["weir.dev/lb-algorithm"]);
+        assert!(p.metadata.annotations.is_none(), "not one the model reads");
     }
 }

@@ -7,19 +7,21 @@
 //! The API's `Pod` is 2,248 bytes inline and each `Container` 2,144, whatever
 //! they hold; the model keeps the few fields the compilers read.
 
-use k8s_openapi::{api::core::v1::Pod, apimachinery::pkg::apis::meta::v1::ObjectMeta};
+use k8s_openapi::api::core::v1::Pod;
 
 use crate::{
     labels::Labels,
     net::{Protocol, port_number},
+    object::Meta,
 };
 
 /// What the model keeps of a Pod.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PodFacts {
-    /// Without its labels: those are [`PodFacts::labels`].
-    pub metadata: ObjectMeta,
+    pub meta: Meta,
     labels: Labels,
+    /// `metadata.deletionTimestamp` is set: the pod is being deleted.
+    terminating: bool,
     /// `spec.nodeName`.
     node_name: Option<String>,
     /// `spec.hostNetwork`.
@@ -54,10 +56,11 @@ impl From<Pod> for PodFacts {
             .flat_map(|c| c.ports.into_iter().flatten())
             .filter_map(|p| Some((p.name?, Protocol::parse(p.protocol.as_deref()), p.container_port)))
             .collect();
-        let mut metadata = pod.metadata;
+        let metadata = pod.metadata;
         Self {
-            labels: metadata.labels.take().map(Labels::from).unwrap_or_default(),
-            metadata,
+            meta: Meta::of(&metadata),
+            labels: metadata.labels.map(Labels::from).unwrap_or_default(),
+            terminating: metadata.deletion_timestamp.is_some(),
             node_name: spec.node_name,
             host_network: spec.host_network == Some(true),
             phase: status.phase,
@@ -103,6 +106,11 @@ pub(crate) fn primary_address_text(pod: &PodFacts) -> Option<&str> {
 /// policies count it.
 pub(crate) fn is_finished(pod: &PodFacts) -> bool {
     matches!(pod.phase.as_deref(), Some("Succeeded" | "Failed"))
+}
+
+/// Whether the pod is being deleted (`metadata.deletionTimestamp` is set).
+pub(crate) fn is_terminating(pod: &PodFacts) -> bool {
+    pod.terminating
 }
 
 /// Whether the pod runs in the host's network namespace (its address is the node's).

@@ -18,18 +18,14 @@ use std::{
     sync::{Arc, Mutex, PoisonError},
 };
 
-use k8s_openapi::{
-    api::discovery::v1::{EndpointPort, EndpointSlice},
-    apimachinery::pkg::apis::meta::v1::ObjectMeta,
-};
+use k8s_openapi::api::discovery::v1::{EndpointPort, EndpointSlice};
 
-use crate::{endpoints::LABEL_SERVICE_NAME, net::parse_ip};
+use crate::{endpoints::LABEL_SERVICE_NAME, net::parse_ip, object::Meta};
 
 /// What the model keeps of an EndpointSlice.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SliceFacts {
-    /// The name and namespace only.
-    pub metadata: ObjectMeta,
+    pub meta: Meta,
     /// The Service it belongs to: its `kubernetes.io/service-name` label.
     service: Option<Box<str>>,
     /// `IPv4`, `IPv6` or `FQDN` (or anything a hand-written slice says).
@@ -70,11 +66,7 @@ impl From<EndpointSlice> for SliceFacts {
                 .as_ref()
                 .and_then(|l| l.get(LABEL_SERVICE_NAME))
                 .map(|s| s.as_str().into()),
-            metadata: ObjectMeta {
-                name: meta.name,
-                namespace: meta.namespace,
-                ..ObjectMeta::default()
-            },
+            meta: Meta::of(&meta),
             address_type: slice.address_type,
             ports,
             endpoints: slice

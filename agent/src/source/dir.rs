@@ -57,8 +57,10 @@ pub struct DirSource {
     pending: BTreeMap<String, FileStamp>,
     /// The last read error of each file that has one, warned about once.
     unreadable: BTreeMap<String, String>,
-    /// The files defining each object.
-    definers: BTreeMap<ObjectKey, BTreeSet<String>>,
+    /// The files defining each object, in name order: the last one's
+    /// definition is in force. Mostly one: a vector of shared names, not a
+    /// set (a `BTreeSet` allocates a 280-byte node for its first entry).
+    definers: BTreeMap<ObjectKey, Vec<Arc<str>>>,
     model: Model,
     /// The first complete read has been returned.
     started: bool,
@@ -72,8 +74,13 @@ pub struct DirSource {
 
 struct ParsedFile {
     stamp: FileStamp,
-    /// By key (a key twice in one file: the later document wins).
-    objects: BTreeMap<ObjectKey, Object>,
+    /// The keys of the objects it defines.
+    keys: Box<[ObjectKey]>,
+    /// Its definitions the model does not hold, by key: those another file's
+    /// overrides, and all of a file just read until [`DirSource::settle`]
+    /// has taken them. The model holds the definition in force of every
+    /// key, so that one is not kept twice.
+    held: BTreeMap<ObjectKey, Object>,
 }
 
 /// What tells us a file changed without reading it.
@@ -290,9 +297,9 @@ impl DirSource {
     /// [`Self::settle`]).
     fn forget(&mut self, name: &str, touched: &mut BTreeSet<ObjectKey>) {
         if let Some(file) = self.parsed.remove(name) {
-            for key in file.objects.into_keys() {
+            for key in file.keys {
                 if let Some(files) = self.definers.get_mut(&key) {
-                    files.remove(name);
+                    files.retain(|f| **f != *name);
                 }
                 touched.insert(key);
             }
@@ -320,9 +327,12 @@ impl DirSource {
         self.unreadable.remove(&name);
         problems.extend(file_problems);
         self.forget(&name, touched);
+        let file: Arc<str> = name.as_str().into();
         for key in objects.keys() {
             let files = self.definers.entry(key.clone()).or_default();
-            files.insert(name.clone());
+            if let Err(at) = files.binary_search(&file) {
+                files.insert(at, file.clone());
+            }
             if files.len() > 1 {
                 warn!(object = %key, files = ?files, "object defined in several files: the last one's definition wins");
             }
@@ -332,7 +342,8 @@ impl DirSource {
             name,
             ParsedFile {
                 stamp: done.stamp,
-                objects,
+                keys: objects.keys().cloned().collect(),
+                held: objects,
             },
         );
     }
@@ -350,13 +361,28 @@ impl DirSource {
                 }
                 continue;
             };
-            let Some(object) = self.parsed.get(&winner).and_then(|f| f.objects.get(&key)) else {
+            // Not held: the model has the winner's definition already (its
+            // file was not read again).
+            let Some(object) = self.parsed.get_mut(&*winner).and_then(|f| f.held.remove(&key)) else {
                 continue;
             };
             let entry = self.model.get(&key);
-            if entry.is_none_or(|e| *e.origin != *winner || e.object != *object) {
-                self.model.upsert(object.clone(), &winner);
-                changed.insert(key);
+            if entry.is_some_and(|e| *e.origin == *winner && e.object == object) {
+                continue;
+            }
+            let overridden = entry.map(|e| e.origin.clone()).filter(|o| *o != winner);
+            let old = self.model.upsert(object, &winner);
+            changed.insert(key.clone());
+            // The definition it replaces is still another file's: that file
+            // holds it again, in force should the winner drop the key.
+            if let (Some(origin), Some(old)) = (overridden, old)
+                && self
+                    .definers
+                    .get(&key)
+                    .is_some_and(|files| files.contains(&origin))
+                && let Some(file) = self.parsed.get_mut(&*origin)
+            {
+                file.held.entry(key).or_insert(old);
             }
         }
         changed
@@ -579,21 +605,42 @@ mod tests {
                 .services()
                 .find(|(k, _, _)| k.name == "x")
                 .expect("x");
-            (
-                svc.spec
-                    .as_ref()
-                    .and_then(|s| s.cluster_ip.clone())
-                    .unwrap_or_default(),
-                origin.to_owned(),
-            )
+            (svc.cluster_ips()[0].to_string(), origin.to_owned())
         };
         assert_eq!(cluster_ip(&source), ("10.96.0.9".to_owned(), "b.yaml".to_owned()));
+
+        // The overridden definition changes: nothing in force does.
+        fs::write(
+            dir.0.join("a.yaml"),
+            two("10.96.0.4").replace("10.96.0.1", "10.96.0.5"),
+        )
+        .expect("write");
+        let changes = until(&mut source, |c| !c.objects.is_empty());
+        let names: Vec<_> = changes.objects.iter().map(|k| k.name.as_str()).collect();
+        assert_eq!(names, ["y"], "x is still b.yaml's");
+        assert_eq!(cluster_ip(&source), ("10.96.0.9".to_owned(), "b.yaml".to_owned()));
+
+        // The winner goes: the earlier file's latest definition is in force.
         fs::remove_file(dir.0.join("b.yaml")).expect("rm");
         source
             .next(Duration::from_secs(1))
             .expect("scan")
             .expect("changed");
-        assert_eq!(cluster_ip(&source), ("10.96.0.1".to_owned(), "a.yaml".to_owned()));
+        assert_eq!(cluster_ip(&source), ("10.96.0.5".to_owned(), "a.yaml".to_owned()));
+
+        // A later file takes x, then drops it from its content: a.yaml's again.
+        fs::write(
+            dir.0.join("c.yaml"),
+            service("x").replace("10.96.0.1", "10.96.0.7"),
+        )
+        .expect("write");
+        until(&mut source, |c| !c.objects.is_empty());
+        assert_eq!(cluster_ip(&source), ("10.96.0.7".to_owned(), "c.yaml".to_owned()));
+        fs::write(dir.0.join("c.yaml"), service("z")).expect("write");
+        let changes = until(&mut source, |c| c.objects.len() >= 2);
+        let names: Vec<_> = changes.objects.iter().map(|k| k.name.as_str()).collect();
+        assert_eq!(names, ["x", "z"]);
+        assert_eq!(cluster_ip(&source), ("10.96.0.5".to_owned(), "a.yaml".to_owned()));
     }
 
     #[test]

@@ -26,13 +26,13 @@ pub fn selects(selector: &LabelSelector, labels: &(impl LabelSet + ?Sized)) -> b
 
 /// Whether `labels` carry every pair of `required` (an empty map matches
 /// everything): `matchLabels`, and a Service's `selector`.
-pub(crate) fn matches_labels<'a, L: LabelSet + ?Sized>(
-    required: impl IntoIterator<Item = (&'a String, &'a String)>,
+pub(crate) fn matches_labels<K: AsRef<str>, V: AsRef<str>, L: LabelSet + ?Sized>(
+    required: impl IntoIterator<Item = (K, V)>,
     labels: Option<&L>,
 ) -> bool {
     required
         .into_iter()
-        .all(|(k, v)| labels.and_then(|l| l.label(k)) == Some(v.as_str()))
+        .all(|(k, v)| labels.and_then(|l| l.label(k.as_ref())) == Some(v.as_ref()))
 }
 
 #[cfg(test)]

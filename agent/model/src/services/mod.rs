@@ -5,7 +5,7 @@
 mod incremental;
 
 pub(crate) use self::incremental::packed;
-mod validate;
+pub(crate) mod validate;
 mod view;
 
 #[cfg(test)]
@@ -24,7 +24,7 @@ use weir_common::{
     ServiceKey, ServiceValue,
 };
 
-use self::validate::{ServiceType, ValidPort, ValidService, validate};
+use self::validate::{ServiceType, ValidPort, ValidService};
 pub use self::{
     incremental::{Changed, HealthCheck, ServiceCompiler, Touched},
     validate::{
@@ -41,6 +41,7 @@ use crate::{
     net::{Family, from_abi, to_abi},
     object::ObjectKey,
     problem::{Problem, ProblemReason},
+    service::ServiceFacts,
     topology::{cluster_endpoints, is_usable, local_endpoints},
 };
 
@@ -155,7 +156,7 @@ pub(crate) fn compile_service(
     maglev_size_reported: &mut bool,
     model: &Model,
     key: &ObjectKey,
-    service: &k8s_openapi::api::core::v1::Service,
+    service: &ServiceFacts,
     origin: &str,
 ) -> Fragment {
     let mut compiler = Compiler {
@@ -222,22 +223,14 @@ impl Compiler<'_> {
         });
     }
 
-    fn service(
-        &mut self,
-        model: &Model,
-        key: &ObjectKey,
-        service: &k8s_openapi::api::core::v1::Service,
-        origin: &str,
-    ) {
-        let mut warnings = Vec::new();
-        let valid = validate(service, &mut warnings);
-        for warning in warnings {
-            self.problem(origin, key, warning);
+    fn service(&mut self, model: &Model, key: &ObjectKey, service: &ServiceFacts, origin: &str) {
+        for warning in &service.warnings {
+            self.problem(origin, key, warning.clone());
         }
-        let valid = match valid {
+        let valid = match &service.checked {
             Ok(Some(valid)) => valid,
             Ok(None) => return,
-            Err(reason) => return self.problem(origin, key, reason),
+            Err(reason) => return self.problem(origin, key, reason.clone()),
         };
         let source = EndpointSource::for_service(model, &key.namespace, &key.name, service);
         self.from_pods = source.kind() == crate::endpoints::EndpointSourceKind::Pods;
@@ -266,10 +259,10 @@ impl Compiler<'_> {
         let families: BTreeSet<Family> = valid.cluster_ips.iter().map(|ip| Family::of(*ip)).collect();
         for port in &valid.ports {
             for &family in &families {
-                let endpoints = source.endpoints(&port.spec, family, &self.node.node_name);
+                let endpoints = source.endpoints(&port.spec(), family, &self.node.node_name);
                 let mut scope = PortScope {
                     service: &name,
-                    port_name: port.spec.name,
+                    port_name: &port.name,
                     usable: endpoints.iter().filter(|e| is_usable(e)).collect(),
                     backend_ids: BTreeMap::new(),
                     common_flags,
@@ -280,7 +273,7 @@ impl Compiler<'_> {
                 self.backends(origin, key, port, &mut scope);
                 let cluster = cluster_endpoints(&endpoints);
                 let local = local_endpoints(&endpoints, &self.node.node_name);
-                for mut frontend in frontends(&valid, port, family, self.node) {
+                for mut frontend in frontends(valid, port, family, self.node) {
                     let (slots, local_policy) = match (frontend.kind, frontend.scope) {
                         (FrontendKind::ClusterIP, _) if valid.internal_local => (&local, true),
                         (FrontendKind::ClusterIP, _) | (_, SCOPE_INTERNAL) => (&cluster, false),
@@ -302,7 +295,7 @@ impl Compiler<'_> {
     /// One backend entry per usable endpoint. A backend shared by several Services
     /// (same address, port and protocol) is one entry; it is active if any of them
     /// sees it ready.
-    fn backends(&mut self, origin: &str, key: &ObjectKey, port: &ValidPort<'_>, scope: &mut PortScope<'_>) {
+    fn backends(&mut self, origin: &str, key: &ObjectKey, port: &ValidPort, scope: &mut PortScope<'_>) {
         for endpoint in &scope.usable {
             let (addr, family) = to_abi(endpoint.addr);
             let state = if endpoint.ready {
@@ -313,7 +306,7 @@ impl Compiler<'_> {
             let backend = Backend {
                 addr,
                 port: endpoint.port.to_be(),
-                proto: port.spec.protocol.ipproto(),
+                proto: port.protocol.ipproto(),
                 family,
                 state,
                 _pad: [0; 3],
@@ -337,12 +330,12 @@ impl Compiler<'_> {
         &mut self,
         origin: &str,
         key: &ObjectKey,
-        port: &ValidPort<'_>,
+        port: &ValidPort,
         scope: &PortScope<'_>,
         frontend: &Frontend,
         slots: &[&Endpoint],
     ) {
-        let protocol = port.spec.protocol;
+        let protocol = port.protocol;
         let flags = frontend.flags | scope.common_flags;
         let (addr, family) = to_abi(frontend.ip);
         let head = ServiceKey {
@@ -468,12 +461,7 @@ impl Compiler<'_> {
 /// a second, scope-internal entry (Cilium's two-scope scheme), flagged
 /// [`SVC_F_TWO_SCOPES`] on the external one. Addresses of a family the Service has
 /// no cluster IP in are ignored, as kube-proxy's per-family proxiers do.
-fn frontends(
-    valid: &ValidService<'_>,
-    port: &ValidPort<'_>,
-    family: Family,
-    node: &NodeContext,
-) -> Vec<Frontend> {
+fn frontends(valid: &ValidService, port: &ValidPort, family: Family, node: &NodeContext) -> Vec<Frontend> {
     let common = |kind, ip, port, scope, flags| Frontend {
         kind,
         ip,
@@ -488,7 +476,7 @@ fn frontends(
         out.push(common(
             FrontendKind::ClusterIP,
             *ip,
-            port.spec.port,
+            port.port,
             SCOPE_EXTERNAL,
             cluster_flags,
         ));
@@ -503,10 +491,10 @@ fn frontends(
         }
     }
     for ip in valid.external_ips.iter().filter(in_family) {
-        external.push((FrontendKind::ExternalIP, *ip, port.spec.port, 0));
+        external.push((FrontendKind::ExternalIP, *ip, port.port, 0));
     }
     for ip in valid.load_balancer_ips.iter().filter(in_family) {
-        external.push((FrontendKind::LoadBalancer, *ip, port.spec.port, 0));
+        external.push((FrontendKind::LoadBalancer, *ip, port.port, 0));
     }
     for (kind, ip, port, flags) in external {
         if valid.external_local {

@@ -603,10 +603,8 @@ fn selector_service_derives_endpoints_from_pods() {
 #[test]
 fn terminating_pods_serve_when_nothing_is_ready() {
     let only_terminating = api_pods().into_iter().filter(|pod| {
-        matches!(
-            pod.metadata().name.as_deref(),
-            Some("api-terminating" | "api-not-ready")
-        )
+        let (name, _) = pod.names();
+        matches!(name, "api-terminating" | "api-not-ready")
     });
     let d = compile(one(api_service()).into_iter().chain(only_terminating));
     assert_eq!(slots(&d, "10.96.9.9:80/TCP"), ["10.244.0.23:8080"]);

@@ -32,28 +32,58 @@ pub(crate) enum ServiceType {
     LoadBalancer,
 }
 
+/// A Service port, checked. Owned: the model keeps it in place of the API's
+/// `ServicePort` (see `ServiceFacts`).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct ValidPort<'a> {
-    pub spec: PortSpec<'a>,
+pub(crate) struct ValidPort {
+    /// `""` when absent: a single-port Service may leave its port unnamed.
+    pub name: Box<str>,
+    pub protocol: Protocol,
+    pub port: u16,
+    target: TargetPort,
     pub node_port: Option<u16>,
 }
 
+/// [`Target`], owned.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct ValidService<'a> {
+enum TargetPort {
+    Number(u16),
+    Name(Box<str>),
+}
+
+impl ValidPort {
+    /// The port as endpoint lookup reads it.
+    pub fn spec(&self) -> PortSpec<'_> {
+        PortSpec {
+            name: &self.name,
+            protocol: self.protocol,
+            port: self.port,
+            target: match &self.target {
+                TargetPort::Number(n) => Target::Number(*n),
+                TargetPort::Name(name) => Target::Name(name),
+            },
+        }
+    }
+}
+
+/// A Service the compiler implements, checked and defaulted. Boxed slices, not
+/// vectors: the model keeps one per Service, sized to fit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ValidService {
     pub service_type: ServiceType,
-    pub cluster_ips: Vec<IpAddr>,
-    pub ports: Vec<ValidPort<'a>>,
+    pub cluster_ips: Box<[IpAddr]>,
+    pub ports: Box<[ValidPort]>,
     /// `Some(timeout)` for `sessionAffinity: ClientIP`.
     pub affinity_timeout: Option<u32>,
     pub internal_local: bool,
     /// externalTrafficPolicy Local; only meaningful for NodePort and LoadBalancer
     /// Services (kube-proxy's `ExternalPolicyLocal`).
     pub external_local: bool,
-    pub external_ips: Vec<IpAddr>,
+    pub external_ips: Box<[IpAddr]>,
     /// `status.loadBalancer.ingress[].ip` of LoadBalancer Services, except those
     /// with `ipMode: Proxy` (KEP-1860: the load balancer proxies, the node must not
     /// short-circuit the address).
-    pub load_balancer_ips: Vec<IpAddr>,
+    pub load_balancer_ips: Box<[IpAddr]>,
     /// `Some(true)`/`Some(false)` when the annotation chooses, `None` for the default.
     pub maglev: Option<bool>,
     pub health_check_node_port: Option<u16>,
@@ -62,10 +92,10 @@ pub(crate) struct ValidService<'a> {
 /// `Ok(None)`: a Service this proxy does not implement (ExternalName, headless,
 /// another proxy's). `Ok(Some(_))`: one to compile. `Err`: an invalid Service.
 /// Non-fatal findings (an unknown annotation value) go to `warnings`.
-pub(crate) fn validate<'a>(
-    service: &'a Service,
+pub(crate) fn validate(
+    service: &Service,
     warnings: &mut Vec<ProblemReason>,
-) -> Result<Option<ValidService<'a>>, ProblemReason> {
+) -> Result<Option<ValidService>, ProblemReason> {
     let labels = service.metadata.labels.as_ref();
     if labels.is_some_and(|l| l.contains_key(LABEL_SERVICE_PROXY_NAME) || l.contains_key(LABEL_HEADLESS)) {
         return Ok(None);
@@ -101,10 +131,12 @@ pub(crate) fn validate<'a>(
     }
     let cluster_ips = parse_ips(&raw_ips, "spec.clusterIPs")?;
 
-    let mut ports = Vec::new();
-    for port in spec.ports.iter().flatten() {
-        ports.push(validate_port(port)?);
-    }
+    let ports = spec
+        .ports
+        .iter()
+        .flatten()
+        .map(validate_port)
+        .collect::<Result<Box<[_]>, _>>()?;
 
     let affinity_timeout = match spec.session_affinity.as_deref() {
         None | Some("None") => None,
@@ -178,13 +210,13 @@ pub(crate) fn validate<'a>(
 
     Ok(Some(ValidService {
         service_type,
-        cluster_ips,
+        cluster_ips: cluster_ips.into(),
         ports,
         affinity_timeout,
         internal_local,
         external_local,
-        external_ips,
-        load_balancer_ips,
+        external_ips: external_ips.into(),
+        load_balancer_ips: load_balancer_ips.into(),
         maglev,
         health_check_node_port,
     }))
@@ -212,7 +244,7 @@ fn is_local_policy(value: Option<&str>, field: &'static str) -> Result<bool, Pro
     }
 }
 
-fn validate_port(port: &ServicePort) -> Result<ValidPort<'_>, ProblemReason> {
+fn validate_port(port: &ServicePort) -> Result<ValidPort, ProblemReason> {
     let name = port.name.as_deref().unwrap_or_default();
     let out_of_range = |field: &'static str, value: i64| ProblemReason::PortOutOfRange {
         port_name: name.to_owned(),
@@ -234,11 +266,12 @@ fn validate_port(port: &ServicePort) -> Result<ValidPort<'_>, ProblemReason> {
         Some(n) => Some(u16::try_from(n).map_err(|_| out_of_range("nodePort", n.into()))?),
     };
     Ok(ValidPort {
-        spec: PortSpec {
-            name,
-            protocol,
-            port: number,
-            target,
+        name: name.into(),
+        protocol,
+        port: number,
+        target: match target {
+            Target::Number(n) => TargetPort::Number(n),
+            Target::Name(name) => TargetPort::Name(name.into()),
         },
         node_port,
     })
