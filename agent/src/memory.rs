@@ -50,7 +50,7 @@ pub fn release_if_shrunk() {
 }
 
 /// Returns the allocator's free pages to the kernel; cheap enough after a full
-/// compile, pointless more often.
+/// compile, pointless more often. Logs what the heap holds afterwards.
 pub fn release_free() {
     DELETED.store(0, Relaxed);
     #[cfg(target_env = "gnu")]
@@ -58,4 +58,40 @@ pub fn release_free() {
     unsafe {
         libc::malloc_trim(0);
     }
+    if let Some(heap) = heap() {
+        tracing::info!(
+            in_use_kib = heap.in_use >> 10,
+            free_kib = heap.free >> 10,
+            mapped_kib = heap.mapped >> 10,
+            "heap after giving memory back"
+        );
+    }
+}
+
+/// What glibc's allocator holds, in bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct Heap {
+    /// Allocated and live.
+    pub in_use: usize,
+    /// Free chunks within the heap: freed memory between live allocations,
+    /// resident until reused unless whole pages of it were given back.
+    pub free: usize,
+    /// Large allocations served by `mmap` (given back whole when freed).
+    pub mapped: usize,
+}
+
+/// The allocator's figures (`mallinfo2`); `None` where the allocator is not glibc's.
+pub fn heap() -> Option<Heap> {
+    #[cfg(target_env = "gnu")]
+    {
+        // SAFETY: mallinfo2 only reads the allocator's own statistics.
+        let info = unsafe { libc::mallinfo2() };
+        Some(Heap {
+            in_use: info.uordblks,
+            free: info.fordblks,
+            mapped: info.hblkhd,
+        })
+    }
+    #[cfg(not(target_env = "gnu"))]
+    None
 }

@@ -89,6 +89,16 @@ fn measure(variant: Variant, services: usize, pods: usize) -> (u64, u64, Duratio
     let ready = started.elapsed();
     std::thread::sleep(Duration::from_secs(2));
     let (rss, hwm) = agent.rss_kib();
+    // The allocator's own figures: live heap, free chunks kept between live
+    // ones (fragmentation), large blocks mapped.
+    let log = agent.log_text();
+    if let Some(line) = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("heap after giving memory back"))
+    {
+        println!("  {variant:?}: {}", line.trim());
+    }
     // Then the cluster shrinks to nothing but its Node: every Service,
     // EndpointSlice, Pod and Namespace removed.
     let mut emptied = rss;

@@ -42,6 +42,8 @@ struct Counting;
 
 static BYTES: AtomicIsize = AtomicIsize::new(0);
 static BLOCKS: AtomicIsize = AtomicIsize::new(0);
+/// The most `BYTES` has been since the current stage began.
+static PEAK: AtomicIsize = AtomicIsize::new(0);
 /// Live allocations by size (the last counts every larger one).
 static SIZES: [AtomicIsize; 1025] = [const { AtomicIsize::new(0) }; 1025];
 
@@ -53,7 +55,8 @@ fn by_size(size: usize, delta: isize) {
 // only observe.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        BYTES.fetch_add(layout.size() as isize, Relaxed);
+        let size = layout.size() as isize;
+        PEAK.fetch_max(BYTES.fetch_add(size, Relaxed) + size, Relaxed);
         BLOCKS.fetch_add(1, Relaxed);
         by_size(layout.size(), 1);
         // SAFETY: the caller's layout, as `GlobalAlloc::alloc` requires.
@@ -69,7 +72,8 @@ unsafe impl GlobalAlloc for Counting {
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        BYTES.fetch_add(new_size as isize - layout.size() as isize, Relaxed);
+        let grow = new_size as isize - layout.size() as isize;
+        PEAK.fetch_max(BYTES.fetch_add(grow, Relaxed) + grow, Relaxed);
         by_size(layout.size(), -1);
         by_size(new_size, 1);
         // SAFETY: as in `alloc` and `dealloc`.
@@ -172,12 +176,16 @@ fn main() {
     let services = env_or("WEIR_BENCH_SERVICES", 10_000);
     let pods = env_or("WEIR_BENCH_PODS", 10_000);
     let node = "node-a";
-    let mut rows: Vec<(&str, Live)> = Vec::new();
+    // Each stage: what it keeps, and the most it held above its start
+    // (its temporary memory too: what the RSS's high-water mark sees).
+    let mut rows: Vec<(&str, Live, isize)> = Vec::new();
     let mut mark = live();
+    PEAK.store(mark.bytes, Relaxed);
     let mut stage = |name: &'static str, rows: &mut Vec<_>| {
         let now = live();
-        rows.push((name, now.since(&mark)));
+        rows.push((name, now.since(&mark), PEAK.load(Relaxed) - mark.bytes));
         mark = now;
+        PEAK.store(mark.bytes, Relaxed);
     };
 
     // 1. The model, kind by kind (each file parsed as the directory source
@@ -232,24 +240,25 @@ fn main() {
         "### The agent's heap, stage by stage: {services} Services x 10 endpoints, {pods} Pods ({written} map entries)\n"
     );
     println!(
-        "| stage | heap kept (MiB) | allocations | at glibc's 32-byte minimum chunk (MiB) | per Service (bytes) | largest shares |"
+        "| stage | heap kept (MiB) | peak above the stage's start (MiB) | allocations | at glibc's 32-byte minimum chunk (MiB) | per Service (bytes) | largest shares |"
     );
-    println!("| --- | ---: | ---: | ---: | ---: | --- |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | --- |");
     let mib = |b: isize| b as f64 / (1024.0 * 1024.0);
     let mut total = (0, 0);
-    for (name, stage) in &rows {
+    for (name, stage, peak) in &rows {
         let (bytes, blocks) = (stage.bytes, stage.blocks);
         total = (total.0 + bytes, total.1 + blocks);
         println!(
-            "| {name} | {:.1} | {blocks} | {:.1} | {} | {} |",
+            "| {name} | {:.1} | {:.1} | {blocks} | {:.1} | {} | {} |",
             mib(bytes),
+            mib(*peak),
             mib(bytes + blocks * 16),
             bytes / services.max(1) as isize,
             stage.largest()
         );
     }
     println!(
-        "| **all** | **{:.1}** | {} | {:.1} | {} | |",
+        "| **all** | **{:.1}** | | {} | {:.1} | {} | |",
         mib(total.0),
         total.1,
         mib(total.0 + total.1 * 16),

@@ -198,19 +198,20 @@ fn from_slice(
     set: &mut EndpointSet,
 ) {
     // FQDN slices (and unknown address types) carry no IP to forward to.
-    if Family::from_address_type(&slice.address_type) != Some(family) {
+    if slice.family != Some(family) {
         return;
     }
     // The slice port for a service port is the one with the same name and protocol.
     // kube-proxy ignores a slice port without a name; we read an absent name as ""
     // (what the controllers write for an unnamed port) to accept hand-written slices.
-    let Some(port) = slice.ports.iter().find(|p| {
-        p.name.as_deref().unwrap_or_default() == want.name
-            && Protocol::parse(p.protocol.as_deref()) == Some(want.protocol)
-    }) else {
+    let Some(port) = slice
+        .ports
+        .iter()
+        .find(|p| *p.name == *want.name && p.protocol == Some(want.protocol))
+    else {
         return;
     };
-    let Some(port) = port.port.and_then(port_number) else {
+    let Some(port) = port.port else {
         return;
     };
     for endpoint in &slice.endpoints {

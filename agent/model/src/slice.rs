@@ -20,7 +20,11 @@ use std::{
 
 use k8s_openapi::api::discovery::v1::{EndpointPort, EndpointSlice};
 
-use crate::{endpoints::LABEL_SERVICE_NAME, net::parse_ip, object::Meta};
+use crate::{
+    endpoints::LABEL_SERVICE_NAME,
+    net::{Family, Protocol, parse_ip, port_number},
+    object::Meta,
+};
 
 /// What the model keeps of an EndpointSlice.
 #[derive(Clone, Debug, PartialEq)]
@@ -28,9 +32,11 @@ pub struct SliceFacts {
     pub meta: Meta,
     /// The Service it belongs to: its `kubernetes.io/service-name` label.
     service: Option<Box<str>>,
-    /// `IPv4`, `IPv6` or `FQDN` (or anything a hand-written slice says).
-    pub address_type: String,
-    pub ports: Vec<EndpointPort>,
+    /// From `addressType`: `IPv4` or `IPv6`; `None` for `FQDN` (or anything
+    /// else a hand-written slice says), whose endpoints carry no address to
+    /// forward to.
+    pub family: Option<Family>,
+    pub ports: Box<[SlicePort]>,
     pub endpoints: Box<[SliceEndpoint]>,
 }
 
@@ -55,10 +61,29 @@ pub struct SliceEndpoint {
     pub node_name: Option<Arc<str>>,
 }
 
+/// A port of a slice, as endpoint lookup matches it to a Service port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlicePort {
+    /// `""` when absent (what the controllers write for an unnamed port).
+    pub name: Box<str>,
+    /// `None`: a protocol no Service port has.
+    pub protocol: Option<Protocol>,
+    /// `None`: absent or out of range.
+    pub port: Option<u16>,
+}
+
+impl From<EndpointPort> for SlicePort {
+    fn from(port: EndpointPort) -> Self {
+        Self {
+            name: port.name.unwrap_or_default().into(),
+            protocol: Protocol::parse(port.protocol.as_deref()),
+            port: port.port.and_then(port_number),
+        }
+    }
+}
+
 impl From<EndpointSlice> for SliceFacts {
     fn from(slice: EndpointSlice) -> Self {
-        let mut ports = slice.ports.unwrap_or_default();
-        ports.shrink_to_fit();
         let meta = slice.metadata;
         Self {
             service: meta
@@ -67,8 +92,8 @@ impl From<EndpointSlice> for SliceFacts {
                 .and_then(|l| l.get(LABEL_SERVICE_NAME))
                 .map(|s| s.as_str().into()),
             meta: Meta::of(&meta),
-            address_type: slice.address_type,
-            ports,
+            family: Family::from_address_type(&slice.address_type),
+            ports: slice.ports.into_iter().flatten().map(SlicePort::from).collect(),
             endpoints: slice
                 .endpoints
                 .into_iter()

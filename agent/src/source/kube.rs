@@ -115,13 +115,23 @@ enum Update {
     Error(Kind, String),
 }
 
+/// A list of one kind under way.
+#[derive(Default)]
+struct Listing {
+    /// Objects listed so far.
+    objects: usize,
+    /// Their keys, where the model held objects of the kind when the list
+    /// began (a relist): those it does not list are gone at its end.
+    seen: Option<BTreeSet<ObjectKey>>,
+}
+
 pub struct KubeSource {
     model: Model,
     updates: Receiver<Update>,
     /// Kinds listed whole at least once.
     listed: BTreeSet<Kind>,
-    /// Per kind being relisted, the objects listed so far.
-    relisting: BTreeMap<Kind, BTreeSet<ObjectKey>>,
+    /// The kinds being listed.
+    relisting: BTreeMap<Kind, Listing>,
     /// The last error of each kind that has one (reported once per distinct
     /// error, cleared when the kind is listed again).
     failing: BTreeMap<Kind, String>,
@@ -223,12 +233,23 @@ impl KubeSource {
     fn apply(&mut self, update: Update, changes: &mut Changes) {
         match update {
             Update::Init(kind) => {
-                self.relisting.insert(kind, BTreeSet::new());
+                // A first list has nothing to delete: no record of its keys
+                // (copies of 200,000 keys, freed at its end, left holes
+                // between the objects kept with them).
+                let relist = self.model.of_kind(kind).next().is_some();
+                let listing = Listing {
+                    objects: 0,
+                    seen: relist.then(BTreeSet::new),
+                };
+                self.relisting.insert(kind, listing);
             }
             Update::Apply(object, initial) => {
                 let key = object.key();
-                if initial && let Some(seen) = self.relisting.get_mut(&key.kind) {
-                    seen.insert(key.clone());
+                if initial && let Some(listing) = self.relisting.get_mut(&key.kind) {
+                    listing.objects += 1;
+                    if let Some(seen) = &mut listing.seen {
+                        seen.insert(key.clone());
+                    }
                 }
                 if self.model.get(&key).is_none_or(|e| e.object != object) {
                     self.model.upsert(object, "kube");
@@ -241,19 +262,23 @@ impl KubeSource {
                 }
             }
             Update::InitDone(kind) => {
-                let seen = self.relisting.remove(&kind).unwrap_or_default();
-                let gone: Vec<ObjectKey> = self
-                    .model
-                    .of_kind(kind)
-                    .map(|(k, _)| k.clone())
-                    .filter(|k| !seen.contains(k))
-                    .collect();
+                let listing = self.relisting.remove(&kind).unwrap_or_default();
+                let gone: Vec<ObjectKey> = match &listing.seen {
+                    Some(seen) => self
+                        .model
+                        .of_kind(kind)
+                        .map(|(k, _)| k)
+                        .filter(|k| !seen.contains(*k))
+                        .cloned()
+                        .collect(),
+                    None => Vec::new(),
+                };
                 for key in gone {
                     self.model.remove(&key);
                     changes.objects.insert(key);
                 }
                 if self.listed.insert(kind) {
-                    info!(kind = %kind, objects = seen.len(), "listed whole");
+                    info!(kind = %kind, objects = listing.objects, "listed whole");
                 }
                 if self.failing.remove(&kind).is_some() {
                     info!(kind = %kind, "reading again");

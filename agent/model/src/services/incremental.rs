@@ -241,11 +241,12 @@ impl ServiceCompiler {
             })
             .collect();
         let mut problems = Vec::new();
-        let keys: Vec<ObjectKey> = model.services().map(|(key, _, _)| key.clone()).collect();
-        for key in keys {
-            if let Some(mut fragment) = self.compile(model, &key) {
+        // No list of the keys first: copies of 100,000 keys freed at the end
+        // would leave holes between the entries built meanwhile.
+        for (key, _, _) in model.services() {
+            if let Some(mut fragment) = self.compile(model, key) {
                 problems.append(&mut fragment.problems);
-                self.insert(key, fragment);
+                self.insert(key.clone(), fragment);
             }
         }
         self.ids.retain_only(&self.desired);
