@@ -13,7 +13,10 @@
 //! Method. Each round starts one agent per variant, in a rotating order, on a
 //! fresh lab node; once it is ready (every kind listed, the maps synced) and 2 s
 //! more, its `VmRSS` (resident now) and `VmHWM` (the peak, during the first list
-//! and compile) are read from `/proc`. Then everything but the Node is removed
+//! and compile) are read from `/proc`, with the two parts of `VmRSS`:
+//! anonymous (`RssAnon`: heap, stacks) and file-backed (`RssFile`: the
+//! binary's pages read in, about 17 MiB of its 30 MB, which the kernel may
+//! drop and read again). Then everything but the Node is removed
 //! (Services, EndpointSlices, Pods, Namespaces) and, once the agent's maps hold
 //! no Service and its RSS has settled, `VmRSS` again ("emptied"). Medians over
 //! the rounds.
@@ -50,10 +53,23 @@ impl Variant {
     }
 }
 
-/// Starts an agent for `variant`, waits until it is ready and settled; its
-/// (VmRSS, VmHWM) in KiB, the time to ready, and its VmRSS once everything
-/// but the Node has been removed again.
-fn measure(variant: Variant, services: usize, pods: usize) -> (u64, u64, Duration, u64) {
+/// One agent's figures, in KiB.
+#[derive(Clone, Copy)]
+struct Sample {
+    /// `VmRSS` once ready and settled, and its anonymous and file-backed parts.
+    rss: u64,
+    anon: u64,
+    file: u64,
+    /// `VmHWM`.
+    peak: u64,
+    ready: Duration,
+    /// `VmRSS` once everything but the Node has been removed again.
+    emptied: u64,
+}
+
+/// Starts an agent for `variant`, waits until it is ready and settled, and
+/// measures it.
+fn measure(variant: Variant, services: usize, pods: usize) -> Sample {
     let kind = if variant == Variant::Dir {
         SourceKind::Dir
     } else {
@@ -89,6 +105,7 @@ fn measure(variant: Variant, services: usize, pods: usize) -> (u64, u64, Duratio
     let ready = started.elapsed();
     std::thread::sleep(Duration::from_secs(2));
     let (rss, hwm) = agent.rss_kib();
+    let (anon, file) = agent.rss_parts_kib();
     // The allocator's own figures: live heap, free chunks kept between live
     // ones (fragmentation), large blocks mapped.
     let log = agent.log_text();
@@ -137,7 +154,14 @@ fn measure(variant: Variant, services: usize, pods: usize) -> (u64, u64, Duratio
         }
         emptied = last.0;
     }
-    (rss, hwm, ready, emptied)
+    Sample {
+        rss,
+        anon,
+        file,
+        peak: hwm,
+        ready,
+        emptied,
+    }
 }
 
 fn median<T: Copy + Ord>(v: &[T]) -> T {
@@ -169,18 +193,20 @@ fn main() {
                 .collect()
         },
     );
-    let mut samples: Vec<Vec<(u64, u64, Duration, u64)>> = vec![Vec::new(); variants.len()];
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); variants.len()];
     for round in 0..rounds {
         for k in 0..variants.len() {
             let i = (round + k) % variants.len();
             let s = measure(variants[i], services, pods);
             eprintln!(
-                "round {round}: {:?}: RSS {} MiB, peak {} MiB, ready in {:.1?}, emptied {} MiB",
+                "round {round}: {:?}: RSS {} MiB (anonymous {}, file {}), peak {} MiB, ready in {:.1?}, emptied {} MiB",
                 variants[i],
-                mib(s.0),
-                mib(s.1),
-                s.2,
-                mib(s.3)
+                mib(s.rss),
+                mib(s.anon),
+                mib(s.file),
+                mib(s.peak),
+                s.ready,
+                mib(s.emptied)
             );
             samples[i].push(s);
         }
@@ -189,21 +215,23 @@ fn main() {
     let base = variants
         .iter()
         .position(|v| *v == Variant::Empty)
-        .map(|i| median(&samples[i].iter().map(|s| s.0).collect::<Vec<_>>()));
+        .map(|i| median(&samples[i].iter().map(|s| s.rss).collect::<Vec<_>>()));
     let ratio = |kib: u64| base.map_or_else(|| "-".to_owned(), |b| format!("{:.2}", kib as f64 / b as f64));
     println!(
-        "\n| agent | RSS (MiB) | peak RSS (MiB) | RSS / empty | ready after | RSS emptied (MiB) | emptied / empty |"
+        "\n| agent | RSS (MiB) | of it anonymous | of it file-backed | peak RSS (MiB) | RSS / empty | ready after | RSS emptied (MiB) | emptied / empty |"
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for (v, s) in variants.iter().zip(&samples) {
-        let rss = median(&s.iter().map(|x| x.0).collect::<Vec<_>>());
-        let hwm = median(&s.iter().map(|x| x.1).collect::<Vec<_>>());
-        let ready = median(&s.iter().map(|x| x.2).collect::<Vec<_>>());
-        let emptied = median(&s.iter().map(|x| x.3).collect::<Vec<_>>());
+        let of = |f: fn(&Sample) -> u64| median(&s.iter().map(f).collect::<Vec<_>>());
+        let (rss, hwm, emptied) = (of(|x| x.rss), of(|x| x.peak), of(|x| x.emptied));
+        let (anon, file) = (of(|x| x.anon), of(|x| x.file));
+        let ready = median(&s.iter().map(|x| x.ready).collect::<Vec<_>>());
         println!(
-            "| {} | {} | {} | {} | {:.1?} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {:.1?} | {} | {} |",
             v.label(),
             mib(rss),
+            mib(anon),
+            mib(file),
             mib(hwm),
             ratio(rss),
             ready,

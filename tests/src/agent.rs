@@ -162,16 +162,29 @@ impl Agent {
     /// The agent's resident memory now and at its peak (`VmRSS`, `VmHWM`), in
     /// KiB.
     pub fn rss_kib(&self) -> (u64, u64) {
+        let [rss, hwm] = self.status_kib(["VmRSS:", "VmHWM:"]);
+        (rss, hwm)
+    }
+
+    /// The resident memory now in its two parts, in KiB: anonymous (the heap,
+    /// stacks: what only the agent holds) and file-backed (the binary's pages
+    /// read in, which the kernel can drop and read again).
+    pub fn rss_parts_kib(&self) -> (u64, u64) {
+        let [anon, file] = self.status_kib(["RssAnon:", "RssFile:"]);
+        (anon, file)
+    }
+
+    /// Fields of `/proc/PID/status` in KiB.
+    fn status_kib<const N: usize>(&self, names: [&str; N]) -> [u64; N] {
         let status =
             std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("/proc/PID/status");
-        let field = |name: &str| {
+        names.map(|name| {
             status
                 .lines()
                 .find_map(|l| l.strip_prefix(name))
                 .and_then(|v| v.split_whitespace().next()?.parse().ok())
                 .unwrap_or_else(|| panic!("no {name} in /proc/PID/status"))
-        };
-        (field("VmRSS:"), field("VmHWM:"))
+        })
     }
 
     /// What the agent logged after `mark` (a length of [`Agent::log_text`]).
