@@ -12,8 +12,19 @@ use crate::{cni_conf::Portmap, datapath::pins::DEFAULT_ROOT, host_routing::HostR
 #[derive(Parser)]
 #[command(name = "weir-agent", version, about = "Weir's per-node eBPF dataplane agent")]
 pub struct Cli {
+    /// How log lines are written: `text` for people, `json` for log shippers
+    /// (one object per line: timestamp, level, target, message and fields).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "WEIR_LOG_FORMAT")]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// `--log-format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]

@@ -14,7 +14,7 @@ use weir_lab::{
     agent::logged,
     apiserver::ApiServer,
     node::result_ips,
-    services::{Cluster, Ep, SourceKind, node_object, port, service, slice, slot_addresses},
+    services::{Cluster, Ep, SourceKind, frontend, node_object, port, service, slice, slot_addresses},
     traffic::ConnectionLoad,
     underlay::Underlay,
     whoami::{WhoAmI, ask_tcp},
@@ -202,6 +202,44 @@ fn root_kube_watch_drops_bookmarks_and_410_relists_under_load() {
     agent.wait_backends(FRONT, &backends(&[lab.a, lab.b]));
     let n = load.stop_and_assert_none_failed("through watch drops, a compaction and a relist");
     println!("{n} connections through the ClusterIP, none failed");
+}
+
+/// An object deleted while the agent could not watch, its deletion then lost
+/// to a compaction: the relist does not list it, so it is gone from the maps
+/// once the relist is whole (what a relist lacks is deleted), and nothing else
+/// is.
+#[test]
+fn root_kube_a_deletion_missed_while_down_is_applied_by_the_relist() {
+    let lab = Lab::new("10.92.7.0/24", |_| {});
+    lab.agent.wait_ready();
+    let api = lab.api();
+    const GONE: &str = "10.96.0.20:80/TCP";
+    api.apply(&service("gone", "10.96.0.20", &[port("http", 80, "8080", "TCP")]));
+    wait_until("the second Service programmed", || {
+        frontend(&lab.agent.weirctl(&["services"]), GONE).is_some()
+    });
+
+    api.set_down(true);
+    api.delete("Service", "default", "gone");
+    api.compact();
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        frontend(&lab.agent.weirctl(&["services"]), GONE).is_some(),
+        "the agent cannot have seen the deletion"
+    );
+    let lists_before = lists(api);
+    api.set_down(false);
+    wait_until("the relist dropped the Service deleted unseen", || {
+        frontend(&lab.agent.weirctl(&["services"]), GONE).is_none()
+    });
+    assert!(
+        lists(api)[0] > lists_before[0],
+        "Services were listed again (a 410 relist), not watched"
+    );
+    let mut slots = slot_addresses(&lab.agent.weirctl(&["services"]), FRONT).expect("web is still there");
+    slots.sort();
+    slots.dedup();
+    assert_eq!(slots, backends(&[lab.a, lab.b]));
 }
 
 /// The API server down mid-run, the agent restarted while it is down, then the

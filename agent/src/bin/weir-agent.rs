@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use tracing::{info, warn};
 use weir_agent::{
-    cli::{Acceleration, Cli, Command, Routing, RunArgs},
+    cli::{Acceleration, Cli, Command, LogFormat, Routing, RunArgs},
     cni_conf::ConfOptions,
     cni_server,
     conntrack::Hygiene,
@@ -32,17 +32,23 @@ use weir_agent::{
 };
 use weir_model::{NodeContext, masquerade::MasqConfig};
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     weir_agent::memory::one_arena();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match dispatch(cli.command) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        // Said as a log line like every other (one JSON object with
+        // `--log-format json`), with its causes.
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "exiting");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Run(args) => run(*args),
         Command::InstallCni { from, to } => {
             let from = match from {
@@ -58,6 +64,21 @@ fn main() -> anyhow::Result<()> {
             info!(path = %path.display(), "bpffs mounted");
             Ok(())
         }
+    }
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+fn init_logging(format: LogFormat) {
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        // Fields beside the message at the top level, as shippers index them.
+        LogFormat::Json => logs.json().flatten_event(true).init(),
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::{io::Write as _, path::PathBuf};
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory as _, Parser, Subcommand, ValueEnum};
 use weir_agent::{
     ctl::{self, Row},
     datapath::{PinLayout, pins::DEFAULT_ROOT},
@@ -49,10 +49,17 @@ enum Command {
     Tunnels,
     /// Packets NetworkPolicy dropped since the last `drops` (reading consumes them).
     Drops,
+    /// A completion script for `shell`, on stdout (e.g. `weirctl completions
+    /// bash > /etc/bash_completion.d/weirctl`). Needs no maps.
+    Completions { shell: clap_complete::Shell },
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Command::Completions { shell } = cli.command {
+        clap_complete::generate(shell, &mut Cli::command(), "weirctl", &mut std::io::stdout());
+        return Ok(());
+    }
     let pins = PinLayout::new(weir_agent::datapath::bpffs::resolve(&cli.bpffs_root, false)?);
     let out = cli.output;
     let mut text = match cli.command {
@@ -66,6 +73,7 @@ fn main() -> anyhow::Result<()> {
         Command::Ipcache => render(&ctl::ipcache(&pins)?, out)?,
         Command::Tunnels => render(&ctl::tunnels(&pins)?, out)?,
         Command::Drops => render(&ctl::drops(&pins)?, out)?,
+        Command::Completions { .. } => unreachable!("answered above"),
     };
     if !text.ends_with('\n') {
         text.push('\n');
