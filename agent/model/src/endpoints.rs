@@ -56,17 +56,38 @@ pub(crate) struct PortSpec<'a> {
     pub name: &'a str,
     pub protocol: Protocol,
     pub port: u16,
-    pub target: Target<'a>,
+    pub target: Target<&'a str>,
 }
 
+/// A service port's `targetPort`: borrowed (`Target<&str>`) where endpoint
+/// lookup reads it, owned (`Target<Box<str>>`) where the model keeps it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Target<'a> {
+pub(crate) enum Target<S> {
     Number(u16),
     /// A container port name, resolved per Pod.
-    Name(&'a str),
+    Name(S),
 }
 
-impl<'a> Target<'a> {
+impl<S> Target<S> {
+    pub fn map<T>(self, f: impl FnOnce(S) -> T) -> Target<T> {
+        match self {
+            Target::Number(n) => Target::Number(n),
+            Target::Name(name) => Target::Name(f(name)),
+        }
+    }
+
+    pub fn as_deref(&self) -> Target<&str>
+    where
+        S: AsRef<str>,
+    {
+        match self {
+            Target::Number(n) => Target::Number(*n),
+            Target::Name(name) => Target::Name(name.as_ref()),
+        }
+    }
+}
+
+impl<'a> Target<&'a str> {
     /// An absent, `0` or `""` targetPort means `port` (API server defaulting).
     /// `Err` carries an out-of-range number.
     pub fn from_spec(target: Option<&'a IntOrString>, port: u16) -> Result<Self, i32> {

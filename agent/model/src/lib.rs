@@ -12,6 +12,7 @@ pub mod ids;
 pub mod labels;
 pub mod maglev;
 pub mod masquerade;
+pub mod merge;
 pub mod model;
 pub mod net;
 pub mod nodes;

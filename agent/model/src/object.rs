@@ -24,10 +24,11 @@ pub struct Meta {
 }
 
 impl Meta {
-    pub(crate) fn of(meta: &ObjectMeta) -> Self {
+    /// Takes the name and namespace out of the API's metadata (moved, not copied).
+    pub(crate) fn take(meta: &mut ObjectMeta) -> Self {
         Self {
-            name: meta.name.as_deref().unwrap_or_default().into(),
-            namespace: meta.namespace.as_deref().unwrap_or_default().into(),
+            name: meta.name.take().unwrap_or_default().into_boxed_str(),
+            namespace: meta.namespace.take().unwrap_or_default().into_boxed_str(),
         }
     }
 }

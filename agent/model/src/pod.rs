@@ -56,9 +56,9 @@ impl From<Pod> for PodFacts {
             .flat_map(|c| c.ports.into_iter().flatten())
             .filter_map(|p| Some((p.name?, Protocol::parse(p.protocol.as_deref()), p.container_port)))
             .collect();
-        let metadata = pod.metadata;
+        let mut metadata = pod.metadata;
         Self {
-            meta: Meta::of(&metadata),
+            meta: Meta::take(&mut metadata),
             labels: metadata.labels.map(Labels::from).unwrap_or_default(),
             terminating: metadata.deletion_timestamp.is_some(),
             node_name: spec.node_name,

@@ -42,8 +42,9 @@ impl From<Service> for ServiceFacts {
         let mut warnings = Vec::new();
         let checked = validate(&service, &mut warnings);
         let spec = service.spec.unwrap_or_default();
+        let mut metadata = service.metadata;
         Self {
-            meta: Meta::of(&service.metadata),
+            meta: Meta::take(&mut metadata),
             checked,
             warnings: warnings.into(),
             selector: spec.selector.filter(|s| !s.is_empty()).map(Labels::from),

@@ -84,14 +84,14 @@ impl From<EndpointPort> for SlicePort {
 
 impl From<EndpointSlice> for SliceFacts {
     fn from(slice: EndpointSlice) -> Self {
-        let meta = slice.metadata;
+        let mut meta = slice.metadata;
         Self {
             service: meta
                 .labels
                 .as_ref()
                 .and_then(|l| l.get(LABEL_SERVICE_NAME))
                 .map(|s| s.as_str().into()),
-            meta: Meta::of(&meta),
+            meta: Meta::take(&mut meta),
             family: Family::from_address_type(&slice.address_type),
             ports: slice.ports.into_iter().flatten().map(SlicePort::from).collect(),
             endpoints: slice

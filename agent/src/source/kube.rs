@@ -131,7 +131,7 @@ pub struct KubeSource {
     /// Kinds listed whole at least once.
     listed: BTreeSet<Kind>,
     /// The kinds being listed.
-    relisting: BTreeMap<Kind, Listing>,
+    listing: BTreeMap<Kind, Listing>,
     /// The last error of each kind that has one (reported once per distinct
     /// error, cleared when the kind is listed again).
     failing: BTreeMap<Kind, String>,
@@ -224,7 +224,7 @@ impl KubeSource {
             model,
             updates,
             listed: BTreeSet::new(),
-            relisting: BTreeMap::new(),
+            listing: BTreeMap::new(),
             failing: BTreeMap::new(),
             describe,
         })
@@ -241,11 +241,11 @@ impl KubeSource {
                     objects: 0,
                     seen: relist.then(BTreeSet::new),
                 };
-                self.relisting.insert(kind, listing);
+                self.listing.insert(kind, listing);
             }
             Update::Apply(object, initial) => {
                 let key = object.key();
-                if initial && let Some(listing) = self.relisting.get_mut(&key.kind) {
+                if initial && let Some(listing) = self.listing.get_mut(&key.kind) {
                     listing.objects += 1;
                     if let Some(seen) = &mut listing.seen {
                         seen.insert(key.clone());
@@ -262,7 +262,7 @@ impl KubeSource {
                 }
             }
             Update::InitDone(kind) => {
-                let listing = self.relisting.remove(&kind).unwrap_or_default();
+                let listing = self.listing.remove(&kind).unwrap_or_default();
                 let gone: Vec<ObjectKey> = match &listing.seen {
                     Some(seen) => self
                         .model

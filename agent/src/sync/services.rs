@@ -52,6 +52,7 @@ use weir_common::{
 };
 use weir_model::{
     DesiredServices, IdAllocator, NodeContext,
+    merge::merge_join,
     services::{Changed, ServiceCompiler},
 };
 
@@ -272,24 +273,7 @@ impl Candidates {
         /// `BTreeSet` of them was a million small nodes at 100,000 Services,
         /// freed at the end of the sync among the entries kept).
         fn union<K: Ord + Copy, A, B>(a: &BTreeMap<K, A>, b: &BTreeMap<K, B>) -> Vec<K> {
-            let mut keys = Vec::with_capacity(a.len().max(b.len()));
-            let (mut a, mut b) = (a.keys().peekable(), b.keys().peekable());
-            loop {
-                let next = match (a.peek(), b.peek()) {
-                    (Some(x), Some(y)) if x < y => a.next(),
-                    (Some(x), Some(y)) if x > y => b.next(),
-                    (Some(_), Some(_)) => {
-                        b.next();
-                        a.next()
-                    }
-                    (Some(_), None) => a.next(),
-                    (None, _) => b.next(),
-                };
-                match next {
-                    Some(key) => keys.push(*key),
-                    None => return keys,
-                }
-            }
+            merge_join(a, b).map(|(k, _, _)| *k).collect()
         }
         let held = &current.held;
         match changed {

@@ -11,16 +11,14 @@
 //! produce; what depends on that order falls back to one: frontends two Services
 //! claim (the first in order wins), and Namespace or Node changes.
 
-use std::{
-    cmp::Ordering,
-    collections::{BTreeMap, BTreeSet},
-};
+use std::collections::{BTreeMap, BTreeSet};
 
 use weir_common::{BACKEND_ACTIVE, BACKEND_TERMINATING, Backend, ServiceKey};
 
 use super::{BackendState, DesiredServices, Fragment, FrontendView, NodeContext, compile_service};
 use crate::{
     ids::IdAllocator,
+    merge::merge_join,
     model::{Model, slice_service},
     object::{Kind, Object, ObjectKey},
     problem::Problem,
@@ -57,27 +55,10 @@ impl Touched {
 
 /// Keys in one map and not the other, or with other values: one walk of both.
 fn differing<K: Ord + Copy, V: PartialEq>(a: &BTreeMap<K, V>, b: &BTreeMap<K, V>) -> BTreeSet<K> {
-    let mut out = Vec::new();
-    let (mut a, mut b) = (a.iter().peekable(), b.iter().peekable());
-    loop {
-        let key = match (a.peek(), b.peek()) {
-            (None, None) => break,
-            (Some(&(ka, _)), None) => a.next().map(|_| *ka),
-            (None, Some(&(kb, _))) => b.next().map(|_| *kb),
-            (Some(&(ka, va)), Some(&(kb, vb))) => match ka.cmp(kb) {
-                Ordering::Less => a.next().map(|_| *ka),
-                Ordering::Greater => b.next().map(|_| *kb),
-                Ordering::Equal => {
-                    let differs = va != vb;
-                    a.next();
-                    b.next();
-                    differs.then_some(*ka)
-                }
-            },
-        };
-        out.extend(key);
-    }
-    out.into_iter().collect()
+    merge_join(a, b)
+        .filter(|(_, x, y)| x != y)
+        .map(|(k, _, _)| *k)
+        .collect()
 }
 
 /// What a compile changed.

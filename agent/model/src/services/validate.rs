@@ -40,15 +40,8 @@ pub(crate) struct ValidPort {
     pub name: Box<str>,
     pub protocol: Protocol,
     pub port: u16,
-    target: TargetPort,
+    target: Target<Box<str>>,
     pub node_port: Option<u16>,
-}
-
-/// [`Target`], owned.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum TargetPort {
-    Number(u16),
-    Name(Box<str>),
 }
 
 impl ValidPort {
@@ -58,10 +51,7 @@ impl ValidPort {
             name: &self.name,
             protocol: self.protocol,
             port: self.port,
-            target: match &self.target {
-                TargetPort::Number(n) => Target::Number(*n),
-                TargetPort::Name(name) => Target::Name(name),
-            },
+            target: self.target.as_deref(),
         }
     }
 }
@@ -269,10 +259,7 @@ fn validate_port(port: &ServicePort) -> Result<ValidPort, ProblemReason> {
         name: name.into(),
         protocol,
         port: number,
-        target: match target {
-            Target::Number(n) => TargetPort::Number(n),
-            Target::Name(name) => TargetPort::Name(name.into()),
-        },
+        target: target.map(Box::from),
         node_port,
     })
 }
