@@ -32,7 +32,10 @@ use weir_agent_api::{Endpoint, Reply, Request};
 use weir_common::EndpointInfo;
 use weir_model::bounded;
 
-use crate::datapath::{Datapath, DatapathError, endpoint_key};
+use crate::{
+    datapath::{Datapath, DatapathError, endpoint_key},
+    metrics::Metrics,
+};
 
 /// How long a client has to send its whole request (and later to read the answer).
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
@@ -88,7 +91,11 @@ pub fn bind(path: &Path) -> Result<UnixListener, ServerError> {
 }
 
 /// Serves requests until the listener fails.
-pub async fn serve(listener: UnixListener, datapath: Arc<Mutex<Datapath>>) -> std::io::Result<()> {
+pub async fn serve(
+    listener: UnixListener,
+    datapath: Arc<Mutex<Datapath>>,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<()> {
     listener.set_nonblocking(true)?;
     let listener = tokio::net::UnixListener::from_std(listener)?;
     let mut open = Connections::default();
@@ -106,8 +113,9 @@ pub async fn serve(listener: UnixListener, datapath: Arc<Mutex<Datapath>>) -> st
         open.make_room();
         let waiting = Arc::new(AtomicBool::new(true));
         let (dp, flag, report) = (datapath.clone(), waiting.clone(), failures.clone());
+        let metrics = metrics.clone();
         let task = tokio::spawn(async move {
-            if let Err(e) = serve_one(stream, dp, &flag).await {
+            if let Err(e) = serve_one(stream, dp, &flag, &metrics).await {
                 report.warn(&e);
             }
         });
@@ -179,6 +187,7 @@ async fn serve_one(
     mut stream: UnixStream,
     datapath: Arc<Mutex<Datapath>>,
     waiting: &AtomicBool,
+    metrics: &Metrics,
 ) -> Result<(), String> {
     let mut line = Vec::new();
     let read = tokio::time::timeout(REQUEST_DEADLINE, async {
@@ -201,6 +210,7 @@ async fn serve_one(
                 message: format!("undecodable request: {e}"),
             },
             Ok(request) => {
+                let (op, start) = (request.op(), Instant::now());
                 // bpf(2) calls under a mutex: off the runtime's thread.
                 let handled = tokio::task::spawn_blocking(move || {
                     // A panic elsewhere cannot leave the datapath half-written in
@@ -209,6 +219,7 @@ async fn serve_one(
                     handle(&mut dp, &request)
                 })
                 .await;
+                metrics.cni_request(op, matches!(handled, Ok(Ok(()))), start.elapsed());
                 match handled {
                     Ok(Ok(())) => Reply::Ok,
                     Ok(Err(e)) => Reply::Error {

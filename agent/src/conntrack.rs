@@ -18,8 +18,8 @@ use std::collections::{BTreeMap, HashSet};
 use aya::maps::MapError;
 use nix::time::{ClockId, clock_gettime};
 use weir_common::{
-    AffinityKey, AffinityValue, Backend, CT_IN, CT_OUT, CtKey, CtValue, IPPROTO_TCP, PolicyShare,
-    maps as names,
+    AffinityKey, AffinityValue, Backend, CT_F_MASQ, CT_F_SNAT, CT_IN, CT_OUT, CtKey, CtValue, IPPROTO_TCP,
+    PolicyShare, maps as names,
 };
 
 use crate::datapath::{
@@ -55,6 +55,18 @@ pub struct GcReport {
     pub scanned: usize,
     pub expired: usize,
     pub deleted: usize,
+    /// Conntrack: live flows holding a node source port, of external clients
+    /// of remote endpoints (`CT_F_SNAT`) and of pods' masqueraded egress
+    /// (`CT_F_MASQ`).
+    pub snat_nodeport: usize,
+    pub snat_masquerade: usize,
+}
+
+impl GcReport {
+    /// Entries the map holds after the pass.
+    pub fn entries(&self) -> usize {
+        self.scanned - self.deleted
+    }
 }
 
 /// What a pass over the policy conntrack found.
@@ -62,6 +74,8 @@ pub struct GcReport {
 pub struct PolicyCtReport {
     /// Live entries, of the map's capacity.
     pub live: usize,
+    /// Entries after the pass, live or dead (not deleted yet).
+    pub entries: usize,
     pub deleted: usize,
     /// The most entries other than TCP one endpoint holds, and its share.
     pub largest_share: u32,
@@ -120,6 +134,7 @@ impl Hygiene {
                 _ => {}
             }
         }
+        report.entries = report.live + dead.len() - report.deleted;
         let mut isolated = HashSet::new();
         for entry in self
             .policy_endpoints
@@ -178,7 +193,14 @@ impl Hygiene {
         let live: HashSet<CtKey> = entries
             .iter()
             .filter(|(k, v)| k.dir == CT_OUT && v.expires_ns >= now_ns)
-            .map(|(k, _)| *k)
+            .map(|(k, v)| {
+                if v.flags & CT_F_MASQ != 0 {
+                    report.snat_masquerade += 1;
+                } else if v.flags & CT_F_SNAT != 0 {
+                    report.snat_nodeport += 1;
+                }
+                *k
+            })
             .collect();
         let dead: Vec<CtKey> = entries
             .iter()

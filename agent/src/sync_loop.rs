@@ -2,21 +2,22 @@
 //! compile -> sync -> UDP flush) and the conntrack GC loop.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashSet},
     sync::{Arc, Mutex},
     thread::JoinHandle,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use tracing::{info, warn};
 use weir_model::{
-    DesiredServices, Kind, Problem,
+    DesiredServices, Kind, Object, Problem,
+    model::Entry,
     services::{Changed, ServiceCompiler},
 };
 
 use crate::{
     conntrack::{Hygiene, monotonic_ns},
-    datapath::PinLayout,
+    datapath::{PinLayout, maps},
     health::HealthServer,
     masquerade::Masquerade,
     metrics::Metrics,
@@ -65,6 +66,13 @@ pub struct SyncLoop {
     pub routes: Option<NodeRouting>,
     /// The destinations pods' traffic is not masqueraded to, from the Nodes.
     pub masquerade: Masquerade,
+    /// Trigger times of EndpointSlice changes not yet written to the maps
+    /// (for `weir_network_programming_duration_seconds`).
+    pub triggers: Vec<SystemTime>,
+    /// Trigger times before this are not measured: a slice listed at start
+    /// carries the time of a change an earlier agent (or none) programmed,
+    /// as kube-proxy ignores those before it started.
+    pub started: SystemTime,
 }
 
 /// Whether the services compiler's union is what the maps should hold.
@@ -125,6 +133,7 @@ impl SyncLoop {
                     if self.listed(&POLICY_INPUTS) && self.policy.changed() {
                         self.sync_policy(true);
                     }
+                    self.note_triggers(&changes.objects);
                     if self.listed(&SERVICE_INPUTS) {
                         let start = Instant::now();
                         let model = self.source.model();
@@ -147,7 +156,7 @@ impl SyncLoop {
                             Some(earlier) => earlier.merge(changed),
                             None => changed,
                         };
-                        pending = self.sync(changed);
+                        pending = self.sync(changed, start);
                     }
                 }
                 Ok(None) => {
@@ -156,7 +165,7 @@ impl SyncLoop {
                     // Retries what the last sync of the routes left undone.
                     self.update_routes(&Default::default());
                     if let Some(changed) = pending.take() {
-                        pending = self.sync(changed);
+                        pending = self.sync(changed, Instant::now());
                     }
                     if !self.policy.in_sync() {
                         self.sync_policy(false);
@@ -213,10 +222,23 @@ impl SyncLoop {
         }
         let report = self.policy.apply(&mut self.maps);
         self.count_failures(&report.tally.failures);
-        if report.tally.failed == 0 {
-            self.status.policy_synced();
-        }
+        let complete = report.tally.failed == 0;
+        self.metrics.synced("policy", start.elapsed(), complete);
         let desired = self.policy.desired();
+        if complete {
+            self.status.policy_synced();
+            let m = &self.metrics;
+            m.set_entries(maps::POLICY_ENDPOINTS.name, desired.endpoints.len());
+            m.set_entries(maps::IPCACHE.name, desired.ipcache.len());
+            m.set_entries(maps::POLICY.name, desired.rules.len());
+            let identities: HashSet<u32> = desired.ipcache.values().copied().collect();
+            m.programmed.identities.set(identities.len() as i64);
+            m.programmed
+                .isolated_endpoints
+                .set(desired.endpoints.len() as i64);
+            let policies = self.source.model().of_kind(Kind::NetworkPolicy).count();
+            m.programmed.policies.set(policies as i64);
+        }
         let ms = format!("{:.2}", start.elapsed().as_secs_f64() * 1e3);
         if report.tally.failed == 0 {
             info!(
@@ -239,12 +261,45 @@ impl SyncLoop {
         }
     }
 
+    /// Keeps the trigger times of the changed EndpointSlices, until the sync
+    /// that writes them.
+    fn note_triggers(&mut self, changed: &std::collections::BTreeSet<weir_model::ObjectKey>) {
+        let model = self.source.model();
+        let slices = changed.iter().filter(|k| k.kind == Kind::EndpointSlice);
+        for key in slices {
+            if let Some(Entry {
+                object: Object::EndpointSlice(slice),
+                ..
+            }) = model.get(key)
+                && let Some(at) = slice.trigger.filter(|t| *t >= self.started)
+            {
+                self.triggers.push(at);
+            }
+        }
+    }
+
     /// Applies the compiler's desired state where `changed` says it may differ;
-    /// returns what must be retried.
-    fn sync(&mut self, changed: Changed) -> Option<Changed> {
+    /// returns what must be retried. The sync began at `start` (its compile).
+    fn sync(&mut self, changed: Changed, start: Instant) -> Option<Changed> {
         let full = changed == Changed::All;
         let desired = self.compiler.desired();
         let report = self.syncer.apply(&mut self.maps, desired, &changed);
+        self.metrics
+            .synced("services", start.elapsed(), report.complete());
+        if report.complete() {
+            let now = SystemTime::now();
+            for at in self.triggers.drain(..) {
+                let latency = now.duration_since(at).unwrap_or_default();
+                self.metrics.network_programming.observe(latency.as_secs_f64());
+            }
+            let m = &self.metrics;
+            m.set_entries(maps::SERVICES.name, desired.services.len());
+            m.set_entries(maps::BACKENDS.name, desired.backends.len());
+            m.set_entries(maps::REVNAT.name, desired.revnat.len());
+            m.set_entries(maps::MAGLEV.name, desired.maglev.len());
+            m.programmed.frontends.set(desired.revnat.len() as i64);
+            m.programmed.backends.set(desired.backends.len() as i64);
+        }
         crate::memory::note_deletes(report.tally.deletes);
         self.count_failures(&report.tally.failures);
         let flushed = self.flush(&report);
@@ -355,14 +410,41 @@ pub fn spawn_gc(
         };
         loop {
             std::thread::sleep(GC_EVERY);
-            if let Err(e) = gc_pass(&mut hygiene, &timeouts, &metrics) {
+            if let Err(e) = gc_pass(&pins, &mut hygiene, &timeouts, &metrics) {
                 warn!(error = %e, "conntrack GC pass failed; next pass in {GC_EVERY:?}");
             }
         }
     })
 }
 
+/// The maps small enough to walk at every GC pass, and not written by a
+/// syncer (whose maps' fill is set after each complete sync).
+const WALKED: [maps::MapSpec; 7] = [
+    maps::ENDPOINTS,
+    maps::NODE_IPS,
+    maps::DEVICE_ADDRS,
+    maps::SOCK_REV,
+    maps::POLICY_SHARES,
+    maps::TUNNELS,
+    maps::NOMASQ,
+];
+
+fn count_small_maps(pins: &PinLayout, metrics: &Metrics) {
+    for spec in &WALKED {
+        match maps::count_entries(pins, spec) {
+            Ok(n) => {
+                metrics.set_entries(spec.name, n);
+                if spec.name == maps::ENDPOINTS.name {
+                    metrics.programmed.endpoints.set(n as i64);
+                }
+            }
+            Err(e) => warn!(map = spec.name, error = %e, "counting a map's entries"),
+        }
+    }
+}
+
 fn gc_pass(
+    pins: &PinLayout,
     hygiene: &mut Hygiene,
     timeouts: &AffinityTimeouts,
     metrics: &Metrics,
@@ -372,6 +454,21 @@ fn gc_pass(
     let timeouts = timeouts.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let affinity = hygiene.gc_affinity(now, &timeouts)?;
     let policy = hygiene.gc_policy(now, GC_MAX_DELETES)?;
+    for (map, report) in [(maps::CONNTRACK.name, &ct), (maps::AFFINITY.name, &affinity)] {
+        metrics.set_entries(map, report.entries());
+        metrics.gc_deleted(map, report.deleted);
+    }
+    metrics.set_entries(maps::POLICY_CT.name, policy.entries);
+    metrics.gc_deleted(maps::POLICY_CT.name, policy.deleted);
+    for (kind, n) in [("nodeport", ct.snat_nodeport), ("masquerade", ct.snat_masquerade)] {
+        metrics
+            .snat_ports
+            .get_or_create(&crate::metrics::KindLabels {
+                kind: kind.to_owned(),
+            })
+            .set(n as i64);
+    }
+    count_small_maps(pins, metrics);
     metrics.policy_ct_entries.set(policy.live as i64);
     metrics.policy_ct_at_share.set(policy.at_share as i64);
     metrics

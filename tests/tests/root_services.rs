@@ -13,6 +13,7 @@ use std::{
 };
 
 use serde_json::{Value, json};
+use weir_common::maps as names;
 use weir_lab::{
     Agent, Node, Pod,
     netns::Netns,
@@ -135,6 +136,7 @@ weir_lab::with_both_sources!(
     maglev_spreads_and_keeps_surviving_flows_on_their_backend,
     a_closed_translated_flow_never_captures_a_direct_one,
     ipv6_and_dual_stack_clusterips,
+    metrics_say_what_is_programmed_dropped_and_how_long_it_took,
 );
 
 fn clusterip_tcp_and_udp(kind: SourceKind) {
@@ -1012,4 +1014,206 @@ fn a_closed_translated_flow_never_captures_a_direct_one(kind: SourceKind) {
         }
     }
     assert_eq!(checked, 5, "the load balancer never moved a reused port");
+}
+
+/// The value of the series `series` (name and labels, exactly as rendered).
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// The sum of `name`'s series whose labels hold every one of `labels`.
+fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let rest = series.strip_prefix(name)?.strip_prefix('{')?;
+            labels
+                .iter()
+                .all(|want| rest.contains(want))
+                .then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
+fn metrics_say_what_is_programmed_dropped_and_how_long_it_took(kind: SourceKind) {
+    let lab = Lab::new(kind, "10.91.31.0/24", &["a", "b"], &[8080]);
+    const EMPTY: &str = "10.96.0.11";
+    // The EndpointSlice controller stamps when the change it carries began
+    // (RFC 3339, to the nanosecond).
+    let now = std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%S.%NZ"])
+        .output()
+        .expect("date");
+    let now = String::from_utf8_lossy(&now.stdout).trim().to_owned();
+    // b is isolated below: the Service's one backend is a.
+    let mut objects = lab.web(&lab.ready(&["a"]));
+    weir_lab::services::merge(
+        &mut objects[1],
+        &json!({ "metadata": { "annotations": {
+            "endpoints.kubernetes.io/last-change-trigger-time": now } } }),
+    );
+    objects.push(service("empty", EMPTY, &[port("http", 80, "8080", "TCP")]));
+    objects.push(slice(
+        "empty-1",
+        "empty",
+        lab.node.name(),
+        &[("http", 8080, "TCP")],
+        &[],
+    ));
+    // b is isolated: nothing may reach it.
+    objects.push(weir_lab::services::pod(
+        "default",
+        "b",
+        json!({ "app": "b" }),
+        lab.node.name(),
+        &[lab.ip("b")],
+        json!([]),
+    ));
+    objects.push(json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": { "name": "b-alone", "namespace": "default" },
+        "spec": { "podSelector": { "matchLabels": { "app": "b" } }, "policyTypes": ["Ingress"] },
+    }));
+    lab.cluster.write("web.yaml", &objects);
+    lab.agent.wait_services("web with a backend, empty without", |s| {
+        frontend(s, &format!("{VIP}:80/TCP")).is_some_and(|f| f["count"] == 1)
+            && frontend(s, &format!("{EMPTY}:80/TCP")).is_some_and(|f| f["count"] == 0)
+    });
+    lab.agent
+        .wait_get("127.0.0.1:9878", "/metrics", "shows the policy synced", |_, m| {
+            metric(m, "weir_isolated_endpoints") == Some(1.0)
+        });
+
+    // Traffic: translated connections, a rejection, a policy drop.
+    let seen = tally_tcp(&lab.client.ns, vip(80), 6);
+    assert_eq!(seen.values().sum::<usize>(), 6);
+    let refused = TcpSession::connect(&lab.client.ns, SocketAddr::new(EMPTY.parse().expect("ip"), 80));
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.kind() == ErrorKind::ConnectionRefused),
+        "a Service without endpoints: {:?}",
+        refused.map(|_| ())
+    );
+    let to_b = SocketAddr::new(lab.ip("b"), 8080);
+    assert!(ask_tcp(&lab.client.ns, to_b).is_err(), "b is isolated");
+
+    // The GC pass (every 5 s) counts conntrack and the small maps.
+    let (_, text) = lab
+        .agent
+        .wait_get("127.0.0.1:9878", "/metrics", "counts conntrack", |_, m| {
+            metric(m, &format!(r#"weir_map_entries{{map="{}"}}"#, names::CONNTRACK)).is_some_and(|n| n > 0.0)
+                && metric(m, "weir_endpoints").is_some_and(|n| n > 0.0)
+        });
+
+    // What is programmed, and the maps' fill, agree with the maps themselves.
+    let views = |view: &str| lab.agent.weirctl(&[view]).as_array().map_or(0, Vec::len) as f64;
+    let entries = |map: &str| metric(&text, &format!(r#"weir_map_entries{{map="{map}"}}"#));
+    assert_eq!(metric(&text, "weir_frontends"), Some(2.0), "{text}");
+    assert_eq!(metric(&text, "weir_backends"), Some(1.0), "{text}");
+    assert_eq!(entries(names::REVNAT), Some(2.0), "{text}");
+    assert_eq!(entries(names::BACKENDS), Some(views("backends")), "{text}");
+    assert_eq!(
+        metric(&text, "weir_endpoints"),
+        Some(views("endpoints")),
+        "{text}"
+    );
+    assert_eq!(entries(names::ENDPOINTS), Some(views("endpoints")), "{text}");
+    assert_eq!(entries(names::IPCACHE), Some(views("ipcache")), "{text}");
+    assert_eq!(metric(&text, "weir_policies"), Some(1.0), "{text}");
+    assert_eq!(
+        metric(
+            &text,
+            &format!(r#"weir_map_capacity{{map="{}"}}"#, names::CONNTRACK)
+        ),
+        Some(f64::from(names::CONNTRACK_ENTRIES)),
+        "{text}"
+    );
+    // The datapath's counters: forwarded packets, and each drop by its reason.
+    assert!(
+        metric_sum(&text, "weir_datapath_packets_total", &[r#"reason="forwarded""#]) >= 6.0,
+        "{text}"
+    );
+    assert!(
+        metric_sum(&text, "weir_drops_total", &[r#"reason="no_backend""#]) >= 1.0,
+        "{text}"
+    );
+    assert!(
+        metric_sum(&text, "weir_drops_total", &[r#"reason="policy_ingress""#]) >= 1.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric_sum(&text, "weir_drops_total", &[r#"reason="forwarded""#]),
+        0.0,
+        "{text}"
+    );
+    // Syncs and their latency: the slice's change reached the maps within
+    // seconds of its trigger.
+    assert!(
+        metric(&text, r#"weir_sync_duration_seconds_count{kind="services"}"#) >= Some(1.0),
+        "{text}"
+    );
+    assert!(
+        metric(&text, r#"weir_sync_duration_seconds_count{kind="policy"}"#) >= Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "weir_network_programming_duration_seconds_count"),
+        Some(1.0),
+        "{text}"
+    );
+    let latency = metric(&text, "weir_network_programming_duration_seconds_sum").expect("sum");
+    assert!(
+        (0.0..30.0).contains(&latency),
+        "network programming took {latency} s"
+    );
+    // Each pod registered once by the CNI plugin, and the process's own figures.
+    assert_eq!(
+        metric(&text, r#"weir_cni_requests_total{op="add",result="ok"}"#),
+        Some(3.0),
+        "{text}"
+    );
+    assert!(
+        metric(&text, "process_resident_memory_bytes").is_some_and(|b| b > 1e6),
+        "{text}"
+    );
+    assert!(text.trim_end().ends_with("# EOF"), "not OpenMetrics: {text}");
+    alert_rules_name_only_exported_metrics(&text);
+}
+
+/// Every metric the shipped alerting rules read is one the agent exports
+/// (a rule on a misspelt metric never fires).
+fn alert_rules_name_only_exported_metrics(text: &str) {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../manifests/monitoring/weir-alerts.rules.yaml"
+    );
+    let rules: Value = serde_saphyr::from_str(&std::fs::read_to_string(path).expect("rules")).expect("YAML");
+    let rules = rules["groups"][0]["rules"].as_array().expect("rules");
+    assert!(rules.len() >= 5, "{rules:?}");
+    for rule in rules {
+        let expr = rule["expr"].as_str().expect("expr");
+        assert!(
+            rule["alert"].is_string() && rule["labels"]["severity"].is_string(),
+            "{rule}"
+        );
+        let names = expr
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("weir_"));
+        let mut any = false;
+        for name in names {
+            any = true;
+            let base = ["_total", "_bucket", "_count", "_sum"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .unwrap_or(name);
+            assert!(
+                text.lines().any(|l| l.starts_with(&format!("# TYPE {base} "))),
+                "rule {} reads {name}, which the agent does not export",
+                rule["alert"]
+            );
+        }
+        assert!(any, "rule {} reads no Weir metric", rule["alert"]);
+    }
 }

@@ -59,6 +59,16 @@ pub enum Request {
     },
 }
 
+impl Request {
+    /// The operation's name, as the CNI verbs: `add`, `del`.
+    pub fn op(&self) -> &'static str {
+        match self {
+            Request::Add(_) => "add",
+            Request::Del { .. } => "del",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "camelCase")]
 pub enum Reply {

@@ -61,6 +61,16 @@ pub enum Kind {
 }
 
 impl Kind {
+    pub const ALL: [Kind; 7] = [
+        Kind::Service,
+        Kind::EndpointSlice,
+        Kind::Endpoints,
+        Kind::Pod,
+        Kind::Namespace,
+        Kind::Node,
+        Kind::NetworkPolicy,
+    ];
+
     pub const fn as_str(self) -> &'static str {
         match self {
             Kind::Service => "Service",

@@ -8,14 +8,16 @@
 //! name shared, in 40 bytes.
 //!
 //! Of the metadata, the model reads the name and namespace (the key) and the
-//! `kubernetes.io/service-name` label: that one is kept as a field, the labels
-//! and annotations are not. A `BTreeMap` allocates a 544-byte node for its
+//! `kubernetes.io/service-name` label and the last-change-trigger-time
+//! annotation (for the network programming latency): those are kept as
+//! fields, the labels and annotations are not. A `BTreeMap` allocates a 544-byte node for its
 //! first entry: 5 MiB of label maps at 10,000 slices, for one string each.
 
 use std::{
     collections::BTreeSet,
     net::IpAddr,
     sync::{Arc, Mutex, PoisonError},
+    time::SystemTime,
 };
 
 use k8s_openapi::api::discovery::v1::{EndpointPort, EndpointSlice};
@@ -25,6 +27,10 @@ use crate::{
     net::{Family, Protocol, parse_ip, port_number},
     object::Meta,
 };
+
+/// The annotation the EndpointSlice controller sets to when the change a slice
+/// carries began (RFC 3339).
+pub const ANNOTATION_TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-trigger-time";
 
 /// What the model keeps of an EndpointSlice.
 #[derive(Clone, Debug, PartialEq)]
@@ -38,6 +44,11 @@ pub struct SliceFacts {
     pub family: Option<Family>,
     pub ports: Box<[SlicePort]>,
     pub endpoints: Box<[SliceEndpoint]>,
+    /// When the change this version of the slice carries was triggered (its
+    /// `endpoints.kubernetes.io/last-change-trigger-time` annotation, set by
+    /// the EndpointSlice controller): the start of the network programming
+    /// latency kube-proxy and the agent measure.
+    pub trigger: Option<SystemTime>,
 }
 
 impl SliceFacts {
@@ -85,7 +96,16 @@ impl From<EndpointPort> for SlicePort {
 impl From<EndpointSlice> for SliceFacts {
     fn from(slice: EndpointSlice) -> Self {
         let mut meta = slice.metadata;
+        let trigger = meta
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ANNOTATION_TRIGGER_TIME))
+            .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
+            // (jiff's own conversion needs its `std` feature.)
+            .and_then(|t| u64::try_from(t.as_nanosecond()).ok())
+            .map(|ns| SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(ns));
         Self {
+            trigger,
             service: meta
                 .labels
                 .as_ref()
@@ -167,5 +187,24 @@ mod tests {
         let (a, b) = (&slice.endpoints[0].node_name, &slice.endpoints[1].node_name);
         assert!(Arc::ptr_eq(a.as_ref().expect("node"), b.as_ref().expect("node")));
         assert!(std::mem::size_of::<SliceEndpoint>() <= 40);
+    }
+
+    #[test]
+    fn the_trigger_time_is_read_from_the_controllers_annotation() {
+        let with = |value: &str| {
+            let mut slice = EndpointSlice::default();
+            slice.metadata.annotations =
+                Some([(ANNOTATION_TRIGGER_TIME.to_owned(), value.to_owned())].into());
+            SliceFacts::from(slice).trigger
+        };
+        let at = |secs: u64, nanos: u32| Some(SystemTime::UNIX_EPOCH + std::time::Duration::new(secs, nanos));
+        // The controller writes RFC 3339, to the second or finer.
+        assert_eq!(with("2024-03-01T12:00:00Z"), at(1_709_294_400, 0));
+        assert_eq!(
+            with("2024-03-01T12:00:00.25+00:00"),
+            at(1_709_294_400, 250_000_000)
+        );
+        assert_eq!(with("yesterday"), None);
+        assert_eq!(SliceFacts::from(EndpointSlice::default()).trigger, None);
     }
 }

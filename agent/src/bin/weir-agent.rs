@@ -136,7 +136,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let net =
         node_net::discover(&args.devices, &args.nodeport_addresses).context("finding the node's devices")?;
     let cgroup = weir_agent::datapath::cgroup::resolve(args.cgroup_root.as_deref())?;
-    let metrics = Metrics::new();
+    let metrics = Metrics::new(Some(pins.clone()));
     let status = Status::default();
     let mut failures = supervise::install().context("installing the thread supervisor")?;
 
@@ -249,7 +249,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the runtime")?;
     rt.block_on(async move {
-        http::spawn(args.metrics_address.0, Endpoints::Metrics(metrics));
+        http::spawn(args.metrics_address.0, Endpoints::Metrics(metrics.clone()));
         http::spawn(args.health_address.0, Endpoints::Health(status.clone()));
         http::spawn(
             args.kube_proxy_healthz_address.0,
@@ -262,7 +262,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         // A supervised thread's panic ends the agent (see `supervise`): the
         // DaemonSet restarts it, and the pinned datapath forwards meanwhile.
         tokio::select! {
-            served = cni_server::serve(listener, dp) => served.context("serving the CNI socket"),
+            served = cni_server::serve(listener, dp, metrics) => served.context("serving the CNI socket"),
             failure = failures.next() => Err(anyhow::anyhow!(
                 "{failure}: exiting so that the agent is restarted (the datapath stays pinned and keeps forwarding)"
             )),
@@ -412,6 +412,8 @@ fn start_services(s: Services<'_>) -> anyhow::Result<()> {
         node: s.watch,
         routes: s.routes,
         masquerade: s.masq,
+        triggers: Vec::new(),
+        started: std::time::SystemTime::now(),
     }
     .spawn()
     .context("spawning the sync thread")?;

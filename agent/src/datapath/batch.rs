@@ -1,7 +1,10 @@
-//! `BPF_MAP_UPDATE_BATCH`: many writes to one map in one system call, as
-//! bpftool and Cilium write large maps. aya 0.14 has no batch API; this is its
-//! one system call, on aya's map descriptor. At 100,000 Services a sync writes
-//! millions of entries: one call each made the call itself the cost.
+//! Map system calls aya 0.14 lacks, on aya's map descriptor:
+//!
+//! - `BPF_MAP_UPDATE_BATCH`: many writes to one map in one system call, as
+//!   bpftool and Cilium write large maps. At 100,000 Services a sync writes
+//!   millions of entries: one call each made the call itself the cost.
+//! - `BPF_MAP_GET_NEXT_KEY` over raw bytes: counting any map's keys without
+//!   its key type (the metrics' map fill).
 
 use std::os::fd::{AsFd as _, AsRawFd as _};
 
@@ -11,6 +14,7 @@ use aya::{
     sys::SyscallError,
 };
 
+const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 
 /// `union bpf_attr`'s `batch` member.
@@ -65,4 +69,57 @@ pub fn update<K: Pod, V: Pod>(map: &MapData, keys: &[K], values: &[V]) -> Result
             io_error,
         }),
     ))
+}
+
+/// `union bpf_attr`'s member for key iteration.
+#[repr(C)]
+#[derive(Default)]
+struct NextKeyAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    next_key: u64,
+}
+
+/// How many keys `map` (of `key_size`-byte keys) holds, walked with
+/// `BPF_MAP_GET_NEXT_KEY`; at most `limit` are counted (a map changing under
+/// the walk can restart it).
+pub fn count_keys(map: &MapData, key_size: usize, limit: usize) -> Result<usize, MapError> {
+    let mut key = vec![0u8; key_size];
+    let mut next = vec![0u8; key_size];
+    let mut count = 0;
+    let mut first = true;
+    while count < limit {
+        let mut attr = NextKeyAttr {
+            map_fd: map.fd().as_fd().as_raw_fd() as u32,
+            // No key: the first one.
+            key: if first { 0 } else { key.as_ptr() as u64 },
+            next_key: next.as_mut_ptr() as u64,
+            ..NextKeyAttr::default()
+        };
+        // SAFETY: `attr` is the kernel's layout for this command; `key` and
+        // `next` are `key_size` bytes, the map's key size, alive for the call.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_GET_NEXT_KEY,
+                &raw mut attr,
+                std::mem::size_of::<NextKeyAttr>(),
+            )
+        };
+        if ret != 0 {
+            let io_error = std::io::Error::last_os_error();
+            if io_error.raw_os_error() == Some(libc::ENOENT) {
+                break;
+            }
+            return Err(MapError::SyscallError(SyscallError {
+                call: "bpf_map_get_next_key",
+                io_error,
+            }));
+        }
+        std::mem::swap(&mut key, &mut next);
+        first = false;
+        count += 1;
+    }
+    Ok(count)
 }

@@ -100,6 +100,26 @@ pub const ALL: &[MapSpec] = &[
     EVENTS,
 ];
 
+/// Arrays (full by construction) and the ring buffer: no fill to count.
+const UNCOUNTED: [MapSpec; 5] = [METRICS, SCRATCH, REJECT_BUDGET, NODE, EVENTS];
+
+/// The maps whose fill is a figure worth watching: every hash map and LPM trie.
+pub fn counted() -> impl Iterator<Item = &'static MapSpec> {
+    ALL.iter().filter(|spec| !UNCOUNTED.contains(spec))
+}
+
+/// How many entries the map of `spec` pinned under `pins` holds, by walking
+/// its keys: for maps small enough to walk every few seconds.
+pub fn count_entries(pins: &PinLayout, spec: &MapSpec) -> Result<usize, DatapathError> {
+    let err = |source| DatapathError::Map {
+        name: spec.name,
+        source,
+    };
+    let map = MapData::from_pin(pins.map(spec.name)).map_err(err)?;
+    // A walk restarted by deletions behind it counts some keys twice: bounded.
+    super::batch::count_keys(&map, spec.key_size as usize, 2 * spec.max_entries as usize).map_err(err)
+}
+
 pub type Endpoints = HashMap<MapData, EndpointKey, EndpointInfo>;
 pub type Metrics = PerCpuArray<MapData, MetricValue>;
 pub type Services = HashMap<MapData, ServiceKey, ServiceValue>;

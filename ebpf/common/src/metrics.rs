@@ -164,6 +164,39 @@ impl Reason {
         }
     }
 
+    /// The reason as a metric label (`/metrics`): short, stable, snake case.
+    pub const fn label(self) -> &'static str {
+        match self {
+            Reason::Forwarded => "forwarded",
+            Reason::Malformed => "malformed",
+            Reason::NoBackend => "no_backend",
+            Reason::BackendMissing => "backend_missing",
+            Reason::CtFull => "conntrack_full",
+            Reason::RewriteFailed => "rewrite_failed",
+            Reason::NoSnat => "no_snat",
+            Reason::NoLocalBackend => "no_local_backend",
+            Reason::PolicyIngress => "policy_ingress",
+            Reason::PolicyEgress => "policy_egress",
+            Reason::SpoofedSource => "spoofed_source",
+            Reason::IcmpUnrelated => "icmp_unrelated",
+            Reason::Untracked => "untracked",
+            Reason::NoTunnel => "no_tunnel",
+            Reason::ForeignVni => "foreign_vni",
+            Reason::Peer => "redirect_peer",
+            Reason::ToTc => "to_tc",
+            Reason::RejectLimited => "reject_limited",
+        }
+    }
+
+    /// Whether the packet counted under this reason was dropped (or rejected):
+    /// every reason but the pass and the counted-beside ones.
+    pub const fn is_drop(self) -> bool {
+        !matches!(
+            self,
+            Reason::Forwarded | Reason::Untracked | Reason::Peer | Reason::ToTc
+        )
+    }
+
     /// [`Reason::describe`] of a code read from a map or an event.
     pub fn describe_code(code: u8) -> &'static str {
         Reason::try_from(code).map_or("unknown", Reason::describe)
