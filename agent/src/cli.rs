@@ -20,6 +20,13 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// `-o`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
 /// `--log-format`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -42,6 +49,28 @@ pub enum Command {
         /// The CNI bin directory.
         #[arg(long, default_value = "/opt/cni/bin")]
         to: PathBuf,
+    },
+    /// Print what every map of a node would hold for a directory of
+    /// manifests (services, backends, reverse NAT, Maglev tables, health
+    /// check ports, isolated endpoints, ipcache, policy rules) and what was
+    /// skipped, offline: no root, no kernel. Sorted and stable, so that two
+    /// runs diff as datapath state.
+    Compile {
+        /// The manifests, as `run --source dir:PATH` reads them.
+        #[arg(long, value_name = "dir:PATH")]
+        source: SourceSpec,
+        /// The node to compile for: its endpoints are the local ones (Local
+        /// traffic policies, health checks), its pods the ones policies
+        /// isolate, its Node object's addresses the NodePort addresses.
+        /// Default: none of the cluster's nodes (no local endpoints or pods).
+        #[arg(long, default_value = "")]
+        node: String,
+        /// The node's NodePort addresses, instead of its Node object's
+        /// InternalIP and ExternalIP addresses (`run` takes its devices').
+        #[arg(long, value_delimiter = ',', value_name = "IP,...")]
+        node_ips: Vec<std::net::IpAddr>,
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
     },
     /// Mount bpffs where it is not mounted yet. For the DaemonSet's init
     /// container (the host's `/sys/fs/bpf`, shared back to the host).

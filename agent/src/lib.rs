@@ -21,12 +21,15 @@
 //! - [`supervise`]: those threads' panics end the agent (the DaemonSet restarts
 //!   it; the pinned datapath keeps forwarding), never stop their work silently.
 //! - [`ctl`]: `weirctl`'s views of the maps.
+//! - [`compile`]: `weir-agent compile`, those views of what a directory of
+//!   manifests compiles to, offline.
 //! - [`metrics`], [`http`]: the agent's Prometheus metrics and the endpoint
 //!   that serves them.
 
 pub mod cli;
 pub mod cni_conf;
 pub mod cni_server;
+pub mod compile;
 pub mod conntrack;
 pub mod ctl;
 pub mod datapath;

@@ -1217,3 +1217,125 @@ fn alert_rules_name_only_exported_metrics(text: &str) {
         assert!(any, "rule {} reads no Weir metric", rule["alert"]);
     }
 }
+
+/// `weir-agent compile` of the directory a running agent reads is what that
+/// agent wrote to its maps (numbers aside: a running agent keeps those it
+/// gave), as `weirctl` reads them back.
+#[test]
+fn root_dir_compile_offline_is_what_the_agent_wrote() {
+    let lab = Lab::new(SourceKind::Dir, "10.91.32.0/24", &["a", "b", "c"], &[8080]);
+    let mut web = service("web", VIP, &[port("http", 80, "8080", "TCP")]);
+    web["spec"]["sessionAffinity"] = json!("ClientIP");
+    let mut mag = service(
+        "mag",
+        "10.96.0.12",
+        &[port("http", 80, "8080", "TCP"), port("dns", 53, "8080", "UDP")],
+    );
+    mag["metadata"]["annotations"] = json!({ "weir.dev/lb-algorithm": "maglev" });
+    let labels = |name: &str| json!({ "app": name });
+    let mut objects = vec![
+        web,
+        slice(
+            "web-1",
+            "web",
+            lab.node.name(),
+            &[("http", 8080, "TCP")],
+            &lab.ready(&["a", "b"]),
+        ),
+        mag,
+        slice(
+            "mag-1",
+            "mag",
+            lab.node.name(),
+            &[("http", 8080, "TCP"), ("dns", 8080, "UDP")],
+            &[Ep::ready(lab.ip("a")), Ep::terminating(lab.ip("c"))],
+        ),
+        service("empty", "10.96.0.13", &[port("http", 80, "8080", "TCP")]),
+        json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": { "name": "b-from-a", "namespace": "default" },
+            "spec": {
+                "podSelector": { "matchLabels": { "app": "b" } },
+                "ingress": [{ "from": [{ "podSelector": { "matchLabels": { "app": "a" } } },
+                                       { "ipBlock": { "cidr": "192.0.2.0/24" } }],
+                              "ports": [{ "port": 8080 }] }],
+                "egress": [{ "ports": [{ "port": 53, "protocol": "UDP" }] }],
+            },
+        }),
+    ];
+    for name in ["a", "b", "c"] {
+        objects.push(weir_lab::services::pod(
+            "default",
+            name,
+            labels(name),
+            lab.node.name(),
+            &[lab.ip(name)],
+            json!([]),
+        ));
+    }
+    lab.cluster.write("cluster.yaml", &objects);
+    lab.agent.wait_services("three Services", |s| {
+        frontend(s, &format!("{VIP}:80/TCP")).is_some_and(|f| f["count"] == 2)
+            && frontend(s, "10.96.0.12:53/UDP").is_some_and(|f| f["count"] == 1)
+            && frontend(s, "10.96.0.13:80/TCP").is_some()
+    });
+    // The policy maps are synced when the isolated pod shows.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while lab
+        .agent
+        .weirctl(&["policy"])
+        .as_array()
+        .is_none_or(|r| r.len() < 2)
+    {
+        assert!(Instant::now() < deadline, "policy never synced");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let out = std::process::Command::new(weir_lab::bins::path("weir-agent"))
+        .args(["compile", "-o", "json", "--node", lab.node.name(), "--source"])
+        .arg(format!("dir:{}", lab.cluster.dir().path().display()))
+        .output()
+        .expect("weir-agent compile");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let compiled: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+
+    // Each view without its numbers, sorted.
+    let strip = |rows: &Value, numbers: &[&str]| -> Vec<Value> {
+        let mut rows: Vec<Value> = rows
+            .as_array()
+            .expect("rows")
+            .iter()
+            .map(|r| {
+                let mut r = r.clone();
+                let o = r.as_object_mut().expect("row");
+                for n in numbers {
+                    o.remove(*n);
+                }
+                o.remove("service");
+                if let Some(slots) = o.get_mut("backends").and_then(Value::as_array_mut) {
+                    for slot in slots {
+                        slot.as_object_mut().expect("slot").remove("id");
+                    }
+                }
+                r
+            })
+            .collect();
+        rows.sort_by_key(ToString::to_string);
+        rows
+    };
+    for (view, numbers) in [
+        ("services", &["rev_nat_id"][..]),
+        ("backends", &["id"][..]),
+        ("policy", &["endpoint_id", "identity"][..]),
+        ("ipcache", &["identity"][..]),
+    ] {
+        let live = strip(&lab.agent.weirctl(&[view]), numbers);
+        let offline = strip(&compiled[view], numbers);
+        assert!(!offline.is_empty(), "{view}: nothing compiled");
+        assert_eq!(
+            live, offline,
+            "{view}: the maps (left) and the offline compile (right) differ"
+        );
+    }
+    assert_eq!(compiled["skipped"], json!([]));
+}

@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use tracing::{info, warn};
 use weir_agent::{
-    cli::{Acceleration, Cli, Command, LogFormat, Routing, RunArgs},
+    cli::{Acceleration, Cli, Command, LogFormat, Output, Routing, RunArgs},
     cni_conf::ConfOptions,
     cni_server,
     conntrack::Hygiene,
@@ -58,6 +58,32 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
                     .with_file_name("weir-cni"),
             };
             install(&from, &to)
+        }
+        Command::Compile {
+            source,
+            node,
+            node_ips,
+            output,
+        } => {
+            let SourceSpec::Dir(dir) = source else {
+                anyhow::bail!(
+                    "compile reads a directory of manifests (--source dir:PATH), not the API server"
+                );
+            };
+            let compiled = weir_agent::compile::compile(&dir, &node, &node_ips)
+                .with_context(|| format!("reading {}", dir.display()))?;
+            let mut text = match output {
+                Output::Json => serde_json::to_string_pretty(&compiled)?,
+                Output::Table => compiled.to_table(),
+            };
+            if !text.ends_with('\n') {
+                text.push('\n');
+            }
+            use std::io::Write as _;
+            match std::io::stdout().lock().write_all(text.as_bytes()) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+                _ => Ok(()),
+            }
         }
         Command::MountBpffs { path } => {
             weir_agent::datapath::bpffs::mount_if_missing(&path)?;

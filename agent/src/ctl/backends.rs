@@ -3,13 +3,10 @@
 use std::collections::BTreeMap;
 
 use serde::Serialize;
-use weir_common::maps as names;
+use weir_model::DesiredServices;
 
-use super::{CtlError, Row, open, proto, services::state_name, sock};
-use crate::datapath::{
-    PinLayout,
-    maps::{self, Backends, Services},
-};
+use super::{CtlError, Row, proto, services::state_name, sock};
+use crate::datapath::PinLayout;
 
 #[derive(Debug, Serialize)]
 pub struct BackendRow {
@@ -36,27 +33,18 @@ impl Row for BackendRow {
 }
 
 pub fn backends(pins: &PinLayout) -> Result<Vec<BackendRow>, CtlError> {
-    let map: Backends = open(pins, &maps::BACKENDS)?;
-    let services: Services = open(pins, &maps::SERVICES)?;
+    Ok(backend_rows(&super::read_services(pins)?))
+}
+
+/// One row per backend of `maps`, by id.
+pub fn backend_rows(maps: &DesiredServices) -> Vec<BackendRow> {
     let mut slots: BTreeMap<u32, usize> = BTreeMap::new();
-    for entry in services.iter() {
-        let (k, v) = entry.map_err(|source| CtlError::Map {
-            map: names::SERVICES,
-            source,
-        })?;
+    for (k, v) in &maps.services {
         if k.slot != 0 {
             *slots.entry(v.backend_id).or_default() += 1;
         }
     }
-    let mut all = BTreeMap::new();
-    for entry in map.iter() {
-        let (id, b) = entry.map_err(|source| CtlError::Map {
-            map: names::BACKENDS,
-            source,
-        })?;
-        all.insert(id, b);
-    }
-    Ok(all
+    maps.backends
         .iter()
         .map(|(id, b)| BackendRow {
             id: *id,
@@ -65,5 +53,5 @@ pub fn backends(pins: &PinLayout) -> Result<Vec<BackendRow>, CtlError> {
             state: state_name(b.state),
             slots: slots.get(id).copied().unwrap_or(0),
         })
-        .collect())
+        .collect()
 }

@@ -48,7 +48,15 @@ pub fn drops(pins: &PinLayout) -> Result<Vec<DropRow>, CtlError> {
         map: names::EVENTS,
         source,
     };
-    let endpoints = endpoints(pins)?;
+    let map: maps::PolicyEndpoints = super::open(pins, &maps::POLICY_ENDPOINTS)?;
+    let endpoints = endpoints(
+        &map.iter()
+            .collect::<Result<_, _>>()
+            .map_err(|source| CtlError::Map {
+                map: names::POLICY_ENDPOINTS,
+                source,
+            })?,
+    );
     maps::check_pin(pins, &maps::EVENTS).map_err(|e| CtlError::Datapath(Box::new(e)))?;
     let data = MapData::from_pin(pins.map(names::EVENTS)).map_err(err)?;
     let mut ring = RingBuf::try_from(Map::RingBuf(data)).map_err(err)?;

@@ -3,13 +3,11 @@
 use std::collections::BTreeMap;
 
 use serde::Serialize;
-use weir_common::{IPCACHE_PREFIX_BITS, maps as names};
+use weir_common::IPCACHE_PREFIX_BITS;
+use weir_model::policy::DesiredPolicy;
 
-use super::{CtlError, Row, ip_text, open};
-use crate::datapath::{
-    PinLayout,
-    maps::{self, Ipcache},
-};
+use super::{CtlError, Row, ip_text};
+use crate::datapath::PinLayout;
 
 #[derive(Debug, Serialize)]
 pub struct IpcacheRow {
@@ -27,30 +25,28 @@ impl Row for IpcacheRow {
 }
 
 /// Identity -> the prefixes the ipcache gives it.
-pub(super) fn members(pins: &PinLayout) -> Result<BTreeMap<u32, Vec<String>>, CtlError> {
-    let map: Ipcache = open(pins, &maps::IPCACHE)?;
+pub(super) fn members(maps: &DesiredPolicy) -> BTreeMap<u32, Vec<String>> {
     let mut out: BTreeMap<u32, Vec<String>> = BTreeMap::new();
-    for entry in map.iter() {
-        let (k, id) = entry.map_err(|source| CtlError::Map {
-            map: names::IPCACHE,
-            source,
-        })?;
-        let data = k.data();
-        let prefix = k.prefix_len().saturating_sub(IPCACHE_PREFIX_BITS);
-        let addr = ip_text(data.addr, data.family);
-        out.entry(id).or_default().push(format!("{addr}/{prefix}"));
+    for (entry, id) in &maps.ipcache {
+        let prefix = entry.prefix_len.saturating_sub(IPCACHE_PREFIX_BITS);
+        let addr = ip_text(entry.key.addr, entry.key.family);
+        out.entry(*id).or_default().push(format!("{addr}/{prefix}"));
     }
-    Ok(out)
+    out
 }
 
-/// By identity, then in the map's order.
 pub fn ipcache(pins: &PinLayout) -> Result<Vec<IpcacheRow>, CtlError> {
-    Ok(members(pins)?
+    Ok(ipcache_rows(&super::read_policy(pins)?))
+}
+
+/// By identity, then by prefix.
+pub fn ipcache_rows(maps: &DesiredPolicy) -> Vec<IpcacheRow> {
+    members(maps)
         .into_iter()
         .flat_map(|(identity, prefixes)| {
             prefixes
                 .into_iter()
                 .map(move |prefix| IpcacheRow { prefix, identity })
         })
-        .collect())
+        .collect()
 }

@@ -20,18 +20,18 @@ mod tunnels;
 use std::net::{IpAddr, SocketAddr};
 
 use weir_common::{IPPROTO_ICMP, IPPROTO_ICMPV6};
-use weir_model::{Protocol, net::from_abi};
+use weir_model::{DesiredServices, Protocol, net::from_abi, policy::DesiredPolicy};
 
 pub use self::{
     affinity::{AffinityRow, affinity},
-    backends::{BackendRow, backends},
+    backends::{BackendRow, backend_rows, backends},
     conntrack::{ConntrackRow, conntrack},
     drops::{DropRow, drops},
     endpoints::{EndpointRow, endpoints},
-    ipcache::{IpcacheRow, ipcache},
+    ipcache::{IpcacheRow, ipcache, ipcache_rows},
     metrics::{MetricRow, metrics},
-    policy::{PolicyRow, policy},
-    services::{Algorithm, ServiceRow, SlotRow, services},
+    policy::{PolicyRow, policy, policy_rows},
+    services::{Algorithm, ServiceRow, SlotRow, service_rows, services},
     table::{Row, to_json, to_table},
     tunnels::{TunnelRow, tunnels},
 };
@@ -49,11 +49,42 @@ pub enum CtlError {
     Clock(#[from] crate::conntrack::CtError),
 }
 
+impl From<crate::sync::SyncError> for CtlError {
+    fn from(e: crate::sync::SyncError) -> Self {
+        match e {
+            crate::sync::SyncError::Read { map, source } => CtlError::Map { map, source },
+        }
+    }
+}
+
 fn open<T>(pins: &crate::datapath::PinLayout, spec: &crate::datapath::maps::MapSpec) -> Result<T, CtlError>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {
     crate::datapath::maps::open_pinned(pins, spec).map_err(|e| CtlError::Datapath(Box::new(e)))
+}
+
+/// What the service maps pinned under `pins` hold.
+pub fn read_services(pins: &crate::datapath::PinLayout) -> Result<DesiredServices, CtlError> {
+    use crate::datapath::maps;
+    crate::sync::read_service_maps(
+        &open(pins, &maps::SERVICES)?,
+        &open(pins, &maps::BACKENDS)?,
+        &open(pins, &maps::REVNAT)?,
+        &open(pins, &maps::MAGLEV)?,
+    )
+    .map_err(CtlError::from)
+}
+
+/// What the policy maps pinned under `pins` hold.
+pub fn read_policy(pins: &crate::datapath::PinLayout) -> Result<DesiredPolicy, CtlError> {
+    use crate::datapath::maps;
+    crate::sync::read_policy_maps(
+        &open(pins, &maps::POLICY_ENDPOINTS)?,
+        &open(pins, &maps::IPCACHE)?,
+        &open(pins, &maps::POLICY)?,
+    )
+    .map_err(CtlError::from)
 }
 
 fn ip(addr: [u8; 16], family: u8) -> Option<IpAddr> {

@@ -4,15 +4,13 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 use weir_common::{
-    IDENTITY_ANY, POLICY_F_EGRESS, POLICY_F_INGRESS, POLICY_PREFIX_ANY_PORT, POLICY_PREFIX_ANY_PROTO,
-    POLICY_PREFIX_FULL, maps as names,
+    EndpointKey, IDENTITY_ANY, POLICY_F_EGRESS, POLICY_F_INGRESS, POLICY_PREFIX_ANY_PORT,
+    POLICY_PREFIX_ANY_PROTO, POLICY_PREFIX_FULL, PolicyEndpoint,
 };
+use weir_model::policy::DesiredPolicy;
 
-use super::{CtlError, Row, ip_text, ipcache::members, open, proto, table::or_null};
-use crate::datapath::{
-    PinLayout,
-    maps::{self, Policy, PolicyEndpoints},
-};
+use super::{CtlError, Row, ip_text, ipcache::members, proto, table::or_null};
+use crate::datapath::PinLayout;
 
 /// One rule of an isolated pod, or an isolated direction that admits nothing.
 #[derive(Debug, Serialize)]
@@ -46,35 +44,26 @@ impl Row for PolicyRow {
     }
 }
 
-/// Endpoint id -> (address, `POLICY_F_*`).
-pub(super) fn endpoints(pins: &PinLayout) -> Result<BTreeMap<u32, (String, u32)>, CtlError> {
-    let map: PolicyEndpoints = open(pins, &maps::POLICY_ENDPOINTS)?;
-    let mut out = BTreeMap::new();
-    for entry in map.iter() {
-        let (k, v) = entry.map_err(|source| CtlError::Map {
-            map: names::POLICY_ENDPOINTS,
-            source,
-        })?;
-        let addr = ip_text(k.addr, k.family);
-        out.insert(v.id, (addr, v.flags));
-    }
-    Ok(out)
+/// Endpoint id -> (address, `POLICY_F_*`), of the policy endpoints map.
+pub(super) fn endpoints(map: &BTreeMap<EndpointKey, PolicyEndpoint>) -> BTreeMap<u32, (String, u32)> {
+    map.iter()
+        .map(|(k, v)| (v.id, (ip_text(k.addr, k.family), v.flags)))
+        .collect()
 }
 
-/// One row per rule of each isolated pod, and one per isolated direction that
-/// admits nothing.
 pub fn policy(pins: &PinLayout) -> Result<Vec<PolicyRow>, CtlError> {
-    let endpoints = endpoints(pins)?;
-    let members = members(pins)?;
-    let map: Policy = open(pins, &maps::POLICY)?;
+    Ok(policy_rows(&super::read_policy(pins)?))
+}
+
+/// One row per rule of each isolated pod of `maps`, and one per isolated
+/// direction that admits nothing.
+pub fn policy_rows(maps: &DesiredPolicy) -> Vec<PolicyRow> {
+    let endpoints = endpoints(&maps.endpoints);
+    let members = members(maps);
     let mut rows = Vec::new();
     let mut seen = BTreeSet::new();
-    for entry in map.iter() {
-        let (k, _) = entry.map_err(|source| CtlError::Map {
-            map: names::POLICY,
-            source,
-        })?;
-        let (len, r) = (k.prefix_len(), k.data());
+    for rule in &maps.rules {
+        let (len, r) = (rule.prefix_len, rule.key);
         seen.insert((r.endpoint, r.egress));
         let peers = if r.identity == IDENTITY_ANY {
             "any".to_owned()
@@ -116,9 +105,9 @@ pub fn policy(pins: &PinLayout) -> Result<Vec<PolicyRow>, CtlError> {
         }
     }
     // By endpoint (an unknown one first), direction and identity; stable, so a
-    // pod's rules for one peer stay in the map's order.
+    // pod's rules for one peer stay in the rules' order.
     rows.sort_by_cached_key(|r| (r.endpoint.clone(), r.direction, r.identity));
-    Ok(rows)
+    rows
 }
 
 /// `first` or `first-last`: the ports a rule's prefix length leaves free.

@@ -7,20 +7,22 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use weir_common::{
     BACKEND_ACTIVE, BACKEND_TERMINATING, Backend, SCOPE_INTERNAL, SVC_F_AFFINITY, SVC_F_MAGLEV, ServiceKey,
-    maps as names,
 };
 
-use super::{CtlError, Row, ip, open, proto, sock, table::or_dash};
-use crate::datapath::{
-    PinLayout,
-    maps::{self, Backends, Maglev, Services},
-};
+use weir_model::DesiredServices;
+
+use super::{CtlError, Row, ip, proto, sock, table::or_dash};
+use crate::datapath::PinLayout;
 
 /// One frontend.
 #[derive(Debug, Serialize)]
 pub struct ServiceRow {
     /// `VIP:port/PROTO`.
     pub frontend: String,
+    /// The Service's `namespace/name` and port name (`namespace/name:port`),
+    /// where known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
     pub address: Option<String>,
     pub port: u16,
     pub protocol: String,
@@ -69,7 +71,7 @@ impl SlotRow {
 }
 
 impl Row for ServiceRow {
-    const HEADERS: &'static [&'static str] = &["FRONTEND", "SCOPE", "ID", "FLAGS", "BACKENDS"];
+    const HEADERS: &'static [&'static str] = &["FRONTEND", "SERVICE", "SCOPE", "ID", "FLAGS", "BACKENDS"];
 
     fn cells(&self) -> Vec<String> {
         let flags: Vec<String> = self
@@ -92,6 +94,7 @@ impl Row for ServiceRow {
         };
         vec![
             self.frontend.clone(),
+            self.service.clone().unwrap_or_else(|| "-".to_owned()),
             self.scope.to_owned(),
             self.rev_nat_id.to_string(),
             or_dash(&flags, ","),
@@ -101,36 +104,23 @@ impl Row for ServiceRow {
 }
 
 pub fn services(pins: &PinLayout) -> Result<Vec<ServiceRow>, CtlError> {
-    let services: Services = open(pins, &maps::SERVICES)?;
-    let backends: Backends = open(pins, &maps::BACKENDS)?;
-    let maglev: Maglev = open(pins, &maps::MAGLEV)?;
-    let mut entries = BTreeMap::new();
-    for entry in services.iter() {
-        let (k, v) = entry.map_err(|source| CtlError::Map {
-            map: names::SERVICES,
-            source,
-        })?;
-        entries.insert(k, v);
-    }
-    // Slots by frontend, and backends by id, read once: a view costs what the
-    // maps hold, whatever counts the frontends claim.
+    Ok(service_rows(&super::read_services(pins)?))
+}
+
+/// One row per frontend of `maps` (what the service maps hold, or what a
+/// compile wants them to).
+pub fn service_rows(maps: &DesiredServices) -> Vec<ServiceRow> {
+    // Slots by frontend, read once: a view costs what the maps hold, whatever
+    // counts the frontends claim.
     let mut slots_of: BTreeMap<ServiceKey, Vec<(u16, u32)>> = BTreeMap::new();
-    for (k, v) in entries.iter().filter(|(k, _)| k.slot != 0) {
+    for (k, v) in maps.services.iter().filter(|(k, _)| k.slot != 0) {
         slots_of
             .entry(ServiceKey { slot: 0, ..*k })
             .or_default()
             .push((k.slot, v.backend_id));
     }
-    let mut known = BTreeMap::new();
-    for entry in backends.iter() {
-        let (id, b) = entry.map_err(|source| CtlError::Map {
-            map: names::BACKENDS,
-            source,
-        })?;
-        known.insert(id, b);
-    }
     let mut rows = Vec::new();
-    for (key, head) in entries.iter().filter(|(k, _)| k.slot == 0) {
+    for (key, head) in maps.services.iter().filter(|(k, _)| k.slot == 0) {
         let present: Vec<(u16, u32)> = slots_of
             .get(key)
             .map(|s| {
@@ -142,7 +132,7 @@ pub fn services(pins: &PinLayout) -> Result<Vec<ServiceRow>, CtlError> {
             .unwrap_or_default();
         let mut slots: Vec<SlotRow> = present
             .iter()
-            .map(|&(slot, id)| slot_row(&known, slot, id))
+            .map(|&(slot, id)| slot_row(&maps.backends, slot, id))
             .collect();
         let missing = usize::from(head.count) - present.len();
         if missing > 0 {
@@ -158,9 +148,10 @@ pub fn services(pins: &PinLayout) -> Result<Vec<ServiceRow>, CtlError> {
         }
         // The datapath falls back to a random slot when a Maglev frontend has no
         // table (the agent skipped it, or has not written it yet).
-        let has_table = head.flags & SVC_F_MAGLEV != 0 && maglev.get(&head.rev_nat_id, 0).is_ok();
+        let has_table = head.flags & SVC_F_MAGLEV != 0 && maps.maglev.contains_key(&head.rev_nat_id);
         rows.push(ServiceRow {
             frontend: format!("{}/{}", sock(key.addr, key.family, key.port), proto(key.proto)),
+            service: None,
             address: ip(key.addr, key.family).map(|a| a.to_string()),
             port: u16::from_be(key.port),
             protocol: proto(key.proto),
@@ -181,7 +172,7 @@ pub fn services(pins: &PinLayout) -> Result<Vec<ServiceRow>, CtlError> {
             backends: slots,
         });
     }
-    Ok(rows)
+    rows
 }
 
 fn slot_row(backends: &BTreeMap<u32, Backend>, slot: u16, id: u32) -> SlotRow {

@@ -43,6 +43,7 @@ fn metrics_keys() {
 fn services_keys_with_every_kind_of_slot() {
     let row = ServiceRow {
         frontend: "10.96.0.10:80/TCP".into(),
+        service: Some("default/web:http".into()),
         address: Some("10.96.0.10".into()),
         port: 80,
         protocol: "TCP".into(),
@@ -79,7 +80,8 @@ fn services_keys_with_every_kind_of_slot() {
     assert_eq!(
         json(&row),
         concat!(
-            r#"{"frontend":"10.96.0.10:80/TCP","address":"10.96.0.10","port":80,"protocol":"TCP","#,
+            r#"{"frontend":"10.96.0.10:80/TCP","service":"default/web:http","address":"10.96.0.10","#,
+            r#""port":80,"protocol":"TCP","#,
             r#""scope":"external","rev_nat_id":1,"flags":["affinity","maglev"],"algorithm":"maglev","#,
             r#""affinity_timeout":10800,"count":4,"backends":["#,
             r#"{"slot":1,"id":5,"address":"10.0.0.5:8080","state":"active"},"#,
@@ -93,6 +95,8 @@ fn services_keys_with_every_kind_of_slot() {
 fn services_keys_without_affinity_or_address() {
     let row = ServiceRow {
         frontend: "?/7".into(),
+        // Unknown: not in the JSON at all.
+        service: None,
         address: None,
         port: 0,
         protocol: "7".into(),
@@ -231,8 +235,9 @@ fn services_cells() {
         state,
         missing: None,
     };
-    let row = |flags, algorithm, affinity_timeout, backends| ServiceRow {
+    let row = |flags: Vec<&'static str>, algorithm, affinity_timeout, backends| ServiceRow {
         frontend: "10.96.0.10:80/TCP".into(),
+        service: (!flags.is_empty()).then(|| "default/web:http".to_owned()),
         address: None,
         port: 80,
         protocol: "TCP".into(),
@@ -267,11 +272,11 @@ fn services_cells() {
     ];
     assert_eq!(
         to_table(&rows),
-        "FRONTEND           SCOPE     ID  FLAGS                             BACKENDS\n\
-         10.96.0.10:80/TCP  external  1   affinity=10800s,maglev(no-table)  \
+        "FRONTEND           SERVICE           SCOPE     ID  FLAGS                             BACKENDS\n\
+         10.96.0.10:80/TCP  default/web:http  external  1   affinity=10800s,maglev(no-table)  \
          10.0.0.5:8080 10.0.0.7:8080(terminating) ?(missing-backend) (2 slots missing)\n\
-         10.96.0.10:80/TCP  external  1   maglev                            (none: reject)\n\
-         10.96.0.10:80/TCP  external  1   -                                 (none: reject)\n"
+         10.96.0.10:80/TCP  default/web:http  external  1   maglev                            (none: reject)\n\
+         10.96.0.10:80/TCP  -                 external  1   -                                 (none: reject)\n"
     );
 }
 

@@ -31,8 +31,8 @@ use tracing::warn;
 
 pub use self::{
     policy::{PolicyReport, PolicySyncer},
-    policy_maps::PolicyOp,
-    service_maps::{ServiceMaps, ServiceOp, maglev_value},
+    policy_maps::{PolicyOp, read_policy_maps},
+    service_maps::{ServiceMaps, ServiceOp, maglev_value, read_service_maps},
     services::{ServiceReport, ServiceSyncer},
 };
 use crate::datapath::{Datapath, is_not_found};

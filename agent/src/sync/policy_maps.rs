@@ -9,6 +9,7 @@ use weir_common::{EndpointKey, PolicyEndpoint, PolicyShare, maps as names};
 use weir_model::policy::{DesiredPolicy, IpcacheEntry, RuleKey};
 
 use super::{MapOp, Maps, SharedDatapath, SyncError};
+use crate::datapath::maps;
 
 /// `BPF_NOEXIST`: create only.
 const BPF_NOEXIST: u64 = 1;
@@ -91,37 +92,46 @@ impl fmt::Display for PolicyOp {
     }
 }
 
+/// Everything the three policy maps hold, in the compiler's terms: what the
+/// syncer reads back at start, and what `weirctl` shows.
+pub fn read_policy_maps(
+    endpoints: &maps::PolicyEndpoints,
+    ipcache: &maps::Ipcache,
+    policy: &maps::Policy,
+) -> Result<DesiredPolicy, SyncError> {
+    let read = |map| move |source| SyncError::Read { map, source };
+    let mut out = DesiredPolicy {
+        endpoints: endpoints
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(read(names::POLICY_ENDPOINTS))?,
+        ..DesiredPolicy::default()
+    };
+    for entry in ipcache.iter() {
+        let (k, v) = entry.map_err(read(names::IPCACHE))?;
+        out.ipcache.insert(
+            IpcacheEntry {
+                prefix_len: k.prefix_len(),
+                key: k.data(),
+            },
+            v,
+        );
+    }
+    for entry in policy.iter() {
+        let (k, _) = entry.map_err(read(names::POLICY))?;
+        out.rules.insert(RuleKey {
+            prefix_len: k.prefix_len(),
+            key: k.data(),
+        });
+    }
+    Ok(out)
+}
+
 /// The three policy maps in the kernel.
 impl Maps<PolicyOp> for SharedDatapath {
     fn read(&self) -> Result<DesiredPolicy, SyncError> {
         let dp = self.lock();
-        let read = |map| move |source| SyncError::Read { map, source };
-        let mut out = DesiredPolicy {
-            endpoints: dp
-                .policy_endpoints
-                .iter()
-                .collect::<Result<_, _>>()
-                .map_err(read(names::POLICY_ENDPOINTS))?,
-            ..DesiredPolicy::default()
-        };
-        for entry in dp.ipcache.iter() {
-            let (k, v) = entry.map_err(read(names::IPCACHE))?;
-            out.ipcache.insert(
-                IpcacheEntry {
-                    prefix_len: k.prefix_len(),
-                    key: k.data(),
-                },
-                v,
-            );
-        }
-        for entry in dp.policy.iter() {
-            let (k, _) = entry.map_err(read(names::POLICY))?;
-            out.rules.insert(RuleKey {
-                prefix_len: k.prefix_len(),
-                key: k.data(),
-            });
-        }
-        Ok(out)
+        read_policy_maps(&dp.policy_endpoints, &dp.ipcache, &dp.policy)
     }
 
     fn apply(&mut self, op: &PolicyOp) -> Result<(), MapError> {

@@ -8,7 +8,7 @@ use weir_common::{Backend, MAGLEV_TABLE_SIZE, MaglevTable, RevNat, ServiceKey, S
 use weir_model::{DesiredServices, services::socket_addr};
 
 use super::{MapOp, Maps, SharedDatapath, SyncError};
-use crate::datapath::{batch, is_not_found};
+use crate::datapath::{batch, is_not_found, maps};
 
 /// The service maps, also read one key at a time: the syncer keeps no copy of
 /// them, it asks for what a sync needs to know.
@@ -174,34 +174,42 @@ impl fmt::Display for ServiceOp {
     }
 }
 
+/// Everything the four service maps hold, in the compiler's terms: what the
+/// syncer reads back at start, and what `weirctl` shows.
+pub fn read_service_maps(
+    services: &maps::Services,
+    backends: &maps::Backends,
+    revnat: &maps::RevNats,
+    maglev: &maps::Maglev,
+) -> Result<DesiredServices, SyncError> {
+    let read = |map| move |source| SyncError::Read { map, source };
+    let mut out = DesiredServices {
+        services: services
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(read(names::SERVICES))?,
+        backends: backends
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(read(names::BACKENDS))?,
+        revnat: revnat
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(read(names::REVNAT))?,
+        ..DesiredServices::default()
+    };
+    for entry in maglev.iter() {
+        let (k, v) = entry.map_err(read(names::MAGLEV))?;
+        out.maglev.insert(k, v.0.to_vec());
+    }
+    Ok(out)
+}
+
 /// The four service maps (services, backends, revnat, maglev) in the kernel.
 impl Maps<ServiceOp> for SharedDatapath {
     fn read(&self) -> Result<DesiredServices, SyncError> {
         let dp = self.lock();
-        let read = |map| move |source| SyncError::Read { map, source };
-        let mut out = DesiredServices {
-            services: dp
-                .services
-                .iter()
-                .collect::<Result<_, _>>()
-                .map_err(read(names::SERVICES))?,
-            backends: dp
-                .backends
-                .iter()
-                .collect::<Result<_, _>>()
-                .map_err(read(names::BACKENDS))?,
-            revnat: dp
-                .revnat
-                .iter()
-                .collect::<Result<_, _>>()
-                .map_err(read(names::REVNAT))?,
-            ..DesiredServices::default()
-        };
-        for entry in dp.maglev.iter() {
-            let (k, v) = entry.map_err(read(names::MAGLEV))?;
-            out.maglev.insert(k, v.0.to_vec());
-        }
-        Ok(out)
+        read_service_maps(&dp.services, &dp.backends, &dp.revnat, &dp.maglev)
     }
 
     /// Runs of writes to one of the three large maps go in batches

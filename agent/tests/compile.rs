@@ -1,0 +1,207 @@
+//! `weir-agent compile` as a reviewer runs it: the real binary, no root, on a
+//! directory of manifests (`tests/data/compile-cluster.yaml`: a Maglev
+//! LoadBalancer with `externalTrafficPolicy: Local` and endpoints on two
+//! nodes, a NetworkPolicy isolating the local pod, an invalid Service).
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+use serde_json::{Value, json};
+
+const CLUSTER: &str = include_str!("data/compile-cluster.yaml");
+
+/// A fresh directory holding `files` (name, text).
+fn manifests(name: &str, files: &[(&str, &str)]) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("compile-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch directory");
+    for (file, text) in files {
+        std::fs::write(dir.join(file), text).expect("write manifest");
+    }
+    dir
+}
+
+fn compile(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_weir-agent"))
+        .arg("compile")
+        .arg("--source")
+        .arg(format!("dir:{}", dir.display()))
+        .args(args)
+        .output()
+        .expect("running weir-agent compile")
+}
+
+fn compile_json(dir: &Path, args: &[&str]) -> Value {
+    let out = compile(dir, &[args, &["-o", "json"]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("JSON")
+}
+
+/// The frontend `frontend` of `scope`.
+fn frontend<'a>(compiled: &'a Value, frontend: &str, scope: &str) -> &'a Value {
+    compiled["services"]
+        .as_array()
+        .expect("services")
+        .iter()
+        .find(|s| s["frontend"] == frontend && s["scope"] == scope)
+        .unwrap_or_else(|| panic!("no {scope} frontend {frontend} in {compiled:#}"))
+}
+
+fn slot_addresses(frontend: &Value) -> Vec<&str> {
+    frontend["backends"]
+        .as_array()
+        .expect("backends")
+        .iter()
+        .map(|b| b["address"].as_str().expect("address"))
+        .collect()
+}
+
+#[test]
+fn every_map_of_the_node_and_what_was_skipped() {
+    let dir = manifests("whole", &[("cluster.yaml", CLUSTER)]);
+    let c = compile_json(&dir, &["--node", "n1"]);
+    assert_eq!(
+        c["node_ips"],
+        json!(["192.168.1.10"]),
+        "the Node object's InternalIP"
+    );
+
+    let vip = frontend(&c, "10.96.0.10:80/TCP", "external");
+    assert_eq!(vip["service"], "default/web:http");
+    assert_eq!(vip["algorithm"], "maglev");
+    assert_eq!(slot_addresses(vip), ["10.244.1.5:8080", "10.244.2.5:8080"]);
+    // Local: from outside, this node's endpoint only; from inside, all.
+    let outside = frontend(&c, "192.168.1.10:30080/TCP", "external");
+    assert_eq!(slot_addresses(outside), ["10.244.1.5:8080"]);
+    let inside = frontend(&c, "192.168.1.10:30080/TCP", "internal");
+    assert_eq!(slot_addresses(inside), ["10.244.1.5:8080", "10.244.2.5:8080"]);
+
+    let backends = c["backends"].as_array().expect("backends");
+    assert_eq!(backends.len(), 2);
+    let revnat = c["revnat"].as_array().expect("revnat");
+    assert_eq!(revnat.len(), 3, "one per frontend");
+    // Every frontend's Maglev table, whole: its entries are its backends'.
+    for table in c["maglev"].as_array().expect("maglev") {
+        let ids: Vec<u64> = table["table"]
+            .as_str()
+            .expect("table")
+            .split(' ')
+            .map(|id| id.parse().expect("id"))
+            .collect();
+        assert_eq!(ids.len() as u64, table["size"].as_u64().expect("size"));
+        let shares: u64 = table["shares"]
+            .as_object()
+            .expect("shares")
+            .values()
+            .map(|n| n.as_u64().expect("n"))
+            .sum();
+        assert_eq!(shares, ids.len() as u64);
+    }
+    let local_table = c["maglev"]
+        .as_array()
+        .expect("maglev")
+        .iter()
+        .find(|t| t["rev_nat_id"] == outside["rev_nat_id"])
+        .expect("the Local frontend's table");
+    assert_eq!(local_table["shares"].as_object().expect("shares").len(), 1);
+
+    assert_eq!(
+        c["health_checks"],
+        json!([{ "port": 32000, "service": "default/web", "local_endpoints": 1 }])
+    );
+    assert_eq!(
+        c["isolated_endpoints"],
+        json!([{ "address": "10.244.1.5", "endpoint_id": 1, "ingress": true, "egress": false }])
+    );
+    let rules = c["policy"].as_array().expect("policy");
+    assert_eq!(rules.len(), 1, "{rules:?}");
+    let rule = &rules[0];
+    assert_eq!(
+        (
+            &rule["endpoint"],
+            &rule["direction"],
+            &rule["peers"],
+            &rule["protocol"],
+            &rule["ports"]
+        ),
+        (
+            &json!("10.244.1.5"),
+            &json!("ingress"),
+            &json!("10.0.0.0/8"),
+            &json!("TCP"),
+            &json!("8080")
+        )
+    );
+    assert_eq!(c["ipcache"][0]["prefix"], "10.0.0.0/8");
+    assert_eq!(c["ipcache"][0]["identity"], rule["identity"]);
+
+    let skipped = c["skipped"].as_array().expect("skipped");
+    assert_eq!(skipped.len(), 1, "{skipped:?}");
+    assert_eq!(skipped[0]["object"], "Service default/bad");
+    assert!(
+        skipped[0]["reason"]
+            .as_str()
+            .expect("reason")
+            .contains("10.96.0.300"),
+        "{skipped:?}"
+    );
+}
+
+#[test]
+fn the_output_is_the_same_however_the_manifests_are_laid_out() {
+    let whole = manifests("one-file", &[("cluster.yaml", CLUSTER)]);
+    let docs: Vec<&str> = CLUSTER.split("\n---\n").collect();
+    let (first, second) = docs.split_at(docs.len() / 2);
+    // Two files, the later half first in name order.
+    let split = manifests(
+        "two-files",
+        &[
+            ("b.yaml", &first.join("\n---\n")),
+            ("a.yaml", &second.join("\n---\n")),
+        ],
+    );
+    let table = |dir: &Path| {
+        let out = compile(dir, &["--node", "n1"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).expect("UTF-8")
+    };
+    let once = table(&whole);
+    assert_eq!(once, table(&whole), "two runs differ");
+    let without_origins = |c: Value| {
+        let mut c = c;
+        c["skipped"] = Value::Null;
+        c
+    };
+    assert_eq!(
+        without_origins(compile_json(&whole, &["--node", "n1"])),
+        without_origins(compile_json(&split, &["--node", "n1"])),
+        "the same objects in other files compile differently"
+    );
+    for section in ["services:", "backends:", "maglev tables:", "policy:", "skipped:"] {
+        assert!(once.contains(section), "no {section} in:\n{once}");
+    }
+}
+
+#[test]
+fn another_node_has_other_local_endpoints_and_no_isolated_pods() {
+    let dir = manifests("other-node", &[("cluster.yaml", CLUSTER)]);
+    let c = compile_json(&dir, &["--node", "n2", "--node-ips", "192.168.1.11"]);
+    assert_eq!(c["node_ips"], json!(["192.168.1.11"]));
+    let outside = frontend(&c, "192.168.1.11:30080/TCP", "external");
+    assert_eq!(slot_addresses(outside), ["10.244.2.5:8080"]);
+    assert_eq!(c["isolated_endpoints"], json!([]));
+    assert_eq!(c["policy"], json!([]));
+}
+
+#[test]
+fn only_a_directory_is_compiled() {
+    let out = Command::new(env!("CARGO_BIN_EXE_weir-agent"))
+        .args(["compile", "--source", "kube"])
+        .output()
+        .expect("running weir-agent compile");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("directory of manifests"), "{stderr}");
+}
