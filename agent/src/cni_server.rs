@@ -298,6 +298,11 @@ pub fn handle(dp: &mut Datapath, request: &Request) -> Result<(), ServerError> {
             for ifindex in ifindexes {
                 dp.detach_endpoint(ifindex)?;
             }
+            for ip in ips {
+                if let Err(e) = dp.names.set_pod(*ip, None) {
+                    warn!(%ip, error = %e, "forgetting a pod's name");
+                }
+            }
             info!(container_id = %bounded(container_id, 128), ifname, ?ips, "endpoint removed");
             Ok(())
         }
@@ -337,6 +342,14 @@ fn add(dp: &mut Datapath, ep: &Endpoint) -> Result<(), ServerError> {
             warn!(ifindex = ep.host_ifindex, error = %undo, "undoing a failed registration");
         }
         return Err(e);
+    }
+    // Its name, for `weirctl` (a label: a failure to write it fails nothing).
+    if let (Some(namespace), Some(pod)) = (&ep.pod_namespace, &ep.pod_name) {
+        for ip in &ep.ips {
+            if let Err(e) = dp.names.set_pod(*ip, Some(&format!("{namespace}/{pod}"))) {
+                warn!(%ip, error = %e, "writing a pod's name");
+            }
+        }
     }
     let name = |s: &Option<String>| s.as_deref().map(|s| bounded(s, 253).into_owned());
     info!(

@@ -191,10 +191,26 @@ pub fn compile(dir: &Path, node: &str, node_ips: &[IpAddr]) -> Result<Compiled, 
     }
     let (policy, policy_problems) = compile_node(model, node, &mut PolicyEncoder::default());
     problems.extend(policy_problems);
+    let pods = pod_names(model);
+    let pod = |addr: &str| {
+        let ip = addr
+            .parse::<IpAddr>()
+            .ok()
+            .or_else(|| addr.parse::<std::net::SocketAddr>().ok().map(|s| s.ip()))?;
+        pods.get(&ip).cloned()
+    };
+    let mut backends = backend_rows(desired);
+    for row in &mut backends {
+        row.pod = pod(&row.address);
+    }
+    let mut rules = policy_rows(&policy);
+    for row in &mut rules {
+        row.pod = row.endpoint.as_deref().and_then(pod);
+    }
     Ok(Compiled {
         node: node.to_owned(),
         node_ips,
-        backends: backend_rows(desired),
+        backends,
         revnat: desired
             .revnat
             .iter()
@@ -243,7 +259,7 @@ pub fn compile(dir: &Path, node: &str, node_ips: &[IpAddr]) -> Result<Compiled, 
             })
             .collect(),
         ipcache: ipcache_rows(&policy),
-        policy: policy_rows(&policy),
+        policy: rules,
         skipped: skipped(problems),
     })
 }
@@ -259,6 +275,20 @@ fn node_addresses(model: &weir_model::Model, node: &str) -> Vec<IpAddr> {
         }) => weir_model::nodes::addresses(n, &["InternalIP", "ExternalIP"]),
         _ => Vec::new(),
     }
+}
+
+/// Every Pod's addresses, with its `namespace/name`: the cluster's, where the
+/// agent's name table has its node's.
+fn pod_names(model: &weir_model::Model) -> BTreeMap<IpAddr, String> {
+    let mut out = BTreeMap::new();
+    for (_, entry) in model.of_kind(Kind::Pod) {
+        if let Object::Pod(pod) = &entry.object {
+            for ip in pod.own_addresses() {
+                out.insert(ip, format!("{}/{}", pod.meta.namespace, pod.meta.name));
+            }
+        }
+    }
+    out
 }
 
 /// Problems as rows, each once (a compile can report what the parse did).

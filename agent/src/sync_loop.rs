@@ -286,6 +286,7 @@ impl SyncLoop {
         let report = self.syncer.apply(&mut self.maps, desired, &changed);
         self.metrics
             .synced("services", start.elapsed(), report.complete());
+        self.name_frontends(&changed);
         if report.complete() {
             let now = SystemTime::now();
             for at in self.triggers.drain(..) {
@@ -318,6 +319,50 @@ impl SyncLoop {
             }
         }
         (!report.complete()).then_some(changed)
+    }
+
+    /// Writes the name table's frontend names where `changed` says they may
+    /// differ: `weirctl`'s SERVICE column. A name that cannot be written is
+    /// said once per sync; it is only a label.
+    fn name_frontends(&self, changed: &Changed) {
+        let mut dp = self.maps.lock();
+        let desired = self.compiler.desired();
+        let mut failed = None;
+        let mut note = |r: Result<(), aya::maps::MapError>| {
+            if let Err(e) = r {
+                failed.get_or_insert(e);
+            }
+        };
+        match changed {
+            Changed::All => {
+                match dp.names.frontend_ids() {
+                    Ok(ids) => {
+                        for id in ids.into_iter().filter(|id| !desired.revnat.contains_key(id)) {
+                            note(dp.names.set_frontend(id, None));
+                        }
+                    }
+                    Err(e) => note(Err(e)),
+                }
+                note(dp.names.set_frontends(self.compiler.frontend_names()));
+            }
+            Changed::Keys(touched) => {
+                for id in touched
+                    .revnat
+                    .iter()
+                    .filter(|id| !desired.revnat.contains_key(id))
+                {
+                    note(dp.names.set_frontend(*id, None));
+                }
+                for head in touched.services.iter().filter(|k| k.slot == 0) {
+                    if let Some((id, name)) = self.compiler.frontend_named(head) {
+                        note(dp.names.set_frontend(id, Some(name)));
+                    }
+                }
+            }
+        }
+        if let Some(e) = failed {
+            warn!(error = %e, "writing frontend names (weirctl's SERVICE column); retried at the next full sync");
+        }
     }
 
     fn flush(&mut self, report: &ServiceReport) -> usize {

@@ -137,6 +137,7 @@ weir_lab::with_both_sources!(
     a_closed_translated_flow_never_captures_a_direct_one,
     ipv6_and_dual_stack_clusterips,
     metrics_say_what_is_programmed_dropped_and_how_long_it_took,
+    views_name_services_and_pods_while_the_agent_is_down_too,
 );
 
 fn clusterip_tcp_and_udp(kind: SourceKind) {
@@ -1338,4 +1339,118 @@ fn root_dir_compile_offline_is_what_the_agent_wrote() {
         );
     }
     assert_eq!(compiled["skipped"], json!([]));
+}
+
+/// The name table the agent keeps beside its pins, read as it is.
+fn name_table(agent: &weir_lab::Agent) -> weir_agent::ctl::NameTable {
+    let pins = weir_agent::datapath::PinLayout::new(agent.bpffs_root.clone());
+    weir_agent::datapath::names::Names::open(&pins)
+        .expect("the name table is pinned")
+        .read()
+        .expect("readable")
+}
+
+fn views_name_services_and_pods_while_the_agent_is_down_too(kind: SourceKind) {
+    let mut lab = Lab::new(kind, "10.91.33.0/24", &["a", "b"], &[8080]);
+    const API: &str = "10.96.0.14";
+    let mut objects = lab.web(&lab.ready(&["a", "b"]));
+    objects.push(service("api", API, &[port("http", 80, "8080", "TCP")]));
+    objects.push(slice(
+        "api-1",
+        "api",
+        lab.node.name(),
+        &[("http", 8080, "TCP")],
+        &lab.ready(&["a"]),
+    ));
+    lab.cluster.write("web.yaml", &objects);
+    let named = |services: &Value, front: &str, want: &str| {
+        frontend(services, front).is_some_and(|f| f["service"] == want)
+    };
+    lab.agent.wait_services("both Services named", |s| {
+        named(s, &format!("{VIP}:80/TCP"), "default/web") && named(s, &format!("{API}:80/TCP"), "default/api")
+    });
+    // Pods by the names the runtime gave weir-cni (K8S_POD_NAMESPACE/NAME).
+    let pod_of = |view: &Value, key: &str, value: &str| -> Option<String> {
+        view.as_array()?
+            .iter()
+            .find(|r| r[key] == value)
+            .and_then(|r| r["pod"].as_str().map(str::to_owned))
+    };
+    let endpoints = lab.agent.weirctl(&["endpoints"]);
+    for name in ["a", "b", "client"] {
+        let ip = if name == "client" {
+            lab.client.ipv4()
+        } else {
+            lab.ip(name)
+        };
+        assert_eq!(
+            pod_of(&endpoints, "ip", &ip.to_string()),
+            Some(format!("default/{name}")),
+            "{endpoints:#}"
+        );
+    }
+    let backends = lab.agent.weirctl(&["backends"]);
+    assert_eq!(
+        pod_of(&backends, "address", &format!("{}:8080", lab.ip("b"))),
+        Some("default/b".to_owned()),
+        "{backends:#}"
+    );
+    // A translated flow and an affinity-free frontend: conntrack names the Service.
+    expect_server(
+        ask_tcp(&lab.client.ns, SocketAddr::new(API.parse().expect("ip"), 80)),
+        "a",
+        "api",
+    );
+    let conntrack = lab.agent.weirctl(&["conntrack"]);
+    assert!(
+        conntrack
+            .as_array()
+            .expect("rows")
+            .iter()
+            .any(|r| r["service"] == "default/api"),
+        "{conntrack:#}"
+    );
+    let table = std::process::Command::new(weir_lab::bins::path("weirctl"))
+        .arg("--bpffs-root")
+        .arg(&lab.agent.bpffs_root)
+        .arg("services")
+        .output()
+        .expect("weirctl");
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.contains("SERVICE") && table.contains("default/web"),
+        "{table}"
+    );
+
+    // A Service removed: its frontend's name goes with it.
+    let web_id = frontend(&lab.agent.weirctl(&["services"]), &format!("{VIP}:80/TCP"))
+        .map(|f| f["rev_nat_id"].as_u64().expect("id") as u32)
+        .expect("web");
+    lab.cluster.write("web.yaml", &objects[2..]);
+    lab.agent.wait_no_frontend(&format!("{VIP}:80/TCP"));
+    let names = name_table(&lab.agent);
+    assert_eq!(
+        names.service(web_id),
+        None,
+        "the removed Service's name stays: {names:?}"
+    );
+    assert_eq!(names.frontends.len(), 1, "{names:?}");
+
+    // A pod deleted: its name goes with it.
+    let del = lab.node.del_pod(lab.pod("b"));
+    assert_eq!(del.exit_code, 0, "DEL of b: {}", del.stderr);
+    assert_eq!(name_table(&lab.agent).pods.get(&lab.ip("b")), None);
+
+    // With the agent down, the views still say who is who.
+    lab.agent.kill();
+    let services = lab.agent.weirctl(&["services"]);
+    assert!(
+        named(&services, &format!("{API}:80/TCP"), "default/api"),
+        "{services:#}"
+    );
+    let endpoints = lab.agent.weirctl(&["endpoints"]);
+    assert_eq!(
+        pod_of(&endpoints, "ip", &lab.ip("a").to_string()),
+        Some("default/a".to_owned())
+    );
 }

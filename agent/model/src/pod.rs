@@ -81,6 +81,16 @@ impl PodFacts {
     pub fn labels(&self) -> &Labels {
         &self.labels
     }
+
+    /// The addresses that are the pod's own, parsed: none for a pod on the
+    /// host's network (those are the node's) or one run to its end (another
+    /// pod may have them now).
+    pub fn own_addresses(&self) -> impl Iterator<Item = std::net::IpAddr> + '_ {
+        let own = !is_host_network(self) && !is_finished(self);
+        address_texts(self)
+            .filter(move |_| own)
+            .filter_map(crate::net::parse_ip)
+    }
 }
 
 /// A pod's addresses as written: every `status.podIPs` entry, then

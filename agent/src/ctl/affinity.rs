@@ -17,6 +17,9 @@ use crate::{
 pub struct AffinityRow {
     pub client: Option<String>,
     pub rev_nat_id: u32,
+    /// The Service's `namespace/name`, from the name table (absent when it has none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
     /// `None` when the reverse-NAT map no longer knows the frontend.
     pub frontend: Option<String>,
     pub backend_id: u32,
@@ -38,7 +41,7 @@ impl Row for AffinityRow {
     fn cells(&self) -> Vec<String> {
         vec![
             or_null(self.client.as_ref()),
-            or_null(self.frontend.as_ref()),
+            super::labelled(&or_null(self.frontend.as_ref()), self.service.as_ref()),
             self.rev_nat_id.to_string(),
             or_null(self.backend.as_ref()),
             self.backend_id.to_string(),
@@ -52,6 +55,7 @@ pub fn affinity(pins: &PinLayout) -> Result<Vec<AffinityRow>, CtlError> {
     let revnat: RevNats = open(pins, &maps::REVNAT)?;
     let backends: Backends = open(pins, &maps::BACKENDS)?;
     let now = monotonic_ns()?;
+    let names = super::name_table(pins);
     let mut rows = Vec::new();
     for entry in map.iter() {
         let (k, v) = entry.map_err(|source| CtlError::Map {
@@ -61,6 +65,7 @@ pub fn affinity(pins: &PinLayout) -> Result<Vec<AffinityRow>, CtlError> {
         rows.push(AffinityRow {
             client: ip(k.client, k.family).map(|a| a.to_string()),
             rev_nat_id: k.rev_nat_id,
+            service: names.service(k.rev_nat_id),
             frontend: revnat
                 .get(&k.rev_nat_id, 0)
                 .ok()

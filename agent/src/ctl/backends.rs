@@ -16,10 +16,13 @@ pub struct BackendRow {
     pub state: &'static str,
     /// How many service slots point at this backend.
     pub slots: usize,
+    /// `namespace/name`, from the name table (absent when it has none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
 }
 
 impl Row for BackendRow {
-    const HEADERS: &'static [&'static str] = &["ID", "ADDRESS", "PROTOCOL", "STATE", "SLOTS"];
+    const HEADERS: &'static [&'static str] = &["ID", "ADDRESS", "PROTOCOL", "STATE", "SLOTS", "POD"];
 
     fn cells(&self) -> Vec<String> {
         vec![
@@ -28,12 +31,18 @@ impl Row for BackendRow {
             self.protocol.clone(),
             self.state.to_owned(),
             self.slots.to_string(),
+            self.pod.clone().unwrap_or_else(|| "-".to_owned()),
         ]
     }
 }
 
 pub fn backends(pins: &PinLayout) -> Result<Vec<BackendRow>, CtlError> {
-    Ok(backend_rows(&super::read_services(pins)?))
+    let names = super::name_table(pins);
+    let mut rows = backend_rows(&super::read_services(pins)?);
+    for row in &mut rows {
+        row.pod = names.pod(&row.address);
+    }
+    Ok(rows)
 }
 
 /// One row per backend of `maps`, by id.
@@ -52,6 +61,7 @@ pub fn backend_rows(maps: &DesiredServices) -> Vec<BackendRow> {
             protocol: proto(b.proto),
             state: state_name(b.state),
             slots: slots.get(id).copied().unwrap_or(0),
+            pod: None,
         })
         .collect()
 }

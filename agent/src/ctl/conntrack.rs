@@ -29,6 +29,9 @@ pub struct ConntrackRow {
     pub nat2: Option<String>,
     pub flags: Vec<&'static str>,
     pub rev_nat_id: u32,
+    /// The frontend's Service, `namespace/name`, from the name table (absent when it has none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
     pub backend_id: u32,
     /// Negative once expired: the GC has not reached the entry yet.
     pub seconds_left: i64,
@@ -59,7 +62,7 @@ impl Row for ConntrackRow {
                 None => self.nat.clone(),
             },
             or_dash(&self.flags, ","),
-            self.rev_nat_id.to_string(),
+            super::labelled(&self.rev_nat_id.to_string(), self.service.as_ref()),
             self.backend_id.to_string(),
             if self.seconds_left < 0 {
                 "expired".to_owned()
@@ -81,7 +84,14 @@ pub fn conntrack(pins: &PinLayout) -> Result<Vec<ConntrackRow>, CtlError> {
         })?);
     }
     entries.sort_by_key(|(k, _)| (k.proto, k.saddr, k.sport, k.daddr, k.dport, k.dir));
-    Ok(entries.iter().map(|(k, v)| row(k, v, now)).collect())
+    let names = super::name_table(pins);
+    Ok(entries
+        .iter()
+        .map(|(k, v)| ConntrackRow {
+            service: names.service(v.rev_nat_id),
+            ..row(k, v, now)
+        })
+        .collect())
 }
 
 fn row(k: &CtKey, v: &CtValue, now: u64) -> ConntrackRow {
@@ -123,6 +133,7 @@ fn row(k: &CtKey, v: &CtValue, now: u64) -> ConntrackRow {
         },
         flags,
         rev_nat_id: v.rev_nat_id,
+        service: None,
         backend_id: v.backend_id,
         seconds_left,
     }

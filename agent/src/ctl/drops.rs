@@ -14,6 +14,9 @@ pub struct DropRow {
     /// The isolated pod's address; `None` once the pod is gone.
     pub endpoint: Option<String>,
     pub endpoint_id: u32,
+    /// `namespace/name`, from the name table (absent when it has none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
     pub source: String,
     pub destination: String,
     pub protocol: String,
@@ -33,7 +36,7 @@ impl Row for DropRow {
     fn cells(&self) -> Vec<String> {
         vec![
             self.reason.to_owned(),
-            or_null(self.endpoint.as_ref()),
+            super::labelled(&or_null(self.endpoint.as_ref()), self.pod.as_ref()),
             self.source.clone(),
             self.destination.clone(),
             self.protocol.clone(),
@@ -49,6 +52,7 @@ pub fn drops(pins: &PinLayout) -> Result<Vec<DropRow>, CtlError> {
         source,
     };
     let map: maps::PolicyEndpoints = super::open(pins, &maps::POLICY_ENDPOINTS)?;
+    let names = super::name_table(pins);
     let endpoints = endpoints(
         &map.iter()
             .collect::<Result<_, _>>()
@@ -67,9 +71,11 @@ pub fn drops(pins: &PinLayout) -> Result<Vec<DropRow>, CtlError> {
         }
         // SAFETY: the datapath writes whole `DropEvent`s; the read is unaligned-safe.
         let e: DropEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+        let endpoint = endpoints.get(&e.endpoint).map(|x| x.0.clone());
         rows.push(DropRow {
             reason: Reason::describe_code(e.reason),
-            endpoint: endpoints.get(&e.endpoint).map(|x| x.0.clone()),
+            pod: endpoint.as_deref().and_then(|e| names.pod(e)),
+            endpoint,
             endpoint_id: e.endpoint,
             source: sock(e.saddr, e.family, e.sport),
             destination: sock(e.daddr, e.family, e.dport),

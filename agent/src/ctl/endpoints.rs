@@ -19,15 +19,19 @@ pub struct EndpointRow {
     /// packets go by the host veth).
     pub mac: Option<String>,
     pub host_mac: Option<String>,
+    /// `namespace/name`, from the name table (absent when it has none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
 }
 
 impl Row for EndpointRow {
-    const HEADERS: &'static [&'static str] = &["IP", "IFINDEX", "MAC", "HOST MAC"];
+    const HEADERS: &'static [&'static str] = &["IP", "POD", "IFINDEX", "MAC", "HOST MAC"];
 
     fn cells(&self) -> Vec<String> {
         let text = |m: &Option<String>| m.clone().unwrap_or_else(|| "-".to_owned());
         vec![
             self.ip.clone(),
+            text(&self.pod),
             self.ifindex.to_string(),
             text(&self.mac),
             text(&self.host_mac),
@@ -48,14 +52,17 @@ fn mac_text(mac: [u8; 6]) -> Option<String> {
 /// By address text.
 pub fn endpoints(pins: &PinLayout) -> Result<Vec<EndpointRow>, CtlError> {
     let map: Endpoints = open(pins, &maps::ENDPOINTS)?;
+    let names = super::name_table(pins);
     let mut rows = Vec::new();
     for entry in map.iter() {
         let (key, info) = entry.map_err(|source| CtlError::Map {
             map: names::ENDPOINTS,
             source,
         })?;
+        let ip = ip_text(key.addr, key.family);
         rows.push(EndpointRow {
-            ip: ip_text(key.addr, key.family),
+            pod: names.pod(&ip),
+            ip,
             ifindex: info.ifindex,
             mac: mac_text(info.mac),
             host_mac: mac_text(info.host_mac),

@@ -19,6 +19,7 @@ mod tunnels;
 
 use std::net::{IpAddr, SocketAddr};
 
+pub use crate::datapath::names::NameTable;
 use weir_common::{IPPROTO_ICMP, IPPROTO_ICMPV6};
 use weir_model::{DesiredServices, Protocol, net::from_abi, policy::DesiredPolicy};
 
@@ -85,6 +86,23 @@ pub fn read_policy(pins: &crate::datapath::PinLayout) -> Result<DesiredPolicy, C
         &open(pins, &maps::POLICY)?,
     )
     .map_err(CtlError::from)
+}
+
+/// The name table pinned under `pins`; empty where there is none (an agent
+/// of an earlier version) or it cannot be read: names only label the views.
+pub fn name_table(pins: &crate::datapath::PinLayout) -> NameTable {
+    crate::datapath::names::Names::open(pins)
+        .ok()
+        .and_then(|n| n.read().ok())
+        .unwrap_or_default()
+}
+
+/// `text (name)`, or `text` where there is no name.
+fn labelled(text: &str, name: Option<&String>) -> String {
+    match name {
+        Some(name) => format!("{text} ({name})"),
+        None => text.to_owned(),
+    }
 }
 
 fn ip(addr: [u8; 16], family: u8) -> Option<IpAddr> {

@@ -18,6 +18,9 @@ pub struct PolicyRow {
     /// The pod's address; `None` for a rule whose endpoint is unknown.
     pub endpoint: Option<String>,
     pub endpoint_id: u32,
+    /// `namespace/name`, from the name table (absent when it has none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
     /// `ingress` or `egress`.
     pub direction: &'static str,
     /// The peers' identity; `None` on a direction that admits nothing.
@@ -34,7 +37,7 @@ impl Row for PolicyRow {
 
     fn cells(&self) -> Vec<String> {
         vec![
-            or_null(self.endpoint.as_ref()),
+            super::labelled(&or_null(self.endpoint.as_ref()), self.pod.as_ref()),
             self.direction.to_owned(),
             self.peers.clone(),
             or_null(self.identity),
@@ -52,7 +55,12 @@ pub(super) fn endpoints(map: &BTreeMap<EndpointKey, PolicyEndpoint>) -> BTreeMap
 }
 
 pub fn policy(pins: &PinLayout) -> Result<Vec<PolicyRow>, CtlError> {
-    Ok(policy_rows(&super::read_policy(pins)?))
+    let names = super::name_table(pins);
+    let mut rows = policy_rows(&super::read_policy(pins)?);
+    for row in &mut rows {
+        row.pod = row.endpoint.as_deref().and_then(|e| names.pod(e));
+    }
+    Ok(rows)
 }
 
 /// One row per rule of each isolated pod of `maps`, and one per isolated
@@ -82,6 +90,7 @@ pub fn policy_rows(maps: &DesiredPolicy) -> Vec<PolicyRow> {
         rows.push(PolicyRow {
             endpoint: endpoints.get(&r.endpoint).map(|e| e.0.clone()),
             endpoint_id: r.endpoint,
+            pod: None,
             direction: if r.egress == 1 { "egress" } else { "ingress" },
             identity: Some(r.identity),
             peers,
@@ -95,6 +104,7 @@ pub fn policy_rows(maps: &DesiredPolicy) -> Vec<PolicyRow> {
                 rows.push(PolicyRow {
                     endpoint: Some(addr.clone()),
                     endpoint_id: *id,
+                    pod: None,
                     direction,
                     identity: None,
                     peers: "nothing admitted".to_owned(),

@@ -19,8 +19,8 @@ use crate::datapath::PinLayout;
 pub struct ServiceRow {
     /// `VIP:port/PROTO`.
     pub frontend: String,
-    /// The Service's `namespace/name` and port name (`namespace/name:port`),
-    /// where known.
+    /// The Service's `namespace/name` (`weir-agent compile`: and its port's
+    /// name, `namespace/name:port`), where known.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub service: Option<String>,
     pub address: Option<String>,
@@ -104,7 +104,12 @@ impl Row for ServiceRow {
 }
 
 pub fn services(pins: &PinLayout) -> Result<Vec<ServiceRow>, CtlError> {
-    Ok(service_rows(&super::read_services(pins)?))
+    let names = super::name_table(pins);
+    let mut rows = service_rows(&super::read_services(pins)?);
+    for row in &mut rows {
+        row.service = names.service(row.rev_nat_id);
+    }
+    Ok(rows)
 }
 
 /// One row per frontend of `maps` (what the service maps hold, or what a

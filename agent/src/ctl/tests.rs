@@ -18,10 +18,11 @@ fn endpoints_keys() {
         ifindex: 7,
         mac: Some("02:00:00:00:00:05".into()),
         host_mac: None,
+        pod: Some("default/a".into()),
     };
     assert_eq!(
         json(&row),
-        r#"{"ip":"10.0.0.5","ifindex":7,"mac":"02:00:00:00:00:05","host_mac":null}"#
+        r#"{"ip":"10.0.0.5","ifindex":7,"mac":"02:00:00:00:00:05","host_mac":null,"pod":"default/a"}"#
     );
 }
 
@@ -126,6 +127,8 @@ fn backends_keys() {
         protocol: "TCP".into(),
         state: "terminating",
         slots: 2,
+        // Unnamed: not in the JSON at all.
+        pod: None,
     };
     assert_eq!(
         json(&row),
@@ -144,6 +147,7 @@ fn conntrack_keys() {
         nat2: None,
         flags: vec!["closing"],
         rev_nat_id: 1,
+        service: Some("default/web".into()),
         backend_id: 5,
         seconds_left: -3,
     };
@@ -151,7 +155,8 @@ fn conntrack_keys() {
         json(&row),
         concat!(
             r#"{"dir":"out","protocol":"TCP","source":"10.0.0.2:40000","destination":"10.96.0.10:80","#,
-            r#""nat":"10.0.0.5:8080","nat2":null,"flags":["closing"],"rev_nat_id":1,"backend_id":5,"#,
+            r#""nat":"10.0.0.5:8080","nat2":null,"flags":["closing"],"rev_nat_id":1,"service":"default/web","#,
+            r#""backend_id":5,"#,
             r#""seconds_left":-3}"#,
         )
     );
@@ -162,6 +167,7 @@ fn affinity_keys() {
     let row = AffinityRow {
         client: Some("10.0.0.2".into()),
         rev_nat_id: 1,
+        service: None,
         frontend: None,
         backend_id: 5,
         backend: Some("10.0.0.5:8080".into()),
@@ -181,6 +187,7 @@ fn policy_keys() {
     let row = PolicyRow {
         endpoint: Some("10.0.0.5".into()),
         endpoint_id: 3,
+        pod: Some("default/b".into()),
         direction: "ingress",
         identity: None,
         peers: "nothing admitted".into(),
@@ -190,7 +197,7 @@ fn policy_keys() {
     assert_eq!(
         json(&row),
         concat!(
-            r#"{"endpoint":"10.0.0.5","endpoint_id":3,"direction":"ingress","identity":null,"#,
+            r#"{"endpoint":"10.0.0.5","endpoint_id":3,"pod":"default/b","direction":"ingress","identity":null,"#,
             r#""peers":"nothing admitted","protocol":"-","ports":"-"}"#,
         )
     );
@@ -211,6 +218,7 @@ fn drops_keys() {
         reason: "denied by NetworkPolicy (ingress)",
         endpoint: None,
         endpoint_id: 3,
+        pod: None,
         source: "10.0.0.2:40000".into(),
         destination: "10.0.0.5:8080".into(),
         protocol: "TCP".into(),
@@ -286,6 +294,7 @@ fn policy_cells() {
     let row = PolicyRow {
         endpoint: None,
         endpoint_id: 3,
+        pod: None,
         direction: "egress",
         identity: None,
         peers: "nothing admitted".into(),
@@ -309,6 +318,7 @@ fn conntrack_cells() {
         nat2: Some("169.254.42.1".into()),
         flags: vec!["hairpin", "closing"],
         rev_nat_id: 1,
+        service: Some("default/web".into()),
         backend_id: 5,
         seconds_left: -1,
     };
@@ -321,7 +331,7 @@ fn conntrack_cells() {
             "10.96.0.10:80",
             "10.0.0.5:8080 (other end 169.254.42.1)",
             "hairpin,closing",
-            "1",
+            "1 (default/web)",
             "5",
             "expired",
         ]

@@ -36,6 +36,8 @@ pub struct Datapath {
     pub policy_shares: PolicyShares,
     pub tunnels: Tunnels,
     pub nomasq: Nomasq,
+    /// The name table (`weirctl`'s `namespace/name`s), made by the agent.
+    pub names: super::names::Names,
 }
 
 impl Datapath {
@@ -85,6 +87,7 @@ impl Datapath {
             policy_shares: take_map(&mut ebpf, maps::POLICY_SHARES.name)?,
             tunnels: take_map(&mut ebpf, maps::TUNNELS.name)?,
             nomasq: take_map(&mut ebpf, maps::NOMASQ.name)?,
+            names: super::names::Names::open_or_create(&pins)?,
             ebpf,
             pins,
         })

@@ -9,6 +9,7 @@ mod endpoints;
 mod error;
 mod load;
 pub mod maps;
+pub mod names;
 pub mod object;
 pub mod pins;
 

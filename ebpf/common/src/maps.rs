@@ -87,6 +87,10 @@ map_names! { $
     NOMASQ = "weir_nomasq_v1";
     /// Policy drops as they happen ([`crate::DropEvent`]s in a ring buffer).
     EVENTS = "weir_events_v1";
+    /// Kubernetes names of frontends and pods ([`crate::NameKey`] ->
+    /// [`crate::Name`]): for `weirctl`, read by no program, created by the
+    /// agent.
+    NAMES = "weir_names_v1";
 }
 
 /// Maps of earlier layouts, no longer used by any program of this version:
@@ -131,3 +135,5 @@ pub const METRICS_ENTRIES: u32 = 8 * 256;
 pub const ENDPOINTS_ENTRIES: u32 = 65_536;
 /// Pod CIDRs of other nodes (one or two per node).
 pub const TUNNELS_ENTRIES: u32 = 16_384;
+/// A name per frontend and per local pod address; allocated as used.
+pub const NAMES_ENTRIES: u32 = REVNAT_ENTRIES + ENDPOINTS_ENTRIES;

@@ -182,6 +182,25 @@ impl ServiceCompiler {
         self.fragments.values().flat_map(|f| &f.frontends)
     }
 
+    /// Every frontend's rev-NAT id and Service (`namespace/name`).
+    pub fn frontend_names(&self) -> impl Iterator<Item = (u32, &str)> {
+        self.owners
+            .iter()
+            .filter_map(|(head, owner)| self.frontend_name(head, owner))
+    }
+
+    /// The rev-NAT id and Service of frontend `head` (a slot-0 key), if it is one.
+    pub fn frontend_named(&self, head: &ServiceKey) -> Option<(u32, &str)> {
+        let owner = self.owners.get(head)?;
+        self.frontend_name(head, owner)
+    }
+
+    fn frontend_name<'a>(&'a self, head: &ServiceKey, owner: &'a str) -> Option<(u32, &'a str)> {
+        let id = self.desired.services.get(head)?.rev_nat_id;
+        // The owner is the Service's key as written: `Service namespace/name`.
+        Some((id, owner.split_once(' ').map_or(owner, |(_, name)| name)))
+    }
+
     /// The health checks to serve, by port.
     pub fn health_checks(&self) -> BTreeMap<u16, HealthCheck> {
         self.health.values().cloned().collect()
