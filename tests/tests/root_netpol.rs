@@ -152,6 +152,8 @@ struct Case<'a> {
     label: String,
     probe: Probe<'a>,
     expected: bool,
+    /// The client's pod name (its node's agent explains the flow) and address.
+    from: (&'static str, IpAddr),
 }
 
 fn cases<'a>(lab: &'a Lab, cluster: &Cluster, policies: &[Value]) -> Vec<Case<'a>> {
@@ -165,6 +167,7 @@ fn cases<'a>(lab: &'a Lab, cluster: &Cluster, policies: &[Value]) -> Vec<Case<'a
                     p.from.0, p.from.1, p.to.0, p.to.1, p.proto, p.port
                 ),
                 expected: p.expected(cluster, policies),
+                from: (pod_name(&p.from.1), cluster.pod(&p.from.0, &p.from.1).ip),
                 probe: Probe {
                     from: &lab.pod(&p.from).ns,
                     to: SocketAddr::new(to.ip, p.port),
@@ -181,6 +184,7 @@ fn cases<'a>(lab: &'a Lab, cluster: &Cluster, policies: &[Value]) -> Vec<Case<'a
             out.push(Case {
                 label: format!("{}/{} -> ClusterIP(x/b) {proto}/80", from.namespace, from.name),
                 expected: netpol::allowed(cluster, policies, from.ip, xb, proto, 80),
+                from: (pod_name(&from.name), from.ip),
                 probe: Probe {
                     from: &lab.pod(&(from.namespace.clone(), from.name.clone())).ns,
                     to: SocketAddr::new(vip, 80),
@@ -190,6 +194,55 @@ fn cases<'a>(lab: &'a Lab, cluster: &Cluster, policies: &[Value]) -> Vec<Case<'a
         }
     }
     out
+}
+
+/// The pod name of the lab's ("a", "b" or "c").
+fn pod_name(name: &str) -> &'static str {
+    match name {
+        "a" => "a",
+        "b" => "b",
+        _ => "c",
+    }
+}
+
+/// What `weirctl explain` says of a case, from the maps of the client's node
+/// (load balancing, its egress, a local destination's ingress) and, for a
+/// destination on the other node, of that node's (its ingress): admitted or not.
+fn explained(lab: &Lab, case: &Case<'_>) -> Result<bool, String> {
+    let pins = |agent: &Agent| weir_agent::datapath::PinLayout::new(agent.bpffs_root.clone());
+    let flow = |src, dst| weir_agent::ctl::Flow {
+        src,
+        dst,
+        proto: if case.probe.proto == "TCP" { 6 } else { 17 },
+        sport: None,
+    };
+    let here = if case.from.0 == "b" {
+        &lab.agents[1]
+    } else {
+        &lab.agents[0]
+    };
+    let there = if case.from.0 == "b" {
+        &lab.agents[0]
+    } else {
+        &lab.agents[1]
+    };
+    let e = weir_agent::ctl::explain(&pins(here), &flow(case.from.1, case.probe.to))
+        .map_err(|e| e.to_string())?;
+    let [path] = &e.paths[..] else {
+        return Err(format!("{} paths: {e:?}", e.paths.len()));
+    };
+    if path.egress.verdict == "denied" {
+        return Ok(false);
+    }
+    if path.ingress.verdict != "decided on the destination's node" {
+        return Ok(path.ingress.verdict != "denied");
+    }
+    let backend: SocketAddr = path.destination.parse().map_err(|_| path.destination.clone())?;
+    let e = weir_agent::ctl::explain(&pins(there), &flow(case.from.1, backend)).map_err(|e| e.to_string())?;
+    let [path] = &e.paths[..] else {
+        return Err(format!("{} paths there: {e:?}", e.paths.len()));
+    };
+    Ok(path.ingress.verdict != "denied")
 }
 
 /// Probes until the matrix matches or the change is [`SETTLE`] old; the rows
@@ -242,6 +295,7 @@ fn upstream_xyz_scenarios_hold_with_real_traffic(setup: Setup) {
     let mut failures = Vec::new();
     let mut probed = 0;
     let mut denied = 0;
+    let mut explained_flows = 0;
     for scenario in &scenarios {
         for (n, step) in scenario.steps.iter().enumerate() {
             let cluster = step.apply_labels(&lab.base);
@@ -249,7 +303,23 @@ fn upstream_xyz_scenarios_hold_with_real_traffic(setup: Setup) {
             let cases = cases(&lab, &cluster, &step.policies);
             probed += cases.len();
             denied += cases.iter().filter(|c| !c.expected).count();
-            let wrong = disagreements(&cases, since);
+            let mut wrong = disagreements(&cases, since);
+            if wrong.is_empty() {
+                // The packets did what was expected: so must the explanations.
+                for case in &cases {
+                    match explained(&lab, case) {
+                        Ok(said) if said == case.expected => {}
+                        Ok(said) => wrong.push(format!(
+                            "{}: explain says {}, the packets were {}",
+                            case.label,
+                            if said { "admitted" } else { "denied" },
+                            if case.expected { "admitted" } else { "denied" }
+                        )),
+                        Err(e) => wrong.push(format!("{}: explain failed: {e}", case.label)),
+                    }
+                    explained_flows += 1;
+                }
+            }
             if !wrong.is_empty() {
                 failures.push(format!(
                     "{} step {}: {} of {} probes wrong:\n  {}",
@@ -263,7 +333,7 @@ fn upstream_xyz_scenarios_hold_with_real_traffic(setup: Setup) {
         }
     }
     eprintln!(
-        "{} scenarios, {probed} probes ({denied} expected denied), {} steps wrong",
+        "{} scenarios, {probed} probes ({denied} expected denied, {explained_flows} explained), {} steps wrong",
         scenarios.len(),
         failures.len()
     );

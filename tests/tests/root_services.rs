@@ -138,6 +138,7 @@ weir_lab::with_both_sources!(
     ipv6_and_dual_stack_clusterips,
     metrics_say_what_is_programmed_dropped_and_how_long_it_took,
     views_name_services_and_pods_while_the_agent_is_down_too,
+    explain_says_what_the_packets_do,
 );
 
 fn clusterip_tcp_and_udp(kind: SourceKind) {
@@ -1452,5 +1453,204 @@ fn views_name_services_and_pods_while_the_agent_is_down_too(kind: SourceKind) {
     assert_eq!(
         pod_of(&endpoints, "ip", &lab.ip("a").to_string()),
         Some("default/a".to_owned())
+    );
+}
+
+/// `weirctl explain` of a flow.
+fn explain(agent: &weir_lab::Agent, src: &str, dst: &str, sport: Option<u16>) -> Value {
+    let mut args = vec!["explain", src, dst];
+    let sport = sport.map(|p| p.to_string());
+    if let Some(p) = &sport {
+        args.extend(["--sport", p]);
+    }
+    agent.weirctl(&args)
+}
+
+/// The backend addresses `explain` says the flow may go to, and the one it goes to if known.
+fn explained_paths(e: &Value) -> (Vec<String>, Option<String>) {
+    let paths = e["paths"].as_array().expect("paths");
+    let all = paths
+        .iter()
+        .map(|p| p["destination"].as_str().expect("dst").to_owned())
+        .collect();
+    let chosen: Vec<String> = paths
+        .iter()
+        .filter(|p| p["chosen"] == true)
+        .map(|p| p["destination"].as_str().expect("dst").to_owned())
+        .collect();
+    (all, (chosen.len() == 1).then(|| chosen[0].clone()))
+}
+
+/// For flows of every kind, `explain`'s answer is what real packets then do:
+/// the candidates a connection lands on, a refusal, a policy drop, Maglev's
+/// backend for a given source port, an affinity entry's backend.
+fn explain_says_what_the_packets_do(kind: SourceKind) {
+    let lab = Lab::new(kind, "10.91.34.0/24", &["a", "b", "c"], &[8080]);
+    const MAG: &str = "10.96.0.15";
+    const EMPTY: &str = "10.96.0.16";
+    const STICKY: &str = "10.96.0.17";
+    let mut objects = lab.web(&lab.ready(&["a", "b"]));
+    let mut mag = service("mag", MAG, &[port("http", 80, "8080", "TCP")]);
+    mag["metadata"]["annotations"] = json!({ "weir.dev/lb-algorithm": "maglev" });
+    let mut sticky = service("sticky", STICKY, &[port("http", 80, "8080", "TCP")]);
+    sticky["spec"]["sessionAffinity"] = json!("ClientIP");
+    let ports = [("http", 8080, "TCP")];
+    objects.extend([
+        mag,
+        slice(
+            "mag-1",
+            "mag",
+            lab.node.name(),
+            &ports,
+            &lab.ready(&["a", "b", "c"]),
+        ),
+        sticky,
+        slice(
+            "sticky-1",
+            "sticky",
+            lab.node.name(),
+            &ports,
+            &lab.ready(&["a", "b"]),
+        ),
+        service("empty", EMPTY, &[port("http", 80, "8080", "TCP")]),
+        slice("empty-1", "empty", lab.node.name(), &ports, &[]),
+        weir_lab::services::pod(
+            "default",
+            "c",
+            json!({ "app": "c" }),
+            lab.node.name(),
+            &[lab.ip("c")],
+            json!([]),
+        ),
+        json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": { "name": "c-alone", "namespace": "default" },
+            "spec": { "podSelector": { "matchLabels": { "app": "c" } }, "policyTypes": ["Ingress"] },
+        }),
+    ]);
+    lab.cluster.write("all.yaml", &objects);
+    lab.agent.wait_services("four Services", |s| {
+        frontend(s, &format!("{MAG}:80/TCP")).is_some_and(|f| f["algorithm"] == "maglev" && f["count"] == 3)
+            && frontend(s, &format!("{STICKY}:80/TCP")).is_some_and(|f| f["count"] == 2)
+            && frontend(s, &format!("{EMPTY}:80/TCP")).is_some()
+            && frontend(s, &format!("{VIP}:80/TCP")).is_some_and(|f| f["count"] == 2)
+    });
+    let client = lab.client.ipv4().to_string();
+    let c = format!("{}:8080", lab.ip("c"));
+    // The policy is in force once explain's own reading says c is isolated.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while explain(&lab.agent, &client, &c, None)["paths"][0]["ingress"]["verdict"] != "denied" {
+        assert!(Instant::now() < deadline, "c never isolated");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // A ClusterIP of two backends: a random one, both admitted, named.
+    let e = explain(&lab.agent, "default/client", &format!("{VIP}:80"), None);
+    assert_eq!(e["frontend"]["service"], "default/web", "{e:#}");
+    assert_eq!(e["verdict"], "admitted", "{e:#}");
+    let (candidates, chosen) = explained_paths(&e);
+    assert_eq!(chosen, None, "random: no one backend: {e:#}");
+    let mut want = lab.addrs(&["a", "b"], 8080);
+    want.sort();
+    let mut got = candidates.clone();
+    got.sort();
+    assert_eq!(got, want);
+    for _ in 0..6 {
+        let a = ask_tcp(&lab.client.ns, vip(80)).expect("web");
+        assert!(
+            candidates.contains(&format!("{}:8080", lab.ip(&a.server))),
+            "{} not a candidate",
+            a.server
+        );
+    }
+
+    // No endpoints: refused, as explained.
+    let e = explain(&lab.agent, &client, &format!("{EMPTY}:80"), None);
+    assert!(
+        e["verdict"].as_str().is_some_and(|v| v.starts_with("rejected")),
+        "{e:#}"
+    );
+    let refused = TcpSession::connect(&lab.client.ns, SocketAddr::new(EMPTY.parse().expect("ip"), 80));
+    assert!(refused.is_err_and(|e| e.kind() == ErrorKind::ConnectionRefused));
+
+    // Straight to the isolated pod: denied at its ingress, and no answer.
+    let e = explain(&lab.agent, &client, &c, None);
+    assert_eq!(
+        e["verdict"], "denied by the destination's ingress policy",
+        "{e:#}"
+    );
+    assert_eq!(
+        e["paths"][0]["ingress"]["identity"],
+        json!(weir_common::IDENTITY_WORLD),
+        "{e:#}"
+    );
+    assert!(
+        ask_tcp(&lab.client.ns, c.parse().expect("c")).is_err(),
+        "c answered"
+    );
+    // To an admitted pod: admitted, no policy on either side.
+    let e = explain(&lab.agent, &client, &format!("{}:8080", lab.ip("a")), None);
+    assert_eq!(e["verdict"], "admitted", "{e:#}");
+    assert_eq!(e["paths"][0]["ingress"]["verdict"], "not isolated", "{e:#}");
+
+    // Maglev: the backend for each source port is the one that answers (and
+    // a path through c is explained as denied).
+    for sport in [41_000, 41_001, 41_002, 41_003, 41_004, 41_005, 41_006, 41_007] {
+        let e = explain(&lab.agent, &client, &format!("{MAG}:80"), Some(sport));
+        let (_, chosen) = explained_paths(&e);
+        let chosen = chosen.unwrap_or_else(|| panic!("maglev with a source port chooses: {e:#}"));
+        let from = SocketAddr::new(lab.client.ipv4(), sport);
+        let answer = ask_tcp_from(
+            &lab.client.ns,
+            from,
+            SocketAddr::new(MAG.parse().expect("ip"), 80),
+        );
+        if chosen == c {
+            assert_eq!(
+                e["verdict"], "denied by the destination's ingress policy",
+                "{e:#}"
+            );
+            assert!(answer.is_err(), "c answered port {sport}");
+        } else {
+            assert_eq!(e["verdict"], "admitted", "{e:#}");
+            let a = answer.unwrap_or_else(|err| panic!("port {sport}: {err}"));
+            assert_eq!(
+                format!("{}:8080", lab.ip(&a.server)),
+                chosen,
+                "port {sport}: {e:#}"
+            );
+        }
+    }
+
+    // Session affinity: once the client has an entry, explain names its backend,
+    // and the next connections go there.
+    let sticky_vip = SocketAddr::new(STICKY.parse().expect("ip"), 80);
+    let e = explain(&lab.agent, &client, &format!("{STICKY}:80"), None);
+    assert_eq!(explained_paths(&e).1, None, "no entry yet: one of two: {e:#}");
+    let first = ask_tcp(&lab.client.ns, sticky_vip).expect("sticky").server;
+    let e = explain(&lab.agent, &client, &format!("{STICKY}:80"), None);
+    let (_, chosen) = explained_paths(&e);
+    assert_eq!(chosen, Some(format!("{}:8080", lab.ip(&first))), "{e:#}");
+    assert!(
+        e["frontend"]["choice"]
+            .as_str()
+            .is_some_and(|c| c.contains("affinity")),
+        "{e:#}"
+    );
+    for _ in 0..3 {
+        assert_eq!(ask_tcp(&lab.client.ns, sticky_vip).expect("sticky").server, first);
+    }
+
+    // The table form says the same in words.
+    let text = std::process::Command::new(weir_lab::bins::path("weirctl"))
+        .arg("--bpffs-root")
+        .arg(&lab.agent.bpffs_root)
+        .args(["explain", "default/client", &c])
+        .output()
+        .expect("weirctl explain");
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("denied by the destination's ingress policy") && text.contains("(default/client)"),
+        "{text}"
     );
 }

@@ -49,6 +49,19 @@ enum Command {
     Tunnels,
     /// Packets NetworkPolicy dropped since the last `drops` (reading consumes them).
     Drops,
+    /// What this node's datapath does with a new flow from SRC to DST: the
+    /// frontend it matches (and its Service), the candidate backends and which
+    /// one the flow gets, each one's egress and ingress policy verdict (peer
+    /// identity, rule), the route. From the pinned maps alone.
+    Explain {
+        /// The source: an address, or `namespace/name` of a pod of this node.
+        src: String,
+        /// `ADDRESS:PORT[/PROTO]` (`[v6]:PORT`; TCP by default).
+        dst: String,
+        /// The client's source port, for Maglev's choice.
+        #[arg(long)]
+        sport: Option<u16>,
+    },
     /// A completion script for `shell`, on stdout (e.g. `weirctl completions
     /// bash > /etc/bash_completion.d/weirctl`). Needs no maps.
     Completions { shell: clap_complete::Shell },
@@ -73,6 +86,15 @@ fn main() -> anyhow::Result<()> {
         Command::Ipcache => render(&ctl::ipcache(&pins)?, out)?,
         Command::Tunnels => render(&ctl::tunnels(&pins)?, out)?,
         Command::Drops => render(&ctl::drops(&pins)?, out)?,
+        Command::Explain { src, dst, sport } => {
+            let flow =
+                ctl::Flow::parse(&src, &dst, sport, &ctl::name_table(&pins)).map_err(anyhow::Error::msg)?;
+            let explained = ctl::explain(&pins, &flow)?;
+            match out {
+                Output::Json => serde_json::to_string_pretty(&explained)?,
+                Output::Table => explained.to_text(),
+            }
+        }
         Command::Completions { .. } => unreachable!("answered above"),
     };
     if !text.ends_with('\n') {

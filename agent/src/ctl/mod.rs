@@ -8,6 +8,7 @@ mod backends;
 mod conntrack;
 mod drops;
 mod endpoints;
+mod explain;
 mod ipcache;
 mod metrics;
 mod policy;
@@ -29,6 +30,7 @@ pub use self::{
     conntrack::{ConntrackRow, conntrack},
     drops::{DropRow, drops},
     endpoints::{EndpointRow, endpoints},
+    explain::{Explanation, Flow, explain},
     ipcache::{IpcacheRow, ipcache, ipcache_rows},
     metrics::{MetricRow, metrics},
     policy::{PolicyRow, policy, policy_rows},
