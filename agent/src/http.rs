@@ -2,7 +2,8 @@
 //!
 //! - metrics (`--metrics-address`): `/metrics`, Prometheus text format;
 //! - health (`--health-address`): `/healthz` (alive) and `/readyz` (ready,
-//!   with every reason it is not), as the DaemonSet's probes ask;
+//!   with every reason it is not), as the DaemonSet's probes ask, and
+//!   `/statusz` (who the agent is and its sync state, JSON: `weirctl status`);
 //! - kube-proxy's health contract (`--kube-proxy-healthz-address`, `:10256`):
 //!   `/healthz` with `lastUpdated`/`currentTime`, 503 when stale, as cloud load
 //!   balancers probe it.
@@ -37,7 +38,7 @@ impl Endpoints {
     fn name(&self) -> &'static str {
         match self {
             Self::Metrics(_) => "metrics (/metrics)",
-            Self::Health(_) => "health (/healthz, /readyz)",
+            Self::Health(_) => "health (/healthz, /readyz, /statusz)",
             Self::KubeProxy(_) => "kube-proxy health (/healthz)",
         }
     }
@@ -57,6 +58,7 @@ impl Endpoints {
                 Ok(()) => (StatusCode::OK, TEXT, "ok\n".into()),
                 Err(why) => (StatusCode::SERVICE_UNAVAILABLE, TEXT, format!("{why}\n")),
             },
+            (Self::Health(s), "/statusz") => (StatusCode::OK, JSON, s.report().to_string()),
             (Self::Health(s), "/readyz") => match s.ready() {
                 Ok(()) => (StatusCode::OK, TEXT, "ok\n".into()),
                 Err(why) => (

@@ -44,6 +44,10 @@ struct Inner {
     conflist: Conflist,
     /// A problem with this node's Node object (no pod CIDRs, not found).
     node: Option<String>,
+    /// Who the agent is: its node, its source (`kube`, `dir:PATH`, none).
+    node_name: String,
+    source: Option<String>,
+    started: Option<SystemTime>,
 }
 
 /// Shared by the agent's threads.
@@ -53,6 +57,38 @@ pub struct Status(Arc<Mutex<Inner>>);
 impl Status {
     fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
         f(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Who the agent is, for `/statusz`.
+    pub fn identify(&self, node_name: &str, source: Option<String>) {
+        self.with(|s| {
+            s.node_name = node_name.to_owned();
+            s.source = source;
+            s.started = Some(SystemTime::now());
+        });
+    }
+
+    /// `/statusz`: everything above as one JSON object, for `weirctl status`.
+    pub fn report(&self) -> Value {
+        let alive = self.alive();
+        let ready = self.ready();
+        self.with(|s| {
+            json!({
+                "version": env!("CARGO_PKG_VERSION"),
+                "object": crate::datapath::object::digest(),
+                "node": s.node_name,
+                "source": s.source,
+                "started": s.started.map(humantime),
+                "alive": alive.is_ok(),
+                "ready": ready.is_ok(),
+                "not_ready": ready.err().unwrap_or_default(),
+                "services_synced": s.services_synced,
+                "policy_synced": s.policy_synced,
+                "last_service_sync": s.last_service_sync.map(humantime),
+                "unlisted": s.unlisted,
+                "failing": s.failing,
+            })
+        })
     }
 
     /// The sync loop came round.

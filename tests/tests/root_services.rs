@@ -139,6 +139,7 @@ weir_lab::with_both_sources!(
     metrics_say_what_is_programmed_dropped_and_how_long_it_took,
     views_name_services_and_pods_while_the_agent_is_down_too,
     explain_says_what_the_packets_do,
+    status_reports_the_agent_the_node_and_the_maps,
 );
 
 fn clusterip_tcp_and_udp(kind: SourceKind) {
@@ -1653,4 +1654,80 @@ fn explain_says_what_the_packets_do(kind: SourceKind) {
         text.contains("denied by the destination's ingress policy") && text.contains("(default/client)"),
         "{text}"
     );
+}
+
+/// `weirctl status`'s report, from inside the agent's namespace (where its
+/// health address is).
+fn status_of(agent: &weir_lab::Agent) -> weir_agent::ctl::StatusReport {
+    let pins = weir_agent::datapath::PinLayout::new(agent.bpffs_root.clone());
+    Netns::attach(&agent.netns)
+        .run(move || weir_agent::ctl::status(&pins, "127.0.0.1:9879".parse().expect("addr")).expect("status"))
+}
+
+fn status_reports_the_agent_the_node_and_the_maps(kind: SourceKind) {
+    let mut lab = Lab::new(kind, "10.91.35.0/24", &["a"], &[8080]);
+    lab.cluster.write("web.yaml", &lab.web(&lab.ready(&["a"])));
+    lab.agent
+        .wait_backends(&format!("{VIP}:80/TCP"), &lab.addrs(&["a"], 8080));
+    lab.agent.wait_ready();
+    let s = status_of(&lab.agent);
+    let report = s
+        .agent
+        .report
+        .as_ref()
+        .unwrap_or_else(|| panic!("the agent answers: {s:?}"));
+    assert!(s.agent.up);
+    assert_eq!(report["node"], lab.node.name());
+    let source = report["source"].as_str().expect("source");
+    assert!(
+        match kind {
+            SourceKind::Dir => source.starts_with("dir:"),
+            SourceKind::Kube => source == "kube",
+        },
+        "{report:#}"
+    );
+    assert_eq!(report["ready"], true, "{report:#}");
+    assert_eq!(report["services_synced"], true);
+    assert_eq!(report["object"], s.weirctl.object, "the same build");
+    // The maps' fill, counted.
+    let fill = |map: &str| s.maps.iter().find(|m| m.map == map).and_then(|m| m.entries);
+    assert_eq!(fill(names::REVNAT), Some(1), "{:?}", s.maps);
+    assert_eq!(fill(names::BACKENDS), Some(1));
+    assert_eq!(fill(names::ENDPOINTS), Some(2), "a and the client");
+    assert!(s.maps.iter().all(|m| m.error.is_none()), "{:?}", s.maps);
+    // Programs: the socket hooks, and each pod's veth, named.
+    let cgroup = s
+        .attachments
+        .iter()
+        .find(|a| a.kind == "cgroup")
+        .expect("cgroup hooks");
+    assert!(
+        cgroup.programs.iter().any(|p| p.starts_with("sock_connect")),
+        "{cgroup:?}"
+    );
+    let a = s
+        .attachments
+        .iter()
+        .find(|a| a.pod.as_deref() == Some("default/a"))
+        .unwrap_or_else(|| panic!("pod a's veth: {:?}", s.attachments));
+    assert_eq!(a.kind, "pod");
+    assert!(a.programs.len() >= 2, "{a:?}");
+    let text = s.to_text();
+    assert!(
+        text.contains("agent:     up") && text.contains(names::CONNTRACK),
+        "{text}"
+    );
+
+    // The agent down: said so, and the datapath's side still reported.
+    lab.agent.kill();
+    let s = status_of(&lab.agent);
+    assert!(!s.agent.up && s.agent.error.is_some(), "{:?}", s.agent);
+    assert_eq!(
+        s.maps
+            .iter()
+            .find(|m| m.map == names::REVNAT)
+            .and_then(|m| m.entries),
+        Some(1)
+    );
+    assert!(s.to_text().contains("agent:     down"), "{}", s.to_text());
 }

@@ -164,6 +164,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let cgroup = weir_agent::datapath::cgroup::resolve(args.cgroup_root.as_deref())?;
     let metrics = Metrics::new(Some(pins.clone()));
     let status = Status::default();
+    status.identify(&node, args.source.as_ref().map(ToString::to_string));
     let mut failures = supervise::install().context("installing the thread supervisor")?;
 
     let mut dp = Datapath::load(pins.clone())

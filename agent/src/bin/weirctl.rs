@@ -62,6 +62,14 @@ enum Command {
         #[arg(long)]
         sport: Option<u16>,
     },
+    /// The node's datapath at a glance: the agent (up or not, its source and
+    /// sync state, its build), the node's addresses and modes, where
+    /// programs are attached, each map's fill. Works with the agent down.
+    Status {
+        /// The agent's health address (`weir-agent run --health-address`).
+        #[arg(long, default_value = "127.0.0.1:9879")]
+        agent: std::net::SocketAddr,
+    },
     /// A completion script for `shell`, on stdout (e.g. `weirctl completions
     /// bash > /etc/bash_completion.d/weirctl`). Needs no maps.
     Completions { shell: clap_complete::Shell },
@@ -86,6 +94,13 @@ fn main() -> anyhow::Result<()> {
         Command::Ipcache => render(&ctl::ipcache(&pins)?, out)?,
         Command::Tunnels => render(&ctl::tunnels(&pins)?, out)?,
         Command::Drops => render(&ctl::drops(&pins)?, out)?,
+        Command::Status { agent } => {
+            let report = ctl::status(&pins, agent)?;
+            match out {
+                Output::Json => serde_json::to_string_pretty(&report)?,
+                Output::Table => report.to_text(),
+            }
+        }
         Command::Explain { src, dst, sport } => {
             let flow =
                 ctl::Flow::parse(&src, &dst, sport, &ctl::name_table(&pins)).map_err(anyhow::Error::msg)?;

@@ -13,6 +13,7 @@ mod ipcache;
 mod metrics;
 mod policy;
 mod services;
+mod status;
 mod table;
 #[cfg(test)]
 mod tests;
@@ -35,6 +36,7 @@ pub use self::{
     metrics::{MetricRow, metrics},
     policy::{PolicyRow, policy, policy_rows},
     services::{Algorithm, ServiceRow, SlotRow, service_rows, services},
+    status::{StatusReport, status},
     table::{Row, to_json, to_table},
     tunnels::{TunnelRow, tunnels},
 };

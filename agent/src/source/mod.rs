@@ -83,6 +83,16 @@ impl FromStr for SourceSpec {
     }
 }
 
+/// As the flag is written.
+impl std::fmt::Display for SourceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Kube => f.write_str("kube"),
+            Self::Dir(path) => write!(f, "dir:{}", path.display()),
+        }
+    }
+}
+
 impl SourceSpec {
     /// Opens the source; `kubeconfig` for `kube` (else in-cluster or `KUBECONFIG`).
     pub fn open(&self, kube: KubeOptions) -> Result<Box<dyn Source>, SourceError> {
