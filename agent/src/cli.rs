@@ -98,6 +98,10 @@ pub struct RunArgs {
     /// the agent only wires pods.
     #[arg(long, env = "WEIR_SOURCE", value_name = "kube|dir:PATH")]
     pub source: Option<SourceSpec>,
+    /// Where the datapath's events are served to `weirctl monitor` and
+    /// `weirctl drops` (default: `monitor.sock` beside the CNI socket).
+    #[arg(long, env = "WEIR_MONITOR_SOCKET")]
+    pub monitor_socket: Option<PathBuf>,
     /// The kubeconfig of `--source kube` (default: in-cluster, or KUBECONFIG).
     #[arg(long, env = "WEIR_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,

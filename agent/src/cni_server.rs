@@ -310,6 +310,15 @@ pub fn handle(dp: &mut Datapath, request: &Request) -> Result<(), ServerError> {
 }
 
 fn add(dp: &mut Datapath, ep: &Endpoint) -> Result<(), ServerError> {
+    // Its name first, for `weirctl` (a view never shows the pod unnamed); a
+    // label: a failure to write it fails nothing.
+    if let (Some(namespace), Some(pod)) = (&ep.pod_namespace, &ep.pod_name) {
+        for ip in &ep.ips {
+            if let Err(e) = dp.names.set_pod(*ip, Some(&format!("{namespace}/{pod}"))) {
+                warn!(%ip, error = %e, "writing a pod's name");
+            }
+        }
+    }
     // Programs first, then the entries that make the pod known: a packet never
     // finds an endpoint entry for a veth without its programs.
     let result = dp
@@ -337,19 +346,12 @@ fn add(dp: &mut Datapath, ep: &Endpoint) -> Result<(), ServerError> {
         // this pod may stay behind in the maps or the pins.
         for ip in &ep.ips {
             let _ = dp.endpoints.remove(&endpoint_key(*ip));
+            let _ = dp.names.set_pod(*ip, None);
         }
         if let Err(undo) = dp.detach_endpoint(ep.host_ifindex) {
             warn!(ifindex = ep.host_ifindex, error = %undo, "undoing a failed registration");
         }
         return Err(e);
-    }
-    // Its name, for `weirctl` (a label: a failure to write it fails nothing).
-    if let (Some(namespace), Some(pod)) = (&ep.pod_namespace, &ep.pod_name) {
-        for ip in &ep.ips {
-            if let Err(e) = dp.names.set_pod(*ip, Some(&format!("{namespace}/{pod}"))) {
-                warn!(%ip, error = %e, "writing a pod's name");
-            }
-        }
     }
     let name = |s: &Option<String>| s.as_deref().map(|s| bounded(s, 253).into_owned());
     info!(

@@ -25,6 +25,8 @@
 //!   manifests compiles to, offline.
 //! - [`metrics`], [`http`]: the agent's Prometheus metrics and the endpoint
 //!   that serves them.
+//! - [`monitor`]: the datapath's events, read once, kept and streamed to every
+//!   `weirctl monitor`.
 
 pub mod cli;
 pub mod cni_conf;
@@ -39,6 +41,7 @@ pub mod http;
 pub mod masquerade;
 pub mod memory;
 pub mod metrics;
+pub mod monitor;
 pub mod netlink;
 pub mod node;
 pub mod node_net;

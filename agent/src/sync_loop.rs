@@ -75,6 +75,13 @@ pub struct SyncLoop {
     pub started: SystemTime,
 }
 
+/// The two steps of keeping frontend names: before the maps are written, and after.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Naming {
+    Name,
+    Forget,
+}
+
 /// Whether the services compiler's union is what the maps should hold.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Compiled {
@@ -282,11 +289,12 @@ impl SyncLoop {
     /// returns what must be retried. The sync began at `start` (its compile).
     fn sync(&mut self, changed: Changed, start: Instant) -> Option<Changed> {
         let full = changed == Changed::All;
+        self.name_frontends(&changed, Naming::Name);
         let desired = self.compiler.desired();
         let report = self.syncer.apply(&mut self.maps, desired, &changed);
         self.metrics
             .synced("services", start.elapsed(), report.complete());
-        self.name_frontends(&changed);
+        self.name_frontends(&changed, Naming::Forget);
         if report.complete() {
             let now = SystemTime::now();
             for at in self.triggers.drain(..) {
@@ -321,10 +329,11 @@ impl SyncLoop {
         (!report.complete()).then_some(changed)
     }
 
-    /// Writes the name table's frontend names where `changed` says they may
-    /// differ: `weirctl`'s SERVICE column. A name that cannot be written is
-    /// said once per sync; it is only a label.
-    fn name_frontends(&self, changed: &Changed) {
+    /// Keeps the name table's frontend names in step where `changed` says
+    /// they may differ: `weirctl`'s SERVICE column. Names are written before
+    /// the maps (a frontend is never seen unnamed) and forgotten after them.
+    /// A name that cannot be written is said once per sync; it is only a label.
+    fn name_frontends(&self, changed: &Changed, step: Naming) {
         let mut dp = self.maps.lock();
         let desired = self.compiler.desired();
         let mut failed = None;
@@ -333,30 +342,30 @@ impl SyncLoop {
                 failed.get_or_insert(e);
             }
         };
-        match changed {
-            Changed::All => {
-                match dp.names.frontend_ids() {
-                    Ok(ids) => {
-                        for id in ids.into_iter().filter(|id| !desired.revnat.contains_key(id)) {
-                            note(dp.names.set_frontend(id, None));
-                        }
+        match (changed, step) {
+            (Changed::All, Naming::Name) => note(dp.names.set_frontends(self.compiler.frontend_names())),
+            (Changed::All, Naming::Forget) => match dp.names.frontend_ids() {
+                Ok(ids) => {
+                    for id in ids.into_iter().filter(|id| !desired.revnat.contains_key(id)) {
+                        note(dp.names.set_frontend(id, None));
                     }
-                    Err(e) => note(Err(e)),
                 }
-                note(dp.names.set_frontends(self.compiler.frontend_names()));
+                Err(e) => note(Err(e)),
+            },
+            (Changed::Keys(touched), Naming::Name) => {
+                for head in touched.services.iter().filter(|k| k.slot == 0) {
+                    if let Some((id, name)) = self.compiler.frontend_named(head) {
+                        note(dp.names.set_frontend(id, Some(name)));
+                    }
+                }
             }
-            Changed::Keys(touched) => {
+            (Changed::Keys(touched), Naming::Forget) => {
                 for id in touched
                     .revnat
                     .iter()
                     .filter(|id| !desired.revnat.contains_key(id))
                 {
                     note(dp.names.set_frontend(*id, None));
-                }
-                for head in touched.services.iter().filter(|k| k.slot == 0) {
-                    if let Some((id, name)) = self.compiler.frontend_named(head) {
-                        note(dp.names.set_frontend(id, Some(name)));
-                    }
                 }
             }
         }

@@ -140,6 +140,7 @@ weir_lab::with_both_sources!(
     views_name_services_and_pods_while_the_agent_is_down_too,
     explain_says_what_the_packets_do,
     status_reports_the_agent_the_node_and_the_maps,
+    monitors_each_see_every_drop_and_drops_takes_nothing,
 );
 
 fn clusterip_tcp_and_udp(kind: SourceKind) {
@@ -1730,4 +1731,108 @@ fn status_reports_the_agent_the_node_and_the_maps(kind: SourceKind) {
         Some(1)
     );
     assert!(s.to_text().contains("agent:     down"), "{}", s.to_text());
+}
+
+/// A `weirctl monitor` of this test, following.
+struct Monitor {
+    child: std::process::Child,
+}
+
+impl Monitor {
+    /// Starts `weirctl monitor -o json ARGS` and waits until it follows.
+    fn start(agent: &weir_lab::Agent, args: &[&str]) -> Self {
+        use std::io::BufRead as _;
+        let mut child = std::process::Command::new(weir_lab::bins::path("weirctl"))
+            .arg("--bpffs-root")
+            .arg(&agent.bpffs_root)
+            .args(["-o", "json", "monitor"])
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("weirctl monitor");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stderr.take().expect("stderr"))
+            .read_line(&mut line)
+            .expect("stderr line");
+        assert!(line.contains("following"), "weirctl monitor: {line}");
+        Self { child }
+    }
+
+    /// Its events, once it has exited by itself (`--count`) within 10 s.
+    fn events(mut self) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.child.try_wait().expect("wait").is_none() {
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("weirctl monitor saw fewer events than it was to count");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let out = self.child.wait_with_output().expect("output");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
+    }
+}
+
+fn monitors_each_see_every_drop_and_drops_takes_nothing(kind: SourceKind) {
+    let lab = Lab::new(kind, "10.91.36.0/24", &["a", "b"], &[8080]);
+    let objects = vec![
+        weir_lab::services::pod(
+            "default",
+            "b",
+            json!({ "app": "b" }),
+            lab.node.name(),
+            &[lab.ip("b")],
+            json!([]),
+        ),
+        json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": { "name": "b-alone", "namespace": "default" },
+            "spec": { "podSelector": { "matchLabels": { "app": "b" } }, "policyTypes": ["Ingress"] },
+        }),
+    ];
+    lab.cluster.write("policy.yaml", &objects);
+    let to_b = SocketAddr::new(lab.ip("b"), 8080);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ask_tcp(&lab.client.ns, to_b).is_ok() {
+        assert!(Instant::now() < deadline, "b never isolated");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Two monitors at once, one filtered to b's address and TCP, one to the
+    // client's address; a third whose filter nothing matches.
+    let b_ip = lab.ip("b").to_string();
+    let client_ip = lab.client.ipv4().to_string();
+    let first = Monitor::start(&lab.agent, &["--count", "1", "--ip", &b_ip, "--protocol", "tcp"]);
+    let second = Monitor::start(
+        &lab.agent,
+        &["--count", "1", "--ip", &client_ip, "--type", "drop"],
+    );
+    let mut none = Monitor::start(&lab.agent, &["--count", "1", "--port", "1"]);
+    assert!(ask_tcp(&lab.client.ns, to_b).is_err(), "b is isolated");
+    for events in [first.events(), second.events()] {
+        assert_eq!(events.len(), 1, "{events:?}");
+        let e = &events[0];
+        assert_eq!(e["code"], "policy_ingress", "{e:#}");
+        assert_eq!(e["pod"], "default/b", "{e:#}");
+        assert_eq!(e["destination"], to_b.to_string(), "{e:#}");
+    }
+    assert!(
+        none.child.try_wait().expect("wait").is_none(),
+        "a filter nothing matches let an event through"
+    );
+    let _ = none.child.kill();
+    // `drops` reads the agent's latest events: twice, the same.
+    let drops = |agent: &weir_lab::Agent| -> Vec<Value> {
+        agent.weirctl(&["drops"]).as_array().expect("rows").clone()
+    };
+    let once = drops(&lab.agent);
+    assert!(
+        once.iter()
+            .any(|d| d["destination"] == to_b.to_string() && d["pod"] == "default/b"),
+        "{once:#?}"
+    );
+    assert_eq!(drops(&lab.agent), once, "reading drops took them");
 }

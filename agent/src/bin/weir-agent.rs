@@ -202,6 +202,20 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         "node devices"
     );
     let overlay = overlay_device(&mut dp, &net, &args)?;
+    // The events: read here, served to every monitor (a failure costs the
+    // event stream, not the datapath).
+    let monitor_socket = args
+        .monitor_socket
+        .clone()
+        .unwrap_or_else(|| weir_agent::monitor::default_socket(&args.cni_socket));
+    match weir_agent::monitor::start(&pins, &monitor_socket) {
+        Ok(()) => {
+            if let Err(e) = dp.names.set_monitor_socket(&monitor_socket) {
+                warn!(error = %e, "recording the monitor socket for weirctl");
+            }
+        }
+        Err(e) => warn!(socket = %monitor_socket.display(), error = %e, "datapath events not served"),
+    }
     let dp = Arc::new(Mutex::new(dp));
     host_routing::start(args.host_routing, SharedDatapath(dp.clone()), metrics.clone());
     match &args.source {

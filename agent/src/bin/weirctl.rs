@@ -17,6 +17,10 @@ struct Cli {
     /// Output format.
     #[arg(short, long, global = true, value_enum, default_value_t = Output::Table)]
     output: Output,
+    /// The agent's event socket (`weir-agent run --monitor-socket`); default:
+    /// where the agent of `--bpffs-root` says it is.
+    #[arg(long, global = true)]
+    monitor_socket: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -47,8 +51,32 @@ enum Command {
     Ipcache,
     /// `--routing vxlan`: other nodes' pod CIDRs and the node each is tunnelled to.
     Tunnels,
-    /// Packets NetworkPolicy dropped since the last `drops` (reading consumes them).
+    /// The latest packets NetworkPolicy dropped (the agent keeps the last
+    /// 1,024; reading takes nothing from other readers).
     Drops,
+    /// Datapath events as they happen (drops, with reason, pod and flow),
+    /// one per line (`-o json`: one JSON object per line). Any number of
+    /// monitors at once, each sees every event.
+    Monitor {
+        /// Only events of this type (`drop`).
+        #[arg(long = "type")]
+        kind: Option<String>,
+        /// Only events of this pod (`namespace/name`).
+        #[arg(long)]
+        pod: Option<String>,
+        /// Only events with this address at either end.
+        #[arg(long)]
+        ip: Option<std::net::IpAddr>,
+        /// Only events with this port at either end.
+        #[arg(long)]
+        port: Option<u16>,
+        /// Only events of this protocol (`TCP`, `UDP`, ...).
+        #[arg(long)]
+        protocol: Option<String>,
+        /// Exit after this many events.
+        #[arg(long)]
+        count: Option<usize>,
+    },
     /// What this node's datapath does with a new flow from SRC to DST: the
     /// frontend it matches (and its Service), the candidate backends and which
     /// one the flow gets, each one's egress and ingress policy verdict (peer
@@ -93,7 +121,57 @@ fn main() -> anyhow::Result<()> {
         Command::Policy => render(&ctl::policy(&pins)?, out)?,
         Command::Ipcache => render(&ctl::ipcache(&pins)?, out)?,
         Command::Tunnels => render(&ctl::tunnels(&pins)?, out)?,
-        Command::Drops => render(&ctl::drops(&pins)?, out)?,
+        Command::Drops => {
+            let mut rows = Vec::new();
+            weir_agent::monitor::request(
+                &monitor_socket(&cli.monitor_socket, &pins),
+                "recent",
+                || {},
+                |row| {
+                    rows.push(row);
+                    true
+                },
+            )
+            .map_err(anyhow::Error::msg)?;
+            render(&rows, out)?
+        }
+        Command::Monitor {
+            kind,
+            pod,
+            ip,
+            port,
+            protocol,
+            count,
+        } => {
+            let filter = Filter {
+                kind,
+                pod,
+                ip,
+                port,
+                protocol,
+            };
+            let mut left = count.unwrap_or(usize::MAX);
+            let socket = monitor_socket(&cli.monitor_socket, &pins);
+            let mut stdout = std::io::stdout().lock();
+            weir_agent::monitor::request(
+                &socket,
+                "follow",
+                || eprintln!("following the datapath's events from {}", socket.display()),
+                |row| {
+                    if !filter.admits(&row) {
+                        return true;
+                    }
+                    let line = match out {
+                        Output::Json => serde_json::to_string(&row).unwrap_or_default(),
+                        Output::Table => row.cells().join("  "),
+                    };
+                    left -= 1;
+                    writeln!(stdout, "{line}").and_then(|()| stdout.flush()).is_ok() && left > 0
+                },
+            )
+            .map_err(anyhow::Error::msg)?;
+            return Ok(());
+        }
         Command::Status { agent } => {
             let report = ctl::status(&pins, agent)?;
             match out {
@@ -119,6 +197,41 @@ fn main() -> anyhow::Result<()> {
     match std::io::stdout().lock().write_all(text.as_bytes()) {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
         _ => Ok(()),
+    }
+}
+
+/// `--monitor-socket`, or where the agent recorded it, or the default.
+fn monitor_socket(flag: &Option<PathBuf>, pins: &PinLayout) -> PathBuf {
+    flag.clone()
+        .or_else(|| ctl::name_table(pins).monitor_socket)
+        .unwrap_or_else(|| {
+            weir_agent::monitor::default_socket(std::path::Path::new(weir_agent_api::DEFAULT_SOCKET))
+        })
+}
+
+/// `weirctl monitor`'s filters: every one given must hold.
+struct Filter {
+    kind: Option<String>,
+    pod: Option<String>,
+    ip: Option<std::net::IpAddr>,
+    port: Option<u16>,
+    protocol: Option<String>,
+}
+
+impl Filter {
+    fn admits(&self, row: &ctl::DropRow) -> bool {
+        let ends: Vec<std::net::SocketAddr> = [&row.source, &row.destination]
+            .iter()
+            .filter_map(|s| s.parse().ok())
+            .collect();
+        self.kind.as_ref().is_none_or(|k| *k == row.kind)
+            && self.pod.as_ref().is_none_or(|p| row.pod.as_ref() == Some(p))
+            && self.ip.is_none_or(|ip| ends.iter().any(|e| e.ip() == ip))
+            && self.port.is_none_or(|port| ends.iter().any(|e| e.port() == port))
+            && self
+                .protocol
+                .as_ref()
+                .is_none_or(|p| p.eq_ignore_ascii_case(&row.protocol))
     }
 }
 

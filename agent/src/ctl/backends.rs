@@ -37,8 +37,8 @@ impl Row for BackendRow {
 }
 
 pub fn backends(pins: &PinLayout) -> Result<Vec<BackendRow>, CtlError> {
-    let names = super::name_table(pins);
     let mut rows = backend_rows(&super::read_services(pins)?);
+    let names = super::name_table(pins);
     for row in &mut rows {
         row.pod = names.pod(&row.address);
     }

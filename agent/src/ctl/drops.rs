@@ -1,26 +1,41 @@
-//! `weirctl drops`: the packets NetworkPolicy dropped since the last read.
+//! `weirctl drops` and `weirctl monitor`'s events: the packets NetworkPolicy
+//! dropped, as the datapath reports them in its ring buffer. The agent is the
+//! ring buffer's one reader (a ring buffer has one): it keeps the latest
+//! events and streams new ones to every monitor (`crate::monitor`), so that
+//! no reader takes an event from another.
 
-use aya::maps::{Map, MapData, RingBuf};
-use serde::Serialize;
-use weir_common::{DropEvent, Reason, maps as names};
+use std::collections::BTreeMap;
 
-use super::{CtlError, Row, policy::endpoints, proto, sock, table::or_null};
-use crate::datapath::{PinLayout, maps};
+use serde::{Deserialize, Serialize};
+use weir_common::{DropEvent, EndpointKey, PolicyEndpoint, Reason};
+
+use super::{NameTable, Row, policy::endpoints, proto, sock, table::or_null};
 
 /// One dropped packet.
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DropRow {
-    pub reason: &'static str,
+    /// What the event is: `drop`.
+    #[serde(rename = "type", default = "drop_type")]
+    pub kind: String,
+    /// Why, as an operator reads it.
+    pub reason: String,
+    /// The same, as a metric label (`policy_ingress`, `policy_egress`, ...).
+    #[serde(default)]
+    pub code: String,
     /// The isolated pod's address; `None` once the pod is gone.
     pub endpoint: Option<String>,
     pub endpoint_id: u32,
     /// `namespace/name`, from the name table (absent when it has none).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<String>,
     pub source: String,
     pub destination: String,
     pub protocol: String,
     pub peer_identity: u32,
+}
+
+fn drop_type() -> String {
+    "drop".to_owned()
 }
 
 impl Row for DropRow {
@@ -35,7 +50,7 @@ impl Row for DropRow {
 
     fn cells(&self) -> Vec<String> {
         vec![
-            self.reason.to_owned(),
+            self.reason.clone(),
             super::labelled(&or_null(self.endpoint.as_ref()), self.pod.as_ref()),
             self.source.clone(),
             self.destination.clone(),
@@ -45,43 +60,47 @@ impl Row for DropRow {
     }
 }
 
-/// The drops reported since the last read (reading consumes them).
-pub fn drops(pins: &PinLayout) -> Result<Vec<DropRow>, CtlError> {
-    let err = |source| CtlError::Map {
-        map: names::EVENTS,
-        source,
-    };
-    let map: maps::PolicyEndpoints = super::open(pins, &maps::POLICY_ENDPOINTS)?;
-    let names = super::name_table(pins);
-    let endpoints = endpoints(
-        &map.iter()
-            .collect::<Result<_, _>>()
-            .map_err(|source| CtlError::Map {
-                map: names::POLICY_ENDPOINTS,
-                source,
-            })?,
-    );
-    maps::check_pin(pins, &maps::EVENTS).map_err(|e| CtlError::Datapath(Box::new(e)))?;
-    let data = MapData::from_pin(pins.map(names::EVENTS)).map_err(err)?;
-    let mut ring = RingBuf::try_from(Map::RingBuf(data)).map_err(err)?;
-    let mut rows = Vec::new();
-    while let Some(item) = ring.next() {
-        if item.len() < size_of::<DropEvent>() {
-            continue;
+/// What the agent needs to name the endpoints of events: the isolated
+/// endpoints (their numbers) and the name table.
+#[derive(Debug, Default)]
+pub struct Namer {
+    endpoints: BTreeMap<u32, (String, u32)>,
+    names: NameTable,
+}
+
+impl Namer {
+    pub fn new(policy_endpoints: &BTreeMap<EndpointKey, PolicyEndpoint>, names: NameTable) -> Self {
+        Self {
+            endpoints: endpoints(policy_endpoints),
+            names,
         }
-        // SAFETY: the datapath writes whole `DropEvent`s; the read is unaligned-safe.
-        let e: DropEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-        let endpoint = endpoints.get(&e.endpoint).map(|x| x.0.clone());
-        rows.push(DropRow {
-            reason: Reason::describe_code(e.reason),
-            pod: endpoint.as_deref().and_then(|e| names.pod(e)),
+    }
+
+    /// An event of the ring buffer, in words.
+    pub fn drop_row(&self, e: &DropEvent) -> DropRow {
+        let endpoint = self.endpoints.get(&e.endpoint).map(|x| x.0.clone());
+        let reason = Reason::try_from(e.reason);
+        DropRow {
+            kind: drop_type(),
+            reason: Reason::describe_code(e.reason).to_owned(),
+            code: reason.map_or("unknown", Reason::label).to_owned(),
+            pod: endpoint.as_deref().and_then(|e| self.names.pod(e)),
             endpoint,
             endpoint_id: e.endpoint,
             source: sock(e.saddr, e.family, e.sport),
             destination: sock(e.daddr, e.family, e.dport),
             protocol: proto(e.proto),
             peer_identity: e.identity,
-        });
+        }
     }
-    Ok(rows)
+}
+
+/// A ring buffer record as the event it holds, if it is whole.
+pub fn decode(record: &[u8]) -> Option<DropEvent> {
+    if record.len() < size_of::<DropEvent>() {
+        return None;
+    }
+    // SAFETY: the datapath writes whole `DropEvent`s (plain integers); the read
+    // is unaligned-safe.
+    Some(unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) })
 }

@@ -52,13 +52,17 @@ fn mac_text(mac: [u8; 6]) -> Option<String> {
 /// By address text.
 pub fn endpoints(pins: &PinLayout) -> Result<Vec<EndpointRow>, CtlError> {
     let map: Endpoints = open(pins, &maps::ENDPOINTS)?;
-    let names = super::name_table(pins);
-    let mut rows = Vec::new();
-    for entry in map.iter() {
-        let (key, info) = entry.map_err(|source| CtlError::Map {
+    let entries: Vec<_> = map
+        .iter()
+        .collect::<Result<_, _>>()
+        .map_err(|source| CtlError::Map {
             map: names::ENDPOINTS,
             source,
         })?;
+    // Names after the map: weir-cni's registration names a pod before its entries.
+    let names = super::name_table(pins);
+    let mut rows = Vec::new();
+    for (key, info) in entries {
         let ip = ip_text(key.addr, key.family);
         rows.push(EndpointRow {
             pod: names.pod(&ip),

@@ -29,7 +29,7 @@ pub use self::{
     affinity::{AffinityRow, affinity},
     backends::{BackendRow, backend_rows, backends},
     conntrack::{ConntrackRow, conntrack},
-    drops::{DropRow, drops},
+    drops::{DropRow, Namer, decode},
     endpoints::{EndpointRow, endpoints},
     explain::{Explanation, Flow, explain},
     ipcache::{IpcacheRow, ipcache, ipcache_rows},

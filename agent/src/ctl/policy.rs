@@ -55,8 +55,8 @@ pub(super) fn endpoints(map: &BTreeMap<EndpointKey, PolicyEndpoint>) -> BTreeMap
 }
 
 pub fn policy(pins: &PinLayout) -> Result<Vec<PolicyRow>, CtlError> {
-    let names = super::name_table(pins);
     let mut rows = policy_rows(&super::read_policy(pins)?);
+    let names = super::name_table(pins);
     for row in &mut rows {
         row.pod = row.endpoint.as_deref().and_then(|e| names.pod(e));
     }

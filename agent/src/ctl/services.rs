@@ -104,8 +104,9 @@ impl Row for ServiceRow {
 }
 
 pub fn services(pins: &PinLayout) -> Result<Vec<ServiceRow>, CtlError> {
-    let names = super::name_table(pins);
+    // Names after the maps: the agent names a frontend before writing it.
     let mut rows = service_rows(&super::read_services(pins)?);
+    let names = super::name_table(pins);
     for row in &mut rows {
         row.service = names.service(row.rev_nat_id);
     }

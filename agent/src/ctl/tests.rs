@@ -215,7 +215,9 @@ fn ipcache_keys() {
 #[test]
 fn drops_keys() {
     let row = DropRow {
-        reason: "denied by NetworkPolicy (ingress)",
+        kind: "drop".into(),
+        reason: "denied by NetworkPolicy (ingress)".into(),
+        code: "policy_ingress".into(),
         endpoint: None,
         endpoint_id: 3,
         pod: None,
@@ -224,13 +226,68 @@ fn drops_keys() {
         protocol: "TCP".into(),
         peer_identity: 4,
     };
+    let text = json(&row);
     assert_eq!(
-        json(&row),
+        text,
         concat!(
-            r#"{"reason":"denied by NetworkPolicy (ingress)","endpoint":null,"endpoint_id":3,"#,
+            r#"{"type":"drop","reason":"denied by NetworkPolicy (ingress)","code":"policy_ingress","#,
+            r#""endpoint":null,"endpoint_id":3,"#,
             r#""source":"10.0.0.2:40000","destination":"10.0.0.5:8080","protocol":"TCP","peer_identity":4}"#,
         )
     );
+    // What the agent streams is what weirctl reads back.
+    assert_eq!(serde_json::from_str::<DropRow>(&text).expect("parse"), row);
+}
+
+#[test]
+fn a_drop_event_is_named_from_the_endpoints_and_the_name_table() {
+    use weir_common::{AF_INET, DropEvent, EndpointKey, PolicyEndpoint};
+    let addr = |ip: [u8; 4]| {
+        let mut a = [0u8; 16];
+        a[..4].copy_from_slice(&ip);
+        a
+    };
+    let endpoints = [(
+        EndpointKey {
+            addr: addr([10, 0, 0, 5]),
+            family: AF_INET,
+            ..EndpointKey::default()
+        },
+        PolicyEndpoint { id: 3, flags: 1 },
+    )]
+    .into();
+    let mut names = NameTable::default();
+    names
+        .pods
+        .insert("10.0.0.5".parse().expect("ip"), "default/web".to_owned());
+    let namer = Namer::new(&endpoints, names);
+    let event = DropEvent {
+        saddr: addr([10, 0, 0, 2]),
+        daddr: addr([10, 0, 0, 5]),
+        sport: 40000u16.to_be(),
+        dport: 8080u16.to_be(),
+        proto: weir_common::IPPROTO_TCP,
+        family: AF_INET,
+        reason: weir_common::Reason::PolicyIngress as u8,
+        endpoint: 3,
+        identity: 4,
+        ..DropEvent::default()
+    };
+    let bytes: Vec<u8> = {
+        // SAFETY: a plain-integer struct viewed as its bytes.
+        let raw =
+            unsafe { std::slice::from_raw_parts((&raw const event).cast::<u8>(), size_of::<DropEvent>()) };
+        raw.to_vec()
+    };
+    assert_eq!(decode(&bytes[..10]), None, "a short record");
+    let row = namer.drop_row(&decode(&bytes).expect("whole"));
+    assert_eq!(row.endpoint.as_deref(), Some("10.0.0.5"));
+    assert_eq!(row.pod.as_deref(), Some("default/web"));
+    assert_eq!(
+        (row.code.as_str(), row.source.as_str()),
+        ("policy_ingress", "10.0.0.2:40000")
+    );
+    assert_eq!(row.cells()[1], "10.0.0.5 (default/web)");
 }
 
 /// The services table, as the README shows it.

@@ -9,7 +9,7 @@
 use std::{collections::BTreeMap, net::IpAddr};
 
 use aya::maps::{HashMap, IterableMap as _, MapData, MapError};
-use weir_common::{NAME_FRONTEND, NAME_POD, Name, NameKey, maps as names};
+use weir_common::{AGENT_MONITOR_SOCKET, NAME_AGENT, NAME_FRONTEND, NAME_POD, Name, NameKey, maps as names};
 use weir_model::net::{from_abi, to_abi};
 
 use super::{DatapathError, PinLayout, is_not_found, maps::MapSpec};
@@ -93,6 +93,16 @@ impl Names {
         Ok(())
     }
 
+    /// Says where the agent's event stream is served.
+    pub fn set_monitor_socket(&mut self, path: &std::path::Path) -> Result<(), MapError> {
+        let key = NameKey {
+            kind: NAME_AGENT,
+            id: AGENT_MONITOR_SOCKET,
+            ..NameKey::default()
+        };
+        self.set(key, Some(&path.to_string_lossy()))
+    }
+
     /// Names a pod address (`None`: forgets it).
     pub fn set_pod(&mut self, ip: IpAddr, name: Option<&str>) -> Result<(), MapError> {
         self.set(pod_key(ip), name)
@@ -122,6 +132,9 @@ impl Names {
                     if let Some(ip) = from_abi(key.addr, key.family) {
                         table.pods.insert(ip, text.to_owned());
                     }
+                }
+                NAME_AGENT if key.id == AGENT_MONITOR_SOCKET => {
+                    table.monitor_socket = Some(text.into());
                 }
                 _ => {}
             }
@@ -167,6 +180,8 @@ pub struct NameTable {
     pub frontends: BTreeMap<u32, String>,
     /// A pod address of this node -> `namespace/name` of the pod.
     pub pods: BTreeMap<IpAddr, String>,
+    /// Where the agent serves the datapath's events.
+    pub monitor_socket: Option<std::path::PathBuf>,
 }
 
 impl NameTable {

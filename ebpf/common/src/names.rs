@@ -23,6 +23,11 @@ const _: () = assert!(core::mem::size_of::<NameKey>() == 24);
 pub const NAME_FRONTEND: u8 = 1;
 /// A pod of this node, by address.
 pub const NAME_POD: u8 = 2;
+/// The agent's own addresses, by [`AGENT_MONITOR_SOCKET`] (and more to come):
+/// where `weirctl` reaches it, found from the pins alone.
+pub const NAME_AGENT: u8 = 3;
+/// [`NAME_AGENT`]: the path of the agent's event stream's unix socket.
+pub const AGENT_MONITOR_SOCKET: u32 = 1;
 
 /// Bytes of a name: `namespace/name` (63 + 1 + 63 for a Service, pods' names
 /// may be longer and are cut).
