@@ -26,8 +26,8 @@ use weir_model::{
 
 use crate::{
     ctl::{
-        BackendRow, IpcacheRow, PolicyRow, Row, ServiceRow, backend_rows, ipcache_rows, policy_rows,
-        service_rows, to_table,
+        BackendRow, IpcacheRow, NameTable, PolicyRow, Row, ServiceRow, backend_rows, ipcache_rows,
+        policy_rows, service_rows, to_table,
     },
     source::{DirSource, Source as _, SourceError},
 };
@@ -191,21 +191,14 @@ pub fn compile(dir: &Path, node: &str, node_ips: &[IpAddr]) -> Result<Compiled, 
     }
     let (policy, policy_problems) = compile_node(model, node, &mut PolicyEncoder::default());
     problems.extend(policy_problems);
-    let pods = pod_names(model);
-    let pod = |addr: &str| {
-        let ip = addr
-            .parse::<IpAddr>()
-            .ok()
-            .or_else(|| addr.parse::<std::net::SocketAddr>().ok().map(|s| s.ip()))?;
-        pods.get(&ip).cloned()
-    };
+    let names = pod_names(model);
     let mut backends = backend_rows(desired);
     for row in &mut backends {
-        row.pod = pod(&row.address);
+        row.pod = names.pod(&row.address);
     }
     let mut rules = policy_rows(&policy);
     for row in &mut rules {
-        row.pod = row.endpoint.as_deref().and_then(pod);
+        row.pod = row.endpoint.as_deref().and_then(|e| names.pod(e));
     }
     Ok(Compiled {
         node: node.to_owned(),
@@ -279,12 +272,13 @@ fn node_addresses(model: &weir_model::Model, node: &str) -> Vec<IpAddr> {
 
 /// Every Pod's addresses, with its `namespace/name`: the cluster's, where the
 /// agent's name table has its node's.
-fn pod_names(model: &weir_model::Model) -> BTreeMap<IpAddr, String> {
-    let mut out = BTreeMap::new();
+fn pod_names(model: &weir_model::Model) -> NameTable {
+    let mut out = NameTable::default();
     for (_, entry) in model.of_kind(Kind::Pod) {
         if let Object::Pod(pod) = &entry.object {
             for ip in pod.own_addresses() {
-                out.insert(ip, format!("{}/{}", pod.meta.namespace, pod.meta.name));
+                out.pods
+                    .insert(ip, format!("{}/{}", pod.meta.namespace, pod.meta.name));
             }
         }
     }

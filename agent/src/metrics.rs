@@ -305,14 +305,14 @@ impl Metrics {
         })
     }
 
-    /// Counts a failed write to `map`.
-    pub fn map_write_failed(&self, map: &str, errno: &str) {
+    /// Counts `n` failed writes to `map`.
+    pub fn map_write_failed(&self, map: &str, errno: &str, n: u64) {
         self.map_write_failures
             .get_or_create(&MapFailureLabels {
                 map: map.to_owned(),
                 errno: errno.to_owned(),
             })
-            .inc();
+            .inc_by(n);
     }
 
     pub fn object_skipped(&self, kind: &str) {

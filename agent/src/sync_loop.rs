@@ -405,13 +405,7 @@ impl SyncLoop {
 
     fn count_failures(&self, failures: &BTreeMap<(&'static str, String), u64>) {
         for ((map, errno), n) in failures {
-            self.metrics
-                .map_write_failures
-                .get_or_create(&crate::metrics::MapFailureLabels {
-                    map: (*map).to_owned(),
-                    errno: errno.clone(),
-                })
-                .inc_by(*n);
+            self.metrics.map_write_failed(map, errno, *n);
         }
     }
 }

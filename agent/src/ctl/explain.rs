@@ -22,7 +22,7 @@ use std::net::{IpAddr, SocketAddr};
 use aya::maps::lpm_trie::Key;
 use serde::Serialize;
 use weir_common::{
-    AF_INET, AffinityKey, BACKEND_TERMINATING, IDENTITY_ANY, IDENTITY_WORLD, IPCACHE_PREFIX_BITS, IpcacheKey,
+    AffinityKey, BACKEND_TERMINATING, IDENTITY_ANY, IDENTITY_WORLD, IPCACHE_PREFIX_BITS, IpcacheKey,
     MAGLEV_TABLE_SIZE, NODE_F_MASQUERADE, POLICY_F_EGRESS, POLICY_F_INGRESS, POLICY_PREFIX_FULL,
     PolicyEndpoint, PolicyKey, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_F_AFFINITY, SVC_F_DROP_EMPTY,
     SVC_F_MAGLEV, SVC_F_TWO_SCOPES, ServiceKey, ServiceValue,
@@ -30,6 +30,7 @@ use weir_common::{
 use weir_model::{
     Protocol,
     net::{from_abi, to_abi},
+    policy::IpcacheEntry,
 };
 
 use super::{CtlError, NameTable, ip_text, open, proto};
@@ -407,11 +408,7 @@ impl Maps {
             } else {
                 "external"
             },
-            flags: weir_common::SVC_FLAG_NAMES
-                .iter()
-                .filter(|(bit, _)| svc.flags & bit != 0)
-                .map(|(_, name)| *name)
-                .collect(),
+            flags: super::services::flag_names(svc.flags),
             choice,
         }
     }
@@ -568,9 +565,8 @@ impl Maps {
 /// The LPM key of a whole address (the ipcache's layout, also the tunnels'
 /// and the masquerade exceptions').
 fn full_key(ip: IpAddr) -> Key<IpcacheKey> {
-    let (addr, family) = to_abi(ip);
-    let bits = if family == AF_INET { 32 } else { 128 };
-    Key::new(IPCACHE_PREFIX_BITS + bits, IpcacheKey { family, addr })
+    let entry = IpcacheEntry::of(ip.into());
+    Key::new(entry.prefix_len, entry.key)
 }
 
 /// The programs' flow hash (`lb::select::flow_hash`): the same tuple, folded

@@ -200,7 +200,7 @@ pub(super) fn state_name(state: u8) -> &'static str {
     }
 }
 
-fn flag_names(flags: u32) -> Vec<&'static str> {
+pub(super) fn flag_names(flags: u32) -> Vec<&'static str> {
     weir_common::SVC_FLAG_NAMES
         .iter()
         .filter(|(bit, _)| flags & bit != 0)
