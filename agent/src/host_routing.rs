@@ -238,13 +238,7 @@ pub fn start(mode: HostRouting, maps: SharedDatapath, metrics: Arc<Metrics>) {
             return;
         }
         let mut dp = maps.lock();
-        let mut node = dp.node.get(&0, 0).unwrap_or_default();
-        node.flags = if host_stack {
-            node.flags | NODE_F_HOST_STACK
-        } else {
-            node.flags & !NODE_F_HOST_STACK
-        };
-        match dp.node.set(0, node, 0) {
+        match dp.set_node_flag(NODE_F_HOST_STACK, host_stack) {
             Ok(()) => {
                 info!(
                     routing = if host_stack { "legacy" } else { "ebpf" },

@@ -55,7 +55,7 @@ impl Masquerade {
         let known = desired.values().any(|f| f & NOMASQ_F_CLUSTER != 0);
         let on = self.wanted && known;
         if self.on != Some(on) {
-            match set_switch(&mut dp, on) {
+            match dp.set_node_flag(NODE_F_MASQUERADE, on) {
                 Ok(()) => {
                     if self.wanted && !known {
                         warn!(
@@ -78,18 +78,6 @@ impl Masquerade {
             Err(e) => warn!(error = %e, "writing the masquerade exceptions"),
         }
     }
-}
-
-/// Sets or clears `NODE_F_MASQUERADE` in the node's entry (the other flags
-/// kept).
-pub fn set_switch(dp: &mut Datapath, on: bool) -> Result<(), aya::maps::MapError> {
-    let mut node = dp.node.get(&0, 0)?;
-    node.flags = if on {
-        node.flags | NODE_F_MASQUERADE
-    } else {
-        node.flags & !NODE_F_MASQUERADE
-    };
-    dp.node.set(0, node, 0)
 }
 
 fn key(net: &IpNetwork) -> Key<NomasqKey> {

@@ -8,9 +8,12 @@
 //!
 //! - `recent`: the kept events, oldest first, then the connection closes
 //!   (`weirctl drops`);
-//! - `follow`: every event from now on, until the client goes (`weirctl
-//!   monitor`). A client that does not keep up loses events, never slows the
-//!   agent or the other clients.
+//! - `follow`: every drop from now on, until the client goes (`weirctl
+//!   monitor`); `follow trace`: every event, new flows' decisions too
+//!   (`weirctl monitor --trace`). The datapath reports those only while some
+//!   client follows them: the agent sets `NODE_F_TRACE` when the first comes
+//!   and clears it when the last goes. A client that does not keep up loses
+//!   events, never slows the agent or the other clients.
 //!
 //! The socket's path is written in the name table beside the pins, where
 //! `weirctl` finds it from `--bpffs-root` alone.
@@ -25,7 +28,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         Arc, Mutex, PoisonError,
-        mpsc::{Receiver, SyncSender, TrySendError, sync_channel},
+        mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel},
     },
     time::{Duration, Instant},
 };
@@ -34,9 +37,12 @@ use aya::maps::{Map, MapData, RingBuf};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use tracing::{info, warn};
 
+use weir_common::{EVENT_DROP, NODE_F_TRACE};
+
 use crate::{
-    ctl::{DropRow, Namer, decode, name_table},
+    ctl::{EventRow, Namer, decode, name_table},
     datapath::{PinLayout, maps},
+    sync::SharedDatapath,
 };
 
 /// Events kept for `recent`.
@@ -47,10 +53,28 @@ const BACKLOG: usize = 4096;
 /// they are read again.
 const RENAME_EVERY: Duration = Duration::from_secs(2);
 
-#[derive(Default)]
+/// An event as it is handed on: its JSON line, and whether it is a drop
+/// (kept for `recent`, sent to every follower) or a trace (sent to tracing
+/// followers only).
+#[derive(Clone)]
+struct Line {
+    text: Arc<str>,
+    drop: bool,
+}
+
+struct Follower {
+    id: u64,
+    tx: SyncSender<Arc<str>>,
+    trace: bool,
+}
+
 struct Hub {
     recent: VecDeque<Arc<str>>,
-    followers: Vec<SyncSender<Arc<str>>>,
+    followers: Vec<Follower>,
+    /// The next follower's id.
+    next_id: u64,
+    /// Where the trace switch is.
+    maps: SharedDatapath,
 }
 
 type Shared = Arc<Mutex<Hub>>;
@@ -61,11 +85,21 @@ fn lock(hub: &Shared) -> std::sync::MutexGuard<'_, Hub> {
 
 /// Reads the events of the datapath pinned under `pins` and serves them on
 /// `socket` from now on.
-pub fn start(pins: &PinLayout, socket: &Path) -> std::io::Result<()> {
+pub fn start(pins: &PinLayout, socket: &Path, maps: SharedDatapath) -> std::io::Result<()> {
     let _ = std::fs::remove_file(socket);
     let listener = UnixListener::bind(socket)?;
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
-    let hub = Shared::default();
+    // No one follows yet: tracing left on by an agent that died mid-trace
+    // goes off.
+    maps.lock()
+        .set_node_flag(NODE_F_TRACE, false)
+        .map_err(std::io::Error::other)?;
+    let hub = Arc::new(Mutex::new(Hub {
+        recent: VecDeque::new(),
+        followers: Vec::new(),
+        next_id: 0,
+        maps,
+    }));
     let ring = open_ring(pins).map_err(std::io::Error::other)?;
     let (pins, reader_hub) = (pins.clone(), hub.clone());
     crate::supervise::spawn("weir-monitor", move || read(ring, &pins, &reader_hub))?;
@@ -113,10 +147,16 @@ fn read(mut ring: RingBuf<MapData>, pins: &PinLayout, hub: &Shared) {
                 namer = Namer::new(&endpoints, name_table(pins));
                 named_at = Some(Instant::now());
             }
-            let Ok(line) = serde_json::to_string(&namer.drop_row(&event)) else {
+            let Ok(text) = serde_json::to_string(&namer.row(&event)) else {
                 continue;
             };
-            publish(hub, line.into());
+            publish(
+                hub,
+                Line {
+                    text: text.into(),
+                    drop: event.kind == EVENT_DROP,
+                },
+            );
         }
     }
 }
@@ -131,15 +171,42 @@ fn isolated_endpoints(
     map.iter().collect::<Result<_, _>>().map_err(|e| e.to_string())
 }
 
-fn publish(hub: &Shared, line: Arc<str>) {
+fn publish(hub: &Shared, line: Line) {
     let mut hub = lock(hub);
-    if hub.recent.len() == RECENT {
-        hub.recent.pop_front();
+    if line.drop {
+        if hub.recent.len() == RECENT {
+            hub.recent.pop_front();
+        }
+        hub.recent.push_back(line.text.clone());
     }
-    hub.recent.push_back(line.clone());
     // A follower gone is forgotten; one behind loses this event.
-    hub.followers
-        .retain(|f| !matches!(f.try_send(line.clone()), Err(TrySendError::Disconnected(_))));
+    let before = hub.tracing();
+    hub.followers.retain(|f| {
+        !(line.drop || f.trace)
+            || !matches!(
+                f.tx.try_send(line.text.clone()),
+                Err(TrySendError::Disconnected(_))
+            )
+    });
+    hub.switch_trace(before);
+}
+
+impl Hub {
+    fn tracing(&self) -> bool {
+        self.followers.iter().any(|f| f.trace)
+    }
+
+    /// Sets the datapath's trace switch to whether someone traces now, if
+    /// that changed since `before`.
+    fn switch_trace(&self, before: bool) {
+        let now = self.tracing();
+        if now != before {
+            match self.maps.lock().set_node_flag(NODE_F_TRACE, now) {
+                Ok(()) => info!(on = now, "tracing new flows"),
+                Err(e) => warn!(error = %e, "setting the trace switch"),
+            }
+        }
+    }
 }
 
 /// One client: its request, then its events.
@@ -161,21 +228,40 @@ fn serve(conn: UnixStream, hub: &Shared) {
             }
             let _ = out.flush();
         }
-        "follow" => {
+        request @ ("follow" | "follow trace") => {
             let (tx, rx): (SyncSender<Arc<str>>, Receiver<Arc<str>>) = sync_channel(BACKLOG);
-            lock(hub).followers.push(tx);
+            let trace = request == "follow trace";
+            let id = {
+                let mut hub = lock(hub);
+                let before = hub.tracing();
+                let id = hub.next_id;
+                hub.next_id += 1;
+                hub.followers.push(Follower { id, tx, trace });
+                hub.switch_trace(before);
+                id
+            };
             // Said at once: the client knows it is following from here on.
             if writeln!(out, "{{\"type\":\"following\"}}")
                 .and_then(|()| out.flush())
                 .is_err()
             {
+                forget(hub, id);
                 return;
             }
-            for line in rx {
-                if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
-                    return;
+            loop {
+                match rx.recv_timeout(Duration::from_secs(1)) {
+                    Ok(line) => {
+                        if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+                            break;
+                        }
+                    }
+                    // Gone while nothing happened: its tracing must not
+                    // outlive it until the next event.
+                    Err(RecvTimeoutError::Timeout) if !hung_up(out.get_ref()) => {}
+                    Err(_) => break,
                 }
             }
+            forget(hub, id);
         }
         other => {
             let _ = writeln!(
@@ -184,6 +270,27 @@ fn serve(conn: UnixStream, hub: &Shared) {
             );
         }
     }
+}
+
+/// Drops follower `id` (and, if it was the last to trace, the trace switch).
+fn forget(hub: &Shared, id: u64) {
+    let mut hub = lock(hub);
+    let before = hub.tracing();
+    hub.followers.retain(|f| f.id != id);
+    hub.switch_trace(before);
+}
+
+/// Whether the client closed its end (a read would say end of file).
+fn hung_up(conn: &UnixStream) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(
+        nix::sys::socket::recv(
+            std::os::fd::AsRawFd::as_raw_fd(conn),
+            &mut byte,
+            nix::sys::socket::MsgFlags::MSG_PEEK | nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+        ),
+        Ok(0) | Err(nix::errno::Errno::ECONNRESET | nix::errno::Errno::EPIPE)
+    )
 }
 
 /// The default socket: `monitor.sock` beside the CNI socket.
@@ -198,7 +305,7 @@ pub fn request(
     socket: &Path,
     request: &str,
     following: impl FnOnce(),
-    mut each: impl FnMut(DropRow) -> bool,
+    mut each: impl FnMut(EventRow) -> bool,
 ) -> Result<(), String> {
     let mut following = Some(following);
     let mut conn = UnixStream::connect(socket).map_err(|e| {
@@ -220,10 +327,7 @@ pub fn request(
             }
             continue;
         }
-        if value["type"] != "drop" {
-            continue;
-        }
-        let row: DropRow = serde_json::from_value(value).map_err(|e| format!("{e}: {line}"))?;
+        let row: EventRow = serde_json::from_value(value).map_err(|e| format!("{e}: {line}"))?;
         if !each(row) {
             break;
         }

@@ -801,3 +801,140 @@ fn root_a_pod_sending_from_an_address_not_its_own_is_dropped() {
 }
 
 const TC_ACT_SHOT: u32 = 2;
+
+const XDP_DROP: u32 = 1;
+
+impl Lab {
+    /// The events the programs reported since the last call (this test is
+    /// the ring buffer's one reader).
+    fn events(&self) -> Vec<weir_common::Event> {
+        let pins = PinLayout::new(&self.root);
+        let data = aya::maps::MapData::from_pin(pins.map(weir_common::maps::EVENTS)).expect("events pin");
+        let mut ring = aya::maps::RingBuf::try_from(aya::maps::Map::RingBuf(data)).expect("ring buffer");
+        let mut out = Vec::new();
+        while let Some(record) = ring.next() {
+            out.push(weir_agent::ctl::decode(&record).expect("a whole event"));
+        }
+        out
+    }
+
+    fn trace(&mut self, on: bool) {
+        self.dp
+            .set_node_flag(weir_common::NODE_F_TRACE, on)
+            .expect("trace switch");
+    }
+}
+
+/// The one event of a run, checked to be a drop of `reason` seen at `dir`.
+fn one_drop(
+    events: &[weir_common::Event],
+    reason: weir_common::Reason,
+    dir: weir_common::Dir,
+) -> weir_common::Event {
+    assert_eq!(events.len(), 1, "{events:?}");
+    let e = events[0];
+    assert_eq!(
+        (e.kind, e.reason, e.dir),
+        (weir_common::EVENT_DROP, reason as u8, dir as u8),
+        "{e:?}"
+    );
+    e
+}
+
+#[test]
+fn root_every_drop_is_an_event_and_with_tracing_every_translation() {
+    use weir_common::{Dir, EVENT_TRANSLATE, Reason};
+    let mut lab = Lab::new("events");
+    lab.service(IPPROTO_TCP, &[BACKEND_A], 0);
+    let syn = frame(IPPROTO_TCP, CLIENT, 40000, VIP, 80, 0x02);
+
+    // A spoofed source: the packet as it was, where, on which device.
+    assert_eq!(lab.run_on(FROM_POD, &syn).0, TC_ACT_SHOT);
+    let e = one_drop(&lab.events(), Reason::SpoofedSource, Dir::FromPod);
+    assert_eq!(
+        (
+            e.saddr,
+            e.daddr,
+            u16::from_be(e.sport),
+            u16::from_be(e.dport),
+            e.proto,
+            e.family
+        ),
+        (a16(CLIENT), a16(VIP), 40000, 80, IPPROTO_TCP, AF_INET)
+    );
+    assert_eq!(e.ifindex, 1, "the test run's device, lo");
+
+    // A malformed packet (cut inside its TCP header): reported, its headers
+    // unread.
+    assert_eq!(lab.run(&syn[..14 + 20 + 3]).0, TC_ACT_SHOT);
+    let e = one_drop(&lab.events(), Reason::Malformed, Dir::FromPod);
+    assert_eq!(e.family, 0, "{e:?}");
+
+    // Tracing off: a new flow is translated and reports nothing.
+    assert_eq!(lab.run(&syn).0, TC_ACT_OK);
+    assert_eq!(lab.events(), [], "tracing is off");
+    // On: the next new flow's translation, once; its later packets nothing.
+    lab.trace(true);
+    let syn2 = frame(IPPROTO_TCP, CLIENT, 40001, VIP, 80, 0x02);
+    assert_eq!(lab.run(&syn2).0, TC_ACT_OK);
+    assert_eq!(
+        lab.run(&frame(IPPROTO_TCP, CLIENT, 40001, VIP, 80, 0x10)).0,
+        TC_ACT_OK
+    );
+    let events = lab.events();
+    assert_eq!(events.len(), 1, "{events:?}");
+    let e = events[0];
+    assert_eq!((e.kind, e.dir), (EVENT_TRANSLATE, Dir::FromPod as u8));
+    assert_eq!(
+        (e.saddr, u16::from_be(e.sport), e.daddr, u16::from_be(e.dport)),
+        (a16(CLIENT), 40001, a16(VIP), 80),
+        "the tuple as the client sent it"
+    );
+    assert_eq!(
+        (e.nat_addr, u16::from_be(e.nat_port), e.rev_nat_id, e.nat2_addr),
+        (a16(BACKEND_A), 8080, 1, [0; 16]),
+        "to the backend, from the client's own address, by the Service"
+    );
+    lab.trace(false);
+    assert_eq!(
+        lab.run(&frame(IPPROTO_TCP, CLIENT, 40002, VIP, 80, 0x02)).0,
+        TC_ACT_OK
+    );
+    assert_eq!(lab.events(), [], "tracing is off again");
+
+    // A flood of drops: each counted, events within their rate (a burst of
+    // 1,000 a CPU, then 1,000 a second).
+    for _ in 0..3000 {
+        lab.run_on(FROM_POD, &syn);
+    }
+    let flood = lab.events().len();
+    assert!((1000..=2300).contains(&flood), "{flood} events of 3,000 drops");
+}
+
+#[test]
+fn root_a_service_without_usable_endpoints_is_an_event_naming_it() {
+    use weir_common::{Dir, Reason};
+    // No endpoint at all: rejected, reported with the packet as it came.
+    let mut lab = Lab::new("ev-empty");
+    lab.service(IPPROTO_TCP, &[], 0);
+    assert_eq!(
+        lab.run(&frame(IPPROTO_TCP, CLIENT, 40000, VIP, 80, 0x02)).0,
+        TC_ACT_REDIRECT
+    );
+    let e = one_drop(&lab.events(), Reason::NoBackend, Dir::FromPod);
+    assert_eq!(
+        (e.saddr, e.daddr, u16::from_be(e.dport), e.rev_nat_id),
+        (a16(CLIENT), a16(VIP), 80, 1)
+    );
+    // externalTrafficPolicy Local, no endpoint here: dropped, on TC and XDP.
+    let lab = nodeport_lab("ev-etp", &[], SVC_F_EXT_LOCAL | SVC_F_DROP_EMPTY);
+    let external = frame(IPPROTO_TCP, EXTERNAL, 40000, NODE_IP, 30080, 0x02);
+    assert_eq!(lab.run_on(FROM_NETDEV, &external).0, TC_ACT_SHOT);
+    let e = one_drop(&lab.events(), Reason::NoLocalBackend, Dir::FromNetdev);
+    assert_eq!(
+        (e.saddr, e.daddr, u16::from_be(e.dport), e.rev_nat_id),
+        (a16(EXTERNAL), a16(NODE_IP), 30080, 1)
+    );
+    assert_eq!(lab.run_on(FROM_NETDEV_XDP, &external).0, XDP_DROP);
+    one_drop(&lab.events(), Reason::NoLocalBackend, Dir::Xdp);
+}

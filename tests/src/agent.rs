@@ -83,7 +83,13 @@ impl Agent {
         if let Ok(w) = std::env::var("WEIR_AGENT_WRAPPER") {
             cmd.args(w.split_whitespace());
         }
-        cmd.arg(bins::path("weir-agent"))
+        // A `bin:PATH` item runs another build of the agent (a benchmark's
+        // baseline); the default is this workspace's.
+        let binary = extra
+            .iter()
+            .find_map(|e| e.strip_prefix("bin:"))
+            .map_or_else(|| bins::path("weir-agent"), PathBuf::from);
+        cmd.arg(binary)
             .args(["run", "--node", node_name])
             .arg("--bpffs-root")
             .arg(&bpffs_root)
@@ -104,7 +110,7 @@ impl Agent {
         }
         // `env:NAME=VALUE` items set the agent's environment (the debug build's
         // fault injection, `WEIR_TEST_PANIC`); the rest are flags.
-        for item in &extra {
+        for item in extra.iter().filter(|e| !e.starts_with("bin:")) {
             match item.strip_prefix("env:").and_then(|e| e.split_once('=')) {
                 Some((name, value)) => {
                     cmd.env(name, value);
@@ -341,5 +347,57 @@ pub fn weirctl(bpffs_root: &std::path::Path, args: &[&str]) -> Value {
 impl Drop for Agent {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A running `weirctl monitor -o json` ([`Agent::monitor`]).
+pub struct Monitor {
+    pub child: std::process::Child,
+}
+
+impl Agent {
+    /// Starts `weirctl monitor -o json ARGS` on this agent's events and waits
+    /// until it follows them.
+    pub fn monitor(&self, args: &[&str]) -> Monitor {
+        self.monitor_to(args, Stdio::piped())
+    }
+
+    /// [`Agent::monitor`], its events written to `stdout`.
+    pub fn monitor_to(&self, args: &[&str], stdout: Stdio) -> Monitor {
+        use std::io::BufRead as _;
+        let mut child = Command::new(bins::path("weirctl"))
+            .arg("--bpffs-root")
+            .arg(&self.bpffs_root)
+            .args(["-o", "json", "monitor"])
+            .args(args)
+            .stdout(stdout)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("weirctl monitor");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stderr.take().expect("stderr"))
+            .read_line(&mut line)
+            .expect("stderr line");
+        assert!(line.contains("following"), "weirctl monitor: {line}");
+        Monitor { child }
+    }
+}
+
+impl Monitor {
+    /// Its events, once it has exited by itself (`--count`) within 10 s.
+    pub fn events(mut self) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.child.try_wait().expect("wait").is_none() {
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("weirctl monitor saw fewer events than it was to count");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let out = self.child.wait_with_output().expect("output");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
     }
 }

@@ -697,7 +697,17 @@ fn node_processes_reach_services_through_socket_hooks(setup: Setup) {
         })
         .collect();
     assert_eq!(spread.len(), 2, "Maglev spreads the node's sockets: {spread:?}");
-    // The socket names the frontend it dialled, not the backend it reached.
+    // The socket names the frontend it dialled, not the backend it reached;
+    // with tracing on, its translation is an event (`socket`).
+    let traced = c.agents[0].monitor(&[
+        "--trace",
+        "--count",
+        "1",
+        "--type",
+        "translate",
+        "--ip",
+        "10.96.0.36",
+    ]);
     let to = vip(80);
     let peer = node_a
         .run(move || {
@@ -705,15 +715,38 @@ fn node_processes_reach_services_through_socket_hooks(setup: Setup) {
         })
         .expect("connect");
     assert_eq!(peer, to, "getpeername");
+    let t = &traced.events()[0];
+    assert_eq!(
+        (&t["direction"], &t["destination"]),
+        (&json!("socket"), &json!(to.to_string())),
+        "{t:#}"
+    );
+    assert!(t["service"].as_str().is_some_and(|s| s.contains("/web")), "{t:#}");
+    assert!(
+        t["backend"].as_str().is_some_and(|b| b.ends_with(":8080")),
+        "{t:#}"
+    );
     // NodePorts from the node itself, on its address and on localhost.
     ask_tcp(node_a, c.node(0, 30086)).expect("node A to its own NodePort");
     ask_tcp(node_a, SocketAddr::new("127.0.0.1".parse().expect("ip"), 30086)).expect("127.0.0.1:nodePort");
     ask_udp(node_a, SocketAddr::new("127.0.0.1".parse().expect("ip"), 30057))
         .expect("127.0.0.1:nodePort, UDP");
-    // Without endpoints: refused at connect, as kube-proxy's REJECT.
+    // Without endpoints: refused at connect, as kube-proxy's REJECT; a drop
+    // event naming the Service.
+    let refusals = c.agents[0].monitor(&["--count", "1", "--ip", "10.96.0.37"]);
     let err =
         ask_tcp(node_a, SocketAddr::new("10.96.0.37".parse().expect("ip"), 80)).expect_err("no endpoints");
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+    let d = &refusals.events()[0];
+    assert_eq!(
+        (&d["type"], &d["direction"], &d["code"]),
+        (&json!("drop"), &json!("socket"), &json!("no_backend")),
+        "{d:#}"
+    );
+    assert!(
+        d["service"].as_str().is_some_and(|s| s.contains("/empty")),
+        "{d:#}"
+    );
     // What the hooks did is counted, as the TC programs' packets are.
     let metrics = c.agents[0].weirctl(&["metrics"]);
     let socket = |reason: &str| {

@@ -141,6 +141,7 @@ weir_lab::with_both_sources!(
     explain_says_what_the_packets_do,
     status_reports_the_agent_the_node_and_the_maps,
     monitors_each_see_every_drop_and_drops_takes_nothing,
+    monitor_traces_new_flows_naming_service_backend_and_verdicts,
 );
 
 fn clusterip_tcp_and_udp(kind: SourceKind) {
@@ -1734,49 +1735,6 @@ fn status_reports_the_agent_the_node_and_the_maps(kind: SourceKind) {
 }
 
 /// A `weirctl monitor` of this test, following.
-struct Monitor {
-    child: std::process::Child,
-}
-
-impl Monitor {
-    /// Starts `weirctl monitor -o json ARGS` and waits until it follows.
-    fn start(agent: &weir_lab::Agent, args: &[&str]) -> Self {
-        use std::io::BufRead as _;
-        let mut child = std::process::Command::new(weir_lab::bins::path("weirctl"))
-            .arg("--bpffs-root")
-            .arg(&agent.bpffs_root)
-            .args(["-o", "json", "monitor"])
-            .args(args)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("weirctl monitor");
-        let mut line = String::new();
-        std::io::BufReader::new(child.stderr.take().expect("stderr"))
-            .read_line(&mut line)
-            .expect("stderr line");
-        assert!(line.contains("following"), "weirctl monitor: {line}");
-        Self { child }
-    }
-
-    /// Its events, once it has exited by itself (`--count`) within 10 s.
-    fn events(mut self) -> Vec<Value> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.child.try_wait().expect("wait").is_none() {
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!("weirctl monitor saw fewer events than it was to count");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let out = self.child.wait_with_output().expect("output");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-            .collect()
-    }
-}
-
 fn monitors_each_see_every_drop_and_drops_takes_nothing(kind: SourceKind) {
     let lab = Lab::new(kind, "10.91.36.0/24", &["a", "b"], &[8080]);
     let objects = vec![
@@ -1805,12 +1763,13 @@ fn monitors_each_see_every_drop_and_drops_takes_nothing(kind: SourceKind) {
     // client's address; a third whose filter nothing matches.
     let b_ip = lab.ip("b").to_string();
     let client_ip = lab.client.ipv4().to_string();
-    let first = Monitor::start(&lab.agent, &["--count", "1", "--ip", &b_ip, "--protocol", "tcp"]);
-    let second = Monitor::start(
-        &lab.agent,
-        &["--count", "1", "--ip", &client_ip, "--type", "drop"],
-    );
-    let mut none = Monitor::start(&lab.agent, &["--count", "1", "--port", "1"]);
+    let first = lab
+        .agent
+        .monitor(&["--count", "1", "--ip", &b_ip, "--protocol", "tcp"]);
+    let second = lab
+        .agent
+        .monitor(&["--count", "1", "--ip", &client_ip, "--type", "drop"]);
+    let mut none = lab.agent.monitor(&["--count", "1", "--port", "1"]);
     assert!(ask_tcp(&lab.client.ns, to_b).is_err(), "b is isolated");
     for events in [first.events(), second.events()] {
         assert_eq!(events.len(), 1, "{events:?}");
@@ -1835,4 +1794,126 @@ fn monitors_each_see_every_drop_and_drops_takes_nothing(kind: SourceKind) {
         "{once:#?}"
     );
     assert_eq!(drops(&lab.agent), once, "reading drops took them");
+}
+
+/// Whether the datapath reports new flows' decisions (`NODE_F_TRACE`).
+fn tracing(agent: &weir_lab::Agent) -> bool {
+    let pins = weir_agent::datapath::PinLayout::new(agent.bpffs_root.clone());
+    let node: weir_agent::datapath::maps::Node =
+        weir_agent::datapath::maps::open_pinned(&pins, &weir_agent::datapath::maps::NODE).expect("node map");
+    node.get(&0, 0).expect("node entry").flags & weir_common::NODE_F_TRACE != 0
+}
+
+fn monitor_traces_new_flows_naming_service_backend_and_verdicts(kind: SourceKind) {
+    let lab = Lab::new(kind, "10.91.37.0/24", &["a", "b"], &[8080]);
+    const EMPTY: &str = "10.96.0.15";
+    let client_ip = lab.client.ipv4().to_string();
+    let mut objects = lab.web(&lab.ready(&["b"]));
+    objects.push(service("empty", EMPTY, &[port("http", 80, "8080", "TCP")]));
+    objects.push(weir_lab::services::pod(
+        "default",
+        "b",
+        json!({ "app": "b" }),
+        lab.node.name(),
+        &[lab.ip("b")],
+        json!([]),
+    ));
+    objects.push(json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": { "name": "b-from-client", "namespace": "default" },
+        "spec": {
+            "podSelector": { "matchLabels": { "app": "b" } },
+            "policyTypes": ["Ingress"],
+            "ingress": [{ "from": [{ "ipBlock": { "cidr": format!("{client_ip}/32") } }] }],
+        },
+    }));
+    lab.cluster.write("web.yaml", &objects);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ask_tcp(&lab.client.ns, SocketAddr::new(lab.ip("b"), 8080)).is_err()
+        || ask_tcp(&lab.client.ns, vip(80)).is_err()
+        || lab
+            .agent
+            .weirctl(&["policy"])
+            .as_array()
+            .is_none_or(|r| r.is_empty())
+    {
+        assert!(Instant::now() < deadline, "web never served, b never isolated");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(!tracing(&lab.agent), "tracing is off while no monitor traces");
+    // A tracing monitor and a plain one, both on the client's flows.
+    let traced = lab
+        .agent
+        .monitor(&["--trace", "--count", "3", "--ip", &client_ip]);
+    assert!(tracing(&lab.agent), "a tracing monitor turns tracing on");
+    let plain = lab.agent.monitor(&["--count", "1", "--ip", &client_ip]);
+    expect_server(ask_tcp(&lab.client.ns, vip(80)), "b", "web");
+    let refused = ask_tcp(&lab.client.ns, SocketAddr::new(EMPTY.parse().expect("ip"), 80));
+    assert!(refused.is_err(), "a Service without endpoints refuses");
+    let traced = traced.events();
+    let of = |kind: &str| -> &Value {
+        traced
+            .iter()
+            .find(|e| e["type"] == kind)
+            .unwrap_or_else(|| panic!("no {kind} event: {traced:#?}"))
+    };
+    let vip80 = vip(80).to_string();
+    let b8080 = format!("{}:8080", lab.ip("b"));
+    let t = of("translate");
+    assert_eq!(
+        (
+            &t["direction"],
+            &t["destination"],
+            &t["backend"],
+            &t["backend_pod"],
+            &t["source_pod"]
+        ),
+        (
+            &json!("from-pod"),
+            &json!(vip80),
+            &json!(b8080),
+            &json!("default/b"),
+            &json!("default/client")
+        ),
+        "{t:#}"
+    );
+    assert!(
+        t["service"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("default/web")),
+        "{t:#}"
+    );
+    let p = of("policy");
+    assert_eq!(
+        (&p["direction"], &p["destination"], &p["pod"], &p["code"]),
+        (
+            &json!("to-pod"),
+            &json!(b8080),
+            &json!("default/b"),
+            &json!("forwarded")
+        ),
+        "b's ingress admitted the translated flow: {p:#}"
+    );
+    let d = of("drop");
+    assert_eq!(
+        (&d["code"], &d["destination"]),
+        (&json!("no_backend"), &json!(format!("{EMPTY}:80"))),
+        "{d:#}"
+    );
+    assert!(
+        d["service"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("default/empty")),
+        "{d:#}"
+    );
+    // The plain monitor saw the drop, not the traced flow before it.
+    let plain = plain.events();
+    assert_eq!(plain.len(), 1, "{plain:#?}");
+    assert_eq!(plain[0]["code"], "no_backend", "{plain:#?}");
+    // The tracing monitor gone, tracing goes off.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tracing(&lab.agent) {
+        assert!(Instant::now() < deadline, "tracing outlived its last monitor");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -208,15 +208,19 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .monitor_socket
         .clone()
         .unwrap_or_else(|| weir_agent::monitor::default_socket(&args.cni_socket));
-    match weir_agent::monitor::start(&pins, &monitor_socket) {
+    let dp = Arc::new(Mutex::new(dp));
+    match weir_agent::monitor::start(&pins, &monitor_socket, SharedDatapath(dp.clone())) {
         Ok(()) => {
-            if let Err(e) = dp.names.set_monitor_socket(&monitor_socket) {
+            if let Err(e) = SharedDatapath(dp.clone())
+                .lock()
+                .names
+                .set_monitor_socket(&monitor_socket)
+            {
                 warn!(error = %e, "recording the monitor socket for weirctl");
             }
         }
         Err(e) => warn!(socket = %monitor_socket.display(), error = %e, "datapath events not served"),
     }
-    let dp = Arc::new(Mutex::new(dp));
     host_routing::start(args.host_routing, SharedDatapath(dp.clone()), metrics.clone());
     match &args.source {
         Some(spec) => {

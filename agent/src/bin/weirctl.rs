@@ -51,14 +51,21 @@ enum Command {
     Ipcache,
     /// `--routing vxlan`: other nodes' pod CIDRs and the node each is tunnelled to.
     Tunnels,
-    /// The latest packets NetworkPolicy dropped (the agent keeps the last
-    /// 1,024; reading takes nothing from other readers).
+    /// The latest packets the datapath dropped, of every reason (the agent
+    /// keeps the last 1,024; reading takes nothing from other readers).
     Drops,
-    /// Datapath events as they happen (drops, with reason, pod and flow),
-    /// one per line (`-o json`: one JSON object per line). Any number of
-    /// monitors at once, each sees every event.
+    /// Datapath events as they happen: drops, with reason, pods, Service and
+    /// flow, one per line (`-o json`: one JSON object per line); with
+    /// `--trace`, every new flow's decisions too. Any number of monitors at
+    /// once, each sees every event.
     Monitor {
-        /// Only events of this type (`drop`).
+        /// Also one event per new flow: the load balancer's choice (frontend
+        /// -> backend, and any new source) and each policy verdict that
+        /// admitted it. The datapath reports them only while some monitor
+        /// traces.
+        #[arg(long)]
+        trace: bool,
+        /// Only events of this type (`drop`, `translate`, `policy`).
         #[arg(long = "type")]
         kind: Option<String>,
         /// Only events of this pod (`namespace/name`).
@@ -136,6 +143,7 @@ fn main() -> anyhow::Result<()> {
             render(&rows, out)?
         }
         Command::Monitor {
+            trace,
             kind,
             pod,
             ip,
@@ -155,7 +163,7 @@ fn main() -> anyhow::Result<()> {
             let mut stdout = std::io::stdout().lock();
             weir_agent::monitor::request(
                 &socket,
-                "follow",
+                if trace { "follow trace" } else { "follow" },
                 || eprintln!("following the datapath's events from {}", socket.display()),
                 |row| {
                     if !filter.admits(&row) {
@@ -219,13 +227,10 @@ struct Filter {
 }
 
 impl Filter {
-    fn admits(&self, row: &ctl::DropRow) -> bool {
-        let ends: Vec<std::net::SocketAddr> = [&row.source, &row.destination]
-            .iter()
-            .filter_map(|s| s.parse().ok())
-            .collect();
+    fn admits(&self, row: &ctl::EventRow) -> bool {
+        let ends: Vec<std::net::SocketAddr> = row.ends().collect();
         self.kind.as_ref().is_none_or(|k| *k == row.kind)
-            && self.pod.as_ref().is_none_or(|p| row.pod.as_ref() == Some(p))
+            && self.pod.as_ref().is_none_or(|p| row.pods().any(|x| x == p))
             && self.ip.is_none_or(|ip| ends.iter().any(|e| e.ip() == ip))
             && self.port.is_none_or(|port| ends.iter().any(|e| e.port() == port))
             && self

@@ -94,10 +94,9 @@ pub fn conntrack(pins: &PinLayout) -> Result<Vec<ConntrackRow>, CtlError> {
         .collect())
 }
 
-fn row(k: &CtKey, v: &CtValue, now: u64) -> ConntrackRow {
-    let hairpin = v.flags & CT_F_HAIRPIN != 0;
-    let snat = v.flags & CT_F_SNAT != 0;
-    let flags = [
+/// The `CT_F_*` flags set in `flags`, by name (with their bits).
+pub(super) fn flag_names(flags: u8) -> impl Iterator<Item = (u8, &'static str)> {
+    [
         (CT_F_HAIRPIN, "hairpin"),
         (CT_F_CLOSING, "closing"),
         (CT_F_DATAGRAM, "datagram"),
@@ -107,14 +106,20 @@ fn row(k: &CtKey, v: &CtValue, now: u64) -> ConntrackRow {
         (CT_F_MASQ, "masquerade"),
     ]
     .into_iter()
-    .filter(|(bit, _)| v.flags & bit != 0)
-    .chain(
-        [(CT_FIN_CLIENT, "fin-client"), (CT_FIN_PEER, "fin-peer")]
-            .into_iter()
-            .filter(|(bit, _)| v.fins & bit != 0),
-    )
-    .map(|(_, n)| n)
-    .collect();
+    .filter(move |(bit, _)| flags & bit != 0)
+}
+
+fn row(k: &CtKey, v: &CtValue, now: u64) -> ConntrackRow {
+    let hairpin = v.flags & CT_F_HAIRPIN != 0;
+    let snat = v.flags & CT_F_SNAT != 0;
+    let flags = flag_names(v.flags)
+        .chain(
+            [(CT_FIN_CLIENT, "fin-client"), (CT_FIN_PEER, "fin-peer")]
+                .into_iter()
+                .filter(|(bit, _)| v.fins & bit != 0),
+        )
+        .map(|(_, n)| n)
+        .collect();
     // Signed: an entry the GC has not reached yet shows how long ago it died.
     // Two u64 nanosecond counts apart, in seconds, always fit an i64.
     let seconds_left = ((i128::from(v.expires_ns) - i128::from(now)) / 1_000_000_000) as i64;

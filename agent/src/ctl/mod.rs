@@ -6,8 +6,8 @@
 mod affinity;
 mod backends;
 mod conntrack;
-mod drops;
 mod endpoints;
+mod events;
 mod explain;
 mod ipcache;
 mod metrics;
@@ -29,8 +29,8 @@ pub use self::{
     affinity::{AffinityRow, affinity},
     backends::{BackendRow, backend_rows, backends},
     conntrack::{ConntrackRow, conntrack},
-    drops::{DropRow, Namer, decode},
     endpoints::{EndpointRow, endpoints},
+    events::{EventRow, Namer, decode},
     explain::{Explanation, Flow, explain},
     ipcache::{IpcacheRow, ipcache, ipcache_rows},
     metrics::{MetricRow, metrics},

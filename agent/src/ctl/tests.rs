@@ -213,43 +213,63 @@ fn ipcache_keys() {
 }
 
 #[test]
-fn drops_keys() {
-    let row = DropRow {
+fn event_keys() {
+    let row = EventRow {
         kind: "drop".into(),
+        direction: "to-pod".into(),
+        ifindex: 0,
         reason: "denied by NetworkPolicy (ingress)".into(),
         code: "policy_ingress".into(),
-        endpoint: None,
-        endpoint_id: 3,
-        pod: None,
         source: "10.0.0.2:40000".into(),
         destination: "10.0.0.5:8080".into(),
         protocol: "TCP".into(),
+        source_pod: None,
+        destination_pod: Some("default/web".into()),
+        service: None,
+        rev_nat_id: 0,
+        backend: None,
+        backend_pod: None,
+        new_source: None,
+        translation: Vec::new(),
+        endpoint: None,
+        endpoint_id: 3,
+        pod: None,
         peer_identity: 4,
     };
     let text = json(&row);
     assert_eq!(
         text,
         concat!(
-            r#"{"type":"drop","reason":"denied by NetworkPolicy (ingress)","code":"policy_ingress","#,
-            r#""endpoint":null,"endpoint_id":3,"#,
-            r#""source":"10.0.0.2:40000","destination":"10.0.0.5:8080","protocol":"TCP","peer_identity":4}"#,
+            r#"{"type":"drop","direction":"to-pod","ifindex":0,"#,
+            r#""reason":"denied by NetworkPolicy (ingress)","code":"policy_ingress","#,
+            r#""source":"10.0.0.2:40000","destination":"10.0.0.5:8080","protocol":"TCP","#,
+            r#""destination_pod":"default/web","rev_nat_id":0,"#,
+            r#""endpoint":null,"endpoint_id":3,"peer_identity":4}"#,
         )
     );
     // What the agent streams is what weirctl reads back.
-    assert_eq!(serde_json::from_str::<DropRow>(&text).expect("parse"), row);
+    assert_eq!(serde_json::from_str::<EventRow>(&text).expect("parse"), row);
+}
+
+/// An event's bytes, as the ring buffer holds them.
+fn event_bytes(event: &weir_common::Event) -> Vec<u8> {
+    // SAFETY: a plain-integer struct viewed as its bytes.
+    unsafe { std::slice::from_raw_parts((&raw const *event).cast::<u8>(), size_of::<weir_common::Event>()) }
+        .to_vec()
+}
+
+fn wide4(ip: [u8; 4]) -> [u8; 16] {
+    let mut a = [0u8; 16];
+    a[..4].copy_from_slice(&ip);
+    a
 }
 
 #[test]
 fn a_drop_event_is_named_from_the_endpoints_and_the_name_table() {
-    use weir_common::{AF_INET, DropEvent, EndpointKey, PolicyEndpoint};
-    let addr = |ip: [u8; 4]| {
-        let mut a = [0u8; 16];
-        a[..4].copy_from_slice(&ip);
-        a
-    };
+    use weir_common::{AF_INET, EndpointKey, Event, PolicyEndpoint};
     let endpoints = [(
         EndpointKey {
-            addr: addr([10, 0, 0, 5]),
+            addr: wide4([10, 0, 0, 5]),
             family: AF_INET,
             ..EndpointKey::default()
         },
@@ -261,33 +281,92 @@ fn a_drop_event_is_named_from_the_endpoints_and_the_name_table() {
         .pods
         .insert("10.0.0.5".parse().expect("ip"), "default/web".to_owned());
     let namer = Namer::new(&endpoints, names);
-    let event = DropEvent {
-        saddr: addr([10, 0, 0, 2]),
-        daddr: addr([10, 0, 0, 5]),
+    let event = Event {
+        saddr: wide4([10, 0, 0, 2]),
+        daddr: wide4([10, 0, 0, 5]),
         sport: 40000u16.to_be(),
         dport: 8080u16.to_be(),
         proto: weir_common::IPPROTO_TCP,
         family: AF_INET,
         reason: weir_common::Reason::PolicyIngress as u8,
+        kind: weir_common::EVENT_DROP,
         endpoint: 3,
         identity: 4,
-        ..DropEvent::default()
+        dir: weir_common::Dir::ToPod as u8,
+        ..Event::default()
     };
-    let bytes: Vec<u8> = {
-        // SAFETY: a plain-integer struct viewed as its bytes.
-        let raw =
-            unsafe { std::slice::from_raw_parts((&raw const event).cast::<u8>(), size_of::<DropEvent>()) };
-        raw.to_vec()
-    };
-    assert_eq!(decode(&bytes[..10]), None, "a short record");
-    let row = namer.drop_row(&decode(&bytes).expect("whole"));
+    let bytes = event_bytes(&event);
+    assert_eq!(
+        decode(&bytes[..48]),
+        None,
+        "a short record (the old layout's size)"
+    );
+    let row = namer.row(&decode(&bytes).expect("whole"));
     assert_eq!(row.endpoint.as_deref(), Some("10.0.0.5"));
     assert_eq!(row.pod.as_deref(), Some("default/web"));
+    assert_eq!(row.destination_pod.as_deref(), Some("default/web"));
+    assert_eq!(row.source_pod, None);
     assert_eq!(
-        (row.code.as_str(), row.source.as_str()),
-        ("policy_ingress", "10.0.0.2:40000")
+        (
+            row.kind.as_str(),
+            row.direction.as_str(),
+            row.code.as_str(),
+            row.source.as_str()
+        ),
+        ("drop", "to-pod", "policy_ingress", "10.0.0.2:40000")
     );
-    assert_eq!(row.cells()[1], "10.0.0.5 (default/web)");
+    assert_eq!(row.cells()[4], "10.0.0.5:8080 (default/web)");
+    assert_eq!(row.cells()[6], "endpoint 10.0.0.5 (default/web) peer identity 4");
+    // An endpoint isolated since the numbers were read: the flow's receiver.
+    let fresh = Namer::new(&std::collections::BTreeMap::new(), NameTable::default()).row(&event);
+    assert_eq!(fresh.endpoint.as_deref(), Some("10.0.0.5"));
+}
+
+#[test]
+fn a_translation_event_names_the_service_the_backend_and_the_new_source() {
+    use weir_common::{AF_INET, CT_F_HAIRPIN, Event};
+    let mut names = NameTable::default();
+    names
+        .pods
+        .insert("10.0.0.5".parse().expect("ip"), "default/web-1".to_owned());
+    names.frontends.insert(7, "default/web:http".to_owned());
+    let namer = Namer::new(&std::collections::BTreeMap::new(), names);
+    let event = Event {
+        saddr: wide4([10, 0, 0, 5]),
+        daddr: wide4([10, 96, 0, 10]),
+        sport: 40000u16.to_be(),
+        dport: 80u16.to_be(),
+        proto: weir_common::IPPROTO_TCP,
+        family: AF_INET,
+        kind: weir_common::EVENT_TRANSLATE,
+        dir: weir_common::Dir::FromPod as u8,
+        ct_flags: CT_F_HAIRPIN,
+        nat_addr: wide4([10, 0, 0, 5]),
+        nat_port: 8080u16.to_be(),
+        nat2_addr: wide4([169, 254, 42, 1]),
+        nat2_port: 40000u16.to_be(),
+        rev_nat_id: 7,
+        ifindex: 12,
+        ..Event::default()
+    };
+    let row = namer.row(&decode(&event_bytes(&event)).expect("whole"));
+    assert_eq!(row.kind, "translate");
+    assert_eq!(row.code, "forwarded");
+    assert_eq!(row.service.as_deref(), Some("default/web:http"));
+    assert_eq!(row.backend.as_deref(), Some("10.0.0.5:8080"));
+    assert_eq!(row.backend_pod.as_deref(), Some("default/web-1"));
+    assert_eq!(row.new_source.as_deref(), Some("169.254.42.1:40000"));
+    assert_eq!(row.translation, ["hairpin"]);
+    assert_eq!(
+        row.pods().collect::<Vec<_>>(),
+        ["default/web-1", "default/web-1"],
+        "the client and the backend are the same pod"
+    );
+    assert_eq!(
+        row.cells()[6],
+        "-> 10.0.0.5:8080 (default/web-1) from 169.254.42.1:40000 [hairpin] service default/web:http"
+    );
+    assert_eq!(row.ends().count(), 4);
 }
 
 /// The services table, as the README shows it.

@@ -97,6 +97,15 @@ impl Datapath {
         &self.pins
     }
 
+    /// Sets or clears `flag` (`NODE_F_*`) in the node's entry, the other
+    /// flags and fields kept. Every writer of a switch holds the datapath's
+    /// lock, so no two of them interleave their read and write.
+    pub fn set_node_flag(&mut self, flag: u32, on: bool) -> Result<(), aya::maps::MapError> {
+        let mut node = self.node.get(&0, 0)?;
+        node.flags = if on { node.flags | flag } else { node.flags & !flag };
+        self.node.set(0, node, 0)
+    }
+
     /// A loaded program, for `BPF_PROG_TEST_RUN` packet tests.
     pub fn program(&self, name: &'static str) -> Result<&SchedClassifier, DatapathError> {
         self.ebpf

@@ -48,6 +48,7 @@ pub const CONNTRACK: MapSpec = MapSpec::of::<CtKey, CtValue>(names::CONNTRACK, n
 pub const MAGLEV: MapSpec = MapSpec::of::<u32, MaglevTable>(names::MAGLEV, names::MAGLEV_ENTRIES);
 pub const SCRATCH: MapSpec = MapSpec::of::<u32, Scratch>(names::SCRATCH, 1);
 pub const REJECT_BUDGET: MapSpec = MapSpec::of::<u32, u64>(names::REJECT_BUDGET, 1);
+pub const EVENT_BUDGET: MapSpec = MapSpec::of::<u32, u64>(names::EVENT_BUDGET, 2);
 pub const NODE: MapSpec = MapSpec::of::<u32, NodeAddrs>(names::NODE, 1);
 pub const NODE_IPS: MapSpec = MapSpec::of::<EndpointKey, u32>(names::NODE_IPS, names::NODE_IPS_ENTRIES);
 pub const DEVICE_ADDRS: MapSpec =
@@ -98,10 +99,11 @@ pub const ALL: &[MapSpec] = &[
     TUNNELS,
     NOMASQ,
     EVENTS,
+    EVENT_BUDGET,
 ];
 
 /// Arrays (full by construction) and the ring buffer: no fill to count.
-const UNCOUNTED: [MapSpec; 5] = [METRICS, SCRATCH, REJECT_BUDGET, NODE, EVENTS];
+const UNCOUNTED: [MapSpec; 6] = [METRICS, SCRATCH, REJECT_BUDGET, NODE, EVENTS, EVENT_BUDGET];
 
 /// The maps whose fill is a figure worth watching: every hash map and LPM trie.
 pub fn counted() -> impl Iterator<Item = &'static MapSpec> {

@@ -8,6 +8,7 @@
 #![no_std]
 
 pub mod conntrack;
+pub mod events;
 pub mod lb;
 pub mod maps;
 pub mod metrics;
@@ -19,6 +20,7 @@ pub mod policy;
 pub mod programs;
 
 pub use conntrack::*;
+pub use events::*;
 pub use lb::*;
 pub use metrics::*;
 pub use names::*;

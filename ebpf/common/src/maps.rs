@@ -85,8 +85,13 @@ map_names! { $
     /// CIDRs, the Nodes' addresses, `--non-masquerade-cidrs`; an LPM trie
     /// ([`crate::NomasqKey`] -> `NOMASQ_F_*`).
     NOMASQ = "weir_nomasq_v1";
-    /// Policy drops as they happen ([`crate::DropEvent`]s in a ring buffer).
-    EVENTS = "weir_events_v1";
+    /// What the datapath reports as it happens ([`crate::Event`]s in a ring
+    /// buffer): every drop, and with tracing on every new flow's decisions.
+    EVENTS = "weir_events_v2";
+    /// Per CPU, the theoretical arrival time (ns) of the next drop event
+    /// within the rate (a GCRA token bucket, as [`REJECT_BUDGET`]): a flood
+    /// of drops costs a count each, not an event each.
+    EVENT_BUDGET = "weir_evbudg_v1";
     /// Kubernetes names of frontends and pods ([`crate::NameKey`] ->
     /// [`crate::Name`]): for `weirctl`, read by no program, created by the
     /// agent.
@@ -96,7 +101,9 @@ map_names! { $
 /// Maps of earlier layouts, no longer used by any program of this version:
 /// their pins are removed once this version's datapath is loaded (the programs
 /// of an older agent still attached keep them alive until they are replaced).
-pub const RETIRED: [&str; 2] = [
+pub const RETIRED: [&str; 3] = [
+    // Policy drops only, 48-byte records.
+    "weir_events_v1",
     // Four directions; the socket hooks' counters came with v3.
     "weir_metrics_v2",
     // Without the overlay's VNI.

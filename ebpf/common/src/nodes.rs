@@ -95,6 +95,13 @@ pub const NODE_F_HOST_STACK: u32 = 1;
 /// (`--masquerade`).
 pub const NODE_F_MASQUERADE: u32 = 2;
 
+/// [`NodeAddrs::flags`]: report every new flow's decisions in
+/// [`crate::maps::EVENTS`] ([`crate::EVENT_TRANSLATE`],
+/// [`crate::EVENT_POLICY`]). Set by the agent while some `weirctl monitor
+/// --trace` follows its events, cleared when the last one goes: off, it costs
+/// a new flow one test of a flag already read.
+pub const NODE_F_TRACE: u32 = 4;
+
 /// Key of [`crate::maps::NOMASQ`], an LPM trie: the same layout as the
 /// ipcache's (family, then the address; the prefix counts
 /// [`crate::IPCACHE_PREFIX_BITS`] for the family).

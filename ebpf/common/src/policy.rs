@@ -94,30 +94,4 @@ pub const PCT_F_INGRESS: u8 = 1 << 1;
 /// A FIN or RST was seen.
 pub const PCT_F_CLOSING: u8 = 1 << 2;
 
-/// An entry of [`crate::maps::EVENTS`]: a packet dropped by policy.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct DropEvent {
-    pub saddr: [u8; 16], /* BE */
-    pub daddr: [u8; 16], /* BE */
-    pub sport: u16,      /* BE */
-    pub dport: u16,      /* BE */
-    pub proto: u8,
-    pub family: u8,
-    /// A [`Reason`](crate::Reason) code.
-    pub reason: u8,
-    pub _pad: u8,
-    /// The isolated endpoint ([`PolicyEndpoint::id`]) and the peer's identity.
-    pub endpoint: u32,
-    pub identity: u32,
-}
-const _: () = assert!(core::mem::size_of::<DropEvent>() == 48);
-
-crate::pod!(
-    PolicyEndpoint,
-    IpcacheKey,
-    PolicyKey,
-    PolicyCtValue,
-    PolicyShare,
-    DropEvent
-);
+crate::pod!(PolicyEndpoint, IpcacheKey, PolicyKey, PolicyCtValue, PolicyShare);

@@ -20,6 +20,7 @@ use aya_ebpf::{
     },
     programs::{TcContext, XdpContext},
 };
+use weir_common::Dir;
 
 /// A packet's bytes, its checksums and its hook's verdicts.
 pub trait Frame {
@@ -27,6 +28,8 @@ pub trait Frame {
     const PASS: i32;
     /// Drop it.
     const DROP: i32;
+    /// What a node device's packets are counted under on this hook.
+    const NETDEV: Dir;
 
     fn load<T>(&self, at: usize) -> Result<T, i64>;
     fn store<T>(&self, at: usize, v: &T, flags: u64) -> Result<(), i64>;
@@ -63,6 +66,7 @@ pub trait Frame {
 impl Frame for TcContext {
     const PASS: i32 = TC_ACT_OK;
     const DROP: i32 = TC_ACT_SHOT;
+    const NETDEV: Dir = Dir::FromNetdev;
 
     #[inline(always)]
     fn load<T>(&self, at: usize) -> Result<T, i64> {
@@ -139,6 +143,7 @@ impl Frame for TcContext {
 impl Frame for XdpContext {
     const PASS: i32 = xdp_action::XDP_PASS as i32;
     const DROP: i32 = xdp_action::XDP_DROP as i32;
+    const NETDEV: Dir = Dir::Xdp;
 
     #[inline(always)]
     fn load<T>(&self, at: usize) -> Result<T, i64> {

@@ -10,7 +10,8 @@
 //! that reads headers), `frame` (the packet as TC and XDP both offer it).
 //!
 //! TC entry points are thin: `try_*` computes a verdict or a drop reason, and the
-//! entry point counts it in the metrics map before returning it to TC.
+//! entry point counts it in the metrics map before returning it to TC; a drop
+//! is reported in the event stream as the hook returns ([`events::after`]).
 #![no_std]
 #![no_main]
 #![expect(
@@ -37,6 +38,7 @@ macro_rules! declare_bpf_map {
 
 mod clock;
 mod endpoints;
+mod events;
 mod frame;
 mod lb;
 mod metrics;
@@ -44,6 +46,7 @@ mod overlay;
 mod packet;
 mod peer;
 mod policy;
+mod rate;
 mod route;
 mod sock;
 mod xdp;
@@ -110,7 +113,8 @@ pub(crate) const PEER: i32 = i32::MIN + 1;
 /// TC ingress on the host veth: packets the pod sends.
 #[classifier]
 pub fn from_pod(ctx: TcContext) -> i32 {
-    by_family!(ctx, Dir::FromPod, from_pod_family, Side::Egress)
+    let tc = by_family!(ctx, Dir::FromPod, from_pod_family, Side::Egress);
+    events::after(&ctx, tc)
 }
 
 /// TC ingress on a node device: Service traffic from outside the node. An
@@ -118,7 +122,7 @@ pub fn from_pod(ctx: TcContext) -> i32 {
 /// be an ICMP error about a masqueraded flow ([`quoted_error`]).
 #[classifier]
 pub fn from_netdev(ctx: TcContext) -> i32 {
-    match packet::ethertype(&ctx) {
+    let tc = match packet::ethertype(&ctx) {
         Ok(V4::ETH_P) => match from_netdev_family::<V4>(ctx.skb.skb) {
             PEER => into_peer::<V4>(ctx.skb.skb),
             RELATED => quoted_error::<V4>(ctx.skb.skb),
@@ -130,7 +134,8 @@ pub fn from_netdev(ctx: TcContext) -> i32 {
             tc => tc,
         },
         other => metrics::verdict(&ctx, Dir::FromNetdev, other.map(|_| Action::forward(TC_ACT_OK))),
-    }
+    };
+    events::after(&ctx, tc)
 }
 
 /// [`lb::masq::quoted_error`], in a frame of its own: [`from_netdev_family`]
@@ -158,15 +163,17 @@ pub fn to_netdev(ctx: TcContext) -> i32 {
     // our programs) can only be a pod's, to masquerade.
     // SAFETY: the context's skb pointer is valid for this run.
     if unsafe { (*ctx.skb.skb).ingress_ifindex } != 0 {
-        return by_family!(ctx, Dir::ToNetdev, masquerade_family);
+        let tc = by_family!(ctx, Dir::ToNetdev, masquerade_family);
+        return events::after(&ctx, tc);
     }
-    by_family!(ctx, Dir::ToNetdev, to_netdev_family)
+    let tc = by_family!(ctx, Dir::ToNetdev, to_netdev_family);
+    events::after(&ctx, tc)
 }
 
 /// TC ingress on the overlay's device: packets from other nodes' pods.
 #[classifier]
 pub fn from_overlay(ctx: TcContext) -> i32 {
-    match decapsulated(ctx.skb.skb) {
+    let tc = match decapsulated(ctx.skb.skb) {
         PEER => match packet::ethertype(&ctx) {
             Ok(V4::ETH_P) => into_peer::<V4>(ctx.skb.skb),
             Ok(V6::ETH_P) => into_peer::<V6>(ctx.skb.skb),
@@ -174,7 +181,8 @@ pub fn from_overlay(ctx: TcContext) -> i32 {
             _ => TC_ACT_OK,
         },
         tc => tc,
-    }
+    };
+    events::after(&ctx, tc)
 }
 
 /// [`from_overlay`]'s work, in a frame of its own: [`into_peer`] may follow.
@@ -198,13 +206,15 @@ pub fn to_overlay(ctx: TcContext) -> i32 {
         }
     }
     let result = overlay::encapsulate(&ctx);
-    metrics::verdict(&ctx, Dir::ToOverlay, result)
+    let tc = metrics::verdict(&ctx, Dir::ToOverlay, result);
+    events::after(&ctx, tc)
 }
 
 /// TC egress on the host veth: packets on their way into the pod.
 #[classifier]
 pub fn to_pod(ctx: TcContext) -> i32 {
-    by_family!(ctx, Dir::ToPod, to_pod_family, Side::Ingress)
+    let tc = by_family!(ctx, Dir::ToPod, to_pod_family, Side::Ingress);
+    events::after(&ctx, tc)
 }
 
 // One BPF function per family, each with a stack frame of its own (see
@@ -277,7 +287,7 @@ pub fn from_netdev_xdp(ctx: XdpContext) -> u32 {
         Ok(V6::ETH_P) => from_netdev_xdp_family::<V6>(ctx.ctx),
         _ => metrics::verdict(&ctx, Dir::Xdp, Ok(Action::to_tc(XDP_PASS as i32))),
     };
-    verdict as u32
+    events::after(&ctx, verdict) as u32
 }
 
 #[inline(never)]

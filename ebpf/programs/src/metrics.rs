@@ -1,6 +1,6 @@
 //! Per-CPU packet and byte counters per (direction, reason).
 
-use crate::frame::Frame;
+use crate::{events, frame::Frame};
 use aya_ebpf::maps::PerCpuArray;
 use weir_common::{Dir, MetricValue, Reason, maps, metrics_index};
 
@@ -46,12 +46,17 @@ pub fn note(ctx_len: u32, dir: Dir, reason: Reason) {
 }
 
 /// Counts the packet under its reason and turns the result into a TC verdict:
-/// `Ok(action)` returns its action, `Err(reason)` drops.
+/// `Ok(action)` returns its action, `Err(reason)` drops. A drop is noted for
+/// the event stream ([`events::after`] reports it), unless it was reported
+/// where it was decided ([`events::reported_at_source`]).
 #[inline(always)]
 pub fn verdict<C: Frame>(ctx: &C, dir: Dir, result: Result<Action, Reason>) -> i32 {
     let (reason, action) = match result {
         Ok(Action { tc, reason }) => (reason, tc),
-        Err(reason) => (reason, C::DROP),
+        Err(reason) => {
+            events::pending(dir, reason);
+            (reason, C::DROP)
+        }
     };
     if let Some(slot) = METRICS.get_ptr_mut(metrics_index(dir, reason)) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU while we run.

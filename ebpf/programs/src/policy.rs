@@ -14,7 +14,8 @@
 //! - a new flow: the peer's identity from the ipcache (LPM on its address), then
 //!   the endpoint's rules for that identity and for every peer (LPM on protocol
 //!   and port prefixes). Admitted: recorded in `weir_polct_v1`; denied: dropped,
-//!   counted under its reason and reported in `weir_events_v1`.
+//!   counted under its reason and reported in the event stream ([`events`]),
+//!   as, with tracing on, are the verdicts that admit new flows.
 //!
 //! ICMP errors are not flows of their own: one passes an isolated pod's veth
 //! only when the packet it quotes belongs to a flow admitted before
@@ -33,18 +34,18 @@
 //! the hairpin address, on its own veth) is its own.
 
 use aya_ebpf::{
-    maps::{HashMap, LpmTrie, LruHashMap, RingBuf, lpm_trie::Key},
+    maps::{HashMap, LpmTrie, LruHashMap, lpm_trie::Key},
     programs::TcContext,
 };
 use weir_common::{
-    CT_F_HAIRPIN, CT_OUT, CtKey, Dir, DropEvent, EndpointKey, IDENTITY_ANY, IDENTITY_WORLD,
+    CT_F_HAIRPIN, CT_OUT, CtKey, Dir, EVENT_DROP, EVENT_POLICY, EndpointKey, IDENTITY_ANY, IDENTITY_WORLD,
     IPCACHE_PREFIX_BITS, IPPROTO_TCP, IpcacheKey, PCT_F_CLOSING, PCT_F_EGRESS, PCT_F_INGRESS,
     POLICY_F_EGRESS, POLICY_F_INGRESS, POLICY_PREFIX_FULL, PolicyCtValue, PolicyEndpoint, PolicyKey,
     PolicyShare, Reason, maps,
 };
 
 use crate::{
-    endpoints,
+    endpoints, events,
     lb::ct::{self, Tuple},
     metrics,
     packet::{self, Family, Flow, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
@@ -68,10 +69,6 @@ bpf_map! {
 
 bpf_map! {
     static POLICY_SHARES: HashMap<u32, PolicyShare> = HashMap::with_max_entries(maps::ENDPOINTS_ENTRIES, 0);
-}
-
-bpf_map! {
-    static EVENTS: RingBuf = RingBuf::with_byte_size(maps::EVENTS_BYTES, 0);
 }
 
 const NS: u64 = 1_000_000_000;
@@ -187,12 +184,27 @@ pub fn judge<F: Family>(
         } else {
             Reason::PolicyIngress
         };
-        report(flow, ep, identity, reason);
+        report(flow, ep, identity, side, EVENT_DROP, reason);
         // What the other side admitted dies with the flow here: it must not
         // stand as a flow whose replies pass.
         ct::fill_key(key, flow, Tuple::AsSent, CT_OUT);
         let _ = POLICY_CT.remove(&*key);
         return Err(reason);
+    }
+    if isolated(ep, side) && crate::events::tracing() {
+        let peer = if side == Side::Egress {
+            &flow.daddr
+        } else {
+            &flow.saddr
+        };
+        report(
+            flow,
+            ep,
+            identity::<F>(peer),
+            side,
+            EVENT_POLICY,
+            Reason::Forwarded,
+        );
     }
     // Recorded even where this side is not isolated: the reply must pass the
     // other direction's isolation.
@@ -314,7 +326,14 @@ pub fn related<F: Family>(
         }
     }
     let peer = if egress { &outer.daddr } else { &outer.saddr };
-    report(outer, ep, identity::<F>(peer), Reason::IcmpUnrelated);
+    report(
+        outer,
+        ep,
+        identity::<F>(peer),
+        side,
+        EVENT_DROP,
+        Reason::IcmpUnrelated,
+    );
     Err(Reason::IcmpUnrelated)
 }
 
@@ -383,23 +402,29 @@ fn is_node_address<F: Family>(addr: &F::Addr) -> bool {
     endpoints::is_node(&endpoints::key::<F>(addr))
 }
 
+/// A policy event of `ep`'s (a drop, or with tracing on a verdict that
+/// admitted a new flow) for its peer `identity`.
 #[inline(always)]
-fn report<F: Family>(flow: &Flow<F>, ep: &PolicyEndpoint, identity: u32, reason: Reason) {
-    let Some(mut entry) = EVENTS.reserve::<DropEvent>(0) else {
-        // The reader is behind: the drop is still counted.
+fn report<F: Family>(
+    flow: &Flow<F>,
+    ep: &PolicyEndpoint,
+    identity: u32,
+    side: Side,
+    kind: u8,
+    reason: Reason,
+) {
+    let dir = if side == Side::Egress {
+        Dir::FromPod
+    } else {
+        Dir::ToPod
+    };
+    let Some(mut entry) = events::of_flow(flow, kind, dir, reason, 0) else {
+        // The reader is behind (or drops are over their rate): still counted.
         return;
     };
     let e = entry.as_mut_ptr();
-    // SAFETY: the reserved entry is ours until submitted; every field is written.
+    // SAFETY: the reserved entry is ours until submitted.
     unsafe {
-        F::widen(&flow.saddr, &mut (*e).saddr);
-        F::widen(&flow.daddr, &mut (*e).daddr);
-        (*e).sport = flow.sport;
-        (*e).dport = flow.dport;
-        (*e).proto = flow.proto;
-        (*e).family = F::AF;
-        (*e).reason = reason as u8;
-        (*e)._pad = 0;
         (*e).endpoint = ep.id;
         (*e).identity = identity;
     }

@@ -20,7 +20,8 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use weir_common::{
-    Dir, IPPROTO_TCP, IPPROTO_UDP, NodeAddrs, Reason, SVC_F_NODEPORT, SockRevKey, SockRevValue, maps,
+    Backend, Dir, EVENT_DROP, EVENT_TRANSLATE, IPPROTO_TCP, IPPROTO_UDP, NodeAddrs, Reason, SVC_F_NODEPORT,
+    ServiceKey, SockRevKey, SockRevValue, maps,
 };
 
 use crate::{
@@ -206,6 +207,7 @@ fn to_backend<F: SockAddr>(ctx: &SockAddrContext, datagram_only: bool) -> i32 {
             Empty::Reject => (ECONNREFUSED, Reason::NoBackend),
         };
         count(reason);
+        event::<F>(&key, node, EVENT_DROP, reason, svc.rev_nat_id, None);
         // SAFETY: no preconditions.
         unsafe { bpf_set_retval(-errno) };
         return 0;
@@ -249,9 +251,51 @@ fn to_backend<F: SockAddr>(ctx: &SockAddrContext, datagram_only: bool) -> i32 {
         // Best effort: without it, replies show the backend's address.
         let _ = SOCK_REV.insert(&rev, &front, 0);
     }
+    // A connected socket is a new flow; an unconnected one's datagrams are not.
+    if !datagram_only && crate::events::tracing() {
+        event::<F>(
+            &key,
+            node,
+            EVENT_TRANSLATE,
+            Reason::Forwarded,
+            svc.rev_nat_id,
+            Some(backend),
+        );
+    }
     F::write(ctx, &backend.addr, backend.port);
     count(Reason::Forwarded);
     ALLOW
+}
+
+/// An event of a socket call to the frontend `key`: from the node's address
+/// (no port yet), rejected or connected to `backend` instead.
+#[inline(always)]
+fn event<F: SockAddr>(
+    key: &ServiceKey,
+    node: &NodeAddrs,
+    kind: u8,
+    reason: Reason,
+    rev_nat_id: u32,
+    backend: Option<&Backend>,
+) {
+    let Some(mut entry) = crate::events::reserve(kind, Dir::Socket, reason, 0) else {
+        return;
+    };
+    let e = entry.as_mut_ptr();
+    // SAFETY: the reserved entry is ours until submitted.
+    unsafe {
+        (*e).saddr = *frontend::node_addr::<F>(node);
+        (*e).daddr = key.addr;
+        (*e).dport = key.port;
+        (*e).proto = key.proto;
+        (*e).family = F::AF;
+        (*e).rev_nat_id = rev_nat_id;
+        if let Some(b) = backend {
+            (*e).nat_addr = b.addr;
+            (*e).nat_port = b.port;
+        }
+    }
+    entry.submit(0);
 }
 
 /// A datagram received on a socket we translated at send: from the frontend.

@@ -163,6 +163,7 @@ fn main() -> anyhow::Result<()> {
         &mut expect,
     );
     show_policy(&dir, (&node, node_b.name()), &pods, &mut expect)?;
+    show_trace(&agent, client, &mut expect);
 
     println!("\n== weirctl services");
     weirctl(&node, "services")?;
@@ -452,6 +453,43 @@ fn shares(seen: &BTreeMap<String, usize>) -> String {
         .map(|(who, n)| format!("{who}={n}"))
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// One new connection as `weirctl monitor --trace` reports it: the load
+/// balancer's choice, named.
+fn show_trace(agent: &weir_lab::Agent, client: &Pod, expect: &mut Expectations) {
+    println!("\n== weirctl monitor --trace: one new connection from pod client to {WEB_VIP}:80");
+    let client_ip = client.ipv4().to_string();
+    let monitor = agent.monitor(&[
+        "--trace",
+        "--count",
+        "1",
+        "--type",
+        "translate",
+        "--ip",
+        &client_ip,
+    ]);
+    let answer = ask_tcp(&client.ns, vip(WEB_VIP, 80));
+    let events = monitor.events();
+    let e = &events[0];
+    println!(
+        "  {} {} {} -> {} ({}) => {} ({})",
+        e["type"].as_str().unwrap_or("?"),
+        e["direction"].as_str().unwrap_or("?"),
+        e["source"].as_str().unwrap_or("?"),
+        e["destination"].as_str().unwrap_or("?"),
+        e["service"].as_str().unwrap_or("-"),
+        e["backend"].as_str().unwrap_or("?"),
+        e["backend_pod"].as_str().unwrap_or("-"),
+    );
+    let served_by = answer.map(|a| a.server).unwrap_or_default();
+    expect.check(
+        e["service"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("default/web"))
+            && e["backend_pod"].as_str() == Some(&format!("default/{served_by}")),
+        format!("the traced translation names the Service and the backend that answered ({served_by})"),
+    );
 }
 
 fn show_services(client: &Pod, expect: &mut Expectations) {

@@ -49,7 +49,7 @@ pub fn from_netdev<F: Lb, C: Frame>(ctx: &C, flow: &mut Flow<F>) -> Result<Actio
     //    Local, this node's endpoints only), or its cluster-wide one for a
     //    client in the cluster's pod CIDRs (another node's pod).
     let inside = masq::inside::<F>(&flow.saddr);
-    let chosen = match choose(ctx, flow, s, now, inside)? {
+    let chosen = match choose(ctx, flow, s, now, inside, C::NETDEV)? {
         NewFlow::NotAFrontend => return pass,
         NewFlow::Answered(action) => return Ok(action),
         NewFlow::Chosen(chosen) => chosen,

@@ -161,6 +161,9 @@ pub fn to_netdev<F: Lb>(ctx: &TcContext, flow: &mut Flow<F>) -> Result<Action, R
         CT_F_SNAT | CT_F_MASQ,
         now,
     )?;
+    if crate::events::tracing() {
+        crate::events::translated(s, weir_common::Dir::ToNetdev, ifindex);
+    }
     nat::snat(ctx, flow, addr, port)?;
     pass
 }

@@ -24,7 +24,8 @@ pub mod select;
 pub use self::external::from_netdev;
 
 use weir_common::{
-    Backend, CT_F_CLOSING, CT_F_EXTERNAL, CT_F_HAIRPIN, CT_F_MASQ, CT_F_SNAT, CT_IN, CT_OUT, Reason, Scratch,
+    Backend, CT_F_CLOSING, CT_F_EXTERNAL, CT_F_HAIRPIN, CT_F_MASQ, CT_F_SNAT, CT_IN, CT_OUT, Dir, EVENT_DROP,
+    Reason, Scratch,
 };
 
 use self::{
@@ -33,6 +34,7 @@ use self::{
     maps::{BACKENDS, CONNTRACK, SCRATCH},
 };
 use crate::{
+    events,
     frame::Frame,
     metrics::Action,
     packet::{Family, Flow},
@@ -93,7 +95,7 @@ pub fn from_pod<F: Lb, C: Frame>(
 
     // 3. A new flow. A pod is inside the cluster: it gets a frontend's
     //    cluster-wide entry.
-    let chosen = match choose(ctx, flow, s, now, true)? {
+    let chosen = match choose(ctx, flow, s, now, true, Dir::FromPod)? {
         NewFlow::NotAFrontend => return Ok(None),
         NewFlow::Answered(action) => return Ok(Some(action)),
         NewFlow::Chosen(chosen) => chosen,
@@ -238,7 +240,8 @@ enum NewFlow {
 }
 
 /// A new flow: is its destination a frontend, and which backend serves it?
-/// `inside`: the client is inside the cluster (see [`frontend::inside`]).
+/// `inside`: the client is inside the cluster (see [`frontend::inside`]);
+/// `dir`: where, for the event of a frontend without a usable backend.
 #[inline(always)]
 fn choose<F: Lb, C: Frame>(
     ctx: &C,
@@ -246,6 +249,7 @@ fn choose<F: Lb, C: Frame>(
     s: &mut Scratch,
     now: u64,
     inside: bool,
+    dir: Dir,
 ) -> Result<NewFlow, Reason> {
     let mut key = frontend::of_flow(flow);
     let Some(mut svc) = frontend::lookup(&key) else {
@@ -255,13 +259,27 @@ fn choose<F: Lb, C: Frame>(
     if inside {
         svc = frontend::inside(&mut key, svc)?;
     }
+    // Through memory: LLVM would fold the tests of the events' paths into
+    // one on the map pointer, pointer arithmetic the verifier refuses.
+    // SAFETY: reading a live local.
+    let rev_nat_id = unsafe { core::ptr::read_volatile(&svc.rev_nat_id) };
     match frontend::empty(&svc) {
         None => {}
-        Some(Empty::Drop) => return Err(Reason::NoLocalBackend),
+        Some(Empty::Drop) => {
+            no_backend(ctx, flow, dir, Reason::NoLocalBackend, rev_nat_id);
+            return Err(Reason::NoLocalBackend);
+        }
         Some(Empty::Reject) => {
-            let tc = reject::port_unreachable(ctx, flow, s)?;
+            // `flow` is the packet as it came: the rejection rewrites the
+            // packet, not it.
+            let tc = reject::port_unreachable(ctx, flow, s);
+            match tc {
+                Ok(_) => no_backend(ctx, flow, dir, Reason::NoBackend, rev_nat_id),
+                Err(Reason::RejectLimited) => no_backend(ctx, flow, dir, Reason::RejectLimited, rev_nat_id),
+                Err(_) => {}
+            }
             return Ok(NewFlow::Answered(Action {
-                tc,
+                tc: tc?,
                 reason: Reason::NoBackend,
             }));
         }
@@ -275,6 +293,17 @@ fn choose<F: Lb, C: Frame>(
         rev_nat_id: svc.rev_nat_id,
         flags: svc.flags,
     }))
+}
+
+/// The event of a flow to a frontend without a usable backend: the Service
+/// named by its reverse-NAT id.
+#[inline(always)]
+fn no_backend<F: Lb, C: Frame>(ctx: &C, flow: &Flow<F>, dir: Dir, reason: Reason, rev_nat_id: u32) {
+    if let Some(mut entry) = events::of_flow(flow, EVENT_DROP, dir, reason, ctx.ifindex()) {
+        // SAFETY: the reserved entry is ours until submitted.
+        unsafe { (*entry.as_mut_ptr()).rev_nat_id = rev_nat_id };
+        entry.submit(0);
+    }
 }
 
 impl Chosen {
@@ -318,6 +347,14 @@ fn translate_new<F: Lb, C: Frame>(
     now: u64,
 ) -> Result<(), Reason> {
     track(flow, s, &chosen.target(), snat.as_ref(), flags, now)?;
+    if events::tracing() {
+        let dir = if flags & CT_F_EXTERNAL != 0 {
+            C::NETDEV
+        } else {
+            Dir::FromPod
+        };
+        events::translated(s, dir, ctx.ifindex());
+    }
     if let Some(snat) = snat {
         nat::snat(ctx, flow, snat.addr, snat.port)?;
     }

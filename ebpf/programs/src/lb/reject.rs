@@ -28,27 +28,8 @@ bpf_map! {
     static REJECT_BUDGET: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 }
 
-/// Rejections answered per second and CPU, and the burst answered at once.
+/// Rejections answered per second and CPU (and the burst answered at once).
 const PER_SEC: u64 = 1_000;
-const INTERVAL_NS: u64 = 1_000_000_000 / PER_SEC;
-const BURST_NS: u64 = PER_SEC * INTERVAL_NS;
-
-/// Whether one more rejection may be answered now (GCRA: the map holds when
-/// the next one is due; answers may run up to a burst ahead of that).
-#[inline(always)]
-fn within_rate(now: u64) -> bool {
-    let Some(due) = REJECT_BUDGET.get_ptr_mut(0) else {
-        return true;
-    };
-    // SAFETY: this CPU's value; nothing else runs on this CPU while we do.
-    let due = unsafe { &mut *due };
-    let next = if *due < now { now } else { *due };
-    if next - now > BURST_NS {
-        return false;
-    }
-    *due = next + INTERVAL_NS;
-    true
-}
 
 /// What of the original packet is quoted: its IP header and 8 bytes of L4.
 const L4_QUOTE: usize = 8;
@@ -127,7 +108,7 @@ pub fn port_unreachable<F: Reject, C: Frame>(
     flow: &Flow<F>,
     s: &mut Scratch,
 ) -> Result<i32, Reason> {
-    if !within_rate(crate::clock::now()) {
+    if !crate::rate::within(&REJECT_BUDGET, PER_SEC, crate::clock::now()) {
         return Err(Reason::RejectLimited);
     }
     s.ip = [0; 40];
