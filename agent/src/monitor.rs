@@ -28,7 +28,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         Arc, Mutex, PoisonError,
-        mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel},
+        mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel},
     },
     time::{Duration, Instant},
 };
@@ -52,6 +52,11 @@ const BACKLOG: usize = 4096;
 /// How long the endpoints and names events are named with are kept before
 /// they are read again.
 const RENAME_EVERY: Duration = Duration::from_secs(2);
+/// How soon they are read again for an event naming something they lack.
+const RENAME_SOON: Duration = Duration::from_millis(100);
+/// How long a follower's write may block before it is given up (a client
+/// that stopped reading must not keep tracing on).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// An event as it is handed on: its JSON line, and whether it is a drop
 /// (kept for `recent`, sent to every follower) or a trace (sent to tracing
@@ -73,33 +78,66 @@ struct Hub {
     followers: Vec<Follower>,
     /// The next follower's id.
     next_id: u64,
-    /// Where the trace switch is.
-    maps: SharedDatapath,
 }
 
 type Shared = Arc<Mutex<Hub>>;
 
-fn lock(hub: &Shared) -> std::sync::MutexGuard<'_, Hub> {
-    hub.lock().unwrap_or_else(PoisonError::into_inner)
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The datapath's trace switch (`NODE_F_TRACE`), set to whether some follower
+/// traces. Its own lock, never held with the hub's: the datapath's lock, which
+/// a sync may hold a while, is taken under it alone, so the reader never
+/// waits for a sync.
+#[derive(Clone)]
+struct TraceSwitch {
+    /// What was last written (`None`: nothing yet, or a write failed).
+    written: Arc<Mutex<Option<bool>>>,
+    maps: SharedDatapath,
+}
+
+impl TraceSwitch {
+    /// Sets the switch to whether someone in `hub` traces now (the question
+    /// asked under the switch's lock, so that two callers cannot write in
+    /// the wrong order); a failed write is retried by the next call.
+    fn follow(&self, hub: &Shared) {
+        let mut written = lock(&self.written);
+        let want = lock(hub).tracing();
+        if *written == Some(want) {
+            return;
+        }
+        match self.maps.lock().set_node_flag(NODE_F_TRACE, want) {
+            Ok(()) => {
+                info!(on = want, "tracing new flows");
+                *written = Some(want);
+            }
+            Err(e) => {
+                warn!(error = %e, "setting the trace switch");
+                *written = None;
+            }
+        }
+    }
 }
 
 /// Reads the events of the datapath pinned under `pins` and serves them on
 /// `socket` from now on.
 pub fn start(pins: &PinLayout, socket: &Path, maps: SharedDatapath) -> std::io::Result<()> {
-    let _ = std::fs::remove_file(socket);
-    let listener = UnixListener::bind(socket)?;
-    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
     // No one follows yet: tracing left on by an agent that died mid-trace
-    // goes off.
-    maps.lock()
-        .set_node_flag(NODE_F_TRACE, false)
-        .map_err(std::io::Error::other)?;
+    // goes off, whether or not events can be served.
     let hub = Arc::new(Mutex::new(Hub {
         recent: VecDeque::new(),
         followers: Vec::new(),
         next_id: 0,
-        maps,
     }));
+    let switch = TraceSwitch {
+        written: Arc::default(),
+        maps,
+    };
+    switch.follow(&hub);
+    let _ = std::fs::remove_file(socket);
+    let listener = UnixListener::bind(socket)?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
     let ring = open_ring(pins).map_err(std::io::Error::other)?;
     let (pins, reader_hub) = (pins.clone(), hub.clone());
     crate::supervise::spawn("weir-monitor", move || read(ring, &pins, &reader_hub))?;
@@ -107,10 +145,10 @@ pub fn start(pins: &PinLayout, socket: &Path, maps: SharedDatapath) -> std::io::
         for conn in listener.incoming() {
             match conn {
                 Ok(conn) => {
-                    let hub = hub.clone();
+                    let (hub, switch) = (hub.clone(), switch.clone());
                     if let Err(e) = std::thread::Builder::new()
                         .name("weir-monitor-client".into())
-                        .spawn(move || serve(conn, &hub))
+                        .spawn(move || serve(conn, &hub, &switch))
                     {
                         warn!(error = %e, "monitor client not served");
                     }
@@ -142,9 +180,14 @@ fn read(mut ring: RingBuf<MapData>, pins: &PinLayout, hub: &Shared) {
         }
         while let Some(record) = ring.next() {
             let Some(event) = decode(&record) else { continue };
-            if named_at.is_none_or(|t| t.elapsed() > RENAME_EVERY) {
+            // Read again after a while, and at once (but not more often than
+            // RENAME_SOON) for an event naming what was not there yet.
+            if named_at.is_none_or(|t| {
+                t.elapsed() > RENAME_EVERY || (t.elapsed() > RENAME_SOON && !namer.knows(&event))
+            }) {
                 let endpoints = isolated_endpoints(pins).unwrap_or_default();
-                namer = Namer::new(&endpoints, name_table(pins));
+                namer =
+                    Namer::new(&endpoints, name_table(pins)).with_devices(crate::node_net::interface_names());
                 named_at = Some(Instant::now());
             }
             let Ok(text) = serde_json::to_string(&namer.row(&event)) else {
@@ -179,39 +222,23 @@ fn publish(hub: &Shared, line: Line) {
         }
         hub.recent.push_back(line.text.clone());
     }
-    // A follower gone is forgotten; one behind loses this event.
-    let before = hub.tracing();
-    hub.followers.retain(|f| {
-        !(line.drop || f.trace)
-            || !matches!(
-                f.tx.try_send(line.text.clone()),
-                Err(TrySendError::Disconnected(_))
-            )
-    });
-    hub.switch_trace(before);
+    // A follower that is behind loses this event. One gone is forgotten by
+    // its own thread ([`forget`]), which also sets the trace switch.
+    for f in hub.followers.iter().filter(|f| line.drop || f.trace) {
+        let _ = f.tx.try_send(line.text.clone());
+    }
 }
 
 impl Hub {
     fn tracing(&self) -> bool {
         self.followers.iter().any(|f| f.trace)
     }
-
-    /// Sets the datapath's trace switch to whether someone traces now, if
-    /// that changed since `before`.
-    fn switch_trace(&self, before: bool) {
-        let now = self.tracing();
-        if now != before {
-            match self.maps.lock().set_node_flag(NODE_F_TRACE, now) {
-                Ok(()) => info!(on = now, "tracing new flows"),
-                Err(e) => warn!(error = %e, "setting the trace switch"),
-            }
-        }
-    }
 }
 
 /// One client: its request, then its events.
-fn serve(conn: UnixStream, hub: &Shared) {
+fn serve(conn: UnixStream, hub: &Shared, switch: &TraceSwitch) {
     let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = conn.set_write_timeout(Some(WRITE_TIMEOUT));
     let mut request = String::new();
     let Ok(reader) = conn.try_clone() else { return };
     if BufReader::new(reader).read_line(&mut request).is_err() {
@@ -233,19 +260,18 @@ fn serve(conn: UnixStream, hub: &Shared) {
             let trace = request == "follow trace";
             let id = {
                 let mut hub = lock(hub);
-                let before = hub.tracing();
                 let id = hub.next_id;
                 hub.next_id += 1;
                 hub.followers.push(Follower { id, tx, trace });
-                hub.switch_trace(before);
                 id
             };
+            switch.follow(hub);
             // Said at once: the client knows it is following from here on.
             if writeln!(out, "{{\"type\":\"following\"}}")
                 .and_then(|()| out.flush())
                 .is_err()
             {
-                forget(hub, id);
+                forget(hub, switch, id);
                 return;
             }
             loop {
@@ -256,12 +282,14 @@ fn serve(conn: UnixStream, hub: &Shared) {
                         }
                     }
                     // Gone while nothing happened: its tracing must not
-                    // outlive it until the next event.
+                    // outlive it until the next event. (A client that shuts
+                    // its writing side down after the request counts as
+                    // gone: `weirctl` keeps it open.)
                     Err(RecvTimeoutError::Timeout) if !hung_up(out.get_ref()) => {}
                     Err(_) => break,
                 }
             }
-            forget(hub, id);
+            forget(hub, switch, id);
         }
         other => {
             let _ = writeln!(
@@ -273,11 +301,9 @@ fn serve(conn: UnixStream, hub: &Shared) {
 }
 
 /// Drops follower `id` (and, if it was the last to trace, the trace switch).
-fn forget(hub: &Shared, id: u64) {
-    let mut hub = lock(hub);
-    let before = hub.tracing();
-    hub.followers.retain(|f| f.id != id);
-    hub.switch_trace(before);
+fn forget(hub: &Shared, switch: &TraceSwitch, id: u64) {
+    lock(hub).followers.retain(|f| f.id != id);
+    switch.follow(hub);
 }
 
 /// Whether the client closed its end (a read would say end of file).

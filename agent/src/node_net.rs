@@ -135,6 +135,24 @@ fn set_first(v4: &mut [u8; 16], v6: &mut [u8; 16], ip: IpAddr) {
     }
 }
 
+/// The interfaces of the calling thread's network namespace, by index.
+pub fn interface_names() -> std::collections::BTreeMap<u32, String> {
+    nix::net::if_::if_nameindex()
+        .map(|all| {
+            all.iter()
+                .filter_map(|i| Some((i.index(), i.name().to_str().ok()?.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Whether the calling thread runs in the network namespace of cookie
+/// `cookie` (the node's, as the agent wrote it): where the datapath's
+/// ifindexes name its interfaces.
+pub fn in_netns(cookie: u64) -> bool {
+    cookie != 0 && netns_cookie().is_ok_and(|c| c == cookie)
+}
+
 /// The cookie of the calling thread's network namespace (`SO_NETNS_COOKIE`), as
 /// `bpf_get_netns_cookie` sees it: the socket hooks act only where it matches.
 pub fn netns_cookie() -> std::io::Result<u64> {

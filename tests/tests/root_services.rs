@@ -1714,6 +1714,12 @@ fn status_reports_the_agent_the_node_and_the_maps(kind: SourceKind) {
         .unwrap_or_else(|| panic!("pod a's veth: {:?}", s.attachments));
     assert_eq!(a.kind, "pod");
     assert!(a.programs.len() >= 2, "{a:?}");
+    // In the node's namespace: the veth by its name too.
+    assert_eq!(
+        a.name.as_deref(),
+        lab.pod("a").result["interfaces"][0]["name"].as_str(),
+        "{a:?}"
+    );
     let text = s.to_text();
     assert!(
         text.contains("agent:     up") && text.contains(names::CONNTRACK),
@@ -1882,6 +1888,11 @@ fn monitor_traces_new_flows_naming_service_backend_and_verdicts(kind: SourceKind
             .as_str()
             .is_some_and(|s| s.starts_with("default/web")),
         "{t:#}"
+    );
+    assert_eq!(
+        t["device"].as_str(),
+        lab.client.result["interfaces"][0]["name"].as_str(),
+        "seen on the client's veth: {t:#}"
     );
     let p = of("policy");
     assert_eq!(

@@ -57,7 +57,7 @@ enum Command {
     /// Datapath events as they happen: drops, with reason, pods, Service and
     /// flow, one per line (`-o json`: one JSON object per line); with
     /// `--trace`, every new flow's decisions too. Any number of monitors at
-    /// once, each sees every event.
+    /// once, each sees every event it asks for.
     Monitor {
         /// Also one event per new flow: the load balancer's choice (frontend
         /// -> backend, and any new source) and each policy verdict that
@@ -65,7 +65,8 @@ enum Command {
         /// traces.
         #[arg(long)]
         trace: bool,
-        /// Only events of this type (`drop`, `translate`, `policy`).
+        /// Only events of this type (`drop`, `translate`, `policy`; the
+        /// last two are traces: they imply `--trace`).
         #[arg(long = "type")]
         kind: Option<String>,
         /// Only events of this pod (`namespace/name`).
@@ -163,7 +164,11 @@ fn main() -> anyhow::Result<()> {
             let mut stdout = std::io::stdout().lock();
             weir_agent::monitor::request(
                 &socket,
-                if trace { "follow trace" } else { "follow" },
+                if trace || filter.kind.as_deref().is_some_and(|k| k != "drop") {
+                    "follow trace"
+                } else {
+                    "follow"
+                },
                 || eprintln!("following the datapath's events from {}", socket.display()),
                 |row| {
                     if !filter.admits(&row) {

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use weir_common::{
-    Dir, EVENT_DROP, EVENT_POLICY, EVENT_TRANSLATE, EndpointKey, Event, PolicyEndpoint, Reason,
+    CT_F_MASQ, Dir, EVENT_DROP, EVENT_POLICY, EVENT_TRANSLATE, EndpointKey, Event, PolicyEndpoint, Reason,
 };
 
 use super::{NameTable, Row, conntrack::flag_names, ip_text, policy::endpoints, proto, sock, table::or_null};
@@ -27,6 +27,9 @@ pub struct EventRow {
     /// policy's, which names its pod instead).
     pub direction: String,
     pub ifindex: u32,
+    /// The device's name (the agent's view: the node's namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
     /// Why, as an operator reads it (`forwarded` for what passed).
     pub reason: String,
     /// The same, as a metric label (`policy_ingress`, `no_backend`, ...).
@@ -136,7 +139,7 @@ impl Row for EventRow {
     fn cells(&self) -> Vec<String> {
         vec![
             self.kind.clone(),
-            self.direction.clone(),
+            super::labelled(&self.direction, self.device.as_ref()),
             self.reason.clone(),
             super::labelled(&self.source, self.source_pod.as_ref()),
             super::labelled(&self.destination, self.destination_pod.as_ref()),
@@ -152,6 +155,7 @@ impl Row for EventRow {
 pub struct Namer {
     endpoints: BTreeMap<u32, (String, u32)>,
     names: NameTable,
+    devices: BTreeMap<u32, String>,
 }
 
 /// An event's type by its `EVENT_*` code.
@@ -169,7 +173,20 @@ impl Namer {
         Self {
             endpoints: endpoints(policy_endpoints),
             names,
+            devices: BTreeMap::new(),
         }
+    }
+
+    /// Whether everything `e` names by number is known here: the endpoint,
+    /// the Service. (Addresses may be of pods of other nodes, never named.)
+    pub fn knows(&self, e: &Event) -> bool {
+        (e.endpoint == 0 || self.endpoints.contains_key(&e.endpoint))
+            && (e.rev_nat_id == 0 || self.names.frontends.contains_key(&e.rev_nat_id))
+    }
+
+    /// Names devices too, by these names (the node's interfaces).
+    pub fn with_devices(self, devices: BTreeMap<u32, String>) -> Self {
+        Self { devices, ..self }
     }
 
     /// An event of the ring buffer, in words.
@@ -188,11 +205,14 @@ impl Namer {
         let source = sock(e.saddr, e.family, e.sport);
         let destination = sock(e.daddr, e.family, e.dport);
         let translated = e.kind == EVENT_TRANSLATE;
-        let backend = (translated && e.nat_addr != [0; 16]).then(|| sock(e.nat_addr, e.family, e.nat_port));
+        // A masqueraded flow keeps its destination: it has no backend.
+        let backend = (translated && e.ct_flags & CT_F_MASQ == 0 && e.nat_addr != [0; 16])
+            .then(|| sock(e.nat_addr, e.family, e.nat_port));
         EventRow {
             kind: kind_name(e.kind).to_owned(),
             direction: Dir::try_from(e.dir).map_or("unknown", Dir::name).to_owned(),
             ifindex: e.ifindex,
+            device: self.devices.get(&e.ifindex).cloned(),
             reason: Reason::describe_code(e.reason).to_owned(),
             code: reason.map_or("unknown", Reason::label).to_owned(),
             source_pod: self.names.pod(&source),

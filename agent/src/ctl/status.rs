@@ -64,6 +64,10 @@ pub struct NodeState {
 pub struct Attachment {
     /// `cgroup`, or the interface's index.
     pub at: String,
+    /// The interface's name, where `weirctl` runs in the node's network
+    /// namespace (elsewhere the index names another interface or none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// `pod` (a pod's host veth, with the pod's name if known), `device` (a
     /// node device or the overlay's), `cgroup` (the node's own sockets).
     pub kind: &'static str,
@@ -145,13 +149,14 @@ pub fn status(pins: &PinLayout, agent: SocketAddr) -> Result<StatusReport, CtlEr
             tunnel_port: u16::from_be(addrs.tunnel_port),
             addresses,
         },
-        attachments: attachments(pins)?,
+        attachments: attachments(pins, crate::node_net::in_netns(addrs.netns_cookie))?,
         maps: fills,
     })
 }
 
-/// Every pinned link, by where it is attached.
-fn attachments(pins: &PinLayout) -> Result<Vec<Attachment>, CtlError> {
+/// Every pinned link, by where it is attached; `named`: the interfaces are
+/// this namespace's, so their names are looked up.
+fn attachments(pins: &PinLayout, named: bool) -> Result<Vec<Attachment>, CtlError> {
     let endpoints: maps::Endpoints = open(pins, &maps::ENDPOINTS)?;
     let mut pod_ifindexes = std::collections::BTreeMap::new();
     for (key, info) in endpoints.iter().filter_map(Result::ok) {
@@ -160,6 +165,11 @@ fn attachments(pins: &PinLayout) -> Result<Vec<Attachment>, CtlError> {
         }
     }
     let names = super::name_table(pins);
+    let interfaces = if named {
+        crate::node_net::interface_names()
+    } else {
+        std::collections::BTreeMap::new()
+    };
     let mut out = Vec::new();
     let Ok(dirs) = std::fs::read_dir(pins.links_dir()) else {
         return Ok(out);
@@ -184,6 +194,7 @@ fn attachments(pins: &PinLayout) -> Result<Vec<Attachment>, CtlError> {
         };
         out.push(Attachment {
             pod: pod_ip.and_then(|ip| names.pods.get(ip).cloned()),
+            name: at.parse::<u32>().ok().and_then(|i| interfaces.get(&i).cloned()),
             at,
             kind,
             programs,
@@ -299,10 +310,11 @@ impl StatusReport {
         ));
         out.push_str("\nattached:\n");
         for a in &self.attachments {
+            let name = a.name.as_ref().map_or_else(String::new, |n| format!(" {n}"));
             let at = match (a.kind, &a.pod) {
                 ("cgroup", _) => "cgroup".to_owned(),
-                (kind, Some(pod)) => format!("{kind} ifindex {} ({pod})", a.at),
-                (kind, None) => format!("{kind} ifindex {}", a.at),
+                (kind, Some(pod)) => format!("{kind} ifindex {}{name} ({pod})", a.at),
+                (kind, None) => format!("{kind} ifindex {}{name}", a.at),
             };
             out.push_str(&format!("  {at}: {}\n", a.programs.join(" ")));
         }

@@ -218,6 +218,7 @@ fn event_keys() {
         kind: "drop".into(),
         direction: "to-pod".into(),
         ifindex: 0,
+        device: None,
         reason: "denied by NetworkPolicy (ingress)".into(),
         code: "policy_ingress".into(),
         source: "10.0.0.2:40000".into(),
@@ -330,7 +331,8 @@ fn a_translation_event_names_the_service_the_backend_and_the_new_source() {
         .pods
         .insert("10.0.0.5".parse().expect("ip"), "default/web-1".to_owned());
     names.frontends.insert(7, "default/web:http".to_owned());
-    let namer = Namer::new(&std::collections::BTreeMap::new(), names);
+    let namer = Namer::new(&std::collections::BTreeMap::new(), names)
+        .with_devices([(12, "veth1a2b".to_owned())].into());
     let event = Event {
         saddr: wide4([10, 0, 0, 5]),
         daddr: wide4([10, 96, 0, 10]),
@@ -351,6 +353,7 @@ fn a_translation_event_names_the_service_the_backend_and_the_new_source() {
     };
     let row = namer.row(&decode(&event_bytes(&event)).expect("whole"));
     assert_eq!(row.kind, "translate");
+    assert_eq!(row.device.as_deref(), Some("veth1a2b"));
     assert_eq!(row.code, "forwarded");
     assert_eq!(row.service.as_deref(), Some("default/web:http"));
     assert_eq!(row.backend.as_deref(), Some("10.0.0.5:8080"));

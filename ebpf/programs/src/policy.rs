@@ -191,21 +191,11 @@ pub fn judge<F: Family>(
         let _ = POLICY_CT.remove(&*key);
         return Err(reason);
     }
-    if isolated(ep, side) && crate::events::tracing() {
-        let peer = if side == Side::Egress {
-            &flow.daddr
-        } else {
-            &flow.saddr
-        };
-        report(
-            flow,
-            ep,
-            identity::<F>(peer),
-            side,
-            EVENT_POLICY,
-            Reason::Forwarded,
-        );
-    }
+    // With tracing on, a new flow admitted by this side's rules (not by the
+    // node's exemption, not a connection found mid-stream) is reported once
+    // recorded: a datagram flow over its endpoint's share, judged per packet,
+    // is not.
+    let traced = isolated(ep, side) && origin != Origin::Node && !midstream(flow) && crate::events::tracing();
     // Recorded even where this side is not isolated: the reply must pass the
     // other direction's isolation.
     ct::fill_key(key, flow, Tuple::AsSent, CT_OUT);
@@ -222,6 +212,9 @@ pub fn judge<F: Family>(
             }
         }
         refresh(v, flow, now);
+        if traced {
+            admitted(flow, ep, side);
+        }
         return Ok(());
     }
     // Datagram flows count against the endpoint's share (TCP needs no entry to
@@ -244,7 +237,28 @@ pub fn judge<F: Family>(
     };
     // A full table evicts its oldest entry (LRU): never a reason to drop.
     let _ = POLICY_CT.insert(&*key, &value, 0);
+    if traced {
+        admitted(flow, ep, side);
+    }
     Ok(())
+}
+
+/// The event of a new flow `ep`'s rules on `side` admitted (tracing).
+#[inline(always)]
+fn admitted<F: Family>(flow: &Flow<F>, ep: &PolicyEndpoint, side: Side) {
+    let peer = if side == Side::Egress {
+        &flow.daddr
+    } else {
+        &flow.saddr
+    };
+    report(
+        flow,
+        ep,
+        identity::<F>(peer),
+        side,
+        EVENT_POLICY,
+        Reason::Forwarded,
+    );
 }
 
 #[inline(always)]

@@ -161,10 +161,10 @@ pub fn to_netdev<F: Lb>(ctx: &TcContext, flow: &mut Flow<F>) -> Result<Action, R
         CT_F_SNAT | CT_F_MASQ,
         now,
     )?;
+    nat::snat(ctx, flow, addr, port)?;
     if crate::events::tracing() {
         crate::events::translated(s, weir_common::Dir::ToNetdev, ifindex);
     }
-    nat::snat(ctx, flow, addr, port)?;
     pass
 }
 

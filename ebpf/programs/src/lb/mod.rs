@@ -347,6 +347,12 @@ fn translate_new<F: Lb, C: Frame>(
     now: u64,
 ) -> Result<(), Reason> {
     track(flow, s, &chosen.target(), snat.as_ref(), flags, now)?;
+    if let Some(snat) = snat {
+        nat::snat(ctx, flow, snat.addr, snat.port)?;
+    }
+    nat::dnat(ctx, flow, &chosen.backend.addr, chosen.backend.port)?;
+    flow.translated = true;
+    // The pair just recorded is still in the scratch value.
     if events::tracing() {
         let dir = if flags & CT_F_EXTERNAL != 0 {
             C::NETDEV
@@ -355,11 +361,6 @@ fn translate_new<F: Lb, C: Frame>(
         };
         events::translated(s, dir, ctx.ifindex());
     }
-    if let Some(snat) = snat {
-        nat::snat(ctx, flow, snat.addr, snat.port)?;
-    }
-    nat::dnat(ctx, flow, &chosen.backend.addr, chosen.backend.port)?;
-    flow.translated = true;
     Ok(())
 }
 
