@@ -925,11 +925,20 @@ fn root_every_drop_is_an_event_and_with_tracing_every_translation() {
     let mut one_cpu = nix::sched::CpuSet::new();
     one_cpu.set(0).expect("cpu 0");
     nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &one_cpu).expect("pin to cpu 0");
+    // The events above may have spent some of this CPU's burst; a second
+    // without events gives it all back.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let start = std::time::Instant::now();
     for _ in 0..3000 {
         lab.run_on(FROM_POD, &syn);
     }
+    // The burst, and one more for each millisecond the flood took.
+    let most = 1001 + start.elapsed().as_millis() as usize + 1;
     let flood = lab.events().len();
-    assert!((1000..=1300).contains(&flood), "{flood} events of 3,000 drops");
+    assert!(
+        (1000..=most.min(2000)).contains(&flood),
+        "{flood} events of 3,000 drops (at most {most})"
+    );
 }
 
 #[test]
