@@ -138,15 +138,6 @@ impl Bed {
         }
     }
 
-    /// Whether the datapath reports new flows' decisions (`NODE_F_TRACE`).
-    fn tracing(&self) -> bool {
-        use weir_agent::datapath::{PinLayout, maps};
-        let pins = PinLayout::new(self.agent.bpffs_root.clone());
-        let node: maps::Node = maps::open_pinned(&pins, &maps::NODE).expect("node map");
-        node.get(&0, 0)
-            .is_ok_and(|n| n.flags & weir_common::NODE_F_TRACE != 0)
-    }
-
     fn sample(&mut self, d: Duration) -> Sample {
         let vip: std::net::Ipv4Addr = VIP.parse().expect("VIP");
         self.load.sample(&[SocketAddrV4::new(vip, 80)], d)
@@ -201,7 +192,7 @@ fn main() {
                 let _ = m.child.wait();
                 // The next sample starts with tracing off again.
                 let t0 = Instant::now();
-                while bed.tracing() && t0.elapsed() < Duration::from_secs(5) {
+                while bed.agent.tracing() && t0.elapsed() < Duration::from_secs(5) {
                     std::thread::sleep(Duration::from_millis(20));
                 }
             }

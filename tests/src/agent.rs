@@ -362,6 +362,14 @@ impl Agent {
         self.monitor_to(args, Stdio::piped())
     }
 
+    /// Whether the datapath reports new flows' decisions (`NODE_F_TRACE`),
+    /// as `weirctl status` tells from the pins.
+    pub fn tracing(&self) -> bool {
+        let status = weirctl(&self.bpffs_root, &["status"]);
+        let modes = status["node"]["modes"].as_array().expect("status modes");
+        modes.iter().any(|m| m == "tracing")
+    }
+
     /// [`Agent::monitor`], its events written to `stdout`.
     pub fn monitor_to(&self, args: &[&str], stdout: Stdio) -> Monitor {
         use std::io::BufRead as _;

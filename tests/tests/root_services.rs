@@ -1802,14 +1802,6 @@ fn monitors_each_see_every_drop_and_drops_takes_nothing(kind: SourceKind) {
     assert_eq!(drops(&lab.agent), once, "reading drops took them");
 }
 
-/// Whether the datapath reports new flows' decisions (`NODE_F_TRACE`).
-fn tracing(agent: &weir_lab::Agent) -> bool {
-    let pins = weir_agent::datapath::PinLayout::new(agent.bpffs_root.clone());
-    let node: weir_agent::datapath::maps::Node =
-        weir_agent::datapath::maps::open_pinned(&pins, &weir_agent::datapath::maps::NODE).expect("node map");
-    node.get(&0, 0).expect("node entry").flags & weir_common::NODE_F_TRACE != 0
-}
-
 fn monitor_traces_new_flows_naming_service_backend_and_verdicts(kind: SourceKind) {
     let lab = Lab::new(kind, "10.91.37.0/24", &["a", "b"], &[8080]);
     const EMPTY: &str = "10.96.0.15";
@@ -1846,12 +1838,12 @@ fn monitor_traces_new_flows_naming_service_backend_and_verdicts(kind: SourceKind
         assert!(Instant::now() < deadline, "web never served, b never isolated");
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert!(!tracing(&lab.agent), "tracing is off while no monitor traces");
+    assert!(!lab.agent.tracing(), "tracing is off while no monitor traces");
     // A tracing monitor and a plain one, both on the client's flows.
     let traced = lab
         .agent
         .monitor(&["--trace", "--count", "3", "--ip", &client_ip]);
-    assert!(tracing(&lab.agent), "a tracing monitor turns tracing on");
+    assert!(lab.agent.tracing(), "a tracing monitor turns tracing on");
     let plain = lab.agent.monitor(&["--count", "1", "--ip", &client_ip]);
     expect_server(ask_tcp(&lab.client.ns, vip(80)), "b", "web");
     let refused = ask_tcp(&lab.client.ns, SocketAddr::new(EMPTY.parse().expect("ip"), 80));
@@ -1923,7 +1915,7 @@ fn monitor_traces_new_flows_naming_service_backend_and_verdicts(kind: SourceKind
     assert_eq!(plain[0]["code"], "no_backend", "{plain:#?}");
     // The tracing monitor gone, tracing goes off.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while tracing(&lab.agent) {
+    while lab.agent.tracing() {
         assert!(Instant::now() < deadline, "tracing outlived its last monitor");
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -9,7 +9,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use weir_common::{
-    CT_F_MASQ, Dir, EVENT_DROP, EVENT_POLICY, EVENT_TRANSLATE, EndpointKey, Event, PolicyEndpoint, Reason,
+    CT_F_EXTERNAL, CT_F_HAIRPIN, CT_F_MASQ, CT_F_SNAT, Dir, EVENT_DROP, EVENT_POLICY, EVENT_TRANSLATE,
+    EndpointKey, Event, PolicyEndpoint, Reason,
 };
 
 use super::{NameTable, Row, conntrack::flag_names, ip_text, policy::endpoints, proto, sock, table::or_null};
@@ -227,8 +228,8 @@ impl Namer {
             new_source: (translated && e.nat2_addr != [0; 16])
                 .then(|| sock(e.nat2_addr, e.family, e.nat2_port)),
             translation: if translated {
-                flag_names(e.ct_flags)
-                    .filter(|(_, n)| matches!(*n, "hairpin" | "external" | "snat" | "masquerade"))
+                // What kind of translation it was, not the flow's state.
+                flag_names(e.ct_flags & (CT_F_HAIRPIN | CT_F_EXTERNAL | CT_F_SNAT | CT_F_MASQ))
                     .map(|(_, n)| n.to_owned())
                     .collect()
             } else {

@@ -12,7 +12,7 @@ use std::{
 
 use serde::Serialize;
 use serde_json::Value;
-use weir_common::{NODE_F_HOST_STACK, NODE_F_MASQUERADE};
+use weir_common::{NODE_F_HOST_STACK, NODE_F_MASQUERADE, NODE_F_TRACE};
 
 use super::{CtlError, ip, open};
 use crate::datapath::{PinLayout, maps, names, object};
@@ -50,7 +50,8 @@ pub struct Agent {
 pub struct NodeState {
     /// What flows to remote endpoints are source-NATed to, per family.
     pub snat_addresses: Vec<IpAddr>,
-    /// `host-stack` (pod-to-pod through the host's stack), `masquerade`.
+    /// `host-stack` (pod-to-pod through the host's stack), `masquerade`,
+    /// `tracing` (some `weirctl monitor --trace` follows).
     pub modes: Vec<&'static str>,
     /// `--routing vxlan`: the overlay's VNI and UDP port (0: no overlay).
     pub vni: u32,
@@ -109,6 +110,7 @@ pub fn status(pins: &PinLayout, agent: SocketAddr) -> Result<StatusReport, CtlEr
     let modes = [
         (NODE_F_HOST_STACK, "host-stack"),
         (NODE_F_MASQUERADE, "masquerade"),
+        (NODE_F_TRACE, "tracing"),
     ]
     .into_iter()
     .filter(|(bit, _)| addrs.flags & bit != 0)

@@ -47,12 +47,7 @@ pub fn tracing() -> bool {
     let Some(node) = NODE.get(0) else {
         return false;
     };
-    // Through memory: LLVM would fold the test with the hook's own tests of
-    // the node's entry into one on the map pointer, pointer arithmetic the
-    // verifier refuses.
-    // SAFETY: a pointer into the map's value, valid for this run.
-    let flags = unsafe { core::ptr::read_volatile(&node.flags) };
-    flags & NODE_F_TRACE != 0
+    node.flags & NODE_F_TRACE != 0
 }
 
 /// Whether a drop of this reason is reported where it is decided (see the

@@ -259,10 +259,7 @@ fn choose<F: Lb, C: Frame>(
     if inside {
         svc = frontend::inside(&mut key, svc)?;
     }
-    // Through memory: LLVM would fold the tests of the events' paths into
-    // one on the map pointer, pointer arithmetic the verifier refuses.
-    // SAFETY: reading a live local.
-    let rev_nat_id = unsafe { core::ptr::read_volatile(&svc.rev_nat_id) };
+    let rev_nat_id = svc.rev_nat_id;
     match frontend::empty(&svc) {
         None => {}
         Some(Empty::Drop) => {
