@@ -1,36 +1,38 @@
-//! Giving memory back. A full compile (the first list of a cluster, a relist)
-//! parses whole objects before they are trimmed and builds the desired state
-//! anew; what that leaves free is scattered between the objects kept, where
-//! glibc's allocator keeps it. `malloc_trim` hands those free pages back to the
-//! kernel (measured at 10,000 Services x 10 endpoints and 10,000 Pods: 249 to
-//! 242 MiB; see `tests/benches/agent_memory.rs`). musl's allocator (the
-//! image's) unmaps freed memory itself.
+//! The agent's allocator, and giving memory back.
 //!
-//! The same goes for a cluster that shrinks: Services leaving free their
-//! objects, compiled entries and the syncer's mirror of them, scattered in
-//! the same way. Once the changes settle (the sync loop goes idle) after
-//! enough map entries were deleted, the free pages go back too (10,000
-//! Services x 10 endpoints removed: see the benchmark's "emptied" column).
+//! The agent allocates with jemalloc (`weir-agent`'s global allocator is
+//! [`Allocator`], configured by [`CONF`]). A full compile (the first list of
+//! a cluster, a relist) parses whole objects before they are trimmed and
+//! builds the desired state anew; glibc's allocator kept what that left free
+//! scattered between the objects kept, where not even `malloc_trim` could
+//! give it back: 21 MiB of free chunks beside 49 MiB in use at 10,000
+//! Services x 10 endpoints and 10,000 Pods, 218 MiB beside 345 at 100,000.
+//! jemalloc keeps allocations of one size class together in page runs and
+//! hands back the pages a run no longer uses (docs/benchmarks.md, "Issue 14:
+//! jemalloc").
+//!
+//! A cluster that shrinks frees its objects, compiled entries and map
+//! bookkeeping. Once the changes settle (the sync loop goes idle) after
+//! enough map entries were deleted, or after a full compile, the pages the
+//! allocator holds unused go back to the kernel at once ([`release_free`]),
+//! not only as they decay.
 
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
-/// Makes every thread allocate from one glibc arena. With one arena per
-/// thread (glibc's default, up to 8 per core), the objects the manifest
-/// parsers and API watchers build on their threads land in arenas that
-/// `malloc_trim` cannot shrink back: after 10,000 Services x 10 endpoints and
-/// 10,000 Pods were removed, the agent kept 59 MiB (3.1x its empty RSS) with
-/// them and 20 MiB with one arena, also 25 MiB less at its peak, and no
-/// slower to sync (measured with `MALLOC_ARENA_MAX=1`, which this sets; the
-/// agent allocates little outside the sync thread, so one lock costs nothing
-/// it can measure). Call first thing, before any thread starts.
-pub fn one_arena() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: mallopt only sets an allocator parameter; called before any
-    // other thread exists.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 1);
-    }
-}
+/// jemalloc's options, read at its first allocation: pages unused for a
+/// second handed back (`dirty_decay_ms`), and handed back for good
+/// (`muzzy_decay_ms` 0: a page only advised free still counts as resident
+/// until the kernel needs it). Its arenas as it sets them (one per thread
+/// up to 4 per CPU): one arena for all, as the agent ran glibc's allocator,
+/// made the first sync of 100,000 Services 1.7x slower and the agent no
+/// smaller. `_RJEM_MALLOC_CONF` (jemalloc's `MALLOC_CONF` under the prefix it
+/// is built with) overrides them.
+#[unsafe(export_name = "_rjem_malloc_conf")]
+pub static CONF: &[u8; 37] = b"dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+
+/// What `weir-agent` allocates with (its binary names it the global
+/// allocator; `weirctl` and the tests keep the system's).
+pub type Allocator = tikv_jemallocator::Jemalloc;
 
 /// Map entries deleted since memory was last given back.
 static DELETED: AtomicUsize = AtomicUsize::new(0);
@@ -49,14 +51,24 @@ pub fn release_if_shrunk() {
     }
 }
 
-/// Returns the allocator's free pages to the kernel; cheap enough after a full
-/// compile, pointless more often. Logs what the heap holds afterwards.
+/// Hands the allocator's unused pages back to the kernel; cheap enough after
+/// a full compile, pointless more often. Logs what the heap holds afterwards.
 pub fn release_free() {
     DELETED.store(0, Relaxed);
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only walks the allocator's own structures.
-    unsafe {
-        libc::malloc_trim(0);
+    // `arena.<all>.purge`: every arena's unused pages, now (a mallctl that
+    // takes and gives no value).
+    // SAFETY: a NUL-terminated name, no value in or out.
+    let purged = unsafe {
+        tikv_jemalloc_sys::mallctl(
+            c"arena.4096.purge".as_ptr(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            0,
+        )
+    };
+    if purged != 0 {
+        tracing::warn!(error = purged, "jemalloc: purging its arenas failed");
     }
     if let Some(heap) = heap() {
         tracing::info!(
@@ -68,30 +80,28 @@ pub fn release_free() {
     }
 }
 
-/// What glibc's allocator holds, in bytes.
+/// What the allocator holds, in bytes.
 #[derive(Clone, Copy, Debug)]
 pub struct Heap {
     /// Allocated and live.
     pub in_use: usize,
-    /// Free chunks within the heap: freed memory between live allocations,
-    /// resident until reused unless whole pages of it were given back.
+    /// Resident but not allocated: the allocator's own metadata and the free
+    /// room in page runs that also hold live allocations.
     pub free: usize,
-    /// Large allocations served by `mmap` (given back whole when freed).
+    /// Mapped from the kernel, resident or not.
     pub mapped: usize,
 }
 
-/// The allocator's figures (`mallinfo2`); `None` where the allocator is not glibc's.
+/// jemalloc's figures (`stats.allocated`, `stats.resident`, `stats.mapped`,
+/// read afresh); `None` where they cannot be read.
 pub fn heap() -> Option<Heap> {
-    #[cfg(target_env = "gnu")]
-    {
-        // SAFETY: mallinfo2 only reads the allocator's own statistics.
-        let info = unsafe { libc::mallinfo2() };
-        Some(Heap {
-            in_use: info.uordblks,
-            free: info.fordblks,
-            mapped: info.hblkhd,
-        })
-    }
-    #[cfg(not(target_env = "gnu"))]
-    None
+    use tikv_jemalloc_ctl::{epoch, stats};
+    epoch::advance().ok()?;
+    let in_use = stats::allocated::read().ok()?;
+    let resident = stats::resident::read().ok()?;
+    Some(Heap {
+        in_use,
+        free: resident.saturating_sub(in_use),
+        mapped: stats::mapped::read().ok()?,
+    })
 }

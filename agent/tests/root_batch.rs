@@ -13,7 +13,17 @@ use weir_agent::{
 };
 use weir_common::{RevNat, maps as names};
 
-fn load(tag: &str) -> (PathBuf, Datapath) {
+/// Unpins a test's maps when it ends, passed or failed: pinned, they would
+/// hold their memory until the machine restarts.
+struct Pins(PathBuf);
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn load(tag: &str) -> (Pins, Datapath) {
     assert!(
         nix::unistd::Uid::effective().is_root(),
         "this test loads eBPF maps: run it as root"
@@ -22,8 +32,9 @@ fn load(tag: &str) -> (PathBuf, Datapath) {
         "/sys/fs/bpf/weir-test-batch-{tag}-{}",
         std::process::id()
     ));
+    let pins = Pins(root.clone());
     let dp = Datapath::load(PinLayout::new(&root)).expect("load datapath");
-    (root, dp)
+    (pins, dp)
 }
 
 fn revnat(i: u32) -> RevNat {
@@ -35,7 +46,7 @@ fn revnat(i: u32) -> RevNat {
 
 #[test]
 fn root_batched_writes_land_in_the_map_and_stop_at_a_full_one() {
-    let (root, dp) = load("full");
+    let (_pins, dp) = load("full");
     let capacity = weir_agent::datapath::maps::REVNAT.max_entries;
 
     // 10,000 writes in one batch: every one is there.
@@ -72,6 +83,4 @@ fn root_batched_writes_land_in_the_map_and_stop_at_a_full_one() {
         dp.revnat.get(&capacity, 0).expect("the last that fits"),
         revnat(capacity)
     );
-    drop(dp);
-    let _ = std::fs::remove_dir_all(root);
 }

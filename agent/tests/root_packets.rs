@@ -38,7 +38,12 @@ impl Lab {
             "this test runs eBPF programs: run it as root"
         );
         let root = PathBuf::from(format!("/sys/fs/bpf/weir-test-pkt-{tag}-{}", std::process::id()));
-        let dp = Datapath::load(PinLayout::new(&root)).expect("load datapath");
+        let dp = Datapath::load(PinLayout::new(&root)).unwrap_or_else(|e| {
+            // What it pinned before failing would hold the maps' memory
+            // (hundreds of MiB a lab) until the machine restarts.
+            let _ = std::fs::remove_dir_all(&root);
+            panic!("load datapath: {e:?}")
+        });
         Self { root, dp }
     }
 

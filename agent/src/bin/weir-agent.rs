@@ -32,8 +32,10 @@ use weir_agent::{
 };
 use weir_model::{NodeContext, masquerade::MasqConfig};
 
+#[global_allocator]
+static ALLOCATOR: weir_agent::memory::Allocator = weir_agent::memory::Allocator {};
+
 fn main() -> std::process::ExitCode {
-    weir_agent::memory::one_arena();
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match dispatch(cli.command) {
