@@ -64,12 +64,10 @@ fn root_batched_writes_land_in_the_map_and_stop_at_a_full_one() {
         .collect();
     let mut tally = Tally::default();
     let took = tally.write_many(&mut maps, &ops);
+    // Two batches go to the kernel at once: which 5 find the map full is
+    // theirs to race for.
     let written = took.iter().filter(|t| **t).count();
     assert_eq!(written as u32, capacity - 10_000, "every write that fits");
-    assert!(
-        took[..written].iter().all(|t| *t),
-        "the writes before the map filled took"
-    );
     assert_eq!(tally.failed, 5, "the writes past the map's capacity fail");
     assert_eq!(
         tally.failures.get(&(names::REVNAT, "E2BIG".to_owned())),
@@ -79,8 +77,13 @@ fn root_batched_writes_land_in_the_map_and_stop_at_a_full_one() {
     );
     let dp = maps.lock();
     assert_eq!(dp.revnat.iter().count() as u32, capacity);
-    assert_eq!(
-        dp.revnat.get(&capacity, 0).expect("the last that fits"),
-        revnat(capacity)
-    );
+    for (op, took) in ops.iter().zip(&took) {
+        let ServiceOp::PutRevNat(k, v) = op else {
+            unreachable!()
+        };
+        match dp.revnat.get(k, 0) {
+            Ok(got) => assert!(*took && got == *v, "{k}: in the map, so it took"),
+            Err(_) => assert!(!took, "{k}: not in the map, so it failed"),
+        }
+    }
 }

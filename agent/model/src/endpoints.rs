@@ -249,7 +249,7 @@ fn from_slice(
             Endpoint {
                 addr,
                 port,
-                node_name: endpoint.node_name.clone(),
+                node_name: endpoint.node_name.map(slice::NodeRef::name),
                 ready: endpoint.ready.unwrap_or(true),
                 serving: endpoint.serving.unwrap_or(true),
                 terminating: endpoint.terminating.unwrap_or(false),

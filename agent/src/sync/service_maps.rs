@@ -8,7 +8,7 @@ use weir_common::{Backend, MAGLEV_TABLE_SIZE, MaglevTable, RevNat, ServiceKey, S
 use weir_model::{DesiredServices, services::socket_addr};
 
 use super::{MapOp, Maps, SharedDatapath, SyncError};
-use crate::datapath::{batch, is_not_found, maps};
+use crate::datapath::{Datapath, batch, is_not_found, maps};
 
 /// The service maps, also read one key at a time: the syncer keeps no copy of
 /// them, it asks for what a sync needs to know.
@@ -104,44 +104,68 @@ impl ServiceOp {
 /// Writes per batch system call.
 const BATCH: usize = 4_096;
 
+/// Of a batch of `chunk` (writes of one map), how many were written: all, or
+/// those before the one that stopped it.
+fn batch_written(dp: &Datapath, chunk: &[ServiceOp]) -> usize {
+    let done = |r: Result<(), (usize, MapError)>| r.map_or_else(|(n, _)| n, |()| chunk.len());
+    match chunk.first() {
+        Some(ServiceOp::PutService(..)) => {
+            let (k, v) = pairs(chunk, |op| match op {
+                ServiceOp::PutService(k, v) => Some((*k, *v)),
+                _ => None,
+            });
+            done(batch::update(dp.services.map(), &k, &v))
+        }
+        Some(ServiceOp::PutBackend(..)) => {
+            let (k, v) = pairs(chunk, |op| match op {
+                ServiceOp::PutBackend(k, v) => Some((*k, *v)),
+                _ => None,
+            });
+            done(batch::update(dp.backends.map(), &k, &v))
+        }
+        Some(ServiceOp::PutRevNat(..)) => {
+            let (k, v) = pairs(chunk, |op| match op {
+                ServiceOp::PutRevNat(k, v) => Some((*k, *v)),
+                _ => None,
+            });
+            done(batch::update(dp.revnat.map(), &k, &v))
+        }
+        // Not a batch: one by one (by the caller).
+        _ => 0,
+    }
+}
+
 impl SharedDatapath {
-    /// One batch of `chunk` (writes of one map), each one's result into
-    /// `out`. What a failed batch did not write is written one by one, so that
-    /// each write has its own result (the one that stopped it fails again,
-    /// with its own error).
-    fn put_batch(&mut self, chunk: &[ServiceOp], out: &mut Vec<Result<(), MapError>>) {
+    /// Up to two batches of one map's writes (`pair`: what two batches take),
+    /// each one's result into `out`, in order. The two go to the kernel at
+    /// once, from two threads under one hold of the lock: a hash map's
+    /// inserts take a lock per bucket, so they proceed side by side, and most
+    /// of a large sync's time is the kernel's work per entry. (A step's
+    /// writes have no order among themselves; each step ends with its
+    /// writes made.) What a failed batch did not write is written one by
+    /// one, so that each write has its own result (the one that stopped it
+    /// fails again, with its own error).
+    fn put_batches(&mut self, pair: &[ServiceOp], out: &mut Vec<Result<(), MapError>>) {
+        let (first, second) = pair.split_at(pair.len().min(BATCH));
         let written = {
             let dp = self.lock();
-            let done = |r: Result<(), (usize, MapError)>| r.map_or_else(|(n, _)| n, |()| chunk.len());
-            match chunk.first() {
-                Some(ServiceOp::PutService(..)) => {
-                    let (k, v) = pairs(chunk, |op| match op {
-                        ServiceOp::PutService(k, v) => Some((*k, *v)),
-                        _ => None,
-                    });
-                    done(batch::update(dp.services.map(), &k, &v))
-                }
-                Some(ServiceOp::PutBackend(..)) => {
-                    let (k, v) = pairs(chunk, |op| match op {
-                        ServiceOp::PutBackend(k, v) => Some((*k, *v)),
-                        _ => None,
-                    });
-                    done(batch::update(dp.backends.map(), &k, &v))
-                }
-                Some(ServiceOp::PutRevNat(..)) => {
-                    let (k, v) = pairs(chunk, |op| match op {
-                        ServiceOp::PutRevNat(k, v) => Some((*k, *v)),
-                        _ => None,
-                    });
-                    done(batch::update(dp.revnat.map(), &k, &v))
-                }
-                // Not a batch: one by one below.
-                _ => 0,
+            let dp: &Datapath = &dp;
+            if second.is_empty() {
+                [batch_written(dp, first), 0]
+            } else {
+                std::thread::scope(|s| {
+                    let other = s.spawn(|| batch_written(dp, second));
+                    let one = batch_written(dp, first);
+                    // A panic there is one here (the scope would rethrow it).
+                    [one, other.join().unwrap_or_else(|p| std::panic::resume_unwind(p))]
+                })
             }
         };
-        out.extend((0..written).map(|_| Ok(())));
-        for op in &chunk[written..] {
-            out.push(self.apply(op));
+        for (chunk, written) in [first, second].into_iter().zip(written) {
+            out.extend((0..written).map(|_| Ok(())));
+            for op in &chunk[written..] {
+                out.push(self.apply(op));
+            }
         }
     }
 }
@@ -213,8 +237,9 @@ impl Maps<ServiceOp> for SharedDatapath {
     }
 
     /// Runs of writes to one of the three large maps go in batches
-    /// ([`batch::update`]), [`BATCH`] at a time under the lock (a pod's
-    /// registration waits for one batch at most); the rest one by one.
+    /// ([`batch::update`]), [`BATCH`] at a time, two at once under the lock
+    /// (a pod's registration waits for two batches made side by side at
+    /// most); the rest one by one.
     fn apply_many(&mut self, ops: &[ServiceOp]) -> Vec<Result<(), MapError>> {
         let mut out = Vec::with_capacity(ops.len());
         let mut rest = ops;
@@ -228,8 +253,8 @@ impl Maps<ServiceOp> for SharedDatapath {
                 rest = &rest[1..];
                 continue;
             }
-            for chunk in rest[..run].chunks(BATCH) {
-                self.put_batch(chunk, &mut out);
+            for pair in rest[..run].chunks(2 * BATCH) {
+                self.put_batches(pair, &mut out);
             }
             rest = &rest[run..];
         }

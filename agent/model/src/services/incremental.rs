@@ -135,7 +135,8 @@ pub struct ServiceCompiler {
     /// Frontend (slot-0 key) -> the Service that owns it.
     owners: BTreeMap<ServiceKey, String>,
     /// EndpointSlice -> the Service it belonged to at the last compile.
-    slice_services: BTreeMap<ObjectKey, ObjectKey>,
+    /// (The Service's name: it is in the slice's namespace.)
+    slice_services: BTreeMap<ObjectKey, Box<str>>,
     /// Namespace -> Services whose endpoints are its selected Pods.
     pod_users: BTreeMap<String, BTreeSet<ObjectKey>>,
     /// Services with a `healthCheckNodePort`: the port and what it answers.
@@ -233,12 +234,7 @@ impl ServiceCompiler {
         self.maglev_size_reported = false;
         self.slice_services = model
             .of_kind(Kind::EndpointSlice)
-            .filter_map(|(key, entry)| {
-                Some((
-                    key.clone(),
-                    service_key(&key.namespace, slice_service(&entry.object)?),
-                ))
-            })
+            .filter_map(|(key, entry)| Some((key.clone(), slice_service(&entry.object)?.into())))
             .collect();
         let mut problems = Vec::new();
         // No list of the keys first: copies of 100,000 keys freed at the end
@@ -328,12 +324,11 @@ impl ServiceCompiler {
                 Kind::EndpointSlice => {
                     // The Service it belonged to, and the one it belongs to now.
                     if let Some(before) = self.slice_services.remove(key) {
-                        affected.insert(before);
+                        affected.insert(service_key(&key.namespace, &before));
                     }
                     if let Some(now) = model.get(key).and_then(|e| slice_service(&e.object)) {
-                        let now = service_key(&key.namespace, now);
-                        self.slice_services.insert(key.clone(), now.clone());
-                        affected.insert(now);
+                        self.slice_services.insert(key.clone(), now.into());
+                        affected.insert(service_key(&key.namespace, now));
                     }
                 }
                 Kind::Pod => {
