@@ -65,18 +65,25 @@ fn root_batched_writes_land_in_the_map_and_stop_at_a_full_one() {
     let mut tally = Tally::default();
     let took = tally.write_many(&mut maps, &ops);
     // Two batches go to the kernel at once: which 5 find the map full is
-    // theirs to race for.
-    let written = took.iter().filter(|t| **t).count();
-    assert_eq!(written as u32, capacity - 10_000, "every write that fits");
-    assert_eq!(tally.failed, 5, "the writes past the map's capacity fail");
+    // theirs to race for. (The kernel checks that a map is full and counts
+    // a new entry in two steps: two CPUs inserting as it fills may both get
+    // in, one entry past its size.)
+    let written = took.iter().filter(|t| **t).count() as u32;
+    assert!(
+        (capacity - 10_000..=capacity - 10_000 + 1).contains(&written),
+        "every write that fits: {written}"
+    );
+    let failed = ops.len() - written as usize;
+    assert_eq!(tally.failed, failed, "the writes past the map's capacity fail");
+    assert!(failed >= 4, "{failed} failed");
     assert_eq!(
         tally.failures.get(&(names::REVNAT, "E2BIG".to_owned())),
-        Some(&5),
+        Some(&(failed as u64)),
         "{:?}",
         tally.failures
     );
     let dp = maps.lock();
-    assert_eq!(dp.revnat.iter().count() as u32, capacity);
+    assert_eq!(dp.revnat.iter().count() as u32, 10_000 + written);
     for (op, took) in ops.iter().zip(&took) {
         let ServiceOp::PutRevNat(k, v) = op else {
             unreachable!()

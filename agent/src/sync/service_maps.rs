@@ -154,10 +154,18 @@ impl SharedDatapath {
                 [batch_written(dp, first), 0]
             } else {
                 std::thread::scope(|s| {
-                    let other = s.spawn(|| batch_written(dp, second));
+                    // No thread to be had (a pids limit): one after the other.
+                    let other = std::thread::Builder::new()
+                        .name("map-writes".into())
+                        .spawn_scoped(s, || batch_written(dp, second))
+                        .ok();
                     let one = batch_written(dp, first);
-                    // A panic there is one here (the scope would rethrow it).
-                    [one, other.join().unwrap_or_else(|p| std::panic::resume_unwind(p))]
+                    let other = match other {
+                        // A panic there is one here.
+                        Some(t) => t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
+                        None => batch_written(dp, second),
+                    };
+                    [one, other]
                 })
             }
         };
