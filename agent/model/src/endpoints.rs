@@ -12,7 +12,6 @@
 use std::{
     collections::{BTreeMap, btree_map},
     net::IpAddr,
-    sync::Arc,
 };
 
 use k8s_openapi::{api::core::v1::Endpoints, apimachinery::pkg::util::intstr::IntOrString};
@@ -24,7 +23,7 @@ use crate::{
     pod::{self, PodFacts},
     policy::matches_labels,
     service::ServiceFacts,
-    slice::{self, SliceFacts},
+    slice::{NodeRef, SliceFacts},
 };
 
 /// Label tying an EndpointSlice to its Service (`discovery.k8s.io/v1`).
@@ -37,15 +36,16 @@ pub const LABEL_SKIP_MIRROR: &str = "endpointslice.kubernetes.io/skip-mirror";
 pub(crate) struct Endpoint {
     pub addr: IpAddr,
     pub port: u16,
-    pub node_name: Option<Arc<str>>,
+    pub node_name: Option<NodeRef>,
     pub ready: bool,
     pub serving: bool,
     pub terminating: bool,
 }
 
 impl Endpoint {
-    pub fn is_local(&self, node_name: &str) -> bool {
-        !node_name.is_empty() && self.node_name.as_deref() == Some(node_name)
+    /// Whether the endpoint is on `node` ([`NodeRef::this_node`]).
+    pub fn is_local(&self, node: Option<NodeRef>) -> bool {
+        node.is_some() && self.node_name == node
     }
 }
 
@@ -163,23 +163,21 @@ impl<'a> EndpointSource<'a> {
 
     /// The endpoints of `port` in `family`, deduplicated by (address, port) and
     /// sorted by them.
-    pub fn endpoints(&self, port: &PortSpec<'_>, family: Family, node_name: &str) -> Vec<Endpoint> {
+    pub fn endpoints(&self, port: &PortSpec<'_>, family: Family, node: Option<NodeRef>) -> Vec<Endpoint> {
         let mut set = EndpointSet::default();
         match self {
             EndpointSource::Slices(slices) => {
                 for slice in slices {
-                    from_slice(slice, port, family, node_name, &mut set);
+                    from_slice(slice, port, family, node, &mut set);
                 }
             }
-            EndpointSource::Endpoints(endpoints) => {
-                from_endpoints(endpoints, port, family, node_name, &mut set)
-            }
+            EndpointSource::Endpoints(endpoints) => from_endpoints(endpoints, port, family, node, &mut set),
             EndpointSource::Pods {
                 pods,
                 publish_not_ready,
             } => {
                 for pod in pods {
-                    from_pod(pod, port, family, *publish_not_ready, node_name, &mut set);
+                    from_pod(pod, port, family, *publish_not_ready, node, &mut set);
                 }
             }
             EndpointSource::None => {}
@@ -196,14 +194,14 @@ impl EndpointSet {
     /// the same endpoint twice. kube-proxy keeps one per address and port and
     /// favours the copy that says it is on this node; we do the same, and otherwise
     /// keep the first in slice-name order so the result is deterministic.
-    fn add(&mut self, endpoint: Endpoint, node_name: &str) {
-        let local = endpoint.is_local(node_name);
+    fn add(&mut self, endpoint: Endpoint, node: Option<NodeRef>) {
+        let local = endpoint.is_local(node);
         match self.0.entry((endpoint.addr, endpoint.port)) {
             btree_map::Entry::Vacant(v) => {
                 v.insert(endpoint);
             }
             btree_map::Entry::Occupied(mut o) => {
-                if local && !o.get().is_local(node_name) {
+                if local && !o.get().is_local(node) {
                     o.insert(endpoint);
                 }
             }
@@ -215,7 +213,7 @@ fn from_slice(
     slice: &SliceFacts,
     want: &PortSpec<'_>,
     family: Family,
-    node_name: &str,
+    node: Option<NodeRef>,
     set: &mut EndpointSet,
 ) {
     // FQDN slices (and unknown address types) carry no IP to forward to.
@@ -249,12 +247,12 @@ fn from_slice(
             Endpoint {
                 addr,
                 port,
-                node_name: endpoint.node_name.map(slice::NodeRef::name),
+                node_name: endpoint.node_name,
                 ready: endpoint.ready.unwrap_or(true),
                 serving: endpoint.serving.unwrap_or(true),
                 terminating: endpoint.terminating.unwrap_or(false),
             },
-            node_name,
+            node,
         );
     }
 }
@@ -275,7 +273,7 @@ fn from_endpoints(
     endpoints: &Endpoints,
     want: &PortSpec<'_>,
     family: Family,
-    node_name: &str,
+    node: Option<NodeRef>,
     set: &mut EndpointSet,
 ) {
     for subset in endpoints.subsets.iter().flatten() {
@@ -298,12 +296,12 @@ fn from_endpoints(
                 Endpoint {
                     addr,
                     port,
-                    node_name: address.node_name.as_deref().map(slice::node_name),
+                    node_name: address.node_name.as_deref().map(NodeRef::of),
                     ready,
                     serving: true,
                     terminating: false,
                 },
-                node_name,
+                node,
             );
         }
     }
@@ -319,7 +317,7 @@ fn from_pod(
     want: &PortSpec<'_>,
     family: Family,
     publish_not_ready: bool,
-    node_name: &str,
+    node: Option<NodeRef>,
     set: &mut EndpointSet,
 ) {
     if pod::is_finished(pod) {
@@ -342,12 +340,12 @@ fn from_pod(
         Endpoint {
             addr,
             port,
-            node_name: pod::node_name(pod).map(slice::node_name),
+            node_name: pod::node_name(pod).map(NodeRef::of),
             ready: publish_not_ready || (serving && !terminating),
             serving,
             terminating,
         },
-        node_name,
+        node,
     );
 }
 
@@ -370,7 +368,7 @@ mod tests {
         Endpoint {
             addr: IpAddr::from([10, 0, 0, 1]),
             port: 80,
-            node_name: Some(node.into()),
+            node_name: Some(NodeRef::of(node)),
             ready,
             serving: ready,
             terminating: false,
@@ -380,14 +378,14 @@ mod tests {
     #[test]
     fn duplicates_keep_the_first_unless_a_later_copy_is_local() {
         let mut set = EndpointSet::default();
-        set.add(ep("node-b", true), "node-a");
-        set.add(ep("node-c", false), "node-a");
+        set.add(ep("node-b", true), NodeRef::this_node("node-a"));
+        set.add(ep("node-c", false), NodeRef::this_node("node-a"));
         assert_eq!(
-            set.0.values().next().and_then(|e| e.node_name.as_deref()),
-            Some("node-b")
+            set.0.values().next().and_then(|e| e.node_name),
+            Some(NodeRef::of("node-b"))
         );
-        set.add(ep("node-a", false), "node-a");
-        set.add(ep("node-b", true), "node-a");
+        set.add(ep("node-a", false), NodeRef::this_node("node-a"));
+        set.add(ep("node-b", true), NodeRef::this_node("node-a"));
         assert_eq!(set.0.len(), 1);
         assert_eq!(set.0.values().next(), Some(&ep("node-a", false)));
     }

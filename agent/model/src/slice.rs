@@ -168,6 +168,13 @@ impl NodeRef {
         n
     }
 
+    /// The number of the node a compile is for, to compare endpoints' with
+    /// once per Service rather than by name per endpoint. `None` for a node
+    /// without a name: no endpoint is on it.
+    pub fn this_node(name: &str) -> Option<Self> {
+        (!name.is_empty()).then(|| Self::of(name))
+    }
+
     /// The name, one shared copy of it.
     pub fn name(self) -> Arc<str> {
         let table = NODE_NAMES.lock().unwrap_or_else(PoisonError::into_inner);
@@ -181,11 +188,6 @@ impl fmt::Debug for NodeRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:?}", self.name())
     }
-}
-
-/// The one shared copy of a node's name.
-pub(crate) fn node_name(name: &str) -> Arc<str> {
-    NodeRef::of(name).name()
 }
 
 #[cfg(test)]
@@ -228,7 +230,7 @@ mod tests {
         assert_eq!(&*a.expect("node").name(), "node-a");
         assert_ne!(Some(NodeRef::of("node-b")), a);
         assert!(
-            Arc::ptr_eq(&a.expect("node").name(), &node_name("node-a")),
+            Arc::ptr_eq(&a.expect("node").name(), &NodeRef::of("node-a").name()),
             "one copy of the name"
         );
         assert!(std::mem::size_of::<SliceEndpoint>() <= 24);

@@ -3,7 +3,7 @@
 //! Topology hints and trafficDistribution are not implemented: every ready
 //! endpoint is eligible.
 
-use crate::endpoints::Endpoint;
+use crate::{endpoints::Endpoint, slice::NodeRef};
 
 /// Endpoints for traffic policy `Cluster`: the ready ones; if none is ready
 /// anywhere, the ones that are serving and terminating (so that a rolling update
@@ -20,8 +20,8 @@ pub(crate) fn cluster_endpoints(endpoints: &[Endpoint]) -> Vec<&Endpoint> {
 /// ready here, this node's serving-and-terminating ones, even when other nodes have
 /// ready endpoints (the policy forbids leaving the node). None: the frontend
 /// rejects, it never falls back to remote endpoints.
-pub(crate) fn local_endpoints<'a>(endpoints: &'a [Endpoint], node_name: &str) -> Vec<&'a Endpoint> {
-    let local: Vec<&Endpoint> = endpoints.iter().filter(|e| e.is_local(node_name)).collect();
+pub(crate) fn local_endpoints(endpoints: &[Endpoint], node: Option<NodeRef>) -> Vec<&Endpoint> {
+    let local: Vec<&Endpoint> = endpoints.iter().filter(|e| e.is_local(node)).collect();
     let ready: Vec<&Endpoint> = local.iter().copied().filter(|e| e.ready).collect();
     if !ready.is_empty() {
         return ready;
@@ -44,7 +44,7 @@ mod tests {
         Endpoint {
             addr: std::net::IpAddr::from([10, 0, 0, last]),
             port: 80,
-            node_name: Some(node.into()),
+            node_name: Some(NodeRef::of(node)),
             ready,
             serving,
             terminating,
@@ -88,15 +88,21 @@ mod tests {
             ep(2, "me", false, true, true),
             ep(3, "me", false, false, true),
         ];
-        assert_eq!(lasts(&local_endpoints(&all, "me")), [2]);
+        assert_eq!(lasts(&local_endpoints(&all, NodeRef::this_node("me"))), [2]);
         let all = [
             ep(1, "remote", true, true, false),
             ep(2, "me", true, true, false),
             ep(3, "me", false, true, true),
         ];
-        assert_eq!(lasts(&local_endpoints(&all, "me")), [2]);
-        assert_eq!(lasts(&local_endpoints(&all, "other")), Vec::<u8>::new());
+        assert_eq!(lasts(&local_endpoints(&all, NodeRef::this_node("me"))), [2]);
+        assert_eq!(
+            lasts(&local_endpoints(&all, NodeRef::this_node("other"))),
+            Vec::<u8>::new()
+        );
         // No node name configured: nothing is local.
-        assert_eq!(lasts(&local_endpoints(&all, "")), Vec::<u8>::new());
+        assert_eq!(
+            lasts(&local_endpoints(&all, NodeRef::this_node(""))),
+            Vec::<u8>::new()
+        );
     }
 }

@@ -42,6 +42,7 @@ use crate::{
     object::ObjectKey,
     problem::{Problem, ProblemReason},
     service::ServiceFacts,
+    slice::NodeRef,
     topology::{cluster_endpoints, is_usable, local_endpoints},
 };
 
@@ -257,9 +258,10 @@ impl Compiler<'_> {
 
         let name = format!("{}/{}", key.namespace, key.name);
         let families: BTreeSet<Family> = valid.cluster_ips.iter().map(|ip| Family::of(*ip)).collect();
+        let node = NodeRef::this_node(&self.node.node_name);
         for port in &valid.ports {
             for &family in &families {
-                let endpoints = source.endpoints(&port.spec(), family, &self.node.node_name);
+                let endpoints = source.endpoints(&port.spec(), family, node);
                 let mut scope = PortScope {
                     service: &name,
                     port_name: &port.name,
@@ -272,7 +274,7 @@ impl Compiler<'_> {
                 };
                 self.backends(origin, key, port, &mut scope);
                 let cluster = cluster_endpoints(&endpoints);
-                let local = local_endpoints(&endpoints, &self.node.node_name);
+                let local = local_endpoints(&endpoints, node);
                 for mut frontend in frontends(valid, port, family, self.node) {
                     let (slots, local_policy) = match (frontend.kind, frontend.scope) {
                         (FrontendKind::ClusterIP, _) if valid.internal_local => (&local, true),
@@ -517,7 +519,7 @@ fn backend_view(id: u32, endpoint: &Endpoint, slot: Option<u16>) -> BackendView 
     BackendView {
         id,
         address: SocketAddr::new(endpoint.addr, endpoint.port),
-        node_name: endpoint.node_name.clone(),
+        node_name: endpoint.node_name.map(NodeRef::name),
         state: if endpoint.ready {
             BackendState::Active
         } else {
