@@ -323,6 +323,7 @@ impl SyncLoop {
         if report.complete() {
             self.status.services_synced();
             if full {
+                self.source.pack();
                 crate::memory::release_free();
             }
         }

@@ -67,6 +67,23 @@ struct Sample {
     emptied: u64,
 }
 
+/// The agent's `VmRSS` once it has not moved (by more than 256 KiB) for 6 s,
+/// at most 60 s on: what it holds for as long as the cluster stays as it is,
+/// after its threads handed back what they cache (every 5 s) and its
+/// allocator what it no longer uses (after 1 s).
+fn settled(agent: &Agent) -> u64 {
+    let settle = Instant::now() + Duration::from_secs(60);
+    let mut last = (agent.rss_kib().0, Instant::now());
+    while Instant::now() < settle && last.1.elapsed() < Duration::from_secs(6) {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = agent.rss_kib().0;
+        if now.abs_diff(last.0) > 256 {
+            last = (now, Instant::now());
+        }
+    }
+    last.0
+}
+
 /// Starts an agent for `variant`, waits until it is ready and settled, and
 /// measures it.
 fn measure(variant: Variant, services: usize, pods: usize) -> Sample {
@@ -103,8 +120,8 @@ fn measure(variant: Variant, services: usize, pods: usize) -> Sample {
         std::thread::sleep(Duration::from_millis(100));
     }
     let ready = started.elapsed();
-    std::thread::sleep(Duration::from_secs(2));
-    let (rss, hwm) = agent.rss_kib();
+    let rss = settled(&agent);
+    let hwm = agent.rss_kib().1;
     let (anon, file) = agent.rss_parts_kib();
     // The allocator's own figures: live heap, free chunks kept between live
     // ones (fragmentation), large blocks mapped.
@@ -142,17 +159,8 @@ fn measure(variant: Variant, services: usize, pods: usize) -> Sample {
         }
         // The agent gives memory back once its sync loop has been idle for
         // 5 s after the last deletion reached it (the API source's arrive
-        // one by one): the RSS once it has not moved for 6 s (at most 60 s).
-        let settle = Instant::now() + Duration::from_secs(60);
-        let mut last = (agent.rss_kib().0, Instant::now());
-        while Instant::now() < settle && last.1.elapsed() < Duration::from_secs(6) {
-            std::thread::sleep(Duration::from_millis(500));
-            let now = agent.rss_kib().0;
-            if now.abs_diff(last.0) > 256 {
-                last = (now, Instant::now());
-            }
-        }
-        emptied = last.0;
+        // one by one).
+        emptied = settled(&agent);
     }
     Sample {
         rss,

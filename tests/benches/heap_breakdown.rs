@@ -212,6 +212,9 @@ fn main() {
         }
         stage(name, &mut rows);
     }
+    // Packed, as the agent packs it once its first sync is done.
+    model.pack();
+    stage("model: packed (full B-tree leaves)", &mut rows);
 
     // 2. The services compiler.
     let mut syncer = ServiceSyncer::new(&Discard).expect("read");

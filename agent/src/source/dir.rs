@@ -128,7 +128,8 @@ impl Workers {
                     loop {
                         let job = job_rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
                         let Ok(job) = job else { return };
-                        let outcome = read_file(&job.path, &job.stamp.name);
+                        let outcome =
+                            crate::memory::with_thread_cache(|| read_file(&job.path, &job.stamp.name));
                         if done_tx
                             .send(Done {
                                 stamp: job.stamp,
@@ -466,6 +467,10 @@ impl Source for DirSource {
 
     fn model(&self) -> &Model {
         &self.model
+    }
+
+    fn pack(&mut self) {
+        self.model.pack();
     }
 
     fn describe(&self) -> String {

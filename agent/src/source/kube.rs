@@ -374,6 +374,10 @@ impl Source for KubeSource {
         &self.model
     }
 
+    fn pack(&mut self) {
+        self.model.pack();
+    }
+
     fn describe(&self) -> String {
         self.describe.clone()
     }

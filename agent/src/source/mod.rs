@@ -38,6 +38,9 @@ pub trait Source: Send {
     /// The cluster state as of the last `next`.
     fn model(&self) -> &Model;
 
+    /// Packs the model ([`Model::pack`]) once a large change settled.
+    fn pack(&mut self);
+
     /// What to call this source in logs.
     fn describe(&self) -> String;
 
