@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 /// smaller. No thread cache (`tcache:false`): objects a thread frees go back
 /// to their page runs at once, where the next allocation of their size takes
 /// the lowest free one, instead of to a cache that hands the latest freed
-/// back first, from whichever run: at 10,000 Services, 3 MiB less resident
+/// back first, from whichever run: at 10,000 Services, 4 MiB less resident
 /// beside the same heap (30,000: 3-12 MiB less), for a first sync 3% slower
 /// from the API (docs/benchmarks.md). The manifest parsers keep theirs
 /// ([`with_thread_cache`]). `_RJEM_MALLOC_CONF` (jemalloc's `MALLOC_CONF`
