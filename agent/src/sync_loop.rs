@@ -105,6 +105,9 @@ impl SyncLoop {
         // hold anything an earlier agent left. None happens before the kinds
         // it reads are listed whole: until then the maps keep what they hold.
         let mut services = Compiled::Never;
+        // Whether the model was packed (`Model::pack`) since every kind was
+        // first listed whole.
+        let mut packed = false;
         loop {
             self.status.heartbeat();
             let timeout = if pending.is_some() || !self.policy.in_sync() || !self.node.settled() {
@@ -167,7 +170,19 @@ impl SyncLoop {
                     }
                 }
                 Ok(None) => {
-                    // The cluster is quiet: if it shrank, its memory goes back.
+                    // The cluster is quiet. Listed whole for the first time and
+                    // compiled, the model stays much as it is now: packed,
+                    // once. Else, if it shrank, its memory goes back.
+                    if !packed
+                        && services == Compiled::Current
+                        && crate::source::kube::WATCHED
+                            .iter()
+                            .all(|w| self.source.listed(w.kind))
+                    {
+                        self.source.pack();
+                        crate::memory::release_free();
+                        packed = true;
+                    }
                     crate::memory::release_if_shrunk();
                     // Retries what the last sync of the routes left undone.
                     self.update_routes(&Default::default());
@@ -323,7 +338,6 @@ impl SyncLoop {
         if report.complete() {
             self.status.services_synced();
             if full {
-                self.source.pack();
                 crate::memory::release_free();
             }
         }

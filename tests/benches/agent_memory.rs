@@ -69,8 +69,8 @@ struct Sample {
 
 /// The agent's `VmRSS` once it has not moved (by more than 256 KiB) for 6 s,
 /// at most 60 s on: what it holds for as long as the cluster stays as it is,
-/// after its threads handed back what they cache (every 5 s) and its
-/// allocator what it no longer uses (after 1 s).
+/// once its sync loop has been idle for 5 s (it packs its model then) and
+/// its allocator gave back what it no longer uses (after 1 s).
 fn settled(agent: &Agent) -> u64 {
     let settle = Instant::now() + Duration::from_secs(60);
     let mut last = (agent.rss_kib().0, Instant::now());

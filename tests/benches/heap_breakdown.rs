@@ -212,7 +212,8 @@ fn main() {
         }
         stage(name, &mut rows);
     }
-    // Packed, as the agent packs it once its first sync is done.
+    // Packed, as the agent packs it once every kind is listed and the
+    // changes settle.
     model.pack();
     stage("model: packed (full B-tree leaves)", &mut rows);
 

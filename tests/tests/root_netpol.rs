@@ -885,7 +885,9 @@ fn a_flood_of_new_flows_does_not_break_other_pods_flows(kind: SourceKind) {
     // A datagram may be lost on a loaded machine (a CPU's backlog overflows
     // while another test floods), so the push is tried a few times: an evicted
     // flow would have every try denied by the server's egress policy, and is
-    // counted as such.
+    // counted as such. (A keepalive re-admits an evicted flow: the check sees
+    // an eviction after the last one, which is every eviction where the
+    // flood takes under the keepalive's 5 s, as here on an idle machine.)
     udp_client
         .set_read_timeout(Some(Duration::from_secs(1)))
         .expect("timeout");

@@ -38,7 +38,8 @@ pub trait Source: Send {
     /// The cluster state as of the last `next`.
     fn model(&self) -> &Model;
 
-    /// Packs the model ([`Model::pack`]) once a large change settled.
+    /// Packs the model ([`Model::pack`]): once every kind was listed whole
+    /// and the changes settled.
     fn pack(&mut self);
 
     /// What to call this source in logs.

@@ -22,6 +22,7 @@ use crate::{
     model::{Model, slice_service},
     object::{Kind, Object, ObjectKey},
     problem::Problem,
+    slice::NodeRef,
 };
 
 /// Keys of the service maps that may differ from before.
@@ -473,10 +474,11 @@ impl ServiceCompiler {
 /// on this node, counted once whatever the ports.
 fn health_check(key: &ObjectKey, frontends: &[FrontendView], node: &str) -> Option<(u16, HealthCheck)> {
     let port = frontends.iter().find_map(|f| f.health_check_node_port)?;
+    let here = NodeRef::this_node(node);
     let local: BTreeSet<_> = frontends
         .iter()
         .flat_map(|f| &f.backends)
-        .filter(|b| b.state == BackendState::Active && b.node_name.as_deref() == Some(node))
+        .filter(|b| b.state == BackendState::Active && here.is_some() && b.node_name == here)
         .map(|b| b.address.ip())
         .collect();
     let check = HealthCheck {

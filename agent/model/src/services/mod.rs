@@ -519,7 +519,7 @@ fn backend_view(id: u32, endpoint: &Endpoint, slot: Option<u16>) -> BackendView 
     BackendView {
         id,
         address: SocketAddr::new(endpoint.addr, endpoint.port),
-        node_name: endpoint.node_name.map(NodeRef::name),
+        node_name: endpoint.node_name,
         state: if endpoint.ready {
             BackendState::Active
         } else {

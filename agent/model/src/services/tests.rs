@@ -597,7 +597,7 @@ fn selector_service_derives_endpoints_from_pods() {
     );
     assert_eq!(d.frontends[0].endpoint_source, EndpointSourceKind::Pods);
     let view = &d.frontends[0];
-    assert_eq!(view.backends[0].node_name.as_deref(), Some("node-a"));
+    assert_eq!(view.backends[0].node_name, NodeRef::this_node("node-a"));
 }
 
 #[test]

@@ -1,11 +1,11 @@
 //! The compiled services in human terms, for `weirctl services` and for tests:
 //! which Service and port each frontend implements and where it sends traffic.
 
-use std::{fmt, net::SocketAddr, sync::Arc};
+use std::{fmt, net::SocketAddr};
 
 use serde::Serialize;
 
-use crate::{endpoints::EndpointSourceKind, net::Protocol};
+use crate::{endpoints::EndpointSourceKind, net::Protocol, slice::NodeRef};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub enum FrontendKind {
@@ -59,7 +59,7 @@ pub struct FrontendView {
 pub struct BackendView {
     pub id: u32,
     pub address: SocketAddr,
-    pub node_name: Option<Arc<str>>,
+    pub node_name: Option<NodeRef>,
     pub state: BackendState,
     /// The slot (1-based) that new connections may pick, if any.
     pub slot: Option<u16>,
