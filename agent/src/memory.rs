@@ -30,8 +30,8 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 /// the lowest free one, instead of to a cache that hands the latest freed
 /// back first, from whichever run: at 10,000 Services, 4 MiB less resident
 /// (3 MiB less free beside the same heap; 30,000: 3-12 MiB less), for a
-/// first sync 3% slower
-/// from the API (docs/benchmarks.md). The manifest parsers keep theirs
+/// first sync 3% slower from the API (docs/benchmarks.md). The manifest
+/// parsers keep theirs
 /// ([`with_thread_cache`]). `_RJEM_MALLOC_CONF` (jemalloc's `MALLOC_CONF`
 /// under the prefix it is built with) overrides them.
 #[unsafe(export_name = "_rjem_malloc_conf")]
@@ -55,31 +55,16 @@ pub fn with_thread_cache<T>(f: impl FnOnce() -> T) -> T {
     f()
 }
 
-/// Writes `thread.tcache.enabled`; returns what it was, `None` if it could
-/// not be switched.
-fn set_thread_cache(mut enabled: bool) -> Option<bool> {
-    let mut was = false;
-    let mut len = std::mem::size_of::<bool>();
-    // SAFETY: a NUL-terminated name; a `bool` out (with its size) and in, as
-    // the mallctl takes.
-    let failed = unsafe {
-        tikv_jemalloc_sys::mallctl(
-            c"thread.tcache.enabled".as_ptr(),
-            (&raw mut was).cast(),
-            &raw mut len,
-            (&raw mut enabled).cast(),
-            std::mem::size_of::<bool>(),
-        )
-    };
-    if failed != 0 {
-        tracing::warn!(
-            error = failed,
-            enabled,
-            "jemalloc: switching a thread's cache failed"
-        );
-        return None;
-    }
-    Some(was)
+/// jemalloc's switch of the calling thread's cache, a `bool`.
+const THREAD_CACHE: &[u8] = b"thread.tcache.enabled\0";
+
+/// Switches the calling thread's cache; returns what it was, `None` if it
+/// could not be switched.
+fn set_thread_cache(enabled: bool) -> Option<bool> {
+    // SAFETY: a NUL-terminated name whose value is a `bool`.
+    unsafe { tikv_jemalloc_ctl::raw::update(THREAD_CACHE, enabled) }
+        .inspect_err(|e| tracing::warn!(error = %e, enabled, "jemalloc: switching a thread's cache failed"))
+        .ok()
 }
 
 /// What `weir-agent` allocates with (its binary names it the global
@@ -162,22 +147,9 @@ pub fn heap() -> Option<Heap> {
 mod tests {
     use super::*;
 
-    /// `thread.tcache.enabled`, read.
     fn thread_cache() -> bool {
-        let mut enabled = false;
-        let mut len = std::mem::size_of::<bool>();
-        // SAFETY: a NUL-terminated name and a `bool` out with its size.
-        let failed = unsafe {
-            tikv_jemalloc_sys::mallctl(
-                c"thread.tcache.enabled".as_ptr(),
-                (&raw mut enabled).cast(),
-                &raw mut len,
-                std::ptr::null_mut(),
-                0,
-            )
-        };
-        assert_eq!(failed, 0, "reading thread.tcache.enabled");
-        enabled
+        // SAFETY: as in `set_thread_cache`.
+        unsafe { tikv_jemalloc_ctl::raw::read(THREAD_CACHE) }.expect("reading thread.tcache.enabled")
     }
 
     #[test]

@@ -175,9 +175,7 @@ impl SyncLoop {
                     // once. Else, if it shrank, its memory goes back.
                     if !packed
                         && services == Compiled::Current
-                        && crate::source::kube::WATCHED
-                            .iter()
-                            .all(|w| self.source.listed(w.kind))
+                        && self.listed(&crate::source::kube::WATCHED.map(|w| w.kind))
                     {
                         self.source.pack();
                         crate::memory::release_free();
