@@ -365,13 +365,16 @@ impl SyncLoop {
                 }
                 Err(e) => note(Err(e)),
             },
-            (Changed::Keys(touched), Naming::Name) => {
-                for head in touched.services.iter().filter(|k| k.slot == 0) {
-                    if let Some((id, name)) = self.compiler.frontend_named(head) {
-                        note(dp.names.set_frontend(id, Some(name)));
-                    }
-                }
-            }
+            // In batches: a cluster's first Services come as one change.
+            (Changed::Keys(touched), Naming::Name) => note(
+                dp.names.set_frontends(
+                    touched
+                        .services
+                        .iter()
+                        .filter(|k| k.slot == 0)
+                        .filter_map(|head| self.compiler.frontend_named(head)),
+                ),
+            ),
             (Changed::Keys(touched), Naming::Forget) => {
                 for id in touched
                     .revnat

@@ -34,7 +34,7 @@ pub use crate::{
     model::Model,
     net::{Family, Protocol},
     object::{Kind, Object, ObjectKey},
-    parse::{Parsed, parse_documents, parse_documents_detailed},
+    parse::{Parsed, PartRunner, parse_documents, parse_documents_detailed, parse_documents_on},
     problem::{Problem, ProblemReason, bounded},
     services::{DesiredServices, LbAlgorithm, NodeContext, compile_services},
 };

@@ -42,6 +42,17 @@ pub fn parse_documents(text: &str, origin: &str) -> (Vec<Object>, Vec<Problem>) 
 /// A large file's documents are parsed and decoded on several threads (each
 /// with [`PARSE_STACK`]), their results kept in file order.
 pub fn parse_documents_detailed(text: &str, origin: &str) -> Parsed {
+    parse_documents_on(text, origin, |part| part())
+}
+
+/// How a thread parsing part of a large file runs its part: `part()`, inside
+/// whatever the caller sets up for such work (the agent switches its
+/// allocator's thread cache on around it).
+pub type PartRunner = fn(part: &mut dyn FnMut());
+
+/// [`parse_documents_detailed`], each of a large file's parsing threads
+/// running its part through `runner`.
+pub fn parse_documents_on(text: &str, origin: &str, runner: PartRunner) -> Parsed {
     let docs = split_documents(text);
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(4);
     if text.len() < PARALLEL_ABOVE || docs.len() < 2 || threads < 2 {
@@ -59,7 +70,15 @@ pub fn parse_documents_detailed(text: &str, origin: &str) -> Parsed {
             .map(|chunk| {
                 std::thread::Builder::new()
                     .stack_size(PARSE_STACK)
-                    .spawn_scoped(scope, move || parse_all(chunk, origin))
+                    .spawn_scoped(scope, move || {
+                        let (mut chunk, mut parsed) = (Some(chunk), Parsed::default());
+                        runner(&mut || {
+                            if let Some(chunk) = chunk.take() {
+                                parsed = parse_all(chunk, origin);
+                            }
+                        });
+                        parsed
+                    })
             })
             .collect();
         let mut parsed = Parsed::default();
@@ -374,6 +393,8 @@ fn describe(value: &Value, kind: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
     use super::*;
     use crate::object::Kind;
 
@@ -641,7 +662,17 @@ subsets:
             text += "---\n";
         }
         assert!(text.len() > PARALLEL_ABOVE);
-        let parsed = parse_documents_detailed(&text, "big.yaml");
+        // Each part runs through the caller's runner, on a thread of its own
+        // (on a machine of more than one CPU).
+        static PARTS: Mutex<Vec<std::thread::ThreadId>> = Mutex::new(Vec::new());
+        let parsed = parse_documents_on(&text, "big.yaml", |part| {
+            PARTS.lock().expect("parts").push(std::thread::current().id());
+            part();
+        });
+        let parts = PARTS.lock().expect("parts").clone();
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(4);
+        assert_eq!(parts.len(), if threads > 1 { threads } else { 0 }, "{parts:?}");
+        assert!(!parts.contains(&std::thread::current().id()));
         let names: Vec<String> = parsed.objects.iter().map(|o| o.key().name).collect();
         let want: Vec<String> = (0..3000)
             .filter(|i| *i != 1500)

@@ -38,7 +38,7 @@ use nix::{
     sys::inotify::{AddWatchFlags, InitFlags, Inotify},
 };
 use tracing::warn;
-use weir_model::{Model, Object, ObjectKey, Problem, ProblemReason, parse::PARSE_STACK, parse_documents};
+use weir_model::{Model, Object, ObjectKey, Problem, ProblemReason, parse::PARSE_STACK, parse_documents_on};
 
 use super::{Changes, Source, SourceError};
 
@@ -179,7 +179,9 @@ fn read_file(path: &Path, name: &str) -> Result<(BTreeMap<ObjectKey, Object>, Ve
             ));
         }
     };
-    let (objects, problems) = parse_documents(&text, name);
+    // A large file's parsing threads keep a thread cache too.
+    let parsed = parse_documents_on(&text, name, |part| crate::memory::with_thread_cache(part));
+    let (objects, problems) = (parsed.objects, parsed.problems);
     // Only what the model reads is kept (a Pod's env, a Node's images go).
     Ok((
         objects.into_iter().map(|o| (o.key(), o.trimmed())).collect(),

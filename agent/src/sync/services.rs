@@ -31,12 +31,14 @@
 //! A sync looks at every entry ([`Changed::All`], the first after a start: the
 //! maps are read whole) or only at the keys a compile touched ([`Changed::Keys`]):
 //! with 10,000 Services, a change of one EndpointSlice then costs what it
-//! touches, not a walk of the maps. The syncer keeps no copy of the maps: a
-//! sync reads from the kernel the keys it looks at (the candidates, and what
-//! the ordering rules ask of others: a frontend's slots, its twin, a table's
-//! backends). What the rules need to know of everything else (which slots or
-//! tables name a backend, which entries use a reverse-NAT id) is kept in
-//! reference counts updated with each write.
+//! touches, not a walk of the maps. (A change that touches more than twice
+//! the entries the maps hold, such as a cluster's first Services, reads them
+//! whole instead: two system calls per entry held rather than one per key.)
+//! The syncer keeps no copy of the maps: a sync reads from the kernel the keys
+//! it looks at (the candidates, and what the ordering rules ask of others: a
+//! frontend's slots, its twin, a table's backends). What the rules need to know
+//! of everything else (which slots or tables name a backend, which entries use
+//! a reverse-NAT id) is kept in reference counts updated with each write.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -70,6 +72,9 @@ pub struct ServiceSyncer {
     /// has diffed against it (the compiler's ids come from it too).
     read_back: Option<DesiredServices>,
     refs: Refs,
+    /// Entries the maps hold, when known: after a sync that completed (what
+    /// it desired), or as read back. Unknown after an incomplete one.
+    held: Option<usize>,
     /// Failed writes since the agent started.
     pub failures_total: u64,
 }
@@ -165,6 +170,7 @@ impl ServiceSyncer {
         let read_back = maps.read()?;
         Ok(Self {
             refs: Refs::of(&read_back),
+            held: Some(read_back.entries()),
             read_back: Some(read_back),
             failures_total: 0,
         })
@@ -199,7 +205,8 @@ impl ServiceSyncer {
     }
 
     /// Writes the difference between the maps and `desired` (among the keys
-    /// `changed` names: [`Changed::All`] reads the maps whole).
+    /// `changed` names: [`Changed::All`] reads the maps whole, and so does a
+    /// change of more than twice the entries they hold).
     pub fn apply(
         &mut self,
         maps: &mut dyn ServiceMaps,
@@ -208,8 +215,15 @@ impl ServiceSyncer {
     ) -> ServiceReport {
         let start = Instant::now();
         let mut report = ServiceReport::default();
-        let current = match changed {
-            Changed::All => match self.read_back.take().map_or_else(|| maps.read(), Ok) {
+        // A change larger than the maps (the first Services of a cluster, a
+        // relisted source) reads them whole: a read of each key would be a
+        // system call per key, a walk two per entry held.
+        let whole = match changed {
+            Changed::All => true,
+            Changed::Keys(touched) => self.held.is_some_and(|held| 2 * held < touched.len()),
+        };
+        let current = if whole {
+            match self.read_back.take().map_or_else(|| maps.read(), Ok) {
                 Ok(held) => {
                     self.refs = Refs::of(&held);
                     Current {
@@ -224,8 +238,9 @@ impl ServiceSyncer {
                     report.duration = start.elapsed();
                     return report;
                 }
-            },
-            Changed::Keys(_) => Current::default(),
+            }
+        } else {
+            Current::default()
         };
         let keys = Candidates::of(changed, &current, desired);
         let mut run = Run {
@@ -253,6 +268,7 @@ impl ServiceSyncer {
         run.delete_unreferenced(desired, &keys);
         let mut report = run.report;
         report.tally.finish();
+        self.held = report.complete().then(|| desired.entries());
         self.failures_total += report.tally.failed as u64;
         report.duration = start.elapsed();
         report

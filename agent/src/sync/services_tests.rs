@@ -576,16 +576,30 @@ fn incremental_syncs_keep_every_instant_consistent_and_converge() {
         let mut agent = Agent::new(&maps);
         let mut model = Model::new();
         agent.compiler.compile_all(&model);
+        // The start reads the maps whole (the first sync, a full one, diffs
+        // against that); then a sync does where its change touches more than
+        // twice the entries a complete sync left.
+        while !agent
+            .syncer
+            .apply(&mut maps, agent.compiler.desired(), &Changed::All)
+            .complete()
+        {}
+        let mut whole_reads = maps.reads.get();
+        let mut held = Some(maps.maps.entries());
         for yaml in &steps {
             let changed_objects = edit(&mut model, yaml);
             let (changed, _) = agent.compiler.update(&model, &changed_objects);
-            assert_ne!(changed, Changed::All, "these edits need no full compile");
+            let Changed::Keys(touched) = &changed else {
+                panic!("these edits need no full compile");
+            };
             let mut tries = 0;
-            while !agent
-                .syncer
-                .apply(&mut maps, agent.compiler.desired(), &changed)
-                .complete()
-            {
+            loop {
+                whole_reads += usize::from(held.is_some_and(|h| 2 * h < touched.len()));
+                let report = agent.syncer.apply(&mut maps, agent.compiler.desired(), &changed);
+                held = report.complete().then(|| maps.maps.entries());
+                if report.complete() {
+                    break;
+                }
                 tries += 1;
                 assert!(tries < 50, "never converged");
             }
@@ -604,8 +618,54 @@ fn incremental_syncs_keep_every_instant_consistent_and_converge() {
         );
         assert_eq!(
             maps.reads.get(),
-            1,
-            "only the start reads the maps whole; a sync reads the keys it looks at"
+            whole_reads,
+            "fail_every {fail_every:?}: a sync reads the maps whole only for a change larger than them"
+        );
+        assert!(
+            whole_reads > 1 && whole_reads < 1 + steps.len(),
+            "both kinds of sync ran"
         );
     }
+}
+
+#[test]
+fn a_change_larger_than_the_maps_reads_them_whole_and_a_small_one_key_by_key() {
+    let mut maps = FakeMaps::default();
+    let mut agent = Agent::new(&maps);
+    let mut model = Model::new();
+    agent.compiler.compile_all(&model);
+    // The first sync, as the agent's: full, against the maps read at the start.
+    assert!(
+        agent
+            .syncer
+            .apply(&mut maps, agent.compiler.desired(), &Changed::All)
+            .complete()
+    );
+    let many: String = (0..50)
+        .map(|i| service(&format!("s{i}"), &format!("10.96.1.{i}"), &[(80, "TCP")], &[1, 2]))
+        .collect();
+    let mut sync = |model: &mut Model, yaml: &str| {
+        let changed_objects = edit(model, yaml);
+        let (changed, _) = agent.compiler.update(model, &changed_objects);
+        let before = maps.reads.get();
+        assert!(
+            agent
+                .syncer
+                .apply(&mut maps, agent.compiler.desired(), &changed)
+                .complete()
+        );
+        assert!(same_contents(&maps.maps, agent.compiler.desired()));
+        maps.reads.get() - before
+    };
+    assert_eq!(
+        sync(&mut model, &many),
+        1,
+        "50 Services into empty maps: one whole read"
+    );
+    let one_more = format!("{many}{}", service("t", "10.96.2.1", &[(80, "TCP")], &[3]));
+    assert_eq!(
+        sync(&mut model, &one_more),
+        0,
+        "one Service more: its keys read one by one"
+    );
 }

@@ -35,6 +35,15 @@ pub struct Touched {
 }
 
 impl Touched {
+    /// Keys of the four maps together.
+    pub fn len(&self) -> usize {
+        self.services.len() + self.backends.len() + self.revnat.len() + self.maglev.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// The keys whose entries differ between `a` and `b`.
     pub fn between(a: &DesiredServices, b: &DesiredServices) -> Self {
         Self {
