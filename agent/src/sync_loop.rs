@@ -386,7 +386,7 @@ impl SyncLoop {
             }
         }
         if let Some(e) = failed {
-            warn!(error = %e, "writing frontend names (weirctl's SERVICE column); retried at the next full sync");
+            warn!(error = %e, "writing frontend names (weirctl's SERVICE column): a name not written stays missing or stale until its frontend changes or the agent restarts");
         }
     }
 

@@ -20,14 +20,7 @@ use weir_lab::{
 
 /// Packets counted in `direction` under `reason` (its text in `weirctl metrics`).
 fn counted(agent: &Agent, direction: &str, reason: &str) -> u64 {
-    agent
-        .weirctl(&["metrics"])
-        .as_array()
-        .expect("metrics rows")
-        .iter()
-        .filter(|r| r["direction"] == direction && r["reason"] == reason)
-        .map(|r| r["packets"].as_u64().expect("packets"))
-        .sum()
+    weir_lab::agent::counted(&agent.weirctl(&["metrics"]), direction, reason)
 }
 
 const PEER: &str = "delivered into the pod by redirect_peer (host veth skipped)";

@@ -76,11 +76,14 @@ impl Names {
     }
 
     /// Names every frontend of `names` (rev-NAT id, Service), in batches:
-    /// a full sync names every frontend of the cluster.
+    /// a full sync names every frontend of the cluster. A name that cannot
+    /// be written is passed over, the others still written; the first
+    /// failure is returned.
     pub fn set_frontends<'a>(&mut self, names: impl Iterator<Item = (u32, &'a str)>) -> Result<(), MapError> {
         const BATCH: usize = 4096;
         let (mut keys, mut values) = (Vec::with_capacity(BATCH), Vec::with_capacity(BATCH));
         let mut names = names.peekable();
+        let mut failed = None;
         while names.peek().is_some() {
             keys.clear();
             values.clear();
@@ -88,9 +91,13 @@ impl Names {
                 keys.push(frontend_key(id));
                 values.push(Name::new(name));
             }
-            super::batch::update(self.map.map(), &keys, &values).map_err(|(_, e)| e)?;
+            let mut at = 0;
+            while let Err((written, e)) = super::batch::update(self.map.map(), &keys[at..], &values[at..]) {
+                failed.get_or_insert(e);
+                at = (at + written + 1).min(keys.len());
+            }
         }
-        Ok(())
+        failed.map_or(Ok(()), Err)
     }
 
     /// Says where the agent's event stream is served.

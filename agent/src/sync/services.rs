@@ -31,9 +31,9 @@
 //! A sync looks at every entry ([`Changed::All`], the first after a start: the
 //! maps are read whole) or only at the keys a compile touched ([`Changed::Keys`]):
 //! with 10,000 Services, a change of one EndpointSlice then costs what it
-//! touches, not a walk of the maps. (A change that touches more than twice
-//! the entries the maps hold, such as a cluster's first Services, reads them
-//! whole instead: two system calls per entry held rather than one per key.)
+//! touches, not a walk of the maps. (A change that touches more keys than
+//! small maps hold, such as a cluster's first Services, reads them whole
+//! instead: two system calls per entry held rather than one per key.)
 //! The syncer keeps no copy of the maps: a sync reads from the kernel the keys
 //! it looks at (the candidates, and what the ordering rules ask of others: a
 //! frontend's slots, its twin, a table's backends). What the rules need to know
@@ -72,9 +72,11 @@ pub struct ServiceSyncer {
     /// has diffed against it (the compiler's ids come from it too).
     read_back: Option<DesiredServices>,
     refs: Refs,
-    /// Entries the maps hold, when known: after a sync that completed (what
-    /// it desired), or as read back. Unknown after an incomplete one.
-    held: Option<usize>,
+    /// What reading the maps whole would cost ([`whole_read_cost`]), when
+    /// known: as read back, after a sync that completed (what it desired),
+    /// or after one that read them whole (what it left). Unknown after an
+    /// incomplete sync of single-key reads.
+    whole_cost: Option<usize>,
     /// Failed writes since the agent started.
     pub failures_total: u64,
 }
@@ -170,7 +172,7 @@ impl ServiceSyncer {
         let read_back = maps.read()?;
         Ok(Self {
             refs: Refs::of(&read_back),
-            held: Some(read_back.entries()),
+            whole_cost: Some(whole_read_cost(&read_back)),
             read_back: Some(read_back),
             failures_total: 0,
         })
@@ -206,7 +208,8 @@ impl ServiceSyncer {
 
     /// Writes the difference between the maps and `desired` (among the keys
     /// `changed` names: [`Changed::All`] reads the maps whole, and so does a
-    /// change of more than twice the entries they hold).
+    /// change of more keys than reading them whole costs, up to
+    /// [`WHOLE_READ_MAX`]).
     pub fn apply(
         &mut self,
         maps: &mut dyn ServiceMaps,
@@ -215,15 +218,19 @@ impl ServiceSyncer {
     ) -> ServiceReport {
         let start = Instant::now();
         let mut report = ServiceReport::default();
-        // A change larger than the maps (the first Services of a cluster, a
-        // relisted source) reads them whole: a read of each key would be a
-        // system call per key, a walk two per entry held.
+        // What the maps held at the start is what they hold only until the
+        // first sync writes.
+        let read_back = self.read_back.take();
+        // A change larger than the maps (a cluster's first Services) reads
+        // them whole: a system call per key it touches would cost more.
         let whole = match changed {
             Changed::All => true,
-            Changed::Keys(touched) => self.held.is_some_and(|held| 2 * held < touched.len()),
+            Changed::Keys(touched) => self
+                .whole_cost
+                .is_some_and(|cost| cost < touched.len() && cost <= WHOLE_READ_MAX),
         };
         let current = if whole {
-            match self.read_back.take().map_or_else(|| maps.read(), Ok) {
+            match read_back.map_or_else(|| maps.read(), Ok) {
                 Ok(held) => {
                     self.refs = Refs::of(&held);
                     Current {
@@ -266,14 +273,32 @@ impl ServiceSyncer {
         run.delete_maglev(desired, &tables, &keys);
         run.delete_slots(desired, &keys.services);
         run.delete_unreferenced(desired, &keys);
+        // A sync that read the maps whole knows what it left in them, even
+        // if some writes failed (their retry may read whole again).
+        self.whole_cost = if run.current.whole {
+            Some(whole_read_cost(&run.current.held))
+        } else {
+            run.report.complete().then(|| whole_read_cost(desired))
+        };
         let mut report = run.report;
         report.tally.finish();
-        self.held = report.complete().then(|| desired.entries());
         self.failures_total += report.tally.failed as u64;
         report.duration = start.elapsed();
         report
     }
 }
+
+/// What reading `maps` whole costs, in single-key reads: two system calls per
+/// entry (the next key, its value), and a Maglev table's 64 KiB copied.
+fn whole_read_cost(maps: &DesiredServices) -> usize {
+    /// A Maglev table's copy, in single-key reads of small entries.
+    const TABLE: usize = 32;
+    2 * (maps.services.len() + maps.backends.len() + maps.revnat.len()) + TABLE * maps.maglev.len()
+}
+
+/// The largest whole read of an incremental sync: the read holds the
+/// datapath's lock throughout (a pod's registration waits), about 0.1 s here.
+const WHOLE_READ_MAX: usize = 1 << 17;
 
 /// The keys a sync looks at, per map, in key order (the order of the writes).
 struct Candidates {

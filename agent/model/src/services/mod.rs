@@ -100,11 +100,6 @@ pub struct DesiredServices {
 }
 
 impl DesiredServices {
-    /// Entries of the four maps together.
-    pub fn entries(&self) -> usize {
-        self.services.len() + self.backends.len() + self.revnat.len() + self.maglev.len()
-    }
-
     /// The backends in the slots of a frontend (any slot of `key` names it), in slot
     /// order; `None` if there is no such frontend.
     pub fn slot_backends(&self, key: &ServiceKey) -> Option<Vec<(u32, Backend)>> {
