@@ -439,6 +439,7 @@ fn log_report(desired: &DesiredServices, report: &ServiceReport, flushed: usize,
             deletes = report.tally.deletes,
             skipped = report.skipped,
             ct_flushed = flushed,
+            background_writes = report.background_writes,
             sync_ms = format!("{ms:.2}"),
             "services synced"
         );

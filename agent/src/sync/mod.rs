@@ -19,6 +19,7 @@ mod policy;
 mod policy_maps;
 mod service_maps;
 mod services;
+mod writer;
 
 use std::{
     collections::BTreeMap,
@@ -60,6 +61,12 @@ pub trait Maps<O: MapOp> {
     fn apply_many(&mut self, ops: &[O]) -> Vec<Result<(), MapError>> {
         ops.iter().map(|op| self.apply(op)).collect()
     }
+    /// Another handle on the same maps, for a thread that makes a large
+    /// step's writes while the syncer goes on deciding ([`writer`]); `None`:
+    /// every write is made by the syncer's own thread.
+    fn background(&self) -> Option<Box<dyn Maps<O> + Send>> {
+        None
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +96,12 @@ impl Tally {
     /// [`Tally::write`] of every op of `ops`, in order: whether each took.
     pub fn write_many<O: MapOp>(&mut self, maps: &mut (impl Maps<O> + ?Sized), ops: &[O]) -> Vec<bool> {
         let results = maps.apply_many(ops);
+        self.record_many(ops, results)
+    }
+
+    /// Counts (and logs) the results of writes made elsewhere: whether each took.
+    pub fn record_many<O: MapOp>(&mut self, ops: &[O], results: Vec<Result<(), MapError>>) -> Vec<bool> {
+        debug_assert_eq!(ops.len(), results.len(), "a result for each write");
         ops.iter()
             .zip(results)
             .map(|(op, r)| self.record(op, r))

@@ -102,7 +102,7 @@ impl ServiceOp {
 }
 
 /// Writes per batch system call.
-const BATCH: usize = 4_096;
+pub(super) const BATCH: usize = 4_096;
 
 /// Of a batch of `chunk` (writes of one map), how many were written: all, or
 /// those before the one that stopped it.
@@ -267,6 +267,10 @@ impl Maps<ServiceOp> for SharedDatapath {
             rest = &rest[run..];
         }
         out
+    }
+
+    fn background(&self) -> Option<Box<dyn Maps<ServiceOp> + Send>> {
+        Some(Box::new(self.clone()))
     }
 
     fn apply(&mut self, op: &ServiceOp) -> Result<(), MapError> {

@@ -19,10 +19,12 @@
 //! 8. then backends and reverse-NAT entries that nothing in the map references (a
 //!    slot or a Maglev table).
 //!
-//! The writes of each step go to the kernel together, in batches of one map's
-//! writes (`BPF_MAP_UPDATE_BATCH`), once the step has decided them all: none of
-//! them depends on another of its step (internal service entries, which
-//! external ones look at, are a step of their own). Deletes go one by one.
+//! The writes of each step go to the kernel in batches of one map's writes
+//! (`BPF_MAP_UPDATE_BATCH`): none of them depends on another of its step
+//! (internal service entries, which external ones look at, are a step of their
+//! own), so a large step's first writes are made on a thread of their own
+//! while the rest are decided ([`super::writer`]), and each step ends with all
+//! of them made. Deletes go one by one.
 //!
 //! A write that fails (map full, ...) is logged and counted, the entries that depend
 //! on it are deferred, and the next sync retries: nothing is ever flushed, so a
@@ -41,10 +43,12 @@
 //! a reverse-NAT id) is kept in reference counts updated with each write.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::BTreeMap,
     hash::Hash,
     time::{Duration, Instant},
 };
+
+use foldhash::{HashMap, HashSet};
 
 use aya::maps::MapError;
 use tracing::error;
@@ -61,6 +65,7 @@ use weir_model::{
 use super::{
     MapOp as _, SyncError, Tally,
     service_maps::{ServiceMaps, ServiceOp, maglev_value},
+    writer::{Done, Writer},
 };
 
 #[cfg(test)]
@@ -156,6 +161,8 @@ pub struct ServiceReport {
     /// UDP/SCTP backends (address, port, protocol) that are gone: their conntrack
     /// entries should be flushed so that clients move on.
     pub gone_datagram_backends: Vec<Backend>,
+    /// Writes made on the writer thread (a large step's; [`super::writer`]).
+    pub background_writes: usize,
     pub duration: Duration,
 }
 
@@ -256,6 +263,8 @@ impl ServiceSyncer {
             refs: &mut self.refs,
             report,
             queued: Vec::new(),
+            writer: None,
+            writer_tried: false,
         };
         run.report.gone_datagram_backends = run.gone_datagram_backends(desired, &keys.backends);
         let tables = run.valid_tables(desired, &keys.maglev);
@@ -334,6 +343,31 @@ impl Candidates {
     }
 }
 
+/// Each of `keys` (in order, each once) with `map`'s value for it. Many keys
+/// are looked up by one walk of the map beside them (at 100,000 Services a
+/// lookup each in maps of a million entries cost more than the walk), a few
+/// by a lookup each.
+fn values_of<'m, K: Ord, V>(
+    keys: &'m [K],
+    map: &'m BTreeMap<K, V>,
+) -> impl Iterator<Item = (&'m K, Option<&'m V>)> {
+    debug_assert!(keys.is_sorted_by(|a, b| a < b), "keys in order, each once");
+    let walk = keys.len() >= map.len() / 16;
+    let mut entries = map.iter().peekable();
+    keys.iter().map(move |k| {
+        if !walk {
+            return (k, map.get(k));
+        }
+        while entries.next_if(|(held, _)| *held < k).is_some() {}
+        (k, entries.peek().filter(|(held, _)| *held == k).map(|(_, v)| *v))
+    })
+}
+
+/// The keys of `keys` (in order) that `map` does not hold.
+fn absent<'m, K: Ord + Copy, V>(keys: &'m [K], map: &'m BTreeMap<K, V>) -> impl Iterator<Item = K> {
+    values_of(keys, map).filter(|(_, v)| v.is_none()).map(|(k, _)| *k)
+}
+
 /// What the maps hold, as far as this sync has asked: everything (a full sync
 /// reads them whole) or the keys its steps looked at, each read once and then
 /// kept up to date with the sync's own writes. Dropped with the sync: the
@@ -380,10 +414,47 @@ struct Run<'a> {
     report: ServiceReport,
     /// Writes of the current step not made yet.
     queued: Vec<ServiceOp>,
+    /// The thread making a large step's first writes while the rest are
+    /// decided: started by the sync's first [`CHUNK`], if the maps have one.
+    writer: Option<Writer<ServiceOp>>,
+    writer_tried: bool,
 }
+
+/// Queued writes handed to the writer thread at once: two batches, what the
+/// kernel's maps take under one hold of the datapath's lock. (Tests: a few,
+/// so that small syncs take the writer's path too.)
+#[cfg(not(test))]
+const CHUNK: usize = 2 * super::service_maps::BATCH;
+#[cfg(test)]
+const CHUNK: usize = 4;
 
 fn head_of(key: &ServiceKey) -> ServiceKey {
     ServiceKey { slot: 0, ..*key }
+}
+
+/// The slots `1..=count` of the frontend `head` that `map` holds, in slot order.
+fn slots(
+    map: &BTreeMap<ServiceKey, ServiceValue>,
+    head: ServiceKey,
+    count: u16,
+) -> impl Iterator<Item = (&ServiceKey, &ServiceValue)> {
+    let first = ServiceKey {
+        slot: 1,
+        proto: 0,
+        family: 0,
+        scope: 0,
+        _pad: 0,
+        ..head
+    };
+    let last = ServiceKey {
+        slot: count,
+        proto: u8::MAX,
+        family: u8::MAX,
+        scope: u8::MAX,
+        _pad: u8::MAX,
+        ..head
+    };
+    map.range(first..=last).filter(move |(k, _)| head_of(k) == head)
 }
 
 /// What the maps hold, key by key. A read that fails counts as a failure of
@@ -468,9 +539,10 @@ impl Run<'_> {
 }
 
 impl Run<'_> {
-    /// A write of this sync. Writes go out in order; those of one step that
-    /// depend on nothing written in that same step are queued and go together
-    /// at its end ([`Run::flush`]), deletes one by one.
+    /// A write of this sync. Writes go out in order; those of one step, which
+    /// depend on nothing written in that same step, are queued and go in
+    /// chunks to the writer thread or at the step's end ([`Run::flush`]),
+    /// deletes one by one.
     fn op(&mut self, op: ServiceOp) {
         self.know(&op);
         if op.is_delete() {
@@ -479,11 +551,52 @@ impl Run<'_> {
             self.took(&op, took);
         } else {
             self.queued.push(op);
+            if self.queued.len() >= CHUNK {
+                self.send_queued();
+            }
         }
     }
 
-    /// Writes what is queued; what is known of the maps follows what took.
+    /// Hands what is queued to the writer thread, if the maps have one, and
+    /// takes in what it has written meanwhile.
+    fn send_queued(&mut self) {
+        if !self.writer_tried {
+            self.writer_tried = true;
+            self.writer = self.maps.background().and_then(Writer::start);
+        }
+        let Some(writer) = &mut self.writer else {
+            return;
+        };
+        let done = match writer.send(std::mem::take(&mut self.queued)) {
+            Ok(()) => writer.ready(),
+            // The thread is gone: it panicked, and collecting what it had
+            // says so here.
+            Err(ops) => {
+                self.queued = ops;
+                writer.collect()
+            }
+        };
+        self.written(done);
+    }
+
+    /// What the writer thread did: counted, and what took is known.
+    fn written(&mut self, done: Vec<Done<ServiceOp>>) {
+        for (ops, results) in done {
+            self.report.background_writes += ops.len();
+            let took = self.report.tally.record_many(&ops, results);
+            for (op, took) in ops.iter().zip(took) {
+                self.took(op, took);
+            }
+        }
+    }
+
+    /// Ends a step: every write it queued made, those sent to the writer
+    /// thread first (decided first); what is known of the maps follows what
+    /// took. (What took may be known before the step ends: no decision of a
+    /// step looks at a key written earlier in that same step.)
     fn flush(&mut self) {
+        let sent = self.writer.as_mut().map(Writer::collect).unwrap_or_default();
+        self.written(sent);
         if self.queued.is_empty() {
             return;
         }
@@ -515,15 +628,15 @@ impl Run<'_> {
     }
 
     fn put_backends_and_revnat(&mut self, desired: &DesiredServices, keys: &Candidates) {
-        for id in &keys.backends {
-            if let Some(backend) = desired.backends.get(id)
+        for (id, backend) in values_of(&keys.backends, &desired.backends) {
+            if let Some(backend) = backend
                 && self.backend(*id).as_ref() != Some(backend)
             {
                 self.op(ServiceOp::PutBackend(*id, *backend));
             }
         }
-        for id in &keys.revnat {
-            if let Some(revnat) = desired.revnat.get(id)
+        for (id, revnat) in values_of(&keys.revnat, &desired.revnat) {
+            if let Some(revnat) = revnat
                 && !self.revnat_is(*id, revnat)
             {
                 self.op(ServiceOp::PutRevNat(*id, *revnat));
@@ -569,10 +682,9 @@ impl Run<'_> {
     }
 
     fn put_slots(&mut self, desired: &DesiredServices, keys: &[ServiceKey]) {
-        for (key, value) in keys
-            .iter()
-            .filter(|k| k.slot != 0)
-            .filter_map(|k| desired.services.get_key_value(k))
+        for (key, value) in values_of(keys, &desired.services)
+            .filter(|(k, _)| k.slot != 0)
+            .filter_map(|(k, v)| Some((k, v?)))
         {
             if self.service(key).as_ref() == Some(value) {
                 continue;
@@ -620,10 +732,7 @@ impl Run<'_> {
                 self.report.deferred += 1;
                 continue;
             }
-            let slots_ready = (1..=value.count).all(|slot| {
-                let k = ServiceKey { slot, ..*key };
-                self.service(&k).as_ref() == desired.services.get(&k)
-            });
+            let slots_ready = self.slots_ready(desired, key, value.count);
             let table_ready = value.flags & SVC_F_MAGLEV == 0
                 || tables
                     .get(&value.rev_nat_id)
@@ -636,12 +745,25 @@ impl Run<'_> {
         }
     }
 
+    /// Whether every slot `1..=count` of the frontend `head` holds what is
+    /// desired.
+    fn slots_ready(&mut self, desired: &DesiredServices, head: &ServiceKey, count: u16) -> bool {
+        if !self.current.whole {
+            return (1..=count).all(|slot| {
+                let k = ServiceKey { slot, ..*head };
+                self.service(&k).as_ref() == desired.services.get(&k)
+            });
+        }
+        // Read whole: the two maps' slots compared as two short runs (the
+        // slots lie in key order between slot 1 and slot `count` of the
+        // frontend's address and port) rather than a lookup of each in
+        // each map: at 100,000 Services, a million lookups fewer.
+        count == 0
+            || slots(&self.current.held.services, *head, count).eq(slots(&desired.services, *head, count))
+    }
+
     fn delete_heads(&mut self, desired: &DesiredServices, keys: &[ServiceKey]) {
-        let gone: Vec<ServiceKey> = keys
-            .iter()
-            .filter(|k| k.slot == 0 && !desired.services.contains_key(k))
-            .copied()
-            .collect();
+        let gone: Vec<ServiceKey> = absent(keys, &desired.services).filter(|k| k.slot == 0).collect();
         for key in gone {
             if self.service(&key).is_none() {
                 continue;
@@ -691,11 +813,7 @@ impl Run<'_> {
     }
 
     fn delete_slots(&mut self, desired: &DesiredServices, keys: &[ServiceKey]) {
-        let gone: Vec<ServiceKey> = keys
-            .iter()
-            .filter(|k| k.slot != 0 && !desired.services.contains_key(k))
-            .copied()
-            .collect();
+        let gone: Vec<ServiceKey> = absent(keys, &desired.services).filter(|k| k.slot != 0).collect();
         for key in gone {
             if self.service(&key).is_none() {
                 continue;
@@ -713,11 +831,7 @@ impl Run<'_> {
     }
 
     fn delete_unreferenced(&mut self, desired: &DesiredServices, keys: &Candidates) {
-        for &id in keys
-            .backends
-            .iter()
-            .filter(|id| !desired.backends.contains_key(id))
-        {
+        for id in absent(&keys.backends, &desired.backends) {
             if self.backend(id).is_none() {
                 continue;
             }
@@ -727,7 +841,7 @@ impl Run<'_> {
                 self.op(ServiceOp::DelBackend(id));
             }
         }
-        for &id in keys.revnat.iter().filter(|id| !desired.revnat.contains_key(id)) {
+        for id in absent(&keys.revnat, &desired.revnat) {
             if !self.has_revnat(id) {
                 continue;
             }
@@ -750,7 +864,7 @@ impl Run<'_> {
     fn gone_datagram_backends(&mut self, desired: &DesiredServices, ids: &[u32]) -> Vec<Backend> {
         let identity = |b: &Backend| (b.addr, b.port, b.proto, b.family);
         let mut gone: Vec<Backend> = Vec::new();
-        for &id in ids.iter().filter(|id| !desired.backends.contains_key(id)) {
+        for id in absent(ids, &desired.backends) {
             if let Some(backend) = self.backend(id)
                 && backend.proto != IPPROTO_TCP
             {

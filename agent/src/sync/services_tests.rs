@@ -63,40 +63,7 @@ struct FakeMaps {
 
 impl FakeMaps {
     fn check(&self) {
-        let m = &self.maps;
-        for (key, value) in m.services.iter().filter(|(k, _)| k.slot == 0) {
-            assert!(
-                m.revnat.contains_key(&value.rev_nat_id),
-                "{key:?} names missing rev-nat {}",
-                value.rev_nat_id
-            );
-            for slot in 1..=value.count {
-                let slot_value = m
-                    .services
-                    .get(&ServiceKey { slot, ..*key })
-                    .unwrap_or_else(|| panic!("{key:?} counts missing slot {slot}"));
-                assert!(
-                    m.backends.contains_key(&slot_value.backend_id),
-                    "slot {slot} of {key:?} names missing backend {}",
-                    slot_value.backend_id
-                );
-            }
-            if value.flags & SVC_F_MAGLEV != 0 && value.count > 0 && !self.tableless_maglev_ok {
-                assert!(
-                    m.maglev.contains_key(&value.rev_nat_id),
-                    "Maglev {key:?} has no table"
-                );
-            }
-        }
-        for (id, table) in &m.maglev {
-            assert_eq!(table.len(), MAGLEV_TABLE_SIZE, "table {id}");
-            for backend in table {
-                assert!(
-                    m.backends.contains_key(backend),
-                    "table {id} names missing backend {backend}"
-                );
-            }
-        }
+        check(&self.maps, self.tableless_maglev_ok);
     }
 
     /// Position in the log of the first write `entry` (`verb map key`).
@@ -105,6 +72,44 @@ impl FakeMaps {
             .iter()
             .position(|l| l == entry)
             .unwrap_or_else(|| panic!("no write {entry:?} in {:#?}", self.log))
+    }
+}
+
+/// The ordering rules, at one instant: what the maps hold references only
+/// what is there (a Maglev entry without its table only where allowed).
+fn check(m: &DesiredServices, tableless_maglev_ok: bool) {
+    for (key, value) in m.services.iter().filter(|(k, _)| k.slot == 0) {
+        assert!(
+            m.revnat.contains_key(&value.rev_nat_id),
+            "{key:?} names missing rev-nat {}",
+            value.rev_nat_id
+        );
+        for slot in 1..=value.count {
+            let slot_value = m
+                .services
+                .get(&ServiceKey { slot, ..*key })
+                .unwrap_or_else(|| panic!("{key:?} counts missing slot {slot}"));
+            assert!(
+                m.backends.contains_key(&slot_value.backend_id),
+                "slot {slot} of {key:?} names missing backend {}",
+                slot_value.backend_id
+            );
+        }
+        if value.flags & SVC_F_MAGLEV != 0 && value.count > 0 && !tableless_maglev_ok {
+            assert!(
+                m.maglev.contains_key(&value.rev_nat_id),
+                "Maglev {key:?} has no table"
+            );
+        }
+    }
+    for (id, table) in &m.maglev {
+        assert_eq!(table.len(), MAGLEV_TABLE_SIZE, "table {id}");
+        for backend in table {
+            assert!(
+                m.backends.contains_key(backend),
+                "table {id} names missing backend {backend}"
+            );
+        }
     }
 }
 
@@ -117,11 +122,7 @@ impl Maps<ServiceOp> for FakeMaps {
     fn apply(&mut self, op: &ServiceOp) -> Result<(), MapError> {
         self.writes += 1;
         if self.fail_every.is_some_and(|n| self.writes.is_multiple_of(n)) || self.fail_map == Some(op.map()) {
-            // What a full map answers.
-            return Err(MapError::SyscallError(aya::sys::SyscallError {
-                call: "bpf_map_update_elem",
-                io_error: std::io::Error::from_raw_os_error(libc::E2BIG),
-            }));
+            return Err(full());
         }
         op.apply_to(&mut self.maps);
         let verb = if op.is_delete() { "del" } else { "put" };
@@ -159,24 +160,40 @@ impl ServiceMaps for FakeMaps {
     }
 }
 
+/// What a full map answers.
+fn full() -> MapError {
+    MapError::SyscallError(aya::sys::SyscallError {
+        call: "bpf_map_update_elem",
+        io_error: std::io::Error::from_raw_os_error(libc::E2BIG),
+    })
+}
+
 fn same_contents(a: &DesiredServices, b: &DesiredServices) -> bool {
     a.services == b.services && a.backends == b.backends && a.revnat == b.revnat && a.maglev == b.maglev
 }
 
-/// One Service `name` on `vip` with one port and a slice of `backends` (last octets).
+/// One Service `name` on `vip` with `ports` (port, protocol) and a slice of
+/// `backends` (last octets).
 fn service(name: &str, vip: &str, ports: &[(u16, &str)], backends: &[u8]) -> String {
     let svc_ports: String = ports
         .iter()
         .map(|(p, proto)| {
             format!(
-                "  - {{name: p{p}, port: {p}, targetPort: {}, protocol: {proto}}}\n",
+                "  - {{name: p{p}-{}, port: {p}, targetPort: {}, protocol: {proto}}}\n",
+                proto.to_lowercase(),
                 p + 1000
             )
         })
         .collect();
     let slice_ports: String = ports
         .iter()
-        .map(|(p, proto)| format!("  - {{name: p{p}, port: {}, protocol: {proto}}}\n", p + 1000))
+        .map(|(p, proto)| {
+            format!(
+                "  - {{name: p{p}-{}, port: {}, protocol: {proto}}}\n",
+                proto.to_lowercase(),
+                p + 1000
+            )
+        })
         .collect();
     let endpoints: String = backends
         .iter()
@@ -701,4 +718,152 @@ fn a_change_larger_than_the_maps_reads_them_whole_and_a_small_one_key_by_key() {
     let (whole, keys) = sync(&mut model, &one_more);
     assert_eq!(whole, 0, "one Service more: no whole read");
     assert!(keys > 0, "one Service more: its keys read one by one");
+}
+
+#[test]
+fn values_of_sorted_keys_are_the_maps_by_walk_and_by_lookup() {
+    let map: BTreeMap<u32, u32> = (0..1_000).map(|k| (k * 3, k)).collect();
+    let many: Vec<u32> = (0..4_000).collect();
+    let few: Vec<u32> = vec![0, 2, 3, 2_997, 5_000];
+    for keys in [&many, &few] {
+        let got: Vec<(u32, Option<u32>)> = values_of(keys, &map).map(|(k, v)| (*k, v.copied())).collect();
+        let want: Vec<(u32, Option<u32>)> = keys.iter().map(|k| (*k, map.get(k).copied())).collect();
+        assert_eq!(got, want);
+        let gone: Vec<u32> = absent(keys, &map).collect();
+        assert_eq!(
+            gone,
+            keys.iter()
+                .filter(|k| !map.contains_key(k))
+                .copied()
+                .collect::<Vec<_>>()
+        );
+    }
+    assert!(
+        many.len() >= map.len() / 16 && few.len() < map.len() / 16,
+        "both ways are tried"
+    );
+}
+
+/// Maps in memory behind a lock, so that the syncer's writer thread writes
+/// them too (`background`): every write, whichever thread makes it, checked
+/// against the ordering rules.
+#[derive(Clone, Default)]
+struct SharedMaps(std::sync::Arc<std::sync::Mutex<Shared>>);
+
+#[derive(Default)]
+struct Shared {
+    maps: DesiredServices,
+    writes: usize,
+    /// Fail every `fail_every`-th write.
+    fail_every: Option<usize>,
+}
+
+impl SharedMaps {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
+        self.0.lock().expect("a write panicked")
+    }
+}
+
+impl Maps<ServiceOp> for SharedMaps {
+    fn read(&self) -> Result<DesiredServices, SyncError> {
+        Ok(self.lock().maps.clone())
+    }
+
+    fn apply(&mut self, op: &ServiceOp) -> Result<(), MapError> {
+        // Slow, as the kernel's writes are next to deciding them: a sync that
+        // went on before its writer's writes were made would be caught.
+        std::thread::sleep(std::time::Duration::from_micros(200));
+        let mut shared = self.lock();
+        shared.writes += 1;
+        if shared.fail_every.is_some_and(|n| shared.writes.is_multiple_of(n)) {
+            return Err(full());
+        }
+        op.apply_to(&mut shared.maps);
+        check(&shared.maps, false);
+        Ok(())
+    }
+
+    fn background(&self) -> Option<Box<dyn Maps<ServiceOp> + Send>> {
+        Some(Box::new(self.clone()))
+    }
+}
+
+impl ServiceMaps for SharedMaps {
+    fn service(&self, key: &ServiceKey) -> Result<Option<ServiceValue>, MapError> {
+        Ok(self.lock().maps.services.get(key).copied())
+    }
+
+    fn backend(&self, id: u32) -> Result<Option<Backend>, MapError> {
+        Ok(self.lock().maps.backends.get(&id).copied())
+    }
+
+    fn revnat(&self, id: u32) -> Result<Option<weir_common::RevNat>, MapError> {
+        Ok(self.lock().maps.revnat.get(&id).copied())
+    }
+
+    fn maglev(&self, id: u32) -> Result<Option<Vec<u32>>, MapError> {
+        Ok(self.lock().maps.maglev.get(&id).cloned())
+    }
+}
+
+#[test]
+fn writes_made_on_the_writer_thread_keep_every_instant_consistent_and_converge() {
+    // One port for two protocols: two frontends whose slots interleave in
+    // key order.
+    let a = |b: &[u8]| service("a", "10.96.0.1", &[(53, "TCP"), (53, "UDP")], b);
+    let b = |b: &[u8]| maglev(&service("b", "10.96.0.2", &[(443, "TCP")], b));
+    let c = service("c", "10.96.0.3", &[(80, "TCP")], &[1, 9]);
+    let many: String = (0..20)
+        .map(|i| {
+            service(
+                &format!("s{i}"),
+                &format!("10.96.1.{i}"),
+                &[(80, "TCP")],
+                &[1, 2, 3],
+            )
+        })
+        .collect();
+    let steps = [
+        format!("{}{}{c}{many}", a(&[1, 2]), b(&[2, 3])),
+        format!("{}{}{c}", a(&[1, 2, 3, 4]), b(&[2, 3])),
+        format!("{}{}{many}", a(&[4]), b(&[4, 5, 6])),
+        format!("{}{}{c}", a(&[]), b(&[7])),
+        String::new(),
+    ];
+    for fail_every in [None, Some(3), Some(7)] {
+        let mut maps = SharedMaps::default();
+        maps.lock().fail_every = fail_every;
+        let mut syncer = ServiceSyncer::new(&maps).expect("read");
+        let mut compiler = syncer.compiler(NodeContext::new("n1"));
+        let mut model = Model::new();
+        let mut background = 0;
+        for (i, yaml) in steps.iter().enumerate() {
+            let changed_objects = edit(&mut model, yaml);
+            let changed = if i == 0 {
+                compiler.compile_all(&model);
+                Changed::All
+            } else {
+                compiler.update(&model, &changed_objects).0
+            };
+            let mut tries = 0;
+            loop {
+                let report = syncer.apply(&mut maps, compiler.desired(), &changed);
+                background += report.background_writes;
+                if report.complete() {
+                    break;
+                }
+                tries += 1;
+                assert!(tries < 50, "fail_every {fail_every:?}: never converged");
+            }
+            assert!(
+                same_contents(&maps.lock().maps, compiler.desired()),
+                "fail_every {fail_every:?}, step {i}: maps differ"
+            );
+        }
+        assert!(
+            background > 0,
+            "fail_every {fail_every:?}: no write on the writer thread"
+        );
+        assert!(syncer.refs_agree_with(&maps.lock().maps), "syncer lost track");
+    }
 }
