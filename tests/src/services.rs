@@ -397,7 +397,12 @@ impl Agent {
     /// Polls `weirctl services` until `done` holds; panics after [`SYNC_TIMEOUT`]
     /// with the last view and the agent's log.
     pub fn wait_services(&self, what: &str, done: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + SYNC_TIMEOUT;
+        self.wait_services_within(SYNC_TIMEOUT, what, done)
+    }
+
+    /// [`Agent::wait_services`], for up to `within`.
+    pub fn wait_services_within(&self, within: Duration, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + within;
         loop {
             let services = self.weirctl(&["services"]);
             if done(&services) {
@@ -415,9 +420,14 @@ impl Agent {
 
     /// Waits until `front` has exactly `backends` (`ip:port`, any order) in its slots.
     pub fn wait_backends(&self, front: &str, backends: &[String]) -> Value {
+        self.wait_backends_within(SYNC_TIMEOUT, front, backends)
+    }
+
+    /// [`Agent::wait_backends`], for up to `within`.
+    pub fn wait_backends_within(&self, within: Duration, front: &str, backends: &[String]) -> Value {
         let mut want: Vec<String> = backends.to_vec();
         want.sort();
-        self.wait_services(&format!("{front} -> {want:?}"), |s| {
+        self.wait_services_within(within, &format!("{front} -> {want:?}"), |s| {
             slot_addresses(s, front).is_some_and(|mut got| {
                 got.sort();
                 got == want

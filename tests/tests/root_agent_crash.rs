@@ -218,7 +218,14 @@ fn root_agent_killed_mid_sync_loses_no_connection_and_converges_without_orphans(
     let objects = cluster(last, &name, ip_a, ip_b);
     write(&dir, &objects);
     let probe_backends: Vec<String> = [ip_a, ip_b].iter().map(|ip| format!("{ip}:8080")).collect();
-    agent.wait_backends(&format!("{PROBE_VIP}:80/TCP"), &probe_backends);
+    // Longer than a change's usual wait: the agent has just been restarted and
+    // reads back, parses and compiles 10,000 Services before this change (a
+    // debug build on a loaded 2-core machine took over 10 s in CI).
+    agent.wait_backends_within(
+        Duration::from_secs(60),
+        &format!("{PROBE_VIP}:80/TCP"),
+        &probe_backends,
+    );
 
     // The maps converge to the manifests' desired state, with nothing left over.
     let text = serde_json::to_string(&json!({ "apiVersion": "v1", "kind": "List", "items": objects }))
