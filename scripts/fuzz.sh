@@ -7,7 +7,8 @@
 #   sudo scripts/fuzz.sh --smoke         # every target, 5 s each (CI)
 #
 # Targets: cni_config (CNI environment + configuration), manifests (parser and
-# compilers), registration (the agent's socket protocol), datapath (frames through
+# compilers), yaml (the reader of simple YAML documents against the general
+# parser), registration (the agent's socket protocol), datapath (frames through
 # every TC program with BPF_PROG_TEST_RUN: needs root). New inputs go to a scratch
 # corpus; the committed seeds (tests/fuzz/fuzz/corpus) are only read, and every
 # test run replays them (tests/fuzz/tests/smoke.rs). A crash leaves its input in
@@ -26,7 +27,7 @@ elif [[ "${1:-}" =~ ^[0-9]+$ ]]; then
     shift
 fi
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(cni_config manifests registration datapath)
+[ ${#targets[@]} -gt 0 ] || targets=(cni_config manifests yaml registration datapath)
 [ "$(id -u)" = 0 ] || { echo "fuzz.sh needs root (the datapath target loads eBPF programs)" >&2; exit 1; }
 
 dir=tests/fuzz/fuzz

@@ -584,9 +584,13 @@ impl Run<'_> {
         for (ops, results) in done {
             self.report.background_writes += ops.len();
             let took = self.report.tally.record_many(&ops, results);
-            for (op, took) in ops.iter().zip(took) {
-                self.took(op, took);
-            }
+            self.took_each(&ops, took);
+        }
+    }
+
+    fn took_each(&mut self, ops: &[ServiceOp], took: Vec<bool>) {
+        for (op, took) in ops.iter().zip(took) {
+            self.took(op, took);
         }
     }
 
@@ -602,9 +606,7 @@ impl Run<'_> {
         }
         let ops = std::mem::take(&mut self.queued);
         let took = self.report.tally.write_many(&mut *self.maps, &ops);
-        for (op, took) in ops.iter().zip(took) {
-            self.took(op, took);
-        }
+        self.took_each(&ops, took);
     }
 
     fn took(&mut self, op: &ServiceOp, took: bool) {

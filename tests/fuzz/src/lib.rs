@@ -8,6 +8,9 @@
 //!   documented code and a bounded message, never a panic.
 //! - [`manifests::compile`]: Kubernetes manifests parsed, the model compiled
 //!   into services and policies: problems are reported bounded, never a panic.
+//! - [`manifests::yaml`]: one YAML document read by the reader of simple
+//!   documents and by the general parser: the same value wherever the
+//!   first takes it.
 //! - [`registration::request`]: the agent's registration protocol.
 //! - [`datapath::Datapath`]: Ethernet frames through every TC program
 //!   (`BPF_PROG_TEST_RUN`, root): a documented verdict, valid checksums on

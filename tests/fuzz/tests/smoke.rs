@@ -75,6 +75,11 @@ fn manifests_smoke() {
 }
 
 #[test]
+fn yaml_smoke() {
+    smoke("yaml", 20_000, weir_fuzz::manifests::yaml);
+}
+
+#[test]
 fn registration_smoke() {
     smoke("registration", 20_000, weir_fuzz::registration::request);
 }

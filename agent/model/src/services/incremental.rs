@@ -366,6 +366,7 @@ impl ServiceCompiler {
             key,
             service,
             &entry.origin,
+            self.views,
         ))
     }
 

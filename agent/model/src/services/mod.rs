@@ -159,12 +159,14 @@ pub(crate) fn compile_service(
     key: &ObjectKey,
     service: &ServiceFacts,
     origin: &str,
+    views: bool,
 ) -> Fragment {
     let mut compiler = Compiler {
         node,
         ids,
         owners,
         maglev_size_reported,
+        views,
         desired: DesiredServices::default(),
         problems: Vec::new(),
         from_pods: false,
@@ -188,6 +190,9 @@ struct Compiler<'c> {
     /// Which Service owns each frontend (slot-0 key), to report collisions.
     owners: &'c mut BTreeMap<ServiceKey, String>,
     maglev_size_reported: &'c mut bool,
+    /// Whether the frontends' views are wanted (the agent keeps none: a
+    /// Service's health check, which reads them, makes its own).
+    views: bool,
     desired: DesiredServices,
     problems: Vec<Problem>,
     from_pods: bool,
@@ -420,6 +425,9 @@ impl Compiler<'_> {
             }
         }
 
+        if !self.views && scope.health_check_node_port.is_none() {
+            return;
+        }
         let mut backends: Vec<BackendView> = slot_ids
             .iter()
             .zip(1u16..)
