@@ -1,4 +1,5 @@
-//! Tier 1 (root + kernel): batched map writes (`BPF_MAP_UPDATE_BATCH`) through
+//! Tier 1 (root + kernel): batched map reads (`BPF_MAP_LOOKUP_BATCH`) and
+//! writes (`BPF_MAP_UPDATE_BATCH`, `BPF_MAP_DELETE_BATCH`) through
 //! the service syncer's path: what a batch writes is read back from the
 //! kernel's map, and a batch that meets a full map says how far it got, the
 //! rest failing one by one with the map's own error (`E2BIG`), counted as
@@ -98,6 +99,68 @@ fn root_batched_writes_land_in_the_map_and_stop_at_a_full_one() {
     }
 }
 
+#[test]
+fn root_batched_reads_return_every_entry_once_whatever_room_a_call_has() {
+    let (_pins, dp) = load("read");
+    let read = |per_call: usize| {
+        let mut reader = batch::HashReader::<u32, RevNat>::new(per_call);
+        let (mut entries, mut calls) = (Vec::new(), 0);
+        while let Some((keys, values)) = reader.next(dp.revnat.map()).expect("read") {
+            assert_eq!(keys.len(), values.len());
+            entries.extend(keys.iter().copied().zip(values.iter().copied()));
+            calls += 1;
+        }
+        assert!(reader.next(dp.revnat.map()).expect("read at the end").is_none());
+        entries.sort_by_key(|e| e.0);
+        (entries, calls)
+    };
+    assert_eq!(read(4_096), (Vec::new(), 0), "an empty map");
+
+    let keys: Vec<u32> = (1..=20_000).collect();
+    let values: Vec<RevNat> = keys.iter().map(|&k| revnat(k)).collect();
+    batch::update(dp.revnat.map(), &keys, &values).expect("batch of 20,000");
+    let want: Vec<(u32, RevNat)> = keys.iter().copied().zip(values).collect();
+    let (got, calls) = read(4_096);
+    assert_eq!(got, want);
+    assert!((5..=6).contains(&calls), "4,096 at a time: {calls} calls");
+    // Room for one entry: a bucket of two (20,000 keys in 262,144 buckets:
+    // hundreds of them) makes room for more (ENOSPC), nothing is lost.
+    assert_eq!(read(1).0, want);
+
+    // The syncer's whole read is the same walk.
+    let maps = shared(dp);
+    let got = Maps::<ServiceOp>::read(&maps).expect("read the maps");
+    assert_eq!(got.revnat.len(), 20_000);
+    assert!(got.services.is_empty() && got.backends.is_empty());
+}
+
+#[test]
+fn root_batched_deletes_leave_the_map_empty_and_a_missing_key_is_no_failure() {
+    let (_pins, dp) = load("delete");
+    let keys: Vec<u32> = (1..=20_000).collect();
+    let values: Vec<RevNat> = keys.iter().map(|&k| revnat(k)).collect();
+    batch::update(dp.revnat.map(), &keys, &values).expect("batch of 20,000");
+
+    // The kernel stops a batch at a key that is not there, and says where.
+    batch::delete(dp.revnat.map(), &keys[..5_000]).expect("5,000 deleted");
+    let (deleted, error) = batch::delete(dp.revnat.map(), &[5_001, 5_002, 3, 5_003]).expect_err("3 is gone");
+    assert_eq!(deleted, 2, "{error}");
+    assert!(
+        dp.revnat.get(&5_003, 0).is_ok(),
+        "not deleted past the missing key"
+    );
+
+    // Through the syncer's maps, with keys already gone among them: every
+    // delete took, none failed, the map is empty.
+    let mut maps = shared(dp);
+    let ops: Vec<ServiceOp> = (1..=20_000).map(ServiceOp::DelRevNat).collect();
+    let mut tally = Tally::default();
+    let took = tally.write_many(&mut maps, &ops);
+    assert!(took.iter().all(|t| *t));
+    assert_eq!((tally.deletes, tally.failed), (20_000, 0), "{tally:?}");
+    assert_eq!(maps.lock().revnat.iter().count(), 0);
+}
+
 /// `n` Services of 10 backends each, as the compiler writes them: a head
 /// counting 10 slots, each slot naming its own backend, a reverse-NAT entry.
 fn services(n: u32, port: u16) -> DesiredServices {
@@ -172,6 +235,13 @@ fn root_a_large_sync_writes_on_a_second_thread_and_the_maps_hold_what_was_desire
     let smaller = services(1_000, 81);
     let report = syncer.apply(&mut maps, &smaller, &Changed::All);
     assert!(report.complete(), "{report:?}");
+    // Every entry of port 80, and the backends and reverse-NAT entries of the
+    // Services that went.
+    assert_eq!(
+        report.tally.deletes,
+        2_000 * 11 + 1_000 * 10 + 1_000,
+        "{report:?}"
+    );
     let got = Maps::<ServiceOp>::read(&maps).expect("read the maps");
     assert_eq!(got.services, smaller.services);
     assert_eq!(got.backends, smaller.backends);

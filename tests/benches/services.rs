@@ -20,6 +20,9 @@
 //!    and `nft -f` of the equivalent rules.
 //! 3. Weir only: time from an EndpointSlice change (the file renamed into place) until
 //!    a fresh connection reaches the new backend.
+//! 4. Weir only, last for each size: time from the agent's restart (killed, started
+//!    again) until it logs its first sync, and from removing the manifests until
+//!    it logs the sync that emptied the maps.
 //!
 //! Setup. Three lab nodes, each with one client pod per client thread and 10 backend
 //! pods wired by `weir-cni`; every backend answers on port 8080 with its index
@@ -203,6 +206,7 @@ fn main() {
         }
 
         // 3. Connection rates, interleaved (the order rotates every round).
+        // (Removal, Weir's last measure of a size, comes after them.)
         let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); variants.len()];
         for round in 0..rounds {
             for k in 0..variants.len() {
@@ -228,6 +232,11 @@ fn main() {
             samples.iter().map(|s| median_rate(s) as u64).collect::<Vec<_>>()
         );
         r.samples = samples;
+        // 4. The agent restarted under them, then everything removed (Weir).
+        if with_weir {
+            r.restart_weir = Some(weir.restart_weir(n));
+            r.remove_weir = weir.remove_weir();
+        }
         sink.write(&records(&sink, &r, &variants))
             .unwrap_or_else(|e| panic!("{}: {e:?}", weir_lab::bench_json::ENV));
         results.push(r);
@@ -271,6 +280,10 @@ fn records(sink: &Sink, r: &SizeResult, variants: &[Variant]) -> Vec<Record> {
     let programs = [
         ("weir", "program", r.program_weir.map(|p| p.0)),
         ("weir", "map_sync", r.program_weir.map(|p| p.1)),
+        ("weir", "restart", r.restart_weir.map(|p| p.0)),
+        ("weir", "restart_map_sync", r.restart_weir.map(|p| p.1)),
+        ("weir", "remove", r.remove_weir.map(|p| p.0)),
+        ("weir", "remove_map_sync", r.remove_weir.map(|p| p.1)),
         ("iptables", "program", r.program_ipt),
         ("nftables", "program", r.program_nft),
     ];
@@ -295,6 +308,10 @@ struct SizeResult {
     services: usize,
     /// Weir: (rename -> agent logged the sync, the agent's own `sync_ms`).
     program_weir: Option<(Duration, Duration)>,
+    /// Weir: the agent killed and started again (start -> sync logged, `sync_ms`).
+    restart_weir: Option<(Duration, Duration)>,
+    /// Weir: every Service removed (remove -> sync logged, `sync_ms`).
+    remove_weir: Option<(Duration, Duration)>,
     program_ipt: Option<Duration>,
     program_nft: Option<Duration>,
     /// Weir endpoint changes: (rename -> first connection to the new backend, rename -> sync logged).
@@ -396,11 +413,7 @@ impl Bed {
         let set = self.service_set(n);
         let dir = self.manifests.as_ref().expect("weir bed").path().to_owned();
         let (svc, slice) = (dir.join("services.yaml"), dir.join("measured.yaml"));
-        if svc.exists() || slice.exists() {
-            let _ = std::fs::remove_file(&svc);
-            let _ = std::fs::remove_file(&slice);
-            self.wait_synced(0, Instant::now());
-        }
+        self.remove_weir();
         // Every Service, and every slice but the measured one, in one file; the
         // measured slice alone in another (the endpoint change rewrites only it).
         let mid = n / 2;
@@ -419,6 +432,34 @@ impl Bed {
         std::fs::rename(&tmp_slice, &slice).expect("rename");
         std::fs::rename(&tmp_svc, &svc).expect("rename");
         self.wait_synced(n, t0)
+    }
+
+    /// Weir's agent killed and started again under its `n` Services, as an
+    /// upgrade does. Returns (the start -> its first sync logged, that sync's
+    /// `sync_ms`: the maps read back and compared, nothing written).
+    fn restart_weir(&mut self, n: usize) -> (Duration, Duration) {
+        let name = self.node.name().to_owned();
+        let agent = self.agent.as_mut().expect("weir bed");
+        // Only what the new agent logs.
+        self.log_seen = std::fs::metadata(&agent.log).map_or(0, |m| m.len() as usize);
+        agent.kill();
+        let t0 = Instant::now();
+        agent.restart(&name);
+        self.wait_synced(n, t0)
+    }
+
+    /// Weir to empty: both manifest files removed, if there. Returns (the
+    /// first removal -> sync logged, the agent's `sync_ms`).
+    fn remove_weir(&mut self) -> Option<(Duration, Duration)> {
+        let dir = self.manifests.as_ref().expect("weir bed").path().to_owned();
+        let (svc, slice) = (dir.join("services.yaml"), dir.join("measured.yaml"));
+        if !svc.exists() && !slice.exists() {
+            return None;
+        }
+        let t0 = Instant::now();
+        let _ = std::fs::remove_file(&svc);
+        let _ = std::fs::remove_file(&slice);
+        Some(self.wait_synced(0, t0))
     }
 
     /// Waits for the agent's `services synced` line with `frontends=n`, after what
@@ -605,18 +646,24 @@ fn print_report(
 
     println!("\n### Programming N Services x {BACKENDS} endpoints from empty (ms)\n");
     println!(
-        "| Services | Weir: rename -> synced | Weir agent `sync_ms` (map writes) | `{iptables}` | `nft -f` |"
+        "| Services | Weir: rename -> synced | Weir agent `sync_ms` (map writes) | `{iptables}` | `nft -f` | Weir: restarted -> synced | `sync_ms` | Weir: removed -> synced | `sync_ms` (map deletes) |"
     );
-    println!("| ---: | ---: | ---: | ---: | ---: |");
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for r in results {
         let (w, s) = r.program_weir.unwrap_or_default();
+        let (aw, as_) = r.restart_weir.unwrap_or_default();
+        let (rw, rs) = r.remove_weir.unwrap_or_default();
         println!(
-            "| {} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
             r.services,
             ms(w),
             ms(s),
             ms(r.program_ipt.unwrap_or_default()),
-            ms(r.program_nft.unwrap_or_default())
+            ms(r.program_nft.unwrap_or_default()),
+            ms(aw),
+            ms(as_),
+            ms(rw),
+            ms(rs)
         );
     }
 

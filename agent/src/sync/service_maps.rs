@@ -1,9 +1,12 @@
 //! The service maps as the syncer sees them: read everything or one key, apply
 //! one change at a time, to the kernel's maps or (tests) to maps in memory.
 
-use std::{fmt, net::SocketAddr};
+use std::{collections::BTreeMap, fmt, net::SocketAddr};
 
-use aya::maps::{IterableMap as _, MapError};
+use aya::{
+    Pod,
+    maps::{IterableMap as _, MapData, MapError},
+};
 use weir_common::{Backend, MAGLEV_TABLE_SIZE, MaglevTable, RevNat, ServiceKey, ServiceValue, maps as names};
 use weir_model::{DesiredServices, services::socket_addr};
 
@@ -63,13 +66,15 @@ impl MapOp for ServiceOp {
 }
 
 impl ServiceOp {
-    /// A write of one of the maps that take batches (not a delete, not a
-    /// 64 KiB Maglev table).
+    /// A write or delete of one of the maps that take batches (not of the
+    /// Maglev tables: few, and 64 KiB each).
     fn batchable(&self) -> bool {
-        matches!(
-            self,
-            Self::PutService(..) | Self::PutBackend(..) | Self::PutRevNat(..)
-        )
+        !matches!(self, Self::PutMaglev(..) | Self::DelMaglev(_))
+    }
+
+    /// Whether `self` goes in one batch with `other`: one map, one command.
+    fn batches_with(&self, other: &Self) -> bool {
+        self.batchable() && self.map() == other.map() && self.is_delete() == other.is_delete()
     }
 
     /// The write, done to maps held in memory; the service entry it replaced or
@@ -104,8 +109,8 @@ impl ServiceOp {
 /// Writes per batch system call.
 pub(super) const BATCH: usize = 4_096;
 
-/// Of a batch of `chunk` (writes of one map), how many were written: all, or
-/// those before the one that stopped it.
+/// Of a batch of `chunk` (writes, or deletes, of one map), how many were
+/// made: all, or those before the one that stopped it.
 fn batch_written(dp: &Datapath, chunk: &[ServiceOp]) -> usize {
     let done = |r: Result<(), (usize, MapError)>| r.map_or_else(|(n, _)| n, |()| chunk.len());
     match chunk.first() {
@@ -130,22 +135,43 @@ fn batch_written(dp: &Datapath, chunk: &[ServiceOp]) -> usize {
             });
             done(batch::update(dp.revnat.map(), &k, &v))
         }
+        Some(ServiceOp::DelService(_)) => done(batch::delete(
+            dp.services.map(),
+            &keys(chunk, |op| match op {
+                ServiceOp::DelService(k) => Some(*k),
+                _ => None,
+            }),
+        )),
+        Some(ServiceOp::DelBackend(_)) => done(batch::delete(
+            dp.backends.map(),
+            &keys(chunk, |op| match op {
+                ServiceOp::DelBackend(id) => Some(*id),
+                _ => None,
+            }),
+        )),
+        Some(ServiceOp::DelRevNat(_)) => done(batch::delete(
+            dp.revnat.map(),
+            &keys(chunk, |op| match op {
+                ServiceOp::DelRevNat(id) => Some(*id),
+                _ => None,
+            }),
+        )),
         // Not a batch: one by one (by the caller).
         _ => 0,
     }
 }
 
 impl SharedDatapath {
-    /// Up to two batches of one map's writes (`pair`: what two batches take),
-    /// each one's result into `out`, in order. The two go to the kernel at
-    /// once, from two threads under one hold of the lock: a hash map's
-    /// inserts take a lock per bucket, so they proceed side by side, and most
+    /// Up to two batches of one map's writes or deletes (`pair`: what two
+    /// batches take), each one's result into `out`, in order. The two go to
+    /// the kernel at once, from two threads under one hold of the lock: a hash
+    /// map's inserts take a lock per bucket, so they proceed side by side, and most
     /// of a large sync's time is the kernel's work per entry. (A step's
     /// writes have no order among themselves; each step ends with its
     /// writes made.) What a failed batch did not write is written one by
     /// one, so that each write has its own result (the one that stopped it
     /// fails again, with its own error).
-    fn put_batches(&mut self, pair: &[ServiceOp], out: &mut Vec<Result<(), MapError>>) {
+    fn batches(&mut self, pair: &[ServiceOp], out: &mut Vec<Result<(), MapError>>) {
         let (first, second) = pair.split_at(pair.len().min(BATCH));
         let written = {
             let dp = self.lock();
@@ -183,6 +209,11 @@ fn pairs<K, V>(chunk: &[ServiceOp], of: impl Fn(&ServiceOp) -> Option<(K, V)>) -
     chunk.iter().filter_map(of).unzip()
 }
 
+/// The keys of a batch's deletes.
+fn keys<K>(chunk: &[ServiceOp], of: impl Fn(&ServiceOp) -> Option<K>) -> Vec<K> {
+    chunk.iter().filter_map(of).collect()
+}
+
 /// The map value for a compiled table, `None` unless it has exactly
 /// [`MAGLEV_TABLE_SIZE`] entries (the size the datapath indexes with).
 pub fn maglev_value(table: &[u32]) -> Option<Box<MaglevTable>> {
@@ -214,55 +245,78 @@ pub fn read_service_maps(
     revnat: &maps::RevNats,
     maglev: &maps::Maglev,
 ) -> Result<DesiredServices, SyncError> {
-    let read = |map| move |source| SyncError::Read { map, source };
-    let mut out = DesiredServices {
-        services: services
-            .iter()
-            .collect::<Result<_, _>>()
-            .map_err(read(names::SERVICES))?,
-        backends: backends
-            .iter()
-            .collect::<Result<_, _>>()
-            .map_err(read(names::BACKENDS))?,
-        revnat: revnat
-            .iter()
-            .collect::<Result<_, _>>()
-            .map_err(read(names::REVNAT))?,
+    Ok(DesiredServices {
+        services: read_hash(names::SERVICES, || services.map())?,
+        backends: read_hash(names::BACKENDS, || backends.map())?,
+        revnat: read_hash(names::REVNAT, || revnat.map())?,
+        maglev: read_maglev(maglev)?,
         ..DesiredServices::default()
-    };
-    for entry in maglev.iter() {
-        let (k, v) = entry.map_err(read(names::MAGLEV))?;
-        out.maglev.insert(k, v.0.to_vec());
+    })
+}
+
+/// A hash map read whole, [`batch::READ_PER_CALL`] entries per system call,
+/// `hold` giving the map for each call: what it holds (a lock) is held for
+/// one call at a time.
+fn read_hash<K: Pod + Ord, V: Pod, M: std::ops::Deref<Target = MapData>>(
+    name: &'static str,
+    hold: impl Fn() -> M,
+) -> Result<BTreeMap<K, V>, SyncError> {
+    let mut reader = batch::HashReader::<K, V>::new(batch::READ_PER_CALL);
+    let mut entries = Vec::new();
+    loop {
+        let map = hold();
+        match reader.next(&map) {
+            Ok(Some((keys, values))) => entries.extend(keys.iter().copied().zip(values.iter().copied())),
+            Ok(None) => return Ok(entries.into_iter().collect()),
+            Err(source) => return Err(SyncError::Read { map: name, source }),
+        }
     }
-    Ok(out)
+}
+
+/// The Maglev tables (few; 64 KiB each), by rev-NAT id.
+fn read_maglev(maglev: &maps::Maglev) -> Result<BTreeMap<u32, Vec<u32>>, SyncError> {
+    maglev
+        .iter()
+        .map(|entry| entry.map(|(k, v)| (k, v.0.to_vec())))
+        .collect::<Result<_, _>>()
+        .map_err(|source| SyncError::Read {
+            map: names::MAGLEV,
+            source,
+        })
 }
 
 /// The four service maps (services, backends, revnat, maglev) in the kernel.
 impl Maps<ServiceOp> for SharedDatapath {
+    /// The datapath's lock is held for one system call's entries at a time
+    /// (a pod's registration waits for one at most): the syncer, which reads,
+    /// is the only writer of these maps.
     fn read(&self) -> Result<DesiredServices, SyncError> {
-        let dp = self.lock();
-        read_service_maps(&dp.services, &dp.backends, &dp.revnat, &dp.maglev)
+        let hold = |map: fn(&Datapath) -> &MapData| move || LockedMap(self.lock(), map);
+        Ok(DesiredServices {
+            services: read_hash(names::SERVICES, hold(|dp| dp.services.map()))?,
+            backends: read_hash(names::BACKENDS, hold(|dp| dp.backends.map()))?,
+            revnat: read_hash(names::REVNAT, hold(|dp| dp.revnat.map()))?,
+            maglev: read_maglev(&self.lock().maglev)?,
+            ..DesiredServices::default()
+        })
     }
 
-    /// Runs of writes to one of the three large maps go in batches
-    /// ([`batch::update`]), [`BATCH`] at a time, two at once under the lock
-    /// (a pod's registration waits for two batches made side by side at
-    /// most); the rest one by one.
+    /// Runs of writes to one of the three large maps, or of deletes from
+    /// one, go in batches ([`batch::update`], [`batch::delete`]), [`BATCH`]
+    /// at a time, two at once under the lock (a pod's registration waits for
+    /// two batches made side by side at most); the rest one by one.
     fn apply_many(&mut self, ops: &[ServiceOp]) -> Vec<Result<(), MapError>> {
         let mut out = Vec::with_capacity(ops.len());
         let mut rest = ops;
         while let Some(first) = rest.first() {
-            let run = rest
-                .iter()
-                .take_while(|op| op.batchable() && op.map() == first.map())
-                .count();
+            let run = rest.iter().take_while(|op| op.batches_with(first)).count();
             if run < 2 {
                 out.push(self.apply(first));
                 rest = &rest[1..];
                 continue;
             }
             for pair in rest[..run].chunks(2 * BATCH) {
-                self.put_batches(pair, &mut out);
+                self.batches(pair, &mut out);
             }
             rest = &rest[run..];
         }
@@ -285,6 +339,17 @@ impl Maps<ServiceOp> for SharedDatapath {
             ServiceOp::DelBackend(id) => dp.backends.remove(id),
             ServiceOp::DelRevNat(id) => dp.revnat.remove(id),
         }
+    }
+}
+
+/// One of the datapath's maps, its lock held.
+struct LockedMap<'d>(std::sync::MutexGuard<'d, Datapath>, fn(&Datapath) -> &MapData);
+
+impl std::ops::Deref for LockedMap<'_> {
+    type Target = MapData;
+
+    fn deref(&self) -> &MapData {
+        (self.1)(&self.0)
     }
 }
 

@@ -6,7 +6,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use aya::maps::MapError;
-use weir_common::{MAGLEV_TABLE_SIZE, SVC_F_MAGLEV, ServiceKey, maps as names};
+use weir_common::{
+    MAGLEV_TABLE_SIZE, SCOPE_INTERNAL, SVC_F_MAGLEV, SVC_F_TWO_SCOPES, ServiceKey, maps as names,
+};
 use weir_model::{DesiredServices, Model, NodeContext, ObjectKey, Problem, parse_documents};
 
 use super::*;
@@ -94,6 +96,13 @@ fn check(m: &DesiredServices, tableless_maglev_ok: bool) {
                 "slot {slot} of {key:?} names missing backend {}",
                 slot_value.backend_id
             );
+        }
+        if value.flags & SVC_F_TWO_SCOPES != 0 {
+            let twin = ServiceKey {
+                scope: SCOPE_INTERNAL,
+                ..*key
+            };
+            assert!(m.services.contains_key(&twin), "{key:?} names its missing twin");
         }
         if value.flags & SVC_F_MAGLEV != 0 && value.count > 0 && !tableless_maglev_ok {
             assert!(
@@ -213,6 +222,23 @@ fn maglev(yaml: &str) -> String {
     )
 }
 
+/// `yaml` (from [`service`], one Service) as a LoadBalancer Service at
+/// `ip` with `externalTrafficPolicy: Local`: its frontend there has an entry
+/// per scope, the external one naming its internal twin.
+fn local_lb(yaml: &str, ip: &str) -> String {
+    yaml.replacen(
+        "spec:\n",
+        "spec:\n  type: LoadBalancer\n  externalTrafficPolicy: Local\n",
+        1,
+    )
+    .replace("targetPort:", "nodePort: 30080, targetPort:")
+    .replacen(
+        "---\n",
+        &format!("status: {{loadBalancer: {{ingress: [{{ip: {ip}}}]}}}}\n---\n"),
+        1,
+    )
+}
+
 fn model(yaml: &str) -> Model {
     let (objects, problems) = parse_documents(yaml, "test.yaml");
     assert!(problems.is_empty(), "{problems:?}");
@@ -234,8 +260,14 @@ fn every_step_of_grow_shrink_replace_and_remove_is_consistent() {
     let mut maps = FakeMaps::default();
     let mut syncer = Agent::new(&maps);
     let a = |b: &[u8]| service("a", "10.96.0.1", &[(80, "TCP"), (53, "UDP")], b);
-    let b = service("b", "10.96.0.2", &[(443, "TCP")], &[7, 8]);
-    converge(&mut syncer, &mut maps, &format!("{}{b}", a(&[1, 2])));
+    let b = local_lb(&service("b", "10.96.0.2", &[(443, "TCP")], &[7, 8]), "192.0.2.2");
+    let desired = converge(&mut syncer, &mut maps, &format!("{}{b}", a(&[1, 2])));
+    let twins = desired
+        .services
+        .iter()
+        .filter(|(k, _)| k.slot == 0 && k.scope == SCOPE_INTERNAL)
+        .count();
+    assert_eq!(twins, 1, "b's load balancer address has an entry per scope");
     converge(&mut syncer, &mut maps, &format!("{}{b}", a(&[1, 2, 3, 4])));
     converge(&mut syncer, &mut maps, &format!("{}{b}", a(&[4])));
     converge(&mut syncer, &mut maps, &format!("{}{b}", a(&[5, 6])));
@@ -586,7 +618,7 @@ fn edit(model: &mut Model, yaml: &str) -> BTreeSet<ObjectKey> {
 fn incremental_syncs_keep_every_instant_consistent_and_converge() {
     let a = |b: &[u8]| service("a", "10.96.0.1", &[(80, "TCP"), (53, "UDP")], b);
     let b = |b: &[u8]| maglev(&service("b", "10.96.0.2", &[(443, "TCP")], b));
-    let c = service("c", "10.96.0.3", &[(80, "TCP")], &[1, 9]);
+    let c = local_lb(&service("c", "10.96.0.3", &[(80, "TCP")], &[1, 9]), "192.0.2.3");
     let steps = [
         format!("{}{}{c}", a(&[1, 2]), b(&[2, 3])),
         format!("{}{}{c}", a(&[1, 2, 3, 4]), b(&[2, 3])),
@@ -631,7 +663,7 @@ fn incremental_syncs_keep_every_instant_consistent_and_converge() {
             };
             let mut tries = 0;
             loop {
-                let whole = cost.is_some_and(|c| c < touched.len() && c <= WHOLE_READ_MAX);
+                let whole = cost.is_some_and(|c| c < touched.len());
                 let (reads, key_reads) = (maps.reads.get(), maps.key_reads.get());
                 let report = agent.syncer.apply(&mut maps, agent.compiler.desired(), &changed);
                 if whole {
@@ -718,6 +750,11 @@ fn a_change_larger_than_the_maps_reads_them_whole_and_a_small_one_key_by_key() {
     let (whole, keys) = sync(&mut model, &one_more);
     assert_eq!(whole, 0, "one Service more: no whole read");
     assert!(keys > 0, "one Service more: its keys read one by one");
+    assert_eq!(
+        sync(&mut model, ""),
+        (1, 0),
+        "every Service removed: one whole read, no key read"
+    );
 }
 
 #[test]
