@@ -91,9 +91,15 @@ struct Parser<'a> {
 }
 
 impl<'a> Parser<'a> {
-    fn deeper(&mut self) -> Option<()> {
+    /// What `parse` reads one level deeper: `None` past [`MAX_DEPTH`].
+    fn nested(&mut self, parse: impl FnOnce(&mut Self) -> Option<Value>) -> Option<Value> {
+        if self.depth >= MAX_DEPTH {
+            return None;
+        }
         self.depth += 1;
-        (self.depth <= MAX_DEPTH).then_some(())
+        let value = parse(self);
+        self.depth -= 1;
+        value
     }
 
     fn next_line(&self) -> Option<Line<'a>> {
@@ -102,17 +108,16 @@ impl<'a> Parser<'a> {
 
     /// The block node that starts at `line` (the next to read).
     fn block(&mut self, line: Line<'a>) -> Option<Value> {
-        self.deeper()?;
-        let value = if is_item(line.text) {
-            self.sequence(line.indent)
-        } else if line.text.starts_with(['{', '[']) {
-            self.at += 1;
-            inline(line.text)
-        } else {
-            self.mapping(line.indent, line.text)
-        };
-        self.depth -= 1;
-        value
+        self.nested(|p| {
+            if is_item(line.text) {
+                p.sequence(line.indent)
+            } else if line.text.starts_with(['{', '[']) {
+                p.at += 1;
+                inline(line.text)
+            } else {
+                p.mapping(line.indent, line.text)
+            }
+        })
     }
 
     /// A block mapping whose keys stand at column `indent`, the first of them
@@ -130,10 +135,7 @@ impl<'a> Parser<'a> {
                     Some(next) if next.indent > indent => self.block(next)?,
                     // A sequence may stand at its key's own column.
                     Some(next) if next.indent == indent && is_item(next.text) => {
-                        self.deeper()?;
-                        let items = self.sequence(indent)?;
-                        self.depth -= 1;
-                        items
+                        self.nested(|p| p.sequence(indent))?
                     }
                     _ => Value::Null,
                 }
@@ -170,10 +172,7 @@ impl<'a> Parser<'a> {
                 Some(rest) if block_key(rest).is_some() => {
                     // A mapping in the sequence: its keys stand where this one does.
                     let column = indent + line.text.len() - rest.len();
-                    self.deeper()?;
-                    let map = self.mapping(column, rest)?;
-                    self.depth -= 1;
-                    map
+                    self.nested(|p| p.mapping(column, rest))?
                 }
                 Some(rest) => {
                     self.at += 1;

@@ -381,18 +381,18 @@ fn a_conflict_or_a_namespace_change_compiles_everything() {
 
 #[test]
 fn health_checks_count_this_nodes_ready_endpoints() {
+    let svc = object(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: lb, namespace: ns}\nspec:\n  type: LoadBalancer\n  clusterIP: 10.96.0.9\n  externalTrafficPolicy: Local\n  healthCheckNodePort: 32000\n  selector: {app: lb}\n  ports: [{name: p, port: 80, targetPort: 8080, nodePort: 30080}, {name: q, port: 81, targetPort: 8081, nodePort: 30081}]\n",
+    );
+    let slice = |a_ready: bool| {
+        object(&format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: lb-1\n  namespace: ns\n  labels: {{kubernetes.io/service-name: lb}}\naddressType: IPv4\nports: [{{name: p, port: 8080}}, {{name: q, port: 8081}}]\nendpoints:\n- {{addresses: [10.244.0.1], nodeName: node-a, conditions: {{ready: {a_ready}, serving: true, terminating: {}}}}}\n- {{addresses: [10.244.0.2], nodeName: node-a, conditions: {{ready: false, serving: true, terminating: true}}}}\n- {{addresses: [10.244.1.1], nodeName: node-b, conditions: {{ready: true}}}}\n",
+            !a_ready
+        ))
+    };
     for views in [true, false] {
-        let svc = object(
-            "apiVersion: v1\nkind: Service\nmetadata: {name: lb, namespace: ns}\nspec:\n  type: LoadBalancer\n  clusterIP: 10.96.0.9\n  externalTrafficPolicy: Local\n  healthCheckNodePort: 32000\n  selector: {app: lb}\n  ports: [{name: p, port: 80, targetPort: 8080, nodePort: 30080}, {name: q, port: 81, targetPort: 8081, nodePort: 30081}]\n",
-        );
-        let slice = |a_ready: bool| {
-            object(&format!(
-                "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: lb-1\n  namespace: ns\n  labels: {{kubernetes.io/service-name: lb}}\naddressType: IPv4\nports: [{{name: p, port: 8080}}, {{name: q, port: 8081}}]\nendpoints:\n- {{addresses: [10.244.0.1], nodeName: node-a, conditions: {{ready: {a_ready}, serving: true, terminating: {}}}}}\n- {{addresses: [10.244.0.2], nodeName: node-a, conditions: {{ready: false, serving: true, terminating: true}}}}\n- {{addresses: [10.244.1.1], nodeName: node-b, conditions: {{ready: true}}}}\n",
-                !a_ready
-            ))
-        };
         let mut model = Model::new();
-        model.upsert(svc, "a.yaml");
+        model.upsert(svc.clone(), "a.yaml");
         model.upsert(slice(true), "a.yaml");
         // With views, and without them, as the agent compiles.
         let mut compiler = if views {
