@@ -10,7 +10,7 @@
 //! After an agent restart, [`IdAllocator::from_desired`] rebuilds the assignment from
 //! the map contents read back from the pinned maps.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, btree_map::Entry};
 
 use weir_common::{Backend, ServiceKey};
 
@@ -185,24 +185,12 @@ impl IdAllocator {
 
     /// The reverse-NAT id of a frontend (any slot of it), allocating one if new.
     pub fn rev_nat_id(&mut self, frontend: &ServiceKey) -> Result<u32, IdError> {
-        let key = frontend_key(frontend);
-        if let Some(&id) = self.rev_nat.get(&key) {
-            return Ok(id);
-        }
-        let id = self.rev_nat_pool.allocate()?;
-        self.rev_nat.insert(key, id);
-        Ok(id)
+        id_of(&mut self.rev_nat, &mut self.rev_nat_pool, frontend_key(frontend))
     }
 
     /// The id of a backend (whatever its state), allocating one if new.
     pub fn backend_id(&mut self, backend: &Backend) -> Result<u32, IdError> {
-        let key = backend_key(backend);
-        if let Some(&id) = self.backends.get(&key) {
-            return Ok(id);
-        }
-        let id = self.backend_pool.allocate()?;
-        self.backends.insert(key, id);
-        Ok(id)
+        id_of(&mut self.backends, &mut self.backend_pool, backend_key(backend))
     }
 
     /// Releases the id of a frontend (any slot of it) that is gone.
@@ -255,6 +243,15 @@ impl IdAllocator {
     /// Number of (frontends, backends) holding an id.
     pub fn in_use(&self) -> (usize, usize) {
         (self.rev_nat.len(), self.backends.len())
+    }
+}
+
+/// The id `key` holds, or one allocated to it: one search of `ids` either way
+/// (a cluster's first compile allocates a million).
+fn id_of<K: Ord>(ids: &mut BTreeMap<K, u32>, pool: &mut IdPool, key: K) -> Result<u32, IdError> {
+    match ids.entry(key) {
+        Entry::Occupied(held) => Ok(*held.get()),
+        Entry::Vacant(free) => Ok(*free.insert(pool.allocate()?)),
     }
 }
 

@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use weir_common::{BACKEND_ACTIVE, BACKEND_TERMINATING, Backend, ServiceKey};
+use weir_common::{BACKEND_ACTIVE, BACKEND_TERMINATING, Backend, RevNat, ServiceKey, ServiceValue};
 
 use super::{BackendState, DesiredServices, Fragment, FrontendView, NodeContext, compile_service};
 use crate::{
@@ -53,7 +53,20 @@ impl Touched {
             maglev: differing(&a.maglev, &b.maglev),
         }
     }
+}
 
+/// Touched keys as they are found, in any order and repeated: a large change
+/// names millions, and sorting them once costs a fraction of keeping them
+/// sorted as they come (a B-tree insert each, at a random place).
+#[derive(Default)]
+struct TouchedKeys {
+    services: Vec<ServiceKey>,
+    backends: Vec<u32>,
+    revnat: Vec<u32>,
+    maglev: Vec<u32>,
+}
+
+impl TouchedKeys {
     /// The keys of a fragment's entries.
     fn add(&mut self, fragment: &DesiredServices) {
         self.services.extend(fragment.services.keys());
@@ -61,6 +74,25 @@ impl Touched {
         self.revnat.extend(fragment.revnat.keys());
         self.maglev.extend(fragment.maglev.keys());
     }
+
+    fn into_touched(self) -> Touched {
+        // Collecting sorts, drops the repeats and builds each set bottom-up.
+        Touched {
+            services: self.services.into_iter().collect(),
+            backends: self.backends.into_iter().collect(),
+            revnat: self.revnat.into_iter().collect(),
+            maglev: self.maglev.into_iter().collect(),
+        }
+    }
+}
+
+/// Entries of fragments on their way into the union's two maps keyed by
+/// address (the frontends') or by rev-NAT id, added together at the end of a
+/// compile: see [`merged`].
+#[derive(Default)]
+struct Pending {
+    services: Vec<(ServiceKey, ServiceValue)>,
+    revnat: Vec<(u32, RevNat)>,
 }
 
 /// Keys in one map and not the other, or with other values: one walk of both.
@@ -247,14 +279,16 @@ impl ServiceCompiler {
             .filter_map(|(key, entry)| Some((key.clone(), slice_service(&entry.object)?.into())))
             .collect();
         let mut problems = Vec::new();
+        let mut pending = Pending::default();
         // No list of the keys first: copies of 100,000 keys freed at the end
         // would leave holes between the entries built meanwhile.
         for (key, _, _) in model.services() {
             if let Some(mut fragment) = self.compile(model, key) {
                 problems.append(&mut fragment.problems);
-                self.insert(key.clone(), fragment);
+                self.insert(key.clone(), fragment, &mut pending);
             }
         }
+        self.add_pending(pending);
         self.ids.retain_only(&self.desired);
         self.pack();
         problems
@@ -265,12 +299,11 @@ impl ServiceCompiler {
     /// leaf splits when an insert finds it full); built from sorted entries,
     /// every leaf but the last is full: a third less memory for the union, the
     /// reference counts and the records, for the time a Vec of one map's
-    /// entries takes to exist.
+    /// entries takes to exist. (The frontends' and reverse-NAT entries were
+    /// built that way already: see `add_pending`.)
     fn pack(&mut self) {
         let d = &mut self.desired;
-        d.services = packed(std::mem::take(&mut d.services));
         d.backends = packed(std::mem::take(&mut d.backends));
-        d.revnat = packed(std::mem::take(&mut d.revnat));
         self.backend_refs = packed(std::mem::take(&mut self.backend_refs));
         self.fragments = packed(std::mem::take(&mut self.fragments));
         self.owners = packed(std::mem::take(&mut self.owners));
@@ -299,18 +332,21 @@ impl ServiceCompiler {
             return self.recompile_all(model);
         }
         let affected = self.affected(model, changed);
-        let mut touched = Touched::default();
+        let mut touched = TouchedKeys::default();
         let mut problems = Vec::new();
         for key in &affected {
             self.remove(key, &mut touched);
         }
+        let mut pending = Pending::default();
         for key in affected {
             if let Some(mut fragment) = self.compile(model, &key) {
                 problems.append(&mut fragment.problems);
                 touched.add(&fragment.desired);
-                self.insert(key, fragment);
+                self.insert(key, fragment, &mut pending);
             }
         }
+        self.add_pending(pending);
+        let touched = touched.into_touched();
         if self.conflicts > 0 {
             // Which of the claimants wins depends on the order of a full compile.
             let (changed, problems) = self.recompile_all(model);
@@ -322,34 +358,38 @@ impl ServiceCompiler {
 
     /// The Services whose inputs are among `changed`, in key order.
     fn affected(&mut self, model: &Model, changed: &BTreeSet<ObjectKey>) -> BTreeSet<ObjectKey> {
-        let mut affected = BTreeSet::new();
+        // Listed as found, repeats and all, and sorted once (see TouchedKeys).
+        let mut affected = Vec::new();
+        // Pods come by namespace (the keys' order): its users once.
+        let mut pods_of = None;
         for key in changed {
             match key.kind {
-                Kind::Service => {
-                    affected.insert(key.clone());
-                }
-                Kind::Endpoints => {
-                    affected.insert(service_key(&key.namespace, &key.name));
-                }
+                Kind::Service => affected.push(key.clone()),
+                Kind::Endpoints => affected.push(service_key(&key.namespace, &key.name)),
                 Kind::EndpointSlice => {
                     // The Service it belonged to, and the one it belongs to now.
-                    if let Some(before) = self.slice_services.remove(key) {
-                        affected.insert(service_key(&key.namespace, &before));
+                    let now = model.get(key).and_then(|e| slice_service(&e.object));
+                    let before = match now {
+                        Some(now) => self.slice_services.insert(key.clone(), now.into()),
+                        None => self.slice_services.remove(key),
+                    };
+                    if let Some(before) = before {
+                        affected.push(service_key(&key.namespace, &before));
                     }
-                    if let Some(now) = model.get(key).and_then(|e| slice_service(&e.object)) {
-                        self.slice_services.insert(key.clone(), now.into());
-                        affected.insert(service_key(&key.namespace, now));
+                    if let Some(now) = now {
+                        affected.push(service_key(&key.namespace, now));
                     }
                 }
-                Kind::Pod => {
+                Kind::Pod if pods_of != Some(&key.namespace) => {
+                    pods_of = Some(&key.namespace);
                     if let Some(users) = self.pod_users.get(&key.namespace) {
                         affected.extend(users.iter().cloned());
                     }
                 }
-                Kind::Namespace | Kind::Node | Kind::NetworkPolicy => {}
+                Kind::Pod | Kind::Namespace | Kind::Node | Kind::NetworkPolicy => {}
             }
         }
-        affected
+        affected.into_iter().collect()
     }
 
     fn compile(&mut self, model: &Model, key: &ObjectKey) -> Option<Fragment> {
@@ -370,9 +410,10 @@ impl ServiceCompiler {
         ))
     }
 
-    /// Moves a Service's fragment into the union, keeping what it takes to
-    /// take it out again.
-    fn insert(&mut self, key: ObjectKey, fragment: Fragment) {
+    /// Moves a Service's fragment into the union (its frontends' and
+    /// reverse-NAT entries by way of `pending`), keeping what it takes to take
+    /// it out again.
+    fn insert(&mut self, key: ObjectKey, fragment: Fragment, pending: &mut Pending) {
         let Fragment {
             desired: d,
             from_pods,
@@ -395,8 +436,8 @@ impl ServiceCompiler {
             from_pods,
             conflict,
         };
-        self.desired.services.extend(d.services);
-        self.desired.revnat.extend(d.revnat);
+        pending.services.extend(d.services);
+        pending.revnat.extend(d.revnat);
         self.desired.maglev.extend(d.maglev);
         for (id, backend) in d.backends {
             let refs = self.backend_refs.entry(id).or_default();
@@ -414,21 +455,29 @@ impl ServiceCompiler {
         self.fragments.insert(key, held);
     }
 
+    /// The pending entries into the union (no fragment's keys are another's:
+    /// a frontend has one owner, and so has its rev-NAT id).
+    fn add_pending(&mut self, pending: Pending) {
+        let d = &mut self.desired;
+        d.services = merged(std::mem::take(&mut d.services), pending.services);
+        d.revnat = merged(std::mem::take(&mut d.revnat), pending.revnat);
+    }
+
     /// Takes a Service's fragment out of the union, its keys into `touched`.
     /// Its ids stay allocated, and its backends no other fragment holds stay in
     /// the union, until `release_unused`: the recompiled Service likely wants
     /// them back.
-    fn remove(&mut self, key: &ObjectKey, touched: &mut Touched) {
+    fn remove(&mut self, key: &ObjectKey, touched: &mut TouchedKeys) {
         let Some(held) = self.fragments.remove(key) else {
             return;
         };
         for head in &held.heads {
             let count = self.desired.services.remove(head).map_or(0, |v| v.count);
-            touched.services.insert(*head);
+            touched.services.push(*head);
             for slot in 1..=count {
                 let k = ServiceKey { slot, ..*head };
                 self.desired.services.remove(&k);
-                touched.services.insert(k);
+                touched.services.push(k);
             }
             self.owners.remove(head);
         }
@@ -441,7 +490,7 @@ impl ServiceCompiler {
         touched.revnat.extend(held.revnat.iter());
         touched.maglev.extend(held.maglev.iter());
         for &(id, active) in &held.backends {
-            touched.backends.insert(id);
+            touched.backends.push(id);
             if let Some(refs) = self.backend_refs.get_mut(&id) {
                 refs.holders -= 1;
                 refs.active -= u32::from(active);
@@ -505,6 +554,21 @@ pub(crate) fn packed<K: Ord, V>(map: BTreeMap<K, V>) -> BTreeMap<K, V> {
     map.into_iter().collect()
 }
 
+/// `map` with `entries` added. A few are inserted one by one; many (more
+/// than a sixteenth of the map: a cluster's first Services, a change to most of
+/// them), each at a random place in a large tree, cost more that way than
+/// rebuilding the tree from both in key order (bottom-up, with full leaves).
+/// Either way an entry replaces the map's under its key.
+fn merged<K: Ord, V>(mut map: BTreeMap<K, V>, entries: Vec<(K, V)>) -> BTreeMap<K, V> {
+    if entries.len() < map.len() / 16 {
+        map.extend(entries);
+        map
+    } else {
+        // Collecting sorts (the map's run is sorted already) and builds.
+        map.into_iter().chain(entries).collect()
+    }
+}
+
 /// A backend is active if any Service sees it ready.
 fn with_state(backend: Backend, refs: &BackendRefs) -> Backend {
     Backend {
@@ -519,4 +583,52 @@ fn with_state(backend: Backend, refs: &BackendRefs) -> Backend {
 
 fn service_key(namespace: &str, name: &str) -> ObjectKey {
     ObjectKey::new(Kind::Service, namespace, name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::Rng;
+
+    /// Keys that differ in a few values of every field, so that each field
+    /// decides some comparisons.
+    fn random_keys(rng: &mut Rng, n: usize) -> Vec<ServiceKey> {
+        let byte = |rng: &mut Rng| [0u8, 1, 127, 128, 255][rng.below(5)];
+        (0..n)
+            .map(|_| {
+                let mut addr = [0u8; 16];
+                for b in &mut addr {
+                    *b = byte(rng);
+                }
+                ServiceKey {
+                    addr,
+                    port: u16::from_ne_bytes([byte(rng), byte(rng)]),
+                    slot: u16::from_ne_bytes([byte(rng), byte(rng)]),
+                    proto: byte(rng),
+                    family: byte(rng),
+                    scope: byte(rng),
+                    _pad: byte(rng),
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn entries_merged_in_are_the_maps_entries_either_way() {
+        let mut rng = Rng(0x0dd_ba11);
+        for (held, added) in [(1_000, 10), (1_000, 100), (10, 1_000), (0, 50)] {
+            let keys = random_keys(&mut rng, held + added);
+            let map: BTreeMap<ServiceKey, usize> = keys[..held].iter().map(|k| (*k, 0)).collect();
+            // Some added keys are held already: theirs replace the map's.
+            let entries: Vec<(ServiceKey, usize)> = keys[held..]
+                .iter()
+                .chain(keys.iter().take(added / 4))
+                .enumerate()
+                .map(|(i, k)| (*k, i + 1))
+                .collect();
+            let mut expected = map.clone();
+            expected.extend(entries.iter().copied());
+            assert_eq!(merged(map, entries), expected, "{held} held, {added} added");
+        }
+    }
 }
