@@ -81,9 +81,9 @@ pub fn delete<K: Pod>(map: &MapData, keys: &[K]) -> Result<(), (usize, MapError)
 pub struct HashReader<K, V> {
     keys: Vec<K>,
     values: Vec<V>,
-    /// The kernel's place in the map (a bucket number), from the last call.
-    at: u32,
-    started: bool,
+    /// The kernel's place in the map (a bucket number) from the last call;
+    /// `None` before the first.
+    at: Option<u32>,
     ended: bool,
 }
 
@@ -94,8 +94,7 @@ impl<K: Pod, V: Pod> HashReader<K, V> {
         Self {
             keys: Vec::with_capacity(per_call),
             values: Vec::with_capacity(per_call),
-            at: 0,
-            started: false,
+            at: None,
             ended: false,
         }
     }
@@ -110,11 +109,7 @@ impl<K: Pod, V: Pod> HashReader<K, V> {
         let mut next = 0u32;
         let mut attr = BatchAttr {
             // None: from the start.
-            in_batch: if self.started {
-                &raw const self.at as u64
-            } else {
-                0
-            },
+            in_batch: self.at.as_ref().map_or(0, |at| std::ptr::from_ref(at) as u64),
             out_batch: &raw mut next as u64,
             keys: self.keys.as_mut_ptr() as u64,
             values: self.values.as_mut_ptr() as u64,
@@ -150,7 +145,7 @@ impl<K: Pod, V: Pod> HashReader<K, V> {
             self.keys.set_len(got);
             self.values.set_len(got);
         }
-        (self.started, self.at) = (true, next);
+        self.at = Some(next);
         if got == 0 && self.ended {
             return Ok(None);
         }

@@ -112,52 +112,41 @@ pub(super) const BATCH: usize = 4_096;
 /// Of a batch of `chunk` (writes, or deletes, of one map), how many were
 /// made: all, or those before the one that stopped it.
 fn batch_written(dp: &Datapath, chunk: &[ServiceOp]) -> usize {
-    let done = |r: Result<(), (usize, MapError)>| r.map_or_else(|(n, _)| n, |()| chunk.len());
-    match chunk.first() {
-        Some(ServiceOp::PutService(..)) => {
-            let (k, v) = pairs(chunk, |op| match op {
-                ServiceOp::PutService(k, v) => Some((*k, *v)),
-                _ => None,
-            });
-            done(batch::update(dp.services.map(), &k, &v))
-        }
-        Some(ServiceOp::PutBackend(..)) => {
-            let (k, v) = pairs(chunk, |op| match op {
-                ServiceOp::PutBackend(k, v) => Some((*k, *v)),
-                _ => None,
-            });
-            done(batch::update(dp.backends.map(), &k, &v))
-        }
-        Some(ServiceOp::PutRevNat(..)) => {
-            let (k, v) = pairs(chunk, |op| match op {
-                ServiceOp::PutRevNat(k, v) => Some((*k, *v)),
-                _ => None,
-            });
-            done(batch::update(dp.revnat.map(), &k, &v))
-        }
-        Some(ServiceOp::DelService(_)) => done(batch::delete(
-            dp.services.map(),
-            &keys(chunk, |op| match op {
-                ServiceOp::DelService(k) => Some(*k),
-                _ => None,
-            }),
-        )),
-        Some(ServiceOp::DelBackend(_)) => done(batch::delete(
-            dp.backends.map(),
-            &keys(chunk, |op| match op {
-                ServiceOp::DelBackend(id) => Some(*id),
-                _ => None,
-            }),
-        )),
-        Some(ServiceOp::DelRevNat(_)) => done(batch::delete(
-            dp.revnat.map(),
-            &keys(chunk, |op| match op {
-                ServiceOp::DelRevNat(id) => Some(*id),
-                _ => None,
-            }),
-        )),
+    use ServiceOp::*;
+    let made = match chunk.first() {
+        Some(PutService(..) | DelService(_)) => one_map(dp.services.map(), chunk, |op| match op {
+            PutService(k, v) => Some((*k, Some(*v))),
+            DelService(k) => Some((*k, None)),
+            _ => None,
+        }),
+        Some(PutBackend(..) | DelBackend(_)) => one_map(dp.backends.map(), chunk, |op| match op {
+            PutBackend(k, v) => Some((*k, Some(*v))),
+            DelBackend(k) => Some((*k, None)),
+            _ => None,
+        }),
+        Some(PutRevNat(..) | DelRevNat(_)) => one_map(dp.revnat.map(), chunk, |op| match op {
+            PutRevNat(k, v) => Some((*k, Some(*v))),
+            DelRevNat(k) => Some((*k, None)),
+            _ => None,
+        }),
         // Not a batch: one by one (by the caller).
-        _ => 0,
+        _ => return 0,
+    };
+    made.map_or_else(|(n, _)| n, |()| chunk.len())
+}
+
+/// One batch of `map`'s writes, or of its deletes (`chunk` is one or the
+/// other: [`ServiceOp::batches_with`]), `entry` giving each op's key and the
+/// value it writes.
+fn one_map<K: Pod, V: Pod>(
+    map: &MapData,
+    chunk: &[ServiceOp],
+    entry: impl Fn(&ServiceOp) -> Option<(K, Option<V>)>,
+) -> Result<(), (usize, MapError)> {
+    let (keys, values): (Vec<K>, Vec<Option<V>>) = chunk.iter().filter_map(entry).unzip();
+    match values.into_iter().collect::<Option<Vec<V>>>() {
+        Some(values) => batch::update(map, &keys, &values),
+        None => batch::delete(map, &keys),
     }
 }
 
@@ -202,16 +191,6 @@ impl SharedDatapath {
             }
         }
     }
-}
-
-/// The keys and values of a batch's writes, as the system call takes them.
-fn pairs<K, V>(chunk: &[ServiceOp], of: impl Fn(&ServiceOp) -> Option<(K, V)>) -> (Vec<K>, Vec<V>) {
-    chunk.iter().filter_map(of).unzip()
-}
-
-/// The keys of a batch's deletes.
-fn keys<K>(chunk: &[ServiceOp], of: impl Fn(&ServiceOp) -> Option<K>) -> Vec<K> {
-    chunk.iter().filter_map(of).collect()
 }
 
 /// The map value for a compiled table, `None` unless it has exactly
