@@ -176,32 +176,37 @@ impl Object {
     /// The key under which the model stores this object. A namespaced object without
     /// a namespace is in `default`, as `kubectl apply` would have put it.
     pub fn key(&self) -> ObjectKey {
-        let (name, namespace) = self.names();
-        let kind = self.kind();
-        let namespace = if !kind.is_namespaced() {
+        ObjectKey::new(self.kind(), self.key_namespace(), self.names().0)
+    }
+
+    /// The namespace of its key: none for a cluster-scoped kind, the
+    /// default one for a namespaced object that names none.
+    fn key_namespace(&self) -> &str {
+        let namespace = self.names().1;
+        if !self.kind().is_namespaced() {
             ""
         } else if namespace.is_empty() {
             DEFAULT_NAMESPACE
         } else {
             namespace
-        };
-        ObjectKey::new(kind, namespace, name)
+        }
     }
 
     /// Fills in the namespace the key implies, so that code reading the
     /// object's namespace sees what the model sees.
     pub(crate) fn normalize(&mut self) {
-        let key = self.key();
-        if !key.kind.is_namespaced() || self.names().1 == key.namespace {
+        let namespace = self.key_namespace();
+        if !self.kind().is_namespaced() || self.names().1 == namespace {
             return;
         }
+        let namespace = namespace.to_owned();
         match self {
-            Object::Service(o) => o.meta.namespace = key.namespace.into(),
-            Object::EndpointSlice(o) => o.meta.namespace = key.namespace.into(),
-            Object::Pod(o) => o.meta.namespace = key.namespace.into(),
+            Object::Service(o) => o.meta.namespace = namespace.into(),
+            Object::EndpointSlice(o) => o.meta.namespace = namespace.into(),
+            Object::Pod(o) => o.meta.namespace = namespace.into(),
             other => {
                 if let Some(meta) = other.api_metadata_mut() {
-                    meta.namespace = Some(key.namespace);
+                    meta.namespace = Some(namespace);
                 }
             }
         }

@@ -5,7 +5,7 @@
 //! kind), and JSON (one object, a stream of objects, or an array). A document that
 //! cannot be used becomes a [`Problem`]; the others are still returned.
 
-use std::collections::BTreeMap;
+use std::{borrow::Cow, collections::BTreeMap};
 
 use k8s_openapi::api::{
     core::v1::{Endpoints, Namespace, Node, Pod, Service},
@@ -135,16 +135,18 @@ fn parse_all(docs: Vec<RawDocument>, origin: &str) -> Parsed {
 }
 
 /// A document as split from its file, before its YAML is parsed.
-struct RawDocument {
+struct RawDocument<'t> {
     /// 1-based line where the document starts.
     line: usize,
-    text: RawText,
+    text: RawText<'t>,
 }
 
-enum RawText {
+enum RawText<'t> {
     /// The whole file was JSON: its values (one, a stream, an array's items).
     Json(Vec<Value>),
-    Yaml(String),
+    /// Its lines, each ending in `\n`: as they are in the file, unless the
+    /// file ends some in `\r\n` or its last without one.
+    Yaml(Cow<'t, str>),
 }
 
 /// Splits a file into documents: the YAML documents of the stream, or the whole
@@ -159,7 +161,7 @@ enum RawText {
 /// ends a parser's stream for good, and one bad document must not hide the
 /// rest. A `---` at column 0 always starts a document in YAML (it cannot occur
 /// inside a scalar), so splitting on lines is exact.
-fn split_documents(text: &str) -> Vec<RawDocument> {
+fn split_documents(text: &str) -> Vec<RawDocument<'_>> {
     let trimmed = text.trim_start();
     if (trimmed.starts_with('{') || trimmed.starts_with('['))
         && let Ok(values) = parse_json(trimmed)
@@ -173,34 +175,50 @@ fn split_documents(text: &str) -> Vec<RawDocument> {
     }
     let mut docs = Vec::new();
     let mut start_line = 1;
-    let mut current = String::new();
-    for (index, line) in text.lines().enumerate() {
+    // Where the current document's text starts, and where the line at hand.
+    let (mut start, mut at) = (0, 0);
+    for (index, raw) in text.split_inclusive('\n').enumerate() {
+        let line = raw
+            .strip_suffix('\n')
+            .map_or(raw, |l| l.strip_suffix('\r').unwrap_or(l));
         let separator = line == "---" || line.starts_with("--- ") || line.starts_with("---\t");
         if separator || line == "..." {
             docs.push(RawDocument {
                 line: start_line,
-                text: RawText::Yaml(std::mem::take(&mut current)),
+                text: RawText::Yaml(lines(&text[start..at])),
             });
             start_line = index + 2;
+            start = at + raw.len();
             // `--- {inline: document}` carries content after the marker.
             if let Some(rest) = line.strip_prefix("---")
                 && !rest.trim().is_empty()
                 && !rest.trim().starts_with('#')
             {
-                current.push_str(rest);
-                current.push('\n');
+                start = at + 3;
                 start_line = index + 1;
             }
-        } else {
-            current.push_str(line);
-            current.push('\n');
         }
+        at += raw.len();
     }
     docs.push(RawDocument {
         line: start_line,
-        text: RawText::Yaml(current),
+        text: RawText::Yaml(lines(&text[start..])),
     });
     docs
+}
+
+/// `text`'s lines, each ending in `\n`: `text` itself as a rule (no copy
+/// of a 100 MB file, line by line, before its parsing threads start).
+fn lines(text: &str) -> Cow<'_, str> {
+    if !text.contains('\r') && (text.is_empty() || text.ends_with('\n')) {
+        return Cow::Borrowed(text);
+    }
+    let mut owned = String::with_capacity(text.len() + 1);
+    for line in text.lines() {
+        owned.push_str(line);
+        owned.push('\n');
+    }
+    Cow::Owned(owned)
 }
 
 /// How deep a document may nest (blocks and flows alike). Kubernetes objects
@@ -619,6 +637,76 @@ subsets:
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(keys(&objects), ["Namespace a", "Namespace b"]);
         assert_eq!(check_simple_yaml(&block), Ok(true));
+    }
+
+    /// The documents are the text's own slices, and what splitting line by
+    /// line into new strings gave: the same text and starting lines, for
+    /// every mix of line ends, markers and inline documents.
+    #[test]
+    fn documents_split_as_line_by_line_did() {
+        fn by_lines(text: &str) -> Vec<(usize, String)> {
+            let (mut docs, mut start_line, mut current) = (Vec::new(), 1, String::new());
+            for (index, line) in text.lines().enumerate() {
+                let separator = line == "---" || line.starts_with("--- ") || line.starts_with("---\t");
+                if separator || line == "..." {
+                    docs.push((start_line, std::mem::take(&mut current)));
+                    start_line = index + 2;
+                    if let Some(rest) = line.strip_prefix("---")
+                        && !rest.trim().is_empty()
+                        && !rest.trim().starts_with('#')
+                    {
+                        current.push_str(rest);
+                        current.push('\n');
+                        start_line = index + 1;
+                    }
+                } else {
+                    current.push_str(line);
+                    current.push('\n');
+                }
+            }
+            docs.push((start_line, current));
+            docs
+        }
+        let pieces = [
+            "a: 1",
+            "---",
+            "--- {b: 2}",
+            "--- # c",
+            "---\tx: 3",
+            "...",
+            "",
+            "  d: e",
+            "x\ry",
+            "----",
+            "--- ",
+        ];
+        let ends = ["\n", "\r\n"];
+        let mut rng = crate::testing::Rng(11);
+        let mut borrowed = 0;
+        for _ in 0..2_000 {
+            let mut text = String::new();
+            for _ in 0..rng.below(8) {
+                text.push_str(pieces[rng.below(pieces.len())]);
+                text.push_str(ends[usize::from(rng.below(6) == 0)]);
+            }
+            if rng.below(3) == 0 {
+                text.push_str(pieces[rng.below(pieces.len())]);
+            }
+            let got: Vec<(usize, String)> = split_documents(&text)
+                .into_iter()
+                .map(|doc| match doc.text {
+                    RawText::Yaml(yaml) => {
+                        borrowed += usize::from(matches!(yaml, Cow::Borrowed(y) if !y.is_empty()));
+                        (doc.line, yaml.into_owned())
+                    }
+                    RawText::Json(_) => (doc.line, "JSON".to_owned()),
+                })
+                .collect();
+            if got.iter().all(|(_, t)| t != "JSON") {
+                assert_eq!(got, by_lines(&text), "{text:?}");
+            }
+        }
+        assert!(borrowed > 1_000, "documents are borrowed as a rule: {borrowed}");
     }
 
     #[test]

@@ -38,7 +38,13 @@ use nix::{
     sys::inotify::{AddWatchFlags, InitFlags, Inotify},
 };
 use tracing::warn;
-use weir_model::{Model, Object, ObjectKey, Problem, ProblemReason, parse::PARSE_STACK, parse_documents_on};
+use weir_model::{
+    Model, Object, ObjectKey, Problem, ProblemReason,
+    merge::{add_to_lists, values_of},
+    model::Put,
+    parse::PARSE_STACK,
+    parse_documents_on,
+};
 
 use super::{Changes, Source, SourceError};
 
@@ -267,7 +273,7 @@ impl DirSource {
 
     /// Hands every new or changed file to the workers, and forgets the files
     /// that are gone (their keys go into `touched`).
-    fn submit(&mut self, files: &[FileStamp], touched: &mut BTreeSet<ObjectKey>) {
+    fn submit(&mut self, files: &[FileStamp], touched: &mut Vec<ObjectKey>) {
         let listed: BTreeMap<&str, &FileStamp> = files.iter().map(|f| (f.name.as_str(), f)).collect();
         let gone: Vec<String> = self
             .parsed
@@ -298,19 +304,19 @@ impl DirSource {
 
     /// Drops a file's objects from the index (the model is brought in line by
     /// [`Self::settle`]).
-    fn forget(&mut self, name: &str, touched: &mut BTreeSet<ObjectKey>) {
+    fn forget(&mut self, name: &str, touched: &mut Vec<ObjectKey>) {
         if let Some(file) = self.parsed.remove(name) {
             for key in file.keys {
                 if let Some(files) = self.definers.get_mut(&key) {
                     files.retain(|f| **f != *name);
                 }
-                touched.insert(key);
+                touched.push(key);
             }
         }
     }
 
     /// Applies one worker's result, if it is for the version still wanted.
-    fn apply(&mut self, done: Done, touched: &mut BTreeSet<ObjectKey>, problems: &mut Vec<Problem>) {
+    fn apply(&mut self, done: Done, touched: &mut Vec<ObjectKey>, problems: &mut Vec<Problem>) {
         let name = done.stamp.name.clone();
         if self.pending.get(&name) != Some(&done.stamp) {
             return;
@@ -331,16 +337,11 @@ impl DirSource {
         problems.extend(file_problems);
         self.forget(&name, touched);
         let file: Arc<str> = name.as_str().into();
-        for key in objects.keys() {
-            let files = self.definers.entry(key.clone()).or_default();
-            if let Err(at) = files.binary_search(&file) {
-                files.insert(at, file.clone());
-            }
-            if files.len() > 1 {
-                warn!(object = %key, files = ?files, "object defined in several files: the last one's definition wins");
-            }
-            touched.insert(key.clone());
-        }
+        let defines = objects.keys().map(|key| (key.clone(), file.clone())).collect();
+        add_to_lists(&mut self.definers, defines, |key, files| {
+            warn!(object = %key, files = ?files, "object defined in several files: the last one's definition wins");
+        });
+        touched.extend(objects.keys().cloned());
         self.parsed.insert(
             name,
             ParsedFile {
@@ -351,44 +352,59 @@ impl DirSource {
         );
     }
 
-    /// Brings the model to what the parsed files hold for `touched`; the keys
-    /// whose object changed.
-    fn settle(&mut self, touched: BTreeSet<ObjectKey>) -> BTreeSet<ObjectKey> {
-        let mut changed = BTreeSet::new();
-        for key in touched {
-            let winner = self.definers.get(&key).and_then(|files| files.last()).cloned();
+    /// Brings the model to what the parsed files hold for `touched` (in any
+    /// order, repeats included); the keys whose object changed.
+    fn settle(&mut self, mut touched: Vec<ObjectKey>) -> BTreeSet<ObjectKey> {
+        // Sorted once (a file's keys are a sorted run already), and the
+        // changed keys found in order: a set built in order is built
+        // bottom-up, where an insert searches the tree from its root.
+        touched.sort();
+        touched.dedup();
+        // Each key's file in force, by a walk of the index if many.
+        let winners: Vec<Option<Arc<str>>> = values_of(&touched, &self.definers)
+            .map(|(_, files)| files.and_then(|files| files.last()).cloned())
+            .collect();
+        let mut changed = Vec::new();
+        // The objects to put, and beside them their keys and files.
+        let (mut objects, mut putting) = (Vec::new(), Vec::new());
+        for (key, winner) in touched.into_iter().zip(winners) {
             let Some(winner) = winner else {
                 self.definers.remove(&key);
                 if self.model.remove(&key).is_some() {
-                    changed.insert(key);
+                    changed.push(key);
                 }
                 continue;
             };
             // Not held: the model has the winner's definition already (its
             // file was not read again).
-            let Some(object) = self.parsed.get_mut(&*winner).and_then(|f| f.held.remove(&key)) else {
-                continue;
-            };
-            let entry = self.model.get(&key);
-            if entry.is_some_and(|e| *e.origin == *winner && e.object == object) {
-                continue;
-            }
-            let overridden = entry.map(|e| e.origin.clone()).filter(|o| *o != winner);
-            let old = self.model.upsert(object, &winner);
-            changed.insert(key.clone());
-            // The definition it replaces is still another file's: that file
-            // holds it again, in force should the winner drop the key.
-            if let (Some(origin), Some(old)) = (overridden, old)
-                && self
-                    .definers
-                    .get(&key)
-                    .is_some_and(|files| files.contains(&origin))
-                && let Some(file) = self.parsed.get_mut(&*origin)
-            {
-                file.held.entry(key).or_insert(old);
+            if let Some(object) = self.parsed.get_mut(&*winner).and_then(|f| f.held.remove(&key)) {
+                putting.push((key, winner.clone()));
+                objects.push((object, winner));
             }
         }
-        changed
+        for ((key, winner), done) in putting.into_iter().zip(self.model.put_all(objects)) {
+            match done {
+                Put::Unchanged(_) => continue,
+                Put::Inserted => {}
+                // The definition it replaces is still another file's: that
+                // file holds it again, in force should the winner drop the key.
+                Put::Replaced(old) => {
+                    if old.origin != winner
+                        && self
+                            .definers
+                            .get(&key)
+                            .is_some_and(|files| files.contains(&old.origin))
+                        && let Some(file) = self.parsed.get_mut(&*old.origin)
+                    {
+                        file.held.entry(key.clone()).or_insert(old.object);
+                    }
+                }
+            }
+            changed.push(key);
+        }
+        // Two runs in order (removed, put): collecting sorts them by a
+        // merge and builds the set bottom-up.
+        changed.into_iter().collect()
     }
 }
 
@@ -403,7 +419,7 @@ fn is_manifest(name: &str) -> bool {
 impl Source for DirSource {
     fn next(&mut self, timeout: Duration) -> Result<Option<Changes>, SourceError> {
         let deadline = Instant::now() + timeout;
-        let mut touched = BTreeSet::new();
+        let mut touched = Vec::new();
         let mut problems = Vec::new();
         loop {
             match self.scan() {
@@ -648,6 +664,42 @@ mod tests {
         let names: Vec<_> = changes.objects.iter().map(|k| k.name.as_str()).collect();
         assert_eq!(names, ["x", "z"]);
         assert_eq!(cluster_ip(&source), ("10.96.0.5".to_owned(), "a.yaml".to_owned()));
+    }
+
+    /// A later file of more objects than the directory held so far takes
+    /// the index and the model's tree in one rebuild each (`add_to_lists`,
+    /// `Model::put_all`): what it overrides is kept, and in force again
+    /// when it goes.
+    #[test]
+    fn a_large_later_file_overrides_by_rebuilding_and_gives_back_when_gone() {
+        let dir = tempdir("large");
+        fs::write(dir.0.join("a.yaml"), service("x")).expect("write");
+        let mut source = DirSource::new(dir.0.clone());
+        source.next(Duration::ZERO).expect("scan").expect("first read");
+        let ip = |source: &DirSource, name: &str| {
+            let (_, svc, origin) = source
+                .model()
+                .services()
+                .find(|(k, _, _)| k.name == name)
+                .expect("defined");
+            (svc.cluster_ips()[0].to_string(), origin.to_owned())
+        };
+        let three = ["w", "x", "y"]
+            .map(|name| service(name).replace("10.96.0.1", "10.96.0.9"))
+            .join("---\n");
+        fs::write(dir.0.join("b.yaml"), three).expect("write");
+        let changes = until(&mut source, |c| c.objects.len() >= 3);
+        let names: Vec<_> = changes.objects.iter().map(|k| k.name.as_str()).collect();
+        assert_eq!(names, ["w", "x", "y"]);
+        for name in ["w", "x", "y"] {
+            assert_eq!(ip(&source, name), ("10.96.0.9".to_owned(), "b.yaml".to_owned()));
+        }
+        fs::remove_file(dir.0.join("b.yaml")).expect("rm");
+        let changes = until(&mut source, |c| c.objects.len() >= 3);
+        let names: Vec<_> = changes.objects.iter().map(|k| k.name.as_str()).collect();
+        assert_eq!(names, ["w", "x", "y"]);
+        assert_eq!(source.model().len(), 1, "w and y went with b.yaml");
+        assert_eq!(ip(&source, "x"), ("10.96.0.1".to_owned(), "a.yaml".to_owned()));
     }
 
     #[test]

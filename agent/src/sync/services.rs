@@ -61,7 +61,7 @@ use weir_common::{
 };
 use weir_model::{
     DesiredServices, IdAllocator, NodeContext,
-    merge::merge_join,
+    merge::{merge_join, values_of},
     services::{Changed, ServiceCompiler},
 };
 
@@ -342,26 +342,6 @@ impl Candidates {
             },
         }
     }
-}
-
-/// Each of `keys` (in order, each once) with `map`'s value for it. Many keys
-/// are looked up by one walk of the map beside them (at 100,000 Services a
-/// lookup each in maps of a million entries cost more than the walk), a few
-/// by a lookup each.
-fn values_of<'m, K: Ord, V>(
-    keys: &'m [K],
-    map: &'m BTreeMap<K, V>,
-) -> impl Iterator<Item = (&'m K, Option<&'m V>)> {
-    debug_assert!(keys.is_sorted_by(|a, b| a < b), "keys in order, each once");
-    let walk = keys.len() >= map.len() / 16;
-    let mut entries = map.iter().peekable();
-    keys.iter().map(move |k| {
-        if !walk {
-            return (k, map.get(k));
-        }
-        while entries.next_if(|(held, _)| *held < k).is_some() {}
-        (k, entries.peek().filter(|(held, _)| *held == k).map(|(_, v)| *v))
-    })
 }
 
 /// The keys of `keys` (in order) that `map` does not hold.

@@ -758,27 +758,15 @@ fn a_change_larger_than_the_maps_reads_them_whole_and_a_small_one_key_by_key() {
 }
 
 #[test]
-fn values_of_sorted_keys_are_the_maps_by_walk_and_by_lookup() {
+fn absent_keys_are_those_the_map_lacks_by_walk_and_by_lookup() {
     let map: BTreeMap<u32, u32> = (0..1_000).map(|k| (k * 3, k)).collect();
     let many: Vec<u32> = (0..4_000).collect();
     let few: Vec<u32> = vec![0, 2, 3, 2_997, 5_000];
     for keys in [&many, &few] {
-        let got: Vec<(u32, Option<u32>)> = values_of(keys, &map).map(|(k, v)| (*k, v.copied())).collect();
-        let want: Vec<(u32, Option<u32>)> = keys.iter().map(|k| (*k, map.get(k).copied())).collect();
-        assert_eq!(got, want);
         let gone: Vec<u32> = absent(keys, &map).collect();
-        assert_eq!(
-            gone,
-            keys.iter()
-                .filter(|k| !map.contains_key(k))
-                .copied()
-                .collect::<Vec<_>>()
-        );
+        let want: Vec<u32> = keys.iter().filter(|k| !map.contains_key(k)).copied().collect();
+        assert_eq!(gone, want);
     }
-    assert!(
-        many.len() >= map.len() / 16 && few.len() < map.len() / 16,
-        "both ways are tried"
-    );
 }
 
 /// Maps in memory behind a lock, so that the syncer's writer thread writes
