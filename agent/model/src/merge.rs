@@ -1,7 +1,7 @@
-//! One walk of two maps in key order: the keys of either, each with what
-//! each map holds for it. What a diff of two states and a union of their
-//! keys are both made of. And sorted keys' values, by a walk of the map
-//! beside them.
+//! Walks of maps beside sorted keys: the keys of two maps in order, each
+//! with what each map holds for it (what a diff of two states and a union of
+//! their keys are both made of); sorted keys' values; and many additions
+//! merged into a map by one walk, its tree rebuilt bottom-up.
 
 use std::{
     cmp::Ordering,

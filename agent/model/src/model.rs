@@ -110,7 +110,7 @@ impl Model {
             }
         };
         if let Some(key) = reindex {
-            self.reindex_slice(key, old.as_ref(), new);
+            self.reindex_slices([(key, old.as_ref(), new)]);
         }
         old.map_or(Put::Inserted, Put::Replaced)
     }
@@ -164,18 +164,13 @@ impl Model {
         all.extend(held);
         // In key order: built bottom-up.
         self.objects = all.into_iter().collect();
-        let mut adds = Vec::new();
-        for (key, i, new) in reindex {
-            if let Put::Replaced(old) = &done[i].1
-                && let Some(service) = slice_service(&old.object)
-            {
-                self.unindex_slice(&key, service);
-            }
-            if let Some(service) = new {
-                adds.push(((key.namespace, service), key.name.into()));
-            }
-        }
-        add_to_lists(&mut self.slices, adds, |_, _| {});
+        self.reindex_slices(reindex.into_iter().map(|(key, i, new)| {
+            let old = match &done[i].1 {
+                Put::Replaced(old) => Some(old),
+                _ => None,
+            };
+            (key, old, new)
+        }));
         done.sort_by_key(|(at, _)| *at);
         done.into_iter().map(|(_, put)| put).collect()
     }
@@ -192,19 +187,23 @@ impl Model {
         }
     }
 
-    /// The slice index after the object under `key` changed from `old` to
-    /// one of Service `new` (a slice relabelled leaves its old Service).
-    fn reindex_slice(&mut self, key: ObjectKey, old: Option<&Entry>, new: Option<String>) {
-        if let Some(service) = old.and_then(|old| slice_service(&old.object)) {
-            self.unindex_slice(&key, service);
+    /// The slice index after each object under `key` changed from `old` to
+    /// one of Service `new` (a slice relabelled leaves its old Service); the
+    /// additions go in together.
+    fn reindex_slices<'o>(
+        &mut self,
+        moves: impl IntoIterator<Item = (ObjectKey, Option<&'o Entry>, Option<String>)>,
+    ) {
+        let mut adds = Vec::new();
+        for (key, old, new) in moves {
+            if let Some(service) = old.and_then(|old| slice_service(&old.object)) {
+                self.unindex_slice(&key, service);
+            }
+            if let Some(service) = new {
+                adds.push(((key.namespace, service), key.name.into()));
+            }
         }
-        if let Some(service) = new {
-            add_to_lists(
-                &mut self.slices,
-                vec![((key.namespace, service), key.name.into())],
-                |_, _| {},
-            );
-        }
+        add_to_lists(&mut self.slices, adds, |_, _| {});
     }
 
     /// Removes an object; returns it if it was there.
