@@ -387,3 +387,28 @@ fn every_configmap_setting_is_a_flag_and_parses() {
         let _ = agent_args(&agent, &one);
     }
 }
+
+/// The settings the ConfigMap shows commented out (`# WEIR_X: value`), as a
+/// user uncomments them: each a flag's variable, its example value parsing.
+#[test]
+fn every_commented_configmap_example_is_a_flag_and_parses() {
+    let (_, containers) = pod();
+    let config: ConfigMap = one("ConfigMap");
+    let text = std::fs::read_to_string(manifests_dir().join("configmap.yaml")).expect("configmap.yaml");
+    let examples: Vec<(String, String)> = text
+        .lines()
+        .filter_map(|line| line.trim_start().strip_prefix("# WEIR_"))
+        .filter_map(|rest| rest.split_once(": "))
+        .map(|(name, value)| (format!("WEIR_{name}"), value.trim().trim_matches('"').to_owned()))
+        .collect();
+    assert!(examples.len() >= 5, "the examples are found: {examples:?}");
+    for (key, value) in examples {
+        let one = ConfigMap {
+            data: Some([(key, value)].into_iter().collect()),
+            ..config.clone()
+        };
+        let mut agent = containers["agent"].clone();
+        agent.env = None;
+        let _ = agent_args(&agent, &one);
+    }
+}

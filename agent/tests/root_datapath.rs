@@ -3,7 +3,7 @@
 
 use std::{path::PathBuf, process::Command};
 
-use weir_agent::datapath::{Datapath, DatapathError, PinLayout, maps};
+use weir_agent::datapath::{Datapath, DatapathError, LoadOptions, PinLayout, maps};
 
 fn require_root() {
     assert!(
@@ -62,6 +62,68 @@ fn root_programs_load_and_maps_are_pinned_and_reused() {
     // A second agent (a restart) must find the same map, not a new one.
     let _dp = Datapath::load(root.pins()).expect("reload");
     assert_eq!(id(maps::ENDPOINTS.name), first, "restart replaced the pinned map");
+}
+
+/// `--preallocate-bpf-maps`: the Services' hash maps an agent makes hold
+/// every entry from the start, and the datapath uses them; the others, and
+/// a default load, are as the object defines them; an agent restarted
+/// without the option keeps the maps pinned, entries and all.
+#[test]
+fn root_preallocated_maps_are_made_so_used_and_kept_across_restarts() {
+    require_root();
+    let preallocated = |root: &TempRoot, spec: &maps::MapSpec| {
+        maps::is_preallocated(&root.pins(), spec).unwrap_or_else(|e| panic!("{}: {e}", spec.name))
+    };
+    let plain = TempRoot::new("plain");
+    drop(Datapath::load(plain.pins()).expect("load"));
+    for spec in &maps::PREALLOCATABLE {
+        assert!(
+            !preallocated(&plain, spec),
+            "{} preallocated by default",
+            spec.name
+        );
+    }
+
+    let root = TempRoot::new("prealloc");
+    let options = LoadOptions {
+        preallocate_maps: true,
+    };
+    let mut dp = Datapath::load_with(root.pins(), options).expect("programs pass the verifier");
+    for spec in &maps::PREALLOCATABLE {
+        assert!(preallocated(&root, spec), "{} not preallocated", spec.name);
+    }
+    assert!(
+        !preallocated(&root, &maps::MAGLEV),
+        "Maglev's tables preallocated"
+    );
+    let backend = weir_common::Backend {
+        port: 8080,
+        ..Default::default()
+    };
+    dp.backends
+        .insert(7, backend, 0)
+        .expect("write through the datapath's handle");
+    let pinned: aya::maps::HashMap<_, u32, weir_common::Backend> =
+        aya::maps::HashMap::try_from(aya::maps::Map::HashMap(
+            aya::maps::MapData::from_pin(root.pins().map(maps::BACKENDS.name)).expect("pinned"),
+        ))
+        .expect("a hash map");
+    assert_eq!(
+        pinned.get(&7, 0).ok(),
+        Some(backend),
+        "the datapath writes the pinned map"
+    );
+    drop(dp);
+
+    let dp = Datapath::load(root.pins()).expect("restart without the option");
+    for spec in &maps::PREALLOCATABLE {
+        assert!(preallocated(&root, spec), "{} made again on restart", spec.name);
+    }
+    assert_eq!(
+        dp.backends.get(&7, 0).ok(),
+        Some(backend),
+        "entry lost on restart"
+    );
 }
 
 #[test]

@@ -51,7 +51,8 @@
 //! 5,400 connections/s with the 12 s rule), `WEIR_BENCH_CHANGES` (endpoint changes per
 //! size, default 4), `WEIR_BENCH_IPTABLES` (the restore binary, default
 //! `iptables-restore`; `iptables-legacy-restore` for the legacy backend),
-//! `WEIR_BENCH_IPTABLES_NOFLUSH=1` (pass `--noflush`), `WEIR_BENCH_VARIANTS` (a subset
+//! `WEIR_BENCH_IPTABLES_NOFLUSH=1` (pass `--noflush`), `WEIR_BENCH_AGENT_FLAGS` (more
+//! flags for the agent, e.g. `--preallocate-bpf-maps`), `WEIR_BENCH_VARIANTS` (a subset
 //! of `direct,weir,iptables,nftables`, `direct` first; without `weir`, `direct` runs on
 //! a node without agent), `WEIR_BENCH_JSON` (a file, or a directory that gets
 //! `services.jsonl`: one JSON record per variant, size and metric, appended as each
@@ -342,7 +343,14 @@ impl Bed {
         let mut node = Node::new(pod_cidr);
         let (agent, manifests) = if with_agent {
             let dir = ManifestDir::new();
-            (Some(node.start_agent_with_source(dir.path())), Some(dir))
+            // More flags for the agent (e.g. `--preallocate-bpf-maps`), words
+            // split on blanks.
+            let flags = std::env::var("WEIR_BENCH_AGENT_FLAGS").unwrap_or_default();
+            let flags = flags.split_whitespace().map(str::to_owned).collect();
+            (
+                Some(node.start_agent_with_source_and(dir.path(), flags)),
+                Some(dir),
+            )
         } else {
             (None, None)
         };

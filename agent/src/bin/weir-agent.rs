@@ -169,7 +169,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     status.identify(&node, args.source.as_ref().map(ToString::to_string));
     let mut failures = supervise::install().context("installing the thread supervisor")?;
 
-    let mut dp = Datapath::load(pins.clone())
+    let options = datapath::LoadOptions {
+        preallocate_maps: args.preallocate_bpf_maps,
+    };
+    let mut dp = Datapath::load_with(pins.clone(), options)
         .with_context(|| format!("loading the datapath under {}", pins.root().display()))?;
     let adopted = dp.adopt_links().context("adopting pinned links")?;
     let forgotten = datapath::forget_ifindexes(&mut dp, &adopted.stale)?;

@@ -5,6 +5,7 @@ use aya::{
     Ebpf, EbpfLoader,
     programs::{CgroupSockAddr, SchedClassifier, Xdp},
 };
+use tracing::warn;
 use weir_common::programs::{CLASSIFIERS, FROM_NETDEV_XDP, SOCK_HOOKS};
 
 use super::{
@@ -40,15 +41,43 @@ pub struct Datapath {
     pub names: super::names::Names,
 }
 
+/// How the datapath's maps are made when no agent has pinned them yet.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LoadOptions {
+    /// The Services' hash maps with every entry allocated up front
+    /// ([`maps::PREALLOCATABLE`]).
+    pub preallocate_maps: bool,
+}
+
 impl Datapath {
     /// Loads every program (the verifier runs here) and opens or creates every
-    /// map at its pin.
+    /// map at its pin, as the object defines it.
     pub fn load(pins: PinLayout) -> Result<Self, DatapathError> {
+        Self::load_with(pins, LoadOptions::default())
+    }
+
+    /// [`Datapath::load`], the maps no agent has pinned yet made as `options`
+    /// asks. A map pinned already stays as it was made (the datapath keeps
+    /// using it meanwhile): an option that asks otherwise is said, and takes
+    /// effect once the pin is removed.
+    pub fn load_with(pins: PinLayout, options: LoadOptions) -> Result<Self, DatapathError> {
         let maps_dir = pins.maps_dir();
         std::fs::create_dir_all(&maps_dir).map_err(DatapathError::fs(&maps_dir))?;
         let mut loader = EbpfLoader::new();
         for spec in maps::ALL {
-            maps::check_pin(&pins, spec)?;
+            let pinned = maps::check_pin(&pins, spec)?;
+            if maps::PREALLOCATABLE.contains(spec) {
+                let wanted = options.preallocate_maps;
+                if !pinned && wanted {
+                    maps::pin_preallocated(&pins, spec)?;
+                } else if pinned && maps::is_preallocated(&pins, spec)? != wanted {
+                    warn!(
+                        map = spec.name,
+                        preallocated = !wanted,
+                        "the pinned map stays as it was made; --preallocate-bpf-maps={wanted} takes effect once its pin is removed"
+                    );
+                }
+            }
             loader.map_pin_path(spec.name, pins.map(spec.name));
         }
         let mut ebpf = loader.load(OBJECT)?;

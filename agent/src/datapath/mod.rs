@@ -16,5 +16,5 @@ pub mod pins;
 pub use attach::AttachedCount;
 pub use endpoints::{endpoint_key, forget_ifindexes, is_not_found};
 pub use error::DatapathError;
-pub use load::Datapath;
+pub use load::{Datapath, LoadOptions};
 pub use pins::PinLayout;
