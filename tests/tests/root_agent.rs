@@ -268,3 +268,65 @@ fn root_a_panicking_sync_thread_ends_the_agent_and_the_datapath_serves_on() {
         "backend"
     );
 }
+
+/// `weir-agent run --preallocate-bpf-maps`: the Services' maps the agent
+/// makes are preallocated and carry real ClusterIP traffic; an agent
+/// restarted without the option keeps them (and says so), and serves on.
+#[test]
+fn root_preallocated_maps_serve_services_and_survive_a_restart_without_the_option() {
+    use weir_agent::datapath::{PinLayout, maps};
+    let dir = ManifestDir::new();
+    let mut node = Node::new("10.90.8.0/24");
+    let mut agent = node.start_agent_with_source_and(dir.path(), vec!["--preallocate-bpf-maps".to_owned()]);
+    let pins = PinLayout::new(&node.bpffs_root);
+    let preallocated = |pins: &PinLayout| -> Vec<bool> {
+        maps::PREALLOCATABLE
+            .iter()
+            .map(|spec| maps::is_preallocated(pins, spec).unwrap_or_else(|e| panic!("{}: {e}", spec.name)))
+            .collect()
+    };
+    assert_eq!(
+        preallocated(&pins),
+        [true; 3],
+        "the agent's flag did not reach the maps"
+    );
+    let backends = [node.add_pod("backend-a"), node.add_pod("backend-b")];
+    let client = node.add_pod("client");
+    let _servers: Vec<WhoAmI> = backends
+        .iter()
+        .map(|p| WhoAmI::start(&p.ns, &p.spec.name, p.ipv4(), &[8080]))
+        .collect();
+    let name = node.name().to_owned();
+    let eps: Vec<Ep> = backends.iter().map(|p| Ep::ready(p.ipv4())).collect();
+    dir.write(
+        "web.yaml",
+        &[
+            service("web", "10.96.8.1", &[port("http", 80, "8080", "TCP")]),
+            slice("web-x", "web", &name, &[("http", 8080, "TCP")], &eps),
+        ],
+    );
+    let want: Vec<String> = backends.iter().map(|p| format!("{}:8080", p.ipv4())).collect();
+    agent.wait_backends("10.96.8.1:80/TCP", &want);
+    let vip = SocketAddr::new("10.96.8.1".parse().expect("VIP"), 80);
+    let served = |what: &str| -> std::collections::BTreeSet<String> {
+        (0..40)
+            .map(|i| {
+                ask_tcp(&client.ns, vip)
+                    .unwrap_or_else(|e| panic!("{what}: connection {i}: {e}"))
+                    .server
+            })
+            .collect()
+    };
+    assert_eq!(served("preallocated").len(), 2, "both backends serve");
+
+    let mark = agent.log_text().len();
+    agent.restart_with(node.ns.name(), Vec::new());
+    agent.wait_backends("10.96.8.1:80/TCP", &want);
+    assert_eq!(preallocated(&pins), [true; 3], "a restart made the maps again");
+    let log = agent.log_since(mark);
+    assert!(
+        log.contains("the pinned map stays as it was made"),
+        "the kept maps are not said:\n{log}"
+    );
+    assert_eq!(served("after the restart").len(), 2, "both backends serve");
+}
