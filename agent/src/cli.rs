@@ -197,11 +197,12 @@ pub struct RunArgs {
     pub routing: Routing,
     /// The Services' hash maps (frontends, backends, reverse NAT) made with
     /// every entry allocated up front, as Cilium's option of this name: about
-    /// 360 MB of kernel memory held from the start, for writes at about half
-    /// the kernel's cost (a first sync of 100,000 Services x 10 endpoints:
-    /// 2.4 s of writes -> 1.6 s). Without it they grow as they hold. Applies
-    /// to maps made by this agent: maps pinned already stay as they were
-    /// made until their pins are removed.
+    /// 360 MB of kernel memory held from the start, for an insert at about
+    /// half the kernel's cost (a first sync of 100,000 Services x 10
+    /// endpoints: 2.4 s of writes -> 1.6 s). Without it they grow as they
+    /// hold. Applies to maps made by this agent: maps pinned already stay as
+    /// they were made (unlike Cilium, which makes them again, empty) until
+    /// their pins are removed.
     #[arg(long, env = "WEIR_PREALLOCATE_BPF_MAPS", num_args = 0..=1, default_missing_value = "true",
           action = clap::ArgAction::Set, default_value = "false", value_name = "BOOL")]
     pub preallocate_bpf_maps: bool,

@@ -126,6 +126,36 @@ fn root_preallocated_maps_are_made_so_used_and_kept_across_restarts() {
     );
 }
 
+/// A preallocation refused leaves none of the maps made that way: a map that
+/// cannot be made gets none pinned, and a pin that fails takes back those
+/// pinned before it. The error names the option.
+#[test]
+fn root_a_failed_preallocation_leaves_no_map_preallocated() {
+    require_root();
+    let root = TempRoot::new("prealloc-fail");
+    let pins = root.pins();
+    std::fs::create_dir_all(pins.maps_dir()).expect("maps dir");
+    let unmakeable = maps::MapSpec {
+        max_entries: 0,
+        ..maps::REVNAT
+    };
+    let err = maps::pin_preallocated(&pins, &[maps::SERVICES, unmakeable]).expect_err("no map of 0 entries");
+    assert!(err.to_string().contains("--preallocate-bpf-maps"), "{err}");
+    assert!(
+        !pins.map(maps::SERVICES.name).exists(),
+        "a map pinned before the failure"
+    );
+
+    // Something at the second map's path: its pin fails after the first's.
+    std::fs::create_dir(pins.map(maps::REVNAT.name)).expect("a directory in the way");
+    let err = maps::pin_preallocated(&pins, &[maps::SERVICES, maps::REVNAT]).expect_err("pin in the way");
+    assert!(err.to_string().contains(maps::REVNAT.name), "{err}");
+    assert!(
+        !pins.map(maps::SERVICES.name).exists(),
+        "the first pin not taken back"
+    );
+}
+
 #[test]
 fn root_incompatible_pinned_map_is_refused() {
     require_root();

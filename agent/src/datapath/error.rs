@@ -21,6 +21,11 @@ pub enum DatapathError {
         name: &'static str,
         source: aya::maps::MapError,
     },
+    #[error("making map {name} preallocated (--preallocate-bpf-maps): {source}")]
+    Preallocate {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
     #[error(
         "pinned map {path} has key/value/max_entries {found:?}, this agent expects {expected:?}: \
          it was made by an incompatible agent; remove it to start afresh"

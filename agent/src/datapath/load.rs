@@ -64,13 +64,16 @@ impl Datapath {
         let maps_dir = pins.maps_dir();
         std::fs::create_dir_all(&maps_dir).map_err(DatapathError::fs(&maps_dir))?;
         let mut loader = EbpfLoader::new();
+        let mut preallocate = Vec::new();
         for spec in maps::ALL {
             let pinned = maps::check_pin(&pins, spec)?;
             if maps::PREALLOCATABLE.contains(spec) {
                 let wanted = options.preallocate_maps;
                 if !pinned && wanted {
-                    maps::pin_preallocated(&pins, spec)?;
+                    preallocate.push(*spec);
                 } else if pinned && maps::is_preallocated(&pins, spec)? != wanted {
+                    // Made again, the map would be empty until the first
+                    // sync: the pinned one serves on meanwhile.
                     warn!(
                         map = spec.name,
                         preallocated = !wanted,
@@ -80,6 +83,7 @@ impl Datapath {
             }
             loader.map_pin_path(spec.name, pins.map(spec.name));
         }
+        maps::pin_preallocated(&pins, &preallocate)?;
         let mut ebpf = loader.load(OBJECT)?;
         remove_retired(&pins);
         for name in CLASSIFIERS {

@@ -1,6 +1,6 @@
 //! Typed handles on Weir's maps, and what each must look like in the kernel.
 
-use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, MapInfo, PerCpuArray, lpm_trie::Key};
+use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, MapInfo, PerCpuArray, lpm_trie::Key};
 use weir_common::{
     AffinityKey, AffinityValue, Backend, CtKey, CtValue, DeviceAddrs, EndpointInfo, EndpointKey, IpcacheKey,
     MaglevTable, MetricValue, NodeAddrs, NomasqKey, PolicyCtValue, PolicyEndpoint, PolicyKey, PolicyShare,
@@ -181,32 +181,58 @@ pub fn is_preallocated(pins: &PinLayout, spec: &MapSpec) -> Result<bool, Datapat
         name: spec.name,
         source,
     })?;
-    Ok(info.map_flags() & BPF_F_NO_PREALLOC == 0)
+    Ok(info.map_flags() & NO_PREALLOC == 0)
 }
 
-/// Makes `spec`'s hash map with every entry preallocated and pins it where
-/// the loader looks: the loader then takes it as it takes any pinned map.
-pub fn pin_preallocated(pins: &PinLayout, spec: &MapSpec) -> Result<(), DatapathError> {
-    let err = |source| DatapathError::Map {
-        name: spec.name,
-        source,
-    };
+/// Makes the hash maps of `specs` with every entry allocated up front and
+/// pins them where the loader looks: the loader then takes them as it takes
+/// any pinned map. All are made before any is pinned, and a pin that fails
+/// takes back those pinned before it: a failure (the memory refused, as the
+/// agent's cgroup limit may) leaves none of them made that way.
+pub fn pin_preallocated(pins: &PinLayout, specs: &[MapSpec]) -> Result<(), DatapathError> {
+    let failed = |name: &'static str, source| DatapathError::Preallocate { name, source };
+    let made = specs
+        .iter()
+        .map(|spec| {
+            create_hash(spec, 0)
+                .map(|map| (spec, map))
+                .map_err(|e| failed(spec.name, e))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    for (at, (spec, map)) in made.iter().enumerate() {
+        if let Err(e) = pin(pins, spec, map) {
+            for (pinned, _) in &made[..at] {
+                let _ = std::fs::remove_file(pins.map(pinned.name));
+            }
+            return Err(failed(spec.name, e));
+        }
+    }
+    Ok(())
+}
+
+/// A hash map of `spec`'s shape made with `flags`, not pinned yet.
+pub(super) fn create_hash(spec: &MapSpec, flags: u32) -> Result<MapData, MapError> {
     let def = aya_obj::Map::new_from_params(
         aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_HASH as u32,
         spec.key_size,
         spec.value_size,
         spec.max_entries,
-        0,
+        flags,
     );
-    let path = pins.map(spec.name);
     MapData::create(def, spec.name, None)
-        .map_err(err)?
-        .pin(&path)
-        .map_err(|source| DatapathError::Pin { path, source })
 }
 
-/// `BPF_F_NO_PREALLOC` (`include/uapi/linux/bpf.h`).
-const BPF_F_NO_PREALLOC: u32 = 1;
+/// Pins `map` at `spec`'s path.
+pub(super) fn pin(pins: &PinLayout, spec: &MapSpec, map: &MapData) -> Result<(), MapError> {
+    map.pin(pins.map(spec.name)).map_err(|error| MapError::PinError {
+        name: Some(spec.name.to_owned()),
+        error,
+    })
+}
+
+/// `BPF_F_NO_PREALLOC` (`include/uapi/linux/bpf.h`): a hash map's entries
+/// allocated as they are written.
+pub(super) const NO_PREALLOC: u32 = 1;
 
 /// Opens a pinned map read-only for inspection (`weirctl`), after checking its shape.
 pub fn open_pinned<T>(pins: &PinLayout, spec: &MapSpec) -> Result<T, DatapathError>

@@ -12,12 +12,10 @@ use aya::maps::{HashMap, IterableMap as _, MapData, MapError};
 use weir_common::{AGENT_MONITOR_SOCKET, NAME_AGENT, NAME_FRONTEND, NAME_POD, Name, NameKey, maps as names};
 use weir_model::net::{from_abi, to_abi};
 
-use super::{DatapathError, PinLayout, is_not_found, maps::MapSpec};
-
-/// `BPF_MAP_TYPE_HASH`.
-const HASH: u32 = 1;
-/// `BPF_F_NO_PREALLOC`: memory for the names there are, not for the most.
-const NO_PREALLOC: u32 = 1;
+use super::{
+    DatapathError, PinLayout, is_not_found,
+    maps::{self, MapSpec},
+};
 
 pub const SPEC: MapSpec = MapSpec {
     name: names::NAMES,
@@ -39,25 +37,13 @@ impl Names {
             name: SPEC.name,
             source,
         };
-        if super::maps::check_pin(pins, &SPEC).unwrap_or(false) {
+        if maps::check_pin(pins, &SPEC).unwrap_or(false) {
             return Self::open(pins);
         }
         let _ = std::fs::remove_file(&path);
-        let def = aya_obj::Map::new_from_params(
-            HASH,
-            SPEC.key_size,
-            SPEC.value_size,
-            SPEC.max_entries,
-            NO_PREALLOC,
-        );
-        let data = MapData::create(def, SPEC.name, None).map_err(err)?;
-        data.pin(&path).map_err(|e| DatapathError::Map {
-            name: SPEC.name,
-            source: MapError::PinError {
-                name: Some(SPEC.name.to_owned()),
-                error: e,
-            },
-        })?;
+        // Allocated as used: memory for the names there are, not for the most.
+        let data = maps::create_hash(&SPEC, maps::NO_PREALLOC).map_err(err)?;
+        maps::pin(pins, &SPEC, &data).map_err(err)?;
         Ok(Self {
             map: HashMap::try_from(aya::maps::Map::HashMap(data)).map_err(err)?,
         })
@@ -66,7 +52,7 @@ impl Names {
     /// The table pinned under `pins` (for `weirctl`: never made).
     pub fn open(pins: &PinLayout) -> Result<Self, DatapathError> {
         Ok(Self {
-            map: super::maps::open_pinned(pins, &SPEC)?,
+            map: maps::open_pinned(pins, &SPEC)?,
         })
     }
 
