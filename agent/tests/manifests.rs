@@ -372,28 +372,32 @@ fn the_daemonset_agrees_with_the_agents_command_line() {
     assert_eq!(caps.drop, Some(vec!["ALL".to_owned()]));
 }
 
-#[test]
-fn every_configmap_setting_is_a_flag_and_parses() {
+/// Each setting given alone (to name the one that fails) to the agent's
+/// container, as the ConfigMap would: a flag's variable, its value parsing.
+fn each_alone_parses(settings: impl IntoIterator<Item = (String, String)>) {
     let (_, containers) = pod();
     let config: ConfigMap = one("ConfigMap");
-    // Each setting alone, to name the one that fails.
-    for (key, value) in config.data.clone().unwrap_or_default() {
+    let mut agent = containers["agent"].clone();
+    agent.env = None;
+    for (key, value) in settings {
         let one = ConfigMap {
-            data: Some([(key.clone(), value)].into_iter().collect()),
+            data: Some([(key, value)].into_iter().collect()),
             ..config.clone()
         };
-        let mut agent = containers["agent"].clone();
-        agent.env = None;
         let _ = agent_args(&agent, &one);
     }
+}
+
+#[test]
+fn every_configmap_setting_is_a_flag_and_parses() {
+    let config: ConfigMap = one("ConfigMap");
+    each_alone_parses(config.data.unwrap_or_default());
 }
 
 /// The settings the ConfigMap shows commented out (`# WEIR_X: value`), as a
 /// user uncomments them: each a flag's variable, its example value parsing.
 #[test]
 fn every_commented_configmap_example_is_a_flag_and_parses() {
-    let (_, containers) = pod();
-    let config: ConfigMap = one("ConfigMap");
     let text = std::fs::read_to_string(manifests_dir().join("configmap.yaml")).expect("configmap.yaml");
     let examples: Vec<(String, String)> = text
         .lines()
@@ -402,13 +406,5 @@ fn every_commented_configmap_example_is_a_flag_and_parses() {
         .map(|(name, value)| (format!("WEIR_{name}"), value.trim().trim_matches('"').to_owned()))
         .collect();
     assert!(examples.len() >= 5, "the examples are found: {examples:?}");
-    for (key, value) in examples {
-        let one = ConfigMap {
-            data: Some([(key, value)].into_iter().collect()),
-            ..config.clone()
-        };
-        let mut agent = containers["agent"].clone();
-        agent.env = None;
-        let _ = agent_args(&agent, &one);
-    }
+    each_alone_parses(examples);
 }
