@@ -26,8 +26,8 @@ use weir_model::{
 
 use crate::{
     ctl::{
-        BackendRow, IpcacheRow, NameTable, PolicyRow, Row, ServiceRow, backend_rows, ipcache_rows,
-        policy_rows, service_rows, to_table,
+        BackendRow, IpcacheRow, NameTable, PolicyRow, Row, ServiceRow, SourceRangeRow, backend_rows,
+        ipcache_rows, policy_rows, service_rows, source_range_rows, to_table,
     },
     source::{DirSource, Source as _, SourceError},
 };
@@ -43,6 +43,7 @@ pub struct Compiled {
     pub backends: Vec<BackendRow>,
     pub revnat: Vec<RevNatRow>,
     pub maglev: Vec<MaglevRow>,
+    pub source_ranges: Vec<SourceRangeRow>,
     pub health_checks: Vec<HealthCheckRow>,
     pub isolated_endpoints: Vec<IsolatedRow>,
     pub ipcache: Vec<IpcacheRow>,
@@ -185,6 +186,7 @@ pub fn compile(dir: &Path, node: &str, node_ips: &[IpAddr]) -> Result<Compiled, 
             (f.rev_nat_id, name)
         })
         .collect();
+    let source_ranges = source_range_rows(&desired.source_ranges, &desired.revnat, &names);
     let mut services = service_rows(desired);
     for row in &mut services {
         row.service = names.get(&row.rev_nat_id).cloned();
@@ -231,6 +233,7 @@ pub fn compile(dir: &Path, node: &str, node_ips: &[IpAddr]) -> Result<Compiled, 
             })
             .collect(),
         services,
+        source_ranges,
         health_checks: compiler
             .health_checks()
             .into_iter()
@@ -319,6 +322,7 @@ impl Compiled {
         section("backends", to_table(&self.backends));
         section("reverse NAT", to_table(&self.revnat));
         section("maglev tables", to_table(&self.maglev));
+        section("LoadBalancer source ranges", to_table(&self.source_ranges));
         section("health check node ports", to_table(&self.health_checks));
         section("isolated endpoints", to_table(&self.isolated_endpoints));
         section("ipcache", to_table(&self.ipcache));

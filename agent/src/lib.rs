@@ -48,6 +48,7 @@ pub mod node_net;
 pub mod node_routes;
 pub mod overlay;
 pub mod source;
+pub mod source_ranges;
 pub mod status;
 pub mod supervise;
 pub mod sync;

@@ -24,6 +24,7 @@ use crate::{
     node::NodeWatch,
     node_routes::NodeRouting,
     source::Source,
+    source_ranges::SourceRanges,
     status::Status,
     sync::{PolicySyncer, ServiceReport, ServiceSyncer, SharedDatapath},
 };
@@ -66,6 +67,8 @@ pub struct SyncLoop {
     pub routes: Option<NodeRouting>,
     /// The destinations pods' traffic is not masqueraded to, from the Nodes.
     pub masquerade: Masquerade,
+    /// The LoadBalancer IPs' source ranges, written beside the services.
+    pub source_ranges: SourceRanges,
     /// Trigger times of EndpointSlice changes not yet written to the maps
     /// (for `weir_network_programming_duration_seconds`).
     pub triggers: Vec<SystemTime>,
@@ -304,7 +307,18 @@ impl SyncLoop {
         let full = changed == Changed::All;
         self.name_frontends(&changed, Naming::Name);
         let desired = self.compiler.desired();
+        let added = self
+            .source_ranges
+            .add(&self.maps, &desired.source_ranges, &self.metrics);
         let report = self.syncer.apply(&mut self.maps, desired, &changed);
+        let pruned = self.source_ranges.prune(
+            &self.maps,
+            &desired.source_ranges,
+            report.complete(),
+            &self.metrics,
+        );
+        self.metrics
+            .set_entries(maps::SOURCE_RANGES.name, self.source_ranges.entries());
         self.metrics
             .synced("services", start.elapsed(), report.complete());
         self.name_frontends(&changed, Naming::Forget);
@@ -339,7 +353,7 @@ impl SyncLoop {
                 crate::memory::release_free();
             }
         }
-        (!report.complete()).then_some(changed)
+        (!report.complete() || !added || !pruned).then_some(changed)
     }
 
     /// Keeps the name table's frontend names in step where `changed` says

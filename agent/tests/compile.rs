@@ -185,6 +185,45 @@ fn the_output_is_the_same_however_the_manifests_are_laid_out() {
 }
 
 #[test]
+fn load_balancer_source_ranges_are_listed_per_load_balancer_frontend() {
+    let lb = r#"{"apiVersion": "v1", "kind": "Service",
+      "metadata": {"name": "edge", "namespace": "default"},
+      "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.20", "selector": {"app": "edge"},
+               "loadBalancerSourceRanges": ["203.0.113.0/24", " 198.51.100.7/32", "2001:db8::/32"],
+               "ports": [{"name": "https", "port": 443, "targetPort": 8443, "nodePort": 30443}]},
+      "status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.10"}]}}}"#;
+    let dir = manifests("source-ranges", &[("lb.json", lb)]);
+    let c = compile_json(&dir, &["--node", "n1", "--node-ips", "192.168.1.10"]);
+    let front = frontend(&c, "192.0.2.10:443/TCP", "external");
+    assert!(
+        front["flags"]
+            .as_array()
+            .expect("flags")
+            .contains(&json!("source-range")),
+        "{front}"
+    );
+    let id = &front["rev_nat_id"];
+    assert_eq!(
+        c["source_ranges"],
+        json!([
+            { "rev_nat_id": id, "frontend": "192.0.2.10:443", "service": "default/edge:https", "range": "198.51.100.7/32" },
+            { "rev_nat_id": id, "frontend": "192.0.2.10:443", "service": "default/edge:https", "range": "203.0.113.0/24" },
+        ]),
+        "the IPv4 LoadBalancer IP's alone: not the NodePort's, not the other family's"
+    );
+    let table = compile(&dir, &["--node", "n1"]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    let section = text
+        .split_once("LoadBalancer source ranges:")
+        .map(|(_, rest)| rest)
+        .unwrap_or_else(|| panic!("no section in:\n{text}"));
+    assert!(
+        section.contains("192.0.2.10:443") && section.contains("203.0.113.0/24"),
+        "{text}"
+    );
+}
+
+#[test]
 fn another_node_has_other_local_endpoints_and_no_isolated_pods() {
     let dir = manifests("other-node", &[("cluster.yaml", CLUSTER)]);
     let c = compile_json(&dir, &["--node", "n2", "--node-ips", "192.168.1.11"]);

@@ -295,6 +295,19 @@ fn root_weirctl_views_never_panic_on_any_map_content() {
         MaglevTable([next() as u32; weir_common::MAGLEV_TABLE_SIZE]),
         0,
     );
+    // Source ranges of frontends that exist and not, any prefix length.
+    for _ in 0..50 {
+        let key = weir_common::SourceRangeKey {
+            rev_nat_id: (next() % 8) as u32,
+            family: [0, weir_common::AF_INET, weir_common::AF_INET6, 99][(next() % 4) as usize],
+            addr: random(&mut next),
+            _pad: [0; 3],
+        };
+        let bits = weir_common::SOURCE_RANGE_PREFIX_BITS + (next() % 129) as u32;
+        let _ = dp
+            .source_ranges
+            .insert(&aya::maps::lpm_trie::Key::new(bits, key), 1, 0);
+    }
     let mut policy_ct: aya::maps::HashMap<_, CtKey, PolicyCtValue> =
         maps::open_pinned(&root.pins(), &maps::POLICY_CT).expect("policy conntrack");
     let mut metrics: aya::maps::PerCpuArray<_, weir_common::MetricValue> =
@@ -314,7 +327,7 @@ fn root_weirctl_views_never_panic_on_any_map_content() {
 
     // (`drops` and `monitor` read the agent's events, not the maps; `status`
     // says the agent is down and reads the maps.)
-    let views: [&[&str]; 11] = [
+    let views: [&[&str]; 12] = [
         &["endpoints"],
         &["metrics"],
         &["services"],
@@ -324,6 +337,7 @@ fn root_weirctl_views_never_panic_on_any_map_content() {
         &["policy"],
         &["ipcache"],
         &["tunnels"],
+        &["source-ranges"],
         &["status", "--agent", "127.0.0.1:1"],
         &["explain", "10.0.0.1", "10.96.0.1:80"],
     ];

@@ -34,7 +34,8 @@ struct Lab {
     node_ips: Vec<IpAddr>,
     cluster: Cluster,
     nodes: Vec<Node>,
-    _underlay: Underlay,
+    /// Where more external hosts plug in.
+    underlay: Underlay,
 }
 
 impl Lab {
@@ -81,7 +82,7 @@ impl Lab {
             node_ips,
             cluster,
             nodes,
-            _underlay: underlay,
+            underlay,
         }
     }
 
@@ -195,6 +196,7 @@ weir_lab::with_each_setup!(
     nodeport_from_outside_reaches_local_and_remote_endpoints,
     external_traffic_policy_local_keeps_the_client_and_drops_without_a_local_endpoint,
     external_and_load_balancer_ips_and_nodeport_affinity,
+    load_balancer_source_ranges_admit_their_sources_alone,
     internal_traffic_policy_local_serves_only_same_node_clients,
     node_processes_reach_services_through_socket_hooks,
     host_port_by_chaining_portmap,
@@ -602,6 +604,157 @@ fn external_and_load_balancer_ips_and_nodeport_affinity(setup: Setup) {
     );
 }
 
+/// `spec.loadBalancerSourceRanges` (kube-proxy's firewall chain): a new flow
+/// to the LoadBalancer IP from outside the ranges is dropped, from an outside
+/// host, a pod or the node itself alike (before a Service without endpoints
+/// would reject it); the Service's NodePort and ClusterIP stay open; a change
+/// of the ranges takes effect, and without ranges every source is admitted
+/// again.
+fn load_balancer_source_ranges_admit_their_sources_alone(setup: Setup) {
+    let c = Lab::new(setup, 102);
+    let (outsider, outsider_ip) = c.underlay.external_at(101);
+    let lb_ip: IpAddr = "10.200.102.70".parse().expect("ip");
+    let closed_ip: IpAddr = "10.200.102.71".parse().expect("ip");
+    let lb = |name: &str, vip: &str, ip: IpAddr, ranges: Value, node_ports: [u16; 2], endpoints: bool| {
+        c.service(
+            name,
+            vip,
+            json!({
+                "spec": { "type": "LoadBalancer", "loadBalancerSourceRanges": ranges, "ports": [
+                    { "name": "tcp", "port": 80, "targetPort": 8080, "protocol": "TCP", "nodePort": node_ports[0] },
+                    { "name": "udp", "port": 53, "targetPort": 8080, "protocol": "UDP", "nodePort": node_ports[1] },
+                ]},
+                "status": { "loadBalancer": { "ingress": [{ "ip": ip.to_string() }] } },
+            }),
+            endpoints,
+            endpoints,
+        )
+    };
+    let guarded = |ranges: Value| lb("guarded", "10.96.0.40", lb_ip, ranges, [30092, 30093], true);
+    // The ranges are kube-proxy's to read: spaces around them, host bits set.
+    c.apply(
+        "guarded.yaml",
+        &guarded(json!([format!(" {}/32", c.external_ip), "192.0.2.77/24"])),
+    );
+    // A Service without endpoints.
+    let only_external = json!([format!("{}/32", c.external_ip)]);
+    c.apply(
+        "closed.yaml",
+        &lb(
+            "closed",
+            "10.96.0.41",
+            closed_ip,
+            only_external,
+            [30094, 30095],
+            false,
+        ),
+    );
+    c.wait(&format!("{lb_ip}:80/TCP"), 2);
+    c.wait(&format!("{closed_ip}:80/TCP"), 0);
+    for host in [&c.external, &outsider] {
+        for ip in [lb_ip, closed_ip] {
+            host.sh(&format!("ip route add {ip}/32 via {}", c.node_ips[0]));
+        }
+    }
+    let tcp = SocketAddr::new(lb_ip, 80);
+    let udp = SocketAddr::new(lb_ip, 53);
+    let node_a = &c.nodes[0].ns;
+    let dropped = |agent: &Agent| -> u64 {
+        let reason = "source outside the Service's loadBalancerSourceRanges (dropped)";
+        let metrics = agent.weirctl(&["metrics"]);
+        let rows = metrics.as_array().expect("metrics rows");
+        rows.iter()
+            .filter(|r| r["reason"] == reason)
+            .map(|r| r["packets"].as_u64().expect("packets"))
+            .sum()
+    };
+    // The agents apply a change of the ranges in their time.
+    let eventually = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+        }
+    };
+
+    let mut seen = BTreeSet::new();
+    for i in 0..10 {
+        let a = ask_tcp(&c.external, tcp).unwrap_or_else(|e| panic!("from inside the ranges, {i}: {e}"));
+        seen.insert(a.server);
+    }
+    assert_eq!(seen, BTreeSet::from(["a1".to_owned(), "b1".to_owned()]));
+    ask_udp(&c.external, udp).expect("from inside the ranges, UDP");
+
+    let before = dropped(&c.agents[0]);
+    let refused = ask_tcp(&outsider, tcp);
+    assert!(refused.is_err(), "from outside the ranges: {refused:?}");
+    let refused = ask_udp(&outsider, udp);
+    assert!(refused.is_err(), "from outside the ranges, UDP: {refused:?}");
+    let refused = ask_tcp(&c.client.ns, tcp);
+    assert!(refused.is_err(), "a pod outside the ranges: {refused:?}");
+    let refused = ask_tcp(node_a, tcp);
+    assert!(refused.is_err(), "the node outside the ranges: {refused:?}");
+    // `weirctl explain` says so, from the maps.
+    let client = c.client.ipv4().to_string();
+    let explained = |agent: &Agent| {
+        let e = agent.weirctl(&["explain", &client, &format!("{lb_ip}:80/tcp")]);
+        e["verdict"].as_str().expect("verdict").to_owned()
+    };
+    let verdict = explained(&c.agents[0]);
+    assert!(verdict.contains("loadBalancerSourceRanges"), "{verdict}");
+    assert!(
+        dropped(&c.agents[0]) >= before + 3,
+        "counted as dropped for the source range"
+    );
+    // The firewall is the LoadBalancer IP's alone.
+    ask_tcp(&outsider, c.node(0, 30092)).expect("the Service's NodePort stays open");
+    ask_tcp(
+        &c.client.ns,
+        SocketAddr::new("10.96.0.40".parse().expect("ip"), 80),
+    )
+    .expect("its ClusterIP stays open");
+    // Without endpoints: rejected inside the ranges, dropped outside them.
+    let closed = SocketAddr::new(closed_ip, 80);
+    let inside = ask_tcp(&c.external, closed).map(|a| a.server);
+    assert_eq!(
+        inside.map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::ConnectionRefused),
+        "no endpoints, inside the ranges"
+    );
+    let outside = ask_tcp(&outsider, closed).map(|a| a.server);
+    assert!(
+        outside
+            .as_ref()
+            .is_err_and(|e| e.kind() != std::io::ErrorKind::ConnectionRefused),
+        "no endpoints, outside the ranges: dropped, not told: {outside:?}"
+    );
+
+    // The outsider's address and node A's added: both admitted (the node's
+    // own sockets from its address); the first host's gone: dropped.
+    c.apply(
+        "guarded.yaml",
+        &guarded(json!([
+            format!("{outsider_ip}/32"),
+            format!("{}/32", c.node_ips[0])
+        ])),
+    );
+    eventually("the new ranges never admitted", &|| {
+        ask_tcp(&outsider, tcp).is_ok() && ask_tcp(node_a, tcp).is_ok()
+    });
+    eventually("a removed range still admits", &|| {
+        ask_tcp(&c.external, tcp).is_err()
+    });
+    let refused = ask_tcp(&c.client.ns, tcp);
+    assert!(refused.is_err(), "a pod outside the ranges: {refused:?}");
+
+    // No ranges: every source.
+    c.apply("guarded.yaml", &guarded(json!([])));
+    eventually("still guarded without ranges", &|| {
+        ask_tcp(&c.external, tcp).is_ok() && ask_tcp(&c.client.ns, tcp).is_ok()
+    });
+    ask_tcp(&outsider, tcp).expect("every source");
+    assert_eq!(explained(&c.agents[0]), "admitted");
+}
+
 fn internal_traffic_policy_local_serves_only_same_node_clients(setup: Setup) {
     let c = Lab::new(setup, 97);
     c.apply(
@@ -837,7 +990,9 @@ fn nodeport_to_a_host_network_endpoint(setup: Setup) {
         &[Ep::ready(c.node_ips[0])],
     ));
     c.apply("hostnet.yaml", &objects);
+    // Both nodes: node B is asked too, and its agent may read the change later.
     c.wait_node_port(0, "30089/TCP", 1);
+    c.wait_node_port(1, "30089/TCP", 1);
     for i in 0..5 {
         let a = ask_tcp(&c.external, c.node(0, 30089)).unwrap_or_else(|e| panic!("connection {i}: {e}"));
         assert_eq!(

@@ -1237,6 +1237,10 @@ fn root_dir_compile_offline_is_what_the_agent_wrote() {
         &[port("http", 80, "8080", "TCP"), port("dns", 53, "8080", "UDP")],
     );
     mag["metadata"]["annotations"] = json!({ "weir.dev/lb-algorithm": "maglev" });
+    let mut edge = service("edge", "10.96.0.15", &[port("http", 80, "8080", "TCP")]);
+    edge["spec"]["type"] = json!("LoadBalancer");
+    edge["spec"]["loadBalancerSourceRanges"] = json!(["198.51.100.0/24", "203.0.113.9/32"]);
+    edge["status"] = json!({ "loadBalancer": { "ingress": [{ "ip": "192.0.2.80" }] } });
     let labels = |name: &str| json!({ "app": name });
     let mut objects = vec![
         web,
@@ -1256,6 +1260,7 @@ fn root_dir_compile_offline_is_what_the_agent_wrote() {
             &[Ep::ready(lab.ip("a")), Ep::terminating(lab.ip("c"))],
         ),
         service("empty", "10.96.0.13", &[port("http", 80, "8080", "TCP")]),
+        edge,
         json!({
             "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
             "metadata": { "name": "b-from-a", "namespace": "default" },
@@ -1283,6 +1288,7 @@ fn root_dir_compile_offline_is_what_the_agent_wrote() {
         frontend(s, &format!("{VIP}:80/TCP")).is_some_and(|f| f["count"] == 2)
             && frontend(s, "10.96.0.12:53/UDP").is_some_and(|f| f["count"] == 1)
             && frontend(s, "10.96.0.13:80/TCP").is_some()
+            && frontend(s, "192.0.2.80:80/TCP").is_some()
     });
     // The policy maps are synced when the isolated pod shows.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -1328,14 +1334,15 @@ fn root_dir_compile_offline_is_what_the_agent_wrote() {
         rows.sort_by_key(ToString::to_string);
         rows
     };
-    for (view, numbers) in [
-        ("services", &["rev_nat_id"][..]),
-        ("backends", &["id"][..]),
-        ("policy", &["endpoint_id", "identity"][..]),
-        ("ipcache", &["identity"][..]),
+    for (view, section, numbers) in [
+        ("services", "services", &["rev_nat_id"][..]),
+        ("backends", "backends", &["id"][..]),
+        ("policy", "policy", &["endpoint_id", "identity"][..]),
+        ("ipcache", "ipcache", &["identity"][..]),
+        ("source-ranges", "source_ranges", &["rev_nat_id"][..]),
     ] {
         let live = strip(&lab.agent.weirctl(&[view]), numbers);
-        let offline = strip(&compiled[view], numbers);
+        let offline = strip(&compiled[section], numbers);
         assert!(!offline.is_empty(), "{view}: nothing compiled");
         assert_eq!(
             live, offline,

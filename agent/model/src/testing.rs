@@ -98,6 +98,11 @@ impl ServiceBuilder {
         self
     }
 
+    pub fn source_ranges(mut self, ranges: &[&str]) -> Self {
+        self.spec().load_balancer_source_ranges = Some(strings(ranges));
+        self
+    }
+
     pub fn internal_traffic_policy(mut self, policy: &str) -> Self {
         self.spec().internal_traffic_policy = Some(policy.to_owned());
         self

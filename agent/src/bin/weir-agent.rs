@@ -462,6 +462,7 @@ fn start_services(s: Services<'_>) -> anyhow::Result<()> {
         node: s.watch,
         routes: s.routes,
         masquerade: s.masq,
+        source_ranges: Default::default(),
         triggers: Vec::new(),
         started: std::time::SystemTime::now(),
     }

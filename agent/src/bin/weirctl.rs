@@ -51,6 +51,9 @@ enum Command {
     Ipcache,
     /// `--routing vxlan`: other nodes' pod CIDRs and the node each is tunnelled to.
     Tunnels,
+    /// The sources each LoadBalancer IP with `loadBalancerSourceRanges`
+    /// admits (new flows from elsewhere are dropped).
+    SourceRanges,
     /// The latest packets the datapath dropped, of every reason (the agent
     /// keeps the last 1,024; reading takes nothing from other readers).
     Drops,
@@ -129,6 +132,7 @@ fn main() -> anyhow::Result<()> {
         Command::Policy => render(&ctl::policy(&pins)?, out)?,
         Command::Ipcache => render(&ctl::ipcache(&pins)?, out)?,
         Command::Tunnels => render(&ctl::tunnels(&pins)?, out)?,
+        Command::SourceRanges => render(&ctl::source_ranges(&pins)?, out)?,
         Command::Drops => {
             let mut rows = Vec::new();
             weir_agent::monitor::request(

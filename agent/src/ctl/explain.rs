@@ -25,7 +25,7 @@ use weir_common::{
     AffinityKey, BACKEND_TERMINATING, IDENTITY_ANY, IDENTITY_WORLD, IPCACHE_PREFIX_BITS, IpcacheKey,
     MAGLEV_TABLE_SIZE, NODE_F_MASQUERADE, POLICY_F_EGRESS, POLICY_F_INGRESS, POLICY_PREFIX_FULL,
     PolicyEndpoint, PolicyKey, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_F_AFFINITY, SVC_F_DROP_EMPTY,
-    SVC_F_MAGLEV, SVC_F_TWO_SCOPES, ServiceKey, ServiceValue,
+    SVC_F_MAGLEV, SVC_F_SOURCE_RANGE, SVC_F_TWO_SCOPES, ServiceKey, ServiceValue,
 };
 use weir_model::{
     Protocol,
@@ -183,6 +183,7 @@ struct Maps {
     policy: maps::Policy,
     tunnels: maps::Tunnels,
     nomasq: maps::Nomasq,
+    source_ranges: maps::SourceRanges,
     names: NameTable,
 }
 
@@ -201,6 +202,7 @@ pub fn explain(pins: &PinLayout, flow: &Flow) -> Result<Explanation, CtlError> {
         policy: open(pins, &maps::POLICY)?,
         tunnels: open(pins, &maps::TUNNELS)?,
         nomasq: open(pins, &maps::NOMASQ)?,
+        source_ranges: open(pins, &maps::SOURCE_RANGES)?,
         names: super::name_table(pins),
     };
     let local = m.endpoints.get(&endpoint_key(flow.src), 0).is_ok();
@@ -311,6 +313,13 @@ impl Maps {
                 Candidates::Refused(why),
             ));
         }
+        if !self.admits(flow, &svc) {
+            let why = "dropped: the source is outside the Service's loadBalancerSourceRanges";
+            return Ok((
+                Some(self.frontend(flow, &key, &svc, why.to_owned())),
+                Candidates::Refused(why),
+            ));
+        }
         let mut slots = Vec::new();
         for slot in 1..=svc.count {
             let Ok(v) = self.services.get(&ServiceKey { slot, ..key }, 0) else {
@@ -339,6 +348,16 @@ impl Maps {
             Some(self.frontend(flow, &key, &svc, choice)),
             Candidates::Slots(slots, chosen),
         ))
+    }
+
+    /// Whether the frontend admits the flow's source (its
+    /// `loadBalancerSourceRanges`, if it has them).
+    fn admits(&self, flow: &Flow, svc: &ServiceValue) -> bool {
+        if svc.flags & SVC_F_SOURCE_RANGE == 0 {
+            return true;
+        }
+        let key = crate::source_ranges::key(svc.rev_nat_id, &flow.src.into());
+        self.source_ranges.get(&key, 0).is_ok()
     }
 
     /// The backend this flow gets, if the maps say, and how it is chosen.

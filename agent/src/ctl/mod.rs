@@ -13,6 +13,7 @@ mod ipcache;
 mod metrics;
 mod policy;
 mod services;
+mod source_ranges;
 mod status;
 mod table;
 #[cfg(test)]
@@ -36,6 +37,7 @@ pub use self::{
     metrics::{MetricRow, metrics},
     policy::{PolicyRow, policy, policy_rows},
     services::{Algorithm, ServiceRow, SlotRow, service_rows, services},
+    source_ranges::{SourceRangeRow, source_range_rows, source_ranges},
     status::{StatusReport, status},
     table::{Row, to_json, to_table},
     tunnels::{TunnelRow, tunnels},

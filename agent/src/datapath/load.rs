@@ -12,7 +12,7 @@ use super::{
     DatapathError, PinLayout,
     maps::{
         self, Affinity, Backends, Conntrack, DeviceAddrMap, Endpoints, Ipcache, Maglev, Node, NodeIps,
-        Nomasq, Policy, PolicyEndpoints, PolicyShares, RevNats, Services, Tunnels,
+        Nomasq, Policy, PolicyEndpoints, PolicyShares, RevNats, Services, SourceRanges, Tunnels,
     },
     object::OBJECT,
 };
@@ -37,6 +37,7 @@ pub struct Datapath {
     pub policy_shares: PolicyShares,
     pub tunnels: Tunnels,
     pub nomasq: Nomasq,
+    pub source_ranges: SourceRanges,
     /// The name table (`weirctl`'s `namespace/name`s), made by the agent.
     pub names: super::names::Names,
 }
@@ -120,6 +121,7 @@ impl Datapath {
             policy_shares: take_map(&mut ebpf, maps::POLICY_SHARES.name)?,
             tunnels: take_map(&mut ebpf, maps::TUNNELS.name)?,
             nomasq: take_map(&mut ebpf, maps::NOMASQ.name)?,
+            source_ranges: take_map(&mut ebpf, maps::SOURCE_RANGES.name)?,
             names: super::names::Names::open_or_create(&pins)?,
             ebpf,
             pins,

@@ -4,7 +4,8 @@ use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, MapInfo, PerCpu
 use weir_common::{
     AffinityKey, AffinityValue, Backend, CtKey, CtValue, DeviceAddrs, EndpointInfo, EndpointKey, IpcacheKey,
     MaglevTable, MetricValue, NodeAddrs, NomasqKey, PolicyCtValue, PolicyEndpoint, PolicyKey, PolicyShare,
-    RevNat, Scratch, ServiceKey, ServiceValue, SockRevKey, SockRevValue, TunnelEndpoint, maps as names,
+    RevNat, Scratch, ServiceKey, ServiceValue, SockRevKey, SockRevValue, SourceRangeKey, TunnelEndpoint,
+    maps as names,
 };
 
 use super::{DatapathError, PinLayout};
@@ -61,6 +62,8 @@ pub const POLICY_ENDPOINTS: MapSpec =
 pub const IPCACHE: MapSpec = MapSpec::of::<Key<IpcacheKey>, u32>(names::IPCACHE, names::IPCACHE_ENTRIES);
 pub const POLICY: MapSpec = MapSpec::of::<Key<PolicyKey>, u32>(names::POLICY, names::POLICY_ENTRIES);
 pub const NOMASQ: MapSpec = MapSpec::of::<Key<NomasqKey>, u32>(names::NOMASQ, names::NOMASQ_ENTRIES);
+pub const SOURCE_RANGES: MapSpec =
+    MapSpec::of::<Key<SourceRangeKey>, u8>(names::SOURCE_RANGES, names::SOURCE_RANGES_ENTRIES);
 pub const POLICY_CT: MapSpec =
     MapSpec::of::<CtKey, PolicyCtValue>(names::POLICY_CT, names::POLICY_CT_ENTRIES);
 pub const POLICY_SHARES: MapSpec =
@@ -98,6 +101,7 @@ pub const ALL: &[MapSpec] = &[
     POLICY_SHARES,
     TUNNELS,
     NOMASQ,
+    SOURCE_RANGES,
     EVENTS,
     EVENT_BUDGET,
 ];
@@ -139,6 +143,7 @@ pub type PolicyEndpoints = HashMap<MapData, EndpointKey, PolicyEndpoint>;
 pub type Ipcache = LpmTrie<MapData, IpcacheKey, u32>;
 pub type Policy = LpmTrie<MapData, PolicyKey, u32>;
 pub type Nomasq = LpmTrie<MapData, NomasqKey, u32>;
+pub type SourceRanges = LpmTrie<MapData, SourceRangeKey, u8>;
 /// An LRU hash in the kernel.
 pub type PolicyCt = HashMap<MapData, CtKey, PolicyCtValue>;
 pub type PolicyShares = HashMap<MapData, u32, PolicyShare>;

@@ -63,9 +63,13 @@ pub const SVC_F_MAGLEV: u32 = 1 << 5;
 /// new flows are dropped, as kube-proxy does, not rejected (which a Service
 /// without any endpoint gets).
 pub const SVC_F_DROP_EMPTY: u32 = 1 << 6;
+/// `spec.loadBalancerSourceRanges`: a new flow is admitted only from a source
+/// in the frontend's ranges ([`crate::maps::SOURCE_RANGES`]); others are
+/// dropped, as kube-proxy's firewall chain drops them.
+pub const SVC_F_SOURCE_RANGE: u32 = 1 << 7;
 
 /// The `SVC_F_*` bits by name, for views (`weirctl`, the model's frontend view).
-pub const SVC_FLAG_NAMES: [(u32, &str); 7] = [
+pub const SVC_FLAG_NAMES: [(u32, &str); 8] = [
     (SVC_F_AFFINITY, "affinity"),
     (SVC_F_TWO_SCOPES, "two-scopes"),
     (SVC_F_NODEPORT, "nodeport"),
@@ -73,7 +77,27 @@ pub const SVC_FLAG_NAMES: [(u32, &str); 7] = [
     (SVC_F_INT_LOCAL, "int-local"),
     (SVC_F_MAGLEV, "maglev"),
     (SVC_F_DROP_EMPTY, "drop-empty"),
+    (SVC_F_SOURCE_RANGE, "source-range"),
 ];
+
+/// Data of a [`crate::maps::SOURCE_RANGES`] key, an LPM trie: the prefix
+/// covers the frontend's reverse-NAT id and the family (all of both:
+/// [`SOURCE_RANGE_PREFIX_BITS`]), then the source range. The family keeps a
+/// range readable without its frontend, and `0.0.0.0/0` apart from `::/0`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourceRangeKey {
+    pub rev_nat_id: u32,
+    pub family: u8,
+    /// IPv4 in the first 4 bytes.
+    pub addr: [u8; 16], /* BE */
+    /// Past every prefix: never compared.
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<SourceRangeKey>() == 24);
+
+/// Bits of [`SourceRangeKey`] before the address.
+pub const SOURCE_RANGE_PREFIX_BITS: u32 = 40;
 
 /// Value of [`crate::maps::BACKENDS`] (key: backend id, u32).
 #[repr(C)]
@@ -187,6 +211,7 @@ const _: () = assert!(core::mem::size_of::<AffinityValue>() == 16);
 crate::pod!(
     ServiceKey,
     ServiceValue,
+    SourceRangeKey,
     Backend,
     RevNat,
     MaglevTable,

@@ -51,6 +51,10 @@ map_names! { $
     /// rejection within the rate (a GCRA token bucket): rejections answered
     /// with ICMP are limited as the kernel limits its ICMP errors.
     REJECT_BUDGET = "weir_rejbudg_v1";
+    /// Each frontend's `loadBalancerSourceRanges` that has them: an LPM trie
+    /// ([`crate::SourceRangeKey`] -> 1), read for a new flow to a frontend
+    /// flagged [`crate::SVC_F_SOURCE_RANGE`].
+    SOURCE_RANGES = "weir_srcrng_v1";
     /// The node's own addresses ([`crate::NodeAddrs`], one entry), written by the agent.
     NODE = "weir_node_v2";
     /// Each node device's own addresses, by ifindex ([`crate::DeviceAddrs`]):
@@ -114,6 +118,8 @@ pub const RETIRED: [&str; 3] = [
 // preallocated by the kernel.
 
 pub const NODE_IPS_ENTRIES: u32 = 256;
+/// Source ranges of every frontend together.
+pub const SOURCE_RANGES_ENTRIES: u32 = 65_536;
 pub const DEVICE_ADDRS_ENTRIES: u32 = 256;
 pub const SOCK_REV_ENTRIES: u32 = 65_536;
 

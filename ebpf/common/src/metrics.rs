@@ -115,11 +115,14 @@ pub enum Reason {
     /// errors over its `icmp_msgs_per_sec`, so that a flood to a Service
     /// without endpoints costs a drop, not a reply, per packet.
     RejectLimited = 17,
+    /// A new flow to a LoadBalancer IP from a source outside the Service's
+    /// `loadBalancerSourceRanges`: dropped, as kube-proxy's firewall does.
+    SourceRange = 18,
 }
 
 impl Reason {
     /// Every reason, in code order.
-    pub const ALL: [Reason; 18] = [
+    pub const ALL: [Reason; 19] = [
         Reason::Forwarded,
         Reason::Malformed,
         Reason::NoBackend,
@@ -138,6 +141,7 @@ impl Reason {
         Reason::Peer,
         Reason::ToTc,
         Reason::RejectLimited,
+        Reason::SourceRange,
     ];
 
     /// What an operator reads (`weirctl`, `/metrics`).
@@ -161,6 +165,7 @@ impl Reason {
             Reason::Peer => "delivered into the pod by redirect_peer (host veth skipped)",
             Reason::ToTc => "passed on to TC untouched (XDP)",
             Reason::RejectLimited => "service without endpoints, over the rejection rate (dropped)",
+            Reason::SourceRange => "source outside the Service's loadBalancerSourceRanges (dropped)",
         }
     }
 
@@ -185,6 +190,7 @@ impl Reason {
             Reason::Peer => "redirect_peer",
             Reason::ToTc => "to_tc",
             Reason::RejectLimited => "reject_limited",
+            Reason::SourceRange => "source_range",
         }
     }
 

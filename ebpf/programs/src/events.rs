@@ -62,6 +62,7 @@ pub const fn reported_at_source(reason: Reason) -> bool {
             | Reason::NoBackend
             | Reason::NoLocalBackend
             | Reason::RejectLimited
+            | Reason::SourceRange
     )
 }
 

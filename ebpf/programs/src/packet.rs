@@ -32,6 +32,8 @@ pub trait Family: Sized {
     /// The unspecified address.
     const ANY: Self::Addr;
     const AF: u8;
+    /// An address's length in bits: a full-length prefix of an LPM key.
+    const BITS: u32;
     /// The ethertype, in network order.
     const ETH_P: u16;
     /// Offsets in the frame of the source and destination address.
@@ -88,6 +90,7 @@ impl Family for V4 {
     type Addr = [u8; 4];
     const ANY: [u8; 4] = [0; 4];
     const AF: u8 = AF_INET;
+    const BITS: u32 = 32;
     const ETH_P: u16 = 0x0800u16.to_be();
     const SADDR: usize = ETH_HLEN + 12;
     const DADDR: usize = ETH_HLEN + 16;
@@ -173,6 +176,7 @@ impl Family for V6 {
     type Addr = [u8; 16];
     const ANY: [u8; 16] = [0; 16];
     const AF: u8 = AF_INET6;
+    const BITS: u32 = 128;
     const ETH_P: u16 = 0x86ddu16.to_be();
     const SADDR: usize = ETH_HLEN + 8;
     const DADDR: usize = ETH_HLEN + 24;

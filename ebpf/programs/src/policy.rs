@@ -401,7 +401,7 @@ fn rule(ep: &PolicyEndpoint, identity: u32, side: Side, proto: u8, port: u16) ->
 #[inline(always)]
 fn identity<F: Family>(addr: &F::Addr) -> u32 {
     let mut key = Key::new(
-        IPCACHE_PREFIX_BITS + if F::AF == weir_common::AF_INET { 32 } else { 128 },
+        IPCACHE_PREFIX_BITS + F::BITS,
         IpcacheKey {
             family: F::AF,
             addr: [0; 16],

@@ -21,7 +21,7 @@ use aya_ebpf::{
 };
 use weir_common::{
     Backend, Dir, EVENT_DROP, EVENT_TRANSLATE, IPPROTO_TCP, IPPROTO_UDP, NodeAddrs, Reason, SVC_F_NODEPORT,
-    ServiceKey, SockRevKey, SockRevValue, maps,
+    ServiceKey, ServiceValue, SockRevKey, SockRevValue, maps,
 };
 
 use crate::{
@@ -169,6 +169,23 @@ fn count(reason: Reason) {
     metrics::note(0, Dir::Socket, reason);
 }
 
+/// Refuses the socket's connect or send to frontend `key` (`errno`), for
+/// `reason`, counted and reported.
+#[inline(always)]
+fn refuse<F: SockAddr>(
+    key: &ServiceKey,
+    node: &NodeAddrs,
+    svc: &ServiceValue,
+    reason: Reason,
+    errno: i32,
+) -> i32 {
+    count(reason);
+    event::<F>(key, node, EVENT_DROP, reason, svc.rev_nat_id, None);
+    // SAFETY: no preconditions.
+    unsafe { bpf_set_retval(-errno) };
+    0
+}
+
 #[inline(always)]
 fn to_backend<F: SockAddr>(ctx: &SockAddrContext, datagram_only: bool) -> i32 {
     let Some(node) = ours(ctx) else {
@@ -198,19 +215,22 @@ fn to_backend<F: SockAddr>(ctx: &SockAddrContext, datagram_only: bool) -> i32 {
         count(Reason::BackendMissing);
         return ALLOW;
     };
+    // From the node's address (where the kernel will send from; the socket
+    // may yet bind another): admitted when a range holds it (kube-proxy then
+    // also admits the node's packets from the LoadBalancer IP itself).
+    let mut saddr = F::ANY;
+    F::narrow(frontend::node_addr::<F>(node), &mut saddr);
+    if !frontend::admits::<F>(&svc, &saddr) {
+        return refuse::<F>(&key, node, &svc, Reason::SourceRange, ETIMEDOUT);
+    }
     if let Some(empty) = frontend::empty(&svc) {
         // Dropped by kube-proxy, and the caller would time out: here it
         // learns so at once, and the ClusterIP does not leave the node
         // untranslated. Rejected: "connection refused", as kube-proxy's REJECT.
-        let (errno, reason) = match empty {
-            Empty::Drop => (ETIMEDOUT, Reason::NoLocalBackend),
-            Empty::Reject => (ECONNREFUSED, Reason::NoBackend),
+        return match empty {
+            Empty::Drop => refuse::<F>(&key, node, &svc, Reason::NoLocalBackend, ETIMEDOUT),
+            Empty::Reject => refuse::<F>(&key, node, &svc, Reason::NoBackend, ECONNREFUSED),
         };
-        count(reason);
-        event::<F>(&key, node, EVENT_DROP, reason, svc.rev_nat_id, None);
-        // SAFETY: no preconditions.
-        unsafe { bpf_set_retval(-errno) };
-        return 0;
     }
     // The socket as a flow, for the backend's choice: from the node's address
     // (the client kube-proxy's `ClientIP` affinity sees for the node's own

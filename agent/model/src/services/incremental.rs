@@ -439,6 +439,7 @@ impl ServiceCompiler {
         pending.services.extend(d.services);
         pending.revnat.extend(d.revnat);
         self.desired.maglev.extend(d.maglev);
+        self.desired.source_ranges.extend(d.source_ranges);
         for (id, backend) in d.backends {
             let refs = self.backend_refs.entry(id).or_default();
             refs.holders += 1;
@@ -483,6 +484,7 @@ impl ServiceCompiler {
         }
         for k in &held.revnat {
             self.desired.revnat.remove(k);
+            self.desired.source_ranges.remove(k);
         }
         for k in &held.maglev {
             self.desired.maglev.remove(k);

@@ -38,15 +38,19 @@ fn object(yaml: &str) -> Object {
 
 const SERVICES: usize = 5;
 
-/// One of several versions of Service `s{i}`: ClusterIP or NodePort with
-/// externalTrafficPolicy Local, with or without affinity, Maglev, selector; and
-/// two Services that may claim the same cluster IP (a conflict).
+/// One of several versions of Service `s{i}`: ClusterIP, NodePort with
+/// externalTrafficPolicy Local, or LoadBalancer with or without source ranges
+/// (one holding the node's address); with or without affinity, Maglev,
+/// selector; and two Services that may claim the same cluster IP (a conflict).
 fn service(i: usize, r: &mut Rng) -> Object {
     let ip = if i == 4 && r.below(2) == 0 { 0 } else { i };
-    let kind = if r.below(3) == 0 {
-        "type: NodePort\n  externalTrafficPolicy: Local\n  ports: [{name: p, port: 80, targetPort: 8080, nodePort: 30080, protocol: TCP}]"
-    } else {
-        "type: ClusterIP\n  ports: [{name: p, port: 80, targetPort: 8080, protocol: TCP}, {name: u, port: 53, targetPort: 8053, protocol: UDP}]"
+    let ranges = ["[]", "[203.0.113.0/24]", "[' 10.0.0.0/8', 192.168.0.0/16]"][r.below(3)];
+    let kind = match r.below(4) {
+        0 => "type: NodePort\n  externalTrafficPolicy: Local\n  ports: [{name: p, port: 80, targetPort: 8080, nodePort: 30080, protocol: TCP}]".to_owned(),
+        1 => format!(
+            "type: LoadBalancer\n  loadBalancerSourceRanges: {ranges}\n  ports: [{{name: p, port: 80, targetPort: 8080, nodePort: 3100{i}, protocol: TCP}}]\nstatus: {{loadBalancer: {{ingress: [{{ip: 198.51.100.{i}}}]}}}}"
+        ),
+        _ => "type: ClusterIP\n  ports: [{name: p, port: 80, targetPort: 8080, protocol: TCP}, {name: u, port: 53, targetPort: 8053, protocol: UDP}]".to_owned(),
     };
     let selector = if i == 3 {
         String::new()
@@ -158,11 +162,12 @@ fn normal(d: &DesiredServices) -> (BTreeMap<ServiceKey, String>, BTreeSet<Backen
                     .get(&v.rev_nat_id)
                     .map(|t| hash(&t.iter().map(backend).collect::<Vec<_>>()));
                 format!(
-                    "count {} flags {} affinity {} revnat {:?} maglev {table:?}",
+                    "count {} flags {} affinity {} revnat {:?} maglev {table:?} ranges {:?}",
                     v.count,
                     v.flags,
                     v.affinity_timeout,
-                    revnat(v.rev_nat_id)
+                    revnat(v.rev_nat_id),
+                    d.source_ranges.get(&v.rev_nat_id)
                 )
             } else {
                 format!(
@@ -178,6 +183,10 @@ fn normal(d: &DesiredServices) -> (BTreeMap<ServiceKey, String>, BTreeSet<Backen
         d.revnat.len(),
         d.services.keys().filter(|k| k.slot == 0).count(),
         "one revnat per frontend"
+    );
+    assert!(
+        d.source_ranges.keys().all(|id| d.revnat.contains_key(id)),
+        "source ranges of no frontend"
     );
     (services, d.backends.values().copied().collect())
 }

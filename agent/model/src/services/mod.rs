@@ -18,10 +18,12 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
+use ipnetwork::IpNetwork;
+
 use weir_common::{
     BACKEND_ACTIVE, BACKEND_TERMINATING, Backend, RevNat, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_F_AFFINITY,
-    SVC_F_DROP_EMPTY, SVC_F_EXT_LOCAL, SVC_F_INT_LOCAL, SVC_F_MAGLEV, SVC_F_NODEPORT, SVC_F_TWO_SCOPES,
-    ServiceKey, ServiceValue,
+    SVC_F_DROP_EMPTY, SVC_F_EXT_LOCAL, SVC_F_INT_LOCAL, SVC_F_MAGLEV, SVC_F_NODEPORT, SVC_F_SOURCE_RANGE,
+    SVC_F_TWO_SCOPES, ServiceKey, ServiceValue,
 };
 
 use self::validate::{ServiceType, ValidPort, ValidService};
@@ -95,6 +97,9 @@ pub struct DesiredServices {
     /// Maglev lookup tables by rev-NAT id, for frontends with [`SVC_F_MAGLEV`] and at
     /// least one backend in their slots.
     pub maglev: BTreeMap<u32, Vec<u32>>,
+    /// The sources each frontend flagged [`SVC_F_SOURCE_RANGE`] admits, by
+    /// rev-NAT id.
+    pub source_ranges: BTreeMap<u32, Box<[IpNetwork]>>,
     /// One entry per frontend, in compile order (Services by namespace/name).
     pub frontends: Vec<FrontendView>,
 }
@@ -217,6 +222,8 @@ struct Frontend {
     port: u16,
     scope: u8,
     flags: u32,
+    /// The sources it admits, with [`SVC_F_SOURCE_RANGE`].
+    source_ranges: Box<[IpNetwork]>,
 }
 
 impl Compiler<'_> {
@@ -396,6 +403,11 @@ impl Compiler<'_> {
                 },
             );
         }
+        if flags & SVC_F_SOURCE_RANGE != 0 {
+            self.desired
+                .source_ranges
+                .insert(rev_nat_id, frontend.source_ranges.clone());
+        }
         self.desired.revnat.insert(
             rev_nat_id,
             RevNat {
@@ -472,12 +484,18 @@ impl Compiler<'_> {
 /// [`SVC_F_TWO_SCOPES`] on the external one. Addresses of a family the Service has
 /// no cluster IP in are ignored, as kube-proxy's per-family proxiers do.
 fn frontends(valid: &ValidService, port: &ValidPort, family: Family, node: &NodeContext) -> Vec<Frontend> {
-    let common = |kind, ip, port, scope, flags| Frontend {
+    let ranges = source_ranges(valid, family, node);
+    let common = |kind, ip, port, scope, flags: u32| Frontend {
         kind,
         ip,
         port,
         scope,
         flags,
+        source_ranges: if flags & SVC_F_SOURCE_RANGE != 0 {
+            ranges.clone()
+        } else {
+            Box::default()
+        },
     };
     let in_family = |ip: &&IpAddr| Family::of(**ip) == family;
     let mut out = Vec::new();
@@ -503,8 +521,10 @@ fn frontends(valid: &ValidService, port: &ValidPort, family: Family, node: &Node
     for ip in valid.external_ips.iter().filter(in_family) {
         external.push((FrontendKind::ExternalIP, *ip, port.port, 0));
     }
-    for ip in valid.load_balancer_ips.iter().filter(in_family) {
-        external.push((FrontendKind::LoadBalancer, *ip, port.port, 0));
+    let lb_flags = if ranges.is_empty() { 0 } else { SVC_F_SOURCE_RANGE };
+    let lb_ips = valid.load_balancer.iter().flat_map(|lb| &lb.ips);
+    for ip in lb_ips.filter(in_family) {
+        external.push((FrontendKind::LoadBalancer, *ip, port.port, lb_flags));
     }
     for (kind, ip, port, flags) in external {
         if valid.external_local {
@@ -521,6 +541,35 @@ fn frontends(valid: &ValidService, port: &ValidPort, family: Family, node: &Node
         }
     }
     out
+}
+
+/// The sources a Service's LoadBalancer IPs of `family` admit (kube-proxy's
+/// firewall chain): its `loadBalancerSourceRanges` of the family, and, when
+/// one of them holds an address of the node (any of its NodePort addresses,
+/// where kube-proxy looks at its one node IP), the LoadBalancer IPs themselves
+/// (a node that routes a VIP to itself sends from it). Sorted, each once.
+/// Empty, as when the Service has ranges of the other family only: every
+/// source.
+fn source_ranges(valid: &ValidService, family: Family, node: &NodeContext) -> Box<[IpNetwork]> {
+    let Some(lb) = &valid.load_balancer else {
+        return Box::default();
+    };
+    let mut ranges: Vec<IpNetwork> = lb
+        .source_ranges
+        .iter()
+        .filter(|net| Family::of(net.ip()) == family)
+        .copied()
+        .collect();
+    if ranges
+        .iter()
+        .any(|net| node.node_ips.iter().any(|ip| net.contains(*ip)))
+    {
+        let vips = lb.ips.iter().filter(|ip| Family::of(**ip) == family);
+        ranges.extend(vips.map(|ip| IpNetwork::from(*ip)));
+    }
+    ranges.sort_by_key(|net| (net.ip(), net.prefix()));
+    ranges.dedup();
+    ranges.into()
 }
 
 fn backend_view(id: u32, endpoint: &Endpoint, slot: Option<u16>) -> BackendView {

@@ -7,8 +7,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use weir_common::{
     BACKEND_ACTIVE, BACKEND_TERMINATING, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_F_AFFINITY, SVC_F_DROP_EMPTY,
-    SVC_F_EXT_LOCAL, SVC_F_INT_LOCAL, SVC_F_MAGLEV, SVC_F_NODEPORT, SVC_F_TWO_SCOPES, ServiceKey,
-    ServiceValue,
+    SVC_F_EXT_LOCAL, SVC_F_INT_LOCAL, SVC_F_MAGLEV, SVC_F_NODEPORT, SVC_F_SOURCE_RANGE, SVC_F_TWO_SCOPES,
+    ServiceKey, ServiceValue,
 };
 
 use super::*;
@@ -1107,6 +1107,101 @@ fn lb_slice() -> crate::testing::SliceBuilder {
 
 fn lb(service: ServiceBuilder) -> [Object; 2] {
     [service.into(), lb_slice().into()]
+}
+
+/// The source ranges each frontend admits (none: every source), by frontend
+/// and scope.
+fn ranges_of(d: &DesiredServices, frontend: &str, scope: u8) -> Option<Vec<String>> {
+    let head = head_in(d, frontend, scope);
+    let ranges = d.source_ranges.get(&head.rev_nat_id);
+    assert_eq!(
+        head.flags & SVC_F_SOURCE_RANGE != 0,
+        ranges.is_some(),
+        "{frontend}: flagged exactly when it has ranges"
+    );
+    ranges.map(|r| r.iter().map(ToString::to_string).collect())
+}
+
+#[test]
+fn load_balancer_source_ranges_guard_the_load_balancer_ips_alone() {
+    // Spaces trimmed, host bits cleared, the other family's range left to
+    // that family's frontends (this Service has none).
+    // Sorted, each once.
+    let service = lb_service().source_ranges(&[
+        " 203.0.113.0/24",
+        "10.1.2.3/16 ",
+        "2001:db8::/32",
+        "203.0.113.99/24",
+    ]);
+    let d = compile(lb(service));
+    for scope in [SCOPE_EXTERNAL, SCOPE_INTERNAL] {
+        assert_eq!(
+            ranges_of(&d, "198.51.100.9:443/TCP", scope),
+            Some(vec!["10.1.0.0/16".to_owned(), "203.0.113.0/24".to_owned()]),
+            "the LoadBalancer IP, both scopes"
+        );
+        // kube-proxy's firewall is on the LoadBalancer IPs only.
+        for frontend in ["192.168.1.10:30443/TCP", "203.0.113.7:443/TCP"] {
+            assert_eq!(ranges_of(&d, frontend, scope), None, "{frontend}");
+        }
+    }
+    assert_eq!(ranges_of(&d, "10.96.8.8:443/TCP", SCOPE_EXTERNAL), None);
+    assert_eq!(d.source_ranges.len(), 2);
+
+    // Without ranges (or with the other family's only): every source.
+    for ranges in [&[][..], &["2001:db8::/32"][..]] {
+        let d = compile(lb(lb_service().source_ranges(ranges)));
+        assert_eq!(
+            ranges_of(&d, "198.51.100.9:443/TCP", SCOPE_EXTERNAL),
+            None,
+            "{ranges:?}"
+        );
+        assert!(d.source_ranges.is_empty());
+    }
+}
+
+#[test]
+fn a_source_range_holding_the_node_admits_the_load_balancer_ip_as_a_source() {
+    // kube-proxy's allowFromNode: a node routing the VIP to itself sends from it.
+    let d = compile(lb(lb_service().source_ranges(&["192.168.0.0/16"])));
+    assert_eq!(
+        ranges_of(&d, "198.51.100.9:443/TCP", SCOPE_EXTERNAL),
+        Some(vec!["192.168.0.0/16".to_owned(), "198.51.100.9/32".to_owned()])
+    );
+}
+
+#[test]
+fn a_source_range_that_is_no_cidr_is_reported_and_the_rest_apply() {
+    let service = lb_service().source_ranges(&[
+        "10.0.0.0/33",
+        "10.0.0.1",
+        "bogus",
+        "10.0.0.0 /8",
+        "10.0.0.0/+8",
+        "010.001.0.0/16",
+        "10.0.0.0/8",
+    ]);
+    let (d, problems) = compile_with(lb(service), &node(), &mut IdAllocator::new());
+    let bad: Vec<&str> = problems
+        .iter()
+        .filter_map(|p| match &p.reason {
+            ProblemReason::BadIp {
+                field: "spec.loadBalancerSourceRanges",
+                value,
+            } => Some(value.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        bad,
+        ["10.0.0.0/33", "10.0.0.1", "bogus", "10.0.0.0 /8", "10.0.0.0/+8"],
+        "{problems:#?}"
+    );
+    // Leading zeros, as Go's sloppy parse reads them.
+    assert_eq!(
+        ranges_of(&d, "198.51.100.9:443/TCP", SCOPE_EXTERNAL),
+        Some(vec!["10.0.0.0/8".to_owned(), "10.1.0.0/16".to_owned()])
+    );
 }
 
 #[test]

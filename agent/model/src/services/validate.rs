@@ -4,6 +4,8 @@
 
 use std::net::IpAddr;
 
+use ipnetwork::IpNetwork;
+
 use k8s_openapi::api::core::v1::{Service, ServicePort};
 
 use crate::{
@@ -70,13 +72,23 @@ pub(crate) struct ValidService {
     /// Services (kube-proxy's `ExternalPolicyLocal`).
     pub external_local: bool,
     pub external_ips: Box<[IpAddr]>,
-    /// `status.loadBalancer.ingress[].ip` of LoadBalancer Services, except those
-    /// with `ipMode: Proxy` (KEP-1860: the load balancer proxies, the node must not
-    /// short-circuit the address).
-    pub load_balancer_ips: Box<[IpAddr]>,
+    /// What LoadBalancer Services with an ingress IP have (few Services: one
+    /// pointer for the rest).
+    pub load_balancer: Option<Box<LoadBalancer>>,
     /// `Some(true)`/`Some(false)` when the annotation chooses, `None` for the default.
     pub maglev: Option<bool>,
     pub health_check_node_port: Option<u16>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct LoadBalancer {
+    /// `status.loadBalancer.ingress[].ip`, except those with `ipMode: Proxy`
+    /// (KEP-1860: the load balancer proxies, the node must not short-circuit
+    /// the address).
+    pub ips: Box<[IpAddr]>,
+    /// `spec.loadBalancerSourceRanges`, as networks (`10.0.0.5/24` is
+    /// `10.0.0.0/24`); empty: every source.
+    pub source_ranges: Box<[IpNetwork]>,
 }
 
 /// `Ok(None)`: a Service this proxy does not implement (ExternalName, headless,
@@ -176,6 +188,21 @@ pub(crate) fn validate(
         }
     }
 
+    // kube-proxy's reading: each trimmed and parsed as a CIDR, those that do
+    // not parse left out (and reported here). The API server rejects them.
+    let mut source_ranges = Vec::new();
+    if service_type == ServiceType::LoadBalancer {
+        for raw in spec.load_balancer_source_ranges.iter().flatten() {
+            match parse_cidr(raw.trim()) {
+                Some(net) => source_ranges.push(net),
+                None => warnings.push(ProblemReason::BadIp {
+                    field: "spec.loadBalancerSourceRanges",
+                    value: raw.clone(),
+                }),
+            }
+        }
+    }
+
     let annotation = service
         .metadata
         .annotations
@@ -206,7 +233,12 @@ pub(crate) fn validate(
         internal_local,
         external_local,
         external_ips: external_ips.into(),
-        load_balancer_ips: load_balancer_ips.into(),
+        load_balancer: (!load_balancer_ips.is_empty()).then(|| {
+            Box::new(LoadBalancer {
+                ips: load_balancer_ips.into(),
+                source_ranges: source_ranges.into(),
+            })
+        }),
         maglev,
         health_check_node_port,
     }))
@@ -221,6 +253,37 @@ fn parse_ips(raw: &[&str], field: &'static str) -> Result<Vec<IpAddr>, ProblemRe
             })
         })
         .collect()
+}
+
+/// A CIDR as Go's `ParseCIDRSloppy` (kube-proxy's) reads it, as its
+/// network: `address/prefix`, the prefix decimal digits, an IPv4 address's
+/// parts allowed leading zeros (`010.0.0.0/8` is `10.0.0.0/8`: objects
+/// written before the API server refused them hold such).
+fn parse_cidr(raw: &str) -> Option<IpNetwork> {
+    let (addr, prefix) = raw.split_once('/')?;
+    if prefix.is_empty() || !prefix.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let ip = match addr.parse() {
+        Ok(ip) => ip,
+        Err(_) => IpAddr::from(sloppy_ipv4(addr)?),
+    };
+    let net = IpNetwork::new(ip, prefix.parse().ok()?).ok()?;
+    IpNetwork::new(net.network(), net.prefix()).ok()
+}
+
+/// Four decimal parts of one to three digits each, leading zeros allowed.
+fn sloppy_ipv4(addr: &str) -> Option<[u8; 4]> {
+    let mut octets = [0u8; 4];
+    let mut parts = addr.split('.');
+    for octet in &mut octets {
+        let part = parts.next()?;
+        if part.is_empty() || part.len() > 3 || !part.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        *octet = part.parse().ok()?;
+    }
+    parts.next().is_none().then_some(octets)
 }
 
 fn is_local_policy(value: Option<&str>, field: &'static str) -> Result<bool, ProblemReason> {

@@ -3,12 +3,13 @@
 //! for a new flow (the pods' and the node devices' TC programs, the socket
 //! hooks), written once.
 
+use aya_ebpf::maps::lpm_trie::Key;
 use weir_common::{
-    NodeAddrs, Reason, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_F_DROP_EMPTY, SVC_F_TWO_SCOPES, ServiceKey,
-    ServiceValue,
+    NodeAddrs, Reason, SCOPE_EXTERNAL, SCOPE_INTERNAL, SOURCE_RANGE_PREFIX_BITS, SVC_F_DROP_EMPTY,
+    SVC_F_SOURCE_RANGE, SVC_F_TWO_SCOPES, ServiceKey, ServiceValue, SourceRangeKey,
 };
 
-use super::maps::SERVICES;
+use super::maps::{SERVICES, SOURCE_RANGES};
 use crate::packet::{Family, Flow};
 
 /// The key of a frontend's service entry (slot 0, external scope) on
@@ -76,6 +77,27 @@ pub fn empty(svc: &ServiceValue) -> Option<Empty> {
     } else {
         Some(Empty::Reject)
     }
+}
+
+/// Whether the frontend admits a new flow from `saddr`: always,
+/// unless its Service has `loadBalancerSourceRanges`, then only from a source
+/// in them (kube-proxy's firewall chain).
+#[inline(always)]
+pub fn admits<F: Family>(svc: &ServiceValue, saddr: &F::Addr) -> bool {
+    if svc.flags & SVC_F_SOURCE_RANGE == 0 {
+        return true;
+    }
+    let mut key = Key::new(
+        SOURCE_RANGE_PREFIX_BITS + F::BITS,
+        SourceRangeKey {
+            rev_nat_id: svc.rev_nat_id,
+            family: F::AF,
+            addr: [0; 16],
+            _pad: [0; 3],
+        },
+    );
+    F::widen(saddr, &mut key.data.addr);
+    SOURCE_RANGES.get(&key).is_some()
 }
 
 /// The node's address of the family: what NodePorts are dialled on from the

@@ -2,10 +2,10 @@
 //! revnat) or by the datapath itself (conntrack, affinity).
 
 use aya_ebpf::bindings::BPF_F_NO_PREALLOC;
-use aya_ebpf::maps::{Array, HashMap, LruHashMap, PerCpuArray};
+use aya_ebpf::maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray};
 use weir_common::{
     AffinityKey, AffinityValue, Backend, CtKey, CtValue, DeviceAddrs, MaglevTable, NodeAddrs, RevNat,
-    Scratch, ServiceKey, ServiceValue, maps,
+    Scratch, ServiceKey, ServiceValue, SourceRangeKey, maps,
 };
 
 bpf_map! {
@@ -18,6 +18,10 @@ bpf_map! {
 
 bpf_map! {
     pub static REVNAT: HashMap<u32, RevNat> = HashMap::with_max_entries(maps::REVNAT_ENTRIES, BPF_F_NO_PREALLOC);
+}
+
+bpf_map! {
+    pub static SOURCE_RANGES: LpmTrie<SourceRangeKey, u8> = LpmTrie::with_max_entries(maps::SOURCE_RANGES_ENTRIES, 0);
 }
 
 bpf_map! {

@@ -22,7 +22,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use weir_common::{
-    AF_INET, CT_F_CLOSING, CT_F_MASQ, CT_F_RESET, CT_F_SNAT, CT_IN, CT_OUT, IPCACHE_PREFIX_BITS, IPPROTO_TCP,
+    CT_F_CLOSING, CT_F_MASQ, CT_F_RESET, CT_F_SNAT, CT_IN, CT_OUT, IPCACHE_PREFIX_BITS, IPPROTO_TCP,
     NODE_F_MASQUERADE, NOMASQ_F_CLUSTER, NomasqKey, Reason, maps,
 };
 
@@ -48,7 +48,7 @@ bpf_map! {
 #[inline(always)]
 fn nomasq<F: Family>(addr: &F::Addr) -> Option<u32> {
     let mut key = Key::new(
-        IPCACHE_PREFIX_BITS + if F::AF == AF_INET { 32 } else { 128 },
+        IPCACHE_PREFIX_BITS + F::BITS,
         NomasqKey {
             family: F::AF,
             addr: [0; 16],

@@ -260,10 +260,17 @@ fn choose<F: Lb, C: Frame>(
         svc = frontend::inside(&mut key, svc)?;
     }
     let rev_nat_id = svc.rev_nat_id;
+    // Before the check for endpoints, as kube-proxy's nftables mode does (its
+    // iptables mode rejects outsiders of a Service without endpoints): a
+    // source outside the ranges learns nothing of the Service.
+    if !frontend::admits::<F>(&svc, &flow.saddr) {
+        refused(ctx, flow, dir, Reason::SourceRange, rev_nat_id);
+        return Err(Reason::SourceRange);
+    }
     match frontend::empty(&svc) {
         None => {}
         Some(Empty::Drop) => {
-            no_backend(ctx, flow, dir, Reason::NoLocalBackend, rev_nat_id);
+            refused(ctx, flow, dir, Reason::NoLocalBackend, rev_nat_id);
             return Err(Reason::NoLocalBackend);
         }
         Some(Empty::Reject) => {
@@ -271,8 +278,8 @@ fn choose<F: Lb, C: Frame>(
             // packet, not it.
             let tc = reject::port_unreachable(ctx, flow, s);
             match tc {
-                Ok(_) => no_backend(ctx, flow, dir, Reason::NoBackend, rev_nat_id),
-                Err(Reason::RejectLimited) => no_backend(ctx, flow, dir, Reason::RejectLimited, rev_nat_id),
+                Ok(_) => refused(ctx, flow, dir, Reason::NoBackend, rev_nat_id),
+                Err(Reason::RejectLimited) => refused(ctx, flow, dir, Reason::RejectLimited, rev_nat_id),
                 Err(_) => {}
             }
             return Ok(NewFlow::Answered(Action {
@@ -292,10 +299,11 @@ fn choose<F: Lb, C: Frame>(
     }))
 }
 
-/// The event of a flow to a frontend without a usable backend: the Service
-/// named by its reverse-NAT id.
+/// The event of a new flow to a frontend dropped or refused (no usable
+/// backend, a source outside its ranges): the Service named by its
+/// reverse-NAT id.
 #[inline(always)]
-fn no_backend<F: Lb, C: Frame>(ctx: &C, flow: &Flow<F>, dir: Dir, reason: Reason, rev_nat_id: u32) {
+fn refused<F: Lb, C: Frame>(ctx: &C, flow: &Flow<F>, dir: Dir, reason: Reason, rev_nat_id: u32) {
     if let Some(mut entry) = events::of_flow(flow, EVENT_DROP, dir, reason, ctx.ifindex()) {
         // SAFETY: the reserved entry is ours until submitted.
         unsafe { (*entry.as_mut_ptr()).rev_nat_id = rev_nat_id };
