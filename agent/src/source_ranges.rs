@@ -2,13 +2,14 @@
 //! the sources each frontend flagged `SVC_F_SOURCE_RANGE` admits, as the
 //! services compiler decided them, written beside the services sync.
 //!
-//! Additions go in before the services sync, so that a frontend the sync
-//! flags finds its ranges. A range a frontend still flagged no longer wants
-//! goes at once after it (that only narrows what is admitted); the ranges of
-//! a frontend no longer flagged go after a complete sync, once no entry
-//! flagged for them is left. Only the difference is written (at the first
-//! write, against what the pinned map holds: a restarted agent rewrites
-//! nothing). A write that fails is counted and retried by the next sync.
+//! Before the services sync, a frontend still wanted loses the ranges it no
+//! longer has (that only narrows what it admits; a reused rev-NAT id so never
+//! admits its former owner's sources), and a frontend the sync flags finds
+//! its ranges written. The ranges of a frontend no longer wanted go after a
+//! complete sync, once no entry flagged for them is left. Only the difference
+//! is written (at the first write, against what the pinned map holds: a
+//! restarted agent rewrites nothing). A write that fails is counted and
+//! retried by the next sync.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -17,7 +18,7 @@ use ipnetwork::IpNetwork;
 use tracing::warn;
 use weir_common::{SOURCE_RANGE_PREFIX_BITS, SourceRangeKey, maps as names};
 
-use crate::{metrics::Metrics, sync::SharedDatapath};
+use crate::{datapath::Datapath, metrics::Metrics, sync::SharedDatapath};
 
 /// A key as the map holds it: its prefix length and data.
 type Entry = (u32, SourceRangeKey);
@@ -29,13 +30,14 @@ pub struct SourceRanges {
 }
 
 impl SourceRanges {
-    /// Entries the map holds, as far as known.
-    pub fn entries(&self) -> usize {
-        self.written.as_ref().map_or(0, BTreeSet::len)
+    /// Entries the map holds; `None` until it was read.
+    pub fn entries(&self) -> Option<usize> {
+        self.written.as_ref().map(BTreeSet::len)
     }
 
-    /// Writes the entries of `desired` the map lacks; `false` if some could
-    /// not be (the frontends admit fewer sources until a retry, never more).
+    /// Before the services sync: removes the ranges frontends of `desired`
+    /// no longer have, and writes those the map lacks; `false` if some write
+    /// failed (the frontends admit fewer sources until a retry, never more).
     pub fn add(
         &mut self,
         maps: &SharedDatapath,
@@ -56,7 +58,14 @@ impl SourceRanges {
             },
         };
         let mut failures = Failures::default();
-        for entry in entries(desired) {
+        let wanted: BTreeSet<Entry> = entries(desired).collect();
+        let narrowed: Vec<Entry> = written
+            .difference(&wanted)
+            .filter(|(_, k)| desired.contains_key(&k.rev_nat_id))
+            .copied()
+            .collect();
+        remove(&mut dp, written, narrowed, &mut failures);
+        for entry in wanted {
             if !written.contains(&entry) {
                 match dp.source_ranges.insert(&Key::new(entry.0, entry.1), 1, 0) {
                     Ok(()) => {
@@ -69,43 +78,43 @@ impl SourceRanges {
         failures.report(metrics)
     }
 
-    /// Removes what the map holds and `desired` does not: a frontend's ranges
-    /// it no longer wants at once, all of those of a frontend no longer
-    /// flagged once the services sync is `complete`. `false` if some removal
-    /// failed.
+    /// After a complete services sync: removes the ranges of frontends no
+    /// longer in `desired`. `false` if some removal failed.
     pub fn prune(
         &mut self,
         maps: &SharedDatapath,
         desired: &BTreeMap<u32, Box<[IpNetwork]>>,
-        complete: bool,
         metrics: &Metrics,
     ) -> bool {
         let Some(written) = &mut self.written else {
             return true;
         };
-        let wanted: BTreeSet<Entry> = entries(desired).collect();
-        let stale: Vec<Entry> = written
-            .difference(&wanted)
-            .filter(|(_, k)| complete || desired.contains_key(&k.rev_nat_id))
+        let gone: Vec<Entry> = written
+            .iter()
+            .filter(|(_, k)| !desired.contains_key(&k.rev_nat_id))
             .copied()
             .collect();
-        if stale.is_empty() {
+        if gone.is_empty() {
             return true;
         }
-        let mut dp = maps.lock();
         let mut failures = Failures::default();
-        for entry in stale {
-            match dp.source_ranges.remove(&Key::new(entry.0, entry.1)) {
-                Ok(()) => {
-                    written.remove(&entry);
-                }
-                Err(e) if crate::datapath::is_not_found(&e) => {
-                    written.remove(&entry);
-                }
-                Err(e) => failures.note(&e, "removing"),
-            }
-        }
+        remove(&mut maps.lock(), written, gone, &mut failures);
         failures.report(metrics)
+    }
+}
+
+/// Removes `stale` from the map and from `written`.
+fn remove(dp: &mut Datapath, written: &mut BTreeSet<Entry>, stale: Vec<Entry>, failures: &mut Failures) {
+    for entry in stale {
+        match dp.source_ranges.remove(&Key::new(entry.0, entry.1)) {
+            Ok(()) => {
+                written.remove(&entry);
+            }
+            Err(e) if crate::datapath::is_not_found(&e) => {
+                written.remove(&entry);
+            }
+            Err(e) => failures.note(&e, "removing"),
+        }
     }
 }
 

@@ -311,16 +311,18 @@ impl SyncLoop {
             .source_ranges
             .add(&self.maps, &desired.source_ranges, &self.metrics);
         let report = self.syncer.apply(&mut self.maps, desired, &changed);
-        let pruned = self.source_ranges.prune(
-            &self.maps,
-            &desired.source_ranges,
-            report.complete(),
-            &self.metrics,
-        );
-        self.metrics
-            .set_entries(maps::SOURCE_RANGES.name, self.source_ranges.entries());
-        self.metrics
-            .synced("services", start.elapsed(), report.complete());
+        // A frontend's last ranges go once no entry flagged for them is left.
+        let pruned = !report.complete()
+            || self
+                .source_ranges
+                .prune(&self.maps, &desired.source_ranges, &self.metrics);
+        if let Some(n) = self.source_ranges.entries() {
+            self.metrics.set_entries(maps::SOURCE_RANGES.name, n);
+        }
+        // Ranges not written leave LoadBalancer IPs refusing sources they
+        // admit: not synced either.
+        let complete = report.complete() && added && pruned;
+        self.metrics.synced("services", start.elapsed(), complete);
         self.name_frontends(&changed, Naming::Forget);
         if report.complete() {
             let now = SystemTime::now();
@@ -347,13 +349,13 @@ impl SyncLoop {
         );
         *self.timeouts.lock().unwrap_or_else(|p| p.into_inner()) = self.syncer.affinity_timeouts();
         self.health.update(self.compiler.health_checks());
-        if report.complete() {
+        if complete {
             self.status.services_synced();
             if full {
                 crate::memory::release_free();
             }
         }
-        (!report.complete() || !added || !pruned).then_some(changed)
+        (!complete).then_some(changed)
     }
 
     /// Keeps the name table's frontend names in step where `changed` says

@@ -659,52 +659,77 @@ fn load_balancer_source_ranges_admit_their_sources_alone(setup: Setup) {
     let tcp = SocketAddr::new(lb_ip, 80);
     let udp = SocketAddr::new(lb_ip, 53);
     let node_a = &c.nodes[0].ns;
-    let dropped = |agent: &Agent| -> u64 {
+    // Node A's drops for the source range, where they were counted.
+    let dropped = |direction: &str| {
         let reason = "source outside the Service's loadBalancerSourceRanges (dropped)";
-        let metrics = agent.weirctl(&["metrics"]);
-        let rows = metrics.as_array().expect("metrics rows");
-        rows.iter()
-            .filter(|r| r["reason"] == reason)
-            .map(|r| r["packets"].as_u64().expect("packets"))
-            .sum()
+        weir_lab::agent::counted(&c.agents[0].weirctl(&["metrics"]), direction, reason)
     };
     // The agents apply a change of the ranges in their time.
     let eventually = |what: &str, done: &dyn Fn() -> bool| {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
         while !done() {
             assert!(std::time::Instant::now() < deadline, "{what}");
+            std::thread::sleep(std::time::Duration::from_millis(100));
         }
     };
+    // Node A's ranges of the guarded LoadBalancer IP.
+    let ranges = || -> BTreeSet<String> {
+        let rows = c.agents[0].weirctl(&["source-ranges"]);
+        let rows = rows.as_array().expect("rows");
+        let ours = rows.iter().filter(|r| r["frontend"] == format!("{lb_ip}:80"));
+        ours.map(|r| r["range"].as_str().expect("range").to_owned())
+            .collect()
+    };
+    assert_eq!(
+        ranges(),
+        BTreeSet::from([format!("{}/32", c.external_ip), "192.0.2.0/24".to_owned()])
+    );
 
     let mut seen = BTreeSet::new();
-    for i in 0..10 {
+    for i in 0..20 {
         let a = ask_tcp(&c.external, tcp).unwrap_or_else(|e| panic!("from inside the ranges, {i}: {e}"));
         seen.insert(a.server);
     }
     assert_eq!(seen, BTreeSet::from(["a1".to_owned(), "b1".to_owned()]));
     ask_udp(&c.external, udp).expect("from inside the ranges, UDP");
 
-    let before = dropped(&c.agents[0]);
+    let before = dropped(if setup.xdp { "xdp" } else { "from-netdev" });
     let refused = ask_tcp(&outsider, tcp);
     assert!(refused.is_err(), "from outside the ranges: {refused:?}");
     let refused = ask_udp(&outsider, udp);
     assert!(refused.is_err(), "from outside the ranges, UDP: {refused:?}");
+    assert!(
+        dropped(if setup.xdp { "xdp" } else { "from-netdev" }) >= before + 2,
+        "the outsider's TCP and UDP counted as dropped for the source range"
+    );
+    let before = dropped("from-pod");
     let refused = ask_tcp(&c.client.ns, tcp);
     assert!(refused.is_err(), "a pod outside the ranges: {refused:?}");
-    let refused = ask_tcp(node_a, tcp);
-    assert!(refused.is_err(), "the node outside the ranges: {refused:?}");
+    assert!(
+        dropped("from-pod") > before,
+        "the pod's SYN dropped for the range"
+    );
+    // The node's own socket: refused at connect, as a drop would time out.
+    let before = dropped("socket");
+    let refused = ask_tcp(node_a, tcp).map(|a| a.server);
+    assert_eq!(
+        refused.map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::TimedOut),
+        "the node outside the ranges"
+    );
+    assert_eq!(
+        dropped("socket"),
+        before + 1,
+        "the node's connect refused for the range"
+    );
     // `weirctl explain` says so, from the maps.
     let client = c.client.ipv4().to_string();
-    let explained = |agent: &Agent| {
-        let e = agent.weirctl(&["explain", &client, &format!("{lb_ip}:80/tcp")]);
+    let explained = |agent: &Agent, ip: IpAddr| {
+        let e = agent.weirctl(&["explain", &client, &format!("{ip}:80/tcp")]);
         e["verdict"].as_str().expect("verdict").to_owned()
     };
-    let verdict = explained(&c.agents[0]);
+    let verdict = explained(&c.agents[0], lb_ip);
     assert!(verdict.contains("loadBalancerSourceRanges"), "{verdict}");
-    assert!(
-        dropped(&c.agents[0]) >= before + 3,
-        "counted as dropped for the source range"
-    );
     // The firewall is the LoadBalancer IP's alone.
     ask_tcp(&outsider, c.node(0, 30092)).expect("the Service's NodePort stays open");
     ask_tcp(
@@ -727,6 +752,8 @@ fn load_balancer_source_ranges_admit_their_sources_alone(setup: Setup) {
             .is_err_and(|e| e.kind() != std::io::ErrorKind::ConnectionRefused),
         "no endpoints, outside the ranges: dropped, not told: {outside:?}"
     );
+    let verdict = explained(&c.agents[0], closed_ip);
+    assert!(verdict.contains("loadBalancerSourceRanges"), "{verdict}");
 
     // The outsider's address and node A's added: both admitted (the node's
     // own sockets from its address); the first host's gone: dropped.
@@ -740,9 +767,19 @@ fn load_balancer_source_ranges_admit_their_sources_alone(setup: Setup) {
     eventually("the new ranges never admitted", &|| {
         ask_tcp(&outsider, tcp).is_ok() && ask_tcp(node_a, tcp).is_ok()
     });
-    eventually("a removed range still admits", &|| {
-        ask_tcp(&c.external, tcp).is_err()
-    });
+    // Narrowed in the same step that widened; a range holding the node
+    // admits the LoadBalancer IP as a source too (kube-proxy's allowFromNode).
+    assert_eq!(
+        ranges(),
+        BTreeSet::from([
+            format!("{outsider_ip}/32"),
+            format!("{}/32", c.node_ips[0]),
+            format!("{lb_ip}/32"),
+        ]),
+        "the removed ranges gone from the map"
+    );
+    let refused = ask_tcp(&c.external, tcp);
+    assert!(refused.is_err(), "a removed range: {refused:?}");
     let refused = ask_tcp(&c.client.ns, tcp);
     assert!(refused.is_err(), "a pod outside the ranges: {refused:?}");
 
@@ -752,7 +789,8 @@ fn load_balancer_source_ranges_admit_their_sources_alone(setup: Setup) {
         ask_tcp(&c.external, tcp).is_ok() && ask_tcp(&c.client.ns, tcp).is_ok()
     });
     ask_tcp(&outsider, tcp).expect("every source");
-    assert_eq!(explained(&c.agents[0]), "admitted");
+    assert_eq!(explained(&c.agents[0], lb_ip), "admitted");
+    eventually("the ranges never left the map", &|| ranges().is_empty());
 }
 
 fn internal_traffic_policy_local_serves_only_same_node_clients(setup: Setup) {

@@ -302,19 +302,20 @@ impl Maps {
                 }
             }
         }
+        // Before the check for endpoints, as the datapath does.
+        if !self.admits(flow, &svc) {
+            let why = "dropped: the source is outside the Service's loadBalancerSourceRanges";
+            return Ok((
+                Some(self.frontend(flow, &key, &svc, why.to_owned())),
+                Candidates::Refused(why),
+            ));
+        }
         if svc.count == 0 {
             let why = if svc.flags & SVC_F_DROP_EMPTY != 0 {
                 "dropped: Local traffic policy and no endpoint on this node"
             } else {
                 "rejected: the Service has no endpoints (connection refused)"
             };
-            return Ok((
-                Some(self.frontend(flow, &key, &svc, why.to_owned())),
-                Candidates::Refused(why),
-            ));
-        }
-        if !self.admits(flow, &svc) {
-            let why = "dropped: the source is outside the Service's loadBalancerSourceRanges";
             return Ok((
                 Some(self.frontend(flow, &key, &svc, why.to_owned())),
                 Candidates::Refused(why),

@@ -1178,7 +1178,7 @@ fn a_source_range_that_is_no_cidr_is_reported_and_the_rest_apply() {
         "bogus",
         "10.0.0.0 /8",
         "10.0.0.0/+8",
-        "010.001.0.0/16",
+        "010.0001.0.0/16",
         "10.0.0.0/8",
     ]);
     let (d, problems) = compile_with(lb(service), &node(), &mut IdAllocator::new());

@@ -272,13 +272,13 @@ fn parse_cidr(raw: &str) -> Option<IpNetwork> {
     IpNetwork::new(net.network(), net.prefix()).ok()
 }
 
-/// Four decimal parts of one to three digits each, leading zeros allowed.
+/// Four decimal parts of at most 255 each, leading zeros allowed.
 fn sloppy_ipv4(addr: &str) -> Option<[u8; 4]> {
     let mut octets = [0u8; 4];
     let mut parts = addr.split('.');
     for octet in &mut octets {
         let part = parts.next()?;
-        if part.is_empty() || part.len() > 3 || !part.bytes().all(|b| b.is_ascii_digit()) {
+        if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
             return None;
         }
         *octet = part.parse().ok()?;
