@@ -27,7 +27,7 @@ use weir_model::{
 use crate::{
     ctl::{
         BackendRow, IpcacheRow, NameTable, PolicyRow, Row, ServiceRow, SourceRangeRow, backend_rows,
-        ipcache_rows, policy_rows, service_rows, source_range_rows, to_table,
+        frontend_text, ipcache_rows, policy_rows, service_rows, source_range_rows, to_table,
     },
     source::{DirSource, Source as _, SourceError},
 };
@@ -211,8 +211,7 @@ pub fn compile(dir: &Path, node: &str, node_ips: &[IpAddr]) -> Result<Compiled, 
             .iter()
             .map(|(id, r)| RevNatRow {
                 id: *id,
-                frontend: weir_model::services::socket_addr(r.addr, r.family, r.port)
-                    .map_or_else(|| "?".to_owned(), |a| a.to_string()),
+                frontend: frontend_text(Some(r)),
             })
             .collect(),
         maglev: desired

@@ -37,7 +37,7 @@ pub use self::{
     metrics::{MetricRow, metrics},
     policy::{PolicyRow, policy, policy_rows},
     services::{Algorithm, ServiceRow, SlotRow, service_rows, services},
-    source_ranges::{SourceRangeRow, source_range_rows, source_ranges},
+    source_ranges::{SourceRangeRow, frontend_text, source_range_rows, source_ranges},
     status::{StatusReport, status},
     table::{Row, to_json, to_table},
     tunnels::{TunnelRow, tunnels},

@@ -39,8 +39,8 @@ impl Row for SourceRangeRow {
     }
 }
 
-/// The frontend of reverse-NAT entry `revnat`, as text.
-fn frontend_text(revnat: Option<&RevNat>) -> String {
+/// The frontend of reverse-NAT entry `revnat`, as text (`?`: none).
+pub fn frontend_text(revnat: Option<&RevNat>) -> String {
     revnat
         .and_then(|r| socket_addr(r.addr, r.family, r.port))
         .map_or_else(|| "?".to_owned(), |a| a.to_string())

@@ -215,23 +215,6 @@ fn to_backend<F: SockAddr>(ctx: &SockAddrContext, datagram_only: bool) -> i32 {
         count(Reason::BackendMissing);
         return ALLOW;
     };
-    // From the node's address (where the kernel will send from; the socket
-    // may yet bind another): admitted when a range holds it (kube-proxy then
-    // also admits the node's packets from the LoadBalancer IP itself).
-    let mut saddr = F::ANY;
-    F::narrow(frontend::node_addr::<F>(node), &mut saddr);
-    if !frontend::admits::<F>(&svc, &saddr) {
-        return refuse::<F>(&key, node, &svc, Reason::SourceRange, ETIMEDOUT);
-    }
-    if let Some(empty) = frontend::empty(&svc) {
-        // Dropped by kube-proxy, and the caller would time out: here it
-        // learns so at once, and the ClusterIP does not leave the node
-        // untranslated. Rejected: "connection refused", as kube-proxy's REJECT.
-        return match empty {
-            Empty::Drop => refuse::<F>(&key, node, &svc, Reason::NoLocalBackend, ETIMEDOUT),
-            Empty::Reject => refuse::<F>(&key, node, &svc, Reason::NoBackend, ECONNREFUSED),
-        };
-    }
     // The socket as a flow, for the backend's choice: from the node's address
     // (the client kube-proxy's `ClientIP` affinity sees for the node's own
     // connections), and, for Maglev's hash, the socket's cookie where its
@@ -244,6 +227,21 @@ fn to_backend<F: SockAddr>(ctx: &SockAddrContext, datagram_only: bool) -> i32 {
     flow.sport = (cookie ^ (cookie >> 16) ^ (cookie >> 32) ^ (cookie >> 48)) as u16;
     flow.dport = key.port;
     flow.proto = proto;
+    // From the node's address (where the kernel will send from; the socket
+    // may yet bind another): admitted when a range holds it (kube-proxy then
+    // also admits the node's packets from the LoadBalancer IP itself).
+    if !frontend::admits::<F>(&svc, &flow.saddr) {
+        return refuse::<F>(&key, node, &svc, Reason::SourceRange, ETIMEDOUT);
+    }
+    if let Some(empty) = frontend::empty(&svc) {
+        // Dropped by kube-proxy, and the caller would time out: here it
+        // learns so at once, and the ClusterIP does not leave the node
+        // untranslated. Rejected: "connection refused", as kube-proxy's REJECT.
+        return match empty {
+            Empty::Drop => refuse::<F>(&key, node, &svc, Reason::NoLocalBackend, ETIMEDOUT),
+            Empty::Reject => refuse::<F>(&key, node, &svc, Reason::NoBackend, ECONNREFUSED),
+        };
+    }
     let now = crate::clock::now();
     // SAFETY: valid for this run.
     let Some(backend) = select::backend(&flow, &key, &svc, now)

@@ -213,6 +213,8 @@ struct PortScope<'a> {
     affinity_timeout: Option<u32>,
     health_check_node_port: Option<u16>,
     source: crate::endpoints::EndpointSourceKind,
+    /// The sources its LoadBalancer IPs admit (empty: every source).
+    source_ranges: Box<[IpNetwork]>,
 }
 
 /// One frontend entry to write.
@@ -222,8 +224,6 @@ struct Frontend {
     port: u16,
     scope: u8,
     flags: u32,
-    /// The sources it admits, with [`SVC_F_SOURCE_RANGE`].
-    source_ranges: Box<[IpNetwork]>,
 }
 
 impl Compiler<'_> {
@@ -283,11 +283,13 @@ impl Compiler<'_> {
                     affinity_timeout: valid.affinity_timeout,
                     health_check_node_port: valid.health_check_node_port,
                     source: source.kind(),
+                    source_ranges: source_ranges(valid, family, self.node),
                 };
                 self.backends(origin, key, port, &mut scope);
                 let cluster = cluster_endpoints(&endpoints);
                 let local = local_endpoints(&endpoints, node);
-                for mut frontend in frontends(valid, port, family, self.node) {
+                let guarded = !scope.source_ranges.is_empty();
+                for mut frontend in frontends(valid, port, family, self.node, guarded) {
                     let (slots, local_policy) = match (frontend.kind, frontend.scope) {
                         (FrontendKind::ClusterIP, _) if valid.internal_local => (&local, true),
                         (FrontendKind::ClusterIP, _) | (_, SCOPE_INTERNAL) => (&cluster, false),
@@ -406,7 +408,7 @@ impl Compiler<'_> {
         if flags & SVC_F_SOURCE_RANGE != 0 {
             self.desired
                 .source_ranges
-                .insert(rev_nat_id, frontend.source_ranges.clone());
+                .insert(rev_nat_id, scope.source_ranges.clone());
         }
         self.desired.revnat.insert(
             rev_nat_id,
@@ -483,19 +485,21 @@ impl Compiler<'_> {
 /// a second, scope-internal entry (Cilium's two-scope scheme), flagged
 /// [`SVC_F_TWO_SCOPES`] on the external one. Addresses of a family the Service has
 /// no cluster IP in are ignored, as kube-proxy's per-family proxiers do.
-fn frontends(valid: &ValidService, port: &ValidPort, family: Family, node: &NodeContext) -> Vec<Frontend> {
-    let ranges = source_ranges(valid, family, node);
-    let common = |kind, ip, port, scope, flags: u32| Frontend {
+/// `guarded`: the ingress IPs admit their source ranges only
+/// ([`SVC_F_SOURCE_RANGE`]).
+fn frontends(
+    valid: &ValidService,
+    port: &ValidPort,
+    family: Family,
+    node: &NodeContext,
+    guarded: bool,
+) -> Vec<Frontend> {
+    let common = |kind, ip, port, scope, flags| Frontend {
         kind,
         ip,
         port,
         scope,
         flags,
-        source_ranges: if flags & SVC_F_SOURCE_RANGE != 0 {
-            ranges.clone()
-        } else {
-            Box::default()
-        },
     };
     let in_family = |ip: &&IpAddr| Family::of(**ip) == family;
     let mut out = Vec::new();
@@ -521,7 +525,7 @@ fn frontends(valid: &ValidService, port: &ValidPort, family: Family, node: &Node
     for ip in valid.external_ips.iter().filter(in_family) {
         external.push((FrontendKind::ExternalIP, *ip, port.port, 0));
     }
-    let lb_flags = if ranges.is_empty() { 0 } else { SVC_F_SOURCE_RANGE };
+    let lb_flags = if guarded { SVC_F_SOURCE_RANGE } else { 0 };
     let lb_ips = valid.load_balancer.iter().flat_map(|lb| &lb.ips);
     for ip in lb_ips.filter(in_family) {
         external.push((FrontendKind::LoadBalancer, *ip, port.port, lb_flags));
