@@ -12,7 +12,7 @@ use weir_common::{
     EndpointKey, IPPROTO_TCP, IPPROTO_UDP, MAGLEV_TABLE_SIZE, MaglevTable, NodeAddrs, SCOPE_INTERNAL,
     SVC_F_AFFINITY, SVC_F_DROP_EMPTY, SVC_F_EXT_LOCAL, SVC_F_MAGLEV, SVC_F_TWO_SCOPES, ServiceKey,
     ServiceValue,
-    programs::{FROM_NETDEV, FROM_NETDEV_XDP, FROM_POD},
+    programs::{FROM_NETDEV, FROM_NETDEV_XDP, FROM_POD, TO_POD},
 };
 
 const TC_ACT_OK: u32 = 0;
@@ -706,6 +706,139 @@ fn root_nodeport_to_a_remote_endpoint_comes_from_the_node_and_back() {
     // Traffic that is not for a frontend passes untouched.
     let plain = frame(IPPROTO_TCP, EXTERNAL, 40001, NODE_IP, 22, 0x02);
     assert_eq!(lab.run_on(FROM_NETDEV, &plain), (TC_ACT_OK, plain.clone()));
+}
+
+const ROUTER: [u8; 4] = [192, 168, 7, 254];
+
+/// A router's "fragmentation needed" from `src` to `dst` about the IP packet
+/// of the frame `about`, which it quotes whole; valid checksums.
+fn icmp4_error(src: [u8; 4], dst: [u8; 4], about: &[u8]) -> Vec<u8> {
+    use etherparse::{Icmpv4Type, icmpv4::DestUnreachableHeader};
+    let mut f = Vec::new();
+    etherparse::PacketBuilder::ethernet2(MAC_SRC, MAC_DST)
+        .ipv4(src, dst, 64)
+        .icmpv4(Icmpv4Type::DestinationUnreachable(
+            DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1280 },
+        ))
+        .write(&mut f, &about[14..])
+        .expect("frame");
+    f
+}
+
+/// An ICMPv4 error's addresses and the tuple (src, sport, dst, dport) of the
+/// packet it quotes, asserting every checksum its receiver relies on: the
+/// IPv4 header's, the ICMP message's, the quoted IPv4 header's.
+type Error4 = ([u8; 4], [u8; 4], ([u8; 4], u16, [u8; 4], u16));
+
+fn error_tuple(f: &[u8]) -> Error4 {
+    let h = checked(f);
+    let Some(etherparse::NetHeaders::Ipv4(ip, _)) = &h.net else {
+        panic!("not IPv4")
+    };
+    let (inner, rest) = etherparse::Ipv4Header::from_slice(h.payload.slice()).expect("a quoted IPv4 header");
+    assert_eq!(
+        inner.header_checksum,
+        inner.calc_header_checksum(),
+        "bad quoted IPv4 header checksum"
+    );
+    let port = |at: usize| u16::from_be_bytes([rest[at], rest[at + 1]]);
+    (
+        ip.source,
+        ip.destination,
+        (inner.source, port(0), inner.destination, port(2)),
+    )
+}
+
+/// ICMP errors about a NodePort's flows come to the node: a router's about
+/// the reply (from the NodePort to the client), the remote backend's about
+/// the source-NATed request. Each is turned back into the error the flow's
+/// own end would have had, naming the flow as that end sent it, with valid
+/// checksums (the quoted header's too).
+#[test]
+fn root_icmp_errors_about_nodeport_flows_are_turned_back_with_valid_checksums() {
+    let remote = nodeport_lab("icmp-np-remote", &[BACKEND_B], 0);
+    let (_, out) = remote.run_on(
+        FROM_NETDEV,
+        &frame(IPPROTO_TCP, EXTERNAL, 40000, NODE_IP, 30080, 0x02),
+    );
+    let (_, sport, _, _) = tuple(&out);
+    let reply = frame(IPPROTO_TCP, NODE_IP, 30080, EXTERNAL, 40000, 0x12);
+    let (_, out) = remote.run_on(FROM_NETDEV, &icmp4_error(ROUTER, NODE_IP, &reply));
+    assert_eq!(
+        error_tuple(&out),
+        (ROUTER, BACKEND_B, (BACKEND_B, 8080, NODE_IP, sport)),
+        "the router's error about the reply goes to the remote backend, about its reply to the node"
+    );
+    let request = frame(IPPROTO_TCP, NODE_IP, sport, BACKEND_B, 8080, 0x02);
+    let (_, out) = remote.run_on(FROM_NETDEV, &icmp4_error(BACKEND_B, NODE_IP, &request));
+    assert_eq!(
+        error_tuple(&out),
+        (NODE_IP, EXTERNAL, (EXTERNAL, 40000, NODE_IP, 30080)),
+        "the backend's error about the request goes to the client, from the NodePort it dialled"
+    );
+
+    let mut local = nodeport_lab("icmp-np-local", &[BACKEND_A], 0);
+    local.run_on(
+        FROM_NETDEV,
+        &frame(IPPROTO_TCP, EXTERNAL, 40000, NODE_IP, 30080, 0x02),
+    );
+    let (verdict, out) = local.run_on(FROM_NETDEV, &icmp4_error(ROUTER, NODE_IP, &reply));
+    assert_eq!(verdict, TC_ACT_REDIRECT, "to the local backend's veth");
+    assert_eq!(
+        error_tuple(&out),
+        (ROUTER, BACKEND_A, (BACKEND_A, 8080, EXTERNAL, 40000)),
+        "the router's error about the reply goes to the local backend"
+    );
+    let request = frame(IPPROTO_TCP, EXTERNAL, 40000, BACKEND_A, 8080, 0x02);
+    let (_, out) = local.run(&icmp4_error(BACKEND_A, EXTERNAL, &request));
+    assert_eq!(
+        error_tuple(&out),
+        (NODE_IP, EXTERNAL, (EXTERNAL, 40000, NODE_IP, 30080)),
+        "the local backend's own error goes to the client, from the NodePort"
+    );
+    // An error about no flow of ours passes untouched.
+    let other = frame(IPPROTO_TCP, NODE_IP, 22, EXTERNAL, 40001, 0x12);
+    let unrelated = icmp4_error(ROUTER, NODE_IP, &other);
+    assert_eq!(
+        local.run_on(FROM_NETDEV, &unrelated),
+        (TC_ACT_OK, unrelated.clone())
+    );
+}
+
+/// A backend's ICMPv6 error about a ClusterIP flow, as it reaches the client
+/// pod (`to_pod`): from the frontend, about the client's packet to the
+/// frontend, the ICMPv6 checksum (which covers every address rewritten) valid.
+#[test]
+fn root_icmpv6_error_about_a_clusterip_flow_names_the_frontend() {
+    let mut lab = Lab::new("icmp6-vip");
+    lab.service6(IPPROTO_TCP, &[BACKEND6]);
+    let (_, out) = lab.run(&frame6(IPPROTO_TCP, CLIENT6, 40000, VIP6, 80, 0x02));
+    assert_eq!(tuple6(&out), (CLIENT6, 40000, BACKEND6, 8080));
+    let mut error = Vec::new();
+    etherparse::PacketBuilder::ethernet2(MAC_SRC, MAC_DST)
+        .ipv6(BACKEND6, CLIENT6, 64)
+        .icmpv6(etherparse::Icmpv6Type::PacketTooBig { mtu: 1280 })
+        .write(&mut error, &out[14..])
+        .expect("frame");
+    let (verdict, out) = lab.run_on(TO_POD, &error);
+    assert_eq!(verdict, TC_ACT_OK);
+    let h = checked(&out);
+    let Some(etherparse::NetHeaders::Ipv6(ip, _)) = &h.net else {
+        panic!("not IPv6")
+    };
+    let (inner, rest) = etherparse::Ipv6Header::from_slice(h.payload.slice()).expect("a quoted IPv6 header");
+    let port = |at: usize| u16::from_be_bytes([rest[at], rest[at + 1]]);
+    assert_eq!(
+        (
+            ip.source,
+            ip.destination,
+            inner.source,
+            port(0),
+            inner.destination,
+            port(2)
+        ),
+        (VIP6, CLIENT6, CLIENT6, 40000, VIP6, 80)
+    );
 }
 
 /// XDP's verdicts (`enum xdp_action`).

@@ -14,9 +14,9 @@ use weir_lab::{
     Agent, Node, Pod, icmp,
     internet::{self, Internet},
     netns::Netns,
-    services::{Ep, ManifestDir, merge, node_object, port, service, slice},
+    services::{Ep, ManifestDir, merge, node_object, port, service, service_with_ips, slice},
     traffic::ConnectionLoad,
-    underlay::Underlay,
+    underlay::{Routing, Underlay},
     whoami::{Answer, WhoAmI, ask_tcp, ask_udp},
 };
 
@@ -48,10 +48,16 @@ impl Lab {
 
     /// As [`Lab::new`], with `prepare` run on each node before its agent starts.
     fn with_nodes(n: u8, flags: [&[&str]; 2], prepare: impl Fn(&Node)) -> Self {
+        Self::routed(n, Routing::Native, flags, prepare)
+    }
+
+    /// As [`Lab::with_nodes`], the agents routing pods between the nodes by
+    /// `routing`.
+    fn routed(n: u8, routing: Routing, flags: [&[&str]; 2], prepare: impl Fn(&Node)) -> Self {
         let underlay = Underlay::new(n);
         let mut nodes = vec![
-            Node::new(&format!("10.{n}.1.0/24")),
-            Node::new(&format!("10.{n}.2.0/24")),
+            routing.node(&format!("10.{n}.1.0/24")),
+            routing.node(&format!("10.{n}.2.0/24")),
         ];
         nodes.iter().for_each(&prepare);
         let node_ips = underlay.plug_nodes(&nodes.iter().collect::<Vec<_>>());
@@ -67,7 +73,8 @@ impl Lab {
             .iter_mut()
             .zip(flags)
             .map(|(node, flags)| {
-                node.start_agent_with_source_and(dir.path(), flags.iter().map(|f| (*f).to_owned()).collect())
+                let flags = flags.iter().map(|f| (*f).to_owned()).chain(routing.flags());
+                node.start_agent_with_source_and(dir.path(), flags.collect())
             })
             .collect();
         for agent in &agents {
@@ -489,6 +496,171 @@ fn root_icmp_errors_about_masqueraded_flows_reach_the_pod() {
     assert!(mtu.contains("mtu 1280"), "the pod caches the path MTU: {mtu}");
 }
 
+/// ICMP errors about Service flows are translated back and reach the flow's
+/// own end, naming the frontend it dialled, as netfilter's NAT does. Errors
+/// about a NodePort flow come to the node (to the NodePort that answered, or
+/// to the node's address the request was source-NATed to). A router whose
+/// link to the client is narrower than an endpoint's replies says
+/// "fragmentation needed": the endpoint, on this node or behind its source
+/// NAT on another, must learn the path MTU, or its large replies never
+/// arrive. An endpoint's "port unreachable", local or remote, reaches the
+/// client's socket, an outside client's or a pod's (through the ClusterIP).
+#[test]
+fn root_icmp_errors_about_service_flows_reach_their_ends() {
+    icmp_errors_about_service_flows_reach_their_ends(78, Routing::Native);
+}
+
+/// The same over the overlay: the errors for a remote endpoint (or about
+/// its reply) go through the tunnel.
+#[test]
+fn root_vxlan_icmp_errors_about_service_flows_reach_their_ends() {
+    icmp_errors_about_service_flows_reach_their_ends(80, Routing::Vxlan);
+}
+
+fn icmp_errors_about_service_flows_reach_their_ends(n: u8, routing: Routing) {
+    let flags: &[&str] = &["--masquerade=true"];
+    let lab = Lab::routed(n, routing, [flags, flags], |_| {});
+    // "near" has its endpoint on node A (a), "far" on node B (b); both are
+    // reached at node A. Their UDP port has no listener behind it.
+    let cluster_ip = |i: usize| format!("10.96.{n}.{}", 10 + i);
+    let mut objects = Vec::new();
+    for (i, (name, pod, node_port)) in [("near", &lab.a, 30090), ("far", &lab.b, 30091)]
+        .into_iter()
+        .enumerate()
+    {
+        objects.extend(download_service(
+            name,
+            &cluster_ip(i),
+            node_port,
+            lab.nodes[i].name(),
+            pod.ipv4(),
+        ));
+    }
+    lab.dir.write("big.yaml", &objects);
+    let node_a = |p| SocketAddr::new(lab.node_ips[0], p);
+    for node_port in [30090, 30091, 30190, 30191] {
+        let proto = if node_port < 30100 { "TCP" } else { "UDP" };
+        wait_external(&lab.agents[0], &format!("{}/{proto}", node_a(node_port)));
+    }
+
+    let client = lab.nodes[0].add_pod("client");
+    for (i, name) in ["near", "far"].into_iter().enumerate() {
+        assert_eq!(
+            refused_datagram(&lab.internet.host, node_a(30190 + i as u16)),
+            Err(std::io::ErrorKind::ConnectionRefused),
+            "{name}: the endpoint's port unreachable reaches the outside client's socket"
+        );
+        let front = SocketAddr::new(cluster_ip(i).parse().expect("address"), 53);
+        assert_eq!(
+            refused_datagram(&client.ns, front),
+            Err(std::io::ErrorKind::ConnectionRefused),
+            "{name}: the endpoint's port unreachable reaches the client pod's socket"
+        );
+    }
+
+    lab.internet.narrow_link(1280);
+    for (name, pod, node_port, peer) in [
+        ("near", &lab.a, 30090, INTERNET.parse().expect("address")),
+        ("far", &lab.b, 30091, lab.node_ips[0]),
+    ] {
+        fetch_through_narrow_link(name, pod, &lab.internet.host, node_a(node_port), peer);
+    }
+}
+
+/// The NodePort frontend `front` (`ip:port/PROTO`) has its one endpoint in
+/// `agent`'s maps.
+fn wait_external(agent: &Agent, front: &str) {
+    agent.wait_services(front, |s| {
+        s.as_array().is_some_and(|all| {
+            all.iter().any(|f| {
+                f["frontend"] == json!(front) && f["scope"] == json!("external") && f["count"] == json!(1)
+            })
+        })
+    });
+}
+
+/// A NodePort Service `name` of one endpoint (`ip`, on `node`): TCP 80 to
+/// 9000 on `node_port`, UDP 53 to 9 (where nothing listens) on `node_port` +
+/// 100; and its EndpointSlice.
+fn download_service(name: &str, cluster_ip: &str, node_port: u16, node: &str, ip: IpAddr) -> [Value; 2] {
+    let mut svc = service_with_ips(
+        name,
+        &[cluster_ip],
+        &[port("tcp", 80, "9000", "TCP"), port("udp", 53, "9", "UDP")],
+    );
+    merge(
+        &mut svc,
+        &json!({ "spec": {
+            "type": "NodePort",
+            "ports": [
+                { "name": "tcp", "port": 80, "targetPort": 9000, "protocol": "TCP", "nodePort": node_port },
+                { "name": "udp", "port": 53, "targetPort": 9, "protocol": "UDP", "nodePort": node_port + 100 },
+            ],
+        }}),
+    );
+    let endpoints = slice(
+        name,
+        name,
+        node,
+        &[("tcp", 9000, "TCP"), ("udp", 9, "UDP")],
+        &[Ep::ready(ip)],
+    );
+    [svc, endpoints]
+}
+
+/// `client` downloads 1 MiB from `pod` (which serves it on port 9000) through
+/// `front`, past a link narrower than the pod's packets: the pod must learn
+/// the path MTU to `peer` (where its packets go: the client, or the node that
+/// source-NATed the flow to it) from the ICMP error, within 15 s.
+fn fetch_through_narrow_link(name: &str, pod: &Pod, client: &Netns, front: SocketAddr, peer: IpAddr) {
+    const BYTES: usize = 1 << 20;
+    let at = SocketAddr::new(if front.is_ipv6() { pod.ipv6() } else { pod.ipv4() }, 9000);
+    let listener = pod
+        .ns
+        .run(move || std::net::TcpListener::bind(at).expect("listen"));
+    let source = std::thread::spawn(move || {
+        use std::io::Write as _;
+        let (mut conn, _) = listener.accept().expect("accept");
+        conn.set_write_timeout(Some(Duration::from_secs(15)))
+            .expect("timeout");
+        conn.write_all(&vec![7u8; BYTES])
+    });
+    let started = Instant::now();
+    let got = client.run(move || {
+        use std::io::Read as _;
+        let mut conn = std::net::TcpStream::connect_timeout(&front, Duration::from_secs(3)).expect("connect");
+        conn.set_read_timeout(Some(Duration::from_secs(15)))
+            .expect("timeout");
+        let mut got = 0;
+        let mut buf = vec![0u8; 1 << 16];
+        while got < BYTES {
+            match conn.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n,
+            }
+        }
+        got
+    });
+    assert_eq!(
+        got, BYTES,
+        "{name}: 1 MiB through a 1,280-byte link: the endpoint must learn the path MTU"
+    );
+    source
+        .join()
+        .expect("source")
+        .unwrap_or_else(|e| panic!("{name}: the endpoint's write: {e}"));
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{name}: the transfer took {:?}",
+        started.elapsed()
+    );
+    let route = pod.ns.sh(&format!("ip route get {peer}"));
+    assert!(
+        route.contains("mtu 1280"),
+        "{name}: the endpoint caches the path MTU to {peer}: {route}"
+    );
+}
+
 /// With XDP in front of the node devices (`--nodeport-acceleration native`),
 /// the replies of masqueraded flows are translated back by XDP and handed to
 /// TC, which sends them into the pod; ICMP errors about them go on to TC
@@ -606,52 +778,84 @@ fn root_local_nodeport_from_another_nodes_pod_uses_every_endpoint() {
     );
 }
 
+/// A dual-stack node `10.n.1.0/24` + `fd00:10:n:1::/64` (its IPv6 address
+/// `fd00:n::1`) and its agent (masquerading), with one pod; IPv6 beside the
+/// lab's IPv4 on the same links, through the router to the internet host
+/// (`fd00:c0::10`). Field order is drop order.
+struct Ipv6Lab {
+    pod: Pod,
+    agent: Agent,
+    internet: Internet,
+    node6: IpAddr,
+    host6: IpAddr,
+    dir: ManifestDir,
+    node: Node,
+    _underlay: Underlay,
+}
+
+impl Ipv6Lab {
+    fn new(n: u8) -> Self {
+        let underlay = Underlay::new(n);
+        let mut node = Node::with_ranges(json!([
+            [{ "subnet": format!("10.{n}.1.0/24") }],
+            [{ "subnet": format!("fd00:10:{n}:1::/64") }]
+        ]));
+        let node_ip = underlay.plug_nodes(&[&node])[0];
+        let internet = Internet::new(&underlay, &[&node]);
+        let dev = |ns: &Netns, v4: &str| {
+            ns.sh(&format!(
+                "ip -o -4 addr show | awk '$4 ~ /^{v4}\\// {{print $2}}'"
+            ))
+            .trim()
+            .to_owned()
+        };
+        let node_dev = dev(&node.ns, &node_ip.to_string());
+        node.ns.sh(&format!(
+            "ip -6 addr add fd00:{n}::1/64 dev {node_dev} nodad && ip -6 route add fd00:c0::/64 via fd00:{n}::fe"
+        ));
+        let router_under = dev(&internet.router, &format!("10.200.{n}.254"));
+        let router_out = dev(&internet.router, "192.0.2.1");
+        internet.router.sh(&format!(
+            "sysctl -qw net.ipv6.conf.all.forwarding=1 && ip -6 addr add fd00:{n}::fe/64 dev {router_under} nodad && ip -6 addr add fd00:c0::1/64 dev {router_out} nodad"
+        ));
+        let host_dev = dev(&internet.host, internet::HOST);
+        internet.host.sh(&format!(
+            "ip -6 addr add fd00:c0::10/64 dev {host_dev} nodad && ip -6 route add default via fd00:c0::1"
+        ));
+        let node6: IpAddr = format!("fd00:{n}::1").parse().expect("address");
+        let dir = ManifestDir::new();
+        dir.write(
+            "nodes.yaml",
+            &[node_object(
+                node.name(),
+                &[&format!("10.{n}.1.0/24"), &format!("fd00:10:{n}:1::/64")],
+                &[node_ip, node6],
+            )],
+        );
+        let agent = node.start_agent_with_source_and(dir.path(), vec!["--masquerade=true".to_owned()]);
+        wait_for(Duration::from_secs(20), "the masquerade exceptions", || {
+            agent.log_text().contains("masquerade exceptions written")
+        });
+        let pod = node.add_pod("a");
+        Self {
+            pod,
+            agent,
+            internet,
+            node6,
+            host6: "fd00:c0::10".parse().expect("address"),
+            dir,
+            node,
+            _underlay: underlay,
+        }
+    }
+}
+
 /// IPv6: a dual-stack node's pod reaches an IPv6 internet host from the
 /// node's IPv6 address, by TCP and UDP.
 #[test]
 fn root_pods_reach_the_ipv6_internet_from_their_node_address() {
-    let underlay = Underlay::new(74);
-    let mut node =
-        Node::with_ranges(json!([[{ "subnet": "10.74.1.0/24" }], [{ "subnet": "fd00:10:74:1::/64" }]]));
-    let node_ip = underlay.plug_nodes(&[&node])[0];
-    let internet = Internet::new(&underlay, &[&node]);
-    // IPv6 beside the lab's IPv4, on the same links.
-    let dev = |ns: &Netns, v4: &str| {
-        ns.sh(&format!(
-            "ip -o -4 addr show | awk '$4 ~ /^{v4}\\// {{print $2}}'"
-        ))
-        .trim()
-        .to_owned()
-    };
-    let node_dev = dev(&node.ns, &node_ip.to_string());
-    node.ns.sh(&format!(
-        "ip -6 addr add fd00:74::1/64 dev {node_dev} nodad && ip -6 route add fd00:c0::/64 via fd00:74::fe"
-    ));
-    let router_under = dev(&internet.router, "10.200.74.254");
-    let router_out = dev(&internet.router, "192.0.2.1");
-    internet.router.sh(&format!(
-        "sysctl -qw net.ipv6.conf.all.forwarding=1 && ip -6 addr add fd00:74::fe/64 dev {router_under} nodad && ip -6 addr add fd00:c0::1/64 dev {router_out} nodad"
-    ));
-    let host_dev = dev(&internet.host, internet::HOST);
-    internet.host.sh(&format!(
-        "ip -6 addr add fd00:c0::10/64 dev {host_dev} nodad && ip -6 route add default via fd00:c0::1"
-    ));
-    let node6: IpAddr = "fd00:74::1".parse().expect("address");
-    let dir = ManifestDir::new();
-    dir.write(
-        "nodes.yaml",
-        &[node_object(
-            node.name(),
-            &["10.74.1.0/24", "fd00:10:74:1::/64"],
-            &[node_ip, node6],
-        )],
-    );
-    let agent = node.start_agent_with_source_and(dir.path(), vec!["--masquerade=true".to_owned()]);
-    wait_for(Duration::from_secs(20), "the masquerade exceptions", || {
-        agent.log_text().contains("masquerade exceptions written")
-    });
-    let pod = node.add_pod("a");
-    let host6: IpAddr = "fd00:c0::10".parse().expect("address");
+    let lab = Ipv6Lab::new(74);
+    let (pod, internet, node6, host6) = (&lab.pod, &lab.internet, lab.node6, lab.host6);
     let _server = WhoAmI::start(&internet.host, "internet", host6, &[80]);
     let to = SocketAddr::new(host6, 80);
     // The links' neighbours are found by the first packets: give the first
@@ -668,7 +872,7 @@ fn root_pods_reach_the_ipv6_internet_from_their_node_address() {
     // The router knows no pod prefix: answered pings prove the translation
     // back too.
     assert_eq!(
-        ping(&pod, "fd00:c0::10", &internet.host),
+        ping(pod, "fd00:c0::10", &internet.host),
         vec![node6; 3],
         "ping over IPv6: the internet host must see the node's address"
     );
@@ -678,4 +882,26 @@ fn root_pods_reach_the_ipv6_internet_from_their_node_address() {
         Err(std::io::ErrorKind::ConnectionRefused),
         "the host's ICMPv6 port unreachable reaches the pod's socket"
     );
+}
+
+/// IPv6: ICMPv6 errors about a NodePort flow (whose checksum covers the
+/// addresses rewritten) reach the local endpoint, "packet too big" from the
+/// router before a narrow link, and the outside client, the endpoint's "port
+/// unreachable".
+#[test]
+fn root_icmpv6_errors_about_nodeport_flows_reach_their_ends() {
+    let lab = Ipv6Lab::new(79);
+    let objects = download_service("web6", "fd00:96:79::10", 30092, lab.node.name(), lab.pod.ipv6());
+    lab.dir.write("web6.yaml", &objects);
+    let front = |p| SocketAddr::new(lab.node6, p);
+    wait_external(&lab.agent, &format!("{}/TCP", front(30092)));
+    wait_external(&lab.agent, &format!("{}/UDP", front(30192)));
+    // The links' neighbours are found by the first packets: a few tries.
+    wait_for(
+        Duration::from_secs(10),
+        "the endpoint's ICMPv6 port unreachable at the outside client's socket",
+        || refused_datagram(&lab.internet.host, front(30192)) == Err(std::io::ErrorKind::ConnectionRefused),
+    );
+    lab.internet.narrow_link(1280);
+    fetch_through_narrow_link("IPv6", &lab.pod, &lab.internet.host, front(30092), lab.host6);
 }

@@ -99,9 +99,10 @@ macro_rules! by_family {
     };
 }
 
-/// What a per-family instance returns for an ICMP error of an isolated pod:
-/// not a TC verdict (those are small), but "judge it in [`icmp_error`]",
-/// which has the stack room that judging takes (the instance has none left).
+/// What a per-family instance returns for an ICMP error: not a TC verdict
+/// (those are small), but "judge and translate it in [`icmp_error`]" (on a
+/// node device, [`quoted_error`]), which has the stack room that takes (the
+/// instance has none left).
 const RELATED: i32 = i32::MIN;
 
 /// What a per-family instance returns for a packet to a local pod that may go
@@ -119,7 +120,7 @@ pub fn from_pod(ctx: TcContext) -> i32 {
 
 /// TC ingress on a node device: Service traffic from outside the node. An
 /// instance's [`RELATED`]: what the load balancer does not parse, which may
-/// be an ICMP error about a masqueraded flow ([`quoted_error`]).
+/// be an ICMP error about a flow the node translated ([`quoted_error`]).
 #[classifier]
 pub fn from_netdev(ctx: TcContext) -> i32 {
     let tc = match packet::ethertype(&ctx) {
@@ -138,12 +139,12 @@ pub fn from_netdev(ctx: TcContext) -> i32 {
     events::after(&ctx, tc)
 }
 
-/// [`lb::masq::quoted_error`], in a frame of its own: [`from_netdev_family`]
+/// [`lb::quoted::from_netdev`], in a frame of its own: [`from_netdev_family`]
 /// has no room left.
 #[inline(never)]
 fn quoted_error<F: Lb>(skb: *mut __sk_buff) -> i32 {
     let ctx = TcContext::new(skb);
-    metrics::verdict(&ctx, Dir::FromNetdev, lb::masq::quoted_error::<F>(&ctx))
+    metrics::verdict(&ctx, Dir::FromNetdev, lb::quoted::from_netdev::<F>(&ctx))
 }
 
 /// TC egress on a node device: replies of the node's own processes (hostNetwork
@@ -235,18 +236,39 @@ fn counted(ctx: &TcContext, dir: Dir, result: Result<Action, Reason>) -> i32 {
     }
 }
 
-/// An ICMP error of an isolated pod (`side`: it sends it, or receives it):
-/// passes only if it quotes a packet of a flow admitted before.
+/// An ICMP error a pod sends or receives (`side`), on its veth. If the pod
+/// is isolated, it passes only if it quotes a packet of a flow admitted
+/// before; a received one is judged only when it comes from elsewhere (the
+/// node's errors are admitted as all it sends; one from the pod's own veth is
+/// the load balancer's rejection of the pod's own packet). Then, if it is
+/// about a flow the load balancer translated, it is made to name the
+/// frontend ([`lb::quoted::at_pod`]).
 #[inline(never)]
 fn icmp_error<F: Lb>(skb: *mut __sk_buff, dir: Dir, side: Side) -> i32 {
     let ctx = TcContext::new(skb);
     let result = packet::parse_any::<F, _>(&ctx).and_then(|p| {
-        if let Some(ep) = policy::endpoint(&p.flow, side) {
+        if let Some(ep) = policy::endpoint(&p.flow, side)
+            && (side == Side::Egress || veth_origin(&ctx) == Origin::Elsewhere)
+        {
             policy::related(&ctx, p.quoted, &p.flow, &ep, side)?;
         }
-        Ok(Action::forward(TC_ACT_OK))
+        lb::quoted::at_pod::<F>(&ctx, &p.flow, p.quoted, side)
     });
     metrics::verdict(&ctx, dir, result)
+}
+
+/// Where a packet leaving a host veth for its pod (TC egress) comes from:
+/// sent by the node's own stack, it came in on no interface; hairpinned by
+/// the pod itself, on the veth it now leaves by.
+#[inline(always)]
+fn veth_origin(ctx: &TcContext) -> Origin {
+    // SAFETY: the context's skb pointer is valid for this run.
+    let (came_in, leaves) = unsafe { ((*ctx.skb.skb).ingress_ifindex, (*ctx.skb.skb).ifindex) };
+    match came_in {
+        0 => Origin::Node,
+        i if i == leaves => Origin::Pod,
+        _ => Origin::Elsewhere,
+    }
 }
 
 #[inline(never)]
@@ -402,12 +424,13 @@ fn try_into_pod<F: Lb>(ctx: &TcContext, via: Via) -> Result<Action, Reason> {
         lb,
         quoted,
     } = packet::parse_any::<F, _>(ctx)?;
-    if via == Via::Peer && quoted != 0 {
-        // An ICMP error (the overlay hands any packet over): judging it takes
-        // stack room [`into_peer`] has not got, so it goes to the pod's veth.
+    if quoted != 0 {
+        // An ICMP error: judged and translated in [`icmp_error`], which has
+        // the stack room it takes. From elsewhere than the veth (the overlay
+        // hands any packet over), it goes to the pod's veth for that.
         return Ok(Action::forward(RELATED));
     }
-    if !judge && quoted == 0 {
+    if !judge {
         return deliver(ctx, &flow, via);
     }
     if let Some(ep) = policy::endpoint(&flow, Side::Ingress) {
@@ -415,28 +438,9 @@ fn try_into_pod<F: Lb>(ctx: &TcContext, via: Via) -> Result<Action, Reason> {
             // From another pod's veth or from a node device: neither the
             // node's own stack nor the pod's hairpin (both go by the veth).
             Via::Peer => Origin::Elsewhere,
-            Via::Veth => {
-                // Sent by the node's own stack, it came in on no interface;
-                // hairpinned by the pod itself, on the veth it now leaves by.
-                // SAFETY: the context's skb pointer is valid for this run.
-                let (came_in, leaves) = unsafe { ((*ctx.skb.skb).ingress_ifindex, (*ctx.skb.skb).ifindex) };
-                match came_in {
-                    0 => Origin::Node,
-                    i if i == leaves => Origin::Pod,
-                    _ => Origin::Elsewhere,
-                }
-            }
+            Via::Veth => veth_origin(ctx),
         };
         let now = crate::clock::now();
-        if quoted != 0 {
-            // The node's errors are admitted as all it sends; one from the pod's
-            // own veth is the load balancer's rejection of the pod's own packet.
-            return Ok(Action::forward(if origin == Origin::Elsewhere {
-                RELATED
-            } else {
-                TC_ACT_OK
-            }));
-        }
         let key = &mut lb::scratch()?.in_key;
         if policy::known(key, &flow, Side::Ingress, now) == Known::New {
             policy::judge(key, &flow, &ep, Side::Ingress, origin, now)?;
@@ -475,8 +479,8 @@ fn try_from_pod<F: Lb>(ctx: &TcContext) -> Result<Action, Reason> {
         return Err(Reason::SpoofedSource);
     }
     if !judge {
-        let isolated = quoted != 0 && policy::endpoint(&flow, Side::Egress).is_some();
-        return Ok(Action::forward(if isolated { RELATED } else { TC_ACT_OK }));
+        // An ICMP error: judged and translated in [`icmp_error`].
+        return Ok(Action::forward(if quoted != 0 { RELATED } else { TC_ACT_OK }));
     }
     // Egress policy judges the real flow: a reply as the pod sends it, before
     // the load balancer makes it come from a frontend; anything else, and

@@ -74,6 +74,9 @@ pub trait Family: Sized {
         saddr: &mut [u8; 16],
         daddr: &mut [u8; 16],
     ) -> Result<(u8, usize), Reason>;
+    /// Where the IP packet ends, as its header says: the frame may run on
+    /// past it (Ethernet's padding, or bytes the stack will trim).
+    fn ip_end<C: Frame>(ctx: &C) -> Result<usize, Reason>;
     /// Whether a source address is of the link only (an IPv6 pod's link-local
     /// address, which is not registered as the pod's).
     fn link_scope(a: &Self::Addr) -> bool;
@@ -126,6 +129,12 @@ impl Family for V4 {
         *saddr = widen4(ctx.load(at + 12).map_err(|_| Reason::Malformed)?);
         *daddr = widen4(ctx.load(at + 16).map_err(|_| Reason::Malformed)?);
         Ok((proto, at + words * 4))
+    }
+
+    #[inline(always)]
+    fn ip_end<C: Frame>(ctx: &C) -> Result<usize, Reason> {
+        let total: u16 = ctx.load(ETH_HLEN + 2).map_err(|_| Reason::Malformed)?;
+        Ok(ETH_HLEN + usize::from(u16::from_be(total)))
     }
 
     #[inline(always)]
@@ -212,6 +221,12 @@ impl Family for V6 {
         load16(ctx, at + 8, saddr)?;
         load16(ctx, at + 24, daddr)?;
         Ok((proto, at + IP6_HLEN))
+    }
+
+    #[inline(always)]
+    fn ip_end<C: Frame>(ctx: &C) -> Result<usize, Reason> {
+        let payload: u16 = ctx.load(ETH_HLEN + 4).map_err(|_| Reason::Malformed)?;
+        Ok(Self::L4 + usize::from(u16::from_be(payload)))
     }
 
     #[inline(always)]

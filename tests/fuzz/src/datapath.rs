@@ -7,7 +7,8 @@
 //! - the verdict is one the programs document: pass (`TC_ACT_OK`), drop
 //!   (`TC_ACT_SHOT`) or redirect (`TC_ACT_REDIRECT`);
 //! - a packet whose flow the datapath does not know (its destination is no
-//!   frontend, no conntrack entry has its tuple either way) leaves as it came;
+//!   frontend, no conntrack entry has its tuple either way; for an ICMP error,
+//!   none has the tuple of the packet it quotes) leaves as it came;
 //! - a rewritten packet of valid checksums has valid checksums (IPv4 header,
 //!   TCP, UDP, ICMP, ICMPv6).
 
@@ -34,6 +35,7 @@ const VIP: [u8; 4] = [10, 96, 0, 10];
 const EMPTY_VIP: [u8; 4] = [10, 96, 0, 11];
 const NODE: [u8; 4] = [192, 168, 0, 1];
 const OUTSIDE: [u8; 4] = [203, 0, 113, 7];
+const ROUTER: [u8; 4] = [198, 51, 100, 1];
 const CLIENT6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 const LOCAL6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
 const VIP6: [u8; 16] = [0xfd, 0, 0, 0x96, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10];
@@ -237,19 +239,33 @@ impl Datapath {
     }
 
     /// Whether the datapath knows the frame's flow: a frontend is its
-    /// destination, or the conntrack holds its tuple (either direction). Read
-    /// as the programs read it (fixed offsets, lengths in the header not
-    /// trusted), for what the load balancer translates: TCP and UDP right after
-    /// an option-less IP header.
+    /// destination, or the conntrack holds its tuple (either direction); for
+    /// an ICMP error, the conntrack holds the tuple of the packet it quotes,
+    /// either way round. Read as the programs read it (fixed offsets, lengths
+    /// in the header not trusted), for what the load balancer translates: TCP
+    /// and UDP right after an option-less IP header.
     fn knows(&self, frame: &[u8]) -> bool {
         let Some((family, saddr, daddr, proto, l4)) = tuple(frame) else {
             return false;
         };
-        if proto != IPPROTO_TCP && proto != IPPROTO_UDP || frame.len() < l4 + 4 {
+        if [1, 58].contains(&proto) && frame.len() > l4 + 8 {
+            let mut quoted = frame[..14].to_vec();
+            quoted.extend_from_slice(&frame[l4 + 8..]);
+            let Some((family, saddr, daddr, proto, l4)) = tuple(&quoted) else {
+                return false;
+            };
+            let Some((sport, dport)) = ports(&quoted, l4) else {
+                return false;
+            };
+            return self.tracked(family, proto, (saddr, sport), (daddr, dport))
+                || self.tracked(family, proto, (daddr, dport), (saddr, sport));
+        }
+        if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
             return false;
         }
-        let sport = u16::from_ne_bytes([frame[l4], frame[l4 + 1]]);
-        let dport = u16::from_ne_bytes([frame[l4 + 2], frame[l4 + 3]]);
+        let Some((sport, dport)) = ports(frame, l4) else {
+            return false;
+        };
         let frontend = |scope| ServiceKey {
             addr: daddr,
             port: dport,
@@ -259,18 +275,20 @@ impl Datapath {
             scope,
             _pad: 0,
         };
-        if [0, 1]
+        [0, 1]
             .iter()
             .any(|s| self.dp.services.get(&frontend(*s), 0).is_ok())
-        {
-            return true;
-        }
+            || self.tracked(family, proto, (saddr, sport), (daddr, dport))
+    }
+
+    /// Whether the conntrack holds this tuple, in either direction's entry.
+    fn tracked(&self, family: u8, proto: u8, from: ([u8; 16], u16), to: ([u8; 16], u16)) -> bool {
         [CT_OUT, CT_IN].iter().any(|dir| {
             let key = CtKey {
-                saddr,
-                daddr,
-                sport,
-                dport,
+                saddr: from.0,
+                daddr: to.0,
+                sport: from.1,
+                dport: to.1,
                 proto,
                 family,
                 dir: *dir,
@@ -279,6 +297,12 @@ impl Datapath {
             self.dp.conntrack.get(&key, 0).is_ok()
         })
     }
+}
+
+/// The ports (as on the wire) of the L4 header at `l4`, if the frame has them.
+fn ports(frame: &[u8], l4: usize) -> Option<(u16, u16)> {
+    let p = frame.get(l4..l4 + 4)?;
+    Some((u16::from_ne_bytes([p[0], p[1]]), u16::from_ne_bytes([p[2], p[3]])))
 }
 
 /// Family, addresses (the maps' form), protocol and L4 offset.
@@ -306,7 +330,7 @@ impl Drop for Datapath {
     }
 }
 
-const TEMPLATES: usize = 10;
+const TEMPLATES: usize = 13;
 
 /// Frames the cluster above has something to say about.
 fn template(i: usize) -> Vec<u8> {
@@ -361,10 +385,38 @@ fn template(i: usize) -> Vec<u8> {
             .tcp(40_000, 80, 1, 64_000)
             .syn()
             .write(&mut out, payload),
-        _ => PacketBuilder::ethernet2(mac_a, mac_b)
+        9 => PacketBuilder::ethernet2(mac_a, mac_b)
             .ipv6(LOCAL6, CLIENT6, 64)
             .udp(8080, 40_000)
             .write(&mut out, payload),
+        // ICMP errors about the translated flows above (once a program has
+        // tracked them): the local backend's port unreachable to its client
+        // (template 2's flow); a router's "fragmentation needed" about the
+        // NodePort's reply to its outside client (template 6's); the local
+        // backend's "packet too big" to its IPv6 client (template 8's).
+        10 => PacketBuilder::ethernet2(mac_a, mac_b)
+            .ipv4(LOCAL, CLIENT, 64)
+            .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+                etherparse::icmpv4::DestUnreachableHeader::Port,
+            ))
+            .write(&mut out, &quote4(CLIENT, LOCAL, Quoted::Udp(40_001, 8080))),
+        11 => PacketBuilder::ethernet2(mac_a, mac_b)
+            .ipv4(ROUTER, NODE, 64)
+            .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+                etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1280 },
+            ))
+            .write(&mut out, &quote4(NODE, OUTSIDE, Quoted::Tcp(30080, 50_000))),
+        _ => {
+            let mut quote = Vec::new();
+            PacketBuilder::ipv6(CLIENT6, LOCAL6, 64)
+                .tcp(40_000, 8080, 1, 64_000)
+                .write(&mut quote, &[])
+                .expect("quote");
+            PacketBuilder::ethernet2(mac_a, mac_b)
+                .ipv6(LOCAL6, CLIENT6, 64)
+                .icmpv6(etherparse::Icmpv6Type::PacketTooBig { mtu: 1280 })
+                .write(&mut out, &quote)
+        }
     };
     written.expect("template");
     out
@@ -372,11 +424,24 @@ fn template(i: usize) -> Vec<u8> {
 
 /// An IPv4 + UDP header as an ICMP error quotes it.
 fn quoted_udp() -> Vec<u8> {
+    quote4(OUTSIDE, ISOLATED, Quoted::Udp(5555, 7777))
+}
+
+/// The L4 header of a quoted packet, with its ports.
+enum Quoted {
+    Udp(u16, u16),
+    Tcp(u16, u16),
+}
+
+/// An IPv4 packet from `saddr` to `daddr` as an ICMP error quotes it.
+fn quote4(saddr: [u8; 4], daddr: [u8; 4], l4: Quoted) -> Vec<u8> {
     let mut q = Vec::new();
-    etherparse::PacketBuilder::ipv4(OUTSIDE, ISOLATED, 64)
-        .udp(5555, 7777)
-        .write(&mut q, &[])
-        .expect("quote");
+    let ip = etherparse::PacketBuilder::ipv4(saddr, daddr, 64);
+    match l4 {
+        Quoted::Udp(sport, dport) => ip.udp(sport, dport).write(&mut q, &[]),
+        Quoted::Tcp(sport, dport) => ip.tcp(sport, dport, 1, 64_000).write(&mut q, &[]),
+    }
+    .expect("quote");
     q
 }
 

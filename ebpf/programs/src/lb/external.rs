@@ -99,7 +99,7 @@ pub fn from_netdev<F: Lb, C: Frame>(ctx: &C, flow: &mut Flow<F>) -> Result<Actio
 /// A translated packet goes to its backend: a local pod (`pod`, its veth)
 /// straight on its veth, anything else by route.
 #[inline(always)]
-fn deliver<F: Lb, C: Frame>(ctx: &C, flow: &Flow<F>, pod: u32) -> Result<Action, Reason> {
+pub(super) fn deliver<F: Lb, C: Frame>(ctx: &C, flow: &Flow<F>, pod: u32) -> Result<Action, Reason> {
     if pod != 0 {
         // XDP does not write into a veth: its `to-pod` program would not see
         // the packet. TC, handed it, routes it there.

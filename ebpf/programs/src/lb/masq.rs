@@ -17,12 +17,11 @@
 
 use aya_ebpf::{
     bindings::TC_ACT_OK,
-    helpers::bpf_redirect_neigh,
     maps::{LpmTrie, lpm_trie::Key},
     programs::TcContext,
 };
 use weir_common::{
-    CT_F_CLOSING, CT_F_MASQ, CT_F_RESET, CT_F_SNAT, CT_IN, CT_OUT, IPCACHE_PREFIX_BITS, IPPROTO_TCP,
+    CT_F_CLOSING, CT_F_MASQ, CT_F_RESET, CT_F_SNAT, CT_OUT, IPCACHE_PREFIX_BITS, IPPROTO_TCP,
     NODE_F_MASQUERADE, NOMASQ_F_CLUSTER, NomasqKey, Reason, maps,
 };
 
@@ -36,7 +35,7 @@ use super::{
 use crate::{
     endpoints,
     metrics::Action,
-    packet::{self, Family, Flow, ICMP_CSUM, ICMP_HLEN, ICMP_ID, TCP_ACK, TCP_SYN, tcp_tsval},
+    packet::{Family, Flow, TCP_ACK, TCP_SYN, tcp_tsval},
 };
 
 bpf_map! {
@@ -175,60 +174,4 @@ pub fn device_addr<F: Lb>(ifindex: u32) -> Option<&'static [u8; 16]> {
     let device = unsafe { DEVICE_ADDRS.get(&ifindex) }?;
     let addr = frontend::node_addr_of::<F>(&device.v4, &device.v6);
     addr.iter().any(|b| *b != 0).then_some(addr)
-}
-
-/// An ICMP error to the node's address about a masqueraded flow, as it
-/// arrives on a node device (a router's "fragmentation needed" or "packet
-/// too big", a host's "port unreachable"): turned back into the error the
-/// pod's own packet would have had, as netfilter does for its NAT, and
-/// delivered to the pod. The error goes to the pod's address, and the
-/// packet it quotes comes from the pod's address and port again. The
-/// quoted packet's own L4 checksum is left as it is: receivers do not check
-/// it (a quote may be cut short). Anything else passes.
-#[inline(always)]
-pub fn quoted_error<F: Lb>(ctx: &TcContext) -> Result<Action, Reason> {
-    let pass = Ok(Action::forward(TC_ACT_OK));
-    let p = packet::parse_any::<F, _>(ctx)?;
-    if p.quoted == 0 {
-        return pass;
-    }
-    let s = scratch()?;
-    // The quoted packet left from the node's address and port: reversed, its
-    // tuple is the flow's reply entry's key.
-    let l4 = packet::quoted_key::<F, _>(ctx, p.quoted, &mut s.in_key, true)?;
-    s.in_key.dir = CT_IN;
-    // SAFETY: valid for this run.
-    let Some(reply) = (unsafe { CONNTRACK.get(&s.in_key) }) else {
-        return pass;
-    };
-    if reply.flags & CT_F_MASQ == 0 {
-        return pass;
-    }
-    let Some(pod) = endpoints::veth(&endpoints::key_wide::<F>(&reply.nat2_addr)) else {
-        return pass;
-    };
-    let csum = p.quoted - ICMP_HLEN + ICMP_CSUM;
-    // The error's own destination; ICMPv6's checksum covers it.
-    F::rewrite_addr(
-        ctx,
-        p.flow.pseudo_header().then_some(csum),
-        0,
-        F::DADDR,
-        &p.flow.daddr,
-        &reply.nat2_addr,
-    )?;
-    F::rewrite_quoted_source(ctx, csum, p.quoted, &s.in_key.daddr, &reply.nat2_addr)?;
-    // The quoted source port (an echo's identifier), which the ICMP
-    // checksum covers as data.
-    let at = l4 + if s.in_key.proto == F::ICMP { ICMP_ID } else { 0 };
-    let (old, new) = (s.in_key.dport, reply.nat2_port);
-    if old != new {
-        ctx.l4_csum_replace(csum, u64::from(old), u64::from(new), 2)
-            .map_err(|_| Reason::RewriteFailed)?;
-        ctx.store(at, &new, 0).map_err(|_| Reason::RewriteFailed)?;
-    }
-    // SAFETY: no preconditions; the verdict says where the packet goes.
-    Ok(Action::forward(
-        unsafe { bpf_redirect_neigh(pod, core::ptr::null_mut(), 0, 0) } as i32,
-    ))
 }

@@ -18,6 +18,7 @@ pub mod maps;
 pub mod masq;
 mod nat;
 mod port;
+pub mod quoted;
 mod reject;
 pub mod select;
 

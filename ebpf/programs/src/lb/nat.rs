@@ -34,13 +34,14 @@ pub trait Rewrite: Family {
         new: &[u8; 16],
     ) -> Result<(), Reason>;
 
-    /// Replaces the source address (`old` by `new`, maps' form) of the packet
-    /// an ICMP error quotes at `quoted`, keeping the error's checksum (at
-    /// `csum_at`) right: the quoted bytes are data it covers.
-    fn rewrite_quoted_source<C: Frame>(
+    /// Replaces an address at `at` (`old` by `new`, maps' form) of the
+    /// packet an ICMP error quotes at `quoted`, keeping the error's checksum
+    /// (at `csum_at`) right: the quoted bytes are data it covers.
+    fn rewrite_quoted_addr<C: Frame>(
         ctx: &C,
         csum_at: usize,
         quoted: usize,
+        at: usize,
         old: &[u8; 16],
         new: &[u8; 16],
     ) -> Result<(), Reason>;
@@ -68,21 +69,16 @@ impl Rewrite for V4 {
     /// The quoted header's own checksum follows its address, which leaves the
     /// header's sum, and so the ICMP checksum, as it was.
     #[inline(always)]
-    fn rewrite_quoted_source<C: Frame>(
+    fn rewrite_quoted_addr<C: Frame>(
         ctx: &C,
         _csum_at: usize,
         quoted: usize,
+        at: usize,
         old: &[u8; 16],
         new: &[u8; 16],
     ) -> Result<(), Reason> {
         let old = u32::from_ne_bytes([old[0], old[1], old[2], old[3]]) as u64;
-        replace4(
-            ctx,
-            quoted + 10,
-            quoted + 12,
-            old,
-            &[new[0], new[1], new[2], new[3]],
-        )
+        replace4(ctx, quoted + 10, at, old, &[new[0], new[1], new[2], new[3]])
     }
 }
 
@@ -116,14 +112,15 @@ impl Rewrite for V6 {
     /// No header checksum: the ICMPv6 checksum takes the difference, as
     /// data (no pseudo-header flag).
     #[inline(always)]
-    fn rewrite_quoted_source<C: Frame>(
+    fn rewrite_quoted_addr<C: Frame>(
         ctx: &C,
         csum_at: usize,
-        quoted: usize,
+        _quoted: usize,
+        at: usize,
         old: &[u8; 16],
         new: &[u8; 16],
     ) -> Result<(), Reason> {
-        replace6(ctx, csum_at, quoted + 8, 0, old, new)
+        replace6(ctx, csum_at, at, 0, old, new)
     }
 }
 
