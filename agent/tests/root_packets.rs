@@ -12,7 +12,7 @@ use weir_common::{
     EndpointKey, IPPROTO_TCP, IPPROTO_UDP, MAGLEV_TABLE_SIZE, MaglevTable, NodeAddrs, SCOPE_INTERNAL,
     SVC_F_AFFINITY, SVC_F_DROP_EMPTY, SVC_F_EXT_LOCAL, SVC_F_MAGLEV, SVC_F_TWO_SCOPES, ServiceKey,
     ServiceValue,
-    programs::{FROM_NETDEV, FROM_NETDEV_XDP, FROM_POD, TO_POD},
+    programs::{FROM_NETDEV, FROM_NETDEV_XDP, FROM_POD, TO_NETDEV, TO_POD},
 };
 
 const TC_ACT_OK: u32 = 0;
@@ -709,6 +709,7 @@ fn root_nodeport_to_a_remote_endpoint_comes_from_the_node_and_back() {
 }
 
 const ROUTER: [u8; 4] = [192, 168, 7, 254];
+const HAIRPIN: [u8; 4] = [169, 254, 42, 1];
 
 /// A router's "fragmentation needed" from `src` to `dst` about the IP packet
 /// of the frame `about`, which it quotes whole; valid checksums.
@@ -749,11 +750,37 @@ fn error_tuple(f: &[u8]) -> Error4 {
     )
 }
 
+/// [`error_tuple`] for ICMPv6 (no header checksums; the ICMPv6 checksum
+/// covers the addresses).
+type Error6 = ([u8; 16], [u8; 16], ([u8; 16], u16, [u8; 16], u16));
+
+fn error_tuple6(f: &[u8]) -> Error6 {
+    let h = checked(f);
+    let Some(etherparse::NetHeaders::Ipv6(ip, _)) = &h.net else {
+        panic!("not IPv6")
+    };
+    let (inner, rest) = etherparse::Ipv6Header::from_slice(h.payload.slice()).expect("a quoted IPv6 header");
+    let port = |at: usize| u16::from_be_bytes([rest[at], rest[at + 1]]);
+    (
+        ip.source,
+        ip.destination,
+        (inner.source, port(0), inner.destination, port(2)),
+    )
+}
+
+/// Recomputes a frame's IPv4 header checksum (after a test edited the header).
+fn fix_ipv4_header_checksum(f: &mut [u8]) {
+    let (mut header, _) = etherparse::Ipv4Header::from_slice(&f[14..]).expect("IPv4");
+    header.header_checksum = header.calc_header_checksum();
+    f[14..34].copy_from_slice(&header.to_bytes());
+}
+
 /// ICMP errors about a NodePort's flows come to the node: a router's about
 /// the reply (from the NodePort to the client), the remote backend's about
 /// the source-NATed request. Each is turned back into the error the flow's
 /// own end would have had, naming the flow as that end sent it, with valid
-/// checksums (the quoted header's too).
+/// checksums (the quoted header's too). An error sent on to a source-NATed
+/// backend comes from the node, as netfilter's source NAT makes it.
 #[test]
 fn root_icmp_errors_about_nodeport_flows_are_turned_back_with_valid_checksums() {
     let remote = nodeport_lab("icmp-np-remote", &[BACKEND_B], 0);
@@ -763,14 +790,16 @@ fn root_icmp_errors_about_nodeport_flows_are_turned_back_with_valid_checksums() 
     );
     let (_, sport, _, _) = tuple(&out);
     let reply = frame(IPPROTO_TCP, NODE_IP, 30080, EXTERNAL, 40000, 0x12);
-    let (_, out) = remote.run_on(FROM_NETDEV, &icmp4_error(ROUTER, NODE_IP, &reply));
+    let (verdict, out) = remote.run_on(FROM_NETDEV, &icmp4_error(ROUTER, NODE_IP, &reply));
+    assert_ne!(verdict, TC_ACT_SHOT, "sent on");
     assert_eq!(
         error_tuple(&out),
-        (ROUTER, BACKEND_B, (BACKEND_B, 8080, NODE_IP, sport)),
+        (NODE_IP, BACKEND_B, (BACKEND_B, 8080, NODE_IP, sport)),
         "the router's error about the reply goes to the remote backend, about its reply to the node"
     );
     let request = frame(IPPROTO_TCP, NODE_IP, sport, BACKEND_B, 8080, 0x02);
-    let (_, out) = remote.run_on(FROM_NETDEV, &icmp4_error(BACKEND_B, NODE_IP, &request));
+    let (verdict, out) = remote.run_on(FROM_NETDEV, &icmp4_error(BACKEND_B, NODE_IP, &request));
+    assert_ne!(verdict, TC_ACT_SHOT, "sent on");
     assert_eq!(
         error_tuple(&out),
         (NODE_IP, EXTERNAL, (EXTERNAL, 40000, NODE_IP, 30080)),
@@ -790,12 +819,16 @@ fn root_icmp_errors_about_nodeport_flows_are_turned_back_with_valid_checksums() 
         "the router's error about the reply goes to the local backend"
     );
     let request = frame(IPPROTO_TCP, EXTERNAL, 40000, BACKEND_A, 8080, 0x02);
-    let (_, out) = local.run(&icmp4_error(BACKEND_A, EXTERNAL, &request));
+    let (verdict, out) = local.run(&icmp4_error(BACKEND_A, EXTERNAL, &request));
+    assert_ne!(verdict, TC_ACT_SHOT, "sent on");
     assert_eq!(
         error_tuple(&out),
         (NODE_IP, EXTERNAL, (EXTERNAL, 40000, NODE_IP, 30080)),
         "the local backend's own error goes to the client, from the NodePort"
     );
+    // Only the backend's own: a pod may not make the node speak for it.
+    let forged = icmp4_error(CLIENT, EXTERNAL, &request);
+    assert_eq!(local.run(&forged), (TC_ACT_OK, forged.clone()));
     // An error about no flow of ours passes untouched.
     let other = frame(IPPROTO_TCP, NODE_IP, 22, EXTERNAL, 40001, 0x12);
     let unrelated = icmp4_error(ROUTER, NODE_IP, &other);
@@ -803,6 +836,61 @@ fn root_icmp_errors_about_nodeport_flows_are_turned_back_with_valid_checksums() 
         local.run_on(FROM_NETDEV, &unrelated),
         (TC_ACT_OK, unrelated.clone())
     );
+    // Nor does one whose IP packet ends before the quoted ports: the bytes
+    // past it are no part of it.
+    let mut short = icmp4_error(ROUTER, NODE_IP, &reply);
+    let total = 20 + 8 + 20 + 2;
+    short[16..18].copy_from_slice(&(total as u16).to_be_bytes());
+    fix_ipv4_header_checksum(&mut short);
+    assert_eq!(local.run_on(FROM_NETDEV, &short), (TC_ACT_OK, short.clone()));
+}
+
+/// A hostNetwork endpoint's own error (the node's stack sends it, through
+/// the device's egress) names the NodePort its client dialled.
+#[test]
+fn root_icmp_error_of_a_host_network_endpoint_names_the_nodeport() {
+    let mut lab = nodeport_lab("icmp-np-host", &[NODE_IP], 0);
+    lab.dp
+        .node_ips
+        .insert(EndpointKey::v4(NODE_IP), 1, 0)
+        .expect("node ip");
+    let (_, out) = lab.run_on(
+        FROM_NETDEV,
+        &frame(IPPROTO_TCP, EXTERNAL, 40000, NODE_IP, 30080, 0x02),
+    );
+    assert_eq!(tuple(&out), (EXTERNAL, 40000, NODE_IP, 8080));
+    let (verdict, out) = lab.run_on(TO_NETDEV, &icmp4_error(NODE_IP, EXTERNAL, &out));
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(
+        error_tuple(&out),
+        (NODE_IP, EXTERNAL, (EXTERNAL, 40000, NODE_IP, 30080))
+    );
+}
+
+/// Pods' errors about ClusterIP flows: a client's own about a reply it got
+/// from the frontend (its socket is gone) goes to the backend, about the
+/// backend's reply as it sent it; a pod that reached itself through its
+/// Service gets its own error back from the frontend.
+#[test]
+fn root_icmp_errors_of_clusterip_clients_and_hairpins_are_translated() {
+    let mut lab = Lab::new("icmp-vip");
+    lab.service(IPPROTO_UDP, &[BACKEND_A], 0);
+    lab.run(&frame(IPPROTO_UDP, CLIENT, 40000, VIP, 80, 0));
+    let reply = frame(IPPROTO_UDP, VIP, 80, CLIENT, 40000, 0);
+    let (verdict, out) = lab.run(&icmp4_error(CLIENT, VIP, &reply));
+    assert_ne!(verdict, TC_ACT_SHOT, "sent on");
+    assert_eq!(
+        error_tuple(&out),
+        (CLIENT, BACKEND_A, (BACKEND_A, 8080, CLIENT, 40000))
+    );
+
+    let mut lab = Lab::new("icmp-hairpin");
+    lab.service(IPPROTO_UDP, &[CLIENT], 0);
+    let (_, out) = lab.run(&frame(IPPROTO_UDP, CLIENT, 40000, VIP, 80, 0));
+    assert_eq!(tuple(&out), (HAIRPIN, 40000, CLIENT, 8080));
+    let (verdict, out) = lab.run(&icmp4_error(CLIENT, HAIRPIN, &out));
+    assert_eq!(verdict, TC_ACT_REDIRECT, "back to the pod's own veth");
+    assert_eq!(error_tuple(&out), (VIP, CLIENT, (CLIENT, 40000, VIP, 80)));
 }
 
 /// A backend's ICMPv6 error about a ClusterIP flow, as it reaches the client
@@ -822,23 +910,7 @@ fn root_icmpv6_error_about_a_clusterip_flow_names_the_frontend() {
         .expect("frame");
     let (verdict, out) = lab.run_on(TO_POD, &error);
     assert_eq!(verdict, TC_ACT_OK);
-    let h = checked(&out);
-    let Some(etherparse::NetHeaders::Ipv6(ip, _)) = &h.net else {
-        panic!("not IPv6")
-    };
-    let (inner, rest) = etherparse::Ipv6Header::from_slice(h.payload.slice()).expect("a quoted IPv6 header");
-    let port = |at: usize| u16::from_be_bytes([rest[at], rest[at + 1]]);
-    assert_eq!(
-        (
-            ip.source,
-            ip.destination,
-            inner.source,
-            port(0),
-            inner.destination,
-            port(2)
-        ),
-        (VIP6, CLIENT6, CLIENT6, 40000, VIP6, 80)
-    );
+    assert_eq!(error_tuple6(&out), (VIP6, CLIENT6, (CLIENT6, 40000, VIP6, 80)));
 }
 
 /// XDP's verdicts (`enum xdp_action`).

@@ -418,6 +418,20 @@ impl Agent {
         }
     }
 
+    /// Waits until the frontend `front` (`ip:port/PROTO`) of `scope`
+    /// (`internal`, `external`) has `count` slots.
+    pub fn wait_slots(&self, front: &str, scope: &str, count: usize) -> Value {
+        self.wait_services(&format!("{front} with {count} {scope} slots"), |s| {
+            s.as_array().is_some_and(|all| {
+                all.iter().any(|f| {
+                    f["frontend"] == serde_json::json!(front)
+                        && f["scope"] == serde_json::json!(scope)
+                        && f["count"] == serde_json::json!(count)
+                })
+            })
+        })
+    }
+
     /// Waits until `front` has exactly `backends` (`ip:port`, any order) in its slots.
     pub fn wait_backends(&self, front: &str, backends: &[String]) -> Value {
         self.wait_backends_within(SYNC_TIMEOUT, front, backends)

@@ -14,7 +14,7 @@ use weir_lab::{
     Agent, Node, Pod, icmp,
     internet::{self, Internet},
     netns::Netns,
-    services::{Ep, ManifestDir, merge, node_object, port, service, service_with_ips, slice},
+    services::{Ep, ManifestDir, merge, node_object, port, service, slice},
     traffic::ConnectionLoad,
     underlay::{Routing, Underlay},
     whoami::{Answer, WhoAmI, ask_tcp, ask_udp},
@@ -448,14 +448,17 @@ fn root_masquerade_off_or_excepted_keeps_the_pod_address() {
     }
 }
 
-/// ICMP errors about a masqueraded flow go to the node's address: they are
-/// translated back and reach the pod, as with netfilter's masquerade. A host
-/// with no listener answers a pod's datagram with "port unreachable" (the
-/// pod's connected socket sees the refusal), and a router whose next link is
-/// narrower than the pod's packets says "fragmentation needed" (the pod's TCP
-/// sends smaller segments: without the error, the transfer stalls).
+/// ICMP errors about a masqueraded flow are translated both ways, as with
+/// netfilter's masquerade. Those to the node's address are turned back and
+/// reach the pod: a host with no listener answers a pod's datagram with "port
+/// unreachable" (the pod's connected socket sees the refusal), and a router
+/// whose next link is narrower than the pod's packets says "fragmentation
+/// needed" (the pod's TCP sends smaller segments: without the error, the
+/// transfer stalls). The pod's own, about a reply its closed socket no longer
+/// takes, leaves from the node's address and port (the host's socket sees
+/// the refusal).
 #[test]
-fn root_icmp_errors_about_masqueraded_flows_reach_the_pod() {
+fn root_icmp_errors_about_masqueraded_flows_are_translated_both_ways() {
     let lab = Lab::new(76, [&["--masquerade=true"], &["--masquerade=true"]]);
     let udp = ask_udp(&lab.a.ns, internet(80)).expect("UDP to the internet");
     assert_from_node(&udp, lab.node_ips[0], "UDP from a");
@@ -466,31 +469,35 @@ fn root_icmp_errors_about_masqueraded_flows_reach_the_pod() {
         "the host's port unreachable reaches the pod's socket"
     );
 
-    lab.internet.narrow_link(1280);
-    let listener = lab
+    let host = lab
         .internet
         .host
-        .run(|| std::net::TcpListener::bind(internet(5001)).expect("listen"));
-    let sink = std::thread::spawn(move || {
-        let (mut conn, _) = listener.accept().expect("accept");
-        std::io::copy(&mut conn, &mut std::io::sink()).expect("read")
-    });
-    const BYTES: usize = 1 << 20;
-    let started = Instant::now();
+        .run(|| std::net::UdpSocket::bind(internet(5353)).expect("bind"));
     lab.a.ns.run(|| {
-        use std::io::Write as _;
-        let mut conn =
-            std::net::TcpStream::connect_timeout(&internet(5001), Duration::from_secs(3)).expect("connect");
-        conn.set_write_timeout(Some(Duration::from_secs(15)))
-            .expect("timeout");
-        conn.write_all(&vec![7u8; BYTES])
-            .expect("1 MiB through a 1,280-byte link: the pod must learn the path MTU");
+        let pod = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+        pod.send_to(b"hello", internet(5353)).expect("send");
+        // Closed here: the host's answer finds no socket.
     });
-    assert_eq!(sink.join().expect("sink"), BYTES as u64);
-    assert!(
-        started.elapsed() < Duration::from_secs(15),
-        "the transfer took {:?}",
-        started.elapsed()
+    host.set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    let (_, node) = host.recv_from(&mut [0; 16]).expect("the pod's datagram");
+    assert_eq!(node.ip(), lab.node_ips[0], "masqueraded");
+    host.connect(node).expect("connect");
+    host.send(b"anyone?").expect("send");
+    assert_eq!(
+        host.recv(&mut [0; 16]).map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::ConnectionRefused),
+        "the pod's port unreachable reaches the host's socket, from the node's address and port"
+    );
+
+    lab.internet.narrow_link(1280);
+    transfer_mib(
+        &lab.internet.host,
+        internet(5001),
+        &lab.a.ns,
+        internet(5001),
+        Sender::Client,
+        "1 MiB from a through a 1,280-byte link: the pod must learn the path MTU",
     );
     let mtu = lab.a.ns.sh(&format!("ip route get {INTERNET}"));
     assert!(mtu.contains("mtu 1280"), "the pod caches the path MTU: {mtu}");
@@ -538,9 +545,11 @@ fn icmp_errors_about_service_flows_reach_their_ends(n: u8, routing: Routing) {
     }
     lab.dir.write("big.yaml", &objects);
     let node_a = |p| SocketAddr::new(lab.node_ips[0], p);
-    for node_port in [30090, 30091, 30190, 30191] {
-        let proto = if node_port < 30100 { "TCP" } else { "UDP" };
-        wait_external(&lab.agents[0], &format!("{}/{proto}", node_a(node_port)));
+    for i in 0..2 {
+        let agent = &lab.agents[0];
+        agent.wait_slots(&format!("{}/TCP", node_a(30090 + i)), "external", 1);
+        agent.wait_slots(&format!("{}/UDP", node_a(30190 + i)), "external", 1);
+        agent.wait_slots(&format!("{}:53/UDP", cluster_ip(usize::from(i))), "external", 1);
     }
 
     let client = lab.nodes[0].add_pod("client");
@@ -567,25 +576,13 @@ fn icmp_errors_about_service_flows_reach_their_ends(n: u8, routing: Routing) {
     }
 }
 
-/// The NodePort frontend `front` (`ip:port/PROTO`) has its one endpoint in
-/// `agent`'s maps.
-fn wait_external(agent: &Agent, front: &str) {
-    agent.wait_services(front, |s| {
-        s.as_array().is_some_and(|all| {
-            all.iter().any(|f| {
-                f["frontend"] == json!(front) && f["scope"] == json!("external") && f["count"] == json!(1)
-            })
-        })
-    });
-}
-
 /// A NodePort Service `name` of one endpoint (`ip`, on `node`): TCP 80 to
 /// 9000 on `node_port`, UDP 53 to 9 (where nothing listens) on `node_port` +
 /// 100; and its EndpointSlice.
 fn download_service(name: &str, cluster_ip: &str, node_port: u16, node: &str, ip: IpAddr) -> [Value; 2] {
-    let mut svc = service_with_ips(
+    let mut svc = service(
         name,
-        &[cluster_ip],
+        cluster_ip,
         &[port("tcp", 80, "9000", "TCP"), port("udp", 53, "9", "UDP")],
     );
     merge(
@@ -611,53 +608,67 @@ fn download_service(name: &str, cluster_ip: &str, node_port: u16, node: &str, ip
 /// `client` downloads 1 MiB from `pod` (which serves it on port 9000) through
 /// `front`, past a link narrower than the pod's packets: the pod must learn
 /// the path MTU to `peer` (where its packets go: the client, or the node that
-/// source-NATed the flow to it) from the ICMP error, within 15 s.
+/// source-NATed the flow to it) from the ICMP error.
 fn fetch_through_narrow_link(name: &str, pod: &Pod, client: &Netns, front: SocketAddr, peer: IpAddr) {
-    const BYTES: usize = 1 << 20;
     let at = SocketAddr::new(if front.is_ipv6() { pod.ipv6() } else { pod.ipv4() }, 9000);
-    let listener = pod
-        .ns
-        .run(move || std::net::TcpListener::bind(at).expect("listen"));
-    let source = std::thread::spawn(move || {
-        use std::io::Write as _;
-        let (mut conn, _) = listener.accept().expect("accept");
-        conn.set_write_timeout(Some(Duration::from_secs(15)))
-            .expect("timeout");
-        conn.write_all(&vec![7u8; BYTES])
-    });
-    let started = Instant::now();
-    let got = client.run(move || {
-        use std::io::Read as _;
-        let mut conn = std::net::TcpStream::connect_timeout(&front, Duration::from_secs(3)).expect("connect");
-        conn.set_read_timeout(Some(Duration::from_secs(15)))
-            .expect("timeout");
-        let mut got = 0;
-        let mut buf = vec![0u8; 1 << 16];
-        while got < BYTES {
-            match conn.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => got += n,
-            }
-        }
-        got
-    });
-    assert_eq!(
-        got, BYTES,
-        "{name}: 1 MiB through a 1,280-byte link: the endpoint must learn the path MTU"
-    );
-    source
-        .join()
-        .expect("source")
-        .unwrap_or_else(|e| panic!("{name}: the endpoint's write: {e}"));
-    assert!(
-        started.elapsed() < Duration::from_secs(15),
-        "{name}: the transfer took {:?}",
-        started.elapsed()
-    );
+    transfer_mib(&pod.ns, at, client, front, Sender::Server, name);
     let route = pod.ns.sh(&format!("ip route get {peer}"));
     assert!(
         route.contains("mtu 1280"),
         "{name}: the endpoint caches the path MTU to {peer}: {route}"
+    );
+}
+
+/// Which end of a connection sends.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Sender {
+    Client,
+    Server,
+}
+
+/// 1 MiB over a connection from `client` to `to`, accepted at `at` in
+/// `server`, sent by `sender` and read whole by the other end within 15 s: a
+/// transfer that stalls (a sender that never learns the path MTU) fails.
+fn transfer_mib(server: &Netns, at: SocketAddr, client: &Netns, to: SocketAddr, sender: Sender, what: &str) {
+    use std::io::{Read, Write};
+    const BYTES: usize = 1 << 20;
+    const WITHIN: Duration = Duration::from_secs(15);
+    fn talk(mut conn: std::net::TcpStream, send: bool) -> std::io::Result<usize> {
+        conn.set_write_timeout(Some(WITHIN))?;
+        conn.set_read_timeout(Some(WITHIN))?;
+        if send {
+            conn.write_all(&vec![7u8; BYTES])?;
+            return Ok(BYTES);
+        }
+        let mut got = 0;
+        let mut buf = vec![0u8; 1 << 16];
+        while got < BYTES {
+            match conn.read(&mut buf)? {
+                0 => break,
+                n => got += n,
+            }
+        }
+        Ok(got)
+    }
+    let listener = server.run(move || std::net::TcpListener::bind(at).expect("listen"));
+    let server_end = std::thread::spawn(move || {
+        let (conn, _) = listener.accept().expect("accept");
+        talk(conn, sender == Sender::Server)
+    });
+    let started = Instant::now();
+    let client_end = client.run(move || {
+        let conn = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(3)).expect("connect");
+        talk(conn, sender == Sender::Client)
+    });
+    let server_end = server_end.join().expect("server");
+    for (end, result) in [("client", client_end), ("server", server_end)] {
+        let done = result.unwrap_or_else(|e| panic!("{what}: the {end}'s end: {e}"));
+        assert_eq!(done, BYTES, "{what}: the {end} got only {done} bytes of 1 MiB");
+    }
+    assert!(
+        started.elapsed() < WITHIN,
+        "{what}: the transfer took {:?}",
+        started.elapsed()
     );
 }
 
@@ -724,15 +735,7 @@ fn root_local_nodeport_from_another_nodes_pod_uses_every_endpoint() {
     lab.dir.write("web.yaml", &[svc, only_a]);
     let front = |i: usize| format!("{}:30080/TCP", lab.node_ips[i]);
     for (i, count) in [(0, 1), (1, 0)] {
-        lab.agents[i].wait_services(&format!("{} with {count} external slots", front(i)), |s| {
-            s.as_array().is_some_and(|all| {
-                all.iter().any(|f| {
-                    f["frontend"] == json!(front(i))
-                        && f["scope"] == json!("external")
-                        && f["count"] == json!(count)
-                })
-            })
-        });
+        lab.agents[i].wait_slots(&front(i), "external", count);
     }
     let node_b = |p| SocketAddr::new(lab.node_ips[1], p);
     // Node B has no endpoint of its own: a pod of node A still gets one (a's),
@@ -894,8 +897,10 @@ fn root_icmpv6_errors_about_nodeport_flows_reach_their_ends() {
     let objects = download_service("web6", "fd00:96:79::10", 30092, lab.node.name(), lab.pod.ipv6());
     lab.dir.write("web6.yaml", &objects);
     let front = |p| SocketAddr::new(lab.node6, p);
-    wait_external(&lab.agent, &format!("{}/TCP", front(30092)));
-    wait_external(&lab.agent, &format!("{}/UDP", front(30192)));
+    lab.agent
+        .wait_slots(&format!("{}/TCP", front(30092)), "external", 1);
+    lab.agent
+        .wait_slots(&format!("{}/UDP", front(30192)), "external", 1);
     // The links' neighbours are found by the first packets: a few tries.
     wait_for(
         Duration::from_secs(10),

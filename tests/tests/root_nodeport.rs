@@ -131,15 +131,7 @@ impl Lab {
     }
 
     fn wait_on(&self, i: usize, front: &str, count: usize) {
-        self.agents[i].wait_services(&format!("{front} with {count} slots"), |s| {
-            s.as_array().is_some_and(|all| {
-                all.iter().any(|f| {
-                    f["frontend"] == json!(front)
-                        && f["scope"] == json!("external")
-                        && f["count"] == json!(count)
-                })
-            })
-        });
+        self.agents[i].wait_slots(front, "external", count);
     }
 
     fn node(&self, i: usize, port: u16) -> SocketAddr {

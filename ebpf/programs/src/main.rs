@@ -67,15 +67,18 @@ use crate::{
 
 /// Hands the packet to `$per_family`'s IPv4 or IPv6 instance; anything else
 /// passes, counted under `$dir`. An instance's [`PEER`] hands the packet on to
-/// [`into_peer`]; with a policy `Side`, its [`RELATED`] to [`icmp_error`].
+/// [`into_peer`]; its [`RELATED`] to [`quoted_to_netdev`] (a node device's
+/// egress) or, with a policy `Side`, to [`icmp_error`].
 macro_rules! by_family {
     ($ctx:ident, $dir:expr, $per_family:ident) => {
         match packet::ethertype(&$ctx) {
             Ok(V4::ETH_P) => match $per_family::<V4>($ctx.skb.skb) {
+                RELATED => quoted_to_netdev::<V4>($ctx.skb.skb),
                 PEER => into_peer::<V4>($ctx.skb.skb),
                 tc => tc,
             },
             Ok(V6::ETH_P) => match $per_family::<V6>($ctx.skb.skb) {
+                RELATED => quoted_to_netdev::<V6>($ctx.skb.skb),
                 PEER => into_peer::<V6>($ctx.skb.skb),
                 tc => tc,
             },
@@ -144,12 +147,16 @@ pub fn from_netdev(ctx: TcContext) -> i32 {
 #[inline(never)]
 fn quoted_error<F: Lb>(skb: *mut __sk_buff) -> i32 {
     let ctx = TcContext::new(skb);
-    metrics::verdict(&ctx, Dir::FromNetdev, lb::quoted::from_netdev::<F>(&ctx))
+    let result =
+        packet::parse_any::<F, _>(&ctx).and_then(|p| lb::quoted::from_netdev(&ctx, &p.flow, p.quoted));
+    metrics::verdict(&ctx, Dir::FromNetdev, result)
 }
 
 /// TC egress on a node device: replies of the node's own processes (hostNetwork
 /// endpoints) to external flows are made to come from the frontend; pods'
-/// flows leaving the cluster are masqueraded.
+/// flows leaving the cluster are masqueraded. An instance's [`RELATED`]: what
+/// neither parses, which may be an ICMP error about such a flow
+/// ([`quoted_to_netdev`]).
 #[classifier]
 pub fn to_netdev(ctx: TcContext) -> i32 {
     // What our programs routed here themselves needs nothing more.
@@ -169,6 +176,14 @@ pub fn to_netdev(ctx: TcContext) -> i32 {
     }
     let tc = by_family!(ctx, Dir::ToNetdev, to_netdev_family);
     events::after(&ctx, tc)
+}
+
+/// [`lb::quoted::to_netdev`], in a frame of its own.
+#[inline(never)]
+fn quoted_to_netdev<F: Lb>(skb: *mut __sk_buff) -> i32 {
+    let ctx = TcContext::new(skb);
+    let result = packet::parse_any::<F, _>(&ctx).and_then(|p| lb::quoted::to_netdev(&ctx, &p.flow, p.quoted));
+    metrics::verdict(&ctx, Dir::ToNetdev, result)
 }
 
 /// TC ingress on the overlay's device: packets from other nodes' pods.
@@ -384,7 +399,8 @@ fn to_netdev_family<F: Lb>(skb: *mut __sk_buff) -> i32 {
     let result = match packet::parse::<F, _>(&ctx) {
         Ok(Some(flow)) if overlay_packet(&flow) => Ok(Action::forward(TC_ACT_OK)),
         Ok(Some(mut flow)) => lb::to_pod(&ctx, &mut flow).map(|()| Action::forward(TC_ACT_OK)),
-        Ok(None) => Ok(Action::forward(TC_ACT_OK)),
+        // Counted where it goes.
+        Ok(None) => return RELATED,
         Err(reason) => Err(reason),
     };
     metrics::verdict(&ctx, Dir::ToNetdev, result)
@@ -395,7 +411,8 @@ fn masquerade_family<F: Lb>(skb: *mut __sk_buff) -> i32 {
     let ctx = TcContext::new(skb);
     let result = match packet::parse::<F, _>(&ctx) {
         Ok(Some(mut flow)) => lb::masq::to_netdev(&ctx, &mut flow),
-        Ok(None) => Ok(Action::forward(TC_ACT_OK)),
+        // Counted where it goes.
+        Ok(None) => return RELATED,
         Err(reason) => Err(reason),
     };
     metrics::verdict(&ctx, Dir::ToNetdev, result)

@@ -20,7 +20,8 @@ use weir_agent::datapath::{Datapath as Loaded, PinLayout};
 use weir_common::{
     AF_INET, AF_INET6, BACKEND_ACTIVE, Backend, CT_IN, CT_OUT, CtKey, EndpointInfo, EndpointKey, IPPROTO_TCP,
     IPPROTO_UDP, IpcacheKey, NodeAddrs, POLICY_F_EGRESS, POLICY_F_INGRESS, POLICY_PREFIX_FULL,
-    PolicyEndpoint, PolicyKey, SVC_F_NODEPORT, ServiceKey, ServiceValue, programs::CLASSIFIERS,
+    PolicyEndpoint, PolicyKey, SVC_F_NODEPORT, ServiceKey, ServiceValue,
+    programs::{CLASSIFIERS, FROM_NETDEV, FROM_POD},
 };
 
 const TC_ACT_OK: u32 = 0;
@@ -61,7 +62,29 @@ impl Datapath {
         let dp = Loaded::load(PinLayout::new(&root)).expect("load the datapath (root, bpffs mounted)");
         let mut me = Self { root, dp };
         me.fill();
+        // The flows the templates of ICMP errors quote, tracked from the
+        // start, so that every run of those templates meets them.
+        for (program, template) in [(FROM_POD, 2), (FROM_NETDEV, 6), (FROM_POD, 8)] {
+            me.exec(program, &self::template(template));
+        }
         me
+    }
+
+    /// `BPF_PROG_TEST_RUN` of `program` on `frame`: the verdict and the
+    /// frame as it left.
+    fn exec(&self, program: &'static str, frame: &[u8]) -> (u32, Vec<u8>) {
+        let prog = self.dp.program(program).expect("program");
+        let mut out = vec![0u8; 2048];
+        let result = match prog.test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ..Default::default()
+        }) {
+            Ok(result) => result,
+            Err(e) => panic!("BPF_PROG_TEST_RUN of {program} on {frame:02x?}: {e:?}"),
+        };
+        out.truncate(result.data_size_out as usize);
+        (result.return_value, out)
     }
 
     fn fill(&mut self) {
@@ -109,7 +132,8 @@ impl Datapath {
         };
         let (local, remote) = (wide(LOCAL), wide(REMOTE));
         service(AF_INET, wide(VIP), 80, IPPROTO_TCP, 0, &[local, remote], 10);
-        service(AF_INET, wide(VIP), 53, IPPROTO_UDP, 0, &[local, remote], 20);
+        // One backend: the ICMP error of template 10 quotes its flow.
+        service(AF_INET, wide(VIP), 53, IPPROTO_UDP, 0, &[local], 20);
         service(AF_INET, wide(EMPTY_VIP), 80, IPPROTO_TCP, 0, &[], 30);
         service(
             AF_INET,
@@ -210,18 +234,7 @@ impl Datapath {
             return;
         }
         let known = self.knows(&frame);
-        let prog = self.dp.program(program).expect("program");
-        let mut out = vec![0u8; 2048];
-        let result = match prog.test_run(TestRunOptions {
-            data_in: Some(&frame),
-            data_out: Some(&mut out),
-            ..Default::default()
-        }) {
-            Ok(result) => result,
-            Err(e) => panic!("BPF_PROG_TEST_RUN of {program} on {frame:02x?}: {e:?}"),
-        };
-        out.truncate(result.data_size_out as usize);
-        let verdict = result.return_value;
+        let (verdict, out) = self.exec(program, &frame);
         assert!(
             [TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT].contains(&verdict),
             "{program}: undocumented verdict {verdict} for {frame:02x?}"
@@ -234,6 +247,11 @@ impl Datapath {
             if fixed && frame[12..14] == out[12..14] {
                 checksums_valid(&out)
                     .unwrap_or_else(|e| panic!("{program}: {e}:\n in  {frame:02x?}\n out {out:02x?}"));
+                // A quoted IPv4 header keeps a valid checksum valid.
+                assert!(
+                    quoted_ipv4_sum_ok(&frame) != Some(true) || quoted_ipv4_sum_ok(&out) == Some(true),
+                    "{program}: bad quoted IPv4 header checksum:\n in  {frame:02x?}\n out {out:02x?}"
+                );
             }
         }
     }
@@ -248,7 +266,13 @@ impl Datapath {
         let Some((family, saddr, daddr, proto, l4)) = tuple(frame) else {
             return false;
         };
-        if [1, 58].contains(&proto) && frame.len() > l4 + 8 {
+        // What the programs take for an ICMP error (`Family::icmp_error`).
+        let error = match (family, proto, frame.get(l4)) {
+            (AF_INET, 1, Some(t)) => [3, 11, 12].contains(t),
+            (AF_INET6, 58, Some(t)) => (1..=4).contains(t),
+            _ => false,
+        };
+        if error && frame.len() > l4 + 8 {
             let mut quoted = frame[..14].to_vec();
             quoted.extend_from_slice(&frame[l4 + 8..]);
             let Some((family, saddr, daddr, proto, l4)) = tuple(&quoted) else {
@@ -570,6 +594,21 @@ fn checksums_valid(frame: &[u8]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Whether the IPv4 header an ICMPv4 error quotes has a valid checksum;
+/// `None` when the frame is no such error or the header is not all there.
+fn quoted_ipv4_sum_ok(frame: &[u8]) -> Option<bool> {
+    let (family, _, _, proto, l4) = tuple(frame)?;
+    if family != AF_INET || proto != 1 {
+        return None;
+    }
+    let at = l4 + 8;
+    let len = usize::from(frame.get(at)? & 0x0f) * 4;
+    if len < 20 || frame.len() < at + len {
+        return None;
+    }
+    Some(checksum(frame, at + 10, 0, at..at + len) == u16::from_be_bytes([frame[at + 10], frame[at + 11]]))
 }
 
 #[cfg(test)]

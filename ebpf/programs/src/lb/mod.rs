@@ -9,7 +9,8 @@
 //! [`choose`] (a new flow's frontend and backend, see [`frontend`]) and
 //! [`translate_new`] (record the pair, then source and destination NAT).
 //! `external` takes them for traffic entering the node from outside; `masq`
-//! source-NATs pods' flows leaving the cluster as they leave the node.
+//! source-NATs pods' flows leaving the cluster as they leave the node;
+//! `quoted` translates ICMP errors about all these flows.
 
 pub mod ct;
 mod external;

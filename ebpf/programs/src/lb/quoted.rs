@@ -11,26 +11,35 @@
 //! that nothing listens behind it.
 //!
 //! The quoted packet, reversed, is the key of its flow's entry:
-//! - A packet the backend's side sent (a reply; a request the node
-//!   source-NATed, masqueraded or to a remote backend) quotes it as it left
-//!   the backend, or the node: reversed, that is the flow's reply entry
-//!   (`CT_IN`). The error goes the way the flow's replies go: from the
-//!   frontend, to the client (source-NATed: `nat2_*`), about the packet the
-//!   client sent to the frontend (`nat_*`; a masqueraded flow's "frontend" is
-//!   its destination). A masqueraded pod's error keeps the router's address
-//!   as its source, as netfilter leaves it.
-//! - A reply the node sent for an external flow quotes the frontend as its
-//!   source: reversed, the flow's forward entry (`CT_OUT`, `CT_F_EXTERNAL`).
-//!   The error goes to the backend (`nat_*`), about its reply as it sent it:
-//!   to the client or, source-NATed, to the node's address and port (`nat2_*`).
+//! - A packet on its way to the backend's side, as the node sent it or the
+//!   backend got it (a request translated to the backend; one the node
+//!   source-NATed, masqueraded or to a remote backend), quotes the backend,
+//!   or the node's address and port, as its destination: reversed, that is
+//!   the flow's reply entry (`CT_IN`). The error goes the way the flow's
+//!   replies go ([`as_reply`]): from the frontend, to the client (source-NATed
+//!   or hairpinned: `nat2_*`), about the packet the client sent to the
+//!   frontend (`nat_*`; a masqueraded flow's "frontend" is its destination).
+//!   A masqueraded pod's error keeps the router's address as its source, as
+//!   netfilter leaves it.
+//! - A packet on its way to the client's side (a reply the node sent from a
+//!   frontend, or a client pod got from one; a masqueraded flow's reply)
+//!   quotes the frontend as its source: reversed, the flow's forward entry
+//!   (`CT_OUT`). The error goes the way the flow's requests go
+//!   ([`as_request`]): to the backend (`nat_*`), about its reply as it sent
+//!   it, to the client or, source-NATed, to the node's address and port
+//!   (`nat2_*`), which the error then comes from.
 //!
 //! Where: errors arriving on a node device ([`from_netdev`]: those to the
-//! node, about what it sent); a local backend's own errors to an external
-//! client, as they leave it; and errors reaching a client pod, on its veth
-//! ([`at_pod`]), where that pod's replies are translated too when pods'
-//! traffic goes through the host's stack, and where its policy judges the
-//! error as it came. The quoted packet's own L4 checksum is left as it is:
-//! receivers do not check it (a quote may be cut short).
+//! node or a frontend, about what it sent); errors leaving by one
+//! ([`to_netdev`]: a hostNetwork endpoint's own, a masqueraded pod's own);
+//! and on a pod's veth ([`at_pod`]): a backend's own errors to an external
+//! client or to itself (hairpinned), a client pod's own about a reply, and
+//! errors reaching a client pod, where that pod's replies are translated too
+//! when pods' traffic goes through the host's stack, and where its policy
+//! judges the error as it came. What a pod or the node sends is translated
+//! only when it is the sender's own error about its own flow. The quoted
+//! packet's own L4 checksum is left as it is: receivers do not check it (a
+//! quote may be cut short).
 
 use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
 use weir_common::{
@@ -43,7 +52,6 @@ use crate::{
     metrics::Action,
     packet::{self, ETH_HLEN, Flow, ICMP_CSUM, ICMP_HLEN, ICMP_ID, wide_eq},
     policy::Side,
-    route,
 };
 
 /// Where the parts of an ICMP error are.
@@ -62,26 +70,23 @@ struct Quote {
 /// flow it translated: rewritten and sent to the flow's own end. Anything
 /// else passes.
 #[inline(always)]
-pub fn from_netdev<F: Lb>(ctx: &TcContext) -> Result<Action, Reason> {
+pub fn from_netdev<F: Lb>(ctx: &TcContext, outer: &Flow<F>, quoted: usize) -> Result<Action, Reason> {
     let pass = Ok(Action::forward(TC_ACT_OK));
-    let p = packet::parse_any::<F, _>(ctx)?;
-    if p.quoted == 0 {
-        return pass;
-    }
-    let now = crate::clock::now();
     let s = scratch()?;
-    // A quote too short to name a flow is no business of ours.
-    let Ok(q) = quote::<F>(ctx, p.quoted, s) else {
+    let Some(q) = quote::<F>(ctx, quoted, s) else {
         return pass;
     };
+    let now = crate::clock::now();
     let mut to = Flow::<F>::new();
-    to.proto = p.flow.proto;
+    to.proto = outer.proto;
     if let Some(reply) = reply_entry(s, now)
         && reply.flags & CT_F_SNAT != 0
     {
-        as_reply::<F>(ctx, &q, &p.flow, &s.in_key, reply, &mut to)?;
-    } else if let Some(flow) = external_entry(s, now) {
-        as_request::<F>(ctx, &q, &p.flow, &s.in_key, flow, &mut to)?;
+        as_reply::<F>(ctx, &q, outer, &s.in_key, reply, &mut to)?;
+    } else if let Some(flow) = forward_entry(s, now)
+        && flow.flags & CT_F_EXTERNAL != 0
+    {
+        as_request::<F>(ctx, &q, outer, &s.in_key, flow, &mut to)?;
     } else {
         return pass;
     }
@@ -91,48 +96,95 @@ pub fn from_netdev<F: Lb>(ctx: &TcContext) -> Result<Action, Reason> {
 
 /// An ICMP error a pod sends (`side`: `Egress`) or receives (`Ingress`),
 /// already judged by its policy, about a flow the load balancer translated
-/// to a backend: made to name the frontend the client dialled. A backend's error to an external client is translated as it
-/// leaves the backend, and routed out (it now comes from a node address); an
-/// error to a client pod, as it reaches that pod. Anything else passes.
+/// on this node: made to name what the flow's other end knows. An error
+/// about a flow to a backend is translated where the flow's replies are:
+/// one a backend sends to an external client (or to itself, hairpinned) as
+/// it leaves the backend, and sent on from there; one that reaches a client
+/// pod, as it reaches that pod. A client pod's own error about a reply it got
+/// from a frontend (its socket is gone) goes to the backend instead. Anything
+/// else passes.
 #[inline(always)]
 pub fn at_pod<F: Lb>(ctx: &TcContext, outer: &Flow<F>, quoted: usize, side: Side) -> Result<Action, Reason> {
     let pass = Ok(Action::forward(TC_ACT_OK));
-    let now = crate::clock::now();
     let s = scratch()?;
-    let Ok(q) = quote::<F>(ctx, quoted, s) else {
+    let Some(q) = quote::<F>(ctx, quoted, s) else {
         return pass;
     };
-    let Some(reply) = reply_entry(s, now) else {
-        return pass;
-    };
-    // Source-NATed flows' errors come to the node (`from_netdev`); a
-    // hairpinned pod's error to itself quotes the hairpin address, which
-    // it knows.
-    let external = reply.flags & CT_F_EXTERNAL != 0;
-    if reply.flags & (CT_F_SNAT | CT_F_HAIRPIN | CT_F_MASQ) != 0 || external != (side == Side::Egress) {
+    let now = crate::clock::now();
+    let egress = side == Side::Egress;
+    // What a pod sends is translated only when it is its own error about
+    // its own flow: no pod may make the node speak for a frontend.
+    if egress && !F::is(&outer.saddr, &s.in_key.saddr) {
         return pass;
     }
     let mut to = Flow::<F>::new();
     to.proto = outer.proto;
-    as_reply::<F>(ctx, &q, outer, &s.in_key, reply, &mut to)?;
-    if external {
-        return route::forward(ctx, &to).map(Action::forward);
+    if let Some(reply) = reply_entry(s, now)
+        && reply.flags & CT_F_SNAT == 0
+        && (reply.flags & (CT_F_EXTERNAL | CT_F_HAIRPIN) != 0) == egress
+    {
+        as_reply::<F>(ctx, &q, outer, &s.in_key, reply, &mut to)?;
+    } else if egress
+        && let Some(flow) = forward_entry(s, now)
+        && flow.flags & (CT_F_EXTERNAL | CT_F_HAIRPIN | CT_F_MASQ) == 0
+    {
+        as_request::<F>(ctx, &q, outer, &s.in_key, flow, &mut to)?;
+    } else {
+        return pass;
+    }
+    if !egress {
+        return pass;
+    }
+    let pod = endpoints::veth(&endpoints::key::<F>(&to.daddr)).unwrap_or(0);
+    external::deliver(ctx, &to, pod)
+}
+
+/// An ICMP error leaving by a node device about a flow the node translated:
+/// a hostNetwork endpoint's own error to an external client (the node's
+/// stack sends it) names the frontend; a masqueraded pod's own error about a
+/// reply it got (forwarded by the node) comes from the node's address and
+/// port. Anything else passes.
+#[inline(always)]
+pub fn to_netdev<F: Lb>(ctx: &TcContext, outer: &Flow<F>, quoted: usize) -> Result<Action, Reason> {
+    let pass = Ok(Action::forward(TC_ACT_OK));
+    let s = scratch()?;
+    let Some(q) = quote::<F>(ctx, quoted, s) else {
+        return pass;
+    };
+    if !F::is(&outer.saddr, &s.in_key.saddr) {
+        return pass;
+    }
+    let now = crate::clock::now();
+    let mut to = Flow::<F>::new();
+    if let Some(reply) = reply_entry(s, now)
+        && reply.flags & (CT_F_EXTERNAL | CT_F_SNAT) == CT_F_EXTERNAL
+    {
+        as_reply::<F>(ctx, &q, outer, &s.in_key, reply, &mut to)?;
+    } else if let Some(flow) = forward_entry(s, now)
+        && flow.flags & CT_F_MASQ != 0
+    {
+        as_request::<F>(ctx, &q, outer, &s.in_key, flow, &mut to)?;
     }
     pass
 }
 
 /// Where the parts of an ICMP error whose quoted packet starts at `quoted`
-/// are; the quoted packet's tuple, reversed, in `s.in_key` (`dir` unset).
-/// What is rewritten (the quoted addresses, and ports or identifier in the
-/// first 8 bytes of its L4 header, which every error quotes) must lie within
-/// the error's IP packet: its checksum covers no more.
+/// (0: the packet is no error) are; the quoted packet's tuple, reversed, in
+/// `s.in_key` (its `dir` the caller's to set). `None` for a quote that names
+/// no flow we could rewrite: what is rewritten (the quoted addresses, and the
+/// ports or identifier in the first 8 bytes of its L4 header, which every
+/// error quotes) must lie within the error's IP packet, which its checksum
+/// covers.
 #[inline(always)]
-fn quote<F: Lb>(ctx: &TcContext, quoted: usize, s: &mut Scratch) -> Result<Quote, Reason> {
-    let l4 = packet::quoted_key::<F, _>(ctx, quoted, &mut s.in_key, true)?;
-    if l4 + 8 > F::ip_end(ctx)? {
-        return Err(Reason::Malformed);
+fn quote<F: Lb>(ctx: &TcContext, quoted: usize, s: &mut Scratch) -> Option<Quote> {
+    if quoted == 0 {
+        return None;
     }
-    Ok(Quote {
+    let l4 = packet::quoted_key::<F, _>(ctx, quoted, &mut s.in_key, true).ok()?;
+    if l4 + 8 > F::ip_end(ctx).ok()? {
+        return None;
+    }
+    Some(Quote {
         csum: quoted - ICMP_HLEN + ICMP_CSUM,
         ip: quoted,
         l4,
@@ -153,20 +205,21 @@ fn reply_entry(s: &mut Scratch, now: u64) -> Option<&'static CtValue> {
     (reply.flags & CT_F_SNAT != 0 || ct::answers(entry, &s.in_key)).then_some(reply)
 }
 
-/// The live forward entry of an external flow keyed by `s.in_key`.
+/// The live forward entry keyed by `s.in_key`.
 #[inline(always)]
-fn external_entry(s: &mut Scratch, now: u64) -> Option<&'static CtValue> {
+fn forward_entry(s: &mut Scratch, now: u64) -> Option<&'static CtValue> {
     s.in_key.dir = CT_OUT;
     let entry = ct::lookup(&s.in_key, now)?;
     // SAFETY: a pointer into the map's value, valid for this run.
-    let flow = unsafe { &*entry };
-    (flow.flags & CT_F_EXTERNAL != 0).then_some(flow)
+    Some(unsafe { &*entry })
 }
 
-/// Rewrites the error the way its external flow's requests go (`flow`: the
-/// flow's forward entry, keyed by `key`): to the backend, about its reply as
-/// it sent it, to the client or, source-NATed, to the node's address and
-/// port. `to`: the error's new addresses.
+/// Rewrites the error the way its flow's requests go (`flow`: the flow's
+/// forward entry, keyed by `key`): to the backend (a masqueraded flow's is
+/// its destination), about its reply as it sent it, to the client or,
+/// source-NATed, to the node's address and port, from which the error then
+/// comes too (as netfilter's source NAT rewrites it). `to`: the error's new
+/// addresses.
 #[inline(always)]
 fn as_request<F: Lb>(
     ctx: &TcContext,
@@ -178,16 +231,9 @@ fn as_request<F: Lb>(
 ) -> Result<(), Reason> {
     let csum = outer.pseudo_header().then_some(q.csum);
     to.saddr = outer.saddr;
-    F::rewrite_addr(ctx, csum, 0, F::DADDR, &outer.daddr, &flow.nat_addr)?;
-    F::narrow(&flow.nat_addr, &mut to.daddr);
-    requote::<F>(
-        ctx,
-        q,
-        F::SADDR,
-        (&key.daddr, key.dport),
-        (&flow.nat_addr, flow.nat_port),
-    )?;
     if flow.flags & CT_F_SNAT != 0 {
+        F::rewrite_addr(ctx, csum, 0, F::SADDR, &outer.saddr, &flow.nat2_addr)?;
+        F::narrow(&flow.nat2_addr, &mut to.saddr);
         requote::<F>(
             ctx,
             q,
@@ -196,7 +242,15 @@ fn as_request<F: Lb>(
             (&flow.nat2_addr, flow.nat2_port),
         )?;
     }
-    Ok(())
+    F::rewrite_addr(ctx, csum, 0, F::DADDR, &outer.daddr, &flow.nat_addr)?;
+    F::narrow(&flow.nat_addr, &mut to.daddr);
+    requote::<F>(
+        ctx,
+        q,
+        F::SADDR,
+        (&key.daddr, key.dport),
+        (&flow.nat_addr, flow.nat_port),
+    )
 }
 
 /// Rewrites the error the way its flow's replies go (`reply`: the flow's
@@ -220,7 +274,9 @@ fn as_reply<F: Lb>(
         F::rewrite_addr(ctx, csum, 0, F::SADDR, &outer.saddr, &reply.nat_addr)?;
         F::narrow(&reply.nat_addr, &mut to.saddr);
     }
-    if reply.flags & CT_F_SNAT != 0 {
+    // The client's own address came back as the hairpin address, or as the
+    // node's: the error goes to the client.
+    if reply.flags & (CT_F_SNAT | CT_F_HAIRPIN) != 0 {
         F::rewrite_addr(ctx, csum, 0, F::DADDR, &outer.daddr, &reply.nat2_addr)?;
         F::narrow(&reply.nat2_addr, &mut to.daddr);
         requote::<F>(
