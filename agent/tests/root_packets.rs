@@ -867,30 +867,82 @@ fn root_icmp_error_of_a_host_network_endpoint_names_the_nodeport() {
     );
 }
 
-/// Pods' errors about ClusterIP flows: a client's own about a reply it got
-/// from the frontend (its socket is gone) goes to the backend, about the
-/// backend's reply as it sent it; a pod that reached itself through its
-/// Service gets its own error back from the frontend.
+/// A client pod's own error about a reply from a frontend (its socket is
+/// gone) goes to the backend, about the backend's reply; its egress policy
+/// admits it as part of the client's flow to the frontend, and drops one
+/// about a flow it never had.
 #[test]
-fn root_icmp_errors_of_clusterip_clients_and_hairpins_are_translated() {
-    let mut lab = Lab::new("icmp-vip");
+fn root_icmp_errors_of_clients_about_replies_go_to_the_backend() {
+    use aya::maps::lpm_trie::Key;
+    use weir_common::{IpcacheKey, POLICY_F_EGRESS, POLICY_PREFIX_FULL, PolicyEndpoint, PolicyKey};
+    let mut lab = Lab::new("icmp-client");
     lab.service(IPPROTO_UDP, &[BACKEND_A], 0);
-    lab.run(&frame(IPPROTO_UDP, CLIENT, 40000, VIP, 80, 0));
+    // CLIENT's egress admits UDP 8080 to the pods of 10.0.0.0/24 alone.
+    let isolated = PolicyEndpoint {
+        id: 1,
+        flags: POLICY_F_EGRESS,
+    };
+    lab.dp
+        .policy_endpoints
+        .insert(EndpointKey::v4(CLIENT), isolated, 0)
+        .expect("policy endpoint");
+    let pods = IpcacheKey {
+        family: AF_INET,
+        addr: a16([10, 0, 0, 0]),
+    };
+    lab.dp
+        .ipcache
+        .insert(&Key::new(8 + 24, pods), 256, 0)
+        .expect("ipcache");
+    let rule = PolicyKey {
+        endpoint: 1,
+        identity: 256,
+        egress: 1,
+        proto: IPPROTO_UDP,
+        port: 8080u16.to_be(),
+    };
+    lab.dp
+        .policy
+        .insert(&Key::new(POLICY_PREFIX_FULL, rule), 1, 0)
+        .expect("rule");
+    let (_, out) = lab.run(&frame(IPPROTO_UDP, CLIENT, 40000, VIP, 80, 0));
+    assert_eq!(tuple(&out), (CLIENT, 40000, BACKEND_A, 8080), "admitted");
     let reply = frame(IPPROTO_UDP, VIP, 80, CLIENT, 40000, 0);
     let (verdict, out) = lab.run(&icmp4_error(CLIENT, VIP, &reply));
-    assert_ne!(verdict, TC_ACT_SHOT, "sent on");
+    assert_ne!(verdict, TC_ACT_SHOT, "admitted as part of the client's flow");
     assert_eq!(
         error_tuple(&out),
         (CLIENT, BACKEND_A, (BACKEND_A, 8080, CLIENT, 40000))
     );
+    let never = frame(IPPROTO_UDP, VIP, 80, CLIENT, 40001, 0);
+    assert_eq!(
+        lab.run(&icmp4_error(CLIENT, VIP, &never)).0,
+        TC_ACT_SHOT,
+        "an error about no flow of the client's"
+    );
+}
 
+/// A pod that reached itself through its Service: its errors, as the
+/// hairpinned backend (about the request) and as the client (about the
+/// reply), go back to it through its own veth, each naming the flow as the
+/// other end of it knows it.
+#[test]
+fn root_icmp_errors_of_a_hairpinned_pod_come_back_to_it() {
     let mut lab = Lab::new("icmp-hairpin");
     lab.service(IPPROTO_UDP, &[CLIENT], 0);
-    let (_, out) = lab.run(&frame(IPPROTO_UDP, CLIENT, 40000, VIP, 80, 0));
-    assert_eq!(tuple(&out), (HAIRPIN, 40000, CLIENT, 8080));
-    let (verdict, out) = lab.run(&icmp4_error(CLIENT, HAIRPIN, &out));
+    let (_, request) = lab.run(&frame(IPPROTO_UDP, CLIENT, 40000, VIP, 80, 0));
+    assert_eq!(tuple(&request), (HAIRPIN, 40000, CLIENT, 8080));
+    let (verdict, out) = lab.run(&icmp4_error(CLIENT, HAIRPIN, &request));
     assert_eq!(verdict, TC_ACT_REDIRECT, "back to the pod's own veth");
     assert_eq!(error_tuple(&out), (VIP, CLIENT, (CLIENT, 40000, VIP, 80)));
+    let (_, reply) = lab.run(&frame(IPPROTO_UDP, CLIENT, 8080, HAIRPIN, 40000, 0));
+    assert_eq!(tuple(&reply), (VIP, 80, CLIENT, 40000));
+    let (verdict, out) = lab.run(&icmp4_error(CLIENT, VIP, &reply));
+    assert_eq!(verdict, TC_ACT_REDIRECT, "back to the pod's own veth");
+    assert_eq!(
+        error_tuple(&out),
+        (HAIRPIN, CLIENT, (CLIENT, 8080, HAIRPIN, 40000))
+    );
 }
 
 /// A backend's ICMPv6 error about a ClusterIP flow, as it reaches the client

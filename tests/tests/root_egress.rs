@@ -168,6 +168,15 @@ fn refused_datagram(ns: &Netns, to: SocketAddr) -> Result<usize, std::io::ErrorK
     })
 }
 
+/// How many datagrams `ns` has answered with "port unreachable" (UDP's
+/// `NoPorts`, IPv4 and IPv6): a refusal a client saw came from there.
+fn udp_no_ports(ns: &Netns) -> u64 {
+    let n = ns.sh(
+        "awk '$1 == \"Udp:\" && $2 ~ /^[0-9]+$/ {n += $3} $1 == \"Udp6NoPorts\" {n += $2} END {print n + 0}' /proc/net/snmp /proc/net/snmp6",
+    );
+    n.trim().parse().unwrap_or_else(|e| panic!("NoPorts {n:?}: {e}"))
+}
+
 fn wait_for(within: Duration, what: &str, done: impl Fn() -> bool) {
     let deadline = Instant::now() + within;
     while !done() {
@@ -483,12 +492,14 @@ fn root_icmp_errors_about_masqueraded_flows_are_translated_both_ways() {
     let (_, node) = host.recv_from(&mut [0; 16]).expect("the pod's datagram");
     assert_eq!(node.ip(), lab.node_ips[0], "masqueraded");
     host.connect(node).expect("connect");
+    let answered = udp_no_ports(&lab.a.ns);
     host.send(b"anyone?").expect("send");
     assert_eq!(
         host.recv(&mut [0; 16]).map_err(|e| e.kind()),
         Err(std::io::ErrorKind::ConnectionRefused),
         "the pod's port unreachable reaches the host's socket, from the node's address and port"
     );
+    assert!(udp_no_ports(&lab.a.ns) > answered, "the pod itself refused it");
 
     lab.internet.narrow_link(1280);
     transfer_mib(
@@ -553,7 +564,8 @@ fn icmp_errors_about_service_flows_reach_their_ends(n: u8, routing: Routing) {
     }
 
     let client = lab.nodes[0].add_pod("client");
-    for (i, name) in ["near", "far"].into_iter().enumerate() {
+    for (i, (name, pod)) in [("near", &lab.a), ("far", &lab.b)].into_iter().enumerate() {
+        let answered = udp_no_ports(&pod.ns);
         assert_eq!(
             refused_datagram(&lab.internet.host, node_a(30190 + i as u16)),
             Err(std::io::ErrorKind::ConnectionRefused),
@@ -564,6 +576,10 @@ fn icmp_errors_about_service_flows_reach_their_ends(n: u8, routing: Routing) {
             refused_datagram(&client.ns, front),
             Err(std::io::ErrorKind::ConnectionRefused),
             "{name}: the endpoint's port unreachable reaches the client pod's socket"
+        );
+        assert!(
+            udp_no_ports(&pod.ns) >= answered + 2,
+            "{name}: the endpoint itself refused both datagrams"
         );
     }
 
@@ -901,11 +917,16 @@ fn root_icmpv6_errors_about_nodeport_flows_reach_their_ends() {
         .wait_slots(&format!("{}/TCP", front(30092)), "external", 1);
     lab.agent
         .wait_slots(&format!("{}/UDP", front(30192)), "external", 1);
+    let answered = udp_no_ports(&lab.pod.ns);
     // The links' neighbours are found by the first packets: a few tries.
     wait_for(
         Duration::from_secs(10),
         "the endpoint's ICMPv6 port unreachable at the outside client's socket",
         || refused_datagram(&lab.internet.host, front(30192)) == Err(std::io::ErrorKind::ConnectionRefused),
+    );
+    assert!(
+        udp_no_ports(&lab.pod.ns) > answered,
+        "the endpoint itself refused it"
     );
     lab.internet.narrow_link(1280);
     fetch_through_narrow_link("IPv6", &lab.pod, &lab.internet.host, front(30092), lab.host6);

@@ -104,8 +104,8 @@ macro_rules! by_family {
 
 /// What a per-family instance returns for an ICMP error: not a TC verdict
 /// (those are small), but "judge and translate it in [`icmp_error`]" (on a
-/// node device, [`quoted_error`]), which has the stack room that takes (the
-/// instance has none left).
+/// node device, translate it in [`quoted_error`] or [`quoted_to_netdev`]),
+/// which has the stack room that takes (the instance has none left).
 const RELATED: i32 = i32::MIN;
 
 /// What a per-family instance returns for a packet to a local pod that may go

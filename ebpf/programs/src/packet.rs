@@ -125,11 +125,6 @@ impl Family for V4 {
         if vihl >> 4 != 4 || words < 5 {
             return Err(Reason::Malformed);
         }
-        // A later fragment has no L4 header to name its flow by.
-        let frag: u16 = ctx.load(at + 6).map_err(|_| Reason::Malformed)?;
-        if u16::from_be(frag) & 0x1fff != 0 {
-            return Err(Reason::Malformed);
-        }
         let proto: u8 = ctx.load(at + 9).map_err(|_| Reason::Malformed)?;
         *saddr = widen4(ctx.load(at + 12).map_err(|_| Reason::Malformed)?);
         *daddr = widen4(ctx.load(at + 16).map_err(|_| Reason::Malformed)?);

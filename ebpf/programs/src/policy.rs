@@ -123,26 +123,34 @@ pub fn known<F: Family>(key: &mut CtKey, flow: &Flow<F>, side: Side, now: u64) -
         return Known::Reply;
     }
     // The reply of a local backend reaches its client already made to come from
-    // the frontend: the answer to the client's own flow to that frontend, which
-    // the load balancer's conntrack knows under the same key, provided the
-    // client's egress admitted that flow to its backend (from the hairpin
-    // address when the client is its own backend).
-    if side == Side::Ingress
-        && let Some(out) = ct::lookup(key, now)
-    {
-        // SAFETY: a pointer into the map's value, valid for this run.
-        let out = unsafe { &*out };
-        key.daddr = out.nat_addr;
-        key.dport = out.nat_port;
-        if out.flags & CT_F_HAIRPIN != 0 {
-            key.saddr = F::HAIRPIN;
-        }
-        // SAFETY: as above.
-        if live(key, now).is_some_and(|v| unsafe { (*v).flags } & PCT_F_EGRESS != 0) {
-            return Known::Reply;
-        }
+    // the frontend.
+    if side == Side::Ingress && via_frontend::<F>(key, now) {
+        return Known::Reply;
     }
     Known::New
+}
+
+/// Whether `key`, a client's tuple to a frontend (the reverse of a reply
+/// made to come from the frontend, or of what an ICMP error quotes of one),
+/// is a flow the client's egress admitted: the load balancer's conntrack
+/// knows it under the same key, and the policy's the flow to the backend it
+/// chose (from the hairpin address when the client is its own backend).
+/// `key` is left holding the latter.
+#[inline(always)]
+fn via_frontend<F: Family>(key: &mut CtKey, now: u64) -> bool {
+    key.dir = CT_OUT;
+    let Some(out) = ct::lookup(key, now) else {
+        return false;
+    };
+    // SAFETY: a pointer into the map's value, valid for this run.
+    let out = unsafe { &*out };
+    key.daddr = out.nat_addr;
+    key.dport = out.nat_port;
+    if out.flags & CT_F_HAIRPIN != 0 {
+        key.saddr = F::HAIRPIN;
+    }
+    // SAFETY: as above.
+    live(key, now).is_some_and(|v| unsafe { (*v).flags } & PCT_F_EGRESS != 0)
 }
 
 /// Where a packet comes from, as far as the exemptions care.
@@ -314,11 +322,12 @@ fn take_share(ep: u32) -> bool {
     true
 }
 
-/// Judges an ICMP error `outer` of the isolated endpoint `ep` (which sends it
-/// on `Side::Egress`, receives it on `Side::Ingress`), whose quoted packet
-/// starts at `quoted`: it passes when that packet's flow, either way round,
-/// was admitted and is live, or when it goes to the node (always admitted, as
-/// any flow is).
+/// Judges an ICMP error `outer` of the endpoint `ep` (which sends it on
+/// `Side::Egress`, receives it on `Side::Ingress`), whose quoted packet starts
+/// at `quoted`, on a side its policy isolates (any other passes): it passes
+/// when that packet's flow, either way round, was admitted and is live (a
+/// client's error about a reply from a frontend: its flow to the frontend),
+/// or when it goes to the node (always admitted, as any flow is).
 #[inline(always)]
 pub fn related<F: Family>(
     ctx: &TcContext,
@@ -328,7 +337,8 @@ pub fn related<F: Family>(
     side: Side,
 ) -> Result<(), Reason> {
     let egress = side == Side::Egress;
-    if egress && is_node_address::<F>(&outer.daddr) {
+    // A side no policy isolates admits everything, errors too.
+    if !isolated(ep, side) || egress && is_node_address::<F>(&outer.daddr) {
         return Ok(());
     }
     let now = crate::clock::now();
@@ -338,6 +348,11 @@ pub fn related<F: Family>(
         if live(key, now).is_some() {
             return Ok(());
         }
+    }
+    // A client's own error about a reply made to come from a frontend: the
+    // quoted reply, reversed (`key` now), is the client's flow to it.
+    if egress && via_frontend::<F>(key, now) {
+        return Ok(());
     }
     let peer = if egress { &outer.daddr } else { &outer.saddr };
     report(

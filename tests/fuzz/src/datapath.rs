@@ -64,8 +64,15 @@ impl Datapath {
         me.fill();
         // The flows the templates of ICMP errors quote, tracked from the
         // start, so that every run of those templates meets them.
-        for (program, template) in [(FROM_POD, 2), (FROM_NETDEV, 6), (FROM_POD, 8)] {
-            me.exec(program, &self::template(template));
+        for (program, i) in [(FROM_POD, 2), (FROM_NETDEV, 6), (FROM_POD, 8)] {
+            let frame = template(i);
+            me.exec(program, &frame);
+            let (family, saddr, daddr, proto, l4) = tuple(&frame).expect("template");
+            let (sport, dport) = ports(&frame, l4).expect("ports");
+            assert!(
+                me.tracked(family, proto, (saddr, sport), (daddr, dport)),
+                "template {i} through {program} left no conntrack entry"
+            );
         }
         me
     }

@@ -34,16 +34,17 @@
 //! ([`to_netdev`]: a hostNetwork endpoint's own, a masqueraded pod's own);
 //! and on a pod's veth ([`at_pod`]): a backend's own errors to an external
 //! client or to itself (hairpinned), a client pod's own about a reply, and
-//! errors reaching a client pod, where that pod's replies are translated too
-//! when pods' traffic goes through the host's stack, and where its policy
-//! judges the error as it came. What a pod or the node sends is translated
+//! errors reaching a client pod, where replies to that pod are translated
+//! too when pods' traffic goes through the host's stack, and where its
+//! policy judges the error as it came. What a pod or the node sends is translated
 //! only when it is the sender's own error about its own flow. The quoted
 //! packet's own L4 checksum is left as it is: receivers do not check it (a
 //! quote may be cut short).
 
 use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
 use weir_common::{
-    CT_F_EXTERNAL, CT_F_HAIRPIN, CT_F_MASQ, CT_F_SNAT, CT_IN, CT_OUT, CtKey, CtValue, Reason, Scratch,
+    AF_INET, CT_F_EXTERNAL, CT_F_HAIRPIN, CT_F_MASQ, CT_F_SNAT, CT_IN, CT_OUT, CtKey, CtValue, Reason,
+    Scratch,
 };
 
 use super::{Lb, ct, external, maps::CONNTRACK, scratch};
@@ -126,7 +127,7 @@ pub fn at_pod<F: Lb>(ctx: &TcContext, outer: &Flow<F>, quoted: usize, side: Side
         as_reply::<F>(ctx, &q, outer, &s.in_key, reply, &mut to)?;
     } else if egress
         && let Some(flow) = forward_entry(s, now)
-        && flow.flags & (CT_F_EXTERNAL | CT_F_HAIRPIN | CT_F_MASQ) == 0
+        && flow.flags & (CT_F_EXTERNAL | CT_F_MASQ) == 0
     {
         as_request::<F>(ctx, &q, outer, &s.in_key, flow, &mut to)?;
     } else {
@@ -184,6 +185,15 @@ fn quote<F: Lb>(ctx: &TcContext, quoted: usize, s: &mut Scratch) -> Option<Quote
     if l4 + 8 > F::ip_end(ctx).ok()? {
         return None;
     }
+    // A quoted later IPv4 fragment has no L4 header: its "ports" are data.
+    // (IPv6's fragment header stands where the L4 protocol would: no flow has
+    // it.)
+    if F::AF == AF_INET {
+        let frag: u16 = ctx.load(quoted + 6).ok()?;
+        if u16::from_be(frag) & 0x1fff != 0 {
+            return None;
+        }
+    }
     Some(Quote {
         csum: quoted - ICMP_HLEN + ICMP_CSUM,
         ip: quoted,
@@ -217,9 +227,9 @@ fn forward_entry(s: &mut Scratch, now: u64) -> Option<&'static CtValue> {
 /// Rewrites the error the way its flow's requests go (`flow`: the flow's
 /// forward entry, keyed by `key`): to the backend (a masqueraded flow's is
 /// its destination), about its reply as it sent it, to the client or,
-/// source-NATed, to the node's address and port, from which the error then
-/// comes too (as netfilter's source NAT rewrites it). `to`: the error's new
-/// addresses.
+/// source-NATed (hairpinned), to the node's address and port (the hairpin
+/// address and the client's port), from which the error then comes too (as
+/// netfilter's source NAT rewrites it). `to`: the error's new addresses.
 #[inline(always)]
 fn as_request<F: Lb>(
     ctx: &TcContext,
@@ -231,7 +241,9 @@ fn as_request<F: Lb>(
 ) -> Result<(), Reason> {
     let csum = outer.pseudo_header().then_some(q.csum);
     to.saddr = outer.saddr;
-    if flow.flags & CT_F_SNAT != 0 {
+    // The client's own address went as the node's, or as the hairpin
+    // address: the error comes from there.
+    if flow.flags & (CT_F_SNAT | CT_F_HAIRPIN) != 0 {
         F::rewrite_addr(ctx, csum, 0, F::SADDR, &outer.saddr, &flow.nat2_addr)?;
         F::narrow(&flow.nat2_addr, &mut to.saddr);
         requote::<F>(
