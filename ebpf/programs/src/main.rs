@@ -61,7 +61,7 @@ use weir_common::{Dir, MARK_ROUTED, NODE_F_HOST_STACK, Reason};
 use crate::{
     lb::Lb,
     metrics::Action,
-    packet::{Family, V4, V6},
+    packet::{Family, Seen, V4, V6},
     policy::{Known, Origin, Side},
 };
 
@@ -290,8 +290,8 @@ fn veth_origin(ctx: &TcContext) -> Origin {
 fn from_netdev_family<F: Lb>(skb: *mut __sk_buff) -> i32 {
     let ctx = TcContext::new(skb);
     let result = match packet::parse::<F, _>(&ctx) {
-        Ok(Some(flow)) if overlay_packet(&flow) => Ok(Action::forward(TC_ACT_OK)),
-        Ok(Some(flow)) if let Some(ep) = to_local_pod(&flow) => {
+        Ok(Seen::Flow(flow)) if overlay_packet(&flow) => Ok(Action::forward(TC_ACT_OK)),
+        Ok(Seen::Flow(flow)) if let Some(ep) = to_local_pod(&flow) => {
             // A pod's packet from another node, to a pod of this one: nothing
             // the load balancer translates here goes to a pod's own address
             // (external flows come to a frontend, their replies to the node's),
@@ -305,10 +305,11 @@ fn from_netdev_family<F: Lb>(skb: *mut __sk_buff) -> i32 {
             }
         }
         // Translated by XDP, which could not send it on itself.
-        Ok(Some(flow)) if xdp::handed_over(&ctx) => route::forward(&ctx, &flow).map(Action::forward),
-        Ok(Some(mut flow)) => lb::from_netdev(&ctx, &mut flow),
+        Ok(Seen::Flow(flow)) if xdp::handed_over(&ctx) => route::forward(&ctx, &flow).map(Action::forward),
+        Ok(Seen::Flow(mut flow)) => lb::from_netdev(&ctx, &mut flow),
         // Counted where it goes.
-        Ok(None) => return RELATED,
+        Ok(Seen::Error) => return RELATED,
+        Ok(Seen::Other) => Ok(Action::forward(TC_ACT_OK)),
         Err(reason) => Err(reason),
     };
     metrics::verdict(&ctx, Dir::FromNetdev, result)
@@ -333,14 +334,14 @@ fn from_netdev_xdp_family<F: Lb>(md: *mut xdp_md) -> i32 {
     let to_tc = Ok(Action::to_tc(XDP_PASS as i32));
     let result = match packet::parse::<F, _>(&ctx) {
         // TC's own cases: the overlay's packets, pods' packets for local pods.
-        Ok(Some(flow)) if overlay_packet(&flow) || to_local_pod(&flow).is_some() => to_tc,
+        Ok(Seen::Flow(flow)) if overlay_packet(&flow) || to_local_pod(&flow).is_some() => to_tc,
         // Passed on untranslated, unless handed over translated ([`xdp`]).
-        Ok(Some(mut flow)) => match lb::from_netdev(&ctx, &mut flow) {
+        Ok(Seen::Flow(mut flow)) => match lb::from_netdev(&ctx, &mut flow) {
             Ok(Action { tc, .. }) if tc == XDP_PASS as i32 && !xdp::marked(&ctx) => to_tc,
             result => result,
         },
         // A fragment, IP options, ICMP, a malformed packet: TC judges them.
-        Ok(None) | Err(_) => to_tc,
+        Ok(Seen::Error | Seen::Other) | Err(_) => to_tc,
     };
     metrics::verdict(&ctx, Dir::Xdp, result)
 }
@@ -397,10 +398,11 @@ fn into_peer<F: Lb>(skb: *mut __sk_buff) -> i32 {
 fn to_netdev_family<F: Lb>(skb: *mut __sk_buff) -> i32 {
     let ctx = TcContext::new(skb);
     let result = match packet::parse::<F, _>(&ctx) {
-        Ok(Some(flow)) if overlay_packet(&flow) => Ok(Action::forward(TC_ACT_OK)),
-        Ok(Some(mut flow)) => lb::to_pod(&ctx, &mut flow).map(|()| Action::forward(TC_ACT_OK)),
+        Ok(Seen::Flow(flow)) if overlay_packet(&flow) => Ok(Action::forward(TC_ACT_OK)),
+        Ok(Seen::Flow(mut flow)) => lb::to_pod(&ctx, &mut flow).map(|()| Action::forward(TC_ACT_OK)),
         // Counted where it goes.
-        Ok(None) => return RELATED,
+        Ok(Seen::Error) => return RELATED,
+        Ok(Seen::Other) => Ok(Action::forward(TC_ACT_OK)),
         Err(reason) => Err(reason),
     };
     metrics::verdict(&ctx, Dir::ToNetdev, result)
@@ -410,9 +412,10 @@ fn to_netdev_family<F: Lb>(skb: *mut __sk_buff) -> i32 {
 fn masquerade_family<F: Lb>(skb: *mut __sk_buff) -> i32 {
     let ctx = TcContext::new(skb);
     let result = match packet::parse::<F, _>(&ctx) {
-        Ok(Some(mut flow)) => lb::masq::to_netdev(&ctx, &mut flow),
+        Ok(Seen::Flow(mut flow)) => lb::masq::to_netdev(&ctx, &mut flow),
         // Counted where it goes.
-        Ok(None) => return RELATED,
+        Ok(Seen::Error) => return RELATED,
+        Ok(Seen::Other) => Ok(Action::forward(TC_ACT_OK)),
         Err(reason) => Err(reason),
     };
     metrics::verdict(&ctx, Dir::ToNetdev, result)

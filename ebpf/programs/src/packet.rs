@@ -423,15 +423,32 @@ pub fn ethertype<C: Frame>(ctx: &C) -> Result<u16, Reason> {
 }
 
 /// Parses a frame already known to be of family `F` for the load balancer:
-/// `Ok(None)` for what it leaves alone (IPv4 fragments after the first and IPv4
+/// [`Seen::Error`] or [`Seen::Other`] for what it leaves alone (IPv4 fragments after the first and IPv4
 /// options, IPv6 extension headers, ICMP other than echo, protocols other
 /// than TCP and UDP: SCTP's CRC32c cannot be patched incrementally and this
 /// kernel has no SCTP to test against). ICMP echo reaches only masquerade:
 /// no frontend has its protocol.
 #[inline(always)]
-pub fn parse<F: Family, C: Frame>(ctx: &C) -> Result<Option<Flow<F>>, Reason> {
+pub fn parse<F: Family, C: Frame>(ctx: &C) -> Result<Seen<F>, Reason> {
     let p = parse_any(ctx)?;
-    Ok(p.lb.then_some(p.flow))
+    Ok(if p.lb {
+        Seen::Flow(p.flow)
+    } else if p.quoted != 0 {
+        Seen::Error
+    } else {
+        Seen::Other
+    })
+}
+
+/// A packet as [`parse`] reads it for the load balancer.
+pub enum Seen<F: Family> {
+    /// A flow it may translate.
+    Flow(Flow<F>),
+    /// An ICMP error, which quotes a packet of some flow: one it may have
+    /// translated (`lb::quoted`).
+    Error,
+    /// Anything else it leaves alone.
+    Other,
 }
 
 /// A packet as [`parse_any`] reads it.

@@ -138,18 +138,15 @@ pub fn known<F: Family>(key: &mut CtKey, flow: &Flow<F>, side: Side, now: u64) -
 /// `key` is left holding the latter.
 #[inline(always)]
 fn via_frontend<F: Family>(key: &mut CtKey, now: u64) -> bool {
-    key.dir = CT_OUT;
-    let Some(out) = ct::lookup(key, now) else {
+    let Some(out) = ct::forward(key, now) else {
         return false;
     };
-    // SAFETY: a pointer into the map's value, valid for this run.
-    let out = unsafe { &*out };
     key.daddr = out.nat_addr;
     key.dport = out.nat_port;
     if out.flags & CT_F_HAIRPIN != 0 {
         key.saddr = F::HAIRPIN;
     }
-    // SAFETY: as above.
+    // SAFETY: a pointer into the map's value, valid for this run.
     live(key, now).is_some_and(|v| unsafe { (*v).flags } & PCT_F_EGRESS != 0)
 }
 

@@ -9,7 +9,7 @@
 use weir_common::{
     CT_F_CLOSING, CT_F_DATAGRAM, CT_F_RESET, CT_F_SNAT, CT_FIN_BOTH, CT_FIN_CLIENT, CT_FIN_PEER, CT_IN,
     CT_LIFETIME_DATAGRAM, CT_LIFETIME_TCP, CT_LIFETIME_TCP_CLOSING, CT_LIFETIME_TCP_SYN,
-    CT_LIFETIME_TCP_TIME_WAIT, CtKey, CtValue, IPPROTO_TCP, IPPROTO_UDP, Scratch,
+    CT_LIFETIME_TCP_TIME_WAIT, CT_OUT, CtKey, CtValue, IPPROTO_TCP, IPPROTO_UDP, Scratch,
 };
 
 use super::maps::CONNTRACK;
@@ -59,6 +59,15 @@ pub fn lookup(key: &CtKey, now: u64) -> Option<*mut CtValue> {
     } else {
         None
     }
+}
+
+/// The live `CT_OUT` entry of `key`'s tuple (its `dir` set so), if any.
+#[inline(always)]
+pub fn forward(key: &mut CtKey, now: u64) -> Option<&'static CtValue> {
+    key.dir = CT_OUT;
+    let entry = lookup(key, now)?;
+    // SAFETY: a pointer into the map's value, valid for this program run.
+    Some(unsafe { &*entry })
 }
 
 /// A SYN on an entry whose connection has closed: a new connection that reuses

@@ -43,8 +43,7 @@
 
 use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
 use weir_common::{
-    AF_INET, CT_F_EXTERNAL, CT_F_HAIRPIN, CT_F_MASQ, CT_F_SNAT, CT_IN, CT_OUT, CtKey, CtValue, Reason,
-    Scratch,
+    AF_INET, CT_F_EXTERNAL, CT_F_HAIRPIN, CT_F_MASQ, CT_F_SNAT, CT_IN, CtKey, CtValue, Reason, Scratch,
 };
 
 use super::{Lb, ct, external, maps::CONNTRACK, scratch};
@@ -84,7 +83,7 @@ pub fn from_netdev<F: Lb>(ctx: &TcContext, outer: &Flow<F>, quoted: usize) -> Re
         && reply.flags & CT_F_SNAT != 0
     {
         as_reply::<F>(ctx, &q, outer, &s.in_key, reply, &mut to)?;
-    } else if let Some(flow) = forward_entry(s, now)
+    } else if let Some(flow) = ct::forward(&mut s.in_key, now)
         && flow.flags & CT_F_EXTERNAL != 0
     {
         as_request::<F>(ctx, &q, outer, &s.in_key, flow, &mut to)?;
@@ -126,7 +125,7 @@ pub fn at_pod<F: Lb>(ctx: &TcContext, outer: &Flow<F>, quoted: usize, side: Side
     {
         as_reply::<F>(ctx, &q, outer, &s.in_key, reply, &mut to)?;
     } else if egress
-        && let Some(flow) = forward_entry(s, now)
+        && let Some(flow) = ct::forward(&mut s.in_key, now)
         && flow.flags & (CT_F_EXTERNAL | CT_F_MASQ) == 0
     {
         as_request::<F>(ctx, &q, outer, &s.in_key, flow, &mut to)?;
@@ -161,7 +160,7 @@ pub fn to_netdev<F: Lb>(ctx: &TcContext, outer: &Flow<F>, quoted: usize) -> Resu
         && reply.flags & (CT_F_EXTERNAL | CT_F_SNAT) == CT_F_EXTERNAL
     {
         as_reply::<F>(ctx, &q, outer, &s.in_key, reply, &mut to)?;
-    } else if let Some(flow) = forward_entry(s, now)
+    } else if let Some(flow) = ct::forward(&mut s.in_key, now)
         && flow.flags & CT_F_MASQ != 0
     {
         as_request::<F>(ctx, &q, outer, &s.in_key, flow, &mut to)?;
@@ -213,15 +212,6 @@ fn reply_entry(s: &mut Scratch, now: u64) -> Option<&'static CtValue> {
     s.out_key = s.in_key.out_partner(reply);
     let entry = ct::lookup(&s.out_key, now)?;
     (reply.flags & CT_F_SNAT != 0 || ct::answers(entry, &s.in_key)).then_some(reply)
-}
-
-/// The live forward entry keyed by `s.in_key`.
-#[inline(always)]
-fn forward_entry(s: &mut Scratch, now: u64) -> Option<&'static CtValue> {
-    s.in_key.dir = CT_OUT;
-    let entry = ct::lookup(&s.in_key, now)?;
-    // SAFETY: a pointer into the map's value, valid for this run.
-    Some(unsafe { &*entry })
 }
 
 /// Rewrites the error the way its flow's requests go (`flow`: the flow's
