@@ -968,36 +968,37 @@ fn root_icmpv6_error_about_a_clusterip_flow_names_the_frontend() {
 /// XDP's verdicts (`enum xdp_action`).
 const XDP_PASS: u32 = 2;
 
-/// The same translations by the node devices' XDP program, its checksums
-/// updated by the program's own arithmetic (XDP has no checksum helpers):
-/// the frames come out with full, valid checksums. No route to the backend
-/// here: the translated packet is handed to TC (passed, with its mark).
+/// The node devices' XDP program on a flow it cannot finish alone (no
+/// route to the backend here, so no `XDP_TX`): each packet, translated by
+/// XDP's own arithmetic (XDP has no checksum helpers) and then put back as it
+/// came, is passed to TC byte for byte as it arrived, checksums and all; XDP
+/// made the flow's conntrack pair, and TC, finishing each packet, follows it
+/// (the request source-NATed to the backend, the reply back to the client)
+/// without a pair of its own.
 #[test]
-fn root_xdp_nodeport_to_a_remote_endpoint_translates_with_valid_checksums() {
+fn root_xdp_nodeport_to_a_remote_endpoint_hands_tc_the_packet_as_it_came() {
     let lab = nodeport_lab("np-xdp", &[BACKEND_B], 0);
-    // The output starts at the frame's metadata: XDP's hand-over mark.
-    let handed_over = |(verdict, out): (u32, Vec<u8>)| {
-        assert_eq!(verdict, XDP_PASS, "handed to TC: no route to the backend here");
-        assert_eq!(&out[..4], b"weir", "the hand-over mark in the metadata");
-        out[4..].to_vec()
+    let entries = || lab.dp.conntrack.keys().filter(|k| k.is_ok()).count();
+    let through = |packet: Vec<u8>| {
+        assert_eq!(
+            lab.run_on(FROM_NETDEV_XDP, &packet),
+            (XDP_PASS, packet.clone()),
+            "passed to TC as it came"
+        );
+        let (verdict, out) = lab.run_on(FROM_NETDEV, &packet);
+        assert_ne!(verdict, TC_ACT_SHOT);
+        out
     };
-    let out = handed_over(lab.run_on(
-        FROM_NETDEV_XDP,
-        &frame(IPPROTO_TCP, EXTERNAL, 40000, NODE_IP, 30080, 0x02),
-    ));
+    let out = through(frame(IPPROTO_TCP, EXTERNAL, 40000, NODE_IP, 30080, 0x02));
+    assert_eq!(entries(), 2, "XDP's pair, and none of TC's");
     let (src, sport, dst, dport) = tuple(&out);
     assert_eq!((src, dst, dport), (NODE_IP, BACKEND_B, 8080));
     assert!(sport >= 1024 && !(32768..=60999).contains(&sport));
-    let out = handed_over(lab.run_on(
-        FROM_NETDEV_XDP,
-        &frame(IPPROTO_TCP, BACKEND_B, 8080, NODE_IP, sport, 0x12),
-    ));
+    let out = through(frame(IPPROTO_TCP, BACKEND_B, 8080, NODE_IP, sport, 0x12));
     assert_eq!(tuple(&out), (NODE_IP, 30080, EXTERNAL, 40000));
-    let out = handed_over(lab.run_on(
-        FROM_NETDEV_XDP,
-        &frame(IPPROTO_TCP, EXTERNAL, 40000, NODE_IP, 30080, 0x10),
-    ));
+    let out = through(frame(IPPROTO_TCP, EXTERNAL, 40000, NODE_IP, 30080, 0x10));
     assert_eq!(tuple(&out), (NODE_IP, sport, BACKEND_B, 8080));
+    assert_eq!(entries(), 2);
     let plain = frame(IPPROTO_TCP, EXTERNAL, 40001, NODE_IP, 22, 0x02);
     assert_eq!(lab.run_on(FROM_NETDEV_XDP, &plain), (XDP_PASS, plain.clone()));
 }

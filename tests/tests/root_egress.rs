@@ -797,6 +797,82 @@ fn root_local_nodeport_from_another_nodes_pod_uses_every_endpoint() {
     );
 }
 
+/// A NodePort whose endpoint is a hostNetwork pod (its address its node's),
+/// reached from another node's pod: node A hands the request to its own
+/// process, whose replies go back to the pod's node by the route to that
+/// node's pod CIDR (the underlay, or the tunnel with `--routing vxlan`) and
+/// must leave from the NodePort, as must its "port unreachable" for a UDP
+/// port nothing listens on. Through the ClusterIP (translated on the
+/// client's node) the same endpoint answers too.
+#[test]
+fn root_host_network_nodeport_endpoint_answers_another_nodes_pod() {
+    host_network_endpoint_answers_another_nodes_pod(82, Routing::Native);
+}
+
+#[test]
+fn root_vxlan_host_network_nodeport_endpoint_answers_another_nodes_pod() {
+    host_network_endpoint_answers_another_nodes_pod(83, Routing::Vxlan);
+}
+
+fn host_network_endpoint_answers_another_nodes_pod(n: u8, routing: Routing) {
+    let lab = Lab::routed(n, routing, [&[], &[]], |_| {});
+    let node_a = |p| SocketAddr::new(lab.node_ips[0], p);
+    let _server = WhoAmI::start(&lab.nodes[0].ns, "host-a", lab.node_ips[0], &[8090]);
+    let cluster_ip = format!("10.96.{n}.10");
+    let mut svc = service(
+        "hostnet",
+        &cluster_ip,
+        &[port("tcp", 80, "8090", "TCP"), port("udp", 53, "8090", "UDP")],
+    );
+    merge(
+        &mut svc,
+        &json!({ "spec": {
+            "type": "NodePort",
+            "ports": [
+                { "name": "tcp", "port": 80, "targetPort": 8090, "protocol": "TCP", "nodePort": 30089 },
+                // Nothing listens on UDP 9 of node A.
+                { "name": "udp", "port": 53, "targetPort": 9, "protocol": "UDP", "nodePort": 30189 },
+            ],
+        }}),
+    );
+    let endpoints = slice(
+        "hostnet",
+        "hostnet",
+        lab.nodes[0].name(),
+        &[("tcp", 8090, "TCP"), ("udp", 9, "UDP")],
+        &[Ep::ready(lab.node_ips[0])],
+    );
+    lab.dir.write("hostnet.yaml", &[svc, endpoints]);
+    lab.agents[0].wait_slots(&format!("{}/TCP", node_a(30089)), "external", 1);
+    lab.agents[0].wait_slots(&format!("{}/UDP", node_a(30189)), "external", 1);
+    lab.agents[1].wait_slots(&format!("{cluster_ip}:80/TCP"), "external", 1);
+
+    let client = &lab.b;
+    for i in 0..5 {
+        let t = ask_tcp(&client.ns, node_a(30089))
+            .unwrap_or_else(|e| panic!("{routing:?} TCP {i}: pod of node B -> node A's NodePort: {e}"));
+        assert_eq!(
+            (t.server.as_str(), t.peer.ip()),
+            ("host-a", client.ipv4()),
+            "the hostNetwork endpoint sees the pod's own address"
+        );
+        let front = SocketAddr::new(cluster_ip.parse().expect("address"), 80);
+        let t = ask_tcp(&client.ns, front)
+            .unwrap_or_else(|e| panic!("{routing:?} TCP {i}: pod of node B -> ClusterIP: {e}"));
+        assert_eq!(t.server, "host-a");
+    }
+    let answered = udp_no_ports(&lab.nodes[0].ns);
+    assert_eq!(
+        refused_datagram(&client.ns, node_a(30189)),
+        Err(std::io::ErrorKind::ConnectionRefused),
+        "{routing:?}: node A's port unreachable reaches the pod's socket from the NodePort"
+    );
+    assert!(
+        udp_no_ports(&lab.nodes[0].ns) > answered,
+        "node A itself refused the datagram"
+    );
+}
+
 /// A dual-stack node `10.n.1.0/24` + `fd00:10:n:1::/64` (its IPv6 address
 /// `fd00:n::1`) and its agent (masquerading), with one pod; IPv6 beside the
 /// lab's IPv4 on the same links, through the router to the internet host

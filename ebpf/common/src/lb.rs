@@ -159,8 +159,15 @@ pub struct Scratch {
     pub ip: [u8; 40],
     /// A rejection's ICMP message (after ICMPv6's pseudo-header).
     pub icmp: [u8; 96],
+    /// The tuple a packet came with, kept by XDP so that it can put back a
+    /// packet it translated and cannot send on itself (addresses in the
+    /// maps' form, ports in network order).
+    pub came_saddr: [u8; 16],
+    pub came_daddr: [u8; 16],
+    pub came_sport: u16,
+    pub came_dport: u16,
 }
-const _: () = assert!(core::mem::size_of::<Scratch>() == 328);
+const _: () = assert!(core::mem::size_of::<Scratch>() == 368);
 const _: () =
     assert!(core::mem::offset_of!(Scratch, ip) % 4 == 0 && core::mem::offset_of!(Scratch, icmp) % 4 == 0);
 

@@ -46,7 +46,7 @@ map_names! { $
     /// Per-CPU scratch space of the datapath (one [`crate::Scratch`]): what is
     /// too big for the 512-byte BPF stack beside the hot path (a new flow's
     /// conntrack pair, a rejection's headers). Never read by user space.
-    SCRATCH = "weir_scratch_v2";
+    SCRATCH = "weir_scratch_v3";
     /// Per CPU, the theoretical arrival time (ns, coarse clock) of the next
     /// rejection within the rate (a GCRA token bucket): rejections answered
     /// with ICMP are limited as the kernel limits its ICMP errors.
@@ -105,13 +105,15 @@ map_names! { $
 /// Maps of earlier layouts, no longer used by any program of this version:
 /// their pins are removed once this version's datapath is loaded (the programs
 /// of an older agent still attached keep them alive until they are replaced).
-pub const RETIRED: [&str; 3] = [
+pub const RETIRED: [&str; 4] = [
     // Policy drops only, 48-byte records.
     "weir_events_v1",
     // Four directions; the socket hooks' counters came with v3.
     "weir_metrics_v2",
     // Without the overlay's VNI.
     "weir_node_v1",
+    // Without the tuple XDP keeps.
+    "weir_scratch_v2",
 ];
 
 // Sizes. Hash maps of the load balancer are allocated as used; the rest are

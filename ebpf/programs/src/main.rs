@@ -52,7 +52,11 @@ mod sock;
 mod xdp;
 
 use aya_ebpf::{
-    bindings::{__sk_buff, TC_ACT_OK, xdp_action::XDP_PASS, xdp_md},
+    bindings::{
+        __sk_buff, TC_ACT_OK,
+        xdp_action::{XDP_DROP, XDP_PASS},
+        xdp_md,
+    },
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
@@ -216,9 +220,20 @@ pub fn to_overlay(ctx: TcContext) -> i32 {
     // routing and netfilter: with no mark of ours.
     // SAFETY: the context's skb pointer is valid for this run; TC programs
     // may write the mark.
-    unsafe {
+    let came_in = unsafe {
         if (*ctx.skb.skb).mark == MARK_ROUTED {
             (*ctx.skb.skb).mark = 0;
+        }
+        (*ctx.skb.skb).ingress_ifindex
+    };
+    // What the node itself sends to another node's pod (a hostNetwork
+    // endpoint's replies and errors about its NodePort flows) is translated
+    // back first, as it would be on a node device's egress ([`to_netdev`],
+    // counted there).
+    if came_in == 0 {
+        let tc = by_family!(ctx, Dir::ToNetdev, to_netdev_family);
+        if tc != TC_ACT_OK {
+            return events::after(&ctx, tc);
         }
     }
     let result = overlay::encapsulate(&ctx);
@@ -304,8 +319,6 @@ fn from_netdev_family<F: Lb>(skb: *mut __sk_buff) -> i32 {
                 Ok(peer::by_veth(ep.ifindex))
             }
         }
-        // Translated by XDP, which could not send it on itself.
-        Ok(Seen::Flow(flow)) if xdp::handed_over(&ctx) => route::forward(&ctx, &flow).map(Action::forward),
         Ok(Seen::Flow(mut flow)) => lb::from_netdev(&ctx, &mut flow),
         // Counted where it goes.
         Ok(Seen::Error) => return RELATED,
@@ -321,8 +334,8 @@ fn from_netdev_family<F: Lb>(skb: *mut __sk_buff) -> i32 {
 #[xdp]
 pub fn from_netdev_xdp(ctx: XdpContext) -> u32 {
     let verdict = match packet::ethertype(&ctx) {
-        Ok(V4::ETH_P) => from_netdev_xdp_family::<V4>(ctx.ctx),
-        Ok(V6::ETH_P) => from_netdev_xdp_family::<V6>(ctx.ctx),
+        Ok(V4::ETH_P) => handed::<V4>(ctx.ctx, from_netdev_xdp_family::<V4>(ctx.ctx)),
+        Ok(V6::ETH_P) => handed::<V6>(ctx.ctx, from_netdev_xdp_family::<V6>(ctx.ctx)),
         _ => metrics::verdict(&ctx, Dir::Xdp, Ok(Action::to_tc(XDP_PASS as i32))),
     };
     events::after(&ctx, verdict) as u32
@@ -335,15 +348,41 @@ fn from_netdev_xdp_family<F: Lb>(md: *mut xdp_md) -> i32 {
     let result = match packet::parse::<F, _>(&ctx) {
         // TC's own cases: the overlay's packets, pods' packets for local pods.
         Ok(Seen::Flow(flow)) if overlay_packet(&flow) || to_local_pod(&flow).is_some() => to_tc,
-        // Passed on untranslated, unless handed over translated ([`xdp`]).
+        // Passed on untranslated, or put back as it came if translated
+        // ([`xdp::HANDED`], counted as forwarded).
         Ok(Seen::Flow(mut flow)) => match lb::from_netdev(&ctx, &mut flow) {
-            Ok(Action { tc, .. }) if tc == XDP_PASS as i32 && !xdp::marked(&ctx) => to_tc,
+            Ok(Action { tc, .. }) if tc == XDP_PASS as i32 => to_tc,
             result => result,
         },
         // A fragment, IP options, ICMP, a malformed packet: TC judges them.
         Ok(Seen::Error | Seen::Other) | Err(_) => to_tc,
     };
     metrics::verdict(&ctx, Dir::Xdp, result)
+}
+
+/// XDP's `verdict`, a packet it translated and cannot send on itself
+/// ([`xdp::HANDED`]) put back as it came and passed to TC. Here, in the entry
+/// point's frame: the program's own frame has no room for the rewrite's.
+#[inline(always)]
+fn handed<F: Lb>(md: *mut xdp_md, verdict: i32) -> i32 {
+    if verdict != xdp::HANDED {
+        verdict
+    } else if untranslate::<F>(md) {
+        XDP_PASS as i32
+    } else {
+        XDP_DROP as i32
+    }
+}
+
+/// [`lb::untranslate`] on the packet as translated, in a frame of its own;
+/// whether it was put back.
+#[inline(never)]
+fn untranslate<F: Lb>(md: *mut xdp_md) -> bool {
+    let ctx = XdpContext::new(md);
+    match packet::parse::<F, _>(&ctx) {
+        Ok(Seen::Flow(mut flow)) => lb::untranslate(&ctx, &mut flow).is_ok(),
+        _ => false,
+    }
 }
 
 /// The overlay's own VXLAN packet (`--routing vxlan`), between node addresses.

@@ -93,7 +93,7 @@ pub fn forward<F: Family, C: Frame>(ctx: &C, flow: &Flow<F>) -> Result<i32, Reas
             set_macs(ctx, &p)?;
             return Ok(xdp_action::XDP_TX as i32);
         }
-        return xdp::hand_to_tc(ctx);
+        return xdp::hand_to_tc();
     };
     let verdict = match ret as u32 {
         BPF_FIB_LKUP_RET_SUCCESS => {

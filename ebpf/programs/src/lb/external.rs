@@ -26,6 +26,10 @@ pub fn from_netdev<F: Lb, C: Frame>(ctx: &C, flow: &mut Flow<F>) -> Result<Actio
     let now = crate::clock::now();
     let s = scratch()?;
     let pass = Ok(Action::forward(C::PASS));
+    if ctx.as_tc().is_none() {
+        // XDP may have to put the packet back as it came ([`crate::xdp`]).
+        super::keep_came(s, flow);
+    }
 
     // 1. A packet of an external flow we translated.
     if established(ctx, flow, s, now, CT_F_EXTERNAL, CT_F_SNAT)? {
@@ -104,7 +108,7 @@ pub(super) fn deliver<F: Lb, C: Frame>(ctx: &C, flow: &Flow<F>, pod: u32) -> Res
         // XDP does not write into a veth: its `to-pod` program would not see
         // the packet. TC, handed it, routes it there.
         if ctx.as_tc().is_none() {
-            return xdp::hand_to_tc(ctx).map(Action::forward);
+            return xdp::hand_to_tc().map(Action::forward);
         }
         // SAFETY: no preconditions; the verdict says where the packet goes.
         return Ok(Action::forward(

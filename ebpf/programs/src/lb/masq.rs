@@ -61,7 +61,11 @@ fn nomasq<F: Family>(addr: &F::Addr) -> Option<u32> {
 /// the cluster (another node's pod).
 #[inline(always)]
 pub fn inside<F: Family>(addr: &F::Addr) -> bool {
-    nomasq::<F>(addr).is_some_and(|flags| flags & NOMASQ_F_CLUSTER != 0)
+    let flags = nomasq::<F>(addr).unwrap_or(0);
+    // Through memory: LLVM would fold the lookup's test into a later one on
+    // a pointer (`R2 bitwise operator &= on pointer`), which the verifier refuses.
+    // SAFETY: reading a live local.
+    unsafe { core::ptr::read_volatile(&flags) & NOMASQ_F_CLUSTER != 0 }
 }
 
 /// A packet leaving by a node device that came in elsewhere: a local pod's

@@ -49,6 +49,24 @@ const NS: u64 = 1_000_000_000;
 pub trait Lb: nat::Rewrite + reject::Reject {}
 impl<F: nat::Rewrite + reject::Reject> Lb for F {}
 
+/// Keeps the tuple a packet came with (`flow` as parsed), for [`untranslate`].
+#[inline(always)]
+fn keep_came<F: Family>(s: &mut Scratch, flow: &Flow<F>) {
+    F::widen(&flow.saddr, &mut s.came_saddr);
+    F::widen(&flow.daddr, &mut s.came_daddr);
+    s.came_sport = flow.sport;
+    s.came_dport = flow.dport;
+}
+
+/// Puts a packet translated to `flow` back as it came ([`keep_came`]): how
+/// XDP hands TC a packet it cannot send on itself ([`crate::xdp`]).
+#[inline(always)]
+pub fn untranslate<F: Lb, C: Frame>(ctx: &C, flow: &mut Flow<F>) -> Result<(), Reason> {
+    let s = scratch()?;
+    nat::snat(ctx, flow, &s.came_saddr, s.came_sport)?;
+    nat::dnat(ctx, flow, &s.came_daddr, s.came_dport)
+}
+
 /// This CPU's scratch value, ours until the program returns. Conntrack keys are
 /// built there too: three of them on the stack would not fit beside the rest.
 #[inline(always)]
