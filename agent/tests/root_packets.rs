@@ -612,9 +612,14 @@ const NODE_IP: [u8; 4] = [192, 168, 7, 1];
 
 /// A NodePort frontend NODE_IP:30080 of the given backends; backend A is a local pod.
 fn nodeport_lab(tag: &str, backends: &[[u8; 4]], flags: u32) -> Lab {
+    nodeport_lab_of(tag, IPPROTO_TCP, backends, flags)
+}
+
+/// [`nodeport_lab`] of protocol `proto`.
+fn nodeport_lab_of(tag: &str, proto: u8, backends: &[[u8; 4]], flags: u32) -> Lab {
     let mut lab = Lab::new(tag);
     let backends16: Vec<_> = backends.iter().map(|b| a16(*b)).collect();
-    lab.service_of(AF_INET, a16(NODE_IP), IPPROTO_TCP, &backends16, flags);
+    lab.service_of(AF_INET, a16(NODE_IP), proto, &backends16, flags);
     // The frontend port is 80 in `service_of`: move it to 30080 by re-keying.
     let entries: Vec<_> = lab.dp.services.iter().map(|e| e.expect("entry")).collect();
     for (k, v) in entries {
@@ -968,37 +973,52 @@ fn root_icmpv6_error_about_a_clusterip_flow_names_the_frontend() {
 /// XDP's verdicts (`enum xdp_action`).
 const XDP_PASS: u32 = 2;
 
-/// The node devices' XDP program on a flow it cannot finish alone (no
-/// route to the backend here, so no `XDP_TX`): each packet, translated by
-/// XDP's own arithmetic (XDP has no checksum helpers) and then put back as it
-/// came, is passed to TC byte for byte as it arrived, checksums and all; XDP
-/// made the flow's conntrack pair, and TC, finishing each packet, follows it
-/// (the request source-NATed to the backend, the reply back to the client)
-/// without a pair of its own.
+/// The node devices' XDP program on flows it cannot finish alone (no route
+/// to a remote backend here, so no `XDP_TX`; a local backend, whose veth
+/// XDP never writes into): each packet, translated by XDP's own arithmetic
+/// (XDP has no checksum helpers) and then put back as it came, is passed to
+/// TC byte for byte as it arrived, checksums and all; XDP made the flow's
+/// conntrack pair, and TC, finishing each packet, follows it (the request
+/// source-NATed to a remote backend, the reply back to the client; to a
+/// local one, the client's address kept) without a pair of its own. TCP and
+/// UDP.
 #[test]
-fn root_xdp_nodeport_to_a_remote_endpoint_hands_tc_the_packet_as_it_came() {
-    let lab = nodeport_lab("np-xdp", &[BACKEND_B], 0);
-    let entries = || lab.dp.conntrack.keys().filter(|k| k.is_ok()).count();
-    let through = |packet: Vec<u8>| {
+fn root_xdp_hands_tc_the_packets_it_cannot_send_as_they_came() {
+    for (proto, flags) in [(IPPROTO_TCP, [0x02, 0x12, 0x10]), (IPPROTO_UDP, [0; 3])] {
+        let lab = nodeport_lab_of(&format!("np-xdp-{proto}"), proto, &[BACKEND_B], 0);
+        let entries = || lab.dp.conntrack.keys().filter(|k| k.is_ok()).count();
+        let through = |packet: Vec<u8>| {
+            assert_eq!(
+                lab.run_on(FROM_NETDEV_XDP, &packet),
+                (XDP_PASS, packet.clone()),
+                "proto {proto}: passed to TC as it came"
+            );
+            let (verdict, out) = lab.run_on(FROM_NETDEV, &packet);
+            assert_ne!(verdict, TC_ACT_SHOT);
+            out
+        };
+        let out = through(frame(proto, EXTERNAL, 40000, NODE_IP, 30080, flags[0]));
+        assert_eq!(entries(), 2, "proto {proto}: XDP's pair, and none of TC's");
+        let (src, sport, dst, dport) = tuple(&out);
+        assert_eq!((src, dst, dport), (NODE_IP, BACKEND_B, 8080));
+        assert!(sport >= 1024 && !(32768..=60999).contains(&sport));
+        let out = through(frame(proto, BACKEND_B, 8080, NODE_IP, sport, flags[1]));
+        assert_eq!(tuple(&out), (NODE_IP, 30080, EXTERNAL, 40000));
+        let out = through(frame(proto, EXTERNAL, 40000, NODE_IP, 30080, flags[2]));
+        assert_eq!(tuple(&out), (NODE_IP, sport, BACKEND_B, 8080));
+        assert_eq!(entries(), 2);
+
+        let lab = nodeport_lab_of(&format!("np-xdp-local-{proto}"), proto, &[BACKEND_A], 0);
+        let syn = frame(proto, EXTERNAL, 40000, NODE_IP, 30080, flags[0]);
+        assert_eq!(lab.run_on(FROM_NETDEV_XDP, &syn), (XDP_PASS, syn.clone()));
+        let (verdict, out) = lab.run_on(FROM_NETDEV, &syn);
         assert_eq!(
-            lab.run_on(FROM_NETDEV_XDP, &packet),
-            (XDP_PASS, packet.clone()),
-            "passed to TC as it came"
+            verdict, TC_ACT_REDIRECT,
+            "proto {proto}: straight to the pod's veth"
         );
-        let (verdict, out) = lab.run_on(FROM_NETDEV, &packet);
-        assert_ne!(verdict, TC_ACT_SHOT);
-        out
-    };
-    let out = through(frame(IPPROTO_TCP, EXTERNAL, 40000, NODE_IP, 30080, 0x02));
-    assert_eq!(entries(), 2, "XDP's pair, and none of TC's");
-    let (src, sport, dst, dport) = tuple(&out);
-    assert_eq!((src, dst, dport), (NODE_IP, BACKEND_B, 8080));
-    assert!(sport >= 1024 && !(32768..=60999).contains(&sport));
-    let out = through(frame(IPPROTO_TCP, BACKEND_B, 8080, NODE_IP, sport, 0x12));
-    assert_eq!(tuple(&out), (NODE_IP, 30080, EXTERNAL, 40000));
-    let out = through(frame(IPPROTO_TCP, EXTERNAL, 40000, NODE_IP, 30080, 0x10));
-    assert_eq!(tuple(&out), (NODE_IP, sport, BACKEND_B, 8080));
-    assert_eq!(entries(), 2);
+        assert_eq!(tuple(&out), (EXTERNAL, 40000, BACKEND_A, 8080));
+    }
+    let lab = nodeport_lab("np-xdp-plain", &[BACKEND_B], 0);
     let plain = frame(IPPROTO_TCP, EXTERNAL, 40001, NODE_IP, 22, 0x02);
     assert_eq!(lab.run_on(FROM_NETDEV_XDP, &plain), (XDP_PASS, plain.clone()));
 }

@@ -228,17 +228,69 @@ pub fn to_overlay(ctx: TcContext) -> i32 {
     };
     // What the node itself sends to another node's pod (a hostNetwork
     // endpoint's replies and errors about its NodePort flows) is translated
-    // back first, as it would be on a node device's egress ([`to_netdev`],
-    // counted there).
+    // back first, as it would be on a node device's egress.
     if came_in == 0 {
-        let tc = by_family!(ctx, Dir::ToNetdev, to_netdev_family);
+        let tc = match packet::ethertype(&ctx) {
+            Ok(V4::ETH_P) => match node_to_overlay::<V4>(ctx.skb.skb) {
+                RELATED => quoted_to_overlay::<V4>(ctx.skb.skb),
+                tc => tc,
+            },
+            Ok(V6::ETH_P) => match node_to_overlay::<V6>(ctx.skb.skb) {
+                RELATED => quoted_to_overlay::<V6>(ctx.skb.skb),
+                tc => tc,
+            },
+            _ => TC_ACT_OK,
+        };
         if tc != TC_ACT_OK {
             return events::after(&ctx, tc);
         }
     }
-    let result = overlay::encapsulate(&ctx);
-    let tc = metrics::verdict(&ctx, Dir::ToOverlay, result);
+    let tc = encapsulated(ctx.skb.skb);
     events::after(&ctx, tc)
+}
+
+/// [`to_overlay`]'s encapsulation, in a frame of its own: the entry point's
+/// stays small beside [`node_to_overlay`]'s.
+#[inline(never)]
+fn encapsulated(skb: *mut __sk_buff) -> i32 {
+    let ctx = TcContext::new(skb);
+    let result = overlay::encapsulate(&ctx);
+    metrics::verdict(&ctx, Dir::ToOverlay, result)
+}
+
+/// [`to_overlay`]'s reverse translation of what the node sends, as
+/// [`to_netdev_family`] and [`quoted_to_netdev`] do on a node device;
+/// counted only when dropped (the tunnel counts what it carries).
+#[inline(never)]
+fn node_to_overlay<F: Lb>(skb: *mut __sk_buff) -> i32 {
+    let ctx = TcContext::new(skb);
+    let result = match packet::parse::<F, _>(&ctx) {
+        Ok(Seen::Flow(mut flow)) => lb::to_pod(&ctx, &mut flow),
+        // Translated where there is room for it.
+        Ok(Seen::Error) => return RELATED,
+        Ok(Seen::Other) => Ok(()),
+        Err(reason) => Err(reason),
+    };
+    uncounted(&ctx, Dir::ToOverlay, result)
+}
+
+/// [`lb::quoted::to_netdev`] for [`node_to_overlay`], in a frame of its own.
+#[inline(never)]
+fn quoted_to_overlay<F: Lb>(skb: *mut __sk_buff) -> i32 {
+    let ctx = TcContext::new(skb);
+    let result = packet::parse_any::<F, _>(&ctx)
+        .and_then(|p| lb::quoted::to_netdev(&ctx, &p.flow, p.quoted))
+        .map(|_| ());
+    uncounted(&ctx, Dir::ToOverlay, result)
+}
+
+/// `TC_ACT_OK` for a packet that goes on, uncounted; a drop is counted.
+#[inline(always)]
+fn uncounted(ctx: &TcContext, dir: Dir, result: Result<(), Reason>) -> i32 {
+    match result {
+        Ok(()) => TC_ACT_OK,
+        Err(reason) => metrics::verdict(ctx, dir, Err(reason)),
+    }
 }
 
 /// TC egress on the host veth: packets on their way into the pod.
@@ -375,14 +427,19 @@ fn handed<F: Lb>(md: *mut xdp_md, verdict: i32) -> i32 {
 }
 
 /// [`lb::untranslate`] on the packet as translated, in a frame of its own;
-/// whether it was put back.
+/// whether it was put back (a packet that could not be is counted as
+/// dropped, `rewrite failed`).
 #[inline(never)]
 fn untranslate<F: Lb>(md: *mut xdp_md) -> bool {
     let ctx = XdpContext::new(md);
-    match packet::parse::<F, _>(&ctx) {
+    let put_back = match packet::parse::<F, _>(&ctx) {
         Ok(Seen::Flow(mut flow)) => lb::untranslate(&ctx, &mut flow).is_ok(),
         _ => false,
+    };
+    if !put_back {
+        metrics::verdict(&ctx, Dir::Xdp, Err(Reason::RewriteFailed));
     }
+    put_back
 }
 
 /// The overlay's own VXLAN packet (`--routing vxlan`), between node addresses.

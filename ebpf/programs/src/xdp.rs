@@ -10,9 +10,10 @@
 //! translated, put back as it came ([`HANDED`], `lb::untranslate`): TC finds the conntrack
 //! entries XDP made and translates it again, then sends it on (to a local
 //! pod, by route, or to the host's stack for a hostNetwork endpoint). A mark
-//! in the frame's metadata would spare TC that second translation, but some
-//! kernels refuse `bpf_xdp_adjust_meta` to XDP programs (6.18.44 here: "program
-//! of this type cannot use helper"), and a translated packet passed on without
+//! in the frame's metadata would spare TC that second translation, but the
+//! kernel of our lab (6.18.44) refuses `bpf_xdp_adjust_meta` to XDP programs
+//! ("program of this type cannot use helper", even to a two-instruction
+//! program that calls nothing else), and a translated packet passed on without
 //! one would be dropped by the host's stack as a martian (its source is now
 //! the node's own address).
 
