@@ -162,10 +162,11 @@ pub struct Scratch {
     /// The tuple a packet came with, kept by XDP so that it can put back a
     /// packet it translated and cannot send on itself (addresses in the
     /// maps' form, ports in network order).
-    pub came_saddr: [u8; 16],
-    pub came_daddr: [u8; 16],
-    pub came_sport: u16,
-    pub came_dport: u16,
+    pub came_saddr: [u8; 16], /* BE */
+    pub came_daddr: [u8; 16], /* BE */
+    pub came_sport: u16,      /* BE */
+    pub came_dport: u16,      /* BE */
+    pub _pad: u32,
 }
 const _: () = assert!(core::mem::size_of::<Scratch>() == 368);
 const _: () =

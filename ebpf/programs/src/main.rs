@@ -52,11 +52,7 @@ mod sock;
 mod xdp;
 
 use aya_ebpf::{
-    bindings::{
-        __sk_buff, TC_ACT_OK,
-        xdp_action::{XDP_DROP, XDP_PASS},
-        xdp_md,
-    },
+    bindings::{__sk_buff, TC_ACT_OK, xdp_action::XDP_PASS, xdp_md},
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
@@ -108,8 +104,9 @@ macro_rules! by_family {
 
 /// What a per-family instance returns for an ICMP error: not a TC verdict
 /// (those are small), but "judge and translate it in [`icmp_error`]" (on a
-/// node device, translate it in [`quoted_error`] or [`quoted_to_netdev`]),
-/// which has the stack room that takes (the instance has none left).
+/// node device, translate it in [`quoted_error`] or [`quoted_to_netdev`]; on
+/// the overlay's, in [`quoted_to_overlay`]), which has the stack room that
+/// takes (the instance has none left).
 const RELATED: i32 = i32::MIN;
 
 /// What a per-family instance returns for a packet to a local pod that may go
@@ -117,6 +114,14 @@ const RELATED: i32 = i32::MIN;
 /// "deliver it in [`into_peer`]", which does the pod's `to_pod` work first,
 /// in a frame of its own (the instance has no stack room left for it).
 pub(crate) const PEER: i32 = i32::MIN + 1;
+
+/// What XDP's load balancer returns for a packet it translated and cannot
+/// send on itself: "put it back as it came and pass it to TC" ([`xdp::handed`]).
+pub(crate) const HANDED: i32 = i32::MIN + 2;
+
+// The sentinels are distinct from each other (and, being negative, from
+// every TC and XDP verdict).
+const _: () = assert!(RELATED != PEER && PEER != HANDED && HANDED != RELATED);
 
 /// TC ingress on the host veth: packets the pod sends.
 #[classifier]
@@ -213,7 +218,8 @@ fn decapsulated(skb: *mut __sk_buff) -> i32 {
     metrics::verdict(&ctx, Dir::FromOverlay, result)
 }
 
-/// TC egress on the overlay's device: packets for other nodes' pods.
+/// TC egress on the overlay's device: packets for other nodes' pods, given
+/// their tunnel; what the node itself sends translated back first.
 #[classifier]
 pub fn to_overlay(ctx: TcContext) -> i32 {
     // The encapsulated packet leaves as the node's own, through the host's
@@ -258,20 +264,16 @@ fn encapsulated(skb: *mut __sk_buff) -> i32 {
     metrics::verdict(&ctx, Dir::ToOverlay, result)
 }
 
-/// [`to_overlay`]'s reverse translation of what the node sends, as
-/// [`to_netdev_family`] and [`quoted_to_netdev`] do on a node device;
-/// counted only when dropped (the tunnel counts what it carries).
+/// [`to_overlay`]'s reverse translation of what the node sends, as on a
+/// node device ([`node_reply`]); counted only when dropped (the tunnel counts
+/// what it carries).
 #[inline(never)]
 fn node_to_overlay<F: Lb>(skb: *mut __sk_buff) -> i32 {
     let ctx = TcContext::new(skb);
-    let result = match packet::parse::<F, _>(&ctx) {
-        Ok(Seen::Flow(mut flow)) => lb::to_pod(&ctx, &mut flow),
-        // Translated where there is room for it.
-        Ok(Seen::Error) => return RELATED,
-        Ok(Seen::Other) => Ok(()),
-        Err(reason) => Err(reason),
+    let Some(result) = node_reply::<F>(&ctx) else {
+        return RELATED;
     };
-    uncounted(&ctx, Dir::ToOverlay, result)
+    count_drops(&ctx, Dir::ToOverlay, result)
 }
 
 /// [`lb::quoted::to_netdev`] for [`node_to_overlay`], in a frame of its own.
@@ -281,12 +283,12 @@ fn quoted_to_overlay<F: Lb>(skb: *mut __sk_buff) -> i32 {
     let result = packet::parse_any::<F, _>(&ctx)
         .and_then(|p| lb::quoted::to_netdev(&ctx, &p.flow, p.quoted))
         .map(|_| ());
-    uncounted(&ctx, Dir::ToOverlay, result)
+    count_drops(&ctx, Dir::ToOverlay, result)
 }
 
 /// `TC_ACT_OK` for a packet that goes on, uncounted; a drop is counted.
 #[inline(always)]
-fn uncounted(ctx: &TcContext, dir: Dir, result: Result<(), Reason>) -> i32 {
+fn count_drops(ctx: &TcContext, dir: Dir, result: Result<(), Reason>) -> i32 {
     match result {
         Ok(()) => TC_ACT_OK,
         Err(reason) => metrics::verdict(ctx, dir, Err(reason)),
@@ -386,8 +388,8 @@ fn from_netdev_family<F: Lb>(skb: *mut __sk_buff) -> i32 {
 #[xdp]
 pub fn from_netdev_xdp(ctx: XdpContext) -> u32 {
     let verdict = match packet::ethertype(&ctx) {
-        Ok(V4::ETH_P) => handed::<V4>(ctx.ctx, from_netdev_xdp_family::<V4>(ctx.ctx)),
-        Ok(V6::ETH_P) => handed::<V6>(ctx.ctx, from_netdev_xdp_family::<V6>(ctx.ctx)),
+        Ok(V4::ETH_P) => xdp::handed::<V4>(ctx.ctx, from_netdev_xdp_family::<V4>(ctx.ctx)),
+        Ok(V6::ETH_P) => xdp::handed::<V6>(ctx.ctx, from_netdev_xdp_family::<V6>(ctx.ctx)),
         _ => metrics::verdict(&ctx, Dir::Xdp, Ok(Action::to_tc(XDP_PASS as i32))),
     };
     events::after(&ctx, verdict) as u32
@@ -401,7 +403,7 @@ fn from_netdev_xdp_family<F: Lb>(md: *mut xdp_md) -> i32 {
         // TC's own cases: the overlay's packets, pods' packets for local pods.
         Ok(Seen::Flow(flow)) if overlay_packet(&flow) || to_local_pod(&flow).is_some() => to_tc,
         // Passed on untranslated, or put back as it came if translated
-        // ([`xdp::HANDED`], counted as forwarded).
+        // ([`xdp::handed`]; counted as forwarded).
         Ok(Seen::Flow(mut flow)) => match lb::from_netdev(&ctx, &mut flow) {
             Ok(Action { tc, .. }) if tc == XDP_PASS as i32 => to_tc,
             result => result,
@@ -410,36 +412,6 @@ fn from_netdev_xdp_family<F: Lb>(md: *mut xdp_md) -> i32 {
         Ok(Seen::Error | Seen::Other) | Err(_) => to_tc,
     };
     metrics::verdict(&ctx, Dir::Xdp, result)
-}
-
-/// XDP's `verdict`, a packet it translated and cannot send on itself
-/// ([`xdp::HANDED`]) put back as it came and passed to TC. Here, in the entry
-/// point's frame: the program's own frame has no room for the rewrite's.
-#[inline(always)]
-fn handed<F: Lb>(md: *mut xdp_md, verdict: i32) -> i32 {
-    if verdict != xdp::HANDED {
-        verdict
-    } else if untranslate::<F>(md) {
-        XDP_PASS as i32
-    } else {
-        XDP_DROP as i32
-    }
-}
-
-/// [`lb::untranslate`] on the packet as translated, in a frame of its own;
-/// whether it was put back (a packet that could not be is counted as
-/// dropped, `rewrite failed`).
-#[inline(never)]
-fn untranslate<F: Lb>(md: *mut xdp_md) -> bool {
-    let ctx = XdpContext::new(md);
-    let put_back = match packet::parse::<F, _>(&ctx) {
-        Ok(Seen::Flow(mut flow)) => lb::untranslate(&ctx, &mut flow).is_ok(),
-        _ => false,
-    };
-    if !put_back {
-        metrics::verdict(&ctx, Dir::Xdp, Err(Reason::RewriteFailed));
-    }
-    put_back
 }
 
 /// The overlay's own VXLAN packet (`--routing vxlan`), between node addresses.
@@ -489,19 +461,27 @@ fn into_peer<F: Lb>(skb: *mut __sk_buff) -> i32 {
     }
 }
 
-// The same reverse translation as on the way into a pod.
 #[inline(never)]
 fn to_netdev_family<F: Lb>(skb: *mut __sk_buff) -> i32 {
     let ctx = TcContext::new(skb);
-    let result = match packet::parse::<F, _>(&ctx) {
-        Ok(Seen::Flow(flow)) if overlay_packet(&flow) => Ok(Action::forward(TC_ACT_OK)),
-        Ok(Seen::Flow(mut flow)) => lb::to_pod(&ctx, &mut flow).map(|()| Action::forward(TC_ACT_OK)),
-        // Counted where it goes.
-        Ok(Seen::Error) => return RELATED,
-        Ok(Seen::Other) => Ok(Action::forward(TC_ACT_OK)),
-        Err(reason) => Err(reason),
+    let Some(result) = node_reply::<F>(&ctx) else {
+        return RELATED;
     };
-    metrics::verdict(&ctx, Dir::ToNetdev, result)
+    metrics::verdict(&ctx, Dir::ToNetdev, result.map(|()| Action::forward(TC_ACT_OK)))
+}
+
+/// What the node itself sends, translated back as on the way into a pod (a
+/// hostNetwork endpoint's replies come from the frontend); `None` for an
+/// ICMP error, translated (and counted) where there is room for it.
+#[inline(always)]
+fn node_reply<F: Lb>(ctx: &TcContext) -> Option<Result<(), Reason>> {
+    Some(match packet::parse::<F, _>(ctx) {
+        Ok(Seen::Flow(flow)) if overlay_packet(&flow) => Ok(()),
+        Ok(Seen::Flow(mut flow)) => lb::to_pod(ctx, &mut flow),
+        Ok(Seen::Error) => return None,
+        Ok(Seen::Other) => Ok(()),
+        Err(reason) => Err(reason),
+    })
 }
 
 #[inline(never)]

@@ -19,7 +19,6 @@ use weir_common::{MARK_ROUTED, Reason};
 use crate::{
     frame::Frame,
     packet::{Family, Flow},
-    xdp,
 };
 
 /// `struct bpf_fib_lookup`, with plain fields where the kernel's has unions.
@@ -86,14 +85,15 @@ pub fn forward<F: Family, C: Frame>(ctx: &C, flow: &Flow<F>) -> Result<i32, Reas
     };
     let Some(tc) = ctx.as_tc() else {
         // XDP: back out of the device it came in by (a remote backend, the
-        // client of a remote backend's reply, on a one-armed node), or on to
-        // TC, which sends it on as below (the next hop unresolved, another
-        // device, a pod, this node).
+        // client of a remote backend's reply, on a one-armed node), or back
+        // as it came to TC, which translates it again from the conntrack
+        // entries made here and sends it on as below (the next hop
+        // unresolved, another device, this node).
         if ret as u32 == BPF_FIB_LKUP_RET_SUCCESS && p.ifindex == ctx.ifindex() {
             set_macs(ctx, &p)?;
             return Ok(xdp_action::XDP_TX as i32);
         }
-        return xdp::hand_to_tc();
+        return Ok(crate::HANDED);
     };
     let verdict = match ret as u32 {
         BPF_FIB_LKUP_RET_SUCCESS => {

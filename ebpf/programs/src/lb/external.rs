@@ -19,7 +19,7 @@ use super::{
     Backends, Lb, NewFlow, Reply, Snat, choose, established, frontend, maps::NODE, masq, port, reply,
     scratch, translate_new,
 };
-use crate::{endpoints, frame::Frame, metrics::Action, packet::Flow, route, xdp};
+use crate::{endpoints, frame::Frame, metrics::Action, packet::Flow, route};
 
 #[inline(always)]
 pub fn from_netdev<F: Lb, C: Frame>(ctx: &C, flow: &mut Flow<F>) -> Result<Action, Reason> {
@@ -106,9 +106,10 @@ pub fn from_netdev<F: Lb, C: Frame>(ctx: &C, flow: &mut Flow<F>) -> Result<Actio
 pub(super) fn deliver<F: Lb, C: Frame>(ctx: &C, flow: &Flow<F>, pod: u32) -> Result<Action, Reason> {
     if pod != 0 {
         // XDP does not write into a veth: its `to-pod` program would not see
-        // the packet. TC, handed it, routes it there.
+        // the packet. TC, handed it back as it came, translates it again
+        // and sends it there.
         if ctx.as_tc().is_none() {
-            return xdp::hand_to_tc().map(Action::forward);
+            return Ok(Action::forward(crate::HANDED));
         }
         // SAFETY: no preconditions; the verdict says where the packet goes.
         return Ok(Action::forward(
