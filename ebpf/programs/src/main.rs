@@ -270,7 +270,7 @@ fn encapsulated(skb: *mut __sk_buff) -> i32 {
 #[inline(never)]
 fn node_to_overlay<F: Lb>(skb: *mut __sk_buff) -> i32 {
     let ctx = TcContext::new(skb);
-    let Some(result) = node_reply::<F>(&ctx) else {
+    let Some(result) = node_reply::<F>(&ctx, false) else {
         return RELATED;
     };
     count_drops(&ctx, Dir::ToOverlay, result)
@@ -464,7 +464,7 @@ fn into_peer<F: Lb>(skb: *mut __sk_buff) -> i32 {
 #[inline(never)]
 fn to_netdev_family<F: Lb>(skb: *mut __sk_buff) -> i32 {
     let ctx = TcContext::new(skb);
-    let Some(result) = node_reply::<F>(&ctx) else {
+    let Some(result) = node_reply::<F>(&ctx, true) else {
         return RELATED;
     };
     metrics::verdict(&ctx, Dir::ToNetdev, result.map(|()| Action::forward(TC_ACT_OK)))
@@ -473,10 +473,12 @@ fn to_netdev_family<F: Lb>(skb: *mut __sk_buff) -> i32 {
 /// What the node itself sends, translated back as on the way into a pod (a
 /// hostNetwork endpoint's replies come from the frontend); `None` for an
 /// ICMP error, translated (and counted) where there is room for it.
+/// `underlay`: on a node device, where the overlay's own VXLAN packets pass
+/// (inside the tunnel there are none to look for).
 #[inline(always)]
-fn node_reply<F: Lb>(ctx: &TcContext) -> Option<Result<(), Reason>> {
+fn node_reply<F: Lb>(ctx: &TcContext, underlay: bool) -> Option<Result<(), Reason>> {
     Some(match packet::parse::<F, _>(ctx) {
-        Ok(Seen::Flow(flow)) if overlay_packet(&flow) => Ok(()),
+        Ok(Seen::Flow(flow)) if underlay && overlay_packet(&flow) => Ok(()),
         Ok(Seen::Flow(mut flow)) => lb::to_pod(ctx, &mut flow),
         Ok(Seen::Error) => return None,
         Ok(Seen::Other) => Ok(()),
