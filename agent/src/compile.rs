@@ -16,12 +16,14 @@ use std::{
     time::Duration,
 };
 
+use k8s_openapi::api::core::v1::Node;
 use serde::Serialize;
 use weir_model::{
     IdAllocator, Kind, NodeContext, Object, Problem,
     model::Entry,
     policy::{PolicyEncoder, compile_node},
     services::ServiceCompiler,
+    topology::TopologyMode,
 };
 
 use crate::{
@@ -156,19 +158,26 @@ impl Row for SkippedRow {
 }
 
 /// Compiles the manifests of `dir` for the node `node`, whose NodePort
-/// addresses are `node_ips` (none: its Node object's).
+/// addresses are `node_ips` (none: its Node object's) and whose zone is its
+/// Node object's.
 pub fn compile(dir: &Path, node: &str, node_ips: &[IpAddr]) -> Result<Compiled, SourceError> {
     let mut source = DirSource::new(dir.to_path_buf());
     // The first read takes every file, whatever the timeout.
     let changes = source.next(Duration::ZERO)?.unwrap_or_default();
     let model = source.model();
+    let node_object = node_object(model, node);
+    // No addresses given: the InternalIP and ExternalIP ones, as the kube
+    // source's NodePort addresses.
     let node_ips = if node_ips.is_empty() {
-        node_addresses(model, node)
+        node_object.map_or_else(Vec::new, |n| {
+            weir_model::nodes::addresses(n, &["InternalIP", "ExternalIP"])
+        })
     } else {
         node_ips.to_vec()
     };
     let context = NodeContext {
         node_ips: node_ips.clone(),
+        zone: node_object.map_or("", weir_model::nodes::zone).to_owned(),
         ..NodeContext::new(node)
     };
     let mut problems = changes.problems;
@@ -187,9 +196,14 @@ pub fn compile(dir: &Path, node: &str, node_ips: &[IpAddr]) -> Result<Compiled, 
         })
         .collect();
     let source_ranges = source_range_rows(&desired.source_ranges, &desired.revnat, &names);
+    let topologies: BTreeMap<u32, TopologyMode> = compiler
+        .frontends()
+        .filter_map(|f| Some((f.rev_nat_id, f.topology?)))
+        .collect();
     let mut services = service_rows(desired);
     for row in &mut services {
         row.service = names.get(&row.rev_nat_id).cloned();
+        row.topology = topologies.get(&row.rev_nat_id).copied();
     }
     let (policy, policy_problems) = compile_node(model, node, &mut PolicyEncoder::default());
     problems.extend(policy_problems);
@@ -259,16 +273,14 @@ pub fn compile(dir: &Path, node: &str, node_ips: &[IpAddr]) -> Result<Compiled, 
     })
 }
 
-/// The InternalIP and ExternalIP addresses of the Node `node`, if the
-/// directory holds it (the kube source's NodePort addresses).
-fn node_addresses(model: &weir_model::Model, node: &str) -> Vec<IpAddr> {
-    let key = weir_model::ObjectKey::new(Kind::Node, "", node);
-    match model.get(&key) {
+/// The Node object `node`, if the directory holds it.
+fn node_object<'m>(model: &'m weir_model::Model, node: &str) -> Option<&'m Node> {
+    match model.get(&weir_model::ObjectKey::new(Kind::Node, "", node)) {
         Some(Entry {
             object: Object::Node(n),
             ..
-        }) => weir_model::nodes::addresses(n, &["InternalIP", "ExternalIP"]),
-        _ => Vec::new(),
+        }) => Some(n),
+        _ => None,
     }
 }
 

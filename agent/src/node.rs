@@ -1,8 +1,9 @@
 //! This node's Node object: its pod CIDRs become the IPAM ranges of the CNI
 //! configuration the agent writes, and (with the cluster source, unless
 //! `--nodeport-addresses` says otherwise) its addresses are where NodePorts are
-//! served and what external flows to remote endpoints are source-NATed to,
-//! reread whenever the Node changes.
+//! served and what external flows to remote endpoints are source-NATed to;
+//! its zone label is what endpoints' zone hints are compared with. All reread
+//! whenever the Node changes.
 
 use std::{collections::BTreeSet, net::IpAddr};
 
@@ -31,6 +32,8 @@ pub struct NodeWatch {
     /// What the Node object said last.
     cidrs: Vec<IpNetwork>,
     addresses: Vec<IpAddr>,
+    /// Its `topology.kubernetes.io/zone` label (`""`: none).
+    zone: String,
     read: bool,
     /// The conflist as last written.
     written: Option<Value>,
@@ -52,13 +55,15 @@ impl NodeWatch {
             conf,
             cidrs: Vec::new(),
             addresses: Vec::new(),
+            zone: String::new(),
             read: false,
             written: None,
         }
     }
 
     /// Reads the Node object when `changed` touches it (or not yet read);
-    /// `true` when the NodePort addresses it gives changed.
+    /// `true` when what it gives the service compiler changed (the NodePort
+    /// addresses, the zone): see [`Self::context`].
     pub fn update(&mut self, model: &Model, changed: &BTreeSet<ObjectKey>, status: &Status) -> bool {
         let key = ObjectKey::new(Kind::Node, "", self.name.clone());
         if self.read && !changed.contains(&key) {
@@ -95,26 +100,39 @@ impl NodeWatch {
             info!(node = self.name, pod_cidrs = ?cidrs, "pod CIDRs");
             self.cidrs = cidrs;
         }
+        let zone = node.map_or("", |n| weir_model::nodes::zone(n));
+        let mut changed = false;
+        if zone != self.zone {
+            info!(node = self.name, zone, "zone");
+            self.zone = zone.to_owned();
+            changed = true;
+        }
         if !self.addresses_from_node {
-            return false;
+            return changed;
         }
         let addresses: Vec<IpAddr> = node
             .map(|n| weir_model::nodes::addresses(n, &["InternalIP", "ExternalIP"]))
             .unwrap_or_default();
         if addresses.is_empty() || addresses == self.addresses {
-            return false;
+            return changed;
         }
         self.addresses = addresses;
         true
     }
 
-    /// `current` with the Node's addresses as its NodePort addresses, when they
-    /// come from the Node.
-    pub fn context(&self, current: &NodeContext) -> Option<NodeContext> {
-        (self.addresses_from_node && !self.addresses.is_empty()).then(|| NodeContext {
-            node_ips: self.addresses.clone(),
+    /// `current` with the Node's zone, and with its addresses as the NodePort
+    /// addresses when they come from the Node.
+    pub fn context(&self, current: &NodeContext) -> NodeContext {
+        let from_node = self.addresses_from_node && !self.addresses.is_empty();
+        NodeContext {
+            zone: self.zone.clone(),
+            node_ips: if from_node {
+                self.addresses.clone()
+            } else {
+                current.node_ips.clone()
+            },
             ..current.clone()
-        })
+        }
     }
 
     /// Makes the first address of each family the source of external flows to

@@ -90,9 +90,9 @@ enum Naming {
 enum Compiled {
     /// Nothing compiled yet: the first sync reads the maps whole.
     Never,
-    /// Compiled for the node's former addresses: everything again, and the
-    /// keys that differ synced.
-    ForOtherAddresses,
+    /// Compiled for the node's former addresses or zone: everything again,
+    /// and the keys that differ synced.
+    ForOtherNode,
     Current,
 }
 
@@ -128,12 +128,18 @@ impl SyncLoop {
                     if self
                         .node
                         .update(self.source.model(), &changes.objects, &self.status)
-                        && let Some(node) = self.node.context(self.compiler.node())
                     {
-                        info!(nodeport_addresses = ?node.node_ips, "node addresses changed: recompiling");
-                        self.node.write_snat(&mut self.maps, &node.node_ips);
+                        let node = self.node.context(self.compiler.node());
+                        let was = self.compiler.node();
+                        if node.node_ips != was.node_ips {
+                            info!(nodeport_addresses = ?node.node_ips, "node addresses changed: recompiling");
+                            self.node.write_snat(&mut self.maps, &node.node_ips);
+                        }
+                        if node.zone != was.zone {
+                            info!(zone = node.zone, "node's zone changed: recompiling");
+                        }
                         self.compiler.set_node(node);
-                        services = services.min(Compiled::ForOtherAddresses);
+                        services = services.min(Compiled::ForOtherNode);
                     }
                     self.update_routes(&changes.objects);
                     if self.listed(&[Kind::Node]) {
@@ -152,7 +158,7 @@ impl SyncLoop {
                         let model = self.source.model();
                         let (changed, problems) = match std::mem::replace(&mut services, Compiled::Current) {
                             Compiled::Never => (Changed::All, self.compiler.compile_all(model)),
-                            Compiled::ForOtherAddresses => self.compiler.recompile_all(model),
+                            Compiled::ForOtherNode => self.compiler.recompile_all(model),
                             Compiled::Current => self.compiler.update(model, &changes.objects),
                         };
                         self.report_problems(&problems);

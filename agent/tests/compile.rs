@@ -223,6 +223,72 @@ fn load_balancer_source_ranges_are_listed_per_load_balancer_frontend() {
     );
 }
 
+/// Topology-aware routing: each node's Service slots are the endpoints hinted
+/// for its zone, the zone read from its Node object's label.
+#[test]
+fn each_zones_nodes_use_the_endpoints_hinted_for_their_zone() {
+    let nodes = r#"
+apiVersion: v1
+kind: Node
+metadata:
+  name: n1
+  labels: {topology.kubernetes.io/zone: zone-a}
+---
+apiVersion: v1
+kind: Node
+metadata:
+  name: n2
+  labels: {"topology.kubernetes.io/zone": "zone-b"}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: n3}
+"#;
+    let service = r#"{"apiVersion": "v1", "kind": "Service",
+      "metadata": {"name": "near", "namespace": "default"},
+      "spec": {"clusterIP": "10.96.0.30", "trafficDistribution": "PreferClose",
+               "ports": [{"port": 80, "targetPort": 8080}]}}"#;
+    let slice = r#"{"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+      "metadata": {"name": "near-1", "namespace": "default",
+                   "labels": {"kubernetes.io/service-name": "near"}},
+      "addressType": "IPv4", "ports": [{"name": "", "port": 8080, "protocol": "TCP"}],
+      "endpoints": [
+        {"addresses": ["10.244.1.7"], "nodeName": "n1", "zone": "zone-a",
+         "hints": {"forZones": [{"name": "zone-a"}]}},
+        {"addresses": ["10.244.2.7"], "nodeName": "n2", "zone": "zone-b",
+         "hints": {"forZones": [{"name": "zone-b"}]}}]}"#;
+    let dir = manifests(
+        "zones",
+        &[
+            ("nodes.yaml", nodes),
+            ("svc.json", service),
+            ("slice.json", slice),
+        ],
+    );
+    let slots = |node: &str| {
+        let c = compile_json(&dir, &["--node", node, "--node-ips", "192.168.1.10"]);
+        let front = frontend(&c, "10.96.0.30:80/TCP", "external");
+        slot_addresses(front)
+            .into_iter()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(slots("n1"), ["10.244.1.7:8080"]);
+    let c = compile_json(&dir, &["--node", "n1", "--node-ips", "192.168.1.10"]);
+    assert_eq!(
+        frontend(&c, "10.96.0.30:80/TCP", "external")["topology"],
+        "PreferSameZone"
+    );
+    let c = compile_json(&dir, &["--node", "n3", "--node-ips", "192.168.1.10"]);
+    assert_eq!(
+        frontend(&c, "10.96.0.30:80/TCP", "external").get("topology"),
+        None
+    );
+    assert_eq!(slots("n2"), ["10.244.2.7:8080"]);
+    // A node in no zone: every endpoint.
+    assert_eq!(slots("n3"), ["10.244.1.7:8080", "10.244.2.7:8080"]);
+}
+
 #[test]
 fn another_node_has_other_local_endpoints_and_no_isolated_pods() {
     let dir = manifests("other-node", &[("cluster.yaml", CLUSTER)]);

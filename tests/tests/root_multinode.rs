@@ -102,6 +102,99 @@ fn clusterip_reaches_endpoints_on_another_node(setup: Setup) {
     );
 }
 
+weir_lab::with_each_setup!(a_zones_clients_use_the_endpoints_hinted_for_their_zone,);
+
+/// Topology-aware routing (`trafficDistribution: PreferClose`, the zone
+/// hints the EndpointSlice controller writes): a pod's connections to a
+/// ClusterIP stay with the endpoints hinted for its node's zone, and follow
+/// the zone label when the Node is relabelled.
+fn a_zones_clients_use_the_endpoints_hinted_for_their_zone(setup: Setup) {
+    let cluster = Cluster::new(setup.source);
+    let mut node_a = setup.node("10.86.1.0/24");
+    let mut node_b = setup.node("10.86.2.0/24");
+    // The Node objects carry the zones: written whatever the routing (the
+    // harness's routes, or the agents' from these objects).
+    let ips = if setup.routing.is_some() {
+        let (a, b) = underlay::link_plain(&node_a, &node_b, 92);
+        [vec![a], vec![b]]
+    } else {
+        underlay::link(&node_a, &node_b, 92);
+        [vec![], vec![]]
+    };
+    let named = [&node_a, &node_b].map(|n| (n.name().to_owned(), n.pod_cidr()));
+    let nodes = |zone_a: &str| {
+        [(&named[0], zone_a, &ips[0]), (&named[1], "zone-b", &ips[1])].map(|((name, cidr), zone, ips)| {
+            let mut object = node_object(name, &[cidr], ips);
+            object["metadata"]["labels"]["topology.kubernetes.io/zone"] = zone.into();
+            object
+        })
+    };
+    cluster.write("nodes.yaml", &nodes("zone-a"));
+    let agent_a = node_a.start_agent_for_with(&cluster, setup.flags());
+    let _agent_b = node_b.start_agent_for_with(&cluster, setup.flags());
+
+    let near = node_a.add_pod("near");
+    let far = node_b.add_pod("far");
+    let client = node_a.add_pod("client");
+    let _servers = [
+        WhoAmI::start(&near.ns, "near", near.ipv4(), &[8080]),
+        WhoAmI::start(&far.ns, "far", far.ipv4(), &[8080]),
+    ];
+    let mut svc = service("near", "10.96.0.31", &[port("tcp", 80, "8080", "TCP")]);
+    svc["spec"]["trafficDistribution"] = "PreferClose".into();
+    let hinted = |name: &str, node: &Node, pod: &Pod, zone: &str| {
+        let mut s = slice(
+            name,
+            "near",
+            node.name(),
+            &[("tcp", 8080, "TCP")],
+            &[Ep::ready(pod.ipv4())],
+        );
+        s["endpoints"][0]["zone"] = zone.into();
+        s["endpoints"][0]["hints"] = serde_json::json!({ "forZones": [{ "name": zone }] });
+        s
+    };
+    cluster.write(
+        "near.yaml",
+        &[
+            svc,
+            hinted("near-a", &node_a, &near, "zone-a"),
+            hinted("near-b", &node_b, &far, "zone-b"),
+        ],
+    );
+    let front = "10.96.0.31:80/TCP";
+    let (at_near, at_far) = (format!("{}:8080", near.ipv4()), format!("{}:8080", far.ipv4()));
+    let vip = SocketAddr::new("10.96.0.31".parse().expect("VIP"), 80);
+    let servers = |n: usize| -> BTreeSet<String> {
+        (0..n)
+            .map(|i| {
+                ask_tcp(&client.ns, vip)
+                    .unwrap_or_else(|e| panic!("TCP {i} to the ClusterIP: {e}"))
+                    .server
+            })
+            .collect()
+    };
+    let only = |server: &str| BTreeSet::from([server.to_owned()]);
+
+    agent_a.wait_backends(front, std::slice::from_ref(&at_near));
+    assert_eq!(servers(20), only("near"), "zone-a's clients, zone-a's endpoint");
+
+    // The node moves to zone-b: its clients go to zone-b's endpoint, across
+    // the underlay.
+    cluster.write("nodes.yaml", &nodes("zone-b"));
+    agent_a.wait_backends(front, std::slice::from_ref(&at_far));
+    assert_eq!(servers(20), only("far"), "zone-b's clients, zone-b's endpoint");
+
+    // A zone no endpoint is hinted for: every endpoint.
+    cluster.write("nodes.yaml", &nodes("zone-c"));
+    agent_a.wait_backends(front, &[at_near, at_far]);
+    assert_eq!(
+        servers(40),
+        BTreeSet::from(["near".to_owned(), "far".to_owned()]),
+        "40 connections with no endpoint hinted for this zone"
+    );
+}
+
 /// Joins two nodes on a veth: routes between their pods by the harness, or,
 /// for the agents to route, Node objects in the cluster.
 fn two_nodes(setup: Setup, cluster: &Cluster, a: &Node, b: &Node, n: u8) {

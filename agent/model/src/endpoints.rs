@@ -12,6 +12,7 @@
 use std::{
     collections::{BTreeMap, btree_map},
     net::IpAddr,
+    sync::Arc,
 };
 
 use k8s_openapi::{api::core::v1::Endpoints, apimachinery::pkg::util::intstr::IntOrString};
@@ -23,7 +24,7 @@ use crate::{
     pod::{self, PodFacts},
     policy::matches_labels,
     service::ServiceFacts,
-    slice::{NodeRef, SliceFacts},
+    slice::{Hints, NodeRef, SliceFacts},
 };
 
 /// Label tying an EndpointSlice to its Service (`discovery.k8s.io/v1`).
@@ -40,6 +41,8 @@ pub(crate) struct Endpoint {
     pub ready: bool,
     pub serving: bool,
     pub terminating: bool,
+    /// Its topology hints: only an EndpointSlice carries them.
+    pub hints: Option<Arc<Hints>>,
 }
 
 impl Endpoint {
@@ -233,7 +236,7 @@ fn from_slice(
     let Some(port) = port.port else {
         return;
     };
-    for endpoint in &slice.endpoints {
+    for (i, endpoint) in slice.endpoints.iter().enumerate() {
         // All addresses of an endpoint are fungible; kube-proxy uses the first
         // (the only one the model keeps).
         let Some(addr) = endpoint.addr else {
@@ -251,6 +254,7 @@ fn from_slice(
                 ready: endpoint.ready.unwrap_or(true),
                 serving: endpoint.serving.unwrap_or(true),
                 terminating: endpoint.terminating.unwrap_or(false),
+                hints: slice.hints.get(i).cloned().flatten(),
             },
             node,
         );
@@ -300,6 +304,7 @@ fn from_endpoints(
                     ready,
                     serving: true,
                     terminating: false,
+                    hints: None,
                 },
                 node,
             );
@@ -344,6 +349,7 @@ fn from_pod(
             ready: publish_not_ready || (serving && !terminating),
             serving,
             terminating,
+            hints: None,
         },
         node,
     );
@@ -372,6 +378,7 @@ mod tests {
             ready,
             serving: ready,
             terminating: false,
+            hints: None,
         }
     }
 

@@ -26,7 +26,7 @@ pub mod services;
 pub mod slice;
 #[cfg(test)]
 mod testing;
-mod topology;
+pub mod topology;
 
 pub use crate::{
     ids::{IdAllocator, IdError},

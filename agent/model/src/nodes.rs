@@ -41,6 +41,16 @@ pub fn addresses(node: &Node, types: &[&str]) -> Vec<IpAddr> {
         .collect()
 }
 
+/// A Node's zone: its `topology.kubernetes.io/zone` label, `""` without one
+/// (what kube-proxy compares endpoints' zone hints with).
+pub fn zone(node: &Node) -> &str {
+    node.metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(crate::topology::LABEL_ZONE))
+        .map_or("", String::as_str)
+}
+
 /// A route to another Node's pods.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct NodeRoute {

@@ -3,9 +3,10 @@
 //! The API's `Endpoint` is 352 bytes inline whatever it holds (zone, hints,
 //! hostname, a target reference, each an `Option` of its own) and two heap
 //! strings more: 100,000 of them were the largest share of the agent's heap.
-//! Endpoint lookup reads an endpoint's first address, its three conditions and
-//! its node, so the model keeps those, the address parsed once and the node's
-//! name by a number ([`NodeRef`]), in 24 bytes.
+//! Endpoint lookup reads an endpoint's first address, its three conditions,
+//! its node and its topology hints, so the model keeps those, the address
+//! parsed once and the node's name by a number ([`NodeRef`]), in 24 bytes,
+//! and the hints, which most endpoints lack, beside them ([`Hints`]).
 //!
 //! Of the metadata, the model reads the name and namespace (the key) and the
 //! `kubernetes.io/service-name` label and the last-change-trigger-time
@@ -14,7 +15,7 @@
 //! first entry: 5 MiB of label maps at 10,000 slices, for one string each.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fmt,
     net::IpAddr,
     num::NonZeroU32,
@@ -22,7 +23,7 @@ use std::{
     time::SystemTime,
 };
 
-use k8s_openapi::api::discovery::v1::{EndpointPort, EndpointSlice};
+use k8s_openapi::api::discovery::v1::{EndpointHints, EndpointPort, EndpointSlice};
 
 use crate::{
     endpoints::LABEL_SERVICE_NAME,
@@ -46,6 +47,10 @@ pub struct SliceFacts {
     pub family: Option<Family>,
     pub ports: Box<[SlicePort]>,
     pub endpoints: Box<[SliceEndpoint]>,
+    /// Each endpoint's topology hints, by its index in `endpoints`; empty
+    /// (no allocation) when none has any, as in most clusters, so that an
+    /// endpoint without hints costs nothing.
+    pub hints: Box<[Option<Arc<Hints>>]>,
     /// When the change this version of the slice carries was triggered (its
     /// `endpoints.kubernetes.io/last-change-trigger-time` annotation, set by
     /// the EndpointSlice controller): the start of the network programming
@@ -72,6 +77,60 @@ pub struct SliceEndpoint {
     pub serving: Option<bool>,
     pub terminating: Option<bool>,
     pub node_name: Option<NodeRef>,
+}
+
+/// An endpoint's topology hints (`hints.forZones`, `hints.forNodes`): the
+/// zones and nodes whose clients the EndpointSlice controller meant it for
+/// (`trafficDistribution`, or the `service.kubernetes.io/topology-mode:
+/// Auto` annotation). One shared copy per distinct set: a cluster's
+/// endpoints carry a few sets (one per zone, or one per node) many times over.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Hints {
+    pub zones: Box<[Box<str>]>,
+    pub nodes: Box<[NodeRef]>,
+}
+
+/// Every distinct set of hints seen, kept for the process's life like node
+/// names: they are as few as zones and nodes.
+static HINTS: Mutex<BTreeSet<Arc<Hints>>> = Mutex::new(BTreeSet::new());
+
+impl Hints {
+    /// The shared copy of `hints`; `None` when they name no zone and no node
+    /// (`hints: {}` is no hint).
+    fn shared(hints: EndpointHints) -> Option<Arc<Self>> {
+        let hints = Self {
+            zones: hints
+                .for_zones
+                .into_iter()
+                .flatten()
+                .map(|z| z.name.into_boxed_str())
+                .collect(),
+            nodes: hints
+                .for_nodes
+                .into_iter()
+                .flatten()
+                .map(|n| NodeRef::of(&n.name))
+                .collect(),
+        };
+        if hints.zones.is_empty() && hints.nodes.is_empty() {
+            return None;
+        }
+        let mut set = HINTS.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(shared) = set.get(&hints) {
+            return Some(shared.clone());
+        }
+        let shared = Arc::new(hints);
+        set.insert(shared.clone());
+        Some(shared)
+    }
+
+    pub fn for_zone(&self, zone: &str) -> bool {
+        self.zones.iter().any(|z| **z == *zone)
+    }
+
+    pub fn for_node(&self, node: NodeRef) -> bool {
+        self.nodes.contains(&node)
+    }
 }
 
 /// A port of a slice, as endpoint lookup matches it to a Service port.
@@ -106,6 +165,29 @@ impl From<EndpointSlice> for SliceFacts {
             // (jiff's own conversion needs its `std` feature.)
             .and_then(|t| u64::try_from(t.as_nanosecond()).ok())
             .map(|ns| SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(ns));
+        let mut hints = Vec::new();
+        let endpoints = slice
+            .endpoints
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| {
+                if let Some(shared) = e.hints.and_then(Hints::shared) {
+                    hints.resize(i, None);
+                    hints.push(Some(shared));
+                }
+                let conditions = e.conditions.unwrap_or_default();
+                SliceEndpoint {
+                    addr: e.addresses.first().and_then(|a| parse_ip(a)),
+                    ready: conditions.ready,
+                    serving: conditions.serving,
+                    terminating: conditions.terminating,
+                    node_name: e.node_name.as_deref().map(NodeRef::of),
+                }
+            })
+            .collect::<Box<[_]>>();
+        if !hints.is_empty() {
+            hints.resize(endpoints.len(), None);
+        }
         Self {
             trigger,
             service: meta
@@ -116,20 +198,8 @@ impl From<EndpointSlice> for SliceFacts {
             meta: Meta::take(&mut meta),
             family: Family::from_address_type(&slice.address_type),
             ports: slice.ports.into_iter().flatten().map(SlicePort::from).collect(),
-            endpoints: slice
-                .endpoints
-                .into_iter()
-                .map(|e| {
-                    let conditions = e.conditions.unwrap_or_default();
-                    SliceEndpoint {
-                        addr: e.addresses.first().and_then(|a| parse_ip(a)),
-                        ready: conditions.ready,
-                        serving: conditions.serving,
-                        terminating: conditions.terminating,
-                        node_name: e.node_name.as_deref().map(NodeRef::of),
-                    }
-                })
-                .collect(),
+            endpoints,
+            hints: hints.into(),
         }
     }
 }
@@ -140,7 +210,7 @@ impl From<EndpointSlice> for SliceFacts {
 /// was: 16 MiB at 100,000 slices of 10 endpoints). Names are kept for the
 /// process's life: nodes are few, and one that goes and comes back keeps its
 /// number.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct NodeRef(NonZeroU32);
 
 /// The names, in the order they were first seen, and their numbers.

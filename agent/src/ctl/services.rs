@@ -9,7 +9,7 @@ use weir_common::{
     BACKEND_ACTIVE, BACKEND_TERMINATING, Backend, SCOPE_INTERNAL, SVC_F_AFFINITY, SVC_F_MAGLEV, ServiceKey,
 };
 
-use weir_model::DesiredServices;
+use weir_model::{DesiredServices, topology::TopologyMode};
 
 use super::{CtlError, Row, ip, proto, sock, table::or_dash};
 use crate::datapath::PinLayout;
@@ -35,6 +35,10 @@ pub struct ServiceRow {
     /// The backend slots the frontend claims.
     pub count: u16,
     pub backends: Vec<SlotRow>,
+    /// `weir-agent compile`: the topology hints the slots follow, if any do
+    /// (the maps do not say).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub topology: Option<TopologyMode>,
 }
 
 /// How the datapath picks a frontend's backend.
@@ -167,6 +171,7 @@ pub fn service_rows(maps: &DesiredServices) -> Vec<ServiceRow> {
                 "external"
             },
             rev_nat_id: head.rev_nat_id,
+            topology: None,
             flags: flag_names(head.flags),
             algorithm: if has_table {
                 Algorithm::Maglev

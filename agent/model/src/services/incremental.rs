@@ -255,7 +255,7 @@ impl ServiceCompiler {
     }
 
     /// Compiles for another node context from now on (its NodePort addresses
-    /// changed): the caller runs [`Self::compile_all`] next.
+    /// or its zone changed): the caller runs [`Self::compile_all`] next.
     pub fn set_node(&mut self, node: NodeContext) {
         self.node = node;
     }

@@ -45,7 +45,7 @@ use crate::{
     problem::{Problem, ProblemReason},
     service::ServiceFacts,
     slice::NodeRef,
-    topology::{cluster_endpoints, is_usable, local_endpoints},
+    topology::{Topology, TopologyMode, cluster_endpoints, is_usable, local_endpoints},
 };
 
 /// How new connections pick a backend among the slots.
@@ -62,8 +62,12 @@ pub enum LbAlgorithm {
 /// What the compile needs to know about the node it compiles for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeContext {
-    /// The Node's name, compared with endpoints' `nodeName` for the Local policies.
+    /// The Node's name, compared with endpoints' `nodeName` for the Local
+    /// policies and with their node hints.
     pub node_name: String,
+    /// The Node's zone (its `topology.kubernetes.io/zone` label; `""`
+    /// without one), compared with endpoints' zone hints.
+    pub zone: String,
     /// Addresses NodePorts are served on (kube-proxy's default: all node addresses).
     pub node_ips: Vec<IpAddr>,
     /// Default for Services without the `weir.dev/lb-algorithm` annotation.
@@ -76,6 +80,7 @@ impl NodeContext {
     pub fn new(node_name: impl Into<String>) -> Self {
         Self {
             node_name: node_name.into(),
+            zone: String::new(),
             node_ips: Vec::new(),
             lb_algorithm: LbAlgorithm::Random,
             maglev_table_size: maglev::DEFAULT_TABLE_SIZE,
@@ -224,6 +229,9 @@ struct Frontend {
     port: u16,
     scope: u8,
     flags: u32,
+    /// How its slots were chosen among the ready endpoints (a Local policy's
+    /// never are by hints).
+    topology: Option<TopologyMode>,
 }
 
 impl Compiler<'_> {
@@ -286,7 +294,8 @@ impl Compiler<'_> {
                     source_ranges: source_ranges(valid, family, self.node),
                 };
                 self.backends(origin, key, port, &mut scope);
-                let cluster = cluster_endpoints(&endpoints);
+                let topology = Topology::of(&endpoints, node, &self.node.zone);
+                let cluster = cluster_endpoints(&endpoints, topology);
                 let local = local_endpoints(&endpoints, node);
                 let guarded = !scope.source_ranges.is_empty();
                 for mut frontend in frontends(valid, port, family, self.node, guarded) {
@@ -301,6 +310,9 @@ impl Compiler<'_> {
                     // without any endpoint is rejected.
                     if local_policy && slots.is_empty() && !cluster.is_empty() {
                         frontend.flags |= SVC_F_DROP_EMPTY;
+                    }
+                    if !local_policy {
+                        frontend.topology = topology.mode();
                     }
                     self.frontend(origin, key, port, &scope, &frontend, slots);
                 }
@@ -468,6 +480,7 @@ impl Compiler<'_> {
             affinity_timeout: scope.affinity_timeout,
             health_check_node_port: scope.health_check_node_port,
             endpoint_source: scope.source,
+            topology: frontend.topology,
             backends,
         });
     }
@@ -500,6 +513,7 @@ fn frontends(
         port,
         scope,
         flags,
+        topology: None,
     };
     let in_family = |ip: &&IpAddr| Family::of(**ip) == family;
     let mut out = Vec::new();

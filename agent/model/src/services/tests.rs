@@ -1407,3 +1407,123 @@ fn local_policies_drop_where_endpoints_are_elsewhere_and_reject_without_any() {
         (0, SVC_F_DROP_EMPTY)
     );
 }
+
+/// Topology-aware routing as the EndpointSlice controller writes it
+/// (`trafficDistribution: PreferClose`: zone hints; `PreferSameNode`: node
+/// hints too): the Cluster-policy frontends of a node in a zone use the
+/// endpoints hinted for it, the Local-policy ones this node's endpoints,
+/// hints or not.
+#[test]
+fn topology_hints_choose_the_slots_of_cluster_policy_frontends() {
+    let fixture = |for_nodes: bool| {
+        let node_hints = |node: &str| {
+            if for_nodes {
+                format!("\n    forNodes:\n    - name: {node}")
+            } else {
+                String::new()
+            }
+        };
+        objects(&format!(
+            r#"
+apiVersion: v1
+kind: Service
+metadata: {{name: near, namespace: default}}
+spec:
+  type: NodePort
+  clusterIP: 10.96.7.7
+  externalTrafficPolicy: Local
+  trafficDistribution: PreferClose
+  selector: {{app: near}}
+  ports: [{{port: 80, nodePort: 30080, protocol: TCP}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: near-abc
+  namespace: default
+  labels: {{kubernetes.io/service-name: near}}
+addressType: IPv4
+ports: [{{name: "", port: 8080, protocol: TCP}}]
+endpoints:
+- addresses: [10.244.0.5]
+  nodeName: node-a
+  zone: zone-a
+  hints:
+    forZones: [{{name: zone-a}}]{a}
+- addresses: [10.244.1.5]
+  nodeName: node-b
+  zone: zone-a
+  hints:
+    forZones:
+    - name: zone-a{b}
+- addresses: ["10.244.2.5"]
+  nodeName: node-c
+  zone: zone-b
+  conditions: {{ready: true}}
+  hints: {{"forZones": [{{"name": "zone-b"}}]{c}}}
+"#,
+            a = node_hints("node-a"),
+            b = node_hints("node-b"),
+            c = if for_nodes {
+                r#", "forNodes": [{"name": "node-c"}]"#
+            } else {
+                ""
+            },
+        ))
+    };
+    let in_zone = |zone: &str, objects: Vec<Object>| {
+        let node = NodeContext {
+            zone: zone.to_owned(),
+            ..node()
+        };
+        let (d, problems) = compile_with(objects, &node, &mut IdAllocator::new());
+        assert!(problems.is_empty(), "{problems:#?}");
+        d
+    };
+    let d = in_zone("zone-a", fixture(false));
+    assert_eq!(
+        slots(&d, "10.96.7.7:80/TCP"),
+        ["10.244.0.5:8080", "10.244.1.5:8080"]
+    );
+    // From inside the cluster the NodePort goes to the Cluster set, hinted;
+    // from outside to this node's endpoint (Local), whatever its hints.
+    assert_eq!(
+        slots_in(&d, "192.168.1.10:30080/TCP", SCOPE_INTERNAL),
+        ["10.244.0.5:8080", "10.244.1.5:8080"]
+    );
+    assert_eq!(
+        slots_in(&d, "192.168.1.10:30080/TCP", SCOPE_EXTERNAL),
+        ["10.244.0.5:8080"]
+    );
+    let view = |d: &DesiredServices, scope: Scope| {
+        let f = d
+            .frontends
+            .iter()
+            .find(|f| f.kind == FrontendKind::NodePort && f.address.is_ipv4() && f.scope == scope)
+            .expect("frontend");
+        f.topology
+    };
+    assert_eq!(view(&d, Scope::Internal), Some(TopologyMode::PreferSameZone));
+    assert_eq!(view(&d, Scope::External), None);
+    assert!(
+        d.frontends[0].to_string().ends_with("(PreferSameZone)"),
+        "{}",
+        d.frontends[0]
+    );
+    // The endpoint left out keeps its backend (connections through another
+    // node may still reach it).
+    assert_eq!(d.backends.len(), 3);
+
+    let d = in_zone("zone-b", fixture(false));
+    assert_eq!(slots(&d, "10.96.7.7:80/TCP"), ["10.244.2.5:8080"]);
+    // No zone, or a zone no endpoint is hinted for: every ready endpoint.
+    for zone in ["", "zone-c"] {
+        let d = in_zone(zone, fixture(false));
+        assert_eq!(slots(&d, "10.96.7.7:80/TCP").len(), 3, "zone {zone:?}");
+        assert_eq!(d.frontends[0].topology, None);
+    }
+    // Node hints first: node-a's clients use node-a's endpoint.
+    let d = in_zone("zone-a", fixture(true));
+    assert_eq!(slots(&d, "10.96.7.7:80/TCP"), ["10.244.0.5:8080"]);
+    assert_eq!(d.frontends[0].topology, Some(TopologyMode::PreferSameNode));
+}

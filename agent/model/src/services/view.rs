@@ -5,7 +5,7 @@ use std::{fmt, net::SocketAddr};
 
 use serde::Serialize;
 
-use crate::{endpoints::EndpointSourceKind, net::Protocol, slice::NodeRef};
+use crate::{endpoints::EndpointSourceKind, net::Protocol, slice::NodeRef, topology::TopologyMode};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub enum FrontendKind {
@@ -50,6 +50,10 @@ pub struct FrontendView {
     /// LoadBalancers): the port a load balancer probes for this node's endpoints.
     pub health_check_node_port: Option<u16>,
     pub endpoint_source: EndpointSourceKind,
+    /// The topology hints its slots follow, if any do
+    /// ([`crate::topology::Topology`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub topology: Option<TopologyMode>,
     /// Every backend the frontend knows, in slot order first, then the backends
     /// kept only for established connections (`slot: None`).
     pub backends: Vec<BackendView>,
@@ -84,9 +88,13 @@ impl fmt::Display for FrontendView {
             .map(|b| b.address.to_string())
             .collect();
         if in_slots.is_empty() {
-            write!(f, " (no endpoints: reject)")
+            write!(f, " (no endpoints: reject)")?;
         } else {
-            write!(f, " {}", in_slots.join(" "))
+            write!(f, " {}", in_slots.join(" "))?;
+        }
+        match self.topology {
+            Some(mode) => write!(f, " ({mode:?})"),
+            None => Ok(()),
         }
     }
 }
