@@ -100,7 +100,9 @@ impl NodeWatch {
             info!(node = self.name, pod_cidrs = ?cidrs, "pod CIDRs");
             self.cidrs = cidrs;
         }
-        let zone = node.map_or("", |n| weir_model::nodes::zone(n));
+        // A Node deleted (or not yet seen) keeps the zone it had, as with
+        // kube-proxy: its endpoints' hints do not go with it.
+        let zone = node.map_or(self.zone.as_str(), |n| weir_model::nodes::zone(n));
         let mut changed = false;
         if zone != self.zone {
             info!(node = self.name, zone, "zone");
@@ -188,5 +190,51 @@ impl NodeWatch {
                 status.conflist(Conflist::Refused(why));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use weir_model::{Model, parse_documents};
+
+    use super::*;
+
+    fn node_in(zone: Option<&str>) -> Model {
+        let labels = zone.map_or(String::new(), |z| format!("topology.kubernetes.io/zone: {z}"));
+        let yaml = format!(
+            "apiVersion: v1\nkind: Node\nmetadata:\n  name: n1\n  labels: {{{labels}}}\nspec: {{podCIDR: 10.244.1.0/24}}\n"
+        );
+        let (objects, problems) = parse_documents(&yaml, "node.yaml");
+        assert!(problems.is_empty(), "{problems:?}");
+        Model::from_objects(objects)
+    }
+
+    /// The zone is read from the Node and given to the service compiler; the
+    /// NodePort addresses stay the flags' when they do not come from the Node.
+    #[test]
+    fn the_zone_follows_the_node_and_outlives_its_deletion() {
+        let mut watch = NodeWatch::new("n1", false, false, Vec::new(), None);
+        let status = Status::default();
+        let changed = BTreeSet::from([ObjectKey::new(Kind::Node, "", "n1")]);
+        let current = NodeContext {
+            node_ips: vec!["192.168.1.10".parse().expect("ip")],
+            ..NodeContext::new("n1")
+        };
+        assert!(watch.update(&node_in(Some("zone-a")), &changed, &status));
+        let context = watch.context(&current);
+        assert_eq!(
+            (context.zone.as_str(), &context.node_ips),
+            ("zone-a", &current.node_ips)
+        );
+        // Read again, unchanged: nothing to recompile.
+        assert!(!watch.update(&node_in(Some("zone-a")), &changed, &status));
+        assert!(watch.update(&node_in(Some("zone-b")), &changed, &status));
+        assert_eq!(watch.context(&current).zone, "zone-b");
+        // Deleted: the last zone stays (kube-proxy ignores a Node's deletion).
+        assert!(!watch.update(&Model::from_objects(Vec::new()), &changed, &status));
+        assert_eq!(watch.context(&current).zone, "zone-b");
+        // Its label removed: no zone.
+        assert!(watch.update(&node_in(None), &changed, &status));
+        assert_eq!(watch.context(&current).zone, "");
     }
 }

@@ -42,8 +42,12 @@ const GC_MAX_DELETES: usize = 65_536;
 /// The kinds NetworkPolicy enforcement depends on.
 const POLICY_INPUTS: [Kind; 3] = weir_model::policy::INPUTS;
 /// The kinds the service maps depend on (in a cluster; a directory's stand-ins
-/// read Pods and Endpoints too, and a directory is listed whole at once).
-const SERVICE_INPUTS: [Kind; 2] = [Kind::Service, Kind::EndpointSlice];
+/// read Pods and Endpoints too, and a directory is listed whole at once):
+/// this node's Node among them, whose zone chooses the endpoints hints leave
+/// to it (as kube-proxy waits for its Node before its first sync: a first
+/// compile without the zone would send traffic across zones, then everything
+/// be compiled again).
+const SERVICE_INPUTS: [Kind; 3] = [Kind::Service, Kind::EndpointSlice, Kind::Node];
 
 /// Frontend affinity timeouts, published by the sync loop for the GC loop.
 pub type AffinityTimeouts = Arc<Mutex<BTreeMap<u32, u32>>>;

@@ -19,12 +19,15 @@ use k8s_openapi::{api::core::v1::Endpoints, apimachinery::pkg::util::intstr::Int
 use serde::Serialize;
 
 use crate::{
-    model::Model,
+    Kind, Object, ObjectKey,
+    model::{Entry, Model},
     net::{Family, Protocol, parse_ip, port_number},
+    nodes,
     pod::{self, PodFacts},
     policy::matches_labels,
     service::ServiceFacts,
     slice::{Hints, NodeRef, SliceFacts},
+    topology::Distribution,
 };
 
 /// Label tying an EndpointSlice to its Service (`discovery.k8s.io/v1`).
@@ -111,6 +114,8 @@ pub(crate) enum EndpointSource<'a> {
     Pods {
         pods: Vec<&'a PodFacts>,
         publish_not_ready: bool,
+        /// The hints the controller would write, and the Nodes' zones.
+        hints: Option<(Distribution, &'a Model)>,
     },
     None,
 }
@@ -151,6 +156,7 @@ impl<'a> EndpointSource<'a> {
                     .filter(|pod| matches_labels(selector.iter(), Some(pod.labels())))
                     .collect(),
                 publish_not_ready: service.publish_not_ready,
+                hints: service.distribution.map(|d| (d, model)),
             },
         }
     }
@@ -166,21 +172,22 @@ impl<'a> EndpointSource<'a> {
 
     /// The endpoints of `port` in `family`, deduplicated by (address, port) and
     /// sorted by them.
-    pub fn endpoints(&self, port: &PortSpec<'_>, family: Family, node: Option<NodeRef>) -> Vec<Endpoint> {
+    pub fn endpoints(&self, port: &PortSpec<'_>, family: Family) -> Vec<Endpoint> {
         let mut set = EndpointSet::default();
         match self {
             EndpointSource::Slices(slices) => {
                 for slice in slices {
-                    from_slice(slice, port, family, node, &mut set);
+                    from_slice(slice, port, family, &mut set);
                 }
             }
-            EndpointSource::Endpoints(endpoints) => from_endpoints(endpoints, port, family, node, &mut set),
+            EndpointSource::Endpoints(endpoints) => from_endpoints(endpoints, port, family, &mut set),
             EndpointSource::Pods {
                 pods,
                 publish_not_ready,
+                hints,
             } => {
                 for pod in pods {
-                    from_pod(pod, port, family, *publish_not_ready, node, &mut set);
+                    from_pod(pod, port, family, (*publish_not_ready, *hints), &mut set);
                 }
             }
             EndpointSource::None => {}
@@ -193,18 +200,20 @@ impl<'a> EndpointSource<'a> {
 struct EndpointSet(BTreeMap<(IpAddr, u16), Endpoint>);
 
 impl EndpointSet {
-    /// Overlapping slices (during a rollout, or with a custom controller) may list
-    /// the same endpoint twice. kube-proxy keeps one per address and port and
-    /// favours the copy that says it is on this node; we do the same, and otherwise
-    /// keep the first in slice-name order so the result is deterministic.
-    fn add(&mut self, endpoint: Endpoint, node: Option<NodeRef>) {
-        let local = endpoint.is_local(node);
+    /// Overlapping slices (an endpoint moving between slices, a custom
+    /// controller) may list the same address and port twice, as may a Pod
+    /// network that gave a terminating Pod's address to a new Pod. kube-proxy
+    /// keeps one per address and port, a later copy replacing an earlier one
+    /// unless it is terminating (the running Pod over the terminating one);
+    /// its order among slices is a map's, ours the slices' names, so the
+    /// result is deterministic.
+    fn add(&mut self, endpoint: Endpoint) {
         match self.0.entry((endpoint.addr, endpoint.port)) {
             btree_map::Entry::Vacant(v) => {
                 v.insert(endpoint);
             }
             btree_map::Entry::Occupied(mut o) => {
-                if local && !o.get().is_local(node) {
+                if !endpoint.terminating {
                     o.insert(endpoint);
                 }
             }
@@ -212,13 +221,7 @@ impl EndpointSet {
     }
 }
 
-fn from_slice(
-    slice: &SliceFacts,
-    want: &PortSpec<'_>,
-    family: Family,
-    node: Option<NodeRef>,
-    set: &mut EndpointSet,
-) {
+fn from_slice(slice: &SliceFacts, want: &PortSpec<'_>, family: Family, set: &mut EndpointSet) {
     // FQDN slices (and unknown address types) carry no IP to forward to.
     if slice.family != Some(family) {
         return;
@@ -246,18 +249,15 @@ fn from_slice(
             continue;
         }
         // EndpointConditions: ready nil = true, serving nil = true, terminating nil = false.
-        set.add(
-            Endpoint {
-                addr,
-                port,
-                node_name: endpoint.node_name,
-                ready: endpoint.ready.unwrap_or(true),
-                serving: endpoint.serving.unwrap_or(true),
-                terminating: endpoint.terminating.unwrap_or(false),
-                hints: slice.hints.get(i).cloned().flatten(),
-            },
-            node,
-        );
+        set.add(Endpoint {
+            addr,
+            port,
+            node_name: endpoint.node_name,
+            ready: endpoint.ready.unwrap_or(true),
+            serving: endpoint.serving.unwrap_or(true),
+            terminating: endpoint.terminating.unwrap_or(false),
+            hints: slice.hints.get(i).cloned().flatten(),
+        });
     }
 }
 
@@ -273,13 +273,7 @@ fn skips_mirroring(endpoints: &Endpoints) -> bool {
 
 /// The mirroring controller turns `addresses` into endpoints with `ready: true` and
 /// `notReadyAddresses` into `ready: false`, leaving serving and terminating unset.
-fn from_endpoints(
-    endpoints: &Endpoints,
-    want: &PortSpec<'_>,
-    family: Family,
-    node: Option<NodeRef>,
-    set: &mut EndpointSet,
-) {
+fn from_endpoints(endpoints: &Endpoints, want: &PortSpec<'_>, family: Family, set: &mut EndpointSet) {
     for subset in endpoints.subsets.iter().flatten() {
         let Some(port) = subset.ports.iter().flatten().find(|p| {
             p.name.as_deref().unwrap_or_default() == want.name
@@ -296,18 +290,15 @@ fn from_endpoints(
             let Some(addr) = parse_ip(&address.ip).filter(|a| Family::of(*a) == family) else {
                 continue;
             };
-            set.add(
-                Endpoint {
-                    addr,
-                    port,
-                    node_name: address.node_name.as_deref().map(NodeRef::of),
-                    ready,
-                    serving: true,
-                    terminating: false,
-                    hints: None,
-                },
-                node,
-            );
+            set.add(Endpoint {
+                addr,
+                port,
+                node_name: address.node_name.as_deref().map(NodeRef::of),
+                ready,
+                serving: true,
+                terminating: false,
+                hints: None,
+            });
         }
     }
 }
@@ -316,13 +307,13 @@ fn from_endpoints(
 /// `ShouldPodBeInEndpoints` in kubernetes/kubernetes): terminal Pods (Succeeded,
 /// Failed) and Pods without an IP are left out; terminating Pods stay, with
 /// `serving` = the Pod's Ready condition and `ready` = serving and not terminating,
-/// unless the Service publishes not-ready addresses.
+/// unless the Service publishes not-ready addresses; a ready one hinted as
+/// `spec.trafficDistribution` asks (its zone: its Node's zone label).
 fn from_pod(
     pod: &PodFacts,
     want: &PortSpec<'_>,
     family: Family,
-    publish_not_ready: bool,
-    node: Option<NodeRef>,
+    (publish_not_ready, hints): (bool, Option<(Distribution, &Model)>),
     set: &mut EndpointSet,
 ) {
     if pod::is_finished(pod) {
@@ -341,18 +332,29 @@ fn from_pod(
     };
     let serving = pod::is_ready(pod);
     let terminating = pod::is_terminating(pod);
-    set.add(
-        Endpoint {
-            addr,
-            port,
-            node_name: pod::node_name(pod).map(NodeRef::of),
-            ready: publish_not_ready || (serving && !terminating),
-            serving,
-            terminating,
-            hints: None,
-        },
-        node,
-    );
+    let ready = publish_not_ready || (serving && !terminating);
+    let node_name = pod::node_name(pod).filter(|n| !n.is_empty());
+    let hints = hints.filter(|_| ready).and_then(|(distribution, model)| {
+        let zone = node_name
+            .and_then(|n| match model.get(&ObjectKey::new(Kind::Node, "", n)) {
+                Some(Entry {
+                    object: Object::Node(node),
+                    ..
+                }) => Some(nodes::zone(node)),
+                _ => None,
+            })
+            .filter(|z| !z.is_empty());
+        distribution.hints(node_name, zone)
+    });
+    set.add(Endpoint {
+        addr,
+        port,
+        node_name: node_name.map(NodeRef::of),
+        ready,
+        serving,
+        terminating,
+        hints,
+    });
 }
 
 /// `FindPort`: a numeric targetPort is used as is; a named one is looked up among
@@ -383,18 +385,24 @@ mod tests {
     }
 
     #[test]
-    fn duplicates_keep_the_first_unless_a_later_copy_is_local() {
+    fn a_later_copy_replaces_an_earlier_one_unless_it_is_terminating() {
         let mut set = EndpointSet::default();
-        set.add(ep("node-b", true), NodeRef::this_node("node-a"));
-        set.add(ep("node-c", false), NodeRef::this_node("node-a"));
-        assert_eq!(
-            set.0.values().next().and_then(|e| e.node_name),
-            Some(NodeRef::of("node-b"))
-        );
-        set.add(ep("node-a", false), NodeRef::this_node("node-a"));
-        set.add(ep("node-b", true), NodeRef::this_node("node-a"));
+        let terminating = |node| Endpoint {
+            terminating: true,
+            ..ep(node, false)
+        };
+        set.add(ep("node-b", true));
+        set.add(ep("node-c", false));
+        assert_eq!(set.0.values().next(), Some(&ep("node-c", false)));
+        // The running Pod's copy stays whatever comes after it terminating.
+        set.add(terminating("node-a"));
         assert_eq!(set.0.len(), 1);
-        assert_eq!(set.0.values().next(), Some(&ep("node-a", false)));
+        assert_eq!(set.0.values().next(), Some(&ep("node-c", false)));
+        // A terminating copy first is replaced by a running one.
+        let mut set = EndpointSet::default();
+        set.add(terminating("node-a"));
+        set.add(ep("node-b", true));
+        assert_eq!(set.0.values().next(), Some(&ep("node-b", true)));
     }
 
     #[test]

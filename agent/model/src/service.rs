@@ -18,6 +18,7 @@ use crate::{
     object::Meta,
     problem::ProblemReason,
     services::validate::{ValidService, validate},
+    topology::Distribution,
 };
 
 /// What the model keeps of a Service.
@@ -35,6 +36,9 @@ pub struct ServiceFacts {
     pub(crate) selector: Option<Labels>,
     /// `spec.publishNotReadyAddresses`.
     pub(crate) publish_not_ready: bool,
+    /// The hints `spec.trafficDistribution` has the EndpointSlice controller
+    /// write (for the stand-in that derives endpoints from Pods).
+    pub(crate) distribution: Option<Distribution>,
 }
 
 impl From<Service> for ServiceFacts {
@@ -43,7 +47,12 @@ impl From<Service> for ServiceFacts {
         let checked = validate(&service, &mut warnings);
         let spec = service.spec.unwrap_or_default();
         let mut metadata = service.metadata;
+        let distribution = Distribution::of(
+            spec.traffic_distribution.as_deref(),
+            metadata.annotations.as_ref(),
+        );
         Self {
+            distribution,
             meta: Meta::take(&mut metadata),
             checked,
             warnings: warnings.into(),

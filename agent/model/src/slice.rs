@@ -48,8 +48,8 @@ pub struct SliceFacts {
     pub ports: Box<[SlicePort]>,
     pub endpoints: Box<[SliceEndpoint]>,
     /// Each endpoint's topology hints, by its index in `endpoints`; empty
-    /// (no allocation) when none has any, as in most clusters, so that an
-    /// endpoint without hints costs nothing.
+    /// (no allocation, a pointer per slice) when none has any, as in most
+    /// clusters.
     pub hints: Box<[Option<Arc<Hints>>]>,
     /// When the change this version of the slice carries was triggered (its
     /// `endpoints.kubernetes.io/last-change-trigger-time` annotation, set by
@@ -95,26 +95,32 @@ pub struct Hints {
 static HINTS: Mutex<BTreeSet<Arc<Hints>>> = Mutex::new(BTreeSet::new());
 
 impl Hints {
-    /// The shared copy of `hints`; `None` when they name no zone and no node
-    /// (`hints: {}` is no hint).
-    fn shared(hints: EndpointHints) -> Option<Arc<Self>> {
-        let hints = Self {
-            zones: hints
-                .for_zones
-                .into_iter()
-                .flatten()
-                .map(|z| z.name.into_boxed_str())
-                .collect(),
-            nodes: hints
-                .for_nodes
-                .into_iter()
-                .flatten()
-                .map(|n| NodeRef::of(&n.name))
-                .collect(),
-        };
-        if hints.zones.is_empty() && hints.nodes.is_empty() {
+    /// The shared copy of an endpoint's `hints`.
+    fn of(hints: EndpointHints) -> Option<Arc<Self>> {
+        let zones = hints.for_zones.into_iter().flatten().map(|z| z.name.into());
+        let nodes = hints
+            .for_nodes
+            .into_iter()
+            .flatten()
+            .map(|n| NodeRef::of(&n.name));
+        Self::shared(zones.collect(), nodes.collect())
+    }
+
+    /// The shared copy of hints for `zones` and `nodes` (sets: their order
+    /// does not matter); `None` when they name no zone and no node (`hints:
+    /// {}` is no hint).
+    pub(crate) fn shared(mut zones: Vec<Box<str>>, mut nodes: Vec<NodeRef>) -> Option<Arc<Self>> {
+        if zones.is_empty() && nodes.is_empty() {
             return None;
         }
+        zones.sort_unstable();
+        zones.dedup();
+        nodes.sort_unstable();
+        nodes.dedup();
+        let hints = Self {
+            zones: zones.into(),
+            nodes: nodes.into(),
+        };
         let mut set = HINTS.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(shared) = set.get(&hints) {
             return Some(shared.clone());
@@ -171,7 +177,7 @@ impl From<EndpointSlice> for SliceFacts {
             .into_iter()
             .enumerate()
             .map(|(i, e)| {
-                if let Some(shared) = e.hints.and_then(Hints::shared) {
+                if let Some(shared) = e.hints.and_then(Hints::of) {
                     hints.resize(i, None);
                     hints.push(Some(shared));
                 }
@@ -311,6 +317,65 @@ mod tests {
             "one copy of the name"
         );
         assert!(std::mem::size_of::<SliceEndpoint>() <= 24);
+    }
+
+    /// Hints sit beside the endpoints by index, only when one has any, one
+    /// shared copy per set whatever its order.
+    #[test]
+    fn hints_are_kept_by_endpoint_only_when_there_are_some() {
+        use k8s_openapi::api::discovery::v1::{EndpointHints, ForNode, ForZone};
+        let endpoint = |hints: Option<EndpointHints>| Endpoint {
+            addresses: vec!["10.0.0.1".to_owned()],
+            hints,
+            ..Endpoint::default()
+        };
+        let zones = |names: &[&str]| EndpointHints {
+            for_zones: Some(
+                names
+                    .iter()
+                    .map(|n| ForZone {
+                        name: (*n).to_owned(),
+                    })
+                    .collect(),
+            ),
+            for_nodes: None,
+        };
+        let slice = |endpoints: Vec<Endpoint>| {
+            SliceFacts::from(EndpointSlice {
+                address_type: "IPv4".to_owned(),
+                endpoints,
+                ..EndpointSlice::default()
+            })
+        };
+        // None, or `hints: {}`: nothing kept.
+        let empty = EndpointHints::default();
+        assert!(
+            slice(vec![endpoint(None), endpoint(Some(empty))])
+                .hints
+                .is_empty()
+        );
+        // A hint on the second of three: by index, the others none.
+        let s = slice(vec![
+            endpoint(None),
+            endpoint(Some(zones(&["b", "a"]))),
+            endpoint(None),
+        ]);
+        assert_eq!(s.hints.len(), 3);
+        assert!(s.hints[0].is_none() && s.hints[2].is_none());
+        let hinted = s.hints[1].as_ref().expect("hints");
+        assert!(hinted.for_zone("a") && hinted.for_zone("b") && !hinted.for_zone("c"));
+        // The same set in another order, another slice: the same copy.
+        let other = slice(vec![endpoint(Some(zones(&["a", "b", "a"])))]);
+        assert!(Arc::ptr_eq(hinted, other.hints[0].as_ref().expect("hints")));
+        let nodes = slice(vec![endpoint(Some(EndpointHints {
+            for_zones: None,
+            for_nodes: Some(vec![ForNode {
+                name: "node-a".to_owned(),
+            }]),
+        }))]);
+        let nodes = nodes.hints[0].as_ref().expect("hints");
+        assert!(nodes.for_node(NodeRef::of("node-a")) && !nodes.for_node(NodeRef::of("node-b")));
+        assert!(nodes.zones.is_empty());
     }
 
     #[test]

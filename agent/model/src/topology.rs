@@ -5,12 +5,62 @@
 //! for zones or nodes, and a node's clients of a Cluster-policy Service use
 //! the endpoints hinted for them.
 
+use std::{collections::BTreeMap, sync::Arc};
+
 use serde::Serialize;
 
-use crate::{endpoints::Endpoint, slice::NodeRef};
+use crate::{
+    endpoints::Endpoint,
+    slice::{Hints, NodeRef},
+};
 
 /// The label that puts a Node in a zone (`topology.kubernetes.io/zone`).
 pub const LABEL_ZONE: &str = "topology.kubernetes.io/zone";
+/// The annotation that hands a Service's hints to the EndpointSlice
+/// controller's proportional allocation (`Auto`), and its older name.
+const ANNOTATIONS_TOPOLOGY_MODE: [&str; 2] = [
+    "service.kubernetes.io/topology-mode",
+    "service.kubernetes.io/topology-aware-hints",
+];
+
+/// The hints a Service's `spec.trafficDistribution` has the EndpointSlice
+/// controller write (its `trafficdist` heuristic): each ready endpoint hinted
+/// for its own zone, and with `PreferSameNode` for its own node too.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Distribution {
+    SameZone,
+    SameNode,
+}
+
+impl Distribution {
+    /// From the Service's field; `None` for the default, an unknown value, or
+    /// a Service whose topology-mode annotation says `Auto`: the controller
+    /// then allocates zones in proportion to their nodes' CPUs, which a node
+    /// cannot stand in for (its slices carry those hints).
+    pub fn of(field: Option<&str>, annotations: Option<&BTreeMap<String, String>>) -> Option<Self> {
+        let mode = ANNOTATIONS_TOPOLOGY_MODE
+            .iter()
+            .find_map(|a| annotations.and_then(|m| m.get(*a)));
+        if matches!(mode.map(String::as_str), Some("Auto" | "auto")) {
+            return None;
+        }
+        match field? {
+            "PreferClose" | "PreferSameZone" => Some(Distribution::SameZone),
+            "PreferSameNode" => Some(Distribution::SameNode),
+            _ => None,
+        }
+    }
+
+    /// The hints the controller gives a ready endpoint on `node` in `zone`
+    /// (a Node's non-empty zone label).
+    pub fn hints(self, node: Option<&str>, zone: Option<&str>) -> Option<Arc<Hints>> {
+        let node = node.filter(|_| self == Distribution::SameNode).map(NodeRef::of);
+        Hints::shared(
+            zone.map(Box::from).into_iter().collect(),
+            node.into_iter().collect(),
+        )
+    }
+}
 
 /// Which of a Service port's ready endpoints this node's clients use, by their
 /// hints (kube-proxy's topology modes).

@@ -281,7 +281,7 @@ impl Compiler<'_> {
         let node = NodeRef::this_node(&self.node.node_name);
         for port in &valid.ports {
             for &family in &families {
-                let endpoints = source.endpoints(&port.spec(), family, node);
+                let endpoints = source.endpoints(&port.spec(), family);
                 let mut scope = PortScope {
                     service: &name,
                     port_name: &port.name,
@@ -434,7 +434,8 @@ impl Compiler<'_> {
 
         if flags & SVC_F_MAGLEV != 0 && !slot_ids.is_empty() {
             // Keyed by the backend's address, not its node-local id, so that every
-            // node computes the same table.
+            // node with the same slots (topology hints may give nodes others)
+            // computes the same table.
             let keyed: Vec<(u32, String)> = slot_ids
                 .iter()
                 .map(|(id, e)| (*id, format!("{}/{protocol}", SocketAddr::new(e.addr, e.port))))

@@ -1527,3 +1527,93 @@ endpoints:
     assert_eq!(slots(&d, "10.96.7.7:80/TCP"), ["10.244.0.5:8080"]);
     assert_eq!(d.frontends[0].topology, Some(TopologyMode::PreferSameNode));
 }
+
+/// A standalone node stands in for the EndpointSlice controller's hints too:
+/// with `trafficDistribution`, each ready Pod is hinted for its Node's zone
+/// (and its node, for `PreferSameNode`); with the topology-mode annotation
+/// `Auto` the controller's proportional hints cannot be stood in for: none.
+#[test]
+fn pods_are_hinted_as_the_controller_would_hint_them() {
+    let fixture = |distribution: &str, annotation: &str| {
+        objects(&format!(
+            r#"
+apiVersion: v1
+kind: Service
+metadata:
+  name: near
+  namespace: default
+  annotations: {{{annotation}}}
+spec:
+  clusterIP: 10.96.7.8
+  trafficDistribution: {distribution}
+  selector: {{app: near}}
+  ports: [{{port: 80, targetPort: 8080}}]
+---
+apiVersion: v1
+kind: Node
+metadata: {{name: node-a, labels: {{topology.kubernetes.io/zone: zone-a}}}}
+---
+apiVersion: v1
+kind: Node
+metadata: {{name: node-b, labels: {{topology.kubernetes.io/zone: zone-a}}}}
+---
+apiVersion: v1
+kind: Node
+metadata: {{name: node-c, labels: {{topology.kubernetes.io/zone: zone-b}}}}
+---
+apiVersion: v1
+kind: List
+items:
+- {{apiVersion: v1, kind: Pod, metadata: {{name: a, namespace: default, labels: {{app: near}}}},
+   spec: {{nodeName: node-a, containers: [{{name: c}}]}},
+   status: {{phase: Running, podIP: 10.244.0.5, conditions: [{{type: Ready, status: "True"}}]}}}}
+- {{apiVersion: v1, kind: Pod, metadata: {{name: b, namespace: default, labels: {{app: near}}}},
+   spec: {{nodeName: node-b, containers: [{{name: c}}]}},
+   status: {{phase: Running, podIP: 10.244.1.5, conditions: [{{type: Ready, status: "True"}}]}}}}
+- {{apiVersion: v1, kind: Pod, metadata: {{name: c, namespace: default, labels: {{app: near}}}},
+   spec: {{nodeName: node-c, containers: [{{name: c}}]}},
+   status: {{phase: Running, podIP: 10.244.2.5, conditions: [{{type: Ready, status: "True"}}]}}}}
+"#
+        ))
+    };
+    let compiled = |objects: Vec<Object>, zone: &str| {
+        let node = NodeContext {
+            zone: zone.to_owned(),
+            ..node()
+        };
+        let (d, problems) = compile_with(objects, &node, &mut IdAllocator::new());
+        assert!(problems.is_empty(), "{problems:#?}");
+        (slots(&d, "10.96.7.8:80/TCP"), d.frontends[0].topology)
+    };
+    let zone_a = vec!["10.244.0.5:8080".to_owned(), "10.244.1.5:8080".to_owned()];
+    let every = vec![
+        "10.244.0.5:8080".to_owned(),
+        "10.244.1.5:8080".to_owned(),
+        "10.244.2.5:8080".to_owned(),
+    ];
+    for close in ["PreferClose", "PreferSameZone"] {
+        assert_eq!(
+            compiled(fixture(close, ""), "zone-a"),
+            (zone_a.clone(), Some(TopologyMode::PreferSameZone)),
+            "{close}"
+        );
+    }
+    assert_eq!(
+        compiled(fixture("PreferSameNode", ""), "zone-a"),
+        (
+            vec!["10.244.0.5:8080".to_owned()],
+            Some(TopologyMode::PreferSameNode)
+        )
+    );
+    let auto = r#"service.kubernetes.io/topology-mode: Auto"#;
+    assert_eq!(
+        compiled(fixture("PreferClose", auto), "zone-a"),
+        (every.clone(), None)
+    );
+    assert_eq!(compiled(fixture("Unknown", ""), "zone-a"), (every.clone(), None));
+    // One ready Pod on a Node without a zone: no zone hint for it, so the
+    // hints are ignored.
+    let mut objects = fixture("PreferClose", "");
+    objects.retain(|o| o.names().0 != "node-c");
+    assert_eq!(compiled(objects, "zone-a"), (every, None));
+}

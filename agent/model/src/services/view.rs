@@ -55,7 +55,8 @@ pub struct FrontendView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub topology: Option<TopologyMode>,
     /// Every backend the frontend knows, in slot order first, then the backends
-    /// kept only for established connections (`slot: None`).
+    /// kept only for established connections, or that topology hints leave to
+    /// other nodes (`slot: None`).
     pub backends: Vec<BackendView>,
 }
 
