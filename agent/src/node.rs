@@ -106,6 +106,7 @@ impl NodeWatch {
         let mut changed = false;
         if zone != self.zone {
             info!(node = self.name, zone, "zone");
+            status.zone(zone);
             self.zone = zone.to_owned();
             changed = true;
         }

@@ -44,6 +44,9 @@ struct Inner {
     conflist: Conflist,
     /// A problem with this node's Node object (no pod CIDRs, not found).
     node: Option<String>,
+    /// Its zone label, which endpoints' zone hints are compared with (`""`:
+    /// none).
+    zone: String,
     /// Who the agent is: its node, its source (`kube`, `dir:PATH`, none).
     node_name: String,
     source: Option<String>,
@@ -77,6 +80,7 @@ impl Status {
                 "version": env!("CARGO_PKG_VERSION"),
                 "object": crate::datapath::object::digest(),
                 "node": s.node_name,
+                "zone": (!s.zone.is_empty()).then_some(&s.zone),
                 "source": s.source,
                 "started": s.started.map(humantime),
                 "alive": alive.is_ok(),
@@ -142,6 +146,11 @@ impl Status {
 
     pub fn node_problem(&self, problem: Option<String>) {
         self.with(|s| s.node = problem);
+    }
+
+    /// The node's zone, as the service compiler has it.
+    pub fn zone(&self, zone: &str) {
+        self.with(|s| s.zone = zone.to_owned());
     }
 
     /// `/healthz`: the datapath is loaded (the agent would not serve otherwise)

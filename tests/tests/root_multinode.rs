@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use weir_lab::{
     Agent, Node, Pod,
+    netns::Netns,
     services::{Cluster, Ep, ManifestDir, Setup, node_object, port, service, slice},
     traffic::ConnectionLoad,
     traffic::{EchoServer, tcp_roundtrip, udp_roundtrip},
@@ -184,6 +185,13 @@ fn a_zones_clients_use_the_endpoints_hinted_for_their_zone(setup: Setup) {
     cluster.write("nodes.yaml", &nodes("zone-b"));
     agent_a.wait_backends(front, std::slice::from_ref(&at_far));
     assert_eq!(servers(20), only("far"), "zone-b's clients, zone-b's endpoint");
+    // `weirctl status` says which zone the agent compiles for.
+    let pins = weir_agent::datapath::PinLayout::new(agent_a.bpffs_root.clone());
+    let status = Netns::attach(&agent_a.netns).run(move || {
+        weir_agent::ctl::status(&pins, "127.0.0.1:9879".parse().expect("addr")).expect("status")
+    });
+    let report = status.agent.report.expect("the agent answers");
+    assert_eq!(report["zone"], "zone-b", "{report:#}");
 
     // A zone no endpoint is hinted for: every endpoint.
     cluster.write("nodes.yaml", &nodes("zone-c"));

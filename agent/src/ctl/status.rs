@@ -41,7 +41,7 @@ pub struct Agent {
     pub up: bool,
     /// Why it did not.
     pub error: Option<String>,
-    /// Its `/statusz`: version, object, node, source, alive, ready and why
+    /// Its `/statusz`: version, object, node (and zone), source, alive, ready and why
     /// not, services and policy synced, kinds unlisted or failing.
     pub report: Option<Value>,
 }
@@ -263,8 +263,12 @@ impl StatusReport {
                     format!("not ready: {}", list(&words("not_ready")))
                 };
                 out.push_str(&format!("agent:     up at {}, {ready}\n", self.agent.address));
+                let zone = r["zone"]
+                    .as_str()
+                    .map(|z| format!(" (zone {z})"))
+                    .unwrap_or_default();
                 out.push_str(&format!(
-                    "           node {}, source {}, version {} (object {}){}\n",
+                    "           node {}{zone}, source {}, version {} (object {}){}\n",
                     text("node"),
                     text("source"),
                     text("version"),
