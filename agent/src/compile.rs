@@ -16,11 +16,9 @@ use std::{
     time::Duration,
 };
 
-use k8s_openapi::api::core::v1::Node;
 use serde::Serialize;
 use weir_model::{
     IdAllocator, Kind, NodeContext, Object, Problem,
-    model::Entry,
     policy::{PolicyEncoder, compile_node},
     services::ServiceCompiler,
     topology::TopologyMode,
@@ -165,7 +163,7 @@ pub fn compile(dir: &Path, node: &str, node_ips: &[IpAddr]) -> Result<Compiled, 
     // The first read takes every file, whatever the timeout.
     let changes = source.next(Duration::ZERO)?.unwrap_or_default();
     let model = source.model();
-    let node_object = node_object(model, node);
+    let node_object = weir_model::nodes::get(model, node);
     // No addresses given: the InternalIP and ExternalIP ones, as the kube
     // source's NodePort addresses.
     let node_ips = if node_ips.is_empty() {
@@ -271,17 +269,6 @@ pub fn compile(dir: &Path, node: &str, node_ips: &[IpAddr]) -> Result<Compiled, 
         policy: rules,
         skipped: skipped(problems),
     })
-}
-
-/// The Node object `node`, if the directory holds it.
-fn node_object<'m>(model: &'m weir_model::Model, node: &str) -> Option<&'m Node> {
-    match model.get(&weir_model::ObjectKey::new(Kind::Node, "", node)) {
-        Some(Entry {
-            object: Object::Node(n),
-            ..
-        }) => Some(n),
-        _ => None,
-    }
 }
 
 /// Every Pod's addresses, with its `namespace/name`: the cluster's, where the

@@ -10,7 +10,7 @@ use std::{collections::BTreeSet, net::IpAddr};
 use ipnetwork::IpNetwork;
 use serde_json::Value;
 use tracing::{error, info, warn};
-use weir_model::{Kind, Model, NodeContext, Object, ObjectKey};
+use weir_model::{Kind, Model, NodeContext, ObjectKey};
 
 use crate::{
     cni_conf::{self, ConfOptions},
@@ -70,11 +70,8 @@ impl NodeWatch {
             return false;
         }
         self.read = true;
-        let node = match model.get(&key).map(|e| &e.object) {
-            Some(Object::Node(n)) => Some(n),
-            _ => None,
-        };
-        let mut cidrs: Vec<IpNetwork> = node.map_or_else(Vec::new, |n| weir_model::nodes::pod_cidrs(n));
+        let node = weir_model::nodes::get(model, &self.name);
+        let mut cidrs: Vec<IpNetwork> = node.map_or_else(Vec::new, weir_model::nodes::pod_cidrs);
         if cidrs.is_empty() && !self.cluster {
             cidrs = self.fallback_cidrs.clone();
         }
@@ -102,7 +99,7 @@ impl NodeWatch {
         }
         // A Node deleted (or not yet seen) keeps the zone it had, as with
         // kube-proxy: its endpoints' hints do not go with it.
-        let zone = node.map_or(self.zone.as_str(), |n| weir_model::nodes::zone(n));
+        let zone = node.map_or(self.zone.as_str(), weir_model::nodes::zone);
         let mut changed = false;
         if zone != self.zone {
             info!(node = self.name, zone, "zone");
@@ -201,9 +198,13 @@ mod tests {
     use super::*;
 
     fn node_in(zone: Option<&str>) -> Model {
+        node_at(zone, "192.168.1.10")
+    }
+
+    fn node_at(zone: Option<&str>, address: &str) -> Model {
         let labels = zone.map_or(String::new(), |z| format!("topology.kubernetes.io/zone: {z}"));
         let yaml = format!(
-            "apiVersion: v1\nkind: Node\nmetadata:\n  name: n1\n  labels: {{{labels}}}\nspec: {{podCIDR: 10.244.1.0/24}}\n"
+            "apiVersion: v1\nkind: Node\nmetadata:\n  name: n1\n  labels: {{{labels}}}\nspec: {{podCIDR: 10.244.1.0/24}}\nstatus: {{addresses: [{{type: InternalIP, address: {address}}}]}}\n"
         );
         let (objects, problems) = parse_documents(&yaml, "node.yaml");
         assert!(problems.is_empty(), "{problems:?}");
@@ -231,11 +232,38 @@ mod tests {
         assert!(!watch.update(&node_in(Some("zone-a")), &changed, &status));
         assert!(watch.update(&node_in(Some("zone-b")), &changed, &status));
         assert_eq!(watch.context(&current).zone, "zone-b");
-        // Deleted: the last zone stays (kube-proxy ignores a Node's deletion).
+        // Deleted: the last zone stays (kube-proxy's topology ignores a
+        // Node's deletion).
         assert!(!watch.update(&Model::from_objects(Vec::new()), &changed, &status));
         assert_eq!(watch.context(&current).zone, "zone-b");
         // Its label removed: no zone.
         assert!(watch.update(&node_in(None), &changed, &status));
         assert_eq!(watch.context(&current).zone, "");
+    }
+
+    /// With the NodePort addresses from the Node too: either changing is a
+    /// change.
+    #[test]
+    fn zone_and_addresses_from_the_node_each_make_a_change() {
+        let mut watch = NodeWatch::new("n1", true, true, Vec::new(), None);
+        let status = Status::default();
+        let changed = BTreeSet::from([ObjectKey::new(Kind::Node, "", "n1")]);
+        let current = NodeContext::new("n1");
+        assert!(watch.update(&node_at(Some("zone-a"), "192.168.1.10"), &changed, &status));
+        let context = watch.context(&current);
+        assert_eq!(context.zone, "zone-a");
+        assert_eq!(context.node_ips, ["192.168.1.10".parse::<IpAddr>().expect("ip")]);
+        // The zone alone.
+        assert!(watch.update(&node_at(Some("zone-b"), "192.168.1.10"), &changed, &status));
+        assert_eq!(watch.context(&current).zone, "zone-b");
+        // The address alone.
+        assert!(watch.update(&node_at(Some("zone-b"), "192.168.1.11"), &changed, &status));
+        let context = watch.context(&current);
+        assert_eq!(
+            (context.zone.as_str(), context.node_ips),
+            ("zone-b", vec!["192.168.1.11".parse::<IpAddr>().expect("ip")])
+        );
+        assert!(!watch.update(&node_at(Some("zone-b"), "192.168.1.11"), &changed, &status));
+        assert_eq!(status.report()["zone"], "zone-b");
     }
 }

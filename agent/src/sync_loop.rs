@@ -42,12 +42,8 @@ const GC_MAX_DELETES: usize = 65_536;
 /// The kinds NetworkPolicy enforcement depends on.
 const POLICY_INPUTS: [Kind; 3] = weir_model::policy::INPUTS;
 /// The kinds the service maps depend on (in a cluster; a directory's stand-ins
-/// read Pods and Endpoints too, and a directory is listed whole at once):
-/// this node's Node among them, whose zone chooses the endpoints hints leave
-/// to it (as kube-proxy waits for its Node before its first sync: a first
-/// compile without the zone would send traffic across zones, then everything
-/// be compiled again).
-const SERVICE_INPUTS: [Kind; 3] = [Kind::Service, Kind::EndpointSlice, Kind::Node];
+/// read Pods and Endpoints too, and a directory is listed whole at once).
+const SERVICE_INPUTS: [Kind; 2] = [Kind::Service, Kind::EndpointSlice];
 
 /// Frontend affinity timeouts, published by the sync loop for the GC loop.
 pub type AffinityTimeouts = Arc<Mutex<BTreeMap<u32, u32>>>;
@@ -157,7 +153,7 @@ impl SyncLoop {
                         self.sync_policy(true);
                     }
                     self.note_triggers(&changes.objects);
-                    if self.listed(&SERVICE_INPUTS) {
+                    if self.services_listed() {
                         let start = Instant::now();
                         let model = self.source.model();
                         let (changed, problems) = match std::mem::replace(&mut services, Compiled::Current) {
@@ -227,6 +223,18 @@ impl SyncLoop {
     /// Whether every kind of `kinds` is listed whole.
     fn listed(&self, kinds: &[Kind]) -> bool {
         kinds.iter().all(|k| self.source.listed(*k))
+    }
+
+    /// Whether the service maps may be compiled: their kinds are listed, and
+    /// so are the Nodes, whose zone (this node's) chooses the endpoints
+    /// topology hints leave to it. kube-proxy waits for its Node before its
+    /// first sync too: a first compile without the zone would send traffic
+    /// across zones until everything is compiled again. Nodes that cannot be
+    /// listed (RBAC without them) are not waited for: Services without
+    /// topology are better than none.
+    fn services_listed(&self) -> bool {
+        self.listed(&SERVICE_INPUTS)
+            && (self.source.listed(Kind::Node) || self.source.failing().iter().any(|(k, _)| *k == Kind::Node))
     }
 
     /// Tells the status what the source has not listed yet, and what fails.

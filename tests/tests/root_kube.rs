@@ -356,6 +356,21 @@ fn root_kube_a_forbidden_kind_is_reported_and_the_rest_works() {
     lab.agent.wait_ready();
 }
 
+/// RBAC without Nodes: the first service compile, which waits for the Nodes
+/// to be listed (for this node's zone), does not wait for ever: Services
+/// work, without topology.
+#[test]
+fn root_kube_services_work_where_nodes_cannot_be_listed() {
+    let lab = Lab::new("10.92.8.0/24", |api| api.forbid("Node", true));
+    ask_tcp(&lab.client.ns, vip()).expect("Services work without Nodes");
+    let (_, why) = lab
+        .agent
+        .wait_health("/readyz", "reporting the forbidden kind", |c, b| {
+            c == 503 && b.contains("Node") && b.contains("forbidden")
+        });
+    assert!(!why.contains("Service not listed"), "{why}");
+}
+
 /// The Node object: its pod CIDRs become the conflist the agent writes (and
 /// readiness waits for them), its addresses are where NodePorts are served,
 /// reread when they change; kube-proxy's `/healthz` answers on :10256.

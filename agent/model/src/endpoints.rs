@@ -19,8 +19,7 @@ use k8s_openapi::{api::core::v1::Endpoints, apimachinery::pkg::util::intstr::Int
 use serde::Serialize;
 
 use crate::{
-    Kind, Object, ObjectKey,
-    model::{Entry, Model},
+    model::Model,
     net::{Family, Protocol, parse_ip, port_number},
     nodes,
     pod::{self, PodFacts},
@@ -114,10 +113,19 @@ pub(crate) enum EndpointSource<'a> {
     Pods {
         pods: Vec<&'a PodFacts>,
         publish_not_ready: bool,
-        /// The hints the controller would write, and the Nodes' zones.
-        hints: Option<(Distribution, &'a Model)>,
+        /// What hints the controller would write (`trafficDistribution`).
+        hinting: Option<PodHinting<'a>>,
     },
     None,
+}
+
+/// The hints the EndpointSlice controller gives Pods' endpoints: those
+/// `spec.trafficDistribution` asks for, each Pod's zone its Node's (in the
+/// model).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PodHinting<'a> {
+    pub distribution: Distribution,
+    pub model: &'a Model,
 }
 
 /// For the view: which source a Service's endpoints came from.
@@ -156,7 +164,9 @@ impl<'a> EndpointSource<'a> {
                     .filter(|pod| matches_labels(selector.iter(), Some(pod.labels())))
                     .collect(),
                 publish_not_ready: service.publish_not_ready,
-                hints: service.distribution.map(|d| (d, model)),
+                hinting: service
+                    .distribution
+                    .map(|distribution| PodHinting { distribution, model }),
             },
         }
     }
@@ -184,10 +194,10 @@ impl<'a> EndpointSource<'a> {
             EndpointSource::Pods {
                 pods,
                 publish_not_ready,
-                hints,
+                hinting,
             } => {
                 for pod in pods {
-                    from_pod(pod, port, family, (*publish_not_ready, *hints), &mut set);
+                    from_pod(pod, port, family, (*publish_not_ready, *hinting), &mut set);
                 }
             }
             EndpointSource::None => {}
@@ -313,7 +323,7 @@ fn from_pod(
     pod: &PodFacts,
     want: &PortSpec<'_>,
     family: Family,
-    (publish_not_ready, hints): (bool, Option<(Distribution, &Model)>),
+    (publish_not_ready, hinting): (bool, Option<PodHinting<'_>>),
     set: &mut EndpointSet,
 ) {
     if pod::is_finished(pod) {
@@ -334,18 +344,15 @@ fn from_pod(
     let terminating = pod::is_terminating(pod);
     let ready = publish_not_ready || (serving && !terminating);
     let node_name = pod::node_name(pod).filter(|n| !n.is_empty());
-    let hints = hints.filter(|_| ready).and_then(|(distribution, model)| {
-        let zone = node_name
-            .and_then(|n| match model.get(&ObjectKey::new(Kind::Node, "", n)) {
-                Some(Entry {
-                    object: Object::Node(node),
-                    ..
-                }) => Some(nodes::zone(node)),
-                _ => None,
-            })
-            .filter(|z| !z.is_empty());
-        distribution.hints(node_name, zone)
-    });
+    let hints = hinting
+        .filter(|_| ready)
+        .and_then(|PodHinting { distribution, model }| {
+            let zone = node_name
+                .and_then(|n| nodes::get(model, n))
+                .map(nodes::zone)
+                .filter(|z| !z.is_empty());
+            distribution.hints(node_name, zone)
+        });
     set.add(Endpoint {
         addr,
         port,

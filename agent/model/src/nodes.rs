@@ -41,6 +41,17 @@ pub fn addresses(node: &Node, types: &[&str]) -> Vec<IpAddr> {
         .collect()
 }
 
+/// The Node `name`, if the model holds it.
+pub fn get<'m>(model: &'m Model, name: &str) -> Option<&'m Node> {
+    match model.get(&crate::ObjectKey::new(Kind::Node, "", name)) {
+        Some(crate::model::Entry {
+            object: Object::Node(node),
+            ..
+        }) => Some(node),
+        _ => None,
+    }
+}
+
 /// A Node's zone: its `topology.kubernetes.io/zone` label, `""` without one
 /// (what kube-proxy compares endpoints' zone hints with).
 pub fn zone(node: &Node) -> &str {

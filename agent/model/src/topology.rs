@@ -17,10 +17,11 @@ use crate::{
 /// The label that puts a Node in a zone (`topology.kubernetes.io/zone`).
 pub const LABEL_ZONE: &str = "topology.kubernetes.io/zone";
 /// The annotation that hands a Service's hints to the EndpointSlice
-/// controller's proportional allocation (`Auto`), and its older name.
+/// controller's proportional allocation (`Auto`), by its older name and its
+/// newer: the controller reads the older first, which wins when both are set.
 const ANNOTATIONS_TOPOLOGY_MODE: [&str; 2] = [
-    "service.kubernetes.io/topology-mode",
     "service.kubernetes.io/topology-aware-hints",
+    "service.kubernetes.io/topology-mode",
 ];
 
 /// The hints a Service's `spec.trafficDistribution` has the EndpointSlice
@@ -95,8 +96,7 @@ impl<'a> Topology<'a> {
     /// (`zone` is `""` for a Node without the label, as in kube-proxy.)
     pub fn of(endpoints: &[Endpoint], node: Option<NodeRef>, zone: &'a str) -> Self {
         let ready = || endpoints.iter().filter(|e| e.ready);
-        let hinted =
-            |has: fn(&crate::slice::Hints) -> bool| ready().all(|e| e.hints.as_deref().is_some_and(has));
+        let hinted = |has: fn(&Hints) -> bool| ready().all(|e| e.hints.as_deref().is_some_and(has));
         if ready().next().is_none() {
             return Topology::Any;
         }
@@ -174,7 +174,6 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::slice::Hints;
 
     fn ep(last: u8, node: &str, ready: bool, serving: bool, terminating: bool) -> Endpoint {
         Endpoint {
@@ -257,6 +256,38 @@ mod tests {
             lasts(&local_endpoints(&all, NodeRef::this_node(""))),
             Vec::<u8>::new()
         );
+    }
+
+    /// The EndpointSlice controller's choice between its heuristics.
+    #[test]
+    fn the_distribution_the_controller_hints_by() {
+        let of = |field: Option<&str>, annotations: &[(&str, &str)]| {
+            let annotations: BTreeMap<String, String> = annotations
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
+            Distribution::of(field, Some(&annotations))
+        };
+        let close = Some("PreferClose");
+        assert_eq!(of(close, &[]), Some(Distribution::SameZone));
+        assert_eq!(of(Some("PreferSameZone"), &[]), Some(Distribution::SameZone));
+        assert_eq!(of(Some("PreferSameNode"), &[]), Some(Distribution::SameNode));
+        assert_eq!(of(Some("preferclose"), &[]), None, "values are exact");
+        assert_eq!(of(None, &[]), None);
+        // `Auto` (or `auto`) under either name: the proportional hints instead.
+        let (old, new) = ANNOTATIONS_TOPOLOGY_MODE.into();
+        assert_eq!(old, "service.kubernetes.io/topology-aware-hints");
+        for (name, value) in [(new, "Auto"), (new, "auto"), (old, "Auto"), (old, "auto")] {
+            assert_eq!(of(close, &[(name, value)]), None, "{name}: {value}");
+        }
+        assert_eq!(of(close, &[(new, "AUTO")]), Some(Distribution::SameZone));
+        assert_eq!(of(close, &[(new, "Disabled")]), Some(Distribution::SameZone));
+        // Both set: the older name decides.
+        assert_eq!(
+            of(close, &[(old, "Disabled"), (new, "Auto")]),
+            Some(Distribution::SameZone)
+        );
+        assert_eq!(of(close, &[(old, "Auto"), (new, "Disabled")]), None);
     }
 
     /// kube-proxy's `TestCategorizeEndpoints` cases for zone hints.

@@ -1534,8 +1534,8 @@ endpoints:
 /// `Auto` the controller's proportional hints cannot be stood in for: none.
 #[test]
 fn pods_are_hinted_as_the_controller_would_hint_them() {
-    let fixture = |distribution: &str, annotation: &str| {
-        objects(&format!(
+    let text = |distribution: &str, annotation: &str| {
+        format!(
             r#"
 apiVersion: v1
 kind: Service
@@ -1574,8 +1574,9 @@ items:
    spec: {{nodeName: node-c, containers: [{{name: c}}]}},
    status: {{phase: Running, podIP: 10.244.2.5, conditions: [{{type: Ready, status: "True"}}]}}}}
 "#
-        ))
+        )
     };
+    let fixture = |distribution: &str, annotation: &str| objects(&text(distribution, annotation));
     let compiled = |objects: Vec<Object>, zone: &str| {
         let node = NodeContext {
             zone: zone.to_owned(),
@@ -1613,7 +1614,62 @@ items:
     assert_eq!(compiled(fixture("Unknown", ""), "zone-a"), (every.clone(), None));
     // One ready Pod on a Node without a zone: no zone hint for it, so the
     // hints are ignored.
-    let mut objects = fixture("PreferClose", "");
-    objects.retain(|o| o.names().0 != "node-c");
-    assert_eq!(compiled(objects, "zone-a"), (every, None));
+    let unzoned = text("PreferClose", "").replace("{topology.kubernetes.io/zone: zone-b}", "{}");
+    assert_eq!(compiled(objects(&unzoned), "zone-a"), (every, None));
+}
+
+/// An address listed twice is one endpoint: the copy in the later slice (by
+/// name) unless it is terminating (kube-proxy's rule: the running Pod over a
+/// terminating one that had its address); in an Endpoints object, the later
+/// list's (the mirroring controller's).
+#[test]
+fn an_address_listed_twice_is_its_later_non_terminating_copy() {
+    let svc = || {
+        service("default", "dup")
+            .cluster_ip("10.96.3.3")
+            .port(port(80))
+            .selector("app", "dup")
+    };
+    let two =
+        |first: crate::testing::EndpointBuilder, second: crate::testing::EndpointBuilder| -> Vec<Object> {
+            vec![
+                svc().into(),
+                slice("default", "dup-a", "dup")
+                    .port("", 80, "TCP")
+                    .endpoint(first)
+                    .into(),
+                slice("default", "dup-b", "dup")
+                    .port("", 80, "TCP")
+                    .endpoint(second)
+                    .into(),
+            ]
+        };
+    let ip = "10.0.0.1";
+    // Later and not ready: the address leaves the slots.
+    let d = compile(two(endpoint(ip), endpoint(ip).ready(false).serving(false)));
+    assert_eq!(head(&d, "10.96.3.3:80/TCP").count, 0);
+    // Later and terminating: the earlier, ready copy stays.
+    let d = compile(two(endpoint(ip), endpoint(ip).ready(false).terminating(true)));
+    assert_eq!(slots(&d, "10.96.3.3:80/TCP"), ["10.0.0.1:80"]);
+    // A terminating copy first, a ready one after: ready.
+    let d = compile(two(endpoint(ip).ready(false).terminating(true), endpoint(ip)));
+    assert_eq!(slots(&d, "10.96.3.3:80/TCP"), ["10.0.0.1:80"]);
+    assert_eq!(backend_entries(&d), ["10.0.0.1:80/TCP active"]);
+
+    let endpoints = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: db, namespace: default}
+spec: {clusterIP: 10.96.7.9, ports: [{port: 5432}]}
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {name: db, namespace: default}
+subsets:
+- addresses: [{ip: 192.168.50.1}, {ip: 192.168.50.2}]
+  notReadyAddresses: [{ip: 192.168.50.2}]
+  ports: [{port: 5432}]
+"#;
+    let d = compile(objects(endpoints));
+    assert_eq!(slots(&d, "10.96.7.9:5432/TCP"), ["192.168.50.1:5432"]);
 }
