@@ -167,9 +167,7 @@ pub fn compile(dir: &Path, node: &str, node_ips: &[IpAddr]) -> Result<Compiled, 
     // No addresses given: the InternalIP and ExternalIP ones, as the kube
     // source's NodePort addresses.
     let node_ips = if node_ips.is_empty() {
-        node_object.map_or_else(Vec::new, |n| {
-            weir_model::nodes::addresses(n, &["InternalIP", "ExternalIP"])
-        })
+        node_object.map_or_else(Vec::new, weir_model::nodes::node_addresses)
     } else {
         node_ips.to_vec()
     };

@@ -102,7 +102,7 @@ impl NodeWatch {
         let zone = node.map_or(self.zone.as_str(), weir_model::nodes::zone);
         let mut changed = false;
         if zone != self.zone {
-            info!(node = self.name, zone, "zone");
+            info!(node = self.name, zone, "zone: recompiling");
             status.zone(zone);
             self.zone = zone.to_owned();
             changed = true;
@@ -110,9 +110,7 @@ impl NodeWatch {
         if !self.addresses_from_node {
             return changed;
         }
-        let addresses: Vec<IpAddr> = node
-            .map(|n| weir_model::nodes::addresses(n, &["InternalIP", "ExternalIP"]))
-            .unwrap_or_default();
+        let addresses: Vec<IpAddr> = node.map(weir_model::nodes::node_addresses).unwrap_or_default();
         if addresses.is_empty() || addresses == self.addresses {
             return changed;
         }

@@ -135,9 +135,6 @@ impl SyncLoop {
                             info!(nodeport_addresses = ?node.node_ips, "node addresses changed: recompiling");
                             self.node.write_snat(&mut self.maps, &node.node_ips);
                         }
-                        if node.zone != was.zone {
-                            info!(zone = node.zone, "node's zone changed: recompiling");
-                        }
                         self.compiler.set_node(node);
                         services = services.min(Compiled::ForOtherNode);
                     }

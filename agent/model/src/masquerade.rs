@@ -49,7 +49,7 @@ pub fn nomasq(model: &Model, config: &MasqConfig) -> BTreeMap<IpNetwork, u32> {
     let cluster: Vec<IpNetwork> = cluster.iter().map(normal).collect();
     let addresses = node_objects
         .iter()
-        .flat_map(|n| nodes::addresses(n, &["InternalIP", "ExternalIP"]))
+        .flat_map(|n| nodes::node_addresses(n))
         .chain(config.own_addresses.iter().copied())
         // One address: a prefix of its full length.
         .map(IpNetwork::from);

@@ -62,6 +62,12 @@ pub fn zone(node: &Node) -> &str {
         .map_or("", String::as_str)
 }
 
+/// A Node's own addresses, InternalIP and ExternalIP (where kube-proxy serves
+/// NodePorts by default).
+pub fn node_addresses(node: &Node) -> Vec<IpAddr> {
+    addresses(node, &["InternalIP", "ExternalIP"])
+}
+
 /// A route to another Node's pods.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct NodeRoute {
