@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use weir_lab::{
     Agent, Node, Pod,
     reachability::{self, Probe},
-    services::{ManifestDir, pod},
+    services::{Ep, ManifestDir, pod, port, service, slice},
     traffic::{EchoServer, tcp_roundtrip, udp_roundtrip},
     whoami::{TcpSession, WhoAmI, ask_tcp},
 };
@@ -232,4 +232,124 @@ fn root_peer_ingress_policy_holds_on_the_direct_path() {
         let answer = session.ask().expect("the established connection keeps going");
         assert_eq!(answer.server, "server");
     }
+}
+
+/// A connection to a ClusterIP whose backend is a pod of the same node goes
+/// straight into that pod once translated: its ingress policy judges the flow
+/// as it arrives (the backend's address and target port, not the frontend's),
+/// and the replies come back from the frontend.
+#[test]
+fn root_peer_translated_flows_are_judged_as_they_arrive() {
+    const VIP: &str = "10.96.93.3";
+    let mut node = Node::new("10.93.3.0/24");
+    let dir = ManifestDir::new();
+    let agent = node.start_agent_with_source(dir.path());
+    let server = node.add_pod("server");
+    let client = node.add_pod("client");
+    let front = node.add_pod("front");
+    // Port 81 is open on the server, but only port 80 is admitted.
+    let _whoami = WhoAmI::start(&server.ns, "server", server.ipv4(), &[80, 81]);
+    let n = node.name();
+    let mut objects: Vec<Value> = [
+        ("server", json!({"app": "server"}), server.ipv4()),
+        ("client", json!({"role": "client"}), client.ipv4()),
+        ("front", json!({"role": "frontend"}), front.ipv4()),
+    ]
+    .into_iter()
+    .map(|(name, labels, ip)| pod("default", name, labels, n, &[ip], json!([])))
+    .collect();
+    objects.extend([
+        json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": "front-on-80", "namespace": "default"},
+            "spec": {
+                "podSelector": {"matchLabels": {"app": "server"}},
+                "policyTypes": ["Ingress"],
+                "ingress": [{
+                    "from": [{"podSelector": {"matchLabels": {"role": "frontend"}}}],
+                    "ports": [{"protocol": "TCP", "port": 80}],
+                }],
+            },
+        }),
+        service(
+            "server",
+            VIP,
+            &[port("web", 8080, "80", "TCP"), port("other", 8081, "81", "TCP")],
+        ),
+        slice(
+            "server",
+            "server",
+            n,
+            &[("web", 80, "TCP"), ("other", 81, "TCP")],
+            &[Ep::ready(server.ipv4())],
+        ),
+    ]);
+    dir.write("cluster.yaml", &objects);
+    wait_isolated(&agent, server.ipv4());
+
+    let vip: IpAddr = VIP.parse().expect("vip");
+    let (peer, denied) = (counted(&agent, "to-pod", PEER), counted(&agent, "to-pod", DENIED));
+    // Admitted on the target port the policy names; the answer comes back
+    // from the frontend (the connection is to it).
+    let start = Instant::now();
+    let answer = loop {
+        match ask_tcp(&front.ns, SocketAddr::new(vip, 8080)) {
+            Ok(answer) => break answer,
+            Err(e) => assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "the frontend never reached the service: {e}\n{}",
+                agent.log_text()
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(answer.server, "server");
+    // Both ways straight into the pod: none of ten more connections went out
+    // of the server's host veth (the node's IPv6 neighbour and router
+    // traffic may).
+    let tx = veth_tx(&node, &server);
+    for _ in 0..10 {
+        let answer = ask_tcp(&front.ns, SocketAddr::new(vip, 8080)).expect("the frontend");
+        assert_eq!(answer.server, "server");
+    }
+    let more_tx = veth_tx(&node, &server) - tx;
+    assert!(
+        more_tx < 10,
+        "{more_tx} packets still sent on the server's host veth"
+    );
+    assert!(
+        counted(&agent, "to-pod", PEER) > peer + 10 * 4,
+        "not by redirect_peer: {:#}",
+        agent.weirctl(&["metrics"])
+    );
+
+    // Denied: another pod, and the frontend on the port the policy leaves out.
+    let r = reachability::run(
+        &[
+            Probe {
+                from: &client.ns,
+                to: SocketAddr::new(vip, 8080),
+                proto: "TCP",
+            },
+            Probe {
+                from: &front.ns,
+                to: SocketAddr::new(vip, 8081),
+                proto: "TCP",
+            },
+        ],
+        Duration::from_millis(700),
+    );
+    assert_eq!(
+        r,
+        [false, false],
+        "the client, and the frontend on port 81, must be denied"
+    );
+    assert!(
+        counted(&agent, "to-pod", DENIED) > denied,
+        "the drops are counted under to-pod: {:#}",
+        agent.weirctl(&["metrics"])
+    );
+    // Still admitted after the denials: nothing else changed.
+    let answer = ask_tcp(&front.ns, SocketAddr::new(vip, 8080)).expect("the frontend again");
+    assert_eq!(answer.server, "server");
 }

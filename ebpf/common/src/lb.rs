@@ -159,16 +159,31 @@ pub struct Scratch {
     pub ip: [u8; 40],
     /// A rejection's ICMP message (after ICMPv6's pseudo-header).
     pub icmp: [u8; 96],
-    /// The tuple a packet came with, kept by XDP so that it can put back a
-    /// packet it translated and cannot send on itself (addresses in the
-    /// maps' form, ports in network order).
-    pub came_saddr: [u8; 16], /* BE */
-    pub came_daddr: [u8; 16], /* BE */
-    pub came_sport: u16,      /* BE */
-    pub came_dport: u16,      /* BE */
-    pub _pad: u32,
+    /// A packet's tuple kept for a later step of the same program run.
+    pub kept: Kept,
 }
 const _: () = assert!(core::mem::size_of::<Scratch>() == 368);
+
+/// A packet's tuple, kept in [`Scratch`] for a later step of the same program
+/// run, in another BPF function's frame: XDP keeps the one a packet came with,
+/// to put back a packet it translated and cannot send on itself; a pod's veth
+/// the one it leaves a packet for a local pod with, which the delivery
+/// straight into that pod would otherwise read from the packet again.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Kept {
+    /// Addresses in the maps' form.
+    pub saddr: [u8; 16], /* BE */
+    pub daddr: [u8; 16], /* BE */
+    pub sport: u16,      /* BE */
+    pub dport: u16,      /* BE */
+    pub proto: u8,
+    pub tcp_flags: u8,
+    /// The load balancer may translate the packet (1) or not (0).
+    pub lb: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<Kept>() == 40);
 const _: () =
     assert!(core::mem::offset_of!(Scratch, ip) % 4 == 0 && core::mem::offset_of!(Scratch, icmp) % 4 == 0);
 

@@ -67,19 +67,20 @@ use crate::{
 
 /// Hands the packet to `$per_family`'s IPv4 or IPv6 instance; anything else
 /// passes, counted under `$dir`. An instance's [`PEER`] hands the packet on to
-/// [`into_peer`]; its [`RELATED`] to [`quoted_to_netdev`] (a node device's
-/// egress) or, with a policy `Side`, to [`icmp_error`].
+/// [`into_peer`] (only `from_pod`'s instance returns it); its [`RELATED`] to
+/// [`quoted_to_netdev`] (a node device's egress) or, with a policy `Side`, to
+/// [`icmp_error`].
 macro_rules! by_family {
     ($ctx:ident, $dir:expr, $per_family:ident) => {
         match packet::ethertype(&$ctx) {
             Ok(V4::ETH_P) => match $per_family::<V4>($ctx.skb.skb) {
                 RELATED => quoted_to_netdev::<V4>($ctx.skb.skb),
-                PEER => into_peer::<V4>($ctx.skb.skb),
+                PEER => into_peer::<V4>($ctx.skb.skb, Came::FromPod),
                 tc => tc,
             },
             Ok(V6::ETH_P) => match $per_family::<V6>($ctx.skb.skb) {
                 RELATED => quoted_to_netdev::<V6>($ctx.skb.skb),
-                PEER => into_peer::<V6>($ctx.skb.skb),
+                PEER => into_peer::<V6>($ctx.skb.skb, Came::FromPod),
                 tc => tc,
             },
             other => metrics::verdict(&$ctx, $dir, other.map(|_| Action::forward(TC_ACT_OK))),
@@ -89,12 +90,12 @@ macro_rules! by_family {
         match packet::ethertype(&$ctx) {
             Ok(V4::ETH_P) => match $per_family::<V4>($ctx.skb.skb) {
                 RELATED => icmp_error::<V4>($ctx.skb.skb, $dir, $side),
-                PEER => into_peer::<V4>($ctx.skb.skb),
+                PEER => into_peer::<V4>($ctx.skb.skb, Came::FromPod),
                 tc => tc,
             },
             Ok(V6::ETH_P) => match $per_family::<V6>($ctx.skb.skb) {
                 RELATED => icmp_error::<V6>($ctx.skb.skb, $dir, $side),
-                PEER => into_peer::<V6>($ctx.skb.skb),
+                PEER => into_peer::<V6>($ctx.skb.skb, Came::FromPod),
                 tc => tc,
             },
             other => metrics::verdict(&$ctx, $dir, other.map(|_| Action::forward(TC_ACT_OK))),
@@ -137,12 +138,12 @@ pub fn from_pod(ctx: TcContext) -> i32 {
 pub fn from_netdev(ctx: TcContext) -> i32 {
     let tc = match packet::ethertype(&ctx) {
         Ok(V4::ETH_P) => match from_netdev_family::<V4>(ctx.skb.skb) {
-            PEER => into_peer::<V4>(ctx.skb.skb),
+            PEER => into_peer::<V4>(ctx.skb.skb, Came::FromNode),
             RELATED => quoted_error::<V4>(ctx.skb.skb),
             tc => tc,
         },
         Ok(V6::ETH_P) => match from_netdev_family::<V6>(ctx.skb.skb) {
-            PEER => into_peer::<V6>(ctx.skb.skb),
+            PEER => into_peer::<V6>(ctx.skb.skb, Came::FromNode),
             RELATED => quoted_error::<V6>(ctx.skb.skb),
             tc => tc,
         },
@@ -200,8 +201,8 @@ fn quoted_to_netdev<F: Lb>(skb: *mut __sk_buff) -> i32 {
 pub fn from_overlay(ctx: TcContext) -> i32 {
     let tc = match decapsulated(ctx.skb.skb) {
         PEER => match packet::ethertype(&ctx) {
-            Ok(V4::ETH_P) => into_peer::<V4>(ctx.skb.skb),
-            Ok(V6::ETH_P) => into_peer::<V6>(ctx.skb.skb),
+            Ok(V4::ETH_P) => into_peer::<V4>(ctx.skb.skb, Came::FromNode),
+            Ok(V6::ETH_P) => into_peer::<V6>(ctx.skb.skb, Came::FromNode),
             // Not IP: no local pod was found for it.
             _ => TC_ACT_OK,
         },
@@ -448,9 +449,9 @@ fn to_pod_family<F: Lb>(skb: *mut __sk_buff) -> i32 {
 /// into the pod's namespace ([`peer`]), which skips that veth and `to_pod`.
 /// Counted under `to-pod`, as there.
 #[inline(never)]
-fn into_peer<F: Lb>(skb: *mut __sk_buff) -> i32 {
+fn into_peer<F: Lb>(skb: *mut __sk_buff, came: Came) -> i32 {
     let ctx = TcContext::new(skb);
-    match try_into_pod::<F>(&ctx, Via::Peer) {
+    match try_into_pod::<F>(&ctx, Via::Peer(came)) {
         // Left to the pod's veth, whose `to_pod` judges and counts it.
         Ok(Action { tc: RELATED, .. }) => match packet::parse_any::<F, _>(&ctx) {
             Ok(p) => endpoints::veth(&endpoints::key::<F>(&p.flow.daddr))
@@ -506,7 +507,22 @@ enum Via {
     Veth,
     /// Straight into the pod's namespace ([`peer`]), from the TC ingress of
     /// another pod's veth or of a node device: `to_pod` never sees it.
-    Peer,
+    Peer(Came),
+}
+
+/// Where a packet handed straight into a pod comes from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Came {
+    /// Another local pod's veth, whose `from_pod` has parsed the packet
+    /// (and kept the flow it leaves it with, [`packet::keep`]) and looked for
+    /// the reply of a flow translated here (a local backend's) and translated
+    /// it: the lookup `lb::to_pod` would make again, on the same tuple or on
+    /// one now from a frontend, and find nothing. Both skipped: on every
+    /// packet between two pods of a node, the parse is eight helper calls and
+    /// the lookup the hash of a 40-byte key.
+    FromPod,
+    /// A node device or the overlay: remote backends' replies come this way.
+    FromNode,
 }
 
 /// On the way into a pod: its ingress policy judges the packet as it arrives
@@ -521,7 +537,10 @@ fn try_into_pod<F: Lb>(ctx: &TcContext, via: Via) -> Result<Action, Reason> {
         judge,
         lb,
         quoted,
-    } = packet::parse_any::<F, _>(ctx)?;
+    } = match via {
+        Via::Peer(Came::FromPod) => packet::kept::<F>(&lb::scratch()?.kept),
+        _ => packet::parse_any::<F, _>(ctx)?,
+    };
     if quoted != 0 {
         // An ICMP error: judged and translated in [`icmp_error`], which has
         // the stack room it takes. From elsewhere than the veth (the overlay
@@ -535,7 +554,7 @@ fn try_into_pod<F: Lb>(ctx: &TcContext, via: Via) -> Result<Action, Reason> {
         let origin = match via {
             // From another pod's veth or from a node device: neither the
             // node's own stack nor the pod's hairpin (both go by the veth).
-            Via::Peer => Origin::Elsewhere,
+            Via::Peer(_) => Origin::Elsewhere,
             Via::Veth => veth_origin(ctx),
         };
         let now = crate::clock::now();
@@ -544,7 +563,7 @@ fn try_into_pod<F: Lb>(ctx: &TcContext, via: Via) -> Result<Action, Reason> {
             policy::judge(key, &flow, &ep, Side::Ingress, origin, now)?;
         }
     }
-    if lb {
+    if lb && via != Via::Peer(Came::FromPod) {
         lb::to_pod(ctx, &mut flow)?;
     }
     deliver(ctx, &flow, via)
@@ -556,7 +575,7 @@ fn try_into_pod<F: Lb>(ctx: &TcContext, via: Via) -> Result<Action, Reason> {
 fn deliver<F: Lb>(ctx: &TcContext, flow: &packet::Flow<F>, via: Via) -> Result<Action, Reason> {
     match via {
         Via::Veth => Ok(Action::forward(TC_ACT_OK)),
-        Via::Peer => peer::deliver::<F>(ctx, &flow.daddr),
+        Via::Peer(_) => peer::deliver::<F>(ctx, &flow.daddr),
     }
 }
 
@@ -617,6 +636,9 @@ fn try_from_pod<F: Lb>(ctx: &TcContext) -> Result<Action, Reason> {
         && (!host_stack || ep.ifindex == ifindex)
     {
         if ep.ifindex != ifindex && endpoints::peer_ready(ep) {
+            // [`into_peer`] reads the flow as it now is from here, not from
+            // the packet again.
+            packet::keep(&flow, lb, &mut lb::scratch()?.kept);
             return Ok(Action::forward(PEER));
         }
         return Ok(peer::by_veth(ep.ifindex));

@@ -15,7 +15,7 @@
 use crate::frame::Frame;
 use weir_common::{
     AF_INET, AF_INET6, CtKey, HAIRPIN_V4, HAIRPIN_V6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_SCTP,
-    IPPROTO_TCP, IPPROTO_UDP, Reason,
+    IPPROTO_TCP, IPPROTO_UDP, Kept, Reason,
 };
 
 pub const ETH_HLEN: usize = 14;
@@ -511,6 +511,38 @@ pub fn quoted_key<F: Family, C: Frame>(
     Ok(l4)
 }
 
+/// Keeps `flow` (`lb`: as [`Parsed::lb`]) in the scratch value for a later
+/// step of this program run, in a frame of its own ([`kept`]).
+#[inline(always)]
+pub fn keep<F: Family>(flow: &Flow<F>, lb: bool, kept: &mut Kept) {
+    F::widen(&flow.saddr, &mut kept.saddr);
+    F::widen(&flow.daddr, &mut kept.daddr);
+    kept.sport = flow.sport;
+    kept.dport = flow.dport;
+    kept.proto = flow.proto;
+    kept.tcp_flags = flow.tcp_flags;
+    kept.lb = u8::from(lb);
+}
+
+/// The packet [`keep`] kept, as [`parse_any`] would read it again: a flow
+/// that policy judges (no ICMP error: those are never kept).
+#[inline(always)]
+pub fn kept<F: Family>(kept: &Kept) -> Parsed<F> {
+    let mut flow = Flow::new();
+    F::narrow(&kept.saddr, &mut flow.saddr);
+    F::narrow(&kept.daddr, &mut flow.daddr);
+    flow.sport = kept.sport;
+    flow.dport = kept.dport;
+    flow.proto = kept.proto;
+    flow.tcp_flags = kept.tcp_flags;
+    Parsed {
+        flow,
+        judge: true,
+        lb: kept.lb != 0,
+        quoted: 0,
+    }
+}
+
 /// Parses any IP packet of family `F`, as NetworkPolicy judges every protocol:
 /// ports for TCP, UDP and SCTP, the echo identifier for ICMP echo (as the
 /// request's source port and the reply's destination port, so that a reply is
@@ -527,12 +559,17 @@ pub fn parse_any<F: Family, C: Frame>(ctx: &C) -> Result<Parsed<F>, Reason> {
         });
     };
     let mut echo = false;
-    if flow.proto == IPPROTO_TCP || flow.proto == IPPROTO_UDP || flow.proto == IPPROTO_SCTP {
-        flow.sport = ctx.load(l4).map_err(|_| Reason::Malformed)?;
-        flow.dport = ctx.load(l4 + 2).map_err(|_| Reason::Malformed)?;
-        if flow.proto == IPPROTO_TCP {
-            flow.tcp_flags = ctx.load(l4 + TCP_FLAGS).map_err(|_| Reason::Malformed)?;
-        }
+    if flow.proto == IPPROTO_TCP {
+        // Ports and flags in one read: a helper call costs about as much as
+        // a small hash lookup, and this runs on every packet.
+        let h: [u8; TCP_FLAGS + 1] = ctx.load(l4).map_err(|_| Reason::Malformed)?;
+        flow.sport = u16::from_ne_bytes([h[0], h[1]]);
+        flow.dport = u16::from_ne_bytes([h[2], h[3]]);
+        flow.tcp_flags = h[TCP_FLAGS];
+    } else if flow.proto == IPPROTO_UDP || flow.proto == IPPROTO_SCTP {
+        let ports: [u8; 4] = ctx.load(l4).map_err(|_| Reason::Malformed)?;
+        flow.sport = u16::from_ne_bytes([ports[0], ports[1]]);
+        flow.dport = u16::from_ne_bytes([ports[2], ports[3]]);
     } else if flow.proto == F::ICMP {
         let icmp_type: u8 = ctx.load(l4).map_err(|_| Reason::Malformed)?;
         if F::icmp_passes(icmp_type) {

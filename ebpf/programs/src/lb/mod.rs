@@ -49,22 +49,14 @@ const NS: u64 = 1_000_000_000;
 pub trait Lb: nat::Rewrite + reject::Reject {}
 impl<F: nat::Rewrite + reject::Reject> Lb for F {}
 
-/// Keeps the tuple a packet came with (`flow` as parsed), for [`untranslate`].
-#[inline(always)]
-fn keep_came<F: Family>(s: &mut Scratch, flow: &Flow<F>) {
-    F::widen(&flow.saddr, &mut s.came_saddr);
-    F::widen(&flow.daddr, &mut s.came_daddr);
-    s.came_sport = flow.sport;
-    s.came_dport = flow.dport;
-}
-
-/// Puts a packet translated to `flow` back as it came ([`keep_came`]): how
-/// XDP hands TC a packet it cannot send on itself ([`crate::xdp`]).
+/// Puts a packet translated to `flow` back as it came (as `external` kept
+/// it, [`crate::packet::keep`]): how XDP hands TC a packet it cannot send on
+/// itself ([`crate::xdp`]).
 #[inline(always)]
 pub fn untranslate<F: Lb, C: Frame>(ctx: &C, flow: &mut Flow<F>) -> Result<(), Reason> {
-    let s = scratch()?;
-    nat::snat(ctx, flow, &s.came_saddr, s.came_sport)?;
-    nat::dnat(ctx, flow, &s.came_daddr, s.came_dport)
+    let kept = &scratch()?.kept;
+    nat::snat(ctx, flow, &kept.saddr, kept.sport)?;
+    nat::dnat(ctx, flow, &kept.daddr, kept.dport)
 }
 
 /// This CPU's scratch value, ours until the program returns. Conntrack keys are
