@@ -259,6 +259,16 @@ fn root_peer_translated_flows_are_judged_as_they_arrive() {
     .map(|(name, labels, ip)| pod("default", name, labels, n, &[ip], json!([])))
     .collect();
     objects.extend([
+        // The frontend admits nothing: the replies pass its ingress policy
+        // as the replies of its own flows, which policy must recognise.
+        json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": "front-isolated", "namespace": "default"},
+            "spec": {
+                "podSelector": {"matchLabels": {"role": "frontend"}},
+                "policyTypes": ["Ingress"],
+            },
+        }),
         json!({
             "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
             "metadata": {"name": "front-on-80", "namespace": "default"},
@@ -286,6 +296,7 @@ fn root_peer_translated_flows_are_judged_as_they_arrive() {
     ]);
     dir.write("cluster.yaml", &objects);
     wait_isolated(&agent, server.ipv4());
+    wait_isolated(&agent, front.ipv4());
 
     let vip: IpAddr = VIP.parse().expect("vip");
     let (peer, denied) = (counted(&agent, "to-pod", PEER), counted(&agent, "to-pod", DENIED));
@@ -304,19 +315,22 @@ fn root_peer_translated_flows_are_judged_as_they_arrive() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(answer.server, "server");
-    // Both ways straight into the pod: none of ten more connections went out
-    // of the server's host veth (the node's IPv6 neighbour and router
-    // traffic may).
-    let tx = veth_tx(&node, &server);
+    // Both ways straight into the pods: none of ten more connections went out
+    // of the server's or the frontend's host veth (the node's IPv6 neighbour
+    // and router traffic may).
+    let tx = [veth_tx(&node, &server), veth_tx(&node, &front)];
     for _ in 0..10 {
         let answer = ask_tcp(&front.ns, SocketAddr::new(vip, 8080)).expect("the frontend");
         assert_eq!(answer.server, "server");
     }
-    let more_tx = veth_tx(&node, &server) - tx;
-    assert!(
-        more_tx < 10,
-        "{more_tx} packets still sent on the server's host veth"
-    );
+    for (pod, before) in [(&server, tx[0]), (&front, tx[1])] {
+        let more_tx = veth_tx(&node, pod) - before;
+        assert!(
+            more_tx < 10,
+            "{more_tx} packets still sent on {}'s host veth",
+            host_veth(pod)
+        );
+    }
     assert!(
         counted(&agent, "to-pod", PEER) > peer + 10 * 4,
         "not by redirect_peer: {:#}",

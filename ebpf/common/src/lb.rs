@@ -160,7 +160,7 @@ pub struct Scratch {
     /// A rejection's ICMP message (after ICMPv6's pseudo-header).
     pub icmp: [u8; 96],
     /// A packet's tuple kept for a later step of the same program run.
-    pub kept: Kept,
+    pub kept: KeptFlow,
 }
 const _: () = assert!(core::mem::size_of::<Scratch>() == 368);
 
@@ -171,7 +171,7 @@ const _: () = assert!(core::mem::size_of::<Scratch>() == 368);
 /// straight into that pod would otherwise read from the packet again.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
-pub struct Kept {
+pub struct KeptFlow {
     /// Addresses in the maps' form.
     pub saddr: [u8; 16], /* BE */
     pub daddr: [u8; 16], /* BE */
@@ -179,11 +179,13 @@ pub struct Kept {
     pub dport: u16,      /* BE */
     pub proto: u8,
     pub tcp_flags: u8,
-    /// The load balancer may translate the packet (1) or not (0).
-    pub lb: u8,
+    /// 1 from a pod's veth handing the flow over until it is taken: the value
+    /// outlives the run, so a flow not kept in this one is never taken for
+    /// this run's own.
+    pub fresh: u8,
     pub _pad: u8,
 }
-const _: () = assert!(core::mem::size_of::<Kept>() == 40);
+const _: () = assert!(core::mem::size_of::<KeptFlow>() == 40);
 const _: () =
     assert!(core::mem::offset_of!(Scratch, ip) % 4 == 0 && core::mem::offset_of!(Scratch, icmp) % 4 == 0);
 

@@ -138,12 +138,12 @@ pub fn from_pod(ctx: TcContext) -> i32 {
 pub fn from_netdev(ctx: TcContext) -> i32 {
     let tc = match packet::ethertype(&ctx) {
         Ok(V4::ETH_P) => match from_netdev_family::<V4>(ctx.skb.skb) {
-            PEER => into_peer::<V4>(ctx.skb.skb, Came::FromNode),
+            PEER => into_peer::<V4>(ctx.skb.skb, Came::FromNetdev),
             RELATED => quoted_error::<V4>(ctx.skb.skb),
             tc => tc,
         },
         Ok(V6::ETH_P) => match from_netdev_family::<V6>(ctx.skb.skb) {
-            PEER => into_peer::<V6>(ctx.skb.skb, Came::FromNode),
+            PEER => into_peer::<V6>(ctx.skb.skb, Came::FromNetdev),
             RELATED => quoted_error::<V6>(ctx.skb.skb),
             tc => tc,
         },
@@ -201,8 +201,8 @@ fn quoted_to_netdev<F: Lb>(skb: *mut __sk_buff) -> i32 {
 pub fn from_overlay(ctx: TcContext) -> i32 {
     let tc = match decapsulated(ctx.skb.skb) {
         PEER => match packet::ethertype(&ctx) {
-            Ok(V4::ETH_P) => into_peer::<V4>(ctx.skb.skb, Came::FromNode),
-            Ok(V6::ETH_P) => into_peer::<V6>(ctx.skb.skb, Came::FromNode),
+            Ok(V4::ETH_P) => into_peer::<V4>(ctx.skb.skb, Came::FromNetdev),
+            Ok(V6::ETH_P) => into_peer::<V6>(ctx.skb.skb, Came::FromNetdev),
             // Not IP: no local pod was found for it.
             _ => TC_ACT_OK,
         },
@@ -445,9 +445,10 @@ fn to_pod_family<F: Lb>(skb: *mut __sk_buff) -> i32 {
 
 /// A packet for a local pod, found so by the program on another pod's veth or
 /// on a node device (TC ingress both): judged and translated as the pod's
-/// veth's `to_pod` would (the same [`try_into_pod`]), then handed straight
-/// into the pod's namespace ([`peer`]), which skips that veth and `to_pod`.
-/// Counted under `to-pod`, as there.
+/// veth's `to_pod` would (the same [`try_into_pod`]; from a pod's veth, what
+/// that veth did already is not done again: [`Came::FromPod`]), then handed
+/// straight into the pod's namespace ([`peer`]), which skips that veth and
+/// `to_pod`. Counted under `to-pod`, as there.
 #[inline(never)]
 fn into_peer<F: Lb>(skb: *mut __sk_buff, came: Came) -> i32 {
     let ctx = TcContext::new(skb);
@@ -513,16 +514,16 @@ enum Via {
 /// Where a packet handed straight into a pod comes from.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Came {
-    /// Another local pod's veth, whose `from_pod` has parsed the packet
-    /// (and kept the flow it leaves it with, [`packet::keep`]) and looked for
-    /// the reply of a flow translated here (a local backend's) and translated
-    /// it: the lookup `lb::to_pod` would make again, on the same tuple or on
-    /// one now from a frontend, and find nothing. Both skipped: on every
-    /// packet between two pods of a node, the parse is eight helper calls and
-    /// the lookup the hash of a 40-byte key.
+    /// Another local pod's veth, whose `from_pod` has parsed the packet and
+    /// handed over the flow it leaves it with ([`packet::hand_over`]): not
+    /// parsed again. Nor looked up by `lb::to_pod`, which reverse-translates
+    /// a backend's reply for its client: a local backend's reply has been
+    /// translated by this packet's `from_pod` already (the host's stack is
+    /// not in the way on this path), so that lookup can only miss here. Both
+    /// on every packet between two pods of a node.
     FromPod,
     /// A node device or the overlay: remote backends' replies come this way.
-    FromNode,
+    FromNetdev,
 }
 
 /// On the way into a pod: its ingress policy judges the packet as it arrives
@@ -538,7 +539,10 @@ fn try_into_pod<F: Lb>(ctx: &TcContext, via: Via) -> Result<Action, Reason> {
         lb,
         quoted,
     } = match via {
-        Via::Peer(Came::FromPod) => packet::kept::<F>(&lb::scratch()?.kept),
+        Via::Peer(Came::FromPod) => match packet::take_kept::<F>(&mut lb::scratch()?.kept) {
+            Some(parsed) => parsed,
+            None => packet::parse_any::<F, _>(ctx)?,
+        },
         _ => packet::parse_any::<F, _>(ctx)?,
     };
     if quoted != 0 {
@@ -636,9 +640,9 @@ fn try_from_pod<F: Lb>(ctx: &TcContext) -> Result<Action, Reason> {
         && (!host_stack || ep.ifindex == ifindex)
     {
         if ep.ifindex != ifindex && endpoints::peer_ready(ep) {
-            // [`into_peer`] reads the flow as it now is from here, not from
-            // the packet again.
-            packet::keep(&flow, lb, &mut lb::scratch()?.kept);
+            // [`into_peer`] takes the flow as it now is from here rather than
+            // parse the packet again: every PEER return hands it over first.
+            packet::hand_over(&flow, &mut lb::scratch()?.kept);
             return Ok(Action::forward(PEER));
         }
         return Ok(peer::by_veth(ep.ifindex));

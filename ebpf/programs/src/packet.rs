@@ -15,7 +15,7 @@
 use crate::frame::Frame;
 use weir_common::{
     AF_INET, AF_INET6, CtKey, HAIRPIN_V4, HAIRPIN_V6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_SCTP,
-    IPPROTO_TCP, IPPROTO_UDP, Kept, Reason,
+    IPPROTO_TCP, IPPROTO_UDP, KeptFlow, Reason,
 };
 
 pub const ETH_HLEN: usize = 14;
@@ -511,23 +511,34 @@ pub fn quoted_key<F: Family, C: Frame>(
     Ok(l4)
 }
 
-/// Keeps `flow` (`lb`: as [`Parsed::lb`]) in the scratch value for a later
-/// step of this program run, in a frame of its own ([`kept`]).
+/// Keeps `flow`'s tuple in the scratch value for a later step of this
+/// program run, in a frame of its own.
 #[inline(always)]
-pub fn keep<F: Family>(flow: &Flow<F>, lb: bool, kept: &mut Kept) {
+pub fn keep<F: Family>(flow: &Flow<F>, kept: &mut KeptFlow) {
     F::widen(&flow.saddr, &mut kept.saddr);
     F::widen(&flow.daddr, &mut kept.daddr);
     kept.sport = flow.sport;
     kept.dport = flow.dport;
     kept.proto = flow.proto;
     kept.tcp_flags = flow.tcp_flags;
-    kept.lb = u8::from(lb);
 }
 
-/// The packet [`keep`] kept, as [`parse_any`] would read it again: a flow
-/// that policy judges (no ICMP error: those are never kept).
+/// [`keep`], for [`take_kept`] later in this run.
 #[inline(always)]
-pub fn kept<F: Family>(kept: &Kept) -> Parsed<F> {
+pub fn hand_over<F: Family>(flow: &Flow<F>, kept: &mut KeptFlow) {
+    keep(flow, kept);
+    kept.fresh = 1;
+}
+
+/// The flow [`hand_over`] kept in this run, as [`parse_any`] would read the
+/// packet again: one policy judges (ICMP errors are never handed over).
+/// `None` if none was handed over since the last taking.
+#[inline(always)]
+pub fn take_kept<F: Family>(kept: &mut KeptFlow) -> Option<Parsed<F>> {
+    if kept.fresh == 0 {
+        return None;
+    }
+    kept.fresh = 0;
     let mut flow = Flow::new();
     F::narrow(&kept.saddr, &mut flow.saddr);
     F::narrow(&kept.daddr, &mut flow.daddr);
@@ -535,12 +546,13 @@ pub fn kept<F: Family>(kept: &Kept) -> Parsed<F> {
     flow.dport = kept.dport;
     flow.proto = kept.proto;
     flow.tcp_flags = kept.tcp_flags;
-    Parsed {
+    // The one taker, `into_peer` from a pod, skips the load balancer.
+    Some(Parsed {
         flow,
         judge: true,
-        lb: kept.lb != 0,
+        lb: false,
         quoted: 0,
-    }
+    })
 }
 
 /// Parses any IP packet of family `F`, as NetworkPolicy judges every protocol:
@@ -560,8 +572,9 @@ pub fn parse_any<F: Family, C: Frame>(ctx: &C) -> Result<Parsed<F>, Reason> {
     };
     let mut echo = false;
     if flow.proto == IPPROTO_TCP {
-        // Ports and flags in one read: a helper call costs about as much as
-        // a small hash lookup, and this runs on every packet.
+        // Ports and flags in one read, not three: this runs on every packet.
+        // Ports stay in network order (bytes as on the wire, as the maps
+        // hold them): `from_ne_bytes` converts nothing.
         let h: [u8; TCP_FLAGS + 1] = ctx.load(l4).map_err(|_| Reason::Malformed)?;
         flow.sport = u16::from_ne_bytes([h[0], h[1]]);
         flow.dport = u16::from_ne_bytes([h[2], h[3]]);

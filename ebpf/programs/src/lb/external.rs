@@ -28,7 +28,7 @@ pub fn from_netdev<F: Lb, C: Frame>(ctx: &C, flow: &mut Flow<F>) -> Result<Actio
     let pass = Ok(Action::forward(C::PASS));
     if ctx.as_tc().is_none() {
         // XDP may have to put the packet back as it came ([`crate::xdp`]).
-        crate::packet::keep(flow, true, &mut s.kept);
+        crate::packet::keep(flow, &mut s.kept);
     }
 
     // 1. A packet of an external flow we translated.
