@@ -109,7 +109,14 @@ fn root_peer_same_node_pods_skip_the_host_veth() {
 /// Waits until the agent's `weirctl policy` shows `ip` isolated.
 fn wait_isolated(agent: &Agent, ip: IpAddr) {
     let start = Instant::now();
-    while !agent.weirctl(&["policy"]).to_string().contains(&ip.to_string()) {
+    // A row of its own: a peer's address shows in other pods' rows.
+    let isolated = || {
+        agent.weirctl(&["policy"]).as_array().is_some_and(|rows| {
+            rows.iter()
+                .any(|r| r["endpoint"].as_str() == Some(ip.to_string().as_str()))
+        })
+    };
+    while !isolated() {
         assert!(
             start.elapsed() < Duration::from_secs(10),
             "{ip} never isolated:\n{}",

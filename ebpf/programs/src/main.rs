@@ -516,8 +516,9 @@ enum Via {
 enum Came {
     /// Another local pod's veth, whose `from_pod` has parsed the packet and
     /// handed over the flow it leaves it with ([`packet::hand_over`]): not
-    /// parsed again. Nor looked up by `lb::to_pod`, which reverse-translates
-    /// a backend's reply for its client: a local backend's reply has been
+    /// parsed again. Nor looked up by `lb::to_pod` (the flow taken says the
+    /// load balancer has nothing to do), which reverse-translates a
+    /// backend's reply for its client: a local backend's reply has been
     /// translated by this packet's `from_pod` already (the host's stack is
     /// not in the way on this path), so that lookup can only miss here. Both
     /// on every packet between two pods of a node.
@@ -539,7 +540,7 @@ fn try_into_pod<F: Lb>(ctx: &TcContext, via: Via) -> Result<Action, Reason> {
         lb,
         quoted,
     } = match via {
-        Via::Peer(Came::FromPod) => match packet::take_kept::<F>(&mut lb::scratch()?.kept) {
+        Via::Peer(Came::FromPod) => match packet::take_handed::<F>(&mut lb::scratch()?.kept) {
             Some(parsed) => parsed,
             None => packet::parse_any::<F, _>(ctx)?,
         },
@@ -567,7 +568,7 @@ fn try_into_pod<F: Lb>(ctx: &TcContext, via: Via) -> Result<Action, Reason> {
             policy::judge(key, &flow, &ep, Side::Ingress, origin, now)?;
         }
     }
-    if lb && via != Via::Peer(Came::FromPod) {
+    if lb {
         lb::to_pod(ctx, &mut flow)?;
     }
     deliver(ctx, &flow, via)
@@ -641,7 +642,8 @@ fn try_from_pod<F: Lb>(ctx: &TcContext) -> Result<Action, Reason> {
     {
         if ep.ifindex != ifindex && endpoints::peer_ready(ep) {
             // [`into_peer`] takes the flow as it now is from here rather than
-            // parse the packet again: every PEER return hands it over first.
+            // parse the packet again: every PEER return of `from_pod` hands
+            // it over first.
             packet::hand_over(&flow, &mut lb::scratch()?.kept);
             return Ok(Action::forward(PEER));
         }

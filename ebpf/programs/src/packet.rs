@@ -523,7 +523,7 @@ pub fn keep<F: Family>(flow: &Flow<F>, kept: &mut KeptFlow) {
     kept.tcp_flags = flow.tcp_flags;
 }
 
-/// [`keep`], for [`take_kept`] later in this run.
+/// [`keep`], for [`take_handed`] later in this run.
 #[inline(always)]
 pub fn hand_over<F: Family>(flow: &Flow<F>, kept: &mut KeptFlow) {
     keep(flow, kept);
@@ -534,7 +534,7 @@ pub fn hand_over<F: Family>(flow: &Flow<F>, kept: &mut KeptFlow) {
 /// packet again: one policy judges (ICMP errors are never handed over).
 /// `None` if none was handed over since the last taking.
 #[inline(always)]
-pub fn take_kept<F: Family>(kept: &mut KeptFlow) -> Option<Parsed<F>> {
+pub fn take_handed<F: Family>(kept: &mut KeptFlow) -> Option<Parsed<F>> {
     if kept.fresh == 0 {
         return None;
     }
@@ -546,7 +546,8 @@ pub fn take_kept<F: Family>(kept: &mut KeptFlow) -> Option<Parsed<F>> {
     flow.dport = kept.dport;
     flow.proto = kept.proto;
     flow.tcp_flags = kept.tcp_flags;
-    // The one taker, `into_peer` from a pod, skips the load balancer.
+    // `lb::to_pod`, the load balancer's step for a packet into a pod, can only
+    // miss on a flow a pod's veth has handed over (see `main::Came::FromPod`).
     Some(Parsed {
         flow,
         judge: true,
