@@ -230,8 +230,7 @@ impl SyncLoop {
     /// listed (RBAC without them) are not waited for: Services without
     /// topology are better than none.
     fn services_listed(&self) -> bool {
-        self.listed(&SERVICE_INPUTS)
-            && (self.source.listed(Kind::Node) || self.source.failing().iter().any(|(k, _)| *k == Kind::Node))
+        self.listed(&SERVICE_INPUTS) && (self.source.listed(Kind::Node) || self.source.fails(Kind::Node))
     }
 
     /// Tells the status what the source has not listed yet, and what fails.

@@ -309,18 +309,8 @@ fn root_peer_translated_flows_are_judged_as_they_arrive() {
     let (peer, denied) = (counted(&agent, "to-pod", PEER), counted(&agent, "to-pod", DENIED));
     // Admitted on the target port the policy names; the answer comes back
     // from the frontend (the connection is to it).
-    let start = Instant::now();
-    let answer = loop {
-        match ask_tcp(&front.ns, SocketAddr::new(vip, 8080)) {
-            Ok(answer) => break answer,
-            Err(e) => assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "the frontend never reached the service: {e}\n{}",
-                agent.log_text()
-            ),
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    agent.wait_backends(&format!("{VIP}:8080/TCP"), &[format!("{}:80", server.ipv4())]);
+    let answer = ask_tcp(&front.ns, SocketAddr::new(vip, 8080)).expect("the frontend is admitted");
     assert_eq!(answer.server, "server");
     // Both ways straight into the pods: none of ten more connections went out
     // of the server's or the frontend's host veth (the node's IPv6 neighbour

@@ -389,4 +389,8 @@ impl Source for KubeSource {
     fn failing(&self) -> Vec<(Kind, String)> {
         self.failing.iter().map(|(k, e)| (*k, e.clone())).collect()
     }
+
+    fn fails(&self, kind: Kind) -> bool {
+        self.failing.contains_key(&kind)
+    }
 }

@@ -56,6 +56,11 @@ pub trait Source: Send {
     fn failing(&self) -> Vec<(Kind, String)> {
         Vec::new()
     }
+
+    /// Whether `kind` is among [`Source::failing`]'s.
+    fn fails(&self, _kind: Kind) -> bool {
+        false
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -179,11 +179,7 @@ pub struct KeptFlow {
     pub dport: u16,      /* BE */
     pub proto: u8,
     pub tcp_flags: u8,
-    /// 1 from a pod's veth handing the flow over until it is taken: the value
-    /// outlives the run, so a flow not kept in this one is never taken for
-    /// this run's own.
-    pub fresh: u8,
-    pub _pad: u8,
+    pub _pad: [u8; 2],
 }
 const _: () = assert!(core::mem::size_of::<KeptFlow>() == 40);
 const _: () =

@@ -515,7 +515,7 @@ enum Via {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Came {
     /// Another local pod's veth, whose `from_pod` has parsed the packet and
-    /// handed over the flow it leaves it with ([`packet::hand_over`]): not
+    /// kept the flow it leaves it with ([`packet::keep`]): not
     /// parsed again. Nor looked up by `lb::to_pod` (the flow taken says the
     /// load balancer has nothing to do), which reverse-translates a
     /// backend's reply for its client: a local backend's reply has been
@@ -540,10 +540,7 @@ fn try_into_pod<F: Lb>(ctx: &TcContext, via: Via) -> Result<Action, Reason> {
         lb,
         quoted,
     } = match via {
-        Via::Peer(Came::FromPod) => match packet::take_handed::<F>(&mut lb::scratch()?.kept) {
-            Some(parsed) => parsed,
-            None => packet::parse_any::<F, _>(ctx)?,
-        },
+        Via::Peer(Came::FromPod) => packet::handed::<F>(&lb::scratch()?.kept),
         _ => packet::parse_any::<F, _>(ctx)?,
     };
     if quoted != 0 {
@@ -642,9 +639,9 @@ fn try_from_pod<F: Lb>(ctx: &TcContext) -> Result<Action, Reason> {
     {
         if ep.ifindex != ifindex && endpoints::peer_ready(ep) {
             // [`into_peer`] takes the flow as it now is from here rather than
-            // parse the packet again: every PEER return of `from_pod` hands
-            // it over first.
-            packet::hand_over(&flow, &mut lb::scratch()?.kept);
+            // parse the packet again (`Came::FromPod`): every PEER return of
+            // `from_pod` keeps it first.
+            packet::keep(&flow, &mut lb::scratch()?.kept);
             return Ok(Action::forward(PEER));
         }
         return Ok(peer::by_veth(ep.ifindex));

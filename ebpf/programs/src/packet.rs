@@ -523,22 +523,11 @@ pub fn keep<F: Family>(flow: &Flow<F>, kept: &mut KeptFlow) {
     kept.tcp_flags = flow.tcp_flags;
 }
 
-/// [`keep`], for [`take_handed`] later in this run.
+/// The flow a pod's veth kept ([`keep`]) before it handed the packet over in
+/// this run, as [`parse_any`] would read the packet again: one policy judges
+/// (ICMP errors are never handed over).
 #[inline(always)]
-pub fn hand_over<F: Family>(flow: &Flow<F>, kept: &mut KeptFlow) {
-    keep(flow, kept);
-    kept.fresh = 1;
-}
-
-/// The flow [`hand_over`] kept in this run, as [`parse_any`] would read the
-/// packet again: one policy judges (ICMP errors are never handed over).
-/// `None` if none was handed over since the last taking.
-#[inline(always)]
-pub fn take_handed<F: Family>(kept: &mut KeptFlow) -> Option<Parsed<F>> {
-    if kept.fresh == 0 {
-        return None;
-    }
-    kept.fresh = 0;
+pub fn handed<F: Family>(kept: &KeptFlow) -> Parsed<F> {
     let mut flow = Flow::new();
     F::narrow(&kept.saddr, &mut flow.saddr);
     F::narrow(&kept.daddr, &mut flow.daddr);
@@ -548,12 +537,12 @@ pub fn take_handed<F: Family>(kept: &mut KeptFlow) -> Option<Parsed<F>> {
     flow.tcp_flags = kept.tcp_flags;
     // `lb::to_pod`, the load balancer's step for a packet into a pod, can only
     // miss on a flow a pod's veth has handed over (see `main::Came::FromPod`).
-    Some(Parsed {
+    Parsed {
         flow,
         judge: true,
         lb: false,
         quoted: 0,
-    })
+    }
 }
 
 /// Parses any IP packet of family `F`, as NetworkPolicy judges every protocol:
