@@ -29,8 +29,14 @@
 //! 3-byte request, a 1-byte answer, close; see [`weir_lab::connrate`]), in rounds
 //! of one sample per variant in a rotating order; medians are reported.
 //!
+//! Then a UDP flood to a NodePort of a Service without endpoints, from two
+//! senders: ordinary UDP sockets on the external hosts, and the same datagrams
+//! as pre-built frames put on node A's cable at the switch
+//! ([`weir_lab::flood`]), far cheaper per packet.
+//!
 //! Environment: `WEIR_BENCH_ROUNDS` (default 5), `WEIR_BENCH_SECS` (seconds per
-//! sample, default 2), `WEIR_BENCH_CLIENTS` (client hosts, default 4).
+//! sample, default 2), `WEIR_BENCH_CLIENTS` (client hosts, default 4),
+//! `WEIR_BENCH_PARTS` (`conns,flood`, the default, or either).
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
@@ -41,11 +47,12 @@ use serde_json::json;
 use weir_lab::{
     Agent, Netns, Node, Pod, TempDir,
     connrate::{Clients, Sample, Server, median_rate},
-    env_or,
+    env_or, flood,
     kube_proxy::{Service, ServiceSet},
     require_root,
     services::{Ep, ManifestDir, merge, port, service, slice},
     underlay::Underlay,
+    xdp_pass,
 };
 
 const PORT: u16 = 8080;
@@ -69,6 +76,8 @@ struct Cluster {
     local: Pod,
     remote: Pod,
     _externals: Vec<Netns>,
+    /// The external hosts' underlay addresses.
+    external_ips: Vec<Ipv4Addr>,
     node_a: IpAddr,
     _agents: Vec<Agent>,
     _dirs: Vec<ManifestDir>,
@@ -111,15 +120,15 @@ impl Cluster {
             Server::start(&local.ns, SocketAddr::new(local.ipv4(), PORT), LOCAL_ID),
             Server::start(&remote.ns, SocketAddr::new(remote.ipv4(), PORT), REMOTE_ID),
         ];
-        let externals: Vec<Netns> = (0..clients)
+        let (externals, external_ips): (Vec<Netns>, Vec<Ipv4Addr>) = (0..clients)
             .map(|i| {
-                let (ns, _) = underlay.external_at(100 + i as u8);
+                let (ns, ip) = underlay.external_at(100 + i as u8);
                 for node in &nodes {
                     ns.sh(&format!("ip route add {} via {}", node.pod_cidr(), ips[0]));
                 }
-                ns
+                (ns, v4(ip))
             })
-            .collect();
+            .unzip();
         underlay.take_xdp_frames();
         Self {
             clients: Clients::new(&externals.iter().collect::<Vec<_>>()),
@@ -127,6 +136,7 @@ impl Cluster {
             local,
             remote,
             _externals: externals,
+            external_ips,
             node_a: ips[0],
             _agents: agents,
             _dirs: dirs,
@@ -254,34 +264,75 @@ impl Cluster {
     }
 
     /// Every external host sends 1-byte UDP datagrams to node A's NodePort of
-    /// the Service without endpoints for `d`, as fast as it can (an ordinary
-    /// unconnected socket): (datagrams sent, disposed of by node A) per second.
-    fn flood(&self, d: Duration) -> (f64, f64) {
-        let before = self.disposed();
-        let to = SocketAddr::new(self.node_a, EMPTY_NODE_PORT);
+    /// the Service without endpoints for `d`, as fast as `sender` can:
+    /// (datagrams sent, disposed of by node A) per second. `ceiling`: node A's
+    /// device drops everything first (an XDP program of two instructions), the
+    /// most the lab's senders and wire deliver.
+    fn flood(&self, d: Duration, sender: Sender, ceiling: bool) -> (f64, f64) {
+        let device = self.nodes[0].ns.link_holding(self.node_a)["ifname"]
+            .as_str()
+            .expect("node A's underlay device")
+            .to_owned();
+        let disposed = || {
+            if ceiling {
+                xdp_pass::drops(&self.nodes[0].ns, &device)
+            } else {
+                self.disposed()
+            }
+        };
+        if ceiling {
+            let pin = xdp_pass::pinned_drop();
+            xdp_pass::attach(&self.nodes[0].ns, &device, &pin);
+            std::fs::remove_file(&pin).expect("removing the XDP drop program's pin");
+        }
+        let before = disposed();
+        let to = SocketAddrV4::new(v4(self.node_a), EMPTY_NODE_PORT);
         let started = Instant::now();
-        let senders: Vec<_> = self
-            ._externals
-            .iter()
-            .map(|ns| {
-                ns.spawn(move || {
-                    let socket = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
-                    let deadline = Instant::now() + d;
-                    let mut sent = 0u64;
-                    while Instant::now() < deadline {
-                        for _ in 0..64 {
-                            sent += u64::from(socket.send_to(b"x", to).is_ok());
-                        }
-                    }
-                    sent
-                })
-            })
-            .collect();
-        let sent: u64 = senders.into_iter().map(|t| t.join().expect("sender")).sum();
+        let sent: u64 = match sender {
+            Sender::Socket => {
+                let senders: Vec<_> = self
+                    ._externals
+                    .iter()
+                    .map(|ns| {
+                        ns.spawn(move || {
+                            let socket = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+                            let deadline = Instant::now() + d;
+                            let mut sent = 0u64;
+                            while Instant::now() < deadline {
+                                for _ in 0..64 {
+                                    sent += u64::from(socket.send_to(b"x", to).is_ok());
+                                }
+                            }
+                            sent
+                        })
+                    })
+                    .collect();
+                senders.into_iter().map(|t| t.join().expect("sender")).sum()
+            }
+            Sender::Wire => {
+                let wire = self._underlay.wire_to(
+                    &self.nodes[0].ns,
+                    self.node_a,
+                    &self._externals[0],
+                    IpAddr::V4(self.external_ips[0]),
+                );
+                // The external hosts' datagrams, one source port each, as
+                // their unconnected sockets have.
+                let frames = self
+                    .external_ips
+                    .iter()
+                    .map(|&ip| flood::udp_frame(&wire, SocketAddrV4::new(ip, 40000), to))
+                    .collect();
+                wire.send_for(frames, d)
+            }
+        };
         let secs = started.elapsed().as_secs_f64();
         // What was queued when the senders stopped is disposed of next.
         std::thread::sleep(Duration::from_millis(200));
-        let disposed = self.disposed() - before;
+        let disposed = disposed() - before;
+        if ceiling {
+            xdp_pass::detach(&self.nodes[0].ns, &device);
+        }
         (sent as f64 / secs, disposed as f64 / secs)
     }
 
@@ -293,6 +344,26 @@ impl Cluster {
             (Path::Remote, true) => SocketAddr::new(self.node_a, REMOTE_NODE_PORT),
         };
         vec![SocketAddrV4::new(v4(addr.ip()), addr.port())]
+    }
+}
+
+/// What floods node A.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Sender {
+    /// An ordinary unconnected UDP socket per host.
+    Socket,
+    /// The same datagrams as pre-built frames put on node A's cable at the
+    /// switch ([`weir_lab::flood`]): a sender far cheaper per packet than the
+    /// node's work, as pktgen is.
+    Wire,
+}
+
+impl Sender {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Socket => "UDP socket",
+            Self::Wire => "frames on the wire",
+        }
     }
 }
 
@@ -308,6 +379,8 @@ enum Variant {
     Weir,
     WeirXdp,
     Iptables,
+    /// The flood's ceiling ([`Cluster::flood`]).
+    Ceiling,
 }
 
 impl Variant {
@@ -319,6 +392,7 @@ impl Variant {
             Self::Weir => "Weir NodePort (TC)",
             Self::WeirXdp => "Weir NodePort (XDP, `--nodeport-acceleration native`)",
             Self::Iptables => "iptables NodePort",
+            Self::Ceiling => "ceiling: node A's device drops all (XDP_DROP)",
         }
     }
 }
@@ -330,53 +404,8 @@ fn v4(ip: IpAddr) -> Ipv4Addr {
     }
 }
 
-fn main() {
-    require_root();
-    let rounds = env_or("WEIR_BENCH_ROUNDS", 5).max(1);
-    let secs = env_or("WEIR_BENCH_SECS", 2.0);
-    let clients = env_or("WEIR_BENCH_CLIENTS", 4).max(1);
-    let d = Duration::from_secs_f64(secs);
-    let started = Instant::now();
-    eprintln!("nodeport: {rounds} rounds of {secs} s samples, {clients} external client hosts");
-
-    let mut weir = Cluster::new(201, clients, Dataplane::Weir);
-    let mut ipt = Cluster::new(202, clients, Dataplane::Iptables);
-    let mut xdp = Cluster::new(203, clients, Dataplane::WeirXdp);
-    weir.program_weir();
-    xdp.program_weir();
-    ipt.program_iptables();
-
-    let cases: Vec<(Path, Variant)> = [Path::Local, Path::Remote]
-        .iter()
-        .flat_map(|&p| Variant::ALL.iter().map(move |&v| (p, v)))
-        .collect();
-    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); cases.len()];
-    for round in 0..rounds {
-        for k in 0..cases.len() {
-            let i = (k + round) % cases.len();
-            let (path, variant) = cases[i];
-            let cluster = match variant {
-                Variant::Iptables => &mut ipt,
-                Variant::WeirXdp => &mut xdp,
-                Variant::Direct | Variant::Weir => &mut weir,
-            };
-            let targets = cluster.targets(path, variant != Variant::Direct);
-            let s = cluster.clients.sample(&targets, d);
-            let want = if path == Path::Local { LOCAL_ID } else { REMOTE_ID };
-            assert_eq!(
-                s.hit[usize::from(want)],
-                s.conns,
-                "{path:?} {variant:?}: answered by the wrong backend"
-            );
-            eprintln!(
-                "round {round}: {path:?} {variant:?}: {:.0} conn/s, {} errors",
-                s.rate(),
-                s.errors
-            );
-            samples[i].push(s);
-        }
-    }
-
+/// The connection samples' table.
+fn conn_table(cases: &[(Path, Variant)], samples: &[Vec<Sample>]) {
     println!("\n### NodePort from outside the cluster: new TCP connections per second\n");
     println!("| endpoint | variant | conn/s | min-max | / direct | / iptables | errors |");
     println!("| --- | --- | ---: | ---: | ---: | ---: | ---: |");
@@ -409,21 +438,38 @@ fn main() {
             ratio(Variant::Iptables),
         );
     }
-    // A UDP flood to a NodePort of a Service without endpoints.
-    let floods = [Variant::Iptables, Variant::Weir, Variant::WeirXdp];
+}
+
+/// Floods each cluster's node A from each sender, in rounds of a rotating
+/// order, and prints the table.
+fn flood_table(rounds: usize, d: Duration, [ipt, weir, xdp]: [&Cluster; 3]) {
+    // A UDP flood to a NodePort of a Service without endpoints, from each
+    // sender.
+    let floods: Vec<(Sender, Variant)> = [Sender::Socket, Sender::Wire]
+        .iter()
+        .flat_map(|&s| {
+            [
+                Variant::Iptables,
+                Variant::Weir,
+                Variant::WeirXdp,
+                Variant::Ceiling,
+            ]
+            .map(move |v| (s, v))
+        })
+        .collect();
     let mut flood_samples: Vec<Vec<(f64, f64)>> = vec![Vec::new(); floods.len()];
     for round in 0..rounds {
         for k in 0..floods.len() {
             let i = (k + round) % floods.len();
-            let cluster = match floods[i] {
-                Variant::Iptables => &ipt,
-                Variant::WeirXdp => &xdp,
-                Variant::Direct | Variant::Weir => &weir,
+            let (sender, variant) = floods[i];
+            let cluster = match variant {
+                Variant::Iptables | Variant::Ceiling => ipt,
+                Variant::WeirXdp => xdp,
+                Variant::Direct | Variant::Weir => weir,
             };
-            let (sent, disposed) = cluster.flood(d);
+            let (sent, disposed) = cluster.flood(d, sender, variant == Variant::Ceiling);
             eprintln!(
-                "round {round}: flood {:?}: {sent:.0} sent/s, {disposed:.0} disposed/s",
-                floods[i]
+                "round {round}: flood {sender:?} {variant:?}: {sent:.0} sent/s, {disposed:.0} disposed/s"
             );
             flood_samples[i].push((sent, disposed));
         }
@@ -439,19 +485,82 @@ fn main() {
     println!(
         "\n### UDP flood to a NodePort of a Service without endpoints: packets per second node A disposes of\n"
     );
-    println!("| variant | sent/s | disposed/s | min-max | / iptables |");
-    println!("| --- | ---: | ---: | ---: | ---: |");
-    for (i, variant) in floods.iter().enumerate() {
+    println!("| sender | variant | sent/s | disposed/s | min-max | / iptables |");
+    println!("| --- | --- | ---: | ---: | ---: | ---: |");
+    for (i, (sender, variant)) in floods.iter().enumerate() {
         let d: Vec<f64> = flood_samples[i].iter().map(|x| x.1).collect();
         let lo = d.iter().copied().fold(f64::INFINITY, f64::min);
         let hi = d.iter().copied().fold(0.0, f64::max);
+        let iptables = floods
+            .iter()
+            .position(|c| *c == (*sender, Variant::Iptables))
+            .expect("the sender's iptables case");
         println!(
-            "| {} | {:.0} | {:.0} | {lo:.0}-{hi:.0} | **{:.2}** |",
+            "| {} | {} | {:.0} | {:.0} | {lo:.0}-{hi:.0} | **{:.2}** |",
+            sender.label(),
             variant.label(),
             median(flood_samples[i].iter().map(|x| x.0).collect()),
             disposed[i],
-            disposed[i] / disposed[0],
+            disposed[i] / disposed[iptables],
         );
+    }
+}
+
+fn main() {
+    require_root();
+    let rounds = env_or("WEIR_BENCH_ROUNDS", 5).max(1);
+    let secs = env_or("WEIR_BENCH_SECS", 2.0);
+    let clients = env_or("WEIR_BENCH_CLIENTS", 4).max(1);
+    let d = Duration::from_secs_f64(secs);
+    let parts = std::env::var("WEIR_BENCH_PARTS").unwrap_or_else(|_| "conns,flood".into());
+    let part = |name: &str| parts.split(',').any(|p| p.trim() == name);
+    let started = Instant::now();
+    eprintln!("nodeport: {rounds} rounds of {secs} s samples, {clients} external client hosts");
+
+    let mut weir = Cluster::new(201, clients, Dataplane::Weir);
+    let mut ipt = Cluster::new(202, clients, Dataplane::Iptables);
+    let mut xdp = Cluster::new(203, clients, Dataplane::WeirXdp);
+    weir.program_weir();
+    xdp.program_weir();
+    ipt.program_iptables();
+
+    let cases: Vec<(Path, Variant)> = [Path::Local, Path::Remote]
+        .iter()
+        .flat_map(|&p| Variant::ALL.iter().map(move |&v| (p, v)))
+        .collect();
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); cases.len()];
+    for round in 0..if part("conns") { rounds } else { 0 } {
+        for k in 0..cases.len() {
+            let i = (k + round) % cases.len();
+            let (path, variant) = cases[i];
+            let cluster = match variant {
+                Variant::Iptables => &mut ipt,
+                Variant::WeirXdp => &mut xdp,
+                Variant::Direct | Variant::Weir => &mut weir,
+                Variant::Ceiling => unreachable!("the flood's alone"),
+            };
+            let targets = cluster.targets(path, variant != Variant::Direct);
+            let s = cluster.clients.sample(&targets, d);
+            let want = if path == Path::Local { LOCAL_ID } else { REMOTE_ID };
+            assert_eq!(
+                s.hit[usize::from(want)],
+                s.conns,
+                "{path:?} {variant:?}: answered by the wrong backend"
+            );
+            eprintln!(
+                "round {round}: {path:?} {variant:?}: {:.0} conn/s, {} errors",
+                s.rate(),
+                s.errors
+            );
+            samples[i].push(s);
+        }
+    }
+
+    if part("conns") {
+        conn_table(&cases, &samples);
+    }
+    if part("flood") {
+        flood_table(rounds, d, [&ipt, &weir, &xdp]);
     }
 
     for (cluster, kind) in [(&weir, "TC"), (&xdp, "XDP")] {

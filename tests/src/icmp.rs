@@ -19,7 +19,7 @@ use nix::sys::socket::{
     sendto, setsockopt, socket, sockopt,
 };
 
-use crate::netns::Netns;
+use crate::{datagram, netns::Netns};
 
 /// Sends, from `ns`, an ICMP port unreachable to `to` that quotes a UDP packet
 /// `quoted_src` -> `quoted_dst` (which may never have been sent).
@@ -39,30 +39,12 @@ pub fn send_port_unreachable(ns: &Netns, to: Ipv4Addr, quoted_src: SocketAddrV4,
 
 /// The ICMP message: type 3 code 3, then the quoted IPv4 header and UDP header.
 fn port_unreachable(src: SocketAddrV4, dst: SocketAddrV4) -> Vec<u8> {
-    let mut quoted = vec![0x45, 0, 0, 28, 0, 0, 0x40, 0, 64, 17, 0, 0];
-    quoted.extend(src.ip().octets());
-    quoted.extend(dst.ip().octets());
-    let csum = checksum(&quoted);
-    quoted[10..12].copy_from_slice(&csum.to_be_bytes());
-    quoted.extend(src.port().to_be_bytes());
-    quoted.extend(dst.port().to_be_bytes());
-    quoted.extend([0, 8, 0, 0]);
+    let quoted = datagram::ipv4_udp(src, dst, &[]);
     let mut msg = vec![3, 3, 0, 0, 0, 0, 0, 0];
     msg.extend(quoted);
-    let csum = checksum(&msg);
+    let csum = datagram::checksum(&msg);
     msg[2..4].copy_from_slice(&csum.to_be_bytes());
     msg
-}
-
-fn checksum(data: &[u8]) -> u16 {
-    let mut sum: u32 = data
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }
 
 fn raw_icmp() -> nix::Result<OwnedFd> {

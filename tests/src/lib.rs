@@ -13,6 +13,8 @@ pub mod bins;
 pub mod cni;
 pub mod connrate;
 pub mod containerd;
+pub mod datagram;
+pub mod flood;
 pub mod icmp;
 pub mod internet;
 pub mod kube_lab;

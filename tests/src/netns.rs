@@ -2,6 +2,7 @@
 
 use std::{
     fs::File,
+    net::IpAddr,
     path::PathBuf,
     process::{Command, Output},
 };
@@ -62,6 +63,19 @@ impl Netns {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `ip -j link`'s view of the device holding `addr` (its name, MAC, and
+    /// for a veth its peer's `link_index`).
+    pub fn link_holding(&self, addr: IpAddr) -> serde_json::Value {
+        let found: serde_json::Value =
+            serde_json::from_str(&self.sh(&format!("ip -j addr show to {addr}"))).expect("ip -j addr");
+        let device = found[0]["ifname"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no device holds {addr} in {}", self.name));
+        let link: serde_json::Value =
+            serde_json::from_str(&self.sh(&format!("ip -j link show dev {device}"))).expect("ip -j link");
+        link[0].clone()
     }
 
     /// A kernel SNMP counter of the namespace (`nstat` name, e.g.

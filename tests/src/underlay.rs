@@ -7,7 +7,7 @@
 
 use std::net::IpAddr;
 
-use crate::{Node, netns::Netns, netns::run_ok, unique, xdp_pass};
+use crate::{Node, flood, netns::Netns, netns::run_ok, unique, xdp_pass};
 
 /// A veth between two namespaces: `a_end` in `a`, `b_end` in `b`.
 fn veth(a: &Netns, a_end: &str, b: &Netns, b_end: &str) {
@@ -171,20 +171,31 @@ impl Underlay {
             .sh("ip -o link show master br0 | awk -F': ' '{print $2}' | cut -d@ -f1");
         for port in ports.split_whitespace() {
             self.switch.sh(&format!("ethtool -K {port} tx off >/dev/null"));
-            // nsenter, not `ip netns exec`, which hides /sys/fs/bpf.
-            run_ok(std::process::Command::new("nsenter").args([
-                &format!("--net=/var/run/netns/{}", self.switch.name()),
-                "ip",
-                "link",
-                "set",
-                "dev",
-                port,
-                "xdpdrv",
-                "pinned",
-                &pin.display().to_string(),
-            ]));
+            xdp_pass::attach(&self.switch, port, &pin);
         }
         std::fs::remove_file(&pin).expect("removing the XDP pass program's pin");
+    }
+
+    /// The switch's end of the cable of the host holding `addr` in `ns`, as
+    /// [`flood::Wire`]: frames sent there reach that host as from the wire
+    /// (a traffic generator at the far end of its cable, passing nothing but
+    /// the host's own device), addressed from `from`'s MAC.
+    pub fn wire_to(&self, ns: &Netns, addr: IpAddr, from: &Netns, from_addr: IpAddr) -> flood::Wire {
+        let host = ns.link_holding(addr);
+        let peer = host["link_index"].as_u64().expect("a veth's peer index");
+        let ports: serde_json::Value =
+            serde_json::from_str(&self.switch.sh("ip -j link show")).expect("ip -j link");
+        let port = ports
+            .as_array()
+            .and_then(|all| all.iter().find(|p| p["ifindex"].as_u64() == Some(peer)))
+            .and_then(|p| p["ifname"].as_str())
+            .expect("the switch's port of the host");
+        flood::Wire {
+            ns: Netns::attach(self.switch.name()),
+            device: port.to_owned(),
+            src_mac: flood::mac(&from.link_holding(from_addr)),
+            dst_mac: flood::mac(&host),
+        }
     }
 
     /// A host outside the cluster on the underlay, as `.100`.
