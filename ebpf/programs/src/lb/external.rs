@@ -52,7 +52,7 @@ pub fn from_netdev<F: Lb, C: Frame>(ctx: &C, flow: &mut Flow<F>) -> Result<Actio
     // 3. A new flow: a frontend's external entry (with externalTrafficPolicy
     //    Local, this node's endpoints only), or its cluster-wide one for a
     //    client in the cluster's pod CIDRs (another node's pod).
-    let inside = masq::inside::<F>(&flow.saddr);
+    let inside = || masq::inside::<F>(&flow.saddr);
     let chosen = match choose(ctx, flow, s, now, inside, C::NETDEV)? {
         NewFlow::NotAFrontend => return pass,
         NewFlow::Answered(action) => return Ok(action),

@@ -48,11 +48,17 @@ pub fn lookup(key: &ServiceKey) -> Option<ServiceValue> {
 /// Local), its cluster-wide twin. `key` is left naming the entry used.
 #[inline(always)]
 pub fn inside(key: &mut ServiceKey, svc: ServiceValue) -> Result<ServiceValue, Reason> {
-    if svc.flags & SVC_F_TWO_SCOPES == 0 {
+    if !two_scopes(&svc) {
         return Ok(svc);
     }
     key.scope = SCOPE_INTERNAL;
     lookup(key).ok_or(Reason::BackendMissing)
+}
+
+/// Whether the entry has a cluster-wide twin ([`inside`]).
+#[inline(always)]
+pub fn two_scopes(svc: &ServiceValue) -> bool {
+    svc.flags & SVC_F_TWO_SCOPES != 0
 }
 
 /// What a frontend without a usable backend does to a new flow.

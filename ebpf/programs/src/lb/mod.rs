@@ -107,7 +107,7 @@ pub fn from_pod<F: Lb, C: Frame>(
 
     // 3. A new flow. A pod is inside the cluster: it gets a frontend's
     //    cluster-wide entry.
-    let chosen = match choose(ctx, flow, s, now, true, Dir::FromPod)? {
+    let chosen = match choose(ctx, flow, s, now, || true, Dir::FromPod)? {
         NewFlow::NotAFrontend => return Ok(None),
         NewFlow::Answered(action) => return Ok(Some(action)),
         NewFlow::Chosen(chosen) => chosen,
@@ -252,15 +252,18 @@ enum NewFlow {
 }
 
 /// A new flow: is its destination a frontend, and which backend serves it?
-/// `inside`: the client is inside the cluster (see [`frontend::inside`]);
-/// `dir`: where, for the event of a frontend without a usable backend.
+/// `inside`: whether the client is inside the cluster (see
+/// [`frontend::inside`]), asked only of a frontend whose traffic policies
+/// differ by client (it may cost a lookup in an LPM trie: most packets to a
+/// node are for no frontend, or for one without twins); `dir`: where, for
+/// the event of a frontend without a usable backend.
 #[inline(always)]
 fn choose<F: Lb, C: Frame>(
     ctx: &C,
     flow: &Flow<F>,
     s: &mut Scratch,
     now: u64,
-    inside: bool,
+    inside: impl FnOnce() -> bool,
     dir: Dir,
 ) -> Result<NewFlow, Reason> {
     let mut key = frontend::of_flow(flow);
@@ -268,7 +271,7 @@ fn choose<F: Lb, C: Frame>(
         ct::yield_reply_tuple(s, flow);
         return Ok(NewFlow::NotAFrontend);
     };
-    if inside {
+    if frontend::two_scopes(&svc) && inside() {
         svc = frontend::inside(&mut key, svc)?;
     }
     let rev_nat_id = svc.rev_nat_id;
