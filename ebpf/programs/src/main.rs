@@ -75,12 +75,12 @@ macro_rules! by_family {
         match packet::ethertype(&$ctx) {
             Ok(V4::ETH_P) => match $per_family::<V4>($ctx.skb.skb) {
                 RELATED => quoted_to_netdev::<V4>($ctx.skb.skb),
-                PEER => into_peer::<V4>($ctx.skb.skb, Came::FromPod),
+                PEER => into_peer::<V4>($ctx.skb.skb, Came::Pod),
                 tc => tc,
             },
             Ok(V6::ETH_P) => match $per_family::<V6>($ctx.skb.skb) {
                 RELATED => quoted_to_netdev::<V6>($ctx.skb.skb),
-                PEER => into_peer::<V6>($ctx.skb.skb, Came::FromPod),
+                PEER => into_peer::<V6>($ctx.skb.skb, Came::Pod),
                 tc => tc,
             },
             other => metrics::verdict(&$ctx, $dir, other.map(|_| Action::forward(TC_ACT_OK))),
@@ -90,12 +90,12 @@ macro_rules! by_family {
         match packet::ethertype(&$ctx) {
             Ok(V4::ETH_P) => match $per_family::<V4>($ctx.skb.skb) {
                 RELATED => icmp_error::<V4>($ctx.skb.skb, $dir, $side),
-                PEER => into_peer::<V4>($ctx.skb.skb, Came::FromPod),
+                PEER => into_peer::<V4>($ctx.skb.skb, Came::Pod),
                 tc => tc,
             },
             Ok(V6::ETH_P) => match $per_family::<V6>($ctx.skb.skb) {
                 RELATED => icmp_error::<V6>($ctx.skb.skb, $dir, $side),
-                PEER => into_peer::<V6>($ctx.skb.skb, Came::FromPod),
+                PEER => into_peer::<V6>($ctx.skb.skb, Came::Pod),
                 tc => tc,
             },
             other => metrics::verdict(&$ctx, $dir, other.map(|_| Action::forward(TC_ACT_OK))),
@@ -138,12 +138,12 @@ pub fn from_pod(ctx: TcContext) -> i32 {
 pub fn from_netdev(ctx: TcContext) -> i32 {
     let tc = match packet::ethertype(&ctx) {
         Ok(V4::ETH_P) => match from_netdev_family::<V4>(ctx.skb.skb) {
-            PEER => into_peer::<V4>(ctx.skb.skb, Came::FromNetdev),
+            PEER => into_peer::<V4>(ctx.skb.skb, Came::Netdev),
             RELATED => quoted_error::<V4>(ctx.skb.skb),
             tc => tc,
         },
         Ok(V6::ETH_P) => match from_netdev_family::<V6>(ctx.skb.skb) {
-            PEER => into_peer::<V6>(ctx.skb.skb, Came::FromNetdev),
+            PEER => into_peer::<V6>(ctx.skb.skb, Came::Netdev),
             RELATED => quoted_error::<V6>(ctx.skb.skb),
             tc => tc,
         },
@@ -201,8 +201,8 @@ fn quoted_to_netdev<F: Lb>(skb: *mut __sk_buff) -> i32 {
 pub fn from_overlay(ctx: TcContext) -> i32 {
     let tc = match decapsulated(ctx.skb.skb) {
         PEER => match packet::ethertype(&ctx) {
-            Ok(V4::ETH_P) => into_peer::<V4>(ctx.skb.skb, Came::FromNetdev),
-            Ok(V6::ETH_P) => into_peer::<V6>(ctx.skb.skb, Came::FromNetdev),
+            Ok(V4::ETH_P) => into_peer::<V4>(ctx.skb.skb, Came::Overlay),
+            Ok(V6::ETH_P) => into_peer::<V6>(ctx.skb.skb, Came::Overlay),
             // Not IP: no local pod was found for it.
             _ => TC_ACT_OK,
         },
@@ -369,7 +369,11 @@ fn from_netdev_family<F: Lb>(skb: *mut __sk_buff) -> i32 {
             // pod's veth would), or to its veth, whose program judges it,
             // skipping this node's routing and netfilter either way.
             if endpoints::peer_ready(ep) {
-                Ok(Action::forward(PEER))
+                // [`into_peer`] takes the flow from here (`Came::Netdev`).
+                lb::scratch().map(|s| {
+                    packet::keep(&flow, &mut s.kept);
+                    Action::forward(PEER)
+                })
             } else {
                 Ok(peer::by_veth(ep.ifindex))
             }
@@ -445,8 +449,8 @@ fn to_pod_family<F: Lb>(skb: *mut __sk_buff) -> i32 {
 
 /// A packet for a local pod, found so by the program on another pod's veth or
 /// on a node device (TC ingress both): judged and translated as the pod's
-/// veth's `to_pod` would (the same [`try_into_pod`]; from a pod's veth, what
-/// that veth did already is not done again: [`Came::FromPod`]), then handed
+/// veth's `to_pod` would (the same [`try_into_pod`], without parsing again
+/// what the program that found it parsed: [`Came`]), then handed
 /// straight into the pod's namespace ([`peer`]), which skips that veth and
 /// `to_pod`. Counted under `to-pod`, as there.
 #[inline(never)]
@@ -522,9 +526,14 @@ enum Came {
     /// translated by this packet's `from_pod` already (the host's stack is
     /// not in the way on this path), so that lookup can only miss here. Both
     /// on every packet between two pods of a node.
-    FromPod,
-    /// A node device or the overlay: remote backends' replies come this way.
-    FromNetdev,
+    Pod,
+    /// A node device, whose `from_netdev` has parsed the packet and kept the
+    /// flow as it came ([`packet::keep`]): not parsed again. Remote backends'
+    /// replies come this way, for `lb::to_pod` to translate.
+    Netdev,
+    /// The overlay, whose program reads only the tunnel's metadata: parsed
+    /// here.
+    Overlay,
 }
 
 /// On the way into a pod: its ingress policy judges the packet as it arrives
@@ -540,8 +549,9 @@ fn try_into_pod<F: Lb>(ctx: &TcContext, via: Via) -> Result<Action, Reason> {
         lb,
         quoted,
     } = match via {
-        Via::Peer(Came::FromPod) => packet::handed::<F>(&lb::scratch()?.kept),
-        _ => packet::parse_any::<F, _>(ctx)?,
+        Via::Peer(Came::Pod) => packet::handed::<F>(&lb::scratch()?.kept, false),
+        Via::Peer(Came::Netdev) => packet::handed::<F>(&lb::scratch()?.kept, true),
+        Via::Peer(Came::Overlay) | Via::Veth => packet::parse_any::<F, _>(ctx)?,
     };
     if quoted != 0 {
         // An ICMP error: judged and translated in [`icmp_error`], which has
@@ -639,7 +649,7 @@ fn try_from_pod<F: Lb>(ctx: &TcContext) -> Result<Action, Reason> {
     {
         if ep.ifindex != ifindex && endpoints::peer_ready(ep) {
             // [`into_peer`] takes the flow as it now is from here rather than
-            // parse the packet again (`Came::FromPod`): every PEER return of
+            // parse the packet again (`Came::Pod`): every PEER return of
             // `from_pod` keeps it first.
             packet::keep(&flow, &mut lb::scratch()?.kept);
             return Ok(Action::forward(PEER));

@@ -523,11 +523,13 @@ pub fn keep<F: Family>(flow: &Flow<F>, kept: &mut KeptFlow) {
     kept.tcp_flags = flow.tcp_flags;
 }
 
-/// The flow a pod's veth kept ([`keep`]) before it handed the packet over in
-/// this run, as [`parse_any`] would read the packet again: one policy judges
-/// (ICMP errors are never handed over).
+/// The flow a pod's veth or a node device kept ([`keep`]) before it handed
+/// the packet over in this run, as [`parse_any`] would read the packet again:
+/// one policy judges (ICMP errors are never handed over). `lb`: whether the
+/// load balancer's step into a pod (`lb::to_pod`) may have work to do (see
+/// `main::Came`).
 #[inline(always)]
-pub fn handed<F: Family>(kept: &KeptFlow) -> Parsed<F> {
+pub fn handed<F: Family>(kept: &KeptFlow, lb: bool) -> Parsed<F> {
     let mut flow = Flow::new();
     F::narrow(&kept.saddr, &mut flow.saddr);
     F::narrow(&kept.daddr, &mut flow.daddr);
@@ -535,12 +537,10 @@ pub fn handed<F: Family>(kept: &KeptFlow) -> Parsed<F> {
     flow.dport = kept.dport;
     flow.proto = kept.proto;
     flow.tcp_flags = kept.tcp_flags;
-    // `lb::to_pod`, the load balancer's step for a packet into a pod, can only
-    // miss on a flow a pod's veth has handed over (see `main::Came::FromPod`).
     Parsed {
         flow,
         judge: true,
-        lb: false,
+        lb,
         quoted: 0,
     }
 }
