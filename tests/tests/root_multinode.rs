@@ -579,3 +579,57 @@ fn root_vxlan_over_an_ipv6_underlay() {
     // their Node objects give: the outer packets were IPv6.
     assert!(agents[0].forwarded("to-overlay") > 10);
 }
+
+weir_lab::with_each_setup!(fragmented_datagrams_reach_pods_while_the_host_tracks_connections,);
+
+/// A UDP datagram larger than the pods' MTU leaves its sender in fragments,
+/// and only the first carries the ports. Every fragment must go the same way:
+/// once anything in the host's namespace uses netfilter's conntrack (the
+/// portmap plugin's rules, a firewall), the host's stack reassembles what it
+/// is given, and would hold the rest of a datagram whose first fragment went
+/// around it (straight into the pod) until they expire.
+fn fragmented_datagrams_reach_pods_while_the_host_tracks_connections(setup: Setup) {
+    let cluster = Cluster::new(setup.source);
+    let mut node_a = setup.node("10.94.1.0/24");
+    let mut node_b = setup.node("10.94.2.0/24");
+    two_nodes(setup, &cluster, &node_a, &node_b, 94);
+    let _agent_a = node_a.start_agent_for_with(&cluster, setup.flags());
+    let _agent_b = node_b.start_agent_for_with(&cluster, setup.flags());
+    let client = node_a.add_pod("client");
+    let near = node_a.add_pod("near");
+    let far = node_b.add_pod("far");
+    for node in [&node_a, &node_b] {
+        // A rule that uses conntrack: the host's defragmentation is now on.
+        node.ns
+            .sh("iptables -A FORWARD -m conntrack --ctstate INVALID -j DROP");
+    }
+    for (from, to, what) in [
+        (&client, &near, "to a pod of the same node"),
+        (&client, &far, "to a pod of another node"),
+        (&far, &client, "back from the other node"),
+    ] {
+        for len in [100, 4000, 20000] {
+            let to_addr = SocketAddr::new(to.ipv4(), 9999);
+            assert_eq!(
+                datagram_arrives(&from.ns, &to.ns, to_addr, len),
+                Some(len),
+                "a {len}-byte datagram {what}"
+            );
+        }
+    }
+}
+
+/// Sends one `len`-byte UDP datagram from `from` to `to`, bound in `to_ns`:
+/// the length of what arrived, if anything did.
+fn datagram_arrives(from: &Netns, to_ns: &Netns, to: SocketAddr, len: usize) -> Option<usize> {
+    let socket = to_ns.run(move || std::net::UdpSocket::bind(to).expect("bind the receiver"));
+    socket
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    from.run(move || {
+        let sender = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind the sender");
+        sender.send_to(&vec![7u8; len], to).expect("send");
+    });
+    let mut buf = vec![0u8; 65536];
+    socket.recv_from(&mut buf).ok().map(|(n, _)| n)
+}

@@ -368,7 +368,7 @@ fn from_netdev_family<F: Lb>(skb: *mut __sk_buff) -> i32 {
             // so it goes straight into the pod ([`into_peer`] judges it as the
             // pod's veth would), or to its veth, whose program judges it,
             // skipping this node's routing and netfilter either way.
-            if endpoints::peer_ready(ep) {
+            if endpoints::peer_ready(ep) && !flow.fragment {
                 // [`into_peer`] takes the flow from here (`Came::Netdev`).
                 lb::scratch().map(|s| {
                     packet::keep(&flow, &mut s.kept);
@@ -381,6 +381,11 @@ fn from_netdev_family<F: Lb>(skb: *mut __sk_buff) -> i32 {
         Ok(Seen::Flow(mut flow)) => lb::from_netdev(&ctx, &mut flow),
         // Counted where it goes.
         Ok(Seen::Error) => return RELATED,
+        // The way the datagram's first fragment went (a fragment of a first
+        // fragment for a local pod went by its veth, see above).
+        Ok(Seen::Fragment(flow)) => {
+            Ok(to_local_pod(&flow).map_or(Action::forward(TC_ACT_OK), |ep| peer::by_veth(ep.ifindex)))
+        }
         Ok(Seen::Other) => Ok(Action::forward(TC_ACT_OK)),
         Err(reason) => Err(reason),
     };
@@ -414,7 +419,7 @@ fn from_netdev_xdp_family<F: Lb>(md: *mut xdp_md) -> i32 {
             result => result,
         },
         // A fragment, IP options, ICMP, a malformed packet: TC judges them.
-        Ok(Seen::Error | Seen::Other) | Err(_) => to_tc,
+        Ok(Seen::Error | Seen::Fragment(_) | Seen::Other) | Err(_) => to_tc,
     };
     metrics::verdict(&ctx, Dir::Xdp, result)
 }
@@ -487,7 +492,7 @@ fn node_reply<F: Lb>(ctx: &TcContext, underlay: bool) -> Option<Result<(), Reaso
         Ok(Seen::Flow(flow)) if underlay && overlay_packet(&flow) => Ok(()),
         Ok(Seen::Flow(mut flow)) => lb::to_pod(ctx, &mut flow),
         Ok(Seen::Error) => return None,
-        Ok(Seen::Other) => Ok(()),
+        Ok(Seen::Fragment(_) | Seen::Other) => Ok(()),
         Err(reason) => Err(reason),
     })
 }
@@ -499,7 +504,7 @@ fn masquerade_family<F: Lb>(skb: *mut __sk_buff) -> i32 {
         Ok(Seen::Flow(mut flow)) => lb::masq::to_netdev(&ctx, &mut flow),
         // Counted where it goes.
         Ok(Seen::Error) => return RELATED,
-        Ok(Seen::Other) => Ok(Action::forward(TC_ACT_OK)),
+        Ok(Seen::Fragment(_) | Seen::Other) => Ok(Action::forward(TC_ACT_OK)),
         Err(reason) => Err(reason),
     };
     metrics::verdict(&ctx, Dir::ToNetdev, result)
@@ -609,7 +614,13 @@ fn try_from_pod<F: Lb>(ctx: &TcContext) -> Result<Action, Reason> {
     }
     if !judge {
         // An ICMP error: judged and translated in [`icmp_error`].
-        return Ok(Action::forward(if quoted != 0 { RELATED } else { TC_ACT_OK }));
+        if quoted != 0 {
+            return Ok(Action::forward(RELATED));
+        }
+        if flow.fragment {
+            return fragment_way(ctx, &flow);
+        }
+        return Ok(Action::forward(TC_ACT_OK));
     }
     // Egress policy judges the real flow: a reply as the pod sends it, before
     // the load balancer makes it come from a frontend; anything else, and
@@ -647,7 +658,7 @@ fn try_from_pod<F: Lb>(ctx: &TcContext) -> Result<Action, Reason> {
     if let Some(ep) = endpoints::get(&endpoints::key::<F>(&flow.daddr))
         && (!host_stack || ep.ifindex == ifindex)
     {
-        if ep.ifindex != ifindex && endpoints::peer_ready(ep) {
+        if ep.ifindex != ifindex && endpoints::peer_ready(ep) && !flow.fragment {
             // [`into_peer`] takes the flow as it now is from here rather than
             // parse the packet again (`Came::Pod`): every PEER return of
             // `from_pod` keeps it first.
@@ -662,6 +673,31 @@ fn try_from_pod<F: Lb>(ctx: &TcContext) -> Result<Action, Reason> {
     // node does; what the FIB does not forward goes to the host's stack.
     if !host_stack && lb::masq::inside::<F>(&flow.daddr) {
         return route::forward(ctx, &flow).map(Action::forward);
+    }
+    Ok(Action::forward(TC_ACT_OK))
+}
+
+/// A fragment after the first, from a pod: its datagram was judged on the
+/// first fragment, and it goes the first one's way: to a local pod by its veth
+/// (the first fragment too: never straight into the pod, the one path the
+/// rest cannot take), to another node's pod by our own route lookup. Never
+/// through the host's stack when the first went around it: the host's
+/// defragmentation (in place whenever anything in its namespace uses
+/// netfilter's conntrack: the portmap plugin, a firewall) would hold the rest
+/// for a first fragment it never sees, and the datagram would be lost.
+#[inline(always)]
+fn fragment_way<F: Lb>(ctx: &TcContext, flow: &packet::Flow<F>) -> Result<Action, Reason> {
+    let host_stack = lb::maps::NODE
+        .get(0)
+        .is_some_and(|n| n.flags & NODE_F_HOST_STACK != 0);
+    if host_stack {
+        return Ok(Action::forward(TC_ACT_OK));
+    }
+    if let Some(ep) = endpoints::get(&endpoints::key::<F>(&flow.daddr)) {
+        return Ok(peer::by_veth(ep.ifindex));
+    }
+    if lb::masq::inside::<F>(&flow.daddr) {
+        return route::forward(ctx, flow).map(Action::forward);
     }
     Ok(Action::forward(TC_ACT_OK))
 }

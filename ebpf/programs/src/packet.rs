@@ -152,8 +152,10 @@ impl Family for V4 {
         flow.proto = ctx.load(ETH_HLEN + 9).map_err(|_| Reason::Malformed)?;
         flow.saddr = ctx.load(Self::SADDR).map_err(|_| Reason::Malformed)?;
         flow.daddr = ctx.load(Self::DADDR).map_err(|_| Reason::Malformed)?;
-        let frag: u16 = ctx.load(ETH_HLEN + 6).map_err(|_| Reason::Malformed)?;
-        if u16::from_be(frag) & 0x1fff != 0 {
+        let frag = u16::from_be(ctx.load(ETH_HLEN + 6).map_err(|_| Reason::Malformed)?);
+        // More fragments follow, or this one does not start the datagram.
+        flow.fragment = frag & 0x3fff != 0;
+        if frag & 0x1fff != 0 {
             return Ok(None);
         }
         Ok(Some(ETH_HLEN + words * 4))
@@ -251,6 +253,7 @@ impl Family for V6 {
             at += (usize::from(len) + 1) * 8;
         }
         if flow.proto == IPPROTO_FRAGMENT {
+            flow.fragment = true;
             let offset: u16 = ctx.load(at + 2).map_err(|_| Reason::Malformed)?;
             if u16::from_be(offset) & 0xfff8 != 0 {
                 return Ok(None);
@@ -369,6 +372,9 @@ pub struct Flow<F: Family> {
     pub tcp_flags: u8,
     /// The load balancer has given the packet a new destination.
     pub translated: bool,
+    /// A fragment of a datagram, first or not: every fragment must go the
+    /// same way (see `main::fragment_way`).
+    pub fragment: bool,
 }
 
 impl<F: Family> Flow<F> {
@@ -383,6 +389,7 @@ impl<F: Family> Flow<F> {
             proto: 0,
             tcp_flags: 0,
             translated: false,
+            fragment: false,
         }
     }
 
@@ -435,6 +442,8 @@ pub fn parse<F: Family, C: Frame>(ctx: &C) -> Result<Seen<F>, Reason> {
         Seen::Flow(p.flow)
     } else if p.quoted != 0 {
         Seen::Error
+    } else if p.flow.fragment {
+        Seen::Fragment(p.flow)
     } else {
         Seen::Other
     })
@@ -447,6 +456,9 @@ pub enum Seen<F: Family> {
     /// An ICMP error, which quotes a packet of some flow: one it may have
     /// translated (`lb::quoted`).
     Error,
+    /// A fragment without the L4 header it reads (after the first, or any
+    /// IPv6 fragment): its addresses alone.
+    Fragment(Flow<F>),
     /// Anything else it leaves alone.
     Other,
 }
