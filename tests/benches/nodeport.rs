@@ -47,7 +47,7 @@ use serde_json::json;
 use weir_lab::{
     Agent, Netns, Node, Pod, TempDir,
     connrate::{Clients, Sample, Server, median_rate},
-    env_or, flood,
+    env_or,
     kube_proxy::{Service, ServiceSet},
     require_root,
     services::{Ep, ManifestDir, merge, port, service, slice},
@@ -75,14 +75,14 @@ struct Cluster {
     _servers: Vec<Server>,
     local: Pod,
     remote: Pod,
-    _externals: Vec<Netns>,
+    externals: Vec<Netns>,
     /// The external hosts' underlay addresses.
     external_ips: Vec<Ipv4Addr>,
     node_a: IpAddr,
     _agents: Vec<Agent>,
     _dirs: Vec<ManifestDir>,
     nodes: Vec<Node>,
-    _underlay: Underlay,
+    underlay: Underlay,
 }
 
 /// What serves a cluster's NodePorts.
@@ -135,13 +135,13 @@ impl Cluster {
             _servers: servers,
             local,
             remote,
-            _externals: externals,
+            externals,
             external_ips,
             node_a: ips[0],
             _agents: agents,
             _dirs: dirs,
             nodes,
-            _underlay: underlay,
+            underlay,
         }
     }
 
@@ -281,17 +281,32 @@ impl Cluster {
             }
         };
         if ceiling {
-            let pin = xdp_pass::pinned_drop();
-            xdp_pass::attach(&self.nodes[0].ns, &device, &pin);
-            std::fs::remove_file(&pin).expect("removing the XDP drop program's pin");
+            xdp_pass::attach(&self.nodes[0].ns, &device, &xdp_pass::pinned_drop());
         }
-        let before = disposed();
         let to = SocketAddrV4::new(v4(self.node_a), EMPTY_NODE_PORT);
+        // The wire and its frames are made before the clock starts.
+        let wire = (sender == Sender::Wire).then(|| {
+            let wire = self.underlay.wire_to(
+                &self.nodes[0].ns,
+                self.node_a,
+                &self.externals[0],
+                IpAddr::V4(self.external_ips[0]),
+            );
+            // The external hosts' datagrams, one source port each, as their
+            // unconnected sockets have.
+            let frames: Vec<_> = self
+                .external_ips
+                .iter()
+                .map(|&ip| wire.udp_frame(SocketAddrV4::new(ip, 40000), to))
+                .collect();
+            (wire, frames)
+        });
+        let before = disposed();
         let started = Instant::now();
-        let sent: u64 = match sender {
-            Sender::Socket => {
+        let sent: u64 = match wire {
+            None => {
                 let senders: Vec<_> = self
-                    ._externals
+                    .externals
                     .iter()
                     .map(|ns| {
                         ns.spawn(move || {
@@ -309,22 +324,7 @@ impl Cluster {
                     .collect();
                 senders.into_iter().map(|t| t.join().expect("sender")).sum()
             }
-            Sender::Wire => {
-                let wire = self._underlay.wire_to(
-                    &self.nodes[0].ns,
-                    self.node_a,
-                    &self._externals[0],
-                    IpAddr::V4(self.external_ips[0]),
-                );
-                // The external hosts' datagrams, one source port each, as
-                // their unconnected sockets have.
-                let frames = self
-                    .external_ips
-                    .iter()
-                    .map(|&ip| flood::udp_frame(&wire, SocketAddrV4::new(ip, 40000), to))
-                    .collect();
-                wire.send_for(frames, d)
-            }
+            Some((wire, frames)) => wire.send_for(frames, d),
         };
         let secs = started.elapsed().as_secs_f64();
         // What was queued when the senders stopped is disposed of next.
@@ -442,7 +442,7 @@ fn conn_table(cases: &[(Path, Variant)], samples: &[Vec<Sample>]) {
 
 /// Floods each cluster's node A from each sender, in rounds of a rotating
 /// order, and prints the table.
-fn flood_table(rounds: usize, d: Duration, [ipt, weir, xdp]: [&Cluster; 3]) {
+fn flood_table(rounds: usize, d: Duration, ipt: &Cluster, weir: &Cluster, xdp: &Cluster) {
     // A UDP flood to a NodePort of a Service without endpoints, from each
     // sender.
     let floods: Vec<(Sender, Variant)> = [Sender::Socket, Sender::Wire]
@@ -513,7 +513,11 @@ fn main() {
     let clients = env_or("WEIR_BENCH_CLIENTS", 4).max(1);
     let d = Duration::from_secs_f64(secs);
     let parts = std::env::var("WEIR_BENCH_PARTS").unwrap_or_else(|_| "conns,flood".into());
-    let part = |name: &str| parts.split(',').any(|p| p.trim() == name);
+    let parts: Vec<&str> = parts.split(',').map(str::trim).collect();
+    if let Some(unknown) = parts.iter().find(|p| !["conns", "flood"].contains(p)) {
+        panic!("WEIR_BENCH_PARTS: no part {unknown:?} (conns, flood)");
+    }
+    let part = |name: &str| parts.contains(&name);
     let started = Instant::now();
     eprintln!("nodeport: {rounds} rounds of {secs} s samples, {clients} external client hosts");
 
@@ -529,7 +533,8 @@ fn main() {
         .flat_map(|&p| Variant::ALL.iter().map(move |&v| (p, v)))
         .collect();
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); cases.len()];
-    for round in 0..if part("conns") { rounds } else { 0 } {
+    let conn_rounds = if part("conns") { rounds } else { 0 };
+    for round in 0..conn_rounds {
         for k in 0..cases.len() {
             let i = (k + round) % cases.len();
             let (path, variant) = cases[i];
@@ -537,7 +542,7 @@ fn main() {
                 Variant::Iptables => &mut ipt,
                 Variant::WeirXdp => &mut xdp,
                 Variant::Direct | Variant::Weir => &mut weir,
-                Variant::Ceiling => unreachable!("the flood's alone"),
+                Variant::Ceiling => unreachable!("the ceiling is a flood's variant alone"),
             };
             let targets = cluster.targets(path, variant != Variant::Direct);
             let s = cluster.clients.sample(&targets, d);
@@ -560,7 +565,7 @@ fn main() {
         conn_table(&cases, &samples);
     }
     if part("flood") {
-        flood_table(rounds, d, [&ipt, &weir, &xdp]);
+        flood_table(rounds, d, &ipt, &weir, &xdp);
     }
 
     for (cluster, kind) in [(&weir, "TC"), (&xdp, "XDP")] {

@@ -6,9 +6,9 @@ use std::net::SocketAddrV4;
 /// An IPv4 UDP datagram (no options, the header checksum complete; the UDP
 /// checksum 0, "none", which IPv4 allows) carrying `payload`.
 pub fn ipv4_udp(src: SocketAddrV4, dst: SocketAddrV4, payload: &[u8]) -> Vec<u8> {
-    let udp_len = 8 + payload.len() as u16;
+    let udp_len = u16::try_from(8 + payload.len()).expect("a UDP datagram's length");
     let mut d = vec![0x45, 0];
-    d.extend((20 + udp_len).to_be_bytes());
+    d.extend((20u16.checked_add(udp_len).expect("an IPv4 datagram's length")).to_be_bytes());
     d.extend([0, 0, 0x40, 0, 64, 17, 0, 0]); // id, DF, TTL, UDP, checksum
     d.extend(src.ip().octets());
     d.extend(dst.ip().octets());

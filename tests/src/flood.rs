@@ -8,8 +8,9 @@
 //! it, so a flood from one measures mostly its senders: the cheaper the node's
 //! work, the more the senders get, but the ratio between two nodes is
 //! squeezed towards 1. This sender costs an `sk_buff` and a 43-byte copy per
-//! frame and no protocol stack, near what pktgen (which this machine's kernel
-//! lacks) costs; sent from the switch's end of a node's cable
+//! frame and no protocol stack: more than pktgen (which this machine's kernel
+//! lacks, and which sends one `sk_buff` over and over), far less than a
+//! socket's datagram. Sent from the switch's end of a node's cable
 //! ([`crate::underlay::Underlay::wire_to`]), the frames pass nothing else
 //! before the node's device.
 
@@ -62,11 +63,18 @@ fn parse_mac(mac: &str) -> [u8; 6] {
     bytes.try_into().expect("a 6-byte MAC")
 }
 
-/// The frame: Ethernet, then [`datagram::ipv4_udp`] with one byte of payload.
-pub fn udp_frame(wire: &Wire, src: SocketAddrV4, dst: SocketAddrV4) -> Vec<u8> {
+impl Wire {
+    /// The frame of a 1-byte UDP datagram on this wire: Ethernet, then
+    /// [`datagram::ipv4_udp`].
+    pub fn udp_frame(&self, src: SocketAddrV4, dst: SocketAddrV4) -> Vec<u8> {
+        udp_frame(self.src_mac, self.dst_mac, src, dst)
+    }
+}
+
+fn udp_frame(src_mac: [u8; 6], dst_mac: [u8; 6], src: SocketAddrV4, dst: SocketAddrV4) -> Vec<u8> {
     let mut f = Vec::with_capacity(14 + 29);
-    f.extend(wire.dst_mac);
-    f.extend(wire.src_mac);
+    f.extend(dst_mac);
+    f.extend(src_mac);
     f.extend(0x0800u16.to_be_bytes());
     f.extend(datagram::ipv4_udp(src, dst, b"x"));
     f
@@ -80,10 +88,11 @@ fn send_for(device: &str, frame: &[u8], d: Duration) -> u64 {
         iov_base: frame.as_ptr() as *mut libc::c_void,
         iov_len: frame.len(),
     };
+    let iov = &raw mut iov;
     // SAFETY: all-zero is a valid `mmsghdr`.
     let mut msgs: Vec<libc::mmsghdr> = (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect();
     for m in &mut msgs {
-        m.msg_hdr.msg_iov = &mut iov;
+        m.msg_hdr.msg_iov = iov;
         m.msg_hdr.msg_iovlen = 1;
     }
     let deadline = Instant::now() + d;
@@ -94,9 +103,13 @@ fn send_for(device: &str, frame: &[u8], d: Duration) -> u64 {
         let n = unsafe { libc::sendmmsg(socket.0, msgs.as_mut_ptr(), BATCH as u32, 0) };
         if n > 0 {
             sent += n as u64;
-        } else {
-            // The device's queue is full (ENOBUFS): let the receiver catch up.
-            std::thread::yield_now();
+            continue;
+        }
+        let error = std::io::Error::last_os_error();
+        match error.raw_os_error() {
+            // The device's queue is full: let the receiver catch up.
+            Some(libc::ENOBUFS | libc::EAGAIN) => std::thread::yield_now(),
+            _ => panic!("sending frames on {device}: {error}"),
         }
     }
     sent
@@ -162,17 +175,12 @@ mod tests {
 
     #[test]
     fn frame_is_ethernet_then_the_datagram() {
-        let wire = Wire {
-            ns: Netns::attach("none"),
-            device: "x".into(),
-            src_mac: [2, 0, 0, 0, 0, 1],
-            dst_mac: [2, 0, 0, 0, 0, 2],
-        };
+        let (src_mac, dst_mac) = ([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
         let src = SocketAddrV4::new(Ipv4Addr::new(10, 200, 1, 100), 40000);
         let dst = SocketAddrV4::new(Ipv4Addr::new(10, 200, 1, 1), 30082);
-        let f = udp_frame(&wire, src, dst);
-        assert_eq!(&f[0..6], &wire.dst_mac);
-        assert_eq!(&f[6..12], &wire.src_mac);
+        let f = udp_frame(src_mac, dst_mac, src, dst);
+        assert_eq!(f[0..6], dst_mac);
+        assert_eq!(f[6..12], src_mac);
         assert_eq!(&f[12..14], &[0x08, 0x00]);
         assert_eq!(f[14..], datagram::ipv4_udp(src, dst, b"x")[..]);
     }

@@ -173,7 +173,6 @@ impl Underlay {
             self.switch.sh(&format!("ethtool -K {port} tx off >/dev/null"));
             xdp_pass::attach(&self.switch, port, &pin);
         }
-        std::fs::remove_file(&pin).expect("removing the XDP pass program's pin");
     }
 
     /// The switch's end of the cable of the host holding `addr` in `ns`, as
@@ -187,7 +186,10 @@ impl Underlay {
             serde_json::from_str(&self.switch.sh("ip -j link show")).expect("ip -j link");
         let port = ports
             .as_array()
-            .and_then(|all| all.iter().find(|p| p["ifindex"].as_u64() == Some(peer)))
+            .and_then(|all| {
+                all.iter()
+                    .find(|p| p["ifindex"].as_u64() == Some(peer) && p["master"] == "br0")
+            })
             .and_then(|p| p["ifname"].as_str())
             .expect("the switch's port of the host");
         flood::Wire {

@@ -40,18 +40,33 @@ fn bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> std::io::Result<i32> {
     Ok(ret as i32)
 }
 
-/// Loads the program that passes everything and pins it at a fresh path
-/// under /sys/fs/bpf; the caller removes the pin once the program is attached.
-pub fn pinned() -> PathBuf {
+/// A program pinned at a fresh path under /sys/fs/bpf, for `ip link` to
+/// attach; the pin is removed on drop (the program lives on while attached).
+pub struct Pin(PathBuf);
+
+impl Pin {
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Loads the program that passes everything and pins it.
+pub fn pinned() -> Pin {
     pinned_returning(XDP_PASS)
 }
 
 /// [`pinned`], for the program that drops everything.
-pub fn pinned_drop() -> PathBuf {
+pub fn pinned_drop() -> Pin {
     pinned_returning(XDP_DROP)
 }
 
-fn pinned_returning(verdict: u8) -> PathBuf {
+fn pinned_returning(verdict: u8) -> Pin {
     let program = program(verdict);
     let license = CString::new("GPL").expect("license");
     let mut attr = [0u64; 16];
@@ -72,11 +87,11 @@ fn pinned_returning(verdict: u8) -> PathBuf {
     attr[0] = c_path.as_ptr() as u64;
     attr[1] = u64::from(std::os::fd::AsRawFd::as_raw_fd(&fd) as u32);
     bpf(BPF_OBJ_PIN, &mut attr).expect("pinning an XDP program");
-    path
+    Pin(path)
 }
 
-/// Attaches the pinned program at `pin` to `device` in `ns` (native XDP).
-pub fn attach(ns: &Netns, device: &str, pin: &Path) {
+/// Attaches the pinned program to `device` in `ns` (native XDP).
+pub fn attach(ns: &Netns, device: &str, pin: &Pin) {
     // nsenter, not `ip netns exec`, which hides /sys/fs/bpf.
     run_ok(Command::new("nsenter").args([
         &format!("--net={}", ns.path().display()),
@@ -87,7 +102,7 @@ pub fn attach(ns: &Netns, device: &str, pin: &Path) {
         device,
         "xdpdrv",
         "pinned",
-        &pin.display().to_string(),
+        &pin.path().display().to_string(),
     ]));
 }
 
