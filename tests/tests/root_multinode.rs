@@ -608,14 +608,48 @@ fn fragmented_datagrams_reach_pods_while_the_host_tracks_connections(setup: Setu
         (&client, &far, "to a pod of another node"),
         (&far, &client, "back from the other node"),
     ] {
-        for len in [100, 4000, 20000] {
-            let to_addr = SocketAddr::new(to.ipv4(), 9999);
+        let to_addr = SocketAddr::new(to.ipv4(), 9999);
+        wait_for_datagram(&from.ns, &to.ns, to_addr);
+        for len in [4000, 20000] {
             assert_eq!(
                 datagram_arrives(&from.ns, &to.ns, to_addr, len),
                 Some(len),
                 "a {len}-byte datagram {what}"
             );
         }
+    }
+}
+
+/// The same with IPv6, whose fragments are marked by an extension header,
+/// between two pods of a node.
+#[test]
+fn root_ipv6_fragmented_datagrams_reach_a_pod_while_the_host_tracks_connections() {
+    let mut node = Node::with_ranges(serde_json::json!([
+        [{ "subnet": "10.95.1.0/24" }],
+        [{ "subnet": "fd00:95:1::/64" }]
+    ]));
+    let _agent = node.start_agent();
+    let client = node.add_pod("client");
+    let server = node.add_pod("server");
+    node.ns
+        .sh("ip6tables -A FORWARD -m conntrack --ctstate INVALID -j DROP");
+    let to = SocketAddr::new(server.ipv6(), 9999);
+    wait_for_datagram(&client.ns, &server.ns, to);
+    for len in [4000, 20000] {
+        assert_eq!(
+            datagram_arrives(&client.ns, &server.ns, to, len),
+            Some(len),
+            "a {len}-byte IPv6 datagram to a pod of the same node"
+        );
+    }
+}
+
+/// Waits until a datagram that needs no fragments arrives from `from` at
+/// `to`: the path is up (the overlay's tunnels, a new address, take a moment).
+fn wait_for_datagram(from: &Netns, to_ns: &Netns, to: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while datagram_arrives(from, to_ns, to, 100) != Some(100) {
+        assert!(Instant::now() < deadline, "no datagram reaches {to}");
     }
 }
 
@@ -627,7 +661,10 @@ fn datagram_arrives(from: &Netns, to_ns: &Netns, to: SocketAddr, len: usize) -> 
         .set_read_timeout(Some(Duration::from_secs(3)))
         .expect("timeout");
     from.run(move || {
-        let sender = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind the sender");
+        let any: SocketAddr = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
+            .parse()
+            .expect("address");
+        let sender = std::net::UdpSocket::bind(any).expect("bind the sender");
         sender.send_to(&vec![7u8; len], to).expect("send");
     });
     let mut buf = vec![0u8; 65536];

@@ -381,8 +381,8 @@ fn from_netdev_family<F: Lb>(skb: *mut __sk_buff) -> i32 {
         Ok(Seen::Flow(mut flow)) => lb::from_netdev(&ctx, &mut flow),
         // Counted where it goes.
         Ok(Seen::Error) => return RELATED,
-        // The way the datagram's first fragment went (a fragment of a first
-        // fragment for a local pod went by its veth, see above).
+        // The way the datagram's first fragment went (to a local pod, by its
+        // veth: see above).
         Ok(Seen::Fragment(flow)) => {
             Ok(to_local_pod(&flow).map_or(Action::forward(TC_ACT_OK), |ep| peer::by_veth(ep.ifindex)))
         }

@@ -253,9 +253,11 @@ impl Family for V6 {
             at += (usize::from(len) + 1) * 8;
         }
         if flow.proto == IPPROTO_FRAGMENT {
-            flow.fragment = true;
-            let offset: u16 = ctx.load(at + 2).map_err(|_| Reason::Malformed)?;
-            if u16::from_be(offset) & 0xfff8 != 0 {
+            let offset = u16::from_be(ctx.load(at + 2).map_err(|_| Reason::Malformed)?);
+            // An offset, or more fragments to come (an atomic fragment, with
+            // neither, is a whole datagram).
+            flow.fragment = offset & 0xfff9 != 0;
+            if offset & 0xfff8 != 0 {
                 return Ok(None);
             }
             flow.proto = ctx.load(at).map_err(|_| Reason::Malformed)?;
@@ -430,7 +432,7 @@ pub fn ethertype<C: Frame>(ctx: &C) -> Result<u16, Reason> {
 }
 
 /// Parses a frame already known to be of family `F` for the load balancer:
-/// [`Seen::Error`] or [`Seen::Other`] for what it leaves alone (IPv4 fragments after the first and IPv4
+/// [`Seen::Error`], [`Seen::Fragment`] or [`Seen::Other`] for what it leaves alone (IPv4 fragments after the first and IPv4
 /// options, IPv6 extension headers, ICMP other than echo, protocols other
 /// than TCP and UDP: SCTP's CRC32c cannot be patched incrementally and this
 /// kernel has no SCTP to test against). ICMP echo reaches only masquerade:
