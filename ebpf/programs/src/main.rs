@@ -612,13 +612,22 @@ fn try_from_pod<F: Lb>(ctx: &TcContext) -> Result<Action, Reason> {
     if !F::link_scope(&flow.saddr) && endpoints::veth(&endpoints::key::<F>(&flow.saddr)) != Some(ifindex) {
         return Err(Reason::SpoofedSource);
     }
+    let host_stack = lb::maps::NODE
+        .get(0)
+        .is_some_and(|n| n.flags & NODE_F_HOST_STACK != 0);
     if !judge {
         // An ICMP error: judged and translated in [`icmp_error`].
         if quoted != 0 {
             return Ok(Action::forward(RELATED));
         }
+        // A fragment after the first: its datagram was judged on the first,
+        // and it goes the first one's way ([`onward`]). Never through the
+        // host's stack when the first went around it: the host's
+        // defragmentation (in place whenever anything in its namespace uses
+        // netfilter's conntrack: the portmap plugin, a firewall) would hold
+        // the rest for a first fragment it never sees.
         if flow.fragment {
-            return fragment_way(ctx, &flow);
+            return onward(ctx, &flow, ifindex, host_stack);
         }
         return Ok(Action::forward(TC_ACT_OK));
     }
@@ -630,9 +639,6 @@ fn try_from_pod<F: Lb>(ctx: &TcContext) -> Result<Action, Reason> {
     if let Some((_, now)) = policed {
         seen = policy::known(&mut lb::scratch()?.in_key, &flow, Side::Egress, now);
     }
-    let host_stack = lb::maps::NODE
-        .get(0)
-        .is_some_and(|n| n.flags & NODE_F_HOST_STACK != 0);
     if lb && let Some(answered) = lb::from_pod(ctx, &mut flow, host_stack)? {
         // Rejected (the pod is told, whatever its policy) or the reply of an
         // external flow (judged above).
@@ -647,6 +653,19 @@ fn try_from_pod<F: Lb>(ctx: &TcContext) -> Result<Action, Reason> {
             policy::judge(key, &flow, &ep, Side::Egress, Origin::Pod, now)?;
         }
     }
+    onward(ctx, &flow, ifindex, host_stack)
+}
+
+/// Where a pod's packet (from the pod's veth, `ifindex`) goes once judged
+/// and translated. Every fragment of a datagram, the first and the rest, goes
+/// the same way: never straight into a pod, the one path the rest cannot take.
+#[inline(always)]
+fn onward<F: Lb>(
+    ctx: &TcContext,
+    flow: &packet::Flow<F>,
+    ifindex: u32,
+    host_stack: bool,
+) -> Result<Action, Reason> {
     // A local pod: hand the packet straight into it ([`into_peer`] does its
     // veth's `to_pod` work first), or to its veth. Either skips the host's
     // routing and its reverse-path filter, which would refuse a reply whose
@@ -662,7 +681,7 @@ fn try_from_pod<F: Lb>(ctx: &TcContext) -> Result<Action, Reason> {
             // [`into_peer`] takes the flow as it now is from here rather than
             // parse the packet again (`Came::Pod`): every PEER return of
             // `from_pod` keeps it first.
-            packet::keep(&flow, &mut lb::scratch()?.kept);
+            packet::keep(flow, &mut lb::scratch()?.kept);
             return Ok(Action::forward(PEER));
         }
         return Ok(peer::by_veth(ep.ifindex));
@@ -672,31 +691,6 @@ fn try_from_pod<F: Lb>(ctx: &TcContext) -> Result<Action, Reason> {
     // of our own, skipping this node's routing and netfilter as the receiving
     // node does; what the FIB does not forward goes to the host's stack.
     if !host_stack && lb::masq::inside::<F>(&flow.daddr) {
-        return route::forward(ctx, &flow).map(Action::forward);
-    }
-    Ok(Action::forward(TC_ACT_OK))
-}
-
-/// A fragment after the first, from a pod: its datagram was judged on the
-/// first fragment, and it goes the first one's way: to a local pod by its veth
-/// (the first fragment too: never straight into the pod, the one path the
-/// rest cannot take), to another node's pod by our own route lookup. Never
-/// through the host's stack when the first went around it: the host's
-/// defragmentation (in place whenever anything in its namespace uses
-/// netfilter's conntrack: the portmap plugin, a firewall) would hold the rest
-/// for a first fragment it never sees, and the datagram would be lost.
-#[inline(always)]
-fn fragment_way<F: Lb>(ctx: &TcContext, flow: &packet::Flow<F>) -> Result<Action, Reason> {
-    let host_stack = lb::maps::NODE
-        .get(0)
-        .is_some_and(|n| n.flags & NODE_F_HOST_STACK != 0);
-    if host_stack {
-        return Ok(Action::forward(TC_ACT_OK));
-    }
-    if let Some(ep) = endpoints::get(&endpoints::key::<F>(&flow.daddr)) {
-        return Ok(peer::by_veth(ep.ifindex));
-    }
-    if lb::masq::inside::<F>(&flow.daddr) {
         return route::forward(ctx, flow).map(Action::forward);
     }
     Ok(Action::forward(TC_ACT_OK))

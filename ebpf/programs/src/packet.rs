@@ -375,7 +375,7 @@ pub struct Flow<F: Family> {
     /// The load balancer has given the packet a new destination.
     pub translated: bool,
     /// A fragment of a datagram, first or not: every fragment must go the
-    /// same way (see `main::fragment_way`).
+    /// same way (see `main::onward`).
     pub fragment: bool,
 }
 
